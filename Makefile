@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_SPEC := torch==2.13.0
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	# torch first, pinned, so that nothing later pulls a CUDA build
+	$(BIN)/python -m pip install "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -e ".[test,notebooks]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lshsim route --router topk --k 2 --experts 16 --world 8 --gpus-per-node 4 --tokens 4096
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -m "not slow and not distributed and not notebooks" tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_dispatch.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,123 @@
+"""Expert placement: experts -> ranks -> nodes.
+
+A `Placement` says on which rank (GPU) every expert lives and on which node (server) every rank
+lives. Two builders cover the usual layouts:
+
+* `contiguous_placement`: rank r holds experts [r*E/W, (r+1)*E/W) (DeepSpeed, Tutel, Megatron);
+* `round_robin_placement`: expert e lives on rank e mod W.
+
+Ranks are grouped into nodes contiguously: rank r is on node r // gpus_per_node.
+An explicit mapping (`Placement.from_lists`) covers anything else, including expert counts that do
+not divide evenly across ranks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Placement", "contiguous_placement", "round_robin_placement", "PLACEMENTS", "make_placement"]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where experts and ranks live.
+
+    Fields:
+        expert_to_rank: (E,) int64, rank that holds expert e.
+        rank_to_node:   (W,) int64, node (server) index of rank r.
+    """
+
+    expert_to_rank: torch.Tensor  # (E,) int64
+    rank_to_node: torch.Tensor  # (W,) int64
+
+    def __post_init__(self) -> None:
+        e2r, r2n = self.expert_to_rank, self.rank_to_node
+        if e2r.ndim != 1 or e2r.numel() == 0:
+            raise ValueError(f"expert_to_rank must be a non-empty 1-D tensor, got shape {tuple(e2r.shape)}")
+        if r2n.ndim != 1 or r2n.numel() == 0:
+            raise ValueError(f"rank_to_node must be a non-empty 1-D tensor, got shape {tuple(r2n.shape)}")
+        if e2r.dtype != torch.int64 or r2n.dtype != torch.int64:
+            raise ValueError(f"placement tensors must be int64, got {e2r.dtype} and {r2n.dtype}")
+        world_size = r2n.numel()
+        if int(e2r.min()) < 0 or int(e2r.max()) >= world_size:
+            bad = int(e2r.max()) if int(e2r.max()) >= world_size else int(e2r.min())
+            raise ValueError(f"expert_to_rank holds rank {bad}, outside [0, world_size={world_size})")
+        if int(r2n.min()) < 0:
+            raise ValueError(f"rank_to_node holds negative node {int(r2n.min())}")
+
+    @property
+    def num_experts(self) -> int:
+        return self.expert_to_rank.numel()
+
+    @property
+    def world_size(self) -> int:
+        return self.rank_to_node.numel()
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.rank_to_node.max()) + 1
+
+    @property
+    def expert_to_node(self) -> torch.Tensor:
+        """(E,) int64 node of every expert."""
+        return self.rank_to_node[self.expert_to_rank]
+
+    def experts_on_rank(self, rank: int) -> torch.Tensor:
+        """Sorted expert ids held by `rank`, (E_r,) int64."""
+        return torch.nonzero(self.expert_to_rank == rank).flatten()
+
+    @staticmethod
+    def from_lists(expert_to_rank: list[int], rank_to_node: list[int]) -> "Placement":
+        """An explicit placement, e.g. 6 experts on 4 ranks: from_lists([0, 0, 1, 1, 2, 3], [0, 0, 1, 1])."""
+        return Placement(torch.as_tensor(expert_to_rank, dtype=torch.int64),
+                         torch.as_tensor(rank_to_node, dtype=torch.int64))
+
+
+def _check_counts(num_experts: int, world_size: int, gpus_per_node: int) -> None:
+    for name, value in (("num_experts", num_experts), ("world_size", world_size), ("gpus_per_node", gpus_per_node)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+    if world_size % gpus_per_node != 0:
+        raise ValueError(f"world_size={world_size} is not a multiple of gpus_per_node={gpus_per_node}")
+    if num_experts % world_size != 0:
+        raise ValueError(
+            f"num_experts={num_experts} is not divisible across world_size={world_size} ranks; "
+            "pass an explicit Placement.from_lists(...) that says which rank holds which expert")
+
+
+def _rank_to_node(world_size: int, gpus_per_node: int) -> torch.Tensor:
+    return torch.arange(world_size, dtype=torch.int64) // gpus_per_node  # (W,)
+
+
+def contiguous_placement(num_experts: int, world_size: int, gpus_per_node: int = 8) -> Placement:
+    """Rank r holds experts [r*E/W, (r+1)*E/W).
+
+    >>> contiguous_placement(8, 4, 2).expert_to_rank.tolist()
+    [0, 0, 1, 1, 2, 2, 3, 3]
+    """
+    _check_counts(num_experts, world_size, gpus_per_node)
+    experts_per_rank = num_experts // world_size
+    expert_to_rank = torch.arange(num_experts, dtype=torch.int64) // experts_per_rank  # (E,)
+    return Placement(expert_to_rank, _rank_to_node(world_size, gpus_per_node))
+
+
+def round_robin_placement(num_experts: int, world_size: int, gpus_per_node: int = 8) -> Placement:
+    """Expert e lives on rank e mod W.
+
+    >>> round_robin_placement(8, 4, 2).expert_to_rank.tolist()
+    [0, 1, 2, 3, 0, 1, 2, 3]
+    """
+    _check_counts(num_experts, world_size, gpus_per_node)
+    expert_to_rank = torch.arange(num_experts, dtype=torch.int64) % world_size  # (E,)
+    return Placement(expert_to_rank, _rank_to_node(world_size, gpus_per_node))
+
+
+PLACEMENTS = {"contiguous": contiguous_placement, "round_robin": round_robin_placement}
+
+
+def make_placement(name: str, num_experts: int, world_size: int, gpus_per_node: int = 8) -> Placement:
+    """Build a placement by registry name ('contiguous' or 'round_robin')."""
+    if name not in PLACEMENTS:
+        raise ValueError(f"unknown placement {name!r}; known: {sorted(PLACEMENTS)}")
+    return PLACEMENTS[name](num_experts, world_size, gpus_per_node)

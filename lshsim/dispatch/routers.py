@@ -1,0 +1,470 @@
+"""Routers: pure functions from logits (or token ids, or hidden states) to a DispatchPlan.
+
+Registry (`ROUTERS`, picked by name with `route` or `get_router`):
+
+==============  ==========  ==============================================================
+name            input       rule
+==============  ==========  ==============================================================
+topk            logits      top-k with capacity; k=1 is Switch, k=2 is GShard
+hash            token_ids   expert = splitmix64(token id) mod E, no parameters (Hash Layers)
+expert_choice   logits      every expert takes its top-C tokens (Zhou et al. 2022)
+locmoe          hidden      GrAP gate + preference for experts on the token's own node (LocMoE)
+==============  ==========  ==============================================================
+
+Conventions shared by all routers:
+
+1. Scores are `softmax(logits)` over all E experts (float32). Gate weights are the chosen
+   experts' scores; for k > 1 they are renormalised to sum to 1 over the k choices (GShard);
+   k = 1 keeps the raw probability (Switch).
+2. Capacity C = ceil(capacity_factor * T_r * k / E) slots per (source rank, expert), T_r the
+   largest number of tokens on one rank; `capacity_factor=None` means no limit (C = T_r).
+3. Overflow: `drop_policy="position"` keeps all first choices before any second choice, and
+   within a choice earlier tokens first (GShard); `drop_policy="score"` keeps the choices with
+   the highest gate score first (batch prioritised routing), ties by position.
+4. Indices and slots are computed without gradients; gate weights and scores keep theirs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from lshsim.dispatch.placement import Placement
+from lshsim.dispatch.plan import DispatchPlan
+
+__all__ = [
+    "RouterConfig", "ROUTERS", "RouterSpec", "route", "get_router",
+    "route_topk", "route_hash", "route_expert_choice", "route_locmoe",
+    "compute_capacity", "assign_slots", "grap_weights", "grap_scores", "hash_experts",
+    "aux_loss", "locality_loss", "DROP_POLICIES",
+]
+
+DROP_POLICIES = ("position", "score")
+
+
+# ---- validation helpers ----------------------------------------------------------------------
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+def _check_capacity_factor(capacity_factor: float | None) -> None:
+    if capacity_factor is None:
+        return
+    if isinstance(capacity_factor, bool) or not isinstance(capacity_factor, (int, float)) \
+            or not math.isfinite(capacity_factor) or capacity_factor <= 0:
+        raise ValueError(f"capacity_factor={capacity_factor!r} must be a finite number > 0 (or None for no limit)")
+
+
+def _check_drop_policy(drop_policy: str) -> None:
+    if drop_policy not in DROP_POLICIES:
+        raise ValueError(f"drop_policy={drop_policy!r} must be one of {DROP_POLICIES}")
+
+
+def _token_rank_or_zero(token_rank: torch.Tensor | None, num_tokens: int, placement: Placement,
+                        device: torch.device) -> torch.Tensor:
+    if token_rank is None:
+        return torch.zeros(num_tokens, dtype=torch.int64, device=device)
+    if tuple(token_rank.shape) != (num_tokens,):
+        raise ValueError(f"token_rank has shape {tuple(token_rank.shape)}, expected ({num_tokens},) to match the inputs")
+    if token_rank.dtype != torch.int64:
+        raise ValueError(f"token_rank must be int64, got {token_rank.dtype}")
+    if num_tokens and (int(token_rank.min()) < 0 or int(token_rank.max()) >= placement.world_size):
+        raise ValueError(f"token_rank holds ranks outside [0, world_size={placement.world_size})")
+    return token_rank
+
+
+def _check_logits(logits: torch.Tensor, placement: Placement) -> None:
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be 2-D (tokens, experts), got shape {tuple(logits.shape)}")
+    if logits.shape[1] != placement.num_experts:
+        raise ValueError(f"logits have {logits.shape[1]} experts but the placement has {placement.num_experts}")
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be floating point, got {logits.dtype}")
+    if not bool(torch.isfinite(logits).all()):
+        bad = int((~torch.isfinite(logits)).sum())
+        raise ValueError(f"logits hold {bad} non-finite values (NaN or inf)")
+
+
+def _check_k(k: int, num_experts: int) -> None:
+    _check_positive_int("k", k)
+    if k > num_experts:
+        raise ValueError(f"k={k} exceeds the number of experts E={num_experts}")
+
+
+def _max_tokens_per_rank(token_rank: torch.Tensor, world_size: int) -> int:
+    if token_rank.numel() == 0:
+        return 0
+    return int(torch.bincount(token_rank, minlength=world_size).max())
+
+
+def compute_capacity(tokens_per_rank: int, k: int, num_experts: int, capacity_factor: float | None) -> int:
+    """Slots per (source rank, expert): C = ceil(capacity_factor * T_r * k / E).
+
+    >>> compute_capacity(4096, 2, 16, 1.0)
+    512
+    >>> compute_capacity(10, 1, 4, 1.25)
+    4
+    >>> compute_capacity(10, 2, 4, None)  # no limit: one rank can send each token once per expert
+    10
+    """
+    _check_capacity_factor(capacity_factor)
+    if capacity_factor is None:
+        return tokens_per_rank
+    # round before ceil so that 1.25 * 4096 * 2 / 16 is exactly 640, not 640.0000000001 -> 641
+    return int(math.ceil(round(capacity_factor * tokens_per_rank * k / num_experts, 9)))
+
+
+# ---- slot assignment (shared by all capacity routers) ----------------------------------------
+def assign_slots(expert_index: torch.Tensor, token_rank: torch.Tensor, capacity: int, num_experts: int,
+                 world_size: int, priority_score: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Give every routed choice a slot in its (source rank, expert) buffer; drop past capacity.
+
+    1. Flatten the (T, k) choices choice-major: all first choices, then all second choices, ...
+    2. If `priority_score` is given, order by it, descending (stable, so ties keep position order).
+    3. Stable-sort by buffer key (source rank * E + expert): inside each buffer the order of step
+       1-2 survives, and a choice's position is its index minus the buffer's start.
+    4. Keep the first `capacity` positions of every buffer.
+
+    Returns slot (T, k) int64 (-1 unless kept), kept (T, k) bool, tokens_per_expert (E,) int64.
+    """
+    num_tokens, num_choices = expert_index.shape
+    with torch.no_grad():
+        flat_expert = expert_index.t().reshape(-1)  # (k*T,) choice-major
+        flat_rank = token_rank.repeat(num_choices)  # (k*T,)
+        routed = flat_expert >= 0  # (k*T,)
+        # padding goes to an extra buffer past the real ones so that it never takes a slot
+        key = torch.where(routed, flat_rank * num_experts + flat_expert,
+                          torch.full_like(flat_expert, world_size * num_experts))  # (k*T,)
+        if priority_score is not None:
+            by_score = torch.sort(-priority_score.detach().t().reshape(-1).float(), stable=True).indices
+            order = by_score[torch.sort(key[by_score], stable=True).indices]  # (k*T,)
+        else:
+            order = torch.sort(key, stable=True).indices  # (k*T,)
+        sorted_key = key[order]  # (k*T,)
+        counts = torch.bincount(key, minlength=world_size * num_experts + 1)  # (W*E+1,)
+        starts = torch.cumsum(counts, 0) - counts  # (W*E+1,)
+        position = torch.empty_like(key)
+        position[order] = torch.arange(key.numel(), device=key.device) - starts[sorted_key]
+        kept_flat = routed & (position < capacity)  # (k*T,)
+        slot_flat = torch.where(kept_flat, position, torch.full_like(position, -1))
+        slot = slot_flat.reshape(num_choices, num_tokens).t().contiguous()  # (T, k)
+        kept = kept_flat.reshape(num_choices, num_tokens).t().contiguous()  # (T, k)
+        tokens_per_expert = torch.bincount(flat_expert[kept_flat], minlength=num_experts)  # (E,)
+    return slot, kept, tokens_per_expert
+
+
+def _topk_plan(scores: torch.Tensor, selection: torch.Tensor, placement: Placement, k: int,
+               capacity_factor: float | None, drop_policy: str, token_rank: torch.Tensor) -> DispatchPlan:
+    """Top-k of `selection` (T, E); gate weights from `scores` (T, E); slots under capacity."""
+    with torch.no_grad():
+        expert_index = torch.topk(selection, k, dim=1, sorted=True).indices  # (T, k)
+    gate_weight = scores.gather(1, expert_index)  # (T, k), keeps grad
+    if k > 1:
+        gate_weight = gate_weight / gate_weight.sum(dim=1, keepdim=True).clamp_min(torch.finfo(gate_weight.dtype).tiny)
+    capacity = compute_capacity(_max_tokens_per_rank(token_rank, placement.world_size), k,
+                                placement.num_experts, capacity_factor)
+    slot, kept, tokens_per_expert = assign_slots(
+        expert_index, token_rank, capacity, placement.num_experts, placement.world_size,
+        priority_score=gate_weight if drop_policy == "score" else None)
+    return DispatchPlan(expert_index=expert_index, gate_weight=gate_weight, slot=slot, kept=kept,
+                        tokens_per_expert=tokens_per_expert, capacity=capacity, placement=placement,
+                        token_rank=token_rank, scores=scores)
+
+
+# ---- routers ---------------------------------------------------------------------------------
+def route_topk(logits: torch.Tensor, placement: Placement, *, k: int = 2, capacity_factor: float | None = 1.25,
+               drop_policy: str = "position", token_rank: torch.Tensor | None = None) -> DispatchPlan:
+    """Top-k routing with capacity: k=1 is Switch (Fedus et al. 2021), k=2 GShard (Lepikhin et al. 2020).
+
+    logits: (T, E) gate logits. token_rank: (T,) source rank of each token (default: all on rank 0).
+    """
+    _check_logits(logits, placement)
+    _check_k(k, placement.num_experts)
+    _check_capacity_factor(capacity_factor)
+    _check_drop_policy(drop_policy)
+    token_rank = _token_rank_or_zero(token_rank, logits.shape[0], placement, logits.device)
+    scores = torch.softmax(logits.float(), dim=1)  # (T, E)
+    return _topk_plan(scores, scores, placement, k, capacity_factor, drop_policy, token_rank)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _int64(value: int) -> int:
+    """The unsigned 64-bit constant as the signed int64 with the same bits."""
+    value &= _MASK64
+    return value - (1 << 64) if value >= (1 << 63) else value
+
+
+def _logical_shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def hash_experts(token_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Expert of each token id: splitmix64(id) mod E (a fixed, well-mixed 64-bit hash).
+
+    >>> hash_experts(torch.tensor([0, 1, 2, 3]), 8).tolist() == hash_experts(torch.tensor([0, 1, 2, 3]), 8).tolist()
+    True
+    """
+    z = token_ids.to(torch.int64) + _int64(0x9E3779B97F4A7C15)  # int64 arithmetic wraps modulo 2^64
+    z = (z ^ _logical_shift_right(z, 30)) * _int64(0xBF58476D1CE4E5B9)
+    z = (z ^ _logical_shift_right(z, 27)) * _int64(0x94D049BB133111EB)
+    z = z ^ _logical_shift_right(z, 31)
+    return (z & _int64(0x7FFFFFFFFFFFFFFF)) % num_experts  # (T,)
+
+
+def route_hash(token_ids: torch.Tensor, placement: Placement, *, capacity_factor: float | None = None,
+               token_rank: torch.Tensor | None = None) -> DispatchPlan:
+    """Hash Layers (Roller et al. 2021): one expert per token from a fixed hash of its id; weight 1.
+
+    No learned parameters; capacity only if `capacity_factor` is given (default: none).
+    """
+    if token_ids.ndim != 1:
+        raise ValueError(f"token_ids must be 1-D, got shape {tuple(token_ids.shape)}")
+    if token_ids.is_floating_point() or token_ids.dtype == torch.bool:
+        raise ValueError(f"token_ids must be integers, got {token_ids.dtype}")
+    if token_ids.numel() and int(token_ids.min()) < 0:
+        raise ValueError(f"token_ids hold a negative id {int(token_ids.min())}")
+    _check_capacity_factor(capacity_factor)
+    token_rank = _token_rank_or_zero(token_rank, token_ids.shape[0], placement, token_ids.device)
+    expert_index = hash_experts(token_ids, placement.num_experts).unsqueeze(1)  # (T, 1)
+    gate_weight = torch.ones(expert_index.shape, dtype=torch.float32, device=token_ids.device)  # (T, 1)
+    capacity = compute_capacity(_max_tokens_per_rank(token_rank, placement.world_size), 1,
+                                placement.num_experts, capacity_factor)
+    slot, kept, tokens_per_expert = assign_slots(expert_index, token_rank, capacity, placement.num_experts,
+                                                 placement.world_size)
+    return DispatchPlan(expert_index=expert_index, gate_weight=gate_weight, slot=slot, kept=kept,
+                        tokens_per_expert=tokens_per_expert, capacity=capacity, placement=placement,
+                        token_rank=token_rank, scores=None)
+
+
+def route_expert_choice(logits: torch.Tensor, placement: Placement, *, k: int = 2,
+                        capacity_factor: float | None = 1.0,
+                        token_rank: torch.Tensor | None = None) -> DispatchPlan:
+    """Expert choice (Zhou et al. 2022): every expert takes its top-C tokens of each source rank.
+
+    C = ceil(capacity_factor * T_r * k / E), capped at T_r; k is the average number of experts
+    per token. A token may be taken by 0..E experts: the plan's choice axis is as wide as the most
+    taken token, padded with expert_index = -1. Nothing is dropped; tokens no expert takes are
+    simply not sent (their combine output is zero).
+    """
+    _check_logits(logits, placement)
+    _check_k(k, placement.num_experts)
+    _check_capacity_factor(capacity_factor)
+    num_tokens, num_experts = logits.shape
+    token_rank = _token_rank_or_zero(token_rank, num_tokens, placement, logits.device)
+    scores = torch.softmax(logits.float(), dim=1)  # (T, E)
+    tokens_on_rank = torch.bincount(token_rank, minlength=placement.world_size)  # (W,)
+    capacity = min(compute_capacity(int(tokens_on_rank.max()) if num_tokens else 0, k, num_experts, capacity_factor),
+                   int(tokens_on_rank.max()) if num_tokens else 0)
+    pair_token, pair_expert, pair_slot = [], [], []
+    with torch.no_grad():
+        for rank in torch.unique(token_rank).tolist():
+            rank_tokens = torch.nonzero(token_rank == rank).flatten()  # (T_r,)
+            take = min(capacity, rank_tokens.numel())
+            top = torch.topk(scores[rank_tokens].t(), take, dim=1, sorted=True).indices  # (E, take)
+            pair_token.append(rank_tokens[top].reshape(-1))  # (E*take,)
+            pair_expert.append(torch.arange(num_experts, device=logits.device).repeat_interleave(take))
+            pair_slot.append(torch.arange(take, device=logits.device).repeat(num_experts))
+        if pair_token:
+            pair_token_t = torch.cat(pair_token)
+            pair_expert_t = torch.cat(pair_expert)
+            pair_slot_t = torch.cat(pair_slot)
+        else:
+            pair_token_t = pair_expert_t = pair_slot_t = torch.zeros(0, dtype=torch.int64, device=logits.device)
+        # choice index of each pair = its rank among the pairs of the same token
+        order = torch.sort(pair_token_t, stable=True).indices
+        per_token = torch.bincount(pair_token_t, minlength=num_tokens)  # (T,)
+        width = max(int(per_token.max()) if num_tokens else 0, 1)
+        starts = torch.cumsum(per_token, 0) - per_token
+        choice = torch.empty_like(pair_token_t)
+        choice[order] = torch.arange(pair_token_t.numel(), device=logits.device) - starts[pair_token_t[order]]
+        expert_index = torch.full((num_tokens, width), -1, dtype=torch.int64, device=logits.device)
+        slot = torch.full((num_tokens, width), -1, dtype=torch.int64, device=logits.device)
+        expert_index[pair_token_t, choice] = pair_expert_t
+        slot[pair_token_t, choice] = pair_slot_t
+        kept = expert_index >= 0
+        tokens_per_expert = torch.bincount(pair_expert_t, minlength=num_experts)
+    gate_weight = scores.gather(1, expert_index.clamp(min=0)) * kept  # (T, width), keeps grad
+    return DispatchPlan(expert_index=expert_index, gate_weight=gate_weight, slot=slot, kept=kept,
+                        tokens_per_expert=tokens_per_expert, capacity=capacity, placement=placement,
+                        token_rank=token_rank, scores=scores)
+
+
+def grap_weights(d_model: int, num_experts: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """GrAP gate weights (LocMoE Eq. 4): W_i = (n/d) * 1[feature in group i], (E, d).
+
+    Rows have disjoint supports, so they are orthogonal, and all have norm sqrt(n/d).
+
+    >>> grap_weights(4, 2).tolist()
+    [[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]]
+    """
+    _check_positive_int("d_model", d_model)
+    _check_positive_int("num_experts", num_experts)
+    if d_model % num_experts != 0:
+        raise ValueError(f"d_model={d_model} is not divisible by num_experts={num_experts} (GrAP needs equal groups)")
+    group = torch.arange(d_model) // (d_model // num_experts)  # (d,)
+    return (group.unsqueeze(0) == torch.arange(num_experts).unsqueeze(1)).to(dtype) * (num_experts / d_model)
+
+
+def grap_scores(hidden: torch.Tensor, num_experts: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """G = ReLU(W x + b) with GrAP weights, computed as a group mean: (T, d) -> (T, E)."""
+    if hidden.ndim != 2:
+        raise ValueError(f"hidden must be 2-D (tokens, d_model), got shape {tuple(hidden.shape)}")
+    num_tokens, d_model = hidden.shape
+    if d_model % num_experts != 0:
+        raise ValueError(f"d_model={d_model} is not divisible by num_experts={num_experts} (GrAP needs equal groups)")
+    pooled = hidden.float().reshape(num_tokens, num_experts, d_model // num_experts).mean(dim=2)  # (T, E)
+    if bias is not None:
+        pooled = pooled + bias
+    return torch.relu(pooled)
+
+
+def route_locmoe(hidden: torch.Tensor, placement: Placement, *, k: int = 1, capacity_factor: float | None = 1.25,
+                 drop_policy: str = "position", locality_bonus: float = 1.0,
+                 token_rank: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> DispatchPlan:
+    """LocMoE routing: GrAP gate, then a preference for experts on the token's own node.
+
+    Scores = softmax(G), G = ReLU(W_GrAP x + b) (LocMoE Eq. 4). Experts are *selected* by
+    G + locality_bonus * 1[expert on the token's node]; gate weights are the unbiased scores of the
+    selected experts. locality_bonus = 0 is plain GrAP top-k; a large bonus keeps every token on
+    its node whenever the node has k experts.
+    """
+    if hidden.ndim != 2:
+        raise ValueError(f"hidden must be 2-D (tokens, d_model), got shape {tuple(hidden.shape)}")
+    if not hidden.is_floating_point() or not bool(torch.isfinite(hidden).all()):
+        raise ValueError("hidden must be floating point and finite (found NaN or inf, or an integer dtype)")
+    _check_k(k, placement.num_experts)
+    _check_capacity_factor(capacity_factor)
+    _check_drop_policy(drop_policy)
+    if not math.isfinite(locality_bonus) or locality_bonus < 0:
+        raise ValueError(f"locality_bonus={locality_bonus!r} must be finite and >= 0")
+    token_rank = _token_rank_or_zero(token_rank, hidden.shape[0], placement, hidden.device)
+    gate = grap_scores(hidden, placement.num_experts, bias)  # (T, E)
+    scores = torch.softmax(gate, dim=1)  # (T, E)
+    token_node = placement.rank_to_node.to(hidden.device)[token_rank]  # (T,)
+    expert_node = placement.expert_to_node.to(hidden.device)  # (E,)
+    is_local = (token_node.unsqueeze(1) == expert_node.unsqueeze(0))  # (T, E)
+    selection = gate.detach() + locality_bonus * is_local  # (T, E)
+    return _topk_plan(scores, selection, placement, k, capacity_factor, drop_policy, token_rank)
+
+
+# ---- auxiliary losses (returned, never stored) -------------------------------------------------
+def aux_loss(plan: DispatchPlan, alpha: float = 0.01) -> torch.Tensor:
+    """Load-balance loss L_aux = alpha * n * sum_i f_i * P_i (Switch Eq. 4; LocMoE uses alpha = 0.01).
+
+    f_i: fraction of routed choices that picked expert i (before capacity); P_i: mean score of
+    expert i over tokens. Equals alpha when routing is perfectly uniform.
+    """
+    if plan.scores is None:
+        raise ValueError("aux_loss needs router scores; this plan has none (hash routing has no gate)")
+    routed = plan.routed  # (T, k)
+    counts = torch.bincount(plan.expert_index[routed], minlength=plan.num_experts).to(plan.scores.dtype)  # (E,)
+    fraction = counts / counts.sum().clamp_min(1)  # (E,)
+    mean_prob = plan.scores.mean(dim=0)  # (E,)
+    return alpha * plan.num_experts * torch.sum(fraction * mean_prob)
+
+
+def locality_loss(plan: DispatchPlan, mu: float = 0.01, smoothing: float = 1e-3) -> torch.Tensor:
+    """LocMoE locality loss L_loc = mu * KL(D_c || D_l), averaged over source nodes.
+
+    D_c(m | s): mean over tokens of node s of the score mass on experts of node m (differentiable).
+    D_l(. | s): the all-local distribution, smoothed to (1 - smoothing) on s and smoothing/(N-1)
+    elsewhere so that the KL stays finite (the paper gives neither mu nor a smoothing; both are
+    parameters). Zero on a single node.
+    """
+    if plan.scores is None:
+        raise ValueError("locality_loss needs router scores; this plan has none")
+    if not 0 < smoothing < 1:
+        raise ValueError(f"smoothing={smoothing} must be in (0, 1)")
+    num_nodes = plan.placement.num_nodes
+    if num_nodes == 1:
+        return plan.scores.sum() * 0.0
+    device = plan.scores.device
+    expert_node = plan.placement.expert_to_node.to(device)  # (E,)
+    node_onehot = torch.nn.functional.one_hot(expert_node, num_nodes).to(plan.scores.dtype)  # (E, N)
+    mass = plan.scores @ node_onehot  # (T, N)
+    token_node = plan.placement.rank_to_node.to(device)[plan.token_rank]  # (T,)
+    losses = []
+    for node in torch.unique(token_node).tolist():
+        current = mass[token_node == node].mean(dim=0).clamp_min(1e-12)  # (N,)
+        local = torch.full((num_nodes,), smoothing / (num_nodes - 1), dtype=mass.dtype, device=device)
+        local[node] = 1.0 - smoothing
+        losses.append(torch.sum(current * (current.log() - local.log())))
+    return mu * torch.stack(losses).mean()
+
+
+# ---- registry ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RouterSpec:
+    """A registered router: its function and which input it reads ('logits', 'token_ids', 'hidden')."""
+
+    fn: Callable[..., DispatchPlan]
+    input_kind: str
+    description: str
+
+
+ROUTERS: dict[str, RouterSpec] = {
+    "topk": RouterSpec(route_topk, "logits", "top-k with capacity (k=1 Switch, k=2 GShard)"),
+    "hash": RouterSpec(route_hash, "token_ids", "fixed hash of the token id (Hash Layers)"),
+    "expert_choice": RouterSpec(route_expert_choice, "logits", "each expert takes its top-C tokens"),
+    "locmoe": RouterSpec(route_locmoe, "hidden", "GrAP gate + own-node preference (LocMoE)"),
+}
+
+
+def get_router(name: str) -> RouterSpec:
+    if name not in ROUTERS:
+        raise ValueError(f"unknown router {name!r}; known: {sorted(ROUTERS)}")
+    return ROUTERS[name]
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Which router and its parameters; validated on construction.
+
+    k: choices per token (topk, locmoe) or average experts per token (expert_choice); hash uses 1.
+    capacity_factor: None = no capacity limit. hash ignores capacity unless it is set explicitly
+    through `route_hash`; here it is passed on as given.
+    locality_bonus: LocMoE only, added to the GrAP score of own-node experts for selection.
+    """
+
+    name: str = "topk"
+    k: int = 2
+    capacity_factor: float | None = 1.25
+    drop_policy: str = "position"
+    locality_bonus: float = 1.0
+
+    def __post_init__(self) -> None:
+        get_router(self.name)
+        _check_positive_int("k", self.k)
+        _check_capacity_factor(self.capacity_factor)
+        _check_drop_policy(self.drop_policy)
+        if self.name == "hash" and self.k != 1:
+            raise ValueError(f"k={self.k}: the hash router sends every token to exactly one expert (k=1)")
+        if not math.isfinite(self.locality_bonus) or self.locality_bonus < 0:
+            raise ValueError(f"locality_bonus={self.locality_bonus!r} must be finite and >= 0")
+
+
+def route(config: RouterConfig, placement: Placement, *, logits: torch.Tensor | None = None,
+          token_ids: torch.Tensor | None = None, hidden: torch.Tensor | None = None,
+          token_rank: torch.Tensor | None = None) -> DispatchPlan:
+    """Route with the router `config.name`, reading the input it needs."""
+    spec = get_router(config.name)
+    given = {"logits": logits, "token_ids": token_ids, "hidden": hidden}
+    if given[spec.input_kind] is None:
+        raise ValueError(f"router {config.name!r} reads {spec.input_kind}, which was not given")
+    if config.name == "topk":
+        return route_topk(logits, placement, k=config.k, capacity_factor=config.capacity_factor,
+                          drop_policy=config.drop_policy, token_rank=token_rank)
+    if config.name == "hash":
+        return route_hash(token_ids, placement, capacity_factor=config.capacity_factor, token_rank=token_rank)
+    if config.name == "expert_choice":
+        return route_expert_choice(logits, placement, k=config.k, capacity_factor=config.capacity_factor,
+                                   token_rank=token_rank)
+    return route_locmoe(hidden, placement, k=config.k, capacity_factor=config.capacity_factor,
+                        drop_policy=config.drop_policy, locality_bonus=config.locality_bonus,
+                        token_rank=token_rank)
