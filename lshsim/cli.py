@@ -139,9 +139,11 @@ def _render_route(summary: dict) -> None:
 
 # ================================ simulator (issue 4) ===========================================
 # (sub-commands simulate, plan go here)
+# HELPERS: read /work/HELPERS.md (working rules, deadline 09:50 UTC, commit by path) before editing.
 
 # ================================ executor validation (issue 5) =================================
 # (sub-command validate goes here)
+# HELPERS: read /work/HELPERS.md (working rules, deadline 09:50 UTC, commit by path) before editing.
 
 
 # ================================ registry ======================================================
