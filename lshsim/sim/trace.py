@@ -1,0 +1,282 @@
+"""The one trace schema: what the simulator predicts and what the executor measures.
+
+A `Trace` is a flat list of `PhaseRecord`s (one timed interval of one phase on one rank) plus a
+`meta` dict that says where it came from. Simulator (`lshsim.sim.moe_step`) and executor
+(`executor/`) both write it, so `lshsim validate` can join a prediction and a measurement phase by
+phase (DESIGN.md §1, "One trace schema").
+
+Phases (`PHASES`), in the order they happen inside one MoE layer:
+
+=================  ==============================================================================
+name               what the interval covers
+=================  ==============================================================================
+gate               router: gate logits, top-k, slot assignment (and the LocMoE GrAP gate)
+lsh_compress       LSH-MoE: hash tokens, bucket per destination expert, centroids (sending rank)
+dispatch_a2a       the dispatch all-to-all (tokens or centroids to the experts' ranks)
+expert             the expert FFNs on the receiving rank
+combine_a2a        the combine all-to-all (expert outputs back to the tokens' ranks)
+lsh_restore        LSH-MoE: E(x) ~= E(c) + (x - c) residual restore on the token's rank
+attention          non-MoE compute of a transformer layer: attention block (QKV, scores, out proj)
+dense_ffn          non-MoE compute: the dense FFN of a layer that has no MoE
+other              anything else a runner wants to time (e.g. a measured synchronisation)
+=================  ==============================================================================
+
+Conventions:
+
+* Times are seconds from the start of the trace (the first record may start after 0).
+* `layer` is the transformer layer index (0-based), so the attention and the MoE records of one
+  layer share it. `direction` is "forward" or "backward"; the backward of a phase (e.g. the
+  gradient all-to-all of dispatch) keeps the forward phase's name.
+* `bytes` is the payload the phase moves (all-to-alls: off-diagonal bytes the rank *sends*;
+  compute phases: 0 unless a runner records HBM traffic).
+* A rank may hold several records of one (phase, layer, direction), e.g. the chunks of a
+  pipelined (overlapped) expert computation.
+
+`meta` keys (all required; `from_dict` / `from_json` refuse a trace without them):
+
+* "source": "simulated" or "measured";
+* "workload": dict (model, router, tokens per GPU, LSH rate, ...);
+* "cluster": dict (topology name, GPUs, nodes, GPU kind, ...);
+* "provenance": dict; a measured trace must say "gpu", "count", "torch", "nccl", "date",
+  "command" (a value may be None, e.g. "nccl" on a gloo run, but the key must be there).
+
+Export: `to_json` / `from_json` (this schema, exact round trip), `to_chrome_trace` (Chrome
+trace-event JSON, opens in Perfetto / chrome://tracing), `rows` (a tidy list of dicts for seaborn).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["PHASES", "DIRECTIONS", "SOURCES", "MEASURED_PROVENANCE_KEYS", "SCHEMA", "PhaseRecord", "Trace"]
+
+PHASES = ("gate", "lsh_compress", "dispatch_a2a", "expert", "combine_a2a", "lsh_restore",
+          "attention", "dense_ffn", "other")
+COMM_PHASES = ("dispatch_a2a", "combine_a2a")
+DIRECTIONS = ("forward", "backward")
+SOURCES = ("simulated", "measured")
+MEASURED_PROVENANCE_KEYS = ("gpu", "count", "torch", "nccl", "date", "command")
+META_KEYS = ("source", "workload", "cluster", "provenance")
+SCHEMA = "lshsim.trace/1"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class PhaseRecord:
+    """One timed interval: phase `name` on `rank`, from `start_s` to `end_s` (seconds).
+
+    bytes: payload moved by the phase on this rank (see module docstring), >= 0.
+    layer: transformer layer index, >= 0. direction: "forward" or "backward".
+    """
+
+    name: str
+    rank: int
+    start_s: float
+    end_s: float
+    bytes: int = 0
+    layer: int = 0
+    direction: str = "forward"
+
+    def __post_init__(self) -> None:
+        if self.name not in PHASES:
+            raise ValueError(f"name={self.name!r} is not a known phase; known: {list(PHASES)}")
+        if not _is_int(self.rank) or self.rank < 0:
+            raise ValueError(f"rank={self.rank!r} must be a non-negative integer")
+        if not _is_real(self.start_s) or not _is_real(self.end_s):
+            raise ValueError(f"start_s={self.start_s!r} and end_s={self.end_s!r} must be finite numbers")
+        if self.end_s < self.start_s:
+            raise ValueError(f"end_s={self.end_s!r} is before start_s={self.start_s!r} ({self.name}, rank {self.rank})")
+        if not _is_int(self.bytes) or self.bytes < 0:
+            raise ValueError(f"bytes={self.bytes!r} must be a non-negative integer")
+        if not _is_int(self.layer) or self.layer < 0:
+            raise ValueError(f"layer={self.layer!r} must be a non-negative integer")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction={self.direction!r} must be one of {list(DIRECTIONS)}")
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "rank": self.rank, "start_s": self.start_s, "end_s": self.end_s,
+                "bytes": self.bytes, "layer": self.layer, "direction": self.direction}
+
+    @staticmethod
+    def from_dict(data: dict) -> "PhaseRecord":
+        if not isinstance(data, dict):
+            raise ValueError(f"a phase record must be a dict, got {type(data).__name__}")
+        for key in ("name", "rank", "start_s", "end_s"):
+            if key not in data:
+                raise ValueError(f"phase record lacks the field {key!r}: {data}")
+        unknown = set(data) - {"name", "rank", "start_s", "end_s", "bytes", "layer", "direction"}
+        if unknown:
+            raise ValueError(f"phase record has unknown fields {sorted(unknown)}")
+        return PhaseRecord(name=data["name"], rank=data["rank"], start_s=data["start_s"], end_s=data["end_s"],
+                           bytes=data.get("bytes", 0), layer=data.get("layer", 0),
+                           direction=data.get("direction", "forward"))
+
+
+def _check_meta(meta: object) -> None:
+    if not isinstance(meta, dict):
+        raise ValueError(f"meta must be a dict, got {type(meta).__name__}")
+    for key in META_KEYS:
+        if key not in meta:
+            raise ValueError(f"meta lacks the field {key!r} (required: {list(META_KEYS)})")
+    if meta["source"] not in SOURCES:
+        raise ValueError(f"meta['source']={meta['source']!r} must be one of {list(SOURCES)}")
+    for key in ("workload", "cluster", "provenance"):
+        if not isinstance(meta[key], dict):
+            raise ValueError(f"meta[{key!r}] must be a dict, got {type(meta[key]).__name__}")
+    if meta["source"] == "measured":
+        missing = [key for key in MEASURED_PROVENANCE_KEYS if key not in meta["provenance"]]
+        if missing:
+            raise ValueError(f"meta['provenance'] of a measured trace lacks the fields {missing} "
+                             f"(required: {list(MEASURED_PROVENANCE_KEYS)})")
+
+
+@dataclass
+class Trace:
+    """Phase records of one step (or several) plus where they came from (`meta`, validated)."""
+
+    phases: list[PhaseRecord] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for index, record in enumerate(self.phases):
+            if not isinstance(record, PhaseRecord):
+                raise ValueError(f"phases[{index}] is a {type(record).__name__}, expected PhaseRecord")
+        _check_meta(self.meta)
+
+    # ---- queries -----------------------------------------------------------------------------
+    @property
+    def num_ranks(self) -> int:
+        return 1 + max((record.rank for record in self.phases), default=-1)
+
+    def select(self, name: str | None = None, direction: str | None = None, layer: int | None = None,
+               rank: int | None = None) -> list[PhaseRecord]:
+        """Records matching every given filter."""
+        if direction is not None and direction not in DIRECTIONS:
+            raise ValueError(f"direction={direction!r} must be one of {list(DIRECTIONS)} or None")
+        if name is not None and name not in PHASES:
+            raise ValueError(f"name={name!r} is not a known phase; known: {list(PHASES)}")
+        return [r for r in self.phases
+                if (name is None or r.name == name) and (direction is None or r.direction == direction)
+                and (layer is None or r.layer == layer) and (rank is None or r.rank == rank)]
+
+    def phase_durations_s(self, direction: str | None = None) -> dict[str, float]:
+        """Time per phase name, summed over its instances.
+
+        An instance is one (layer, direction) of the phase. Its time is the slowest rank's:
+        max over ranks r of sum_{records of r in the instance} (end_s - start_s). The phase's time
+        is the sum over its instances (restricted to `direction` if given). This is what a
+        synchronous collective or a straggler costs every rank; with overlap, phases overlap in
+        wall time, so the values can add up to more than `total_time_s()`.
+        Phases absent from the trace are absent from the dict; the order follows `PHASES`.
+        """
+        if direction is not None and direction not in DIRECTIONS:
+            raise ValueError(f"direction={direction!r} must be one of {list(DIRECTIONS)} or None")
+        per_rank: dict[tuple[str, int, str, int], float] = {}
+        for record in self.phases:
+            if direction is not None and record.direction != direction:
+                continue
+            key = (record.name, record.layer, record.direction, record.rank)
+            per_rank[key] = per_rank.get(key, 0.0) + record.duration_s
+        per_instance: dict[tuple[str, int, str], float] = {}
+        for (name, layer, dirn, _rank), seconds in per_rank.items():
+            instance = (name, layer, dirn)
+            per_instance[instance] = max(per_instance.get(instance, 0.0), seconds)
+        totals: dict[str, float] = {}
+        for (name, _layer, _dirn), seconds in per_instance.items():
+            totals[name] = totals.get(name, 0.0) + seconds
+        return {name: totals[name] for name in PHASES if name in totals}
+
+    def phase_bytes(self, direction: str | None = None) -> dict[str, int]:
+        """Bytes per phase name, summed over all records (every rank, layer, direction)."""
+        totals: dict[str, int] = {}
+        for record in self.phases:
+            if direction is None or record.direction == direction:
+                totals[record.name] = totals.get(record.name, 0) + record.bytes
+        return {name: totals[name] for name in PHASES if name in totals}
+
+    def total_time_s(self, direction: str | None = None) -> float:
+        """Wall time: last end minus first start over all ranks (0 for an empty trace)."""
+        records = self.select(direction=direction)
+        if not records:
+            return 0.0
+        return max(r.end_s for r in records) - min(r.start_s for r in records)
+
+    def rows(self) -> list[dict]:
+        """Tidy rows, one per record: the record's fields plus duration_s and the trace's source."""
+        source = self.meta["source"]
+        return [{**record.to_dict(), "duration_s": record.duration_s, "source": source} for record in self.phases]
+
+    # ---- serialisation -----------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, "meta": self.meta, "phases": [record.to_dict() for record in self.phases]}
+
+    @staticmethod
+    def from_dict(data: dict) -> "Trace":
+        """Rebuild a trace, validating it; ValueError names the field that is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a trace must be a dict, got {type(data).__name__}")
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"schema={data.get('schema')!r}: expected {SCHEMA!r}")
+        for key in ("meta", "phases"):
+            if key not in data:
+                raise ValueError(f"trace lacks the field {key!r}")
+        if not isinstance(data["phases"], list):
+            raise ValueError(f"phases must be a list, got {type(data['phases']).__name__}")
+        records = []
+        for index, item in enumerate(data["phases"]):
+            try:
+                records.append(PhaseRecord.from_dict(item))
+            except ValueError as error:
+                raise ValueError(f"phases[{index}]: {error}") from None
+        return Trace(phases=records, meta=data["meta"])
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @staticmethod
+    def from_json(path: str | Path) -> "Trace":
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+        return Trace.from_dict(data)
+
+    def to_chrome_trace_dict(self) -> dict:
+        """Chrome trace-event format: one complete ("X") event per record.
+
+        ts and dur in microseconds; pid = rank, tid = the phase's index in `PHASES`, with
+        "process_name" / "thread_name" metadata ("M") events so that viewers show "rank 3" and
+        "dispatch_a2a". Opens in https://ui.perfetto.dev and chrome://tracing.
+        """
+        events: list[dict] = []
+        for rank in sorted({record.rank for record in self.phases}):
+            events.append({"name": "process_name", "ph": "M", "pid": rank, "tid": 0,
+                           "args": {"name": f"rank {rank}"}})
+            events.append({"name": "process_sort_index", "ph": "M", "pid": rank, "tid": 0,
+                           "args": {"sort_index": rank}})
+            for name in sorted({r.name for r in self.phases if r.rank == rank}, key=PHASES.index):
+                events.append({"name": "thread_name", "ph": "M", "pid": rank, "tid": PHASES.index(name),
+                               "args": {"name": name}})
+        for record in self.phases:
+            events.append({"name": record.name, "cat": record.direction, "ph": "X",
+                           "ts": record.start_s * 1e6, "dur": record.duration_s * 1e6,
+                           "pid": record.rank, "tid": PHASES.index(record.name),
+                           "args": {"layer": record.layer, "bytes": record.bytes, "direction": record.direction}})
+        return {"traceEvents": events, "displayTimeUnit": "ms",
+                "otherData": {"schema": SCHEMA, "source": self.meta["source"]}}
+
+    def to_chrome_trace(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_chrome_trace_dict()) + "\n")
