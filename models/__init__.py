@@ -1,0 +1,9 @@
+"""The model catalog (`models.catalog`: the papers' MoE models as validated configs).
+
+>>> from models import load_model
+>>> load_model("roberta-moe").num_moe_layers
+6
+"""
+from models.catalog import ModelConfig, list_models, load_model, model_from_dict
+
+__all__ = ["ModelConfig", "load_model", "list_models", "model_from_dict"]

@@ -1,0 +1,228 @@
+"""The model catalog: the papers' MoE models as validated configs (`configs/*.yaml`).
+
+`load_model("gpt-moe-15b")` reads `models/configs/gpt-moe-15b.yaml` (package data) and returns a
+frozen `ModelConfig`; `load_model("path/to/my.yaml")` reads any file with the same fields;
+`list_models()` names the shipped ones. The simulator (`lshsim.sim.moe_step`) reads a config by
+duck typing (it never imports this package: DESIGN.md §1, imports flow one way).
+
+Shipped models (LSH-MoE, Nie et al., NeurIPS 2024, Table 1; top-2 gating, an MoE layer every
+other layer):
+
+==============  ======  =======  =====  =======
+name            layers  d_model  d_ffn  experts
+==============  ======  =======  =====  =======
+roberta-moe     12      768      3072   16
+t5-moe          16      1024     16384  16
+gpt-moe-15b     12      768      3072   512
+gpt-moe-52b     24      1024     4096   512
+swin-moe-l      24      768*     3072*  32
+==============  ======  =======  =====  =======
+
+(*) Table 1 gives '-' for Swin-MoE-L because the width changes per stage; the YAML notes say
+which representative values were chosen and why. Sequence length and tokens per GPU are not in
+Table 1 either; each YAML says what it assumes (`assumed:` lists the fields that are our choice).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+__all__ = ["ModelConfig", "load_model", "list_models", "model_from_dict", "CONFIG_PACKAGE"]
+
+CONFIG_PACKAGE = "models"
+CONFIG_DIR = "configs"
+
+
+def _positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One MoE transformer, as the simulator and the executor need it.
+
+    name:              catalog name (the YAML file's stem).
+    num_layers:        transformer layers (blocks); encoder + decoder together for T5.
+    d_model:           hidden size d (the width of the tokens the all-to-alls move).
+    d_ffn:             FFN inner size of one expert (and of the dense FFN layers).
+    num_experts:       experts E per MoE layer.
+    top_k:             experts per token (2 = GShard top-2, the paper's setting).
+    moe_every:         an MoE layer every `moe_every` layers: layer l (0-based) is MoE when
+                       (l + 1) % moe_every == 0 (moe_every = 2: layers 1, 3, 5, ... as in
+                       GShard / Switch); 1 = every layer is MoE.
+    seq_len:           tokens per sequence (the attention span, unless `attention_window`).
+    tokens_per_gpu:    tokens per GPU per step (micro-batch sequences x seq_len): the default
+                       workload of the simulator.
+    vocab_size:        output classes of the head (vocabulary; 1000 ImageNet classes for Swin).
+    bytes_per_element: 2 for bf16/fp16 activations on the wire.
+    attention_window:  tokens each token attends to when smaller than seq_len (Swin's windows);
+                       None = seq_len.
+    source:            where the numbers come from.
+    notes:             choices made where the source gives no number.
+    assumed:           the fields whose values are our choice, not the source's.
+    """
+
+    name: str
+    num_layers: int
+    d_model: int
+    d_ffn: int
+    num_experts: int
+    seq_len: int
+    tokens_per_gpu: int
+    top_k: int = 2
+    moe_every: int = 2
+    vocab_size: int = 50257
+    bytes_per_element: int = 2
+    attention_window: int | None = None
+    source: str = ""
+    notes: str = ""
+    assumed: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name={self.name!r} must be a non-empty string")
+        for name in ("num_layers", "d_model", "d_ffn", "num_experts", "seq_len", "tokens_per_gpu", "top_k",
+                     "moe_every", "vocab_size", "bytes_per_element"):
+            _positive_int(name, getattr(self, name))
+        if self.top_k > self.num_experts:
+            raise ValueError(f"top_k={self.top_k} exceeds num_experts={self.num_experts}")
+        if self.moe_every > self.num_layers:
+            raise ValueError(f"moe_every={self.moe_every} exceeds num_layers={self.num_layers}: the model has no MoE layer")
+        if self.bytes_per_element not in (1, 2, 4, 8):
+            raise ValueError(f"bytes_per_element={self.bytes_per_element} must be 1, 2, 4 or 8")
+        if self.attention_window is not None:
+            _positive_int("attention_window", self.attention_window)
+            if self.attention_window > self.seq_len:
+                raise ValueError(f"attention_window={self.attention_window} exceeds seq_len={self.seq_len}")
+        if not isinstance(self.assumed, tuple):
+            object.__setattr__(self, "assumed", tuple(self.assumed))
+        unknown = sorted(set(self.assumed) - set(self.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"assumed names unknown fields {unknown}")
+
+    # ---- derived sizes -----------------------------------------------------------------------
+    @property
+    def moe_layers(self) -> tuple[int, ...]:
+        """0-based indices of the MoE layers.
+
+        >>> ModelConfig("x", 4, 8, 16, 4, seq_len=8, tokens_per_gpu=8).moe_layers
+        (1, 3)
+        """
+        return tuple(layer for layer in range(self.num_layers) if (layer + 1) % self.moe_every == 0)
+
+    @property
+    def num_moe_layers(self) -> int:
+        return len(self.moe_layers)
+
+    @property
+    def expert_parameters(self) -> int:
+        """Weights of one expert FFN: 2 d d_ffn (two matrices, biases ignored)."""
+        return 2 * self.d_model * self.d_ffn
+
+    @property
+    def num_parameters(self) -> int:
+        """All weights: per layer attention 4 d^2, FFN 2 d d_ffn (dense) or E * 2 d d_ffn + d E
+        (MoE: experts + gate), plus one embedding of vocab_size x d (tied head). Biases and norms
+        are ignored (under 0.1% of these models).
+
+        >>> ModelConfig("x", 2, 4, 8, 2, seq_len=4, tokens_per_gpu=4, vocab_size=10).num_parameters
+        368
+        """
+        dense_layers = self.num_layers - self.num_moe_layers
+        attention = self.num_layers * 4 * self.d_model ** 2
+        dense_ffn = dense_layers * self.expert_parameters
+        moe = self.num_moe_layers * (self.num_experts * self.expert_parameters + self.d_model * self.num_experts)
+        return attention + dense_ffn + moe + self.vocab_size * self.d_model
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Bytes of one token on the wire: d_model * bytes_per_element."""
+        return self.d_model * self.bytes_per_element
+
+    def check_placement(self, world_size: int) -> None:
+        """Refuse a GPU count the experts cannot be spread over evenly (E % W != 0).
+
+        Every rank holds E / W experts (expert parallelism, no replicas). E < W would need expert
+        replicas or sharding, which the simulator does not model.
+        """
+        _positive_int("world_size", world_size)
+        if self.num_experts % world_size != 0:
+            raise ValueError(
+                f"model {self.name!r} has num_experts={self.num_experts} per MoE layer, which cannot be placed "
+                f"on {world_size} GPUs: expert parallelism needs num_experts % gpus == 0 "
+                f"({self.num_experts} % {world_size} = {self.num_experts % world_size}); "
+                f"use a cluster whose GPU count divides {self.num_experts}")
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["assumed"] = list(self.assumed)
+        return out
+
+
+_FIELDS = set(ModelConfig.__dataclass_fields__)
+
+
+def model_from_dict(data: dict, name: str | None = None) -> ModelConfig:
+    """A ModelConfig from a YAML mapping; unknown keys are refused by name."""
+    if not isinstance(data, dict):
+        raise ValueError(f"a model config must be a mapping, got {type(data).__name__}")
+    data = dict(data)
+    if name is not None:
+        data.setdefault("name", name)
+    unknown = sorted(set(data) - _FIELDS)
+    if unknown:
+        raise ValueError(f"model config has unknown field {unknown[0]!r}; known: {', '.join(sorted(_FIELDS))}")
+    required = ("name", "num_layers", "d_model", "d_ffn", "num_experts", "seq_len", "tokens_per_gpu")
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise ValueError(f"model config lacks the field {missing[0]!r} (required: {', '.join(required)})")
+    if "assumed" in data:
+        data["assumed"] = tuple(data["assumed"] or ())
+    for key in ("source", "notes"):
+        if key in data and data[key] is None:
+            data[key] = ""
+    return ModelConfig(**data)
+
+
+def _config_files() -> dict[str, object]:
+    """name -> Traversable of every shipped YAML."""
+    folder = resources.files(CONFIG_PACKAGE).joinpath(CONFIG_DIR)
+    return {entry.name[:-len(".yaml")]: entry for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def list_models() -> list[str]:
+    """Names of the shipped models, sorted."""
+    return sorted(_config_files())
+
+
+def load_model(name_or_path: str | Path) -> ModelConfig:
+    """A shipped model by name, or any YAML file by path.
+
+    >>> load_model("gpt-moe-15b").num_experts
+    512
+    """
+    text = str(name_or_path)
+    path = Path(text)
+    if text.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise ValueError(f"model file {text!r} does not exist")
+        return _parse(path.read_text(), path.stem, text)
+    files = _config_files()
+    if text not in files:
+        raise ValueError(f"unknown model {text!r}; known: {', '.join(sorted(files))} (or a path to a .yaml file)")
+    return _parse(files[text].read_text(), text, text)
+
+
+def _parse(text: str, stem: str, where: str) -> ModelConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"{where}: not valid YAML ({error})") from None
+    try:
+        return model_from_dict(data, name=stem)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{where}: {error}") from None
