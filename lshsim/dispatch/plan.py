@@ -39,8 +39,10 @@ class DispatchPlan:
         capacity:          int, slots per (source rank, expert) buffer.
         placement:         Placement, expert -> rank -> node.
         token_rank:        (T,) int64, rank on which token t lives (its source rank).
-        scores:            (T, E) float or None, router probabilities over all experts (what the
-                           auxiliary losses need); None for routers without scores (hash).
+        router_logits:     (T, E) float or None, the router's logits; `scores` = softmax over
+                           experts (what the auxiliary losses need). None for routers without a
+                           gate (hash). Kept as logits so that the (T, E) softmax is computed only
+                           when a loss asks for it.
     """
 
     expert_index: torch.Tensor
@@ -51,7 +53,7 @@ class DispatchPlan:
     capacity: int
     placement: Placement
     token_rank: torch.Tensor
-    scores: torch.Tensor | None = None
+    router_logits: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         num_tokens, num_choices = self.expert_index.shape
@@ -83,6 +85,13 @@ class DispatchPlan:
     @property
     def world_size(self) -> int:
         return self.placement.world_size
+
+    @property
+    def scores(self) -> torch.Tensor | None:
+        """(T, E) float32 router probabilities softmax(router_logits), None without a gate."""
+        if self.router_logits is None:
+            return None
+        return torch.softmax(self.router_logits.float(), dim=1)
 
     @property
     def routed(self) -> torch.Tensor:
