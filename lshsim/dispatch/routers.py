@@ -146,16 +146,18 @@ def assign_slots(expert_index: torch.Tensor, token_rank: torch.Tensor, capacity:
         # padding goes to an extra buffer past the real ones so that it never takes a slot
         key = torch.where(routed, flat_rank * num_experts + flat_expert,
                           torch.full_like(flat_expert, world_size * num_experts))  # (k*T,)
+        if world_size * num_experts < 2**31 - 1:
+            key = key.to(torch.int32)  # speed trick: an int32 sort is about 2x faster than int64
         if priority_score is not None:
             by_score = torch.sort(-priority_score.detach().t().reshape(-1).float(), stable=True).indices
             order = by_score[torch.sort(key[by_score], stable=True).indices]  # (k*T,)
         else:
             order = torch.sort(key, stable=True).indices  # (k*T,)
         sorted_key = key[order]  # (k*T,)
-        counts = torch.bincount(key, minlength=world_size * num_experts + 1)  # (W*E+1,)
+        counts = torch.bincount(key.long(), minlength=world_size * num_experts + 1)  # (W*E+1,)
         starts = torch.cumsum(counts, 0) - counts  # (W*E+1,)
-        position = torch.empty_like(key)
-        position[order] = torch.arange(key.numel(), device=key.device) - starts[sorted_key]
+        position = torch.empty(key.shape, dtype=torch.int64, device=key.device)
+        position[order] = torch.arange(key.numel(), device=key.device) - starts[sorted_key.long()]
         kept_flat = routed & (position < capacity)  # (k*T,)
         slot_flat = torch.where(kept_flat, position, torch.full_like(position, -1))
         slot = slot_flat.reshape(num_choices, num_tokens).t().contiguous()  # (T, k)
