@@ -1,5 +1,12 @@
-"""Discrete-event simulation of MoE training: network, collectives, the MoE step, and traces.
+"""Discrete-event simulation (simpy) on `lshsim.topology` graphs (DESIGN.md §4).
 
-Submodules are imported explicitly (`from lshsim.sim.trace import Trace`); this package imports
-nothing at load time, so each submodule stays cheap to import.
+- `lshsim.sim.network`: FlowNetwork (flow-level, max-min fair sharing), simulate_flows, Transfer.
+- `lshsim.sim.collectives`: simulate_all_to_all, ALGORITHMS (direct, pairwise, 2d, groupwise),
+  CollectiveResult, uniform_traffic.
+- `lshsim.sim.reference`: the slow per-flow reference the tests compare the fast path with.
 """
+from lshsim.sim.collectives import ALGORITHMS, CollectiveResult, Stage, simulate_all_to_all, uniform_traffic
+from lshsim.sim.network import FlowNetwork, FlowResult, Transfer, simulate_flows
+
+__all__ = ["ALGORITHMS", "CollectiveResult", "Stage", "simulate_all_to_all", "uniform_traffic", "FlowNetwork",
+           "FlowResult", "Transfer", "simulate_flows"]

@@ -1,0 +1,273 @@
+"""All-to-all collectives on any traffic matrix, as simpy processes over a FlowNetwork.
+
+`simulate_all_to_all(G, traffic_bytes, algorithm="direct", **options) -> CollectiveResult`.
+traffic_bytes is a (W, W) array of bytes, row = source rank, column = destination rank, W = the
+GPUs of G (for example `DispatchPlan.traffic_matrix(bytes_per_token)`).
+
+The diagonal stays on its rank: no network. With local_copy=True (default) rank r copies its
+diagonal bytes in HBM (read + write: 2 * T[r, r] / achieved_hbm_Bps of G.graph["gpu"]),
+concurrently with its network traffic (NCCL copies to itself while the peers' messages fly), so
+time_s = max(network time, longest local copy). With local_copy=False the diagonal costs nothing.
+
+Algorithms (registry ALGORITHMS; a new one is a generator `fn(net, traffic, stages, **options)` that
+starts transfers on `net` and yields their `done` events, appending a `Stage` per phase it runs):
+- direct:    every rank sends to every peer at once (NCCL's grouped send/recv). One phase.
+- pairwise:  W - 1 bulk-synchronous steps; in step k rank r sends to (r + k) mod W (MPI's pairwise
+             exchange). Each step pays alpha_s. (A step starts when the previous one ended everywhere:
+             an upper bound on the per-rank asynchronous version; equal for uniform traffic.)
+- 2d:        hierarchical (Tutel 2DH / DeepSpeed): (1) intra-node gather: data for another node goes
+             to the local "proxy" GPU of the destination GPU's NIC (GPU l's proxy is the first GPU
+             using NIC l * nics // gpus_per_node), together with the intra-node traffic;
+             (2) inter-node exchange proxy -> proxy over the NICs, node-pair data aggregated;
+             (3) intra-node scatter from the proxy to the destination GPU. With one NIC per GPU the
+             proxy of GPU l is l itself and step 3 is empty (Tutel's 2DH). Option chunks=c pipelines:
+             each phase is cut in c equal chunks; chunk i of phase p starts when chunk i of phase p-1
+             and chunk i-1 of phase p are done.
+- groupwise: LocMoE's group-wise all-to-all: the intra-node exchange first, then only the
+             inter-node remainder (direct, every peer at once).
+On one node, 2d and groupwise reduce to direct.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+import simpy
+
+from lshsim.sim.network import FlowNetwork, busiest_links
+from lshsim.topology.routing import Routes, gpu_vertices, validate_topology
+
+__all__ = ["simulate_all_to_all", "CollectiveResult", "Stage", "ALGORITHMS", "uniform_traffic",
+           "proxy_of_local", "hierarchical_phases"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One phase (or chunk of a phase) of a collective: name, start/end (s), bytes, flows."""
+
+    name: str
+    start_s: float
+    end_s: float
+    bytes: float
+    flows: int
+
+
+@dataclass(frozen=True)
+class CollectiveResult:
+    """The predicted all-to-all. W ranks, L links.
+
+    time_s:         predicted time of the collective (s): last arrival (and longest local copy)
+    network_time_s: last arrival of a network flow (0 if nothing crosses the network)
+    egress_bytes:   (W,) bytes each rank sends to others (row sums, diagonal excluded)
+    ingress_bytes:  (W,) bytes each rank receives from others (column sums, diagonal excluded)
+    local_bytes:    (W,) diagonal (stays on the rank)
+    local_copy_s:   (W,) HBM copy time of the diagonal (0 with local_copy=False)
+    stages:         list[Stage] in start order
+    link_bytes:     (L,) bytes that crossed each link (edges in `edges`); for 2d the proxies'
+                    forwarded bytes count on every link they cross
+    busiest:        list of (u, v, bytes, utilisation = bytes / (bandwidth_Bps * time_s)), top 10
+    """
+
+    algorithm: str
+    topology: str
+    time_s: float
+    network_time_s: float
+    egress_bytes: np.ndarray
+    ingress_bytes: np.ndarray
+    local_bytes: np.ndarray
+    local_copy_s: np.ndarray
+    stages: list
+    edges: list
+    link_bytes: np.ndarray
+    capacity_Bps: np.ndarray
+    busiest: list
+    options: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+
+    def busiest_links(self, k: int = 10) -> list[tuple]:
+        return busiest_links(self.edges, self.link_bytes, self.capacity_Bps, self.time_s, k)
+
+    def to_dict(self, top_links: int = 10) -> dict:
+        """JSON-ready summary."""
+        return {
+            "algorithm": self.algorithm, "topology": self.topology, "time_s": self.time_s,
+            "network_time_s": self.network_time_s, "options": self.options,
+            "egress_bytes": self.egress_bytes.tolist(), "ingress_bytes": self.ingress_bytes.tolist(),
+            "local_bytes": self.local_bytes.tolist(), "local_copy_s": self.local_copy_s.tolist(),
+            "stages": [vars(s) for s in self.stages],
+            "busiest_links": [{"src": u, "dst": v, "bytes": b, "utilisation": x}
+                              for u, v, b, x in self.busiest_links(top_links)],
+            "stats": self.stats,
+        }
+
+
+def uniform_traffic(world: int, bytes_per_rank: float) -> np.ndarray:
+    """(W, W) matrix where every rank sends bytes_per_rank in total, split evenly over all W ranks
+    (itself included, as an MoE dispatch with uniform routing does: the diagonal stays local).
+
+    >>> uniform_traffic(4, 400.0)[0]
+    array([100., 100., 100., 100.])
+    """
+    if world < 1:
+        raise ValueError(f"world={world} must be >= 1")
+    if not np.isfinite(bytes_per_rank) or bytes_per_rank < 0:
+        raise ValueError(f"bytes_per_rank={bytes_per_rank} must be a finite number >= 0")
+    return np.full((world, world), bytes_per_rank / world)
+
+
+# ---- algorithms -------------------------------------------------------------------------------
+def _offdiag(traffic: np.ndarray, mask: np.ndarray | None = None):
+    keep = traffic > 0
+    np.fill_diagonal(keep, False)
+    if mask is not None:
+        keep &= mask
+    src, dst = np.nonzero(keep)
+    return src, dst, traffic[src, dst]
+
+
+def _phase(net: FlowNetwork, stages: list, name: str, traffic: np.ndarray, mask: np.ndarray | None = None):
+    src, dst, size = _offdiag(traffic, mask)
+    start = net.env.now
+    if len(src) == 0:
+        return
+    tr = net.transfer(src, dst, size, label=name)
+    yield tr.done
+    stages.append(Stage(name, start, tr.end_s, float(size.sum()), len(src)))
+
+
+def direct(net: FlowNetwork, traffic: np.ndarray, stages: list):
+    """Every rank sends to every peer at once."""
+    yield from _phase(net, stages, "direct", traffic)
+
+
+def pairwise(net: FlowNetwork, traffic: np.ndarray, stages: list):
+    """W - 1 bulk-synchronous steps, step k: r -> (r + k) mod W."""
+    world = traffic.shape[0]
+    ranks = np.arange(world)
+    for k in range(1, world):
+        mask = np.zeros((world, world), dtype=bool)
+        mask[ranks, (ranks + k) % world] = True
+        yield from _phase(net, stages, f"step{k}", traffic, mask)
+
+
+def proxy_of_local(gpus_per_node: int, nics_per_node: int) -> np.ndarray:
+    """(gpus_per_node,) local proxy GPU of each local GPU: the first GPU that uses the same NIC.
+
+    >>> proxy_of_local(8, 2).tolist()
+    [0, 0, 0, 0, 4, 4, 4, 4]
+    """
+    nic = np.arange(gpus_per_node) * nics_per_node // gpus_per_node                  # (g,)
+    first = {}
+    for local, i in enumerate(nic):
+        first.setdefault(int(i), local)
+    return np.array([first[int(i)] for i in nic], dtype=np.int64)
+
+
+def hierarchical_phases(traffic: np.ndarray, num_nodes: int, gpus_per_node: int, nics_per_node: int):
+    """The three (W, W) matrices of the 2d algorithm: gather (+ intra-node), exchange, scatter.
+
+    Conservation: every off-diagonal byte of `traffic` appears once in the exchange if it changes
+    node, and in gather/scatter as many times as it moves inside a node.
+    """
+    world = num_nodes * gpus_per_node
+    T = np.asarray(traffic, dtype=float).reshape(num_nodes, gpus_per_node, num_nodes, gpus_per_node)  # (N, g, N, g)
+    proxy = proxy_of_local(gpus_per_node, max(nics_per_node, 1))                      # (g,)
+    same_node = np.eye(num_nodes, dtype=bool)                                         # (N, N)
+    inter = np.where(same_node[:, None, :, None], 0.0, T)                             # (N, g, N, g)
+    gather = np.where(same_node[:, None, :, None], T, 0.0)                            # (N, g, N, g) intra part
+    exchange = np.zeros_like(T)
+    scatter = np.zeros_like(T)
+    for dst_local in range(gpus_per_node):
+        p = proxy[dst_local]
+        # (1) gather: (n, l) -> (n, p) all its bytes for (m != n, dst_local)
+        to_proxy = inter[:, :, :, dst_local].sum(axis=2)                              # (N, g)
+        for n in range(num_nodes):
+            gather[n, :, n, p] += to_proxy[n]
+        # (2) exchange: (n, p) -> (m, p) all node n's bytes for (m, dst_local)
+        exchange[:, p, :, p] += inter[:, :, :, dst_local].sum(axis=1)                 # (N, N)
+        # (3) scatter: (m, p) -> (m, dst_local) everything that arrived for dst_local
+        from_proxy = inter[:, :, :, dst_local].sum(axis=(0, 1))                       # (N,)
+        for m in range(num_nodes):
+            scatter[m, p, m, dst_local] += from_proxy[m]
+    return tuple(x.reshape(world, world) for x in (gather, exchange, scatter))
+
+
+def two_d(net: FlowNetwork, traffic: np.ndarray, stages: list, chunks: int = 1):
+    """Hierarchical all-to-all: gather to NIC proxies, inter-node exchange, scatter (module docstring)."""
+    G = net.G
+    if isinstance(chunks, bool) or not isinstance(chunks, (int, np.integer)) or chunks < 1:
+        raise ValueError(f"chunks={chunks} must be an integer >= 1")
+    num_nodes, gpus_per_node = G.graph["num_nodes"], G.graph["gpus_per_node"]
+    if num_nodes == 1:
+        yield from direct(net, traffic, stages)
+        return
+    phases = hierarchical_phases(traffic, num_nodes, gpus_per_node, G.graph.get("nics_per_node", 1))
+    names = ("gather", "exchange", "scatter")
+    env = net.env
+    done = {}
+
+    def chunk(i: int):
+        for p, (name, matrix) in enumerate(zip(names, phases)):
+            if i > 0:
+                yield done[(i - 1, p)]
+            label = name if chunks == 1 else f"{name}[{i}]"
+            yield from _phase(net, stages, label, matrix / chunks)
+            done[(i, p)].succeed()
+
+    for i in range(chunks):
+        for p in range(len(phases)):
+            done[(i, p)] = env.event()
+    yield simpy.AllOf(env, [env.process(chunk(i)) for i in range(chunks)])
+
+
+def groupwise(net: FlowNetwork, traffic: np.ndarray, stages: list):
+    """LocMoE group-wise: intra-node exchange, then the inter-node remainder."""
+    node = np.array([net.G.nodes[g]["node"] for g in gpu_vertices(net.G)])           # (W,)
+    same = node[:, None] == node[None, :]                                             # (W, W)
+    yield from _phase(net, stages, "intra", traffic, same)
+    yield from _phase(net, stages, "inter", traffic, ~same)
+
+
+ALGORITHMS = {"direct": direct, "pairwise": pairwise, "2d": two_d, "groupwise": groupwise}
+
+
+def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct", *, alpha_s: float | None = None,
+                        local_copy: bool = True, routes: Routes | None = None, **options) -> CollectiveResult:
+    """Simulate one all-to-all of `traffic_bytes` (W, W) on topology G with `algorithm`.
+
+    Options: alpha_s (default G.graph["alpha_s"]), local_copy (see module docstring), routes (a
+    precomputed Routes(G)), and the algorithm's own (2d: chunks).
+
+    >>> from lshsim.topology import load_topology
+    >>> G = load_topology("h100-nvswitch")
+    >>> r = simulate_all_to_all(G, uniform_traffic(8, 8 * 450e6), local_copy=False)
+    >>> round(r.time_s * 1e3, 3)   # alpha + 2 hops + 7 * 450 MB / 450 GB/s
+    7.012
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm={algorithm!r} is unknown; known: {', '.join(ALGORITHMS)}")
+    routes = validate_topology(G) if routes is None else routes
+    world = routes.world
+    traffic = np.asarray(traffic_bytes, dtype=float)                                  # (W, W)
+    if traffic.shape != (world, world):
+        raise ValueError(f"traffic_bytes has shape {traffic.shape}, expected ({world}, {world}) for topology "
+                         f"{G.graph.get('name')} with {world} GPUs")
+    if not np.all(np.isfinite(traffic)) or traffic.min(initial=0.0) < 0:
+        raise ValueError("traffic_bytes must be finite and >= 0")
+    net = FlowNetwork(G, alpha_s=alpha_s, routes=routes)
+    stages: list[Stage] = []
+    process = net.env.process(ALGORITHMS[algorithm](net, traffic, stages, **options))
+    net.env.run(until=process)
+    local = np.diag(traffic).copy()                                                    # (W,)
+    off = traffic - np.diag(local)
+    copy_s = 2.0 * local / G.graph["gpu"]["achieved_hbm_Bps"] if local_copy else np.zeros(world)  # (W,)
+    network_s = max((s.end_s for s in stages), default=0.0)
+    time_s = float(max(network_s, copy_s.max(initial=0.0)))
+    stages.sort(key=lambda s: (s.start_s, s.name))
+    return CollectiveResult(
+        algorithm=algorithm, topology=G.graph.get("name", ""), time_s=time_s, network_time_s=float(network_s),
+        egress_bytes=off.sum(axis=1), ingress_bytes=off.sum(axis=0), local_bytes=local, local_copy_s=copy_s,
+        stages=stages, edges=net.edges, link_bytes=net.link_bytes.copy(), capacity_Bps=net.capacity_Bps.copy(),
+        busiest=busiest_links(net.edges, net.link_bytes, net.capacity_Bps, time_s, 10),
+        options={"alpha_s": net.alpha_s, "local_copy": local_copy, **options}, stats=dict(net.stats))

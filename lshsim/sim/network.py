@@ -1,0 +1,373 @@
+"""Flow-level network simulation on a topology graph, driven by a simpy Environment.
+
+Model (DESIGN.md §4):
+1. A transfer is a set of flows (src rank, dst rank, bytes) started together at `env.now`. Each flow
+   follows its route (`lshsim.topology.Routes`: one deterministic path per GPU pair).
+2. Start-up: a flow enters the network alpha_s after it is started (per-message start-up latency,
+   paid once per flow; concurrent flows pay it concurrently).
+3. Sharing: the bytes of all flows in the network drain as fluids. Concurrent flows share every
+   link max-min fairly, by progressive filling (water-filling): all unfrozen flows rise at the same
+   rate until a link saturates; the flows crossing it freeze; repeat. Rates are recomputed whenever
+   a flow enters or drains. A link is one direction of a physical link (`bandwidth_Bps` per direction).
+4. Propagation: a flow completes sum(latency_s over its path) after its last byte left (the
+   per-hop latency is paid once per flow, not per byte; no store-and-forward).
+   So one flow of b bytes alone on one link takes alpha_s + latency_s + b / bandwidth_Bps, exactly.
+
+Exploiting structure (speed tricks, labelled):
+- [aggregation] flows of one transfer with the same (src, dst, bytes) have the same route and the
+  same rates forever: they are one "flow class" with a multiplicity m; a link counts m shares.
+- [vectorised] classes live in numpy arrays; water-filling is a few bincounts per bottleneck level;
+  classes that drain at the same instant (within a relative 1e-9 of their bytes) finish together.
+- [per-port] non-blocking switches are one vertex whose per-port edges carry the capacity (the
+  NVSwitch crossbar; the spine layer as one trunk per leaf, exact for perfectly balanced ECMP), so a
+  route has at most ~6 edges and contention is never dropped.
+The slow, obvious reference is `lshsim.sim.reference.reference_simulate_flows` (per flow, pure
+Python, networkx paths); the tests compare the two.
+
+Extension contract: a collective (or an MoE step) is a simpy process that calls
+`net.transfer(...)` and yields `transfer.done`; it may also yield `net.env.timeout(...)` for compute.
+Run it with `env.run(until=process)`: the scheduler leaves stale internal timers in the event
+queue, so a bare `env.run()` may move `env.now` past the last completion (completion times are
+always the ones recorded in `Transfer.finish_s`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+import simpy
+
+from lshsim.topology.routing import Routes, validate_topology
+
+__all__ = ["FlowNetwork", "Transfer", "FlowResult", "simulate_flows", "busiest_links", "RELATIVE_TOLERANCE"]
+
+#: A class whose remaining bytes are below this fraction of its size counts as drained.
+RELATIVE_TOLERANCE = 1e-9
+
+
+@dataclass(eq=False)
+class Transfer:
+    """A batch of flows started together. `done` succeeds (value: self) when the last one arrives.
+
+    Fields (F flows): src (F,) int ranks, dst (F,) int ranks, size_bytes (F,) float, start_s (float,
+    when started), enter_s (start_s + alpha_s), finish_s (F,) float (NaN until that flow arrives),
+    end_s (max finish_s, NaN until done), label.
+    """
+
+    src: np.ndarray
+    dst: np.ndarray
+    size_bytes: np.ndarray
+    start_s: float
+    enter_s: float
+    done: simpy.Event
+    label: str = ""
+    finish_s: np.ndarray = field(default=None)
+    end_s: float = float("nan")
+    _inverse: np.ndarray = field(default=None, repr=False)        # (F,) flow -> class
+    _class_finish: np.ndarray = field(default=None, repr=False)   # (C,) class arrival times
+    _pending: int = 0
+
+    @property
+    def num_flows(self) -> int:
+        return len(self.src)
+
+    @property
+    def total_bytes(self) -> float:
+        return float(self.size_bytes.sum())
+
+
+def busiest_links(edges: list, link_bytes: np.ndarray, capacity_Bps: np.ndarray, time_s: float,
+                  k: int = 10) -> list[tuple]:
+    """The k links with the highest utilisation = bytes / (bandwidth_Bps * time_s), as
+    (u, v, bytes, utilisation), highest first (ties: more bytes first, then edge order)."""
+    if time_s <= 0 or len(edges) == 0:
+        util = np.zeros(len(edges))
+    else:
+        util = link_bytes / (capacity_Bps * time_s)                                     # (L,)
+    order = np.lexsort((np.arange(len(edges)), -link_bytes, -util))[:k]
+    return [(edges[i][0], edges[i][1], float(link_bytes[i]), float(util[i])) for i in order if link_bytes[i] > 0]
+
+
+class FlowNetwork:
+    """The flows in flight on one topology, advanced by a simpy process (see the module docstring).
+
+    Args:
+        G: topology graph (`lshsim.topology`).
+        env: the simpy Environment to live in (a new one if None).
+        alpha_s: per-flow start-up latency (default G.graph["alpha_s"], else 0).
+        routes: precomputed `Routes(G)` (reuse it across many networks on one topology).
+    """
+
+    def __init__(self, G: nx.DiGraph, env: simpy.Environment | None = None, *, alpha_s: float | None = None,
+                 routes: Routes | None = None):
+        self.G = G
+        self.env = simpy.Environment() if env is None else env
+        self.routes = validate_topology(G) if routes is None else routes
+        self.alpha_s = float(G.graph.get("alpha_s", 0.0) if alpha_s is None else alpha_s)
+        if not np.isfinite(self.alpha_s) or self.alpha_s < 0:
+            raise ValueError(f"alpha_s={self.alpha_s} must be >= 0")
+        self.world = self.routes.world
+        num_links = self.routes.num_edges
+        self._sentinel = num_links                                      # padding edge id, infinite capacity
+        self._capacity = np.append(self.routes.capacity_Bps, np.inf)    # (L+1,)
+        self._latency = np.append(self.routes.latency_s, 0.0)           # (L+1,)
+        self.link_bytes = np.zeros(num_links)                           # (L,) bytes that crossed each link
+        self.transfers: list[Transfer] = []
+        # active flow classes (n of them)
+        self._E = np.empty((0, 0), dtype=np.int32)    # (n, H) edge ids, padded with the sentinel
+        self._rem = np.empty(0)                       # (n,) bytes left per flow of the class
+        self._size = np.empty(0)                      # (n,) bytes per flow of the class
+        self._mult = np.empty(0)                      # (n,) flows in the class
+        self._rate = np.empty(0)                      # (n,) B/s per flow
+        self._lat = np.empty(0)                       # (n,) path latency
+        self._owner = np.empty(0, dtype=np.int64)     # (n,) transfer index
+        self._cls = np.empty(0, dtype=np.int64)       # (n,) class index within its transfer
+        self._last_t = 0.0
+        self._dirty = False
+        self._wakeup = self.env.event()
+        self.stats = {"rate_updates": 0, "fill_levels": 0, "drain_events": 0, "classes": 0, "flows": 0}
+        self.env.process(self._run())
+
+    # ---- public -----------------------------------------------------------------------------
+    @property
+    def edges(self) -> list:
+        return self.routes.edges
+
+    @property
+    def capacity_Bps(self) -> np.ndarray:
+        return self.routes.capacity_Bps
+
+    def transfer(self, src, dst, size_bytes, *, alpha_s: float | None = None, label: str = "") -> Transfer:
+        """Start flows src[i] -> dst[i] of size_bytes[i] now; returns their Transfer (yield its .done).
+
+        src != dst for every flow (a rank's data for itself is not a network flow). Zero-byte flows
+        are allowed: they arrive alpha_s + path latency after the start.
+        """
+        src = np.atleast_1d(np.asarray(src, dtype=np.int64))                      # (F,)
+        dst = np.atleast_1d(np.asarray(dst, dtype=np.int64))                      # (F,)
+        size = np.atleast_1d(np.asarray(size_bytes, dtype=float))                 # (F,)
+        if not (src.shape == dst.shape == size.shape) or src.ndim != 1:
+            raise ValueError(f"src, dst, size_bytes must be 1-D of one length, got {src.shape}, {dst.shape}, "
+                             f"{size.shape}")
+        if len(size) and (not np.all(np.isfinite(size)) or size.min() < 0):
+            i = int(np.flatnonzero(~(np.isfinite(size) & (size >= 0)))[0])
+            raise ValueError(f"size_bytes[{i}]={size[i]} must be a finite number >= 0")
+        alpha = self.alpha_s if alpha_s is None else float(alpha_s)
+        if not np.isfinite(alpha) or alpha < 0:
+            raise ValueError(f"alpha_s={alpha} must be >= 0")
+        # [aggregation] one class per distinct (src, dst, bytes)
+        pair = src * self.world + dst                                             # (F,)
+        order = np.lexsort((size, pair))
+        if len(order):
+            new = np.r_[True, (np.diff(pair[order]) != 0) | (np.diff(size[order]) != 0)]
+        else:
+            new = np.zeros(0, dtype=bool)
+        group_sorted = np.cumsum(new) - 1
+        inverse = np.empty(len(src), dtype=np.int64)
+        inverse[order] = group_sorted
+        first = order[new]                                                        # (C,) a representative flow
+        mult = np.bincount(group_sorted, minlength=len(first)).astype(float)      # (C,)
+        edges = self.routes.edge_ids(src[first], dst[first])                      # (C, H), -1 padded
+        edges = np.where(edges < 0, self._sentinel, edges).astype(np.int32)
+        now = self.env.now
+        tr = Transfer(src=src, dst=dst, size_bytes=size, start_s=now, enter_s=now + alpha, done=self.env.event(),
+                      label=label, finish_s=np.full(len(src), np.nan))
+        tr._inverse = inverse
+        tr._class_finish = np.full(len(first), np.nan)
+        tr._pending = len(first)
+        index = len(self.transfers)
+        self.transfers.append(tr)
+        self.stats["classes"] += len(first)
+        self.stats["flows"] += len(src)
+        weights = np.repeat(size[first] * mult, edges.shape[1])
+        if edges.size:
+            self.link_bytes += np.bincount(edges.ravel(), weights=weights, minlength=self._sentinel + 1)[:-1]
+        if len(first) == 0:
+            tr.end_s = now
+            tr.done.succeed(tr)
+            return tr
+        self.env.process(self._enter(index, edges, size[first], mult, alpha))
+        return tr
+
+    def run_transfer(self, src, dst, size_bytes, **kwargs):
+        """Generator helper for collectives: `yield from net.run_transfer(...)` starts a transfer
+        and waits for it; returns the Transfer."""
+        tr = self.transfer(src, dst, size_bytes, **kwargs)
+        yield tr.done
+        return tr
+
+    def busiest_links(self, time_s: float, k: int = 10) -> list[tuple]:
+        return busiest_links(self.edges, self.link_bytes, self.capacity_Bps, time_s, k)
+
+    # ---- internals ----------------------------------------------------------------------------
+    def _enter(self, index: int, edges: np.ndarray, size: np.ndarray, mult: np.ndarray, alpha: float):
+        if alpha > 0:
+            yield self.env.timeout(alpha)
+        self._advance_to(self.env.now)
+        n_classes = len(size)
+        lat = self._latency[edges].sum(axis=1) if edges.size else np.zeros(n_classes)     # (C,)
+        width = max(self._E.shape[1], edges.shape[1])
+        self._E = np.vstack([self._pad(self._E, width), self._pad(edges, width)])
+        self._rem = np.concatenate([self._rem, size])
+        self._size = np.concatenate([self._size, size])
+        self._mult = np.concatenate([self._mult, mult])
+        self._rate = np.concatenate([self._rate, np.zeros(n_classes)])
+        self._lat = np.concatenate([self._lat, lat])
+        self._owner = np.concatenate([self._owner, np.full(n_classes, index, dtype=np.int64)])
+        self._cls = np.concatenate([self._cls, np.arange(n_classes, dtype=np.int64)])
+        self._dirty = True
+        self._finish(self._rem <= 0.0)     # zero-byte classes arrive after their path latency
+        if not self._wakeup.triggered:
+            self._wakeup.succeed()
+
+    def _pad(self, edges: np.ndarray, width: int) -> np.ndarray:
+        if edges.shape[1] == width:
+            return edges
+        out = np.full((edges.shape[0], width), self._sentinel, dtype=np.int32)
+        out[:, :edges.shape[1]] = edges
+        return out
+
+    def _run(self):
+        env = self.env
+        while True:
+            if len(self._rem) == 0:
+                yield self._wakeup
+                self._wakeup = env.event()
+                continue
+            if self._dirty:
+                self._compute_rates()
+            time_left = self._rem / self._rate                                            # (n,)
+            dt = float(time_left.min())
+            yield env.timeout(dt) | self._wakeup
+            if self._wakeup.triggered:
+                self._wakeup = env.event()
+            self._advance_to(env.now)
+
+    def _advance_to(self, now: float) -> None:
+        """Drain every class at its current rate up to `now`; finish the drained ones."""
+        elapsed = now - self._last_t
+        self._last_t = now
+        if elapsed <= 0 or len(self._rem) == 0:
+            return
+        self._rem -= self._rate * elapsed
+        self._finish(self._rem <= RELATIVE_TOLERANCE * self._size)
+
+    def _finish(self, drained: np.ndarray) -> None:
+        if not drained.any():
+            return
+        now = self.env.now
+        self.stats["drain_events"] += 1
+        arrival = now + self._lat[drained]                                                # (d,)
+        owners = self._owner[drained]
+        classes = self._cls[drained]
+        for index in np.unique(owners):
+            tr = self.transfers[index]
+            mine = owners == index
+            tr._class_finish[classes[mine]] = arrival[mine]
+            tr._pending -= int(mine.sum())
+            if tr._pending == 0:
+                self.env.process(self._complete(tr))
+        keep = ~drained
+        self._E, self._rem, self._size = self._E[keep], self._rem[keep], self._size[keep]
+        self._mult, self._rate, self._lat = self._mult[keep], self._rate[keep], self._lat[keep]
+        self._owner, self._cls = self._owner[keep], self._cls[keep]
+        self._dirty = True
+
+    def _complete(self, tr: Transfer):
+        tr.finish_s = tr._class_finish[tr._inverse]                                       # (F,)
+        tr.end_s = float(tr._class_finish.max())
+        delay = tr.end_s - self.env.now
+        if delay > 0:
+            yield self.env.timeout(delay)
+        tr.done.succeed(tr)
+
+    def _compute_rates(self) -> None:
+        """Max-min fair rates by progressive filling, vectorised over classes with multiplicities."""
+        self._dirty = False
+        self.stats["rate_updates"] += 1
+        E, mult = self._E, self._mult                                                     # (n, H), (n,)
+        n, width = E.shape
+        sentinel = self._sentinel
+        cap_left = self._capacity.copy()                                                  # (L+1,)
+        rate = np.zeros(n)
+        free = np.arange(n)
+        while len(free):
+            self.stats["fill_levels"] += 1
+            Ef = E[free]                                                                  # (f, H)
+            count = np.bincount(Ef.ravel(), weights=np.repeat(mult[free], width), minlength=sentinel + 1)
+            count[sentinel] = 0.0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                level_at = np.where(count > 0, cap_left / count, np.inf)                  # (L+1,)
+            level = float(level_at.min())
+            if not np.isfinite(level):     # only sentinel edges: cannot happen for src != dst
+                raise RuntimeError("a flow class crosses no link")
+            saturated = level_at <= level * (1 + 1e-12)
+            hit = saturated[Ef].any(axis=1)                                               # (f,)
+            frozen = free[hit]
+            rate[frozen] = level
+            cap_left -= np.bincount(E[frozen].ravel(), weights=np.repeat(mult[frozen] * level, width),
+                                    minlength=sentinel + 1)
+            cap_left[sentinel] = np.inf
+            np.maximum(cap_left, 0.0, out=cap_left)
+            free = free[~hit]
+        self._rate = rate
+
+
+@dataclass(frozen=True)
+class FlowResult:
+    """What `simulate_flows` returns. F flows, L links (edge ids of `edges`)."""
+
+    time_s: float                 # last arrival
+    start_s: np.ndarray           # (F,) when each flow was started
+    finish_s: np.ndarray          # (F,) when its last byte arrived
+    edges: list                   # (L,) (u, v)
+    link_bytes: np.ndarray        # (L,) bytes that crossed each link
+    capacity_Bps: np.ndarray      # (L,)
+    stats: dict
+
+    def busiest_links(self, k: int = 10) -> list[tuple]:
+        return busiest_links(self.edges, self.link_bytes, self.capacity_Bps, self.time_s, k)
+
+    def link_bytes_dict(self) -> dict:
+        return {e: float(b) for e, b in zip(self.edges, self.link_bytes) if b > 0}
+
+
+def simulate_flows(G: nx.DiGraph, flows, *, alpha_s: float | None = None, routes: Routes | None = None) -> FlowResult:
+    """Simulate independent flows, each (src rank, dst rank, bytes, start_delay_s).
+
+    `flows` is a sequence of 4-tuples or an (F, 4) array. Flows with the same start delay start as
+    one Transfer. alpha_s defaults to G.graph["alpha_s"].
+
+    >>> from lshsim.topology import build_topology
+    >>> G = build_topology({"name": "pair", "gpu": "h100", "gpus_per_node": 2, "alpha_s": 0.0,
+    ...                     "intra": {"kind": "full_mesh", "per_link_Bps": 1e9, "latency_s": 1e-6}})
+    >>> simulate_flows(G, [(0, 1, 1e6, 0.0)]).time_s   # latency + bytes / bandwidth
+    0.001001
+    """
+    table = np.asarray(flows, dtype=float).reshape(-1, 4)                                 # (F, 4)
+    if len(table) and (table[:, 3].min() < 0 or not np.all(np.isfinite(table[:, 3]))):
+        raise ValueError("start_delay must be a finite number >= 0 for every flow")
+    src = table[:, 0].astype(np.int64)
+    dst = table[:, 1].astype(np.int64)
+    if not np.array_equal(src, table[:, 0]) or not np.array_equal(dst, table[:, 1]):
+        raise ValueError("src and dst must be integer ranks")
+    net = FlowNetwork(G, alpha_s=alpha_s, routes=routes)
+    env = net.env
+    finish = np.full(len(table), np.nan)
+    starts = np.unique(table[:, 3])
+    groups = [np.flatnonzero(table[:, 3] == t) for t in starts]
+
+    def launch(delay: float, idx: np.ndarray):
+        if delay > 0:
+            yield env.timeout(delay)
+        tr = net.transfer(src[idx], dst[idx], table[idx, 2])
+        yield tr.done
+        finish[idx] = tr.finish_s
+
+    procs = [env.process(launch(float(t), idx)) for t, idx in zip(starts, groups)]
+    if procs:
+        env.run(until=simpy.AllOf(env, procs))
+    time_s = float(finish.max()) if len(finish) else 0.0
+    return FlowResult(time_s=time_s, start_s=table[:, 3].copy(), finish_s=finish, edges=net.edges,
+                      link_bytes=net.link_bytes.copy(), capacity_Bps=net.capacity_Bps.copy(), stats=dict(net.stats))

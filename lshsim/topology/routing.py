@@ -1,0 +1,202 @@
+"""Routes between GPUs: one deterministic path per (source rank, destination rank).
+
+Policy: the path of least total weight, edge weight = 1 + 1e9 / bandwidth_Bps + route_cost (hop
+count first, then the fattest links: an NVLink/NVSwitch path beats a PCIe path of the same length;
+`route_cost` is an optional edge attribute, 0.5 on GPU <-> NIC edges so that a NIC is never a
+shortcut between two GPUs of its own node). A GPU is
+never a transit vertex (traffic is not forwarded through another GPU's memory): every GPU is split
+into an "out" copy with its outgoing edges and an "in" copy with its incoming edges, and routes go
+from out(src) to in(dst). The shipped builders give every GPU pair a unique least-weight path (the
+spine layer is one vertex), so the policy is the routing, not a tie-breaking accident.
+
+Fast path: `Routes` runs scipy's Dijkstra from every GPU at once and extracts the edge ids of many
+(src, dst) pairs with vectorised predecessor walks. Slow reference: `reference_path` runs networkx's
+Dijkstra on the same split graph, one pair at a time (STYLE rule 8; the tests compare them).
+"""
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import dijkstra
+
+__all__ = ["gpu_vertices", "route_weight", "Routes", "reference_path", "validate_topology"]
+
+
+def gpu_vertices(G: nx.DiGraph) -> list:
+    """The GPU vertices of G ordered by rank."""
+    gpus = [v for v, data in G.nodes(data=True) if data.get("kind") == "gpu"]
+    return sorted(gpus, key=lambda v: G.nodes[v]["rank"])
+
+
+def route_weight(bandwidth_Bps: float, route_cost: float = 0.0) -> float:
+    """Routing weight of an edge: one hop plus a small preference for fat links, plus route_cost.
+
+    >>> route_weight(25e9) > route_weight(450e9)
+    True
+    """
+    return 1.0 + 1e9 / bandwidth_Bps + route_cost
+
+
+class Routes:
+    """All GPU-to-GPU routes of a topology (computed once, queried in bulk).
+
+    Attributes:
+        edges:        list of (u, v), the edge id is the index
+        capacity_Bps: (L,) float, bandwidth_Bps per edge id
+        latency_s:    (L,) float, latency_s per edge id
+        hops:         (W, W) int, edges on the route (0 on the diagonal)
+        path_latency_s: (W, W) float, sum of latency_s along the route
+    """
+
+    def __init__(self, G: nx.DiGraph):
+        self.gpus = gpu_vertices(G)
+        self.world = len(self.gpus)
+        vertices = list(G.nodes)
+        index = {v: i for i, v in enumerate(vertices)}
+        num_v = len(vertices)
+        self._num_split = num_v + self.world
+        in_copy = {g: num_v + r for r, g in enumerate(self.gpus)}     # GPU -> its "in" copy
+        self.edges = list(G.edges)
+        self.capacity_Bps = np.array([G.edges[e]["bandwidth_Bps"] for e in self.edges], dtype=float)  # (L,)
+        self.latency_s = np.array([G.edges[e]["latency_s"] for e in self.edges], dtype=float)         # (L,)
+        tail = np.array([index[u] for u, _ in self.edges], dtype=np.int64)                            # (L,)
+        head = np.array([in_copy.get(v, index[v]) for _, v in self.edges], dtype=np.int64)           # (L,)
+        cost = np.array([G.edges[e].get("route_cost", 0.0) for e in self.edges], dtype=float)           # (L,)
+        weight = route_weight(self.capacity_Bps, cost)                                                # (L,)
+        graph = csr_matrix((weight, (tail, head)), shape=(self._num_split, self._num_split))
+        self._src_index = np.array([index[g] for g in self.gpus], dtype=np.int64)                     # (W,)
+        self._dst_index = num_v + np.arange(self.world)                                               # (W,)
+        dist, pred = dijkstra(graph, directed=True, indices=self._src_index, return_predecessors=True)
+        self._pred = pred.astype(np.int32)                                                            # (W, V+W)
+        self.distance = dist[:, self._dst_index]                                                      # (W, W)
+        order = np.argsort(tail * self._num_split + head)
+        self._edge_keys = (tail * self._num_split + head)[order]                                      # (L,) sorted
+        self._edge_ids = order.astype(np.int32)                                                       # (L,)
+        self._hops = None
+        self._path_latency = None
+
+    @property
+    def num_edges(self) -> int:
+        return len(self.edges)
+
+    def reachable(self) -> np.ndarray:
+        """(W, W) bool: a route exists (the diagonal is True)."""
+        ok = np.isfinite(self.distance)
+        np.fill_diagonal(ok, True)
+        return ok
+
+    def edge_ids(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        """Edge ids of the routes of the pairs (src[i], dst[i]), src != dst.
+
+        Returns an (F, H) int32 array padded with -1 (H = the longest of these routes). The edges of
+        a row are listed from the destination back to the source.
+        """
+        src = np.asarray(src, dtype=np.int64)                                                        # (F,)
+        dst = np.asarray(dst, dtype=np.int64)                                                        # (F,)
+        if src.shape != dst.shape or src.ndim != 1:
+            raise ValueError(f"src and dst must be 1-D of the same length, got {src.shape} and {dst.shape}")
+        if len(src) and (src.min() < 0 or dst.min() < 0 or src.max() >= self.world or dst.max() >= self.world):
+            raise ValueError(f"ranks must be in [0, {self.world})")
+        if np.any(src == dst):
+            i = int(np.flatnonzero(src == dst)[0])
+            raise ValueError(f"flow {i}: src == dst == {int(src[i])}: a local copy is not a network route")
+        bad = ~np.isfinite(self.distance[src, dst])
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"GPU rank {int(src[i])} ({self.gpus[src[i]]}) cannot reach GPU rank {int(dst[i])} "
+                             f"({self.gpus[dst[i]]})")
+        columns = []
+        cur = self._dst_index[dst]                                                                   # (F,)
+        target = self._src_index[src]                                                                # (F,)
+        live = np.flatnonzero(cur != target)
+        while len(live):
+            u = self._pred[src[live], cur[live]].astype(np.int64)                                     # (F',)
+            keys = u * self._num_split + cur[live]
+            pos = np.searchsorted(self._edge_keys, keys)
+            column = np.full(len(src), -1, dtype=np.int32)
+            column[live] = self._edge_ids[pos]
+            columns.append(column)
+            cur[live] = u
+            live = live[cur[live] != target[live]]
+        if not columns:
+            return np.empty((len(src), 0), dtype=np.int32)
+        return np.stack(columns, axis=1)                                                             # (F, H)
+
+    def path(self, src_rank: int, dst_rank: int) -> list:
+        """The vertices of one route, source first."""
+        ids = self.edge_ids(np.array([src_rank]), np.array([dst_rank]))[0]
+        edges = [self.edges[e] for e in ids[::-1] if e >= 0]
+        return [edges[0][0]] + [v for _, v in edges]
+
+    def _all_pairs(self) -> None:
+        world = self.world
+        src, dst = np.nonzero(~np.eye(world, dtype=bool) & np.isfinite(self.distance))
+        hops = np.zeros((world, world), dtype=np.int64)
+        lat = np.zeros((world, world))
+        if len(src):
+            ids = self.edge_ids(src, dst)                                                            # (F, H)
+            hops[src, dst] = (ids >= 0).sum(axis=1)
+            lat[src, dst] = np.where(ids >= 0, self.latency_s[np.maximum(ids, 0)], 0.0).sum(axis=1)
+        self._hops, self._path_latency = hops, lat
+
+    @property
+    def hops(self) -> np.ndarray:
+        if self._hops is None:
+            self._all_pairs()
+        return self._hops
+
+    @property
+    def path_latency_s(self) -> np.ndarray:
+        if self._path_latency is None:
+            self._all_pairs()
+        return self._path_latency
+
+
+def _split_graph(G: nx.DiGraph) -> nx.DiGraph:
+    H = nx.DiGraph()
+    for u, v, data in G.edges(data=True):
+        tail = ("out", u) if G.nodes[u].get("kind") == "gpu" else u
+        head = ("in", v) if G.nodes[v].get("kind") == "gpu" else v
+        H.add_edge(tail, head, weight=route_weight(data["bandwidth_Bps"], data.get("route_cost", 0.0)), edge=(u, v))
+    return H
+
+
+def reference_path(G: nx.DiGraph, src_rank: int, dst_rank: int) -> list:
+    """Slow reference for `Routes.path`: networkx Dijkstra on the split graph, one pair."""
+    gpus = gpu_vertices(G)
+    H = _split_graph(G)
+    nodes = nx.dijkstra_path(H, ("out", gpus[src_rank]), ("in", gpus[dst_rank]), weight="weight")
+    return [n[1] if isinstance(n, tuple) and n and n[0] in ("in", "out") else n for n in nodes]
+
+
+def validate_topology(G: nx.DiGraph, routes: Routes | None = None) -> Routes:
+    """Check a topology graph; raise ValueError naming what is wrong. Returns its Routes.
+
+    Checks: GPU vertices carry rank/node and ranks are 0..W-1; every edge has a finite
+    bandwidth_Bps > 0 and a finite latency_s >= 0; every GPU reaches every other GPU.
+    """
+    name = G.graph.get("name", "<unnamed>")
+    gpus = gpu_vertices(G)
+    if not gpus:
+        raise ValueError(f"topology {name}: no vertex with kind='gpu'")
+    for g in gpus:
+        for attr in ("rank", "node"):
+            if attr not in G.nodes[g]:
+                raise ValueError(f"topology {name}: GPU vertex {g!r} has no {attr!r} attribute")
+    ranks = [G.nodes[g]["rank"] for g in gpus]
+    if ranks != list(range(len(gpus))):
+        raise ValueError(f"topology {name}: GPU ranks must be 0..{len(gpus) - 1}, got {ranks}")
+    for u, v, data in G.edges(data=True):
+        bw = data.get("bandwidth_Bps")
+        if bw is None or not np.isfinite(bw) or bw <= 0:
+            raise ValueError(f"topology {name}: edge {u!r} -> {v!r} bandwidth_Bps={bw} must be a finite number > 0")
+        lat = data.get("latency_s")
+        if lat is None or not np.isfinite(lat) or lat < 0:
+            raise ValueError(f"topology {name}: edge {u!r} -> {v!r} latency_s={lat} must be a finite number >= 0")
+    routes = Routes(G) if routes is None else routes
+    ok = routes.reachable()
+    if not ok.all():
+        s, d = (int(x) for x in np.argwhere(~ok)[0])
+        raise ValueError(f"topology {name}: GPU rank {s} ({gpus[s]}) cannot reach GPU rank {d} ({gpus[d]})")
+    return routes

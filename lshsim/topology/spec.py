@@ -1,0 +1,306 @@
+"""Topology specs: dict / YAML -> validated `networkx.DiGraph`.
+
+The schema (also in data/topologies/README.md); sizes in bytes, rates in bytes/s per direction,
+times in seconds, NIC line rate in Gb/s:
+
+    name: h100-1x8                 # required
+    description: free text         # optional
+    gpu: h100                      # a known GPU (lshsim.topology.gpus.GPUS) or an inline dict
+                                   # {name, peak_flops, hbm_Bps, memory_bytes, [nvlink_Bps,
+                                   #  gemm_efficiency, hbm_efficiency]} or {base: h100, ...overrides}
+    nodes: 1                       # servers (default 1)
+    gpus_per_node: 8               # required
+    alpha_s: 1.0e-5                # per-message start-up latency of the collectives (default 1e-5)
+    intra:
+      kind: nvswitch               # nvswitch | cube_mesh_v100 | full_mesh | pcie
+      link_Bps: 450.0e9            # nvswitch/pcie: per-GPU port; or links: 18 + per_link_Bps: 25e9
+      per_link_Bps: 25.0e9         # cube_mesh_v100 / full_mesh: one NVLink/HCCS link (NV2 = 2 links)
+      group_size: 4                # full_mesh only: GPUs per fully meshed group (default all)
+      latency_s: 1.0e-6            # per hop (GPU -> switch is one hop; default 1e-6)
+      pcie_Bps: 50.0e9             # GPU <-> host / NIC PCIe link (default by GPU: V100 12e9 (Gen3),
+                                   # A100/Ascend 25e9 (Gen4), H100/H200 50e9 (Gen5))
+      pcie_latency_s: 1.0e-6       # default 1e-6
+    inter:                         # required when nodes > 1
+      kind: fat_tree               # fat_tree | rail
+      nics_per_node: 8             # 1..gpus_per_node; GPU l uses NIC l * nics // gpus_per_node
+      nic_gbps: 400                # line rate per NIC, Gb/s (1 Gb/s = 0.125 GB/s)
+      servers_per_leaf: 4          # default: all nodes on one leaf (per rail for kind=rail)
+      oversubscription: 1.0        # leaf downlink : uplink capacity (default 1, non-blocking)
+      latency_s: 1.0e-6            # per hop (default 1e-6)
+    calibration:                   # optional; fitted values override the datasheet ones
+      alpha_s: 2.1e-5
+      nvlink_Bps: 3.7e11           # effective per-GPU NVLink bandwidth per direction (nvswitch port;
+                                   # mesh links are scaled by nvlink_Bps / datasheet per-GPU total)
+      nic_Bps: 4.8e10              # effective per-NIC bandwidth per direction
+      pcie_Bps: 2.4e10             # effective GPU <-> host/NIC PCIe bandwidth
+      expert_flops: 7.0e14         # achieved expert GEMM rate -> G.graph["gpu"]["achieved_flops"]
+      hbm_Bps: 2.9e12              # achieved HBM bandwidth -> G.graph["gpu"]["achieved_hbm_Bps"]
+      provenance: {...}            # free-form (who/when/how), kept in G.graph["calibration"]
+
+Errors name the file, the field and the value: "h100.yaml: inter.nic_gbps=-5 must be > 0".
+
+>>> G = build_topology({"name": "t", "gpu": "h100", "gpus_per_node": 4, "intra": {"kind": "nvswitch"}})
+>>> G.graph["num_nodes"], G.graph["gpus_per_node"], round(G.edges["n0.gpu0", "n0.nvswitch"]["bandwidth_Bps"] / 1e9)
+(1, 4, 450)
+"""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from pathlib import Path
+
+import networkx as nx
+import yaml
+
+from lshsim.topology.build import INTER_BUILDERS, INTRA_BUILDERS
+from lshsim.topology.gpus import GpuSpec, get_gpu, gpu_from_dict
+from lshsim.topology.routing import validate_topology
+
+__all__ = ["build_topology", "load_topology", "list_topologies", "topology_dir", "write_topology_yaml",
+           "read_spec", "DEFAULT_ALPHA_S", "DEFAULT_PCIE_BPS"]
+
+DEFAULT_ALPHA_S = 1e-5       # s, per-message start-up latency (NCCL-like small-message latency)
+DEFAULT_LATENCY_S = 1e-6     # s, per hop
+#: GPU <-> host / NIC PCIe per direction (HARDWARE.md: Gen4 x16 ~25 GB/s, Gen5 ~50 GB/s; Gen3 ~12).
+DEFAULT_PCIE_BPS = {"v100": 12e9, "a100": 25e9, "h100": 50e9, "h200": 50e9, "ascend910a": 25e9}
+
+_TOP_KEYS = {"name", "description", "gpu", "nodes", "gpus_per_node", "alpha_s", "intra", "inter", "calibration"}
+_INTRA_KEYS = {"kind", "link_Bps", "links", "per_link_Bps", "group_size", "latency_s", "pcie_Bps", "pcie_latency_s"}
+_INTER_KEYS = {"kind", "nics_per_node", "nic_gbps", "servers_per_leaf", "oversubscription", "latency_s"}
+_CAL_KEYS = {"alpha_s", "nvlink_Bps", "nic_Bps", "pcie_Bps", "expert_flops", "hbm_Bps", "provenance"}
+
+
+def topology_dir() -> Path:
+    """Where the shipped specs live: <repo>/data/topologies (editable install), else
+    <prefix>/share/lshsim/topologies (a normal install, if the data files were installed)."""
+    candidates = [Path(__file__).resolve().parents[2] / "data" / "topologies",
+                  Path(sys.prefix) / "share" / "lshsim" / "topologies"]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    return candidates[0]
+
+
+def list_topologies() -> list[str]:
+    """Names of the shipped topologies (data/topologies/*.yaml), sorted."""
+    return sorted(p.stem for p in topology_dir().glob("*.yaml"))
+
+
+class _Checker:
+    """Reads typed fields out of a spec dict, raising errors that name file, field and value."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, field: str, value, why: str) -> ValueError:
+        return ValueError(f"{self.source}: {field}={value!r} {why}")
+
+    def keys(self, block: dict, allowed: set, prefix: str) -> None:
+        if not isinstance(block, dict):
+            raise self.fail(prefix.rstrip("."), block, "must be a mapping")
+        for key in block:
+            if key not in allowed:
+                raise self.fail(prefix + str(key), block[key], f"is not a known field; known: {', '.join(sorted(allowed))}")
+
+    def number(self, block: dict, key: str, prefix: str, default=None, *, minimum: float = 0.0,
+               strict: bool = True, required: bool = False) -> float | None:
+        if key not in block or block[key] is None:
+            if required:
+                raise self.fail(prefix + key, None, "is required")
+            return default
+        value = block[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.fail(prefix + key, value, "must be a finite number")
+        if strict and not value > minimum:
+            raise self.fail(prefix + key, value, f"must be > {minimum:g}")
+        if not strict and not value >= minimum:
+            raise self.fail(prefix + key, value, f"must be >= {minimum:g}")
+        return float(value)
+
+    def integer(self, block: dict, key: str, prefix: str, default=None, *, minimum: int = 1,
+                maximum: int | None = None, required: bool = False) -> int | None:
+        if key not in block or block[key] is None:
+            if required:
+                raise self.fail(prefix + key, None, "is required")
+            return default
+        value = block[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(prefix + key, value, "must be an integer")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+            raise self.fail(prefix + key, value, f"must be {bound}")
+        return value
+
+    def choice(self, block: dict, key: str, prefix: str, choices) -> str:
+        value = block.get(key)
+        if value not in choices:
+            raise self.fail(prefix + key, value, f"must be one of {', '.join(sorted(choices))}")
+        return value
+
+
+def _gpu(check: _Checker, value) -> tuple[str, GpuSpec]:
+    if isinstance(value, str):
+        try:
+            return value.lower(), get_gpu(value)
+        except ValueError as error:
+            raise ValueError(f"{check.source}: {error}") from None
+    if isinstance(value, dict):
+        try:
+            spec = gpu_from_dict(value)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{check.source}: {error}") from None
+        return str(value.get("base", spec.name)).lower(), spec
+    raise check.fail("gpu", value, "must be a known GPU name or a mapping")
+
+
+def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
+    """Build and validate the cluster graph a spec dict describes (schema: module docstring).
+
+    `source` names the spec in error messages (load_topology passes the file name).
+    """
+    check = _Checker(source)
+    check.keys(spec, _TOP_KEYS, "")
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise check.fail("name", name, "must be a non-empty string")
+    if "gpu" not in spec:
+        raise check.fail("gpu", None, "is required")
+    gpu_key, gpu = _gpu(check, spec["gpu"])
+    num_nodes = check.integer(spec, "nodes", "", 1)
+    gpus_per_node = check.integer(spec, "gpus_per_node", "", required=True)
+    alpha_s = check.number(spec, "alpha_s", "", DEFAULT_ALPHA_S, strict=False)
+
+    intra = spec.get("intra")
+    if intra is None:
+        raise check.fail("intra", None, "is required")
+    check.keys(intra, _INTRA_KEYS, "intra.")
+    intra_kind = check.choice(intra, "kind", "intra.", INTRA_BUILDERS)
+    latency_s = check.number(intra, "latency_s", "intra.", DEFAULT_LATENCY_S, strict=False)
+    pcie_Bps = check.number(intra, "pcie_Bps", "intra.", DEFAULT_PCIE_BPS.get(gpu_key, 25e9))
+    pcie_latency_s = check.number(intra, "pcie_latency_s", "intra.", DEFAULT_LATENCY_S, strict=False)
+    links = check.integer(intra, "links", "intra.", None)
+    per_link_Bps = check.number(intra, "per_link_Bps", "intra.", None)
+    link_Bps = check.number(intra, "link_Bps", "intra.", None)
+    group_size = check.integer(intra, "group_size", "intra.", None, maximum=gpus_per_node)
+    if group_size is not None and intra_kind != "full_mesh":
+        raise check.fail("intra.group_size", group_size, "is only for intra.kind=full_mesh")
+    if intra_kind == "nvswitch":
+        if link_Bps is None:
+            if per_link_Bps is not None or links is not None:
+                link_Bps = (links if links is not None else 18) * (per_link_Bps if per_link_Bps is not None else 25e9)
+            elif gpu.nvlink_Bps > 0:
+                link_Bps = gpu.nvlink_Bps
+            else:
+                raise check.fail("intra.link_Bps", None, f"is required: gpu {gpu.name} has no nvlink_Bps")
+        datasheet_per_gpu = link_Bps
+    elif intra_kind == "pcie":
+        link_Bps = pcie_Bps if link_Bps is None else link_Bps
+        datasheet_per_gpu = 0.0
+    else:  # cube_mesh_v100, full_mesh: per_link_Bps
+        per_link_Bps = 25e9 if per_link_Bps is None else per_link_Bps
+        links_per_gpu = 6 if intra_kind == "cube_mesh_v100" else (group_size or gpus_per_node) - 1
+        datasheet_per_gpu = per_link_Bps * links_per_gpu
+
+    inter = spec.get("inter")
+    if num_nodes > 1 and inter is None:
+        raise check.fail("inter", None, f"is required when nodes={num_nodes} > 1")
+    inter_args = None
+    if inter is not None:
+        check.keys(inter, _INTER_KEYS, "inter.")
+        inter_kind = check.choice(inter, "kind", "inter.", INTER_BUILDERS)
+        nics = check.integer(inter, "nics_per_node", "inter.", required=True, maximum=gpus_per_node)
+        nic_gbps = check.number(inter, "nic_gbps", "inter.", required=True)
+        inter_args = dict(
+            nics_per_node=nics, nic_Bps=nic_gbps * 0.125e9,
+            servers_per_leaf=check.integer(inter, "servers_per_leaf", "inter.", num_nodes),
+            oversubscription=check.number(inter, "oversubscription", "inter.", 1.0),
+            latency_s=check.number(inter, "latency_s", "inter.", DEFAULT_LATENCY_S, strict=False))
+    else:
+        inter_kind = None
+
+    gpu_dict = gpu.to_dict()
+    calibration = spec.get("calibration")
+    if calibration is not None:
+        check.keys(calibration, _CAL_KEYS, "calibration.")
+        pre = "calibration."
+        alpha_s = check.number(calibration, "alpha_s", pre, alpha_s, strict=False)
+        nvlink = check.number(calibration, "nvlink_Bps", pre)
+        if nvlink is not None:
+            if intra_kind == "pcie":
+                raise check.fail("calibration.nvlink_Bps", nvlink, "is given but intra.kind=pcie has no NVLink")
+            if intra_kind == "nvswitch":
+                link_Bps = nvlink
+            else:
+                per_link_Bps = per_link_Bps * nvlink / datasheet_per_gpu
+        pcie_cal = check.number(calibration, "pcie_Bps", pre)
+        if pcie_cal is not None:
+            pcie_Bps = pcie_cal
+            if intra_kind == "pcie":
+                link_Bps = pcie_cal
+        nic_cal = check.number(calibration, "nic_Bps", pre)
+        if nic_cal is not None:
+            if inter_args is None:
+                raise check.fail("calibration.nic_Bps", nic_cal, "is given but the spec has no inter block")
+            inter_args["nic_Bps"] = nic_cal
+        gpu_dict["achieved_flops"] = check.number(calibration, "expert_flops", pre, gpu_dict["achieved_flops"])
+        gpu_dict["achieved_hbm_Bps"] = check.number(calibration, "hbm_Bps", pre, gpu_dict["achieved_hbm_Bps"])
+
+    G = nx.DiGraph()
+    G.graph.update(name=name, description=spec.get("description", ""), num_nodes=num_nodes,
+                   gpus_per_node=gpus_per_node, gpu=gpu_dict, alpha_s=alpha_s,
+                   nics_per_node=inter_args["nics_per_node"] if inter_args else 0,
+                   intra_kind=intra_kind, inter_kind=inter_kind,
+                   calibration=copy.deepcopy(calibration), spec=copy.deepcopy(spec), source=source)
+    for node in range(num_nodes):
+        INTRA_BUILDERS[intra_kind](G, node, gpus_per_node, link_Bps=link_Bps, links=links or 0,
+                                   per_link_Bps=per_link_Bps, latency_s=latency_s, pcie_Bps=pcie_Bps,
+                                   pcie_latency_s=pcie_latency_s, group_size=group_size)
+    if inter_args is not None:
+        INTER_BUILDERS[inter_kind](G, num_nodes, gpus_per_node, pcie_Bps=pcie_Bps, pcie_latency_s=pcie_latency_s,
+                                   **inter_args)
+    try:
+        validate_topology(G)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
+    return G
+
+
+def read_spec(name_or_path: str | Path) -> tuple[dict, str]:
+    """The spec dict of a shipped name or a YAML file, and the file's name (for messages)."""
+    text = str(name_or_path)
+    path = Path(text)
+    if not (path.suffix in (".yaml", ".yml") or path.exists()):
+        known = list_topologies()
+        if text not in known:
+            raise ValueError(f"topology {text!r} is unknown; known: {', '.join(known)} (or pass a .yaml file)")
+        path = topology_dir() / f"{text}.yaml"
+    if not path.is_file():
+        raise ValueError(f"topology file {str(path)!r} does not exist")
+    with open(path, encoding="utf-8") as handle:
+        try:
+            spec = yaml.safe_load(handle)
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path.name}: not valid YAML: {error}") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path.name}: the top level must be a mapping, got {type(spec).__name__}")
+    return spec, path.name
+
+
+def load_topology(name_or_path: str | Path) -> nx.DiGraph:
+    """A shipped topology by name (see `list_topologies()`) or a YAML spec file, built and validated."""
+    spec, source = read_spec(name_or_path)
+    return build_topology(spec, source=source)
+
+
+def write_topology_yaml(spec: dict, path: str | Path) -> Path:
+    """Validate a spec dict (by building it) and write it as YAML; returns the path.
+
+    This is what `executor calibrate` uses: a single-node nvswitch spec with a calibration block.
+    """
+    path = Path(path)
+    build_topology(spec, source=path.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(spec, handle, sort_keys=False, default_flow_style=False)
+    return path
