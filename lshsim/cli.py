@@ -138,6 +138,133 @@ def _render_route(summary: dict) -> None:
 # HELPERS: read /work/HELPERS.md (working rules, deadline 09:50 UTC, commit by path) before editing.
 
 # ================================ simulator (issue 4) ===========================================
+_SIZE_SUFFIXES = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def _parse_bytes(text: str) -> float:
+    """'64e6', '64MB', '1.5GiB' -> bytes."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([A-Za-z]*)\s*", text)
+    if not match or match.group(2).lower() not in _SIZE_SUFFIXES:
+        raise ValueError(f"bytes={text!r} is not a size (a number with an optional suffix: "
+                         f"{', '.join(s for s in _SIZE_SUFFIXES if s)})")
+    try:
+        value = float(match.group(1)) * _SIZE_SUFFIXES[match.group(2).lower()]
+    except ValueError:
+        raise ValueError(f"bytes={text!r} is not a size") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"bytes={text!r} must be a finite size >= 0")
+    return value
+
+
+def _load_traffic(spec: str, world: int):
+    """--traffic uniform:BYTES_PER_RANK or FILE.json ([W][W] bytes, or an object with 'traffic_bytes')."""
+    import numpy as np
+
+    from lshsim.sim.collectives import uniform_traffic
+
+    if spec.startswith("uniform:"):
+        return uniform_traffic(world, _parse_bytes(spec[len("uniform:"):]))
+    try:
+        with open(spec, encoding="utf-8") as handle:
+            payload = json.load(handle)
+    except FileNotFoundError:
+        raise ValueError(f"--traffic {spec!r}: no such file (expected uniform:BYTES_PER_RANK or FILE.json)") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--traffic {spec!r}: not valid JSON: {error}") from None
+    if isinstance(payload, dict):
+        if "traffic_bytes" not in payload:
+            raise ValueError(f"--traffic {spec!r}: a JSON object needs a 'traffic_bytes' [W][W] field")
+        payload = payload["traffic_bytes"]
+    try:
+        matrix = np.asarray(payload, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"--traffic {spec!r}: must be a [W][W] matrix of numbers") from None
+    if matrix.shape != (world, world):
+        raise ValueError(f"--traffic {spec!r}: shape {matrix.shape} does not match the topology's "
+                         f"{world} GPUs ({world}, {world})")
+    return matrix
+
+
+def _add_simulate(subparsers) -> None:
+    p = subparsers.add_parser("simulate", help="simulate one all-to-all on a topology (flow-level)",
+                              description="Simulate one all-to-all on a modelled cluster with the flow-level "
+                                          "simulator (max-min fair link sharing) and print its predicted time, "
+                                          "the bytes each rank sends and receives, and the busiest links.")
+    p.add_argument("--topology", required=True,
+                   help="a shipped topology name (see data/topologies/) or a topology YAML file")
+    p.add_argument("--traffic", required=True,
+                   help="uniform:BYTES_PER_RANK (e.g. uniform:64MB; split evenly over all ranks, own included) "
+                        "or FILE.json: a [world][world] matrix of bytes, row = source rank (or lshsim route "
+                        "--json output)")
+    p.add_argument("--algorithm", default="direct", help="direct | pairwise | 2d | groupwise (default direct)")
+    p.add_argument("--chunks", type=_positive_int, default=1, help="2d only: pipeline chunks (default 1)")
+    p.add_argument("--alpha-s", type=float, default=None,
+                   help="per-message start-up latency in seconds (default: the topology's alpha_s)")
+    p.add_argument("--no-local-copy", action="store_true",
+                   help="the diagonal costs nothing (default: an HBM copy concurrent with the network)")
+    p.add_argument("--top-links", type=_positive_int, default=10, help="busiest links to show (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
+def _cmd_simulate(args) -> int:
+    from lshsim.sim.collectives import ALGORITHMS, simulate_all_to_all
+    from lshsim.topology import load_topology
+
+    if args.algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm={args.algorithm!r} is unknown; known: {', '.join(ALGORITHMS)}")
+    if args.chunks != 1 and args.algorithm != "2d":
+        raise ValueError(f"--chunks={args.chunks} applies to --algorithm 2d only")
+    G = load_topology(args.topology)
+    world = G.graph["num_nodes"] * G.graph["gpus_per_node"]
+    traffic = _load_traffic(args.traffic, world)
+    options = {"chunks": args.chunks} if args.algorithm == "2d" else {}
+    result = simulate_all_to_all(G, traffic, args.algorithm, alpha_s=args.alpha_s,
+                                 local_copy=not args.no_local_copy, **options)
+    summary = result.to_dict(top_links=args.top_links)
+    summary.update(topology=G.graph["name"], world=world, num_nodes=G.graph["num_nodes"],
+                   gpus_per_node=G.graph["gpus_per_node"], total_bytes=float(traffic.sum()))
+    if args.json:
+        _print_json(summary)
+        return 0
+    _render_simulate(summary)
+    return 0
+
+
+def _render_simulate(summary: dict) -> None:
+    from rich.table import Table
+
+    console = _console()
+    world = summary["world"]
+    console.print(f"[bold]{summary['algorithm']}[/bold] all-to-all on [bold]{summary['topology']}[/bold] "
+                  f"({summary['num_nodes']} x {summary['gpus_per_node']} GPUs): predicted time "
+                  f"[bold]{summary['time_s'] * 1e3:.4f} ms[/bold] (network {summary['network_time_s'] * 1e3:.4f} ms, "
+                  f"alpha_s {summary['options']['alpha_s'] * 1e6:.2f} us), {summary['total_bytes'] / 1e6:.2f} MB in all")
+    stages = Table(title="Stages")
+    for column in ("stage", "start ms", "end ms", "MB", "flows"):
+        stages.add_column(column, justify="right")
+    for s in summary["stages"]:
+        stages.add_row(s["name"], f"{s['start_s'] * 1e3:.4f}", f"{s['end_s'] * 1e3:.4f}", f"{s['bytes'] / 1e6:.2f}",
+                       str(s["flows"]))
+    if summary["stages"]:
+        console.print(stages)
+    ranks = Table(title="Per rank, MB (diagonal excluded from egress/ingress)"
+                  + ("" if world <= 64 else f": first 64 of {world}, all in --json"))
+    for column in ("rank", "egress", "ingress", "local"):
+        ranks.add_column(column, justify="right")
+    for r in range(min(world, 64)):
+        ranks.add_row(str(r), f"{summary['egress_bytes'][r] / 1e6:.2f}", f"{summary['ingress_bytes'][r] / 1e6:.2f}",
+                      f"{summary['local_bytes'][r] / 1e6:.2f}")
+    console.print(ranks)
+    links = Table(title="Busiest links (utilisation = bytes / (bandwidth x predicted time))")
+    for column in ("from", "to", "MB", "utilisation"):
+        links.add_column(column, justify="right")
+    for link in summary["busiest_links"]:
+        links.add_row(str(link["src"]), str(link["dst"]), f"{link['bytes'] / 1e6:.2f}", f"{link['utilisation']:.3f}")
+    console.print(links)
+
+
 # (sub-commands simulate, plan go here)
 # HELPERS: read /work/HELPERS.md (working rules, deadline 09:50 UTC, commit by path) before editing.
 
