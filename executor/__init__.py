@@ -1,0 +1,11 @@
+"""The executor: the dispatch algorithms of `lshsim.dispatch` on real devices (torch.distributed).
+
+`python -m executor run --workload W.yaml` under torchrun (NCCL on CUDA, gloo on CPU) or under
+`python -m executor launch --nproc N -- run ...`; `python -m executor calibrate` measures the
+microbenchmarks that parameterise a topology. See DESIGN.md §5 and README.md (section executor).
+
+Modules: workload (the YAML schema), comm (autograd all-to-all, byte counting), timing (events,
+max over ranks, median over iterations), moe_layer (the distributed MoE layer and its dense
+reference), run (a measured Trace), calibrate (all-to-all sweep, p2p, FFN rate, alpha-beta fit,
+nccl-tests parser), launch (local ranks with a watchdog), runtime (process group, provenance).
+"""

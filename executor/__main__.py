@@ -1,0 +1,208 @@
+"""`python -m executor {run, calibrate, launch}` (see README.md, section executor)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+logger = logging.getLogger("executor")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def _size(text: str) -> int:
+    """'4KiB', '1GiB', '65536' -> bytes."""
+    units = {"kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "k": 2 ** 10, "m": 2 ** 20, "g": 2 ** 30, "b": 1}
+    lowered = text.strip().lower()
+    for suffix in sorted(units, key=len, reverse=True):
+        if lowered.endswith(suffix):
+            number = lowered[: -len(suffix)]
+            break
+    else:
+        suffix, number = "b", lowered
+    try:
+        value = int(float(number) * units[suffix])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 4KiB, 256MiB or 1GiB") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least one byte")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: CUDA if available (NCCL), else CPU (gloo)")
+    p.add_argument("--collective-timeout-s", type=float, default=600.0,
+                   help="a collective waiting longer than this raises (default 600)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads per rank (0: cores / local ranks, at least 1)")
+    p.add_argument("--status-dir", default=None, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m executor", description="Run lshsim.dispatch on real "
+                                     "devices under torch.distributed (torchrun, or `launch`).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="time one workload and write a measured Trace JSON")
+    run.add_argument("--workload", required=True, help="workload YAML (data/workloads/*.yaml)")
+    run.add_argument("--out", default=None, help="trace JSON to write (rank 0); default: print the summary only")
+    run.add_argument("--fault", choices=("raise", "hang"), default=None,
+                     help="testing: make --fault-rank raise or hang at the first iteration")
+    run.add_argument("--fault-rank", type=int, default=1, help="rank that --fault hits (default 1)")
+    _add_common(run)
+    cal = sub.add_parser("calibrate", help="all-to-all sweep, p2p bandwidth, expert FFN rate; fit a topology")
+    cal.add_argument("--out", default=None, help="calibrated topology YAML to write (rank 0)")
+    cal.add_argument("--raw", default=None, help="JSON of every measurement (rank 0)")
+    cal.add_argument("--name", default=None, help="topology name (default: derived from the GPU)")
+    cal.add_argument("--min-bytes", type=_size, default=4096, help="smallest all-to-all size per rank (4KiB)")
+    cal.add_argument("--max-bytes", type=_size, default=2 ** 30, help="largest all-to-all size per rank (1GiB)")
+    cal.add_argument("--iterations", type=_positive_int, default=10, help="timed repetitions per size (10)")
+    cal.add_argument("--warmup", type=int, default=3, help="untimed repetitions per size (3)")
+    cal.add_argument("--ffn-d-model", type=_positive_int, default=4096, help="d_model of the FFN rate test")
+    cal.add_argument("--ffn-tokens", type=_positive_int, default=8192, help="tokens of the FFN rate test")
+    cal.add_argument("--nccl-tests", default=None,
+                     help="fit from an existing nccl-tests alltoall_perf output instead of measuring")
+    cal.add_argument("--world-size", type=int, default=None, help="with --nccl-tests: ranks of that run")
+    _add_common(cal)
+    chk = sub.add_parser("check", help="compare the distributed layer with the dense single-process reference")
+    chk.add_argument("--out", default=None, help="JSON of the errors per case (rank 0)")
+    chk.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted relative error (1e-4)")
+    _add_common(chk)
+    la = sub.add_parser("launch", help="spawn N local ranks (no torchrun) and watch them",
+                        description="python -m executor launch --nproc 4 -- run --workload W.yaml")
+    la.add_argument("--nproc", type=_positive_int, required=True, help="number of ranks")
+    la.add_argument("--timeout-s", type=float, default=3600.0, help="kill the run after this long (3600)")
+    la.add_argument("--stall-timeout-s", type=float, default=600.0,
+                    help="kill the run when no rank made progress for this long (600)")
+    la.add_argument("rest", nargs=argparse.REMAINDER, help="-- then the sub-command and its arguments")
+    return parser
+
+
+def _set_threads(args, world_size: int) -> None:
+    import os
+
+    import torch
+
+    threads = args.threads
+    if threads <= 0:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        threads = max(1, (os.cpu_count() or 1) // max(local, 1))
+    torch.set_num_threads(threads)
+
+
+def _cmd_run(args) -> int:
+    from executor.run import run_workload
+    from executor.runtime import Progress, init_runtime, shutdown
+    from executor.workload import load_workload
+
+    workload = load_workload(args.workload)
+    runtime = init_runtime(args.device, args.collective_timeout_s)
+    if runtime.device.type == "cpu":
+        _set_threads(args, runtime.world_size)
+    try:
+        progress = Progress(args.status_dir, runtime.rank)
+        trace = run_workload(workload, runtime, progress=progress, fault=args.fault, fault_rank=args.fault_rank,
+                             command=["python", "-m", "executor", *sys.argv[1:]])
+    finally:
+        shutdown()
+    if runtime.rank == 0:
+        if args.out:
+            trace.to_json(args.out)
+        _print_run_summary(trace, args.out)
+    return 0
+
+
+def _print_run_summary(trace, out_path) -> None:
+    measured = trace.meta["measured"]
+    workload = trace.meta["workload"]
+    lines = [f"workload {workload['name']}: {workload['world_size']} ranks x {workload['tokens_per_rank']} tokens, "
+             f"d_model {workload['d_model']}, router {workload['router']['name']}, "
+             f"{trace.meta['provenance']['gpu'] or 'CPU'}"]
+    for direction, phases in measured["phases_s"].items():
+        lines.append(f"  {direction:8s} " + "  ".join(f"{name} {seconds * 1e3:.3f} ms" for name, seconds in phases.items()))
+    lines.append(f"  bare all_to_all_single {measured['bare_a2a_s'] * 1e3:.3f} ms; "
+                 f"bytes per rank {measured['mean_bytes_per_rank'] / 1e6:.2f} MB")
+    if measured["dispatch_busbw_Bps"]:
+        lines.append(f"  busbw dispatch {measured['dispatch_busbw_Bps'] / 1e9:.1f} GB/s, "
+                     f"bare {measured['bare_busbw_Bps'] / 1e9:.1f} GB/s")
+    if measured["lsh"]:
+        lsh = measured["lsh"]
+        lines.append(f"  LSH compression rate {lsh['compression_rate']:.4f}, centroid error "
+                     f"{lsh['centroid_error']:.4f}, output relative error {lsh['output_rel_error']:.4f}")
+    if out_path:
+        lines.append(f"  trace written to {out_path}")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _cmd_calibrate(args) -> int:
+    from executor.calibrate import calibrate_command
+
+    return calibrate_command(args)
+
+
+def _cmd_check(args) -> int:
+    import torch
+
+    from executor.check import run_checks
+    from executor.runtime import Progress, init_runtime, shutdown
+
+    runtime = init_runtime(args.device, args.collective_timeout_s)
+    if runtime.device.type == "cpu":
+        _set_threads(args, runtime.world_size)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    Progress(args.status_dir, runtime.rank).step("check")
+    try:
+        results = run_checks(runtime)
+    finally:
+        shutdown()
+    failed = [r["name"] for r in results
+              if any(value > (0.0 if key in ("bytes_mismatch", "lsh_exact_vs_plain") else args.tolerance)
+                     for key, value in r["errors"].items())]
+    if runtime.rank == 0:
+        if args.out:
+            with open(args.out, "w") as handle:
+                json.dump({"world_size": runtime.world_size, "cases": results, "failed": failed}, handle, indent=1)
+        for r in results:
+            sys.stdout.write(f"{r['name']:24s} " + " ".join(f"{k}={v:.2e}" for k, v in sorted(r["errors"].items()))
+                             + f" dropped={r['dropped']}\n")
+        sys.stdout.write("all cases pass\n" if not failed else f"FAILED: {failed}\n")
+    return 0 if not failed else 1
+
+
+def _cmd_launch(args) -> int:
+    from executor.launch import launch
+
+    rest = list(args.rest)
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    if not rest or rest[0] not in ("run", "calibrate", "check"):
+        raise ValueError("launch needs a sub-command after '--': run, calibrate or check")
+    result = launch(args.nproc, rest, timeout_s=args.timeout_s, stall_timeout_s=args.stall_timeout_s)
+    if result.exit_code != 0:
+        sys.stderr.write(f"executor launch: {result.message}\n")
+    return result.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = {"run": _cmd_run, "calibrate": _cmd_calibrate, "check": _cmd_check, "launch": _cmd_launch}[args.command]
+    try:
+        return handler(args)
+    except ValueError as error:
+        parser.exit(2, f"executor {args.command}: error: {error}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

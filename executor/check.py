@@ -1,0 +1,179 @@
+"""`executor check`: the distributed MoE layer against the dense single-process reference.
+
+For each case (a router, a placement, direct or group-wise all-to-all, with or without LSH), on
+every rank:
+
+1. run the distributed forward and backward on this rank's tokens (loss = sum(y * g), g seeded
+   per rank);
+2. run the dense reference (`reference_moe`, or its LSH counterpart) on all ranks' tokens in this
+   one process, with the same seeded expert and gate weights, and the same loss;
+3. compare the rank's output rows, its input gradient, the gradients of the experts it holds and
+   the gate gradient (summed over ranks, since every rank holds a replica of the gate);
+4. compare the bytes the rank sent in the dispatch all-to-all with the plan's traffic matrix row
+   (LSH: with `lsh.compressed_send_counts` of the global plan), and the bytes of every other
+   all-to-all with theirs (combine = transpose; backward = the forward's reverse).
+
+Errors are max |a - b| / max(1, max |b|) per quantity; the maximum over ranks is reported. The LSH
+finest-resolution case (`exact`) must equal the uncompressed distributed result exactly (0.0).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.distributed as dist
+
+from executor.comm import CommStats
+from executor.moe_layer import (DistributedMoE, GateParams, MoEContext, _route, expert_ffn, expert_weights,
+                                gate_params, placement_for, rank_inputs, reference_moe)
+from executor.runtime import Runtime
+from executor.workload import WorkloadConfig
+from lshsim.dispatch import RouterConfig
+from lshsim.dispatch.lsh import compress, compressed_send_counts, make_projection, residuals, restore
+
+__all__ = ["default_cases", "run_checks", "reference_moe_lsh"]
+
+
+def default_cases(world_size: int) -> list[WorkloadConfig]:
+    """Small workloads covering every router, both placements, group-wise all-to-all and LSH."""
+    base = dict(tokens_per_rank=24, d_model=16, d_ffn=24, num_experts=2 * world_size, dtype="float32",
+                iterations=1, warmup=0, sync_phases=False, seed=3)
+    two_nodes = max(1, world_size // 2)
+    cases = [
+        WorkloadConfig(name="topk-k1-drops", router=RouterConfig("topk", k=1, capacity_factor=1.0), **base),
+        WorkloadConfig(name="topk-k2-skew", router=RouterConfig("topk", k=2, capacity_factor=1.25), skew=2.0,
+                       placement="round_robin", **base),
+        WorkloadConfig(name="hash", router=RouterConfig("hash", k=1, capacity_factor=None), **base),
+        WorkloadConfig(name="expert-choice", router=RouterConfig("expert_choice", k=2, capacity_factor=1.0), **base),
+        WorkloadConfig(name="locmoe-groupwise", router=RouterConfig("locmoe", k=1, capacity_factor=1.5),
+                       gpus_per_node=two_nodes, alltoall="groupwise", **base),
+        WorkloadConfig(name="topk-lsh", router=RouterConfig("topk", k=2, capacity_factor=None),
+                       lsh={"family": "hyperplane", "num_hashes": 2, "seed": 5}, **base),
+        WorkloadConfig(name="locmoe-lsh-groupwise", router=RouterConfig("locmoe", k=2, capacity_factor=None),
+                       gpus_per_node=two_nodes, alltoall="groupwise",
+                       lsh={"family": "cross_polytope", "num_hashes": 1, "proj_dim": 2, "seed": 1}, **base),
+    ]
+    return cases
+
+
+def reference_moe_lsh(workload: WorkloadConfig, world_size: int, x_all: torch.Tensor, token_ids_all: torch.Tensor,
+                      gate: GateParams, experts, projection) -> torch.Tensor:
+    """The LSH-MoE layer on one process: buckets per (source rank, expert), centroids through the
+    experts, E(c) + (x - c) per token, gate-weighted sum. Returns y (W*T, d)."""
+    placement = placement_for(workload, world_size)
+    config = workload.lsh_config()
+    num_experts = workload.num_experts
+    token_rank = torch.arange(world_size).repeat_interleave(workload.tokens_per_rank)  # (W*T,)
+    plan = _route(workload, placement, gate, x_all, token_ids_all, token_rank)
+    token, choice = torch.nonzero(plan.kept, as_tuple=True)  # (N,)
+    expert = plan.expert_index[token, choice]  # (N,)
+    tokens = x_all[token]  # (N, d)
+    compressed = compress(tokens, token_rank[token] * num_experts + expert, config, projection)
+    centroid_expert = compressed.centroid_group % num_experts  # (B,)
+    out = torch.zeros_like(compressed.centroids)  # (B, d)
+    for e in range(num_experts):
+        rows = torch.nonzero(centroid_expert == e).flatten()
+        if rows.numel():
+            out = out.index_copy(0, rows, expert_ffn(compressed.centroids[rows], experts.w1[e], experts.w2[e]))
+    per_choice = restore(out, compressed, residuals(tokens, compressed))  # (N, d)
+    weight = plan.gate_weight[token, choice].unsqueeze(1)  # (N, 1)
+    return torch.zeros_like(x_all).index_add(0, token, per_choice * weight)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch {tuple(a.shape)} vs {tuple(b.shape)}")
+    scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
+    return float((a - b).abs().max()) / scale if a.numel() else 0.0
+
+
+def _max_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.cpu().tolist()
+
+
+def _check_case(workload: WorkloadConfig, runtime: Runtime) -> dict:
+    rank, world, device = runtime.rank, runtime.world_size, runtime.device
+    dtype = torch.float32
+    node_group, node_ranks = None, None
+    per_node = workload.ranks_per_node(world)
+    if workload.alltoall == "groupwise" and per_node < world:
+        for first in range(0, world, per_node):
+            ranks = list(range(first, first + per_node))
+            group = dist.new_group(ranks)
+            if rank in ranks:
+                node_group, node_ranks = group, ranks
+    stats = CommStats(world)
+    ctx = MoEContext(rank=rank, world_size=world, device=device, node_group=node_group, node_ranks=node_ranks,
+                     stats=stats)
+    model = DistributedMoE(workload, ctx, dtype)
+    x0, ids = rank_inputs(workload, rank, device, dtype)
+    g = torch.randn(x0.shape, generator=torch.Generator(device=device).manual_seed(11 + rank), device=device)
+    x = x0.clone().requires_grad_(True)
+    out = model.forward(x, ids)
+    (out.y * g).sum().backward()
+
+    # the reference on every rank's tokens, with the same seeded weights
+    parts = [rank_inputs(workload, r, device, dtype) for r in range(world)]
+    x_all = torch.cat([p[0] for p in parts]).requires_grad_(True)  # (W*T, d)
+    ids_all = torch.cat([p[1] for p in parts])
+    g_all = torch.cat([torch.randn(x0.shape, generator=torch.Generator(device=device).manual_seed(11 + r),
+                                   device=device) for r in range(world)])
+    gate = gate_params(workload, device)
+    experts = expert_weights(list(range(workload.num_experts)), workload.d_model, workload.d_ffn, workload.seed,
+                             device, dtype)
+    if workload.lsh is None:
+        y_ref, plan_ref = reference_moe(workload, world, x_all, ids_all, gate, experts)
+    else:
+        y_ref = reference_moe_lsh(workload, world, x_all, ids_all, gate, experts, model.projection)
+        plan_ref = None
+    (y_ref * g_all).sum().backward()
+    rows = slice(rank * workload.tokens_per_rank, (rank + 1) * workload.tokens_per_rank)
+    local = model.experts.expert_ids
+    errors = {
+        "output": _rel(out.y.detach(), y_ref.detach()[rows]),
+        "grad_input": _rel(x.grad, x_all.grad[rows]),
+        "grad_w1": _rel(model.experts.w1.grad, experts.w1.grad[local]),
+        "grad_w2": _rel(model.experts.w2.grad, experts.w2.grad[local]),
+    }
+    if model.gate.weight is not None:
+        gate_grad = model.gate.weight.grad.clone()
+        if world > 1:
+            dist.all_reduce(gate_grad)
+        errors["grad_gate"] = _rel(gate_grad, gate.weight.grad)
+    # bytes sent against the plan
+    bytes_per_token = workload.d_model * 4
+    if workload.lsh is None:
+        expected = plan_ref.traffic_matrix(bytes_per_token)  # (W, W)
+    else:
+        token_rank = torch.arange(world).repeat_interleave(workload.tokens_per_rank)
+        plan_global = _route(workload, model.placement, gate, x_all.detach(), ids_all, token_rank)
+        expected = compressed_send_counts(x_all.detach(), plan_global, workload.lsh_config(),
+                                          model.projection) * bytes_per_token
+    sent = {key: torch.tensor(value) for key, value in stats.sent_bytes.items()}
+    column = torch.tensor(expected[:, rank].tolist())  # what rank receives = what it sends back
+    mismatches = [
+        int((sent[("dispatch_a2a", "forward")] != expected[rank]).sum()),
+        int((sent[("combine_a2a", "forward")] != column).sum()),
+        int((sent[("combine_a2a", "backward")] != expected[rank]).sum()),
+        int((sent[("dispatch_a2a", "backward")] != column).sum()),
+    ]
+    errors["bytes_mismatch"] = float(sum(mismatches))
+    # LSH at its finest resolution equals the uncompressed layer exactly
+    if workload.lsh is not None:
+        exact = dataclasses.replace(workload, lsh={**workload.lsh, "exact": True})
+        exact_model = DistributedMoE(exact, dataclasses.replace(ctx, stats=None), dtype)
+        with torch.no_grad():
+            y_exact = exact_model.forward(x0, ids).y
+            y_plain = exact_model.forward(x0, ids, use_lsh=False).y
+        errors["lsh_exact_vs_plain"] = float((y_exact - y_plain).abs().max())
+    names = sorted(errors)
+    worst = _max_over_ranks([errors[n] for n in names], device)
+    return {"name": workload.name, "errors": dict(zip(names, worst)), "dropped": out.plan.num_dropped}
+
+
+def run_checks(runtime: Runtime, cases: list[WorkloadConfig] | None = None) -> list[dict]:
+    """Every case on every rank (collective); each returns its worst errors over ranks."""
+    return [_check_case(case, runtime) for case in (cases or default_cases(runtime.world_size))]

@@ -1,0 +1,181 @@
+"""Collectives for the executor: an autograd all-to-all with variable splits, and byte counting.
+
+`all_to_all(x, send_splits, recv_splits, ctx)` is the megablocks-style autograd function: the
+forward sends `send_splits[d]` rows of `x` to rank d and receives `recv_splits[s]` rows from rank
+s; the backward sends the gradient back the other way, i.e. the same collective with the splits
+swapped. At world size 1 it is the identity (no process group is touched), so a single-device run
+needs no special case (as in Tutel).
+
+What happened on the wire is returned, not stashed: a `CommStats` object passed in by the caller
+accumulates the bytes this rank sent to every destination (diagonal = rows kept on the rank), per
+named collective and direction, so a test can hold it against the plan's traffic matrix.
+
+`CommContext` carries, for one call site, the name of the phase, the timer and the stats, and
+whether to align the ranks first (`sync`: a one-element all-reduce, untimed, so that the timed
+interval is the collective and not the wait for a straggler).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from executor.timing import PhaseTimer
+
+__all__ = ["CommStats", "CommContext", "all_to_all", "mark", "align_ranks", "exchange_counts",
+           "world_size_of", "rank_of"]
+
+
+def world_size_of(group=None) -> int:
+    return dist.get_world_size(group) if dist.is_initialized() else 1
+
+
+def rank_of(group=None) -> int:
+    return dist.get_rank(group) if dist.is_initialized() else 0
+
+
+@dataclass
+class CommStats:
+    """Bytes sent by this rank, per (collective name, direction): a list of W per-destination totals."""
+
+    world_size: int
+    sent_bytes: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    calls: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def add(self, name: str, direction: str, per_destination_bytes: list[int]) -> None:
+        key = (name, direction)
+        if len(per_destination_bytes) != self.world_size:
+            raise ValueError(f"{len(per_destination_bytes)} destinations for world_size={self.world_size}")
+        total = self.sent_bytes.setdefault(key, [0] * self.world_size)
+        for dst, value in enumerate(per_destination_bytes):
+            total[dst] += int(value)
+        self.calls[key] = self.calls.get(key, 0) + 1
+
+    def clear(self) -> None:
+        self.sent_bytes.clear()
+        self.calls.clear()
+
+
+@dataclass
+class CommContext:
+    """One all-to-all call site: its phase name, group, and optional timer / stats / alignment.
+
+    ranks: global ranks of `group` in group-rank order (None: the world), used to file the bytes
+    under global destinations. bwd_opens / bwd_closes: phases that the backward of this call
+    begins after, or ends before, its own interval (how the expert backward is timed).
+    """
+
+    name: str
+    timer: PhaseTimer | None = None
+    stats: CommStats | None = None
+    sync: bool = False
+    group: object = None
+    ranks: list[int] | None = None
+    bwd_opens: str | None = None
+    bwd_closes: str | None = None
+    record_as: str | None = None  # phase name for the timer if it differs from `name`
+
+
+def align_ranks(device: torch.device, group=None) -> None:
+    """A one-element all-reduce: every rank leaves it only once every rank has reached it."""
+    if world_size_of(group) > 1:
+        flag = torch.ones(1, device=device)
+        dist.all_reduce(flag, group=group)
+        if device.type == "cuda":
+            # the event that opens the next timed interval must not start before the reduce ended
+            torch.cuda.current_stream(device).synchronize()
+
+
+def _exchange(x: torch.Tensor, send_splits: list[int], recv_splits: list[int], ctx: CommContext,
+              direction: str) -> torch.Tensor:
+    row_bytes = x.element_size() * math.prod(x.shape[1:])
+    if ctx.stats is not None:
+        per_dst = [0] * ctx.stats.world_size
+        ranks = ctx.ranks if ctx.ranks is not None else list(range(len(send_splits)))
+        for local, rows in enumerate(send_splits):
+            per_dst[ranks[local]] += rows * row_bytes
+        ctx.stats.add(ctx.name, direction, per_dst)
+    if ctx.sync:
+        align_ranks(x.device, ctx.group)
+    phase = ctx.record_as or ctx.name
+    if ctx.timer is not None:
+        ctx.timer.begin(phase, direction)
+    out = x.new_empty((sum(recv_splits),) + tuple(x.shape[1:]))
+    if world_size_of(ctx.group) > 1:
+        dist.all_to_all_single(out, x.contiguous(), output_split_sizes=list(recv_splits),
+                               input_split_sizes=list(send_splits), group=ctx.group)
+    else:
+        out.copy_(x)
+    if ctx.timer is not None:
+        ctx.timer.end(phase, direction)
+    return out
+
+
+class _AllToAll(torch.autograd.Function):
+    @staticmethod
+    def forward(autograd_ctx, x, send_splits, recv_splits, ctx):
+        autograd_ctx.send_splits = send_splits
+        autograd_ctx.recv_splits = recv_splits
+        autograd_ctx.comm = ctx
+        return _exchange(x, send_splits, recv_splits, ctx, "forward")
+
+    @staticmethod
+    def backward(autograd_ctx, grad_out):
+        ctx = autograd_ctx.comm
+        if ctx.timer is not None and ctx.bwd_closes is not None:
+            ctx.timer.end(ctx.bwd_closes, "backward")
+        grad_in = _exchange(grad_out.contiguous(), autograd_ctx.recv_splits, autograd_ctx.send_splits, ctx,
+                            "backward")
+        if ctx.timer is not None and ctx.bwd_opens is not None:
+            ctx.timer.begin(ctx.bwd_opens, "backward")
+        return grad_in, None, None, None
+
+
+def all_to_all(x: torch.Tensor, send_splits: list[int], recv_splits: list[int], ctx: CommContext) -> torch.Tensor:
+    """Rows of x (N, ...) -> rows received (sum(recv_splits), ...); differentiable.
+
+    send_splits[d]: rows sent to group rank d (sum = N); recv_splits[s]: rows received from s.
+    """
+    if x.shape[0] != sum(send_splits):
+        raise ValueError(f"x has {x.shape[0]} rows but send_splits sum to {sum(send_splits)}")
+    if len(send_splits) != len(recv_splits):
+        raise ValueError(f"{len(send_splits)} send splits but {len(recv_splits)} receive splits")
+    if world_size_of(ctx.group) == 1 and ctx.timer is None and ctx.stats is None:
+        return x
+    return _AllToAll.apply(x, [int(s) for s in send_splits], [int(s) for s in recv_splits], ctx)
+
+
+class _Mark(torch.autograd.Function):
+    """Identity; its backward ends phase `closes` and begins phase `opens` on the timer."""
+
+    @staticmethod
+    def forward(autograd_ctx, x, timer, opens, closes):
+        autograd_ctx.timer, autograd_ctx.opens, autograd_ctx.closes = timer, opens, closes
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(autograd_ctx, grad):
+        if autograd_ctx.closes is not None:
+            autograd_ctx.timer.end(autograd_ctx.closes, "backward")
+        if autograd_ctx.opens is not None:
+            autograd_ctx.timer.begin(autograd_ctx.opens, "backward")
+        return grad, None, None, None
+
+
+def mark(x: torch.Tensor, timer: PhaseTimer | None, *, opens: str | None = None,
+         closes: str | None = None) -> torch.Tensor:
+    """Time a backward interval: `x`'s gradient arriving ends `closes` and begins `opens`."""
+    if timer is None or not x.requires_grad or (opens is None and closes is None):
+        return x
+    return _Mark.apply(x, timer, opens, closes)
+
+
+def exchange_counts(counts: torch.Tensor, group=None) -> torch.Tensor:
+    """All-to-all of equal-size integer blocks: counts (W*m,) -> (W*m,), block s from rank s."""
+    if world_size_of(group) == 1:
+        return counts.clone()
+    out = torch.empty_like(counts)
+    dist.all_to_all_single(out, counts.contiguous(), group=group)
+    return out

@@ -1,0 +1,238 @@
+"""`executor run`: one workload, timed phase by phase, written as a measured Trace.
+
+Per iteration every rank runs the MoE layer forward (and backward) on its own tokens
+(`executor.moe_layer`); phases are timed with `PhaseTimer`, then all ranks' timings are gathered:
+a phase's time is the slowest rank's in an iteration, the reported time the median over the
+measured iterations (`executor.timing.aggregate`).
+
+After the timed iterations, in the same process group and with the same split sizes:
+
+* a bare `all_to_all_single` of the same bytes (the same splits, no routing, no autograd), timed
+  the same way: the reference for the executor's all-to-all bus bandwidth;
+* LSH-MoE runs: the uncompressed forward on the same input, for the relative error of the
+  restored output, and the achieved compression rate (centroids sent / tokens sent, all ranks).
+
+The trace's records of a phase come from the iteration whose slowest rank gives the median, so
+`Trace.phase_durations_s()` returns exactly the reported medians. `meta["measured"]` adds the
+per-iteration maxima, the traffic matrices (bytes actually sent, and the plan's token traffic),
+the bare all-to-all, bus bandwidths and the LSH figures.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from executor.comm import CommStats, align_ranks
+from executor.moe_layer import DistributedMoE, MoEContext, rank_inputs, resolve_dtype
+from executor.runtime import Progress, Runtime, provenance
+from executor.timing import IterationTimes, PhaseTimer, aggregate
+from executor.workload import WorkloadConfig
+from lshsim.sim.trace import PHASES, PhaseRecord, Trace
+
+__all__ = ["run_workload", "gather_rows", "bus_bandwidth_Bps", "FAULTS"]
+
+FAULTS = ("raise", "hang")
+
+
+def gather_rows(values: list[float], device: torch.device) -> torch.Tensor:
+    """All-gather one float64 vector per rank: (n,) -> (W, n) on the CPU (collective)."""
+    local = torch.tensor(values, dtype=torch.float64, device=device)
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return local.cpu().unsqueeze(0)
+    out = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, local)
+    return torch.stack(out).cpu()
+
+
+def bus_bandwidth_Bps(bytes_per_rank: float, time_s: float, world_size: int) -> float:
+    """nccl-tests all-to-all convention: algbw = bytes per rank / time, busbw = algbw (W-1)/W.
+
+    >>> bus_bandwidth_Bps(1e9, 0.01, 4)
+    75000000000.0
+    """
+    if time_s <= 0:
+        raise ValueError(f"time_s={time_s} must be > 0")
+    return bytes_per_rank / time_s * (world_size - 1) / world_size
+
+
+def _load_file_tokens(workload: WorkloadConfig) -> torch.Tensor | None:
+    if workload.inputs == "synthetic":
+        return None
+    path = Path(workload.inputs)
+    if not path.exists():
+        raise ValueError(f"workload field 'inputs': file {str(path)!r} does not exist")
+    if path.suffix == ".npy":
+        return torch.from_numpy(np.load(path)).float()
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, torch.Tensor):
+        raise ValueError(f"workload field 'inputs': {str(path)!r} must hold one tensor, got {type(data).__name__}")
+    return data.float()
+
+
+def _phase_keys(times: dict) -> list[tuple[str, str]]:
+    return sorted(times, key=lambda key: (key[1] != "forward", PHASES.index(key[0])))
+
+
+def _time_bare_a2a(send_splits: list[int], recv_splits: list[int], d_model: int, dtype: torch.dtype,
+                   device: torch.device, iterations: int, warmup: int, sync: bool) -> torch.Tensor:
+    """(iterations,) seconds of a bare all_to_all_single with the given splits, on this rank."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(sum(send_splits), d_model, generator=generator, device=device).to(dtype)  # (N, d)
+    out = torch.empty(sum(recv_splits), d_model, dtype=dtype, device=device)
+    timer = PhaseTimer(device)
+    durations = []
+    for it in range(warmup + iterations):
+        if sync:
+            align_ranks(device)
+        timer.start_iteration()
+        timer.begin("dispatch_a2a")
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_to_all_single(out, x, output_split_sizes=recv_splits, input_split_sizes=send_splits)
+        else:
+            out.copy_(x)
+        timer.end("dispatch_a2a")
+        start, end = timer.finish_iteration()[("dispatch_a2a", "forward")]
+        if it >= warmup:
+            durations.append(end - start)
+    return torch.tensor(durations, dtype=torch.float64)
+
+
+def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progress | None = None,
+                 fault: str | None = None, fault_rank: int = 1, command: list[str] | None = None) -> Trace:
+    """Run `workload` on this rank (collective: every rank calls it); every rank returns the trace."""
+    if fault is not None and fault not in FAULTS:
+        raise ValueError(f"fault={fault!r} must be one of {FAULTS} or None")
+    progress = progress or Progress(None, runtime.rank)
+    rank, world, device = runtime.rank, runtime.world_size, runtime.device
+    workload.check_world(world)
+    dtype = resolve_dtype(workload, device)
+    timer = PhaseTimer(device)
+    stats = CommStats(world)
+    node_group, node_ranks = None, None
+    per_node = workload.ranks_per_node(world)
+    if workload.alltoall == "groupwise" and per_node < world:
+        for first in range(0, world, per_node):
+            ranks = list(range(first, first + per_node))
+            group = dist.new_group(ranks)  # every rank creates every group, in the same order
+            if rank in ranks:
+                node_group, node_ranks = group, ranks
+    ctx = MoEContext(rank=rank, world_size=world, device=device, node_group=node_group, node_ranks=node_ranks,
+                     timer=timer, stats=stats, sync=workload.sync_phases, progress=progress)
+    model = DistributedMoE(workload, ctx, dtype, requires_grad=workload.backward)
+    x0, token_ids = rank_inputs(workload, rank, device, dtype, _load_file_tokens(workload))
+    generator = torch.Generator(device=device).manual_seed(7 + rank)
+    grad_weight = torch.randn(x0.shape, generator=generator, device=device)  # (T, d) loss = sum(y * g)
+    progress.step("setup done")
+    measured, out = [], None
+    for it in range(workload.warmup + workload.iterations):
+        progress.step(f"iteration {it}")
+        if fault is not None and it == 0 and rank == fault_rank:
+            if fault == "raise":
+                raise RuntimeError(f"injected fault on rank {rank} (executor run --fault raise)")
+            while True:
+                time.sleep(3600)
+        stats.clear()
+        for param in model.parameters():
+            param.grad = None
+        x = x0.detach().requires_grad_(workload.backward)
+        timer.start_iteration()
+        out = model.forward(x, token_ids)
+        progress.step(f"iteration {it} forward done")
+        if workload.backward:
+            (out.y.float() * grad_weight).sum().backward()
+        times = timer.finish_iteration()
+        if it >= workload.warmup:
+            measured.append(times)
+    progress.step("timed iterations done")
+    keys = _phase_keys(measured[0])
+    summary = aggregate(IterationTimes.from_iterations(keys, measured), device)
+
+    # bytes: what every rank sent, per collective and direction (last iteration; inputs are fixed)
+    element_bytes = torch.finfo(dtype).bits // 8
+    bytes_per_token = workload.d_model * element_bytes
+    a2a_keys = [(name, direction) for name in ("dispatch_a2a", "combine_a2a") for direction in ("forward", "backward")]
+    sent = []
+    for key in a2a_keys:
+        sent.extend(stats.sent_bytes.get(key, [0] * world))
+    sent_all = gather_rows(sent, device).reshape(world, len(a2a_keys), world)  # (W src, keys, W dst)
+    token_counts = out.plan.send_counts()[rank].tolist()  # (W,) this rank's row of the plan
+    token_traffic = gather_rows(token_counts, device) * bytes_per_token  # (W, W)
+    dispatch_traffic = sent_all[:, 0]  # (W, W) bytes actually sent by the dispatch all-to-all
+
+    # the bare all_to_all_single of the same bytes (same splits)
+    progress.step("bare all-to-all")
+    recv_splits = [int(v) for v in (dispatch_traffic[:, rank] / bytes_per_token).round().tolist()]
+    bare_local = _time_bare_a2a(out.send_splits, recv_splits, workload.d_model, dtype, device,
+                                workload.iterations, 1, workload.sync_phases)
+    bare_max = gather_rows(bare_local.tolist(), device).max(dim=0).values  # (I,)
+    bare_s = float(bare_max.sort().values[(bare_max.numel() - 1) // 2])
+
+    # LSH figures: compression rate, centroid error, error of the restored output
+    lsh_info = None
+    if model.lsh is not None:
+        progress.step("lsh error")
+        with torch.no_grad():
+            ctx.timer, ctx.stats = None, None
+            y_full = model.forward(x0, token_ids, use_lsh=False).y.float()
+            y_lsh = model.forward(x0, token_ids, use_lsh=True).y.float()
+            ctx.timer, ctx.stats = timer, stats
+            diff_sq = float((y_lsh - y_full).double().square().sum())
+            full_sq = float(y_full.double().square().sum())
+        totals = gather_rows([out.tokens_sent, out.rows_sent, out.residual_sq, out.token_sq, diff_sq, full_sq],
+                             device).sum(dim=0).tolist()
+        lsh_info = {"config": dict(workload.lsh), "tokens_sent": int(totals[0]), "centroids_sent": int(totals[1]),
+                    "compression_rate": totals[1] / max(totals[0], 1),
+                    "centroid_error": (totals[2] / totals[3]) ** 0.5 if totals[3] > 0 else 0.0,
+                    "output_rel_error": (totals[4] / totals[5]) ** 0.5 if totals[5] > 0 else 0.0}
+    dropped = gather_rows([out.plan.num_dropped, out.plan.num_kept], device).sum(dim=0).tolist()
+
+    # records: each phase from the iteration whose slowest rank is the median
+    records = []
+    direction_index = {key: i for i, key in enumerate(a2a_keys)}
+    for p, (name, direction) in enumerate(keys):
+        iteration = int(summary.median_index[p])
+        for r in range(world):
+            start = float(summary.per_rank_start_s[r, iteration, p])
+            duration = float(summary.per_rank_duration_s[r, iteration, p])
+            moved = 0
+            if (name, direction) in direction_index:
+                row = sent_all[r, direction_index[(name, direction)]]  # (W,)
+                moved = int(row.sum() - row[r])
+            records.append(PhaseRecord(name=name, rank=r, start_s=start, end_s=start + duration, bytes=moved,
+                                       direction=direction))
+    mean_sent = float(dispatch_traffic.sum(dim=1).mean())
+    dispatch_s = summary.as_dict()["forward"]["dispatch_a2a"]
+    measured_meta = {
+        "phases_s": summary.as_dict(),
+        "per_iteration_max_s": {f"{direction}/{name}": summary.max_over_ranks_s[:, p].tolist()
+                                for p, (name, direction) in enumerate(keys)},
+        "warmup": workload.warmup, "iterations": workload.iterations,
+        "traffic_bytes": dispatch_traffic.long().tolist(),
+        "combine_traffic_bytes": sent_all[:, 2].long().tolist(),
+        "token_traffic_bytes": token_traffic.long().tolist(),
+        "bytes_per_token": bytes_per_token,
+        "bare_a2a_s": bare_s,
+        "bare_a2a_per_iteration_s": bare_max.tolist(),
+        "dispatch_busbw_Bps": bus_bandwidth_Bps(mean_sent, dispatch_s, world) if world > 1 else None,
+        "bare_busbw_Bps": bus_bandwidth_Bps(mean_sent, bare_s, world) if world > 1 else None,
+        "mean_bytes_per_rank": mean_sent,
+        "dropped": int(dropped[0]), "kept": int(dropped[1]),
+        "lsh": lsh_info,
+        "sync_phases": workload.sync_phases,
+    }
+    prov = provenance(runtime, command)
+    meta = {
+        "source": "measured",
+        "workload": {**workload.to_dict(), "world_size": world, "dtype_resolved": str(dtype).replace("torch.", ""),
+                     "bytes_per_token": bytes_per_token},
+        "cluster": {"gpu": prov["gpu"], "gpus": world, "nodes": model.placement.num_nodes,
+                    "ranks_per_node": per_node, "device_type": device.type, "backend": runtime.backend},
+        "provenance": prov,
+        "measured": measured_meta,
+    }
+    progress.step("done")
+    return Trace(phases=records, meta=meta)

@@ -1,0 +1,107 @@
+"""Process-group set-up shared by `executor run` and `executor calibrate`.
+
+The rank, world size and rendezvous come from the environment that torchrun (or `executor launch`)
+sets: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT. NCCL on CUDA, gloo on CPU. A world
+of one runs without a process group (the collectives are then no-ops).
+
+`Progress` writes the step a rank has reached to a file in a status folder (one file per rank,
+replaced atomically), so that `executor launch` can say which rank is behind when a run hangs.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Runtime", "init_runtime", "shutdown", "Progress", "provenance"]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str | None
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={text!r} must be an integer") from None
+
+
+def init_runtime(device: str = "auto", collective_timeout_s: float = 600.0) -> Runtime:
+    """Join the process group named by the environment (or none for a world of one)."""
+    rank, world_size, local_rank = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device={device!r} must be auto, cpu or cuda")
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but torch sees no CUDA device")
+    if use_cuda:
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        dev = torch.device("cuda", torch.cuda.current_device())
+    else:
+        dev = torch.device("cpu")
+    backend = None
+    if world_size > 1:
+        backend = "nccl" if use_cuda else "gloo"
+        kwargs = {"device_id": dev} if use_cuda else {}
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=collective_timeout_s), **kwargs)
+    return Runtime(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, backend=backend)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class Progress:
+    """`step(label)`: record that this rank reached a step (no-op without a status folder)."""
+
+    def __init__(self, status_dir: str | None, rank: int) -> None:
+        self.path = None if status_dir is None else Path(status_dir) / f"rank{rank}"
+        self.count = 0
+
+    def step(self, label: str) -> None:
+        self.count += 1
+        if self.path is None:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(f"{self.count}\t{label}\n")
+        os.replace(tmp, self.path)
+
+
+def provenance(runtime: Runtime, command: list[str] | None = None) -> dict:
+    """What a measured trace must say about where it was measured (Trace meta 'provenance')."""
+    if runtime.device.type == "cuda":
+        gpu = torch.cuda.get_device_name(runtime.device)
+        version = torch.cuda.nccl.version() if hasattr(torch.cuda, "nccl") else None
+        nccl = ".".join(str(v) for v in version) if isinstance(version, tuple) else version
+    else:
+        gpu, nccl = None, None
+    return {
+        "gpu": gpu,
+        "count": runtime.world_size,
+        "device_type": runtime.device.type,
+        "backend": runtime.backend,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "nccl": nccl,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(command if command is not None else [sys.executable, *sys.argv]),
+        "host_cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,212 @@
+"""Workload files: what one executor run does, as a validated frozen dataclass.
+
+A workload is a YAML mapping (see `data/workloads/*.yaml`). Every field has a default except the
+sizes; an unknown or badly typed field is a `ValueError` that names it (`workload field
+'router.k': ...`). Example::
+
+    name: uniform-d1024-t4k
+    tokens_per_rank: 4096       # T, tokens on every rank
+    d_model: 1024               # d
+    d_ffn: 4096                 # hidden size of every expert FFN
+    num_experts: 8              # E, spread over the ranks by `placement`
+    placement: contiguous       # contiguous | round_robin
+    gpus_per_node: null         # ranks per node (null: all ranks on one node)
+    router: {name: topk, k: 2, capacity_factor: 1.25, drop_policy: position, locality_bonus: 1.0}
+    skew: 0.0                   # expert popularity: logits += skew * log(Dirichlet(1,...,1))
+    seed: 0
+    inputs: synthetic           # or a .pt / .npy file with (W*T, d) hidden states
+    dtype: auto                 # auto (bf16 on GPU, float32 on CPU) | float32 | bfloat16
+    alltoall: direct            # direct | groupwise (LocMoE: intra-node first, then inter-node)
+    lsh: null                   # or a mapping of lshsim.dispatch.lsh.LSHConfig fields
+    backward: true
+    warmup: 2
+    iterations: 5
+    sync_phases: true           # align ranks (tiny all-reduce, untimed) before each all-to-all
+    world_size: null            # if set, a run on another number of ranks is refused
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from lshsim.dispatch import RouterConfig
+
+__all__ = ["WorkloadConfig", "load_workload", "DTYPES", "ALLTOALLS", "PLACEMENT_NAMES"]
+
+DTYPES = ("auto", "float32", "bfloat16")
+ALLTOALLS = ("direct", "groupwise")
+PLACEMENT_NAMES = ("contiguous", "round_robin")
+_ROUTER_FIELDS = ("name", "k", "capacity_factor", "drop_policy", "locality_bonus")
+
+
+def _field_error(name: str, message: str) -> ValueError:
+    return ValueError(f"workload field {name!r}: {message}")
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _field_error(name, f"{value!r} must be a positive integer")
+    return value
+
+
+def _non_negative_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _field_error(name, f"{value!r} must be a non-negative integer")
+    return value
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise _field_error(name, f"{value!r} must be one of {list(allowed)}")
+    return value
+
+
+def _boolean(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _field_error(name, f"{value!r} must be true or false")
+    return value
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    """One executor workload; validated on construction (errors name the field)."""
+
+    tokens_per_rank: int
+    d_model: int
+    d_ffn: int
+    num_experts: int
+    name: str = "workload"
+    placement: str = "contiguous"
+    gpus_per_node: int | None = None
+    router: RouterConfig = field(default_factory=RouterConfig)
+    skew: float = 0.0
+    seed: int = 0
+    inputs: str = "synthetic"
+    dtype: str = "auto"
+    alltoall: str = "direct"
+    lsh: dict | None = None
+    backward: bool = True
+    warmup: int = 2
+    iterations: int = 5
+    sync_phases: bool = True
+    world_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise _field_error("name", f"{self.name!r} must be a non-empty string")
+        for name in ("tokens_per_rank", "d_model", "d_ffn", "num_experts", "iterations"):
+            _positive_int(name, getattr(self, name))
+        _non_negative_int("warmup", self.warmup)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise _field_error("seed", f"{self.seed!r} must be an integer")
+        for name in ("gpus_per_node", "world_size"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        _choice("placement", self.placement, PLACEMENT_NAMES)
+        _choice("dtype", self.dtype, DTYPES)
+        _choice("alltoall", self.alltoall, ALLTOALLS)
+        if not isinstance(self.router, RouterConfig):
+            raise _field_error("router", f"{self.router!r} must be a RouterConfig")
+        if isinstance(self.skew, bool) or not isinstance(self.skew, (int, float)) \
+                or not math.isfinite(self.skew) or self.skew < 0:
+            raise _field_error("skew", f"{self.skew!r} must be a finite number >= 0")
+        if not isinstance(self.inputs, str) or not self.inputs:
+            raise _field_error("inputs", f"{self.inputs!r} must be 'synthetic' or a file path")
+        if self.inputs != "synthetic" and Path(self.inputs).suffix not in (".pt", ".npy"):
+            raise _field_error("inputs", f"{self.inputs!r} must be 'synthetic' or a .pt / .npy file")
+        if self.lsh is not None and not isinstance(self.lsh, dict):
+            raise _field_error("lsh", f"{self.lsh!r} must be a mapping of LSHConfig fields or null")
+        for name in ("backward", "sync_phases"):
+            _boolean(name, getattr(self, name))
+        if self.router.name == "locmoe" and self.d_model % self.num_experts != 0:
+            raise _field_error("d_model", f"{self.d_model} must be divisible by num_experts={self.num_experts} "
+                                          "for the LocMoE GrAP gate")
+        if self.world_size is not None and self.num_experts % self.world_size != 0:
+            raise _field_error("num_experts", f"{self.num_experts} is not divisible by world_size={self.world_size}")
+
+    # ---- derived -----------------------------------------------------------------------------
+    def check_world(self, world_size: int) -> None:
+        """Refuse a run on `world_size` ranks that this workload cannot use."""
+        if self.world_size is not None and self.world_size != world_size:
+            raise _field_error("world_size", f"the workload asks for {self.world_size} ranks, the run has {world_size}")
+        if self.num_experts % world_size != 0:
+            raise _field_error("num_experts", f"{self.num_experts} is not divisible by the {world_size} ranks")
+        per_node = self.ranks_per_node(world_size)
+        if world_size % per_node != 0:
+            raise _field_error("gpus_per_node", f"{per_node} does not divide the {world_size} ranks")
+
+    def ranks_per_node(self, world_size: int) -> int:
+        return world_size if self.gpus_per_node is None else min(self.gpus_per_node, world_size)
+
+    def lsh_config(self):
+        """The `lshsim.dispatch.lsh.LSHConfig` of the LSH path, or None without LSH."""
+        if self.lsh is None:
+            return None
+        from lshsim.dispatch.lsh import LSHConfig
+
+        known = {f.name for f in fields(LSHConfig)}
+        unknown = sorted(set(self.lsh) - known)
+        if unknown:
+            raise _field_error(f"lsh.{unknown[0]}", f"unknown LSHConfig field; known: {sorted(known)}")
+        try:
+            return LSHConfig(**self.lsh)
+        except (TypeError, ValueError) as error:
+            raise _field_error("lsh", str(error)) from None
+
+    def to_dict(self) -> dict:
+        """Plain data (YAML/JSON-ready); `from_dict(to_dict())` is the identity."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["router"] = {name: getattr(self.router, name) for name in _ROUTER_FIELDS}
+        out["lsh"] = None if self.lsh is None else dict(self.lsh)
+        return out
+
+    @staticmethod
+    def from_dict(data: object) -> "WorkloadConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"a workload must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in fields(WorkloadConfig)}
+        for key in data:
+            if key not in known:
+                raise _field_error(str(key), f"unknown field; known: {sorted(known)}")
+        for key in ("tokens_per_rank", "d_model", "d_ffn", "num_experts"):
+            if key not in data:
+                raise _field_error(key, "missing (required)")
+        values = dict(data)
+        router = values.get("router", {})
+        if router is None:
+            router = {}
+        if not isinstance(router, dict):
+            raise _field_error("router", f"{router!r} must be a mapping")
+        for key in router:
+            if key not in _ROUTER_FIELDS:
+                raise _field_error(f"router.{key}", f"unknown field; known: {list(_ROUTER_FIELDS)}")
+        router_values = dict(router)
+        if router_values.get("name") == "hash" and "k" not in router_values:
+            router_values["k"] = 1
+        try:
+            values["router"] = RouterConfig(**router_values)
+        except ValueError as error:
+            text = str(error)
+            bad = next((key for key in _ROUTER_FIELDS if text.startswith(f"{key}=")), None)
+            if bad is None and "router" in text:
+                bad = "name"
+            raise _field_error(f"router.{bad or 'name'}", text) from None
+        if isinstance(values.get("skew"), int) and not isinstance(values.get("skew"), bool):
+            values["skew"] = float(values["skew"])
+        return WorkloadConfig(**values)
+
+
+def load_workload(path: str | Path) -> WorkloadConfig:
+    """Read and validate a workload YAML file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({error})") from None
+    try:
+        return WorkloadConfig.from_dict(data)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
