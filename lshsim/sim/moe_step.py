@@ -1,0 +1,550 @@
+"""One simulated training step of an MoE transformer: every phase of every layer, forward and backward.
+
+The step (DESIGN.md §4, "MoE step"), for each transformer layer l on every rank (GPU):
+
+1. attention (non-MoE compute);
+2. a dense layer: dense_ffn; an MoE layer (l + 1) % moe_every == 0:
+   gate -> [lsh_compress] -> dispatch_a2a -> expert -> combine_a2a -> [lsh_restore];
+3. after the last layer, the output head ("other").
+The backward pass runs the layers in reverse with twice the compute, and the same two all-to-alls
+carrying gradients: the combine's gradient goes token ranks -> expert ranks (the dispatch traffic
+matrix M), the dispatch's gradient goes back (M^T).
+
+Where the numbers come from:
+
+* **Traffic** is not assumed: the router of `lshsim.dispatch` (the very function the executor runs)
+  routes seeded synthetic tokens (`lshsim.dispatch.synthetic`) on the cluster's placement (experts
+  contiguous over ranks, E / W per rank), and `DispatchPlan.send_counts()` gives the (W, W) token
+  copies of the dispatch all-to-all. To stay fast, at most `max_routed_tokens` tokens are routed
+  (all W * T of them when that fits, which it does for the default workloads); beyond, each rank
+  routes a subsample of S tokens and the counts are scaled by T / S (capacity then applies to the
+  subsample's buffers, so drops are overstated a little; the breakdown reports S and the scale).
+  All MoE layers of a step reuse one routing (the synthetic tokens of every layer are drawn from the
+  same distribution).
+* **All-to-all time** comes from the flow-level network simulation `lshsim.sim.collectives.
+  simulate_all_to_all` over the topology graph (max-min fair sharing of every link on the path).
+* **Compute** is a roofline per GPU spec (`G.graph["gpu"]`: achieved FLOP/s and HBM bytes/s,
+  calibrated or datasheet x efficiency): t = max(FLOPs / achieved_flops, bytes / achieved_hbm_Bps)
+  + kernels * kernel_launch_s. Backward: 2x the forward FLOPs and bytes (grad input + grad weight).
+  FLOPs per token (forward, d = d_model, f = d_ffn, s = attention span, V = vocab):
+    - expert FFN: 2 * 2 d f per token copy it receives (two matmuls, 2 FLOPs per multiply-add);
+      bytes: the rank's E / W expert weights (2 d f each) + activations (2 d + 2 f) per token copy;
+    - attention: 2 * 4 d^2 (QKV and output projections) + 2 * 2 s d (scores and weighted sum),
+      the per-token count of PaLM (Chowdhery et al. 2022, App. B) and nanoGPT's `estimate_mfu`
+      (6 N + 12 L H Q T per token for forward + backward);
+    - dense FFN (non-MoE layers): 2 * 2 d f; output head: 2 d V;
+    - gate: 2 d E (logits; GrAP: d, a group mean; hash: none) + softmax/top-k memory traffic.
+  Kernel counts per phase are in `KERNELS`; small GEMMs below peak are not modelled beyond that.
+* **LSH-MoE** (Nie et al. 2024) with compression rate r = centroids / tokens: the all-to-alls and the
+  experts see ceil(r * copies) centroids per (source, destination) pair instead of the copies.
+  Compress: L cross-polytope hashes of every token, a dense projection to d' dims each
+  (2 d d' L FLOPs per token), argmax, a bucket sort (a 4-pass radix sort of 16-byte key/index
+  pairs) and the centroid scatter-add (read the copies, write fp32 centroids). Restore:
+  E(x) ~= E(c) + (x - c), memory bound (read E(c), c and x per copy, write the output).
+  With r = 1 the all-to-alls equal plain top-k; compress and restore still cost their time.
+* **Overlap** (Tutel-style pipelining): each MoE layer's tokens are cut into n chunks; chunk i's
+  dispatch, expert and combine run as a pipeline in a simpy model with one network stream (all-to-
+  alls are collectives: a chunk starts when every rank has issued it and the previous collective
+  has finished, first-come first-served) and one compute stream per rank. Each chunk's all-to-all
+  time is simulated with the network model on the chunk's traffic (M / n), so the per-message
+  start-up latency is paid n times, and each chunk re-reads the expert weights. Like Tutel's
+  adaptive pipelining degree, the step tries n in {1} + `overlap_chunks` and keeps the fastest,
+  so overlap is never slower than n = 1 (no overlap).
+
+Not modelled: the data-parallel gradient all-reduce of dense weights, the optimizer step, memory
+capacity, and collectives other than the two all-to-alls.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import simpy
+import torch
+
+from lshsim.dispatch import ROUTERS, RouterConfig, contiguous_placement, route
+from lshsim.dispatch.placement import Placement
+from lshsim.dispatch.synthetic import synthetic_router_inputs
+from lshsim.sim.collectives import ALGORITHMS, simulate_all_to_all
+from lshsim.sim.trace import DIRECTIONS, PhaseRecord, Trace
+from lshsim.topology.routing import validate_topology
+
+__all__ = ["StepConfig", "RoutedTraffic", "StepResult", "simulate_step", "simulate_config", "route_traffic",
+           "placement_for", "compute_time_s", "expert_cost", "KERNELS", "MODEL_FIELDS", "model_dict"]
+
+#: kernels launched per phase (forward; backward launches twice as many); each adds kernel_launch_s.
+KERNELS = {"attention": 8, "dense_ffn": 3, "gate": 5, "lsh_compress": 8, "expert": 3, "lsh_restore": 2,
+           "other": 3}
+
+#: attributes the simulator reads from a model config (duck typing: `models.ModelConfig` has them).
+MODEL_FIELDS = ("name", "num_layers", "d_model", "d_ffn", "num_experts", "top_k", "moe_every", "seq_len",
+                "tokens_per_gpu", "vocab_size", "bytes_per_element")
+
+
+def model_dict(model: object) -> dict:
+    """The fields the simulator needs, read from any object that has them (ValueError names a missing one)."""
+    missing = [name for name in MODEL_FIELDS if not hasattr(model, name)]
+    if missing:
+        raise ValueError(f"model {model!r} lacks the field {missing[0]!r} (the simulator needs {list(MODEL_FIELDS)})")
+    out = {name: getattr(model, name) for name in MODEL_FIELDS}
+    out["attention_window"] = getattr(model, "attention_window", None)
+    return out
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """What to simulate besides the model and the cluster.
+
+    router:            a name in `lshsim.dispatch.ROUTERS` (topk, hash, expert_choice, locmoe).
+    lsh_rate:          LSH-MoE compression rate r in (0, 1] (centroids / token copies); None = no LSH.
+                       The paper reports 11.7%..20%.
+    algorithm:         all-to-all algorithm of `lshsim.sim.collectives` (direct, 2d, groupwise, ...).
+    overlap:           pipeline dispatch / expert / combine in chunks (see module docstring).
+    overlap_chunks:    chunk counts tried when overlap is on (n = 1 is always tried).
+    tokens_per_gpu:    tokens per GPU per step; None = the model's.
+    capacity_factor:   expert capacity factor of the router (None = no limit); GShard / Tutel 1.25.
+    locality_bonus:    LocMoE's own-node preference added to the GrAP score (locmoe only).
+    seed:              seed of the synthetic tokens.
+    max_routed_tokens: route at most this many tokens (W * S); beyond, subsample and scale.
+    lsh_hashes:        L, cross-polytope hash functions per token (the paper's default 6).
+    lsh_dim:           d', projection width of each hash; None = d_model (a full random rotation).
+    kernel_launch_s:   fixed cost per kernel launch (about 5 us on current GPUs and CUDA).
+    """
+
+    router: str = "topk"
+    lsh_rate: float | None = None
+    algorithm: str = "direct"
+    overlap: bool = False
+    overlap_chunks: tuple[int, ...] = (2, 4, 8)
+    tokens_per_gpu: int | None = None
+    capacity_factor: float | None = 1.25
+    locality_bonus: float = 1.0
+    seed: int = 0
+    max_routed_tokens: int = 1 << 17
+    lsh_hashes: int = 6
+    lsh_dim: int | None = None
+    kernel_launch_s: float = 5e-6
+
+    def __post_init__(self) -> None:
+        if self.router not in ROUTERS:
+            raise ValueError(f"unknown router {self.router!r}; known: {', '.join(sorted(ROUTERS))}")
+        if self.lsh_rate is not None:
+            if isinstance(self.lsh_rate, bool) or not isinstance(self.lsh_rate, (int, float)) \
+                    or not 0 < self.lsh_rate <= 1:
+                raise ValueError(f"lsh_rate={self.lsh_rate!r} must be in (0, 1] (centroids / tokens), or None")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {self.algorithm!r}; known: {', '.join(sorted(ALGORITHMS))}")
+        if not isinstance(self.overlap, bool):
+            raise ValueError(f"overlap={self.overlap!r} must be True or False")
+        chunks = tuple(self.overlap_chunks)
+        if not chunks or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in chunks):
+            raise ValueError(f"overlap_chunks={self.overlap_chunks!r} must be integers >= 2")
+        object.__setattr__(self, "overlap_chunks", chunks)
+        for name in ("tokens_per_gpu", "lsh_dim"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}={value!r} must be a positive integer or None")
+        for name in ("max_routed_tokens", "lsh_hashes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if self.capacity_factor is not None and not (math.isfinite(self.capacity_factor) and self.capacity_factor > 0):
+            raise ValueError(f"capacity_factor={self.capacity_factor!r} must be > 0 or None")
+        if not (math.isfinite(self.locality_bonus) and self.locality_bonus >= 0):
+            raise ValueError(f"locality_bonus={self.locality_bonus!r} must be finite and >= 0")
+        if not (math.isfinite(self.kernel_launch_s) and self.kernel_launch_s >= 0):
+            raise ValueError(f"kernel_launch_s={self.kernel_launch_s!r} must be finite and >= 0")
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["overlap_chunks"] = list(self.overlap_chunks)
+        return out
+
+
+# ---- placement and routing -------------------------------------------------------------------
+def _gpu_ranks(graph) -> list[tuple[int, int]]:
+    """(rank, node) of every GPU vertex, sorted by rank."""
+    ranks = sorted((data["rank"], data["node"]) for _, data in graph.nodes(data=True) if data.get("kind") == "gpu")
+    if not ranks:
+        raise ValueError(f"topology {graph.graph.get('name', '?')!r} has no GPU vertices (kind='gpu')")
+    if [rank for rank, _ in ranks] != list(range(len(ranks))):
+        raise ValueError(f"topology {graph.graph.get('name', '?')!r}: GPU ranks are not 0..{len(ranks) - 1}")
+    return ranks
+
+
+def placement_for(model: object, graph) -> Placement:
+    """Experts contiguous over the topology's GPUs: rank r holds experts [r E/W, (r+1) E/W).
+
+    Refuses (ValueError with the numbers) when E is not a multiple of the GPU count W: fewer experts
+    than GPUs would need expert replicas (expert-data parallelism), which is not modelled.
+    """
+    spec = model_dict(model)
+    ranks = _gpu_ranks(graph)
+    world_size = len(ranks)
+    num_experts = spec["num_experts"]
+    if num_experts % world_size != 0:
+        raise ValueError(
+            f"model {spec['name']!r} has num_experts={num_experts} per MoE layer; cluster "
+            f"{graph.graph.get('name', '?')!r} has {world_size} GPUs; expert parallelism needs num_experts to be a "
+            f"multiple of the GPU count ({num_experts} % {world_size} = {num_experts % world_size})")
+    expert_to_rank = torch.arange(num_experts, dtype=torch.int64) // (num_experts // world_size)  # (E,)
+    rank_to_node = torch.tensor([node for _, node in ranks], dtype=torch.int64)  # (W,)
+    placement = Placement(expert_to_rank, rank_to_node)
+    gpus_per_node = graph.graph.get("gpus_per_node")
+    if gpus_per_node and world_size % gpus_per_node == 0:
+        reference = contiguous_placement(num_experts, world_size, gpus_per_node)
+        if not torch.equal(reference.rank_to_node, rank_to_node):
+            raise ValueError(f"topology {graph.graph.get('name', '?')!r}: GPU ranks are not node-major")
+    return placement
+
+
+@dataclass(frozen=True)
+class RoutedTraffic:
+    """The dispatch all-to-all of one MoE layer, at full scale.
+
+    send_counts:     (W, W) float64, token copies from source rank (row) to destination (column),
+                     diagonal included (copies that stay on their rank), scaled to T tokens per rank.
+    tokens_per_rank: T, tokens per GPU of the step.
+    routed_per_rank: S, tokens per rank actually routed (S = T unless subsampled).
+    dropped_fraction: fraction of routed choices dropped at capacity.
+    gate_width:      width of the synthetic hidden states the router read (d_model, except the
+                     LocMoE fallback E * ceil(d / E) when d_model % E != 0).
+    k:               choices per token the router made (1 for hash).
+    """
+
+    send_counts: np.ndarray
+    tokens_per_rank: int
+    routed_per_rank: int
+    dropped_fraction: float
+    gate_width: int
+    k: int
+    router: str
+
+    @property
+    def scale(self) -> float:
+        return self.tokens_per_rank / self.routed_per_rank
+
+
+def route_traffic(model: object, placement: Placement, config: StepConfig,
+                  tokens_per_gpu: int | None = None) -> RoutedTraffic:
+    """Route synthetic tokens with the configured router of `lshsim.dispatch` (see module docstring)."""
+    spec = model_dict(model)
+    world_size = placement.world_size
+    tokens = tokens_per_gpu or config.tokens_per_gpu or spec["tokens_per_gpu"]
+    routed = max(1, min(tokens, config.max_routed_tokens // world_size))
+    d_model, num_experts = spec["d_model"], spec["num_experts"]
+    gate_width = d_model
+    if config.router == "locmoe" and d_model % num_experts != 0:
+        # GrAP needs equal feature groups; synthetic hidden states of width E * ceil(d / E) keep
+        # the group-mean statistics of the nearest valid width (documented fallback).
+        gate_width = num_experts * math.ceil(d_model / num_experts)
+    k = 1 if config.router == "hash" else spec["top_k"]
+    router_config = RouterConfig(name=config.router, k=k, capacity_factor=config.capacity_factor,
+                                 locality_bonus=config.locality_bonus)
+    inputs = synthetic_router_inputs(num_tokens_per_rank=routed, world_size=world_size, d_model=gate_width,
+                                     num_experts=num_experts, seed=config.seed, vocab_size=spec["vocab_size"])
+    plan = route(router_config, placement, logits=inputs.logits, token_ids=inputs.token_ids, hidden=inputs.hidden,
+                 token_rank=inputs.token_rank)
+    counts = plan.send_counts().to(torch.float64).numpy() * (tokens / routed)  # (W, W) copies
+    num_routed = int(plan.routed.sum())
+    return RoutedTraffic(send_counts=counts, tokens_per_rank=tokens, routed_per_rank=routed,
+                         dropped_fraction=plan.num_dropped / max(num_routed, 1), gate_width=gate_width, k=k,
+                         router=config.router)
+
+
+# ---- compute model ---------------------------------------------------------------------------
+def compute_time_s(flops: float, hbm_bytes: float, gpu: dict, kernels: int = 0, kernel_launch_s: float = 0.0) -> float:
+    """Roofline: max(flops / achieved_flops, bytes / achieved_hbm_Bps) + kernels * kernel_launch_s.
+
+    >>> gpu = {"achieved_flops": 1e12, "achieved_hbm_Bps": 1e9}
+    >>> compute_time_s(2e12, 1e9, gpu)   # compute bound: 2 s vs 1 s
+    2.0
+    >>> compute_time_s(1e9, 3e9, gpu, kernels=2, kernel_launch_s=0.5)   # memory bound + launches
+    4.0
+    """
+    return max(flops / gpu["achieved_flops"], hbm_bytes / gpu["achieved_hbm_Bps"]) + kernels * kernel_launch_s
+
+
+def expert_cost(copies: float, d_model: int, d_ffn: int, experts_on_rank: int, bytes_per_element: int
+                ) -> tuple[float, float]:
+    """Forward (FLOPs, HBM bytes) of the expert FFNs on one rank that receives `copies` token copies.
+
+    FLOPs = 2 * copies * d_model * d_ffn * 2 (two matmuls, 2 FLOPs per multiply-add);
+    bytes  = experts_on_rank * 2 * d_model * d_ffn * b (weights) + copies * (2 d_model + 2 d_ffn) * b
+             (read input, write hidden, read hidden, write output), b = bytes per element.
+
+    >>> expert_cost(1000, 768, 3072, 16, 2)
+    (9437184000.0, 163430400.0)
+    """
+    flops = 2.0 * copies * d_model * d_ffn * 2
+    hbm = experts_on_rank * 2.0 * d_model * d_ffn * bytes_per_element + copies * (2 * d_model + 2 * d_ffn) * bytes_per_element
+    return flops, hbm
+
+
+def _phase_costs(spec: dict, config: StepConfig, traffic: RoutedTraffic, wire_counts: np.ndarray,
+                 experts_on_rank: int) -> dict:
+    """Forward (FLOPs, bytes, kernels) of every compute phase; expert per rank (arrays of W)."""
+    tokens = float(traffic.tokens_per_rank)
+    d, f, num_experts = spec["d_model"], spec["d_ffn"], spec["num_experts"]
+    b = spec["bytes_per_element"]
+    span = spec["attention_window"] or spec["seq_len"]
+    copies = tokens * traffic.k
+    costs = {
+        "attention": (tokens * (2 * 4 * d * d + 2 * 2 * span * d), 4 * d * d * b + 10 * tokens * d * b),
+        "dense_ffn": (tokens * 2 * 2 * d * f, 2 * d * f * b + tokens * (2 * d + 2 * f) * b),
+        "other": (tokens * 2 * d * spec["vocab_size"],
+                  spec["vocab_size"] * d * b + tokens * (d * b + 2 * spec["vocab_size"] * 4)),
+    }
+    # gate: logits matmul (GrAP: a group mean; hash: none), softmax / top-k over E fp32 scores, slots
+    gate_flops = {"hash": 0.0, "locmoe": tokens * d}.get(config.router, tokens * 2 * d * num_experts)
+    gate_bytes = tokens * d * b + (0 if config.router == "hash" else 3 * tokens * num_experts * 4) + copies * 4 * 8
+    costs["gate"] = (gate_flops, gate_bytes)
+    if config.lsh_rate is not None:
+        d_proj = config.lsh_dim or d
+        centroids = float(wire_counts.sum(axis=1).mean())  # centroids one rank sends (incl. local)
+        hash_flops = tokens * 2 * d * d_proj * config.lsh_hashes
+        hash_bytes = (tokens * d * b + 2 * tokens * config.lsh_hashes * d_proj * b  # read x, write/read projections
+                      + 4 * 2 * 16 * copies  # radix sort: 4 passes, read + write of 16-byte (key, index)
+                      + copies * d * b + centroids * d * 4)  # scatter-add: read copies, write fp32 centroids
+        costs["lsh_compress"] = (hash_flops, hash_bytes)
+        costs["lsh_restore"] = (copies * 2 * d, copies * 3 * d * b + tokens * d * b)
+    received = wire_counts.sum(axis=0)  # (W,) copies (or centroids) each rank's experts process
+    costs["expert"] = [expert_cost(float(n), d, f, experts_on_rank, b) for n in received]
+    return costs
+
+
+# ---- network ---------------------------------------------------------------------------------
+class _A2ACache:
+    """All-to-all times by (matrix, chunks): the step asks for few distinct matrices many times."""
+
+    def __init__(self, graph, algorithm: str):
+        self.graph, self.algorithm = graph, algorithm
+        self.routes = validate_topology(graph)  # shortest paths, computed once per step
+        self.times: dict[tuple[str, int], float] = {}
+
+    def time_s(self, key: str, traffic_bytes: np.ndarray, chunks: int) -> float:
+        if (key, chunks) not in self.times:
+            chunk = np.ceil(traffic_bytes / chunks)  # (W, W) bytes per chunk
+            result = simulate_all_to_all(self.graph, chunk, self.algorithm, routes=self.routes)
+            self.times[(key, chunks)] = float(result.time_s)
+        return self.times[(key, chunks)]
+
+
+# ---- the pipelined MoE section -----------------------------------------------------------------
+def _moe_section(t0: float, world_size: int, first: tuple[str, float, np.ndarray],
+                 compute_s: np.ndarray, second: tuple[str, float, np.ndarray], chunks: int,
+                 layer: int, direction: str) -> tuple[list[PhaseRecord], float]:
+    """Simulate network -> per-rank expert compute -> network in `chunks` pipelined pieces (simpy).
+
+    first/second: (phase name, time of ONE chunk's all-to-all, (W,) bytes each rank sends per chunk).
+    compute_s: (W,) expert time of one chunk per rank. Returns the records and the end time.
+    """
+    env = simpy.Environment(initial_time=t0)
+    network = simpy.Resource(env, capacity=1)
+    streams = [simpy.Resource(env, capacity=1) for _ in range(world_size)]
+    records: list[PhaseRecord] = []
+    first_done = [env.event() for _ in range(chunks)]
+
+    def collective(name: str, seconds: float, sent: np.ndarray, done: simpy.Event | None):
+        with network.request() as request:
+            yield request
+            start = env.now
+            yield env.timeout(seconds)
+            for rank in range(world_size):
+                records.append(PhaseRecord(name, rank, start, env.now, bytes=int(sent[rank]), layer=layer,
+                                           direction=direction))
+        if done is not None:
+            done.succeed()
+
+    def expert(chunk: int, rank: int):
+        yield first_done[chunk]
+        with streams[rank].request() as request:
+            yield request
+            start = env.now
+            yield env.timeout(float(compute_s[rank]))
+            records.append(PhaseRecord("expert", rank, start, env.now, layer=layer, direction=direction))
+
+    def chunk_process(chunk: int):
+        experts = [env.process(expert(chunk, rank)) for rank in range(world_size)]
+        yield env.all_of(experts)
+        yield env.process(collective(second[0], second[1], second[2], None))
+
+    for chunk in range(chunks):  # issued in order: the FIFO network serves first-chunk collectives in order
+        env.process(collective(first[0], first[1], first[2], first_done[chunk]))
+    finals = [env.process(chunk_process(chunk)) for chunk in range(chunks)]
+    env.run(until=env.all_of(finals))
+    return records, env.now
+
+
+# ---- the step ---------------------------------------------------------------------------------
+@dataclass
+class StepResult:
+    """A simulated step: the Trace and a summary (`breakdown`, JSON-ready)."""
+
+    trace: Trace
+    breakdown: dict
+    config: StepConfig
+    traffic: RoutedTraffic = field(repr=False)
+
+
+def simulate_step(model: object, graph, router: str = "topk", lsh_rate: float | None = None,
+                  algorithm: str = "direct", overlap: bool = False, tokens_per_gpu: int | None = None,
+                  seed: int = 0, *, traffic: RoutedTraffic | None = None, **options) -> StepResult:
+    """Simulate one training step of `model` on the topology `graph` (see the module docstring).
+
+    `options` are further `StepConfig` fields (capacity_factor, locality_bonus, overlap_chunks, ...).
+    `traffic` reuses a routing from an earlier call with the same model, cluster, router and seed.
+    """
+    config = StepConfig(router=router, lsh_rate=lsh_rate, algorithm=algorithm, overlap=overlap,
+                        tokens_per_gpu=tokens_per_gpu, seed=seed, **options)
+    return simulate_config(model, graph, config, traffic=traffic)
+
+
+def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTraffic | None = None) -> StepResult:
+    """`simulate_step` with a ready StepConfig."""
+    spec = model_dict(model)
+    placement = placement_for(model, graph)
+    world_size = placement.world_size
+    gpu = graph.graph["gpu"]
+    if traffic is None:
+        traffic = route_traffic(model, placement, config)
+    elif traffic.send_counts.shape != (world_size, world_size) or traffic.router != config.router:
+        raise ValueError(f"traffic was routed for {traffic.send_counts.shape[0]} ranks with router "
+                         f"{traffic.router!r}, not {world_size} ranks with {config.router!r}")
+    if config.tokens_per_gpu is not None and traffic.tokens_per_rank != config.tokens_per_gpu:
+        raise ValueError(f"traffic has {traffic.tokens_per_rank} tokens per GPU, the config asks {config.tokens_per_gpu}")
+    counts = traffic.send_counts  # (W, W) token copies
+    wire = counts if config.lsh_rate is None else np.ceil(config.lsh_rate * counts)  # (W, W) tokens or centroids
+    bytes_per_token = spec["d_model"] * spec["bytes_per_element"]
+    dispatch_bytes = np.rint(wire * bytes_per_token).astype(np.int64)  # (W, W)
+    off_diagonal = dispatch_bytes * (1 - np.eye(world_size, dtype=np.int64))  # (W, W) network bytes
+    experts_on_rank = spec["num_experts"] // world_size
+    costs = _phase_costs(spec, config, traffic, wire, experts_on_rank)
+    launch = config.kernel_launch_s
+    cache = _A2ACache(graph, config.algorithm)
+
+    def phase_s(name: str, direction: str) -> float:
+        flops, hbm = costs[name]
+        factor = 1 if direction == "forward" else 2
+        return compute_time_s(factor * flops, factor * hbm, gpu, factor * KERNELS[name], launch)
+
+    def expert_s(direction: str, chunks: int) -> np.ndarray:
+        factor = 1 if direction == "forward" else 2
+        out = []
+        for flops, hbm in costs["expert"]:
+            weights = experts_on_rank * 2.0 * spec["d_model"] * spec["d_ffn"] * spec["bytes_per_element"]
+            chunk_hbm = weights + (hbm - weights) / chunks  # every chunk re-reads the weights
+            out.append(compute_time_s(factor * flops / chunks, factor * chunk_hbm, gpu, factor * KERNELS["expert"],
+                                      launch))
+        return np.array(out)  # (W,) seconds per chunk
+
+    sent_dispatch = off_diagonal.sum(axis=1)  # (W,) bytes each rank sends in the dispatch
+    sent_combine = off_diagonal.sum(axis=0)  # (W,) bytes each rank sends in the combine (M^T)
+
+    def moe_section(t0: float, layer: int, direction: str, chunks: int) -> tuple[list[PhaseRecord], float]:
+        if direction == "forward":
+            first = ("dispatch_a2a", cache.time_s("M", dispatch_bytes, chunks), np.ceil(sent_dispatch / chunks))
+            second = ("combine_a2a", cache.time_s("MT", dispatch_bytes.T, chunks), np.ceil(sent_combine / chunks))
+        else:  # gradients: combine's backward sends M, dispatch's backward sends M^T
+            first = ("combine_a2a", cache.time_s("M", dispatch_bytes, chunks), np.ceil(sent_dispatch / chunks))
+            second = ("dispatch_a2a", cache.time_s("MT", dispatch_bytes.T, chunks), np.ceil(sent_combine / chunks))
+        return _moe_section(t0, world_size, first, expert_s(direction, chunks), second, chunks, layer, direction)
+
+    chosen_chunks = {}
+    for direction in DIRECTIONS:
+        candidates = (1,) + (config.overlap_chunks if config.overlap else ())
+        best = min(candidates, key=lambda n: (moe_section(0.0, 0, direction, n)[1], n))
+        chosen_chunks[direction] = best
+
+    moe_layers = [layer for layer in range(spec["num_layers"]) if (layer + 1) % spec["moe_every"] == 0]
+    records: list[PhaseRecord] = []
+    clock = 0.0  # every rank's compute outside the MoE section is identical, so one clock serves all
+
+    def compute(name: str, layer: int, direction: str) -> None:
+        nonlocal clock
+        seconds = phase_s(name, direction)
+        for rank in range(world_size):
+            records.append(PhaseRecord(name, rank, clock, clock + seconds, layer=layer, direction=direction))
+        clock += seconds
+
+    def moe(layer: int, direction: str) -> None:
+        nonlocal clock
+        section, clock = moe_section(clock, layer, direction, chosen_chunks[direction])
+        records.extend(section)
+
+    lsh = config.lsh_rate is not None
+    for layer in range(spec["num_layers"]):
+        compute("attention", layer, "forward")
+        if layer in moe_layers:
+            compute("gate", layer, "forward")
+            if lsh:
+                compute("lsh_compress", layer, "forward")
+            moe(layer, "forward")
+            if lsh:
+                compute("lsh_restore", layer, "forward")
+        else:
+            compute("dense_ffn", layer, "forward")
+    compute("other", spec["num_layers"] - 1, "forward")
+    compute("other", spec["num_layers"] - 1, "backward")
+    for layer in reversed(range(spec["num_layers"])):
+        if layer in moe_layers:
+            if lsh:
+                compute("lsh_restore", layer, "backward")
+            moe(layer, "backward")
+            if lsh:
+                compute("lsh_compress", layer, "backward")
+            compute("gate", layer, "backward")
+        else:
+            compute("dense_ffn", layer, "backward")
+        compute("attention", layer, "backward")
+
+    node = placement.rank_to_node.numpy()  # (W,)
+    crosses = node[:, None] != node[None, :]  # (W, W)
+    workload = {"model": spec["name"], **{k: v for k, v in spec.items() if k != "name"},
+                **config.to_dict(), "tokens_per_gpu": traffic.tokens_per_rank}
+    cluster = {"name": graph.graph.get("name"), "gpus": world_size, "nodes": int(node.max()) + 1,
+               "gpus_per_node": graph.graph.get("gpus_per_node"), "gpu": gpu.get("name"),
+               "source": str(graph.graph.get("source"))}
+    trace = Trace(records, {"source": "simulated", "workload": workload, "cluster": cluster,
+                            "provenance": {"simulator": "lshsim.sim.moe_step", "routed_tokens_per_rank":
+                                           traffic.routed_per_rank}})
+    breakdown = _breakdown(trace, traffic, config, dispatch_bytes, off_diagonal, crosses, chosen_chunks, world_size)
+    return StepResult(trace=trace, breakdown=breakdown, config=config, traffic=traffic)
+
+
+def _breakdown(trace: Trace, traffic: RoutedTraffic, config: StepConfig, dispatch_bytes: np.ndarray,
+               off_diagonal: np.ndarray, crosses: np.ndarray, chunks: dict, world_size: int) -> dict:
+    """Summary numbers of a simulated step (JSON-ready)."""
+    phases = trace.phase_durations_s()
+    step_s = trace.total_time_s()
+    a2a = phases.get("dispatch_a2a", 0.0) + phases.get("combine_a2a", 0.0)
+    compute = sum(seconds for name, seconds in phases.items() if name not in ("dispatch_a2a", "combine_a2a"))
+    # without overlap the phases run one after another and sum to the step; with overlap, the
+    # all-to-all time not hidden behind compute is what the step loses to it
+    exposed = min(a2a, max(0.0, step_s - compute))
+    received = traffic.send_counts.sum(axis=0)  # (W,) copies per rank before LSH
+    return {
+        "step_s": step_s,
+        "forward_s": trace.total_time_s("forward"),
+        "backward_s": trace.total_time_s("backward"),
+        "phases_s": phases,
+        "phases_forward_s": trace.phase_durations_s("forward"),
+        "phases_backward_s": trace.phase_durations_s("backward"),
+        "a2a_s": a2a,
+        "exposed_a2a_s": exposed,
+        "a2a_share": exposed / step_s if step_s > 0 else 0.0,
+        "overlap_chunks": chunks,
+        "dispatch_bytes_per_layer": int(off_diagonal.sum()),
+        "inter_node_bytes_per_layer": int(dispatch_bytes[crosses].sum()),
+        "local_bytes_per_layer": int(np.trace(dispatch_bytes)),
+        "compression_rate": 1.0 if config.lsh_rate is None else float(
+            np.ceil(config.lsh_rate * traffic.send_counts).sum() / max(traffic.send_counts.sum(), 1)),
+        "dropped_fraction": traffic.dropped_fraction,
+        "expert_load_imbalance": float(received.max() / received.mean()) if received.mean() > 0 else 1.0,
+        "tokens_per_gpu": traffic.tokens_per_rank,
+        "routed_tokens_per_rank": traffic.routed_per_rank,
+        "count_scale": traffic.scale,
+        "gate_width": traffic.gate_width,
+        "world_size": world_size,
+    }

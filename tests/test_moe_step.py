@@ -1,0 +1,158 @@
+"""The simulated MoE step: roofline numbers, LSH scaling, LocMoE locality, overlap, determinism, refusals."""
+import numpy as np
+import pytest
+
+from lshsim.sim.collectives import simulate_all_to_all
+from lshsim.sim.moe_step import (KERNELS, StepConfig, compute_time_s, expert_cost, placement_for, route_traffic,
+                                 simulate_step)
+from lshsim.sim.trace import Trace
+from lshsim.topology import load_topology
+from models import ModelConfig, load_model
+
+# 2 layers (one MoE), 16 experts, 1024 tokens per GPU: small enough for ~0.5 s per step
+TINY = ModelConfig("tiny", num_layers=2, d_model=256, d_ffn=4096, num_experts=16, seq_len=256, tokens_per_gpu=1024,
+                   vocab_size=1000)
+
+
+@pytest.fixture(scope="module")
+def v100():
+    return load_topology("lshmoe-v100-2x8")  # 2 nodes x 8 V100, one 100 Gb/s NIC per node
+
+
+@pytest.fixture(scope="module")
+def baseline(v100):
+    return simulate_step(TINY, v100)
+
+
+def test_expert_roofline_by_hand():
+    # 1000 copies, d = 768, f = 3072: FLOPs = 2 * 1000 * 768 * 3072 * 2 = 9.437184e9
+    # bytes = 16 experts * 2 * 768 * 3072 * 2 B + 1000 * (2 * 768 + 2 * 3072) * 2 B = 150,994,944 + 15,360,000
+    flops, hbm = expert_cost(1000, 768, 3072, 16, 2)
+    assert flops == 9_437_184_000
+    assert hbm == 150_994_944 + 15_360_000
+    a100 = {"achieved_flops": 312e12 * 0.8, "achieved_hbm_Bps": 1555e9 * 0.87}
+    # weights dominate: memory bound, 166.35 MB / 1352.85 GB/s = 122.97 us (> 9.44 GFLOP / 249.6 TFLOP/s = 37.8 us)
+    assert compute_time_s(flops, hbm, a100) == pytest.approx(166_354_944 / 1352.85e9)
+
+
+def test_expert_phase_matches_hand_computation(v100, baseline):
+    """The trace's expert time = slowest rank's roofline, forward + 2x backward, per MoE layer."""
+    gpu = v100.graph["gpu"]
+    received = baseline.traffic.send_counts.sum(axis=0)  # (W,) copies per rank
+    launch = StepConfig().kernel_launch_s
+    forward = max(compute_time_s(*expert_cost(n, 256, 4096, 1, 2), gpu, KERNELS["expert"], launch) for n in received)
+    backward = max(compute_time_s(*(2 * x for x in expert_cost(n, 256, 4096, 1, 2)), gpu, 2 * KERNELS["expert"], launch)
+                   for n in received)
+    durations = baseline.trace.phase_durations_s()
+    assert TINY.num_moe_layers == 1
+    assert durations["expert"] == pytest.approx(forward + backward, rel=1e-9)
+    # attention of 2 layers: 1024 * (8 d^2 + 4 s d) FLOPs forward, compute bound on a V100
+    attention_flops = 1024 * (8 * 256 ** 2 + 4 * 256 * 256)
+    assert baseline.trace.phase_durations_s("forward")["attention"] >= 2 * attention_flops / gpu["achieved_flops"]
+
+
+def test_a2a_time_is_the_network_simulation(v100, baseline):
+    bytes_matrix = np.rint(baseline.traffic.send_counts * TINY.bytes_per_token)  # (W, W)
+    dispatch = simulate_all_to_all(v100, bytes_matrix, "direct").time_s
+    combine = simulate_all_to_all(v100, bytes_matrix.T, "direct").time_s
+    forward = baseline.trace.phase_durations_s("forward")
+    assert forward["dispatch_a2a"] == pytest.approx(dispatch)
+    assert forward["combine_a2a"] == pytest.approx(combine)
+    # backward: the same two all-to-alls carry the gradients
+    backward = baseline.trace.phase_durations_s("backward")
+    assert backward["dispatch_a2a"] + backward["combine_a2a"] == pytest.approx(dispatch + combine)
+
+
+def test_without_overlap_phases_add_up_to_the_step(baseline):
+    durations = baseline.trace.phase_durations_s()
+    assert sum(durations.values()) == pytest.approx(baseline.trace.total_time_s(), rel=1e-9)
+    assert baseline.breakdown["a2a_share"] == pytest.approx(baseline.breakdown["a2a_s"] / baseline.breakdown["step_s"])
+    assert isinstance(baseline.trace, Trace) and baseline.trace.meta["source"] == "simulated"
+
+
+def test_lsh_rate_one_equals_no_lsh_in_a2a(v100, baseline):
+    lsh = simulate_step(TINY, v100, lsh_rate=1.0, traffic=baseline.traffic)
+    for name in ("dispatch_a2a", "combine_a2a"):
+        assert lsh.trace.phase_durations_s()[name] == pytest.approx(baseline.trace.phase_durations_s()[name])
+    assert lsh.breakdown["dispatch_bytes_per_layer"] == baseline.breakdown["dispatch_bytes_per_layer"]
+    # compress and restore still cost time
+    assert lsh.breakdown["step_s"] > baseline.breakdown["step_s"]
+    assert {"lsh_compress", "lsh_restore"} <= set(lsh.trace.phase_durations_s())
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.2])
+def test_lsh_rate_scales_a2a_bytes(v100, baseline, rate):
+    lsh = simulate_step(TINY, v100, lsh_rate=rate, traffic=baseline.traffic)
+    ratio = lsh.breakdown["dispatch_bytes_per_layer"] / baseline.breakdown["dispatch_bytes_per_layer"]
+    # ceil per (src, dst) pair adds at most one centroid per pair: 240 pairs of ~64 copies
+    assert rate <= ratio <= rate + 1 / 64
+    assert lsh.breakdown["a2a_s"] < baseline.breakdown["a2a_s"]
+    assert lsh.breakdown["phases_s"]["expert"] < baseline.breakdown["phases_s"]["expert"]
+
+
+def test_locmoe_reduces_inter_node_bytes(v100, baseline):
+    locmoe = simulate_step(TINY, v100, router="locmoe")
+    assert locmoe.breakdown["inter_node_bytes_per_layer"] < 0.1 * baseline.breakdown["inter_node_bytes_per_layer"]
+    assert baseline.breakdown["inter_node_bytes_per_layer"] > 0
+
+
+def test_locmoe_gate_fallback_when_d_not_divisible(v100):
+    odd = ModelConfig("odd", num_layers=2, d_model=24, d_ffn=64, num_experts=16, seq_len=32, tokens_per_gpu=64)
+    traffic = route_traffic(odd, placement_for(odd, v100), StepConfig(router="locmoe"))
+    assert traffic.gate_width == 32  # 16 * ceil(24 / 16)
+
+
+def test_overlap_never_slower_and_helps_when_balanced(v100, baseline):
+    overlapped = simulate_step(TINY, v100, overlap=True, traffic=baseline.traffic)
+    assert overlapped.breakdown["step_s"] <= baseline.breakdown["step_s"]
+    # here expert compute and all-to-all are comparable, so pipelining in chunks hides some of it
+    assert max(overlapped.breakdown["overlap_chunks"].values()) > 1
+    assert overlapped.breakdown["step_s"] < baseline.breakdown["step_s"]
+    assert overlapped.breakdown["exposed_a2a_s"] < overlapped.breakdown["a2a_s"]
+
+
+def test_overlap_chunks_run_one_collective_at_a_time(v100, baseline):
+    overlapped = simulate_step(TINY, v100, overlap=True, overlap_chunks=(4,), traffic=baseline.traffic)
+    collectives = sorted({(r.start_s, r.end_s) for r in overlapped.trace.phases
+                          if r.name in ("dispatch_a2a", "combine_a2a") and r.direction == "forward"})
+    assert len(collectives) == 2 * overlapped.breakdown["overlap_chunks"]["forward"]
+    for (_, end), (start, _) in zip(collectives, collectives[1:]):
+        assert start >= end - 1e-15
+
+
+def test_deterministic(v100, baseline):
+    again = simulate_step(TINY, v100)
+    assert again.trace.to_dict() == baseline.trace.to_dict()
+    other_seed = simulate_step(TINY, v100, seed=1)
+    assert not np.array_equal(other_seed.traffic.send_counts, baseline.traffic.send_counts)
+
+
+def test_subsampled_routing_is_scaled(v100):
+    full = route_traffic(TINY, placement_for(TINY, v100), StepConfig(capacity_factor=None))
+    sampled = route_traffic(TINY, placement_for(TINY, v100), StepConfig(capacity_factor=None, max_routed_tokens=16 * 256))
+    assert (full.routed_per_rank, sampled.routed_per_rank, sampled.scale) == (1024, 256, 4.0)
+    # no capacity: every token's 2 copies are sent, sampled or not
+    assert full.send_counts.sum() == pytest.approx(16 * 1024 * 2)
+    assert sampled.send_counts.sum() == pytest.approx(16 * 1024 * 2)
+
+
+def test_refusals_name_the_numbers(v100):
+    with pytest.raises(ValueError) as info:
+        simulate_step(load_model("roberta-moe"), load_topology("lshmoe-a100-4x8"))
+    assert "16" in str(info.value) and "32" in str(info.value)
+    with pytest.raises(ValueError, match="locmoe"):
+        StepConfig(router="nope")
+    with pytest.raises(ValueError, match="groupwise"):
+        StepConfig(algorithm="ring")
+    with pytest.raises(ValueError, match="lsh_rate"):
+        StepConfig(lsh_rate=1.5)
+    with pytest.raises(ValueError, match="overlap_chunks"):
+        StepConfig(overlap_chunks=(1,))
+
+
+def test_chrome_trace_of_a_step(tmp_path, baseline):
+    path = tmp_path / "step.json"
+    baseline.trace.to_chrome_trace(path)
+    assert path.stat().st_size > 0
+    back = Trace.from_dict(baseline.trace.to_dict())
+    assert back.phase_durations_s() == baseline.trace.phase_durations_s()
