@@ -275,7 +275,7 @@ def expert_cost(copies: float, d_model: int, d_ffn: int, experts_on_rank: int, b
              (read input, write hidden, read hidden, write output), b = bytes per element.
 
     >>> expert_cost(1000, 768, 3072, 16, 2)
-    (9437184000.0, 163430400.0)
+    (9437184000.0, 166354944.0)
     """
     flops = 2.0 * copies * d_model * d_ffn * 2
     hbm = experts_on_rank * 2.0 * d_model * d_ffn * bytes_per_element + copies * (2 * d_model + 2 * d_ffn) * bytes_per_element
