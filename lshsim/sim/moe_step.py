@@ -71,7 +71,8 @@ from lshsim.sim.trace import DIRECTIONS, PhaseRecord, Trace
 from lshsim.topology.routing import validate_topology
 
 __all__ = ["StepConfig", "RoutedTraffic", "StepResult", "simulate_step", "simulate_config", "route_traffic",
-           "placement_for", "compute_time_s", "expert_cost", "KERNELS", "MODEL_FIELDS", "model_dict"]
+           "placement_for", "compute_time_s", "expert_cost", "KERNELS", "MODEL_FIELDS", "model_dict",
+           "describe", "plan_options", "compare_options", "DEFAULT_PLAN_LSH_RATE"]
 
 #: kernels launched per phase (forward; backward launches twice as many); each adds kernel_launch_s.
 KERNELS = {"attention": 8, "dense_ffn": 3, "gate": 5, "lsh_compress": 8, "expert": 3, "lsh_restore": 2,
@@ -548,3 +549,73 @@ def _breakdown(trace: Trace, traffic: RoutedTraffic, config: StepConfig, dispatc
         "gate_width": traffic.gate_width,
         "world_size": world_size,
     }
+
+
+# ---- planning: the same step under several options ------------------------------------------
+#: the LSH-MoE compression rate used for the "lsh" option when the user gives none: the top of the
+#: range the paper reports (11.7%..20%), i.e. the least favourable for LSH.
+DEFAULT_PLAN_LSH_RATE = 0.2
+
+
+def describe(config: StepConfig) -> str:
+    """A short label: 'topk, direct', 'topk + lsh 0.2, direct', 'locmoe, groupwise, overlap'."""
+    parts = [config.router + (f" + lsh {config.lsh_rate:g}" if config.lsh_rate is not None else ""), config.algorithm]
+    if config.overlap:
+        parts.append("overlap")
+    return ", ".join(parts)
+
+
+def plan_options(selected: StepConfig) -> list[tuple[str, StepConfig]]:
+    """The options `lshsim plan` compares, baseline first.
+
+    baseline: topk, no LSH, direct, no overlap (the user's tokens, capacity and seed kept).
+    Then the user's own choice (if it differs), and the standard alternatives: LSH-MoE at the
+    user's rate (or DEFAULT_PLAN_LSH_RATE), LocMoE routing, the hierarchical 2d and LocMoE's
+    group-wise all-to-all, and Tutel-style overlap. Duplicates are dropped (first label wins).
+    """
+    from dataclasses import replace
+
+    base = replace(selected, router="topk", lsh_rate=None, algorithm="direct", overlap=False)
+    rate = selected.lsh_rate if selected.lsh_rate is not None else DEFAULT_PLAN_LSH_RATE
+    candidates = [
+        ("baseline", base),
+        ("yours: " + describe(selected), selected),
+        (f"lsh {rate:g}", replace(base, lsh_rate=rate)),
+        ("locmoe", replace(base, router="locmoe")),
+        ("2d", replace(base, algorithm="2d")),
+        ("groupwise", replace(base, algorithm="groupwise")),
+        ("overlap", replace(base, overlap=True)),
+    ]
+    seen: set = set()
+    out = []
+    for label, config in candidates:
+        if config not in seen:
+            seen.add(config)
+            out.append((label, config))
+    return out
+
+
+def compare_options(model: object, graph, options: list[tuple[str, StepConfig]], on_done=None) -> list[dict]:
+    """Simulate every option; routing is shared between options with the same router settings.
+
+    Returns one dict per option: label, description, config, breakdown, result (the StepResult),
+    speedup over the first option (the baseline). `on_done(label)` is called after each option
+    (the CLI's progress bar).
+    """
+    placement = placement_for(model, graph)
+    routings: dict[tuple, RoutedTraffic] = {}
+    rows = []
+    for label, config in options:
+        key = (config.router, config.tokens_per_gpu, config.capacity_factor, config.locality_bonus, config.seed,
+               config.max_routed_tokens)
+        if key not in routings:
+            routings[key] = route_traffic(model, placement, config)
+        result = simulate_config(model, graph, config, traffic=routings[key])
+        rows.append({"label": label, "description": describe(config), "config": config.to_dict(),
+                     "breakdown": result.breakdown, "result": result})
+        if on_done is not None:
+            on_done(label)
+    baseline_s = rows[0]["breakdown"]["step_s"] if rows else 0.0
+    for row in rows:
+        row["speedup"] = baseline_s / row["breakdown"]["step_s"] if row["breakdown"]["step_s"] > 0 else float("nan")
+    return rows
