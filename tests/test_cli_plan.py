@@ -1,0 +1,117 @@
+"""`lshsim plan`: JSON output, tables, refusals with the known names, placement refusal, plot, sweep."""
+import json
+
+import pytest
+
+from lshsim.cli import main
+from lshsim.sim.trace import Trace
+
+TINY_YAML = """\
+num_layers: 2
+d_model: 256
+d_ffn: 4096
+num_experts: 16
+seq_len: 256
+tokens_per_gpu: 512
+vocab_size: 1000
+"""
+V100 = "lshmoe-v100-2x8"  # 16 GPUs: 2 nodes x 8
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_YAML)
+    return str(path)
+
+
+def _run_json(capsys, argv):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_plan_json(capsys, tiny):
+    out = _run_json(capsys, ["plan", "--model", tiny, "--cluster", V100, "--json"])
+    labels = [row["label"] for row in out["options"]]
+    assert labels == ["baseline", "lsh 0.2", "locmoe", "2d", "groupwise", "overlap"]
+    assert out["selected"] == "baseline"
+    base = out["options"][0]
+    assert base["speedup"] == pytest.approx(1.0)
+    b = base["breakdown"]
+    assert 0 < b["a2a_share"] < 1
+    assert b["step_s"] == pytest.approx(sum(b["phases_s"].values()))
+    for row in out["options"]:
+        assert row["speedup"] == pytest.approx(b["step_s"] / row["breakdown"]["step_s"])
+    by_label = {row["label"]: row["breakdown"] for row in out["options"]}
+    assert by_label["lsh 0.2"]["dispatch_bytes_per_layer"] < 0.25 * b["dispatch_bytes_per_layer"]
+    assert by_label["locmoe"]["inter_node_bytes_per_layer"] < b["inter_node_bytes_per_layer"]
+    assert by_label["overlap"]["step_s"] <= b["step_s"]
+    assert out["cluster"]["gpus"] == 16 and out["model"]["name"] == "tiny"
+
+
+def test_plan_user_option_is_marked(capsys, tiny):
+    out = _run_json(capsys, ["plan", "--model", tiny, "--cluster", V100, "--router", "hash", "--lsh-rate", "0.3",
+                             "--algorithm", "groupwise", "--json"])
+    assert out["selected"] == "yours: hash + lsh 0.3, groupwise"
+    labels = [row["label"] for row in out["options"]]
+    assert labels[:3] == ["baseline", "yours: hash + lsh 0.3, groupwise", "lsh 0.3"]
+
+
+def test_plan_tables(capsys, tiny):
+    assert main(["plan", "--model", tiny, "--cluster", V100, "--tokens-per-gpu", "256"]) == 0
+    text = capsys.readouterr().out
+    for expected in ("Predicted step", "dispatch_a2a", "all-to-all:", "speedup", "locmoe", "groupwise"):
+        assert expected in text
+
+
+@pytest.mark.parametrize("flag, value, known", [
+    ("--model", "gpt-3", "gpt-moe-15b"),
+    ("--cluster", "my-laptop", "lshmoe-a100-4x8"),
+    ("--algorithm", "ring", "groupwise"),
+    ("--router", "random", "locmoe"),
+])
+def test_unknown_names_refused_with_known_list(capsys, flag, value, known):
+    with pytest.raises(SystemExit) as info:
+        main(["plan", flag, value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert value in err and known in err
+
+
+def test_placement_refusal_has_the_numbers(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["plan", "--model", "roberta-moe", "--cluster", "lshmoe-a100-4x8"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "num_experts=16" in err and "32 GPUs" in err
+
+
+def test_plot_trace_and_chrome_trace(tmp_path, capsys, tiny):
+    png, trace_path, chrome = tmp_path / "plan.png", tmp_path / "trace.json", tmp_path / "chrome.json"
+    assert main(["plan", "--model", tiny, "--cluster", V100, "--tokens-per-gpu", "256", "--plot", str(png),
+                 "--trace", str(trace_path), "--chrome-trace", str(chrome), "--json"]) == 0
+    capsys.readouterr()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    trace = Trace.from_json(trace_path)
+    assert trace.meta["source"] == "simulated" and trace.meta["cluster"]["name"] == V100
+    events = json.loads(chrome.read_text())["traceEvents"]
+    assert any(event["name"] == "dispatch_a2a" and event["ph"] == "X" for event in events)
+
+
+def test_sweep_json_with_refusals(capsys, tiny):
+    out = _run_json(capsys, ["plan", "--sweep", "--models", f"{tiny},roberta-moe", "--clusters",
+                             f"{V100},lshmoe-a100-4x8", "--tokens-per-gpu", "256", "--json"])
+    results = {(item["model"], item["cluster"]): item for item in out["sweep"]}
+    assert len(results) == 4
+    assert "options" in results[(tiny, V100)] and "options" in results[("roberta-moe", V100)]
+    refused = results[("roberta-moe", "lshmoe-a100-4x8")]["refused"]
+    assert "16" in refused and "32" in refused
+    roberta = results[("roberta-moe", V100)]["options"]
+    assert roberta[0]["breakdown"]["tokens_per_gpu"] == 256
+
+
+def test_sweep_flags_need_sweep(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["plan", "--models", "gpt-moe-15b"])
+    assert info.value.code == 2
+    assert "--sweep" in capsys.readouterr().err
