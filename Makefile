@@ -18,7 +18,7 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/lshsim route --router topk --k 2 --experts 16 --world 8 --gpus-per-node 4 --tokens 4096
+	$(BIN)/lshsim plan
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 tests

@@ -25,7 +25,8 @@ Where the numbers come from:
   simulate_all_to_all` over the topology graph (max-min fair sharing of every link on the path).
 * **Compute** is a roofline per GPU spec (`G.graph["gpu"]`: achieved FLOP/s and HBM bytes/s,
   calibrated or datasheet x efficiency): t = max(FLOPs / achieved_flops, bytes / achieved_hbm_Bps)
-  + kernels * kernel_launch_s. Backward: 2x the forward FLOPs and bytes (grad input + grad weight).
+  + kernels * kernel_launch_s. Backward: 2x the forward FLOPs and bytes (grad input + grad weight),
+  except the LSH phases (below).
   FLOPs per token (forward, d = d_model, f = d_ffn, s = attention span, V = vocab):
     - expert FFN: 2 * 2 d f per token copy it receives (two matmuls, 2 FLOPs per multiply-add);
       bytes: the rank's E / W expert weights (2 d f each) + activations (2 d + 2 f) per token copy;
@@ -41,6 +42,9 @@ Where the numbers come from:
   (2 d d' L FLOPs per token), argmax, a bucket sort (a 4-pass radix sort of 16-byte key/index
   pairs) and the centroid scatter-add (read the copies, write fp32 centroids). Restore:
   E(x) ~= E(c) + (x - c), memory bound (read E(c), c and x per copy, write the output).
+  Backward of compress: no hashing, the centroid's gradient is copied to its tokens (mean rule);
+  backward of restore: as much memory traffic as its forward. The rates are the GPU's achieved
+  FLOP/s and HBM bytes/s, so a topology's `calibration:` block (expert_flops, hbm_Bps) sets them.
   With r = 1 the all-to-alls equal plain top-k; compress and restore still cost their time.
 * **Overlap** (Tutel-style pipelining): each MoE layer's tokens are cut into n chunks; chunk i's
   dispatch, expert and combine run as a pipeline in a simpy model with one network stream (all-to-
@@ -310,6 +314,11 @@ def _phase_costs(spec: dict, config: StepConfig, traffic: RoutedTraffic, wire_co
                       + copies * d * b + centroids * d * 4)  # scatter-add: read copies, write fp32 centroids
         costs["lsh_compress"] = (hash_flops, hash_bytes)
         costs["lsh_restore"] = (copies * 2 * d, copies * 3 * d * b + tokens * d * b)
+        # backward: no hashing; the centroid's gradient is shared by its copies (mean rule): read the
+        # fp32 centroid gradients, write one gradient per copy. Restore's backward moves as much as
+        # its forward (the residual passes the gradient to x and, gathered, to E(c)).
+        costs["backward"] = {"lsh_compress": (copies * d, centroids * d * 4 + copies * d * b),
+                             "lsh_restore": costs["lsh_restore"]}
     received = wire_counts.sum(axis=0)  # (W,) copies (or centroids) each rank's experts process
     costs["expert"] = [expert_cost(float(n), d, f, experts_on_rank, b) for n in received]
     return costs
@@ -426,6 +435,9 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
     cache = _A2ACache(graph, config.algorithm)
 
     def phase_s(name: str, direction: str) -> float:
+        if direction == "backward" and name in costs.get("backward", {}):
+            flops, hbm = costs["backward"][name]
+            return compute_time_s(flops, hbm, gpu, KERNELS[name], launch)
         flops, hbm = costs[name]
         factor = 1 if direction == "forward" else 2
         return compute_time_s(factor * flops, factor * hbm, gpu, factor * KERNELS[name], launch)
@@ -516,7 +528,17 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
 
 def _breakdown(trace: Trace, traffic: RoutedTraffic, config: StepConfig, dispatch_bytes: np.ndarray,
                off_diagonal: np.ndarray, crosses: np.ndarray, chunks: dict, world_size: int) -> dict:
-    """Summary numbers of a simulated step (JSON-ready)."""
+    """Summary numbers of a simulated step (JSON-ready).
+
+    step_s, forward_s, backward_s: wall time (Trace.total_time_s). phases_s (and _forward_s,
+    _backward_s): Trace.phase_durations_s. a2a_s: both all-to-alls, forward and backward.
+    exposed_a2a_s: all-to-all time not hidden behind compute, min(a2a_s, step_s - compute phases);
+    without overlap it equals a2a_s. a2a_share = exposed_a2a_s / step_s. Bytes are per MoE layer
+    and per dispatch (the combine moves the transpose): dispatch_bytes_per_layer (off-diagonal,
+    over the network), inter_node_bytes_per_layer, local_bytes_per_layer (diagonal).
+    compression_rate: centroids / copies actually sent (1 without LSH). expert_load_imbalance:
+    max / mean copies received per rank. overlap_chunks: chunks chosen per direction.
+    """
     phases = trace.phase_durations_s()
     step_s = trace.total_time_s()
     a2a = phases.get("dispatch_a2a", 0.0) + phases.get("combine_a2a", 0.0)
