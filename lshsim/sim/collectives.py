@@ -167,8 +167,8 @@ def proxy_of_local(gpus_per_node: int, nics_per_node: int) -> np.ndarray:
 def hierarchical_phases(traffic: np.ndarray, num_nodes: int, gpus_per_node: int, nics_per_node: int):
     """The three (W, W) matrices of the 2d algorithm: gather (+ intra-node), exchange, scatter.
 
-    Conservation: every off-diagonal byte of `traffic` appears once in the exchange if it changes
-    node, and in gather/scatter as many times as it moves inside a node.
+    Conservation: every byte that changes node appears once in the exchange, and in gather/scatter
+    once per move inside a node (not when the GPU is its own proxy). Diagonals are zero.
     """
     world = num_nodes * gpus_per_node
     T = np.asarray(traffic, dtype=float).reshape(num_nodes, gpus_per_node, num_nodes, gpus_per_node)  # (N, g, N, g)
@@ -190,7 +190,10 @@ def hierarchical_phases(traffic: np.ndarray, num_nodes: int, gpus_per_node: int,
         from_proxy = inter[:, :, :, dst_local].sum(axis=(0, 1))                       # (N,)
         for m in range(num_nodes):
             scatter[m, p, m, dst_local] += from_proxy[m]
-    return tuple(x.reshape(world, world) for x in (gather, exchange, scatter))
+    out = tuple(x.reshape(world, world) for x in (gather, exchange, scatter))
+    for matrix in out:
+        np.fill_diagonal(matrix, 0.0)      # a GPU that is its own proxy keeps its bytes: no flow
+    return out
 
 
 def two_d(net: FlowNetwork, traffic: np.ndarray, stages: list, chunks: int = 1):

@@ -125,6 +125,7 @@ class FlowNetwork:
         self._cls = np.empty(0, dtype=np.int64)       # (n,) class index within its transfer
         self._last_t = 0.0
         self._dirty = False
+        self._refill_from = 0.0     # classes with a rate below this keep it at the next update
         self._wakeup = self.env.event()
         self.stats = {"rate_updates": 0, "fill_levels": 0, "drain_events": 0, "classes": 0, "flows": 0}
         self.env.process(self._run())
@@ -217,6 +218,7 @@ class FlowNetwork:
         self._owner = np.concatenate([self._owner, np.full(n_classes, index, dtype=np.int64)])
         self._cls = np.concatenate([self._cls, np.arange(n_classes, dtype=np.int64)])
         self._dirty = True
+        self._refill_from = 0.0     # a new class starts at rate 0: every rate may change
         self._finish(self._rem <= 0.0)     # zero-byte classes arrive after their path latency
         if not self._wakeup.triggered:
             self._wakeup.succeed()
@@ -268,6 +270,10 @@ class FlowNetwork:
             tr._pending -= int(mine.sum())
             if tr._pending == 0:
                 self.env.process(self._complete(tr))
+        if self._dirty:
+            self._refill_from = min(self._refill_from, float(self._rate[drained].min()))
+        else:
+            self._refill_from = float(self._rate[drained].min())
         keep = ~drained
         self._E, self._rem, self._size = self._E[keep], self._rem[keep], self._size[keep]
         self._mult, self._rate, self._lat = self._mult[keep], self._rate[keep], self._lat[keep]
@@ -283,30 +289,56 @@ class FlowNetwork:
         tr.done.succeed(tr)
 
     def _compute_rates(self) -> None:
-        """Max-min fair rates by progressive filling, vectorised over classes with multiplicities."""
+        """Max-min fair rates, vectorised over classes with multiplicities.
+
+        Progressive filling freezes one bottleneck level at a time; random traffic has dozens of
+        levels per update. [speed] Here every round freezes all *local* bottlenecks at once: a link
+        whose fair share level_at[l] = capacity left / unfrozen flows on it is <= that of every link
+        sharing an unfrozen class with it saturates at exactly level_at[l] in progressive filling
+        (a link's level only rises while flows elsewhere freeze below it), so its classes freeze at
+        that rate. The global minimum is always such a link, so every round makes progress and the
+        result equals progressive filling (`reference.reference_max_min_rates`; the tests compare).
+
+        [speed] When classes drain and none entered, the classes whose rate is below the smallest
+        drained rate r keep their rates: progressive filling on the new set makes the same decisions
+        at every level below r (a drained class only crossed links whose level was >= r), so only
+        the others are refilled, on the capacity the kept ones leave.
+        """
         self._dirty = False
         self.stats["rate_updates"] += 1
         E, mult = self._E, self._mult                                                     # (n, H), (n,)
         n, width = E.shape
         sentinel = self._sentinel
         cap_left = self._capacity.copy()                                                  # (L+1,)
-        rate = np.zeros(n)
-        free = np.arange(n)
+        if self._refill_from > 0 and len(self._rate) == n:
+            keep = self._rate < self._refill_from * (1 - 1e-9)                            # (n,)
+            rate = np.where(keep, self._rate, 0.0)
+            free = np.flatnonzero(~keep)
+            kept = np.flatnonzero(keep)
+            cap_left -= np.bincount(E[kept].ravel(), weights=np.repeat(mult[kept] * rate[kept], width),
+                                    minlength=sentinel + 1)
+            cap_left[sentinel] = np.inf
+            np.maximum(cap_left, 0.0, out=cap_left)
+        else:
+            rate = np.zeros(n)
+            free = np.arange(n)
         while len(free):
             self.stats["fill_levels"] += 1
             Ef = E[free]                                                                  # (f, H)
-            count = np.bincount(Ef.ravel(), weights=np.repeat(mult[free], width), minlength=sentinel + 1)
-            count[sentinel] = 0.0
-            with np.errstate(divide="ignore", invalid="ignore"):
-                level_at = np.where(count > 0, cap_left / count, np.inf)                  # (L+1,)
-            level = float(level_at.min())
-            if not np.isfinite(level):     # only sentinel edges: cannot happen for src != dst
-                raise RuntimeError("a flow class crosses no link")
-            saturated = level_at <= level * (1 + 1e-12)
-            hit = saturated[Ef].any(axis=1)                                               # (f,)
+            flat = Ef.ravel()                                                             # (f*H,)
+            count = np.bincount(flat, weights=np.repeat(mult[free], width), minlength=sentinel + 1)
+            level_at = np.full(sentinel + 1, np.inf)                                      # (L+1,)
+            np.divide(cap_left, count, out=level_at, where=count > 0)
+            level_at[sentinel] = np.inf
+            class_min = level_at[Ef].min(axis=1)                                          # (f,)
+            link_min = np.full(sentinel + 1, np.inf)                                      # (L+1,)
+            np.minimum.at(link_min, flat, np.repeat(class_min, width))
+            bottleneck = level_at <= link_min * (1 + 1e-12)                               # (L+1,)
+            bottleneck[sentinel] = False
+            hit = bottleneck[Ef].any(axis=1)                                              # (f,)
             frozen = free[hit]
-            rate[frozen] = level
-            cap_left -= np.bincount(E[frozen].ravel(), weights=np.repeat(mult[frozen] * level, width),
+            rate[frozen] = class_min[hit]
+            cap_left -= np.bincount(E[frozen].ravel(), weights=np.repeat(mult[frozen] * rate[frozen], width),
                                     minlength=sentinel + 1)
             cap_left[sentinel] = np.inf
             np.maximum(cap_left, 0.0, out=cap_left)
