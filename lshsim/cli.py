@@ -270,6 +270,15 @@ _PLAN_DEFAULT_MODEL = "gpt-moe-15b"
 _PLAN_DEFAULT_CLUSTER = "lshmoe-a100-4x8"
 
 
+def _plan_console():
+    """A console for the plan tables: the terminal's width, or 140 columns when writing to a file or pipe
+    (rich's default of 80 there would squeeze the option tables)."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=140)
+
+
 def _capacity_factor(text: str) -> float | None:
     if text.lower() in ("none", "inf", "no"):
         return None
@@ -371,7 +380,7 @@ def _cmd_plan(args) -> int:
 def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float, args) -> None:
     from rich.table import Table
 
-    console = _console()
+    console = _plan_console()
     b = chosen["breakdown"]
     cluster = chosen["result"].trace.meta["cluster"]
     console.print(f"[bold]{model.name}[/bold] ({model.num_layers} layers, {model.num_moe_layers} MoE x "
@@ -495,7 +504,7 @@ def _plan_sweep(args) -> int:
     selected = _plan_config(args)
     options = plan_options(selected)
     results = []
-    with Progress(console=_console(), transient=True, disable=args.json) as progress:
+    with Progress(console=_plan_console(), transient=True, disable=args.json) as progress:
         task = progress.add_task("simulating", total=len(models) * len(graphs) * len(options))
         for model_name, model in models.items():
             for cluster_name, graph in graphs.items():
@@ -519,7 +528,7 @@ def _render_sweep(results: list[dict], labels: list[str], options: list) -> None
 
     from lshsim.sim.moe_step import describe
 
-    console = _console()
+    console = _plan_console()
     table = Table(title="Sweep: baseline step and the speedup of each option over it")
     for column in ("model", "cluster", "baseline ms", "a2a share", *labels[1:]):
         table.add_column(column, justify="left" if column in ("model", "cluster") else "right")
