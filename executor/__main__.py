@@ -53,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "devices under torch.distributed (torchrun, or `launch`).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="time one workload and write a measured Trace JSON")
-    run.add_argument("--workload", required=True, help="workload YAML (data/workloads/*.yaml)")
-    run.add_argument("--out", default=None, help="trace JSON to write (rank 0); default: print the summary only")
+    run.add_argument("--workload", required=True, nargs="+",
+                     help="workload YAML file(s) (data/workloads/*.yaml), run one after another")
+    run.add_argument("--out", default=None, help="trace JSON to write (rank 0), with a single workload")
+    run.add_argument("--out-dir", default=None, help="folder for one trace JSON per workload, named after it")
     run.add_argument("--fault", choices=("raise", "hang"), default=None,
                      help="testing: make --fault-rank raise or hang at the first iteration")
     run.add_argument("--fault-rank", type=int, default=1, help="rank that --fault hits (default 1)")
@@ -72,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--nccl-tests", default=None,
                      help="fit from an existing nccl-tests alltoall_perf output instead of measuring")
     cal.add_argument("--world-size", type=int, default=None, help="with --nccl-tests: ranks of that run")
+    cal.add_argument("--gpu", default=None, help="with --nccl-tests: the GPU model (h100, h200, ...)")
+    cal.add_argument("--from-raw", default=None, help="refit from a --raw JSON of an earlier calibration")
+    cal.add_argument("--fit-min-bytes", type=_size, default=0,
+                     help="fit only the all-to-all sizes >= this (default: all)")
     _add_common(cal)
     chk = sub.add_parser("check", help="compare the distributed layer with the dense single-process reference")
     chk.add_argument("--out", default=None, help="JSON of the errors per case (rank 0)")
@@ -104,20 +110,35 @@ def _cmd_run(args) -> int:
     from executor.runtime import Progress, init_runtime, shutdown
     from executor.workload import load_workload
 
-    workload = load_workload(args.workload)
+    from pathlib import Path
+
+    workloads = [load_workload(path) for path in args.workload]
+    if args.out and len(workloads) > 1:
+        raise ValueError("--out takes one workload; use --out-dir for several")
+    names = [w.name for w in workloads]
+    if len(set(names)) != len(names):
+        raise ValueError(f"workload names must be unique (they name the trace files): {names}")
     runtime = init_runtime(args.device, args.collective_timeout_s)
     if runtime.device.type == "cpu":
         _set_threads(args, runtime.world_size)
+    progress = Progress(args.status_dir, runtime.rank)
+    command = ["python", "-m", "executor", *sys.argv[1:]]
     try:
-        progress = Progress(args.status_dir, runtime.rank)
-        trace = run_workload(workload, runtime, progress=progress, fault=args.fault, fault_rank=args.fault_rank,
-                             command=["python", "-m", "executor", *sys.argv[1:]])
+        for workload in workloads:
+            trace = run_workload(workload, runtime, progress=progress, fault=args.fault, fault_rank=args.fault_rank,
+                                 command=command)
+            out = args.out or (str(Path(args.out_dir) / f"{workload.name}.json") if args.out_dir else None)
+            if runtime.rank == 0:
+                if out:
+                    Path(out).parent.mkdir(parents=True, exist_ok=True)
+                    trace.to_json(out)
+                _print_run_summary(trace, out)
+            if runtime.device.type == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
     finally:
         shutdown()
-    if runtime.rank == 0:
-        if args.out:
-            trace.to_json(args.out)
-        _print_run_summary(trace, args.out)
     return 0
 
 

@@ -60,10 +60,10 @@ def reference_moe_lsh(workload: WorkloadConfig, world_size: int, x_all: torch.Te
                       gate: GateParams, experts, projection) -> torch.Tensor:
     """The LSH-MoE layer on one process: buckets per (source rank, expert), centroids through the
     experts, E(c) + (x - c) per token, gate-weighted sum. Returns y (W*T, d)."""
-    placement = placement_for(workload, world_size)
+    placement = placement_for(workload, world_size, x_all.device)
     config = workload.lsh_config()
     num_experts = workload.num_experts
-    token_rank = torch.arange(world_size).repeat_interleave(workload.tokens_per_rank)  # (W*T,)
+    token_rank = torch.arange(world_size, device=x_all.device).repeat_interleave(workload.tokens_per_rank)  # (W*T,)
     plan = _route(workload, placement, gate, x_all, token_ids_all, token_rank)
     token, choice = torch.nonzero(plan.kept, as_tuple=True)  # (N,)
     expert = plan.expert_index[token, choice]  # (N,)
@@ -148,12 +148,13 @@ def _check_case(workload: WorkloadConfig, runtime: Runtime) -> dict:
     if workload.lsh is None:
         expected = plan_ref.traffic_matrix(bytes_per_token)  # (W, W)
     else:
-        token_rank = torch.arange(world).repeat_interleave(workload.tokens_per_rank)
+        token_rank = torch.arange(world, device=device).repeat_interleave(workload.tokens_per_rank)
         plan_global = _route(workload, model.placement, gate, x_all.detach(), ids_all, token_rank)
         expected = compressed_send_counts(x_all.detach(), plan_global, workload.lsh_config(),
                                           model.projection) * bytes_per_token
+    expected = expected.cpu()
     sent = {key: torch.tensor(value) for key, value in stats.sent_bytes.items()}
-    column = torch.tensor(expected[:, rank].tolist())  # what rank receives = what it sends back
+    column = expected[:, rank]  # what rank receives = what it sends back
     mismatches = [
         int((sent[("dispatch_a2a", "forward")] != expected[rank]).sum()),
         int((sent[("combine_a2a", "forward")] != column).sum()),

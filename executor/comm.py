@@ -75,7 +75,6 @@ class CommContext:
     ranks: list[int] | None = None
     bwd_opens: str | None = None
     bwd_closes: str | None = None
-    record_as: str | None = None  # phase name for the timer if it differs from `name`
 
 
 def align_ranks(device: torch.device, group=None) -> None:
@@ -99,12 +98,13 @@ def _exchange(x: torch.Tensor, send_splits: list[int], recv_splits: list[int], c
         ctx.stats.add(ctx.name, direction, per_dst)
     if ctx.sync:
         align_ranks(x.device, ctx.group)
-    phase = ctx.record_as or ctx.name
+    phase = ctx.name
+    out = x.new_empty((sum(recv_splits),) + tuple(x.shape[1:]))
+    x = x.contiguous()
     if ctx.timer is not None:
         ctx.timer.begin(phase, direction)
-    out = x.new_empty((sum(recv_splits),) + tuple(x.shape[1:]))
     if world_size_of(ctx.group) > 1:
-        dist.all_to_all_single(out, x.contiguous(), output_split_sizes=list(recv_splits),
+        dist.all_to_all_single(out, x, output_split_sizes=list(recv_splits),
                                input_split_sizes=list(send_splits), group=ctx.group)
     else:
         out.copy_(x)

@@ -53,9 +53,14 @@ def resolve_dtype(workload: WorkloadConfig, device: torch.device) -> torch.dtype
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[workload.dtype]
 
 
-def placement_for(workload: WorkloadConfig, world_size: int) -> Placement:
+def placement_for(workload: WorkloadConfig, world_size: int, device: torch.device | None = None) -> Placement:
+    """The workload's placement, its tensors on `device` (the plans index them with device tensors)."""
     workload.check_world(world_size)
-    return make_placement(workload.placement, workload.num_experts, world_size, workload.ranks_per_node(world_size))
+    placement = make_placement(workload.placement, workload.num_experts, world_size,
+                               workload.ranks_per_node(world_size))
+    if device is None:
+        return placement
+    return Placement(placement.expert_to_rank.to(device), placement.rank_to_node.to(device))
 
 
 # ---- parameters and inputs (seeded: identical in the distributed and the reference run) ---------
@@ -115,7 +120,16 @@ def rank_inputs(workload: WorkloadConfig, rank: int, device: torch.device, dtype
     """
     tokens = workload.tokens_per_rank
     generator = torch.Generator(device=device).manual_seed(104_729 * (workload.seed + 1) + 31 * rank)
-    if file_tokens is None:
+    if file_tokens is None and workload.input_clusters is not None:
+        # clustered tokens (a toy model of the similar tokens LSH-MoE exploits): unit-norm centres
+        # shared by all ranks, per-rank assignment and noise of relative size input_noise
+        centres = torch.randn(workload.input_clusters, workload.d_model,
+                              generator=torch.Generator().manual_seed(workload.seed))  # (K, d)
+        centres = (centres / torch.linalg.vector_norm(centres, dim=1, keepdim=True)).to(device)
+        assignment = torch.randint(0, workload.input_clusters, (tokens,), generator=generator, device=device)
+        noise = torch.randn(tokens, workload.d_model, generator=generator, device=device)  # (T, d)
+        x = centres[assignment] + noise * (workload.input_noise / math.sqrt(workload.d_model))
+    elif file_tokens is None:
         x = torch.randn(tokens, workload.d_model, generator=generator, device=device)  # (T, d)
     else:
         if file_tokens.ndim != 2 or file_tokens.shape[1] != workload.d_model:
@@ -182,7 +196,7 @@ class DistributedMoE:
         self.workload = workload
         self.ctx = ctx
         self.dtype = dtype
-        self.placement = placement_for(workload, ctx.world_size)
+        self.placement = placement_for(workload, ctx.world_size, ctx.device)
         self.gate = gate_params(workload, ctx.device, requires_grad)
         local = self.placement.experts_on_rank(ctx.rank).tolist()
         self.experts = expert_weights(local, workload.d_model, workload.d_ffn, workload.seed, ctx.device, dtype,
@@ -190,8 +204,7 @@ class DistributedMoE:
         # rank-major order of the experts: position p holds expert order[p]
         order = torch.cat([self.placement.experts_on_rank(r) for r in range(ctx.world_size)])  # (E,)
         self.position = torch.empty_like(order)
-        self.position[order] = torch.arange(order.numel())  # (E,) expert -> position
-        self.position = self.position.to(ctx.device)
+        self.position[order] = torch.arange(order.numel(), device=order.device)  # (E,) expert -> position
         self.experts_per_rank = [int((self.placement.expert_to_rank == r).sum()) for r in range(ctx.world_size)]
         if len(set(self.experts_per_rank)) != 1:
             raise ValueError(f"experts per rank {self.experts_per_rank} must be equal for the count exchange")
@@ -328,7 +341,7 @@ def reference_moe(workload: WorkloadConfig, world_size: int, x_all: torch.Tensor
 
     x_all (W*T, d): rank r's tokens in rows [r T, (r+1) T); experts must hold all E experts in order.
     """
-    placement = placement_for(workload, world_size)
+    placement = placement_for(workload, world_size, x_all.device)
     if experts.expert_ids != list(range(workload.num_experts)):
         raise ValueError("the reference needs the weights of every expert, in order")
     token_rank = torch.arange(world_size, device=x_all.device).repeat_interleave(workload.tokens_per_rank)

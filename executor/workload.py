@@ -15,6 +15,8 @@ sizes; an unknown or badly typed field is a `ValueError` that names it (`workloa
     skew: 0.0                   # expert popularity: logits += skew * log(Dirichlet(1,...,1))
     seed: 0
     inputs: synthetic           # or a .pt / .npy file with (W*T, d) hidden states
+    input_clusters: null        # synthetic only: K cluster centres (unit norm, shared by all ranks);
+    input_noise: 0.0            #   token = centre + noise * N(0, I/d) (lshsim.dispatch.lsh.clustered_tokens)
     dtype: auto                 # auto (bf16 on GPU, float32 on CPU) | float32 | bfloat16
     alltoall: direct            # direct | groupwise (LocMoE: intra-node first, then inter-node)
     lsh: null                   # or a mapping of lshsim.dispatch.lsh.LSHConfig fields
@@ -85,6 +87,8 @@ class WorkloadConfig:
     skew: float = 0.0
     seed: int = 0
     inputs: str = "synthetic"
+    input_clusters: int | None = None
+    input_noise: float = 0.0
     dtype: str = "auto"
     alltoall: str = "direct"
     lsh: dict | None = None
@@ -117,6 +121,13 @@ class WorkloadConfig:
             raise _field_error("inputs", f"{self.inputs!r} must be 'synthetic' or a file path")
         if self.inputs != "synthetic" and Path(self.inputs).suffix not in (".pt", ".npy"):
             raise _field_error("inputs", f"{self.inputs!r} must be 'synthetic' or a .pt / .npy file")
+        if self.input_clusters is not None:
+            _positive_int("input_clusters", self.input_clusters)
+            if self.inputs != "synthetic":
+                raise _field_error("input_clusters", "applies to synthetic inputs only (inputs: synthetic)")
+        if isinstance(self.input_noise, bool) or not isinstance(self.input_noise, (int, float)) \
+                or not math.isfinite(self.input_noise) or self.input_noise < 0:
+            raise _field_error("input_noise", f"{self.input_noise!r} must be a finite number >= 0")
         if self.lsh is not None and not isinstance(self.lsh, dict):
             raise _field_error("lsh", f"{self.lsh!r} must be a mapping of LSHConfig fields or null")
         for name in ("backward", "sync_phases"):
@@ -194,8 +205,9 @@ class WorkloadConfig:
             if bad is None and "router" in text:
                 bad = "name"
             raise _field_error(f"router.{bad or 'name'}", text) from None
-        if isinstance(values.get("skew"), int) and not isinstance(values.get("skew"), bool):
-            values["skew"] = float(values["skew"])
+        for key in ("skew", "input_noise"):
+            if isinstance(values.get(key), int) and not isinstance(values.get(key), bool):
+                values[key] = float(values[key])
         return WorkloadConfig(**values)
 
 

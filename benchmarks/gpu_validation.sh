@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The executor's GPU validation in ONE call on the device machine (nvidia-h200-x4):
+#   1. executor check on the most GPUs (NCCL): distributed layer == dense reference;
+#   2. for W in 4 2 1 GPUs: executor calibrate (all-to-all 4 KiB..1 GiB per rank, p2p, FFN rate,
+#      copy), then executor run of every held-out workload (data/workloads/gpu-*.yaml; calibration
+#      never sees them), each with a bare all_to_all_single of the same bytes;
+#   3. everything packed into OUT/gpu_results.tar.gz, and a short table printed last.
+# Usage: benchmarks/gpu_validation.sh OUT [WORKLOAD_GLOB] [MAX_BYTES] [WORLD_SIZES] [BUDGET_S]
+# On a machine without CUDA it runs the same steps on CPU processes (gloo): that is how it is
+# tested before it is sent.
+set -u
+OUT=${1:?usage: gpu_validation.sh OUT [WORKLOAD_GLOB] [MAX_BYTES] [WORLD_SIZES] [BUDGET_S]}
+WORKLOADS=${2:-data/workloads/gpu-*.yaml}
+MAX_BYTES=${3:-1GiB}
+WORLDS=${4:-"4 2 1"}
+BUDGET_S=${5:-540}
+PY=${PYTHON:-python3}
+# NVLink multicast stays off on the lent machines (KINDS.md); every rank inherits this environment.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export PYTHONUNBUFFERED=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
+WORK=$OUT/work
+mkdir -p "$WORK"
+LOG=$WORK/log.txt
+START=$(date +%s)
+left() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
+{ date -u; uname -a; nvidia-smi 2>&1; nvidia-smi topo -m 2>&1; $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'devices', torch.cuda.device_count())"; } > "$WORK/machine.txt" 2>&1
+NGPU=$($PY -c "import torch; print(torch.cuda.device_count())")
+launch() {  # launch NAME MIN_LEFT TIMEOUT_S W sub-command args...
+  local name=$1 need=$2 limit=$3 world=$4; shift 4
+  if [ "$(left)" -lt "$need" ]; then echo "SKIPPED $name: $(left) s left" | tee -a "$LOG"; return 0; fi
+  local t0=$(date +%s)
+  echo "=== $name on $world ranks ($(left) s left) ===" | tee -a "$LOG"
+  $PY -m executor launch --nproc "$world" --timeout-s "$limit" --stall-timeout-s 120 -- "$@" 2>&1 | tee -a "$LOG"
+  echo "=== $name: exit ${PIPESTATUS[0]}, $(( $(date +%s) - t0 )) s ===" | tee -a "$LOG"
+}
+visible() {  # the first W GPUs
+  if [ "$NGPU" -gt 0 ]; then export CUDA_VISIBLE_DEVICES=$(seq -s, 0 $(( $1 - 1 ))); fi
+}
+MAXW=$(for w in $WORLDS; do echo "$w"; done | sort -n | tail -1)
+if [ "$NGPU" -gt 0 ] && [ "$MAXW" -gt "$NGPU" ]; then MAXW=$NGPU; fi
+visible "$MAXW"
+launch "check" 60 90 "$MAXW" check --out "$WORK/check-x$MAXW.json"
+for W in $WORLDS; do
+  if [ "$NGPU" -gt 0 ] && [ "$W" -gt "$NGPU" ]; then echo "SKIPPED W=$W: only $NGPU GPUs" | tee -a "$LOG"; continue; fi
+  visible "$W"
+  launch "calibrate x$W" 60 120 "$W" calibrate --max-bytes "$MAX_BYTES" --raw "$WORK/calibration-x$W.json"
+  launch "workloads x$W" 45 170 "$W" run --workload $WORKLOADS --out-dir "$WORK/x$W"
+done
+unset CUDA_VISIBLE_DEVICES
+tar czf "$OUT/gpu_results.tar.gz" -C "$OUT" work
+cp "$LOG" "$OUT/log.txt"
+$PY benchmarks/gpu_summary.py "$WORK"

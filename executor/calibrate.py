@@ -1,0 +1,367 @@
+"""`executor calibrate`: the microbenchmarks that parameterise a topology, and the fit.
+
+Measured (every rank; collective):
+
+1. all-to-all sweep: `all_to_all_single` of M bytes per rank, equal splits (M / W to every rank,
+   itself included), M from 4 KiB to 1 GiB. Timed exactly as `executor run` times its dispatch:
+   ranks aligned by a one-element all-reduce (untimed), CUDA events (CPU: perf_counter) around
+   one collective, the slowest rank per repetition, the median over repetitions.
+2. p2p: rank 0 sends M bytes to rank 1 (`send`/`recv`), the same timing; bandwidth = M / t.
+3. expert FFN rate: gelu(x W1) W2 on (tokens, d) x (d, 4d) in the run's dtype (bf16 on GPU),
+   FLOPs = 2 * 2 * tokens * d * 4d, and HBM bandwidth from a 1 GiB device-to-device copy
+   (bytes read + bytes written) / t.
+
+Fit (alpha-beta, DESIGN.md §3): the simulator predicts a direct all-to-all on a non-blocking
+switch as t = alpha + max_r max(S_r, R_r) / B, S_r the bytes rank r sends to others (diagonal
+excluded); for the uniform sweep S = M (W - 1) / W. alpha and B are fitted by least squares on
+the relative error (minimise sum_i ((alpha + S_i / B - t_i) / t_i)^2, so a 4 KiB point weighs as
+much as a 1 GiB one), over the sizes >= `fit_min_bytes`. The topology written has intra.latency_s
+0 (the whole fixed cost is in alpha) and a calibration block {alpha_s, nvlink_Bps, expert_flops,
+hbm_Bps, provenance}, which `lshsim.topology.load_topology` applies.
+
+`parse_nccl_tests` reads nccl-tests `alltoall_perf` output (the table of size, count, type,
+[redop, root,] time, algbw, busbw, ...), so an existing nccl-tests run can be fitted instead.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from executor.comm import align_ranks
+from executor.timing import PhaseTimer
+
+__all__ = ["A2APoint", "AlphaBetaFit", "fit_alpha_beta", "parse_nccl_tests", "NcclTestsRun", "measure",
+           "topology_spec", "calibrate_command", "gpu_key", "sweep_sizes"]
+
+
+@dataclass(frozen=True)
+class A2APoint:
+    """One all-to-all size: bytes_per_rank M (all W chunks), time_s (median of the slowest rank)."""
+
+    bytes_per_rank: int
+    time_s: float
+    world_size: int
+
+    @property
+    def offdiag_bytes(self) -> float:
+        """S = M (W - 1) / W: what one rank sends to the others."""
+        return self.bytes_per_rank * (self.world_size - 1) / self.world_size
+
+    @property
+    def busbw_Bps(self) -> float:
+        return self.offdiag_bytes / self.time_s
+
+
+@dataclass(frozen=True)
+class AlphaBetaFit:
+    """t = alpha_s + S / bandwidth_Bps; residuals are (model - measured) / measured per point."""
+
+    alpha_s: float
+    bandwidth_Bps: float
+    points_used: int
+    max_rel_residual: float
+    median_rel_residual: float
+
+    def predict_s(self, offdiag_bytes: float) -> float:
+        return self.alpha_s + offdiag_bytes / self.bandwidth_Bps
+
+
+def fit_alpha_beta(points: list[A2APoint], min_bytes: int = 0) -> AlphaBetaFit:
+    """Relative least squares fit of t = alpha + S / B over the points with M >= min_bytes.
+
+    >>> pts = [A2APoint(m, 2e-5 + m * 3 / 4 / 3e11, 4) for m in (2 ** 12, 2 ** 20, 2 ** 26, 2 ** 30)]
+    >>> fit = fit_alpha_beta(pts)
+    >>> round(fit.alpha_s * 1e6, 3), round(fit.bandwidth_Bps / 1e9, 3)
+    (20.0, 300.0)
+    """
+    used = [p for p in points if p.bytes_per_rank >= min_bytes and p.world_size > 1]
+    if len(used) < 2:
+        raise ValueError(f"fit needs at least 2 all-to-all sizes >= {min_bytes} bytes on >= 2 ranks, got {len(used)}")
+    t = np.array([p.time_s for p in used])  # (n,)
+    s = np.array([p.offdiag_bytes for p in used])  # (n,)
+    design = np.stack([1.0 / t, s / t], axis=1)  # (n, 2): [alpha, 1/B] . row = 1
+    (alpha, inv_bw), *_ = np.linalg.lstsq(design, np.ones_like(t), rcond=None)
+    if inv_bw <= 0:
+        raise ValueError("the fitted bandwidth is not positive: the times do not grow with the size")
+    if alpha < 0:  # a negative start-up latency is unphysical: refit the bandwidth alone
+        alpha, inv_bw = 0.0, float(np.sum(s / t) / np.sum((s / t) ** 2))
+    model = alpha + s * inv_bw
+    residual = (model - t) / t
+    return AlphaBetaFit(alpha_s=float(alpha), bandwidth_Bps=float(1.0 / inv_bw), points_used=len(used),
+                        max_rel_residual=float(np.abs(residual).max()),
+                        median_rel_residual=float(np.median(np.abs(residual))))
+
+
+# ---- nccl-tests output --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NcclTestsRun:
+    """Parsed alltoall_perf output: the rows (out-of-place time) and the number of ranks."""
+
+    world_size: int
+    points: list[A2APoint]
+    columns: list[str]
+
+
+_NUMBER = re.compile(r"^-?\d+(\.\d+)?([eE][-+]?\d+)?$")
+
+
+def parse_nccl_tests(text: str, world_size: int | None = None) -> NcclTestsRun:
+    """Parse nccl-tests `alltoall_perf` output.
+
+    The header row (`#  size  count  type  [redop  root]  time  algbw  busbw  #wrong|error  time ...`)
+    names the columns; the first `time` is out-of-place (us). `size` is the bytes per rank (all W
+    chunks). The number of ranks is the count of `#  Rank  N ...` device lines, or `nranks`/`-g`
+    from the first line, unless `world_size` is given.
+    """
+    lines = text.splitlines()
+    columns: list[str] | None = None
+    rank_lines = 0
+    n_gpus = None
+    points_raw = []
+    for line in lines:
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if stripped.startswith("#"):
+            body = stripped.lstrip("#").split()
+            if body[:2] == ["size", "count"] or (len(body) > 2 and body[0] == "size" and "count" in body):
+                columns = body
+            elif body and body[0] == "Rank":
+                rank_lines += 1
+            else:
+                match = re.search(r"nGpus\s+(\d+)", stripped)
+                if match and n_gpus is None:
+                    n_gpus = int(match.group(1))
+            continue
+        tokens = stripped.split()
+        if columns is None or not _NUMBER.match(tokens[0]):
+            continue
+        if len(tokens) < columns.index("time") + 1:
+            raise ValueError(f"nccl-tests row has {len(tokens)} fields, the header {len(columns)}: {stripped!r}")
+        size = int(tokens[columns.index("size")])
+        time_us = float(tokens[columns.index("time")])
+        points_raw.append((size, time_us))
+    if columns is None:
+        raise ValueError("no nccl-tests header row ('# size count type ... time algbw busbw') found")
+    if not points_raw:
+        raise ValueError("the nccl-tests output holds no data rows")
+    ranks = world_size or rank_lines or n_gpus
+    if not ranks or ranks < 2:
+        raise ValueError("cannot tell the number of ranks of the nccl-tests run (no '# Rank' lines); pass world_size")
+    points = [A2APoint(size, time_us * 1e-6, ranks) for size, time_us in points_raw if size > 0 and time_us > 0]
+    return NcclTestsRun(world_size=ranks, points=points, columns=columns)
+
+
+# ---- measurements --------------------------------------------------------------------------------
+def sweep_sizes(min_bytes: int, max_bytes: int, world_size: int) -> list[int]:
+    """Powers of two from min to max bytes per rank, each rounded down to a multiple of W.
+
+    >>> sweep_sizes(4096, 65536, 4)
+    [4096, 8192, 16384, 32768, 65536]
+    """
+    if min_bytes < 1 or max_bytes < min_bytes:
+        raise ValueError(f"min_bytes={min_bytes} and max_bytes={max_bytes} must satisfy 1 <= min <= max")
+    sizes, size = [], 1 << max(0, (min_bytes - 1).bit_length())
+    while size <= max_bytes:
+        sizes.append(size - size % world_size)
+        size *= 2
+    return [s for s in sizes if s > 0]
+
+
+def _median_of_max(local: list[float], device: torch.device) -> tuple[float, list[float]]:
+    values = torch.tensor(local, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    ordered = sorted(values.cpu().tolist())
+    return ordered[(len(ordered) - 1) // 2], values.cpu().tolist()
+
+
+def _time_repeated(fn, device: torch.device, iterations: int, warmup: int, align: bool = True) -> list[float]:
+    timer = PhaseTimer(device)
+    out = []
+    for it in range(warmup + iterations):
+        if align:
+            align_ranks(device)
+        timer.start_iteration()
+        timer.begin("other")
+        fn()
+        timer.end("other")
+        start, end = timer.finish_iteration()[("other", "forward")]
+        if it >= warmup:
+            out.append(end - start)
+    return out
+
+
+def measure(device: torch.device, *, min_bytes: int = 4096, max_bytes: int = 2 ** 30, iterations: int = 10,
+            warmup: int = 3, ffn_d_model: int = 4096, ffn_tokens: int = 8192, progress=None) -> dict:
+    """Run the sweep, p2p, FFN and copy benchmarks (collective); every rank returns the results."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    results: dict = {"world_size": world, "a2a": [], "p2p": [], "ffn": None, "hbm": None}
+    if world > 1:
+        for size in sweep_sizes(min_bytes, max_bytes, world):
+            if progress is not None:
+                progress.step(f"all-to-all {size} bytes")
+            send = torch.randint(0, 255, (size,), dtype=torch.uint8, device=device)
+            recv = torch.empty_like(send)
+            times = _time_repeated(lambda: dist.all_to_all_single(recv, send), device, iterations, warmup)
+            median, per_iter = _median_of_max(times, device)
+            results["a2a"].append({"bytes_per_rank": size, "time_s": median, "per_iteration_s": per_iter})
+            del send, recv
+        for size in sorted({min(size, max_bytes) for size in (2 ** 20, 2 ** 24, 2 ** 28)}):
+            if progress is not None:
+                progress.step(f"p2p {size} bytes")
+            buffer = torch.randint(0, 255, (size,), dtype=torch.uint8, device=device)
+
+            def p2p():
+                if rank == 0:
+                    dist.send(buffer, 1)
+                elif rank == 1:
+                    dist.recv(buffer, 0)
+
+            times = _time_repeated(p2p, device, iterations, warmup)
+            median, _ = _median_of_max(times, device)
+            results["p2p"].append({"bytes": size, "time_s": median, "Bps": size / median})
+            del buffer
+    if progress is not None:
+        progress.step("expert FFN rate")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    generator = torch.Generator(device=device).manual_seed(rank)
+    d, f = ffn_d_model, 4 * ffn_d_model
+    x = torch.randn(ffn_tokens, d, generator=generator, device=device).to(dtype)
+    w1 = (torch.randn(d, f, generator=generator, device=device) / math.sqrt(d)).to(dtype)
+    w2 = (torch.randn(f, d, generator=generator, device=device) / math.sqrt(f)).to(dtype)
+    times = _time_repeated(lambda: torch.nn.functional.gelu(x @ w1) @ w2, device, iterations, warmup, align=False)
+    median, _ = _median_of_max(times, device)
+    flops = 2.0 * 2 * ffn_tokens * d * f
+    results["ffn"] = {"tokens": ffn_tokens, "d_model": d, "d_ffn": f, "dtype": str(dtype).replace("torch.", ""),
+                      "time_s": median, "flops": flops, "flops_per_s": flops / median}
+    del x, w1, w2
+    copy_bytes = min(2 ** 30, max_bytes) if device.type == "cuda" else 2 ** 26
+    src = torch.randint(0, 255, (copy_bytes,), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    times = _time_repeated(lambda: dst.copy_(src), device, iterations, warmup, align=False)
+    median, _ = _median_of_max(times, device)
+    results["hbm"] = {"bytes": copy_bytes, "time_s": median, "Bps": 2.0 * copy_bytes / median}
+    return results
+
+
+def gpu_key(device_name: str | None) -> str | None:
+    """'NVIDIA H200' -> 'h200', 'NVIDIA H100 80GB HBM3' -> 'h100'; None if not a known GPU."""
+    if not device_name:
+        return None
+    lowered = device_name.lower()
+    for key in ("h200", "h100", "a100", "v100"):
+        if key in lowered:
+            return key
+    return None
+
+
+def topology_spec(name: str, world_size: int, fit: AlphaBetaFit | None, results: dict, gpu_name: str | None,
+                  provenance: dict) -> dict:
+    """A single-node nvswitch spec with the fitted calibration block (see lshsim/topology/spec.py)."""
+    key = gpu_key(gpu_name)
+    ffn_rate = results["ffn"]["flops_per_s"] if results.get("ffn") else None
+    hbm = results["hbm"]["Bps"] if results.get("hbm") else None
+    if key is not None:
+        gpu: object = key
+    else:  # a CPU (gloo) run: an inline device with the measured rates as its "datasheet"
+        gpu = {"name": gpu_name or "cpu", "peak_flops": ffn_rate or 1e9, "hbm_Bps": hbm or 1e9,
+               "memory_bytes": 1e9, "gemm_efficiency": 1.0, "hbm_efficiency": 1.0}
+    calibration: dict = {}
+    intra: dict = {"kind": "nvswitch", "latency_s": 0.0}
+    if fit is not None:
+        calibration["alpha_s"] = fit.alpha_s
+        if key is not None:
+            intra.update(links=18, per_link_Bps=25.0e9)
+            calibration["nvlink_Bps"] = fit.bandwidth_Bps
+        else:
+            intra["link_Bps"] = fit.bandwidth_Bps
+    elif key is None:
+        intra["link_Bps"] = 1e9
+    if ffn_rate:
+        calibration["expert_flops"] = ffn_rate
+    if hbm:
+        calibration["hbm_Bps"] = hbm
+    calibration["provenance"] = provenance
+    spec = {"name": name, "description": f"calibrated by executor calibrate on {world_size} x {gpu_name or 'CPU'}",
+            "gpu": gpu, "nodes": 1, "gpus_per_node": world_size, "intra": intra, "calibration": calibration}
+    if fit is not None:
+        spec["alpha_s"] = fit.alpha_s
+    return spec
+
+
+def _points(results: dict) -> list[A2APoint]:
+    return [A2APoint(p["bytes_per_rank"], p["time_s"], results["world_size"]) for p in results["a2a"]]
+
+
+def calibrate_command(args) -> int:
+    """The CLI behind `python -m executor calibrate` (see executor/__main__.py for the flags)."""
+    import sys
+
+    from lshsim.topology import write_topology_yaml
+
+    if args.nccl_tests or args.from_raw:
+        if args.nccl_tests:
+            run = parse_nccl_tests(Path(args.nccl_tests).read_text(), args.world_size)
+            results = {"world_size": run.world_size, "a2a": [{"bytes_per_rank": p.bytes_per_rank, "time_s": p.time_s}
+                                                             for p in run.points], "p2p": [], "ffn": None, "hbm": None}
+            source = {"tool": "nccl-tests alltoall_perf", "file": str(args.nccl_tests)}
+            gpu_name = args.gpu
+        else:
+            raw = json.loads(Path(args.from_raw).read_text())
+            results, gpu_name = raw["results"], raw["provenance"].get("gpu")
+            source = {**raw["provenance"], "refit_from": str(args.from_raw)}
+        rank = 0
+    else:
+        from executor.runtime import Progress, init_runtime, provenance, shutdown
+
+        runtime = init_runtime(args.device, args.collective_timeout_s)
+        rank = runtime.rank
+        try:
+            results = measure(runtime.device, min_bytes=args.min_bytes, max_bytes=args.max_bytes,
+                              iterations=args.iterations, warmup=args.warmup, ffn_d_model=args.ffn_d_model,
+                              ffn_tokens=args.ffn_tokens, progress=Progress(args.status_dir, runtime.rank))
+        finally:
+            shutdown()
+        source = {"tool": "executor calibrate", **provenance(runtime, ["python", "-m", "executor", *sys.argv[1:]])}
+        gpu_name = source.get("gpu")
+    if rank != 0:
+        return 0
+    world = results["world_size"]
+    fit = fit_alpha_beta(_points(results), args.fit_min_bytes) if world > 1 and results["a2a"] else None
+    fit_info = None if fit is None else {**asdict(fit), "fit_min_bytes": args.fit_min_bytes}
+    prov = {**source, "fit": fit_info}
+    name = args.name or f"{gpu_key(gpu_name) or 'cpu'}-x{world}-calibrated"
+    if args.raw:
+        Path(args.raw).write_text(json.dumps({"results": results, "provenance": source, "fit": fit_info},
+                                             indent=1) + "\n")
+    if args.out:
+        write_topology_yaml(topology_spec(name, world, fit, results, gpu_name, prov), args.out)
+    lines = [f"calibration on {world} x {gpu_name or 'CPU'}"]
+    for point in _points(results):
+        model = f"  model {fit.predict_s(point.offdiag_bytes) * 1e6:10.1f} us" if fit else ""
+        lines.append(f"  all-to-all {point.bytes_per_rank:>12d} B/rank  {point.time_s * 1e6:10.1f} us  "
+                     f"busbw {point.busbw_Bps / 1e9:7.2f} GB/s{model}")
+    for p in results["p2p"]:
+        lines.append(f"  p2p {p['bytes']:>12d} B  {p['Bps'] / 1e9:7.2f} GB/s")
+    if results.get("ffn"):
+        lines.append(f"  expert FFN {results['ffn']['flops_per_s'] / 1e12:.1f} TFLOP/s "
+                     f"({results['ffn']['dtype']}, d={results['ffn']['d_model']})")
+    if results.get("hbm"):
+        lines.append(f"  copy {results['hbm']['Bps'] / 1e9:.1f} GB/s (read + write)")
+    if fit:
+        lines.append(f"  fit: alpha {fit.alpha_s * 1e6:.2f} us, B {fit.bandwidth_Bps / 1e9:.1f} GB/s, "
+                     f"max |residual| {fit.max_rel_residual:.3f}, median {fit.median_rel_residual:.3f} "
+                     f"({fit.points_used} sizes >= {args.fit_min_bytes} B)")
+    if args.out:
+        lines.append(f"  topology written to {args.out}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
