@@ -299,7 +299,7 @@ def _name_list(text: str) -> list[str]:
 
 
 def _add_plan(subparsers) -> None:
-    p = subparsers.add_parser("plan", help="predict an MoE training step and compare LSH-MoE, LocMoE and all-to-all options",
+    p = subparsers.add_parser("plan", help="predict an MoE training step; compare LSH-MoE, LocMoE, all-to-all options",
                               description="Simulate one training step (forward + backward) of a catalogued MoE model "
                                           "on a modelled cluster: routing by lshsim.dispatch on synthetic tokens, "
                                           "flow-level all-to-alls, roofline compute. Prints the step per phase, the "
@@ -313,9 +313,12 @@ def _add_plan(subparsers) -> None:
     p.add_argument("--lsh-rate", type=float, default=None,
                    help="LSH-MoE compression rate in (0, 1] (centroids / tokens; the paper reports 0.117-0.2); "
                         "default: no LSH for your option, 0.2 for the comparison's lsh row")
-    p.add_argument("--algorithm", default="direct", help="all-to-all: direct | pairwise | 2d | groupwise (default direct)")
-    p.add_argument("--overlap", action="store_true", help="pipeline dispatch / experts / combine in chunks (Tutel-style)")
-    p.add_argument("--tokens-per-gpu", type=_positive_int, default=None, help="tokens per GPU per step (default: the model's)")
+    p.add_argument("--algorithm", default="direct",
+                   help="all-to-all: direct | pairwise | 2d | groupwise (default direct)")
+    p.add_argument("--overlap", action="store_true",
+                   help="pipeline dispatch / experts / combine in chunks (Tutel-style)")
+    p.add_argument("--tokens-per-gpu", type=_positive_int, default=None,
+                   help="tokens per GPU per step (default: the model's)")
     p.add_argument("--capacity-factor", type=_capacity_factor, default=1.25,
                    help="expert capacity factor, or 'none' for no limit (default 1.25)")
     p.add_argument("--locality-bonus", type=float, default=1.0, help="locmoe: own-node preference (default 1.0)")
@@ -329,7 +332,8 @@ def _add_plan(subparsers) -> None:
                    help="write your option's Trace as Chrome trace-event JSON (open in ui.perfetto.dev)")
     p.add_argument("--sweep", action="store_true", help="run every model of --models on every cluster of --clusters")
     p.add_argument("--models", type=_name_list, default=None, help="--sweep: comma-separated models (default --model)")
-    p.add_argument("--clusters", type=_name_list, default=None, help="--sweep: comma-separated clusters (default --cluster)")
+    p.add_argument("--clusters", type=_name_list, default=None,
+                   help="--sweep: comma-separated clusters (default --cluster)")
 
 
 def _plan_config(args):
@@ -427,7 +431,8 @@ def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float,
                          f"factor {row['config']['capacity_factor']} (baseline {100 * base_drop:.0f}%), so its experts "
                          "compute less; compare with --capacity-factor none or a smaller --locality-bonus")
         if rb["gate_width"] != model.d_model:
-            notes.append(f"{row['label']}: d_model={model.d_model} is not a multiple of {model.num_experts} experts, so "
+            notes.append(f"{row['label']}: d_model={model.d_model} is not a multiple of {model.num_experts} "
+                         "experts, so "
                          f"the GrAP gate read synthetic hidden states of width {rb['gate_width']}")
         if rb["count_scale"] != 1.0:
             notes.append(f"{row['label']}: routed {rb['routed_tokens_per_rank']} of {rb['tokens_per_gpu']} tokens per "

@@ -91,7 +91,8 @@ class ModelConfig:
         if self.top_k > self.num_experts:
             raise ValueError(f"top_k={self.top_k} exceeds num_experts={self.num_experts}")
         if self.moe_every > self.num_layers:
-            raise ValueError(f"moe_every={self.moe_every} exceeds num_layers={self.num_layers}: the model has no MoE layer")
+            raise ValueError(f"moe_every={self.moe_every} exceeds num_layers={self.num_layers}: "
+                             "the model has no MoE layer")
         if self.bytes_per_element not in (1, 2, 4, 8):
             raise ValueError(f"bytes_per_element={self.bytes_per_element} must be 1, 2, 4 or 8")
         if self.attention_window is not None:

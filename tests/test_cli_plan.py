@@ -86,6 +86,7 @@ def test_placement_refusal_has_the_numbers(capsys):
     assert "num_experts=16" in err and "32 GPUs" in err
 
 
+@pytest.mark.slow  # importing matplotlib + seaborn and drawing: about 5 s on a loaded 2-core machine
 def test_plot_trace_and_chrome_trace(tmp_path, capsys, tiny):
     png, trace_path, chrome = tmp_path / "plan.png", tmp_path / "trace.json", tmp_path / "chrome.json"
     assert main(["plan", "--model", tiny, "--cluster", V100, "--tokens-per-gpu", "256", "--plot", str(png),

@@ -79,7 +79,8 @@ def test_lsh_rate_one_equals_no_lsh_in_a2a(v100, baseline):
     assert lsh.breakdown["step_s"] > baseline.breakdown["step_s"]
     assert {"lsh_compress", "lsh_restore"} <= set(lsh.trace.phase_durations_s())
     # backward of compress does no hashing: cheaper than twice the forward
-    assert lsh.trace.phase_durations_s("backward")["lsh_compress"] < 2 * lsh.trace.phase_durations_s("forward")["lsh_compress"]
+    forward, backward = lsh.trace.phase_durations_s("forward"), lsh.trace.phase_durations_s("backward")
+    assert backward["lsh_compress"] < 2 * forward["lsh_compress"]
 
 
 @pytest.mark.parametrize("rate", [0.5, 0.2])
@@ -131,7 +132,8 @@ def test_deterministic(v100, baseline):
 
 def test_subsampled_routing_is_scaled(v100):
     full = route_traffic(TINY, placement_for(TINY, v100), StepConfig(capacity_factor=None))
-    sampled = route_traffic(TINY, placement_for(TINY, v100), StepConfig(capacity_factor=None, max_routed_tokens=16 * 256))
+    sampled = route_traffic(TINY, placement_for(TINY, v100),
+                            StepConfig(capacity_factor=None, max_routed_tokens=16 * 256))
     assert (full.routed_per_rank, sampled.routed_per_rank, sampled.scale) == (1024, 256, 4.0)
     # no capacity: every token's 2 copies are sent, sampled or not
     assert full.send_counts.sum() == pytest.approx(16 * 1024 * 2)

@@ -283,7 +283,8 @@ def expert_cost(copies: float, d_model: int, d_ffn: int, experts_on_rank: int, b
     (9437184000.0, 166354944.0)
     """
     flops = 2.0 * copies * d_model * d_ffn * 2
-    hbm = experts_on_rank * 2.0 * d_model * d_ffn * bytes_per_element + copies * (2 * d_model + 2 * d_ffn) * bytes_per_element
+    weights = experts_on_rank * 2.0 * d_model * d_ffn * bytes_per_element
+    hbm = weights + copies * (2 * d_model + 2 * d_ffn) * bytes_per_element
     return flops, hbm
 
 
@@ -423,7 +424,8 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
         raise ValueError(f"traffic was routed for {traffic.send_counts.shape[0]} ranks with router "
                          f"{traffic.router!r}, not {world_size} ranks with {config.router!r}")
     if config.tokens_per_gpu is not None and traffic.tokens_per_rank != config.tokens_per_gpu:
-        raise ValueError(f"traffic has {traffic.tokens_per_rank} tokens per GPU, the config asks {config.tokens_per_gpu}")
+        raise ValueError(f"traffic has {traffic.tokens_per_rank} tokens per GPU, "
+                         f"the config asks {config.tokens_per_gpu}")
     counts = traffic.send_counts  # (W, W) token copies
     wire = counts if config.lsh_rate is None else np.ceil(config.lsh_rate * counts)  # (W, W) tokens or centroids
     bytes_per_token = spec["d_model"] * spec["bytes_per_element"]

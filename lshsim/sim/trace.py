@@ -50,7 +50,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["PHASES", "DIRECTIONS", "SOURCES", "MEASURED_PROVENANCE_KEYS", "SCHEMA", "PhaseRecord", "Trace"]
+__all__ = ["PHASES", "COMM_PHASES", "DIRECTIONS", "SOURCES", "MEASURED_PROVENANCE_KEYS", "SCHEMA", "PhaseRecord", "Trace"]
 
 PHASES = ("gate", "lsh_compress", "dispatch_a2a", "expert", "combine_a2a", "lsh_restore",
           "attention", "dense_ffn", "other")
