@@ -18,6 +18,11 @@ PY=${PYTHON:-python3}
 # NVLink multicast stays off on the lent machines (KINDS.md); every rank inherits this environment.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONUNBUFFERED=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
+# pure-Python packages the device image lacks (simpy: lshsim.sim's package import), carried as wheels
+if ls .whl/*.whl >/dev/null 2>&1 && ! $PY -c "import simpy" 2>/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
 WORK=$OUT/work
 mkdir -p "$WORK"
 LOG=$WORK/log.txt
@@ -43,7 +48,7 @@ launch "check" 60 90 "$MAXW" check --out "$WORK/check-x$MAXW.json"
 for W in $WORLDS; do
   if [ "$NGPU" -gt 0 ] && [ "$W" -gt "$NGPU" ]; then echo "SKIPPED W=$W: only $NGPU GPUs" | tee -a "$LOG"; continue; fi
   visible "$W"
-  launch "calibrate x$W" 60 120 "$W" calibrate --max-bytes "$MAX_BYTES" --raw "$WORK/calibration-x$W.json"
+  launch "calibrate x$W" 60 120 "$W" calibrate --max-bytes "$MAX_BYTES" --iterations 20 --warmup 5 --raw "$WORK/calibration-x$W.json"
   launch "workloads x$W" 45 170 "$W" run --workload $WORKLOADS --out-dir "$WORK/x$W"
 done
 unset CUDA_VISIBLE_DEVICES

@@ -148,10 +148,13 @@ def _check_case(workload: WorkloadConfig, runtime: Runtime) -> dict:
     if workload.lsh is None:
         expected = plan_ref.traffic_matrix(bytes_per_token)  # (W, W)
     else:
-        token_rank = torch.arange(world, device=device).repeat_interleave(workload.tokens_per_rank)
-        plan_global = _route(workload, model.placement, gate, x_all.detach(), ids_all, token_rank)
-        expected = compressed_send_counts(x_all.detach(), plan_global, workload.lsh_config(),
-                                          model.projection) * bytes_per_token
+        # on the CPU: compressed_send_counts multiplies int64 matrices, which CUDA does not implement
+        cpu = torch.device("cpu")
+        token_rank = torch.arange(world).repeat_interleave(workload.tokens_per_rank)
+        cpu_gate = GateParams(None if gate.weight is None else gate.weight.detach().cpu(), gate.bias.cpu())
+        x_cpu = x_all.detach().cpu()
+        plan_global = _route(workload, placement_for(workload, world, cpu), cpu_gate, x_cpu, ids_all.cpu(), token_rank)
+        expected = compressed_send_counts(x_cpu, plan_global, workload.lsh_config()) * bytes_per_token
     expected = expected.cpu()
     sent = {key: torch.tensor(value) for key, value in stats.sent_bytes.items()}
     column = expected[:, rank]  # what rank receives = what it sends back
