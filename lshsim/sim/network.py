@@ -19,8 +19,11 @@ Exploiting structure (speed tricks, labelled):
 - [vectorised] classes live in numpy arrays; water-filling is a few bincounts per bottleneck level;
   classes that drain at the same instant (within a relative 1e-9 of their bytes) finish together.
 - [per-port] non-blocking switches are one vertex whose per-port edges carry the capacity (the
-  NVSwitch crossbar; the spine layer as one trunk per leaf, exact for perfectly balanced ECMP), so a
-  route has at most ~6 edges and contention is never dropped.
+  NVSwitch crossbar; the spine layer as one trunk per leaf, exact for perfectly balanced ECMP), and
+  edges that can never be over-subscribed (capacity >= the total capacity of the GPU ports that feed
+  them, `Routes.binding_edges`) are left out of the rate computation (their bytes are still
+  counted), so a route in a non-blocking fat-tree has two binding edges. Contention is never
+  dropped: an edge that could be over-subscribed always stays.
 The slow, obvious reference is `lshsim.sim.reference.reference_simulate_flows` (per flow, pure
 Python, networkx paths); the tests compare the two.
 
@@ -112,6 +115,7 @@ class FlowNetwork:
         self._sentinel = num_links                                      # padding edge id, infinite capacity
         self._capacity = np.append(self.routes.capacity_Bps, np.inf)    # (L+1,)
         self._latency = np.append(self.routes.latency_s, 0.0)           # (L+1,)
+        self._binding = np.append(self.routes.binding_edges(), False)   # (L+1,) see Routes.binding_edges
         self.link_bytes = np.zeros(num_links)                           # (L,) bytes that crossed each link
         self.transfers: list[Transfer] = []
         # active flow classes (n of them)
@@ -171,6 +175,7 @@ class FlowNetwork:
         mult = np.bincount(group_sorted, minlength=len(first)).astype(float)      # (C,)
         edges = self.routes.edge_ids(src[first], dst[first])                      # (C, H), -1 padded
         edges = np.where(edges < 0, self._sentinel, edges).astype(np.int32)
+        lat = self._latency[edges].sum(axis=1)                                    # (C,) path latency
         now = self.env.now
         tr = Transfer(src=src, dst=dst, size_bytes=size, start_s=now, enter_s=now + alpha, done=self.env.event(),
                       label=label, finish_s=np.full(len(src), np.nan))
@@ -188,7 +193,11 @@ class FlowNetwork:
             tr.end_s = now
             tr.done.succeed(tr)
             return tr
-        self.env.process(self._enter(index, edges, size[first], mult, alpha))
+        # [per-port] only the edges that can limit a flow take part in the rate computation
+        binding = np.where(self._binding[edges], edges, self._sentinel)           # (C, H)
+        binding.sort(axis=1)                                                       # sentinel (largest id) last
+        width = int((binding != self._sentinel).sum(axis=1).max(initial=0))
+        self.env.process(self._enter(index, binding[:, :width], size[first], mult, lat, alpha))
         return tr
 
     def run_transfer(self, src, dst, size_bytes, **kwargs):
@@ -202,12 +211,12 @@ class FlowNetwork:
         return busiest_links(self.edges, self.link_bytes, self.capacity_Bps, time_s, k)
 
     # ---- internals ----------------------------------------------------------------------------
-    def _enter(self, index: int, edges: np.ndarray, size: np.ndarray, mult: np.ndarray, alpha: float):
+    def _enter(self, index: int, edges: np.ndarray, size: np.ndarray, mult: np.ndarray, lat: np.ndarray,
+               alpha: float):
         if alpha > 0:
             yield self.env.timeout(alpha)
         self._advance_to(self.env.now)
         n_classes = len(size)
-        lat = self._latency[edges].sum(axis=1) if edges.size else np.zeros(n_classes)     # (C,)
         width = max(self._E.shape[1], edges.shape[1])
         self._E = np.vstack([self._pad(self._E, width), self._pad(edges, width)])
         self._rem = np.concatenate([self._rem, size])

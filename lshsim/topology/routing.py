@@ -20,7 +20,11 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
-__all__ = ["gpu_vertices", "route_weight", "Routes", "reference_path", "validate_topology"]
+__all__ = ["gpu_vertices", "route_weight", "Routes", "reference_path", "validate_topology", "ALL_PAIRS_MAX_WORLD"]
+
+#: Up to this many GPUs, Routes keeps every pair's route in one (W * W, H) int32 table (about 28 MB at
+#: 1,024 GPUs); beyond, routes are walked per call and every edge counts as binding.
+ALL_PAIRS_MAX_WORLD = 2048
 
 
 def gpu_vertices(G: nx.DiGraph) -> list:
@@ -75,6 +79,8 @@ class Routes:
         self._edge_ids = order.astype(np.int32)                                                       # (L,)
         self._hops = None
         self._path_latency = None
+        self._table = None
+        self._binding = None
 
     @property
     def num_edges(self) -> int:
@@ -90,7 +96,9 @@ class Routes:
         """Edge ids of the routes of the pairs (src[i], dst[i]), src != dst.
 
         Returns an (F, H) int32 array padded with -1 (H = the longest of these routes). The edges of
-        a row are listed from the destination back to the source.
+        a row are listed from the destination back to the source: column 0 is the last hop, column
+        hops - 1 the first. [speed] Up to ALL_PAIRS_MAX_WORLD GPUs every route is computed once
+        (`all_pairs_edge_ids`) and looked up; beyond, routes are walked per call.
         """
         src = np.asarray(src, dtype=np.int64)                                                        # (F,)
         dst = np.asarray(dst, dtype=np.int64)                                                        # (F,)
@@ -106,6 +114,25 @@ class Routes:
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(f"GPU rank {int(src[i])} ({self.gpus[src[i]]}) cannot reach GPU rank {int(dst[i])} "
                              f"({self.gpus[dst[i]]})")
+        if self.world > ALL_PAIRS_MAX_WORLD:
+            return self._walk(src, dst)
+        rows = self.all_pairs_edge_ids()[src * self.world + dst]                                    # (F, Hmax)
+        width = int((rows >= 0).sum(axis=1).max(initial=0))
+        return rows[:, :width]
+
+    def all_pairs_edge_ids(self) -> np.ndarray:
+        """(W * W, Hmax) int32: the edge ids of the route of pair (s, d) in row s * W + d, -1 padded
+        (the diagonal and unreachable pairs are all -1). Computed once."""
+        if self._table is None:
+            world = self.world
+            src, dst = np.nonzero(~np.eye(world, dtype=bool) & np.isfinite(self.distance))
+            walked = self._walk(src, dst)                                                           # (P, Hmax)
+            table = np.full((world * world, walked.shape[1]), -1, dtype=np.int32)
+            table[src * world + dst] = walked
+            self._table = table
+        return self._table
+
+    def _walk(self, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         columns = []
         cur = self._dst_index[dst]                                                                   # (F,)
         target = self._src_index[src]                                                                # (F,)
@@ -122,6 +149,46 @@ class Routes:
         if not columns:
             return np.empty((len(src), 0), dtype=np.int32)
         return np.stack(columns, axis=1)                                                             # (F, H)
+
+    def binding_edges(self) -> np.ndarray:
+        """(L,) bool: edges that can limit a flow. [speed, exact] An edge e that touches no GPU can
+        be left out of the rate computation when its capacity is at least the total capacity of the
+        first hops (or of the last hops) of all routes through it: every byte on e also crossed
+        one of those GPU-adjacent edges, which are always kept and never carry more than their
+        capacity, so e can never be over-subscribed. In a non-blocking fat-tree with one NIC per
+        GPU this leaves out NIC <-> leaf and the trunks, so a route has two binding edges: the
+        GPU's egress port and the destination's ingress port (per-port capacity). Shared NICs and
+        oversubscribed trunks stay binding.
+        """
+        if self._binding is None:
+            num_links = self.num_edges
+            gpu_adjacent = np.zeros(num_links, dtype=bool)
+            gpu_set = set(self.gpus)
+            for i, (u, v) in enumerate(self.edges):
+                gpu_adjacent[i] = u in gpu_set or v in gpu_set
+            table = self.all_pairs_edge_ids() if self.world <= ALL_PAIRS_MAX_WORLD else None
+            if table is None:
+                self._binding = np.ones(num_links, dtype=bool)
+                return self._binding
+            hops = (table >= 0).sum(axis=1)                                                          # (P,)
+            routed = hops > 0
+            table, hops = table[routed], hops[routed]
+            last = table[:, 0].astype(np.int64)                                                       # (P,) into dst
+            first = table[np.arange(len(table)), hops - 1].astype(np.int64)                          # (P,) out of src
+            adjacent_ids = np.flatnonzero(gpu_adjacent)                                            # (A,)
+            compact = np.full(num_links, -1, dtype=np.int64)
+            compact[adjacent_ids] = np.arange(len(adjacent_ids))
+            valid = table >= 0                                                                       # (P, H)
+            rows = table[valid]                                                                      # (nnz,)
+            bound = []
+            for hop in (first, last):
+                mark = np.zeros((num_links, len(adjacent_ids)), dtype=bool)   # (L, A) edge e carries hop a
+                mark[rows, compact[np.broadcast_to(hop[:, None], table.shape)[valid]]] = True
+                edge, adjacent = np.nonzero(mark)
+                bound.append(np.bincount(edge, weights=self.capacity_Bps[adjacent_ids[adjacent]], minlength=num_links))
+            limit = np.minimum(bound[0], bound[1])                                                   # (L,)
+            self._binding = gpu_adjacent | (self.capacity_Bps < limit * (1 - 1e-12))
+        return self._binding
 
     def path(self, src_rank: int, dst_rank: int) -> list:
         """The vertices of one route, source first."""
