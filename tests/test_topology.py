@@ -223,3 +223,22 @@ def test_inline_gpu_and_full_mesh_groups():
     with pytest.raises(ValueError, match="gpu.flops is not a GPU field"):
         build_topology({"name": "x", "gpu": {"base": "h100", "flops": 1}, "gpus_per_node": 1,
                         "intra": {"kind": "nvswitch"}})
+
+
+def test_binding_edges_leave_out_only_links_that_cannot_be_oversubscribed():
+    def non_binding_kinds(spec):
+        G = build_topology(spec)
+        routes = Routes(G)
+        return sorted({G.edges[e]["kind"] for e, b in zip(routes.edges, routes.binding_edges()) if not b})
+
+    assert non_binding_kinds(cluster(nodes=8)) == ["nic", "trunk"]        # one 400G NIC per GPU, PCIe 50 GB/s
+    assert non_binding_kinds(cluster(nodes=8, oversubscription=2.0)) == ["nic"]
+    # 2 GPUs share a NIC: the NIC binds; the trunk (sized by NICs) is bounded only by the binding NICs,
+    # and the rule looks at GPU ports only, so it stays in too (conservative, still exact)
+    assert non_binding_kinds(cluster(nodes=8, nics=4)) == []
+    slow_pcie = cluster(nodes=8)
+    slow_pcie["intra"]["pcie_Bps"] = 25e9                                  # PCIe slower than the NIC
+    assert non_binding_kinds(slow_pcie) == ["nic", "trunk"]
+    fast_pcie = cluster(nodes=8)
+    fast_pcie["intra"]["pcie_Bps"] = 64e9                                  # NIC slower than PCIe: NIC binds
+    assert non_binding_kinds(fast_pcie) == []
