@@ -134,8 +134,389 @@ def _render_route(summary: dict) -> None:
 
 
 # ================================ analytic (issue 3) ============================================
-# (sub-commands capacity, collision, a2a-cost, breakeven go here)
-# HELPERS: read /work/HELPERS.md (working rules, deadline 09:50 UTC, commit by path) before editing.
+# Sub-commands capacity, collision, a2a-cost, breakeven: closed forms of lshsim.analytic. Each prints
+# rich tables, `--json` for machines, `--plot FILE.png` for a seaborn figure over the swept parameter.
+_ANALYTIC_SIZES = {"": 1.0, "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2.0 ** 10, "mib": 2.0 ** 20,
+                   "gib": 2.0 ** 30}
+
+
+def _analytic_bytes(text: str) -> float:
+    """'64e6', '64MB', '1.5GiB' -> bytes (argparse type)."""
+    lowered = text.strip().lower()
+    number = lowered.rstrip("kmgib")
+    suffix = lowered[len(number):]
+    try:
+        value = float(number) * _ANALYTIC_SIZES[suffix]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a byte size (e.g. 64e6, 64MB, 1.5GiB)") from None
+    return value
+
+
+def _analytic_plot(path: str, data: dict, x: str, y: str, hue: str | None, title: str, xlabel: str, ylabel: str,
+                   logx: bool = False, logy: bool = False, marker: tuple[float, str] | None = None) -> None:
+    """Write a seaborn line plot of `data` (dict of equal-length lists) to `path` (PNG, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 (NullFormatter below)
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    sns.lineplot(data=data, x=x, y=y, hue=hue, ax=ax, linewidth=2)
+    if logx:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels collide on short decades
+    if logy:
+        ax.set_yscale("log")
+    if marker is not None:
+        ax.axvline(marker[0], color="grey", linestyle="--", linewidth=1)
+        ax.text(marker[0], ax.get_ylim()[1], f" {marker[1]}", va="top", ha="left", fontsize=9, color="dimgrey")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if hue is not None:
+        ax.legend(title=None, frameon=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _analytic_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    _console().print(table)
+
+
+def _g(value: float, digits: int = 4) -> str:
+    return f"{value:.{digits}g}"
+
+
+# ---- capacity -----------------------------------------------------------------------------------
+def _add_capacity(subparsers) -> None:
+    p = subparsers.add_parser("capacity", help="LocMoE minimum expert capacity (Theorem 1) and expected drops",
+                              description="p_delta (exact incomplete beta, the paper's erfc form, the exponential "
+                                          "bound), ec_min >= 1/(n p_delta), optionally a Monte Carlo check on the "
+                                          "sphere and the expected dropped fraction at a capacity factor.")
+    p.add_argument("--experts", type=int, default=16, help="number of experts n (default 16)")
+    p.add_argument("--dim", type=int, default=4096, help="token dimension d (default 4096)")
+    p.add_argument("--delta", type=float, default=0.03, help="cosine threshold delta in (0, 1) (default 0.03)")
+    p.add_argument("--monte-carlo", type=int, default=0, metavar="N",
+                   help="also estimate p_delta from N uniform points on the sphere (default 0: off)")
+    p.add_argument("--tokens", type=int, default=0,
+                   help="tokens per rank T: also print the expected dropped fraction (default 0: off)")
+    p.add_argument("--k", type=int, default=2, help="choices per token for the drop estimate (default 2)")
+    p.add_argument("--capacity-factor", type=float, default=1.25, help="capacity factor for drops (default 1.25)")
+    p.add_argument("--skew", type=float, default=0.0,
+                   help="expert popularity p ~ Dirichlet, p^skew normalised (0 = uniform; default 0)")
+    p.add_argument("--sample", type=int, default=0, metavar="S",
+                   help="also measure drops with lshsim.dispatch.route_topk over S batches (default 0: off)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--plot", metavar="FILE.png", help="write ec_min against delta (exact, erfc, exp) to FILE.png")
+
+
+def _cmd_capacity(args) -> int:
+    import numpy as np
+
+    from lshsim.analytic import capacity
+
+    forms = capacity.p_delta_forms(args.dim, args.delta)
+    n = args.experts
+    result = {"experts": n, "dim": args.dim, "delta": args.delta, "forms": {}}
+    for form in ("exact", "erfc", "exp"):
+        result["forms"][form] = {"p_delta": float(forms[form]), "ec_min": float(capacity.ec_min(n, args.dim, args.delta, form)),
+                                 "capacity_factor": float(capacity.ec_min(n, args.dim, args.delta, form)) * n,
+                                 "rel_err_vs_exact": 0.0 if form == "exact" else float(forms[f"{form}_rel_err"])}
+    if args.monte_carlo:
+        result["monte_carlo"] = capacity.p_delta_monte_carlo(args.dim, args.delta, args.monte_carlo, seed=args.seed).as_dict()
+    if args.tokens:
+        if args.skew < 0 or not np.isfinite(args.skew):
+            raise ValueError(f"skew={args.skew!r} must be finite and >= 0")
+        popularity = np.random.default_rng(args.seed).dirichlet(np.ones(n)) ** args.skew
+        popularity = popularity / popularity.sum()
+        cap = int(capacity.capacity_from_factor(args.tokens, args.k, n, args.capacity_factor))
+        inclusion = capacity.topk_inclusion_probabilities(popularity, args.k)
+        drops = {method: float(capacity.expected_dropped_fraction(args.tokens, args.k, cap, inclusion=inclusion,
+                                                                  method=method))
+                 for method in capacity.OVERFLOW_METHODS}
+        result["drops"] = {"tokens": args.tokens, "k": args.k, "capacity_factor": args.capacity_factor,
+                           "capacity": cap, "skew": args.skew, "expected_dropped_fraction": drops}
+        if args.sample:
+            result["drops"]["sampled"] = capacity.sample_dropped_fraction(
+                args.tokens, args.k, args.capacity_factor, popularity, num_samples=args.sample, seed=args.seed).as_dict()
+    if args.plot:
+        # sweep delta from delta/10 up to where the exact bound reaches 1e4 (or 10x its value at delta)
+        grid = np.geomspace(max(args.delta / 10, 1e-4), 0.999, 400)
+        limit = max(1e4, 10 * result["forms"]["exact"]["ec_min"])
+        upper = grid[np.nonzero(capacity.ec_min(n, args.dim, grid) <= limit)[0].max()]
+        deltas = np.geomspace(grid[0], max(upper, args.delta), 60)
+        data = {"delta": [], "ec_min": [], "form": []}
+        for form, label in (("exact", "exact (incomplete beta)"), ("erfc", "erfc (paper)"), ("exp", "exp bound")):
+            values = capacity.ec_min(n, args.dim, deltas, form)
+            keep = np.isfinite(values)
+            data["delta"] += deltas[keep].tolist()
+            data["ec_min"] += values[keep].tolist()
+            data["form"] += [label] * int(keep.sum())
+        _analytic_plot(args.plot, data, "delta", "ec_min", "form",
+                       f"LocMoE minimum expert capacity, n={n}, d={args.dim}", "delta (cosine threshold)",
+                       "ec_min >= 1 / (n p_delta)", logx=True, logy=True, marker=(args.delta, f"delta={args.delta}"))
+        result["plot"] = args.plot
+    if args.json:
+        _print_json(result)
+        return 0
+    rows = [[form, _g(v["p_delta"]), _g(v["ec_min"]), _g(v["capacity_factor"]),
+             "-" if form == "exact" else f"{100 * v['rel_err_vs_exact']:+.2f}%"] for form, v in result["forms"].items()]
+    if "monte_carlo" in result:
+        mc = result["monte_carlo"]
+        rows.append([f"monte carlo (N={mc['num_samples']})", f"{_g(mc['estimate'])} ± {_g(mc['stderr'], 2)}",
+                     _g(1 / (n * mc["estimate"])) if mc["estimate"] > 0 else "inf", "", "95% CI "
+                     f"[{_g(mc['ci_low'])}, {_g(mc['ci_high'])}]"])
+    _analytic_table(f"LocMoE Theorem 1: n={n} experts, d={args.dim}, delta={args.delta}",
+                    ["form", "p_delta", "ec_min", "n * ec_min", "vs exact"], rows)
+    if "drops" in result:
+        drops = result["drops"]
+        rows = [[method, f"{100 * value:.4f}%"] for method, value in drops["expected_dropped_fraction"].items()]
+        if "sampled" in drops:
+            s = drops["sampled"]
+            rows.append([f"route_topk, {s['num_samples']} batches", f"{100 * s['estimate']:.4f}% ± {100 * s['stderr']:.4f}%"])
+        _analytic_table(f"Expected dropped fraction: T={drops['tokens']}, k={drops['k']}, E={n}, "
+                        f"C={drops['capacity']} (factor {drops['capacity_factor']}), skew={drops['skew']}",
+                        ["model", "dropped"], rows)
+    if args.plot:
+        _console().print(f"wrote {args.plot}")
+    return 0
+
+
+# ---- collision ----------------------------------------------------------------------------------
+def _add_collision(subparsers) -> None:
+    p = subparsers.add_parser("collision", help="LSH collision probability (hyperplane, cross-polytope) and amplification",
+                              description="Collision probability of one hash for unit vectors at a cosine, exact "
+                                          "(hyperplane 1 - theta/pi; cross-polytope by numerical integration, exact "
+                                          "for lsh.py's Gaussian projection with d = proj_dim), the asymptotic form, "
+                                          "optional Monte Carlo, and amplification p^K, 1 - (1 - p^K)^L.")
+    p.add_argument("--family", default="cross-polytope", help="cross-polytope | hyperplane (default cross-polytope)")
+    p.add_argument("--dim", type=int, default=1024, help="projection dimension d' (default 1024)")
+    p.add_argument("--cos", type=float, default=0.9, help="cosine between the two vectors, in [-1, 1] (default 0.9)")
+    p.add_argument("--hashes", type=int, default=6, help="K hash functions concatenated into one bucket id (default 6)")
+    p.add_argument("--tables", type=int, default=1, help="L independent tables (default 1)")
+    p.add_argument("--monte-carlo", type=int, default=0, metavar="N", help="also hash N random pairs (default 0: off)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--plot", metavar="FILE.png", help="write the probability against cos to FILE.png")
+
+
+def _cmd_collision(args) -> int:
+    import numpy as np
+
+    from lshsim.analytic import collision
+
+    family = args.family.replace("-", "_")
+    if family not in collision.FAMILIES:
+        raise ValueError(f"family={args.family!r} must be one of ('cross-polytope', 'hyperplane')")
+    for name, value in (("hashes", args.hashes), ("tables", args.tables)):
+        if value < 1:
+            raise ValueError(f"{name}={value} must be an integer >= 1")
+    if family == "cross_polytope":
+        single, error = collision.cross_polytope_collision_probability(args.dim, args.cos, return_error=True)
+        asymptotic = float(collision.cross_polytope_collision_asymptotic(args.dim, args.cos))
+    else:
+        if args.dim < 2:
+            raise ValueError(f"d={args.dim} must be an integer >= 2")
+        single, error, asymptotic = float(collision.hyperplane_collision_probability(args.cos)), 0.0, None
+    result = {"family": args.family, "dim": args.dim, "cos": args.cos, "hashes": args.hashes, "tables": args.tables,
+              "probability": float(single), "quadrature_error": float(error), "asymptotic": asymptotic,
+              "concatenated": float(collision.amplify(single, args.hashes)),
+              "amplified": float(collision.amplify(single, args.hashes, args.tables))}
+    if args.monte_carlo:
+        if family == "cross_polytope":
+            mc = collision.cross_polytope_collision_monte_carlo(args.dim, args.cos, args.monte_carlo, seed=args.seed)
+        else:
+            mc = collision.hyperplane_collision_monte_carlo(args.dim, args.cos, args.monte_carlo, seed=args.seed)
+        result["monte_carlo"] = mc.as_dict()
+    if args.plot:
+        cosines = np.linspace(-0.2, 1.0, 61)
+        exact = np.asarray(collision.collision_probability(family, args.dim, cosines))
+        data = {"cos": [], "probability": [], "curve": []}
+        curves = [("one hash", exact), (f"{args.hashes} concatenated", exact ** args.hashes)]
+        if family == "cross_polytope":
+            curves.append(("one hash, asymptotic", np.asarray(collision.cross_polytope_collision_asymptotic(args.dim, cosines))))
+        for label, values in curves:
+            data["cos"] += cosines.tolist()
+            data["probability"] += values.tolist()
+            data["curve"] += [label] * cosines.size
+        _analytic_plot(args.plot, data, "cos", "probability", "curve",
+                       f"{args.family} LSH collision probability, d={args.dim}", "cosine between the vectors",
+                       "Pr[same bucket]", marker=(args.cos, f"cos={args.cos}"))
+        result["plot"] = args.plot
+    if args.json:
+        _print_json(result)
+        return 0
+    rows = [["one hash (exact)", _g(result["probability"], 6)]]
+    if asymptotic is not None:
+        rows.append(["one hash, asymptotic d^(-(1-cos)/(1+cos))", _g(asymptotic, 6)])
+    if "monte_carlo" in result:
+        mc = result["monte_carlo"]
+        rows.append([f"one hash, Monte Carlo (N={mc['num_samples']})",
+                     f"{_g(mc['estimate'], 6)} ± {_g(mc['stderr'], 2)}"])
+    rows += [[f"K={args.hashes} concatenated: p^K", _g(result["concatenated"], 6)],
+             [f"L={args.tables} tables: 1 - (1 - p^K)^L", _g(result["amplified"], 6)]]
+    _analytic_table(f"{args.family} collision, d={args.dim}, cos={args.cos}", ["quantity", "probability"], rows)
+    if args.plot:
+        _console().print(f"wrote {args.plot}")
+    return 0
+
+
+# ---- a2a-cost -----------------------------------------------------------------------------------
+def _add_a2a_cost(subparsers) -> None:
+    p = subparsers.add_parser("a2a-cost", help="closed-form all-to-all time (alpha-beta) of four algorithms",
+                              description="Alpha-beta time of one all-to-all with the direct, pairwise, hierarchical "
+                                          "(Tutel 2DH) and group-wise (LocMoE) algorithms on W ranks, G per node.")
+    p.add_argument("--world", type=_positive_int, default=16, help="ranks W (default 16)")
+    p.add_argument("--gpus-per-node", type=_positive_int, default=8, help="ranks per node G (default 8)")
+    p.add_argument("--bytes-per-rank", type=_analytic_bytes, default=64e6,
+                   help="bytes each rank sends in total, itself included (default 64MB; suffixes KB MB GB KiB MiB GiB)")
+    p.add_argument("--traffic", default="uniform", help="uniform | random (Dirichlet destinations) (default uniform)")
+    p.add_argument("--intra-GBps", type=float, default=300.0, help="NVLink bandwidth per GPU per direction, GB/s (default 300)")
+    p.add_argument("--inter-GBps", type=float, default=25.0, help="bandwidth per NIC per direction, GB/s (default 25)")
+    p.add_argument("--nics-per-node", type=int, default=None, help="NICs per node (default: one per GPU)")
+    p.add_argument("--alpha-us", type=float, default=10.0, help="start-up latency of an intra-node phase, us (default 10)")
+    p.add_argument("--inter-alpha-us", type=float, default=None, help="start-up latency of an inter-node phase, us (default = alpha)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random traffic (default 0)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--plot", metavar="FILE.png", help="write time against message size per algorithm to FILE.png")
+
+
+def _cmd_a2a_cost(args) -> int:
+    import numpy as np
+
+    from lshsim.analytic import comm
+
+    cluster = comm.ClusterParams(gpus_per_node=args.gpus_per_node, intra_bandwidth_Bps=args.intra_GBps * 1e9,
+                                 inter_bandwidth_Bps=args.inter_GBps * 1e9, nics_per_node=args.nics_per_node,
+                                 alpha_s=args.alpha_us * 1e-6,
+                                 inter_alpha_s=None if args.inter_alpha_us is None else args.inter_alpha_us * 1e-6)
+
+    def traffic_for(size: float) -> "np.ndarray":
+        if args.traffic == "uniform":
+            return comm.uniform_traffic(args.world, size)
+        if args.traffic == "random":
+            return comm.random_traffic(args.world, size, seed=args.seed)
+        raise ValueError(f"traffic={args.traffic!r} must be 'uniform' or 'random'")
+
+    traffic = traffic_for(args.bytes_per_rank)  # (W, W) bytes
+    times = {name: float(comm.a2a_time(name, traffic, cluster)) for name in comm.A2A_ALGORITHMS}
+    result = {"world": args.world, "gpus_per_node": args.gpus_per_node, "bytes_per_rank": args.bytes_per_rank,
+              "traffic": args.traffic, "intra_GBps": args.intra_GBps, "inter_GBps": args.inter_GBps,
+              "nics_per_node": cluster.nics, "alpha_us": args.alpha_us,
+              "inter_alpha_us": cluster.inter_alpha * 1e6, "time_s": times,
+              "algbw_GBps": {name: args.bytes_per_rank / t / 1e9 if t > 0 else None for name, t in times.items()}}
+    if args.plot:
+        sizes = np.geomspace(1e3, 4e9, 50)
+        batch = np.stack([traffic_for(size) for size in sizes])  # (S, W, W)
+        data = {"bytes per rank": [], "time (s)": [], "algorithm": []}
+        for name in comm.A2A_ALGORITHMS:
+            data["bytes per rank"] += sizes.tolist()
+            data["time (s)"] += np.asarray(comm.a2a_time(name, batch, cluster)).tolist()
+            data["algorithm"] += [name] * sizes.size
+        _analytic_plot(args.plot, data, "bytes per rank", "time (s)", "algorithm",
+                       f"All-to-all, W={args.world}, G={args.gpus_per_node}, NVLink {args.intra_GBps:g} GB/s, "
+                       f"NIC {args.inter_GBps:g} GB/s", "bytes per rank", "time (s)", logx=True, logy=True,
+                       marker=(args.bytes_per_rank, "this run"))
+        result["plot"] = args.plot
+    if args.json:
+        _print_json(result)
+        return 0
+    rows = [[name, f"{1e3 * t:.4f}", _g(result["algbw_GBps"][name] or 0.0)] for name, t in times.items()]
+    _analytic_table(f"All-to-all of {args.bytes_per_rank / 1e6:g} MB per rank ({args.traffic}), W={args.world}, "
+                    f"G={args.gpus_per_node}, {cluster.nics} NIC(s)/node",
+                    ["algorithm", "time (ms)", "algbw (GB/s)"], rows)
+    if args.plot:
+        _console().print(f"wrote {args.plot}")
+    return 0
+
+
+# ---- breakeven ----------------------------------------------------------------------------------
+def _add_breakeven(subparsers) -> None:
+    p = subparsers.add_parser("breakeven", help="compression rate below which LSH-MoE's compression pays",
+                              description="r* = 1 - (t_compress + t_restore) / (n_a2a V / B + expert time): below "
+                                          "r*, the smaller all-to-alls repay hashing and restoring. Also LSH-MoE's "
+                                          "ratio model T_a2a / T_compute (paper Eq. 6/9) with --tflops.")
+    p.add_argument("--tokens", type=int, default=4096, help="tokens per rank T (default 4096)")
+    p.add_argument("--d-model", type=int, default=1024, help="hidden size d (default 1024)")
+    p.add_argument("--k", type=int, default=2, help="choices per token (default 2)")
+    p.add_argument("--world", type=int, default=16, help="ranks W (default 16)")
+    p.add_argument("--bandwidth-GBps", type=float, default=12.5,
+                   help="per-rank all-to-all bandwidth, GB/s (default 12.5: a 100 Gb/s NIC)")
+    p.add_argument("--hash-Mtps", type=float, default=50.0, help="hashing throughput, million token copies/s (default 50)")
+    p.add_argument("--restore-Mtps", type=float, default=None, help="restore throughput, million token copies/s (default = hash)")
+    p.add_argument("--bytes-per-element", type=int, default=2, help="2 for bf16/fp16 (default), 4 for fp32")
+    p.add_argument("--expert-ms", type=float, default=0.0,
+                   help="expert FFN time per step without compression, ms; it shrinks with r (default 0: not counted)")
+    p.add_argument("--forward-only", action="store_true", help="count forward all-to-alls only (default: fwd + bwd)")
+    p.add_argument("--compression", type=float, default=0.2, help="compression rate to evaluate (default 0.2)")
+    p.add_argument("--tflops", type=float, default=None, help="GPU TFLOP/s: also print LSH-MoE's ratio model")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--plot", metavar="FILE.png", help="write r* against bandwidth to FILE.png")
+
+
+def _cmd_breakeven(args) -> int:
+    import numpy as np
+
+    from lshsim.analytic import comm
+
+    common = dict(k=args.k, world_size=args.world, hash_tokens_per_s=args.hash_Mtps * 1e6,
+                  restore_tokens_per_s=None if args.restore_Mtps is None else args.restore_Mtps * 1e6,
+                  bytes_per_element=args.bytes_per_element, expert_time_s=args.expert_ms * 1e-3,
+                  include_backward=not args.forward_only)
+    bandwidth = args.bandwidth_GBps * 1e9
+    r_star = float(comm.breakeven_compression_rate(args.tokens, args.d_model, bandwidth_Bps=bandwidth, **common))
+    base = float(comm.lsh_step_time_s(1.0, args.tokens, args.d_model, bandwidth_Bps=bandwidth, lsh=False, **common))
+    with_lsh = float(comm.lsh_step_time_s(args.compression, args.tokens, args.d_model, bandwidth_Bps=bandwidth, **common))
+    result = {"tokens": args.tokens, "d_model": args.d_model, "k": args.k, "world": args.world,
+              "bandwidth_GBps": args.bandwidth_GBps, "hash_Mtps": args.hash_Mtps,
+              "restore_Mtps": args.restore_Mtps if args.restore_Mtps is not None else args.hash_Mtps,
+              "expert_ms": args.expert_ms, "include_backward": not args.forward_only,
+              "breakeven_rate": r_star, "compression": args.compression, "baseline_s": base, "lsh_s": with_lsh,
+              "speedup": base / with_lsh}
+    if args.tflops is not None:
+        ratio = float(comm.lsh_moe_comm_compute_ratio(args.tflops * 1e12, bandwidth, args.k, args.world, args.d_model))
+        result["lsh_moe_ratio"] = ratio
+    if args.plot:
+        bandwidths = np.geomspace(0.5, 500, 80)
+        data = {"bandwidth (GB/s)": [], "break-even compression rate": [], "expert time": []}
+        for label, expert in (("expert time not counted", 0.0), (f"expert {args.expert_ms or 1.0:g} ms shrinks too",
+                                                                  (args.expert_ms or 1.0) * 1e-3)):
+            values = comm.breakeven_compression_rate(args.tokens, args.d_model, bandwidth_Bps=bandwidths * 1e9,
+                                                     **{**common, "expert_time_s": expert})
+            data["bandwidth (GB/s)"] += bandwidths.tolist()
+            data["break-even compression rate"] += np.maximum(np.asarray(values), 0.0).tolist()
+            data["expert time"] += [label] * bandwidths.size
+        _analytic_plot(args.plot, data, "bandwidth (GB/s)", "break-even compression rate", "expert time",
+                       f"LSH-MoE pays below r* (T={args.tokens}, d={args.d_model}, k={args.k}, W={args.world}, "
+                       f"hash {args.hash_Mtps:g} M/s)", "per-rank all-to-all bandwidth (GB/s)",
+                       "break-even compression rate r* (0 = never)", logx=True,
+                       marker=(args.bandwidth_GBps, f"{args.bandwidth_GBps:g} GB/s"))
+        result["plot"] = args.plot
+    if args.json:
+        _print_json(result)
+        return 0
+    rows = [["break-even compression rate r*", f"{r_star:.4f}" + ("  (never pays)" if r_star <= 0 else "")],
+            ["step time without LSH (ms)", f"{1e3 * base:.4f}"],
+            [f"step time with LSH at r={args.compression} (ms)", f"{1e3 * with_lsh:.4f}"],
+            ["speedup", f"{base / with_lsh:.3f}x"]]
+    if "lsh_moe_ratio" in result:
+        rows.append(["LSH-MoE ratio model T_a2a / T_compute", f"{result['lsh_moe_ratio']:.4f}"])
+    _analytic_table(f"LSH break-even: T={args.tokens}, d={args.d_model}, k={args.k}, W={args.world}, "
+                    f"{args.bandwidth_GBps:g} GB/s, hash {args.hash_Mtps:g} M tokens/s", ["quantity", "value"], rows)
+    if args.plot:
+        _console().print(f"wrote {args.plot}")
+    return 0
+
 
 # ================================ simulator (issue 4) ===========================================
 _SIZE_SUFFIXES = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
