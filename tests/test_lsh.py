@@ -17,17 +17,27 @@ from lshsim.dispatch.lsh import _fwht
 from lshsim.dispatch.placement import contiguous_placement
 from lshsim.dispatch.routers import route_topk
 
-# Configurations that exercise every code path: gaussian, hadamard materialised (small d'),
-# hadamard through the fast transform (d' > rounds * (A + B)), hyperplane on both rotations.
+# Configurations that exercise every code path: gaussian, hadamard (materialised as a dense
+# matrix and through the fast transform: `_projections` tries both), hyperplane on both rotations.
 PATH_CONFIGS = [
     LSHConfig(),
     LSHConfig(proj_dim=3, num_hashes=2, seed=5),
     LSHConfig(rotation="hadamard", proj_dim=4),
-    LSHConfig(rotation="hadamard", rounds=1),  # d=20 -> n=32 > 1 * (4 + 8): fast transform
-    LSHConfig(rotation="hadamard", rounds=2, proj_dim=30, seed=3),  # 30 > 2 * 12: fast transform
+    LSHConfig(rotation="hadamard", rounds=1),
+    LSHConfig(rotation="hadamard", rounds=2, proj_dim=30, seed=3),
     LSHConfig(family="hyperplane", num_hashes=8),
     LSHConfig(family="hyperplane", rotation="hadamard", num_hashes=8),
 ]
+
+
+def _projections(d_model: int, config: LSHConfig, dtype: torch.dtype) -> list:
+    """The automatic projection, plus for "hadamard" the forced dense and fast-transform ones."""
+    found = [None]
+    if config.rotation == "hadamard":
+        found += [make_projection(d_model, config, dtype=dtype, dense=True),
+                  make_projection(d_model, config, dtype=dtype, dense=False)]
+        assert found[1].matrix is not None and found[2].matrix is None
+    return found
 
 
 def _ids(config: LSHConfig) -> str:
@@ -111,18 +121,21 @@ def test_projected_rotation_preserves_norm_for_hadamard():
     # H D is orthogonal: with d' = n the projection keeps the norm of the (padded) token
     config = LSHConfig(rotation="hadamard", rounds=3, num_hashes=2)
     tokens = torch.randn(5, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    y = project(tokens, config)  # (5, 2, 32)
-    assert torch.allclose(y.norm(dim=2), tokens.norm(dim=1, keepdim=True).expand(5, 2), atol=1e-12)
+    for dense in (True, False):
+        y = project(tokens, config, make_projection(20, config, dtype=torch.float64, dense=dense))  # (5, 2, 32)
+        assert torch.allclose(y.norm(dim=2), tokens.norm(dim=1, keepdim=True).expand(5, 2), atol=1e-12)
 
 
 # ---- hashing --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("config", PATH_CONFIGS, ids=_ids)
 def test_hash_codes_match_slow_reference(config):
     tokens = torch.randn(40, 20, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    codes = hash_codes(tokens, config)
-    assert codes.dtype == torch.int64 and tuple(codes.shape) == (40, config.num_hashes)
-    assert int(codes.min()) >= 0 and int(codes.max()) < config.buckets_per_hash(20)
-    assert torch.equal(codes, reference_hash_codes(tokens, config))
+    reference = reference_hash_codes(tokens, config)
+    for projection in _projections(20, config, torch.float64):
+        codes = hash_codes(tokens, config, projection)
+        assert codes.dtype == torch.int64 and tuple(codes.shape) == (40, config.num_hashes)
+        assert int(codes.min()) >= 0 and int(codes.max()) < config.buckets_per_hash(20)
+        assert torch.equal(codes, reference)
 
 
 @pytest.mark.parametrize("config", PATH_CONFIGS, ids=_ids)
@@ -133,6 +146,8 @@ def test_hash_codes_deterministic_and_same_in_float32_and_float64(config):
     # Same rotation in both dtypes; rounding could only flip a code at a near-tie, which for 300
     # Gaussian tokens (argmax gaps ~1e-2, rounding ~1e-6) does not happen at this seed.
     assert torch.equal(codes64, hash_codes(tokens64.float(), config))
+    for projection32 in _projections(20, config, torch.float32)[1:]:
+        assert torch.equal(codes64, hash_codes(tokens64.float(), config, projection32))
     other_seed = dataclasses.replace(config, seed=config.seed + 1)
     assert not torch.equal(codes64, hash_codes(tokens64, other_seed))
 

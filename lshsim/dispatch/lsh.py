@@ -69,9 +69,12 @@ _INT64_LIMIT = 2 ** 63
 # Speed trick: hash in chunks of tokens so that the projection never holds the full (N, L, d')
 # tensor (3 GiB at N = 32768, L = 6, d' = 4096). A dense product writes (chunk, L * d') <= 2^24
 # elements (64 MiB float32: large GEMMs are efficient); the fast transform keeps its
-# (chunk, L, n) working set near 2^18 elements (1 MiB, cache-resident), which measured fastest.
+# (chunk, L, n) working set near 2^22 elements (16 MiB), which measured fastest of 2^18..2^24.
 _CHUNK_ELEMENTS_DENSE = 2 ** 24
-_CHUNK_ELEMENTS_FWHT = 2 ** 18
+_CHUNK_ELEMENTS_FWHT = 2 ** 22
+# A materialised "hadamard" rotation (one dense GEMM) is used when it costs at most this many
+# times the multiply-adds of the fast transform (see make_projection).
+_DENSE_COST_FACTOR = 8
 
 
 def _check_positive_int(name: str, value: object) -> None:
@@ -190,9 +193,10 @@ class LSHProjection:
     Fields (d = d_model, n = padded dimension, d' = effective proj_dim, L = num_hashes):
         config, d_model, padded_dim, proj_dim.
         matrix:          (d, L * d') dense projection, column l * d' + i is row i of R_l. Always set
-                         for "gaussian"; for "hadamard" set when d' <= rounds * (A + B), i.e. when
-                         one dense product costs fewer multiply-adds than the fast transforms (then
-                         R_l is materialised once from the signs, see `make_projection`).
+                         for "gaussian"; for "hadamard" set when d * d' <= 8 * rounds * n (A + B),
+                         i.e. when one dense GEMM is at most 8x the multiply-adds of the fast
+                         transforms (then R_l is materialised once from the signs, see
+                         `make_projection`).
         signs:           (L, rounds, n) +-1 diagonals D of the "hadamard" rotation; None for "gaussian".
         hadamard_left:   (A, A), hadamard_right: (B, B) with A * B = n: H_n = H_A kron H_B; None
                          for "gaussian".
@@ -217,16 +221,20 @@ class LSHProjection:
 
 
 def make_projection(d_model: int, config: LSHConfig, device: torch.device | str | None = None,
-                    dtype: torch.dtype = torch.float32) -> LSHProjection:
+                    dtype: torch.dtype = torch.float32, dense: bool | None = None) -> LSHProjection:
     """Draw the L rotations of `config` for width d_model, deterministically from config.seed.
 
     The random numbers are drawn on the CPU with a `torch.Generator` (Gaussian entries in float32,
     signs as integers), then cast and moved, so the same seed gives the same rotation (hence the
     same hashes, up to rounding near ties) for every dtype and device.
 
-    "hadamard" with a small d' is materialised: R_l^T = D_1 H D_2 H ... D_rounds H[:, :d'] is
-    computed in float64 with d' fast transforms per round, and its first d rows are kept, so
-    hashing costs d * d' per token and hash instead of rounds * n (A + B).
+    Speed trick: "hadamard" with d * d' <= 8 * rounds * n (A + B) is materialised:
+    R_l^T = D_1 H D_2 H ... D_rounds H[:, :d'] is computed in float64 with d' fast transforms per
+    round, and its first d rows are kept, so hashing is one GEMM of d * d' multiply-adds per token
+    and hash instead of rounds fast transforms of n (A + B). The factor 8 is measured: on the
+    development CPU one large GEMM runs ~10x more multiply-adds per second than the small batched
+    GEMMs of `_fwht` (d = 1024, d' = 1024 is materialised; d = 4096, d' = 4096 is not).
+    `dense=True` / `False` forces the choice for "hadamard" (the codes agree up to rounding).
     """
     _check_positive_int("d_model", d_model)
     if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
@@ -242,8 +250,10 @@ def make_projection(d_model: int, config: LSHConfig, device: torch.device | str 
     signs = 1 - 2 * torch.randint(0, 2, (num_hashes, config.rounds, padded), generator=generator)  # (L, rounds, n)
     log_n = padded.bit_length() - 1
     left_dim, right_dim = 1 << (log_n // 2), 1 << (log_n - log_n // 2)
+    if dense is None:
+        dense = d_model * proj_dim <= _DENSE_COST_FACTOR * config.rounds * padded * (left_dim + right_dim)
     matrix = None
-    if proj_dim <= config.rounds * (left_dim + right_dim):
+    if dense:
         left64 = hadamard_matrix(left_dim, dtype=torch.float64)  # (A, A)
         right64 = hadamard_matrix(right_dim, dtype=torch.float64)  # (B, B)
         signs64 = signs.to(torch.float64)
@@ -267,13 +277,13 @@ def _fwht(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Ten
 
     Speed trick: H_n = H_A kron H_B (Sylvester ordering, index = a * B + b), so with X the
     (A, B) reshape of a row, H_n x = vec(H_A X H_B): two small GEMMs, n (A + B) multiply-adds per
-    row instead of n^2 for a dense matrix, and faster on CPU than log2(n) butterfly passes in torch.
+    row instead of n^2 for a dense matrix. On CPU this measured 2-20x faster than log2(n)
+    butterfly passes in torch and than one dense (n, n) product at n = 1024.
     """
     rows = x.shape[0]
     a_dim, b_dim = left.shape[0], right.shape[0]
-    y = x.reshape(rows * a_dim, b_dim) @ right  # (M*A, B): X H_B
-    y = y.reshape(rows, a_dim, b_dim).transpose(1, 2).reshape(rows * b_dim, a_dim) @ left  # (M*B, A): (H_A X H_B)^T
-    return y.reshape(rows, b_dim, a_dim).transpose(1, 2).reshape(rows, a_dim * b_dim)  # (M, n)
+    y = (x.reshape(rows * a_dim, b_dim) @ right).reshape(rows, a_dim, b_dim)  # (M, A, B): X H_B
+    return torch.matmul(left, y).reshape(rows, a_dim * b_dim)  # (M, n): H_A X H_B
 
 
 def _project_chunk(tokens: torch.Tensor, proj: LSHProjection) -> torch.Tensor:
