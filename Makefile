@@ -13,6 +13,7 @@ $(STAMP): setup.cfg pyproject.toml
 	# torch first, pinned, so that nothing later pulls a CUDA build
 	$(BIN)/python -m pip install "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -e ".[test,notebooks]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3
 	touch $(STAMP)
 
 install: $(STAMP)
