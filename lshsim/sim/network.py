@@ -352,6 +352,12 @@ class FlowNetwork:
             cap_left[sentinel] = np.inf
             np.maximum(cap_left, 0.0, out=cap_left)
             free = free[~hit]
+        if n and rate.min() <= 0.0:
+            if self._refill_from > 0:       # rounding left a kept class no room: refill everything
+                self._refill_from = 0.0
+                self._compute_rates()
+                return
+            raise RuntimeError("a flow class got no bandwidth")  # capacities are > 0: cannot happen
         self._rate = rate
 
 
