@@ -270,7 +270,7 @@ def _popularity(popularity) -> np.ndarray:
     if p.ndim != 1 or p.size < 1:
         raise ValueError(f"popularity must be a 1-D array of expert weights, got shape {p.shape}")
     if (p <= 0).any():
-        raise ValueError(f"popularity={p[p <= 0][0]!r} must be > 0 (every expert needs a positive weight)")
+        raise ValueError(f"popularity={p[p <= 0][0].item()!r} must be > 0 (every expert needs a positive weight)")
     return p / p.sum()
 
 
@@ -330,7 +330,7 @@ def expected_overflow(num_tokens, inclusion, capacity, method: str = "exact"):
     q = as_real("inclusion", inclusion)
     bad = (q < 0) | (q > 1)
     if bad.any():
-        raise ValueError(f"inclusion={q[bad].ravel()[0]!r} must be a probability in [0, 1]")
+        raise ValueError(f"inclusion={q[bad].ravel()[0].item()!r} must be a probability in [0, 1]")
     c = as_count("capacity", capacity, minimum=0)
     mean = t * q
     if method == "exact":
@@ -379,10 +379,10 @@ def expected_dropped_fraction(num_tokens, k, capacity, *, popularity=None, inclu
             raise ValueError(f"inclusion must have a trailing expert axis, got shape {q.shape}")
         bad = (q < 0) | (q > 1)
         if bad.any():
-            raise ValueError(f"inclusion={q[bad].ravel()[0]!r} must be a probability in [0, 1]")
+            raise ValueError(f"inclusion={q[bad].ravel()[0].item()!r} must be a probability in [0, 1]")
         total = q.sum(axis=-1)
         if np.any(np.abs(total - k_arr) > 1e-6 * np.maximum(k_arr, 1)):
-            raise ValueError(f"inclusion sums to {np.ravel(total)[0]!r} over experts, expected k={k!r}")
+            raise ValueError(f"inclusion sums to {np.ravel(total)[0].item()!r} over experts, expected k={k!r}")
     t = as_count("num_tokens", num_tokens, minimum=1)
     c = as_count("capacity", capacity, minimum=0)
     t_e, c_e, k_e = t[..., None], c[..., None], k_arr[..., None]

@@ -287,7 +287,7 @@ def amplify(p, num_concatenated=1, num_tables=1):
     prob = as_real("p", p)
     bad = (prob < 0) | (prob > 1)
     if bad.any():
-        raise ValueError(f"p={prob[bad].ravel()[0]!r} must be a probability in [0, 1]")
+        raise ValueError(f"p={prob[bad].ravel()[0].item()!r} must be a probability in [0, 1]")
     k = as_count("num_concatenated", num_concatenated, minimum=1)
     tables = as_count("num_tables", num_tables, minimum=1)
     return maybe_scalar(1.0 - (1.0 - prob ** k) ** tables)
@@ -433,7 +433,7 @@ def expected_buckets_clusters(cluster_sizes, within_cos, proj_dim=None, num_hash
     rho = np.broadcast_to(as_real("within_cos", within_cos), sizes.shape).astype(np.float64)
     bad = (rho < 0) | (rho > 1)
     if bad.any():
-        raise ValueError(f"within_cos={rho[bad][0]!r} must be in [0, 1] (a cluster's tokens point the same way)")
+        raise ValueError(f"within_cos={rho[bad][0].item()!r} must be in [0, 1] (a cluster's tokens point the same way)")
     dim = _proj_dim_for(family, proj_dim)
     num_hashes = int(as_count("num_hashes", num_hashes, minimum=1))
     num_tuples = int(as_count("num_tuples", num_tuples, minimum=2))

@@ -420,7 +420,7 @@ def lsh_step_time_s(compression_rate, tokens_per_rank, d_model, *, k=2, world_si
     """
     rate = as_real("compression_rate", compression_rate)
     if ((rate <= 0) | (rate > 1)).any():
-        bad = rate[(rate <= 0) | (rate > 1)].ravel()[0]
+        bad = rate[(rate <= 0) | (rate > 1)].ravel()[0].item()
         raise ValueError(f"compression_rate={bad!r} must be in (0, 1]")
     wire_s, overhead_s, expert, num_a2a = _lsh_terms(tokens_per_rank, d_model, k, world_size, bandwidth_Bps,
                                                      hash_tokens_per_s, restore_tokens_per_s, bytes_per_element,
