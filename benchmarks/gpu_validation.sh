@@ -48,7 +48,7 @@ launch "check" 60 90 "$MAXW" check --out "$WORK/check-x$MAXW.json"
 for W in $WORLDS; do
   if [ "$NGPU" -gt 0 ] && [ "$W" -gt "$NGPU" ]; then echo "SKIPPED W=$W: only $NGPU GPUs" | tee -a "$LOG"; continue; fi
   visible "$W"
-  launch "calibrate x$W" 60 120 "$W" calibrate --max-bytes "$MAX_BYTES" --iterations 20 --warmup 5 --raw "$WORK/calibration-x$W.json"
+  launch "calibrate x$W" 60 120 "$W" calibrate --max-bytes "$MAX_BYTES" --iterations 20 --warmup 5 --steps-per-octave 2 --raw "$WORK/calibration-x$W.json"
   launch "workloads x$W" 45 170 "$W" run --workload $WORKLOADS --out-dir "$WORK/x$W"
 done
 unset CUDA_VISIBLE_DEVICES

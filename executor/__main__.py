@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--name", default=None, help="topology name (default: derived from the GPU)")
     cal.add_argument("--min-bytes", type=_size, default=4096, help="smallest all-to-all size per rank (4KiB)")
     cal.add_argument("--max-bytes", type=_size, default=2 ** 30, help="largest all-to-all size per rank (1GiB)")
+    cal.add_argument("--steps-per-octave", type=_positive_int, default=1,
+                     help="sizes per doubling of the all-to-all sweep (default 1: powers of two)")
     cal.add_argument("--iterations", type=_positive_int, default=10, help="timed repetitions per size (10)")
     cal.add_argument("--warmup", type=int, default=3, help="untimed repetitions per size (3)")
     cal.add_argument("--ffn-d-model", type=_positive_int, default=4096, help="d_model of the FFN rate test")

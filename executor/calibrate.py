@@ -6,6 +6,9 @@ Measured (every rank; collective):
    itself included), M from 4 KiB to 1 GiB. Timed exactly as `executor run` times its dispatch:
    ranks aligned by a one-element all-reduce (untimed), CUDA events (CPU: perf_counter) around
    one collective, the slowest rank per repetition, the median over repetitions.
+   Split sizes are passed explicitly, so the sweep runs the same code path (NCCL grouped
+   send/recv) as the executor's variable-split all-to-all; torch's equal-split path (no split
+   sizes: NCCL's own all-to-all) is measured beside it for comparison (`a2a_equal_split`).
 2. p2p: rank 0 sends M bytes to rank 1 (`send`/`recv`), the same timing; bandwidth = M / t.
 3. expert FFN rate: gelu(x W1) W2 on (tokens, d) x (d, 4d) in the run's dtype (bf16 on GPU),
    FLOPs = 2 * 2 * tokens * d * 4d, and HBM bandwidth from a 1 GiB device-to-device copy
@@ -160,19 +163,31 @@ def parse_nccl_tests(text: str, world_size: int | None = None) -> NcclTestsRun:
 
 
 # ---- measurements --------------------------------------------------------------------------------
-def sweep_sizes(min_bytes: int, max_bytes: int, world_size: int) -> list[int]:
-    """Powers of two from min to max bytes per rank, each rounded down to a multiple of W.
+def sweep_sizes(min_bytes: int, max_bytes: int, world_size: int, steps_per_octave: int = 1) -> list[int]:
+    """Sizes from min to max bytes per rank, `steps_per_octave` geometric steps per doubling
+    (powers of two and, between them, 2^(i/steps)), each rounded down to a multiple of W.
 
     >>> sweep_sizes(4096, 65536, 4)
     [4096, 8192, 16384, 32768, 65536]
+    >>> sweep_sizes(4096, 16384, 4, steps_per_octave=2)
+    [4096, 5792, 8192, 11584, 16384]
     """
     if min_bytes < 1 or max_bytes < min_bytes:
         raise ValueError(f"min_bytes={min_bytes} and max_bytes={max_bytes} must satisfy 1 <= min <= max")
-    sizes, size = [], 1 << max(0, (min_bytes - 1).bit_length())
-    while size <= max_bytes:
-        sizes.append(size - size % world_size)
-        size *= 2
-    return [s for s in sizes if s > 0]
+    if isinstance(steps_per_octave, bool) or not isinstance(steps_per_octave, int) or steps_per_octave < 1:
+        raise ValueError(f"steps_per_octave={steps_per_octave!r} must be a positive integer")
+    start = max(0, (min_bytes - 1).bit_length())
+    sizes = []
+    step = 0
+    while True:
+        size = int(2 ** (start + step / steps_per_octave))
+        if size > max_bytes:
+            break
+        size -= size % world_size
+        if size > 0 and (not sizes or size != sizes[-1]):
+            sizes.append(size)
+        step += 1
+    return sizes
 
 
 def _median_of_max(local: list[float], device: torch.device) -> tuple[float, list[float]]:
@@ -200,20 +215,29 @@ def _time_repeated(fn, device: torch.device, iterations: int, warmup: int, align
 
 
 def measure(device: torch.device, *, min_bytes: int = 4096, max_bytes: int = 2 ** 30, iterations: int = 10,
-            warmup: int = 3, ffn_d_model: int = 4096, ffn_tokens: int = 8192, progress=None) -> dict:
+            warmup: int = 3, ffn_d_model: int = 4096, ffn_tokens: int = 8192, steps_per_octave: int = 1,
+            progress=None) -> dict:
     """Run the sweep, p2p, FFN and copy benchmarks (collective); every rank returns the results."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     rank = dist.get_rank() if dist.is_initialized() else 0
     results: dict = {"world_size": world, "a2a": [], "p2p": [], "ffn": None, "hbm": None}
     if world > 1:
-        for size in sweep_sizes(min_bytes, max_bytes, world):
+        results["a2a_equal_split"] = []
+        for size in sweep_sizes(min_bytes, max_bytes, world, steps_per_octave):
             if progress is not None:
                 progress.step(f"all-to-all {size} bytes")
             send = torch.randint(0, 255, (size,), dtype=torch.uint8, device=device)
             recv = torch.empty_like(send)
-            times = _time_repeated(lambda: dist.all_to_all_single(recv, send), device, iterations, warmup)
+            splits = [size // world] * world
+            # explicit split sizes: the code path (grouped send/recv) of the executor's variable splits
+            times = _time_repeated(lambda: dist.all_to_all_single(recv, send, splits, splits), device, iterations,
+                                   warmup)
             median, per_iter = _median_of_max(times, device)
             results["a2a"].append({"bytes_per_rank": size, "time_s": median, "per_iteration_s": per_iter})
+            # no split sizes: torch's equal-split path (NCCL's own all-to-all), for comparison only
+            times = _time_repeated(lambda: dist.all_to_all_single(recv, send), device, iterations, warmup)
+            median, per_iter = _median_of_max(times, device)
+            results["a2a_equal_split"].append({"bytes_per_rank": size, "time_s": median, "per_iteration_s": per_iter})
             del send, recv
         for size in sorted({min(size, max_bytes) for size in (2 ** 20, 2 ** 24, 2 ** 28)}):
             if progress is not None:
@@ -328,7 +352,8 @@ def calibrate_command(args) -> int:
         try:
             results = measure(runtime.device, min_bytes=args.min_bytes, max_bytes=args.max_bytes,
                               iterations=args.iterations, warmup=args.warmup, ffn_d_model=args.ffn_d_model,
-                              ffn_tokens=args.ffn_tokens, progress=Progress(args.status_dir, runtime.rank))
+                              ffn_tokens=args.ffn_tokens, steps_per_octave=args.steps_per_octave,
+                              progress=Progress(args.status_dir, runtime.rank))
         finally:
             shutdown()
         source = {"tool": "executor calibrate", **provenance(runtime, ["python", "-m", "executor", *sys.argv[1:]])}

@@ -78,12 +78,13 @@ class CommContext:
 
 
 def align_ranks(device: torch.device, group=None) -> None:
-    """A one-element all-reduce: every rank leaves it only once every rank has reached it."""
+    """A one-element all-reduce, waited for on the host: every rank's CPU leaves it only once every
+    rank has reached it, so all ranks launch the next (timed) collective at the same moment and no
+    rank's interval includes a late peer's launch latency."""
     if world_size_of(group) > 1:
         flag = torch.ones(1, device=device)
         dist.all_reduce(flag, group=group)
         if device.type == "cuda":
-            # the event that opens the next timed interval must not start before the reduce ended
             torch.cuda.current_stream(device).synchronize()
 
 

@@ -90,8 +90,22 @@ def _kill_all(procs: list[subprocess.Popen]) -> None:
 
 def launch(nproc: int, args: list[str], *, timeout_s: float = 3600.0, stall_timeout_s: float = 600.0,
            poll_s: float = 0.1, env: dict[str, str] | None = None, status_dir: str | None = None,
-           stderr_lines: int = 20) -> LaunchResult:
-    """Run `python -m executor *args` as `nproc` ranks; see the module docstring for the exit codes."""
+           stderr_lines: int = 20, port_retries: int = 3) -> LaunchResult:
+    """Run `python -m executor *args` as `nproc` ranks; see the module docstring for the exit codes.
+
+    The rendezvous port is a free port picked just before the start; if another process takes it
+    first (EADDRINUSE), the run is started again on a new port, up to `port_retries` times.
+    """
+    for _attempt in range(port_retries + 1):
+        result = _launch_once(nproc, args, timeout_s=timeout_s, stall_timeout_s=stall_timeout_s, poll_s=poll_s,
+                              env=env, status_dir=status_dir, stderr_lines=stderr_lines)
+        if not (result.exit_code == EXIT_FAILED and "EADDRINUSE" in result.message):
+            return result
+    return result
+
+
+def _launch_once(nproc: int, args: list[str], *, timeout_s: float, stall_timeout_s: float, poll_s: float,
+                 env: dict[str, str] | None, status_dir: str | None, stderr_lines: int) -> LaunchResult:
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"nproc={nproc!r} must be a positive integer")
     if timeout_s <= 0 or stall_timeout_s <= 0:
@@ -102,6 +116,8 @@ def launch(nproc: int, args: list[str], *, timeout_s: float = 3600.0, stall_time
         status_dir = owned_dir.name
     folder = Path(status_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("rank*"):  # progress of an earlier attempt
+        stale.unlink()
     port = free_port()
     base_env = dict(os.environ if env is None else env)
     procs: list[subprocess.Popen] = []
