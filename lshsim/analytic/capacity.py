@@ -280,7 +280,7 @@ def topk_inclusion_probabilities(popularity, k: int, nodes: int = 256) -> np.nda
     With G_j = log p_j + g_j, g_j i.i.d. standard Gumbel, s = exp(-t):
     q_e = int_0^inf p_e exp(-p_e s) Pr[#{j != e: G_j > t} <= k-1] ds, Pr[G_j > t] = 1 - exp(-p_j s),
     the count a Poisson-binomial (exact dynamic programme); the outer integral is Gauss-Legendre
-    in v = 1 - exp(-p_e s). k = 1 gives q = p (the Gumbel-max trick). sum_e q_e = k.
+    in v = 1 - exp(-p_e s) (256 nodes: sum_e q_e = k to ~1e-7). k = 1 gives q = p (Gumbel-max trick).
     Source: Gumbel-top-k (Kool, van Hoof and Welling 2019); the integral is standard order statistics.
 
     >>> topk_inclusion_probabilities([0.5, 0.3, 0.2], 1).round(6).tolist()

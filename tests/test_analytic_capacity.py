@@ -1,0 +1,169 @@
+"""lshsim.analytic.capacity: Theorem 1 forms vs Monte Carlo and closed cases, overflow vs the real router."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from lshsim.analytic import capacity
+
+
+# ---- p_delta -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("d,delta", [(8, 0.3), (8, 0.7), (64, 0.1), (64, 0.25), (512, 0.05), (512, 0.1)])
+def test_p_delta_exact_matches_monte_carlo_on_the_sphere(d, delta):
+    # tolerance: 3 standard errors of the Monte Carlo proportion (fixed seed)
+    estimate = capacity.p_delta_monte_carlo(d, delta, num_samples=40_000, seed=d)
+    exact = capacity.p_delta(d, delta)
+    assert abs(estimate.z_score(exact)) < 3, (exact, estimate)
+    assert estimate.ci_low < exact < estimate.ci_high or abs(estimate.z_score(exact)) < 3
+
+
+def test_p_delta_closed_cases():
+    delta = np.linspace(0.01, 0.99, 50)
+    # d = 3: a coordinate of a uniform point on S^2 is uniform on [-1, 1] (Archimedes)
+    np.testing.assert_allclose(capacity.p_delta(3, delta), 1 - delta, rtol=1e-12)
+    # d = 2: x_1 = cos(phi), phi uniform: Pr[|cos phi| >= delta] = (2/pi) arccos(delta)
+    np.testing.assert_allclose(capacity.p_delta(2, delta), 2 / np.pi * np.arccos(delta), rtol=1e-12)
+    # x_1^2 ~ Beta(1/2, (d-1)/2) in any dimension
+    np.testing.assert_allclose(capacity.p_delta(100, delta), stats.beta.sf(delta ** 2, 0.5, 99 / 2), rtol=1e-10)
+
+
+def test_where_the_erfc_form_departs_from_the_exact_one():
+    forms = capacity.p_delta_forms(np.array([[64], [512], [4096]]), np.array([0.01, 0.03, 0.1, 0.3]))
+    err = np.abs(forms["erfc_rel_err"])  # (3, 4)
+    assert np.all(err[:, :3] < 0.015)  # within 1.5% for delta <= 0.1 once d >= 64
+    assert np.all(err[:, 3] > 0.05)  # 5-8% off at delta = 0.3
+    # the exponential form is an upper bound on erfc (erfc(z) <= exp(-z^2)), hence ec_min_exp <= ec_min_erfc
+    assert np.all(forms["exp"] >= forms["erfc"])
+    d, delta = np.meshgrid([8, 64, 512, 4096], np.geomspace(1e-3, 0.9, 30))
+    assert np.all(capacity.ec_min(16, d, delta, "exp") <= capacity.ec_min(16, d, delta, "erfc"))
+
+
+def test_ec_min_broadcasts_and_matches_the_formula():
+    n = np.array([8, 16, 32])[:, None, None]
+    d = np.array([1024, 4096])[None, :, None]
+    delta = np.array([0.01, 0.03])[None, None, :]
+    values = capacity.ec_min(n, d, delta)
+    assert values.shape == (3, 2, 2)
+    assert values[1, 1, 1] == pytest.approx(1 / (16 * capacity.p_delta(4096, 0.03)), rel=1e-14)
+    assert capacity.ec_min(16, 4096, 0.03, "erfc") == pytest.approx(
+        1 / (16 * math.erfc(math.sqrt(0.03 ** 2 * 4096 / (2 - 0.03 ** 2)))), rel=1e-14)
+    assert capacity.ec_min(16, 4096, 0.03, "exp") == pytest.approx(
+        math.exp(0.03 ** 2 * 4096 / (2 - 0.03 ** 2)) / 16, rel=1e-14)
+    assert np.isinf(capacity.ec_min(16, 100_000, 0.5))  # p_delta underflows: reported, not hidden
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: capacity.p_delta(1, 0.1), "d=1"),
+    (lambda: capacity.p_delta(64.5, 0.1), "d=64.5"),
+    (lambda: capacity.p_delta(64, 0.0), "delta=0.0"),
+    (lambda: capacity.p_delta(64, 1.0), "delta=1.0"),
+    (lambda: capacity.p_delta(64, -0.2), "delta=-0.2"),
+    (lambda: capacity.p_delta(64, float("nan")), "delta=nan"),
+    (lambda: capacity.p_delta_erfc(np.array([64, 0]), 0.1), "d=0"),
+    (lambda: capacity.ec_min(-1, 64, 0.1), "n=-1"),
+    (lambda: capacity.ec_min(2.5, 64, 0.1), "n=2.5"),
+    (lambda: capacity.ec_min(16, 64, 0.1, form="beta"), "form='beta'"),
+    (lambda: capacity.p_delta_monte_carlo(64, 0.1, num_samples=-5), "num_samples=-5"),
+    (lambda: capacity.expected_overflow(100, 1.5, 10), "inclusion=1.5"),
+    (lambda: capacity.expected_overflow(100, 0.1, -1), "capacity=-1"),
+    (lambda: capacity.expected_overflow(-100, 0.1, 1), "num_tokens=-100"),
+    (lambda: capacity.expected_overflow(100, 0.1, 1, method="exactly"), "method='exactly'"),
+    (lambda: capacity.expected_dropped_fraction(100, 2, 10, inclusion=[0.5, 0.5, 0.5]), "sums to 1.5"),
+    (lambda: capacity.topk_inclusion_probabilities([0.5, 0.0, 0.5], 2), "popularity=0.0"),
+    (lambda: capacity.topk_inclusion_probabilities([0.5, 0.5], 3), "k=3"),
+    (lambda: capacity.capacity_from_factor(100, 2, 8, 0.0), "capacity_factor=0.0"),
+])
+def test_bad_input_names_the_argument(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+# ---- overflow -----------------------------------------------------------------------------------
+def test_expected_overflow_closed_form_matches_direct_summation():
+    for tokens, q, cap in [(100, 0.1, 10), (100, 0.1, 0), (1, 0.3, 0), (1, 0.3, 1), (4096, 1 / 16, 300),
+                           (4096, 0.2, 700), (50, 0.9, 49)]:
+        j = np.arange(tokens + 1)
+        direct = float(np.sum(np.maximum(j - cap, 0) * stats.binom.pmf(j, tokens, q)))
+        assert capacity.expected_overflow(tokens, q, cap) == pytest.approx(direct, rel=1e-9, abs=1e-12)
+        mean = tokens * q
+        direct_poisson = float(np.sum(np.maximum(np.arange(5 * tokens + 50) - cap, 0)
+                                      * stats.poisson.pmf(np.arange(5 * tokens + 50), mean)))
+        assert capacity.expected_overflow(tokens, q, cap, "poisson") == pytest.approx(direct_poisson, rel=1e-9, abs=1e-12)
+    # arrays broadcast
+    assert capacity.expected_overflow(np.array([100, 200]), 0.1, np.array([[5], [10]])).shape == (2, 2)
+
+
+def test_inclusion_probabilities_gumbel_top_k():
+    p = np.array([0.4, 0.25, 0.2, 0.1, 0.05])
+    q2 = capacity.topk_inclusion_probabilities(p, 2)
+    # k = 2 in closed form: Pr[e first] + sum_j Pr[j first] Pr[e second | j first]
+    closed = p + np.array([sum(p[j] * p[e] / (1 - p[j]) for j in range(5) if j != e) for e in range(5)])
+    np.testing.assert_allclose(q2, closed, rtol=1e-9)
+    # k = 3 against sampling Gumbel top-k (tolerance: 4 standard errors of each proportion)
+    rng = np.random.default_rng(0)
+    keys = np.log(p) + rng.gumbel(size=(200_000, 5))
+    top = np.argsort(-keys, axis=1)[:, :3]
+    freq = np.bincount(top.ravel(), minlength=5) / 200_000
+    q3 = capacity.topk_inclusion_probabilities(p, 3)
+    assert q3.sum() == pytest.approx(3, abs=1e-6)  # quadrature accuracy ~1e-8
+    assert np.all(np.abs(freq - q3) < 4 * np.sqrt(q3 * (1 - q3) / 200_000))
+
+
+def test_capacity_from_factor_is_the_routers_rule():
+    from lshsim.dispatch.routers import compute_capacity
+
+    for tokens, k, experts, factor in [(4096, 2, 16, 1.25), (10, 1, 4, 1.25), (1000, 2, 7, 1.0), (333, 3, 8, 0.7)]:
+        assert capacity.capacity_from_factor(tokens, k, experts, factor) == compute_capacity(tokens, k, experts, factor)
+
+
+@pytest.mark.parametrize("k,skew,factor", [(1, 0.0, 1.0), (2, 1.0, 1.25), (2, 0.0, 1.0)])
+def test_expected_drops_match_the_real_router(k, skew, factor):
+    """expected_dropped_fraction vs lshsim.dispatch.route_topk (tolerance: 3 standard errors over batches)."""
+    experts, tokens = 16, 1024
+    popularity = np.random.default_rng(7).dirichlet(np.ones(experts)) ** skew
+    popularity /= popularity.sum()
+    cap = capacity.capacity_from_factor(tokens, k, experts, factor)
+    sampled = capacity.sample_dropped_fraction(tokens, k, factor, popularity, num_samples=48, seed=k)
+    exact = capacity.expected_dropped_fraction(tokens, k, cap, popularity=popularity)
+    assert exact > 0
+    assert abs(sampled.z_score(exact)) < 3, (exact, sampled)
+    # the named approximations stay close at this size (a few percent of the exact value)
+    inclusion = capacity.topk_inclusion_probabilities(popularity, k)
+    for method in ("independent_choices", "poisson", "normal"):
+        approx = capacity.expected_dropped_fraction(tokens, k, cap, inclusion=inclusion, method=method)
+        assert approx == pytest.approx(exact, rel=0.1)
+
+
+# ---- estimate_delta ------------------------------------------------------------------------------
+def test_estimate_delta_on_grap_gate():
+    from lshsim.dispatch import grap_weights
+
+    rng = np.random.default_rng(0)
+    d, n = 256, 8
+    tokens = rng.standard_normal((3000, d))
+    weights = grap_weights(d, n).double().numpy()
+    est = capacity.estimate_delta(tokens, weights, quantile=0.0)
+    assert est.gate_max_abs_cos == 0.0 and est.gate_norm_ratio == pytest.approx(1.0)
+    # brute force, token by token
+    cosines = []
+    for x in tokens[:50]:
+        scores = weights @ x
+        e = int(np.argmax(scores))
+        cosines.append(scores[e] / np.linalg.norm(x) / np.linalg.norm(weights[e]))
+    np.testing.assert_allclose(est.cos_assigned[:50], cosines, rtol=1e-12)
+    assert est.delta == pytest.approx(est.cos_assigned.min())
+    median = capacity.estimate_delta(tokens, weights, quantile=0.5)
+    assert median.delta == pytest.approx(np.median(est.cos_assigned))
+    # Gaussian tokens are uniform on the sphere: the measured p_delta follows the theorem's
+    # (tolerance: 3 binomial standard errors over the 3000 * 8 token-expert pairs)
+    se = math.sqrt(median.p_delta_uniform * (1 - median.p_delta_uniform) / (3000 * n))
+    assert abs(median.p_delta_measured - median.p_delta_uniform) < 3 * se * math.sqrt(n)  # pairs share tokens
+    with pytest.raises(ValueError, match="zero norm"):
+        capacity.estimate_delta(np.vstack([tokens[:3], np.zeros(d)]), weights)
+    with pytest.raises(ValueError, match="d=255"):
+        capacity.estimate_delta(tokens[:, :255], weights)
+    with pytest.raises(ValueError, match="quantile=1.5"):
+        capacity.estimate_delta(tokens, weights, quantile=1.5)
