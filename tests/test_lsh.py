@@ -362,6 +362,21 @@ def test_gradient_follows_the_mean_rule():
     assert torch.allclose(grad_restore, upstream, atol=1e-12)
 
 
+def test_half_precision_tokens_hash_in_float32_and_stay_exact():
+    generator = torch.Generator().manual_seed(17)
+    tokens = torch.randn(500, 32, generator=generator).to(torch.bfloat16)
+    group = torch.randint(0, 4, (500,), generator=generator)
+    for config in (LSHConfig(proj_dim=8), LSHConfig(rotation="hadamard", rounds=1)):
+        assert torch.equal(hash_codes(tokens, config), hash_codes(tokens.float(), config))
+    exact = compress(tokens, group, LSHConfig(exact=True))
+    assert exact.centroids.dtype == torch.bfloat16
+    assert torch.equal(restore(exact.centroids, exact, residuals(tokens, exact)), tokens)
+    coarse = compress(tokens, group, LSHConfig(proj_dim=2, num_hashes=1))
+    reference = compress(tokens.float(), group, LSHConfig(proj_dim=2, num_hashes=1))
+    assert torch.equal(coarse.token_to_centroid, reference.token_to_centroid)
+    assert torch.equal(coarse.centroids, reference.centroids.to(torch.bfloat16))  # one rounding
+
+
 def test_empty_input():
     compressed = compress(torch.zeros(0, 8), torch.zeros(0, dtype=torch.int64), LSHConfig())
     assert compressed.num_centroids == 0 and compressed.num_tokens == 0

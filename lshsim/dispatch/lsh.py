@@ -59,7 +59,7 @@ __all__ = [
     "FAMILIES", "ROTATIONS", "LSHConfig", "LSHProjection", "make_projection", "project",
     "hash_codes", "bucket_ids", "num_buckets_per_hash", "Compressed", "compress", "restore",
     "residuals", "centroid_error", "compressed_send_counts", "clustered_tokens",
-    "reference_hash_codes", "reference_compress", "hadamard_matrix",
+    "reference_hash_codes", "reference_compress", "hadamard_matrix", "hash_dtype",
 ]
 
 FAMILIES = ("cross_polytope", "hyperplane")
@@ -322,7 +322,14 @@ def _check_tokens(tokens: torch.Tensor, name: str = "tokens") -> None:
         raise ValueError(f"{name} hold {bad} non-finite values (NaN or inf)")
 
 
+def hash_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype hashing runs in: float64 and float32 as given, float16 and bfloat16 upcast to
+    float32 (a 8-bit mantissa would turn many argmax gaps into ties)."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
 def _projection_for(tokens: torch.Tensor, config: LSHConfig, projection: LSHProjection | None) -> LSHProjection:
+    """The projection for these tokens (tokens already in hash_dtype)."""
     if projection is None:
         return make_projection(tokens.shape[1], config, device=tokens.device, dtype=tokens.dtype)
     if projection.config != config:
@@ -338,9 +345,10 @@ def _projection_for(tokens: torch.Tensor, config: LSHConfig, projection: LSHProj
 def project(tokens: torch.Tensor, config: LSHConfig, projection: LSHProjection | None = None) -> torch.Tensor:
     """(N, d) -> (N, L, d'): every token rotated by each of the L rotations (no chunking)."""
     _check_tokens(tokens)
-    proj = _projection_for(tokens, config, projection)
+    x = tokens.detach().to(hash_dtype(tokens.dtype))
+    proj = _projection_for(x, config, projection)
     with torch.no_grad():
-        return _project_chunk(tokens.detach(), proj)
+        return _project_chunk(x, proj)
 
 
 def hash_codes(tokens: torch.Tensor, config: LSHConfig, projection: LSHProjection | None = None) -> torch.Tensor:
@@ -348,10 +356,12 @@ def hash_codes(tokens: torch.Tensor, config: LSHConfig, projection: LSHProjectio
 
     Code of hash l: with y = R_l x (d' coordinates) and i* = argmax_i |y_i|, code = i* if
     y_{i*} >= 0 else d' + i*, i.e. argmax over the 2 d' vertices +-e_i of the cross-polytope.
-    A zero token gets code 0. Pass a `make_projection` result to reuse the rotation across calls.
+    A zero token gets code 0. Pass a `make_projection` result to reuse the rotation across calls
+    (made with dtype `hash_dtype(tokens.dtype)`: float16/bfloat16 tokens are hashed in float32).
     """
     _check_tokens(tokens)
-    proj = _projection_for(tokens, config, projection)
+    x = tokens.detach().to(hash_dtype(tokens.dtype))
+    proj = _projection_for(x, config, projection)
     num_tokens, num_hashes, proj_dim = tokens.shape[0], config.num_hashes, proj.proj_dim
     if proj.matrix is not None:
         chunk = max(1, _CHUNK_ELEMENTS_DENSE // (num_hashes * proj_dim))
@@ -359,7 +369,6 @@ def hash_codes(tokens: torch.Tensor, config: LSHConfig, projection: LSHProjectio
         chunk = max(1, _CHUNK_ELEMENTS_FWHT // (num_hashes * proj.padded_dim))
     codes = torch.empty(num_tokens, num_hashes, dtype=torch.int64, device=tokens.device)  # (N, L)
     with torch.no_grad():
-        x = tokens.detach()
         for start in range(0, num_tokens, chunk):
             y = _project_chunk(x[start:start + chunk], proj)  # (M, L, d')
             index = y.abs().argmax(dim=2, keepdim=True)  # (M, L, 1)
@@ -480,7 +489,7 @@ def compress(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
     device = tokens.device
     with torch.no_grad():
         if config.exact:
-            codes, radix, bucket_span = None, num_tokens, max(num_tokens, 1)
+            codes, bucket_span = None, max(num_tokens, 1)
             bucket = torch.arange(num_tokens, device=device)  # (N,)
         else:
             codes = hash_codes(tokens, config, projection)  # (N, L)
@@ -499,8 +508,11 @@ def compress(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
                                                         return_counts=True)
             centroid_group = unique_rows[:, 0].contiguous()  # (B,)
     num_centroids = counts.shape[0]
-    sums = tokens.new_zeros(num_centroids, d_model).index_add(0, inverse, tokens)  # (B, d), differentiable
-    centroids = sums / counts.unsqueeze(1).to(tokens.dtype)  # (B, d)
+    # float16/bfloat16 sums accumulate in float32 (one rounding at the end; still exact for exact=True)
+    accumulate = hash_dtype(tokens.dtype)
+    sums = torch.zeros(num_centroids, d_model, dtype=accumulate, device=device).index_add(
+        0, inverse, tokens.to(accumulate))  # (B, d), differentiable
+    centroids = (sums / counts.unsqueeze(1).to(accumulate)).to(tokens.dtype)  # (B, d)
     return Compressed(centroids=centroids, token_to_centroid=inverse, centroid_group=centroid_group,
                       centroid_count=counts, num_tokens=num_tokens)
 
