@@ -160,3 +160,26 @@ def test_chrome_trace_of_a_step(tmp_path, baseline):
     assert path.stat().st_size > 0
     back = Trace.from_dict(baseline.trace.to_dict())
     assert back.phase_durations_s() == baseline.trace.phase_durations_s()
+
+
+def test_pipelined_section_matches_hand_schedule():
+    """Two ranks, two chunks; times worked out by hand (one network stream, one compute stream per rank).
+
+    dispatch chunks [0, 1], [1, 2]; experts chunk 0: rank 0 [1, 1.5], rank 1 [1, 2.5]; chunk 1:
+    rank 0 [2, 2.5], rank 1 [2.5, 4]; combine chunk 0 waits for rank 1: [2.5, 3.5]; chunk 1 [4, 5].
+    """
+    from lshsim.sim.moe_step import _moe_section
+
+    sent = np.array([10.0, 20.0])
+    records, end = _moe_section(0.0, 2, ("dispatch_a2a", 1.0, sent), np.array([0.5, 1.5]),
+                                ("combine_a2a", 1.0, sent), 2, layer=3, direction="forward")
+    assert end == pytest.approx(5.0)
+    spans = sorted((r.name, r.rank, r.start_s, r.end_s) for r in records)
+    assert ("expert", 1, 2.5, 4.0) in spans and ("expert", 0, 2.0, 2.5) in spans
+    assert ("combine_a2a", 0, 2.5, 3.5) in spans and ("combine_a2a", 1, 4.0, 5.0) in spans
+    assert all(r.layer == 3 for r in records)
+    assert {r.bytes for r in records if r.name == "dispatch_a2a" and r.rank == 1} == {20}
+    # one chunk: strictly sequential, 2 + 3 + 2
+    _, end_one = _moe_section(0.0, 2, ("dispatch_a2a", 2.0, sent), np.array([1.0, 3.0]),
+                              ("combine_a2a", 2.0, sent), 1, layer=0, direction="forward")
+    assert end_one == pytest.approx(7.0)
