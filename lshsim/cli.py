@@ -583,6 +583,9 @@ def _add_simulate(subparsers) -> None:
     p.add_argument("--chunks", type=_positive_int, default=1, help="2d only: pipeline chunks (default 1)")
     p.add_argument("--alpha-s", type=float, default=None,
                    help="per-message start-up latency in seconds (default: the topology's alpha_s)")
+    p.add_argument("--message-gap-s", type=float, default=0.0,
+                   help="a rank issues its messages of a phase this far apart, in seconds (LogGP gap; "
+                        "default 0: all at once)")
     p.add_argument("--no-local-copy", action="store_true",
                    help="the diagonal costs nothing (default: an HBM copy concurrent with the network)")
     p.add_argument("--top-links", type=_positive_int, default=10, help="busiest links to show (default 10)")
@@ -602,7 +605,7 @@ def _cmd_simulate(args) -> int:
     traffic = _load_traffic(args.traffic, world)
     options = {"chunks": args.chunks} if args.algorithm == "2d" else {}
     result = simulate_all_to_all(G, traffic, args.algorithm, alpha_s=args.alpha_s,
-                                 local_copy=not args.no_local_copy, **options)
+                                 message_gap_s=args.message_gap_s, local_copy=not args.no_local_copy, **options)
     summary = result.to_dict(top_links=args.top_links)
     summary.update(topology=G.graph["name"], world=world, num_nodes=G.graph["num_nodes"],
                    gpus_per_node=G.graph["gpus_per_node"], total_bytes=float(traffic.sum()))

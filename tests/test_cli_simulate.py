@@ -15,6 +15,10 @@ def run_json(capsys, *argv):
 
 def test_uniform_json_matches_library(capsys):
     out = run_json(capsys, "--topology", "h100-nvswitch", "--traffic", "uniform:800MB", "--no-local-copy")
+    assert out["options"]["message_gap_s"] == 0.0
+    gap = run_json(capsys, "--topology", "h100-nvswitch", "--traffic", "uniform:800MB", "--no-local-copy",
+                   "--message-gap-s", "1e-3")
+    assert gap["time_s"] > 6e-3                     # the 7th message is issued 6 ms after the first
     assert out["world"] == 8 and out["algorithm"] == "direct" and out["topology"] == "h100-nvswitch"
     assert out["egress_bytes"] == [7e8] * 8 and out["ingress_bytes"] == [7e8] * 8
     expected = a2a_time_direct(np.full((8, 8), 1e8), 450e9, 1e-5) + 2e-6      # + two hops of latency

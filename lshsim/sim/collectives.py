@@ -9,8 +9,9 @@ diagonal bytes in HBM (read + write: 2 * T[r, r] / achieved_hbm_Bps of G.graph["
 concurrently with its network traffic (NCCL copies to itself while the peers' messages fly), so
 time_s = max(network time, longest local copy). With local_copy=False the diagonal costs nothing.
 
-Algorithms (registry ALGORITHMS; a new one is a generator `fn(net, traffic, stages, **options)` that
-starts transfers on `net` and yields their `done` events, appending a `Stage` per phase it runs):
+Algorithms (registry ALGORITHMS; a new one is a generator `fn(run, traffic, **options)` that runs
+its phases with `yield from run.phase(name, matrix, mask)` (or starts transfers on `run.net` itself
+and appends a `Stage` to `run.stages`); see `CollectiveRun`):
 - direct:    every rank sends to every peer at once (NCCL's grouped send/recv). One phase.
 - pairwise:  W - 1 bulk-synchronous steps; in step k rank r sends to (r + k) mod W (MPI's pairwise
              exchange). Each step pays alpha_s. (A step starts when the previous one ended everywhere:
@@ -38,7 +39,7 @@ import simpy
 from lshsim.sim.network import FlowNetwork, busiest_links
 from lshsim.topology.routing import Routes, gpu_vertices, validate_topology
 
-__all__ = ["simulate_all_to_all", "CollectiveResult", "Stage", "ALGORITHMS", "uniform_traffic",
+__all__ = ["simulate_all_to_all", "CollectiveResult", "CollectiveRun", "Stage", "ALGORITHMS", "uniform_traffic",
            "proxy_of_local", "hierarchical_phases"]
 
 
@@ -126,29 +127,62 @@ def _offdiag(traffic: np.ndarray, mask: np.ndarray | None = None):
     return src, dst, traffic[src, dst]
 
 
-def _phase(net: FlowNetwork, stages: list, name: str, traffic: np.ndarray, mask: np.ndarray | None = None):
-    src, dst, size = _offdiag(traffic, mask)
-    start = net.env.now
-    if len(src) == 0:
-        return
-    tr = net.transfer(src, dst, size, label=name)
-    yield tr.done
-    stages.append(Stage(name, start, tr.end_s, float(size.sum()), len(src)))
+@dataclass
+class CollectiveRun:
+    """What an algorithm works with: the network, the stages it has run, and how a rank issues its
+    messages. `yield from run.phase(name, traffic, mask)` runs one phase: every nonzero
+    off-diagonal (masked) entry of `traffic` becomes one flow (message).
+
+    message_gap_s (g, LogGP's gap): a rank issues its messages of a phase one after another, g
+    apart, in peer order (r + 1, r + 2, ... mod W, empty ones skipped): its k-th message starts
+    k * g after the phase. g = 0 (default): all at once. With g > 0 many small messages cost more
+    than few large ones, which is what the 2d algorithm's aggregation saves.
+    """
+
+    net: FlowNetwork
+    message_gap_s: float = 0.0
+    stages: list = field(default_factory=list)
+
+    def phase(self, name: str, traffic: np.ndarray, mask: np.ndarray | None = None):
+        net = self.net
+        src, dst, size = _offdiag(traffic, mask)
+        start = net.env.now
+        if len(src) == 0:
+            return
+        if self.message_gap_s <= 0:
+            tr = net.transfer(src, dst, size, label=name)
+            yield tr.done
+            end = tr.end_s
+        else:
+            world = traffic.shape[0]
+            order = np.lexsort(((dst - src) % world, src))                  # by source, then peer order
+            src, dst, size = src[order], dst[order], size[order]
+            first = np.r_[0, np.flatnonzero(np.diff(src)) + 1]              # (sources,) first message
+            slot = np.arange(len(src)) - np.repeat(first, np.diff(np.r_[first, len(src)]))  # (F,) k
+            done = []
+            for k in range(int(slot.max()) + 1):
+                if k:
+                    yield net.env.timeout(self.message_gap_s)
+                pick = slot == k
+                done.append(net.transfer(src[pick], dst[pick], size[pick], label=f"{name}#{k}"))
+            yield simpy.AllOf(net.env, [tr.done for tr in done])
+            end = max(tr.end_s for tr in done)
+        self.stages.append(Stage(name, start, end, float(size.sum()), len(src)))
 
 
-def direct(net: FlowNetwork, traffic: np.ndarray, stages: list):
+def direct(run: CollectiveRun, traffic: np.ndarray):
     """Every rank sends to every peer at once."""
-    yield from _phase(net, stages, "direct", traffic)
+    yield from run.phase("direct", traffic)
 
 
-def pairwise(net: FlowNetwork, traffic: np.ndarray, stages: list):
+def pairwise(run: CollectiveRun, traffic: np.ndarray):
     """W - 1 bulk-synchronous steps, step k: r -> (r + k) mod W."""
     world = traffic.shape[0]
     ranks = np.arange(world)
     for k in range(1, world):
         mask = np.zeros((world, world), dtype=bool)
         mask[ranks, (ranks + k) % world] = True
-        yield from _phase(net, stages, f"step{k}", traffic, mask)
+        yield from run.phase(f"step{k}", traffic, mask)
 
 
 def proxy_of_local(gpus_per_node: int, nics_per_node: int) -> np.ndarray:
@@ -196,18 +230,18 @@ def hierarchical_phases(traffic: np.ndarray, num_nodes: int, gpus_per_node: int,
     return out
 
 
-def two_d(net: FlowNetwork, traffic: np.ndarray, stages: list, chunks: int = 1):
+def two_d(run: CollectiveRun, traffic: np.ndarray, chunks: int = 1):
     """Hierarchical all-to-all: gather to NIC proxies, inter-node exchange, scatter (module docstring)."""
-    G = net.G
+    G = run.net.G
     if isinstance(chunks, bool) or not isinstance(chunks, (int, np.integer)) or chunks < 1:
         raise ValueError(f"chunks={chunks} must be an integer >= 1")
     num_nodes, gpus_per_node = G.graph["num_nodes"], G.graph["gpus_per_node"]
     if num_nodes == 1:
-        yield from direct(net, traffic, stages)
+        yield from direct(run, traffic)
         return
     phases = hierarchical_phases(traffic, num_nodes, gpus_per_node, G.graph.get("nics_per_node", 1))
     names = ("gather", "exchange", "scatter")
-    env = net.env
+    env = run.net.env
     done = {}
 
     def chunk(i: int):
@@ -215,7 +249,7 @@ def two_d(net: FlowNetwork, traffic: np.ndarray, stages: list, chunks: int = 1):
             if i > 0:
                 yield done[(i - 1, p)]
             label = name if chunks == 1 else f"{name}[{i}]"
-            yield from _phase(net, stages, label, matrix / chunks)
+            yield from run.phase(label, matrix / chunks)
             done[(i, p)].succeed()
 
     for i in range(chunks):
@@ -224,23 +258,26 @@ def two_d(net: FlowNetwork, traffic: np.ndarray, stages: list, chunks: int = 1):
     yield simpy.AllOf(env, [env.process(chunk(i)) for i in range(chunks)])
 
 
-def groupwise(net: FlowNetwork, traffic: np.ndarray, stages: list):
+def groupwise(run: CollectiveRun, traffic: np.ndarray):
     """LocMoE group-wise: intra-node exchange, then the inter-node remainder."""
-    node = np.array([net.G.nodes[g]["node"] for g in gpu_vertices(net.G)])           # (W,)
+    G = run.net.G
+    node = np.array([G.nodes[g]["node"] for g in gpu_vertices(G)])                   # (W,)
     same = node[:, None] == node[None, :]                                             # (W, W)
-    yield from _phase(net, stages, "intra", traffic, same)
-    yield from _phase(net, stages, "inter", traffic, ~same)
+    yield from run.phase("intra", traffic, same)
+    yield from run.phase("inter", traffic, ~same)
 
 
 ALGORITHMS = {"direct": direct, "pairwise": pairwise, "2d": two_d, "groupwise": groupwise}
 
 
 def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct", *, alpha_s: float | None = None,
-                        local_copy: bool = True, routes: Routes | None = None, **options) -> CollectiveResult:
+                        message_gap_s: float = 0.0, local_copy: bool = True, routes: Routes | None = None,
+                        **options) -> CollectiveResult:
     """Simulate one all-to-all of `traffic_bytes` (W, W) on topology G with `algorithm`.
 
-    Options: alpha_s (default G.graph["alpha_s"]), local_copy (see module docstring), routes (a
-    precomputed Routes(G)), and the algorithm's own (2d: chunks).
+    Options: alpha_s (default G.graph["alpha_s"]), message_gap_s (see CollectiveRun; default 0),
+    local_copy (see module docstring), routes (a precomputed Routes(G)), and the algorithm's own
+    (2d: chunks).
 
     >>> from lshsim.topology import load_topology
     >>> G = load_topology("h100-nvswitch")
@@ -258,10 +295,13 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
                          f"{G.graph.get('name')} with {world} GPUs")
     if not np.all(np.isfinite(traffic)) or traffic.min(initial=0.0) < 0:
         raise ValueError("traffic_bytes must be finite and >= 0")
+    if not np.isfinite(message_gap_s) or message_gap_s < 0:
+        raise ValueError(f"message_gap_s={message_gap_s} must be a finite number >= 0")
     net = FlowNetwork(G, alpha_s=alpha_s, routes=routes)
-    stages: list[Stage] = []
-    process = net.env.process(ALGORITHMS[algorithm](net, traffic, stages, **options))
+    run = CollectiveRun(net, message_gap_s=float(message_gap_s))
+    process = net.env.process(ALGORITHMS[algorithm](run, traffic, **options))
     net.env.run(until=process)
+    stages = run.stages
     local = np.diag(traffic).copy()                                                    # (W,)
     off = traffic - np.diag(local)
     copy_s = 2.0 * local / G.graph["gpu"]["achieved_hbm_Bps"] if local_copy else np.zeros(world)  # (W,)
@@ -273,4 +313,4 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
         egress_bytes=off.sum(axis=1), ingress_bytes=off.sum(axis=0), local_bytes=local, local_copy_s=copy_s,
         stages=stages, edges=net.edges, link_bytes=net.link_bytes.copy(), capacity_Bps=net.capacity_Bps.copy(),
         busiest=busiest_links(net.edges, net.link_bytes, net.capacity_Bps, time_s, 10),
-        options={"alpha_s": net.alpha_s, "local_copy": local_copy, **options}, stats=dict(net.stats))
+        options={"alpha_s": net.alpha_s, "message_gap_s": float(message_gap_s), "local_copy": local_copy, **options}, stats=dict(net.stats))
