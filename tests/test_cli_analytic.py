@@ -1,0 +1,106 @@
+"""`lshsim capacity | collision | a2a-cost | breakeven`: JSON numbers, plots and bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lshsim.analytic import capacity, collision, comm
+from lshsim.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _json(capsys, argv):
+    assert main(argv + ["--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_capacity_json_and_table(capsys):
+    out = _json(capsys, ["capacity", "--experts", "16", "--dim", "4096", "--delta", "0.03"])
+    assert out["forms"]["exact"]["p_delta"] == pytest.approx(capacity.p_delta(4096, 0.03), rel=1e-12)
+    assert out["forms"]["erfc"]["ec_min"] == pytest.approx(capacity.ec_min(16, 4096, 0.03, "erfc"), rel=1e-12)
+    assert out["forms"]["exp"]["ec_min"] == pytest.approx(capacity.ec_min(16, 4096, 0.03, "exp"), rel=1e-12)
+    assert main(["capacity", "--experts", "16", "--dim", "4096", "--delta", "0.03"]) == 0
+    table = capsys.readouterr().out
+    assert "LocMoE Theorem 1" in table and "erfc" in table
+
+
+def test_capacity_drops_and_monte_carlo(capsys):
+    out = _json(capsys, ["capacity", "--experts", "8", "--dim", "64", "--delta", "0.1", "--monte-carlo", "5000",
+                         "--tokens", "512", "--k", "2", "--capacity-factor", "1.0", "--sample", "4"])
+    assert out["monte_carlo"]["num_samples"] == 5000
+    drops = out["drops"]
+    assert drops["capacity"] == capacity.capacity_from_factor(512, 2, 8, 1.0)
+    expected = capacity.expected_dropped_fraction(512, 2, drops["capacity"], popularity=np.full(8, 1 / 8))
+    assert drops["expected_dropped_fraction"]["exact"] == pytest.approx(expected, rel=1e-9)
+    assert drops["sampled"]["num_samples"] == 4
+
+
+def test_collision_json(capsys):
+    out = _json(capsys, ["collision", "--family", "cross-polytope", "--dim", "1024", "--cos", "0.9", "--hashes", "6"])
+    p = collision.cross_polytope_collision_probability(1024, 0.9)
+    assert out["probability"] == pytest.approx(p, rel=1e-12)
+    assert out["concatenated"] == pytest.approx(p ** 6, rel=1e-12)
+    assert out["asymptotic"] == pytest.approx(1024 ** (-0.1 / 1.9), rel=1e-12)
+    out = _json(capsys, ["collision", "--family", "hyperplane", "--dim", "64", "--cos", "0.5", "--hashes", "2",
+                         "--tables", "3", "--monte-carlo", "2000"])
+    assert out["probability"] == pytest.approx(2 / 3)
+    assert out["amplified"] == pytest.approx(1 - (1 - (2 / 3) ** 2) ** 3)
+    assert out["monte_carlo"]["num_samples"] == 2000
+
+
+def test_a2a_cost_json(capsys):
+    out = _json(capsys, ["a2a-cost", "--world", "16", "--gpus-per-node", "8", "--bytes-per-rank", "64MB",
+                         "--intra-GBps", "300", "--inter-GBps", "25", "--alpha-us", "10"])
+    cluster = comm.ClusterParams(gpus_per_node=8, intra_bandwidth_Bps=300e9, inter_bandwidth_Bps=25e9, alpha_s=10e-6)
+    traffic = comm.uniform_traffic(16, 64e6)
+    for name in comm.A2A_ALGORITHMS:
+        assert out["time_s"][name] == pytest.approx(comm.a2a_time(name, traffic, cluster), rel=1e-12)
+    assert out["bytes_per_rank"] == 64e6
+
+
+def test_breakeven_json(capsys):
+    out = _json(capsys, ["breakeven", "--tokens", "4096", "--d-model", "1024", "--bandwidth-GBps", "12.5",
+                         "--hash-Mtps", "50", "--tflops", "125"])
+    assert out["breakeven_rate"] == pytest.approx(
+        comm.breakeven_compression_rate(4096, 1024, bandwidth_Bps=12.5e9, hash_tokens_per_s=50e6), rel=1e-12)
+    assert out["lsh_moe_ratio"] == pytest.approx(comm.lsh_moe_comm_compute_ratio(125e12, 12.5e9, 2, 16, 1024))
+    assert out["speedup"] == pytest.approx(out["baseline_s"] / out["lsh_s"])
+
+
+@pytest.mark.parametrize("argv", [
+    ["capacity", "--dim", "1024", "--delta", "0.05"],
+    ["collision", "--dim", "256", "--cos", "0.8"],
+    ["a2a-cost", "--world", "8", "--gpus-per-node", "4"],
+    ["breakeven", "--expert-ms", "1.5"],
+])
+def test_plot_writes_a_png(tmp_path, capsys, argv):
+    path = tmp_path / "figure.png"
+    out = _json(capsys, argv + ["--plot", str(path)])
+    assert out["plot"] == str(path)
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["capacity", "--delta", "1.5"], "delta=1.5"),
+    (["capacity", "--delta", "nan"], "delta=nan"),
+    (["capacity", "--dim", "1"], "d=1"),
+    (["capacity", "--experts", "-4"], "n=-4"),
+    (["collision", "--dim", "1"], "d=1"),
+    (["collision", "--cos", "1.5"], "cos=1.5"),
+    (["collision", "--family", "spherical"], "family='spherical'"),
+    (["collision", "--hashes", "0"], "hashes=0"),
+    (["a2a-cost", "--world", "8", "--gpus-per-node", "3"], "gpus_per_node=3"),
+    (["a2a-cost", "--inter-GBps", "-25"], "inter_bandwidth_Bps=-25"),
+    (["a2a-cost", "--traffic", "skewed"], "traffic='skewed'"),
+    (["breakeven", "--tokens", "-5"], "tokens_per_rank=-5"),
+    (["breakeven", "--compression", "0"], "compression_rate=0.0"),
+])
+def test_bad_input_exits_with_the_named_value(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
