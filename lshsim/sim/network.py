@@ -16,8 +16,12 @@ Model (DESIGN.md §4):
 Exploiting structure (speed tricks, labelled):
 - [aggregation] flows of one transfer with the same (src, dst, bytes) have the same route and the
   same rates forever: they are one "flow class" with a multiplicity m; a link counts m shares.
-- [vectorised] classes live in numpy arrays; water-filling is a few bincounts per bottleneck level;
-  classes that drain at the same instant (within a relative 1e-9 of their bytes) finish together.
+- [vectorised] classes live in numpy arrays; water-filling runs in rounds that each freeze every
+  local bottleneck at once, and after a drain only the classes whose rate was at least the drained
+  one are refilled (`FlowNetwork._compute_rates` says why both are exact); classes that drain at
+  the same instant (within a relative 1e-9 of their bytes) finish together.
+  Cost: one rate update per distinct drain time, so uniform traffic is cheap (two updates for a
+  direct all-to-all) and uneven traffic costs one update per flow.
 - [per-port] non-blocking switches are one vertex whose per-port edges carry the capacity (the
   NVSwitch crossbar; the spine layer as one trunk per leaf, exact for perfectly balanced ECMP), and
   edges that can never be over-subscribed (capacity >= the total capacity of the GPU ports that feed
