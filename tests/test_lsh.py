@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import doctest
 import math
 
 import pytest
@@ -13,6 +14,7 @@ from lshsim.dispatch.lsh import (Compressed, LSHConfig, bucket_ids, centroid_err
                                  compress, compressed_send_counts, hadamard_matrix, hash_codes,
                                  make_projection, num_buckets_per_hash, project, reference_compress,
                                  reference_hash_codes, residuals, restore)
+import lshsim.dispatch.lsh as lsh_module
 from lshsim.dispatch.lsh import _fwht
 from lshsim.dispatch.placement import contiguous_placement
 from lshsim.dispatch.routers import route_topk
@@ -50,6 +52,11 @@ def _pair_at_angle(d_model: int, theta: float, generator: torch.Generator) -> tu
     x = basis[:, 0]
     y = math.cos(theta) * basis[:, 0] + math.sin(theta) * basis[:, 1]
     return x, y
+
+
+def test_doctests():
+    result = doctest.testmod(lsh_module)
+    assert result.attempted > 0 and result.failed == 0
 
 
 # ---- configuration ---------------------------------------------------------------------------------
@@ -368,6 +375,9 @@ def test_half_precision_tokens_hash_in_float32_and_stay_exact():
     group = torch.randint(0, 4, (500,), generator=generator)
     for config in (LSHConfig(proj_dim=8), LSHConfig(rotation="hadamard", rounds=1)):
         assert torch.equal(hash_codes(tokens, config), hash_codes(tokens.float(), config))
+        projection = make_projection(32, config, dtype=torch.bfloat16)  # made in float32
+        assert projection.dtype == torch.float32
+        assert torch.equal(hash_codes(tokens, config, projection), hash_codes(tokens.float(), config))
     exact = compress(tokens, group, LSHConfig(exact=True))
     assert exact.centroids.dtype == torch.bfloat16
     assert torch.equal(restore(exact.centroids, exact, residuals(tokens, exact)), tokens)

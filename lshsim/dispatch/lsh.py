@@ -235,10 +235,13 @@ def make_projection(d_model: int, config: LSHConfig, device: torch.device | str 
     development CPU one large GEMM runs ~10x more multiply-adds per second than the small batched
     GEMMs of `_fwht` (d = 1024, d' = 1024 is materialised; d = 4096, d' = 4096 is not).
     `dense=True` / `False` forces the choice for "hadamard" (the codes agree up to rounding).
+    `dtype` is the tokens' dtype; the projection is made in `hash_dtype(dtype)` (float32 for
+    float16/bfloat16 tokens, which are hashed in float32).
     """
     _check_positive_int("d_model", d_model)
     if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise ValueError(f"dtype={dtype} must be a floating-point dtype")
+    dtype = hash_dtype(dtype)
     padded = config.padded_dim(d_model)
     proj_dim = config.effective_proj_dim(d_model)
     num_hashes = config.num_hashes
