@@ -152,3 +152,12 @@ def test_bad_flows_are_refused():
     net = FlowNetwork(G)
     with pytest.raises(ValueError, match="alpha_s=-1.0 must be >= 0"):
         net.transfer([0], [1], [1.0], alpha_s=-1.0)
+
+
+def test_identical_flows_are_one_class():
+    G = load_topology("h100-nvswitch")
+    flows = [(0, 1, 1e6, 0.0)] * 5 + [(0, 2, 1e6, 0.0)] * 3 + [(0, 1, 2e6, 0.0)]
+    result = simulate_flows(G, flows)
+    assert result.stats["flows"] == 9 and result.stats["classes"] == 3
+    finish, _ = reference_simulate_flows(G, flows)
+    assert np.allclose(result.finish_s, finish, rtol=1e-12)
