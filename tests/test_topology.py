@@ -242,3 +242,13 @@ def test_binding_edges_leave_out_only_links_that_cannot_be_oversubscribed():
     fast_pcie = cluster(nodes=8)
     fast_pcie["intra"]["pcie_Bps"] = 64e9                                  # NIC slower than PCIe: NIC binds
     assert non_binding_kinds(fast_pcie) == []
+
+
+def test_yaml_exponent_without_dot_is_a_number(tmp_path):
+    """PyYAML reads 25e9 as a string (YAML 1.1); the loader accepts it, and refuses real text."""
+    path = tmp_path / "e.yaml"
+    path.write_text("name: e\ngpu: h100\ngpus_per_node: 2\nintra: {kind: nvswitch, link_Bps: 25e9}\n")
+    assert load_topology(path).edges["n0.gpu0", "n0.nvswitch"]["bandwidth_Bps"] == 25e9
+    path.write_text("name: e\ngpu: h100\ngpus_per_node: 2\nintra: {kind: nvswitch, link_Bps: fast}\n")
+    with pytest.raises(ValueError, match="e.yaml: intra.link_Bps='fast' must be a finite number"):
+        load_topology(path)

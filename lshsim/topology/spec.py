@@ -110,6 +110,11 @@ class _Checker:
                 raise self.fail(prefix + key, None, "is required")
             return default
         value = block[key]
+        if isinstance(value, str):          # YAML 1.1 reads 25e9 (no dot) as text: accept it as a number
+            try:
+                value = float(value)
+            except ValueError:
+                raise self.fail(prefix + key, block[key], "must be a finite number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise self.fail(prefix + key, value, "must be a finite number")
         if strict and not value > minimum:
