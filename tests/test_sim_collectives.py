@@ -206,3 +206,12 @@ def test_uniform_256_gpus_is_cheap_and_exact():
     expected = a2a_time_direct_multinode(traffic, 8, intra_bandwidth_Bps=450e9, inter_bandwidth_Bps=50e9,
                                          alpha_s=G.graph["alpha_s"], nics_per_node=8)
     assert result.time_s == pytest.approx(expected, rel=0.01)
+
+
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+def test_world_size_one_is_a_local_copy(algorithm):
+    """A single-GPU topology (what `executor calibrate` writes for one device): no network at all."""
+    G = build_topology({"name": "one", "gpu": "h100", "gpus_per_node": 1, "intra": {"kind": "nvswitch"}})
+    result = simulate_all_to_all(G, np.array([[1e9]]), algorithm)
+    assert result.network_time_s == 0.0 and result.stages == []
+    assert result.time_s == pytest.approx(2e9 / G.graph["gpu"]["achieved_hbm_Bps"])

@@ -172,6 +172,9 @@ class Routes:
                 return self._binding
             hops = (table >= 0).sum(axis=1)                                                          # (P,)
             routed = hops > 0
+            if not routed.any():            # one GPU: no routes, nothing to leave out
+                self._binding = np.ones(num_links, dtype=bool)
+                return self._binding
             table, hops = table[routed], hops[routed]
             last = table[:, 0].astype(np.int64)                                                       # (P,) into dst
             first = table[np.arange(len(table)), hops - 1].astype(np.int64)                          # (P,) out of src
