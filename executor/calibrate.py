@@ -7,8 +7,9 @@ Measured (every rank; collective):
    ranks aligned by a one-element all-reduce (untimed), CUDA events (CPU: perf_counter) around
    one collective, the slowest rank per repetition, the median over repetitions.
    Split sizes are passed explicitly, so the sweep runs the same code path (NCCL grouped
-   send/recv) as the executor's variable-split all-to-all; torch's equal-split path (no split
-   sizes: NCCL's own all-to-all) is measured beside it for comparison (`a2a_equal_split`).
+   send/recv) as the executor's variable-split all-to-all. The fitted sizes lie between the powers
+   of two (2^(k + 1/4), 2^(k + 3/4)) with per-rank chunks of whole 4 KiB rows, like MoE traffic;
+   the powers of two themselves, where NCCL runs faster, are measured beside them (`a2a_pow2`).
 2. p2p: rank 0 sends M bytes to rank 1 (`send`/`recv`), the same timing; bandwidth = M / t.
 3. expert FFN rate: gelu(x W1) W2 on (tokens, d) x (d, 4d) in the run's dtype (bf16 on GPU),
    FLOPs = 2 * 2 * tokens * d * 4d, and HBM bandwidth from a 1 GiB device-to-device copy
@@ -163,27 +164,37 @@ def parse_nccl_tests(text: str, world_size: int | None = None) -> NcclTestsRun:
 
 
 # ---- measurements --------------------------------------------------------------------------------
-def sweep_sizes(min_bytes: int, max_bytes: int, world_size: int, steps_per_octave: int = 1) -> list[int]:
-    """Sizes from min to max bytes per rank, `steps_per_octave` geometric steps per doubling
-    (powers of two and, between them, 2^(i/steps)), each rounded down to a multiple of W.
+def sweep_sizes(min_bytes: int, max_bytes: int, world_size: int, steps_per_octave: int = 1,
+                offset: float = 0.0) -> list[int]:
+    """Geometric sizes from min to max bytes per rank: M_i = 2^(k0 + (i + offset) / steps_per_octave),
+    k0 = ceil(log2(min_bytes)), each rounded down so that the chunk per rank (M / W) is a multiple of
+    4096 bytes (256 below 64 KiB per rank), as MoE traffic is: a whole number of token rows.
+
+    offset = 0 gives the powers of two (and half-octaves); offset = 0.5 with 2 steps per octave gives
+    2^(k + 0.25) and 2^(k + 0.75), sizes away from the powers of two, where NCCL is measurably slower
+    than at the powers of two themselves (see benchmarks/RESULTS.md, section executor).
 
     >>> sweep_sizes(4096, 65536, 4)
     [4096, 8192, 16384, 32768, 65536]
-    >>> sweep_sizes(4096, 16384, 4, steps_per_octave=2)
-    [4096, 5792, 8192, 11584, 16384]
+    >>> sweep_sizes(2 ** 20, 2 ** 22, 4, steps_per_octave=2, offset=0.5)
+    [1245184, 1753088, 2490368, 3522560]
     """
     if min_bytes < 1 or max_bytes < min_bytes:
         raise ValueError(f"min_bytes={min_bytes} and max_bytes={max_bytes} must satisfy 1 <= min <= max")
     if isinstance(steps_per_octave, bool) or not isinstance(steps_per_octave, int) or steps_per_octave < 1:
         raise ValueError(f"steps_per_octave={steps_per_octave!r} must be a positive integer")
+    if not 0.0 <= offset < 1.0:
+        raise ValueError(f"offset={offset!r} must be in [0, 1)")
     start = max(0, (min_bytes - 1).bit_length())
-    sizes = []
+    sizes: list[int] = []
     step = 0
     while True:
-        size = int(2 ** (start + step / steps_per_octave))
+        size = int(2 ** (start + (step + offset) / steps_per_octave))
         if size > max_bytes:
             break
-        size -= size % world_size
+        chunk = size // world_size
+        align = 4096 if chunk >= 65536 else 256
+        size = (chunk - chunk % align) * world_size
         if size > 0 and (not sizes or size != sizes[-1]):
             sizes.append(size)
         step += 1
@@ -222,22 +233,20 @@ def measure(device: torch.device, *, min_bytes: int = 4096, max_bytes: int = 2 *
     rank = dist.get_rank() if dist.is_initialized() else 0
     results: dict = {"world_size": world, "a2a": [], "p2p": [], "ffn": None, "hbm": None}
     if world > 1:
-        results["a2a_equal_split"] = []
-        for size in sweep_sizes(min_bytes, max_bytes, world, steps_per_octave):
-            if progress is not None:
-                progress.step(f"all-to-all {size} bytes")
-            send = torch.randint(0, 255, (size,), dtype=torch.uint8, device=device)
-            recv = torch.empty_like(send)
-            splits = [size // world] * world
-            # explicit split sizes: the code path (grouped send/recv) of the executor's variable splits
-            times = _time_repeated(lambda: dist.all_to_all_single(recv, send, splits, splits), device, iterations,
-                                   warmup)
-            median, per_iter = _median_of_max(times, device)
-            results["a2a"].append({"bytes_per_rank": size, "time_s": median, "per_iteration_s": per_iter})
-            # no split sizes: torch's equal-split path (NCCL's own all-to-all), for comparison only
-            times = _time_repeated(lambda: dist.all_to_all_single(recv, send), device, iterations, warmup)
-            median, per_iter = _median_of_max(times, device)
-            results["a2a_equal_split"].append({"bytes_per_rank": size, "time_s": median, "per_iteration_s": per_iter})
+        # fitted: sizes between the powers of two (what MoE traffic looks like); reported beside
+        # them: the powers of two. Split sizes are passed explicitly: the executor's code path.
+        for key, offset in (("a2a", 0.5), ("a2a_pow2", 0.0)):
+            results.setdefault(key, [])
+            for size in sweep_sizes(min_bytes, max_bytes, world, steps_per_octave, offset):
+                if progress is not None:
+                    progress.step(f"all-to-all {size} bytes ({key})")
+                send = torch.randint(0, 255, (size,), dtype=torch.uint8, device=device)
+                recv = torch.empty_like(send)
+                splits = [size // world] * world
+                times = _time_repeated(lambda: dist.all_to_all_single(recv, send, splits, splits), device,
+                                       iterations, warmup)
+                median, per_iter = _median_of_max(times, device)
+                results[key].append({"bytes_per_rank": size, "time_s": median, "per_iteration_s": per_iter})
             del send, recv
         for size in sorted({min(size, max_bytes) for size in (2 ** 20, 2 ** 24, 2 ** 28)}):
             if progress is not None:
