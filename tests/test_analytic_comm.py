@@ -202,3 +202,14 @@ def test_doctests(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_every_algorithm_broadcasts_over_a_batch_of_traffic_matrices():
+    rng = np.random.default_rng(11)
+    batch = rng.exponential(1e6, size=(3, 8, 8))  # (B, W, W)
+    inter = np.array([1e10, 2e10, 4e10])  # (B,)
+    for fn in (comm.a2a_time_direct_multinode, comm.a2a_time_pairwise, comm.a2a_time_hierarchical,
+               comm.a2a_time_groupwise):
+        together = fn(batch, 4, 1e11, inter, 1e-6)
+        one_by_one = [fn(batch[i], 4, 1e11, inter[i], 1e-6) for i in range(3)]
+        np.testing.assert_allclose(together, one_by_one, rtol=1e-14)

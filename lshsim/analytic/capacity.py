@@ -147,7 +147,7 @@ def ec_min(n, d, delta, form: str = "exact"):
 
 
 def p_delta_monte_carlo(d: int, delta: float, num_samples: int = 100_000, seed: int = 0,
-                        chunk: int = 8192) -> MonteCarloEstimate:
+                        chunk: int | None = None) -> MonteCarloEstimate:
     """Monte Carlo p_delta: the fraction of uniform points x on S^{d-1} with |cos(x, w)| >= delta.
 
     Points are normalised standard Gaussian vectors (uniform on the sphere); w is a fixed random
@@ -164,6 +164,7 @@ def p_delta_monte_carlo(d: int, delta: float, num_samples: int = 100_000, seed: 
     rng = np.random.default_rng(seed)
     direction = rng.standard_normal(d)
     direction /= np.linalg.norm(direction)  # (d,) unit gate weight
+    chunk = max(64, (1 << 21) // d) if chunk is None else int(as_count("chunk", chunk, minimum=1))  # ~16 MiB
     hits = 0
     for start in range(0, num_samples, chunk):
         size = min(chunk, num_samples - start)
@@ -372,6 +373,8 @@ def expected_dropped_fraction(num_tokens, k, capacity, *, popularity=None, inclu
     if (popularity is None) == (inclusion is None):
         raise ValueError("give exactly one of popularity=... or inclusion=...")
     if inclusion is None:
+        if k_arr.ndim != 0:
+            raise ValueError(f"k={k!r} must be a single integer when popularity is given")
         q = topk_inclusion_probabilities(popularity, int(k_arr))  # (E,)
     else:
         q = as_real("inclusion", inclusion)

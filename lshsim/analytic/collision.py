@@ -89,7 +89,7 @@ def hyperplane_collision_probability(cos):
 
 
 def hyperplane_collision_monte_carlo(d: int, cos: float, num_samples: int = 100_000, seed: int = 0,
-                                     chunk: int = 4096) -> MonteCarloEstimate:
+                                     chunk: int | None = None) -> MonteCarloEstimate:
     """Empirical hyperplane hashing: draw random vector pairs at the given cosine and random Gaussian
     hyperplanes in R^d, count equal sign bits.
 
@@ -103,6 +103,7 @@ def hyperplane_collision_monte_carlo(d: int, cos: float, num_samples: int = 100_
     d = int(as_dim("d", d))
     alpha = float(as_cos("cos", cos))
     num_samples = int(as_count("num_samples", num_samples, minimum=1))
+    chunk = max(64, (1 << 20) // d) if chunk is None else int(as_count("chunk", chunk, minimum=1))  # ~8 MiB arrays
     rng = np.random.default_rng(seed)
     hits = 0
     for start in range(0, num_samples, chunk):
@@ -230,7 +231,7 @@ def asymptotic_error_table(dims=(16, 64, 256, 1024), cosines=(0.5, 0.8, 0.9, 0.9
 
 
 def cross_polytope_collision_monte_carlo(d: int, cos, num_samples: int = 20_000, seed: int = 0,
-                                         chunk: int = 2048) -> MonteCarloEstimate | list[MonteCarloEstimate]:
+                                         chunk: int | None = None) -> MonteCarloEstimate | list[MonteCarloEstimate]:
     """Empirical cross-polytope collisions: hash pairs directly, from the definition.
 
     Each sample draws the d projected coordinate pairs (X_i, Y_i) i.i.d. standard bivariate normal
@@ -245,6 +246,7 @@ def cross_polytope_collision_monte_carlo(d: int, cos, num_samples: int = 20_000,
     d = int(as_dim("d", d))
     alphas = np.atleast_1d(as_cos("cos", cos))
     num_samples = int(as_count("num_samples", num_samples, minimum=1))
+    chunk = max(64, (1 << 21) // d) if chunk is None else int(as_count("chunk", chunk, minimum=1))  # ~8 MiB float32
     rng = np.random.default_rng(seed)
     hits = np.zeros(alphas.size, dtype=np.int64)
     for start in range(0, num_samples, chunk):
