@@ -170,13 +170,13 @@ def test_cluster_model_matches_its_brute_force_simulation():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family,num_clusters,noise,proj_dim", [
-    ("cross_polytope", 32, 0.2, 32), ("cross_polytope", 16, 0.3, 16)])
-def test_predicted_compression_rate_matches_lsh_py(family, num_clusters, noise, proj_dim):
+@pytest.mark.parametrize("family,num_clusters,noise,proj_dim,hashes", [
+    ("cross_polytope", 32, 0.2, 32, 6), ("cross_polytope", 16, 0.3, 16, 6), ("hyperplane", 16, 0.2, None, 8)])
+def test_predicted_compression_rate_matches_lsh_py(family, num_clusters, noise, proj_dim, hashes):
     """Predicted vs measured (mean of lsh.py over 24 hash seeds) compression rate: within 5% relative."""
     from lshsim.dispatch.lsh import LSHConfig, clustered_tokens
 
-    num_tokens, d_model, hashes = 1024, 128, 6
+    num_tokens, d_model = 1024, 128
     tokens = clustered_tokens(num_tokens, d_model, num_clusters, noise, seed=0)
     measured = collision.measured_compression_rate(tokens, LSHConfig(family=family, num_hashes=hashes,
                                                                      proj_dim=proj_dim), num_draws=24)
