@@ -73,8 +73,9 @@ def main() -> None:
         elapsed = _time_s(lambda: collision.cross_polytope_collision_probability(1024, alpha), args.repeats)
         value = collision.cross_polytope_collision_probability(1024, alpha)
         reference = reference_cross_polytope(1024, alpha)
+        asymptotic = float(collision.cross_polytope_collision_asymptotic(1024, alpha))
         rows.append({"cos": alpha, "probability": value, "reference": reference, "abs_error": abs(value - reference),
-                     "time_s": elapsed, "asymptotic": float(collision.cross_polytope_collision_asymptotic(1024, alpha))})
+                     "time_s": elapsed, "asymptotic": asymptotic})
     results["cross_polytope_d1024"] = rows
 
     traffic = np.stack([comm.random_traffic(64, 256e6, seed=s) for s in range(100)])  # (100, 64, 64)
@@ -118,7 +119,8 @@ def main() -> None:
         c = results["compression"]
         print(f"\ncompression rate, {c['config']}:\n  measured (lsh.py, 24 seeds) {c['measured']:.4f} ± "
               f"{c['measured_stderr']:.4f} in {c['measured_s']:.1f} s; predicted {c['predicted']:.4f} ± "
-              f"{c['predicted_stderr']:.4f} in {c['predicted_s']:.1f} s; relative error {100 * c['relative_error']:+.1f}%")
+              f"{c['predicted_stderr']:.4f} in {c['predicted_s']:.1f} s; "
+              f"relative error {100 * c['relative_error']:+.1f}%")
 
 
 if __name__ == "__main__":

@@ -91,7 +91,8 @@ def test_expected_overflow_closed_form_matches_direct_summation():
         mean = tokens * q
         direct_poisson = float(np.sum(np.maximum(np.arange(5 * tokens + 50) - cap, 0)
                                       * stats.poisson.pmf(np.arange(5 * tokens + 50), mean)))
-        assert capacity.expected_overflow(tokens, q, cap, "poisson") == pytest.approx(direct_poisson, rel=1e-9, abs=1e-12)
+        poisson = capacity.expected_overflow(tokens, q, cap, "poisson")
+        assert poisson == pytest.approx(direct_poisson, rel=1e-9, abs=1e-12)
     # arrays broadcast
     assert capacity.expected_overflow(np.array([100, 200]), 0.1, np.array([[5], [10]])).shape == (2, 2)
 

@@ -88,7 +88,8 @@ def as_real(name: str, value, *, allow_inf: bool = False) -> np.ndarray:
         raise ValueError(f"{name}={value!r} must be a number or an array of numbers") from None
     bad = np.isnan(array) if allow_inf else ~np.isfinite(array)
     if bad.any():
-        raise ValueError(f"{name}={_first_bad(array, bad)!r} must be a finite number (not NaN{'' if allow_inf else ' or inf'})")
+        what = "not NaN" if allow_inf else "not NaN or inf"
+        raise ValueError(f"{name}={_first_bad(array, bad)!r} must be a finite number ({what})")
     return array
 
 

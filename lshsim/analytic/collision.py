@@ -110,7 +110,9 @@ def hyperplane_collision_monte_carlo(d: int, cos: float, num_samples: int = 100_
         size = min(chunk, num_samples - start)
         x, y = _pairs_at_cos(rng, size, d, alpha)  # (size, d) each
         r = rng.standard_normal((size, d))  # (size, d) one hyperplane per pair
-        hits += int(np.count_nonzero(np.signbit(np.einsum("nd,nd->n", r, x)) == np.signbit(np.einsum("nd,nd->n", r, y))))
+        side_x = np.signbit(np.einsum("nd,nd->n", r, x))  # (size,)
+        side_y = np.signbit(np.einsum("nd,nd->n", r, y))  # (size,)
+        hits += int(np.count_nonzero(side_x == side_y))
     return binomial_estimate(hits, num_samples)
 
 
