@@ -129,8 +129,10 @@ def ec_min(n, d, delta, form: str = "exact"):
     form "exact" uses the incomplete beta p_delta, "erfc" the paper's large-d form and "exp" the
     exponential bound (1/n) exp(delta^2 d / (2 - delta^2)) (a lower bound on the erfc form).
     Source: LocMoE Theorem 1 and §3.2. n experts, dimension d, threshold delta; inf where
-    p_delta underflows to 0. The value is in the paper's unit (ec as written there; the paper
-    measured delta ~= 0.03); multiply by n for the implied capacity factor (1 / p_delta).
+    p_delta underflows to 0 (the paper measured delta ~= 0.03). The value is returned as the paper
+    writes it. Our reading, not the paper's statement: if ec is the fraction of a batch's tokens
+    one expert may take (a uniform share is 1/n), then n * ec_min = 1 / p_delta is the implied
+    capacity factor of `lshsim.dispatch` (the CLI prints it as "n * ec_min").
 
     >>> round(ec_min(16, 4096, 0.03), 4), round(ec_min(16, 4096, 0.03, "erfc"), 4)
     (1.1395, 1.1404)
