@@ -272,12 +272,13 @@ ALGORITHMS = {"direct": direct, "pairwise": pairwise, "2d": two_d, "groupwise": 
 
 def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct", *, alpha_s: float | None = None,
                         message_gap_s: float = 0.0, local_copy: bool = True, routes: Routes | None = None,
-                        **options) -> CollectiveResult:
+                        drain_tolerance: float = 0.0, **options) -> CollectiveResult:
     """Simulate one all-to-all of `traffic_bytes` (W, W) on topology G with `algorithm`.
 
     Options: alpha_s (default G.graph["alpha_s"]), message_gap_s (see CollectiveRun; default 0),
-    local_copy (see module docstring), routes (a precomputed Routes(G)), and the algorithm's own
-    (2d: chunks).
+    local_copy (see module docstring), routes (a precomputed Routes(G)), drain_tolerance (0 =
+    exact; see FlowNetwork: an approximation that makes uneven traffic on hundreds of GPUs
+    tractable), and the algorithm's own (2d: chunks).
 
     >>> from lshsim.topology import load_topology
     >>> G = load_topology("h100-nvswitch")
@@ -297,7 +298,7 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
         raise ValueError("traffic_bytes must be finite and >= 0")
     if not np.isfinite(message_gap_s) or message_gap_s < 0:
         raise ValueError(f"message_gap_s={message_gap_s} must be a finite number >= 0")
-    net = FlowNetwork(G, alpha_s=alpha_s, routes=routes)
+    net = FlowNetwork(G, alpha_s=alpha_s, routes=routes, drain_tolerance=drain_tolerance)
     run = CollectiveRun(net, message_gap_s=float(message_gap_s))
     process = net.env.process(ALGORITHMS[algorithm](run, traffic, **options))
     net.env.run(until=process)
@@ -313,4 +314,5 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
         egress_bytes=off.sum(axis=1), ingress_bytes=off.sum(axis=0), local_bytes=local, local_copy_s=copy_s,
         stages=stages, edges=net.edges, link_bytes=net.link_bytes.copy(), capacity_Bps=net.capacity_Bps.copy(),
         busiest=busiest_links(net.edges, net.link_bytes, net.capacity_Bps, time_s, 10),
-        options={"alpha_s": net.alpha_s, "message_gap_s": float(message_gap_s), "local_copy": local_copy, **options}, stats=dict(net.stats))
+        options={"alpha_s": net.alpha_s, "message_gap_s": float(message_gap_s), "local_copy": local_copy,
+                 "drain_tolerance": net.drain_tolerance, **options}, stats=dict(net.stats))

@@ -104,16 +104,24 @@ class FlowNetwork:
         env: the simpy Environment to live in (a new one if None).
         alpha_s: per-flow start-up latency (default G.graph["alpha_s"], else 0).
         routes: precomputed `Routes(G)` (reuse it across many networks on one topology).
+        drain_tolerance: 0 (default) is exact. tol > 0 is an approximation for uneven traffic,
+            where every flow drains at its own time and costs a rate update: at each event, every
+            class that would drain within tol * now also drains now (up to tol * now early), so
+            drains close in time share one update. Measured (benchmarks/RESULTS.md): tol = 1e-2
+            gives 20-45x fewer updates and a completion time 0.6-1.5% early.
     """
 
     def __init__(self, G: nx.DiGraph, env: simpy.Environment | None = None, *, alpha_s: float | None = None,
-                 routes: Routes | None = None):
+                 routes: Routes | None = None, drain_tolerance: float = 0.0):
         self.G = G
         self.env = simpy.Environment() if env is None else env
         self.routes = validate_topology(G) if routes is None else routes
         self.alpha_s = float(G.graph.get("alpha_s", 0.0) if alpha_s is None else alpha_s)
         if not np.isfinite(self.alpha_s) or self.alpha_s < 0:
             raise ValueError(f"alpha_s={self.alpha_s} must be >= 0")
+        if not 0.0 <= drain_tolerance < 1.0:
+            raise ValueError(f"drain_tolerance={drain_tolerance} must be in [0, 1)")
+        self.drain_tolerance = float(drain_tolerance)
         self.world = self.routes.world
         num_links = self.routes.num_edges
         self._sentinel = num_links                                      # padding edge id, infinite capacity
@@ -266,7 +274,10 @@ class FlowNetwork:
         if elapsed <= 0 or len(self._rem) == 0:
             return
         self._rem -= self._rate * elapsed
-        self._finish(self._rem <= RELATIVE_TOLERANCE * self._size)
+        drained = self._rem <= RELATIVE_TOLERANCE * self._size
+        if self.drain_tolerance > 0:    # [approximation] drain what would finish within tol * now
+            drained |= self._rem <= self._rate * (self.drain_tolerance * now)
+        self._finish(drained)
 
     def _finish(self, drained: np.ndarray) -> None:
         if not drained.any():
