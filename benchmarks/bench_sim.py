@@ -12,7 +12,8 @@ Each size runs in a fresh subprocess so that its peak memory (ru_maxrss of the c
 process, Python and numpy included) and its tracemalloc peak (Python allocations, numpy arrays
 included) are its own. Timed: build_topology + routes (`build_s`) and simulate_all_to_all (`sim_s`).
 
-    .venv/bin/python benchmarks/bench_sim.py [--gpus 16 64 256 1024] [--traffic uniform|random] [--json]
+    .venv/bin/python benchmarks/bench_sim.py [--gpus 16 64 256 1024] [--traffic uniform|random]
+                                             [--drain-tolerance 0.01] [--json]
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def spec(nodes: int) -> dict:
             "inter": {"kind": "fat_tree", "nics_per_node": 8, "nic_gbps": 400, "servers_per_leaf": 4}}
 
 
-def run_one(gpus: int, traffic_kind: str, trace_memory: bool) -> dict:
+def run_one(gpus: int, traffic_kind: str, trace_memory: bool, drain_tolerance: float = 0.0) -> dict:
     import numpy as np
 
     from lshsim.sim.collectives import simulate_all_to_all, uniform_traffic
@@ -50,7 +51,7 @@ def run_one(gpus: int, traffic_kind: str, trace_memory: bool) -> dict:
     G = build_topology(spec(nodes))
     routes = Routes(G)
     built = time.perf_counter()
-    result = simulate_all_to_all(G, traffic, "direct", routes=routes)
+    result = simulate_all_to_all(G, traffic, "direct", routes=routes, drain_tolerance=drain_tolerance)
     done = time.perf_counter()
     peak_traced = tracemalloc.get_traced_memory()[1] if trace_memory else None
     return {"gpus": gpus, "traffic": traffic_kind, "build_s": built - start, "sim_s": done - built,
@@ -67,17 +68,19 @@ def main() -> None:
     parser.add_argument("--traffic", choices=("uniform", "random"), default="uniform")
     parser.add_argument("--tracemalloc", action="store_true",
                         help="also report the tracemalloc peak (slows the run down)")
+    parser.add_argument("--drain-tolerance", type=float, default=0.0, help="0 = exact (default)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        sys.stdout.write(json.dumps(run_one(args.child, args.traffic, args.tracemalloc)) + "\n")
+        sys.stdout.write(json.dumps(run_one(args.child, args.traffic, args.tracemalloc, args.drain_tolerance)) + "\n")
         return
     rows = []
     for gpus in args.gpus:
         if gpus % 8:
             parser.error(f"--gpus {gpus} must be a multiple of 8")
-        command = [sys.executable, __file__, "--child", str(gpus), "--traffic", args.traffic]
+        command = [sys.executable, __file__, "--child", str(gpus), "--traffic", args.traffic,
+                   "--drain-tolerance", str(args.drain_tolerance)]
         if args.tracemalloc:
             command.append("--tracemalloc")
         out = subprocess.run(command, check=True, capture_output=True, text=True)
@@ -86,7 +89,7 @@ def main() -> None:
         sys.stdout.write(json.dumps({"machine": platform.platform(), "rows": rows}, indent=2) + "\n")
         return
     print(f"flow-level simulator, direct all-to-all, {args.traffic} traffic, H100 fat-tree (8 GPUs/node, "
-          f"8 x 400 Gb/s NICs, 4 servers/leaf); {platform.platform()}")
+          f"8 x 400 Gb/s NICs, 4 servers/leaf), drain_tolerance={args.drain_tolerance}; {platform.platform()}")
     header = (f"{'GPUs':>6} {'flows':>10} {'classes':>10} {'updates':>8} {'rounds':>7} {'build s':>8} "
               f"{'sim s':>8} {'total s':>8} {'maxrss MiB':>11} {'traced MiB':>11} {'predicted ms':>13} "
               f"{'time growth':>12} {'mem growth':>11}")
