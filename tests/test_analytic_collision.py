@@ -8,6 +8,7 @@ import pytest
 from scipy import integrate, special
 
 from lshsim.analytic import collision
+from lshsim.analytic._common import binomial_estimate
 from lshsim.analytic.collision import _conditional_code_probs, _cp_integral
 
 
@@ -195,3 +196,22 @@ def test_clusters_from_tokens():
     labels, sizes, within = collision.clusters_from_tokens(tokens)
     assert sorted(sizes.tolist()) == [1, 4, 6]
     assert np.all(within > 0.99) and labels.shape == (11,)
+
+
+@pytest.mark.parametrize("family,proj_dim,cos", [("cross_polytope", 16, 0.8), ("cross_polytope", 64, 0.5),
+                                                 ("hyperplane", None, 0.3)])
+def test_formulas_match_lsh_py_hash_codes(family, proj_dim, cos):
+    """One fixed pair hashed by 8,192 independent hash functions of lsh.py (Gaussian rotation):
+    the fraction of equal codes matches the formula with d = proj_dim (tolerance: 3 standard errors)."""
+    import torch
+
+    from lshsim.dispatch.lsh import LSHConfig, hash_codes
+
+    rng = np.random.default_rng(5)
+    x, y = collision._pairs_at_cos(rng, 1, 96, cos)
+    tokens = torch.as_tensor(np.vstack([x, y]), dtype=torch.float32)  # (2, 96)
+    codes = hash_codes(tokens, LSHConfig(family=family, num_hashes=8192, proj_dim=proj_dim, seed=3))  # (2, L)
+    hits = int((codes[0] == codes[1]).sum())
+    estimate = binomial_estimate(hits, codes.shape[1])
+    expected = collision.collision_probability(family, proj_dim or 2, cos)
+    assert abs(estimate.z_score(expected)) < 3, (expected, estimate)
