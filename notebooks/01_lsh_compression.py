@@ -122,7 +122,8 @@ plt.show()
 
 # %%
 torch.manual_seed(0)
-mlp = torch.nn.Sequential(torch.nn.Linear(d_model, 4 * d_model), torch.nn.GELU(), torch.nn.Linear(4 * d_model, d_model))
+mlp = torch.nn.Sequential(torch.nn.Linear(d_model, 4 * d_model), torch.nn.GELU(),
+                          torch.nn.Linear(4 * d_model, d_model))
 experts = {"plain MLP f(x)": mlp, "residual block x + f(x)": lambda x: x + mlp(x)}
 
 print(f"{'expert':<26} {'L':>2} {'rate':>6} {'error, E(c)':>12} {'error, E(c)+(x-c)':>18}")
@@ -136,7 +137,8 @@ with torch.no_grad():
             compensated = restore(centroid_out, compressed, residuals(tokens, compressed))  # (N, d)
             error_plain = float((plain - exact_out).norm() / exact_out.norm())
             error_comp = float((compensated - exact_out).norm() / exact_out.norm())
-            print(f"{name:<26} {num_hashes:>2} {compressed.compression_rate:6.3f} {error_plain:12.3f} {error_comp:18.3f}")
+            print(f"{name:<26} {num_hashes:>2} {compressed.compression_rate:6.3f} "
+                  f"{error_plain:12.3f} {error_comp:18.3f}")
 
 # %% [markdown]
 # For the residual block the compensation removes most of the error; for the plain MLP adding
