@@ -10,7 +10,8 @@ rank, after the gate, for every destination expert:
    grouped per destination expert (`Compressed.centroids_per_group`).
 3. The expert processes the centroids; the combine all-to-all brings back one output per centroid.
 4. Every token gets its centroid's output plus its residual, E(x) ~= E(c) + (x - c) (the paper's
-   residual compensation, `restore`, `residuals`).
+   residual compensation, `restore`, `residuals`). This is E(c) + J(c)(x - c) with J taken as I:
+   it helps experts close to the identity (residual blocks) and hurts ones with a small Jacobian.
 
 Hash families (one hash function = one code in [0, 2 d')):
 
@@ -28,7 +29,9 @@ Rotations R (the L hash functions use independent ones, all drawn from `LSHConfi
 * "hadamard": FALCONN's pseudo-rotation, `rounds` times x <- H D x (D random +-1 signs, H the
   normalised Sylvester-Hadamard matrix); the token is zero-padded to n = 2^ceil(log2 d) first and
   the first d' coordinates are kept. Cost about rounds * 2 n sqrt(n) per token and hash,
-  independent of d'; it approximates a uniformly random rotation (no closed-form guarantee).
+  independent of d' (or, when cheaper, the composed rotation is materialised once as a dense
+  (d, d') matrix: `make_projection`); it approximates a uniformly random rotation (no closed-form
+  guarantee; the tests check hyperplane collisions against 1 - theta/pi within 0.04).
 
 Bucket ids: the L codes are combined in mixed radix R = 2 d' (code 0 most significant), so ids
 sort like the code tuples. When R^L >= 2^63 the id would overflow int64; then `bucket_ids`
@@ -43,6 +46,9 @@ test relies on this).
 
 Re-sampling: the rotation is a pure function of (d_model, config). "Fixed" hashing keeps one
 config; "re-sampled per step" passes `dataclasses.replace(config, seed=base_seed + step)`.
+
+Dtypes: float16/bfloat16 tokens are hashed in float32 (`hash_dtype`) and their centroids are
+accumulated in float32, then rounded once to the tokens' dtype.
 
 Gradients: hash codes and bucket assignment are computed without gradients (they are indices);
 centroids are means, so a centroid's gradient reaches each of its tokens divided by the bucket
