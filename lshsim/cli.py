@@ -452,8 +452,11 @@ def _add_breakeven(subparsers) -> None:
     p.add_argument("--world", type=int, default=16, help="ranks W (default 16)")
     p.add_argument("--bandwidth-GBps", type=float, default=12.5,
                    help="per-rank all-to-all bandwidth, GB/s (default 12.5: a 100 Gb/s NIC)")
-    p.add_argument("--hash-Mtps", type=float, default=50.0, help="hashing throughput, million token copies/s (default 50)")
-    p.add_argument("--restore-Mtps", type=float, default=None, help="restore throughput, million token copies/s (default = hash)")
+    p.add_argument("--hash-Mtps", type=float, default=18.0,
+                   help="hash + centroid throughput, million token copies/s (default 18: lsh.py compress on an H100, "
+                        "d=1024, d'=16; benchmarks/RESULTS.md)")
+    p.add_argument("--restore-Mtps", type=float, default=68.0,
+                   help="restore throughput, million token copies/s (default 68: lsh.py restore on an H100)")
     p.add_argument("--bytes-per-element", type=int, default=2, help="2 for bf16/fp16 (default), 4 for fp32")
     p.add_argument("--expert-ms", type=float, default=0.0,
                    help="expert FFN time per step without compression, ms; it shrinks with r (default 0: not counted)")
@@ -470,7 +473,7 @@ def _cmd_breakeven(args) -> int:
     from lshsim.analytic import comm
 
     common = dict(k=args.k, world_size=args.world, hash_tokens_per_s=args.hash_Mtps * 1e6,
-                  restore_tokens_per_s=None if args.restore_Mtps is None else args.restore_Mtps * 1e6,
+                  restore_tokens_per_s=args.restore_Mtps * 1e6,
                   bytes_per_element=args.bytes_per_element, expert_time_s=args.expert_ms * 1e-3,
                   include_backward=not args.forward_only)
     bandwidth = args.bandwidth_GBps * 1e9
@@ -479,7 +482,7 @@ def _cmd_breakeven(args) -> int:
     with_lsh = float(comm.lsh_step_time_s(args.compression, args.tokens, args.d_model, bandwidth_Bps=bandwidth, **common))
     result = {"tokens": args.tokens, "d_model": args.d_model, "k": args.k, "world": args.world,
               "bandwidth_GBps": args.bandwidth_GBps, "hash_Mtps": args.hash_Mtps,
-              "restore_Mtps": args.restore_Mtps if args.restore_Mtps is not None else args.hash_Mtps,
+              "restore_Mtps": args.restore_Mtps,
               "expert_ms": args.expert_ms, "include_backward": not args.forward_only,
               "breakeven_rate": r_star, "compression": args.compression, "baseline_s": base, "lsh_s": with_lsh,
               "speedup": base / with_lsh}

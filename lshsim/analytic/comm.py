@@ -405,7 +405,7 @@ def _lsh_terms(tokens_per_rank, d_model, k, world_size, bandwidth_Bps, hash_toke
 
 
 def lsh_step_time_s(compression_rate, tokens_per_rank, d_model, *, k=2, world_size=16, bandwidth_Bps=12.5e9,
-                    hash_tokens_per_s=50e6, restore_tokens_per_s=None, bytes_per_element=2, alpha_s=0.0,
+                    hash_tokens_per_s=18e6, restore_tokens_per_s=68e6, bytes_per_element=2, alpha_s=0.0,
                     expert_time_s=0.0, include_backward=True, lsh=True):
     """Communication + compression + expert time of one MoE layer step at compression rate r.
 
@@ -414,6 +414,9 @@ def lsh_step_time_s(compression_rate, tokens_per_rank, d_model, *, k=2, world_si
     (direct algorithm, `a2a_time_direct` on `uniform_traffic`), n_a2a = 2 (dispatch, combine) or 4
     with backward, t_compress = T k / hash rate, t_restore = T k / restore rate (doubled with
     backward). `lsh=False` gives the uncompressed baseline (r must then be 1). Source: DESIGN.md §2-3.
+    Default throughputs: lsh.py's `compress` (1.8e7 token copies/s) and `restore` (6.8e7) measured
+    on an H100 at d = 1024, d' = 16, N = 32768 (benchmarks/RESULTS.md, lsh section); restore None
+    means the hash rate.
 
     >>> round(lsh_step_time_s(1.0, 4096, 1024, lsh=False) * 1e3, 3)  # ms
     5.033
@@ -432,7 +435,7 @@ def lsh_step_time_s(compression_rate, tokens_per_rank, d_model, *, k=2, world_si
 
 
 def breakeven_compression_rate(tokens_per_rank, d_model, *, k=2, world_size=16, bandwidth_Bps=12.5e9,
-                               hash_tokens_per_s=50e6, restore_tokens_per_s=None, bytes_per_element=2,
+                               hash_tokens_per_s=18e6, restore_tokens_per_s=68e6, bytes_per_element=2,
                                expert_time_s=0.0, include_backward=True):
     """Compression rate r* below which LSH compression pays: t_a2a(1) - t_a2a(r) >= t_compress + t_restore.
 
@@ -444,8 +447,8 @@ def breakeven_compression_rate(tokens_per_rank, d_model, *, k=2, world_size=16, 
     per second; expert_time_s > 0 credits the expert FFN shrinking with the token count (LSH-MoE's
     experts see only centroids). r* <= 0 means compression never pays. Source: DESIGN.md §2-3.
 
-    >>> round(breakeven_compression_rate(4096, 1024, bandwidth_Bps=12.5e9, hash_tokens_per_s=50e6), 4)
-    0.8698
+    >>> round(breakeven_compression_rate(4096, 1024, bandwidth_Bps=12.5e9), 4)  # 100 Gb/s NIC, H100 hashing
+    0.7713
     """
     wire_s, overhead_s, expert, _ = _lsh_terms(tokens_per_rank, d_model, k, world_size, bandwidth_Bps,
                                                hash_tokens_per_s, restore_tokens_per_s, bytes_per_element,
