@@ -14,8 +14,9 @@ its phases with `yield from run.phase(name, matrix, mask)` (or starts transfers 
 and appends a `Stage` to `run.stages`); see `CollectiveRun`):
 - direct:    every rank sends to every peer at once (NCCL's grouped send/recv). One phase.
 - pairwise:  W - 1 bulk-synchronous steps; in step k rank r sends to (r + k) mod W (MPI's pairwise
-             exchange). Each step pays alpha_s. (A step starts when the previous one ended everywhere:
-             an upper bound on the per-rank asynchronous version; equal for uniform traffic.)
+             exchange). Each step pays alpha_s. A step starts when the previous one has ended on
+             every rank (the per-rank asynchronous version, where a rank moves on as soon as its own
+             send and receive are done, is not modelled).
 - 2d:        hierarchical (Tutel 2DH / DeepSpeed): (1) intra-node gather: data for another node goes
              to the local "proxy" GPU of the destination GPU's NIC (GPU l's proxy is the first GPU
              using NIC l * nics // gpus_per_node), together with the intra-node traffic;
