@@ -139,6 +139,9 @@ def _cmd_run(args) -> int:
                 import torch
 
                 torch.cuda.empty_cache()
+    except BaseException as error:
+        _report_failure(args, error)  # before shutdown(), which breaks the peers' collectives
+        raise
     finally:
         shutdown()
     return 0
@@ -185,6 +188,9 @@ def _cmd_check(args) -> int:
     Progress(args.status_dir, runtime.rank).step("check")
     try:
         results = run_checks(runtime)
+    except BaseException as error:
+        _report_failure(args, error)
+        raise
     finally:
         shutdown()
     failed = [r["name"] for r in results
@@ -223,8 +229,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except ValueError as error:
+        _report_failure(args, error)
         parser.exit(2, f"executor {args.command}: error: {error}\n")
+    except BaseException as error:
+        _report_failure(args, error)
+        raise
     return 0
+
+
+def _report_failure(args, error: BaseException) -> None:
+    """Under `executor launch`: note when and why this rank failed, so the launcher can tell the
+    rank that failed first from the peers whose collectives broke because of it."""
+    import os
+    import time
+    from pathlib import Path
+
+    status_dir = getattr(args, "status_dir", None)
+    if status_dir is None or isinstance(error, (KeyboardInterrupt, SystemExit)):
+        return
+    rank = os.environ.get("RANK", "0")
+    text = f"{type(error).__name__}: {error}".replace("\n", " ")[:500]
+    Path(status_dir, f"rank{rank}.failed").write_text(f"{time.time()!r}\t{text}\n")
 
 
 if __name__ == "__main__":

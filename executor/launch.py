@@ -5,10 +5,12 @@ LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT set (what torchrun set
 polls the processes and the ranks' progress files (`executor.runtime.Progress`):
 
 1. every rank exits 0: exit 0;
-2. a rank exits non-zero: the others are killed and the run exits 1, naming the rank, its exit
-   code and the last line of its error output; if another rank is strictly behind every rank
-   (it stopped making progress while the others went on to wait for it), that rank is named as
-   the cause;
+2. a rank exits non-zero: after a 2 s grace (a crash breaks its peers' collectives too) the
+   others are killed and the run exits 1, naming the failed rank whose error is a cause rather
+   than a broken collective (a peer's reset connection or a timeout), the first such one if
+   several, with its exit code and the last line of its error output; if a rank that did not fail is strictly
+   behind every other rank (it stopped making progress while the others went on to wait for
+   it), that rank is named as the cause;
 3. no rank records progress for `stall_timeout_s`, or the run exceeds `timeout_s`: all ranks are
    killed and the run exits 124, naming the ranks that are behind and their last step.
 
@@ -60,6 +62,33 @@ def _tail(path: Path, lines: int = 1) -> str:
     except OSError:
         return ""
     return "\n".join(text[-lines:])
+
+
+def _failure_time(folder: Path, rank: int) -> float:
+    """When the rank reported its failure (executor/__main__.py writes rank{r}.failed), else the
+    last change of its error output."""
+    try:
+        return float((folder / f"rank{rank}.failed").read_text().split("\t", 1)[0])
+    except (OSError, ValueError):
+        try:
+            return (folder / f"rank{rank}.stderr").stat().st_mtime
+        except OSError:
+            return float("inf")
+
+
+#: error texts of a rank whose collective broke because a peer crashed, hung or left
+_CONSEQUENCES = ("by peer", "remote worker", "remote process", "timed out", "timeout", "connection", "socket",
+                 "watchdog", "nccl error")
+
+
+def _is_consequence(folder: Path, rank: int) -> bool:
+    """The rank's error reads like a broken collective (a consequence), not a cause."""
+    try:
+        text = (folder / f"rank{rank}.failed").read_text()
+    except OSError:
+        text = _tail(folder / f"rank{rank}.stderr", 1)
+    lowered = text.lower()
+    return any(marker in lowered for marker in _CONSEQUENCES)
 
 
 def _laggards(progress: list[tuple[int, str]]) -> list[int]:
@@ -116,7 +145,7 @@ def _launch_once(nproc: int, args: list[str], *, timeout_s: float, stall_timeout
         status_dir = owned_dir.name
     folder = Path(status_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("rank*"):  # progress of an earlier attempt
+    for stale in folder.glob("rank*"):  # progress and failures of an earlier attempt
         stale.unlink()
     port = free_port()
     base_env = dict(os.environ if env is None else env)
@@ -142,11 +171,19 @@ def _launch_once(nproc: int, args: list[str], *, timeout_s: float, stall_timeout
                 last_progress, last_change = progress, now
             failed = [r for r, code in enumerate(codes) if code not in (None, 0)]
             if failed:
-                first = failed[0]
+                # let the other ranks fail too (a peer's crash breaks their collectives), then blame
+                # the rank that reported its error first
+                grace_end = time.monotonic() + 2.0
+                while time.monotonic() < grace_end and any(proc.poll() is None for proc in procs):
+                    time.sleep(poll_s)
+                codes = [proc.poll() for proc in procs]
+                progress = [_read_progress(folder, r) for r in range(nproc)]
+                failed = [r for r, code in enumerate(codes) if code not in (None, 0)]
+                first = min(failed, key=lambda r: (_is_consequence(folder, r), _failure_time(folder, r)))
                 _kill_all(procs)
                 tail = _tail(folder / f"rank{first}.stderr", stderr_lines)
                 last_line = tail.splitlines()[-1] if tail else ""
-                behind = [r for r in _laggards(progress) if r != first]
+                behind = [r for r in _laggards(progress) if r != first and r not in failed]
                 if behind:
                     names = ", ".join(str(r) for r in behind)
                     message = (f"rank {names} stopped making progress (last step: "

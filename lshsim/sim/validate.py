@@ -1,0 +1,217 @@
+"""Validation: a measured Trace (from `executor run`) against the simulator's prediction of it.
+
+The executor records, besides the timed phases, what it moved: the (W, W) bytes of the dispatch
+all-to-all (`meta["measured"]["traffic_bytes"]`) and of the combine (`combine_traffic_bytes`),
+and the workload (d_model, d_ffn, experts, dtype, all-to-all algorithm). The prediction uses
+exactly those, so measurement and prediction differ only in the network and compute models
+(DESIGN.md §1, "One algorithm, two runners"):
+
+=================  =========  ===============================================================
+phase              direction  prediction
+=================  =========  ===============================================================
+dispatch_a2a       forward    simulate_all_to_all(G, dispatch bytes, algorithm)
+combine_a2a        forward    simulate_all_to_all(G, combine bytes)
+dispatch_a2a       backward   the dispatch's gradient returns along the combine's matrix
+combine_a2a        backward   the combine's gradient travels along the dispatch's matrix
+expert             forward    roofline of the rank's expert FFNs on the rows it receives
+                              (`lshsim.sim.moe_step.expert_cost`, `compute_time_s`), slowest rank
+expert             backward   twice the forward FLOPs and bytes
+=================  =========  ===============================================================
+
+Other phases (gate, LSH, the split-size exchange) are listed with their measured time and no
+prediction. Relative error = (predicted - measured) / measured.
+
+The topology may have more GPUs than the trace's ranks: a single-node spec is rebuilt with
+gpus_per_node = W (the calibration of a 4-GPU node applied to 2 of its GPUs).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lshsim.sim.collectives import simulate_all_to_all
+from lshsim.sim.moe_step import compute_time_s, expert_cost
+from lshsim.sim.trace import PHASES, Trace
+from lshsim.topology import build_topology, read_spec
+
+__all__ = ["PhaseComparison", "Validation", "topology_for_trace", "default_topology", "validate_trace",
+           "a2a_errors", "plot_validations", "A2A_PHASES"]
+
+A2A_PHASES = ("dispatch_a2a", "combine_a2a")
+
+
+@dataclass(frozen=True)
+class PhaseComparison:
+    """One (phase, direction): measured and predicted seconds; rel_error None without a prediction."""
+
+    phase: str
+    direction: str
+    measured_s: float
+    predicted_s: float | None
+
+    @property
+    def rel_error(self) -> float | None:
+        if self.predicted_s is None or self.measured_s <= 0:
+            return None
+        return (self.predicted_s - self.measured_s) / self.measured_s
+
+    def to_dict(self) -> dict:
+        return {"phase": self.phase, "direction": self.direction, "measured_s": self.measured_s,
+                "predicted_s": self.predicted_s, "rel_error": self.rel_error}
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The comparison of one measured trace: its name, ranks, topology and one row per phase."""
+
+    name: str
+    world_size: int
+    topology: str
+    rows: list[PhaseComparison]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "world_size": self.world_size, "topology": self.topology,
+                "rows": [row.to_dict() for row in self.rows]}
+
+
+def default_topology(trace: Trace) -> str:
+    """The datasheet topology of the trace's GPU (h100-nvswitch, h200-nvswitch, ...)."""
+    gpu = str(trace.meta["cluster"].get("gpu") or "").lower()
+    for key in ("h200", "h100", "a100"):
+        if key in gpu:
+            return f"{key}-nvswitch"
+    raise ValueError(f"no default topology for the trace's GPU {gpu or 'None (a CPU run)'}; pass a topology")
+
+
+def topology_for_trace(topology: str | Path, world_size: int):
+    """Build `topology` (a name or a YAML path) with exactly `world_size` GPUs."""
+    spec, source = read_spec(topology)
+    nodes = int(spec.get("nodes", 1))
+    total = nodes * int(spec["gpus_per_node"])
+    if total != world_size:
+        if nodes != 1 or world_size > total:
+            raise ValueError(f"topology {source} has {total} GPUs; the trace has {world_size} ranks (only a single "
+                             f"node can be cut down to fewer GPUs)")
+        spec = copy.deepcopy(spec)
+        spec["gpus_per_node"] = world_size
+    return build_topology(spec, source=source)
+
+
+def _matrix(measured: dict, key: str, world_size: int) -> np.ndarray:
+    if key not in measured:
+        raise ValueError(f"the measured trace lacks meta['measured'][{key!r}] (write it with executor run)")
+    matrix = np.asarray(measured[key], dtype=float)  # (W, W) bytes
+    if matrix.shape != (world_size, world_size):
+        raise ValueError(f"meta['measured'][{key!r}] has shape {matrix.shape}, expected ({world_size}, {world_size})")
+    return matrix
+
+
+def validate_trace(trace: Trace, topology: str | Path | None = None) -> Validation:
+    """Predict every phase of a measured trace that the simulator models; see the module docstring."""
+    if trace.meta.get("source") != "measured" or "measured" not in trace.meta:
+        raise ValueError("validate needs a measured trace from executor run (meta['measured'] is missing)")
+    measured = trace.meta["measured"]
+    workload = trace.meta["workload"]
+    world = int(workload["world_size"])
+    topology = topology if topology is not None else default_topology(trace)
+    G = topology_for_trace(topology, world)
+    algorithm = "groupwise" if workload.get("alltoall") == "groupwise" else "direct"
+    dispatch = _matrix(measured, "traffic_bytes", world)
+    combine = _matrix(measured, "combine_traffic_bytes", world)
+    a2a = {("dispatch_a2a", "forward"): dispatch, ("combine_a2a", "forward"): combine,
+           ("dispatch_a2a", "backward"): combine, ("combine_a2a", "backward"): dispatch}
+    cache: dict[bytes, float] = {}
+
+    def a2a_time(matrix: np.ndarray) -> float:
+        key = matrix.tobytes()
+        if key not in cache:
+            cache[key] = float(simulate_all_to_all(G, matrix, algorithm).time_s)
+        return cache[key]
+
+    bytes_per_token = int(measured["bytes_per_token"])
+    d_model, d_ffn = int(workload["d_model"]), int(workload["d_ffn"])
+    element = bytes_per_token // d_model
+    experts_on_rank = int(workload["num_experts"]) // world
+    rows_received = dispatch.sum(axis=0) / bytes_per_token  # (W,) rows each rank's experts process
+    gpu = G.graph["gpu"]
+
+    def expert_time(scale: float) -> float:
+        times = []
+        for rows in rows_received:
+            flops, hbm = expert_cost(float(rows), d_model, d_ffn, experts_on_rank, element)
+            times.append(compute_time_s(scale * flops, scale * hbm, gpu))
+        return max(times)
+
+    out = []
+    for direction, phases in measured["phases_s"].items():
+        for phase in sorted(phases, key=PHASES.index):
+            predicted = None
+            if (phase, direction) in a2a:
+                predicted = a2a_time(a2a[(phase, direction)])
+            elif phase == "expert":
+                predicted = expert_time(1.0 if direction == "forward" else 2.0)
+            out.append(PhaseComparison(phase, direction, float(phases[phase]), predicted))
+    return Validation(name=str(workload.get("name", "")), world_size=world, topology=str(G.graph.get("name", topology)),
+                      rows=out)
+
+
+def a2a_errors(validations: list[Validation]) -> np.ndarray:
+    """Relative errors of every predicted all-to-all phase (forward and backward) of the validations."""
+    errors = [row.rel_error for v in validations for row in v.rows
+              if row.phase in A2A_PHASES and row.rel_error is not None]
+    return np.asarray(errors, dtype=float)
+
+
+def plot_validations(validations: list[Validation], path: str | Path) -> Path:
+    """Predicted against measured time of every predicted phase (log-log, y = x and +-15% bands)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    markers = {"dispatch_a2a": "o", "combine_a2a": "s", "expert": "^"}
+    colors = {2: "tab:blue", 4: "tab:orange", 8: "tab:green", 1: "tab:gray"}
+    points = []
+    for v in validations:
+        for row in v.rows:
+            if row.predicted_s is None:
+                continue
+            points.append((row.measured_s, row.predicted_s))
+            ax.scatter(row.measured_s * 1e3, row.predicted_s * 1e3, marker=markers.get(row.phase, "x"),
+                       color=colors.get(v.world_size, "tab:red"), alpha=0.75,
+                       facecolors="none" if row.direction == "backward" else None)
+    if not points:
+        raise ValueError("no predicted phase to plot")
+    low = min(min(p) for p in points) * 1e3 / 1.5
+    high = max(max(p) for p in points) * 1e3 * 1.5
+    line = np.geomspace(low, high, 50)
+    ax.plot(line, line, color="black", lw=1)
+    ax.fill_between(line, line * 0.85, line * 1.15, color="gray", alpha=0.15, label="within 15%")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured (ms)")
+    ax.set_ylabel("predicted (ms)")
+    for phase, marker in markers.items():
+        ax.scatter([], [], marker=marker, color="black", label=phase)
+    for world, color in colors.items():
+        if any(v.world_size == world for v in validations):
+            ax.scatter([], [], marker="o", color=color, label=f"{world} GPUs")
+    errors = a2a_errors(validations)
+    if errors.size:
+        ax.set_title(f"all-to-all: median |error| {100 * np.median(np.abs(errors)):.1f}%, "
+                     f"worst {100 * np.abs(errors).max():.1f}% ({errors.size} phases)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)

@@ -1,0 +1,103 @@
+"""executor/calibrate.py: the nccl-tests parser, the alpha-beta fit and the topology it writes."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from executor.calibrate import (A2APoint, calibrate_command, fit_alpha_beta, gpu_key, parse_nccl_tests,
+                                sweep_sizes, topology_spec)
+from lshsim.topology import load_topology
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def test_parse_nccl_tests_sample_and_fit_recovers_the_model():
+    run = parse_nccl_tests((DATA / "nccl_tests_alltoall_perf.txt").read_text())
+    assert run.world_size == 4  # four "# Rank" lines
+    assert [p.bytes_per_rank for p in run.points] == [1024 * 4 ** i for i in range(11)]
+    assert run.columns[:5] == ["size", "count", "type", "redop", "root"]
+    fit = fit_alpha_beta(run.points)
+    # the sample follows t = 20 us + S / 300 GB/s up to nccl-tests' 0.01 us rounding
+    assert fit.alpha_s == pytest.approx(20e-6, rel=1e-3)
+    assert fit.bandwidth_Bps == pytest.approx(300e9, rel=1e-3)
+    assert fit.max_rel_residual < 1e-3
+
+
+def test_parse_older_format_without_redop_and_root():
+    text = "\n".join([
+        "# nThread 1 nGpus 8 minBytes 8 maxBytes 1024 step: 2(factor) warmup iters: 5 iters: 20 validation: 1",
+        "#       size         count      type     time   algbw   busbw  error     time   algbw   busbw  error",
+        "#        (B)    (elements)              (us)  (GB/s)  (GB/s)            (us)  (GB/s)  (GB/s)",
+        "        1024           256     float    30.00    0.03    0.03  0e+00    30.00    0.03    0.03  0e+00",
+        "        2048           512     float    31.00    0.07    0.06  0e+00    31.00    0.07    0.06  0e+00",
+    ])
+    run = parse_nccl_tests(text)
+    assert run.world_size == 8  # from nGpus, no "# Rank" lines
+    assert [p.bytes_per_rank for p in run.points] == [1024, 2048]
+    assert [p.time_s for p in run.points] == pytest.approx([30e-6, 31e-6])
+    assert parse_nccl_tests(text, world_size=2).world_size == 2
+
+
+def test_parser_errors():
+    with pytest.raises(ValueError, match="no nccl-tests header"):
+        parse_nccl_tests("hello\n1 2 3\n")
+    with pytest.raises(ValueError, match="no data rows"):
+        parse_nccl_tests("#  size  count  type  time  algbw  busbw\n# Rank 0\n# Rank 1\n")
+    with pytest.raises(ValueError, match="number of ranks"):
+        parse_nccl_tests("#  size  count  type  time  algbw  busbw\n 1024 256 float 3.0 0.1 0.1\n")
+
+
+def test_fit_is_relative_least_squares_and_refuses_nonsense():
+    rng = np.random.default_rng(0)
+    points = [A2APoint(m, (50e-6 + m * 0.5 / 200e9) * (1 + 0.01 * rng.standard_normal()), 2)
+              for m in [2 ** k for k in range(12, 31)]]
+    fit = fit_alpha_beta(points)
+    assert fit.alpha_s == pytest.approx(50e-6, rel=0.05) and fit.bandwidth_Bps == pytest.approx(200e9, rel=0.05)
+    big_only = fit_alpha_beta(points, min_bytes=2 ** 24)
+    assert big_only.points_used == 7
+    with pytest.raises(ValueError, match="at least 2"):
+        fit_alpha_beta(points[:1])
+    with pytest.raises(ValueError, match="not positive"):
+        fit_alpha_beta([A2APoint(1024, 2e-3, 2), A2APoint(2 ** 20, 1e-3, 2), A2APoint(2 ** 22, 1e-4, 2)])
+
+
+def test_sweep_sizes_and_gpu_key():
+    assert sweep_sizes(4096, 2 ** 30, 4)[-1] == 2 ** 30 and len(sweep_sizes(4096, 2 ** 30, 4)) == 19
+    assert all(s % 3 == 0 for s in sweep_sizes(4096, 2 ** 20, 3))
+    assert gpu_key("NVIDIA H200") == "h200" and gpu_key("NVIDIA H100 80GB HBM3") == "h100" and gpu_key(None) is None
+    with pytest.raises(ValueError, match="steps_per_octave"):
+        sweep_sizes(4096, 8192, 2, steps_per_octave=0)
+
+
+def test_topology_spec_loads_in_the_simulator(tmp_path):
+    from lshsim.topology import write_topology_yaml
+
+    fit = fit_alpha_beta([A2APoint(m, 30e-6 + m * 0.75 / 310e9, 4) for m in (2 ** 20, 2 ** 26, 2 ** 30)])
+    results = {"world_size": 4, "a2a": [], "p2p": [], "ffn": {"flops_per_s": 7e14}, "hbm": {"Bps": 4e12}}
+    path = write_topology_yaml(topology_spec("h200-x4-test", 4, fit, results, "NVIDIA H200", {"tool": "test"}),
+                               tmp_path / "t.yaml")
+    G = load_topology(path)
+    assert G.graph["alpha_s"] == pytest.approx(30e-6)
+    assert G.graph["gpu"]["achieved_flops"] == 7e14 and G.graph["gpu"]["achieved_hbm_Bps"] == 4e12
+    assert G.edges["n0.gpu0", "n0.nvswitch"]["bandwidth_Bps"] == pytest.approx(310e9)
+    cpu = load_topology(write_topology_yaml(topology_spec("cpu-x4", 4, fit, results, None, {}), tmp_path / "c.yaml"))
+    assert cpu.graph["gpu"]["name"] == "cpu"
+
+
+def test_calibrate_command_from_nccl_tests_and_from_raw(tmp_path, capsys):
+    args = argparse.Namespace(nccl_tests=str(DATA / "nccl_tests_alltoall_perf.txt"), from_raw=None, world_size=None,
+                              gpu="h100", fit_min_bytes=0, name=None, raw=str(tmp_path / "raw.json"),
+                              out=str(tmp_path / "topo.yaml"))
+    assert calibrate_command(args) == 0
+    G = load_topology(tmp_path / "topo.yaml")
+    assert G.graph["name"] == "h100-x4-calibrated" and G.graph["alpha_s"] == pytest.approx(20e-6, rel=1e-3)
+    assert "fit: alpha 20.00 us, B 300.0 GB/s" in capsys.readouterr().out
+    raw = json.loads((tmp_path / "raw.json").read_text())
+    assert raw["fit"]["points_used"] == 11
+    args.nccl_tests, args.from_raw, args.out, args.fit_min_bytes = None, str(tmp_path / "raw.json"), str(tmp_path / "t2.yaml"), 2 ** 20
+    assert calibrate_command(args) == 0
+    assert load_topology(tmp_path / "t2.yaml").graph["calibration"]["provenance"]["fit"]["points_used"] == 6
