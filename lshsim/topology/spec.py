@@ -83,8 +83,10 @@ def topology_dir() -> Path:
 
 
 def list_topologies() -> list[str]:
-    """Names of the shipped topologies (data/topologies/*.yaml), sorted."""
-    return sorted(p.stem for p in topology_dir().glob("*.yaml"))
+    """Names of the shipped topologies, sorted: data/topologies/NAME.yaml, and SUB/NAME for files in
+    sub-folders (e.g. calibrated/h200-x2 for the executor's calibrated specs)."""
+    root = topology_dir()
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
 
 
 class _Checker:
