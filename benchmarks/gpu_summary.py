@@ -27,7 +27,7 @@ def main(work: str) -> int:
         lines.append(f"{cal.stem}: busbw {bw or '-'}; FFN {ffn:.0f} TFLOP/s; copy {res['hbm']['Bps'] / 1e9:.0f} GB/s")
     header = f"{'W':>2} {'workload':28s} {'disp fwd ms':>11} {'bare ms':>8} {'bw ratio':>8} {'comb fwd':>8} {'expert':>8} {'lsh rate':>8}"
     lines.append(header)
-    for trace_path in sorted(root.glob("x*/*.json")):
+    for trace_path in sorted(root.glob("x*/*.json")) + sorted(root.glob("cal-x*/*.json")):
         trace = json.loads(trace_path.read_text())
         m = trace["meta"]["measured"]
         fwd = m["phases_s"]["forward"]

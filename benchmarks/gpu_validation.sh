@@ -5,7 +5,9 @@
 #      copy), then executor run of every held-out workload (data/workloads/gpu-*.yaml; calibration
 #      never sees them), each with a bare all_to_all_single of the same bytes;
 #   3. everything packed into OUT/gpu_results.tar.gz, and a short table printed last.
-# Usage: benchmarks/gpu_validation.sh OUT [WORKLOAD_GLOB] [MAX_BYTES] [WORLD_SIZES] [BUDGET_S]
+#      plus executor run of the in-situ calibration workloads (data/workloads/cal-*.yaml), whose
+#      all-to-alls `executor calibrate --from-traces` fits;
+# Usage: benchmarks/gpu_validation.sh OUT [WORKLOAD_GLOB] [MAX_BYTES] [WORLD_SIZES] [BUDGET_S] [CAL_GLOB]
 # On a machine without CUDA it runs the same steps on CPU processes (gloo): that is how it is
 # tested before it is sent.
 set -u
@@ -14,6 +16,7 @@ WORKLOADS=${2:-data/workloads/gpu-*.yaml}
 MAX_BYTES=${3:-1GiB}
 WORLDS=${4:-"4 2 1"}
 BUDGET_S=${5:-540}
+CAL_WORKLOADS=${6:-data/workloads/cal-*.yaml}
 PY=${PYTHON:-python3}
 # NVLink multicast stays off on the lent machines (KINDS.md); every rank inherits this environment.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -49,6 +52,9 @@ for W in $WORLDS; do
   if [ "$NGPU" -gt 0 ] && [ "$W" -gt "$NGPU" ]; then echo "SKIPPED W=$W: only $NGPU GPUs" | tee -a "$LOG"; continue; fi
   visible "$W"
   launch "calibrate x$W" 60 120 "$W" calibrate --max-bytes "$MAX_BYTES" --iterations 20 --warmup 5 --steps-per-octave 2 --raw "$WORK/calibration-x$W.json"
+  if [ "$W" -gt 1 ]; then
+    launch "calibration workloads x$W" 60 120 "$W" run --workload $CAL_WORKLOADS --out-dir "$WORK/cal-x$W"
+  fi
   launch "workloads x$W" 45 170 "$W" run --workload $WORKLOADS --out-dir "$WORK/x$W"
 done
 unset CUDA_VISIBLE_DEVICES

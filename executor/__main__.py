@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--world-size", type=int, default=None, help="with --nccl-tests: ranks of that run")
     cal.add_argument("--gpu", default=None, help="with --nccl-tests: the GPU model (h100, h200, ...)")
     cal.add_argument("--from-raw", default=None, help="refit from a --raw JSON of an earlier calibration")
+    cal.add_argument("--from-traces", nargs="+", default=None,
+                     help="fit the all-to-all in situ on measured traces of calibration workloads "
+                          "(FFN and HBM rates still from --from-raw, if given)")
     cal.add_argument("--fit-min-bytes", type=_size, default=0,
                      help="fit only the all-to-all sizes >= this (default: all)")
     _add_common(cal)

@@ -23,6 +23,12 @@ much as a 1 GiB one), over the sizes >= `fit_min_bytes`. The topology written ha
 0 (the whole fixed cost is in alpha) and a calibration block {alpha_s, nvlink_Bps, expert_flops,
 hbm_Bps, provenance}, which `lshsim.topology.load_topology` applies.
 
+In-situ fit (`--from-traces`): the all-to-alls of measured executor traces of calibration
+workloads (`data/workloads/cal-*.yaml`, never the validation ones), S = the busiest rank's
+egress or ingress, t = the measured time; the same relative least squares. It captures what the
+microbenchmark does not: NCCL is slower on the uneven split sizes of real routing than on equal
+splits of the same bytes (measured: benchmarks/RESULTS.md, section executor).
+
 `parse_nccl_tests` reads nccl-tests `alltoall_perf` output (the table of size, count, type,
 [redop, root,] time, algbw, busbw, ...), so an existing nccl-tests run can be fitted instead.
 """
@@ -335,38 +341,79 @@ def _points(results: dict) -> list[A2APoint]:
     return [A2APoint(p["bytes_per_rank"], p["time_s"], results["world_size"]) for p in results["a2a"]]
 
 
+def trace_points(paths: list[str]) -> list[A2APoint]:
+    """In-situ calibration points: every all-to-all of measured executor traces.
+
+    For each trace and each of its four all-to-alls (dispatch and combine, forward and backward)
+    S = max over ranks of max(bytes sent to others, bytes received from others), the quantity the
+    simulator's direct all-to-all is bound by, and t = the measured median time. Returned as
+    A2APoints with bytes_per_rank = S W / (W - 1), so that `offdiag_bytes` is S.
+    """
+    from lshsim.sim.trace import Trace
+
+    points = []
+    for path in paths:
+        trace = Trace.from_json(path)
+        measured = trace.meta.get("measured")
+        if measured is None:
+            raise ValueError(f"{path}: not a measured executor trace (meta['measured'] is missing)")
+        world = int(trace.meta["workload"]["world_size"])
+        if world < 2:
+            raise ValueError(f"{path}: a trace of {world} rank has no all-to-all to calibrate on")
+        dispatch = np.asarray(measured["traffic_bytes"], dtype=float)  # (W, W)
+        combine = np.asarray(measured["combine_traffic_bytes"], dtype=float)  # (W, W)
+        pairs = ((dispatch, "forward", "dispatch_a2a"), (combine, "forward", "combine_a2a"),
+                 (combine, "backward", "dispatch_a2a"), (dispatch, "backward", "combine_a2a"))
+        for matrix, direction, phase in pairs:
+            seconds = measured["phases_s"].get(direction, {}).get(phase)
+            if seconds is None:
+                continue
+            off = matrix - np.diag(np.diag(matrix))
+            bound = max(off.sum(axis=1).max(), off.sum(axis=0).max())  # S
+            points.append(A2APoint(int(round(bound * world / (world - 1))), float(seconds), world))
+    if not points:
+        raise ValueError("the traces hold no all-to-all phase")
+    return points
+
+
 def calibrate_command(args) -> int:
     """The CLI behind `python -m executor calibrate` (see executor/__main__.py for the flags)."""
     import sys
 
     from lshsim.topology import write_topology_yaml
 
-    if args.nccl_tests or args.from_raw:
+    if args.nccl_tests or args.from_raw or args.from_traces:
         if args.nccl_tests:
             run = parse_nccl_tests(Path(args.nccl_tests).read_text(), args.world_size)
             results = {"world_size": run.world_size, "a2a": [{"bytes_per_rank": p.bytes_per_rank, "time_s": p.time_s}
                                                              for p in run.points], "p2p": [], "ffn": None, "hbm": None}
             source = {"tool": "nccl-tests alltoall_perf", "file": str(args.nccl_tests)}
             gpu_name = args.gpu
-        else:
+        elif args.from_raw:
             raw = json.loads(Path(args.from_raw).read_text())
             results, gpu_name = raw["results"], raw["provenance"].get("gpu")
             source = {**raw["provenance"], "refit_from": str(args.from_raw)}
-        rank = 0
-    else:
-        from executor.runtime import Progress, init_runtime, provenance, shutdown
+        else:
+            results = {"world_size": None, "a2a": [], "p2p": [], "ffn": None, "hbm": None}
+            source, gpu_name = {}, args.gpu
+        if args.from_traces:
+            # in situ: fit the all-to-all on the executor's own (calibration) workloads
+            points = trace_points(args.from_traces)
+            worlds = {p.world_size for p in points}
+            if len(worlds) != 1 or (results["world_size"] not in (None, *worlds)):
+                raise ValueError(f"--from-traces: traces of {sorted(worlds)} ranks, raw calibration of "
+                                 f"{results['world_size']}: calibrate one world size at a time")
+            from lshsim.sim.trace import Trace
 
-        runtime = init_runtime(args.device, args.collective_timeout_s)
-        rank = runtime.rank
-        try:
-            results = measure(runtime.device, min_bytes=args.min_bytes, max_bytes=args.max_bytes,
-                              iterations=args.iterations, warmup=args.warmup, ffn_d_model=args.ffn_d_model,
-                              ffn_tokens=args.ffn_tokens, steps_per_octave=args.steps_per_octave,
-                              progress=Progress(args.status_dir, runtime.rank))
-        finally:
-            shutdown()
-        source = {"tool": "executor calibrate", **provenance(runtime, ["python", "-m", "executor", *sys.argv[1:]])}
-        gpu_name = source.get("gpu")
+            first = Trace.from_json(args.from_traces[0])
+            gpu_name = gpu_name or first.meta["provenance"].get("gpu")
+            results = {**results, "world_size": worlds.pop(),
+                       "a2a": [{"bytes_per_rank": p.bytes_per_rank, "time_s": p.time_s} for p in points]}
+            source = {**source, "a2a_fit": "in situ, from executor traces",
+                      "traces": [Path(t).name for t in args.from_traces],
+                      "trace_provenance": {k: first.meta["provenance"].get(k) for k in ("gpu", "count", "torch", "nccl",
+                                                                                        "date")}}
+        rank = 0
     if rank != 0:
         return 0
     world = results["world_size"]
