@@ -417,6 +417,8 @@ def calibrate_command(args) -> int:
     if rank != 0:
         return 0
     world = results["world_size"]
+    if args.raw:  # the measurements first: a failed fit must not lose them
+        Path(args.raw).write_text(json.dumps({"results": results, "provenance": source}, indent=1) + "\n")
     fit = fit_alpha_beta(_points(results), args.fit_min_bytes) if world > 1 and results["a2a"] else None
     fit_info = None if fit is None else {**asdict(fit), "fit_min_bytes": args.fit_min_bytes}
     prov = {**source, "fit": fit_info}

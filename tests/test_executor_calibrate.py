@@ -89,7 +89,8 @@ def test_topology_spec_loads_in_the_simulator(tmp_path):
 
 
 def test_calibrate_command_from_nccl_tests_and_from_raw(tmp_path, capsys):
-    args = argparse.Namespace(nccl_tests=str(DATA / "nccl_tests_alltoall_perf.txt"), from_raw=None, world_size=None,
+    args = argparse.Namespace(nccl_tests=str(DATA / "nccl_tests_alltoall_perf.txt"), from_raw=None, from_traces=None,
+                              world_size=None,
                               gpu="h100", fit_min_bytes=0, name=None, raw=str(tmp_path / "raw.json"),
                               out=str(tmp_path / "topo.yaml"))
     assert calibrate_command(args) == 0
