@@ -414,6 +414,20 @@ def calibrate_command(args) -> int:
                       "trace_provenance": {k: first.meta["provenance"].get(k) for k in ("gpu", "count", "torch", "nccl",
                                                                                         "date")}}
         rank = 0
+    else:
+        from executor.runtime import Progress, init_runtime, provenance, shutdown
+
+        runtime = init_runtime(args.device, args.collective_timeout_s)
+        rank = runtime.rank
+        try:
+            results = measure(runtime.device, min_bytes=args.min_bytes, max_bytes=args.max_bytes,
+                              iterations=args.iterations, warmup=args.warmup, ffn_d_model=args.ffn_d_model,
+                              ffn_tokens=args.ffn_tokens, steps_per_octave=args.steps_per_octave,
+                              progress=Progress(args.status_dir, runtime.rank))
+        finally:
+            shutdown()
+        source = {"tool": "executor calibrate", **provenance(runtime, ["python", "-m", "executor", *sys.argv[1:]])}
+        gpu_name = source.get("gpu")
     if rank != 0:
         return 0
     world = results["world_size"]

@@ -102,3 +102,25 @@ def test_calibrate_command_from_nccl_tests_and_from_raw(tmp_path, capsys):
     args.nccl_tests, args.from_raw, args.out, args.fit_min_bytes = None, str(tmp_path / "raw.json"), str(tmp_path / "t2.yaml"), 2 ** 20
     assert calibrate_command(args) == 0
     assert load_topology(tmp_path / "t2.yaml").graph["calibration"]["provenance"]["fit"]["points_used"] == 6
+
+
+def test_in_situ_fit_from_the_committed_calibration_traces(tmp_path):
+    """`--from-traces` on the H200 calibration workloads (data/measured/h200/run-b/cal-x4)."""
+    from executor.calibrate import trace_points
+
+    traces = sorted(str(p) for p in (DATA.parent.parent / "data" / "measured" / "h200" / "run-b" / "cal-x4").glob("*.json"))
+    assert len(traces) == 9
+    points = trace_points(traces)
+    assert len(points) == 4 * 9 and {p.world_size for p in points} == {4}
+    args = argparse.Namespace(nccl_tests=None, from_raw=None, from_traces=traces, world_size=None, gpu=None,
+                              fit_min_bytes=0, name="t", raw=None, out=str(tmp_path / "t.yaml"))
+    assert calibrate_command(args) == 0
+    G = load_topology(tmp_path / "t.yaml")
+    assert 1e-5 < G.graph["alpha_s"] < 1e-3
+    assert 1e11 < G.edges["n0.gpu0", "n0.nvswitch"]["bandwidth_Bps"] < 4.5e11
+    with pytest.raises(ValueError, match="not a measured executor trace|meta"):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({"schema": "lshsim.trace/1", "meta": {"source": "simulated", "workload": {},
+                                                                          "cluster": {}, "provenance": {}},
+                                   "phases": []}))
+        trace_points([str(bad)])

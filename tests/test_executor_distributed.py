@@ -100,3 +100,20 @@ def test_run_writes_a_trace_the_simulator_validates(tmp_path):
     predicted = [row for row in validation.rows if row.predicted_s is not None]
     assert {(r.phase, r.direction) for r in predicted} >= {("dispatch_a2a", "forward"), ("combine_a2a", "backward"),
                                                           ("expert", "forward")}
+
+
+def test_calibrate_measures_and_writes_a_loadable_topology(tmp_path):
+    from lshsim.topology import load_topology
+
+    raw, out = tmp_path / "raw.json", tmp_path / "topo.yaml"
+    # sizes up to 8 MiB, so that the time grows with the size above the noise of a shared CPU
+    result = launch(2, ["calibrate", "--min-bytes", "64KiB", "--max-bytes", "8MiB", "--iterations", "5", "--warmup", "1",
+                        "--ffn-d-model", "64", "--ffn-tokens", "64", "--raw", str(raw), "--out", str(out),
+                        "--threads", "1"], timeout_s=120)
+    assert result.exit_code == 0, result.message
+    data = json.loads(raw.read_text())
+    assert data["results"]["world_size"] == 2 and len(data["results"]["a2a"]) >= 5
+    assert data["results"]["a2a_pow2"][0]["bytes_per_rank"] == 65536
+    assert data["provenance"]["backend"] == "gloo"
+    G = load_topology(out)
+    assert G.graph["gpus_per_node"] == 2 and G.graph["calibration"]["provenance"]["tool"] == "executor calibrate"
