@@ -9,7 +9,7 @@ Measured (every rank; collective):
    Split sizes are passed explicitly, so the sweep runs the same code path (NCCL grouped
    send/recv) as the executor's variable-split all-to-all. The fitted sizes lie between the powers
    of two (2^(k + 1/4), 2^(k + 3/4)) with per-rank chunks of whole 4 KiB rows, like MoE traffic;
-   the powers of two themselves, where NCCL runs faster, are measured beside them (`a2a_pow2`).
+   the powers of two and half-octaves are measured beside them (`a2a_pow2`, not fitted).
 2. p2p: rank 0 sends M bytes to rank 1 (`send`/`recv`), the same timing; bandwidth = M / t.
 3. expert FFN rate: gelu(x W1) W2 on (tokens, d) x (d, 4d) in the run's dtype (bf16 on GPU),
    FLOPs = 2 * 2 * tokens * d * 4d, and HBM bandwidth from a 1 GiB device-to-device copy
@@ -176,9 +176,10 @@ def sweep_sizes(min_bytes: int, max_bytes: int, world_size: int, steps_per_octav
     k0 = ceil(log2(min_bytes)), each rounded down so that the chunk per rank (M / W) is a multiple of
     4096 bytes (256 below 64 KiB per rank), as MoE traffic is: a whole number of token rows.
 
-    offset = 0 gives the powers of two (and half-octaves); offset = 0.5 with 2 steps per octave gives
-    2^(k + 0.25) and 2^(k + 0.75), sizes away from the powers of two, where NCCL is measurably slower
-    than at the powers of two themselves (see benchmarks/RESULTS.md, section executor).
+    offset = 0 gives the powers of two (and, with 2 steps, the half-octaves); offset = 0.5 with 2
+    steps per octave gives 2^(k + 0.25) and 2^(k + 0.75), the sizes `executor calibrate` fits.
+    The alignment matters: on 4 H200s, chunks of an odd number of bytes ran up to 2x slower than
+    4 KiB-aligned chunks of about the same size (data/measured/h200/earlier).
 
     >>> sweep_sizes(4096, 65536, 4)
     [4096, 8192, 16384, 32768, 65536]
@@ -239,8 +240,8 @@ def measure(device: torch.device, *, min_bytes: int = 4096, max_bytes: int = 2 *
     rank = dist.get_rank() if dist.is_initialized() else 0
     results: dict = {"world_size": world, "a2a": [], "p2p": [], "ffn": None, "hbm": None}
     if world > 1:
-        # fitted: sizes between the powers of two (what MoE traffic looks like); reported beside
-        # them: the powers of two. Split sizes are passed explicitly: the executor's code path.
+        # fitted: sizes between the powers of two; reported beside them: the powers of two and
+        # half-octaves. Split sizes are passed explicitly: the executor's code path.
         for key, offset in (("a2a", 0.5), ("a2a_pow2", 0.0)):
             results.setdefault(key, [])
             for size in sweep_sizes(min_bytes, max_bytes, world, steps_per_octave, offset):
