@@ -29,7 +29,7 @@ from executor.moe_layer import (DistributedMoE, GateParams, MoEContext, _route, 
 from executor.runtime import Runtime
 from executor.workload import WorkloadConfig
 from lshsim.dispatch import RouterConfig
-from lshsim.dispatch.lsh import compress, compressed_send_counts, make_projection, residuals, restore
+from lshsim.dispatch.lsh import compress, compressed_send_counts, residuals, restore
 
 __all__ = ["default_cases", "run_checks", "reference_moe_lsh"]
 

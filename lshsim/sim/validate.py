@@ -27,7 +27,6 @@ gpus_per_node = W (the calibration of a 4-GPU node applied to 2 of its GPUs).
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,6 +211,3 @@ def plot_validations(validations: list[Validation], path: str | Path) -> Path:
     plt.close(fig)
     return path
 
-
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
