@@ -115,3 +115,24 @@ def test_run_workload_world1_writes_a_valid_measured_trace(tmp_path):
     assert measured["traffic_bytes"][0][0] == lsh["centroids_sent"] * 16 * 4
     with pytest.raises(ValueError, match="fault"):
         run_workload(workload, Runtime(0, 1, 0, CPU, None), fault="explode")
+
+
+def test_hidden_states_from_a_file(tmp_path):
+    import numpy as np
+
+    hidden = torch.randn(2 * 24, 16)  # two ranks' worth of tokens
+    torch.save(hidden, tmp_path / "h.pt")
+    np.save(tmp_path / "h.npy", hidden.numpy())
+    for name in ("h.pt", "h.npy"):
+        workload = WorkloadConfig(name="file", tokens_per_rank=24, d_model=16, d_ffn=16, num_experts=2,
+                                  inputs=str(tmp_path / name), iterations=1, warmup=0)
+        x1, _ = rank_inputs(workload, 1, CPU, torch.float32, executor.run._load_file_tokens(workload))
+        assert torch.equal(x1, hidden[24:])
+        trace = run_workload(workload, Runtime(0, 1, 0, CPU, None))
+        assert trace.meta["workload"]["inputs"].endswith(name)
+    short = WorkloadConfig(tokens_per_rank=40, d_model=16, d_ffn=16, num_experts=2, inputs=str(tmp_path / "h.pt"))
+    with pytest.raises(ValueError, match="rank 1 needs rows up to 80"):
+        rank_inputs(short, 1, CPU, torch.float32, hidden)
+    missing = WorkloadConfig(tokens_per_rank=4, d_model=16, d_ffn=16, num_experts=2, inputs=str(tmp_path / "no.pt"))
+    with pytest.raises(ValueError, match="does not exist"):
+        executor.run._load_file_tokens(missing)
