@@ -579,9 +579,10 @@ def compressed_send_counts(tokens: torch.Tensor, plan, config: LSHConfig,
     group = plan.token_rank[kept_tokens] * num_experts + kept_expert  # (K,)
     compressed = compress(tokens.detach()[kept_tokens], group, config, projection)
     per_group = compressed.centroids_per_group(world_size * num_experts).reshape(world_size, num_experts)  # (W, E)
-    dst_onehot = torch.nn.functional.one_hot(plan.placement.expert_to_rank.to(per_group.device),
-                                             world_size)  # (E, W)
-    return per_group @ dst_onehot  # (W, W)
+    # sum the experts of each destination rank (index_add, not an int64 matmul: CUDA has none)
+    expert_to_rank = plan.placement.expert_to_rank.to(per_group.device)  # (E,)
+    counts = torch.zeros(world_size, world_size, dtype=per_group.dtype, device=per_group.device)  # (W, W)
+    return counts.index_add_(1, expert_to_rank, per_group)
 
 
 # ---- synthetic clustered tokens ----------------------------------------------------------------
