@@ -149,8 +149,17 @@ def assign_slots(expert_index: torch.Tensor, token_rank: torch.Tensor, capacity:
         if world_size * num_experts < 2**31 - 1:
             key = key.to(torch.int32)  # speed trick: an int32 sort is about 2x faster than int64
         if priority_score is not None:
-            by_score = torch.sort(-priority_score.detach().t().reshape(-1).float(), stable=True).indices
-            order = by_score[torch.sort(key[by_score], stable=True).indices]  # (k*T,)
+            flat_score = priority_score.detach().t().reshape(-1).float().contiguous()  # (k*T,)
+            if bool((flat_score >= 0).all()):
+                # Speed trick: the IEEE-754 bits of a non-negative float32, read as an integer,
+                # order like the float, so (buffer, -score) packs into one int64 key and one stable
+                # sort replaces a float sort followed by an integer sort. Exact, ties keep position.
+                score_bits = flat_score.view(torch.int32).to(torch.int64)  # (k*T,) in [0, 2^31)
+                composite = key.to(torch.int64) * (1 << 31) + ((1 << 31) - 1 - score_bits)
+                order = torch.sort(composite, stable=True).indices  # (k*T,)
+            else:
+                by_score = torch.sort(-flat_score, stable=True).indices
+                order = by_score[torch.sort(key[by_score], stable=True).indices]  # (k*T,)
         else:
             order = torch.sort(key, stable=True).indices  # (k*T,)
         sorted_key = key[order]  # (k*T,)
