@@ -945,7 +945,6 @@ def _render_sweep(results: list[dict], labels: list[str], options: list) -> None
 
 
 # (sub-commands simulate, plan go here)
-# HELPERS: read /work/HELPERS.md (working rules, deadline 09:50 UTC, commit by path) before editing.
 
 # ================================ executor validation (issue 5) =================================
 def _add_validate(subparsers) -> None:

@@ -1,4 +1,3 @@
-# HELPERS working on this repo in parallel: read /work/HELPERS.md first (rules, deadline, how to commit).
 """The dispatch core: routing plans, routers, placement, LSH compression, reference dispatch.
 
 One implementation, device-agnostic torch, called by both the simulator (on CPU, to obtain the
