@@ -4,9 +4,14 @@
 #   2. for W in 4 2 1 GPUs: executor calibrate (all-to-all 4 KiB..1 GiB per rank, p2p, FFN rate,
 #      copy), then executor run of every held-out workload (data/workloads/gpu-*.yaml; calibration
 #      never sees them), each with a bare all_to_all_single of the same bytes;
-#   3. everything packed into OUT/gpu_results.tar.gz, and a short table printed last.
 #      plus executor run of the in-situ calibration workloads (data/workloads/cal-*.yaml), whose
 #      all-to-alls `executor calibrate --from-traces` fits;
+#   3. everything packed into OUT/gpu_results.tar.gz, and a short table printed last.
+# Every executor run interleaves the layer iterations with a bare all_to_all_single of the same
+# splits and measures enough iterations that the bare all-to-alls take RUN_MIN_A2A_S (default
+# 0.05 s; at most 200 iterations and RUN_MAX_WALL_S = 3 s per workload).
+# MAX_BYTES=0 skips the microbenchmark step (executor calibrate). Steps that no longer fit in
+# BUDGET_S are skipped (SKIPPED in the log), so the script ends by itself with what it has.
 # Usage: benchmarks/gpu_validation.sh OUT [WORKLOAD_GLOB] [MAX_BYTES] [WORLD_SIZES] [BUDGET_S] [CAL_GLOB]
 # On a machine without CUDA it runs the same steps on CPU processes (gloo): that is how it is
 # tested before it is sent.
@@ -18,6 +23,7 @@ WORLDS=${4:-"4 2 1"}
 BUDGET_S=${5:-540}
 CAL_WORKLOADS=${6:-data/workloads/cal-*.yaml}
 PY=${PYTHON:-python3}
+RUN_FLAGS="--min-a2a-s ${RUN_MIN_A2A_S:-0.05} --max-iterations 200 --max-wall-s ${RUN_MAX_WALL_S:-3}"
 # NVLink multicast stays off on the lent machines (KINDS.md); every rank inherits this environment.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONUNBUFFERED=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
@@ -26,8 +32,9 @@ if ls .whl/*.whl >/dev/null 2>&1 && ! $PY -c "import simpy" 2>/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=$PYTHONPATH:/tmp/site
 fi
-WORK=$OUT/work
-mkdir -p "$WORK"
+WORK=${WORK_DIR:-$OUT/work}   # WORK_DIR outside OUT: only the tarball and the log come back
+pack() { tar czf "$OUT/gpu_results.tar.gz" -C "$(dirname "$WORK")" "$(basename "$WORK")"; cp "$LOG" "$OUT/log.txt"; }
+mkdir -p "$OUT" "$WORK"
 LOG=$WORK/log.txt
 START=$(date +%s)
 left() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
@@ -37,9 +44,11 @@ launch() {  # launch NAME MIN_LEFT TIMEOUT_S W sub-command args...
   local name=$1 need=$2 limit=$3 world=$4; shift 4
   if [ "$(left)" -lt "$need" ]; then echo "SKIPPED $name: $(left) s left" | tee -a "$LOG"; return 0; fi
   local t0=$(date +%s)
+  if [ "$limit" -gt $(( $(left) - 5 )) ]; then limit=$(( $(left) - 5 )); fi  # never past BUDGET_S
   echo "=== $name on $world ranks ($(left) s left) ===" | tee -a "$LOG"
   $PY -m executor launch --nproc "$world" --timeout-s "$limit" --stall-timeout-s 120 -- "$@" 2>&1 | tee -a "$LOG"
   echo "=== $name: exit ${PIPESTATUS[0]}, $(( $(date +%s) - t0 )) s ===" | tee -a "$LOG"
+  pack  # after every step: a call cut off from outside still returns what was measured
 }
 visible() {  # the first W GPUs
   if [ "$NGPU" -gt 0 ]; then export CUDA_VISIBLE_DEVICES=$(seq -s, 0 $(( $1 - 1 ))); fi
@@ -51,13 +60,12 @@ launch "check" 60 90 "$MAXW" check --out "$WORK/check-x$MAXW.json"
 for W in $WORLDS; do
   if [ "$NGPU" -gt 0 ] && [ "$W" -gt "$NGPU" ]; then echo "SKIPPED W=$W: only $NGPU GPUs" | tee -a "$LOG"; continue; fi
   visible "$W"
-  launch "calibrate x$W" 60 120 "$W" calibrate --max-bytes "$MAX_BYTES" --iterations 20 --warmup 5 --steps-per-octave 2 --raw "$WORK/calibration-x$W.json"
+  [ "$MAX_BYTES" = "0" ] || launch "calibrate x$W" 60 120 "$W" calibrate --max-bytes "$MAX_BYTES" --iterations 20 --warmup 5 --steps-per-octave 2 --raw "$WORK/calibration-x$W.json"
   if [ "$W" -gt 1 ]; then
-    launch "calibration workloads x$W" 60 120 "$W" run --workload $CAL_WORKLOADS --out-dir "$WORK/cal-x$W"
+    launch "calibration workloads x$W" 60 150 "$W" run --workload $CAL_WORKLOADS --out-dir "$WORK/cal-x$W" $RUN_FLAGS
   fi
-  launch "workloads x$W" 45 170 "$W" run --workload $WORKLOADS --out-dir "$WORK/x$W"
+  launch "workloads x$W" 45 170 "$W" run --workload $WORKLOADS --out-dir "$WORK/x$W" $RUN_FLAGS
 done
 unset CUDA_VISIBLE_DEVICES
-tar czf "$OUT/gpu_results.tar.gz" -C "$OUT" work
-cp "$LOG" "$OUT/log.txt"
+pack
 $PY benchmarks/gpu_summary.py "$WORK"

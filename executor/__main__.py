@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fault", choices=("raise", "hang"), default=None,
                      help="testing: make --fault-rank raise or hang at the first iteration")
     run.add_argument("--fault-rank", type=int, default=1, help="rank that --fault hits (default 1)")
+    run.add_argument("--min-a2a-s", type=float, default=0.0,
+                     help="measure enough iterations that the interleaved bare all-to-alls take this long "
+                          "(seconds; default 0: the workload's iterations)")
+    run.add_argument("--max-iterations", type=_positive_int, default=200,
+                     help="with --min-a2a-s: at most this many measured iterations (200)")
+    run.add_argument("--max-wall-s", type=float, default=5.0,
+                     help="with --min-a2a-s: at most this much wall time per workload (5 s)")
     _add_common(run)
     cal = sub.add_parser("calibrate", help="all-to-all sweep, p2p bandwidth, expert FFN rate; fit a topology")
     cal.add_argument("--out", default=None, help="calibrated topology YAML to write (rank 0)")
@@ -131,7 +138,8 @@ def _cmd_run(args) -> int:
     try:
         for workload in workloads:
             trace = run_workload(workload, runtime, progress=progress, fault=args.fault, fault_rank=args.fault_rank,
-                                 command=command)
+                                 command=command, min_a2a_s=args.min_a2a_s, max_iterations=args.max_iterations,
+                                 max_wall_s=args.max_wall_s)
             out = args.out or (str(Path(args.out_dir) / f"{workload.name}.json") if args.out_dir else None)
             if runtime.rank == 0:
                 if out:

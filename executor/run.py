@@ -5,10 +5,16 @@ Per iteration every rank runs the MoE layer forward (and backward) on its own to
 a phase's time is the slowest rank's in an iteration, the reported time the median over the
 measured iterations (`executor.timing.aggregate`).
 
-After the timed iterations, in the same process group and with the same split sizes:
+Interleaved with the layer iterations (layer, bare, layer, bare, ...), in the same process group
+and with the same split sizes:
 
-* a bare `all_to_all_single` of the same bytes (the same splits, no routing, no autograd), timed
-  the same way: the reference for the executor's all-to-all bus bandwidth;
+* a bare `all_to_all_single` of the same bytes (the same splits, no routing, no autograd, buffers
+  allocated once), timed the same way: the reference for the executor's all-to-all bus bandwidth.
+  Interleaving puts both under the same machine state; `min_a2a_s` adds iterations for small
+  all-to-alls, whose run-to-run spread is large (`iteration_count`).
+
+After the timed iterations:
+
 * LSH-MoE runs: the uncompressed forward on the same input, for the relative error of the
   restored output, and the achieved compression rate (centroids sent / tokens sent, all ranks).
 
@@ -19,6 +25,7 @@ the bare all-to-all, bus bandwidths and the LSH figures.
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -77,33 +84,75 @@ def _phase_keys(times: dict) -> list[tuple[str, str]]:
     return sorted(times, key=lambda key: (key[1] != "forward", PHASES.index(key[0])))
 
 
-def _time_bare_a2a(send_splits: list[int], recv_splits: list[int], d_model: int, dtype: torch.dtype,
-                   device: torch.device, iterations: int, warmup: int, sync: bool) -> torch.Tensor:
-    """(iterations,) seconds of a bare all_to_all_single with the given splits, on this rank."""
-    generator = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(sum(send_splits), d_model, generator=generator, device=device).to(dtype)  # (N, d)
-    out = torch.empty(sum(recv_splits), d_model, dtype=dtype, device=device)
-    timer = PhaseTimer(device)
-    durations = []
-    for it in range(warmup + iterations):
-        if sync:
-            align_ranks(device)
-        timer.start_iteration()
-        timer.begin("dispatch_a2a")
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_to_all_single(out, x, output_split_sizes=recv_splits, input_split_sizes=send_splits)
+class _BareA2A:
+    """A bare all_to_all_single with fixed splits on buffers allocated once: the reference the
+    executor's dispatch all-to-all is held against. `time_once()` runs it exactly as
+    `executor.comm._exchange` runs the dispatch (ranks aligned first, untimed; CUDA events or the
+    host clock around the one collective) and returns this rank's seconds."""
+
+    def __init__(self, send_splits: list[int], recv_splits: list[int], d_model: int, dtype: torch.dtype,
+                 device: torch.device, sync: bool) -> None:
+        generator = torch.Generator(device=device).manual_seed(0)
+        self.x = torch.randn(sum(send_splits), d_model, generator=generator, device=device).to(dtype)  # (N, d)
+        self.out = torch.empty(sum(recv_splits), d_model, dtype=dtype, device=device)  # (M, d)
+        self.send_splits, self.recv_splits = list(send_splits), list(recv_splits)
+        self.device, self.sync = device, sync
+        self.distributed = dist.is_initialized() and dist.get_world_size() > 1
+        self.timer = PhaseTimer(device)
+
+    def time_once(self) -> float:
+        if self.sync:
+            align_ranks(self.device)
+        self.timer.start_iteration()
+        self.timer.begin("dispatch_a2a")
+        if self.distributed:
+            dist.all_to_all_single(self.out, self.x, output_split_sizes=self.recv_splits,
+                                   input_split_sizes=self.send_splits)
         else:
-            out.copy_(x)
-        timer.end("dispatch_a2a")
-        start, end = timer.finish_iteration()[("dispatch_a2a", "forward")]
-        if it >= warmup:
-            durations.append(end - start)
-    return torch.tensor(durations, dtype=torch.float64)
+            self.out.copy_(self.x)
+        self.timer.end("dispatch_a2a")
+        start, end = self.timer.finish_iteration()[("dispatch_a2a", "forward")]
+        return end - start
+
+
+def iteration_count(requested: int, bare_s: float, layer_wall_s: float, min_a2a_s: float, max_iterations: int,
+                    max_wall_s: float) -> int:
+    """Measured iterations of a workload: at least `requested`; with min_a2a_s > 0, enough that the
+    bare all-to-alls alone take min_a2a_s (ceil(min_a2a_s / bare_s)), capped at max_iterations and
+    at max_wall_s of (layer + bare) wall time per workload, never below `requested`.
+
+    >>> iteration_count(9, 1e-4, 2e-3, 0.05, 200, 10.0)   # 500 wanted, capped at 200
+    200
+    >>> iteration_count(9, 1e-4, 0.1, 0.05, 200, 3.0)    # 3 s / (0.1 + 1e-4 s) = 29.97
+    29
+    >>> iteration_count(9, 3e-3, 0.2, 0.05, 200, 3.0)    # 17 wanted, 14 fit in 3 s
+    14
+    >>> iteration_count(9, 3e-3, 0.5, 0.05, 200, 3.0)    # never fewer than asked
+    9
+    >>> iteration_count(9, 1e-4, 2e-3, 0.0, 200, 3.0)    # off: as the workload asks
+    9
+    """
+    if min_a2a_s <= 0:
+        return requested
+    if bare_s <= 0 or layer_wall_s < 0:
+        raise ValueError(f"bare_s={bare_s} must be > 0 and layer_wall_s={layer_wall_s} >= 0")
+    wanted = min(math.ceil(min_a2a_s / bare_s), max_iterations)
+    fit = math.floor(max_wall_s / (layer_wall_s + bare_s))
+    return max(requested, min(wanted, fit))
 
 
 def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progress | None = None,
-                 fault: str | None = None, fault_rank: int = 1, command: list[str] | None = None) -> Trace:
-    """Run `workload` on this rank (collective: every rank calls it); every rank returns the trace."""
+                 fault: str | None = None, fault_rank: int = 1, command: list[str] | None = None,
+                 min_a2a_s: float = 0.0, max_iterations: int = 200, max_wall_s: float = 5.0) -> Trace:
+    """Run `workload` on this rank (collective: every rank calls it); every rank returns the trace.
+
+    min_a2a_s > 0: measure more iterations than the workload asks, enough that the bare
+    all-to-alls take min_a2a_s in all (`iteration_count`; at most max_iterations, and at most
+    max_wall_s of wall time per workload); decided once, after the warm-up, identically on every rank.
+    """
+    if min_a2a_s < 0 or max_iterations < 1 or max_wall_s <= 0:
+        raise ValueError(f"min_a2a_s={min_a2a_s} must be >= 0, max_iterations={max_iterations} >= 1, "
+                         f"max_wall_s={max_wall_s} > 0")
     if fault is not None and fault not in FAULTS:
         raise ValueError(f"fault={fault!r} must be one of {FAULTS} or None")
     progress = progress or Progress(None, runtime.rank)
@@ -127,34 +176,62 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
     generator = torch.Generator(device=device).manual_seed(7 + rank)
     grad_weight = torch.randn(x0.shape, generator=generator, device=device)  # (T, d) loss = sum(y * g)
     progress.step("setup done")
-    measured, out = [], None
-    for it in range(workload.warmup + workload.iterations):
+    element_bytes = torch.finfo(dtype).bits // 8
+    bytes_per_token = workload.d_model * element_bytes
+    a2a_keys = [(name, direction) for name in ("dispatch_a2a", "combine_a2a") for direction in ("forward", "backward")]
+
+    def layer_iteration() -> dict:
+        stats.clear()
+        for param in model.parameters():
+            param.grad = None
+        x = x0.detach().requires_grad_(workload.backward)
+        timer.start_iteration()
+        result = model.forward(x, token_ids)
+        progress.step(f"iteration {it} forward done")
+        if workload.backward:
+            (result.y.float() * grad_weight).sum().backward()
+        return result, timer.finish_iteration()
+
+    # Layer iterations and bare all-to-alls of the same splits alternate (layer, bare, layer, bare,
+    # ...), so that both see the same state of the machine; the splits are known after the first
+    # layer iteration (routing is deterministic on fixed inputs), the bare one's buffers are
+    # allocated then, once, and it gets one untimed warm-up.
+    measured, bare_times, out, bare = [], [], None, None
+    iterations = workload.iterations
+    it = 0
+    while it < workload.warmup + iterations:
         progress.step(f"iteration {it}")
         if fault is not None and it == 0 and rank == fault_rank:
             if fault == "raise":
                 raise RuntimeError(f"injected fault on rank {rank} (executor run --fault raise)")
             while True:
                 time.sleep(3600)
-        stats.clear()
-        for param in model.parameters():
-            param.grad = None
-        x = x0.detach().requires_grad_(workload.backward)
-        timer.start_iteration()
-        out = model.forward(x, token_ids)
-        progress.step(f"iteration {it} forward done")
-        if workload.backward:
-            (out.y.float() * grad_weight).sum().backward()
-        times = timer.finish_iteration()
+        wall0 = time.perf_counter()
+        out, times = layer_iteration()
+        layer_wall_s = time.perf_counter() - wall0
         if it >= workload.warmup:
             measured.append(times)
+        if bare is None:
+            progress.step("bare all-to-all setup")
+            sent_rows = stats.sent_bytes.get(("dispatch_a2a", "forward"), [0] * world)
+            sent_matrix = gather_rows(sent_rows, device)  # (W src, W dst) bytes of the dispatch
+            recv_splits = [int(v) for v in (sent_matrix[:, rank] / bytes_per_token).round().tolist()]
+            bare = _BareA2A(out.send_splits, recv_splits, workload.d_model, dtype, device, workload.sync_phases)
+            bare.time_once()  # warm-up
+        bare_s = bare.time_once()
+        if it >= workload.warmup:
+            bare_times.append(bare_s)
+        if it == max(workload.warmup - 1, 0) and min_a2a_s > 0:
+            # one decision for all ranks: the slowest rank's estimates
+            estimate = gather_rows([bare_s, layer_wall_s], device).max(dim=0).values.tolist()
+            iterations = iteration_count(workload.iterations, max(estimate[0], 1e-9), estimate[1], min_a2a_s,
+                                         max_iterations, max_wall_s)
+        it += 1
     progress.step("timed iterations done")
     keys = _phase_keys(measured[0])
     summary = aggregate(IterationTimes.from_iterations(keys, measured), device)
 
     # bytes: what every rank sent, per collective and direction (last iteration; inputs are fixed)
-    element_bytes = torch.finfo(dtype).bits // 8
-    bytes_per_token = workload.d_model * element_bytes
-    a2a_keys = [(name, direction) for name in ("dispatch_a2a", "combine_a2a") for direction in ("forward", "backward")]
     sent = []
     for key in a2a_keys:
         sent.extend(stats.sent_bytes.get(key, [0] * world))
@@ -163,13 +240,10 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
     token_traffic = gather_rows(token_counts, device) * bytes_per_token  # (W, W)
     dispatch_traffic = sent_all[:, 0]  # (W, W) bytes actually sent by the dispatch all-to-all
 
-    # the bare all_to_all_single of the same bytes (same splits)
-    progress.step("bare all-to-all")
-    recv_splits = [int(v) for v in (dispatch_traffic[:, rank] / bytes_per_token).round().tolist()]
-    bare_local = _time_bare_a2a(out.send_splits, recv_splits, workload.d_model, dtype, device,
-                                workload.iterations, 1, workload.sync_phases)
-    bare_max = gather_rows(bare_local.tolist(), device).max(dim=0).values  # (I,)
+    # the bare all_to_all_single of the same bytes, interleaved with the layer iterations above
+    bare_max = gather_rows(bare_times, device).max(dim=0).values  # (I,) slowest rank per iteration
     bare_s = float(bare_max.sort().values[(bare_max.numel() - 1) // 2])
+    del bare
 
     # LSH figures: compression rate, centroid error, error of the restored output
     lsh_info = None
@@ -210,7 +284,8 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
         "phases_s": summary.as_dict(),
         "per_iteration_max_s": {f"{direction}/{name}": summary.max_over_ranks_s[:, p].tolist()
                                 for p, (name, direction) in enumerate(keys)},
-        "warmup": workload.warmup, "iterations": workload.iterations,
+        "warmup": workload.warmup, "iterations": len(measured), "iterations_requested": workload.iterations,
+        "bare_interleaved": True,
         "traffic_bytes": dispatch_traffic.long().tolist(),
         "combine_traffic_bytes": sent_all[:, 2].long().tolist(),
         "token_traffic_bytes": token_traffic.long().tolist(),
