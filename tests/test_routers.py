@@ -129,7 +129,7 @@ def test_locality_loss_small_when_local_and_has_gradient():
     remote_logits = torch.where(node.unsqueeze(1) == expert_node.unsqueeze(0), -20.0, 20.0)
     local_loss = locality_loss(route_topk(local_logits, placement, k=1, token_rank=token_rank), mu=1.0)
     remote_loss = locality_loss(route_topk(remote_logits, placement, k=1, token_rank=token_rank), mu=1.0)
-    assert float(local_loss) < 1e-2 < float(remote_loss)
+    assert local_loss.item() < 1e-2 < remote_loss.item()
     local_loss.backward()
     assert local_logits.grad is not None and torch.isfinite(local_logits.grad).all()
 
