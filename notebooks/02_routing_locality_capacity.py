@@ -91,8 +91,8 @@ fig.tight_layout()
 # N_e ~ Binomial(T, q_e) (`expected_dropped_fraction`). Below, the prediction against the real
 # router (`sample_dropped_fraction`, 8 batches): for uniform experts they agree within the
 # sampling error; for the skewed popularity the prediction runs about 0.2-0.3 percentage points
-# low (a few standard errors), which comes from the numerically integrated inclusion
-# probabilities q_e of the Gumbel-top-k model.
+# low (a few standard errors); the cause is not established (candidates: the numerically
+# integrated inclusion probabilities q_e of the Gumbel-top-k model, float32 logits).
 
 # %%
 factors = np.array([0.8, 0.9, 1.0, 1.1, 1.25, 1.5])
