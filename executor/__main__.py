@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--from-traces", nargs="+", default=None,
                      help="fit the all-to-all in situ on measured traces of calibration workloads "
                           "(FFN and HBM rates still from --from-raw, if given)")
+    cal.add_argument("--no-curve", action="store_true",
+                     help="with --from-traces: write only the (alpha, B) fit, no a2a_busbw_curve")
     cal.add_argument("--fit-min-bytes", type=_size, default=0,
                      help="fit only the all-to-all sizes >= this (default: all)")
     _add_common(cal)

@@ -29,6 +29,14 @@ egress or ingress, t = the measured time; the same relative least squares. It ca
 microbenchmark does not: NCCL is slower on the uneven split sizes of real routing than on equal
 splits of the same bytes (measured: benchmarks/RESULTS.md, section executor).
 
+Size-dependent curve (`--from-traces`, unless `--no-curve`): NCCL's bus bandwidth grows with the
+size (4 H200: 88 GB/s at 16 MiB, 317 GB/s at 1 GiB per rank), which one (alpha, B) cannot follow.
+`fit_busbw_curve` turns the traces' points into `calibration.a2a_busbw_curve`: one point per
+distinct size M (the four all-to-alls of one trace share it), bus bandwidth S / t, the median
+over the points of that size; the simulator interpolates it (lshsim.sim.collectives,
+`curve_busbw_Bps`). With a curve the topology's alpha_s is 0: the bus bandwidth already holds the
+fixed costs. The (alpha, B) fit is still made and kept in the provenance.
+
 `parse_nccl_tests` reads nccl-tests `alltoall_perf` output (the table of size, count, type,
 [redop, root,] time, algbw, busbw, ...), so an existing nccl-tests run can be fitted instead.
 """
@@ -48,7 +56,7 @@ from executor.comm import align_ranks
 from executor.timing import PhaseTimer
 
 __all__ = ["A2APoint", "AlphaBetaFit", "fit_alpha_beta", "parse_nccl_tests", "NcclTestsRun", "measure",
-           "topology_spec", "calibrate_command", "gpu_key", "sweep_sizes"]
+           "topology_spec", "calibrate_command", "gpu_key", "sweep_sizes", "fit_busbw_curve", "curve_residuals"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,33 @@ def fit_alpha_beta(points: list[A2APoint], min_bytes: int = 0) -> AlphaBetaFit:
     return AlphaBetaFit(alpha_s=float(alpha), bandwidth_Bps=float(1.0 / inv_bw), points_used=len(used),
                         max_rel_residual=float(np.abs(residual).max()),
                         median_rel_residual=float(np.median(np.abs(residual))))
+
+
+def fit_busbw_curve(points: list[A2APoint]) -> list[list[float]]:
+    """[[bytes_per_rank, bus_bandwidth_Bps], ...] sorted by size: one point per distinct size M,
+    bus bandwidth S / t (S = M (W - 1) / W), the median over the points of that size.
+
+    >>> pts = [A2APoint(4000, 1e-5, 4), A2APoint(4000, 3e-5, 4), A2APoint(4000, 2e-5, 4), A2APoint(400, 1e-5, 4)]
+    >>> [[m, round(b / 1e6, 6)] for m, b in fit_busbw_curve(pts)]   # MB/s: 300 B / 10 us; median 3000 B / 20 us
+    [[400.0, 30.0], [4000.0, 150.0]]
+    """
+    used = [p for p in points if p.world_size > 1 and p.bytes_per_rank > 0 and p.time_s > 0]
+    sizes = sorted({p.bytes_per_rank for p in used})
+    if len(sizes) < 2:
+        raise ValueError(f"a bus bandwidth curve needs all-to-alls of at least 2 sizes, got {len(sizes)}")
+    worlds = {p.world_size for p in used}
+    if len(worlds) != 1:
+        raise ValueError(f"a bus bandwidth curve is for one world size, got points of {sorted(worlds)} ranks")
+    return [[float(size), float(np.median([p.busbw_Bps for p in used if p.bytes_per_rank == size]))]
+            for size in sizes]
+
+
+def curve_residuals(curve: list[list[float]], points: list[A2APoint]) -> np.ndarray:
+    """(n,) (model - measured) / measured of every point under t = S / B(M), B the interpolated curve."""
+    from lshsim.sim.collectives import curve_busbw_Bps
+
+    return np.array([(p.offdiag_bytes / curve_busbw_Bps(curve, p.bytes_per_rank) - p.time_s) / p.time_s
+                     for p in points], dtype=float)
 
 
 # ---- nccl-tests output --------------------------------------------------------------------------
@@ -305,8 +340,11 @@ def gpu_key(device_name: str | None) -> str | None:
 
 
 def topology_spec(name: str, world_size: int, fit: AlphaBetaFit | None, results: dict, gpu_name: str | None,
-                  provenance: dict) -> dict:
-    """A single-node nvswitch spec with the fitted calibration block (see lshsim/topology/spec.py)."""
+                  provenance: dict, curve: list[list[float]] | None = None) -> dict:
+    """A single-node nvswitch spec with the fitted calibration block (see lshsim/topology/spec.py).
+
+    With a bus bandwidth `curve`, calibration.a2a_busbw_curve is the curve and alpha_s is 0 (the
+    curve's bandwidths hold the fixed costs; module docstring)."""
     key = gpu_key(gpu_name)
     ffn_rate = results["ffn"]["flops_per_s"] if results.get("ffn") else None
     hbm = results["hbm"]["Bps"] if results.get("hbm") else None
@@ -326,6 +364,9 @@ def topology_spec(name: str, world_size: int, fit: AlphaBetaFit | None, results:
             intra["link_Bps"] = fit.bandwidth_Bps
     elif key is None:
         intra["link_Bps"] = 1e9
+    if curve is not None:
+        calibration["alpha_s"] = 0.0
+        calibration["a2a_busbw_curve"] = [[float(m), float(b)] for m, b in curve]
     if ffn_rate:
         calibration["expert_flops"] = ffn_rate
     if hbm:
@@ -334,7 +375,7 @@ def topology_spec(name: str, world_size: int, fit: AlphaBetaFit | None, results:
     spec = {"name": name, "description": f"calibrated by executor calibrate on {world_size} x {gpu_name or 'CPU'}",
             "gpu": gpu, "nodes": 1, "gpus_per_node": world_size, "intra": intra, "calibration": calibration}
     if fit is not None:
-        spec["alpha_s"] = fit.alpha_s
+        spec["alpha_s"] = 0.0 if curve is not None else fit.alpha_s
     return spec
 
 
@@ -436,13 +477,20 @@ def calibrate_command(args) -> int:
         Path(args.raw).write_text(json.dumps({"results": results, "provenance": source}, indent=1) + "\n")
     fit = fit_alpha_beta(_points(results), args.fit_min_bytes) if world > 1 and results["a2a"] else None
     fit_info = None if fit is None else {**asdict(fit), "fit_min_bytes": args.fit_min_bytes}
+    curve = None
+    if args.from_traces and not getattr(args, "no_curve", False):
+        curve = fit_busbw_curve(_points(results))
+        residual = np.abs(curve_residuals(curve, _points(results)))
+        fit_info = {**(fit_info or {}), "curve": {"points": len(curve), "model": "t = S / B(M), B log-linear in M",
+                                                   "max_rel_residual": float(residual.max()),
+                                                   "median_rel_residual": float(np.median(residual))}}
     prov = {**source, "fit": fit_info}
     name = args.name or f"{gpu_key(gpu_name) or 'cpu'}-x{world}-calibrated"
     if args.raw:
         Path(args.raw).write_text(json.dumps({"results": results, "provenance": source, "fit": fit_info},
                                              indent=1) + "\n")
     if args.out:
-        write_topology_yaml(topology_spec(name, world, fit, results, gpu_name, prov), args.out)
+        write_topology_yaml(topology_spec(name, world, fit, results, gpu_name, prov, curve), args.out)
     lines = [f"calibration on {world} x {gpu_name or 'CPU'}"]
     for point in _points(results):
         model = f"  model {fit.predict_s(point.offdiag_bytes) * 1e6:10.1f} us" if fit else ""
@@ -459,6 +507,11 @@ def calibrate_command(args) -> int:
         lines.append(f"  fit: alpha {fit.alpha_s * 1e6:.2f} us, B {fit.bandwidth_Bps / 1e9:.1f} GB/s, "
                      f"max |residual| {fit.max_rel_residual:.3f}, median {fit.median_rel_residual:.3f} "
                      f"({fit.points_used} sizes >= {args.fit_min_bytes} B)")
+    if curve is not None:
+        info = fit_info["curve"]
+        lines.append(f"  bus bandwidth curve ({info['points']} sizes, alpha 0): "
+                     + ", ".join(f"{m / 1e6:.1f} MB {b / 1e9:.0f} GB/s" for m, b in curve))
+        lines.append(f"  curve: max |residual| {info['max_rel_residual']:.3f}, median {info['median_rel_residual']:.3f}")
     if args.out:
         lines.append(f"  topology written to {args.out}")
     sys.stdout.write("\n".join(lines) + "\n")

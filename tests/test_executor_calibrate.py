@@ -113,9 +113,10 @@ def test_in_situ_fit_from_the_committed_calibration_traces(tmp_path):
     points = trace_points(traces)
     assert len(points) == 4 * 9 and {p.world_size for p in points} == {4}
     args = argparse.Namespace(nccl_tests=None, from_raw=None, from_traces=traces, world_size=None, gpu=None,
-                              fit_min_bytes=0, name="t", raw=None, out=str(tmp_path / "t.yaml"))
+                              fit_min_bytes=0, name="t", raw=None, out=str(tmp_path / "t.yaml"), no_curve=True)
     assert calibrate_command(args) == 0
     G = load_topology(tmp_path / "t.yaml")
+    assert G.graph["a2a_busbw_curve"] is None  # --no-curve: the (alpha, B) fit alone
     assert 1e-5 < G.graph["alpha_s"] < 1e-3
     assert 1e11 < G.edges["n0.gpu0", "n0.nvswitch"]["bandwidth_Bps"] < 4.5e11
     with pytest.raises(ValueError, match="not a measured executor trace|meta"):

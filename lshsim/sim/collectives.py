@@ -28,6 +28,19 @@ and appends a `Stage` to `run.stages`); see `CollectiveRun`):
 - groupwise: LocMoE's group-wise all-to-all: the intra-node exchange first, then only the
              inter-node remainder (direct, every peer at once).
 On one node, 2d and groupwise reduce to direct.
+
+Size-dependent bandwidth (`calibration.a2a_busbw_curve` of the topology, G.graph["a2a_busbw_curve"]):
+NCCL's all-to-all reaches a bus bandwidth that grows with the size (4 H200: 88 GB/s at 16 MiB
+per rank, 317 GB/s at 1 GiB), which one link bandwidth cannot follow. With a curve, every
+all-to-all first takes its size M = max_r max(S_r, R_r) W / (W - 1) (S_r, R_r: bytes rank r sends
+to / receives from others; for equal splits M is nccl-tests' bytes per rank), reads the bus
+bandwidth B(M) off the curve (`curve_busbw_Bps`: linear in log M between the points, the end
+values outside them), and sets every NVLink edge to B(M) per GPU (each edge scaled by
+B(M) / G.graph["nvlink_per_gpu_Bps"]) for this collective. One direct all-to-all of equal splits of
+a measured size then takes alpha_s + S / B(M); a curve measured as bus bandwidth (fixed costs
+included) therefore goes with alpha_s 0, which `executor calibrate --from-traces` writes. The
+2d/groupwise phases and moe_step's chunks use the size of the traffic passed in. Without a
+curve nothing changes.
 """
 from __future__ import annotations
 
@@ -41,7 +54,7 @@ from lshsim.sim.network import FlowNetwork, busiest_links
 from lshsim.topology.routing import Routes, gpu_vertices, validate_topology
 
 __all__ = ["simulate_all_to_all", "CollectiveResult", "CollectiveRun", "Stage", "ALGORITHMS", "uniform_traffic",
-           "proxy_of_local", "hierarchical_phases"]
+           "proxy_of_local", "hierarchical_phases", "curve_busbw_Bps", "a2a_bytes_per_rank"]
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,43 @@ def uniform_traffic(world: int, bytes_per_rank: float) -> np.ndarray:
     if not np.isfinite(bytes_per_rank) or bytes_per_rank < 0:
         raise ValueError(f"bytes_per_rank={bytes_per_rank} must be a finite number >= 0")
     return np.full((world, world), bytes_per_rank / world)
+
+
+def curve_busbw_Bps(curve, bytes_per_rank: float) -> float:
+    """Bus bandwidth of a measured curve [(bytes_per_rank, busbw_Bps), ...] at `bytes_per_rank`:
+    linear in log(bytes) between neighbouring points, B(M) = B_i + (B_{i+1} - B_i)
+    (ln M - ln M_i) / (ln M_{i+1} - ln M_i); clamped to the first / last value outside the curve.
+
+    >>> curve = [(1e6, 100e9), (1e8, 300e9)]
+    >>> curve_busbw_Bps(curve, 1e7) / 1e9           # halfway in log size
+    200.0
+    >>> curve_busbw_Bps(curve, 1e3) / 1e9, curve_busbw_Bps(curve, 1e10) / 1e9   # clamped
+    (100.0, 300.0)
+    """
+    points = np.asarray(curve, dtype=float)                                           # (n, 2)
+    if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] < 1:
+        raise ValueError(f"curve must be a list of [bytes_per_rank, busbw_Bps] pairs, got shape {points.shape}")
+    if not np.all(np.isfinite(points)) or points.min() <= 0 or np.any(np.diff(points[:, 0]) <= 0):
+        raise ValueError("curve points must be finite and > 0, with strictly increasing bytes_per_rank")
+    if not np.isfinite(bytes_per_rank) or bytes_per_rank <= 0:
+        raise ValueError(f"bytes_per_rank={bytes_per_rank} must be a finite number > 0")
+    return float(np.interp(np.log(bytes_per_rank), np.log(points[:, 0]), points[:, 1]))
+
+
+def a2a_bytes_per_rank(traffic_bytes) -> float:
+    """The size of an all-to-all as the curve is keyed: M = max_r max(S_r, R_r) W / (W - 1), S_r / R_r
+    the bytes rank r sends to / receives from the others (diagonal excluded). Equal splits of M
+    bytes per rank (M / W to every rank) give back M; uneven ones the busiest rank's load.
+
+    >>> a2a_bytes_per_rank(uniform_traffic(4, 400.0))
+    400.0
+    """
+    traffic = np.asarray(traffic_bytes, dtype=float)                                  # (W, W)
+    world = traffic.shape[0]
+    if world < 2:
+        return 0.0
+    off = traffic - np.diag(np.diag(traffic))                                          # (W, W)
+    return float(max(off.sum(axis=1).max(), off.sum(axis=0).max()) * world / (world - 1))
 
 
 # ---- algorithms -------------------------------------------------------------------------------
@@ -300,6 +350,19 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
     if not np.isfinite(message_gap_s) or message_gap_s < 0:
         raise ValueError(f"message_gap_s={message_gap_s} must be a finite number >= 0")
     net = FlowNetwork(G, alpha_s=alpha_s, routes=routes, drain_tolerance=drain_tolerance)
+    curve_info = {}
+    curve = G.graph.get("a2a_busbw_curve")
+    size = a2a_bytes_per_rank(traffic)
+    if curve and size > 0:
+        # size-dependent NVLink bandwidth for this collective (module docstring); the network
+        # is built for this one call, so its capacities are this collective's own
+        busbw = curve_busbw_Bps(curve, size)
+        nominal = float(G.graph.get("nvlink_per_gpu_Bps") or 0.0)
+        if nominal <= 0:
+            raise ValueError(f"topology {G.graph.get('name')} has an a2a_busbw_curve but no NVLink bandwidth to scale")
+        nvlink = np.array([G.edges[e].get("kind") == "nvlink" for e in net.edges], dtype=bool)  # (L,)
+        net._capacity[:-1][nvlink] *= busbw / nominal
+        curve_info = {"a2a_bytes_per_rank": size, "a2a_busbw_Bps": busbw}
     run = CollectiveRun(net, message_gap_s=float(message_gap_s))
     process = net.env.process(ALGORITHMS[algorithm](run, traffic, **options))
     net.env.run(until=process)
@@ -313,7 +376,7 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
     return CollectiveResult(
         algorithm=algorithm, topology=G.graph.get("name", ""), time_s=time_s, network_time_s=float(network_s),
         egress_bytes=off.sum(axis=1), ingress_bytes=off.sum(axis=0), local_bytes=local, local_copy_s=copy_s,
-        stages=stages, edges=net.edges, link_bytes=net.link_bytes.copy(), capacity_Bps=net.capacity_Bps.copy(),
-        busiest=busiest_links(net.edges, net.link_bytes, net.capacity_Bps, time_s, 10),
+        stages=stages, edges=net.edges, link_bytes=net.link_bytes.copy(), capacity_Bps=net._capacity[:-1].copy(),
+        busiest=busiest_links(net.edges, net.link_bytes, net._capacity[:-1], time_s, 10),
         options={"alpha_s": net.alpha_s, "message_gap_s": float(message_gap_s), "local_copy": local_copy,
-                 "drain_tolerance": net.drain_tolerance, **options}, stats=dict(net.stats))
+                 "drain_tolerance": net.drain_tolerance, **curve_info, **options}, stats=dict(net.stats))

@@ -35,6 +35,11 @@ times in seconds, NIC line rate in Gb/s:
       pcie_Bps: 2.4e10             # effective GPU <-> host/NIC PCIe bandwidth
       expert_flops: 7.0e14         # achieved expert GEMM rate -> G.graph["gpu"]["achieved_flops"]
       hbm_Bps: 2.9e12              # achieved HBM bandwidth -> G.graph["gpu"]["achieved_hbm_Bps"]
+      a2a_busbw_curve:             # optional: measured all-to-all bus bandwidth by size, >= 2 points
+        - [2.1e6, 9.0e10]          #   [bytes_per_rank, bus_bandwidth_Bps], bytes strictly increasing;
+        - [1.2e9, 3.3e11]          #   simulate_all_to_all interpolates it (log-linear in the size,
+                                   #   clamped to the ends) to set the per-GPU NVLink bandwidth of
+                                   #   each all-to-all -> G.graph["a2a_busbw_curve"]
       provenance: {...}            # free-form (who/when/how), kept in G.graph["calibration"]
 
 Errors name the file, the field and the value: "h100.yaml: inter.nic_gbps=-5 must be > 0".
@@ -68,7 +73,8 @@ DEFAULT_PCIE_BPS = {"v100": 12e9, "a100": 25e9, "h100": 50e9, "h200": 50e9, "asc
 _TOP_KEYS = {"name", "description", "gpu", "nodes", "gpus_per_node", "alpha_s", "intra", "inter", "calibration"}
 _INTRA_KEYS = {"kind", "link_Bps", "links", "per_link_Bps", "group_size", "latency_s", "pcie_Bps", "pcie_latency_s"}
 _INTER_KEYS = {"kind", "nics_per_node", "nic_gbps", "servers_per_leaf", "oversubscription", "latency_s"}
-_CAL_KEYS = {"alpha_s", "nvlink_Bps", "nic_Bps", "pcie_Bps", "expert_flops", "hbm_Bps", "provenance"}
+_CAL_KEYS = {"alpha_s", "nvlink_Bps", "nic_Bps", "pcie_Bps", "expert_flops", "hbm_Bps", "a2a_busbw_curve",
+             "provenance"}
 
 
 def topology_dir() -> Path:
@@ -144,6 +150,34 @@ class _Checker:
         if value not in choices:
             raise self.fail(prefix + key, value, f"must be one of {', '.join(sorted(choices))}")
         return value
+
+
+def _busbw_curve(check: _Checker, value) -> list[tuple[float, float]]:
+    """calibration.a2a_busbw_curve: >= 2 [bytes_per_rank, bus_bandwidth_Bps] pairs, both finite and
+    > 0, bytes strictly increasing; returned as a list of float pairs."""
+    field = "calibration.a2a_busbw_curve"
+    if not isinstance(value, (list, tuple)) or len(value) < 2:
+        raise check.fail(field, value, "must be a list of at least 2 [bytes_per_rank, bus_bandwidth_Bps] pairs")
+    curve = []
+    for i, point in enumerate(value):
+        if not isinstance(point, (list, tuple)) or len(point) != 2:
+            raise check.fail(f"{field}[{i}]", point, "must be a pair [bytes_per_rank, bus_bandwidth_Bps]")
+        pair = []
+        for j, item in enumerate(point):
+            number = item
+            if isinstance(number, str):     # YAML 1.1 reads 2e9 (no dot) as text
+                try:
+                    number = float(number)
+                except ValueError:
+                    raise check.fail(f"{field}[{i}][{j}]", item, "must be a finite number > 0") from None
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
+                    or number <= 0:
+                raise check.fail(f"{field}[{i}][{j}]", item, "must be a finite number > 0")
+            pair.append(float(number))
+        if curve and pair[0] <= curve[-1][0]:
+            raise check.fail(f"{field}[{i}][0]", point[0], f"must be larger than the previous size {curve[-1][0]:g}")
+        curve.append((pair[0], pair[1]))
+    return curve
 
 
 def _gpu(check: _Checker, value) -> tuple[str, GpuSpec]:
@@ -227,6 +261,7 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
         inter_kind = None
 
     gpu_dict = gpu.to_dict()
+    busbw_curve = None
     calibration = spec.get("calibration")
     if calibration is not None:
         check.keys(calibration, _CAL_KEYS, "calibration.")
@@ -252,13 +287,26 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
             inter_args["nic_Bps"] = nic_cal
         gpu_dict["achieved_flops"] = check.number(calibration, "expert_flops", pre, gpu_dict["achieved_flops"])
         gpu_dict["achieved_hbm_Bps"] = check.number(calibration, "hbm_Bps", pre, gpu_dict["achieved_hbm_Bps"])
+        if calibration.get("a2a_busbw_curve") is not None:
+            if intra_kind == "pcie":
+                raise check.fail("calibration.a2a_busbw_curve", calibration["a2a_busbw_curve"],
+                                 "is given but intra.kind=pcie has no NVLink to scale")
+            busbw_curve = _busbw_curve(check, calibration["a2a_busbw_curve"])
+    # the per-GPU NVLink bandwidth the nvlink edges are built with (what a curve point replaces)
+    if intra_kind == "nvswitch":
+        nvlink_per_gpu_Bps = link_Bps
+    elif intra_kind == "pcie":
+        nvlink_per_gpu_Bps = 0.0
+    else:  # cube_mesh_v100, full_mesh: the GPU's links, after any calibration.nvlink_Bps scaling
+        nvlink_per_gpu_Bps = per_link_Bps * links_per_gpu
 
     G = nx.DiGraph()
     G.graph.update(name=name, description=spec.get("description", ""), num_nodes=num_nodes,
                    gpus_per_node=gpus_per_node, gpu=gpu_dict, alpha_s=alpha_s,
                    nics_per_node=inter_args["nics_per_node"] if inter_args else 0,
                    intra_kind=intra_kind, inter_kind=inter_kind,
-                   calibration=copy.deepcopy(calibration), spec=copy.deepcopy(spec), source=source)
+                   calibration=copy.deepcopy(calibration), spec=copy.deepcopy(spec), source=source,
+                   a2a_busbw_curve=busbw_curve, nvlink_per_gpu_Bps=nvlink_per_gpu_Bps)
     for node in range(num_nodes):
         INTRA_BUILDERS[intra_kind](G, node, gpus_per_node, link_Bps=link_Bps, links=links or 0,
                                    per_link_Bps=per_link_Bps, latency_s=latency_s, pcie_Bps=pcie_Bps,
