@@ -161,3 +161,17 @@ def test_identical_flows_are_one_class():
     assert result.stats["flows"] == 9 and result.stats["classes"] == 3
     finish, _ = reference_simulate_flows(G, flows)
     assert np.allclose(result.finish_s, finish, rtol=1e-12)
+
+
+def test_bandwidth_scale_by_kind_scales_only_that_network():
+    """A per-kind bandwidth factor changes this network's capacities, not the graph's."""
+    G = pair()
+    kind = next(iter({G.edges[e].get("kind") for e in G.edges}))
+    net = FlowNetwork(G, bandwidth_scale_by_kind={kind: 0.5})
+    net.env.run(until=net.transfer(0, 1, 1e8).done)
+    assert net.env.now == pytest.approx(LAT + 1e8 / (0.5 * BW), rel=1e-12)
+    assert np.allclose(net.capacity_Bps, 0.5 * FlowNetwork(G).capacity_Bps)
+    with pytest.raises(ValueError, match="'warp'"):
+        FlowNetwork(G, bandwidth_scale_by_kind={"warp": 2.0})
+    with pytest.raises(ValueError, match="must be a finite number > 0"):
+        FlowNetwork(G, bandwidth_scale_by_kind={kind: 0.0})

@@ -349,8 +349,7 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
         raise ValueError("traffic_bytes must be finite and >= 0")
     if not np.isfinite(message_gap_s) or message_gap_s < 0:
         raise ValueError(f"message_gap_s={message_gap_s} must be a finite number >= 0")
-    net = FlowNetwork(G, alpha_s=alpha_s, routes=routes, drain_tolerance=drain_tolerance)
-    curve_info = {}
+    curve_info, scale = {}, None
     curve = G.graph.get("a2a_busbw_curve")
     size = a2a_bytes_per_rank(traffic)
     if curve and size > 0:
@@ -360,9 +359,10 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
         nominal = float(G.graph.get("nvlink_per_gpu_Bps") or 0.0)
         if nominal <= 0:
             raise ValueError(f"topology {G.graph.get('name')} has an a2a_busbw_curve but no NVLink bandwidth to scale")
-        nvlink = np.array([G.edges[e].get("kind") == "nvlink" for e in net.edges], dtype=bool)  # (L,)
-        net._capacity[:-1][nvlink] *= busbw / nominal
+        scale = {"nvlink": busbw / nominal}
         curve_info = {"a2a_bytes_per_rank": size, "a2a_busbw_Bps": busbw}
+    net = FlowNetwork(G, alpha_s=alpha_s, routes=routes, drain_tolerance=drain_tolerance,
+                      bandwidth_scale_by_kind=scale)
     run = CollectiveRun(net, message_gap_s=float(message_gap_s))
     process = net.env.process(ALGORITHMS[algorithm](run, traffic, **options))
     net.env.run(until=process)
@@ -376,7 +376,7 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
     return CollectiveResult(
         algorithm=algorithm, topology=G.graph.get("name", ""), time_s=time_s, network_time_s=float(network_s),
         egress_bytes=off.sum(axis=1), ingress_bytes=off.sum(axis=0), local_bytes=local, local_copy_s=copy_s,
-        stages=stages, edges=net.edges, link_bytes=net.link_bytes.copy(), capacity_Bps=net._capacity[:-1].copy(),
-        busiest=busiest_links(net.edges, net.link_bytes, net._capacity[:-1], time_s, 10),
+        stages=stages, edges=net.edges, link_bytes=net.link_bytes.copy(), capacity_Bps=net.capacity_Bps,
+        busiest=busiest_links(net.edges, net.link_bytes, net.capacity_Bps, time_s, 10),
         options={"alpha_s": net.alpha_s, "message_gap_s": float(message_gap_s), "local_copy": local_copy,
                  "drain_tolerance": net.drain_tolerance, **curve_info, **options}, stats=dict(net.stats))

@@ -109,10 +109,14 @@ class FlowNetwork:
             class that would drain within tol * now also drains now (up to tol * now early), so
             drains close in time share one update. Measured (benchmarks/RESULTS.md): tol = 1e-2
             gives 20-45x fewer updates and a completion time 0.6-1.5% early.
+        bandwidth_scale_by_kind: {edge kind: factor} multiplying the bandwidth of every edge of
+            that kind for this network only (e.g. {"nvlink": B(M) / B}: a calibrated,
+            size-dependent all-to-all bandwidth); the graph is not changed.
     """
 
     def __init__(self, G: nx.DiGraph, env: simpy.Environment | None = None, *, alpha_s: float | None = None,
-                 routes: Routes | None = None, drain_tolerance: float = 0.0):
+                 routes: Routes | None = None, drain_tolerance: float = 0.0,
+                 bandwidth_scale_by_kind: dict[str, float] | None = None):
         self.G = G
         self.env = simpy.Environment() if env is None else env
         self.routes = validate_topology(G) if routes is None else routes
@@ -126,6 +130,14 @@ class FlowNetwork:
         num_links = self.routes.num_edges
         self._sentinel = num_links                                      # padding edge id, infinite capacity
         self._capacity = np.append(self.routes.capacity_Bps, np.inf)    # (L+1,)
+        for kind, factor in (bandwidth_scale_by_kind or {}).items():
+            if not np.isfinite(factor) or factor <= 0:
+                raise ValueError(f"bandwidth_scale_by_kind[{kind!r}]={factor} must be a finite number > 0")
+            of_kind = np.array([G.edges[e].get("kind") == kind for e in self.routes.edges], dtype=bool)  # (L,)
+            if not of_kind.any():
+                raise ValueError(f"bandwidth_scale_by_kind names edge kind {kind!r}, which topology "
+                                 f"{G.graph.get('name')} does not have")
+            self._capacity[:-1][of_kind] *= factor
         self._latency = np.append(self.routes.latency_s, 0.0)           # (L+1,)
         self._binding = np.append(self.routes.binding_edges(), False)   # (L+1,) see Routes.binding_edges
         self.link_bytes = np.zeros(num_links)                           # (L,) bytes that crossed each link
@@ -153,7 +165,8 @@ class FlowNetwork:
 
     @property
     def capacity_Bps(self) -> np.ndarray:
-        return self.routes.capacity_Bps
+        """(L,) bandwidth of every edge in this network (after `bandwidth_scale_by_kind`)."""
+        return self._capacity[:-1].copy()
 
     def transfer(self, src, dst, size_bytes, *, alpha_s: float | None = None, label: str = "") -> Transfer:
         """Start flows src[i] -> dst[i] of size_bytes[i] now; returns their Transfer (yield its .done).
