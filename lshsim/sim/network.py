@@ -12,6 +12,14 @@ Model (DESIGN.md §4):
 4. Propagation: a flow completes sum(latency_s over its path) after its last byte left (the
    per-hop latency is paid once per flow, not per byte; no store-and-forward).
    So one flow of b bytes alone on one link takes alpha_s + latency_s + b / bandwidth_Bps, exactly.
+5. GPU engines (optional, `gpu_engine_Bps`, off by default): one more shared resource per GPU
+   rank, of capacity E_r B/s, that every flow from or to rank r consumes, both directions together
+   (the GPU's copy engines / NCCL's p2p kernels move its sends and its receives). A flow s -> d
+   takes a share of its route's links AND of engines s and d; the water-filling of 3. runs over
+   links and engines together. So rank r's traffic obeys sum of its send and receive rates <= E_r
+   besides every link's capacity: alone on its links, r sending S_r and receiving R_r bytes takes
+   at least (S_r + R_r) / E_r. Engines add no latency and carry no `link_bytes`.
+   Source: the measured skewed all-to-alls of 4 H200s (lshsim.sim.collectives, "Duplex engine").
 
 Exploiting structure (speed tricks, labelled):
 - [aggregation] flows of one transfer with the same (src, dst, bytes) have the same route and the
@@ -112,11 +120,14 @@ class FlowNetwork:
         bandwidth_scale_by_kind: {edge kind: factor} multiplying the bandwidth of every edge of
             that kind for this network only (e.g. {"nvlink": B(M) / B}: a calibrated,
             size-dependent all-to-all bandwidth); the graph is not changed.
+        gpu_engine_Bps: None (default: no engines, model items 1-4) or the capacity of each GPU
+            rank's engine (module docstring, item 5): one float for every rank or a (W,) array,
+            finite and > 0.
     """
 
     def __init__(self, G: nx.DiGraph, env: simpy.Environment | None = None, *, alpha_s: float | None = None,
                  routes: Routes | None = None, drain_tolerance: float = 0.0,
-                 bandwidth_scale_by_kind: dict[str, float] | None = None):
+                 bandwidth_scale_by_kind: dict[str, float] | None = None, gpu_engine_Bps=None):
         self.G = G
         self.env = simpy.Environment() if env is None else env
         self.routes = validate_topology(G) if routes is None else routes
@@ -128,8 +139,13 @@ class FlowNetwork:
         self.drain_tolerance = float(drain_tolerance)
         self.world = self.routes.world
         num_links = self.routes.num_edges
-        self._sentinel = num_links                                      # padding edge id, infinite capacity
-        self._capacity = np.append(self.routes.capacity_Bps, np.inf)    # (L+1,)
+        self._num_links = num_links
+        # resource ids: links 0..L-1, then (with engines) rank r's engine L + r, then the sentinel
+        self._engines = self._engine_capacity(gpu_engine_Bps)            # (W,) or None
+        num_engines = 0 if self._engines is None else self.world
+        self._sentinel = num_links + num_engines                        # padding id, infinite capacity: the largest
+        self._capacity = np.concatenate([self.routes.capacity_Bps, np.zeros(num_engines) if self._engines is None
+                                         else self._engines, [np.inf]])  # (L+W+1,) or (L+1,)
         for kind, factor in (bandwidth_scale_by_kind or {}).items():
             if not np.isfinite(factor) or factor <= 0:
                 raise ValueError(f"bandwidth_scale_by_kind[{kind!r}]={factor} must be a finite number > 0")
@@ -137,9 +153,10 @@ class FlowNetwork:
             if not of_kind.any():
                 raise ValueError(f"bandwidth_scale_by_kind names edge kind {kind!r}, which topology "
                                  f"{G.graph.get('name')} does not have")
-            self._capacity[:-1][of_kind] *= factor
-        self._latency = np.append(self.routes.latency_s, 0.0)           # (L+1,)
-        self._binding = np.append(self.routes.binding_edges(), False)   # (L+1,) see Routes.binding_edges
+            self._capacity[:num_links][of_kind] *= factor
+        self._latency = np.concatenate([self.routes.latency_s, np.zeros(num_engines + 1)])   # (L+W+1,) engines: 0
+        self._binding = np.concatenate([self.routes.binding_edges(), np.ones(num_engines, dtype=bool),
+                                        [False]])                      # (L+W+1,) see Routes.binding_edges
         self.link_bytes = np.zeros(num_links)                           # (L,) bytes that crossed each link
         self.transfers: list[Transfer] = []
         # active flow classes (n of them)
@@ -166,7 +183,24 @@ class FlowNetwork:
     @property
     def capacity_Bps(self) -> np.ndarray:
         """(L,) bandwidth of every edge in this network (after `bandwidth_scale_by_kind`)."""
-        return self._capacity[:-1].copy()
+        return self._capacity[:self._num_links].copy()
+
+    @property
+    def engine_Bps(self) -> np.ndarray | None:
+        """(W,) capacity of each GPU rank's engine (module docstring, item 5); None without engines."""
+        return None if self._engines is None else self._engines.copy()
+
+    def _engine_capacity(self, gpu_engine_Bps) -> np.ndarray | None:
+        if gpu_engine_Bps is None:
+            return None
+        try:
+            engines = np.broadcast_to(np.asarray(gpu_engine_Bps, dtype=float), (self.world,)).copy()  # (W,)
+        except (TypeError, ValueError):
+            raise ValueError(f"gpu_engine_Bps={gpu_engine_Bps!r} must be a number or a sequence of {self.world} "
+                             f"numbers (one per GPU rank)") from None
+        if not np.all(np.isfinite(engines)) or engines.min() <= 0:
+            raise ValueError(f"gpu_engine_Bps={gpu_engine_Bps!r} must be finite and > 0 for every rank")
+        return engines
 
     def transfer(self, src, dst, size_bytes, *, alpha_s: float | None = None, label: str = "") -> Transfer:
         """Start flows src[i] -> dst[i] of size_bytes[i] now; returns their Transfer (yield its .done).
@@ -213,13 +247,17 @@ class FlowNetwork:
         self.stats["flows"] += len(src)
         weights = np.repeat(size[first] * mult, edges.shape[1])
         if edges.size:
-            self.link_bytes += np.bincount(edges.ravel(), weights=weights, minlength=self._sentinel + 1)[:-1]
+            self.link_bytes += np.bincount(edges.ravel(), weights=weights,
+                                           minlength=self._sentinel + 1)[:self._num_links]
         if len(first) == 0:
             tr.end_s = now
             tr.done.succeed(tr)
             return tr
         # [per-port] only the edges that can limit a flow take part in the rate computation
         binding = np.where(self._binding[edges], edges, self._sentinel)           # (C, H)
+        if self._engines is not None:   # every flow also takes its source's and destination's engine
+            engine_ids = np.stack([src[first], dst[first]], axis=1) + self._num_links  # (C, 2)
+            binding = np.concatenate([binding, engine_ids.astype(binding.dtype)], axis=1)  # (C, H+2)
         binding.sort(axis=1)                                                       # sentinel (largest id) last
         width = int((binding != self._sentinel).sum(axis=1).max(initial=0))
         self.env.process(self._enter(index, binding[:, :width], size[first], mult, lat, alpha))
@@ -335,6 +373,8 @@ class FlowNetwork:
         (a link's level only rises while flows elsewhere freeze below it), so its classes freeze at
         that rate. The global minimum is always such a link, so every round makes progress and the
         result equals progressive filling (`reference.reference_max_min_rates`; the tests compare).
+        Nothing here depends on what a resource is: the GPU engines (module docstring, item 5) are
+        more ids of the same capacity vector, so both arguments hold for links and engines alike.
 
         [speed] When classes drain and none entered, the classes whose rate is below the smallest
         drained rate r keep their rates: progressive filling on the new set makes the same decisions
@@ -408,17 +448,21 @@ class FlowResult:
         return {e: float(b) for e, b in zip(self.edges, self.link_bytes) if b > 0}
 
 
-def simulate_flows(G: nx.DiGraph, flows, *, alpha_s: float | None = None, routes: Routes | None = None) -> FlowResult:
+def simulate_flows(G: nx.DiGraph, flows, *, alpha_s: float | None = None, routes: Routes | None = None,
+                   gpu_engine_Bps=None) -> FlowResult:
     """Simulate independent flows, each (src rank, dst rank, bytes, start_delay_s).
 
     `flows` is a sequence of 4-tuples or an (F, 4) array. Flows with the same start delay start as
-    one Transfer. alpha_s defaults to G.graph["alpha_s"].
+    one Transfer. alpha_s defaults to G.graph["alpha_s"]; gpu_engine_Bps: see FlowNetwork.
 
     >>> from lshsim.topology import build_topology
     >>> G = build_topology({"name": "pair", "gpu": "h100", "gpus_per_node": 2, "alpha_s": 0.0,
     ...                     "intra": {"kind": "full_mesh", "per_link_Bps": 1e9, "latency_s": 1e-6}})
     >>> simulate_flows(G, [(0, 1, 1e6, 0.0)]).time_s   # latency + bytes / bandwidth
     0.001001
+    >>> both_ways = [(0, 1, 1e6, 0.0), (1, 0, 1e6, 0.0)]
+    >>> round(simulate_flows(G, both_ways, gpu_engine_Bps=1.5e9).time_s, 9)   # each engine: 2 flows of 0.75 GB/s
+    0.001334333
     """
     table = np.asarray(flows, dtype=float).reshape(-1, 4)                                 # (F, 4)
     if len(table) and (table[:, 3].min() < 0 or not np.all(np.isfinite(table[:, 3]))):
@@ -427,7 +471,7 @@ def simulate_flows(G: nx.DiGraph, flows, *, alpha_s: float | None = None, routes
     dst = table[:, 1].astype(np.int64)
     if not np.array_equal(src, table[:, 0]) or not np.array_equal(dst, table[:, 1]):
         raise ValueError("src and dst must be integer ranks")
-    net = FlowNetwork(G, alpha_s=alpha_s, routes=routes)
+    net = FlowNetwork(G, alpha_s=alpha_s, routes=routes, gpu_engine_Bps=gpu_engine_Bps)
     env = net.env
     finish = np.full(len(table), np.nan)
     starts = np.unique(table[:, 3])

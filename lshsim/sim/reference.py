@@ -5,6 +5,10 @@ start, shares every link of its path (networkx Dijkstra, `lshsim.topology.refere
 fairly with the flows in the network, rates recomputed whenever a flow enters or drains, and
 arrives the sum of its path's latency_s after its last byte left. No aggregation, no numpy, no
 simpy: a plain event loop over a list. Use it on small cases only (the tests compare the two).
+With `gpu_engine_Bps` every flow s -> d also shares the resources ("engine", s) and ("engine", d)
+(network.py docstring, item 5): they join its path in the max-min computation only, with no
+latency and no link bytes. All the path's edges take part (the fast path leaves out the edges
+that cannot bind), so the comparison also checks that choice.
 """
 from __future__ import annotations
 
@@ -46,9 +50,11 @@ def reference_max_min_rates(paths: list[list[tuple]], capacity: dict) -> list[fl
     return rate
 
 
-def reference_simulate_flows(G: nx.DiGraph, flows, alpha_s: float | None = None) -> tuple[list[float], dict]:
+def reference_simulate_flows(G: nx.DiGraph, flows, alpha_s: float | None = None,
+                             gpu_engine_Bps=None) -> tuple[list[float], dict]:
     """Per-flow simulation of flows (src rank, dst rank, bytes, start_delay_s).
 
+    gpu_engine_Bps: None (no engines), one capacity for every rank, or a list of one per rank.
     Returns (finish_s per flow, {(u, v): bytes that crossed the link}).
     """
     alpha = G.graph.get("alpha_s", 0.0) if alpha_s is None else alpha_s
@@ -58,6 +64,16 @@ def reference_simulate_flows(G: nx.DiGraph, flows, alpha_s: float | None = None)
         vertices = reference_path(G, s, d)
         paths.append(list(zip(vertices[:-1], vertices[1:])))
     capacity = {(u, v): data["bandwidth_Bps"] for u, v, data in G.edges(data=True)}
+    shared = paths                      # what each flow shares in the max-min computation
+    if gpu_engine_Bps is not None:
+        world = sum(1 for _, data in G.nodes(data=True) if data.get("kind") == "gpu")
+        try:
+            engines = [float(value) for value in gpu_engine_Bps]
+        except TypeError:               # one number for every rank
+            engines = [float(gpu_engine_Bps)] * world
+        for rank, value in enumerate(engines):
+            capacity[("engine", rank)] = value
+        shared = [path + [("engine", s), ("engine", d)] for path, (s, d, _, _) in zip(paths, flows)]
     latency = [sum(G.edges[e]["latency_s"] for e in path) for path in paths]
     link_bytes: dict = {}
     for (_, _, size, _), path in zip(flows, paths):
@@ -70,7 +86,7 @@ def reference_simulate_flows(G: nx.DiGraph, flows, alpha_s: float | None = None)
     active: list[int] = []
     now = 0.0
     while waiting or active:
-        rates = reference_max_min_rates([paths[i] for i in active], capacity) if active else []
+        rates = reference_max_min_rates([shared[i] for i in active], capacity) if active else []
         next_drain = min((remaining[i] / r for i, r in zip(active, rates)), default=math.inf)
         next_enter = enter[waiting[0]] - now if waiting else math.inf
         step = min(next_drain, next_enter)
