@@ -41,6 +41,20 @@ a measured size then takes alpha_s + S / B(M); a curve measured as bus bandwidth
 included) therefore goes with alpha_s 0, which `executor calibrate --from-traces` writes. The
 2d/groupwise phases and moe_step's chunks use the size of the traffic passed in. Without a
 curve nothing changes.
+
+Duplex engine (`calibration.a2a_link_headroom` h >= 1 with a curve, G.graph["a2a_link_headroom"]):
+the curve alone over-predicts skewed all-to-alls (one rank receives much more than it sends) by a
+median 13-15% on 4 H200s (run-c), because NCCL's p2p kernels on a GPU move its sends and its
+receives together: the pair is bound by one capacity, while each direction of the GPU's link alone
+can go faster than a uniform all-to-all's per-direction rate. With a headroom every all-to-all
+gets (FlowNetwork's `gpu_engine_Bps`, network.py item 5) one engine per GPU of capacity
+2 B(M_dup), M_dup = max_r (S_r + R_r) / 2 * W / (W - 1) (`a2a_duplex_bytes_per_rank`), shared by
+the rank's sends and receives, and its NVLink edges at h B(M) per direction (M as above). A direct
+all-to-all then takes at least (closed form, the max-min drain can only be slower)
+    t >= max_r max((S_r + R_r) / (2 B(M_dup)), max(S_r, R_r) / (h B(M))).
+Uniform traffic (S_r = R_r = S) has M_dup = M and is engine-bound: t = S / B(M), as without the
+headroom. h is fitted on skewed calibration traces (`executor calibrate --from-traces`); in sample
+on run-c h ~ 1.2 brings the median skewed error to 5-7%.
 """
 from __future__ import annotations
 
@@ -54,7 +68,8 @@ from lshsim.sim.network import FlowNetwork, busiest_links
 from lshsim.topology.routing import Routes, gpu_vertices, validate_topology
 
 __all__ = ["simulate_all_to_all", "CollectiveResult", "CollectiveRun", "Stage", "ALGORITHMS", "uniform_traffic",
-           "proxy_of_local", "hierarchical_phases", "curve_busbw_Bps", "a2a_bytes_per_rank"]
+           "proxy_of_local", "hierarchical_phases", "curve_busbw_Bps", "a2a_bytes_per_rank",
+           "a2a_duplex_bytes_per_rank"]
 
 
 @dataclass(frozen=True)
@@ -166,6 +181,25 @@ def a2a_bytes_per_rank(traffic_bytes) -> float:
         return 0.0
     off = traffic - np.diag(np.diag(traffic))                                          # (W, W)
     return float(max(off.sum(axis=1).max(), off.sum(axis=0).max()) * world / (world - 1))
+
+
+def a2a_duplex_bytes_per_rank(traffic_bytes) -> float:
+    """The size that sets a GPU engine's capacity (module docstring, "Duplex engine"):
+    M_dup = max_r (S_r + R_r) / 2 * W / (W - 1), S_r / R_r the bytes rank r sends to / receives
+    from the others. Equal to `a2a_bytes_per_rank` for uniform traffic; smaller for skewed traffic.
+
+    >>> a2a_duplex_bytes_per_rank(uniform_traffic(4, 400.0))
+    400.0
+    >>> skewed = np.array([[0.0, 0.0, 0.0], [300.0, 0.0, 0.0], [300.0, 0.0, 0.0]])   # ranks 1, 2 -> rank 0
+    >>> a2a_duplex_bytes_per_rank(skewed), a2a_bytes_per_rank(skewed)   # (0 + 600) / 2 * 3 / 2; 600 * 3 / 2
+    (450.0, 900.0)
+    """
+    traffic = np.asarray(traffic_bytes, dtype=float)                                  # (W, W)
+    world = traffic.shape[0]
+    if world < 2:
+        return 0.0
+    off = traffic - np.diag(np.diag(traffic))                                          # (W, W)
+    return float((off.sum(axis=1) + off.sum(axis=0)).max() / 2 * world / (world - 1))
 
 
 # ---- algorithms -------------------------------------------------------------------------------
@@ -349,7 +383,7 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
         raise ValueError("traffic_bytes must be finite and >= 0")
     if not np.isfinite(message_gap_s) or message_gap_s < 0:
         raise ValueError(f"message_gap_s={message_gap_s} must be a finite number >= 0")
-    curve_info, scale = {}, None
+    curve_info, scale, engine_Bps = {}, None, None
     curve = G.graph.get("a2a_busbw_curve")
     size = a2a_bytes_per_rank(traffic)
     if curve and size > 0:
@@ -361,8 +395,20 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
             raise ValueError(f"topology {G.graph.get('name')} has an a2a_busbw_curve but no NVLink bandwidth to scale")
         scale = {"nvlink": busbw / nominal}
         curve_info = {"a2a_bytes_per_rank": size, "a2a_busbw_Bps": busbw}
+        headroom = G.graph.get("a2a_link_headroom")
+        if headroom is not None:
+            # duplex engines of 2 B(M_dup) per GPU, links at h B(M) (module docstring, "Duplex engine")
+            headroom = float(headroom)
+            if not np.isfinite(headroom) or headroom < 1:
+                raise ValueError(f"G.graph['a2a_link_headroom']={headroom} must be a finite number >= 1")
+            dup_size = a2a_duplex_bytes_per_rank(traffic)
+            dup_busbw = curve_busbw_Bps(curve, dup_size)
+            scale = {"nvlink": headroom * busbw / nominal}
+            engine_Bps = 2.0 * dup_busbw
+            curve_info.update(a2a_dup_bytes_per_rank=dup_size, a2a_dup_busbw_Bps=dup_busbw,
+                              a2a_link_headroom=headroom, gpu_engine_Bps=engine_Bps)
     net = FlowNetwork(G, alpha_s=alpha_s, routes=routes, drain_tolerance=drain_tolerance,
-                      bandwidth_scale_by_kind=scale)
+                      bandwidth_scale_by_kind=scale, gpu_engine_Bps=engine_Bps)
     run = CollectiveRun(net, message_gap_s=float(message_gap_s))
     process = net.env.process(ALGORITHMS[algorithm](run, traffic, **options))
     net.env.run(until=process)

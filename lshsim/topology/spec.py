@@ -40,6 +40,10 @@ times in seconds, NIC line rate in Gb/s:
         - [1.2e9, 3.3e11]          #   simulate_all_to_all interpolates it (log-linear in the size,
                                    #   clamped to the ends) to set the per-GPU NVLink bandwidth of
                                    #   each all-to-all -> G.graph["a2a_busbw_curve"]
+      a2a_link_headroom: 1.2       # optional, only with a2a_busbw_curve: finite, >= 1. Each GPU gets
+                                   #   a duplex engine of 2 B(M_dup) shared by its sends and receives,
+                                   #   and each NVLink direction h B(M) (lshsim.sim.collectives,
+                                   #   "Duplex engine") -> G.graph["a2a_link_headroom"] (else None)
       provenance: {...}            # free-form (who/when/how), kept in G.graph["calibration"]
 
 Errors name the file, the field and the value: "h100.yaml: inter.nic_gbps=-5 must be > 0".
@@ -74,7 +78,7 @@ _TOP_KEYS = {"name", "description", "gpu", "nodes", "gpus_per_node", "alpha_s", 
 _INTRA_KEYS = {"kind", "link_Bps", "links", "per_link_Bps", "group_size", "latency_s", "pcie_Bps", "pcie_latency_s"}
 _INTER_KEYS = {"kind", "nics_per_node", "nic_gbps", "servers_per_leaf", "oversubscription", "latency_s"}
 _CAL_KEYS = {"alpha_s", "nvlink_Bps", "nic_Bps", "pcie_Bps", "expert_flops", "hbm_Bps", "a2a_busbw_curve",
-             "provenance"}
+             "a2a_link_headroom", "provenance"}
 
 
 def topology_dir() -> Path:
@@ -262,6 +266,7 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
 
     gpu_dict = gpu.to_dict()
     busbw_curve = None
+    link_headroom = None
     calibration = spec.get("calibration")
     if calibration is not None:
         check.keys(calibration, _CAL_KEYS, "calibration.")
@@ -292,6 +297,10 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
                 raise check.fail("calibration.a2a_busbw_curve", calibration["a2a_busbw_curve"],
                                  "is given but intra.kind=pcie has no NVLink to scale")
             busbw_curve = _busbw_curve(check, calibration["a2a_busbw_curve"])
+        link_headroom = check.number(calibration, "a2a_link_headroom", pre, minimum=1.0, strict=False)
+        if link_headroom is not None and busbw_curve is None:
+            raise check.fail("calibration.a2a_link_headroom", calibration["a2a_link_headroom"],
+                             "is only allowed together with calibration.a2a_busbw_curve")
     # the per-GPU NVLink bandwidth the nvlink edges are built with (what a curve point replaces)
     if intra_kind == "nvswitch":
         nvlink_per_gpu_Bps = link_Bps
@@ -306,7 +315,8 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
                    nics_per_node=inter_args["nics_per_node"] if inter_args else 0,
                    intra_kind=intra_kind, inter_kind=inter_kind,
                    calibration=copy.deepcopy(calibration), spec=copy.deepcopy(spec), source=source,
-                   a2a_busbw_curve=busbw_curve, nvlink_per_gpu_Bps=nvlink_per_gpu_Bps)
+                   a2a_busbw_curve=busbw_curve, a2a_link_headroom=link_headroom,
+                   nvlink_per_gpu_Bps=nvlink_per_gpu_Bps)
     for node in range(num_nodes):
         INTRA_BUILDERS[intra_kind](G, node, gpus_per_node, link_Bps=link_Bps, links=links or 0,
                                    per_link_Bps=per_link_Bps, latency_s=latency_s, pcie_Bps=pcie_Bps,
