@@ -37,6 +37,16 @@ over the points of that size; the simulator interpolates it (lshsim.sim.collecti
 `curve_busbw_Bps`). With a curve the topology's alpha_s is 0: the bus bandwidth already holds the
 fixed costs. The (alpha, B) fit is still made and kept in the provenance.
 
+Uniform and skewed traces (`--from-traces` with a curve): the curve (and the (alpha, B) fit) come
+from the traces of uniform workloads only (meta.workload.skew 0 or absent). Traces of skewed
+workloads (skew > 0), if given, then fit the duplex engine's link headroom h
+(`calibration.a2a_link_headroom`, lshsim.sim.collectives "Duplex engine"): `fit_link_headroom`
+simulates their four all-to-alls (their recorded traffic matrices, as `lshsim validate` does) on
+the curve topology for h in [1, 3] (a grid of 0.02, then 0.001 around the best) and keeps the h
+of the smallest median |relative error| (ties: the smallest mean). Without skewed traces no
+headroom is written, so a headroom always comes from skewed measurements. With --no-curve every
+trace goes into the (alpha, B) fit, as before.
+
 `parse_nccl_tests` reads nccl-tests `alltoall_perf` output (the table of size, count, type,
 [redop, root,] time, algbw, busbw, ...), so an existing nccl-tests run can be fitted instead.
 """
@@ -56,7 +66,8 @@ from executor.comm import align_ranks
 from executor.timing import PhaseTimer
 
 __all__ = ["A2APoint", "AlphaBetaFit", "fit_alpha_beta", "parse_nccl_tests", "NcclTestsRun", "measure",
-           "topology_spec", "calibrate_command", "gpu_key", "sweep_sizes", "fit_busbw_curve", "curve_residuals"]
+           "topology_spec", "calibrate_command", "gpu_key", "sweep_sizes", "fit_busbw_curve", "curve_residuals",
+           "trace_skew", "HeadroomFit", "fit_link_headroom", "skewed_a2a_errors"]
 
 
 @dataclass(frozen=True)
@@ -142,6 +153,116 @@ def curve_residuals(curve: list[list[float]], points: list[A2APoint]) -> np.ndar
 
     return np.array([(p.offdiag_bytes / curve_busbw_Bps(curve, p.bytes_per_rank) - p.time_s) / p.time_s
                      for p in points], dtype=float)
+
+
+# ---- duplex engine headroom (skewed traces) ----------------------------------------------------------
+@dataclass(frozen=True)
+class HeadroomFit:
+    """The fitted calibration.a2a_link_headroom and the |relative errors| of the skewed traces'
+    all-to-alls with it and with the curve alone (no engines)."""
+
+    headroom: float
+    phases: int
+    median_rel_error: float
+    max_rel_error: float
+    curve_only_median_rel_error: float
+    curve_only_max_rel_error: float
+
+
+def trace_skew(trace) -> float:
+    """meta.workload.skew of a measured trace (a Trace); 0 when absent or None."""
+    skew = trace.meta.get("workload", {}).get("skew")
+    return 0.0 if skew is None else float(skew)
+
+
+def _a2a_cases(paths: list[str], world: int) -> list[tuple[np.ndarray, float, str]]:
+    """(traffic (W, W), measured s, algorithm) of every all-to-all phase of the traces, the matrices
+    as `lshsim.sim.validate` uses them (dispatch forward: traffic_bytes, combine forward:
+    combine_traffic_bytes, backward swapped)."""
+    from lshsim.sim.trace import Trace
+
+    cases = []
+    for path in paths:
+        trace = Trace.from_json(path)
+        measured = trace.meta.get("measured")
+        if measured is None:
+            raise ValueError(f"{path}: not a measured executor trace (meta['measured'] is missing)")
+        workload = trace.meta["workload"]
+        if int(workload["world_size"]) != world:
+            raise ValueError(f"{path}: a trace of {workload['world_size']} ranks; calibrating {world}")
+        algorithm = "groupwise" if workload.get("alltoall") == "groupwise" else "direct"
+        dispatch = np.asarray(measured["traffic_bytes"], dtype=float)  # (W, W)
+        combine = np.asarray(measured["combine_traffic_bytes"], dtype=float)  # (W, W)
+        pairs = ((dispatch, "forward", "dispatch_a2a"), (combine, "forward", "combine_a2a"),
+                 (combine, "backward", "dispatch_a2a"), (dispatch, "backward", "combine_a2a"))
+        for matrix, direction, phase in pairs:
+            seconds = measured["phases_s"].get(direction, {}).get(phase)
+            if seconds is not None and seconds > 0:
+                cases.append((matrix, float(seconds), algorithm))
+    if not cases:
+        raise ValueError("the skewed traces hold no all-to-all phase")
+    return cases
+
+
+def skewed_a2a_errors(spec: dict, paths: list[str], headroom: float | None) -> np.ndarray:
+    """(n,) (predicted - measured) / measured of every all-to-all phase of the traces, simulated on
+    the topology `spec` with G.graph["a2a_link_headroom"] = headroom (None: the curve alone)."""
+    return _headroom_objective(spec, paths)(headroom)
+
+
+def _headroom_objective(spec: dict, paths: list[str]):
+    from lshsim.sim.collectives import simulate_all_to_all
+    from lshsim.topology import build_topology
+    from lshsim.topology.routing import validate_topology
+
+    world = int(spec.get("nodes", 1)) * int(spec["gpus_per_node"])
+    G = build_topology(spec, source="<calibration>")
+    if not G.graph.get("a2a_busbw_curve"):
+        raise ValueError("a link headroom needs a topology with an a2a_busbw_curve")
+    routes = validate_topology(G)
+    cases = _a2a_cases(paths, world)
+    measured = np.array([seconds for _, seconds, _ in cases])  # (n,)
+
+    def errors(headroom: float | None) -> np.ndarray:
+        G.graph["a2a_link_headroom"] = headroom
+        cache: dict = {}
+        predicted = []
+        for matrix, _, algorithm in cases:
+            key = (matrix.tobytes(), algorithm)
+            if key not in cache:
+                cache[key] = simulate_all_to_all(G, matrix, algorithm, routes=routes).time_s
+            predicted.append(cache[key])
+        return (np.array(predicted) - measured) / measured  # (n,)
+
+    return errors
+
+
+def fit_link_headroom(spec: dict, paths: list[str], low: float = 1.0, high: float = 3.0) -> HeadroomFit:
+    """Fit calibration.a2a_link_headroom h on the all-to-alls of skewed-workload traces (module
+    docstring): minimise the median |relative error| over h in [low, high] (grid of 0.02, then 0.001
+    within 0.02 of the best; ties: the smaller mean |error|, then the smaller h). `spec` is the
+    calibrated topology spec with its curve (its headroom, if any, is ignored)."""
+    if not (math.isfinite(low) and math.isfinite(high) and 1.0 <= low < high):
+        raise ValueError(f"low={low}, high={high} must satisfy 1 <= low < high")
+    errors = _headroom_objective(spec, paths)
+    seen: dict = {}
+
+    def score(h: float) -> tuple:
+        h = round(h, 3)
+        if h not in seen:
+            e = np.abs(errors(h))
+            seen[h] = (float(np.median(e)), float(np.mean(e)), h)
+        return seen[h]
+
+    coarse = min(score(h) for h in np.linspace(low, high, int(round((high - low) / 0.02)) + 1))
+    best = coarse[2]
+    fine = min(score(h) for h in np.arange(max(low, best - 0.02), min(high, best + 0.02) + 5e-4, 0.001))
+    headroom = fine[2]
+    with_h = np.abs(errors(headroom))
+    alone = np.abs(errors(None))
+    return HeadroomFit(headroom=float(headroom), phases=len(with_h), median_rel_error=float(np.median(with_h)),
+                       max_rel_error=float(with_h.max()), curve_only_median_rel_error=float(np.median(alone)),
+                       curve_only_max_rel_error=float(alone.max()))
 
 
 # ---- nccl-tests output --------------------------------------------------------------------------
@@ -340,11 +461,15 @@ def gpu_key(device_name: str | None) -> str | None:
 
 
 def topology_spec(name: str, world_size: int, fit: AlphaBetaFit | None, results: dict, gpu_name: str | None,
-                  provenance: dict, curve: list[list[float]] | None = None) -> dict:
+                  provenance: dict, curve: list[list[float]] | None = None,
+                  link_headroom: float | None = None) -> dict:
     """A single-node nvswitch spec with the fitted calibration block (see lshsim/topology/spec.py).
 
     With a bus bandwidth `curve`, calibration.a2a_busbw_curve is the curve and alpha_s is 0 (the
-    curve's bandwidths hold the fixed costs; module docstring)."""
+    curve's bandwidths hold the fixed costs; module docstring); `link_headroom` (only with a curve)
+    is written as calibration.a2a_link_headroom."""
+    if link_headroom is not None and curve is None:
+        raise ValueError(f"link_headroom={link_headroom} needs a curve")
     key = gpu_key(gpu_name)
     ffn_rate = results["ffn"]["flops_per_s"] if results.get("ffn") else None
     hbm = results["hbm"]["Bps"] if results.get("hbm") else None
@@ -367,6 +492,8 @@ def topology_spec(name: str, world_size: int, fit: AlphaBetaFit | None, results:
     if curve is not None:
         calibration["alpha_s"] = 0.0
         calibration["a2a_busbw_curve"] = [[float(m), float(b)] for m, b in curve]
+        if link_headroom is not None:
+            calibration["a2a_link_headroom"] = float(link_headroom)
     if ffn_rate:
         calibration["expert_flops"] = ffn_rate
     if hbm:
@@ -424,6 +551,7 @@ def calibrate_command(args) -> int:
 
     from lshsim.topology import write_topology_yaml
 
+    skewed_traces: list[str] = []
     if args.nccl_tests or args.from_raw or args.from_traces:
         if args.nccl_tests:
             run = parse_nccl_tests(Path(args.nccl_tests).read_text(), args.world_size)
@@ -439,20 +567,31 @@ def calibrate_command(args) -> int:
             results = {"world_size": None, "a2a": [], "p2p": [], "ffn": None, "hbm": None}
             source, gpu_name = {}, args.gpu
         if args.from_traces:
-            # in situ: fit the all-to-all on the executor's own (calibration) workloads
-            points = trace_points(args.from_traces)
+            # in situ: fit the all-to-all on the executor's own (calibration) workloads; with a
+            # curve, on the uniform ones (the skewed ones fit the link headroom, below)
+            from lshsim.sim.trace import Trace
+
+            if getattr(args, "no_curve", False):
+                uniform_traces, skewed_traces = list(args.from_traces), []
+            else:
+                skews = {path: trace_skew(Trace.from_json(path)) for path in args.from_traces}
+                uniform_traces = [path for path in args.from_traces if skews[path] == 0]
+                skewed_traces = [path for path in args.from_traces if skews[path] != 0]
+                if not uniform_traces:
+                    raise ValueError("--from-traces: every trace is of a skewed workload (meta.workload.skew > 0); "
+                                     "the bus bandwidth curve needs uniform ones (skew 0)")
+            points = trace_points(uniform_traces)
             worlds = {p.world_size for p in points}
             if len(worlds) != 1 or (results["world_size"] not in (None, *worlds)):
                 raise ValueError(f"--from-traces: traces of {sorted(worlds)} ranks, raw calibration of "
                                  f"{results['world_size']}: calibrate one world size at a time")
-            from lshsim.sim.trace import Trace
-
-            first = Trace.from_json(args.from_traces[0])
+            first = Trace.from_json(uniform_traces[0])
             gpu_name = gpu_name or first.meta["provenance"].get("gpu")
             results = {**results, "world_size": worlds.pop(),
                        "a2a": [{"bytes_per_rank": p.bytes_per_rank, "time_s": p.time_s} for p in points]}
             source = {**source, "a2a_fit": "in situ, from executor traces",
-                      "traces": [Path(t).name for t in args.from_traces],
+                      "traces": [Path(t).name for t in uniform_traces],
+                      **({"skewed_traces": [Path(t).name for t in skewed_traces]} if skewed_traces else {}),
                       "trace_provenance": {k: first.meta["provenance"].get(k) for k in ("gpu", "count", "torch", "nccl",
                                                                                         "date")}}
         rank = 0
@@ -484,13 +623,21 @@ def calibrate_command(args) -> int:
         fit_info = {**(fit_info or {}), "curve": {"points": len(curve), "model": "t = S / B(M), B log-linear in M",
                                                    "max_rel_residual": float(residual.max()),
                                                    "median_rel_residual": float(np.median(residual))}}
-    prov = {**source, "fit": fit_info}
     name = args.name or f"{gpu_key(gpu_name) or 'cpu'}-x{world}-calibrated"
+    headroom = None
+    if curve is not None and skewed_traces:
+        # the duplex engine's link headroom on the skewed traces, on the curve topology
+        headroom = fit_link_headroom(topology_spec(name, world, fit, results, gpu_name, {}, curve), skewed_traces)
+        fit_info = {**fit_info, "link_headroom": {
+            **asdict(headroom), "traces": len(skewed_traces),
+            "model": "engines 2 B(M_dup) per GPU, NVLink h B(M); h minimises the median |error| in [1, 3]"}}
+    prov = {**source, "fit": fit_info}
     if args.raw:
         Path(args.raw).write_text(json.dumps({"results": results, "provenance": source, "fit": fit_info},
                                              indent=1) + "\n")
     if args.out:
-        write_topology_yaml(topology_spec(name, world, fit, results, gpu_name, prov, curve), args.out)
+        write_topology_yaml(topology_spec(name, world, fit, results, gpu_name, prov, curve,
+                                          None if headroom is None else headroom.headroom), args.out)
     lines = [f"calibration on {world} x {gpu_name or 'CPU'}"]
     for point in _points(results):
         model = f"  model {fit.predict_s(point.offdiag_bytes) * 1e6:10.1f} us" if fit else ""
@@ -512,6 +659,11 @@ def calibrate_command(args) -> int:
         lines.append(f"  bus bandwidth curve ({info['points']} sizes, alpha 0): "
                      + ", ".join(f"{m / 1e6:.1f} MB {b / 1e9:.0f} GB/s" for m, b in curve))
         lines.append(f"  curve: max |residual| {info['max_rel_residual']:.3f}, median {info['median_rel_residual']:.3f}")
+    if headroom is not None:
+        lines.append(f"  link headroom {headroom.headroom:.3f} on {headroom.phases} all-to-alls of {len(skewed_traces)} "
+                     f"skewed traces: |error| median {headroom.median_rel_error:.3f}, max {headroom.max_rel_error:.3f} "
+                     f"(curve alone: median {headroom.curve_only_median_rel_error:.3f}, "
+                     f"max {headroom.curve_only_max_rel_error:.3f})")
     if args.out:
         lines.append(f"  topology written to {args.out}")
     sys.stdout.write("\n".join(lines) + "\n")
