@@ -57,12 +57,19 @@ MAXW=$(for w in $WORLDS; do echo "$w"; done | sort -n | tail -1)
 if [ "$NGPU" -gt 0 ] && [ "$MAXW" -gt "$NGPU" ]; then MAXW=$NGPU; fi
 visible "$MAXW"
 launch "check" 60 90 "$MAXW" check --out "$WORK/check-x$MAXW.json"
+# bare all-to-all by per-peer chunk size at 160-448 MiB (benchmarks/a2a_chunk_sweep.py); CHUNK_SWEEP=0 skips it
+if [ "${CHUNK_SWEEP:-1}" != "0" ] && [ "$NGPU" -gt 1 ] && [ "$(left)" -gt 60 ]; then
+  echo "=== chunk sweep on $MAXW ranks ($(left) s left) ===" | tee -a "$LOG"
+  timeout 90 $PY -m torch.distributed.run --nproc_per_node="$MAXW" benchmarks/a2a_chunk_sweep.py "$WORK/chunk-sweep-x$MAXW.json" 2>&1 | grep -v "^W1\|OMP_NUM_THREADS\|^\*\*\*" | tee -a "$LOG"
+  echo "=== chunk sweep: exit ${PIPESTATUS[0]} ===" | tee -a "$LOG"
+  pack
+fi
 for W in $WORLDS; do
   if [ "$NGPU" -gt 0 ] && [ "$W" -gt "$NGPU" ]; then echo "SKIPPED W=$W: only $NGPU GPUs" | tee -a "$LOG"; continue; fi
   visible "$W"
   [ "$MAX_BYTES" = "0" ] || launch "calibrate x$W" 60 120 "$W" calibrate --max-bytes "$MAX_BYTES" --iterations 20 --warmup 5 --steps-per-octave 2 --raw "$WORK/calibration-x$W.json"
   if [ "$W" -gt 1 ]; then
-    launch "calibration workloads x$W" 60 150 "$W" run --workload $CAL_WORKLOADS --out-dir "$WORK/cal-x$W" $RUN_FLAGS
+    launch "calibration workloads x$W" 60 240 "$W" run --workload $CAL_WORKLOADS --out-dir "$WORK/cal-x$W" $RUN_FLAGS
   fi
   launch "workloads x$W" 45 170 "$W" run --workload $WORKLOADS --out-dir "$WORK/x$W" $RUN_FLAGS
 done

@@ -11,8 +11,8 @@ accumulates the bytes this rank sent to every destination (diagonal = rows kept 
 named collective and direction, so a test can hold it against the plan's traffic matrix.
 
 `CommContext` carries, for one call site, the name of the phase, the timer and the stats, and
-whether to align the ranks first (`sync`: a one-element all-reduce, untimed, so that the timed
-interval is the collective and not the wait for a straggler).
+whether to align the ranks first (`sync`: `align_ranks`, untimed, so that the timed interval is
+the collective and not the wait for a straggler or the host's launch latency).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import torch.distributed as dist
 from executor.timing import PhaseTimer
 
 __all__ = ["CommStats", "CommContext", "all_to_all", "mark", "align_ranks", "exchange_counts",
-           "world_size_of", "rank_of"]
+           "world_size_of", "rank_of", "HOLD_CYCLES"]
 
 
 def world_size_of(group=None) -> int:
@@ -77,15 +77,37 @@ class CommContext:
     bwd_closes: str | None = None
 
 
-def align_ranks(device: torch.device, group=None) -> None:
-    """A one-element all-reduce, waited for on the host: every rank's CPU leaves it only once every
-    rank has reached it, so all ranks launch the next (timed) collective at the same moment and no
-    rank's interval includes a late peer's launch latency."""
+#: GPU clock cycles of the spin kernel that `align_ranks` queues before its device-side barrier
+#: (about 0.5 ms at the H100/H200's 1.98 GHz): long enough that the host has queued the barrier,
+#: the start event and the timed collective (tens of microseconds of Python and NCCL launch code)
+#: before the GPU reaches them.
+HOLD_CYCLES = 1_000_000
+
+
+def align_ranks(device: torch.device, group=None, *, hold_cycles: int = HOLD_CYCLES) -> None:
+    """Start the next (timed) collective at the same moment on every rank, untimed.
+
+    1. A one-element all-reduce, waited for on the host: every rank's CPU leaves it only once
+       every rank has reached it.
+    2. CUDA only: the GPU is held busy by a spin kernel (`torch.cuda._sleep(hold_cycles)`), then a
+       second one-element all-reduce is queued, not waited for. The caller then queues its start
+       event and the collective while the GPU still spins, so on every GPU the timed interval
+       begins when the device-side barrier ends (the ranks leave an NVLink all-reduce within
+       microseconds of each other) and holds the collective's GPU time only: neither a late peer's
+       launch nor the host's own launch latency (torch's split-size handling and NCCL's group
+       launch, 20-80 us) is in it. This is how a collective runs inside a training step, queued
+       behind the previous kernels; nccl-tests hide launch costs the same way by queueing many
+       iterations back to back.
+    On CPU (gloo, synchronous) step 1 alone aligns the ranks.
+    """
     if world_size_of(group) > 1:
         flag = torch.ones(1, device=device)
         dist.all_reduce(flag, group=group)
         if device.type == "cuda":
             torch.cuda.current_stream(device).synchronize()
+            if hold_cycles > 0:
+                torch.cuda._sleep(int(hold_cycles))
+            dist.all_reduce(flag, group=group)
 
 
 def _exchange(x: torch.Tensor, send_splits: list[int], recv_splits: list[int], ctx: CommContext,
