@@ -660,8 +660,8 @@ def calibrate_command(args) -> int:
                      + ", ".join(f"{m / 1e6:.1f} MB {b / 1e9:.0f} GB/s" for m, b in curve))
         lines.append(f"  curve: max |residual| {info['max_rel_residual']:.3f}, median {info['median_rel_residual']:.3f}")
     if headroom is not None:
-        lines.append(f"  link headroom {headroom.headroom:.3f} on {headroom.phases} all-to-alls of {len(skewed_traces)} "
-                     f"skewed traces: |error| median {headroom.median_rel_error:.3f}, max {headroom.max_rel_error:.3f} "
+        lines.append(f"  link headroom {headroom.headroom:.3f} on {headroom.phases} all-to-alls of "
+                     f"{len(skewed_traces)} skewed traces: |error| median {headroom.median_rel_error:.3f}, max {headroom.max_rel_error:.3f} "
                      f"(curve alone: median {headroom.curve_only_median_rel_error:.3f}, "
                      f"max {headroom.curve_only_max_rel_error:.3f})")
     if args.out:

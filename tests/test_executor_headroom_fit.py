@@ -28,7 +28,8 @@ def _trace(path, dispatch, combine, times_s, skew, name):
             "cluster": {"gpu": "NVIDIA H200", "gpus": world},
             "provenance": {"gpu": "NVIDIA H200", "count": world, "torch": "t", "nccl": "n", "date": "d",
                            "command": "synthetic"},
-            "measured": {"traffic_bytes": np.asarray(dispatch).tolist(), "combine_traffic_bytes": np.asarray(combine).tolist(),
+            "measured": {"traffic_bytes": np.asarray(dispatch).tolist(),
+                         "combine_traffic_bytes": np.asarray(combine).tolist(),
                          "bytes_per_token": 16,
                          "phases_s": {"forward": {"dispatch_a2a": times_s[0], "combine_a2a": times_s[1]},
                                       "backward": {"dispatch_a2a": times_s[2], "combine_a2a": times_s[3]}}}}
