@@ -12,7 +12,9 @@ collective of the executor), CUDA events, the slowest rank per repetition, the m
             `--min-mib` to `--max-mib` per peer;
 * moe:      the uneven per-peer chunks of gpu-uniform-d8192-t32k (rows of 16 KiB), and the same
             split matrix scaled to other means (0.75x, 0.875x, 1.125x, 1.25x), rounded to rows;
-* offset:   equal chunks of 256 MiB + one row, and 256 MiB - one row.
+* offset:   equal chunks of 256 MiB + one row, and 256 MiB - one row;
+* pattern:  rotated per-peer chunk patterns (`PATTERNS`): all below / all above 2^28 bytes, a mix
+            of chunks below and above 2^28 (and 2^27, 2^29), uneven chunks on one side of it.
 
 Run: `PYTHONPATH=. torchrun --nproc_per_node=4 benchmarks/a2a_chunk_sweep.py OUT.json`
 (any world size >= 2; the moe cases exist for 4 ranks only). CPU (gloo) works too, for testing
@@ -71,7 +73,30 @@ def case_bytes(world: int, rank: int, min_mib: float, max_mib: float, steps: int
             cases[f"moe/x{scale}"] = [[int(round(r * scale)) * ROW_BYTES for r in row] for row in MOE_ROWS]
     for name, chunk in (("offset/256MiB+row", 256 * MIB + ROW_BYTES), ("offset/256MiB-row", 256 * MIB - ROW_BYTES)):
         cases[name] = [[chunk] * world for _ in range(world)]
+    if world == 4:
+        for scale in (0.99, 1.01):
+            cases[f"moe/x{scale}"] = [[int(round(r * scale)) * ROW_BYTES for r in row] for row in MOE_ROWS]
+    # rotated patterns: rank r sends pattern[(d - r) mod W] rows to rank d (pattern[0] stays on the
+    # rank), so every rank sends and receives the same multiset of chunks; 16384 rows = 2^28 bytes
+    for name, pattern in PATTERNS.items():
+        rows = [pattern[i % len(pattern)] for i in range(world)]
+        cases[f"pattern/{name}"] = [[rows[(d - r) % world] * ROW_BYTES for d in range(world)] for r in range(world)]
     return cases
+
+
+#: per-peer chunk patterns in 16 KiB rows (16384 rows = 256 MiB = 2^28 bytes)
+PATTERNS = {
+    "below-even": [16300, 16300, 16300, 16300],
+    "above-even": [16450, 16450, 16450, 16450],
+    "straddle-2^28": [16300, 16450, 16300, 16450],
+    "straddle-2^28-diag-only": [16450, 16300, 16300, 16300],
+    "straddle-2^28-one-peer": [16300, 16450, 16300, 16300],
+    "straddle-2^28-wide": [15000, 18000, 15000, 18000],
+    "uneven-below": [16000, 16350, 16100, 16380],
+    "uneven-above": [16400, 16750, 16500, 16780],
+    "straddle-2^27": [8150, 8225, 8150, 8225],
+    "straddle-2^29": [32700, 32850, 32700, 32850],
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -119,16 +119,18 @@ def _exchange(x: torch.Tensor, send_splits: list[int], recv_splits: list[int], c
         for local, rows in enumerate(send_splits):
             per_dst[ranks[local]] += rows * row_bytes
         ctx.stats.add(ctx.name, direction, per_dst)
-    if ctx.sync:
-        align_ranks(x.device, ctx.group)
     phase = ctx.name
-    # everything but the collective itself happens before the timer starts: the output buffer, a
-    # contiguous input, the split lists and the process-group query, so that the timed interval
-    # holds exactly what the bare all_to_all_single of executor.run times
+    # everything but the collective itself happens before the ranks are aligned and the timer
+    # starts: the output buffer (an allocation may call cudaMalloc, which can take longer than
+    # align_ranks' hold of the GPU), a contiguous input, the split lists and the process-group
+    # query, so that the timed interval holds exactly what the bare all_to_all_single of
+    # executor.run times
     out = x.new_empty((sum(recv_splits),) + tuple(x.shape[1:]))
     x = x.contiguous()
     distributed = world_size_of(ctx.group) > 1
     recv_list, send_list = list(recv_splits), list(send_splits)
+    if ctx.sync:
+        align_ranks(x.device, ctx.group)
     if ctx.timer is not None:
         ctx.timer.begin(phase, direction)
     if distributed:
