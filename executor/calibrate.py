@@ -43,8 +43,13 @@ workloads (skew > 0), if given, then fit the duplex engine's link headroom h
 (`calibration.a2a_link_headroom`, lshsim.sim.collectives "Duplex engine"): `fit_link_headroom`
 simulates their four all-to-alls (their recorded traffic matrices, as `lshsim validate` does) on
 the curve topology for h in [1, 3] (a grid of 0.02, then 0.001 around the best) and keeps the h
-of the smallest median |relative error| (ties: the smallest mean). Without skewed traces no
-headroom is written, so a headroom always comes from skewed measurements. With --no-curve every
+of the smallest median |relative error| (ties: the smallest mean). The links are capped at the
+fastest p2p send of the microbenchmark (`--from-raw` results; `calibration.a2a_link_max_Bps`,
+354 GB/s on H200; without p2p results, the curve's largest bus bandwidth): one direction alone
+carries more than a uniform all-to-all's per-direction rate (2 H200s: a skewed all-to-all moved
+388 MB one way at 330-350 GB/s while uniform ones top out at 298), but not more than a lone p2p
+send. Without skewed traces no headroom is written, so a headroom always comes from skewed
+measurements. With --no-curve every
 trace goes into the (alpha, B) fit, as before.
 
 `parse_nccl_tests` reads nccl-tests `alltoall_perf` output (the table of size, count, type,
@@ -204,13 +209,15 @@ def _a2a_cases(paths: list[str], world: int) -> list[tuple[np.ndarray, float, st
     return cases
 
 
-def skewed_a2a_errors(spec: dict, paths: list[str], headroom: float | None) -> np.ndarray:
+def skewed_a2a_errors(spec: dict, paths: list[str], headroom: float | None,
+                      link_max_Bps: float | None = None) -> np.ndarray:
     """(n,) (predicted - measured) / measured of every all-to-all phase of the traces, simulated on
-    the topology `spec` with G.graph["a2a_link_headroom"] = headroom (None: the curve alone)."""
-    return _headroom_objective(spec, paths)(headroom)
+    the topology `spec` with G.graph["a2a_link_headroom"] = headroom (None: the curve alone) and
+    G.graph["a2a_link_max_Bps"] = link_max_Bps (None: the curve's largest bus bandwidth)."""
+    return _headroom_objective(spec, paths, link_max_Bps)(headroom)
 
 
-def _headroom_objective(spec: dict, paths: list[str]):
+def _headroom_objective(spec: dict, paths: list[str], link_max_Bps: float | None = None):
     from lshsim.sim.collectives import simulate_all_to_all
     from lshsim.topology import build_topology
     from lshsim.topology.routing import validate_topology
@@ -225,6 +232,7 @@ def _headroom_objective(spec: dict, paths: list[str]):
 
     def errors(headroom: float | None) -> np.ndarray:
         G.graph["a2a_link_headroom"] = headroom
+        G.graph["a2a_link_max_Bps"] = link_max_Bps
         cache: dict = {}
         predicted = []
         for matrix, _, algorithm in cases:
@@ -237,14 +245,16 @@ def _headroom_objective(spec: dict, paths: list[str]):
     return errors
 
 
-def fit_link_headroom(spec: dict, paths: list[str], low: float = 1.0, high: float = 3.0) -> HeadroomFit:
+def fit_link_headroom(spec: dict, paths: list[str], low: float = 1.0, high: float = 3.0,
+                      link_max_Bps: float | None = None) -> HeadroomFit:
     """Fit calibration.a2a_link_headroom h on the all-to-alls of skewed-workload traces (module
     docstring): minimise the median |relative error| over h in [low, high] (grid of 0.02, then 0.001
     within 0.02 of the best; ties: the smaller mean |error|, then the smaller h). `spec` is the
-    calibrated topology spec with its curve (its headroom, if any, is ignored)."""
+    calibrated topology spec with its curve (its headroom, if any, is ignored); link_max_Bps is the
+    links' cap min(h B(M), link_max_Bps) during the fit (None: the curve's largest bus bandwidth)."""
     if not (math.isfinite(low) and math.isfinite(high) and 1.0 <= low < high):
         raise ValueError(f"low={low}, high={high} must satisfy 1 <= low < high")
-    errors = _headroom_objective(spec, paths)
+    errors = _headroom_objective(spec, paths, link_max_Bps)
     seen: dict = {}
 
     def score(h: float) -> tuple:
@@ -462,14 +472,17 @@ def gpu_key(device_name: str | None) -> str | None:
 
 def topology_spec(name: str, world_size: int, fit: AlphaBetaFit | None, results: dict, gpu_name: str | None,
                   provenance: dict, curve: list[list[float]] | None = None,
-                  link_headroom: float | None = None) -> dict:
+                  link_headroom: float | None = None, link_max_Bps: float | None = None) -> dict:
     """A single-node nvswitch spec with the fitted calibration block (see lshsim/topology/spec.py).
 
     With a bus bandwidth `curve`, calibration.a2a_busbw_curve is the curve and alpha_s is 0 (the
     curve's bandwidths hold the fixed costs; module docstring); `link_headroom` (only with a curve)
-    is written as calibration.a2a_link_headroom."""
+    is written as calibration.a2a_link_headroom, `link_max_Bps` (only with a headroom) as
+    calibration.a2a_link_max_Bps."""
     if link_headroom is not None and curve is None:
         raise ValueError(f"link_headroom={link_headroom} needs a curve")
+    if link_max_Bps is not None and link_headroom is None:
+        raise ValueError(f"link_max_Bps={link_max_Bps} needs a link_headroom")
     key = gpu_key(gpu_name)
     ffn_rate = results["ffn"]["flops_per_s"] if results.get("ffn") else None
     hbm = results["hbm"]["Bps"] if results.get("hbm") else None
@@ -494,6 +507,8 @@ def topology_spec(name: str, world_size: int, fit: AlphaBetaFit | None, results:
         calibration["a2a_busbw_curve"] = [[float(m), float(b)] for m, b in curve]
         if link_headroom is not None:
             calibration["a2a_link_headroom"] = float(link_headroom)
+        if link_max_Bps is not None:
+            calibration["a2a_link_max_Bps"] = float(link_max_Bps)
     if ffn_rate:
         calibration["expert_flops"] = ffn_rate
     if hbm:
@@ -624,20 +639,27 @@ def calibrate_command(args) -> int:
                                                    "max_rel_residual": float(residual.max()),
                                                    "median_rel_residual": float(np.median(residual))}}
     name = args.name or f"{gpu_key(gpu_name) or 'cpu'}-x{world}-calibrated"
-    headroom = None
+    headroom = link_max_Bps = None
     if curve is not None and skewed_traces:
+        # the links' cap: the fastest p2p send the microbenchmark measured (one direction alone)
+        # (never below the curve's largest bus bandwidth, which a uniform all-to-all reached)
+        p2p_Bps = [p["Bps"] for p in results.get("p2p") or [] if p.get("Bps")]
+        link_max_Bps = max(max(p2p_Bps), max(b for _, b in curve)) if p2p_Bps else None
         # the duplex engine's link headroom on the skewed traces, on the curve topology
-        headroom = fit_link_headroom(topology_spec(name, world, fit, results, gpu_name, {}, curve), skewed_traces)
+        headroom = fit_link_headroom(topology_spec(name, world, fit, results, gpu_name, {}, curve), skewed_traces,
+                                     link_max_Bps=link_max_Bps)
         fit_info = {**fit_info, "link_headroom": {
-            **asdict(headroom), "traces": len(skewed_traces),
-            "model": "engines 2 B(M_dup) per GPU, NVLink h B(M); h minimises the median |error| in [1, 3]"}}
+            **asdict(headroom), "traces": len(skewed_traces), "link_max_Bps": link_max_Bps,
+            "model": "engines 2 B(M_dup) per GPU, NVLink min(h B(M), link max); h minimises the median "
+                     "|error| in [1, 3]"}}
     prov = {**source, "fit": fit_info}
     if args.raw:
         Path(args.raw).write_text(json.dumps({"results": results, "provenance": source, "fit": fit_info},
                                              indent=1) + "\n")
     if args.out:
         write_topology_yaml(topology_spec(name, world, fit, results, gpu_name, prov, curve,
-                                          None if headroom is None else headroom.headroom), args.out)
+                                          None if headroom is None else headroom.headroom,
+                                          None if headroom is None else link_max_Bps), args.out)
     lines = [f"calibration on {world} x {gpu_name or 'CPU'}"]
     for point in _points(results):
         model = f"  model {fit.predict_s(point.offdiag_bytes) * 1e6:10.1f} us" if fit else ""
@@ -663,7 +685,8 @@ def calibrate_command(args) -> int:
         lines.append(f"  link headroom {headroom.headroom:.3f} on {headroom.phases} all-to-alls of "
                      f"{len(skewed_traces)} skewed traces: |error| median {headroom.median_rel_error:.3f}, max {headroom.max_rel_error:.3f} "
                      f"(curve alone: median {headroom.curve_only_median_rel_error:.3f}, "
-                     f"max {headroom.curve_only_max_rel_error:.3f})")
+                     f"max {headroom.curve_only_max_rel_error:.3f})"
+                     + (f"; links capped at {link_max_Bps / 1e9:.0f} GB/s (fastest p2p)" if link_max_Bps else ""))
     if args.out:
         lines.append(f"  topology written to {args.out}")
     sys.stdout.write("\n".join(lines) + "\n")

@@ -38,11 +38,11 @@ def _trace(path, dispatch, combine, times_s, skew, name):
 
 
 def _closed_form_s(traffic, headroom):
-    """max_r max((S_r + R_r) / (2 B(M_dup)), max(S_r, R_r) / (h B(M))) on the true curve."""
+    """max_r max((S_r + R_r) / (2 B(M_dup)), max(S_r, R_r) / min(h B(M), B_max)) on the true curve."""
     off = traffic - np.diag(np.diag(traffic))
     sent, received = off.sum(axis=1), off.sum(axis=0)
     engine = 2 * curve_busbw_Bps(TRUE_CURVE, a2a_duplex_bytes_per_rank(traffic))
-    link = headroom * curve_busbw_Bps(TRUE_CURVE, a2a_bytes_per_rank(traffic))
+    link = min(headroom * curve_busbw_Bps(TRUE_CURVE, a2a_bytes_per_rank(traffic)), max(b for _, b in TRUE_CURVE))
     return float(max(((sent + received) / engine).max(), (np.maximum(sent, received) / link).max()))
 
 
@@ -120,14 +120,16 @@ def test_only_skewed_traces_are_refused(tmp_path):
 
 def test_fit_recovers_a_headroom_the_simulator_generated(tmp_path):
     """Self-consistency on general skewed matrices (where the drain is above the closed form):
-    times simulated at h = 1.45 on the true curve are fitted back to 1.45."""
+    times simulated at h = 1.45 on the true curve are fitted back to 1.45. The matrices are small
+    (M of 1-10 MB, B(M) 50-120 GB/s), so that h B(M) stays below the cap B_max = 300 GB/s, where
+    h is identifiable."""
     spec = topology_spec("t", 4, None, {"ffn": None, "hbm": None}, "NVIDIA H200", {}, TRUE_CURVE)
     truth = build_topology({**spec, "calibration": {**spec["calibration"], "a2a_link_headroom": 1.45}})
     rng = np.random.default_rng(3)
     paths = []
     for i in range(2):
         weights = rng.dirichlet(np.full(4, 0.5))                                      # (4,) hot experts
-        dispatch = rng.uniform(5e6, 5e7) * 4 * np.outer(rng.uniform(0.7, 1.3, 4), weights)  # (4, 4)
+        dispatch = rng.uniform(2e5, 2e6) * 4 * np.outer(rng.uniform(0.7, 1.3, 4), weights)  # (4, 4)
         combine = dispatch.T.copy()
         d, c = (simulate_all_to_all(truth, m).time_s for m in (dispatch, combine))
         paths.append(_trace(tmp_path / f"sk{i}.json", dispatch, combine, [d, c, c, d], 0.5, f"sk{i}"))

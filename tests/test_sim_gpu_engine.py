@@ -96,11 +96,11 @@ def test_bad_engine_capacities_are_refused(bad):
 
 # ---- simulate_all_to_all -----------------------------------------------------------------------
 def _closed_form_s(traffic, headroom, curve=CURVE):
-    """max_r max((S_r + R_r) / (2 B(M_dup)), max(S_r, R_r) / (h B(M)))."""
+    """max_r max((S_r + R_r) / (2 B(M_dup)), max(S_r, R_r) / min(h B(M), B_max))."""
     off = traffic - np.diag(np.diag(traffic))                                         # (W, W)
     sent, received = off.sum(axis=1), off.sum(axis=0)                                  # (W,)
     engine = 2 * curve_busbw_Bps(curve, a2a_duplex_bytes_per_rank(traffic))
-    link = headroom * curve_busbw_Bps(curve, a2a_bytes_per_rank(traffic))
+    link = min(headroom * curve_busbw_Bps(curve, a2a_bytes_per_rank(traffic)), max(b for _, b in curve))
     return float(max(((sent + received) / engine).max(), (np.maximum(sent, received) / link).max()))
 
 
@@ -202,4 +202,48 @@ def test_bad_headroom_names_file_field_value(tmp_path, headroom, curve, message)
     path = tmp_path / "bad-h.yaml"
     path.write_text(yaml.safe_dump(_spec(headroom, curve=curve)))
     with pytest.raises(ValueError, match=r"^bad-h.yaml: " + message):
+        load_topology(path)
+
+
+# ---- the links' cap (calibration.a2a_link_max_Bps) -----------------------------------------------
+def _spec_with_cap(link_max, headroom=2.0):
+    spec = _spec(headroom)
+    spec["calibration"]["a2a_link_max_Bps"] = link_max
+    return spec
+
+
+def test_link_max_caps_the_links():
+    # ranks 1..3 send 100 MB each to rank 0: h B(M) = 2 * B(400 MB) > 100 GB/s, so the 100 GB/s cap
+    # binds: 300 MB into rank 0 over one link direction takes 3 ms (the engine alone: 0.67 ms)
+    traffic = np.zeros((4, 4))
+    traffic[1:, 0] = 1e8
+    G = build_topology(_spec_with_cap(100e9))
+    assert G.graph["a2a_link_max_Bps"] == 100e9
+    result = simulate_all_to_all(G, traffic, local_copy=False)
+    assert result.time_s == pytest.approx(3e8 / 100e9, rel=1e-9)
+    assert result.options["a2a_link_Bps"] == 100e9
+    # without the key the cap is the curve's largest bus bandwidth (320 GB/s here)
+    uncapped = simulate_all_to_all(build_topology(_spec(2.0)), traffic, local_copy=False)
+    assert uncapped.options["a2a_link_Bps"] == 320e9
+    assert uncapped.time_s == pytest.approx(3e8 / 320e9, rel=1e-9)
+    # uniform traffic with B(M) below the cap is unchanged (engine-bound at B(M) = 50 GB/s); above
+    # it (B(10 MB) = 125 GB/s) the capped links bind
+    uniform = simulate_all_to_all(G, uniform_traffic(4, 1e6), local_copy=False)
+    assert uniform.time_s == pytest.approx(1e6 * 3 / 4 / curve_busbw_Bps(CURVE, 1e6), rel=1e-9)
+    above = simulate_all_to_all(G, uniform_traffic(4, 1e7), local_copy=False)
+    assert above.time_s == pytest.approx(1e7 * 3 / 4 / 100e9, rel=1e-9)
+
+
+@pytest.mark.parametrize("spec_change, message", [
+    ({"a2a_link_max_Bps": 0.0}, r"calibration.a2a_link_max_Bps=0.0 must be > 0"),
+    ({"a2a_link_max_Bps": "fast"}, r"calibration.a2a_link_max_Bps='fast' must be a finite number"),
+    ({"a2a_link_max_Bps": 3e11, "a2a_link_headroom": None},
+     r"calibration.a2a_link_max_Bps=300000000000.0 is only allowed together with calibration.a2a_link_headroom"),
+])
+def test_bad_link_max_names_file_field_value(tmp_path, spec_change, message):
+    spec = _spec(1.2)
+    spec["calibration"].update(spec_change)
+    path = tmp_path / "bad-cap.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match=r"^bad-cap.yaml: " + message):
         load_topology(path)

@@ -49,9 +49,11 @@ receives together: the pair is bound by one capacity, while each direction of th
 can go faster than a uniform all-to-all's per-direction rate. With a headroom every all-to-all
 gets (FlowNetwork's `gpu_engine_Bps`, network.py item 5) one engine per GPU of capacity
 2 B(M_dup), M_dup = max_r (S_r + R_r) / 2 * W / (W - 1) (`a2a_duplex_bytes_per_rank`), shared by
-the rank's sends and receives, and its NVLink edges at h B(M) per direction (M as above). A direct
-all-to-all then takes at least (closed form)
-    t >= max_r max((S_r + R_r) / (2 B(M_dup)), max(S_r, R_r) / (h B(M))).
+the rank's sends and receives, and its NVLink edges at min(h B(M), B_max) per direction (M as
+above; B_max = calibration.a2a_link_max_Bps, G.graph["a2a_link_max_Bps"], which `executor
+calibrate` sets to the fastest p2p send it measured (354 GB/s on H200), else the largest bus
+bandwidth of the curve). A direct all-to-all then takes at least (closed form)
+    t >= max_r max((S_r + R_r) / (2 B(M_dup)), max(S_r, R_r) / min(h B(M), B_max)).
 Uniform traffic (S_r = R_r = S) has M_dup = M and is engine-bound: t = S / B(M), as without the
 headroom. The simulation meets the bound when a rank's flows end together (all-to-one traffic)
 and is slower otherwise: max-min fairness shares an engine equally, not in favour of the longest
@@ -402,16 +404,20 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
         curve_info = {"a2a_bytes_per_rank": size, "a2a_busbw_Bps": busbw}
         headroom = G.graph.get("a2a_link_headroom")
         if headroom is not None:
-            # duplex engines of 2 B(M_dup) per GPU, links at h B(M) (module docstring, "Duplex engine")
+            # duplex engines of 2 B(M_dup) per GPU, links at min(h B(M), B_max) (module docstring, "Duplex engine")
             headroom = float(headroom)
             if not np.isfinite(headroom) or headroom < 1:
                 raise ValueError(f"G.graph['a2a_link_headroom']={headroom} must be a finite number >= 1")
             dup_size = a2a_duplex_bytes_per_rank(traffic)
             dup_busbw = curve_busbw_Bps(curve, dup_size)
-            scale = {"nvlink": headroom * busbw / nominal}
+            # a link never carries more than its calibrated maximum (the fastest p2p send), or
+            # without one, than the fastest per-direction rate of the curve
+            link_max_Bps = G.graph.get("a2a_link_max_Bps") or max(point_Bps for _, point_Bps in curve)
+            link_Bps = min(headroom * busbw, float(link_max_Bps))
+            scale = {"nvlink": link_Bps / nominal}
             engine_Bps = 2.0 * dup_busbw
             curve_info.update(a2a_dup_bytes_per_rank=dup_size, a2a_dup_busbw_Bps=dup_busbw,
-                              a2a_link_headroom=headroom, gpu_engine_Bps=engine_Bps)
+                              a2a_link_headroom=headroom, gpu_engine_Bps=engine_Bps, a2a_link_Bps=link_Bps)
     net = FlowNetwork(G, alpha_s=alpha_s, routes=routes, drain_tolerance=drain_tolerance,
                       bandwidth_scale_by_kind=scale, gpu_engine_Bps=engine_Bps)
     run = CollectiveRun(net, message_gap_s=float(message_gap_s))

@@ -44,6 +44,10 @@ times in seconds, NIC line rate in Gb/s:
                                    #   a duplex engine of 2 B(M_dup) shared by its sends and receives,
                                    #   and each NVLink direction h B(M) (lshsim.sim.collectives,
                                    #   "Duplex engine") -> G.graph["a2a_link_headroom"] (else None)
+      a2a_link_max_Bps: 3.5e11     # optional, only with a2a_link_headroom: finite, > 0. The most one
+                                   #   NVLink direction carries: min(h B(M), this); calibrate writes
+                                   #   the fastest p2p send it measured. Absent: the curve's largest
+                                   #   bus bandwidth -> G.graph["a2a_link_max_Bps"] (else None)
       provenance: {...}            # free-form (who/when/how), kept in G.graph["calibration"]
 
 Errors name the file, the field and the value: "h100.yaml: inter.nic_gbps=-5 must be > 0".
@@ -78,7 +82,7 @@ _TOP_KEYS = {"name", "description", "gpu", "nodes", "gpus_per_node", "alpha_s", 
 _INTRA_KEYS = {"kind", "link_Bps", "links", "per_link_Bps", "group_size", "latency_s", "pcie_Bps", "pcie_latency_s"}
 _INTER_KEYS = {"kind", "nics_per_node", "nic_gbps", "servers_per_leaf", "oversubscription", "latency_s"}
 _CAL_KEYS = {"alpha_s", "nvlink_Bps", "nic_Bps", "pcie_Bps", "expert_flops", "hbm_Bps", "a2a_busbw_curve",
-             "a2a_link_headroom", "provenance"}
+             "a2a_link_headroom", "a2a_link_max_Bps", "provenance"}
 
 
 def topology_dir() -> Path:
@@ -266,7 +270,7 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
 
     gpu_dict = gpu.to_dict()
     busbw_curve = None
-    link_headroom = None
+    link_headroom = link_max_Bps = None
     calibration = spec.get("calibration")
     if calibration is not None:
         check.keys(calibration, _CAL_KEYS, "calibration.")
@@ -301,6 +305,10 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
         if link_headroom is not None and busbw_curve is None:
             raise check.fail("calibration.a2a_link_headroom", calibration["a2a_link_headroom"],
                              "is only allowed together with calibration.a2a_busbw_curve")
+        link_max_Bps = check.number(calibration, "a2a_link_max_Bps", pre)
+        if link_max_Bps is not None and link_headroom is None:
+            raise check.fail("calibration.a2a_link_max_Bps", calibration["a2a_link_max_Bps"],
+                             "is only allowed together with calibration.a2a_link_headroom")
     # the per-GPU NVLink bandwidth the nvlink edges are built with (what a curve point replaces)
     if intra_kind == "nvswitch":
         nvlink_per_gpu_Bps = link_Bps
@@ -315,7 +323,7 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
                    nics_per_node=inter_args["nics_per_node"] if inter_args else 0,
                    intra_kind=intra_kind, inter_kind=inter_kind,
                    calibration=copy.deepcopy(calibration), spec=copy.deepcopy(spec), source=source,
-                   a2a_busbw_curve=busbw_curve, a2a_link_headroom=link_headroom,
+                   a2a_busbw_curve=busbw_curve, a2a_link_headroom=link_headroom, a2a_link_max_Bps=link_max_Bps,
                    nvlink_per_gpu_Bps=nvlink_per_gpu_Bps)
     for node in range(num_nodes):
         INTRA_BUILDERS[intra_kind](G, node, gpus_per_node, link_Bps=link_Bps, links=links or 0,
