@@ -23,6 +23,7 @@ the script, with `--device cpu --max-mib 4 --min-mib 1`.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     provenance = {"world_size": world, "torch": torch.__version__,
+                  "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "nccl": ".".join(map(str, torch.cuda.nccl.version())) if device.type == "cuda" else None,
                   "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                   "command": " ".join(["benchmarks/a2a_chunk_sweep.py"] + (argv if argv is not None else sys.argv[1:]))}
