@@ -59,9 +59,10 @@ headroom. The simulation meets the bound when a rank's flows end together (all-t
 and is slower otherwise: max-min fairness shares an engine equally, not in favour of the longest
 flow (2 GPUs sending 88 and 45 MB to each other at h = 1.2: 10% above the bound; run-c's skewed
 traffic: 2-15%). h is fitted on skewed calibration traces (`executor calibrate --from-traces`)
-with this simulation, not the closed form. Measured on run-c's held-out skewed workloads (12
-all-to-alls per GPU count): median |error| 4 GPUs 10.2% (curve alone) -> 12.7% (h = 1.2),
-2 GPUs 18.1% -> 13.7% (h = 1.2), 7.6% (h = 1.5); the closed form would give 7.8% and 3.5% at h = 1.2.
+with this simulation, not the closed form. Measured (benchmarks/RESULTS.md, run-e, 2 and 4 H200s,
+calibrated only on the calibration workloads: h = 1.164 / 1.214, B_max = p2p 354 / 353 GB/s): the
+24 skewed held-out all-to-alls, median |error| 7.5% with the curve alone, 4.2% with the engine
+(worst 19.3% -> 16.1%, signed median +7.5% -> +0.6%); uniform ones are unchanged.
 """
 from __future__ import annotations
 
