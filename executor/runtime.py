@@ -104,4 +104,7 @@ def provenance(runtime: Runtime, command: list[str] | None = None) -> dict:
         "command": " ".join(command if command is not None else [sys.executable, *sys.argv]),
         "host_cpu": platform.processor() or platform.machine(),
         "python": platform.python_version(),
+        # NCCL's settings change its speed (e.g. NCCL_P2P_NVL_CHUNKSIZE moves the p2p channel
+        # thresholds, lshsim.sim.nccl): a trace names the ones it ran with
+        "nccl_env": {key: value for key, value in sorted(os.environ.items()) if key.startswith("NCCL_")},
     }
