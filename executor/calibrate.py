@@ -43,12 +43,14 @@ workloads (skew > 0), if given, then fit the duplex engine's link headroom h
 (`calibration.a2a_link_headroom`, lshsim.sim.collectives "Duplex engine"): `fit_link_headroom`
 simulates their four all-to-alls (their recorded traffic matrices, as `lshsim validate` does) on
 the curve topology for h in [1, 3] (a grid of 0.02, then 0.001 around the best) and keeps the h
-of the smallest median |relative error| (ties: the smallest mean). The links are capped at the
-fastest p2p send of the microbenchmark (`--from-raw` results; `calibration.a2a_link_max_Bps`,
-354 GB/s on H200; without p2p results, the curve's largest bus bandwidth): one direction alone
-carries more than a uniform all-to-all's per-direction rate (2 H200s: a skewed all-to-all moved
-388 MB one way at 330-350 GB/s while uniform ones top out at 298), but not more than a lone p2p
-send. Without skewed traces no headroom is written, so a headroom always comes from skewed
+of the smallest median |relative error| (ties: the smallest mean). The links' cap
+(`calibration.a2a_link_max_Bps`) is fitted with it (`fit_link_headroom_and_cap`) between the
+curve's largest bus bandwidth and the fastest p2p send of the microbenchmark (`--from-raw`
+results; without p2p results, the curve's largest bus bandwidth): one direction can carry more
+than a uniform all-to-all's per-direction rate (2 H200s: a skewed all-to-all moved 388 MB one way
+at 330-350 GB/s while uniform ones top out at 298; the fit picks the p2p rate, 353), but a GPU fed
+by three peers at once does not reach a lone p2p send (4 H200s: the fit picks 344, the curve's
+top, not the p2p 354). Without skewed traces no headroom is written, so a headroom always comes from skewed
 measurements. With --no-curve every
 trace goes into the (alpha, B) fit, as before.
 
@@ -72,7 +74,7 @@ from executor.timing import PhaseTimer
 
 __all__ = ["A2APoint", "AlphaBetaFit", "fit_alpha_beta", "parse_nccl_tests", "NcclTestsRun", "measure",
            "topology_spec", "calibrate_command", "gpu_key", "sweep_sizes", "fit_busbw_curve", "curve_residuals",
-           "trace_skew", "HeadroomFit", "fit_link_headroom", "skewed_a2a_errors"]
+           "trace_skew", "HeadroomFit", "fit_link_headroom", "fit_link_headroom_and_cap", "skewed_a2a_errors"]
 
 
 @dataclass(frozen=True)
@@ -273,6 +275,34 @@ def fit_link_headroom(spec: dict, paths: list[str], low: float = 1.0, high: floa
     return HeadroomFit(headroom=float(headroom), phases=len(with_h), median_rel_error=float(np.median(with_h)),
                        max_rel_error=float(with_h.max()), curve_only_median_rel_error=float(np.median(alone)),
                        curve_only_max_rel_error=float(alone.max()))
+
+
+def fit_link_headroom_and_cap(spec: dict, paths: list[str], p2p_max_Bps: float | None,
+                              steps: int = 6) -> tuple[HeadroomFit, float | None]:
+    """Fit h and the links' cap B_max (calibration.a2a_link_max_Bps) on skewed-workload traces.
+
+    B_max is searched on `steps` values from the curve's largest bus bandwidth (the fastest
+    per-direction rate of a uniform all-to-all: a link carries at least that) to the fastest p2p
+    send `p2p_max_Bps` (one direction alone: at most that), h by `fit_link_headroom` at each; the
+    pair of the smallest median |relative error| wins (ties: the smaller mean, then the larger
+    B_max). Measured (benchmarks/RESULTS.md): 4 H200s pick 344 GB/s (the curve's top; a GPU
+    receiving from three peers at once does not reach the p2p rate), 2 H200s 353 GB/s (the p2p
+    rate: the one peer streams at it). Without `p2p_max_Bps` the cap is the curve's top (None is
+    returned: the simulator's default)."""
+    curve_max = max(b for _, b in spec["calibration"]["a2a_busbw_curve"])
+    if p2p_max_Bps is None:
+        return fit_link_headroom(spec, paths), None
+    if not (np.isfinite(p2p_max_Bps) and p2p_max_Bps > 0) or steps < 1:
+        raise ValueError(f"p2p_max_Bps={p2p_max_Bps} must be a finite number > 0 and steps={steps} >= 1")
+    caps = np.linspace(curve_max, max(p2p_max_Bps, curve_max), steps) if p2p_max_Bps > curve_max else [curve_max]
+    best = None
+    for cap in caps:
+        fit = fit_link_headroom(spec, paths, link_max_Bps=float(cap))
+        mean = float(np.mean(np.abs(skewed_a2a_errors(spec, paths, fit.headroom, float(cap)))))
+        key = (round(fit.median_rel_error, 9), round(mean, 9), -float(cap))
+        if best is None or key < best[0]:
+            best = (key, fit, float(cap))
+    return best[1], best[2]
 
 
 # ---- nccl-tests output --------------------------------------------------------------------------
@@ -641,17 +671,19 @@ def calibrate_command(args) -> int:
     name = args.name or f"{gpu_key(gpu_name) or 'cpu'}-x{world}-calibrated"
     headroom = link_max_Bps = None
     if curve is not None and skewed_traces:
-        # the links' cap: the fastest p2p send the microbenchmark measured (one direction alone)
-        # (never below the curve's largest bus bandwidth, which a uniform all-to-all reached)
+        # the duplex engine's link headroom h and the links' cap on the skewed traces, on the curve
+        # topology (`fit_link_headroom_and_cap`): the cap lies between the curve's largest bus
+        # bandwidth (what a uniform all-to-all reached per direction) and the fastest p2p send
         p2p_Bps = [p["Bps"] for p in results.get("p2p") or [] if p.get("Bps")]
-        link_max_Bps = max(max(p2p_Bps), max(b for _, b in curve)) if p2p_Bps else None
-        # the duplex engine's link headroom on the skewed traces, on the curve topology
-        headroom = fit_link_headroom(topology_spec(name, world, fit, results, gpu_name, {}, curve), skewed_traces,
-                                     link_max_Bps=link_max_Bps)
+        headroom, link_max_Bps = fit_link_headroom_and_cap(
+            topology_spec(name, world, fit, results, gpu_name, {}, curve), skewed_traces,
+            max(p2p_Bps) if p2p_Bps else None)
         fit_info = {**fit_info, "link_headroom": {
             **asdict(headroom), "traces": len(skewed_traces), "link_max_Bps": link_max_Bps,
-            "model": "engines 2 B(M_dup) per GPU, NVLink min(h B(M), link max); h minimises the median "
-                     "|error| in [1, 3]"}}
+            "p2p_max_Bps": max(p2p_Bps) if p2p_Bps else None,
+            "model": "engines 2 B(M_dup) per GPU, NVLink min(h B(M), link max); (h, link max) minimise the "
+                     "median |error|, h in [1, 3], link max from the curve's largest bus bandwidth to the "
+                     "fastest p2p send"}}
     prov = {**source, "fit": fit_info}
     if args.raw:
         Path(args.raw).write_text(json.dumps({"results": results, "provenance": source, "fit": fit_info},
@@ -686,7 +718,9 @@ def calibrate_command(args) -> int:
                      f"{len(skewed_traces)} skewed traces: |error| median {headroom.median_rel_error:.3f}, max {headroom.max_rel_error:.3f} "
                      f"(curve alone: median {headroom.curve_only_median_rel_error:.3f}, "
                      f"max {headroom.curve_only_max_rel_error:.3f})"
-                     + (f"; links capped at {link_max_Bps / 1e9:.0f} GB/s (fastest p2p)" if link_max_Bps else ""))
+                     + (f"; links capped at {link_max_Bps / 1e9:.0f} GB/s (fitted between the curve's top "
+                        f"{max(b for _, b in curve) / 1e9:.0f} and the fastest p2p send "
+                        f"{fit_info['link_headroom']['p2p_max_Bps'] / 1e9:.0f})" if link_max_Bps else ""))
     if args.out:
         lines.append(f"  topology written to {args.out}")
     sys.stdout.write("\n".join(lines) + "\n")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from executor.calibrate import calibrate_command, fit_link_headroom, skewed_a2a_errors, topology_spec
+from executor.calibrate import (calibrate_command, fit_link_headroom, fit_link_headroom_and_cap, skewed_a2a_errors,
+                                topology_spec)
 from lshsim.sim.collectives import (a2a_bytes_per_rank, a2a_duplex_bytes_per_rank, curve_busbw_Bps,
                                     simulate_all_to_all, uniform_traffic)
 from lshsim.sim.trace import Trace
@@ -140,3 +141,29 @@ def test_fit_recovers_a_headroom_the_simulator_generated(tmp_path):
         fit_link_headroom(spec, paths, low=0.5)
     with pytest.raises(ValueError, match="needs a curve"):
         topology_spec("t", 4, None, {"ffn": None, "hbm": None}, "NVIDIA H200", {}, None, 1.2)
+
+
+@pytest.mark.slow   # about 12 s: 7 caps x 142 headrooms x 4 skewed traces
+def test_fit_recovers_the_link_cap_and_the_headroom(tmp_path):
+    """Times simulated at h = 1.45 with the links capped at 360 GB/s: small skewed matrices
+    identify h (h B(M) below the cap), large ones the cap (h B(M) above it); the joint fit over
+    caps 300, 320, ..., 420 GB/s (the curve's top to the 'p2p' rate) gives both back."""
+    spec = topology_spec("t", 4, None, {"ffn": None, "hbm": None}, "NVIDIA H200", {}, TRUE_CURVE)
+    truth = build_topology({**spec, "calibration": {**spec["calibration"], "a2a_link_headroom": 1.45,
+                                                    "a2a_link_max_Bps": 360e9}})
+    rng = np.random.default_rng(5)
+    paths = []
+    for i, scale in enumerate((2e5, 1e6, 2e8, 4e8)):
+        weights = rng.dirichlet(np.full(4, 0.5))                                      # (4,) hot experts
+        dispatch = scale * 4 * np.outer(rng.uniform(0.7, 1.3, 4), weights)            # (4, 4)
+        combine = dispatch.T.copy()
+        d, c = (simulate_all_to_all(truth, m).time_s for m in (dispatch, combine))
+        paths.append(_trace(tmp_path / f"cap{i}.json", dispatch, combine, [d, c, c, d], 0.5, f"cap{i}"))
+    fit, cap = fit_link_headroom_and_cap(spec, paths, p2p_max_Bps=420e9, steps=7)
+    assert cap == pytest.approx(360e9) and fit.headroom == pytest.approx(1.45, abs=0.002)
+    assert fit.max_rel_error < 1e-6
+    # without a p2p rate the cap is left to the simulator's default (the curve's top)
+    fit_default, cap_default = fit_link_headroom_and_cap(spec, paths, None)
+    assert cap_default is None and fit_default.max_rel_error > 1e-3
+    with pytest.raises(ValueError, match="p2p_max_Bps=-1"):
+        fit_link_headroom_and_cap(spec, paths, -1.0)
