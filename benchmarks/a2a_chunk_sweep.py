@@ -30,9 +30,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-from executor.comm import align_ranks
+from executor.calibrate import _median_of_max, _time_repeated
 from executor.runtime import init_runtime, shutdown
-from executor.timing import PhaseTimer
 
 ROW_BYTES = 16384  # d_model 8192, bf16
 # rows sent from rank (row) to rank (column) by gpu-uniform-d8192-t32k on 4 H200 (run-b)
@@ -42,24 +41,9 @@ MIB = 2 ** 20
 
 
 def timed(fn, device: torch.device, iterations: int, warmup: int) -> tuple[float, list[float]]:
-    """Median over iterations of the slowest rank's time of fn() (collective)."""
-    timer = PhaseTimer(device)
-    local = []
-    for it in range(warmup + iterations):
-        align_ranks(device)
-        timer.start_iteration()
-        timer.begin("other")
-        fn()
-        timer.end("other")
-        start, end = timer.finish_iteration()[("other", "forward")]
-        if it >= warmup:
-            local.append(end - start)
-    values = torch.tensor(local, dtype=torch.float64, device=device)
-    if dist.get_world_size() > 1:
-        dist.all_reduce(values, op=dist.ReduceOp.MAX)
-    per_iteration = values.cpu().tolist()
-    ordered = sorted(per_iteration)
-    return ordered[(len(ordered) - 1) // 2], per_iteration
+    """Median over iterations of the slowest rank's time of fn() (collective), timed exactly as
+    `executor calibrate` times its sweep."""
+    return _median_of_max(_time_repeated(fn, device, iterations, warmup), device)
 
 
 def case_bytes(world: int, rank: int, min_mib: float, max_mib: float, steps: int) -> dict[str, list[list[int]]]:

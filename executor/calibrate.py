@@ -182,30 +182,39 @@ def trace_skew(trace) -> float:
     return 0.0 if skew is None else float(skew)
 
 
-def _a2a_cases(paths: list[str], world: int) -> list[tuple[np.ndarray, float, str]]:
-    """(traffic (W, W), measured s, algorithm) of every all-to-all phase of the traces, the matrices
-    as `lshsim.sim.validate` uses them (dispatch forward: traffic_bytes, combine forward:
-    combine_traffic_bytes, backward swapped)."""
+def _trace_a2a_phases(path: str) -> tuple[dict, list[tuple[np.ndarray, float]]]:
+    """(meta.workload, [(traffic (W, W), measured s), ...]) of the four all-to-all phases of one
+    measured executor trace, the matrices as `lshsim.sim.validate` uses them (dispatch forward:
+    traffic_bytes, combine forward: combine_traffic_bytes, backward swapped); phases that were
+    not measured are left out."""
     from lshsim.sim.trace import Trace
 
+    trace = Trace.from_json(path)
+    measured = trace.meta.get("measured")
+    if measured is None:
+        raise ValueError(f"{path}: not a measured executor trace (meta['measured'] is missing)")
+    dispatch = np.asarray(measured["traffic_bytes"], dtype=float)  # (W, W)
+    combine = np.asarray(measured["combine_traffic_bytes"], dtype=float)  # (W, W)
+    pairs = ((dispatch, "forward", "dispatch_a2a"), (combine, "forward", "combine_a2a"),
+             (combine, "backward", "dispatch_a2a"), (dispatch, "backward", "combine_a2a"))
+    phases = []
+    for matrix, direction, phase in pairs:
+        seconds = measured["phases_s"].get(direction, {}).get(phase)
+        if seconds is not None:
+            phases.append((matrix, float(seconds)))
+    return trace.meta["workload"], phases
+
+
+def _a2a_cases(paths: list[str], world: int) -> list[tuple[np.ndarray, float, str]]:
+    """(traffic (W, W), measured s, algorithm) of every measured all-to-all phase of the traces
+    (`_trace_a2a_phases`)."""
     cases = []
     for path in paths:
-        trace = Trace.from_json(path)
-        measured = trace.meta.get("measured")
-        if measured is None:
-            raise ValueError(f"{path}: not a measured executor trace (meta['measured'] is missing)")
-        workload = trace.meta["workload"]
+        workload, phases = _trace_a2a_phases(path)
         if int(workload["world_size"]) != world:
             raise ValueError(f"{path}: a trace of {workload['world_size']} ranks; calibrating {world}")
         algorithm = "groupwise" if workload.get("alltoall") == "groupwise" else "direct"
-        dispatch = np.asarray(measured["traffic_bytes"], dtype=float)  # (W, W)
-        combine = np.asarray(measured["combine_traffic_bytes"], dtype=float)  # (W, W)
-        pairs = ((dispatch, "forward", "dispatch_a2a"), (combine, "forward", "combine_a2a"),
-                 (combine, "backward", "dispatch_a2a"), (dispatch, "backward", "combine_a2a"))
-        for matrix, direction, phase in pairs:
-            seconds = measured["phases_s"].get(direction, {}).get(phase)
-            if seconds is not None and seconds > 0:
-                cases.append((matrix, float(seconds), algorithm))
+        cases.extend((matrix, seconds, algorithm) for matrix, seconds in phases if seconds > 0)
     if not cases:
         raise ValueError("the skewed traces hold no all-to-all phase")
     return cases
@@ -563,28 +572,16 @@ def trace_points(paths: list[str]) -> list[A2APoint]:
     simulator's direct all-to-all is bound by, and t = the measured median time. Returned as
     A2APoints with bytes_per_rank = S W / (W - 1), so that `offdiag_bytes` is S.
     """
-    from lshsim.sim.trace import Trace
-
     points = []
     for path in paths:
-        trace = Trace.from_json(path)
-        measured = trace.meta.get("measured")
-        if measured is None:
-            raise ValueError(f"{path}: not a measured executor trace (meta['measured'] is missing)")
-        world = int(trace.meta["workload"]["world_size"])
+        workload, phases = _trace_a2a_phases(path)
+        world = int(workload["world_size"])
         if world < 2:
             raise ValueError(f"{path}: a trace of {world} rank has no all-to-all to calibrate on")
-        dispatch = np.asarray(measured["traffic_bytes"], dtype=float)  # (W, W)
-        combine = np.asarray(measured["combine_traffic_bytes"], dtype=float)  # (W, W)
-        pairs = ((dispatch, "forward", "dispatch_a2a"), (combine, "forward", "combine_a2a"),
-                 (combine, "backward", "dispatch_a2a"), (dispatch, "backward", "combine_a2a"))
-        for matrix, direction, phase in pairs:
-            seconds = measured["phases_s"].get(direction, {}).get(phase)
-            if seconds is None:
-                continue
+        for matrix, seconds in phases:
             off = matrix - np.diag(np.diag(matrix))
             bound = max(off.sum(axis=1).max(), off.sum(axis=0).max())  # S
-            points.append(A2APoint(int(round(bound * world / (world - 1))), float(seconds), world))
+            points.append(A2APoint(int(round(bound * world / (world - 1))), seconds, world))
     if not points:
         raise ValueError("the traces hold no all-to-all phase")
     return points
