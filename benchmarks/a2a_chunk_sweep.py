@@ -4,7 +4,7 @@ On 4 H200s the held-out workload gpu-uniform-d8192-t32k (per-peer chunks of 267-
 25-30% slower than the calibration workloads around it (data/measured/h200/run-c), and its bare
 all_to_all_single was as slow; `a2a_diagnostics.py` found equal 256 MiB chunks fast and the same
 bytes in that workload's uneven split sizes 44% slower. This sweep times a bare all_to_all_single
-on uint8 buffers allocated once, ranks aligned with `executor.comm.align_ranks` (as every timed
+on uint8 buffers allocated once, ranks aligned with `lshsim.executor.comm.align_ranks` (as every timed
 collective of the executor), CUDA events, the slowest rank per repetition, the median of
 `--iterations` after `--warmup`, for:
 
@@ -30,8 +30,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-from executor.calibrate import _median_of_max, _time_repeated
-from executor.runtime import init_runtime, shutdown
+from lshsim.executor.calibrate import _median_of_max, _time_repeated
+from lshsim.executor.runtime import init_runtime, shutdown
 
 ROW_BYTES = 16384  # d_model 8192, bf16
 # rows sent from rank (row) to rank (column) by gpu-uniform-d8192-t32k on 4 H200 (run-b)

@@ -19,9 +19,9 @@ import time
 import torch
 import torch.distributed as dist
 
-from executor.comm import align_ranks
-from executor.runtime import init_runtime, shutdown
-from executor.timing import PhaseTimer
+from lshsim.executor.comm import align_ranks
+from lshsim.executor.runtime import init_runtime, shutdown
+from lshsim.executor.timing import PhaseTimer
 
 # rows sent from rank (row) to rank (column) by gpu-uniform-d8192-t32k on 4 H200 (16 KiB rows)
 MOE_ROWS_1G = [[16336, 16343, 16524, 16333], [16549, 16341, 16368, 16278], [16433, 16399, 16510, 16194],

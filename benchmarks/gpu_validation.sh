@@ -46,7 +46,7 @@ launch() {  # launch NAME MIN_LEFT TIMEOUT_S W sub-command args...
   local t0=$(date +%s)
   if [ "$limit" -gt $(( $(left) - 5 )) ]; then limit=$(( $(left) - 5 )); fi  # never past BUDGET_S
   echo "=== $name on $world ranks ($(left) s left) ===" | tee -a "$LOG"
-  $PY -m executor launch --nproc "$world" --timeout-s "$limit" --stall-timeout-s 120 -- "$@" 2>&1 | tee -a "$LOG"
+  $PY -m lshsim.executor launch --nproc "$world" --timeout-s "$limit" --stall-timeout-s 120 -- "$@" 2>&1 | tee -a "$LOG"
   echo "=== $name: exit ${PIPESTATUS[0]}, $(( $(date +%s) - t0 )) s ===" | tee -a "$LOG"
   pack  # after every step: a call cut off from outside still returns what was measured
 }

@@ -1,7 +1,7 @@
 """The executor: the dispatch algorithms of `lshsim.dispatch` on real devices (torch.distributed).
 
-`python -m executor run --workload W.yaml` under torchrun (NCCL on CUDA, gloo on CPU) or under
-`python -m executor launch --nproc N -- run ...`; `python -m executor calibrate` measures the
+`python -m lshsim.executor run --workload W.yaml` under torchrun (NCCL on CUDA, gloo on CPU) or under
+`python -m lshsim.executor launch --nproc N -- run ...`; `python -m lshsim.executor calibrate` measures the
 microbenchmarks that parameterise a topology. See DESIGN.md §5 and README.md (section executor).
 
 Modules: workload (the YAML schema), comm (autograd all-to-all, byte counting), timing (events,

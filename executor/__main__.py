@@ -1,4 +1,4 @@
-"""`python -m executor {run, calibrate, launch}` (see README.md, section executor)."""
+"""`python -m lshsim.executor {run, calibrate, launch}` (see README.md, section executor)."""
 from __future__ import annotations
 
 import argparse
@@ -49,7 +49,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m executor", description="Run lshsim.dispatch on real "
+    parser = argparse.ArgumentParser(prog="python -m lshsim.executor", description="Run lshsim.dispatch on real "
                                      "devices under torch.distributed (torchrun, or `launch`).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="time one workload and write a measured Trace JSON")
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted relative error (1e-4)")
     _add_common(chk)
     la = sub.add_parser("launch", help="spawn N local ranks (no torchrun) and watch them",
-                        description="python -m executor launch --nproc 4 -- run --workload W.yaml")
+                        description="python -m lshsim.executor launch --nproc 4 -- run --workload W.yaml")
     la.add_argument("--nproc", type=_positive_int, required=True, help="number of ranks")
     la.add_argument("--timeout-s", type=float, default=3600.0, help="kill the run after this long (3600)")
     la.add_argument("--stall-timeout-s", type=float, default=600.0,
@@ -120,9 +120,9 @@ def _set_threads(args, world_size: int) -> None:
 
 
 def _cmd_run(args) -> int:
-    from executor.run import run_workload
-    from executor.runtime import Progress, init_runtime, shutdown
-    from executor.workload import load_workload
+    from lshsim.executor.run import run_workload
+    from lshsim.executor.runtime import Progress, init_runtime, shutdown
+    from lshsim.executor.workload import load_workload
 
     from pathlib import Path
 
@@ -136,7 +136,7 @@ def _cmd_run(args) -> int:
     if runtime.device.type == "cpu":
         _set_threads(args, runtime.world_size)
     progress = Progress(args.status_dir, runtime.rank)
-    command = ["python", "-m", "executor", *sys.argv[1:]]
+    command = ["python", "-m", "lshsim.executor", *sys.argv[1:]]
     try:
         for workload in workloads:
             trace = run_workload(workload, runtime, progress=progress, fault=args.fault, fault_rank=args.fault_rank,
@@ -183,7 +183,7 @@ def _print_run_summary(trace, out_path) -> None:
 
 
 def _cmd_calibrate(args) -> int:
-    from executor.calibrate import calibrate_command
+    from lshsim.executor.calibrate import calibrate_command
 
     return calibrate_command(args)
 
@@ -191,8 +191,8 @@ def _cmd_calibrate(args) -> int:
 def _cmd_check(args) -> int:
     import torch
 
-    from executor.check import run_checks
-    from executor.runtime import Progress, init_runtime, shutdown
+    from lshsim.executor.check import run_checks
+    from lshsim.executor.runtime import Progress, init_runtime, shutdown
 
     runtime = init_runtime(args.device, args.collective_timeout_s)
     if runtime.device.type == "cpu":
@@ -221,7 +221,7 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_launch(args) -> int:
-    from executor.launch import launch
+    from lshsim.executor.launch import launch
 
     rest = list(args.rest)
     if rest and rest[0] == "--":

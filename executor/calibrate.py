@@ -69,8 +69,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from executor.comm import align_ranks
-from executor.timing import PhaseTimer
+from lshsim.executor.comm import align_ranks
+from lshsim.executor.timing import PhaseTimer
 
 __all__ = ["A2APoint", "AlphaBetaFit", "fit_alpha_beta", "parse_nccl_tests", "NcclTestsRun", "measure",
            "topology_spec", "calibrate_command", "gpu_key", "sweep_sizes", "fit_busbw_curve", "curve_residuals",
@@ -588,7 +588,7 @@ def trace_points(paths: list[str]) -> list[A2APoint]:
 
 
 def calibrate_command(args) -> int:
-    """The CLI behind `python -m executor calibrate` (see executor/__main__.py for the flags)."""
+    """The CLI behind `python -m lshsim.executor calibrate` (see executor/__main__.py for the flags)."""
     import sys
 
     from lshsim.topology import write_topology_yaml
@@ -638,7 +638,7 @@ def calibrate_command(args) -> int:
                                                                                         "date")}}
         rank = 0
     else:
-        from executor.runtime import Progress, init_runtime, provenance, shutdown
+        from lshsim.executor.runtime import Progress, init_runtime, provenance, shutdown
 
         runtime = init_runtime(args.device, args.collective_timeout_s)
         rank = runtime.rank
@@ -649,7 +649,7 @@ def calibrate_command(args) -> int:
                               progress=Progress(args.status_dir, runtime.rank))
         finally:
             shutdown()
-        source = {"tool": "executor calibrate", **provenance(runtime, ["python", "-m", "executor", *sys.argv[1:]])}
+        source = {"tool": "executor calibrate", **provenance(runtime, ["python", "-m", "lshsim.executor", *sys.argv[1:]])}
         gpu_name = source.get("gpu")
     if rank != 0:
         return 0

@@ -23,11 +23,11 @@ import dataclasses
 import torch
 import torch.distributed as dist
 
-from executor.comm import CommStats
-from executor.moe_layer import (DistributedMoE, GateParams, MoEContext, _route, expert_ffn, expert_weights,
+from lshsim.executor.comm import CommStats
+from lshsim.executor.moe_layer import (DistributedMoE, GateParams, MoEContext, _route, expert_ffn, expert_weights,
                                 gate_params, placement_for, rank_inputs, reference_moe)
-from executor.runtime import Runtime
-from executor.workload import WorkloadConfig
+from lshsim.executor.runtime import Runtime
+from lshsim.executor.workload import WorkloadConfig
 from lshsim.dispatch import RouterConfig
 from lshsim.dispatch.lsh import compress, compressed_send_counts, residuals, restore
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from executor.timing import PhaseTimer
+from lshsim.executor.timing import PhaseTimer
 
 __all__ = ["CommStats", "CommContext", "all_to_all", "mark", "align_ranks", "exchange_counts",
            "world_size_of", "rank_of", "HOLD_CYCLES"]
@@ -124,7 +124,7 @@ def _exchange(x: torch.Tensor, send_splits: list[int], recv_splits: list[int], c
     # starts: the output buffer (an allocation may call cudaMalloc, which can take longer than
     # align_ranks' hold of the GPU), a contiguous input, the split lists and the process-group
     # query, so that the timed interval holds exactly what the bare all_to_all_single of
-    # executor.run times
+    # lshsim.executor.run times
     out = x.new_empty((sum(recv_splits),) + tuple(x.shape[1:]))
     x = x.contiguous()
     distributed = world_size_of(ctx.group) > 1

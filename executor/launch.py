@@ -1,8 +1,8 @@
 """`executor launch`: start N local ranks without torchrun, watch them, never hang the caller.
 
-Each rank is `python -m executor <sub-command> ... --status-dir DIR` with RANK, WORLD_SIZE,
+Each rank is `python -m lshsim.executor <sub-command> ... --status-dir DIR` with RANK, WORLD_SIZE,
 LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT set (what torchrun sets). The launcher
-polls the processes and the ranks' progress files (`executor.runtime.Progress`):
+polls the processes and the ranks' progress files (`lshsim.executor.runtime.Progress`):
 
 1. every rank exits 0: exit 0;
 2. a rank exits non-zero: after a 2 s grace (a crash breaks its peers' collectives too) the
@@ -120,7 +120,7 @@ def _kill_all(procs: list[subprocess.Popen]) -> None:
 def launch(nproc: int, args: list[str], *, timeout_s: float = 3600.0, stall_timeout_s: float = 600.0,
            poll_s: float = 0.1, env: dict[str, str] | None = None, status_dir: str | None = None,
            stderr_lines: int = 20, port_retries: int = 3) -> LaunchResult:
-    """Run `python -m executor *args` as `nproc` ranks; see the module docstring for the exit codes.
+    """Run `python -m lshsim.executor *args` as `nproc` ranks; see the module docstring for the exit codes.
 
     The rendezvous port is a free port picked just before the start; if another process takes it
     first (EADDRINUSE), the run is started again on a new port, up to `port_retries` times.
@@ -159,7 +159,7 @@ def _launch_once(nproc: int, args: list[str], *, timeout_s: float, stall_timeout
             err = open(folder / f"rank{rank}.stderr", "w")
             err_files.append(err)
             stdout = None if rank == 0 else subprocess.DEVNULL
-            procs.append(subprocess.Popen([sys.executable, "-m", "executor", *args, "--status-dir", str(folder)],
+            procs.append(subprocess.Popen([sys.executable, "-m", "lshsim.executor", *args, "--status-dir", str(folder)],
                                           env=rank_env, stdout=stdout, stderr=err))
         start = last_change = time.monotonic()
         last_progress = [_read_progress(folder, r) for r in range(nproc)]

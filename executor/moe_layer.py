@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
-from executor.comm import CommContext, CommStats, all_to_all, exchange_counts, mark
-from executor.timing import PhaseTimer
-from executor.workload import WorkloadConfig
+from lshsim.executor.comm import CommContext, CommStats, all_to_all, exchange_counts, mark
+from lshsim.executor.timing import PhaseTimer
+from lshsim.executor.workload import WorkloadConfig
 from lshsim.dispatch import DispatchPlan, Placement, make_placement, route
 from lshsim.dispatch import reference as dense
 from lshsim.dispatch.lsh import LSHConfig, compress, make_projection, residuals, restore
@@ -171,7 +171,7 @@ class MoEContext:
     timer: PhaseTimer | None = None
     stats: CommStats | None = None
     sync: bool = False
-    progress: object = None  # executor.runtime.Progress: marks the collectives reached (hang diagnosis)
+    progress: object = None  # lshsim.executor.runtime.Progress: marks the collectives reached (hang diagnosis)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Per iteration every rank runs the MoE layer forward (and backward) on its own tokens
 (`executor.moe_layer`); phases are timed with `PhaseTimer`, then all ranks' timings are gathered:
 a phase's time is the slowest rank's in an iteration, the reported time the median over the
-measured iterations (`executor.timing.aggregate`).
+measured iterations (`lshsim.executor.timing.aggregate`).
 
 Interleaved with the layer iterations (layer, bare, layer, bare, ...), in the same process group
 and with the same split sizes:
@@ -33,11 +33,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from executor.comm import CommStats, align_ranks
-from executor.moe_layer import DistributedMoE, MoEContext, rank_inputs, resolve_dtype
-from executor.runtime import Progress, Runtime, provenance
-from executor.timing import IterationTimes, PhaseTimer, aggregate
-from executor.workload import WorkloadConfig
+from lshsim.executor.comm import CommStats, align_ranks
+from lshsim.executor.moe_layer import DistributedMoE, MoEContext, rank_inputs, resolve_dtype
+from lshsim.executor.runtime import Progress, Runtime, provenance
+from lshsim.executor.timing import IterationTimes, PhaseTimer, aggregate
+from lshsim.executor.workload import WorkloadConfig
 from lshsim.sim.trace import PHASES, PhaseRecord, Trace
 
 __all__ = ["run_workload", "gather_rows", "bus_bandwidth_Bps", "FAULTS"]
@@ -87,7 +87,7 @@ def _phase_keys(times: dict) -> list[tuple[str, str]]:
 class _BareA2A:
     """A bare all_to_all_single with fixed splits on buffers allocated once: the reference the
     executor's dispatch all-to-all is held against. `time_once()` runs it exactly as
-    `executor.comm._exchange` runs the dispatch (ranks aligned first, untimed; CUDA events or the
+    `lshsim.executor.comm._exchange` runs the dispatch (ranks aligned first, untimed; CUDA events or the
     host clock around the one collective) and returns this rank's seconds."""
 
     def __init__(self, send_splits: list[int], recv_splits: list[int], d_model: int, dtype: torch.dtype,

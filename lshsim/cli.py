@@ -744,7 +744,7 @@ def _cmd_plan(args) -> int:
 
     from lshsim.sim.moe_step import compare_options, plan_options
     from lshsim.topology import load_topology
-    from models import load_model
+    from lshsim.models import load_model
 
     if args.sweep:
         return _plan_sweep(args)
@@ -891,7 +891,7 @@ def _plan_sweep(args) -> int:
 
     from lshsim.sim.moe_step import compare_options, plan_options
     from lshsim.topology import load_topology
-    from models import load_model
+    from lshsim.models import load_model
 
     model_names = args.models or [args.model]
     cluster_names = args.clusters or [args.cluster]
@@ -950,7 +950,7 @@ def _render_sweep(results: list[dict], labels: list[str], options: list) -> None
 def _add_validate(subparsers) -> None:
     p = subparsers.add_parser("validate", help="compare measured executor traces with the simulator's prediction",
                               description="Simulate the all-to-alls and expert FFNs of measured traces (from "
-                                          "`python -m executor run`) on a topology, with the traffic matrices the "
+                                          "`python -m lshsim.executor run`) on a topology, with the traffic matrices the "
                                           "executor recorded, and print predicted vs measured time per phase.")
     p.add_argument("traces", nargs="+", help="measured trace JSON file(s)")
     p.add_argument("--topology", default=None,

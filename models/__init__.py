@@ -4,6 +4,6 @@
 >>> load_model("roberta-moe").num_moe_layers
 6
 """
-from models.catalog import ModelConfig, list_models, load_model, model_from_dict
+from lshsim.models.catalog import ModelConfig, list_models, load_model, model_from_dict
 
 __all__ = ["ModelConfig", "load_model", "list_models", "model_from_dict"]

@@ -32,7 +32,7 @@ import yaml
 
 __all__ = ["ModelConfig", "load_model", "list_models", "model_from_dict", "CONFIG_PACKAGE"]
 
-CONFIG_PACKAGE = "models"
+CONFIG_PACKAGE = "lshsim.models"
 CONFIG_DIR = "configs"
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from executor.calibrate import A2APoint, calibrate_command, curve_residuals, fit_busbw_curve
+from lshsim.executor.calibrate import A2APoint, calibrate_command, curve_residuals, fit_busbw_curve
 from lshsim.sim.collectives import a2a_bytes_per_rank, curve_busbw_Bps, simulate_all_to_all, uniform_traffic
 from lshsim.topology import build_topology, load_topology
 
@@ -120,7 +120,7 @@ def test_fit_busbw_curve_takes_the_median_per_size():
 
 def test_from_traces_writes_the_curve_and_reproduces_the_calibration_run(tmp_path):
     """`--from-traces` on the committed H200 run-c calibration traces (4 GPUs, 1 MB..1.6 GB per rank)."""
-    from executor.calibrate import trace_points
+    from lshsim.executor.calibrate import trace_points
 
     traces = sorted(str(p) for p in (ROOT / "data" / "measured" / "h200" / "run-c" / "cal-x4").glob("*.json"))
     assert len(traces) == 14
@@ -142,9 +142,9 @@ def test_from_traces_writes_the_curve_and_reproduces_the_calibration_run(tmp_pat
 def test_run_measures_more_interleaved_iterations_for_small_all_to_alls():
     import torch
 
-    from executor.run import run_workload
-    from executor.runtime import Runtime
-    from executor.workload import RouterConfig, WorkloadConfig
+    from lshsim.executor.run import run_workload
+    from lshsim.executor.runtime import Runtime
+    from lshsim.executor.workload import RouterConfig, WorkloadConfig
 
     workload = WorkloadConfig(name="tiny", tokens_per_rank=16, d_model=8, d_ffn=8, num_experts=2,
                               router=RouterConfig("topk", k=1, capacity_factor=None), iterations=3, warmup=1)

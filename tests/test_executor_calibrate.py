@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from executor.calibrate import (A2APoint, calibrate_command, fit_alpha_beta, gpu_key, parse_nccl_tests,
+from lshsim.executor.calibrate import (A2APoint, calibrate_command, fit_alpha_beta, gpu_key, parse_nccl_tests,
                                 sweep_sizes, topology_spec)
 from lshsim.topology import load_topology
 
@@ -106,7 +106,7 @@ def test_calibrate_command_from_nccl_tests_and_from_raw(tmp_path, capsys):
 
 def test_in_situ_fit_from_the_committed_calibration_traces(tmp_path):
     """`--from-traces` on the H200 calibration workloads (data/measured/h200/run-b/cal-x4)."""
-    from executor.calibrate import trace_points
+    from lshsim.executor.calibrate import trace_points
 
     traces = sorted(str(p) for p in (DATA.parent.parent / "data" / "measured" / "h200" / "run-b" / "cal-x4").glob("*.json"))
     assert len(traces) == 9

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from executor.launch import launch
+from lshsim.executor.launch import launch
 from lshsim.sim.trace import Trace
 from lshsim.sim.validate import validate_trace
 
@@ -60,7 +60,7 @@ def test_a_raising_rank_fails_the_run_naming_it(tmp_path):
     workload = tmp_path / "tiny.yaml"
     workload.write_text(TINY)
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "executor", "launch", "--nproc", "2", "--timeout-s", "60", "--",
+    proc = subprocess.run([sys.executable, "-m", "lshsim.executor", "launch", "--nproc", "2", "--timeout-s", "60", "--",
                            "run", "--workload", str(workload), "--fault", "raise", "--fault-rank", "1",
                            "--threads", "1"], cwd=REPO, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 1

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from executor.calibrate import (calibrate_command, fit_link_headroom, fit_link_headroom_and_cap, skewed_a2a_errors,
+from lshsim.executor.calibrate import (calibrate_command, fit_link_headroom, fit_link_headroom_and_cap, skewed_a2a_errors,
                                 topology_spec)
 from lshsim.sim.collectives import (a2a_bytes_per_rank, a2a_duplex_bytes_per_rank, curve_busbw_Bps,
                                     simulate_all_to_all, uniform_traffic)

@@ -6,16 +6,16 @@ import doctest
 import pytest
 import torch
 
-import executor.calibrate
-import executor.run
-import executor.timing
-from executor.comm import CommContext, CommStats, all_to_all, mark
-from executor.moe_layer import (DistributedMoE, MoEContext, expert_weights, gate_params, rank_inputs,
+import lshsim.executor.calibrate
+import lshsim.executor.run
+import lshsim.executor.timing
+from lshsim.executor.comm import CommContext, CommStats, all_to_all, mark
+from lshsim.executor.moe_layer import (DistributedMoE, MoEContext, expert_weights, gate_params, rank_inputs,
                                 reference_moe)
-from executor.run import run_workload
-from executor.runtime import Runtime
-from executor.timing import IterationTimes, PhaseTimer, aggregate, lower_median_index
-from executor.workload import WorkloadConfig
+from lshsim.executor.run import run_workload
+from lshsim.executor.runtime import Runtime
+from lshsim.executor.timing import IterationTimes, PhaseTimer, aggregate, lower_median_index
+from lshsim.executor.workload import WorkloadConfig
 from lshsim.dispatch import RouterConfig
 from lshsim.sim.trace import MEASURED_PROVENANCE_KEYS, Trace
 
@@ -23,7 +23,7 @@ CPU = torch.device("cpu")
 
 
 def test_doctests():
-    for module in (executor.timing, executor.run, executor.calibrate):
+    for module in (lshsim.executor.timing, lshsim.executor.run, lshsim.executor.calibrate):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
 
@@ -126,7 +126,7 @@ def test_hidden_states_from_a_file(tmp_path):
     for name in ("h.pt", "h.npy"):
         workload = WorkloadConfig(name="file", tokens_per_rank=24, d_model=16, d_ffn=16, num_experts=2,
                                   inputs=str(tmp_path / name), iterations=1, warmup=0)
-        x1, _ = rank_inputs(workload, 1, CPU, torch.float32, executor.run._load_file_tokens(workload))
+        x1, _ = rank_inputs(workload, 1, CPU, torch.float32, lshsim.executor.run._load_file_tokens(workload))
         assert torch.equal(x1, hidden[24:])
         trace = run_workload(workload, Runtime(0, 1, 0, CPU, None))
         assert trace.meta["workload"]["inputs"].endswith(name)
@@ -135,4 +135,4 @@ def test_hidden_states_from_a_file(tmp_path):
         rank_inputs(short, 1, CPU, torch.float32, hidden)
     missing = WorkloadConfig(tokens_per_rank=4, d_model=16, d_ffn=16, num_experts=2, inputs=str(tmp_path / "no.pt"))
     with pytest.raises(ValueError, match="does not exist"):
-        executor.run._load_file_tokens(missing)
+        lshsim.executor.run._load_file_tokens(missing)

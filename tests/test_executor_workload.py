@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from executor.workload import WorkloadConfig, load_workload
+from lshsim.executor.workload import WorkloadConfig, load_workload
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = {"tokens_per_rank": 64, "d_model": 32, "d_ffn": 64, "num_experts": 4}

@@ -1,7 +1,7 @@
 """The model catalog: shipped YAMLs load, match the LSH-MoE paper's Table 1, and bad configs are refused."""
 import pytest
 
-from models import ModelConfig, list_models, load_model, model_from_dict
+from lshsim.models import ModelConfig, list_models, load_model, model_from_dict
 
 # LSH-MoE (Nie et al., NeurIPS 2024) Table 1: layers, d_model, d_ffn, experts ('-' = differs per layer)
 TABLE_1 = {

@@ -7,7 +7,7 @@ from lshsim.sim.moe_step import (KERNELS, StepConfig, compute_time_s, expert_cos
                                  simulate_step)
 from lshsim.sim.trace import Trace
 from lshsim.topology import load_topology
-from models import ModelConfig, load_model
+from lshsim.models import ModelConfig, load_model
 
 # 2 layers (one MoE), 16 experts, 1024 tokens per GPU: small enough for ~0.5 s per step
 TINY = ModelConfig("tiny", num_layers=2, d_model=256, d_ffn=4096, num_experts=16, seq_len=256, tokens_per_gpu=1024,
