@@ -1,0 +1,100 @@
+"""Argument checks shared by the library, the executor and the command line.
+
+Each check returns the value it accepted and raises `ValueError` naming the argument and the
+value it refused, so that a caller can write `k = positive_int("k", k)`. The `arg_*` variants are
+argparse `type=` functions: they parse the command-line text and raise
+`argparse.ArgumentTypeError` with the same message.
+
+>>> positive_int("k", 2)
+2
+>>> positive_int("k", 0)
+Traceback (most recent call last):
+...
+ValueError: k=0 must be a positive integer
+>>> finite_number("alpha_s", 1e-6, minimum=0.0)
+1e-06
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+__all__ = ["positive_int", "non_negative_int", "finite_number", "arg_positive_int", "arg_non_negative_int",
+           "arg_finite_number"]
+
+
+def _is_int(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int)
+
+
+def positive_int(name: str, value: object) -> int:
+    """`value` if it is an int >= 1 (not a bool, not a float), else ValueError."""
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+    return value
+
+
+def non_negative_int(name: str, value: object) -> int:
+    """`value` if it is an int >= 0 (not a bool, not a float), else ValueError."""
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"{name}={value!r} must be a non-negative integer")
+    return value
+
+
+def finite_number(name: str, value: object, *, minimum: float | None = None, exclusive: bool = False,
+                  maximum: float | None = None) -> float:
+    """`value` as a float if it is a finite real number (not a bool) within the bounds, else ValueError.
+
+    minimum: lower bound (inclusive unless `exclusive`); maximum: inclusive upper bound.
+
+    >>> finite_number("h", 1.2, minimum=1.0)
+    1.2
+    >>> finite_number("rate", float("nan"))
+    Traceback (most recent call last):
+    ...
+    ValueError: rate=nan must be a finite number
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} must be a finite number")
+    if minimum is not None and (value <= minimum if exclusive else value < minimum):
+        raise ValueError(f"{name}={value!r} must be {'>' if exclusive else '>='} {minimum:g}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}={value!r} must be <= {maximum:g}")
+    return float(value)
+
+
+def _argparse(check, name: str, parse, text: str):
+    try:
+        value = parse(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {name}") from None
+    try:
+        return check(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).split("=", 1)[-1]) from None
+
+
+def arg_positive_int(text: str) -> int:
+    """argparse type: a positive integer.
+
+    >>> arg_positive_int("8")
+    8
+    """
+    return _argparse(lambda v: positive_int("value", v), "whole number", int, text)
+
+
+def arg_non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _argparse(lambda v: non_negative_int("value", v), "whole number", int, text)
+
+
+def arg_finite_number(minimum: float | None = None, exclusive: bool = False):
+    """argparse type factory: a finite number, optionally bounded below (NaN and inf refused).
+
+    >>> arg_finite_number(minimum=0.0, exclusive=True)("0.5")
+    0.5
+    """
+    def parse(text: str) -> float:
+        return _argparse(lambda v: finite_number("value", v, minimum=minimum, exclusive=exclusive),
+                         "number", float, text)
+    return parse
