@@ -14,7 +14,7 @@ from lshsim.sim.validate import a2a_errors, default_topology, plot_validations, 
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_B = REPO / "data" / "measured" / "h200" / "run-b"
-TOPO4 = REPO / "data" / "topologies" / "calibrated" / "h200-x4-insitu.yaml"
+TOPO4 = REPO / "data" / "topologies" / "calibrated" / "archive" / "h200-x4-run-b-insitu.yaml"
 
 
 def test_predictions_are_the_simulated_collectives_of_the_recorded_traffic():
