@@ -1,6 +1,6 @@
 """Speed and accuracy of lshsim.analytic on the CPU.
 
-Targets (issue 3): 1e6 (d, cos) points of the hyperplane formula and of the erfc form of p_delta in
+Targets: 1e6 (d, cos) points of the hyperplane formula and of the erfc form of p_delta in
 under 1 s; one cross-polytope probability at d = 1024 to 1e-4 absolute in under 1 s. Also timed:
 the exact p_delta (incomplete beta), the closed-form all-to-all on a batch of traffic matrices, and
 the cluster compression model against lsh.py's measured rate. Times are medians of `--repeats`

@@ -1,6 +1,6 @@
 """Routing throughput of lshsim.dispatch on the CPU.
 
-Target (issue 2): route 1,048,576 tokens to 64 experts with top-2 and capacity in under 1 s.
+Target: route 1,048,576 tokens to 64 experts with top-2 and capacity in under 1 s.
 The timed region is `route_topk(logits, placement, k=2, capacity_factor=1.25)`: softmax, top-k,
 gate weights, capacity slots and drops; the logits are drawn before timing. The median of
 `--repeats` runs after one warm-up is reported, with tokens/s.

@@ -1,6 +1,6 @@
 """Speed and memory of the flow-level simulator: one all-to-all on a growing fat-tree cluster.
 
-Targets (issue 4), on the 2-core development machine: a uniform all-to-all on 64 GPUs (8 nodes x 8)
+Targets, on the 2-core development machine: a uniform all-to-all on 64 GPUs (8 nodes x 8)
 in under 1 s; on 1,024 GPUs (128 x 8) in under 30 s with peak memory under 2 GiB.
 
 Cluster: H100 nodes of 8 GPUs on NVSwitch, 8 x 400 Gb/s NICs per node (one per GPU), two-tier

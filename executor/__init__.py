@@ -2,7 +2,8 @@
 
 `python -m lshsim.executor run --workload W.yaml` under torchrun (NCCL on CUDA, gloo on CPU) or under
 `python -m lshsim.executor launch --nproc N -- run ...`; `python -m lshsim.executor calibrate` measures the
-microbenchmarks that parameterise a topology. See DESIGN.md §5 and README.md (section executor).
+microbenchmarks that parameterise a topology. docs/ARCHITECTURE.md describes the layers,
+README.md (section executor) the commands.
 
 Modules: workload (the YAML schema), comm (autograd all-to-all, byte counting), timing (events,
 max over ranks, median over iterations), moe_layer (the distributed MoE layer and its dense

@@ -1,4 +1,4 @@
-"""Discrete-event simulation (simpy) on `lshsim.topology` graphs (DESIGN.md §4).
+"""Discrete-event simulation (simpy) on `lshsim.topology` graphs.
 
 - `lshsim.sim.network`: FlowNetwork (flow-level, max-min fair sharing), simulate_flows, Transfer.
 - `lshsim.sim.collectives`: simulate_all_to_all, ALGORITHMS (direct, pairwise, 2d, groupwise),

@@ -1,4 +1,4 @@
-"""Slow, obvious reference for `lshsim.sim.network` (STYLE rule 8): one flow at a time, pure Python.
+"""Slow, obvious reference for `lshsim.sim.network`: one flow at a time, pure Python.
 
 Same model as the fast path (network.py docstring): a flow enters the network alpha_s after its
 start, shares every link of its path (networkx Dijkstra, `lshsim.topology.reference_path`) max-min

@@ -1,4 +1,4 @@
-"""Cluster topologies as `networkx.DiGraph`s (DESIGN.md §4).
+"""Cluster topologies as `networkx.DiGraph`s.
 
 Contract (the simulator, the MoE step and the executor's calibration code against it):
 

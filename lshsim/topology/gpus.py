@@ -1,6 +1,7 @@
 """Accelerator specs: the one place where datasheet figures for GPUs (and NPUs) live.
 
-Figures come from `HARDWARE.md` (vendor datasheets, per direction where a bandwidth). A calibrated
+Figures come from the vendors' datasheets (per direction where a bandwidth; the product named in
+each entry's comment). A calibrated
 run on the user's machine overrides them through the `calibration:` block of a topology YAML
 (`lshsim.topology.spec`), which sets `achieved_flops` / `achieved_hbm_Bps` in `G.graph["gpu"]`.
 
@@ -10,8 +11,10 @@ run on the user's machine overrides them through the `calibration:` block of a t
     hbm_Bps           float, B/s, HBM bandwidth (datasheet)
     memory_bytes      float, bytes of device memory
     nvlink_Bps        float, B/s per direction over all of a GPU's NVLink (or HCCS) links, 0 if none
-    gemm_efficiency   float in (0, 1], fraction of peak a large GEMM reaches (HARDWARE.md: 75-85%)
-    hbm_efficiency    float in (0, 1], fraction of HBM bandwidth a copy reaches (HARDWARE.md: 85-90%)
+    gemm_efficiency   float in (0, 1], fraction of peak a large GEMM reaches (a large bf16 GEMM typically
+                      reaches 0.75-0.85 of the datasheet peak)
+    hbm_efficiency    float in (0, 1], fraction of HBM bandwidth a copy reaches (a device-to-device copy
+                      typically reaches 0.85-0.90)
     achieved_flops    float, FLOP/s the simulator uses for compute (= peak * gemm_efficiency unless
                       calibrated)
     achieved_hbm_Bps  float, B/s the simulator uses for memory traffic (= hbm * hbm_efficiency unless
@@ -63,7 +66,7 @@ class GpuSpec:
 GB = 1e9
 TB = 1e12
 
-#: name -> GpuSpec; figures from HARDWARE.md (datasheets). Keys are lower case.
+#: name -> GpuSpec; figures from the vendors' datasheets. Keys are lower case.
 GPUS: dict[str, GpuSpec] = {
     # V100 SXM2 32GB: 125 TFLOP/s fp16 tensor, 900 GB/s, NVLink 2: 6 x 25 GB/s.
     "v100": GpuSpec("V100-SXM2-32GB", peak_flops=125 * TB, hbm_Bps=900 * GB, memory_bytes=32 * GB,
@@ -79,7 +82,7 @@ GPUS: dict[str, GpuSpec] = {
                     nvlink_Bps=450 * GB),
     # Ascend 910A (LocMoE's cluster): 320 TFLOP/s fp16, ~1.07 TB/s (the paper's figure), 32 GB.
     # HCCS: 3 links x 30 GB/s to the other NPUs of its group of 4 (Huawei Atlas 800 public
-    # figures, not in HARDWARE.md: check against a real machine before relying on it).
+    # figures, not an NVIDIA-style datasheet: check against a real machine before relying on it).
     "ascend910a": GpuSpec("Ascend-910A", peak_flops=320 * TB, hbm_Bps=1070 * GB, memory_bytes=32 * GB,
                           nvlink_Bps=90 * GB),
 }
