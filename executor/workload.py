@@ -5,6 +5,7 @@ sizes; an unknown or badly typed field is a `ValueError` that names it (`workloa
 'router.k': ...`). Example::
 
     name: uniform-d1024-t4k
+    role: null                  # calibration (a calibration may be fitted on its traces) | held-out (never)
     tokens_per_rank: 4096       # T, tokens on every rank
     d_model: 1024               # d
     d_ffn: 4096                 # hidden size of every expert FFN
@@ -36,11 +37,12 @@ import yaml
 
 from lshsim.dispatch import RouterConfig
 
-__all__ = ["WorkloadConfig", "load_workload", "DTYPES", "ALLTOALLS", "PLACEMENT_NAMES"]
+__all__ = ["WorkloadConfig", "load_workload", "DTYPES", "ALLTOALLS", "PLACEMENT_NAMES", "ROLES"]
 
 DTYPES = ("auto", "float32", "bfloat16")
 ALLTOALLS = ("direct", "groupwise")
 PLACEMENT_NAMES = ("contiguous", "round_robin")
+ROLES = ("calibration", "held-out")
 _ROUTER_FIELDS = ("name", "k", "capacity_factor", "drop_policy", "locality_bonus")
 
 
@@ -81,6 +83,7 @@ class WorkloadConfig:
     d_ffn: int
     num_experts: int
     name: str = "workload"
+    role: str | None = None
     placement: str = "contiguous"
     gpus_per_node: int | None = None
     router: RouterConfig = field(default_factory=RouterConfig)
@@ -109,6 +112,8 @@ class WorkloadConfig:
         for name in ("gpus_per_node", "world_size"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
+        if self.role is not None:
+            _choice("role", self.role, ROLES)
         _choice("placement", self.placement, PLACEMENT_NAMES)
         _choice("dtype", self.dtype, DTYPES)
         _choice("alltoall", self.alltoall, ALLTOALLS)
