@@ -1,12 +1,19 @@
 """Routers: pure functions from logits (or token ids, or hidden states) to a DispatchPlan.
 
-Registry (`ROUTERS`, picked by name with `route` or `get_router`):
+Registry (`ROUTERS`: name -> `RouterSpec`; `route(config, placement, ...)` looks the name up and
+calls the spec's function, so a router added with `register_router` runs like a built-in one).
+Contract of a router: `fn(inputs, placement, *, token_rank, **parameters) -> DispatchPlan`, where
+`inputs` is the tensor its spec declares (logits, token ids or hidden states), `parameters` are
+exactly the RouterConfig fields it declares plus its own options, and the returned plan follows
+`lshsim.dispatch.plan`. The spec also declares the gate's per-token cost for the step simulator
+(`gate_cost`) and, for a router with a fixed number of choices, that k (`effective_k`,
+`validate_router_params`).
 
 ==============  ==========  ==============================================================
 name            input       rule
 ==============  ==========  ==============================================================
 topk            logits      top-k with capacity; k=1 is Switch, k=2 is GShard
-hash            token_ids   expert = splitmix64(token id) mod E, no parameters (Hash Layers)
+hash            token_ids   expert = splitmix64(token id) mod E; k = 1, no gate (Hash Layers)
 expert_choice   logits      every expert takes its top-C tokens (Zhou et al. 2022)
 locmoe          hidden      GrAP gate + preference for experts on the token's own node (LocMoE)
 ==============  ==========  ==============================================================
@@ -25,17 +32,21 @@ Conventions shared by all routers:
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from lshsim.checks import positive_int
 from lshsim.dispatch.placement import Placement
 from lshsim.dispatch.plan import DispatchPlan
 
 __all__ = [
-    "RouterConfig", "ROUTERS", "RouterSpec", "route", "get_router",
+    "RouterConfig", "ROUTERS", "RouterSpec", "route", "get_router", "register_router", "unregister_router",
+    "effective_k", "validate_router_params", "gate_cost", "GateCost", "linear_gate_cost", "grap_gate_cost",
+    "hash_gate_cost", "CONFIG_PARAMETERS", "INPUT_KINDS",
     "route_topk", "route_hash", "route_expert_choice", "route_locmoe",
     "compute_capacity", "assign_slots", "grap_weights", "grap_scores", "hash_experts",
     "aux_loss", "locality_loss", "DROP_POLICIES",
@@ -45,11 +56,6 @@ DROP_POLICIES = ("position", "score")
 
 
 # ---- validation helpers ----------------------------------------------------------------------
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
-
-
 def _check_capacity_factor(capacity_factor: float | None) -> None:
     if capacity_factor is None:
         return
@@ -96,7 +102,7 @@ def _all_finite(values: torch.Tensor) -> bool:
 
 
 def _check_k(k: int, num_experts: int) -> None:
-    _check_positive_int("k", k)
+    positive_int("k", k)
     if k > num_experts:
         raise ValueError(f"k={k} exceeds the number of experts E={num_experts}")
 
@@ -342,8 +348,8 @@ def grap_weights(d_model: int, num_experts: int, dtype: torch.dtype = torch.floa
     >>> grap_weights(4, 2).tolist()
     [[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]]
     """
-    _check_positive_int("d_model", d_model)
-    _check_positive_int("num_experts", num_experts)
+    positive_int("d_model", d_model)
+    positive_int("num_experts", num_experts)
     if d_model % num_experts != 0:
         raise ValueError(f"d_model={d_model} is not divisible by num_experts={num_experts} (GrAP needs equal groups)")
     group = torch.arange(d_model) // (d_model // num_experts)  # (d,)
@@ -441,38 +447,220 @@ def locality_loss(plan: DispatchPlan, mu: float = 0.01, smoothing: float = 1e-3)
     return mu * torch.stack(losses).mean()
 
 
+# ---- gate costs (what the step simulator charges for the gate, per token) ----------------------
+@dataclass(frozen=True)
+class GateCost:
+    """Forward cost of a router's gate for ONE token: FLOPs and HBM bytes.
+
+    The step simulator multiplies both by the tokens per rank and adds the slot bookkeeping that
+    every capacity router shares (one int64 slot and index per choice); see `gate_cost`.
+    """
+
+    flops_per_token: float
+    bytes_per_token: float
+
+
+def linear_gate_cost(d_model: int, num_experts: int, bytes_per_element: int) -> GateCost:
+    """A linear gate: logits = x W (2 d E FLOPs), read x (d b bytes), softmax and top-k over the E
+    fp32 scores (three passes: 3 * 4 E bytes).
+
+    >>> linear_gate_cost(1024, 8, 2)
+    GateCost(flops_per_token=16384.0, bytes_per_token=2144.0)
+    """
+    return GateCost(float(2 * d_model * num_experts), float(d_model * bytes_per_element + 3 * num_experts * 4))
+
+
+def grap_gate_cost(d_model: int, num_experts: int, bytes_per_element: int) -> GateCost:
+    """LocMoE's GrAP gate: a group mean over d features (d FLOPs), then scores as a linear gate.
+
+    >>> grap_gate_cost(1024, 8, 2)
+    GateCost(flops_per_token=1024.0, bytes_per_token=2144.0)
+    """
+    return GateCost(float(d_model), float(d_model * bytes_per_element + 3 * num_experts * 4))
+
+
+def hash_gate_cost(d_model: int, num_experts: int, bytes_per_element: int) -> GateCost:
+    """Hash Layers: no gate arithmetic and no scores; the token is read once (d b bytes).
+
+    >>> hash_gate_cost(1024, 8, 2)
+    GateCost(flops_per_token=0.0, bytes_per_token=2048.0)
+    """
+    return GateCost(0.0, float(d_model * bytes_per_element))
+
+
 # ---- registry ----------------------------------------------------------------------------------
+#: The RouterConfig fields a router may declare (its standard parameters); anything else a router
+#: needs is one of its own `options`.
+CONFIG_PARAMETERS = ("k", "capacity_factor", "drop_policy", "locality_bonus")
+INPUT_KINDS = ("logits", "token_ids", "hidden")
+
+
 @dataclass(frozen=True)
 class RouterSpec:
-    """A registered router: its function and which input it reads ('logits', 'token_ids', 'hidden')."""
+    """A registered router (the registry's contract).
+
+    fn:          fn(inputs, placement, *, token_rank, **parameters) -> DispatchPlan. `inputs` is the
+                 one tensor named by `input_kind`; `token_rank` is a (T,) int64 tensor or None (all
+                 tokens on rank 0); `parameters` are exactly the declared `params` (values from the
+                 RouterConfig) and `options` (RouterConfig.options, defaults filled in).
+    input_kind:  "logits" (T, E) float, "token_ids" (T,) int64 or "hidden" (T, d) float.
+    description: one line for listings.
+    params:      the RouterConfig fields `fn` takes, a subset of CONFIG_PARAMETERS.
+    fixed_k:     the number of choices the router always makes (hash: 1), or None when k is a
+                 parameter; RouterConfig refuses any other k (`validate_router_params`).
+    options:     the router's own parameters, name -> default (sorted tuple of pairs); RouterConfig
+                 refuses an option that is not declared here.
+    gate_cost:   gate_cost(d_model, num_experts, bytes_per_element) -> GateCost, the per-token
+                 forward cost of the gate (`linear_gate_cost`, `grap_gate_cost`, `hash_gate_cost`).
+    """
 
     fn: Callable[..., DispatchPlan]
     input_kind: str
     description: str
+    params: tuple[str, ...] = ("k", "capacity_factor")
+    fixed_k: int | None = None
+    options: tuple[tuple[str, object], ...] = ()
+    gate_cost: Callable[[int, int, int], GateCost] = linear_gate_cost
+
+    def __post_init__(self) -> None:
+        if not callable(self.fn):
+            raise ValueError(f"router fn={self.fn!r} must be callable")
+        if self.input_kind not in INPUT_KINDS:
+            raise ValueError(f"input_kind={self.input_kind!r} must be one of {INPUT_KINDS}")
+        object.__setattr__(self, "params", tuple(self.params))
+        unknown = [p for p in self.params if p not in CONFIG_PARAMETERS]
+        if unknown:
+            raise ValueError(f"params={self.params!r}: {unknown[0]!r} is not a RouterConfig field; "
+                             f"known: {CONFIG_PARAMETERS} (declare anything else as an option)")
+        if self.fixed_k is not None:
+            positive_int("fixed_k", self.fixed_k)
+            if "k" in self.params:
+                raise ValueError("a router with fixed_k does not take k as a parameter")
+        options = dict(self.options)
+        clash = [name for name in options if name in CONFIG_PARAMETERS or name == "token_rank"]
+        if clash:
+            raise ValueError(f"option {clash[0]!r} clashes with a RouterConfig field or token_rank")
+        object.__setattr__(self, "options", tuple(sorted(options.items())))
+        if not callable(self.gate_cost):
+            raise ValueError(f"gate_cost={self.gate_cost!r} must be callable")
+
+    @property
+    def option_defaults(self) -> dict:
+        return dict(self.options)
 
 
 ROUTERS: dict[str, RouterSpec] = {
-    "topk": RouterSpec(route_topk, "logits", "top-k with capacity (k=1 Switch, k=2 GShard)"),
-    "hash": RouterSpec(route_hash, "token_ids", "fixed hash of the token id (Hash Layers)"),
-    "expert_choice": RouterSpec(route_expert_choice, "logits", "each expert takes its top-C tokens"),
-    "locmoe": RouterSpec(route_locmoe, "hidden", "GrAP gate + own-node preference (LocMoE)"),
+    "topk": RouterSpec(route_topk, "logits", "top-k with capacity (k=1 Switch, k=2 GShard)",
+                       params=("k", "capacity_factor", "drop_policy")),
+    "hash": RouterSpec(route_hash, "token_ids", "fixed hash of the token id (Hash Layers)",
+                       params=("capacity_factor",), fixed_k=1, gate_cost=hash_gate_cost),
+    "expert_choice": RouterSpec(route_expert_choice, "logits", "each expert takes its top-C tokens",
+                                params=("k", "capacity_factor")),
+    "locmoe": RouterSpec(route_locmoe, "hidden", "GrAP gate + own-node preference (LocMoE)",
+                         params=("k", "capacity_factor", "drop_policy", "locality_bonus"), gate_cost=grap_gate_cost),
 }
 
 
 def get_router(name: str) -> RouterSpec:
+    """The RouterSpec registered as `name`; ValueError listing the known names otherwise."""
     if name not in ROUTERS:
         raise ValueError(f"unknown router {name!r}; known: {sorted(ROUTERS)}")
     return ROUTERS[name]
 
 
+def register_router(name: str, fn: Callable[..., DispatchPlan], input_kind: str, *, description: str = "",
+                    params: tuple[str, ...] = ("k", "capacity_factor"), fixed_k: int | None = None,
+                    options: dict | None = None,
+                    gate_cost: Callable[[int, int, int], GateCost] = linear_gate_cost) -> RouterSpec:
+    """Add a router to ROUTERS (contract: `RouterSpec`); refuses a name already registered.
+
+    Every parameter `fn` must accept is checked against its signature, so that a misspelt
+    parameter fails here rather than at the first `route`. Returns the spec.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"router name={name!r} must be a non-empty string")
+    if name in ROUTERS:
+        raise ValueError(f"router {name!r} is already registered")
+    spec = RouterSpec(fn, input_kind, description, params=params, fixed_k=fixed_k,
+                      options=tuple((options or {}).items()), gate_cost=gate_cost)
+    accepted = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    missing = [p for p in (*spec.params, *spec.option_defaults, "token_rank") if p not in accepted]
+    if missing and not takes_any:
+        raise ValueError(f"router {name!r}: fn {getattr(fn, '__name__', fn)!r} has no keyword {missing[0]!r}")
+    ROUTERS[name] = spec
+    return spec
+
+
+def unregister_router(name: str) -> RouterSpec:
+    """Remove a registered router (tests undo their registrations with it); returns its spec."""
+    get_router(name)
+    return ROUTERS.pop(name)
+
+
+def effective_k(name: str, k: int | None = None) -> int:
+    """The number of choices router `name` makes when asked for `k`: its fixed k if it has one
+    (hash: 1), else `k` (None: RouterConfig's default, 2).
+
+    >>> effective_k("hash", 4), effective_k("topk", 4), effective_k("topk")
+    (1, 4, 2)
+    """
+    spec = get_router(name)
+    if spec.fixed_k is not None:
+        return spec.fixed_k
+    return RouterConfig.k if k is None else k
+
+
+def validate_router_params(name: str, k: int = 2, capacity_factor: float | None = 1.25,
+                           drop_policy: str = "position", locality_bonus: float = 1.0,
+                           options: dict | None = None) -> dict:
+    """Check a router configuration against its spec; return its options with defaults filled in.
+
+    The one place for the per-router rules: the name is registered, k is a positive integer and
+    equals the router's fixed k if it has one (hash: k = 1), capacity_factor is None or finite and
+    > 0, drop_policy is known, locality_bonus finite and >= 0, and every option is declared.
+    """
+    spec = get_router(name)
+    positive_int("k", k)
+    if spec.fixed_k is not None and k != spec.fixed_k:
+        raise ValueError(f"k={k}: the {name} router sends every token to exactly {spec.fixed_k} expert"
+                         f"{'s' if spec.fixed_k > 1 else ''} (k={spec.fixed_k})")
+    _check_capacity_factor(capacity_factor)
+    _check_drop_policy(drop_policy)
+    if isinstance(locality_bonus, bool) or not isinstance(locality_bonus, (int, float)) \
+            or not math.isfinite(locality_bonus) or locality_bonus < 0:
+        raise ValueError(f"locality_bonus={locality_bonus!r} must be finite and >= 0")
+    given = dict(options or {})
+    unknown = [key for key in given if key not in spec.option_defaults]
+    if unknown:
+        known = ", ".join(spec.option_defaults) or "none"
+        raise ValueError(f"option {unknown[0]!r} is not an option of the {name} router; known: {known}")
+    return {**spec.option_defaults, **given}
+
+
+def gate_cost(name: str, d_model: int, num_experts: int, bytes_per_element: int) -> GateCost:
+    """Per-token forward cost of router `name`'s gate (the spec's `gate_cost`).
+
+    >>> gate_cost("topk", 1024, 8, 2).flops_per_token, gate_cost("hash", 1024, 8, 2).flops_per_token
+    (16384.0, 0.0)
+    """
+    return get_router(name).gate_cost(d_model, num_experts, bytes_per_element)
+
+
 @dataclass(frozen=True)
 class RouterConfig:
-    """Which router and its parameters; validated on construction.
+    """Which router and its parameters; validated on construction (`validate_router_params`).
 
-    k: choices per token (topk, locmoe) or average experts per token (expert_choice); hash uses 1.
+    k: choices per token (topk, locmoe) or average experts per token (expert_choice); a router
+    with a fixed k (hash) requires exactly that k.
     capacity_factor: None = no capacity limit. hash ignores capacity unless it is set explicitly
     through `route_hash`; here it is passed on as given.
     locality_bonus: LocMoE only, added to the GrAP score of own-node experts for selection.
+    options: the router's own parameters (a plugin's), given as a dict or as (name, value) pairs;
+    stored as a sorted tuple of pairs with the router's defaults filled in.
+
+    Frozen and hashable as a whole: two configs that route alike compare equal, and `key()` is a
+    tuple of every field, usable as a cache key.
     """
 
     name: str = "topk"
@@ -480,34 +668,32 @@ class RouterConfig:
     capacity_factor: float | None = 1.25
     drop_policy: str = "position"
     locality_bonus: float = 1.0
+    options: tuple = ()
 
     def __post_init__(self) -> None:
-        get_router(self.name)
-        _check_positive_int("k", self.k)
-        _check_capacity_factor(self.capacity_factor)
-        _check_drop_policy(self.drop_policy)
-        if self.name == "hash" and self.k != 1:
-            raise ValueError(f"k={self.k}: the hash router sends every token to exactly one expert (k=1)")
-        if not math.isfinite(self.locality_bonus) or self.locality_bonus < 0:
-            raise ValueError(f"locality_bonus={self.locality_bonus!r} must be finite and >= 0")
+        given = dict(self.options.items() if isinstance(self.options, dict) else self.options)
+        filled = validate_router_params(self.name, self.k, self.capacity_factor, self.drop_policy,
+                                        self.locality_bonus, given)
+        object.__setattr__(self, "options", tuple(sorted(filled.items())))
+
+    def key(self) -> tuple:
+        """Every field as one hashable tuple: (name, k, capacity_factor, drop_policy, locality_bonus,
+        options)."""
+        return (self.name, self.k, self.capacity_factor, self.drop_policy, self.locality_bonus, self.options)
+
+    def parameters(self) -> dict:
+        """The keyword arguments the router's fn receives: its declared params and its options."""
+        spec = get_router(self.name)
+        return {**{name: getattr(self, name) for name in spec.params}, **dict(self.options)}
 
 
 def route(config: RouterConfig, placement: Placement, *, logits: torch.Tensor | None = None,
           token_ids: torch.Tensor | None = None, hidden: torch.Tensor | None = None,
           token_rank: torch.Tensor | None = None) -> DispatchPlan:
-    """Route with the router `config.name`, reading the input it needs."""
+    """Route with the registered router `config.name`: its fn gets the input it declares, the
+    placement, token_rank and exactly its declared parameters (`RouterSpec`)."""
     spec = get_router(config.name)
     given = {"logits": logits, "token_ids": token_ids, "hidden": hidden}
     if given[spec.input_kind] is None:
         raise ValueError(f"router {config.name!r} reads {spec.input_kind}, which was not given")
-    if config.name == "topk":
-        return route_topk(logits, placement, k=config.k, capacity_factor=config.capacity_factor,
-                          drop_policy=config.drop_policy, token_rank=token_rank)
-    if config.name == "hash":
-        return route_hash(token_ids, placement, capacity_factor=config.capacity_factor, token_rank=token_rank)
-    if config.name == "expert_choice":
-        return route_expert_choice(logits, placement, k=config.k, capacity_factor=config.capacity_factor,
-                                   token_rank=token_rank)
-    return route_locmoe(hidden, placement, k=config.k, capacity_factor=config.capacity_factor,
-                        drop_policy=config.drop_policy, locality_bonus=config.locality_bonus,
-                        token_rank=token_rank)
+    return spec.fn(given[spec.input_kind], placement, token_rank=token_rank, **config.parameters())
