@@ -213,3 +213,23 @@ def test_every_algorithm_broadcasts_over_a_batch_of_traffic_matrices():
         together = fn(batch, 4, 1e11, inter, 1e-6)
         one_by_one = [fn(batch[i], 4, 1e11, inter[i], 1e-6) for i in range(3)]
         np.testing.assert_allclose(together, one_by_one, rtol=1e-14)
+
+
+def test_one_name_per_algorithm_across_analytic_and_sim():
+    """The analytic model and the simulator read one registry: same canonical names, same alias."""
+    from lshsim.algorithms import canonical_algorithm
+    from lshsim.sim import collectives
+
+    assert set(collectives.ALGORITHMS) <= set(comm.A2A_ALGORITHMS)
+    assert list(comm.A2A_ALGORITHMS) == ["direct", "pairwise", "hierarchical", "groupwise", "groupwise_overlap"]
+    assert canonical_algorithm("2d") == "hierarchical"
+    cluster = comm.ClusterParams(gpus_per_node=2, intra_bandwidth_Bps=100e9, inter_bandwidth_Bps=10e9)
+    traffic = comm.random_traffic(4, 1e9, seed=3)
+    assert comm.a2a_time("2d", traffic, cluster) == comm.a2a_time("hierarchical", traffic, cluster)
+
+
+def test_uniform_traffic_has_one_implementation():
+    from lshsim.sim import collectives
+
+    assert collectives.uniform_traffic is comm.uniform_traffic
+    assert np.array_equal(collectives.uniform_traffic(4, 400.0), np.full((4, 4), 100.0))

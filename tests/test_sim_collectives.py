@@ -43,8 +43,23 @@ def test_direct_on_nonblocking_fat_tree_equals_analytic(kind):
 
 def test_unknown_algorithm_lists_known_names():
     G = load_topology("h100-nvswitch")
-    with pytest.raises(ValueError, match="algorithm='ring' is unknown; known: direct, pairwise, 2d, groupwise"):
+    with pytest.raises(ValueError, match=r"algorithm='ring' is unknown; known: direct, pairwise, hierarchical, "
+                                         r"groupwise \(alias: 2d = hierarchical\)"):
         simulate_all_to_all(G, uniform_traffic(8, 1e6), "ring")
+    with pytest.raises(ValueError, match="'groupwise_overlap' is not implemented by the simulator"):
+        simulate_all_to_all(G, uniform_traffic(8, 1e6), "groupwise_overlap")
+
+
+def test_2d_is_an_alias_of_hierarchical():
+    """One name per algorithm: "2d" runs the hierarchical algorithm and reports its canonical name."""
+    G = load_topology("lshmoe-v100-2x8")
+    traffic = random_traffic(16, 3, 1e6)
+    alias = simulate_all_to_all(G, traffic, "2d", chunks=2)
+    canonical = simulate_all_to_all(G, traffic, "hierarchical", chunks=2)
+    assert alias.algorithm == canonical.algorithm == "hierarchical"
+    assert alias.time_s == canonical.time_s
+    assert "2d" in ALGORITHMS and ALGORITHMS["2d"] is ALGORITHMS["hierarchical"]
+    assert list(ALGORITHMS) == ["direct", "pairwise", "hierarchical", "groupwise"]
 
 
 def test_traffic_shape_is_checked():
@@ -141,7 +156,7 @@ def test_2d_pipelining_with_chunks():
     assert len(four.stages) == 12
     assert four.time_s < one.time_s                  # the phases overlap
     with pytest.raises(ValueError, match="chunks=0 must be an integer >= 1"):
-        simulate_all_to_all(G, traffic, "2d", chunks=0)
+        simulate_all_to_all(G, traffic, "hierarchical", chunks=0)
 
 
 def test_local_copy_uses_hbm():

@@ -1,6 +1,6 @@
 """Closed-form all-to-all costs (alpha-beta model), LSH-MoE's ratio model and LSH break-even.
 
-Symbols (DESIGN.md §3). W ranks (GPUs), G = `gpus_per_node`, N = W / G nodes. A traffic matrix
+Symbols. W ranks (GPUs), G = `gpus_per_node`, N = W / G nodes. A traffic matrix
 `traffic_bytes[..., src, dst]` (W, W) holds the bytes rank src sends to rank dst in one all-to-all
 (e.g. `DispatchPlan.traffic_matrix`); the diagonal stays on its rank and costs nothing.
 S_r = sum_{j != r} traffic[r, j] (egress), R_r = sum_{j != r} traffic[j, r] (ingress).
@@ -18,15 +18,19 @@ Network model (alpha-beta, full duplex, non-blocking switches):
   whose pairs may cross nodes;
 * phases run one after another; local copies (the diagonal, layout transforms) are free.
 
-Algorithms (registry `A2A_ALGORITHMS`, picked by `a2a_time(name, traffic, cluster)`):
+Algorithms (`A2A_ALGORITHMS`, the analytic view of the registry `lshsim.algorithms.COLLECTIVES`,
+which names each algorithm once for this model, the simulator and the executor; picked by
+`a2a_time(name, traffic, cluster)`; a new one is `fn(traffic, cluster) -> seconds` registered with
+`lshsim.algorithms.register_collective(name, analytic=fn)`):
 
 ==============  =================================================================================
 direct          every pair at once (NCCL); on one switch: t = alpha + max_r max(S_r, R_r) / B
 pairwise        W-1 steps; at step s rank r sends to (r+s) mod W; t = sum_s (alpha + max step time)
 hierarchical    Tutel 2DH / DeepSpeed: intra-node all-to-all that groups data by destination
                 local rank, then an inter-node all-to-all among GPUs with the same local rank
+                (alias "2d")
 groupwise       LocMoE: the intra-node part over NVLink, then the inter-node part over NICs
-                (sequential, or overlapped: max instead of sum)
+                (sequential; groupwise_overlap: overlapped, max instead of sum)
 ==============  =================================================================================
 
 All functions broadcast: traffic (..., W, W) with bandwidths and alphas of the batch shape (...).
@@ -34,14 +38,14 @@ All functions broadcast: traffic (..., W, W) with bandwidths and alphas of the b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 
+from lshsim.algorithms import AlgorithmTable, canonical_algorithm
 from lshsim.analytic._common import as_count, as_nonnegative, as_positive, as_real, maybe_scalar
 
 __all__ = [
-    "ClusterParams", "A2A_ALGORITHMS", "a2a_time", "egress_ingress", "a2a_time_direct",
+    "ClusterParams", "A2A_ALGORITHMS", "a2a_time", "egress_ingress", "analytic_direct", "analytic_pairwise",
+    "analytic_hierarchical", "analytic_groupwise", "analytic_groupwise_overlap", "a2a_time_direct",
     "a2a_time_direct_multinode", "a2a_time_pairwise", "a2a_time_hierarchical", "a2a_time_groupwise",
     "uniform_traffic", "random_traffic", "lsh_moe_comm_compute_ratio", "breakeven_compression_rate",
     "lsh_step_time_s",
@@ -146,7 +150,7 @@ def a2a_time_direct(traffic_bytes, bandwidth_Bps, alpha_s=0.0):
     """Direct all-to-all on one non-blocking switch: t = alpha + max_r max(S_r, R_r) / B.
 
     Every rank sends to every peer at once (NCCL's all-to-all); its port is the bottleneck.
-    Source: DESIGN.md §3 (alpha-beta model, Hockney 1994). Symbols: S_r egress and R_r ingress
+    Source: the alpha-beta (Hockney 1994) model. Symbols: S_r egress and R_r ingress
     bytes of rank r (diagonal excluded), B per-port bandwidth per direction (bytes/s), alpha the
     start-up latency (s). Stable name: the simulator cross-checks its non-blocking-switch result
     against this function.
@@ -170,8 +174,8 @@ def a2a_time_direct_multinode(traffic_bytes, gpus_per_node, intra_bandwidth_Bps,
     t = alpha_inter + max( max_r max(S^intra_r, R^intra_r) / B_intra,
                            max_r max(S^inter_r, R^inter_r) / B_nic,
                            max_n max(S_n, R_n) / (nics * B_nic) )
-    (alpha_intra on a single node). Source: DESIGN.md §3, alpha-beta model with the module's
-    two-level network. With one node it equals `a2a_time_direct` at B = B_intra.
+    (alpha_intra on a single node). Source: the alpha-beta (Hockney 1994) model with the
+    module's two-level network. With one node it equals `a2a_time_direct` at B = B_intra.
 
     >>> t = np.full((4, 4), 1e9)  # 2 nodes x 2 GPUs, 1 GB to every peer
     >>> a2a_time_direct_multinode(t, 2, intra_bandwidth_Bps=100e9, inter_bandwidth_Bps=10e9)
@@ -192,7 +196,7 @@ def a2a_time_pairwise(traffic_bytes, gpus_per_node, intra_bandwidth_Bps, inter_b
 
     t = sum_{s=1}^{W-1} ( alpha_s + max over the step's pairs of bytes / bandwidth of the pair ),
     where a step's cross-node pairs share NICs as in the module's network model (Thakur, Rabenseifner
-    and Gropp 2005, "pairwise exchange"; DESIGN.md §4). On one node (or inter = intra bandwidth and
+    and Gropp 2005, "pairwise exchange"). On one node (or inter = intra bandwidth and
     one NIC per GPU): t = sum_s (alpha + max_r traffic[r, (r+s) mod W] / B).
 
     >>> t = np.array([[0, 3, 1], [2, 0, 5], [1, 1, 0]]) * 1e9
@@ -274,7 +278,7 @@ def a2a_time_groupwise(traffic_bytes, gpus_per_node, intra_bandwidth_Bps, inter_
     t_inter = alpha_inter + inter-node time of the cross-node part (direct, module's NIC model),
     t = t_intra + t_inter (sequential), or max(t_intra, t_inter) with `overlap=True` (LocMoE
     overlaps the two groups). Source: Li et al., LocMoE (arXiv 2401.13920) §3.3 group-wise
-    all-to-all and communication overlap; DESIGN.md §2.
+    all-to-all and communication overlap.
 
     >>> t = np.full((4, 4), 1e9)
     >>> round(a2a_time_groupwise(t, 2, intra_bandwidth_Bps=100e9, inter_bandwidth_Bps=10e9), 9)
@@ -297,40 +301,53 @@ def a2a_time_groupwise(traffic_bytes, gpus_per_node, intra_bandwidth_Bps, inter_
     return maybe_scalar(np.maximum(t_intra, t_inter) if overlap else t_intra + t_inter)
 
 
-def _direct_registry(traffic, cluster: ClusterParams):
+def analytic_direct(traffic, cluster: ClusterParams):
+    """`a2a_time_direct_multinode` on a ClusterParams (the registry's "direct")."""
     return a2a_time_direct_multinode(traffic, cluster.gpus_per_node, cluster.intra_bandwidth_Bps,
                                      cluster.inter_bandwidth_Bps, cluster.alpha_s, cluster.inter_alpha_s,
                                      cluster.nics_per_node)
 
 
-A2A_ALGORITHMS: dict[str, Callable] = {
-    "direct": _direct_registry,
-    "pairwise": lambda traffic, c: a2a_time_pairwise(traffic, c.gpus_per_node, c.intra_bandwidth_Bps,
-                                                     c.inter_bandwidth_Bps, c.alpha_s, c.inter_alpha_s,
-                                                     c.nics_per_node),
-    "hierarchical": lambda traffic, c: a2a_time_hierarchical(traffic, c.gpus_per_node, c.intra_bandwidth_Bps,
-                                                             c.inter_bandwidth_Bps, c.alpha_s,
-                                                             c.inter_alpha_s, c.nics_per_node),
-    "groupwise": lambda traffic, c: a2a_time_groupwise(traffic, c.gpus_per_node, c.intra_bandwidth_Bps,
-                                                       c.inter_bandwidth_Bps, c.alpha_s, c.inter_alpha_s,
-                                                       c.nics_per_node, overlap=False),
-    "groupwise_overlap": lambda traffic, c: a2a_time_groupwise(traffic, c.gpus_per_node,
-                                                               c.intra_bandwidth_Bps, c.inter_bandwidth_Bps,
-                                                               c.alpha_s, c.inter_alpha_s, c.nics_per_node,
-                                                               overlap=True),
-}
+def analytic_pairwise(traffic, cluster: ClusterParams):
+    """`a2a_time_pairwise` on a ClusterParams (the registry's "pairwise")."""
+    return a2a_time_pairwise(traffic, cluster.gpus_per_node, cluster.intra_bandwidth_Bps, cluster.inter_bandwidth_Bps,
+                             cluster.alpha_s, cluster.inter_alpha_s, cluster.nics_per_node)
+
+
+def analytic_hierarchical(traffic, cluster: ClusterParams):
+    """`a2a_time_hierarchical` on a ClusterParams (the registry's "hierarchical", alias "2d")."""
+    return a2a_time_hierarchical(traffic, cluster.gpus_per_node, cluster.intra_bandwidth_Bps,
+                                 cluster.inter_bandwidth_Bps, cluster.alpha_s, cluster.inter_alpha_s,
+                                 cluster.nics_per_node)
+
+
+def analytic_groupwise(traffic, cluster: ClusterParams):
+    """`a2a_time_groupwise` on a ClusterParams, sequential (the registry's "groupwise")."""
+    return a2a_time_groupwise(traffic, cluster.gpus_per_node, cluster.intra_bandwidth_Bps, cluster.inter_bandwidth_Bps,
+                              cluster.alpha_s, cluster.inter_alpha_s, cluster.nics_per_node, overlap=False)
+
+
+def analytic_groupwise_overlap(traffic, cluster: ClusterParams):
+    """`a2a_time_groupwise` on a ClusterParams, overlapped (the registry's "groupwise_overlap")."""
+    return a2a_time_groupwise(traffic, cluster.gpus_per_node, cluster.intra_bandwidth_Bps, cluster.inter_bandwidth_Bps,
+                              cluster.alpha_s, cluster.inter_alpha_s, cluster.nics_per_node, overlap=True)
+
+
+#: The analytic model's algorithms: canonical name -> fn(traffic, cluster), aliases accepted.
+A2A_ALGORITHMS = AlgorithmTable("analytic")
 
 
 def a2a_time(algorithm: str, traffic_bytes, cluster: ClusterParams):
-    """All-to-all time (s) of `traffic_bytes` with the named algorithm of `A2A_ALGORITHMS`.
+    """All-to-all time (s) of `traffic_bytes` with the named algorithm of `A2A_ALGORITHMS`
+    (a canonical name or an alias of `lshsim.algorithms`).
 
     >>> c = ClusterParams(gpus_per_node=2, intra_bandwidth_Bps=100e9, inter_bandwidth_Bps=10e9, alpha_s=0.0)
     >>> round(a2a_time("hierarchical", np.full((4, 4), 1e9), c), 6)
     0.22
+    >>> a2a_time("2d", np.full((4, 4), 1e9), c) == a2a_time("hierarchical", np.full((4, 4), 1e9), c)
+    True
     """
-    if algorithm not in A2A_ALGORITHMS:
-        raise ValueError(f"algorithm={algorithm!r} is unknown; known: {sorted(A2A_ALGORITHMS)}")
-    return A2A_ALGORITHMS[algorithm](traffic_bytes, cluster)
+    return A2A_ALGORITHMS[canonical_algorithm(algorithm, side="analytic")](traffic_bytes, cluster)
 
 
 # ---- traffic builders ---------------------------------------------------------------------------
@@ -360,7 +377,7 @@ def random_traffic(world_size: int, bytes_per_rank: float, concentration: float 
 def lsh_moe_comm_compute_ratio(flops_per_s, inter_bandwidth_Bps, k, world_size, hidden_size):
     """LSH-MoE's model of the all-to-all share: T_a2a / T_compute = FLOPs/(6 B_inter) * k/(1+2k) * (w-1)/(w h).
 
-    Source: Nie et al., LSH-MoE (NeurIPS 2024) Eq. 6/9, as transcribed in DESIGN.md §3.
+    Source: Nie et al., LSH-MoE (NeurIPS 2024) Eq. 6/9.
     Symbols: FLOPs = the GPU's compute rate (FLOP/s), B_inter = inter-node bandwidth (bytes/s),
     k = experts per token (top-k), w = number of GPUs, h = hidden size. The paper's derivation
     counts a transformer layer's compute per token as proportional to (1+2k) h^2 (attention plus k
@@ -413,7 +430,8 @@ def lsh_step_time_s(compression_rate, tokens_per_rank, d_model, *, k=2, world_si
     with V = T k d b (w-1)/w the bytes one rank sends per all-to-all under balanced routing
     (direct algorithm, `a2a_time_direct` on `uniform_traffic`), n_a2a = 2 (dispatch, combine) or 4
     with backward, t_compress = T k / hash rate, t_restore = T k / restore rate (doubled with
-    backward). `lsh=False` gives the uncompressed baseline (r must then be 1). Source: DESIGN.md §2-3.
+    backward). `lsh=False` gives the uncompressed baseline (r must then be 1). Source: the
+    alpha-beta model above with LSH-MoE's compression (Nie et al., NeurIPS 2024).
     Default throughputs: lsh.py's `compress` (1.8e7 token copies/s) and `restore` (6.8e7) measured
     on an H100 at d = 1024, d' = 16, N = 32768 (benchmarks/RESULTS.md, lsh section); restore None
     means the hash rate.
@@ -445,7 +463,8 @@ def breakeven_compression_rate(tokens_per_rank, d_model, *, k=2, world_size=16, 
     k choices, d model width, b bytes per element, w ranks, B per-rank all-to-all bandwidth
     (bytes/s; the NIC share for inter-node bound runs), hash / restore throughputs in token copies
     per second; expert_time_s > 0 credits the expert FFN shrinking with the token count (LSH-MoE's
-    experts see only centroids). r* <= 0 means compression never pays. Source: DESIGN.md §2-3.
+    experts see only centroids). r* <= 0 means compression never pays. Source:
+    `lsh_step_time_s`.
 
     >>> round(breakeven_compression_rate(4096, 1024, bandwidth_Bps=12.5e9), 4)  # 100 Gb/s NIC, H100 hashing
     0.7713

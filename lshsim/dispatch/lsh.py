@@ -25,7 +25,7 @@ Rotations R (the L hash functions use independent ones, all drawn from `LSHConfi
 
 * "gaussian": a dense (d', d) matrix of i.i.d. N(0, 1) entries. Cost d * d' multiply-adds per
   token and hash. The collision probability of one cross-polytope hash is then exactly the
-  bivariate-normal formula of DESIGN.md §3 in dimension d' (lshsim.analytic.collision).
+  bivariate-normal formula of `lshsim.analytic.collision` in dimension d'.
 * "hadamard": FALCONN's pseudo-rotation, `rounds` times x <- H D x (D random +-1 signs, H the
   normalised Sylvester-Hadamard matrix); the token is zero-padded to n = 2^ceil(log2 d) first and
   the first d' coordinates are kept. Cost about rounds * 2 n sqrt(n) per token and hash,

@@ -1,8 +1,8 @@
 """Discrete-event simulation (simpy) on `lshsim.topology` graphs.
 
 - `lshsim.sim.network`: FlowNetwork (flow-level, max-min fair sharing), simulate_flows, Transfer.
-- `lshsim.sim.collectives`: simulate_all_to_all, ALGORITHMS (direct, pairwise, 2d, groupwise),
-  CollectiveResult, uniform_traffic.
+- `lshsim.sim.collectives`: simulate_all_to_all, ALGORITHMS (direct, pairwise, hierarchical
+  (alias 2d), groupwise; the registry is `lshsim.algorithms`), CollectiveResult, uniform_traffic.
 - `lshsim.sim.reference`: the slow per-flow reference the tests compare the fast path with.
 """
 from lshsim.sim.collectives import ALGORITHMS, CollectiveResult, Stage, simulate_all_to_all, uniform_traffic

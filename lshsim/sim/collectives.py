@@ -9,15 +9,17 @@ diagonal bytes in HBM (read + write: 2 * T[r, r] / achieved_hbm_Bps of G.graph["
 concurrently with its network traffic (NCCL copies to itself while the peers' messages fly), so
 time_s = max(network time, longest local copy). With local_copy=False the diagonal costs nothing.
 
-Algorithms (registry ALGORITHMS; a new one is a generator `fn(run, traffic, **options)` that runs
-its phases with `yield from run.phase(name, matrix, mask)` (or starts transfers on `run.net` itself
-and appends a `Stage` to `run.stages`); see `CollectiveRun`):
+Algorithms (`ALGORITHMS`, the simulator's view of the registry `lshsim.algorithms.COLLECTIVES`,
+which names each algorithm once for the analytic model, the simulator and the executor; a new one
+is a generator `fn(run, traffic, **options)` registered with `lshsim.algorithms.register_collective`
+that runs its phases with `yield from run.phase(name, matrix, mask)` (or starts transfers on
+`run.net` itself and appends a `Stage` to `run.stages`); see `CollectiveRun`):
 - direct:    every rank sends to every peer at once (NCCL's grouped send/recv). One phase.
 - pairwise:  W - 1 bulk-synchronous steps; in step k rank r sends to (r + k) mod W (MPI's pairwise
              exchange). Each step pays alpha_s. A step starts when the previous one has ended on
              every rank (the per-rank asynchronous version, where a rank moves on as soon as its own
              send and receive are done, is not modelled).
-- 2d:        hierarchical (Tutel 2DH / DeepSpeed): (1) intra-node gather: data for another node goes
+- hierarchical (alias "2d"): Tutel 2DH / DeepSpeed: (1) intra-node gather: data for another node goes
              to the local "proxy" GPU of the destination GPU's NIC (GPU l's proxy is the first GPU
              using NIC l * nics // gpus_per_node), together with the intra-node traffic;
              (2) inter-node exchange proxy -> proxy over the NICs, node-pair data aggregated;
@@ -27,42 +29,13 @@ and appends a `Stage` to `run.stages`); see `CollectiveRun`):
              and chunk i-1 of phase p are done.
 - groupwise: LocMoE's group-wise all-to-all: the intra-node exchange first, then only the
              inter-node remainder (direct, every peer at once).
-On one node, 2d and groupwise reduce to direct.
+On one node, hierarchical and groupwise reduce to direct.
 
-Size-dependent bandwidth (`calibration.a2a_busbw_curve` of the topology, G.graph["a2a_busbw_curve"]):
-NCCL's all-to-all reaches a bus bandwidth that grows with the size (4 H200: 88 GB/s at 16 MiB
-per rank, 317 GB/s at 1 GiB), which one link bandwidth cannot follow. With a curve, every
-all-to-all first takes its size M = max_r max(S_r, R_r) W / (W - 1) (S_r, R_r: bytes rank r sends
-to / receives from others; for equal splits M is nccl-tests' bytes per rank), reads the bus
-bandwidth B(M) off the curve (`curve_busbw_Bps`: linear in log M between the points, the end
-values outside them), and sets every NVLink edge to B(M) per GPU (each edge scaled by
-B(M) / G.graph["nvlink_per_gpu_Bps"]) for this collective. One direct all-to-all of equal splits of
-a measured size then takes alpha_s + S / B(M); a curve measured as bus bandwidth (fixed costs
-included) therefore goes with alpha_s 0, which `executor calibrate --from-traces` writes. The
-2d/groupwise phases and moe_step's chunks use the size of the traffic passed in. Without a
-curve nothing changes.
-
-Duplex engine (`calibration.a2a_link_headroom` h >= 1 with a curve, G.graph["a2a_link_headroom"]):
-the curve alone over-predicts skewed all-to-alls (one rank receives much more than it sends) by a
-median 13-15% on 4 H200s (run-c), because NCCL's p2p kernels on a GPU move its sends and its
-receives together: the pair is bound by one capacity, while each direction of the GPU's link alone
-can go faster than a uniform all-to-all's per-direction rate. With a headroom every all-to-all
-gets (FlowNetwork's `gpu_engine_Bps`, network.py item 5) one engine per GPU of capacity
-2 B(M_dup), M_dup = max_r (S_r + R_r) / 2 * W / (W - 1) (`a2a_duplex_bytes_per_rank`), shared by
-the rank's sends and receives, and its NVLink edges at min(h B(M), B_max) per direction (M as
-above; B_max = calibration.a2a_link_max_Bps, G.graph["a2a_link_max_Bps"], which `executor
-calibrate` sets to the fastest p2p send it measured (354 GB/s on H200), else the largest bus
-bandwidth of the curve). A direct all-to-all then takes at least (closed form)
-    t >= max_r max((S_r + R_r) / (2 B(M_dup)), max(S_r, R_r) / min(h B(M), B_max)).
-Uniform traffic (S_r = R_r = S) has M_dup = M and is engine-bound: t = S / B(M), as without the
-headroom. The simulation meets the bound when a rank's flows end together (all-to-one traffic)
-and is slower otherwise: max-min fairness shares an engine equally, not in favour of the longest
-flow (2 GPUs sending 88 and 45 MB to each other at h = 1.2: 10% above the bound; run-c's skewed
-traffic: 2-15%). h is fitted on skewed calibration traces (`executor calibrate --from-traces`)
-with this simulation, not the closed form. Measured (benchmarks/RESULTS.md, run-e, 2 and 4 H200s,
-calibrated only on the calibration workloads: h = 1.164 / 1.214, B_max = p2p 354 / 353 GB/s): the
-24 skewed held-out all-to-alls, median |error| 7.5% with the curve alone, 4.2% with the engine
-(worst 19.3% -> 16.1%, signed median +7.5% -> +0.6%); uniform ones are unchanged.
+Link model: every all-to-all runs at the rates its traffic gets from the topology's link models
+(`links`, default `LinkModels.from_topology(G)`, parsed from the topology's `calibration:` block
+when it was built): a size-dependent bus bandwidth per link class, the GPUs' duplex engines and
+the links' cap. The model, its fits and its sources: see `lshsim.calibration`. Without a
+calibration the edges keep their nominal bandwidths.
 """
 from __future__ import annotations
 
@@ -72,11 +45,13 @@ import networkx as nx
 import numpy as np
 import simpy
 
+from lshsim.algorithms import AlgorithmTable, canonical_algorithm
+from lshsim.analytic.comm import uniform_traffic
 from lshsim.sim.network import FlowNetwork, busiest_links
 from lshsim.topology.routing import Routes, gpu_vertices, validate_topology
 
 __all__ = ["simulate_all_to_all", "CollectiveResult", "CollectiveRun", "Stage", "ALGORITHMS", "uniform_traffic",
-           "proxy_of_local", "hierarchical_phases", "curve_busbw_Bps", "a2a_bytes_per_rank",
+           "proxy_of_local", "hierarchical_phases", "direct", "pairwise", "hierarchical", "groupwise", "curve_busbw_Bps", "a2a_bytes_per_rank",
            "a2a_duplex_bytes_per_rank"]
 
 
@@ -102,8 +77,8 @@ class CollectiveResult:
     local_bytes:    (W,) diagonal (stays on the rank)
     local_copy_s:   (W,) HBM copy time of the diagonal (0 with local_copy=False)
     stages:         list[Stage] in start order
-    link_bytes:     (L,) bytes that crossed each link (edges in `edges`); for 2d the proxies'
-                    forwarded bytes count on every link they cross
+    link_bytes:     (L,) bytes that crossed each link (edges in `edges`); for hierarchical the
+                    proxies' forwarded bytes count on every link they cross
     busiest:        list of (u, v, bytes, utilisation = bytes / (bandwidth_Bps * time_s)), top 10
     """
 
@@ -140,76 +115,6 @@ class CollectiveResult:
         }
 
 
-def uniform_traffic(world: int, bytes_per_rank: float) -> np.ndarray:
-    """(W, W) matrix where every rank sends bytes_per_rank in total, split evenly over all W ranks
-    (itself included, as an MoE dispatch with uniform routing does: the diagonal stays local).
-
-    >>> uniform_traffic(4, 400.0)[0]
-    array([100., 100., 100., 100.])
-    """
-    if world < 1:
-        raise ValueError(f"world={world} must be >= 1")
-    if not np.isfinite(bytes_per_rank) or bytes_per_rank < 0:
-        raise ValueError(f"bytes_per_rank={bytes_per_rank} must be a finite number >= 0")
-    return np.full((world, world), bytes_per_rank / world)
-
-
-def curve_busbw_Bps(curve, bytes_per_rank: float) -> float:
-    """Bus bandwidth of a measured curve [(bytes_per_rank, busbw_Bps), ...] at `bytes_per_rank`:
-    linear in log(bytes) between neighbouring points, B(M) = B_i + (B_{i+1} - B_i)
-    (ln M - ln M_i) / (ln M_{i+1} - ln M_i); clamped to the first / last value outside the curve.
-
-    >>> curve = [(1e6, 100e9), (1e8, 300e9)]
-    >>> curve_busbw_Bps(curve, 1e7) / 1e9           # halfway in log size
-    200.0
-    >>> curve_busbw_Bps(curve, 1e3) / 1e9, curve_busbw_Bps(curve, 1e10) / 1e9   # clamped
-    (100.0, 300.0)
-    """
-    points = np.asarray(curve, dtype=float)                                           # (n, 2)
-    if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] < 1:
-        raise ValueError(f"curve must be a list of [bytes_per_rank, busbw_Bps] pairs, got shape {points.shape}")
-    if not np.all(np.isfinite(points)) or points.min() <= 0 or np.any(np.diff(points[:, 0]) <= 0):
-        raise ValueError("curve points must be finite and > 0, with strictly increasing bytes_per_rank")
-    if not np.isfinite(bytes_per_rank) or bytes_per_rank <= 0:
-        raise ValueError(f"bytes_per_rank={bytes_per_rank} must be a finite number > 0")
-    return float(np.interp(np.log(bytes_per_rank), np.log(points[:, 0]), points[:, 1]))
-
-
-def a2a_bytes_per_rank(traffic_bytes) -> float:
-    """The size of an all-to-all as the curve is keyed: M = max_r max(S_r, R_r) W / (W - 1), S_r / R_r
-    the bytes rank r sends to / receives from the others (diagonal excluded). Equal splits of M
-    bytes per rank (M / W to every rank) give back M; uneven ones the busiest rank's load.
-
-    >>> a2a_bytes_per_rank(uniform_traffic(4, 400.0))
-    400.0
-    """
-    traffic = np.asarray(traffic_bytes, dtype=float)                                  # (W, W)
-    world = traffic.shape[0]
-    if world < 2:
-        return 0.0
-    off = traffic - np.diag(np.diag(traffic))                                          # (W, W)
-    return float(max(off.sum(axis=1).max(), off.sum(axis=0).max()) * world / (world - 1))
-
-
-def a2a_duplex_bytes_per_rank(traffic_bytes) -> float:
-    """The size that sets a GPU engine's capacity (module docstring, "Duplex engine"):
-    M_dup = max_r (S_r + R_r) / 2 * W / (W - 1), S_r / R_r the bytes rank r sends to / receives
-    from the others. Equal to `a2a_bytes_per_rank` for uniform traffic; smaller for skewed traffic.
-
-    >>> a2a_duplex_bytes_per_rank(uniform_traffic(4, 400.0))
-    400.0
-    >>> skewed = np.array([[0.0, 0.0, 0.0], [300.0, 0.0, 0.0], [300.0, 0.0, 0.0]])   # ranks 1, 2 -> rank 0
-    >>> a2a_duplex_bytes_per_rank(skewed), a2a_bytes_per_rank(skewed)   # (0 + 600) / 2 * 3 / 2; 600 * 3 / 2
-    (450.0, 900.0)
-    """
-    traffic = np.asarray(traffic_bytes, dtype=float)                                  # (W, W)
-    world = traffic.shape[0]
-    if world < 2:
-        return 0.0
-    off = traffic - np.diag(np.diag(traffic))                                          # (W, W)
-    return float((off.sum(axis=1) + off.sum(axis=0)).max() / 2 * world / (world - 1))
-
-
 # ---- algorithms -------------------------------------------------------------------------------
 def _offdiag(traffic: np.ndarray, mask: np.ndarray | None = None):
     keep = traffic > 0
@@ -229,7 +134,7 @@ class CollectiveRun:
     message_gap_s (g, LogGP's gap): a rank issues its messages of a phase one after another, g
     apart, in peer order (r + 1, r + 2, ... mod W, empty ones skipped): its k-th message starts
     k * g after the phase. g = 0 (default): all at once. With g > 0 many small messages cost more
-    than few large ones, which is what the 2d algorithm's aggregation saves.
+    than few large ones, which is what the hierarchical algorithm's aggregation saves.
     """
 
     net: FlowNetwork
@@ -292,7 +197,7 @@ def proxy_of_local(gpus_per_node: int, nics_per_node: int) -> np.ndarray:
 
 
 def hierarchical_phases(traffic: np.ndarray, num_nodes: int, gpus_per_node: int, nics_per_node: int):
-    """The three (W, W) matrices of the 2d algorithm: gather (+ intra-node), exchange, scatter.
+    """The three (W, W) matrices of the hierarchical algorithm: gather (+ intra-node), exchange, scatter.
 
     Conservation: every byte that changes node appears once in the exchange, and in gather/scatter
     once per move inside a node (not when the GPU is its own proxy). Diagonals are zero.
@@ -323,7 +228,7 @@ def hierarchical_phases(traffic: np.ndarray, num_nodes: int, gpus_per_node: int,
     return out
 
 
-def two_d(run: CollectiveRun, traffic: np.ndarray, chunks: int = 1):
+def hierarchical(run: CollectiveRun, traffic: np.ndarray, chunks: int = 1):
     """Hierarchical all-to-all: gather to NIC proxies, inter-node exchange, scatter (module docstring)."""
     G = run.net.G
     if isinstance(chunks, bool) or not isinstance(chunks, (int, np.integer)) or chunks < 1:
@@ -360,7 +265,10 @@ def groupwise(run: CollectiveRun, traffic: np.ndarray):
     yield from run.phase("inter", traffic, ~same)
 
 
-ALGORITHMS = {"direct": direct, "pairwise": pairwise, "2d": two_d, "groupwise": groupwise}
+two_d = hierarchical  # the function's former name ("2d" is the algorithm's alias in the registry)
+
+#: The simulator's algorithms: canonical name -> generator, aliases accepted ("2d" -> hierarchical).
+ALGORITHMS = AlgorithmTable("simulate")
 
 
 def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct", *, alpha_s: float | None = None,
@@ -371,7 +279,8 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
     Options: alpha_s (default G.graph["alpha_s"]), message_gap_s (see CollectiveRun; default 0),
     local_copy (see module docstring), routes (a precomputed Routes(G)), drain_tolerance (0 =
     exact; see FlowNetwork: an approximation that makes uneven traffic on hundreds of GPUs
-    tractable), and the algorithm's own (2d: chunks).
+    tractable), and the algorithm's own (hierarchical: chunks). `algorithm` is a name or alias of
+    `ALGORITHMS`; the result carries its canonical name.
 
     >>> from lshsim.topology import load_topology
     >>> G = load_topology("h100-nvswitch")
@@ -379,8 +288,8 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
     >>> round(r.time_s * 1e3, 3)   # alpha + 2 hops + 7 * 450 MB / 450 GB/s
     7.012
     """
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm={algorithm!r} is unknown; known: {', '.join(ALGORITHMS)}")
+    algorithm = canonical_algorithm(algorithm, side="simulate")
+    simulate_fn = ALGORITHMS[algorithm]
     routes = validate_topology(G) if routes is None else routes
     world = routes.world
     traffic = np.asarray(traffic_bytes, dtype=float)                                  # (W, W)
@@ -422,7 +331,7 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
     net = FlowNetwork(G, alpha_s=alpha_s, routes=routes, drain_tolerance=drain_tolerance,
                       bandwidth_scale_by_kind=scale, gpu_engine_Bps=engine_Bps)
     run = CollectiveRun(net, message_gap_s=float(message_gap_s))
-    process = net.env.process(ALGORITHMS[algorithm](run, traffic, **options))
+    process = net.env.process(simulate_fn(run, traffic, **options))
     net.env.run(until=process)
     stages = run.stages
     local = np.diag(traffic).copy()                                                    # (W,)
