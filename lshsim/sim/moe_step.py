@@ -1,14 +1,16 @@
 """One simulated training step of an MoE transformer: every phase of every layer, forward and backward.
 
-The step (DESIGN.md §4, "MoE step"), for each transformer layer l on every rank (GPU):
+The step's phases, their order and their cost functions come from the phase table
+(`lshsim.sim.phases.PHASES`, `step_schedule`). With the built-in table, for each transformer layer
+l on every rank (GPU):
 
 1. attention (non-MoE compute);
 2. a dense layer: dense_ffn; an MoE layer (l + 1) % moe_every == 0:
    gate -> [lsh_compress] -> dispatch_a2a -> expert -> combine_a2a -> [lsh_restore];
 3. after the last layer, the output head ("other").
-The backward pass runs the layers in reverse with twice the compute, and the same two all-to-alls
-carrying gradients: the combine's gradient goes token ranks -> expert ranks (the dispatch traffic
-matrix M), the dispatch's gradient goes back (M^T).
+The backward pass is the forward sequence reversed, with twice the compute, and the same two
+all-to-alls carrying gradients: the combine's gradient goes token ranks -> expert ranks (the
+dispatch traffic matrix M), the dispatch's gradient goes back (M^T).
 
 Where the numbers come from:
 
@@ -36,6 +38,7 @@ Where the numbers come from:
     - dense FFN (non-MoE layers): 2 * 2 d f; output head: 2 d V;
     - gate: 2 d E (logits; GrAP: d, a group mean; hash: none) + softmax/top-k memory traffic.
   Kernel counts per phase are in `KERNELS`; small GEMMs below peak are not modelled beyond that.
+  The cost functions live in `lshsim.sim.phases` (`roofline_cost`, `expert_cost`).
 * **LSH-MoE** (Nie et al. 2024) with compression rate r = centroids / tokens: the all-to-alls and the
   experts see ceil(r * copies) centroids per (source, destination) pair instead of the copies.
   Compress: L cross-polytope hashes of every token, a dense projection to d' dims each
@@ -71,16 +74,13 @@ from lshsim.dispatch import ROUTERS, RouterConfig, contiguous_placement, route
 from lshsim.dispatch.placement import Placement
 from lshsim.dispatch.synthetic import synthetic_router_inputs
 from lshsim.sim.collectives import ALGORITHMS, simulate_all_to_all
+from lshsim.sim.phases import KERNELS, KINDS, PHASES, CostContext, compute_time_s, expert_cost, step_schedule
 from lshsim.sim.trace import DIRECTIONS, PhaseRecord, Trace
 from lshsim.topology.routing import validate_topology
 
 __all__ = ["StepConfig", "RoutedTraffic", "StepResult", "simulate_step", "simulate_config", "route_traffic",
            "placement_for", "compute_time_s", "expert_cost", "KERNELS", "MODEL_FIELDS", "model_dict",
            "describe", "plan_options", "compare_options", "DEFAULT_PLAN_LSH_RATE"]
-
-#: kernels launched per phase (forward; backward launches twice as many); each adds kernel_launch_s.
-KERNELS = {"attention": 8, "dense_ffn": 3, "gate": 5, "lsh_compress": 8, "expert": 3, "lsh_restore": 2,
-           "other": 3}
 
 #: attributes the simulator reads from a model config (duck typing: `models.ModelConfig` has them).
 MODEL_FIELDS = ("name", "num_layers", "d_model", "d_ffn", "num_experts", "top_k", "moe_every", "seq_len",
@@ -258,88 +258,22 @@ def route_traffic(model: object, placement: Placement, config: StepConfig,
                          router=config.router)
 
 
-# ---- compute model ---------------------------------------------------------------------------
-def compute_time_s(flops: float, hbm_bytes: float, gpu: dict, kernels: int = 0, kernel_launch_s: float = 0.0) -> float:
-    """Roofline: max(flops / achieved_flops, bytes / achieved_hbm_Bps) + kernels * kernel_launch_s.
-
-    >>> gpu = {"achieved_flops": 1e12, "achieved_hbm_Bps": 1e9}
-    >>> compute_time_s(2e12, 1e9, gpu)   # compute bound: 2 s vs 1 s
-    2.0
-    >>> compute_time_s(1e9, 3e9, gpu, kernels=2, kernel_launch_s=0.5)   # memory bound + launches
-    4.0
-    """
-    return max(flops / gpu["achieved_flops"], hbm_bytes / gpu["achieved_hbm_Bps"]) + kernels * kernel_launch_s
-
-
-def expert_cost(copies: float, d_model: int, d_ffn: int, experts_on_rank: int, bytes_per_element: int
-                ) -> tuple[float, float]:
-    """Forward (FLOPs, HBM bytes) of the expert FFNs on one rank that receives `copies` token copies.
-
-    FLOPs = 2 * copies * d_model * d_ffn * 2 (two matmuls, 2 FLOPs per multiply-add);
-    bytes  = experts_on_rank * 2 * d_model * d_ffn * b (weights) + copies * (2 d_model + 2 d_ffn) * b
-             (read input, write hidden, read hidden, write output), b = bytes per element.
-
-    >>> expert_cost(1000, 768, 3072, 16, 2)
-    (9437184000.0, 166354944.0)
-    """
-    flops = 2.0 * copies * d_model * d_ffn * 2
-    weights = experts_on_rank * 2.0 * d_model * d_ffn * bytes_per_element
-    hbm = weights + copies * (2 * d_model + 2 * d_ffn) * bytes_per_element
-    return flops, hbm
-
-
-def _phase_costs(spec: dict, config: StepConfig, traffic: RoutedTraffic, wire_counts: np.ndarray,
-                 experts_on_rank: int) -> dict:
-    """Forward (FLOPs, bytes, kernels) of every compute phase; expert per rank (arrays of W)."""
-    tokens = float(traffic.tokens_per_rank)
-    d, f, num_experts = spec["d_model"], spec["d_ffn"], spec["num_experts"]
-    b = spec["bytes_per_element"]
-    span = spec["attention_window"] or spec["seq_len"]
-    copies = tokens * traffic.k
-    costs = {
-        "attention": (tokens * (2 * 4 * d * d + 2 * 2 * span * d), 4 * d * d * b + 10 * tokens * d * b),
-        "dense_ffn": (tokens * 2 * 2 * d * f, 2 * d * f * b + tokens * (2 * d + 2 * f) * b),
-        "other": (tokens * 2 * d * spec["vocab_size"],
-                  spec["vocab_size"] * d * b + tokens * (d * b + 2 * spec["vocab_size"] * 4)),
-    }
-    # gate: logits matmul (GrAP: a group mean; hash: none), softmax / top-k over E fp32 scores, slots
-    gate_flops = {"hash": 0.0, "locmoe": tokens * d}.get(config.router, tokens * 2 * d * num_experts)
-    gate_bytes = tokens * d * b + (0 if config.router == "hash" else 3 * tokens * num_experts * 4) + copies * 4 * 8
-    costs["gate"] = (gate_flops, gate_bytes)
-    if config.lsh_rate is not None:
-        d_proj = config.lsh_dim or d
-        centroids = float(wire_counts.sum(axis=1).mean())  # centroids one rank sends (incl. local)
-        hash_flops = tokens * 2 * d * d_proj * config.lsh_hashes
-        hash_bytes = (tokens * d * b + 2 * tokens * config.lsh_hashes * d_proj * b  # read x, write/read projections
-                      + 4 * 2 * 16 * copies  # radix sort: 4 passes, read + write of 16-byte (key, index)
-                      + copies * d * b + centroids * d * 4)  # scatter-add: read copies, write fp32 centroids
-        costs["lsh_compress"] = (hash_flops, hash_bytes)
-        costs["lsh_restore"] = (copies * 2 * d, copies * 3 * d * b + tokens * d * b)
-        # backward: no hashing; the centroid's gradient is shared by its copies (mean rule): read the
-        # fp32 centroid gradients, write one gradient per copy. Restore's backward moves as much as
-        # its forward (the residual passes the gradient to x and, gathered, to E(c)).
-        costs["backward"] = {"lsh_compress": (copies * d, centroids * d * 4 + copies * d * b),
-                             "lsh_restore": costs["lsh_restore"]}
-    received = wire_counts.sum(axis=0)  # (W,) copies (or centroids) each rank's experts process
-    costs["expert"] = [expert_cost(float(n), d, f, experts_on_rank, b) for n in received]
-    return costs
-
-
 # ---- network ---------------------------------------------------------------------------------
 class _A2ACache:
-    """All-to-all times by (matrix, chunks): the step asks for few distinct matrices many times."""
+    """All-to-all times by byte matrix: the step asks for few distinct matrices many times."""
 
     def __init__(self, graph, algorithm: str):
         self.graph, self.algorithm = graph, algorithm
         self.routes = validate_topology(graph)  # shortest paths, computed once per step
-        self.times: dict[tuple[str, int], float] = {}
+        self.times: dict[tuple, float] = {}
 
-    def time_s(self, key: str, traffic_bytes: np.ndarray, chunks: int) -> float:
-        if (key, chunks) not in self.times:
-            chunk = np.ceil(traffic_bytes / chunks)  # (W, W) bytes per chunk
-            result = simulate_all_to_all(self.graph, chunk, self.algorithm, routes=self.routes)
-            self.times[(key, chunks)] = float(result.time_s)
-        return self.times[(key, chunks)]
+    def time_s(self, traffic_bytes: np.ndarray) -> float:
+        """Seconds of one all-to-all of `traffic_bytes` (W, W) with the step's algorithm."""
+        key = (traffic_bytes.shape, traffic_bytes.tobytes())
+        if key not in self.times:
+            result = simulate_all_to_all(self.graph, traffic_bytes, self.algorithm, routes=self.routes)
+            self.times[key] = float(result.time_s)
+        return self.times[key]
 
 
 # ---- the pipelined MoE section -----------------------------------------------------------------
@@ -431,88 +365,45 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
     bytes_per_token = spec["d_model"] * spec["bytes_per_element"]
     dispatch_bytes = np.rint(wire * bytes_per_token).astype(np.int64)  # (W, W)
     off_diagonal = dispatch_bytes * (1 - np.eye(world_size, dtype=np.int64))  # (W, W) network bytes
-    experts_on_rank = spec["num_experts"] // world_size
-    costs = _phase_costs(spec, config, traffic, wire, experts_on_rank)
-    launch = config.kernel_launch_s
-    cache = _A2ACache(graph, config.algorithm)
+    network = _A2ACache(graph, config.algorithm)
+    ctx = CostContext(world_size=world_size, gpu=gpu, kernel_launch_s=config.kernel_launch_s, model=spec,
+                      experts_on_rank=spec["num_experts"] // world_size, dispatch_bytes=dispatch_bytes,
+                      combine_bytes=dispatch_bytes.T, rows_received=wire.sum(axis=0), network_s=network.time_s,
+                      config=config, traffic=traffic, wire_counts=wire)
+    schedule = step_schedule(spec["num_layers"], spec["moe_every"], config)
 
-    def phase_s(name: str, direction: str) -> float:
-        if direction == "backward" and name in costs.get("backward", {}):
-            flops, hbm = costs["backward"][name]
-            return compute_time_s(flops, hbm, gpu, KERNELS[name], launch)
-        flops, hbm = costs[name]
-        factor = 1 if direction == "forward" else 2
-        return compute_time_s(factor * flops, factor * hbm, gpu, factor * KERNELS[name], launch)
+    def moe_section(t0: float, section: tuple, layer: int, direction: str,
+                    chunks: int) -> tuple[list[PhaseRecord], float]:
+        first, work, second = section
+        one, two = first.cost(ctx, direction, chunks), second.cost(ctx, direction, chunks)
+        compute_s = np.broadcast_to(np.asarray(work.cost(ctx, direction, chunks).seconds, dtype=float),
+                                    (world_size,))
+        return _moe_section(t0, world_size, (first.name, float(one.seconds), one.bytes), compute_s,
+                            (second.name, float(two.seconds), two.bytes), chunks, layer, direction)
 
-    def expert_s(direction: str, chunks: int) -> np.ndarray:
-        factor = 1 if direction == "forward" else 2
-        out = []
-        for flops, hbm in costs["expert"]:
-            weights = experts_on_rank * 2.0 * spec["d_model"] * spec["d_ffn"] * spec["bytes_per_element"]
-            chunk_hbm = weights + (hbm - weights) / chunks  # every chunk re-reads the weights
-            out.append(compute_time_s(factor * flops / chunks, factor * chunk_hbm, gpu, factor * KERNELS["expert"],
-                                      launch))
-        return np.array(out)  # (W,) seconds per chunk
-
-    sent_dispatch = off_diagonal.sum(axis=1)  # (W,) bytes each rank sends in the dispatch
-    sent_combine = off_diagonal.sum(axis=0)  # (W,) bytes each rank sends in the combine (M^T)
-
-    def moe_section(t0: float, layer: int, direction: str, chunks: int) -> tuple[list[PhaseRecord], float]:
-        if direction == "forward":
-            first = ("dispatch_a2a", cache.time_s("M", dispatch_bytes, chunks), np.ceil(sent_dispatch / chunks))
-            second = ("combine_a2a", cache.time_s("MT", dispatch_bytes.T, chunks), np.ceil(sent_combine / chunks))
-        else:  # gradients: combine's backward sends M, dispatch's backward sends M^T
-            first = ("combine_a2a", cache.time_s("M", dispatch_bytes, chunks), np.ceil(sent_dispatch / chunks))
-            second = ("dispatch_a2a", cache.time_s("MT", dispatch_bytes.T, chunks), np.ceil(sent_combine / chunks))
-        return _moe_section(t0, world_size, first, expert_s(direction, chunks), second, chunks, layer, direction)
-
+    # the chunk count of the pipelined section, per direction: the fastest of {1} + overlap_chunks
     chosen_chunks = {}
+    pipelined = tuple(spec for spec in PHASES.specs() if spec.pipelined)
     for direction in DIRECTIONS:
+        section = pipelined if direction == "forward" else pipelined[::-1]
         candidates = (1,) + (config.overlap_chunks if config.overlap else ())
-        best = min(candidates, key=lambda n: (moe_section(0.0, 0, direction, n)[1], n))
-        chosen_chunks[direction] = best
+        chosen_chunks[direction] = min(candidates, key=lambda n: (moe_section(0.0, section, 0, direction, n)[1], n))
 
-    moe_layers = [layer for layer in range(spec["num_layers"]) if (layer + 1) % spec["moe_every"] == 0]
     records: list[PhaseRecord] = []
     clock = 0.0  # every rank's compute outside the MoE section is identical, so one clock serves all
-
-    def compute(name: str, layer: int, direction: str) -> None:
-        nonlocal clock
-        seconds = phase_s(name, direction)
+    for direction, phases, layer in schedule:
+        if len(phases) > 1:  # the pipelined dispatch -> expert -> combine section
+            section, clock = moe_section(clock, phases, layer, direction, chosen_chunks[direction])
+            records.extend(section)
+            continue
+        phase = phases[0]
+        cost = phase.cost(ctx, direction, 1)
+        seconds = np.broadcast_to(np.asarray(cost.seconds, dtype=float), (world_size,))
+        moved = np.zeros(world_size) if cost.bytes is None else cost.bytes
         for rank in range(world_size):
-            records.append(PhaseRecord(name, rank, clock, clock + seconds, layer=layer, direction=direction))
-        clock += seconds
-
-    def moe(layer: int, direction: str) -> None:
-        nonlocal clock
-        section, clock = moe_section(clock, layer, direction, chosen_chunks[direction])
-        records.extend(section)
-
-    lsh = config.lsh_rate is not None
-    for layer in range(spec["num_layers"]):
-        compute("attention", layer, "forward")
-        if layer in moe_layers:
-            compute("gate", layer, "forward")
-            if lsh:
-                compute("lsh_compress", layer, "forward")
-            moe(layer, "forward")
-            if lsh:
-                compute("lsh_restore", layer, "forward")
-        else:
-            compute("dense_ffn", layer, "forward")
-    compute("other", spec["num_layers"] - 1, "forward")
-    compute("other", spec["num_layers"] - 1, "backward")
-    for layer in reversed(range(spec["num_layers"])):
-        if layer in moe_layers:
-            if lsh:
-                compute("lsh_restore", layer, "backward")
-            moe(layer, "backward")
-            if lsh:
-                compute("lsh_compress", layer, "backward")
-            compute("gate", layer, "backward")
-        else:
-            compute("dense_ffn", layer, "backward")
-        compute("attention", layer, "backward")
+            records.append(PhaseRecord(phase.name, rank, clock, clock + float(seconds[rank]),
+                                       bytes=int(moved[rank]), layer=layer, direction=direction))
+        clock += float(seconds.max())
 
     node = placement.rank_to_node.numpy()  # (W,)
     crosses = node[:, None] != node[None, :]  # (W, W)
@@ -533,9 +424,10 @@ def _breakdown(trace: Trace, traffic: RoutedTraffic, config: StepConfig, dispatc
     """Summary numbers of a simulated step (JSON-ready).
 
     step_s, forward_s, backward_s: wall time (Trace.total_time_s). phases_s (and _forward_s,
-    _backward_s): Trace.phase_durations_s. a2a_s: both all-to-alls, forward and backward.
-    exposed_a2a_s: all-to-all time not hidden behind compute, min(a2a_s, step_s - compute phases);
-    without overlap it equals a2a_s. a2a_share = exposed_a2a_s / step_s. Bytes are per MoE layer
+    _backward_s): Trace.phase_durations_s. Each phase is booked by its kind in the phase table:
+    a2a_s: the communication phases (both all-to-alls), forward and backward. exposed_a2a_s:
+    communication time not hidden behind the compute stream (compute and overhead phases),
+    min(a2a_s, step_s - compute and overhead); without overlap it equals a2a_s. a2a_share = exposed_a2a_s / step_s. Bytes are per MoE layer
     and per dispatch (the combine moves the transpose): dispatch_bytes_per_layer (off-diagonal,
     over the network), inter_node_bytes_per_layer, local_bytes_per_layer (diagonal).
     compression_rate: centroids / copies actually sent (1 without LSH). expert_load_imbalance:
@@ -543,8 +435,11 @@ def _breakdown(trace: Trace, traffic: RoutedTraffic, config: StepConfig, dispatc
     """
     phases = trace.phase_durations_s()
     step_s = trace.total_time_s()
-    a2a = phases.get("dispatch_a2a", 0.0) + phases.get("combine_a2a", 0.0)
-    compute = sum(seconds for name, seconds in phases.items() if name not in ("dispatch_a2a", "combine_a2a"))
+    by_kind = {kind: 0.0 for kind in KINDS}
+    for name, seconds in phases.items():
+        by_kind[PHASES[name].kind] += seconds
+    a2a = by_kind["communication"]
+    compute = by_kind["compute"] + by_kind["overhead"]
     # without overlap the phases run one after another and sum to the step; with overlap, the
     # all-to-all time not hidden behind compute is what the step loses to it
     exposed = min(a2a, max(0.0, step_s - compute))

@@ -2,10 +2,11 @@
 
 A `Trace` is a flat list of `PhaseRecord`s (one timed interval of one phase on one rank) plus a
 `meta` dict that says where it came from. Simulator (`lshsim.sim.moe_step`) and executor
-(`executor/`) both write it, so `lshsim validate` can join a prediction and a measurement phase by
-phase (DESIGN.md §1, "One trace schema").
+(`lshsim.executor`) both write it, so `lshsim validate` can join a prediction and a measurement
+phase by phase.
 
-Phases (`PHASES`), in the order they happen inside one MoE layer:
+The known phase names are those of the phase table (`lshsim.sim.phases.PHASES`, re-exported here
+as `PHASES`), in table order; a phase registered there is accepted here. The built-in ones:
 
 =================  ==============================================================================
 name               what the interval covers
@@ -18,15 +19,17 @@ combine_a2a        the combine all-to-all (expert outputs back to the tokens' ra
 lsh_restore        LSH-MoE: E(x) ~= E(c) + (x - c) residual restore on the token's rank
 attention          non-MoE compute of a transformer layer: attention block (QKV, scores, out proj)
 dense_ffn          non-MoE compute: the dense FFN of a layer that has no MoE
-other              anything else a runner wants to time (e.g. a measured synchronisation)
+other              anything else a runner wants to time (simulator: the output head; executor:
+                   the split-size exchange)
 =================  ==============================================================================
 
 Conventions:
 
 * Times are seconds from the start of the trace (the first record may start after 0).
 * `layer` is the transformer layer index (0-based), so the attention and the MoE records of one
-  layer share it. `direction` is "forward" or "backward"; the backward of a phase (e.g. the
-  gradient all-to-all of dispatch) keeps the forward phase's name.
+  layer share it. `direction` is "forward" or "backward", one of the phase's `directions` in the
+  table; the backward of a phase (e.g. the gradient all-to-all of dispatch) keeps the forward
+  phase's name.
 * `bytes` is the payload the phase moves (all-to-alls: off-diagonal bytes the rank *sends*;
   compute phases: 0 unless a runner records HBM traffic).
 * A rank may hold several records of one (phase, layer, direction), e.g. the chunks of a
@@ -50,12 +53,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["PHASES", "COMM_PHASES", "DIRECTIONS", "SOURCES", "MEASURED_PROVENANCE_KEYS", "SCHEMA", "PhaseRecord", "Trace"]
+from lshsim.sim.phases import DIRECTIONS, PHASES
 
-PHASES = ("gate", "lsh_compress", "dispatch_a2a", "expert", "combine_a2a", "lsh_restore",
-          "attention", "dense_ffn", "other")
-COMM_PHASES = ("dispatch_a2a", "combine_a2a")
-DIRECTIONS = ("forward", "backward")
+__all__ = ["PHASES", "DIRECTIONS", "SOURCES", "MEASURED_PROVENANCE_KEYS", "SCHEMA", "PhaseRecord", "Trace"]
+
 SOURCES = ("simulated", "measured")
 MEASURED_PROVENANCE_KEYS = ("gpu", "count", "torch", "nccl", "date", "command")
 META_KEYS = ("source", "workload", "cluster", "provenance")
@@ -101,6 +102,9 @@ class PhaseRecord:
             raise ValueError(f"layer={self.layer!r} must be a non-negative integer")
         if self.direction not in DIRECTIONS:
             raise ValueError(f"direction={self.direction!r} must be one of {list(DIRECTIONS)}")
+        if self.direction not in PHASES[self.name].directions:
+            raise ValueError(f"phase {self.name!r} has no {self.direction} pass (its directions: "
+                             f"{list(PHASES[self.name].directions)})")
 
     @property
     def duration_s(self) -> float:

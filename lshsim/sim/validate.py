@@ -3,8 +3,13 @@
 The executor records, besides the timed phases, what it moved: the (W, W) bytes of the dispatch
 all-to-all (`meta["measured"]["traffic_bytes"]`) and of the combine (`combine_traffic_bytes`),
 and the workload (d_model, d_ffn, experts, dtype, all-to-all algorithm). The prediction uses
-exactly those, so measurement and prediction differ only in the network and compute models
-(DESIGN.md §1, "One algorithm, two runners"):
+exactly those, so measurement and prediction differ only in the network and compute models: the
+same simulator code runs on the recorded traffic.
+
+The phases are those of the phase table (`lshsim.sim.phases.PHASES`), listed in table order. A
+phase whose entry says `predicted` is predicted with the entry's own cost function, given a
+`CostContext` built from the measured trace (the recorded matrices, the rows each rank's experts
+received, no kernel-launch term). With the built-in table:
 
 =================  =========  ===============================================================
 phase              direction  prediction
@@ -14,7 +19,7 @@ combine_a2a        forward    simulate_all_to_all(G, combine bytes)
 dispatch_a2a       backward   the dispatch's gradient returns along the combine's matrix
 combine_a2a        backward   the combine's gradient travels along the dispatch's matrix
 expert             forward    roofline of the rank's expert FFNs on the rows it receives
-                              (`lshsim.sim.moe_step.expert_cost`, `compute_time_s`), slowest rank
+                              (`lshsim.sim.phases.expert_cost`, `compute_time_s`), slowest rank
 expert             backward   twice the forward FLOPs and bytes
 =================  =========  ===============================================================
 
@@ -33,14 +38,12 @@ from pathlib import Path
 import numpy as np
 
 from lshsim.sim.collectives import simulate_all_to_all
-from lshsim.sim.moe_step import compute_time_s, expert_cost
-from lshsim.sim.trace import PHASES, Trace
+from lshsim.sim.phases import PHASES, CostContext
+from lshsim.sim.trace import Trace
 from lshsim.topology import build_topology, read_spec
 
 __all__ = ["PhaseComparison", "Validation", "topology_for_trace", "default_topology", "validate_trace",
-           "a2a_errors", "plot_validations", "A2A_PHASES"]
-
-A2A_PHASES = ("dispatch_a2a", "combine_a2a")
+           "measured_context", "a2a_errors", "plot_validations"]
 
 
 @dataclass(frozen=True)
@@ -109,20 +112,19 @@ def _matrix(measured: dict, key: str, world_size: int) -> np.ndarray:
     return matrix
 
 
-def validate_trace(trace: Trace, topology: str | Path | None = None) -> Validation:
-    """Predict every phase of a measured trace that the simulator models; see the module docstring."""
-    if trace.meta.get("source") != "measured" or "measured" not in trace.meta:
-        raise ValueError("validate needs a measured trace from executor run (meta['measured'] is missing)")
+def measured_context(trace: Trace, G) -> CostContext:
+    """The `CostContext` of a measured trace on topology G (see `lshsim.sim.phases.CostContext`).
+
+    dispatch_bytes / combine_bytes: the recorded (W, W) matrices; rows_received: the dispatch's
+    received bytes / bytes per token; no kernel-launch term; network_s: the flow-level all-to-all
+    on G with the workload's algorithm (groupwise, or direct), cached by matrix.
+    """
     measured = trace.meta["measured"]
     workload = trace.meta["workload"]
     world = int(workload["world_size"])
-    topology = topology if topology is not None else default_topology(trace)
-    G = topology_for_trace(topology, world)
     algorithm = "groupwise" if workload.get("alltoall") == "groupwise" else "direct"
     dispatch = _matrix(measured, "traffic_bytes", world)
     combine = _matrix(measured, "combine_traffic_bytes", world)
-    a2a = {("dispatch_a2a", "forward"): dispatch, ("combine_a2a", "forward"): combine,
-           ("dispatch_a2a", "backward"): combine, ("combine_a2a", "backward"): dispatch}
     cache: dict[bytes, float] = {}
 
     def a2a_time(matrix: np.ndarray) -> float:
@@ -132,36 +134,41 @@ def validate_trace(trace: Trace, topology: str | Path | None = None) -> Validati
         return cache[key]
 
     bytes_per_token = int(measured["bytes_per_token"])
-    d_model, d_ffn = int(workload["d_model"]), int(workload["d_ffn"])
-    element = bytes_per_token // d_model
-    experts_on_rank = int(workload["num_experts"]) // world
-    rows_received = dispatch.sum(axis=0) / bytes_per_token  # (W,) rows each rank's experts process
-    gpu = G.graph["gpu"]
+    d_model = int(workload["d_model"])
+    model = {"d_model": d_model, "d_ffn": int(workload["d_ffn"]), "num_experts": int(workload["num_experts"]),
+             "bytes_per_element": bytes_per_token // d_model}
+    return CostContext(world_size=world, gpu=G.graph["gpu"], kernel_launch_s=0.0, model=model,
+                       experts_on_rank=model["num_experts"] // world, dispatch_bytes=dispatch, combine_bytes=combine,
+                       rows_received=dispatch.sum(axis=0) / bytes_per_token, network_s=a2a_time)
 
-    def expert_time(scale: float) -> float:
-        times = []
-        for rows in rows_received:
-            flops, hbm = expert_cost(float(rows), d_model, d_ffn, experts_on_rank, element)
-            times.append(compute_time_s(scale * flops, scale * hbm, gpu))
-        return max(times)
 
+def validate_trace(trace: Trace, topology: str | Path | None = None) -> Validation:
+    """Predict every phase of a measured trace that the phase table marks `predicted`; see the module docstring."""
+    if trace.meta.get("source") != "measured" or "measured" not in trace.meta:
+        raise ValueError("validate needs a measured trace from executor run (meta['measured'] is missing)")
+    measured = trace.meta["measured"]
+    workload = trace.meta["workload"]
+    world = int(workload["world_size"])
+    topology = topology if topology is not None else default_topology(trace)
+    G = topology_for_trace(topology, world)
+    ctx = measured_context(trace, G)
     out = []
     for direction, phases in measured["phases_s"].items():
         for phase in sorted(phases, key=PHASES.index):
+            spec = PHASES[phase]
             predicted = None
-            if (phase, direction) in a2a:
-                predicted = a2a_time(a2a[(phase, direction)])
-            elif phase == "expert":
-                predicted = expert_time(1.0 if direction == "forward" else 2.0)
+            if spec.predicted and direction in spec.directions:
+                predicted = float(np.max(spec.cost(ctx, direction, 1).seconds))
             out.append(PhaseComparison(phase, direction, float(phases[phase]), predicted))
     return Validation(name=str(workload.get("name", "")), world_size=world, topology=str(G.graph.get("name", topology)),
                       rows=out)
 
 
 def a2a_errors(validations: list[Validation]) -> np.ndarray:
-    """Relative errors of every predicted all-to-all phase (forward and backward) of the validations."""
+    """Relative errors of every predicted communication phase (the all-to-alls, forward and backward)."""
+    communication = PHASES.names("communication")
     errors = [row.rel_error for v in validations for row in v.rows
-              if row.phase in A2A_PHASES and row.rel_error is not None]
+              if row.phase in communication and row.rel_error is not None]
     return np.asarray(errors, dtype=float)
 
 

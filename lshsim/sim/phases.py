@@ -1,0 +1,545 @@
+"""The phase table: every phase of a training step, what kind of time it is, and how it is costed.
+
+One ordered table, `PHASES`, is read by everything that names a phase:
+
+* the step simulator (`lshsim.sim.moe_step`) builds its forward and backward schedule from it
+  (`step_schedule`) and costs every phase with the entry's cost function;
+* the breakdown books each phase's time by the entry's `kind`;
+* the Trace schema (`lshsim.sim.trace`) accepts exactly the table's names, in the table's order;
+* `lshsim validate` lists a measured trace's phases in table order and predicts those whose entry
+  says `predicted`;
+* the executor's `PhaseTimer` times only phases the table marks `timed`, and the backward timing
+  chain of the executor's all-to-alls (`backward_chain`) is read from the table.
+
+A new phase is one `PhaseSpec` and its cost function, registered with `register_phase`.
+
+Where a phase runs (`block`), in the transformer step of Fedus et al. (Switch Transformer) /
+Lepikhin et al. (GShard): every layer runs its "attention" block, then its FFN block, which is the
+"moe" block on an MoE layer ((l + 1) % moe_every == 0) and the "dense" block otherwise; the "head"
+block runs once after the last layer. Inside a block, phases run in table order. The backward pass
+is the forward sequence reversed. Phases marked `pipelined` form the chunked dispatch -> expert ->
+combine section of the MoE block (Tutel-style overlap): communication, compute, communication in
+forward order, contiguous in the table.
+
+The compute model is a roofline per GPU (Williams et al., "Roofline", CACM 2009):
+t = max(FLOPs / achieved_flops, bytes / achieved_hbm_Bps) + kernels * kernel_launch_s, with the
+GPU's achieved FLOP/s and HBM bytes/s (datasheet x efficiency, or a topology's calibration).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+
+__all__ = ["PhaseSpec", "PhaseCost", "CostContext", "PhaseTable", "PHASES", "KINDS", "BLOCKS", "DIRECTIONS",
+           "register_phase", "unregister_phase", "step_schedule", "backward_chain", "roofline_cost",
+           "compute_time_s", "expert_cost", "KERNELS"]
+
+KINDS = ("communication", "compute", "overhead")
+BLOCKS = ("attention", "moe", "dense", "head")
+DIRECTIONS = ("forward", "backward")
+
+#: kernels launched per phase (forward; backward launches twice as many); each adds kernel_launch_s.
+KERNELS = {"attention": 8, "dense_ffn": 3, "gate": 5, "lsh_compress": 8, "expert": 3, "lsh_restore": 2,
+           "other": 3}
+
+
+# ---- the roofline ----------------------------------------------------------------------------
+def compute_time_s(flops: float, hbm_bytes: float, gpu: dict, kernels: int = 0, kernel_launch_s: float = 0.0) -> float:
+    """Roofline: max(flops / achieved_flops, bytes / achieved_hbm_Bps) + kernels * kernel_launch_s.
+
+    >>> gpu = {"achieved_flops": 1e12, "achieved_hbm_Bps": 1e9}
+    >>> compute_time_s(2e12, 1e9, gpu)   # compute bound: 2 s vs 1 s
+    2.0
+    >>> compute_time_s(1e9, 3e9, gpu, kernels=2, kernel_launch_s=0.5)   # memory bound + launches
+    4.0
+    """
+    return max(flops / gpu["achieved_flops"], hbm_bytes / gpu["achieved_hbm_Bps"]) + kernels * kernel_launch_s
+
+
+def expert_cost(copies: float, d_model: int, d_ffn: int, experts_on_rank: int, bytes_per_element: int
+                ) -> tuple[float, float]:
+    """Forward (FLOPs, HBM bytes) of the expert FFNs on one rank that receives `copies` token copies.
+
+    FLOPs = 2 * copies * d_model * d_ffn * 2 (two matmuls, 2 FLOPs per multiply-add);
+    bytes  = experts_on_rank * 2 * d_model * d_ffn * b (weights) + copies * (2 d_model + 2 d_ffn) * b
+             (read input, write hidden, read hidden, write output), b = bytes per element.
+
+    >>> expert_cost(1000, 768, 3072, 16, 2)
+    (9437184000.0, 166354944.0)
+    """
+    flops = 2.0 * copies * d_model * d_ffn * 2
+    weights = experts_on_rank * 2.0 * d_model * d_ffn * bytes_per_element
+    hbm = weights + copies * (2 * d_model + 2 * d_ffn) * bytes_per_element
+    return flops, hbm
+
+
+# ---- what a cost function receives and returns ---------------------------------------------------
+@dataclass(frozen=True)
+class CostContext:
+    """Everything a phase's cost function may read.
+
+    The simulator builds one per simulated step (every field set). `lshsim validate` builds one
+    from a measured trace; there `config`, `traffic` and `wire_counts` are None, `model` holds only
+    d_model, d_ffn, num_experts and bytes_per_element, and kernel_launch_s is 0 (a measured phase
+    has its launches in it). A cost function of a `predicted` phase must read only what both give.
+
+    world_size:      W, ranks (GPUs).
+    gpu:             the topology's GPU dict: achieved_flops, achieved_hbm_Bps (see `compute_time_s`).
+    kernel_launch_s: seconds per kernel launch.
+    model:           model fields (`lshsim.sim.moe_step.MODEL_FIELDS` in the simulator).
+    experts_on_rank: E / W experts each rank holds.
+    dispatch_bytes:  (W, W) bytes of the forward dispatch all-to-all, source row, diagonal included.
+    combine_bytes:   (W, W) bytes of the forward combine all-to-all (the dispatch's transpose in
+                     the simulator; measured separately by the executor).
+    rows_received:   (W,) rows (token copies, or LSH centroids) each rank's experts process.
+    network_s:       seconds of one all-to-all of a (W, W) byte matrix on the topology (the flow-level
+                     model of `lshsim.sim.collectives.simulate_all_to_all` with the step's algorithm;
+                     results are cached, so asking twice is free).
+    config:          the `StepConfig` of the simulated step (None for a measured trace).
+    traffic:         the step's `RoutedTraffic`: tokens_per_rank, k, router, ... (None for a measured trace).
+    wire_counts:     (W, W) token copies or LSH centroids on the wire (None for a measured trace).
+    """
+
+    world_size: int
+    gpu: dict
+    kernel_launch_s: float
+    model: dict
+    experts_on_rank: int
+    dispatch_bytes: np.ndarray
+    combine_bytes: np.ndarray
+    rows_received: np.ndarray
+    network_s: Callable[[np.ndarray], float]
+    config: object = None
+    traffic: object = None
+    wire_counts: np.ndarray | None = None
+
+    def roofline_s(self, flops: float, hbm_bytes: float, kernels: int = 0) -> float:
+        """`compute_time_s` on this context's GPU, with its kernel launch cost."""
+        return compute_time_s(flops, hbm_bytes, self.gpu, kernels, self.kernel_launch_s)
+
+
+@dataclass(frozen=True)
+class PhaseCost:
+    """What a cost function returns for one (phase, direction), per chunk of a pipelined section.
+
+    seconds: a float (the same on every rank) or a (W,) array (per rank).
+    bytes:   None, or a (W,) array of the bytes each rank moves (the records' `bytes` field).
+    """
+
+    seconds: float | np.ndarray
+    bytes: np.ndarray | None = None
+
+
+#: cost(context, direction, chunks) -> PhaseCost. `direction` is "forward" or "backward"; `chunks`
+#: is the number of pieces a pipelined section is cut into (1 for every phase outside it): the
+#: cost is that of ONE chunk.
+CostFunction = Callable[[CostContext, str, int], PhaseCost]
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    """One phase of a training step.
+
+    name:        the phase's name in traces (`PhaseRecord.name`).
+    kind:        "communication" (booked as all-to-all time in the breakdown), "compute" or
+                 "overhead" (both occupy the GPU's compute stream, outside the network).
+    block:       where it runs in the step: "attention", "moe", "dense" or "head" (module docstring).
+    cost:        cost(context, direction, chunks) -> PhaseCost (see `CostContext`, `PhaseCost`).
+    directions:  the passes it appears in, ("forward", "backward") or one of them.
+    timed:       the directions in which the executor times it (empty: the executor does not run it).
+    predicted:   `lshsim validate` predicts it from a measured trace with `cost` (module docstring
+                 of `lshsim.sim.validate`); the cost function must then read only what a measured
+                 trace's `CostContext` holds.
+    pipelined:   part of the MoE block's chunked dispatch -> expert -> combine section.
+    applies:     applies(step_config) -> bool: whether a simulated step runs it (None: always).
+    description: what the interval covers.
+    """
+
+    name: str
+    kind: str
+    block: str
+    cost: CostFunction
+    directions: tuple[str, ...] = DIRECTIONS
+    timed: tuple[str, ...] = ()
+    predicted: bool = False
+    pipelined: bool = False
+    applies: Callable[[object], bool] | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise ValueError(f"phase name {self.name!r} must be an identifier (letters, digits, _)")
+        if self.kind not in KINDS:
+            raise ValueError(f"phase {self.name!r}: kind={self.kind!r} must be one of {list(KINDS)}")
+        if self.block not in BLOCKS:
+            raise ValueError(f"phase {self.name!r}: block={self.block!r} must be one of {list(BLOCKS)}")
+        if not callable(self.cost):
+            raise ValueError(f"phase {self.name!r}: cost must be callable (context, direction, chunks) -> PhaseCost")
+        for field_name in ("directions", "timed"):
+            value = tuple(getattr(self, field_name))
+            if any(d not in DIRECTIONS for d in value) or len(set(value)) != len(value):
+                raise ValueError(f"phase {self.name!r}: {field_name}={value!r} must hold distinct values of "
+                                 f"{list(DIRECTIONS)}")
+            object.__setattr__(self, field_name, value)
+        if not self.directions:
+            raise ValueError(f"phase {self.name!r}: directions must not be empty")
+        if not set(self.timed) <= set(self.directions):
+            raise ValueError(f"phase {self.name!r}: timed={self.timed!r} outside directions={self.directions!r}")
+        if self.pipelined and self.block != "moe":
+            raise ValueError(f"phase {self.name!r}: only phases of the 'moe' block can be pipelined")
+        if self.applies is not None and not callable(self.applies):
+            raise ValueError(f"phase {self.name!r}: applies must be callable (step_config) -> bool, or None")
+
+    def runs_in(self, config: object) -> bool:
+        """Whether a simulated step with `config` runs this phase."""
+        return self.applies is None or bool(self.applies(config))
+
+
+# ---- the table -----------------------------------------------------------------------------------
+class PhaseTable(Mapping):
+    """The ordered registry of phases: a read-only mapping name -> PhaseSpec, plus `register`.
+
+    Iterating gives the names in table order (the order of `Trace.phase_durations_s`, of the
+    Chrome trace's threads and of `lshsim validate`'s rows); `index(name)` is a name's position.
+    """
+
+    def __init__(self, specs: list[PhaseSpec]) -> None:
+        self._specs: dict[str, PhaseSpec] = {}
+        self._index: dict[str, int] = {}
+        self._builtin: frozenset[str] = frozenset()
+        for spec in specs:
+            if not isinstance(spec, PhaseSpec) or spec.name in self._specs:
+                raise ValueError(f"the table's phases must be PhaseSpecs with distinct names: {spec!r}")
+            self._specs[spec.name] = spec
+        _check_section(list(self._specs.values()))
+        self._set(list(self._specs.values()))
+        self._builtin = frozenset(self._specs)
+
+    def __getitem__(self, name: str) -> PhaseSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise KeyError(f"unknown phase {name!r}; known: {list(self._specs)}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._specs))
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __repr__(self) -> str:
+        return f"PhaseTable({list(self._specs)})"
+
+    def index(self, name: str) -> int:
+        """Position of `name` in the table (ValueError if unknown, like tuple.index)."""
+        if name not in self._index:
+            raise ValueError(f"{name!r} is not a known phase; known: {list(self._specs)}")
+        return self._index[name]
+
+    def names(self, kind: str | None = None) -> tuple[str, ...]:
+        """Names in table order, only those of `kind` if given."""
+        if kind is not None and kind not in KINDS:
+            raise ValueError(f"kind={kind!r} must be one of {list(KINDS)}")
+        return tuple(name for name, spec in self._specs.items() if kind is None or spec.kind == kind)
+
+    def specs(self) -> tuple[PhaseSpec, ...]:
+        return tuple(self._specs.values())
+
+    def register(self, spec: PhaseSpec, *, before: str | None = None, after: str | None = None) -> PhaseSpec:
+        """Add `spec`; at the end of the table, or just before / after an existing phase.
+
+        Contract: `spec` is a `PhaseSpec` whose name is not yet in the table (duplicates are
+        refused: ValueError). Its cost function is called as cost(CostContext, direction, chunks)
+        and returns a `PhaseCost` of one chunk; the simulator calls it once per (phase, direction)
+        of a step (and per chunk count it tries, for pipelined phases), so it must be a pure
+        function of its arguments. A pipelined phase must keep the MoE section's shape
+        (communication, compute, communication, contiguous); ValueError otherwise.
+        Returns `spec`.
+        """
+        if not isinstance(spec, PhaseSpec):
+            raise ValueError(f"register a PhaseSpec, got {type(spec).__name__}")
+        if spec.name in self._specs:
+            raise ValueError(f"phase {spec.name!r} is already registered")
+        if before is not None and after is not None:
+            raise ValueError("give before or after, not both")
+        order = list(self._specs.values())
+        anchor = before if before is not None else after
+        if anchor is None:
+            position = len(order)
+        else:
+            position = self.index(anchor) + (1 if after is not None else 0)
+        candidate = order[:position] + [spec] + order[position:]
+        _check_section(candidate)
+        self._set(candidate)
+        return spec
+
+    def unregister(self, name: str) -> PhaseSpec:
+        """Remove a phase added with `register` (the built-in phases stay); returns its spec."""
+        if name not in self._specs:
+            raise ValueError(f"phase {name!r} is not registered")
+        if name in self._builtin:
+            raise ValueError(f"phase {name!r} is built in and cannot be unregistered")
+        spec = self._specs[name]
+        self._set([s for s in self._specs.values() if s.name != name])
+        return spec
+
+    def _set(self, specs: list[PhaseSpec]) -> None:
+        self._specs = {s.name: s for s in specs}
+        self._index = {s.name: i for i, s in enumerate(specs)}
+
+
+def _check_section(specs: list[PhaseSpec]) -> None:
+    """The pipelined phases: contiguous, communication -> compute -> communication (or none)."""
+    positions = [i for i, spec in enumerate(specs) if spec.pipelined]
+    if not positions:
+        return
+    kinds = [specs[i].kind for i in positions]
+    if positions != list(range(positions[0], positions[0] + len(positions))) or \
+            kinds != ["communication", "compute", "communication"]:
+        raise ValueError(f"the pipelined phases must be contiguous and communication, compute, communication; got "
+                         f"{[(specs[i].name, specs[i].kind) for i in positions]}")
+
+
+# ---- built-in cost functions -----------------------------------------------------------------------
+def roofline_cost(forward_work: Callable[[CostContext], tuple[float, float]], kernels: int,
+                  backward_work: Callable[[CostContext], tuple[float, float]] | None = None) -> CostFunction:
+    """A compute phase's cost function from its forward work: forward_work(context) -> (FLOPs, HBM bytes).
+
+    Forward: roofline of that work with `kernels` launches. Backward: twice the FLOPs, bytes and
+    launches (gradient of the input and of the weights), or, with `backward_work`, the roofline of
+    backward_work(context) with `kernels` launches.
+    """
+
+    def cost(ctx: CostContext, direction: str, chunks: int = 1) -> PhaseCost:
+        if direction == "backward" and backward_work is not None:
+            flops, hbm = backward_work(ctx)
+            return PhaseCost(ctx.roofline_s(flops, hbm, kernels))
+        flops, hbm = forward_work(ctx)
+        factor = 1 if direction == "forward" else 2
+        return PhaseCost(ctx.roofline_s(factor * flops, factor * hbm, factor * kernels))
+
+    return cost
+
+
+def _tokens(ctx: CostContext) -> float:
+    return float(ctx.traffic.tokens_per_rank)
+
+
+def _copies(ctx: CostContext) -> float:
+    return _tokens(ctx) * ctx.traffic.k
+
+
+def _attention_work(ctx: CostContext) -> tuple[float, float]:
+    # QKV and output projections 2 * 4 d^2, scores and weighted sum 2 * 2 s d per token (PaLM App. B)
+    m, tokens = ctx.model, _tokens(ctx)
+    d, b = m["d_model"], m["bytes_per_element"]
+    span = m["attention_window"] or m["seq_len"]
+    return tokens * (2 * 4 * d * d + 2 * 2 * span * d), 4 * d * d * b + 10 * tokens * d * b
+
+
+def _dense_ffn_work(ctx: CostContext) -> tuple[float, float]:
+    m, tokens = ctx.model, _tokens(ctx)
+    d, f, b = m["d_model"], m["d_ffn"], m["bytes_per_element"]
+    return tokens * 2 * 2 * d * f, 2 * d * f * b + tokens * (2 * d + 2 * f) * b
+
+
+def _head_work(ctx: CostContext) -> tuple[float, float]:
+    m, tokens = ctx.model, _tokens(ctx)
+    d, b, vocab = m["d_model"], m["bytes_per_element"], m["vocab_size"]
+    return tokens * 2 * d * vocab, vocab * d * b + tokens * (d * b + 2 * vocab * 4)
+
+
+def _gate_work(ctx: CostContext) -> tuple[float, float]:
+    # logits matmul (GrAP: a group mean; hash: none), softmax / top-k over E fp32 scores, slots
+    m, tokens, router = ctx.model, _tokens(ctx), ctx.config.router
+    d, b, num_experts = m["d_model"], m["bytes_per_element"], m["num_experts"]
+    flops = {"hash": 0.0, "locmoe": tokens * d}.get(router, tokens * 2 * d * num_experts)
+    hbm = tokens * d * b + (0 if router == "hash" else 3 * tokens * num_experts * 4) + _copies(ctx) * 4 * 8
+    return flops, hbm
+
+
+def _centroids(ctx: CostContext) -> float:
+    return float(ctx.wire_counts.sum(axis=1).mean())  # centroids one rank sends (incl. local)
+
+
+def _lsh_compress_work(ctx: CostContext) -> tuple[float, float]:
+    # L cross-polytope hashes (a d -> d' projection each), a 4-pass radix sort of 16-byte
+    # (key, index) pairs, the centroid scatter-add (Nie et al. 2024, LSH-MoE)
+    m, config, tokens, copies = ctx.model, ctx.config, _tokens(ctx), _copies(ctx)
+    d, b = m["d_model"], m["bytes_per_element"]
+    d_proj = config.lsh_dim or d
+    flops = tokens * 2 * d * d_proj * config.lsh_hashes
+    hbm = (tokens * d * b + 2 * tokens * config.lsh_hashes * d_proj * b  # read x, write/read projections
+           + 4 * 2 * 16 * copies  # radix sort: 4 passes, read + write of 16-byte (key, index)
+           + copies * d * b + _centroids(ctx) * d * 4)  # scatter-add: read copies, write fp32 centroids
+    return flops, hbm
+
+
+def _lsh_compress_backward_work(ctx: CostContext) -> tuple[float, float]:
+    # no hashing: the centroid's gradient is shared by its copies (mean rule): read the fp32
+    # centroid gradients, write one gradient per copy
+    d, b, copies = ctx.model["d_model"], ctx.model["bytes_per_element"], _copies(ctx)
+    return copies * d, _centroids(ctx) * d * 4 + copies * d * b
+
+
+def _lsh_restore_work(ctx: CostContext) -> tuple[float, float]:
+    # E(x) ~= E(c) + (x - c), memory bound; the backward moves as much as the forward
+    d, b, copies = ctx.model["d_model"], ctx.model["bytes_per_element"], _copies(ctx)
+    return copies * 2 * d, copies * 3 * d * b + _tokens(ctx) * d * b
+
+
+def _expert_cost(ctx: CostContext, direction: str, chunks: int = 1) -> PhaseCost:
+    """Per-rank roofline of the rank's expert FFNs on the rows it receives; each chunk re-reads the weights."""
+    m = ctx.model
+    d, f, b = m["d_model"], m["d_ffn"], m["bytes_per_element"]
+    factor = 1 if direction == "forward" else 2
+    weights = ctx.experts_on_rank * 2.0 * d * f * b
+    out = []
+    for rows in ctx.rows_received:
+        flops, hbm = expert_cost(float(rows), d, f, ctx.experts_on_rank, b)
+        chunk_hbm = weights + (hbm - weights) / chunks
+        out.append(ctx.roofline_s(factor * flops / chunks, factor * chunk_hbm, factor * KERNELS["expert"]))
+    return PhaseCost(np.array(out))  # (W,) seconds per chunk
+
+
+def _a2a_cost(forward_matrix: str, backward_matrix: str) -> CostFunction:
+    """An all-to-all whose (W, W) bytes are the context's `forward_matrix` in the forward pass and
+    `backward_matrix` in the backward (the gradient of the dispatch travels along the combine's
+    matrix, and the other way round)."""
+
+    def cost(ctx: CostContext, direction: str, chunks: int = 1) -> PhaseCost:
+        matrix = getattr(ctx, forward_matrix if direction == "forward" else backward_matrix)  # (W, W)
+        off_diagonal = matrix * (1 - np.eye(ctx.world_size, dtype=np.int64))
+        seconds = ctx.network_s(np.ceil(matrix / chunks))
+        return PhaseCost(seconds, bytes=np.ceil(off_diagonal.sum(axis=1) / chunks))
+
+    return cost
+
+
+def _uses_lsh(config: object) -> bool:
+    return getattr(config, "lsh_rate", None) is not None
+
+
+_BUILTIN = [
+    PhaseSpec("gate", "compute", "moe", roofline_cost(_gate_work, KERNELS["gate"]), timed=("forward",),
+              description="router: gate logits, top-k, slot assignment (and the LocMoE GrAP gate)"),
+    PhaseSpec("lsh_compress", "compute", "moe",
+              roofline_cost(_lsh_compress_work, KERNELS["lsh_compress"], _lsh_compress_backward_work),
+              timed=DIRECTIONS, applies=_uses_lsh,
+              description="LSH-MoE: hash tokens, bucket per destination expert, centroids (sending rank)"),
+    PhaseSpec("dispatch_a2a", "communication", "moe", _a2a_cost("dispatch_bytes", "combine_bytes"),
+              timed=DIRECTIONS, predicted=True, pipelined=True,
+              description="the dispatch all-to-all (tokens or centroids to the experts' ranks)"),
+    PhaseSpec("expert", "compute", "moe", _expert_cost, timed=DIRECTIONS, predicted=True, pipelined=True,
+              description="the expert FFNs on the receiving rank"),
+    PhaseSpec("combine_a2a", "communication", "moe", _a2a_cost("combine_bytes", "dispatch_bytes"),
+              timed=DIRECTIONS, predicted=True, pipelined=True,
+              description="the combine all-to-all (expert outputs back to the tokens' ranks)"),
+    PhaseSpec("lsh_restore", "compute", "moe",
+              roofline_cost(_lsh_restore_work, KERNELS["lsh_restore"], _lsh_restore_work),
+              timed=DIRECTIONS, applies=_uses_lsh,
+              description="LSH-MoE: E(x) ~= E(c) + (x - c) residual restore on the token's rank"),
+    PhaseSpec("attention", "compute", "attention", roofline_cost(_attention_work, KERNELS["attention"]),
+              description="non-MoE compute of a transformer layer: attention block (QKV, scores, out proj)"),
+    PhaseSpec("dense_ffn", "compute", "dense", roofline_cost(_dense_ffn_work, KERNELS["dense_ffn"]),
+              description="non-MoE compute: the dense FFN of a layer that has no MoE"),
+    # the simulator's output head; the executor times its split-size exchange under this name.
+    # Booked as compute, which is how the breakdown has always counted it.
+    PhaseSpec("other", "compute", "head", roofline_cost(_head_work, KERNELS["other"]), timed=("forward",),
+              description="simulator: the output head; executor: the split-size exchange; anything else "
+                          "a runner times"),
+]
+
+#: the phase table (see the module docstring); `register_phase` adds to it.
+PHASES = PhaseTable(_BUILTIN)
+
+
+def register_phase(spec: PhaseSpec, *, before: str | None = None, after: str | None = None) -> PhaseSpec:
+    """Add a phase to `PHASES` (contract: `PhaseTable.register`); returns `spec`.
+
+    >>> spec = register_phase(PhaseSpec("doc_sync", "overhead", "moe", lambda ctx, direction, chunks: PhaseCost(1e-6),
+    ...                                 directions=("forward",)), after="gate")
+    >>> PHASES.index("doc_sync") == PHASES.index("gate") + 1
+    True
+    >>> register_phase(spec)
+    Traceback (most recent call last):
+    ...
+    ValueError: phase 'doc_sync' is already registered
+    >>> unregister_phase("doc_sync").name
+    'doc_sync'
+    """
+    return PHASES.register(spec, before=before, after=after)
+
+
+def unregister_phase(name: str) -> PhaseSpec:
+    """Remove a phase added with `register_phase`; returns its spec."""
+    return PHASES.unregister(name)
+
+
+# ---- what the table derives -------------------------------------------------------------------------
+def step_schedule(num_layers: int, moe_every: int, config: object = None,
+                  table: PhaseTable | None = None) -> list[tuple[str, tuple[PhaseSpec, ...], int]]:
+    """The step's sequence: (direction, phases, layer) items, forward then backward.
+
+    `phases` is one PhaseSpec, or the three pipelined ones (the MoE section) as one item. Forward:
+    every layer's "attention" phases, then its "moe" (MoE layer) or "dense" phases, then the
+    "head" phases at the last layer; only phases that run with `config` and have "forward" in their
+    directions. Backward: the forward sequence reversed (a section's phases reversed too), only
+    phases that have "backward" in their directions.
+
+    >>> [(d, [p.name for p in ps], layer) for d, ps, layer in step_schedule(2, 2)][:4]
+    [('forward', ['attention'], 0), ('forward', ['dense_ffn'], 0), ('forward', ['attention'], 1), ('forward', ['gate'], 1)]
+    """
+    table = PHASES if table is None else table
+    blocks: dict[str, list[tuple[PhaseSpec, ...]]] = {block: [] for block in BLOCKS}
+    for spec in table.specs():
+        if not spec.runs_in(config):
+            continue
+        items = blocks[spec.block]
+        if spec.pipelined and items and items[-1][0].pipelined:
+            items[-1] = items[-1] + (spec,)
+        else:
+            items.append((spec,))
+    sequence: list[tuple[tuple[PhaseSpec, ...], int]] = []
+    for layer in range(num_layers):
+        sequence.extend((item, layer) for item in blocks["attention"])
+        ffn = "moe" if (layer + 1) % moe_every == 0 else "dense"
+        sequence.extend((item, layer) for item in blocks[ffn])
+    sequence.extend((item, num_layers - 1) for item in blocks["head"])
+    out = []
+    for item, layer in sequence:
+        kept = tuple(spec for spec in item if "forward" in spec.directions)
+        if kept:
+            out.append(("forward", kept, layer))
+    for item, layer in reversed(sequence):
+        kept = tuple(spec for spec in reversed(item) if "backward" in spec.directions)
+        if kept:
+            out.append(("backward", kept, layer))
+    return out
+
+
+def backward_chain(name: str, active: set[str] | frozenset[str], table: PhaseTable | None = None
+                   ) -> tuple[str | None, str | None]:
+    """(closes, opens) for the backward of the executor's phase `name`.
+
+    The executor times backward phases as a chain: autograd runs the backward in reverse table
+    order, so the backward of `name` ends the backward-timed phase that runs before it and begins
+    the one that runs after it. `active` are the phases the executor's forward ran; None where
+    there is no such neighbour.
+
+    >>> backward_chain("dispatch_a2a", {"gate", "dispatch_a2a", "expert", "combine_a2a", "other"})
+    ('expert', None)
+    >>> backward_chain("combine_a2a", {"lsh_compress", "dispatch_a2a", "expert", "combine_a2a", "lsh_restore"})
+    ('lsh_restore', 'expert')
+    """
+    table = PHASES if table is None else table
+    chain = [n for n in reversed(list(table)) if n in active and "backward" in table[n].timed]
+    if name not in chain:
+        raise ValueError(f"phase {name!r} is not timed in the backward among {sorted(active)}")
+    i = chain.index(name)
+    return (chain[i - 1] if i > 0 else None), (chain[i + 1] if i + 1 < len(chain) else None)
