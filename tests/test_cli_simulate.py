@@ -56,7 +56,7 @@ def test_tables(capsys):
     (["--topology", "nope", "--traffic", "uniform:1MB"], "topology 'nope' is unknown; known: a100-nvswitch"),
     (["--topology", "h100-nvswitch", "--traffic", "uniform:1MB", "--algorithm", "ring"],
      "algorithm='ring' is unknown; known: direct, pairwise, 2d, groupwise"),
-    (["--topology", "h100-nvswitch", "--traffic", "uniform:lots"], "bytes='lots' is not a size"),
+    (["--topology", "h100-nvswitch", "--traffic", "uniform:lots"], "traffic 'uniform:lots': 'lots' is not a size"),
     (["--topology", "h100-nvswitch", "--traffic", "missing.json"], "no such file"),
     (["--topology", "h100-nvswitch", "--traffic", "uniform:1MB", "--chunks", "2"], "applies to --algorithm 2d"),
 ])

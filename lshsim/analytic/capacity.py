@@ -1,6 +1,6 @@
 """LocMoE's expert-capacity lower bound (Theorem 1) and the load / overflow of capacity-limited routing.
 
-Part 1, LocMoE Theorem 1 (Li et al., arXiv 2401.13920, §3.2; DESIGN.md §3). Tokens x uniform on the
+Part 1, LocMoE Theorem 1 (Li et al., arXiv 2401.13920, §3.2). Tokens x uniform on the
 unit sphere S^{d-1}, n experts with orthogonal, equal-norm gate weights w_i, top-1 routing; a token
 is discriminative for an expert when |cos(x, w_i)| >= delta. Since x_1^2 ~ Beta(1/2, (d-1)/2) for
 a uniform point on the sphere,
@@ -37,6 +37,11 @@ with probability q_e (sum_e q_e = k), N_e ~ Binomial(T, q_e) exactly, and
 Named approximations: "independent_choices" (N_e ~ Binomial(T k, q_e / k): the k choices drawn
 with replacement), "poisson" (N_e ~ Poisson(T q_e)), "normal" (N_e ~ N(T q_e, T q_e (1 - q_e))).
 `sample_dropped_fraction` checks all of them against the real router `lshsim.dispatch.route_topk`.
+
+Part 3, the workload of `lshsim capacity`: `ec_min_forms` (the three forms side by side),
+`ec_min_grid` (the deltas over which a plot of ec_min is informative), `skewed_popularity`
+(expert popularity p proportional to q^skew, q ~ Dirichlet(1, ..., 1)) and `drop_estimates`
+(the capacity and the expected dropped fraction by every overflow method).
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ __all__ = [
     "p_delta", "p_delta_erfc", "p_delta_exp_bound", "p_delta_forms", "ec_min", "p_delta_monte_carlo",
     "DeltaEstimate", "estimate_delta", "capacity_from_factor", "topk_inclusion_probabilities",
     "expected_overflow", "expected_dropped_fraction", "sample_dropped_fraction", "OVERFLOW_METHODS",
+    "ec_min_forms", "ec_min_grid", "skewed_popularity", "drop_estimates",
 ]
 
 OVERFLOW_METHODS = ("exact", "independent_choices", "poisson", "normal")
@@ -61,7 +67,7 @@ OVERFLOW_METHODS = ("exact", "independent_choices", "poisson", "normal")
 def p_delta(d, delta):
     """p_delta = Pr[|cos(x, w)| >= delta] = 1 - I_{delta^2}(1/2, (d-1)/2), x uniform on S^{d-1}.
 
-    Source: LocMoE (arXiv 2401.13920) Theorem 1; DESIGN.md §3. Computed as I_{1 - delta^2}((d-1)/2, 1/2)
+    Source: LocMoE (arXiv 2401.13920) Theorem 1. Computed as I_{1 - delta^2}((d-1)/2, 1/2)
     (the complement identity), accurate in the far tail. d: dimension (>= 2), delta in (0, 1).
 
     >>> round(p_delta(4096, 0.03), 5)
@@ -324,7 +330,7 @@ def expected_overflow(num_tokens, inclusion, capacity, method: str = "exact"):
     normal:              N ~ N(mu, s^2), mu = T q, s^2 = T q (1-q); E = s phi(z) + (mu - C)(1 - Phi(z)),
                          z = (C - mu) / s
     (the "independent_choices" approximation is `expected_dropped_fraction`'s, it needs k.)
-    Arrays broadcast. Source: standard (the identity j C(T,j) = T C(T-1,j-1)); DESIGN.md §3.
+    Arrays broadcast. Source: standard (the identity j C(T,j) = T C(T-1,j-1)).
 
     >>> round(expected_overflow(100, 0.1, 10), 4), round(expected_overflow(100, 0.1, 10, "normal"), 4)
     (1.1868, 1.1968)
@@ -361,7 +367,8 @@ def expected_dropped_fraction(num_tokens, k, capacity, *, popularity=None, inclu
     (the Gumbel-top-k model of `topk_inclusion_probabilities`; uniform experts: p = 1/E).
     method: "exact" (N_e ~ Binomial(T, q_e), exact for tokens choosing independently),
     "independent_choices" (N_e ~ Binomial(T k, q_e / k)), "poisson", "normal". num_tokens and
-    capacity broadcast against the batch shape of q. Source: DESIGN.md §3 (load / overflow).
+    capacity broadcast against the batch shape of q. Source: the overflow model of
+    the module docstring (part 2).
 
     >>> uniform = np.full(16, 1 / 16)
     >>> round(expected_dropped_fraction(4096, 2, 512, popularity=uniform), 4)
@@ -433,3 +440,79 @@ def sample_dropped_fraction(num_tokens: int, k: int, capacity_factor: float, pop
     dropped = (plan.routed & ~plan.kept).sum(dim=1)  # (S*T,)
     per_batch = torch.zeros(num_samples, dtype=torch.float64).index_add_(0, token_rank, dropped.double())
     return mean_estimate(per_batch.numpy() / (t * k))
+
+
+# ---- the workload of `lshsim capacity` ------------------------------------------------------------
+def ec_min_forms(n: int, d: int, delta: float) -> dict[str, dict[str, float]]:
+    """The three forms of Theorem 1 side by side, as plain floats.
+
+    Returns {form: {p_delta, ec_min, capacity_factor, rel_err_vs_exact}} for form in exact, erfc,
+    exp; capacity_factor = n * ec_min (the reading of `ec_min`'s docstring), rel_err_vs_exact =
+    form / exact - 1 (0 for the exact form). d and delta are checked before n.
+
+    >>> forms = ec_min_forms(16, 4096, 0.03)
+    >>> round(forms["exact"]["ec_min"], 4), round(forms["erfc"]["rel_err_vs_exact"], 5)
+    (1.1395, -0.00081)
+    """
+    probabilities = p_delta_forms(d, delta)
+    out = {}
+    for form in ("exact", "erfc", "exp"):
+        bound = float(ec_min(n, d, delta, form))
+        out[form] = {"p_delta": float(probabilities[form]), "ec_min": bound, "capacity_factor": bound * n,
+                     "rel_err_vs_exact": 0.0 if form == "exact" else float(probabilities[f"{form}_rel_err"])}
+    return out
+
+
+def ec_min_grid(n: int, d: int, delta: float, points: int = 60) -> np.ndarray:
+    """`points` thresholds, geometric, from delta / 10 (at least 1e-4) up to where the exact ec_min
+    falls to max(1e4, 10 ec_min(delta)) (and at least up to delta): the range a plot of ec_min
+    against delta shows.
+
+    >>> grid = ec_min_grid(16, 4096, 0.03)
+    >>> grid.shape, round(float(grid[0]), 6), bool(grid[-1] >= 0.03)
+    ((60,), 0.003, True)
+    """
+    grid = np.geomspace(max(delta / 10, 1e-4), 0.999, 400)
+    limit = max(1e4, 10 * float(ec_min(n, d, delta)))
+    upper = grid[np.nonzero(ec_min(n, d, grid) <= limit)[0].max()]
+    return np.geomspace(grid[0], max(upper, delta), int(as_count("points", points, minimum=2)))
+
+
+def skewed_popularity(num_experts: int, skew: float, seed: int = 0) -> np.ndarray:
+    """Expert popularity (E,): p proportional to q^skew, q ~ Dirichlet(1, ..., 1).
+
+    q is one draw of numpy's `default_rng(seed)`; skew = 0 gives uniform experts (p = 1/E), larger
+    skew concentrates the tokens on the experts q favours. The popularity of
+    `lshsim.dispatch.synthetic` (a log-popularity bias added to torch logits) uses the same
+    Dirichlet(1) law with torch's generator, so the two draws differ for one seed.
+
+    >>> skewed_popularity(4, 0.0).tolist()
+    [0.25, 0.25, 0.25, 0.25]
+    >>> p = skewed_popularity(8, 1.5, seed=3)
+    >>> round(float(p.sum()), 12), bool(p.max() > 1 / 8)
+    (1.0, True)
+    """
+    size = int(as_count("num_experts", num_experts, minimum=1))
+    if isinstance(skew, bool) or not isinstance(skew, (int, float)) or not np.isfinite(skew) or skew < 0:
+        raise ValueError(f"skew={skew!r} must be finite and >= 0")
+    popularity = np.random.default_rng(seed).dirichlet(np.ones(size)) ** skew
+    return popularity / popularity.sum()
+
+
+def drop_estimates(num_tokens: int, k: int, capacity_factor: float, popularity) -> tuple[int, dict[str, float]]:
+    """(capacity C, {method: expected dropped fraction}) for T tokens, k choices, E = len(popularity).
+
+    C = `capacity_from_factor`(T, k, E, capacity_factor); the fractions come from
+    `expected_dropped_fraction` with the Gumbel-top-k inclusion probabilities of `popularity`,
+    one per method of OVERFLOW_METHODS.
+
+    >>> capacity, drops = drop_estimates(4096, 2, 1.0, np.full(16, 1 / 16))
+    >>> capacity, round(drops["exact"], 4)
+    (512, 0.0165)
+    """
+    p = _popularity(popularity)
+    cap = int(capacity_from_factor(num_tokens, k, p.size, capacity_factor))
+    inclusion = topk_inclusion_probabilities(popularity, k)
+    drops = {method: float(expected_dropped_fraction(num_tokens, k, cap, inclusion=inclusion, method=method))
+             for method in OVERFLOW_METHODS}
+    return cap, drops

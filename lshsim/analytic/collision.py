@@ -10,7 +10,7 @@ limit: e.g. at d = 2, orthogonal vectors never collide under a rotation, but do 
 1/4 under a Gaussian projection.
 
 * Hyperplane (Charikar 2002): Pr[h(x) = h(y)] = 1 - theta / pi.
-* Cross-polytope (DESIGN.md §3; Andoni et al. 2015, Theorem 1):
+* Cross-polytope (Andoni et al. 2015, Theorem 1):
   Pr = 2d * Pr[X_1 >= |X_j| and Y_1 >= |Y_j| for all j != 1]
      = 2d * int int_{x, y >= 0} phi_alpha(x, y) q(x, y)^(d-1) dx dy,
   q(x, y) = Pr[|X| <= x, |Y| <= y] (a rectangle probability of the bivariate normal, from Owen's T
@@ -68,7 +68,8 @@ __all__ = [
     "cross_polytope_collision_asymptotic", "cross_polytope_collision_monte_carlo",
     "hyperplane_collision_monte_carlo", "amplify", "asymptotic_error_table", "collision_probability",
     "BucketPrediction", "expected_buckets_clusters", "clusters_from_tokens", "predicted_compression_rate",
-    "clustered_compression_rate", "measured_compression_rate", "FAMILIES",
+    "clustered_compression_rate", "measured_compression_rate", "FAMILIES", "canonical_family",
+    "collision_summary", "collision_monte_carlo",
 ]
 
 FAMILIES = ("cross_polytope", "hyperplane")
@@ -167,7 +168,7 @@ def cross_polytope_collision_probability(d, cos, nodes: int = 128, return_error:
     """Collision probability of one cross-polytope hash in dimension d for unit vectors at cosine `cos`.
 
     Pr = 2d * int int_{x,y>=0} phi_alpha(x, y) Pr[|X| <= x, |Y| <= y]^(d-1) dx dy, alpha = cos
-    (DESIGN.md §3; Andoni et al. 2015). Exact for lsh.py's Gaussian projection with d = proj_dim.
+    (Andoni et al. 2015). Exact for lsh.py's Gaussian projection with d = proj_dim.
     Numerics: `nodes` x `nodes` Gauss-Legendre in rotated coordinates; the rectangle probability
     from Owen's T; about 0.05 s per cosine (all d at once). Against an adaptive dblquad reference
     the default rule is within 3e-11 at d = 1024 (benchmarks/RESULTS.md). With return_error=True
@@ -280,10 +281,59 @@ def collision_probability(family: str, d, cos):
     raise ValueError(f"family={family!r} must be one of {FAMILIES}")
 
 
+def canonical_family(family: str) -> str:
+    """The name in FAMILIES of a hash family, accepting '-' for '_' ('cross-polytope').
+
+    >>> canonical_family("cross-polytope"), canonical_family("hyperplane")
+    ('cross_polytope', 'hyperplane')
+    """
+    key = family.replace("-", "_") if isinstance(family, str) else family
+    if key not in FAMILIES:
+        raise ValueError(f"family={family!r} must be one of ('cross-polytope', 'hyperplane')")
+    return key
+
+
+def collision_summary(family: str, d: int, cos: float, hashes: int = 1, tables: int = 1) -> dict:
+    """One hash's collision probability at `cos` and its amplification, checked and as plain data.
+
+    family: 'cross-polytope' (or 'cross_polytope') or 'hyperplane'; d: projection dimension
+    (>= 2; the hyperplane probability does not depend on it); hashes: K functions concatenated
+    into one bucket id; tables: L independent tables. Returns {family, dim, cos, hashes, tables,
+    probability (exact), quadrature_error (cross-polytope: the difference to a rule with half the
+    nodes; 0 for the hyperplane), asymptotic (cross-polytope's d^(-(1-cos)/(1+cos)), None for the
+    hyperplane), concatenated (p^K), amplified (1 - (1 - p^K)^L)}.
+
+    >>> s = collision_summary("hyperplane", 64, 0.5, hashes=2, tables=3)
+    >>> round(s["probability"], 6), round(s["amplified"], 6)
+    (0.666667, 0.828532)
+    """
+    key = canonical_family(family)
+    for name, value in (("hashes", hashes), ("tables", tables)):
+        if value < 1:
+            raise ValueError(f"{name}={value} must be an integer >= 1")
+    if key == "cross_polytope":
+        single, error = cross_polytope_collision_probability(d, cos, return_error=True)
+        asymptotic = float(cross_polytope_collision_asymptotic(d, cos))
+    else:
+        if d < 2:
+            raise ValueError(f"d={d} must be an integer >= 2")
+        single, error, asymptotic = float(hyperplane_collision_probability(cos)), 0.0, None
+    return {"family": family, "dim": d, "cos": cos, "hashes": hashes, "tables": tables,
+            "probability": float(single), "quadrature_error": float(error), "asymptotic": asymptotic,
+            "concatenated": float(amplify(single, hashes)), "amplified": float(amplify(single, hashes, tables))}
+
+
+def collision_monte_carlo(family: str, d: int, cos: float, num_samples: int, seed: int = 0) -> MonteCarloEstimate:
+    """Monte Carlo collision probability of one hash of `family` (the family's own estimator)."""
+    if canonical_family(family) == "cross_polytope":
+        return cross_polytope_collision_monte_carlo(d, cos, num_samples, seed=seed)
+    return hyperplane_collision_monte_carlo(d, cos, num_samples, seed=seed)
+
+
 def amplify(p, num_concatenated=1, num_tables=1):
     """LSH amplification: K concatenated functions give p^K; L tables give 1 - (1 - p^K)^L.
 
-    Source: Indyk and Motwani (1998); DESIGN.md §3. Note lsh.py's `num_hashes` (the paper's L = 6)
+    Source: Indyk and Motwani (1998). Note lsh.py's `num_hashes` (the paper's L = 6)
     is the number of CONCATENATED functions, K here: one bucket id, collision p^K.
 
     >>> amplify(0.9, 6), round(amplify(0.5, 2, 4), 6)

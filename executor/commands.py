@@ -1,0 +1,287 @@
+"""The executor's sub-commands, defined once for both entry points.
+
+`python -m lshsim.executor COMMAND` (and `torchrun -m lshsim.executor COMMAND`, `lshsim.executor.launch`)
+and `lshsim COMMAND` read the same arguments: each command has an `add_<command>(subparsers)` that
+declares them and a `cmd_<command>(args) -> int` that runs it; `execute(args)` runs the parsed
+command and, under `launch`, records why a rank failed. Nothing here imports torch until a
+command runs.
+
+- run:       time workloads (YAML, `lshsim.executor.workload`) and write measured Trace JSON files;
+- calibrate: all-to-all sweep, p2p bandwidth, expert FFN rate; fit a topology (`lshsim.executor.calibrate`);
+- check:     the distributed layer against the dense single-process reference (`lshsim.executor.check`);
+- launch:    start N local ranks (no torchrun) and watch them (`lshsim.executor.launch`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from lshsim.checks import arg_non_negative_int, arg_positive_int
+from lshsim.units import BYTES_HELP, arg_int_bytes
+
+__all__ = ["COMMANDS", "add_subcommands", "add_run", "add_calibrate", "add_check", "add_launch", "execute",
+           "cmd_run", "cmd_calibrate", "cmd_check", "cmd_launch", "arg_bytes_or_zero"]
+
+logger = logging.getLogger("executor")
+
+
+def arg_bytes_or_zero(text: str) -> int:
+    """argparse type: 0, or a whole number of bytes >= 1 (`lshsim.units.arg_int_bytes`).
+
+    >>> arg_bytes_or_zero("0"), arg_bytes_or_zero("64KiB")
+    (0, 65536)
+    """
+    return 0 if text.strip() == "0" else arg_int_bytes(text)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: CUDA if available (NCCL), else CPU (gloo)")
+    p.add_argument("--collective-timeout-s", type=float, default=600.0,
+                   help="a collective waiting longer than this raises (default 600)")
+    p.add_argument("--threads", type=arg_non_negative_int, default=0,
+                   help="CPU threads per rank (0: cores / local ranks, at least 1)")
+    p.add_argument("--status-dir", default=None, help=argparse.SUPPRESS)
+
+
+def add_run(subparsers) -> argparse.ArgumentParser:
+    run = subparsers.add_parser("run", help="time one workload and write a measured Trace JSON",
+                                description="Run workload(s) on the ranks of this process group (torchrun, or "
+                                            "launch) and write one measured Trace JSON per workload.")
+    run.add_argument("--workload", required=True, nargs="+",
+                     help="workload YAML file(s) (data/workloads/*.yaml), run one after another")
+    run.add_argument("--out", default=None, help="trace JSON to write (rank 0), with a single workload")
+    run.add_argument("--out-dir", default=None, help="folder for one trace JSON per workload, named after it")
+    run.add_argument("--fault", choices=("raise", "hang"), default=None,
+                     help="testing: make --fault-rank raise or hang at the first iteration")
+    run.add_argument("--fault-rank", type=arg_non_negative_int, default=1, help="rank that --fault hits (default 1)")
+    run.add_argument("--min-a2a-s", type=float, default=0.0,
+                     help="measure enough iterations that the interleaved bare all-to-alls take this long "
+                          "(seconds; default 0: the workload's iterations)")
+    run.add_argument("--max-iterations", type=arg_positive_int, default=200,
+                     help="with --min-a2a-s: at most this many measured iterations (200)")
+    run.add_argument("--max-wall-s", type=float, default=5.0,
+                     help="with --min-a2a-s: at most this much wall time per workload (5 s)")
+    _add_common(run)
+    return run
+
+
+def add_calibrate(subparsers) -> argparse.ArgumentParser:
+    cal = subparsers.add_parser("calibrate", help="all-to-all sweep, p2p bandwidth, expert FFN rate; fit a topology",
+                                description="Measure the microbenchmarks that parameterise a topology (or fit "
+                                            "them from nccl-tests output, an earlier --raw JSON or measured "
+                                            f"traces) and write a calibrated topology YAML. Sizes: {BYTES_HELP}.")
+    cal.add_argument("--out", default=None, help="calibrated topology YAML to write (rank 0)")
+    cal.add_argument("--raw", default=None, help="JSON of every measurement (rank 0)")
+    cal.add_argument("--name", default=None, help="topology name (default: derived from the GPU)")
+    cal.add_argument("--min-bytes", type=arg_int_bytes, default=4096,
+                     help="smallest all-to-all size per rank (default 4KiB)")
+    cal.add_argument("--max-bytes", type=arg_int_bytes, default=2 ** 30,
+                     help="largest all-to-all size per rank (default 1GiB)")
+    cal.add_argument("--steps-per-octave", type=arg_positive_int, default=1,
+                     help="sizes per doubling of the all-to-all sweep (default 1: powers of two)")
+    cal.add_argument("--iterations", type=arg_positive_int, default=10, help="timed repetitions per size (10)")
+    cal.add_argument("--warmup", type=arg_non_negative_int, default=3, help="untimed repetitions per size (3)")
+    cal.add_argument("--ffn-d-model", type=arg_positive_int, default=4096, help="d_model of the FFN rate test")
+    cal.add_argument("--ffn-tokens", type=arg_positive_int, default=8192, help="tokens of the FFN rate test")
+    cal.add_argument("--nccl-tests", default=None,
+                     help="fit from an existing nccl-tests alltoall_perf output instead of measuring")
+    cal.add_argument("--world-size", type=arg_positive_int, default=None, help="with --nccl-tests: ranks of that run")
+    cal.add_argument("--gpu", default=None, help="with --nccl-tests: the GPU model (h100, h200, ...)")
+    cal.add_argument("--from-raw", default=None, help="refit from a --raw JSON of an earlier calibration")
+    cal.add_argument("--from-traces", nargs="+", default=None,
+                     help="fit the all-to-all in situ on measured traces of calibration workloads "
+                          "(FFN and HBM rates still from --from-raw, if given)")
+    cal.add_argument("--no-curve", action="store_true",
+                     help="with --from-traces: write only the (alpha, B) fit, no a2a_busbw_curve")
+    cal.add_argument("--fit-min-bytes", type=arg_bytes_or_zero, default=0,
+                     help="fit only the all-to-all sizes >= this (default 0: all)")
+    _add_common(cal)
+    return cal
+
+
+def add_check(subparsers) -> argparse.ArgumentParser:
+    chk = subparsers.add_parser("check", help="compare the distributed layer with the dense single-process reference")
+    chk.add_argument("--out", default=None, help="JSON of the errors per case (rank 0)")
+    chk.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted relative error (1e-4)")
+    _add_common(chk)
+    return chk
+
+
+def add_launch(subparsers) -> argparse.ArgumentParser:
+    la = subparsers.add_parser("launch", help="spawn N local ranks (no torchrun) and watch them",
+                               description="launch --nproc 4 -- run --workload W.yaml: start N local ranks of "
+                                           "`python -m lshsim.executor` and watch them.")
+    la.add_argument("--nproc", type=arg_positive_int, required=True, help="number of ranks")
+    la.add_argument("--timeout-s", type=float, default=3600.0, help="kill the run after this long (3600)")
+    la.add_argument("--stall-timeout-s", type=float, default=600.0,
+                    help="kill the run when no rank made progress for this long (600)")
+    la.add_argument("rest", nargs=argparse.REMAINDER, help="-- then the sub-command and its arguments")
+    return la
+
+
+def _set_threads(args, world_size: int) -> None:
+    import os
+
+    import torch
+
+    threads = args.threads
+    if threads <= 0:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        threads = max(1, (os.cpu_count() or 1) // max(local, 1))
+    torch.set_num_threads(threads)
+
+
+def cmd_run(args) -> int:
+    from pathlib import Path
+
+    from lshsim.executor.run import run_workload
+    from lshsim.executor.runtime import Progress, init_runtime, shutdown
+    from lshsim.executor.workload import load_workload
+
+    workloads = [load_workload(path) for path in args.workload]
+    if args.out and len(workloads) > 1:
+        raise ValueError("--out takes one workload; use --out-dir for several")
+    names = [w.name for w in workloads]
+    if len(set(names)) != len(names):
+        raise ValueError(f"workload names must be unique (they name the trace files): {names}")
+    runtime = init_runtime(args.device, args.collective_timeout_s)
+    if runtime.device.type == "cpu":
+        _set_threads(args, runtime.world_size)
+    progress = Progress(args.status_dir, runtime.rank)
+    command = ["python", "-m", "lshsim.executor", *sys.argv[1:]]  # the same command under either entry point
+    try:
+        for workload in workloads:
+            trace = run_workload(workload, runtime, progress=progress, fault=args.fault, fault_rank=args.fault_rank,
+                                 command=command, min_a2a_s=args.min_a2a_s, max_iterations=args.max_iterations,
+                                 max_wall_s=args.max_wall_s)
+            out = args.out or (str(Path(args.out_dir) / f"{workload.name}.json") if args.out_dir else None)
+            if runtime.rank == 0:
+                if out:
+                    Path(out).parent.mkdir(parents=True, exist_ok=True)
+                    trace.to_json(out)
+                _print_run_summary(trace, out)
+            if runtime.device.type == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
+    except BaseException as error:
+        report_failure(args, error)  # before shutdown(), which breaks the peers' collectives
+        raise
+    finally:
+        shutdown()
+    return 0
+
+
+def _print_run_summary(trace, out_path) -> None:
+    measured = trace.meta["measured"]
+    workload = trace.meta["workload"]
+    lines = [f"workload {workload['name']}: {workload['world_size']} ranks x {workload['tokens_per_rank']} tokens, "
+             f"d_model {workload['d_model']}, router {workload['router']['name']}, "
+             f"{trace.meta['provenance']['gpu'] or 'CPU'}"]
+    for direction, phases in measured["phases_s"].items():
+        lines.append(f"  {direction:8s} " + "  ".join(f"{name} {seconds * 1e3:.3f} ms"
+                                                      for name, seconds in phases.items()))
+    lines.append(f"  bare all_to_all_single {measured['bare_a2a_s'] * 1e3:.3f} ms; "
+                 f"bytes per rank {measured['mean_bytes_per_rank'] / 1e6:.2f} MB")
+    if measured["dispatch_busbw_Bps"]:
+        lines.append(f"  busbw dispatch {measured['dispatch_busbw_Bps'] / 1e9:.1f} GB/s, "
+                     f"bare {measured['bare_busbw_Bps'] / 1e9:.1f} GB/s")
+    if measured["lsh"]:
+        lsh = measured["lsh"]
+        lines.append(f"  LSH compression rate {lsh['compression_rate']:.4f}, centroid error "
+                     f"{lsh['centroid_error']:.4f}, output relative error {lsh['output_rel_error']:.4f}")
+    if out_path:
+        lines.append(f"  trace written to {out_path}")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def cmd_calibrate(args) -> int:
+    from lshsim.executor.calibrate import calibrate_command
+
+    return calibrate_command(args)
+
+
+def cmd_check(args) -> int:
+    import torch
+
+    from lshsim.executor.check import run_checks
+    from lshsim.executor.runtime import Progress, init_runtime, shutdown
+
+    runtime = init_runtime(args.device, args.collective_timeout_s)
+    if runtime.device.type == "cpu":
+        _set_threads(args, runtime.world_size)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    Progress(args.status_dir, runtime.rank).step("check")
+    try:
+        results = run_checks(runtime)
+    except BaseException as error:
+        report_failure(args, error)
+        raise
+    finally:
+        shutdown()
+    failed = [r["name"] for r in results
+              if any(value > (0.0 if key in ("bytes_mismatch", "lsh_exact_vs_plain") else args.tolerance)
+                     for key, value in r["errors"].items())]
+    if runtime.rank == 0:
+        if args.out:
+            with open(args.out, "w") as handle:
+                json.dump({"world_size": runtime.world_size, "cases": results, "failed": failed}, handle, indent=1)
+        for r in results:
+            sys.stdout.write(f"{r['name']:24s} " + " ".join(f"{k}={v:.2e}" for k, v in sorted(r["errors"].items()))
+                             + f" dropped={r['dropped']}\n")
+        sys.stdout.write("all cases pass\n" if not failed else f"FAILED: {failed}\n")
+    return 0 if not failed else 1
+
+
+def cmd_launch(args) -> int:
+    from lshsim.executor.launch import launch
+
+    rest = list(args.rest)
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    if not rest or rest[0] not in ("run", "calibrate", "check"):
+        raise ValueError("launch needs a sub-command after '--': run, calibrate or check")
+    result = launch(args.nproc, rest, timeout_s=args.timeout_s, stall_timeout_s=args.stall_timeout_s)
+    if result.exit_code != 0:
+        sys.stderr.write(f"executor launch: {result.message}\n")
+    return result.exit_code
+
+
+#: command -> (add_parser, run), in help order
+COMMANDS = {"run": (add_run, cmd_run), "calibrate": (add_calibrate, cmd_calibrate), "check": (add_check, cmd_check),
+            "launch": (add_launch, cmd_launch)}
+
+
+def add_subcommands(subparsers) -> None:
+    """Add every executor command to an `add_subparsers()` object."""
+    for add, _ in COMMANDS.values():
+        add(subparsers)
+
+
+def execute(args) -> int:
+    """Run the parsed command `args.command`; on any error, note it for `launch` (`report_failure`)
+    and raise it again (the entry point turns a ValueError into exit code 2)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return COMMANDS[args.command][1](args)
+    except BaseException as error:
+        report_failure(args, error)
+        raise
+
+
+def report_failure(args, error: BaseException) -> None:
+    """Under `launch`: note when and why this rank failed, so the launcher can tell the rank that
+    failed first from the peers whose collectives broke because of it."""
+    import os
+    import time
+    from pathlib import Path
+
+    status_dir = getattr(args, "status_dir", None)
+    if status_dir is None or isinstance(error, (KeyboardInterrupt, SystemExit)):
+        return
+    rank = os.environ.get("RANK", "0")
+    text = f"{type(error).__name__}: {error}".replace("\n", " ")[:500]
+    Path(status_dir, f"rank{rank}.failed").write_text(f"{time.time()!r}\t{text}\n")

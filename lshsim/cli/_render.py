@@ -1,0 +1,86 @@
+"""Output helpers shared by the sub-commands: JSON, rich tables and consoles, seaborn line plots.
+
+Every import of rich, matplotlib or seaborn happens inside a function, so that importing a
+command module (to build the parser) stays cheap.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+__all__ = ["console", "wide_console", "print_json", "table", "line_plot", "g"]
+
+
+def console():
+    """A rich Console on standard output."""
+    from rich.console import Console
+
+    return Console()
+
+
+def wide_console():
+    """A console for wide tables: the terminal's width, or 140 columns when writing to a file or pipe
+    (rich's default of 80 there would squeeze the tables)."""
+    from rich.console import Console
+
+    out = Console()
+    return out if out.is_terminal else Console(width=140)
+
+
+def print_json(payload: object) -> None:
+    """`payload` as indented JSON on standard output."""
+    sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+
+
+def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """Print a table: the first column left-aligned, the others right-aligned."""
+    from rich.table import Table
+
+    out = Table(title=title)
+    for i, column in enumerate(columns):
+        out.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        out.add_row(*row)
+    console().print(out)
+
+
+def g(value: float, digits: int = 4) -> str:
+    """`value` with `digits` significant digits (format 'g').
+
+    >>> g(3.14159265), g(2.5e-7, 2)
+    ('3.142', '2.5e-07')
+    """
+    return f"{value:.{digits}g}"
+
+
+def line_plot(path: str, data: dict, x: str, y: str, hue: str | None, title: str, xlabel: str, ylabel: str,
+              logx: bool = False, logy: bool = False, marker: tuple[float, str] | None = None) -> None:
+    """Write a seaborn line plot of `data` (dict of equal-length lists) to `path` (PNG, Agg backend).
+
+    hue: the column that splits the lines (None: one line); marker: (x, label) of a dashed
+    vertical line, e.g. the value the command was run at.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 (NullFormatter below)
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    sns.lineplot(data=data, x=x, y=y, hue=hue, ax=ax, linewidth=2)
+    if logx:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels collide on short decades
+    if logy:
+        ax.set_yscale("log")
+    if marker is not None:
+        ax.axvline(marker[0], color="grey", linestyle="--", linewidth=1)
+        ax.text(marker[0], ax.get_ylim()[1], f" {marker[1]}", va="top", ha="left", fontsize=9, color="dimgrey")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if hue is not None:
+        ax.legend(title=None, frameon=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,105 @@
+"""`lshsim capacity`: LocMoE's minimum expert capacity (Theorem 1) and the expected drops.
+
+The model: `lshsim.analytic.capacity` (`ec_min_forms`, `p_delta_monte_carlo`, `skewed_popularity`,
+`drop_estimates`, `sample_dropped_fraction`, `ec_min_grid`).
+"""
+from __future__ import annotations
+
+from lshsim.cli import _render
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("capacity", help="LocMoE minimum expert capacity (Theorem 1) and expected drops",
+                              description="p_delta (exact incomplete beta, the paper's erfc form, the exponential "
+                                          "bound), ec_min >= 1/(n p_delta), optionally a Monte Carlo check on the "
+                                          "sphere and the expected dropped fraction at a capacity factor.")
+    p.add_argument("--experts", type=int, default=16, help="number of experts n (default 16)")
+    p.add_argument("--dim", type=int, default=4096, help="token dimension d (default 4096)")
+    p.add_argument("--delta", type=float, default=0.03, help="cosine threshold delta in (0, 1) (default 0.03)")
+    p.add_argument("--monte-carlo", type=int, default=0, metavar="N",
+                   help="also estimate p_delta from N uniform points on the sphere (default 0: off)")
+    p.add_argument("--tokens", type=int, default=0,
+                   help="tokens per rank T: also print the expected dropped fraction (default 0: off)")
+    p.add_argument("--k", type=int, default=2, help="choices per token for the drop estimate (default 2)")
+    p.add_argument("--capacity-factor", type=float, default=1.25, help="capacity factor for drops (default 1.25)")
+    p.add_argument("--skew", type=float, default=0.0,
+                   help="expert popularity p ~ Dirichlet, p^skew normalised (0 = uniform; default 0)")
+    p.add_argument("--sample", type=int, default=0, metavar="S",
+                   help="also measure drops with lshsim.dispatch.route_topk over S batches (default 0: off)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--plot", metavar="FILE.png", help="write ec_min against delta (exact, erfc, exp) to FILE.png")
+    return p
+
+
+def run(args) -> int:
+    from lshsim.analytic import capacity
+
+    n = args.experts
+    result = {"experts": n, "dim": args.dim, "delta": args.delta,
+              "forms": capacity.ec_min_forms(n, args.dim, args.delta)}
+    if args.monte_carlo:
+        result["monte_carlo"] = capacity.p_delta_monte_carlo(args.dim, args.delta, args.monte_carlo,
+                                                             seed=args.seed).as_dict()
+    if args.tokens:
+        popularity = capacity.skewed_popularity(n, args.skew, seed=args.seed)
+        cap, drops = capacity.drop_estimates(args.tokens, args.k, args.capacity_factor, popularity)
+        result["drops"] = {"tokens": args.tokens, "k": args.k, "capacity_factor": args.capacity_factor,
+                           "capacity": cap, "skew": args.skew, "expected_dropped_fraction": drops}
+        if args.sample:
+            result["drops"]["sampled"] = capacity.sample_dropped_fraction(
+                args.tokens, args.k, args.capacity_factor, popularity, num_samples=args.sample,
+                seed=args.seed).as_dict()
+    if args.plot:
+        _plot(args, capacity)
+        result["plot"] = args.plot
+    if args.json:
+        _render.print_json(result)
+        return 0
+    render(result)
+    if args.plot:
+        _render.console().print(f"wrote {args.plot}")
+    return 0
+
+
+def _plot(args, capacity) -> None:
+    import numpy as np
+
+    n = args.experts
+    deltas = capacity.ec_min_grid(n, args.dim, args.delta)
+    data = {"delta": [], "ec_min": [], "form": []}
+    for form, label in (("exact", "exact (incomplete beta)"), ("erfc", "erfc (paper)"), ("exp", "exp bound")):
+        values = capacity.ec_min(n, args.dim, deltas, form)
+        keep = np.isfinite(values)
+        data["delta"] += deltas[keep].tolist()
+        data["ec_min"] += values[keep].tolist()
+        data["form"] += [label] * int(keep.sum())
+    _render.line_plot(args.plot, data, "delta", "ec_min", "form",
+                      f"LocMoE minimum expert capacity, n={n}, d={args.dim}", "delta (cosine threshold)",
+                      "ec_min >= 1 / (n p_delta)", logx=True, logy=True,
+                      marker=(args.delta, f"delta={args.delta}"))
+
+
+def render(result: dict) -> None:
+    """Tables of the command's result: the three forms (and Monte Carlo), then the drops."""
+    g = _render.g
+    n = result["experts"]
+    rows = [[form, g(v["p_delta"]), g(v["ec_min"]), g(v["capacity_factor"]),
+             "-" if form == "exact" else f"{100 * v['rel_err_vs_exact']:+.2f}%"] for form, v in result["forms"].items()]
+    if "monte_carlo" in result:
+        mc = result["monte_carlo"]
+        rows.append([f"monte carlo (N={mc['num_samples']})", f"{g(mc['estimate'])} ± {g(mc['stderr'], 2)}",
+                     g(1 / (n * mc["estimate"])) if mc["estimate"] > 0 else "inf", "", "95% CI "
+                     f"[{g(mc['ci_low'])}, {g(mc['ci_high'])}]"])
+    _render.table(f"LocMoE Theorem 1: n={n} experts, d={result['dim']}, delta={result['delta']}",
+                  ["form", "p_delta", "ec_min", "n * ec_min", "vs exact"], rows)
+    if "drops" in result:
+        drops = result["drops"]
+        rows = [[method, f"{100 * value:.4f}%"] for method, value in drops["expected_dropped_fraction"].items()]
+        if "sampled" in drops:
+            s = drops["sampled"]
+            rows.append([f"route_topk, {s['num_samples']} batches",
+                         f"{100 * s['estimate']:.4f}% ± {100 * s['stderr']:.4f}%"])
+        _render.table(f"Expected dropped fraction: T={drops['tokens']}, k={drops['k']}, E={n}, "
+                      f"C={drops['capacity']} (factor {drops['capacity_factor']}), skew={drops['skew']}",
+                      ["model", "dropped"], rows)

@@ -1,0 +1,289 @@
+"""`lshsim plan`: predict one MoE training step and compare LSH-MoE, LocMoE and all-to-all options.
+
+The model: `lshsim.sim.moe_step` (`StepConfig`, `plan_options`, `compare_options`) on a model of
+`lshsim.models` and a cluster of `lshsim.topology`; `--sweep` runs every model on every cluster.
+"""
+from __future__ import annotations
+
+import argparse
+
+from lshsim.checks import arg_positive_int
+from lshsim.cli import _render
+
+_PLAN_DEFAULT_MODEL = "gpt-moe-15b"
+_PLAN_DEFAULT_CLUSTER = "lshmoe-a100-4x8"
+
+
+def _capacity_factor(text: str) -> float | None:
+    if text.lower() in ("none", "inf", "no"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'none'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"capacity factor {value} must be > 0 (or 'none' for no limit)")
+    return value
+
+
+def _name_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r} names nothing (expected a,b,c)")
+    return names
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("plan", help="predict an MoE training step; compare LSH-MoE, LocMoE, all-to-all options",
+                              description="Simulate one training step (forward + backward) of a catalogued MoE model "
+                                          "on a modelled cluster: routing by lshsim.dispatch on synthetic tokens, "
+                                          "flow-level all-to-alls, roofline compute. Prints the step per phase, the "
+                                          "all-to-all share, and the speedup of each option over the baseline (top-k, "
+                                          "no LSH, direct all-to-all).")
+    p.add_argument("--model", default=_PLAN_DEFAULT_MODEL,
+                   help=f"a model of the catalog (models/configs) or a model YAML (default {_PLAN_DEFAULT_MODEL})")
+    p.add_argument("--cluster", default=_PLAN_DEFAULT_CLUSTER,
+                   help=f"a topology of data/topologies or a topology YAML (default {_PLAN_DEFAULT_CLUSTER})")
+    p.add_argument("--router", default="topk", help="topk | hash | expert_choice | locmoe (default topk)")
+    p.add_argument("--lsh-rate", type=float, default=None,
+                   help="LSH-MoE compression rate in (0, 1] (centroids / tokens; the paper reports 0.117-0.2); "
+                        "default: no LSH for your option, 0.2 for the comparison's lsh row")
+    p.add_argument("--algorithm", default="direct",
+                   help="all-to-all: direct | pairwise | 2d | groupwise (default direct)")
+    p.add_argument("--overlap", action="store_true",
+                   help="pipeline dispatch / experts / combine in chunks (Tutel-style)")
+    p.add_argument("--tokens-per-gpu", type=arg_positive_int, default=None,
+                   help="tokens per GPU per step (default: the model's)")
+    p.add_argument("--capacity-factor", type=_capacity_factor, default=1.25,
+                   help="expert capacity factor, or 'none' for no limit (default 1.25)")
+    p.add_argument("--locality-bonus", type=float, default=1.0, help="locmoe: own-node preference (default 1.0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic tokens (default 0)")
+    p.add_argument("--max-routed-tokens", type=arg_positive_int, default=1 << 17,
+                   help="route at most this many tokens in all, else subsample per rank and scale (default 131072)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--plot", metavar="FILE.png", default=None, help="draw the options' step breakdown as stacked bars")
+    p.add_argument("--trace", metavar="FILE.json", default=None, help="write your option's Trace (lshsim schema)")
+    p.add_argument("--chrome-trace", metavar="FILE.json", default=None,
+                   help="write your option's Trace as Chrome trace-event JSON (open in ui.perfetto.dev)")
+    p.add_argument("--sweep", action="store_true", help="run every model of --models on every cluster of --clusters")
+    p.add_argument("--models", type=_name_list, default=None, help="--sweep: comma-separated models (default --model)")
+    p.add_argument("--clusters", type=_name_list, default=None,
+                   help="--sweep: comma-separated clusters (default --cluster)")
+    return p
+
+
+def _plan_config(args):
+    from lshsim.sim.moe_step import StepConfig
+
+    return StepConfig(router=args.router, lsh_rate=args.lsh_rate, algorithm=args.algorithm, overlap=args.overlap,
+                      tokens_per_gpu=args.tokens_per_gpu, capacity_factor=args.capacity_factor,
+                      locality_bonus=args.locality_bonus, seed=args.seed, max_routed_tokens=args.max_routed_tokens)
+
+
+def _plan_rows_json(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "result"} for row in rows]
+
+
+def run(args) -> int:
+    import time
+
+    from lshsim.sim.moe_step import compare_options, plan_options
+    from lshsim.models import load_model
+    from lshsim.topology import load_topology
+
+    if args.sweep:
+        return _plan_sweep(args)
+    if args.models or args.clusters:
+        raise ValueError("--models and --clusters go with --sweep; for one plan use --model and --cluster")
+    selected = _plan_config(args)
+    model = load_model(args.model)
+    graph = load_topology(args.cluster)
+    started = time.perf_counter()
+    rows = compare_options(model, graph, plan_options(selected))
+    elapsed_s = time.perf_counter() - started
+    chosen = next(row for row in rows if row["result"].config == selected)
+    if args.trace:
+        chosen["result"].trace.to_json(args.trace)
+    if args.chrome_trace:
+        chosen["result"].trace.to_chrome_trace(args.chrome_trace)
+    if args.plot:
+        _plot_plan(rows, args.plot, f"{model.name} on {graph.graph['name']}")
+    summary = {"model": model.to_dict(), "cluster": chosen["result"].trace.meta["cluster"],
+               "selected": chosen["label"], "options": _plan_rows_json(rows), "elapsed_s": elapsed_s}
+    if args.json:
+        _render.print_json(summary)
+        return 0
+    _render_plan(model, graph, chosen, rows, elapsed_s, args)
+    return 0
+
+
+def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float, args) -> None:
+    from rich.table import Table
+
+    console = _render.wide_console()
+    b = chosen["breakdown"]
+    cluster = chosen["result"].trace.meta["cluster"]
+    console.print(f"[bold]{model.name}[/bold] ({model.num_layers} layers, {model.num_moe_layers} MoE x "
+                  f"{model.num_experts} experts, top-{model.top_k}, d={model.d_model}, ffn={model.d_ffn}) on "
+                  f"[bold]{cluster['name']}[/bold] ({cluster['nodes']} x {cluster['gpus_per_node']} {cluster['gpu']}), "
+                  f"{b['tokens_per_gpu']} tokens per GPU")
+    table = Table(title=f"Predicted step: {chosen['description']}")
+    for column in ("phase", "forward ms", "backward ms", "total ms", "share"):
+        table.add_column(column, justify="right" if column != "phase" else "left")
+    phases, forward, backward = b["phases_s"], b["phases_forward_s"], b["phases_backward_s"]
+    busy = sum(phases.values())
+    for name, seconds in phases.items():
+        table.add_row(name, f"{forward.get(name, 0.0) * 1e3:.3f}", f"{backward.get(name, 0.0) * 1e3:.3f}",
+                      f"{seconds * 1e3:.3f}", f"{100 * seconds / busy:.1f}%")
+    table.add_row("[bold]step[/bold]", f"{b['forward_s'] * 1e3:.3f}", f"{b['backward_s'] * 1e3:.3f}",
+                  f"[bold]{b['step_s'] * 1e3:.3f}[/bold]", "")
+    console.print(table)
+    hidden = "" if b["exposed_a2a_s"] >= b["a2a_s"] - 1e-12 else \
+        f" ({(b['a2a_s'] - b['exposed_a2a_s']) * 1e3:.3f} ms hidden behind compute)"
+    console.print(f"all-to-all: [bold]{b['exposed_a2a_s'] * 1e3:.3f} ms of {b['step_s'] * 1e3:.3f} ms = "
+                  f"{100 * b['a2a_share']:.1f}%[/bold] of the step{hidden}; "
+                  f"{b['dispatch_bytes_per_layer'] / 1e6:.1f} MB per dispatch, "
+                  f"{b['inter_node_bytes_per_layer'] / 1e6:.1f} MB of it between nodes; "
+                  f"{100 * b['dropped_fraction']:.1f}% of choices dropped at capacity")
+    compare = Table(title="Options vs the baseline (topk, no LSH, direct all-to-all)")
+    for column in ("option", "step ms", "a2a ms", "a2a %", "inter-node MB", "dropped", "speedup"):
+        compare.add_column(column, justify="left" if column == "option" else "right")
+    for row in rows:
+        rb = row["breakdown"]
+        mark = " *" if row is chosen else ""
+        compare.add_row(row["label"] + mark, f"{rb['step_s'] * 1e3:.3f}",
+                        f"{rb['exposed_a2a_s'] * 1e3:.3f}", f"{100 * rb['a2a_share']:.1f}%",
+                        f"{rb['inter_node_bytes_per_layer'] / 1e6:.1f}", f"{100 * rb['dropped_fraction']:.1f}%",
+                        f"{row['speedup']:.2f}x")
+    console.print(compare)
+    console.print("[dim]options: " + "; ".join(f"{row['label']} = {row['description']}" for row in rows
+                                              if not row["label"].startswith("yours")) + "[/dim]")
+    notes = []
+    base_drop = rows[0]["breakdown"]["dropped_fraction"]
+    for row in rows:
+        rb = row["breakdown"]
+        if rb["dropped_fraction"] > max(2 * base_drop, base_drop + 0.05):
+            notes.append(f"{row['label']}: drops {100 * rb['dropped_fraction']:.0f}% of the expert choices at capacity "
+                         f"factor {row['config']['capacity_factor']} (baseline {100 * base_drop:.0f}%), so its experts "
+                         "compute less; compare with --capacity-factor none or a smaller --locality-bonus")
+        if rb["gate_width"] != model.d_model:
+            notes.append(f"{row['label']}: d_model={model.d_model} is not a multiple of {model.num_experts} "
+                         "experts, so "
+                         f"the GrAP gate read synthetic hidden states of width {rb['gate_width']}")
+        if rb["count_scale"] != 1.0:
+            notes.append(f"{row['label']}: routed {rb['routed_tokens_per_rank']} of {rb['tokens_per_gpu']} tokens per "
+                         f"GPU and scaled the counts by {rb['count_scale']:g} (--max-routed-tokens)")
+    for note in dict.fromkeys(notes):
+        console.print(f"[dim]note: {note}[/dim]")
+    console.print(f"[dim]* your option; share = all-to-all time not hidden behind compute / step; "
+                  f"simulated in {elapsed_s:.1f} s[/dim]")
+
+
+def _plan_tick(row: dict) -> str:
+    """x label of one option: its name, then its configuration wrapped to fit under the bar."""
+    import textwrap
+
+    name = "yours" if row["label"].startswith("yours") else row["label"]
+    return name + "\n" + textwrap.fill(row["description"], 18)
+
+
+def _plot_plan(rows: list[dict], path: str, title: str) -> None:
+    """Stacked bars: per option, the time of each phase (ms, forward + backward); a tick marks the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from lshsim.sim.trace import PHASES
+
+    tidy: dict[str, list] = {"option": [], "phase": [], "ms": []}  # tidy columns, one row per (option, phase)
+    for row in rows:
+        for name, seconds in row["breakdown"]["phases_s"].items():
+            tidy["option"].append(_plan_tick(row))
+            tidy["phase"].append(name)
+            tidy["ms"].append(seconds * 1e3)
+    order = [name for name in PHASES if name in tidy["phase"]]
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.7 * len(rows)), 5.0))
+    sns.histplot(tidy, x="option", weights="ms", hue="phase", hue_order=order, multiple="stack", discrete=True,
+                 shrink=0.75, palette="tab10", ax=ax, edgecolor="white", linewidth=0.5)
+    labels = [_plan_tick(row) for row in rows]
+    step_ms = [row["breakdown"]["step_s"] * 1e3 for row in rows]
+    stack_ms = [sum(row["breakdown"]["phases_s"].values()) * 1e3 for row in rows]
+    ax.scatter(labels, step_ms, marker="_", s=900, color="black", zorder=5)
+    for x, (row, ms, top) in enumerate(zip(rows, step_ms, stack_ms)):
+        ax.annotate(f"{ms:.1f} ms\n{row['speedup']:.2f}x", (x, max(ms, top)), xytext=(0, 6),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=8)
+    ax.set_xlabel("")
+    ax.set_ylabel("time per training step, ms (forward + backward)")
+    ax.set_title(f"Predicted step breakdown: {title}")
+    ax.tick_params(axis="x", labelsize=8)
+    ax.set_ylim(0, max(step_ms + stack_ms) * 1.18)
+    fig.text(0.01, 0.01, "black line: step time (below the stack top where overlap hides all-to-all behind "
+             "compute); label: step and speedup over the baseline", fontsize=7, color="dimgray")
+    legend = ax.get_legend()
+    if legend is not None:
+        legend.set_title("phase")
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def _plan_sweep(args) -> int:
+    from rich.progress import Progress
+
+    from lshsim.sim.moe_step import compare_options, plan_options
+    from lshsim.models import load_model
+    from lshsim.topology import load_topology
+
+    model_names = args.models or [args.model]
+    cluster_names = args.clusters or [args.cluster]
+    models = {name: load_model(name) for name in model_names}  # unknown names fail before any work
+    graphs = {name: load_topology(name) for name in cluster_names}
+    selected = _plan_config(args)
+    options = plan_options(selected)
+    results = []
+    with Progress(console=_render.wide_console(), transient=True, disable=args.json) as progress:
+        task = progress.add_task("simulating", total=len(models) * len(graphs) * len(options))
+        for model_name, model in models.items():
+            for cluster_name, graph in graphs.items():
+                progress.update(task, description=f"{model_name} on {cluster_name}")
+                try:
+                    rows = compare_options(model, graph, options, on_done=lambda _label: progress.advance(task))
+                except ValueError as error:  # e.g. experts that cannot be placed on this cluster
+                    progress.advance(task, len(options))
+                    results.append({"model": model_name, "cluster": cluster_name, "refused": str(error)})
+                    continue
+                results.append({"model": model_name, "cluster": cluster_name, "options": _plan_rows_json(rows)})
+    if args.json:
+        _render.print_json({"sweep": results})
+        return 0
+    _render_sweep(results, [label for label, _ in options], options)
+    return 0
+
+
+def _render_sweep(results: list[dict], labels: list[str], options: list) -> None:
+    from rich.table import Table
+
+    from lshsim.sim.moe_step import describe
+
+    console = _render.wide_console()
+    table = Table(title="Sweep: baseline step and the speedup of each option over it")
+    for column in ("model", "cluster", "baseline ms", "a2a share", *labels[1:]):
+        table.add_column(column, justify="left" if column in ("model", "cluster") else "right")
+    refused = []
+    for item in results:
+        if "refused" in item:
+            table.add_row(item["model"], item["cluster"], "refused", *([""] * (len(labels))))
+            refused.append(f"{item['model']} on {item['cluster']}: {item['refused']}")
+            continue
+        by_label = {row["label"]: row for row in item["options"]}
+        base = by_label["baseline"]["breakdown"]
+        table.add_row(item["model"], item["cluster"], f"{base['step_s'] * 1e3:.2f}", f"{100 * base['a2a_share']:.1f}%",
+                      *(f"{by_label[label]['speedup']:.2f}x" for label in labels[1:]))
+    console.print(table)
+    console.print("[dim]options: " + "; ".join(f"{label} = {describe(config)}" for label, config in options) + "[/dim]")
+    for line in refused:
+        console.print(f"[dim]refused: {line}[/dim]")

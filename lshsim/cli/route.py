@@ -1,0 +1,89 @@
+"""`lshsim route`: route seeded synthetic tokens and show the load per expert, drops and traffic."""
+from __future__ import annotations
+
+from lshsim.checks import arg_positive_int
+from lshsim.cli import _render
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("route", help="route synthetic tokens and show expert load, drops and traffic",
+                              description="Route seeded synthetic tokens with one of lshsim.dispatch's routers "
+                                          "and print the load per expert, the drops and the rank-to-rank "
+                                          "traffic matrix of the dispatch all-to-all.")
+    p.add_argument("--router", default="topk", help="topk | hash | expert_choice | locmoe (default topk)")
+    p.add_argument("--k", type=arg_positive_int, default=2, help="choices per token (default 2; hash uses 1)")
+    p.add_argument("--experts", type=arg_positive_int, default=16, help="number of experts E (default 16)")
+    p.add_argument("--world", type=arg_positive_int, default=8, help="number of ranks (GPUs) W (default 8)")
+    p.add_argument("--gpus-per-node", type=arg_positive_int, default=4, help="ranks per node (default 4)")
+    p.add_argument("--tokens", type=arg_positive_int, default=4096, help="tokens per rank (default 4096)")
+    p.add_argument("--d-model", type=arg_positive_int, default=1024, help="hidden size (default 1024)")
+    p.add_argument("--bytes-per-element", type=arg_positive_int, default=2,
+                   help="2 for bf16/fp16 (default), 4 for fp32")
+    p.add_argument("--capacity-factor", type=float, default=1.25,
+                   help="capacity factor; 0 or less is refused; use --no-capacity for no limit (default 1.25)")
+    p.add_argument("--no-capacity", action="store_true", help="no capacity limit (nothing dropped)")
+    p.add_argument("--drop-policy", default="position", help="position | score (default position)")
+    p.add_argument("--placement", default="contiguous", help="contiguous | round_robin (default contiguous)")
+    p.add_argument("--locality-bonus", type=float, default=1.0, help="locmoe: own-node preference (default 1.0)")
+    p.add_argument("--skew", type=float, default=0.0,
+                   help="popularity skew: 0 = uniform experts; s > 0 adds s * log(Dirichlet(1)) to the logits")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    return p
+
+
+def run(args) -> int:
+    from lshsim.dispatch import RouterConfig, make_placement, route
+    from lshsim.dispatch.routers import effective_k
+    from lshsim.dispatch.summary import route_summary
+    from lshsim.dispatch.synthetic import synthetic_router_inputs
+
+    config = RouterConfig(name=args.router, k=effective_k(args.router, args.k),
+                          capacity_factor=None if args.no_capacity else args.capacity_factor,
+                          drop_policy=args.drop_policy, locality_bonus=args.locality_bonus)
+    placement = make_placement(args.placement, args.experts, args.world, args.gpus_per_node)
+    inputs = synthetic_router_inputs(num_tokens_per_rank=args.tokens, world_size=args.world,
+                                     d_model=args.d_model, num_experts=args.experts, seed=args.seed,
+                                     skew=args.skew)
+    plan = route(config, placement, logits=inputs.logits, token_ids=inputs.token_ids, hidden=inputs.hidden,
+                 token_rank=inputs.token_rank)
+    summary = route_summary(plan, placement, config, bytes_per_token=args.d_model * args.bytes_per_element)
+    if args.json:
+        _render.print_json(summary)
+        return 0
+    render(summary)
+    return 0
+
+
+def render(summary: dict) -> None:
+    """Tables of a `route_summary`: the load per expert, the traffic matrix in MB, the totals."""
+    from rich.table import Table
+
+    console = _render.console()
+    load = Table(title=f"Load per expert: router={summary['router']} k={summary['k']} "
+                       f"capacity={summary['capacity']} per (rank, expert)")
+    for column in ("expert", "rank", "node", "routed", "kept", "dropped"):
+        load.add_column(column, justify="right")
+    for row in summary["experts_table"]:
+        load.add_row(*(str(row[c]) for c in ("expert", "rank", "node", "routed", "kept", "dropped")))
+    console.print(load)
+    traffic = summary["traffic_bytes"]
+    world = len(traffic)
+    matrix = Table(title="Dispatch all-to-all traffic, MB (row = source rank, column = destination; "
+                         "diagonal stays local)")
+    matrix.add_column("src\\dst", justify="right")
+    for dst in range(world):
+        matrix.add_column(str(dst), justify="right")
+    for src in range(world):
+        cells = []
+        for dst in range(world):
+            text = f"{traffic[src][dst] / 1e6:.2f}"
+            cells.append(f"[dim]{text}[/dim]" if src == dst else text)
+        matrix.add_row(str(src), *cells)
+    console.print(matrix)
+    total = summary["local_bytes"] + summary["remote_bytes"]
+    console.print(
+        f"choices routed {summary['routed']}, kept {summary['kept']}, dropped {summary['dropped']} "
+        f"({100 * summary['drop_fraction']:.2f}%)\n"
+        f"bytes: local {summary['local_bytes'] / 1e6:.2f} MB, remote {summary['remote_bytes'] / 1e6:.2f} MB "
+        f"(inter-node {summary['inter_node_bytes'] / 1e6:.2f} MB) of {total / 1e6:.2f} MB")

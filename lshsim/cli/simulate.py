@@ -1,0 +1,98 @@
+"""`lshsim simulate`: one all-to-all on a modelled cluster with the flow-level simulator.
+
+The model: `lshsim.sim.collectives.simulate_all_to_all` on a `lshsim.topology` graph; the traffic
+kinds (`uniform:BYTES`, a JSON matrix, `lshsim route --json` output): `lshsim.sim.traffic`.
+"""
+from __future__ import annotations
+
+from lshsim.checks import arg_positive_int
+from lshsim.cli import _render
+from lshsim.units import BYTES_HELP
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("simulate", help="simulate one all-to-all on a topology (flow-level)",
+                              description="Simulate one all-to-all on a modelled cluster with the flow-level "
+                                          "simulator (max-min fair link sharing) and print its predicted time, "
+                                          "the bytes each rank sends and receives, and the busiest links.")
+    p.add_argument("--topology", required=True,
+                   help="a shipped topology name (see data/topologies/) or a topology YAML file")
+    p.add_argument("--traffic", required=True,
+                   help="uniform:BYTES_PER_RANK (e.g. uniform:64MB; split evenly over all ranks, own included; "
+                        f"{BYTES_HELP}) or FILE.json: a [world][world] matrix of bytes, row = source rank (or "
+                        "lshsim route --json output)")
+    p.add_argument("--algorithm", default="direct", help="direct | pairwise | 2d | groupwise (default direct)")
+    p.add_argument("--chunks", type=arg_positive_int, default=1, help="2d only: pipeline chunks (default 1)")
+    p.add_argument("--alpha-s", type=float, default=None,
+                   help="per-message start-up latency in seconds (default: the topology's alpha_s)")
+    p.add_argument("--message-gap-s", type=float, default=0.0,
+                   help="a rank issues its messages of a phase this far apart, in seconds (LogGP gap; "
+                        "default 0: all at once)")
+    p.add_argument("--no-local-copy", action="store_true",
+                   help="the diagonal costs nothing (default: an HBM copy concurrent with the network)")
+    p.add_argument("--drain-tolerance", type=float, default=0.0,
+                   help="0 = exact (default); e.g. 0.01 lets flows that would finish within 1%% of the "
+                        "current time finish together: much faster on uneven traffic, about 1%% early")
+    p.add_argument("--top-links", type=arg_positive_int, default=10, help="busiest links to show (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    return p
+
+
+def run(args) -> int:
+    from lshsim.sim.collectives import ALGORITHMS, simulate_all_to_all
+    from lshsim.sim.traffic import load_traffic
+    from lshsim.topology import load_topology
+
+    if args.algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm={args.algorithm!r} is unknown; known: {', '.join(ALGORITHMS)}")
+    if args.chunks != 1 and args.algorithm != "2d":
+        raise ValueError(f"--chunks={args.chunks} applies to --algorithm 2d only")
+    G = load_topology(args.topology)
+    world = G.graph["num_nodes"] * G.graph["gpus_per_node"]
+    traffic = load_traffic(args.traffic, world)
+    options = {"chunks": args.chunks} if args.algorithm == "2d" else {}
+    result = simulate_all_to_all(G, traffic, args.algorithm, alpha_s=args.alpha_s,
+                                 message_gap_s=args.message_gap_s, local_copy=not args.no_local_copy,
+                                 drain_tolerance=args.drain_tolerance, **options)
+    summary = result.to_dict(top_links=args.top_links)
+    summary.update(topology=G.graph["name"], world=world, num_nodes=G.graph["num_nodes"],
+                   gpus_per_node=G.graph["gpus_per_node"], total_bytes=float(traffic.sum()))
+    if args.json:
+        _render.print_json(summary)
+        return 0
+    render(summary)
+    return 0
+
+
+def render(summary: dict) -> None:
+    """Tables of a simulated all-to-all: the headline, the stages, per-rank bytes, the busiest links."""
+    from rich.table import Table
+
+    console = _render.console()
+    world = summary["world"]
+    console.print(f"[bold]{summary['algorithm']}[/bold] all-to-all on [bold]{summary['topology']}[/bold] "
+                  f"({summary['num_nodes']} x {summary['gpus_per_node']} GPUs): predicted time "
+                  f"[bold]{summary['time_s'] * 1e3:.4f} ms[/bold] (network {summary['network_time_s'] * 1e3:.4f} ms, "
+                  f"alpha_s {summary['options']['alpha_s'] * 1e6:.2f} us), {summary['total_bytes'] / 1e6:.2f} MB in all")
+    stages = Table(title="Stages")
+    for column in ("stage", "start ms", "end ms", "MB", "flows"):
+        stages.add_column(column, justify="right")
+    for s in summary["stages"]:
+        stages.add_row(s["name"], f"{s['start_s'] * 1e3:.4f}", f"{s['end_s'] * 1e3:.4f}", f"{s['bytes'] / 1e6:.2f}",
+                       str(s["flows"]))
+    if summary["stages"]:
+        console.print(stages)
+    ranks = Table(title="Per rank, MB (diagonal excluded from egress/ingress)"
+                  + ("" if world <= 64 else f": first 64 of {world}, all in --json"))
+    for column in ("rank", "egress", "ingress", "local"):
+        ranks.add_column(column, justify="right")
+    for r in range(min(world, 64)):
+        ranks.add_row(str(r), f"{summary['egress_bytes'][r] / 1e6:.2f}", f"{summary['ingress_bytes'][r] / 1e6:.2f}",
+                      f"{summary['local_bytes'][r] / 1e6:.2f}")
+    console.print(ranks)
+    links = Table(title="Busiest links (utilisation = bytes / (bandwidth x predicted time))")
+    for column in ("from", "to", "MB", "utilisation"):
+        links.add_column(column, justify="right")
+    for link in summary["busiest_links"]:
+        links.add_row(str(link["src"]), str(link["dst"]), f"{link['bytes'] / 1e6:.2f}", f"{link['utilisation']:.3f}")
+    console.print(links)

@@ -1,0 +1,57 @@
+"""`lshsim validate`: measured executor traces against the simulator's prediction, phase by phase.
+
+The model: `lshsim.sim.validate` (`validate_trace`, `a2a_errors`, `plot_validations`) on traces of
+`lshsim.sim.trace.Trace` written by the executor (`lshsim run`).
+"""
+from __future__ import annotations
+
+from lshsim.cli import _render
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("validate", help="compare measured executor traces with the simulator's prediction",
+                              description="Simulate the all-to-alls and expert FFNs of measured traces (from "
+                                          "`lshsim run`) on a topology, with the traffic matrices the "
+                                          "executor recorded, and print predicted vs measured time per phase.")
+    p.add_argument("traces", nargs="+", help="measured trace JSON file(s)")
+    p.add_argument("--topology", default=None,
+                   help="topology name or YAML (e.g. a calibrated one); default: the GPU's datasheet topology")
+    p.add_argument("--plot", default=None, help="draw predicted vs measured into this PNG file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    return p
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from lshsim.sim.trace import Trace
+    from lshsim.sim.validate import a2a_errors, plot_validations, validate_trace
+
+    validations = [validate_trace(Trace.from_json(path), args.topology) for path in args.traces]
+    errors = np.abs(a2a_errors(validations))
+    summary = {"a2a_phases": int(errors.size),
+               "a2a_median_abs_rel_error": float(np.median(errors)) if errors.size else None,
+               "a2a_max_abs_rel_error": float(errors.max()) if errors.size else None}
+    if args.plot:
+        plot_validations(validations, args.plot)
+    if args.json:
+        _render.print_json({"validations": [v.to_dict() for v in validations], "summary": summary})
+        return 0
+    from rich.table import Table
+
+    console = _render.console()
+    for v in validations:
+        table = Table(title=f"{v.name}: {v.world_size} ranks, topology {v.topology}")
+        for column in ("phase", "direction", "measured ms", "predicted ms", "error"):
+            table.add_column(column, justify="right")
+        for row in v.rows:
+            table.add_row(row.phase, row.direction, f"{row.measured_s * 1e3:.3f}",
+                          "-" if row.predicted_s is None else f"{row.predicted_s * 1e3:.3f}",
+                          "-" if row.rel_error is None else f"{100 * row.rel_error:+.1f}%")
+        console.print(table)
+    if errors.size:
+        console.print(f"all-to-all phases: {errors.size}, median |error| {100 * summary['a2a_median_abs_rel_error']:.1f}%, "
+                      f"worst {100 * summary['a2a_max_abs_rel_error']:.1f}%")
+    if args.plot:
+        console.print(f"plot written to {args.plot}")
+    return 0
