@@ -1,6 +1,6 @@
 """Build cluster graphs: one function per intra-node fabric and per inter-node fabric.
 
-A topology is a plain `networkx.DiGraph` (STYLE rule 3). Contract (others code against it):
+A topology is a plain `networkx.DiGraph`. Contract (others code against it):
 
 Vertices (string ids; `kind` attribute):
     "n{node}.gpu{local}"  kind="gpu", rank (global int, node-major), node (server index), local
@@ -24,6 +24,9 @@ class: "nvlink", "pcie", "nic" (NIC <-> leaf), "trunk" (leaf <-> spine)); nvlink
 `links` (how many 25 GB/s links they bundle); GPU <-> NIC edges carry route_cost=0.5 (routing only:
 a NIC is not a shortcut between GPUs of its node, see `lshsim.topology.routing`). Every physical link is two opposite directed edges.
 
+Which builder builds a spec's `intra.kind` / `inter.kind` is the family registry's business
+(`lshsim.topology.families`): a builder takes exactly the keyword arguments it declares.
+
 G.graph: name, num_nodes, gpus_per_node, gpu (dict, see `lshsim.topology.gpus`), alpha_s (per-
 message start-up latency of the collectives), nics_per_node (0 for one node), intra_kind,
 inter_kind (None for one node), calibration (dict or None), spec (the normalised spec dict),
@@ -34,10 +37,9 @@ from __future__ import annotations
 import networkx as nx
 
 __all__ = ["gpu_id", "nic_of_gpu", "add_nvswitch_node", "add_cube_mesh_v100_node", "add_pcie_node",
-           "add_full_mesh_node", "add_fat_tree", "add_rail", "CUBE_MESH_V100_LINKS", "INTRA_BUILDERS",
-           "INTER_BUILDERS"]
+           "add_full_mesh_node", "add_fat_tree", "add_rail", "CUBE_MESH_V100_LINKS"]
 
-#: DGX-1 V100 hybrid cube-mesh (HARDWARE.md `nvidia-smi topo -m`): (i, j) -> NVLink links
+#: DGX-1 V100 hybrid cube-mesh (NVIDIA's DGX-1 topology, `nvidia-smi topo -m`): (i, j) -> NVLink links
 #: (NV1 = 1, NV2 = 2 bonded); pairs not listed ("SYS") have no NVLink.
 CUBE_MESH_V100_LINKS: dict[tuple[int, int], int] = {
     (0, 1): 1, (0, 2): 1, (0, 3): 2, (0, 4): 2,
@@ -78,7 +80,7 @@ def _add_gpus(G: nx.DiGraph, node: int, gpus_per_node: int) -> list[str]:
 
 
 def add_nvswitch_node(G: nx.DiGraph, node: int, gpus_per_node: int, *, link_Bps: float, latency_s: float,
-                      links: int = 0, **_) -> None:
+                      links: int = 0) -> None:
     """A/H100/H200 HGX: every GPU's NVLink port goes to one non-blocking switch (per-port capacity)."""
     sw = f"n{node}.nvswitch"
     G.add_node(sw, kind="nvswitch", node=node)
@@ -94,7 +96,7 @@ def _add_cpu(G: nx.DiGraph, node: int, gpus: list[str], pcie_Bps: float, pcie_la
 
 
 def add_cube_mesh_v100_node(G: nx.DiGraph, node: int, gpus_per_node: int, *, per_link_Bps: float,
-                            latency_s: float, pcie_Bps: float, pcie_latency_s: float, **_) -> None:
+                            latency_s: float, pcie_Bps: float, pcie_latency_s: float) -> None:
     """DGX-1 V100 hybrid cube-mesh: direct NV1/NV2 edges; SYS pairs cross PCIe via the host."""
     if gpus_per_node != 8:
         raise ValueError(f"gpus_per_node={gpus_per_node} must be 8 for intra.kind=cube_mesh_v100")
@@ -106,7 +108,7 @@ def add_cube_mesh_v100_node(G: nx.DiGraph, node: int, gpus_per_node: int, *, per
 
 
 def add_full_mesh_node(G: nx.DiGraph, node: int, gpus_per_node: int, *, per_link_Bps: float, latency_s: float,
-                       pcie_Bps: float, pcie_latency_s: float, group_size: int | None = None, **_) -> None:
+                       pcie_Bps: float, pcie_latency_s: float, group_size: int | None = None) -> None:
     """Direct links between every pair of a group (e.g. Ascend 910A HCCS: two full-meshed groups of 4);
     pairs in different groups cross PCIe via the host."""
     group_size = gpus_per_node if group_size is None else group_size
@@ -119,20 +121,12 @@ def add_full_mesh_node(G: nx.DiGraph, node: int, gpus_per_node: int, *, per_link
         _add_cpu(G, node, gpus, pcie_Bps, pcie_latency_s)
 
 
-def add_pcie_node(G: nx.DiGraph, node: int, gpus_per_node: int, *, link_Bps: float, latency_s: float, **_) -> None:
+def add_pcie_node(G: nx.DiGraph, node: int, gpus_per_node: int, *, link_Bps: float, latency_s: float) -> None:
     """PCIe-only node: every GPU on one PCIe switch (peer-to-peer through it), link_Bps per GPU port."""
     sw = f"n{node}.pcie"
     G.add_node(sw, kind="pcie", node=node)
     for vid in _add_gpus(G, node, gpus_per_node):
         _both(G, vid, sw, bandwidth_Bps=link_Bps, latency_s=latency_s, kind="pcie")
-
-
-INTRA_BUILDERS = {
-    "nvswitch": add_nvswitch_node,
-    "cube_mesh_v100": add_cube_mesh_v100_node,
-    "full_mesh": add_full_mesh_node,
-    "pcie": add_pcie_node,
-}
 
 
 def _add_nics(G: nx.DiGraph, num_nodes: int, gpus_per_node: int, nics_per_node: int, pcie_Bps: float,
@@ -160,7 +154,7 @@ def _add_spine(G: nx.DiGraph, leaves: dict[str, int], nic_Bps: float, oversubscr
 
 def add_fat_tree(G: nx.DiGraph, num_nodes: int, gpus_per_node: int, *, nics_per_node: int, nic_Bps: float,
                  servers_per_leaf: int, oversubscription: float, latency_s: float, pcie_Bps: float,
-                 pcie_latency_s: float, **_) -> None:
+                 pcie_latency_s: float) -> None:
     """Two-level leaf/spine fat-tree: all NICs of node n on leaf n // servers_per_leaf."""
     _add_nics(G, num_nodes, gpus_per_node, nics_per_node, pcie_Bps, pcie_latency_s)
     leaves: dict[str, int] = {}
@@ -175,7 +169,7 @@ def add_fat_tree(G: nx.DiGraph, num_nodes: int, gpus_per_node: int, *, nics_per_
 
 def add_rail(G: nx.DiGraph, num_nodes: int, gpus_per_node: int, *, nics_per_node: int, nic_Bps: float,
              servers_per_leaf: int, oversubscription: float, latency_s: float, pcie_Bps: float,
-             pcie_latency_s: float, **_) -> None:
+             pcie_latency_s: float) -> None:
     """Rail-optimized: NIC i of the nodes of group g = n // servers_per_leaf on leaf "leaf{g}.r{i}";
     leaves joined by the spine layer (cross-rail traffic goes leaf -> spine -> leaf; NCCL's PXN,
     which moves it over NVLink to the GPU on the right rail first, is not modelled)."""
@@ -189,5 +183,3 @@ def add_rail(G: nx.DiGraph, num_nodes: int, gpus_per_node: int, *, nics_per_node
             leaves[leaf] = leaves.get(leaf, 0) + 1
     _add_spine(G, leaves, nic_Bps, oversubscription, latency_s)
 
-
-INTER_BUILDERS = {"fat_tree": add_fat_tree, "rail": add_rail}

@@ -1,6 +1,9 @@
 """Routes between GPUs: one deterministic path per (source rank, destination rank).
 
-Policy: the path of least total weight, edge weight = 1 + 1e9 / bandwidth_Bps + route_cost (hop
+Policy (`RoutingPolicy`): the path of least total weight. A topology family may bring its own
+policy (`lshsim.topology.families`: the builder's fabric decides how it is routed), which
+`build_topology` stores in G.graph["routing"]; its `weight(u, v, data)` gives each edge's weight.
+Without one (the default, `LEAST_WEIGHT`), edge weight = 1 + 1e9 / bandwidth_Bps + route_cost (hop
 count first, then the fattest links: an NVLink/NVSwitch path beats a PCIe path of the same length;
 `route_cost` is an optional edge attribute, 0.5 on GPU <-> NIC edges so that a NIC is never a
 shortcut between two GPUs of its own node). A GPU is
@@ -11,16 +14,20 @@ spine layer is one vertex), so the policy is the routing, not a tie-breaking acc
 
 Fast path: `Routes` runs scipy's Dijkstra from every GPU at once and extracts the edge ids of many
 (src, dst) pairs with vectorised predecessor walks. Slow reference: `reference_path` runs networkx's
-Dijkstra on the same split graph, one pair at a time (STYLE rule 8; the tests compare them).
+Dijkstra on the same split graph, one pair at a time (the tests compare them).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import networkx as nx
 import numpy as np
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
-__all__ = ["gpu_vertices", "route_weight", "Routes", "reference_path", "validate_topology", "ALL_PAIRS_MAX_WORLD"]
+__all__ = ["gpu_vertices", "route_weight", "Routes", "reference_path", "validate_topology", "ALL_PAIRS_MAX_WORLD",
+           "RoutingPolicy", "LEAST_WEIGHT", "routing_policy"]
 
 #: Up to this many GPUs, Routes keeps every pair's route in one (W * W, H) int32 table (about 28 MB at
 #: 1,024 GPUs); beyond, routes are walked per call and every edge counts as binding.
@@ -40,6 +47,41 @@ def route_weight(bandwidth_Bps: float, route_cost: float = 0.0) -> float:
     True
     """
     return 1.0 + 1e9 / bandwidth_Bps + route_cost
+
+
+@dataclass(frozen=True)
+class RoutingPolicy:
+    """How a fabric is routed: one least-weight path per (source, destination) GPU pair, where the
+    weight of edge (u, v) is `weight(u, v, data)` (data: the edge's attribute dict), a finite
+    number > 0. weight None is the default, `route_weight(bandwidth_Bps, route_cost)`.
+
+    A GPU is never a transit vertex, whatever the weights (module docstring).
+    """
+
+    name: str
+    weight: Callable[[object, object, dict], float] | None = None
+
+    def edge_weights(self, G: nx.DiGraph, edges: list) -> np.ndarray:
+        """(L,) weights of `edges` (a list of (u, v)) under this policy."""
+        if self.weight is None:
+            capacity = np.array([G.edges[e]["bandwidth_Bps"] for e in edges], dtype=float)          # (L,)
+            cost = np.array([G.edges[e].get("route_cost", 0.0) for e in edges], dtype=float)        # (L,)
+            return route_weight(capacity, cost)
+        weights = np.array([self.weight(u, v, G.edges[u, v]) for u, v in edges], dtype=float)   # (L,)
+        if len(weights) and not (np.all(np.isfinite(weights)) and weights.min() > 0):
+            i = int(np.flatnonzero(~(np.isfinite(weights) & (weights > 0)))[0])
+            raise ValueError(f"routing policy {self.name!r}: edge {edges[i]!r} has weight {weights[i]!r}; "
+                             f"weights must be finite and > 0")
+        return weights
+
+
+#: The default policy: least weight under `route_weight`.
+LEAST_WEIGHT = RoutingPolicy("least_weight")
+
+
+def routing_policy(G: nx.DiGraph) -> RoutingPolicy:
+    """The policy G is routed by: G.graph["routing"] if a family set one, else LEAST_WEIGHT."""
+    return G.graph.get("routing") or LEAST_WEIGHT
 
 
 class Routes:
@@ -66,8 +108,8 @@ class Routes:
         self.latency_s = np.array([G.edges[e]["latency_s"] for e in self.edges], dtype=float)         # (L,)
         tail = np.array([index[u] for u, _ in self.edges], dtype=np.int64)                            # (L,)
         head = np.array([in_copy.get(v, index[v]) for _, v in self.edges], dtype=np.int64)           # (L,)
-        cost = np.array([G.edges[e].get("route_cost", 0.0) for e in self.edges], dtype=float)           # (L,)
-        weight = route_weight(self.capacity_Bps, cost)                                                # (L,)
+        self.policy = routing_policy(G)
+        weight = self.policy.edge_weights(G, self.edges)                                              # (L,)
         graph = csr_matrix((weight, (tail, head)), shape=(self._num_split, self._num_split))
         self._src_index = np.array([index[g] for g in self.gpus], dtype=np.int64)                     # (W,)
         self._dst_index = num_v + np.arange(self.world)                                               # (W,)
@@ -225,10 +267,12 @@ class Routes:
 
 def _split_graph(G: nx.DiGraph) -> nx.DiGraph:
     H = nx.DiGraph()
-    for u, v, data in G.edges(data=True):
+    edges = list(G.edges)
+    weights = routing_policy(G).edge_weights(G, edges)                                               # (L,)
+    for (u, v), weight in zip(edges, weights):
         tail = ("out", u) if G.nodes[u].get("kind") == "gpu" else u
         head = ("in", v) if G.nodes[v].get("kind") == "gpu" else v
-        H.add_edge(tail, head, weight=route_weight(data["bandwidth_Bps"], data.get("route_cost", 0.0)), edge=(u, v))
+        H.add_edge(tail, head, weight=float(weight), edge=(u, v))
     return H
 
 

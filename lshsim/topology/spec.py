@@ -12,7 +12,7 @@ times in seconds, NIC line rate in Gb/s:
     gpus_per_node: 8               # required
     alpha_s: 1.0e-5                # per-message start-up latency of the collectives (default 1e-5)
     intra:
-      kind: nvswitch               # nvswitch | cube_mesh_v100 | full_mesh | pcie
+      kind: nvswitch               # nvswitch | cube_mesh_v100 | full_mesh | pcie | a registered family
       link_Bps: 450.0e9            # nvswitch/pcie: per-GPU port; or links: 18 + per_link_Bps: 25e9
       per_link_Bps: 25.0e9         # cube_mesh_v100 / full_mesh: one NVLink/HCCS link (NV2 = 2 links)
       group_size: 4                # full_mesh only: GPUs per fully meshed group (default all)
@@ -21,7 +21,7 @@ times in seconds, NIC line rate in Gb/s:
                                    # A100/Ascend 25e9 (Gen4), H100/H200 50e9 (Gen5))
       pcie_latency_s: 1.0e-6       # default 1e-6
     inter:                         # required when nodes > 1
-      kind: fat_tree               # fat_tree | rail
+      kind: fat_tree               # fat_tree | rail | a registered family
       nics_per_node: 8             # 1..gpus_per_node; GPU l uses NIC l * nics // gpus_per_node
       nic_gbps: 400                # line rate per NIC, Gb/s (1 Gb/s = 0.125 GB/s)
       servers_per_leaf: 4          # default: all nodes on one leaf (per rail for kind=rail)
@@ -50,6 +50,9 @@ times in seconds, NIC line rate in Gb/s:
                                    #   bus bandwidth -> G.graph["a2a_link_max_Bps"] (else None)
       provenance: {...}            # free-form (who/when/how), kept in G.graph["calibration"]
 
+`intra.kind` and `inter.kind` pick a family of `lshsim.topology.families` (registry; a family
+reads its own fields, builds the graph and may bring its own routing policy).
+
 Errors name the file, the field and the value: "h100.yaml: inter.nic_gbps=-5 must be > 0".
 
 >>> G = build_topology({"name": "t", "gpu": "h100", "gpus_per_node": 4, "intra": {"kind": "nvswitch"}})
@@ -66,7 +69,7 @@ from pathlib import Path
 import networkx as nx
 import yaml
 
-from lshsim.topology.build import INTER_BUILDERS, INTRA_BUILDERS
+from lshsim.topology.families import INTER_FAMILIES, INTRA_FAMILIES, FieldReader
 from lshsim.topology.gpus import GpuSpec, get_gpu, gpu_from_dict
 from lshsim.topology.routing import validate_topology
 
@@ -75,12 +78,12 @@ __all__ = ["build_topology", "load_topology", "list_topologies", "topology_dir",
 
 DEFAULT_ALPHA_S = 1e-5       # s, per-message start-up latency (NCCL-like small-message latency)
 DEFAULT_LATENCY_S = 1e-6     # s, per hop
-#: GPU <-> host / NIC PCIe per direction (HARDWARE.md: Gen4 x16 ~25 GB/s, Gen5 ~50 GB/s; Gen3 ~12).
+#: GPU <-> host / NIC PCIe per direction (PCIe datasheet rates: Gen4 x16 ~25 GB/s, Gen5 ~50 GB/s; Gen3 ~12).
 DEFAULT_PCIE_BPS = {"v100": 12e9, "a100": 25e9, "h100": 50e9, "h200": 50e9, "ascend910a": 25e9}
 
 _TOP_KEYS = {"name", "description", "gpu", "nodes", "gpus_per_node", "alpha_s", "intra", "inter", "calibration"}
-_INTRA_KEYS = {"kind", "link_Bps", "links", "per_link_Bps", "group_size", "latency_s", "pcie_Bps", "pcie_latency_s"}
-_INTER_KEYS = {"kind", "nics_per_node", "nic_gbps", "servers_per_leaf", "oversubscription", "latency_s"}
+_INTRA_KEYS = {"kind", "link_Bps", "links", "per_link_Bps", "latency_s", "pcie_Bps", "pcie_latency_s"}  # + a family's own
+_INTER_KEYS = {"kind", "nics_per_node", "nic_gbps", "servers_per_leaf", "oversubscription", "latency_s"}  # + own
 _CAL_KEYS = {"alpha_s", "nvlink_Bps", "nic_Bps", "pcie_Bps", "expert_flops", "hbm_Bps", "a2a_busbw_curve",
              "a2a_link_headroom", "a2a_link_max_Bps", "provenance"}
 
@@ -203,6 +206,29 @@ def _gpu(check: _Checker, value) -> tuple[str, GpuSpec]:
     raise check.fail("gpu", value, "must be a known GPU name or a mapping")
 
 
+def _family(check: _Checker, block, level: str, registry: dict, shared_keys: set):
+    """The family of a block's `kind`: every field must be shared or the family's own (errors name
+    the field and, for another family's field, which kinds read it)."""
+    prefix = level + "."
+    check.keys(block, shared_keys | set().union(*(f.fields for f in registry.values())), prefix)
+    family = registry[check.choice(block, "kind", prefix, registry)]
+    for key in block:
+        if key not in shared_keys and key not in family.fields:
+            owners = ", ".join(sorted(f"{prefix}kind={f.name}" for f in registry.values() if key in f.fields))
+            raise check.fail(prefix + key, block[key], f"is only for {owners}")
+    return family
+
+
+def _routing(check: _Checker, intra_family, inter_family):
+    """The routing policy a family brings (lshsim.topology.routing.RoutingPolicy), or None for the
+    default; two different policies from the intra and the inter family are refused."""
+    policies = [f.routing for f in (intra_family, inter_family) if f is not None and f.routing is not None]
+    if len({id(p) for p in policies}) > 1:
+        raise check.fail("inter.kind", inter_family.name, f"brings routing {policies[1].name!r}, but intra.kind="
+                         f"{intra_family.name} brings {policies[0].name!r}; a topology is routed by one policy")
+    return policies[0] if policies else None
+
+
 def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
     """Build and validate the cluster graph a spec dict describes (schema: module docstring).
 
@@ -223,50 +249,32 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
     intra = spec.get("intra")
     if intra is None:
         raise check.fail("intra", None, "is required")
-    check.keys(intra, _INTRA_KEYS, "intra.")
-    intra_kind = check.choice(intra, "kind", "intra.", INTRA_BUILDERS)
-    latency_s = check.number(intra, "latency_s", "intra.", DEFAULT_LATENCY_S, strict=False)
-    pcie_Bps = check.number(intra, "pcie_Bps", "intra.", DEFAULT_PCIE_BPS.get(gpu_key, 25e9))
-    pcie_latency_s = check.number(intra, "pcie_latency_s", "intra.", DEFAULT_LATENCY_S, strict=False)
-    links = check.integer(intra, "links", "intra.", None)
-    per_link_Bps = check.number(intra, "per_link_Bps", "intra.", None)
-    link_Bps = check.number(intra, "link_Bps", "intra.", None)
-    group_size = check.integer(intra, "group_size", "intra.", None, maximum=gpus_per_node)
-    if group_size is not None and intra_kind != "full_mesh":
-        raise check.fail("intra.group_size", group_size, "is only for intra.kind=full_mesh")
-    if intra_kind == "nvswitch":
-        if link_Bps is None:
-            if per_link_Bps is not None or links is not None:
-                link_Bps = (links if links is not None else 18) * (per_link_Bps if per_link_Bps is not None else 25e9)
-            elif gpu.nvlink_Bps > 0:
-                link_Bps = gpu.nvlink_Bps
-            else:
-                raise check.fail("intra.link_Bps", None, f"is required: gpu {gpu.name} has no nvlink_Bps")
-        datasheet_per_gpu = link_Bps
-    elif intra_kind == "pcie":
-        link_Bps = pcie_Bps if link_Bps is None else link_Bps
-        datasheet_per_gpu = 0.0
-    else:  # cube_mesh_v100, full_mesh: per_link_Bps
-        per_link_Bps = 25e9 if per_link_Bps is None else per_link_Bps
-        links_per_gpu = 6 if intra_kind == "cube_mesh_v100" else (group_size or gpus_per_node) - 1
-        datasheet_per_gpu = per_link_Bps * links_per_gpu
+    # the intra-node family (lshsim.topology.families) reads its block into its builder's arguments
+    intra_family = _family(check, intra, "intra", INTRA_FAMILIES, _INTRA_KEYS)
+    intra_kind = intra_family.name
+    shared = dict(latency_s=check.number(intra, "latency_s", "intra.", DEFAULT_LATENCY_S, strict=False),
+                  pcie_Bps=check.number(intra, "pcie_Bps", "intra.", DEFAULT_PCIE_BPS.get(gpu_key, 25e9)),
+                  pcie_latency_s=check.number(intra, "pcie_latency_s", "intra.", DEFAULT_LATENCY_S, strict=False),
+                  links=check.integer(intra, "links", "intra.", None),
+                  per_link_Bps=check.number(intra, "per_link_Bps", "intra.", None),
+                  link_Bps=check.number(intra, "link_Bps", "intra.", None))
+    intra_args = intra_family.resolve(FieldReader(check, intra, "intra.", gpu, gpus_per_node, num_nodes), shared)
 
     inter = spec.get("inter")
     if num_nodes > 1 and inter is None:
         raise check.fail("inter", None, f"is required when nodes={num_nodes} > 1")
-    inter_args = None
+    inter_args = inter_family = None
     if inter is not None:
-        check.keys(inter, _INTER_KEYS, "inter.")
-        inter_kind = check.choice(inter, "kind", "inter.", INTER_BUILDERS)
+        inter_family = _family(check, inter, "inter", INTER_FAMILIES, _INTER_KEYS)
         nics = check.integer(inter, "nics_per_node", "inter.", required=True, maximum=gpus_per_node)
         nic_gbps = check.number(inter, "nic_gbps", "inter.", required=True)
-        inter_args = dict(
+        shared = dict(
             nics_per_node=nics, nic_Bps=nic_gbps * 0.125e9,
             servers_per_leaf=check.integer(inter, "servers_per_leaf", "inter.", num_nodes),
             oversubscription=check.number(inter, "oversubscription", "inter.", 1.0),
             latency_s=check.number(inter, "latency_s", "inter.", DEFAULT_LATENCY_S, strict=False))
-    else:
-        inter_kind = None
+        inter_args = inter_family.resolve(FieldReader(check, inter, "inter.", gpu, gpus_per_node, num_nodes), shared)
+    inter_kind = inter_family.name if inter_family is not None else None
 
     gpu_dict = gpu.to_dict()
     busbw_curve = None
@@ -278,17 +286,14 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
         alpha_s = check.number(calibration, "alpha_s", pre, alpha_s, strict=False)
         nvlink = check.number(calibration, "nvlink_Bps", pre)
         if nvlink is not None:
-            if intra_kind == "pcie":
-                raise check.fail("calibration.nvlink_Bps", nvlink, "is given but intra.kind=pcie has no NVLink")
-            if intra_kind == "nvswitch":
-                link_Bps = nvlink
-            else:
-                per_link_Bps = per_link_Bps * nvlink / datasheet_per_gpu
+            if intra_family.with_nvlink is None:
+                raise check.fail("calibration.nvlink_Bps", nvlink, f"is given but intra.kind={intra_kind} has no NVLink")
+            intra_args = intra_family.with_nvlink(intra_args, nvlink)
         pcie_cal = check.number(calibration, "pcie_Bps", pre)
         if pcie_cal is not None:
-            pcie_Bps = pcie_cal
+            intra_args["pcie_Bps"] = pcie_cal
             if intra_kind == "pcie":
-                link_Bps = pcie_cal
+                intra_args["link_Bps"] = pcie_cal
         nic_cal = check.number(calibration, "nic_Bps", pre)
         if nic_cal is not None:
             if inter_args is None:
@@ -309,13 +314,10 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
         if link_max_Bps is not None and link_headroom is None:
             raise check.fail("calibration.a2a_link_max_Bps", calibration["a2a_link_max_Bps"],
                              "is only allowed together with calibration.a2a_link_headroom")
-    # the per-GPU NVLink bandwidth the nvlink edges are built with (what a curve point replaces)
-    if intra_kind == "nvswitch":
-        nvlink_per_gpu_Bps = link_Bps
-    elif intra_kind == "pcie":
-        nvlink_per_gpu_Bps = 0.0
-    else:  # cube_mesh_v100, full_mesh: the GPU's links, after any calibration.nvlink_Bps scaling
-        nvlink_per_gpu_Bps = per_link_Bps * links_per_gpu
+    # the per-GPU NVLink bandwidth the nvlink edges are built with (what a curve point replaces),
+    # after any calibration.nvlink_Bps scaling
+    nvlink_per_gpu_Bps = intra_family.nvlink_per_gpu(intra_args)
+    pcie_Bps = intra_args["pcie_Bps"]
 
     G = nx.DiGraph()
     G.graph.update(name=name, description=spec.get("description", ""), num_nodes=num_nodes,
@@ -325,13 +327,15 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
                    calibration=copy.deepcopy(calibration), spec=copy.deepcopy(spec), source=source,
                    a2a_busbw_curve=busbw_curve, a2a_link_headroom=link_headroom, a2a_link_max_Bps=link_max_Bps,
                    nvlink_per_gpu_Bps=nvlink_per_gpu_Bps)
+    routing = _routing(check, intra_family, inter_family)
+    if routing is not None:
+        G.graph["routing"] = routing
     for node in range(num_nodes):
-        INTRA_BUILDERS[intra_kind](G, node, gpus_per_node, link_Bps=link_Bps, links=links or 0,
-                                   per_link_Bps=per_link_Bps, latency_s=latency_s, pcie_Bps=pcie_Bps,
-                                   pcie_latency_s=pcie_latency_s, group_size=group_size)
-    if inter_args is not None:
-        INTER_BUILDERS[inter_kind](G, num_nodes, gpus_per_node, pcie_Bps=pcie_Bps, pcie_latency_s=pcie_latency_s,
-                                   **inter_args)
+        intra_family.call(G, node, gpus_per_node, arguments=intra_args, source=source)
+    if inter_family is not None:
+        inter_family.call(G, num_nodes, gpus_per_node, source=source,
+                          arguments={"pcie_Bps": pcie_Bps, "pcie_latency_s": intra_args["pcie_latency_s"],
+                                     **inter_args})
     try:
         validate_topology(G)
     except ValueError as error:
