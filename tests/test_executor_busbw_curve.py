@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import yaml
 
-from lshsim.executor.calibrate import A2APoint, calibrate_command, curve_residuals, fit_busbw_curve
-from lshsim.sim.collectives import a2a_bytes_per_rank, curve_busbw_Bps, simulate_all_to_all, uniform_traffic
+from lshsim.calibration import (A2APoint, LinkModels, a2a_bytes_per_rank, curve_busbw_Bps, curve_residuals,
+                                fit_busbw_curve, read_traces)
+from lshsim.executor.calibrate import calibrate_command
+from lshsim.sim.collectives import simulate_all_to_all, uniform_traffic
 from lshsim.topology import build_topology, load_topology
 
-ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
 CURVE = [[1e6, 50e9], [1e8, 200e9], [1e9, 320e9]]
 
 
@@ -63,7 +65,7 @@ def test_simulated_time_follows_the_curve(size):
 
 def test_without_a_curve_nothing_changes():
     G = build_topology(_spec(None))
-    assert G.graph["a2a_busbw_curve"] is None
+    assert LinkModels.from_topology(G)["nvlink"].busbw_curve is None
     result = simulate_all_to_all(G, uniform_traffic(4, 1e8), local_copy=False)
     assert result.time_s == pytest.approx(1e8 * 3 / 4 / 300e9, rel=1e-9)
     assert "a2a_busbw_Bps" not in result.options
@@ -74,7 +76,7 @@ def test_curve_scales_mesh_links_too():
             "intra": {"kind": "full_mesh", "per_link_Bps": 100e9, "latency_s": 0.0},
             "calibration": {"a2a_busbw_curve": [[1e6, 30e9], [1e9, 300e9]]}}
     G = build_topology(spec)
-    assert G.graph["nvlink_per_gpu_Bps"] == pytest.approx(300e9)  # 3 links of 100 GB/s
+    assert LinkModels.from_topology(G)["nvlink"].nominal_Bps == pytest.approx(300e9)  # 3 links of 100 GB/s
     result = simulate_all_to_all(G, uniform_traffic(4, 1e6), local_copy=False)
     # 30 GB/s per GPU = 10 GB/s per link; each peer gets 250 kB over its own link
     assert result.time_s == pytest.approx(0.25e6 / 10e9, rel=1e-9)
@@ -99,7 +101,7 @@ def test_yaml_validation_names_file_field_value(tmp_path, curve, message):
 def test_yaml_curve_round_trip_and_pcie_refused(tmp_path):
     path = tmp_path / "ok.yaml"
     path.write_text(yaml.safe_dump(_spec([["1e6", "5e10"], [1e9, 3.2e11]])))  # YAML 1.1 text numbers accepted
-    assert load_topology(path).graph["a2a_busbw_curve"] == [(1e6, 5e10), (1e9, 3.2e11)]
+    assert LinkModels.from_topology(load_topology(path))["nvlink"].busbw_curve == ((1e6, 5e10), (1e9, 3.2e11))
     spec = _spec(CURVE)
     spec["intra"] = {"kind": "pcie"}
     del spec["calibration"]["nvlink_Bps"]
@@ -109,9 +111,11 @@ def test_yaml_curve_round_trip_and_pcie_refused(tmp_path):
 
 def test_fit_busbw_curve_takes_the_median_per_size():
     points = [A2APoint(4000, t, 4) for t in (1e-5, 2e-5, 4e-5)] + [A2APoint(8000, 3e-5, 4)]
-    curve = fit_busbw_curve(points)
-    assert curve == [[4000.0, pytest.approx(3000 / 2e-5)], [8000.0, pytest.approx(6000 / 3e-5)]]
+    fit = fit_busbw_curve(points)
+    curve = fit.curve
+    assert curve == ((4000.0, pytest.approx(3000 / 2e-5)), (8000.0, pytest.approx(6000 / 3e-5)))
     assert np.abs(curve_residuals(curve, points)).tolist() == pytest.approx([1.0, 0.0, 0.5, 0.0])  # (2 - 1) / 1, 0, (2 - 4) / 4, 0
+    assert fit.points == 2 and fit.max_rel_residual == pytest.approx(1.0) and fit.median_rel_residual == pytest.approx(0.25)
     with pytest.raises(ValueError, match="at least 2 sizes"):
         fit_busbw_curve(points[:3])
     with pytest.raises(ValueError, match="one world size"):
@@ -119,22 +123,20 @@ def test_fit_busbw_curve_takes_the_median_per_size():
 
 
 def test_from_traces_writes_the_curve_and_reproduces_the_calibration_run(tmp_path):
-    """`--from-traces` on the committed H200 run-c calibration traces (4 GPUs, 1 MB..1.6 GB per rank)."""
-    from lshsim.executor.calibrate import trace_points
-
-    traces = sorted(str(p) for p in (ROOT / "data" / "measured" / "h200" / "run-c" / "cal-x4").glob("*.json"))
+    """`--from-traces` on H200 calibration traces (4 GPUs, 1 MB..1.6 GB per rank; tests/data/calibration)."""
+    traces = sorted(str(p) for p in (DATA / "calibration" / "h200-x4-curve").glob("*.json"))
     assert len(traces) == 14
     args = argparse.Namespace(nccl_tests=None, from_raw=None, from_traces=traces, world_size=None, gpu=None,
                               fit_min_bytes=0, name="t", raw=None, out=str(tmp_path / "t.yaml"), no_curve=False)
     assert calibrate_command(args) == 0
     G = load_topology(tmp_path / "t.yaml")
-    curve = G.graph["a2a_busbw_curve"]
+    curve = LinkModels.from_topology(G)["nvlink"].busbw_curve
     assert len(curve) == 14 and G.graph["alpha_s"] == 0.0
     assert curve[0][0] < 2e6 and curve[-1][0] > 1.2e9
     # each calibration all-to-all simulated on the curve topology: the curve's median per size
     # is met by at least 2 of the 4 phases of that size to rounding; all within the spread of the
     # four phases (forward/backward, dispatch/combine), which was under 16% in this run
-    for point in trace_points(traces):
+    for point in read_traces(traces).points:
         predicted = simulate_all_to_all(G, uniform_traffic(4, point.bytes_per_rank), local_copy=False).time_s
         assert abs(predicted - point.time_s) / point.time_s < 0.16
 

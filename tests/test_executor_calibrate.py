@@ -1,4 +1,5 @@
-"""executor/calibrate.py: the nccl-tests parser, the alpha-beta fit and the topology it writes."""
+"""`executor calibrate` and the library it calls (lshsim.calibration): the nccl-tests source, the
+alpha-beta fit and the topology it writes."""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lshsim.executor.calibrate import (A2APoint, calibrate_command, fit_alpha_beta, gpu_key, parse_nccl_tests,
-                                sweep_sizes, topology_spec)
+from lshsim.calibration import (A2APoint, calibrated_topology_spec, fit_alpha_beta, gpu_key, parse_nccl_tests,
+                                read_traces)
+from lshsim.executor.calibrate import calibrate_command, sweep_sizes
 from lshsim.topology import load_topology
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -77,14 +79,16 @@ def test_topology_spec_loads_in_the_simulator(tmp_path):
     from lshsim.topology import write_topology_yaml
 
     fit = fit_alpha_beta([A2APoint(m, 30e-6 + m * 0.75 / 310e9, 4) for m in (2 ** 20, 2 ** 26, 2 ** 30)])
-    results = {"world_size": 4, "a2a": [], "p2p": [], "ffn": {"flops_per_s": 7e14}, "hbm": {"Bps": 4e12}}
-    path = write_topology_yaml(topology_spec("h200-x4-test", 4, fit, results, "NVIDIA H200", {"tool": "test"}),
+    path = write_topology_yaml(calibrated_topology_spec("h200-x4-test", 4, gpu="NVIDIA H200", alpha_beta=fit,
+                                                        expert_flops=7e14, hbm_Bps=4e12, provenance={"tool": "test"}),
                                tmp_path / "t.yaml")
     G = load_topology(path)
     assert G.graph["alpha_s"] == pytest.approx(30e-6)
     assert G.graph["gpu"]["achieved_flops"] == 7e14 and G.graph["gpu"]["achieved_hbm_Bps"] == 4e12
     assert G.edges["n0.gpu0", "n0.nvswitch"]["bandwidth_Bps"] == pytest.approx(310e9)
-    cpu = load_topology(write_topology_yaml(topology_spec("cpu-x4", 4, fit, results, None, {}), tmp_path / "c.yaml"))
+    cpu = load_topology(write_topology_yaml(calibrated_topology_spec("cpu-x4", 4, gpu=None, alpha_beta=fit,
+                                                                     expert_flops=7e14, hbm_Bps=4e12),
+                                            tmp_path / "c.yaml"))
     assert cpu.graph["gpu"]["name"] == "cpu"
 
 
@@ -105,18 +109,16 @@ def test_calibrate_command_from_nccl_tests_and_from_raw(tmp_path, capsys):
 
 
 def test_in_situ_fit_from_the_committed_calibration_traces(tmp_path):
-    """`--from-traces` on the H200 calibration workloads (data/measured/h200/run-b/cal-x4)."""
-    from lshsim.executor.calibrate import trace_points
-
-    traces = sorted(str(p) for p in (DATA.parent.parent / "data" / "measured" / "h200" / "run-b" / "cal-x4").glob("*.json"))
+    """`--from-traces` on the H200 calibration workloads (tests/data/calibration/h200-x4-alpha-beta)."""
+    traces = sorted(str(p) for p in (DATA / "calibration" / "h200-x4-alpha-beta").glob("*.json"))
     assert len(traces) == 9
-    points = trace_points(traces)
+    points = read_traces(traces, split_skewed=False).points
     assert len(points) == 4 * 9 and {p.world_size for p in points} == {4}
     args = argparse.Namespace(nccl_tests=None, from_raw=None, from_traces=traces, world_size=None, gpu=None,
                               fit_min_bytes=0, name="t", raw=None, out=str(tmp_path / "t.yaml"), no_curve=True)
     assert calibrate_command(args) == 0
     G = load_topology(tmp_path / "t.yaml")
-    assert G.graph["a2a_busbw_curve"] is None  # --no-curve: the (alpha, B) fit alone
+    assert G.graph["link_models"]["nvlink"].busbw_curve is None  # --no-curve: the (alpha, B) fit alone
     assert 1e-5 < G.graph["alpha_s"] < 1e-3
     assert 1e11 < G.edges["n0.gpu0", "n0.nvswitch"]["bandwidth_Bps"] < 4.5e11
     with pytest.raises(ValueError, match="not a measured executor trace|meta"):
@@ -124,4 +126,4 @@ def test_in_situ_fit_from_the_committed_calibration_traces(tmp_path):
         bad.write_text(json.dumps({"schema": "lshsim.trace/1", "meta": {"source": "simulated", "workload": {},
                                                                           "cluster": {}, "provenance": {}},
                                    "phases": []}))
-        trace_points([str(bad)])
+        read_traces([str(bad)], split_skewed=False)

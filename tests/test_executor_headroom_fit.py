@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import yaml
 
-from lshsim.executor.calibrate import (calibrate_command, fit_link_headroom, fit_link_headroom_and_cap, skewed_a2a_errors,
-                                topology_spec)
-from lshsim.sim.collectives import (a2a_bytes_per_rank, a2a_duplex_bytes_per_rank, curve_busbw_Bps,
-                                    simulate_all_to_all, uniform_traffic)
+from lshsim.calibration import (A2ACase, LinkModels, a2a_bytes_per_rank, a2a_duplex_bytes_per_rank, a2a_errors,
+                                calibrated_topology_spec, curve_busbw_Bps, fit_link_headroom, fit_link_headroom_and_cap,
+                                trace_a2a_phases)
+from lshsim.executor.calibrate import calibrate_command
+from lshsim.sim.collectives import simulate_all_to_all, uniform_traffic
 from lshsim.sim.trace import Trace
 from lshsim.topology import build_topology, load_topology, read_spec
 
@@ -74,6 +75,12 @@ def _all_to_one_traces(tmp_path):
     return paths
 
 
+def _cases(paths):
+    """The traces' timed all-to-alls as the headroom fit takes them (A2ACase: traffic, seconds)."""
+    return tuple(A2ACase(p.traffic, p.measured_s, "direct", path) for path in paths
+                 for p in trace_a2a_phases(Trace.from_json(path).meta) if p.measured_s)
+
+
 def _args(traces, out):
     return argparse.Namespace(nccl_tests=None, from_raw=None, from_traces=traces, world_size=None, gpu=None,
                               fit_min_bytes=0, name="t", raw=None, out=str(out), no_curve=False)
@@ -97,12 +104,12 @@ def test_fit_recovers_the_headroom_and_the_yaml_round_trips(tmp_path, capsys):
     assert "link headroom 1.3" in summary and "skewed traces" in summary
     # the YAML round-trips: loaded, it predicts the skewed all-to-alls as measured
     G = load_topology(out)
-    assert G.graph["a2a_link_headroom"] == calibration["a2a_link_headroom"]
+    assert G.graph["link_models"]["nvlink"].headroom == calibration["a2a_link_headroom"]
     trace = Trace.from_json(skewed[1])
     dispatch = np.asarray(trace.meta["measured"]["traffic_bytes"])
     predicted = simulate_all_to_all(G, dispatch).time_s
     assert predicted == pytest.approx(trace.meta["measured"]["phases_s"]["forward"]["dispatch_a2a"], rel=0.02)
-    assert build_topology(yaml.safe_load(out.read_text())).graph["a2a_link_headroom"] == G.graph["a2a_link_headroom"]
+    assert build_topology(yaml.safe_load(out.read_text())).graph["link_models"] == G.graph["link_models"]
 
 
 def test_only_uniform_traces_write_no_headroom(tmp_path):
@@ -111,7 +118,7 @@ def test_only_uniform_traces_write_no_headroom(tmp_path):
     calibration = read_spec(out)[0]["calibration"]
     assert "a2a_link_headroom" not in calibration and "link_headroom" not in calibration["provenance"]["fit"]
     assert "skewed_traces" not in calibration["provenance"]
-    assert load_topology(out).graph["a2a_link_headroom"] is None
+    assert LinkModels.from_topology(load_topology(out))["nvlink"].headroom is None
 
 
 def test_only_skewed_traces_are_refused(tmp_path):
@@ -124,7 +131,7 @@ def test_fit_recovers_a_headroom_the_simulator_generated(tmp_path):
     times simulated at h = 1.45 on the true curve are fitted back to 1.45. The matrices are small
     (M of 1-10 MB, B(M) 50-120 GB/s), so that h B(M) stays below the cap B_max = 300 GB/s, where
     h is identifiable."""
-    spec = topology_spec("t", 4, None, {"ffn": None, "hbm": None}, "NVIDIA H200", {}, TRUE_CURVE)
+    spec = calibrated_topology_spec("t", 4, gpu="NVIDIA H200", curve=TRUE_CURVE)
     truth = build_topology({**spec, "calibration": {**spec["calibration"], "a2a_link_headroom": 1.45}})
     rng = np.random.default_rng(3)
     paths = []
@@ -134,13 +141,15 @@ def test_fit_recovers_a_headroom_the_simulator_generated(tmp_path):
         combine = dispatch.T.copy()
         d, c = (simulate_all_to_all(truth, m).time_s for m in (dispatch, combine))
         paths.append(_trace(tmp_path / f"sk{i}.json", dispatch, combine, [d, c, c, d], 0.5, f"sk{i}"))
-    fit = fit_link_headroom(spec, paths)
-    assert fit.headroom == pytest.approx(1.45, abs=0.002) and fit.max_rel_error < 1e-6
-    assert np.abs(skewed_a2a_errors(spec, paths, None)).max() > 0.02   # the curve alone misses them
+    G, cases = build_topology(spec), _cases(paths)
+    fit = fit_link_headroom(G, cases)
+    assert fit.headroom == pytest.approx(1.45, abs=0.002) and fit.max_rel_error < 1e-6 and fit.link_max_Bps is None
+    assert np.abs(a2a_errors(G, cases, None)).max() > 0.02   # the curve alone misses them
+    assert "link_models" in G.graph and G.graph["link_models"]["nvlink"].headroom is None   # the graph is untouched
     with pytest.raises(ValueError, match="low=0.5"):
-        fit_link_headroom(spec, paths, low=0.5)
+        fit_link_headroom(G, cases, low=0.5)
     with pytest.raises(ValueError, match="needs a curve"):
-        topology_spec("t", 4, None, {"ffn": None, "hbm": None}, "NVIDIA H200", {}, None, 1.2)
+        calibrated_topology_spec("t", 4, gpu="NVIDIA H200", headroom=1.2)
 
 
 @pytest.mark.slow   # about 12 s: 7 caps x 142 headrooms x 4 skewed traces
@@ -148,7 +157,7 @@ def test_fit_recovers_the_link_cap_and_the_headroom(tmp_path):
     """Times simulated at h = 1.45 with the links capped at 360 GB/s: small skewed matrices
     identify h (h B(M) below the cap), large ones the cap (h B(M) above it); the joint fit over
     caps 300, 320, ..., 420 GB/s (the curve's top to the 'p2p' rate) gives both back."""
-    spec = topology_spec("t", 4, None, {"ffn": None, "hbm": None}, "NVIDIA H200", {}, TRUE_CURVE)
+    spec = calibrated_topology_spec("t", 4, gpu="NVIDIA H200", curve=TRUE_CURVE)
     truth = build_topology({**spec, "calibration": {**spec["calibration"], "a2a_link_headroom": 1.45,
                                                     "a2a_link_max_Bps": 360e9}})
     rng = np.random.default_rng(5)
@@ -159,11 +168,12 @@ def test_fit_recovers_the_link_cap_and_the_headroom(tmp_path):
         combine = dispatch.T.copy()
         d, c = (simulate_all_to_all(truth, m).time_s for m in (dispatch, combine))
         paths.append(_trace(tmp_path / f"cap{i}.json", dispatch, combine, [d, c, c, d], 0.5, f"cap{i}"))
-    fit, cap = fit_link_headroom_and_cap(spec, paths, p2p_max_Bps=420e9, steps=7)
-    assert cap == pytest.approx(360e9) and fit.headroom == pytest.approx(1.45, abs=0.002)
+    G, cases = build_topology(spec), _cases(paths)
+    fit = fit_link_headroom_and_cap(G, cases, p2p_max_Bps=420e9, steps=7)
+    assert fit.link_max_Bps == pytest.approx(360e9) and fit.headroom == pytest.approx(1.45, abs=0.002)
     assert fit.max_rel_error < 1e-6
     # without a p2p rate the cap is left to the simulator's default (the curve's top)
-    fit_default, cap_default = fit_link_headroom_and_cap(spec, paths, None)
-    assert cap_default is None and fit_default.max_rel_error > 1e-3
+    fit_default = fit_link_headroom_and_cap(G, cases, None)
+    assert fit_default.link_max_Bps is None and fit_default.max_rel_error > 1e-3
     with pytest.raises(ValueError, match="p2p_max_Bps=-1"):
-        fit_link_headroom_and_cap(spec, paths, -1.0)
+        fit_link_headroom_and_cap(G, cases, -1.0)

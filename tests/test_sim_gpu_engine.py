@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import yaml
 
-from lshsim.sim.collectives import (a2a_bytes_per_rank, a2a_duplex_bytes_per_rank, curve_busbw_Bps,
-                                    simulate_all_to_all, uniform_traffic)
+from lshsim.calibration import LinkModels, a2a_bytes_per_rank, a2a_duplex_bytes_per_rank, curve_busbw_Bps
+from lshsim.sim.collectives import simulate_all_to_all, uniform_traffic
 from lshsim.sim.network import FlowNetwork, simulate_flows
 from lshsim.sim.reference import reference_simulate_flows
 from lshsim.topology import build_topology, gpu_vertices, load_topology
@@ -186,9 +186,9 @@ def test_headroom_yaml_round_trip(tmp_path):
     path = tmp_path / "h.yaml"
     path.write_text(yaml.safe_dump(_spec("1.25")))        # YAML 1.1 text numbers accepted
     G = load_topology(path)
-    assert G.graph["a2a_link_headroom"] == 1.25
-    assert build_topology(_spec(None)).graph["a2a_link_headroom"] is None
-    assert build_topology(_spec(1)).graph["a2a_link_headroom"] == 1.0
+    assert LinkModels.from_topology(G)["nvlink"].headroom == 1.25
+    assert LinkModels.from_topology(build_topology(_spec(None)))["nvlink"].headroom is None
+    assert LinkModels.from_topology(build_topology(_spec(1)))["nvlink"].headroom == 1.0
 
 
 @pytest.mark.parametrize("headroom, curve, message", [
@@ -218,7 +218,7 @@ def test_link_max_caps_the_links():
     traffic = np.zeros((4, 4))
     traffic[1:, 0] = 1e8
     G = build_topology(_spec_with_cap(100e9))
-    assert G.graph["a2a_link_max_Bps"] == 100e9
+    assert LinkModels.from_topology(G)["nvlink"].link_max_Bps == 100e9
     result = simulate_all_to_all(G, traffic, local_copy=False)
     assert result.time_s == pytest.approx(3e8 / 100e9, rel=1e-9)
     assert result.options["a2a_link_Bps"] == 100e9

@@ -10,7 +10,7 @@ import pytest
 
 from lshsim.sim.nccl import NcclP2pConfig, channel_load_imbalance, channel_loads, p2p_channels
 
-SWEEP = Path(__file__).resolve().parents[1] / "data" / "measured" / "h200" / "nccl-env"
+SWEEP = Path(__file__).resolve().parent / "data" / "nccl"
 
 
 @pytest.mark.parametrize("world, size, expected", [
@@ -38,7 +38,7 @@ def test_loads_sum_to_the_bytes_and_equal_splits_are_even():
 
 def test_imbalance_separates_the_slowed_cases_of_the_measured_sweep():
     """Every case NCCL ran >= 3% slower than the equal-split reference has imbalance > 1.05;
-    every other has <= 1.02 (default NCCL settings, 4 H200, data/measured/h200/nccl-env)."""
+    every other has <= 1.02 (default NCCL settings, 4 H200, tests/data/nccl)."""
     results = json.loads((SWEEP / "chunk-sweep-default.json").read_text())["results"]
     reference = np.median([r["busbw_Bps"] for name, r in results.items() if name.startswith("equal/")])
     for name, row in results.items():

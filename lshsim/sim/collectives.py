@@ -47,12 +47,12 @@ import simpy
 
 from lshsim.algorithms import AlgorithmTable, canonical_algorithm
 from lshsim.analytic.comm import uniform_traffic
+from lshsim.calibration.model import LinkModels
 from lshsim.sim.network import FlowNetwork, busiest_links
 from lshsim.topology.routing import Routes, gpu_vertices, validate_topology
 
 __all__ = ["simulate_all_to_all", "CollectiveResult", "CollectiveRun", "Stage", "ALGORITHMS", "uniform_traffic",
-           "proxy_of_local", "hierarchical_phases", "direct", "pairwise", "hierarchical", "groupwise", "curve_busbw_Bps", "a2a_bytes_per_rank",
-           "a2a_duplex_bytes_per_rank"]
+           "proxy_of_local", "hierarchical_phases", "direct", "pairwise", "hierarchical", "groupwise"]
 
 
 @dataclass(frozen=True)
@@ -273,13 +273,16 @@ ALGORITHMS = AlgorithmTable("simulate")
 
 def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct", *, alpha_s: float | None = None,
                         message_gap_s: float = 0.0, local_copy: bool = True, routes: Routes | None = None,
-                        drain_tolerance: float = 0.0, **options) -> CollectiveResult:
+                        drain_tolerance: float = 0.0, links: LinkModels | None = None,
+                        **options) -> CollectiveResult:
     """Simulate one all-to-all of `traffic_bytes` (W, W) on topology G with `algorithm`.
 
-    Options: alpha_s (default G.graph["alpha_s"]), message_gap_s (see CollectiveRun; default 0),
-    local_copy (see module docstring), routes (a precomputed Routes(G)), drain_tolerance (0 =
-    exact; see FlowNetwork: an approximation that makes uneven traffic on hundreds of GPUs
-    tractable), and the algorithm's own (hierarchical: chunks). `algorithm` is a name or alias of
+    Options: alpha_s (default: the link models' start-up latency, G.graph["alpha_s"] of a loaded
+    topology), message_gap_s (see CollectiveRun; default 0), local_copy (see module docstring),
+    routes (a precomputed Routes(G)), drain_tolerance (0 = exact; see FlowNetwork: an
+    approximation that makes uneven traffic on hundreds of GPUs tractable), links (the link
+    model, a `lshsim.calibration.LinkModels`; default `LinkModels.from_topology(G)`, the one parsed
+    when G was built), and the algorithm's own (hierarchical: chunks). `algorithm` is a name or alias of
     `ALGORITHMS`; the result carries its canonical name.
 
     >>> from lshsim.topology import load_topology
@@ -300,36 +303,14 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
         raise ValueError("traffic_bytes must be finite and >= 0")
     if not np.isfinite(message_gap_s) or message_gap_s < 0:
         raise ValueError(f"message_gap_s={message_gap_s} must be a finite number >= 0")
-    curve_info, scale, engine_Bps = {}, None, None
-    curve = G.graph.get("a2a_busbw_curve")
-    size = a2a_bytes_per_rank(traffic)
-    if curve and size > 0:
-        # size-dependent NVLink bandwidth for this collective (module docstring); the network
-        # is built for this one call, so its capacities are this collective's own
-        busbw = curve_busbw_Bps(curve, size)
-        nominal = float(G.graph.get("nvlink_per_gpu_Bps") or 0.0)
-        if nominal <= 0:
-            raise ValueError(f"topology {G.graph.get('name')} has an a2a_busbw_curve but no NVLink bandwidth to scale")
-        scale = {"nvlink": busbw / nominal}
-        curve_info = {"a2a_bytes_per_rank": size, "a2a_busbw_Bps": busbw}
-        headroom = G.graph.get("a2a_link_headroom")
-        if headroom is not None:
-            # duplex engines of 2 B(M_dup) per GPU, links at min(h B(M), B_max) (module docstring, "Duplex engine")
-            headroom = float(headroom)
-            if not np.isfinite(headroom) or headroom < 1:
-                raise ValueError(f"G.graph['a2a_link_headroom']={headroom} must be a finite number >= 1")
-            dup_size = a2a_duplex_bytes_per_rank(traffic)
-            dup_busbw = curve_busbw_Bps(curve, dup_size)
-            # a link never carries more than its calibrated maximum (the fastest p2p send), or
-            # without one, than the fastest per-direction rate of the curve
-            link_max_Bps = G.graph.get("a2a_link_max_Bps") or max(point_Bps for _, point_Bps in curve)
-            link_Bps = min(headroom * busbw, float(link_max_Bps))
-            scale = {"nvlink": link_Bps / nominal}
-            engine_Bps = 2.0 * dup_busbw
-            curve_info.update(a2a_dup_bytes_per_rank=dup_size, a2a_dup_busbw_Bps=dup_busbw,
-                              a2a_link_headroom=headroom, gpu_engine_Bps=engine_Bps, a2a_link_Bps=link_Bps)
+    # this collective's rates from the link model (lshsim.calibration); the network is built for
+    # this one call, so its capacities are this collective's own and the graph is left as it is
+    links = LinkModels.from_topology(G) if links is None else links
+    rates = links.rates(traffic)
+    if alpha_s is None and links.models:
+        alpha_s = rates.alpha_s
     net = FlowNetwork(G, alpha_s=alpha_s, routes=routes, drain_tolerance=drain_tolerance,
-                      bandwidth_scale_by_kind=scale, gpu_engine_Bps=engine_Bps)
+                      bandwidth_scale_by_kind=rates.bandwidth_scale_by_kind, gpu_engine_Bps=rates.gpu_engine_Bps)
     run = CollectiveRun(net, message_gap_s=float(message_gap_s))
     process = net.env.process(simulate_fn(run, traffic, **options))
     net.env.run(until=process)
@@ -346,4 +327,4 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
         stages=stages, edges=net.edges, link_bytes=net.link_bytes.copy(), capacity_Bps=net.capacity_Bps,
         busiest=busiest_links(net.edges, net.link_bytes, net.capacity_Bps, time_s, 10),
         options={"alpha_s": net.alpha_s, "message_gap_s": float(message_gap_s), "local_copy": local_copy,
-                 "drain_tolerance": net.drain_tolerance, **curve_info, **options}, stats=dict(net.stats))
+                 "drain_tolerance": net.drain_tolerance, **rates.info, **options}, stats=dict(net.stats))

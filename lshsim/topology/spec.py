@@ -36,19 +36,15 @@ times in seconds, NIC line rate in Gb/s:
       expert_flops: 7.0e14         # achieved expert GEMM rate -> G.graph["gpu"]["achieved_flops"]
       hbm_Bps: 2.9e12              # achieved HBM bandwidth -> G.graph["gpu"]["achieved_hbm_Bps"]
       a2a_busbw_curve:             # optional: measured all-to-all bus bandwidth by size, >= 2 points
-        - [2.1e6, 9.0e10]          #   [bytes_per_rank, bus_bandwidth_Bps], bytes strictly increasing;
-        - [1.2e9, 3.3e11]          #   simulate_all_to_all interpolates it (log-linear in the size,
-                                   #   clamped to the ends) to set the per-GPU NVLink bandwidth of
-                                   #   each all-to-all -> G.graph["a2a_busbw_curve"]
-      a2a_link_headroom: 1.2       # optional, only with a2a_busbw_curve: finite, >= 1. Each GPU gets
-                                   #   a duplex engine of 2 B(M_dup) shared by its sends and receives,
-                                   #   and each NVLink direction h B(M) (lshsim.sim.collectives,
-                                   #   "Duplex engine") -> G.graph["a2a_link_headroom"] (else None)
-      a2a_link_max_Bps: 3.5e11     # optional, only with a2a_link_headroom: finite, > 0. The most one
-                                   #   NVLink direction carries: min(h B(M), this); calibrate writes
-                                   #   the fastest p2p send it measured. Absent: the curve's largest
-                                   #   bus bandwidth -> G.graph["a2a_link_max_Bps"] (else None)
+        - [2.1e6, 9.0e10]          #   [bytes_per_rank, bus_bandwidth_Bps], bytes strictly increasing
+        - [1.2e9, 3.3e11]
+      a2a_link_headroom: 1.2       # optional, only with a2a_busbw_curve: finite, >= 1
+      a2a_link_max_Bps: 3.5e11     # optional, only with a2a_link_headroom: finite, > 0
       provenance: {...}            # free-form (who/when/how), kept in G.graph["calibration"]
+
+The three a2a_* keys are the NVLink link model (what they mean: `lshsim.calibration`); they are
+parsed once, into G.graph["link_models"] (a `lshsim.calibration.LinkModels`, one model per link
+class with its nominal bandwidth), which the simulator reads.
 
 `intra.kind` and `inter.kind` pick a family of `lshsim.topology.families` (registry; a family
 reads its own fields, builds the graph and may bring its own routing policy).
@@ -69,6 +65,7 @@ from pathlib import Path
 import networkx as nx
 import yaml
 
+from lshsim.calibration.model import LinkModels
 from lshsim.topology.families import INTER_FAMILIES, INTRA_FAMILIES, FieldReader
 from lshsim.topology.gpus import GpuSpec, get_gpu, gpu_from_dict
 from lshsim.topology.routing import validate_topology
@@ -163,34 +160,6 @@ class _Checker:
         return value
 
 
-def _busbw_curve(check: _Checker, value) -> list[tuple[float, float]]:
-    """calibration.a2a_busbw_curve: >= 2 [bytes_per_rank, bus_bandwidth_Bps] pairs, both finite and
-    > 0, bytes strictly increasing; returned as a list of float pairs."""
-    field = "calibration.a2a_busbw_curve"
-    if not isinstance(value, (list, tuple)) or len(value) < 2:
-        raise check.fail(field, value, "must be a list of at least 2 [bytes_per_rank, bus_bandwidth_Bps] pairs")
-    curve = []
-    for i, point in enumerate(value):
-        if not isinstance(point, (list, tuple)) or len(point) != 2:
-            raise check.fail(f"{field}[{i}]", point, "must be a pair [bytes_per_rank, bus_bandwidth_Bps]")
-        pair = []
-        for j, item in enumerate(point):
-            number = item
-            if isinstance(number, str):     # YAML 1.1 reads 2e9 (no dot) as text
-                try:
-                    number = float(number)
-                except ValueError:
-                    raise check.fail(f"{field}[{i}][{j}]", item, "must be a finite number > 0") from None
-            if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
-                    or number <= 0:
-                raise check.fail(f"{field}[{i}][{j}]", item, "must be a finite number > 0")
-            pair.append(float(number))
-        if curve and pair[0] <= curve[-1][0]:
-            raise check.fail(f"{field}[{i}][0]", point[0], f"must be larger than the previous size {curve[-1][0]:g}")
-        curve.append((pair[0], pair[1]))
-    return curve
-
-
 def _gpu(check: _Checker, value) -> tuple[str, GpuSpec]:
     if isinstance(value, str):
         try:
@@ -277,8 +246,6 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
     inter_kind = inter_family.name if inter_family is not None else None
 
     gpu_dict = gpu.to_dict()
-    busbw_curve = None
-    link_headroom = link_max_Bps = None
     calibration = spec.get("calibration")
     if calibration is not None:
         check.keys(calibration, _CAL_KEYS, "calibration.")
@@ -301,23 +268,18 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
             inter_args["nic_Bps"] = nic_cal
         gpu_dict["achieved_flops"] = check.number(calibration, "expert_flops", pre, gpu_dict["achieved_flops"])
         gpu_dict["achieved_hbm_Bps"] = check.number(calibration, "hbm_Bps", pre, gpu_dict["achieved_hbm_Bps"])
-        if calibration.get("a2a_busbw_curve") is not None:
-            if intra_kind == "pcie":
-                raise check.fail("calibration.a2a_busbw_curve", calibration["a2a_busbw_curve"],
-                                 "is given but intra.kind=pcie has no NVLink to scale")
-            busbw_curve = _busbw_curve(check, calibration["a2a_busbw_curve"])
-        link_headroom = check.number(calibration, "a2a_link_headroom", pre, minimum=1.0, strict=False)
-        if link_headroom is not None and busbw_curve is None:
-            raise check.fail("calibration.a2a_link_headroom", calibration["a2a_link_headroom"],
-                             "is only allowed together with calibration.a2a_busbw_curve")
-        link_max_Bps = check.number(calibration, "a2a_link_max_Bps", pre)
-        if link_max_Bps is not None and link_headroom is None:
-            raise check.fail("calibration.a2a_link_max_Bps", calibration["a2a_link_max_Bps"],
-                             "is only allowed together with calibration.a2a_link_headroom")
+        if calibration.get("a2a_busbw_curve") is not None and intra_kind == "pcie":
+            raise check.fail("calibration.a2a_busbw_curve", calibration["a2a_busbw_curve"],
+                             "is given but intra.kind=pcie has no NVLink to scale")
     # the per-GPU NVLink bandwidth the nvlink edges are built with (what a curve point replaces),
     # after any calibration.nvlink_Bps scaling
     nvlink_per_gpu_Bps = intra_family.nvlink_per_gpu(intra_args)
     pcie_Bps = intra_args["pcie_Bps"]
+    # the link models (lshsim.calibration), parsed once: one per link class at its nominal bandwidth
+    nominal_Bps = {"nvlink": nvlink_per_gpu_Bps, "pcie": intra_args["link_Bps"] if intra_kind == "pcie" else pcie_Bps}
+    if inter_args is not None:
+        nominal_Bps["nic"] = inter_args["nic_Bps"]
+    link_models = LinkModels.from_calibration(calibration, nominal_Bps=nominal_Bps, alpha_s=alpha_s, source=source)
 
     G = nx.DiGraph()
     G.graph.update(name=name, description=spec.get("description", ""), num_nodes=num_nodes,
@@ -325,8 +287,7 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
                    nics_per_node=inter_args["nics_per_node"] if inter_args else 0,
                    intra_kind=intra_kind, inter_kind=inter_kind,
                    calibration=copy.deepcopy(calibration), spec=copy.deepcopy(spec), source=source,
-                   a2a_busbw_curve=busbw_curve, a2a_link_headroom=link_headroom, a2a_link_max_Bps=link_max_Bps,
-                   nvlink_per_gpu_Bps=nvlink_per_gpu_Bps)
+                   link_models=link_models)
     routing = _routing(check, intra_family, inter_family)
     if routing is not None:
         G.graph["routing"] = routing

@@ -1,0 +1,393 @@
+"""The calibrated link model: `LinkModel` per link class, `LinkModels` per topology (model: see
+`lshsim.calibration`, the package docstring).
+
+A `LinkModels` is parsed once, when a topology is built (`lshsim.topology.build_topology` calls
+`LinkModels.from_calibration` and keeps the result as G.graph["link_models"]); the simulator
+reads it (`LinkModels.from_topology(G)`) or takes one explicitly
+(`simulate_all_to_all(..., links=...)`). Nothing changes a graph after it is built: a fit that
+tries candidate parameters builds new models (`LinkModels.replace`) and passes them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from lshsim.checks import finite_number
+
+__all__ = ["LinkModel", "LinkModels", "LinkRates", "CollectiveRates", "curve_busbw_Bps", "a2a_bytes_per_rank",
+           "a2a_duplex_bytes_per_rank", "parse_busbw_curve", "CURVE_KEYS"]
+
+#: The keys of a topology's `calibration:` block that `LinkModels.from_calibration` reads (the
+#: NVLink class's curve, headroom and cap); the other keys are the topology builder's.
+CURVE_KEYS = ("a2a_busbw_curve", "a2a_link_headroom", "a2a_link_max_Bps")
+
+
+def curve_busbw_Bps(curve, bytes_per_rank: float) -> float:
+    """Bus bandwidth of a measured curve [(bytes_per_rank, busbw_Bps), ...] at `bytes_per_rank`:
+    linear in log(bytes) between neighbouring points, B(M) = B_i + (B_{i+1} - B_i)
+    (ln M - ln M_i) / (ln M_{i+1} - ln M_i); clamped to the first / last value outside the curve.
+
+    >>> curve = [(1e6, 100e9), (1e8, 300e9)]
+    >>> curve_busbw_Bps(curve, 1e7) / 1e9           # halfway in log size
+    200.0
+    >>> curve_busbw_Bps(curve, 1e3) / 1e9, curve_busbw_Bps(curve, 1e10) / 1e9   # clamped
+    (100.0, 300.0)
+    """
+    points = np.asarray(curve, dtype=float)                                           # (n, 2)
+    if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] < 1:
+        raise ValueError(f"curve must be a list of [bytes_per_rank, busbw_Bps] pairs, got shape {points.shape}")
+    if not np.all(np.isfinite(points)) or points.min() <= 0 or np.any(np.diff(points[:, 0]) <= 0):
+        raise ValueError("curve points must be finite and > 0, with strictly increasing bytes_per_rank")
+    if not np.isfinite(bytes_per_rank) or bytes_per_rank <= 0:
+        raise ValueError(f"bytes_per_rank={bytes_per_rank} must be a finite number > 0")
+    return float(np.interp(np.log(bytes_per_rank), np.log(points[:, 0]), points[:, 1]))
+
+
+def _off_diagonal(traffic_bytes) -> np.ndarray | None:
+    traffic = np.asarray(traffic_bytes, dtype=float)                                  # (W, W)
+    if traffic.shape[0] < 2:
+        return None
+    return traffic - np.diag(np.diag(traffic))                                         # (W, W)
+
+
+def a2a_bytes_per_rank(traffic_bytes) -> float:
+    """The size of an all-to-all as the curve is keyed: M = max_r max(S_r, R_r) W / (W - 1), S_r / R_r
+    the bytes rank r sends to / receives from the others (diagonal excluded). Equal splits of M
+    bytes per rank (M / W to every rank) give back M; uneven ones the busiest rank's load.
+
+    >>> a2a_bytes_per_rank(np.full((4, 4), 100.0))     # 400 bytes per rank, 100 to each
+    400.0
+    """
+    off = _off_diagonal(traffic_bytes)
+    if off is None:
+        return 0.0
+    world = off.shape[0]
+    return float(max(off.sum(axis=1).max(), off.sum(axis=0).max()) * world / (world - 1))
+
+
+def a2a_duplex_bytes_per_rank(traffic_bytes) -> float:
+    """The size that sets a GPU engine's capacity: M_dup = max_r (S_r + R_r) / 2 * W / (W - 1),
+    S_r / R_r the bytes rank r sends to / receives from the others. Equal to
+    `a2a_bytes_per_rank` for uniform traffic; smaller for skewed traffic.
+
+    >>> a2a_duplex_bytes_per_rank(np.full((4, 4), 100.0))
+    400.0
+    >>> skewed = np.array([[0.0, 0.0, 0.0], [300.0, 0.0, 0.0], [300.0, 0.0, 0.0]])   # ranks 1, 2 -> rank 0
+    >>> a2a_duplex_bytes_per_rank(skewed), a2a_bytes_per_rank(skewed)   # (0 + 600) / 2 * 3 / 2; 600 * 3 / 2
+    (450.0, 900.0)
+    """
+    off = _off_diagonal(traffic_bytes)
+    if off is None:
+        return 0.0
+    world = off.shape[0]
+    return float((off.sum(axis=1) + off.sum(axis=0)).max() / 2 * world / (world - 1))
+
+
+# ---- validation of the calibration block ------------------------------------------------------
+def _fail(source: str, name: str, value, why: str) -> ValueError:
+    return ValueError(f"{source}: {name}={value!r} {why}")
+
+
+def _yaml_number(source: str, name: str, value, *, minimum: float, exclusive: bool) -> float:
+    """A finite number within bounds; text as YAML 1.1 writes 2e9 (no dot) is read as a number."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise _fail(source, name, value, "must be a finite number") from None
+    try:
+        return finite_number(name, value, minimum=minimum, exclusive=exclusive)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
+
+
+def parse_busbw_curve(value, *, field_name: str = "calibration.a2a_busbw_curve",
+                      source: str = "<dict>") -> tuple[tuple[float, float], ...]:
+    """A bus bandwidth curve: >= 2 [bytes_per_rank, bus_bandwidth_Bps] pairs, both finite and > 0,
+    bytes strictly increasing; returned as a tuple of float pairs. Errors name source, field, value.
+
+    >>> parse_busbw_curve([[1e6, 5e10], ["1e9", 3e11]])
+    ((1000000.0, 50000000000.0), (1000000000.0, 300000000000.0))
+    >>> parse_busbw_curve([[1e6, 5e10]], source="x.yaml")
+    Traceback (most recent call last):
+    ...
+    ValueError: x.yaml: calibration.a2a_busbw_curve=[[1000000.0, 50000000000.0]] must be a list of at least 2 [bytes_per_rank, bus_bandwidth_Bps] pairs
+    """
+    if not isinstance(value, (list, tuple)) or len(value) < 2:
+        raise _fail(source, field_name, value, "must be a list of at least 2 [bytes_per_rank, bus_bandwidth_Bps] pairs")
+    curve: list[tuple[float, float]] = []
+    for i, point in enumerate(value):
+        if not isinstance(point, (list, tuple)) or len(point) != 2:
+            raise _fail(source, f"{field_name}[{i}]", point, "must be a pair [bytes_per_rank, bus_bandwidth_Bps]")
+        pair = []
+        for j, item in enumerate(point):
+            number = item
+            if isinstance(number, str):     # YAML 1.1 reads 2e9 (no dot) as text
+                try:
+                    number = float(number)
+                except ValueError:
+                    raise _fail(source, f"{field_name}[{i}][{j}]", item, "must be a finite number > 0") from None
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
+                    or number <= 0:
+                raise _fail(source, f"{field_name}[{i}][{j}]", item, "must be a finite number > 0")
+            pair.append(float(number))
+        if curve and pair[0] <= curve[-1][0]:
+            raise _fail(source, f"{field_name}[{i}][0]", point[0],
+                        f"must be larger than the previous size {curve[-1][0]:g}")
+        curve.append((pair[0], pair[1]))
+    return tuple(curve)
+
+
+# ---- the model ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LinkRates:
+    """What one link class gives one collective (`LinkModel.rates`).
+
+    scale:      factor on the nominal bandwidth of every edge of the class (link_Bps / nominal_Bps)
+    link_Bps:   the per-direction rate of one GPU's links of the class for this collective
+    engine_Bps: the capacity of each GPU's duplex engine, None without a headroom
+    info:       the sizes and rates used, as `CollectiveResult.options` reports them
+    """
+
+    scale: float
+    link_Bps: float
+    engine_Bps: float | None
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CollectiveRates:
+    """What the simulator's network takes for one collective (`LinkModels.rates`).
+
+    alpha_s:                 per-message start-up latency
+    bandwidth_scale_by_kind: {edge kind: factor} for `FlowNetwork` (None: nominal bandwidths)
+    gpu_engine_Bps:          capacity of each GPU's duplex engine for `FlowNetwork` (None: no engines)
+    info:                    sizes and rates used, merged into `CollectiveResult.options`
+    """
+
+    alpha_s: float
+    bandwidth_scale_by_kind: dict | None
+    gpu_engine_Bps: float | None
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LinkModel:
+    """The calibrated model of one link class (model: `lshsim.calibration`).
+
+    link_class:   the edge kind whose edges it sets ("nvlink", "nic", "pcie", or any kind a
+                  topology builder gives its edges)
+    nominal_Bps:  the per-GPU (NVLink), per-NIC or per-link bandwidth per direction the edges
+                  of the class are built with; a curve point B(M) replaces it for one collective
+    alpha_s:      the per-message start-up latency of a collective over the class (s, >= 0)
+    busbw_curve:  None, or ((bytes_per_rank, bus_bandwidth_Bps), ...): >= 2 points, sizes
+                  strictly increasing
+    headroom:     None, or h >= 1 (needs a curve): duplex engines of 2 B(M_dup) per GPU and
+                  links at min(h B(M), link_max_Bps)
+    link_max_Bps: None (the curve's largest bus bandwidth), or B_max > 0 (needs a headroom)
+
+    >>> nvlink = LinkModel("nvlink", 300e9, 0.0, ((1e6, 50e9), (1e9, 300e9)))
+    >>> r = nvlink.rates(np.full((4, 4), 25e6))          # 100 MB per rank, 25 MB to each
+    >>> round(r.link_Bps / 1e9, 3), r.engine_Bps          # B(1e8) = 50 + 250 * 2/3 GB/s
+    (216.667, None)
+    >>> LinkModel("nvlink", 300e9, 0.0, headroom=1.2)
+    Traceback (most recent call last):
+    ...
+    ValueError: headroom=1.2 needs a busbw_curve
+    """
+
+    link_class: str
+    nominal_Bps: float
+    alpha_s: float = 0.0
+    busbw_curve: tuple | None = None
+    headroom: float | None = None
+    link_max_Bps: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.link_class, str) or not self.link_class:
+            raise ValueError(f"link_class={self.link_class!r} must be a non-empty string")
+        object.__setattr__(self, "nominal_Bps", finite_number("nominal_Bps", self.nominal_Bps, minimum=0.0))
+        object.__setattr__(self, "alpha_s", finite_number("alpha_s", self.alpha_s, minimum=0.0))
+        if self.busbw_curve is not None:
+            curve = parse_busbw_curve(self.busbw_curve, field_name="busbw_curve", source=self.link_class)
+            object.__setattr__(self, "busbw_curve", curve)
+            if self.nominal_Bps <= 0:
+                raise ValueError(f"link class {self.link_class!r} has a busbw_curve but no nominal bandwidth "
+                                 f"(nominal_Bps={self.nominal_Bps}) to scale")
+        if self.headroom is not None:
+            object.__setattr__(self, "headroom", finite_number("headroom", self.headroom, minimum=1.0))
+            if self.busbw_curve is None:
+                raise ValueError(f"headroom={self.headroom} needs a busbw_curve")
+        if self.link_max_Bps is not None:
+            object.__setattr__(self, "link_max_Bps",
+                               finite_number("link_max_Bps", self.link_max_Bps, minimum=0.0, exclusive=True))
+            if self.headroom is None:
+                raise ValueError(f"link_max_Bps={self.link_max_Bps} needs a headroom")
+
+    def rates(self, traffic_bytes) -> LinkRates | None:
+        """The rates of this class for one collective of `traffic_bytes` (W, W); None when the
+        class keeps its nominal bandwidth (no curve, or no bytes leave any rank)."""
+        curve = self.busbw_curve
+        if not curve:
+            return None
+        size = a2a_bytes_per_rank(traffic_bytes)
+        if size <= 0:
+            return None
+        busbw = curve_busbw_Bps(curve, size)
+        info = {"a2a_bytes_per_rank": size, "a2a_busbw_Bps": busbw}
+        if self.headroom is None:
+            return LinkRates(scale=busbw / self.nominal_Bps, link_Bps=busbw, engine_Bps=None, info=info)
+        dup_size = a2a_duplex_bytes_per_rank(traffic_bytes)
+        dup_busbw = curve_busbw_Bps(curve, dup_size)
+        link_max_Bps = self.link_max_Bps or max(point_Bps for _, point_Bps in curve)
+        link_Bps = min(self.headroom * busbw, float(link_max_Bps))
+        engine_Bps = 2.0 * dup_busbw
+        info.update(a2a_dup_bytes_per_rank=dup_size, a2a_dup_busbw_Bps=dup_busbw, a2a_link_headroom=self.headroom,
+                    gpu_engine_Bps=engine_Bps, a2a_link_Bps=link_Bps)
+        return LinkRates(scale=link_Bps / self.nominal_Bps, link_Bps=link_Bps, engine_Bps=engine_Bps, info=info)
+
+
+@dataclass(frozen=True)
+class LinkModels:
+    """The link models of one topology: one `LinkModel` per link class (model: `lshsim.calibration`).
+
+    models: the classes, in order; at most one of them has a headroom (a GPU has one duplex
+    engine). `rates(traffic)` is what the simulator asks for each collective.
+
+    >>> links = LinkModels((LinkModel("nvlink", 300e9, 1e-5, ((1e6, 50e9), (1e9, 300e9)), 1.2),
+    ...                     LinkModel("pcie", 50e9, 1e-5)))
+    >>> links.classes, links["nvlink"].headroom
+    (('nvlink', 'pcie'), 1.2)
+    >>> r = links.rates(np.full((4, 4), 25e6))
+    >>> round(r.bandwidth_scale_by_kind["nvlink"], 4), round(r.gpu_engine_Bps / 1e9, 3)   # 1.2 B(M) / 300; 2 B(M)
+    (0.8667, 433.333)
+    """
+
+    models: tuple = ()
+
+    def __post_init__(self) -> None:
+        models = tuple(self.models)
+        for model in models:
+            if not isinstance(model, LinkModel):
+                raise ValueError(f"models must be LinkModel instances, got {type(model).__name__}")
+        classes = [m.link_class for m in models]
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"link classes must be distinct, got {classes}")
+        engines = [m.link_class for m in models if m.headroom is not None]
+        if len(engines) > 1:
+            raise ValueError(f"at most one link class may have a headroom (one duplex engine per GPU), got {engines}")
+        object.__setattr__(self, "models", models)
+
+    # ---- access ----------------------------------------------------------------------------------
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(m.link_class for m in self.models)
+
+    def __contains__(self, link_class: str) -> bool:
+        return link_class in self.classes
+
+    def __getitem__(self, link_class: str) -> LinkModel:
+        for model in self.models:
+            if model.link_class == link_class:
+                return model
+        raise KeyError(f"no link class {link_class!r}; known: {', '.join(self.classes) or 'none'}")
+
+    def get(self, link_class: str, default=None):
+        return self[link_class] if link_class in self else default
+
+    @property
+    def alpha_s(self) -> float:
+        """A collective's start-up latency: the largest of its classes' (0 without classes). The
+        topology schema has one alpha_s, so every class of a loaded topology has the same."""
+        return max((m.alpha_s for m in self.models), default=0.0)
+
+    def replace(self, link_class: str, **changes) -> "LinkModels":
+        """A copy with the class's fields changed (dataclasses.replace, validated again); a class
+        not in the set is added (then `changes` must hold its nominal_Bps)."""
+        if link_class in self:
+            models = tuple(replace(m, **changes) if m.link_class == link_class else m for m in self.models)
+        else:
+            models = self.models + (LinkModel(link_class, **{"alpha_s": self.alpha_s, **changes}),)
+        return LinkModels(models)
+
+    # ---- the one question the simulator asks ----------------------------------------------------
+    def rates(self, traffic_bytes) -> CollectiveRates:
+        """The rates for one collective of `traffic_bytes` (W, W): every class's scale (only the
+        classes with a curve change), the duplex engines, and the info the result reports (the
+        NVLink class's keys as they are, another class's prefixed "<class>_")."""
+        scale: dict = {}
+        engine_Bps = None
+        info: dict = {}
+        for model in self.models:
+            rates = model.rates(traffic_bytes)
+            if rates is None:
+                continue
+            scale[model.link_class] = rates.scale
+            if rates.engine_Bps is not None:
+                engine_Bps = rates.engine_Bps
+            prefix = "" if model.link_class == "nvlink" else f"{model.link_class}_"
+            info.update({prefix + key: value for key, value in rates.info.items()})
+        return CollectiveRates(alpha_s=self.alpha_s, bandwidth_scale_by_kind=scale or None,
+                               gpu_engine_Bps=engine_Bps, info=info)
+
+    # ---- construction ------------------------------------------------------------------------------
+    @classmethod
+    def from_calibration(cls, calibration: dict | None, *, nominal_Bps: dict, alpha_s: float,
+                         source: str = "<dict>") -> "LinkModels":
+        """Parse the link part of a topology's `calibration:` block (keys `CURVE_KEYS`, all for
+        the NVLink class) into models, one per class of `nominal_Bps` ({class: nominal per-direction
+        bandwidth}; a class with 0 has no edges to scale), all with start-up latency `alpha_s`.
+
+        Errors name the source, the field and the value:
+        "h200.yaml: calibration.a2a_link_headroom=0.9 must be >= 1".
+        """
+        calibration = calibration or {}
+        pre = "calibration."
+        curve = None
+        if calibration.get("a2a_busbw_curve") is not None:
+            curve = parse_busbw_curve(calibration["a2a_busbw_curve"], source=source)
+            if not nominal_Bps.get("nvlink", 0.0) > 0:
+                raise _fail(source, pre + "a2a_busbw_curve", calibration["a2a_busbw_curve"],
+                            "is given but the topology has no NVLink to scale")
+        headroom = link_max = None
+        if calibration.get("a2a_link_headroom") is not None:
+            headroom = _yaml_number(source, pre + "a2a_link_headroom", calibration["a2a_link_headroom"],
+                                    minimum=1.0, exclusive=False)
+            if curve is None:
+                raise _fail(source, pre + "a2a_link_headroom", calibration["a2a_link_headroom"],
+                            "is only allowed together with calibration.a2a_busbw_curve")
+        if calibration.get("a2a_link_max_Bps") is not None:
+            link_max = _yaml_number(source, pre + "a2a_link_max_Bps", calibration["a2a_link_max_Bps"],
+                                    minimum=0.0, exclusive=True)
+            if headroom is None:
+                raise _fail(source, pre + "a2a_link_max_Bps", calibration["a2a_link_max_Bps"],
+                            "is only allowed together with calibration.a2a_link_headroom")
+        models = []
+        for link_class, nominal in nominal_Bps.items():
+            if link_class == "nvlink":
+                if curve is None and not nominal > 0:
+                    continue
+                models.append(LinkModel("nvlink", nominal, alpha_s, curve, headroom, link_max))
+            elif nominal > 0:
+                models.append(LinkModel(link_class, nominal, alpha_s))
+        return cls(tuple(models))
+
+    @classmethod
+    def from_topology(cls, G) -> "LinkModels":
+        """The models of a built topology (G.graph["link_models"], parsed when it was built). A graph
+        assembled by hand, without one, gets plain models (no curve) of its edge kinds, at their
+        largest edge bandwidth, with the start-up latency G.graph["alpha_s"] (else 0)."""
+        links = G.graph.get("link_models")
+        if isinstance(links, cls):
+            return links
+        if links is not None:
+            raise ValueError(f"G.graph['link_models'] must be a LinkModels, got {type(links).__name__}")
+        alpha_s = float(G.graph.get("alpha_s", 0.0) or 0.0)
+        nominal: dict = {}
+        for _, _, data in G.edges(data=True):
+            kind = data.get("kind")
+            if kind:
+                nominal[kind] = max(nominal.get(kind, 0.0), float(data.get("bandwidth_Bps", 0.0)))
+        return cls(tuple(LinkModel(kind, bw, alpha_s) for kind, bw in nominal.items() if bw > 0))

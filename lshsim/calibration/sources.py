@@ -1,0 +1,268 @@
+"""Calibration sources: adapters from measured files to one `CalibrationInput`.
+
+Registry `SOURCES` {name: read}. The contract of a source:
+
+    read(paths: Sequence[str | Path], **options) -> CalibrationInput
+
+It receives the files to read (one or more; a source that reads a single file refuses more)
+and its own keyword options, and returns ONE `CalibrationInput` (`lshsim.calibration.inputs`):
+the all-to-alls of equal splits as `A2APoint`s (the alpha-beta and bus-bandwidth-curve fits),
+skewed all-to-alls with their traffic matrices as `A2ACase`s (the headroom and cap fit),
+point-to-point sends as `P2PPoint`s, the achieved compute rates, the GPU name and a provenance
+dict. It raises ValueError naming the file for anything it cannot read. It measures nothing and
+imports no torch. A new source is one function and one entry: `SOURCES["mine"] = read_mine`.
+
+Shipped:
+- "microbenchmarks": the raw JSON of `executor calibrate --raw` (all-to-all sweep, p2p, FFN
+  and copy rates);
+- "traces": measured executor traces (`executor run`) of calibration workloads: the four
+  all-to-alls of each, read by `trace_a2a_phases` (the same reader `lshsim validate` uses);
+  uniform workloads (meta.workload.skew 0 or absent) give points, skewed ones give cases;
+- "nccl-tests": the output of nccl-tests' `alltoall_perf` (`parse_nccl_tests`).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lshsim.calibration.inputs import A2ACase, A2APoint, CalibrationInput, P2PPoint
+from lshsim.calibration.model import a2a_bytes_per_rank
+
+__all__ = ["SOURCES", "TraceA2APhase", "trace_a2a_phases", "trace_skew", "trace_algorithm", "read_traces",
+           "read_microbenchmarks", "microbenchmark_input", "read_nccl_tests", "parse_nccl_tests", "NcclTestsRun"]
+
+
+# ---- executor traces ------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class TraceA2APhase:
+    """One all-to-all phase of a measured trace: phase name, direction, its (W, W) traffic, and the
+    measured median seconds (None if the trace did not time it)."""
+
+    phase: str
+    direction: str
+    traffic: np.ndarray
+    measured_s: float | None
+
+
+#: (phase, direction, the meta["measured"] matrix it moves): the dispatch's gradient returns along
+#: the combine's matrix and the combine's along the dispatch's.
+_A2A_PHASES = (("dispatch_a2a", "forward", "traffic_bytes"), ("combine_a2a", "forward", "combine_traffic_bytes"),
+               ("dispatch_a2a", "backward", "combine_traffic_bytes"), ("combine_a2a", "backward", "traffic_bytes"))
+
+
+def trace_a2a_phases(meta: dict, world_size: int | None = None) -> list[TraceA2APhase]:
+    """The four all-to-all phases of a measured executor trace, from its `meta`: dispatch forward
+    moves meta["measured"]["traffic_bytes"], combine forward "combine_traffic_bytes", and backward
+    each moves the other's matrix. `world_size` (default meta.workload.world_size) checks the shapes.
+
+    >>> meta = {"workload": {"world_size": 2}, "measured": {"traffic_bytes": [[0, 4], [2, 0]],
+    ...         "combine_traffic_bytes": [[0, 2], [4, 0]], "phases_s": {"forward": {"dispatch_a2a": 1e-3}}}}
+    >>> [(p.phase, p.direction, p.traffic[0, 1], p.measured_s) for p in trace_a2a_phases(meta)]
+    [('dispatch_a2a', 'forward', 4.0, 0.001), ('combine_a2a', 'forward', 2.0, None), ('dispatch_a2a', 'backward', 2.0, None), ('combine_a2a', 'backward', 4.0, None)]
+    """
+    measured = meta.get("measured")
+    if measured is None:
+        raise ValueError("not a measured executor trace (meta['measured'] is missing)")
+    world = int(meta["workload"]["world_size"]) if world_size is None else int(world_size)
+    matrices = {}
+    for key in ("traffic_bytes", "combine_traffic_bytes"):
+        if key not in measured:
+            raise ValueError(f"the measured trace lacks meta['measured'][{key!r}] (write it with executor run)")
+        matrix = np.asarray(measured[key], dtype=float)                               # (W, W) bytes
+        if matrix.shape != (world, world):
+            raise ValueError(f"meta['measured'][{key!r}] has shape {matrix.shape}, expected ({world}, {world})")
+        matrices[key] = matrix
+    phases_s = measured.get("phases_s", {})
+    out = []
+    for phase, direction, key in _A2A_PHASES:
+        seconds = phases_s.get(direction, {}).get(phase)
+        out.append(TraceA2APhase(phase, direction, matrices[key], None if seconds is None else float(seconds)))
+    return out
+
+
+def trace_skew(meta: dict) -> float:
+    """meta.workload.skew of a measured trace; 0 when absent or None."""
+    skew = meta.get("workload", {}).get("skew")
+    return 0.0 if skew is None else float(skew)
+
+
+def trace_algorithm(meta: dict) -> str:
+    """The simulator's all-to-all algorithm for the trace's workload: groupwise or direct."""
+    return "groupwise" if meta.get("workload", {}).get("alltoall") == "groupwise" else "direct"
+
+
+def _trace_meta(path) -> dict:
+    from lshsim.sim.trace import Trace     # lazily: lshsim.sim imports this package
+
+    return Trace.from_json(path).meta
+
+
+def _timed_phases(path, meta) -> list[TraceA2APhase]:
+    try:
+        phases = trace_a2a_phases(meta)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    return [p for p in phases if p.measured_s is not None]
+
+
+def read_traces(paths, *, split_skewed: bool = True, gpu: str | None = None) -> CalibrationInput:
+    """Source "traces": every timed all-to-all of measured executor traces.
+
+    Each all-to-all becomes an `A2APoint` with S = max over ranks of max(bytes sent to others,
+    bytes received from others) and M = S W / (W - 1) (`a2a_bytes_per_rank`), t = the measured
+    median. With `split_skewed` (default) only the uniform workloads' traces (skew 0 or absent)
+    give points and the skewed ones give `A2ACase`s (their matrices, seconds > 0); without it
+    every trace gives points. `gpu` overrides the GPU name of the traces' provenance.
+    """
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise ValueError("traces: no trace files given")
+    metas = {path: _trace_meta(path) for path in paths}
+    if split_skewed:
+        uniform = [p for p in paths if trace_skew(metas[p]) == 0]
+        skewed = [p for p in paths if trace_skew(metas[p]) != 0]
+        if not uniform:
+            raise ValueError("every trace is of a skewed workload (meta.workload.skew > 0); the bus bandwidth "
+                             "curve needs uniform ones (skew 0)")
+    else:
+        uniform, skewed = paths, []
+    points = []
+    for path in uniform:
+        meta = metas[path]
+        if "measured" not in meta:
+            raise ValueError(f"{path}: not a measured executor trace (meta['measured'] is missing)")
+        world = int(meta["workload"]["world_size"])
+        if world < 2:
+            raise ValueError(f"{path}: a trace of {world} rank has no all-to-all to calibrate on")
+        for phase in _timed_phases(path, meta):
+            points.append(A2APoint(int(round(a2a_bytes_per_rank(phase.traffic))), phase.measured_s, world))
+    if not points:
+        raise ValueError("the traces hold no all-to-all phase")
+    worlds = {p.world_size for p in points}
+    if len(worlds) != 1:
+        raise ValueError(f"traces of {sorted(worlds)} ranks: calibrate one world size at a time")
+    world = next(iter(worlds))
+    cases = []
+    for path in skewed:
+        meta = metas[path]
+        if int(meta["workload"]["world_size"]) != world:
+            raise ValueError(f"{path}: a trace of {meta['workload']['world_size']} ranks; calibrating {world}")
+        cases.extend(A2ACase(p.traffic, p.measured_s, trace_algorithm(meta), Path(path).name)
+                     for p in _timed_phases(path, meta) if p.measured_s > 0)
+    if skewed and not cases:
+        raise ValueError("the skewed traces hold no all-to-all phase")
+    first = metas[uniform[0]]["provenance"]
+    provenance = {"a2a_fit": "in situ, from executor traces", "traces": [Path(t).name for t in uniform],
+                  **({"skewed_traces": [Path(t).name for t in skewed]} if skewed else {}),
+                  "trace_provenance": {k: first.get(k) for k in ("gpu", "count", "torch", "nccl", "date")}}
+    record = {"world_size": world, "a2a": [{"bytes_per_rank": p.bytes_per_rank, "time_s": p.time_s} for p in points],
+              "p2p": [], "ffn": None, "hbm": None}
+    return CalibrationInput(source="traces", world_size=world, gpu=gpu or first.get("gpu"), points=tuple(points),
+                            cases=tuple(cases), provenance=provenance, record=record)
+
+
+# ---- the executor's microbenchmarks ----------------------------------------------------------------
+def microbenchmark_input(results: dict, provenance: dict, source: str = "microbenchmarks") -> CalibrationInput:
+    """A `CalibrationInput` of the executor's microbenchmark results ({"world_size", "a2a":
+    [{"bytes_per_rank", "time_s", ...}], "p2p": [{"bytes", "time_s", "Bps"}], "ffn": {"flops_per_s",
+    ...} | None, "hbm": {"Bps", ...} | None}), with the GPU name of `provenance`."""
+    world = results.get("world_size")
+    points = tuple(A2APoint(p["bytes_per_rank"], p["time_s"], world) for p in results.get("a2a") or [])
+    p2p = tuple(P2PPoint(p["bytes"], p["time_s"]) for p in results.get("p2p") or [] if p.get("Bps"))
+    ffn, hbm = results.get("ffn"), results.get("hbm")
+    return CalibrationInput(source=source, world_size=world, gpu=provenance.get("gpu"), points=points, p2p=p2p,
+                            expert_flops=ffn["flops_per_s"] if ffn else None, hbm_Bps=hbm["Bps"] if hbm else None,
+                            provenance=dict(provenance), record=dict(results))
+
+
+def _one_path(paths, source: str) -> Path:
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if len(paths) != 1:
+        raise ValueError(f"{source}: reads one file, got {len(paths)}")
+    return Path(paths[0])
+
+
+def read_microbenchmarks(paths) -> CalibrationInput:
+    """Source "microbenchmarks": the raw JSON `executor calibrate --raw` writes ({"results": ...,
+    "provenance": ...}); the provenance gains refit_from (the file)."""
+    path = _one_path(paths, "microbenchmarks")
+    raw = json.loads(path.read_text())
+    return microbenchmark_input(raw["results"], {**raw["provenance"], "refit_from": str(path)})
+
+
+# ---- nccl-tests output ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NcclTestsRun:
+    """Parsed alltoall_perf output: the rows (out-of-place time) and the number of ranks."""
+
+    world_size: int
+    points: list
+    columns: list
+
+
+_NUMBER = re.compile(r"^-?\d+(\.\d+)?([eE][-+]?\d+)?$")
+
+
+def parse_nccl_tests(text: str, world_size: int | None = None) -> NcclTestsRun:
+    """Parse nccl-tests `alltoall_perf` output.
+
+    The header row (`#  size  count  type  [redop  root]  time  algbw  busbw  #wrong|error  time ...`)
+    names the columns; the first `time` is out-of-place (us). `size` is the bytes per rank (all W
+    chunks). The number of ranks is the count of `#  Rank  N ...` device lines, or `nGpus` from
+    the first line, unless `world_size` is given.
+    """
+    columns: list[str] | None = None
+    rank_lines = 0
+    n_gpus = None
+    points_raw = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if stripped.startswith("#"):
+            body = stripped.lstrip("#").split()
+            if body[:2] == ["size", "count"] or (len(body) > 2 and body[0] == "size" and "count" in body):
+                columns = body
+            elif body and body[0] == "Rank":
+                rank_lines += 1
+            else:
+                match = re.search(r"nGpus\s+(\d+)", stripped)
+                if match and n_gpus is None:
+                    n_gpus = int(match.group(1))
+            continue
+        tokens = stripped.split()
+        if columns is None or not _NUMBER.match(tokens[0]):
+            continue
+        if len(tokens) < columns.index("time") + 1:
+            raise ValueError(f"nccl-tests row has {len(tokens)} fields, the header {len(columns)}: {stripped!r}")
+        size = int(tokens[columns.index("size")])
+        time_us = float(tokens[columns.index("time")])
+        points_raw.append((size, time_us))
+    if columns is None:
+        raise ValueError("no nccl-tests header row ('# size count type ... time algbw busbw') found")
+    if not points_raw:
+        raise ValueError("the nccl-tests output holds no data rows")
+    ranks = world_size or rank_lines or n_gpus
+    if not ranks or ranks < 2:
+        raise ValueError("cannot tell the number of ranks of the nccl-tests run (no '# Rank' lines); pass world_size")
+    points = [A2APoint(size, time_us * 1e-6, ranks) for size, time_us in points_raw if size > 0 and time_us > 0]
+    return NcclTestsRun(world_size=ranks, points=points, columns=columns)
+
+
+def read_nccl_tests(paths, *, world_size: int | None = None, gpu: str | None = None) -> CalibrationInput:
+    """Source "nccl-tests": one `alltoall_perf` output file (`parse_nccl_tests`); `gpu` names the
+    device (the output does not)."""
+    path = _one_path(paths, "nccl-tests")
+    run = parse_nccl_tests(path.read_text(), world_size)
+    record = {"world_size": run.world_size, "a2a": [{"bytes_per_rank": p.bytes_per_rank, "time_s": p.time_s}
+                                                    for p in run.points], "p2p": [], "ffn": None, "hbm": None}
+    return CalibrationInput(source="nccl-tests", world_size=run.world_size, gpu=gpu, points=tuple(run.points),
+                            provenance={"tool": "nccl-tests alltoall_perf", "file": str(path)}, record=record)
+
+
+#: name -> read(paths, **options) -> CalibrationInput (contract: module docstring).
+SOURCES = {"microbenchmarks": read_microbenchmarks, "traces": read_traces, "nccl-tests": read_nccl_tests}
