@@ -2,11 +2,13 @@
 
 `python -m lshsim.executor run --workload W.yaml` under torchrun (NCCL on CUDA, gloo on CPU) or under
 `python -m lshsim.executor launch --nproc N -- run ...`; `python -m lshsim.executor calibrate` measures the
-microbenchmarks that parameterise a topology. docs/ARCHITECTURE.md describes the layers,
-README.md (section executor) the commands.
+microbenchmarks that parameterise a topology. The same commands are `lshsim run | calibrate |
+check | launch`. docs/ARCHITECTURE.md describes the layers, README.md (section executor) the
+commands.
 
-Modules: workload (the YAML schema), comm (autograd all-to-all, byte counting), timing (events,
-max over ranks, median over iterations), moe_layer (the distributed MoE layer and its dense
-reference), run (a measured Trace), calibrate (all-to-all sweep, p2p, FFN rate, alpha-beta fit,
-nccl-tests parser), launch (local ranks with a watchdog), runtime (process group, provenance).
+Modules: commands (the sub-commands and their arguments, for both entry points), workload (the
+YAML schema), comm (autograd all-to-all, byte counting), timing (events, max over ranks, median
+over iterations), moe_layer (the distributed MoE layer and its dense reference), run (a measured
+Trace), calibrate (all-to-all sweep, p2p, FFN rate, alpha-beta fit, nccl-tests parser), launch
+(local ranks with a watchdog), runtime (process group, provenance).
 """

@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lshsim.checks import positive_int
+
 __all__ = ["LaunchResult", "launch", "free_port"]
 
 EXIT_FAILED = 1
@@ -65,8 +67,8 @@ def _tail(path: Path, lines: int = 1) -> str:
 
 
 def _failure_time(folder: Path, rank: int) -> float:
-    """When the rank reported its failure (executor/__main__.py writes rank{r}.failed), else the
-    last change of its error output."""
+    """When the rank reported its failure (`lshsim.executor.commands.report_failure` writes
+    rank{r}.failed), else the last change of its error output."""
     try:
         return float((folder / f"rank{rank}.failed").read_text().split("\t", 1)[0])
     except (OSError, ValueError):
@@ -135,8 +137,7 @@ def launch(nproc: int, args: list[str], *, timeout_s: float = 3600.0, stall_time
 
 def _launch_once(nproc: int, args: list[str], *, timeout_s: float, stall_timeout_s: float, poll_s: float,
                  env: dict[str, str] | None, status_dir: str | None, stderr_lines: int) -> LaunchResult:
-    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-        raise ValueError(f"nproc={nproc!r} must be a positive integer")
+    positive_int("nproc", nproc)
     if timeout_s <= 0 or stall_timeout_s <= 0:
         raise ValueError(f"timeout_s={timeout_s} and stall_timeout_s={stall_timeout_s} must be > 0")
     owned_dir = None

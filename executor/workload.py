@@ -13,13 +13,15 @@ sizes; an unknown or badly typed field is a `ValueError` that names it (`workloa
     placement: contiguous       # contiguous | round_robin
     gpus_per_node: null         # ranks per node (null: all ranks on one node)
     router: {name: topk, k: 2, capacity_factor: 1.25, drop_policy: position, locality_bonus: 1.0}
+                                # (+ options: {...}, the parameters of a registered plugin router)
     skew: 0.0                   # expert popularity: logits += skew * log(Dirichlet(1,...,1))
     seed: 0
     inputs: synthetic           # or a .pt / .npy file with (W*T, d) hidden states
     input_clusters: null        # synthetic only: K cluster centres (unit norm, shared by all ranks);
     input_noise: 0.0            #   token = centre + noise * N(0, I/d) (lshsim.dispatch.lsh.clustered_tokens)
     dtype: auto                 # auto (bf16 on GPU, float32 on CPU) | float32 | bfloat16
-    alltoall: direct            # direct | groupwise (LocMoE: intra-node first, then inter-node)
+    alltoall: direct            # direct | groupwise (LocMoE: intra-node first, then inter-node): an
+                                #   algorithm of lshsim.algorithms that the executor implements
     lsh: null                   # or a mapping of lshsim.dispatch.lsh.LSHConfig fields
     backward: true
     warmup: 2
@@ -29,37 +31,34 @@ sizes; an unknown or badly typed field is a `ValueError` that names it (`workloa
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
-from lshsim.dispatch import RouterConfig
+from lshsim.algorithms import canonical_algorithm
+from lshsim.checks import finite_number, non_negative_int, positive_int
+from lshsim.dispatch import ROUTERS, RouterConfig
+from lshsim.dispatch.routers import effective_k
 
-__all__ = ["WorkloadConfig", "load_workload", "DTYPES", "ALLTOALLS", "PLACEMENT_NAMES", "ROLES"]
+__all__ = ["WorkloadConfig", "load_workload", "DTYPES", "PLACEMENT_NAMES", "ROLES"]
 
 DTYPES = ("auto", "float32", "bfloat16")
-ALLTOALLS = ("direct", "groupwise")
 PLACEMENT_NAMES = ("contiguous", "round_robin")
 ROLES = ("calibration", "held-out")
-_ROUTER_FIELDS = ("name", "k", "capacity_factor", "drop_policy", "locality_bonus")
+_ROUTER_FIELDS = ("name", "k", "capacity_factor", "drop_policy", "locality_bonus", "options")
 
 
 def _field_error(name: str, message: str) -> ValueError:
     return ValueError(f"workload field {name!r}: {message}")
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _field_error(name, f"{value!r} must be a positive integer")
-    return value
-
-
-def _non_negative_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _field_error(name, f"{value!r} must be a non-negative integer")
-    return value
+def _checked(check, name: str, value: object, **bounds):
+    """`check(name, value, **bounds)` of `lshsim.checks`, its error naming the workload field."""
+    try:
+        return check(name, value, **bounds)
+    except ValueError as error:
+        raise _field_error(name, str(error)) from None
 
 
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
@@ -105,34 +104,32 @@ class WorkloadConfig:
         if not isinstance(self.name, str) or not self.name:
             raise _field_error("name", f"{self.name!r} must be a non-empty string")
         for name in ("tokens_per_rank", "d_model", "d_ffn", "num_experts", "iterations"):
-            _positive_int(name, getattr(self, name))
-        _non_negative_int("warmup", self.warmup)
+            _checked(positive_int, name, getattr(self, name))
+        _checked(non_negative_int, "warmup", self.warmup)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise _field_error("seed", f"{self.seed!r} must be an integer")
         for name in ("gpus_per_node", "world_size"):
             if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
+                _checked(positive_int, name, getattr(self, name))
         if self.role is not None:
             _choice("role", self.role, ROLES)
         _choice("placement", self.placement, PLACEMENT_NAMES)
         _choice("dtype", self.dtype, DTYPES)
-        _choice("alltoall", self.alltoall, ALLTOALLS)
+        # an algorithm of lshsim.algorithms that the executor implements, stored by its canonical name
+        object.__setattr__(self, "alltoall", _checked(lambda _, value: canonical_algorithm(value, side="executor"),
+                                                      "alltoall", self.alltoall))
         if not isinstance(self.router, RouterConfig):
             raise _field_error("router", f"{self.router!r} must be a RouterConfig")
-        if isinstance(self.skew, bool) or not isinstance(self.skew, (int, float)) \
-                or not math.isfinite(self.skew) or self.skew < 0:
-            raise _field_error("skew", f"{self.skew!r} must be a finite number >= 0")
+        _checked(finite_number, "skew", self.skew, minimum=0.0)
         if not isinstance(self.inputs, str) or not self.inputs:
             raise _field_error("inputs", f"{self.inputs!r} must be 'synthetic' or a file path")
         if self.inputs != "synthetic" and Path(self.inputs).suffix not in (".pt", ".npy"):
             raise _field_error("inputs", f"{self.inputs!r} must be 'synthetic' or a .pt / .npy file")
         if self.input_clusters is not None:
-            _positive_int("input_clusters", self.input_clusters)
+            _checked(positive_int, "input_clusters", self.input_clusters)
             if self.inputs != "synthetic":
                 raise _field_error("input_clusters", "applies to synthetic inputs only (inputs: synthetic)")
-        if isinstance(self.input_noise, bool) or not isinstance(self.input_noise, (int, float)) \
-                or not math.isfinite(self.input_noise) or self.input_noise < 0:
-            raise _field_error("input_noise", f"{self.input_noise!r} must be a finite number >= 0")
+        _checked(finite_number, "input_noise", self.input_noise, minimum=0.0)
         if self.lsh is not None and not isinstance(self.lsh, dict):
             raise _field_error("lsh", f"{self.lsh!r} must be a mapping of LSHConfig fields or null")
         for name in ("backward", "sync_phases"):
@@ -175,7 +172,9 @@ class WorkloadConfig:
     def to_dict(self) -> dict:
         """Plain data (YAML/JSON-ready); `from_dict(to_dict())` is the identity."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["router"] = {name: getattr(self.router, name) for name in _ROUTER_FIELDS}
+        out["router"] = {name: getattr(self.router, name) for name in _ROUTER_FIELDS if name != "options"}
+        if self.router.options:  # a router's own parameters (a plugin's), only when it has any
+            out["router"]["options"] = dict(self.router.options)
         out["lsh"] = None if self.lsh is None else dict(self.lsh)
         return out
 
@@ -200,8 +199,8 @@ class WorkloadConfig:
             if key not in _ROUTER_FIELDS:
                 raise _field_error(f"router.{key}", f"unknown field; known: {list(_ROUTER_FIELDS)}")
         router_values = dict(router)
-        if router_values.get("name") == "hash" and "k" not in router_values:
-            router_values["k"] = 1
+        if "k" not in router_values and router_values.get("name") in ROUTERS:
+            router_values["k"] = effective_k(router_values["name"])  # a router's fixed k (hash: 1)
         try:
             values["router"] = RouterConfig(**router_values)
         except ValueError as error:

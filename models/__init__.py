@@ -1,6 +1,6 @@
-"""The model catalog (`models.catalog`: the papers' MoE models as validated configs).
+"""The model catalog (`lshsim.models.catalog`: the papers' MoE models as validated configs).
 
->>> from models import load_model
+>>> from lshsim.models import load_model
 >>> load_model("roberta-moe").num_moe_layers
 6
 """

@@ -3,7 +3,7 @@
 `load_model("gpt-moe-15b")` reads `models/configs/gpt-moe-15b.yaml` (package data) and returns a
 frozen `ModelConfig`; `load_model("path/to/my.yaml")` reads any file with the same fields;
 `list_models()` names the shipped ones. The simulator (`lshsim.sim.moe_step`) reads a config by
-duck typing (it never imports this package: DESIGN.md §1, imports flow one way).
+duck typing: it never imports this package, so imports flow one way (the catalog above the simulator).
 
 Shipped models (LSH-MoE, Nie et al., NeurIPS 2024, Table 1; top-2 gating, an MoE layer every
 other layer):
@@ -30,15 +30,12 @@ from pathlib import Path
 
 import yaml
 
+from lshsim.checks import positive_int
+
 __all__ = ["ModelConfig", "load_model", "list_models", "model_from_dict", "CONFIG_PACKAGE"]
 
 CONFIG_PACKAGE = "lshsim.models"
 CONFIG_DIR = "configs"
-
-
-def _positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
 
 
 @dataclass(frozen=True)
@@ -87,7 +84,7 @@ class ModelConfig:
             raise ValueError(f"name={self.name!r} must be a non-empty string")
         for name in ("num_layers", "d_model", "d_ffn", "num_experts", "seq_len", "tokens_per_gpu", "top_k",
                      "moe_every", "vocab_size", "bytes_per_element"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         if self.top_k > self.num_experts:
             raise ValueError(f"top_k={self.top_k} exceeds num_experts={self.num_experts}")
         if self.moe_every > self.num_layers:
@@ -96,7 +93,7 @@ class ModelConfig:
         if self.bytes_per_element not in (1, 2, 4, 8):
             raise ValueError(f"bytes_per_element={self.bytes_per_element} must be 1, 2, 4 or 8")
         if self.attention_window is not None:
-            _positive_int("attention_window", self.attention_window)
+            positive_int("attention_window", self.attention_window)
             if self.attention_window > self.seq_len:
                 raise ValueError(f"attention_window={self.attention_window} exceeds seq_len={self.seq_len}")
         if not isinstance(self.assumed, tuple):
@@ -150,7 +147,7 @@ class ModelConfig:
         Every rank holds E / W experts (expert parallelism, no replicas). E < W would need expert
         replicas or sharding, which the simulator does not model.
         """
-        _positive_int("world_size", world_size)
+        positive_int("world_size", world_size)
         if self.num_experts % world_size != 0:
             raise ValueError(
                 f"model {self.name!r} has num_experts={self.num_experts} per MoE layer, which cannot be placed "

@@ -55,10 +55,10 @@ def test_tables(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--topology", "nope", "--traffic", "uniform:1MB"], "topology 'nope' is unknown; known: a100-nvswitch"),
     (["--topology", "h100-nvswitch", "--traffic", "uniform:1MB", "--algorithm", "ring"],
-     "algorithm='ring' is unknown; known: direct, pairwise, 2d, groupwise"),
+     "algorithm='ring' is unknown; known: direct, pairwise, hierarchical, groupwise (alias: 2d = hierarchical)"),
     (["--topology", "h100-nvswitch", "--traffic", "uniform:lots"], "traffic 'uniform:lots': 'lots' is not a size"),
     (["--topology", "h100-nvswitch", "--traffic", "missing.json"], "no such file"),
-    (["--topology", "h100-nvswitch", "--traffic", "uniform:1MB", "--chunks", "2"], "applies to --algorithm 2d"),
+    (["--topology", "h100-nvswitch", "--traffic", "uniform:1MB", "--chunks", "2"], "applies to --algorithm hierarchical (alias 2d) only"),
 ])
 def test_refusals(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -44,12 +44,15 @@ def add_parser(subparsers):
                    help=f"a model of the catalog (models/configs) or a model YAML (default {_PLAN_DEFAULT_MODEL})")
     p.add_argument("--cluster", default=_PLAN_DEFAULT_CLUSTER,
                    help=f"a topology of data/topologies or a topology YAML (default {_PLAN_DEFAULT_CLUSTER})")
-    p.add_argument("--router", default="topk", help="topk | hash | expert_choice | locmoe (default topk)")
+    p.add_argument("--router", default="topk",
+                   help="topk | hash | expert_choice | locmoe, or a registered router (lshsim.dispatch.ROUTERS; "
+                        "default topk)")
     p.add_argument("--lsh-rate", type=float, default=None,
                    help="LSH-MoE compression rate in (0, 1] (centroids / tokens; the paper reports 0.117-0.2); "
                         "default: no LSH for your option, 0.2 for the comparison's lsh row")
     p.add_argument("--algorithm", default="direct",
-                   help="all-to-all: direct | pairwise | 2d | groupwise (default direct)")
+                   help="all-to-all: direct | pairwise | hierarchical (alias 2d) | groupwise, or a registered "
+                        "one (lshsim.algorithms; default direct)")
     p.add_argument("--overlap", action="store_true",
                    help="pipeline dispatch / experts / combine in chunks (Tutel-style)")
     p.add_argument("--tokens-per-gpu", type=arg_positive_int, default=None,

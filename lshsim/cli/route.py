@@ -10,7 +10,9 @@ def add_parser(subparsers):
                               description="Route seeded synthetic tokens with one of lshsim.dispatch's routers "
                                           "and print the load per expert, the drops and the rank-to-rank "
                                           "traffic matrix of the dispatch all-to-all.")
-    p.add_argument("--router", default="topk", help="topk | hash | expert_choice | locmoe (default topk)")
+    p.add_argument("--router", default="topk",
+                   help="topk | hash | expert_choice | locmoe, or a registered router (lshsim.dispatch.ROUTERS; "
+                        "default topk)")
     p.add_argument("--k", type=arg_positive_int, default=2, help="choices per token (default 2; hash uses 1)")
     p.add_argument("--experts", type=arg_positive_int, default=16, help="number of experts E (default 16)")
     p.add_argument("--world", type=arg_positive_int, default=8, help="number of ranks (GPUs) W (default 8)")

@@ -21,8 +21,11 @@ def add_parser(subparsers):
                    help="uniform:BYTES_PER_RANK (e.g. uniform:64MB; split evenly over all ranks, own included; "
                         f"{BYTES_HELP}) or FILE.json: a [world][world] matrix of bytes, row = source rank (or "
                         "lshsim route --json output)")
-    p.add_argument("--algorithm", default="direct", help="direct | pairwise | 2d | groupwise (default direct)")
-    p.add_argument("--chunks", type=arg_positive_int, default=1, help="2d only: pipeline chunks (default 1)")
+    p.add_argument("--algorithm", default="direct",
+                   help="direct | pairwise | hierarchical (alias 2d) | groupwise, or a registered one "
+                        "(lshsim.algorithms; default direct)")
+    p.add_argument("--chunks", type=arg_positive_int, default=1,
+                   help="hierarchical only: pipeline chunks (default 1)")
     p.add_argument("--alpha-s", type=float, default=None,
                    help="per-message start-up latency in seconds (default: the topology's alpha_s)")
     p.add_argument("--message-gap-s", type=float, default=0.0,
@@ -39,19 +42,19 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from lshsim.sim.collectives import ALGORITHMS, simulate_all_to_all
+    from lshsim.algorithms import canonical_algorithm
+    from lshsim.sim.collectives import simulate_all_to_all
     from lshsim.sim.traffic import load_traffic
     from lshsim.topology import load_topology
 
-    if args.algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm={args.algorithm!r} is unknown; known: {', '.join(ALGORITHMS)}")
-    if args.chunks != 1 and args.algorithm != "2d":
-        raise ValueError(f"--chunks={args.chunks} applies to --algorithm 2d only")
+    algorithm = canonical_algorithm(args.algorithm, side="simulate")
+    if args.chunks != 1 and algorithm != "hierarchical":
+        raise ValueError(f"--chunks={args.chunks} applies to --algorithm hierarchical (alias 2d) only")
     G = load_topology(args.topology)
     world = G.graph["num_nodes"] * G.graph["gpus_per_node"]
     traffic = load_traffic(args.traffic, world)
-    options = {"chunks": args.chunks} if args.algorithm == "2d" else {}
-    result = simulate_all_to_all(G, traffic, args.algorithm, alpha_s=args.alpha_s,
+    options = {"chunks": args.chunks} if algorithm == "hierarchical" else {}
+    result = simulate_all_to_all(G, traffic, algorithm, alpha_s=args.alpha_s,
                                  message_gap_s=args.message_gap_s, local_copy=not args.no_local_copy,
                                  drain_tolerance=args.drain_tolerance, **options)
     summary = result.to_dict(top_links=args.top_links)
