@@ -23,7 +23,7 @@ import dataclasses
 import torch
 import torch.distributed as dist
 
-from lshsim.executor.comm import CommStats
+from lshsim.executor.comm import CommStats, node_process_group
 from lshsim.executor.moe_layer import (DistributedMoE, GateParams, MoEContext, _route, expert_ffn, expert_weights,
                                 gate_params, placement_for, rank_inputs, reference_moe)
 from lshsim.executor.runtime import Runtime
@@ -97,14 +97,9 @@ def _max_over_ranks(values: list[float], device: torch.device) -> list[float]:
 def _check_case(workload: WorkloadConfig, runtime: Runtime) -> dict:
     rank, world, device = runtime.rank, runtime.world_size, runtime.device
     dtype = torch.float32
-    node_group, node_ranks = None, None
     per_node = workload.ranks_per_node(world)
-    if workload.alltoall == "groupwise" and per_node < world:
-        for first in range(0, world, per_node):
-            ranks = list(range(first, first + per_node))
-            group = dist.new_group(ranks)
-            if rank in ranks:
-                node_group, node_ranks = group, ranks
+    groupwise = workload.alltoall == "groupwise"
+    node_group, node_ranks = node_process_group(rank, world, per_node) if groupwise else (None, None)
     stats = CommStats(world)
     ctx = MoEContext(rank=rank, world_size=world, device=device, node_group=node_group, node_ranks=node_ranks,
                      stats=stats)

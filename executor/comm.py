@@ -25,7 +25,7 @@ import torch.distributed as dist
 from lshsim.executor.timing import PhaseTimer
 
 __all__ = ["CommStats", "CommContext", "all_to_all", "mark", "align_ranks", "exchange_counts",
-           "world_size_of", "rank_of", "HOLD_CYCLES"]
+           "world_size_of", "rank_of", "node_process_group", "HOLD_CYCLES"]
 
 
 def world_size_of(group=None) -> int:
@@ -34,6 +34,26 @@ def world_size_of(group=None) -> int:
 
 def rank_of(group=None) -> int:
     return dist.get_rank(group) if dist.is_initialized() else 0
+
+
+def node_process_group(rank: int, world_size: int, ranks_per_node: int) -> tuple[object, list[int] | None]:
+    """This rank's node process group and its global ranks (collective: every rank calls it).
+
+    Nodes hold consecutive ranks [n P, (n + 1) P), P = ranks_per_node. Every rank creates every
+    node's group, in node order, as `torch.distributed.new_group` requires. (None, None) when one
+    node holds every rank (no group is created).
+    """
+    if ranks_per_node >= world_size:
+        return None, None
+    if world_size % ranks_per_node != 0:
+        raise ValueError(f"ranks_per_node={ranks_per_node} does not divide world_size={world_size}")
+    mine, mine_ranks = None, None
+    for first in range(0, world_size, ranks_per_node):
+        ranks = list(range(first, first + ranks_per_node))
+        group = dist.new_group(ranks)
+        if rank in ranks:
+            mine, mine_ranks = group, ranks
+    return mine, mine_ranks
 
 
 @dataclass

@@ -38,12 +38,17 @@ from lshsim.executor.workload import WorkloadConfig
 from lshsim.dispatch import DispatchPlan, Placement, make_placement, route
 from lshsim.dispatch import reference as dense
 from lshsim.dispatch.lsh import LSHConfig, compress, make_projection, residuals, restore
+from lshsim.sim.phases import backward_chain
 
 __all__ = ["ExpertWeights", "GateParams", "expert_weights", "gate_params", "expert_ffn", "rank_inputs",
            "MoEContext", "MoEOutput", "DistributedMoE", "reference_moe", "placement_for", "VOCAB_SIZE",
            "resolve_dtype"]
 
 VOCAB_SIZE = 50257
+
+#: the phases one forward of the layer times (`lshsim.sim.phases.PHASES` names); LSH adds two
+_ACTIVE = frozenset({"gate", "other", "dispatch_a2a", "expert", "combine_a2a"})
+_LSH_PHASES = frozenset({"lsh_compress", "lsh_restore"})
 
 
 def resolve_dtype(workload: WorkloadConfig, device: torch.device) -> torch.dtype:
@@ -298,9 +303,12 @@ class DistributedMoE:
         recv_block = received.reshape(ctx.world_size, per_rank)  # (W, E_r)
         recv_splits = recv_block.sum(1).tolist()  # (W,)
         self._end("other")
-        # 4. dispatch all-to-all
+        # 4. dispatch all-to-all; its backward ends and begins its neighbours in the phase table's
+        # backward timing chain (the expert's backward, then LSH compress's)
+        active = _ACTIVE | (_LSH_PHASES if lsh is not None else frozenset())
+        closes, opens = backward_chain("dispatch_a2a", active)
         recv_x = self._a2a(payload, send_splits, recv_splits, "dispatch_a2a", groupwise,
-                           bwd_opens="lsh_compress" if lsh is not None else None, bwd_closes="expert")
+                           bwd_opens=opens, bwd_closes=closes)
         # 5. local experts, on rows grouped by expert
         self._begin("expert")
         local_expert = torch.repeat_interleave(
@@ -316,8 +324,9 @@ class DistributedMoE:
         expert_out = out_grouped[inverse]  # (R, d), back in received order
         self._end("expert")
         # 6. combine all-to-all (transposed splits)
+        closes, opens = backward_chain("combine_a2a", active)
         back = self._a2a(expert_out, recv_splits, send_splits, "combine_a2a", groupwise,
-                         bwd_opens="expert", bwd_closes="lsh_restore" if lsh is not None else None)
+                         bwd_opens=opens, bwd_closes=closes)
         # 7. LSH restore: E(x) ~= E(c) + (x - c)
         if lsh is not None:
             self._begin("lsh_restore")

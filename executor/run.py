@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from lshsim.executor.comm import CommStats, align_ranks
+from lshsim.executor.comm import CommStats, align_ranks, node_process_group
 from lshsim.executor.moe_layer import DistributedMoE, MoEContext, rank_inputs, resolve_dtype
 from lshsim.executor.runtime import Progress, Runtime, provenance
 from lshsim.executor.timing import IterationTimes, PhaseTimer, aggregate
@@ -161,14 +161,9 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
     dtype = resolve_dtype(workload, device)
     timer = PhaseTimer(device)
     stats = CommStats(world)
-    node_group, node_ranks = None, None
     per_node = workload.ranks_per_node(world)
-    if workload.alltoall == "groupwise" and per_node < world:
-        for first in range(0, world, per_node):
-            ranks = list(range(first, first + per_node))
-            group = dist.new_group(ranks)  # every rank creates every group, in the same order
-            if rank in ranks:
-                node_group, node_ranks = group, ranks
+    groupwise = workload.alltoall == "groupwise"
+    node_group, node_ranks = node_process_group(rank, world, per_node) if groupwise else (None, None)
     ctx = MoEContext(rank=rank, world_size=world, device=device, node_group=node_group, node_ranks=node_ranks,
                      timer=timer, stats=stats, sync=workload.sync_phases, progress=progress)
     model = DistributedMoE(workload, ctx, dtype, requires_grad=workload.backward)

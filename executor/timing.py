@@ -1,6 +1,7 @@
 """Phase timing: CUDA events on GPU, `time.perf_counter` on CPU; max over ranks, median over iterations.
 
-A `PhaseTimer` collects (phase, direction) intervals during one iteration. `begin`/`end` may be
+A `PhaseTimer` collects (phase, direction) intervals during one iteration; the phases and the
+directions it accepts are those the phase table (`lshsim.sim.phases.PHASES`) marks `timed`. `begin`/`end` may be
 called from autograd's backward (the executor's all-to-all and marker functions do so), so the
 timer is the only place that knows how a timestamp is taken:
 
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from lshsim.sim.phases import PHASES
 
 __all__ = ["PhaseTimer", "IterationTimes", "PhaseSummary", "aggregate", "lower_median_index"]
 
@@ -47,7 +50,17 @@ class PhaseTimer:
         self._closed.clear()
         self._origin = self._stamp()
 
+    @staticmethod
+    def _check(name: str, direction: str) -> None:
+        """Only phases that the phase table marks timed in `direction` are timed."""
+        spec = PHASES.get(name)
+        if spec is None or direction not in spec.timed:
+            timed = [f"{n} ({', '.join(PHASES[n].timed)})" for n in PHASES if PHASES[n].timed]
+            raise ValueError(f"phase {name!r} is not timed in the {direction} pass; the phase table times "
+                             f"{', '.join(timed)}")
+
     def begin(self, name: str, direction: str = "forward") -> None:
+        self._check(name, direction)
         key = (name, direction)
         if key in self._open:
             raise ValueError(f"phase {name!r} ({direction}) begun twice without end")

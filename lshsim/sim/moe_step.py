@@ -70,7 +70,7 @@ import numpy as np
 import simpy
 import torch
 
-from lshsim.dispatch import ROUTERS, RouterConfig, contiguous_placement, route
+from lshsim.dispatch import ROUTERS, RouterConfig, contiguous_placement, effective_k, route
 from lshsim.dispatch.placement import Placement
 from lshsim.dispatch.synthetic import synthetic_router_inputs
 from lshsim.sim.collectives import ALGORITHMS, simulate_all_to_all
@@ -80,7 +80,7 @@ from lshsim.topology.routing import validate_topology
 
 __all__ = ["StepConfig", "RoutedTraffic", "StepResult", "simulate_step", "simulate_config", "route_traffic",
            "placement_for", "compute_time_s", "expert_cost", "KERNELS", "MODEL_FIELDS", "model_dict",
-           "describe", "plan_options", "compare_options", "DEFAULT_PLAN_LSH_RATE"]
+           "describe", "plan_options", "compare_options", "DEFAULT_PLAN_LSH_RATE", "router_config", "routing_key"]
 
 #: attributes the simulator reads from a model config (duck typing: `models.ModelConfig` has them).
 MODEL_FIELDS = ("name", "num_layers", "d_model", "d_ffn", "num_experts", "top_k", "moe_every", "seq_len",
@@ -231,6 +231,19 @@ class RoutedTraffic:
         return self.tokens_per_rank / self.routed_per_rank
 
 
+def router_config(model: object, config: StepConfig) -> RouterConfig:
+    """The `RouterConfig` a step routes with: the step's router, the model's top-k (or the
+    router's fixed k, `effective_k`), capacity factor and locality bonus."""
+    return RouterConfig(name=config.router, k=effective_k(config.router, model_dict(model)["top_k"]),
+                        capacity_factor=config.capacity_factor, locality_bonus=config.locality_bonus)
+
+
+def routing_key(model: object, config: StepConfig) -> tuple:
+    """What a routing depends on: the whole RouterConfig, the tokens per GPU, the seed and the
+    subsample bound. Two step configs with equal keys route identically (`compare_options`)."""
+    return (router_config(model, config), config.tokens_per_gpu, config.seed, config.max_routed_tokens)
+
+
 def route_traffic(model: object, placement: Placement, config: StepConfig,
                   tokens_per_gpu: int | None = None) -> RoutedTraffic:
     """Route synthetic tokens with the configured router of `lshsim.dispatch` (see module docstring)."""
@@ -244,12 +257,11 @@ def route_traffic(model: object, placement: Placement, config: StepConfig,
         # GrAP needs equal feature groups; synthetic hidden states of width E * ceil(d / E) keep
         # the group-mean statistics of the nearest valid width (documented fallback).
         gate_width = num_experts * math.ceil(d_model / num_experts)
-    k = 1 if config.router == "hash" else spec["top_k"]
-    router_config = RouterConfig(name=config.router, k=k, capacity_factor=config.capacity_factor,
-                                 locality_bonus=config.locality_bonus)
+    routing = router_config(model, config)
+    k = routing.k
     inputs = synthetic_router_inputs(num_tokens_per_rank=routed, world_size=world_size, d_model=gate_width,
                                      num_experts=num_experts, seed=config.seed, vocab_size=spec["vocab_size"])
-    plan = route(router_config, placement, logits=inputs.logits, token_ids=inputs.token_ids, hidden=inputs.hidden,
+    plan = route(routing, placement, logits=inputs.logits, token_ids=inputs.token_ids, hidden=inputs.hidden,
                  token_rank=inputs.token_rank)
     counts = plan.send_counts().to(torch.float64).numpy() * (tokens / routed)  # (W, W) copies
     num_routed = int(plan.routed.sum())
@@ -515,7 +527,8 @@ def plan_options(selected: StepConfig) -> list[tuple[str, StepConfig]]:
 
 
 def compare_options(model: object, graph, options: list[tuple[str, StepConfig]], on_done=None) -> list[dict]:
-    """Simulate every option; routing is shared between options with the same router settings.
+    """Simulate every option; routing is shared between options with the same `routing_key` (the
+    whole router config, tokens, seed and subsample bound).
 
     Returns one dict per option: label, description, config, breakdown, result (the StepResult),
     speedup over the first option (the baseline). `on_done(label)` is called after each option
@@ -525,8 +538,7 @@ def compare_options(model: object, graph, options: list[tuple[str, StepConfig]],
     routings: dict[tuple, RoutedTraffic] = {}
     rows = []
     for label, config in options:
-        key = (config.router, config.tokens_per_gpu, config.capacity_factor, config.locality_bonus, config.seed,
-               config.max_routed_tokens)
+        key = routing_key(model, config)
         if key not in routings:
             routings[key] = route_traffic(model, placement, config)
         result = simulate_config(model, graph, config, traffic=routings[key])

@@ -355,12 +355,13 @@ def _head_work(ctx: CostContext) -> tuple[float, float]:
 
 
 def _gate_work(ctx: CostContext) -> tuple[float, float]:
-    # logits matmul (GrAP: a group mean; hash: none), softmax / top-k over E fp32 scores, slots
-    m, tokens, router = ctx.model, _tokens(ctx), ctx.config.router
-    d, b, num_experts = m["d_model"], m["bytes_per_element"], m["num_experts"]
-    flops = {"hash": 0.0, "locmoe": tokens * d}.get(router, tokens * 2 * d * num_experts)
-    hbm = tokens * d * b + (0 if router == "hash" else 3 * tokens * num_experts * 4) + _copies(ctx) * 4 * 8
-    return flops, hbm
+    # the router's own per-token gate cost (its registry entry: logits matmul, GrAP group mean, or
+    # none for hash; softmax / top-k over the scores), plus the slots: an int64 slot and index per copy
+    from lshsim.dispatch import gate_cost  # the router registry (imports torch; only when costed)
+
+    m, tokens = ctx.model, _tokens(ctx)
+    per_token = gate_cost(ctx.config.router, m["d_model"], m["num_experts"], m["bytes_per_element"])
+    return tokens * per_token.flops_per_token, tokens * per_token.bytes_per_token + _copies(ctx) * 4 * 8
 
 
 def _centroids(ctx: CostContext) -> float:
