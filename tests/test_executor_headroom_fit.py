@@ -121,6 +121,15 @@ def test_only_uniform_traces_write_no_headroom(tmp_path):
     assert LinkModels.from_topology(load_topology(out))["nvlink"].headroom is None
 
 
+def test_held_out_traces_are_refused(tmp_path):
+    uniform = _uniform_traces(tmp_path)
+    trace = Trace.from_json(uniform[1])
+    trace.meta["workload"]["role"] = "held-out"
+    trace.to_json(tmp_path / "gpu-heldout.json")
+    with pytest.raises(ValueError, match="held-out workload 'u1'"):
+        calibrate_command(_args(uniform + [str(tmp_path / "gpu-heldout.json")], tmp_path / "h.yaml"))
+
+
 def test_only_skewed_traces_are_refused(tmp_path):
     with pytest.raises(ValueError, match="every trace is of a skewed workload"):
         calibrate_command(_args(_all_to_one_traces(tmp_path), tmp_path / "s.yaml"))

@@ -61,7 +61,7 @@ def trace_a2a_phases(meta: dict, world_size: int | None = None) -> list[TraceA2A
 
     >>> meta = {"workload": {"world_size": 2}, "measured": {"traffic_bytes": [[0, 4], [2, 0]],
     ...         "combine_traffic_bytes": [[0, 2], [4, 0]], "phases_s": {"forward": {"dispatch_a2a": 1e-3}}}}
-    >>> [(p.phase, p.direction, p.traffic[0, 1], p.measured_s) for p in trace_a2a_phases(meta)]
+    >>> [(p.phase, p.direction, float(p.traffic[0, 1]), p.measured_s) for p in trace_a2a_phases(meta)]
     [('dispatch_a2a', 'forward', 4.0, 0.001), ('combine_a2a', 'forward', 2.0, None), ('dispatch_a2a', 'backward', 2.0, None), ('combine_a2a', 'backward', 4.0, None)]
     """
     measured = meta.get("measured")
@@ -116,12 +116,19 @@ def read_traces(paths, *, split_skewed: bool = True, gpu: str | None = None) -> 
     bytes received from others) and M = S W / (W - 1) (`a2a_bytes_per_rank`), t = the measured
     median. With `split_skewed` (default) only the uniform workloads' traces (skew 0 or absent)
     give points and the skewed ones give `A2ACase`s (their matrices, seconds > 0); without it
-    every trace gives points. `gpu` overrides the GPU name of the traces' provenance.
+    every trace gives points. `gpu` overrides the GPU name of the traces' provenance. A trace of a
+    held-out workload (meta.workload.role "held-out") is refused: a calibration is fitted on
+    calibration workloads only, so that the held-out ones measure the predictions.
     """
     paths = [str(p) for p in paths]
     if not paths:
         raise ValueError("traces: no trace files given")
     metas = {path: _trace_meta(path) for path in paths}
+    for path, meta in metas.items():
+        role = meta.get("workload", {}).get("role")
+        if role == "held-out":
+            raise ValueError(f"{path}: a trace of the held-out workload {meta['workload'].get('name')!r}; "
+                             f"a calibration is fitted on calibration workloads only")
     if split_skewed:
         uniform = [p for p in paths if trace_skew(metas[p]) == 0]
         skewed = [p for p in paths if trace_skew(metas[p]) != 0]

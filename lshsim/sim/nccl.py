@@ -12,25 +12,21 @@ ncclSend/ncclRecv, one per peer. Each send and each receive is cut over a number
 
 so on 4 ranks with NCCL 2.28.9's defaults on H200 (32 p2p channels, 32 per peer, 512 KiB chunks:
 `NCCL_DEBUG=INFO` prints "32 p2p channels, 32 p2p channels per peer" and "P2P Chunksize set to
-524288", data/measured/h200/nccl-env/) a peer gets 8 channels up to 2^27 bytes, 16 up to 2^28 and
-32 above. The peer of round k (send to r + k, receive from r - k) starts at channel
-bit-reverse(k) (5 bits for 32 channels) and takes n consecutive channels (mod p2p_channels).
+524288") a peer gets 8 channels up to 2^27 bytes, 16 up to 2^28 and 32 above. The peer of
+round k (send to r + k, receive from r - k) starts at channel bit-reverse(k) (5 bits for 32
+channels) and takes n consecutive channels (mod p2p_channels).
 
 With equal splits every channel carries the same bytes. When a rank's chunks fall on both sides
 of a threshold, some channels carry more than others (`channel_load_imbalance` > 1), and NCCL is
-measurably slower than with the same bytes on one side (4 H200, bare all_to_all_single,
-benchmarks/a2a_chunk_sweep.py, data/measured/h200/run-{d,e}/chunk-sweep-x4.json and
-nccl-env/): -3% to -31% (chunks straddling 2^28: 300 instead of 337-343 GB/s; one MoE split
-matrix: 239 GB/s), none when every chunk lies on one side. `NCCL_P2P_NVL_CHUNKSIZE=262144`
-halves the thresholds and removed the slowdown at 2^28 (moved it to 2^27).
+slower than with the same bytes on one side (benchmarks/a2a_chunk_sweep.py measures it; results
+in benchmarks/RESULTS.md); a smaller `NCCL_P2P_NVL_CHUNKSIZE` halves the thresholds and moves
+the slowdown with them.
 
-What this module does not do: predict the slowdown. The imbalance is > 1.05 for every slowed
-case of the sweep and <= 1.01 for every other one, but its value does not order them (the
-straddling pattern has 1.50 and loses 11%, the MoE matrix 1.25 and loses 31%), and skewed MoE
-traffic is routinely uneven over the channels (imbalance 1.1-1.6 on run-e's skewed workloads)
-while the simulator predicts it within 10% without any channel term. So the simulator does not
-charge it; use `p2p_channels` / `channel_load_imbalance` to check whether near-equal split sizes
-straddle a threshold (then expect NCCL to be slower than predicted, or set
+What this module does not do: predict the slowdown. The imbalance separates the slowed cases
+from the others, but its value does not order them, and skewed MoE traffic is routinely uneven
+over the channels while the simulator predicts it well without any channel term. So the
+simulator does not charge it; use `p2p_channels` / `channel_load_imbalance` to check whether
+near-equal split sizes straddle a threshold (then expect NCCL to be slower than predicted, or set
 NCCL_P2P_NVL_CHUNKSIZE so that they do not).
 """
 from __future__ import annotations

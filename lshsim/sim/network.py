@@ -1,6 +1,6 @@
 """Flow-level network simulation on a topology graph, driven by a simpy Environment.
 
-Model (DESIGN.md §4):
+Model:
 1. A transfer is a set of flows (src rank, dst rank, bytes) started together at `env.now`. Each flow
    follows its route (`lshsim.topology.Routes`: one deterministic path per GPU pair).
 2. Start-up: a flow enters the network alpha_s after it is started (per-message start-up latency,
@@ -19,7 +19,7 @@ Model (DESIGN.md §4):
    links and engines together. So rank r's traffic obeys sum of its send and receive rates <= E_r
    besides every link's capacity: alone on its links, r sending S_r and receiving R_r bytes takes
    at least (S_r + R_r) / E_r. Engines add no latency and carry no `link_bytes`.
-   Source: the measured skewed all-to-alls of 4 H200s (lshsim.sim.collectives, "Duplex engine").
+   The calibrated link model sets E_r for each all-to-all (the duplex engine: see `lshsim.calibration`).
 
 Exploiting structure (speed tricks, labelled):
 - [aggregation] flows of one transfer with the same (src, dst, bytes) have the same route and the
@@ -115,11 +115,11 @@ class FlowNetwork:
         drain_tolerance: 0 (default) is exact. tol > 0 is an approximation for uneven traffic,
             where every flow drains at its own time and costs a rate update: at each event, every
             class that would drain within tol * now also drains now (up to tol * now early), so
-            drains close in time share one update. Measured (benchmarks/RESULTS.md): tol = 1e-2
-            gives 20-45x fewer updates and a completion time 0.6-1.5% early.
+            drains close in time share one update (fewer updates, completion slightly early;
+            the trade-off is measured in benchmarks/RESULTS.md).
         bandwidth_scale_by_kind: {edge kind: factor} multiplying the bandwidth of every edge of
-            that kind for this network only (e.g. {"nvlink": B(M) / B}: a calibrated,
-            size-dependent all-to-all bandwidth); the graph is not changed.
+            that kind for this network only (what `lshsim.calibration.LinkModels.rates` gives
+            for one collective); the graph is not changed.
         gpu_engine_Bps: None (default: no engines, model items 1-4) or the capacity of each GPU
             rank's engine (module docstring, item 5): one float for every rank or a (W,) array,
             finite and > 0.
