@@ -1,4 +1,5 @@
-"""lshsim validate (lshsim/sim/validate.py) on the committed H200 traces and calibrated topologies."""
+"""lshsim validate (lshsim/sim/validate.py) on H200 traces and the calibrated topology they were measured with
+(fixtures in tests/data/validate)."""
 from __future__ import annotations
 
 import json
@@ -12,13 +13,12 @@ from lshsim.sim.collectives import simulate_all_to_all
 from lshsim.sim.trace import Trace
 from lshsim.sim.validate import a2a_errors, default_topology, plot_validations, topology_for_trace, validate_trace
 
-REPO = Path(__file__).resolve().parents[1]
-RUN_B = REPO / "data" / "measured" / "h200" / "run-b"
-TOPO4 = REPO / "data" / "topologies" / "calibrated" / "archive" / "h200-x4-run-b-insitu.yaml"
+DATA = Path(__file__).resolve().parent / "data" / "validate"
+TOPO4 = DATA / "h200-x4-insitu.yaml"
 
 
 def test_predictions_are_the_simulated_collectives_of_the_recorded_traffic():
-    trace = Trace.from_json(RUN_B / "x4" / "gpu-skewed-d4096-t8k.json")
+    trace = Trace.from_json(DATA / "x4" / "gpu-skewed-d4096-t8k.json")
     validation = validate_trace(trace, TOPO4)
     rows = {(r.phase, r.direction): r for r in validation.rows}
     G = topology_for_trace(TOPO4, 4)
@@ -35,7 +35,7 @@ def test_predictions_are_the_simulated_collectives_of_the_recorded_traffic():
 
 
 def test_topology_is_cut_to_the_trace_and_defaults_to_the_datasheet():
-    trace = Trace.from_json(RUN_B / "x2" / "gpu-uniform-d4096-t8k.json")
+    trace = Trace.from_json(DATA / "x2" / "gpu-uniform-d4096-t8k.json")
     assert default_topology(trace) == "h200-nvswitch"
     assert topology_for_trace(TOPO4, 2).graph["gpus_per_node"] == 2
     with pytest.raises(ValueError, match="has 4 GPUs; the trace has 8 ranks"):
@@ -51,7 +51,7 @@ def test_refuses_a_simulated_trace(tmp_path):
 
 
 def test_cli_json_and_plot(tmp_path, capsys):
-    traces = sorted(str(p) for p in (RUN_B / "x4").glob("gpu-uniform-*.json"))
+    traces = sorted(str(p) for p in (DATA / "x4").glob("gpu-uniform-*.json"))
     png = tmp_path / "v.png"
     assert main(["validate", *traces, "--topology", str(TOPO4), "--json", "--plot", str(png)]) == 0
     out = json.loads(capsys.readouterr().out)
