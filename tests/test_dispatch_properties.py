@@ -186,3 +186,20 @@ def test_explicit_uneven_placement_routes():
                  token_rank=inputs.token_rank)
     assert plan.num_dropped == 0
     assert int(plan.send_counts().sum()) == 4 * 50 * 2
+
+
+def test_clustered_tokens_and_popularity_have_one_implementation():
+    """lsh.clustered_tokens is unit_centres + tokens_around on one generator; the popularity skew of
+    the synthetic logits is dirichlet_popularity."""
+    from lshsim.dispatch.lsh import clustered_tokens
+    from lshsim.dispatch.synthetic import dirichlet_popularity, synthetic_router_inputs, tokens_around, unit_centres
+
+    generator = torch.Generator().manual_seed(5)
+    by_parts = tokens_around(unit_centres(3, 8, generator), 20, 0.1, generator)
+    assert torch.equal(clustered_tokens(20, 8, num_clusters=3, noise=0.1, seed=5), by_parts)
+    plain = synthetic_router_inputs(4, 2, 8, 4, seed=2)
+    skewed = synthetic_router_inputs(4, 2, 8, 4, seed=2, skew=1.5)
+    generator = torch.Generator().manual_seed(2)
+    torch.randn(8, 8, generator=generator), torch.randn(8, 4, generator=generator)   # hidden, gate: as drawn there
+    popularity = dirichlet_popularity(4, generator)
+    assert torch.allclose(skewed.logits - plain.logits, 1.5 * popularity.log().expand(8, 4), atol=1e-6)

@@ -61,6 +61,9 @@ from dataclasses import dataclass
 
 import torch
 
+from lshsim.checks import positive_int
+from lshsim.dispatch.synthetic import tokens_around, unit_centres
+
 __all__ = [
     "FAMILIES", "ROTATIONS", "LSHConfig", "LSHProjection", "make_projection", "project",
     "hash_codes", "bucket_ids", "num_buckets_per_hash", "Compressed", "compress", "restore",
@@ -81,11 +84,6 @@ _CHUNK_ELEMENTS_FWHT = 2 ** 22
 # A materialised "hadamard" rotation (one dense GEMM) is used when it costs at most this many
 # times the multiply-adds of the fast transform (see make_projection).
 _DENSE_COST_FACTOR = 8
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
 
 
 # ---- configuration -----------------------------------------------------------------------------
@@ -119,10 +117,10 @@ class LSHConfig:
             raise ValueError(f"family={self.family!r} must be one of {FAMILIES}")
         if self.rotation not in ROTATIONS:
             raise ValueError(f"rotation={self.rotation!r} must be one of {ROTATIONS}")
-        _check_positive_int("num_hashes", self.num_hashes)
-        _check_positive_int("rounds", self.rounds)
+        positive_int("num_hashes", self.num_hashes)
+        positive_int("rounds", self.rounds)
         if self.proj_dim is not None:
-            _check_positive_int("proj_dim", self.proj_dim)
+            positive_int("proj_dim", self.proj_dim)
         if self.family == "hyperplane" and self.proj_dim not in (None, 1):
             raise ValueError(f"proj_dim={self.proj_dim!r}: the hyperplane family projects to one "
                              f"coordinate per hash (use None or 1, or family='cross_polytope')")
@@ -133,7 +131,7 @@ class LSHConfig:
 
     def padded_dim(self, d_model: int) -> int:
         """n: d_model for "gaussian", the next power of two >= d_model for "hadamard"."""
-        _check_positive_int("d_model", d_model)
+        positive_int("d_model", d_model)
         if self.rotation == "gaussian":
             return d_model
         return 1 << (d_model - 1).bit_length()
@@ -179,7 +177,7 @@ def hadamard_matrix(n: int, columns: int | None = None, dtype: torch.dtype = tor
     >>> (hadamard_matrix(4) * 2).tolist()
     [[1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 1.0, -1.0], [1.0, 1.0, -1.0, -1.0], [1.0, -1.0, -1.0, 1.0]]
     """
-    _check_positive_int("n", n)
+    positive_int("n", n)
     if n & (n - 1):
         raise ValueError(f"n={n} must be a power of two")
     columns = n if columns is None else columns
@@ -244,7 +242,7 @@ def make_projection(d_model: int, config: LSHConfig, device: torch.device | str 
     `dtype` is the tokens' dtype; the projection is made in `hash_dtype(dtype)` (float32 for
     float16/bfloat16 tokens, which are hashed in float32).
     """
-    _check_positive_int("d_model", d_model)
+    positive_int("d_model", d_model)
     if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise ValueError(f"dtype={dtype} must be a floating-point dtype")
     dtype = hash_dtype(dtype)
@@ -463,7 +461,7 @@ class Compressed:
 
     def centroids_per_group(self, num_groups: int) -> torch.Tensor:
         """(G,) int64 centroids per group: the split sizes of the compressed all-to-all."""
-        _check_positive_int("num_groups", num_groups)
+        positive_int("num_groups", num_groups)
         if self.num_centroids and int(self.centroid_group.max()) >= num_groups:
             raise ValueError(f"num_groups={num_groups} but a centroid has group {int(self.centroid_group.max())}")
         return torch.bincount(self.centroid_group, minlength=num_groups)
@@ -593,17 +591,14 @@ def clustered_tokens(num_tokens: int, d_model: int, num_clusters: int, noise: fl
     Token t = center[c_t] + noise * g_t / sqrt(d), c_t uniform over clusters, g_t ~ N(0, I_d), so
     the noise has norm ~= noise relative to the unit centers. noise = 0 gives exact duplicates.
     """
-    _check_positive_int("num_tokens", num_tokens)
-    _check_positive_int("d_model", d_model)
-    _check_positive_int("num_clusters", num_clusters)
+    positive_int("num_tokens", num_tokens)
+    positive_int("d_model", d_model)
+    positive_int("num_clusters", num_clusters)
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
         raise ValueError(f"noise={noise!r} must be a finite number >= 0")
     generator = torch.Generator().manual_seed(seed)
-    centers = torch.randn(num_clusters, d_model, generator=generator)  # (K, d)
-    centers = centers / torch.linalg.vector_norm(centers, dim=1, keepdim=True)
-    assignment = torch.randint(0, num_clusters, (num_tokens,), generator=generator)  # (N,)
-    jitter = torch.randn(num_tokens, d_model, generator=generator) * (noise / math.sqrt(d_model))  # (N, d)
-    return centers[assignment] + jitter
+    centers = unit_centres(num_clusters, d_model, generator)  # (K, d)
+    return tokens_around(centers, num_tokens, noise, generator)  # (N, d)
 
 
 # ---- slow, obvious references (the tests compare the fast paths with these) ----------------------

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lshsim.checks import positive_int
+
 __all__ = ["Placement", "contiguous_placement", "round_robin_placement", "PLACEMENTS", "make_placement"]
 
 
@@ -76,8 +78,7 @@ class Placement:
 
 def _check_counts(num_experts: int, world_size: int, gpus_per_node: int) -> None:
     for name, value in (("num_experts", num_experts), ("world_size", world_size), ("gpus_per_node", gpus_per_node)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a positive integer")
+        positive_int(name, value)
     if world_size % gpus_per_node != 0:
         raise ValueError(f"world_size={world_size} is not a multiple of gpus_per_node={gpus_per_node}")
     if num_experts % world_size != 0:

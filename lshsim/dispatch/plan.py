@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lshsim.checks import non_negative_int
 from lshsim.dispatch.placement import Placement
 
 __all__ = ["DispatchPlan"]
@@ -136,8 +137,7 @@ class DispatchPlan:
         The diagonal is local traffic (no network); `local_bytes` and `remote_bytes` split it out.
         The combine all-to-all moves the transpose.
         """
-        if isinstance(bytes_per_token, bool) or not isinstance(bytes_per_token, int) or bytes_per_token < 0:
-            raise ValueError(f"bytes_per_token={bytes_per_token!r} must be a non-negative integer")
+        non_negative_int("bytes_per_token", bytes_per_token)
         return self.send_counts() * bytes_per_token
 
     def local_bytes(self, bytes_per_token: int) -> int:
