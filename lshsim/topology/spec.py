@@ -79,8 +79,9 @@ DEFAULT_LATENCY_S = 1e-6     # s, per hop
 DEFAULT_PCIE_BPS = {"v100": 12e9, "a100": 25e9, "h100": 50e9, "h200": 50e9, "ascend910a": 25e9}
 
 _TOP_KEYS = {"name", "description", "gpu", "nodes", "gpus_per_node", "alpha_s", "intra", "inter", "calibration"}
-_INTRA_KEYS = {"kind", "link_Bps", "links", "per_link_Bps", "latency_s", "pcie_Bps", "pcie_latency_s"}  # + a family's own
-_INTER_KEYS = {"kind", "nics_per_node", "nic_gbps", "servers_per_leaf", "oversubscription", "latency_s"}  # + own
+#: the fields every family's block may hold; a family adds its own (lshsim.topology.families)
+_INTRA_KEYS = {"kind", "link_Bps", "links", "per_link_Bps", "latency_s", "pcie_Bps", "pcie_latency_s"}
+_INTER_KEYS = {"kind", "nics_per_node", "nic_gbps", "servers_per_leaf", "oversubscription", "latency_s"}
 _CAL_KEYS = {"alpha_s", "nvlink_Bps", "nic_Bps", "pcie_Bps", "expert_flops", "hbm_Bps", "a2a_busbw_curve",
              "a2a_link_headroom", "a2a_link_max_Bps", "provenance"}
 
@@ -254,7 +255,8 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
         nvlink = check.number(calibration, "nvlink_Bps", pre)
         if nvlink is not None:
             if intra_family.with_nvlink is None:
-                raise check.fail("calibration.nvlink_Bps", nvlink, f"is given but intra.kind={intra_kind} has no NVLink")
+                raise check.fail("calibration.nvlink_Bps", nvlink,
+                                 f"is given but intra.kind={intra_kind} has no NVLink")
             intra_args = intra_family.with_nvlink(intra_args, nvlink)
         pcie_cal = check.number(calibration, "pcie_Bps", pre)
         if pcie_cal is not None:
