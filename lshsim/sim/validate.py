@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lshsim.calibration.sources import trace_a2a_phases, trace_algorithm
 from lshsim.sim.collectives import simulate_all_to_all
 from lshsim.sim.phases import PHASES, CostContext
 from lshsim.sim.trace import Trace
@@ -103,28 +104,21 @@ def topology_for_trace(topology: str | Path, world_size: int):
     return build_topology(spec, source=source)
 
 
-def _matrix(measured: dict, key: str, world_size: int) -> np.ndarray:
-    if key not in measured:
-        raise ValueError(f"the measured trace lacks meta['measured'][{key!r}] (write it with executor run)")
-    matrix = np.asarray(measured[key], dtype=float)  # (W, W) bytes
-    if matrix.shape != (world_size, world_size):
-        raise ValueError(f"meta['measured'][{key!r}] has shape {matrix.shape}, expected ({world_size}, {world_size})")
-    return matrix
-
-
 def measured_context(trace: Trace, G) -> CostContext:
     """The `CostContext` of a measured trace on topology G (see `lshsim.sim.phases.CostContext`).
 
-    dispatch_bytes / combine_bytes: the recorded (W, W) matrices; rows_received: the dispatch's
-    received bytes / bytes per token; no kernel-launch term; network_s: the flow-level all-to-all
-    on G with the workload's algorithm (groupwise, or direct), cached by matrix.
+    dispatch_bytes / combine_bytes: the recorded (W, W) matrices of the forward all-to-alls, read
+    by `lshsim.calibration.sources.trace_a2a_phases` (the reader calibration uses too);
+    rows_received: the dispatch's received bytes / bytes per token; no kernel-launch term;
+    network_s: the flow-level all-to-all on G with the workload's algorithm (`trace_algorithm`:
+    groupwise, or direct), cached by matrix.
     """
     measured = trace.meta["measured"]
     workload = trace.meta["workload"]
     world = int(workload["world_size"])
-    algorithm = "groupwise" if workload.get("alltoall") == "groupwise" else "direct"
-    dispatch = _matrix(measured, "traffic_bytes", world)
-    combine = _matrix(measured, "combine_traffic_bytes", world)
+    algorithm = trace_algorithm(trace.meta)
+    recorded = {(p.phase, p.direction): p.traffic for p in trace_a2a_phases(trace.meta, world)}  # (W, W) each
+    dispatch, combine = recorded[("dispatch_a2a", "forward")], recorded[("combine_a2a", "forward")]
     cache: dict[bytes, float] = {}
 
     def a2a_time(matrix: np.ndarray) -> float:
