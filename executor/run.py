@@ -1,7 +1,7 @@
 """`executor run`: one workload, timed phase by phase, written as a measured Trace.
 
 Per iteration every rank runs the MoE layer forward (and backward) on its own tokens
-(`executor.moe_layer`); phases are timed with `PhaseTimer`, then all ranks' timings are gathered:
+(`lshsim.executor.moe_layer`); phases are timed with `PhaseTimer`, then all ranks' timings are gathered:
 a phase's time is the slowest rank's in an iteration, the reported time the median over the
 measured iterations (`lshsim.executor.timing.aggregate`).
 

@@ -103,7 +103,7 @@ class StepConfig:
 
     router:            a name in `lshsim.dispatch.ROUTERS` (topk, hash, expert_choice, locmoe).
     lsh_rate:          LSH-MoE compression rate r in (0, 1] (centroids / token copies); None = no LSH.
-                       The paper reports 11.7%..20%.
+                       LSH-MoE (Nie et al. 2024) reports 11.7%..20%.
     algorithm:         all-to-all algorithm of `lshsim.sim.collectives` (direct, 2d, groupwise, ...).
     overlap:           pipeline dispatch / expert / combine in chunks (see module docstring).
     overlap_chunks:    chunk counts tried when overlap is on (n = 1 is always tried).
@@ -489,7 +489,11 @@ DEFAULT_PLAN_LSH_RATE = 0.2
 
 
 def describe(config: StepConfig) -> str:
-    """A short label: 'topk, direct', 'topk + lsh 0.2, direct', 'locmoe, groupwise, overlap'."""
+    """A short label: 'topk, direct', 'topk + lsh 0.2, direct', 'locmoe, groupwise, overlap'.
+
+    >>> describe(StepConfig(router="locmoe", lsh_rate=0.2, algorithm="groupwise", overlap=True))
+    'locmoe + lsh 0.2, groupwise, overlap'
+    """
     parts = [config.router + (f" + lsh {config.lsh_rate:g}" if config.lsh_rate is not None else ""), config.algorithm]
     if config.overlap:
         parts.append("overlap")
