@@ -124,8 +124,7 @@ def test_capacity_from_factor_is_the_routers_rule():
 def test_expected_drops_match_the_real_router(k, skew, factor):
     """expected_dropped_fraction vs lshsim.dispatch.route_topk (tolerance: 3 standard errors over batches)."""
     experts, tokens = 16, 1024
-    popularity = np.random.default_rng(7).dirichlet(np.ones(experts)) ** skew
-    popularity /= popularity.sum()
+    popularity = capacity.skewed_popularity(experts, skew, seed=7)
     cap = capacity.capacity_from_factor(tokens, k, experts, factor)
     sampled = capacity.sample_dropped_fraction(tokens, k, factor, popularity, num_samples=48, seed=k)
     exact = capacity.expected_dropped_fraction(tokens, k, cap, popularity=popularity)
@@ -168,3 +167,41 @@ def test_estimate_delta_on_grap_gate():
         capacity.estimate_delta(tokens[:, :255], weights)
     with pytest.raises(ValueError, match="quantile=1.5"):
         capacity.estimate_delta(tokens, weights, quantile=1.5)
+
+
+def test_ec_min_forms_are_the_three_bounds_side_by_side():
+    forms = capacity.ec_min_forms(16, 4096, 0.03)
+    assert list(forms) == ["exact", "erfc", "exp"]
+    for form, row in forms.items():
+        assert row["ec_min"] == pytest.approx(capacity.ec_min(16, 4096, 0.03, form), rel=1e-15)
+        assert row["capacity_factor"] == pytest.approx(16 * row["ec_min"], rel=1e-15)
+    assert forms["exact"]["rel_err_vs_exact"] == 0.0
+    assert forms["exp"]["rel_err_vs_exact"] == pytest.approx(forms["exp"]["p_delta"] / forms["exact"]["p_delta"] - 1)
+    with pytest.raises(ValueError, match="d=1"):   # d and delta are checked before n
+        capacity.ec_min_forms(-4, 1, 0.03)
+    with pytest.raises(ValueError, match="n=-4"):
+        capacity.ec_min_forms(-4, 64, 0.03)
+
+
+def test_ec_min_grid_spans_the_threshold_to_the_plot_limit():
+    grid = capacity.ec_min_grid(16, 4096, 0.03, points=30)
+    assert grid.shape == (30,) and grid[0] == pytest.approx(0.003) and np.all(np.diff(grid) > 0)
+    assert capacity.ec_min(16, 4096, grid[-1]) <= 1e4 < capacity.ec_min(16, 4096, min(grid[-1] * 1.05, 0.999))
+
+
+def test_skewed_popularity():
+    assert capacity.skewed_popularity(8, 0.0).tolist() == [0.125] * 8
+    p = capacity.skewed_popularity(16, 1.5, seed=4)
+    q = np.random.default_rng(4).dirichlet(np.ones(16))
+    assert p == pytest.approx(q ** 1.5 / (q ** 1.5).sum(), rel=1e-12)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="skew="):
+            capacity.skewed_popularity(16, bad)
+
+
+def test_drop_estimates_use_every_method():
+    uniform = np.full(16, 1 / 16)
+    cap, drops = capacity.drop_estimates(4096, 2, 1.0, uniform)
+    assert cap == capacity.capacity_from_factor(4096, 2, 16, 1.0) == 512
+    assert list(drops) == list(capacity.OVERFLOW_METHODS)
+    assert drops["exact"] == pytest.approx(capacity.expected_dropped_fraction(4096, 2, 512, popularity=uniform))

@@ -215,3 +215,25 @@ def test_formulas_match_lsh_py_hash_codes(family, proj_dim, cos):
     estimate = binomial_estimate(hits, codes.shape[1])
     expected = collision.collision_probability(family, proj_dim or 2, cos)
     assert abs(estimate.z_score(expected)) < 3, (expected, estimate)
+
+
+def test_collision_summary_and_its_checks():
+    s = collision.collision_summary("cross-polytope", 1024, 0.9, hashes=6, tables=2)
+    p = collision.cross_polytope_collision_probability(1024, 0.9)
+    assert s["probability"] == pytest.approx(p, rel=1e-12) and s["family"] == "cross-polytope"
+    assert s["concatenated"] == pytest.approx(p ** 6) and s["amplified"] == pytest.approx(1 - (1 - p ** 6) ** 2)
+    assert s["asymptotic"] == pytest.approx(1024 ** (-0.1 / 1.9)) and 0 <= s["quadrature_error"] < 1e-6
+    h = collision.collision_summary("hyperplane", 64, 0.5)
+    assert h["probability"] == pytest.approx(2 / 3) and h["asymptotic"] is None and h["quadrature_error"] == 0.0
+    for kwargs, message in [(dict(family="spherical"), "family='spherical'"), (dict(hashes=0), "hashes=0"),
+                            (dict(tables=0), "tables=0"), (dict(family="hyperplane", d=1), "d=1"),
+                            (dict(cos=1.5), "cos=1.5")]:
+        args = {"family": "cross_polytope", "d": 64, "cos": 0.5, **kwargs}
+        with pytest.raises(ValueError, match=message):
+            collision.collision_summary(**args)
+
+
+def test_collision_monte_carlo_picks_the_family():
+    assert collision.canonical_family("cross-polytope") == "cross_polytope"
+    estimate = collision.collision_monte_carlo("hyperplane", 32, 0.5, 4000, seed=1)
+    assert estimate.num_samples == 4000 and abs(estimate.z_score(2 / 3)) < 4
