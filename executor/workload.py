@@ -206,6 +206,8 @@ class WorkloadConfig:
         except ValueError as error:
             text = str(error)
             bad = next((key for key in _ROUTER_FIELDS if text.startswith(f"{key}=")), None)
+            if bad is None and text.startswith("option"):
+                bad = "options"
             if bad is None and "router" in text:
                 bad = "name"
             raise _field_error(f"router.{bad or 'name'}", text) from None

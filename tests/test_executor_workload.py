@@ -88,3 +88,25 @@ def test_check_world(tmp_path):
     pinned = load_workload(_write(tmp_path, {**BASE, "world_size": 2}))
     with pytest.raises(ValueError, match="workload field 'world_size'"):
         pinned.check_world(4)
+
+
+def test_a_plugin_router_with_options_and_a_fixed_k(tmp_path):
+    """A registered router's options travel through the workload file; its fixed k is filled in."""
+    from lshsim.dispatch.routers import register_router, route_topk, unregister_router
+
+    def sharp_top3(logits, placement, *, token_rank=None, capacity_factor, temperature):
+        return route_topk(logits / temperature, placement, k=3, capacity_factor=capacity_factor, token_rank=token_rank)
+
+    register_router("sharp", sharp_top3, "logits", params=("capacity_factor",), options={"temperature": 1.0},
+                    fixed_k=3)
+    try:
+        workload = load_workload(_write(tmp_path, {**BASE, "router": {"name": "sharp",
+                                                                      "options": {"temperature": 0.5}}}))
+        assert workload.router.k == 3 and dict(workload.router.options) == {"temperature": 0.5}
+        assert workload.to_dict()["router"]["options"] == {"temperature": 0.5}
+        assert WorkloadConfig.from_dict(workload.to_dict()) == workload
+        with pytest.raises(ValueError, match="workload field 'router.options'"):
+            load_workload(_write(tmp_path, {**BASE, "router": {"name": "sharp", "options": {"heat": 2}}}))
+    finally:
+        unregister_router("sharp")
+    assert "options" not in load_workload(_write(tmp_path, BASE)).to_dict()["router"]
