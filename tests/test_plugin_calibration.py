@@ -78,3 +78,19 @@ def test_link_models_validate_and_combine():
     nic = links.replace("nic", busbw_curve=CURVE)                        # a class a calibration adds a curve to
     rates = nic.rates(traffic)
     assert set(rates.bandwidth_scale_by_kind) == {"nic"} and "nic_a2a_busbw_Bps" in rates.info
+
+
+def test_link_models_from_spec_and_from_a_hand_built_graph():
+    spec = {"name": "t", "gpu": "h200", "gpus_per_node": 4, "alpha_s": 2e-5, "intra": {"kind": "nvswitch"},
+            "calibration": {"a2a_busbw_curve": [[1e6, 5e10], [1e9, 3e11]], "a2a_link_headroom": "1.1"}}
+    links = LinkModels.from_spec(spec)
+    assert links["nvlink"].headroom == 1.1 and links["nvlink"].nominal_Bps == 450e9 and links.alpha_s == 2e-5
+    with pytest.raises(ValueError, match=r"^x.yaml: calibration.a2a_link_max_Bps=-1 must be > 0"):
+        LinkModels.from_spec({**spec, "calibration": {**spec["calibration"], "a2a_link_max_Bps": -1}}, source="x.yaml")
+    import networkx as nx
+    G = nx.DiGraph(alpha_s=3e-6)
+    G.add_edge("a", "b", kind="nvlink", bandwidth_Bps=100e9)
+    G.add_edge("b", "a", kind="nvlink", bandwidth_Bps=120e9)
+    plain = LinkModels.from_topology(G)
+    assert plain.classes == ("nvlink",) and plain["nvlink"].nominal_Bps == 120e9 and plain.alpha_s == 3e-6
+    assert plain.rates(np.ones((2, 2))).bandwidth_scale_by_kind is None
