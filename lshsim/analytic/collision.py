@@ -38,7 +38,8 @@ limit: e.g. at d = 2, orthogonal vectors never collide under a rotation, but do 
 Expected buckets and compression rate (`expected_buckets_clusters`): the exact distribution of
 bucket counts depends on more than pairwise collision probabilities (collisions inside a group of
 similar tokens are strongly positively correlated; first-order pairwise estimators such as
-sum_i 1 / (1 + sum_j p_ij) under-predicted the clustered rates we measured by up to 2.7x). The model
+sum_i 1 / (1 + sum_j p_ij) ignore that correlation and under-predict the compression rate of
+clustered tokens). The model
 used here is exact for a cluster of m tokens whose pairwise cosines all equal rho ("exchangeable
 cluster"): with a Gaussian projection, the projected coordinates are Z_i = sqrt(rho) U +
 sqrt(1 - rho) V_i with a common U ~ N(0, I_d') and i.i.d. V_i, so given U the m codes are i.i.d.
