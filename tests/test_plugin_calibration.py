@@ -78,6 +78,13 @@ def test_link_models_validate_and_combine():
     nic = links.replace("nic", busbw_curve=CURVE)                        # a class a calibration adds a curve to
     rates = nic.rates(traffic)
     assert set(rates.bandwidth_scale_by_kind) == {"nic"} and "nic_a2a_busbw_Bps" in rates.info
+    # the scaled NIC edges bind (nominally they never could: one NIC per GPU, non-blocking)
+    size = 64e6
+    nic_Bps = curve_busbw_Bps(CURVE, size)                               # 143 GB/s > 50 GB/s nominal: scaled up
+    slow = nic.replace("nic", busbw_curve=((1e6, 10e9), (1e9, 10e9)))    # 10 GB/s per NIC
+    result = simulate_all_to_all(G, uniform_traffic(64, size), links=slow, local_copy=False)
+    off_node = size * 56 / 64                                            # 8 GPUs per node, one NIC each
+    assert result.time_s == pytest.approx(off_node / 10e9, rel=5e-3) and nic_Bps > 50e9   # + alpha, hops
 
 
 def test_link_models_from_spec_and_from_a_hand_built_graph():

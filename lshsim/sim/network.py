@@ -155,7 +155,13 @@ class FlowNetwork:
                                  f"{G.graph.get('name')} does not have")
             self._capacity[:num_links][of_kind] *= factor
         self._latency = np.concatenate([self.routes.latency_s, np.zeros(num_engines + 1)])   # (L+W+1,) engines: 0
-        self._binding = np.concatenate([self.routes.binding_edges(), np.ones(num_engines, dtype=bool),
+        # Routes.binding_edges leaves out edges that the nominal capacities can never over-subscribe;
+        # with scaled edges that test no longer holds, so every edge takes part (exact; where every
+        # edge touches a GPU, as on one NVSwitch node, nothing was left out anyway)
+        binding_links = self.routes.binding_edges()
+        if bandwidth_scale_by_kind:
+            binding_links = np.ones(num_links, dtype=bool)
+        self._binding = np.concatenate([binding_links, np.ones(num_engines, dtype=bool),
                                         [False]])                      # (L+W+1,) see Routes.binding_edges
         self.link_bytes = np.zeros(num_links)                           # (L,) bytes that crossed each link
         self.transfers: list[Transfer] = []
