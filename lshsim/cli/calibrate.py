@@ -1,7 +1,9 @@
-"""`lshsim calibrate`: the executor's `calibrate` (measure (or fit) the microbenchmarks that parameterise a topology and write it).
+"""`lshsim calibrate`: the executor's `calibrate`: measure (or fit) the microbenchmarks that
+parameterise a topology and write it.
 
-The arguments and the work are `lshsim.executor.commands`' (`add_calibrate`, `cmd_calibrate`), shared with
-`python -m lshsim.executor calibrate`; torch is imported when the command runs, not when the parser is built.
+The arguments and the work are those of `lshsim.executor.commands` (`add_calibrate`, `cmd_calibrate`), shared
+with `python -m lshsim.executor calibrate`; torch is imported when the command runs, not when the parser
+is built.
 """
 from __future__ import annotations
 

@@ -76,7 +76,8 @@ def render(summary: dict) -> None:
     console.print(f"[bold]{summary['algorithm']}[/bold] all-to-all on [bold]{summary['topology']}[/bold] "
                   f"({summary['num_nodes']} x {summary['gpus_per_node']} GPUs): predicted time "
                   f"[bold]{summary['time_s'] * 1e3:.4f} ms[/bold] (network {summary['network_time_s'] * 1e3:.4f} ms, "
-                  f"alpha_s {summary['options']['alpha_s'] * 1e6:.2f} us), {summary['total_bytes'] / 1e6:.2f} MB in all")
+                  f"alpha_s {summary['options']['alpha_s'] * 1e6:.2f} us), "
+                  f"{summary['total_bytes'] / 1e6:.2f} MB in all")
     stages = Table(title="Stages")
     for column in ("stage", "start ms", "end ms", "MB", "flows"):
         stages.add_column(column, justify="right")

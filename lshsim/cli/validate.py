@@ -50,7 +50,8 @@ def run(args) -> int:
                           "-" if row.rel_error is None else f"{100 * row.rel_error:+.1f}%")
         console.print(table)
     if errors.size:
-        console.print(f"all-to-all phases: {errors.size}, median |error| {100 * summary['a2a_median_abs_rel_error']:.1f}%, "
+        console.print(f"all-to-all phases: {errors.size}, "
+                      f"median |error| {100 * summary['a2a_median_abs_rel_error']:.1f}%, "
                       f"worst {100 * summary['a2a_max_abs_rel_error']:.1f}%")
     if args.plot:
         console.print(f"plot written to {args.plot}")
