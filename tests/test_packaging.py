@@ -7,8 +7,8 @@ line, since installing torch anew is out of reach (gigabytes); `--no-deps --no-b
 keeps pip offline. What it checks:
 
 - `lshsim`, `lshsim.executor`, `lshsim.models` and `lshsim.cli` are imported from the fresh
-  venv's site-packages, not from the checkout, and no top-level `executor` or `models` package
-  was installed;
+  venv's site-packages, not from the checkout, no top-level `executor` or `models` package was
+  installed, and the model catalog's YAML files came with `lshsim.models`;
 - the `lshsim` console script of the fresh venv runs (`--help`, `plan --help`, a simulation on a
   shipped topology, which the install placed under <prefix>/share/lshsim);
 - `python -m lshsim.executor --help` runs (the entry point torchrun uses);
@@ -78,6 +78,8 @@ def test_modules_come_from_the_install(installed):
     assert not out["checkout_finder"]
     installed_files = {p.name for p in Path(out["files"][0]).parents[1].iterdir()}
     assert "executor" not in installed_files and "models" not in installed_files
+    models = _run([python, "-c", "from lshsim.models import list_models; print(' '.join(list_models()))"], cwd, env)
+    assert {"gpt-moe-15b", "roberta-moe", "t5-moe"} <= set(models.stdout.split())  # the catalog's package data
 
 
 def test_console_script_and_executor_entry_point(installed):
