@@ -482,9 +482,10 @@ def skewed_popularity(num_experts: int, skew: float, seed: int = 0) -> np.ndarra
     """Expert popularity (E,): p proportional to q^skew, q ~ Dirichlet(1, ..., 1).
 
     q is one draw of numpy's `default_rng(seed)`; skew = 0 gives uniform experts (p = 1/E), larger
-    skew concentrates the tokens on the experts q favours. The popularity of
-    `lshsim.dispatch.synthetic` (a log-popularity bias added to torch logits) uses the same
-    Dirichlet(1) law with torch's generator, so the two draws differ for one seed.
+    skew concentrates the tokens on the experts q favours. The router inputs of
+    `lshsim.dispatch.synthetic` draw the same Dirichlet(1) law with torch's generator
+    (`dirichlet_popularity`, a log-popularity bias on the logits); this one stays on numpy, like
+    the rest of `lshsim.analytic`, so the two draws differ for one seed.
 
     >>> skewed_popularity(4, 0.0).tolist()
     [0.25, 0.25, 0.25, 0.25]
