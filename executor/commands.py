@@ -72,14 +72,14 @@ def add_calibrate(subparsers) -> argparse.ArgumentParser:
     cal = subparsers.add_parser("calibrate", help="all-to-all sweep, p2p bandwidth, expert FFN rate; fit a topology",
                                 description="Measure the microbenchmarks that parameterise a topology (or fit "
                                             "them from nccl-tests output, an earlier --raw JSON or measured "
-                                            f"traces) and write a calibrated topology YAML. Sizes: {BYTES_HELP}.")
+                                            "traces) and write a calibrated topology YAML.")
     cal.add_argument("--out", default=None, help="calibrated topology YAML to write (rank 0)")
     cal.add_argument("--raw", default=None, help="JSON of every measurement (rank 0)")
     cal.add_argument("--name", default=None, help="topology name (default: derived from the GPU)")
     cal.add_argument("--min-bytes", type=arg_int_bytes, default=4096,
-                     help="smallest all-to-all size per rank (default 4KiB)")
+                     help=f"smallest all-to-all size per rank (default 4KiB; {BYTES_HELP})")
     cal.add_argument("--max-bytes", type=arg_int_bytes, default=2 ** 30,
-                     help="largest all-to-all size per rank (default 1GiB)")
+                     help=f"largest all-to-all size per rank (default 1GiB; {BYTES_HELP})")
     cal.add_argument("--steps-per-octave", type=arg_positive_int, default=1,
                      help="sizes per doubling of the all-to-all sweep (default 1: powers of two)")
     cal.add_argument("--iterations", type=arg_positive_int, default=10, help="timed repetitions per size (10)")
@@ -97,7 +97,7 @@ def add_calibrate(subparsers) -> argparse.ArgumentParser:
     cal.add_argument("--no-curve", action="store_true",
                      help="with --from-traces: write only the (alpha, B) fit, no a2a_busbw_curve")
     cal.add_argument("--fit-min-bytes", type=arg_bytes_or_zero, default=0,
-                     help="fit only the all-to-all sizes >= this (default 0: all)")
+                     help=f"fit only the all-to-all sizes >= this (default 0: all; {BYTES_HELP})")
     _add_common(cal)
     return cal
 
