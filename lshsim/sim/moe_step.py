@@ -439,9 +439,10 @@ def _breakdown(trace: Trace, traffic: RoutedTraffic, config: StepConfig, dispatc
     _backward_s): Trace.phase_durations_s. Each phase is booked by its kind in the phase table:
     a2a_s: the communication phases (both all-to-alls), forward and backward. exposed_a2a_s:
     communication time not hidden behind the compute stream (compute and overhead phases),
-    min(a2a_s, step_s - compute and overhead); without overlap it equals a2a_s. a2a_share = exposed_a2a_s / step_s. Bytes are per MoE layer
-    and per dispatch (the combine moves the transpose): dispatch_bytes_per_layer (off-diagonal,
-    over the network), inter_node_bytes_per_layer, local_bytes_per_layer (diagonal).
+    min(a2a_s, step_s - compute and overhead); without overlap it equals a2a_s. a2a_share =
+    exposed_a2a_s / step_s. Bytes are per MoE layer and per dispatch (the combine moves the
+    transpose): dispatch_bytes_per_layer (off-diagonal, over the network),
+    inter_node_bytes_per_layer, local_bytes_per_layer (diagonal).
     compression_rate: centroids / copies actually sent (1 without LSH). expert_load_imbalance:
     max / mean copies received per rank. overlap_chunks: chunks chosen per direction.
     """

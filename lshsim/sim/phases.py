@@ -493,8 +493,8 @@ def step_schedule(num_layers: int, moe_every: int, config: object = None,
     directions. Backward: the forward sequence reversed (a section's phases reversed too), only
     phases that have "backward" in their directions.
 
-    >>> [(d, [p.name for p in ps], layer) for d, ps, layer in step_schedule(2, 2)][:4]
-    [('forward', ['attention'], 0), ('forward', ['dense_ffn'], 0), ('forward', ['attention'], 1), ('forward', ['gate'], 1)]
+    >>> [(d, [p.name for p in ps], layer) for d, ps, layer in step_schedule(2, 2)][2:5]
+    [('forward', ['attention'], 1), ('forward', ['gate'], 1), ('forward', ['dispatch_a2a', 'expert', 'combine_a2a'], 1)]
     """
     table = PHASES if table is None else table
     blocks: dict[str, list[tuple[PhaseSpec, ...]]] = {block: [] for block in BLOCKS}
