@@ -27,7 +27,8 @@ def _module_names() -> list[str]:
         module = importlib.import_module(package)
         names.append(package) if package != "lshsim" else None
         names += [info.name for info in pkgutil.walk_packages(module.__path__, package + ".")]
-    return sorted(set(names))
+    # a __main__ module runs its command when imported: it holds no examples by design
+    return sorted(name for name in set(names) if not name.endswith(".__main__"))
 
 
 def _doctests(name: str) -> list[doctest.DocTest]:
