@@ -38,6 +38,7 @@ from lshsim.executor.workload import WorkloadConfig
 from lshsim.dispatch import DispatchPlan, Placement, make_placement, route
 from lshsim.dispatch import reference as dense
 from lshsim.dispatch.lsh import LSHConfig, compress, make_projection, residuals, restore
+from lshsim.dispatch.synthetic import dirichlet_popularity, tokens_around, unit_centres
 from lshsim.sim.phases import backward_chain
 
 __all__ = ["ExpertWeights", "GateParams", "expert_weights", "gate_params", "expert_ffn", "rank_inputs",
@@ -109,8 +110,7 @@ def gate_params(workload: WorkloadConfig, device: torch.device, requires_grad: b
     d_model, num_experts = workload.d_model, workload.num_experts
     generator = torch.Generator().manual_seed(workload.seed)
     weight = torch.randn(d_model, num_experts, generator=generator) / math.sqrt(d_model)  # (d, E)
-    exponential = -torch.rand(num_experts, generator=generator, dtype=torch.float64).clamp_min(1e-300).log()
-    popularity = (exponential / exponential.sum()).float()  # (E,)
+    popularity = dirichlet_popularity(num_experts, generator)  # (E,)
     bias = workload.skew * popularity.clamp_min(1e-12).log() if workload.skew > 0 else torch.zeros(num_experts)
     if workload.router.name in ("hash", "locmoe"):
         return GateParams(None, bias.to(device))
@@ -128,12 +128,9 @@ def rank_inputs(workload: WorkloadConfig, rank: int, device: torch.device, dtype
     if file_tokens is None and workload.input_clusters is not None:
         # clustered tokens (a toy model of the similar tokens LSH-MoE exploits): unit-norm centres
         # shared by all ranks, per-rank assignment and noise of relative size input_noise
-        centres = torch.randn(workload.input_clusters, workload.d_model,
-                              generator=torch.Generator().manual_seed(workload.seed))  # (K, d)
-        centres = (centres / torch.linalg.vector_norm(centres, dim=1, keepdim=True)).to(device)
-        assignment = torch.randint(0, workload.input_clusters, (tokens,), generator=generator, device=device)
-        noise = torch.randn(tokens, workload.d_model, generator=generator, device=device)  # (T, d)
-        x = centres[assignment] + noise * (workload.input_noise / math.sqrt(workload.d_model))
+        centres = unit_centres(workload.input_clusters, workload.d_model,
+                               torch.Generator().manual_seed(workload.seed))  # (K, d)
+        x = tokens_around(centres, tokens, workload.input_noise, generator, device=device)  # (T, d)
     elif file_tokens is None:
         x = torch.randn(tokens, workload.d_model, generator=generator, device=device)  # (T, d)
     else:

@@ -91,8 +91,11 @@ def trace_skew(meta: dict) -> float:
 
 
 def trace_algorithm(meta: dict) -> str:
-    """The simulator's all-to-all algorithm for the trace's workload: groupwise or direct."""
-    return "groupwise" if meta.get("workload", {}).get("alltoall") == "groupwise" else "direct"
+    """The simulator's all-to-all algorithm for the trace's workload (its `alltoall` field, default
+    direct), by its canonical name in `lshsim.algorithms`."""
+    from lshsim.algorithms import canonical_algorithm   # no numpy or torch: keeps this package light
+
+    return canonical_algorithm(meta.get("workload", {}).get("alltoall") or "direct", side="executor")
 
 
 def _trace_meta(path) -> dict:
