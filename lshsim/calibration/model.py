@@ -17,10 +17,12 @@ import numpy as np
 from lshsim.checks import finite_number
 
 __all__ = ["LinkModel", "LinkModels", "LinkRates", "CollectiveRates", "curve_busbw_Bps", "a2a_bytes_per_rank",
-           "a2a_duplex_bytes_per_rank", "parse_busbw_curve", "CURVE_KEYS"]
+           "a2a_duplex_bytes_per_rank", "parse_busbw_curve", "CURVE_KEYS", "LINK_KEYS"]
 
-#: The keys of a topology's `calibration:` block that `LinkModels.from_calibration` reads (the
-#: NVLink class's curve, headroom and cap); the other keys are the topology builder's.
+#: The keys of one class's block `calibration.links.CLASS` (its curve, headroom and cap).
+LINK_KEYS = ("busbw_curve", "headroom", "link_max_Bps")
+#: The top-level keys of a topology's `calibration:` block that mean `links.nvlink`'s LINK_KEYS, in
+#: that order; `LinkModels.from_calibration` reads them and `links`, the other keys are the builder's.
 CURVE_KEYS = ("a2a_busbw_curve", "a2a_link_headroom", "a2a_link_max_Bps")
 
 
@@ -138,6 +140,28 @@ def parse_busbw_curve(value, *, field_name: str = "calibration.a2a_busbw_curve",
                         f"must be larger than the previous size {curve[-1][0]:g}")
         curve.append((pair[0], pair[1]))
     return tuple(curve)
+
+
+def _parse_link_block(values: dict, names: dict, source: str, nominal_Bps: float) -> tuple:
+    """(curve, headroom, link_max_Bps) of one class's calibration fields ({key of LINK_KEYS: value};
+    `names`: {key: the field's name in messages}), each None where absent."""
+    curve = headroom = link_max = None
+    if values.get("busbw_curve") is not None:
+        curve = parse_busbw_curve(values["busbw_curve"], field_name=names["busbw_curve"], source=source)
+        if not nominal_Bps > 0:
+            raise _fail(source, names["busbw_curve"], values["busbw_curve"],
+                        "is given but the topology has no NVLink to scale")
+    if values.get("headroom") is not None:
+        headroom = _yaml_number(source, names["headroom"], values["headroom"], minimum=1.0, exclusive=False)
+        if curve is None:
+            raise _fail(source, names["headroom"], values["headroom"],
+                        f"is only allowed together with {names['busbw_curve']}")
+    if values.get("link_max_Bps") is not None:
+        link_max = _yaml_number(source, names["link_max_Bps"], values["link_max_Bps"], minimum=0.0, exclusive=True)
+        if headroom is None:
+            raise _fail(source, names["link_max_Bps"], values["link_max_Bps"],
+                        f"is only allowed together with {names['headroom']}")
+    return curve, headroom, link_max
 
 
 # ---- the model ----------------------------------------------------------------------------------
@@ -336,43 +360,67 @@ class LinkModels:
     @classmethod
     def from_calibration(cls, calibration: dict | None, *, nominal_Bps: dict, alpha_s: float,
                          source: str = "<dict>") -> "LinkModels":
-        """Parse the link part of a topology's `calibration:` block (keys `CURVE_KEYS`, all for
-        the NVLink class) into models, one per class of `nominal_Bps` ({class: nominal per-direction
-        bandwidth}; a class with 0 has no edges to scale), all with start-up latency `alpha_s`.
+        """Parse the link part of a topology's `calibration:` block into models: one per class of
+        `nominal_Bps` ({class: nominal per-direction bandwidth}, every link class (edge kind) the
+        topology has; a class with 0 has no edges to scale), all with start-up latency `alpha_s`.
 
-        Errors name the source, the field and the value:
-        "h200.yaml: calibration.a2a_link_headroom=0.9 must be >= 1".
+        A class's curve, headroom and cap come from `calibration.links.CLASS` (keys `LINK_KEYS`:
+        busbw_curve, headroom, link_max_Bps) or, for the NVLink class, from the top-level keys
+        `CURVE_KEYS` (a2a_busbw_curve, a2a_link_headroom, a2a_link_max_Bps), which mean
+        links.nvlink; giving both is refused. Errors name the source, the field and the value:
+        "h200.yaml: calibration.a2a_link_headroom=0.9 must be >= 1",
+        "f.yaml: calibration.links.nic.headroom=0.9 must be >= 1".
+
+        >>> links = LinkModels.from_calibration({"links": {"nic": {"busbw_curve": [[1e6, 5e9], [1e9, 45e9]]}}},
+        ...                                     nominal_Bps={"nvlink": 450e9, "nic": 50e9}, alpha_s=0.0)
+        >>> links.classes, links["nic"].busbw_curve[-1], links["nvlink"].busbw_curve
+        (('nvlink', 'nic'), (1000000000.0, 45000000000.0), None)
+        >>> LinkModels.from_calibration({"links": {"trunk": {"busbw_curve": [[1e6, 5e9], [1e9, 45e9]]}}},
+        ...                             nominal_Bps={"nvlink": 450e9}, alpha_s=0.0, source="x.yaml")
+        Traceback (most recent call last):
+        ...
+        ValueError: x.yaml: calibration.links.trunk={'busbw_curve': [[1000000.0, 5000000000.0], [1000000000.0, 45000000000.0]]} names a link class the topology has no edges of; its classes: nvlink
         """
         calibration = calibration or {}
-        pre = "calibration."
-        curve = None
-        if calibration.get("a2a_busbw_curve") is not None:
-            curve = parse_busbw_curve(calibration["a2a_busbw_curve"], source=source)
-            if not nominal_Bps.get("nvlink", 0.0) > 0:
-                raise _fail(source, pre + "a2a_busbw_curve", calibration["a2a_busbw_curve"],
-                            "is given but the topology has no NVLink to scale")
-        headroom = link_max = None
-        if calibration.get("a2a_link_headroom") is not None:
-            headroom = _yaml_number(source, pre + "a2a_link_headroom", calibration["a2a_link_headroom"],
-                                    minimum=1.0, exclusive=False)
-            if curve is None:
-                raise _fail(source, pre + "a2a_link_headroom", calibration["a2a_link_headroom"],
-                            "is only allowed together with calibration.a2a_busbw_curve")
-        if calibration.get("a2a_link_max_Bps") is not None:
-            link_max = _yaml_number(source, pre + "a2a_link_max_Bps", calibration["a2a_link_max_Bps"],
-                                    minimum=0.0, exclusive=True)
-            if headroom is None:
-                raise _fail(source, pre + "a2a_link_max_Bps", calibration["a2a_link_max_Bps"],
-                            "is only allowed together with calibration.a2a_link_headroom")
+        present = [c for c, nominal in nominal_Bps.items() if nominal > 0]
+        blocks: dict = {}               # class -> ({key: value}, {key: field name in messages})
+        legacy = {key: calibration.get(old) for key, old in zip(LINK_KEYS, CURVE_KEYS)
+                  if calibration.get(old) is not None}
+        if legacy:
+            blocks["nvlink"] = (legacy, {key: f"calibration.{old}" for key, old in zip(LINK_KEYS, CURVE_KEYS)})
+        links = calibration.get("links")
+        if links is not None:
+            if not isinstance(links, dict):
+                raise _fail(source, "calibration.links", links,
+                            "must be a mapping {link class: {busbw_curve, headroom, link_max_Bps}}")
+            for link_class, block in links.items():
+                pre = f"calibration.links.{link_class}"
+                if link_class not in present:
+                    raise _fail(source, pre, block, "names a link class the topology has no edges of; its classes: "
+                                + (", ".join(present) or "none"))
+                if link_class in blocks:
+                    given = ", ".join(f"calibration.{CURVE_KEYS[LINK_KEYS.index(k)]}" for k in legacy)
+                    raise _fail(source, pre, block, f"gives the NVLink class, which {given} already give; "
+                                "use one of the two (the top-level keys mean calibration.links.nvlink)")
+                if not isinstance(block, dict):
+                    raise _fail(source, pre, block, "must be a mapping with " + ", ".join(LINK_KEYS))
+                for key, value in block.items():
+                    if key not in LINK_KEYS:
+                        raise _fail(source, f"{pre}.{key}", value,
+                                    "is not a known field; known: " + ", ".join(LINK_KEYS))
+                blocks[link_class] = ({k: v for k, v in block.items() if v is not None},
+                                      {key: f"{pre}.{key}" for key in LINK_KEYS})
+        parsed = {link_class: _parse_link_block(values, names, source, nominal_Bps.get(link_class, 0.0))
+                  for link_class, (values, names) in blocks.items()}
         models = []
         for link_class, nominal in nominal_Bps.items():
-            if link_class == "nvlink":
-                if curve is None and not nominal > 0:
-                    continue
-                models.append(LinkModel("nvlink", nominal, alpha_s, curve, headroom, link_max))
-            elif nominal > 0:
-                models.append(LinkModel(link_class, nominal, alpha_s))
-        return cls(tuple(models))
+            curve, headroom, link_max = parsed.get(link_class, (None, None, None))
+            if nominal > 0:
+                models.append(LinkModel(link_class, nominal, alpha_s, curve, headroom, link_max))
+        try:
+            return cls(tuple(models))
+        except ValueError as error:
+            raise ValueError(f"{source}: calibration: {error}") from None
 
     @classmethod
     def from_spec(cls, spec: dict, source: str = "<dict>") -> "LinkModels":

@@ -40,11 +40,20 @@ times in seconds, NIC line rate in Gb/s:
         - [1.2e9, 3.3e11]
       a2a_link_headroom: 1.2       # optional, only with a2a_busbw_curve: finite, >= 1
       a2a_link_max_Bps: 3.5e11     # optional, only with a2a_link_headroom: finite, > 0
+      links:                       # optional: the same three per link class (an edge kind of the
+        nic:                       #   graph: nvlink, nic, pcie, trunk, or a family's own kind)
+          busbw_curve: [[1.0e6, 5.0e9], [1.0e9, 4.5e10]]
+          headroom: 1.1            # optional, only with busbw_curve (one class at most has one)
+          link_max_Bps: 5.0e10     # optional, only with headroom
       provenance: {...}            # free-form (who/when/how), kept in G.graph["calibration"]
 
-The three a2a_* keys are the NVLink link model (what they mean: `lshsim.calibration`); they are
-parsed once, into G.graph["link_models"] (a `lshsim.calibration.LinkModels`, one model per link
-class with its nominal bandwidth), which the simulator reads.
+The three a2a_* keys are the NVLink class's link model and mean `links.nvlink` (giving both is
+refused); what a curve, a headroom and a cap mean: `lshsim.calibration`. A class of `links` must be
+an edge kind of the built graph; its curve scales every edge of the kind by B(M) / nominal, the
+nominal bandwidth being the per-GPU NVLink bandwidth (nvlink), one NIC's (nic), one GPU's PCIe link
+(pcie), or the kind's largest edge bandwidth (any other kind; `_nominal_Bps`). The block is parsed
+once, into G.graph["link_models"] (a `lshsim.calibration.LinkModels`, one model per edge kind),
+which the simulator reads.
 
 `intra.kind` and `inter.kind` pick a family of `lshsim.topology.families` (registry; a family
 reads its own fields, builds the graph and may bring its own routing policy).
@@ -59,6 +68,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -83,7 +93,7 @@ _TOP_KEYS = {"name", "description", "gpu", "nodes", "gpus_per_node", "alpha_s", 
 _INTRA_KEYS = {"kind", "link_Bps", "links", "per_link_Bps", "latency_s", "pcie_Bps", "pcie_latency_s"}
 _INTER_KEYS = {"kind", "nics_per_node", "nic_gbps", "servers_per_leaf", "oversubscription", "latency_s"}
 _CAL_KEYS = {"alpha_s", "nvlink_Bps", "nic_Bps", "pcie_Bps", "expert_flops", "hbm_Bps", "a2a_busbw_curve",
-             "a2a_link_headroom", "a2a_link_max_Bps", "provenance"}
+             "a2a_link_headroom", "a2a_link_max_Bps", "links", "provenance"}
 
 
 def topology_dir() -> Path:
@@ -199,6 +209,30 @@ def _routing(check: _Checker, intra_family, inter_family):
     return policies[0] if policies else None
 
 
+def _nominal_Bps(G: nx.DiGraph, intra_family, intra_args: dict, inter_args: dict | None) -> dict:
+    """{link class: nominal per-direction bandwidth} for every edge kind of the built graph: what a
+    class's bus bandwidth curve B(M) is divided by (every edge of the class runs at B(M) / nominal
+    times its own bandwidth, so edges of one class keep their ratios).
+
+    nvlink: the NVLink bandwidth per GPU (the intra family's `nvlink_per_gpu`, after
+            calibration.nvlink_Bps; a mesh's pair links scale in proportion);
+    nic:    the bandwidth of one NIC (inter.nic_gbps / 8, or calibration.nic_Bps);
+    pcie:   one GPU's PCIe link (intra.link_Bps of a PCIe-only node, else pcie_Bps);
+    other:  (a family's own kind, the fat-tree's "trunk") its largest edge bandwidth.
+    A family that gives its NVLink no per-GPU bandwidth (0) gets the largest, too.
+    """
+    largest: dict = {}
+    for _, _, data in G.edges(data=True):
+        kind = data.get("kind")
+        if kind:
+            largest[kind] = max(largest.get(kind, 0.0), float(data.get("bandwidth_Bps", 0.0)))
+    known = {"nvlink": intra_family.nvlink_per_gpu(intra_args),
+             "pcie": intra_args["link_Bps"] if intra_family.name == "pcie" else intra_args["pcie_Bps"],
+             "nic": inter_args["nic_Bps"] if inter_args is not None else 0.0}
+    ordered = [kind for kind in known if kind in largest] + [kind for kind in largest if kind not in known]
+    return {kind: known.get(kind) or largest[kind] for kind in ordered}
+
+
 def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
     """Build and validate the cluster graph a spec dict describes (schema: module docstring).
 
@@ -273,23 +307,13 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
         if calibration.get("a2a_busbw_curve") is not None and intra_kind == "pcie":
             raise check.fail("calibration.a2a_busbw_curve", calibration["a2a_busbw_curve"],
                              "is given but intra.kind=pcie has no NVLink to scale")
-    # the per-GPU NVLink bandwidth the nvlink edges are built with (what a curve point replaces),
-    # after any calibration.nvlink_Bps scaling
-    nvlink_per_gpu_Bps = intra_family.nvlink_per_gpu(intra_args)
     pcie_Bps = intra_args["pcie_Bps"]
-    # the link models (lshsim.calibration), parsed once: one per link class at its nominal bandwidth
-    nominal_Bps = {"nvlink": nvlink_per_gpu_Bps, "pcie": intra_args["link_Bps"] if intra_kind == "pcie" else pcie_Bps}
-    if inter_args is not None:
-        nominal_Bps["nic"] = inter_args["nic_Bps"]
-    link_models = LinkModels.from_calibration(calibration, nominal_Bps=nominal_Bps, alpha_s=alpha_s, source=source)
-
     G = nx.DiGraph()
     G.graph.update(name=name, description=spec.get("description", ""), num_nodes=num_nodes,
                    gpus_per_node=gpus_per_node, gpu=gpu_dict, alpha_s=alpha_s,
                    nics_per_node=inter_args["nics_per_node"] if inter_args else 0,
                    intra_kind=intra_kind, inter_kind=inter_kind,
-                   calibration=copy.deepcopy(calibration), spec=copy.deepcopy(spec), source=source,
-                   link_models=link_models)
+                   calibration=copy.deepcopy(calibration), spec=copy.deepcopy(spec), source=source)
     routing = _routing(check, intra_family, inter_family)
     if routing is not None:
         G.graph["routing"] = routing
@@ -299,6 +323,10 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
         inter_family.call(G, num_nodes, gpus_per_node, source=source,
                           arguments={"pcie_Bps": pcie_Bps, "pcie_latency_s": intra_args["pcie_latency_s"],
                                      **inter_args})
+    # the link models (lshsim.calibration), parsed once: one per link class (edge kind) at the
+    # nominal bandwidth its curve scales against (`_nominal_Bps`)
+    G.graph["link_models"] = LinkModels.from_calibration(
+        calibration, nominal_Bps=_nominal_Bps(G, intra_family, intra_args, inter_args), alpha_s=alpha_s, source=source)
     try:
         validate_topology(G)
     except ValueError as error:
@@ -334,13 +362,22 @@ def load_topology(name_or_path: str | Path) -> nx.DiGraph:
 
 
 def write_topology_yaml(spec: dict, path: str | Path) -> Path:
-    """Validate a spec dict (by building it) and write it as YAML; returns the path.
+    """Validate a spec dict (by building it) and write it as YAML; returns the path. The file is
+    written to a temporary file in the same folder and renamed into place: a reader sees the old
+    file or the whole new one, never a part.
 
     This is what `executor calibrate` uses: a single-node nvswitch spec with a calibration block.
     """
     path = Path(path)
     build_topology(spec, source=path.name)
+    text = yaml.safe_dump(spec, sort_keys=False, default_flow_style=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(spec, handle, sort_keys=False, default_flow_style=False)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")    # created with the usual permissions
+    try:
+        with open(temporary, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     return path
