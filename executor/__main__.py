@@ -1,13 +1,15 @@
 """`python -m lshsim.executor {run, calibrate, check, launch}` (also under `torchrun -m lshsim.executor`).
 
 The commands and their arguments are defined once in `lshsim.executor.commands`; `lshsim run |
-calibrate | check | launch` reads the same ones.
+calibrate | check | launch` reads the same ones. `--plugin MODULE` (before the command) imports a
+plugin module first, as `lshsim --plugin` does (`lshsim.cli.load_plugin`).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from lshsim.cli import load_plugin
 from lshsim.executor.commands import add_subcommands, execute
 
 
@@ -15,6 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of `python -m lshsim.executor`."""
     parser = argparse.ArgumentParser(prog="python -m lshsim.executor", description="Run lshsim.dispatch on real "
                                      "devices under torch.distributed (torchrun, or `launch`).")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE (a dotted name, or a .py file) before the command and call its "
+                             "register() if it has one (lshsim.cli.load_plugin; repeatable)")
     add_subcommands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     return parser
 
@@ -24,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        for name in args.plugin:
+            load_plugin(name)
         return execute(args)
     except ValueError as error:
         parser.exit(2, f"executor {args.command}: error: {error}\n")

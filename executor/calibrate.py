@@ -15,24 +15,25 @@ Measured (every rank; collective):
    FLOPs = 2 * 2 * tokens * d * 4d, and HBM bandwidth from a 1 GiB device-to-device copy
    (bytes read + bytes written) / t.
 
-The command (`calibrate_command`) measures (or reads an earlier measurement through a source of
-`lshsim.calibration.sources.SOURCES`: `--from-raw` the microbenchmarks' JSON, `--nccl-tests` an
-nccl-tests log, `--from-traces` executor traces of calibration workloads, whose all-to-alls then
-replace the sweep's), fits (`lshsim.calibration.fit_calibration`: alpha-beta; with
-`--from-traces`, unless `--no-curve`, the bus bandwidth curve on the uniform workloads' traces
-and the duplex-engine headroom and link cap on the skewed ones) and writes the topology
+The command (`calibrate_command`) measures, or reads measured files through a calibration source
+(`lshsim.calibration.SOURCES`; `lshsim.executor.calibrate_files`: `--source NAME FILE...`, and its
+shorthands `--from-raw` the microbenchmarks' JSON, `--nccl-tests` an nccl-tests log,
+`--from-traces` executor traces of calibration workloads, whose all-to-alls then replace the
+sweep's), fits (`lshsim.calibration.fit_calibration`: alpha-beta; with `--source` or
+`--from-traces`, unless `--no-curve`, the bus bandwidth curve on the uniform all-to-alls and the
+duplex-engine headroom and link cap on the skewed ones) and writes the topology
 (`CalibrationFit.topology_spec`). The model and the fits: see `lshsim.calibration`.
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 
 import torch
 import torch.distributed as dist
 
-from lshsim.calibration import SOURCES, fit_calibration, gpu_key, merge_inputs, microbenchmark_input
+from lshsim.calibration import microbenchmark_input
+from lshsim.executor.calibrate_files import calibration_input, finish, reads_files
 from lshsim.executor.comm import align_ranks
 from lshsim.executor.timing import PhaseTimer
 
@@ -164,20 +165,10 @@ def measure(device: torch.device, *, min_bytes: int = 4096, max_bytes: int = 2 *
 
 
 def _calibration_input(args):
-    """(rank, CalibrationInput) of the command's arguments: read through the sources, or measured."""
-    if args.nccl_tests or args.from_raw or args.from_traces:
-        base = None
-        if args.nccl_tests:
-            base = SOURCES["nccl-tests"]([args.nccl_tests], world_size=args.world_size, gpu=args.gpu)
-        elif args.from_raw:
-            base = SOURCES["microbenchmarks"]([args.from_raw])
-        if not args.from_traces:
-            return 0, base
-        # in situ: the all-to-alls of the executor's own (calibration) workloads; with a curve, the
-        # uniform ones give the points and the skewed ones the headroom's cases
-        traces = SOURCES["traces"](args.from_traces, split_skewed=not getattr(args, "no_curve", False),
-                                   gpu=args.gpu if base is None else None)
-        return 0, merge_inputs(base, traces)
+    """(rank, CalibrationInput) of the command's arguments: read through the sources
+    (`lshsim.executor.calibrate_files`), or measured."""
+    if reads_files(args):
+        return 0, calibration_input(args)
     from lshsim.executor.runtime import Progress, init_runtime, provenance, shutdown
 
     runtime = init_runtime(args.device, args.collective_timeout_s)
@@ -193,57 +184,10 @@ def _calibration_input(args):
 
 
 def calibrate_command(args) -> int:
-    """The CLI behind `python -m lshsim.executor calibrate` (see executor/__main__.py for the flags)."""
-    from lshsim.topology import write_topology_yaml
-
+    """The CLI behind `python -m lshsim.executor calibrate` and `lshsim calibrate` (flags:
+    `lshsim.executor.commands.add_calibrate`): measure on every rank (or read files), then rank 0
+    fits, writes and reports (`lshsim.executor.calibrate_files.finish`)."""
     rank, inp = _calibration_input(args)
     if rank != 0:
         return 0
-    results, source, world = inp.record, inp.provenance, inp.world_size
-    if args.raw:  # the measurements first: a failed fit must not lose them
-        with open(args.raw, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps({"results": results, "provenance": source}, indent=1) + "\n")
-    fit = fit_calibration(inp, fit_min_bytes=args.fit_min_bytes,
-                          curve=bool(args.from_traces) and not getattr(args, "no_curve", False))
-    fit_info = fit.info()
-    prov = {**source, "fit": fit_info}
-    if args.raw:
-        with open(args.raw, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps({"results": results, "provenance": source, "fit": fit_info}, indent=1) + "\n")
-    name = args.name or f"{gpu_key(inp.gpu) or 'cpu'}-x{world}-calibrated"
-    if args.out:
-        write_topology_yaml(fit.topology_spec(name, prov), args.out)
-    alpha_beta, curve, headroom = fit.alpha_beta, fit.curve, fit.headroom
-    lines = [f"calibration on {world} x {inp.gpu or 'CPU'}"]
-    for point in inp.points:
-        model = f"  model {alpha_beta.predict_s(point.offdiag_bytes) * 1e6:10.1f} us" if alpha_beta else ""
-        lines.append(f"  all-to-all {point.bytes_per_rank:>12d} B/rank  {point.time_s * 1e6:10.1f} us  "
-                     f"busbw {point.busbw_Bps / 1e9:7.2f} GB/s{model}")
-    for p in results.get("p2p") or []:
-        lines.append(f"  p2p {p['bytes']:>12d} B  {p['Bps'] / 1e9:7.2f} GB/s")
-    if results.get("ffn"):
-        lines.append(f"  expert FFN {results['ffn']['flops_per_s'] / 1e12:.1f} TFLOP/s "
-                     f"({results['ffn']['dtype']}, d={results['ffn']['d_model']})")
-    if results.get("hbm"):
-        lines.append(f"  copy {results['hbm']['Bps'] / 1e9:.1f} GB/s (read + write)")
-    if alpha_beta:
-        lines.append(f"  fit: alpha {alpha_beta.alpha_s * 1e6:.2f} us, B {alpha_beta.bandwidth_Bps / 1e9:.1f} GB/s, "
-                     f"max |residual| {alpha_beta.max_rel_residual:.3f}, median {alpha_beta.median_rel_residual:.3f} "
-                     f"({alpha_beta.points_used} sizes >= {args.fit_min_bytes} B)")
-    if curve is not None:
-        lines.append(f"  bus bandwidth curve ({curve.points} sizes, alpha 0): "
-                     + ", ".join(f"{m / 1e6:.1f} MB {b / 1e9:.0f} GB/s" for m, b in curve.curve))
-        lines.append(f"  curve: max |residual| {curve.max_rel_residual:.3f}, median {curve.median_rel_residual:.3f}")
-    if headroom is not None:
-        info = fit_info["link_headroom"]
-        lines.append(f"  link headroom {headroom.headroom:.3f} on {headroom.phases} all-to-alls of "
-                     f"{info['traces']} skewed traces: |error| median {headroom.median_rel_error:.3f}, "
-                     f"max {headroom.max_rel_error:.3f} (curve alone: median {headroom.curve_only_median_rel_error:.3f}, "
-                     f"max {headroom.curve_only_max_rel_error:.3f})"
-                     + (f"; links capped at {headroom.link_max_Bps / 1e9:.0f} GB/s (fitted between the curve's top "
-                        f"{max(b for _, b in curve.curve) / 1e9:.0f} and the fastest p2p send "
-                        f"{info['p2p_max_Bps'] / 1e9:.0f})" if headroom.link_max_Bps else ""))
-    if args.out:
-        lines.append(f"  topology written to {args.out}")
-    sys.stdout.write("\n".join(lines) + "\n")
-    return 0
+    return finish(args, inp)

@@ -7,7 +7,8 @@ command and, under `launch`, records why a rank failed. Nothing here imports tor
 command runs.
 
 - run:       time workloads (YAML, `lshsim.executor.workload`) and write measured Trace JSON files;
-- calibrate: all-to-all sweep, p2p bandwidth, expert FFN rate; fit a topology (`lshsim.executor.calibrate`);
+- calibrate: all-to-all sweep, p2p bandwidth, expert FFN rate; fit a topology (`lshsim.executor.calibrate`),
+             or fit measured files read by a calibration source (`lshsim.executor.calibrate_files`);
 - check:     the distributed layer against the dense single-process reference (`lshsim.executor.check`);
 - launch:    start N local ranks (no torchrun) and watch them (`lshsim.executor.launch`).
 """
@@ -19,6 +20,7 @@ import logging
 import sys
 
 from lshsim.checks import arg_non_negative_int, arg_positive_int
+from lshsim.executor.calibrate_files import arg_source_option
 from lshsim.units import BYTES_HELP, arg_int_bytes
 
 __all__ = ["COMMANDS", "add_subcommands", "add_run", "add_calibrate", "add_check", "add_launch", "execute",
@@ -71,8 +73,9 @@ def add_run(subparsers) -> argparse.ArgumentParser:
 def add_calibrate(subparsers) -> argparse.ArgumentParser:
     cal = subparsers.add_parser("calibrate", help="all-to-all sweep, p2p bandwidth, expert FFN rate; fit a topology",
                                 description="Measure the microbenchmarks that parameterise a topology (or fit "
-                                            "them from nccl-tests output, an earlier --raw JSON or measured "
-                                            "traces) and write a calibrated topology YAML.")
+                                            "them from files a calibration source reads: --source NAME FILE..., "
+                                            "or nccl-tests output, an earlier --raw JSON or measured traces) and "
+                                            "write a calibrated topology YAML.")
     cal.add_argument("--out", default=None, help="calibrated topology YAML to write (rank 0)")
     cal.add_argument("--raw", default=None, help="JSON of every measurement (rank 0)")
     cal.add_argument("--name", default=None, help="topology name (default: derived from the GPU)")
@@ -86,16 +89,29 @@ def add_calibrate(subparsers) -> argparse.ArgumentParser:
     cal.add_argument("--warmup", type=arg_non_negative_int, default=3, help="untimed repetitions per size (3)")
     cal.add_argument("--ffn-d-model", type=arg_positive_int, default=4096, help="d_model of the FFN rate test")
     cal.add_argument("--ffn-tokens", type=arg_positive_int, default=8192, help="tokens of the FFN rate test")
+    cal.add_argument("--source", default=None, metavar="NAME",
+                     help="fit from the FILEs, read by the calibration source NAME (lshsim.calibration.SOURCES: "
+                          "microbenchmarks, traces, nccl-tests, or one a --plugin module registers), instead of "
+                          "measuring")
+    cal.add_argument("files", nargs="*", metavar="FILE", help="with --source: the files the source reads")
+    cal.add_argument("--source-option", dest="source_options", action="append", type=arg_source_option,
+                     default=None, metavar="KEY=VALUE",
+                     help="with --source: one keyword option of the source (repeatable); VALUE is read as "
+                          "YAML (4, 1e9, true, text)")
     cal.add_argument("--nccl-tests", default=None,
-                     help="fit from an existing nccl-tests alltoall_perf output instead of measuring")
-    cal.add_argument("--world-size", type=arg_positive_int, default=None, help="with --nccl-tests: ranks of that run")
-    cal.add_argument("--gpu", default=None, help="with --nccl-tests: the GPU model (h100, h200, ...)")
-    cal.add_argument("--from-raw", default=None, help="refit from a --raw JSON of an earlier calibration")
+                     help="fit from an existing nccl-tests alltoall_perf output instead of measuring "
+                          "(= --source nccl-tests)")
+    cal.add_argument("--world-size", type=arg_positive_int, default=None,
+                     help="with --nccl-tests: ranks of that run (with --source: its option world_size)")
+    cal.add_argument("--gpu", default=None,
+                     help="with --nccl-tests: the GPU model (h100, h200, ...) (with --source: its option gpu)")
+    cal.add_argument("--from-raw", default=None,
+                     help="refit from a --raw JSON of an earlier calibration (= --source microbenchmarks)")
     cal.add_argument("--from-traces", nargs="+", default=None,
                      help="fit the all-to-all in situ on measured traces of calibration workloads "
-                          "(FFN and HBM rates still from --from-raw, if given)")
+                          "(the source traces; FFN and HBM rates still from --from-raw, if given)")
     cal.add_argument("--no-curve", action="store_true",
-                     help="with --from-traces: write only the (alpha, B) fit, no a2a_busbw_curve")
+                     help="with --from-traces or --source: write only the (alpha, B) fit, no a2a_busbw_curve")
     cal.add_argument("--fit-min-bytes", type=arg_bytes_or_zero, default=0,
                      help=f"fit only the all-to-all sizes >= this (default 0: all; {BYTES_HELP})")
     _add_common(cal)
@@ -199,6 +215,10 @@ def _print_run_summary(trace, out_path) -> None:
 
 
 def cmd_calibrate(args) -> int:
+    from lshsim.executor.calibrate_files import calibrate_from_files, reads_files
+
+    if reads_files(args):           # fit measured files: no torch
+        return calibrate_from_files(args)
     from lshsim.executor.calibrate import calibrate_command
 
     return calibrate_command(args)

@@ -6,12 +6,15 @@ import `lshsim.sim` when they run.
 The model (one place; the simulator, the topology schema and `executor calibrate` point here)
 ---------------------------------------------------------------------------------------------
 Every link class of a topology ("nvlink", "nic", "pcie", or an edge kind a builder adds) has a
-`LinkModel`: its nominal per-direction bandwidth B_nom (what its edges are built with), the
-per-message start-up latency alpha_s of a collective, and optionally
+`LinkModel`: its nominal per-direction bandwidth B_nom (what its edges are built with: the
+NVLink bandwidth per GPU, one NIC's, one GPU's PCIe link, another kind's largest edge; see
+`lshsim.topology.spec`), the per-message start-up latency alpha_s of a collective, and
+optionally, from the topology's `calibration.links.CLASS` block (for NVLink also the top-level
+keys `calibration.a2a_busbw_curve`, `a2a_link_headroom`, `a2a_link_max_Bps`):
 
-1. a size-dependent bus bandwidth curve B(M) (`calibration.a2a_busbw_curve`, NVLink): NCCL's
-   all-to-all reaches a bus bandwidth that grows with the size, which one link bandwidth cannot
-   follow. Each all-to-all first takes its size M = max_r max(S_r, R_r) W / (W - 1) (S_r, R_r: the
+1. a size-dependent bus bandwidth curve B(M) (`busbw_curve`): NCCL's all-to-all reaches a bus
+   bandwidth that grows with the size, which one link bandwidth cannot follow. Each all-to-all
+   first takes its size M = max_r max(S_r, R_r) W / (W - 1) (S_r, R_r: the
    bytes rank r sends to / receives from the others; equal splits give nccl-tests' bytes per rank;
    `a2a_bytes_per_rank`), reads B(M) off the curve (`curve_busbw_Bps`: linear in log M between
    the points, the end values outside them), and runs with every edge of the class at
@@ -20,7 +23,7 @@ per-message start-up latency alpha_s of a collective, and optionally
    it goes with alpha_s 0. Hierarchical algorithms and the MoE step's chunks use the size of the
    traffic they pass in.
 
-2. a duplex-engine headroom h >= 1 (`calibration.a2a_link_headroom`, only with a curve): NCCL's
+2. a duplex-engine headroom h >= 1 (`headroom`, only with a curve; one class at most): NCCL's
    p2p kernels move a GPU's sends and receives together, so the pair is bound by one capacity,
    while each direction of its links alone can go faster than a uniform all-to-all's
    per-direction rate. Each GPU gets an engine of capacity 2 B(M_dup),
@@ -35,7 +38,7 @@ per-message start-up latency alpha_s of a collective, and optionally
    otherwise (max-min fairness shares an engine equally, not in favour of the longest flow), so h
    is fitted with the simulation, not the closed form.
 
-3. the links' cap B_max (`calibration.a2a_link_max_Bps`, only with a headroom): the most one link
+3. the links' cap B_max (`link_max_Bps`, only with a headroom): the most one link
    direction carries; absent, the curve's largest bus bandwidth. Fitted between that and the
    fastest point-to-point send measured.
 
@@ -64,7 +67,8 @@ Sources (`lshsim.calibration.sources`, registry `SOURCES`)
 ---------------------------------------------------------
 Each turns measured files into one `CalibrationInput` (points, cases, p2p sends, compute rates,
 provenance): the executor's microbenchmark JSON, the executor's traces, nccl-tests logs. A new
-source is one function `read(paths, **options) -> CalibrationInput` and one registry entry.
+source is one function `read(paths, **options) -> CalibrationInput` and one registry entry;
+`read_source(name, paths, options)` runs one (`lshsim calibrate --source NAME FILE...`).
 
 >>> import numpy as np
 >>> links = LinkModels.from_calibration({"a2a_busbw_curve": [[1e6, 50e9], [1e9, 300e9]], "a2a_link_headroom": 1.2},
@@ -80,8 +84,8 @@ from lshsim.calibration.inputs import A2ACase, A2APoint, CalibrationInput, P2PPo
 from lshsim.calibration.model import (CollectiveRates, LinkModel, LinkModels, LinkRates, a2a_bytes_per_rank,
                                       a2a_duplex_bytes_per_rank, curve_busbw_Bps, parse_busbw_curve)
 from lshsim.calibration.sources import (SOURCES, NcclTestsRun, TraceA2APhase, parse_nccl_tests, read_microbenchmarks,
-                                        read_nccl_tests, read_traces, microbenchmark_input, trace_a2a_phases,
-                                        trace_algorithm, trace_skew)
+                                        read_nccl_tests, read_source, read_traces, microbenchmark_input,
+                                        trace_a2a_phases, trace_algorithm, trace_skew)
 
 __all__ = ["LinkModel", "LinkModels", "LinkRates", "CollectiveRates", "curve_busbw_Bps", "a2a_bytes_per_rank",
            "a2a_duplex_bytes_per_rank", "parse_busbw_curve",
@@ -89,5 +93,5 @@ __all__ = ["LinkModel", "LinkModels", "LinkRates", "CollectiveRates", "curve_bus
            "AlphaBetaFit", "fit_alpha_beta", "BusbwCurveFit", "fit_busbw_curve", "curve_residuals", "HeadroomFit",
            "a2a_errors", "fit_link_headroom", "fit_link_headroom_and_cap", "CalibrationFit", "fit_calibration",
            "calibrated_topology_spec", "gpu_key",
-           "SOURCES", "TraceA2APhase", "trace_a2a_phases", "trace_skew", "trace_algorithm", "read_traces",
-           "read_microbenchmarks", "microbenchmark_input", "read_nccl_tests", "parse_nccl_tests", "NcclTestsRun"]
+           "SOURCES", "read_source", "TraceA2APhase", "trace_a2a_phases", "trace_skew", "trace_algorithm",
+           "read_traces", "read_microbenchmarks", "microbenchmark_input", "read_nccl_tests", "parse_nccl_tests", "NcclTestsRun"]

@@ -11,6 +11,10 @@ skewed all-to-alls with their traffic matrices as `A2ACase`s (the headroom and c
 point-to-point sends as `P2PPoint`s, the achieved compute rates, the GPU name and a provenance
 dict. It raises ValueError naming the file for anything it cannot read. It measures nothing and
 imports no torch. A new source is one function and one entry: `SOURCES["mine"] = read_mine`.
+`read_source(name, paths, options)` is the one call that runs a registered source (what
+`lshsim calibrate --source NAME FILE... --source-option KEY=VALUE` does; its `--nccl-tests`,
+`--from-raw` and `--from-traces` are shorthands for the shipped sources): it refuses an unknown
+name (listing the known ones) and an option the source does not take (listing the ones it does).
 
 Shipped:
 - "microbenchmarks": the raw JSON of `executor calibrate --raw` (all-to-all sweep, p2p, FFN
@@ -22,6 +26,7 @@ Shipped:
 """
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from dataclasses import dataclass
@@ -32,7 +37,7 @@ import numpy as np
 from lshsim.calibration.inputs import A2ACase, A2APoint, CalibrationInput, P2PPoint
 from lshsim.calibration.model import a2a_bytes_per_rank
 
-__all__ = ["SOURCES", "TraceA2APhase", "trace_a2a_phases", "trace_skew", "trace_algorithm", "read_traces",
+__all__ = ["SOURCES", "read_source", "TraceA2APhase", "trace_a2a_phases", "trace_skew", "trace_algorithm", "read_traces",
            "read_microbenchmarks", "microbenchmark_input", "read_nccl_tests", "parse_nccl_tests", "NcclTestsRun"]
 
 
@@ -276,3 +281,50 @@ def read_nccl_tests(paths, *, world_size: int | None = None, gpu: str | None = N
 
 #: name -> read(paths, **options) -> CalibrationInput (contract: module docstring).
 SOURCES = {"microbenchmarks": read_microbenchmarks, "traces": read_traces, "nccl-tests": read_nccl_tests}
+
+
+def _option_names(signature: inspect.Signature) -> list[str]:
+    """The keyword options of a source's signature (every parameter after the paths), "name
+    (required)" for one without a default."""
+    params = list(signature.parameters.values())[1:]
+    return [p.name + (" (required)" if p.default is p.empty else "") for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def read_source(name: str, paths, options: dict | None = None) -> CalibrationInput:
+    """Read `paths` (one path or several) through the registered source `SOURCES[name]` with its
+    keyword `options`. ValueError for an unknown name (listing the known ones), for options the
+    source does not take or lacks (checked against its signature, listing its options) and for a
+    file that cannot be opened; the source's own ValueError (naming the file) passes through.
+
+    >>> read_source("csv", ["a.csv"])
+    Traceback (most recent call last):
+    ...
+    ValueError: calibration source 'csv' is unknown; known: microbenchmarks, nccl-tests, traces
+    >>> read_source("nccl-tests", ["run.log"], {"ranks": 4})
+    Traceback (most recent call last):
+    ...
+    ValueError: calibration source 'nccl-tests': got an unexpected keyword argument 'ranks' (its options: world_size, gpu)
+    """
+    if name not in SOURCES:
+        raise ValueError(f"calibration source {name!r} is unknown; known: {', '.join(sorted(SOURCES))}")
+    read = SOURCES[name]
+    options = dict(options or {})
+    paths = [str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    try:
+        signature = inspect.signature(read)
+    except (TypeError, ValueError):         # a callable without a signature: call it as it is
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(paths, **options)
+        except TypeError as error:
+            raise ValueError(f"calibration source {name!r}: {error} "
+                             f"(its options: {', '.join(_option_names(signature)) or 'none'})") from None
+    try:
+        inp = read(paths, **options)
+    except OSError as error:
+        raise ValueError(f"calibration source {name!r}: {error}") from None
+    if not isinstance(inp, CalibrationInput):
+        raise TypeError(f"calibration source {name!r} returned a {type(inp).__name__}, not a CalibrationInput")
+    return inp

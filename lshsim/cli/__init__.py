@@ -17,15 +17,22 @@ executor's commands (`run`, `calibrate`, `check`, `launch`) reuse the argument d
 
 Adding a sub-command: write `lshsim/cli/my_command.py` with `add_parser` and `run`, and add
 `"my-command": "lshsim.cli.my_command"` to SUBCOMMANDS at the place it should take in `--help`.
+
+Plugins: `lshsim --plugin MODULE COMMAND ...` imports MODULE (a dotted module name on the Python
+path, or a .py file) before the command runs and calls its `register()` if it has one
+(`load_plugin`); that is how a router, a topology family, a collective, a phase or a calibration
+source that a module adds to its registry reaches every sub-command, e.g.
+`lshsim --plugin my_sources calibrate --source csv-a2a a2a.csv --world-size 4 --out t.yaml`.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from types import ModuleType
 
-__all__ = ["main", "build_parser", "SUBCOMMANDS"]
+__all__ = ["main", "build_parser", "load_plugin", "SUBCOMMANDS"]
 
 #: sub-command name -> module (with add_parser and run), in the order of `lshsim --help`
 SUBCOMMANDS: dict[str, str] = {
@@ -48,10 +55,42 @@ def _module(name: str) -> ModuleType:
     return importlib.import_module(SUBCOMMANDS[name])
 
 
+def load_plugin(name: str) -> ModuleType:
+    """Import a plugin module, a dotted name on the Python path or a path to a .py file, and call its
+    `register()` if it has one; returns the module. A module that cannot be found or imported is
+    a ValueError naming it (what it raises while importing or registering passes through)."""
+    from pathlib import Path
+
+    if name.endswith(".py"):
+        path = Path(name)
+        if not path.is_file():
+            raise ValueError(f"--plugin {name}: no such file")
+        spec = importlib.util.spec_from_file_location(f"lshsim_plugin_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name is None or not (name == error.name or name.startswith(error.name + ".")):
+                raise
+            raise ValueError(f"--plugin {name}: no module named {error.name!r} (a dotted module name on the "
+                             f"Python path, or a .py file)") from None
+    register = getattr(module, "register", None)
+    if callable(register):
+        register()
+    return module
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of `lshsim` with every registered sub-command."""
     parser = argparse.ArgumentParser(prog="lshsim", description="Communication cost of MoE training: "
                                      "analytic models, a simulator and an executor (LSH-MoE, LocMoE).")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE (a dotted name, or a .py file) before the command and call its "
+                             "register() if it has one: how a plugin adds routers, topology families, "
+                             "collectives, phases or calibration sources (repeatable)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         added = _module(name).add_parser(subparsers)
@@ -65,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        for name in args.plugin:
+            load_plugin(name)
         return _module(args.command).run(args)
     except ValueError as error:
         parser.exit(2, f"lshsim {args.command}: error: {error}\n")

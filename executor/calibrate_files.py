@@ -1,0 +1,210 @@
+"""`calibrate` on measured files: read them through a calibration source, fit, write the topology.
+
+The half of the `calibrate` command that measures nothing and imports no torch (the measuring
+half is `lshsim.executor.calibrate`; both end in `finish`). Every way of naming files is one
+source read, `lshsim.calibration.read_source(name, paths, options)`:
+
+    --source NAME FILE... [--source-option KEY=VALUE]...   SOURCES[NAME](FILEs, KEY=VALUE, ...)
+    --nccl-tests LOG [--world-size W] [--gpu G]            the "nccl-tests" source
+    --from-raw RAW.json                                    the "microbenchmarks" source
+    --from-traces TRACE.json...                            the "traces" source (in situ: its
+                                                           all-to-alls, the rest of --from-raw)
+
+`--world-size` and `--gpu` are passed to a `--source` as its options world_size and gpu. A source
+registered by a plugin module is named like a shipped one once the module is imported
+(`lshsim --plugin MODULE calibrate --source NAME ...`). The fit (`fit_calibration`) includes the
+bus bandwidth curve (and, with skewed all-to-alls, the headroom and cap) for `--source` and
+`--from-traces` unless `--no-curve`; `--nccl-tests` and `--from-raw` alone fit alpha-beta. The
+topology YAML (and the `--raw` JSON) is written only after the fit succeeded, through a temporary
+file in the same folder renamed into place, so a failure leaves no half-written file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+__all__ = ["SourceRead", "source_reads", "reads_files", "calibration_input", "finish", "calibrate_from_files",
+           "arg_source_option", "write_atomically"]
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def arg_source_option(text: str) -> tuple[str, object]:
+    """argparse type of `--source-option KEY=VALUE`: (KEY, VALUE read as YAML: 4, 1e9, true, text,
+    [1, 2]; a number YAML 1.1 leaves as text, such as 1e9, becomes a float).
+
+    >>> arg_source_option("world_size=4"), arg_source_option("gpu=NVIDIA H200"), arg_source_option("min=1e9")
+    (('world_size', 4), ('gpu', 'NVIDIA H200'), ('min', 1000000000.0))
+    """
+    import argparse
+
+    import yaml
+
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE with KEY a Python identifier")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    if isinstance(parsed, str) and _NUMBER.match(parsed.strip()):
+        parsed = float(parsed)
+    return key, parsed
+
+
+class SourceRead(NamedTuple):
+    """One read through `lshsim.calibration.read_source(name, paths, options)`."""
+
+    name: str
+    paths: list
+    options: dict
+
+
+def source_reads(args) -> tuple[SourceRead | None, SourceRead | None]:
+    """(base, a2a): the source reads the arguments ask for; (None, None) to measure. `a2a` (the
+    traces of --from-traces) replaces the base's all-to-alls (`merge_inputs`)."""
+    source = getattr(args, "source", None)
+    files = list(getattr(args, "files", None) or [])
+    shorthands = [flag for flag, value in (("--nccl-tests", args.nccl_tests), ("--from-raw", args.from_raw),
+                                           ("--from-traces", args.from_traces)) if value]
+    if source is None:
+        if files:
+            raise ValueError(f"FILE arguments ({' '.join(files)}) need --source NAME, the calibration source "
+                             f"that reads them")
+        if getattr(args, "source_options", None):
+            raise ValueError("--source-option needs --source NAME")
+    else:
+        if shorthands:
+            raise ValueError(f"--source reads one source; {', '.join(shorthands)} "
+                             f"{'is a shorthand' if len(shorthands) == 1 else 'are shorthands'} for a shipped one: "
+                             f"give one of the two")
+        if not files:
+            raise ValueError(f"--source {source} needs the files to read (FILE...)")
+        options: dict = {}
+        for key, value in getattr(args, "source_options", None) or []:
+            if key in options:
+                raise ValueError(f"--source-option {key} is given twice")
+            options[key] = value
+        for key in ("world_size", "gpu"):
+            flag = "--" + key.replace("_", "-")
+            if getattr(args, key, None) is not None:
+                if key in options:
+                    raise ValueError(f"{flag} and --source-option {key}=... both give the source's {key}")
+                options[key] = getattr(args, key)
+        return SourceRead(source, files, options), None
+    base = None
+    if args.nccl_tests:
+        base = SourceRead("nccl-tests", [args.nccl_tests], {"world_size": args.world_size, "gpu": args.gpu})
+    elif args.from_raw:
+        base = SourceRead("microbenchmarks", [args.from_raw], {})
+    a2a = None
+    if args.from_traces:
+        # in situ: the all-to-alls of the executor's own (calibration) workloads; with a curve, the
+        # uniform ones give the points and the skewed ones the headroom's cases
+        a2a = SourceRead("traces", list(args.from_traces), {"split_skewed": not getattr(args, "no_curve", False),
+                                                       "gpu": args.gpu if base is None else None})
+    return base, a2a
+
+
+def reads_files(args) -> bool:
+    """Whether the arguments name files to fit (a source read) rather than asking to measure."""
+    return bool(getattr(args, "source", None) or getattr(args, "files", None) or args.nccl_tests or args.from_raw
+                or args.from_traces)
+
+
+def calibration_input(args):
+    """The `CalibrationInput` of the arguments' source reads (`source_reads`)."""
+    from lshsim.calibration import merge_inputs, read_source
+
+    base, a2a = source_reads(args)
+    if base is None and a2a is None:
+        raise ValueError("nothing to read: give --source NAME FILE..., --nccl-tests, --from-raw or --from-traces")
+    base_input = None if base is None else read_source(*base)
+    if a2a is None:
+        return base_input
+    return merge_inputs(base_input, read_source(*a2a))
+
+
+def fits_curve(args) -> bool:
+    """The bus bandwidth curve is fitted for --source and --from-traces, unless --no-curve."""
+    return bool(getattr(args, "source", None) or args.from_traces) and not getattr(args, "no_curve", False)
+
+
+def write_atomically(path, text: str) -> Path:
+    """Write `text` to `path` through a temporary file in the same folder renamed into place: the
+    file is either the old one or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")    # created with the usual permissions
+    try:
+        with open(temporary, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def finish(args, inp) -> int:
+    """Fit `inp`, write `--raw` and `--out` (the topology, named `--name` or after the GPU) and
+    print the summary; the end of every `calibrate`, measured or read."""
+    from lshsim.calibration import fit_calibration, gpu_key
+    from lshsim.topology import write_topology_yaml
+
+    results, source, world = inp.record, inp.provenance, inp.world_size
+    if args.raw:  # the measurements first: a failed fit must not lose them
+        write_atomically(args.raw, json.dumps({"results": results, "provenance": source}, indent=1) + "\n")
+    fit = fit_calibration(inp, fit_min_bytes=args.fit_min_bytes, curve=fits_curve(args))
+    fit_info = fit.info()
+    prov = {**source, "fit": fit_info}
+    name = args.name or f"{gpu_key(inp.gpu) or 'cpu'}-x{world}-calibrated"
+    if args.raw:
+        write_atomically(args.raw, json.dumps({"results": results, "provenance": source, "fit": fit_info},
+                                              indent=1) + "\n")
+    if args.out:
+        write_topology_yaml(fit.topology_spec(name, prov), args.out)      # validated, then written atomically
+    alpha_beta, curve, headroom = fit.alpha_beta, fit.curve, fit.headroom
+    lines = [f"calibration on {world} x {inp.gpu or 'CPU'}"]
+    for point in inp.points:
+        model = f"  model {alpha_beta.predict_s(point.offdiag_bytes) * 1e6:10.1f} us" if alpha_beta else ""
+        lines.append(f"  all-to-all {point.bytes_per_rank:>12d} B/rank  {point.time_s * 1e6:10.1f} us  "
+                     f"busbw {point.busbw_Bps / 1e9:7.2f} GB/s{model}")
+    for p in results.get("p2p") or []:
+        lines.append(f"  p2p {p['bytes']:>12d} B  {p['Bps'] / 1e9:7.2f} GB/s")
+    if results.get("ffn"):
+        lines.append(f"  expert FFN {results['ffn']['flops_per_s'] / 1e12:.1f} TFLOP/s "
+                     f"({results['ffn']['dtype']}, d={results['ffn']['d_model']})")
+    if results.get("hbm"):
+        lines.append(f"  copy {results['hbm']['Bps'] / 1e9:.1f} GB/s (read + write)")
+    if alpha_beta:
+        lines.append(f"  fit: alpha {alpha_beta.alpha_s * 1e6:.2f} us, B {alpha_beta.bandwidth_Bps / 1e9:.1f} GB/s, "
+                     f"max |residual| {alpha_beta.max_rel_residual:.3f}, median {alpha_beta.median_rel_residual:.3f} "
+                     f"({alpha_beta.points_used} sizes >= {args.fit_min_bytes} B)")
+    if curve is not None:
+        lines.append(f"  bus bandwidth curve ({curve.points} sizes, alpha 0): "
+                     + ", ".join(f"{m / 1e6:.1f} MB {b / 1e9:.0f} GB/s" for m, b in curve.curve))
+        lines.append(f"  curve: max |residual| {curve.max_rel_residual:.3f}, median {curve.median_rel_residual:.3f}")
+    if headroom is not None:
+        info = fit_info["link_headroom"]
+        lines.append(f"  link headroom {headroom.headroom:.3f} on {headroom.phases} all-to-alls of "
+                     f"{info['traces']} skewed traces: |error| median {headroom.median_rel_error:.3f}, "
+                     f"max {headroom.max_rel_error:.3f} (curve alone: median {headroom.curve_only_median_rel_error:.3f}, "
+                     f"max {headroom.curve_only_max_rel_error:.3f})"
+                     + (f"; links capped at {headroom.link_max_Bps / 1e9:.0f} GB/s (fitted between the curve's top "
+                        f"{max(b for _, b in curve.curve) / 1e9:.0f} and the fastest p2p send "
+                        f"{info['p2p_max_Bps'] / 1e9:.0f})" if headroom.link_max_Bps else ""))
+    if args.out:
+        lines.append(f"  topology written to {args.out}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def calibrate_from_files(args) -> int:
+    """`calibrate` with files to read (`reads_files(args)`): read, fit, write, report."""
+    return finish(args, calibration_input(args))
