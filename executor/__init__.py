@@ -9,6 +9,7 @@ commands.
 Modules: commands (the sub-commands and their arguments, for both entry points), workload (the
 YAML schema), comm (autograd all-to-all, byte counting), timing (events, max over ranks, median
 over iterations), moe_layer (the distributed MoE layer and its dense reference), run (a measured
-Trace), calibrate (all-to-all sweep, p2p, FFN rate, alpha-beta fit, nccl-tests parser), launch
+Trace), calibrate (all-to-all sweep, p2p, FFN rate; the calibrate command), calibrate_files (the
+command on measured files: a calibration source, the fit, the topology written; no torch), launch
 (local ranks with a watchdog), runtime (process group, provenance).
 """
