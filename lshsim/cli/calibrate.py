@@ -1,5 +1,6 @@
-"""`lshsim calibrate`: the executor's `calibrate`: measure (or fit) the microbenchmarks that
-parameterise a topology and write it.
+"""`lshsim calibrate`: the executor's `calibrate`: measure the microbenchmarks that parameterise a
+topology (or read measured files through a calibration source: `--source NAME FILE...`, a
+plugin's source registered with `lshsim --plugin MODULE`), fit and write it.
 
 The arguments and the work are those of `lshsim.executor.commands` (`add_calibrate`, `cmd_calibrate`), shared
 with `python -m lshsim.executor calibrate`; torch is imported when the command runs, not when the parser
