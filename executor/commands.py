@@ -264,7 +264,9 @@ def cmd_launch(args) -> int:
         rest = rest[1:]
     if not rest or rest[0] not in ("run", "calibrate", "check"):
         raise ValueError("launch needs a sub-command after '--': run, calibrate or check")
-    result = launch(args.nproc, rest, timeout_s=args.timeout_s, stall_timeout_s=args.stall_timeout_s)
+    # every rank imports the same plugins as the launcher (`--plugin`, before the sub-command)
+    plugins = [item for name in getattr(args, "plugin", None) or [] for item in ("--plugin", name)]
+    result = launch(args.nproc, plugins + rest, timeout_s=args.timeout_s, stall_timeout_s=args.stall_timeout_s)
     if result.exit_code != 0:
         sys.stderr.write(f"executor launch: {result.message}\n")
     return result.exit_code

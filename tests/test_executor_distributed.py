@@ -117,3 +117,20 @@ def test_calibrate_measures_and_writes_a_loadable_topology(tmp_path):
     assert data["provenance"]["backend"] == "gloo"
     G = load_topology(out)
     assert G.graph["gpus_per_node"] == 2 and G.graph["calibration"]["provenance"]["tool"] == "executor calibrate"
+
+
+@pytest.mark.distributed
+def test_launch_passes_plugins_to_every_rank(tmp_path):
+    """A router plugin given to `lshsim --plugin FILE launch` is registered on every rank it starts."""
+    plugin = Path(__file__).parent / "plugins" / "toy_router.py"
+    workload = tmp_path / "round-robin.yaml"
+    workload.write_text(TINY.replace("name: tiny", "name: round-robin").replace(
+        "router: {name: topk, k: 2, capacity_factor: 1.25}", "router: {name: round_robin, k: 1, options: {offset: 1}}"))
+    out = tmp_path / "trace.json"
+    proc = subprocess.run([sys.executable, "-m", "lshsim.cli", "--plugin", str(plugin), "launch", "--nproc", "2",
+                           "--timeout-s", "60", "--", "run", "--workload", str(workload), "--out", str(out),
+                           "--threads", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    trace = Trace.from_json(out)
+    assert trace.meta["workload"]["router"]["name"] == "round_robin"
+    assert trace.meta["workload"]["world_size"] == 2
