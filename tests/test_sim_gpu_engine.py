@@ -184,7 +184,10 @@ def test_duplex_bytes_per_rank():
 # ---- topology YAML -------------------------------------------------------------------------------
 def test_headroom_yaml_round_trip(tmp_path):
     path = tmp_path / "h.yaml"
-    path.write_text(yaml.safe_dump(_spec("1.25")))        # YAML 1.1 text numbers accepted
+    path.write_text(yaml.safe_dump(_spec("1.25")))        # a quoted number is text: refused (issue 17)
+    with pytest.raises(ValueError, match=r"h.yaml: calibration.a2a_link_headroom='1.25' must be a finite number"):
+        load_topology(path)
+    path.write_text(yaml.safe_dump(_spec(1.25)))
     G = load_topology(path)
     assert LinkModels.from_topology(G)["nvlink"].headroom == 1.25
     assert LinkModels.from_topology(build_topology(_spec(None)))["nvlink"].headroom is None

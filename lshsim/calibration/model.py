@@ -93,12 +93,10 @@ def _fail(source: str, name: str, value, why: str) -> ValueError:
 
 
 def _yaml_number(source: str, name: str, value, *, minimum: float, exclusive: bool) -> float:
-    """A finite number within bounds; text as YAML 1.1 writes 2e9 (no dot) is read as a number."""
+    """A finite number within bounds (not a bool, not text: `lshsim.readers.load_yaml` reads a plain 2e9
+    as a number, a quoted '2e9' is text and refused)."""
     if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise _fail(source, name, value, "must be a finite number") from None
+        raise _fail(source, name, value, "must be a finite number, not text (write it unquoted)")
     try:
         return finite_number(name, value, minimum=minimum, exclusive=exclusive)
     except ValueError as error:
@@ -110,7 +108,7 @@ def parse_busbw_curve(value, *, field_name: str = "calibration.a2a_busbw_curve",
     """A bus bandwidth curve: >= 2 [bytes_per_rank, bus_bandwidth_Bps] pairs, both finite and > 0,
     bytes strictly increasing; returned as a tuple of float pairs. Errors name source, field, value.
 
-    >>> parse_busbw_curve([[1e6, 5e10], ["1e9", 3e11]])
+    >>> parse_busbw_curve([[1e6, 5e10], [1e9, 3e11]])
     ((1000000.0, 50000000000.0), (1000000000.0, 300000000000.0))
     >>> parse_busbw_curve([[1e6, 5e10]], source="x.yaml")
     Traceback (most recent call last):
@@ -126,11 +124,6 @@ def parse_busbw_curve(value, *, field_name: str = "calibration.a2a_busbw_curve",
         pair = []
         for j, item in enumerate(point):
             number = item
-            if isinstance(number, str):     # YAML 1.1 reads 2e9 (no dot) as text
-                try:
-                    number = float(number)
-                except ValueError:
-                    raise _fail(source, f"{field_name}[{i}][{j}]", item, "must be a finite number > 0") from None
             if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
                     or number <= 0:
                 raise _fail(source, f"{field_name}[{i}][{j}]", item, "must be a finite number > 0")

@@ -27,6 +27,7 @@ run on the user's machine overrides them through the `calibration:` block of a t
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 __all__ = ["GpuSpec", "GPUS", "get_gpu", "gpu_from_dict"]
@@ -45,6 +46,10 @@ class GpuSpec:
     hbm_efficiency: float = 0.87
 
     def __post_init__(self) -> None:
+        for field in ("peak_flops", "hbm_Bps", "memory_bytes", "nvlink_Bps", "gemm_efficiency", "hbm_efficiency"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"gpu.{field}={value!r} must be a finite number")
         for field in ("peak_flops", "hbm_Bps", "memory_bytes"):
             value = getattr(self, field)
             if not value > 0:
@@ -110,6 +115,8 @@ def gpu_from_dict(spec: dict) -> GpuSpec:
     """
     spec = dict(spec)
     base = spec.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise ValueError(f"gpu.base={base!r} must be the name of a known GPU; known: {', '.join(sorted(GPUS))}")
     fields = asdict(get_gpu(base)) if base is not None else {}
     known = set(GpuSpec.__dataclass_fields__)
     unknown = sorted(set(spec) - known)
@@ -121,9 +128,11 @@ def gpu_from_dict(spec: dict) -> GpuSpec:
         raise ValueError(f"gpu.{missing[0]} is missing (inline gpu needs name, peak_flops, hbm_Bps, "
                          f"memory_bytes, or base: <known gpu>)")
     for key, value in fields.items():
-        if key != "name":
-            try:
-                fields[key] = float(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"gpu.{key}={value!r} must be a number") from None
+        if key == "name":
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"gpu.name={value!r} must be a non-empty string")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"gpu.{key}={value!r} must be a finite number")
+        else:
+            fields[key] = float(value)
     return GpuSpec(**fields)

@@ -76,17 +76,27 @@ import networkx as nx
 import yaml
 
 from lshsim.calibration.model import LinkModels
+from lshsim.readers import load_yaml
 from lshsim.topology.families import INTER_FAMILIES, INTRA_FAMILIES, FieldReader
 from lshsim.topology.gpus import GpuSpec, get_gpu, gpu_from_dict
 from lshsim.topology.routing import validate_topology
 
 __all__ = ["build_topology", "load_topology", "list_topologies", "topology_dir", "write_topology_yaml",
-           "read_spec", "DEFAULT_ALPHA_S", "DEFAULT_PCIE_BPS"]
+           "read_spec", "DEFAULT_ALPHA_S", "DEFAULT_PCIE_BPS", "MAX_GPUS_PER_NODE", "MAX_NODES", "MAX_GPUS"]
 
 DEFAULT_ALPHA_S = 1e-5       # s, per-message start-up latency (NCCL-like small-message latency)
 DEFAULT_LATENCY_S = 1e-6     # s, per hop
 #: GPU <-> host / NIC PCIe per direction (PCIe datasheet rates: Gen4 x16 ~25 GB/s, Gen5 ~50 GB/s; Gen3 ~12).
 DEFAULT_PCIE_BPS = {"v100": 12e9, "a100": 25e9, "h100": 50e9, "h200": 50e9, "ascend910a": 25e9}
+
+#: plausible ranges of a spec's sizes, checked when it is read (a larger value is a typo or a unit
+#: error, and would exhaust the machine while building the graph): a server holds at most
+#: MAX_GPUS_PER_NODE GPUs (the largest NVLink domains announced hold 576), a cluster at most
+#: MAX_NODES servers and MAX_GPUS GPUs in all (the project plans up to thousands of GPUs; 4096 x 8
+#: is accepted). Whether the machine can hold the graph and its route table is the commands' check.
+MAX_GPUS_PER_NODE = 1024
+MAX_NODES = 65536
+MAX_GPUS = 1 << 20
 
 _TOP_KEYS = {"name", "description", "gpu", "nodes", "gpus_per_node", "alpha_s", "intra", "inter", "calibration"}
 #: the fields every family's block may hold; a family adds its own (lshsim.topology.families)
@@ -137,11 +147,8 @@ class _Checker:
                 raise self.fail(prefix + key, None, "is required")
             return default
         value = block[key]
-        if isinstance(value, str):          # YAML 1.1 reads 25e9 (no dot) as text: accept it as a number
-            try:
-                value = float(value)
-            except ValueError:
-                raise self.fail(prefix + key, block[key], "must be a finite number") from None
+        if isinstance(value, str):          # a quoted number ('25e9'): text; a plain 25e9 reads as a number
+            raise self.fail(prefix + key, value, "must be a finite number, not text (write it unquoted)")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise self.fail(prefix + key, value, "must be a finite number")
         if strict and not value > minimum:
@@ -159,14 +166,15 @@ class _Checker:
         value = block[key]
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(prefix + key, value, "must be an integer")
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
-            raise self.fail(prefix + key, value, f"must be {bound}")
+        if value < minimum:
+            raise self.fail(prefix + key, value, f"must be >= {minimum}")
+        if maximum is not None and value > maximum:
+            raise self.fail(prefix + key, value, f"must be in [{minimum}, {maximum}]")
         return value
 
     def choice(self, block: dict, key: str, prefix: str, choices) -> str:
         value = block.get(key)
-        if value not in choices:
+        if not isinstance(value, str) or value not in choices:
             raise self.fail(prefix + key, value, f"must be one of {', '.join(sorted(choices))}")
         return value
 
@@ -246,8 +254,14 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
     if "gpu" not in spec:
         raise check.fail("gpu", None, "is required")
     gpu_key, gpu = _gpu(check, spec["gpu"])
-    num_nodes = check.integer(spec, "nodes", "", 1)
-    gpus_per_node = check.integer(spec, "gpus_per_node", "", required=True)
+    description = spec.get("description", "")
+    if description is not None and not isinstance(description, str):
+        raise check.fail("description", description, "must be text")
+    num_nodes = check.integer(spec, "nodes", "", 1, maximum=MAX_NODES)
+    gpus_per_node = check.integer(spec, "gpus_per_node", "", required=True, maximum=MAX_GPUS_PER_NODE)
+    if num_nodes * gpus_per_node > MAX_GPUS:
+        raise check.fail("nodes", num_nodes, f"x gpus_per_node={gpus_per_node} = {num_nodes * gpus_per_node} GPUs "
+                                             f"exceeds the limit of {MAX_GPUS} GPUs")
     alpha_s = check.number(spec, "alpha_s", "", DEFAULT_ALPHA_S, strict=False)
 
     intra = spec.get("intra")
@@ -285,6 +299,8 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
     if calibration is not None:
         check.keys(calibration, _CAL_KEYS, "calibration.")
         pre = "calibration."
+        if calibration.get("provenance") is not None and not isinstance(calibration["provenance"], dict):
+            raise check.fail("calibration.provenance", calibration["provenance"], "must be a mapping")
         alpha_s = check.number(calibration, "alpha_s", pre, alpha_s, strict=False)
         nvlink = check.number(calibration, "nvlink_Bps", pre)
         if nvlink is not None:
@@ -343,13 +359,7 @@ def read_spec(name_or_path: str | Path) -> tuple[dict, str]:
         if text not in known:
             raise ValueError(f"topology {text!r} is unknown; known: {', '.join(known)} (or pass a .yaml file)")
         path = topology_dir() / f"{text}.yaml"
-    if not path.is_file():
-        raise ValueError(f"topology file {str(path)!r} does not exist")
-    with open(path, encoding="utf-8") as handle:
-        try:
-            spec = yaml.safe_load(handle)
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path.name}: not valid YAML: {error}") from None
+    spec = load_yaml(path, source=path.name, what="topology file")   # duplicate keys and syntax errors refused
     if not isinstance(spec, dict):
         raise ValueError(f"{path.name}: the top level must be a mapping, got {type(spec).__name__}")
     return spec, path.name
