@@ -31,22 +31,34 @@ sizes; an unknown or badly typed field is a `ValueError` that names it (`workloa
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-
-import yaml
 
 from lshsim.algorithms import canonical_algorithm
 from lshsim.checks import finite_number, non_negative_int, positive_int
 from lshsim.dispatch import ROUTERS, RouterConfig
 from lshsim.dispatch.routers import effective_k
+from lshsim.readers import load_yaml
 
-__all__ = ["WorkloadConfig", "load_workload", "DTYPES", "PLACEMENT_NAMES", "ROLES"]
+__all__ = ["WorkloadConfig", "load_workload", "DTYPES", "PLACEMENT_NAMES", "ROLES", "NAME_PATTERN", "LIMITS"]
 
 DTYPES = ("auto", "float32", "bfloat16")
 PLACEMENT_NAMES = ("contiguous", "round_robin")
 ROLES = ("calibration", "held-out")
 _ROUTER_FIELDS = ("name", "k", "capacity_factor", "drop_policy", "locality_bonus", "options")
+
+
+#: a workload's name names its trace file (NAME.json under --out-dir): letters, digits, '.', '_',
+#: '+' and '-', starting with a letter or a digit, at most 128 characters, no '..'; so no path
+#: separator, no leading dot and no way out of the output folder.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+#: plausible ranges of the sizes (larger values are typos or unit errors; whether the machine holds
+#: the run is the commands' check): tokens per rank <= 2^24, d_model and d_ffn <= 2^20, experts
+#: <= 2^16, ranks <= 2^20, ranks per node <= 1024, warmup and iterations <= 2^20.
+LIMITS = {"tokens_per_rank": 1 << 24, "d_model": 1 << 20, "d_ffn": 1 << 20, "num_experts": 1 << 16,
+          "iterations": 1 << 20, "warmup": 1 << 20, "world_size": 1 << 20, "gpus_per_node": 1024,
+          "input_clusters": 1 << 24}
 
 
 def _field_error(name: str, message: str) -> ValueError:
@@ -61,8 +73,12 @@ def _checked(check, name: str, value: object, **bounds):
         raise _field_error(name, str(error)) from None
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise _field_error(name, f"{value!r} must be one of {list(allowed)}")
     return value
 
@@ -101,16 +117,21 @@ class WorkloadConfig:
     world_size: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise _field_error("name", f"{self.name!r} must be a non-empty string")
+        if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name) or ".." in self.name:
+            raise _field_error("name", f"{self.name!r} must be a file name: letters, digits, '.', '_', '+', '-', "
+                                       f"starting with a letter or a digit, at most 128 characters, no '..'")
         for name in ("tokens_per_rank", "d_model", "d_ffn", "num_experts", "iterations"):
             _checked(positive_int, name, getattr(self, name))
         _checked(non_negative_int, "warmup", self.warmup)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise _field_error("seed", f"{self.seed!r} must be an integer")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not -2 ** 63 <= self.seed < 2 ** 63:
+            raise _field_error("seed", f"{self.seed!r} must be an integer in [-2^63, 2^63)")
         for name in ("gpus_per_node", "world_size"):
             if getattr(self, name) is not None:
                 _checked(positive_int, name, getattr(self, name))
+        for name, limit in LIMITS.items():
+            value = getattr(self, name)
+            if value is not None and _is_int(value) and value > limit:
+                raise _field_error(name, f"{value} exceeds the limit of {limit} (lshsim.executor.workload.LIMITS)")
         if self.role is not None:
             _choice("role", self.role, ROLES)
         _choice("placement", self.placement, PLACEMENT_NAMES)
@@ -132,6 +153,7 @@ class WorkloadConfig:
         _checked(finite_number, "input_noise", self.input_noise, minimum=0.0)
         if self.lsh is not None and not isinstance(self.lsh, dict):
             raise _field_error("lsh", f"{self.lsh!r} must be a mapping of LSHConfig fields or null")
+        self.lsh_config()       # the LSH fields are checked now, not when the run reaches them
         for name in ("backward", "sync_phases"):
             _boolean(name, getattr(self, name))
         if self.router.name == "locmoe" and self.d_model % self.num_experts != 0:
@@ -185,7 +207,7 @@ class WorkloadConfig:
         known = {f.name for f in fields(WorkloadConfig)}
         for key in data:
             if key not in known:
-                raise _field_error(str(key), f"unknown field; known: {sorted(known)}")
+                raise _field_error(str(key), f"unknown field (given {data[key]!r}); known: {sorted(known)}")
         for key in ("tokens_per_rank", "d_model", "d_ffn", "num_experts"):
             if key not in data:
                 raise _field_error(key, "missing (required)")
@@ -197,8 +219,17 @@ class WorkloadConfig:
             raise _field_error("router", f"{router!r} must be a mapping")
         for key in router:
             if key not in _ROUTER_FIELDS:
-                raise _field_error(f"router.{key}", f"unknown field; known: {list(_ROUTER_FIELDS)}")
+                raise _field_error(f"router.{key}", f"unknown field (given {router[key]!r}); known: {list(_ROUTER_FIELDS)}")
+        if "name" in router and not isinstance(router["name"], str):
+            raise _field_error("router.name", f"{router['name']!r} must be the name of a router; known: "
+                                              f"{', '.join(sorted(ROUTERS))}")
+        if router.get("options") is not None and not isinstance(router["options"], dict):
+            raise _field_error("router.options", f"{router['options']!r} must be a mapping")
+        if "drop_policy" in router and not isinstance(router["drop_policy"], str):
+            raise _field_error("router.drop_policy", f"{router['drop_policy']!r} must be text")
         router_values = dict(router)
+        if router_values.get("options") is None:
+            router_values.pop("options", None)
         if "k" not in router_values and router_values.get("name") in ROUTERS:
             router_values["k"] = effective_k(router_values["name"])  # a router's fixed k (hash: 1)
         try:
@@ -220,10 +251,7 @@ class WorkloadConfig:
 def load_workload(path: str | Path) -> WorkloadConfig:
     """Read and validate a workload YAML file."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({error})") from None
+    data = load_yaml(path, what="workload file")     # missing file, folder, syntax, duplicate keys: refused
     try:
         return WorkloadConfig.from_dict(data)
     except ValueError as error:

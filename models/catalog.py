@@ -28,14 +28,21 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from lshsim.checks import positive_int
+from lshsim.readers import load_yaml, read_text
 
-__all__ = ["ModelConfig", "load_model", "list_models", "model_from_dict", "CONFIG_PACKAGE"]
+__all__ = ["ModelConfig", "load_model", "list_models", "model_from_dict", "CONFIG_PACKAGE", "LIMITS"]
 
 CONFIG_PACKAGE = "lshsim.models"
 CONFIG_DIR = "configs"
+
+
+#: plausible ranges of a model's sizes, checked when a config is read (a larger value is a typo or
+#: a unit error; whether a machine can simulate it is the commands' check): the largest published
+#: models have ~100-200 layers, d_model ~ 2^14-2^15, d_ffn ~ 2^16-2^17, a few thousand experts,
+#: vocabularies of ~2^18 and sequences of ~2^20 tokens.
+LIMITS = {"num_layers": 1 << 14, "d_model": 1 << 20, "d_ffn": 1 << 22, "num_experts": 1 << 16, "seq_len": 1 << 24,
+          "tokens_per_gpu": 1 << 24, "vocab_size": 1 << 24}
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,12 @@ class ModelConfig:
         for name in ("num_layers", "d_model", "d_ffn", "num_experts", "seq_len", "tokens_per_gpu", "top_k",
                      "moe_every", "vocab_size", "bytes_per_element"):
             positive_int(name, getattr(self, name))
+        for name, limit in LIMITS.items():
+            if getattr(self, name) > limit:
+                raise ValueError(f"{name}={getattr(self, name)} exceeds the limit of {limit} (lshsim.models.catalog.LIMITS)")
+        for name in ("source", "notes"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be text")
         if self.top_k > self.num_experts:
             raise ValueError(f"top_k={self.top_k} exceeds num_experts={self.num_experts}")
         if self.moe_every > self.num_layers:
@@ -96,6 +109,10 @@ class ModelConfig:
             positive_int("attention_window", self.attention_window)
             if self.attention_window > self.seq_len:
                 raise ValueError(f"attention_window={self.attention_window} exceeds seq_len={self.seq_len}")
+        if isinstance(self.assumed, str) or not isinstance(self.assumed, (tuple, list)):
+            raise ValueError(f"assumed={self.assumed!r} must be a list of field names")
+        if not all(isinstance(item, str) for item in self.assumed):
+            raise ValueError(f"assumed={list(self.assumed)!r} must be a list of field names")
         if not isinstance(self.assumed, tuple):
             object.__setattr__(self, "assumed", tuple(self.assumed))
         unknown = sorted(set(self.assumed) - set(self.__dataclass_fields__))
@@ -171,15 +188,16 @@ def model_from_dict(data: dict, name: str | None = None) -> ModelConfig:
     data = dict(data)
     if name is not None:
         data.setdefault("name", name)
-    unknown = sorted(set(data) - _FIELDS)
+    unknown = sorted((key for key in data if key not in _FIELDS), key=str)
     if unknown:
-        raise ValueError(f"model config has unknown field {unknown[0]!r}; known: {', '.join(sorted(_FIELDS))}")
+        raise ValueError(f"model config has unknown field {unknown[0]!r} (given {data[unknown[0]]!r}); "
+                         f"known: {', '.join(sorted(_FIELDS))}")
     required = ("name", "num_layers", "d_model", "d_ffn", "num_experts", "seq_len", "tokens_per_gpu")
     missing = [key for key in required if key not in data]
     if missing:
         raise ValueError(f"model config lacks the field {missing[0]!r} (required: {', '.join(required)})")
-    if "assumed" in data:
-        data["assumed"] = tuple(data["assumed"] or ())
+    if "assumed" in data and data["assumed"] is None:
+        data["assumed"] = ()
     for key in ("source", "notes"):
         if key in data and data[key] is None:
             data[key] = ""
@@ -205,10 +223,8 @@ def load_model(name_or_path: str | Path) -> ModelConfig:
     """
     text = str(name_or_path)
     path = Path(text)
-    if text.endswith((".yaml", ".yml")) or path.is_file():
-        if not path.is_file():
-            raise ValueError(f"model file {text!r} does not exist")
-        return _parse(path.read_text(), path.stem, text)
+    if text.endswith((".yaml", ".yml")) or path.exists():
+        return _parse(read_text(path, "model file"), path.stem, text)
     files = _config_files()
     if text not in files:
         raise ValueError(f"unknown model {text!r}; known: {', '.join(sorted(files))} (or a path to a .yaml file)")
@@ -216,10 +232,7 @@ def load_model(name_or_path: str | Path) -> ModelConfig:
 
 
 def _parse(text: str, stem: str, where: str) -> ModelConfig:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ValueError(f"{where}: not valid YAML ({error})") from None
+    data = load_yaml(text=text, source=where)      # syntax errors, duplicate keys, an empty file: refused
     try:
         return model_from_dict(data, name=stem)
     except (ValueError, TypeError) as error:
