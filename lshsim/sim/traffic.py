@@ -11,17 +11,21 @@ one of these kinds of `spec`:
 - `FILE.json` holding an object with a `traffic_bytes` [W][W] field: the output of
   `lshsim route --json` (`lshsim.dispatch.summary.route_summary`) is one.
 
-Every error is a ValueError that names the spec.
+Every error is a ValueError that names the spec (the file), the field and the value: a missing or
+empty file, invalid JSON, a key given twice, a matrix of the wrong shape, an entry that is not a
+finite number of bytes >= 0 (`true`, "1000000", NaN, -1 are refused).
 """
 from __future__ import annotations
 
-import json
+import math
+import os
 
 import numpy as np
 
+from lshsim.readers import load_json
 from lshsim.units import parse_bytes
 
-__all__ = ["load_traffic"]
+__all__ = ["load_traffic", "check_matrix"]
 
 
 def load_traffic(spec: str, world: int) -> np.ndarray:
@@ -42,22 +46,44 @@ def load_traffic(spec: str, world: int) -> np.ndarray:
         except ValueError as error:
             raise ValueError(f"traffic {spec!r}: {error}") from None
         return uniform_traffic(world, size)
-    try:
-        with open(spec, encoding="utf-8") as handle:
-            payload = json.load(handle)
-    except FileNotFoundError:
-        raise ValueError(f"traffic {spec!r}: no such file (expected uniform:BYTES_PER_RANK or FILE.json)") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"traffic {spec!r}: not valid JSON: {error}") from None
+    if not os.path.exists(spec):
+        raise ValueError(f"traffic {spec!r}: no such file (expected uniform:BYTES_PER_RANK or FILE.json)")
+    payload = load_json(spec, source=spec, what="traffic file")
+    field = "traffic"
     if isinstance(payload, dict):
         if "traffic_bytes" not in payload:
-            raise ValueError(f"traffic {spec!r}: a JSON object needs a 'traffic_bytes' [W][W] field")
-        payload = payload["traffic_bytes"]
-    try:
-        matrix = np.asarray(payload, dtype=float)
-    except (TypeError, ValueError):
-        raise ValueError(f"traffic {spec!r}: must be a [W][W] matrix of numbers") from None
-    if matrix.shape != (world, world):
-        raise ValueError(f"traffic {spec!r}: shape {matrix.shape} does not match the topology's "
-                         f"{world} GPUs ({world}, {world})")
-    return matrix
+            raise ValueError(f"{spec}: a JSON object needs a 'traffic_bytes' [W][W] field (got keys "
+                             f"{sorted(payload)[:8]})")
+        payload, field = payload["traffic_bytes"], "traffic_bytes"
+    return check_matrix(payload, world, source=spec, field=field)
+
+
+def check_matrix(payload, world: int, *, source: str, field: str = "traffic") -> np.ndarray:
+    """`payload` (lists of lists) as a (world, world) float array of bytes: every entry a finite
+    number >= 0 (not a bool, not text); errors name the source, the field (with its index) and the value.
+
+    >>> check_matrix([[0, 1], [2, True]], 2, source="t.json")
+    Traceback (most recent call last):
+    ...
+    ValueError: t.json: traffic[1][1]=True must be a finite number of bytes >= 0 (a matrix of numbers)
+    """
+    if not isinstance(payload, list) or not all(isinstance(row, list) for row in payload):
+        raise ValueError(f"{source}: {field}={_short(payload)} must be a [W][W] list of lists of numbers")
+    lengths = sorted({len(row) for row in payload})
+    if len(lengths) > 1:
+        raise ValueError(f"{source}: {field} has rows of {lengths} entries: a [W][W] matrix has rows of one length")
+    shape = (len(payload), lengths[0] if lengths else 0)
+    if shape != (world, world):
+        raise ValueError(f"{source}: {field} shape {shape} does not match the topology's {world} GPUs "
+                         f"({world}, {world})")
+    for i, row in enumerate(payload):
+        for j, value in enumerate(row):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0:
+                raise ValueError(f"{source}: {field}[{i}][{j}]={value!r} must be a finite number of bytes >= 0 (a matrix of numbers)")
+    return np.asarray(payload, dtype=float)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
