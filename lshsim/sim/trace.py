@@ -53,9 +53,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lshsim.readers import load_json
 from lshsim.sim.phases import DIRECTIONS, PHASES
 
-__all__ = ["PHASES", "DIRECTIONS", "SOURCES", "MEASURED_PROVENANCE_KEYS", "SCHEMA", "PhaseRecord", "Trace"]
+__all__ = ["PHASES", "DIRECTIONS", "SOURCES", "MEASURED_PROVENANCE_KEYS", "SCHEMA", "PhaseRecord", "Trace",
+           "check_measured_meta"]
 
 SOURCES = ("simulated", "measured")
 MEASURED_PROVENANCE_KEYS = ("gpu", "count", "torch", "nccl", "date", "command")
@@ -145,6 +147,77 @@ def _check_meta(meta: object) -> None:
         if missing:
             raise ValueError(f"meta['provenance'] of a measured trace lacks the fields {missing} "
                              f"(required: {list(MEASURED_PROVENANCE_KEYS)})")
+
+
+#: plausible range of a trace's ranks (the sizes the executor can run; a larger value is corrupt)
+MAX_WORLD_SIZE = 1 << 20
+
+
+def _meta_fail(field: str, value, why: str) -> ValueError:
+    text = repr(value)
+    return ValueError(f"{field}={text if len(text) <= 80 else text[:77] + '...'} {why}")
+
+
+def _meta_int(block: dict, prefix: str, key: str, maximum: int | None = None) -> int:
+    if key not in block:
+        raise ValueError(f"{prefix}.{key} is missing (a measured trace of executor run has it)")
+    value = block[key]
+    if not _is_int(value) or value < 1:
+        raise _meta_fail(f"{prefix}.{key}", value, "must be a positive integer")
+    if maximum is not None and value > maximum:
+        raise _meta_fail(f"{prefix}.{key}", value, f"must be <= {maximum}")
+    return value
+
+
+def check_measured_meta(meta: dict) -> None:
+    """Refuse a measured trace's meta that `lshsim validate` and the calibration from traces cannot
+    use, naming the field and the value (a ValueError; `Trace.from_json` adds the file's name):
+    meta.workload.world_size, d_model, d_ffn and num_experts positive integers; meta.measured:
+    bytes_per_token a positive integer, d_model times 1, 2, 4 or 8 bytes; phases_s a mapping of
+    direction -> {phase: seconds}, every time a finite number > 0 (a negative, zero or NaN time is
+    refused, never dropped from the statistics); traffic_bytes and combine_traffic_bytes (W, W)
+    matrices of finite bytes >= 0; workload.skew, if given, finite and >= 0.
+
+    A meta without a "measured" block (a simulated trace) is not checked here.
+    """
+    measured = meta.get("measured")
+    if measured is None:
+        return
+    if not isinstance(measured, dict):
+        raise _meta_fail("meta.measured", measured, "must be a mapping")
+    workload = meta["workload"]
+    world = _meta_int(workload, "meta.workload", "world_size", MAX_WORLD_SIZE)
+    d_model = _meta_int(workload, "meta.workload", "d_model")
+    for key in ("d_ffn", "num_experts"):
+        _meta_int(workload, "meta.workload", key)
+    skew = workload.get("skew")
+    if skew is not None and (not _is_real(skew) or skew < 0):
+        raise _meta_fail("meta.workload.skew", skew, "must be a finite number >= 0 or null")
+    per_token = _meta_int(measured, "meta.measured", "bytes_per_token")
+    if per_token % d_model or per_token // d_model not in (1, 2, 4, 8):
+        raise _meta_fail("meta.measured.bytes_per_token", per_token,
+                         f"must be d_model={d_model} times 1, 2, 4 or 8 bytes per element")
+    phases_s = measured.get("phases_s")
+    if not isinstance(phases_s, dict):
+        raise _meta_fail("meta.measured.phases_s", phases_s, "must be a mapping of direction -> {phase: seconds}")
+    for direction, phases in phases_s.items():
+        if direction not in DIRECTIONS:
+            raise _meta_fail("meta.measured.phases_s", direction, f"is not a direction; known: {list(DIRECTIONS)}")
+        if not isinstance(phases, dict):
+            raise _meta_fail(f"meta.measured.phases_s.{direction}", phases, "must be a mapping of phase -> seconds")
+        for phase, seconds in phases.items():
+            if phase not in PHASES:
+                raise _meta_fail(f"meta.measured.phases_s.{direction}", phase,
+                                 f"is not a known phase; known: {list(PHASES)}")
+            if not _is_real(seconds) or seconds <= 0:
+                raise _meta_fail(f"meta.measured.phases_s.{direction}.{phase}", seconds,
+                                 "must be a finite number of seconds > 0 (a measured time)")
+    from lshsim.sim.traffic import check_matrix
+
+    for key in ("traffic_bytes", "combine_traffic_bytes"):
+        if key not in measured:
+            raise ValueError(f"meta.measured.{key} is missing (a measured trace of executor run has it)")
+        check_matrix(measured[key], world, source="meta.measured", field=key)
 
 
 @dataclass
@@ -245,18 +318,24 @@ class Trace:
                 records.append(PhaseRecord.from_dict(item))
             except ValueError as error:
                 raise ValueError(f"phases[{index}]: {error}") from None
-        return Trace(phases=records, meta=data["meta"])
+        trace = Trace(phases=records, meta=data["meta"])
+        if trace.meta["source"] == "measured":
+            check_measured_meta(trace.meta)
+        return trace
 
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
 
     @staticmethod
     def from_json(path: str | Path) -> "Trace":
+        """Read and validate a trace file; every error is one line naming the file (a missing or
+        empty file, invalid JSON, a key given twice, a field of the schema or of a measured trace's
+        meta: `check_measured_meta`)."""
+        data = load_json(path, what="trace file")
         try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from None
-        return Trace.from_dict(data)
+            return Trace.from_dict(data)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
 
     def to_chrome_trace_dict(self) -> dict:
         """Chrome trace-event format: one complete ("X") event per record.

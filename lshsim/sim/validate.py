@@ -40,7 +40,7 @@ import numpy as np
 from lshsim.calibration.sources import trace_a2a_phases, trace_algorithm
 from lshsim.sim.collectives import simulate_all_to_all
 from lshsim.sim.phases import PHASES, CostContext
-from lshsim.sim.trace import Trace
+from lshsim.sim.trace import Trace, check_measured_meta
 from lshsim.topology import build_topology, read_spec
 
 __all__ = ["PhaseComparison", "Validation", "topology_for_trace", "default_topology", "validate_trace",
@@ -93,8 +93,10 @@ def default_topology(trace: Trace) -> str:
 def topology_for_trace(topology: str | Path, world_size: int):
     """Build `topology` (a name or a YAML path) with exactly `world_size` GPUs."""
     spec, source = read_spec(topology)
-    nodes = int(spec.get("nodes", 1))
-    total = nodes * int(spec["gpus_per_node"])
+    nodes, per_node = spec.get("nodes", 1), spec.get("gpus_per_node")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (nodes, per_node)):
+        return build_topology(spec, source=source)      # refuses the field, naming the file and the value
+    total = nodes * per_node
     if total != world_size:
         if nodes != 1 or world_size > total:
             raise ValueError(f"topology {source} has {total} GPUs; the trace has {world_size} ranks (only a single "
@@ -140,6 +142,7 @@ def validate_trace(trace: Trace, topology: str | Path | None = None) -> Validati
     """Predict every phase of a measured trace that the phase table marks `predicted`; see the module docstring."""
     if trace.meta.get("source") != "measured" or "measured" not in trace.meta:
         raise ValueError("validate needs a measured trace from executor run (meta['measured'] is missing)")
+    check_measured_meta(trace.meta)   # Trace.from_json did it already; a trace built in memory is checked here
     measured = trace.meta["measured"]
     workload = trace.meta["workload"]
     world = int(workload["world_size"])
