@@ -20,7 +20,7 @@ import argparse
 import math
 
 __all__ = ["positive_int", "non_negative_int", "finite_number", "arg_positive_int", "arg_non_negative_int",
-           "arg_finite_number"]
+           "arg_finite_number", "bounded_int", "arg_int", "OneLineArgumentParser"]
 
 
 def _is_int(value: object) -> bool:
@@ -88,13 +88,57 @@ def arg_non_negative_int(text: str) -> int:
     return _argparse(lambda v: non_negative_int("value", v), "whole number", int, text)
 
 
-def arg_finite_number(minimum: float | None = None, exclusive: bool = False):
-    """argparse type factory: a finite number, optionally bounded below (NaN and inf refused).
+def arg_finite_number(minimum: float | None = None, exclusive: bool = False, maximum: float | None = None):
+    """argparse type factory: a finite number, optionally bounded below and above (NaN and inf refused).
 
     >>> arg_finite_number(minimum=0.0, exclusive=True)("0.5")
     0.5
+    >>> arg_finite_number(minimum=0.0, maximum=1.0)("2")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: 2.0 must be <= 1
     """
     def parse(text: str) -> float:
-        return _argparse(lambda v: finite_number("value", v, minimum=minimum, exclusive=exclusive),
-                         "number", float, text)
+        return _argparse(lambda v: finite_number("value", v, minimum=minimum, exclusive=exclusive,
+                                                 maximum=maximum), "number", float, text)
     return parse
+
+
+def bounded_int(name: str, value: object, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """`value` if it is an int (not a bool, not a float) within [minimum, maximum], else ValueError.
+
+    >>> bounded_int("seed", 3, minimum=0)
+    3
+    >>> bounded_int("seed", -1, minimum=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: seed=-1 must be an integer >= 0
+    """
+    if not _is_int(value):
+        raise ValueError(f"{name}={value!r} must be an integer")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}={value!r} must be an integer <= {maximum}")
+    return value
+
+
+def arg_int(minimum: int | None = None, maximum: int | None = None):
+    """argparse type factory: a whole number within [minimum, maximum] (either bound optional).
+
+    >>> arg_int(0, 2 ** 32 - 1)("42")
+    42
+    """
+    def parse(text: str) -> int:
+        return _argparse(lambda v: bounded_int("value", v, minimum=minimum, maximum=maximum),
+                         "whole number", int, text)
+    return parse
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are ONE line on standard error, `PROG: error: MESSAGE (see
+    PROG --help)`, exit code 2, without the usage block (sub-parsers inherit the class)."""
+
+    def error(self, message: str):
+        message = " ".join(str(message).split())
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -32,7 +32,22 @@ import importlib.util
 import sys
 from types import ModuleType
 
-__all__ = ["main", "build_parser", "load_plugin", "SUBCOMMANDS"]
+from lshsim.checks import OneLineArgumentParser
+
+__all__ = ["main", "build_parser", "load_plugin", "SUBCOMMANDS", "one_line", "OUTPUT_RULE_HELP"]
+
+#: the output rule of every command (lshsim.io), for --help
+OUTPUT_RULE_HELP = ("the folder of an output file, or an output folder, is created if missing, and checked "
+                    "before any work starts; one that cannot be created or written is refused (exit 2).")
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (a ValueError's text, or an OSError's with its file name)."""
+    if isinstance(error, OSError) and error.filename is not None:
+        text = f"{error.filename}: {error.strerror or error}"
+    else:
+        text = str(error)
+    return " ".join(text.split()) or type(error).__name__
 
 #: sub-command name -> module (with add_parser and run), in the order of `lshsim --help`
 SUBCOMMANDS: dict[str, str] = {
@@ -85,8 +100,10 @@ def load_plugin(name: str) -> ModuleType:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of `lshsim` with every registered sub-command."""
-    parser = argparse.ArgumentParser(prog="lshsim", description="Communication cost of MoE training: "
-                                     "analytic models, a simulator and an executor (LSH-MoE, LocMoE).")
+    parser = OneLineArgumentParser(prog="lshsim", description="Communication cost of MoE training: "
+                                   "analytic models, a simulator and an executor (LSH-MoE, LocMoE). Errors: one "
+                                   "line on standard error, exit code 2. Output files (--plot, --trace, --out, "
+                                   "...) are written whole (a temporary file renamed into place); " + OUTPUT_RULE_HELP)
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="import MODULE (a dotted name, or a .py file) before the command and call its "
                              "register() if it has one: how a plugin adds routers, topology families, "
@@ -107,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.plugin:
             load_plugin(name)
         return _module(args.command).run(args)
-    except ValueError as error:
-        parser.exit(2, f"lshsim {args.command}: error: {error}\n")
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
+        parser.exit(2, f"lshsim {args.command}: error: {one_line(error)}\n")
     return 0
 
 

@@ -8,7 +8,21 @@ from __future__ import annotations
 import json
 import sys
 
-__all__ = ["console", "wide_console", "print_json", "table", "line_plot", "g"]
+__all__ = ["console", "wide_console", "print_json", "table", "line_plot", "g", "arg_seed", "SEED_HELP"]
+
+SEED_MAX = 2 ** 32 - 1
+SEED_HELP = f"a whole number in [0, {SEED_MAX}]"
+
+
+def arg_seed(text: str) -> int:
+    """argparse type of every --seed: a whole number in [0, 2^32 - 1] (numpy's and torch's seeds alike).
+
+    >>> arg_seed("7")
+    7
+    """
+    from lshsim.checks import arg_int
+
+    return arg_int(0, SEED_MAX)(text)
 
 
 def console():
@@ -82,5 +96,18 @@ def line_plot(path: str, data: dict, x: str, y: str, hue: str | None, title: str
     if hue is not None:
         ax.legend(title=None, frameon=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
+
+
+def save_figure(fig, path, **options) -> None:
+    """`fig.savefig` to `path` written whole (`lshsim.io.atomic_output`); the format follows the
+    file's suffix (png if it has none that matplotlib knows)."""
+    from pathlib import Path
+
+    from lshsim.io import atomic_output
+
+    suffix = Path(path).suffix.lstrip(".").lower()
+    supported = fig.canvas.get_supported_filetypes()
+    with atomic_output(path, "wb") as handle:
+        fig.savefig(handle, format=suffix if suffix in supported else "png", **options)

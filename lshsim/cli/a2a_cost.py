@@ -4,8 +4,9 @@ The model: `lshsim.analytic.comm` (`ClusterParams`, `a2a_time`, `uniform_traffic
 """
 from __future__ import annotations
 
-from lshsim.checks import arg_positive_int
+from lshsim.checks import arg_finite_number, arg_positive_int
 from lshsim.cli import _render
+from lshsim.cli._render import SEED_HELP, arg_seed
 from lshsim.units import BYTES_HELP, arg_bytes
 
 
@@ -17,18 +18,25 @@ def add_parser(subparsers):
     p.add_argument("--gpus-per-node", type=arg_positive_int, default=8, help="ranks per node G (default 8)")
     p.add_argument("--bytes-per-rank", type=arg_bytes, default=64e6,
                    help=f"bytes each rank sends in total, itself included (default 64MB; {BYTES_HELP})")
-    p.add_argument("--traffic", default="uniform", help="uniform | random (Dirichlet destinations) (default uniform)")
-    p.add_argument("--intra-GBps", type=float, default=300.0,
-                   help="NVLink bandwidth per GPU per direction, GB/s (default 300)")
-    p.add_argument("--inter-GBps", type=float, default=25.0, help="bandwidth per NIC per direction, GB/s (default 25)")
-    p.add_argument("--nics-per-node", type=int, default=None, help="NICs per node (default: one per GPU)")
-    p.add_argument("--alpha-us", type=float, default=10.0,
-                   help="start-up latency of an intra-node phase, us (default 10)")
-    p.add_argument("--inter-alpha-us", type=float, default=None,
-                   help="start-up latency of an inter-node phase, us (default = alpha)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random traffic (default 0)")
+    p.add_argument("--traffic", default="uniform", choices=("uniform", "random"),
+                   help="uniform | random (Dirichlet destinations) (default uniform)")
+    p.add_argument("--intra-GBps", type=arg_finite_number(0.0, exclusive=True), default=300.0,
+                   help="NVLink bandwidth per GPU per direction, GB/s, > 0 (default 300)")
+    p.add_argument("--inter-GBps", type=arg_finite_number(0.0, exclusive=True), default=25.0,
+                   help="bandwidth per NIC per direction, GB/s, > 0 (default 25)")
+    p.add_argument("--nics-per-node", type=arg_positive_int, default=None,
+                   help="NICs per node, >= 1 (default: one per GPU)")
+    p.add_argument("--alpha-us", type=arg_finite_number(0.0), default=10.0,
+                   help="start-up latency of an intra-node phase, us, >= 0 (default 10)")
+    p.add_argument("--inter-alpha-us", type=arg_finite_number(0.0), default=None,
+                   help="start-up latency of an inter-node phase, us, >= 0 (default = alpha)")
+    p.add_argument("--seed", type=arg_seed, default=0, help=f"seed of the random traffic (default 0; {SEED_HELP})")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument("--plot", metavar="FILE.png", help="write time against message size per algorithm to FILE.png")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="write time against message size per algorithm to FILE.png (written whole; its folder is "
+                        "created if missing, checked before any work)")
+    p.epilog = ("Sizes: the (W, W) traffic matrix and its per-algorithm copies live in memory; a --world whose "
+                "estimate (8 arrays of W^2 x 8 B) exceeds the memory available is refused before any work.")
     return p
 
 
@@ -42,6 +50,11 @@ def _traffic(args, comm, size: float):
 
 
 def run(args) -> int:
+    from lshsim.io import prepare_output
+    from lshsim.limits import estimate_matrix, refuse_if_too_large
+
+    prepare_output(args.plot, "--plot")
+    refuse_if_too_large(f"--world {args.world}", estimate_matrix(args.world, args.world), hint="lower --world")
     from lshsim.analytic import comm
 
     cluster = comm.ClusterParams(gpus_per_node=args.gpus_per_node, intra_bandwidth_Bps=args.intra_GBps * 1e9,

@@ -5,7 +5,10 @@ The model: `lshsim.analytic.comm` (`breakeven_compression_rate`, `lsh_step_time_
 """
 from __future__ import annotations
 
+from lshsim.checks import arg_finite_number, arg_positive_int
 from lshsim.cli import _render
+
+_POSITIVE = arg_finite_number(0.0, exclusive=True)
 
 
 def add_parser(subparsers):
@@ -13,25 +16,30 @@ def add_parser(subparsers):
                               description="r* = 1 - (t_compress + t_restore) / (n_a2a V / B + expert time): below "
                                           "r*, the smaller all-to-alls repay hashing and restoring. Also LSH-MoE's "
                                           "ratio model T_a2a / T_compute (paper Eq. 6/9) with --tflops.")
-    p.add_argument("--tokens", type=int, default=4096, help="tokens per rank T (default 4096)")
-    p.add_argument("--d-model", type=int, default=1024, help="hidden size d (default 1024)")
-    p.add_argument("--k", type=int, default=2, help="choices per token (default 2)")
-    p.add_argument("--world", type=int, default=16, help="ranks W (default 16)")
-    p.add_argument("--bandwidth-GBps", type=float, default=12.5,
-                   help="per-rank all-to-all bandwidth, GB/s (default 12.5: a 100 Gb/s NIC)")
-    p.add_argument("--hash-Mtps", type=float, default=18.0,
-                   help="hash + centroid throughput, million token copies/s (default 18: lsh.py compress on an H100, "
-                        "d=1024, d'=16; benchmarks/RESULTS.md)")
-    p.add_argument("--restore-Mtps", type=float, default=68.0,
-                   help="restore throughput, million token copies/s (default 68: lsh.py restore on an H100)")
-    p.add_argument("--bytes-per-element", type=int, default=2, help="2 for bf16/fp16 (default), 4 for fp32")
-    p.add_argument("--expert-ms", type=float, default=0.0,
-                   help="expert FFN time per step without compression, ms; it shrinks with r (default 0: not counted)")
+    p.add_argument("--tokens", type=arg_positive_int, default=4096, help="tokens per rank T >= 1 (default 4096)")
+    p.add_argument("--d-model", type=arg_positive_int, default=1024, help="hidden size d >= 1 (default 1024)")
+    p.add_argument("--k", type=arg_positive_int, default=2, help="choices per token, >= 1 (default 2)")
+    p.add_argument("--world", type=arg_positive_int, default=16, help="ranks W >= 1 (default 16)")
+    p.add_argument("--bandwidth-GBps", type=_POSITIVE, default=12.5,
+                   help="per-rank all-to-all bandwidth, GB/s, > 0 (default 12.5: a 100 Gb/s NIC)")
+    p.add_argument("--hash-Mtps", type=_POSITIVE, default=18.0,
+                   help="hash + centroid throughput, million token copies/s, > 0 (default 18: lsh.py compress on an "
+                        "H100, d=1024, d'=16; benchmarks/RESULTS.md)")
+    p.add_argument("--restore-Mtps", type=_POSITIVE, default=68.0,
+                   help="restore throughput, million token copies/s, > 0 (default 68: lsh.py restore on an H100)")
+    p.add_argument("--bytes-per-element", type=arg_positive_int, default=2, choices=(1, 2, 4, 8),
+                   help="2 for bf16/fp16 (default), 4 for fp32 (1, 2, 4 or 8)")
+    p.add_argument("--expert-ms", type=arg_finite_number(0.0), default=0.0,
+                   help="expert FFN time per step without compression, ms, >= 0; it shrinks with r (default 0: not "
+                        "counted)")
     p.add_argument("--forward-only", action="store_true", help="count forward all-to-alls only (default: fwd + bwd)")
-    p.add_argument("--compression", type=float, default=0.2, help="compression rate to evaluate (default 0.2)")
-    p.add_argument("--tflops", type=float, default=None, help="GPU TFLOP/s: also print LSH-MoE's ratio model")
+    p.add_argument("--compression", type=arg_finite_number(0.0, exclusive=True, maximum=1.0), default=0.2,
+                   help="compression rate to evaluate, in (0, 1] (default 0.2)")
+    p.add_argument("--tflops", type=_POSITIVE, default=None, help="GPU TFLOP/s, > 0: also print LSH-MoE's ratio model")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument("--plot", metavar="FILE.png", help="write r* against bandwidth to FILE.png")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="write r* against bandwidth to FILE.png (written whole; its folder is created if missing, "
+                        "checked before any work)")
     return p
 
 
@@ -43,6 +51,9 @@ def _common(args) -> dict:
 
 
 def run(args) -> int:
+    from lshsim.io import prepare_output
+
+    prepare_output(args.plot, "--plot")
     from lshsim.analytic import comm
 
     common = _common(args)

@@ -5,7 +5,9 @@ The model: `lshsim.analytic.capacity` (`ec_min_forms`, `p_delta_monte_carlo`, `s
 """
 from __future__ import annotations
 
+from lshsim.checks import arg_finite_number, arg_non_negative_int, arg_positive_int
 from lshsim.cli import _render
+from lshsim.cli._render import SEED_HELP, arg_seed
 
 
 def add_parser(subparsers):
@@ -13,26 +15,55 @@ def add_parser(subparsers):
                               description="p_delta (exact incomplete beta, the paper's erfc form, the exponential "
                                           "bound), ec_min >= 1/(n p_delta), optionally a Monte Carlo check on the "
                                           "sphere and the expected dropped fraction at a capacity factor.")
-    p.add_argument("--experts", type=int, default=16, help="number of experts n (default 16)")
-    p.add_argument("--dim", type=int, default=4096, help="token dimension d (default 4096)")
-    p.add_argument("--delta", type=float, default=0.03, help="cosine threshold delta in (0, 1) (default 0.03)")
-    p.add_argument("--monte-carlo", type=int, default=0, metavar="N",
-                   help="also estimate p_delta from N uniform points on the sphere (default 0: off)")
-    p.add_argument("--tokens", type=int, default=0,
+    p.add_argument("--experts", type=arg_positive_int, default=16, help="number of experts n >= 1 (default 16)")
+    p.add_argument("--dim", type=arg_positive_int, default=4096, help="token dimension d >= 2 (default 4096)")
+    p.add_argument("--delta", type=arg_finite_number(0.0, exclusive=True, maximum=1.0), default=0.03,
+                   help="cosine threshold delta in (0, 1) (default 0.03)")
+    p.add_argument("--monte-carlo", type=arg_non_negative_int, default=0, metavar="N",
+                   help="also estimate p_delta from N uniform points on the sphere (default 0: off; N * dim "
+                        "draws must take under an hour)")
+    p.add_argument("--tokens", type=arg_non_negative_int, default=0,
                    help="tokens per rank T: also print the expected dropped fraction (default 0: off)")
-    p.add_argument("--k", type=int, default=2, help="choices per token for the drop estimate (default 2)")
-    p.add_argument("--capacity-factor", type=float, default=1.25, help="capacity factor for drops (default 1.25)")
-    p.add_argument("--skew", type=float, default=0.0,
+    p.add_argument("--k", type=arg_positive_int, default=2, help="choices per token for the drop estimate (default 2)")
+    p.add_argument("--capacity-factor", type=arg_finite_number(0.0, exclusive=True), default=1.25,
+                   help="capacity factor for drops, > 0 (default 1.25)")
+    p.add_argument("--skew", type=arg_finite_number(0.0), default=0.0,
                    help="expert popularity p ~ Dirichlet, p^skew normalised (0 = uniform; default 0)")
-    p.add_argument("--sample", type=int, default=0, metavar="S",
-                   help="also measure drops with lshsim.dispatch.route_topk over S batches (default 0: off)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--sample", type=arg_non_negative_int, default=0, metavar="S",
+                   help="also measure drops with lshsim.dispatch.route_topk over S >= 2 batches (default 0: off; "
+                        "S * T tokens are routed in memory)")
+    p.add_argument("--seed", type=arg_seed, default=0, help=f"random seed (default 0; {SEED_HELP})")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument("--plot", metavar="FILE.png", help="write ec_min against delta (exact, erfc, exp) to FILE.png")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="write ec_min against delta (exact, erfc, exp) to FILE.png (written whole; its folder is "
+                        "created if missing, checked before any work)")
     return p
 
 
+def check_sizes(args) -> None:
+    """Refuse, before any work, a Monte Carlo, a sample or a popularity too large for this machine
+    (lshsim.limits)."""
+    from lshsim.limits import estimate_matrix, estimate_monte_carlo, estimate_route, refuse_if_too_large, \
+        refuse_if_too_slow
+
+    if args.monte_carlo:
+        refuse_if_too_slow(f"--monte-carlo {args.monte_carlo} at --dim {args.dim}",
+                           estimate_monte_carlo(args.monte_carlo, args.dim), hint="lower --monte-carlo")
+    if args.tokens:
+        refuse_if_too_large(f"the popularity of --experts {args.experts}", estimate_matrix(args.experts, 1),
+                            hint="lower --experts")
+    if args.tokens and args.sample:
+        estimate = estimate_route(args.sample * args.tokens, 0, args.experts, args.k) \
+            + estimate_matrix(args.sample * args.tokens, args.experts, copies=3)
+        refuse_if_too_large(f"--sample {args.sample} batches of --tokens {args.tokens}", estimate,
+                            hint="lower --sample or --tokens")
+
+
 def run(args) -> int:
+    from lshsim.io import prepare_output
+
+    prepare_output(args.plot, "--plot")
+    check_sizes(args)
     from lshsim.analytic import capacity
 
     n = args.experts

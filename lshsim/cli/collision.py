@@ -5,7 +5,9 @@ The model: `lshsim.analytic.collision` (`collision_summary`, `collision_monte_ca
 """
 from __future__ import annotations
 
+from lshsim.checks import arg_finite_number, arg_non_negative_int, arg_positive_int
 from lshsim.cli import _render
+from lshsim.cli._render import SEED_HELP, arg_seed
 
 
 def add_parser(subparsers):
@@ -16,19 +18,31 @@ def add_parser(subparsers):
                                           "for lsh.py's Gaussian projection with d = proj_dim), the asymptotic form, "
                                           "optional Monte Carlo, and amplification p^K, 1 - (1 - p^K)^L.")
     p.add_argument("--family", default="cross-polytope", help="cross-polytope | hyperplane (default cross-polytope)")
-    p.add_argument("--dim", type=int, default=1024, help="projection dimension d' (default 1024)")
-    p.add_argument("--cos", type=float, default=0.9, help="cosine between the two vectors, in [-1, 1] (default 0.9)")
-    p.add_argument("--hashes", type=int, default=6,
-                   help="K hash functions concatenated into one bucket id (default 6)")
-    p.add_argument("--tables", type=int, default=1, help="L independent tables (default 1)")
-    p.add_argument("--monte-carlo", type=int, default=0, metavar="N", help="also hash N random pairs (default 0: off)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--dim", type=arg_positive_int, default=1024, help="projection dimension d' >= 2 (default 1024)")
+    p.add_argument("--cos", type=arg_finite_number(-1.0, maximum=1.0), default=0.9,
+                   help="cosine between the two vectors, in [-1, 1] (default 0.9)")
+    p.add_argument("--hashes", type=arg_positive_int, default=6,
+                   help="K >= 1 hash functions concatenated into one bucket id (default 6)")
+    p.add_argument("--tables", type=arg_positive_int, default=1, help="L >= 1 independent tables (default 1)")
+    p.add_argument("--monte-carlo", type=arg_non_negative_int, default=0, metavar="N",
+                   help="also hash N random pairs (default 0: off; N * dim draws must take under an hour)")
+    p.add_argument("--seed", type=arg_seed, default=0, help=f"random seed (default 0; {SEED_HELP})")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.add_argument("--plot", metavar="FILE.png", help="write the probability against cos to FILE.png")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="write the probability against cos to FILE.png (written whole; its folder is created if "
+                        "missing, checked before any work)")
     return p
 
 
 def run(args) -> int:
+    from lshsim.io import prepare_output
+    from lshsim.limits import estimate_monte_carlo, refuse_if_too_slow
+
+    prepare_output(args.plot, "--plot")
+    if args.monte_carlo:
+        refuse_if_too_slow(f"--monte-carlo {args.monte_carlo} at --dim {args.dim}",
+                           estimate_monte_carlo(args.monte_carlo, args.dim, draws_per_sample=2),
+                           hint="lower --monte-carlo")
     from lshsim.analytic import collision
 
     result = collision.collision_summary(args.family, args.dim, args.cos, hashes=args.hashes, tables=args.tables)

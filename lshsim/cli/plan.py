@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 
-from lshsim.checks import arg_positive_int
+import math
+
+from lshsim.checks import arg_finite_number, arg_positive_int
 from lshsim.cli import _render
+from lshsim.cli._render import SEED_HELP, arg_seed
 
 _PLAN_DEFAULT_MODEL = "gpt-moe-15b"
 _PLAN_DEFAULT_CLUSTER = "lshmoe-a100-4x8"
@@ -21,7 +24,7 @@ def _capacity_factor(text: str) -> float | None:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'none'") from None
-    if not value > 0:
+    if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"capacity factor {value} must be > 0 (or 'none' for no limit)")
     return value
 
@@ -47,7 +50,7 @@ def add_parser(subparsers):
     p.add_argument("--router", default="topk",
                    help="topk | hash | expert_choice | locmoe, or a registered router (lshsim.dispatch.ROUTERS; "
                         "default topk)")
-    p.add_argument("--lsh-rate", type=float, default=None,
+    p.add_argument("--lsh-rate", type=arg_finite_number(0.0, exclusive=True, maximum=1.0), default=None,
                    help="LSH-MoE compression rate in (0, 1] (centroids / tokens; the paper reports 0.117-0.2); "
                         "default: no LSH for your option, 0.2 for the comparison's lsh row")
     p.add_argument("--algorithm", default="direct",
@@ -58,9 +61,10 @@ def add_parser(subparsers):
     p.add_argument("--tokens-per-gpu", type=arg_positive_int, default=None,
                    help="tokens per GPU per step (default: the model's)")
     p.add_argument("--capacity-factor", type=_capacity_factor, default=1.25,
-                   help="expert capacity factor, or 'none' for no limit (default 1.25)")
-    p.add_argument("--locality-bonus", type=float, default=1.0, help="locmoe: own-node preference (default 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic tokens (default 0)")
+                   help="expert capacity factor, a finite number > 0, or 'none' for no limit (default 1.25)")
+    p.add_argument("--locality-bonus", type=arg_finite_number(0.0), default=1.0,
+                   help="locmoe: own-node preference, >= 0 (default 1.0)")
+    p.add_argument("--seed", type=arg_seed, default=0, help=f"seed of the synthetic tokens (default 0; {SEED_HELP})")
     p.add_argument("--max-routed-tokens", type=arg_positive_int, default=1 << 17,
                    help="route at most this many tokens in all, else subsample per rank and scale (default 131072)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -68,6 +72,11 @@ def add_parser(subparsers):
     p.add_argument("--trace", metavar="FILE.json", default=None, help="write your option's Trace (lshsim schema)")
     p.add_argument("--chrome-trace", metavar="FILE.json", default=None,
                    help="write your option's Trace as Chrome trace-event JSON (open in ui.perfetto.dev)")
+    p.epilog = ("Outputs (--plot, --trace, --chrome-trace) are written whole (a temporary file renamed into "
+                "place); their folders are created if missing, checked before any simulation. Sizes: a model on a "
+                "cluster whose estimate (lshsim.limits.estimate_plan: the routed tokens, W^2 flows per all-to-all, "
+                "about 1.1 kB per layer x GPU x option of trace) exceeds the memory available is refused before "
+                "the simulation starts.")
     p.add_argument("--sweep", action="store_true", help="run every model of --models on every cluster of --clusters")
     p.add_argument("--models", type=_name_list, default=None, help="--sweep: comma-separated models (default --model)")
     p.add_argument("--clusters", type=_name_list, default=None,
@@ -91,22 +100,26 @@ def run(args) -> int:
     import time
 
     from lshsim.sim.moe_step import compare_options, plan_options
+    from lshsim.io import prepare_output
     from lshsim.models import load_model
-    from lshsim.topology import load_topology
 
+    for option in ("plot", "trace", "chrome_trace"):
+        prepare_output(getattr(args, option), "--" + option.replace("_", "-"))
     if args.sweep:
+        if args.trace or args.chrome_trace or args.plot:
+            raise ValueError("--plot, --trace and --chrome-trace draw or write one plan; they do not go with --sweep")
         return _plan_sweep(args)
     if args.models or args.clusters:
         raise ValueError("--models and --clusters go with --sweep; for one plan use --model and --cluster")
     selected = _plan_config(args)
     model = load_model(args.model)
-    graph = load_topology(args.cluster)
+    graph = _load_cluster(args.cluster, [model], selected, len(plan_options(selected)))
     started = time.perf_counter()
     rows = compare_options(model, graph, plan_options(selected))
     elapsed_s = time.perf_counter() - started
     chosen = next(row for row in rows if row["result"].config == selected)
     if args.trace:
-        chosen["result"].trace.to_json(args.trace)
+        chosen["result"].trace.to_json(args.trace)              # written whole (lshsim.io)
     if args.chrome_trace:
         chosen["result"].trace.to_chrome_trace(args.chrome_trace)
     if args.plot:
@@ -118,6 +131,29 @@ def run(args) -> int:
         return 0
     _render_plan(model, graph, chosen, rows, elapsed_s, args)
     return 0
+
+
+def _load_cluster(name: str, models: list, config, options: int):
+    """The cluster's graph, refused before it is built when the plan of one of `models` on it would not fit
+    in memory (`lshsim.limits.estimate_plan`)."""
+    from lshsim.cli.simulate import world_of_spec
+    from lshsim.limits import estimate_plan, refuse_if_too_large
+    from lshsim.sim.moe_step import model_dict
+    from lshsim.topology import build_topology
+    from lshsim.topology.spec import read_spec
+
+    spec, source = read_spec(name)
+    world = world_of_spec(spec) if isinstance(spec, dict) else None
+    for model in models if world is not None else []:
+        m = model_dict(model)
+        estimate = estimate_plan(world_size=world, num_layers=m["num_layers"], d_model=m["d_model"],
+                                 num_experts=m["num_experts"], k=m["top_k"],
+                                 tokens_per_gpu=config.tokens_per_gpu or m["tokens_per_gpu"],
+                                 max_routed_tokens=config.max_routed_tokens, options=options)
+        refuse_if_too_large(f"{m['name']} ({m['num_layers']} layers, d_model {m['d_model']}, "
+                            f"{m['num_experts']} experts) on {name} ({world} GPUs)", estimate,
+                            hint="use a smaller model or cluster, or a lower --max-routed-tokens")
+    return build_topology(spec, source=source)
 
 
 def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float, args) -> None:
@@ -230,7 +266,7 @@ def _plot_plan(rows: list[dict], path: str, title: str) -> None:
         legend.set_title("phase")
         sns.move_legend(ax, "upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    _render.save_figure(fig, path, dpi=130)       # written whole (lshsim.io)
     plt.close(fig)
 
 
@@ -239,14 +275,13 @@ def _plan_sweep(args) -> int:
 
     from lshsim.sim.moe_step import compare_options, plan_options
     from lshsim.models import load_model
-    from lshsim.topology import load_topology
 
     model_names = args.models or [args.model]
     cluster_names = args.clusters or [args.cluster]
     models = {name: load_model(name) for name in model_names}  # unknown names fail before any work
-    graphs = {name: load_topology(name) for name in cluster_names}
     selected = _plan_config(args)
     options = plan_options(selected)
+    graphs = {name: _load_cluster(name, list(models.values()), selected, len(options)) for name in cluster_names}
     results = []
     with Progress(console=_render.wide_console(), transient=True, disable=args.json) as progress:
         task = progress.add_task("simulating", total=len(models) * len(graphs) * len(options))

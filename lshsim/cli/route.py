@@ -1,8 +1,9 @@
 """`lshsim route`: route seeded synthetic tokens and show the load per expert, drops and traffic."""
 from __future__ import annotations
 
-from lshsim.checks import arg_positive_int
+from lshsim.checks import arg_finite_number, arg_positive_int
 from lshsim.cli import _render
+from lshsim.cli._render import SEED_HELP, arg_seed
 
 
 def add_parser(subparsers):
@@ -19,18 +20,22 @@ def add_parser(subparsers):
     p.add_argument("--gpus-per-node", type=arg_positive_int, default=4, help="ranks per node (default 4)")
     p.add_argument("--tokens", type=arg_positive_int, default=4096, help="tokens per rank (default 4096)")
     p.add_argument("--d-model", type=arg_positive_int, default=1024, help="hidden size (default 1024)")
-    p.add_argument("--bytes-per-element", type=arg_positive_int, default=2,
-                   help="2 for bf16/fp16 (default), 4 for fp32")
-    p.add_argument("--capacity-factor", type=float, default=1.25,
+    p.add_argument("--bytes-per-element", type=arg_positive_int, default=2, choices=(1, 2, 4, 8),
+                   help="2 for bf16/fp16 (default), 4 for fp32 (1, 2, 4 or 8)")
+    p.add_argument("--capacity-factor", type=arg_finite_number(0.0, exclusive=True), default=1.25,
                    help="capacity factor; 0 or less is refused; use --no-capacity for no limit (default 1.25)")
     p.add_argument("--no-capacity", action="store_true", help="no capacity limit (nothing dropped)")
     p.add_argument("--drop-policy", default="position", help="position | score (default position)")
     p.add_argument("--placement", default="contiguous", help="contiguous | round_robin (default contiguous)")
-    p.add_argument("--locality-bonus", type=float, default=1.0, help="locmoe: own-node preference (default 1.0)")
-    p.add_argument("--skew", type=float, default=0.0,
+    p.add_argument("--locality-bonus", type=arg_finite_number(0.0), default=1.0,
+                   help="locmoe: own-node preference, a finite number >= 0 (default 1.0)")
+    p.add_argument("--skew", type=arg_finite_number(0.0), default=0.0,
                    help="popularity skew: 0 = uniform experts; s > 0 adds s * log(Dirichlet(1)) to the logits")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=arg_seed, default=0, help=f"random seed (default 0; {SEED_HELP})")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.epilog = ("Sizes: the W * tokens synthetic tokens of width d-model are routed in memory; a run whose "
+                "estimate (lshsim.limits.estimate_route: about 4 B x d_model + 16 B x experts + 64 B x k per "
+                "token) exceeds the memory available is refused before it starts.")
     return p
 
 
@@ -39,6 +44,11 @@ def run(args) -> int:
     from lshsim.dispatch.routers import effective_k
     from lshsim.dispatch.summary import route_summary
     from lshsim.dispatch.synthetic import synthetic_router_inputs
+    from lshsim.limits import estimate_route, refuse_if_too_large
+
+    refuse_if_too_large(f"routing {args.world} ranks x {args.tokens} tokens per rank",
+                        estimate_route(args.world * args.tokens, args.d_model, args.experts, args.k),
+                        hint="lower --tokens, --world or --d-model")
 
     config = RouterConfig(name=args.router, k=effective_k(args.router, args.k),
                           capacity_factor=None if args.no_capacity else args.capacity_factor,

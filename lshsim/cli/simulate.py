@@ -5,7 +5,7 @@ kinds (`uniform:BYTES`, a JSON matrix, `lshsim route --json` output): `lshsim.si
 """
 from __future__ import annotations
 
-from lshsim.checks import arg_positive_int
+from lshsim.checks import arg_finite_number, arg_positive_int
 from lshsim.cli import _render
 from lshsim.units import BYTES_HELP
 
@@ -26,31 +26,56 @@ def add_parser(subparsers):
                         "(lshsim.algorithms; default direct)")
     p.add_argument("--chunks", type=arg_positive_int, default=1,
                    help="hierarchical only: pipeline chunks (default 1)")
-    p.add_argument("--alpha-s", type=float, default=None,
-                   help="per-message start-up latency in seconds (default: the topology's alpha_s)")
-    p.add_argument("--message-gap-s", type=float, default=0.0,
+    p.add_argument("--alpha-s", type=arg_finite_number(0.0), default=None,
+                   help="per-message start-up latency in seconds, >= 0 (default: the topology's alpha_s)")
+    p.add_argument("--message-gap-s", type=arg_finite_number(0.0), default=0.0,
                    help="a rank issues its messages of a phase this far apart, in seconds (LogGP gap; "
                         "default 0: all at once)")
     p.add_argument("--no-local-copy", action="store_true",
                    help="the diagonal costs nothing (default: an HBM copy concurrent with the network)")
-    p.add_argument("--drain-tolerance", type=float, default=0.0,
-                   help="0 = exact (default); e.g. 0.01 lets flows that would finish within 1%% of the "
+    p.add_argument("--drain-tolerance", type=arg_finite_number(0.0, maximum=1.0), default=0.0,
+                   help="in [0, 1]: 0 = exact (default); e.g. 0.01 lets flows that would finish within 1%% of the "
                         "current time finish together: much faster on uneven traffic, about 1%% early")
     p.add_argument("--top-links", type=arg_positive_int, default=10, help="busiest links to show (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.epilog = ("Sizes: an all-to-all on W ranks is W^2 flows in memory; a topology whose estimate "
+                "(lshsim.limits.estimate_flows: about 512 B per flow) exceeds the memory available is refused "
+                "before the simulation starts.")
     return p
+
+
+def world_of_spec(spec: dict) -> int | None:
+    """W = nodes x gpus_per_node of a topology spec read but not built yet (None where the fields are not
+    whole numbers: building the topology then names the field)."""
+    nodes, per_node = spec.get("nodes", 1), spec.get("gpus_per_node")
+    if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (nodes, per_node)):
+        return nodes * per_node
+    return None
+
+
+def load_sized_topology(name_or_path, what: str, option: str = "--topology"):
+    """`lshsim.topology.load_topology`, with the flows of an all-to-all on it refused before the graph is
+    built if they cannot fit in memory (`lshsim.limits.estimate_flows`)."""
+    from lshsim.limits import estimate_flows, refuse_if_too_large
+    from lshsim.topology import build_topology
+    from lshsim.topology.spec import read_spec
+
+    spec, source = read_spec(name_or_path)
+    world = world_of_spec(spec) if isinstance(spec, dict) else None
+    if world is not None:
+        refuse_if_too_large(f"{what} on {option} {name_or_path} ({world} GPUs)", estimate_flows(world),
+                            hint="use a smaller topology")
+    return build_topology(spec, source=source)
 
 
 def run(args) -> int:
     from lshsim.algorithms import canonical_algorithm
     from lshsim.sim.collectives import simulate_all_to_all
     from lshsim.sim.traffic import load_traffic
-    from lshsim.topology import load_topology
-
     algorithm = canonical_algorithm(args.algorithm, side="simulate")
     if args.chunks != 1 and algorithm != "hierarchical":
         raise ValueError(f"--chunks={args.chunks} applies to --algorithm hierarchical (alias 2d) only")
-    G = load_topology(args.topology)
+    G = load_sized_topology(args.topology, "an all-to-all")
     world = G.graph["num_nodes"] * G.graph["gpus_per_node"]
     traffic = load_traffic(args.traffic, world)
     options = {"chunks": args.chunks} if algorithm == "hierarchical" else {}

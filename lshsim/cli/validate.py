@@ -16,7 +16,9 @@ def add_parser(subparsers):
     p.add_argument("traces", nargs="+", help="measured trace JSON file(s)")
     p.add_argument("--topology", default=None,
                    help="topology name or YAML (e.g. a calibrated one); default: the GPU's datasheet topology")
-    p.add_argument("--plot", default=None, help="draw predicted vs measured into this PNG file")
+    p.add_argument("--plot", default=None,
+                   help="draw predicted vs measured into this PNG file (written whole; its folder is created if "
+                        "missing, checked before any work)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return p
 
@@ -24,6 +26,9 @@ def add_parser(subparsers):
 def run(args) -> int:
     import numpy as np
 
+    from lshsim.io import prepare_output
+
+    prepare_output(args.plot, "--plot")
     from lshsim.sim.trace import Trace
     from lshsim.sim.validate import a2a_errors, plot_validations, validate_trace
 

@@ -211,7 +211,10 @@ def plot_validations(validations: list[Validation], path: str | Path) -> Path:
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    from lshsim.io import atomic_output
+
+    with atomic_output(path, "wb") as handle:      # written whole: the old file or the new one
+        fig.savefig(handle, format="png", dpi=120)
     plt.close(fig)
     return path
 

@@ -1,0 +1,153 @@
+"""Every output file of lshsim and the executor, written whole, and the one rule for output paths.
+
+**Written whole.** `write_text_atomically`, `write_bytes_atomically` and `atomic_output` (a context
+manager for writers that need a file object or a path: `json.dump`, matplotlib's `savefig`) write to
+a temporary file in the destination's own folder (``.NAME.PID.tmp``), flush it, `os.fsync` it and
+`os.replace` it onto the destination. A reader sees the old file or the whole new one, never a part;
+an error or an interruption while writing (a full disk, Ctrl-C) leaves the old file as it was and
+removes the temporary file.
+
+**The output rule** (`prepare_output`, `prepare_output_dir`), the same for every command, checked
+before any work starts (before a simulation, a measurement or a run):
+
+- the folder of an output file (and an output folder such as `--out-dir`) is created, with its
+  parents, if it does not exist;
+- a path that cannot be created or written to, an output file that is an existing folder, or an
+  output folder that is an existing file, is refused with a ValueError naming the option and the path
+  (the command line turns it into exit code 2).
+
+**Names from inputs** (a workload's name becomes ``NAME.json`` under `--out-dir`) never leave the
+output folder: `path_in_folder` resolves the joined path and refuses one outside the folder.
+
+>>> import tempfile, os
+>>> folder = tempfile.mkdtemp()
+>>> path = write_text_atomically(os.path.join(folder, "a.txt"), "whole\\n")
+>>> open(path).read(), sorted(os.listdir(folder))
+('whole\\n', ['a.txt'])
+>>> path_in_folder(folder, "../x.json", "--out-dir")
+Traceback (most recent call last):
+...
+ValueError: --out-dir: the file name '../x.json' leaves the output folder ...
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["write_text_atomically", "write_bytes_atomically", "atomic_output", "prepare_output",
+           "prepare_output_dir", "path_in_folder", "OUTPUT_RULE"]
+
+#: one sentence for --help texts
+OUTPUT_RULE = "its folder is created if missing; checked before any work"
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a platform without directory file descriptors skips it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path, mode: str = "w", *, encoding: str | None = "utf-8") -> Iterator:
+    """`with atomic_output(path) as handle:` write through `handle`; on a normal exit the temporary
+    file is flushed, fsynced and renamed onto `path`; on an exception it is removed and `path` is
+    left as it was. `mode` is "w" (text) or "wb" (bytes: e.g. `fig.savefig(handle, format="png")`).
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_output: mode={mode!r} must be 'w' or 'wb'")
+    path = Path(path)
+    temporary = _temporary(path)
+    try:
+        with open(temporary, mode, **({} if "b" in mode else {"encoding": encoding})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    _fsync_folder(path.parent)
+
+
+def write_text_atomically(path: str | Path, text: str, *, encoding: str = "utf-8") -> Path:
+    """Write `text` to `path` whole (module docstring); returns the path."""
+    with atomic_output(path, "w", encoding=encoding) as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def write_bytes_atomically(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` whole (module docstring); returns the path."""
+    with atomic_output(path, "wb") as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def _writable_folder(folder: Path, option: str) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{option} {folder}: is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"{option} {folder}: cannot create the folder ({error.strerror or error})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {folder}: the folder is not writable")
+
+
+def prepare_output(path: str | Path | None, option: str) -> Path | None:
+    """Check an output FILE before any work (module docstring: the output rule); None passes through.
+
+    >>> prepare_output(None, "--plot") is None
+    True
+    """
+    if path is None:
+        return None
+    text = str(path)
+    if not text.strip():
+        raise ValueError(f"{option} {text!r}: an empty file name")
+    path = Path(text)
+    if path.is_dir() or text.endswith(os.sep):
+        raise ValueError(f"{option} {text}: is a folder; give a file name")
+    _writable_folder(path.parent if str(path.parent) else Path("."), option)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{option} {text}: the file exists and is not writable")
+    return path
+
+
+def prepare_output_dir(folder: str | Path | None, option: str) -> Path | None:
+    """Check an output FOLDER before any work: created if missing, must be writable (the output rule)."""
+    if folder is None:
+        return None
+    text = str(folder)
+    if not text.strip():
+        raise ValueError(f"{option} {text!r}: an empty folder name")
+    _writable_folder(Path(text), option)
+    return Path(text)
+
+
+def path_in_folder(folder: str | Path, name: str, option: str) -> Path:
+    """`folder / name`, refused (ValueError naming `option`) if it resolves outside `folder`, e.g.
+    a name with '..' or an absolute name, or if `name` is empty."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ValueError(f"{option}: the file name {name!r} is not a usable file name")
+    base = Path(folder).resolve()
+    target = (base / name).resolve()
+    if target == base or base not in target.parents:
+        raise ValueError(f"{option}: the file name {name!r} leaves the output folder {str(folder)!r} "
+                         f"(it resolves to {str(target)!r})")
+    return Path(folder) / name
