@@ -89,7 +89,7 @@ def test_link_models_validate_and_combine():
 
 def test_link_models_from_spec_and_from_a_hand_built_graph():
     spec = {"name": "t", "gpu": "h200", "gpus_per_node": 4, "alpha_s": 2e-5, "intra": {"kind": "nvswitch"},
-            "calibration": {"a2a_busbw_curve": [[1e6, 5e10], [1e9, 3e11]], "a2a_link_headroom": "1.1"}}
+            "calibration": {"a2a_busbw_curve": [[1e6, 5e10], [1e9, 3e11]], "a2a_link_headroom": 1.1}}
     links = LinkModels.from_spec(spec)
     assert links["nvlink"].headroom == 1.1 and links["nvlink"].nominal_Bps == 450e9 and links.alpha_s == 2e-5
     with pytest.raises(ValueError, match=r"^x.yaml: calibration.a2a_link_max_Bps=-1 must be > 0"):

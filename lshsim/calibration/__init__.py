@@ -79,7 +79,8 @@ source is one function `read(paths, **options) -> CalibrationInput` and one regi
 """
 from lshsim.calibration.fits import (AlphaBetaFit, BusbwCurveFit, CalibrationFit, HeadroomFit, a2a_errors,
                                      calibrated_topology_spec, curve_residuals, fit_alpha_beta, fit_busbw_curve,
-                                     fit_calibration, fit_link_headroom, fit_link_headroom_and_cap, gpu_key)
+                                     fit_calibration, fit_link_headroom, fit_link_headroom_and_cap, gpu_key,
+                                     check_gpu_name, CALIBRATED_GPUS)
 from lshsim.calibration.inputs import A2ACase, A2APoint, CalibrationInput, P2PPoint, merge_inputs
 from lshsim.calibration.model import (CollectiveRates, LinkModel, LinkModels, LinkRates, a2a_bytes_per_rank,
                                       a2a_duplex_bytes_per_rank, curve_busbw_Bps, parse_busbw_curve)
@@ -92,6 +93,6 @@ __all__ = ["LinkModel", "LinkModels", "LinkRates", "CollectiveRates", "curve_bus
            "A2APoint", "A2ACase", "P2PPoint", "CalibrationInput", "merge_inputs",
            "AlphaBetaFit", "fit_alpha_beta", "BusbwCurveFit", "fit_busbw_curve", "curve_residuals", "HeadroomFit",
            "a2a_errors", "fit_link_headroom", "fit_link_headroom_and_cap", "CalibrationFit", "fit_calibration",
-           "calibrated_topology_spec", "gpu_key",
+           "calibrated_topology_spec", "gpu_key", "check_gpu_name", "CALIBRATED_GPUS",
            "SOURCES", "read_source", "TraceA2APhase", "trace_a2a_phases", "trace_skew", "trace_algorithm",
            "read_traces", "read_microbenchmarks", "microbenchmark_input", "read_nccl_tests", "parse_nccl_tests", "NcclTestsRun"]

@@ -21,7 +21,7 @@ from lshsim.calibration.model import LinkModels, curve_busbw_Bps
 
 __all__ = ["AlphaBetaFit", "fit_alpha_beta", "BusbwCurveFit", "fit_busbw_curve", "curve_residuals", "HeadroomFit",
            "a2a_errors", "fit_link_headroom", "fit_link_headroom_and_cap", "CalibrationFit", "fit_calibration",
-           "calibrated_topology_spec", "gpu_key", "Simulate"]
+           "calibrated_topology_spec", "gpu_key", "check_gpu_name", "CALIBRATED_GPUS", "Simulate"]
 
 #: simulate(traffic (W, W), algorithm, links) -> predicted seconds of one all-to-all.
 Simulate = Callable[[np.ndarray, str, LinkModels], float]
@@ -243,6 +243,27 @@ def fit_link_headroom_and_cap(G, cases, p2p_max_Bps: float | None, steps: int = 
 
 
 # ---- the whole calibration -------------------------------------------------------------------------------
+#: the GPUs a calibration names by key (`gpu_key`), newest first
+CALIBRATED_GPUS = ("h200", "h100", "a100", "v100")
+
+
+def check_gpu_name(name: object, what: str = "gpu") -> str:
+    """`name` if it names a GPU a calibration knows (`gpu_key`: h200, h100, a100, v100, or a device
+    name holding one such as 'NVIDIA H200'), else ValueError listing the known ones.
+
+    >>> check_gpu_name("NVIDIA H100 80GB HBM3")
+    'NVIDIA H100 80GB HBM3'
+    >>> check_gpu_name("h300", "--gpu")
+    Traceback (most recent call last):
+    ...
+    ValueError: --gpu='h300' is not a known GPU; known: h200, h100, a100, v100 (or a device name holding one, such as 'NVIDIA H200')
+    """
+    if not isinstance(name, str) or gpu_key(name) is None:
+        raise ValueError(f"{what}={name!r} is not a known GPU; known: {', '.join(CALIBRATED_GPUS)} "
+                         f"(or a device name holding one, such as 'NVIDIA H200')")
+    return name
+
+
 def gpu_key(device_name: str | None) -> str | None:
     """'NVIDIA H200' -> 'h200', 'NVIDIA H100 80GB HBM3' -> 'h100'; None if not a known GPU.
 
@@ -252,7 +273,7 @@ def gpu_key(device_name: str | None) -> str | None:
     if not device_name:
         return None
     lowered = device_name.lower()
-    for key in ("h200", "h100", "a100", "v100"):
+    for key in CALIBRATED_GPUS:
         if key in lowered:
             return key
     return None

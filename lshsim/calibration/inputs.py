@@ -5,11 +5,24 @@ A source (`lshsim.calibration.sources`) turns its files into one `CalibrationInp
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 
 __all__ = ["A2APoint", "A2ACase", "P2PPoint", "CalibrationInput", "merge_inputs"]
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+
+
+def _check_seconds(name: str, value: object) -> None:
+    """A measured time: a finite number > 0 (NaN, inf, 0 and negative times are refused, not dropped)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={value!r} must be a finite number of seconds > 0")
 
 
 @dataclass(frozen=True)
@@ -21,6 +34,11 @@ class A2APoint:
     bytes_per_rank: int
     time_s: float
     world_size: int
+
+    def __post_init__(self) -> None:
+        _check_int("A2APoint.bytes_per_rank", self.bytes_per_rank, 0)
+        _check_seconds("A2APoint.time_s", self.time_s)
+        _check_int("A2APoint.world_size", self.world_size, 1)
 
     @property
     def offdiag_bytes(self) -> float:
@@ -49,6 +67,10 @@ class P2PPoint:
 
     bytes: int
     time_s: float
+
+    def __post_init__(self) -> None:
+        _check_int("P2PPoint.bytes", self.bytes, 1)
+        _check_seconds("P2PPoint.time_s", self.time_s)
 
     @property
     def Bps(self) -> float:

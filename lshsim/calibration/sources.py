@@ -27,18 +27,21 @@ Shipped:
 from __future__ import annotations
 
 import inspect
-import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from lshsim.calibration.fits import CALIBRATED_GPUS, check_gpu_name, gpu_key
 from lshsim.calibration.inputs import A2ACase, A2APoint, CalibrationInput, P2PPoint
 from lshsim.calibration.model import a2a_bytes_per_rank
+from lshsim.readers import load_json, read_text
 
 __all__ = ["SOURCES", "read_source", "TraceA2APhase", "trace_a2a_phases", "trace_skew", "trace_algorithm", "read_traces",
-           "read_microbenchmarks", "microbenchmark_input", "read_nccl_tests", "parse_nccl_tests", "NcclTestsRun"]
+           "read_microbenchmarks", "microbenchmark_input", "read_nccl_tests", "parse_nccl_tests", "NcclTestsRun",
+           "check_microbenchmarks"]
 
 
 # ---- executor traces ------------------------------------------------------------------------------
@@ -131,6 +134,8 @@ def read_traces(paths, *, split_skewed: bool = True, gpu: str | None = None) -> 
     paths = [str(p) for p in paths]
     if not paths:
         raise ValueError("traces: no trace files given")
+    if gpu is not None:
+        check_gpu_name(gpu, "gpu")
     metas = {path: _trace_meta(path) for path in paths}
     for path, meta in metas.items():
         role = meta.get("workload", {}).get("role")
@@ -201,40 +206,128 @@ def _one_path(paths, source: str) -> Path:
     return Path(paths[0])
 
 
+def _fail(field: str, value, why: str) -> ValueError:
+    text = repr(value)
+    return ValueError(f"{field}={text if len(text) <= 80 else text[:77] + '...'} {why}")
+
+
+def _real(field: str, value, *, positive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (value <= 0 if positive else value < 0):
+        raise _fail(field, value, f"must be a finite number {'> 0' if positive else '>= 0'}")
+    return value
+
+
+def _integer(field: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _fail(field, value, f"must be an integer >= {minimum}")
+    return value
+
+
+def _entries(results: dict, key: str) -> list:
+    entries = results.get(key)
+    if entries is None:
+        return []
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise _fail(f"results.{key}", entries, "must be a list of mappings")
+    return entries
+
+
+def _need(entry: dict, field: str, key: str):
+    if key not in entry:
+        raise ValueError(f"{field}.{key} is missing")
+    return entry[key]
+
+
+def check_microbenchmarks(raw: object) -> None:
+    """Refuse a raw microbenchmark record (`executor calibrate --raw`) that the fits cannot use,
+    naming the field and the value: {"results": {"world_size": int >= 1, "a2a": [{"bytes_per_rank":
+    int >= 0, "time_s": > 0}], "p2p": [{"bytes": int >= 1, "time_s": > 0, "Bps": >= 0}], "ffn":
+    {"flops_per_s": > 0, "dtype": text, "d_model": int >= 1} | null, "hbm": {"Bps": > 0} | null},
+    "provenance": {...}}; every number finite (not a bool, not text)."""
+    if not isinstance(raw, dict):
+        raise _fail("the file", type(raw).__name__, "must be a JSON object with results and provenance")
+    for key in ("results", "provenance"):
+        if not isinstance(raw.get(key), dict):
+            raise _fail(key, raw.get(key), "must be a mapping (the layout executor calibrate --raw writes)")
+    results = raw["results"]
+    _integer("results.world_size", _need(results, "results", "world_size"))
+    for i, entry in enumerate(_entries(results, "a2a")):
+        field = f"results.a2a[{i}]"
+        _integer(f"{field}.bytes_per_rank", _need(entry, field, "bytes_per_rank"), 0)
+        _real(f"{field}.time_s", _need(entry, field, "time_s"))
+    for i, entry in enumerate(_entries(results, "p2p")):
+        field = f"results.p2p[{i}]"
+        _integer(f"{field}.bytes", _need(entry, field, "bytes"))
+        _real(f"{field}.time_s", _need(entry, field, "time_s"))
+        _real(f"{field}.Bps", _need(entry, field, "Bps"), positive=False)
+    ffn, hbm = results.get("ffn"), results.get("hbm")
+    if ffn is not None:
+        if not isinstance(ffn, dict):
+            raise _fail("results.ffn", ffn, "must be a mapping or null")
+        _real("results.ffn.flops_per_s", _need(ffn, "results.ffn", "flops_per_s"))
+        if not isinstance(_need(ffn, "results.ffn", "dtype"), str):
+            raise _fail("results.ffn.dtype", ffn["dtype"], "must be text")
+        _integer("results.ffn.d_model", _need(ffn, "results.ffn", "d_model"))
+    if hbm is not None:
+        if not isinstance(hbm, dict):
+            raise _fail("results.hbm", hbm, "must be a mapping or null")
+        _real("results.hbm.Bps", _need(hbm, "results.hbm", "Bps"))
+    gpu = raw["provenance"].get("gpu")
+    if gpu is not None and not isinstance(gpu, str):
+        raise _fail("provenance.gpu", gpu, "must be text or null")
+
+
 def read_microbenchmarks(paths) -> CalibrationInput:
     """Source "microbenchmarks": the raw JSON `executor calibrate --raw` writes ({"results": ...,
-    "provenance": ...}); the provenance gains refit_from (the file)."""
+    "provenance": ...}, checked by `check_microbenchmarks`); the provenance gains refit_from (the file)."""
     path = _one_path(paths, "microbenchmarks")
-    raw = json.loads(path.read_text())
+    raw = load_json(path, what="microbenchmark file")
+    try:
+        check_microbenchmarks(raw)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     return microbenchmark_input(raw["results"], {**raw["provenance"], "refit_from": str(path)})
 
 
 # ---- nccl-tests output ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class NcclTestsRun:
-    """Parsed alltoall_perf output: the rows (out-of-place time) and the number of ranks."""
+    """Parsed alltoall_perf output: the rows (out-of-place time), the number of ranks, and the GPU
+    the `# Rank` lines name (None when they name none, or disagree)."""
 
     world_size: int
     points: list
     columns: list
+    gpu: str | None = None
 
 
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?([eE][-+]?\d+)?$")
+#: the first token of a data row: a number, or a value that reads as one but is not usable (nan, inf, -5, 1e3)
+_ROW_START = re.compile(r"^[-+]?(\d+(\.\d*)?([eE][-+]?\d+)?|\.\d+([eE][-+]?\d+)?|nan|inf(inity)?)$", re.IGNORECASE)
+#: the device name at the end of a `#  Rank  0 Group  0 Pid 123 on host device  0 [0x18] NVIDIA H100 ...` line
+_DEVICE = re.compile(r"\[[^\]]*\]\s+(.+?)\s*$")
 
 
-def parse_nccl_tests(text: str, world_size: int | None = None) -> NcclTestsRun:
+def parse_nccl_tests(text: str, world_size: int | None = None, *, source: str = "nccl-tests output") -> NcclTestsRun:
     """Parse nccl-tests `alltoall_perf` output.
 
     The header row (`#  size  count  type  [redop  root]  time  algbw  busbw  #wrong|error  time ...`)
     names the columns; the first `time` is out-of-place (us). `size` is the bytes per rank (all W
     chunks). The number of ranks is the count of `#  Rank  N ...` device lines, or `nGpus` from
-    the first line, unless `world_size` is given.
+    the first line, unless `world_size` is given. The GPU is the device name of the `# Rank` lines.
+
+    Every data row must hold a whole size >= 0 and a finite time > 0 (a row of size 0, which
+    nccl-tests prints for -b 0, is skipped); any other row (NaN, negative, zero time, text) is
+    refused with the file's name, the line, the field and the value, so that a log of unusable
+    rows never becomes a calibration. Lines that are not rows (NCCL INFO messages) are skipped.
     """
     columns: list[str] | None = None
     rank_lines = 0
+    devices: set[str] = set()
     n_gpus = None
     points_raw = []
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if not stripped:
             continue
@@ -242,37 +335,68 @@ def parse_nccl_tests(text: str, world_size: int | None = None) -> NcclTestsRun:
             body = stripped.lstrip("#").split()
             if body[:2] == ["size", "count"] or (len(body) > 2 and body[0] == "size" and "count" in body):
                 columns = body
+                if "time" not in columns:
+                    raise ValueError(f"{source}:{number}: the header row has no 'time' column: {stripped!r}")
             elif body and body[0] == "Rank":
                 rank_lines += 1
+                device = _DEVICE.search(stripped)
+                if device:
+                    devices.add(device.group(1))
             else:
                 match = re.search(r"nGpus\s+(\d+)", stripped)
                 if match and n_gpus is None:
                     n_gpus = int(match.group(1))
             continue
         tokens = stripped.split()
-        if columns is None or not _NUMBER.match(tokens[0]):
+        if columns is None or not _ROW_START.match(tokens[0]):
             continue
+        where = f"{source}:{number}"
         if len(tokens) < columns.index("time") + 1:
-            raise ValueError(f"nccl-tests row has {len(tokens)} fields, the header {len(columns)}: {stripped!r}")
-        size = int(tokens[columns.index("size")])
-        time_us = float(tokens[columns.index("time")])
+            raise ValueError(f"{where}: the row has {len(tokens)} fields, the header {len(columns)}: {stripped!r}")
+        size_text, time_text = tokens[columns.index("size")], tokens[columns.index("time")]
+        if not re.fullmatch(r"\d+", size_text):
+            raise ValueError(f"{where}: size={size_text!r} must be a whole number of bytes >= 0")
+        try:
+            time_us = float(time_text)
+        except ValueError:
+            raise ValueError(f"{where}: time={time_text!r} must be a number of microseconds") from None
+        size = int(size_text)
+        if size == 0:
+            continue
+        if not math.isfinite(time_us) or time_us <= 0:
+            raise ValueError(f"{where}: time={time_text!r} (size {size}) must be a finite number of microseconds > 0")
         points_raw.append((size, time_us))
     if columns is None:
-        raise ValueError("no nccl-tests header row ('# size count type ... time algbw busbw') found")
+        raise ValueError(f"{source}: no nccl-tests header row ('# size count type ... time algbw busbw') found")
     if not points_raw:
-        raise ValueError("the nccl-tests output holds no data rows")
+        raise ValueError(f"{source}: the nccl-tests output holds no data rows")
+    if world_size is not None and (isinstance(world_size, bool) or not isinstance(world_size, int)):
+        raise ValueError(f"world_size={world_size!r} must be an integer >= 2")
     ranks = world_size or rank_lines or n_gpus
     if not ranks or ranks < 2:
-        raise ValueError("cannot tell the number of ranks of the nccl-tests run (no '# Rank' lines); pass world_size")
-    points = [A2APoint(size, time_us * 1e-6, ranks) for size, time_us in points_raw if size > 0 and time_us > 0]
-    return NcclTestsRun(world_size=ranks, points=points, columns=columns)
+        raise ValueError(f"{source}: cannot tell the number of ranks of the nccl-tests run (no '# Rank' lines); "
+                         f"pass world_size (--world-size)" if not ranks else
+                         f"{source}: world_size={ranks} must be >= 2 (an all-to-all needs two ranks)")
+    points = [A2APoint(size, time_us * 1e-6, ranks) for size, time_us in points_raw]
+    return NcclTestsRun(world_size=ranks, points=points, columns=columns,
+                        gpu=next(iter(devices)) if len(devices) == 1 else None)
 
 
 def read_nccl_tests(paths, *, world_size: int | None = None, gpu: str | None = None) -> CalibrationInput:
-    """Source "nccl-tests": one `alltoall_perf` output file (`parse_nccl_tests`); `gpu` names the
-    device (the output does not)."""
+    """Source "nccl-tests": one `alltoall_perf` output file (`parse_nccl_tests`). `gpu` names the
+    device; without it, the device the log's `# Rank` lines name. Either must be a GPU a
+    calibration knows (`lshsim.calibration.check_gpu_name`): a log whose GPU cannot be told is
+    refused, asking for gpu (--gpu), rather than calibrating a "cpu"."""
     path = _one_path(paths, "nccl-tests")
-    run = parse_nccl_tests(path.read_text(), world_size)
+    if gpu is not None:
+        check_gpu_name(gpu, "gpu")
+    run = parse_nccl_tests(read_text(path, "nccl-tests log"), world_size, source=str(path))
+    if gpu is None:
+        if run.gpu is None or gpu_key(run.gpu) is None:
+            named = f"names the device {run.gpu!r}" if run.gpu else "names no single device in its '# Rank' lines"
+            raise ValueError(f"{path}: the log {named}: give the GPU with --gpu (known: "
+                             f"{', '.join(CALIBRATED_GPUS)})")
+        gpu = run.gpu
     record = {"world_size": run.world_size, "a2a": [{"bytes_per_rank": p.bytes_per_rank, "time_s": p.time_s}
                                                     for p in run.points], "p2p": [], "ffn": None, "hbm": None}
     return CalibrationInput(source="nccl-tests", world_size=run.world_size, gpu=gpu, points=tuple(run.points),
