@@ -26,6 +26,8 @@ the bare all-to-all, bus bandwidths and the LSH figures.
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -42,7 +44,10 @@ from lshsim.sim.trace import PHASES, PhaseRecord, Trace
 
 __all__ = ["run_workload", "gather_rows", "bus_bandwidth_Bps", "FAULTS"]
 
-FAULTS = ("raise", "hang")
+#: testing faults (`executor run --fault`), injected on `fault_rank` at the first iteration: raise an
+#: error; hang (alive, heartbeat going, no progress); SIGKILL itself (dies without a word); SIGSTOP
+#: itself (frozen: no heartbeat either)
+FAULTS = ("raise", "hang", "kill", "stop")
 
 
 def gather_rows(values: list[float], device: torch.device) -> torch.Tensor:
@@ -70,14 +75,28 @@ def _load_file_tokens(workload: WorkloadConfig) -> torch.Tensor | None:
     if workload.inputs == "synthetic":
         return None
     path = Path(workload.inputs)
-    if not path.exists():
-        raise ValueError(f"workload field 'inputs': file {str(path)!r} does not exist")
-    if path.suffix == ".npy":
-        return torch.from_numpy(np.load(path)).float()
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not path.is_file():
+        raise ValueError(f"workload field 'inputs': file {str(path)!r} "
+                         f"{'is a folder' if path.is_dir() else 'does not exist'}")
+    try:
+        if path.suffix == ".npy":
+            array = np.load(path)                      # allow_pickle=False: no code from the file runs
+            if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+                raise ValueError(f"holds {array.dtype} values, not real numbers")
+            data = torch.from_numpy(array)
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:       # a corrupt file: numpy / pickle / zip errors of many types, one line
+        raise ValueError(f"workload field 'inputs': {str(path)!r} cannot be read: "
+                         f"{' '.join(str(error).split())[:200]}") from None
     if not isinstance(data, torch.Tensor):
         raise ValueError(f"workload field 'inputs': {str(path)!r} must hold one tensor, got {type(data).__name__}")
-    return data.float()
+    if data.is_complex() or data.dtype == torch.bool:
+        raise ValueError(f"workload field 'inputs': {str(path)!r} holds {data.dtype} values, not real numbers")
+    data = data.float()
+    if data.numel() and not bool(torch.isfinite(data).all()):
+        raise ValueError(f"workload field 'inputs': {str(path)!r} holds NaN or infinite values")
+    return data
 
 
 def _phase_keys(times: dict) -> list[tuple[str, str]]:
@@ -141,6 +160,18 @@ def iteration_count(requested: int, bare_s: float, layer_wall_s: float, min_a2a_
     return max(requested, min(wanted, fit))
 
 
+def _inject_fault(fault: str, rank: int) -> None:
+    if fault == "raise":
+        raise RuntimeError(f"injected fault on rank {rank} (executor run --fault raise)")
+    if fault == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return  # continued (SIGCONT): carry on
+    while True:  # hang
+        time.sleep(3600)
+
+
 def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progress | None = None,
                  fault: str | None = None, fault_rank: int = 1, command: list[str] | None = None,
                  min_a2a_s: float = 0.0, max_iterations: int = 200, max_wall_s: float = 5.0) -> Trace:
@@ -155,6 +186,9 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
                          f"max_wall_s={max_wall_s} > 0")
     if fault is not None and fault not in FAULTS:
         raise ValueError(f"fault={fault!r} must be one of {FAULTS} or None")
+    if fault is not None and not 0 <= fault_rank < runtime.world_size:
+        raise ValueError(f"fault_rank={fault_rank} must be < the world size {runtime.world_size}: it would inject "
+                         f"nothing")
     progress = progress or Progress(None, runtime.rank)
     rank, world, device = runtime.rank, runtime.world_size, runtime.device
     workload.check_world(world)
@@ -197,10 +231,7 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
     while it < workload.warmup + iterations:
         progress.step(f"iteration {it}")
         if fault is not None and it == 0 and rank == fault_rank:
-            if fault == "raise":
-                raise RuntimeError(f"injected fault on rank {rank} (executor run --fault raise)")
-            while True:
-                time.sleep(3600)
+            _inject_fault(fault, rank)
         wall0 = time.perf_counter()
         out, times = layer_iteration()
         layer_wall_s = time.perf_counter() - wall0
