@@ -21,7 +21,6 @@ file in the same folder renamed into place, so a failure leaves no half-written 
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -138,17 +137,10 @@ def fits_curve(args) -> bool:
 def write_atomically(path, text: str) -> Path:
     """Write `text` to `path` through a temporary file in the same folder renamed into place: the
     file is either the old one or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")    # created with the usual permissions
-    try:
-        with open(temporary, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    from lshsim.io import prepare_output, write_text_atomically
+
+    prepare_output(path, "output")                        # the output rule of lshsim.io
+    return write_text_atomically(path, text)
 
 
 def finish(args, inp) -> int:

@@ -17,6 +17,7 @@ ValueError: k=0 must be a positive integer
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 
 __all__ = ["positive_int", "non_negative_int", "finite_number", "arg_positive_int", "arg_non_negative_int",
@@ -88,6 +89,7 @@ def arg_non_negative_int(text: str) -> int:
     return _argparse(lambda v: non_negative_int("value", v), "whole number", int, text)
 
 
+@functools.lru_cache(maxsize=None)   # one function per set of bounds: parsers built twice compare equal
 def arg_finite_number(minimum: float | None = None, exclusive: bool = False, maximum: float | None = None):
     """argparse type factory: a finite number, optionally bounded below and above (NaN and inf refused).
 
@@ -123,6 +125,7 @@ def bounded_int(name: str, value: object, *, minimum: int | None = None, maximum
     return value
 
 
+@functools.lru_cache(maxsize=None)
 def arg_int(minimum: int | None = None, maximum: int | None = None):
     """argparse type factory: a whole number within [minimum, maximum] (either bound optional).
 

@@ -324,7 +324,9 @@ class Trace:
         return trace
 
     def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        from lshsim.io import write_text_atomically
+
+        write_text_atomically(path, json.dumps(self.to_dict(), indent=1) + "\n")      # whole or not at all
 
     @staticmethod
     def from_json(path: str | Path) -> "Trace":
@@ -362,4 +364,6 @@ class Trace:
                 "otherData": {"schema": SCHEMA, "source": self.meta["source"]}}
 
     def to_chrome_trace(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_chrome_trace_dict()) + "\n")
+        from lshsim.io import write_text_atomically
+
+        write_text_atomically(path, json.dumps(self.to_chrome_trace_dict()) + "\n")

@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -381,13 +380,7 @@ def write_topology_yaml(spec: dict, path: str | Path) -> Path:
     path = Path(path)
     build_topology(spec, source=path.name)
     text = yaml.safe_dump(spec, sort_keys=False, default_flow_style=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")    # created with the usual permissions
-    try:
-        with open(temporary, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    from lshsim.io import prepare_output, write_text_atomically
+
+    prepare_output(path, "topology YAML")                 # the output rule of lshsim.io
+    return write_text_atomically(path, text)
