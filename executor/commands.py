@@ -19,8 +19,10 @@ import json
 import logging
 import sys
 
-from lshsim.checks import arg_non_negative_int, arg_positive_int
+from lshsim.checks import arg_finite_number, arg_int, arg_non_negative_int, arg_positive_int
 from lshsim.executor.calibrate_files import arg_source_option
+from lshsim.executor.launch import (DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_STALL_TIMEOUT_S, DEFAULT_TIMEOUT_S,
+                                    MAX_NPROC, MAX_TIMEOUT_S, MIN_HEARTBEAT_TIMEOUT_S)
 from lshsim.units import BYTES_HELP, arg_int_bytes
 
 __all__ = ["COMMANDS", "add_subcommands", "add_run", "add_calibrate", "add_check", "add_launch", "execute",
@@ -38,13 +40,25 @@ def arg_bytes_or_zero(text: str) -> int:
     return 0 if text.strip() == "0" else arg_int_bytes(text)
 
 
+#: timeouts: seconds, finite, > 0 and at most MAX_TIMEOUT_S (1e6 s, about 11.6 days)
+_TIMEOUT_LIMITS = f"seconds, > 0, at most {MAX_TIMEOUT_S:g}"
+#: --threads: at most this many CPU threads per rank
+MAX_THREADS = 1024
+
+
+def _arg_timeout(minimum: float = 0.0, exclusive: bool = True):
+    """argparse type of a timeout: a finite number of seconds > `minimum` (NaN, inf, 0 and negatives
+    refused), at most MAX_TIMEOUT_S."""
+    return arg_finite_number(minimum=minimum, exclusive=exclusive, maximum=MAX_TIMEOUT_S)
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto: CUDA if available (NCCL), else CPU (gloo)")
-    p.add_argument("--collective-timeout-s", type=float, default=600.0,
-                   help="a collective waiting longer than this raises (default 600)")
-    p.add_argument("--threads", type=arg_non_negative_int, default=0,
-                   help="CPU threads per rank (0: cores / local ranks, at least 1)")
+    p.add_argument("--collective-timeout-s", type=_arg_timeout(), default=600.0,
+                   help=f"a collective waiting longer than this raises ({_TIMEOUT_LIMITS}; default 600)")
+    p.add_argument("--threads", type=arg_int(0, MAX_THREADS), default=0,
+                   help=f"CPU threads per rank, 0 to {MAX_THREADS} (0: cores / local ranks, at least 1)")
     p.add_argument("--status-dir", default=None, help=argparse.SUPPRESS)
 
 
@@ -56,9 +70,11 @@ def add_run(subparsers) -> argparse.ArgumentParser:
                      help="workload YAML file(s) (data/workloads/*.yaml), run one after another")
     run.add_argument("--out", default=None, help="trace JSON to write (rank 0), with a single workload")
     run.add_argument("--out-dir", default=None, help="folder for one trace JSON per workload, named after it")
-    run.add_argument("--fault", choices=("raise", "hang"), default=None,
-                     help="testing: make --fault-rank raise or hang at the first iteration")
-    run.add_argument("--fault-rank", type=arg_non_negative_int, default=1, help="rank that --fault hits (default 1)")
+    run.add_argument("--fault", choices=("raise", "hang", "kill", "stop"), default=None,
+                     help="testing: at the first iteration, make --fault-rank raise an error, hang (alive, no "
+                          "progress), SIGKILL itself or SIGSTOP itself (frozen)")
+    run.add_argument("--fault-rank", type=arg_non_negative_int, default=1,
+                     help="rank that --fault hits, 0 to world size - 1 (default 1)")
     run.add_argument("--min-a2a-s", type=float, default=0.0,
                      help="measure enough iterations that the interleaved bare all-to-alls take this long "
                           "(seconds; default 0: the workload's iterations)")
@@ -121,7 +137,8 @@ def add_calibrate(subparsers) -> argparse.ArgumentParser:
 def add_check(subparsers) -> argparse.ArgumentParser:
     chk = subparsers.add_parser("check", help="compare the distributed layer with the dense single-process reference")
     chk.add_argument("--out", default=None, help="JSON of the errors per case (rank 0)")
-    chk.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted relative error (1e-4)")
+    chk.add_argument("--tolerance", type=arg_finite_number(minimum=0.0), default=1e-4,
+                     help="largest accepted relative error (finite, >= 0; default 1e-4)")
     _add_common(chk)
     return chk
 
@@ -130,12 +147,45 @@ def add_launch(subparsers) -> argparse.ArgumentParser:
     la = subparsers.add_parser("launch", help="spawn N local ranks (no torchrun) and watch them",
                                description="launch --nproc 4 -- run --workload W.yaml: start N local ranks of "
                                            "`python -m lshsim.executor` and watch them.")
-    la.add_argument("--nproc", type=arg_positive_int, required=True, help="number of ranks")
-    la.add_argument("--timeout-s", type=float, default=3600.0, help="kill the run after this long (3600)")
-    la.add_argument("--stall-timeout-s", type=float, default=600.0,
-                    help="kill the run when no rank made progress for this long (600)")
+    la.add_argument("--nproc", type=arg_int(1, MAX_NPROC), required=True,
+                    help=f"number of ranks (1 to {MAX_NPROC})")
+    la.add_argument("--timeout-s", type=_arg_timeout(), default=DEFAULT_TIMEOUT_S,
+                    help=f"kill the run after this long ({_TIMEOUT_LIMITS}; default {DEFAULT_TIMEOUT_S:g})")
+    la.add_argument("--stall-timeout-s", type=_arg_timeout(), default=DEFAULT_STALL_TIMEOUT_S,
+                    help=f"kill the run when every rank is alive but none made progress for this long, naming "
+                         f"the ranks behind ({_TIMEOUT_LIMITS}; default {DEFAULT_STALL_TIMEOUT_S:g}; raise it for "
+                         f"a workload whose single iteration takes longer)")
+    la.add_argument("--heartbeat-timeout-s", type=_arg_timeout(MIN_HEARTBEAT_TIMEOUT_S, False),
+                    default=DEFAULT_HEARTBEAT_TIMEOUT_S,
+                    help=f"kill the run when a rank's heartbeat (refreshed every second by a thread of the rank, "
+                         f"whatever it computes) stops for this long, naming the rank: it is frozen (seconds, "
+                         f">= {MIN_HEARTBEAT_TIMEOUT_S:g}, at most {MAX_TIMEOUT_S:g}; default "
+                         f"{DEFAULT_HEARTBEAT_TIMEOUT_S:g})")
+    la.add_argument("--status-dir", dest="launch_status_dir", default=None, metavar="DIR",
+                    help="folder for the ranks' progress, heartbeat and stderr files, kept at the end "
+                         "(default: a temporary folder, removed at the end)")
     la.add_argument("rest", nargs=argparse.REMAINDER, help="-- then the sub-command and its arguments")
     return la
+
+
+def _env_int(name: str, default: int) -> int:
+    import os
+
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={text!r} must be an integer") from None
+
+
+def _world_size_from_env() -> int:
+    return _env_int("WORLD_SIZE", 1)
+
+
+def _rank_from_env() -> int:
+    return _env_int("RANK", 0)
 
 
 def _set_threads(args, world_size: int) -> None:
@@ -163,10 +213,14 @@ def cmd_run(args) -> int:
     names = [w.name for w in workloads]
     if len(set(names)) != len(names):
         raise ValueError(f"workload names must be unique (they name the trace files): {names}")
+    if args.fault is not None:  # before the rendezvous: WORLD_SIZE is known from the environment
+        _check_fault_rank(args.fault_rank, _world_size_from_env(), "the world size WORLD_SIZE")
+    progress = Progress(args.status_dir, _rank_from_env())
+    progress.step("joining the process group")  # start-up (imports, inputs) done: the launcher sees it
     runtime = init_runtime(args.device, args.collective_timeout_s)
     if runtime.device.type == "cpu":
         _set_threads(args, runtime.world_size)
-    progress = Progress(args.status_dir, runtime.rank)
+    progress.step("process group joined")
     command = ["python", "-m", "lshsim.executor", *sys.argv[1:]]  # the same command under either entry point
     try:
         for workload in workloads:
@@ -265,11 +319,36 @@ def cmd_launch(args) -> int:
     if not rest or rest[0] not in ("run", "calibrate", "check"):
         raise ValueError("launch needs a sub-command after '--': run, calibrate or check")
     # every rank imports the same plugins as the launcher (`--plugin`, before the sub-command)
+    rank_args = _parse_rank_command(rest)  # a bad argument is refused here, before any rank starts
+    if getattr(rank_args, "fault", None) is not None:
+        _check_fault_rank(rank_args.fault_rank, args.nproc, "--nproc")
     plugins = [item for name in getattr(args, "plugin", None) or [] for item in ("--plugin", name)]
-    result = launch(args.nproc, plugins + rest, timeout_s=args.timeout_s, stall_timeout_s=args.stall_timeout_s)
+    try:
+        result = launch(args.nproc, plugins + rest, timeout_s=args.timeout_s, stall_timeout_s=args.stall_timeout_s,
+                        heartbeat_timeout_s=args.heartbeat_timeout_s, status_dir=args.launch_status_dir)
+    except KeyboardInterrupt:  # only before the launcher's own handlers are in place
+        sys.stderr.write("executor launch: interrupted by SIGINT\n")
+        return 130
     if result.exit_code != 0:
         sys.stderr.write(f"executor launch: {result.message}\n")
     return result.exit_code
+
+
+def _parse_rank_command(rest: list[str]) -> argparse.Namespace:
+    """Parse the ranks' sub-command and its arguments as each rank will (argparse exits 2 on an error)."""
+    from lshsim.checks import OneLineArgumentParser
+
+    parser = OneLineArgumentParser(prog="executor launch --")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in ("run", "calibrate", "check"):
+        COMMANDS[name][0](subparsers)
+    return parser.parse_args(rest)
+
+
+def _check_fault_rank(fault_rank: int, world_size: int, what: str) -> None:
+    if not 0 <= fault_rank < world_size:
+        raise ValueError(f"--fault-rank {fault_rank} must be < {what} {world_size} (ranks 0 to {world_size - 1}): "
+                         f"it would inject nothing")
 
 
 #: command -> (add_parser, run), in help order
@@ -286,12 +365,18 @@ def add_subcommands(subparsers) -> None:
 def execute(args) -> int:
     """Run the parsed command `args.command`; on any error, note it for `launch` (`report_failure`)
     and raise it again (the entry point turns a ValueError into exit code 2)."""
+    from lshsim.executor.status import start_heartbeat
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    heartbeat = start_heartbeat(getattr(args, "status_dir", None))  # under launch: this rank is alive
     try:
         return COMMANDS[args.command][1](args)
     except BaseException as error:
         report_failure(args, error)
         raise
+    finally:
+        if heartbeat is not None:
+            heartbeat.stop()
 
 
 def report_failure(args, error: BaseException) -> None:
@@ -306,4 +391,7 @@ def report_failure(args, error: BaseException) -> None:
         return
     rank = os.environ.get("RANK", "0")
     text = f"{type(error).__name__}: {error}".replace("\n", " ")[:500]
-    Path(status_dir, f"rank{rank}.failed").write_text(f"{time.time()!r}\t{text}\n")
+    try:
+        Path(status_dir, f"rank{rank}.failed").write_text(f"{time.time()!r}\t{text}\n")
+    except OSError:
+        pass  # the launcher has ended the run and removed its folder: nobody is left to tell

@@ -5,7 +5,8 @@ sets: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT. NCCL on CUDA, gloo
 of one runs without a process group (the collectives are then no-ops).
 
 `Progress` writes the step a rank has reached to a file in a status folder (one file per rank,
-replaced atomically), so that `executor launch` can say which rank is behind when a run hangs.
+replaced atomically, `lshsim.executor.status`), so that `executor launch` can say which rank is
+behind when a run hangs.
 """
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ import os
 import platform
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from lshsim.checks import finite_number
+from lshsim.executor.launch import MAX_TIMEOUT_S
+from lshsim.executor.status import progress_path, write_atomically
 
 __all__ = ["Runtime", "init_runtime", "shutdown", "Progress", "provenance"]
 
@@ -42,8 +46,16 @@ def _env_int(name: str, default: int) -> int:
 
 
 def init_runtime(device: str = "auto", collective_timeout_s: float = 600.0) -> Runtime:
-    """Join the process group named by the environment (or none for a world of one)."""
+    """Join the process group named by the environment (or none for a world of one).
+
+    collective_timeout_s: a collective that waits longer raises (finite, > 0, at most
+    `lshsim.executor.launch.MAX_TIMEOUT_S`).
+    """
+    finite_number("collective_timeout_s", collective_timeout_s, minimum=0.0, exclusive=True, maximum=MAX_TIMEOUT_S)
     rank, world_size, local_rank = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
+    if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
+        raise ValueError(f"environment RANK={rank}, LOCAL_RANK={local_rank}, WORLD_SIZE={world_size}: need "
+                         f"WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0")
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device={device!r} must be auto, cpu or cuda")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
@@ -69,19 +81,21 @@ def shutdown() -> None:
 
 
 class Progress:
-    """`step(label)`: record that this rank reached a step (no-op without a status folder)."""
+    """`step(label)`: record that this rank reached a step (no-op without a status folder).
+
+    The file is ``rank{r}`` of the status folder (`lshsim.executor.status`); that the rank is alive
+    at all is told separately, by its heartbeat (`lshsim.executor.status.Heartbeat`).
+    """
 
     def __init__(self, status_dir: str | None, rank: int) -> None:
-        self.path = None if status_dir is None else Path(status_dir) / f"rank{rank}"
+        self.path = None if status_dir is None else progress_path(status_dir, rank)
         self.count = 0
 
     def step(self, label: str) -> None:
         self.count += 1
         if self.path is None:
             return
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(f"{self.count}\t{label}\n")
-        os.replace(tmp, self.path)
+        write_atomically(self.path, f"{self.count}\t{label}\n")
 
 
 def provenance(runtime: Runtime, command: list[str] | None = None) -> dict:
