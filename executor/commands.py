@@ -21,8 +21,8 @@ import sys
 
 from lshsim.checks import arg_finite_number, arg_int, arg_non_negative_int, arg_positive_int
 from lshsim.executor.calibrate_files import arg_source_option
-from lshsim.executor.launch import (DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_STALL_TIMEOUT_S, DEFAULT_TIMEOUT_S,
-                                    MAX_NPROC, MAX_TIMEOUT_S, MIN_HEARTBEAT_TIMEOUT_S)
+from lshsim.executor.launch import (DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_STALL_TIMEOUT_S, DEFAULT_STARTUP_TIMEOUT_S,
+                                    DEFAULT_TIMEOUT_S, MAX_NPROC, MAX_TIMEOUT_S, MIN_HEARTBEAT_TIMEOUT_S)
 from lshsim.units import BYTES_HELP, arg_int_bytes
 
 __all__ = ["COMMANDS", "add_subcommands", "add_run", "add_calibrate", "add_check", "add_launch", "execute",
@@ -155,6 +155,9 @@ def add_launch(subparsers) -> argparse.ArgumentParser:
                     help=f"kill the run when every rank is alive but none made progress for this long, naming "
                          f"the ranks behind ({_TIMEOUT_LIMITS}; default {DEFAULT_STALL_TIMEOUT_S:g}; raise it for "
                          f"a workload whose single iteration takes longer)")
+    la.add_argument("--startup-timeout-s", type=_arg_timeout(), default=DEFAULT_STARTUP_TIMEOUT_S,
+                    help=f"kill the run when a rank has not reached its first step (imports, inputs) this long after "
+                         f"the start ({_TIMEOUT_LIMITS}; default {DEFAULT_STARTUP_TIMEOUT_S:g})")
     la.add_argument("--heartbeat-timeout-s", type=_arg_timeout(MIN_HEARTBEAT_TIMEOUT_S, False),
                     default=DEFAULT_HEARTBEAT_TIMEOUT_S,
                     help=f"kill the run when a rank's heartbeat (refreshed every second by a thread of the rank, "
@@ -325,7 +328,8 @@ def cmd_launch(args) -> int:
     plugins = [item for name in getattr(args, "plugin", None) or [] for item in ("--plugin", name)]
     try:
         result = launch(args.nproc, plugins + rest, timeout_s=args.timeout_s, stall_timeout_s=args.stall_timeout_s,
-                        heartbeat_timeout_s=args.heartbeat_timeout_s, status_dir=args.launch_status_dir)
+                        startup_timeout_s=args.startup_timeout_s, heartbeat_timeout_s=args.heartbeat_timeout_s,
+                        status_dir=args.launch_status_dir)
     except KeyboardInterrupt:  # only before the launcher's own handlers are in place
         sys.stderr.write("executor launch: interrupted by SIGINT\n")
         return 130

@@ -17,11 +17,14 @@ polls the processes, the ranks' progress files and their heartbeats (`lshsim.exe
 4. a running rank's heartbeat stops for `heartbeat_timeout_s` (the rank is frozen: SIGSTOP, a
    debugger, swapped out): all ranks are killed and the run exits 124, naming that rank
    ("rank 1 stopped responding (no heartbeat for 5.0 s)");
-5. every rank is alive but no rank records progress for `stall_timeout_s` (a hang: a rank that
-   waits for something that never comes, the others blocked in a collective with it), or the run
-   exceeds `timeout_s`: all ranks are killed and the run exits 124, naming the ranks that are
-   behind and their last step;
-6. the launcher receives SIGINT, SIGTERM or SIGHUP: it stops every rank and exits 128 + the
+5. a rank has not recorded its first step `startup_timeout_s` after the start (its imports, its
+   inputs, for some commands the rendezvous): all ranks are killed and the run exits 124, naming
+   the ranks that did not start;
+6. once every rank has started, every rank is alive but no rank records progress for
+   `stall_timeout_s` (a hang: a rank that waits for something that never comes, the others
+   blocked in a collective with it), or the run exceeds `timeout_s`: all ranks are killed and the
+   run exits 124, naming the ranks that are behind and their last step;
+7. the launcher receives SIGINT, SIGTERM or SIGHUP: it stops every rank and exits 128 + the
    signal's number (130, 143, 129) with one line.
 
 **No rank outlives the launcher.** Each rank runs in its own session (process group), which the
@@ -38,13 +41,15 @@ and removes it at the end, whatever the end (success, failure, signal); a folder
 launcher killed with SIGKILL is removed by the next launch (`sweep_stale_folders`). A folder given
 by the caller is kept, with every rank's progress, heartbeat and stderr files.
 
-**The defaults.** `timeout_s` 3600 s; `stall_timeout_s` 60 s: a hang is named within a minute, and
-a minute is well above the longest step between two progress marks of the shipped work (the
-start-up of a rank -- importing torch, the CUDA context, the rendezvous -- takes seconds to ~30 s on
-8 GPUs; an iteration of the shipped workloads or one size of the calibration sweep takes
-milliseconds on GPUs and at most seconds on CPUs), raise it for a workload whose single iteration
-takes longer; `heartbeat_timeout_s` 10 s: ten missed heartbeats of one second each, so a rank
-that is merely slow to be scheduled on a loaded machine is not taken for a frozen one.
+**The defaults.** `timeout_s` 3600 s. `stall_timeout_s` 60 s: a hang is named within a minute,
+and a minute is well above the longest step between two progress marks of the shipped work (the
+rendezvous and NCCL's set-up take seconds, up to ~30 s on 8 GPUs; an iteration of the shipped
+workloads or one size of the calibration sweep takes milliseconds on GPUs and at most seconds on
+CPUs); raise it for a workload whose single iteration takes longer. `startup_timeout_s` 120 s:
+importing torch and reading the inputs, which takes seconds, but tens of seconds on a loaded
+machine or a slow shared file system, is not taken for a hang. `heartbeat_timeout_s` 10 s: ten
+missed heartbeats of one second each, so a rank that is merely slow to be scheduled on a loaded
+machine is not taken for a frozen one.
 
 Rank 0's standard output is passed through; every rank's standard error goes to a file in the
 status folder and its tail is shown on failure.
@@ -67,7 +72,7 @@ from lshsim.executor.status import (FOLDER_PREFIX, HEARTBEAT_ENV, LAUNCHER_PID_E
                                     read_heartbeat, read_progress, stderr_path, sweep_stale_folders)
 
 __all__ = ["LaunchResult", "launch", "free_port", "EXIT_FAILED", "EXIT_BAD_INPUT", "EXIT_TIMEOUT",
-           "DEFAULT_TIMEOUT_S", "DEFAULT_STALL_TIMEOUT_S", "DEFAULT_HEARTBEAT_TIMEOUT_S", "MAX_TIMEOUT_S",
+           "DEFAULT_TIMEOUT_S", "DEFAULT_STALL_TIMEOUT_S", "DEFAULT_STARTUP_TIMEOUT_S", "DEFAULT_HEARTBEAT_TIMEOUT_S", "MAX_TIMEOUT_S",
            "MIN_HEARTBEAT_TIMEOUT_S", "KILL_GRACE_S", "MAX_NPROC"]
 
 EXIT_FAILED = 1
@@ -76,6 +81,7 @@ EXIT_TIMEOUT = 124
 
 DEFAULT_TIMEOUT_S = 3600.0
 DEFAULT_STALL_TIMEOUT_S = 60.0
+DEFAULT_STARTUP_TIMEOUT_S = 120.0
 DEFAULT_HEARTBEAT_TIMEOUT_S = 10.0
 #: most local ranks one launcher starts (each is a Python process that imports torch)
 MAX_NPROC = 256
@@ -267,7 +273,7 @@ class _SignalWatch:
 
 
 def launch(nproc: int, args: list[str], *, timeout_s: float = DEFAULT_TIMEOUT_S,
-           stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+           stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S, startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
            heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S, poll_s: float = 0.1,
            env: dict[str, str] | None = None, status_dir: str | None = None, stderr_lines: int = 20,
            port_retries: int = 3) -> LaunchResult:
@@ -283,11 +289,13 @@ def launch(nproc: int, args: list[str], *, timeout_s: float = DEFAULT_TIMEOUT_S,
         raise ValueError(f"nproc={nproc} must be at most {MAX_NPROC} (local ranks of one launcher)")
     finite_number("timeout_s", timeout_s, minimum=0.0, exclusive=True, maximum=MAX_TIMEOUT_S)
     finite_number("stall_timeout_s", stall_timeout_s, minimum=0.0, exclusive=True, maximum=MAX_TIMEOUT_S)
+    finite_number("startup_timeout_s", startup_timeout_s, minimum=0.0, exclusive=True, maximum=MAX_TIMEOUT_S)
     finite_number("heartbeat_timeout_s", heartbeat_timeout_s, minimum=MIN_HEARTBEAT_TIMEOUT_S, maximum=MAX_TIMEOUT_S)
     finite_number("poll_s", poll_s, minimum=0.0, exclusive=True, maximum=1.0)
     with _SignalWatch() as watch:
         for _attempt in range(port_retries + 1):
             result = _launch_once(nproc, args, timeout_s=timeout_s, stall_timeout_s=stall_timeout_s,
+                                  startup_timeout_s=startup_timeout_s,
                                   heartbeat_timeout_s=heartbeat_timeout_s, poll_s=poll_s, env=env,
                                   status_dir=status_dir, stderr_lines=stderr_lines, watch=watch)
             if not (result.exit_code == EXIT_FAILED and "EADDRINUSE" in result.message):
@@ -313,7 +321,7 @@ def _status_folder(status_dir: str | None):
     return folder, None
 
 
-def _launch_once(nproc: int, args: list[str], *, timeout_s: float, stall_timeout_s: float,
+def _launch_once(nproc: int, args: list[str], *, timeout_s: float, stall_timeout_s: float, startup_timeout_s: float,
                  heartbeat_timeout_s: float, poll_s: float, env: dict[str, str] | None, status_dir: str | None,
                  stderr_lines: int, watch: _SignalWatch) -> LaunchResult:
     folder, owned_dir = _status_folder(status_dir)
@@ -413,7 +421,14 @@ def _launch_once(nproc: int, args: list[str], *, timeout_s: float, stall_timeout
                            f"'{progress[frozen[0]][1]}'), the others wait for it"
                            f"\nprogress: {_describe_progress(progress, ages)}")
                 return LaunchResult(EXIT_TIMEOUT, message, [proc.poll() for proc in procs], pids())
-            stalled = now - last_change > stall_timeout_s
+            not_started = [r for r in range(nproc) if progress[r][0] == 0 and codes[r] is None]
+            if not_started and now - start > startup_timeout_s:
+                _kill_all(procs)
+                names = ", ".join(str(r) for r in not_started)
+                message = (f"rank {names} did not start within {startup_timeout_s:g} s (no first step: imports, "
+                           f"inputs, rendezvous)\nprogress: {_describe_progress(progress, ages)}")
+                return LaunchResult(EXIT_TIMEOUT, message, [proc.poll() for proc in procs], pids())
+            stalled = not not_started and now - last_change > stall_timeout_s
             if stalled or now - start > timeout_s:
                 _kill_all(procs)
                 behind = _laggards(progress)
