@@ -11,5 +11,7 @@ YAML schema), comm (autograd all-to-all, byte counting), timing (events, max ove
 over iterations), moe_layer (the distributed MoE layer and its dense reference), run (a measured
 Trace), calibrate (all-to-all sweep, p2p, FFN rate; the calibrate command), calibrate_files (the
 command on measured files: a calibration source, the fit, the topology written; no torch), launch
-(local ranks with a watchdog), runtime (process group, provenance).
+(local ranks with a watchdog: signals forwarded, heartbeats, no rank left behind), status (the
+launcher's status folder: progress, heartbeat and failure files; no torch), runtime (process group,
+provenance).
 """
