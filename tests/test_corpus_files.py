@@ -533,6 +533,8 @@ def test_traces_gpu_option_and_inputs_file(tmp_path):
      ["tr.json", "meta.workload.d_model", "0"]),
     (["validate", "{}"], "tr.json", json.dumps(_set(TRACE, "meta.measured.phases_s.forward.dispatch_a2a", NAN)),
      ["tr.json", "dispatch_a2a", "nan"]),
+    (["validate", "{}"], "sim.json", json.dumps(_set(TRACE, "meta.source", "simulated")),
+     ["sim.json", "measured trace"]),
     (["calibrate", "--nccl-tests", "{}", "--out", "{out}"], "n.log",
      NCCL_LOG.replace("20.01", " -1.0"), ["n.log", "time='-1.0'"]),
     (["calibrate", "--nccl-tests", "{}", "--out", "{out}"], "n.log",

@@ -29,10 +29,9 @@ def run(args) -> int:
     from lshsim.io import prepare_output
 
     prepare_output(args.plot, "--plot")
-    from lshsim.sim.trace import Trace
-    from lshsim.sim.validate import a2a_errors, plot_validations, validate_trace
+    from lshsim.sim.validate import a2a_errors, plot_validations, validate_trace_file
 
-    validations = [validate_trace(Trace.from_json(path), args.topology) for path in args.traces]
+    validations = [validate_trace_file(path, args.topology) for path in args.traces]   # errors name the file
     errors = np.abs(a2a_errors(validations))
     summary = {"a2a_phases": int(errors.size),
                "a2a_median_abs_rel_error": float(np.median(errors)) if errors.size else None,

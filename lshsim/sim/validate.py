@@ -43,7 +43,7 @@ from lshsim.sim.phases import PHASES, CostContext
 from lshsim.sim.trace import Trace, check_measured_meta
 from lshsim.topology import build_topology, read_spec
 
-__all__ = ["PhaseComparison", "Validation", "topology_for_trace", "default_topology", "validate_trace",
+__all__ = ["PhaseComparison", "Validation", "topology_for_trace", "default_topology", "validate_trace", "validate_trace_file",
            "measured_context", "a2a_errors", "plot_validations"]
 
 
@@ -159,6 +159,18 @@ def validate_trace(trace: Trace, topology: str | Path | None = None) -> Validati
             out.append(PhaseComparison(phase, direction, float(phases[phase]), predicted))
     return Validation(name=str(workload.get("name", "")), world_size=world, topology=str(G.graph.get("name", topology)),
                       rows=out)
+
+
+def validate_trace_file(path: str | Path, topology: str | Path | None = None) -> Validation:
+    """`validate_trace` of the trace file `path`; every error about the trace names the file."""
+    trace = Trace.from_json(path)                    # errors name the file already
+    try:
+        return validate_trace(trace, topology)
+    except ValueError as error:
+        text = str(error)
+        if str(path) in text or Path(path).name in text:
+            raise
+        raise ValueError(f"{path}: {text}") from None
 
 
 def a2a_errors(validations: list[Validation]) -> np.ndarray:
