@@ -58,7 +58,11 @@ which the simulator reads.
 `intra.kind` and `inter.kind` pick a family of `lshsim.topology.families` (registry; a family
 reads its own fields, builds the graph and may bring its own routing policy).
 
-Errors name the file, the field and the value: "h100.yaml: inter.nic_gbps=-5 must be > 0".
+Errors name the file, the field and the value: "h100.yaml: inter.nic_gbps=-5 must be > 0". A
+number must be a finite number, not a bool and not quoted text ('25e9'; a plain 25e9 is read as a
+number, `lshsim.readers`); a key given twice is refused. Sizes: gpus_per_node <= 1024, nodes <=
+65536, at most 2^20 GPUs in all (MAX_GPUS_PER_NODE, MAX_NODES, MAX_GPUS: plausible ranges; whether
+the machine can simulate a topology is each command's estimate, `lshsim.limits`).
 
 >>> G = build_topology({"name": "t", "gpu": "h100", "gpus_per_node": 4, "intra": {"kind": "nvswitch"}})
 >>> G.graph["num_nodes"], G.graph["gpus_per_node"], round(G.edges["n0.gpu0", "n0.nvswitch"]["bandwidth_Bps"] / 1e9)
@@ -72,10 +76,9 @@ import sys
 from pathlib import Path
 
 import networkx as nx
-import yaml
 
 from lshsim.calibration.model import LinkModels
-from lshsim.readers import load_yaml
+from lshsim.readers import dump_yaml, load_yaml
 from lshsim.topology.families import INTER_FAMILIES, INTRA_FAMILIES, FieldReader
 from lshsim.topology.gpus import GpuSpec, get_gpu, gpu_from_dict
 from lshsim.topology.routing import validate_topology
@@ -379,7 +382,7 @@ def write_topology_yaml(spec: dict, path: str | Path) -> Path:
     """
     path = Path(path)
     build_topology(spec, source=path.name)
-    text = yaml.safe_dump(spec, sort_keys=False, default_flow_style=False)
+    text = dump_yaml(spec)          # reads back as it was (a text such as "1e5" is quoted)
     from lshsim.io import prepare_output, write_text_atomically
 
     prepare_output(path, "topology YAML")                 # the output rule of lshsim.io
