@@ -496,6 +496,8 @@ def test_traces_gpu_option_and_inputs_file(tmp_path):
     (tmp_path / "tr.json").write_text(json.dumps(TRACE))
     with pytest.raises(ValueError, match=r"gpu='tpu' is not a known GPU; known: h200"):
         read_traces([tmp_path / "tr.json"], gpu="tpu")
+    with pytest.raises(ValueError, match=r"split_skewed='maybe' must be true or false"):
+        read_traces([tmp_path / "tr.json"], split_skewed="maybe")
     np = pytest.importorskip("numpy")
     pytest.importorskip("torch")
     from lshsim.executor.run import _load_file_tokens

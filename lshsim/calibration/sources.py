@@ -136,6 +136,8 @@ def read_traces(paths, *, split_skewed: bool = True, gpu: str | None = None) -> 
         raise ValueError("traces: no trace files given")
     if gpu is not None:
         check_gpu_name(gpu, "gpu")
+    if not isinstance(split_skewed, bool):
+        raise ValueError(f"split_skewed={split_skewed!r} must be true or false")
     metas = {path: _trace_meta(path) for path in paths}
     for path, meta in metas.items():
         role = meta.get("workload", {}).get("role")
