@@ -64,6 +64,22 @@ def finite_number(name: str, value: object, *, minimum: float | None = None, exc
     return float(value)
 
 
+def _parse_int(text: str) -> int:
+    """A whole number as people write it: `4096`, or in scientific notation with an integral value
+    (`2e9`); `1.5`, `nan`, `inf` and `true` are refused (ValueError).
+
+    >>> _parse_int("2e9"), _parse_int(" 16 ")
+    (2000000000, 16)
+    """
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)            # ValueError for text that is no number
+        if not math.isfinite(value) or not value.is_integer() or abs(value) >= 2 ** 63:
+            raise ValueError(text) from None
+        return int(value)
+
+
 def _argparse(check, name: str, parse, text: str):
     try:
         value = parse(text)
@@ -71,8 +87,11 @@ def _argparse(check, name: str, parse, text: str):
         raise argparse.ArgumentTypeError(f"{text!r} is not a {name}") from None
     try:
         return check(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err).split("=", 1)[-1]) from None
+    except ValueError as err:  # "value=1.5 must be <= 1" -> "'1.5' must be <= 1": the text as given
+        message = str(err)
+        prefix = f"value={value!r} "
+        detail = message[len(prefix):] if message.startswith(prefix) else message.split("=", 1)[-1]
+        raise argparse.ArgumentTypeError(f"{text!r} {detail}") from None
 
 
 def arg_positive_int(text: str) -> int:
@@ -81,12 +100,12 @@ def arg_positive_int(text: str) -> int:
     >>> arg_positive_int("8")
     8
     """
-    return _argparse(lambda v: positive_int("value", v), "whole number", int, text)
+    return _argparse(lambda v: positive_int("value", v), "whole number", _parse_int, text)
 
 
 def arg_non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
-    return _argparse(lambda v: non_negative_int("value", v), "whole number", int, text)
+    return _argparse(lambda v: non_negative_int("value", v), "whole number", _parse_int, text)
 
 
 @functools.lru_cache(maxsize=None)   # one function per set of bounds: parsers built twice compare equal
@@ -98,7 +117,7 @@ def arg_finite_number(minimum: float | None = None, exclusive: bool = False, max
     >>> arg_finite_number(minimum=0.0, maximum=1.0)("2")
     Traceback (most recent call last):
     ...
-    argparse.ArgumentTypeError: 2.0 must be <= 1
+    argparse.ArgumentTypeError: '2' must be <= 1
     """
     def parse(text: str) -> float:
         return _argparse(lambda v: finite_number("value", v, minimum=minimum, exclusive=exclusive,
@@ -134,13 +153,19 @@ def arg_int(minimum: int | None = None, maximum: int | None = None):
     """
     def parse(text: str) -> int:
         return _argparse(lambda v: bounded_int("value", v, minimum=minimum, maximum=maximum),
-                         "whole number", int, text)
+                         "whole number", _parse_int, text)
     return parse
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are ONE line on standard error, `PROG: error: MESSAGE (see
     PROG --help)`, exit code 2, without the usage block (sub-parsers inherit the class)."""
+
+    def _get_values(self, action, arg_strings):
+        # `--opt=--`: argparse (3.11) drops the '--' and hands the option an empty list, its type never called
+        if action.option_strings and action.nargs is None and list(arg_strings) == ["--"]:
+            self.error(f"argument {'/'.join(action.option_strings)}: '--' is not a value")
+        return super()._get_values(action, arg_strings)
 
     def error(self, message: str):
         message = " ".join(str(message).split())

@@ -98,15 +98,23 @@ def write_bytes_atomically(path: str | Path, data: bytes) -> Path:
     return Path(path)
 
 
-def _writable_folder(folder: Path, option: str) -> None:
+def _writable_folder(folder: Path, option: str, target: str | None = None) -> None:
+    """Create `folder` (with its parents) if missing and check that it is writable; `target` is the output
+    file in it, for the message."""
+    named = f"{option} {target}: the folder {folder}" if target else f"{option} {folder}:"
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{option} {folder}: is a file, not a folder")
+        raise ValueError(f"{named} is a file, not a folder")
+    for parent in folder.parents:          # a file in the way higher up: say which
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{named} cannot be created: {parent} is a file, not a folder")
+            break
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ValueError(f"{option} {folder}: cannot create the folder ({error.strerror or error})") from None
+        raise ValueError(f"{named} cannot be created ({error.strerror or error})") from None
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {folder}: the folder is not writable")
+        raise ValueError(f"{named} is not writable")
 
 
 def prepare_output(path: str | Path | None, option: str) -> Path | None:
@@ -123,7 +131,7 @@ def prepare_output(path: str | Path | None, option: str) -> Path | None:
     path = Path(text)
     if path.is_dir() or text.endswith(os.sep):
         raise ValueError(f"{option} {text}: is a folder; give a file name")
-    _writable_folder(path.parent if str(path.parent) else Path("."), option)
+    _writable_folder(path.parent if str(path.parent) else Path("."), option, text)
     if path.exists() and not os.access(path, os.W_OK):
         raise ValueError(f"{option} {text}: the file exists and is not writable")
     return path

@@ -90,6 +90,8 @@ def format_duration(seconds: float) -> str:
     >>> format_duration(12.3), format_duration(7200)
     ('12 s', '2.0 h')
     """
+    if seconds < 1:
+        return "under 1 s"
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:

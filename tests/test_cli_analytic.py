@@ -85,19 +85,19 @@ def test_plot_writes_a_png(tmp_path, capsys, argv):
 
 
 @pytest.mark.parametrize("argv, message", [   # argparse names the option and the value; the library the field
-    (["capacity", "--delta", "1.5"], "argument --delta: 1.5"),
-    (["capacity", "--delta", "nan"], "argument --delta: nan"),
+    (["capacity", "--delta", "1.5"], "argument --delta: '1.5'"),
+    (["capacity", "--delta", "nan"], "argument --delta: 'nan'"),
     (["capacity", "--dim", "1"], "d=1"),
-    (["capacity", "--experts", "-4"], "argument --experts: -4"),
+    (["capacity", "--experts", "-4"], "argument --experts: '-4'"),
     (["collision", "--dim", "1"], "d=1"),
-    (["collision", "--cos", "1.5"], "argument --cos: 1.5"),
+    (["collision", "--cos", "1.5"], "argument --cos: '1.5'"),
     (["collision", "--family", "spherical"], "family='spherical'"),
-    (["collision", "--hashes", "0"], "argument --hashes: 0"),
+    (["collision", "--hashes", "0"], "argument --hashes: '0'"),
     (["a2a-cost", "--world", "8", "--gpus-per-node", "3"], "gpus_per_node=3"),
-    (["a2a-cost", "--inter-GBps", "-25"], "argument --inter-GBps: -25"),
+    (["a2a-cost", "--inter-GBps", "-25"], "argument --inter-GBps: '-25'"),
     (["a2a-cost", "--traffic", "skewed"], "argument --traffic: invalid choice: 'skewed'"),
-    (["breakeven", "--tokens", "-5"], "argument --tokens: -5"),
-    (["breakeven", "--compression", "0"], "argument --compression: 0.0"),
+    (["breakeven", "--tokens", "-5"], "argument --tokens: '-5'"),
+    (["breakeven", "--compression", "0"], "argument --compression: '0'"),
 ])
 def test_bad_input_exits_with_the_named_value(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:

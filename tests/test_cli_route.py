@@ -43,7 +43,7 @@ def test_route_table_output(capsys):
 @pytest.mark.parametrize("argv,fragment", [
     (["route", "--router", "dense"], "dense"),
     (["route", "--k", "20", "--experts", "16"], "k=20"),
-    (["route", "--capacity-factor", "0"], "argument --capacity-factor: 0.0 must be > 0"),
+    (["route", "--capacity-factor", "0"], "argument --capacity-factor: '0' must be > 0"),
     (["route", "--experts", "6", "--world", "4"], "num_experts=6"),
 ])
 def test_route_bad_input_exits_2_naming_value(argv, fragment, capsys):

@@ -413,7 +413,7 @@ def _lsh_terms(tokens_per_rank, d_model, k, world_size, bandwidth_Bps, hash_toke
     element = as_count("bytes_per_element", bytes_per_element, minimum=1)
     expert = as_nonnegative("expert_time_s", expert_time_s)
     num_a2a = 4 if include_backward else 2  # dispatch + combine, forward (+ backward)
-    choices = tokens * k  # token copies a rank sends
+    choices = float(tokens) * float(k)  # token copies a rank sends (float: no int64 overflow on huge inputs)
     wire_s = num_a2a * choices * d * element * (w - 1) / w / bandwidth  # bandwidth term of all a2a, r = 1
     overhead_s = choices / hash_rate + choices / restore_rate  # compress + restore (forward)
     if include_backward:

@@ -8,10 +8,27 @@ from __future__ import annotations
 import json
 import sys
 
-__all__ = ["console", "wide_console", "print_json", "table", "line_plot", "g", "arg_seed", "SEED_HELP"]
+__all__ = ["console", "wide_console", "print_json", "table", "line_plot", "g", "arg_seed", "SEED_HELP",
+           "arg_element_size", "save_figure"]
 
 SEED_MAX = 2 ** 32 - 1
 SEED_HELP = f"a whole number in [0, {SEED_MAX}]"
+
+
+ELEMENT_SIZES = (1, 2, 4, 8)
+
+
+def arg_element_size(text: str) -> int:
+    """argparse type of --bytes-per-element: 1, 2, 4 or 8.
+
+    >>> arg_element_size("2")
+    2
+    """
+    import argparse
+
+    if text.strip() not in {str(size) for size in ELEMENT_SIZES}:
+        raise argparse.ArgumentTypeError(f"{text!r} must be one of {', '.join(map(str, ELEMENT_SIZES))}")
+    return int(text)
 
 
 def arg_seed(text: str) -> int:

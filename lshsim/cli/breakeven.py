@@ -27,7 +27,7 @@ def add_parser(subparsers):
                         "H100, d=1024, d'=16; benchmarks/RESULTS.md)")
     p.add_argument("--restore-Mtps", type=_POSITIVE, default=68.0,
                    help="restore throughput, million token copies/s, > 0 (default 68: lsh.py restore on an H100)")
-    p.add_argument("--bytes-per-element", type=arg_positive_int, default=2, choices=(1, 2, 4, 8),
+    p.add_argument("--bytes-per-element", type=_render.arg_element_size, default=2,
                    help="2 for bf16/fp16 (default), 4 for fp32 (1, 2, 4 or 8)")
     p.add_argument("--expert-ms", type=arg_finite_number(0.0), default=0.0,
                    help="expert FFN time per step without compression, ms, >= 0; it shrinks with r (default 0: not "

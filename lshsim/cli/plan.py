@@ -25,7 +25,7 @@ def _capacity_factor(text: str) -> float | None:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'none'") from None
     if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"capacity factor {value} must be > 0 (or 'none' for no limit)")
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0 (or 'none' for no limit)")
     return value
 
 

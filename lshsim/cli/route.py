@@ -20,7 +20,7 @@ def add_parser(subparsers):
     p.add_argument("--gpus-per-node", type=arg_positive_int, default=4, help="ranks per node (default 4)")
     p.add_argument("--tokens", type=arg_positive_int, default=4096, help="tokens per rank (default 4096)")
     p.add_argument("--d-model", type=arg_positive_int, default=1024, help="hidden size (default 1024)")
-    p.add_argument("--bytes-per-element", type=arg_positive_int, default=2, choices=(1, 2, 4, 8),
+    p.add_argument("--bytes-per-element", type=_render.arg_element_size, default=2,
                    help="2 for bf16/fp16 (default), 4 for fp32 (1, 2, 4 or 8)")
     p.add_argument("--capacity-factor", type=arg_finite_number(0.0, exclusive=True), default=1.25,
                    help="capacity factor; 0 or less is refused; use --no-capacity for no limit (default 1.25)")
