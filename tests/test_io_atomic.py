@@ -1,0 +1,228 @@
+"""Outputs written whole (lshsim.io): an interrupted write leaves the old file and no temporary file;
+every writer of lshsim and the executor goes through it; the output rule; sizes (lshsim.limits)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from lshsim import io as lio
+from lshsim import limits
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _only(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.fixture
+def old_file(tmp_path):
+    path = tmp_path / "out.txt"
+    path.write_text("old contents\n")
+    return path
+
+
+def test_write_text_replaces_whole(old_file):
+    lio.write_text_atomically(old_file, "new\n")
+    assert old_file.read_text() == "new\n" and _only(old_file.parent) == ["out.txt"]
+
+
+def test_failed_replace_leaves_the_old_file_and_no_temporary(old_file, monkeypatch):
+    def refuse(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(lio.os, "replace", refuse)
+    with pytest.raises(OSError):
+        lio.write_text_atomically(old_file, "new contents that never land\n")
+    assert old_file.read_text() == "old contents\n" and _only(old_file.parent) == ["out.txt"]
+
+
+def test_failed_fsync_leaves_the_old_file(old_file, monkeypatch):
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(lio.os, "fsync", broken)
+    with pytest.raises(OSError):
+        lio.write_bytes_atomically(old_file, b"new")
+    assert old_file.read_text() == "old contents\n" and _only(old_file.parent) == ["out.txt"]
+
+
+def test_exception_mid_write_leaves_the_old_file(old_file):
+    with pytest.raises(Interrupted):
+        with lio.atomic_output(old_file) as handle:
+            handle.write("half of the new ")
+            raise Interrupted  # e.g. KeyboardInterrupt or a serialiser failing half-way
+    assert old_file.read_text() == "old contents\n" and _only(old_file.parent) == ["out.txt"]
+
+
+def test_keyboard_interrupt_mid_write_leaves_the_old_file(old_file):
+    with pytest.raises(KeyboardInterrupt):
+        with lio.atomic_output(old_file) as handle:
+            json.dump({"a": 1}, handle)
+            raise KeyboardInterrupt
+    assert old_file.read_text() == "old contents\n" and _only(old_file.parent) == ["out.txt"]
+
+
+def test_trace_json_interrupted_keeps_the_old_trace(tmp_path, monkeypatch):
+    from lshsim.sim.trace import PhaseRecord, Trace
+
+    meta = {"source": "simulated", "workload": {}, "cluster": {}, "provenance": {}}
+    trace = Trace([PhaseRecord("expert", 0, 0.0, 1e-3)], meta=meta)
+    path = tmp_path / "trace.json"
+    trace.to_json(path)
+    before = path.read_text()
+    monkeypatch.setattr(lio.os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(28, "full")))
+    with pytest.raises(OSError):
+        Trace([PhaseRecord("expert", 0, 0.0, 2e-3)], meta=meta).to_json(path)
+    with pytest.raises(OSError):
+        trace.to_chrome_trace(tmp_path / "chrome.json")
+    assert path.read_text() == before and _only(tmp_path) == ["trace.json"]
+
+
+def test_topology_yaml_interrupted_keeps_the_old_topology(tmp_path, monkeypatch):
+    import yaml
+
+    from lshsim.topology import write_topology_yaml
+    from lshsim.topology.spec import read_spec
+
+    spec, _ = read_spec("h100-nvswitch")
+    path = write_topology_yaml(spec, tmp_path / "sub" / "t.yaml")     # the folder is created
+    before = path.read_text()
+    changed = {**spec, "name": "changed"}
+    monkeypatch.setattr(lio.os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(28, "full")))
+    with pytest.raises(OSError):
+        write_topology_yaml(changed, path)
+    assert path.read_text() == before and yaml.safe_load(before)["name"] == spec["name"]
+    assert _only(path.parent) == ["t.yaml"]
+
+
+def test_calibrate_files_writer_is_the_atomic_one(tmp_path, monkeypatch):
+    from lshsim.executor.calibrate_files import write_atomically
+
+    path = write_atomically(tmp_path / "raw" / "r.json", "{}\n")
+    monkeypatch.setattr(lio.os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(28, "full")))
+    with pytest.raises(OSError):
+        write_atomically(path, '{"new": 1}\n')
+    assert path.read_text() == "{}\n" and _only(path.parent) == ["r.json"]
+
+
+def test_plot_interrupted_keeps_the_old_png(tmp_path, monkeypatch, capsys):
+    from lshsim.cli import main
+
+    path = tmp_path / "ec.png"
+    assert main(["collision", "--plot", str(path), "--json"]) == 0
+    before = path.read_bytes()
+    monkeypatch.setattr(lio.os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(28, "full")))
+    with pytest.raises(OSError):
+        main(["collision", "--plot", str(path), "--json", "--cos", "0.5"])
+    capsys.readouterr()
+    assert path.read_bytes() == before and _only(tmp_path) == ["ec.png"]
+
+
+def test_no_writer_bypasses_lshsim_io():
+    """Every output of lshsim and the executor goes through lshsim.io: no write_text, no open(..., 'w'),
+    no savefig to a path, outside lshsim/io.py (the status files of the launcher are its own business)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    pattern = re.compile(r"\.write_text\(|open\([^)]*['\"][wax]b?['\"]|savefig\((path|args\.|str\()")
+    for folder in ("lshsim", "executor"):
+        for path in (root / folder).rglob("*.py"):
+            if path.name in ("io.py", "launch.py", "runtime.py", "status.py") or "commands.py" == path.name:
+                continue
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if pattern.search(line) and not line.lstrip().startswith(("#", ">>>")):
+                    offenders.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
+    assert not offenders, offenders
+
+
+# ---- the output rule -------------------------------------------------------------------------------
+def test_prepare_output_creates_the_folder(tmp_path):
+    path = lio.prepare_output(tmp_path / "a" / "b" / "c.json", "--out")
+    assert path.parent.is_dir() and not path.exists()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda t: t / "file.txt" / "x.json", "is a file, not a folder"),
+    (lambda t: t / "file.txt" / "deeper" / "x.json", "cannot be created: "),
+    (lambda t: t, "is a folder"),
+    (lambda t: "", "empty file name"),
+])
+def test_prepare_output_refuses(tmp_path, make, message):
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ValueError, match=message):
+        lio.prepare_output(make(tmp_path), "--out")
+
+
+def test_prepare_output_dir(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    assert lio.prepare_output_dir(tmp_path / "new" / "dir", "--out-dir").is_dir()
+    with pytest.raises(ValueError, match="--out-dir .*is a file"):
+        lio.prepare_output_dir(tmp_path / "file.txt", "--out-dir")
+
+
+@pytest.mark.parametrize("name", ["../x.json", "../../etc/passwd", "/abs.json", "a/../../x.json", "", "."])
+def test_names_never_leave_the_output_folder(tmp_path, name):
+    with pytest.raises(ValueError, match="--out-dir"):
+        lio.path_in_folder(tmp_path, name, "--out-dir")
+
+
+def test_names_inside_the_folder_pass(tmp_path):
+    assert lio.path_in_folder(tmp_path, "cal-uniform.json", "--out-dir") == tmp_path / "cal-uniform.json"
+
+
+def test_executor_trace_names_stay_in_out_dir(tmp_path):
+    """A workload whose name would leave --out-dir never gets written outside it (the reader refuses
+    such a name; the command checks containment again)."""
+    from types import SimpleNamespace
+
+    from lshsim.executor.commands import _trace_paths
+
+    args = SimpleNamespace(out=None, out_dir=str(tmp_path / "traces"))
+    good = SimpleNamespace(name="cal-a")
+    assert _trace_paths(args, [good]) == [str(tmp_path / "traces" / "cal-a.json")]
+    with pytest.raises(ValueError, match="leaves the output folder"):
+        _trace_paths(args, [SimpleNamespace(name="../escape")])
+    assert not (tmp_path / "escape.json").exists()
+
+
+# ---- sizes -----------------------------------------------------------------------------------------
+def test_available_memory_is_positive():
+    assert limits.available_memory_bytes() > 2 ** 20
+
+
+def test_refusal_names_estimate_formula_and_limit():
+    estimate = limits.estimate_route(2_000_000_000, 1024, 16, 2)
+    with pytest.raises(ValueError) as error:
+        limits.refuse_if_too_large("plan: routing", estimate, 24 * 2 ** 30)
+    text = str(error.value)
+    assert "TiB of memory" in text and "4 B x d_model 1024" in text and "24.0 GiB available" in text
+
+
+def test_default_runs_fit():
+    """The defaults of route, simulate (the largest shipped topology) and plan are far below the limit."""
+    assert limits.estimate_route(8 * 4096, 1024, 16, 2).bytes < 2 ** 30
+    assert limits.estimate_flows(256).bytes < 2 ** 30
+    assert limits.estimate_plan(world_size=32, num_layers=12, d_model=768, num_experts=512, k=2,
+                                tokens_per_gpu=4096, max_routed_tokens=1 << 17).bytes < 4 * 2 ** 30
+
+
+def test_limits_fall_back_to_proc_meminfo(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_psutil(name, *args, **kwargs):
+        if name == "psutil":
+            raise ImportError("no psutil")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_psutil)
+    if os.path.exists("/proc/meminfo"):
+        assert limits.available_memory_bytes() > 2 ** 20
