@@ -9,14 +9,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lshsim.cli import load_plugin
+from lshsim.checks import OneLineArgumentParser
+from lshsim.cli import OUTPUT_RULE_HELP, load_plugin, one_line
 from lshsim.executor.commands import add_subcommands, execute
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of `python -m lshsim.executor`."""
-    parser = argparse.ArgumentParser(prog="python -m lshsim.executor", description="Run lshsim.dispatch on real "
-                                     "devices under torch.distributed (torchrun, or `launch`).")
+    parser = OneLineArgumentParser(prog="python -m lshsim.executor", description="Run lshsim.dispatch on real "
+                                   "devices under torch.distributed (torchrun, or `launch`). Errors: one line on "
+                                   "standard error, exit code 2. Output files are written whole (a temporary file "
+                                   "renamed into place); " + OUTPUT_RULE_HELP)
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="import MODULE (a dotted name, or a .py file) before the command and call its "
                              "register() if it has one (lshsim.cli.load_plugin; repeatable)")
@@ -32,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.plugin:
             load_plugin(name)
         return execute(args)
-    except ValueError as error:
-        parser.exit(2, f"executor {args.command}: error: {error}\n")
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
+        parser.exit(2, f"executor {args.command}: error: {one_line(error)}\n")
     return 0
 
 

@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from lshsim.checks import arg_finite_number, arg_int, arg_non_negative_int, arg_positive_int
 from lshsim.executor.calibrate_files import arg_source_option
@@ -39,6 +40,11 @@ def arg_bytes_or_zero(text: str) -> int:
     """
     return 0 if text.strip() == "0" else arg_int_bytes(text)
 
+
+#: --min-a2a-s and --max-wall-s: at most this many seconds of measuring per workload (one day)
+MAX_MEASURE_S = 86400.0
+#: --max-iterations: at most this many measured iterations
+MAX_ITERATIONS = 1 << 20
 
 #: timeouts: seconds, finite, > 0 and at most MAX_TIMEOUT_S (1e6 s, about 11.6 days)
 _TIMEOUT_LIMITS = f"seconds, > 0, at most {MAX_TIMEOUT_S:g}"
@@ -68,22 +74,62 @@ def add_run(subparsers) -> argparse.ArgumentParser:
                                             "launch) and write one measured Trace JSON per workload.")
     run.add_argument("--workload", required=True, nargs="+",
                      help="workload YAML file(s) (data/workloads/*.yaml), run one after another")
-    run.add_argument("--out", default=None, help="trace JSON to write (rank 0), with a single workload")
-    run.add_argument("--out-dir", default=None, help="folder for one trace JSON per workload, named after it")
+    run.add_argument("--out", default=None,
+                     help="trace JSON to write (rank 0), with a single workload (written whole; its folder is "
+                          "created if missing, checked before the run)")
+    run.add_argument("--out-dir", default=None,
+                     help="folder for one trace JSON per workload, named after it (created if missing, checked "
+                          "before the run; a workload name that would leave the folder is refused)")
     run.add_argument("--fault", choices=("raise", "hang", "kill", "stop"), default=None,
                      help="testing: at the first iteration, make --fault-rank raise an error, hang (alive, no "
                           "progress), SIGKILL itself or SIGSTOP itself (frozen)")
     run.add_argument("--fault-rank", type=arg_non_negative_int, default=1,
                      help="rank that --fault hits, 0 to world size - 1 (default 1)")
-    run.add_argument("--min-a2a-s", type=float, default=0.0,
+    run.add_argument("--min-a2a-s", type=arg_finite_number(0.0, maximum=MAX_MEASURE_S), default=0.0,
                      help="measure enough iterations that the interleaved bare all-to-alls take this long "
-                          "(seconds; default 0: the workload's iterations)")
-    run.add_argument("--max-iterations", type=arg_positive_int, default=200,
-                     help="with --min-a2a-s: at most this many measured iterations (200)")
-    run.add_argument("--max-wall-s", type=float, default=5.0,
-                     help="with --min-a2a-s: at most this much wall time per workload (5 s)")
+                          f"(seconds, 0 to {MAX_MEASURE_S:g}; default 0: the workload's iterations)")
+    run.add_argument("--max-iterations", type=arg_int(1, MAX_ITERATIONS), default=200,
+                     help=f"with --min-a2a-s: at most this many measured iterations (1 to {MAX_ITERATIONS}; 200)")
+    run.add_argument("--max-wall-s", type=arg_finite_number(0.0, exclusive=True, maximum=MAX_MEASURE_S), default=5.0,
+                     help=f"with --min-a2a-s: at most this much wall time per workload (seconds, > 0, at most "
+                          f"{MAX_MEASURE_S:g}; 5 s)")
+    run.epilog = ("Sizes: a workload whose memory per rank (lshsim.limits.estimate_executor_rank: tokens, dispatch "
+                  "and combine buffers, expert activations and weights) exceeds the device's memory (a GPU's, or "
+                  "the available memory shared by the local ranks on CPU) is refused before the run starts.")
     _add_common(run)
     return run
+
+
+def _arg_gpu(text: str) -> str:
+    """argparse type of calibrate --gpu: a GPU a calibration knows (`lshsim.calibration.fits.check_gpu_name`)."""
+    from lshsim.calibration.fits import CALIBRATED_GPUS, gpu_key
+
+    try:
+        from lshsim.calibration.fits import check_gpu_name
+    except ImportError:  # pragma: no cover - an older library without the check
+        check_gpu_name = None
+    try:
+        if check_gpu_name is not None:
+            return check_gpu_name(text, "gpu")
+        if gpu_key(text) is None:
+            raise ValueError(f"{text!r} is not a known GPU; known: {', '.join(CALIBRATED_GPUS)}")
+        return text
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _arg_topology_name(text: str) -> str:
+    """argparse type of calibrate --name: a topology name, letters, digits, '.', '_' and '-'.
+
+    >>> _arg_topology_name("h100-x8-calibrated")
+    'h100-x8-calibrated'
+    """
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 to 128 letters, digits, '.', '_' or '-' (not "
+                                         f"starting with '.', '_' or '-')")
+    return text
 
 
 def add_calibrate(subparsers) -> argparse.ArgumentParser:
@@ -92,9 +138,14 @@ def add_calibrate(subparsers) -> argparse.ArgumentParser:
                                             "them from files a calibration source reads: --source NAME FILE..., "
                                             "or nccl-tests output, an earlier --raw JSON or measured traces) and "
                                             "write a calibrated topology YAML.")
-    cal.add_argument("--out", default=None, help="calibrated topology YAML to write (rank 0)")
-    cal.add_argument("--raw", default=None, help="JSON of every measurement (rank 0)")
-    cal.add_argument("--name", default=None, help="topology name (default: derived from the GPU)")
+    cal.add_argument("--out", default=None,
+                     help="calibrated topology YAML to write (rank 0; written whole, its folder created if missing, "
+                          "checked before any measurement)")
+    cal.add_argument("--raw", default=None,
+                     help="JSON of every measurement (rank 0; written whole, its folder created if missing, checked "
+                          "before any measurement)")
+    cal.add_argument("--name", type=_arg_topology_name, default=None,
+                     help="topology name: letters, digits, '.', '_' and '-' (default: derived from the GPU)")
     cal.add_argument("--min-bytes", type=arg_int_bytes, default=4096,
                      help=f"smallest all-to-all size per rank (default 4KiB; {BYTES_HELP})")
     cal.add_argument("--max-bytes", type=arg_int_bytes, default=2 ** 30,
@@ -103,8 +154,10 @@ def add_calibrate(subparsers) -> argparse.ArgumentParser:
                      help="sizes per doubling of the all-to-all sweep (default 1: powers of two)")
     cal.add_argument("--iterations", type=arg_positive_int, default=10, help="timed repetitions per size (10)")
     cal.add_argument("--warmup", type=arg_non_negative_int, default=3, help="untimed repetitions per size (3)")
-    cal.add_argument("--ffn-d-model", type=arg_positive_int, default=4096, help="d_model of the FFN rate test")
-    cal.add_argument("--ffn-tokens", type=arg_positive_int, default=8192, help="tokens of the FFN rate test")
+    cal.add_argument("--ffn-d-model", type=arg_positive_int, default=4096,
+                     help="d_model of the FFN rate test (default 4096; the test's memory must fit the device)")
+    cal.add_argument("--ffn-tokens", type=arg_positive_int, default=8192,
+                     help="tokens of the FFN rate test (default 8192; the test's memory must fit the device)")
     cal.add_argument("--source", default=None, metavar="NAME",
                      help="fit from the FILEs, read by the calibration source NAME (lshsim.calibration.SOURCES: "
                           "microbenchmarks, traces, nccl-tests, or one a --plugin module registers), instead of "
@@ -119,8 +172,9 @@ def add_calibrate(subparsers) -> argparse.ArgumentParser:
                           "(= --source nccl-tests)")
     cal.add_argument("--world-size", type=arg_positive_int, default=None,
                      help="with --nccl-tests: ranks of that run (with --source: its option world_size)")
-    cal.add_argument("--gpu", default=None,
-                     help="with --nccl-tests: the GPU model (h100, h200, ...) (with --source: its option gpu)")
+    cal.add_argument("--gpu", type=_arg_gpu, default=None,
+                     help="with --nccl-tests: the GPU model, one of h200, h100, a100, v100 (or a device name holding "
+                          "one, e.g. 'NVIDIA H100 80GB HBM3') (with --source: its option gpu)")
     cal.add_argument("--from-raw", default=None,
                      help="refit from a --raw JSON of an earlier calibration (= --source microbenchmarks)")
     cal.add_argument("--from-traces", nargs="+", default=None,
@@ -136,7 +190,9 @@ def add_calibrate(subparsers) -> argparse.ArgumentParser:
 
 def add_check(subparsers) -> argparse.ArgumentParser:
     chk = subparsers.add_parser("check", help="compare the distributed layer with the dense single-process reference")
-    chk.add_argument("--out", default=None, help="JSON of the errors per case (rank 0)")
+    chk.add_argument("--out", default=None,
+                     help="JSON of the errors per case (rank 0; written whole, its folder created if missing, "
+                          "checked before the run)")
     chk.add_argument("--tolerance", type=arg_finite_number(minimum=0.0), default=1e-4,
                      help="largest accepted relative error (finite, >= 0; default 1e-4)")
     _add_common(chk)
@@ -203,9 +259,50 @@ def _set_threads(args, world_size: int) -> None:
     torch.set_num_threads(threads)
 
 
-def cmd_run(args) -> int:
-    from pathlib import Path
+def _trace_paths(args, workloads) -> list[str | None]:
+    """Where each workload's trace goes (--out, or NAME.json under --out-dir, never outside it), the
+    output rule of `lshsim.io` checked before any work."""
+    from lshsim.io import path_in_folder, prepare_output, prepare_output_dir
 
+    if args.out:
+        return [str(prepare_output(args.out, "--out"))] * len(workloads)
+    if args.out_dir:
+        folder = prepare_output_dir(args.out_dir, "--out-dir")
+        return [str(path_in_folder(folder, f"{w.name}.json", "--out-dir")) for w in workloads]
+    return [None] * len(workloads)
+
+
+def refuse_workloads_too_large(workloads, device: str) -> None:
+    """Refuse, before the rendezvous, a workload whose memory per rank (`lshsim.limits.estimate_executor_rank`)
+    exceeds the device's: a GPU's memory, or on CPU the available memory shared by the local ranks."""
+    import os
+
+    from lshsim.limits import available_memory_bytes, estimate_executor_rank, refuse_if_too_large
+
+    world = _world_size_from_env()
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world) or 1))
+    on_gpu = False
+    if device != "cpu":
+        import torch
+
+        on_gpu = device == "cuda" or torch.cuda.is_available()
+    if on_gpu:
+        import torch
+
+        index = int(os.environ.get("LOCAL_RANK", "0") or 0) % max(torch.cuda.device_count(), 1)
+        limit, where = torch.cuda.get_device_properties(index).total_memory, f"GPU {index} has"
+    else:
+        limit, where = available_memory_bytes() / local, f"this machine, shared by {local} local rank(s), has"
+    for w in workloads:
+        element = 4 if w.dtype == "float32" or (w.dtype == "auto" and not on_gpu) else 2
+        estimate = estimate_executor_rank(tokens_per_rank=w.tokens_per_rank, d_model=w.d_model, d_ffn=w.d_ffn,
+                                          num_experts=w.num_experts, world_size=world, k=w.router.k,
+                                          bytes_per_element=element, backward=w.backward)
+        refuse_if_too_large(f"workload {w.name!r} ({w.tokens_per_rank} tokens x d_model {w.d_model} per rank)",
+                            estimate, limit, limit_name=where, hint="lower tokens_per_rank or d_model")
+
+
+def cmd_run(args) -> int:
     from lshsim.executor.run import run_workload
     from lshsim.executor.runtime import Progress, init_runtime, shutdown
     from lshsim.executor.workload import load_workload
@@ -216,6 +313,8 @@ def cmd_run(args) -> int:
     names = [w.name for w in workloads]
     if len(set(names)) != len(names):
         raise ValueError(f"workload names must be unique (they name the trace files): {names}")
+    outputs = _trace_paths(args, workloads)           # before any work: folders created, names kept inside
+    refuse_workloads_too_large(workloads, args.device)
     if args.fault is not None:  # before the rendezvous: WORLD_SIZE is known from the environment
         _check_fault_rank(args.fault_rank, _world_size_from_env(), "the world size WORLD_SIZE")
     progress = Progress(args.status_dir, _rank_from_env())
@@ -226,15 +325,13 @@ def cmd_run(args) -> int:
     progress.step("process group joined")
     command = ["python", "-m", "lshsim.executor", *sys.argv[1:]]  # the same command under either entry point
     try:
-        for workload in workloads:
+        for workload, out in zip(workloads, outputs):
             trace = run_workload(workload, runtime, progress=progress, fault=args.fault, fault_rank=args.fault_rank,
                                  command=command, min_a2a_s=args.min_a2a_s, max_iterations=args.max_iterations,
                                  max_wall_s=args.max_wall_s)
-            out = args.out or (str(Path(args.out_dir) / f"{workload.name}.json") if args.out_dir else None)
             if runtime.rank == 0:
                 if out:
-                    Path(out).parent.mkdir(parents=True, exist_ok=True)
-                    trace.to_json(out)
+                    trace.to_json(out)                # written whole (lshsim.io)
                 _print_run_summary(trace, out)
             if runtime.device.type == "cuda":
                 import torch
@@ -271,11 +368,57 @@ def _print_run_summary(trace, out_path) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
 
 
+def check_calibrate_args(args) -> None:
+    """Before any reading or measuring: the outputs (the rule of `lshsim.io`), the sweep's sizes."""
+    from lshsim.io import prepare_output
+
+    prepare_output(args.out, "--out")
+    prepare_output(args.raw, "--raw")
+    if args.out and args.raw and Path(args.out).resolve() == Path(args.raw).resolve():
+        raise ValueError(f"--out and --raw are the same file {args.out}")
+    if args.min_bytes > args.max_bytes:
+        raise ValueError(f"--min-bytes {args.min_bytes} must be <= --max-bytes {args.max_bytes}")
+
+
+def refuse_measurement_too_large(args) -> None:
+    """A measured calibration whose largest buffers (the all-to-all's send and receive buffers of
+    --max-bytes, the FFN test's tokens and weights) exceed the memory of the device is refused
+    before the rendezvous (`lshsim.limits`)."""
+    import os
+
+    from lshsim.limits import Estimate, available_memory_bytes, refuse_if_too_large
+
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")) or 1))
+    on_gpu = False
+    if args.device != "cpu":
+        import torch
+
+        on_gpu = args.device == "cuda" or torch.cuda.is_available()
+    element = 2 if on_gpu else 4
+    d, t = args.ffn_d_model, args.ffn_tokens
+    a2a = Estimate(2.0 * args.max_bytes, 0.0, f"2 x --max-bytes {args.max_bytes} (send and receive buffers)")
+    ffn = Estimate(element * (2.0 * t * d + 8.0 * t * d + 8.0 * d * d), 0.0,
+                   f"{element} B x (10 x --ffn-tokens {t} x --ffn-d-model {d} + 8 x d^2) (tokens, activations, "
+                   f"weights)")
+    if on_gpu:
+        import torch
+
+        index = int(os.environ.get("LOCAL_RANK", "0") or 0) % max(torch.cuda.device_count(), 1)
+        limit, where = torch.cuda.get_device_properties(index).total_memory, f"GPU {index} has"
+    else:
+        limit, where = available_memory_bytes() / local, f"this machine, shared by {local} local rank(s), has"
+    for what, estimate, hint in (("the all-to-all sweep", a2a, "lower --max-bytes"),
+                                 ("the FFN rate test", ffn, "lower --ffn-tokens or --ffn-d-model")):
+        refuse_if_too_large(what, estimate, limit, limit_name=where, hint=hint)
+
+
 def cmd_calibrate(args) -> int:
     from lshsim.executor.calibrate_files import calibrate_from_files, reads_files
 
+    check_calibrate_args(args)
     if reads_files(args):           # fit measured files: no torch
         return calibrate_from_files(args)
+    refuse_measurement_too_large(args)
     from lshsim.executor.calibrate import calibrate_command
 
     return calibrate_command(args)
@@ -287,6 +430,9 @@ def cmd_check(args) -> int:
     from lshsim.executor.check import run_checks
     from lshsim.executor.runtime import Progress, init_runtime, shutdown
 
+    from lshsim.io import prepare_output
+
+    prepare_output(args.out, "--out")                 # before any work
     runtime = init_runtime(args.device, args.collective_timeout_s)
     if runtime.device.type == "cpu":
         _set_threads(args, runtime.world_size)
@@ -304,8 +450,10 @@ def cmd_check(args) -> int:
                      for key, value in r["errors"].items())]
     if runtime.rank == 0:
         if args.out:
-            with open(args.out, "w") as handle:
-                json.dump({"world_size": runtime.world_size, "cases": results, "failed": failed}, handle, indent=1)
+            from lshsim.io import write_text_atomically
+
+            write_text_atomically(args.out, json.dumps({"world_size": runtime.world_size, "cases": results,
+                                                        "failed": failed}, indent=1))
         for r in results:
             sys.stdout.write(f"{r['name']:24s} " + " ".join(f"{k}={v:.2e}" for k, v in sorted(r["errors"].items()))
                              + f" dropped={r['dropped']}\n")
@@ -321,10 +469,10 @@ def cmd_launch(args) -> int:
         rest = rest[1:]
     if not rest or rest[0] not in ("run", "calibrate", "check"):
         raise ValueError("launch needs a sub-command after '--': run, calibrate or check")
-    # every rank imports the same plugins as the launcher (`--plugin`, before the sub-command)
     rank_args = _parse_rank_command(rest)  # a bad argument is refused here, before any rank starts
     if getattr(rank_args, "fault", None) is not None:
         _check_fault_rank(rank_args.fault_rank, args.nproc, "--nproc")
+    # every rank imports the same plugins as the launcher (`--plugin`, before the sub-command)
     plugins = [item for name in getattr(args, "plugin", None) or [] for item in ("--plugin", name)]
     try:
         result = launch(args.nproc, plugins + rest, timeout_s=args.timeout_s, stall_timeout_s=args.stall_timeout_s,
