@@ -30,11 +30,14 @@ polls the processes, the ranks' progress files and their heartbeats (`lshsim.exe
 **No rank outlives the launcher.** Each rank runs in its own session (process group), which the
 launcher ends as a whole: SIGTERM (and SIGCONT, for a stopped rank), then SIGKILL after
 `KILL_GRACE_S`. On Linux every rank has the parent-death signal SIGKILL
-(`prctl(PR_SET_PDEATHSIG)`, set between fork and exec, then the parent's PID checked again to
-close the race), so a launcher killed with SIGKILL takes its ranks with it; elsewhere, and as a
-second line of defence, a rank's heartbeat thread ends its rank once its parent is no longer the
-launcher. (The parent-death signal follows the *thread* that started the rank: call `launch`
-from a thread that lives until it returns, as every caller does since it blocks.)
+(`prctl(PR_SET_PDEATHSIG)`), so a launcher killed with SIGKILL takes its ranks with it: set
+between fork and exec when the launcher has no other thread (a pre-exec function is not safe in a
+threaded process), and in any case again by the rank at its start
+(`lshsim.executor.status.die_with_parent`); after setting it the parent's PID is checked, which
+closes the race with a launcher that died just before. Elsewhere, and as a further line of
+defence, a rank's heartbeat thread ends its rank once its parent is no longer the launcher. (The
+parent-death signal follows the *thread* that started the rank: call `launch` from a thread that
+lives until it returns, as every caller does since it blocks.)
 
 **The status folder.** Without `status_dir` the launcher creates one in the temporary directory
 and removes it at the end, whatever the end (success, failure, signal); a folder left by a
@@ -354,7 +357,8 @@ def _launch_once(nproc: int, args: list[str], *, timeout_s: float, stall_timeout
             stdout = None if rank == 0 else subprocess.DEVNULL
             procs.append(subprocess.Popen([sys.executable, "-m", "lshsim.executor", *args, "--status-dir", str(folder)],
                                           env=rank_env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=err,
-                                          start_new_session=True, preexec_fn=setup))
+                                          start_new_session=True,
+                                          preexec_fn=setup if threading.active_count() == 1 else None))
         start = last_change = last_loop = time.monotonic()
         last_progress = [_read_progress(folder, r) for r in range(nproc)]
         beats: list[tuple[int, int] | None] = [None] * nproc

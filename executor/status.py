@@ -28,7 +28,7 @@ import threading
 from pathlib import Path
 
 __all__ = ["progress_path", "heartbeat_path", "failure_path", "stderr_path", "write_atomically", "read_progress",
-           "read_heartbeat", "Heartbeat", "start_heartbeat", "heartbeat_interval_s", "mark_owned",
+           "read_heartbeat", "Heartbeat", "start_heartbeat", "die_with_parent", "heartbeat_interval_s", "mark_owned",
            "sweep_stale_folders", "FOLDER_PREFIX", "HEARTBEAT_ENV", "LAUNCHER_PID_ENV", "DEFAULT_HEARTBEAT_S"]
 
 #: prefix of the status folders the launcher creates in the temporary directory
@@ -129,9 +129,27 @@ class Heartbeat:
             pass  # the folder is gone: the launcher has ended the run, it will end this rank too
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Linux: have the kernel SIGKILL this process when its parent dies (`prctl(PR_SET_PDEATHSIG)`),
+    then end at once if the parent `parent_pid` has already died (the race the check closes).
+    Elsewhere only the check (the heartbeat's parent watch does the rest)."""
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def start_heartbeat(folder: str | Path | None, rank: int | None = None) -> Heartbeat | None:
     """Start this rank's heartbeat if it runs under a status folder (None otherwise). The rank is
-    RANK from the environment unless given; the parent watch is on under `executor launch`."""
+    RANK from the environment unless given. Under `executor launch` (`LSHSIM_LAUNCHER_PID` set) the
+    rank is first bound to the launcher's life (`die_with_parent`) and its heartbeat watches it."""
     if folder is None:
         return None
     if rank is None:
@@ -143,6 +161,8 @@ def start_heartbeat(folder: str | Path | None, rank: int | None = None) -> Heart
         launcher_pid = int(os.environ[LAUNCHER_PID_ENV])
     except (KeyError, ValueError):
         launcher_pid = None
+    if launcher_pid is not None:
+        die_with_parent(launcher_pid)
     return Heartbeat(folder, rank, heartbeat_interval_s(), launcher_pid).start()
 
 

@@ -340,3 +340,23 @@ def test_help_states_the_limits(capsys):
     with pytest.raises(SystemExit):
         main(["check", "--help"])
     assert ">= 0" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_rank_binds_itself_to_its_launcher(tmp_path):
+    """The rank-side parent-death signal (`die_with_parent`, what a rank does at its start under the
+    launcher, whether or not the launcher could set it before exec): a child whose parent is
+    SIGKILLed dies too; one whose launcher is already gone when it starts ends at once."""
+    child_code = ("import os, sys, time; from lshsim.executor.status import die_with_parent; "
+                  "die_with_parent(int(sys.argv[1])); print(os.getpid(), flush=True); time.sleep(60)")
+    parent_code = ("import os, subprocess, sys, time; "
+                   f"p = subprocess.Popen([sys.executable, '-c', {child_code!r}, str(os.getpid())]); "
+                   "time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    child_pid = int(parent.stdout.readline())
+    assert not _gone(child_pid)
+    parent.kill()
+    parent.wait()
+    _assert_gone([child_pid], within_s=2.0)
+    orphan = subprocess.run([sys.executable, "-c", child_code, str(os.getpid() + 10 ** 6)], cwd=REPO,
+                            capture_output=True, text=True, timeout=30)
+    assert orphan.returncode == -signal.SIGKILL and orphan.stdout == ""
