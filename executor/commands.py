@@ -202,7 +202,13 @@ def add_check(subparsers) -> argparse.ArgumentParser:
 def add_launch(subparsers) -> argparse.ArgumentParser:
     la = subparsers.add_parser("launch", help="spawn N local ranks (no torchrun) and watch them",
                                description="launch --nproc 4 -- run --workload W.yaml: start N local ranks of "
-                                           "`python -m lshsim.executor` and watch them.")
+                                           "`python -m lshsim.executor` and watch them. Exit codes: 0 every rank "
+                                           "finished; 1 a rank failed or was killed (named); 2 a bad input; 124 a "
+                                           "rank hung, froze (no heartbeat) or did not start (named), or the run "
+                                           "exceeded --timeout-s; 130, 143, 129 the launcher got SIGINT, SIGTERM, "
+                                           "SIGHUP. Whatever the end, every rank is stopped (a launcher killed "
+                                           "with SIGKILL takes its ranks with it) and the launcher's own status "
+                                           "folder is removed.")
     la.add_argument("--nproc", type=arg_int(1, MAX_NPROC), required=True,
                     help=f"number of ranks (1 to {MAX_NPROC})")
     la.add_argument("--timeout-s", type=_arg_timeout(), default=DEFAULT_TIMEOUT_S,
