@@ -13,7 +13,7 @@ A bare `k`, `M` or `G` is refused as ambiguous (it meant 1000 in one tool and 10
 >>> parse_bytes("4k")
 Traceback (most recent call last):
 ...
-ValueError: '4k' is an ambiguous size: write 4kB (1000 bytes each) or 4KiB (1024 bytes each)
+ValueError: '4k' is an ambiguous size: write 4kB (powers of 1000) or 4KiB (powers of 1024)
 """
 from __future__ import annotations
 
@@ -46,8 +46,9 @@ def parse_bytes(text: str | float | int, *, minimum: float = 0.0) -> float:
         unit = match.group(2).lower()
         if unit in _AMBIGUOUS:
             number = match.group(1)
-            raise ValueError(f"{text!r} is an ambiguous size: write {number}{unit[0]}B (1000 bytes each) "
-                             f"or {number}{unit[0].upper()}iB (1024 bytes each)")
+            si, iec = {"k": ("kB", "KiB"), "m": ("MB", "MiB"), "g": ("GB", "GiB"), "t": ("TB", "TiB")}[unit[0]]
+            raise ValueError(f"{text!r} is an ambiguous size: write {number}{si} (powers of 1000) "
+                             f"or {number}{iec} (powers of 1024)")
         if unit not in BYTE_UNITS:
             raise ValueError(f"{text!r}: unknown unit {match.group(2)!r} ({BYTES_HELP})")
         value = float(match.group(1)) * BYTE_UNITS[unit]

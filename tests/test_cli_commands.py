@@ -106,7 +106,7 @@ def test_a_bare_k_m_g_is_refused_saying_what_to_write(capsys, argv):
         build_parser().parse_args(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "ambiguous size" in err and "iB (1024 bytes each)" in err
+    assert "ambiguous size" in err and "iB (powers of 1024)" in err
 
 
 def test_byte_options_say_what_they_accept():

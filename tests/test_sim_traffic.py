@@ -17,7 +17,7 @@ def test_uniform_si_and_iec():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("uniform:4k", "ambiguous size: write 4kB (1000 bytes each) or 4KiB (1024 bytes each)"),
+    ("uniform:4k", "ambiguous size: write 4kB (powers of 1000) or 4KiB (powers of 1024)"),
     ("uniform:lots", "traffic 'uniform:lots': 'lots' is not a size"),
     ("uniform:-5MB", "'-5MB' is not a size"),
     ("missing.json", "traffic 'missing.json': no such file"),

@@ -36,7 +36,7 @@ def load_traffic(spec: str, world: int) -> np.ndarray:
     >>> load_traffic("uniform:4k", 4)
     Traceback (most recent call last):
     ...
-    ValueError: traffic 'uniform:4k': '4k' is an ambiguous size: write 4kB (1000 bytes each) or 4KiB (1024 bytes each)
+    ValueError: traffic 'uniform:4k': '4k' is an ambiguous size: write 4kB (powers of 1000) or 4KiB (powers of 1024)
     """
     from lshsim.sim.collectives import uniform_traffic
 
