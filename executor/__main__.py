@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from lshsim.checks import OneLineArgumentParser
-from lshsim.cli import OUTPUT_RULE_HELP, load_plugin, one_line
+from lshsim.cli import OUTPUT_RULE_HELP, run_command
 from lshsim.executor.commands import add_subcommands, execute
 
 
@@ -28,16 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse `argv` and run the command; a ValueError ends it with exit code 2 and its message."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        for name in args.plugin:
-            load_plugin(name)
-        return execute(args)
-    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
-        parser.exit(2, f"executor {args.command}: error: {one_line(error)}\n")
-    return 0
+    """Parse `argv` and run the command; a bad input ends it with exit code 2 and one line."""
+    return run_command(build_parser(), argv, execute, "executor")
 
 
 if __name__ == "__main__":

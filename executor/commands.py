@@ -20,7 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-from lshsim.checks import arg_finite_number, arg_int, arg_non_negative_int, arg_positive_int
+from lshsim.checks import arg_finite_number, arg_int, arg_non_negative_int, arg_positive_int, env_int
 from lshsim.executor.calibrate_files import arg_source_option
 from lshsim.executor.launch import (DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_STALL_TIMEOUT_S, DEFAULT_STARTUP_TIMEOUT_S,
                                     DEFAULT_TIMEOUT_S, MAX_NPROC, MAX_TIMEOUT_S, MIN_HEARTBEAT_TIMEOUT_S)
@@ -233,24 +233,12 @@ def add_launch(subparsers) -> argparse.ArgumentParser:
     return la
 
 
-def _env_int(name: str, default: int) -> int:
-    import os
-
-    text = os.environ.get(name)
-    if text is None:
-        return default
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={text!r} must be an integer") from None
-
-
 def _world_size_from_env() -> int:
-    return _env_int("WORLD_SIZE", 1)
+    return env_int("WORLD_SIZE", 1)
 
 
 def _rank_from_env() -> int:
-    return _env_int("RANK", 0)
+    return env_int("RANK", 0)
 
 
 def _set_threads(args, world_size: int) -> None:

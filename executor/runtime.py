@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from lshsim.checks import finite_number
+from lshsim.checks import env_int, finite_number
 from lshsim.executor.launch import MAX_TIMEOUT_S
 from lshsim.executor.status import progress_path, write_atomically
 
@@ -35,16 +35,6 @@ class Runtime:
     backend: str | None
 
 
-def _env_int(name: str, default: int) -> int:
-    text = os.environ.get(name)
-    if text is None:
-        return default
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={text!r} must be an integer") from None
-
-
 def init_runtime(device: str = "auto", collective_timeout_s: float = 600.0) -> Runtime:
     """Join the process group named by the environment (or none for a world of one).
 
@@ -52,7 +42,7 @@ def init_runtime(device: str = "auto", collective_timeout_s: float = 600.0) -> R
     `lshsim.executor.launch.MAX_TIMEOUT_S`).
     """
     finite_number("collective_timeout_s", collective_timeout_s, minimum=0.0, exclusive=True, maximum=MAX_TIMEOUT_S)
-    rank, world_size, local_rank = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
+    rank, world_size, local_rank = env_int("RANK", 0), env_int("WORLD_SIZE", 1), env_int("LOCAL_RANK", 0)
     if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
         raise ValueError(f"environment RANK={rank}, LOCAL_RANK={local_rank}, WORLD_SIZE={world_size}: need "
                          f"WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0")

@@ -21,7 +21,7 @@ import functools
 import math
 
 __all__ = ["positive_int", "non_negative_int", "finite_number", "arg_positive_int", "arg_non_negative_int",
-           "arg_finite_number", "bounded_int", "arg_int", "OneLineArgumentParser"]
+           "arg_finite_number", "bounded_int", "arg_int", "OneLineArgumentParser", "env_int"]
 
 
 def _is_int(value: object) -> bool:
@@ -170,3 +170,17 @@ class OneLineArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         message = " ".join(str(message).split())
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def env_int(name: str, default: int) -> int:
+    """The integer in environment variable `name` (`default` when unset); ValueError naming the
+    variable and its text otherwise (e.g. RANK, WORLD_SIZE set by torchrun or the launcher)."""
+    import os
+
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={text!r} must be an integer") from None

@@ -116,17 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse `argv` (default: the process's arguments) and run the sub-command; returns its exit code."""
-    parser = build_parser()
+#: what a command may raise for a bad input: one line on standard error, exit code 2
+INPUT_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None, run, label: str) -> int:
+    """Parse `argv`, import the `--plugin` modules, then `run(args)`; a bad input (INPUT_ERRORS)
+    ends the process with exit code 2 and one line, `LABEL COMMAND: error: MESSAGE`. Shared by
+    `lshsim` and `python -m lshsim.executor`."""
     args = parser.parse_args(argv)
     try:
         for name in args.plugin:
             load_plugin(name)
-        return _module(args.command).run(args)
-    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
-        parser.exit(2, f"lshsim {args.command}: error: {one_line(error)}\n")
+        return run(args)
+    except INPUT_ERRORS as error:
+        parser.exit(2, f"{label} {args.command}: error: {one_line(error)}\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse `argv` (default: the process's arguments) and run the sub-command; returns its exit code."""
+    return run_command(build_parser(), argv, lambda args: _module(args.command).run(args), "lshsim")
 
 
 if __name__ == "__main__":

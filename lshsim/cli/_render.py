@@ -58,6 +58,23 @@ def wide_console():
     return out if out.is_terminal else Console(width=140)
 
 
+def emit(args, result: dict, render, plot=None) -> int:
+    """The common end of a command: with `--plot`, draw it (`plot()`) and add its path to the
+    result; then print the result as JSON (`--json`) or `render(result)` as tables, and say where
+    the plot went. Returns the exit code 0."""
+    path = getattr(args, "plot", None)
+    if path and plot is not None:
+        plot()
+        result["plot"] = path
+    if getattr(args, "json", False):
+        print_json(result)
+        return 0
+    render(result)
+    if path:
+        console().print(f"wrote {path}")
+    return 0
+
+
 def print_json(payload: object) -> None:
     """`payload` as indented JSON on standard output."""
     sys.stdout.write(json.dumps(payload, indent=2) + "\n")

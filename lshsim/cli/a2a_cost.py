@@ -68,19 +68,13 @@ def run(args) -> int:
               "nics_per_node": cluster.nics, "alpha_us": args.alpha_us,
               "inter_alpha_us": cluster.inter_alpha * 1e6, "time_s": times,
               "algbw_GBps": {name: args.bytes_per_rank / t / 1e9 if t > 0 else None for name, t in times.items()}}
-    if args.plot:
-        _plot(args, comm, cluster)
-        result["plot"] = args.plot
-    if args.json:
-        _render.print_json(result)
-        return 0
-    rows = [[name, f"{1e3 * t:.4f}", _render.g(result["algbw_GBps"][name] or 0.0)] for name, t in times.items()]
-    _render.table(f"All-to-all of {args.bytes_per_rank / 1e6:g} MB per rank ({args.traffic}), W={args.world}, "
-                  f"G={args.gpus_per_node}, {cluster.nics} NIC(s)/node",
-                  ["algorithm", "time (ms)", "algbw (GB/s)"], rows)
-    if args.plot:
-        _render.console().print(f"wrote {args.plot}")
-    return 0
+    def render(result: dict) -> None:
+        rows = [[name, f"{1e3 * t:.4f}", _render.g(result["algbw_GBps"][name] or 0.0)] for name, t in times.items()]
+        _render.table(f"All-to-all of {args.bytes_per_rank / 1e6:g} MB per rank ({args.traffic}), W={args.world}, "
+                      f"G={args.gpus_per_node}, {cluster.nics} NIC(s)/node",
+                      ["algorithm", "time (ms)", "algbw (GB/s)"], rows)
+
+    return _render.emit(args, result, render, plot=lambda: _plot(args, comm, cluster))
 
 
 def _plot(args, comm, cluster) -> None:

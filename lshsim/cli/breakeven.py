@@ -71,23 +71,18 @@ def run(args) -> int:
     if args.tflops is not None:
         ratio = float(comm.lsh_moe_comm_compute_ratio(args.tflops * 1e12, bandwidth, args.k, args.world, args.d_model))
         result["lsh_moe_ratio"] = ratio
-    if args.plot:
-        _plot(args, comm)
-        result["plot"] = args.plot
-    if args.json:
-        _render.print_json(result)
-        return 0
-    rows = [["break-even compression rate r*", f"{r_star:.4f}" + ("  (never pays)" if r_star <= 0 else "")],
-            ["step time without LSH (ms)", f"{1e3 * base:.4f}"],
-            [f"step time with LSH at r={args.compression} (ms)", f"{1e3 * with_lsh:.4f}"],
-            ["speedup", f"{base / with_lsh:.3f}x"]]
-    if "lsh_moe_ratio" in result:
-        rows.append(["LSH-MoE ratio model T_a2a / T_compute", f"{result['lsh_moe_ratio']:.4f}"])
-    _render.table(f"LSH break-even: T={args.tokens}, d={args.d_model}, k={args.k}, W={args.world}, "
-                  f"{args.bandwidth_GBps:g} GB/s, hash {args.hash_Mtps:g} M tokens/s", ["quantity", "value"], rows)
-    if args.plot:
-        _render.console().print(f"wrote {args.plot}")
-    return 0
+    def render(result: dict) -> None:
+        rows = [["break-even compression rate r*", f"{r_star:.4f}" + ("  (never pays)" if r_star <= 0 else "")],
+                ["step time without LSH (ms)", f"{1e3 * base:.4f}"],
+                [f"step time with LSH at r={args.compression} (ms)", f"{1e3 * with_lsh:.4f}"],
+                ["speedup", f"{base / with_lsh:.3f}x"]]
+        if "lsh_moe_ratio" in result:
+            rows.append(["LSH-MoE ratio model T_a2a / T_compute", f"{result['lsh_moe_ratio']:.4f}"])
+        _render.table(f"LSH break-even: T={args.tokens}, d={args.d_model}, k={args.k}, W={args.world}, "
+                      f"{args.bandwidth_GBps:g} GB/s, hash {args.hash_Mtps:g} M tokens/s", ["quantity", "value"],
+                      rows)
+
+    return _render.emit(args, result, render, plot=lambda: _plot(args, comm))
 
 
 def _plot(args, comm) -> None:

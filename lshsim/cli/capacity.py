@@ -81,16 +81,7 @@ def run(args) -> int:
             result["drops"]["sampled"] = capacity.sample_dropped_fraction(
                 args.tokens, args.k, args.capacity_factor, popularity, num_samples=args.sample,
                 seed=args.seed).as_dict()
-    if args.plot:
-        _plot(args, capacity)
-        result["plot"] = args.plot
-    if args.json:
-        _render.print_json(result)
-        return 0
-    render(result)
-    if args.plot:
-        _render.console().print(f"wrote {args.plot}")
-    return 0
+    return _render.emit(args, result, render, plot=lambda: _plot(args, capacity))
 
 
 def _plot(args, capacity) -> None:

@@ -49,16 +49,7 @@ def run(args) -> int:
     if args.monte_carlo:
         result["monte_carlo"] = collision.collision_monte_carlo(args.family, args.dim, args.cos, args.monte_carlo,
                                                                 seed=args.seed).as_dict()
-    if args.plot:
-        _plot(args, collision)
-        result["plot"] = args.plot
-    if args.json:
-        _render.print_json(result)
-        return 0
-    render(result)
-    if args.plot:
-        _render.console().print(f"wrote {args.plot}")
-    return 0
+    return _render.emit(args, result, render, plot=lambda: _plot(args, collision))
 
 
 def _plot(args, collision) -> None:

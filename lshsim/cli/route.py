@@ -60,11 +60,7 @@ def run(args) -> int:
     plan = route(config, placement, logits=inputs.logits, token_ids=inputs.token_ids, hidden=inputs.hidden,
                  token_rank=inputs.token_rank)
     summary = route_summary(plan, placement, config, bytes_per_token=args.d_model * args.bytes_per_element)
-    if args.json:
-        _render.print_json(summary)
-        return 0
-    render(summary)
-    return 0
+    return _render.emit(args, summary, render)
 
 
 def render(summary: dict) -> None:

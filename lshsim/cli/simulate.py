@@ -85,11 +85,7 @@ def run(args) -> int:
     summary = result.to_dict(top_links=args.top_links)
     summary.update(topology=G.graph["name"], world=world, num_nodes=G.graph["num_nodes"],
                    gpus_per_node=G.graph["gpus_per_node"], total_bytes=float(traffic.sum()))
-    if args.json:
-        _render.print_json(summary)
-        return 0
-    render(summary)
-    return 0
+    return _render.emit(args, summary, render)
 
 
 def render(summary: dict) -> None:
