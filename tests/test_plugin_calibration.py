@@ -87,13 +87,14 @@ def test_link_models_validate_and_combine():
     assert result.time_s == pytest.approx(off_node / 10e9, rel=5e-3) and nic_Bps > 50e9   # + alpha, hops
 
 
-def test_link_models_from_spec_and_from_a_hand_built_graph():
+def test_link_models_from_a_built_spec_and_from_a_hand_built_graph():
+    from lshsim.topology import build_topology
     spec = {"name": "t", "gpu": "h200", "gpus_per_node": 4, "alpha_s": 2e-5, "intra": {"kind": "nvswitch"},
             "calibration": {"a2a_busbw_curve": [[1e6, 5e10], [1e9, 3e11]], "a2a_link_headroom": 1.1}}
-    links = LinkModels.from_spec(spec)
+    links = LinkModels.from_topology(build_topology(spec))
     assert links["nvlink"].headroom == 1.1 and links["nvlink"].nominal_Bps == 450e9 and links.alpha_s == 2e-5
     with pytest.raises(ValueError, match=r"^x.yaml: calibration.a2a_link_max_Bps=-1 must be > 0"):
-        LinkModels.from_spec({**spec, "calibration": {**spec["calibration"], "a2a_link_max_Bps": -1}}, source="x.yaml")
+        build_topology({**spec, "calibration": {**spec["calibration"], "a2a_link_max_Bps": -1}}, source="x.yaml")
     import networkx as nx
     G = nx.DiGraph(alpha_s=3e-6)
     G.add_edge("a", "b", kind="nvlink", bandwidth_Bps=100e9)

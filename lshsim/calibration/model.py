@@ -416,14 +416,6 @@ class LinkModels:
             raise ValueError(f"{source}: calibration: {error}") from None
 
     @classmethod
-    def from_spec(cls, spec: dict, source: str = "<dict>") -> "LinkModels":
-        """The models of a topology spec dict (it is built and validated: the nominal bandwidths
-        of the classes come from its intra/inter blocks)."""
-        from lshsim.topology.spec import build_topology     # lazily: lshsim.topology imports this package
-
-        return build_topology(spec, source=source).graph["link_models"]
-
-    @classmethod
     def from_topology(cls, G) -> "LinkModels":
         """The models of a built topology (G.graph["link_models"], parsed when it was built). A graph
         assembled by hand, without one, gets plain models (no curve) of its edge kinds, at their
