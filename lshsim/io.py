@@ -5,7 +5,8 @@ manager for writers that need a file object or a path: `json.dump`, matplotlib's
 a temporary file in the destination's own folder (``.NAME.PID.tmp``), flush it, `os.fsync` it and
 `os.replace` it onto the destination. A reader sees the old file or the whole new one, never a part;
 an error or an interruption while writing (a full disk, Ctrl-C) leaves the old file as it was and
-removes the temporary file.
+removes the temporary file. A writer killed outright (SIGKILL) cannot remove its temporary file: the
+next write of the same file removes it (`remove_stale_temporaries`, by the dead writer's PID).
 
 **The output rule** (`prepare_output`, `prepare_output_dir`), the same for every command, checked
 before any work starts (before a simulation, a measurement or a run):
@@ -36,8 +37,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["write_text_atomically", "write_bytes_atomically", "atomic_output", "prepare_output",
-           "prepare_output_dir", "path_in_folder", "OUTPUT_RULE"]
+__all__ = ["write_text_atomically", "write_bytes_atomically", "atomic_output", "remove_stale_temporaries",
+           "prepare_output", "prepare_output_dir", "path_in_folder", "OUTPUT_RULE"]
 
 #: one sentence for --help texts
 OUTPUT_RULE = "its folder is created if missing; checked before any work"
@@ -45,6 +46,31 @@ OUTPUT_RULE = "its folder is created if missing; checked before any work"
 
 def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:          # it exists but belongs to someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporary files ``.NAME.PID.tmp`` of `path` left by a writer that was killed
+    (SIGKILL cannot be caught) and whose process no longer exists; a live writer's file is kept.
+    Called before every atomic write of `path`; returns what it removed."""
+    path = Path(path)
+    removed = []
+    for candidate in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = candidate.name[len(path.name) + 2:-len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                candidate.unlink()
+                removed.append(candidate)
+    return removed
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -71,6 +97,7 @@ def atomic_output(path: str | Path, mode: str = "w", *, encoding: str | None = "
         raise ValueError(f"atomic_output: mode={mode!r} must be 'w' or 'wb'")
     path = Path(path)
     temporary = _temporary(path)
+    remove_stale_temporaries(path)
     try:
         with open(temporary, mode, **({} if "b" in mode else {"encoding": encoding})) as handle:
             yield handle

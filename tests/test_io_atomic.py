@@ -226,3 +226,24 @@ def test_limits_fall_back_to_proc_meminfo(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_psutil)
     if os.path.exists("/proc/meminfo"):
         assert limits.available_memory_bytes() > 2 ** 20
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    """SIGKILL mid-write leaves .NAME.PID.tmp behind; the next write of NAME removes it (its PID is
+    dead) and keeps a live writer's temporary file."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)                     # that process has exited
+    target = tmp_path / "out.json"
+    stale = tmp_path / f".out.json.{dead_pid}.tmp"
+    stale.write_text("{\"partial")
+    live = tmp_path / f".out.json.{os.getppid()}.tmp"
+    live.write_text("in progress")
+    other = tmp_path / f".other.json.{dead_pid}.tmp"
+    other.write_text("not ours")
+    lio.write_text_atomically(target, "{}")
+    assert target.read_text() == "{}"
+    assert not stale.exists() and live.exists() and other.exists()
