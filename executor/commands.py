@@ -124,12 +124,12 @@ def _arg_topology_name(text: str) -> str:
     >>> _arg_topology_name("h100-x8-calibrated")
     'h100-x8-calibrated'
     """
-    import re
+    from lshsim.checks import FILE_NAME_RULE, file_name
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", text):
-        raise argparse.ArgumentTypeError(f"{text!r} must be 1 to 128 letters, digits, '.', '_' or '-' (not "
-                                         f"starting with '.', '_' or '-')")
-    return text
+    try:
+        return file_name("name", text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be {FILE_NAME_RULE}") from None
 
 
 def add_calibrate(subparsers) -> argparse.ArgumentParser:

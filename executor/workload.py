@@ -31,12 +31,11 @@ sizes; an unknown or badly typed field is a `ValueError` that names it (`workloa
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from lshsim.algorithms import canonical_algorithm
-from lshsim.checks import finite_number, non_negative_int, positive_int
+from lshsim.checks import FILE_NAME_PATTERN, FILE_NAME_RULE, finite_number, non_negative_int, positive_int
 from lshsim.dispatch import ROUTERS, RouterConfig
 from lshsim.dispatch.routers import effective_k
 from lshsim.readers import load_yaml
@@ -52,7 +51,7 @@ _ROUTER_FIELDS = ("name", "k", "capacity_factor", "drop_policy", "locality_bonus
 #: a workload's name names its trace file (NAME.json under --out-dir): letters, digits, '.', '_',
 #: '+' and '-', starting with a letter or a digit, at most 128 characters, no '..'; so no path
 #: separator, no leading dot and no way out of the output folder.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+NAME_PATTERN = FILE_NAME_PATTERN     # the name becomes the trace's file name
 #: plausible ranges of the sizes (larger values are typos or unit errors; whether the machine holds
 #: the run is the commands' check): tokens per rank <= 2^24, d_model and d_ffn <= 2^20, experts
 #: <= 2^16, ranks <= 2^20, ranks per node <= 1024, warmup and iterations <= 2^20.
@@ -118,8 +117,7 @@ class WorkloadConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name) or ".." in self.name:
-            raise _field_error("name", f"{self.name!r} must be a file name: letters, digits, '.', '_', '+', '-', "
-                                       f"starting with a letter or a digit, at most 128 characters, no '..'")
+            raise _field_error("name", f"{self.name!r} must be {FILE_NAME_RULE}")
         for name in ("tokens_per_rank", "d_model", "d_ffn", "num_experts", "iterations"):
             _checked(positive_int, name, getattr(self, name))
         _checked(non_negative_int, "warmup", self.warmup)

@@ -19,9 +19,10 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import re
 
 __all__ = ["positive_int", "non_negative_int", "finite_number", "arg_positive_int", "arg_non_negative_int",
-           "arg_finite_number", "bounded_int", "arg_int", "OneLineArgumentParser", "env_int"]
+           "arg_finite_number", "bounded_int", "arg_int", "OneLineArgumentParser", "env_int", "file_name", "FILE_NAME_RULE"]
 
 
 def _is_int(value: object) -> bool:
@@ -184,3 +185,24 @@ def env_int(name: str, default: int) -> int:
         return int(text)
     except ValueError:
         raise ValueError(f"environment variable {name}={text!r} must be an integer") from None
+
+
+#: a name that becomes a file name (a workload's trace, a calibrated topology): no separators
+FILE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+FILE_NAME_RULE = ("a file name: letters, digits, '.', '_', '+', '-', starting with a letter or a digit, "
+                  "at most 128 characters, no '..'")
+
+
+def file_name(name: str, value: object) -> str:
+    """`value` if it is safe as a file name inside an output folder (FILE_NAME_RULE), else ValueError.
+
+    >>> file_name("name", "h100-x8-calibrated")
+    'h100-x8-calibrated'
+    >>> file_name("name", "../x")
+    Traceback (most recent call last):
+    ...
+    ValueError: name='../x' must be a file name: letters, digits, '.', '_', '+', '-', starting with a letter or a digit, at most 128 characters, no '..'
+    """
+    if not isinstance(value, str) or not FILE_NAME_PATTERN.match(value) or ".." in value:
+        raise ValueError(f"{name}={value!r} must be {FILE_NAME_RULE}")
+    return value
