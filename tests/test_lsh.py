@@ -374,15 +374,20 @@ def test_half_precision_tokens_hash_in_float32_and_stay_exact():
     tokens = torch.randn(500, 32, generator=generator).to(torch.bfloat16)
     group = torch.randint(0, 4, (500,), generator=generator)
     for config in (LSHConfig(proj_dim=8), LSHConfig(rotation="hadamard", rounds=1)):
-        assert torch.equal(hash_codes(tokens, config), hash_codes(tokens.float(), config))
-        projection = make_projection(32, config, dtype=torch.bfloat16)  # made in float32
+        # made in float32, entries rounded to bfloat16 (exact products); the default projection
+        # of bfloat16 tokens is this one
+        projection = make_projection(32, config, dtype=torch.bfloat16)
         assert projection.dtype == torch.float32
-        assert torch.equal(hash_codes(tokens, config, projection), hash_codes(tokens.float(), config))
+        if projection.matrix is not None:
+            assert torch.equal(projection.matrix.to(torch.bfloat16).float(), projection.matrix)
+        assert torch.equal(hash_codes(tokens, config), hash_codes(tokens.float(), config, projection))
+        assert torch.equal(hash_codes(tokens, config, projection), hash_codes(tokens.float(), config, projection))
     exact = compress(tokens, group, LSHConfig(exact=True))
     assert exact.centroids.dtype == torch.bfloat16
     assert torch.equal(restore(exact.centroids, exact, residuals(tokens, exact)), tokens)
     coarse = compress(tokens, group, LSHConfig(proj_dim=2, num_hashes=1))
-    reference = compress(tokens.float(), group, LSHConfig(proj_dim=2, num_hashes=1))
+    reference = compress(tokens.float(), group, LSHConfig(proj_dim=2, num_hashes=1),
+                         make_projection(32, LSHConfig(proj_dim=2, num_hashes=1), dtype=torch.bfloat16))
     assert torch.equal(coarse.token_to_centroid, reference.token_to_centroid)
     assert torch.equal(coarse.centroids, reference.centroids.to(torch.bfloat16))  # one rounding
 

@@ -241,18 +241,29 @@ def make_projection(d_model: int, config: LSHConfig, device: torch.device | str 
     `dense=True` / `False` forces the choice for "hadamard" (the codes agree up to rounding).
     `dtype` is the tokens' dtype; the projection is made in `hash_dtype(dtype)` (float32 for
     float16/bfloat16 tokens, which are hashed in float32).
+
+    Exactness: for float16/bfloat16 tokens the dense matrix entries are first rounded to that
+    dtype (then stored in float32 as before). Every product of a token entry and a matrix entry is
+    then exact in float32 (two 8- or 11-bit significands), so the float32 GEMM here and a fused
+    kernel that multiplies the 16-bit values with float32 accumulation (`lshsim.dispatch.lsh_fast`)
+    differ only in summation order: their bucket ids agree except at near-ties of the argmax.
     """
     positive_int("d_model", d_model)
     if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise ValueError(f"dtype={dtype} must be a floating-point dtype")
-    dtype = hash_dtype(dtype)
+    token_dtype, dtype = dtype, hash_dtype(dtype)
+    # 16-bit tokens: entries representable in the token dtype (exact products, see Exactness)
+    round_to = token_dtype if token_dtype in (torch.float16, torch.bfloat16) else None
     padded = config.padded_dim(d_model)
     proj_dim = config.effective_proj_dim(d_model)
     num_hashes = config.num_hashes
     generator = torch.Generator().manual_seed(config.seed)
     if config.rotation == "gaussian":
         matrix = torch.randn(d_model, num_hashes, proj_dim, generator=generator)  # (d, L, d')
-        matrix = matrix.reshape(d_model, num_hashes * proj_dim).to(device=device, dtype=dtype)  # (d, L*d')
+        matrix = matrix.reshape(d_model, num_hashes * proj_dim)  # (d, L*d')
+        if round_to is not None:
+            matrix = matrix.to(round_to)
+        matrix = matrix.to(device=device, dtype=dtype)
         return LSHProjection(config, d_model, padded, proj_dim, matrix, None, None, None)
     signs = 1 - 2 * torch.randint(0, 2, (num_hashes, config.rounds, padded), generator=generator)  # (L, rounds, n)
     log_n = padded.bit_length() - 1
@@ -272,6 +283,8 @@ def make_projection(d_model: int, config: LSHConfig, device: torch.device | str 
                 z = _fwht(z.reshape(num_hashes * proj_dim, padded), left64, right64).reshape(
                     num_hashes, proj_dim, padded)  # (L, d', n): H D_{r+1} ...
         matrix = z[:, :, :d_model].permute(2, 0, 1).reshape(d_model, num_hashes * proj_dim)  # (d, L*d')
+        if round_to is not None:
+            matrix = matrix.to(round_to)
         matrix = matrix.to(device=device, dtype=dtype)
     left = hadamard_matrix(left_dim, dtype=dtype, device=device)  # (A, A)
     right = hadamard_matrix(right_dim, dtype=dtype, device=device)  # (B, B)
@@ -335,10 +348,14 @@ def hash_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def _projection_for(tokens: torch.Tensor, config: LSHConfig, projection: LSHProjection | None) -> LSHProjection:
-    """The projection for these tokens (tokens already in hash_dtype)."""
+def _projection_for(tokens: torch.Tensor, config: LSHConfig, projection: LSHProjection | None,
+                    token_dtype: torch.dtype | None = None) -> LSHProjection:
+    """The projection for these tokens (tokens already in hash_dtype; token_dtype: their dtype
+    before the upcast, so that a default projection for 16-bit tokens is rounded like
+    make_projection(dtype=token_dtype))."""
     if projection is None:
-        return make_projection(tokens.shape[1], config, device=tokens.device, dtype=tokens.dtype)
+        return make_projection(tokens.shape[1], config, device=tokens.device,
+                               dtype=tokens.dtype if token_dtype is None else token_dtype)
     if projection.config != config:
         raise ValueError(f"projection was made for {projection.config}, not {config}")
     if projection.d_model != tokens.shape[1]:
@@ -353,7 +370,7 @@ def project(tokens: torch.Tensor, config: LSHConfig, projection: LSHProjection |
     """(N, d) -> (N, L, d'): every token rotated by each of the L rotations (no chunking)."""
     _check_tokens(tokens)
     x = tokens.detach().to(hash_dtype(tokens.dtype))
-    proj = _projection_for(x, config, projection)
+    proj = _projection_for(x, config, projection, tokens.dtype)
     with torch.no_grad():
         return _project_chunk(x, proj)
 
@@ -368,7 +385,7 @@ def hash_codes(tokens: torch.Tensor, config: LSHConfig, projection: LSHProjectio
     """
     _check_tokens(tokens)
     x = tokens.detach().to(hash_dtype(tokens.dtype))
-    proj = _projection_for(x, config, projection)
+    proj = _projection_for(x, config, projection, tokens.dtype)
     num_tokens, num_hashes, proj_dim = tokens.shape[0], config.num_hashes, proj.proj_dim
     if proj.matrix is not None:
         chunk = max(1, _CHUNK_ELEMENTS_DENSE // (num_hashes * proj_dim))
