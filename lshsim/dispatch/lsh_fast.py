@@ -1,0 +1,626 @@
+"""Fast LSH-MoE compression: fused Triton kernels on CUDA, a sync-free torch path elsewhere.
+
+The same algorithm as `lshsim.dispatch.lsh` (hash, one centroid per (group, bucket), restore
+E(c) + (x - c)), split into pieces that never synchronise with the host, so that a GPU step is a
+handful of kernel launches:
+
+  token_buckets   (T, d) tokens -> (T,) bucket ids, identical to `lsh.bucket_ids` (Triton: one
+                  fused pass, tokens tile @ projection tile with float32 accumulation, argmax per
+                  hash and the mixed-radix id in registers; no (T, L d') intermediate in memory)
+  segments        sort rows by (group, bucket) and describe the runs of equal keys (`Segments`),
+                  with torch.sort, cumsum and scatters into fixed-size buffers: no host sync
+  segment_mean    mean of every run of (sorted) rows; Triton: a persistent grid that reads the
+                  number of segments from device memory
+  restore_rows    out[i] = E(c)[s_i] - c[s_i] + x[i], one pass, float32, one rounding
+  compress_fast   the same `lsh.Compressed` as `lsh.compress`, built from these pieces; it
+                  synchronises once, at the end, to size its outputs
+
+Kernel path: used when `triton_available(device)` and `kernel_eligible(config, projection,
+tokens)` (16-bit tokens on CUDA, a dense projection, d' a power of two, L d' padded to a power of
+two <= 256). Everything else runs the torch path (CPU, float32/float64 tokens, the fast Hadamard
+transform, exact=True, huge spans). Triton is optional: it is imported lazily (`_triton()`), and
+`LSHSIM_NO_TRITON=1` turns the kernels off. Tests run the kernels on CPU tensors under the Triton
+interpreter (TRITON_INTERPRET=1) with `force_triton=True`.
+
+Exactness of the kernel buckets: `lsh.make_projection(dtype=bfloat16 or float16)` rounds the
+projection to the tokens' dtype, so every product token x projection is exact in float32 and the
+kernel (tensor-core products, float32 accumulation) and the torch reference (float32 GEMM of the
+same exact values) differ only in summation order: bucket ids agree except for tokens whose best
+and second-best cross-polytope vertex are within rounding of each other (near-ties; on random
+data fewer than 0.1 % of tokens at L = 6, d' = 16). A projection whose entries are not
+representable in the tokens' dtype is not kernel-eligible (checked once per projection).
+
+Non-finite tokens: `lsh` raises ValueError (one host sync). The kernel path does not check;
+`token_buckets` gives such tokens bucket -1, and `compress_fast` then falls back to `lsh.compress`,
+which raises.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from lshsim.dispatch import lsh
+from lshsim.dispatch.lsh import Compressed, LSHConfig, LSHProjection
+
+__all__ = ["triton_available", "kernel_eligible", "token_buckets", "Segments", "segments",
+           "segment_mean", "restore_rows", "compress_fast"]
+
+_INT64_MAX = 2 ** 63 - 1
+_SENTINEL = _INT64_MAX  # key of invalid rows: sorts last, never a valid key (keys < 2^63 - 1)
+_MAX_LD_PAD = 256
+
+# Kernel launch counts per kernel name (the interpreter tests check that the kernels really ran).
+LAUNCHES: dict[str, int] = {}
+
+
+# ---- Triton availability -----------------------------------------------------------------------
+def _triton():
+    """The triton module, or None when it is not installed (or LSHSIM_NO_TRITON=1)."""
+    if os.environ.get("LSHSIM_NO_TRITON") == "1":
+        return None
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # ImportError, or a broken install
+        return None
+    return triton
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def triton_available(device: torch.device | str) -> bool:
+    """True when triton imports, `device` is CUDA and LSHSIM_NO_TRITON is not 1."""
+    return torch.device(device).type == "cuda" and _triton() is not None
+
+
+def _use_triton(device: torch.device, eligible: bool, force_triton: bool) -> bool:
+    """Kernel path? force_triton runs the kernels on CPU tensors under TRITON_INTERPRET=1."""
+    if force_triton:
+        if _triton() is None:
+            raise RuntimeError("force_triton=True but triton does not import (or LSHSIM_NO_TRITON=1)")
+        if device.type != "cuda" and not _interpreting():
+            raise RuntimeError("force_triton=True on a CPU tensor needs TRITON_INTERPRET=1")
+        if not eligible:
+            raise RuntimeError("force_triton=True but the inputs are not kernel-eligible")
+        return True
+    return eligible and triton_available(device)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+# the representability check of a projection matrix, once per matrix: id -> (weakref, dtype, ok)
+_REPRESENTABLE: dict = {}
+
+
+def _representable(matrix: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Are all entries of matrix exactly representable in dtype? (one host sync per matrix)"""
+    import weakref
+    key = (id(matrix), dtype, matrix._version)
+    entry = _REPRESENTABLE.get(key)
+    if entry is not None and entry[0]() is matrix:
+        return entry[1]
+    ok = bool(torch.equal(matrix.to(dtype).to(matrix.dtype), matrix))
+    if len(_REPRESENTABLE) > 64:
+        _REPRESENTABLE.clear()
+    _REPRESENTABLE[key] = (weakref.ref(matrix), ok)
+    return ok
+
+
+def _config_eligible(config: LSHConfig, projection: LSHProjection | None, tokens: torch.Tensor) -> bool:
+    """kernel_eligible without the device condition (the interpreter runs on CPU tensors)."""
+    if tokens.dtype not in (torch.bfloat16, torch.float16) or tokens.ndim != 2 or config.exact:
+        return False
+    if config.family not in ("cross_polytope", "hyperplane"):
+        return False
+    if projection is None or projection.matrix is None:
+        return False
+    if projection.config != config or projection.d_model != tokens.shape[1]:
+        return False
+    if projection.device != tokens.device or projection.dtype != torch.float32:
+        return False
+    proj_dim, num_hashes = projection.proj_dim, config.num_hashes
+    if proj_dim & (proj_dim - 1):
+        return False
+    if max(16, _next_pow2(num_hashes * proj_dim)) > _MAX_LD_PAD:
+        return False
+    if (2 * proj_dim) ** num_hashes >= 2 ** 63:
+        return False
+    return _representable(projection.matrix, tokens.dtype)
+
+
+def kernel_eligible(config: LSHConfig, projection: LSHProjection | None, tokens: torch.Tensor) -> bool:
+    """True when the Triton kernels may hash these tokens with this projection.
+
+    Conditions: tokens bfloat16/float16 on CUDA; family cross_polytope or hyperplane; not
+    config.exact; projection.matrix set (gaussian, or a materialised hadamard) for this config,
+    d_model and device, with entries representable in the tokens' dtype (made by
+    `lsh.make_projection(dtype=tokens.dtype)`); d' a power of two; L d' padded to a power of two
+    (at least 16) <= 256; (2 d')^L < 2^63.
+    """
+    return tokens.device.type == "cuda" and _config_eligible(config, projection, tokens)
+
+
+def _default_projection(tokens: torch.Tensor, config: LSHConfig, projection: LSHProjection | None):
+    if projection is None and not config.exact:
+        return lsh.make_projection(tokens.shape[1], config, device=tokens.device, dtype=tokens.dtype)
+    return projection
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+# ---- the kernels (defined on first use, so that importing this module needs no triton) ---------
+_KERNELS: dict = {}
+
+
+def _kernels():
+    """The jitted kernels, built once per interpreter mode (TRITON_INTERPRET is read at jit time)."""
+    mode = _interpreting()
+    if mode in _KERNELS:
+        return _KERNELS[mode]
+    triton = _triton()
+    import triton.language as tl
+
+    @triton.jit
+    def hash_kernel(x_ptr, p_ptr, w_ptr, group_ptr, out_ptr, num_rows, d_model, stride_x, stride_p,
+                    num_cols, span, HAS_GROUP: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_K: tl.constexpr, LD_PAD: tl.constexpr, DP: tl.constexpr, L_PAD: tl.constexpr):
+        pid = tl.program_id(0)
+        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,)
+        row_mask = rows < num_rows
+        rows64 = rows.to(tl.int64)
+        cols = tl.arange(0, LD_PAD)  # (LD_PAD,)
+        col_mask = cols < num_cols
+        acc = tl.zeros((BLOCK_M, LD_PAD), dtype=tl.float32)
+        for k0 in range(0, d_model, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)  # (BK,)
+            k_mask = ks < d_model
+            x = tl.load(x_ptr + rows64[:, None] * stride_x + ks[None, :],
+                        mask=row_mask[:, None] & k_mask[None, :], other=0.0)  # (BM, BK) 16-bit
+            p = tl.load(p_ptr + ks[:, None].to(tl.int64) * stride_p + cols[None, :],
+                        mask=k_mask[:, None] & col_mask[None, :], other=0.0)  # (BK, LD_PAD) float32
+            if UPCAST:
+                # the CPU interpreter computes 16-bit dots wrongly (no bfloat16 in numpy): float32
+                # operands give the same exact products
+                acc += tl.dot(x.to(tl.float32), p)
+            else:
+                acc += tl.dot(x, p.to(x.dtype))  # exact products (p representable), float32 sums
+        finite = tl.abs(acc) <= 3.4028234663852886e38  # False for inf and NaN
+        bad = tl.sum(tl.where(finite, 0, 1), axis=1) > 0  # (BM,)
+        weights = tl.load(w_ptr + tl.arange(0, L_PAD))  # (L_PAD,) int64 radix powers, 0 = padding
+        if DP == 1:
+            # hyperplane: one coordinate per hash, code = sign bit
+            codes = (acc < 0).to(tl.int64)  # (BM, LD_PAD) = (BM, L_PAD)
+        else:
+            y = tl.reshape(acc, (BLOCK_M, L_PAD, DP))  # column l * d' + i -> (l, i)
+            a = tl.abs(y)
+            best = tl.max(a, axis=2)  # (BM, L_PAD)
+            j = tl.arange(0, DP)[None, None, :]
+            index = tl.min(tl.where(a == best[:, :, None], j, DP), axis=2)  # first maximum, as torch
+            y_best = tl.sum(tl.where(j == index[:, :, None], y, 0.0), axis=2)  # (BM, L_PAD)
+            codes = (index + DP * (y_best < 0).to(tl.int32)).to(tl.int64)  # (BM, L_PAD)
+        ids = tl.sum(codes * weights[None, :], axis=1)  # (BM,) mixed radix, code 0 most significant
+        if HAS_GROUP:
+            group = tl.load(group_ptr + rows, mask=row_mask, other=0)
+            ids = group * span + ids
+        ids = tl.where(bad, -1, ids)
+        tl.store(out_ptr + rows, ids, mask=row_mask)
+
+    @triton.jit
+    def mean_kernel(src_ptr, order_ptr, out_ptr, start_ptr, count_ptr, nseg_ptr, out_rows, d_model,
+                    stride_src, stride_out, HAS_ORDER: tl.constexpr, ZERO_FILL: tl.constexpr,
+                    ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+        pid = tl.program_id(0)
+        nprog = tl.num_programs(0)
+        cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BD,)
+        col_mask = cols < d_model
+        r = tl.arange(0, ROWS)  # (ROWS,)
+        num_segments = tl.load(nseg_ptr).to(tl.int32)  # from device memory: no host sync
+        for s in range(pid, num_segments, nprog):
+            start = tl.load(start_ptr + s)  # int64
+            count = tl.load(count_ptr + s).to(tl.int32)
+            acc = tl.zeros((ROWS, BLOCK_D), dtype=tl.float32)
+            for r0 in range(0, count, ROWS):
+                rr = r0 + r
+                row_mask = rr < count
+                if HAS_ORDER:
+                    src_rows = tl.load(order_ptr + start + rr, mask=row_mask, other=0)
+                else:
+                    src_rows = start + rr
+                v = tl.load(src_ptr + src_rows[:, None].to(tl.int64) * stride_src + cols[None, :],
+                            mask=row_mask[:, None] & col_mask[None, :], other=0.0)
+                acc += v.to(tl.float32)
+            mean = tl.sum(acc, axis=0) / count.to(tl.float32)  # (BD,)
+            tl.store(out_ptr + tl.cast(s, tl.int64) * stride_out + cols, mean.to(out_ptr.dtype.element_ty),
+                     mask=col_mask)
+        if ZERO_FILL:
+            zeros = tl.zeros((BLOCK_D,), dtype=tl.float32).to(out_ptr.dtype.element_ty)
+            for s in range(num_segments + pid, out_rows, nprog):
+                tl.store(out_ptr + tl.cast(s, tl.int64) * stride_out + cols, zeros, mask=col_mask)
+
+    @triton.jit
+    def restore_kernel(cout_ptr, cent_ptr, rows_ptr, seg_ptr, out_ptr, num_rows, d_model,
+                       stride_cout, stride_cent, stride_rows, stride_out,
+                       BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,)
+        cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BD,)
+        row_mask = rows < num_rows
+        col_mask = cols < d_model
+        seg = tl.load(seg_ptr + rows, mask=row_mask, other=-1)  # (BM,) int64
+        valid = seg >= 0
+        seg = tl.where(valid, seg, 0)
+        mask = row_mask[:, None] & col_mask[None, :]
+        vmask = mask & valid[:, None]
+        e = tl.load(cout_ptr + seg[:, None] * stride_cout + cols[None, :], mask=vmask, other=0.0)
+        c = tl.load(cent_ptr + seg[:, None] * stride_cent + cols[None, :], mask=vmask, other=0.0)
+        rows64 = rows.to(tl.int64)
+        x = tl.load(rows_ptr + rows64[:, None] * stride_rows + cols[None, :], mask=mask, other=0.0)
+        out = e.to(tl.float32) + (x.to(tl.float32) - c.to(tl.float32))
+        out = tl.where(vmask, out, 0.0)
+        tl.store(out_ptr + rows64[:, None] * stride_out + cols[None, :], out.to(out_ptr.dtype.element_ty),
+                 mask=mask)
+
+    _KERNELS[mode] = {"hash": hash_kernel, "mean": mean_kernel, "restore": restore_kernel}
+    return _KERNELS[mode]
+
+
+def _count(name: str) -> None:
+    LAUNCHES[name] = LAUNCHES.get(name, 0) + 1
+
+
+# ---- hashing -----------------------------------------------------------------------------------
+def _radix_weights(config: LSHConfig, proj_dim: int, l_pad: int, device) -> torch.Tensor:
+    """(L_PAD,) int64: R^(L-1-l) for l < L, 0 for the padding hashes."""
+    radix, num_hashes = 2 * proj_dim, config.num_hashes
+    weights = [radix ** (num_hashes - 1 - l) for l in range(num_hashes)] + [0] * (l_pad - num_hashes)
+    return torch.tensor(weights, dtype=torch.int64, device=device)
+
+
+def _hash_launch(tokens: torch.Tensor, config: LSHConfig, projection: LSHProjection,
+                 group: torch.Tensor | None = None, span: int = 0) -> torch.Tensor:
+    """The fused hash kernel: (T,) int64 bucket ids (or group * span + bucket with group); -1 for
+    tokens with a non-finite projection."""
+    num_rows, d_model = tokens.shape
+    proj_dim, num_hashes = projection.proj_dim, config.num_hashes
+    num_cols = num_hashes * proj_dim
+    ld_pad = max(16, _next_pow2(num_cols))
+    l_pad = ld_pad // proj_dim
+    out = torch.empty(num_rows, dtype=torch.int64, device=tokens.device)
+    if num_rows == 0:
+        return out
+    tokens = tokens if tokens.stride(1) == 1 else tokens.contiguous()
+    matrix = projection.matrix if projection.matrix.stride(1) == 1 else projection.matrix.contiguous()
+    weights = _radix_weights(config, proj_dim, l_pad, tokens.device)
+    block_m = 64 if num_rows >= 64 * _num_sms(tokens.device) else (32 if num_rows >= 32 * _num_sms(tokens.device) else 16)
+    block_k = 64 if ld_pad <= 128 else 32
+    kernel = _kernels()["hash"]
+    extra = {} if _interpreting() else {"num_warps": 4, "num_stages": 3}
+    grid = (_cdiv(num_rows, block_m),)
+    kernel[grid](tokens, matrix, weights, group if group is not None else out, out, num_rows, d_model,
+                 tokens.stride(0), matrix.stride(0), num_cols, span, HAS_GROUP=group is not None,
+                 UPCAST=_interpreting(),
+                 BLOCK_M=block_m, BLOCK_K=block_k, LD_PAD=ld_pad, DP=proj_dim, L_PAD=l_pad, **extra)
+    _count("hash")
+    return out
+
+
+def token_buckets(tokens: torch.Tensor, config: LSHConfig, projection: LSHProjection | None = None,
+                  *, force_triton: bool = False) -> torch.Tensor:
+    """(T, d) tokens -> (T,) int64 bucket ids, the same as `lsh.bucket_ids(tokens, config, projection)`.
+
+    Mixed radix 2 d', code 0 most significant. Kernel path (see `kernel_eligible`): one fused pass,
+    no host sync; ids agree with the torch reference except at near-ties of the argmax (module
+    docstring), and tokens with non-finite values get -1 (the torch path raises ValueError).
+    Without a projection, `lsh.make_projection(d, config, dtype=tokens.dtype)` is drawn.
+    """
+    lsh._check_tokens(tokens) if not tokens.is_cuda else None
+    projection = _default_projection(tokens, config, projection)
+    eligible = _config_eligible(config, projection, tokens)
+    if _use_triton(tokens.device, eligible and (tokens.is_cuda or force_triton), force_triton):
+        return _hash_launch(tokens.detach(), config, projection)
+    return lsh.bucket_ids(tokens, config, projection)
+
+
+# ---- segments ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Segments:
+    """Rows sorted by key = group * bucket_span + bucket, and the runs of equal keys (segments).
+
+    M rows; every tensor is on the rows' device and has a fixed size (no host sync to build it).
+        order:        (M,) int64, row indices in sorted order (valid rows first, stable).
+        seg_of_row:   (M,) int64, segment of sorted row i; -1 for invalid rows.
+        seg_start:    (M,) int64, first sorted row of segment s (0 for s >= num_segments).
+        seg_count:    (M,) int64, rows of segment s (0 for s >= num_segments).
+        seg_group:    (M,) int64, group of segment s (0 for s >= num_segments).
+        num_segments: (1,) int64 device tensor.
+        num_valid:    (1,) int64 device tensor, valid rows (the first num_valid sorted rows).
+    """
+
+    order: torch.Tensor
+    seg_of_row: torch.Tensor
+    seg_start: torch.Tensor
+    seg_count: torch.Tensor
+    seg_group: torch.Tensor
+    num_segments: torch.Tensor
+    num_valid: torch.Tensor
+
+    def segments_per_group(self, num_groups: int) -> torch.Tensor:
+        """(G,) int64 segments of each group (sync-free scatter_add; groups must be < num_groups)."""
+        rows = self.seg_group.shape[0]
+        live = torch.arange(rows, device=self.seg_group.device) < self.num_segments  # (M,)
+        target = torch.where(live, self.seg_group, num_groups)  # (M,) dead segments -> slot G
+        counts = torch.zeros(num_groups + 1, dtype=torch.int64, device=self.seg_group.device)
+        return counts.scatter_add_(0, target, torch.ones_like(target))[:num_groups]  # (G,)
+
+
+def _segments_from_key(key: torch.Tensor, group: torch.Tensor, has_invalid: bool) -> tuple[Segments, torch.Tensor]:
+    """Segments of (M,) int64 keys (invalid rows: _SENTINEL). Also returns the sorted keys."""
+    rows = key.shape[0]
+    device = key.device
+    sorted_key, order = torch.sort(key, stable=True)  # (M,)
+    if rows == 0:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        zero = torch.zeros(1, dtype=torch.int64, device=device)
+        return Segments(empty, empty, empty, empty, empty, zero, zero.clone()), sorted_key
+    is_new = torch.ones(rows, dtype=torch.bool, device=device)  # (M,) first row of a run
+    torch.ne(sorted_key[1:], sorted_key[:-1], out=is_new[1:])
+    if has_invalid:
+        valid_sorted = sorted_key != _SENTINEL  # (M,)
+        is_new &= valid_sorted
+        num_valid = valid_sorted.sum(0, keepdim=True)  # (1,)
+    else:
+        valid_sorted = None
+        num_valid = torch.full((1,), rows, dtype=torch.int64, device=device)
+    seg_id = torch.cumsum(is_new, 0) - 1  # (M,) int64
+    num_segments = seg_id[-1:] + 1  # (1,): cumsum of the last row (invalid rows add nothing)
+    seg_of_row = seg_id if valid_sorted is None else torch.where(valid_sorted, seg_id, -1)
+    # first rows scatter into slot seg_id, the others into the dummy slot M (dropped)
+    target = torch.where(is_new, seg_id, rows)  # (M,)
+    positions = torch.arange(rows, device=device)
+    seg_start = torch.zeros(rows + 1, dtype=torch.int64, device=device).scatter_(0, target, positions)[:rows]
+    seg_group = torch.zeros(rows + 1, dtype=torch.int64, device=device).scatter_(
+        0, target, group[order])[:rows]
+    count_target = seg_id if valid_sorted is None else torch.where(valid_sorted, seg_id, rows)
+    seg_count = torch.zeros(rows + 1, dtype=torch.int64, device=device).scatter_add_(
+        0, count_target, torch.ones_like(count_target))[:rows]
+    return Segments(order, seg_of_row, seg_start, seg_count, seg_group, num_segments, num_valid), sorted_key
+
+
+def segments(group: torch.Tensor, bucket: torch.Tensor, valid: torch.Tensor | None, bucket_span: int,
+             num_groups: int) -> Segments:
+    """Sort M rows by (group, bucket) and describe the runs of equal keys; no host sync.
+
+    group, bucket: (M,) int64 with 0 <= group < num_groups and 0 <= bucket < bucket_span (not
+    checked: that would synchronise); valid: (M,) bool or None (all valid); invalid rows sort last
+    and belong to no segment. Raises ValueError when num_groups * bucket_span >= 2^63 - 1 (the
+    key would overflow int64; pure host arithmetic).
+    """
+    for name, tensor in (("group", group), ("bucket", bucket)):
+        if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.int64 or tensor.ndim != 1:
+            raise ValueError(f"{name} must be a 1-D int64 tensor")
+    if bucket.shape != group.shape:
+        raise ValueError(f"bucket has shape {tuple(bucket.shape)}, group {tuple(group.shape)}")
+    if valid is not None and (valid.dtype != torch.bool or valid.shape != group.shape):
+        raise ValueError("valid must be a bool tensor shaped like group")
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+        raise ValueError(f"num_groups={num_groups!r} must be a positive int")
+    if isinstance(bucket_span, bool) or not isinstance(bucket_span, int) or bucket_span < 1:
+        raise ValueError(f"bucket_span={bucket_span!r} must be a positive int")
+    if num_groups * bucket_span >= _INT64_MAX:
+        raise ValueError(f"num_groups * bucket_span = {num_groups} * {bucket_span} overflows the int64 "
+                         f"key (use lsh.compress, which falls back to lexicographic unique)")
+    key = group * bucket_span + bucket  # (M,)
+    if valid is not None:
+        key = torch.where(valid, key, _SENTINEL)
+    return _segments_from_key(key, group, valid is not None)[0]
+
+
+# ---- segment means -----------------------------------------------------------------------------
+def _mean_torch(src: torch.Tensor, seg: Segments, order: torch.Tensor | None, out_rows: int) -> torch.Tensor:
+    rows = seg.seg_of_row.shape[0]
+    accumulate = lsh.hash_dtype(src.dtype)
+    sorted_src = src if order is None else src.index_select(0, order)  # (M, d)
+    target = torch.where(seg.seg_of_row >= 0, seg.seg_of_row, rows)  # (M,) invalid -> dummy row
+    sums = torch.zeros(rows + 1, src.shape[1], dtype=accumulate, device=src.device).index_add_(
+        0, target, sorted_src.to(accumulate))[:out_rows]  # (B, d)
+    counts = seg.seg_count[:out_rows].clamp(min=1).unsqueeze(1).to(accumulate)  # (B, 1)
+    return (sums / counts).to(src.dtype)
+
+
+def _mean_launch(src: torch.Tensor, seg: Segments, order: torch.Tensor | None, out_rows: int,
+                 zero_fill: bool) -> torch.Tensor:
+    d_model = src.shape[1]
+    src = src if src.stride(1) == 1 else src.contiguous()
+    out = torch.empty(out_rows, d_model, dtype=src.dtype, device=src.device)
+    if out_rows == 0 or d_model == 0:
+        return out
+    block_d = min(_next_pow2(d_model), 1024)
+    rows_per_block = max(1, 4096 // block_d)
+    col_blocks = _cdiv(d_model, block_d)
+    programs = max(1, min(out_rows, 16 * _num_sms(src.device) // col_blocks))
+    extra = {} if _interpreting() else {"num_warps": 4}
+    kernel = _kernels()["mean"]
+    kernel[(programs, col_blocks)](src, order if order is not None else seg.seg_start, out, seg.seg_start,
+                                   seg.seg_count, seg.num_segments, out_rows, d_model, src.stride(0),
+                                   out.stride(0), HAS_ORDER=order is not None, ZERO_FILL=zero_fill,
+                                   ROWS=rows_per_block, BLOCK_D=block_d, **extra)
+    _count("mean")
+    return out
+
+
+class _SegmentMean(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, src, seg, order, out_rows, use_triton, zero_fill):
+        if use_triton:
+            out = _mean_launch(src, seg, order, out_rows, zero_fill)
+        else:
+            out = _mean_torch(src, seg, order, out_rows)
+        ctx.seg, ctx.order, ctx.src_shape = seg, order, src.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        seg, order = ctx.seg, ctx.order
+        valid = seg.seg_of_row >= 0  # (M,)
+        index = seg.seg_of_row.clamp(min=0)  # (M,)
+        accumulate = lsh.hash_dtype(grad_out.dtype)
+        count = seg.seg_count.index_select(0, index).clamp(min=1).to(accumulate).unsqueeze(1)  # (M, 1)
+        grad_sorted = grad_out.index_select(0, index).to(accumulate) / count  # (M, d)
+        grad_sorted = torch.where(valid.unsqueeze(1), grad_sorted, 0).to(grad_out.dtype)
+        if order is None:
+            grad_src = grad_sorted
+        else:
+            grad_src = torch.zeros(ctx.src_shape, dtype=grad_out.dtype, device=grad_out.device)
+            grad_src.index_copy_(0, order, grad_sorted)  # (N, d): sorted row i is token order[i]
+        return grad_src, None, None, None, None, None
+
+
+def segment_mean(rows: torch.Tensor, seg: Segments, *, force_triton: bool = False) -> torch.Tensor:
+    """(M, d) rows ALREADY in sorted order (rows = x[seg.order]) -> (M, d) segment means.
+
+    Row s < num_segments is the mean of sorted rows seg_start[s] .. seg_start[s] + seg_count[s] - 1;
+    rows >= num_segments are zero. Float32 accumulation for 16-bit rows, one rounding to
+    rows.dtype. Differentiable: grad_rows[i] = grad_out[seg_of_row[i]] / seg_count[seg_of_row[i]]
+    (0 for invalid rows). Kernel path (16-bit rows on CUDA): a persistent grid that loads
+    num_segments from device memory; no host sync.
+    """
+    if rows.ndim != 2 or rows.shape[0] != seg.seg_of_row.shape[0]:
+        raise ValueError(f"rows have shape {tuple(rows.shape)}, expected ({seg.seg_of_row.shape[0]}, d)")
+    eligible = rows.dtype in (torch.bfloat16, torch.float16, torch.float32) and rows.shape[1] > 0
+    use = _use_triton(rows.device, eligible and (rows.is_cuda or force_triton), force_triton)
+    return _SegmentMean.apply(rows, seg, None, rows.shape[0], use, True)
+
+
+# ---- restore -----------------------------------------------------------------------------------
+def _restore_torch(centroid_out, centroids, rows, seg_of_row):
+    accumulate = torch.promote_types(lsh.hash_dtype(rows.dtype), lsh.hash_dtype(centroid_out.dtype))
+    valid = (seg_of_row >= 0).unsqueeze(1)  # (N, 1)
+    index = seg_of_row.clamp(min=0)
+    out = centroid_out.index_select(0, index).to(accumulate) + (
+        rows.to(accumulate) - centroids.index_select(0, index).to(accumulate))  # (N, d)
+    return torch.where(valid, out, 0).to(rows.dtype)
+
+
+def _restore_launch(centroid_out, centroids, rows, seg_of_row):
+    num_rows, d_model = rows.shape
+    out = torch.empty_like(rows, memory_format=torch.contiguous_format)
+    if num_rows == 0:
+        return out
+    centroid_out, centroids, rows = (t if t.stride(1) == 1 else t.contiguous() for t in (centroid_out, centroids, rows))
+    block_d = min(_next_pow2(d_model), 512)
+    block_m = max(1, 4096 // block_d)
+    grid = (_cdiv(num_rows, block_m), _cdiv(d_model, block_d))
+    extra = {} if _interpreting() else {"num_warps": 4}
+    _kernels()["restore"][grid](centroid_out, centroids, rows, seg_of_row, out, num_rows, d_model,
+                                centroid_out.stride(0), centroids.stride(0), rows.stride(0), out.stride(0),
+                                BLOCK_M=block_m, BLOCK_D=block_d, **extra)
+    _count("restore")
+    return out
+
+
+class _RestoreRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, centroid_out, centroids, rows, seg_of_row, use_triton):
+        ctx.save_for_backward(seg_of_row)
+        ctx.shapes = (centroid_out.shape, centroids.shape)
+        ctx.dtypes = (centroid_out.dtype, centroids.dtype)
+        if use_triton:
+            return _restore_launch(centroid_out, centroids, rows, seg_of_row)
+        return _restore_torch(centroid_out, centroids, rows, seg_of_row)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (seg_of_row,) = ctx.saved_tensors
+        valid = (seg_of_row >= 0).unsqueeze(1)  # (N, 1)
+        grad = torch.where(valid, grad_out, 0)  # (N, d)
+        accumulate = lsh.hash_dtype(grad_out.dtype)
+        sums = torch.zeros(ctx.shapes[0][0] + 1, grad_out.shape[1], dtype=accumulate, device=grad_out.device)
+        target = torch.where(seg_of_row >= 0, seg_of_row, ctx.shapes[0][0])  # invalid -> dummy row
+        sums.index_add_(0, target, grad.to(accumulate))  # (B + 1, d)
+        sums = sums[:-1]
+        grad_cout = sums.to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+        grad_cent = (-sums).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+        return grad_cout, grad_cent, grad, None, None
+
+
+def restore_rows(centroid_out: torch.Tensor, centroids: torch.Tensor, rows: torch.Tensor,
+                 seg_of_row: torch.Tensor, *, force_triton: bool = False) -> torch.Tensor:
+    """out[i] = centroid_out[s] - centroids[s] + rows[i], s = seg_of_row[i] (0 where s < 0).
+
+    centroid_out, centroids: (B, d); rows: (N, d); seg_of_row: (N,) int64 in [0, B) (or -1).
+    Computed in float32 (float64 for float64 inputs) and rounded once to rows.dtype, so it equals
+    `lsh.restore(centroid_out, compressed, lsh.residuals(tokens, compressed))` up to rounding with
+    rows = tokens, seg_of_row = compressed.token_to_centroid. Differentiable: grad_centroid_out[s]
+    = sum of grad_out over the rows of s, grad_centroids = -grad_centroid_out, grad_rows = grad_out.
+    Kernel path (all three 16-bit, same dtype, on CUDA): one pass.
+    """
+    if centroid_out.ndim != 2 or centroids.shape != centroid_out.shape:
+        raise ValueError(f"centroid_out {tuple(centroid_out.shape)} and centroids {tuple(centroids.shape)} "
+                         f"must both be (B, d)")
+    if rows.ndim != 2 or rows.shape[1] != centroids.shape[1]:
+        raise ValueError(f"rows have shape {tuple(rows.shape)}, expected (N, {centroids.shape[1]})")
+    if seg_of_row.dtype != torch.int64 or tuple(seg_of_row.shape) != (rows.shape[0],):
+        raise ValueError(f"seg_of_row must be ({rows.shape[0]},) int64")
+    same = centroid_out.dtype == centroids.dtype == rows.dtype
+    eligible = same and rows.dtype in (torch.bfloat16, torch.float16) and rows.shape[1] > 0
+    use = _use_triton(rows.device, eligible and (rows.is_cuda or force_triton), force_triton)
+    return _RestoreRows.apply(centroid_out, centroids, rows, seg_of_row, use)
+
+
+# ---- compress ----------------------------------------------------------------------------------
+def compress_fast(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
+                  projection: LSHProjection | None = None, *, force_triton: bool = False) -> Compressed:
+    """The same `lsh.Compressed` as `lsh.compress(tokens, group, config, projection)`.
+
+    Same centroids (within one rounding of the 16-bit dtype: float32 sums in another order), same
+    order by (group, bucket), token_to_centroid, counts and groups (kernel path: up to near-ties of
+    the hash, see the module docstring). Synchronises once, at the end, to size the outputs.
+    config.exact, the fast Hadamard transform on CPU... anything not eligible runs the torch path;
+    exact=True, spans with (2 d')^L * num_groups >= 2^63, non-finite tokens and negative groups
+    fall back to `lsh.compress` (which raises for the last two).
+    """
+    lsh._check_tokens(tokens) if not tokens.is_cuda else None
+    if tokens.ndim != 2 or not isinstance(group, torch.Tensor) or tuple(group.shape) != (tokens.shape[0],) \
+            or group.dtype != torch.int64:
+        return lsh.compress(tokens, group, config, projection)  # raises the reference's errors
+    num_tokens, d_model = tokens.shape
+    span = config.max_buckets(d_model) if not config.exact else 0
+    if config.exact or num_tokens == 0 or span >= _INT64_MAX:
+        return lsh.compress(tokens, group, config, projection)
+    projection = _default_projection(tokens, config, projection)
+    eligible = _config_eligible(config, projection, tokens) and (tokens.is_cuda or force_triton)
+    use = _use_triton(tokens.device, eligible, force_triton)
+    with torch.no_grad():
+        if use:
+            key = _hash_launch(tokens.detach(), config, projection, group, span)  # (N,) group * span + bucket
+        else:
+            key = group * span + lsh.bucket_ids(tokens, config, projection)  # (N,)
+        seg, sorted_key = _segments_from_key(key, group, has_invalid=False)
+    # launched before the sync (rows >= num_segments of the (N, d) buffer are left unwritten and
+    # sliced off), so the GPU computes the means while the host waits for the sizes
+    means = _SegmentMean.apply(tokens, seg, seg.order, num_tokens, use, False)  # (N, d)
+    with torch.no_grad():
+        group_min, group_max = torch.aminmax(group)
+        # the one host sync: sizes, and the checks the kernel path could not do without one
+        stats = torch.stack([seg.num_segments[0], group_max, group_min, sorted_key[0]]).tolist()
+    num_centroids, group_max, group_min, key_min = stats
+    if group_min < 0 or key_min < 0 or (group_max + 1) * span >= _INT64_MAX:
+        return lsh.compress(tokens, group, config, projection)  # overflow, non-finite or bad groups
+    centroids = means[:num_centroids]  # (B, d)
+    token_to_centroid = torch.empty_like(seg.seg_of_row).index_copy_(0, seg.order, seg.seg_of_row)  # (N,)
+    return Compressed(centroids=centroids, token_to_centroid=token_to_centroid,
+                      centroid_group=seg.seg_group[:num_centroids], centroid_count=seg.seg_count[:num_centroids],
+                      num_tokens=num_tokens)
