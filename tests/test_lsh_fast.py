@@ -1,0 +1,387 @@
+"""lshsim.dispatch.lsh_fast against lshsim.dispatch.lsh (torch path, Triton interpreter, CUDA).
+
+Tolerances: float32 centroids within 1e-6 (sums in another order), 16-bit centroids and restored
+rows within one rounding of their dtype (rtol 2^-7 for bfloat16, 2^-10 for float16, plus a tiny
+atol); integer outputs (ids, order, counts, groups) exactly equal. Kernel bucket ids must equal
+the reference for every token whose float64 margin between best and second-best cross-polytope
+vertex exceeds 1e-4 * max|y| in every hash, and such near-ties must be <= 1 % of the tokens
+(about 0.3-0.8 % on random data at L = 6, d' = 16; 0.1 % is not reachable with that margin).
+"""
+import pytest
+import torch
+
+from lshsim.dispatch import lsh
+from lshsim.dispatch import lsh_fast as fast
+from lshsim.dispatch.lsh import LSHConfig, clustered_tokens
+
+RTOL = {torch.float32: 1e-6, torch.float64: 1e-12, torch.bfloat16: 2 ** -7, torch.float16: 2 ** -10}
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, atol: float = 1e-6) -> bool:
+    return torch.allclose(a.double(), b.double(), rtol=RTOL[dtype], atol=atol)
+
+
+def _tokens(kind: str, n: int, d: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    if kind == "clustered":
+        x = clustered_tokens(n, d, num_clusters=8, noise=0.2, seed=seed)
+    else:
+        x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+    return x.to(dtype)
+
+
+def _group(n: int, groups: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, groups, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def _same_compressed(got: lsh.Compressed, ref: lsh.Compressed, dtype: torch.dtype) -> None:
+    assert got.num_tokens == ref.num_tokens
+    assert got.num_centroids == ref.num_centroids
+    assert torch.equal(got.token_to_centroid, ref.token_to_centroid)
+    assert torch.equal(got.centroid_group, ref.centroid_group)
+    assert torch.equal(got.centroid_count, ref.centroid_count)
+    assert got.centroids.dtype == ref.centroids.dtype
+    assert _close(got.centroids, ref.centroids, dtype)
+
+
+def _near_ties(tokens: torch.Tensor, projection: lsh.LSHProjection) -> torch.Tensor:
+    """(N,) bool: some hash has a float64 vertex margin <= 1e-4 * max|y| (with the exact,
+    rounded projection entries)."""
+    num_hashes, proj_dim = projection.config.num_hashes, projection.proj_dim
+    y = (tokens.double() @ projection.matrix.double()).reshape(-1, num_hashes, proj_dim)  # (N, L, d')
+    vertices = torch.cat([y, -y], dim=2)  # (N, L, 2d')
+    top = vertices.topk(2, dim=2).values  # (N, L, 2)
+    margin = top[:, :, 0] - top[:, :, 1]  # (N, L)
+    scale = y.abs().amax(dim=(1, 2)).clamp(min=1e-300)  # (N,)
+    return (margin <= 1e-4 * scale.unsqueeze(1)).any(dim=1)
+
+
+def _ids_agree(got: torch.Tensor, ref: torch.Tensor, tokens: torch.Tensor, projection) -> None:
+    near = _near_ties(tokens.cpu(), _cpu(projection))
+    # 1e-4 * max|y| is far above the float32 summation-order error (~1e-6 relative at these
+    # sizes); with it about 0.3-0.8 % of random tokens are near-ties at L = 6, d' = 16 (6 hashes
+    # of 16 coordinates each), so the bound is 1 %, not 0.1 %
+    assert near.double().mean() <= 1e-2, f"{int(near.sum())} near-ties: the test would be vacuous"
+    far = ~near
+    assert torch.equal(got.cpu()[far], ref.cpu()[far])
+
+
+def _cpu(projection):
+    return lsh.LSHProjection(projection.config, projection.d_model, projection.padded_dim, projection.proj_dim,
+                             projection.matrix.cpu(), None, None, None)
+
+
+# ---- reference helpers (autograd through plain torch) ----------------------------------------
+def _segments_reference(group, bucket, valid):
+    """dict-based: sorted keys and their rows (stable)."""
+    table: dict = {}
+    for i in range(group.shape[0]):
+        if valid is None or bool(valid[i]):
+            table.setdefault((int(group[i]), int(bucket[i])), []).append(i)
+    keys = sorted(table)
+    return keys, [table[k] for k in keys]
+
+
+# ---- import and availability ------------------------------------------------------------------
+def test_import_and_availability_without_cuda(monkeypatch):
+    assert not fast.triton_available("cpu")
+    monkeypatch.setenv("LSHSIM_NO_TRITON", "1")
+    assert fast._triton() is None
+    assert not fast.triton_available("cuda")
+    config = LSHConfig(num_hashes=6, proj_dim=16)
+    tokens = torch.zeros(4, 32, dtype=torch.bfloat16)
+    projection = lsh.make_projection(32, config, dtype=torch.bfloat16)
+    assert not fast.kernel_eligible(config, projection, tokens)  # CPU tensors
+    assert fast._config_eligible(config, projection, tokens)
+    assert not fast._config_eligible(config, projection, tokens.float())
+    assert not fast._config_eligible(config, lsh.make_projection(32, config), tokens)  # not representable
+    assert not fast._config_eligible(LSHConfig(num_hashes=6, proj_dim=12), None, tokens)
+    big = LSHConfig(num_hashes=9, proj_dim=32)  # L d' = 288 > 256
+    assert not fast._config_eligible(big, lsh.make_projection(32, big, dtype=torch.bfloat16), tokens)
+    with pytest.raises(RuntimeError):
+        fast.token_buckets(tokens, config, projection, force_triton=True)
+
+
+# ---- torch path against lsh -------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["random", "clustered"])
+@pytest.mark.parametrize("num_hashes,proj_dim,groups", [(1, 2, 1), (3, 4, 5), (6, 16, 16), (2, 1, 3)])
+def test_compress_fast_torch_path_matches_compress(dtype, kind, num_hashes, proj_dim, groups):
+    tokens = _tokens(kind, 400, 48, dtype)
+    group = _group(400, groups)
+    config = LSHConfig(num_hashes=num_hashes, proj_dim=proj_dim, seed=3)
+    projection = lsh.make_projection(48, config, dtype=dtype)
+    ref = lsh.compress(tokens, group, config, projection)
+    got = fast.compress_fast(tokens, group, config, projection)
+    _same_compressed(got, ref, dtype)
+    assert torch.equal(fast.token_buckets(tokens, config, projection), lsh.bucket_ids(tokens, config, projection))
+    # default projection (None) is the same one
+    _same_compressed(fast.compress_fast(tokens, group, config), lsh.compress(tokens, group, config), dtype)
+    # restore_rows == restore(residuals) up to one rounding
+    centroid_out = torch.tanh(ref.centroids.float()).to(dtype)
+    want = lsh.restore(centroid_out, ref, lsh.residuals(tokens, ref))
+    out = fast.restore_rows(centroid_out, got.centroids, tokens, got.token_to_centroid)
+    assert out.dtype == dtype and _close(out, want, dtype, atol=2 ** -6 if dtype != torch.float32 else 1e-6)
+
+
+def test_compress_fast_edge_cases():
+    config = LSHConfig(num_hashes=2, proj_dim=4)
+    empty = fast.compress_fast(torch.zeros(0, 8), torch.zeros(0, dtype=torch.int64), config)
+    assert empty.num_centroids == 0 and empty.num_tokens == 0
+    tokens = _tokens("random", 50, 8, torch.float32)
+    one_group = torch.zeros(50, dtype=torch.int64)
+    _same_compressed(fast.compress_fast(tokens, one_group, config), lsh.compress(tokens, one_group, config),
+                     torch.float32)
+    same = tokens[:1].expand(50, 8).contiguous()  # every token in one bucket
+    got = fast.compress_fast(same, one_group, config)
+    assert got.num_centroids == 1 and got.centroid_count.tolist() == [50]
+    _same_compressed(got, lsh.compress(same, one_group, config), torch.float32)
+    exact = LSHConfig(exact=True)  # falls back to lsh.compress
+    _same_compressed(fast.compress_fast(tokens, _group(50, 3), exact), lsh.compress(tokens, _group(50, 3), exact),
+                     torch.float32)
+    huge = LSHConfig(num_hashes=16, proj_dim=8)  # 16^16 = 2^64 buckets: fallback (dense ids)
+    _same_compressed(fast.compress_fast(tokens, _group(50, 3), huge), lsh.compress(tokens, _group(50, 3), huge),
+                     torch.float32)
+    near_limit = LSHConfig(num_hashes=15, proj_dim=8)  # 2^60 * groups overflows: fallback
+    big_group = _group(50, 3) + 20
+    _same_compressed(fast.compress_fast(tokens, big_group, near_limit), lsh.compress(tokens, big_group, near_limit),
+                     torch.float32)
+    with pytest.raises(ValueError):
+        fast.compress_fast(tokens, one_group - 1, config)
+    bad = tokens.clone()
+    bad[3, 2] = float("nan")
+    with pytest.raises(ValueError):
+        fast.compress_fast(bad, one_group, config)
+
+
+def test_segments_against_python_reference():
+    generator = torch.Generator().manual_seed(5)
+    for rows, groups, span, with_valid in [(0, 1, 4, False), (1, 1, 1, False), (200, 4, 7, True),
+                                           (300, 9, 3, False), (64, 2, 1000, True)]:
+        group = torch.randint(0, groups, (rows,), generator=generator)
+        bucket = torch.randint(0, span, (rows,), generator=generator)
+        valid = torch.rand(rows, generator=generator) < 0.7 if with_valid else None
+        seg = fast.segments(group, bucket, valid, span, groups)
+        keys, members = _segments_reference(group, bucket, valid)
+        num_valid = sum(len(m) for m in members)
+        assert seg.num_segments.tolist() == [len(keys)] and seg.num_valid.tolist() == [num_valid]
+        assert seg.order[:num_valid].tolist() == [i for m in members for i in m]
+        assert sorted(seg.order.tolist()) == list(range(rows))
+        expected_seg = [s for s, m in enumerate(members) for _ in m] + [-1] * (rows - num_valid)
+        assert seg.seg_of_row.tolist() == expected_seg
+        starts = [sum(len(m) for m in members[:s]) for s in range(len(keys))]
+        pad = [0] * (rows - len(keys))
+        assert seg.seg_start.tolist() == starts + pad
+        assert seg.seg_count.tolist() == [len(m) for m in members] + pad
+        assert seg.seg_group.tolist() == [k[0] for k in keys] + pad
+        per_group = [sum(1 for k in keys if k[0] == g) for g in range(groups)]
+        assert seg.segments_per_group(groups).tolist() == per_group
+    with pytest.raises(ValueError, match="overflow"):
+        fast.segments(torch.zeros(3, dtype=torch.int64), torch.zeros(3, dtype=torch.int64), None, 2 ** 62, 2)
+
+
+def _mean_reference(rows, seg):
+    """autograd-friendly segment means in float64 (index_add)."""
+    num = rows.shape[0]
+    target = torch.where(seg.seg_of_row >= 0, seg.seg_of_row, num)
+    sums = torch.zeros(num + 1, rows.shape[1], dtype=rows.dtype).index_add(0, target, rows)[:num]
+    return sums / seg.seg_count.clamp(min=1).unsqueeze(1).to(rows.dtype)
+
+
+def _check_mean_and_grads(force_triton: bool, dtype: torch.dtype) -> None:
+    generator = torch.Generator().manual_seed(7)
+    group = torch.randint(0, 3, (120,), generator=generator)
+    bucket = torch.randint(0, 5, (120,), generator=generator)
+    bucket[:40] = 0  # one large segment (several row blocks)
+    group[:40] = 0
+    valid = torch.rand(120, generator=generator) < 0.9
+    seg = fast.segments(group, bucket, valid, 5, 3)
+    x = torch.randn(120, 40, generator=generator, dtype=torch.float64)  # d not a power of two
+    rows = x[seg.order].to(dtype).requires_grad_(True)
+    out = fast.segment_mean(rows, seg, force_triton=force_triton)
+    assert out.dtype == dtype
+    want = _mean_reference(rows.detach().double(), seg)
+    assert _close(out, want, dtype)
+    nseg = int(seg.num_segments)
+    assert torch.all(out[nseg:] == 0)
+    upstream = torch.randn(120, 40, generator=generator, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((out.double() * upstream).sum(), rows)
+    ref_rows = rows.detach().double().requires_grad_(True)
+    (want_grad,) = torch.autograd.grad((_mean_reference(ref_rows, seg) * upstream).sum(), ref_rows)
+    assert _close(grad, want_grad, dtype)
+
+
+def _check_restore_and_grads(force_triton: bool, dtype: torch.dtype) -> None:
+    generator = torch.Generator().manual_seed(8)
+    tokens = torch.randn(90, 24, generator=generator, dtype=torch.float64)
+    group = torch.randint(0, 4, (90,), generator=generator)
+    compressed = lsh.compress(tokens, group, LSHConfig(num_hashes=1, proj_dim=2))
+    centroid_out = torch.randn(compressed.num_centroids, 24, generator=generator, dtype=torch.float64)
+    leaves = [t.to(dtype).requires_grad_(True) for t in (centroid_out, compressed.centroids.detach(), tokens)]
+    out = fast.restore_rows(*leaves, compressed.token_to_centroid, force_triton=force_triton)
+    ref_leaves = [t.detach().double().requires_grad_(True) for t in leaves]
+    ref_comp = lsh.Compressed(ref_leaves[1], compressed.token_to_centroid, compressed.centroid_group,
+                              compressed.centroid_count, compressed.num_tokens)
+    want = lsh.restore(ref_leaves[0], ref_comp, lsh.residuals(ref_leaves[2], ref_comp))
+    assert out.dtype == dtype and _close(out, want, dtype, atol=1e-6 if dtype == torch.float64 else 2 ** -6)
+    upstream = torch.randn(90, 24, generator=generator, dtype=torch.float64)
+    grads = torch.autograd.grad((out.double() * upstream).sum(), leaves)
+    want_grads = torch.autograd.grad((want * upstream).sum(), ref_leaves)
+    for got, ref in zip(grads, want_grads):
+        assert _close(got, ref, dtype, atol=1e-2 if dtype != torch.float64 else 1e-12)
+    # rows with seg_of_row = -1 give 0
+    seg = compressed.token_to_centroid.clone()
+    seg[:5] = -1
+    masked = fast.restore_rows(*(t.detach() for t in leaves), seg, force_triton=force_triton)
+    assert torch.all(masked[:5] == 0) and torch.equal(masked[5:], out.detach()[5:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_segment_mean_torch_path(dtype):
+    _check_mean_and_grads(False, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_restore_rows_torch_path(dtype):
+    _check_restore_and_grads(False, dtype)
+
+
+def test_compress_fast_centroid_gradient_matches_compress():
+    tokens = _tokens("clustered", 200, 16, torch.float64).requires_grad_(True)
+    group = _group(200, 4)
+    config = LSHConfig(num_hashes=2, proj_dim=4)
+    got = fast.compress_fast(tokens, group, config)
+    ref = lsh.compress(tokens, group, config)
+    upstream = torch.randn(ref.centroids.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    (g1,) = torch.autograd.grad((got.centroids * upstream).sum(), tokens)
+    (g2,) = torch.autograd.grad((ref.centroids * upstream).sum(), tokens)
+    assert torch.allclose(g1, g2, atol=1e-12)
+
+
+def test_projection_rounding_keeps_reference_buckets_exact():
+    """torch bucket ids (float32 GEMM of exact products) agree with float64 away from near-ties."""
+    config = LSHConfig(num_hashes=6, proj_dim=16, seed=1)
+    tokens = _tokens("random", 2000, 256, torch.bfloat16)
+    projection = lsh.make_projection(256, config, dtype=torch.bfloat16)
+    y = tokens.double() @ projection.matrix.double()  # (N, L d') exact values of the products
+    codes = y.reshape(-1, 6, 16).abs().argmax(dim=2)
+    negative = y.reshape(-1, 6, 16).gather(2, codes.unsqueeze(2)).squeeze(2) < 0
+    ids64 = lsh._combine_codes(codes + 16 * negative, 32)
+    _ids_agree(fast.token_buckets(tokens, config, projection), ids64, tokens, projection)
+
+
+# ---- Triton kernels under the CPU interpreter -------------------------------------------------
+@pytest.fixture
+def interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("LSHSIM_NO_TRITON", raising=False)
+    pytest.importorskip("triton")
+    kernels = fast._kernels()
+    assert type(kernels["hash"]).__name__ == "InterpretedFunction"  # the interpreter really runs
+    return kernels
+
+
+def _launched(name: str) -> int:
+    return fast.LAUNCHES.get(name, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("num_hashes,proj_dim,family", [(6, 16, "cross_polytope"), (3, 4, "cross_polytope"),
+                                                        (5, 1, "hyperplane"), (1, 8, "cross_polytope")])
+def test_interpreter_hash_and_compress(interpreter, dtype, num_hashes, proj_dim, family):
+    config = LSHConfig(family=family, num_hashes=num_hashes, proj_dim=None if family == "hyperplane" else proj_dim,
+                       seed=4)
+    for kind, rows, d_model in (("random", 300, 72), ("clustered", 130, 64)):
+        tokens = _tokens(kind, rows, d_model, dtype)
+        projection = lsh.make_projection(d_model, config, dtype=dtype)
+        before = _launched("hash")
+        ids = fast.token_buckets(tokens, config, projection, force_triton=True)
+        assert _launched("hash") == before + 1
+        ref_ids = lsh.bucket_ids(tokens, config, projection)
+        _ids_agree(ids, ref_ids, tokens, projection)
+        group = _group(rows, 5)
+        before = _launched("mean")
+        got = fast.compress_fast(tokens, group, config, projection, force_triton=True)
+        assert _launched("mean") == before + 1
+        if torch.equal(ids, ref_ids):  # no near-tie flipped: the whole result is the reference's
+            _same_compressed(got, lsh.compress(tokens, group, config, projection), dtype)
+        _same_compressed(got, fast.compress_fast(tokens, group, config, projection), dtype)
+
+
+def test_interpreter_hadamard_and_nonfinite(interpreter):
+    config = LSHConfig(rotation="hadamard", rounds=2, num_hashes=2, proj_dim=8)
+    tokens = _tokens("random", 100, 48, torch.bfloat16)
+    projection = lsh.make_projection(48, config, dtype=torch.bfloat16, dense=True)
+    ids = fast.token_buckets(tokens, config, projection, force_triton=True)
+    _ids_agree(ids, lsh.bucket_ids(tokens, config, projection), tokens, projection)
+    bad = tokens.clone()
+    bad[7, 3] = float("inf")
+    ids = fast._hash_launch(bad, config, projection)  # the kernel itself: -1, no sync
+    assert int(ids[7]) == -1 and torch.all(ids[torch.arange(100) != 7] >= 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_interpreter_segment_mean(interpreter, dtype):
+    before = _launched("mean")
+    _check_mean_and_grads(True, dtype)
+    assert _launched("mean") == before + 1
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_interpreter_restore_rows(interpreter, dtype):
+    before = _launched("restore")
+    _check_restore_and_grads(True, dtype)
+    assert _launched("restore") == before + 2
+
+
+# ---- CUDA (run on the GPU machine) ------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows,d_model", [(8192, 4096), (1000, 512)])
+def test_cuda_kernels_match_torch_path(monkeypatch, rows, d_model):
+    pytest.importorskip("triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("LSHSIM_NO_TRITON", raising=False)
+    device = torch.device("cuda")
+    config = LSHConfig(num_hashes=6, proj_dim=16, seed=0)
+    tokens = clustered_tokens(rows, d_model, num_clusters=64, noise=0.3, seed=0).to(device, torch.bfloat16)
+    random_tokens = torch.randn(rows, d_model, generator=torch.Generator().manual_seed(3)).to(device, torch.bfloat16)
+    group = _group(rows, 16).to(device)
+    projection = lsh.make_projection(d_model, config, device=device, dtype=torch.bfloat16)
+    assert fast.triton_available(device) and fast.kernel_eligible(config, projection, tokens)
+    for x in (random_tokens, tokens):
+        ids = fast.token_buckets(x, config, projection)
+        _ids_agree(ids, lsh.bucket_ids(x, config, projection), x, projection)
+    launches = dict(fast.LAUNCHES)
+    got = fast.compress_fast(tokens, group, config, projection)
+    assert fast.LAUNCHES["hash"] == launches.get("hash", 0) + 1
+    assert fast.LAUNCHES["mean"] == launches.get("mean", 0) + 1
+    ids = fast.token_buckets(tokens, config, projection)
+    if torch.equal(ids, lsh.bucket_ids(tokens, config, projection)):
+        _same_compressed(got, lsh.compress(tokens, group, config, projection), torch.bfloat16)
+    monkeypatch.setenv("LSHSIM_NO_TRITON", "1")
+    torch_path = fast.compress_fast(tokens, group, config, projection)
+    monkeypatch.delenv("LSHSIM_NO_TRITON")
+    if torch.equal(got.token_to_centroid, torch_path.token_to_centroid):
+        _same_compressed(got, torch_path, torch.bfloat16)
+    # segment_mean and restore_rows, with gradients, against the torch path
+    seg = fast.segments(group, ids, None, config.max_buckets(d_model), 16)
+    rows_sorted = tokens[seg.order].requires_grad_(True)
+    out = fast.segment_mean(rows_sorted, seg)
+    upstream = torch.randn(out.shape, device=device, dtype=torch.float32)
+    (grad,) = torch.autograd.grad((out.float() * upstream).sum(), rows_sorted)
+    monkeypatch.setenv("LSHSIM_NO_TRITON", "1")
+    rows_ref = rows_sorted.detach().requires_grad_(True)
+    want = fast.segment_mean(rows_ref, seg)
+    (want_grad,) = torch.autograd.grad((want.float() * upstream).sum(), rows_ref)
+    monkeypatch.delenv("LSHSIM_NO_TRITON")
+    assert _close(out, want, torch.bfloat16) and _close(grad, want_grad, torch.bfloat16)
+    centroid_out = torch.tanh(got.centroids.float()).to(torch.bfloat16)
+    leaves = [t.detach().requires_grad_(True) for t in (centroid_out, got.centroids, tokens)]
+    restored = fast.restore_rows(*leaves, got.token_to_centroid)
+    reference = lsh.restore(centroid_out, got, lsh.residuals(tokens, got))
+    assert _close(restored, reference, torch.bfloat16, atol=2 ** -6)
+    grads = torch.autograd.grad((restored.float() * upstream).sum(), leaves)
+    ref_leaves = [t.detach().float().requires_grad_(True) for t in leaves]
+    ref_out = ref_leaves[0][got.token_to_centroid] - ref_leaves[1][got.token_to_centroid] + ref_leaves[2]
+    want_grads = torch.autograd.grad((ref_out * upstream).sum(), ref_leaves)
+    for g, w in zip(grads, want_grads):
+        assert _close(g, w, torch.bfloat16, atol=1e-2)
