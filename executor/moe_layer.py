@@ -33,11 +33,14 @@ from dataclasses import dataclass
 import torch
 
 from lshsim.executor.comm import CommContext, CommStats, all_to_all, exchange_counts, mark
+from lshsim.executor.moe_ops import (choice_order, combine_choices, expert_ffn_grouped, gather_choices,
+                                     inverse_permutation, permute_rows)
 from lshsim.executor.timing import PhaseTimer
 from lshsim.executor.workload import WorkloadConfig
 from lshsim.dispatch import DispatchPlan, Placement, make_placement, route
 from lshsim.dispatch import reference as dense
-from lshsim.dispatch.lsh import LSHConfig, compress, make_projection, residuals, restore
+from lshsim.dispatch.lsh import LSHConfig, hash_codes, make_projection
+from lshsim.dispatch.routers import route_on_rank
 from lshsim.dispatch.synthetic import dirichlet_popularity, tokens_around, unit_centres
 from lshsim.sim.phases import backward_chain
 
@@ -46,6 +49,7 @@ __all__ = ["ExpertWeights", "GateParams", "expert_weights", "gate_params", "expe
            "resolve_dtype"]
 
 VOCAB_SIZE = 50257
+_INT64_LIMIT = 2 ** 63
 
 #: the phases one forward of the layer times (`lshsim.sim.phases.PHASES` names); LSH adds two
 _ACTIVE = frozenset({"gate", "other", "dispatch_a2a", "expert", "combine_a2a"})
@@ -152,12 +156,35 @@ def expert_ffn(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Ten
 
 def _route(workload: WorkloadConfig, placement: Placement, gate: GateParams, x: torch.Tensor,
            token_ids: torch.Tensor, token_rank: torch.Tensor) -> DispatchPlan:
-    logits = None
+    return route(workload.router, placement, token_ids=token_ids, token_rank=token_rank,
+                 **_gate_inputs(workload, gate, x))
+
+
+def _gate_inputs(workload: WorkloadConfig, gate: GateParams, x: torch.Tensor) -> dict:
+    """The router's input: logits x W + b in float32 (on a GPU the product runs in the tokens'
+    bf16, accumulated in fp32, then widened: a float32 GEMM would cost ~10x the gate's time),
+    the tokens for locmoe, the token ids for hash."""
+    inputs = {}
     if gate.weight is not None:
-        logits = x.float() @ gate.weight + gate.bias  # (T, E)
-    hidden = x.float() if workload.router.name == "locmoe" else None
-    return route(workload.router, placement, logits=logits, token_ids=token_ids, hidden=hidden,
-                 token_rank=token_rank)
+        if x.device.type == "cuda" and x.dtype in (torch.bfloat16, torch.float16):
+            inputs["logits"] = (x @ gate.weight.to(x.dtype)).float() + gate.bias  # (T, E)
+        else:
+            inputs["logits"] = x.float() @ gate.weight + gate.bias  # (T, E)
+    if workload.router.name == "locmoe":
+        inputs["hidden"] = x  # the GrAP group means accumulate in float32
+    return inputs
+
+
+def _route_on_rank(workload: WorkloadConfig, placement: Placement, gate: GateParams, x: torch.Tensor,
+                   token_ids: torch.Tensor, rank: int) -> DispatchPlan:
+    """This rank's plan without a host synchronisation (`route_on_rank`); the same plan as `_route`."""
+    return route_on_rank(workload.router, placement, rank, token_ids=token_ids, **_gate_inputs(workload, gate, x))
+
+
+def _lsh_fast():
+    from lshsim.dispatch import lsh_fast  # the LSH kernels (Triton on a GPU, torch elsewhere)
+
+    return lsh_fast
 
 
 # ---- the distributed layer ----------------------------------------------------------------------
@@ -178,16 +205,31 @@ class MoEContext:
 
 @dataclass(frozen=True)
 class MoEOutput:
-    """y (T, d); the plan; rows sent per destination rank (send_splits, W); tokens (before LSH)
-    and rows (after LSH) sent; the centroid error sum ||x - c||^2 and token norm sum ||x||^2."""
+    """y (T, d); the plan; rows sent per destination rank (send_splits, W); rows sent (tokens, or
+    centroids under LSH); lsh_rows: (send rows, centroids, Segments) of an LSH forward, for
+    `lsh_sums`."""
 
     y: torch.Tensor
     plan: DispatchPlan
     send_splits: list[int]
-    tokens_sent: int
     rows_sent: int
-    residual_sq: float
-    token_sq: float
+    lsh_rows: tuple | None = None
+
+    @property
+    def tokens_sent(self) -> int:
+        """Kept (token, choice) pairs: the rows the uncompressed layer would send (a synchronisation)."""
+        return self.plan.num_kept
+
+    def lsh_sums(self) -> tuple[float, float]:
+        """(sum ||x - c||^2, sum ||x||^2) over the kept choices of an LSH forward; (0, 0) without LSH."""
+        if self.lsh_rows is None:
+            return 0.0, 0.0
+        send_x, centroids, segs = self.lsh_rows
+        with torch.no_grad():
+            num_kept = int(segs.num_valid.reshape(-1)[0])
+            rows = send_x[:num_kept].double()
+            nearest = centroids.index_select(0, segs.seg_of_row[:num_kept]).double()
+            return float((rows - nearest).square().sum()), float(rows.square().sum())
 
 
 class DistributedMoE:
@@ -214,6 +256,10 @@ class DistributedMoE:
         self.projection = None
         if self.lsh is not None and not self.lsh.exact:
             self.projection = make_projection(workload.d_model, self.lsh, device=ctx.device, dtype=dtype)
+        #: expert arithmetic: "auto" (grouped_mm where it runs, else padded bmm), "grouped_mm" or
+        #: "padded_bmm"; `expert_method` is the one the last forward used
+        self.expert_impl = "auto"
+        self.expert_method = None
         nodes = self.placement.rank_to_node
         self.same_node = [bool(nodes[r] == nodes[ctx.rank]) for r in range(ctx.world_size)]
 
@@ -257,87 +303,125 @@ class DistributedMoE:
             self.ctx.timer.end(name)
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor, use_lsh: bool = True) -> MoEOutput:
-        """x (T, d) on this rank -> MoEOutput; differentiable in x, the gate and the local experts."""
+        """x (T, d) on this rank -> MoEOutput; differentiable in x, the gate and the local experts.
+
+        One host synchronisation per forward (the split sizes, in "other"); on a GPU everything
+        before it is queued without waiting (routing, packing, LSH hashing and centroids).
+        """
         ctx, workload = self.ctx, self.workload
         lsh = self.lsh if use_lsh else None
         timer = ctx.timer
         groupwise = workload.alltoall == "groupwise"
         num_tokens, d_model = x.shape
-        # 1. gate: route, then pack the kept choices by (destination expert position, slot)
+        num_experts, per_rank = workload.num_experts, self.experts_per_rank[0]
+        # 1. gate: route (no host synchronisation for the built-in routers), then order the kept
+        # choices by (destination expert position, slot) and gather them into the send buffer
         self._begin("gate")
-        token_rank = torch.full((num_tokens,), ctx.rank, dtype=torch.int64, device=x.device)  # (T,)
-        plan = _route(workload, self.placement, self.gate, x, token_ids, token_rank)
-        token, choice = torch.nonzero(plan.kept, as_tuple=True)  # (N,), (N,)
-        position = self.position[plan.expert_index[token, choice]]  # (N,)
-        order = torch.argsort(position * (num_tokens + 1) + plan.slot[token, choice], stable=True)  # (N,)
-        token, choice, position = token[order], choice[order], position[order]
-        send_x = x[token]  # (N, d)
+        plan = _route_on_rank(workload, self.placement, self.gate, x, token_ids, ctx.rank)
+        k = plan.num_choices
+        if lsh is None:
+            order, counts = choice_order(plan.expert_index, plan.slot, plan.kept, self.position, plan.capacity)
+            segs = None
+        else:
+            order = counts = None
+        if order is not None:
+            inv = inverse_permutation(order)
+            send_x = gather_choices(x, order, inv, k)  # (T*k, d), the first N rows kept
         self._end("gate")
-        # 2. LSH-MoE: one centroid per (destination expert, bucket); residuals stay here
-        residual = compressed = None
-        residual_sq = token_sq = 0.0
+        # 2. LSH-MoE: one centroid per (destination expert, bucket); the tokens stay here for the
+        # residual. Hashing reads the T tokens once (a token's bucket is the same for all its choices).
+        centroids = None
         if lsh is not None:
+            self._begin("lsh_compress")
+            with torch.no_grad():
+                bucket, span = self._token_buckets(x, lsh, num_tokens, k)
+                flat_position = self.position[plan.expert_index.clamp(min=0)].reshape(-1)  # (T*k,)
+                if lsh.exact:
+                    bucket_of_choice = torch.arange(num_tokens * k, device=x.device)
+                else:
+                    bucket_of_choice = bucket.repeat_interleave(k)  # (T*k,)
+                segs = _lsh_fast().segments(flat_position, bucket_of_choice, plan.kept.reshape(-1), span, num_experts)
+                order = segs.order
+                inv = inverse_permutation(order)
+                counts = segs.segments_per_group(num_experts)  # (E,) centroids per position
+            self._end("lsh_compress")
+            # the send rows, gathered in bucket order: the gate's packing, as without LSH
+            self._begin("gate")
+            send_x = gather_choices(x, order, inv, k)  # (T*k, d)
+            self._end("gate")
             send_x = mark(send_x, timer, closes="lsh_compress")
             self._begin("lsh_compress")
-            compressed = compress(send_x, position, lsh, self.projection)
-            residual = residuals(send_x, compressed)  # (N, d)
-            payload = compressed.centroids  # (B, d), grouped by expert position
-            row_position = compressed.centroid_group  # (B,)
+            centroids = _lsh_fast().segment_mean(send_x, segs)  # (T*k, d), the first B rows are centroids
             self._end("lsh_compress")
-            with torch.no_grad():
-                residual_sq = float(residual.double().square().sum())
-                token_sq = float(send_x.double().square().sum())
-        else:
-            payload, row_position = send_x, position
-        # 3. split sizes: rows per (destination rank, expert), exchanged so receivers know theirs
+        # 3. split sizes: rows per (destination rank, expert), exchanged so receivers know theirs;
+        # the one device-to-host copy of the forward
         self._begin("other")
-        counts = torch.bincount(row_position, minlength=workload.num_experts)  # (E,) by position
         if ctx.progress is not None:
             ctx.progress.step("split-size exchange")
         received = exchange_counts(counts)  # (E,): block s = rows from rank s per local expert
-        per_rank = self.experts_per_rank[0]
-        send_splits = counts.reshape(ctx.world_size, per_rank).sum(1).tolist()  # (W,)
-        recv_block = received.reshape(ctx.world_size, per_rank)  # (W, E_r)
-        recv_splits = recv_block.sum(1).tolist()  # (W,)
+        kept_dev = segs.num_valid.reshape(1) if segs is not None else counts.sum().reshape(1)
+        host = torch.cat([counts, received, kept_dev]).tolist()
+        counts_host, received_host, num_kept = host[:num_experts], host[num_experts:2 * num_experts], host[-1]
+        send_splits = [sum(counts_host[r * per_rank:(r + 1) * per_rank]) for r in range(ctx.world_size)]
+        recv_splits = [sum(received_host[r * per_rank:(r + 1) * per_rank]) for r in range(ctx.world_size)]
+        rows_per_expert = [sum(received_host[r * per_rank + e] for r in range(ctx.world_size)) for e in range(per_rank)]
         self._end("other")
+        rows_sent = sum(counts_host)  # kept rows, or centroids under LSH
+        payload = send_x[:rows_sent] if lsh is None else centroids[:rows_sent]
         # 4. dispatch all-to-all; its backward ends and begins its neighbours in the phase table's
         # backward timing chain (the expert's backward, then LSH compress's)
         active = _ACTIVE | (_LSH_PHASES if lsh is not None else frozenset())
         closes, opens = backward_chain("dispatch_a2a", active)
         recv_x = self._a2a(payload, send_splits, recv_splits, "dispatch_a2a", groupwise,
                            bwd_opens=opens, bwd_closes=closes)
-        # 5. local experts, on rows grouped by expert
+        # 5. local experts: rows grouped by expert (received grouped by source rank), one grouped GEMM
         self._begin("expert")
-        local_expert = torch.repeat_interleave(
-            torch.arange(per_rank, device=x.device).repeat(ctx.world_size), recv_block.reshape(-1))  # (R,)
-        by_expert = torch.argsort(local_expert, stable=True)  # (R,)
-        rows_per_expert = recv_block.sum(0).tolist()  # (E_r,)
-        grouped = recv_x[by_expert]  # (R, d)
-        outputs = [expert_ffn(chunk, self.experts.w1[e], self.experts.w2[e])
-                   for e, chunk in enumerate(torch.split(grouped, rows_per_expert))]
-        out_grouped = torch.cat(outputs) if outputs else grouped
-        inverse = torch.empty_like(by_expert)
-        inverse[by_expert] = torch.arange(by_expert.numel(), device=x.device)
-        expert_out = out_grouped[inverse]  # (R, d), back in received order
+        received_rows = recv_x.shape[0]
+        received_dev = received.reshape(ctx.world_size, per_rank)  # (W, E_r) on the device
+        offsets = torch.cumsum(received_dev.sum(0), 0).to(torch.int32)  # (E_r,)
+        regroup = ctx.world_size > 1 and per_rank > 1
+        if regroup:
+            local_expert = torch.repeat_interleave(
+                torch.arange(per_rank, device=x.device).repeat(ctx.world_size), received_dev.reshape(-1),
+                output_size=received_rows)  # (R,)
+            by_expert = torch.sort(local_expert.to(torch.int32), stable=True).indices  # (R,)
+            by_expert_inv = inverse_permutation(by_expert)
+            grouped = permute_rows(recv_x, by_expert, by_expert_inv)  # (R, d)
+        else:
+            grouped = recv_x
+        out_grouped, self.expert_method = expert_ffn_grouped(grouped, rows_per_expert, offsets, self.experts.w1,
+                                                             self.experts.w2, self.expert_impl)
+        expert_out = permute_rows(out_grouped, by_expert_inv, by_expert) if regroup else out_grouped
         self._end("expert")
         # 6. combine all-to-all (transposed splits)
         closes, opens = backward_chain("combine_a2a", active)
         back = self._a2a(expert_out, recv_splits, send_splits, "combine_a2a", groupwise,
                          bwd_opens=opens, bwd_closes=closes)
-        # 7. LSH restore: E(x) ~= E(c) + (x - c)
+        # 7. LSH restore: E(x) ~= E(c) + (x - c), per kept choice in send order
         if lsh is not None:
             self._begin("lsh_restore")
-            choice_out = restore(back, compressed, residual)  # (N, d)
+            choice_out = _lsh_fast().restore_rows(back, centroids[:rows_sent], send_x[:num_kept],
+                                                  segs.seg_of_row[:num_kept])  # (N, d)
             self._end("lsh_restore")
             choice_out = mark(choice_out, timer, opens="lsh_restore")
         else:
             choice_out = back  # (N, d)
         # 8. combine: weighted sum over each token's kept choices
-        weight = plan.gate_weight[token, choice].unsqueeze(1)  # (N, 1) float32
-        y = torch.zeros(num_tokens, d_model, dtype=torch.float32, device=x.device)
-        y = y.index_add(0, token, choice_out.float() * weight).to(x.dtype)  # (T, d)
-        return MoEOutput(y=y, plan=plan, send_splits=send_splits, tokens_sent=int(token.numel()),
-                         rows_sent=int(payload.shape[0]), residual_sq=residual_sq, token_sq=token_sq)
+        weight = plan.gate_weight * plan.kept  # (T, k) float32, 0 where not kept
+        y = combine_choices(choice_out, order, inv, weight)  # (T, d)
+        return MoEOutput(y=y, plan=plan, send_splits=send_splits, rows_sent=rows_sent,
+                         lsh_rows=(send_x, centroids, segs) if lsh is not None else None)
+
+    def _token_buckets(self, x: torch.Tensor, lsh: LSHConfig, num_tokens: int, k: int) -> tuple[torch.Tensor, int]:
+        """Bucket id of every token (T,) and the span of the ids: mixed-radix ids when
+        (2 d')^L * E < 2^63, else dense ranks of the codes (span T; a host synchronisation)."""
+        if lsh.exact:
+            return None, num_tokens * k
+        radix_span = lsh.max_buckets(x.shape[1])
+        if radix_span * self.workload.num_experts < _INT64_LIMIT:
+            return _lsh_fast().token_buckets(x, lsh, self.projection), radix_span
+        codes = hash_codes(x, lsh, self.projection)  # (T, L)
+        return torch.unique(codes, dim=0, return_inverse=True)[1], max(num_tokens, 1)
 
 
 # ---- the dense single-process reference ---------------------------------------------------------

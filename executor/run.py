@@ -282,7 +282,8 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
             ctx.timer, ctx.stats = timer, stats
             diff_sq = float((y_lsh - y_full).double().square().sum())
             full_sq = float(y_full.double().square().sum())
-        totals = gather_rows([out.tokens_sent, out.rows_sent, out.residual_sq, out.token_sq, diff_sq, full_sq],
+        residual_sq, token_sq = out.lsh_sums()
+        totals = gather_rows([out.tokens_sent, out.rows_sent, residual_sq, token_sq, diff_sq, full_sq],
                              device).sum(dim=0).tolist()
         lsh_info = {"config": dict(workload.lsh), "tokens_sent": int(totals[0]), "centroids_sent": int(totals[1]),
                     "compression_rate": totals[1] / max(totals[0], 1),

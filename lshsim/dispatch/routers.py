@@ -48,7 +48,7 @@ __all__ = [
     "effective_k", "validate_router_params", "gate_cost", "GateCost", "linear_gate_cost", "grap_gate_cost",
     "hash_gate_cost", "CONFIG_PARAMETERS", "INPUT_KINDS",
     "route_topk", "route_hash", "route_expert_choice", "route_locmoe",
-    "compute_capacity", "assign_slots", "grap_weights", "grap_scores", "hash_experts",
+    "compute_capacity", "assign_slots", "count_values", "route_on_rank", "SYNC_FREE_ROUTERS", "grap_weights", "grap_scores", "hash_experts",
     "aux_loss", "locality_loss", "DROP_POLICIES",
 ]
 
@@ -131,9 +131,22 @@ def compute_capacity(tokens_per_rank: int, k: int, num_experts: int, capacity_fa
 
 
 # ---- slot assignment (shared by all capacity routers) ----------------------------------------
+def count_values(values: torch.Tensor, size: int) -> torch.Tensor:
+    """(size,) int64 occurrences of each value in [0, size): `torch.bincount` without its host
+    synchronisation (on CUDA bincount reads the maximum back to size its output; this adds ones
+    into a buffer of known size, exact for integers).
+
+    >>> count_values(torch.tensor([0, 2, 2, 3]), 5).tolist()
+    [1, 0, 2, 1, 0]
+    """
+    values = values.long()
+    return torch.zeros(size, dtype=torch.int64, device=values.device).index_add_(
+        0, values, torch.ones_like(values))
+
+
 def assign_slots(expert_index: torch.Tensor, token_rank: torch.Tensor, capacity: int, num_experts: int,
-                 world_size: int, priority_score: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 world_size: int, priority_score: torch.Tensor | None = None, *,
+                 score_nonnegative: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Give every routed choice a slot in its (source rank, expert) buffer; drop past capacity.
 
     1. Flatten the (T, k) choices choice-major: all first choices, then all second choices, ...
@@ -143,6 +156,8 @@ def assign_slots(expert_index: torch.Tensor, token_rank: torch.Tensor, capacity:
     4. Keep the first `capacity` positions of every buffer.
 
     Returns slot (T, k) int64 (-1 unless kept), kept (T, k) bool, tokens_per_expert (E,) int64.
+    No host synchronisation when `score_nonnegative` is set or no priority score is given (the
+    routers' gate weights are probabilities, so they pass it): the executor's CUDA path relies on it.
     """
     num_tokens, num_choices = expert_index.shape
     with torch.no_grad():
@@ -156,7 +171,7 @@ def assign_slots(expert_index: torch.Tensor, token_rank: torch.Tensor, capacity:
             key = key.to(torch.int32)  # speed trick: an int32 sort is about 2x faster than int64
         if priority_score is not None:
             flat_score = priority_score.detach().t().reshape(-1).float().contiguous()  # (k*T,)
-            if bool((flat_score >= 0).all()):
+            if score_nonnegative or bool((flat_score >= 0).all()):
                 # Speed trick: the IEEE-754 bits of a non-negative float32, read as an integer,
                 # order like the float, so (buffer, -score) packs into one int64 key and one stable
                 # sort replaces a float sort followed by an integer sort. Exact, ties keep position.
@@ -169,7 +184,7 @@ def assign_slots(expert_index: torch.Tensor, token_rank: torch.Tensor, capacity:
         else:
             order = torch.sort(key, stable=True).indices  # (k*T,)
         sorted_key = key[order]  # (k*T,)
-        counts = torch.bincount(key.long(), minlength=world_size * num_experts + 1)  # (W*E+1,)
+        counts = count_values(key, world_size * num_experts + 1)  # (W*E+1,)
         starts = torch.cumsum(counts, 0) - counts  # (W*E+1,)
         position = torch.empty(key.shape, dtype=torch.int64, device=key.device)
         position[order] = torch.arange(key.numel(), device=key.device) - starts[sorted_key.long()]
@@ -177,7 +192,7 @@ def assign_slots(expert_index: torch.Tensor, token_rank: torch.Tensor, capacity:
         slot_flat = torch.where(kept_flat, position, torch.full_like(position, -1))
         slot = slot_flat.reshape(num_choices, num_tokens).t().contiguous()  # (T, k)
         kept = kept_flat.reshape(num_choices, num_tokens).t().contiguous()  # (T, k)
-        tokens_per_expert = torch.bincount(flat_expert[kept_flat], minlength=num_experts)  # (E,)
+        tokens_per_expert = count_values(torch.where(kept_flat, flat_expert, num_experts), num_experts + 1)[:num_experts]
     return slot, kept, tokens_per_expert
 
 
@@ -197,7 +212,8 @@ def _top_indices(selection: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _topk_plan(router_logits: torch.Tensor, selection: torch.Tensor, placement: Placement, k: int,
-               capacity_factor: float | None, drop_policy: str, token_rank: torch.Tensor) -> DispatchPlan:
+               capacity_factor: float | None, drop_policy: str, token_rank: torch.Tensor,
+               max_tokens_per_rank: int | None = None) -> DispatchPlan:
     """Top-k of `selection` (T, E); gate weights from softmax(router_logits); slots under capacity.
 
     Gate weights without the full (T, E) softmax: for k = 1, p = exp(l_e - logsumexp(l)); for k > 1
@@ -211,11 +227,12 @@ def _topk_plan(router_logits: torch.Tensor, selection: torch.Tensor, placement: 
         gate_weight = torch.exp(chosen_logits - torch.logsumexp(router_logits.float(), dim=1, keepdim=True))
     else:
         gate_weight = torch.softmax(chosen_logits, dim=1)  # (T, k)
-    capacity = compute_capacity(_max_tokens_per_rank(token_rank, placement.world_size), k,
-                                placement.num_experts, capacity_factor)
+    if max_tokens_per_rank is None:
+        max_tokens_per_rank = _max_tokens_per_rank(token_rank, placement.world_size)
+    capacity = compute_capacity(max_tokens_per_rank, k, placement.num_experts, capacity_factor)
     slot, kept, tokens_per_expert = assign_slots(
         expert_index, token_rank, capacity, placement.num_experts, placement.world_size,
-        priority_score=gate_weight if drop_policy == "score" else None)
+        priority_score=gate_weight if drop_policy == "score" else None, score_nonnegative=True)
     return DispatchPlan(expert_index=expert_index, gate_weight=gate_weight, slot=slot, kept=kept,
                         tokens_per_expert=tokens_per_expert, capacity=capacity, placement=placement,
                         token_rank=token_rank, router_logits=router_logits)
@@ -276,10 +293,17 @@ def route_hash(token_ids: torch.Tensor, placement: Placement, *, capacity_factor
         raise ValueError(f"token_ids hold a negative id {int(token_ids.min())}")
     _check_capacity_factor(capacity_factor)
     token_rank = _token_rank_or_zero(token_rank, token_ids.shape[0], placement, token_ids.device)
+    return _hash_plan(token_ids, placement, capacity_factor, token_rank)
+
+
+def _hash_plan(token_ids: torch.Tensor, placement: Placement, capacity_factor: float | None,
+               token_rank: torch.Tensor, max_tokens_per_rank: int | None = None) -> DispatchPlan:
+    """route_hash after its checks (no host synchronisation when max_tokens_per_rank is given)."""
     expert_index = hash_experts(token_ids, placement.num_experts).unsqueeze(1)  # (T, 1)
     gate_weight = torch.ones(expert_index.shape, dtype=torch.float32, device=token_ids.device)  # (T, 1)
-    capacity = compute_capacity(_max_tokens_per_rank(token_rank, placement.world_size), 1,
-                                placement.num_experts, capacity_factor)
+    if max_tokens_per_rank is None:
+        max_tokens_per_rank = _max_tokens_per_rank(token_rank, placement.world_size)
+    capacity = compute_capacity(max_tokens_per_rank, 1, placement.num_experts, capacity_factor)
     slot, kept, tokens_per_expert = assign_slots(expert_index, token_rank, capacity, placement.num_experts,
                                                  placement.world_size)
     return DispatchPlan(expert_index=expert_index, gate_weight=gate_weight, slot=slot, kept=kept,
@@ -363,7 +387,7 @@ def grap_scores(hidden: torch.Tensor, num_experts: int, bias: torch.Tensor | Non
     num_tokens, d_model = hidden.shape
     if d_model % num_experts != 0:
         raise ValueError(f"d_model={d_model} is not divisible by num_experts={num_experts} (GrAP needs equal groups)")
-    pooled = hidden.float().reshape(num_tokens, num_experts, d_model // num_experts).mean(dim=2)  # (T, E)
+    pooled = hidden.reshape(num_tokens, num_experts, d_model // num_experts).mean(dim=2, dtype=torch.float32)  # (T, E)
     if bias is not None:
         pooled = pooled + bias
     return torch.relu(pooled)
@@ -389,6 +413,13 @@ def route_locmoe(hidden: torch.Tensor, placement: Placement, *, k: int = 1, capa
     if not math.isfinite(locality_bonus) or locality_bonus < 0:
         raise ValueError(f"locality_bonus={locality_bonus!r} must be finite and >= 0")
     token_rank = _token_rank_or_zero(token_rank, hidden.shape[0], placement, hidden.device)
+    return _locmoe_plan(hidden, placement, k, capacity_factor, drop_policy, locality_bonus, token_rank, bias)
+
+
+def _locmoe_plan(hidden: torch.Tensor, placement: Placement, k: int, capacity_factor: float | None,
+                 drop_policy: str, locality_bonus: float, token_rank: torch.Tensor, bias: torch.Tensor | None,
+                 max_tokens_per_rank: int | None = None) -> DispatchPlan:
+    """route_locmoe after its checks (no host synchronisation when max_tokens_per_rank is given)."""
     gate = grap_scores(hidden, placement.num_experts, bias)  # (T, E), the router logits
     token_node = placement.rank_to_node.to(hidden.device)[token_rank]  # (T,)
     expert_node = placement.expert_to_node.to(hidden.device)  # (E,)
@@ -397,7 +428,7 @@ def route_locmoe(hidden: torch.Tensor, placement: Placement, *, k: int = 1, capa
     # speed trick: gather the per-node bonus rows, add in place (5x faster than a (T, E) compare)
     selection = torch.index_select(node_bonus, 0, token_node).add_(gate.detach())  # (T, E)
 
-    return _topk_plan(gate, selection, placement, k, capacity_factor, drop_policy, token_rank)
+    return _topk_plan(gate, selection, placement, k, capacity_factor, drop_policy, token_rank, max_tokens_per_rank)
 
 
 # ---- auxiliary losses (returned, never stored) -------------------------------------------------
@@ -697,3 +728,37 @@ def route(config: RouterConfig, placement: Placement, *, logits: torch.Tensor | 
     if given[spec.input_kind] is None:
         raise ValueError(f"router {config.name!r} reads {spec.input_kind}, which was not given")
     return spec.fn(given[spec.input_kind], placement, token_rank=token_rank, **config.parameters())
+
+
+#: routers whose `route_on_rank` makes no host synchronisation (the others fall back to `route`)
+SYNC_FREE_ROUTERS = ("topk", "hash", "locmoe")
+
+
+def route_on_rank(config: RouterConfig, placement: Placement, rank: int, *, logits: torch.Tensor | None = None,
+                  token_ids: torch.Tensor | None = None, hidden: torch.Tensor | None = None) -> DispatchPlan:
+    """`route(config, placement, ..., token_rank=full(T, rank))` for tokens that all live on `rank`:
+    the same plan, field for field, but for the built-in routers in SYNC_FREE_ROUTERS without any
+    host synchronisation (no input checks that read values back, capacity from T known on the host,
+    counts without bincount), so that a GPU runs the gate queued behind the previous kernels.
+
+    The inputs are trusted (the executor's own gate made them): NaN logits are not detected here.
+    Other routers (expert_choice, plugins) run through `route` unchanged.
+    """
+    spec = get_router(config.name)
+    given = {"logits": logits, "token_ids": token_ids, "hidden": hidden}
+    inputs = given[spec.input_kind]
+    if inputs is None:
+        raise ValueError(f"router {config.name!r} reads {spec.input_kind}, which was not given")
+    if not 0 <= rank < placement.world_size:
+        raise ValueError(f"rank={rank} is outside [0, world_size={placement.world_size})")
+    num_tokens = inputs.shape[0]
+    token_rank = torch.full((num_tokens,), rank, dtype=torch.int64, device=inputs.device)  # (T,)
+    if spec.fn is route_topk:
+        return _topk_plan(logits, logits.detach(), placement, config.k, config.capacity_factor, config.drop_policy,
+                          token_rank, num_tokens)
+    if spec.fn is route_hash:
+        return _hash_plan(token_ids, placement, config.capacity_factor, token_rank, num_tokens)
+    if spec.fn is route_locmoe:
+        return _locmoe_plan(hidden, placement, config.k, config.capacity_factor, config.drop_policy,
+                            config.locality_bonus, token_rank, None, num_tokens)
+    return route(config, placement, logits=logits, token_ids=token_ids, hidden=hidden, token_rank=token_rank)

@@ -1,0 +1,242 @@
+"""The executor's MoE layer, phase by phase, against the hardware's roofline measured in the same run.
+
+    # one GPU, or W GPUs of one node (torchrun sets the ranks):
+    python -m torch.distributed.run --nproc_per_node W benchmarks/bench_moe_layer.py --out OUT.json
+    .venv/bin/python benchmarks/bench_moe_layer.py --device cpu --shapes tiny      # CPU smoke run
+
+Shapes: the distinct layer shapes of `data/workloads/*.yaml` (`--workloads GLOB`, held-out GPU
+workloads by default) and a DeepSeek-V3-like layer (d 7,168, 256 experts, top-8, d_ffn 2,048,
+4,096 tokens per rank), with and without LSH (L = 6, d' = 16) where `--lsh-variants` is given.
+
+Every shape runs through `lshsim.executor.run.run_workload` (the command `lshsim run` uses): the
+phases' CUDA-event medians over the iterations, forward and backward, slowest rank per iteration.
+Before the shapes, the run measures the roofline it compares with:
+
+* `peak_flops`: a 8,192^3 bf16 matmul (best of 10), the matrix peak this GPU reaches;
+* `hbm_Bps`: a 1 GiB device-to-device copy (read + write bytes over time, best of 10).
+
+Per phase: the measured time, the roofline time max(FLOPs / peak_flops, bytes / hbm_Bps) with the
+phase's FLOPs and HBM bytes (below), and roofline / measured (1.0 = at the roofline).
+
+  gate          2 T d E FLOPs (linear gate); bytes: read x, write logits, gather the T k send rows
+  lsh_compress  2 T d L d' FLOPs (hash); bytes: read x, read the T k send rows, write centroids
+  other         the split-size exchange (no roofline: a small all-to-all and one copy to the host)
+  expert        forward 4 R d f FLOPs, bytes of `lshsim.sim.phases.expert_cost`; backward twice the
+                forward's FLOPs; R = rows this rank's experts received
+  lsh_restore   bytes: read the restored rows' centroid outputs, centroids and tokens, write the rows
+  *_a2a         against the bare `all_to_all_single` of the same splits (`bare_a2a_s`), not a roofline
+
+Targets (issue "An executor MoE layer as fast as the hardware allows") are checked last and
+printed as a table: gate <= 5% of the forward, other < 50 us, expert forward >= 60% of peak at
+large shapes (R d f >= 2^34), expert backward <= 2.5x forward, LSH compress <= 0.1 ms per 64 MiB.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lshsim.dispatch import RouterConfig  # noqa: E402
+from lshsim.executor.run import run_workload  # noqa: E402
+from lshsim.executor.runtime import Progress, init_runtime, shutdown  # noqa: E402
+from lshsim.executor.workload import WorkloadConfig, load_workload  # noqa: E402
+from lshsim.sim.phases import expert_cost  # noqa: E402
+
+DEEPSEEK = dict(name="deepseek-v3-like", tokens_per_rank=4096, d_model=7168, d_ffn=2048, num_experts=256,
+                router=RouterConfig("topk", k=8, capacity_factor=None))
+LSH_VARIANT = {"family": "cross_polytope", "num_hashes": 6, "proj_dim": 16, "seed": 0}
+TINY = dict(name="tiny", tokens_per_rank=256, d_model=64, d_ffn=128, num_experts=8,
+            router=RouterConfig("topk", k=2, capacity_factor=1.25))
+
+
+def measure_roofline(device: torch.device) -> dict:
+    """The bf16 matrix peak and the HBM copy bandwidth this device reaches (best of 10 each)."""
+    if device.type != "cuda":
+        return {"peak_flops": None, "hbm_Bps": None}
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    src = torch.empty(1 << 29, device=device, dtype=torch.bfloat16)  # 1 GiB
+    dst = torch.empty_like(src)
+
+    def best(fn) -> float:
+        fn()
+        times = []
+        for _ in range(10):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        return min(times)
+
+    gemm_s = best(lambda: a @ b)
+    copy_s = best(lambda: dst.copy_(src))
+    return {"peak_flops": 2 * n ** 3 / gemm_s, "hbm_Bps": 2 * src.numel() * 2 / copy_s}
+
+
+def shapes(args) -> list[WorkloadConfig]:
+    common = dict(iterations=args.iterations, warmup=args.warmup, sync_phases=True, backward=True, dtype="auto")
+    if args.shapes == "tiny":
+        return [WorkloadConfig(**TINY, **common),
+                WorkloadConfig(**{**TINY, "name": "tiny-lsh"}, lsh=dict(LSH_VARIANT), **common)]
+    found, seen = [], set()
+    if args.shapes in ("all", "workloads"):
+        for path in sorted(glob.glob(str(ROOT / args.workloads))):
+            workload = load_workload(path)
+            key = (workload.tokens_per_rank, workload.d_model, workload.d_ffn, workload.num_experts,
+                   workload.router.key(), json.dumps(workload.lsh, sort_keys=True))
+            if key in seen:
+                continue
+            seen.add(key)
+            found.append(dataclasses.replace(workload, **common, world_size=None))
+    if args.shapes in ("all", "deepseek"):
+        found.append(WorkloadConfig(**DEEPSEEK, **common))
+        found.append(WorkloadConfig(**{**DEEPSEEK, "name": "deepseek-v3-like-lsh"}, lsh=dict(LSH_VARIANT),
+                                    input_clusters=4096, input_noise=0.1, **common))
+    return found
+
+
+def phase_rooflines(workload: WorkloadConfig, meta: dict, world: int, roof: dict) -> dict:
+    """(name, direction) -> (flops, bytes) of the phases that have a roofline."""
+    measured = meta["measured"]
+    b = meta["workload"]["bytes_per_token"] // workload.d_model  # bytes per element
+    T, d, f, E = workload.tokens_per_rank, workload.d_model, workload.d_ffn, workload.num_experts
+    k = max(1, round(measured["kept"] / max(world * T, 1))) if measured["kept"] else 1
+    kept_per_rank = measured["kept"] / world
+    traffic = torch.tensor(measured["traffic_bytes"], dtype=torch.float64)  # (W, W) bytes of the dispatch
+    rows_received = float(traffic.sum(0).max()) / meta["workload"]["bytes_per_token"]  # busiest rank
+    rooflines = {}
+    gate_flops = 2.0 * T * d * E if workload.router.name in ("topk", "expert_choice") else float(T * d)
+    gate_bytes = T * d * b + T * E * 4 + 2.0 * kept_per_rank * d * b
+    rooflines[("gate", "forward")] = (gate_flops, gate_bytes)
+    flops, hbm = expert_cost(rows_received, d, f, E // world, b)
+    rooflines[("expert", "forward")] = (flops, hbm)
+    rooflines[("expert", "backward")] = (2 * flops, 2 * hbm)
+    lsh = measured.get("lsh")
+    if lsh:
+        config = workload.lsh_config()
+        proj = config.effective_proj_dim(d)
+        centroids = lsh["centroids_sent"] / world
+        rooflines[("lsh_compress", "forward")] = (2.0 * T * d * config.num_hashes * proj,
+                                                  T * d * b + kept_per_rank * d * b + centroids * d * b)
+        rooflines[("lsh_restore", "forward")] = (0.0, 4.0 * kept_per_rank * d * b)
+    return rooflines
+
+
+def run_shape(workload: WorkloadConfig, runtime, roof: dict) -> dict:
+    trace = run_workload(workload, runtime, progress=Progress(None, runtime.rank))
+    meta = trace.meta
+    measured = meta["measured"]
+    phases = measured["phases_s"]
+    rooflines = phase_rooflines(workload, meta, runtime.world_size, roof)
+    rows = []
+    for direction in ("forward", "backward"):
+        for name, seconds in phases.get(direction, {}).items():
+            flops, hbm = rooflines.get((name, direction), (None, None))
+            roof_s = None
+            if flops is not None and roof["peak_flops"]:
+                roof_s = max(flops / roof["peak_flops"], hbm / roof["hbm_Bps"])
+            if name.endswith("_a2a"):
+                roof_s = measured["bare_a2a_s"]  # the bare collective of the same splits
+            rows.append({"phase": name, "direction": direction, "measured_s": seconds, "roofline_s": roof_s,
+                         "ratio": roof_s / seconds if roof_s and seconds > 0 else None,
+                         "flops": flops, "bytes": hbm})
+    forward_s = sum(phases.get("forward", {}).values())
+    return {"workload": workload.to_dict(), "world_size": runtime.world_size, "phases": rows,
+            "forward_s": forward_s, "backward_s": sum(phases.get("backward", {}).values()),
+            "kept": measured["kept"], "dropped": measured["dropped"], "lsh": measured.get("lsh"),
+            "bare_a2a_s": measured["bare_a2a_s"], "provenance": meta["provenance"]}
+
+
+def targets(result: dict, roof: dict) -> list[dict]:
+    """The issue's targets for one shape: (name, value, limit, ok)."""
+    workload = result["workload"]
+    by = {(row["phase"], row["direction"]): row for row in result["phases"]}
+    out = []
+
+    def add(name, value, limit, ok):
+        out.append({"shape": workload["name"], "target": name, "value": value, "limit": limit, "ok": bool(ok)})
+
+    gate = by[("gate", "forward")]["measured_s"]
+    add("gate share of forward", gate / result["forward_s"], 0.05, gate / result["forward_s"] <= 0.05)
+    if ("other", "forward") in by and result["world_size"] > 1:
+        other = by[("other", "forward")]["measured_s"]
+        add("split-size exchange (s)", other, 50e-6, other < 50e-6)
+    fwd, bwd = by.get(("expert", "forward")), by.get(("expert", "backward"))
+    if fwd and roof["peak_flops"]:
+        achieved = fwd["flops"] / fwd["measured_s"] / roof["peak_flops"]
+        large = fwd["flops"] >= 4 * 2 ** 34
+        add("expert forward / bf16 peak" + ("" if large else " (small shape)"), achieved, 0.6,
+            achieved >= 0.6 or not large)
+    if fwd and bwd:
+        add("expert backward / forward", bwd["measured_s"] / fwd["measured_s"], 2.5,
+            bwd["measured_s"] / fwd["measured_s"] <= 2.5)
+    if ("lsh_compress", "forward") in by:
+        row = by[("lsh_compress", "forward")]
+        mib64 = workload["tokens_per_rank"] * workload["d_model"] * 2 / 2 ** 26
+        per = row["measured_s"] / max(mib64, 1e-12)
+        add("lsh compress s per 64 MiB of tokens", per, 1e-4, per <= 1e-4)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="write the results as JSON here (rank 0)")
+    parser.add_argument("--shapes", choices=("all", "workloads", "deepseek", "tiny"), default="all")
+    parser.add_argument("--workloads", default="data/workloads/gpu-*.yaml",
+                        help="glob, relative to the repository, of the workload files whose shapes run")
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="auto", help="auto | cuda | cpu")
+    args = parser.parse_args(argv)
+    runtime = init_runtime(args.device)
+    roof = measure_roofline(runtime.device)
+    results, checks = [], []
+    for workload in shapes(args):
+        start = time.perf_counter()
+        result = run_shape(workload, runtime, roof)
+        results.append(result)
+        checks.extend(targets(result, roof))
+        if runtime.rank == 0:
+            print(f"# {workload.name}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    if runtime.rank == 0:
+        if roof["peak_flops"]:
+            print(f"roofline: peak {roof['peak_flops'] / 1e12:.4g} TFLOP/s bf16, HBM {roof['hbm_Bps'] / 1e12:.4g} "
+                  f"TB/s, world {runtime.world_size}")
+        else:
+            print(f"roofline: none on {runtime.device.type}, world {runtime.world_size}")
+        print(f"{'shape':28s} {'phase':14s} {'dir':4s} {'measured_us':>11s} {'roof_us':>9s} {'ratio':>6s}")
+        for result in results:
+            for row in result["phases"]:
+                roof_us = f"{row['roofline_s'] * 1e6:9.1f}" if row["roofline_s"] else f"{'-':>9s}"
+                ratio = f"{row['ratio']:6.2f}" if row["ratio"] else f"{'-':>6s}"
+                print(f"{result['workload']['name'][:28]:28s} {row['phase']:14s} {row['direction'][:3]:4s} "
+                      f"{row['measured_s'] * 1e6:11.1f} {roof_us} {ratio}")
+        print(f"{'shape':28s} {'target':40s} {'value':>10s} {'limit':>8s} ok")
+        for check in checks:
+            print(f"{check['shape'][:28]:28s} {check['target'][:40]:40s} {check['value']:10.4g} "
+                  f"{check['limit']:8.3g} {'yes' if check['ok'] else 'NO'}")
+        if args.out:
+            from lshsim.io import write_text_atomically
+
+            write_text_atomically(args.out, json.dumps({"roofline": roof, "world_size": runtime.world_size,
+                                                        "results": results, "targets": checks,
+                                                        "command": sys.argv}, indent=1) + "\n")
+    shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""The executor layer's data movement and expert arithmetic, fast on a GPU and exact on a CPU.
+
+Pure torch (no process group), each piece with a backward that is a gather, never a scatter with
+accumulation (atomics are slow and order-dependent on a GPU):
+
+* `choice_order`: the kept (token, choice) pairs sorted by (destination expert position, slot),
+  dropped and padding choices last, computed without a host synchronisation.
+* `gather_choices`: the send rows x[order // k] (T*k rows); backward: sum the k rows of a token.
+* `permute_rows`: rows in another order (received rows grouped by local expert and back).
+* `combine_choices`: y_t = sum_j w_tj * out_(t, j): the kept rows back on their (token, choice)
+  grid, one batched (1 x k) @ (k x d) product per token.
+* `expert_ffn_grouped`: gelu(x W1) W2 for rows grouped by expert: `torch.nn.functional.grouped_mm`
+  where the installed torch has it for these tensors, one padded batched matmul otherwise.
+
+Shapes: T tokens, k choices, d model width, N kept rows (known on the host only after the
+split-size exchange), E_r local experts, R received rows.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from lshsim.dispatch.routers import count_values
+
+__all__ = ["choice_order", "inverse_permutation", "gather_choices", "permute_rows", "combine_choices",
+           "expert_ffn_grouped", "grouped_mm_available", "GROUPED_MM"]
+
+#: torch's grouped matrix multiply (public from torch 2.9, private before), or None
+GROUPED_MM = getattr(torch.nn.functional, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+
+
+def inverse_permutation(order: torch.Tensor) -> torch.Tensor:
+    """inv with inv[order[i]] = i, on the device of `order` (no synchronisation).
+
+    >>> inverse_permutation(torch.tensor([2, 0, 1])).tolist()
+    [1, 2, 0]
+    """
+    inv = torch.empty_like(order)
+    inv[order] = torch.arange(order.numel(), device=order.device)
+    return inv
+
+
+def choice_order(expert_index: torch.Tensor, slot: torch.Tensor, kept: torch.Tensor, position: torch.Tensor,
+                 capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Order of the T*k flat choices (flat index t*k + j) for the send buffer, and rows per position.
+
+    Kept choices are sorted by (position of their expert, slot), i.e. by destination rank, then
+    expert, then slot, as the all-to-all needs them; dropped and padding choices follow, in flat
+    order. position: (E,) int64, the expert's place in rank-major order. Returns order (T*k,) int64
+    and counts (E,) int64 kept rows per position. No host synchronisation.
+    """
+    num_experts = position.numel()
+    stride = max(int(capacity), 1)
+    flat_kept = kept.reshape(-1)  # (T*k,)
+    flat_position = position[expert_index.clamp(min=0)].reshape(-1)  # (T*k,)
+    sentinel = num_experts * stride
+    key = torch.where(flat_kept, flat_position * stride + slot.reshape(-1).clamp(min=0),
+                      torch.full_like(flat_position, sentinel))  # (T*k,)
+    if sentinel < 2 ** 31 - 1:
+        key = key.to(torch.int32)  # an int32 sort is about 2x faster than int64
+    order = torch.sort(key, stable=True).indices  # (T*k,)
+    counts = count_values(torch.where(flat_kept, flat_position, num_experts), num_experts + 1)[:num_experts]
+    return order, counts
+
+
+class _GatherChoices(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, order, inv, k):
+        ctx.save_for_backward(inv)
+        ctx.shape, ctx.k = x.shape, k
+        return x.index_select(0, torch.div(order, k, rounding_mode="floor"))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inv,) = ctx.saved_tensors
+        num_tokens, d_model = ctx.shape
+        grad_x = grad.index_select(0, inv).view(num_tokens, ctx.k, d_model)
+        if ctx.k > 1:
+            grad_x = grad_x.sum(dim=1, dtype=torch.float32).to(grad.dtype)  # (T, d)
+        else:
+            grad_x = grad_x.reshape(num_tokens, d_model)
+        return grad_x, None, None, None
+
+
+def gather_choices(x: torch.Tensor, order: torch.Tensor, inv: torch.Tensor, k: int) -> torch.Tensor:
+    """(T, d) -> (T*k, d): row i is token order[i] // k. Backward: the k rows of a token summed
+    (fp32), read back through inv = inverse_permutation(order); no atomics."""
+    return _GatherChoices.apply(x, order, inv, k)
+
+
+class _Permute(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, perm, inv):
+        ctx.save_for_backward(inv)
+        return x.index_select(0, perm)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inv,) = ctx.saved_tensors
+        return grad.index_select(0, inv), None, None
+
+
+def permute_rows(x: torch.Tensor, perm: torch.Tensor, inv: torch.Tensor | None = None) -> torch.Tensor:
+    """x[perm] for a permutation perm; the backward gathers with its inverse."""
+    return _Permute.apply(x, perm, inverse_permutation(perm) if inv is None else inv)
+
+
+class _Unsort(torch.autograd.Function):
+    """(N, d) rows in send order -> (T*k, d) rows on the choice grid; choices without a row read
+    row 0 (their combine weight is 0)."""
+
+    @staticmethod
+    def forward(ctx, rows, order, inv, num_rows):
+        ctx.save_for_backward(order)
+        ctx.num_rows = num_rows
+        return rows.index_select(0, inv.clamp(max=max(num_rows - 1, 0)))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (order,) = ctx.saved_tensors
+        return grad.index_select(0, order[:ctx.num_rows]), None, None, None
+
+
+def combine_choices(rows: torch.Tensor, order: torch.Tensor, inv: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """y (T, d) with y_t = sum_j weight[t, j] * rows[inv[t*k + j]].
+
+    rows: (N, d), the outputs of the first N entries of `order` (the kept choices); weight: (T, k)
+    float, zero where a choice is not kept. One (1, k) @ (k, d) product per token in the rows'
+    dtype (bf16 on a GPU: the weights are rounded to bf16, fp32 accumulation).
+    """
+    num_tokens, k = weight.shape
+    if rows.shape[0] == 0:
+        return torch.zeros(num_tokens, rows.shape[1], dtype=rows.dtype, device=rows.device) + 0 * weight.sum()
+    grid = _Unsort.apply(rows, order, inv, rows.shape[0]).view(num_tokens, k, rows.shape[1])  # (T, k, d)
+    return torch.bmm(weight.to(rows.dtype).unsqueeze(1), grid).squeeze(1)  # (T, d)
+
+
+@functools.lru_cache(maxsize=None)
+def _grouped_mm_works(device_type: str, device_index: int | None, dtype: torch.dtype) -> bool:
+    """Whether GROUPED_MM runs (forward and backward) for this device and dtype: probed once."""
+    if GROUPED_MM is None:
+        return False
+    device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
+    try:
+        a = torch.ones(16, 16, dtype=dtype, device=device, requires_grad=True)
+        b = torch.ones(2, 16, 16, dtype=dtype, device=device, requires_grad=True)
+        offs = torch.tensor([8, 16], dtype=torch.int32, device=device)
+        out = GROUPED_MM(a, b, offs=offs)
+        out.backward(torch.ones_like(out))
+        return bool(torch.allclose(out.float(), torch.full((16, 16), 16.0, device=device)))
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+
+
+def grouped_mm_available(x: torch.Tensor, d_model: int, d_ffn: int) -> bool:
+    """GROUPED_MM can multiply these rows: it runs for x's device and dtype (bf16 on CUDA; the CPU
+    kernel takes any float) and both widths are multiples of 16 bytes (its stride rule)."""
+    if x.device.type == "cuda" and x.dtype != torch.bfloat16:
+        return False
+    row_bytes = x.element_size()
+    if (d_model * row_bytes) % 16 or (d_ffn * row_bytes) % 16:
+        return False
+    return _grouped_mm_works(x.device.type, x.device.index, x.dtype)
+
+
+def expert_ffn_grouped(x: torch.Tensor, rows_per_expert: list[int], offsets: torch.Tensor, w1: torch.Tensor,
+                       w2: torch.Tensor, method: str = "auto") -> tuple[torch.Tensor, str]:
+    """gelu(x W1[e]) W2[e] for the rows of every expert e; rows grouped by expert, in order.
+
+    x (R, d); rows_per_expert: E_r host ints (sum R); offsets: (E_r,) int32 device cumulative row
+    counts; w1 (E_r, d, f), w2 (E_r, f, d). method "grouped_mm", "padded_bmm" or "auto" (grouped_mm
+    when `grouped_mm_available`). Returns (out (R, d), the method used).
+    """
+    num_experts, d_model, d_ffn = w1.shape
+    if method == "auto":
+        method = "grouped_mm" if grouped_mm_available(x, d_model, d_ffn) else "padded_bmm"
+    if x.shape[0] == 0:
+        return x.new_zeros((0, d_model)) + 0 * (w1.sum() + w2.sum()).to(x.dtype), method
+    if method == "grouped_mm":
+        hidden = torch.nn.functional.gelu(GROUPED_MM(x, w1, offs=offsets))  # (R, f)
+        return GROUPED_MM(hidden, w2, offs=offsets), method
+    if method != "padded_bmm":
+        raise ValueError(f"method={method!r} must be 'auto', 'grouped_mm' or 'padded_bmm'")
+    # pad every expert's rows to the largest count: (E_r, m, d), one bmm per matrix
+    most = max(rows_per_expert)
+    counts = torch.diff(offsets.long(), prepend=offsets.new_zeros(1).long())  # (E_r,)
+    expert = torch.repeat_interleave(torch.arange(num_experts, device=x.device), counts,
+                                     output_size=x.shape[0])  # (R,)
+    starts = offsets.long() - counts  # (E_r,)
+    slot = expert * most + torch.arange(x.shape[0], device=x.device) - starts[expert]  # (R,)
+    padded = x.new_zeros((num_experts * most, d_model)).index_copy(0, slot, x).view(num_experts, most, d_model)
+    hidden = torch.nn.functional.gelu(torch.bmm(padded, w1))  # (E_r, m, f)
+    out = torch.bmm(hidden, w2).view(num_experts * most, d_model)  # (E_r * m, d)
+    return out.index_select(0, slot), method

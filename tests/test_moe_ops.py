@@ -1,0 +1,177 @@
+"""The executor's fast layer pieces against slow, obvious references.
+
+* `route_on_rank` equals `route(..., token_rank=full(rank))` field for field (every built-in router);
+* `choice_order` sorts kept choices by (expert position, slot), dropped ones last;
+* gather / permute / combine: values and gradients equal plain indexing under autograd (float64);
+* `expert_ffn_grouped`: both methods equal a per-expert loop, forward and gradients, empty experts too;
+* on a GPU (marked gpu): routing, ordering and LSH bucketing run with no host synchronisation
+  (`torch.cuda.set_sync_debug_mode("error")` raises on any).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lshsim.dispatch import RouterConfig, make_placement, route
+from lshsim.dispatch.routers import SYNC_FREE_ROUTERS, count_values, route_on_rank
+from lshsim.executor.moe_ops import (choice_order, combine_choices, expert_ffn_grouped, gather_choices,
+                                     inverse_permutation, permute_rows)
+
+CONFIGS = [
+    RouterConfig("topk", k=1, capacity_factor=1.0),
+    RouterConfig("topk", k=2, capacity_factor=1.25, drop_policy="score"),
+    RouterConfig("topk", k=4, capacity_factor=None),
+    RouterConfig("hash", k=1, capacity_factor=None),
+    RouterConfig("hash", k=1, capacity_factor=0.5),
+    RouterConfig("locmoe", k=2, capacity_factor=1.0, locality_bonus=0.5),
+    RouterConfig("expert_choice", k=2, capacity_factor=1.0),
+]
+
+
+def _inputs(num_tokens: int, d_model: int, num_experts: int, seed: int) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    return {"logits": torch.randn(num_tokens, num_experts, generator=generator) * 2,
+            "hidden": torch.randn(num_tokens, d_model, generator=generator),
+            "token_ids": torch.randint(0, 50000, (num_tokens,), generator=generator)}
+
+
+def test_count_values_equals_bincount():
+    values = torch.randint(0, 7, (1000,), generator=torch.Generator().manual_seed(0))
+    assert count_values(values, 9).tolist() == torch.bincount(values, minlength=9).tolist()
+    assert count_values(torch.zeros(0, dtype=torch.int64), 3).tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.name}-k{c.k}-{c.capacity_factor}-{c.drop_policy}")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_route_on_rank_equals_route(config, seed):
+    placement = make_placement("round_robin", 16, 4, 2)
+    inputs = _inputs(97, 32, 16, seed)
+    rank = 2
+    fast = route_on_rank(config, placement, rank, **inputs)
+    token_rank = torch.full((97,), rank, dtype=torch.int64)
+    slow = route(config, placement, token_rank=token_rank, **inputs)
+    for name in ("expert_index", "slot", "kept", "tokens_per_expert", "token_rank"):
+        assert torch.equal(getattr(fast, name), getattr(slow, name)), name
+    torch.testing.assert_close(fast.gate_weight, slow.gate_weight, rtol=0, atol=0)
+    assert fast.capacity == slow.capacity
+    assert set(SYNC_FREE_ROUTERS) == {"topk", "hash", "locmoe"}
+
+
+def test_route_on_rank_refuses_a_bad_rank_and_a_missing_input():
+    placement = make_placement("contiguous", 4, 2, 2)
+    with pytest.raises(ValueError, match="rank=2"):
+        route_on_rank(RouterConfig("topk"), placement, 2, logits=torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="reads logits"):
+        route_on_rank(RouterConfig("topk"), placement, 0, hidden=torch.zeros(3, 4))
+
+
+def test_choice_order_sorts_kept_choices_by_position_and_slot():
+    placement = make_placement("round_robin", 8, 4, 4)
+    config = RouterConfig("topk", k=2, capacity_factor=1.0)
+    plan = route_on_rank(config, placement, 1, **_inputs(64, 8, 8, 3))
+    position = torch.randperm(8, generator=torch.Generator().manual_seed(1))
+    order, counts = choice_order(plan.expert_index, plan.slot, plan.kept, position, plan.capacity)
+    kept = plan.kept.reshape(-1)
+    num_kept = int(kept.sum())
+    assert plan.num_dropped > 0  # the case exercises drops
+    assert bool(kept[order[:num_kept]].all()) and not bool(kept[order[num_kept:]].any())
+    flat_position = position[plan.expert_index.reshape(-1)]
+    key = (flat_position * plan.capacity + plan.slot.reshape(-1))[order[:num_kept]]
+    assert bool((key[1:] > key[:-1]).all())  # strictly increasing: (position, slot) is unique
+    assert counts.tolist() == torch.bincount(flat_position[kept], minlength=8).tolist()
+    assert order[num_kept:].tolist() == sorted(order[num_kept:].tolist())  # dropped: flat order
+
+
+def test_gather_permute_combine_match_plain_indexing_with_gradients():
+    generator = torch.Generator().manual_seed(5)
+    num_tokens, k, d_model = 13, 3, 6
+    x = torch.randn(num_tokens, d_model, dtype=torch.float64, generator=generator, requires_grad=True)
+    order = torch.randperm(num_tokens * k, generator=generator)
+    inv = inverse_permutation(order)
+    kept_rows = 30  # the first 30 rows of `order` are "kept"
+    weight = torch.rand(num_tokens, k, dtype=torch.float64, generator=generator)
+    flat_kept = torch.zeros(num_tokens * k, dtype=torch.bool)
+    flat_kept[order[:kept_rows]] = True
+    weight = (weight * flat_kept.reshape(num_tokens, k)).requires_grad_(True)
+    perm = torch.randperm(kept_rows, generator=generator)
+
+    def fast(x, weight):
+        rows = gather_choices(x, order, inv, k)[:kept_rows]
+        rows = permute_rows(permute_rows(rows * 2, perm), inverse_permutation(perm))
+        return combine_choices(rows, order, inv, weight)
+
+    def slow(x, weight):
+        rows = x[order // k][:kept_rows][perm][inverse_permutation(perm)] * 2
+        y = torch.zeros_like(x)
+        for i in range(kept_rows):
+            t, j = divmod(int(order[i]), k)
+            y = y.index_add(0, torch.tensor([t]), (weight[t, j] * rows[i]).unsqueeze(0))
+        return y
+
+    torch.testing.assert_close(fast(x, weight), slow(x, weight))
+    g = torch.randn(num_tokens, d_model, dtype=torch.float64, generator=generator)
+    grads_fast = torch.autograd.grad((fast(x, weight) * g).sum(), (x, weight))
+    grads_slow = torch.autograd.grad((slow(x, weight) * g).sum(), (x, weight))
+    for a, b in zip(grads_fast, grads_slow):
+        torch.testing.assert_close(a * (b != 0) if a.shape == weight.shape else a, b)
+
+
+@pytest.mark.parametrize("method", ["grouped_mm", "padded_bmm"])
+def test_expert_ffn_grouped_equals_a_loop(method):
+    generator = torch.Generator().manual_seed(2)
+    rows = [5, 0, 9, 2]
+    d_model, d_ffn = 16, 24
+    x = torch.randn(sum(rows), d_model, generator=generator, requires_grad=True)
+    w1 = torch.randn(4, d_model, d_ffn, generator=generator, requires_grad=True)
+    w2 = torch.randn(4, d_ffn, d_model, generator=generator, requires_grad=True)
+    offsets = torch.cumsum(torch.tensor(rows), 0).to(torch.int32)
+    out, used = expert_ffn_grouped(x, rows, offsets, w1, w2, method)
+    assert used == method
+    pieces = torch.split(x, rows)
+    ref = torch.cat([torch.nn.functional.gelu(p @ w1[e]) @ w2[e] for e, p in enumerate(pieces)])
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn(ref.shape, generator=generator)
+    fast = torch.autograd.grad((out * g).sum(), (x, w1, w2))
+    slow = torch.autograd.grad((ref * g).sum(), (x, w1, w2))
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_expert_ffn_grouped_without_rows_and_a_bad_method():
+    w1, w2 = torch.zeros(2, 8, 8, requires_grad=True), torch.zeros(2, 8, 8, requires_grad=True)
+    out, _ = expert_ffn_grouped(torch.zeros(0, 8), [0, 0], torch.zeros(2, dtype=torch.int32), w1, w2)
+    assert out.shape == (0, 8)
+    with pytest.raises(ValueError, match="method"):
+        expert_ffn_grouped(torch.zeros(2, 8), [1, 1], torch.tensor([1, 2], dtype=torch.int32), w1, w2, "fast")
+
+
+@pytest.mark.gpu
+def test_routing_ordering_and_lsh_bucketing_make_no_host_synchronisation():
+    from lshsim.dispatch import lsh_fast
+    from lshsim.dispatch.lsh import LSHConfig, make_projection
+
+    device = torch.device("cuda")
+    placement = make_placement("contiguous", 64, 2, 2)
+    placement = type(placement)(placement.expert_to_rank.to(device), placement.rank_to_node.to(device))
+    inputs = {key: value.to(device) for key, value in _inputs(4096, 256, 64, 0).items()}
+    position = torch.arange(64, device=device)
+    config = LSHConfig(num_hashes=6, proj_dim=16)
+    tokens = inputs["hidden"].to(torch.bfloat16)
+    projection = make_projection(256, config, device=device, dtype=torch.bfloat16)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for router in (RouterConfig("topk", k=8, capacity_factor=1.25, drop_policy="score"),
+                       RouterConfig("hash", k=1, capacity_factor=1.0),
+                       RouterConfig("locmoe", k=2, capacity_factor=None)):
+            plan = route_on_rank(router, placement, 1, **inputs)
+            order, counts = choice_order(plan.expert_index, plan.slot, plan.kept, position, plan.capacity)
+            inverse_permutation(order)
+        bucket = lsh_fast.token_buckets(tokens, config, projection)
+        segs = lsh_fast.segments(position[plan.expert_index.reshape(-1).clamp(min=0)],
+                                 bucket.repeat_interleave(plan.num_choices), plan.kept.reshape(-1),
+                                 config.max_buckets(256), 64)
+        lsh_fast.segment_mean(tokens.repeat_interleave(plan.num_choices, 0)[segs.order], segs)
+        segs.segments_per_group(64)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
