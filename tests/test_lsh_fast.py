@@ -93,7 +93,6 @@ def test_import_and_availability_without_cuda(monkeypatch):
     assert not fast.kernel_eligible(config, projection, tokens)  # CPU tensors
     assert fast._config_eligible(config, projection, tokens)
     assert not fast._config_eligible(config, projection, tokens.float())
-    assert not fast._config_eligible(config, lsh.make_projection(32, config), tokens)  # not representable
     assert not fast._config_eligible(LSHConfig(num_hashes=6, proj_dim=12), None, tokens)
     big = LSHConfig(num_hashes=9, proj_dim=32)  # L d' = 288 > 256
     assert not fast._config_eligible(big, lsh.make_projection(32, big, dtype=torch.bfloat16), tokens)
@@ -317,6 +316,14 @@ def test_interpreter_hadamard_and_nonfinite(interpreter):
     bad[7, 3] = float("inf")
     ids = fast._hash_launch(bad, config, projection)  # the kernel itself: -1, no sync
     assert int(ids[7]) == -1 and torch.all(ids[torch.arange(100) != 7] >= 0)
+    # a float32 projection (entries not bfloat16-exact) is detected in the kernel: all ids -1,
+    # and compress_fast falls back to lsh.compress
+    config = LSHConfig(num_hashes=2, proj_dim=8)
+    unrounded = lsh.make_projection(48, config)
+    assert torch.all(fast.token_buckets(tokens, config, unrounded, force_triton=True) == -1)
+    group = _group(100, 3)
+    _same_compressed(fast.compress_fast(tokens, group, config, unrounded, force_triton=True),
+                     lsh.compress(tokens, group, config, unrounded), torch.bfloat16)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])

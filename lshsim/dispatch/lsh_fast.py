@@ -98,24 +98,6 @@ def _next_pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-# the representability check of a projection matrix, once per matrix: id -> (weakref, dtype, ok)
-_REPRESENTABLE: dict = {}
-
-
-def _representable(matrix: torch.Tensor, dtype: torch.dtype) -> bool:
-    """Are all entries of matrix exactly representable in dtype? (one host sync per matrix)"""
-    import weakref
-    key = (id(matrix), dtype, matrix._version)
-    entry = _REPRESENTABLE.get(key)
-    if entry is not None and entry[0]() is matrix:
-        return entry[1]
-    ok = bool(torch.equal(matrix.to(dtype).to(matrix.dtype), matrix))
-    if len(_REPRESENTABLE) > 64:
-        _REPRESENTABLE.clear()
-    _REPRESENTABLE[key] = (weakref.ref(matrix), ok)
-    return ok
-
-
 def _config_eligible(config: LSHConfig, projection: LSHProjection | None, tokens: torch.Tensor) -> bool:
     """kernel_eligible without the device condition (the interpreter runs on CPU tensors)."""
     if tokens.dtype not in (torch.bfloat16, torch.float16) or tokens.ndim != 2 or config.exact:
@@ -135,7 +117,7 @@ def _config_eligible(config: LSHConfig, projection: LSHProjection | None, tokens
         return False
     if (2 * proj_dim) ** num_hashes >= 2 ** 63:
         return False
-    return _representable(projection.matrix, tokens.dtype)
+    return True
 
 
 def kernel_eligible(config: LSHConfig, projection: LSHProjection | None, tokens: torch.Tensor) -> bool:
@@ -143,8 +125,9 @@ def kernel_eligible(config: LSHConfig, projection: LSHProjection | None, tokens:
 
     Conditions: tokens bfloat16/float16 on CUDA; family cross_polytope or hyperplane; not
     config.exact; projection.matrix set (gaussian, or a materialised hadamard) for this config,
-    d_model and device, with entries representable in the tokens' dtype (made by
-    `lsh.make_projection(dtype=tokens.dtype)`); d' a power of two; L d' padded to a power of two
+    d_model and device (float32; its entries must be representable in the tokens' dtype, as
+    `lsh.make_projection(dtype=tokens.dtype)` makes them: the kernel checks that and returns -1
+    ids otherwise); d' a power of two; L d' padded to a power of two
     (at least 16) <= 256; (2 d')^L < 2^63.
     """
     return tokens.device.type == "cuda" and _config_eligible(config, projection, tokens)
@@ -175,9 +158,10 @@ def _kernels():
     import triton.language as tl
 
     @triton.jit
-    def hash_kernel(x_ptr, p_ptr, w_ptr, group_ptr, out_ptr, num_rows, d_model, stride_x, stride_p,
+    def hash_kernel(x_ptr, p_ptr, group_ptr, out_ptr, num_rows, d_model, stride_x, stride_p,
                     num_cols, span, HAS_GROUP: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_K: tl.constexpr, LD_PAD: tl.constexpr, DP: tl.constexpr, L_PAD: tl.constexpr):
+                    BLOCK_K: tl.constexpr, LD_PAD: tl.constexpr, DP: tl.constexpr, L_PAD: tl.constexpr,
+                    NUM_HASHES: tl.constexpr, LOG2_RADIX: tl.constexpr):
         pid = tl.program_id(0)
         rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,)
         row_mask = rows < num_rows
@@ -185,6 +169,7 @@ def _kernels():
         cols = tl.arange(0, LD_PAD)  # (LD_PAD,)
         col_mask = cols < num_cols
         acc = tl.zeros((BLOCK_M, LD_PAD), dtype=tl.float32)
+        inexact = tl.zeros((BLOCK_K, LD_PAD), dtype=tl.int32)  # projection entries not 16-bit exact
         for k0 in range(0, d_model, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)  # (BK,)
             k_mask = ks < d_model
@@ -192,6 +177,7 @@ def _kernels():
                         mask=row_mask[:, None] & k_mask[None, :], other=0.0)  # (BM, BK) 16-bit
             p = tl.load(p_ptr + ks[:, None].to(tl.int64) * stride_p + cols[None, :],
                         mask=k_mask[:, None] & col_mask[None, :], other=0.0)  # (BK, LD_PAD) float32
+            inexact += tl.where(p.to(x.dtype).to(tl.float32) != p, 1, 0)
             if UPCAST:
                 # the CPU interpreter computes 16-bit dots wrongly (no bfloat16 in numpy): float32
                 # operands give the same exact products
@@ -200,7 +186,10 @@ def _kernels():
                 acc += tl.dot(x, p.to(x.dtype))  # exact products (p representable), float32 sums
         finite = tl.abs(acc) <= 3.4028234663852886e38  # False for inf and NaN
         bad = tl.sum(tl.where(finite, 0, 1), axis=1) > 0  # (BM,)
-        weights = tl.load(w_ptr + tl.arange(0, L_PAD))  # (L_PAD,) int64 radix powers, 0 = padding
+        # (L_PAD,) int64 radix powers R^(L-1-l) = 2^((L-1-l) log2 R), 0 for the padding hashes
+        hashes = tl.arange(0, L_PAD)
+        shift = tl.where(hashes < NUM_HASHES, (NUM_HASHES - 1 - hashes) * LOG2_RADIX, 0).to(tl.int64)
+        weights = tl.where(hashes < NUM_HASHES, tl.full([L_PAD], 1, tl.int64) << shift, 0)
         if DP == 1:
             # hyperplane: one coordinate per hash, code = sign bit
             codes = (acc < 0).to(tl.int64)  # (BM, LD_PAD) = (BM, L_PAD)
@@ -216,7 +205,7 @@ def _kernels():
         if HAS_GROUP:
             group = tl.load(group_ptr + rows, mask=row_mask, other=0)
             ids = group * span + ids
-        ids = tl.where(bad, -1, ids)
+        ids = tl.where(bad | (tl.sum(tl.sum(inexact, axis=1), axis=0) > 0), -1, ids)
         tl.store(out_ptr + rows, ids, mask=row_mask)
 
     @triton.jit
@@ -282,13 +271,6 @@ def _count(name: str) -> None:
 
 
 # ---- hashing -----------------------------------------------------------------------------------
-def _radix_weights(config: LSHConfig, proj_dim: int, l_pad: int, device) -> torch.Tensor:
-    """(L_PAD,) int64: R^(L-1-l) for l < L, 0 for the padding hashes."""
-    radix, num_hashes = 2 * proj_dim, config.num_hashes
-    weights = [radix ** (num_hashes - 1 - l) for l in range(num_hashes)] + [0] * (l_pad - num_hashes)
-    return torch.tensor(weights, dtype=torch.int64, device=device)
-
-
 def _hash_launch(tokens: torch.Tensor, config: LSHConfig, projection: LSHProjection,
                  group: torch.Tensor | None = None, span: int = 0) -> torch.Tensor:
     """The fused hash kernel: (T,) int64 bucket ids (or group * span + bucket with group); -1 for
@@ -303,16 +285,16 @@ def _hash_launch(tokens: torch.Tensor, config: LSHConfig, projection: LSHProject
         return out
     tokens = tokens if tokens.stride(1) == 1 else tokens.contiguous()
     matrix = projection.matrix if projection.matrix.stride(1) == 1 else projection.matrix.contiguous()
-    weights = _radix_weights(config, proj_dim, l_pad, tokens.device)
     block_m = 64 if num_rows >= 64 * _num_sms(tokens.device) else (32 if num_rows >= 32 * _num_sms(tokens.device) else 16)
     block_k = 64 if ld_pad <= 128 else 32
     kernel = _kernels()["hash"]
     extra = {} if _interpreting() else {"num_warps": 4, "num_stages": 3}
     grid = (_cdiv(num_rows, block_m),)
-    kernel[grid](tokens, matrix, weights, group if group is not None else out, out, num_rows, d_model,
+    kernel[grid](tokens, matrix, group if group is not None else out, out, num_rows, d_model,
                  tokens.stride(0), matrix.stride(0), num_cols, span, HAS_GROUP=group is not None,
                  UPCAST=_interpreting(),
-                 BLOCK_M=block_m, BLOCK_K=block_k, LD_PAD=ld_pad, DP=proj_dim, L_PAD=l_pad, **extra)
+                 BLOCK_M=block_m, BLOCK_K=block_k, LD_PAD=ld_pad, DP=proj_dim, L_PAD=l_pad,
+                 NUM_HASHES=num_hashes, LOG2_RADIX=(2 * proj_dim).bit_length() - 1, **extra)
     _count("hash")
     return out
 
@@ -323,7 +305,8 @@ def token_buckets(tokens: torch.Tensor, config: LSHConfig, projection: LSHProjec
 
     Mixed radix 2 d', code 0 most significant. Kernel path (see `kernel_eligible`): one fused pass,
     no host sync; ids agree with the torch reference except at near-ties of the argmax (module
-    docstring), and tokens with non-finite values get -1 (the torch path raises ValueError).
+    docstring); tokens with non-finite values get -1 (the torch path raises ValueError), and all
+    ids are -1 when the projection is not representable in the tokens' dtype.
     Without a projection, `lsh.make_projection(d, config, dtype=tokens.dtype)` is drawn.
     """
     lsh._check_tokens(tokens) if not tokens.is_cuda else None
