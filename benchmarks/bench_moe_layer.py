@@ -55,6 +55,12 @@ from lshsim.sim.phases import expert_cost  # noqa: E402
 DEEPSEEK = dict(name="deepseek-v3-like", tokens_per_rank=4096, d_model=7168, d_ffn=2048, num_experts=256,
                 router=RouterConfig("topk", k=8, capacity_factor=None))
 LSH_VARIANT = {"family": "cross_polytope", "num_hashes": 6, "proj_dim": 16, "seed": 0}
+#: break-even shapes: one layer without LSH and with LSH at two resolutions (two compression rates),
+#: on the same clustered tokens (256 unit-norm centres, noise 0.1)
+BREAKEVEN = dict(name="breakeven-d4096-t8k", tokens_per_rank=8192, d_model=4096, d_ffn=8192, num_experts=8,
+                 router=RouterConfig("topk", k=2, capacity_factor=None), input_clusters=256, input_noise=0.1)
+BREAKEVEN_LSH = {"lsh-L6": {"family": "cross_polytope", "num_hashes": 6, "proj_dim": 16, "seed": 0},
+                 "lsh-L2": {"family": "cross_polytope", "num_hashes": 2, "proj_dim": 16, "seed": 0}}
 TINY = dict(name="tiny", tokens_per_rank=256, d_model=64, d_ffn=128, num_experts=8,
             router=RouterConfig("topk", k=2, capacity_factor=1.25))
 
@@ -91,6 +97,10 @@ def shapes(args) -> list[WorkloadConfig]:
     if args.shapes == "tiny":
         return [WorkloadConfig(**TINY, **common),
                 WorkloadConfig(**{**TINY, "name": "tiny-lsh"}, lsh=dict(LSH_VARIANT), **common)]
+    if args.shapes == "breakeven":
+        return [WorkloadConfig(**BREAKEVEN, **common)] + [
+            WorkloadConfig(**{**BREAKEVEN, "name": f"{BREAKEVEN['name']}-{suffix}"}, lsh=dict(lsh), **common)
+            for suffix, lsh in BREAKEVEN_LSH.items()]
     found, seen = [], set()
     if args.shapes in ("all", "workloads"):
         for path in sorted(glob.glob(str(ROOT / args.workloads))):
@@ -157,7 +167,40 @@ def run_shape(workload: WorkloadConfig, runtime, roof: dict) -> dict:
     return {"workload": workload.to_dict(), "world_size": runtime.world_size, "phases": rows,
             "forward_s": forward_s, "backward_s": sum(phases.get("backward", {}).values()),
             "kept": measured["kept"], "dropped": measured["dropped"], "lsh": measured.get("lsh"),
-            "bare_a2a_s": measured["bare_a2a_s"], "provenance": meta["provenance"]}
+            "bare_a2a_s": measured["bare_a2a_s"], "mean_bytes_per_rank": measured["mean_bytes_per_rank"],
+            "dispatch_busbw_Bps": measured["dispatch_busbw_Bps"], "provenance": meta["provenance"]}
+
+
+def break_even(results: list[dict]) -> list[dict]:
+    """For every LSH shape whose name extends a shape without LSH ("X-lsh..." and "X"): the
+    all-to-all bus bandwidth below which LSH-MoE pays on this hardware.
+
+    LSH removes (1 - rate) of the bytes of all four all-to-alls (dispatch and combine, forward and
+    backward) and adds its compress and restore phases (forward and backward, `overhead_s`). An
+    all-to-all of B bytes per rank takes B (W - 1) / W / busbw, so LSH pays when
+    busbw < 4 (B_plain - B_lsh) (W - 1) / W / overhead_s. Also: both layers' measured
+    forward + backward time on this run's links.
+    """
+    by_name = {r["workload"]["name"]: r for r in results}
+    out = []
+    for name, result in by_name.items():
+        if result["workload"].get("lsh") is None:
+            continue
+        base = next((by_name[b] for b in by_name if name.startswith(b + "-") and by_name[b]["workload"].get("lsh") is None),
+                    None)
+        if base is None:
+            continue
+        world = result["world_size"]
+        overhead = sum(row["measured_s"] for row in result["phases"] if row["phase"].startswith("lsh_"))
+        saved = 4 * (base["mean_bytes_per_rank"] - result["mean_bytes_per_rank"]) * (world - 1) / max(world, 1)
+        out.append({"shape": name, "base": base["workload"]["name"], "world_size": world,
+                    "compression_rate": result["lsh"]["compression_rate"] if result["lsh"] else None,
+                    "lsh_overhead_s": overhead, "saved_bus_bytes": saved,
+                    "break_even_busbw_Bps": saved / overhead if overhead > 0 and world > 1 else None,
+                    "measured_busbw_Bps": base["dispatch_busbw_Bps"],
+                    "layer_s": base["forward_s"] + base["backward_s"],
+                    "layer_lsh_s": result["forward_s"] + result["backward_s"]})
+    return out
 
 
 def targets(result: dict, roof: dict) -> list[dict]:
@@ -194,7 +237,7 @@ def targets(result: dict, roof: dict) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="write the results as JSON here (rank 0)")
-    parser.add_argument("--shapes", choices=("all", "workloads", "deepseek", "tiny"), default="all")
+    parser.add_argument("--shapes", choices=("all", "workloads", "deepseek", "breakeven", "tiny"), default="all")
     parser.add_argument("--workloads", default="data/workloads/gpu-*.yaml",
                         help="glob, relative to the repository, of the workload files whose shapes run")
     parser.add_argument("--iterations", type=int, default=10)
@@ -224,6 +267,16 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = f"{row['ratio']:6.2f}" if row["ratio"] else f"{'-':>6s}"
                 print(f"{result['workload']['name'][:28]:28s} {row['phase']:14s} {row['direction'][:3]:4s} "
                       f"{row['measured_s'] * 1e6:11.1f} {roof_us} {ratio}")
+        evens = break_even(results)
+        if evens:
+            print(f"{'lsh shape':30s} {'rate':>6s} {'overhead_us':>11s} {'break-even GB/s':>15s} "
+                  f"{'busbw GB/s':>10s} {'layer_ms':>8s} {'lsh_ms':>8s}")
+            for row in evens:
+                even = row["break_even_busbw_Bps"]
+                bus = row["measured_busbw_Bps"]
+                print(f"{row['shape'][:30]:30s} {row['compression_rate']:6.3f} {row['lsh_overhead_s'] * 1e6:11.1f} "
+                      f"{even / 1e9 if even else float('nan'):15.1f} {bus / 1e9 if bus else float('nan'):10.1f} "
+                      f"{row['layer_s'] * 1e3:8.3f} {row['layer_lsh_s'] * 1e3:8.3f}")
         print(f"{'shape':28s} {'target':40s} {'value':>10s} {'limit':>8s} ok")
         for check in checks:
             print(f"{check['shape'][:28]:28s} {check['target'][:40]:40s} {check['value']:10.4g} "
@@ -233,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
 
             write_text_atomically(args.out, json.dumps({"roofline": roof, "world_size": runtime.world_size,
                                                         "results": results, "targets": checks,
+                                                        "break_even": break_even(results),
                                                         "command": sys.argv}, indent=1) + "\n")
     shutdown()
     return 0

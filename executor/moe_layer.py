@@ -33,14 +33,14 @@ from dataclasses import dataclass
 import torch
 
 from lshsim.executor.comm import CommContext, CommStats, all_to_all, exchange_counts, mark
-from lshsim.executor.moe_ops import (choice_order, combine_choices, expert_ffn_grouped, gather_choices,
-                                     inverse_permutation, permute_rows)
+from lshsim.executor.gate_graph import GraphedRouting
+from lshsim.executor.moe_ops import (combine_choices, expert_ffn_grouped, gather_choices, inverse_permutation,
+                                     permute_rows)
 from lshsim.executor.timing import PhaseTimer
 from lshsim.executor.workload import WorkloadConfig
 from lshsim.dispatch import DispatchPlan, Placement, make_placement, route
 from lshsim.dispatch import reference as dense
 from lshsim.dispatch.lsh import LSHConfig, hash_codes, make_projection
-from lshsim.dispatch.routers import route_on_rank
 from lshsim.dispatch.synthetic import dirichlet_popularity, tokens_around, unit_centres
 from lshsim.sim.phases import backward_chain
 
@@ -171,14 +171,15 @@ def _gate_inputs(workload: WorkloadConfig, gate: GateParams, x: torch.Tensor) ->
         else:
             inputs["logits"] = x.float() @ gate.weight + gate.bias  # (T, E)
     if workload.router.name == "locmoe":
-        inputs["hidden"] = x  # the GrAP group means accumulate in float32
+        # the GrAP gate's group means (T, E), accumulated in float32: the router's `grap_scores`
+        # of these (groups of one feature) are exactly those of the tokens, and the routing
+        # graph copies (T, E) floats instead of the tokens
+        num_tokens, d_model = x.shape
+        experts = workload.num_experts
+        if d_model % experts:
+            raise ValueError(f"locmoe: d_model={d_model} is not divisible by num_experts={experts} (GrAP groups)")
+        inputs["hidden"] = x.reshape(num_tokens, experts, d_model // experts).mean(dim=2, dtype=torch.float32)
     return inputs
-
-
-def _route_on_rank(workload: WorkloadConfig, placement: Placement, gate: GateParams, x: torch.Tensor,
-                   token_ids: torch.Tensor, rank: int) -> DispatchPlan:
-    """This rank's plan without a host synchronisation (`route_on_rank`); the same plan as `_route`."""
-    return route_on_rank(workload.router, placement, rank, token_ids=token_ids, **_gate_inputs(workload, gate, x))
 
 
 def _lsh_fast():
@@ -256,6 +257,9 @@ class DistributedMoE:
         self.projection = None
         if self.lsh is not None and not self.lsh.exact:
             self.projection = make_projection(workload.d_model, self.lsh, device=ctx.device, dtype=dtype)
+        #: the gate's index work, one CUDA graph replay per forward on a GPU (`gate_graph`)
+        self.routing = GraphedRouting(workload.router, self.placement, ctx.rank, self.position,
+                                      enabled=ctx.device.type == "cuda")
         #: expert arithmetic: "auto" (grouped_mm where it runs, else padded bmm), "grouped_mm" or
         #: "padded_bmm"; `expert_method` is the one the last forward used
         self.expert_impl = "auto"
@@ -317,15 +321,10 @@ class DistributedMoE:
         # 1. gate: route (no host synchronisation for the built-in routers), then order the kept
         # choices by (destination expert position, slot) and gather them into the send buffer
         self._begin("gate")
-        plan = _route_on_rank(workload, self.placement, self.gate, x, token_ids, ctx.rank)
+        plan, order, inv, counts = self.routing({"token_ids": token_ids, **_gate_inputs(workload, self.gate, x)})
         k = plan.num_choices
+        segs = None
         if lsh is None:
-            order, counts = choice_order(plan.expert_index, plan.slot, plan.kept, self.position, plan.capacity)
-            segs = None
-        else:
-            order = counts = None
-        if order is not None:
-            inv = inverse_permutation(order)
             send_x = gather_choices(x, order, inv, k)  # (T*k, d), the first N rows kept
         self._end("gate")
         # 2. LSH-MoE: one centroid per (destination expert, bucket); the tokens stay here for the

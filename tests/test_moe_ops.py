@@ -175,3 +175,46 @@ def test_routing_ordering_and_lsh_bucketing_make_no_host_synchronisation():
         segs.segments_per_group(64)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.name}-k{c.k}-{c.capacity_factor}-{c.drop_policy}")
+def test_graphed_routing_returns_route_on_rank_and_choice_order(config):
+    """The code GraphedRouting captures on a GPU, run eagerly here: the same plan and order."""
+    from lshsim.executor.gate_graph import GraphedRouting
+
+    placement = make_placement("round_robin", 16, 4, 2)
+    inputs = _inputs(97, 32, 16, 4)
+    inputs["logits"].requires_grad_(True)
+    position = torch.randperm(16, generator=torch.Generator().manual_seed(2))
+    plan, order, inv, counts = GraphedRouting(config, placement, 3, position)(inputs)
+    ref = route_on_rank(config, placement, 3, **inputs)
+    ref_order, ref_counts = choice_order(ref.expert_index, ref.slot, ref.kept, position, ref.capacity)
+    for name in ("expert_index", "slot", "kept", "tokens_per_expert", "token_rank"):
+        assert torch.equal(getattr(plan, name), getattr(ref, name)), name
+    assert torch.equal(plan.gate_weight, ref.gate_weight) and plan.capacity == ref.capacity
+    assert torch.equal(order, ref_order) and torch.equal(counts, ref_counts)
+    assert torch.equal(inv, inverse_permutation(ref_order))
+    if config.name == "topk":  # the gate weights keep their gradient
+        assert plan.gate_weight.requires_grad
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", CONFIGS[:6], ids=lambda c: f"{c.name}-k{c.k}-{c.capacity_factor}-{c.drop_policy}")
+def test_graphed_routing_replays_equal_eager_routing_on_a_gpu(config):
+    from lshsim.executor.gate_graph import GraphedRouting
+
+    device = torch.device("cuda")
+    placement = make_placement("round_robin", 16, 4, 2)
+    placement = type(placement)(placement.expert_to_rank.to(device), placement.rank_to_node.to(device))
+    position = torch.arange(16, device=device)
+    routing = GraphedRouting(config, placement, 1, position)
+    for seed in range(3):  # new inputs each call: the replay reads them, not the captured ones
+        inputs = {key: value.to(device) for key, value in _inputs(4096, 32, 16, seed).items()}
+        plan, order, inv, counts = routing(inputs)
+        ref = route_on_rank(config, placement, 1, **inputs)
+        ref_order, ref_counts = choice_order(ref.expert_index, ref.slot, ref.kept, position, ref.capacity)
+        for name in ("expert_index", "slot", "kept", "tokens_per_expert"):
+            assert torch.equal(getattr(plan, name), getattr(ref, name)), name
+        assert torch.equal(order, ref_order) and torch.equal(counts, ref_counts)
+        torch.testing.assert_close(plan.gate_weight, ref.gate_weight, rtol=0, atol=0)
+    assert routing.replays == 3

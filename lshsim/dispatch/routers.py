@@ -48,7 +48,7 @@ __all__ = [
     "effective_k", "validate_router_params", "gate_cost", "GateCost", "linear_gate_cost", "grap_gate_cost",
     "hash_gate_cost", "CONFIG_PARAMETERS", "INPUT_KINDS",
     "route_topk", "route_hash", "route_expert_choice", "route_locmoe",
-    "compute_capacity", "assign_slots", "count_values", "route_on_rank", "SYNC_FREE_ROUTERS", "grap_weights", "grap_scores", "hash_experts",
+    "compute_capacity", "assign_slots", "count_values", "topk_gate_weight", "route_on_rank", "SYNC_FREE_ROUTERS", "grap_weights", "grap_scores", "hash_experts",
     "aux_loss", "locality_loss", "DROP_POLICIES",
 ]
 
@@ -211,6 +211,19 @@ def _top_indices(selection: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(selection, k, dim=1, sorted=True).indices  # (T, k)
 
 
+def topk_gate_weight(router_logits: torch.Tensor, expert_index: torch.Tensor) -> torch.Tensor:
+    """(T, k) float32 gate weights of the chosen experts (convention 1 above), differentiable in
+    the logits: k = 1, p = exp(l_e - logsumexp(l)); k > 1, a softmax over the k chosen logits.
+
+    >>> topk_gate_weight(torch.tensor([[0.0, 0.0]]), torch.tensor([[1]])).tolist()
+    [[0.5]]
+    """
+    chosen_logits = router_logits.float().gather(1, expert_index)  # (T, k)
+    if expert_index.shape[1] == 1:
+        return torch.exp(chosen_logits - torch.logsumexp(router_logits.float(), dim=1, keepdim=True))
+    return torch.softmax(chosen_logits, dim=1)  # (T, k)
+
+
 def _topk_plan(router_logits: torch.Tensor, selection: torch.Tensor, placement: Placement, k: int,
                capacity_factor: float | None, drop_policy: str, token_rank: torch.Tensor,
                max_tokens_per_rank: int | None = None) -> DispatchPlan:
@@ -222,11 +235,7 @@ def _topk_plan(router_logits: torch.Tensor, selection: torch.Tensor, placement: 
     """
     with torch.no_grad():
         expert_index = _top_indices(selection, k)  # (T, k)
-    chosen_logits = router_logits.float().gather(1, expert_index)  # (T, k), keeps grad
-    if k == 1:
-        gate_weight = torch.exp(chosen_logits - torch.logsumexp(router_logits.float(), dim=1, keepdim=True))
-    else:
-        gate_weight = torch.softmax(chosen_logits, dim=1)  # (T, k)
+    gate_weight = topk_gate_weight(router_logits, expert_index)  # (T, k), keeps grad
     if max_tokens_per_rank is None:
         max_tokens_per_rank = _max_tokens_per_rank(token_rank, placement.world_size)
     capacity = compute_capacity(max_tokens_per_rank, k, placement.num_experts, capacity_factor)
