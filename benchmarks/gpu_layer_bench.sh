@@ -39,7 +39,7 @@ step() {  # step NAME MIN_LEFT TIMEOUT_S command...
   $PY -c "import triton; print('triton', triton.__version__)"; env | grep '^NCCL_' | sort; } > "$OUT/machine.txt" 2>&1
 want tests && step tests 60 150 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_lsh_fast.py tests/test_moe_ops.py tests/test_lsh.py tests/test_executor_local.py
 want check && step check-x2 60 120 $PY -m lshsim.executor launch --nproc 2 --timeout-s 110 -- check --out "$OUT/check-x2.json"
-want lsh && step bench-lsh 40 90 sh -c "$PY benchmarks/bench_lsh.py --device cuda --fast --dtype bfloat16 --rotations gaussian --dims 4096 --tokens 8192 32768 --proj-dims 16 --repeats 50 --json > $OUT/bench-lsh.jsonl"
+want lsh && step bench-lsh 40 90 sh -c "$PY benchmarks/bench_lsh.py --device cuda --fast --dtype bfloat16 --rotations gaussian --dims 4096 --tokens 8192 32768 --proj-dims 16 --repeats 50 --json > $OUT/bench-lsh.jsonl; cat $OUT/bench-lsh.jsonl"
 want x1 && step layer-x1 60 150 $PY benchmarks/bench_moe_layer.py --out "$OUT/layer-x1.json"
 want x2 && step layer-x2 60 150 $PY -m torch.distributed.run --nproc_per_node 2 benchmarks/bench_moe_layer.py --out "$OUT/layer-x2.json"
 if want even; then
