@@ -92,6 +92,32 @@ def measure_roofline(device: torch.device) -> dict:
     return {"peak_flops": 2 * n ** 3 / gemm_s, "hbm_Bps": 2 * src.numel() * 2 / copy_s}
 
 
+def measure_count_exchange(runtime, num_experts: int = 256, repeats: int = 50) -> dict | None:
+    """The split-size exchange alone, as the layer runs it: ranks aligned (untimed), then an
+    all-to-all of E int64 counts and one copy of them to the host. Median over `repeats` of the
+    host wall time (the layer's "other" ends when the host has the counts); None on one rank."""
+    import statistics
+
+    from lshsim.executor.comm import align_ranks, exchange_counts
+
+    if runtime.world_size == 1:
+        return None
+    counts = torch.arange(num_experts, device=runtime.device)
+    walls = []
+    for it in range(repeats + 5):
+        align_ranks(runtime.device)
+        if runtime.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        host = torch.cat([counts, exchange_counts(counts)]).tolist()
+        wall = time.perf_counter() - start
+        if it >= 5:
+            walls.append(wall)
+    assert len(host) == 2 * num_experts
+    return {"num_experts": num_experts, "median_s": statistics.median(walls), "max_s": max(walls),
+            "repeats": repeats}
+
+
 def shapes(args) -> list[WorkloadConfig]:
     common = dict(iterations=args.iterations, warmup=args.warmup, sync_phases=True, backward=True, dtype="auto")
     if args.shapes == "tiny":
@@ -243,9 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="auto", help="auto | cuda | cpu")
+    parser.add_argument("--profile", metavar="NAME", help="also profile shape NAME (torch.profiler, 3 iterations) "
+                        "and print its costliest operators (rank 0)")
     args = parser.parse_args(argv)
     runtime = init_runtime(args.device)
     roof = measure_roofline(runtime.device)
+    exchange = measure_count_exchange(runtime)
     results, checks = [], []
     for workload in shapes(args):
         start = time.perf_counter()
@@ -254,7 +283,25 @@ def main(argv: list[str] | None = None) -> int:
         checks.extend(targets(result, roof))
         if runtime.rank == 0:
             print(f"# {workload.name}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    if args.profile:
+        chosen = [w for w in shapes(args) if w.name == args.profile]
+        if not chosen:
+            raise SystemExit(f"--profile {args.profile!r}: no such shape; shapes: {[w.name for w in shapes(args)]}")
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if runtime.device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            run_workload(dataclasses.replace(chosen[0], iterations=3, warmup=1), runtime,
+                         progress=Progress(None, runtime.rank))
+        if runtime.rank == 0:
+            table = prof.key_averages()
+            print(table.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
+            if runtime.device.type == "cuda":
+                print(table.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=60))
     if runtime.rank == 0:
+        if exchange:
+            print(f"split-size exchange alone (E = {exchange['num_experts']}, ranks aligned): median "
+                  f"{exchange['median_s'] * 1e6:.1f} us, max {exchange['max_s'] * 1e6:.1f} us over {exchange['repeats']}")
         if roof["peak_flops"]:
             print(f"roofline: peak {roof['peak_flops'] / 1e12:.4g} TFLOP/s bf16, HBM {roof['hbm_Bps'] / 1e12:.4g} "
                   f"TB/s, world {runtime.world_size}")
@@ -285,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             from lshsim.io import write_text_atomically
 
             write_text_atomically(args.out, json.dumps({"roofline": roof, "world_size": runtime.world_size,
+                                                        "count_exchange": exchange,
                                                         "results": results, "targets": checks,
                                                         "break_even": break_even(results),
                                                         "command": sys.argv}, indent=1) + "\n")

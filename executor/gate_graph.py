@@ -18,6 +18,8 @@ that is captured.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from lshsim.dispatch import DispatchPlan, Placement, RouterConfig
@@ -25,6 +27,57 @@ from lshsim.dispatch.routers import SYNC_FREE_ROUTERS, get_router, grap_scores, 
 from lshsim.executor.moe_ops import choice_order, inverse_permutation
 
 __all__ = ["GraphedRouting"]
+
+
+class CapturedFunction:
+    """fn(**tensors) -> (flat int64 tensor, host metadata), replayed from one CUDA graph per input
+    signature (names, shapes, dtypes). fn must make no host synchronisation and return metadata
+    that depends only on the signature. A call copies the inputs into the graph's static inputs,
+    replays, and returns a copy of the output (one kernel). Off a GPU, or when `enabled` is False,
+    fn runs eagerly. A capture that fails (an operation that cannot be captured) is reported once
+    on stderr and the function runs eagerly from then on."""
+
+    def __init__(self, fn, enabled: bool = True, name: str = "function") -> None:
+        self.fn, self.enabled, self.name = fn, enabled, name
+        self._graphs: dict = {}
+        self.replays = 0
+
+    def _capture(self, tensors: dict, params: dict):
+        static = {name: value.detach().clone() for name, value in tensors.items()}
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up outside the capture (allocator, lazy kernel loading)
+                self.fn(**static, **params)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            flat, meta = self.fn(**static, **params)
+        return graph, static, flat, meta
+
+    def __call__(self, params: dict | None = None, **tensors):
+        """fn(**tensors, **params); params: host values (part of the signature)."""
+        params = params or {}
+        device = next(iter(tensors.values())).device
+        if not (self.enabled and device.type == "cuda"):
+            return self.fn(**tensors, **params)
+        key = (tuple((name, tuple(value.shape), value.dtype) for name, value in sorted(tensors.items())),
+               tuple(sorted(params.items())))
+        if key not in self._graphs:
+            try:
+                self._graphs[key] = self._capture(tensors, params)
+            except RuntimeError as error:  # not capturable here: eager from now on, said once
+                print(f"lshsim: {self.name} runs without a CUDA graph ({str(error).splitlines()[0]})",
+                      file=sys.stderr)
+                torch.cuda.synchronize()
+                self.enabled = False
+                return self.fn(**tensors, **params)
+        graph, static, flat, meta = self._graphs[key]
+        for name, value in tensors.items():
+            static[name].copy_(value.detach())
+        graph.replay()
+        self.replays += 1
+        return flat.clone(), meta
 
 
 class GraphedRouting:
@@ -38,12 +91,16 @@ class GraphedRouting:
     def __init__(self, config: RouterConfig, placement: Placement, rank: int, position: torch.Tensor,
                  enabled: bool = True) -> None:
         self.config, self.placement, self.rank, self.position = config, placement, rank, position
-        self.enabled = enabled and config.name in SYNC_FREE_ROUTERS
-        self._graphs: dict = {}
-        self.replays = 0  # how many calls ran as a graph replay (the benchmark reports it)
+        self.captured = CapturedFunction(self._indices, enabled and config.name in SYNC_FREE_ROUTERS, "routing")
+        self.segments = CapturedFunction(self._segments, enabled, "LSH bucketing")
 
-    # -- the captured function: integers only ------------------------------------------------
-    def _indices(self, inputs: dict) -> tuple[torch.Tensor, int, int]:
+    @property
+    def replays(self) -> int:
+        """Calls that ran as a graph replay (the benchmark reports it)."""
+        return self.captured.replays
+
+    # -- the captured functions: integers only -------------------------------------------------
+    def _indices(self, **inputs) -> tuple[torch.Tensor, tuple[int, int]]:
         """One flat int64 vector: expert_index, slot, kept, order, inv (T*k each), tokens_per_expert,
         counts (E each); and (k, capacity)."""
         with torch.no_grad():
@@ -52,23 +109,7 @@ class GraphedRouting:
             inv = inverse_permutation(order)
             flat = torch.cat([plan.expert_index.reshape(-1), plan.slot.reshape(-1), plan.kept.reshape(-1).long(),
                               order, inv, plan.tokens_per_expert, counts])
-        return flat, plan.num_choices, plan.capacity
-
-    def _graph(self, inputs: dict):
-        key = tuple((name, tuple(value.shape), value.dtype) for name, value in sorted(inputs.items()))
-        if key not in self._graphs:
-            static = {name: value.detach().clone() for name, value in inputs.items()}
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # warm-up outside the capture (allocator, lazy init of kernels)
-                    self._indices(static)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                flat, k, capacity = self._indices(static)
-            self._graphs[key] = (graph, static, flat, k, capacity)
-        return self._graphs[key]
+        return flat, (plan.num_choices, plan.capacity)
 
     def __call__(self, inputs: dict) -> tuple[DispatchPlan, torch.Tensor, torch.Tensor, torch.Tensor]:
         kind = get_router(self.config.name).input_kind
@@ -80,15 +121,7 @@ class GraphedRouting:
             plan = route_on_rank(self.config, self.placement, self.rank, **inputs)
             order, counts = choice_order(plan.expert_index, plan.slot, plan.kept, self.position, plan.capacity)
             return plan, order, inverse_permutation(order), counts
-        if self.enabled and device.type == "cuda":
-            graph, static, flat_static, k, capacity = self._graph(inputs)
-            for name, value in inputs.items():
-                static[name].copy_(value.detach())
-            graph.replay()
-            flat = flat_static.clone()
-            self.replays += 1
-        else:
-            flat, k, capacity = self._indices(inputs)
+        flat, (k, capacity) = self.captured(**inputs)
         num_tokens = next(iter(inputs.values())).shape[0]
         num_experts = self.placement.num_experts
         rows = num_tokens * k
@@ -109,3 +142,42 @@ class GraphedRouting:
                             tokens_per_expert=tokens_per_expert, capacity=capacity, placement=self.placement,
                             token_rank=token_rank, router_logits=router_logits)
         return plan, order, inv, counts
+
+    # -- LSH-MoE: the (destination expert position, bucket) segments of the kept choices ------
+    def _segments(self, expert_index: torch.Tensor, kept: torch.Tensor, bucket: torch.Tensor | None = None, *,
+                  span: int) -> tuple[torch.Tensor, tuple]:
+        from lshsim.dispatch import lsh_fast
+
+        with torch.no_grad():
+            num_tokens, k = expert_index.shape
+            flat_position = self.position[expert_index.clamp(min=0)].reshape(-1)  # (T*k,)
+            if bucket is None:  # finest resolution: every choice its own bucket
+                bucket_of_choice = torch.arange(num_tokens * k, device=expert_index.device)
+            else:
+                bucket_of_choice = bucket.repeat_interleave(k)  # (T*k,) a token's bucket, for every choice
+            segs = lsh_fast.segments(flat_position, bucket_of_choice, kept.reshape(-1), span,
+                                     self.placement.num_experts)
+            inv = inverse_permutation(segs.order)
+            counts = segs.segments_per_group(self.placement.num_experts)  # (E,) centroids per position
+            flat = torch.cat([segs.order, inv, segs.seg_of_row, segs.seg_start, segs.seg_count, segs.seg_group,
+                              counts, segs.num_segments.reshape(1), segs.num_valid.reshape(1)])
+        return flat, None
+
+    def lsh_segments(self, plan: DispatchPlan, bucket: torch.Tensor | None, span: int):
+        """(Segments, order, inv, counts) of the plan's kept choices keyed by (position, bucket):
+        one graph replay on a GPU. bucket: (T,) int64 bucket id of every token, or None for the
+        finest resolution (span T*k)."""
+        from lshsim.dispatch.lsh_fast import Segments
+
+        tensors = {"expert_index": plan.expert_index, "kept": plan.kept}
+        if bucket is not None:
+            tensors["bucket"] = bucket
+        flat, _ = self.segments({"span": span}, **tensors)
+        rows = plan.num_tokens * plan.num_choices
+        num_experts = self.placement.num_experts
+        order, inv, seg_of_row, seg_start, seg_count, seg_group, rest = torch.split(
+            flat, [rows] * 6 + [num_experts + 2])
+        counts, num_segments, num_valid = rest[:num_experts], rest[num_experts:num_experts + 1], rest[-1:]
+        segs = Segments(order=order, seg_of_row=seg_of_row, seg_start=seg_start, seg_count=seg_count,
+                        seg_group=seg_group, num_segments=num_segments, num_valid=num_valid)
+        return segs, order, inv, counts

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lshsim.executor.comm import CommContext, CommStats, all_to_all, exchange_counts, mark
+from lshsim.executor.comm import CommContext, CommStats, align_ranks, all_to_all, exchange_counts, mark
 from lshsim.executor.gate_graph import GraphedRouting
 from lshsim.executor.moe_ops import (combine_choices, expert_ffn_grouped, gather_choices, inverse_permutation,
                                      permute_rows)
@@ -331,18 +331,12 @@ class DistributedMoE:
         # residual. Hashing reads the T tokens once (a token's bucket is the same for all its choices).
         centroids = None
         if lsh is not None:
+            # hash the T tokens once (a token's bucket is the same for all its choices), then the
+            # (destination expert position, bucket) segments of the kept choices: one graph replay
             self._begin("lsh_compress")
             with torch.no_grad():
                 bucket, span = self._token_buckets(x, lsh, num_tokens, k)
-                flat_position = self.position[plan.expert_index.clamp(min=0)].reshape(-1)  # (T*k,)
-                if lsh.exact:
-                    bucket_of_choice = torch.arange(num_tokens * k, device=x.device)
-                else:
-                    bucket_of_choice = bucket.repeat_interleave(k)  # (T*k,)
-                segs = _lsh_fast().segments(flat_position, bucket_of_choice, plan.kept.reshape(-1), span, num_experts)
-                order = segs.order
-                inv = inverse_permutation(order)
-                counts = segs.segments_per_group(num_experts)  # (E,) centroids per position
+                segs, order, inv, counts = self.routing.lsh_segments(plan, bucket, span)
             self._end("lsh_compress")
             # the send rows, gathered in bucket order: the gate's packing, as without LSH
             self._begin("gate")
@@ -353,7 +347,11 @@ class DistributedMoE:
             centroids = _lsh_fast().segment_mean(send_x, segs)  # (T*k, d), the first B rows are centroids
             self._end("lsh_compress")
         # 3. split sizes: rows per (destination rank, expert), exchanged so receivers know theirs;
-        # the one device-to-host copy of the forward
+        # the one device-to-host copy of the forward. With sync_phases the ranks are aligned first
+        # (untimed), as before every all-to-all: "other" is then the exchange, not a wait for a
+        # slower rank's gate.
+        if ctx.sync:
+            align_ranks(x.device)
         self._begin("other")
         if ctx.progress is not None:
             ctx.progress.step("split-size exchange")
@@ -400,7 +398,7 @@ class DistributedMoE:
         if lsh is not None:
             self._begin("lsh_restore")
             choice_out = _lsh_fast().restore_rows(back, centroids[:rows_sent], send_x[:num_kept],
-                                                  segs.seg_of_row[:num_kept])  # (N, d)
+                                                  segs.seg_of_row[:num_kept], segments=segs)  # (N, d)
             self._end("lsh_restore")
             choice_out = mark(choice_out, timer, opens="lsh_restore")
         else:

@@ -37,6 +37,7 @@ which raises.
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -159,31 +160,29 @@ def _kernels():
 
     @triton.jit
     def hash_kernel(x_ptr, p_ptr, group_ptr, out_ptr, num_rows, d_model, stride_x, stride_p,
-                    num_cols, span, HAS_GROUP: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+                    span, HAS_GROUP: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_K: tl.constexpr, LD_PAD: tl.constexpr, DP: tl.constexpr, L_PAD: tl.constexpr,
                     NUM_HASHES: tl.constexpr, LOG2_RADIX: tl.constexpr):
+        # p: (d, LD_PAD) in the tokens' 16-bit dtype, zero-padded columns (`_kernel_matrix`)
         pid = tl.program_id(0)
         rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,)
         row_mask = rows < num_rows
         rows64 = rows.to(tl.int64)
         cols = tl.arange(0, LD_PAD)  # (LD_PAD,)
-        col_mask = cols < num_cols
         acc = tl.zeros((BLOCK_M, LD_PAD), dtype=tl.float32)
-        inexact = tl.zeros((BLOCK_K, LD_PAD), dtype=tl.int32)  # projection entries not 16-bit exact
         for k0 in range(0, d_model, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)  # (BK,)
             k_mask = ks < d_model
             x = tl.load(x_ptr + rows64[:, None] * stride_x + ks[None, :],
                         mask=row_mask[:, None] & k_mask[None, :], other=0.0)  # (BM, BK) 16-bit
             p = tl.load(p_ptr + ks[:, None].to(tl.int64) * stride_p + cols[None, :],
-                        mask=k_mask[:, None] & col_mask[None, :], other=0.0)  # (BK, LD_PAD) float32
-            inexact += tl.where(p.to(x.dtype).to(tl.float32) != p, 1, 0)
+                        mask=k_mask[:, None], other=0.0)  # (BK, LD_PAD) 16-bit
             if UPCAST:
                 # the CPU interpreter computes 16-bit dots wrongly (no bfloat16 in numpy): float32
                 # operands give the same exact products
-                acc += tl.dot(x.to(tl.float32), p)
+                acc += tl.dot(x.to(tl.float32), p.to(tl.float32))
             else:
-                acc += tl.dot(x, p.to(x.dtype))  # exact products (p representable), float32 sums
+                acc += tl.dot(x, p)  # exact products (p representable), float32 sums
         finite = tl.abs(acc) <= 3.4028234663852886e38  # False for inf and NaN
         bad = tl.sum(tl.where(finite, 0, 1), axis=1) > 0  # (BM,)
         # (L_PAD,) int64 radix powers R^(L-1-l) = 2^((L-1-l) log2 R), 0 for the padding hashes
@@ -205,13 +204,13 @@ def _kernels():
         if HAS_GROUP:
             group = tl.load(group_ptr + rows, mask=row_mask, other=0)
             ids = group * span + ids
-        ids = tl.where(bad | (tl.sum(tl.sum(inexact, axis=1), axis=0) > 0), -1, ids)
+        ids = tl.where(bad, -1, ids)
         tl.store(out_ptr + rows, ids, mask=row_mask)
 
     @triton.jit
     def mean_kernel(src_ptr, order_ptr, out_ptr, start_ptr, count_ptr, nseg_ptr, out_rows, d_model,
                     stride_src, stride_out, HAS_ORDER: tl.constexpr, ZERO_FILL: tl.constexpr,
-                    ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+                    ROWS: tl.constexpr, BLOCK_D: tl.constexpr, SUM: tl.constexpr = False):
         pid = tl.program_id(0)
         nprog = tl.num_programs(0)
         cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BD,)
@@ -232,7 +231,10 @@ def _kernels():
                 v = tl.load(src_ptr + src_rows[:, None].to(tl.int64) * stride_src + cols[None, :],
                             mask=row_mask[:, None] & col_mask[None, :], other=0.0)
                 acc += v.to(tl.float32)
-            mean = tl.sum(acc, axis=0) / count.to(tl.float32)  # (BD,)
+            if SUM:
+                mean = tl.sum(acc, axis=0)  # (BD,) the segment's sum (restore's backward)
+            else:
+                mean = tl.sum(acc, axis=0) / count.to(tl.float32)  # (BD,)
             tl.store(out_ptr + tl.cast(s, tl.int64) * stride_out + cols, mean.to(out_ptr.dtype.element_ty),
                      mask=col_mask)
         if ZERO_FILL:
@@ -262,7 +264,27 @@ def _kernels():
         tl.store(out_ptr + rows64[:, None] * stride_out + cols[None, :], out.to(out_ptr.dtype.element_ty),
                  mask=mask)
 
-    _KERNELS[mode] = {"hash": hash_kernel, "mean": mean_kernel, "restore": restore_kernel}
+    @triton.jit
+    def expand_kernel(grad_ptr, seg_ptr, count_ptr, out_ptr, num_rows, d_model, stride_grad, stride_out,
+                      SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+        # out[i] = grad[seg[i]] (/ count[seg[i]] with SCALE), 0 where seg[i] < 0: segment_mean's backward
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,)
+        cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BD,)
+        row_mask = rows < num_rows
+        col_mask = cols < d_model
+        seg = tl.load(seg_ptr + rows, mask=row_mask, other=-1)  # (BM,) int64
+        valid = seg >= 0
+        seg = tl.where(valid, seg, 0)
+        mask = row_mask[:, None] & col_mask[None, :]
+        vmask = mask & valid[:, None]
+        g = tl.load(grad_ptr + seg[:, None] * stride_grad + cols[None, :], mask=vmask, other=0.0).to(tl.float32)
+        if SCALE:
+            count = tl.load(count_ptr + seg, mask=row_mask & valid, other=1).to(tl.float32)  # (BM,)
+            g = g / count[:, None]
+        rows64 = rows.to(tl.int64)
+        tl.store(out_ptr + rows64[:, None] * stride_out + cols[None, :], g.to(out_ptr.dtype.element_ty), mask=mask)
+
+    _KERNELS[mode] = {"hash": hash_kernel, "mean": mean_kernel, "restore": restore_kernel, "expand": expand_kernel}
     return _KERNELS[mode]
 
 
@@ -271,27 +293,58 @@ def _count(name: str) -> None:
 
 
 # ---- hashing -----------------------------------------------------------------------------------
+#: the hash kernel's projection per (matrix, dtype): (d, LD_PAD) in the tokens' 16-bit dtype, zero
+#: padded, or None when the float32 entries are not exact in that dtype (then the torch path
+#: hashes). Made once per projection (one read-back, at the first call).
+_KERNEL_MATRICES: dict = {}  # (id(matrix), dtype) -> (weak reference to the matrix, padded or None)
+
+#: launch parameters of the hash kernel; `tune` in benchmarks/bench_lsh.py measures alternatives
+HASH_LAUNCH = {"block_m": None, "block_k": None, "num_warps": 4, "num_stages": 3}
+
+
+def _kernel_matrix(projection: LSHProjection, dtype: torch.dtype, ld_pad: int) -> torch.Tensor | None:
+    matrix = projection.matrix  # (d, L d') float32
+    key = (id(matrix), dtype, ld_pad)
+    cached = _KERNEL_MATRICES.get(key)
+    if cached is not None and cached[0]() is matrix:
+        return cached[1]
+    for stale in [k for k, (ref, _) in _KERNEL_MATRICES.items() if ref() is None]:
+        del _KERNEL_MATRICES[stale]  # matrices that no longer exist
+    narrow = matrix.to(dtype)
+    padded = None
+    if bool(torch.equal(narrow.to(matrix.dtype), matrix)):
+        padded = torch.zeros(matrix.shape[0], ld_pad, dtype=dtype, device=matrix.device)
+        padded[:, :matrix.shape[1]] = narrow
+    _KERNEL_MATRICES[key] = (weakref.ref(matrix), padded)
+    return padded
+
+
 def _hash_launch(tokens: torch.Tensor, config: LSHConfig, projection: LSHProjection,
-                 group: torch.Tensor | None = None, span: int = 0) -> torch.Tensor:
+                 group: torch.Tensor | None = None, span: int = 0, **launch) -> torch.Tensor | None:
     """The fused hash kernel: (T,) int64 bucket ids (or group * span + bucket with group); -1 for
-    tokens with a non-finite projection."""
+    tokens with a non-finite projection. None when the projection's entries are not exact in the
+    tokens' dtype (the caller hashes with torch). `launch` overrides HASH_LAUNCH."""
     num_rows, d_model = tokens.shape
     proj_dim, num_hashes = projection.proj_dim, config.num_hashes
     num_cols = num_hashes * proj_dim
     ld_pad = max(16, _next_pow2(num_cols))
     l_pad = ld_pad // proj_dim
+    matrix = _kernel_matrix(projection, tokens.dtype, ld_pad)
+    if matrix is None:
+        return None
     out = torch.empty(num_rows, dtype=torch.int64, device=tokens.device)
     if num_rows == 0:
         return out
     tokens = tokens if tokens.stride(1) == 1 else tokens.contiguous()
-    matrix = projection.matrix if projection.matrix.stride(1) == 1 else projection.matrix.contiguous()
-    block_m = 64 if num_rows >= 64 * _num_sms(tokens.device) else (32 if num_rows >= 32 * _num_sms(tokens.device) else 16)
-    block_k = 64 if ld_pad <= 128 else 32
+    params = {**HASH_LAUNCH, **launch}
+    sms = _num_sms(tokens.device)
+    block_m = params["block_m"] or (64 if num_rows >= 128 * sms else (32 if num_rows >= 64 * sms else 16))
+    block_k = params["block_k"] or (64 if ld_pad <= 128 else 32)
     kernel = _kernels()["hash"]
-    extra = {} if _interpreting() else {"num_warps": 4, "num_stages": 3}
+    extra = {} if _interpreting() else {"num_warps": params["num_warps"], "num_stages": params["num_stages"]}
     grid = (_cdiv(num_rows, block_m),)
     kernel[grid](tokens, matrix, group if group is not None else out, out, num_rows, d_model,
-                 tokens.stride(0), matrix.stride(0), num_cols, span, HAS_GROUP=group is not None,
+                 tokens.stride(0), matrix.stride(0), span, HAS_GROUP=group is not None,
                  UPCAST=_interpreting(),
                  BLOCK_M=block_m, BLOCK_K=block_k, LD_PAD=ld_pad, DP=proj_dim, L_PAD=l_pad,
                  NUM_HASHES=num_hashes, LOG2_RADIX=(2 * proj_dim).bit_length() - 1, **extra)
@@ -313,7 +366,9 @@ def token_buckets(tokens: torch.Tensor, config: LSHConfig, projection: LSHProjec
     projection = _default_projection(tokens, config, projection)
     eligible = _config_eligible(config, projection, tokens)
     if _use_triton(tokens.device, eligible and (tokens.is_cuda or force_triton), force_triton):
-        return _hash_launch(tokens.detach(), config, projection)
+        ids = _hash_launch(tokens.detach(), config, projection)
+        if ids is not None:
+            return ids
     return lsh.bucket_ids(tokens, config, projection)
 
 
@@ -424,10 +479,10 @@ def _mean_torch(src: torch.Tensor, seg: Segments, order: torch.Tensor | None, ou
 
 
 def _mean_launch(src: torch.Tensor, seg: Segments, order: torch.Tensor | None, out_rows: int,
-                 zero_fill: bool) -> torch.Tensor:
+                 zero_fill: bool, total: bool = False, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     d_model = src.shape[1]
     src = src if src.stride(1) == 1 else src.contiguous()
-    out = torch.empty(out_rows, d_model, dtype=src.dtype, device=src.device)
+    out = torch.empty(out_rows, d_model, dtype=out_dtype or src.dtype, device=src.device)
     if out_rows == 0 or d_model == 0:
         return out
     block_d = min(_next_pow2(d_model), 1024)
@@ -439,8 +494,26 @@ def _mean_launch(src: torch.Tensor, seg: Segments, order: torch.Tensor | None, o
     kernel[(programs, col_blocks)](src, order if order is not None else seg.seg_start, out, seg.seg_start,
                                    seg.seg_count, seg.num_segments, out_rows, d_model, src.stride(0),
                                    out.stride(0), HAS_ORDER=order is not None, ZERO_FILL=zero_fill,
-                                   ROWS=rows_per_block, BLOCK_D=block_d, **extra)
+                                   ROWS=rows_per_block, BLOCK_D=block_d, SUM=total, **extra)
     _count("mean")
+    return out
+
+
+def _expand_launch(grad: torch.Tensor, seg_of_row: torch.Tensor, count: torch.Tensor | None,
+                   out_dtype: torch.dtype) -> torch.Tensor:
+    """(M, d): row i = grad[seg_of_row[i]] (/ count[seg_of_row[i]]), 0 where seg_of_row[i] < 0."""
+    num_rows, d_model = seg_of_row.shape[0], grad.shape[1]
+    out = torch.empty(num_rows, d_model, dtype=out_dtype, device=grad.device)
+    if num_rows == 0 or d_model == 0:
+        return out
+    grad = grad if grad.stride(1) == 1 else grad.contiguous()
+    block_d = min(_next_pow2(d_model), 512)
+    block_m = max(1, 4096 // block_d)
+    extra = {} if _interpreting() else {"num_warps": 4}
+    _kernels()["expand"][(_cdiv(num_rows, block_m), _cdiv(d_model, block_d))](
+        grad, seg_of_row, count if count is not None else seg_of_row, out, num_rows, d_model, grad.stride(0),
+        out.stride(0), SCALE=count is not None, BLOCK_M=block_m, BLOCK_D=block_d, **extra)
+    _count("expand")
     return out
 
 
@@ -451,12 +524,15 @@ class _SegmentMean(torch.autograd.Function):
             out = _mean_launch(src, seg, order, out_rows, zero_fill)
         else:
             out = _mean_torch(src, seg, order, out_rows)
-        ctx.seg, ctx.order, ctx.src_shape = seg, order, src.shape
+        ctx.seg, ctx.order, ctx.src_shape, ctx.use_triton = seg, order, src.shape, use_triton
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         seg, order = ctx.seg, ctx.order
+        if ctx.use_triton and order is None:  # one pass: grad_rows[i] = grad_out[seg[i]] / count
+            return (_expand_launch(grad_out, seg.seg_of_row, seg.seg_count, grad_out.dtype),
+                    None, None, None, None, None)
         valid = seg.seg_of_row >= 0  # (M,)
         index = seg.seg_of_row.clamp(min=0)  # (M,)
         accumulate = lsh.hash_dtype(grad_out.dtype)
@@ -516,8 +592,9 @@ def _restore_launch(centroid_out, centroids, rows, seg_of_row):
 
 class _RestoreRows(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, centroid_out, centroids, rows, seg_of_row, use_triton):
+    def forward(ctx, centroid_out, centroids, rows, seg_of_row, use_triton, seg=None):
         ctx.save_for_backward(seg_of_row)
+        ctx.seg = seg if use_triton else None
         ctx.shapes = (centroid_out.shape, centroids.shape)
         ctx.dtypes = (centroid_out.dtype, centroids.dtype)
         if use_triton:
@@ -527,6 +604,12 @@ class _RestoreRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         (seg_of_row,) = ctx.saved_tensors
+        if ctx.seg is not None:
+            # rows of a segment are contiguous (the rows are in sorted order): one segment-sum pass
+            sums = _mean_launch(grad_out, ctx.seg, None, ctx.shapes[0][0], zero_fill=True, total=True)  # (B, d)
+            grad_cout = sums.to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+            grad_cent = (-sums).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+            return grad_cout, grad_cent, grad_out, None, None, None
         valid = (seg_of_row >= 0).unsqueeze(1)  # (N, 1)
         grad = torch.where(valid, grad_out, 0)  # (N, d)
         accumulate = lsh.hash_dtype(grad_out.dtype)
@@ -536,11 +619,12 @@ class _RestoreRows(torch.autograd.Function):
         sums = sums[:-1]
         grad_cout = sums.to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
         grad_cent = (-sums).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
-        return grad_cout, grad_cent, grad, None, None
+        return grad_cout, grad_cent, grad, None, None, None
 
 
 def restore_rows(centroid_out: torch.Tensor, centroids: torch.Tensor, rows: torch.Tensor,
-                 seg_of_row: torch.Tensor, *, force_triton: bool = False) -> torch.Tensor:
+                 seg_of_row: torch.Tensor, *, segments: Segments | None = None,
+                 force_triton: bool = False) -> torch.Tensor:
     """out[i] = centroid_out[s] - centroids[s] + rows[i], s = seg_of_row[i] (0 where s < 0).
 
     centroid_out, centroids: (B, d); rows: (N, d); seg_of_row: (N,) int64 in [0, B) (or -1).
@@ -548,7 +632,9 @@ def restore_rows(centroid_out: torch.Tensor, centroids: torch.Tensor, rows: torc
     `lsh.restore(centroid_out, compressed, lsh.residuals(tokens, compressed))` up to rounding with
     rows = tokens, seg_of_row = compressed.token_to_centroid. Differentiable: grad_centroid_out[s]
     = sum of grad_out over the rows of s, grad_centroids = -grad_centroid_out, grad_rows = grad_out.
-    Kernel path (all three 16-bit, same dtype, on CUDA): one pass.
+    Kernel path (all three 16-bit, same dtype, on CUDA): one pass. With `segments` (the Segments
+    whose sorted rows `rows` are, seg_of_row = segments.seg_of_row[:N]) the backward's segment sums
+    are one pass of the segment kernel over contiguous rows instead of a scatter-add.
     """
     if centroid_out.ndim != 2 or centroids.shape != centroid_out.shape:
         raise ValueError(f"centroid_out {tuple(centroid_out.shape)} and centroids {tuple(centroids.shape)} "
@@ -560,7 +646,7 @@ def restore_rows(centroid_out: torch.Tensor, centroids: torch.Tensor, rows: torc
     same = centroid_out.dtype == centroids.dtype == rows.dtype
     eligible = same and rows.dtype in (torch.bfloat16, torch.float16) and rows.shape[1] > 0
     use = _use_triton(rows.device, eligible and (rows.is_cuda or force_triton), force_triton)
-    return _RestoreRows.apply(centroid_out, centroids, rows, seg_of_row, use)
+    return _RestoreRows.apply(centroid_out, centroids, rows, seg_of_row, use, segments)
 
 
 # ---- compress ----------------------------------------------------------------------------------
@@ -587,9 +673,9 @@ def compress_fast(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
     eligible = _config_eligible(config, projection, tokens) and (tokens.is_cuda or force_triton)
     use = _use_triton(tokens.device, eligible, force_triton)
     with torch.no_grad():
-        if use:
-            key = _hash_launch(tokens.detach(), config, projection, group, span)  # (N,) group * span + bucket
-        else:
+        key = _hash_launch(tokens.detach(), config, projection, group, span) if use else None  # (N,)
+        if key is None:  # torch path (or a projection whose entries the 16-bit dtype cannot hold)
+            use = False
             key = group * span + lsh.bucket_ids(tokens, config, projection)  # (N,)
         seg, sorted_key = _segments_from_key(key, group, has_invalid=False)
     # launched before the sync (rows >= num_segments of the (N, d) buffer are left unwritten and

@@ -47,6 +47,9 @@ class Placement:
             raise ValueError(f"expert_to_rank holds rank {bad}, outside [0, world_size={world_size})")
         if int(r2n.min()) < 0:
             raise ValueError(f"rank_to_node holds negative node {int(r2n.min())}")
+        # read once here: the routers ask for it on every call, and on a GPU a read-back is a
+        # host synchronisation
+        object.__setattr__(self, "_num_nodes", int(r2n.max()) + 1)
 
     @property
     def num_experts(self) -> int:
@@ -58,7 +61,7 @@ class Placement:
 
     @property
     def num_nodes(self) -> int:
-        return int(self.rank_to_node.max()) + 1
+        return self._num_nodes
 
     @property
     def expert_to_node(self) -> torch.Tensor:
