@@ -23,17 +23,17 @@ import sys
 import torch
 
 from lshsim.dispatch import DispatchPlan, Placement, RouterConfig
-from lshsim.dispatch.routers import SYNC_FREE_ROUTERS, get_router, grap_scores, route_on_rank, topk_gate_weight
+from lshsim.dispatch.routers import SYNC_FREE_ROUTERS, get_router, route_on_rank
 from lshsim.executor.moe_ops import choice_order, inverse_permutation
 
 __all__ = ["GraphedRouting"]
 
 
 class CapturedFunction:
-    """fn(**tensors) -> (flat int64 tensor, host metadata), replayed from one CUDA graph per input
+    """fn(**tensors) -> (a tensor or a tuple of tensors, host metadata), replayed from one CUDA graph per input
     signature (names, shapes, dtypes). fn must make no host synchronisation and return metadata
     that depends only on the signature. A call copies the inputs into the graph's static inputs,
-    replays, and returns a copy of the output (one kernel). Off a GPU, or when `enabled` is False,
+    replays, and returns a copy of the outputs (one kernel each). Off a GPU, or when `enabled` is False,
     fn runs eagerly. A capture that fails (an operation that cannot be captured) is reported once
     on stderr and the function runs eagerly from then on."""
 
@@ -72,12 +72,54 @@ class CapturedFunction:
                 torch.cuda.synchronize()
                 self.enabled = False
                 return self.fn(**tensors, **params)
-        graph, static, flat, meta = self._graphs[key]
+        graph, static, out, meta = self._graphs[key]
         for name, value in tensors.items():
             static[name].copy_(value.detach())
         graph.replay()
         self.replays += 1
-        return flat.clone(), meta
+        if isinstance(out, tuple):
+            return tuple(o.clone() for o in out), meta
+        return out.clone(), meta
+
+
+class GateWeights(torch.autograd.Function):
+    """The gate weights of a top-k plan (`topk_gate_weight` of the router logits), values given,
+    gradient computed here: forward returns `values`; backward maps dL/dw (T, k) to the router's
+    input.
+
+    source: topk: the logits without the bias (any float dtype; router logits = source + bias);
+    locmoe: the GrAP group means (router logits = relu(source)). With l the router logits and w the
+    weights: k = 1, w = softmax(l)_e, dl = g w (onehot_e - softmax(l)); k > 1, w = softmax(l[idx]),
+    dl[idx] = w (g - sum(w g)), 0 elsewhere; locmoe multiplies by relu' (source > 0).
+    """
+
+    @staticmethod
+    def forward(ctx, source, values, expert_index, router, bias):
+        ctx.save_for_backward(source, expert_index)
+        ctx.router, ctx.bias = router, bias
+        return values.view_as(values)
+
+    @staticmethod
+    def backward(ctx, grad):
+        source, expert_index = ctx.saved_tensors
+        if ctx.router == "locmoe":
+            logits = torch.relu(source.float())
+        else:
+            logits = source.float() if ctx.bias is None else source.float() + ctx.bias
+        grad = grad.float()
+        if expert_index.shape[1] == 1:
+            probs = torch.softmax(logits, dim=1)  # (T, E)
+            weight = probs.gather(1, expert_index)  # (T, 1)
+            scaled = grad * weight  # (T, 1)
+            dlogits = (-scaled * probs).scatter_add_(1, expert_index, scaled)  # (T, E)
+        else:
+            weight = torch.softmax(logits.gather(1, expert_index), dim=1)  # (T, k)
+            scaled = grad * weight
+            chosen = scaled - weight * scaled.sum(dim=1, keepdim=True)  # (T, k)
+            dlogits = torch.zeros_like(logits).scatter_add_(1, expert_index, chosen)  # (T, E)
+        if ctx.router == "locmoe":
+            dlogits = dlogits * (source > 0)
+        return dlogits.to(source.dtype), None, None, None, None
 
 
 class GraphedRouting:
@@ -89,8 +131,10 @@ class GraphedRouting:
     """
 
     def __init__(self, config: RouterConfig, placement: Placement, rank: int, position: torch.Tensor,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, bias: torch.Tensor | None = None) -> None:
         self.config, self.placement, self.rank, self.position = config, placement, rank, position
+        self.bias = bias  # added to the logits inside the graph (linear-gate routers)
+        self._token_rank: dict = {}
         self.captured = CapturedFunction(self._indices, enabled and config.name in SYNC_FREE_ROUTERS, "routing")
         self.segments = CapturedFunction(self._segments, enabled, "LSH bucketing")
 
@@ -100,48 +144,55 @@ class GraphedRouting:
         return self.captured.replays
 
     # -- the captured functions: integers only -------------------------------------------------
-    def _indices(self, **inputs) -> tuple[torch.Tensor, tuple[int, int]]:
-        """One flat int64 vector: expert_index, slot, kept, order, inv (T*k each), tokens_per_expert,
-        counts (E each); and (k, capacity)."""
+    def _router_inputs(self, inputs: dict) -> dict:
+        if "logits" in inputs and self.bias is not None:
+            return {"logits": inputs["logits"].float() + self.bias}
+        return inputs
+
+    def _indices(self, **inputs) -> tuple[tuple[torch.Tensor, ...], tuple[int, int]]:
+        """(flat int64: expert_index, slot, order, inv, token of each send row (T*k each),
+        tokens_per_expert, counts (E each);
+        kept (T, k) bool; gate weights (T, k) float32); and (k, capacity)."""
         with torch.no_grad():
-            plan = route_on_rank(self.config, self.placement, self.rank, **inputs)
+            plan = route_on_rank(self.config, self.placement, self.rank, **self._router_inputs(inputs))
             order, counts = choice_order(plan.expert_index, plan.slot, plan.kept, self.position, plan.capacity)
             inv = inverse_permutation(order)
-            flat = torch.cat([plan.expert_index.reshape(-1), plan.slot.reshape(-1), plan.kept.reshape(-1).long(),
-                              order, inv, plan.tokens_per_expert, counts])
-        return flat, (plan.num_choices, plan.capacity)
+            token_of_row = torch.div(order, plan.num_choices, rounding_mode="floor")  # (T*k,) send row -> token
+            flat = torch.cat([plan.expert_index.reshape(-1), plan.slot.reshape(-1), order, inv, token_of_row,
+                              plan.tokens_per_expert, counts])
+        return (flat, plan.kept, plan.gate_weight.float()), (plan.num_choices, plan.capacity)
 
-    def __call__(self, inputs: dict) -> tuple[DispatchPlan, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, inputs: dict) -> tuple[DispatchPlan, torch.Tensor, torch.Tensor, torch.Tensor,
+                                              torch.Tensor | None]:
+        """(plan, order, inv, counts, token of each send row (order // k) or None)."""
         kind = get_router(self.config.name).input_kind
         if inputs.get(kind) is None:
             raise ValueError(f"router {self.config.name!r} reads {kind}, which was not given")
         inputs = {kind: inputs[kind]}  # only what the router reads is copied into the graph
         device = next(iter(inputs.values())).device
         if self.config.name not in SYNC_FREE_ROUTERS:  # expert_choice, plugins: route_on_rank as it is
-            plan = route_on_rank(self.config, self.placement, self.rank, **inputs)
+            plan = route_on_rank(self.config, self.placement, self.rank, **self._router_inputs(inputs))
             order, counts = choice_order(plan.expert_index, plan.slot, plan.kept, self.position, plan.capacity)
-            return plan, order, inverse_permutation(order), counts
-        flat, (k, capacity) = self.captured(**inputs)
-        num_tokens = next(iter(inputs.values())).shape[0]
+            return plan, order, inverse_permutation(order), counts, None
+        (flat, kept, weight_values), (k, capacity) = self.captured(**inputs)
+        source = next(iter(inputs.values()))
+        num_tokens = source.shape[0]
         num_experts = self.placement.num_experts
         rows = num_tokens * k
-        expert_index, slot, kept, order, inv, rest = torch.split(flat, [rows] * 5 + [2 * num_experts])
+        expert_index, slot, order, inv, token_of_row, rest = torch.split(flat, [rows] * 5 + [2 * num_experts])
         expert_index, slot = expert_index.view(num_tokens, k), slot.view(num_tokens, k)
-        kept = kept.view(num_tokens, k).bool()
         tokens_per_expert, counts = rest[:num_experts], rest[num_experts:]
-        # the differentiable part, eagerly, with the routers' own functions
+        # the gate weights' gradient, by hand (GateWeights): the values come from the graph
         if self.config.name == "hash":
-            router_logits = None
-            gate_weight = torch.ones(expert_index.shape, dtype=torch.float32, device=device)
+            gate_weight = weight_values
         else:
-            router_logits = inputs["logits"] if self.config.name == "topk" else grap_scores(
-                inputs["hidden"], num_experts)
-            gate_weight = topk_gate_weight(router_logits, expert_index)
-        token_rank = torch.full((num_tokens,), self.rank, dtype=torch.int64, device=device)
+            gate_weight = GateWeights.apply(source, weight_values, expert_index, self.config.name, self.bias)
+        if num_tokens not in self._token_rank:
+            self._token_rank[num_tokens] = torch.full((num_tokens,), self.rank, dtype=torch.int64, device=device)
         plan = DispatchPlan(expert_index=expert_index, gate_weight=gate_weight, slot=slot, kept=kept,
                             tokens_per_expert=tokens_per_expert, capacity=capacity, placement=self.placement,
-                            token_rank=token_rank, router_logits=router_logits)
-        return plan, order, inv, counts
+                            token_rank=self._token_rank[num_tokens], router_logits=None)
+        return plan, order, inv, counts, token_of_row
 
     # -- LSH-MoE: the (destination expert position, bucket) segments of the kept choices ------
     def _segments(self, expert_index: torch.Tensor, kept: torch.Tensor, bucket: torch.Tensor | None = None, *,
@@ -159,12 +210,13 @@ class GraphedRouting:
                                      self.placement.num_experts)
             inv = inverse_permutation(segs.order)
             counts = segs.segments_per_group(self.placement.num_experts)  # (E,) centroids per position
-            flat = torch.cat([segs.order, inv, segs.seg_of_row, segs.seg_start, segs.seg_count, segs.seg_group,
-                              counts, segs.num_segments.reshape(1), segs.num_valid.reshape(1)])
+            token_of_row = torch.div(segs.order, k, rounding_mode="floor")  # (T*k,)
+            flat = torch.cat([segs.order, inv, token_of_row, segs.seg_of_row, segs.seg_start, segs.seg_count,
+                              segs.seg_group, counts, segs.num_segments.reshape(1), segs.num_valid.reshape(1)])
         return flat, None
 
     def lsh_segments(self, plan: DispatchPlan, bucket: torch.Tensor | None, span: int):
-        """(Segments, order, inv, counts) of the plan's kept choices keyed by (position, bucket):
+        """(Segments, order, inv, counts, token of each send row) of the plan's kept choices keyed by (position, bucket):
         one graph replay on a GPU. bucket: (T,) int64 bucket id of every token, or None for the
         finest resolution (span T*k)."""
         from lshsim.dispatch.lsh_fast import Segments
@@ -175,9 +227,9 @@ class GraphedRouting:
         flat, _ = self.segments({"span": span}, **tensors)
         rows = plan.num_tokens * plan.num_choices
         num_experts = self.placement.num_experts
-        order, inv, seg_of_row, seg_start, seg_count, seg_group, rest = torch.split(
-            flat, [rows] * 6 + [num_experts + 2])
+        order, inv, token_of_row, seg_of_row, seg_start, seg_count, seg_group, rest = torch.split(
+            flat, [rows] * 7 + [num_experts + 2])
         counts, num_segments, num_valid = rest[:num_experts], rest[num_experts:num_experts + 1], rest[-1:]
         segs = Segments(order=order, seg_of_row=seg_of_row, seg_start=seg_start, seg_count=seg_count,
                         seg_group=seg_group, num_segments=num_segments, num_valid=num_valid)
-        return segs, order, inv, counts
+        return segs, order, inv, counts, token_of_row

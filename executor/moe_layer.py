@@ -160,16 +160,19 @@ def _route(workload: WorkloadConfig, placement: Placement, gate: GateParams, x: 
                  **_gate_inputs(workload, gate, x))
 
 
-def _gate_inputs(workload: WorkloadConfig, gate: GateParams, x: torch.Tensor) -> dict:
+def _gate_inputs(workload: WorkloadConfig, gate: GateParams, x: torch.Tensor, with_bias: bool = True) -> dict:
     """The router's input: logits x W + b in float32 (on a GPU the product runs in the tokens'
     bf16, accumulated in fp32, then widened: a float32 GEMM would cost ~10x the gate's time),
-    the tokens for locmoe, the token ids for hash."""
+    the tokens for locmoe, the token ids for hash. with_bias=False leaves the logits without the
+    bias, in the product's dtype (the layer's routing graph adds it)."""
     inputs = {}
     if gate.weight is not None:
         if x.device.type == "cuda" and x.dtype in (torch.bfloat16, torch.float16):
-            inputs["logits"] = (x @ gate.weight.to(x.dtype)).float() + gate.bias  # (T, E)
+            logits = x @ gate.weight.to(x.dtype)  # (T, E) 16-bit
+            inputs["logits"] = logits.float() + gate.bias if with_bias else logits
         else:
-            inputs["logits"] = x.float() @ gate.weight + gate.bias  # (T, E)
+            logits = x.float() @ gate.weight  # (T, E)
+            inputs["logits"] = logits + gate.bias if with_bias else logits
     if workload.router.name == "locmoe":
         # the GrAP gate's group means (T, E), accumulated in float32: the router's `grap_scores`
         # of these (groups of one feature) are exactly those of the tokens, and the routing
@@ -259,7 +262,8 @@ class DistributedMoE:
             self.projection = make_projection(workload.d_model, self.lsh, device=ctx.device, dtype=dtype)
         #: the gate's index work, one CUDA graph replay per forward on a GPU (`gate_graph`)
         self.routing = GraphedRouting(workload.router, self.placement, ctx.rank, self.position,
-                                      enabled=ctx.device.type == "cuda")
+                                      enabled=ctx.device.type == "cuda",
+                                      bias=self.gate.bias if self.gate.weight is not None else None)
         #: expert arithmetic: "auto" (grouped_mm where it runs, else padded bmm), "grouped_mm" or
         #: "padded_bmm"; `expert_method` is the one the last forward used
         self.expert_impl = "auto"
@@ -321,11 +325,12 @@ class DistributedMoE:
         # 1. gate: route (no host synchronisation for the built-in routers), then order the kept
         # choices by (destination expert position, slot) and gather them into the send buffer
         self._begin("gate")
-        plan, order, inv, counts = self.routing({"token_ids": token_ids, **_gate_inputs(workload, self.gate, x)})
+        plan, order, inv, counts, token_of_row = self.routing({"token_ids": token_ids,
+                                                 **_gate_inputs(workload, self.gate, x, with_bias=False)})
         k = plan.num_choices
         segs = None
         if lsh is None:
-            send_x = gather_choices(x, order, inv, k)  # (T*k, d), the first N rows kept
+            send_x = gather_choices(x, order, inv, k, token_of_row)  # (T*k, d), the first N rows kept
         self._end("gate")
         # 2. LSH-MoE: one centroid per (destination expert, bucket); the tokens stay here for the
         # residual. Hashing reads the T tokens once (a token's bucket is the same for all its choices).
@@ -336,11 +341,11 @@ class DistributedMoE:
             self._begin("lsh_compress")
             with torch.no_grad():
                 bucket, span = self._token_buckets(x, lsh, num_tokens, k)
-                segs, order, inv, counts = self.routing.lsh_segments(plan, bucket, span)
+                segs, order, inv, counts, token_of_row = self.routing.lsh_segments(plan, bucket, span)
             self._end("lsh_compress")
             # the send rows, gathered in bucket order: the gate's packing, as without LSH
             self._begin("gate")
-            send_x = gather_choices(x, order, inv, k)  # (T*k, d)
+            send_x = gather_choices(x, order, inv, k, token_of_row)  # (T*k, d)
             self._end("gate")
             send_x = mark(send_x, timer, closes="lsh_compress")
             self._begin("lsh_compress")
@@ -350,11 +355,11 @@ class DistributedMoE:
         # the one device-to-host copy of the forward. With sync_phases the ranks are aligned first
         # (untimed), as before every all-to-all: "other" is then the exchange, not a wait for a
         # slower rank's gate.
+        if ctx.progress is not None:
+            ctx.progress.step("split-size exchange")
         if ctx.sync:
             align_ranks(x.device)
         self._begin("other")
-        if ctx.progress is not None:
-            ctx.progress.step("split-size exchange")
         received = exchange_counts(counts)  # (E,): block s = rows from rank s per local expert
         kept_dev = segs.num_valid.reshape(1) if segs is not None else counts.sum().reshape(1)
         host = torch.cat([counts, received, kept_dev]).tolist()

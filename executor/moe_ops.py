@@ -66,10 +66,12 @@ def choice_order(expert_index: torch.Tensor, slot: torch.Tensor, kept: torch.Ten
 
 class _GatherChoices(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, order, inv, k):
+    def forward(ctx, x, order, inv, k, token_of_row):
         ctx.save_for_backward(inv)
         ctx.shape, ctx.k = x.shape, k
-        return x.index_select(0, torch.div(order, k, rounding_mode="floor"))
+        if token_of_row is None:
+            token_of_row = torch.div(order, k, rounding_mode="floor")
+        return x.index_select(0, token_of_row)
 
     @staticmethod
     def backward(ctx, grad):
@@ -80,13 +82,15 @@ class _GatherChoices(torch.autograd.Function):
             grad_x = grad_x.sum(dim=1, dtype=torch.float32).to(grad.dtype)  # (T, d)
         else:
             grad_x = grad_x.reshape(num_tokens, d_model)
-        return grad_x, None, None, None
+        return grad_x, None, None, None, None
 
 
-def gather_choices(x: torch.Tensor, order: torch.Tensor, inv: torch.Tensor, k: int) -> torch.Tensor:
-    """(T, d) -> (T*k, d): row i is token order[i] // k. Backward: the k rows of a token summed
-    (fp32), read back through inv = inverse_permutation(order); no atomics."""
-    return _GatherChoices.apply(x, order, inv, k)
+def gather_choices(x: torch.Tensor, order: torch.Tensor, inv: torch.Tensor, k: int,
+                   token_of_row: torch.Tensor | None = None) -> torch.Tensor:
+    """(T, d) -> (T*k, d): row i is token order[i] // k (`token_of_row`, when the caller has it).
+    Backward: the k rows of a token summed (fp32), read back through inv =
+    inverse_permutation(order); no atomics."""
+    return _GatherChoices.apply(x, order, inv, k, token_of_row)
 
 
 class _Permute(torch.autograd.Function):

@@ -158,6 +158,7 @@ def test_routing_ordering_and_lsh_bucketing_make_no_host_synchronisation():
     config = LSHConfig(num_hashes=6, proj_dim=16)
     tokens = inputs["hidden"].to(torch.bfloat16)
     projection = make_projection(256, config, device=device, dtype=torch.bfloat16)
+    lsh_fast.token_buckets(tokens, config, projection)  # first use of a projection: one check, once
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -186,14 +187,20 @@ def test_graphed_routing_returns_route_on_rank_and_choice_order(config):
     inputs = _inputs(97, 32, 16, 4)
     inputs["logits"].requires_grad_(True)
     position = torch.randperm(16, generator=torch.Generator().manual_seed(2))
-    plan, order, inv, counts = GraphedRouting(config, placement, 3, position)(inputs)
+    bias = torch.randn(16, generator=torch.Generator().manual_seed(3))
+    raw = {**inputs, "logits": inputs["logits"]}
+    plan, order, inv, counts, token_of_row = GraphedRouting(config, placement, 3, position, bias=bias)(raw)
+    inputs = {**inputs, "logits": inputs["logits"] + bias}
     ref = route_on_rank(config, placement, 3, **inputs)
     ref_order, ref_counts = choice_order(ref.expert_index, ref.slot, ref.kept, position, ref.capacity)
     for name in ("expert_index", "slot", "kept", "tokens_per_expert", "token_rank"):
         assert torch.equal(getattr(plan, name), getattr(ref, name)), name
-    assert torch.equal(plan.gate_weight, ref.gate_weight) and plan.capacity == ref.capacity
+    torch.testing.assert_close(plan.gate_weight, ref.gate_weight, rtol=0, atol=0)
+    assert plan.capacity == ref.capacity
     assert torch.equal(order, ref_order) and torch.equal(counts, ref_counts)
     assert torch.equal(inv, inverse_permutation(ref_order))
+    if token_of_row is not None:
+        assert torch.equal(token_of_row, ref_order // plan.num_choices)
     if config.name == "topk":  # the gate weights keep their gradient
         assert plan.gate_weight.requires_grad
 
@@ -210,7 +217,7 @@ def test_graphed_routing_replays_equal_eager_routing_on_a_gpu(config):
     routing = GraphedRouting(config, placement, 1, position)
     for seed in range(3):  # new inputs each call: the replay reads them, not the captured ones
         inputs = {key: value.to(device) for key, value in _inputs(4096, 32, 16, seed).items()}
-        plan, order, inv, counts = routing(inputs)
+        plan, order, inv, counts, token_of_row = routing(inputs)
         ref = route_on_rank(config, placement, 1, **inputs)
         ref_order, ref_counts = choice_order(ref.expert_index, ref.slot, ref.kept, position, ref.capacity)
         for name in ("expert_index", "slot", "kept", "tokens_per_expert"):
@@ -218,3 +225,23 @@ def test_graphed_routing_replays_equal_eager_routing_on_a_gpu(config):
         assert torch.equal(order, ref_order) and torch.equal(counts, ref_counts)
         torch.testing.assert_close(plan.gate_weight, ref.gate_weight, rtol=0, atol=0)
     assert routing.replays == 3
+
+
+@pytest.mark.parametrize("router,k", [("topk", 1), ("topk", 3), ("locmoe", 1), ("locmoe", 2)])
+def test_gate_weights_backward_equals_autograd_through_the_router(router, k):
+    """GateWeights' hand-written gradient == autograd through topk_gate_weight (float64)."""
+    from lshsim.dispatch.routers import grap_scores, topk_gate_weight
+    from lshsim.executor.gate_graph import GateWeights
+
+    generator = torch.Generator().manual_seed(k)
+    source = torch.randn(37, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(8, generator=generator, dtype=torch.float64) if router == "topk" else None
+    logits = source + bias if router == "topk" else grap_scores(source, 8)
+    expert_index = torch.topk(logits.detach(), k, dim=1).indices
+    reference = topk_gate_weight(logits, expert_index)
+    values = reference.detach().float()
+    fast = GateWeights.apply(source, values, expert_index, router, bias)
+    g = torch.randn(37, k, generator=generator, dtype=torch.float64)
+    (want,) = torch.autograd.grad((reference * g).sum(), source)
+    (got,) = torch.autograd.grad((fast.double() * g).sum(), source)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

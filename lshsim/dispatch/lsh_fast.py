@@ -299,7 +299,9 @@ def _count(name: str) -> None:
 _KERNEL_MATRICES: dict = {}  # (id(matrix), dtype) -> (weak reference to the matrix, padded or None)
 
 #: launch parameters of the hash kernel; `tune` in benchmarks/bench_lsh.py measures alternatives
-HASH_LAUNCH = {"block_m": None, "block_k": None, "num_warps": 4, "num_stages": 3}
+#: (measured on an H200 by benchmarks/tune_lsh_kernels.py: 8,192 and 32,768 tokens of d 4,096, L 6,
+#: d' 16; within 3% of the best of 20 launches at both sizes, see benchmarks/RESULTS.md)
+HASH_LAUNCH = {"block_m": 64, "block_k": 64, "num_warps": 4, "num_stages": 4}
 
 
 def _kernel_matrix(projection: LSHProjection, dtype: torch.dtype, ld_pad: int) -> torch.Tensor | None:

@@ -1,0 +1,90 @@
+"""Host and GPU time of the pieces of the layer's gate on one GPU (a diagnosis, not a benchmark).
+
+    python benchmarks/diag_gate.py [--tokens 4096] [--d-model 1024] [--experts 8] [--k 2]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lshsim.dispatch import RouterConfig  # noqa: E402
+from lshsim.executor.moe_layer import DistributedMoE, MoEContext, _gate_inputs, rank_inputs  # noqa: E402
+from lshsim.executor.moe_ops import gather_choices  # noqa: E402
+from lshsim.executor.timing import PhaseTimer  # noqa: E402
+from lshsim.executor.workload import WorkloadConfig  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--d-model", type=int, default=1024)
+    parser.add_argument("--experts", type=int, default=8)
+    parser.add_argument("--k", type=int, default=2)
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    workload = WorkloadConfig(name="diag", tokens_per_rank=args.tokens, d_model=args.d_model, d_ffn=2 * args.d_model,
+                              num_experts=args.experts, router=RouterConfig("topk", k=args.k, capacity_factor=1.25))
+    timer = PhaseTimer(device)
+    ctx = MoEContext(rank=0, world_size=1, device=device, timer=timer)
+    model = DistributedMoE(workload, ctx, torch.bfloat16)
+    x0, ids = rank_inputs(workload, 0, device, torch.bfloat16)
+    for _ in range(5):
+        timer.start_iteration()
+        out = model.forward(x0.detach().requires_grad_(True), ids)
+        out.y.float().sum().backward()
+        timer.finish_iteration()
+    rows = []
+    for _ in range(10):
+        x = x0.detach().requires_grad_(True)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        inputs = _gate_inputs(workload, model.gate, x, with_bias=False)
+        t1 = time.perf_counter()
+        plan, order, inv, counts, token_of_row = model.routing({"token_ids": ids, **inputs})
+        t2 = time.perf_counter()
+        send = gather_choices(x, order, inv, plan.num_choices, token_of_row)
+        t3 = time.perf_counter()
+        torch.cuda.synchronize()
+        t4 = time.perf_counter()
+        rows.append((t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+    rows.sort(key=lambda r: sum(r))
+    med = rows[len(rows) // 2]
+    print(f"host us: gate_inputs {med[0]*1e6:.1f} routing {med[1]*1e6:.1f} gather {med[2]*1e6:.1f} "
+          f"then GPU drain {med[3]*1e6:.1f}; replays {model.routing.replays}")
+    # the routing call alone, back to back (host cost per call)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(50):
+        model.routing({"token_ids": ids, **inputs})
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    t2 = time.perf_counter()
+    print(f"routing x50: host {(t1 - t0) / 50 * 1e6:.1f} us per call, all done after {(t2 - t0) / 50 * 1e6:.1f} us per call")
+    # phase timer on the forward
+    times = []
+    for _ in range(10):
+        timer.start_iteration()
+        model.forward(x0.detach().requires_grad_(True), ids)
+        times.append(timer.finish_iteration()[("gate", "forward")])
+    gate = sorted(t[1] - t[0] for t in times)[5]
+    print(f"gate phase (CUDA events) {gate * 1e6:.1f} us")
+    # eager routing for comparison
+    model.routing.captured.enabled = False
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        model.routing({"token_ids": ids, **inputs})
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    print(f"eager routing: host {(t1 - t0) / 20 * 1e6:.1f} us per call")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
