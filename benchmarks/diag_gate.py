@@ -26,9 +26,10 @@ def main() -> int:
     parser.add_argument("--d-model", type=int, default=1024)
     parser.add_argument("--experts", type=int, default=8)
     parser.add_argument("--k", type=int, default=2)
+    parser.add_argument("--d-ffn", type=int, default=None, help="default 2 d_model")
     args = parser.parse_args()
     device = torch.device("cuda")
-    workload = WorkloadConfig(name="diag", tokens_per_rank=args.tokens, d_model=args.d_model, d_ffn=2 * args.d_model,
+    workload = WorkloadConfig(name="diag", tokens_per_rank=args.tokens, d_model=args.d_model, d_ffn=args.d_ffn or 2 * args.d_model,
                               num_experts=args.experts, router=RouterConfig("topk", k=args.k, capacity_factor=1.25))
     timer = PhaseTimer(device)
     ctx = MoEContext(rank=0, world_size=1, device=device, timer=timer)

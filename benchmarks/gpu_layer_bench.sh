@@ -41,7 +41,7 @@ want tests && step tests 60 150 $PY -m pytest -q -m gpu -p no:cacheprovider test
 want tune && step tune-lsh 60 120 $PY benchmarks/tune_lsh_kernels.py --out "$OUT/tune-lsh.json"
 want check && step check-x2 60 120 $PY -m lshsim.executor launch --nproc 2 --timeout-s 110 -- check --out "$OUT/check-x2.json"
 want lsh && step bench-lsh 40 90 sh -c "$PY benchmarks/bench_lsh.py --device cuda --fast --dtype bfloat16 --rotations gaussian --dims 4096 --tokens 8192 32768 --proj-dims 16 --repeats 50 --json > $OUT/bench-lsh.jsonl; cat $OUT/bench-lsh.jsonl"
-want diag && step diag-gate 30 60 sh -c "$PY benchmarks/diag_gate.py; $PY benchmarks/diag_gate.py --d-model 7168 --experts 256 --k 8"
+want diag && step diag-gate 30 60 sh -c "$PY benchmarks/diag_gate.py; $PY benchmarks/diag_gate.py --d-model 7168 --d-ffn 2048 --experts 256 --k 8"
 want x1 && step layer-x1 60 150 $PY benchmarks/bench_moe_layer.py --out "$OUT/layer-x1.json" --profile deepseek-v3-like
 want x2 && step layer-x2 60 150 $PY -m torch.distributed.run --nproc_per_node 2 benchmarks/bench_moe_layer.py --out "$OUT/layer-x2.json"
 if want even; then
