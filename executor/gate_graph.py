@@ -24,7 +24,7 @@ import torch
 
 from lshsim.dispatch import DispatchPlan, Placement, RouterConfig
 from lshsim.dispatch.routers import SYNC_FREE_ROUTERS, get_router, route_on_rank
-from lshsim.executor.moe_ops import choice_order, inverse_permutation
+from lshsim.executor.moe_ops import choice_order, gather_choices, inverse_permutation
 
 __all__ = ["GraphedRouting"]
 
@@ -233,3 +233,91 @@ class GraphedRouting:
         segs = Segments(order=order, seg_of_row=seg_of_row, seg_start=seg_start, seg_count=seg_count,
                         seg_group=seg_group, num_segments=num_segments, num_valid=num_valid)
         return segs, order, inv, counts, token_of_row
+
+
+class GraphedGate:
+    """The whole gate of a forward without LSH as one CUDA graph forward and one backward
+    (`torch.cuda.make_graphed_callables`): logits, routing, send order, gate weights and the
+    gathered send rows, for the routers in SYNC_FREE_ROUTERS.
+
+    call(x, token_ids) -> (plan, order, inv, counts, send_x). The send rows (T*k, d) are the graph's
+    static output: the next call overwrites them (the layer consumes them within one forward);
+    everything else is a copy. One graph per (tokens, dtype, whether x and the gate weight require
+    a gradient). Off a GPU the same function runs eagerly under autograd. A capture that fails is
+    reported once on stderr; the caller then uses its eager path (`available` turns False).
+    """
+
+    def __init__(self, routing: GraphedRouting, gate_inputs, gate_weight: torch.Tensor | None,
+                 enabled: bool = True) -> None:
+        self.routing = routing
+        self.gate_inputs = gate_inputs  # (x, weight) -> the router's inputs, bias included
+        self.weight = gate_weight
+        self.available = enabled and routing.config.name in SYNC_FREE_ROUTERS
+        self._graphed: dict = {}
+        self.replays = 0
+
+    def _fn(self, x: torch.Tensor, *rest: torch.Tensor):
+        config = self.routing.config
+        if config.name == "hash":
+            router_inputs = {"token_ids": rest[0]}
+        else:
+            router_inputs = self.gate_inputs(x, rest[0] if rest else None)
+        with torch.no_grad():
+            detached = {name: value.detach() for name, value in router_inputs.items()}
+            plan = route_on_rank(config, self.routing.placement, self.routing.rank, **detached)
+            order, counts = choice_order(plan.expert_index, plan.slot, plan.kept, self.routing.position,
+                                         plan.capacity)
+            inv = inverse_permutation(order)
+            token_of_row = torch.div(order, plan.num_choices, rounding_mode="floor")
+            flat = torch.cat([plan.expert_index.reshape(-1), plan.slot.reshape(-1), order, inv,
+                              plan.tokens_per_expert, counts])
+        if config.name == "hash":
+            gate_weight = plan.gate_weight
+        else:
+            from lshsim.dispatch.routers import grap_scores, topk_gate_weight
+
+            logits = router_inputs["logits"] if "logits" in router_inputs else grap_scores(
+                router_inputs["hidden"], self.routing.placement.num_experts)
+            gate_weight = topk_gate_weight(logits, plan.expert_index)
+        send_x = gather_choices(x, order, inv, plan.num_choices, token_of_row)  # (T*k, d), fp32 sums backward
+        self._meta = (plan.num_choices, plan.capacity)
+        return send_x, gate_weight, flat, plan.kept
+
+    def _args(self, x: torch.Tensor, token_ids: torch.Tensor) -> tuple:
+        return (x, token_ids) if self.routing.config.name == "hash" else (x, self.weight)
+
+    def __call__(self, x: torch.Tensor, token_ids: torch.Tensor):
+        args = self._args(x, token_ids)
+        if x.is_cuda:
+            key = (tuple(x.shape), x.dtype, x.requires_grad, bool(args[1].requires_grad), torch.is_grad_enabled())
+            if key not in self._graphed:
+                samples = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
+                try:
+                    graphed = torch.cuda.make_graphed_callables(self._fn, samples, allow_unused_input=True)
+                except Exception as error:  # not capturable here: the caller's eager path, said once
+                    print(f"lshsim: the gate runs without a CUDA graph ({str(error).splitlines()[0]})",
+                          file=sys.stderr)
+                    torch.cuda.synchronize()
+                    self.available = False
+                    return None
+                self._graphed[key] = (graphed, self._meta)
+            graphed, (k, capacity) = self._graphed[key]
+            send_x, gate_weight, flat, kept = graphed(*args)
+            flat, kept, gate_weight = flat.clone(), kept.clone(), gate_weight.clone()
+            self.replays += 1
+        else:
+            send_x, gate_weight, flat, kept = self._fn(*args)
+            k, capacity = self._meta
+        num_tokens = x.shape[0]
+        num_experts = self.routing.placement.num_experts
+        rows = num_tokens * k
+        expert_index, slot, order, inv, rest = torch.split(flat, [rows] * 4 + [2 * num_experts])
+        tokens_per_expert, counts = rest[:num_experts], rest[num_experts:]
+        if num_tokens not in self.routing._token_rank:
+            self.routing._token_rank[num_tokens] = torch.full((num_tokens,), self.routing.rank, dtype=torch.int64,
+                                                              device=x.device)
+        plan = DispatchPlan(expert_index=expert_index.view(num_tokens, k), gate_weight=gate_weight,
+                            slot=slot.view(num_tokens, k), kept=kept, tokens_per_expert=tokens_per_expert,
+                            capacity=capacity, placement=self.routing.placement,
+                            token_rank=self.routing._token_rank[num_tokens], router_logits=None)
+        return plan, order, inv, counts, send_x

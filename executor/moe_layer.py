@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from lshsim.executor.comm import CommContext, CommStats, align_ranks, all_to_all, exchange_counts, mark
-from lshsim.executor.gate_graph import GraphedRouting
+from lshsim.executor.gate_graph import GraphedGate, GraphedRouting
 from lshsim.executor.moe_ops import (combine_choices, expert_ffn_grouped, gather_choices, inverse_permutation,
                                      permute_rows)
 from lshsim.executor.timing import PhaseTimer
@@ -264,6 +264,10 @@ class DistributedMoE:
         self.routing = GraphedRouting(workload.router, self.placement, ctx.rank, self.position,
                                       enabled=ctx.device.type == "cuda",
                                       bias=self.gate.bias if self.gate.weight is not None else None)
+        #: the whole gate of a forward without LSH as one graph forward and backward on a GPU
+        self.gate_graph = GraphedGate(
+            self.routing, lambda x, weight: _gate_inputs(workload, GateParams(weight, self.gate.bias), x),
+            self.gate.weight)  # on a CPU the same function runs eagerly (what the CPU tests check)
         #: expert arithmetic: "auto" (grouped_mm where it runs, else padded bmm), "grouped_mm" or
         #: "padded_bmm"; `expert_method` is the one the last forward used
         self.expert_impl = "auto"
@@ -325,11 +329,15 @@ class DistributedMoE:
         # 1. gate: route (no host synchronisation for the built-in routers), then order the kept
         # choices by (destination expert position, slot) and gather them into the send buffer
         self._begin("gate")
-        plan, order, inv, counts, token_of_row = self.routing({"token_ids": token_ids,
-                                                 **_gate_inputs(workload, self.gate, x, with_bias=False)})
+        gated = self.gate_graph(x, token_ids) if lsh is None and self.gate_graph.available else None
+        if gated is not None:  # one graph: logits, routing, order, weights and the send rows
+            plan, order, inv, counts, send_x = gated
+        else:
+            plan, order, inv, counts, token_of_row = self.routing(
+                {"token_ids": token_ids, **_gate_inputs(workload, self.gate, x, with_bias=False)})
         k = plan.num_choices
         segs = None
-        if lsh is None:
+        if lsh is None and gated is None:
             send_x = gather_choices(x, order, inv, k, token_of_row)  # (T*k, d), the first N rows kept
         self._end("gate")
         # 2. LSH-MoE: one centroid per (destination expert, bucket); the tokens stay here for the

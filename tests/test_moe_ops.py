@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -245,3 +247,33 @@ def test_gate_weights_backward_equals_autograd_through_the_router(router, k):
     (want,) = torch.autograd.grad((reference * g).sum(), source)
     (got,) = torch.autograd.grad((fast.double() * g).sum(), source)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("router", [RouterConfig("topk", k=2, capacity_factor=1.25), RouterConfig("hash", k=1),
+                                    RouterConfig("locmoe", k=2, capacity_factor=None)], ids=lambda c: c.name)
+def test_graphed_gate_equals_the_eager_gate_on_a_gpu(router):
+    """The layer with its gate as one CUDA graph == the layer with the eager gate: outputs and
+    gradients (bf16), over several calls with new inputs (the replays read them)."""
+    from lshsim.executor.moe_layer import DistributedMoE, MoEContext, rank_inputs
+    from lshsim.executor.workload import WorkloadConfig
+
+    device = torch.device("cuda")
+    workload = WorkloadConfig(name="g", tokens_per_rank=512, d_model=256, d_ffn=512, num_experts=8, router=router)
+    ctx = MoEContext(rank=0, world_size=1, device=device)
+    graphed, eager = DistributedMoE(workload, ctx, torch.bfloat16), DistributedMoE(workload, ctx, torch.bfloat16)
+    eager.gate_graph.available = False
+    for seed in range(3):
+        x0, ids = rank_inputs(dataclasses.replace(workload, seed=seed), 0, device, torch.bfloat16)
+        results = []
+        for model in (graphed, eager):
+            for param in model.parameters():
+                param.grad = None
+            x = x0.detach().clone().requires_grad_(True)
+            y = model.forward(x, ids).y
+            (y.float() * 0.01).sum().backward()
+            results.append([y.detach(), x.grad] + [p.grad for p in model.parameters()])
+        for a, b in zip(*results):
+            scale = float(b.float().abs().max()) or 1.0
+            assert float((a.float() - b.float()).abs().max()) <= 2e-2 * scale
+    assert graphed.gate_graph.replays == 3
