@@ -284,12 +284,14 @@ class GraphedGate:
         return send_x, gate_weight, flat, plan.kept
 
     def _args(self, x: torch.Tensor, token_ids: torch.Tensor) -> tuple:
-        return (x, token_ids) if self.routing.config.name == "hash" else (x, self.weight)
+        if self.routing.config.name == "hash":
+            return x, token_ids
+        return (x,) if self.weight is None else (x, self.weight)  # locmoe's GrAP gate has no weight
 
     def __call__(self, x: torch.Tensor, token_ids: torch.Tensor):
         args = self._args(x, token_ids)
         if x.is_cuda:
-            key = (tuple(x.shape), x.dtype, x.requires_grad, bool(args[1].requires_grad), torch.is_grad_enabled())
+            key = (tuple(x.shape), x.dtype, tuple(a.requires_grad for a in args), torch.is_grad_enabled())
             if key not in self._graphed:
                 samples = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
                 try:
