@@ -171,8 +171,12 @@ def phase_rooflines(workload: WorkloadConfig, meta: dict, world: int, roof: dict
     return rooflines
 
 
-def run_shape(workload: WorkloadConfig, runtime, roof: dict) -> dict:
+def run_shape(workload: WorkloadConfig, runtime, roof: dict, trace_dir: str | None = None) -> dict:
+    if runtime.device.type == "cuda":
+        torch.cuda.empty_cache()  # every shape starts from an empty allocator cache
     trace = run_workload(workload, runtime, progress=Progress(None, runtime.rank))
+    if trace_dir and runtime.rank == 0:
+        trace.to_json(Path(trace_dir) / f"{workload.name}-x{runtime.world_size}.json")
     meta = trace.meta
     measured = meta["measured"]
     phases = measured["phases_s"]
@@ -269,16 +273,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="auto", help="auto | cuda | cpu")
+    parser.add_argument("--trace-dir", help="also write every shape's measured trace (lshsim validate reads it) here")
     parser.add_argument("--profile", metavar="NAME", help="also profile shape NAME (torch.profiler, 3 iterations) "
                         "and print its costliest operators (rank 0)")
     args = parser.parse_args(argv)
+    if args.trace_dir:
+        Path(args.trace_dir).mkdir(parents=True, exist_ok=True)
     runtime = init_runtime(args.device)
     roof = measure_roofline(runtime.device)
     exchange = measure_count_exchange(runtime)
     results, checks = [], []
     for workload in shapes(args):
         start = time.perf_counter()
-        result = run_shape(workload, runtime, roof)
+        result = run_shape(workload, runtime, roof, args.trace_dir)
         results.append(result)
         checks.extend(targets(result, roof))
         if runtime.rank == 0:
