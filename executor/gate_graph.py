@@ -82,6 +82,42 @@ class CapturedFunction:
         return out.clone(), meta
 
 
+def route_indices(config: RouterConfig, placement: Placement, rank: int, position: torch.Tensor,
+                  inputs: dict) -> dict:
+    """The index work of one rank's routing (no gradient): expert_index, gate_weight, slot, kept,
+    tokens_per_expert, capacity, and the send order (order, inv, token_of_row, counts).
+
+    The fused Triton kernels (`lshsim.dispatch.fused_routing`, about ten kernels) for topk and
+    locmoe with drop_policy "position" where Triton runs; `route_on_rank` + `choice_order` (about
+    60 kernels) otherwise. Both give the same result (tests/test_fused_routing.py).
+    """
+    from lshsim.dispatch import fused_routing
+    from lshsim.dispatch.routers import compute_capacity, locmoe_selection
+
+    source = next(iter(inputs.values()))
+    num_tokens = source.shape[0]
+    with torch.no_grad():
+        if (config.name in ("topk", "locmoe") and config.drop_policy == "position"
+                and placement.num_experts <= fused_routing.MAX_EXPERTS and config.k <= fused_routing.MAX_K
+                and fused_routing.available(source.device)):
+            if config.name == "topk":
+                selection = router_logits = inputs["logits"]
+            else:
+                token_rank = torch.full((num_tokens,), rank, dtype=torch.int64, device=source.device)
+                router_logits, selection = locmoe_selection(inputs["hidden"], placement, config.locality_bonus,
+                                                            token_rank, None)
+            capacity = compute_capacity(num_tokens, config.k, placement.num_experts, config.capacity_factor)
+            out = fused_routing.fused_topk_route(selection, router_logits, config.k, capacity, position)
+            out["capacity"] = capacity
+            return out
+        plan = route_on_rank(config, placement, rank, **inputs)
+        order, counts = choice_order(plan.expert_index, plan.slot, plan.kept, position, plan.capacity)
+        return {"expert_index": plan.expert_index, "gate_weight": plan.gate_weight.float(), "slot": plan.slot,
+                "kept": plan.kept, "tokens_per_expert": plan.tokens_per_expert, "capacity": plan.capacity,
+                "order": order, "inv": inverse_permutation(order),
+                "token_of_row": torch.div(order, plan.num_choices, rounding_mode="floor"), "counts": counts}
+
+
 class GateWeights(torch.autograd.Function):
     """The gate weights of a top-k plan (`topk_gate_weight` of the router logits), values given,
     gradient computed here: forward returns `values`; backward maps dL/dw (T, k) to the router's
@@ -154,13 +190,10 @@ class GraphedRouting:
         tokens_per_expert, counts (E each);
         kept (T, k) bool; gate weights (T, k) float32); and (k, capacity)."""
         with torch.no_grad():
-            plan = route_on_rank(self.config, self.placement, self.rank, **self._router_inputs(inputs))
-            order, counts = choice_order(plan.expert_index, plan.slot, plan.kept, self.position, plan.capacity)
-            inv = inverse_permutation(order)
-            token_of_row = torch.div(order, plan.num_choices, rounding_mode="floor")  # (T*k,) send row -> token
-            flat = torch.cat([plan.expert_index.reshape(-1), plan.slot.reshape(-1), order, inv, token_of_row,
-                              plan.tokens_per_expert, counts])
-        return (flat, plan.kept, plan.gate_weight.float()), (plan.num_choices, plan.capacity)
+            r = route_indices(self.config, self.placement, self.rank, self.position, self._router_inputs(inputs))
+            flat = torch.cat([r["expert_index"].reshape(-1), r["slot"].reshape(-1), r["order"], r["inv"],
+                              r["token_of_row"], r["tokens_per_expert"], r["counts"]])
+        return (flat, r["kept"], r["gate_weight"]), (r["expert_index"].shape[1], r["capacity"])
 
     def __call__(self, inputs: dict) -> tuple[DispatchPlan, torch.Tensor, torch.Tensor, torch.Tensor,
                                               torch.Tensor | None]:
@@ -264,24 +297,18 @@ class GraphedGate:
             router_inputs = self.gate_inputs(x, rest[0] if rest else None)
         with torch.no_grad():
             detached = {name: value.detach() for name, value in router_inputs.items()}
-            plan = route_on_rank(config, self.routing.placement, self.routing.rank, **detached)
-            order, counts = choice_order(plan.expert_index, plan.slot, plan.kept, self.routing.position,
-                                         plan.capacity)
-            inv = inverse_permutation(order)
-            token_of_row = torch.div(order, plan.num_choices, rounding_mode="floor")
-            flat = torch.cat([plan.expert_index.reshape(-1), plan.slot.reshape(-1), order, inv,
-                              plan.tokens_per_expert, counts])
+            r = route_indices(config, self.routing.placement, self.routing.rank, self.routing.position, detached)
+            order, inv, k = r["order"], r["inv"], r["expert_index"].shape[1]
+            flat = torch.cat([r["expert_index"].reshape(-1), r["slot"].reshape(-1), order, inv,
+                              r["tokens_per_expert"], r["counts"]])
         if config.name == "hash":
-            gate_weight = plan.gate_weight
-        else:
-            from lshsim.dispatch.routers import grap_scores, topk_gate_weight
-
-            logits = router_inputs["logits"] if "logits" in router_inputs else grap_scores(
-                router_inputs["hidden"], self.routing.placement.num_experts)
-            gate_weight = topk_gate_weight(logits, plan.expert_index)
-        send_x = gather_choices(x, order, inv, plan.num_choices, token_of_row)  # (T*k, d), fp32 sums backward
-        self._meta = (plan.num_choices, plan.capacity)
-        return send_x, gate_weight, flat, plan.kept
+            gate_weight = r["gate_weight"]
+        else:  # the values of the index work, the gradient by hand: as GraphedRouting does
+            source = router_inputs["logits"] if config.name == "topk" else router_inputs["hidden"]
+            gate_weight = GateWeights.apply(source, r["gate_weight"], r["expert_index"], config.name, None)
+        send_x = gather_choices(x, order, inv, k, r["token_of_row"])  # (T*k, d), fp32 sums backward
+        self._meta = (k, r["capacity"])
+        return send_x, gate_weight, flat, r["kept"]
 
     def _args(self, x: torch.Tensor, token_ids: torch.Tensor) -> tuple:
         if self.routing.config.name == "hash":

@@ -197,7 +197,8 @@ def test_graphed_routing_returns_route_on_rank_and_choice_order(config):
     ref_order, ref_counts = choice_order(ref.expert_index, ref.slot, ref.kept, position, ref.capacity)
     for name in ("expert_index", "slot", "kept", "tokens_per_expert", "token_rank"):
         assert torch.equal(getattr(plan, name), getattr(ref, name)), name
-    torch.testing.assert_close(plan.gate_weight, ref.gate_weight, rtol=0, atol=0)
+    # equal in the torch path; the fused kernels (when Triton runs) sum the softmax in another order
+    torch.testing.assert_close(plan.gate_weight, ref.gate_weight, rtol=1e-5, atol=1e-6)
     assert plan.capacity == ref.capacity
     assert torch.equal(order, ref_order) and torch.equal(counts, ref_counts)
     assert torch.equal(inv, inverse_permutation(ref_order))
@@ -225,7 +226,7 @@ def test_graphed_routing_replays_equal_eager_routing_on_a_gpu(config):
         for name in ("expert_index", "slot", "kept", "tokens_per_expert"):
             assert torch.equal(getattr(plan, name), getattr(ref, name)), name
         assert torch.equal(order, ref_order) and torch.equal(counts, ref_counts)
-        torch.testing.assert_close(plan.gate_weight, ref.gate_weight, rtol=0, atol=0)
+        torch.testing.assert_close(plan.gate_weight, ref.gate_weight, rtol=1e-5, atol=1e-6)
     assert routing.replays == 3
 
 

@@ -48,7 +48,7 @@ __all__ = [
     "effective_k", "validate_router_params", "gate_cost", "GateCost", "linear_gate_cost", "grap_gate_cost",
     "hash_gate_cost", "CONFIG_PARAMETERS", "INPUT_KINDS",
     "route_topk", "route_hash", "route_expert_choice", "route_locmoe",
-    "compute_capacity", "assign_slots", "count_values", "topk_gate_weight", "route_on_rank", "SYNC_FREE_ROUTERS", "grap_weights", "grap_scores", "hash_experts",
+    "compute_capacity", "assign_slots", "count_values", "topk_gate_weight", "locmoe_selection", "route_on_rank", "SYNC_FREE_ROUTERS", "grap_weights", "grap_scores", "hash_experts",
     "aux_loss", "locality_loss", "DROP_POLICIES",
 ]
 
@@ -425,10 +425,10 @@ def route_locmoe(hidden: torch.Tensor, placement: Placement, *, k: int = 1, capa
     return _locmoe_plan(hidden, placement, k, capacity_factor, drop_policy, locality_bonus, token_rank, bias)
 
 
-def _locmoe_plan(hidden: torch.Tensor, placement: Placement, k: int, capacity_factor: float | None,
-                 drop_policy: str, locality_bonus: float, token_rank: torch.Tensor, bias: torch.Tensor | None,
-                 max_tokens_per_rank: int | None = None) -> DispatchPlan:
-    """route_locmoe after its checks (no host synchronisation when max_tokens_per_rank is given)."""
+def locmoe_selection(hidden: torch.Tensor, placement: Placement, locality_bonus: float, token_rank: torch.Tensor,
+                     bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """LocMoE's router logits (the GrAP scores, differentiable) and the scores it selects experts
+    by: scores + locality_bonus where the expert is on the token's node. Both (T, E) float32."""
     gate = grap_scores(hidden, placement.num_experts, bias)  # (T, E), the router logits
     token_node = placement.rank_to_node.to(hidden.device)[token_rank]  # (T,)
     expert_node = placement.expert_to_node.to(hidden.device)  # (E,)
@@ -436,6 +436,14 @@ def _locmoe_plan(hidden: torch.Tensor, placement: Placement, k: int, capacity_fa
     node_bonus = locality_bonus * (nodes.unsqueeze(1) == expert_node.unsqueeze(0)).to(gate.dtype)  # (N, E)
     # speed trick: gather the per-node bonus rows, add in place (5x faster than a (T, E) compare)
     selection = torch.index_select(node_bonus, 0, token_node).add_(gate.detach())  # (T, E)
+    return gate, selection
+
+
+def _locmoe_plan(hidden: torch.Tensor, placement: Placement, k: int, capacity_factor: float | None,
+                 drop_policy: str, locality_bonus: float, token_rank: torch.Tensor, bias: torch.Tensor | None,
+                 max_tokens_per_rank: int | None = None) -> DispatchPlan:
+    """route_locmoe after its checks (no host synchronisation when max_tokens_per_rank is given)."""
+    gate, selection = locmoe_selection(hidden, placement, locality_bonus, token_rank, bias)
 
     return _topk_plan(gate, selection, placement, k, capacity_factor, drop_policy, token_rank, max_tokens_per_rank)
 
