@@ -54,6 +54,7 @@ SUBCOMMANDS: dict[str, str] = {
     "route": "lshsim.cli.route",
     "capacity": "lshsim.cli.capacity",
     "collision": "lshsim.cli.collision",
+    "tokens": "lshsim.cli.tokens",
     "a2a-cost": "lshsim.cli.a2a_cost",
     "breakeven": "lshsim.cli.breakeven",
     "simulate": "lshsim.cli.simulate",
