@@ -44,6 +44,8 @@ class CapturedFunction:
 
     def _capture(self, tensors: dict, params: dict):
         static = {name: value.detach().clone() for name, value in tensors.items()}
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()  # see GraphedGate: no cudaFree inside a capture
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -321,6 +323,10 @@ class GraphedGate:
             key = (tuple(x.shape), x.dtype, tuple(a.requires_grad for a in args), torch.is_grad_enabled())
             if key not in self._graphed:
                 samples = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
+                # no cached blocks for the allocator to free during the capture (a cudaFree there
+                # is an error that invalidates it)
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
                 try:
                     graphed = torch.cuda.make_graphed_callables(self._fn, samples, allow_unused_input=True)
                 except Exception as error:  # not capturable here: the caller's eager path, said once

@@ -54,39 +54,40 @@ def _kernels():
 
     @triton.jit
     def topk_kernel(sel_ptr, logit_ptr, index_ptr, weight_ptr, num_tokens, num_experts,
-                    K: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
+                    K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)  # (BT,)
         cols = tl.arange(0, E_PAD)  # (E,)
+        kcols = tl.arange(0, K_PAD)  # (K,)
         row_mask = rows < num_tokens
         mask = row_mask[:, None] & (cols[None, :] < num_experts)
         offs = rows.to(tl.int64)[:, None] * num_experts + cols[None, :]
         sel = tl.load(sel_ptr + offs, mask=mask, other=float("-inf"))  # (BT, E)
         logit = tl.load(logit_ptr + offs, mask=mask, other=float("-inf"))  # (BT, E)
-        chosen_max = tl.full((BLOCK_T,), float("-inf"), tl.float32)
+        # the k choices stay in registers (a store and a reload of the same address by other
+        # threads of the program would need a barrier)
+        values = tl.full((BLOCK_T, K_PAD), float("-inf"), tl.float32)  # router logits of the choices
+        indices = tl.zeros((BLOCK_T, K_PAD), tl.int64)
         for j in tl.static_range(K):
             best = tl.max(sel, axis=1)  # (BT,)
             index = tl.min(tl.where(sel == best[:, None], cols[None, :], E_PAD), axis=1)  # first max
             hit = cols[None, :] == index[:, None]
             value = tl.sum(tl.where(hit, logit, 0.0), axis=1)  # the router logit of the choice
-            tl.store(index_ptr + rows.to(tl.int64) * K + j, index.to(tl.int64), mask=row_mask)
-            tl.store(weight_ptr + rows.to(tl.int64) * K + j, value, mask=row_mask)
-            chosen_max = tl.maximum(chosen_max, value)
+            values = tl.where(kcols[None, :] == j, value[:, None], values)
+            indices = tl.where(kcols[None, :] == j, index.to(tl.int64)[:, None], indices)
             sel = tl.where(hit, float("-inf"), sel)
         # gate weights: K = 1, softmax over all experts; K > 1, softmax over the K chosen logits
         if K == 1:
-            top = tl.max(logit, axis=1)
+            top = tl.max(logit, axis=1)  # (BT,)
             total = tl.sum(tl.exp(logit - top[:, None]), axis=1)
-            value = tl.load(weight_ptr + rows.to(tl.int64), mask=row_mask, other=0.0)
-            tl.store(weight_ptr + rows.to(tl.int64), tl.exp(value - top) / total, mask=row_mask)
+            weights = tl.exp(values - top[:, None]) / total[:, None]
         else:
-            total = tl.zeros((BLOCK_T,), tl.float32)
-            for j in tl.static_range(K):
-                value = tl.load(weight_ptr + rows.to(tl.int64) * K + j, mask=row_mask, other=0.0)
-                total += tl.exp(value - chosen_max)
-            for j in tl.static_range(K):
-                value = tl.load(weight_ptr + rows.to(tl.int64) * K + j, mask=row_mask, other=0.0)
-                tl.store(weight_ptr + rows.to(tl.int64) * K + j, tl.exp(value - chosen_max) / total,
-                         mask=row_mask)
+            top = tl.max(values, axis=1)
+            e = tl.where(kcols[None, :] < K, tl.exp(values - top[:, None]), 0.0)
+            weights = e / tl.sum(e, axis=1)[:, None]
+        out = rows.to(tl.int64)[:, None] * K + kcols[None, :]
+        out_mask = row_mask[:, None] & (kcols[None, :] < K)
+        tl.store(index_ptr + out, indices, mask=out_mask)
+        tl.store(weight_ptr + out, weights, mask=out_mask)
 
     @triton.jit
     def count_kernel(index_ptr, counts_ptr, num_tokens, num_experts, K: tl.constexpr,
@@ -167,8 +168,8 @@ def fused_topk_route(selection: torch.Tensor, router_logits: torch.Tensor, k: in
     block_t = max(1, min(64, 8192 // e_pad))
     extra = {} if _interpreting() else {"num_warps": 4}
     kernels["topk"][(triton_cdiv(num_tokens, block_t),)](selection, router_logits, expert_index, gate_weight,
-                                                       num_tokens, num_experts, K=k, E_PAD=e_pad,
-                                                       BLOCK_T=block_t, **extra)
+                                                       num_tokens, num_experts, K=k, K_PAD=max(2, _next_pow2(k)),
+                                                       E_PAD=e_pad, BLOCK_T=block_t, **extra)
     total = num_tokens * k
     block_f = max(16, min(256, 8192 // e_pad))
     blocks = triton_cdiv(total, block_f)
