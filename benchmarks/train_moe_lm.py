@@ -261,12 +261,10 @@ def plot(results: dict, path: Path, step_times: dict | None = None) -> None:
         steps = group[0]["eval_steps"]
         curves = torch.tensor([r["val_loss"] for r in group if r["eval_steps"] == steps])  # (seeds, points)
         mean, low, high = curves.mean(0), curves.min(0).values, curves.max(0).values
-        xs = [(steps, "step")]
-        if step_times:
-            if name not in step_times:
-                continue
-            xs.append(([s * step_times[name] for s in steps], "simulated time (s)"))
-        for ax, (x, _) in zip(axes[0], xs):
+        xs = [steps]
+        if step_times and name in step_times:  # a configuration without a predicted time: step panel only
+            xs.append([s * step_times[name] for s in steps])
+        for ax, x in zip(axes[0], xs):
             line, = ax.plot(x, mean.tolist(), label=f"{name} ({len(group)})")
             ax.fill_between(x, low.tolist(), high.tolist(), color=line.get_color(), alpha=0.2)
     for ax, label in zip(axes[0], ("step", "simulated time (s): step x predicted step time")):
@@ -384,9 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "results.json").write_text(json.dumps(results))
     if results["runs"]:
         print_table(results["summary"])
-        plot(results, out_dir / "val_loss.png")
-        if step_times:
-            plot(results, out_dir / "val_loss_time.png", step_times)
+        try:
+            plot(results, out_dir / "val_loss.png")
+            if step_times:
+                plot(results, out_dir / "val_loss_time.png", step_times)
+        except ImportError as error:  # a GPU machine without matplotlib: redraw later with --plot-only
+            print(f"no plot ({error}); draw it elsewhere with --plot-only {out_dir / 'results.json'}")
     print(f"wrote {out_dir / 'results.json'}")
     return 0
 
