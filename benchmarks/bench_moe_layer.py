@@ -46,6 +46,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.cuda_timing import best_s  # noqa: E402
 from lshsim.dispatch import RouterConfig  # noqa: E402
 from lshsim.executor.run import run_workload  # noqa: E402
 from lshsim.executor.runtime import Progress, init_runtime, shutdown  # noqa: E402
@@ -75,20 +76,8 @@ def measure_roofline(device: torch.device) -> dict:
     src = torch.empty(1 << 29, device=device, dtype=torch.bfloat16)  # 1 GiB
     dst = torch.empty_like(src)
 
-    def best(fn) -> float:
-        fn()
-        times = []
-        for _ in range(10):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        return min(times)
-
-    gemm_s = best(lambda: a @ b)
-    copy_s = best(lambda: dst.copy_(src))
+    gemm_s = best_s(lambda: a @ b, 10)
+    copy_s = best_s(lambda: dst.copy_(src), 10)
     return {"peak_flops": 2 * n ** 3 / gemm_s, "hbm_Bps": 2 * src.numel() * 2 / copy_s}
 
 

@@ -19,26 +19,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.cuda_timing import best_s  # noqa: E402
 from lshsim.dispatch import lsh_fast  # noqa: E402
 from lshsim.dispatch.lsh import LSHConfig, clustered_tokens, make_projection  # noqa: E402
 
 GRID = [dict(block_m=m, block_k=k, num_warps=w, num_stages=s)
         for m, k, w, s in itertools.product((16, 32, 64, 128), (64, 128), (4, 8), (3,))]
 GRID += [dict(block_m=m, block_k=64, num_warps=4, num_stages=s) for m in (32, 64) for s in (2, 4)]
-
-
-def best_s(fn, repeats: int = 20) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return min(times)
 
 
 def main(argv: list[str] | None = None) -> int:
