@@ -67,7 +67,18 @@ def add_parser(subparsers):
     p.add_argument("--seed", type=arg_seed, default=0, help=f"seed of the synthetic tokens (default 0; {SEED_HELP})")
     p.add_argument("--max-routed-tokens", type=arg_positive_int, default=1 << 17,
                    help="route at most this many tokens in all, else subsample per rank and scale (default 131072)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--fidelity", choices=("exact", "tolerance"), default=None,
+                   help="all-to-all simulation: exact, or tolerance (FlowNetwork's drain_tolerance: flows that "
+                        "would drain within tol x now drain together, completion up to that much early; much "
+                        "faster on uneven traffic over many GPUs). Default: exact when the cluster has <= 64 "
+                        "GPUs, tolerance above. The choice is printed and in the JSON (\"fidelity\")")
+    p.add_argument("--drain-tolerance", type=arg_finite_number(0.0, exclusive=True, maximum=0.5), default=None,
+                   help="the tolerance of --fidelity tolerance, in (0, 0.5] (default 0.01); giving it selects "
+                        "--fidelity tolerance")
+    p.add_argument("--no-a2a-cache", action="store_true",
+                   help="simulate each option's all-to-alls on their own instead of sharing one cache between "
+                        "the options (the same results, slower; for benchmarking)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables (progress goes to stderr)")
     p.add_argument("--plot", metavar="FILE.png", default=None, help="draw the options' step breakdown as stacked bars")
     p.add_argument("--trace", metavar="FILE.json", default=None, help="write your option's Trace (lshsim schema)")
     p.add_argument("--chrome-trace", metavar="FILE.json", default=None,
@@ -92,6 +103,41 @@ def _plan_config(args):
                       locality_bonus=args.locality_bonus, seed=args.seed, max_routed_tokens=args.max_routed_tokens)
 
 
+def _fidelity(args, world_size: int) -> dict:
+    """The fidelity of the all-to-alls: {"mode", "drain_tolerance", "chosen"} (chosen: "auto" or "flag")."""
+    from lshsim.sim.moe_step import AUTO_EXACT_MAX_GPUS, DEFAULT_DRAIN_TOLERANCE, auto_drain_tolerance
+
+    tolerance = DEFAULT_DRAIN_TOLERANCE if args.drain_tolerance is None else args.drain_tolerance
+    mode = args.fidelity
+    if mode == "exact" and args.drain_tolerance is not None:
+        raise ValueError("--drain-tolerance goes with --fidelity tolerance, not --fidelity exact")
+    if mode is None and args.drain_tolerance is not None:
+        mode = "tolerance"
+    if mode is None:
+        drain = auto_drain_tolerance(world_size, tolerance)
+        return {"mode": "exact" if drain == 0 else "tolerance", "drain_tolerance": drain,
+                "chosen": f"auto ({world_size} GPUs; exact up to {AUTO_EXACT_MAX_GPUS})"}
+    return {"mode": mode, "drain_tolerance": 0.0 if mode == "exact" else float(tolerance), "chosen": "flag"}
+
+
+def _world_size(graph) -> int:
+    return sum(1 for _, data in graph.nodes(data=True) if data.get("kind") == "gpu")
+
+
+class _Progress:
+    """Progress lines on stderr: elapsed time, option i/n, the phase being simulated."""
+
+    def __init__(self, started: float, prefix: str = "plan"):
+        self.started, self.prefix = started, prefix
+
+    def __call__(self, index: int, count: int, label: str, phase: str) -> None:
+        import sys
+        import time
+
+        print(f"[{time.perf_counter() - self.started:7.1f} s] {self.prefix}: option {index}/{count} {label}: {phase}",
+              file=sys.stderr, flush=True)
+
+
 def _plan_rows_json(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "result"} for row in rows]
 
@@ -114,9 +160,13 @@ def run(args) -> int:
     selected = _plan_config(args)
     model = load_model(args.model)
     graph = _load_cluster(args.cluster, [model], selected, len(plan_options(selected)))
+    fidelity = _fidelity(args, _world_size(graph))
     started = time.perf_counter()
-    rows = compare_options(model, graph, plan_options(selected))
+    cache_stats: dict = {}
+    rows = compare_options(model, graph, plan_options(selected), drain_tolerance=fidelity["drain_tolerance"],
+                           share_cache=not args.no_a2a_cache, progress=_Progress(started), cache_stats=cache_stats)
     elapsed_s = time.perf_counter() - started
+    fidelity["a2a_cache"] = cache_stats
     chosen = next(row for row in rows if row["result"].config == selected)
     if args.trace:
         chosen["result"].trace.to_json(args.trace)              # written whole (lshsim.io)
@@ -125,11 +175,12 @@ def run(args) -> int:
     if args.plot:
         _plot_plan(rows, args.plot, f"{model.name} on {graph.graph['name']}")
     summary = {"model": model.to_dict(), "cluster": chosen["result"].trace.meta["cluster"],
-               "selected": chosen["label"], "options": _plan_rows_json(rows), "elapsed_s": elapsed_s}
+               "selected": chosen["label"], "options": _plan_rows_json(rows), "fidelity": fidelity,
+               "elapsed_s": elapsed_s}
     if args.json:
         _render.print_json(summary)
         return 0
-    _render_plan(model, graph, chosen, rows, elapsed_s, args)
+    _render_plan(model, graph, chosen, rows, elapsed_s, args, fidelity)
     return 0
 
 
@@ -156,7 +207,7 @@ def _load_cluster(name: str, models: list, config, options: int):
     return build_topology(spec, source=source)
 
 
-def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float, args) -> None:
+def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float, args, fidelity: dict) -> None:
     from rich.table import Table
 
     console = _render.wide_console()
@@ -216,6 +267,11 @@ def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float,
         console.print(f"[dim]note: {note}[/dim]")
     console.print(f"[dim]* your option; share = all-to-all time not hidden behind compute / step; "
                   f"simulated in {elapsed_s:.1f} s[/dim]")
+    cache = fidelity.get("a2a_cache", {})
+    exactness = "exact" if fidelity["mode"] == "exact" else \
+        f"tolerance, drain_tolerance {fidelity['drain_tolerance']:g} (all-to-alls up to that fraction early)"
+    console.print(f"fidelity: {exactness}; chosen: {fidelity['chosen']}; all-to-all cache: "
+                  f"{cache.get('misses', 0)} simulated, {cache.get('hits', 0)} reused")
 
 
 def _plan_tick(row: dict) -> str:
@@ -288,13 +344,17 @@ def _plan_sweep(args) -> int:
         for model_name, model in models.items():
             for cluster_name, graph in graphs.items():
                 progress.update(task, description=f"{model_name} on {cluster_name}")
+                fidelity = _fidelity(args, _world_size(graph))
                 try:
-                    rows = compare_options(model, graph, options, on_done=lambda _label: progress.advance(task))
+                    rows = compare_options(model, graph, options, on_done=lambda _label: progress.advance(task),
+                                           drain_tolerance=fidelity["drain_tolerance"],
+                                           share_cache=not args.no_a2a_cache)
                 except ValueError as error:  # e.g. experts that cannot be placed on this cluster
                     progress.advance(task, len(options))
                     results.append({"model": model_name, "cluster": cluster_name, "refused": str(error)})
                     continue
-                results.append({"model": model_name, "cluster": cluster_name, "options": _plan_rows_json(rows)})
+                results.append({"model": model_name, "cluster": cluster_name, "fidelity": fidelity,
+                                "options": _plan_rows_json(rows)})
     if args.json:
         _render.print_json({"sweep": results})
         return 0

@@ -63,13 +63,16 @@ capacity, and collectives other than the two all-to-alls.
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import simpy
 import torch
 
+from lshsim.algorithms import canonical_algorithm
 from lshsim.dispatch import ROUTERS, RouterConfig, contiguous_placement, effective_k, route
 from lshsim.dispatch.placement import Placement
 from lshsim.dispatch.synthetic import synthetic_router_inputs
@@ -80,7 +83,8 @@ from lshsim.topology.routing import validate_topology
 
 __all__ = ["StepConfig", "RoutedTraffic", "StepResult", "simulate_step", "simulate_config", "route_traffic",
            "placement_for", "compute_time_s", "expert_cost", "KERNELS", "MODEL_FIELDS", "model_dict",
-           "describe", "plan_options", "compare_options", "DEFAULT_PLAN_LSH_RATE", "router_config", "routing_key"]
+           "describe", "plan_options", "compare_options", "A2ACache", "auto_drain_tolerance",
+           "AUTO_EXACT_MAX_GPUS", "DEFAULT_DRAIN_TOLERANCE", "DEFAULT_PLAN_LSH_RATE", "router_config", "routing_key"]
 
 #: attributes the simulator reads from a model config (duck typing: `models.ModelConfig` has them).
 MODEL_FIELDS = ("name", "num_layers", "d_model", "d_ffn", "num_experts", "top_k", "moe_every", "seq_len",
@@ -271,21 +275,52 @@ def route_traffic(model: object, placement: Placement, config: StepConfig,
 
 
 # ---- network ---------------------------------------------------------------------------------
-class _A2ACache:
-    """All-to-all times by byte matrix: the step asks for few distinct matrices many times."""
+class A2ACache:
+    """All-to-all times by (traffic matrix, algorithm, fidelity) on one topology.
 
-    def __init__(self, graph, algorithm: str):
-        self.graph, self.algorithm = graph, algorithm
-        self.routes = validate_topology(graph)  # shortest paths, computed once per step
+    A step asks for few distinct matrices many times, and the options of one `lshsim plan` run ask
+    for the same ones again (the baseline's dispatch is also the overlap option's n = 1 dispatch, ...):
+    `compare_options` shares one cache between its options. The key is a BLAKE2b digest of the
+    matrix bytes with its shape and dtype, the canonical algorithm name and the drain tolerance
+    (the fidelity: 0 = exact, see `lshsim.sim.network.FlowNetwork`); the cache belongs to one
+    topology graph (`graph`), whose routes it computes once. A hit returns exactly the time a fresh
+    simulation would (the simulation is deterministic). hits / misses / simulated_s count its use;
+    `on_simulate(algorithm, traffic_bytes)` is called before each simulation it runs (progress).
+    """
+
+    def __init__(self, graph, drain_tolerance: float = 0.0, on_simulate=None):
+        if not 0.0 <= drain_tolerance < 1.0:
+            raise ValueError(f"drain_tolerance={drain_tolerance} must be in [0, 1)")
+        self.graph, self.drain_tolerance, self.on_simulate = graph, float(drain_tolerance), on_simulate
+        self.routes = validate_topology(graph)  # shortest paths, computed once per cache
         self.times: dict[tuple, float] = {}
+        self.hits = self.misses = 0
+        self.simulated_s = 0.0
 
-    def time_s(self, traffic_bytes: np.ndarray) -> float:
-        """Seconds of one all-to-all of `traffic_bytes` (W, W) with the step's algorithm."""
-        key = (traffic_bytes.shape, traffic_bytes.tobytes())
-        if key not in self.times:
-            result = simulate_all_to_all(self.graph, traffic_bytes, self.algorithm, routes=self.routes)
-            self.times[key] = float(result.time_s)
+    def key(self, traffic_bytes: np.ndarray, algorithm: str) -> tuple:
+        matrix = np.ascontiguousarray(traffic_bytes)
+        digest = hashlib.blake2b(matrix.tobytes(), digest_size=32).digest()
+        return (digest, matrix.shape, matrix.dtype.str, canonical_algorithm(algorithm, side="simulate"),
+                self.drain_tolerance)
+
+    def time_s(self, traffic_bytes: np.ndarray, algorithm: str) -> float:
+        """Seconds of one all-to-all of `traffic_bytes` (W, W) with `algorithm` at the cache's fidelity."""
+        key = self.key(traffic_bytes, algorithm)
+        if key in self.times:
+            self.hits += 1
+            return self.times[key]
+        self.misses += 1
+        if self.on_simulate is not None:
+            self.on_simulate(algorithm, traffic_bytes)
+        started = time.perf_counter()
+        result = simulate_all_to_all(self.graph, traffic_bytes, algorithm, routes=self.routes,
+                                     drain_tolerance=self.drain_tolerance)
+        self.simulated_s += time.perf_counter() - started
+        self.times[key] = float(result.time_s)
         return self.times[key]
+
+    def stats(self) -> dict:
+        return {"hits": self.hits, "misses": self.misses, "simulated_s": self.simulated_s}
 
 
 # ---- the pipelined MoE section -----------------------------------------------------------------
@@ -358,8 +393,13 @@ def simulate_step(model: object, graph, router: str = "topk", lsh_rate: float | 
     return simulate_config(model, graph, config, traffic=traffic)
 
 
-def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTraffic | None = None) -> StepResult:
-    """`simulate_step` with a ready StepConfig."""
+def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTraffic | None = None, *,
+                    a2a_cache: A2ACache | None = None) -> StepResult:
+    """`simulate_step` with a ready StepConfig.
+
+    `a2a_cache`: an `A2ACache` of `graph` to read and fill (its drain tolerance sets the fidelity of
+    the all-to-alls); default a fresh exact one for this step.
+    """
     spec = model_dict(model)
     placement = placement_for(model, graph)
     world_size = placement.world_size
@@ -377,10 +417,17 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
     bytes_per_token = spec["d_model"] * spec["bytes_per_element"]
     dispatch_bytes = np.rint(wire * bytes_per_token).astype(np.int64)  # (W, W)
     off_diagonal = dispatch_bytes * (1 - np.eye(world_size, dtype=np.int64))  # (W, W) network bytes
-    network = _A2ACache(graph, config.algorithm)
+    if a2a_cache is None:
+        a2a_cache = A2ACache(graph)
+    elif a2a_cache.graph is not graph:
+        raise ValueError("a2a_cache belongs to another topology graph")
+
+    def network_s(traffic_bytes: np.ndarray) -> float:
+        return a2a_cache.time_s(traffic_bytes, config.algorithm)
+
     ctx = CostContext(world_size=world_size, gpu=gpu, kernel_launch_s=config.kernel_launch_s, model=spec,
                       experts_on_rank=spec["num_experts"] // world_size, dispatch_bytes=dispatch_bytes,
-                      combine_bytes=dispatch_bytes.T, rows_received=wire.sum(axis=0), network_s=network.time_s,
+                      combine_bytes=dispatch_bytes.T, rows_received=wire.sum(axis=0), network_s=network_s,
                       config=config, traffic=traffic, wire_counts=wire)
     schedule = step_schedule(spec["num_layers"], spec["moe_every"], config)
 
@@ -426,7 +473,8 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
                "source": str(graph.graph.get("source"))}
     trace = Trace(records, {"source": "simulated", "workload": workload, "cluster": cluster,
                             "provenance": {"simulator": "lshsim.sim.moe_step", "routed_tokens_per_rank":
-                                           traffic.routed_per_rank}})
+                                           traffic.routed_per_rank,
+                                           "drain_tolerance": a2a_cache.drain_tolerance}})
     breakdown = _breakdown(trace, traffic, config, dispatch_bytes, off_diagonal, crosses, chosen_chunks, world_size)
     return StepResult(trace=trace, breakdown=breakdown, config=config, traffic=traffic)
 
@@ -531,26 +579,69 @@ def plan_options(selected: StepConfig) -> list[tuple[str, StepConfig]]:
     return out
 
 
-def compare_options(model: object, graph, options: list[tuple[str, StepConfig]], on_done=None) -> list[dict]:
-    """Simulate every option; routing is shared between options with the same `routing_key` (the
-    whole router config, tokens, seed and subsample bound).
+#: `lshsim plan`'s automatic fidelity: exact all-to-alls up to this many GPUs, drain tolerance above.
+AUTO_EXACT_MAX_GPUS = 64
+#: the drain tolerance of the "tolerance" fidelity (`lshsim.sim.network.FlowNetwork`).
+DEFAULT_DRAIN_TOLERANCE = 0.01
 
+
+def auto_drain_tolerance(world_size: int, tolerance: float = DEFAULT_DRAIN_TOLERANCE) -> float:
+    """The drain tolerance `lshsim plan` picks by default: 0 (exact) up to AUTO_EXACT_MAX_GPUS GPUs,
+    `tolerance` above.
+
+    >>> auto_drain_tolerance(64), auto_drain_tolerance(128)
+    (0.0, 0.01)
+    """
+    return 0.0 if world_size <= AUTO_EXACT_MAX_GPUS else float(tolerance)
+
+
+def compare_options(model: object, graph, options: list[tuple[str, StepConfig]], on_done=None, *,
+                    drain_tolerance: float = 0.0, share_cache: bool = True, progress=None,
+                    cache_stats: dict | None = None) -> list[dict]:
+    """Simulate every option; routing is shared between options with the same `routing_key` (the
+    whole router config, tokens, seed and subsample bound), and all-to-all times between all options
+    (one `A2ACache`; share_cache=False gives each option its own, as before the shared cache).
+
+    drain_tolerance: the fidelity of every all-to-all (0 = exact; see `FlowNetwork`).
     Returns one dict per option: label, description, config, breakdown, result (the StepResult),
     speedup over the first option (the baseline). `on_done(label)` is called after each option
-    (the CLI's progress bar).
+    (the CLI's progress bar); `progress(index, count, label, phase)` before each piece of work
+    (phase "routing", "all-to-all <algorithm> (W x W)", "done"); `cache_stats`, when given, is
+    filled with the caches' hits, misses and simulated seconds.
     """
     placement = placement_for(model, graph)
     routings: dict[tuple, RoutedTraffic] = {}
     rows = []
-    for label, config in options:
+    current = {"index": 0, "label": ""}
+
+    def on_simulate(algorithm: str, traffic_bytes: np.ndarray) -> None:
+        if progress is not None:
+            progress(current["index"], len(options), current["label"],
+                     f"all-to-all {algorithm} ({traffic_bytes.shape[0]} x {traffic_bytes.shape[1]})")
+
+    caches: list[A2ACache] = []
+    for index, (label, config) in enumerate(options, start=1):
+        current.update(index=index, label=label)
+        if share_cache and caches:
+            cache = caches[0]
+        else:
+            cache = A2ACache(graph, drain_tolerance, on_simulate=on_simulate)
+            caches.append(cache)
         key = routing_key(model, config)
         if key not in routings:
+            if progress is not None:
+                progress(index, len(options), label, "routing")
             routings[key] = route_traffic(model, placement, config)
-        result = simulate_config(model, graph, config, traffic=routings[key])
+        result = simulate_config(model, graph, config, traffic=routings[key], a2a_cache=cache)
         rows.append({"label": label, "description": describe(config), "config": config.to_dict(),
                      "breakdown": result.breakdown, "result": result})
+        if progress is not None:
+            progress(index, len(options), label, "done")
         if on_done is not None:
             on_done(label)
+    if cache_stats is not None:
+        cache_stats.update(hits=sum(c.hits for c in caches), misses=sum(c.misses for c in caches),
+                           simulated_s=sum(c.simulated_s for c in caches), shared=share_cache)
     baseline_s = rows[0]["breakdown"]["step_s"] if rows else 0.0
     for row in rows:
         row["speedup"] = baseline_s / row["breakdown"]["step_s"] if row["breakdown"]["step_s"] > 0 else float("nan")
