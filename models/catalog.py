@@ -5,22 +5,24 @@ frozen `ModelConfig`; `load_model("path/to/my.yaml")` reads any file with the sa
 `list_models()` names the shipped ones. The simulator (`lshsim.sim.moe_step`) reads a config by
 duck typing: it never imports this package, so imports flow one way (the catalog above the simulator).
 
-Shipped models (LSH-MoE, Nie et al., NeurIPS 2024, Table 1; top-2 gating, an MoE layer every
-other layer):
+Shipped models (LSH-MoE, Nie et al., NeurIPS 2024, Table 1; top-2 gating). The number of MoE
+layers is derived from Table 1's MoE parameter counts (each YAML shows the arithmetic):
 
-==============  ======  =======  =====  =======
-name            layers  d_model  d_ffn  experts
-==============  ======  =======  =====  =======
-roberta-moe     12      768      3072   16
-t5-moe          16      1024     16384  16
-gpt-moe-15b     12      768      3072   512
-gpt-moe-52b     24      1024     4096   512
-swin-moe-l      24      768*     3072*  32
-==============  ======  =======  =====  =======
+==============  ======  =======  =====  =======  ==========
+name            blocks  d_model  d_ffn  experts  MoE blocks
+==============  ======  =======  =====  =======  ==========
+roberta-moe     12      768      3072   16       4 (every 3rd)
+t5-moe          32**    1024     16384  16       16 (every 2nd)
+gpt-moe-15b     12      768      3072   512      6 (every 2nd)
+gpt-moe-52b     24      1024     4096   512      12 (every 2nd)
+swin-moe-l      24      512*     2048*  32       10 (`stages`)
+==============  ======  =======  =====  =======  ==========
 
-(*) Table 1 gives '-' for Swin-MoE-L because the width changes per stage; the YAML notes say
-which representative values were chosen and why. Sequence length and tokens per GPU are not in
-Table 1 either; each YAML says what it assumes (`assumed:` lists the fields that are our choice).
+(*) Table 1 gives '-' for Swin-MoE-L because the width changes per stage: `stages` lists the four
+stages (blocks, width, MoE blocks) for the parameter counts; d_model / d_ffn are the stage-3 block
+the simulator costs every block as. (**) Table 1's 16 layers per stack, encoder + decoder.
+Sequence length and tokens per GPU are not in Table 1 either; each YAML says what it assumes
+(`assumed:` lists the fields that are our choice).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from pathlib import Path
 from lshsim.checks import positive_int
 from lshsim.readers import load_yaml, read_text
 
-__all__ = ["ModelConfig", "load_model", "list_models", "model_from_dict", "CONFIG_PACKAGE", "LIMITS"]
+__all__ = ["ModelConfig", "Stage", "load_model", "list_models", "model_from_dict", "CONFIG_PACKAGE", "LIMITS"]
 
 CONFIG_PACKAGE = "lshsim.models"
 CONFIG_DIR = "configs"
@@ -43,6 +45,44 @@ CONFIG_DIR = "configs"
 #: vocabularies of ~2^18 and sequences of ~2^20 tokens.
 LIMITS = {"num_layers": 1 << 14, "d_model": 1 << 20, "d_ffn": 1 << 22, "num_experts": 1 << 16, "seq_len": 1 << 24,
           "tokens_per_gpu": 1 << 24, "vocab_size": 1 << 24}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a hierarchical model (Swin): `blocks` blocks of width d_model / d_ffn, of which
+    the 0-based `moe_blocks` are MoE blocks. Used for the parameter counts only."""
+
+    blocks: int
+    d_model: int
+    d_ffn: int
+    moe_blocks: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("blocks", "d_model", "d_ffn"):
+            positive_int(f"stages.{name}", getattr(self, name))
+        if isinstance(self.moe_blocks, (str, bytes)) or not isinstance(self.moe_blocks, (tuple, list)):
+            raise ValueError(f"stages.moe_blocks={self.moe_blocks!r} must be a list of block indices")
+        for index in self.moe_blocks:
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self.blocks:
+                raise ValueError(f"stages.moe_blocks={list(self.moe_blocks)!r}: {index!r} is not a block index "
+                                 f"in [0, {self.blocks})")
+        if len(set(self.moe_blocks)) != len(self.moe_blocks):
+            raise ValueError(f"stages.moe_blocks={list(self.moe_blocks)!r} repeats a block")
+        object.__setattr__(self, "moe_blocks", tuple(self.moe_blocks))
+
+
+def _stage(value) -> Stage:
+    if isinstance(value, Stage):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"stages: {value!r} must be a mapping of blocks, d_model, d_ffn, moe_blocks")
+    unknown = sorted(set(value) - set(Stage.__dataclass_fields__), key=str)
+    if unknown:
+        raise ValueError(f"stages: unknown field {unknown[0]!r}; known: blocks, d_model, d_ffn, moe_blocks")
+    missing = [key for key in ("blocks", "d_model", "d_ffn") if key not in value]
+    if missing:
+        raise ValueError(f"stages: {value!r} lacks the field {missing[0]!r}")
+    return Stage(**value)
 
 
 @dataclass(frozen=True)
@@ -68,6 +108,10 @@ class ModelConfig:
     source:            where the numbers come from.
     notes:             choices made where the source gives no number.
     assumed:           the fields whose values are our choice, not the source's.
+    stages:            optional, a hierarchical model's stages (Swin): a list of {blocks, d_model,
+                       d_ffn, moe_blocks} whose blocks add up to num_layers. Only the parameter
+                       counts read it; the simulator costs num_layers blocks of d_model / d_ffn with
+                       an MoE block every moe_every.
     """
 
     name: str
@@ -85,6 +129,7 @@ class ModelConfig:
     source: str = ""
     notes: str = ""
     assumed: tuple[str, ...] = field(default_factory=tuple)
+    stages: tuple[Stage, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -118,6 +163,13 @@ class ModelConfig:
         unknown = sorted(set(self.assumed) - set(self.__dataclass_fields__))
         if unknown:
             raise ValueError(f"assumed names unknown fields {unknown}")
+        if isinstance(self.stages, (str, bytes, dict)) or not isinstance(self.stages, (tuple, list)):
+            raise ValueError(f"stages={self.stages!r} must be a list of stages")
+        stages = tuple(_stage(stage) for stage in self.stages)
+        if stages and sum(stage.blocks for stage in stages) != self.num_layers:
+            raise ValueError(f"stages hold {sum(stage.blocks for stage in stages)} blocks in all, "
+                             f"but num_layers={self.num_layers}")
+        object.__setattr__(self, "stages", stages)
 
     # ---- derived sizes -----------------------------------------------------------------------
     @property
@@ -142,16 +194,43 @@ class ModelConfig:
     def num_parameters(self) -> int:
         """All weights: per layer attention 4 d^2, FFN 2 d d_ffn (dense) or E * 2 d d_ffn + d E
         (MoE: experts + gate), plus one embedding of vocab_size x d (tied head). Biases and norms
-        are ignored (under 0.1% of these models).
+        are ignored (under 0.1% of these models). With `stages`, counted per stage instead
+        (`_staged_parameters`).
 
         >>> ModelConfig("x", 2, 4, 8, 2, seq_len=4, tokens_per_gpu=4, vocab_size=10).num_parameters
         368
         """
+        if self.stages:
+            return self._staged_parameters()
         dense_layers = self.num_layers - self.num_moe_layers
         attention = self.num_layers * 4 * self.d_model ** 2
         dense_ffn = dense_layers * self.expert_parameters
         moe = self.num_moe_layers * (self.num_experts * self.expert_parameters + self.d_model * self.num_experts)
         return attention + dense_ffn + moe + self.vocab_size * self.d_model
+
+    @property
+    def moe_parameters(self) -> int:
+        """Weights of the MoE layers: per MoE layer E experts of 2 d d_ffn plus the gate's d E
+        (per stage with `stages`). Table 1's 'MoE params'.
+
+        >>> ModelConfig("x", 2, 4, 8, 2, seq_len=4, tokens_per_gpu=4, vocab_size=10).moe_parameters
+        136
+        """
+        if self.stages:
+            return sum(len(s.moe_blocks) * self.num_experts * (2 * s.d_model * s.d_ffn + s.d_model) for s in self.stages)
+        return self.num_moe_layers * self.num_experts * (self.expert_parameters + self.d_model)
+
+    def _staged_parameters(self) -> int:
+        """num_parameters with `stages`: per stage its blocks (attention 4 d^2, dense FFN 2 d f or
+        MoE), a patch merging of 4 d_i x d_(i+1) between stages (Swin), and a head of
+        vocab_size x the last width."""
+        total = self.moe_parameters
+        for stage in self.stages:
+            total += stage.blocks * 4 * stage.d_model ** 2
+            total += (stage.blocks - len(stage.moe_blocks)) * 2 * stage.d_model * stage.d_ffn
+        for first, second in zip(self.stages, self.stages[1:]):
+            total += 4 * first.d_model * second.d_model
+        return total + self.vocab_size * self.stages[-1].d_model
 
     @property
     def bytes_per_token(self) -> int:
@@ -175,6 +254,7 @@ class ModelConfig:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["assumed"] = list(self.assumed)
+        out["stages"] = [{**stage, "moe_blocks": list(stage["moe_blocks"])} for stage in out["stages"]]
         return out
 
 
@@ -198,6 +278,8 @@ def model_from_dict(data: dict, name: str | None = None) -> ModelConfig:
         raise ValueError(f"model config lacks the field {missing[0]!r} (required: {', '.join(required)})")
     if "assumed" in data and data["assumed"] is None:
         data["assumed"] = ()
+    if "stages" in data and data["stages"] is None:
+        data["stages"] = ()
     for key in ("source", "notes"):
         if key in data and data[key] is None:
             data[key] = ""

@@ -13,12 +13,19 @@ TABLE_1 = {
 }
 
 
+#: blocks and MoE layers as derived from Table 1's MoE parameter counts (T5: 16 layers per stack)
+DERIVED = {"roberta-moe": (12, 4), "t5-moe": (32, 16), "gpt-moe-15b": (12, 6), "gpt-moe-52b": (24, 12),
+           "swin-moe-l": (24, 12)}
+
+
 def test_shipped_models_match_table_1():
     assert list_models() == sorted(TABLE_1)
     for name, (layers, d_model, d_ffn, experts) in TABLE_1.items():
         model = load_model(name)
         assert model.name == name
-        assert (model.num_layers, model.num_experts, model.top_k, model.moe_every) == (layers, experts, 2, 2)
+        blocks, moe_layers = DERIVED[name]
+        assert blocks == layers * (2 if name == "t5-moe" else 1)
+        assert (model.num_layers, model.num_experts, model.top_k, model.num_moe_layers) == (blocks, experts, 2, moe_layers)
         if d_model is not None:
             assert (model.d_model, model.d_ffn) == (d_model, d_ffn)
         else:  # Swin: representative values are our choice and must say so
@@ -85,3 +92,29 @@ def test_placement_refusal_gives_numbers():
         model.check_placement(32)
     text = str(info.value)
     assert "16" in text and "32" in text and "roberta-moe" in text
+
+
+def test_stages_count_parameters_per_stage():
+    stages = [{"blocks": 1, "d_model": 4, "d_ffn": 8, "moe_blocks": []},
+              {"blocks": 1, "d_model": 8, "d_ffn": 16, "moe_blocks": [0]}]
+    model = ModelConfig("x", 2, 8, 16, 2, seq_len=4, tokens_per_gpu=4, vocab_size=10, stages=stages)
+    # MoE: 2 experts x (2 x 8 x 16) + gate 8 x 2; attention 4 x 16 + 4 x 64; dense 2 x 4 x 8;
+    # merging 4 x 4 x 8; head 10 x 8
+    assert model.moe_parameters == 2 * 256 + 16
+    assert model.num_parameters == 528 + 64 + 256 + 64 + 128 + 80
+    assert model.to_dict()["stages"][1] == {"blocks": 1, "d_model": 8, "d_ffn": 16, "moe_blocks": [0]}
+    assert model_from_dict(model.to_dict()) == model
+
+
+@pytest.mark.parametrize("stages, match", [
+    ([{"blocks": 1, "d_model": 4, "d_ffn": 8}], "stages hold 1 blocks in all, but num_layers=2"),
+    ([{"blocks": 2, "d_model": 4, "d_ffn": 8, "moe_blocks": [2]}], "not a block index"),
+    ([{"blocks": 2, "d_model": 4, "d_ffn": 8, "moe_blocks": [1, 1]}], "repeats a block"),
+    ([{"blocks": 2, "d_model": 0, "d_ffn": 8}], "stages.d_model"),
+    ([{"blocks": 2, "d_model": 4, "width": 8}], "unknown field 'width'"),
+    ([{"blocks": 2, "d_model": 4}], "lacks the field 'd_ffn'"),
+    ("2 stages", "must be a list of stages"),
+])
+def test_stages_validation(stages, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig("x", 2, 8, 16, 2, seq_len=4, tokens_per_gpu=4, stages=stages)
