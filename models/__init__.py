@@ -2,7 +2,7 @@
 
 >>> from lshsim.models import load_model
 >>> load_model("roberta-moe").num_moe_layers
-6
+4
 """
 from lshsim.models.catalog import ModelConfig, list_models, load_model, model_from_dict
 
