@@ -121,3 +121,10 @@ def test_json_stdout_clean_progress_on_stderr(capsys, tiny):
     assert any("baseline: routing" in line for line in lines)
     assert any("all-to-all direct (16 x 16)" in line for line in lines)
     assert lines[-1].endswith("overlap: done")
+
+
+def test_sweep_reports_fidelity(capsys, tiny):
+    out, _ = _plan_json(capsys, ["--sweep", "--models", tiny, "--clusters", f"{V100},{A100}"])
+    assert [item["fidelity"]["mode"] for item in out["sweep"] if "fidelity" in item] == ["exact", "exact"]
+    assert main(["plan", "--sweep", "--models", tiny, "--clusters", A100, "--drain-tolerance", "0.02"]) == 0
+    assert f"fidelity on {A100}: tolerance 0.02 (flag)" in capsys.readouterr().out

@@ -383,5 +383,9 @@ def _render_sweep(results: list[dict], labels: list[str], options: list) -> None
                       *(f"{by_label[label]['speedup']:.2f}x" for label in labels[1:]))
     console.print(table)
     console.print("[dim]options: " + "; ".join(f"{label} = {describe(config)}" for label, config in options) + "[/dim]")
+    fidelities = {item["cluster"]: item["fidelity"] for item in results if "fidelity" in item}
+    for cluster, fidelity in fidelities.items():
+        exactness = "exact" if fidelity["mode"] == "exact" else f"tolerance {fidelity['drain_tolerance']:g}"
+        console.print(f"[dim]fidelity on {cluster}: {exactness} ({fidelity['chosen']})[/dim]")
     for line in refused:
         console.print(f"[dim]refused: {line}[/dim]")
