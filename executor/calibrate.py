@@ -105,19 +105,35 @@ def _time_repeated(fn, device: torch.device, iterations: int, warmup: int, align
 
 def measure(device: torch.device, *, min_bytes: int = 4096, max_bytes: int = 2 ** 30, iterations: int = 10,
             warmup: int = 3, ffn_d_model: int = 4096, ffn_tokens: int = 8192, steps_per_octave: int = 1,
-            progress=None) -> dict:
-    """Run the sweep, p2p, FFN and copy benchmarks (collective); every rank returns the results."""
+            progress=None, report=None) -> dict:
+    """Run the sweep, p2p, FFN and copy benchmarks (collective); every rank returns the results.
+
+    progress: the launcher's status file (`lshsim.executor.runtime.Progress`); report: where a
+    person sees progress (`lshsim.cli._progress.ProgressLines`, quiet on ranks > 0): a line per
+    benchmark, and per size step of the all-to-all sweep (at most one per its `interval_s`) the
+    size, the elapsed time and an estimate of the sweep's time left from the steps done.
+    """
+    from lshsim.cli._progress import ProgressLines, estimate_left_s
+
+    report = report if report is not None else ProgressLines("calibrate", quiet=True)
     world = dist.get_world_size() if dist.is_initialized() else 1
     rank = dist.get_rank() if dist.is_initialized() else 0
     results: dict = {"world_size": world, "a2a": [], "p2p": [], "ffn": None, "hbm": None}
     if world > 1:
         # fitted: sizes between the powers of two; reported beside them: the powers of two and
         # half-octaves. Split sizes are passed explicitly: the executor's code path.
-        for key, offset in (("a2a", 0.5), ("a2a_pow2", 0.0)):
+        passes = [(key, sweep_sizes(min_bytes, max_bytes, world, steps_per_octave, offset))
+                  for key, offset in (("a2a", 0.5), ("a2a_pow2", 0.0))]
+        steps = [size for _, sizes in passes for size in sizes]
+        done: list[tuple[float, float]] = []
+        report.line(f"all-to-all sweep on {world} ranks: {len(steps)} sizes from {min(steps, default=0)} to "
+                    f"{max(steps, default=0)} bytes per rank, {warmup} warm-up + {iterations} repetitions each")
+        for key, sizes in passes:
             results.setdefault(key, [])
-            for size in sweep_sizes(min_bytes, max_bytes, world, steps_per_octave, offset):
+            for size in sizes:
                 if progress is not None:
                     progress.step(f"all-to-all {size} bytes ({key})")
+                step_started = report.elapsed_s()
                 send = torch.randint(0, 255, (size,), dtype=torch.uint8, device=device)
                 recv = torch.empty_like(send)
                 splits = [size // world] * world
@@ -125,8 +141,14 @@ def measure(device: torch.device, *, min_bytes: int = 4096, max_bytes: int = 2 *
                                        iterations, warmup)
                 median, per_iter = _median_of_max(times, device)
                 results[key].append({"bytes_per_rank": size, "time_s": median, "per_iteration_s": per_iter})
+                done.append((size, report.elapsed_s() - step_started))
+                report.tick(f"all-to-all sweep step {len(done)}/{len(steps)}: {size} bytes per rank ({key}) in "
+                            f"{done[-1][1]:.2f} s", left_s=estimate_left_s(done, steps[len(done):]))
             del send, recv
-        for size in sorted({min(size, max_bytes) for size in (2 ** 20, 2 ** 24, 2 ** 28)}):
+        report.line(f"all-to-all sweep done: {len(done)} sizes in {sum(t for _, t in done):.1f} s")
+        p2p_sizes = sorted({min(size, max_bytes) for size in (2 ** 20, 2 ** 24, 2 ** 28)})
+        report.line(f"p2p rank 0 -> 1: {', '.join(map(str, p2p_sizes))} bytes")
+        for size in p2p_sizes:
             if progress is not None:
                 progress.step(f"p2p {size} bytes")
             buffer = torch.randint(0, 255, (size,), dtype=torch.uint8, device=device)
@@ -143,6 +165,7 @@ def measure(device: torch.device, *, min_bytes: int = 4096, max_bytes: int = 2 *
             del buffer
     if progress is not None:
         progress.step("expert FFN rate")
+    report.line(f"expert FFN rate: {ffn_tokens} tokens x d_model {ffn_d_model} on {device.type}")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     generator = torch.Generator(device=device).manual_seed(rank)
     d, f = ffn_d_model, 4 * ffn_d_model
@@ -156,6 +179,7 @@ def measure(device: torch.device, *, min_bytes: int = 4096, max_bytes: int = 2 *
                       "time_s": median, "flops": flops, "flops_per_s": flops / median}
     del x, w1, w2
     copy_bytes = min(2 ** 30, max_bytes) if device.type == "cuda" else 2 ** 26
+    report.line(f"copy bandwidth: {copy_bytes} bytes")
     src = torch.randint(0, 255, (copy_bytes,), dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     times = _time_repeated(lambda: dst.copy_(src), device, iterations, warmup, align=False)
@@ -164,9 +188,9 @@ def measure(device: torch.device, *, min_bytes: int = 4096, max_bytes: int = 2 *
     return results
 
 
-def _calibration_input(args):
+def _calibration_input(args, report=None):
     """(rank, CalibrationInput) of the command's arguments: read through the sources
-    (`lshsim.executor.calibrate_files`), or measured."""
+    (`lshsim.executor.calibrate_files`), or measured (progress lines on `report`)."""
     if reads_files(args):
         return 0, calibration_input(args)
     from lshsim.executor.runtime import Progress, init_runtime, provenance, shutdown
@@ -176,7 +200,7 @@ def _calibration_input(args):
         results = measure(runtime.device, min_bytes=args.min_bytes, max_bytes=args.max_bytes,
                           iterations=args.iterations, warmup=args.warmup, ffn_d_model=args.ffn_d_model,
                           ffn_tokens=args.ffn_tokens, steps_per_octave=args.steps_per_octave,
-                          progress=Progress(args.status_dir, runtime.rank))
+                          progress=Progress(args.status_dir, runtime.rank), report=report)
     finally:
         shutdown()
     source = {"tool": "executor calibrate", **provenance(runtime, ["python", "-m", "lshsim.executor", *sys.argv[1:]])}
@@ -187,7 +211,15 @@ def calibrate_command(args) -> int:
     """The CLI behind `python -m lshsim.executor calibrate` and `lshsim calibrate` (flags:
     `lshsim.executor.commands.add_calibrate`): measure on every rank (or read files), then rank 0
     fits, writes and reports (`lshsim.executor.calibrate_files.finish`)."""
-    rank, inp = _calibration_input(args)
+    from lshsim.executor.commands import progress_lines
+
+    report = progress_lines(args, "calibrate")
+    rank, inp = _calibration_input(args, report)
     if rank != 0:
         return 0
-    return finish(args, inp)
+    code = finish(args, inp)
+    if code == 0:
+        for path in (getattr(args, "raw", None), getattr(args, "out", None)):
+            if path:
+                report.wrote(path)
+    return code

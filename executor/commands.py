@@ -93,6 +93,9 @@ def add_run(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--max-wall-s", type=arg_finite_number(0.0, exclusive=True, maximum=MAX_MEASURE_S), default=5.0,
                      help=f"with --min-a2a-s: at most this much wall time per workload (seconds, > 0, at most "
                           f"{MAX_MEASURE_S:g}; 5 s)")
+    run.add_argument("--quiet", action="store_true",
+                     help="no progress lines on stderr (default, on rank 0: each workload's start and end, the "
+                          "iteration reached every few seconds with an estimate of what is left, the files written)")
     run.epilog = ("Sizes: a workload whose memory per rank (lshsim.limits.estimate_executor_rank: tokens, dispatch "
                   "and combine buffers, expert activations and weights) exceeds the device's memory (a GPU's, or "
                   "the available memory shared by the local ranks on CPU) is refused before the run starts.")
@@ -182,6 +185,9 @@ def add_calibrate(subparsers) -> argparse.ArgumentParser:
                           "(the source traces; FFN and HBM rates still from --from-raw, if given)")
     cal.add_argument("--no-curve", action="store_true",
                      help="with --from-traces or --source: write only the (alpha, B) fit, no a2a_busbw_curve")
+    cal.add_argument("--quiet", action="store_true",
+                     help="no progress lines on stderr (default, on rank 0: each benchmark, the all-to-all sweep's "
+                          "size steps every few seconds with an estimate of what is left, the files written)")
     cal.add_argument("--fit-min-bytes", type=arg_bytes_or_zero, default=0,
                      help=f"fit only the all-to-all sizes >= this (default 0: all; {BYTES_HELP})")
     _add_common(cal)
@@ -296,6 +302,13 @@ def refuse_workloads_too_large(workloads, device: str) -> None:
                             estimate, limit, limit_name=where, hint="lower tokens_per_rank or d_model")
 
 
+def progress_lines(args, prefix: str):
+    """The command's progress lines on stderr (`lshsim.cli._progress`): rank 0 only, none with --quiet."""
+    from lshsim.cli._progress import ProgressLines
+
+    return ProgressLines(prefix, quiet=bool(getattr(args, "quiet", False)) or _rank_from_env() != 0)
+
+
 def cmd_run(args) -> int:
     from lshsim.executor.run import run_workload
     from lshsim.executor.runtime import Progress, init_runtime, shutdown
@@ -312,20 +325,26 @@ def cmd_run(args) -> int:
     if args.fault is not None:  # before the rendezvous: WORLD_SIZE is known from the environment
         _check_fault_rank(args.fault_rank, _world_size_from_env(), "the world size WORLD_SIZE")
     progress = Progress(args.status_dir, _rank_from_env())
+    report = progress_lines(args, "run")
     progress.step("joining the process group")  # start-up (imports, inputs) done: the launcher sees it
+    if _world_size_from_env() > 1:
+        report.line(f"joining the process group ({_world_size_from_env()} ranks)")
     runtime = init_runtime(args.device, args.collective_timeout_s)
     if runtime.device.type == "cpu":
         _set_threads(args, runtime.world_size)
     progress.step("process group joined")
     command = ["python", "-m", "lshsim.executor", *sys.argv[1:]]  # the same command under either entry point
     try:
-        for workload, out in zip(workloads, outputs):
+        for index, (workload, out) in enumerate(zip(workloads, outputs)):
+            if len(workloads) > 1:
+                report.prefix = f"run {index + 1}/{len(workloads)}"
             trace = run_workload(workload, runtime, progress=progress, fault=args.fault, fault_rank=args.fault_rank,
                                  command=command, min_a2a_s=args.min_a2a_s, max_iterations=args.max_iterations,
-                                 max_wall_s=args.max_wall_s)
+                                 max_wall_s=args.max_wall_s, report=report)
             if runtime.rank == 0:
                 if out:
                     trace.to_json(out)                # written whole (lshsim.io)
+                    report.wrote(out)
                 _print_run_summary(trace, out)
             if runtime.device.type == "cuda":
                 import torch
@@ -411,7 +430,13 @@ def cmd_calibrate(args) -> int:
 
     check_calibrate_args(args)
     if reads_files(args):           # fit measured files: no torch
-        return calibrate_from_files(args)
+        code = calibrate_from_files(args)
+        if code == 0:
+            report = progress_lines(args, "calibrate")
+            for path in (args.raw, args.out):
+                if path:
+                    report.wrote(path)
+        return code
     refuse_measurement_too_large(args)
     from lshsim.executor.calibrate import calibrate_command
 

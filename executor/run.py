@@ -174,8 +174,12 @@ def _inject_fault(fault: str, rank: int) -> None:
 
 def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progress | None = None,
                  fault: str | None = None, fault_rank: int = 1, command: list[str] | None = None,
-                 min_a2a_s: float = 0.0, max_iterations: int = 200, max_wall_s: float = 5.0) -> Trace:
+                 min_a2a_s: float = 0.0, max_iterations: int = 200, max_wall_s: float = 5.0, report=None) -> Trace:
     """Run `workload` on this rank (collective: every rank calls it); every rank returns the trace.
+
+    report: where a person sees progress (`lshsim.cli._progress.ProgressLines`, quiet on ranks > 0):
+    a line when the workload starts and when its iterations are done, and at most one line per
+    its `interval_s` in between (iteration i of n, elapsed, an estimate of what is left).
 
     min_a2a_s > 0: measure more iterations than the workload asks, enough that the bare
     all-to-alls take min_a2a_s in all (`iteration_count`; at most max_iterations, and at most
@@ -205,6 +209,10 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
     generator = torch.Generator(device=device).manual_seed(7 + rank)
     grad_weight = torch.randn(x0.shape, generator=generator, device=device)  # (T, d) loss = sum(y * g)
     progress.step("setup done")
+    if report is not None:
+        report.line(f"workload {workload.name}: {world} ranks x {workload.tokens_per_rank} tokens, d_model "
+                    f"{workload.d_model}, {workload.num_experts} experts, router {workload.router.name}, "
+                    f"{device.type}: {workload.warmup} warm-up + {workload.iterations} iterations")
     element_bytes = torch.finfo(dtype).bits // 8
     bytes_per_token = workload.d_model * element_bytes
     a2a_keys = [(name, direction) for name in ("dispatch_a2a", "combine_a2a") for direction in ("forward", "backward")]
@@ -228,8 +236,14 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
     measured, bare_times, out, bare = [], [], None, None
     iterations = workload.iterations
     it = 0
+    loop_started = time.perf_counter()
     while it < workload.warmup + iterations:
         progress.step(f"iteration {it}")
+        if report is not None and it > 0:
+            total = workload.warmup + iterations
+            left_s = (time.perf_counter() - loop_started) / it * (total - it)
+            report.tick(f"workload {workload.name}: iteration {it + 1}/{total} "
+                        f"({'warm-up' if it < workload.warmup else 'measured'})", left_s=left_s)
         if fault is not None and it == 0 and rank == fault_rank:
             _inject_fault(fault, rank)
         wall0 = time.perf_counter()
@@ -254,6 +268,10 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
                                          max_iterations, max_wall_s)
         it += 1
     progress.step("timed iterations done")
+    if report is not None:
+        report.line(f"workload {workload.name}: {workload.warmup + iterations} iterations done in "
+                    f"{time.perf_counter() - loop_started:.1f} s"
+                    + ("; LSH error (uncompressed forward)" if model.lsh is not None else ""))
     keys = _phase_keys(measured[0])
     summary = aggregate(IterationTimes.from_iterations(keys, measured), device)
 

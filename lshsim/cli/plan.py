@@ -11,6 +11,7 @@ import math
 
 from lshsim.checks import arg_finite_number, arg_positive_int
 from lshsim.cli import _render
+from lshsim.cli._progress import OptionProgress
 from lshsim.cli._render import SEED_HELP, arg_seed
 
 _PLAN_DEFAULT_MODEL = "gpt-moe-15b"
@@ -124,20 +125,6 @@ def _world_size(graph) -> int:
     return sum(1 for _, data in graph.nodes(data=True) if data.get("kind") == "gpu")
 
 
-class _Progress:
-    """Progress lines on stderr: elapsed time, option i/n, the phase being simulated."""
-
-    def __init__(self, started: float, prefix: str = "plan"):
-        self.started, self.prefix = started, prefix
-
-    def __call__(self, index: int, count: int, label: str, phase: str) -> None:
-        import sys
-        import time
-
-        print(f"[{time.perf_counter() - self.started:7.1f} s] {self.prefix}: option {index}/{count} {label}: {phase}",
-              file=sys.stderr, flush=True)
-
-
 def _plan_rows_json(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "result"} for row in rows]
 
@@ -164,7 +151,7 @@ def run(args) -> int:
     started = time.perf_counter()
     cache_stats: dict = {}
     rows = compare_options(model, graph, plan_options(selected), drain_tolerance=fidelity["drain_tolerance"],
-                           share_cache=not args.no_a2a_cache, progress=_Progress(started), cache_stats=cache_stats)
+                           share_cache=not args.no_a2a_cache, progress=OptionProgress(started), cache_stats=cache_stats)
     elapsed_s = time.perf_counter() - started
     fidelity["a2a_cache"] = cache_stats
     chosen = next(row for row in rows if row["result"].config == selected)

@@ -37,7 +37,10 @@ def add_parser(subparsers):
                    help="in [0, 1]: 0 = exact (default); e.g. 0.01 lets flows that would finish within 1%% of the "
                         "current time finish together: much faster on uneven traffic, about 1%% early")
     p.add_argument("--top-links", type=arg_positive_int, default=10, help="busiest links to show (default 10)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables (progress goes to stderr)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress lines on stderr (default: a line when the simulation starts and when it ends, "
+                        "with the problem size and the elapsed time)")
     p.epilog = ("Sizes: an all-to-all on W ranks is W^2 flows in memory; a topology whose estimate "
                 "(lshsim.limits.estimate_flows: about 512 B per flow) exceeds the memory available is refused "
                 "before the simulation starts.")
@@ -70,8 +73,10 @@ def load_sized_topology(name_or_path, what: str, option: str = "--topology"):
 
 def run(args) -> int:
     from lshsim.algorithms import canonical_algorithm
+    from lshsim.cli._progress import ProgressLines, format_duration
     from lshsim.sim.collectives import simulate_all_to_all
     from lshsim.sim.traffic import load_traffic
+    progress = ProgressLines("simulate", quiet=args.quiet)
     algorithm = canonical_algorithm(args.algorithm, side="simulate")
     if args.chunks != 1 and algorithm != "hierarchical":
         raise ValueError(f"--chunks={args.chunks} applies to --algorithm hierarchical (alias 2d) only")
@@ -79,9 +84,16 @@ def run(args) -> int:
     world = G.graph["num_nodes"] * G.graph["gpus_per_node"]
     traffic = load_traffic(args.traffic, world)
     options = {"chunks": args.chunks} if algorithm == "hierarchical" else {}
+    # the flow simulator has no progress hook: a line when it starts and one when it ends
+    pairs = int((traffic > 0).sum() - (traffic.diagonal() > 0).sum())
+    progress.line(f"{algorithm} all-to-all on {G.graph['name']} ({world} GPUs, {pairs} rank pairs with traffic, "
+                  f"{traffic.sum() / 1e6:.2f} MB, drain tolerance {args.drain_tolerance:g}): simulating")
+    started = progress.elapsed_s()
     result = simulate_all_to_all(G, traffic, algorithm, alpha_s=args.alpha_s,
                                  message_gap_s=args.message_gap_s, local_copy=not args.no_local_copy,
                                  drain_tolerance=args.drain_tolerance, **options)
+    progress.line(f"simulated in {format_duration(progress.elapsed_s() - started)}: predicted time "
+                  f"{result.time_s * 1e3:.4f} ms")
     summary = result.to_dict(top_links=args.top_links)
     summary.update(topology=G.graph["name"], world=world, num_nodes=G.graph["num_nodes"],
                    gpus_per_node=G.graph["gpus_per_node"], total_bytes=float(traffic.sum()))

@@ -1,0 +1,114 @@
+"""Progress lines on stderr, shared by the commands that can run for a while (`plan`, `simulate`,
+the executor's `run` and `calibrate`).
+
+One line per event, `[  12.5 s] COMMAND: WHAT`, on standard error, so that standard output (a
+`--json` document, the tables) stays exactly what it was. `line()` always prints; `tick()` prints
+at most once per `interval_s` (periodic lines of a loop); `wrote(path)` names a file the command
+wrote. Standard library only: the executor's ranks import it too.
+
+>>> import io
+>>> clock = iter([0.0, 1.0, 1.5, 4.0, 4.0]).__next__
+>>> out = io.StringIO()
+>>> p = ProgressLines("demo", stream=out, clock=clock, interval_s=2.0)
+>>> p.line("start")
+>>> p.tick("step 1"), p.tick("step 2")       # 1.5 s after the last line: skipped; 4.0 s: printed
+(False, True)
+>>> print(out.getvalue(), end="")
+[    1.0 s] demo: start
+[    4.0 s] demo: step 2
+>>> format_duration(75.0), format_duration(4000.0), format_duration(3.25)
+('1 min 15 s', '1 h 06 min', '3.2 s')
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+__all__ = ["ProgressLines", "OptionProgress", "format_duration", "estimate_left_s"]
+
+
+def format_duration(seconds: float) -> str:
+    """A duration a person reads at a glance: `3.2 s`, `1 min 15 s`, `1 h 07 min`."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+def estimate_left_s(done: list[tuple[float, float]], left: list[float]) -> float | None:
+    """Seconds left for steps of sizes `left`, from the (size, seconds) of the steps `done`: a
+    straight line t = a + b * size (a, b >= 0) through the steps done (the mean step time with
+    fewer than two sizes). None before any step is done.
+
+    >>> estimate_left_s([(1.0, 2.0), (2.0, 3.0)], [3.0, 4.0])    # t = 1 + size
+    9.0
+    >>> estimate_left_s([(1.0, 2.0)], [8.0, 9.0])                # one step: 2 s each
+    4.0
+    """
+    if not done:
+        return None
+    sizes = [float(s) for s, _ in done]
+    times = [float(t) for _, t in done]
+    mean_s, mean_t = sum(sizes) / len(sizes), sum(times) / len(times)
+    var = sum((s - mean_s) ** 2 for s in sizes)
+    if var <= 0:
+        return mean_t * len(left)
+    b = sum((s - mean_s) * (t - mean_t) for s, t in zip(sizes, times)) / var
+    a = mean_t - b * mean_s
+    if b < 0:                                   # noisy small sizes: a constant step time
+        a, b = mean_t, 0.0
+    elif a < 0:                                 # pure bandwidth: through the origin
+        a, b = 0.0, sum(s * t for s, t in zip(sizes, times)) / sum(s * s for s in sizes)
+    return sum(a + b * float(size) for size in left)
+
+
+class ProgressLines:
+    """`[elapsed] prefix: text` lines on stderr (`stream`, default: sys.stderr when printing).
+
+    quiet: print nothing. interval_s: the least time between two lines printed by `tick()`.
+    started: the clock's time the elapsed time counts from (default: now).
+    """
+
+    def __init__(self, prefix: str, *, quiet: bool = False, interval_s: float = 2.0, started: float | None = None,
+                 stream=None, clock=time.perf_counter) -> None:
+        self.prefix, self.quiet, self.interval_s = prefix, quiet, interval_s
+        self.stream, self.clock = stream, clock
+        self.started = clock() if started is None else started
+        self.last_line = None
+
+    def elapsed_s(self) -> float:
+        return self.clock() - self.started
+
+    def line(self, text: str, *, left_s: float | None = None) -> None:
+        """Print `text` now (with `about X left` when `left_s` is given)."""
+        now = self.clock()
+        self.last_line = now
+        if self.quiet:
+            return
+        if left_s is not None:
+            text += f", about {format_duration(left_s)} left"
+        print(f"[{now - self.started:7.1f} s] {self.prefix}: {text}", file=self.stream or sys.stderr, flush=True)
+
+    def tick(self, text: str, *, left_s: float | None = None) -> bool:
+        """Print `text` if `interval_s` has passed since the last line; True when printed."""
+        if self.last_line is not None and self.clock() - self.last_line < self.interval_s:
+            return False
+        self.line(text, left_s=left_s)
+        return True
+
+    def wrote(self, path) -> None:
+        """Name a file the command wrote: `wrote PATH`."""
+        self.line(f"wrote {path}")
+
+
+class OptionProgress(ProgressLines):
+    """`plan`'s progress callback (`lshsim.sim.moe_step.compare_options(progress=...)`): option i/n,
+    its label and the phase being simulated, one line each."""
+
+    def __init__(self, started: float, prefix: str = "plan", **options) -> None:
+        super().__init__(prefix, started=started, **options)
+
+    def __call__(self, index: int, count: int, label: str, phase: str) -> None:
+        self.line(f"option {index}/{count} {label}: {phase}")
