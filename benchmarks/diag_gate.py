@@ -20,6 +20,17 @@ from lshsim.executor.timing import PhaseTimer  # noqa: E402
 from lshsim.executor.workload import WorkloadConfig  # noqa: E402
 
 
+def per_call_s(fn, calls: int) -> tuple[float, float]:
+    """(host seconds per call, seconds per call until the GPU is done) of `calls` calls back to back."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = time.perf_counter()
+    torch.cuda.synchronize()
+    return (host - start) / calls, (time.perf_counter() - start) / calls
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=4096)
@@ -59,14 +70,8 @@ def main() -> int:
     print(f"host us: gate_inputs {med[0]*1e6:.1f} routing {med[1]*1e6:.1f} gather {med[2]*1e6:.1f} "
           f"then GPU drain {med[3]*1e6:.1f}; replays {model.routing.replays}")
     # the routing call alone, back to back (host cost per call)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(50):
-        model.routing({"token_ids": ids, **inputs})
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    t2 = time.perf_counter()
-    print(f"routing x50: host {(t1 - t0) / 50 * 1e6:.1f} us per call, all done after {(t2 - t0) / 50 * 1e6:.1f} us per call")
+    host_s, done_s = per_call_s(lambda: model.routing({"token_ids": ids, **inputs}), 50)
+    print(f"routing x50: host {host_s * 1e6:.1f} us per call, all done after {done_s * 1e6:.1f} us per call")
     # phase timer on the forward
     times = []
     for _ in range(10):
@@ -77,13 +82,8 @@ def main() -> int:
     print(f"gate phase (CUDA events) {gate * 1e6:.1f} us")
     # eager routing for comparison
     model.routing.captured.enabled = False
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(20):
-        model.routing({"token_ids": ids, **inputs})
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    print(f"eager routing: host {(t1 - t0) / 20 * 1e6:.1f} us per call")
+    host_s, _ = per_call_s(lambda: model.routing({"token_ids": ids, **inputs}), 20)
+    print(f"eager routing: host {host_s * 1e6:.1f} us per call")
     return 0
 
 

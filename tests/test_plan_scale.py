@@ -8,16 +8,8 @@ from lshsim.cli import main
 from lshsim.sim.moe_step import A2ACache, auto_drain_tolerance
 from lshsim.topology import load_topology
 
-TINY_YAML = """\
-num_layers: 2
-d_model: 256
-d_ffn: 4096
-num_experts: 16
-seq_len: 256
-tokens_per_gpu: 512
-vocab_size: 1000
-"""
-V100 = "lshmoe-v100-2x8"  # 16 GPUs: 2 nodes x 8
+from test_cli_plan import TINY_YAML, V100  # the plan tests' tiny model; V100: 16 GPUs, 2 nodes x 8
+
 A100 = "lshmoe-a100-4x8"  # 32 GPUs: 4 nodes x 8
 
 
