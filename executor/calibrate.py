@@ -201,6 +201,12 @@ def _calibration_input(args, report=None):
                           iterations=args.iterations, warmup=args.warmup, ffn_d_model=args.ffn_d_model,
                           ffn_tokens=args.ffn_tokens, steps_per_octave=args.steps_per_octave,
                           progress=Progress(args.status_dir, runtime.rank), report=report)
+        if getattr(args, "phases", None):
+            from lshsim.executor.phase_bench import measure_phases
+
+            sizes = sweep_sizes(max(args.min_bytes, 65536), args.max_bytes, runtime.world_size, 2, 0.5)
+            results["phases"] = measure_phases(runtime, sizes, parts=args.phases, report=report,
+                                               command=["python", "-m", "lshsim.executor", *sys.argv[1:]])
     finally:
         shutdown()
     source = {"tool": "executor calibrate", **provenance(runtime, ["python", "-m", "lshsim.executor", *sys.argv[1:]])}

@@ -159,8 +159,12 @@ def finish(args, inp) -> int:
     if args.raw:
         write_atomically(args.raw, json.dumps({"results": results, "provenance": source, "fit": fit_info},
                                               indent=1) + "\n")
+    spec = fit.topology_spec(name, prov)
+    phase_model = fit_phases(args, inp, spec)
+    if phase_model is not None:
+        spec["calibration"]["phase_model"] = phase_model.to_block()
     if args.out:
-        write_topology_yaml(fit.topology_spec(name, prov), args.out)      # validated, then written atomically
+        write_topology_yaml(spec, args.out)      # validated, then written atomically
     alpha_beta, curve, headroom = fit.alpha_beta, fit.curve, fit.headroom
     lines = [f"calibration on {world} x {inp.gpu or 'CPU'}"]
     for point in inp.points:
@@ -191,10 +195,67 @@ def finish(args, inp) -> int:
                      + (f"; links capped at {headroom.link_max_Bps / 1e9:.0f} GB/s (fitted between the curve's top "
                         f"{max(b for _, b in curve.curve) / 1e9:.0f} and the fastest p2p send "
                         f"{info['p2p_max_Bps'] / 1e9:.0f})" if headroom.link_max_Bps else ""))
+    if phase_model is not None:
+        lines.extend(phase_model_lines(phase_model))
     if args.out:
         lines.append(f"  topology written to {args.out}")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
+
+
+def fit_phases(args, inp, spec: dict):
+    """The `PhaseModel` of the calibration's phase measurements (results["phases"]), or None.
+
+    The transport is read from the run's NCCL environment (provenance.nccl_env); the split-size
+    exchange's all-to-all is simulated on the topology `spec` just fitted. With --phase-base, the
+    compute parts of that earlier raw JSON fill in what this one did not measure."""
+    from lshsim.calibration.phase_model import fit_phase_model, transport_of_env
+
+    phases = (inp.record or {}).get("phases")
+    base_path = getattr(args, "phase_base", None)
+    if not phases and not base_path:
+        return None
+    from lshsim.readers import load_json
+    from lshsim.sim.collectives import simulate_all_to_all
+    from lshsim.topology import build_topology
+
+    G = build_topology(spec, source="the fitted topology")
+
+    def small_a2a_s(traffic):
+        return float(simulate_all_to_all(G, traffic).time_s)
+
+    base = None
+    if base_path:
+        raw = load_json(base_path, what="phase base file")
+        base_phases = (raw.get("results") or {}).get("phases") if isinstance(raw, dict) else None
+        if not base_phases:
+            raise ValueError(f"{base_path}: results.phases is missing: not the --raw JSON of a calibration with --phases")
+        try:
+            base = fit_phase_model(base_phases, small_a2a_s=small_a2a_s)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{base_path}: results.phases: {error}") from None
+    transport = transport_of_env((inp.provenance or {}).get("nccl_env"))
+    try:
+        return fit_phase_model(phases or {}, transport=transport, small_a2a_s=small_a2a_s, base=base)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"results.phases: {error}") from None
+
+
+def phase_model_lines(model) -> list[str]:
+    lines = [f"  phase model ({model.transport}): as-run launch latency {model.latency_as_run_s * 1e6:.1f} us, "
+             f"back-to-back floor {model.latency_back_to_back_s * 1e6:.1f} us"]
+    if model.unaligned:
+        lines.append("  unaligned chunks: " + ", ".join(f"{m / 2**20:.2f} MiB x{f:.2f}" for m, f in model.unaligned))
+    if model.expert is not None:
+        lines.append(f"  expert grid: {model.expert.forward_s.size} points")
+    for (phase, direction), fit in sorted(model.kernels.items()):
+        loo = "" if fit.loo_median_rel_error is None else \
+            f", leave-one-out median {100 * fit.loo_median_rel_error:.1f}% worst {100 * fit.loo_max_rel_error:.1f}%"
+        lines.append(f"  {phase} {direction}: {fit.points} layers, |error| median {100 * fit.median_rel_error:.1f}% "
+                     f"worst {100 * fit.max_rel_error:.1f}%{loo}")
+    if model.exchange_s is not None:
+        lines.append(f"  split-size exchange beyond its all-to-all: {model.exchange_s * 1e6:.1f} us")
+    return lines
 
 
 def calibrate_from_files(args) -> int:

@@ -188,10 +188,31 @@ def add_calibrate(subparsers) -> argparse.ArgumentParser:
     cal.add_argument("--quiet", action="store_true",
                      help="no progress lines on stderr (default, on rank 0: each benchmark, the all-to-all sweep's "
                           "size steps every few seconds with an estimate of what is left, the files written)")
+    cal.add_argument("--phases", type=_arg_phase_parts, default=None, metavar="PARTS",
+                     help="also measure the phase model (lshsim.calibration.phase_model): a comma list of a2a "
+                          "(all-to-alls in three timing conventions, aligned and unaligned, 64 KiB per rank "
+                          "upward), expert (the expert phase on a grid of shapes), layers (built-in calibration "
+                          "workloads: gate, LSH, split exchange, as-run layer), or all")
+    cal.add_argument("--phase-base", default=None, metavar="RAW",
+                     help="take the phase model's compute parts (expert, layers) from this earlier --raw JSON "
+                          "where this calibration measured none (compute does not depend on the NCCL transport)")
     cal.add_argument("--fit-min-bytes", type=arg_bytes_or_zero, default=0,
                      help=f"fit only the all-to-all sizes >= this (default 0: all; {BYTES_HELP})")
     _add_common(cal)
     return cal
+
+
+def _arg_phase_parts(text: str) -> tuple[str, ...]:
+    """argparse type of --phases: "all" or a comma list of a2a, expert, layers."""
+    from lshsim.executor.phase_bench import PARTS
+
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    if parts == ("all",):
+        return PARTS
+    unknown = [p for p in parts if p not in PARTS]
+    if not parts or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 'all' or a comma list of {', '.join(PARTS)}")
+    return parts
 
 
 def add_check(subparsers) -> argparse.ArgumentParser:

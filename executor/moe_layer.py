@@ -34,8 +34,7 @@ import torch
 
 from lshsim.executor.comm import CommContext, CommStats, align_ranks, all_to_all, exchange_counts, mark
 from lshsim.executor.gate_graph import GraphedGate, GraphedRouting
-from lshsim.executor.moe_ops import (combine_choices, expert_ffn_grouped, gather_choices, inverse_permutation,
-                                     permute_rows)
+from lshsim.executor.moe_ops import combine_choices, expert_block, gather_choices
 from lshsim.executor.timing import PhaseTimer
 from lshsim.executor.workload import WorkloadConfig
 from lshsim.dispatch import DispatchPlan, Placement, make_placement, route
@@ -272,6 +271,8 @@ class DistributedMoE:
         #: "padded_bmm"; `expert_method` is the one the last forward used
         self.expert_impl = "auto"
         self.expert_method = None
+        #: rows each local expert received in the last forward (host ints; the expert phase's work)
+        self.rows_per_expert: list[int] = []
         nodes = self.placement.rank_to_node
         self.same_node = [bool(nodes[r] == nodes[ctx.rank]) for r in range(ctx.world_size)]
 
@@ -386,22 +387,10 @@ class DistributedMoE:
                            bwd_opens=opens, bwd_closes=closes)
         # 5. local experts: rows grouped by expert (received grouped by source rank), one grouped GEMM
         self._begin("expert")
-        received_rows = recv_x.shape[0]
         received_dev = received.reshape(ctx.world_size, per_rank)  # (W, E_r) on the device
-        offsets = torch.cumsum(received_dev.sum(0), 0).to(torch.int32)  # (E_r,)
-        regroup = ctx.world_size > 1 and per_rank > 1
-        if regroup:
-            local_expert = torch.repeat_interleave(
-                torch.arange(per_rank, device=x.device).repeat(ctx.world_size), received_dev.reshape(-1),
-                output_size=received_rows)  # (R,)
-            by_expert = torch.sort(local_expert.to(torch.int32), stable=True).indices  # (R,)
-            by_expert_inv = inverse_permutation(by_expert)
-            grouped = permute_rows(recv_x, by_expert, by_expert_inv)  # (R, d)
-        else:
-            grouped = recv_x
-        out_grouped, self.expert_method = expert_ffn_grouped(grouped, rows_per_expert, offsets, self.experts.w1,
-                                                             self.experts.w2, self.expert_impl)
-        expert_out = permute_rows(out_grouped, by_expert_inv, by_expert) if regroup else out_grouped
+        self.rows_per_expert = rows_per_expert
+        expert_out, self.expert_method = expert_block(recv_x, received_dev, rows_per_expert, self.experts.w1,
+                                                      self.experts.w2, self.expert_impl)
         self._end("expert")
         # 6. combine all-to-all (transposed splits)
         closes, opens = backward_chain("combine_a2a", active)

@@ -23,7 +23,7 @@ import torch
 
 from lshsim.dispatch.routers import count_values
 
-__all__ = ["choice_order", "inverse_permutation", "gather_choices", "permute_rows", "combine_choices",
+__all__ = ["choice_order", "expert_block", "inverse_permutation", "gather_choices", "permute_rows", "combine_choices",
            "expert_ffn_grouped", "grouped_mm_available", "GROUPED_MM"]
 
 #: torch's grouped matrix multiply (public from torch 2.9, private before), or None
@@ -197,3 +197,28 @@ def expert_ffn_grouped(x: torch.Tensor, rows_per_expert: list[int], offsets: tor
     hidden = torch.nn.functional.gelu(torch.bmm(padded, w1))  # (E_r, m, f)
     out = torch.bmm(hidden, w2).view(num_experts * most, d_model)  # (E_r * m, d)
     return out.index_select(0, slot), method
+
+
+def expert_block(recv_x: torch.Tensor, received: torch.Tensor, rows_per_expert: list[int], w1: torch.Tensor,
+                 w2: torch.Tensor, method: str = "auto") -> tuple[torch.Tensor, str]:
+    """The executor's whole expert phase on one rank: received rows -> expert outputs, same order.
+
+    recv_x (R, d): rows as the dispatch all-to-all delivers them, grouped by source rank, and
+    within a source by local expert; received (W, E_r) device counts of those blocks;
+    rows_per_expert: E_r host ints (column sums of `received`). With W > 1 and E_r > 1 the rows
+    are regrouped by expert (a stable sort of their expert ids, `permute_rows`), run through
+    `expert_ffn_grouped` and put back in arrival order. `executor calibrate --phases` times this
+    function, so the calibrated expert model is the cost of exactly this code.
+    """
+    world, per_rank = received.shape
+    offsets = torch.cumsum(received.sum(0), 0).to(torch.int32)  # (E_r,)
+    if world > 1 and per_rank > 1:
+        local_expert = torch.repeat_interleave(
+            torch.arange(per_rank, device=recv_x.device).repeat(world), received.reshape(-1),
+            output_size=recv_x.shape[0])  # (R,)
+        by_expert = torch.sort(local_expert.to(torch.int32), stable=True).indices  # (R,)
+        by_expert_inv = inverse_permutation(by_expert)
+        grouped = permute_rows(recv_x, by_expert, by_expert_inv)  # (R, d)
+        out, method = expert_ffn_grouped(grouped, rows_per_expert, offsets, w1, w2, method)
+        return permute_rows(out, by_expert_inv, by_expert), method
+    return expert_ffn_grouped(recv_x, rows_per_expert, offsets, w1, w2, method)

@@ -172,6 +172,59 @@ def _inject_fault(fault: str, rank: int) -> None:
         time.sleep(3600)
 
 
+def _time_layer_as_run(model: DistributedMoE, ctx: MoEContext, x0: torch.Tensor, token_ids: torch.Tensor,
+                       grad_weight: torch.Tensor, workload: WorkloadConfig, device: torch.device) -> dict:
+    """The whole layer as a training step runs it: {"forward", "backward", "total"} seconds.
+
+    Per iteration: a host barrier (`lshsim.executor.phase_bench.host_barrier`: ranks aligned, GPU
+    idle), then the forward and the backward with no phase timer and no rank alignment before the
+    all-to-alls; CUDA events at the start, after the forward and after the backward (the host
+    clock on a CPU). Each value is the slowest rank's per iteration, the lower median over
+    max(workload.iterations, 5) iterations after one warm-up. Host stalls (the split-size
+    exchange waits on the host, then launches the dispatch on an idle GPU) are inside: this is the
+    time `lshsim validate` compares its whole-layer prediction with.
+    """
+    from lshsim.executor.phase_bench import host_barrier
+
+    saved = ctx.timer, ctx.stats, ctx.sync
+    ctx.timer, ctx.stats, ctx.sync = None, None, False
+    iterations = max(workload.iterations, 5)
+    rows = []
+    try:
+        for it in range(1 + iterations):
+            for param in model.parameters():
+                param.grad = None
+            x = x0.detach().requires_grad_(workload.backward)
+            host_barrier(device)
+            if device.type == "cuda":
+                events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+                events[0].record()
+                y = model.forward(x, token_ids).y
+                events[1].record()
+                if workload.backward:
+                    (y.float() * grad_weight).sum().backward()
+                events[2].record()
+                events[2].synchronize()
+                forward_s = events[0].elapsed_time(events[1]) / 1e3
+                total_s = events[0].elapsed_time(events[2]) / 1e3
+            else:
+                t0 = time.perf_counter()
+                y = model.forward(x, token_ids).y
+                t1 = time.perf_counter()
+                if workload.backward:
+                    (y.float() * grad_weight).sum().backward()
+                total_s, forward_s = time.perf_counter() - t0, t1 - t0
+            if it >= 1:
+                rows.append([forward_s, total_s - forward_s, total_s])
+    finally:
+        ctx.timer, ctx.stats, ctx.sync = saved
+    gathered = torch.stack([gather_rows(row, device) for row in rows])  # (I, W, 3)
+    slowest = gathered.max(dim=1).values  # (I, 3)
+    median = slowest.sort(dim=0).values[(slowest.shape[0] - 1) // 2].tolist()  # (3,)
+    return {"forward": median[0], "backward": median[1], "total": median[2], "iterations": iterations,
+            "convention": "as_run", "per_iteration_total_s": slowest[:, 2].tolist()}
+
+
 def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progress | None = None,
                  fault: str | None = None, fault_rank: int = 1, command: list[str] | None = None,
                  min_a2a_s: float = 0.0, max_iterations: int = 200, max_wall_s: float = 5.0, report=None) -> Trace:
@@ -308,6 +361,11 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
                     "centroid_error": (totals[2] / totals[3]) ** 0.5 if totals[3] > 0 else 0.0,
                     "output_rel_error": (totals[4] / totals[5]) ** 0.5 if totals[5] > 0 else 0.0}
     dropped = gather_rows([out.plan.num_dropped, out.plan.num_kept], device).sum(dim=0).tolist()
+    rows_per_expert = gather_rows([float(v) for v in model.rows_per_expert], device).long().tolist()  # (W, E_r)
+
+    # the layer as it runs: no phase timer, no rank alignment inside, the GPU idle at the start
+    progress.step("as-run layer iterations")
+    layer_s = _time_layer_as_run(model, ctx, x0, token_ids, grad_weight, workload, device)
 
     # records: each phase from the iteration whose slowest rank is the median
     records = []
@@ -343,6 +401,8 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
         "dropped": int(dropped[0]), "kept": int(dropped[1]),
         "lsh": lsh_info,
         "sync_phases": workload.sync_phases,
+        "rows_per_expert": rows_per_expert,
+        "layer_s": layer_s,
     }
     prov = provenance(runtime, command)
     meta = {

@@ -12,7 +12,10 @@ def add_parser(subparsers):
     p = subparsers.add_parser("validate", help="compare measured executor traces with the simulator's prediction",
                               description="Simulate the all-to-alls and expert FFNs of measured traces (from "
                                           "`lshsim run`) on a topology, with the traffic matrices the "
-                                          "executor recorded, and print predicted vs measured time per phase.")
+                                          "executor recorded, and print predicted vs measured time per phase. "
+                                          "A topology calibrated with `executor calibrate --phases` predicts "
+                                          "every phase (gate, LSH, split exchange, experts) and the whole layer "
+                                          "as it runs (forward, backward, total).")
     p.add_argument("traces", nargs="+", help="measured trace JSON file(s)")
     p.add_argument("--topology", default=None,
                    help="topology name or YAML (e.g. a calibrated one); default: the GPU's datasheet topology")
@@ -33,7 +36,13 @@ def run(args) -> int:
 
     validations = [validate_trace_file(path, args.topology) for path in args.traces]   # errors name the file
     errors = np.abs(a2a_errors(validations))
-    summary = {"a2a_phases": int(errors.size),
+    from lshsim.sim.validate import layer_errors
+
+    layer = np.abs(layer_errors(validations))
+    summary = {"layer_predictions": int(layer.size),
+               "layer_median_abs_rel_error": float(np.median(layer)) if layer.size else None,
+               "layer_max_abs_rel_error": float(layer.max()) if layer.size else None,
+               "a2a_phases": int(errors.size),
                "a2a_median_abs_rel_error": float(np.median(errors)) if errors.size else None,
                "a2a_max_abs_rel_error": float(errors.max()) if errors.size else None}
     if args.plot:
@@ -57,6 +66,13 @@ def run(args) -> int:
         console.print(f"all-to-all phases: {errors.size}, "
                       f"median |error| {100 * summary['a2a_median_abs_rel_error']:.1f}%, "
                       f"worst {100 * summary['a2a_max_abs_rel_error']:.1f}%")
+    from lshsim.sim.validate import phase_errors
+
+    for key, values in sorted(phase_errors(validations).items()):
+        if key.startswith("layer/") or key.startswith(("gate/", "expert/", "lsh_", "other/")):
+            values = np.abs(values)
+            console.print(f"{key}: {values.size} predicted, median |error| {100 * np.median(values):.1f}%, "
+                          f"worst {100 * values.max():.1f}%")
     if args.plot:
         console.print(f"plot written to {args.plot}")
     return 0

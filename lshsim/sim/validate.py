@@ -44,7 +44,7 @@ from lshsim.sim.trace import Trace, check_measured_meta
 from lshsim.topology import build_topology, read_spec
 
 __all__ = ["PhaseComparison", "Validation", "topology_for_trace", "default_topology", "validate_trace", "validate_trace_file",
-           "measured_context", "a2a_errors", "plot_validations"]
+           "measured_context", "a2a_errors", "plot_validations", "layer_errors", "phase_errors", "check_transport"]
 
 
 @dataclass(frozen=True)
@@ -138,8 +138,66 @@ def measured_context(trace: Trace, G) -> CostContext:
                        rows_received=dispatch.sum(axis=0) / bytes_per_token, network_s=a2a_time)
 
 
+#: the (W, W) matrix each all-to-all phase moves, by direction (the gradients travel transposed)
+_A2A_MATRIX = {("dispatch_a2a", "forward"): "dispatch_bytes", ("dispatch_a2a", "backward"): "combine_bytes",
+               ("combine_a2a", "forward"): "combine_bytes", ("combine_a2a", "backward"): "dispatch_bytes"}
+
+
+def _phase_model_prediction(pm, ctx: CostContext, trace: Trace, phase: str, direction: str) -> float | None:
+    """One phase's prediction with the topology's phase model, or None where it has none."""
+    from lshsim.calibration.phase_model import workload_features
+
+    measured, workload = trace.meta["measured"], trace.meta["workload"]
+    world = ctx.world_size
+    if (phase, direction) in _A2A_MATRIX:
+        matrix = getattr(ctx, _A2A_MATRIX[(phase, direction)])
+        return pm.a2a_s(ctx.network_s(matrix), matrix, "device")
+    if phase == "expert":
+        if pm.expert is None:
+            return None
+        d, f = ctx.model["d_model"], ctx.model["d_ffn"]
+        per_rank = measured.get("rows_per_expert")
+        if per_rank:
+            loads = [(len(rows), float(np.mean(rows))) for rows in per_rank]
+        else:
+            loads = [(ctx.experts_on_rank, float(rows) / ctx.experts_on_rank) for rows in ctx.rows_received]
+        return max(pm.expert.predict_s(e, r, d, f, direction) for e, r in loads)
+    if phase == "other":
+        if pm.exchange_s is None:
+            return None
+        a2a = 0.0
+        if world > 1:
+            counts = np.full((world, world), ctx.experts_on_rank * 8.0)
+            a2a = pm.a2a_s(ctx.network_s(counts), counts, "as_run")
+        return pm.exchange_s + a2a
+    features = workload_features({**workload, "bytes_per_token": measured["bytes_per_token"]})
+    return pm.kernel_s(phase, direction, features)
+
+
+def check_transport(trace: Trace, G) -> None:
+    """Refuse a trace measured over another NCCL transport than the topology's phase model was."""
+    from lshsim.calibration.phase_model import transport_of_env
+
+    pm = G.graph.get("phase_model")
+    if pm is None or int(trace.meta["workload"]["world_size"]) < 2:
+        return
+    env = (trace.meta.get("provenance") or {}).get("nccl_env") or {}
+    measured = transport_of_env(env)
+    if measured != pm.transport:
+        raise ValueError(f"the trace ran over NCCL transport {measured!r} (NCCL_P2P_DISABLE="
+                         f"{env.get('NCCL_P2P_DISABLE', 'unset')}, NCCL_SHM_DISABLE={env.get('NCCL_SHM_DISABLE', 'unset')}) "
+                         f"but topology {G.graph.get('name')} was calibrated over {pm.transport!r}; validate it "
+                         f"against a topology calibrated over the same transport")
+
+
 def validate_trace(trace: Trace, topology: str | Path | None = None) -> Validation:
-    """Predict every phase of a measured trace that the phase table marks `predicted`; see the module docstring."""
+    """Predict every phase of a measured trace; see the module docstring.
+
+    Without a phase model in the topology: the phases the phase table marks `predicted`, by their
+    cost functions. With one (`calibration.phase_model`, `lshsim.calibration.phase_model`): every
+    phase it covers, and the whole layer as it runs (rows "layer", forward / backward / total, when
+    the trace has the as-run layer times `measured.layer_s`).
+    """
     if trace.meta.get("source") != "measured" or "measured" not in trace.meta:
         raise ValueError("validate needs a measured trace from executor run (meta['measured'] is missing)")
     check_measured_meta(trace.meta)   # Trace.from_json did it already; a trace built in memory is checked here
@@ -148,17 +206,59 @@ def validate_trace(trace: Trace, topology: str | Path | None = None) -> Validati
     world = int(workload["world_size"])
     topology = topology if topology is not None else default_topology(trace)
     G = topology_for_trace(topology, world)
+    check_transport(trace, G)
     ctx = measured_context(trace, G)
+    pm = G.graph.get("phase_model")
     out = []
+    sums: dict[str, float | None] = {}
     for direction, phases in measured["phases_s"].items():
+        total = 0.0
         for phase in sorted(phases, key=PHASES.index):
             spec = PHASES[phase]
             predicted = None
-            if spec.predicted and direction in spec.directions:
+            if pm is not None:
+                predicted = _phase_model_prediction(pm, ctx, trace, phase, direction)
+            if predicted is None and spec.predicted and direction in spec.directions:
                 predicted = float(np.max(spec.cost(ctx, direction, 1).seconds))
             out.append(PhaseComparison(phase, direction, float(phases[phase]), predicted))
+            total = None if predicted is None or total is None else total + predicted
+        sums[direction] = total
+    layer = measured.get("layer_s")
+    if pm is not None and layer:
+        from lshsim.calibration.phase_model import workload_features
+
+        features = workload_features({**workload, "bytes_per_token": measured["bytes_per_token"]})
+        predicted_total = 0.0
+        for direction in ("forward", "backward"):
+            if direction not in sums or direction not in layer:
+                continue
+            glue = pm.kernel_s("glue", direction, features)
+            base = sums[direction]
+            predicted = None if base is None or glue is None else \
+                base + glue + (pm.latency_as_run_s if direction == "forward" else 0.0)
+            out.append(PhaseComparison("layer", direction, float(layer[direction]), predicted))
+            predicted_total = None if predicted is None or predicted_total is None else predicted_total + predicted
+        if "total" in layer and "forward" in sums:
+            out.append(PhaseComparison("layer", "total", float(layer["total"]), predicted_total))
     return Validation(name=str(workload.get("name", "")), world_size=world, topology=str(G.graph.get("name", topology)),
                       rows=out)
+
+
+def layer_errors(validations: list[Validation], direction: str = "total") -> np.ndarray:
+    """Relative errors of the whole-layer predictions (rows "layer") in `direction`."""
+    return np.asarray([row.rel_error for v in validations for row in v.rows
+                       if row.phase == "layer" and row.direction == direction and row.rel_error is not None],
+                      dtype=float)
+
+
+def phase_errors(validations: list[Validation]) -> dict[str, np.ndarray]:
+    """{"phase/direction": relative errors} of every predicted row, layer rows included."""
+    out: dict[str, list[float]] = {}
+    for v in validations:
+        for row in v.rows:
+            if row.rel_error is not None:
+                out.setdefault(f"{row.phase}/{row.direction}", []).append(row.rel_error)
+    return {key: np.asarray(values, dtype=float) for key, values in out.items()}
 
 
 def validate_trace_file(path: str | Path, topology: str | Path | None = None) -> Validation:
@@ -189,7 +289,8 @@ def plot_validations(validations: list[Validation], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 6))
-    markers = {"dispatch_a2a": "o", "combine_a2a": "s", "expert": "^"}
+    markers = {"dispatch_a2a": "o", "combine_a2a": "s", "expert": "^", "gate": "v", "lsh_compress": "<",
+               "lsh_restore": ">", "other": "d", "layer": "*"}
     colors = {2: "tab:blue", 4: "tab:orange", 8: "tab:green", 1: "tab:gray"}
     points = []
     for v in validations:

@@ -45,6 +45,9 @@ times in seconds, NIC line rate in Gb/s:
           busbw_curve: [[1.0e6, 5.0e9], [1.0e9, 4.5e10]]
           headroom: 1.1            # optional, only with busbw_curve (one class at most has one)
           link_max_Bps: 5.0e10     # optional, only with headroom
+      phase_model: {...}           # optional: timing conventions, buffer alignment, compute phases,
+                                   #   the NCCL transport (`executor calibrate --phases`; fields and
+                                   #   model: lshsim.calibration.phase_model), G.graph["phase_model"]
       provenance: {...}            # free-form (who/when/how), kept in G.graph["calibration"]
 
 The three a2a_* keys are the NVLink class's link model and mean `links.nvlink` (giving both is
@@ -105,7 +108,7 @@ _TOP_KEYS = {"name", "description", "gpu", "nodes", "gpus_per_node", "alpha_s", 
 _INTRA_KEYS = {"kind", "link_Bps", "links", "per_link_Bps", "latency_s", "pcie_Bps", "pcie_latency_s"}
 _INTER_KEYS = {"kind", "nics_per_node", "nic_gbps", "servers_per_leaf", "oversubscription", "latency_s"}
 _CAL_KEYS = {"alpha_s", "nvlink_Bps", "nic_Bps", "pcie_Bps", "expert_flops", "hbm_Bps", "a2a_busbw_curve",
-             "a2a_link_headroom", "a2a_link_max_Bps", "links", "provenance"}
+             "a2a_link_headroom", "a2a_link_max_Bps", "links", "provenance", "phase_model"}
 
 
 def topology_dir() -> Path:
@@ -345,6 +348,12 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
     # nominal bandwidth its curve scales against (`_nominal_Bps`)
     G.graph["link_models"] = LinkModels.from_calibration(
         calibration, nominal_Bps=_nominal_Bps(G, intra_family, intra_args, inter_args), alpha_s=alpha_s, source=source)
+    # the phase model (timing conventions, alignment, compute; lshsim.calibration.phase_model), parsed once
+    G.graph["phase_model"] = None
+    if calibration is not None and calibration.get("phase_model") is not None:
+        from lshsim.calibration.phase_model import parse_phase_model
+
+        G.graph["phase_model"] = parse_phase_model(calibration["phase_model"], source=source)
     try:
         validate_topology(G)
     except ValueError as error:

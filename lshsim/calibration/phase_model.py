@@ -1,0 +1,515 @@
+"""The phase model: every phase of the executor's MoE layer, in both timing conventions.
+
+A topology's `calibration.phase_model` block (written by `executor calibrate --phases`, parsed
+once when the topology is built into G.graph["phase_model"], a `PhaseModel`) holds:
+
+transport
+    The NCCL transport the calibration ran over: "nvlink" (the default, P2P over NVLink),
+    "shm" (`NCCL_P2P_DISABLE=1`: GPU to GPU through host shared memory) or "socket" (also
+    `NCCL_SHM_DISABLE=1`: through the host's TCP sockets). One machine's GPUs then act as linked
+    by three classes of link; each is calibrated on its own (`transport_of_env`), and
+    `lshsim validate` refuses a trace measured over another transport than its topology's.
+
+a2a_latency_s: {as_run: L_a, back_to_back: L_b}
+    The two timing conventions of a collective besides the device time t_dev(M) that the link
+    model (the bus bandwidth curve, `lshsim.calibration`) predicts:
+
+    * as-run (events around one call on an idle GPU, the host launching it): the host's launch
+      work (torch's split handling, NCCL's group launch) runs while the GPU waits, so
+      t_as_run = t_dev + L_a;
+    * back-to-back (the average of n calls queued without waiting, as nccl-tests report): a call
+      launches while the previous one runs, so the launch cost only shows when it is longer than
+      the GPU time: t_b2b = max(t_dev, L_b).
+
+    Both L are medians over the calibration sizes whose device time is below 1 ms (of
+    t_as_run - t_dev, and of t_b2b where t_b2b > 1.2 t_dev).
+
+a2a_unaligned: [[bytes_per_rank, factor], ...]
+    Buffer alignment: NCCL's copy loops move 16-byte vectors; per-peer chunks whose size is not a
+    multiple of 16 bytes fall back to narrower accesses. An all-to-all with any such chunk takes
+    factor(M) times the aligned device time (log-linear in M between the measured sizes, the end
+    values outside), measured as the ratio of equal-split all-to-alls with chunks 2 bytes longer
+    than whole 4 KiB rows to the aligned ones at the calibration sizes.
+
+compute
+    expert: the executor's expert phase (`lshsim.executor.moe_ops.expert_block`) measured on a grid
+    of (local experts E, rows per expert r, d_model, d_ffn), forward and backward seconds; a
+    prediction interpolates log time multilinearly in (log E, log r, log d, log d_ffn) on the grid
+    (`ExpertTable`), with the mean rows per local expert of a rank; above the grid's largest value
+    of an axis, time scales in proportion (the work does), below its smallest it is clamped.
+
+    kernels: per (phase, direction) a non-negative linear model t = sum_i c_i x_i over named
+    features (`FEATURES`, from the workload: tokens T, experts E, top-k k, d_model d, element
+    bytes b, LSH hashes L and projection d'), fitted by non-negative least squares on the
+    relative error over the calibration workloads' measured phases (`fit_linear`). The
+    phases: gate (router, packing), lsh_compress and lsh_restore (forward and backward), and
+    glue: what the as-run layer spends outside the timed phases (the final weighted combine,
+    the gate's backward, allocator and launch gaps), fitted as layer - sum of measured phases -
+    one as-run launch latency L_a.
+
+    exchange_s: the split-size exchange ("other") beyond its all-to-all: t = exchange_s + (an
+    as-run all-to-all of E * 8 bytes per rank when W > 1); exchange_s is the median over the
+    calibration workloads (the device-to-host copy and the host's split arithmetic).
+
+Every number is read and checked when the topology is built; errors name the field.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["PhaseModel", "ExpertTable", "LinearFit", "FEATURES", "KERNEL_TERMS", "TRANSPORTS", "CONVENTIONS",
+           "transport_of_env", "workload_features", "fit_linear", "fit_phase_model", "unaligned_chunks",
+           "parse_phase_model"]
+
+TRANSPORTS = ("nvlink", "shm", "socket")
+CONVENTIONS = ("device", "as_run", "back_to_back")
+
+
+def transport_of_env(env: dict | None) -> str:
+    """The NCCL transport a run's environment selects between the GPUs of one node.
+
+    >>> transport_of_env({}), transport_of_env({"NCCL_P2P_DISABLE": "1"})
+    ('nvlink', 'shm')
+    >>> transport_of_env({"NCCL_P2P_DISABLE": "1", "NCCL_SHM_DISABLE": "1"})
+    'socket'
+    """
+    env = env or {}
+
+    def on(name: str) -> bool:
+        return str(env.get(name, "0")).strip().lower() in ("1", "true", "yes")
+
+    if on("NCCL_P2P_DISABLE"):
+        return "socket" if on("NCCL_SHM_DISABLE") else "shm"
+    return "nvlink"
+
+
+# ---- features of a workload -----------------------------------------------------------------------
+#: feature name -> what it counts, per rank (b: bytes per element)
+FEATURES = {
+    "const": "1 (a fixed cost: launches, synchronisation)",
+    "TEd": "T * E * d (the gate's logits matmul)",
+    "TE": "T * E (softmax / top-k over the logits)",
+    "Tkdb": "T * k * d * b (bytes of the rows the gate packs, LSH averages or restores)",
+    "Tk": "T * k (slots, sort keys)",
+    "TdLp": "T * d * L * d' (the LSH projections)",
+    "Tdb": "T * d * b (bytes of the tokens)",
+}
+#: the terms of each (phase, direction) linear model
+KERNEL_TERMS = {
+    ("gate", "forward"): ("const", "TEd", "TE", "Tkdb"),
+    ("lsh_compress", "forward"): ("const", "TdLp", "Tkdb", "Tk"),
+    ("lsh_compress", "backward"): ("const", "Tkdb"),
+    ("lsh_restore", "forward"): ("const", "Tkdb"),
+    ("lsh_restore", "backward"): ("const", "Tkdb"),
+    ("glue", "forward"): ("const", "Tdb", "Tkdb"),
+    ("glue", "backward"): ("const", "Tdb", "Tkdb", "TEd"),
+}
+
+
+def workload_features(workload: dict) -> dict:
+    """The `FEATURES` of one workload (a trace's meta["workload"] or a calibration record's).
+
+    >>> f = workload_features({"tokens_per_rank": 4, "d_model": 8, "num_experts": 2, "router": {"k": 2},
+    ...                        "bytes_per_token": 16})
+    >>> f["TEd"], f["Tkdb"], f["TdLp"]
+    (64.0, 128.0, 0.0)
+    """
+    tokens = float(workload["tokens_per_rank"])
+    d = float(workload["d_model"])
+    experts = float(workload["num_experts"])
+    router = workload.get("router") or {}
+    k = 1.0 if router.get("name") in ("locmoe", "expert_choice") else float(router.get("k", 1))
+    b = float(workload.get("bytes_per_token", 2 * d)) / d
+    lsh = workload.get("lsh") or None
+    hashes = float(lsh.get("num_hashes", 6)) if lsh else 0.0
+    proj = float(lsh.get("proj_dim") or d) if lsh else 0.0
+    return {"const": 1.0, "TEd": tokens * experts * d, "TE": tokens * experts, "Tkdb": tokens * k * d * b,
+            "Tk": tokens * k, "TdLp": tokens * d * hashes * proj, "Tdb": tokens * d * b}
+
+
+# ---- non-negative linear fits ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LinearFit:
+    """t = sum_i coef_i * x_i over `terms` (names of `FEATURES`); points and leave-one-out errors."""
+
+    terms: tuple
+    coef: tuple
+    points: int = 0
+    median_rel_error: float | None = None
+    max_rel_error: float | None = None
+    loo_median_rel_error: float | None = None
+    loo_max_rel_error: float | None = None
+
+    def predict_s(self, features: dict) -> float:
+        return float(sum(c * features[t] for t, c in zip(self.terms, self.coef)))
+
+    def to_dict(self) -> dict:
+        return {"terms": list(self.terms), "coef": [float(c) for c in self.coef], "points": self.points,
+                "median_rel_error": self.median_rel_error, "max_rel_error": self.max_rel_error,
+                "loo_median_rel_error": self.loo_median_rel_error, "loo_max_rel_error": self.loo_max_rel_error}
+
+
+def _nnls_relative(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    from scipy.optimize import nnls
+
+    weights = 1.0 / np.maximum(y, 1e-12)                                   # relative error
+    scale = np.maximum(np.abs(X).max(axis=0), 1e-30)                       # conditioning
+    coef, _ = nnls((X * weights[:, None]) / scale, y * weights)
+    return coef / scale
+
+
+def fit_linear(terms, rows: list[dict], targets) -> LinearFit:
+    """Non-negative least squares of the relative error: min sum ((X c - t) / t)^2, c >= 0;
+    with its leave-one-out errors (each point predicted by a fit without it)."""
+    terms = tuple(terms)
+    X = np.array([[row[t] for t in terms] for row in rows], dtype=float)    # (n, p)
+    y = np.asarray(targets, dtype=float)                                    # (n,)
+    if len(y) == 0:
+        raise ValueError(f"no points to fit {terms}")
+    coef = _nnls_relative(X, y)
+    errors = np.abs(X @ coef - y) / y
+    loo = []
+    if len(y) > len(terms):
+        for i in range(len(y)):
+            keep = np.arange(len(y)) != i
+            c = _nnls_relative(X[keep], y[keep])
+            loo.append(abs(float(X[i] @ c) - y[i]) / y[i])
+    return LinearFit(terms, tuple(float(c) for c in coef), len(y), float(np.median(errors)), float(errors.max()),
+                     float(np.median(loo)) if loo else None, float(max(loo)) if loo else None)
+
+
+# ---- the expert table ------------------------------------------------------------------------------
+_AXES = ("experts", "rows_per_expert", "d_model", "d_ffn")
+
+
+@dataclass(frozen=True)
+class ExpertTable:
+    """Measured expert-phase seconds on a full grid; `predict_s` interpolates (module docstring).
+
+    axes: the four sorted axes (experts, rows_per_expert, d_model, d_ffn); forward_s / backward_s:
+    arrays of shape (len of each axis).
+    """
+
+    axes: tuple
+    forward_s: np.ndarray
+    backward_s: np.ndarray
+
+    @staticmethod
+    def from_points(points: list[dict], field_name: str = "compute.expert") -> "ExpertTable":
+        if not isinstance(points, list) or not points:
+            raise ValueError(f"{field_name} must be a non-empty list of grid points")
+        axes = []
+        for axis in _AXES:
+            values = set()
+            for i, point in enumerate(points):
+                value = point.get(axis) if isinstance(point, dict) else None
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ValueError(f"{field_name}[{i}].{axis}={value!r} must be an integer >= 1")
+                values.add(value)
+            axes.append(tuple(sorted(values)))
+        shape = tuple(len(a) for a in axes)
+        tables = {}
+        for key in ("forward_s", "backward_s"):
+            table = np.full(shape, np.nan)
+            for i, point in enumerate(points):
+                value = point.get(key)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                        or value <= 0:
+                    raise ValueError(f"{field_name}[{i}].{key}={value!r} must be a finite number > 0")
+                index = tuple(axes[a].index(point[_AXES[a]]) for a in range(4))
+                table[index] = float(value)
+            if np.isnan(table).any():
+                missing = int(np.isnan(table).sum())
+                raise ValueError(f"{field_name}: the grid of {' x '.join(map(str, shape))} (experts x rows x d_model "
+                                 f"x d_ffn) misses {missing} points; a full grid is needed")
+            tables[key] = table
+        return ExpertTable(tuple(axes), tables["forward_s"], tables["backward_s"])
+
+    def to_points(self) -> list[dict]:
+        out = []
+        for index in np.ndindex(self.forward_s.shape):
+            point = {axis: int(self.axes[a][index[a]]) for a, axis in enumerate(_AXES)}
+            point.update(forward_s=float(self.forward_s[index]), backward_s=float(self.backward_s[index]))
+            out.append(point)
+        return out
+
+    def predict_s(self, experts: float, rows_per_expert: float, d_model: float, d_ffn: float,
+                  direction: str = "forward") -> float:
+        """Seconds of one rank's expert phase: E local experts with rows_per_expert rows each (mean)."""
+        if rows_per_expert <= 0 or experts <= 0:
+            return 0.0
+        table = self.forward_s if direction == "forward" else self.backward_s
+        coords, scale = [], 1.0
+        for axis_values, value in zip(self.axes, (experts, rows_per_expert, d_model, d_ffn)):
+            logs = np.log(np.asarray(axis_values, dtype=float))
+            v = math.log(value)
+            if v > logs[-1]:
+                scale *= value / axis_values[-1]     # the work grows in proportion above the grid
+                v = logs[-1]
+            v = max(v, logs[0])
+            coords.append((logs, v))
+        log_table = np.log(table)
+        # multilinear interpolation on the grid cell around the point
+        result = 0.0
+        corners = []
+        for logs, v in coords:
+            if len(logs) == 1:
+                corners.append([(0, 1.0)])
+                continue
+            j = int(np.clip(np.searchsorted(logs, v) - 1, 0, len(logs) - 2))
+            w = (v - logs[j]) / (logs[j + 1] - logs[j])
+            corners.append([(j, 1.0 - w), (j + 1, w)])
+        for combo in np.ndindex(*[len(c) for c in corners]):
+            weight, index = 1.0, []
+            for axis, pick in enumerate(combo):
+                j, w = corners[axis][pick]
+                weight *= w
+                index.append(j)
+            result += weight * log_table[tuple(index)]
+        return float(math.exp(result) * scale)
+
+
+# ---- the model -------------------------------------------------------------------------------------
+def _interp_curve(curve, x: float) -> float:
+    points = np.asarray(curve, dtype=float)
+    return float(np.interp(math.log(x), np.log(points[:, 0]), points[:, 1]))
+
+
+def unaligned_chunks(traffic_bytes, align: int = 16) -> bool:
+    """Whether any off-diagonal chunk of a (W, W) byte matrix is not a multiple of `align` bytes.
+
+    >>> unaligned_chunks([[0, 4096], [4098, 0]]), unaligned_chunks([[3, 4096], [4096, 0]])
+    (True, False)
+    """
+    traffic = np.asarray(traffic_bytes, dtype=np.int64)
+    off = ~np.eye(traffic.shape[0], dtype=bool)
+    chunks = traffic[off]
+    return bool(np.any((chunks > 0) & (chunks % align != 0)))
+
+
+@dataclass(frozen=True)
+class PhaseModel:
+    """A topology's calibrated phase model (module docstring)."""
+
+    transport: str = "nvlink"
+    latency_as_run_s: float = 0.0
+    latency_back_to_back_s: float = 0.0
+    unaligned: tuple | None = None
+    expert: ExpertTable | None = None
+    kernels: dict = field(default_factory=dict)            # (phase, direction) -> LinearFit
+    exchange_s: float | None = None
+    info: dict = field(default_factory=dict)
+
+    # -- all-to-all conventions ------------------------------------------------------------------
+    def a2a_s(self, device_s: float, traffic_bytes, convention: str = "device") -> float:
+        """An all-to-all's seconds in `convention` from the link model's aligned device time."""
+        if convention not in CONVENTIONS:
+            raise ValueError(f"convention={convention!r} must be one of {list(CONVENTIONS)}")
+        seconds = device_s
+        if self.unaligned and unaligned_chunks(traffic_bytes):
+            from lshsim.calibration.model import a2a_bytes_per_rank
+
+            seconds *= _interp_curve(self.unaligned, max(a2a_bytes_per_rank(traffic_bytes), 1.0))
+        if convention == "as_run":
+            return seconds + self.latency_as_run_s
+        if convention == "back_to_back":
+            return max(seconds, self.latency_back_to_back_s)
+        return seconds
+
+    # -- compute ---------------------------------------------------------------------------------
+    def kernel_s(self, phase: str, direction: str, features: dict) -> float | None:
+        fit = self.kernels.get((phase, direction))
+        return None if fit is None else fit.predict_s(features)
+
+    # -- the YAML block --------------------------------------------------------------------------
+    def to_block(self) -> dict:
+        block = {"transport": self.transport,
+                 "a2a_latency_s": {"as_run": self.latency_as_run_s, "back_to_back": self.latency_back_to_back_s}}
+        if self.unaligned:
+            block["a2a_unaligned"] = [[float(m), float(f)] for m, f in self.unaligned]
+        compute = {}
+        if self.expert is not None:
+            compute["expert"] = self.expert.to_points()
+        if self.kernels:
+            compute["kernels"] = {f"{phase}.{direction}": fit.to_dict() for (phase, direction), fit in
+                                  sorted(self.kernels.items())}
+        if self.exchange_s is not None:
+            compute["exchange_s"] = float(self.exchange_s)
+        if compute:
+            block["compute"] = compute
+        if self.info:
+            block["fit"] = self.info
+        return block
+
+
+def _number(value, name: str, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be a finite number >= {minimum:g}")
+    return float(value)
+
+
+def parse_phase_model(block, source: str = "topology", name: str = "calibration.phase_model") -> PhaseModel:
+    """The `PhaseModel` of a `calibration.phase_model` block; ValueError naming the source and field."""
+    try:
+        return _parse(block, name)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
+
+
+def _parse(block, name: str) -> PhaseModel:
+    if not isinstance(block, dict):
+        raise ValueError(f"{name}={block!r} must be a mapping")
+    known = {"transport", "a2a_latency_s", "a2a_unaligned", "compute", "fit"}
+    unknown = sorted(set(block) - known)
+    if unknown:
+        raise ValueError(f"{name}.{unknown[0]} is not a known field; known: {sorted(known)}")
+    transport = block.get("transport", "nvlink")
+    if transport not in TRANSPORTS:
+        raise ValueError(f"{name}.transport={transport!r} must be one of {list(TRANSPORTS)}")
+    latency = block.get("a2a_latency_s") or {}
+    if not isinstance(latency, dict) or set(latency) - {"as_run", "back_to_back"}:
+        raise ValueError(f"{name}.a2a_latency_s={latency!r} must be a mapping with as_run and back_to_back")
+    as_run = _number(latency.get("as_run", 0.0), f"{name}.a2a_latency_s.as_run")
+    b2b = _number(latency.get("back_to_back", 0.0), f"{name}.a2a_latency_s.back_to_back")
+    unaligned = block.get("a2a_unaligned")
+    if unaligned is not None:
+        if not isinstance(unaligned, list) or not unaligned or not all(
+                isinstance(p, list) and len(p) == 2 for p in unaligned):
+            raise ValueError(f"{name}.a2a_unaligned must be a list of [bytes_per_rank, factor] pairs")
+        unaligned = tuple((_number(m, f"{name}.a2a_unaligned[{i}][0]", 1.0),
+                           _number(f, f"{name}.a2a_unaligned[{i}][1]", 0.01)) for i, (m, f) in enumerate(unaligned))
+        if any(b[0] <= a[0] for a, b in zip(unaligned, unaligned[1:])):
+            raise ValueError(f"{name}.a2a_unaligned: sizes must be strictly increasing")
+    compute = block.get("compute") or {}
+    if not isinstance(compute, dict) or set(compute) - {"expert", "kernels", "exchange_s"}:
+        raise ValueError(f"{name}.compute must be a mapping of expert, kernels and exchange_s")
+    expert = ExpertTable.from_points(compute["expert"], f"{name}.compute.expert") if "expert" in compute else None
+    kernels = {}
+    for key, fit in (compute.get("kernels") or {}).items():
+        where = f"{name}.compute.kernels.{key}"
+        phase, _, direction = str(key).partition(".")
+        if (phase, direction) not in KERNEL_TERMS:
+            raise ValueError(f"{where}: not a known phase.direction; known: "
+                             f"{sorted(f'{p}.{d}' for p, d in KERNEL_TERMS)}")
+        if not isinstance(fit, dict) or not isinstance(fit.get("terms"), list) or not isinstance(fit.get("coef"), list) \
+                or len(fit["terms"]) != len(fit["coef"]):
+            raise ValueError(f"{where} must hold terms and coef lists of one length")
+        for term in fit["terms"]:
+            if term not in FEATURES:
+                raise ValueError(f"{where}.terms: {term!r} is not a feature; known: {sorted(FEATURES)}")
+        coef = tuple(_number(c, f"{where}.coef[{i}]") for i, c in enumerate(fit["coef"]))
+        extra = {k: fit.get(k) for k in ("points", "median_rel_error", "max_rel_error", "loo_median_rel_error",
+                                         "loo_max_rel_error")}
+        kernels[(phase, direction)] = LinearFit(tuple(fit["terms"]), coef, int(extra["points"] or 0),
+                                                *(extra[k] for k in list(extra)[1:]))
+    exchange = compute.get("exchange_s")
+    exchange = None if exchange is None else _number(exchange, f"{name}.compute.exchange_s")
+    return PhaseModel(transport, as_run, b2b, unaligned, expert, kernels, exchange, dict(block.get("fit") or {}))
+
+
+# ---- fitting ---------------------------------------------------------------------------------------
+_SMALL_S = 1e-3
+
+
+def fit_conventions(a2a: list[dict]) -> dict:
+    """Latencies and the unaligned factor curve from the a2a part's records (module docstring)."""
+    aligned = [r for r in a2a if r.get("aligned", True) and "name" not in r]
+    if not aligned:
+        raise ValueError("the phase calibration has no aligned all-to-all records")
+    small = [r for r in aligned if r["device"] < _SMALL_S] or aligned[:1]
+    as_run = float(np.median([r["as_run"] - r["device"] for r in small]))
+    floor = [r["back_to_back"] for r in small if r["back_to_back"] > 1.2 * r["device"]]
+    b2b = float(np.median(floor)) if floor else 0.0
+    by_chunk = {round(r["bytes_per_rank"] / r["world_size"]): r for r in aligned}
+    curve = []
+    for r in a2a:
+        if r.get("aligned", True) or "name" in r:
+            continue
+        base = by_chunk.get(round(r["bytes_per_rank"] / r["world_size"]) - 2)
+        if base is not None:
+            curve.append([float(base["bytes_per_rank"]), float(r["device"] / base["device"])])
+    curve.sort()
+    return {"as_run": max(as_run, 0.0), "back_to_back": b2b, "unaligned": curve or None}
+
+
+def _layer_points(layers: list[dict]):
+    """(features, record) of every calibration layer record."""
+    out = []
+    for record in layers:
+        workload = dict(record["workload"])
+        workload.setdefault("bytes_per_token", record.get("bytes_per_token"))
+        out.append((workload_features(workload), record))
+    return out
+
+
+def _sum_phases(phases: dict) -> float:
+    return float(sum(phases.values()))
+
+
+def fit_phase_model(results: dict, *, transport: str = "nvlink", small_a2a_s=None, base: "PhaseModel | None" = None
+                    ) -> PhaseModel:
+    """The `PhaseModel` of `executor calibrate --phases` results ({"a2a": [...], "expert": [...],
+    "layers": [...]}, `lshsim.executor.phase_bench`).
+
+    small_a2a_s(traffic) -> device seconds of a small all-to-all on the calibrated links (for the
+    split-size exchange's all-to-all; None: 0). base: a model whose compute parts are kept where
+    `results` has none (a transport calibrated for its all-to-alls only takes the compute of
+    another transport's calibration: compute does not depend on the transport).
+    """
+    info: dict = {}
+    conventions = {"as_run": 0.0, "back_to_back": 0.0, "unaligned": None}
+    if results.get("a2a"):
+        conventions = fit_conventions(results["a2a"])
+        info["a2a_records"] = len(results["a2a"])
+    elif base is not None:
+        conventions = {"as_run": base.latency_as_run_s, "back_to_back": base.latency_back_to_back_s,
+                       "unaligned": base.unaligned}
+    expert = ExpertTable.from_points(results["expert"], "results.phases.expert") if results.get("expert") else \
+        (base.expert if base is not None else None)
+    kernels = dict(base.kernels) if base is not None else {}
+    exchange = base.exchange_s if base is not None else None
+    layers = results.get("layers") or []
+    if layers:
+        points = _layer_points(layers)
+        for (phase, direction), terms in KERNEL_TERMS.items():
+            rows, targets = [], []
+            for features, record in points:
+                phases = record["phases_s"].get(direction, {})
+                if phase == "glue":
+                    layer = record.get("layer_s")
+                    if not layer:
+                        continue
+                    measured = layer[direction] - _sum_phases(phases) - (
+                        conventions["as_run"] if direction == "forward" else 0.0)
+                    if measured <= 0:
+                        continue
+                elif phase in phases:
+                    measured = phases[phase]
+                else:
+                    continue
+                rows.append(features)
+                targets.append(measured)
+            if rows:
+                kernels[(phase, direction)] = fit_linear(terms, rows, targets)
+        exchange_values = []
+        for features, record in points:
+            other = record["phases_s"].get("forward", {}).get("other")
+            if other is None:
+                continue
+            world = int(record["workload"]["world_size"])
+            a2a = 0.0
+            if world > 1:
+                count_bytes = int(record["workload"]["num_experts"]) // world * 8
+                device_s = small_a2a_s(np.full((world, world), count_bytes)) if small_a2a_s else 0.0
+                a2a = device_s + conventions["as_run"]
+            exchange_values.append(other - a2a)
+        if exchange_values:
+            exchange = max(float(np.median(exchange_values)), 0.0)
+        info["layers"] = len(layers)
+    model = PhaseModel(transport, conventions["as_run"], conventions["back_to_back"],
+                       tuple(tuple(p) for p in conventions["unaligned"]) if conventions["unaligned"] else None,
+                       expert, kernels, exchange, info)
+    return model
