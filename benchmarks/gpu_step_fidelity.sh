@@ -2,12 +2,15 @@
 # Step fidelity on the device machine (nvidia-h200-x2), in two calls that each fit in 600 s:
 #   part "calibrate": executor calibrate --phases over NVLink (all parts), host shared memory
 #       (NCCL_P2P_DISABLE=1; all-to-alls only) and sockets (+ NCCL_SHM_DISABLE=1; all-to-alls only,
-#       up to 256 MiB per rank): raw JSON per transport (refitted where the curve is wanted);
+#       up to 256 MiB per rank): raw JSON per transport (refitted where the curve is wanted); the
+#       calibration layers on one GPU; the timing conventions once more under torchrun (the harness
+#       of the held-out all-to-all cases);
 #   part "heldout": the committed held-out sets, never fitted on:
 #       data/heldout/step-fidelity/a2a-cases-x2.json in the three timing conventions on each transport;
 #       data/workloads/heldout-step/*.yaml with executor run: all on 2 GPUs over NVLink, four on 1 GPU,
 #       the LSH-MoE pairs (ho-p*) over shared memory and sockets.
 # Usage: benchmarks/gpu_step_fidelity.sh OUT PART [BUDGET_S] [HELDOUT_DIR] [CASES]
+#   (X1_PATTERN: a grep -E pattern of the held-out workloads also run on one GPU)
 set -u
 OUT=${1:?usage: gpu_step_fidelity.sh OUT PART [BUDGET_S] [HELDOUT_DIR] [CASES]}
 PART=${2:?part: calibrate or heldout}
@@ -45,6 +48,14 @@ if [ "$PART" = calibrate ]; then
   step gpu-tests 60 90 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_moe_ops.py
   step cal-nvlink 200 300 $EX launch --nproc 2 --timeout-s 290 -- calibrate --min-bytes 4KiB --max-bytes 2GiB \
     --steps-per-octave 2 --phases all --raw "$OUT/cal-nvlink-raw.json" --out "$OUT/cal-nvlink-ab.yaml"
+  step cal-x1 60 150 env CUDA_VISIBLE_DEVICES=0 $EX calibrate --phases layers --raw "$OUT/cal-x1-raw.json"
+  # the timing conventions again under torchrun, the harness the held-out all-to-all cases run in
+  step cal-nvlink-torchrun 40 90 $TR -m lshsim.executor calibrate --min-bytes 64KiB --max-bytes 256MiB \
+    --steps-per-octave 2 --phases a2a --raw "$OUT/cal-nvlink-torchrun-raw.json"
+  step cal-shm-torchrun 40 90 $SHM $TR -m lshsim.executor calibrate --min-bytes 64KiB --max-bytes 256MiB \
+    --steps-per-octave 2 --phases a2a --raw "$OUT/cal-shm-torchrun-raw.json"
+  step cal-socket-torchrun 40 120 $SOCK $TR -m lshsim.executor calibrate --min-bytes 64KiB --max-bytes 64MiB \
+    --steps-per-octave 2 --iterations 5 --phases a2a --raw "$OUT/cal-socket-torchrun-raw.json"
   step cal-shm 60 120 $SHM $EX launch --nproc 2 --timeout-s 110 -- calibrate --min-bytes 4KiB --max-bytes 1GiB \
     --steps-per-octave 2 --phases a2a --raw "$OUT/cal-shm-raw.json" --out "$OUT/cal-shm-ab.yaml"
   step cal-socket 60 150 $SOCK $EX launch --nproc 2 --timeout-s 140 -- calibrate --min-bytes 4KiB --max-bytes 256MiB \
@@ -55,9 +66,9 @@ if [ "$PART" = heldout ]; then
   step a2a-shm 40 80 $SHM $TR benchmarks/bench_a2a_conventions.py measure "$CASES" "$OUT/a2a-shm.json" --max-bytes 1GiB
   step a2a-socket 40 100 $SOCK $TR benchmarks/bench_a2a_conventions.py measure "$CASES" "$OUT/a2a-socket.json" --max-bytes 256MiB --iterations 5
   step runs-nvlink-x2 60 150 $EX launch --nproc 2 --timeout-s 140 -- run --workload "$HELDOUT"/*.yaml --out-dir "$OUT/traces-nvlink-x2"
-  step runs-x1 30 60 env CUDA_VISIBLE_DEVICES=0 $EX run --workload $(ls "$HELDOUT"/*.yaml | grep -E "h1-|h3-|h4-|p1-.*nolsh") --out-dir "$OUT/traces-x1"
-  step runs-shm-x2 40 90 $SHM $EX launch --nproc 2 --timeout-s 85 -- run --workload "$HELDOUT"/ho-p*.yaml --out-dir "$OUT/traces-shm-x2"
-  step runs-socket-x2 40 150 $SOCK $EX launch --nproc 2 --timeout-s 145 -- run --workload "$HELDOUT"/ho-p*.yaml --out-dir "$OUT/traces-socket-x2"
+  step runs-x1 30 90 env CUDA_VISIBLE_DEVICES=0 $EX run --workload $(ls "$HELDOUT"/*.yaml | grep -E "${X1_PATTERN:-h1-|h3-|h4-|p1-.*nolsh}") --out-dir "$OUT/traces-x1"
+  step runs-shm-x2 40 90 $SHM $EX launch --nproc 2 --timeout-s 85 -- run --workload "$HELDOUT"/*-p[0-9]*.yaml --out-dir "$OUT/traces-shm-x2"
+  step runs-socket-x2 40 150 $SOCK $EX launch --nproc 2 --timeout-s 145 -- run --workload "$HELDOUT"/*-p[0-9]*.yaml --out-dir "$OUT/traces-socket-x2"
   (cd "$OUT" && tar czf traces.tgz traces-* && rm -rf traces-*)
 fi
 echo "=== done part $PART in $(( $(date +%s) - START )) s ==="

@@ -224,16 +224,16 @@ def fit_phases(args, inp, spec: dict):
     def small_a2a_s(traffic):
         return float(simulate_all_to_all(G, traffic).time_s)
 
-    base = None
-    if base_path:
-        raw = load_json(base_path, what="phase base file")
-        base_phases = (raw.get("results") or {}).get("phases") if isinstance(raw, dict) else None
-        if not base_phases:
-            raise ValueError(f"{base_path}: results.phases is missing: not the --raw JSON of a calibration with --phases")
-        try:
-            base = fit_phase_model(base_phases, small_a2a_s=small_a2a_s)
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{base_path}: results.phases: {error}") from None
+    base: dict = {"expert": None, "layers": []}
+    for path in base_path or []:
+        raw = load_json(path, what="phase base file")
+        phases_of = (raw.get("results") or {}).get("phases") if isinstance(raw, dict) else None
+        if not phases_of:
+            raise ValueError(f"{path}: results.phases is missing: not the --raw JSON of a calibration with --phases")
+        if not isinstance(phases_of.get("layers", []), list) or not isinstance(phases_of.get("expert", []), list):
+            raise ValueError(f"{path}: results.phases.layers and .expert must be lists")
+        base["expert"] = base["expert"] or phases_of.get("expert")
+        base["layers"] += phases_of.get("layers") or []
     transport = transport_of_env((inp.provenance or {}).get("nccl_env"))
     try:
         return fit_phase_model(phases or {}, transport=transport, small_a2a_s=small_a2a_s, base=base)
@@ -242,8 +242,14 @@ def fit_phases(args, inp, spec: dict):
 
 
 def phase_model_lines(model) -> list[str]:
-    lines = [f"  phase model ({model.transport}): as-run launch latency {model.latency_as_run_s * 1e6:.1f} us, "
-             f"back-to-back floor {model.latency_back_to_back_s * 1e6:.1f} us"]
+    lines = [f"  phase model ({model.transport}), excess over the device time by size:"]
+    for direction, floor in (model.info.get("expert_floor") or {}).items():
+        lines.append(f"  expert {direction}: floor {floor['floor_s'] * 1e3:.3f} ms on {floor['layers']} layers, |error| "
+                     f"median {100 * floor['median']:.1f}% worst {100 * floor['worst']:.1f}%, leave-one-out median "
+                     f"{100 * (floor['loo_median'] or 0):.1f}% worst {100 * (floor['loo_worst'] or 0):.1f}%")
+    for label, curve in (("as-run", model.excess_as_run), ("back-to-back", model.excess_back_to_back)):
+        if curve:
+            lines.append(f"  {label}: " + ", ".join(f"{m / 2**20:.2g} MiB {t * 1e6:+.0f} us" for m, t in curve[::3]))
     if model.unaligned:
         lines.append("  unaligned chunks: " + ", ".join(f"{m / 2**20:.2f} MiB x{f:.2f}" for m, f in model.unaligned))
     if model.expert is not None:
@@ -255,6 +261,8 @@ def phase_model_lines(model) -> list[str]:
                      f"worst {100 * fit.max_rel_error:.1f}%{loo}")
     if model.exchange_s is not None:
         lines.append(f"  split-size exchange beyond its all-to-all: {model.exchange_s * 1e6:.1f} us")
+    if model.exchange_single_s is not None:
+        lines.append(f"  split-size handling on one rank: {model.exchange_single_s * 1e6:.1f} us")
     return lines
 
 

@@ -193,9 +193,11 @@ def add_calibrate(subparsers) -> argparse.ArgumentParser:
                           "(all-to-alls in three timing conventions, aligned and unaligned, 64 KiB per rank "
                           "upward), expert (the expert phase on a grid of shapes), layers (built-in calibration "
                           "workloads: gate, LSH, split exchange, as-run layer), or all")
-    cal.add_argument("--phase-base", default=None, metavar="RAW",
-                     help="take the phase model's compute parts (expert, layers) from this earlier --raw JSON "
-                          "where this calibration measured none (compute does not depend on the NCCL transport)")
+    cal.add_argument("--phase-base", default=None, metavar="RAW", nargs="+",
+                     help="add the phase measurements of these earlier --raw JSONs to the compute fits: their "
+                          "expert grid where this calibration has none, their calibration layers next to these "
+                          "(compute does not depend on the NCCL transport; a one-rank calibration's layers fit "
+                          "the one-rank case)")
     cal.add_argument("--fit-min-bytes", type=arg_bytes_or_zero, default=0,
                      help=f"fit only the all-to-all sizes >= this (default 0: all; {BYTES_HELP})")
     _add_common(cal)

@@ -22,7 +22,10 @@ Three parts, each a list of plain records in the raw JSON's `results["phases"]`:
 2. `expert`: the executor's whole expert phase (`lshsim.executor.moe_ops.expert_block`) forward
    and backward on a grid of (local experts, rows per expert, d_model, d_ffn), rows arriving from
    two ranks so that the regrouping runs as on a multi-rank layer; events around the forward and
-   around the backward, median over repetitions. Grid points are shared out over the ranks.
+   around the backward, median over repetitions, in two ways alternately: device time (a spin
+   kernel queued first, so the host has queued the phase before the GPU reaches it: its GPU time
+   only; `forward_s`, `backward_s`) and cold (the GPU idle, the host's launches inside;
+   `forward_cold_s`, `backward_cold_s`). Grid points are shared out over the ranks.
 
 3. `layers`: built-in calibration workloads (`CALIBRATION_WORKLOADS`: tokens, d_model, experts,
    router, LSH) run through `executor run`'s own `run_workload`; each record keeps the workload,
@@ -79,6 +82,11 @@ CALIBRATION_WORKLOADS = [
     ("t8k-d1024-e32-k4-lsh", dict(tokens_per_rank=8192, d_model=1024, d_ffn=1024, num_experts=32, input_clusters=256,
                                   input_noise=0.3, lsh={"num_hashes": 6, "proj_dim": 16},
                                   router={"name": "topk", "k": 4, "capacity_factor": 1.25})),
+    ("t32k-d2048-e16", dict(tokens_per_rank=32768, d_model=2048, d_ffn=2048, num_experts=16)),
+    ("t64k-d1024-e8-k1", dict(tokens_per_rank=65536, d_model=1024, d_ffn=4096, num_experts=8,
+                              router={"name": "topk", "k": 1, "capacity_factor": 1.25})),
+    ("t32k-d2048-e8-lsh", dict(tokens_per_rank=32768, d_model=2048, d_ffn=4096, num_experts=8, input_clusters=1024,
+                               input_noise=0.2, lsh={"num_hashes": 4, "proj_dim": 16})),
     ("t16k-d4096-e8-lsh", dict(tokens_per_rank=16384, d_model=4096, d_ffn=4096, num_experts=8, input_clusters=512,
                                input_noise=0.2, lsh={"num_hashes": 6, "proj_dim": 16})),
 ]
@@ -218,8 +226,8 @@ def _time_expert_point(experts: int, rows: int, d: int, f: int, device: torch.de
     rows_per_expert = [rows] * experts
     x = torch.randn(rows * experts, d, generator=generator, device=device, dtype=dtype).requires_grad_()
     grad = torch.randn(rows * experts, d, generator=generator, device=device, dtype=dtype)
-    forward, backward, method = [], [], "auto"
-    for it in range(warmup + iterations):
+    forward, backward, cold_forward, cold_backward, method = [], [], [], [], "auto"
+    for it in range(warmup + 2 * iterations):
         x.grad = w1.grad = w2.grad = None
         _sync(device)
         holder = {}
@@ -227,15 +235,34 @@ def _time_expert_point(experts: int, rows: int, d: int, f: int, device: torch.de
         def run_forward():
             holder["y"], holder["method"] = expert_block(x, received, rows_per_expert, w1, w2)
 
+        cold = it % 2 == 1                     # alternate: device time, then cold (idle GPU) time
+        if not cold:
+            _hold(device)
         fwd = _elapsed_s(run_forward, device)
+        _sync(device)
+        if not cold:
+            _hold(device)
         bwd = _elapsed_s(lambda: holder["y"].backward(grad), device)
         method = holder["method"]
         if it >= warmup:
-            forward.append(fwd)
-            backward.append(bwd)
-    forward.sort()
-    backward.sort()
-    return forward[(len(forward) - 1) // 2], backward[(len(backward) - 1) // 2], method
+            (cold_forward if cold else forward).append(fwd)
+            (cold_backward if cold else backward).append(bwd)
+    return _median(forward), _median(backward), _median(cold_forward), _median(cold_backward), method
+
+
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    return values[(len(values) - 1) // 2] if values else float("nan")
+
+
+#: GPU clock cycles of the spin kernel queued before a device-time measurement (about 1 ms on an
+#: H200): the host queues the whole phase while the GPU spins, so the events hold its GPU time only
+HOLD_CYCLES = 2_000_000
+
+
+def _hold(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda._sleep(HOLD_CYCLES)
 
 
 def measure_expert_grid(device: torch.device, *, iterations: int = 5, warmup: int = 2, grid: dict | None = None,
@@ -252,9 +279,11 @@ def measure_expert_grid(device: torch.device, *, iterations: int = 5, warmup: in
     for i, (experts, rows, d, f) in enumerate(points):
         if i % world != rank:
             continue
-        fwd, bwd, method = _time_expert_point(experts, rows, d, f, device, dtype, iterations, warmup)
+        fwd, bwd, cold_fwd, cold_bwd, method = _time_expert_point(experts, rows, d, f, device, dtype, iterations,
+                                                                   warmup)
         mine.append({"experts": experts, "rows_per_expert": rows, "d_model": d, "d_ffn": f, "forward_s": fwd,
-                     "backward_s": bwd, "method": method, "dtype": str(dtype).replace("torch.", "")})
+                     "backward_s": bwd, "forward_cold_s": cold_fwd, "backward_cold_s": cold_bwd, "method": method,
+                     "dtype": str(dtype).replace("torch.", "")})
         if report is not None:
             done = i + 1
             report.tick(f"expert grid {done}/{len(points)}: {experts} experts x {rows} rows, d {d}, d_ffn {f}: "

@@ -96,16 +96,18 @@ FEATURES = {
     "Tk": "T * k (slots, sort keys)",
     "TdLp": "T * d * L * d' (the LSH projections)",
     "Tdb": "T * d * b (bytes of the tokens)",
+    "lsh": "1 with LSH-MoE, else 0 (its forward runs more kernels, and its gate is not one graph)",
+    "multi": "1 on more than one rank, else 0 (collectives, rank skew)",
 }
 #: the terms of each (phase, direction) linear model
 KERNEL_TERMS = {
-    ("gate", "forward"): ("const", "TEd", "TE", "Tkdb"),
+    ("gate", "forward"): ("const", "lsh", "TEd", "Tkdb"),
     ("lsh_compress", "forward"): ("const", "TdLp", "Tkdb", "Tk"),
     ("lsh_compress", "backward"): ("const", "Tkdb"),
     ("lsh_restore", "forward"): ("const", "Tkdb"),
-    ("lsh_restore", "backward"): ("const", "Tkdb"),
-    ("glue", "forward"): ("const", "Tdb", "Tkdb"),
-    ("glue", "backward"): ("const", "Tdb", "Tkdb", "TEd"),
+    ("lsh_restore", "backward"): ("const",),
+    ("glue", "forward"): ("const", "lsh", "multi", "Tdb", "Tkdb"),
+    ("glue", "backward"): ("const", "lsh", "multi", "Tdb", "Tkdb", "TEd"),
 }
 
 
@@ -127,7 +129,8 @@ def workload_features(workload: dict) -> dict:
     hashes = float(lsh.get("num_hashes", 6)) if lsh else 0.0
     proj = float(lsh.get("proj_dim") or d) if lsh else 0.0
     return {"const": 1.0, "TEd": tokens * experts * d, "TE": tokens * experts, "Tkdb": tokens * k * d * b,
-            "Tk": tokens * k, "TdLp": tokens * d * hashes * proj, "Tdb": tokens * d * b}
+            "Tk": tokens * k, "TdLp": tokens * d * hashes * proj, "Tdb": tokens * d * b, "lsh": 1.0 if lsh else 0.0,
+            "multi": 1.0 if int(workload.get("world_size") or 1) > 1 else 0.0}
 
 
 # ---- non-negative linear fits ------------------------------------------------------------------------
@@ -196,6 +199,7 @@ class ExpertTable:
     axes: tuple
     forward_s: np.ndarray
     backward_s: np.ndarray
+    floor_s: tuple = (0.0, 0.0)             # (forward, backward): the least an in-layer phase takes
 
     @staticmethod
     def from_points(points: list[dict], field_name: str = "compute.expert") -> "ExpertTable":
@@ -236,11 +240,21 @@ class ExpertTable:
             out.append(point)
         return out
 
+    def with_floor(self, floor_s: tuple) -> "ExpertTable":
+        return ExpertTable(self.axes, self.forward_s, self.backward_s, tuple(float(v) for v in floor_s))
+
     def predict_s(self, experts: float, rows_per_expert: float, d_model: float, d_ffn: float,
                   direction: str = "forward") -> float:
-        """Seconds of one rank's expert phase: E local experts with rows_per_expert rows each (mean)."""
+        """Seconds of one rank's expert phase in a layer: E local experts with rows_per_expert rows
+        each (mean): the grid's device time, at least the phase's floor (`fit_expert_floor`)."""
         if rows_per_expert <= 0 or experts <= 0:
             return 0.0
+        floor = self.floor_s[0 if direction == "forward" else 1]
+        return max(self.device_s(experts, rows_per_expert, d_model, d_ffn, direction), floor)
+
+    def device_s(self, experts: float, rows_per_expert: float, d_model: float, d_ffn: float,
+                 direction: str = "forward") -> float:
+        """The grid's device time, interpolated (no floor)."""
         table = self.forward_s if direction == "forward" else self.backward_s
         coords, scale = [], 1.0
         for axis_values, value in zip(self.axes, (experts, rows_per_expert, d_model, d_ffn)):
@@ -295,13 +309,14 @@ class PhaseModel:
     """A topology's calibrated phase model (module docstring)."""
 
     transport: str = "nvlink"
-    latency_as_run_s: float = 0.0
-    latency_back_to_back_s: float = 0.0
+    excess_as_run: tuple | None = None           # ((bytes_per_rank, seconds), ...)
+    excess_back_to_back: tuple | None = None
     unaligned: tuple | None = None
     expert: ExpertTable | None = None
     kernels: dict = field(default_factory=dict)            # (phase, direction) -> LinearFit
     exchange_s: float | None = None
     info: dict = field(default_factory=dict)
+    exchange_single_s: float | None = None                 # the split handling on one rank (no collective)
 
     # -- all-to-all conventions ------------------------------------------------------------------
     def a2a_s(self, device_s: float, traffic_bytes, convention: str = "device") -> float:
@@ -313,11 +328,22 @@ class PhaseModel:
             from lshsim.calibration.model import a2a_bytes_per_rank
 
             seconds *= _interp_curve(self.unaligned, max(a2a_bytes_per_rank(traffic_bytes), 1.0))
-        if convention == "as_run":
-            return seconds + self.latency_as_run_s
-        if convention == "back_to_back":
-            return max(seconds, self.latency_back_to_back_s)
-        return seconds
+        if convention == "device":
+            return seconds
+        curve = self.excess_as_run if convention == "as_run" else self.excess_back_to_back
+        if not curve:
+            return seconds
+        from lshsim.calibration.model import a2a_bytes_per_rank
+
+        return max(seconds + _interp_curve(curve, max(a2a_bytes_per_rank(traffic_bytes), 1.0)), 0.5 * seconds)
+
+    @property
+    def latency_as_run_s(self) -> float:
+        """The as-run excess of the smallest calibrated all-to-all: the launch latency of a small one."""
+        return float(self.excess_as_run[0][1]) if self.excess_as_run else 0.0
+
+    def as_run_excess_s(self, bytes_per_rank: float) -> float:
+        return _interp_curve(self.excess_as_run, max(bytes_per_rank, 1.0)) if self.excess_as_run else 0.0
 
     # -- compute ---------------------------------------------------------------------------------
     def kernel_s(self, phase: str, direction: str, features: dict) -> float | None:
@@ -326,18 +352,23 @@ class PhaseModel:
 
     # -- the YAML block --------------------------------------------------------------------------
     def to_block(self) -> dict:
-        block = {"transport": self.transport,
-                 "a2a_latency_s": {"as_run": self.latency_as_run_s, "back_to_back": self.latency_back_to_back_s}}
+        block = {"transport": self.transport, "a2a_excess_s": {}}
+        for key, curve in (("as_run", self.excess_as_run), ("back_to_back", self.excess_back_to_back)):
+            if curve:
+                block["a2a_excess_s"][key] = [[float(m), float(t)] for m, t in curve]
         if self.unaligned:
             block["a2a_unaligned"] = [[float(m), float(f)] for m, f in self.unaligned]
         compute = {}
         if self.expert is not None:
             compute["expert"] = self.expert.to_points()
+            compute["expert_floor_s"] = {"forward": self.expert.floor_s[0], "backward": self.expert.floor_s[1]}
         if self.kernels:
             compute["kernels"] = {f"{phase}.{direction}": fit.to_dict() for (phase, direction), fit in
                                   sorted(self.kernels.items())}
         if self.exchange_s is not None:
             compute["exchange_s"] = float(self.exchange_s)
+        if self.exchange_single_s is not None:
+            compute["exchange_single_s"] = float(self.exchange_single_s)
         if compute:
             block["compute"] = compute
         if self.info:
@@ -351,6 +382,27 @@ def _number(value, name: str, minimum: float = 0.0) -> float:
     return float(value)
 
 
+def _curve(value, name: str, minimum: float | None) -> tuple | None:
+    """A [[bytes_per_rank, value], ...] curve: sizes >= 1 strictly increasing, values finite
+    (and >= minimum when given); None stays None."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(p, list) and len(p) == 2 for p in value):
+        raise ValueError(f"{name} must be a list of [bytes_per_rank, value] pairs")
+    out = []
+    for i, (m, v) in enumerate(value):
+        size = _number(m, f"{name}[{i}][0]", 1.0)
+        if minimum is None:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name}[{i}][1]={v!r} must be a finite number")
+            out.append((size, float(v)))
+        else:
+            out.append((size, _number(v, f"{name}[{i}][1]", minimum)))
+    if any(b[0] <= a[0] for a, b in zip(out, out[1:])):
+        raise ValueError(f"{name}: sizes must be strictly increasing")
+    return tuple(out)
+
+
 def parse_phase_model(block, source: str = "topology", name: str = "calibration.phase_model") -> PhaseModel:
     """The `PhaseModel` of a `calibration.phase_model` block; ValueError naming the source and field."""
     try:
@@ -362,31 +414,32 @@ def parse_phase_model(block, source: str = "topology", name: str = "calibration.
 def _parse(block, name: str) -> PhaseModel:
     if not isinstance(block, dict):
         raise ValueError(f"{name}={block!r} must be a mapping")
-    known = {"transport", "a2a_latency_s", "a2a_unaligned", "compute", "fit"}
+    known = {"transport", "a2a_excess_s", "a2a_unaligned", "compute", "fit"}
     unknown = sorted(set(block) - known)
     if unknown:
         raise ValueError(f"{name}.{unknown[0]} is not a known field; known: {sorted(known)}")
     transport = block.get("transport", "nvlink")
     if transport not in TRANSPORTS:
         raise ValueError(f"{name}.transport={transport!r} must be one of {list(TRANSPORTS)}")
-    latency = block.get("a2a_latency_s") or {}
-    if not isinstance(latency, dict) or set(latency) - {"as_run", "back_to_back"}:
-        raise ValueError(f"{name}.a2a_latency_s={latency!r} must be a mapping with as_run and back_to_back")
-    as_run = _number(latency.get("as_run", 0.0), f"{name}.a2a_latency_s.as_run")
-    b2b = _number(latency.get("back_to_back", 0.0), f"{name}.a2a_latency_s.back_to_back")
-    unaligned = block.get("a2a_unaligned")
-    if unaligned is not None:
-        if not isinstance(unaligned, list) or not unaligned or not all(
-                isinstance(p, list) and len(p) == 2 for p in unaligned):
-            raise ValueError(f"{name}.a2a_unaligned must be a list of [bytes_per_rank, factor] pairs")
-        unaligned = tuple((_number(m, f"{name}.a2a_unaligned[{i}][0]", 1.0),
-                           _number(f, f"{name}.a2a_unaligned[{i}][1]", 0.01)) for i, (m, f) in enumerate(unaligned))
-        if any(b[0] <= a[0] for a, b in zip(unaligned, unaligned[1:])):
-            raise ValueError(f"{name}.a2a_unaligned: sizes must be strictly increasing")
+    excess = block.get("a2a_excess_s") or {}
+    if not isinstance(excess, dict) or set(excess) - {"as_run", "back_to_back"}:
+        raise ValueError(f"{name}.a2a_excess_s={excess!r} must be a mapping with as_run and back_to_back curves")
+    as_run = _curve(excess.get("as_run"), f"{name}.a2a_excess_s.as_run", None)
+    b2b = _curve(excess.get("back_to_back"), f"{name}.a2a_excess_s.back_to_back", None)
+    unaligned = _curve(block.get("a2a_unaligned"), f"{name}.a2a_unaligned", 0.01)
     compute = block.get("compute") or {}
-    if not isinstance(compute, dict) or set(compute) - {"expert", "kernels", "exchange_s"}:
-        raise ValueError(f"{name}.compute must be a mapping of expert, kernels and exchange_s")
+    if not isinstance(compute, dict) or set(compute) - {"expert", "expert_floor_s", "kernels", "exchange_s",
+                                                        "exchange_single_s"}:
+        raise ValueError(f"{name}.compute must be a mapping of expert, expert_floor_s, kernels, exchange_s and "
+                         f"exchange_single_s")
     expert = ExpertTable.from_points(compute["expert"], f"{name}.compute.expert") if "expert" in compute else None
+    floors = compute.get("expert_floor_s")
+    if floors is not None:
+        if not isinstance(floors, dict) or set(floors) != {"forward", "backward"} or expert is None:
+            raise ValueError(f"{name}.compute.expert_floor_s must be a mapping of forward and backward seconds, "
+                             f"with compute.expert")
+        expert = expert.with_floor((_number(floors["forward"], f"{name}.compute.expert_floor_s.forward"),
+                                    _number(floors["backward"], f"{name}.compute.expert_floor_s.backward")))
     kernels = {}
     for key, fit in (compute.get("kernels") or {}).items():
         where = f"{name}.compute.kernels.{key}"
@@ -407,22 +460,35 @@ def _parse(block, name: str) -> PhaseModel:
                                                 *(extra[k] for k in list(extra)[1:]))
     exchange = compute.get("exchange_s")
     exchange = None if exchange is None else _number(exchange, f"{name}.compute.exchange_s")
-    return PhaseModel(transport, as_run, b2b, unaligned, expert, kernels, exchange, dict(block.get("fit") or {}))
+    single = compute.get("exchange_single_s")
+    single = None if single is None else _number(single, f"{name}.compute.exchange_single_s")
+    return PhaseModel(transport, as_run, b2b, unaligned, expert, kernels, exchange, dict(block.get("fit") or {}),
+                      single)
 
 
 # ---- fitting ---------------------------------------------------------------------------------------
 _SMALL_S = 1e-3
 
 
+def _smooth(points: list) -> list:
+    """Running median of three over a curve's values (sizes kept): one noisy size cannot set it."""
+    values = [v for _, v in points]
+    out = []
+    for i, (m, _) in enumerate(points):
+        window = values[max(0, i - 1):i + 2]
+        out.append([float(m), float(np.median(window))])
+    return out
+
+
 def fit_conventions(a2a: list[dict]) -> dict:
-    """Latencies and the unaligned factor curve from the a2a part's records (module docstring)."""
-    aligned = [r for r in a2a if r.get("aligned", True) and "name" not in r]
+    """The excess curves of the two timing conventions over the device time, and the unaligned
+    factor curve, from the a2a part's records (module docstring); running medians of three."""
+    aligned = sorted((r for r in a2a if r.get("aligned", True) and "name" not in r), key=lambda r: r["bytes_per_rank"])
     if not aligned:
         raise ValueError("the phase calibration has no aligned all-to-all records")
-    small = [r for r in aligned if r["device"] < _SMALL_S] or aligned[:1]
-    as_run = float(np.median([r["as_run"] - r["device"] for r in small]))
-    floor = [r["back_to_back"] for r in small if r["back_to_back"] > 1.2 * r["device"]]
-    b2b = float(np.median(floor)) if floor else 0.0
+    out = {}
+    for convention in ("as_run", "back_to_back"):
+        out[convention] = _smooth([[r["bytes_per_rank"], r[convention] - r["device"]] for r in aligned])
     by_chunk = {round(r["bytes_per_rank"] / r["world_size"]): r for r in aligned}
     curve = []
     for r in a2a:
@@ -432,7 +498,8 @@ def fit_conventions(a2a: list[dict]) -> dict:
         if base is not None:
             curve.append([float(base["bytes_per_rank"]), float(r["device"] / base["device"])])
     curve.sort()
-    return {"as_run": max(as_run, 0.0), "back_to_back": b2b, "unaligned": curve or None}
+    out["unaligned"] = _smooth(curve) if curve else None
+    return out
 
 
 def _layer_points(layers: list[dict]):
@@ -449,29 +516,81 @@ def _sum_phases(phases: dict) -> float:
     return float(sum(phases.values()))
 
 
-def fit_phase_model(results: dict, *, transport: str = "nvlink", small_a2a_s=None, base: "PhaseModel | None" = None
+def _expert_loads(record: dict) -> list[tuple[int, float]]:
+    """(local experts, mean rows per expert) of every rank of a layer record."""
+    return [(len(rows), float(np.mean(rows))) for rows in record["rows_per_expert"]]
+
+
+def fit_expert_floor(table: ExpertTable, layers: list[dict]) -> tuple[tuple, dict]:
+    """The least time an in-layer expert phase takes, per direction, and its errors.
+
+    A layer's expert phase runs right after the dispatch all-to-all, whose launch waited on the
+    host (the split sizes): for a small phase the GPU then waits on the host queueing the phase's
+    kernels, so the phase takes at least that host time, whatever its device time. Predicted:
+    max(grid device time, floor); the floor per direction is the value (0, or one of the measured
+    phase times) with the least mean |relative error| over the calibration layers.
+    Returns ((forward, backward), {direction: {"mean", "worst", "loo_median", "loo_worst"}}).
+    """
+    floors, info = [], {}
+    for direction in ("forward", "backward"):
+        device, measured = [], []
+        for record in layers:
+            seconds = (record["phases_s"].get(direction) or {}).get("expert")
+            if seconds is None or not record.get("rows_per_expert"):
+                continue
+            d, f = int(record["workload"]["d_model"]), int(record["workload"]["d_ffn"])
+            device.append(max(table.device_s(e, r, d, f, direction) for e, r in _expert_loads(record)))
+            measured.append(float(seconds))
+        device_arr, measured_arr = np.asarray(device), np.asarray(measured)
+
+        def best(keep):
+            candidates = [0.0] + sorted(measured_arr[keep].tolist())
+            scores = [np.mean(np.abs(np.maximum(device_arr[keep], c) - measured_arr[keep]) / measured_arr[keep])
+                      for c in candidates]
+            return candidates[int(np.argmin(scores))]
+
+        if len(measured) == 0:
+            floors.append(0.0)
+            continue
+        everything = np.ones(len(measured), dtype=bool)
+        floor = best(everything)
+        errors = np.abs(np.maximum(device_arr, floor) - measured_arr) / measured_arr
+        loo = []
+        for i in range(len(measured)):
+            keep = everything.copy()
+            keep[i] = False
+            if keep.any():
+                loo.append(abs(max(device_arr[i], best(keep)) - measured_arr[i]) / measured_arr[i])
+        floors.append(floor)
+        info[direction] = {"layers": len(measured), "floor_s": floor, "median": float(np.median(errors)),
+                           "worst": float(errors.max()), "loo_median": float(np.median(loo)) if loo else None,
+                           "loo_worst": float(max(loo)) if loo else None}
+    return tuple(floors), info
+
+
+def fit_phase_model(results: dict, *, transport: str = "nvlink", small_a2a_s=None, base: dict | None = None
                     ) -> PhaseModel:
     """The `PhaseModel` of `executor calibrate --phases` results ({"a2a": [...], "expert": [...],
     "layers": [...]}, `lshsim.executor.phase_bench`).
 
     small_a2a_s(traffic) -> device seconds of a small all-to-all on the calibrated links (for the
-    split-size exchange's all-to-all; None: 0). base: a model whose compute parts are kept where
-    `results` has none (a transport calibrated for its all-to-alls only takes the compute of
-    another transport's calibration: compute does not depend on the transport).
+    split-size exchange's all-to-all; None: 0). base: the phase results of another calibration
+    whose compute parts join these (compute does not depend on the NCCL transport): its expert grid
+    where these have none, its calibration layers added to these (a one-rank calibration's layers
+    next to a two-rank one's). The all-to-all conventions come from `results` only.
     """
     info: dict = {}
-    conventions = {"as_run": 0.0, "back_to_back": 0.0, "unaligned": None}
+    base = base or {}
+    conventions = {"as_run": None, "back_to_back": None, "unaligned": None}
     if results.get("a2a"):
         conventions = fit_conventions(results["a2a"])
         info["a2a_records"] = len(results["a2a"])
-    elif base is not None:
-        conventions = {"as_run": base.latency_as_run_s, "back_to_back": base.latency_back_to_back_s,
-                       "unaligned": base.unaligned}
-    expert = ExpertTable.from_points(results["expert"], "results.phases.expert") if results.get("expert") else \
-        (base.expert if base is not None else None)
-    kernels = dict(base.kernels) if base is not None else {}
-    exchange = base.exchange_s if base is not None else None
-    layers = results.get("layers") or []
+    small_latency = float(conventions["as_run"][0][1]) if conventions["as_run"] else 0.0
+    grid = results.get("expert") or base.get("expert")
+    expert = ExpertTable.from_points(grid, "results.phases.expert") if grid else None
+    kernels: dict = {}
+    exchange = single = None
+    layers = list(results.get("layers") or []) + list(base.get("layers") or [])
     if layers:
         points = _layer_points(layers)
         for (phase, direction), terms in KERNEL_TERMS.items():
@@ -482,8 +601,9 @@ def fit_phase_model(results: dict, *, transport: str = "nvlink", small_a2a_s=Non
                     layer = record.get("layer_s")
                     if not layer:
                         continue
+                    multi = int(record["workload"]["world_size"]) > 1
                     measured = layer[direction] - _sum_phases(phases) - (
-                        conventions["as_run"] if direction == "forward" else 0.0)
+                        small_latency if direction == "forward" and multi else 0.0)
                     if measured <= 0:
                         continue
                 elif phase in phases:
@@ -494,22 +614,28 @@ def fit_phase_model(results: dict, *, transport: str = "nvlink", small_a2a_s=Non
                 targets.append(measured)
             if rows:
                 kernels[(phase, direction)] = fit_linear(terms, rows, targets)
-        exchange_values = []
+        multi_values, single_values = [], []
         for features, record in points:
             other = record["phases_s"].get("forward", {}).get("other")
             if other is None:
                 continue
             world = int(record["workload"]["world_size"])
-            a2a = 0.0
             if world > 1:
                 count_bytes = int(record["workload"]["num_experts"]) // world * 8
                 device_s = small_a2a_s(np.full((world, world), count_bytes)) if small_a2a_s else 0.0
-                a2a = device_s + conventions["as_run"]
-            exchange_values.append(other - a2a)
-        if exchange_values:
-            exchange = max(float(np.median(exchange_values)), 0.0)
+                multi_values.append(other - device_s - small_latency)
+            else:
+                single_values.append(other)
+        exchange = max(float(np.median(multi_values)), 0.0) if multi_values else None
+        single = max(float(np.median(single_values)), 0.0) if single_values else None
         info["layers"] = len(layers)
-    model = PhaseModel(transport, conventions["as_run"], conventions["back_to_back"],
-                       tuple(tuple(p) for p in conventions["unaligned"]) if conventions["unaligned"] else None,
-                       expert, kernels, exchange, info)
-    return model
+        if expert is not None and any(record.get("rows_per_expert") for record in layers):
+            floors, floor_info = fit_expert_floor(expert, layers)
+            expert = expert.with_floor(floors)
+            info["expert_floor"] = floor_info
+
+    def as_tuple(curve):
+        return tuple(tuple(p) for p in curve) if curve else None
+
+    return PhaseModel(transport, as_tuple(conventions["as_run"]), as_tuple(conventions["back_to_back"]),
+                      as_tuple(conventions["unaligned"]), expert, kernels, exchange, info, single)

@@ -163,13 +163,12 @@ def _phase_model_prediction(pm, ctx: CostContext, trace: Trace, phase: str, dire
             loads = [(ctx.experts_on_rank, float(rows) / ctx.experts_on_rank) for rows in ctx.rows_received]
         return max(pm.expert.predict_s(e, r, d, f, direction) for e, r in loads)
     if phase == "other":
+        if world == 1:
+            return pm.exchange_single_s
         if pm.exchange_s is None:
             return None
-        a2a = 0.0
-        if world > 1:
-            counts = np.full((world, world), ctx.experts_on_rank * 8.0)
-            a2a = pm.a2a_s(ctx.network_s(counts), counts, "as_run")
-        return pm.exchange_s + a2a
+        counts = np.full((world, world), ctx.experts_on_rank * 8.0)
+        return pm.exchange_s + pm.a2a_s(ctx.network_s(counts), counts, "as_run")
     features = workload_features({**workload, "bytes_per_token": measured["bytes_per_token"]})
     return pm.kernel_s(phase, direction, features)
 
@@ -235,7 +234,7 @@ def validate_trace(trace: Trace, topology: str | Path | None = None) -> Validati
             glue = pm.kernel_s("glue", direction, features)
             base = sums[direction]
             predicted = None if base is None or glue is None else \
-                base + glue + (pm.latency_as_run_s if direction == "forward" else 0.0)
+                base + glue + (pm.latency_as_run_s if direction == "forward" and world > 1 else 0.0)
             out.append(PhaseComparison("layer", direction, float(layer[direction]), predicted))
             predicted_total = None if predicted is None or predicted_total is None else predicted_total + predicted
         if "total" in layer and "forward" in sums:
