@@ -4,6 +4,10 @@ Measure (on the device machine, one process per GPU):
 
     torchrun --nproc_per_node 2 benchmarks/bench_a2a_conventions.py measure CASES.json OUT.json [--max-bytes 1GiB]
 
+--session-calibration first measures the calibration sizes in the same process (records
+"session_calibration"), so that the host's launch cost of the session that is timed can be
+calibrated apart from the cases.
+
 CASES.json: {"world_size": W, "equal": [{"bytes_per_rank": M, "chunk_pad": p}], "matrices": [{"name",
 "rows": (W, W) bytes}]}; an equal case sends M / W + p bytes to every rank (p = 0: whole 4 KiB rows;
 p not a multiple of 16: unaligned chunks). Every case is timed in the three conventions of
@@ -51,7 +55,15 @@ def measure(args) -> int:
     cases = json.loads(Path(args.cases).read_text())
     runtime = init_runtime("auto", 600.0)
     try:
-        matrices = _cases_matrices(cases, runtime.world_size, parse_bytes(args.max_bytes))
+        max_bytes = parse_bytes(args.max_bytes)
+        matrices = _cases_matrices(cases, runtime.world_size, max_bytes)
+        session = []
+        if args.session_calibration:   # the calibration sizes, in this process, before the cases
+            from lshsim.executor.calibrate import sweep_sizes
+
+            session = measure_a2a_conventions(runtime.device, sweep_sizes(65536, int(max_bytes), runtime.world_size,
+                                                                          2, 0.5),
+                                              iterations=args.iterations, warmup=args.warmup)
         records = measure_a2a_conventions(runtime.device, [], unaligned=False, matrices=matrices,
                                           iterations=args.iterations, warmup=args.warmup)
     finally:
@@ -62,8 +74,10 @@ def measure(args) -> int:
             record.pop("splits", None)
             record["rows"] = next(m["rows"] for m in matrices if m["name"] == record["name"])
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"cases": args.cases, "records": records, "provenance": prov},
-                                             indent=1) + "\n")
+        for record in session:
+            record.pop("splits", None)
+        Path(args.out).write_text(json.dumps({"cases": args.cases, "records": records, "session_calibration": session,
+                                              "provenance": prov}, indent=1) + "\n")
         for r in records:
             print(f"{r['name']:>28s} device {r['device'] * 1e6:10.1f} us  as-run {r['as_run'] * 1e6:10.1f} us  "
                   f"back-to-back {r['back_to_back'] * 1e6:10.1f} us")
@@ -128,6 +142,9 @@ def main(argv=None) -> int:
     m.add_argument("--max-bytes", default="2GiB")
     m.add_argument("--iterations", type=int, default=7)
     m.add_argument("--warmup", type=int, default=2)
+    m.add_argument("--session-calibration", action="store_true",
+                   help="first measure the calibration sizes (2^(k+1/4), 2^(k+3/4), aligned and +2-byte chunks) "
+                        "in this process: the timing conventions' excess calibrated in the session that is timed")
     e = sub.add_parser("evaluate")
     e.add_argument("measured")
     e.add_argument("--topology", required=True)

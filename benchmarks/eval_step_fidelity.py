@@ -47,24 +47,31 @@ def refit(run: Path, out: Path) -> dict:
         tops[transport] = target
         harness = run / f"cal-{transport}-torchrun-raw.json"
         if harness.exists():
-            tops[f"{transport}-torchrun"] = with_conventions(target, harness, out / f"h200-x2-{transport}-torchrun.yaml")
+            records = json.loads(harness.read_text())["results"]["phases"]["a2a"]
+            tops[f"{transport}-torchrun"] = with_conventions(target, records, out / f"h200-x2-{transport}-torchrun.yaml",
+                                                             "torchrun")
+        measured = run / f"a2a-{transport}.json"
+        if measured.exists() and json.loads(measured.read_text()).get("session_calibration"):
+            records = json.loads(measured.read_text())["session_calibration"]
+            tops[f"{transport}-session"] = with_conventions(target, records, out / f"h200-x2-{transport}-session.yaml",
+                                                            "session")
     return tops
 
 
-def with_conventions(topology: Path, raw: Path, target: Path) -> Path:
-    """`topology` with the timing-convention excess curves of another calibration's all-to-alls
-    (the same transport timed under another process harness, torchrun): the host's launch cost
-    depends on the process it runs in, the device time does not."""
+def with_conventions(topology: Path, records: list, target: Path, label: str) -> Path:
+    """`topology` with the timing-convention excess curves fitted on other calibration records of
+    the same transport (timed under torchrun, or in the very session of the cases): the host's
+    launch cost depends on the process and the moment, the device time does not."""
     import yaml
 
     from lshsim.calibration.phase_model import fit_conventions
     from lshsim.topology import write_topology_yaml
 
     spec = yaml.safe_load(topology.read_text())
-    fitted = fit_conventions(json.loads(raw.read_text())["results"]["phases"]["a2a"])
+    fitted = fit_conventions(records)
     block = spec["calibration"]["phase_model"]
     block["a2a_excess_s"] = {key: fitted[key] for key in ("as_run", "back_to_back")}
-    spec["name"] = spec["name"] + "-torchrun"
+    spec["name"] = f"{spec['name']}-{label}"
     write_topology_yaml(spec, target)
     return target
 

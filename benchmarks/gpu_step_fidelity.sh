@@ -10,7 +10,8 @@
 #       data/workloads/heldout-step/*.yaml with executor run: all on 2 GPUs over NVLink, four on 1 GPU,
 #       the LSH-MoE pairs (ho-p*) over shared memory and sockets.
 # Usage: benchmarks/gpu_step_fidelity.sh OUT PART [BUDGET_S] [HELDOUT_DIR] [CASES]
-#   (X1_PATTERN: a grep -E pattern of the held-out workloads also run on one GPU)
+#   (X1_PATTERN: a grep -E pattern of the held-out workloads also run on one GPU; SESSION=--session-calibration:
+#   the all-to-all bench first measures the calibration sizes in its own process)
 set -u
 OUT=${1:?usage: gpu_step_fidelity.sh OUT PART [BUDGET_S] [HELDOUT_DIR] [CASES]}
 PART=${2:?part: calibrate or heldout}
@@ -38,6 +39,7 @@ step() {  # step NAME MIN_LEFT TIMEOUT_S command...
   echo "=== $name: exit ${PIPESTATUS[0]}, $(( $(date +%s) - t0 )) s ===" | tee -a "$LOG"
 }
 EX="$PY -m lshsim.executor"
+SESSION=${SESSION:-}
 TR="$PY -m torch.distributed.run --nproc_per_node 2"
 SHM="env NCCL_P2P_DISABLE=1"
 SOCK="env NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1"
@@ -62,9 +64,9 @@ if [ "$PART" = calibrate ]; then
     --steps-per-octave 2 --iterations 5 --phases a2a --raw "$OUT/cal-socket-raw.json" --out "$OUT/cal-socket-ab.yaml"
 fi
 if [ "$PART" = heldout ]; then
-  step a2a-nvlink 40 80 $TR benchmarks/bench_a2a_conventions.py measure "$CASES" "$OUT/a2a-nvlink.json" --max-bytes 2GiB
-  step a2a-shm 40 80 $SHM $TR benchmarks/bench_a2a_conventions.py measure "$CASES" "$OUT/a2a-shm.json" --max-bytes 1GiB
-  step a2a-socket 40 100 $SOCK $TR benchmarks/bench_a2a_conventions.py measure "$CASES" "$OUT/a2a-socket.json" --max-bytes 256MiB --iterations 5
+  step a2a-nvlink 40 80 $TR benchmarks/bench_a2a_conventions.py measure "$CASES" "$OUT/a2a-nvlink.json" --max-bytes 2GiB $SESSION
+  step a2a-shm 40 80 $SHM $TR benchmarks/bench_a2a_conventions.py measure "$CASES" "$OUT/a2a-shm.json" --max-bytes 1GiB $SESSION
+  step a2a-socket 40 100 $SOCK $TR benchmarks/bench_a2a_conventions.py measure "$CASES" "$OUT/a2a-socket.json" --max-bytes 256MiB --iterations 5 $SESSION
   step runs-nvlink-x2 60 150 $EX launch --nproc 2 --timeout-s 140 -- run --workload "$HELDOUT"/*.yaml --out-dir "$OUT/traces-nvlink-x2"
   step runs-x1 30 90 env CUDA_VISIBLE_DEVICES=0 $EX run --workload $(ls "$HELDOUT"/*.yaml | grep -E "${X1_PATTERN:-h1-|h3-|h4-|p1-.*nolsh}") --out-dir "$OUT/traces-x1"
   step runs-shm-x2 40 90 $SHM $EX launch --nproc 2 --timeout-s 85 -- run --workload "$HELDOUT"/*-p[0-9]*.yaml --out-dir "$OUT/traces-shm-x2"

@@ -155,31 +155,34 @@ class LinearFit:
                 "loo_median_rel_error": self.loo_median_rel_error, "loo_max_rel_error": self.loo_max_rel_error}
 
 
-def _nnls_relative(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _nnls_relative(X: np.ndarray, y: np.ndarray, scale_of_error: np.ndarray | None = None) -> np.ndarray:
     from scipy.optimize import nnls
 
-    weights = 1.0 / np.maximum(y, 1e-12)                                   # relative error
+    weights = 1.0 / np.maximum(y if scale_of_error is None else scale_of_error, 1e-12)   # relative error
     scale = np.maximum(np.abs(X).max(axis=0), 1e-30)                       # conditioning
     coef, _ = nnls((X * weights[:, None]) / scale, y * weights)
     return coef / scale
 
 
-def fit_linear(terms, rows: list[dict], targets) -> LinearFit:
-    """Non-negative least squares of the relative error: min sum ((X c - t) / t)^2, c >= 0;
-    with its leave-one-out errors (each point predicted by a fit without it)."""
+def fit_linear(terms, rows: list[dict], targets, scale=None) -> LinearFit:
+    """Non-negative least squares of the relative error: min sum ((X c - t) / s)^2, c >= 0, s = t
+    (or `scale`: the glue, a small remainder, is fitted relative to its whole layer's time, so that
+    a near-zero remainder cannot dominate the fit); with its leave-one-out errors (each point
+    predicted by a fit without it), relative to s as well."""
     terms = tuple(terms)
     X = np.array([[row[t] for t in terms] for row in rows], dtype=float)    # (n, p)
     y = np.asarray(targets, dtype=float)                                    # (n,)
     if len(y) == 0:
         raise ValueError(f"no points to fit {terms}")
-    coef = _nnls_relative(X, y)
-    errors = np.abs(X @ coef - y) / y
+    s = y if scale is None else np.asarray(scale, dtype=float)
+    coef = _nnls_relative(X, y, s)
+    errors = np.abs(X @ coef - y) / s
     loo = []
     if len(y) > len(terms):
         for i in range(len(y)):
             keep = np.arange(len(y)) != i
-            c = _nnls_relative(X[keep], y[keep])
-            loo.append(abs(float(X[i] @ c) - y[i]) / y[i])
+            c = _nnls_relative(X[keep], y[keep], s[keep])
+            loo.append(abs(float(X[i] @ c) - y[i]) / s[i])
     return LinearFit(terms, tuple(float(c) for c in coef), len(y), float(np.median(errors)), float(errors.max()),
                      float(np.median(loo)) if loo else None, float(max(loo)) if loo else None)
 
@@ -470,12 +473,13 @@ def _parse(block, name: str) -> PhaseModel:
 _SMALL_S = 1e-3
 
 
-def _smooth(points: list) -> list:
-    """Running median of three over a curve's values (sizes kept): one noisy size cannot set it."""
+def _smooth(points: list, half: int = 1) -> list:
+    """Running median over 2 half + 1 neighbours of a curve's values (sizes kept): one noisy size
+    cannot set it."""
     values = [v for _, v in points]
     out = []
     for i, (m, _) in enumerate(points):
-        window = values[max(0, i - 1):i + 2]
+        window = values[max(0, i - half):i + half + 1]
         out.append([float(m), float(np.median(window))])
     return out
 
@@ -488,7 +492,8 @@ def fit_conventions(a2a: list[dict]) -> dict:
         raise ValueError("the phase calibration has no aligned all-to-all records")
     out = {}
     for convention in ("as_run", "back_to_back"):
-        out[convention] = _smooth([[r["bytes_per_rank"], r[convention] - r["device"]] for r in aligned])
+        # the host's launch cost jitters by tens of microseconds from size to size: median of five
+        out[convention] = _smooth([[r["bytes_per_rank"], r[convention] - r["device"]] for r in aligned], half=2)
     by_chunk = {round(r["bytes_per_rank"] / r["world_size"]): r for r in aligned}
     curve = []
     for r in a2a:
@@ -594,7 +599,7 @@ def fit_phase_model(results: dict, *, transport: str = "nvlink", small_a2a_s=Non
     if layers:
         points = _layer_points(layers)
         for (phase, direction), terms in KERNEL_TERMS.items():
-            rows, targets = [], []
+            rows, targets, scales = [], [], []
             for features, record in points:
                 phases = record["phases_s"].get(direction, {})
                 if phase == "glue":
@@ -604,16 +609,16 @@ def fit_phase_model(results: dict, *, transport: str = "nvlink", small_a2a_s=Non
                     multi = int(record["workload"]["world_size"]) > 1
                     measured = layer[direction] - _sum_phases(phases) - (
                         small_latency if direction == "forward" and multi else 0.0)
-                    if measured <= 0:
-                        continue
+                    scale = layer[direction]
                 elif phase in phases:
-                    measured = phases[phase]
+                    measured = scale = phases[phase]
                 else:
                     continue
                 rows.append(features)
                 targets.append(measured)
+                scales.append(scale)
             if rows:
-                kernels[(phase, direction)] = fit_linear(terms, rows, targets)
+                kernels[(phase, direction)] = fit_linear(terms, rows, targets, scales)
         multi_values, single_values = [], []
         for features, record in points:
             other = record["phases_s"].get("forward", {}).get("other")
