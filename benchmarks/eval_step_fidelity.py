@@ -22,6 +22,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -132,11 +133,58 @@ def speedups(traces: dict) -> list[dict]:
     return rows
 
 
+def layer_leave_one_out(run: Path, nvlink_topology: Path) -> list[dict]:
+    """Leave-one-out over the calibration layers (NVLink on 2 GPUs, and one GPU): each layer's
+    whole-layer time (forward + backward, as run) predicted by a phase model fitted without it."""
+    import yaml
+
+    from lshsim.calibration.phase_model import fit_phase_model
+    from lshsim.sim.collectives import simulate_all_to_all
+    from lshsim.sim.trace import Trace
+    from lshsim.sim.validate import validate_trace
+    from lshsim.topology import build_topology, write_topology_yaml
+
+    results = json.loads((run / "cal-nvlink-raw.json").read_text())["results"]["phases"]
+    x1_path = run / "cal-x1-raw.json"
+    x1 = json.loads(x1_path.read_text())["results"]["phases"]["layers"] if x1_path.exists() else []
+    spec = yaml.safe_load(nvlink_topology.read_text())
+    G = build_topology(spec, source=str(nvlink_topology))
+
+    def small_a2a_s(traffic):
+        return float(simulate_all_to_all(G, traffic).time_s)
+
+    layers = [(r, "x2") for r in results["layers"]] + [(r, "x1") for r in x1]
+    out = []
+    for i, (record, where) in enumerate(layers):
+        rest_x2 = [r for j, (r, w) in enumerate(layers) if j != i and w == "x2"]
+        rest_x1 = [r for j, (r, w) in enumerate(layers) if j != i and w == "x1"]
+        model = fit_phase_model({**results, "layers": rest_x2}, small_a2a_s=small_a2a_s,
+                                base={"expert": None, "layers": rest_x1})
+        loo_spec = json.loads(json.dumps(spec))
+        loo_spec["calibration"]["phase_model"] = model.to_block()
+        meta = {"source": "measured", "workload": record["workload"], "cluster": {"gpu": "NVIDIA H200"},
+                "provenance": {"gpu": "NVIDIA H200", "count": int(record["workload"]["world_size"]),
+                               "torch": None, "nccl": None, "date": None, "nccl_env": {},
+                               "command": "calibration layer (leave-one-out)"},
+                "measured": {key: record[key] for key in ("phases_s", "traffic_bytes", "combine_traffic_bytes",
+                                                          "bytes_per_token", "rows_per_expert", "layer_s")}}
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "leave-one-out.yaml"
+            write_topology_yaml(loo_spec, path)
+            validation = validate_trace(Trace(phases=[], meta=meta), path)
+        row = next(r for r in validation.rows if r.phase == "layer" and r.direction == "total")
+        out.append({"layer": record["workload"]["name"], "gpus": where, "measured_s": row.measured_s,
+                    "predicted_s": row.predicted_s, "rel_error": row.rel_error})
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run")
     parser.add_argument("--topologies", default=None)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--loo", action="store_true",
+                        help="also the whole-layer leave-one-out over the calibration layers")
     args = parser.parse_args(argv)
     run = Path(args.run)
     tops = refit(run, Path(args.topologies) if args.topologies else run / "topologies")
@@ -188,8 +236,16 @@ def main(argv=None) -> int:
     if summary["speedup"]["n"]:
         print(f"  LSH-MoE speedup: {summary['speedup']['n']} pairs, worst {100 * summary['speedup']['worst']:.1f}% "
               f"(target <= 10%)")
+    loo = []
+    if args.loo and "nvlink" in tops:
+        loo = layer_leave_one_out(run, tops["nvlink"])
+        summary["layer_leave_one_out"] = _stats([r["rel_error"] for r in loo])
+        s = summary["layer_leave_one_out"]
+        print(f"  calibration layers, leave-one-out: {s['n']} layers, median {100 * s['median']:.1f}%, "
+              f"worst {100 * s['worst']:.1f}%")
     if args.out:
         Path(args.out).write_text(json.dumps({"run": str(run), "a2a": a2a, "traces": traces, "speedups": pairs,
+                                              "layer_leave_one_out": loo,
                                               "summary": summary}, indent=1) + "\n")
     return 0
 
