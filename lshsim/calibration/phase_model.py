@@ -10,19 +10,23 @@ transport
     by three classes of link; each is calibrated on its own (`transport_of_env`), and
     `lshsim validate` refuses a trace measured over another transport than its topology's.
 
-a2a_latency_s: {as_run: L_a, back_to_back: L_b}
+a2a_excess_s: {as_run: [[bytes_per_rank, seconds], ...], back_to_back: [...]}
     The two timing conventions of a collective besides the device time t_dev(M) that the link
     model (the bus bandwidth curve, `lshsim.calibration`) predicts:
 
     * as-run (events around one call on an idle GPU, the host launching it): the host's launch
-      work (torch's split handling, NCCL's group launch) runs while the GPU waits, so
-      t_as_run = t_dev + L_a;
+      work (torch's split handling, NCCL's group launch) runs while the GPU waits;
     * back-to-back (the average of n calls queued without waiting, as nccl-tests report): a call
-      launches while the previous one runs, so the launch cost only shows when it is longer than
-      the GPU time: t_b2b = max(t_dev, L_b).
+      launches while the previous one runs, so the launch cost shows only while it is longer
+      than the GPU time.
 
-    Both L are medians over the calibration sizes whose device time is below 1 ms (of
-    t_as_run - t_dev, and of t_b2b where t_b2b > 1.2 t_dev).
+    Each is predicted as t_dev(M) + E(M), E the measured excess over the device time at the
+    calibration sizes (a running median of five neighbouring sizes: the host's cost jitters by
+    tens of microseconds from size to size), log-linear in M between them, the end values
+    outside (at least half the device time). `latency_as_run_s` is the excess of the smallest
+    size: the launch latency of a small collective. Measured on lent H200 machines the as-run
+    excess drifted between 30 and 150 us between sessions (benchmarks/RESULTS.md): calibrate in
+    the session and the process harness that is timed.
 
 a2a_unaligned: [[bytes_per_rank, factor], ...]
     Buffer alignment: NCCL's copy loops move 16-byte vectors; per-peer chunks whose size is not a
