@@ -17,7 +17,9 @@ Three parts, each a list of plain records in the raw JSON's `results["phases"]`:
 
    Sizes: 2^(k + 1/4) and 2^(k + 3/4) per rank (`sweep_sizes(offset=0.5)`), chunks of whole
    4 KiB; each also unaligned (every per-peer chunk 2 bytes longer: 2-byte, not 16-byte,
-   aligned buffers), flagged `aligned: false`. CPU (gloo) timing is the host clock for all three.
+   aligned buffers), flagged `aligned: false`; and mostly-diagonal all-to-alls (`self: true`: the
+   rank keeps all but 64 KiB per peer) at 1 MiB, 4 MiB, ... up to the largest size, for the rate of
+   NCCL's self-chunk copy. CPU (gloo) timing is the host clock for all three.
 
 2. `expert`: the executor's whole expert phase (`lshsim.executor.moe_ops.expert_block`) forward
    and backward on a grid of (local experts, rows per expert, d_model, d_ffn), rows arriving from
@@ -160,7 +162,8 @@ def time_conventions(fn, device: torch.device, iterations: int = 7, warmup: int 
 
 
 def measure_a2a_conventions(device: torch.device, sizes: list[int], *, unaligned: bool = True, iterations: int = 7,
-                            warmup: int = 2, report=None, matrices: list[dict] | None = None) -> list[dict]:
+                            warmup: int = 2, report=None, matrices: list[dict] | None = None,
+                            self_sizes: list[int] | None = None) -> list[dict]:
     """The a2a part (module docstring). matrices: extra cases {"name", "rows": (W, W) bytes sent from
     row to column} (held-out sets: `benchmarks/bench_a2a_conventions.py`); every rank reads its row
     and its column."""
@@ -173,6 +176,12 @@ def measure_a2a_conventions(device: torch.device, sizes: list[int], *, unaligned
         if unaligned:
             cases.append({"bytes_per_rank": (chunk + 2) * world, "aligned": False,
                           "splits": [[chunk + 2] * world] * world})
+    for size in self_sizes or []:
+        # mostly diagonal: the rank keeps all but 64 KiB per peer (NCCL's self-chunk copy rate)
+        off = 65536 if world > 1 else 0
+        rows = [[size - off * (world - 1) if dst == src else off for dst in range(world)] for src in range(world)]
+        cases.append({"bytes_per_rank": size, "aligned": True, "self": True, "local_bytes": rows[0][0],
+                      "splits": rows})
     for matrix in matrices or []:
         rows = [[int(v) for v in row] for row in matrix["rows"]]
         cases.append({"name": matrix["name"], "aligned": all(v % 16 == 0 for row in rows for v in row),
@@ -353,7 +362,9 @@ def measure_phases(runtime, sizes: list[int], *, parts=PARTS, iterations: int = 
     if "a2a" in parts:
         if report is not None:
             report.line(f"all-to-all in three timing conventions: {len(sizes)} sizes x aligned / unaligned")
-        out["a2a"] = measure_a2a_conventions(device, sizes, iterations=iterations, warmup=warmup, report=report)
+        self_sizes = [2 ** k for k in range(20, 31, 2) if 2 ** k <= max(sizes, default=0)]
+        out["a2a"] = measure_a2a_conventions(device, sizes, iterations=iterations, warmup=warmup, report=report,
+                                             self_sizes=self_sizes)
     if "expert" in parts:
         if report is not None:
             report.line(f"expert phase grid: {len(expert_grid_points())} points, forward and backward")

@@ -35,6 +35,14 @@ a2a_unaligned: [[bytes_per_rank, factor], ...]
     values outside), measured as the ratio of equal-split all-to-alls with chunks 2 bytes longer
     than whole 4 KiB rows to the aligned ones at the calibration sizes.
 
+self_copy_Bps
+    NCCL's all-to-all copies a rank's own chunk (the diagonal) with its p2p kernel, slower than a
+    device-to-device copy (2 H200, inferred from one held-out case: about 1.5 TB/s read + write
+    against 4 TB/s). Measured on mostly-diagonal all-to-alls (the rank keeps all but 64 KiB per
+    peer), the rate is the median of 2 * local bytes / device time (read + write, the unit of
+    achieved_hbm_Bps); the simulator's local copy (`simulate_all_to_all`, local_copy) then takes
+    2 * local / self_copy_Bps instead of 2 * local / achieved_hbm_Bps.
+
 compute
     expert: the executor's expert phase (`lshsim.executor.moe_ops.expert_block`) measured on a grid
     of (local experts E, rows per expert r, d_model, d_ffn), forward and backward seconds; a
@@ -324,6 +332,7 @@ class PhaseModel:
     exchange_s: float | None = None
     info: dict = field(default_factory=dict)
     exchange_single_s: float | None = None                 # the split handling on one rank (no collective)
+    self_copy_Bps: float | None = None                     # NCCL's copy of a rank's self-chunk (read + write B/s)
 
     # -- all-to-all conventions ------------------------------------------------------------------
     def a2a_s(self, device_s: float, traffic_bytes, convention: str = "device") -> float:
@@ -378,6 +387,8 @@ class PhaseModel:
             compute["exchange_single_s"] = float(self.exchange_single_s)
         if compute:
             block["compute"] = compute
+        if self.self_copy_Bps:
+            block["self_copy_Bps"] = float(self.self_copy_Bps)
         if self.info:
             block["fit"] = self.info
         return block
@@ -421,7 +432,7 @@ def parse_phase_model(block, source: str = "topology", name: str = "calibration.
 def _parse(block, name: str) -> PhaseModel:
     if not isinstance(block, dict):
         raise ValueError(f"{name}={block!r} must be a mapping")
-    known = {"transport", "a2a_excess_s", "a2a_unaligned", "compute", "fit"}
+    known = {"transport", "a2a_excess_s", "a2a_unaligned", "self_copy_Bps", "compute", "fit"}
     unknown = sorted(set(block) - known)
     if unknown:
         raise ValueError(f"{name}.{unknown[0]} is not a known field; known: {sorted(known)}")
@@ -469,8 +480,10 @@ def _parse(block, name: str) -> PhaseModel:
     exchange = None if exchange is None else _number(exchange, f"{name}.compute.exchange_s")
     single = compute.get("exchange_single_s")
     single = None if single is None else _number(single, f"{name}.compute.exchange_single_s")
+    self_copy = block.get("self_copy_Bps")
+    self_copy = None if self_copy is None else _number(self_copy, f"{name}.self_copy_Bps", 1.0)
     return PhaseModel(transport, as_run, b2b, unaligned, expert, kernels, exchange, dict(block.get("fit") or {}),
-                      single)
+                      single, self_copy)
 
 
 # ---- fitting ---------------------------------------------------------------------------------------
@@ -491,7 +504,8 @@ def _smooth(points: list, half: int = 1) -> list:
 def fit_conventions(a2a: list[dict]) -> dict:
     """The excess curves of the two timing conventions over the device time, and the unaligned
     factor curve, from the a2a part's records (module docstring); running medians of three."""
-    aligned = sorted((r for r in a2a if r.get("aligned", True) and "name" not in r), key=lambda r: r["bytes_per_rank"])
+    aligned = sorted((r for r in a2a if r.get("aligned", True) and "name" not in r and not r.get("self")),
+                     key=lambda r: r["bytes_per_rank"])
     if not aligned:
         raise ValueError("the phase calibration has no aligned all-to-all records")
     out = {}
@@ -501,13 +515,15 @@ def fit_conventions(a2a: list[dict]) -> dict:
     by_chunk = {round(r["bytes_per_rank"] / r["world_size"]): r for r in aligned}
     curve = []
     for r in a2a:
-        if r.get("aligned", True) or "name" in r:
+        if r.get("aligned", True) or "name" in r or r.get("self"):
             continue
         base = by_chunk.get(round(r["bytes_per_rank"] / r["world_size"]) - 2)
         if base is not None:
             curve.append([float(base["bytes_per_rank"]), float(r["device"] / base["device"])])
     curve.sort()
     out["unaligned"] = _smooth(curve) if curve else None
+    rates = [2.0 * r["local_bytes"] / r["device"] for r in a2a if r.get("self") and r["device"] > 0]
+    out["self_copy_Bps"] = float(np.median(rates)) if rates else None
     return out
 
 
@@ -647,4 +663,5 @@ def fit_phase_model(results: dict, *, transport: str = "nvlink", small_a2a_s=Non
         return tuple(tuple(p) for p in curve) if curve else None
 
     return PhaseModel(transport, as_tuple(conventions["as_run"]), as_tuple(conventions["back_to_back"]),
-                      as_tuple(conventions["unaligned"]), expert, kernels, exchange, info, single)
+                      as_tuple(conventions["unaligned"]), expert, kernels, exchange, info, single,
+                      conventions.get("self_copy_Bps"))

@@ -317,7 +317,11 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
     stages = run.stages
     local = np.diag(traffic).copy()                                                    # (W,)
     off = traffic - np.diag(local)
-    copy_s = 2.0 * local / G.graph["gpu"]["achieved_hbm_Bps"] if local_copy else np.zeros(world)  # (W,)
+    # the diagonal: read + write at the GPU's copy rate, or at the rate NCCL's own kernel copies a
+    # rank's self-chunk where the topology's phase model measured it (`self_copy_Bps`)
+    phase_model = G.graph.get("phase_model")
+    copy_Bps = getattr(phase_model, "self_copy_Bps", None) or G.graph["gpu"]["achieved_hbm_Bps"]
+    copy_s = 2.0 * local / copy_Bps if local_copy else np.zeros(world)  # (W,)
     network_s = max((s.end_s for s in stages), default=0.0)
     time_s = float(max(network_s, copy_s.max(initial=0.0)))
     stages.sort(key=lambda s: (s.start_s, s.name))
