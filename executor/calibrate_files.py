@@ -250,8 +250,9 @@ def phase_model_lines(model) -> list[str]:
     for label, curve in (("as-run", model.excess_as_run), ("back-to-back", model.excess_back_to_back)):
         if curve:
             lines.append(f"  {label}: " + ", ".join(f"{m / 2**20:.2g} MiB {t * 1e6:+.0f} us" for m, t in curve[::3]))
-    if model.self_copy_Bps:
-        lines.append(f"  self-chunk copy (mostly-diagonal all-to-alls): {model.self_copy_Bps / 1e9:.0f} GB/s read + write")
+    if model.self_copy:
+        lines.append("  self-chunk copy (mostly-diagonal all-to-alls), read + write: "
+                     + ", ".join(f"{m / 2**20:.0f} MiB {v / 1e9:.0f} GB/s" for m, v in model.self_copy))
     if model.unaligned:
         lines.append("  unaligned chunks: " + ", ".join(f"{m / 2**20:.2f} MiB x{f:.2f}" for m, f in model.unaligned))
     if model.expert is not None:

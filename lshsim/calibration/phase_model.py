@@ -35,13 +35,14 @@ a2a_unaligned: [[bytes_per_rank, factor], ...]
     values outside), measured as the ratio of equal-split all-to-alls with chunks 2 bytes longer
     than whole 4 KiB rows to the aligned ones at the calibration sizes.
 
-self_copy_Bps
-    NCCL's all-to-all copies a rank's own chunk (the diagonal) with its p2p kernel, slower than a
-    device-to-device copy (2 H200, inferred from one held-out case: about 1.5 TB/s read + write
-    against 4 TB/s). Measured on mostly-diagonal all-to-alls (the rank keeps all but 64 KiB per
-    peer), the rate is the median of 2 * local bytes / device time (read + write, the unit of
-    achieved_hbm_Bps); the simulator's local copy (`simulate_all_to_all`, local_copy) then takes
-    2 * local / self_copy_Bps instead of 2 * local / achieved_hbm_Bps.
+self_copy_Bps: [[local_bytes, Bps], ...]
+    NCCL's all-to-all copies a rank's own chunk (the diagonal) with its p2p kernel, not at the
+    GPU's copy rate: on 2 H200 from 0.17 TB/s (1 MiB) to 2.4 TB/s (1 GiB) read + write over NVLink,
+    below 0.2 TB/s with P2P disabled (shared memory, sockets). Measured on mostly-diagonal
+    all-to-alls (the rank keeps all but 64 KiB per peer) at 1 MiB, 4 MiB, ...: the rate 2 * local
+    bytes / device time (read + write, the unit of achieved_hbm_Bps) at each local size, log-linear
+    in between, the end values outside. The simulator's local copy (`simulate_all_to_all`,
+    local_copy) then takes 2 * local / rate(local) instead of 2 * local / achieved_hbm_Bps.
 
 compute
     expert: the executor's expert phase (`lshsim.executor.moe_ops.expert_block`) measured on a grid
@@ -332,7 +333,13 @@ class PhaseModel:
     exchange_s: float | None = None
     info: dict = field(default_factory=dict)
     exchange_single_s: float | None = None                 # the split handling on one rank (no collective)
-    self_copy_Bps: float | None = None                     # NCCL's copy of a rank's self-chunk (read + write B/s)
+    self_copy: tuple | None = None                         # ((local bytes, read + write B/s), ...): NCCL's self-chunk copy
+
+    def self_copy_Bps(self, local_bytes: float) -> float | None:
+        """The rate (read + write bytes / s) of NCCL's copy of a self-chunk of `local_bytes`, or None."""
+        if not self.self_copy:
+            return None
+        return _interp_curve(self.self_copy, max(float(local_bytes), 1.0))
 
     # -- all-to-all conventions ------------------------------------------------------------------
     def a2a_s(self, device_s: float, traffic_bytes, convention: str = "device") -> float:
@@ -387,8 +394,8 @@ class PhaseModel:
             compute["exchange_single_s"] = float(self.exchange_single_s)
         if compute:
             block["compute"] = compute
-        if self.self_copy_Bps:
-            block["self_copy_Bps"] = float(self.self_copy_Bps)
+        if self.self_copy:
+            block["self_copy_Bps"] = [[float(m), float(v)] for m, v in self.self_copy]
         if self.info:
             block["fit"] = self.info
         return block
@@ -480,8 +487,7 @@ def _parse(block, name: str) -> PhaseModel:
     exchange = None if exchange is None else _number(exchange, f"{name}.compute.exchange_s")
     single = compute.get("exchange_single_s")
     single = None if single is None else _number(single, f"{name}.compute.exchange_single_s")
-    self_copy = block.get("self_copy_Bps")
-    self_copy = None if self_copy is None else _number(self_copy, f"{name}.self_copy_Bps", 1.0)
+    self_copy = _curve(block.get("self_copy_Bps"), f"{name}.self_copy_Bps", 1.0)
     return PhaseModel(transport, as_run, b2b, unaligned, expert, kernels, exchange, dict(block.get("fit") or {}),
                       single, self_copy)
 
@@ -522,8 +528,9 @@ def fit_conventions(a2a: list[dict]) -> dict:
             curve.append([float(base["bytes_per_rank"]), float(r["device"] / base["device"])])
     curve.sort()
     out["unaligned"] = _smooth(curve) if curve else None
-    rates = [2.0 * r["local_bytes"] / r["device"] for r in a2a if r.get("self") and r["device"] > 0]
-    out["self_copy_Bps"] = float(np.median(rates)) if rates else None
+    rates = sorted((float(r["local_bytes"]), 2.0 * r["local_bytes"] / r["device"]) for r in a2a
+                   if r.get("self") and r["device"] > 0 and r["local_bytes"] > 0)
+    out["self_copy_Bps"] = [list(p) for p in rates] or None
     return out
 
 
@@ -664,4 +671,4 @@ def fit_phase_model(results: dict, *, transport: str = "nvlink", small_a2a_s=Non
 
     return PhaseModel(transport, as_tuple(conventions["as_run"]), as_tuple(conventions["back_to_back"]),
                       as_tuple(conventions["unaligned"]), expert, kernels, exchange, info, single,
-                      conventions.get("self_copy_Bps"))
+                      as_tuple(conventions.get("self_copy_Bps")))

@@ -320,7 +320,10 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
     # the diagonal: read + write at the GPU's copy rate, or at the rate NCCL's own kernel copies a
     # rank's self-chunk where the topology's phase model measured it (`self_copy_Bps`)
     phase_model = G.graph.get("phase_model")
-    copy_Bps = getattr(phase_model, "self_copy_Bps", None) or G.graph["gpu"]["achieved_hbm_Bps"]
+    if phase_model is not None and phase_model.self_copy:
+        copy_Bps = np.array([phase_model.self_copy_Bps(b) for b in local])                 # (W,)
+    else:
+        copy_Bps = np.full(world, float(G.graph["gpu"]["achieved_hbm_Bps"]))
     copy_s = 2.0 * local / copy_Bps if local_copy else np.zeros(world)  # (W,)
     network_s = max((s.end_s for s in stages), default=0.0)
     time_s = float(max(network_s, copy_s.max(initial=0.0)))
