@@ -546,9 +546,10 @@ plt.show()
 # In case `skewed3-2^27-row2048` of `data/heldout/step-fidelity/a2a-cases-x2-set3.json`, each
 # rank keeps almost everything for itself: the matrix is nearly diagonal. The simulator copies
 # the diagonal (read + write) concurrently with the little network traffic. It uses the
-# phase model's `self_copy_Bps` when the calibration measured one, and otherwise the GPU's
-# calibrated HBM copy rate. Run-m's calibration predates `self_copy_Bps`, so the committed
-# topologies use the HBM rate. NCCL's copy to self turns out to be much slower:
+# phase model's self-copy rate (`calibration.phase_model.self_copy_Bps`) when the calibration
+# measured one, and otherwise the GPU's calibrated HBM copy rate. Run-m's calibration did not
+# measure it, so the committed run-m topologies copy at the HBM rate (the first line printed
+# below). NCCL's copy to self turns out to be much slower:
 
 # %%
 cases = read_json(ROOT / "data/heldout/step-fidelity/a2a-cases-x2-set3.json")
@@ -556,13 +557,13 @@ case = next(m for m in cases["matrices"] if m["name"] == "skewed3-2^27-row2048")
 matrix = np.asarray(case["rows"], dtype=float)
 print("bytes (row = sender):\n", matrix.astype(int))
 result = simulate_all_to_all(G, matrix)
-copy_Bps = getattr(pm, "self_copy_Bps", None) or G.graph["gpu"]["achieved_hbm_Bps"]
-print(f"phase model self_copy_Bps: {getattr(pm, 'self_copy_Bps', None)}; copy rate used: {copy_Bps / 1e9:.0f} GB/s "
-      f"read + write")
+own_chunk = np.diag(matrix).max()          # bytes a rank keeps for itself
+used_Bps = 2 * own_chunk / result.local_copy_s.max()
+print(f"copy rate the simulator used: {used_Bps / 1e9:.0f} GB/s read + write "
+      f"(the GPU's calibrated HBM copy rate: {G.graph['gpu']['achieved_hbm_Bps'] / 1e9:.0f} GB/s)")
 print(f"NVLink model: network {1e6 * result.network_time_s:.0f} us, "
       f"local copy {1e6 * result.local_copy_s.max():.0f} us")
 self_case = a2a_cases[(a2a_cases.case == case["name"]) & (a2a_cases.convention == "device")]
-own_chunk = np.diag(matrix).max()          # bytes a rank keeps for itself
 rate = "2 x own chunk / measured (GB/s)"   # read + write, the unit of self_copy_Bps
 self_case = self_case.assign(**{rate: 2 * own_chunk / self_case["measured (us)"] / 1e3})
 self_case[["transport", "measured (us)", "predicted (us)", "error %", rate]].round(1)
@@ -574,7 +575,8 @@ self_case[["transport", "measured (us)", "predicted (us)", "error %", rate]].rou
 # path. On sockets the slow network part hides some of that gap. MoE dispatch is mostly
 # diagonal when the router keeps tokens local (LocMoE, skewed load), so this case matters. The
 # self-chunk copy needs its own calibration per transport. That is what `self_copy_Bps` is for:
-# `executor calibrate --phases a2a` measures mostly-diagonal all-to-alls to fit it.
+# later calibrations (`executor calibrate --phases a2a`, run-n) time mostly-diagonal
+# all-to-alls to fit it.
 #
 # ## Summary
 #
