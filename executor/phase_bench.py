@@ -320,8 +320,14 @@ def calibration_workloads(world_size: int, dtype: str = "auto", iterations: int 
         if small:
             for key in ("tokens_per_rank", "d_model", "d_ffn"):
                 data[key] = max(64, data[key] // 16)
-        experts = data["num_experts"]
-        data["num_experts"] = -(-experts // world_size) * world_size
+        experts = -(-data["num_experts"] // world_size) * world_size
+        if (data.get("router") or {}).get("name") == "locmoe":
+            # the GrAP gate needs d_model divisible by the experts: the next multiple of the ranks that is
+            while data["d_model"] % experts and experts <= data["d_model"]:
+                experts += world_size
+            if data["d_model"] % experts:
+                continue
+        data["num_experts"] = experts
         out.append(WorkloadConfig.from_dict(data))
     return out
 
@@ -367,7 +373,8 @@ def measure_phases(runtime, sizes: list[int], *, parts=PARTS, iterations: int = 
                                              self_sizes=self_sizes)
     if "expert" in parts:
         if report is not None:
-            report.line(f"expert phase grid: {len(expert_grid_points())} points, forward and backward")
+            grid = EXPERT_GRID if device.type == "cuda" else EXPERT_GRID_CPU
+            report.line(f"expert phase grid: {len(expert_grid_points(grid))} points, forward and backward")
         out["expert"] = measure_expert_grid(device, report=report)
     if "layers" in parts:
         if report is not None:

@@ -80,12 +80,12 @@ def test_measure_a2a_conventions_on_one_process():
 
 
 @pytest.mark.distributed
-@pytest.mark.slow   # about 15 s on 2 CPU cores: 4 sizes x 2 alignments x 3 conventions, a 16-point expert grid
+@pytest.mark.slow   # about 15 s on 2 CPU cores: 12 sizes x 2 alignments + 2 mostly-diagonal x 3 conventions, a 16-point expert grid
 def test_calibrate_phases_on_two_gloo_ranks(tmp_path):
     from lshsim.executor.launch import launch
 
     raw, out = tmp_path / "raw.json", tmp_path / "topo.yaml"
-    result = launch(2, ["calibrate", "--device", "cpu", "--min-bytes", "64KiB", "--max-bytes", "256KiB",
+    result = launch(2, ["calibrate", "--device", "cpu", "--min-bytes", "64KiB", "--max-bytes", "4MiB",
                         "--iterations", "2", "--warmup", "1", "--ffn-d-model", "128", "--ffn-tokens", "128",
                         "--phases", "a2a,expert", "--raw", str(raw), "--out", str(out), "--threads", "1"],
                     timeout_s=120)
@@ -97,7 +97,10 @@ def test_calibrate_phases_on_two_gloo_ranks(tmp_path):
     for record in a2a:
         assert record["world_size"] == 2 and all(record[c] > 0 for c in CONVENTIONS)
         assert record["back_to_back_calls"] >= 2
-    aligned = {r["bytes_per_rank"] for r in a2a if r["aligned"]}
+    aligned = {r["bytes_per_rank"] for r in a2a if r["aligned"] and not r.get("self")}
+    mostly_local = [r for r in a2a if r.get("self")]          # the self-chunk cases: 1 MiB (4 MiB > the largest size)
+    assert [r["bytes_per_rank"] for r in mostly_local] == [2 ** 20]
+    assert all(r["local_bytes"] == r["bytes_per_rank"] - 65536 for r in mostly_local)
     assert {r["bytes_per_rank"] - 4 for r in a2a if not r["aligned"]} == aligned      # chunks 2 bytes longer
     grid = {(p["experts"], p["rows_per_expert"], p["d_model"], p["d_ffn"]) for p in phases["expert"]}
     assert grid == set(expert_grid_points(EXPERT_GRID_CPU))                  # every point, from both ranks
@@ -108,5 +111,6 @@ def test_calibrate_phases_on_two_gloo_ranks(tmp_path):
     pm = build_topology(spec, source=out.name).graph["phase_model"]
     assert isinstance(pm, PhaseModel) and pm.expert is not None and pm.unaligned is not None
     assert [m for m, _ in pm.excess_as_run] == sorted(aligned)
+    assert [m for m, _ in pm.self_copy] == [r["local_bytes"] for r in mostly_local]
     assert len(pm.expert.to_points()) == len(grid)
     assert load_topology(out).graph["gpus_per_node"] == 2

@@ -528,3 +528,23 @@ def test_cli_validate_json_summary(validation_nvlink, capsys):
     assert main(["validate", str(TRACE_NVLINK), "--topology", "h200-nvswitch", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)["summary"]
     assert summary["layer_predictions"] == 0 and summary["layer_median_abs_rel_error"] is None
+
+
+def test_unaligned_curve_end_ignores_one_outlier():
+    """The running median keeps a full window at the curve's ends: one noisy largest size cannot set them."""
+    records = []
+    for i in range(6):
+        chunk, device = 4096 * 2 ** i, 1e-4
+        records.append(dict(bytes_per_rank=2 * chunk, world_size=2, aligned=True, device=device, as_run=device,
+                            back_to_back=device))
+        records.append(dict(bytes_per_rank=2 * (chunk + 2), world_size=2, aligned=False,
+                            device=device * (1.2 if i < 5 else 12.0), as_run=device, back_to_back=device))
+    assert [round(v, 6) for _, v in fit_conventions(records)["unaligned"]] == [1.2] * 6
+
+
+def test_expert_grid_refuses_a_repeated_point():
+    points = [dict(experts=e, rows_per_expert=r, d_model=64, d_ffn=64, forward_s=1e-3, backward_s=2e-3)
+              for e in (1, 2) for r in (8, 16)]
+    points.append(dict(points[0], forward_s=5e-3))
+    with pytest.raises(ValueError, match=r"compute.expert\[4\] repeats the grid point of compute.expert\[0\]"):
+        ExpertTable.from_points(points)

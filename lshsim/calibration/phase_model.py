@@ -234,12 +234,17 @@ class ExpertTable:
         tables = {}
         for key in ("forward_s", "backward_s"):
             table = np.full(shape, np.nan)
+            seen: dict = {}
             for i, point in enumerate(points):
                 value = point.get(key)
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                         or value <= 0:
                     raise ValueError(f"{field_name}[{i}].{key}={value!r} must be a finite number > 0")
                 index = tuple(axes[a].index(point[_AXES[a]]) for a in range(4))
+                if index in seen:
+                    raise ValueError(f"{field_name}[{i}] repeats the grid point of {field_name}[{seen[index]}] "
+                                     f"({', '.join(f'{axis}={point[axis]}' for axis in _AXES)})")
+                seen[index] = i
                 table[index] = float(value)
             if np.isnan(table).any():
                 missing = int(np.isnan(table).sum())
@@ -501,15 +506,18 @@ def _smooth(points: list, half: int = 1) -> list:
     cannot set it."""
     values = [v for _, v in points]
     out = []
+    width = min(2 * half + 1, len(values))
     for i, (m, _) in enumerate(points):
-        window = values[max(0, i - half):i + half + 1]
+        start = min(max(0, i - half), len(values) - width)    # a full window at the ends too
+        window = values[start:start + width]
         out.append([float(m), float(np.median(window))])
     return out
 
 
 def fit_conventions(a2a: list[dict]) -> dict:
-    """The excess curves of the two timing conventions over the device time, and the unaligned
-    factor curve, from the a2a part's records (module docstring); running medians of three."""
+    """The excess curves of the two timing conventions over the device time (running medians of
+    five sizes), the unaligned factor curve (of three) and the self-chunk copy curve, from the a2a
+    part's records (module docstring)."""
     aligned = sorted((r for r in a2a if r.get("aligned", True) and "name" not in r and not r.get("self")),
                      key=lambda r: r["bytes_per_rank"])
     if not aligned:

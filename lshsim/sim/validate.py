@@ -282,12 +282,13 @@ def a2a_errors(validations: list[Validation]) -> np.ndarray:
 
 def plot_validations(validations: list[Validation], path: str | Path) -> Path:
     """Predicted against measured time of every predicted phase (log-log, y = x and +-15% bands)."""
-    import matplotlib
+    # a figure of its own (no pyplot, no backend switch): a notebook's inline plots keep working
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 6))
+    fig = Figure(figsize=(6.5, 6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     markers = {"dispatch_a2a": "o", "combine_a2a": "s", "expert": "^", "gate": "v", "lsh_compress": "<",
                "lsh_restore": ">", "other": "d", "layer": "*"}
     colors = {2: "tab:blue", 4: "tab:orange", 8: "tab:green", 1: "tab:gray"}
@@ -327,6 +328,5 @@ def plot_validations(validations: list[Validation], path: str | Path) -> Path:
 
     with atomic_output(path, "wb") as handle:      # written whole: the old file or the new one
         fig.savefig(handle, format="png", dpi=120)
-    plt.close(fig)
     return path
 
