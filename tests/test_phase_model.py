@@ -199,12 +199,18 @@ def test_expert_table_scales_above_the_grid_and_clamps_below():
     rng = np.random.default_rng(6)
     table = ExpertTable.from_points(_grid_points(lambda e, r, d, f, direction="forward":
                                                  float(rng.uniform(1e-4, 1e-2))))
-    # above the largest value of an axis: in proportion to the work
-    assert table.device_s(64, 300, 512, 1024) == pytest.approx(4 * table.device_s(16, 300, 512, 1024), rel=1e-12)
-    assert table.device_s(8, 4096, 512, 1024) == pytest.approx(4 * table.device_s(8, 1024, 512, 1024), rel=1e-12)
-    assert table.device_s(8, 300, 512, 8192) == pytest.approx(4 * table.device_s(8, 300, 512, 2048), rel=1e-12)
-    assert table.device_s(32, 2048, 2048, 4096) == pytest.approx(
-        16 * table.device_s(16, 1024, 1024, 2048), rel=1e-12)
+    # above the largest value of an axis: linear with the slope of the last grid interval (a fixed
+    # cost plus a marginal one), never decreasing
+    def linear(top_s, prev_s, top, prev, value):
+        return top_s + max((top_s - prev_s) / (top - prev), 0.0) * (value - top)
+
+    assert table.device_s(64, 300, 512, 1024) == pytest.approx(
+        linear(table.device_s(16, 300, 512, 1024), table.device_s(4, 300, 512, 1024), 16, 4, 64), rel=1e-12)
+    assert table.device_s(8, 4096, 512, 1024) == pytest.approx(
+        linear(table.device_s(8, 1024, 512, 1024), table.device_s(8, 256, 512, 1024), 1024, 256, 4096), rel=1e-12)
+    assert table.device_s(8, 300, 512, 8192) == pytest.approx(
+        linear(table.device_s(8, 300, 512, 2048), table.device_s(8, 300, 512, 1024), 2048, 1024, 8192), rel=1e-12)
+    assert table.device_s(64, 300, 512, 1024) >= table.device_s(16, 300, 512, 1024)
     # below the smallest: clamped to it
     assert table.device_s(0.5, 300, 512, 1024) == pytest.approx(table.device_s(1, 300, 512, 1024), rel=1e-12)
     assert table.device_s(8, 10, 512, 1024) == pytest.approx(table.device_s(8, 64, 512, 1024), rel=1e-12)

@@ -49,7 +49,8 @@ compute
     of (local experts E, rows per expert r, d_model, d_ffn), forward and backward seconds; a
     prediction interpolates log time multilinearly in (log E, log r, log d, log d_ffn) on the grid
     (`ExpertTable`), with the mean rows per local expert of a rank; above the grid's largest value
-    of an axis, time scales in proportion (the work does), below its smallest it is clamped.
+    of an axis, time grows linearly with the slope of the last grid interval, below its smallest
+    it is clamped.
 
     kernels: per (phase, direction) a non-negative linear model t = sum_i c_i x_i over named
     features (`FEATURES`, from the workload: tokens T, experts E, top-k k, d_model d, element
@@ -275,28 +276,37 @@ class ExpertTable:
 
     def device_s(self, experts: float, rows_per_expert: float, d_model: float, d_ffn: float,
                  direction: str = "forward") -> float:
-        """The grid's device time, interpolated (no floor)."""
+        """The grid's device time (no floor): log-multilinear interpolation inside the grid, clamped
+        below an axis's smallest value, and linear in the axis above its largest (the slope of the
+        last grid interval: a fixed cost plus a marginal cost per expert, row or width, so that an
+        overhead-bound top point is not multiplied along with the work)."""
         table = self.forward_s if direction == "forward" else self.backward_s
-        coords, scale = [], 1.0
-        for axis_values, value in zip(self.axes, (experts, rows_per_expert, d_model, d_ffn)):
-            logs = np.log(np.asarray(axis_values, dtype=float))
-            v = math.log(value)
-            if v > logs[-1]:
-                scale *= value / axis_values[-1]     # the work grows in proportion above the grid
-                v = logs[-1]
-            v = max(v, logs[0])
-            coords.append((logs, v))
-        log_table = np.log(table)
-        # multilinear interpolation on the grid cell around the point
-        result = 0.0
+        return self._extrapolated(np.log(table), [float(experts), float(rows_per_expert), float(d_model),
+                                                  float(d_ffn)])
+
+    def _extrapolated(self, log_table: np.ndarray, values: list) -> float:
+        for axis, (axis_values, value) in enumerate(zip(self.axes, values)):
+            top = float(axis_values[-1])
+            if value > top and len(axis_values) > 1:
+                prev = float(axis_values[-2])
+                at_top = self._extrapolated(log_table, values[:axis] + [top] + values[axis + 1:])
+                at_prev = self._extrapolated(log_table, values[:axis] + [prev] + values[axis + 1:])
+                slope = max((at_top - at_prev) / (top - prev), 0.0)
+                return at_top + slope * (value - top)
+        return self._interpolated(log_table, values)
+
+    def _interpolated(self, log_table: np.ndarray, values: list) -> float:
         corners = []
-        for logs, v in coords:
+        for axis_values, value in zip(self.axes, values):
+            logs = np.log(np.asarray(axis_values, dtype=float))
+            v = min(max(math.log(value), logs[0]), logs[-1])
             if len(logs) == 1:
                 corners.append([(0, 1.0)])
                 continue
             j = int(np.clip(np.searchsorted(logs, v) - 1, 0, len(logs) - 2))
             w = (v - logs[j]) / (logs[j + 1] - logs[j])
             corners.append([(j, 1.0 - w), (j + 1, w)])
+        result = 0.0
         for combo in np.ndindex(*[len(c) for c in corners]):
             weight, index = 1.0, []
             for axis, pick in enumerate(combo):
@@ -304,7 +314,7 @@ class ExpertTable:
                 weight *= w
                 index.append(j)
             result += weight * log_table[tuple(index)]
-        return float(math.exp(result) * scale)
+        return float(math.exp(result))
 
 
 # ---- the model -------------------------------------------------------------------------------------

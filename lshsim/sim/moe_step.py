@@ -428,7 +428,7 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
     ctx = CostContext(world_size=world_size, gpu=gpu, kernel_launch_s=config.kernel_launch_s, model=spec,
                       experts_on_rank=spec["num_experts"] // world_size, dispatch_bytes=dispatch_bytes,
                       combine_bytes=dispatch_bytes.T, rows_received=wire.sum(axis=0), network_s=network_s,
-                      config=config, traffic=traffic, wire_counts=wire)
+                      config=config, traffic=traffic, wire_counts=wire, phase_model=graph.graph.get("phase_model"))
     schedule = step_schedule(spec["num_layers"], spec["moe_every"], config)
 
     def moe_section(t0: float, section: tuple, layer: int, direction: str,

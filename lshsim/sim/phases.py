@@ -24,6 +24,10 @@ forward order, contiguous in the table.
 The compute model is a roofline per GPU (Williams et al., "Roofline", CACM 2009):
 t = max(FLOPs / achieved_flops, bytes / achieved_hbm_Bps) + kernels * kernel_launch_s, with the
 GPU's achieved FLOP/s and HBM bytes/s (datasheet x efficiency, or a topology's calibration).
+A topology calibrated with `executor calibrate --phases` carries a phase model
+(`lshsim.calibration.phase_model`): the simulator then costs the expert phase with its measured
+grid and the gate and LSH phases with its fits (`calibrated_cost`; `CostContext.phase_model`);
+attention, the dense FFN and the head stay on the roofline.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ import numpy as np
 
 __all__ = ["PhaseSpec", "PhaseCost", "CostContext", "PhaseTable", "PHASES", "KINDS", "BLOCKS", "DIRECTIONS",
            "register_phase", "unregister_phase", "step_schedule", "backward_chain", "roofline_cost",
-           "compute_time_s", "expert_cost", "KERNELS"]
+           "compute_time_s", "expert_cost", "KERNELS", "calibrated_cost"]
 
 KINDS = ("communication", "compute", "overhead")
 BLOCKS = ("attention", "moe", "dense", "head")
@@ -100,6 +104,9 @@ class CostContext:
     config:          the `StepConfig` of the simulated step (None for a measured trace).
     traffic:         the step's `RoutedTraffic`: tokens_per_rank, k, router, ... (None for a measured trace).
     wire_counts:     (W, W) token copies or LSH centroids on the wire (None for a measured trace).
+    phase_model:     the topology's calibrated `lshsim.calibration.phase_model.PhaseModel`, or None.
+                     With one, the simulator costs the expert phase with its measured grid and the
+                     gate and LSH phases with its fits (`calibrated_cost`) instead of the roofline.
     """
 
     world_size: int
@@ -114,6 +121,7 @@ class CostContext:
     config: object = None
     traffic: object = None
     wire_counts: np.ndarray | None = None
+    phase_model: object = None
 
     def roofline_s(self, flops: float, hbm_bytes: float, kernels: int = 0) -> float:
         """`compute_time_s` on this context's GPU, with its kernel launch cost."""
@@ -326,6 +334,34 @@ def roofline_cost(forward_work: Callable[[CostContext], tuple[float, float]], ke
     return cost
 
 
+def _phase_features(ctx: CostContext) -> dict:
+    """The phase model's workload features (`lshsim.calibration.phase_model.workload_features`)
+    of a simulated step."""
+    from lshsim.calibration.phase_model import workload_features
+
+    m, config = ctx.model, ctx.config
+    lsh = None if getattr(config, "lsh_rate", None) is None else \
+        {"num_hashes": config.lsh_hashes, "proj_dim": config.lsh_dim}
+    return workload_features({"tokens_per_rank": ctx.traffic.tokens_per_rank, "d_model": m["d_model"],
+                              "num_experts": m["num_experts"], "router": {"name": ctx.traffic.router, "k": ctx.traffic.k},
+                              "bytes_per_token": m["d_model"] * m["bytes_per_element"], "lsh": lsh,
+                              "world_size": ctx.world_size})
+
+
+def calibrated_cost(name: str, fallback: CostFunction) -> CostFunction:
+    """The cost of phase `name` from the context's phase model where it has a fit for the
+    (phase, direction) and the context is a simulated step's; else `fallback` (the roofline).
+    A pipelined section's chunk gets the fit's time divided by the chunks."""
+
+    def cost(ctx: CostContext, direction: str, chunks: int = 1) -> PhaseCost:
+        pm = ctx.phase_model
+        if pm is not None and ctx.traffic is not None and (name, direction) in pm.kernels:
+            return PhaseCost(pm.kernel_s(name, direction, _phase_features(ctx)) / chunks)
+        return fallback(ctx, direction, chunks)
+
+    return cost
+
+
 def _tokens(ctx: CostContext) -> float:
     return float(ctx.traffic.tokens_per_rank)
 
@@ -395,9 +431,18 @@ def _lsh_restore_work(ctx: CostContext) -> tuple[float, float]:
 
 
 def _expert_cost(ctx: CostContext, direction: str, chunks: int = 1) -> PhaseCost:
-    """Per-rank roofline of the rank's expert FFNs on the rows it receives; each chunk re-reads the weights."""
+    """Per-rank roofline of the rank's expert FFNs on the rows it receives; each chunk re-reads the weights.
+
+    With a calibrated expert grid (the context's phase model, a simulated step): the grid's
+    prediction for the rank's experts at its mean rows per expert (per chunk), the floor included.
+    """
     m = ctx.model
     d, f, b = m["d_model"], m["d_ffn"], m["bytes_per_element"]
+    pm = ctx.phase_model
+    if pm is not None and pm.expert is not None and ctx.traffic is not None:
+        experts = max(ctx.experts_on_rank, 1)
+        return PhaseCost(np.array([pm.expert.predict_s(experts, float(rows) / chunks / experts, d, f, direction)
+                                   for rows in ctx.rows_received]))
     factor = 1 if direction == "forward" else 2
     weights = ctx.experts_on_rank * 2.0 * d * f * b
     out = []
@@ -427,10 +472,12 @@ def _uses_lsh(config: object) -> bool:
 
 
 _BUILTIN = [
-    PhaseSpec("gate", "compute", "moe", roofline_cost(_gate_work, KERNELS["gate"]), timed=("forward",),
+    PhaseSpec("gate", "compute", "moe", calibrated_cost("gate", roofline_cost(_gate_work, KERNELS["gate"])),
+              timed=("forward",),
               description="router: gate logits, top-k, slot assignment (and the LocMoE GrAP gate)"),
     PhaseSpec("lsh_compress", "compute", "moe",
-              roofline_cost(_lsh_compress_work, KERNELS["lsh_compress"], _lsh_compress_backward_work),
+              calibrated_cost("lsh_compress", roofline_cost(_lsh_compress_work, KERNELS["lsh_compress"],
+                                                            _lsh_compress_backward_work)),
               timed=DIRECTIONS, applies=_uses_lsh,
               description="LSH-MoE: hash tokens, bucket per destination expert, centroids (sending rank)"),
     PhaseSpec("dispatch_a2a", "communication", "moe", _a2a_cost("dispatch_bytes", "combine_bytes"),
@@ -442,7 +489,8 @@ _BUILTIN = [
               timed=DIRECTIONS, predicted=True, pipelined=True,
               description="the combine all-to-all (expert outputs back to the tokens' ranks)"),
     PhaseSpec("lsh_restore", "compute", "moe",
-              roofline_cost(_lsh_restore_work, KERNELS["lsh_restore"], _lsh_restore_work),
+              calibrated_cost("lsh_restore", roofline_cost(_lsh_restore_work, KERNELS["lsh_restore"],
+                                                           _lsh_restore_work)),
               timed=DIRECTIONS, applies=_uses_lsh,
               description="LSH-MoE: E(x) ~= E(c) + (x - c) residual restore on the token's rank"),
     PhaseSpec("attention", "compute", "attention", roofline_cost(_attention_work, KERNELS["attention"]),
