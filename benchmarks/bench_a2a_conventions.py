@@ -106,15 +106,19 @@ def evaluate(args) -> int:
         row = {"name": record["name"], "aligned": record["aligned"], "bytes_per_rank": record["bytes_per_rank"]}
         for convention in CONVENTIONS:
             predicted = pm.a2a_s(device_s, matrix, convention)
+            low, high = pm.a2a_interval_s(device_s, matrix, convention)
             error = (predicted - record[convention]) / record[convention]
-            row[convention] = {"measured_s": record[convention], "predicted_s": predicted, "rel_error": error}
+            row[convention] = {"measured_s": record[convention], "predicted_s": predicted, "rel_error": error,
+                               "interval_s": [low, high], "inside": bool(low <= record[convention] <= high)}
             errors[convention].append(error)
         rows.append(row)
     summary = {}
     for convention, values in errors.items():
         values = np.abs(values)
+        inside = [row[convention]["inside"] for row in rows]
         summary[convention] = {"cases": int(values.size), "median_abs_rel_error": float(np.median(values)),
-                               "max_abs_rel_error": float(values.max())}
+                               "max_abs_rel_error": float(values.max()),
+                               "inside_interval": float(np.mean(inside)) if convention != "device" else None}
     every = np.abs(np.concatenate([np.asarray(v) for v in errors.values()]))
     summary["all"] = {"cases": int(every.size), "median_abs_rel_error": float(np.median(every)),
                       "max_abs_rel_error": float(every.max())}
@@ -128,8 +132,10 @@ def evaluate(args) -> int:
             f"{c} {row[c]['measured_s'] * 1e6:9.1f}/{row[c]['predicted_s'] * 1e6:9.1f} us {100 * row[c]['rel_error']:+6.1f}%"
             for c in CONVENTIONS))
     for key, s in summary.items():
+        inside = "" if s.get("inside_interval") is None else \
+            f", {100 * s['inside_interval']:.0f}% inside the calibration's 10-90% band"
         print(f"  {key:>12s}: {s['cases']} cases, median |error| {100 * s['median_abs_rel_error']:.1f}%, "
-              f"worst {100 * s['max_abs_rel_error']:.1f}%")
+              f"worst {100 * s['max_abs_rel_error']:.1f}%{inside}")
     return 0
 
 

@@ -24,7 +24,9 @@ a2a_excess_s: {as_run: [[bytes_per_rank, seconds], ...], back_to_back: [...]}
     calibration sizes (a running median of five neighbouring sizes: the host's cost jitters by
     tens of microseconds from size to size), log-linear in M between them, the end values
     outside (at least half the device time). `latency_as_run_s` is the excess of the smallest
-    size: the launch latency of a small collective. Measured on lent H200 machines the as-run
+    size: the launch latency of a small collective. `a2a_excess_band_s` holds the 10th and 90th
+    percentiles of the measured excess around its curve (`PhaseModel.a2a_interval_s`). Measured on
+    lent H200 machines the as-run
     excess drifted between 30 and 150 us between sessions (benchmarks/RESULTS.md): calibrate in
     the session and the process harness that is timed.
 
@@ -349,6 +351,7 @@ class PhaseModel:
     info: dict = field(default_factory=dict)
     exchange_single_s: float | None = None                 # the split handling on one rank (no collective)
     self_copy: tuple | None = None                         # ((local bytes, read + write B/s), ...): NCCL's self-chunk copy
+    excess_band: dict = field(default_factory=dict)        # convention -> (low, high) seconds around the excess curve
 
     def self_copy_Bps(self, local_bytes: float) -> float | None:
         """The rate (read + write bytes / s) of NCCL's copy of a self-chunk of `local_bytes`, or None."""
@@ -375,6 +378,15 @@ class PhaseModel:
 
         return max(seconds + _interp_curve(curve, max(a2a_bytes_per_rank(traffic_bytes), 1.0)), 0.5 * seconds)
 
+    def a2a_interval_s(self, device_s: float, traffic_bytes, convention: str) -> tuple[float, float]:
+        """(low, high): the prediction of `a2a_s` widened by the calibration's spread of the excess
+        around its curve (its 10th and 90th percentiles); the device time's interval is the
+        prediction itself. The spread is one session's: the host's launch cost also drifts between
+        sessions (benchmarks/RESULTS.md), which no band measured in one session covers."""
+        middle = self.a2a_s(device_s, traffic_bytes, convention)
+        low, high = self.excess_band.get(convention, (0.0, 0.0)) if convention != "device" else (0.0, 0.0)
+        return max(middle + low, 0.5 * device_s), middle + high
+
     @property
     def latency_as_run_s(self) -> float:
         """The as-run excess of the smallest calibrated all-to-all: the launch latency of a small one."""
@@ -394,6 +406,8 @@ class PhaseModel:
         for key, curve in (("as_run", self.excess_as_run), ("back_to_back", self.excess_back_to_back)):
             if curve:
                 block["a2a_excess_s"][key] = [[float(m), float(t)] for m, t in curve]
+        if self.excess_band:
+            block["a2a_excess_band_s"] = {key: [float(lo), float(hi)] for key, (lo, hi) in self.excess_band.items()}
         if self.unaligned:
             block["a2a_unaligned"] = [[float(m), float(f)] for m, f in self.unaligned]
         compute = {}
@@ -454,7 +468,7 @@ def parse_phase_model(block, source: str = "topology", name: str = "calibration.
 def _parse(block, name: str) -> PhaseModel:
     if not isinstance(block, dict):
         raise ValueError(f"{name}={block!r} must be a mapping")
-    known = {"transport", "a2a_excess_s", "a2a_unaligned", "self_copy_Bps", "compute", "fit"}
+    known = {"transport", "a2a_excess_s", "a2a_excess_band_s", "a2a_unaligned", "self_copy_Bps", "compute", "fit"}
     unknown = sorted(set(block) - known)
     if unknown:
         raise ValueError(f"{name}.{unknown[0]} is not a known field; known: {sorted(known)}")
@@ -503,8 +517,22 @@ def _parse(block, name: str) -> PhaseModel:
     single = compute.get("exchange_single_s")
     single = None if single is None else _number(single, f"{name}.compute.exchange_single_s")
     self_copy = _curve(block.get("self_copy_Bps"), f"{name}.self_copy_Bps", 1.0)
+    band = block.get("a2a_excess_band_s") or {}
+    if not isinstance(band, dict) or set(band) - {"as_run", "back_to_back"}:
+        raise ValueError(f"{name}.a2a_excess_band_s={band!r} must be a mapping of as_run and back_to_back")
+    bands = {}
+    for key, value in band.items():
+        if not isinstance(value, list) or len(value) != 2:
+            raise ValueError(f"{name}.a2a_excess_band_s.{key}={value!r} must be [low, high] seconds")
+        low, high = value
+        for i, v in enumerate(value):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name}.a2a_excess_band_s.{key}[{i}]={v!r} must be a finite number")
+        if low > high:
+            raise ValueError(f"{name}.a2a_excess_band_s.{key}={value!r}: low must be <= high")
+        bands[key] = (float(low), float(high))
     return PhaseModel(transport, as_run, b2b, unaligned, expert, kernels, exchange, dict(block.get("fit") or {}),
-                      single, self_copy)
+                      single, self_copy, bands)
 
 
 # ---- fitting ---------------------------------------------------------------------------------------
@@ -533,9 +561,13 @@ def fit_conventions(a2a: list[dict]) -> dict:
     if not aligned:
         raise ValueError("the phase calibration has no aligned all-to-all records")
     out = {}
+    out["band"] = {}
     for convention in ("as_run", "back_to_back"):
         # the host's launch cost jitters by tens of microseconds from size to size: median of five
-        out[convention] = _smooth([[r["bytes_per_rank"], r[convention] - r["device"]] for r in aligned], half=2)
+        raw = [[r["bytes_per_rank"], r[convention] - r["device"]] for r in aligned]
+        out[convention] = _smooth(raw, half=2)
+        residuals = [v - s for (_, v), (_, s) in zip(raw, out[convention])]
+        out["band"][convention] = [float(np.quantile(residuals, 0.1)), float(np.quantile(residuals, 0.9))]
     by_chunk = {round(r["bytes_per_rank"] / r["world_size"]): r for r in aligned}
     curve = []
     for r in a2a:
@@ -689,4 +721,5 @@ def fit_phase_model(results: dict, *, transport: str = "nvlink", small_a2a_s=Non
 
     return PhaseModel(transport, as_tuple(conventions["as_run"]), as_tuple(conventions["back_to_back"]),
                       as_tuple(conventions["unaligned"]), expert, kernels, exchange, info, single,
-                      as_tuple(conventions.get("self_copy_Bps")))
+                      as_tuple(conventions.get("self_copy_Bps")),
+                      {key: tuple(value) for key, value in (conventions.get("band") or {}).items()})
