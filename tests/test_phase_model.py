@@ -554,3 +554,25 @@ def test_expert_grid_refuses_a_repeated_point():
     points.append(dict(points[0], forward_s=5e-3))
     with pytest.raises(ValueError, match=r"compute.expert\[4\] repeats the grid point of compute.expert\[0\]"):
         ExpertTable.from_points(points)
+
+
+def test_excess_band_from_the_calibration_spread_and_its_interval():
+    """The band is the 10th / 90th percentile of the raw excess around its smoothed curve; the
+    interval of a prediction is the prediction plus the band (device time: the point itself)."""
+    rng = np.random.default_rng(11)
+    offsets = rng.uniform(20e-6, 60e-6, size=12)
+    records = [dict(bytes_per_rank=2 * 4096 * 2 ** i, world_size=2, aligned=True, device=1e-4,
+                    as_run=1e-4 + offsets[i], back_to_back=1e-4) for i in range(12)]
+    fitted = fit_conventions(records)
+    residuals = [offsets[i] - fitted["as_run"][i][1] for i in range(12)]
+    assert fitted["band"]["as_run"] == pytest.approx([np.quantile(residuals, 0.1), np.quantile(residuals, 0.9)])
+    pm = PhaseModel(excess_as_run=tuple(map(tuple, fitted["as_run"])), excess_band={"as_run": (-1e-5, 2e-5)})
+    traffic = np.full((2, 2), 4096.0)
+    middle = pm.a2a_s(1e-4, traffic, "as_run")
+    assert pm.a2a_interval_s(1e-4, traffic, "as_run") == pytest.approx((middle - 1e-5, middle + 2e-5))
+    assert pm.a2a_interval_s(1e-4, traffic, "device") == (1e-4, 1e-4)
+    block = pm.to_block()
+    assert parse_phase_model(block).excess_band == {"as_run": (-1e-5, 2e-5)}
+    block["a2a_excess_band_s"] = {"as_run": [2e-5, -1e-5]}
+    with pytest.raises(ValueError, match=r"x.yaml: calibration.phase_model.a2a_excess_band_s.as_run=.*low must be <= high"):
+        parse_phase_model(block, source="x.yaml")
