@@ -182,7 +182,8 @@ plt.show()
 # dominate. Once there is enough work (more rows, more experts or a wider FFN), time grows in
 # proportion to the rows, a slope of one on these axes, because the matrix multiplies are
 # compute-bound. The black line shows the model's two edge rules: above the grid's largest
-# value on an axis it scales time in proportion, and below the smallest it clamps (flat).
+# value on an axis time grows linearly with the slope of the grid's last interval (a fixed cost
+# plus a marginal one), and below the smallest it clamps (flat).
 #
 # ### 1c. The calibration layers
 #
