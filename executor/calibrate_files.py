@@ -209,7 +209,7 @@ def fit_phases(args, inp, spec: dict):
     The transport is read from the run's NCCL environment (provenance.nccl_env); the split-size
     exchange's all-to-all is simulated on the topology `spec` just fitted. With --phase-base, the
     compute parts of that earlier raw JSON fill in what this one did not measure."""
-    from lshsim.calibration.phase_model import fit_phase_model, transport_of_env
+    from lshsim.calibration.phase_model import check_phase_results, fit_phase_model, transport_of_env
 
     phases = (inp.record or {}).get("phases")
     base_path = getattr(args, "phase_base", None)
@@ -230,15 +230,16 @@ def fit_phases(args, inp, spec: dict):
         phases_of = (raw.get("results") or {}).get("phases") if isinstance(raw, dict) else None
         if not phases_of:
             raise ValueError(f"{path}: results.phases is missing: not the --raw JSON of a calibration with --phases")
-        if not isinstance(phases_of.get("layers", []), list) or not isinstance(phases_of.get("expert", []), list):
-            raise ValueError(f"{path}: results.phases.layers and .expert must be lists")
+        check_phase_results(phases_of, f"{path}: results.phases")
         base["expert"] = base["expert"] or phases_of.get("expert")
         base["layers"] += phases_of.get("layers") or []
     transport = transport_of_env((inp.provenance or {}).get("nccl_env"))
+    source = (inp.provenance or {}).get("refit_from")
+    check_phase_results(phases or {}, f"{source}: results.phases" if source else "results.phases")
     try:
         return fit_phase_model(phases or {}, transport=transport, small_a2a_s=small_a2a_s, base=base)
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"results.phases: {error}") from None
+        raise ValueError(f"{source + ': ' if source else ''}results.phases: {error}") from None
 
 
 def phase_model_lines(model) -> list[str]:

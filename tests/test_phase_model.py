@@ -576,3 +576,18 @@ def test_excess_band_from_the_calibration_spread_and_its_interval():
     block["a2a_excess_band_s"] = {"as_run": [2e-5, -1e-5]}
     with pytest.raises(ValueError, match=r"x.yaml: calibration.phase_model.a2a_excess_band_s.as_run=.*low must be <= high"):
         parse_phase_model(block, source="x.yaml")
+
+
+def test_calibrate_refuses_a_bad_phase_record_naming_the_file_and_field(tmp_path, capsys):
+    raw = json.loads((RUN_M / "cal-shm-raw.json").read_text())
+    del raw["results"]["phases"]["a2a"][3]["device"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(raw))
+    out = tmp_path / "t.yaml"
+    for args in (["--source", "microbenchmarks", str(bad)],
+                 ["--source", "microbenchmarks", str(RUN_M / "cal-shm-raw.json"), "--phase-base", str(bad)]):
+        with pytest.raises(SystemExit) as raised:
+            main(["calibrate", *args, "--out", str(out), "--quiet"])
+        assert raised.value.code == 2
+        assert f"{bad}: results.phases.a2a[3].device is missing" in capsys.readouterr().err
+        assert not out.exists()                                  # nothing half-written

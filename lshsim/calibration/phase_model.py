@@ -78,7 +78,7 @@ import numpy as np
 
 __all__ = ["PhaseModel", "ExpertTable", "LinearFit", "FEATURES", "KERNEL_TERMS", "TRANSPORTS", "CONVENTIONS",
            "transport_of_env", "workload_features", "fit_linear", "fit_phase_model", "unaligned_chunks",
-           "parse_phase_model"]
+           "parse_phase_model", "check_phase_results", "fit_conventions", "fit_expert_floor"]
 
 TRANSPORTS = ("nvlink", "shm", "socket")
 CONVENTIONS = ("device", "as_run", "back_to_back")
@@ -584,6 +584,56 @@ def fit_conventions(a2a: list[dict]) -> dict:
     return out
 
 
+def check_phase_results(results, name: str = "results.phases") -> None:
+    """Refuse phase measurements the fits cannot use, naming the record and the field: a2a records
+    need bytes_per_rank and world_size (integers >= 1) and device, as_run, back_to_back (finite
+    numbers > 0); expert records the four grid axes and forward_s / backward_s; layer records a
+    workload, phases_s, traffic_bytes, combine_traffic_bytes and bytes_per_token."""
+    if not isinstance(results, dict):
+        raise ValueError(f"{name} must be a mapping of a2a, expert and layers lists")
+    for part, numbers, integers in (("a2a", ("device", "as_run", "back_to_back"), ("bytes_per_rank", "world_size")),
+                                    ("expert", ("forward_s", "backward_s"), _AXES)):
+        records = results.get(part) or []
+        if not isinstance(records, list):
+            raise ValueError(f"{name}.{part} must be a list")
+        for i, record in enumerate(records):
+            where = f"{name}.{part}[{i}]"
+            if not isinstance(record, dict):
+                raise ValueError(f"{where} must be a mapping")
+            for key in integers:
+                value = record.get(key)
+                if key not in record:
+                    raise ValueError(f"{where}.{key} is missing")
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ValueError(f"{where}.{key}={value!r} must be an integer >= 1")
+            for key in numbers:
+                if key not in record:
+                    raise ValueError(f"{where}.{key} is missing")
+                _positive(record[key], f"{where}.{key}")
+    layers = results.get("layers") or []
+    if not isinstance(layers, list):
+        raise ValueError(f"{name}.layers must be a list")
+    for i, record in enumerate(layers):
+        where = f"{name}.layers[{i}]"
+        if not isinstance(record, dict):
+            raise ValueError(f"{where} must be a mapping")
+        for key in ("workload", "phases_s", "traffic_bytes", "combine_traffic_bytes", "bytes_per_token"):
+            if key not in record:
+                raise ValueError(f"{where}.{key} is missing")
+        for direction, phases in (record["phases_s"] or {}).items():
+            for phase, seconds in (phases or {}).items():
+                _positive(seconds, f"{where}.phases_s.{direction}.{phase}")
+        for key, seconds in (record.get("layer_s") or {}).items():
+            if key in ("forward", "backward", "total"):
+                _positive(seconds, f"{where}.layer_s.{key}")
+
+
+def _positive(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={value!r} must be a finite number > 0")
+    return float(value)
+
+
 def _layer_points(layers: list[dict]):
     """(features, record) of every calibration layer record."""
     out = []
@@ -663,6 +713,8 @@ def fit_phase_model(results: dict, *, transport: str = "nvlink", small_a2a_s=Non
     """
     info: dict = {}
     base = base or {}
+    check_phase_results(results)
+    check_phase_results(base, "the phase base")
     conventions = {"as_run": None, "back_to_back": None, "unaligned": None}
     if results.get("a2a"):
         conventions = fit_conventions(results["a2a"])
