@@ -26,9 +26,8 @@ a2a_excess_s: {as_run: [[bytes_per_rank, seconds], ...], back_to_back: [...]}
     outside (at least half the device time). `latency_as_run_s` is the excess of the smallest
     size: the launch latency of a small collective. `a2a_excess_band_s` holds the 10th and 90th
     percentiles of the measured excess around its curve (`PhaseModel.a2a_interval_s`). Measured on
-    lent H200 machines the as-run
-    excess drifted between 30 and 150 us between sessions (benchmarks/RESULTS.md): calibrate in
-    the session and the process harness that is timed.
+    lent H200 machines the as-run excess drifted between 30 and 150 us between sessions
+    (benchmarks/RESULTS.md): calibrate in the session and the process harness that is timed.
 
 a2a_unaligned: [[bytes_per_rank, factor], ...]
     Buffer alignment: NCCL's copy loops move 16-byte vectors; per-peer chunks whose size is not a
@@ -61,11 +60,19 @@ compute
     phases: gate (router, packing), lsh_compress and lsh_restore (forward and backward), and
     glue: what the as-run layer spends outside the timed phases (the final weighted combine,
     the gate's backward, allocator and launch gaps), fitted as layer - sum of measured phases -
-    one as-run launch latency L_a.
+    one as-run launch latency L_a (on more than one rank), relative to the layer's time (a
+    near-zero remainder must not dominate the fit).
+
+    expert_floor_s: {forward, backward}: the least time an in-layer expert phase takes (the host
+    queueing its kernels after the dispatch's launch; `fit_expert_floor`); the phase is predicted
+    as max(grid device time, floor).
 
     exchange_s: the split-size exchange ("other") beyond its all-to-all: t = exchange_s + (an
     as-run all-to-all of E * 8 bytes per rank when W > 1); exchange_s is the median over the
-    calibration workloads (the device-to-host copy and the host's split arithmetic).
+    calibration workloads (the device-to-host copy and the host's split arithmetic);
+    exchange_single_s the same on one rank (no collective).
+
+The simulator uses the expert grid and the gate / LSH fits too (`lshsim.sim.phases.calibrated_cost`).
 
 Every number is read and checked when the topology is built; errors name the field.
 """
