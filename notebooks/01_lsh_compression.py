@@ -157,3 +157,16 @@ restored = restore(exact.centroids, exact, residuals(tokens, exact))
 print("compression rate", exact.compression_rate, "| bit-exact:", torch.equal(restored, tokens))
 assert torch.equal(restored, tokens)
 print(f"notebook ran in {time.perf_counter() - notebook_start:.1f} s")
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Draw the clustered tokens with `noise=0.1` and with `noise=0.5` and rerun the compression
+#    table. How does the rate at L = 6, d' = 4 move, and why does noise matter more than the
+#    number of clusters?
+# 2. Find an (L, d') pair whose compression rate on these tokens falls in the paper's 11.7%-20%
+#    range. What centroid error does it carry, compared with L = 6, d' = 16?
+# 3. Replace the residual block by x + 0.1 f(x) (an expert whose Jacobian is closer to the
+#    identity) and by 2 f(x). For which of them does the residual compensation help most?
+# 4. Try `LSHConfig(family="hyperplane", ...)` at the same L: does it compress these tokens more
+#    or less than cross-polytope hashing?

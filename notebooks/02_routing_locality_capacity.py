@@ -144,4 +144,13 @@ print("p_delta at d=4096, delta=0.03: exact", float(p_delta(4096, 0.03)), "erfc"
 # %%
 elapsed_s = time.perf_counter() - notebook_start
 print(f"notebook ran in {elapsed_s:.1f} s")
-assert elapsed_s < 60
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Try locality bonuses between 0.05 and 1 in section 1. At which bonus does the inter-node
+#    share of the dispatch bytes fall below 10%, and what happens to the busiest expert's load?
+# 2. For the Dirichlet(1) popularity of section 2, which capacity factor brings the expected
+#    dropped fraction below 1%? Compare it with the factor the uniform experts need.
+# 3. For n = 16 experts and d = 4096, find the delta at which n * ec_min equals the common
+#    capacity factor 1.25, with both forms of `ec_min`. How close are they there?

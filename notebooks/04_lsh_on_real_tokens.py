@@ -155,3 +155,13 @@ plt.show()
 
 # %%
 print(f"notebook ran in {time.perf_counter() - notebook_start:.1f} s")
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Use groups of 128 and of 2,048 tokens instead of 512 in the compression section. How does
+#    the measured rate move at L = 2, d' = 8, and does the predictor follow it?
+# 2. Repeat the capacity section with 16 experts instead of 8. Does n * ec_min still fall short of
+#    the capacity factor at which the drops stop?
+# 3. Estimate delta at quantile 0.05 as well. How much does ignoring the most extreme 5% of
+#    tokens change the bound, and is it then closer to where the real router stops dropping?
