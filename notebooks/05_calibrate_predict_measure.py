@@ -598,10 +598,12 @@ print(f"notebook ran in {time.perf_counter() - notebook_start:.1f} s")
 # 1. In section 3, predict the dispatch all-to-all of another held-out layer of
 #    `traces-nvlink-x2/` (list the folder) and compare each convention with the measured device time.
 # 2. Refit the socket transport from its raw JSON (`cal-socket-raw.json`) with `fit_phase_model`
-#    as in section 2b, and check that its kernel coefficients equal those of the committed
-#    `h200-x2-phases-socket.yaml`.
+#    as in section 2b. Its raw JSON holds all-to-alls only: pass the NVLink and one-GPU
+#    calibrations' phase results as `base` (their expert grid and layers, as `lshsim calibrate
+#    --phase-base` does) and check that the kernel coefficients equal those of the committed
+#    `h200-x2-phases-socket.yaml`. Which parts of the socket model differ from the NVLink one?
 # 3. In the speedup table of section 4, which transport has the largest speedup error? Relate it
 #    to the drift of section 5b.
 # 4. In section 5c, set the copy rate the simulator used here, `G.graph["gpu"]["achieved_hbm_Bps"]`
-#    (on a `copy.deepcopy(G)`), to the rate measured over NVLink (the last column of the table) and
+#    (on a copy: `import copy; G2 = copy.deepcopy(G)`), to the rate measured over NVLink (the last column of the table) and
 #    predict the case again. How much of the gap closes?
