@@ -68,11 +68,13 @@ def add_parser(subparsers):
     p.add_argument("--seed", type=arg_seed, default=0, help=f"seed of the synthetic tokens (default 0; {SEED_HELP})")
     p.add_argument("--max-routed-tokens", type=arg_positive_int, default=1 << 17,
                    help="route at most this many tokens in all, else subsample per rank and scale (default 131072)")
-    p.add_argument("--fidelity", choices=("exact", "tolerance"), default=None,
-                   help="all-to-all simulation: exact, or tolerance (FlowNetwork's drain_tolerance: flows that "
+    p.add_argument("--fidelity", choices=("exact", "tolerance", "estimate"), default=None,
+                   help="all-to-all simulation: exact, tolerance (FlowNetwork's drain_tolerance: flows that "
                         "would drain within tol x now drain together, completion up to that much early; much "
-                        "faster on uneven traffic over many GPUs). Default: exact when the cluster has <= 64 "
-                        "GPUs, tolerance above. The choice is printed and in the JSON (\"fidelity\")")
+                        "faster on uneven traffic over many GPUs), or estimate (direct all-to-alls from link "
+                        "loads without simulating, a lower bound of exact, equal to it when the busiest link "
+                        "stays saturated; other algorithms at tolerance). Default: exact when the cluster has "
+                        "<= 64 GPUs, tolerance above. The choice is printed and in the JSON (\"fidelity\")")
     p.add_argument("--drain-tolerance", type=arg_finite_number(0.0, exclusive=True, maximum=0.5), default=None,
                    help="the tolerance of --fidelity tolerance, in (0, 0.5] (default 0.01); giving it selects "
                         "--fidelity tolerance")
@@ -112,6 +114,8 @@ def _fidelity(args, world_size: int) -> dict:
     mode = args.fidelity
     if mode == "exact" and args.drain_tolerance is not None:
         raise ValueError("--drain-tolerance goes with --fidelity tolerance, not --fidelity exact")
+    if mode == "estimate":
+        return {"mode": "estimate", "drain_tolerance": float(tolerance), "chosen": "flag"}
     if mode is None and args.drain_tolerance is not None:
         mode = "tolerance"
     if mode is None:
@@ -151,7 +155,8 @@ def run(args) -> int:
     started = time.perf_counter()
     cache_stats: dict = {}
     rows = compare_options(model, graph, plan_options(selected), drain_tolerance=fidelity["drain_tolerance"],
-                           share_cache=not args.no_a2a_cache, progress=OptionProgress(started), cache_stats=cache_stats)
+                           share_cache=not args.no_a2a_cache, progress=OptionProgress(started), cache_stats=cache_stats,
+                           estimate=fidelity["mode"] == "estimate")
     elapsed_s = time.perf_counter() - started
     fidelity["a2a_cache"] = cache_stats
     chosen = next(row for row in rows if row["result"].config == selected)
@@ -256,7 +261,9 @@ def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float,
                   f"simulated in {elapsed_s:.1f} s[/dim]")
     cache = fidelity.get("a2a_cache", {})
     exactness = "exact" if fidelity["mode"] == "exact" else \
-        f"tolerance, drain_tolerance {fidelity['drain_tolerance']:g} (all-to-alls up to that fraction early)"
+        (f"estimate (direct all-to-alls from link loads, a lower bound of exact; other algorithms at drain "
+         f"tolerance {fidelity['drain_tolerance']:g})" if fidelity["mode"] == "estimate" else
+         f"tolerance, drain_tolerance {fidelity['drain_tolerance']:g} (all-to-alls up to that fraction early)")
     console.print(f"fidelity: {exactness}; chosen: {fidelity['chosen']}; all-to-all cache: "
                   f"{cache.get('misses', 0)} simulated, {cache.get('hits', 0)} reused")
 
@@ -335,7 +342,8 @@ def _plan_sweep(args) -> int:
                 try:
                     rows = compare_options(model, graph, options, on_done=lambda _label: progress.advance(task),
                                            drain_tolerance=fidelity["drain_tolerance"],
-                                           share_cache=not args.no_a2a_cache)
+                                           share_cache=not args.no_a2a_cache,
+                                           estimate=fidelity["mode"] == "estimate")
                 except ValueError as error:  # e.g. experts that cannot be placed on this cluster
                     progress.advance(task, len(options))
                     results.append({"model": model_name, "cluster": cluster_name, "refused": str(error)})

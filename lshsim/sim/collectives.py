@@ -51,7 +51,7 @@ from lshsim.calibration.model import LinkModels
 from lshsim.sim.network import FlowNetwork, busiest_links
 from lshsim.topology.routing import Routes, gpu_vertices, validate_topology
 
-__all__ = ["simulate_all_to_all", "CollectiveResult", "CollectiveRun", "Stage", "ALGORITHMS", "uniform_traffic",
+__all__ = ["simulate_all_to_all", "estimate_all_to_all", "CollectiveResult", "CollectiveRun", "Stage", "ALGORITHMS", "uniform_traffic",
            "proxy_of_local", "hierarchical_phases", "direct", "pairwise", "hierarchical", "groupwise"]
 
 
@@ -271,6 +271,71 @@ two_d = hierarchical  # the function's former name ("2d" is the algorithm's alia
 ALGORITHMS = AlgorithmTable("simulate")
 
 
+def _local_copy_s(G: nx.DiGraph, local: np.ndarray) -> np.ndarray:
+    """(W,) seconds of each rank's copy of its diagonal: read + write at the GPU's copy rate, or at
+    the rate NCCL's own kernel copies a self-chunk where the topology's phase model measured it."""
+    phase_model = G.graph.get("phase_model")
+    if phase_model is not None and phase_model.self_copy:
+        copy_Bps = np.array([phase_model.self_copy_Bps(b) for b in local])                 # (W,)
+    else:
+        copy_Bps = np.full(len(local), float(G.graph["gpu"]["achieved_hbm_Bps"]))
+    return 2.0 * local / copy_Bps
+
+
+def estimate_all_to_all(G: nx.DiGraph, traffic_bytes, *, routes: Routes | None = None,
+                        links: LinkModels | None = None, local_copy: bool = True) -> float:
+    """A direct all-to-all's time from link loads, without simulating: the "estimate" fidelity.
+
+    t = alpha + max(max_e L_e / C_e, max_r (S_r + R_r) / E_r) + max path latency, and at least the
+    longest local copy; L_e the bytes every route puts on link e, C_e its bandwidth in this
+    collective (the link model's scale for its kind), E_r the GPU engine of the duplex model
+    (when the topology has one), S_r / R_r what rank r sends / receives.
+
+    Why it holds: max-min fair sharing never lets a link carry more than its capacity, so the
+    busiest resource needs at least L_e / C_e after the start-up latency: the formula is a lower
+    bound of `simulate_all_to_all`'s direct time. It is the exact time when the busiest resource
+    stays saturated until the end, which max-min fairness gives when every flow through it is
+    limited there (they then drain together): uniform and Dirichlet-skewed MoE traffic on
+    NVSwitch nodes, fat-trees and rails (tests/test_estimate.py: within 0.03% of exact on those,
+    the duplex-engine model of a calibrated node included). It is low when the flows through the
+    bottleneck end at different times because some are limited elsewhere: heavy-tailed sizes,
+    -0.56% on a 64-GPU fat-tree, -0.24% on a DGX-1 mesh, -1.7% on a calibrated 4-GPU H200 node
+    with duplex engines (benchmarks/RESULTS.md, tests/test_estimate.py); a heavy-tailed
+    case on one 8-GPU NVSwitch node was once measured 5.9% low. No correction for few flows per
+    port is applied.
+    Cost: one pass over the W (W - 1) routes, no event loop.
+    """
+    routes = validate_topology(G) if routes is None else routes
+    links = LinkModels.from_topology(G) if links is None else links
+    traffic = np.asarray(traffic_bytes, dtype=float)                                  # (W, W)
+    world = routes.world
+    if traffic.shape != (world, world):
+        raise ValueError(f"traffic_bytes has shape {traffic.shape}, expected ({world}, {world}) for topology "
+                         f"{G.graph.get('name')} with {world} GPUs")
+    if not np.all(np.isfinite(traffic)) or traffic.min(initial=0.0) < 0:
+        raise ValueError("traffic_bytes must be finite and >= 0")
+    rates = links.rates(traffic)
+    capacity = routes.capacity_Bps.copy()                                             # (L,)
+    for kind, factor in (rates.bandwidth_scale_by_kind or {}).items():
+        capacity[np.array([G.edges[e].get("kind") == kind for e in routes.edges], dtype=bool)] *= factor
+    off = traffic - np.diag(np.diag(traffic))                                          # (W, W)
+    src, dst = np.nonzero(off > 0)
+    network_s = 0.0
+    if len(src):
+        ids = routes.edge_ids(src, dst)                                                # (F, H), -1 padded
+        load = np.zeros(len(capacity))                                                 # (L,)
+        used = ids >= 0
+        np.add.at(load, ids[used], np.broadcast_to(off[src, dst][:, None], ids.shape)[used])
+        busiest = float((load / capacity).max())
+        if rates.gpu_engine_Bps is not None:
+            engines = np.broadcast_to(np.asarray(rates.gpu_engine_Bps, dtype=float), (world,))
+            busiest = max(busiest, float(((off.sum(axis=1) + off.sum(axis=0)) / engines).max()))
+        alpha_s = rates.alpha_s if links.models else float(G.graph.get("alpha_s", 0.0))
+        network_s = alpha_s + busiest + float(routes.path_latency_s[src, dst].max())
+    copy_s = _local_copy_s(G, np.diag(traffic).copy()) if local_copy else np.zeros(world)
+    return float(max(network_s, copy_s.max(initial=0.0)))
+
+
 def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct", *, alpha_s: float | None = None,
                         message_gap_s: float = 0.0, local_copy: bool = True, routes: Routes | None = None,
                         drain_tolerance: float = 0.0, links: LinkModels | None = None,
@@ -317,14 +382,7 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
     stages = run.stages
     local = np.diag(traffic).copy()                                                    # (W,)
     off = traffic - np.diag(local)
-    # the diagonal: read + write at the GPU's copy rate, or at the rate NCCL's own kernel copies a
-    # rank's self-chunk where the topology's phase model measured it (`self_copy_Bps`)
-    phase_model = G.graph.get("phase_model")
-    if phase_model is not None and phase_model.self_copy:
-        copy_Bps = np.array([phase_model.self_copy_Bps(b) for b in local])                 # (W,)
-    else:
-        copy_Bps = np.full(world, float(G.graph["gpu"]["achieved_hbm_Bps"]))
-    copy_s = 2.0 * local / copy_Bps if local_copy else np.zeros(world)  # (W,)
+    copy_s = _local_copy_s(G, local) if local_copy else np.zeros(world)  # (W,)
     network_s = max((s.end_s for s in stages), default=0.0)
     time_s = float(max(network_s, copy_s.max(initial=0.0)))
     stages.sort(key=lambda s: (s.start_s, s.name))

@@ -76,7 +76,7 @@ from lshsim.algorithms import canonical_algorithm
 from lshsim.dispatch import ROUTERS, RouterConfig, contiguous_placement, effective_k, route
 from lshsim.dispatch.placement import Placement
 from lshsim.dispatch.synthetic import synthetic_router_inputs
-from lshsim.sim.collectives import ALGORITHMS, simulate_all_to_all
+from lshsim.sim.collectives import ALGORITHMS, estimate_all_to_all, simulate_all_to_all
 from lshsim.sim.phases import KERNELS, KINDS, PHASES, CostContext, compute_time_s, expert_cost, step_schedule
 from lshsim.sim.trace import DIRECTIONS, PhaseRecord, Trace
 from lshsim.topology.routing import validate_topology
@@ -288,10 +288,13 @@ class A2ACache:
     `on_simulate(algorithm, traffic_bytes)` is called before each simulation it runs (progress).
     """
 
-    def __init__(self, graph, drain_tolerance: float = 0.0, on_simulate=None):
+    def __init__(self, graph, drain_tolerance: float = 0.0, on_simulate=None, estimate: bool = False):
         if not 0.0 <= drain_tolerance < 1.0:
             raise ValueError(f"drain_tolerance={drain_tolerance} must be in [0, 1)")
         self.graph, self.drain_tolerance, self.on_simulate = graph, float(drain_tolerance), on_simulate
+        #: the "estimate" fidelity: direct all-to-alls from link loads (`estimate_all_to_all`), the
+        #: other algorithms simulated with `drain_tolerance`
+        self.estimate = bool(estimate)
         self.routes = validate_topology(graph)  # shortest paths, computed once per cache
         self.times: dict[tuple, float] = {}
         self.hits = self.misses = 0
@@ -301,7 +304,7 @@ class A2ACache:
         matrix = np.ascontiguousarray(traffic_bytes)
         digest = hashlib.blake2b(matrix.tobytes(), digest_size=32).digest()
         return (digest, matrix.shape, matrix.dtype.str, canonical_algorithm(algorithm, side="simulate"),
-                self.drain_tolerance)
+                self.drain_tolerance, self.estimate)
 
     def time_s(self, traffic_bytes: np.ndarray, algorithm: str) -> float:
         """Seconds of one all-to-all of `traffic_bytes` (W, W) with `algorithm` at the cache's fidelity."""
@@ -313,10 +316,13 @@ class A2ACache:
         if self.on_simulate is not None:
             self.on_simulate(algorithm, traffic_bytes)
         started = time.perf_counter()
-        result = simulate_all_to_all(self.graph, traffic_bytes, algorithm, routes=self.routes,
-                                     drain_tolerance=self.drain_tolerance)
+        if self.estimate and key[3] == "direct":
+            self.times[key] = estimate_all_to_all(self.graph, traffic_bytes, routes=self.routes)
+        else:
+            result = simulate_all_to_all(self.graph, traffic_bytes, algorithm, routes=self.routes,
+                                         drain_tolerance=self.drain_tolerance)
+            self.times[key] = float(result.time_s)
         self.simulated_s += time.perf_counter() - started
-        self.times[key] = float(result.time_s)
         return self.times[key]
 
     def stats(self) -> dict:
@@ -474,7 +480,8 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
     trace = Trace(records, {"source": "simulated", "workload": workload, "cluster": cluster,
                             "provenance": {"simulator": "lshsim.sim.moe_step", "routed_tokens_per_rank":
                                            traffic.routed_per_rank,
-                                           "drain_tolerance": a2a_cache.drain_tolerance}})
+                                           "drain_tolerance": a2a_cache.drain_tolerance,
+                                           "a2a_estimate": a2a_cache.estimate}})
     breakdown = _breakdown(trace, traffic, config, dispatch_bytes, off_diagonal, crosses, chosen_chunks, world_size)
     return StepResult(trace=trace, breakdown=breakdown, config=config, traffic=traffic)
 
@@ -597,12 +604,14 @@ def auto_drain_tolerance(world_size: int, tolerance: float = DEFAULT_DRAIN_TOLER
 
 def compare_options(model: object, graph, options: list[tuple[str, StepConfig]], on_done=None, *,
                     drain_tolerance: float = 0.0, share_cache: bool = True, progress=None,
-                    cache_stats: dict | None = None) -> list[dict]:
+                    cache_stats: dict | None = None, estimate: bool = False) -> list[dict]:
     """Simulate every option; routing is shared between options with the same `routing_key` (the
     whole router config, tokens, seed and subsample bound), and all-to-all times between all options
     (one `A2ACache`; share_cache=False gives each option its own, as before the shared cache).
 
-    drain_tolerance: the fidelity of every all-to-all (0 = exact; see `FlowNetwork`).
+    drain_tolerance: the fidelity of every all-to-all (0 = exact; see `FlowNetwork`); estimate:
+    direct all-to-alls from link loads (`lshsim.sim.collectives.estimate_all_to_all`), the others
+    simulated with drain_tolerance.
     Returns one dict per option: label, description, config, breakdown, result (the StepResult),
     speedup over the first option (the baseline). `on_done(label)` is called after each option
     (the CLI's progress bar); `progress(index, count, label, phase)` before each piece of work
@@ -625,7 +634,7 @@ def compare_options(model: object, graph, options: list[tuple[str, StepConfig]],
         if share_cache and caches:
             cache = caches[0]
         else:
-            cache = A2ACache(graph, drain_tolerance, on_simulate=on_simulate)
+            cache = A2ACache(graph, drain_tolerance, on_simulate=on_simulate, estimate=estimate)
             caches.append(cache)
         key = routing_key(model, config)
         if key not in routings:
