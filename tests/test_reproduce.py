@@ -16,6 +16,7 @@ from lshsim.cli import main
 from lshsim.models import list_models
 from lshsim.readers import load_yaml
 from lshsim.topology.spec import list_topologies
+from test_cli_plan import TINY_YAML  # the plan tests' tiny model
 
 
 @pytest.fixture(scope="module")
@@ -196,16 +197,7 @@ def test_summary_and_consistency_on_hand_made_results():
 
 
 # ---- the command, on a tiny figures file ---------------------------------------------------------------
-TINY_MODEL = """\
-name: tiny
-num_layers: 2
-d_model: 256
-d_ffn: 4096
-num_experts: 16
-seq_len: 256
-tokens_per_gpu: 512
-vocab_size: 1000
-"""
+TINY_MODEL = "name: tiny\n" + TINY_YAML     # the plan tests' tiny model, named
 
 
 @pytest.fixture
