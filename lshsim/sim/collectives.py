@@ -51,7 +51,7 @@ from lshsim.calibration.model import LinkModels
 from lshsim.sim.network import FlowNetwork, busiest_links
 from lshsim.topology.routing import ALL_PAIRS_MAX_WORLD, Routes, gpu_vertices, validate_topology
 
-__all__ = ["simulate_all_to_all", "estimate_all_to_all", "fed_port_time", "processor_sharing_levels", "FEW_FLOWS_PER_PORT", "CollectiveResult", "CollectiveRun", "Stage", "ALGORITHMS", "uniform_traffic",
+__all__ = ["simulate_all_to_all", "estimate_all_to_all", "estimate_collective", "ESTIMATED_ALGORITHMS", "fed_port_time", "processor_sharing_levels", "FEW_FLOWS_PER_PORT", "CollectiveResult", "CollectiveRun", "Stage", "ALGORITHMS", "uniform_traffic",
            "proxy_of_local", "hierarchical_phases", "direct", "pairwise", "hierarchical", "groupwise"]
 
 
@@ -341,7 +341,8 @@ def fed_port_time(resources: np.ndarray, size: np.ndarray, capacity: np.ndarray,
 
 
 def estimate_all_to_all(G: nx.DiGraph, traffic_bytes, *, routes: Routes | None = None,
-                        links: LinkModels | None = None, local_copy: bool = True, correction: bool = True) -> float:
+                        links: LinkModels | None = None, local_copy: bool = True, correction: bool = True,
+                        rates_of=None) -> float:
     """A direct all-to-all's time from link loads, without simulating: the "estimate" fidelity.
 
     Load bound (correction=False): t = alpha + max(max_e L_e / C_e, max_r (S_r + R_r) / E_r) + max
@@ -374,6 +375,8 @@ def estimate_all_to_all(G: nx.DiGraph, traffic_bytes, *, routes: Routes | None =
     traffic: unchanged (the bound was exact). Ports with more flows keep the bound, which was
     within 0.9% of exact on every multi-node case tried up to 1,024 GPUs.
     Cost: one pass over the W (W - 1) routes, plus the correction's O(n^2) per corrected port.
+    rates_of: the traffic the link model's rates are taken from (default traffic_bytes; a phase of a
+    multi-phase collective passes the whole collective's, as the simulator does).
     """
     routes = validate_topology(G) if routes is None else routes
     links = LinkModels.from_topology(G) if links is None else links
@@ -384,7 +387,7 @@ def estimate_all_to_all(G: nx.DiGraph, traffic_bytes, *, routes: Routes | None =
                          f"{G.graph.get('name')} with {world} GPUs")
     if not np.all(np.isfinite(traffic)) or traffic.min(initial=0.0) < 0:
         raise ValueError("traffic_bytes must be finite and >= 0")
-    rates = links.rates(traffic)
+    rates = links.rates(traffic if rates_of is None else rates_of)
     capacity = routes.capacity_Bps.copy()                                             # (L,)
     for kind, factor in (rates.bandwidth_scale_by_kind or {}).items():
         capacity[np.array([G.edges[e].get("kind") == kind for e in routes.edges], dtype=bool)] *= factor
@@ -433,6 +436,91 @@ def _fed_port_correction(routes: Routes, resources: np.ndarray, size: np.ndarray
     keep = np.isin(resources, ports).any(axis=1)                 # ... and the flows sharing a port with them
     sub, sub_size = resources[keep], size[keep]
     return max(fed_port_time(sub, sub_size, capacity, int(p)) for p in candidates)
+
+
+#: the algorithms `estimate_collective` estimates phase by phase (others are simulated)
+ESTIMATED_ALGORITHMS = ("direct", "groupwise", "hierarchical", "pairwise")
+
+
+def _estimate_phases(G: nx.DiGraph, traffic: np.ndarray, algorithm: str, options: dict) -> list[tuple[str, np.ndarray]]:
+    """The (name, (W, W) matrix) phases an algorithm runs one after another (ESTIMATED_ALGORITHMS)."""
+    world = traffic.shape[0]
+    if algorithm == "direct":
+        return [("direct", traffic)]
+    if algorithm == "pairwise":
+        ranks = np.arange(world)
+        out = []
+        for k in range(1, world):
+            step = np.zeros_like(traffic)
+            step[ranks, (ranks + k) % world] = traffic[ranks, (ranks + k) % world]
+            out.append((f"step{k}", step))
+        return out
+    num_nodes, per_node = G.graph["num_nodes"], G.graph["gpus_per_node"]
+    if algorithm == "groupwise":
+        node = np.array([G.nodes[g]["node"] for g in gpu_vertices(G)])                 # (W,)
+        same = node[:, None] == node[None, :]
+        return [("intra", np.where(same, traffic, 0.0)), ("inter", np.where(same, 0.0, traffic))]
+    if num_nodes == 1:
+        return [("direct", traffic)]
+    if options.get("chunks", 1) != 1:
+        raise ValueError("estimate_collective: hierarchical with chunks > 1 is not estimated (simulate it)")
+    phases = hierarchical_phases(traffic, num_nodes, per_node, G.graph.get("nics_per_node", 1))
+    return list(zip(("gather", "exchange", "scatter"), phases))
+
+
+def estimate_collective(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct", *, routes: Routes | None = None,
+                        links: LinkModels | None = None, local_copy: bool = True, correction: bool = True,
+                        **options) -> CollectiveResult:
+    """The "estimate" fidelity of `simulate_all_to_all`, as a CollectiveResult: every phase of the
+    algorithm (direct: one; groupwise: intra then inter; hierarchical: gather, exchange, scatter,
+    chunks=1; pairwise: W - 1 steps) is estimated from its link loads with `estimate_all_to_all`
+    (local_copy=False), the phases run one after another (each pays alpha and its path latency, as
+    in the simulator), and the local copy runs alongside. link_bytes are the link loads (exact:
+    routing decides them, not timing); stats say {"estimate": True, "correction": ...}.
+    Algorithms outside ESTIMATED_ALGORITHMS are refused (ValueError): simulate them.
+    """
+    algorithm = canonical_algorithm(algorithm, side="simulate")
+    if algorithm not in ESTIMATED_ALGORITHMS:
+        raise ValueError(f"algorithm {algorithm!r} has no estimate (estimated: {', '.join(ESTIMATED_ALGORITHMS)}); "
+                         f"simulate it (fidelity exact or tolerance)")
+    routes = validate_topology(G) if routes is None else routes
+    links = LinkModels.from_topology(G) if links is None else links
+    traffic = np.asarray(traffic_bytes, dtype=float)                                  # (W, W)
+    world = routes.world
+    if traffic.shape != (world, world):
+        raise ValueError(f"traffic_bytes has shape {traffic.shape}, expected ({world}, {world}) for topology "
+                         f"{G.graph.get('name')} with {world} GPUs")
+    if not np.all(np.isfinite(traffic)) or traffic.min(initial=0.0) < 0:
+        raise ValueError("traffic_bytes must be finite and >= 0")
+    local = np.diag(traffic).copy()                                                    # (W,)
+    off = traffic - np.diag(local)
+    stages, clock = [], 0.0
+    link_bytes = np.zeros(routes.num_edges)
+    for name, matrix in _estimate_phases(G, off, algorithm, options):
+        matrix = matrix - np.diag(np.diag(matrix))
+        src, dst = np.nonzero(matrix > 0)
+        if len(src) == 0:
+            continue
+        seconds = estimate_all_to_all(G, matrix, routes=routes, links=links, local_copy=False, correction=correction,
+                                      rates_of=traffic)
+        ids = routes.edge_ids(src, dst)
+        used = ids >= 0
+        np.add.at(link_bytes, ids[used], np.broadcast_to(matrix[src, dst][:, None], ids.shape)[used])
+        stages.append(Stage(name, clock, clock + seconds, float(matrix[src, dst].sum()), len(src)))
+        clock += seconds
+    copy_s = _local_copy_s(G, local) if local_copy else np.zeros(world)
+    time_s = float(max(clock, copy_s.max(initial=0.0)))
+    capacity = routes.capacity_Bps.copy()
+    rates = links.rates(traffic)
+    alpha_s = rates.alpha_s if links.models else float(G.graph.get("alpha_s", 0.0))
+    return CollectiveResult(
+        algorithm=algorithm, topology=G.graph.get("name", ""), time_s=time_s, network_time_s=float(clock),
+        egress_bytes=off.sum(axis=1), ingress_bytes=off.sum(axis=0), local_bytes=local, local_copy_s=copy_s,
+        stages=stages, edges=routes.edges, link_bytes=link_bytes, capacity_Bps=capacity,
+        busiest=busiest_links(routes.edges, link_bytes, capacity, time_s, 10),
+        options={"alpha_s": alpha_s, "local_copy": local_copy, "fidelity": "estimate", "correction": correction,
+                 **rates.info, **options},
+        stats={"estimate": True, "correction": correction, "phases": len(stages)})
 
 
 def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct", *, alpha_s: float | None = None,

@@ -76,7 +76,7 @@ from lshsim.algorithms import canonical_algorithm
 from lshsim.dispatch import ROUTERS, RouterConfig, contiguous_placement, effective_k, route
 from lshsim.dispatch.placement import Placement
 from lshsim.dispatch.synthetic import synthetic_router_inputs
-from lshsim.sim.collectives import ALGORITHMS, estimate_all_to_all, simulate_all_to_all
+from lshsim.sim.collectives import ALGORITHMS, ESTIMATED_ALGORITHMS, estimate_collective, simulate_all_to_all
 from lshsim.sim.phases import KERNELS, KINDS, PHASES, CostContext, compute_time_s, expert_cost, step_schedule
 from lshsim.sim.trace import DIRECTIONS, PhaseRecord, Trace
 from lshsim.topology.routing import validate_topology
@@ -84,7 +84,7 @@ from lshsim.topology.routing import validate_topology
 __all__ = ["StepConfig", "RoutedTraffic", "StepResult", "simulate_step", "simulate_config", "route_traffic",
            "placement_for", "compute_time_s", "expert_cost", "KERNELS", "MODEL_FIELDS", "model_dict",
            "describe", "plan_options", "compare_options", "A2ACache", "auto_drain_tolerance",
-           "AUTO_EXACT_MAX_GPUS", "DEFAULT_DRAIN_TOLERANCE", "DEFAULT_PLAN_LSH_RATE", "router_config", "routing_key"]
+           "AUTO_EXACT_MAX_GPUS", "AUTO_TOLERANCE_MAX_GPUS", "FIDELITIES", "auto_fidelity", "DEFAULT_DRAIN_TOLERANCE", "DEFAULT_PLAN_LSH_RATE", "router_config", "routing_key"]
 
 #: attributes the simulator reads from a model config (duck typing: `models.ModelConfig` has them).
 MODEL_FIELDS = ("name", "num_layers", "d_model", "d_ffn", "num_experts", "top_k", "moe_every", "seq_len",
@@ -292,8 +292,8 @@ class A2ACache:
         if not 0.0 <= drain_tolerance < 1.0:
             raise ValueError(f"drain_tolerance={drain_tolerance} must be in [0, 1)")
         self.graph, self.drain_tolerance, self.on_simulate = graph, float(drain_tolerance), on_simulate
-        #: the "estimate" fidelity: direct all-to-alls from link loads (`estimate_all_to_all`), the
-        #: other algorithms simulated with `drain_tolerance`
+        #: the "estimate" fidelity: all-to-alls from link loads, phase by phase (`estimate_collective`:
+        #: direct, groupwise, hierarchical, pairwise), other algorithms simulated with `drain_tolerance`
         self.estimate = bool(estimate)
         self.routes = validate_topology(graph)  # shortest paths, computed once per cache
         self.times: dict[tuple, float] = {}
@@ -316,8 +316,8 @@ class A2ACache:
         if self.on_simulate is not None:
             self.on_simulate(algorithm, traffic_bytes)
         started = time.perf_counter()
-        if self.estimate and key[3] == "direct":
-            self.times[key] = estimate_all_to_all(self.graph, traffic_bytes, routes=self.routes)
+        if self.estimate and key[3] in ESTIMATED_ALGORITHMS:
+            self.times[key] = estimate_collective(self.graph, traffic_bytes, key[3], routes=self.routes).time_s
         else:
             result = simulate_all_to_all(self.graph, traffic_bytes, algorithm, routes=self.routes,
                                          drain_tolerance=self.drain_tolerance)
@@ -327,6 +327,11 @@ class A2ACache:
 
     def stats(self) -> dict:
         return {"hits": self.hits, "misses": self.misses, "simulated_s": self.simulated_s}
+
+    @property
+    def fidelity(self) -> str:
+        """The level this cache answers at: "exact", "tolerance" or "estimate"."""
+        return "estimate" if self.estimate else ("exact" if self.drain_tolerance == 0 else "tolerance")
 
 
 # ---- the pipelined MoE section -----------------------------------------------------------------
@@ -480,6 +485,7 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
     trace = Trace(records, {"source": "simulated", "workload": workload, "cluster": cluster,
                             "provenance": {"simulator": "lshsim.sim.moe_step", "routed_tokens_per_rank":
                                            traffic.routed_per_rank,
+                                           "fidelity": a2a_cache.fidelity,
                                            "drain_tolerance": a2a_cache.drain_tolerance,
                                            "a2a_estimate": a2a_cache.estimate}})
     breakdown = _breakdown(trace, traffic, config, dispatch_bytes, off_diagonal, crosses, chosen_chunks, world_size)
@@ -586,8 +592,12 @@ def plan_options(selected: StepConfig) -> list[tuple[str, StepConfig]]:
     return out
 
 
-#: `lshsim plan`'s automatic fidelity: exact all-to-alls up to this many GPUs, drain tolerance above.
+#: the fidelity levels of the all-to-alls, most exact first (`A2ACache`, `lshsim plan`, `lshsim simulate`)
+FIDELITIES = ("exact", "tolerance", "estimate")
+#: `lshsim plan`'s automatic fidelity: exact all-to-alls up to this many GPUs, drain tolerance up to
+#: AUTO_TOLERANCE_MAX_GPUS, estimate above (`auto_fidelity`).
 AUTO_EXACT_MAX_GPUS = 64
+AUTO_TOLERANCE_MAX_GPUS = 256
 #: the drain tolerance of the "tolerance" fidelity (`lshsim.sim.network.FlowNetwork`).
 DEFAULT_DRAIN_TOLERANCE = 0.01
 
@@ -600,6 +610,20 @@ def auto_drain_tolerance(world_size: int, tolerance: float = DEFAULT_DRAIN_TOLER
     (0.0, 0.01)
     """
     return 0.0 if world_size <= AUTO_EXACT_MAX_GPUS else float(tolerance)
+
+
+def auto_fidelity(world_size: int) -> str:
+    """The fidelity `lshsim plan` picks for a cluster of `world_size` GPUs: exact up to
+    AUTO_EXACT_MAX_GPUS (an exact plan at 64 GPUs took 40 s on 2 cores), tolerance up to
+    AUTO_TOLERANCE_MAX_GPUS (the 128-GPU plan: 17 s, within 0.5% of the exact 612 s), estimate above
+    (exact and tolerance grow with the flows, W^2 per all-to-all; benchmarks/RESULTS.md).
+
+    >>> [auto_fidelity(w) for w in (64, 128, 256, 512)]
+    ['exact', 'tolerance', 'tolerance', 'estimate']
+    """
+    if world_size <= AUTO_EXACT_MAX_GPUS:
+        return "exact"
+    return "tolerance" if world_size <= AUTO_TOLERANCE_MAX_GPUS else "estimate"
 
 
 def compare_options(model: object, graph, options: list[tuple[str, StepConfig]], on_done=None, *,
