@@ -68,6 +68,14 @@ def add_parser(subparsers):
     p.add_argument("--seed", type=arg_seed, default=0, help=f"seed of the synthetic tokens (default 0; {SEED_HELP})")
     p.add_argument("--max-routed-tokens", type=arg_positive_int, default=1 << 17,
                    help="route at most this many tokens in all, else subsample per rank and scale (default 131072)")
+    p.add_argument("--ep", type=arg_positive_int, default=None,
+                   help="expert-parallel group size EP, dividing the GPU count W and the experts (default W: every "
+                        "expert once over all GPUs). EP < W: W / EP data-parallel groups of EP consecutive GPUs, each "
+                        "holding all experts; every group's all-to-all runs at the same time on the shared fabric")
+    p.add_argument("--traffic-model", choices=("auto", "routed", "popularity"), default="auto",
+                   help="routed: route synthetic tokens on every group; popularity: the expected counts from the "
+                        "expert popularity the router induces on one group's routed sample (no per-rank noise, no "
+                        "W x T tokens to route). Default auto: routed up to 1,024 GPUs, popularity above")
     p.add_argument("--fidelity", choices=("auto", "exact", "tolerance", "estimate"), default="auto",
                    help="all-to-all simulation: exact, tolerance (FlowNetwork's drain_tolerance: flows that "
                         "would drain within tol x now drain together, completion up to that much early; much "
@@ -104,7 +112,8 @@ def _plan_config(args):
 
     return StepConfig(router=args.router, lsh_rate=args.lsh_rate, algorithm=args.algorithm, overlap=args.overlap,
                       tokens_per_gpu=args.tokens_per_gpu, capacity_factor=args.capacity_factor,
-                      locality_bonus=args.locality_bonus, seed=args.seed, max_routed_tokens=args.max_routed_tokens)
+                      locality_bonus=args.locality_bonus, seed=args.seed, max_routed_tokens=args.max_routed_tokens,
+                      ep=args.ep, traffic_model=None if args.traffic_model == "auto" else args.traffic_model)
 
 
 def _fidelity(args, world_size: int) -> dict:
@@ -207,10 +216,12 @@ def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float,
     console = _render.wide_console()
     b = chosen["breakdown"]
     cluster = chosen["result"].trace.meta["cluster"]
+    groups = "" if b["ep"] == b["world_size"] else \
+        f", EP {b['ep']} x DP {b['world_size'] // b['ep']} ({model.num_experts // b['ep']} experts per GPU)"
     console.print(f"[bold]{model.name}[/bold] ({model.num_layers} layers, {model.num_moe_layers} MoE x "
                   f"{model.num_experts} experts, top-{model.top_k}, d={model.d_model}, ffn={model.d_ffn}) on "
                   f"[bold]{cluster['name']}[/bold] ({cluster['nodes']} x {cluster['gpus_per_node']} {cluster['gpu']}), "
-                  f"{b['tokens_per_gpu']} tokens per GPU")
+                  f"{b['tokens_per_gpu']} tokens per GPU{groups}; traffic {b['traffic_model']}")
     table = Table(title=f"Predicted step: {chosen['description']}")
     for column in ("phase", "forward ms", "backward ms", "total ms", "share"):
         table.add_column(column, justify="right" if column != "phase" else "left")
