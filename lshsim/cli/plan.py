@@ -75,7 +75,8 @@ def add_parser(subparsers):
     p.add_argument("--traffic-model", choices=("auto", "routed", "popularity"), default="auto",
                    help="routed: route synthetic tokens on every group; popularity: the expected counts from the "
                         "expert popularity the router induces on one group's routed sample (no per-rank noise, no "
-                        "W x T tokens to route). Default auto: routed up to 1,024 GPUs, popularity above")
+                        "W x T tokens to route). Default auto: popularity with several EP groups (--ep < W) or above 1,024 GPUs, "
+                        "routed otherwise")
     p.add_argument("--fidelity", choices=("auto", "exact", "tolerance", "estimate"), default="auto",
                    help="all-to-all simulation: exact, tolerance (FlowNetwork's drain_tolerance: flows that "
                         "would drain within tol x now drain together, completion up to that much early; much "

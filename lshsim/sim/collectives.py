@@ -285,8 +285,8 @@ def _local_copy_s(G: nx.DiGraph, local: np.ndarray) -> np.ndarray:
 #: the fed-port correction of `estimate_all_to_all` looks at ports that carry at most this many flows
 #: ("few flows per port"); a port with more keeps the plain load bound (measured within 0.9% of exact
 #: on multi-node cases up to 1,024 GPUs); the correction costs O(n^2) per port.
-FEW_FLOWS_PER_PORT = 256
-#: ... and at most this many of the busiest such ports (by load / capacity).
+FEW_FLOWS_PER_PORT = 128
+#: ... and at most this many of the busiest such ports (by load / capacity; each costs ~0.2 s with 200 flows).
 CORRECTED_PORTS = 8
 
 
@@ -306,7 +306,17 @@ def processor_sharing_levels(sizes, capacity_Bps: float) -> tuple[np.ndarray, np
     return np.r_[0.0, done], np.r_[0.0, x]
 
 
-def fed_port_time(resources: np.ndarray, size: np.ndarray, capacity: np.ndarray, port: int) -> float:
+def _incidence(resources: np.ndarray):
+    """resource id -> the flows (rows of `resources`) that use it, as a function (CSR, built once)."""
+    rows = np.broadcast_to(np.arange(resources.shape[0])[:, None], resources.shape)[resources >= 0]   # (nnz,)
+    ids = resources[resources >= 0]                                                                  # (nnz,)
+    order = np.argsort(ids, kind="stable")
+    ids, rows = ids[order].astype(np.int64), rows[order]
+    bounds = np.searchsorted(ids, np.arange(int(ids.max(initial=-1)) + 2))                         # (R+1,)
+    return lambda q: rows[bounds[q]:bounds[q + 1]] if q + 1 < len(bounds) else rows[:0]
+
+
+def fed_port_time(resources: np.ndarray, size: np.ndarray, capacity: np.ndarray, port: int, users=None) -> float:
     """The fed-port estimate of how long port `port` needs (s, from when the flows enter):
     max over tau of tau + sum_f (s_f - A_f(tau)) / C_p, A_f(tau) = min over f's other resources q
     of min(s_f, l_q(tau)), l_q the processor-sharing level of q (`processor_sharing_levels`).
@@ -315,9 +325,11 @@ def fed_port_time(resources: np.ndarray, size: np.ndarray, capacity: np.ndarray,
     Derivation (`estimate_all_to_all`): a flow's bytes reach `port` no faster than its other ports
     hand them out, and max-min fairness hands them out about as processor sharing does; a server
     of capacity C fed by arrivals A(tau) cannot finish before tau + (S - A(tau)) / C for any tau.
-    tau = 0 gives the load bound S / C.
+    tau = 0 gives the load bound S / C. `users`: resource id -> its flows (`_incidence`, reused
+    between ports).
     """
-    through = np.flatnonzero((resources == port).any(axis=1))                             # (n,)
+    users = _incidence(resources) if users is None else users
+    through = users(port)                                                                 # (n,)
     if len(through) == 0:
         return 0.0
     curves: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -326,8 +338,7 @@ def fed_port_time(resources: np.ndarray, size: np.ndarray, capacity: np.ndarray,
         others = [int(q) for q in resources[f] if q >= 0 and q != port]
         for q in others:
             if q not in curves:
-                users = np.flatnonzero((resources == q).any(axis=1))
-                curves[q] = processor_sharing_levels(size[users], capacity[q])
+                curves[q] = processor_sharing_levels(size[users(q)], capacity[q])
         feeds.append(others)
     taus = np.unique(np.concatenate([np.zeros(1)] + [curves[q][0] for q in curves]))      # (K,) breakpoints
     arrived = np.zeros(len(taus))                                                         # (K,) sum_f A_f(tau)
@@ -391,7 +402,7 @@ def estimate_all_to_all(G: nx.DiGraph, traffic_bytes, *, routes: Routes | None =
     capacity = routes.capacity_Bps.copy()                                             # (L,)
     for kind, factor in (rates.bandwidth_scale_by_kind or {}).items():
         capacity[np.array([G.edges[e].get("kind") == kind for e in routes.edges], dtype=bool)] *= factor
-    off = traffic - np.diag(np.diag(traffic))                                          # (W, W)
+    off = _without_diagonal(traffic)                                                   # (W, W)
     src, dst = np.nonzero(off > 0)
     network_s = 0.0
     if len(src):
@@ -435,11 +446,21 @@ def _fed_port_correction(routes: Routes, resources: np.ndarray, size: np.ndarray
     ports = ports[ports >= 0]
     keep = np.isin(resources, ports).any(axis=1)                 # ... and the flows sharing a port with them
     sub, sub_size = resources[keep], size[keep]
-    return max(fed_port_time(sub, sub_size, capacity, int(p)) for p in candidates)
+    users = _incidence(sub)
+    return max(fed_port_time(sub, sub_size, capacity, int(p), users) for p in candidates)
 
 
 #: the algorithms `estimate_collective` estimates phase by phase (others are simulated)
 ESTIMATED_ALGORITHMS = ("direct", "groupwise", "hierarchical", "pairwise")
+
+
+def _without_diagonal(matrix: np.ndarray) -> np.ndarray:
+    """`matrix` with a zero diagonal: itself when it already has one, else one copy (no (W, W) np.diag)."""
+    if not np.any(np.diagonal(matrix)):
+        return matrix
+    out = np.array(matrix, dtype=float)
+    np.fill_diagonal(out, 0.0)
+    return out
 
 
 def _estimate_phases(G: nx.DiGraph, traffic: np.ndarray, algorithm: str, options: dict) -> list[tuple[str, np.ndarray]]:
@@ -493,11 +514,11 @@ def estimate_collective(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
     if not np.all(np.isfinite(traffic)) or traffic.min(initial=0.0) < 0:
         raise ValueError("traffic_bytes must be finite and >= 0")
     local = np.diag(traffic).copy()                                                    # (W,)
-    off = traffic - np.diag(local)
+    off = _without_diagonal(traffic)
     stages, clock = [], 0.0
     link_bytes = np.zeros(routes.num_edges)
     for name, matrix in _estimate_phases(G, off, algorithm, options):
-        matrix = matrix - np.diag(np.diag(matrix))
+        matrix = _without_diagonal(matrix)
         src, dst = np.nonzero(matrix > 0)
         if len(src) == 0:
             continue

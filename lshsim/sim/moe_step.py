@@ -133,8 +133,8 @@ class StepConfig:
                        (one block-diagonal traffic matrix; `lshsim.dispatch.GroupedPlacement`).
     traffic_model:     "routed" (the router routes synthetic tokens on every group), "popularity"
                        (the expected counts from the expert popularity the router induces on one
-                       group: `popularity_traffic`), or None = "routed" up to POPULARITY_MIN_GPUS GPUs,
-                       "popularity" above.
+                       group: `popularity_traffic`), or None = `traffic_model_for`: "popularity" with
+                       several EP groups or above POPULARITY_MIN_GPUS GPUs, else "routed".
     """
 
     router: str = "topk"
@@ -318,10 +318,13 @@ def _route_group(model: object, placement: Placement, config: StepConfig, inputs
 
 
 def traffic_model_for(config: StepConfig, world_size: int) -> str:
-    """The traffic model a step uses: the config's, else "routed" up to POPULARITY_MIN_GPUS GPUs."""
+    """The traffic model a step uses: the config's, else "popularity" when there are several
+    expert-parallel groups (their ranks are then alike by their position in the group: few rank
+    classes) or more than POPULARITY_MIN_GPUS GPUs, "routed" otherwise (EP = W, as before)."""
     if config.traffic_model is not None:
         return config.traffic_model
-    return "routed" if world_size <= POPULARITY_MIN_GPUS else "popularity"
+    several_groups = config.ep is not None and config.ep < world_size
+    return "popularity" if several_groups or world_size > POPULARITY_MIN_GPUS else "routed"
 
 
 def route_traffic(model: object, placement: Placement | GroupedPlacement, config: StepConfig,
