@@ -107,7 +107,7 @@ def test_fed_port_time_on_a_hand_case():
 
 def test_correction_for_few_flows_per_port_against_exact_on_one_nvswitch_node():
     """Heavy-tailed pair sizes on one 8-GPU node: 7 flows per port. Measured over 60 draws (benchmarks/RESULTS.md):
-    load bound -9.4%..0% (mean |error| 0.64%), corrected -1.1%..+5.5% (0.24%). Here 20 draws, seed 1."""
+    load bound -9.4%..0% (mean |error| 0.64%), corrected -1.1%..+5.5% (0.24%). Here the first 20 of them."""
     G = load_topology("h100-nvswitch")
     rng = np.random.default_rng(1)
     bound, corrected = [], []

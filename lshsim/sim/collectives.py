@@ -369,7 +369,7 @@ def estimate_all_to_all(G: nx.DiGraph, traffic_bytes, *, routes: Routes | None =
 
     Correction for few flows per port (correction=True, default): the bound is low when the busiest
     port idles because its flows are held back elsewhere, which happens when a port carries few
-    flows of uneven sizes (heavy tails on one NVSwitch node: up to 10.7% low over 60 draws). A flow
+    flows of uneven sizes (heavy tails on one NVSwitch node: up to 9.4% low over 60 draws). A flow
     f through port p also crosses other ports q (its source's egress, its destination's ingress,
     the GPU engines); there, max-min fairness shares q about as processor sharing (PS) does, so f's
     bytes leave q no faster than the PS level l_q(tau) (all flows at q have received min(s, l) at
@@ -380,11 +380,13 @@ def estimate_all_to_all(G: nx.DiGraph, traffic_bytes, *, routes: Routes | None =
     Where it holds: it is no longer a bound (a flow may get more than its PS share at q when q's
     other flows are held elsewhere, so it can be high); it assumes one direct phase started at
     once. Measured against exact (benchmarks/RESULTS.md, tests/test_estimate.py), Pareto(1.5) pair
-    sizes, 60 draws each: one 8-GPU H100 NVSwitch node, bound -10.7%..0% (mean |error| 0.69%),
-    corrected -1.2%..+6.0% (0.26%); DGX-1 V100 mesh -3.8%..+0.1% (0.30%) -> -0.7%..+1.2% (0.10%);
-    2 x 8 V100 nodes (20 draws) -3.2%..0% (0.96%) -> -1.2%..0% (0.33%). Uniform and Dirichlet-skewed
-    traffic: unchanged (the bound was exact). Ports with more flows keep the bound, which was
-    within 0.9% of exact on every multi-node case tried up to 1,024 GPUs.
+    sizes, bound -> corrected, range (mean |error|): one 8-GPU H100 NVSwitch node (60 draws)
+    -9.4%..0% (0.64%) -> -1.1%..+5.5% (0.24%); DGX-1 V100 mesh (60) -3.8%..+0.1% (0.30%) ->
+    -0.7%..+1.2% (0.10%); calibrated 4-GPU H200 node with duplex engines (60) -15.3%..-0.2% (4.7%) ->
+    -4.8%..+2.8% (0.81%); 2 x 8 V100 (20) -3.2%..0% (0.96%) -> -0.1%..0% (0.00%); 4 x 8 A100 (10)
+    -3.0%..0% (0.58%) -> 0%..+0.6% (0.11%); 64-GPU fat-tree (3) -2.8%..0% (0.96%) -> 0%..+1.7% (0.70%).
+    Uniform and Dirichlet-skewed traffic: unchanged (the bound was exact). Ports with more flows keep
+    the bound, which was within 0.9% of exact on every multi-node case tried up to 1,024 GPUs.
     Cost: one pass over the W (W - 1) routes, plus the correction's O(n^2) per corrected port.
     rates_of: the traffic the link model's rates are taken from (default traffic_bytes; a phase of a
     multi-phase collective passes the whole collective's, as the simulator does).
