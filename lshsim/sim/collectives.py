@@ -426,7 +426,9 @@ def estimate_all_to_all(G: nx.DiGraph, traffic_bytes, *, routes: Routes | None =
             busiest = max(busiest, _fed_port_correction(routes, resources, size, resource_Bps, resource_load,
                                                         len(capacity), bool(rates.bandwidth_scale_by_kind)))
         alpha_s = rates.alpha_s if links.models else float(G.graph.get("alpha_s", 0.0))
-        network_s = alpha_s + busiest + float(routes.path_latency_s[src, dst].max())
+        # the longest route's latency, from these flows' own routes (Routes.path_latency_s would walk all W^2 pairs)
+        latency = np.where(used, routes.latency_s[np.maximum(ids, 0)], 0.0).sum(axis=1).max()
+        network_s = alpha_s + busiest + float(latency)
     copy_s = _local_copy_s(G, np.diag(traffic).copy()) if local_copy else np.zeros(world)
     return float(max(network_s, copy_s.max(initial=0.0)))
 
