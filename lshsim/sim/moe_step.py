@@ -452,9 +452,15 @@ class A2ACache:
         self.simulated_s = 0.0
 
     def key(self, traffic_bytes: np.ndarray, algorithm: str) -> tuple:
-        matrix = np.ascontiguousarray(traffic_bytes)
-        digest = hashlib.blake2b(matrix.tobytes(), digest_size=32).digest()
-        return (digest, matrix.shape, matrix.dtype.str, canonical_algorithm(algorithm, side="simulate"),
+        matrix = np.asarray(traffic_bytes)
+        # hash the buffer in place (no copy: a (W, W) matrix is 512 MB at 8,192 GPUs); a transposed
+        # (Fortran-ordered) matrix is hashed through its C-ordered transpose, and says so in the key
+        layout = "C"
+        if not matrix.flags.c_contiguous and matrix.T.flags.c_contiguous:
+            matrix, layout = matrix.T, "T"
+        matrix = np.ascontiguousarray(matrix)
+        digest = hashlib.blake2b(memoryview(matrix).cast("B"), digest_size=32).digest()
+        return (digest, layout, matrix.shape, matrix.dtype.str, canonical_algorithm(algorithm, side="simulate"),
                 self.drain_tolerance, self.estimate)
 
     def time_s(self, traffic_bytes: np.ndarray, algorithm: str) -> float:
@@ -467,8 +473,8 @@ class A2ACache:
         if self.on_simulate is not None:
             self.on_simulate(algorithm, traffic_bytes)
         started = time.perf_counter()
-        if self.estimate and key[3] in ESTIMATED_ALGORITHMS:
-            self.times[key] = estimate_collective(self.graph, traffic_bytes, key[3], routes=self.routes).time_s
+        if self.estimate and key[4] in ESTIMATED_ALGORITHMS:
+            self.times[key] = estimate_collective(self.graph, traffic_bytes, key[4], routes=self.routes).time_s
         else:
             result = simulate_all_to_all(self.graph, traffic_bytes, algorithm, routes=self.routes,
                                          drain_tolerance=self.drain_tolerance)
