@@ -201,14 +201,39 @@ def _load_cluster(name: str, models: list, config, options: int):
     world = world_of_spec(spec) if isinstance(spec, dict) else None
     for model in models if world is not None else []:
         m = model_dict(model)
-        estimate = estimate_plan(world_size=world, num_layers=m["num_layers"], d_model=m["d_model"],
-                                 num_experts=m["num_experts"], k=m["top_k"],
-                                 tokens_per_gpu=config.tokens_per_gpu or m["tokens_per_gpu"],
-                                 max_routed_tokens=config.max_routed_tokens, options=options)
+        if config.ep is not None and config.ep < world:
+            estimate = _grouped_plan_estimate(world, config, m, options)
+        else:
+            estimate = estimate_plan(world_size=world, num_layers=m["num_layers"], d_model=m["d_model"],
+                                     num_experts=m["num_experts"], k=m["top_k"],
+                                     tokens_per_gpu=config.tokens_per_gpu or m["tokens_per_gpu"],
+                                     max_routed_tokens=config.max_routed_tokens, options=options)
         refuse_if_too_large(f"{m['name']} ({m['num_layers']} layers, d_model {m['d_model']}, "
                             f"{m['num_experts']} experts) on {name} ({world} GPUs)", estimate,
                             hint="use a smaller model or cluster, or a lower --max-routed-tokens")
     return build_topology(spec, source=source)
+
+
+def _grouped_plan_estimate(world: int, config, m: dict, options: int):
+    """`lshsim.limits.estimate_plan` for EP groups (ep < W): one group's routing (the popularity sample,
+    or W / EP groups of the same routed tokens), W x EP flows per all-to-all instead of W^2, eight dense
+    (W, W) float64 matrices of the step (counts, bytes, their temporaries), and trace records of one rank
+    per position in a group (rank classes)."""
+    from lshsim.limits import FLOW_BYTES, FLOW_S, TRACE_BYTES_PER_RECORD, TRACE_S_PER_RECORD, Estimate, estimate_route
+
+    ep = config.ep
+    tokens = config.tokens_per_gpu or m["tokens_per_gpu"]
+    routed = max(1, min(tokens, config.max_routed_tokens // ep)) * ep
+    gate_width = m["num_experts"] * -(-m["d_model"] // m["num_experts"])
+    flows = float(world) * ep
+    dense = 8.0 * 8.0 * float(world) ** 2
+    records = float(m["num_layers"]) * min(world, ep) * options
+    return (estimate_route(routed, gate_width, m["num_experts"], m["top_k"])
+            + Estimate(flows * FLOW_BYTES + dense, flows * FLOW_S * options,
+                       f"{flows:.3g} flows (W={world} x EP={ep}) x {FLOW_BYTES} B + 8 (W, W) float64 matrices")
+            + Estimate(records * TRACE_BYTES_PER_RECORD, records * TRACE_S_PER_RECORD,
+                       f"{records:.3g} trace records ({m['num_layers']} layers x {min(world, ep)} rank classes x "
+                       f"{options} options) x {TRACE_BYTES_PER_RECORD} B"))
 
 
 def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float, args, fidelity: dict) -> None:
