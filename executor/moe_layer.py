@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lshsim.executor.comm import CommContext, CommStats, align_ranks, all_to_all, exchange_counts, mark
+from lshsim.executor.comm import (CommContext, CommStats, align_ranks, all_to_all, exchange_counts, fake_fp8,
+                                  mark)
 from lshsim.executor.gate_graph import GraphedGate, GraphedRouting
 from lshsim.executor.moe_ops import combine_choices, expert_block, gather_choices
 from lshsim.executor.timing import PhaseTimer
@@ -284,8 +285,13 @@ class DistributedMoE:
     def _a2a(self, x: torch.Tensor, send: list[int], recv: list[int], name: str, groupwise: bool,
              bwd_opens: str | None, bwd_closes: str | None) -> torch.Tensor:
         ctx = self.ctx
+        # the dispatch's wire format: fp8 is quantized under "gate" (the packing) and dequantized
+        # under "expert" (the experts' input), the collective itself timed as always
+        fp8 = name == "dispatch_a2a" and self.workload.dispatch_format == "fp8"
+        wire = dict(wire="fp8", quantize_phase="gate", dequantize_phase="expert") if fp8 else {}
         if not groupwise or all(self.same_node):
-            comm = CommContext(name, ctx.timer, ctx.stats, ctx.sync, bwd_opens=bwd_opens, bwd_closes=bwd_closes)
+            comm = CommContext(name, ctx.timer, ctx.stats, ctx.sync, bwd_opens=bwd_opens, bwd_closes=bwd_closes,
+                               **wire)
             return all_to_all(x, send, recv, comm)
         # LocMoE group-wise: intra-node exchange first, then only the inter-node remainder.
         node_ranks = ctx.node_ranks
@@ -300,9 +306,9 @@ class DistributedMoE:
         # stage's backward runs last and opens `bwd_opens`
         intra = all_to_all(intra_x, intra_send, intra_recv,
                            CommContext(name, ctx.timer, ctx.stats, ctx.sync, group=ctx.node_group, ranks=node_ranks,
-                                       bwd_opens=bwd_opens))
+                                       bwd_opens=bwd_opens, **wire))
         inter = all_to_all(inter_x, inter_send, inter_recv,
-                           CommContext(name, ctx.timer, ctx.stats, ctx.sync, bwd_closes=bwd_closes))
+                           CommContext(name, ctx.timer, ctx.stats, ctx.sync, bwd_closes=bwd_closes, **wire))
         intra_parts = dict(zip(node_ranks, torch.split(intra, intra_recv)))
         inter_parts = torch.split(inter, inter_recv)
         return torch.cat([intra_parts[r] if self.same_node[r] else inter_parts[r] for r in range(ctx.world_size)])
@@ -436,6 +442,8 @@ def reference_moe(workload: WorkloadConfig, world_size: int, x_all: torch.Tensor
     token_rank = torch.arange(world_size, device=x_all.device).repeat_interleave(workload.tokens_per_rank)
     plan = _route(workload, placement, gate, x_all, token_ids_all, token_rank)
     buffers = dense.dispatch(x_all, plan)  # (E, W*C, d)
+    if workload.dispatch_format == "fp8":  # every dispatched row rounded as the fp8 wire rounds it
+        buffers = fake_fp8(buffers)
     out = torch.stack([expert_ffn(buffers[e], experts.w1[e], experts.w2[e])
                        for e in range(workload.num_experts)])  # (E, W*C, d)
     y = dense.combine(out.float(), plan).to(x_all.dtype)  # (W*T, d)

@@ -22,6 +22,9 @@ sizes; an unknown or badly typed field is a `ValueError` that names it (`workloa
     dtype: auto                 # auto (bf16 on GPU, float32 on CPU) | float32 | bfloat16
     alltoall: direct            # direct | groupwise (LocMoE: intra-node first, then inter-node): an
                                 #   algorithm of lshsim.algorithms that the executor implements
+    dispatch_format: native     # native (the tokens' dtype) | fp8: the dispatch all-to-all sends
+                                #   float8_e4m3fn values + one float32 scale per 128 (DeepEP's count);
+                                #   combine and the backward stay in the tokens' dtype
     lsh: null                   # or a mapping of lshsim.dispatch.lsh.LSHConfig fields
     backward: true
     warmup: 2
@@ -108,6 +111,7 @@ class WorkloadConfig:
     input_noise: float = 0.0
     dtype: str = "auto"
     alltoall: str = "direct"
+    dispatch_format: str = "native"
     lsh: dict | None = None
     backward: bool = True
     warmup: int = 2
@@ -135,6 +139,7 @@ class WorkloadConfig:
         _choice("placement", self.placement, PLACEMENT_NAMES)
         _choice("dtype", self.dtype, DTYPES)
         # an algorithm of lshsim.algorithms that the executor implements, stored by its canonical name
+        _choice("dispatch_format", self.dispatch_format, ("native", "fp8"))
         object.__setattr__(self, "alltoall", _checked(lambda _, value: canonical_algorithm(value, side="executor"),
                                                       "alltoall", self.alltoall))
         if not isinstance(self.router, RouterConfig):

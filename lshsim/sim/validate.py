@@ -111,7 +111,8 @@ def measured_context(trace: Trace, G) -> CostContext:
 
     dispatch_bytes / combine_bytes: the recorded (W, W) matrices of the forward all-to-alls, read
     by `lshsim.calibration.sources.trace_a2a_phases` (the reader calibration uses too);
-    rows_received: the dispatch's received bytes / bytes per token; no kernel-launch term;
+    rows_received: the dispatch's received bytes / bytes per dispatched row (`dispatch_bytes_per_row`,
+    which differs from bytes_per_token under the fp8 dispatch format); no kernel-launch term;
     network_s: the flow-level all-to-all on G with the workload's algorithm (`trace_algorithm`:
     groupwise, or direct), cached by matrix.
     """
@@ -135,7 +136,8 @@ def measured_context(trace: Trace, G) -> CostContext:
              "bytes_per_element": bytes_per_token // d_model}
     return CostContext(world_size=world, gpu=G.graph["gpu"], kernel_launch_s=0.0, model=model,
                        experts_on_rank=model["num_experts"] // world, dispatch_bytes=dispatch, combine_bytes=combine,
-                       rows_received=dispatch.sum(axis=0) / bytes_per_token, network_s=a2a_time)
+                       rows_received=dispatch.sum(axis=0) / int(measured.get("dispatch_bytes_per_row", bytes_per_token)),
+                       network_s=a2a_time)
 
 
 #: the (W, W) matrix each all-to-all phase moves, by direction (the gradients travel transposed)
