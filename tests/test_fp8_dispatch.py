@@ -64,3 +64,16 @@ def test_unknown_formats_are_refused_naming_the_field():
         all_to_all(torch.zeros(2, 4), [2], [2], CommContext("x", wire="int8"))
     assert WorkloadConfig.from_dict({"tokens_per_rank": 4, "d_model": 8, "d_ffn": 8, "num_experts": 2,
                                      "dispatch_format": "fp8"}).to_dict()["dispatch_format"] == "fp8"
+
+
+@pytest.mark.gpu
+def test_cuda_rounds_exactly_as_the_cpu_reference():
+    """The executor's GPU runs are checked against CPU references: the fp8 bytes must be the same."""
+    generator = torch.Generator().manual_seed(3)
+    x = (torch.randn(512, 7168, generator=generator) * 3).to(torch.bfloat16)
+    packed_cpu = quantize_fp8_rows(x)
+    packed_gpu = quantize_fp8_rows(x.cuda())
+    assert torch.equal(packed_gpu.cpu(), packed_cpu)
+    y = dequantize_fp8_rows(packed_gpu, 7168, torch.bfloat16)
+    assert y.dtype == torch.bfloat16 and y.is_cuda
+    assert torch.equal(y.cpu(), dequantize_fp8_rows(packed_cpu, 7168, torch.bfloat16))
