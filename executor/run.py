@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from lshsim.executor.dedup import dedup_groups
 from lshsim.executor.comm import CommStats, align_ranks, fp8_row_bytes, node_process_group
 from lshsim.executor.moe_layer import DistributedMoE, MoEContext, rank_inputs, resolve_dtype
 from lshsim.executor.runtime import Progress, Runtime, provenance
@@ -255,7 +256,9 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
     per_node = workload.ranks_per_node(world)
     groupwise = workload.alltoall == "groupwise"
     node_group, node_ranks = node_process_group(rank, world, per_node) if groupwise else (None, None)
+    groups = dedup_groups(rank, world, per_node) if workload.alltoall == "node_dedup" else None
     ctx = MoEContext(rank=rank, world_size=world, device=device, node_group=node_group, node_ranks=node_ranks,
+                     dedup=groups,
                      timer=timer, stats=stats, sync=workload.sync_phases, progress=progress)
     model = DistributedMoE(workload, ctx, dtype, requires_grad=workload.backward)
     x0, token_ids = rank_inputs(workload, rank, device, dtype, _load_file_tokens(workload))
@@ -312,8 +315,10 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
             sent_rows = stats.sent_bytes.get(("dispatch_a2a", "forward"), [0] * world)
             sent_matrix = gather_rows(sent_rows, device)  # (W src, W dst) bytes of the dispatch
             recv_splits = [int(v) for v in (sent_matrix[:, rank] / dispatch_row_bytes).round().tolist()]
-            # the bare all-to-all moves the same bytes: fp8 rows as uint8 records
-            bare = _BareA2A(out.send_splits, recv_splits, dispatch_row_bytes if fp8 else workload.d_model,
+            send_splits = [int(round(v / dispatch_row_bytes)) for v in sent_rows]
+            # the bare all-to-all moves the same bytes as one all_to_all_single (the recorded matrix,
+            # node_dedup's two stages summed); fp8 rows as uint8 records
+            bare = _BareA2A(send_splits, recv_splits, dispatch_row_bytes if fp8 else workload.d_model,
                             torch.uint8 if fp8 else dtype, device, workload.sync_phases)
             bare.time_once()  # warm-up
         bare_s = bare.time_once()

@@ -36,7 +36,7 @@ algorithm; it stays accepted everywhere a name is read and resolves to "hierarch
 >>> algorithm_names("simulate")
 ['direct', 'pairwise', 'hierarchical', 'groupwise']
 >>> algorithm_names("executor")
-['direct', 'groupwise']
+['direct', 'groupwise', 'node_dedup']
 """
 from __future__ import annotations
 
@@ -106,6 +106,9 @@ COLLECTIVES: dict[str, CollectiveAlgorithm] = {
     "groupwise_overlap": CollectiveAlgorithm(
         "groupwise_overlap", "LocMoE group-wise with the intra- and inter-node parts overlapped",
         analytic="lshsim.analytic.comm:analytic_groupwise_overlap"),
+    "node_dedup": CollectiveAlgorithm(
+        "node_dedup", "one network copy per (token, destination node), then NVLink forwarding (DeepEP normal kernels)",
+        executor=True, aliases=("deepep",)),
 }
 
 
@@ -135,7 +138,7 @@ def canonical_algorithm(name: str, side: str | None = None) -> str:
     >>> canonical_algorithm("pairwise", side="executor")
     Traceback (most recent call last):
     ...
-    ValueError: algorithm='pairwise' is not implemented by the executor; known: direct, groupwise
+    ValueError: algorithm='pairwise' is not implemented by the executor; known: direct, groupwise, node_dedup (alias: deepep = node_dedup)
     """
     canonical = name if name in COLLECTIVES else _aliases().get(name)
     if canonical is None:
