@@ -52,6 +52,20 @@ with R = (2 d')^L buckets
     E[B_total] = R * (1 - prod_c (1 - E[B_c] / R)).
 Approximations, stated: clusters are taken as exchangeable (one rho per cluster, the mean of its
 pairwise cosines) and mutually orthogonal; the Gaussian projection (exact) rather than a rotation.
+
+Real hidden states break both approximations: they share a common direction (mean pairwise
+cosine 0.1-0.25, so no two groups are orthogonal and some buckets are far likelier than others)
+and hold tight near-duplicates inside loose groups, which one mean cosine per group averages
+away; the components model above then over-predicts their compression rate by up to 27%. The
+nested (tree) model (`token_tree`, `expected_buckets_tree`, the default of
+`predicted_compression_rate`) generalises it: the tokens' average-linkage tree, each node at the
+mean cosine between the groups it joins, gives latent Gaussians per node (Z_i = sum over the
+nodes on i's path of sqrt(h_v - h_parent) U_v), so Cov(Z_i, Z_j) = h_lca(i, j); the root carries
+the shared direction, and every tight group inside a loose one is a node of its own. The
+exchangeable-cluster model is the tree with its root at cosine 0 and one node per cluster.
+E[B] is a Monte Carlo mean over draws of the model (its latent Gaussians and the hash codes they
+give), with its standard error: it reads the tree (N - 1 heights and their topology), not the
+tokens. Approximation, stated: the tree's (ultrametric) cosines replace the tokens' own.
 """
 from __future__ import annotations
 
