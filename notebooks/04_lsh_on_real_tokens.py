@@ -95,7 +95,8 @@ for layer, tokens in group_tokens.items():
 for i in range(len(rows["layer"])):
     print(f"layer {rows['layer'][i]}  {rows['hash'][i]:<28} measured {rows['measured'][i]:.3f}  "
           f"predicted ({rows['model'][i]}) {rows['predicted'][i]:.3f} "
-          f"({100 * (rows['predicted'][i] / rows['measured'][i] - 1):+.0f}%)  centroid error {rows['centroid error'][i]:.3f}")
+          f"({100 * (rows['predicted'][i] / rows['measured'][i] - 1):+.0f}%)  "
+          f"centroid error {rows['centroid error'][i]:.3f}")
 
 # %%
 fig, ax = plt.subplots(figsize=(5, 5))
