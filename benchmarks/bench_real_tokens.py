@@ -73,21 +73,27 @@ def compression_row(groups: list[np.ndarray], family: str, num_hashes: int, proj
     """
     measured, errors = [], []
     predicted = {model: [] for model in models}
+    seconds = {model: 0.0 for model in ("measured", *models)}  # wall-clock per group, summed
     for tokens in groups:
         config = _config(family, num_hashes, proj_dim)
+        start = time.perf_counter()
         measured.append(measured_compression_rate(tokens, config, num_draws=draws).estimate)
+        seconds["measured"] += time.perf_counter() - start
         x = torch.as_tensor(tokens, dtype=torch.float32)
         errors.append(centroid_error(x, compress(x, torch.zeros(len(x), dtype=torch.int64), config)))
         for model in models:
+            start = time.perf_counter()
             predicted[model].append(predict(tokens, family, num_hashes, proj_dim, model, num_tuples=num_tuples,
                                             num_draws=num_draws).compression_rate)
+            seconds[model] += time.perf_counter() - start
     meas = float(np.mean(measured))
     row = {"family": family, "L": num_hashes, "d_prime": proj_dim if family == "cross_polytope" else 1,
            "measured": meas, "centroid_error": float(np.mean(errors)), "groups": len(groups),
-           "group_size": len(groups[0])}
+           "group_size": len(groups[0]), "seconds_per_group_measured": seconds["measured"] / len(groups)}
     for model in models:
         pred = float(np.mean(predicted[model]))
-        row |= {f"predicted_{model}": pred, f"rel_error_{model}": pred / meas - 1.0}
+        row |= {f"predicted_{model}": pred, f"rel_error_{model}": pred / meas - 1.0,
+                f"seconds_per_group_{model}": seconds[model] / len(groups)}
     return row | {"predicted": row[f"predicted_{models[0]}"], "rel_error": row[f"rel_error_{models[0]}"]}
 
 
@@ -251,6 +257,11 @@ def main(argv=None) -> int:
             print(f"{model}: |pred/meas - 1| median {100 * statistics.median(errors):.1f}%, worst "
                   f"{100 * max(errors):.1f}%, {within}/{len(errors)} rows within 10% (signed: "
                   f"{100 * min(signed):+.1f}% .. {100 * max(signed):+.1f}%)")
+        for size in sorted({r["group_size"] for r in out["compression"]}):
+            rows = [r for r in out["compression"] if r["group_size"] == size]
+            times = "; ".join(f"{m} {statistics.median(r[f'seconds_per_group_{m}'] for r in rows):.2f} s"
+                              for m in ("measured", *args.models))
+            print(f"G = {size}: median wall-clock per group and hash ({args.draws} hash draws for measured): {times}")
     if "router" in args.parts:
         print("\n## compression of the real router's groups (route_locmoe top-1, no capacity limit)\n")
         print("| layer | E | family | L | d' | measured | predicted | pred/meas - 1 | model | centroid error | "
