@@ -76,29 +76,33 @@ plt.show()
 # %%
 rng = np.random.default_rng(0)
 group_tokens = {layer: x[rng.permutation(len(x))[:512]].astype(np.float64) for layer, x in sample.items()}
-rows = {"layer": [], "hash": [], "measured": [], "predicted": [], "centroid error": []}
+rows = {"layer": [], "hash": [], "measured": [], "predicted": [], "model": [], "centroid error": []}
 for layer, tokens in group_tokens.items():
     for family, num_hashes, proj_dim in (("cross_polytope", 6, 16), ("cross_polytope", 2, 8),
                                          ("cross_polytope", 1, 16), ("hyperplane", 8, None)):
         config = LSHConfig(family=family, num_hashes=num_hashes, proj_dim=proj_dim, seed=0)
         measured = measured_compression_rate(tokens, config, num_draws=2).estimate
-        predicted = predicted_compression_rate(tokens, proj_dim, num_hashes, family=family,
-                                               num_tuples=200).compression_rate
+        predicted = {"tree": predicted_compression_rate(tokens, proj_dim, num_hashes, family=family),
+                     "components": predicted_compression_rate(tokens, proj_dim, num_hashes, family=family,
+                                                              model="components", num_tuples=200)}
         x = torch.as_tensor(tokens, dtype=torch.float32)
         error = centroid_error(x, compress(x, torch.zeros(len(x), dtype=torch.int64), config))
-        rows["layer"].append(layer)
-        rows["hash"].append(f"{family} L={num_hashes} d'={proj_dim or 1}")
-        rows["measured"].append(measured)
-        rows["predicted"].append(predicted)
-        rows["centroid error"].append(error)
+        for model, prediction in predicted.items():
+            rows["layer"].append(layer)
+            rows["hash"].append(f"{family} L={num_hashes} d'={proj_dim or 1}")
+            rows["measured"].append(measured)
+            rows["predicted"].append(prediction.compression_rate)
+            rows["model"].append(model)
+            rows["centroid error"].append(error)
 for i in range(len(rows["layer"])):
     print(f"layer {rows['layer'][i]}  {rows['hash'][i]:<28} measured {rows['measured'][i]:.3f}  "
-          f"predicted {rows['predicted'][i]:.3f} ({100 * (rows['predicted'][i] / rows['measured'][i] - 1):+.0f}%)  "
+          f"predicted ({rows['model'][i]}) {rows['predicted'][i]:.3f} "
+          f"({100 * (rows['predicted'][i] / rows['measured'][i] - 1):+.0f}%)  "
           f"centroid error {rows['centroid error'][i]:.3f}")
 
 # %%
 fig, ax = plt.subplots(figsize=(5, 5))
-sns.scatterplot(data=rows, x="measured", y="predicted", hue="hash", style="layer", s=80, ax=ax)
+sns.scatterplot(data=rows, x="measured", y="predicted", hue="hash", style="model", s=80, ax=ax)
 ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
 ax.plot([0, 1], [0, 1.1], color="grey", linestyle=":", linewidth=1)
 ax.set(xlim=(0, 1.05), ylim=(0, 1.1), title="compression rate on real tokens: predicted vs measured")
@@ -106,12 +110,15 @@ ax.legend(fontsize=7)
 plt.show()
 
 # %% [markdown]
-# The prediction is close where almost nothing compresses (L = 6) and too high, by 10-30%, for
-# coarse hashes. The predictor's model assumes clusters of exchangeable tokens whose centres are
-# mutually orthogonal, so that buckets fill uniformly. Real hidden states share a common
-# direction (they are anisotropic) and hold near-duplicates inside loose clusters; both make
-# tokens collide more often than the model says. `benchmarks/bench_real_tokens.py` measures this
-# over more layers, group sizes and held-out text.
+# Two predictors (both read statistics of the tokens' cosines, never lsh.py's hash of them):
+# the **components** model (connected components at cos > 0.5, each an exchangeable cluster with
+# its mean cosine, clusters orthogonal) is close where almost nothing compresses (L = 6) and too
+# high, by 10-30%, for coarse hashes: real hidden states share a common direction (they are
+# anisotropic) and hold near-duplicates inside loose clusters, and both make tokens collide more
+# often than orthogonal clusters do. The **tree** model (the default) puts the tokens on their
+# average-linkage tree: the root carries the shared direction, every tight group inside a loose
+# one is a node of its own, and the model's Gaussian projections have the tree's cosines.
+# `benchmarks/bench_real_tokens.py` measures both over more layers, group sizes and held-out text.
 #
 # ## LocMoE's capacity bound on real tokens
 #
