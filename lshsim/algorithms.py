@@ -26,6 +26,9 @@ hierarchical        2d      Tutel 2DH / DeepSpeed-MoE: gather by destination ins
                             the inter-node exchange between GPUs on the same rail (NIC proxies)
 groupwise                   LocMoE: the intra-node part first, then the inter-node remainder
 groupwise_overlap           LocMoE with the two groups overlapped (analytic only)
+node_dedup          deepep  DeepEP normal kernels: a token crosses the network once per destination
+                            node (to the GPU of its rail), then NVLink forwarding to each rank
+                            (lshsim.sim.dispatch_formats; option node_bytes, chunks, combine)
 ==================  ======  ==========================================================================
 
 "2d" is the name the simulator and `lshsim simulate --algorithm` used for the hierarchical
@@ -34,7 +37,7 @@ algorithm; it stays accepted everywhere a name is read and resolves to "hierarch
 >>> canonical_algorithm("2d")
 'hierarchical'
 >>> algorithm_names("simulate")
-['direct', 'pairwise', 'hierarchical', 'groupwise']
+['direct', 'pairwise', 'hierarchical', 'groupwise', 'node_dedup']
 >>> algorithm_names("executor")
 ['direct', 'groupwise']
 """
@@ -106,6 +109,10 @@ COLLECTIVES: dict[str, CollectiveAlgorithm] = {
     "groupwise_overlap": CollectiveAlgorithm(
         "groupwise_overlap", "LocMoE group-wise with the intra- and inter-node parts overlapped",
         analytic="lshsim.analytic.comm:analytic_groupwise_overlap"),
+    "node_dedup": CollectiveAlgorithm(
+        "node_dedup", "one network copy per (token, destination node), then NVLink forwarding (DeepEP normal kernels)",
+        simulate="lshsim.sim.dispatch_formats:node_dedup", analytic="lshsim.sim.dispatch_formats:analytic_node_dedup",
+        aliases=("deepep",)),
 }
 
 
