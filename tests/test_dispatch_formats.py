@@ -149,3 +149,24 @@ def test_single_node_is_direct_and_registry_names():
     assert a2a_time("node_dedup", np.full((4, 4), 1e9), c) == pytest.approx(0.2)
     batch = np.stack([np.full((4, 4), 1e9), np.full((4, 4), 2e9)])
     assert np.allclose(a2a_time("node_dedup", batch, c), [0.2, 0.4])
+
+
+def test_counts_of_a_routed_plan():
+    """From a DispatchPlan of the topk router: choices = the plan's send counts; dedup never adds."""
+    import torch
+
+    from lshsim.dispatch import RouterConfig, route
+    from lshsim.dispatch.placement import contiguous_placement
+    from lshsim.sim.dispatch_formats import plan_dedup_traffic
+
+    world, g, experts, tokens = 8, 4, 32, 256
+    placement = contiguous_placement(experts, world, g)
+    logits = torch.randn(tokens, experts, generator=torch.Generator().manual_seed(0))
+    plan = route(RouterConfig("topk", k=4, capacity_factor=2.0), placement, logits=logits,
+                 token_rank=torch.arange(tokens) % world)
+    t = plan_dedup_traffic(plan, bytes_per_token=7392)
+    assert np.array_equal(t.choice_tokens, plan.send_counts().numpy())
+    assert (t.rank_tokens <= t.choice_tokens).all()
+    node_of_rank = np.arange(world) // g
+    per_node_ranks = np.stack([t.rank_tokens[:, node_of_rank == m].sum(1) for m in range(2)], axis=1)
+    assert (t.node_tokens <= per_node_ranks).all() and t.node_tokens.sum() < per_node_ranks.sum()

@@ -44,7 +44,7 @@ import numpy as np
 import simpy
 
 __all__ = ["DispatchFormat", "DISPATCH_FORMATS", "register_dispatch_format", "unregister_dispatch_format",
-           "bytes_per_token", "DedupTraffic", "node_dedup_traffic", "node_dedup_phases", "node_dedup",
+           "bytes_per_token", "DedupTraffic", "node_dedup_traffic", "plan_dedup_traffic", "node_dedup_phases", "node_dedup",
            "analytic_node_dedup"]
 
 
@@ -189,6 +189,27 @@ def node_dedup_traffic(expert_index, token_rank, *, expert_rank, gpus_per_node: 
     node = np.zeros((world, nodes), dtype=np.int64)
     np.add.at(node, (src[node_pairs[:, 0]], node_pairs[:, 1]), 1)
     return DedupTraffic(choice, rank, node, int(gpus_per_node), float(bytes_per_token))
+
+
+def plan_dedup_traffic(plan, bytes_per_token: float, gpus_per_node: int | None = None) -> DedupTraffic:
+    """`node_dedup_traffic` of a `lshsim.dispatch.DispatchPlan`'s kept choices (dropped ones send nothing).
+
+    gpus_per_node: default from the plan's placement (ranks per node, which must be equal and contiguous).
+    Its `choice_tokens` equal `plan.send_counts()`.
+    """
+    import torch
+
+    rank_to_node = plan.placement.rank_to_node.cpu().numpy()
+    world = rank_to_node.size
+    if gpus_per_node is None:
+        gpus_per_node = int(np.bincount(rank_to_node).max())
+    if not np.array_equal(rank_to_node, np.arange(world) // gpus_per_node):
+        raise ValueError(f"plan_dedup_traffic: ranks must fill nodes of {gpus_per_node} contiguously, "
+                         f"got rank_to_node={rank_to_node.tolist()}")
+    idx = torch.where(plan.kept, plan.expert_index, torch.full_like(plan.expert_index, -1))
+    return node_dedup_traffic(idx.cpu().numpy().astype(np.int64), plan.token_rank.cpu().numpy().astype(np.int64),
+                              expert_rank=plan.placement.expert_to_rank.cpu().numpy().astype(np.int64),
+                              gpus_per_node=gpus_per_node, world=world, bytes_per_token=bytes_per_token)
 
 
 def node_dedup_phases(traffic, node_bytes, num_nodes: int, gpus_per_node: int, *, rtol: float = 1e-9):
