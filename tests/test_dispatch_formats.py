@@ -124,6 +124,9 @@ def test_simulated_time_by_hand():
     assert combine.algorithm == "node_dedup" and [s.name for s in combine.stages] == ["reduce", "rdma"]
     assert combine.time_s == pytest.approx(dedup.time_s, rel=1e-9)
     assert combine.link_bytes.sum() == pytest.approx(dedup.link_bytes.sum())
+    import json
+
+    assert json.loads(json.dumps(dedup.to_dict()))["options"]["node_bytes"] == nb.tolist()
 
 
 def test_pipelined_chunks_overlap_nic_and_nvlink():
