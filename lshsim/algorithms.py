@@ -27,8 +27,9 @@ hierarchical        2d      Tutel 2DH / DeepSpeed-MoE: gather by destination ins
 groupwise                   LocMoE: the intra-node part first, then the inter-node remainder
 groupwise_overlap           LocMoE with the two groups overlapped (analytic only)
 node_dedup          deepep  DeepEP normal kernels: a token crosses the network once per destination
-                            node (to the GPU of its rail), then NVLink forwarding to each rank
-                            (lshsim.sim.dispatch_formats; option node_bytes, chunks, combine)
+                            node (to the GPU of its rail), then NVLink forwarding inside the node
+                            (simulator: lshsim.sim.dispatch_formats, options node_bytes, chunks,
+                            combine; executor: lshsim.executor.dedup)
 ==================  ======  ==========================================================================
 
 "2d" is the name the simulator and `lshsim simulate --algorithm` used for the hierarchical
@@ -39,7 +40,7 @@ algorithm; it stays accepted everywhere a name is read and resolves to "hierarch
 >>> algorithm_names("simulate")
 ['direct', 'pairwise', 'hierarchical', 'groupwise', 'node_dedup']
 >>> algorithm_names("executor")
-['direct', 'groupwise']
+['direct', 'groupwise', 'node_dedup']
 """
 from __future__ import annotations
 
@@ -112,7 +113,7 @@ COLLECTIVES: dict[str, CollectiveAlgorithm] = {
     "node_dedup": CollectiveAlgorithm(
         "node_dedup", "one network copy per (token, destination node), then NVLink forwarding (DeepEP normal kernels)",
         simulate="lshsim.sim.dispatch_formats:node_dedup", analytic="lshsim.sim.dispatch_formats:analytic_node_dedup",
-        aliases=("deepep",)),
+        executor=True, aliases=("deepep",)),
 }
 
 
@@ -142,7 +143,7 @@ def canonical_algorithm(name: str, side: str | None = None) -> str:
     >>> canonical_algorithm("pairwise", side="executor")
     Traceback (most recent call last):
     ...
-    ValueError: algorithm='pairwise' is not implemented by the executor; known: direct, groupwise
+    ValueError: algorithm='pairwise' is not implemented by the executor; known: direct, groupwise, node_dedup (alias: deepep = node_dedup)
     """
     canonical = name if name in COLLECTIVES else _aliases().get(name)
     if canonical is None:

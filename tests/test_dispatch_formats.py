@@ -97,8 +97,13 @@ def test_phases_by_hand():
     # without dedup information: both copies cross the network
     _, rdma_all, _ = node_dedup_phases(T, None, 2, 2)
     assert rdma_all[0, 2] == 2 * B
-    with pytest.raises(ValueError, match=r"node_bytes\[0, 1\]=50 is below the largest share"):
-        node_dedup_phases(T, np.array([[B, 50.0]] + [[0, 0]] * 3), 2, 2)
+    with pytest.raises(ValueError, match=r"node_bytes\[0, 1\]=0 is 0 while there is traffic to the node"):
+        node_dedup_phases(T, np.array([[B, 0.0]] + [[0, 0]] * 3), 2, 2)
+    # the executor's node_dedup forwards one copy per choice: two choices on rank 3, one network copy
+    T2 = T.copy()
+    T2[0, 3] = 2 * B
+    _, rdma2, forward2 = node_dedup_phases(T2, node_bytes, 2, 2)
+    assert rdma2[0, 2] == B and forward2[2, 3] == 2 * B
     with pytest.raises(ValueError, match=r"node_bytes\[0, 1\]=300 is above the sum"):
         node_dedup_phases(T, np.array([[B, 300.0]] + [[0, 0]] * 3), 2, 2)
     with pytest.raises(ValueError, match=r"node_bytes has shape \(4, 3\)"):
@@ -173,3 +178,10 @@ def test_counts_of_a_routed_plan():
     node_of_rank = np.arange(world) // g
     per_node_ranks = np.stack([t.rank_tokens[:, node_of_rank == m].sum(1) for m in range(2)], axis=1)
     assert (t.node_tokens <= per_node_ranks).all() and t.node_tokens.sum() < per_node_ranks.sum()
+
+
+def test_the_simulator_and_the_executor_count_fp8_rows_alike():
+    from lshsim.executor.comm import fp8_row_bytes
+
+    for d in (1, 100, 128, 129, 384, 4096, 7168):
+        assert bytes_per_token("fp8", d) == fp8_row_bytes(d)

@@ -32,8 +32,10 @@ combine all-to-all of the same dispatch: reduce over NVLink to the rail peer, th
 node) back over the network) on the transposed matrices, so the same arguments describe both.
 Without `node_bytes` every byte for another node crosses the network (no duplicates removed).
 
-Not here: the executor does not implement it (`executor: False`), nor the analytic model beyond the
-bandwidth bound of `analytic_node_dedup` (no deduplication information there).
+The executor's implementation is `lshsim.executor.dedup` (it forwards one copy per (token, expert)
+inside the node: pass its per-choice traffic; its fp8 rows are `lshsim.executor.comm.fp8_row_bytes`,
+equal to `bytes_per_token("fp8", d)`). The analytic model has only the bandwidth bound of
+`analytic_node_dedup` (no deduplication information there).
 """
 from __future__ import annotations
 
@@ -215,9 +217,12 @@ def plan_dedup_traffic(plan, bytes_per_token: float, gpus_per_node: int | None =
 def node_dedup_phases(traffic, node_bytes, num_nodes: int, gpus_per_node: int, *, rtol: float = 1e-9):
     """The three (W, W) matrices of the node-deduplicated dispatch: local, rdma, forward (module docstring).
 
-    `traffic` (W, W) per-rank bytes, `node_bytes` (W, N) per-node bytes or None (no deduplication:
-    the sum of the node's ranks). Refuses node bytes below the largest rank's share of that node or
-    above the node's sum (a token cannot carry more to a node than all its copies). Diagonals are zero.
+    `traffic` (W, W) the bytes each destination rank receives from each source (one copy per (token,
+    rank) as DeepEP forwards, or one per (token, expert) as the executor's node_dedup forwards: the
+    forwarding carries whatever `traffic` holds), `node_bytes` (W, N) per-node bytes or None (no
+    deduplication: the sum of the node's ranks). Refuses node bytes above the node's sum (a token
+    cannot carry more to a node than all its copies) and zero node bytes where there is traffic to
+    the node. Diagonals are zero.
 
     >>> T = np.zeros((4, 4)); T[0, 2] = T[0, 3] = 10.0
     >>> local, rdma, fwd = node_dedup_phases(T, np.array([[0, 12.0]] + [[0, 0]] * 3), 2, 2)
@@ -239,15 +244,15 @@ def node_dedup_phases(traffic, node_bytes, num_nodes: int, gpus_per_node: int, *
         raise ValueError("node_bytes must be finite and >= 0")
     node_of = np.arange(world) // gpus_per_node                                        # (W,)
     local_of = np.arange(world) % gpus_per_node
-    low, high = per_node.max(axis=2), per_node.sum(axis=2)                             # (W, N)
+    high = per_node.sum(axis=2)                                                        # (W, N)
     tol = rtol * np.maximum(high, 1.0)
     remote = node_of[:, None] != np.arange(num_nodes)[None, :]
-    for bad, word in ((remote & (node_bytes < low - tol), "below the largest share of one of its ranks"),
+    for bad, word in ((remote & (node_bytes <= 0) & (high > 0), "0 while there is traffic to the node"),
                       (remote & (node_bytes > high + tol), "above the sum over its ranks")):
         if bad.any():
             s, m = map(int, np.argwhere(bad)[0])
             raise ValueError(f"node_bytes[{s}, {m}]={node_bytes[s, m]:g} is {word} "
-                             f"(traffic to node {m}: largest {low[s, m]:g}, sum {high[s, m]:g})")
+                             f"(traffic to node {m}: sum {high[s, m]:g})")
     same = node_of[:, None] == node_of[None, :]
     local = np.where(same, traffic, 0.0)
     rdma = np.zeros((world, world))
