@@ -26,6 +26,10 @@ hierarchical        2d      Tutel 2DH / DeepSpeed-MoE: gather by destination ins
                             the inter-node exchange between GPUs on the same rail (NIC proxies)
 groupwise                   LocMoE: the intra-node part first, then the inter-node remainder
 groupwise_overlap           LocMoE with the two groups overlapped (analytic only)
+node_dedup          deepep  DeepEP normal kernels: a token crosses the network once per destination
+                            node (to the GPU of its rail), then NVLink forwarding inside the node
+                            (simulator: lshsim.sim.dispatch_formats, options node_bytes, chunks,
+                            combine; executor: lshsim.executor.dedup)
 ==================  ======  ==========================================================================
 
 "2d" is the name the simulator and `lshsim simulate --algorithm` used for the hierarchical
@@ -34,7 +38,7 @@ algorithm; it stays accepted everywhere a name is read and resolves to "hierarch
 >>> canonical_algorithm("2d")
 'hierarchical'
 >>> algorithm_names("simulate")
-['direct', 'pairwise', 'hierarchical', 'groupwise']
+['direct', 'pairwise', 'hierarchical', 'groupwise', 'node_dedup']
 >>> algorithm_names("executor")
 ['direct', 'groupwise', 'node_dedup']
 """
@@ -108,6 +112,7 @@ COLLECTIVES: dict[str, CollectiveAlgorithm] = {
         analytic="lshsim.analytic.comm:analytic_groupwise_overlap"),
     "node_dedup": CollectiveAlgorithm(
         "node_dedup", "one network copy per (token, destination node), then NVLink forwarding (DeepEP normal kernels)",
+        simulate="lshsim.sim.dispatch_formats:node_dedup", analytic="lshsim.sim.dispatch_formats:analytic_node_dedup",
         executor=True, aliases=("deepep",)),
 }
 
