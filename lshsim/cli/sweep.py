@@ -11,7 +11,7 @@ from lshsim.cli import OUTPUT_RULE_HELP
 
 def add_parser(subparsers):
     p = subparsers.add_parser(
-        "sweep", help="run `plan` over a grid of models, clusters, NIC rates, sizes and options (resumable)",
+        "sweep", help="`plan` over a grid of models, clusters, NIC rates, sizes and options (resumable)",
         description="Plan every point of a grid (a YAML file: data/sweeps/README.md) and write one CSV row per "
                     "(point, option): the predicted step, the all-to-all share, the speedup over the baseline "
                     "option, the fidelity used, the wall time, and the error of a point that failed (the others "
