@@ -558,10 +558,7 @@ def _failed(task: dict, error: BaseException) -> list[dict]:
 def _dask_results(tasks: list[dict], jobs: int, scheduler: str | None, progress):
     """(task, rows) as points finish on a Dask cluster: the one at `scheduler`, or a LocalCluster of
     `jobs` worker processes started here."""
-    try:
-        from distributed import Client, LocalCluster, as_completed
-    except ImportError:
-        raise ValueError("--engine dask needs Dask's distributed scheduler: pip install 'lshsim[dask]'") from None
+    from distributed import Client, LocalCluster, as_completed
     cluster = None
     if scheduler is None:
         cluster = LocalCluster(n_workers=max(1, jobs), threads_per_worker=1, processes=True,
@@ -590,6 +587,21 @@ def _dask_results(tasks: list[dict], jobs: int, scheduler: str | None, progress)
             cluster.close()
 
 
+def _reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A tcp:// scheduler address that nothing listens at is refused at once (ValueError), not after
+    the client's connection timeout."""
+    if not address.startswith("tcp://"):
+        return
+    host, _, port = address[len("tcp://"):].rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--scheduler {address}: expected tcp://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise ValueError(f"--scheduler {address}: no Dask scheduler answers there "
+                         f"({error.strerror or error})") from None
+
+
 def run_sweep(grid: Grid, out: str | Path, *, engine: str = "local", jobs: int = 1, scheduler: str | None = None,
               retry_errors: bool = False, progress=None) -> dict:
     """Run every point of `grid` not already in the table `out`, appending its rows as it finishes,
@@ -606,6 +618,13 @@ def run_sweep(grid: Grid, out: str | Path, *, engine: str = "local", jobs: int =
         raise ValueError(f"--engine {engine!r}: one of {', '.join(ENGINES)}")
     if engine == "local" and scheduler is not None:
         raise ValueError("--scheduler goes with --engine dask")
+    if engine == "dask":                          # before anything is written
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise ValueError("--engine dask needs Dask's distributed scheduler: pip install 'lshsim[dask]'") from None
+        if scheduler is not None:
+            _reachable(scheduler)
     progress = progress or ProgressLines("sweep", quiet=True)
     out = Path(out)
     axes, columns = list(grid.axes), grid.columns()
