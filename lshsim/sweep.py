@@ -653,7 +653,7 @@ def run_sweep(grid: Grid, out: str | Path, *, engine: str = "local", jobs: int =
     progress.line(f"{len(points)} points x {len(grid.options)} options on engine {engine}"
                   + (f" ({jobs} jobs)" if engine == "local" else "") + f"; {len(todo)} to run")
     results = _local_results(todo, jobs) if engine == "local" else _dask_results(todo, jobs, scheduler, progress)
-    finished, failed, timings = 0, 0, []
+    finished, failed, timings, first_start = 0, 0, [], math.inf
     by_key = {point.key(): point for point in points}
     started = progress.elapsed_s()
     try:
@@ -671,9 +671,9 @@ def run_sweep(grid: Grid, out: str | Path, *, engine: str = "local", jobs: int =
                 timings.append((sizes[task["key"]], progress.elapsed_s() - started))
                 left = [sizes[t["key"]] for t in todo if t["key"] not in done]
                 eta = None
-                if left and jobs > 0:
-                    per_point = (progress.elapsed_s() - started) / finished
-                    eta = per_point * len(left)
+                if left and jobs > 0:            # parallel: the pace since the workers started work
+                    first_start = min(first_start, progress.elapsed_s() - _float(rows[0]["point_wall_s"]))
+                    eta = (progress.elapsed_s() - max(started, first_start)) / finished * len(left)
                 elif left:
                     eta = estimate_left_s(_per_point(timings), left)
                 status = "failed: " + rows[0]["error"] if any(row["error"] for row in rows) else \
@@ -696,6 +696,13 @@ def _closing(generator):
     import contextlib
 
     return contextlib.closing(generator)
+
+
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _text(value) -> str:

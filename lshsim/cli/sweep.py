@@ -61,8 +61,11 @@ def run(args) -> int:
     prepare_output(args.plot, "--plot")
     progress = ProgressLines("sweep", quiet=args.quiet)
     grid = load_grid(grid_path)
-    summary = run_sweep(grid, out, engine=args.engine, jobs=args.jobs, scheduler=args.scheduler,
-                        retry_errors=args.retry_errors, progress=progress)
+    try:
+        summary = run_sweep(grid, out, engine=args.engine, jobs=args.jobs, scheduler=args.scheduler,
+                            retry_errors=args.retry_errors, progress=progress)
+    except KeyboardInterrupt:          # run_sweep said what is in the table and how to resume
+        return 130
     progress.wrote(f"{out} ({summary['rows']} rows: {summary['points']} points, {summary['run']} run now, "
                    f"{summary['skipped']} already there, {summary['failed']} failed now)")
     rows = summary.pop("rows_data")
