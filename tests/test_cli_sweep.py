@@ -210,3 +210,31 @@ def test_the_shipped_grid_loads():
     grid = lshsim.sweep.load_grid("data/sweeps/nic-vs-size.yaml")
     assert len(grid.points()) == 21 and grid.swept == ["nodes", "nic_gbps"]
     assert grid.options == ("baseline", "lsh", "locmoe", "2d", "groupwise", "overlap")
+
+
+@pytest.mark.slow  # two `python -m lshsim.cli` processes (imports: a few seconds each on 2 loaded cores)
+def test_a_killed_sweep_resumes_to_the_uninterrupted_table(tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    grid = _grid(tmp_path, text=GRID.format(nodes="[1, 2]", cluster=V100).replace("[100, 400]", "[50, 100, 200, 400]"))
+    whole = _sweep(tmp_path, capsys, grid=grid, out="whole.csv")
+    assert len(whole) == 8 * 3
+    table = tmp_path / "killed.csv"
+    command = [sys.executable, "-m", "lshsim.cli", "sweep", grid, "--out", str(table), "--jobs", "0"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    for line in process.stderr:                # SIGKILL (no clean-up at all) once the first point is written
+        if "] 1/8 " in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=120)
+    assert process.returncode == -signal.SIGKILL
+    done = _rows(table)
+    assert 3 <= len(done) < 8 * 3               # killed midway, the points written so far kept
+    resumed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {table}" in resumed.stderr
+    assert _stable(_rows(table)) == _stable(whole)
