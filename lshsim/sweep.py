@@ -164,6 +164,8 @@ def format_value(value) -> str:
     >>> [format_value(v) for v in ("a", 100, 0.1, True, None)]
     ['a', '100', '0.1', 'true', 'none']
     """
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):     # a numpy scalar
+        value = value.item()
     if value is None:
         return "none"
     if isinstance(value, bool):
@@ -357,10 +359,10 @@ def expected_options(task: dict) -> list[tuple[str, object]]:
     return [(label, config) for label, config in plan_options(_selected(task)) if _short(label) in task["options"]]
 
 
-def evaluate_point(task: dict) -> list[dict]:
+def evaluate_point(task: dict, on_phase=None) -> list[dict]:
     """Plan one grid point: one row per option (`RESULT_COLUMNS` without the axes). Never raises for an
     error of the point: its rows then carry the error text and no numbers (a bad point must not stop
-    the sweep)."""
+    the sweep). on_phase(index, count, label, phase): `compare_options`' progress, passed on."""
     from types import SimpleNamespace
 
     started = time.perf_counter()
@@ -385,11 +387,13 @@ def evaluate_point(task: dict) -> list[dict]:
         def progress(index, count, label, phase):
             if phase == "done":
                 marks.append(time.perf_counter())
+            if on_phase is not None:
+                on_phase(index, count, label, phase)
 
         rows = compare_options(task["model"], graph, options, drain_tolerance=fidelity["drain_tolerance"],
                                estimate=fidelity["mode"] == "estimate", progress=progress)
     except Exception as error:                       # noqa: BLE001 (any error of this point is its row)
-        return [_error_row(_short(label), describe_safe(config), task, started, worker, error)
+        return [_error_row(_short(label), _describe(config), task, started, worker, error)
                 for label, config in options]
     point_s = time.perf_counter() - started
     out = []
@@ -408,7 +412,7 @@ def evaluate_point(task: dict) -> list[dict]:
     return out
 
 
-def describe_safe(config) -> str:
+def _describe(config) -> str:
     from lshsim.sim.moe_step import describe
 
     return describe(config)
@@ -514,11 +518,15 @@ def _bar(done: int, total: int, width: int = 20) -> str:
     return "[" + "#" * filled + "-" * (width - filled) + "]"
 
 
-def _local_results(tasks: list[dict], jobs: int):
-    """(task, rows) as points finish: in this process (jobs=0) or a pool of `jobs` processes."""
+def _local_results(tasks: list[dict], jobs: int, progress=None):
+    """(task, rows) as points finish: in this process (jobs=0; `progress` then gets a line every
+    few seconds on the option and phase being simulated) or a pool of `jobs` processes."""
     if jobs == 0:
-        for task in tasks:
-            yield task, evaluate_point(task)
+        for number, task in enumerate(tasks, start=1):
+            def on_phase(index, count, label, phase, number=number):
+                if progress is not None:
+                    progress.tick(f"point {number}/{len(tasks)}: option {index}/{count} {label}: {phase}")
+            yield task, evaluate_point(task) if progress is None else evaluate_point(task, on_phase)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -549,7 +557,7 @@ def _worker_init(jobs: int) -> None:
 def _failed(task: dict, error: BaseException) -> list[dict]:
     started = time.perf_counter()
     try:
-        options = [(_short(label), describe_safe(config)) for label, config in expected_options(task)]
+        options = [(_short(label), _describe(config)) for label, config in expected_options(task)]
     except Exception:                               # noqa: BLE001
         options = [("baseline", "")]
     return [_error_row(option, description, task, started, "", error) for option, description in options]
@@ -652,7 +660,10 @@ def run_sweep(grid: Grid, out: str | Path, *, engine: str = "local", jobs: int =
     sizes = {task["key"]: world_of_spec(_overridden_spec_or(task)) or 1 for task in todo}
     progress.line(f"{len(points)} points x {len(grid.options)} options on engine {engine}"
                   + (f" ({jobs} jobs)" if engine == "local" else "") + f"; {len(todo)} to run")
-    results = _local_results(todo, jobs) if engine == "local" else _dask_results(todo, jobs, scheduler, progress)
+    if engine == "local":
+        results = _local_results(todo, jobs, progress)
+    else:
+        results = _dask_results(todo, jobs, scheduler, progress)
     finished, failed, timings, first_start = 0, 0, [], math.inf
     by_key = {point.key(): point for point in points}
     started = progress.elapsed_s()
@@ -729,7 +740,8 @@ def _overridden_spec_or(task: dict) -> dict:
 def plot_sweep(rows: list[dict], path: str | Path, title: str) -> None:
     """Two panels: the speedup of each option over the baseline against the NIC rate, and against the
     cluster size (GPUs). Each line is the median over the grid's other points at that x, the band
-    their range; the NIC panel leaves out single-node points (no NIC on their path). matplotlib's Agg canvas, no pyplot: the process's backend is left as it was."""
+    their range; the NIC panel leaves out single-node points (no NIC on their path). matplotlib's Agg
+    canvas, no pyplot: the process's backend is left as it was."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

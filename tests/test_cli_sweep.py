@@ -43,6 +43,13 @@ def _stable(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in RUN_COLUMNS} for row in rows]
 
 
+def _spy(monkeypatch, calls: list) -> None:
+    """Count the points evaluated (their keys into `calls`)."""
+    real = lshsim.sweep.evaluate_point
+    monkeypatch.setattr(lshsim.sweep, "evaluate_point",
+                        lambda task, *rest: calls.append(task["key"]) or real(task, *rest))
+
+
 def _sweep(tmp_path, capsys, *extra, grid=None, out="r.csv") -> list[dict]:
     table = tmp_path / out
     assert main(["sweep", grid or _grid(tmp_path), "--out", str(table), "--jobs", "0", *extra]) == 0
@@ -86,8 +93,7 @@ def test_a_bad_point_is_a_row_and_the_sweep_goes_on(tmp_path, capsys, monkeypatc
     assert all(row["step_s"] and not row["error"] for row in rows if row["nodes"] == "2")
     # a rerun skips every point, failed ones included; --retry-errors runs the failed ones again
     calls = []
-    real = lshsim.sweep.evaluate_point
-    monkeypatch.setattr(lshsim.sweep, "evaluate_point", lambda task: calls.append(task["key"]) or real(task))
+    _spy(monkeypatch, calls)
     assert _stable(_sweep(tmp_path, capsys, grid=str(tmp_path / "grid.yaml"))) == _stable(rows)
     assert calls == []
     assert _stable(_sweep(tmp_path, capsys, "--retry-errors", grid=str(tmp_path / "grid.yaml"))) == _stable(rows)
@@ -100,11 +106,11 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_sweep(tmp_path, ca
     real = lshsim.sweep.evaluate_point
     calls = []
 
-    def interrupted(task):
+    def interrupted(task, *rest):
         if len(calls) == 2:
             raise KeyboardInterrupt             # Ctrl-C during the third point
         calls.append(task["key"])
-        return real(task)
+        return real(task, *rest)
 
     monkeypatch.setattr(lshsim.sweep, "evaluate_point", interrupted)
     table = tmp_path / "part.csv"
@@ -115,8 +121,9 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_sweep(tmp_path, ca
     partial = (tmp_path / "whole.csv").read_text().splitlines(keepends=True)[7]
     with open(table, "a") as handle:
         handle.write(partial[:len(partial) // 2])
-    calls.clear()
-    monkeypatch.setattr(lshsim.sweep, "evaluate_point", lambda task: calls.append(task["key"]) or real(task))
+    monkeypatch.setattr(lshsim.sweep, "evaluate_point", real)
+    calls = []
+    _spy(monkeypatch, calls)
     assert main(["sweep", grid, "--out", str(table), "--jobs", "0"]) == 0
     err = capsys.readouterr().err
     assert "2 of 4 points done" in err and "cut last line" in err and f"wrote {table}" in err
