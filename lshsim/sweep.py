@@ -692,8 +692,8 @@ def run_sweep(grid: Grid, out: str | Path, *, engine: str = "local", jobs: int =
                 progress.line(f"{_bar(finished, len(todo))} {finished}/{len(todo)} "
                               f"{point.label(grid.swept or axes[:2])}: {status}", left_s=eta)
     except KeyboardInterrupt:
-        progress.line(f"interrupted: {len(done)} of {len(points)} points in {out}; run the same command "
-                      "again to resume")
+        progress.line(f"interrupted: {sum(1 for key in done if key in tasks)} of {len(points)} points in {out}; "
+                      "run the same command again to resume")
         raise
     ordered = [row for point in points for row in done.get(point.key(), [])]
     others = [row for key, group in done.items() if key not in tasks for row in group]
