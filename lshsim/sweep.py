@@ -363,8 +363,6 @@ def evaluate_point(task: dict, on_phase=None) -> list[dict]:
     """Plan one grid point: one row per option (`RESULT_COLUMNS` without the axes). Never raises for an
     error of the point: its rows then carry the error text and no numbers (a bad point must not stop
     the sweep). on_phase(index, count, label, phase): `compare_options`' progress, passed on."""
-    from types import SimpleNamespace
-
     started = time.perf_counter()
     worker = f"{socket.gethostname()}:{os.getpid()}"
     try:
@@ -372,16 +370,14 @@ def evaluate_point(task: dict, on_phase=None) -> list[dict]:
     except Exception as error:                       # noqa: BLE001 (a bad config: the point's error)
         return [_error_row("baseline", "", task, started, worker, error)]
     try:
-        from lshsim.cli.plan import _fidelity, _world_size
+        from lshsim.cli.plan import _world_size
         from lshsim.sim.moe_step import compare_options
         from lshsim.topology import build_topology
 
         spec = _overridden_spec(task["spec"], task["source"], task["topology"])
         _refuse_if_too_large(task["model"], spec, task["source"], options)
         graph = build_topology(spec, source=task["source"])
-        mode = None if task["fidelity"] == "auto" else task["fidelity"]
-        fidelity = _fidelity(SimpleNamespace(fidelity=mode, drain_tolerance=task["drain_tolerance"]),
-                             _world_size(graph))
+        fidelity = _plan_fidelity(task["fidelity"], task["drain_tolerance"], _world_size(graph))
         marks = []
 
         def progress(index, count, label, phase):
@@ -410,6 +406,21 @@ def evaluate_point(task: dict, on_phase=None) -> list[dict]:
                     "wall_s": (marks[i] - (marks[i - 1] if i else started)) if i < len(marks) else "",
                     "point_wall_s": point_s, "worker": worker, "error": ""})
     return out
+
+
+def _plan_fidelity(mode: str, drain_tolerance: float | None, world_size: int) -> dict:
+    """`lshsim plan`'s fidelity for a point (`lshsim.cli.plan._fidelity`). plan's automatic choice
+    is `--fidelity auto` (or, before it had that value, no --fidelity at all): the first of the two
+    that gives a level is it."""
+    from types import SimpleNamespace
+
+    from lshsim.cli.plan import _fidelity
+
+    for value in (mode,) if mode != "auto" else ("auto", None):
+        fidelity = _fidelity(SimpleNamespace(fidelity=value, drain_tolerance=drain_tolerance), world_size)
+        if fidelity["mode"] in ("exact", "tolerance", "estimate"):
+            return fidelity
+    raise ValueError(f"fidelity {mode!r}: lshsim plan gave no level for it")
 
 
 def _describe(config) -> str:
