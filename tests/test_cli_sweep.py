@@ -157,6 +157,17 @@ def test_bad_scheduler_address_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "r.csv").exists()
 
 
+def test_dask_engine_without_dask_says_which_extra(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "distributed", None)     # import distributed -> ImportError
+    with pytest.raises(SystemExit) as info:
+        main(["sweep", _grid(tmp_path), "--out", str(tmp_path / "r.csv"), "--engine", "dask"])
+    assert info.value.code == 2
+    assert "lshsim[dask]" in capsys.readouterr().err
+    assert not (tmp_path / "r.csv").exists()
+
+
 @pytest.mark.slow  # two spawned worker processes import torch: about 14 s on a loaded 2-core machine
 def test_local_process_pool_equals_in_process(tmp_path, capsys):
     grid = _grid(tmp_path, text=GRID.format(nodes="2", cluster=V100))
