@@ -215,7 +215,7 @@ class Grid:
     def columns(self) -> list[str]:
         return table_columns(self.axes)
 
-    def resolve(self, kind: str, value: str) -> str:
+    def resolve(self, value: str) -> str:
         """A path relative to the grid file's folder, if the value names a file there; else the value."""
         if value.endswith((".yaml", ".yml")) and not Path(value).is_absolute():
             return str(self.folder / value)
@@ -225,14 +225,14 @@ class Grid:
         from lshsim.models import load_model
 
         if value not in self._models:
-            self._models[value] = load_model(self.resolve("model", value))
+            self._models[value] = load_model(self.resolve(value))
         return self._models[value]
 
     def spec(self, value: str) -> tuple[dict, str]:
         from lshsim.topology.spec import read_spec
 
         if value not in self._specs:
-            self._specs[value] = read_spec(self.resolve("cluster", value))
+            self._specs[value] = read_spec(self.resolve(value))
         return self._specs[value]
 
     def task(self, point: Point) -> dict:
