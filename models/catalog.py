@@ -479,18 +479,24 @@ def list_models() -> list[str]:
 
 
 def load_model(name_or_path: str | Path) -> ModelConfig:
-    """A shipped model by name, or any YAML file by path.
+    """A shipped model by name, any YAML file by path, or a Hugging Face MoE config.json by path
+    (a path ending in .json: `lshsim.models.hf_config`).
 
     >>> load_model("gpt-moe-15b").num_experts
     512
     """
     text = str(name_or_path)
     path = Path(text)
+    if text.endswith(".json"):                     # a Hugging Face MoE config.json
+        from lshsim.models.hf_config import load_hf_config
+
+        return load_hf_config(path)
     if text.endswith((".yaml", ".yml")) or path.exists():
         return _parse(read_text(path, "model file"), path.stem, text)
     files = _config_files()
     if text not in files:
-        raise ValueError(f"unknown model {text!r}; known: {', '.join(sorted(files))} (or a path to a .yaml file)")
+        raise ValueError(f"unknown model {text!r}; known: {', '.join(sorted(files))} (or a path to a .yaml file "
+                         "or to a Hugging Face config.json)")
     return _parse(files[text].read_text(), text, text)
 
 
