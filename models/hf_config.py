@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["load_hf_config", "model_from_hf_config", "MODEL_TYPES", "IGNORED"]
+__all__ = ["load_hf_config", "model_from_hf_config", "MODEL_TYPES", "IGNORED", "GENERIC"]
 
 #: assumed when the file does not say (it never does): tokens per sequence and per GPU
 DEFAULT_SEQ_LEN = 4096
@@ -57,6 +57,21 @@ IGNORED = frozenset({
     "max_position_embeddings", "max_seq_len", "n_positions", "hidden_act", "dense_act_fn", "feed_forward_proj",
     "tie_word_embeddings", "vocab_size", "head_dim", "num_key_value_heads", "model_max_length",
 })
+
+#: the generic fields of transformers' PretrainedConfig (generation defaults, labels, output flags), which a
+#: re-saved config.json repeats at the top level and inside nested configs (DBRX's ffn_config / attn_config)
+GENERIC = frozenset({
+    "return_dict", "output_hidden_states", "output_attentions", "torchscript", "use_bfloat16", "tf_legacy_loss",
+    "pruned_heads", "chunk_size_feed_forward", "is_decoder", "cross_attention_hidden_size", "add_cross_attention",
+    "tie_encoder_decoder", "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups",
+    "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty",
+    "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences",
+    "output_scores", "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id",
+    "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
+    "finetuning_task", "id2label", "label2id", "tokenizer_class", "prefix", "sep_token_id", "task_specific_params",
+    "problem_type", "quantization",
+})
+IGNORED = IGNORED | GENERIC
 
 _GATED = ("silu", "swiglu", "swish", "gated-gelu", "gated-silu")
 
@@ -189,10 +204,16 @@ def _qwen_moe(r: _Reader) -> tuple[dict, set]:
 def _dbrx(r: _Reader) -> tuple[dict, set]:
     read = {"d_model", "n_heads", "n_layers", "attn_config", "ffn_config"}
     attn, ffn = r.mapping("attn_config"), r.mapping("ffn_config")
-    attn.refuse_unknown({"kv_n_heads"}, frozenset({"clip_qkv", "rope_theta", "attn_pdrop", "model_type"}))
+    attn.refuse_unknown({"kv_n_heads"}, GENERIC | {"clip_qkv", "rope_theta", "attn_pdrop", "model_type",
+                                                   "_name_or_path", "transformers_version", "architectures",
+                                                   "bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id",
+                                                   "tie_word_embeddings", "is_encoder_decoder", "torch_dtype"})
     ffn.refuse_unknown({"ffn_hidden_size", "moe_num_experts", "moe_top_k", "ffn_act_fn"},
-                       frozenset({"moe_jitter_eps", "moe_loss_weight", "moe_normalize_expert_weights", "model_type",
-                                  "uniform_expert_assignment", "ffn_weight_decay"}))
+                       GENERIC | {"moe_jitter_eps", "moe_loss_weight", "moe_normalize_expert_weights", "model_type",
+                                  "uniform_expert_assignment", "ffn_weight_decay", "_name_or_path",
+                                  "transformers_version", "architectures", "bos_token_id", "eos_token_id",
+                                  "pad_token_id", "decoder_start_token_id", "tie_word_embeddings",
+                                  "is_encoder_decoder", "torch_dtype"})
     act = ffn.data.get("ffn_act_fn", {"name": "silu"})
     if not isinstance(act, dict) or not isinstance(act.get("name"), str):
         raise ffn.fail("ffn_act_fn", act, "must be an object with a name")

@@ -118,3 +118,12 @@ def test_plan_reads_a_config_json(tmp_path, capsys):
     assert out["model"]["name"] == "tiny-ds" and out["model"]["router"] == "node_limited"
     assert out["model"]["num_shared_experts"] == 1 and out["selected"].startswith("yours: node_limited")
     assert all(row["breakdown"]["step_s"] > 0 for row in out["options"])
+
+
+def test_generic_pretrained_config_fields_are_ignored_also_in_nested_configs(tmp_path):
+    # a re-saved DBRX config.json repeats transformers' generic fields inside ffn_config / attn_config
+    data = json.loads((HF / "dbrx.json").read_text())
+    data["ffn_config"].update(return_dict=True, temperature=1.0, id2label={"0": "LABEL_0"}, model_type="")
+    data["attn_config"].update(top_k=50, attn_pdrop=0)
+    data.update(output_router_logits=False, initializer_range=0.02)
+    assert load_hf_config(_write(tmp_path, data, "dbrx.json")).num_parameters == load_model("dbrx").num_parameters
