@@ -94,3 +94,22 @@ def test_registered_with_its_options():
     assert dict(config.options) == {"max_nodes": 4, "scores_per_node": 0}
     with pytest.raises(ValueError, match="not an option"):
         RouterConfig("node_limited", options={"groups": 2})
+
+
+@pytest.mark.parametrize("max_nodes, k, per_node", [(1, 4, 0), (2, 8, 0), (3, 8, 1), (4, 8, 3), (2, 6, 5)])
+def test_contiguous_fast_path_equals_the_mask_path(max_nodes, k, per_node):
+    # contiguous placement (the fast path) against the general mask + top-k on the same logits
+    placement = contiguous_placement(64, 16, gpus_per_node=2)  # 8 nodes of 8 experts, node-major
+    logits = _logits(3000, 64, seed=20 + max_nodes)
+    plan = route_node_limited(logits, placement, k=k, max_nodes=max_nodes, capacity_factor=None,
+                              scores_per_node=per_node)
+    mask = node_limited_mask(torch.softmax(logits, 1), placement, max_nodes, k, scores_per_node=per_node or None)
+    allowed = torch.where(mask, logits, torch.full_like(logits, float("-inf")))
+    assert torch.equal(plan.expert_index, torch.topk(allowed, k, dim=1).indices)
+
+
+def test_uneven_placement_routes_through_the_mask():
+    placement = Placement.from_lists([0, 0, 0, 1, 2, 2, 2, 2, 3, 3, 4, 4], [0, 1, 2, 3, 4])
+    plan = route_node_limited(_logits(500, 12, seed=5), placement, k=3, max_nodes=2, capacity_factor=None)
+    nodes = placement.expert_to_node[plan.expert_index]
+    assert max(len(set(row.tolist())) for row in nodes) <= 2
