@@ -26,10 +26,9 @@
 # 3. **Dropless or capacity**: what a capacity factor saves on the network and what it drops,
 #    with balanced and skewed expert popularity.
 #
-# Then one simulated training step per choice. What is **not** here yet, and why:
+# Then one simulated training step per choice, and the expert-parallel group size (EP x DP, section
+# 5). What is **not** here yet, and why:
 #
-# - *EP sizes* (EP < world size, EP x DP): the expert-parallel groups of `lshsim plan --ep` are being
-#   built on another branch and have not landed; every plan here has EP = world size = 64.
 # - *FP8 dispatch and per-node deduplication as simulated collectives*: also on another branch.
 #   Section 2 counts the bytes deduplication would send (a token's distinct remote nodes), but
 #   no all-to-all below simulates them.
@@ -210,7 +209,7 @@ cap_rows, traffic_by_cap = [], {}
 SKEWED = 0.5
 for skew in (0.0, SKEWED):
     logits = gate_logits(skew=skew, seed=1)
-    for factor in (None, 1.25, 1.0):
+    for factor in (None, 1.25):
         config = RouterConfig("node_limited", k=8, capacity_factor=factor, options={"max_nodes": 4})
         plan, traffic, _, _ = routed(config, logits)
         traffic_by_cap[(skew, factor)] = traffic
@@ -279,10 +278,62 @@ for label in dict.fromkeys(steps.index.get_level_values(0)):
 # destination rail over NVLink: on balanced traffic it adds an NVLink phase to the same NIC bytes,
 # on skewed traffic it can spread the hot GPUs' load; the lines above say which wins here.
 #
+# ## 5. Expert-parallel group sizes: EP x DP = 64
+#
+# With EP < 64 the 64 GPUs form 64 / EP data-parallel groups of EP consecutive GPUs, each group
+# holding all 256 experts (256 / EP per GPU), and every group's all-to-all runs at the same time on
+# the shared fabric (`StepConfig(ep=...)`, `lshsim plan --ep`). EP = 8 keeps each group inside one
+# node: the all-to-alls never touch the NICs, but every GPU holds 32 experts (DeepSeek-V3's
+# 44M-parameter experts: 1.4B parameters of experts per layer per GPU, 82B over 58 layers in bf16
+# weights alone: memory is not checked by the simulator). Each group routes its own GPUs' tokens
+# (the balanced logits of section 2) on its own placement (`placement_for(model, cluster, ep)`, a
+# `GroupedPlacement`) with the node-limited router, dropless; the groups' traffic is one
+# block-diagonal matrix.
+
+# %%
+from lshsim.dispatch.placement import GroupedPlacement
+
+balanced_logits = gate_logits()
+node_limited = RouterConfig("node_limited", k=8, capacity_factor=None, options={"max_nodes": 4})
+
+
+def grouped_traffic(ep):
+    grouped = placement_for(model, cluster, ep)
+    if not isinstance(grouped, GroupedPlacement):                    # EP = W: one group
+        return routed(node_limited, balanced_logits)[1]
+    counts = np.zeros((W, W))
+    for g in range(grouped.num_groups):
+        rows = (token_rank >= g * ep) & (token_rank < (g + 1) * ep)
+        plan = route(node_limited, grouped.placements[g], logits=balanced_logits[rows],
+                     token_rank=token_rank[rows] - g * ep)
+        counts[g * ep:(g + 1) * ep, g * ep:(g + 1) * ep] = plan.send_counts().to(torch.float64).numpy() * (TOKENS / ROUTED)
+    return RoutedTraffic(send_counts=counts, tokens_per_rank=TOKENS, routed_per_rank=ROUTED, dropped_fraction=0.0,
+                         gate_width=model.d_model, k=model.top_k, router="node_limited", ep=ep)
+
+
+ep_rows = []
+for ep in (8, 16, 32, 64):
+    config = StepConfig(router="node_limited", capacity_factor=None, ep=ep, tokens_per_gpu=TOKENS)
+    b = simulate_config(model, cluster, config, traffic=grouped_traffic(ep), a2a_cache=cache).breakdown
+    ep_rows.append({"EP": ep, "DP groups": W // ep, "experts / GPU": model.num_experts // ep,
+                    "nodes / group": max(1, ep // 8),
+                    "inter-node MiB / GPU / dispatch": b["inter_node_bytes_per_layer"] / W / 2**20,
+                    "step s": b["step_s"], "all-to-all share": b["a2a_share"]})
+ep_table = pd.DataFrame(ep_rows).set_index("EP")
+display(ep_table.round(3))
+
+# %% [markdown]
+# The fewer nodes a group spans, the fewer of a token's copies cross the network: EP = 8 moves
+# everything over NVLink, and from EP = 16 on the NICs carry 1/2, 3/4, 7/8 of the copies. The step
+# time follows. What the table does not show is the cost of a small EP: 256 / EP experts' weights
+# and optimizer state on every GPU, and the data-parallel gradient all-reduce of the experts over
+# 64 / EP groups, neither of which the simulator models yet.
+#
 # The same plan from the command line (timed in benchmarks/RESULTS.md, "issue 14" section):
 #
 # ```bash
 # lshsim plan --model deepseek-v3 --cluster h100-ib-rail-8x8 --capacity-factor none --router node_limited
+# lshsim plan --model deepseek-v3 --cluster h100-ib-rail-8x8 --capacity-factor none --ep 16
 # lshsim plan --model path/to/DeepSeek-V3/config.json --cluster h100-ib-rail-8x8 --capacity-factor none
 # ```
 #
