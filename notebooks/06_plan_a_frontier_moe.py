@@ -175,9 +175,10 @@ display(nodes_table.round(2))
 # - **Without deduplication, node-limited routing barely changes the network bytes**: a copy
 #   leaves its node unless its expert sits on the token's own node, and the M chosen nodes are the
 #   token's own with probability about 1/8 whatever M is. The simulated dispatch times are
-#   therefore close to each other: the NICs carry about 7/8 of the 28 MiB per GPU either way.
-# - The dedup columns show where the gain is: with **per-node deduplication** (DeepEP, hierarchical all-to-alls): a token is
-#   sent once to each remote node and forwarded over NVLink there. Those columns count the bytes
+#   therefore close to each other: the NICs carry about 7/8 of the 448 MiB per GPU either way.
+# - The dedup columns show where the gain is: with **per-node deduplication** (DeepEP, the
+#   hierarchical all-to-alls) a token is sent once to each remote node and forwarded over NVLink
+#   there. Those columns count the bytes
 #   from the routing (distinct remote nodes per token x one copy); they are a count, not a
 #   simulation: the deduplicating collective is being built on another branch. With M = 4 at most
 #   4 copies cross the network instead of up to 7 (M = 1 is cheapest, but restricts each token to
@@ -246,7 +247,7 @@ print(f"skew {SKEWED}: dropless, the busiest GPU receives {skewed.loc['dropless'
 # flow-level all-to-alls) on the routings above. Caveat, stated by the catalog: the simulator reads
 # only the fields of `MODEL_FIELDS`, so it costs all 61 layers as MoE layers (not 58 after 3 dense
 # ones), experts as 2 matrices (DeepSeek's are SwiGLU, 3) and no shared-expert compute. The
-# all-to-all per MoE layer is exact; the compute is an underestimate.
+# all-to-all bytes per MoE layer follow the routing; the compute is an underestimate.
 
 # %%
 cache = A2ACache(cluster, drain_tolerance=TOLERANCE)
@@ -284,8 +285,8 @@ for label in dict.fromkeys(steps.index.get_level_values(0)):
 # holding all 256 experts (256 / EP per GPU), and every group's all-to-all runs at the same time on
 # the shared fabric (`StepConfig(ep=...)`, `lshsim plan --ep`). EP = 8 keeps each group inside one
 # node: the all-to-alls never touch the NICs, but every GPU holds 32 experts (DeepSeek-V3's
-# 44M-parameter experts: 1.4B parameters of experts per layer per GPU, 82B over 58 layers in bf16
-# weights alone: memory is not checked by the simulator). Each group routes its own GPUs' tokens
+# 44M-parameter experts: 1.4B expert parameters per layer per GPU, 82B over 58 layers, 164 GB of
+# bf16 weights alone, more than an H100's 80 GB: memory is not checked by the simulator). Each group routes its own GPUs' tokens
 # (the balanced logits of section 2) on its own placement (`placement_for(model, cluster, ep)`, a
 # `GroupedPlacement`) with the node-limited router, dropless; the groups' traffic is one
 # block-diagonal matrix.
