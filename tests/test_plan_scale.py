@@ -70,6 +70,8 @@ def test_fidelity_auto_and_flags(capsys, tiny):
     out, _ = _plan_json(capsys, ["--model", tiny, "--cluster", A100, "--drain-tolerance", "0.05"])
     assert out["fidelity"]["mode"] == "tolerance" and out["fidelity"]["drain_tolerance"] == 0.05
     assert auto_drain_tolerance(64) == 0.0 and auto_drain_tolerance(65) == 0.01
+    from lshsim.sim.moe_step import auto_fidelity
+    assert [auto_fidelity(w) for w in (64, 65, 256, 257)] == ["exact", "tolerance", "tolerance", "estimate"]
     with pytest.raises(SystemExit) as info:
         main(["plan", "--model", tiny, "--cluster", A100, "--fidelity", "exact", "--drain-tolerance", "0.01"])
     assert info.value.code == 2
@@ -120,3 +122,12 @@ def test_sweep_reports_fidelity(capsys, tiny):
     assert [item["fidelity"]["mode"] for item in out["sweep"] if "fidelity" in item] == ["exact", "exact"]
     assert main(["plan", "--sweep", "--models", tiny, "--clusters", A100, "--drain-tolerance", "0.02"]) == 0
     assert f"fidelity on {A100}: tolerance 0.02 (flag)" in capsys.readouterr().out
+
+
+def test_fidelity_in_trace_provenance(capsys, tiny, tmp_path):
+    from lshsim.sim.trace import Trace
+    for level in ("exact", "estimate"):
+        path = tmp_path / f"{level}.json"
+        out, _ = _plan_json(capsys, ["--model", tiny, "--cluster", V100, "--fidelity", level, "--trace", str(path)])
+        assert out["fidelity"]["mode"] == level
+        assert Trace.from_json(path).meta["provenance"]["fidelity"] == level

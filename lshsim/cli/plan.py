@@ -68,13 +68,22 @@ def add_parser(subparsers):
     p.add_argument("--seed", type=arg_seed, default=0, help=f"seed of the synthetic tokens (default 0; {SEED_HELP})")
     p.add_argument("--max-routed-tokens", type=arg_positive_int, default=1 << 17,
                    help="route at most this many tokens in all, else subsample per rank and scale (default 131072)")
-    p.add_argument("--fidelity", choices=("exact", "tolerance", "estimate"), default=None,
+    p.add_argument("--ep", type=arg_positive_int, default=None,
+                   help="expert-parallel group size EP, dividing the GPU count W and the experts (default W: every "
+                        "expert once over all GPUs). EP < W: W / EP data-parallel groups of EP consecutive GPUs, each "
+                        "holding all experts; every group's all-to-all runs at the same time on the shared fabric")
+    p.add_argument("--traffic-model", choices=("auto", "routed", "popularity"), default="auto",
+                   help="routed: route synthetic tokens on every group; popularity: the expected counts from the "
+                        "expert popularity the router induces on one group's routed sample (no per-rank noise, no "
+                        "W x T tokens to route). Default auto: routed up to 1,024 GPUs, popularity above")
+    p.add_argument("--fidelity", choices=("auto", "exact", "tolerance", "estimate"), default="auto",
                    help="all-to-all simulation: exact, tolerance (FlowNetwork's drain_tolerance: flows that "
                         "would drain within tol x now drain together, completion up to that much early; much "
-                        "faster on uneven traffic over many GPUs), or estimate (direct all-to-alls from link "
-                        "loads without simulating, a lower bound of exact, equal to it when the busiest link "
-                        "stays saturated; other algorithms at tolerance). Default: exact when the cluster has "
-                        "<= 64 GPUs, tolerance above. The choice is printed and in the JSON (\"fidelity\")")
+                        "faster on uneven traffic over many GPUs), or estimate (every phase from its link "
+                        "loads without simulating, with the correction for few flows per port: "
+                        "lshsim.sim.collectives.estimate_collective; algorithms it does not know at tolerance). "
+                        "Default auto: exact up to 64 GPUs, tolerance up to 256, estimate above. The level used "
+                        "is printed, in the JSON (\"fidelity\") and in the trace's provenance")
     p.add_argument("--drain-tolerance", type=arg_finite_number(0.0, exclusive=True, maximum=0.5), default=None,
                    help="the tolerance of --fidelity tolerance, in (0, 0.5] (default 0.01); giving it selects "
                         "--fidelity tolerance")
@@ -103,12 +112,13 @@ def _plan_config(args):
 
     return StepConfig(router=args.router, lsh_rate=args.lsh_rate, algorithm=args.algorithm, overlap=args.overlap,
                       tokens_per_gpu=args.tokens_per_gpu, capacity_factor=args.capacity_factor,
-                      locality_bonus=args.locality_bonus, seed=args.seed, max_routed_tokens=args.max_routed_tokens)
+                      locality_bonus=args.locality_bonus, seed=args.seed, max_routed_tokens=args.max_routed_tokens,
+                      ep=args.ep, traffic_model=None if args.traffic_model == "auto" else args.traffic_model)
 
 
 def _fidelity(args, world_size: int) -> dict:
-    """The fidelity of the all-to-alls: {"mode", "drain_tolerance", "chosen"} (chosen: "auto" or "flag")."""
-    from lshsim.sim.moe_step import AUTO_EXACT_MAX_GPUS, DEFAULT_DRAIN_TOLERANCE, auto_drain_tolerance
+    """The fidelity of the all-to-alls: {"mode", "drain_tolerance", "chosen"} (chosen: "auto (...)" or "flag")."""
+    from lshsim.sim.moe_step import AUTO_EXACT_MAX_GPUS, AUTO_TOLERANCE_MAX_GPUS, DEFAULT_DRAIN_TOLERANCE, auto_fidelity
 
     tolerance = DEFAULT_DRAIN_TOLERANCE if args.drain_tolerance is None else args.drain_tolerance
     mode = args.fidelity
@@ -116,12 +126,13 @@ def _fidelity(args, world_size: int) -> dict:
         raise ValueError("--drain-tolerance goes with --fidelity tolerance, not --fidelity exact")
     if mode == "estimate":
         return {"mode": "estimate", "drain_tolerance": float(tolerance), "chosen": "flag"}
-    if mode is None and args.drain_tolerance is not None:
+    if mode == "auto" and args.drain_tolerance is not None:
         mode = "tolerance"
-    if mode is None:
-        drain = auto_drain_tolerance(world_size, tolerance)
-        return {"mode": "exact" if drain == 0 else "tolerance", "drain_tolerance": drain,
-                "chosen": f"auto ({world_size} GPUs; exact up to {AUTO_EXACT_MAX_GPUS})"}
+    if mode == "auto":
+        mode = auto_fidelity(world_size)
+        return {"mode": mode, "drain_tolerance": 0.0 if mode == "exact" else float(tolerance),
+                "chosen": f"auto ({world_size} GPUs; exact up to {AUTO_EXACT_MAX_GPUS}, tolerance up to "
+                          f"{AUTO_TOLERANCE_MAX_GPUS}, estimate above)"}
     return {"mode": mode, "drain_tolerance": 0.0 if mode == "exact" else float(tolerance), "chosen": "flag"}
 
 
@@ -205,10 +216,12 @@ def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float,
     console = _render.wide_console()
     b = chosen["breakdown"]
     cluster = chosen["result"].trace.meta["cluster"]
+    groups = "" if b["ep"] == b["world_size"] else \
+        f", EP {b['ep']} x DP {b['world_size'] // b['ep']} ({model.num_experts // b['ep']} experts per GPU)"
     console.print(f"[bold]{model.name}[/bold] ({model.num_layers} layers, {model.num_moe_layers} MoE x "
                   f"{model.num_experts} experts, top-{model.top_k}, d={model.d_model}, ffn={model.d_ffn}) on "
                   f"[bold]{cluster['name']}[/bold] ({cluster['nodes']} x {cluster['gpus_per_node']} {cluster['gpu']}), "
-                  f"{b['tokens_per_gpu']} tokens per GPU")
+                  f"{b['tokens_per_gpu']} tokens per GPU{groups}; traffic {b['traffic_model']}")
     table = Table(title=f"Predicted step: {chosen['description']}")
     for column in ("phase", "forward ms", "backward ms", "total ms", "share"):
         table.add_column(column, justify="right" if column != "phase" else "left")
@@ -261,8 +274,8 @@ def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float,
                   f"simulated in {elapsed_s:.1f} s[/dim]")
     cache = fidelity.get("a2a_cache", {})
     exactness = "exact" if fidelity["mode"] == "exact" else \
-        (f"estimate (direct all-to-alls from link loads, a lower bound of exact; other algorithms at drain "
-         f"tolerance {fidelity['drain_tolerance']:g})" if fidelity["mode"] == "estimate" else
+        (f"estimate (all-to-alls from link loads, phase by phase, corrected for few flows per port; other "
+         f"algorithms at drain tolerance {fidelity['drain_tolerance']:g})" if fidelity["mode"] == "estimate" else
          f"tolerance, drain_tolerance {fidelity['drain_tolerance']:g} (all-to-alls up to that fraction early)")
     console.print(f"fidelity: {exactness}; chosen: {fidelity['chosen']}; all-to-all cache: "
                   f"{cache.get('misses', 0)} simulated, {cache.get('hits', 0)} reused")
@@ -380,7 +393,8 @@ def _render_sweep(results: list[dict], labels: list[str], options: list) -> None
     console.print("[dim]options: " + "; ".join(f"{label} = {describe(config)}" for label, config in options) + "[/dim]")
     fidelities = {item["cluster"]: item["fidelity"] for item in results if "fidelity" in item}
     for cluster, fidelity in fidelities.items():
-        exactness = "exact" if fidelity["mode"] == "exact" else f"tolerance {fidelity['drain_tolerance']:g}"
+        exactness = {"exact": "exact", "estimate": "estimate"}.get(fidelity["mode"],
+                                                                   f"tolerance {fidelity['drain_tolerance']:g}")
         console.print(f"[dim]fidelity on {cluster}: {exactness} ({fidelity['chosen']})[/dim]")
     for line in refused:
         console.print(f"[dim]refused: {line}[/dim]")

@@ -33,9 +33,17 @@ def add_parser(subparsers):
                         "default 0: all at once)")
     p.add_argument("--no-local-copy", action="store_true",
                    help="the diagonal costs nothing (default: an HBM copy concurrent with the network)")
-    p.add_argument("--drain-tolerance", type=arg_finite_number(0.0, maximum=1.0), default=0.0,
-                   help="in [0, 1]: 0 = exact (default); e.g. 0.01 lets flows that would finish within 1%% of the "
-                        "current time finish together: much faster on uneven traffic, about 1%% early")
+    p.add_argument("--fidelity", choices=("auto", "exact", "tolerance", "estimate"), default="auto",
+                   help="exact (max-min flow simulation), tolerance (--drain-tolerance, default 0.01), or estimate "
+                        "(every phase from its link loads with the correction for few flows per port, no event "
+                        "loop: lshsim.sim.collectives.estimate_collective; direct, groupwise, hierarchical without "
+                        "chunks, pairwise). Default auto, from the rank pairs that carry traffic: exact up to "
+                        "4,032 (a 64-GPU all-to-all), tolerance up to 65,280 (256 GPUs), estimate above. Printed, "
+                        "and in the JSON (\"fidelity\")")
+    p.add_argument("--drain-tolerance", type=arg_finite_number(0.0, maximum=0.99), default=None,
+                   help="in [0, 0.99]: 0 = exact; e.g. 0.01 lets flows that would finish within 1%% of the current "
+                        "time finish together: much faster on uneven traffic, about 1%% early. Giving it selects "
+                        "--fidelity tolerance (exact for 0)")
     p.add_argument("--top-links", type=arg_positive_int, default=10, help="busiest links to show (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables (progress goes to stderr)")
     p.add_argument("--quiet", action="store_true",
@@ -71,6 +79,39 @@ def load_sized_topology(name_or_path, what: str, option: str = "--topology"):
     return build_topology(spec, source=source)
 
 
+#: `lshsim simulate --fidelity auto`: exact up to this many rank pairs with traffic (a 64-GPU all-to-all:
+#: exact 0.4 s on 2 cores for skewed MoE traffic), tolerance up to SIMULATE_TOLERANCE_MAX_PAIRS (256 GPUs:
+#: exact 7-15 s, tolerance about 1 s), the estimate above (exact 76-196 s at 1,024 GPUs; issue 15).
+SIMULATE_EXACT_MAX_PAIRS = 64 * 63
+SIMULATE_TOLERANCE_MAX_PAIRS = 256 * 255
+
+
+def simulate_fidelity(fidelity: str, drain_tolerance: float | None, pairs: int) -> dict:
+    """{"mode", "drain_tolerance", "chosen"} of `lshsim simulate` (see --fidelity).
+
+    >>> simulate_fidelity("auto", None, 8 * 7)["mode"], simulate_fidelity("auto", None, 1024 * 1023)["mode"]
+    ('exact', 'estimate')
+    >>> simulate_fidelity("auto", 0.05, 10)
+    {'mode': 'tolerance', 'drain_tolerance': 0.05, 'chosen': 'flag'}
+    """
+    from lshsim.sim.moe_step import DEFAULT_DRAIN_TOLERANCE
+
+    if fidelity in ("exact", "estimate") and drain_tolerance:
+        raise ValueError(f"--drain-tolerance goes with --fidelity tolerance, not --fidelity {fidelity}")
+    if fidelity == "auto" and drain_tolerance is not None:
+        mode = "exact" if drain_tolerance == 0 else "tolerance"
+        return {"mode": mode, "drain_tolerance": float(drain_tolerance), "chosen": "flag"}
+    tolerance = DEFAULT_DRAIN_TOLERANCE if not drain_tolerance else float(drain_tolerance)
+    if fidelity == "auto":
+        mode = "exact" if pairs <= SIMULATE_EXACT_MAX_PAIRS else \
+            ("tolerance" if pairs <= SIMULATE_TOLERANCE_MAX_PAIRS else "estimate")
+        chosen = (f"auto ({pairs} rank pairs with traffic; exact up to {SIMULATE_EXACT_MAX_PAIRS}, tolerance up to "
+                  f"{SIMULATE_TOLERANCE_MAX_PAIRS}, estimate above)")
+    else:
+        mode, chosen = fidelity, "flag"
+    return {"mode": mode, "drain_tolerance": tolerance if mode == "tolerance" else 0.0, "chosen": chosen}
+
+
 def run(args) -> int:
     from lshsim.algorithms import canonical_algorithm
     from lshsim.cli._progress import ProgressLines, format_duration
@@ -86,17 +127,33 @@ def run(args) -> int:
     options = {"chunks": args.chunks} if algorithm == "hierarchical" else {}
     # the flow simulator has no progress hook: a line when it starts and one when it ends
     pairs = int((traffic > 0).sum() - (traffic.diagonal() > 0).sum())
+    fidelity = simulate_fidelity(args.fidelity, args.drain_tolerance, pairs)
+    if fidelity["mode"] == "estimate":
+        from lshsim.sim.collectives import ESTIMATED_ALGORITHMS
+        if algorithm not in ESTIMATED_ALGORITHMS or args.chunks != 1 or args.alpha_s is not None \
+                or args.message_gap_s > 0:
+            if fidelity["chosen"] == "flag":
+                raise ValueError(f"--fidelity estimate covers --algorithm {', '.join(ESTIMATED_ALGORITHMS)} without "
+                                 "--chunks, --alpha-s or --message-gap-s; use --fidelity tolerance")
+            fidelity.update(mode="tolerance", drain_tolerance=0.01,
+                            chosen=fidelity["chosen"] + "; tolerance: the estimate does not cover these options")
     progress.line(f"{algorithm} all-to-all on {G.graph['name']} ({world} GPUs, {pairs} rank pairs with traffic, "
-                  f"{traffic.sum() / 1e6:.2f} MB, drain tolerance {args.drain_tolerance:g}): simulating")
+                  f"{traffic.sum() / 1e6:.2f} MB), fidelity {fidelity['mode']}"
+                  + (f" {fidelity['drain_tolerance']:g}" if fidelity["mode"] == "tolerance" else "")
+                  + f" ({fidelity['chosen']}): {'estimating' if fidelity['mode'] == 'estimate' else 'simulating'}")
     started = progress.elapsed_s()
-    result = simulate_all_to_all(G, traffic, algorithm, alpha_s=args.alpha_s,
-                                 message_gap_s=args.message_gap_s, local_copy=not args.no_local_copy,
-                                 drain_tolerance=args.drain_tolerance, **options)
-    progress.line(f"simulated in {format_duration(progress.elapsed_s() - started)}: predicted time "
+    if fidelity["mode"] == "estimate":
+        from lshsim.sim.collectives import estimate_collective
+        result = estimate_collective(G, traffic, algorithm, local_copy=not args.no_local_copy)
+    else:
+        result = simulate_all_to_all(G, traffic, algorithm, alpha_s=args.alpha_s,
+                                     message_gap_s=args.message_gap_s, local_copy=not args.no_local_copy,
+                                     drain_tolerance=fidelity["drain_tolerance"], **options)
+    progress.line(f"{'estimated' if fidelity['mode'] == 'estimate' else 'simulated'} in {format_duration(progress.elapsed_s() - started)}: predicted time "
                   f"{result.time_s * 1e3:.4f} ms")
     summary = result.to_dict(top_links=args.top_links)
     summary.update(topology=G.graph["name"], world=world, num_nodes=G.graph["num_nodes"],
-                   gpus_per_node=G.graph["gpus_per_node"], total_bytes=float(traffic.sum()))
+                   gpus_per_node=G.graph["gpus_per_node"], total_bytes=float(traffic.sum()), fidelity=fidelity)
     return _render.emit(args, summary, render)
 
 
@@ -111,6 +168,10 @@ def render(summary: dict) -> None:
                   f"[bold]{summary['time_s'] * 1e3:.4f} ms[/bold] (network {summary['network_time_s'] * 1e3:.4f} ms, "
                   f"alpha_s {summary['options']['alpha_s'] * 1e6:.2f} us), "
                   f"{summary['total_bytes'] / 1e6:.2f} MB in all")
+    fidelity = summary.get("fidelity")
+    if fidelity:
+        level = fidelity["mode"] + (f" {fidelity['drain_tolerance']:g}" if fidelity["mode"] == "tolerance" else "")
+        console.print(f"fidelity: {level}; chosen: {fidelity['chosen']}")
     stages = Table(title="Stages")
     for column in ("stage", "start ms", "end ms", "MB", "flows"):
         stages.add_column(column, justify="right")

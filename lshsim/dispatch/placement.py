@@ -9,6 +9,12 @@ lives. Two builders cover the usual layouts:
 Ranks are grouped into nodes contiguously: rank r is on node r // gpus_per_node.
 An explicit mapping (`Placement.from_lists`) covers anything else, including expert counts that do
 not divide evenly across ranks.
+
+Expert-parallel groups (`GroupedPlacement`, `expert_parallel_placement`): with EP x DP = W ranks,
+the ranks form DP groups of EP consecutive ranks (group g = ranks [g EP, (g + 1) EP), Megatron's and
+DeepSpeed's layout, so a group of <= gpus_per_node ranks stays on one node); every group holds all E
+experts (E / EP per rank, contiguous within the group: `Placement` of the group, over its local
+ranks 0..EP-1 and its own nodes renumbered 0..), and a token's experts are those of its rank's group.
 """
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ import torch
 
 from lshsim.checks import positive_int
 
-__all__ = ["Placement", "contiguous_placement", "round_robin_placement", "PLACEMENTS", "make_placement"]
+__all__ = ["Placement", "contiguous_placement", "round_robin_placement", "PLACEMENTS", "make_placement",
+           "GroupedPlacement", "expert_parallel_placement"]
 
 
 @dataclass(frozen=True)
@@ -125,3 +132,64 @@ def make_placement(name: str, num_experts: int, world_size: int, gpus_per_node: 
     if name not in PLACEMENTS:
         raise ValueError(f"unknown placement {name!r}; known: {sorted(PLACEMENTS)}")
     return PLACEMENTS[name](num_experts, world_size, gpus_per_node)
+
+
+@dataclass(frozen=True)
+class GroupedPlacement:
+    """Expert parallelism in DP groups of EP ranks (module docstring).
+
+    Fields:
+        ep:           ranks per expert-parallel group (EP), a divisor of the world size.
+        groups:       (DP, EP) int64, the global ranks of each group (row g = ranks g EP .. g EP + EP - 1).
+        placements:   one `Placement` per group over its local ranks (expert e on local rank
+                      e // (E / EP)) and its nodes renumbered 0.. in order.
+        rank_to_node: (W,) int64, node of every global rank.
+    """
+
+    ep: int
+    groups: torch.Tensor
+    placements: tuple
+    rank_to_node: torch.Tensor
+
+    @property
+    def world_size(self) -> int:
+        return self.rank_to_node.numel()
+
+    @property
+    def num_groups(self) -> int:
+        return self.groups.shape[0]
+
+    @property
+    def num_experts(self) -> int:
+        return self.placements[0].num_experts
+
+    @property
+    def experts_per_rank(self) -> int:
+        return self.num_experts // self.ep
+
+
+def expert_parallel_placement(num_experts: int, rank_to_node: torch.Tensor, ep: int) -> GroupedPlacement:
+    """DP = W / EP groups of EP consecutive ranks, each holding all experts contiguously.
+
+    Refuses (ValueError naming the numbers) an EP that does not divide the world size or the experts.
+
+    >>> p = expert_parallel_placement(4, torch.tensor([0, 0, 1, 1]), ep=2)
+    >>> p.groups.tolist(), p.placements[1].expert_to_rank.tolist(), p.placements[1].rank_to_node.tolist()
+    ([[0, 1], [2, 3]], [0, 0, 1, 1], [0, 0])
+    """
+    world_size = int(rank_to_node.numel())
+    positive_int("ep", ep)
+    if ep > world_size or world_size % ep != 0:
+        raise ValueError(f"ep={ep}: the expert-parallel group size must divide the world size {world_size} "
+                         f"(EP x DP = W)")
+    if num_experts % ep != 0:
+        raise ValueError(f"ep={ep}: num_experts={num_experts} is not a multiple of the group size "
+                         f"({num_experts} % {ep} = {num_experts % ep}); every rank of a group holds E / EP experts")
+    groups = torch.arange(world_size, dtype=torch.int64).reshape(world_size // ep, ep)      # (DP, EP)
+    expert_to_rank = torch.arange(num_experts, dtype=torch.int64) // (num_experts // ep)    # (E,) local ranks
+    placements = []
+    for ranks in groups:
+        nodes = rank_to_node[ranks]                                                          # (EP,)
+        _, local_nodes = torch.unique(nodes, sorted=True, return_inverse=True)
+        placements.append(Placement(expert_to_rank, local_nodes.to(torch.int64)))
+    return GroupedPlacement(ep=ep, groups=groups, placements=tuple(placements), rank_to_node=rank_to_node)

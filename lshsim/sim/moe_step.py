@@ -74,9 +74,9 @@ import torch
 
 from lshsim.algorithms import canonical_algorithm
 from lshsim.dispatch import ROUTERS, RouterConfig, contiguous_placement, effective_k, route
-from lshsim.dispatch.placement import Placement
+from lshsim.dispatch.placement import GroupedPlacement, Placement, expert_parallel_placement
 from lshsim.dispatch.synthetic import synthetic_router_inputs
-from lshsim.sim.collectives import ALGORITHMS, estimate_all_to_all, simulate_all_to_all
+from lshsim.sim.collectives import ALGORITHMS, ESTIMATED_ALGORITHMS, estimate_collective, simulate_all_to_all
 from lshsim.sim.phases import KERNELS, KINDS, PHASES, CostContext, compute_time_s, expert_cost, step_schedule
 from lshsim.sim.trace import DIRECTIONS, PhaseRecord, Trace
 from lshsim.topology.routing import validate_topology
@@ -84,7 +84,8 @@ from lshsim.topology.routing import validate_topology
 __all__ = ["StepConfig", "RoutedTraffic", "StepResult", "simulate_step", "simulate_config", "route_traffic",
            "placement_for", "compute_time_s", "expert_cost", "KERNELS", "MODEL_FIELDS", "model_dict",
            "describe", "plan_options", "compare_options", "A2ACache", "auto_drain_tolerance",
-           "AUTO_EXACT_MAX_GPUS", "DEFAULT_DRAIN_TOLERANCE", "DEFAULT_PLAN_LSH_RATE", "router_config", "routing_key"]
+           "AUTO_EXACT_MAX_GPUS", "AUTO_TOLERANCE_MAX_GPUS", "TRAFFIC_MODELS", "POPULARITY_MIN_GPUS",
+           "RANK_CLASS_MIN_GPUS", "rank_classes", "popularity_traffic", "traffic_model_for", "FIDELITIES", "auto_fidelity", "DEFAULT_DRAIN_TOLERANCE", "DEFAULT_PLAN_LSH_RATE", "router_config", "routing_key"]
 
 #: attributes the simulator reads from a model config (duck typing: `models.ModelConfig` has them).
 MODEL_FIELDS = ("name", "num_layers", "d_model", "d_ffn", "num_experts", "top_k", "moe_every", "seq_len",
@@ -99,6 +100,12 @@ def model_dict(model: object) -> dict:
     out = {name: getattr(model, name) for name in MODEL_FIELDS}
     out["attention_window"] = getattr(model, "attention_window", None)
     return out
+
+
+#: how the dispatch traffic is drawn (StepConfig.traffic_model)
+TRAFFIC_MODELS = ("routed", "popularity")
+#: above this many GPUs the traffic comes from the router's expert popularity unless told
+POPULARITY_MIN_GPUS = 1024
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,15 @@ class StepConfig:
     lsh_hashes:        L, cross-polytope hash functions per token (the paper's default 6).
     lsh_dim:           d', projection width of each hash; None = d_model (a full random rotation).
     kernel_launch_s:   fixed cost per kernel launch (about 5 us on current GPUs and CUDA).
+    ep:                expert-parallel group size EP (a divisor of the GPU count W and of the experts);
+                       None = W (one group, every expert once over all GPUs). With EP < W the W / EP
+                       groups (data-parallel replicas) each hold all experts, a token's experts are
+                       in its rank's group, and all groups' all-to-alls run at once on the shared fabric
+                       (one block-diagonal traffic matrix; `lshsim.dispatch.GroupedPlacement`).
+    traffic_model:     "routed" (the router routes synthetic tokens on every group), "popularity"
+                       (the expected counts from the expert popularity the router induces on one
+                       group: `popularity_traffic`), or None = "routed" up to POPULARITY_MIN_GPUS GPUs,
+                       "popularity" above.
     """
 
     router: str = "topk"
@@ -134,8 +150,14 @@ class StepConfig:
     lsh_hashes: int = 6
     lsh_dim: int | None = None
     kernel_launch_s: float = 5e-6
+    ep: int | None = None
+    traffic_model: str | None = None
 
     def __post_init__(self) -> None:
+        if self.ep is not None and (isinstance(self.ep, bool) or not isinstance(self.ep, int) or self.ep < 1):
+            raise ValueError(f"ep={self.ep!r} must be a positive integer (the expert-parallel group size) or None")
+        if self.traffic_model is not None and self.traffic_model not in TRAFFIC_MODELS:
+            raise ValueError(f"traffic_model={self.traffic_model!r} must be one of {list(TRAFFIC_MODELS)} or None")
         if self.router not in ROUTERS:
             raise ValueError(f"unknown router {self.router!r}; known: {', '.join(sorted(ROUTERS))}")
         if self.lsh_rate is not None:
@@ -182,21 +204,32 @@ def _gpu_ranks(graph) -> list[tuple[int, int]]:
     return ranks
 
 
-def placement_for(model: object, graph) -> Placement:
+def placement_for(model: object, graph, ep: int | None = None) -> Placement | GroupedPlacement:
     """Experts contiguous over the topology's GPUs: rank r holds experts [r E/W, (r+1) E/W).
 
     Refuses (ValueError with the numbers) when E is not a multiple of the GPU count W: fewer experts
-    than GPUs would need expert replicas (expert-data parallelism), which is not modelled.
+    than GPUs need expert-parallel groups (`ep`). With ep < W: W / ep groups of ep consecutive
+    ranks, each holding all experts (`lshsim.dispatch.expert_parallel_placement`).
     """
     spec = model_dict(model)
     ranks = _gpu_ranks(graph)
     world_size = len(ranks)
     num_experts = spec["num_experts"]
+    if ep is not None and ep != world_size:
+        if ep > world_size or world_size % ep:
+            raise ValueError(f"--ep {ep}: the expert-parallel group size must divide the {world_size} GPUs of "
+                             f"cluster {graph.graph.get('name', '?')!r} (EP x DP = W)")
+        if num_experts % ep:
+            raise ValueError(f"--ep {ep}: model {spec['name']!r} has num_experts={num_experts}, not a multiple of "
+                             f"the group size ({num_experts} % {ep} = {num_experts % ep})")
+        rank_to_node = torch.tensor([node for _, node in ranks], dtype=torch.int64)  # (W,)
+        return expert_parallel_placement(num_experts, rank_to_node, ep)
     if num_experts % world_size != 0:
         raise ValueError(
             f"model {spec['name']!r} has num_experts={num_experts} per MoE layer; cluster "
             f"{graph.graph.get('name', '?')!r} has {world_size} GPUs; expert parallelism needs num_experts to be a "
-            f"multiple of the GPU count ({num_experts} % {world_size} = {num_experts % world_size})")
+            f"multiple of the GPU count ({num_experts} % {world_size} = {num_experts % world_size}), or "
+            f"expert-parallel groups (--ep) of a size that divides both")
     expert_to_rank = torch.arange(num_experts, dtype=torch.int64) // (num_experts // world_size)  # (E,)
     rank_to_node = torch.tensor([node for _, node in ranks], dtype=torch.int64)  # (W,)
     placement = Placement(expert_to_rank, rank_to_node)
@@ -220,6 +253,9 @@ class RoutedTraffic:
     gate_width:      width of the synthetic hidden states the router read (d_model, except the
                      LocMoE fallback E * ceil(d / E) when d_model % E != 0).
     k:               choices per token the router made (1 for hash).
+    ep:              expert-parallel group size (W: one group).
+    model:           "routed" (synthetic tokens routed on every group) or "popularity" (expected counts
+                     from the popularity the router induced on one group's routed sample).
     """
 
     send_counts: np.ndarray
@@ -229,6 +265,8 @@ class RoutedTraffic:
     gate_width: int
     k: int
     router: str
+    ep: int | None = None
+    model: str = "routed"
 
     @property
     def scale(self) -> float:
@@ -245,33 +283,143 @@ def router_config(model: object, config: StepConfig) -> RouterConfig:
 def routing_key(model: object, config: StepConfig) -> tuple:
     """What a routing depends on: the whole RouterConfig, the tokens per GPU, the seed and the
     subsample bound. Two step configs with equal keys route identically (`compare_options`)."""
-    return (router_config(model, config), config.tokens_per_gpu, config.seed, config.max_routed_tokens)
+    return (router_config(model, config), config.tokens_per_gpu, config.seed, config.max_routed_tokens, config.ep,
+            config.traffic_model)
 
 
-def route_traffic(model: object, placement: Placement, config: StepConfig,
-                  tokens_per_gpu: int | None = None) -> RoutedTraffic:
-    """Route synthetic tokens with the configured router of `lshsim.dispatch` (see module docstring)."""
-    spec = model_dict(model)
-    world_size = placement.world_size
-    tokens = tokens_per_gpu or config.tokens_per_gpu or spec["tokens_per_gpu"]
-    routed = max(1, min(tokens, config.max_routed_tokens // world_size))
+def _gate_width(spec: dict, config: StepConfig) -> int:
     d_model, num_experts = spec["d_model"], spec["num_experts"]
-    gate_width = d_model
     if config.router == "locmoe" and d_model % num_experts != 0:
         # GrAP needs equal feature groups; synthetic hidden states of width E * ceil(d / E) keep
         # the group-mean statistics of the nearest valid width (documented fallback).
-        gate_width = num_experts * math.ceil(d_model / num_experts)
-    routing = router_config(model, config)
-    k = routing.k
-    inputs = synthetic_router_inputs(num_tokens_per_rank=routed, world_size=world_size, d_model=gate_width,
-                                     num_experts=num_experts, seed=config.seed, vocab_size=spec["vocab_size"])
-    plan = route(routing, placement, logits=inputs.logits, token_ids=inputs.token_ids, hidden=inputs.hidden,
-                 token_rank=inputs.token_rank)
-    counts = plan.send_counts().to(torch.float64).numpy() * (tokens / routed)  # (W, W) copies
+        return num_experts * math.ceil(d_model / num_experts)
+    return d_model
+
+
+def _draw_inputs(model: object, config: StepConfig, routed: int, world_size: int, seed: int):
+    spec = model_dict(model)
+    return synthetic_router_inputs(num_tokens_per_rank=routed, world_size=world_size,
+                                   d_model=_gate_width(spec, config), num_experts=spec["num_experts"], seed=seed,
+                                   vocab_size=spec["vocab_size"])
+
+
+def _route_group(model: object, placement: Placement, config: StepConfig, inputs, first_rank: int = 0):
+    """Route the tokens of `inputs` that live on ranks first_rank .. first_rank + EP - 1 on one
+    group's placement (local ranks): the DispatchPlan."""
+    ep = placement.world_size
+    rows = (inputs.token_rank >= first_rank) & (inputs.token_rank < first_rank + ep)
+    if first_rank == 0 and bool(rows.all()):
+        logits, token_ids, hidden, token_rank = inputs.logits, inputs.token_ids, inputs.hidden, inputs.token_rank
+    else:
+        logits, token_ids, hidden = inputs.logits[rows], inputs.token_ids[rows], inputs.hidden[rows]
+        token_rank = inputs.token_rank[rows] - first_rank
+    return route(router_config(model, config), placement, logits=logits, token_ids=token_ids, hidden=hidden,
+                 token_rank=token_rank)
+
+
+def traffic_model_for(config: StepConfig, world_size: int) -> str:
+    """The traffic model a step uses: the config's, else "routed" up to POPULARITY_MIN_GPUS GPUs."""
+    if config.traffic_model is not None:
+        return config.traffic_model
+    return "routed" if world_size <= POPULARITY_MIN_GPUS else "popularity"
+
+
+def route_traffic(model: object, placement: Placement | GroupedPlacement, config: StepConfig,
+                  tokens_per_gpu: int | None = None) -> RoutedTraffic:
+    """Route synthetic tokens with the configured router of `lshsim.dispatch` (see module docstring).
+
+    The router routes S = min(T, max_routed_tokens // W) synthetic tokens per rank, drawn once for
+    all W ranks (seed `config.seed`, one gate). Expert-parallel groups: each group routes the tokens
+    of its own ranks on its placement (the same gate: the DP replicas share the model), into its
+    diagonal block. With the "popularity" traffic model (`traffic_model_for`): `popularity_traffic`.
+    """
+    spec = model_dict(model)
+    world_size = placement.world_size
+    tokens = tokens_per_gpu or config.tokens_per_gpu or spec["tokens_per_gpu"]
+    if traffic_model_for(config, world_size) == "popularity":
+        return popularity_traffic(model, placement, config, tokens)
+    routed = max(1, min(tokens, config.max_routed_tokens // world_size))
+    k = router_config(model, config).k
+    gate_width = _gate_width(spec, config)
+    inputs = _draw_inputs(model, config, routed, world_size, config.seed)
+    if isinstance(placement, Placement):
+        plan = _route_group(model, placement, config, inputs)
+        counts = plan.send_counts().to(torch.float64).numpy() * (tokens / routed)  # (W, W) copies
+        num_routed = int(plan.routed.sum())
+        return RoutedTraffic(send_counts=counts, tokens_per_rank=tokens, routed_per_rank=routed,
+                             dropped_fraction=plan.num_dropped / max(num_routed, 1), gate_width=gate_width, k=k,
+                             router=config.router, ep=world_size)
+    counts = np.zeros((world_size, world_size))                                    # (W, W) copies
+    dropped = num_routed = 0
+    for ranks, group in zip(placement.groups.numpy(), placement.placements):
+        plan = _route_group(model, group, config, inputs, int(ranks[0]))
+        counts[np.ix_(ranks, ranks)] = plan.send_counts().to(torch.float64).numpy() * (tokens / routed)
+        dropped += plan.num_dropped
+        num_routed += int(plan.routed.sum())
+    return RoutedTraffic(send_counts=counts, tokens_per_rank=tokens, routed_per_rank=routed,
+                         dropped_fraction=dropped / max(num_routed, 1), gate_width=gate_width, k=k,
+                         router=config.router, ep=placement.ep)
+
+
+def popularity_traffic(model: object, placement: Placement | GroupedPlacement, config: StepConfig,
+                       tokens_per_gpu: int | None = None, inputs=None) -> RoutedTraffic:
+    """The dispatch traffic as expected counts from the expert popularity the router induces.
+
+    The router routes S = min(T, max_routed_tokens // EP) synthetic tokens per rank of ONE group
+    (group 0: `synthetic_router_inputs` for EP ranks, seed `config.seed`; or the ranks 0..EP-1 of
+    `inputs`, RouterInputs drawn for the world, which is how the tests route both ways with one gate),
+    and the kept choices give each expert e two popularities: p_in[e],
+    kept choices to e per token on e's node, and p_out[e], per token on another node (a router that
+    prefers its own node, as LocMoE does, makes them differ; top-k makes them equal up to noise).
+    Every group g then sends, from its local rank i to local rank j, the expected
+    T * sum over experts e on j of (p_in[e] if i and j share a node else p_out[e]) copies: no per-rank
+    sampling noise, and no routing of W * T tokens (8,192 GPUs routed took 28 s and 9 GB). Drops at
+    capacity are those of the sample (capacity scales with the tokens routed). Exact for a router
+    whose choice depends on the token alone and on whether an expert is on its node; checked
+    against routing every rank (tests/test_ep_groups.py).
+    """
+    spec = model_dict(model)
+    tokens = tokens_per_gpu or config.tokens_per_gpu or spec["tokens_per_gpu"]
+    if isinstance(placement, Placement):
+        placement = expert_parallel_placement(placement.num_experts, placement.rank_to_node, placement.world_size) \
+            if placement.num_experts % placement.world_size == 0 else GroupedPlacement(
+                ep=placement.world_size, groups=torch.arange(placement.world_size)[None, :],
+                placements=(placement,), rank_to_node=placement.rank_to_node)
+    ep, world_size = placement.ep, placement.world_size
+    sample = placement.placements[0]
+    if inputs is None:
+        routed = max(1, min(tokens, config.max_routed_tokens // ep))
+        inputs = _draw_inputs(model, config, routed, ep, config.seed)
+    else:
+        routed = int((inputs.token_rank == 0).sum())
+    plan = _route_group(model, sample, config, inputs)
+    num_experts = sample.num_experts
+    src = plan.token_rank.unsqueeze(1).expand_as(plan.expert_index)[plan.kept].numpy()       # (N,) local ranks
+    expert = plan.expert_index[plan.kept].numpy()                                            # (N,)
+    node_of_rank = sample.rank_to_node.numpy()                                               # (EP,)
+    node_of_expert = sample.expert_to_node.numpy()                                           # (E,)
+    same = node_of_rank[src] == node_of_expert[expert]                                       # (N,)
+    ranks_on_node = np.bincount(node_of_rank, minlength=sample.num_nodes)                    # (nodes,)
+    tokens_in = routed * ranks_on_node[node_of_expert].astype(float)                         # (E,) tokens on e's node
+    tokens_out = routed * ep - tokens_in                                                     # (E,)
+    kept_in = np.bincount(expert[same], minlength=num_experts).astype(float)
+    kept_out = np.bincount(expert[~same], minlength=num_experts).astype(float)
+    p_in = np.divide(kept_in, tokens_in, out=np.zeros(num_experts), where=tokens_in > 0)      # (E,)
+    p_out = np.divide(kept_out, tokens_out, out=np.zeros(num_experts), where=tokens_out > 0)  # (E,)
+    if not (tokens_out > 0).any():            # one node: no "other node" tokens were seen
+        p_out = p_in
+    rank_of_expert = sample.expert_to_rank.numpy()                                           # (E,) local
+    rate_in = np.bincount(rank_of_expert, weights=p_in, minlength=ep)                        # (EP,)
+    rate_out = np.bincount(rank_of_expert, weights=p_out, minlength=ep)                      # (EP,)
+    counts = np.zeros((world_size, world_size))                                              # (W, W) copies
+    for ranks, group in zip(placement.groups.numpy(), placement.placements):
+        nodes = group.rank_to_node.numpy()                                                   # (EP,)
+        block = np.where(nodes[:, None] == nodes[None, :], rate_in[None, :], rate_out[None, :]) * tokens
+        counts[np.ix_(ranks, ranks)] = block
     num_routed = int(plan.routed.sum())
     return RoutedTraffic(send_counts=counts, tokens_per_rank=tokens, routed_per_rank=routed,
-                         dropped_fraction=plan.num_dropped / max(num_routed, 1), gate_width=gate_width, k=k,
-                         router=config.router)
+                         dropped_fraction=plan.num_dropped / max(num_routed, 1), gate_width=_gate_width(spec, config),
+                         k=router_config(model, config).k, router=config.router, ep=ep, model="popularity")
 
 
 # ---- network ---------------------------------------------------------------------------------
@@ -292,8 +440,8 @@ class A2ACache:
         if not 0.0 <= drain_tolerance < 1.0:
             raise ValueError(f"drain_tolerance={drain_tolerance} must be in [0, 1)")
         self.graph, self.drain_tolerance, self.on_simulate = graph, float(drain_tolerance), on_simulate
-        #: the "estimate" fidelity: direct all-to-alls from link loads (`estimate_all_to_all`), the
-        #: other algorithms simulated with `drain_tolerance`
+        #: the "estimate" fidelity: all-to-alls from link loads, phase by phase (`estimate_collective`:
+        #: direct, groupwise, hierarchical, pairwise), other algorithms simulated with `drain_tolerance`
         self.estimate = bool(estimate)
         self.routes = validate_topology(graph)  # shortest paths, computed once per cache
         self.times: dict[tuple, float] = {}
@@ -316,8 +464,8 @@ class A2ACache:
         if self.on_simulate is not None:
             self.on_simulate(algorithm, traffic_bytes)
         started = time.perf_counter()
-        if self.estimate and key[3] == "direct":
-            self.times[key] = estimate_all_to_all(self.graph, traffic_bytes, routes=self.routes)
+        if self.estimate and key[3] in ESTIMATED_ALGORITHMS:
+            self.times[key] = estimate_collective(self.graph, traffic_bytes, key[3], routes=self.routes).time_s
         else:
             result = simulate_all_to_all(self.graph, traffic_bytes, algorithm, routes=self.routes,
                                          drain_tolerance=self.drain_tolerance)
@@ -328,16 +476,23 @@ class A2ACache:
     def stats(self) -> dict:
         return {"hits": self.hits, "misses": self.misses, "simulated_s": self.simulated_s}
 
+    @property
+    def fidelity(self) -> str:
+        """The level this cache answers at: "exact", "tolerance" or "estimate"."""
+        return "estimate" if self.estimate else ("exact" if self.drain_tolerance == 0 else "tolerance")
+
 
 # ---- the pipelined MoE section -----------------------------------------------------------------
 def _moe_section(t0: float, world_size: int, first: tuple[str, float, np.ndarray],
                  compute_s: np.ndarray, second: tuple[str, float, np.ndarray], chunks: int,
-                 layer: int, direction: str) -> tuple[list[PhaseRecord], float]:
+                 layer: int, direction: str, ranks: np.ndarray | None = None) -> tuple[list[PhaseRecord], float]:
     """Simulate network -> per-rank expert compute -> network in `chunks` pipelined pieces (simpy).
 
     first/second: (phase name, time of ONE chunk's all-to-all, (W,) bytes each rank sends per chunk).
     compute_s: (W,) expert time of one chunk per rank. Returns the records and the end time.
+    ranks: the rank each of the W entries stands for in the records (default 0..W-1; rank classes).
     """
+    ids = [int(r) for r in (range(world_size) if ranks is None else ranks)]
     env = simpy.Environment(initial_time=t0)
     network = simpy.Resource(env, capacity=1)
     streams = [simpy.Resource(env, capacity=1) for _ in range(world_size)]
@@ -350,7 +505,7 @@ def _moe_section(t0: float, world_size: int, first: tuple[str, float, np.ndarray
             start = env.now
             yield env.timeout(seconds)
             for rank in range(world_size):
-                records.append(PhaseRecord(name, rank, start, env.now, bytes=int(sent[rank]), layer=layer,
+                records.append(PhaseRecord(name, ids[rank], start, env.now, bytes=int(sent[rank]), layer=layer,
                                            direction=direction))
         if done is not None:
             done.succeed()
@@ -361,7 +516,7 @@ def _moe_section(t0: float, world_size: int, first: tuple[str, float, np.ndarray
             yield request
             start = env.now
             yield env.timeout(float(compute_s[rank]))
-            records.append(PhaseRecord("expert", rank, start, env.now, layer=layer, direction=direction))
+            records.append(PhaseRecord("expert", ids[rank], start, env.now, layer=layer, direction=direction))
 
     def chunk_process(chunk: int):
         experts = [env.process(expert(chunk, rank)) for rank in range(world_size)]
@@ -399,22 +554,58 @@ def simulate_step(model: object, graph, router: str = "topk", lsh_rate: float | 
     return simulate_config(model, graph, config, traffic=traffic)
 
 
+#: `simulate_config(rank_classes=None)` summarises ranks by class above this many GPUs
+RANK_CLASS_MIN_GPUS = 64
+
+
+def rank_classes(columns: list[np.ndarray], world_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks that are alike: the same value in every column (a phase's seconds or bytes per rank).
+
+    Returns (representatives, class_of_rank): representatives (K,) the lowest rank of each class,
+    ascending; class_of_rank (W,) the index of each rank's class in `representatives`.
+
+    >>> reps, of = rank_classes([np.array([1.0, 2.0, 1.0, 2.0]), np.array([5, 5, 5, 6])], 4)
+    >>> reps.tolist(), of.tolist()
+    ([0, 1, 3], [0, 1, 0, 2])
+    """
+    if not columns:
+        return np.zeros(1, dtype=np.int64), np.zeros(world_size, dtype=np.int64)
+    table = np.stack([np.broadcast_to(np.asarray(c, dtype=float), (world_size,)) for c in columns], axis=1)  # (W, K)
+    _, first, inverse = np.unique(table, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)                      # classes by their lowest rank
+    rename = np.empty(len(first), dtype=np.int64)
+    rename[order] = np.arange(len(first))
+    return first[order].astype(np.int64), rename[np.asarray(inverse).reshape(-1)]
+
+
 def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTraffic | None = None, *,
-                    a2a_cache: A2ACache | None = None) -> StepResult:
+                    a2a_cache: A2ACache | None = None, rank_classes_: bool | None = None) -> StepResult:
     """`simulate_step` with a ready StepConfig.
 
     `a2a_cache`: an `A2ACache` of `graph` to read and fill (its drain tolerance sets the fidelity of
     the all-to-alls); default a fresh exact one for this step.
+
+    Rank classes (`rank_classes_`: None = on above RANK_CLASS_MIN_GPUS GPUs): ranks whose every
+    phase (each phase, direction and chunk count the step can use) costs the same seconds and moves
+    the same bytes form one class (`rank_classes`); the trace holds the records of each class's lowest
+    rank only, and meta["rank_classes"] says how many classes there are, their representatives and
+    sizes, and the class of every rank. Nothing is lost: the step's timeline is the same on every
+    member of a class, and the trace's per-phase times are maxima over ranks. With expected
+    (popularity) traffic, ranks are alike by their position in their EP group, so an 8,192-GPU step
+    with EP 64 has ~64 classes instead of 8,192 ranks; sampled (routed) traffic makes most ranks
+    distinct (no saving, same answer).
     """
     spec = model_dict(model)
-    placement = placement_for(model, graph)
+    placement = placement_for(model, graph, config.ep)
     world_size = placement.world_size
+    ep = placement.ep if isinstance(placement, GroupedPlacement) else world_size
     gpu = graph.graph["gpu"]
     if traffic is None:
         traffic = route_traffic(model, placement, config)
-    elif traffic.send_counts.shape != (world_size, world_size) or traffic.router != config.router:
-        raise ValueError(f"traffic was routed for {traffic.send_counts.shape[0]} ranks with router "
-                         f"{traffic.router!r}, not {world_size} ranks with {config.router!r}")
+    elif traffic.send_counts.shape != (world_size, world_size) or traffic.router != config.router \
+            or (traffic.ep or world_size) != ep:
+        raise ValueError(f"traffic was routed for {traffic.send_counts.shape[0]} ranks (EP {traffic.ep}) with router "
+                         f"{traffic.router!r}, not {world_size} ranks (EP {ep}) with {config.router!r}")
     if config.tokens_per_gpu is not None and traffic.tokens_per_rank != config.tokens_per_gpu:
         raise ValueError(f"traffic has {traffic.tokens_per_rank} tokens per GPU, "
                          f"the config asks {config.tokens_per_gpu}")
@@ -422,7 +613,8 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
     wire = counts if config.lsh_rate is None else np.ceil(config.lsh_rate * counts)  # (W, W) tokens or centroids
     bytes_per_token = spec["d_model"] * spec["bytes_per_element"]
     dispatch_bytes = np.rint(wire * bytes_per_token).astype(np.int64)  # (W, W)
-    off_diagonal = dispatch_bytes * (1 - np.eye(world_size, dtype=np.int64))  # (W, W) network bytes
+    local_bytes = int(np.trace(dispatch_bytes))
+    network_bytes = int(dispatch_bytes.sum()) - local_bytes                          # off-diagonal
     if a2a_cache is None:
         a2a_cache = A2ACache(graph)
     elif a2a_cache.graph is not graph:
@@ -432,26 +624,47 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
         return a2a_cache.time_s(traffic_bytes, config.algorithm)
 
     ctx = CostContext(world_size=world_size, gpu=gpu, kernel_launch_s=config.kernel_launch_s, model=spec,
-                      experts_on_rank=spec["num_experts"] // world_size, dispatch_bytes=dispatch_bytes,
+                      experts_on_rank=spec["num_experts"] // ep, dispatch_bytes=dispatch_bytes,
                       combine_bytes=dispatch_bytes.T, rows_received=wire.sum(axis=0), network_s=network_s,
                       config=config, traffic=traffic, wire_counts=wire, phase_model=graph.graph.get("phase_model"))
     schedule = step_schedule(spec["num_layers"], spec["moe_every"], config)
+    pipelined = tuple(spec for spec in PHASES.specs() if spec.pipelined)
+    candidates = (1,) + (config.overlap_chunks if config.overlap else ())
+
+    # every cost the step can ask for, once: (phase, direction, chunks) -> (seconds (W,) or scalar, bytes (W,) or None)
+    costs: dict[tuple, tuple] = {}
+    for direction, phases, _layer in schedule:
+        for phase in phases:
+            for n in (candidates if len(phases) > 1 else (1,)):
+                if (phase.name, direction, n) not in costs:
+                    cost = phase.cost(ctx, direction, n)
+                    costs[(phase.name, direction, n)] = (cost.seconds, cost.bytes)
+    use_classes = world_size > RANK_CLASS_MIN_GPUS if rank_classes_ is None else rank_classes_
+    if use_classes:
+        columns = []
+        for seconds, moved in costs.values():
+            columns.append(seconds)
+            if moved is not None:
+                columns.append(moved)
+        reps, class_of_rank = rank_classes(columns, world_size)
+    else:
+        reps, class_of_rank = np.arange(world_size), np.arange(world_size)
+
+    def per_rank(value) -> np.ndarray:
+        return np.broadcast_to(np.asarray(value, dtype=float), (world_size,))[reps]
 
     def moe_section(t0: float, section: tuple, layer: int, direction: str,
                     chunks: int) -> tuple[list[PhaseRecord], float]:
         first, work, second = section
-        one, two = first.cost(ctx, direction, chunks), second.cost(ctx, direction, chunks)
-        compute_s = np.broadcast_to(np.asarray(work.cost(ctx, direction, chunks).seconds, dtype=float),
-                                    (world_size,))
-        return _moe_section(t0, world_size, (first.name, float(one.seconds), one.bytes), compute_s,
-                            (second.name, float(two.seconds), two.bytes), chunks, layer, direction)
+        one, two = costs[(first.name, direction, chunks)], costs[(second.name, direction, chunks)]
+        return _moe_section(t0, len(reps), (first.name, float(one[0]), per_rank(one[1])),
+                            per_rank(costs[(work.name, direction, chunks)][0]),
+                            (second.name, float(two[0]), per_rank(two[1])), chunks, layer, direction, ranks=reps)
 
     # the chunk count of the pipelined section, per direction: the fastest of {1} + overlap_chunks
     chosen_chunks = {}
-    pipelined = tuple(spec for spec in PHASES.specs() if spec.pipelined)
     for direction in DIRECTIONS:
         section = pipelined if direction == "forward" else pipelined[::-1]
-        candidates = (1,) + (config.overlap_chunks if config.overlap else ())
         chosen_chunks[direction] = min(candidates, key=lambda n: (moe_section(0.0, section, 0, direction, n)[1], n))
 
     records: list[PhaseRecord] = []
@@ -462,32 +675,56 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
             records.extend(section)
             continue
         phase = phases[0]
-        cost = phase.cost(ctx, direction, 1)
-        seconds = np.broadcast_to(np.asarray(cost.seconds, dtype=float), (world_size,))
-        moved = np.zeros(world_size) if cost.bytes is None else cost.bytes
-        for rank in range(world_size):
-            records.append(PhaseRecord(phase.name, rank, clock, clock + float(seconds[rank]),
-                                       bytes=int(moved[rank]), layer=layer, direction=direction))
-        clock += float(seconds.max())
+        seconds_all, moved_all = costs[(phase.name, direction, 1)]
+        seconds = per_rank(seconds_all)
+        moved = np.zeros(len(reps)) if moved_all is None else per_rank(moved_all)
+        for i, rank in enumerate(reps):
+            records.append(PhaseRecord(phase.name, int(rank), clock, clock + float(seconds[i]),
+                                       bytes=int(moved[i]), layer=layer, direction=direction))
+        clock += float(np.broadcast_to(np.asarray(seconds_all, dtype=float), (world_size,)).max())
 
     node = placement.rank_to_node.numpy()  # (W,)
-    crosses = node[:, None] != node[None, :]  # (W, W)
+    inter_node_bytes = int(dispatch_bytes.sum()) - _same_node_sum(dispatch_bytes, node)
     workload = {"model": spec["name"], **{k: v for k, v in spec.items() if k != "name"},
-                **config.to_dict(), "tokens_per_gpu": traffic.tokens_per_rank}
+                **config.to_dict(), "tokens_per_gpu": traffic.tokens_per_rank, "ep": ep,
+                "traffic_model": traffic.model}
     cluster = {"name": graph.graph.get("name"), "gpus": world_size, "nodes": int(node.max()) + 1,
                "gpus_per_node": graph.graph.get("gpus_per_node"), "gpu": gpu.get("name"),
                "source": str(graph.graph.get("source"))}
-    trace = Trace(records, {"source": "simulated", "workload": workload, "cluster": cluster,
-                            "provenance": {"simulator": "lshsim.sim.moe_step", "routed_tokens_per_rank":
-                                           traffic.routed_per_rank,
-                                           "drain_tolerance": a2a_cache.drain_tolerance,
-                                           "a2a_estimate": a2a_cache.estimate}})
-    breakdown = _breakdown(trace, traffic, config, dispatch_bytes, off_diagonal, crosses, chosen_chunks, world_size)
+    meta = {"source": "simulated", "workload": workload, "cluster": cluster,
+            "provenance": {"simulator": "lshsim.sim.moe_step", "routed_tokens_per_rank": traffic.routed_per_rank,
+                           "traffic_model": traffic.model,
+                           "fidelity": a2a_cache.fidelity,
+                           "drain_tolerance": a2a_cache.drain_tolerance,
+                           "a2a_estimate": a2a_cache.estimate}}
+    if use_classes:
+        meta["rank_classes"] = {
+            "how": "ranks with equal seconds and bytes in every phase, direction and chunk count share one class; "
+                   "records are those of each class's lowest rank",
+            "count": int(len(reps)), "representatives": reps.tolist(),
+            "sizes": np.bincount(class_of_rank, minlength=len(reps)).tolist(),
+            "class_of_rank": class_of_rank.tolist()}
+    trace = Trace(records, meta)
+    breakdown = _breakdown(trace, traffic, config, dispatch_bytes, network_bytes, inter_node_bytes, local_bytes,
+                           chosen_chunks, world_size)
+    breakdown["ep"] = ep
+    breakdown["traffic_model"] = traffic.model
+    breakdown["rank_classes"] = int(len(reps)) if use_classes else world_size
     return StepResult(trace=trace, breakdown=breakdown, config=config, traffic=traffic)
 
 
+def _same_node_sum(matrix: np.ndarray, node: np.ndarray) -> int:
+    """Sum of the entries whose row and column ranks are on one node (ranks node-major: slices, no (W, W) mask)."""
+    starts = np.flatnonzero(np.r_[True, np.diff(node) != 0])
+    ends = np.r_[starts[1:], len(node)]
+    if len(np.unique(node)) == len(starts):
+        return int(sum(int(matrix[a:b, a:b].sum()) for a, b in zip(starts, ends)))
+    same = node[:, None] == node[None, :]
+    return int(matrix[same].sum())
+
+
 def _breakdown(trace: Trace, traffic: RoutedTraffic, config: StepConfig, dispatch_bytes: np.ndarray,
-               off_diagonal: np.ndarray, crosses: np.ndarray, chunks: dict, world_size: int) -> dict:
+               network_bytes: int, inter_node_bytes: int, local_bytes: int, chunks: dict, world_size: int) -> dict:
     """Summary numbers of a simulated step (JSON-ready).
 
     step_s, forward_s, backward_s: wall time (Trace.total_time_s). phases_s (and _forward_s,
@@ -523,9 +760,9 @@ def _breakdown(trace: Trace, traffic: RoutedTraffic, config: StepConfig, dispatc
         "exposed_a2a_s": exposed,
         "a2a_share": exposed / step_s if step_s > 0 else 0.0,
         "overlap_chunks": chunks,
-        "dispatch_bytes_per_layer": int(off_diagonal.sum()),
-        "inter_node_bytes_per_layer": int(dispatch_bytes[crosses].sum()),
-        "local_bytes_per_layer": int(np.trace(dispatch_bytes)),
+        "dispatch_bytes_per_layer": network_bytes,
+        "inter_node_bytes_per_layer": inter_node_bytes,
+        "local_bytes_per_layer": local_bytes,
         "compression_rate": 1.0 if config.lsh_rate is None else float(
             np.ceil(config.lsh_rate * traffic.send_counts).sum() / max(traffic.send_counts.sum(), 1)),
         "dropped_fraction": traffic.dropped_fraction,
@@ -586,8 +823,12 @@ def plan_options(selected: StepConfig) -> list[tuple[str, StepConfig]]:
     return out
 
 
-#: `lshsim plan`'s automatic fidelity: exact all-to-alls up to this many GPUs, drain tolerance above.
+#: the fidelity levels of the all-to-alls, most exact first (`A2ACache`, `lshsim plan`, `lshsim simulate`)
+FIDELITIES = ("exact", "tolerance", "estimate")
+#: `lshsim plan`'s automatic fidelity: exact all-to-alls up to this many GPUs, drain tolerance up to
+#: AUTO_TOLERANCE_MAX_GPUS, estimate above (`auto_fidelity`).
 AUTO_EXACT_MAX_GPUS = 64
+AUTO_TOLERANCE_MAX_GPUS = 256
 #: the drain tolerance of the "tolerance" fidelity (`lshsim.sim.network.FlowNetwork`).
 DEFAULT_DRAIN_TOLERANCE = 0.01
 
@@ -600,6 +841,20 @@ def auto_drain_tolerance(world_size: int, tolerance: float = DEFAULT_DRAIN_TOLER
     (0.0, 0.01)
     """
     return 0.0 if world_size <= AUTO_EXACT_MAX_GPUS else float(tolerance)
+
+
+def auto_fidelity(world_size: int) -> str:
+    """The fidelity `lshsim plan` picks for a cluster of `world_size` GPUs: exact up to
+    AUTO_EXACT_MAX_GPUS (an exact plan at 64 GPUs took 40 s on 2 cores), tolerance up to
+    AUTO_TOLERANCE_MAX_GPUS (the 128-GPU plan: 17 s, within 0.5% of the exact 612 s), estimate above
+    (exact and tolerance grow with the flows, W^2 per all-to-all; benchmarks/RESULTS.md).
+
+    >>> [auto_fidelity(w) for w in (64, 128, 256, 512)]
+    ['exact', 'tolerance', 'tolerance', 'estimate']
+    """
+    if world_size <= AUTO_EXACT_MAX_GPUS:
+        return "exact"
+    return "tolerance" if world_size <= AUTO_TOLERANCE_MAX_GPUS else "estimate"
 
 
 def compare_options(model: object, graph, options: list[tuple[str, StepConfig]], on_done=None, *,
@@ -618,7 +873,7 @@ def compare_options(model: object, graph, options: list[tuple[str, StepConfig]],
     (phase "routing", "all-to-all <algorithm> (W x W)", "done"); `cache_stats`, when given, is
     filled with the caches' hits, misses and simulated seconds.
     """
-    placement = placement_for(model, graph)
+    placements: dict = {}
     routings: dict[tuple, RoutedTraffic] = {}
     rows = []
     current = {"index": 0, "label": ""}
@@ -640,7 +895,9 @@ def compare_options(model: object, graph, options: list[tuple[str, StepConfig]],
         if key not in routings:
             if progress is not None:
                 progress(index, len(options), label, "routing")
-            routings[key] = route_traffic(model, placement, config)
+            if config.ep not in placements:
+                placements[config.ep] = placement_for(model, graph, config.ep)
+            routings[key] = route_traffic(model, placements[config.ep], config)
         result = simulate_config(model, graph, config, traffic=routings[key], a2a_cache=cache)
         rows.append({"label": label, "description": describe(config), "config": config.to_dict(),
                      "breakdown": result.breakdown, "result": result})

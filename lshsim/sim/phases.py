@@ -460,9 +460,9 @@ def _a2a_cost(forward_matrix: str, backward_matrix: str) -> CostFunction:
 
     def cost(ctx: CostContext, direction: str, chunks: int = 1) -> PhaseCost:
         matrix = getattr(ctx, forward_matrix if direction == "forward" else backward_matrix)  # (W, W)
-        off_diagonal = matrix * (1 - np.eye(ctx.world_size, dtype=np.int64))
+        sent = matrix.sum(axis=1) - np.diagonal(matrix)          # (W,) off-diagonal row sums, no (W, W) copy
         seconds = ctx.network_s(np.ceil(matrix / chunks))
-        return PhaseCost(seconds, bytes=np.ceil(off_diagonal.sum(axis=1) / chunks))
+        return PhaseCost(seconds, bytes=np.ceil(sent / chunks))
 
     return cost
 
