@@ -12,7 +12,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --upgrade pip
 	# torch first, pinned, so that nothing later pulls a CUDA build
 	$(BIN)/python -m pip install "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -e ".[test,notebooks]"
+	$(BIN)/python -m pip install -e ".[test,notebooks,dask]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3
 	touch $(STAMP)
 

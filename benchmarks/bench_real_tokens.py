@@ -4,14 +4,20 @@
     .venv/bin/python benchmarks/bench_real_tokens.py --source extract --layers 1,2,4,6 --text lee-test
                                                                            # held out (needs lshsim[real])
     .venv/bin/python benchmarks/bench_real_tokens.py --json out.json       # also every row as JSON
+    .venv/bin/python benchmarks/bench_real_tokens.py --heldout data/heldout/lsh-real-tokens/spec.yaml
+                                                                           # the committed held-out set (part 1 only)
+    ... --models tree,components                                           # both predictors side by side
 
 Part 1, compression. Per layer, per group size G (tokens per (rank, expert) group) and per hash
 (family, L = num_hashes, d' = proj_dim): `--groups` random groups of G tokens (without
 replacement); on each, the measured rate (`lshsim.analytic.collision.measured_compression_rate`:
 lsh.py's real hashing, mean over `--draws` seeds), the centroid error (`lsh.centroid_error`,
 ||x - c|| / ||x||, seed 0) and the predicted rate (`predicted_compression_rate(group, d', L,
-family=...)`, the documented call: cluster at cos > 0.5, exchangeable-cluster model). The table
-shows the mean over groups and the prediction's error, pred / meas - 1. "router" groups: the
+family=..., model=...)`: "tree" (the default, the nested model on the group's average-linkage
+tree, `--num-draws` Monte Carlo draws of the model) and/or "components" (the exchangeable-cluster
+model on connected components at cos > 0.5, `--num-tuples`)). The table shows the mean over
+groups and each prediction's error, pred / meas - 1. `--heldout SPEC`: the groups, layers and
+hashes that a committed spec lists (data/heldout/lsh-real-tokens/spec.yaml), on its token files. "router" groups: the
 tokens routed by the real `route_locmoe` (GrAP gate, top-1, E experts, no capacity limit),
 compressed with group = expert, predicted per expert and summed.
 
@@ -49,21 +55,46 @@ def _config(family: str, num_hashes: int, proj_dim, seed: int = 0) -> LSHConfig:
     return LSHConfig(family=family, num_hashes=num_hashes, proj_dim=proj_dim, seed=seed)
 
 
+def predict(tokens: np.ndarray, family: str, num_hashes: int, proj_dim, model: str, *, num_tuples: int = 400,
+            num_draws: int = 256):
+    """`predicted_compression_rate` of one group with one model (its own Monte Carlo size)."""
+    if model == "tree":
+        return predicted_compression_rate(tokens, proj_dim, num_hashes, family=family, num_draws=num_draws)
+    return predicted_compression_rate(tokens, proj_dim, num_hashes, family=family, model=model,
+                                      num_tuples=num_tuples)
+
+
 def compression_row(groups: list[np.ndarray], family: str, num_hashes: int, proj_dim, *, draws: int = 4,
-                    num_tuples: int = 400) -> dict:
-    """Measured and predicted compression rate and centroid error over a list of (G, d) token groups."""
-    measured, predicted, errors = [], [], []
+                    num_tuples: int = 400, num_draws: int = 256, models=("tree",)) -> dict:
+    """Measured and predicted compression rate and centroid error over a list of (G, d) token groups.
+
+    "predicted"/"rel_error" are the first model's; every model also has "predicted_<model>" and
+    "rel_error_<model>".
+    """
+    measured, errors = [], []
+    predicted = {model: [] for model in models}
+    seconds = {model: 0.0 for model in ("measured", *models)}  # wall-clock per group, summed
     for tokens in groups:
         config = _config(family, num_hashes, proj_dim)
+        start = time.perf_counter()
         measured.append(measured_compression_rate(tokens, config, num_draws=draws).estimate)
+        seconds["measured"] += time.perf_counter() - start
         x = torch.as_tensor(tokens, dtype=torch.float32)
         errors.append(centroid_error(x, compress(x, torch.zeros(len(x), dtype=torch.int64), config)))
-        predicted.append(predicted_compression_rate(tokens, proj_dim, num_hashes, family=family,
-                                                    num_tuples=num_tuples).compression_rate)
-    meas, pred = float(np.mean(measured)), float(np.mean(predicted))
-    return {"family": family, "L": num_hashes, "d_prime": proj_dim if family == "cross_polytope" else 1,
-            "measured": meas, "predicted": pred, "rel_error": pred / meas - 1.0,
-            "centroid_error": float(np.mean(errors)), "groups": len(groups), "group_size": len(groups[0])}
+        for model in models:
+            start = time.perf_counter()
+            predicted[model].append(predict(tokens, family, num_hashes, proj_dim, model, num_tuples=num_tuples,
+                                            num_draws=num_draws).compression_rate)
+            seconds[model] += time.perf_counter() - start
+    meas = float(np.mean(measured))
+    row = {"family": family, "L": num_hashes, "d_prime": proj_dim if family == "cross_polytope" else 1,
+           "measured": meas, "centroid_error": float(np.mean(errors)), "groups": len(groups),
+           "group_size": len(groups[0]), "seconds_per_group_measured": seconds["measured"] / len(groups)}
+    for model in models:
+        pred = float(np.mean(predicted[model]))
+        row |= {f"predicted_{model}": pred, f"rel_error_{model}": pred / meas - 1.0,
+                f"seconds_per_group_{model}": seconds[model] / len(groups)}
+    return row | {"predicted": row[f"predicted_{models[0]}"], "rel_error": row[f"rel_error_{models[0]}"]}
 
 
 def random_groups(tokens: np.ndarray, size: int, count: int, seed: int = 0) -> list[np.ndarray]:
@@ -74,7 +105,7 @@ def random_groups(tokens: np.ndarray, size: int, count: int, seed: int = 0) -> l
 
 
 def router_row(tokens: np.ndarray, num_experts: int, family: str, num_hashes: int, proj_dim, *,
-               draws: int = 4, num_tuples: int = 400) -> dict:
+               draws: int = 4, num_tuples: int = 400, num_draws: int = 256, model: str = "tree") -> dict:
     """Compression of the real router's groups: route_locmoe top-1, no capacity limit, group = expert."""
     x = torch.as_tensor(tokens, dtype=torch.float32)
     plan = route_locmoe(x, contiguous_placement(num_experts, 1, 1), k=1, capacity_factor=None)
@@ -89,12 +120,12 @@ def router_row(tokens: np.ndarray, num_experts: int, family: str, num_hashes: in
         members = tokens[(expert == e).numpy()].astype(np.float64)
         sizes.append(len(members))
         if len(members):
-            buckets += predicted_compression_rate(members, proj_dim, num_hashes, family=family,
-                                                  num_tuples=num_tuples).expected_buckets
+            buckets += predict(members, family, num_hashes, proj_dim, model, num_tuples=num_tuples,
+                               num_draws=num_draws).expected_buckets
     meas, pred = float(np.mean(rates)), buckets / len(tokens)
     return {"family": family, "L": num_hashes, "d_prime": proj_dim if family == "cross_polytope" else 1,
             "measured": meas, "predicted": pred, "rel_error": pred / meas - 1.0, "centroid_error": error,
-            "experts": num_experts, "group_sizes": sizes}
+            "experts": num_experts, "group_sizes": sizes, "model": model}
 
 
 def locmoe_rows(tokens: np.ndarray, num_experts: int, capacity_factors=CAPACITY_FACTORS) -> dict:
@@ -140,9 +171,37 @@ def _fmt(value, digits=4):
     return "nan" if value != value else f"{value:.{digits}g}"
 
 
+def heldout_cases(spec_path: str) -> tuple[list, list, str]:
+    """(cases, hashes, source) of a committed held-out spec: every (text, layer, size) with its groups."""
+    import yaml
+    from pathlib import Path
+
+    path = Path(spec_path)
+    try:
+        spec = yaml.safe_load(path.read_text())
+        hashes = [(str(f), int(n), None if str(f) == "hyperplane" else int(d)) for f, n, d in spec["hashes"]]
+        cases = []
+        for text in spec["texts"]:
+            for layer in spec["layers"]:
+                tokens = np.load(path.parent / f"{text}_layer{layer}.npy", allow_pickle=False).astype(np.float64)
+                start = 0
+                for group in spec["selection"]["groups"]:
+                    size, count = int(group["size"]), int(group["count"])
+                    groups = [tokens[start + i * size:start + (i + 1) * size] for i in range(count)]
+                    start += size * count
+                    if start > len(tokens):
+                        raise ValueError(f"{path.parent / f'{text}_layer{layer}.npy'} holds {len(tokens)} rows, "
+                                         f"the spec's groups need {start}")
+                    cases.append((text, int(layer), size, groups))
+    except (KeyError, TypeError, ValueError) as error:
+        raise SystemExit(f"{path}: {error}") from None
+    return cases, hashes, f"held-out spec {path}"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", choices=("sample", "extract"), default="sample")
+    parser.add_argument("--heldout", metavar="SPEC", help="the committed held-out set of a spec (part 1 only)")
     parser.add_argument("--layers", type=lambda s: [int(v) for v in s.split(",")], default=None)
     parser.add_argument("--text", default="lee-test", help="--source extract: text source (default lee-test)")
     parser.add_argument("--tokens", type=int, default=2048, help="--source extract: tokens (default 2048)")
@@ -150,57 +209,97 @@ def main(argv=None) -> int:
     parser.add_argument("--groups", type=int, default=3, help="random groups per size (default 3)")
     parser.add_argument("--draws", type=int, default=4, help="hash seeds per measured rate (default 4)")
     parser.add_argument("--experts", type=lambda s: [int(v) for v in s.split(",")], default=[8, 16])
-    parser.add_argument("--num-tuples", type=int, default=400, help="predictor Monte Carlo size (default 400)")
+    parser.add_argument("--models", type=lambda s: s.split(","), default=["tree"],
+                        help="predictors, comma-separated: tree (default), components")
+    parser.add_argument("--num-tuples", type=int, default=400, help="components model Monte Carlo size (default 400)")
+    parser.add_argument("--num-draws", type=int, default=256, help="tree model Monte Carlo draws (default 256)")
+    parser.add_argument("--parts", type=lambda s: s.split(","), default=["compression", "router", "locmoe"],
+                        help="comma-separated: compression, router, locmoe (default all)")
     parser.add_argument("--json", metavar="FILE", help="write every row as JSON")
     args = parser.parse_args(argv)
+    for model in args.models:
+        if model not in ("tree", "components"):
+            parser.error(f"--models: {model!r} must be tree or components")
     start = time.perf_counter()
-    hidden, source = _load(args)
-    print(f"# real tokens: {source}; layers {sorted(hidden)}; {next(iter(hidden.values())).shape[0]} tokens")
-    out = {"source": source, "compression": [], "router": [], "locmoe": []}
-    print("\n## compression: measured vs predicted (random groups)\n")
-    print("| layer | G | family | L | d' | measured | predicted | pred/meas - 1 | centroid error |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for layer, tokens in sorted(hidden.items()):
-        for size in args.group_sizes:
-            groups = random_groups(tokens, size, args.groups, seed=layer)
-            for family, num_hashes, proj_dim in HASHES:
+    if args.heldout:
+        cases, hashes, source = heldout_cases(args.heldout)
+        hidden = {}
+        args.parts = ["compression"]
+        print(f"# real tokens: {source}; {len(cases)} (text, layer, G) cases")
+    else:
+        hidden, source = _load(args)
+        hashes = HASHES
+        cases = [("", layer, size, random_groups(tokens, size, args.groups, seed=layer))
+                 for layer, tokens in sorted(hidden.items()) for size in args.group_sizes]
+        print(f"# real tokens: {source}; layers {sorted(hidden)}; {next(iter(hidden.values())).shape[0]} tokens")
+    out = {"source": source, "models": args.models, "compression": [], "router": [], "locmoe": []}
+    if "compression" in args.parts:
+        print("\n## compression: measured vs predicted (random groups)\n")
+        head = "".join(f" predicted ({m}) | pred/meas - 1 ({m}) |" for m in args.models)
+        print(f"| text | layer | G | groups | family | L | d' | measured |{head} centroid error |")
+        print("|---" * (9 + 2 * len(args.models)) + "|")
+        for text, layer, size, groups in cases:
+            for family, num_hashes, proj_dim in hashes:
                 row = compression_row(groups, family, num_hashes, proj_dim, draws=args.draws,
-                                      num_tuples=args.num_tuples) | {"layer": layer}
+                                      num_tuples=args.num_tuples, num_draws=args.num_draws,
+                                      models=tuple(args.models)) | {"layer": layer, "text": text}
                 out["compression"].append(row)
-                print(f"| {layer} | {size} | {family} | {num_hashes} | {row['d_prime']} | {_fmt(row['measured'])} | "
-                      f"{_fmt(row['predicted'])} | {100 * row['rel_error']:+.1f}% | {_fmt(row['centroid_error'], 3)} |")
-            sys.stdout.flush()
-    errors = [abs(r["rel_error"]) for r in out["compression"]]
-    within = sum(e <= 0.10 for e in errors)
-    print(f"\n|pred/meas - 1|: median {100 * statistics.median(errors):.1f}%, worst {100 * max(errors):.1f}%, "
-          f"{within}/{len(errors)} rows within 10%")
-    print("\n## compression of the real router's groups (route_locmoe top-1, no capacity limit)\n")
-    print("| layer | E | family | L | d' | measured | predicted | pred/meas - 1 | centroid error | tokens per expert |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for layer, tokens in sorted(hidden.items()):
-        for family, num_hashes, proj_dim in (("cross_polytope", 6, 16), ("cross_polytope", 2, 8),
-                                             ("hyperplane", 10, None)):
-            row = router_row(tokens, args.experts[0], family, num_hashes, proj_dim, draws=args.draws,
-                             num_tuples=args.num_tuples) | {"layer": layer}
-            out["router"].append(row)
-            print(f"| {layer} | {args.experts[0]} | {family} | {num_hashes} | {row['d_prime']} | "
-                  f"{_fmt(row['measured'])} | {_fmt(row['predicted'])} | {100 * row['rel_error']:+.1f}% | "
-                  f"{_fmt(row['centroid_error'], 3)} | {min(row['group_sizes'])}..{max(row['group_sizes'])} |")
-    print("\n## LocMoE: the bound from the measured delta vs the real router's drops\n")
-    print("| layer | E | delta (q=0) | E*ec_min (q=0) | delta (q=0.01) | E*ec_min (q=0.01) | p_delta meas / uniform "
-          "(q=0.01) | drops stop at factor | drops at factor 1.0 / 1.25 / 2.0 |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for layer, tokens in sorted(hidden.items()):
-        for experts in args.experts:
-            row = locmoe_rows(tokens.astype(np.float64), experts) | {"layer": layer}
-            out["locmoe"].append(row)
-            b0, b1 = row["bound"]["0.0"], row["bound"]["0.01"]
-            drops = {r["capacity_factor"]: r["dropped_fraction"] for r in row["sweep"]}
-            print(f"| {layer} | {experts} | {_fmt(b0['delta'], 3)} | {_fmt(b0['implied_capacity_factor'], 3)} | "
-                  f"{_fmt(b1['delta'], 3)} | {_fmt(b1['implied_capacity_factor'], 3)} | "
-                  f"{_fmt(b1['p_delta_measured'], 3)} / {_fmt(b1['p_delta_uniform'], 3)} | "
-                  f"{_fmt(row['drops_stop_at_factor'], 3)} | "
-                  f"{100 * drops[1.0]:.1f}% / {100 * drops[1.25]:.1f}% / {100 * drops[2.0]:.1f}% |")
+                cells = "".join(f" {_fmt(row[f'predicted_{m}'])} | {100 * row[f'rel_error_{m}']:+.1f}% |"
+                                for m in args.models)
+                print(f"| {text or '-'} | {layer} | {size} | {len(groups)} | {family} | {num_hashes} | "
+                      f"{row['d_prime']} | {_fmt(row['measured'])} |{cells} {_fmt(row['centroid_error'], 3)} |")
+                sys.stdout.flush()
+        print()
+        for model in args.models:
+            errors = [abs(r[f"rel_error_{model}"]) for r in out["compression"]]
+            signed = [r[f"rel_error_{model}"] for r in out["compression"]]
+            within = sum(e <= 0.10 for e in errors)
+            print(f"{model}: |pred/meas - 1| median {100 * statistics.median(errors):.1f}%, worst "
+                  f"{100 * max(errors):.1f}%, {within}/{len(errors)} rows within 10% (signed: "
+                  f"{100 * min(signed):+.1f}% .. {100 * max(signed):+.1f}%)")
+        for size in sorted({r["group_size"] for r in out["compression"]}):
+            rows = [r for r in out["compression"] if r["group_size"] == size]
+            times = "; ".join(f"{m} {statistics.median(r[f'seconds_per_group_{m}'] for r in rows):.2f} s"
+                              for m in ("measured", *args.models))
+            print(f"G = {size}: median wall-clock per group and hash ({args.draws} hash draws for measured): {times}")
+    if "router" in args.parts:
+        print("\n## compression of the real router's groups (route_locmoe top-1, no capacity limit)\n")
+        print("| layer | E | family | L | d' | measured | predicted | pred/meas - 1 | model | centroid error | "
+              "tokens per expert |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for layer, tokens in sorted(hidden.items()):
+            for family, num_hashes, proj_dim in (("cross_polytope", 6, 16), ("cross_polytope", 2, 8),
+                                                 ("hyperplane", 10, None)):
+                for model in args.models:
+                    row = router_row(tokens, args.experts[0], family, num_hashes, proj_dim, draws=args.draws,
+                                     num_tuples=args.num_tuples, num_draws=args.num_draws,
+                                     model=model) | {"layer": layer}
+                    out["router"].append(row)
+                    print(f"| {layer} | {args.experts[0]} | {family} | {num_hashes} | {row['d_prime']} | "
+                          f"{_fmt(row['measured'])} | {_fmt(row['predicted'])} | {100 * row['rel_error']:+.1f}% | "
+                          f"{model} | {_fmt(row['centroid_error'], 3)} | "
+                          f"{min(row['group_sizes'])}..{max(row['group_sizes'])} |")
+                    sys.stdout.flush()
+    if "locmoe" in args.parts:
+        print("\n## LocMoE: the bound from the measured delta vs the real router's drops\n")
+        print("| layer | E | delta (q=0) | E*ec_min (q=0) | delta (q=0.01) | E*ec_min (q=0.01) | p_delta meas / "
+              "uniform (q=0.01) | drops stop at factor | drops at factor 1.0 / 1.25 / 2.0 |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for layer, tokens in sorted(hidden.items()):
+            for experts in args.experts:
+                row = locmoe_rows(tokens.astype(np.float64), experts) | {"layer": layer}
+                out["locmoe"].append(row)
+                b0, b1 = row["bound"]["0.0"], row["bound"]["0.01"]
+                drops = {r["capacity_factor"]: r["dropped_fraction"] for r in row["sweep"]}
+                print(f"| {layer} | {experts} | {_fmt(b0['delta'], 3)} | {_fmt(b0['implied_capacity_factor'], 3)} | "
+                      f"{_fmt(b1['delta'], 3)} | {_fmt(b1['implied_capacity_factor'], 3)} | "
+                      f"{_fmt(b1['p_delta_measured'], 3)} / {_fmt(b1['p_delta_uniform'], 3)} | "
+                      f"{_fmt(row['drops_stop_at_factor'], 3)} | "
+                      f"{100 * drops[1.0]:.1f}% / {100 * drops[1.25]:.1f}% / {100 * drops[2.0]:.1f}% |")
+    return _finish(args, out, start)
+
+
+def _finish(args, out: dict, start: float) -> int:
     print(f"\n({time.perf_counter() - start:.0f} s)")
     if args.json:
         from lshsim.io import write_text_atomically

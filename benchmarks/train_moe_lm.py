@@ -103,6 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=None, help="start no run past this many seconds")
     p.add_argument("--step-time-json", default=None, help="{config: predicted step seconds} for the time plot")
     p.add_argument("--plot-only", default=None, metavar="RESULTS_JSON", help="redraw the plot of a results.json")
+    p.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
+                   help="join the runs of several results.json (parallel processes of one setting) into --out")
     p.add_argument("--predict-step-times", default=None, metavar="OUT_JSON",
                    help="write {config: step seconds} predicted by lshsim.sim and exit")
     p.add_argument("--from-results", default=None, help="results.json whose measured LSH rates to simulate")
@@ -235,6 +237,62 @@ def summarise(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def paired_deltas(runs: list[dict], baseline: str = "top2") -> dict[str, dict]:
+    """Per configuration: final val loss minus the baseline's of the same seed, over the seeds both ran.
+
+    Returns {config: {"seeds": [...], "deltas": [...], "mean": m, "std": s}} (std 0 for one seed);
+    configurations without a common seed with the baseline are left out."""
+    base = {r["seed"]: r["final_val_loss"] for r in runs if r["config"] == baseline}
+    out = {}
+    for name in dict.fromkeys(r["config"] for r in runs):
+        pairs = sorted((r["seed"], r["final_val_loss"] - base[r["seed"]]) for r in runs
+                       if r["config"] == name and r["seed"] in base)
+        if pairs:
+            deltas = [d for _, d in pairs]
+            out[name] = {"seeds": [s for s, _ in pairs], "deltas": deltas, "mean": statistics.fmean(deltas),
+                         "std": statistics.stdev(deltas) if len(deltas) > 1 else 0.0}
+    return out
+
+
+_SETTING_EXEMPT = {"configs", "config_names", "seeds", "seed_list", "out", "budget_s", "merge", "step_time_json"}
+
+
+def merge_results(paths: list[str]) -> dict:
+    """One results dict from several results.json of the same setting (parallel processes).
+
+    Raises SystemExit naming the file and the argument when two files were run with other settings
+    (model sizes, steps, corpus...), or when a (config, seed) run appears twice."""
+    merged = None
+    seen: dict[tuple, str] = {}
+    for path in paths:
+        try:
+            results = json.loads(Path(path).read_text())
+            runs = results["runs"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise SystemExit(f"--merge {path}: not a results.json of this script ({error})")
+        if merged is None:
+            merged = {**results, "runs": [], "skipped": [], "merged_from": []}
+        else:
+            for key, value in results["args"].items():
+                if key not in _SETTING_EXEMPT and merged["args"].get(key) != value:
+                    raise SystemExit(f"--merge {path}: argument {key}={value!r} differs from "
+                                     f"{merged['merged_from'][0]} ({merged['args'].get(key)!r})")
+        for run in runs:
+            key = (run["config"], run["seed"])
+            if key in seen:
+                raise SystemExit(f"--merge {path}: run {key[0]} seed {key[1]} is also in {seen[key]}")
+            seen[key] = path
+            merged["runs"].append(run)
+        merged["skipped"] += results.get("skipped", [])
+        merged["merged_from"].append(str(path))
+        merged["elapsed_s"] = max(merged.get("elapsed_s", 0.0), results.get("elapsed_s", 0.0))
+    order = {name: i for i, name in enumerate(CONFIGS)}
+    merged["runs"].sort(key=lambda r: (r["seed"], order.get(r["config"], len(order))))
+    merged["summary"] = summarise(merged["runs"]) if merged["runs"] else []
+    merged["paired_deltas"] = paired_deltas(merged["runs"])
+    return merged
+
+
 def print_table(rows: list[dict], baseline: str = "top2") -> None:
     base = next((r["val_loss_mean"] for r in rows if r["config"] == baseline), None)
     print(f"{'config':14s} {'seeds':>5s} {'val loss':>9s} {'+-std':>7s} {'d vs top2':>9s} {'ppl':>7s} "
@@ -336,6 +394,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:14s} {1e3 * times[name]:9.2f} ms per step")
         return 0
     step_times = json.loads(Path(args.step_time_json).read_text()) if args.step_time_json else None
+    if args.merge:
+        results = merge_results(args.merge)
+        out_dir = Path(args.out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "results.json").write_text(json.dumps(results))
+        print_table(results["summary"])
+        for name, pair in results["paired_deltas"].items():
+            print(f"{name:14s} paired delta vs top2 {pair['mean']:+.4f} +- {pair['std']:.4f} "
+                  f"(seeds {pair['seeds']}: {', '.join(f'{d:+.4f}' for d in pair['deltas'])})")
+        try:
+            plot(results, out_dir / "val_loss.png")
+            if step_times:
+                plot(results, out_dir / "val_loss_time.png", step_times)
+        except ImportError as error:
+            print(f"no plot ({error}); draw it elsewhere with --plot-only {out_dir / 'results.json'}")
+        print(f"wrote {out_dir / 'results.json'}")
+        return 0
     if args.plot_only:
         results = json.loads(Path(args.plot_only).read_text())
         out = Path(args.plot_only).with_name("val_loss.png" if not step_times else "val_loss_time.png")

@@ -23,7 +23,8 @@ import dataclasses
 import torch
 import torch.distributed as dist
 
-from lshsim.executor.comm import CommStats, node_process_group
+from lshsim.executor.dedup import dedup_groups
+from lshsim.executor.comm import CommStats, fake_fp8, fp8_row_bytes, node_process_group
 from lshsim.executor.moe_layer import (DistributedMoE, GateParams, MoEContext, _route, expert_ffn, expert_weights,
                                 gate_params, placement_for, rank_inputs, reference_moe)
 from lshsim.executor.runtime import Runtime
@@ -52,6 +53,18 @@ def default_cases(world_size: int) -> list[WorkloadConfig]:
         WorkloadConfig(name="locmoe-lsh-groupwise", router=RouterConfig("locmoe", k=2, capacity_factor=None),
                        gpus_per_node=two_nodes, alltoall="groupwise",
                        lsh={"family": "cross_polytope", "num_hashes": 1, "proj_dim": 2, "seed": 1}, **base),
+        # the fp8 dispatch (DeepEP's format): the reference rounds every dispatched row the same way
+        # the node-deduplicated dispatch and reducing combine, on two emulated nodes
+        WorkloadConfig(name="topk-k4-node-dedup", router=RouterConfig("topk", k=4, capacity_factor=1.0),
+                       gpus_per_node=two_nodes, alltoall="node_dedup", skew=2.0, **base),
+        WorkloadConfig(name="topk-k2-node-dedup-fp8", router=RouterConfig("topk", k=2, capacity_factor=None),
+                       gpus_per_node=two_nodes, alltoall="node_dedup", dispatch_format="fp8", skew=1.0,
+                       placement="round_robin", **base),
+        WorkloadConfig(name="topk-k2-fp8", router=RouterConfig("topk", k=2, capacity_factor=1.25),
+                       dispatch_format="fp8", **{**base, "d_model": 136}),
+        WorkloadConfig(name="locmoe-lsh-groupwise-fp8", router=RouterConfig("locmoe", k=2, capacity_factor=None),
+                       gpus_per_node=two_nodes, alltoall="groupwise", dispatch_format="fp8",
+                       lsh={"family": "cross_polytope", "num_hashes": 1, "proj_dim": 2, "seed": 1}, **base),
     ]
     return cases
 
@@ -70,14 +83,35 @@ def reference_moe_lsh(workload: WorkloadConfig, world_size: int, x_all: torch.Te
     tokens = x_all[token]  # (N, d)
     compressed = compress(tokens, token_rank[token] * num_experts + expert, config, projection)
     centroid_expert = compressed.centroid_group % num_experts  # (B,)
+    centroids = fake_fp8(compressed.centroids) if workload.dispatch_format == "fp8" else compressed.centroids
     out = torch.zeros_like(compressed.centroids)  # (B, d)
     for e in range(num_experts):
         rows = torch.nonzero(centroid_expert == e).flatten()
         if rows.numel():
-            out = out.index_copy(0, rows, expert_ffn(compressed.centroids[rows], experts.w1[e], experts.w2[e]))
+            out = out.index_copy(0, rows, expert_ffn(centroids[rows], experts.w1[e], experts.w2[e]))
     per_choice = restore(out, compressed, residuals(tokens, compressed))  # (N, d)
     weight = plan.gate_weight[token, choice].unsqueeze(1)  # (N, 1)
     return torch.zeros_like(x_all).index_add(0, token, per_choice * weight)
+
+
+def _dedup_rows(plan, placement, world: int, per_node: int, tokens_per_rank: int) -> torch.Tensor:
+    """(W, W) rows each rank sends in a node_dedup dispatch, from the global plan: to the rail peer
+    of every node, the distinct tokens with a kept choice there (the network stage), plus, as a
+    forwarder, the copies for every rank of its node that come from the sources of its rail."""
+    rows = torch.zeros(world, world, dtype=torch.long)
+    expert_rank = placement.expert_to_rank.cpu()
+    kept = plan.kept.cpu()
+    experts = plan.expert_index.cpu()
+    for t in range(kept.shape[0]):
+        source = t // tokens_per_rank
+        dests = [int(expert_rank[experts[t, j]]) for j in range(kept.shape[1]) if kept[t, j]]
+        for node in {d // per_node for d in dests}:
+            forwarder = node * per_node + source % per_node
+            rows[source, forwarder] += 1  # the token once per node
+            for d in dests:
+                if d // per_node == node:
+                    rows[forwarder, d] += 1  # one copy per choice, forwarded inside the node
+    return rows
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -100,8 +134,10 @@ def _check_case(workload: WorkloadConfig, runtime: Runtime) -> dict:
     per_node = workload.ranks_per_node(world)
     groupwise = workload.alltoall == "groupwise"
     node_group, node_ranks = node_process_group(rank, world, per_node) if groupwise else (None, None)
+    groups = dedup_groups(rank, world, per_node) if workload.alltoall == "node_dedup" else None
     stats = CommStats(world)
     ctx = MoEContext(rank=rank, world_size=world, device=device, node_group=node_group, node_ranks=node_ranks,
+                     dedup=groups,
                      stats=stats)
     model = DistributedMoE(workload, ctx, dtype)
     x0, ids = rank_inputs(workload, rank, device, dtype)
@@ -138,10 +174,14 @@ def _check_case(workload: WorkloadConfig, runtime: Runtime) -> dict:
         if world > 1:
             dist.all_reduce(gate_grad)
         errors["grad_gate"] = _rel(gate_grad, gate.weight.grad)
-    # bytes sent against the plan
+    # bytes sent against the plan (rows x bytes per row; the fp8 dispatch sends fp8_row_bytes a row)
     bytes_per_token = workload.d_model * 4
-    if workload.lsh is None:
-        expected = plan_ref.traffic_matrix(bytes_per_token)  # (W, W)
+    dispatch_row = fp8_row_bytes(workload.d_model) if workload.dispatch_format == "fp8" else bytes_per_token
+    if workload.lsh is None and workload.alltoall == "node_dedup":
+        expected = _dedup_rows(plan_ref, placement_for(workload, world, device), world,
+                               workload.ranks_per_node(world), workload.tokens_per_rank)
+    elif workload.lsh is None:
+        expected = plan_ref.traffic_matrix(1)  # (W, W) rows
     else:
         # the expected counts are computed on the CPU, as an independent reference of the device run
         cpu = torch.device("cpu")
@@ -149,15 +189,15 @@ def _check_case(workload: WorkloadConfig, runtime: Runtime) -> dict:
         cpu_gate = GateParams(None if gate.weight is None else gate.weight.detach().cpu(), gate.bias.cpu())
         x_cpu = x_all.detach().cpu()
         plan_global = _route(workload, placement_for(workload, world, cpu), cpu_gate, x_cpu, ids_all.cpu(), token_rank)
-        expected = compressed_send_counts(x_cpu, plan_global, workload.lsh_config()) * bytes_per_token
+        expected = compressed_send_counts(x_cpu, plan_global, workload.lsh_config())  # rows
     expected = expected.cpu()
     sent = {key: torch.tensor(value) for key, value in stats.sent_bytes.items()}
     column = expected[:, rank]  # what rank receives = what it sends back
     mismatches = [
-        int((sent[("dispatch_a2a", "forward")] != expected[rank]).sum()),
-        int((sent[("combine_a2a", "forward")] != column).sum()),
-        int((sent[("combine_a2a", "backward")] != expected[rank]).sum()),
-        int((sent[("dispatch_a2a", "backward")] != column).sum()),
+        int((sent[("dispatch_a2a", "forward")] != expected[rank] * dispatch_row).sum()),
+        int((sent[("combine_a2a", "forward")] != column * bytes_per_token).sum()),
+        int((sent[("combine_a2a", "backward")] != expected[rank] * bytes_per_token).sum()),
+        int((sent[("dispatch_a2a", "backward")] != column * bytes_per_token).sum()),
     ]
     errors["bytes_mismatch"] = float(sum(mismatches))
     # LSH at its finest resolution equals the uncompressed layer exactly

@@ -25,7 +25,8 @@ import torch.distributed as dist
 from lshsim.executor.timing import PhaseTimer
 
 __all__ = ["CommStats", "CommContext", "all_to_all", "mark", "align_ranks", "exchange_counts",
-           "world_size_of", "rank_of", "node_process_group", "HOLD_CYCLES"]
+           "world_size_of", "rank_of", "node_process_group", "HOLD_CYCLES", "WIRE_FORMATS", "FP8_BLOCK",
+           "fp8_row_bytes", "quantize_fp8_rows", "dequantize_fp8_rows", "fake_fp8"]
 
 
 def world_size_of(group=None) -> int:
@@ -95,6 +96,70 @@ class CommContext:
     ranks: list[int] | None = None
     bwd_opens: str | None = None
     bwd_closes: str | None = None
+    #: what travels in the forward: "native" (the rows' own dtype) or "fp8" (`quantize_fp8_rows`);
+    #: the backward always sends the gradient in its own dtype
+    wire: str = "native"
+    #: phases the fp8 quantization (before the collective) and dequantization (after it) are
+    #: timed under; None leaves them untimed
+    quantize_phase: str | None = None
+    dequantize_phase: str | None = None
+
+
+# ---- the FP8 wire format ------------------------------------------------------------------------
+#: the dispatch formats of an all-to-all's forward (`CommContext.wire`)
+WIRE_FORMATS = ("native", "fp8")
+#: values per scale of the fp8 format (DeepEP's dispatch: one float32 scale per 128 values)
+FP8_BLOCK = 128
+_FP8_MAX = 448.0  # the largest finite float8_e4m3fn
+_FP8_MIN_AMAX = 1e-4  # a block's amax is clamped to this, as DeepEP does, so an all-zero block has a scale
+
+
+def fp8_row_bytes(d_model: int) -> int:
+    """Bytes of one row of d values in the fp8 wire format: d bytes + a 4-byte scale per 128 values.
+
+    >>> fp8_row_bytes(7168), fp8_row_bytes(100)
+    (7392, 104)
+    """
+    return d_model + 4 * -(-d_model // FP8_BLOCK)
+
+
+def quantize_fp8_rows(x: torch.Tensor) -> torch.Tensor:
+    """(N, d) float rows -> (N, fp8_row_bytes(d)) uint8: the rows in float8_e4m3fn, then their scales.
+
+    Per row and block of 128 values (the last block may be shorter): scale = max(|block|, 1e-4)
+    / 448 (float32), value = round_e4m3(x / scale). The scales' 4 bytes follow the d value bytes,
+    so a row travels as one contiguous record and an all-to-all of these rows needs no second
+    collective. Non-finite values give non-finite scales or values (not checked).
+    """
+    if x.ndim != 2:
+        raise ValueError(f"quantize_fp8_rows takes (N, d) rows, got shape {tuple(x.shape)}")
+    num_rows, d_model = x.shape
+    blocks = -(-d_model // FP8_BLOCK)
+    padded = torch.nn.functional.pad(x.float(), (0, blocks * FP8_BLOCK - d_model))  # (N, nb * 128)
+    padded = padded.view(num_rows, blocks, FP8_BLOCK)
+    scale = padded.abs().amax(dim=2).clamp(min=_FP8_MIN_AMAX) / _FP8_MAX  # (N, nb) float32
+    values = (padded / scale.unsqueeze(2)).to(torch.float8_e4m3fn).view(num_rows, blocks * FP8_BLOCK)[:, :d_model]
+    return torch.cat([values.contiguous().view(torch.uint8), scale.contiguous().view(torch.uint8)], dim=1)
+
+
+def dequantize_fp8_rows(packed: torch.Tensor, d_model: int, dtype: torch.dtype) -> torch.Tensor:
+    """(N, fp8_row_bytes(d)) uint8 from `quantize_fp8_rows` -> (N, d) rows in `dtype` (value x scale)."""
+    if packed.ndim != 2 or packed.dtype != torch.uint8 or packed.shape[1] != fp8_row_bytes(d_model):
+        raise ValueError(f"packed fp8 rows must be (N, {fp8_row_bytes(d_model)}) uint8, got "
+                         f"{tuple(packed.shape)} {packed.dtype}")
+    num_rows = packed.shape[0]
+    blocks = -(-d_model // FP8_BLOCK)
+    values = packed[:, :d_model].contiguous().view(torch.float8_e4m3fn).float()  # (N, d)
+    scale = packed[:, d_model:].contiguous().view(torch.float32)  # (N, nb)
+    values = torch.nn.functional.pad(values, (0, blocks * FP8_BLOCK - d_model)).view(num_rows, blocks, FP8_BLOCK)
+    return (values * scale.unsqueeze(2)).view(num_rows, blocks * FP8_BLOCK)[:, :d_model].to(dtype)
+
+
+def fake_fp8(x: torch.Tensor) -> torch.Tensor:
+    """x rounded through the fp8 wire format (quantize, dequantize), with a straight-through gradient:
+    what a row is after an fp8 all-to-all, for single-process references."""
+    rounded = dequantize_fp8_rows(quantize_fp8_rows(x.detach().reshape(-1, x.shape[-1])), x.shape[-1], x.dtype)
+    return x + (rounded.view_as(x) - x).detach()
 
 
 #: GPU clock cycles of the spin kernel that `align_ranks` queues before its device-side barrier
@@ -182,18 +247,55 @@ class _AllToAll(torch.autograd.Function):
         return grad_in, None, None, None
 
 
+class _AllToAllFP8(torch.autograd.Function):
+    """The forward sends the rows in the fp8 wire format and returns them dequantized to x's dtype;
+    the backward sends the gradient back in its own dtype (straight through the rounding), as a
+    DeepEP-style dispatch does (fp8 dispatch, bf16 combine)."""
+
+    @staticmethod
+    def forward(autograd_ctx, x, send_splits, recv_splits, ctx):
+        autograd_ctx.send_splits = send_splits
+        autograd_ctx.recv_splits = recv_splits
+        autograd_ctx.comm = ctx
+        timer = ctx.timer
+        if timer is not None and ctx.quantize_phase is not None:
+            timer.begin(ctx.quantize_phase)
+        packed = quantize_fp8_rows(x)
+        if timer is not None and ctx.quantize_phase is not None:
+            timer.end(ctx.quantize_phase)
+        received = _exchange(packed, send_splits, recv_splits, ctx, "forward")
+        if timer is not None and ctx.dequantize_phase is not None:
+            timer.begin(ctx.dequantize_phase)
+        out = dequantize_fp8_rows(received, x.shape[1], x.dtype)
+        if timer is not None and ctx.dequantize_phase is not None:
+            timer.end(ctx.dequantize_phase)
+        return out
+
+    backward = _AllToAll.backward
+
+
 def all_to_all(x: torch.Tensor, send_splits: list[int], recv_splits: list[int], ctx: CommContext) -> torch.Tensor:
     """Rows of x (N, ...) -> rows received (sum(recv_splits), ...); differentiable.
 
     send_splits[d]: rows sent to group rank d (sum = N); recv_splits[s]: rows received from s.
+    With ctx.wire == "fp8" the forward sends (N, d) rows in the fp8 wire format (`quantize_fp8_rows`:
+    fp8_row_bytes(d) bytes a row, counted so in `ctx.stats`) and returns them dequantized, also on
+    one rank, so that results do not depend on the world size.
     """
     if x.shape[0] != sum(send_splits):
         raise ValueError(f"x has {x.shape[0]} rows but send_splits sum to {sum(send_splits)}")
     if len(send_splits) != len(recv_splits):
         raise ValueError(f"{len(send_splits)} send splits but {len(recv_splits)} receive splits")
+    if ctx.wire not in WIRE_FORMATS:
+        raise ValueError(f"wire={ctx.wire!r}: known formats {', '.join(WIRE_FORMATS)}")
+    splits = ([int(s) for s in send_splits], [int(s) for s in recv_splits])
+    if ctx.wire == "fp8":
+        if x.ndim != 2:
+            raise ValueError(f"the fp8 wire format sends (N, d) rows, got shape {tuple(x.shape)}")
+        return _AllToAllFP8.apply(x, *splits, ctx)
     if world_size_of(ctx.group) == 1 and ctx.timer is None and ctx.stats is None:
         return x
-    return _AllToAll.apply(x, [int(s) for s in send_splits], [int(s) for s in recv_splits], ctx)
+    return _AllToAll.apply(x, *splits, ctx)
 
 
 class _Mark(torch.autograd.Function):

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lshsim.executor.comm import CommContext, CommStats, align_ranks, all_to_all, exchange_counts, mark
+from lshsim.executor.comm import (CommContext, CommStats, align_ranks, all_to_all, exchange_counts, fake_fp8,
+                                  mark)
 from lshsim.executor.gate_graph import GraphedGate, GraphedRouting
 from lshsim.executor.moe_ops import combine_choices, expert_block, gather_choices
 from lshsim.executor.timing import PhaseTimer
@@ -204,6 +205,7 @@ class MoEContext:
     stats: CommStats | None = None
     sync: bool = False
     progress: object = None  # lshsim.executor.runtime.Progress: marks the collectives reached (hang diagnosis)
+    dedup: object = None  # lshsim.executor.dedup.DedupGroups: the rail and node groups of alltoall node_dedup
 
 
 @dataclass(frozen=True)
@@ -284,8 +286,13 @@ class DistributedMoE:
     def _a2a(self, x: torch.Tensor, send: list[int], recv: list[int], name: str, groupwise: bool,
              bwd_opens: str | None, bwd_closes: str | None) -> torch.Tensor:
         ctx = self.ctx
+        # the dispatch's wire format: fp8 is quantized under "gate" (the packing) and dequantized
+        # under "expert" (the experts' input), the collective itself timed as always
+        fp8 = name == "dispatch_a2a" and self.workload.dispatch_format == "fp8"
+        wire = dict(wire="fp8", quantize_phase="gate", dequantize_phase="expert") if fp8 else {}
         if not groupwise or all(self.same_node):
-            comm = CommContext(name, ctx.timer, ctx.stats, ctx.sync, bwd_opens=bwd_opens, bwd_closes=bwd_closes)
+            comm = CommContext(name, ctx.timer, ctx.stats, ctx.sync, bwd_opens=bwd_opens, bwd_closes=bwd_closes,
+                               **wire)
             return all_to_all(x, send, recv, comm)
         # LocMoE group-wise: intra-node exchange first, then only the inter-node remainder.
         node_ranks = ctx.node_ranks
@@ -300,9 +307,9 @@ class DistributedMoE:
         # stage's backward runs last and opens `bwd_opens`
         intra = all_to_all(intra_x, intra_send, intra_recv,
                            CommContext(name, ctx.timer, ctx.stats, ctx.sync, group=ctx.node_group, ranks=node_ranks,
-                                       bwd_opens=bwd_opens))
+                                       bwd_opens=bwd_opens, **wire))
         inter = all_to_all(inter_x, inter_send, inter_recv,
-                           CommContext(name, ctx.timer, ctx.stats, ctx.sync, bwd_closes=bwd_closes))
+                           CommContext(name, ctx.timer, ctx.stats, ctx.sync, bwd_closes=bwd_closes, **wire))
         intra_parts = dict(zip(node_ranks, torch.split(intra, intra_recv)))
         inter_parts = torch.split(inter, inter_recv)
         return torch.cat([intra_parts[r] if self.same_node[r] else inter_parts[r] for r in range(ctx.world_size)])
@@ -338,6 +345,9 @@ class DistributedMoE:
                 {"token_ids": token_ids, **_gate_inputs(workload, self.gate, x, with_bias=False)})
         k = plan.num_choices
         segs = None
+        if workload.alltoall == "node_dedup":
+            self._end("gate")
+            return self._forward_dedup(x, plan, order, counts)
         if lsh is None and gated is None:
             send_x = gather_choices(x, order, inv, k, token_of_row)  # (T*k, d), the first N rows kept
         self._end("gate")
@@ -411,6 +421,62 @@ class DistributedMoE:
         return MoEOutput(y=y, plan=plan, send_splits=send_splits, rows_sent=rows_sent,
                          lsh_rows=(send_x, centroids, segs) if lsh is not None else None)
 
+    def _forward_dedup(self, x: torch.Tensor, plan, order: torch.Tensor, counts: torch.Tensor) -> MoEOutput:
+        """The rest of a forward with `alltoall: node_dedup` (`lshsim.executor.dedup`): one all-gather
+        of the counts (the forward's one device-to-host copy, "other"), the deduplicated dispatch,
+        the experts, the reducing combine."""
+        from lshsim.executor import dedup
+
+        ctx, workload = self.ctx, self.workload
+        groups = ctx.dedup
+        if groups is None:
+            raise ValueError("alltoall node_dedup needs MoEContext.dedup (lshsim.executor.dedup.dedup_groups)")
+        num_tokens, k = plan.gate_weight.shape
+        per_rank, world = self.experts_per_rank[0], ctx.world_size
+        num_experts, nodes = per_rank * world, groups.num_nodes
+        device = x.device
+        # destination and token of every row of the send order (the first N are kept); no host sync
+        rows = torch.arange(num_tokens * k, device=device)
+        position = torch.bucketize(rows, torch.cumsum(counts, 0), right=True)  # (T*k,), E past the kept rows
+        valid = position < num_experts
+        dest_rank = torch.div(position.clamp(max=num_experts - 1), per_rank, rounding_mode="floor")
+        token = torch.div(order, k, rounding_mode="floor")
+        dest_node = torch.div(dest_rank, groups.ranks_per_node, rounding_mode="floor")
+        seen, distinct = dedup.node_token_counts(token, dest_node, valid, num_tokens, nodes)
+        if ctx.progress is not None:
+            ctx.progress.step("split-size exchange")
+        if ctx.sync:
+            align_ranks(device)
+        self._begin("other")
+        mine = torch.cat([counts, distinct])  # (E + nodes,)
+        if world > 1:
+            gathered = [torch.empty_like(mine) for _ in range(world)]
+            torch.distributed.all_gather(gathered, mine)
+            all_counts = torch.stack(gathered).tolist()  # the one host sync
+        else:
+            all_counts = [mine.tolist()]
+        self._end("other")
+        num_kept = sum(all_counts[ctx.rank][:num_experts])
+        plan_d = dedup.plan_dedup(groups, per_rank, all_counts, seen, token[:num_kept], dest_rank[:num_kept])
+        weight = (plan.gate_weight * plan.kept).reshape(-1).index_select(0, order[:num_kept])  # (N,)
+        closes, opens = backward_chain("dispatch_a2a", _ACTIVE)
+        fp8 = workload.dispatch_format == "fp8"
+        wire = dict(wire="fp8", quantize_phase="gate", dequantize_phase="expert") if fp8 else None
+        recv_x, recv_w, state = dedup.dedup_dispatch(x, weight, plan_d, "dispatch_a2a", ctx.timer, ctx.stats,
+                                                     ctx.sync, bwd_opens=opens, bwd_closes=closes, wire=wire)
+        self._begin("expert")
+        received = [all_counts[s][ctx.rank * per_rank + e] for s in range(world) for e in range(per_rank)]
+        received_dev = torch.tensor(received, device=device).reshape(world, per_rank)
+        self.rows_per_expert = [sum(received[s * per_rank + e] for s in range(world)) for e in range(per_rank)]
+        expert_out, self.expert_method = expert_block(recv_x, received_dev, self.rows_per_expert, self.experts.w1,
+                                                      self.experts.w2, self.expert_impl)
+        self._end("expert")
+        closes, opens = backward_chain("combine_a2a", _ACTIVE)
+        y = dedup.dedup_combine(expert_out, recv_w, plan_d, state, num_tokens, "combine_a2a", ctx.timer, ctx.stats,
+                                ctx.sync, bwd_opens=opens, bwd_closes=closes)
+        send_splits = plan_d.rows_to_rank[ctx.rank]
+        return MoEOutput(y=y.to(x.dtype), plan=plan, send_splits=send_splits, rows_sent=num_kept)
+
     def _token_buckets(self, x: torch.Tensor, lsh: LSHConfig, num_tokens: int, k: int) -> tuple[torch.Tensor, int]:
         """Bucket id of every token (T,) and the span of the ids: mixed-radix ids when
         (2 d')^L * E < 2^63, else dense ranks of the codes (span T; a host synchronisation)."""
@@ -436,6 +502,8 @@ def reference_moe(workload: WorkloadConfig, world_size: int, x_all: torch.Tensor
     token_rank = torch.arange(world_size, device=x_all.device).repeat_interleave(workload.tokens_per_rank)
     plan = _route(workload, placement, gate, x_all, token_ids_all, token_rank)
     buffers = dense.dispatch(x_all, plan)  # (E, W*C, d)
+    if workload.dispatch_format == "fp8":  # every dispatched row rounded as the fp8 wire rounds it
+        buffers = fake_fp8(buffers)
     out = torch.stack([expert_ffn(buffers[e], experts.w1[e], experts.w2[e])
                        for e in range(workload.num_experts)])  # (E, W*C, d)
     y = dense.combine(out.float(), plan).to(x_all.dtype)  # (W*T, d)

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from lshsim.executor.comm import CommStats, align_ranks, node_process_group
+from lshsim.executor.dedup import dedup_groups
+from lshsim.executor.comm import CommStats, align_ranks, fp8_row_bytes, node_process_group
 from lshsim.executor.moe_layer import DistributedMoE, MoEContext, rank_inputs, resolve_dtype
 from lshsim.executor.runtime import Progress, Runtime, provenance
 from lshsim.executor.timing import IterationTimes, PhaseTimer, aggregate
@@ -255,7 +256,9 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
     per_node = workload.ranks_per_node(world)
     groupwise = workload.alltoall == "groupwise"
     node_group, node_ranks = node_process_group(rank, world, per_node) if groupwise else (None, None)
+    groups = dedup_groups(rank, world, per_node) if workload.alltoall == "node_dedup" else None
     ctx = MoEContext(rank=rank, world_size=world, device=device, node_group=node_group, node_ranks=node_ranks,
+                     dedup=groups,
                      timer=timer, stats=stats, sync=workload.sync_phases, progress=progress)
     model = DistributedMoE(workload, ctx, dtype, requires_grad=workload.backward)
     x0, token_ids = rank_inputs(workload, rank, device, dtype, _load_file_tokens(workload))
@@ -268,6 +271,9 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
                     f"{device.type}: {workload.warmup} warm-up + {workload.iterations} iterations")
     element_bytes = torch.finfo(dtype).bits // 8
     bytes_per_token = workload.d_model * element_bytes
+    # a dispatched row's bytes: the tokens' dtype, or the fp8 wire format (values + scales)
+    fp8 = workload.dispatch_format == "fp8"
+    dispatch_row_bytes = fp8_row_bytes(workload.d_model) if fp8 else bytes_per_token
     a2a_keys = [(name, direction) for name in ("dispatch_a2a", "combine_a2a") for direction in ("forward", "backward")]
 
     def layer_iteration() -> dict:
@@ -308,8 +314,12 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
             progress.step("bare all-to-all setup")
             sent_rows = stats.sent_bytes.get(("dispatch_a2a", "forward"), [0] * world)
             sent_matrix = gather_rows(sent_rows, device)  # (W src, W dst) bytes of the dispatch
-            recv_splits = [int(v) for v in (sent_matrix[:, rank] / bytes_per_token).round().tolist()]
-            bare = _BareA2A(out.send_splits, recv_splits, workload.d_model, dtype, device, workload.sync_phases)
+            recv_splits = [int(v) for v in (sent_matrix[:, rank] / dispatch_row_bytes).round().tolist()]
+            send_splits = [int(round(v / dispatch_row_bytes)) for v in sent_rows]
+            # the bare all-to-all moves the same bytes as one all_to_all_single (the recorded matrix,
+            # node_dedup's two stages summed); fp8 rows as uint8 records
+            bare = _BareA2A(send_splits, recv_splits, dispatch_row_bytes if fp8 else workload.d_model,
+                            torch.uint8 if fp8 else dtype, device, workload.sync_phases)
             bare.time_once()  # warm-up
         bare_s = bare.time_once()
         if it >= workload.warmup:
@@ -393,6 +403,7 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
         "combine_traffic_bytes": sent_all[:, 2].long().tolist(),
         "token_traffic_bytes": token_traffic.long().tolist(),
         "bytes_per_token": bytes_per_token,
+        "dispatch_bytes_per_row": dispatch_row_bytes,
         "bare_a2a_s": bare_s,
         "bare_a2a_per_iteration_s": bare_max.tolist(),
         "dispatch_busbw_Bps": bus_bandwidth_Bps(mean_sent, dispatch_s, world) if world > 1 else None,

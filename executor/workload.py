@@ -20,8 +20,13 @@ sizes; an unknown or badly typed field is a `ValueError` that names it (`workloa
     input_clusters: null        # synthetic only: K cluster centres (unit norm, shared by all ranks);
     input_noise: 0.0            #   token = centre + noise * N(0, I/d) (lshsim.dispatch.lsh.clustered_tokens)
     dtype: auto                 # auto (bf16 on GPU, float32 on CPU) | float32 | bfloat16
-    alltoall: direct            # direct | groupwise (LocMoE: intra-node first, then inter-node): an
-                                #   algorithm of lshsim.algorithms that the executor implements
+    alltoall: direct            # direct | groupwise (LocMoE: intra-node first, then inter-node) |
+                                #   node_dedup (DeepEP-like: a token crosses the network once per node,
+                                #   then is forwarded inside the node; the combine sums on the way back):
+                                #   an algorithm of lshsim.algorithms that the executor implements
+    dispatch_format: native     # native (the tokens' dtype) | fp8: the dispatch all-to-all sends
+                                #   float8_e4m3fn values + one float32 scale per 128 (DeepEP's count);
+                                #   combine and the backward stay in the tokens' dtype
     lsh: null                   # or a mapping of lshsim.dispatch.lsh.LSHConfig fields
     backward: true
     warmup: 2
@@ -108,6 +113,7 @@ class WorkloadConfig:
     input_noise: float = 0.0
     dtype: str = "auto"
     alltoall: str = "direct"
+    dispatch_format: str = "native"
     lsh: dict | None = None
     backward: bool = True
     warmup: int = 2
@@ -135,6 +141,7 @@ class WorkloadConfig:
         _choice("placement", self.placement, PLACEMENT_NAMES)
         _choice("dtype", self.dtype, DTYPES)
         # an algorithm of lshsim.algorithms that the executor implements, stored by its canonical name
+        _choice("dispatch_format", self.dispatch_format, ("native", "fp8"))
         object.__setattr__(self, "alltoall", _checked(lambda _, value: canonical_algorithm(value, side="executor"),
                                                       "alltoall", self.alltoall))
         if not isinstance(self.router, RouterConfig):
@@ -152,6 +159,10 @@ class WorkloadConfig:
         if self.lsh is not None and not isinstance(self.lsh, dict):
             raise _field_error("lsh", f"{self.lsh!r} must be a mapping of LSHConfig fields or null")
         self.lsh_config()       # the LSH fields are checked now, not when the run reaches them
+        if self.alltoall == "node_dedup" and self.lsh is not None:
+            raise _field_error("alltoall", "node_dedup sends tokens once per node; with lsh the rows are "
+                                           "centroids of one expert each, so there is nothing to deduplicate "
+                                           "(use direct or groupwise with lsh)")
         for name in ("backward", "sync_phases"):
             _boolean(name, getattr(self, name))
         if self.router.name == "locmoe" and self.d_model % self.num_experts != 0:

@@ -46,7 +46,8 @@ def _install_checkout_finder() -> None:
     root = os.path.dirname(here)
     if any(isinstance(f, _CheckoutFinder) for f in sys.meta_path):
         return
-    sys.meta_path.append(_CheckoutFinder(root))
+    # first: an editable install of another checkout must not supply this checkout's subpackages
+    sys.meta_path.insert(0, _CheckoutFinder(root))
 
 
 _install_checkout_finder()

@@ -26,6 +26,10 @@ hierarchical        2d      Tutel 2DH / DeepSpeed-MoE: gather by destination ins
                             the inter-node exchange between GPUs on the same rail (NIC proxies)
 groupwise                   LocMoE: the intra-node part first, then the inter-node remainder
 groupwise_overlap           LocMoE with the two groups overlapped (analytic only)
+node_dedup          deepep  DeepEP normal kernels: a token crosses the network once per destination
+                            node (to the GPU of its rail), then NVLink forwarding inside the node
+                            (simulator: lshsim.sim.dispatch_formats, options node_bytes, chunks,
+                            combine; executor: lshsim.executor.dedup)
 ==================  ======  ==========================================================================
 
 "2d" is the name the simulator and `lshsim simulate --algorithm` used for the hierarchical
@@ -34,9 +38,9 @@ algorithm; it stays accepted everywhere a name is read and resolves to "hierarch
 >>> canonical_algorithm("2d")
 'hierarchical'
 >>> algorithm_names("simulate")
-['direct', 'pairwise', 'hierarchical', 'groupwise']
+['direct', 'pairwise', 'hierarchical', 'groupwise', 'node_dedup']
 >>> algorithm_names("executor")
-['direct', 'groupwise']
+['direct', 'groupwise', 'node_dedup']
 """
 from __future__ import annotations
 
@@ -106,6 +110,10 @@ COLLECTIVES: dict[str, CollectiveAlgorithm] = {
     "groupwise_overlap": CollectiveAlgorithm(
         "groupwise_overlap", "LocMoE group-wise with the intra- and inter-node parts overlapped",
         analytic="lshsim.analytic.comm:analytic_groupwise_overlap"),
+    "node_dedup": CollectiveAlgorithm(
+        "node_dedup", "one network copy per (token, destination node), then NVLink forwarding (DeepEP normal kernels)",
+        simulate="lshsim.sim.dispatch_formats:node_dedup", analytic="lshsim.sim.dispatch_formats:analytic_node_dedup",
+        executor=True, aliases=("deepep",)),
 }
 
 
@@ -135,7 +143,7 @@ def canonical_algorithm(name: str, side: str | None = None) -> str:
     >>> canonical_algorithm("pairwise", side="executor")
     Traceback (most recent call last):
     ...
-    ValueError: algorithm='pairwise' is not implemented by the executor; known: direct, groupwise
+    ValueError: algorithm='pairwise' is not implemented by the executor; known: direct, groupwise, node_dedup (alias: deepep = node_dedup)
     """
     canonical = name if name in COLLECTIVES else _aliases().get(name)
     if canonical is None:

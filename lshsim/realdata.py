@@ -55,6 +55,8 @@ TEXT_SOURCES = {
                        "Lee corpus, 300 ABC news articles (Lee, Pincombe and Welsh 2005)"),
     "lee-test": ("gensim", "gensim", "test/test_data/lee.cor",
                  "Lee corpus, 50 further ABC news articles (held out from lee-background)"),
+    "imdb-10": ("gensim", "gensim", "test/test_data/alldata-id-10.txt",
+                "10 IMDB movie reviews, one per line (gensim test data)"),
 }
 
 

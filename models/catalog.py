@@ -23,6 +23,33 @@ stages (blocks, width, MoE blocks) for the parameter counts; d_model / d_ffn are
 the simulator costs every block as. (**) Table 1's 16 layers per stack, encoder + decoder.
 Sequence length and tokens per GPU are not in Table 1 either; each YAML says what it assumes
 (`assumed:` lists the fields that are our choice).
+
+Today's MoE models, from their published Hugging Face config.json files (each YAML cites every
+number; `lshsim.models.hf_config` reads such a config.json directly):
+
+================  ======  =======  =====  ================  =====  ==========================
+name              layers  d_model  d_ffn  experts (shared)  top-k  MoE layers, routing
+================  ======  =======  =====  ================  =====  ==========================
+deepseek-v3       61      7168     2048   256 (+1)          8      58 (3 dense first), node-limited M = 4, dropless
+deepseek-v2-lite  27      2048     1408   64 (+2)           6      26 (1 dense first)
+mixtral-8x7b      32      4096     14336  8                 2      32, dropless
+mixtral-8x22b     56      6144     16384  8                 2      56, dropless
+qwen3-30b-a3b     48      2048     768    128               8      48, dropless
+qwen3-235b-a22b   94      4096     1536   128               8      94, dropless
+dbrx              40      6144     10752  16                4      40, dropless
+switch-base-128   12+12   768      3072   128               1      12 (every other), capacity
+================  ======  =======  =====  ================  =====  ==========================
+
+Their parameter counts (`num_parameters`, `active_parameters`) use the attention layout
+(`attention`: GQA or DeepSeek's MLA), gated FFNs (`ffn_matrices: 3`, SwiGLU), untied embeddings,
+shared experts and the dense layers before the first MoE layer; tests/test_models_catalog.py checks
+them against the published totals and active counts (3%).
+
+What the step simulator (`lshsim.sim.moe_step`) reads of a model is `MODEL_FIELDS` only: it costs
+an MoE layer wherever (l + 1) % moe_every == 0 (so `first_dense_layers` are costed as MoE layers),
+expert FLOPs as 2 matrices (not `ffn_matrices`), no shared-expert compute, and uses the router and
+capacity factor of `lshsim plan`'s options, not the model's `router` / `dropless` fields (which
+record the published routing for the user and for notebooks).
 """
 from __future__ import annotations
 
@@ -33,7 +60,8 @@ from pathlib import Path
 from lshsim.checks import positive_int
 from lshsim.readers import load_yaml, read_text
 
-__all__ = ["ModelConfig", "Stage", "load_model", "list_models", "model_from_dict", "CONFIG_PACKAGE", "LIMITS"]
+__all__ = ["ModelConfig", "Stage", "load_model", "list_models", "model_from_dict", "CONFIG_PACKAGE", "LIMITS",
+           "ATTENTION_FIELDS", "attention_parameters"]
 
 CONFIG_PACKAGE = "lshsim.models"
 CONFIG_DIR = "configs"
@@ -69,6 +97,70 @@ class Stage:
         if len(set(self.moe_blocks)) != len(self.moe_blocks):
             raise ValueError(f"stages.moe_blocks={list(self.moe_blocks)!r} repeats a block")
         object.__setattr__(self, "moe_blocks", tuple(self.moe_blocks))
+
+
+#: the fields of `attention:` per kind: "mha" (default when absent: 4 d^2 per layer), "gqa" (grouped
+#: query attention: heads of head_dim, num_kv_heads key/value heads) and "mla" (DeepSeek's multi-head
+#: latent attention; q_lora_rank None = a direct query projection, as DeepSeek-V2-Lite).
+ATTENTION_FIELDS = {
+    "mha": {"kind": True},
+    "gqa": {"kind": True, "num_heads": True, "num_kv_heads": True, "head_dim": True},
+    "mla": {"kind": True, "num_heads": True, "q_lora_rank": False, "kv_lora_rank": True, "qk_nope_head_dim": True,
+            "qk_rope_head_dim": True, "v_head_dim": True},
+}
+
+
+def _attention(value) -> tuple:
+    """`attention:` as a sorted tuple of (field, value) pairs, validated (errors name the field)."""
+    if value is None or (isinstance(value, (dict, tuple, list)) and not value):
+        return ()
+    items = dict(value) if isinstance(value, (dict, tuple, list)) else None
+    if items is None:
+        raise ValueError(f"attention={value!r} must be a mapping with a kind ({', '.join(ATTENTION_FIELDS)})")
+    kind = items.get("kind")
+    if kind not in ATTENTION_FIELDS:
+        raise ValueError(f"attention.kind={kind!r} must be one of {', '.join(ATTENTION_FIELDS)}")
+    fields = ATTENTION_FIELDS[kind]
+    unknown = sorted(set(items) - set(fields), key=str)
+    if unknown:
+        raise ValueError(f"attention: unknown field {unknown[0]!r} for kind {kind}; known: {', '.join(fields)}")
+    for name, required in fields.items():
+        if name == "kind":
+            continue
+        if name not in items:
+            if required:
+                raise ValueError(f"attention (kind {kind}) lacks the field {name!r}")
+            items[name] = None
+        if items[name] is not None or required:
+            positive_int(f"attention.{name}", items[name])
+    if kind == "gqa" and items["num_heads"] % items["num_kv_heads"] != 0:
+        raise ValueError(f"attention.num_kv_heads={items['num_kv_heads']} must divide "
+                         f"attention.num_heads={items['num_heads']}")
+    return tuple(sorted(items.items()))
+
+
+def attention_parameters(d_model: int, attention: dict | tuple = ()) -> int:
+    """Weights of one attention block (biases and norms ignored).
+
+    mha: 4 d^2 (Q, K, V, O). gqa: d h hd (Q) + 2 d kv hd (K, V) + h hd d (O). mla (DeepSeek-V2/V3,
+    arXiv 2405.04434 Sec. 2.1): W_DQ d q_r + W_UQ q_r h (nope + rope) (or d h (nope + rope) without a
+    query LoRA), W_DKV + W_KR d (kv_r + rope), W_UK + W_UV kv_r h (nope + v), W_O h v d.
+
+    >>> attention_parameters(8), attention_parameters(8, {"kind": "gqa", "num_heads": 2, "num_kv_heads": 1, "head_dim": 4})
+    (256, 192)
+    """
+    a = dict(attention)
+    d = d_model
+    kind = a.get("kind", "mha")
+    if kind == "mha":
+        return 4 * d * d
+    if kind == "gqa":
+        h, kv, hd = a["num_heads"], a["num_kv_heads"], a["head_dim"]
+        return d * h * hd + 2 * d * kv * hd + h * hd * d
+    h, qk = a["num_heads"], a["qk_nope_head_dim"] + a["qk_rope_head_dim"]
+    query = d * a["q_lora_rank"] + a["q_lora_rank"] * h * qk if a.get("q_lora_rank") else d * h * qk
+    key_value = d * (a["kv_lora_rank"] + a["qk_rope_head_dim"]) + a["kv_lora_rank"] * h * (a["qk_nope_head_dim"] + a["v_head_dim"])
+    return query + key_value + h * a["v_head_dim"] * d
 
 
 def _stage(value) -> Stage:
@@ -112,6 +204,21 @@ class ModelConfig:
                        d_ffn, moe_blocks} whose blocks add up to num_layers. Only the parameter
                        counts read it; the simulator costs num_layers blocks of d_model / d_ffn with
                        an MoE block every moe_every.
+    first_dense_layers: the first layers are dense FFN layers whatever moe_every says (DeepSeek's
+                       first_k_dense_replace); default 0.
+    dense_d_ffn:       FFN inner size of the dense layers when it differs from an expert's (DeepSeek:
+                       intermediate_size 18432 vs moe_intermediate_size 2048); None = d_ffn.
+    num_shared_experts: always-on experts of width d_ffn in every MoE layer (DeepSeek): every token
+                       runs them on its own GPU, so they cost compute but no all-to-all.
+    ffn_matrices:      2 (up, down: ReLU / GELU FFN) or 3 (gate, up, down: SwiGLU).
+    attention:         optional mapping, the attention layout for the parameter counts
+                       (`ATTENTION_FIELDS`: mha (default, 4 d^2), gqa, mla).
+    cross_attention_layers: decoder layers with a cross-attention block (T5 / Switch); default 0.
+    tie_embeddings:    the output head shares the input embedding (default True; False counts
+                       vocab_size x d twice).
+    router:            the published routing as a registered router name (`lshsim.dispatch.ROUTERS`;
+                       topk, node_limited, ...); router_options its options (node_limited: max_nodes).
+    dropless:          the model is trained without capacity (no token dropped: MegaBlocks, DeepSeek-V3).
     """
 
     name: str
@@ -130,6 +237,16 @@ class ModelConfig:
     notes: str = ""
     assumed: tuple[str, ...] = field(default_factory=tuple)
     stages: tuple[Stage, ...] = field(default_factory=tuple)
+    first_dense_layers: int = 0
+    dense_d_ffn: int | None = None
+    num_shared_experts: int = 0
+    ffn_matrices: int = 2
+    attention: tuple = ()
+    cross_attention_layers: int = 0
+    tie_embeddings: bool = True
+    router: str = "topk"
+    router_options: tuple = ()
+    dropless: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -170,6 +287,40 @@ class ModelConfig:
             raise ValueError(f"stages hold {sum(stage.blocks for stage in stages)} blocks in all, "
                              f"but num_layers={self.num_layers}")
         object.__setattr__(self, "stages", stages)
+        self._check_moe_extensions()
+
+    def _check_moe_extensions(self) -> None:
+        for name in ("first_dense_layers", "num_shared_experts", "cross_attention_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}={value!r} must be an integer >= 0")
+        if self.dense_d_ffn is not None:
+            positive_int("dense_d_ffn", self.dense_d_ffn)
+        if self.ffn_matrices not in (2, 3):
+            raise ValueError(f"ffn_matrices={self.ffn_matrices!r} must be 2 (up, down) or 3 (gate, up, down: SwiGLU)")
+        if self.cross_attention_layers > self.num_layers:
+            raise ValueError(f"cross_attention_layers={self.cross_attention_layers} exceeds num_layers={self.num_layers}")
+        for name in ("tie_embeddings", "dropless"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
+        object.__setattr__(self, "attention", _attention(self.attention))
+        if self.first_dense_layers and not self.moe_layers:
+            raise ValueError(f"first_dense_layers={self.first_dense_layers} leaves no MoE layer among "
+                             f"num_layers={self.num_layers} (moe_every={self.moe_every})")
+        if not isinstance(self.router, str) or not self.router:
+            raise ValueError(f"router={self.router!r} must be a router name")
+        options = self.router_options
+        if isinstance(options, dict):
+            options = tuple(options.items())
+        if isinstance(options, (str, bytes)) or not isinstance(options, (tuple, list)):
+            raise ValueError(f"router_options={self.router_options!r} must be a mapping of option -> value")
+        from lshsim.dispatch.routers import validate_router_params   # torch; the catalog sits above dispatch
+        try:
+            filled = validate_router_params(self.router, k=self.top_k, capacity_factor=None,
+                                            options=dict(tuple(pair) for pair in options))
+        except ValueError as error:
+            raise ValueError(f"router={self.router!r}, router_options={dict(options)!r}: {error}") from None
+        object.__setattr__(self, "router_options", tuple(sorted(filled.items())))
 
     # ---- derived sizes -----------------------------------------------------------------------
     @property
@@ -179,7 +330,8 @@ class ModelConfig:
         >>> ModelConfig("x", 4, 8, 16, 4, seq_len=8, tokens_per_gpu=8).moe_layers
         (1, 3)
         """
-        return tuple(layer for layer in range(self.num_layers) if (layer + 1) % self.moe_every == 0)
+        return tuple(layer for layer in range(self.first_dense_layers, self.num_layers)
+                     if (layer + 1) % self.moe_every == 0)
 
     @property
     def num_moe_layers(self) -> int:
@@ -187,8 +339,34 @@ class ModelConfig:
 
     @property
     def expert_parameters(self) -> int:
-        """Weights of one expert FFN: 2 d d_ffn (two matrices, biases ignored)."""
-        return 2 * self.d_model * self.d_ffn
+        """Weights of one expert FFN: ffn_matrices x d d_ffn (2: up and down; 3: SwiGLU; biases ignored)."""
+        return self.ffn_matrices * self.d_model * self.d_ffn
+
+    @property
+    def dense_ffn_parameters(self) -> int:
+        """Weights of one dense FFN layer: ffn_matrices x d x (dense_d_ffn or d_ffn)."""
+        return self.ffn_matrices * self.d_model * (self.dense_d_ffn or self.d_ffn)
+
+    @property
+    def embedding_parameters(self) -> int:
+        """The input embedding and the output head: vocab_size x d, twice when not tied."""
+        return self.vocab_size * self.d_model * (1 if self.tie_embeddings else 2)
+
+    def active_parameters(self, input_embedding: bool = True) -> int:
+        """Weights one token uses: every attention and dense FFN weight, per MoE layer its top_k routed
+        experts, the shared experts and the gate, and the embeddings (`input_embedding=False` leaves
+        out the input embedding table, a lookup rather than a matmul: DeepSeek's convention).
+
+        >>> ModelConfig("x", 2, 4, 8, 4, seq_len=4, tokens_per_gpu=4, vocab_size=10, top_k=1).active_parameters()
+        312
+        """
+        if self.stages:
+            raise ValueError(f"model {self.name!r}: active_parameters does not count staged (Swin) models")
+        dense_layers = self.num_layers - self.num_moe_layers
+        attention = (self.num_layers + self.cross_attention_layers) * attention_parameters(self.d_model, self.attention)
+        per_moe = (self.top_k + self.num_shared_experts) * self.expert_parameters + self.d_model * self.num_experts
+        embedding = self.embedding_parameters - (0 if input_embedding else self.vocab_size * self.d_model)
+        return attention + dense_layers * self.dense_ffn_parameters + self.num_moe_layers * per_moe + embedding
 
     @property
     def num_parameters(self) -> int:
@@ -203,22 +381,22 @@ class ModelConfig:
         if self.stages:
             return self._staged_parameters()
         dense_layers = self.num_layers - self.num_moe_layers
-        attention = self.num_layers * 4 * self.d_model ** 2
-        dense_ffn = dense_layers * self.expert_parameters
-        moe = self.num_moe_layers * (self.num_experts * self.expert_parameters + self.d_model * self.num_experts)
-        return attention + dense_ffn + moe + self.vocab_size * self.d_model
+        attention = (self.num_layers + self.cross_attention_layers) * attention_parameters(self.d_model, self.attention)
+        dense_ffn = dense_layers * self.dense_ffn_parameters
+        return attention + dense_ffn + self.moe_parameters + self.embedding_parameters
 
     @property
     def moe_parameters(self) -> int:
-        """Weights of the MoE layers: per MoE layer E experts of 2 d d_ffn plus the gate's d E
-        (per stage with `stages`). Table 1's 'MoE params'.
+        """Weights of the MoE layers: per MoE layer E routed and the shared experts of
+        ffn_matrices x d d_ffn plus the gate's d E (per stage with `stages`). Table 1's 'MoE params'.
 
         >>> ModelConfig("x", 2, 4, 8, 2, seq_len=4, tokens_per_gpu=4, vocab_size=10).moe_parameters
         136
         """
         if self.stages:
             return sum(len(s.moe_blocks) * self.num_experts * (2 * s.d_model * s.d_ffn + s.d_model) for s in self.stages)
-        return self.num_moe_layers * self.num_experts * (self.expert_parameters + self.d_model)
+        return self.num_moe_layers * (self.num_experts * (self.expert_parameters + self.d_model)
+                                      + self.num_shared_experts * self.expert_parameters)
 
     def _staged_parameters(self) -> int:
         """num_parameters with `stages`: per stage its blocks (attention 4 d^2, dense FFN 2 d f or
@@ -255,6 +433,8 @@ class ModelConfig:
         out = asdict(self)
         out["assumed"] = list(self.assumed)
         out["stages"] = [{**stage, "moe_blocks": list(stage["moe_blocks"])} for stage in out["stages"]]
+        out["attention"] = dict(self.attention)
+        out["router_options"] = dict(self.router_options)
         return out
 
 
@@ -278,8 +458,9 @@ def model_from_dict(data: dict, name: str | None = None) -> ModelConfig:
         raise ValueError(f"model config lacks the field {missing[0]!r} (required: {', '.join(required)})")
     if "assumed" in data and data["assumed"] is None:
         data["assumed"] = ()
-    if "stages" in data and data["stages"] is None:
-        data["stages"] = ()
+    for key in ("stages", "attention", "router_options"):
+        if key in data and data[key] is None:
+            data[key] = ()
     for key in ("source", "notes"):
         if key in data and data[key] is None:
             data[key] = ""
@@ -298,18 +479,24 @@ def list_models() -> list[str]:
 
 
 def load_model(name_or_path: str | Path) -> ModelConfig:
-    """A shipped model by name, or any YAML file by path.
+    """A shipped model by name, any YAML file by path, or a Hugging Face MoE config.json by path
+    (a path ending in .json: `lshsim.models.hf_config`).
 
     >>> load_model("gpt-moe-15b").num_experts
     512
     """
     text = str(name_or_path)
     path = Path(text)
+    if text.endswith(".json"):                     # a Hugging Face MoE config.json
+        from lshsim.models.hf_config import load_hf_config
+
+        return load_hf_config(path)
     if text.endswith((".yaml", ".yml")) or path.exists():
         return _parse(read_text(path, "model file"), path.stem, text)
     files = _config_files()
     if text not in files:
-        raise ValueError(f"unknown model {text!r}; known: {', '.join(sorted(files))} (or a path to a .yaml file)")
+        raise ValueError(f"unknown model {text!r}; known: {', '.join(sorted(files))} (or a path to a .yaml file "
+                         "or to a Hugging Face config.json)")
     return _parse(files[text].read_text(), text, text)
 
 

@@ -119,6 +119,12 @@ def test_amplification():
     (lambda: collision.expected_buckets_clusters([10, 2], 1.2, 8), "within_cos=1.2"),
     (lambda: collision.expected_buckets_clusters([10, 2], 0.9, 8, family="simhash"), "family='simhash'"),
     (lambda: collision.collision_probability("spherical", 16, 0.5), "family='spherical'"),
+    (lambda: collision.predicted_compression_rate(np.eye(4), 4, 2, model="kmeans"), "model='kmeans'"),
+    (lambda: collision.predicted_compression_rate(np.eye(4), 4, 2, cos_threshold=0.3), "cos_threshold=0.3"),
+    (lambda: collision.predicted_compression_rate(np.eye(4), 4, 2, num_draws=1), "num_draws=1"),
+    (lambda: collision.token_tree(np.zeros((3, 4))), "row 0 has zero norm"),
+    (lambda: collision.token_tree(np.ones(4)), "2-D"),
+    (lambda: collision.expected_buckets_tree(np.eye(3), 4, 2), "must be a TokenTree"),
 ])
 def test_bad_input_names_the_argument(call, message):
     with pytest.raises(ValueError, match=message):
@@ -182,10 +188,12 @@ def test_predicted_compression_rate_matches_lsh_py(family, num_clusters, noise, 
     tokens = clustered_tokens(num_tokens, d_model, num_clusters, noise, seed=0)
     measured = collision.measured_compression_rate(tokens, LSHConfig(family=family, num_hashes=hashes,
                                                                      proj_dim=proj_dim), num_draws=24)
-    from_tokens = collision.predicted_compression_rate(tokens, proj_dim, hashes, family=family, num_tuples=2000)
+    from_components = collision.predicted_compression_rate(tokens, proj_dim, hashes, family=family,
+                                                           model="components", num_tuples=2000)
+    from_tree = collision.predicted_compression_rate(tokens, proj_dim, hashes, family=family)  # the default model
     from_params = collision.clustered_compression_rate(num_tokens, num_clusters, noise, d_model, proj_dim, hashes,
                                                        family=family, num_tuples=2000)
-    for prediction in (from_tokens, from_params):
+    for prediction in (from_components, from_tree, from_params):
         assert prediction.compression_rate == pytest.approx(measured.estimate, rel=0.05), (prediction, measured)
 
 
@@ -237,3 +245,82 @@ def test_collision_monte_carlo_picks_the_family():
     assert collision.canonical_family("cross-polytope") == "cross_polytope"
     estimate = collision.collision_monte_carlo("hyperplane", 32, 0.5, 4000, seed=1)
     assert estimate.num_samples == 4000 and abs(estimate.z_score(2 / 3)) < 4
+
+
+# ---- the nested (tree) model ---------------------------------------------------------------------
+def _nested_tokens(spec, d: int, seed: int = 0) -> np.ndarray:
+    """Tokens whose cosines are EXACTLY a given tree's: spec is (cos, [children]) with a child either a
+    token count (that many tokens at the node's cosine) or a nested spec. Every node and token gets its
+    own orthonormal direction, token = sum over its path of sqrt(cos_v - cos_parent) q_v."""
+    basis = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))[0].T  # (d, d) orthonormal rows
+    rows, used = [], [0]
+
+    def take():
+        used[0] += 1
+        return basis[used[0] - 1]
+
+    def walk(node, parent_cos, prefix):
+        cos, children = node
+        here = prefix + np.sqrt(cos - parent_cos) * take()
+        for child in children:
+            if isinstance(child, tuple):
+                walk(child, cos, here)
+            else:
+                rows.extend(here + np.sqrt(1.0 - cos) * take() for _ in range(child))
+
+    walk(spec, 0.0, np.zeros(d))
+    return np.asarray(rows)
+
+
+def _leaves(tree, node):
+    n = tree.num_tokens
+    return [node] if node < n else _leaves(tree, tree.children[node - n][0]) + _leaves(tree, tree.children[node - n][1])
+
+
+def test_token_tree_heights_are_the_mean_cosines_between_the_merged_groups():
+    rng = np.random.default_rng(3)
+    tokens = rng.standard_normal((40, 24)) + 0.8 * rng.standard_normal(24)  # a shared direction, cos ~0.4
+    tokens[:5] = tokens[0] + 0.01 * rng.standard_normal((5, 24))  # near-duplicates
+    tree = collision.token_tree(tokens)
+    unit = tokens / np.linalg.norm(tokens, axis=1, keepdims=True)
+    cos = unit @ unit.T
+    n = tree.num_tokens
+    assert tree.children.shape == (n - 1, 2) and tree.height.shape == (2 * n - 1,) and tree.clipped == 0
+    for i, (left, right) in enumerate(tree.children):  # brute force: the block of the cosine matrix
+        block = cos[np.ix_(_leaves(tree, left), _leaves(tree, right))]
+        assert tree.height[n + i] == pytest.approx(block.mean(), abs=1e-12)
+        assert tree.height[n + i] <= min(tree.height[left], tree.height[right]) + 1e-12  # no inversions
+    assert tree.height[2 * n - 2] > 0.2 and tree.height[n:].max() > 0.99  # the shared direction; the duplicates
+    assert collision.token_tree(tokens[:1]).height.tolist() == [1.0]
+
+
+def test_tree_model_reduces_to_the_exchangeable_cluster_model():
+    """Orthogonal exchangeable clusters are a tree with its root at cosine 0: both models must agree
+    (independent routes: the clusters' semi-analytic integral vs the tree's Monte Carlo)."""
+    sizes, rhos = [20, 20, 10, 5, 1], [0.9, 0.7, 0.95, 0.5, 1.0]
+    tokens = _nested_tokens((0.0, [(rho, [m]) for m, rho in zip(sizes, rhos)]), d=80)
+    tree = collision.token_tree(tokens)
+    assert tree.height[-1] == pytest.approx(0.0, abs=1e-12)
+    for family, dim, hashes in (("cross_polytope", 4, 3), ("hyperplane", None, 6)):
+        clusters = collision.expected_buckets_clusters(sizes, rhos, dim, hashes, family=family, num_tuples=2000,
+                                                       seed=1)
+        nested = collision.expected_buckets_tree(tree, dim, hashes, family=family, num_draws=2000, seed=2)
+        assert abs(nested.compression_rate - clusters.compression_rate) < \
+            3 * np.hypot(nested.stderr, clusters.stderr) + 1e-3, (family, nested, clusters)
+
+
+def test_tree_model_matches_lsh_py_on_nested_tokens_where_the_cluster_model_misses():
+    """A shared direction (cos 0.25), loose clusters (0.5) and tight sub-clusters (0.9): the tree is exact
+    here, so the prediction must equal lsh.py's measured rate (Gaussian rotation) within Monte Carlo error;
+    the components model (orthogonal clusters, one mean cosine each) over-predicts."""
+    from lshsim.dispatch.lsh import LSHConfig
+
+    spec = (0.25, [(0.5, [(0.9, [4]), (0.9, [3]), 2]) for _ in range(6)] + [(0.9, [5]), 3])
+    tokens = _nested_tokens(spec, d=128)
+    assert len(tokens) == 62
+    measured = collision.measured_compression_rate(tokens, LSHConfig(num_hashes=2, proj_dim=8), num_draws=400)
+    tree = collision.predicted_compression_rate(tokens, 8, 2, num_draws=2000, seed=3)
+    assert abs(tree.compression_rate - measured.estimate) < 3 * np.hypot(tree.stderr, measured.stderr) + 1e-3, \
+        (tree, measured)
+    components = collision.predicted_compression_rate(tokens, 8, 2, model="components", num_tuples=400)
+    assert components.compression_rate > 1.1 * measured.estimate, (components, measured)

@@ -221,7 +221,8 @@ def test_one_name_per_algorithm_across_analytic_and_sim():
     from lshsim.sim import collectives
 
     assert set(collectives.ALGORITHMS) <= set(comm.A2A_ALGORITHMS)
-    assert list(comm.A2A_ALGORITHMS) == ["direct", "pairwise", "hierarchical", "groupwise", "groupwise_overlap"]
+    assert list(comm.A2A_ALGORITHMS) == ["direct", "pairwise", "hierarchical", "groupwise", "groupwise_overlap",
+                                         "node_dedup"]
     assert canonical_algorithm("2d") == "hierarchical"
     cluster = comm.ClusterParams(gpus_per_node=2, intra_bandwidth_Bps=100e9, inter_bandwidth_Bps=10e9)
     traffic = comm.random_traffic(4, 1e9, seed=3)

@@ -55,7 +55,8 @@ def test_tables(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--topology", "nope", "--traffic", "uniform:1MB"], "topology 'nope' is unknown; known: a100-nvswitch"),
     (["--topology", "h100-nvswitch", "--traffic", "uniform:1MB", "--algorithm", "ring"],
-     "algorithm='ring' is unknown; known: direct, pairwise, hierarchical, groupwise (alias: 2d = hierarchical)"),
+     "algorithm='ring' is unknown; known: direct, pairwise, hierarchical, groupwise, node_dedup "
+     "(alias: 2d = hierarchical, deepep = node_dedup)"),
     (["--topology", "h100-nvswitch", "--traffic", "uniform:lots"], "traffic 'uniform:lots': 'lots' is not a size"),
     (["--topology", "h100-nvswitch", "--traffic", "missing.json"], "no such file"),
     (["--topology", "h100-nvswitch", "--traffic", "uniform:1MB", "--chunks", "2"], "applies to --algorithm hierarchical (alias 2d) only"),

@@ -43,7 +43,8 @@ def test_distributed_layer_equals_dense_reference(tmp_path, world):
     assert data["world_size"] == world and data["failed"] == []
     names = {case["name"] for case in data["cases"]}
     assert {"topk-k1-drops", "topk-k2-skew", "hash", "expert-choice", "locmoe-groupwise", "topk-lsh",
-            "locmoe-lsh-groupwise"} <= names
+            "locmoe-lsh-groupwise", "topk-k2-fp8", "locmoe-lsh-groupwise-fp8", "topk-k4-node-dedup",
+            "topk-k2-node-dedup-fp8"} <= names
     for case in data["cases"]:
         errors = case["errors"]
         assert errors["bytes_mismatch"] == 0.0, case  # bytes sent == the plan's traffic matrix row

@@ -150,3 +150,28 @@ def test_benchmark_budget_stops_starting_runs(tmp_path):
                  "--budget-s", "0.001", "--out", str(out)])
     results = json.loads((out / "results.json").read_text())
     assert len(results["runs"]) == 1 and len(results["skipped"]) == 3
+
+
+def test_benchmark_merge_joins_parallel_runs_and_pairs_seeds(tmp_path, capsys):
+    script = _script()
+    common = ["--tiny", "--corpus-file", str(EXCERPT), "--steps", "2"]
+    script.main(common + ["--configs", "top2", "--seeds", "0,1", "--out", str(tmp_path / "a")])
+    script.main(common + ["--configs", "top1", "--seeds", "1,0", "--out", str(tmp_path / "b")])
+    out = tmp_path / "m"
+    assert script.main(["--merge", str(tmp_path / "a" / "results.json"), str(tmp_path / "b" / "results.json"),
+                        "--out", str(out)]) == 0
+    merged = json.loads((out / "results.json").read_text())
+    assert [(r["config"], r["seed"]) for r in merged["runs"]] == [("top2", 0), ("top1", 0), ("top2", 1), ("top1", 1)]
+    loss = {(r["config"], r["seed"]): r["final_val_loss"] for r in merged["runs"]}
+    pair = merged["paired_deltas"]["top1"]
+    assert pair["seeds"] == [0, 1]
+    assert pair["deltas"] == pytest.approx([loss["top1", s] - loss["top2", s] for s in (0, 1)])
+    assert merged["paired_deltas"]["top2"]["mean"] == 0.0
+    # another setting, or the same run twice, is refused naming the file
+    script.main(common + ["--configs", "hash", "--seeds", "0", "--steps", "3", "--out", str(tmp_path / "c")])
+    with pytest.raises(SystemExit, match=r"c/results.json: argument steps=3"):
+        script.main(["--merge", str(tmp_path / "a" / "results.json"), str(tmp_path / "c" / "results.json"),
+                     "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="run top2 seed 0 is also in"):
+        script.main(["--merge", str(tmp_path / "a" / "results.json"), str(tmp_path / "a" / "results.json"),
+                     "--out", str(tmp_path / "y")])

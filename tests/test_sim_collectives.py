@@ -44,7 +44,7 @@ def test_direct_on_nonblocking_fat_tree_equals_analytic(kind):
 def test_unknown_algorithm_lists_known_names():
     G = load_topology("h100-nvswitch")
     with pytest.raises(ValueError, match=r"algorithm='ring' is unknown; known: direct, pairwise, hierarchical, "
-                                         r"groupwise \(alias: 2d = hierarchical\)"):
+                                         r"groupwise, node_dedup \(alias: 2d = hierarchical, deepep = node_dedup\)"):
         simulate_all_to_all(G, uniform_traffic(8, 1e6), "ring")
     with pytest.raises(ValueError, match="'groupwise_overlap' is not implemented by the simulator"):
         simulate_all_to_all(G, uniform_traffic(8, 1e6), "groupwise_overlap")
@@ -59,7 +59,7 @@ def test_2d_is_an_alias_of_hierarchical():
     assert alias.algorithm == canonical.algorithm == "hierarchical"
     assert alias.time_s == canonical.time_s
     assert "2d" in ALGORITHMS and ALGORITHMS["2d"] is ALGORITHMS["hierarchical"]
-    assert list(ALGORITHMS) == ["direct", "pairwise", "hierarchical", "groupwise"]
+    assert list(ALGORITHMS) == ["direct", "pairwise", "hierarchical", "groupwise", "node_dedup"]
 
 
 def test_traffic_shape_is_checked():

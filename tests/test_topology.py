@@ -8,8 +8,11 @@ from lshsim.topology import (GPUS, Routes, build_topology, gpu_vertices, list_to
                              nic_of_gpu, read_spec, reference_path, validate_topology, write_topology_yaml)
 from lshsim.topology.build import CUBE_MESH_V100_LINKS
 
-SHIPPED = ["a100-nvswitch", "dgx1-v100", "h100-fattree-8x8", "h100-nvswitch", "h100-rail-4x8", "h200-nvswitch",
-           "locmoe-16x8", "locmoe-32x8", "locmoe-8x8", "lshmoe-a100-4x8", "lshmoe-v100-2x8", "pcie-a100"]
+SHIPPED = sorted(["a100-nvswitch", "dgx1-v100", "h100-fattree-8x8", "h100-nvswitch", "h100-rail-4x8", "h200-nvswitch",
+                  "locmoe-16x8", "locmoe-32x8", "locmoe-8x8", "lshmoe-a100-4x8", "lshmoe-v100-2x8", "pcie-a100",
+                  # today's clusters (issue 14)
+                  "h100-ib-rail-8x8", "h100-roce-fattree-8x8", "h200-ib-fattree-16x8-os2", "b200-ib-rail-8x8",
+                  "b200-roce-fattree3-32x8", "h100-ib-fattree3-32x8", "h100-efa-p5-8x8"])
 
 
 def h100_node(gpus=8, **extra):
@@ -39,7 +42,7 @@ def test_shipped_topologies_are_listed_and_load():
         for key in ("name", "peak_flops", "hbm_Bps", "memory_bytes", "achieved_flops", "achieved_hbm_Bps"):
             assert G.graph["gpu"][key], (name, key)
         kinds = {d["kind"] for _, d in G.nodes(data=True)}
-        assert kinds <= {"gpu", "nvswitch", "pcie", "cpu", "nic", "leaf", "spine"}
+        assert kinds <= {"gpu", "nvswitch", "pcie", "cpu", "nic", "leaf", "spine", "core"}
         assert all(d["bandwidth_Bps"] > 0 and d["latency_s"] >= 0 for _, _, d in G.edges(data=True))
         assert "/" in name or G.graph["name"] == name
 
@@ -152,10 +155,10 @@ def test_gpus_do_not_forward():
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda s: s["inter"].update(nic_gbps=-5), "bad.yaml: inter.nic_gbps=-5 must be > 0"),
-    (lambda s: s["inter"].update(kind="torus"), "bad.yaml: inter.kind='torus' must be one of fat_tree, rail"),
+    (lambda s: s["inter"].update(kind="torus"), "bad.yaml: inter.kind='torus' must be one of fat_tree, fat_tree_3tier, rail"),
     (lambda s: s["intra"].update(kind="ring"), "bad.yaml: intra.kind='ring' must be one of"),
     (lambda s: s.update(gpus_per_node=0), "bad.yaml: gpus_per_node=0 must be >= 1"),
-    (lambda s: s.update(gpu="tpu"), "bad.yaml: gpu='tpu' is unknown; known: a100, ascend910a, h100, h200, v100"),
+    (lambda s: s.update(gpu="tpu"), "bad.yaml: gpu='tpu' is unknown; known: a100, ascend910a, b200, h100, h200, v100"),
     (lambda s: s.update(nodse=3), "bad.yaml: nodse=3 is not a known field"),
     (lambda s: s.pop("inter"), "bad.yaml: inter=None is required when nodes=8 > 1"),
     (lambda s: s["inter"].update(nics_per_node=9), r"bad.yaml: inter.nics_per_node=9 must be in \[1, 8\]"),

@@ -20,7 +20,8 @@ from lshsim.analytic.collision import (BucketPrediction, amplify, asymptotic_err
                                        cross_polytope_collision_asymptotic, cross_polytope_collision_monte_carlo,
                                        cross_polytope_collision_probability, expected_buckets_clusters,
                                        hyperplane_collision_monte_carlo, hyperplane_collision_probability,
-                                       measured_compression_rate, predicted_compression_rate)
+                                       measured_compression_rate, predicted_compression_rate, TokenTree,
+                                       token_tree, expected_buckets_tree)
 from lshsim.analytic.comm import (A2A_ALGORITHMS, ClusterParams, a2a_time, a2a_time_direct,
                                   a2a_time_direct_multinode, a2a_time_groupwise, a2a_time_hierarchical,
                                   a2a_time_pairwise, breakeven_compression_rate, egress_ingress,
@@ -36,7 +37,8 @@ __all__ = [
     "hyperplane_collision_probability", "hyperplane_collision_monte_carlo", "cross_polytope_collision_probability",
     "cross_polytope_collision_asymptotic", "cross_polytope_collision_monte_carlo", "asymptotic_error_table",
     "collision_probability", "amplify", "BucketPrediction", "expected_buckets_clusters", "clusters_from_tokens",
-    "predicted_compression_rate", "clustered_compression_rate", "measured_compression_rate",
+    "predicted_compression_rate", "clustered_compression_rate", "measured_compression_rate", "TokenTree",
+    "token_tree", "expected_buckets_tree",
     # comm
     "ClusterParams", "A2A_ALGORITHMS", "a2a_time", "egress_ingress", "a2a_time_direct", "a2a_time_direct_multinode",
     "a2a_time_pairwise", "a2a_time_hierarchical", "a2a_time_groupwise", "uniform_traffic", "random_traffic",

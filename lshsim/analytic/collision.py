@@ -52,6 +52,20 @@ with R = (2 d')^L buckets
     E[B_total] = R * (1 - prod_c (1 - E[B_c] / R)).
 Approximations, stated: clusters are taken as exchangeable (one rho per cluster, the mean of its
 pairwise cosines) and mutually orthogonal; the Gaussian projection (exact) rather than a rotation.
+
+Real hidden states break both approximations: they share a common direction (mean pairwise
+cosine 0.1-0.25, so no two groups are orthogonal and some buckets are far likelier than others)
+and hold tight near-duplicates inside loose groups, which one mean cosine per group averages
+away; the components model above then over-predicts their compression rate by up to 27%. The
+nested (tree) model (`token_tree`, `expected_buckets_tree`, the default of
+`predicted_compression_rate`) generalises it: the tokens' average-linkage tree, each node at the
+mean cosine between the groups it joins, gives latent Gaussians per node (Z_i = sum over the
+nodes on i's path of sqrt(h_v - h_parent) U_v), so Cov(Z_i, Z_j) = h_lca(i, j); the root carries
+the shared direction, and every tight group inside a loose one is a node of its own. The
+exchangeable-cluster model is the tree with its root at cosine 0 and one node per cluster.
+E[B] is a Monte Carlo mean over draws of the model (its latent Gaussians and the hash codes they
+give), with its standard error: it reads the tree (N - 1 heights and their topology), not the
+tokens. Approximation, stated: the tree's (ultrametric) cosines replace the tokens' own.
 """
 from __future__ import annotations
 
@@ -69,6 +83,7 @@ __all__ = [
     "cross_polytope_collision_asymptotic", "cross_polytope_collision_monte_carlo",
     "hyperplane_collision_monte_carlo", "amplify", "asymptotic_error_table", "collision_probability",
     "BucketPrediction", "expected_buckets_clusters", "clusters_from_tokens", "predicted_compression_rate",
+    "TokenTree", "token_tree", "expected_buckets_tree",
     "clustered_compression_rate", "measured_compression_rate", "FAMILIES", "canonical_family",
     "collision_summary", "collision_monte_carlo",
 ]
@@ -558,17 +573,147 @@ def clusters_from_tokens(tokens, cos_threshold: float = 0.5) -> tuple[np.ndarray
     return labels, sizes, within
 
 
+# ---- expected buckets: the nested (tree) model -----------------------------------------------------
+@dataclass(frozen=True)
+class TokenTree:
+    """`token_tree` result: the average-linkage dendrogram of the tokens' cosines.
+
+    children: (N-1, 2) int64, merge i joins nodes children[i] into node N + i (tokens are nodes
+    0..N-1, the root is 2N - 2); height: (2N-1,) the cosine of every node, 1 for a token and, for
+    merge i, the mean cosine between the two groups it joins, clipped to [0, 1]; clipped: how many
+    merges had a negative mean cosine (set to 0, i.e. independent); num_tokens: N.
+    """
+
+    children: np.ndarray
+    height: np.ndarray
+    clipped: int
+    num_tokens: int
+
+
+def _unit_rows(tokens, name: str = "tokens") -> np.ndarray:
+    if hasattr(tokens, "detach"):
+        tokens = tokens.detach().cpu().double().numpy()
+    x = as_real(name, tokens)
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise ValueError(f"{name} must be 2-D (N, d) with N >= 1, got shape {x.shape}")
+    norms = np.linalg.norm(x, axis=1)
+    if (norms == 0).any():
+        raise ValueError(f"{name} row {int(np.argmin(norms))} has zero norm (no direction)")
+    return x / norms[:, None]
+
+
+def token_tree(tokens) -> TokenTree:
+    """The tokens' nested-cluster structure: average linkage (UPGMA) on cosine distance 1 - cos.
+
+    Each merge's height is the mean cosine between all pairs across the two groups it joins, so
+    the tree's cosines cos_T(i, j) = height[lowest common ancestor of i and j] have the same sum
+    over all pairs as the tokens' own cosines (before the clip at 0), and average linkage never
+    makes a parent higher than a child. O(N^2 d) time, O(N^2) memory: meant for N up to ~10^4.
+    """
+    from scipy.cluster.hierarchy import linkage
+
+    unit = _unit_rows(tokens)
+    num = unit.shape[0]
+    height = np.ones(2 * num - 1)
+    if num == 1:
+        return TokenTree(children=np.zeros((0, 2), dtype=np.int64), height=height, clipped=0, num_tokens=1)
+    cos = np.clip(unit @ unit.T, -1.0, 1.0)  # (N, N)
+    distance = 1.0 - cos[np.triu_indices(num, 1)]  # condensed, as scipy's pdist orders it
+    merges = linkage(np.maximum(distance, 0.0), method="average")  # (N-1, 4)
+    merged = 1.0 - merges[:, 2]
+    height[num:] = np.clip(merged, 0.0, 1.0)
+    return TokenTree(children=merges[:, :2].astype(np.int64), height=height,
+                     clipped=int(np.count_nonzero(merged < 0)), num_tokens=num)
+
+
+def _count_distinct(codes: np.ndarray, radix: int) -> np.ndarray:
+    """(S, N, L) codes in [0, radix) -> (S,) number of distinct L-tuples in each of the S rows."""
+    draws, _, num_hashes = codes.shape
+    if float(radix) ** num_hashes < 2.0 ** 62:
+        ids = np.zeros(codes.shape[:2], dtype=np.int64)  # (S, N)
+        for column in range(num_hashes):
+            ids = ids * radix + codes[:, :, column]
+        ids.sort(axis=1)
+        return 1 + np.count_nonzero(np.diff(ids, axis=1), axis=1)
+    return np.array([len(np.unique(codes[s], axis=0)) for s in range(draws)])
+
+
+def expected_buckets_tree(tree: TokenTree, proj_dim, num_hashes: int = 6, *, family: str = "cross_polytope",
+                          num_draws: int = 256, seed: int = 0) -> BucketPrediction:
+    """Expected non-empty buckets of the nested (tree) model of the tokens, by Monte Carlo over the model.
+
+    The model: every node v of the tree carries an independent latent U_v ~ N(0, I) per hash and
+    projected coordinate, and a token's projection is Z_i = sum over the nodes v on its path from
+    the root of sqrt(height[v] - height[parent v]) U_v (the root's parent at height 0, the token
+    itself at height 1). Then Cov(Z_i, Z_j) = height[lca(i, j)]: a Gaussian projection of vectors
+    whose cosines are the tree's. The exchangeable-cluster model of `expected_buckets_clusters` is
+    the special case of a root at cosine 0 with one node per cluster; here the root carries the
+    tokens' shared direction, and tight groups inside loose ones are nodes of their own. Each
+    draw samples the model's L x d' coordinates of every token, takes lsh.py's codes (argmax over
+    the 2 d' signed coordinates; the sign for "hyperplane") and counts the distinct L-tuples; the
+    result is the mean over num_draws draws with its standard error. It reads the tree only
+    (N - 1 merge heights and their topology), never the tokens or lsh.py.
+    Approximations, stated: the tree's cosines replace the tokens' (an ultrametric: within any
+    node, all pairs across two of its children get their mean cosine); negative mean cosines
+    are taken as 0; a Gaussian projection (exact for lsh.py's "gaussian" rotation).
+    """
+    if not isinstance(tree, TokenTree):
+        raise ValueError(f"tree={type(tree).__name__} must be a TokenTree (from token_tree(tokens))")
+    dim = _proj_dim_for(family, proj_dim)
+    num_hashes = int(as_count("num_hashes", num_hashes, minimum=1))
+    num_draws = int(as_count("num_draws", num_draws, minimum=2))
+    num = tree.num_tokens
+    nodes = 2 * num - 1
+    height = tree.height
+    parent_height = np.zeros(nodes)  # the root's parent is at cosine 0
+    for i, (left, right) in enumerate(tree.children):
+        parent_height[left] = parent_height[right] = height[num + i]
+    scale = np.sqrt(np.maximum(height - parent_height, 0.0))  # (2N-1,) roundoff guard: UPGMA is monotone
+    width = num_hashes * dim
+    chunk = max(1, min(num_draws, (1 << 22) // (nodes * width)))  # ~32 MiB of float64 per chunk
+    rng = np.random.default_rng(seed)
+    radix = 2 * dim
+    counts = []
+    for start in range(0, num_draws, chunk):
+        size = min(chunk, num_draws - start)
+        value = rng.standard_normal((nodes, size, width)) * scale[:, None, None]  # (2N-1, s, L d')
+        for i in range(num - 2, -1, -1):  # top-down: a child adds its parent's value
+            left, right = tree.children[i]
+            value[left] += value[num + i]
+            value[right] += value[num + i]
+        z = value[:num].reshape(num, size, num_hashes, dim).transpose(1, 0, 2, 3)  # (s, N, L, d')
+        index = np.abs(z).argmax(axis=3)  # (s, N, L)
+        negative = np.take_along_axis(z, index[..., None], axis=3)[..., 0] < 0
+        counts.append(_count_distinct(index + dim * negative, radix))
+    buckets = mean_estimate(np.concatenate(counts).astype(np.float64))
+    return BucketPrediction(expected_buckets=buckets.estimate, compression_rate=buckets.estimate / num,
+                            stderr=buckets.stderr / num, per_cluster=np.zeros(0), per_cluster_stderr=np.zeros(0),
+                            num_tokens=num, total_buckets=float(radix) ** num_hashes)
+
+
 def predicted_compression_rate(tokens, proj_dim=None, num_hashes: int = 6, *, family: str = "cross_polytope",
-                               cos_threshold: float = 0.5, **kwargs) -> BucketPrediction:
+                               model: str = "tree", cos_threshold: float | None = None, **kwargs) -> BucketPrediction:
     """Predict lsh.py's expected compression rate for a given set of tokens (one group).
 
-    Clusters the tokens (`clusters_from_tokens`), then applies `expected_buckets_clusters` with each
-    cluster's mean pairwise cosine. proj_dim None means d_model (lsh.py's default for "gaussian").
+    model="tree" (the default): the nested model of `expected_buckets_tree` on the tokens'
+    average-linkage tree (`token_tree`); kwargs: num_draws, seed. model="components": the
+    exchangeable-cluster model, connected components at cos > cos_threshold (default 0.5,
+    `clusters_from_tokens`) each with its mean pairwise cosine, clusters orthogonal
+    (`expected_buckets_clusters`; kwargs: num_tuples, num_latent, seed, epsilon). On real hidden
+    states the components model over-predicts by up to 27% (a shared direction and near-duplicates
+    inside loose components, benchmarks/RESULTS.md); both match clustered synthetic tokens.
+    proj_dim None means d_model (lsh.py's default for "gaussian").
     """
     d_model = np.shape(tokens)[1] if np.ndim(tokens) == 2 else None
-    _, sizes, within = clusters_from_tokens(tokens, cos_threshold)
     dim = d_model if proj_dim is None else proj_dim
-    return expected_buckets_clusters(sizes, within, dim, num_hashes, family=family, **kwargs)
+    if model == "tree":
+        if cos_threshold is not None:
+            raise ValueError(f"cos_threshold={cos_threshold!r} applies to model='components' only")
+        return expected_buckets_tree(token_tree(tokens), dim, num_hashes, family=family, **kwargs)
+    if model == "components":
+        _, sizes, within = clusters_from_tokens(tokens, 0.5 if cos_threshold is None else cos_threshold)
+        return expected_buckets_clusters(sizes, within, dim, num_hashes, family=family, **kwargs)
+    raise ValueError(f"model={model!r} must be 'tree' or 'components'")
 
 
 def clustered_compression_rate(num_tokens: int, num_clusters: int, noise: float, d_model: int, proj_dim=None,

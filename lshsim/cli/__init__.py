@@ -59,6 +59,7 @@ SUBCOMMANDS: dict[str, str] = {
     "breakeven": "lshsim.cli.breakeven",
     "simulate": "lshsim.cli.simulate",
     "plan": "lshsim.cli.plan",
+    "sweep": "lshsim.cli.sweep",
     "reproduce": "lshsim.cli.reproduce",
     "validate": "lshsim.cli.validate",
     "run": "lshsim.cli.run",

@@ -42,7 +42,8 @@ def add_parser(subparsers):
                    help="comma-separated layers, 0 = embeddings, 1..6 = transformer blocks (default 1,3,6)")
     p.add_argument("--max-tokens", type=arg_positive_int, default=2048, help="tokens to extract (default 2048)")
     p.add_argument("--text", default="lee-background",
-                   help="lee-background (300 documents), lee-test (50 other documents), or a UTF-8 text file "
+                   help="lee-background (300 documents), lee-test (50 other documents), imdb-10 (10 IMDB reviews), "
+                        "or a UTF-8 text file "
                         "(default lee-background)")
     p.add_argument("--seq-len", type=arg_int(3, 512), default=128,
                    help="positions per sequence, [CLS] and [SEP] included, in [3, 512] (default 128)")

@@ -1,7 +1,9 @@
-"""`lshsim validate`: measured executor traces against the simulator's prediction, phase by phase.
+"""`lshsim validate`: measured executor traces against the simulator's prediction, phase by phase;
+`lshsim validate --published`: the published multi-node measurements of data/published/.
 
 The model: `lshsim.sim.validate` (`validate_trace`, `a2a_errors`, `plot_validations`) on traces of
-`lshsim.sim.trace.Trace` written by the executor (`lshsim run`).
+`lshsim.sim.trace.Trace` written by the executor (`lshsim run`); `lshsim.sim.published`
+(`validate_published`) for the published cases.
 """
 from __future__ import annotations
 
@@ -16,7 +18,14 @@ def add_parser(subparsers):
                                           "A topology calibrated with `executor calibrate --phases` predicts "
                                           "every phase (gate, LSH, split exchange, experts) and the whole layer "
                                           "as it runs (forward, backward, total).")
-    p.add_argument("traces", nargs="+", help="measured trace JSON file(s)")
+    p.add_argument("traces", nargs="*", help="measured trace JSON file(s)")
+    p.add_argument("--published", nargs="?", const="", default=None, metavar="DIR",
+                   help="instead of traces: predict every published case of DIR (default: data/published/ of "
+                        "the source tree) against its figure under the case's own definition of bandwidth; the "
+                        "NIC efficiency and a start-up per operation are fitted on the fitting cases only, the "
+                        "test cases of DIR/split.yaml are reported apart (takes a few minutes on 2 cores)")
+    p.add_argument("--efficiency-grid", default=None, metavar="LO:HI:STEP",
+                   help="with --published: the NIC efficiencies tried by the fit (default 0.70:1.00:0.02)")
     p.add_argument("--topology", default=None,
                    help="topology name or YAML (e.g. a calibrated one); default: the GPU's datasheet topology")
     p.add_argument("--plot", default=None,
@@ -30,6 +39,13 @@ def run(args) -> int:
     import numpy as np
 
     from lshsim.io import prepare_output
+
+    if args.published is not None:
+        if args.traces or args.topology or args.plot:
+            raise ValueError("--published takes no traces, --topology or --plot")
+        return _run_published(args)
+    if not args.traces:
+        raise ValueError("give trace files, or --published")
 
     prepare_output(args.plot, "--plot")
     from lshsim.sim.validate import a2a_errors, plot_validations, validate_trace_file
@@ -75,4 +91,43 @@ def run(args) -> int:
                           f"worst {100 * values.max():.1f}%")
     if args.plot:
         console.print(f"plot written to {args.plot}")
+    return 0
+
+
+def _run_published(args) -> int:
+    from lshsim.sim.published import PUBLISHED_DIR, validate_published
+
+    folder = args.published or PUBLISHED_DIR
+    grid = None
+    if args.efficiency_grid is not None:
+        try:
+            lo, hi, step = (float(x) for x in args.efficiency_grid.split(":"))
+        except ValueError:
+            raise ValueError(f"--efficiency-grid={args.efficiency_grid!r} must be LO:HI:STEP, e.g. 0.7:1.0:0.02") from None
+        if not (0 < lo <= hi <= 1 and step > 0):
+            raise ValueError(f"--efficiency-grid={args.efficiency_grid!r} needs 0 < LO <= HI <= 1 and STEP > 0")
+        grid = tuple(round(lo + step * i, 6) for i in range(int(round((hi - lo) / step)) + 1))
+    out = validate_published(folder, efficiency_grid=grid)
+    if args.json:
+        _render.print_json(out)
+        return 0
+    from rich.table import Table
+
+    console = _render.console()
+    table = Table(title=f"Published measurements ({folder}): predicted vs published, each under its own definition")
+    for column in ("case", "set", "topology", "counts", "published GB/s", "predicted GB/s", "error"):
+        table.add_column(column, justify="right")
+    for row in sorted(out["rows"], key=lambda r: (r["role"], r["id"])):
+        table.add_row(row["id"], row["role"], row["topology"], row["counts"], f"{row['published_GBps']:.1f}",
+                      f"{row['predicted_GBps']:.1f}", f"{100 * row['rel_error']:+.1f}%")
+    console.print(table)
+    cal = out["calibration"]
+    console.print(f"calibration (fitting cases only): NIC efficiency {cal['nic_efficiency']:.2f} "
+                  f"({cal['nic_Bps'] / 1e9:.1f} GB/s), start-up dispatch {cal['alpha_s']['dispatch'] * 1e6:.1f} us, "
+                  f"combine {cal['alpha_s']['combine'] * 1e6:.1f} us")
+    for name in ("fitting", "test", "leave_one_out"):
+        part = out.get(name)
+        if part and part["cases"]:
+            console.print(f"{name.replace('_', '-')}: {part['cases']} cases, median |error| "
+                          f"{100 * part['median_abs_rel_error']:.1f}%, worst {100 * part['max_abs_rel_error']:.1f}%")
     return 0

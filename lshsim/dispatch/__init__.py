@@ -9,12 +9,12 @@ from lshsim.dispatch.plan import DispatchPlan
 from lshsim.dispatch.reference import combine, dispatch
 from lshsim.dispatch.routers import (ROUTERS, RouterConfig, RouterSpec, aux_loss, effective_k, gate_cost,
                                      get_router, grap_weights, locality_loss, register_router, route,
-                                     route_expert_choice, route_hash, route_locmoe, route_topk,
-                                     unregister_router, validate_router_params)
+                                     route_expert_choice, route_hash, route_locmoe, route_node_limited,
+                                     route_topk, unregister_router, validate_router_params)
 
 __all__ = [
     "Placement", "contiguous_placement", "round_robin_placement", "make_placement", "DispatchPlan",
     "dispatch", "combine", "ROUTERS", "RouterConfig", "RouterSpec", "route", "get_router", "register_router",
     "unregister_router", "effective_k", "validate_router_params", "gate_cost", "route_topk", "route_hash",
-    "route_expert_choice", "route_locmoe", "grap_weights", "aux_loss", "locality_loss",
+    "route_expert_choice", "route_locmoe", "route_node_limited", "grap_weights", "aux_loss", "locality_loss",
 ]

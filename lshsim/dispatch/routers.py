@@ -16,6 +16,8 @@ topk            logits      top-k with capacity; k=1 is Switch, k=2 is GShard
 hash            token_ids   expert = splitmix64(token id) mod E; k = 1, no gate (Hash Layers)
 expert_choice   logits      every expert takes its top-C tokens (Zhou et al. 2022)
 locmoe          hidden      GrAP gate + preference for experts on the token's own node (LocMoE)
+node_limited    logits      top-k within the token's best M nodes (DeepSeek-V3's node-limited
+                            routing; option max_nodes = M)
 ==============  ==========  ==============================================================
 
 Conventions shared by all routers:
@@ -47,7 +49,7 @@ __all__ = [
     "RouterConfig", "ROUTERS", "RouterSpec", "route", "get_router", "register_router", "unregister_router",
     "effective_k", "validate_router_params", "gate_cost", "GateCost", "linear_gate_cost", "grap_gate_cost",
     "hash_gate_cost", "CONFIG_PARAMETERS", "INPUT_KINDS",
-    "route_topk", "route_hash", "route_expert_choice", "route_locmoe",
+    "route_topk", "route_hash", "route_expert_choice", "route_locmoe", "route_node_limited", "node_limited_mask",
     "compute_capacity", "assign_slots", "count_values", "topk_gate_weight", "locmoe_selection", "route_on_rank", "SYNC_FREE_ROUTERS", "grap_weights", "grap_scores", "hash_experts",
     "aux_loss", "locality_loss", "DROP_POLICIES",
 ]
@@ -224,17 +226,19 @@ def topk_gate_weight(router_logits: torch.Tensor, expert_index: torch.Tensor) ->
     return torch.softmax(chosen_logits, dim=1)  # (T, k)
 
 
-def _topk_plan(router_logits: torch.Tensor, selection: torch.Tensor, placement: Placement, k: int,
+def _topk_plan(router_logits: torch.Tensor, selection: torch.Tensor | None, placement: Placement, k: int,
                capacity_factor: float | None, drop_policy: str, token_rank: torch.Tensor,
-               max_tokens_per_rank: int | None = None) -> DispatchPlan:
-    """Top-k of `selection` (T, E); gate weights from softmax(router_logits); slots under capacity.
+               max_tokens_per_rank: int | None = None, expert_index: torch.Tensor | None = None) -> DispatchPlan:
+    """Top-k of `selection` (T, E) (or the given (T, k) `expert_index`, best first); gate weights
+    from softmax(router_logits); slots under capacity.
 
     Gate weights without the full (T, E) softmax: for k = 1, p = exp(l_e - logsumexp(l)); for k > 1
     the renormalised weights are a softmax over the k chosen logits alone (the partition function
     cancels).
     """
-    with torch.no_grad():
-        expert_index = _top_indices(selection, k)  # (T, k)
+    if expert_index is None:
+        with torch.no_grad():
+            expert_index = _top_indices(selection, k)  # (T, k)
     gate_weight = topk_gate_weight(router_logits, expert_index)  # (T, k), keeps grad
     if max_tokens_per_rank is None:
         max_tokens_per_rank = _max_tokens_per_rank(token_rank, placement.world_size)
@@ -260,6 +264,121 @@ def route_topk(logits: torch.Tensor, placement: Placement, *, k: int = 2, capaci
     _check_drop_policy(drop_policy)
     token_rank = _token_rank_or_zero(token_rank, logits.shape[0], placement, logits.device)
     return _topk_plan(logits, logits.detach(), placement, k, capacity_factor, drop_policy, token_rank)
+
+
+def node_limited_mask(scores: torch.Tensor, placement: Placement, max_nodes: int, k: int,
+                      scores_per_node: int | None = None) -> torch.Tensor:
+    """(T, E) bool: the experts on each token's `max_nodes` best nodes.
+
+    A node's score for a token is the sum of its `scores_per_node` highest expert scores (DeepSeek-V3,
+    arXiv 2412.19437, Sec. 2.1.2: "the sum of the highest K_r/M affinity scores of the experts
+    distributed on each node"; default ceil(k / max_nodes), fewer on a node that holds fewer experts).
+    The M nodes with the highest sums are kept (ties: the lower node index). With M >= the number of
+    nodes every expert is kept.
+
+    >>> p = Placement.from_lists([0, 0, 1, 1], [0, 1])
+    >>> node_limited_mask(torch.tensor([[0.1, 0.2, 0.3, 0.05]]), p, 1, 2).tolist()
+    [[False, False, True, True]]
+    """
+    num_nodes = placement.num_nodes
+    if max_nodes >= num_nodes:
+        return torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
+    per_node = math.ceil(k / max_nodes) if scores_per_node is None else scores_per_node
+    expert_node = placement.expert_to_node.to(scores.device)  # (E,)
+    counts = torch.bincount(expert_node, minlength=num_nodes)  # (N,)
+    width = int(counts.max())
+    if bool((counts == width).all()) and bool((expert_node[1:] >= expert_node[:-1]).all()):
+        # the usual contiguous placement: node n holds experts [n E/N, (n+1) E/N), a view
+        padded = scores.float().reshape(scores.shape[0], num_nodes, width)  # (T, N, width)
+    else:
+        # column of every expert inside its node: experts sorted by node, then position within the node
+        order = torch.sort(expert_node, stable=True).indices  # (E,)
+        starts = torch.cumsum(counts, 0) - counts  # (N,)
+        column = torch.empty_like(order)
+        column[order] = torch.arange(order.numel(), device=scores.device) - starts[expert_node[order]]
+        padded = torch.full((scores.shape[0], num_nodes, width), float("-inf"), dtype=torch.float32,
+                            device=scores.device)  # (T, N, width)
+        padded[:, expert_node, column] = scores.float()
+    take = min(per_node, width)
+    best = torch.topk(padded, take, dim=2).values  # (T, N, take)
+    node_score = torch.where(torch.isfinite(best), best, torch.zeros_like(best)).sum(dim=2)  # (T, N)
+    # ties go to the lower node index: a stable sort of the negated sums
+    chosen = torch.sort(-node_score, dim=1, stable=True).indices[:, :max_nodes]  # (T, M)
+    node_mask = torch.zeros((scores.shape[0], num_nodes), dtype=torch.bool, device=scores.device)
+    node_mask.scatter_(1, chosen, True)
+    return node_mask[:, expert_node]  # (T, E)
+
+
+def route_node_limited(logits: torch.Tensor, placement: Placement, *, k: int = 8, capacity_factor: float | None = None,
+                       drop_policy: str = "position", token_rank: torch.Tensor | None = None,
+                       max_nodes: int = 4, scores_per_node: int = 0) -> DispatchPlan:
+    """Node-limited top-k (DeepSeek-V3, arXiv 2412.19437, Sec. 2.1.2; DeepSeek-V2's device-limited
+    routing): each token first picks its `max_nodes` (M) nodes by the sum of the top
+    `scores_per_node` softmax scores of the experts on each node (0 = ceil(k / M), as DeepSeek-V3),
+    then its top-k experts among the experts of those nodes, so its choices land on at most M nodes.
+    Gate weights and capacity follow the shared conventions (softmax scores; capacity_factor None =
+    dropless, DeepSeek-V3 drops no token). With M >= the number of nodes it is plain `topk`.
+
+    DeepSeek-V3 groups its 256 experts into 8 groups and keeps 4 groups (n_group 8, topk_group 4):
+    with 8 nodes and contiguous placement a group is a node. It scores with sigmoid affinities and
+    a bias for load balance; here the scores are softmax(logits) (a monotone map of the same logits
+    only changes the node sums, not the within-node order).
+    """
+    _check_logits(logits, placement)
+    _check_k(k, placement.num_experts)
+    _check_capacity_factor(capacity_factor)
+    _check_drop_policy(drop_policy)
+    positive_int("max_nodes", max_nodes)
+    if isinstance(scores_per_node, bool) or not isinstance(scores_per_node, int) or scores_per_node < 0:
+        raise ValueError(f"scores_per_node={scores_per_node!r} must be an integer >= 0 (0 = ceil(k / max_nodes))")
+    counts = torch.bincount(placement.expert_to_node, minlength=placement.num_nodes)
+    reachable = int(torch.sort(counts).values[:min(max_nodes, placement.num_nodes)].sum())
+    if k > reachable:
+        raise ValueError(f"k={k} exceeds the {reachable} experts that max_nodes={max_nodes} nodes are sure to hold "
+                         f"(the {max_nodes} smallest nodes of the placement); raise max_nodes or lower k")
+    token_rank = _token_rank_or_zero(token_rank, logits.shape[0], placement, logits.device)
+    num_nodes = placement.num_nodes
+    if max_nodes >= num_nodes:        # every node allowed: exactly topk
+        return _topk_plan(logits, logits.detach(), placement, k, capacity_factor, drop_policy, token_rank)
+    per_node = scores_per_node or math.ceil(k / max_nodes)
+    expert_node = placement.expert_to_node.to(logits.device)  # (E,)
+    width = placement.num_experts // num_nodes
+    with torch.no_grad():
+        if width * num_nodes == placement.num_experts and torch.equal(
+                expert_node, torch.arange(num_nodes, device=logits.device).repeat_interleave(width)):
+            expert_index = _node_limited_contiguous(logits.detach().float(), num_nodes, width, max_nodes, k, per_node)
+            return _topk_plan(logits, None, placement, k, capacity_factor, drop_policy, token_rank,
+                              expert_index=expert_index)
+        scores = torch.softmax(logits.detach().float(), dim=1)  # (T, E)
+        mask = node_limited_mask(scores, placement, max_nodes, k, per_node)  # (T, E)
+        selection = torch.where(mask, logits.detach().float(), torch.full_like(scores, float("-inf")))  # (T, E)
+    return _topk_plan(logits, selection, placement, k, capacity_factor, drop_policy, token_rank)
+
+
+def _node_limited_contiguous(logits: torch.Tensor, num_nodes: int, width: int, max_nodes: int, k: int,
+                             per_node: int) -> torch.Tensor:
+    """(T, k) experts of `route_node_limited` when node n holds experts [n w, (n+1) w): the same choice
+    as `node_limited_mask` + top-k, without (T, E) temporaries. A node's sum of its top softmax
+    scores is sum exp(l_i - m) / Z with one Z per token, so nodes are ranked by sum exp(l_i - m) over
+    each node's top `per_node` logits (m: the token's largest logit); then top-k among the M x w
+    logits of the chosen nodes."""
+    tokens = logits.shape[0]
+    grouped = logits.reshape(tokens, num_nodes, width)  # (T, N, w)
+    take = min(per_node, width)
+    if take == 1:
+        top = grouped.max(dim=2, keepdim=True).values  # (T, N, 1)
+    elif take == 2:
+        first, where = grouped.max(dim=2, keepdim=True)  # (T, N, 1)
+        second = grouped.scatter(2, where, float("-inf")).max(dim=2, keepdim=True).values  # (T, N, 1)
+        top = torch.cat([first, second], dim=2)  # (T, N, 2)
+    else:
+        top = torch.topk(grouped, take, dim=2).values  # (T, N, take)
+    row_max = top[:, :, 0].max(dim=1, keepdim=True).values  # (T, 1)
+    node_score = torch.exp(top - row_max[:, :, None]).sum(dim=2)  # (T, N)
+    chosen = torch.sort(-node_score, dim=1, stable=True).indices[:, :max_nodes]  # (T, M), ties: lower node
+    candidates = grouped.gather(1, chosen[:, :, None].expand(tokens, max_nodes, width))  # (T, M, w)
+    best = _top_indices(candidates.reshape(tokens, max_nodes * width), k)  # (T, k) positions
+    return chosen.gather(1, best // width) * width + best % width  # (T, k) expert ids
 
 
 _MASK64 = (1 << 64) - 1
@@ -606,6 +725,10 @@ ROUTERS: dict[str, RouterSpec] = {
                                 params=("k", "capacity_factor")),
     "locmoe": RouterSpec(route_locmoe, "hidden", "GrAP gate + own-node preference (LocMoE)",
                          params=("k", "capacity_factor", "drop_policy", "locality_bonus"), gate_cost=grap_gate_cost),
+    "node_limited": RouterSpec(route_node_limited, "logits",
+                               "top-k within each token's best max_nodes nodes (DeepSeek-V3 node-limited routing)",
+                               params=("k", "capacity_factor", "drop_policy"),
+                               options=(("max_nodes", 4), ("scores_per_node", 0))),
 }
 
 

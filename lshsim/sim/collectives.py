@@ -105,7 +105,8 @@ class CollectiveResult:
         """JSON-ready summary."""
         return {
             "algorithm": self.algorithm, "topology": self.topology, "time_s": self.time_s,
-            "network_time_s": self.network_time_s, "options": self.options,
+            "network_time_s": self.network_time_s,
+            "options": {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in self.options.items()},
             "egress_bytes": self.egress_bytes.tolist(), "ingress_bytes": self.ingress_bytes.tolist(),
             "local_bytes": self.local_bytes.tolist(), "local_copy_s": self.local_copy_s.tolist(),
             "stages": [vars(s) for s in self.stages],

@@ -111,9 +111,10 @@ def measured_context(trace: Trace, G) -> CostContext:
 
     dispatch_bytes / combine_bytes: the recorded (W, W) matrices of the forward all-to-alls, read
     by `lshsim.calibration.sources.trace_a2a_phases` (the reader calibration uses too);
-    rows_received: the dispatch's received bytes / bytes per token; no kernel-launch term;
+    rows_received: the dispatch's received bytes / bytes per dispatched row (`dispatch_bytes_per_row`,
+    which differs from bytes_per_token under the fp8 dispatch format); no kernel-launch term;
     network_s: the flow-level all-to-all on G with the workload's algorithm (`trace_algorithm`:
-    groupwise, or direct), cached by matrix.
+    groupwise, or direct; node_dedup as its two recorded stages in turn), cached by matrix.
     """
     measured = trace.meta["measured"]
     workload = trace.meta["workload"]
@@ -126,7 +127,17 @@ def measured_context(trace: Trace, G) -> CostContext:
     def a2a_time(matrix: np.ndarray) -> float:
         key = matrix.tobytes()
         if key not in cache:
-            cache[key] = float(simulate_all_to_all(G, matrix, algorithm).time_s)
+            if algorithm == "node_dedup":
+                # the executor's node_dedup records the wire bytes of its two stages, which run one
+                # after the other: the network stage (between nodes, and each rank's own tokens)
+                # then the forwarding inside nodes, each a direct all-to-all
+                nodes = np.asarray(trace.meta["cluster"].get("ranks_per_node") or world)
+                node_of = np.arange(world) // nodes
+                inside = (node_of[:, None] == node_of[None, :]) & ~np.eye(world, dtype=bool)
+                stages = (np.where(inside, 0, matrix), np.where(inside, matrix, 0))
+                cache[key] = sum(float(simulate_all_to_all(G, part, "direct").time_s) for part in stages)
+            else:
+                cache[key] = float(simulate_all_to_all(G, matrix, algorithm).time_s)
         return cache[key]
 
     bytes_per_token = int(measured["bytes_per_token"])
@@ -135,7 +146,8 @@ def measured_context(trace: Trace, G) -> CostContext:
              "bytes_per_element": bytes_per_token // d_model}
     return CostContext(world_size=world, gpu=G.graph["gpu"], kernel_launch_s=0.0, model=model,
                        experts_on_rank=model["num_experts"] // world, dispatch_bytes=dispatch, combine_bytes=combine,
-                       rows_received=dispatch.sum(axis=0) / bytes_per_token, network_s=a2a_time)
+                       rows_received=dispatch.sum(axis=0) / int(measured.get("dispatch_bytes_per_row", bytes_per_token)),
+                       network_s=a2a_time)
 
 
 #: the (W, W) matrix each all-to-all phase moves, by direction (the gradients travel transposed)

@@ -18,11 +18,21 @@ Vertices (string ids; `kind` attribute):
                           trunk edge of capacity sum(uplinks) = downlink capacity / oversubscription.
                           This is exact for perfectly balanced ECMP (every flow spread evenly over
                           all spines); real hash-based ECMP can collide and do worse.
+    "pod{p}.spine"        kind="spine" (3-tier fat-tree): pod p's spine layer; leaf j is in pod
+                          j // leaves_per_pod, its trunk goes to its pod's spine
+    "core"                kind="core" (3-tier fat-tree): the core layer as one vertex; each pod's
+                          spine layer has one edge (kind "core") of capacity (the pod's leaf uplinks) /
+                          core_oversubscription to it
 
 Edges carry `bandwidth_Bps` (per direction, bytes/s), `latency_s` (per hop) and `kind` (the link
-class: "nvlink", "pcie", "nic" (NIC <-> leaf), "trunk" (leaf <-> spine)); nvlink edges also carry
+class: "nvlink", "pcie", "nic" (NIC <-> leaf), "trunk" (leaf <-> spine), "core" (pod spine <-> core));
+nvlink edges also carry
 `links` (how many 25 GB/s links they bundle); GPU <-> NIC edges carry route_cost=0.5 (routing only:
 a NIC is not a shortcut between GPUs of its node, see `lshsim.topology.routing`). Every physical link is two opposite directed edges.
+
+Several NICs per GPU (`nics_per_gpu` r > 1, e.g. AWS p5: 32 x 100 Gb/s for 8 GPUs): NCCL stripes a
+GPU's traffic over the NICs of its PCIe switch; the graph models them as ONE NIC vertex per GPU
+(attribute `ports` = r) whose edge to the leaf carries r x nic_Bps, exact for perfect striping.
 
 Which builder builds a spec's `intra.kind` / `inter.kind` is the family registry's business
 (`lshsim.topology.families`): a builder takes exactly the keyword arguments it declares.
@@ -37,7 +47,7 @@ from __future__ import annotations
 import networkx as nx
 
 __all__ = ["gpu_id", "nic_of_gpu", "add_nvswitch_node", "add_cube_mesh_v100_node", "add_pcie_node",
-           "add_full_mesh_node", "add_fat_tree", "add_rail", "CUBE_MESH_V100_LINKS"]
+           "add_full_mesh_node", "add_fat_tree", "add_fat_tree_3tier", "add_rail", "CUBE_MESH_V100_LINKS"]
 
 #: DGX-1 V100 hybrid cube-mesh (NVIDIA's DGX-1 topology, `nvidia-smi topo -m`): (i, j) -> NVLink links
 #: (NV1 = 1, NV2 = 2 bonded); pairs not listed ("SYS") have no NVLink.
@@ -130,11 +140,11 @@ def add_pcie_node(G: nx.DiGraph, node: int, gpus_per_node: int, *, link_Bps: flo
 
 
 def _add_nics(G: nx.DiGraph, num_nodes: int, gpus_per_node: int, nics_per_node: int, pcie_Bps: float,
-              pcie_latency_s: float) -> None:
+              pcie_latency_s: float, nics_per_gpu: int = 1) -> None:
     """NICs and the GPU -> nearest-NIC edges (GPUDirect RDMA over the GPU's PCIe link)."""
     for node in range(num_nodes):
         for i in range(nics_per_node):
-            G.add_node(f"n{node}.nic{i}", kind="nic", node=node, index=i)
+            G.add_node(f"n{node}.nic{i}", kind="nic", node=node, index=i, ports=nics_per_gpu)
         for local in range(gpus_per_node):
             nic = f"n{node}.nic{nic_of_gpu(local, gpus_per_node, nics_per_node)}"
             _both(G, gpu_id(node, local), nic, bandwidth_Bps=pcie_Bps, latency_s=pcie_latency_s, kind="pcie",
@@ -154,32 +164,67 @@ def _add_spine(G: nx.DiGraph, leaves: dict[str, int], nic_Bps: float, oversubscr
 
 def add_fat_tree(G: nx.DiGraph, num_nodes: int, gpus_per_node: int, *, nics_per_node: int, nic_Bps: float,
                  servers_per_leaf: int, oversubscription: float, latency_s: float, pcie_Bps: float,
-                 pcie_latency_s: float) -> None:
+                 pcie_latency_s: float, nics_per_gpu: int = 1) -> None:
     """Two-level leaf/spine fat-tree: all NICs of node n on leaf n // servers_per_leaf."""
-    _add_nics(G, num_nodes, gpus_per_node, nics_per_node, pcie_Bps, pcie_latency_s)
+    leaves = _add_leaves(G, num_nodes, gpus_per_node, nics_per_node, nic_Bps, servers_per_leaf, latency_s, pcie_Bps,
+                         pcie_latency_s, nics_per_gpu)
+    _add_spine(G, leaves, nic_Bps, oversubscription, latency_s)
+
+
+def _add_leaves(G: nx.DiGraph, num_nodes: int, gpus_per_node: int, nics_per_node: int, nic_Bps: float,
+                servers_per_leaf: int, latency_s: float, pcie_Bps: float, pcie_latency_s: float,
+                nics_per_gpu: int) -> dict[str, int]:
+    """NICs on leaves (node n on leaf n // servers_per_leaf); returns leaf -> downlinks (physical NIC ports)."""
+    _add_nics(G, num_nodes, gpus_per_node, nics_per_node, pcie_Bps, pcie_latency_s, nics_per_gpu)
     leaves: dict[str, int] = {}
     for node in range(num_nodes):
         leaf = f"leaf{node // servers_per_leaf}"
         G.add_node(leaf, kind="leaf")
         for i in range(nics_per_node):
-            _both(G, f"n{node}.nic{i}", leaf, bandwidth_Bps=nic_Bps, latency_s=latency_s, kind="nic")
-        leaves[leaf] = leaves.get(leaf, 0) + nics_per_node
-    _add_spine(G, leaves, nic_Bps, oversubscription, latency_s)
+            _both(G, f"n{node}.nic{i}", leaf, bandwidth_Bps=nic_Bps * nics_per_gpu, latency_s=latency_s, kind="nic")
+        leaves[leaf] = leaves.get(leaf, 0) + nics_per_node * nics_per_gpu
+    return leaves
+
+
+def add_fat_tree_3tier(G: nx.DiGraph, num_nodes: int, gpus_per_node: int, *, nics_per_node: int, nic_Bps: float,
+                       servers_per_leaf: int, leaves_per_pod: int, oversubscription: float,
+                       core_oversubscription: float, latency_s: float, pcie_Bps: float, pcie_latency_s: float,
+                       nics_per_gpu: int = 1) -> None:
+    """Three-level fat-tree: node n on leaf n // servers_per_leaf, leaf j in pod j // leaves_per_pod.
+    Each leaf's uplinks are one trunk to its pod's spine layer "pod{p}.spine" (capacity: the leaf's
+    downlinks / oversubscription); each pod's spine layer has one edge to the core layer "core"
+    (capacity: the pod's leaf uplinks / core_oversubscription). With one pod there is no core
+    (a two-level tree); with one leaf per pod the pod spine is a pass-through."""
+    leaves = _add_leaves(G, num_nodes, gpus_per_node, nics_per_node, nic_Bps, servers_per_leaf, latency_s, pcie_Bps,
+                         pcie_latency_s, nics_per_gpu)
+    pods: dict[int, float] = {}
+    for j, (leaf, downlinks) in enumerate(leaves.items()):
+        pod = j // leaves_per_pod
+        spine = f"pod{pod}.spine"
+        G.add_node(spine, kind="spine", pod=pod)
+        uplink = downlinks * nic_Bps / oversubscription
+        _both(G, leaf, spine, bandwidth_Bps=uplink, latency_s=latency_s, kind="trunk")
+        pods[pod] = pods.get(pod, 0.0) + uplink
+    if len(pods) < 2:
+        return
+    G.add_node("core", kind="core")
+    for pod, uplink in pods.items():
+        _both(G, f"pod{pod}.spine", "core", bandwidth_Bps=uplink / core_oversubscription, latency_s=latency_s,
+              kind="core")
 
 
 def add_rail(G: nx.DiGraph, num_nodes: int, gpus_per_node: int, *, nics_per_node: int, nic_Bps: float,
              servers_per_leaf: int, oversubscription: float, latency_s: float, pcie_Bps: float,
-             pcie_latency_s: float) -> None:
+             pcie_latency_s: float, nics_per_gpu: int = 1) -> None:
     """Rail-optimized: NIC i of the nodes of group g = n // servers_per_leaf on leaf "leaf{g}.r{i}";
     leaves joined by the spine layer (cross-rail traffic goes leaf -> spine -> leaf; NCCL's PXN,
     which moves it over NVLink to the GPU on the right rail first, is not modelled)."""
-    _add_nics(G, num_nodes, gpus_per_node, nics_per_node, pcie_Bps, pcie_latency_s)
+    _add_nics(G, num_nodes, gpus_per_node, nics_per_node, pcie_Bps, pcie_latency_s, nics_per_gpu)
     leaves: dict[str, int] = {}
     for node in range(num_nodes):
         for i in range(nics_per_node):
             leaf = f"leaf{node // servers_per_leaf}.r{i}"
             G.add_node(leaf, kind="leaf")
-            _both(G, f"n{node}.nic{i}", leaf, bandwidth_Bps=nic_Bps, latency_s=latency_s, kind="nic")
-            leaves[leaf] = leaves.get(leaf, 0) + 1
+            _both(G, f"n{node}.nic{i}", leaf, bandwidth_Bps=nic_Bps * nics_per_gpu, latency_s=latency_s, kind="nic")
+            leaves[leaf] = leaves.get(leaf, 0) + nics_per_gpu
     _add_spine(G, leaves, nic_Bps, oversubscription, latency_s)
-

@@ -35,8 +35,8 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
-from lshsim.topology.build import (add_cube_mesh_v100_node, add_fat_tree, add_full_mesh_node, add_nvswitch_node,
-                                   add_pcie_node, add_rail)
+from lshsim.topology.build import (add_cube_mesh_v100_node, add_fat_tree, add_fat_tree_3tier, add_full_mesh_node,
+                                   add_nvswitch_node, add_pcie_node, add_rail)
 from lshsim.topology.gpus import GpuSpec
 from lshsim.topology.routing import RoutingPolicy
 
@@ -192,9 +192,40 @@ INTRA_FAMILIES: dict[str, TopologyFamily] = {
 }
 
 # ---- built-in inter-node fabrics -------------------------------------------------------------------
+def _resolve_nics_per_gpu(block: FieldReader, values: dict) -> dict:
+    """nics_per_gpu (default 1): r NICs of nic_gbps per GPU, striped; needs one NIC group per GPU
+    (nics_per_node = gpus_per_node)."""
+    out = dict(values)
+    out["nics_per_gpu"] = block.integer("nics_per_gpu", 1, maximum=64)
+    if out["nics_per_gpu"] > 1 and out["nics_per_node"] != block.gpus_per_node:
+        raise block.fail("nics_per_gpu", out["nics_per_gpu"],
+                         f"needs nics_per_node = gpus_per_node ({block.gpus_per_node}): nics_per_node counts the "
+                         f"GPUs' NIC groups, got {out['nics_per_node']}")
+    return out
+
+
+def _resolve_fat_tree_3tier(block: FieldReader, values: dict) -> dict:
+    """leaves_per_pod (required): leaves under one pod's spine layer; core_oversubscription (default
+    1): a pod's leaf-uplink capacity : its core uplinks."""
+    out = _resolve_nics_per_gpu(block, values)
+    out["leaves_per_pod"] = block.integer("leaves_per_pod", None, required=True)
+    out["core_oversubscription"] = block.number("core_oversubscription", 1.0)
+    if out["oversubscription"] < 1:
+        raise block.fail("oversubscription", out["oversubscription"], "must be >= 1")
+    if out["core_oversubscription"] < 1:
+        raise block.fail("core_oversubscription", out["core_oversubscription"], "must be >= 1")
+    return out
+
+
 INTER_FAMILIES: dict[str, TopologyFamily] = {
-    "fat_tree": TopologyFamily("fat_tree", "inter", add_fat_tree, "two-level leaf/spine fat-tree"),
-    "rail": TopologyFamily("rail", "inter", add_rail, "rail-optimized leaves joined by the spine layer"),
+    "fat_tree": TopologyFamily("fat_tree", "inter", add_fat_tree, "two-level leaf/spine fat-tree",
+                               fields=frozenset({"nics_per_gpu"}), resolve=_resolve_nics_per_gpu),
+    "rail": TopologyFamily("rail", "inter", add_rail, "rail-optimized leaves joined by the spine layer",
+                           fields=frozenset({"nics_per_gpu"}), resolve=_resolve_nics_per_gpu),
+    "fat_tree_3tier": TopologyFamily("fat_tree_3tier", "inter", add_fat_tree_3tier,
+                                     "three-level fat-tree: leaves, pod spines, core",
+                                     fields=frozenset({"nics_per_gpu", "leaves_per_pod", "core_oversubscription"}),
+                                     resolve=_resolve_fat_tree_3tier),
 }
 
 _REGISTRIES = {"intra": INTRA_FAMILIES, "inter": INTER_FAMILIES}

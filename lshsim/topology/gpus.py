@@ -85,6 +85,10 @@ GPUS: dict[str, GpuSpec] = {
     # H200 SXM 141GB: ~989 TFLOP/s dense bf16, 4.8 TB/s, NVLink 4: 18 x 25 GB/s.
     "h200": GpuSpec("H200-SXM-141GB", peak_flops=989 * TB, hbm_Bps=4800 * GB, memory_bytes=141 * GB,
                     nvlink_Bps=450 * GB),
+    # B200 (HGX B200 datasheet, 8-GPU totals / 8): 2.25 PFLOP/s dense bf16 (36 PFLOP/s sparse per
+    # board), 7.7 TB/s (62 TB/s per board), 180 GB (1,440 GB per board), NVLink 5: 18 x 50 GB/s.
+    "b200": GpuSpec("B200-SXM-180GB", peak_flops=2250 * TB, hbm_Bps=7700 * GB, memory_bytes=180 * GB,
+                    nvlink_Bps=900 * GB),
     # Ascend 910A (LocMoE's cluster): 320 TFLOP/s fp16, ~1.07 TB/s (the paper's figure), 32 GB.
     # HCCS: 3 links x 30 GB/s to the other NPUs of its group of 4 (Huawei Atlas 800 public
     # figures, not an NVIDIA-style datasheet: check against a real machine before relying on it).

@@ -1,0 +1,345 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Plan a frontier MoE: DeepSeek-V3 on 8 nodes x 8 H100
+#
+# DeepSeek-V3 (671B parameters, 37B active) routes every token to 8 of 256 fine-grained experts,
+# runs one shared expert on every token, keeps its first 3 layers dense, limits each token's
+# experts to at most M = 4 nodes, and drops no token. This notebook plans its expert-parallel
+# training on 64 H100s (8 HGX nodes, 8 x 400 Gb/s InfiniBand rails each, expert parallelism over
+# all 64 GPUs: 4 experts per GPU) and asks three questions:
+#
+# 1. **What the catalog knows**: the model from its published config.json, its parameter counts,
+#    and the bytes one MoE layer's all-to-all moves.
+# 2. **Node limits**: how M changes where a token's 8 copies go, the network bytes, and the
+#    simulated dispatch all-to-all.
+# 3. **Dropless or capacity**: what a capacity factor saves on the network and what it drops,
+#    with balanced and skewed expert popularity.
+#
+# Then one simulated training step per choice, and the expert-parallel group size (EP x DP, section
+# 5). What is **not** here yet, and why:
+#
+# - *FP8 dispatch and per-node deduplication as simulated collectives*: also on another branch.
+#   Section 2 counts the bytes deduplication would send (a token's distinct remote nodes), but
+#   no all-to-all below simulates them.
+#
+# Every number is computed by the code below from committed files (no GPU, no network).
+
+# %%
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from lshsim.dispatch import RouterConfig, route
+from lshsim.dispatch.synthetic import dirichlet_popularity
+from lshsim.models import load_model
+from lshsim.sim.collectives import simulate_all_to_all
+from lshsim.sim.moe_step import A2ACache, RoutedTraffic, StepConfig, placement_for, simulate_config
+from lshsim.topology import load_topology
+
+notebook_start = time.perf_counter()
+ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "tests/data/hf").is_dir())
+pd.set_option("display.width", 140)
+
+# %% [markdown]
+# ## 1. The model, from the catalog and from its config.json
+#
+# `load_model("deepseek-v3")` reads `models/configs/deepseek-v3.yaml`, which cites every field of
+# the published config.json; `load_model("...config.json")` reads a Hugging Face config.json
+# directly (here a copy of the published fields in `tests/data/hf/`). Both give the same model.
+
+# %%
+model = load_model("deepseek-v3")
+from_hf = load_model(ROOT / "tests/data/hf/deepseek-v3.json")
+assert from_hf.num_parameters == model.num_parameters and from_hf.moe_layers == model.moe_layers
+
+rows = {
+    "layers (dense first, MoE)": f"{model.num_layers} ({model.first_dense_layers}, {model.num_moe_layers})",
+    "routed experts / shared / top-k": f"{model.num_experts} / {model.num_shared_experts} / {model.top_k}",
+    "d_model, expert d_ffn, dense d_ffn": f"{model.d_model}, {model.d_ffn}, {model.dense_d_ffn}",
+    "router": f"{model.router} {dict(model.router_options)}, dropless={model.dropless}",
+    "parameters (published 671B)": f"{model.num_parameters / 1e9:.1f}B",
+    "active, no input embedding (published 37B)": f"{model.active_parameters(input_embedding=False) / 1e9:.1f}B",
+}
+display(pd.Series(rows, name="deepseek-v3").to_frame())
+
+# %% [markdown]
+# One MoE layer's dispatch all-to-all, per GPU, at 4096 tokens per GPU (one 4K sequence, our
+# choice): each token is copied to 8 experts, each copy is d_model bf16 values. The combine sends
+# the same amount back, and the backward pass both again: 4 all-to-alls per MoE layer per step.
+
+# %%
+TOKENS = model.tokens_per_gpu
+copy_bytes = model.d_model * model.bytes_per_element
+per_gpu = TOKENS * model.top_k * copy_bytes
+print(f"{TOKENS} tokens x {model.top_k} copies x {copy_bytes} B = {per_gpu / 2**20:.0f} MiB dispatched per GPU per "
+      f"MoE layer; x 4 all-to-alls x {model.num_moe_layers} MoE layers = {4 * per_gpu * model.num_moe_layers / 2**30:.1f} "
+      "GiB per GPU per step")
+
+# %% [markdown]
+# ## 2. The cluster and node-limited routing
+#
+# `h100-ib-rail-8x8`: 8 HGX H100 nodes, NVSwitch inside (450 GB/s per GPU per direction), 8 x 400
+# Gb/s InfiniBand NICs per node (one per GPU, 50 GB/s), rail-optimized. Its latencies are assumed,
+# not measured (the YAML lists them under `calibration.provenance.assumed`).
+#
+# The routing: gate logits for 256 tokens per GPU (Gaussian, as `lshsim plan`'s synthetic tokens),
+# routed by the registered `node_limited` router (pick each token's M best nodes by the sum of their
+# top ceil(8 / M) scores, then the top-8 experts there) and by plain `topk` (M = 8 = all nodes).
+# The counts are scaled to 4096 tokens per GPU. The all-to-alls are simulated at the 1% drain
+# tolerance (`lshsim plan --fidelity tolerance`): exact simulation of uneven traffic on 64 GPUs takes
+# about ten seconds each on this machine, the tolerance well under one.
+
+# %%
+cluster = load_topology("h100-ib-rail-8x8")
+placement = placement_for(model, cluster)
+W, NODES = placement.world_size, placement.num_nodes
+ROUTED = 256                                   # tokens per GPU actually routed; scaled to TOKENS
+gpu_node = placement.rank_to_node.numpy()
+# uneven all-to-alls over 64 GPUs: flows that would drain within 1% of the current time drain
+# together (`lshsim plan`'s "tolerance" fidelity; completion up to ~1.5% early, much faster)
+TOLERANCE = 0.01
+
+
+def gate_logits(skew=0.0, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(W * ROUTED, model.num_experts, generator=generator)
+    if skew > 0:   # popular experts: + skew * log p, p ~ Dirichlet(1), as lshsim.dispatch.synthetic
+        logits = logits + skew * dirichlet_popularity(model.num_experts, generator).clamp_min(1e-12).log()
+    return logits
+
+
+token_rank = torch.arange(W).repeat_interleave(ROUTED)
+
+
+def routed(config, logits):
+    plan = route(config, placement, logits=logits, token_rank=token_rank)
+    counts = plan.send_counts().to(torch.float64).numpy() * (TOKENS / ROUTED)            # (W, W) copies
+    dest_node = torch.where(plan.kept, placement.expert_to_node[plan.expert_index], NODES)  # (T, k); NODES = dropped
+    reached = torch.zeros(len(token_rank), NODES + 1, dtype=torch.bool).scatter_(1, dest_node, True)[:, :NODES]
+    nodes_per_token = reached.sum(dim=1).to(torch.float64)                                # (T,) distinct nodes
+    own = placement.rank_to_node[token_rank]                                              # (T,)
+    remote_nodes = nodes_per_token - reached.gather(1, own[:, None])[:, 0].to(torch.float64)
+    dropped = plan.num_dropped / max(int(plan.routed.sum()), 1)
+    traffic = RoutedTraffic(send_counts=counts, tokens_per_rank=TOKENS, routed_per_rank=ROUTED,
+                            dropped_fraction=dropped, gate_width=model.d_model, k=model.top_k, router=config.name)
+    return plan, traffic, nodes_per_token, remote_nodes
+
+
+def network_summary(traffic):
+    """Bytes per GPU per dispatch: leaving the node (NICs), staying in the node (NVLink)."""
+    bytes_ = traffic.send_counts * copy_bytes
+    inter = np.array([bytes_[r, gpu_node != gpu_node[r]].sum() for r in range(W)])
+    intra = np.array([bytes_[r, (gpu_node == gpu_node[r]) & (np.arange(W) != r)].sum() for r in range(W)])
+    received = bytes_.sum(axis=0) - np.diag(bytes_)
+    return inter, intra, received
+
+
+logits = gate_logits()
+node_rows, traffic_by_m = [], {}
+for M in (1, 2, 4, 8):
+    config = (RouterConfig("topk", k=8, capacity_factor=None) if M == NODES else
+              RouterConfig("node_limited", k=8, capacity_factor=None, options={"max_nodes": M}))
+    plan, traffic, nodes_per_token, remote_nodes = routed(config, logits)
+    traffic_by_m[M] = traffic
+    inter, intra, received = network_summary(traffic)
+    a2a = simulate_all_to_all(cluster, traffic.send_counts * copy_bytes, "direct", drain_tolerance=TOLERANCE)
+    node_rows.append({"M": M, "router": config.name, "max nodes / token": int(nodes_per_token.max()),
+                      "mean nodes / token": nodes_per_token.mean().item(),
+                      "inter-node MiB / GPU": inter.mean() / 2**20, "NVLink MiB / GPU": intra.mean() / 2**20,
+                      "dedup: remote nodes / token": remote_nodes.mean().item(),
+                      "dedup: inter-node MiB / GPU": remote_nodes.mean().item() * TOKENS * copy_bytes / 2**20,
+                      "dispatch ms (simulated, no dedup)": a2a.time_s * 1e3})
+nodes_table = pd.DataFrame(node_rows).set_index("M")
+display(nodes_table.round(2))
+
+# %% [markdown]
+# What the table says:
+#
+# - The limit holds: no token reaches more than M nodes (the router's tests check it too).
+# - **Without deduplication, node-limited routing barely changes the network bytes**: a copy
+#   leaves its node unless its expert sits on the token's own node, and the M chosen nodes are the
+#   token's own with probability about 1/8 whatever M is. The simulated dispatch times are
+#   therefore close to each other: the NICs carry about 7/8 of the 448 MiB per GPU either way.
+# - The dedup columns show where the gain is: with **per-node deduplication** (DeepEP, the
+#   hierarchical all-to-alls) a token is sent once to each remote node and forwarded over NVLink
+#   there. Those columns count the bytes
+#   from the routing (distinct remote nodes per token x one copy); they are a count, not a
+#   simulation: the deduplicating collective is being built on another branch. With M = 4 at most
+#   4 copies cross the network instead of up to 7 (M = 1 is cheapest, but restricts each token to
+#   the 32 experts of one node).
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 3.2))
+xs = np.arange(len(nodes_table))
+ax.bar(xs - 0.2, nodes_table["inter-node MiB / GPU"], 0.4, label="copies leaving the node (simulated collectives)")
+ax.bar(xs + 0.2, nodes_table["dedup: inter-node MiB / GPU"], 0.4, label="with per-node dedup (counted)")
+ax.set_xticks(xs, [f"M = {m}" + (" (top-k)" if m == NODES else "") for m in nodes_table.index])
+ax.set_ylabel("MiB per GPU per dispatch")
+ax.set_title("DeepSeek-V3 on 8 x 8 H100: network bytes of one dispatch")
+ax.legend(fontsize=8)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 3. Dropless or a capacity factor
+#
+# DeepSeek-V3 drops no token; GShard-style training caps each (GPU, expert) buffer at
+# C = ceil(f x T x k / E) and drops the overflow. With balanced popularity the overflow is small;
+# with skewed popularity (`skew`: logits + skew x log p, p ~ Dirichlet(1)) the hottest experts
+# overflow, and a dropless all-to-all must deliver their whole load: its time follows the most
+# loaded GPU's receive bytes.
+
+# %%
+cap_rows, traffic_by_cap = [], {}
+SKEWED = 0.5
+for skew in (0.0, SKEWED):
+    logits = gate_logits(skew=skew, seed=1)
+    for factor in (None, 1.25):
+        config = RouterConfig("node_limited", k=8, capacity_factor=factor, options={"max_nodes": 4})
+        plan, traffic, _, _ = routed(config, logits)
+        traffic_by_cap[(skew, factor)] = traffic
+        inter, intra, received = network_summary(traffic)
+        a2a = simulate_all_to_all(cluster, traffic.send_counts * copy_bytes, "direct", drain_tolerance=TOLERANCE)
+        cap_rows.append({"skew": skew, "capacity factor": "dropless" if factor is None else factor,
+                         "dropped %": 100 * traffic.dropped_fraction,
+                         "max / mean receive": received.max() / received.mean(),
+                         "inter-node MiB / GPU": inter.mean() / 2**20,
+                         "dispatch ms (simulated)": a2a.time_s * 1e3})
+capacity_table = pd.DataFrame(cap_rows).set_index(["skew", "capacity factor"])
+display(capacity_table.round(2))
+
+# %% [markdown]
+# %%
+balanced, skewed = capacity_table.loc[0.0], capacity_table.loc[SKEWED]
+print(f"balanced: capacity 1.25 drops {balanced.loc[1.25, 'dropped %']:.1f}% of the copies and changes the dispatch "
+      f"from {balanced.loc['dropless', 'dispatch ms (simulated)']:.2f} to {balanced.loc[1.25, 'dispatch ms (simulated)']:.2f} ms")
+print(f"skew {SKEWED}: dropless, the busiest GPU receives {skewed.loc['dropless', 'max / mean receive']:.2f}x the mean and "
+      f"the dispatch takes {skewed.loc['dropless', 'dispatch ms (simulated)']:.2f} ms; capacity 1.25 takes "
+      f"{skewed.loc[1.25, 'dispatch ms (simulated)']:.2f} ms but drops {skewed.loc[1.25, 'dropped %']:.1f}% of the copies")
+
+# %% [markdown]
+# A capacity factor buys all-to-all time back only by dropping copies, work the experts never see;
+# with skewed popularity the dropless all-to-all follows the hottest GPU's receive bytes. The plan
+# reports both; which is acceptable is a training question, not a network one (DeepSeek-V3 keeps
+# popularity balanced with its bias term instead, which this synthetic gate does not model).
+
+# %% [markdown]
+# ## 4. One training step per choice
+#
+# `simulate_config` runs the step simulator of `lshsim plan` (forward and backward of every layer:
+# attention, gate, dispatch, experts, combine; roofline compute on the H100's datasheet rates,
+# flow-level all-to-alls) on the routings above. Caveat, stated by the catalog: the simulator reads
+# only the fields of `MODEL_FIELDS`, so it costs all 61 layers as MoE layers (not 58 after 3 dense
+# ones), experts as 2 matrices (DeepSeek's are SwiGLU, 3) and no shared-expert compute. The
+# all-to-all bytes per MoE layer follow the routing; the compute is an underestimate.
+
+# %%
+cache = A2ACache(cluster, drain_tolerance=TOLERANCE)
+step_rows = []
+choices = [("M = 4, dropless (DeepSeek-V3)", "node_limited", None, traffic_by_m[4]),
+           ("M = 4, dropless, skew 0.5", "node_limited", None, traffic_by_cap[(SKEWED, None)]),
+           ("M = 4, capacity 1.25, skew 0.5", "node_limited", 1.25, traffic_by_cap[(SKEWED, 1.25)])]
+for label, router, factor, traffic in choices:
+    for algorithm in ("direct", "2d"):
+        config = StepConfig(router=router, capacity_factor=factor, algorithm=algorithm, tokens_per_gpu=TOKENS)
+        result = simulate_config(model, cluster, config, traffic=traffic, a2a_cache=cache)
+        b = result.breakdown
+        step_rows.append({"routing": label, "all-to-all": algorithm, "step s": b["step_s"],
+                          "all-to-all share": b["a2a_share"], "dropped %": 100 * b["dropped_fraction"]})
+steps = pd.DataFrame(step_rows).set_index(["routing", "all-to-all"])
+display(steps.round(3))
+
+# %% [markdown]
+# %%
+for label in dict.fromkeys(steps.index.get_level_values(0)):
+    direct, two_d = steps.loc[(label, "direct"), "step s"], steps.loc[(label, "2d"), "step s"]
+    print(f"{label}: direct {direct:.2f} s, 2d {two_d:.2f} s per step; all-to-all share "
+          f"{steps.loc[(label, 'direct'), 'all-to-all share']:.0%} (direct)")
+
+# %% [markdown]
+# At 4096 tokens per GPU the all-to-alls take most of the simulated step, although the compute is
+# underestimated (above): every GPU's 400 Gb/s NIC carries about 7/8 of its tokens' copies, four
+# times per MoE layer. The hierarchical ("2d") all-to-all first gathers each node's copies by
+# destination rail over NVLink: on balanced traffic it adds an NVLink phase to the same NIC bytes,
+# on skewed traffic it can spread the hot GPUs' load; the lines above say which wins here.
+#
+# ## 5. Expert-parallel group sizes: EP x DP = 64
+#
+# With EP < 64 the 64 GPUs form 64 / EP data-parallel groups of EP consecutive GPUs, each group
+# holding all 256 experts (256 / EP per GPU), and every group's all-to-all runs at the same time on
+# the shared fabric (`StepConfig(ep=...)`, `lshsim plan --ep`). EP = 8 keeps each group inside one
+# node: the all-to-alls never touch the NICs, but every GPU holds 32 experts (DeepSeek-V3's
+# 44M-parameter experts: 1.4B expert parameters per layer per GPU, 82B over 58 layers, 164 GB of
+# bf16 weights alone, more than an H100's 80 GB: memory is not checked by the simulator). Each group routes its own GPUs' tokens
+# (the balanced logits of section 2) on its own placement (`placement_for(model, cluster, ep)`, a
+# `GroupedPlacement`) with the node-limited router, dropless; the groups' traffic is one
+# block-diagonal matrix.
+
+# %%
+from lshsim.dispatch.placement import GroupedPlacement
+
+balanced_logits = gate_logits()
+node_limited = RouterConfig("node_limited", k=8, capacity_factor=None, options={"max_nodes": 4})
+
+
+def grouped_traffic(ep):
+    grouped = placement_for(model, cluster, ep)
+    if not isinstance(grouped, GroupedPlacement):                    # EP = W: one group
+        return routed(node_limited, balanced_logits)[1]
+    counts = np.zeros((W, W))
+    for g in range(grouped.num_groups):
+        rows = (token_rank >= g * ep) & (token_rank < (g + 1) * ep)
+        plan = route(node_limited, grouped.placements[g], logits=balanced_logits[rows],
+                     token_rank=token_rank[rows] - g * ep)
+        counts[g * ep:(g + 1) * ep, g * ep:(g + 1) * ep] = plan.send_counts().to(torch.float64).numpy() * (TOKENS / ROUTED)
+    return RoutedTraffic(send_counts=counts, tokens_per_rank=TOKENS, routed_per_rank=ROUTED, dropped_fraction=0.0,
+                         gate_width=model.d_model, k=model.top_k, router="node_limited", ep=ep)
+
+
+ep_rows = []
+for ep in (8, 16, 32, 64):
+    config = StepConfig(router="node_limited", capacity_factor=None, ep=ep, tokens_per_gpu=TOKENS)
+    b = simulate_config(model, cluster, config, traffic=grouped_traffic(ep), a2a_cache=cache).breakdown
+    ep_rows.append({"EP": ep, "DP groups": W // ep, "experts / GPU": model.num_experts // ep,
+                    "nodes / group": max(1, ep // 8),
+                    "inter-node MiB / GPU / dispatch": b["inter_node_bytes_per_layer"] / W / 2**20,
+                    "step s": b["step_s"], "all-to-all share": b["a2a_share"]})
+ep_table = pd.DataFrame(ep_rows).set_index("EP")
+display(ep_table.round(3))
+
+# %% [markdown]
+# The fewer nodes a group spans, the fewer of a token's copies cross the network: EP = 8 moves
+# everything over NVLink, and from EP = 16 on the NICs carry 1/2, 3/4, 7/8 of the copies. The step
+# time follows. What the table does not show is the cost of a small EP: 256 / EP experts' weights
+# and optimizer state on every GPU, and the data-parallel gradient all-reduce of the experts over
+# 64 / EP groups, neither of which the simulator models yet.
+#
+# The same plan from the command line (timed in benchmarks/RESULTS.md, "issue 14" section):
+#
+# ```bash
+# lshsim plan --model deepseek-v3 --cluster h100-ib-rail-8x8 --capacity-factor none --router node_limited
+# lshsim plan --model deepseek-v3 --cluster h100-ib-rail-8x8 --capacity-factor none --ep 16
+# lshsim plan --model path/to/DeepSeek-V3/config.json --cluster h100-ib-rail-8x8 --capacity-factor none
+# ```
+#
+# Exercises: swap in `b200-ib-rail-8x8` (NVLink twice as fast, the same NICs) or `h100-efa-p5-8x8`
+# (4 x 100 Gb/s per GPU); try `load_model("qwen3-235b-a22b")` (128 experts: 2 per GPU on 64 GPUs).
+
+# %%
+print(f"notebook ran in {time.perf_counter() - notebook_start:.1f} s")

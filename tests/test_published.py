@@ -1,0 +1,141 @@
+"""The published cases (data/published/), their split, the byte counts under each source's definition,
+the calibration fit (recovers known parameters, refuses test cases) and `lshsim validate --published`."""
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lshsim.cli import main
+from lshsim.sim.dispatch_formats import DedupTraffic
+from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID, case_traffic, counted_bytes,
+                                  deepep_routing, fit_calibration, load_cases, load_split, simulate_case)
+
+
+def test_shipped_cases_and_split():
+    cases = load_cases()
+    assert len(cases) == 20 and len({c.id for c in cases}) == 20
+    test = load_split()
+    assert len(test) * 3 >= len(cases)                       # at least a third set aside
+    by_id = {c.id: c for c in cases}
+    assert by_id["deepep-normal-inter-ep32-dispatch"].published_GBps == 58
+    assert by_id["deepep-ll-ep256-combine"].published_latency_us == 360
+    for c in cases:                                           # every case has a source and a topology that loads
+        assert c.source.startswith("https://github.com/deepseek-ai/DeepEP/blob/")
+        assert c.topology == f"published/h800-ib-{c.nodes}x8"
+    # the low-latency figures are bytes / latency: 1014 selections x 7408 B (fp8) or 14336 B (bf16)
+    for c in cases:
+        if c.kind == "low_latency":
+            per = 7408 if c.op == "dispatch" else 14336
+            assert c.published_GBps * c.published_latency_us * 1e3 == pytest.approx(1014 * per, rel=0.011)
+
+
+def _write_case_file(folder: Path, **override):
+    case = {"id": "x", "kind": "normal", "ep": 16, "nodes": 2, "op": "dispatch", "format": "fp8",
+            "published_GBps": 40, "counts": "rdma", **override}
+    text = {"source": {"url": "https://example.org/table"},
+            "workload": {"tokens_per_rank": 32, "hidden": 256, "top_k": 4, "experts": 32},
+            "cases": [case]}
+    (folder / "a.yaml").write_text(json.dumps(text))
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"ep": 12, "nodes": 5}, "a.yaml: cases[0].nodes=5 must be an integer >= 1 dividing ep=12"),
+    ({"op": "reduce"}, "a.yaml: cases[0].op='reduce' must be one of ('dispatch', 'combine')"),
+    ({"published_GBps": -3}, "a.yaml: cases[0].published_GBps=-3 must be a number > 0"),
+    ({"counts": "nvlink"}, "a.yaml: cases[0].counts='nvlink': a normal kernel counts nvlink bytes on one node"),
+])
+def test_bad_case_files_name_file_field_and_value(tmp_path, override, message):
+    _write_case_file(tmp_path, **override)
+    with pytest.raises(ValueError) as error:
+        load_cases(tmp_path)
+    assert message in str(error.value)
+
+
+def test_split_names_only_known_cases(tmp_path):
+    _write_case_file(tmp_path)
+    (tmp_path / "split.yaml").write_text("test: [x, nope]\n")
+    with pytest.raises(ValueError, match=r"split.yaml: test\[1\]='nope' is not a case id"):
+        load_split(tmp_path)
+
+
+def test_routing_as_deepep_draws_it():
+    idx = deepep_routing(3, 500, 64, 8, 8, 4, seed=1)
+    assert idx.shape == (500, 8)
+    assert all(len(set(row)) == 8 for row in idx.tolist())                 # 8 distinct experts
+    assert max(len(set((row // 8).tolist())) for row in idx) <= 4          # on at most 4 of the 8 nodes
+    assert np.array_equal(idx, deepep_routing(3, 500, 64, 8, 8, 4, seed=1))
+    assert not np.array_equal(idx, deepep_routing(4, 500, 64, 8, 8, 4, seed=1))
+    masked = deepep_routing(0, 128, 64, 8, 8, None, masked_choices=10)
+    assert 1 <= (masked == -1).sum() <= 10                                 # 10 draws, a repeat possible
+
+
+def test_counted_bytes_under_each_definition():
+    # 2 nodes x 2 ranks, hand-made counts of rank 0: one token to ranks 1 (own node), 2 and 3 (node 1),
+    # three choices (2 on rank 2)
+    choice = np.zeros((4, 4), int)
+    choice[0, [1, 2, 3]] = [1, 2, 1]
+    rank = np.zeros((4, 4), int)
+    rank[0, [1, 2, 3]] = 1
+    node = np.zeros((4, 2), int)
+    node[0] = [1, 1]
+    t = DedupTraffic(choice, rank, node, 2, 100.0)
+    mk = lambda counts, kind="normal": Case("c", kind, 4, 2, "dispatch", "fp8", 1.0, counts, {}, "", "")
+    assert counted_bytes(mk("rdma"), t).tolist() == [200.0, 0, 0, 0]      # (token, node) pairs, own node too
+    assert counted_bytes(mk("nvlink"), t).tolist() == [0, 100.0, 100.0, 100.0]   # received per rank
+    assert counted_bytes(mk("choices", "low_latency"), t).tolist() == [400.0, 0, 0, 0]
+
+
+def _run(case, eff, alpha):
+    """A CaseRun whose published figure the model itself produced at (eff, alpha): the fit's reference."""
+    traffic = case_traffic(case)
+    counted = float(counted_bytes(case, traffic).mean())
+    sim = {e: simulate_case(case, traffic, e) for e in EFFICIENCY_GRID}
+    figure = counted / (sim[eff] + alpha[case.op]) / 1e9
+    case = Case(case.id, case.kind, case.ep, case.nodes, case.op, case.format, figure, case.counts, case.workload,
+                case.source, case.file)
+    return CaseRun(case, counted, 0.0, sim)
+
+
+def test_fit_recovers_known_parameters_and_refuses_test_cases():
+    workload = {"tokens_per_rank": 128, "hidden": 7168, "top_k": 8, "experts": 256, "masked_choices": 10}
+    alpha = {"dispatch": 25e-6, "combine": 60e-6}
+    runs = [_run(Case(f"{op}{ep}", "low_latency", ep, ep // 8, op, fmt, 1.0, "choices", workload, "", ""), 0.84, alpha)
+            for ep in (16, 32) for op, fmt in (("dispatch", "fp8"), ("combine", "bf16"))]
+    cal = fit_calibration(runs, set())
+    assert cal.nic_efficiency == 0.84
+    assert cal.alpha_s["dispatch"] == pytest.approx(25e-6, abs=1e-8)
+    assert cal.alpha_s["combine"] == pytest.approx(60e-6, abs=1e-8)
+    with pytest.raises(ValueError, match="test cases must never be fitted on: dispatch16"):
+        fit_calibration(runs, {"dispatch16"})
+
+
+def test_validate_published_command(tmp_path, capsys):
+    """A small folder of three cases (two fitting, one test), through the command line."""
+    cases = {"source": {"url": "https://example.org/table"},
+             "workload": {"tokens_per_rank": 64, "hidden": 512, "top_k": 8, "experts": 64},
+             "cases": [{"id": f"n{ep}-{op}", "kind": "normal", "ep": ep, "nodes": ep // 8, "op": op,
+                        "format": "fp8" if op == "dispatch" else "bf16", "published_GBps": 40,
+                        "counts": "rdma" if ep > 8 else "nvlink"}
+                       for ep, op in ((16, "dispatch"), (16, "combine"), (8, "dispatch"))]}
+    (tmp_path / "cases.yaml").write_text(json.dumps(cases))
+    (tmp_path / "split.yaml").write_text("test: [n8-dispatch]\n")
+    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.8:0.9:0.1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["test"]["cases"] == 1 and out["fitting"]["cases"] == 2
+    assert "n8-dispatch" not in out["calibration"]["fitted_on"]
+    for row in out["rows"]:
+        assert row["rel_error"] == pytest.approx(row["predicted_GBps"] / 40 - 1)
+        assert row["predicted_GBps"] * row["predicted_us"] * 1e3 == pytest.approx(row["counted_MB"] * 1e6, rel=1e-9)
+    assert out["calibration"]["efficiency_grid"] == [0.8, 0.9]
+    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.9:0.9:0.1"]) == 0
+    text = capsys.readouterr().out
+    assert "test: 1 cases" in text and "fitting: 2 cases" in text
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate"])
+    assert exit_info.value.code == 2 and "give trace files, or --published" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.9:0.8:0.1"])
+    assert exit_info.value.code == 2 and "needs 0 < LO <= HI <= 1" in capsys.readouterr().err
