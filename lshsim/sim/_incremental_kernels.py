@@ -1,0 +1,389 @@
+"""numba kernels of `lshsim.sim.incremental` (imported only there, lazily: importing this module
+imports numba). Arrays are the solver's state; see `IncrementalSolver` for what each one holds."""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_jit = numba.njit(cache=True, nogil=True)
+
+DRAIN_RELATIVE = 1e-9     # lshsim.sim.network.RELATIVE_TOLERANCE
+KEEP_RELATIVE = 1e-9      # classes below (1 - this) x the smallest drained rate keep their rates
+TIGHT_RELATIVE = 1e-9     # a resource with less than this fraction of its capacity left is saturated
+
+
+# ---- an indexed binary min-heap of class ids by key[id] ----------------------------------------
+@_jit
+def _less(key, a, b):
+    return key[a] < key[b] or (key[a] == key[b] and a < b)
+
+
+@_jit
+def _sift_up(heap, pos, key, j):
+    i = heap[j]
+    while j > 0:
+        parent = (j - 1) >> 1
+        p = heap[parent]
+        if not _less(key, i, p):
+            break
+        heap[j] = p
+        pos[p] = j
+        j = parent
+    heap[j] = i
+    pos[i] = j
+
+
+@_jit
+def _sift_down(heap, pos, key, j, size):
+    i = heap[j]
+    while True:
+        child = 2 * j + 1
+        if child >= size:
+            break
+        if child + 1 < size and _less(key, heap[child + 1], heap[child]):
+            child += 1
+        c = heap[child]
+        if not _less(key, c, i):
+            break
+        heap[j] = c
+        pos[c] = j
+        j = child
+    heap[j] = i
+    pos[i] = j
+
+
+@_jit
+def _heap_push(heap, pos, key, counters, i):
+    j = counters[0]
+    counters[0] += 1
+    heap[j] = i
+    pos[i] = j
+    _sift_up(heap, pos, key, j)
+
+
+@_jit
+def _heap_pop(heap, pos, key, counters):
+    top = heap[0]
+    counters[0] -= 1
+    size = counters[0]
+    pos[top] = -1
+    if size > 0:
+        last = heap[size]
+        heap[0] = last
+        pos[last] = 0
+        _sift_down(heap, pos, key, 0, size)
+    return top
+
+
+@_jit
+def _heap_update(heap, pos, key, counters, i):
+    j = pos[i]
+    if j < 0:
+        _heap_push(heap, pos, key, counters, i)
+        return
+    _sift_up(heap, pos, key, j)
+    _sift_down(heap, pos, key, pos[i], counters[0])
+
+
+# ---- progressive filling on a subset of classes -------------------------------------------------
+@_jit
+def _fill(ids, E, mult, cap_left, rate, stats):
+    """Max-min fair rates of classes `ids` on the capacity `cap_left` (R,) that the other classes
+    leave (sentinel last, +inf), by progressive filling in rounds: each round freezes every local
+    bottleneck at once (a resource whose fair share is <= that of every resource sharing an unfrozen
+    class with it; `lshsim.sim.network.FlowNetwork._compute_rates` says why this equals progressive
+    filling). Writes rate[ids]; returns the smallest rate (inf if ids is empty). cap_left is consumed."""
+    f = ids.shape[0]
+    width = E.shape[1]
+    R = cap_left.shape[0]
+    sentinel = R - 1
+    Es = np.empty((f, width), dtype=np.int32)       # the subset's rows, contiguous
+    ms = np.empty(f)
+    for p in range(f):
+        i = ids[p]
+        ms[p] = mult[i]
+        for h in range(width):
+            Es[p, h] = E[i, h]
+    free = np.arange(f)
+    n_free = f
+    count = np.zeros(R)
+    level = np.empty(R)
+    link_min = np.empty(R)
+    class_min = np.empty(f)
+    smallest = np.inf
+    while n_free > 0:
+        stats[2] += 1
+        count[:] = 0.0
+        for q in range(n_free):
+            p = free[q]
+            for h in range(width):
+                count[Es[p, h]] += ms[p]
+        for e in range(R):
+            level[e] = cap_left[e] / count[e] if count[e] > 0.0 else np.inf
+            link_min[e] = np.inf
+        level[sentinel] = np.inf
+        for q in range(n_free):
+            p = free[q]
+            low = np.inf
+            for h in range(width):
+                v = level[Es[p, h]]
+                if v < low:
+                    low = v
+            class_min[p] = low
+            for h in range(width):
+                e = Es[p, h]
+                if low < link_min[e]:
+                    link_min[e] = low
+        kept = 0
+        frozen_any = False
+        for q in range(n_free):
+            p = free[q]
+            hit = False
+            for h in range(width):
+                e = Es[p, h]
+                if e != sentinel and level[e] <= link_min[e] * (1.0 + 1e-12):
+                    hit = True
+                    break
+            if hit:
+                frozen_any = True
+                r = class_min[p]
+                rate[ids[p]] = r
+                if r < smallest:
+                    smallest = r
+                share = ms[p] * r
+                for h in range(width):
+                    e = Es[p, h]
+                    if e != sentinel:
+                        left = cap_left[e] - share
+                        cap_left[e] = left if left > 0.0 else 0.0
+            else:
+                free[kept] = p
+                kept += 1
+        n_free = kept
+        if not frozen_any:        # classes on no resource that can bind: nothing limits them
+            for q in range(n_free):
+                rate[ids[free[q]]] = np.inf
+            break
+    return smallest
+
+
+@_jit
+def _add_use(ids, E, mult, rate, used, sign):
+    width = E.shape[1]
+    sentinel = used.shape[0] - 1
+    for p in range(ids.shape[0]):
+        i = ids[p]
+        share = sign * mult[i] * rate[i]
+        for h in range(width):
+            e = E[i, h]
+            if e != sentinel:
+                used[e] += share
+    used[sentinel] = 0.0
+
+
+@_jit
+def _push(buf, count, value):
+    """Append value to the growable buffer buf (count used); returns (buf, count + 1)."""
+    if count == buf.shape[0]:
+        grown = np.empty(2 * count + 16, dtype=buf.dtype)
+        grown[:count] = buf[:count]
+        buf = grown
+    buf[count] = value
+    return buf, count + 1
+
+
+@_jit
+def incidence(ids, E, R):
+    """CSR of resource -> the classes of `ids` that cross it: start (R + 1,), members."""
+    width = E.shape[1]
+    sentinel = R - 1
+    start = np.zeros(R + 1, dtype=np.int64)
+    for p in range(ids.shape[0]):
+        i = ids[p]
+        for h in range(width):
+            e = E[i, h]
+            if e != sentinel:
+                start[e + 1] += 1
+    for e in range(R):
+        start[e + 1] += start[e]
+    fillpos = start[:R].copy()
+    members = np.empty(start[R], dtype=np.int64)
+    for p in range(ids.shape[0]):
+        i = ids[p]
+        for h in range(width):
+            e = E[i, h]
+            if e != sentinel:
+                members[fillpos[e]] = i
+                fillpos[e] += 1
+    return start, members
+
+
+# ---- the two operations ----------------------------------------------------------------------
+@_jit
+def refill_all(now, ids, E, mult, size, rem, t_at, rate, key, heap, pos, used, capacity, counters, scalars, stats):
+    """Bring every alive class (`ids`) to `now`, recompute all rates, rebuild the heap. Returns
+    False if a class got no bandwidth."""
+    n = ids.shape[0]
+    for p in range(n):
+        i = ids[p]
+        left = rem[i] - rate[i] * (now - t_at[i])
+        rem[i] = left if left > 0.0 else 0.0
+        t_at[i] = now
+    cap_left = capacity.copy()
+    smallest = _fill(ids, E, mult, cap_left, rate, stats)
+    stats[0] += 1
+    stats[1] += n
+    stats[4] += 1
+    if n > 0 and not smallest > 0.0:
+        return False
+    used[:] = 0.0
+    _add_use(ids, E, mult, rate, used, 1.0)
+    counters[2] = 0
+    counters[1] = n
+    bound = 0.0
+    for p in range(n):
+        i = ids[p]
+        key[i] = now + rem[i] / rate[i]
+        if size[i] / rate[i] > bound:
+            bound = size[i] / rate[i]
+        heap[p] = i
+        pos[i] = p
+    scalars[0] = bound
+    counters[0] = n
+    for j in range(n // 2 - 1, -1, -1):
+        _sift_down(heap, pos, key, j, n)
+    return True
+
+
+@_jit
+def _tight(capacity, used, e):
+    return capacity[e] - used[e] <= TIGHT_RELATIVE * capacity[e]
+
+
+@_jit
+def drain(now, tolerance, E, mult, size, rem, t_at, rate, key, alive, mark, heap, pos, inc_start, inc_members,
+          used, capacity, counters, scalars, stats, out):
+    """Drain the classes done at `now` and refill the ones a drain can change (module docstring of
+    lshsim.sim.incremental). Writes the drained ids to out[:d] and returns d; returns -(d + 1) when
+    rounding left a class no room (the caller then refills everything)."""
+    window = DRAIN_RELATIVE * scalars[0]
+    if tolerance > 0.0 and tolerance * now > window:
+        window = tolerance * now
+    d = 0
+    again = np.empty(0, dtype=np.int64)
+    n_again = 0
+    while counters[0] > 0:
+        i = heap[0]
+        if key[i] > now + window:
+            break
+        _heap_pop(heap, pos, key, counters)
+        left = rem[i] - rate[i] * (now - t_at[i])
+        if key[i] <= now or left <= DRAIN_RELATIVE * size[i] or (tolerance > 0.0 and
+                                                                 left <= rate[i] * (tolerance * now)):
+            out[d] = i
+            d += 1
+        else:
+            again, n_again = _push(again, n_again, i)
+    for p in range(n_again):
+        _heap_push(heap, pos, key, counters, again[p])
+    if d == 0:
+        return 0
+    stats[3] += 1
+    smallest = np.inf
+    for p in range(d):
+        if rate[out[p]] < smallest:
+            smallest = rate[out[p]]
+    threshold = smallest * (1.0 - KEEP_RELATIVE)
+    R = capacity.shape[0]
+    sentinel = R - 1
+    width = E.shape[1]
+    used0 = used.copy()                       # the allocation before the drain: which resources are tight
+    in_a = np.zeros(R, dtype=np.bool_)        # resources whose capacity left may change
+    expanded = np.zeros(R, dtype=np.bool_)
+    a_list = np.empty(16, dtype=np.int64)
+    n_a = 0
+    queue = np.empty(16, dtype=np.int64)
+    n_queue = 0
+    drained = out[:d]
+    _add_use(drained, E, mult, rate, used, -1.0)
+    for p in range(d):
+        i = out[p]
+        alive[i] = False
+        for h in range(width):
+            e = E[i, h]
+            if e != sentinel and not in_a[e]:
+                in_a[e] = True
+                a_list, n_a = _push(a_list, n_a, e)
+                if _tight(capacity, used0, e):
+                    queue, n_queue = _push(queue, n_queue, e)
+    counters[1] -= d
+    counters[3] += 1
+    stamp = counters[3]
+    seg = np.empty(16, dtype=np.int64)
+    f = 0
+    low = np.inf
+    while True:
+        # the classes of rate >= threshold on every tight resource reached, and their resources
+        while n_queue > 0:
+            n_queue -= 1
+            e = queue[n_queue]
+            if expanded[e]:
+                continue
+            expanded[e] = True
+            for q in range(inc_start[e], inc_start[e + 1]):
+                j = inc_members[q]
+                if not alive[j] or mark[j] == stamp or rate[j] < threshold:
+                    continue
+                mark[j] = stamp
+                seg, f = _push(seg, f, j)
+                share = mult[j] * rate[j]
+                left = rem[j] - rate[j] * (now - t_at[j])
+                rem[j] = left if left > 0.0 else 0.0
+                t_at[j] = now
+                for h in range(width):
+                    e2 = E[j, h]
+                    if e2 == sentinel:
+                        continue
+                    used[e2] -= share
+                    if not in_a[e2]:
+                        in_a[e2] = True
+                        a_list, n_a = _push(a_list, n_a, e2)
+                        if _tight(capacity, used0, e2):
+                            queue, n_queue = _push(queue, n_queue, e2)
+        if f == 0:
+            break
+        cap_left = capacity - used
+        for e in range(R - 1):
+            if cap_left[e] < 0.0:
+                cap_left[e] = 0.0
+        cap_left[sentinel] = np.inf
+        low = _fill(seg[:f], E, mult, cap_left, rate, stats)
+        stats[0] += 1
+        stats[1] += f
+        # a resource reached but not expanded that the refill saturated: its other classes may
+        # now be limited there, so they join and the refill runs again
+        for p in range(n_a):
+            e = a_list[p]
+            if not expanded[e] and cap_left[e] <= TIGHT_RELATIVE * capacity[e]:
+                queue, n_queue = _push(queue, n_queue, e)
+        if n_queue == 0:
+            break
+    for p in range(f):
+        j = seg[p]
+        share = mult[j] * rate[j]
+        for h in range(width):
+            e2 = E[j, h]
+            if e2 != sentinel:
+                used[e2] += share
+    counters[2] += d + f
+    if f > 0 and not low > 0.0:
+        return -(d + 1)
+    bound = scalars[0]
+    for p in range(f):
+        i = seg[p]
+        key[i] = now + rem[i] / rate[i]
+        if size[i] / rate[i] > bound:
+            bound = size[i] / rate[i]
+        _heap_update(heap, pos, key, counters, i)
+    scalars[0] = bound
+    return d
