@@ -10,79 +10,59 @@ _jit = numba.njit(cache=True, nogil=True)
 DRAIN_RELATIVE = 1e-9     # lshsim.sim.network.RELATIVE_TOLERANCE
 KEEP_RELATIVE = 1e-9      # classes below (1 - this) x the smallest drained rate keep their rates
 TIGHT_RELATIVE = 1e-9     # a resource with less than this fraction of its capacity left is saturated
+SAME_RATE_RELATIVE = 1e-13  # a refilled rate this close to the old one is the old one (rounding)
 
 
-# ---- an indexed binary min-heap of class ids by key[id] ----------------------------------------
+# ---- a tournament tree of the classes' finish times -------------------------------------------
+# tree has 2P entries (P a power of two >= the class ids handed out): leaf P + i holds class i's
+# finish time (inf when it is not in flight), node j the smaller of nodes 2j and 2j + 1, so tree[1]
+# is the next drain. Classes of one source have neighbouring ids, so the paths that one refill
+# updates share their upper nodes.
 @_jit
-def _less(key, a, b):
-    return key[a] < key[b] or (key[a] == key[b] and a < b)
-
-
-@_jit
-def _sift_up(heap, pos, key, j):
-    i = heap[j]
-    while j > 0:
-        parent = (j - 1) >> 1
-        p = heap[parent]
-        if not _less(key, i, p):
+def _set_key(tree, i, value):
+    P = tree.shape[0] >> 1
+    j = P + i
+    tree[j] = value
+    j >>= 1
+    while j >= 1:
+        a = tree[2 * j]
+        b = tree[2 * j + 1]
+        v = a if a < b else b
+        if tree[j] == v:
             break
-        heap[j] = p
-        pos[p] = j
-        j = parent
-    heap[j] = i
-    pos[i] = j
+        tree[j] = v
+        j >>= 1
 
 
 @_jit
-def _sift_down(heap, pos, key, j, size):
-    i = heap[j]
-    while True:
-        child = 2 * j + 1
-        if child >= size:
-            break
-        if child + 1 < size and _less(key, heap[child + 1], heap[child]):
-            child += 1
-        c = heap[child]
-        if not _less(key, c, i):
-            break
-        heap[j] = c
-        pos[c] = j
-        j = child
-    heap[j] = i
-    pos[i] = j
+def build_tree(tree):
+    P = tree.shape[0] >> 1
+    for j in range(P - 1, 0, -1):
+        a = tree[2 * j]
+        b = tree[2 * j + 1]
+        tree[j] = a if a < b else b
 
 
 @_jit
-def _heap_push(heap, pos, key, counters, i):
-    j = counters[0]
-    counters[0] += 1
-    heap[j] = i
-    pos[i] = j
-    _sift_up(heap, pos, key, j)
-
-
-@_jit
-def _heap_pop(heap, pos, key, counters):
-    top = heap[0]
-    counters[0] -= 1
-    size = counters[0]
-    pos[top] = -1
-    if size > 0:
-        last = heap[size]
-        heap[0] = last
-        pos[last] = 0
-        _sift_down(heap, pos, key, 0, size)
-    return top
-
-
-@_jit
-def _heap_update(heap, pos, key, counters, i):
-    j = pos[i]
-    if j < 0:
-        _heap_push(heap, pos, key, counters, i)
-        return
-    _sift_up(heap, pos, key, j)
-    _sift_down(heap, pos, key, pos[i], counters[0])
+def _collect(tree, threshold, buf, count):
+    """Append to buf every class whose finish time is <= threshold; returns (buf, count)."""
+    P = tree.shape[0] >> 1
+    stack = np.empty(64, dtype=np.int64)
+    top = 0
+    if tree[1] <= threshold:
+        stack[0] = 1
+        top = 1
+    while top > 0:
+        top -= 1
+        j = stack[top]
+        if j >= P:
+            buf, count = _push(buf, count, j - P)
+            continue
+        for c in (2 * j, 2 * j + 1):
+            if tree[c] <= threshold:
+                stack[top] = c
+                top += 1
+    return buf, count
 
 
 # ---- progressive filling on a subset of classes -------------------------------------------------
@@ -220,9 +200,9 @@ def incidence(ids, E, R):
 
 # ---- the two operations ----------------------------------------------------------------------
 @_jit
-def refill_all(now, ids, E, mult, size, rem, t_at, rate, key, heap, pos, used, capacity, counters, scalars, stats):
-    """Bring every alive class (`ids`) to `now`, recompute all rates, rebuild the heap. Returns
-    False if a class got no bandwidth."""
+def refill_all(now, ids, E, mult, size, rem, t_at, rate, tree, used, capacity, counters, scalars, stats):
+    """Bring every alive class (`ids`) to `now`, recompute all rates, rebuild the finish-time tree.
+    Returns False if a class got no bandwidth."""
     n = ids.shape[0]
     for p in range(n):
         i = ids[p]
@@ -240,18 +220,16 @@ def refill_all(now, ids, E, mult, size, rem, t_at, rate, key, heap, pos, used, c
     _add_use(ids, E, mult, rate, used, 1.0)
     counters[2] = 0
     counters[1] = n
+    P = tree.shape[0] >> 1
+    tree[:] = np.inf
     bound = 0.0
     for p in range(n):
         i = ids[p]
-        key[i] = now + rem[i] / rate[i]
+        tree[P + i] = now + rem[i] / rate[i]
         if size[i] / rate[i] > bound:
             bound = size[i] / rate[i]
-        heap[p] = i
-        pos[i] = p
     scalars[0] = bound
-    counters[0] = n
-    for j in range(n // 2 - 1, -1, -1):
-        _sift_down(heap, pos, key, j, n)
+    build_tree(tree)
     return True
 
 
@@ -261,33 +239,30 @@ def _tight(capacity, used, e):
 
 
 @_jit
-def drain(now, tolerance, E, mult, size, rem, t_at, rate, key, alive, mark, heap, pos, inc_start, inc_members,
+def drain(now, tolerance, E, mult, size, rem, t_at, rate, alive, mark, tree, inc_start, inc_members,
           used, capacity, counters, scalars, stats, out):
     """Drain the classes done at `now` and refill the ones a drain can change (module docstring of
-    lshsim.sim.incremental). Writes the drained ids to out[:d] and returns d; returns -(d + 1) when
-    rounding left a class no room (the caller then refills everything)."""
+    lshsim.sim.incremental). Returns the drained ids (maybe none) and a flag: True when rounding left
+    a class no room (the caller then refills everything)."""
     window = DRAIN_RELATIVE * scalars[0]
     if tolerance > 0.0 and tolerance * now > window:
         window = tolerance * now
+    P = tree.shape[0] >> 1
+    candidates, n_candidates = _collect(tree, now + window, out, 0)
     d = 0
-    again = np.empty(0, dtype=np.int64)
-    n_again = 0
-    while counters[0] > 0:
-        i = heap[0]
-        if key[i] > now + window:
-            break
-        _heap_pop(heap, pos, key, counters)
+    for p in range(n_candidates):
+        i = candidates[p]
+        key = tree[P + i]
         left = rem[i] - rate[i] * (now - t_at[i])
-        if key[i] <= now or left <= DRAIN_RELATIVE * size[i] or (tolerance > 0.0 and
-                                                                 left <= rate[i] * (tolerance * now)):
-            out[d] = i
+        if key <= now or left <= DRAIN_RELATIVE * size[i] or (tolerance > 0.0 and
+                                                              left <= rate[i] * (tolerance * now)):
+            candidates[d] = i
             d += 1
-        else:
-            again, n_again = _push(again, n_again, i)
-    for p in range(n_again):
-        _heap_push(heap, pos, key, counters, again[p])
+    out = candidates
+    for p in range(d):
+        _set_key(tree, out[p], np.inf)
     if d == 0:
-        return 0
+        return out[:0], False
     stats[3] += 1
     smallest = np.inf
     for p in range(d):
@@ -321,6 +296,8 @@ def drain(now, tolerance, E, mult, size, rem, t_at, rate, key, alive, mark, heap
     stamp = counters[3]
     seg = np.empty(16, dtype=np.int64)
     f = 0
+    before = np.empty(16)             # the rates of seg before this drain
+    f_before = 0
     low = np.inf
     while True:
         # the classes of rate >= threshold on every tight resource reached, and their resources
@@ -330,12 +307,14 @@ def drain(now, tolerance, E, mult, size, rem, t_at, rate, key, alive, mark, heap
             if expanded[e]:
                 continue
             expanded[e] = True
+            stats[5] += inc_start[e + 1] - inc_start[e]
             for q in range(inc_start[e], inc_start[e + 1]):
                 j = inc_members[q]
                 if not alive[j] or mark[j] == stamp or rate[j] < threshold:
                     continue
                 mark[j] = stamp
                 seg, f = _push(seg, f, j)
+                before, f_before = _push(before, f_before, rate[j])
                 share = mult[j] * rate[j]
                 left = rem[j] - rate[j] * (now - t_at[j])
                 rem[j] = left if left > 0.0 else 0.0
@@ -368,22 +347,28 @@ def drain(now, tolerance, E, mult, size, rem, t_at, rate, key, alive, mark, heap
                 queue, n_queue = _push(queue, n_queue, e)
         if n_queue == 0:
             break
+    if f > 0 and not low > 0.0:
+        _add_use(seg[:f], E, mult, rate, used, 1.0)
+        return out[:d], True
     for p in range(f):
         j = seg[p]
+        if abs(rate[j] - before[p]) <= SAME_RATE_RELATIVE * before[p]:
+            rate[j] = before[p]
         share = mult[j] * rate[j]
         for h in range(width):
             e2 = E[j, h]
             if e2 != sentinel:
                 used[e2] += share
     counters[2] += d + f
-    if f > 0 and not low > 0.0:
-        return -(d + 1)
     bound = scalars[0]
     for p in range(f):
         i = seg[p]
-        key[i] = now + rem[i] / rate[i]
+        if abs(rate[i] - before[p]) <= SAME_RATE_RELATIVE * before[p]:
+            rate[i] = before[p]     # unchanged (to rounding): its finish time stands, no heap work
+            continue
+        stats[6] += 1
+        _set_key(tree, i, now + rem[i] / rate[i])
         if size[i] / rate[i] > bound:
             bound = size[i] / rate[i]
-        _heap_update(heap, pos, key, counters, i)
     scalars[0] = bound
-    return d
+    return out[:d], False

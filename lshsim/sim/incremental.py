@@ -5,19 +5,24 @@ Same model and same answer as the vectorised solver (network.py's docstring): ex
 sharing by progressive filling, one rate update per distinct drain time, classes that drain within a
 relative 1e-9 of their bytes finish together. What changes is what one drain costs:
 
-- [drain-time heap] every class's remaining bytes are kept lazily (bytes left at the time its rate
-  last changed); its finish time sits in an indexed binary heap, so the next drain is the heap's top
-  and a drain touches only the classes it drains. The vectorised solver subtracts rate x elapsed from
-  every class at every event and scans all of them for the next drain.
-- [refill only what a drain can change] after classes drain, the classes whose rate is below the
-  smallest drained rate r keep their rates (the argument of `FlowNetwork._compute_rates`); the
-  classes are kept sorted by rate, so the others are one suffix of that order (found by binary
-  search) and only that suffix is refilled. The capacity the kept classes use is kept per resource
-  (added and subtracted as rates change, recomputed from scratch after as many changes as there are
-  classes, so rounding cannot pile up), so a refill costs O(suffix x route length x log) instead of a
-  pass over every class.
-- [progressive filling with a heap] the refill freezes one bottleneck resource at a time, taken
-  from a heap of fair-share levels (capacity left / unfrozen flows on it), on the suffix only.
+- [drain-time tree] every class's remaining bytes are kept lazily (bytes left at the time its rate
+  last changed); its finish time sits in a tournament tree (a min-tree over class ids), so the next
+  drain is the root and a drain touches only the classes it drains and the ones it refills. The
+  vectorised solver subtracts rate x elapsed from every class at every event and scans all of them
+  for the next drain.
+- [refill only what a drain can change] let r be the smallest drained rate. (1) Classes whose rate
+  is below r keep it (the argument of `FlowNetwork._compute_rates`). (2) A class of rate >= r
+  whose resources all keep their users and capacity left keeps its rate and its bottleneck. So the
+  refill starts from the drained classes' resources and, for every one of them that was saturated,
+  takes in its classes of rate >= r and their resources, and so on (a search over a resource ->
+  classes index); resources reached that were not saturated only bound the refill. Progressive
+  filling then runs on the classes taken in, on the capacity the others leave (the capacity in use
+  is kept per resource, recomputed from scratch after as many rate changes as there are classes,
+  so rounding cannot pile up). If it saturates a resource reached but not searched, that
+  resource's classes of rate >= r join and the filling runs again. The result is max-min fair:
+  every class has a saturated resource on which no class is faster (the kept ones by (1) and (2),
+  the refilled ones by the filling, whose levels are all >= r), which is the max-min condition.
+  A refilled class whose rate came out the same (to a relative 1e-13) keeps its finish time.
 
 A new transfer entering the network refills every class (a new class starts at rate 0: every rate
 may change), as in the vectorised solver. numba is imported lazily, on the first incremental
@@ -89,19 +94,18 @@ class IncrementalSolver:
         self.t_at = np.empty(0)      # (N,) when rem was last brought up to date (the rate last changed)
         self.rate = np.empty(0)      # (N,) B/s per flow
         self.alive = np.empty(0, dtype=np.bool_)
-        self.key = np.empty(0)       # (N,) finish time (heap key)
-        self.heap = np.empty(0, dtype=np.int64)
-        self.pos = np.empty(0, dtype=np.int64)
+        self.tree = np.full(2, np.inf)   # the finish times' tournament tree (_incremental_kernels)
         self.mark = np.empty(0, dtype=np.int64)      # (N,) the drain that last refilled the class
         self.used = np.zeros(len(capacity))          # (R,) capacity the alive classes use
         self.inc_start = np.zeros(len(capacity) + 1, dtype=np.int64)   # resource -> classes (CSR)
         self.inc_members = np.empty(0, dtype=np.int64)
-        # ints: [heap size, alive classes, rate changes since `used` was recomputed, drains]
+        # ints: [unused, alive classes, rate changes since `used` was recomputed, drains]
         self.counters = np.zeros(4, dtype=np.int64)
         # floats: [longest size/rate since the last full refill (the drain window's bound)]
         self.scalars = np.zeros(1)
-        # [rate updates, refilled classes, bottlenecks frozen, drain events, full refills]
-        self.stats = np.zeros(5, dtype=np.int64)
+        # [rate updates, refilled classes, filling rounds, drain events, full refills, incidence entries
+        #  scanned, classes whose rate changed]
+        self.stats = np.zeros(7, dtype=np.int64)
 
     @property
     def active(self) -> int:
@@ -124,9 +128,12 @@ class IncrementalSolver:
 
         self.E = grown(self.E, self.sentinel)
         self.mult, self.size, self.rem = grown(self.mult), grown(self.size), grown(self.rem)
-        self.t_at, self.rate, self.key = grown(self.t_at), grown(self.rate), grown(self.key)
+        self.t_at, self.rate = grown(self.t_at), grown(self.rate)
         self.alive = grown(self.alive, False)
-        self.heap, self.pos, self.mark = grown(self.heap), grown(self.pos, -1), grown(self.mark, -1)
+        self.mark = grown(self.mark, -1)
+        leaves = 1 << max(int(alloc - 1).bit_length(), 0)
+        self.tree = np.full(2 * leaves, np.inf)      # rebuilt by the refill that follows every add
+        self.out = np.empty(alloc, dtype=np.int64)
         self.alloc = alloc
 
     def add(self, now: float, edges: np.ndarray, size: np.ndarray, mult: np.ndarray,
@@ -145,7 +152,6 @@ class IncrementalSolver:
         self.t_at[ids] = now
         self.rate[ids] = 0.0
         self.alive[ids] = True
-        self.pos[ids] = -1
         self.n += count
         self.refill_all(now)
         return ids
@@ -153,31 +159,28 @@ class IncrementalSolver:
     def refill_all(self, now: float) -> None:
         """Bring every class up to `now` and recompute every rate (after an entry)."""
         ids = np.flatnonzero(self.alive[:self.n])
-        ok = self.k.refill_all(now, ids, self.E, self.mult, self.size, self.rem, self.t_at, self.rate, self.key,
-                               self.heap, self.pos, self.used, self.capacity, self.counters, self.scalars,
-                               self.stats)
+        ok = self.k.refill_all(now, ids, self.E, self.mult, self.size, self.rem, self.t_at, self.rate, self.tree,
+                               self.used, self.capacity, self.counters, self.scalars, self.stats)
         if not ok:
             raise RuntimeError("a flow class got no bandwidth")  # capacities are > 0: cannot happen
         self.inc_start, self.inc_members = self.k.incidence(ids, self.E, len(self.capacity))
 
     def next_time(self) -> float:
         """The earliest finish time of an alive class (inf when none)."""
-        return float(self.key[self.heap[0]]) if self.counters[0] > 0 else float("inf")
+        return float(self.tree[1])
 
     def advance(self, now: float) -> np.ndarray:
         """Drain every class done at `now` (bytes left <= 1e-9 of its size, or within drain_tolerance
         x now), refill the rates a drain can change; returns the drained ids (maybe none)."""
-        out = np.empty(max(int(self.counters[1]), 1), dtype=np.int64)
-        drained = self.k.drain(now, self.drain_tolerance, self.E, self.mult, self.size, self.rem, self.t_at,
-                               self.rate, self.key, self.alive, self.mark, self.heap, self.pos, self.inc_start,
-                               self.inc_members, self.used, self.capacity, self.counters, self.scalars, self.stats,
-                               out)
-        if drained < 0:     # rounding left a class no room: refill everything
-            drained = -drained - 1
+        drained, no_room = self.k.drain(now, self.drain_tolerance, self.E, self.mult, self.size, self.rem,
+                                        self.t_at, self.rate, self.alive, self.mark, self.tree, self.inc_start,
+                                        self.inc_members, self.used, self.capacity, self.counters, self.scalars,
+                                        self.stats, self.out)
+        if no_room:     # rounding left a class no room: refill everything
             self.refill_all(now)
         elif self.counters[2] > self.counters[1]:
             # as many rate changes as classes: recompute the capacity in use, so rounding cannot pile up
             self.used[:] = 0.0
             self.k._add_use(np.flatnonzero(self.alive[:self.n]), self.E, self.mult, self.rate, self.used, 1.0)
             self.counters[2] = 0
-        return out[:drained].copy()
+        return drained.copy()

@@ -210,13 +210,13 @@ class FlowNetwork:
     # ---- public -----------------------------------------------------------------------------
     @property
     def stats(self) -> dict:
-        """Counters: rate_updates (max-min recomputations), fill_levels (vectorised: filling rounds;
-        incremental: bottlenecks frozen), drain_events, classes, flows; refilled_classes (classes whose
-        rate was recomputed, summed over updates; incremental only); solver (the one that ran last)."""
+        """Counters: rate_updates (max-min recomputations), fill_levels (filling rounds), drain_events,
+        classes, flows; refilled_classes (classes whose rate was recomputed, summed over updates;
+        incremental only); solver (the one that ran last)."""
         out = dict(self._stats)
         out["solver"] = "vectorised"
         if self._inc is not None:
-            updates, refilled, levels, drains, _ = (int(x) for x in self._inc.stats)
+            updates, refilled, levels, drains = (int(x) for x in self._inc.stats[:4])
             out["rate_updates"] += updates
             out["fill_levels"] += levels
             out["drain_events"] += drains
@@ -559,11 +559,11 @@ class FlowResult:
 
 
 def simulate_flows(G: nx.DiGraph, flows, *, alpha_s: float | None = None, routes: Routes | None = None,
-                   gpu_engine_Bps=None) -> FlowResult:
+                   gpu_engine_Bps=None, solver: str = "auto") -> FlowResult:
     """Simulate independent flows, each (src rank, dst rank, bytes, start_delay_s).
 
     `flows` is a sequence of 4-tuples or an (F, 4) array. Flows with the same start delay start as
-    one Transfer. alpha_s defaults to G.graph["alpha_s"]; gpu_engine_Bps: see FlowNetwork.
+    one Transfer. alpha_s defaults to G.graph["alpha_s"]; gpu_engine_Bps, solver: see FlowNetwork.
 
     >>> from lshsim.topology import build_topology
     >>> G = build_topology({"name": "pair", "gpu": "h100", "gpus_per_node": 2, "alpha_s": 0.0,
@@ -581,7 +581,7 @@ def simulate_flows(G: nx.DiGraph, flows, *, alpha_s: float | None = None, routes
     dst = table[:, 1].astype(np.int64)
     if not np.array_equal(src, table[:, 0]) or not np.array_equal(dst, table[:, 1]):
         raise ValueError("src and dst must be integer ranks")
-    net = FlowNetwork(G, alpha_s=alpha_s, routes=routes, gpu_engine_Bps=gpu_engine_Bps)
+    net = FlowNetwork(G, alpha_s=alpha_s, routes=routes, gpu_engine_Bps=gpu_engine_Bps, solver=solver)
     env = net.env
     finish = np.full(len(table), np.nan)
     starts = np.unique(table[:, 3])
