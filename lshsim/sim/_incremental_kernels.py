@@ -67,12 +67,14 @@ def _collect(tree, threshold, buf, count):
 
 # ---- progressive filling on a subset of classes -------------------------------------------------
 @_jit
-def _fill(ids, E, mult, cap_left, rate, stats):
+def _fill(ids, E, mult, cap_left, rate, bott, stats):
     """Max-min fair rates of classes `ids` on the capacity `cap_left` (R,) that the other classes
     leave (sentinel last, +inf), by progressive filling in rounds: each round freezes every local
     bottleneck at once (a resource whose fair share is <= that of every resource sharing an unfrozen
     class with it; `lshsim.sim.network.FlowNetwork._compute_rates` says why this equals progressive
-    filling). Writes rate[ids]; returns the smallest rate (inf if ids is empty). cap_left is consumed."""
+    filling). Writes rate[ids] and bott[p], the resource where ids[p] froze (its bottleneck; the
+    sentinel when nothing binds it); returns the smallest rate (inf if ids is empty). cap_left is
+    consumed."""
     f = ids.shape[0]
     width = E.shape[1]
     R = cap_left.shape[0]
@@ -123,6 +125,7 @@ def _fill(ids, E, mult, cap_left, rate, stats):
                 e = Es[p, h]
                 if e != sentinel and level[e] <= link_min[e] * (1.0 + 1e-12):
                     hit = True
+                    bott[p] = e
                     break
             if hit:
                 frozen_any = True
@@ -143,6 +146,7 @@ def _fill(ids, E, mult, cap_left, rate, stats):
         if not frozen_any:        # classes on no resource that can bind: nothing limits them
             for q in range(n_free):
                 rate[ids[free[q]]] = np.inf
+                bott[free[q]] = sentinel
             break
     return smallest
 
@@ -200,7 +204,7 @@ def incidence(ids, E, R):
 
 # ---- the two operations ----------------------------------------------------------------------
 @_jit
-def refill_all(now, ids, E, mult, size, rem, t_at, rate, tree, used, capacity, counters, scalars, stats):
+def refill_all(now, ids, E, mult, size, rem, t_at, rate, bneck, tree, used, capacity, counters, scalars, stats):
     """Bring every alive class (`ids`) to `now`, recompute all rates, rebuild the finish-time tree.
     Returns False if a class got no bandwidth."""
     n = ids.shape[0]
@@ -210,7 +214,10 @@ def refill_all(now, ids, E, mult, size, rem, t_at, rate, tree, used, capacity, c
         rem[i] = left if left > 0.0 else 0.0
         t_at[i] = now
     cap_left = capacity.copy()
-    smallest = _fill(ids, E, mult, cap_left, rate, stats)
+    bott = np.empty(n, dtype=np.int64)
+    smallest = _fill(ids, E, mult, cap_left, rate, bott, stats)
+    for p in range(n):
+        bneck[ids[p]] = bott[p]
     stats[0] += 1
     stats[1] += n
     stats[4] += 1
@@ -239,7 +246,7 @@ def _tight(capacity, used, e):
 
 
 @_jit
-def drain(now, tolerance, E, mult, size, rem, t_at, rate, alive, mark, tree, inc_start, inc_members,
+def drain(now, tolerance, E, mult, size, rem, t_at, rate, bneck, alive, mark, tree, inc_start, inc_members,
           used, capacity, counters, scalars, stats, out):
     """Drain the classes done at `now` and refill the ones a drain can change (module docstring of
     lshsim.sim.incremental). Returns the drained ids (maybe none) and a flag: True when rounding left
@@ -274,7 +281,10 @@ def drain(now, tolerance, E, mult, size, rem, t_at, rate, alive, mark, tree, inc
     width = E.shape[1]
     used0 = used.copy()                       # the allocation before the drain: which resources are tight
     in_a = np.zeros(R, dtype=np.bool_)        # resources whose capacity left may change
-    expanded = np.zeros(R, dtype=np.bool_)
+    # how far each resource was searched: 0 not, 1 its classes limited there (bneck), 2 all its classes;
+    # queue entries are 2 e + (wanted state - 1)
+    expanded = np.zeros(R, dtype=np.int8)
+    excluded = np.zeros(R)           # a searched-1 resource: the fastest class of rate >= threshold left out
     a_list = np.empty(16, dtype=np.int64)
     n_a = 0
     queue = np.empty(16, dtype=np.int64)
@@ -290,7 +300,7 @@ def drain(now, tolerance, E, mult, size, rem, t_at, rate, alive, mark, tree, inc
                 in_a[e] = True
                 a_list, n_a = _push(a_list, n_a, e)
                 if _tight(capacity, used0, e):
-                    queue, n_queue = _push(queue, n_queue, e)
+                    queue, n_queue = _push(queue, n_queue, 2 * e)
     counters[1] -= d
     counters[3] += 1
     stamp = counters[3]
@@ -303,14 +313,19 @@ def drain(now, tolerance, E, mult, size, rem, t_at, rate, alive, mark, tree, inc
         # the classes of rate >= threshold on every tight resource reached, and their resources
         while n_queue > 0:
             n_queue -= 1
-            e = queue[n_queue]
-            if expanded[e]:
+            e = queue[n_queue] >> 1
+            want = (queue[n_queue] & 1) + 1
+            if expanded[e] >= want:
                 continue
-            expanded[e] = True
+            expanded[e] = want
             stats[5] += inc_start[e + 1] - inc_start[e]
             for q in range(inc_start[e], inc_start[e + 1]):
                 j = inc_members[q]
                 if not alive[j] or mark[j] == stamp or rate[j] < threshold:
+                    continue
+                if want == 1 and bneck[j] != e:
+                    if rate[j] > excluded[e]:
+                        excluded[e] = rate[j]
                     continue
                 mark[j] = stamp
                 seg, f = _push(seg, f, j)
@@ -327,8 +342,6 @@ def drain(now, tolerance, E, mult, size, rem, t_at, rate, alive, mark, tree, inc
                     if not in_a[e2]:
                         in_a[e2] = True
                         a_list, n_a = _push(a_list, n_a, e2)
-                        if _tight(capacity, used0, e2):
-                            queue, n_queue = _push(queue, n_queue, e2)
         if f == 0:
             break
         cap_left = capacity - used
@@ -336,16 +349,39 @@ def drain(now, tolerance, E, mult, size, rem, t_at, rate, alive, mark, tree, inc
             if cap_left[e] < 0.0:
                 cap_left[e] = 0.0
         cap_left[sentinel] = np.inf
-        low = _fill(seg[:f], E, mult, cap_left, rate, stats)
+        bott = np.empty(f, dtype=np.int64)
+        low = _fill(seg[:f], E, mult, cap_left, rate, bott, stats)
         stats[0] += 1
         stats[1] += f
-        # a resource reached but not expanded that the refill saturated: its other classes may
-        # now be limited there, so they join and the refill runs again
-        for p in range(n_a):
-            e = a_list[p]
-            if not expanded[e] and cap_left[e] <= TIGHT_RELATIVE * capacity[e]:
-                queue, n_queue = _push(queue, n_queue, e)
+        # searched further (and the filling runs again) where the result could be wrong: (ii) the
+        # resource where a refilled class froze, (i) a resource saturated before on which a refilled
+        # class changed its rate (a class limited there may now be limited differently)
+        for p in range(f):
+            i = seg[p]
+            e = bott[p]
+            if abs(rate[i] - before[p]) > SAME_RATE_RELATIVE * before[p]:
+                if e != sentinel and expanded[e] == 0:
+                    queue, n_queue = _push(queue, n_queue, 2 * e)
+                for h in range(width):
+                    e2 = E[i, h]
+                    if e2 != sentinel and expanded[e2] == 0 and _tight(capacity, used0, e2):
+                        queue, n_queue = _push(queue, n_queue, 2 * e2)
+            else:
+                # unchanged: its old bottleneck stands unless it was searched (then its classes of
+                # rate >= threshold were refilled): then the one it froze at must be searched too
+                rate[i] = before[p]
+                b = bneck[i]
+                if b != sentinel and expanded[b] > 0 and e != sentinel and expanded[e] == 0:
+                    queue, n_queue = _push(queue, n_queue, 2 * e)
+            # a class that froze where a faster class was left out is not the fastest there: search
+            # that resource fully
+            if e != sentinel and expanded[e] == 1 and rate[i] < excluded[e] * (1.0 - KEEP_RELATIVE):
+                queue, n_queue = _push(queue, n_queue, 2 * e + 1)
         if n_queue == 0:
+            for p in range(f):
+                i = seg[p]
+                if rate[i] != before[p] or (bneck[i] != sentinel and expanded[bneck[i]] > 0):
+                    bneck[i] = bott[p]
             break
     if f > 0 and not low > 0.0:
         _add_use(seg[:f], E, mult, rate, used, 1.0)

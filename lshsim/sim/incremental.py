@@ -93,6 +93,7 @@ class IncrementalSolver:
         self.rem = np.empty(0)       # (N,) bytes left per flow at time t_at
         self.t_at = np.empty(0)      # (N,) when rem was last brought up to date (the rate last changed)
         self.rate = np.empty(0)      # (N,) B/s per flow
+        self.bneck = np.empty(0, dtype=np.int64)     # (N,) a resource limiting the class (its bottleneck)
         self.alive = np.empty(0, dtype=np.bool_)
         self.tree = np.full(2, np.inf)   # the finish times' tournament tree (_incremental_kernels)
         self.mark = np.empty(0, dtype=np.int64)      # (N,) the drain that last refilled the class
@@ -131,6 +132,7 @@ class IncrementalSolver:
         self.t_at, self.rate = grown(self.t_at), grown(self.rate)
         self.alive = grown(self.alive, False)
         self.mark = grown(self.mark, -1)
+        self.bneck = grown(self.bneck, self.sentinel)
         leaves = 1 << max(int(alloc - 1).bit_length(), 0)
         self.tree = np.full(2 * leaves, np.inf)      # rebuilt by the refill that follows every add
         self.out = np.empty(alloc, dtype=np.int64)
@@ -159,8 +161,8 @@ class IncrementalSolver:
     def refill_all(self, now: float) -> None:
         """Bring every class up to `now` and recompute every rate (after an entry)."""
         ids = np.flatnonzero(self.alive[:self.n])
-        ok = self.k.refill_all(now, ids, self.E, self.mult, self.size, self.rem, self.t_at, self.rate, self.tree,
-                               self.used, self.capacity, self.counters, self.scalars, self.stats)
+        ok = self.k.refill_all(now, ids, self.E, self.mult, self.size, self.rem, self.t_at, self.rate, self.bneck,
+                               self.tree, self.used, self.capacity, self.counters, self.scalars, self.stats)
         if not ok:
             raise RuntimeError("a flow class got no bandwidth")  # capacities are > 0: cannot happen
         self.inc_start, self.inc_members = self.k.incidence(ids, self.E, len(self.capacity))
@@ -173,7 +175,7 @@ class IncrementalSolver:
         """Drain every class done at `now` (bytes left <= 1e-9 of its size, or within drain_tolerance
         x now), refill the rates a drain can change; returns the drained ids (maybe none)."""
         drained, no_room = self.k.drain(now, self.drain_tolerance, self.E, self.mult, self.size, self.rem,
-                                        self.t_at, self.rate, self.alive, self.mark, self.tree, self.inc_start,
+                                        self.t_at, self.rate, self.bneck, self.alive, self.mark, self.tree, self.inc_start,
                                         self.inc_members, self.used, self.capacity, self.counters, self.scalars,
                                         self.stats, self.out)
         if no_room:     # rounding left a class no room: refill everything

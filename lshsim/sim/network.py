@@ -389,6 +389,13 @@ class FlowNetwork:
             self._wakeup.succeed()
 
     def _finish_classes(self, owners: np.ndarray, classes: np.ndarray, arrival: np.ndarray) -> None:
+        if len(owners) and owners.min() == owners.max():     # the common case: one transfer
+            tr = self.transfers[int(owners[0])]
+            tr._class_finish[classes] = arrival
+            tr._pending -= len(owners)
+            if tr._pending == 0:
+                self.env.process(self._complete(tr))
+            return
         for index in np.unique(owners):
             tr = self.transfers[index]
             mine = owners == index
