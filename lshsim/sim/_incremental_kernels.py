@@ -351,7 +351,7 @@ def drain(now, tolerance, E, mult, size, rem, t_at, rate, bneck, alive, mark, tr
         cap_left[sentinel] = np.inf
         bott = np.empty(f, dtype=np.int64)
         low = _fill(seg[:f], E, mult, cap_left, rate, bott, stats)
-        stats[0] += 1
+        stats[7] += 1
         stats[1] += f
         # searched further (and the filling runs again) where the result could be wrong: (ii) the
         # resource where a refilled class froze, (i) a resource saturated before on which a refilled
@@ -378,6 +378,7 @@ def drain(now, tolerance, E, mult, size, rem, t_at, rate, bneck, alive, mark, tr
             if e != sentinel and expanded[e] == 1 and rate[i] < excluded[e] * (1.0 - KEEP_RELATIVE):
                 queue, n_queue = _push(queue, n_queue, 2 * e + 1)
         if n_queue == 0:
+            stats[0] += 1
             for p in range(f):
                 i = seg[p]
                 if rate[i] != before[p] or (bneck[i] != sentinel and expanded[bneck[i]] > 0):

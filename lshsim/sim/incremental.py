@@ -10,19 +10,30 @@ relative 1e-9 of their bytes finish together. What changes is what one drain cos
   drain is the root and a drain touches only the classes it drains and the ones it refills. The
   vectorised solver subtracts rate x elapsed from every class at every event and scans all of them
   for the next drain.
-- [refill only what a drain can change] let r be the smallest drained rate. (1) Classes whose rate
-  is below r keep it (the argument of `FlowNetwork._compute_rates`). (2) A class of rate >= r
-  whose resources all keep their users and capacity left keeps its rate and its bottleneck. So the
-  refill starts from the drained classes' resources and, for every one of them that was saturated,
-  takes in its classes of rate >= r and their resources, and so on (a search over a resource ->
-  classes index); resources reached that were not saturated only bound the refill. Progressive
-  filling then runs on the classes taken in, on the capacity the others leave (the capacity in use
-  is kept per resource, recomputed from scratch after as many rate changes as there are classes,
-  so rounding cannot pile up). If it saturates a resource reached but not searched, that
-  resource's classes of rate >= r join and the filling runs again. The result is max-min fair:
-  every class has a saturated resource on which no class is faster (the kept ones by (1) and (2),
-  the refilled ones by the filling, whose levels are all >= r), which is the max-min condition.
-  A refilled class whose rate came out the same (to a relative 1e-13) keeps its finish time.
+- [refill only what a drain can change] every class keeps `bneck`, a resource that limits it (a
+  bottleneck: saturated, and no class on it is faster); a resource -> classes index lists who
+  crosses what. Let r be the smallest drained rate. Classes slower than r keep their rates (the
+  argument of `FlowNetwork._compute_rates`). The refill set S grows by searching resources, starting
+  from the saturated resources of the drained classes: searching resource e takes in its classes of
+  rate >= r whose bneck is e (and notes the fastest class of rate >= r it leaves out); progressive
+  filling then runs on S alone, on the capacity the other classes leave (kept per resource,
+  recomputed from scratch after as many rate changes as there are classes, so rounding cannot pile
+  up). Then S grows and the filling runs again where the result could be wrong:
+  (i) a resource saturated before the drain, crossed by a class of S whose rate changed, is searched
+      (a class limited there may now be limited elsewhere);
+  (ii) the resource where a class of S froze is searched if that class's rate changed, or if its
+      old bneck was searched (an unchanged class whose old bottleneck is intact keeps it);
+  (iii) a searched resource where a class of S froze slower than a class left out is searched fully
+      (all its classes of rate >= r).
+  When nothing more is searched, every class has a bottleneck, which makes the rates the max-min
+  fair ones (Bertsekas and Gallager, Data Networks, 6.5.2): a class outside S keeps its bneck (not
+  searched, or it would be in S; so by (i) no rate on it changed and nothing drained through it:
+  still saturated, the class still the fastest there); a class of S froze at a searched resource
+  (ii), saturated by the filling, where it is the fastest of S, faster than the classes below r (the
+  filling's levels are all >= r: the old rates of S are feasible for it) and, by (iii), than those
+  left out. A refilled class whose rate came out the same to a relative 1e-13 keeps its old rate and
+  its finish time. On a fat-tree MoE all-to-all this refills 1.6 classes per rate change
+  (benchmarks/RESULTS.md).
 
 A new transfer entering the network refills every class (a new class starts at rate 0: every rate
 may change), as in the vectorised solver. numba is imported lazily, on the first incremental
@@ -96,6 +107,7 @@ class IncrementalSolver:
         self.bneck = np.empty(0, dtype=np.int64)     # (N,) a resource limiting the class (its bottleneck)
         self.alive = np.empty(0, dtype=np.bool_)
         self.tree = np.full(2, np.inf)   # the finish times' tournament tree (_incremental_kernels)
+        self.out = np.empty(1024, dtype=np.int64)
         self.mark = np.empty(0, dtype=np.int64)      # (N,) the drain that last refilled the class
         self.used = np.zeros(len(capacity))          # (R,) capacity the alive classes use
         self.inc_start = np.zeros(len(capacity) + 1, dtype=np.int64)   # resource -> classes (CSR)
@@ -105,8 +117,8 @@ class IncrementalSolver:
         # floats: [longest size/rate since the last full refill (the drain window's bound)]
         self.scalars = np.zeros(1)
         # [rate updates, refilled classes, filling rounds, drain events, full refills, incidence entries
-        #  scanned, classes whose rate changed]
-        self.stats = np.zeros(7, dtype=np.int64)
+        #  scanned, classes whose rate changed, fillings (an update may fill again after a search)]
+        self.stats = np.zeros(8, dtype=np.int64)
 
     @property
     def active(self) -> int:
@@ -135,7 +147,7 @@ class IncrementalSolver:
         self.bneck = grown(self.bneck, self.sentinel)
         leaves = 1 << max(int(alloc - 1).bit_length(), 0)
         self.tree = np.full(2 * leaves, np.inf)      # rebuilt by the refill that follows every add
-        self.out = np.empty(alloc, dtype=np.int64)
+        self.out = np.empty(1024, dtype=np.int64)    # the drained ids (grown by the kernel when needed)
         self.alloc = alloc
 
     def add(self, now: float, edges: np.ndarray, size: np.ndarray, mult: np.ndarray,

@@ -211,16 +211,18 @@ class FlowNetwork:
     @property
     def stats(self) -> dict:
         """Counters: rate_updates (max-min recomputations), fill_levels (filling rounds), drain_events,
-        classes, flows; refilled_classes (classes whose rate was recomputed, summed over updates;
-        incremental only); solver (the one that ran last)."""
+        classes, flows; refilled_classes (classes whose rate was recomputed, summed over updates) and
+        rate_changes (refilled classes whose rate changed): incremental only; solver (the one that ran
+        last)."""
         out = dict(self._stats)
         out["solver"] = "vectorised"
         if self._inc is not None:
-            updates, refilled, levels, drains = (int(x) for x in self._inc.stats[:4])
+            updates, refilled, levels, drains, _, _, changed, _ = (int(x) for x in self._inc.stats)
             out["rate_updates"] += updates
             out["fill_levels"] += levels
             out["drain_events"] += drains
             out["refilled_classes"] = refilled
+            out["rate_changes"] = changed
             out["solver"] = "incremental"
         return out
 
