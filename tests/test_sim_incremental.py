@@ -213,3 +213,21 @@ def test_without_numba_auto_falls_back_to_vectorised():
     time_s, solver, refused = json.loads(out.stdout.strip().splitlines()[-1])
     assert solver == "vectorised" and "needs numba" in refused
     assert time_s == pytest.approx(expected, rel=RTOL)
+
+
+def test_cli_simulate_solver_flag(tmp_path, capsys):
+    """`lshsim simulate --solver`: both solvers print the same time and say which one ran."""
+    import json
+
+    from lshsim.cli import main
+
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(moe_traffic(32, "skewed", seed=8).tolist()))
+    times = {}
+    for solver in ("vectorised", "incremental"):
+        assert main(["simulate", "--topology", "h100-rail-4x8", "--traffic", str(path), "--solver", solver,
+                     "--json", "--quiet"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["stats"]["solver"] == solver
+        times[solver] = out["time_s"]
+    assert times["incremental"] == pytest.approx(times["vectorised"], rel=RTOL)
