@@ -211,13 +211,15 @@ def test_message_gap_makes_aggregation_pay_for_small_messages():
 
 
 def test_uniform_256_gpus_is_cheap_and_exact():
-    """Performance guard: a uniform direct all-to-all on 32 x 8 GPUs needs two rate updates (the
-    intra-node flows drain, then all inter-node flows at once) and matches the analytic model."""
+    """Performance guard: a uniform direct all-to-all on 32 x 8 GPUs needs at most two rate updates
+    (the intra-node flows drain, then all inter-node flows at once; the incremental solver sees that
+    the inter-node flows share nothing with the intra-node ones and needs one) and matches the
+    analytic model."""
     G = build_topology({"name": "ft", "gpu": "h100", "nodes": 32, "gpus_per_node": 8, "intra": {"kind": "nvswitch"},
                         "inter": {"kind": "fat_tree", "nics_per_node": 8, "nic_gbps": 400, "servers_per_leaf": 4}})
     traffic = uniform_traffic(256, 256e6)
     result = simulate_all_to_all(G, traffic, local_copy=False)
-    assert result.stats["flows"] == 256 * 255 and result.stats["rate_updates"] == 2
+    assert result.stats["flows"] == 256 * 255 and result.stats["rate_updates"] <= 2
     expected = a2a_time_direct_multinode(traffic, 8, intra_bandwidth_Bps=450e9, inter_bandwidth_Bps=50e9,
                                          alpha_s=G.graph["alpha_s"], nics_per_node=8)
     assert result.time_s == pytest.approx(expected, rel=0.01)

@@ -44,6 +44,10 @@ def add_parser(subparsers):
                    help="in [0, 0.99]: 0 = exact; e.g. 0.01 lets flows that would finish within 1%% of the current "
                         "time finish together: much faster on uneven traffic, about 1%% early. Giving it selects "
                         "--fidelity tolerance (exact for 0)")
+    p.add_argument("--solver", choices=("auto", "incremental", "vectorised"), default="auto",
+                   help="the max-min solver of the exact and tolerance levels (same times to rounding): incremental "
+                        "(compiled with numba), vectorised (numpy), or auto (default: incremental from 2048 flow "
+                        "classes when numba is installed); the output's stats.solver says which ran")
     p.add_argument("--top-links", type=arg_positive_int, default=10, help="busiest links to show (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables (progress goes to stderr)")
     p.add_argument("--quiet", action="store_true",
@@ -148,9 +152,11 @@ def run(args) -> int:
     else:
         result = simulate_all_to_all(G, traffic, algorithm, alpha_s=args.alpha_s,
                                      message_gap_s=args.message_gap_s, local_copy=not args.no_local_copy,
-                                     drain_tolerance=fidelity["drain_tolerance"], **options)
-    progress.line(f"{'estimated' if fidelity['mode'] == 'estimate' else 'simulated'} in {format_duration(progress.elapsed_s() - started)}: predicted time "
-                  f"{result.time_s * 1e3:.4f} ms")
+                                     drain_tolerance=fidelity["drain_tolerance"], solver=args.solver, **options)
+    solver = (result.stats or {}).get("solver") if fidelity["mode"] != "estimate" else None
+    progress.line(f"{'estimated' if fidelity['mode'] == 'estimate' else 'simulated'} in "
+                  f"{format_duration(progress.elapsed_s() - started)}" + (f" ({solver} solver)" if solver else "")
+                  + f": predicted time {result.time_s * 1e3:.4f} ms")
     summary = result.to_dict(top_links=args.top_links)
     summary.update(topology=G.graph["name"], world=world, num_nodes=G.graph["num_nodes"],
                    gpus_per_node=G.graph["gpus_per_node"], total_bytes=float(traffic.sum()), fidelity=fidelity)

@@ -552,7 +552,7 @@ def estimate_collective(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
 def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct", *, alpha_s: float | None = None,
                         message_gap_s: float = 0.0, local_copy: bool = True, routes: Routes | None = None,
                         drain_tolerance: float = 0.0, links: LinkModels | None = None,
-                        **options) -> CollectiveResult:
+                        solver: str = "auto", **options) -> CollectiveResult:
     """Simulate one all-to-all of `traffic_bytes` (W, W) on topology G with `algorithm`.
 
     Options: alpha_s (default: the link models' start-up latency, G.graph["alpha_s"] of a loaded
@@ -560,7 +560,9 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
     routes (a precomputed Routes(G)), drain_tolerance (0 = exact; see FlowNetwork: an
     approximation that makes uneven traffic on hundreds of GPUs tractable), links (the link
     model, a `lshsim.calibration.LinkModels`; default `LinkModels.from_topology(G)`, the one parsed
-    when G was built), and the algorithm's own (hierarchical: chunks). `algorithm` is a name or alias of
+    when G was built), solver (the max-min solver of `FlowNetwork`: "auto", "incremental" or
+    "vectorised"; the same times, `stats["solver"]` says which ran), and the algorithm's own
+    (hierarchical: chunks). `algorithm` is a name or alias of
     `ALGORITHMS`; the result carries its canonical name.
 
     >>> from lshsim.topology import load_topology
@@ -588,7 +590,8 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
     if alpha_s is None and links.models:
         alpha_s = rates.alpha_s
     net = FlowNetwork(G, alpha_s=alpha_s, routes=routes, drain_tolerance=drain_tolerance,
-                      bandwidth_scale_by_kind=rates.bandwidth_scale_by_kind, gpu_engine_Bps=rates.gpu_engine_Bps)
+                      bandwidth_scale_by_kind=rates.bandwidth_scale_by_kind, gpu_engine_Bps=rates.gpu_engine_Bps,
+                      solver=solver)
     run = CollectiveRun(net, message_gap_s=float(message_gap_s))
     process = net.env.process(simulate_fn(run, traffic, **options))
     net.env.run(until=process)

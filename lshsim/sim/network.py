@@ -36,8 +36,15 @@ Exploiting structure (speed tricks, labelled):
   them, `Routes.binding_edges`) are left out of the rate computation (their bytes are still
   counted), so a route in a non-blocking fat-tree has two binding edges. Contention is never
   dropped: an edge that could be over-subscribed always stays.
+- [incremental] the default solver ("auto") hands the classes to `lshsim.sim.incremental` (numba)
+  once 2,048 are in flight: finish times in a min-tree, and after a drain only the classes whose
+  rate can change are refilled (a search from the drained classes' saturated resources, checked
+  afterwards; its docstring proves the result max-min fair). Same times as the vectorised solver
+  to rounding (tests/test_sim_incremental.py: 1e-9 per flow); a skewed 1,024-GPU MoE all-to-all
+  refills 5.6 million classes instead of hundreds of millions (benchmarks/RESULTS.md). Without
+  numba, "auto" stays vectorised.
 The slow, obvious reference is `lshsim.sim.reference.reference_simulate_flows` (per flow, pure
-Python, networkx paths); the tests compare the two.
+Python, networkx paths); the tests compare the three.
 
 Extension contract: a collective (or an MoE step) is a simpy process that calls
 `net.transfer(...)` and yields `transfer.done`; it may also yield `net.env.timeout(...)` for compute.
@@ -53,12 +60,19 @@ import networkx as nx
 import numpy as np
 import simpy
 
+from lshsim.sim import incremental
 from lshsim.topology.routing import Routes, validate_topology
 
-__all__ = ["FlowNetwork", "Transfer", "FlowResult", "simulate_flows", "busiest_links", "RELATIVE_TOLERANCE"]
+__all__ = ["FlowNetwork", "Transfer", "FlowResult", "simulate_flows", "busiest_links", "RELATIVE_TOLERANCE",
+           "SOLVERS", "AUTO_INCREMENTAL_CLASSES"]
 
 #: A class whose remaining bytes are below this fraction of its size counts as drained.
 RELATIVE_TOLERANCE = 1e-9
+#: The max-min solvers of FlowNetwork (its `solver` argument).
+SOLVERS = ("auto", "incremental", "vectorised")
+#: solver="auto" switches to the incremental solver (when numba is installed) once this many flow
+#: classes are in flight: below it the vectorised solver is as fast and needs no compilation.
+AUTO_INCREMENTAL_CLASSES = 2048
 
 
 @dataclass(eq=False)
@@ -123,11 +137,27 @@ class FlowNetwork:
         gpu_engine_Bps: None (default: no engines, model items 1-4) or the capacity of each GPU
             rank's engine (module docstring, item 5): one float for every rank or a (W,) array,
             finite and > 0.
+        solver: how the max-min rates are kept up to date; every solver gives the same answer (to
+            rounding: the tests compare them per flow at 1e-9). "vectorised": numpy, every class
+            refilled from the smallest drained rate up at each drain (`_compute_rates`);
+            "incremental": `lshsim.sim.incremental`, compiled with numba (a drain-time heap, only
+            the classes a drain can change are refilled); "auto" (default): vectorised, switching
+            to incremental when numba is installed and a transfer brings the classes in flight to
+            `AUTO_INCREMENTAL_CLASSES` or more (so small runs pay no compilation).
+            `stats["solver"]` says which one ran last.
     """
 
     def __init__(self, G: nx.DiGraph, env: simpy.Environment | None = None, *, alpha_s: float | None = None,
                  routes: Routes | None = None, drain_tolerance: float = 0.0,
-                 bandwidth_scale_by_kind: dict[str, float] | None = None, gpu_engine_Bps=None):
+                 bandwidth_scale_by_kind: dict[str, float] | None = None, gpu_engine_Bps=None,
+                 solver: str = "auto"):
+        if solver not in SOLVERS:
+            raise ValueError(f"solver={solver!r} must be one of {', '.join(SOLVERS)}")
+        if solver == "incremental" and not incremental.numba_available():
+            raise ValueError(f"solver='incremental' needs numba, which is not installed (pip install numba); "
+                             f"solver='auto' or 'vectorised' runs without it")
+        self.solver = solver
+        self._inc: incremental.IncrementalSolver | None = None
         self.G = G
         self.env = simpy.Environment() if env is None else env
         self.routes = validate_topology(G) if routes is None else routes
@@ -178,10 +208,31 @@ class FlowNetwork:
         self._dirty = False
         self._refill_from = 0.0     # classes with a rate below this keep it at the next update
         self._wakeup = self.env.event()
-        self.stats = {"rate_updates": 0, "fill_levels": 0, "drain_events": 0, "classes": 0, "flows": 0}
+        self._stats = {"rate_updates": 0, "fill_levels": 0, "drain_events": 0, "classes": 0, "flows": 0}
+        self._inc_owner = np.empty(0, dtype=np.int64)    # incremental solver: class id -> transfer index,
+        self._inc_cls = np.empty(0, dtype=np.int64)      # class index within its transfer,
+        self._inc_lat = np.empty(0)                      # path latency
         self.env.process(self._run())
 
     # ---- public -----------------------------------------------------------------------------
+    @property
+    def stats(self) -> dict:
+        """Counters: rate_updates (max-min recomputations), fill_levels (filling rounds), drain_events,
+        classes, flows; refilled_classes (classes whose rate was recomputed, summed over updates) and
+        rate_changes (refilled classes whose rate changed): incremental only; solver (the one that ran
+        last)."""
+        out = dict(self._stats)
+        out["solver"] = "vectorised"
+        if self._inc is not None:
+            updates, refilled, levels, drains, _, _, changed, _ = (int(x) for x in self._inc.stats)
+            out["rate_updates"] += updates
+            out["fill_levels"] += levels
+            out["drain_events"] += drains
+            out["refilled_classes"] = refilled
+            out["rate_changes"] = changed
+            out["solver"] = "incremental"
+        return out
+
     @property
     def edges(self) -> list:
         return self.routes.edges
@@ -249,8 +300,8 @@ class FlowNetwork:
         tr._pending = len(first)
         index = len(self.transfers)
         self.transfers.append(tr)
-        self.stats["classes"] += len(first)
-        self.stats["flows"] += len(src)
+        self._stats["classes"] += len(first)
+        self._stats["flows"] += len(src)
         weights = np.repeat(size[first] * mult, edges.shape[1])
         if edges.size:
             self.link_bytes += np.bincount(edges.ravel(), weights=weights,
@@ -286,6 +337,11 @@ class FlowNetwork:
             yield self.env.timeout(alpha)
         self._advance_to(self.env.now)
         n_classes = len(size)
+        if self._inc is None and self._use_incremental(len(self._rem) + n_classes):
+            self._start_incremental()
+        if self._inc is not None:
+            self._enter_incremental(index, edges, size, mult, lat)
+            return
         width = max(self._E.shape[1], edges.shape[1])
         self._E = np.vstack([self._pad(self._E, width), self._pad(edges, width)])
         self._rem = np.concatenate([self._rem, size])
@@ -301,6 +357,62 @@ class FlowNetwork:
         if not self._wakeup.triggered:
             self._wakeup.succeed()
 
+    def _use_incremental(self, classes: int) -> bool:
+        if self.solver == "incremental":
+            return True
+        return (self.solver == "auto" and classes >= AUTO_INCREMENTAL_CLASSES
+                and incremental.numba_available())
+
+    def _start_incremental(self) -> None:
+        """Hand the classes in flight (brought up to now by `_advance_to`) to the incremental solver."""
+        self._inc = incremental.IncrementalSolver(self._capacity, self.drain_tolerance)
+        if len(self._rem):
+            self._inc_bookkeeping(self._owner, self._cls, self._lat)
+            self._inc.add(self.env.now, self._E, self._size, self._mult, rem=self._rem)
+        self._E = np.empty((0, 0), dtype=np.int32)
+        self._rem, self._size, self._mult, self._rate, self._lat = (np.empty(0) for _ in range(5))
+        self._owner, self._cls = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+
+    def _inc_bookkeeping(self, owner: np.ndarray, cls: np.ndarray, lat: np.ndarray) -> None:
+        start, count = self._inc.n, len(owner)
+        if start + count > len(self._inc_owner):
+            grow = max(start + count, 2 * len(self._inc_owner))
+            self._inc_owner = np.resize(self._inc_owner, grow)
+            self._inc_cls = np.resize(self._inc_cls, grow)
+            self._inc_lat = np.resize(self._inc_lat, grow)
+        self._inc_owner[start:start + count] = owner
+        self._inc_cls[start:start + count] = cls
+        self._inc_lat[start:start + count] = lat
+
+    def _enter_incremental(self, index: int, edges: np.ndarray, size: np.ndarray, mult: np.ndarray,
+                           lat: np.ndarray) -> None:
+        classes = np.arange(len(size), dtype=np.int64)
+        empty = size <= 0.0                 # zero-byte classes arrive after their path latency
+        if empty.any():
+            self._finish_classes(np.full(int(empty.sum()), index), classes[empty], self.env.now + lat[empty])
+        moving = ~empty
+        if moving.any():
+            self._inc_bookkeeping(np.full(int(moving.sum()), index, dtype=np.int64), classes[moving], lat[moving])
+            self._inc.add(self.env.now, edges[moving], size[moving], mult[moving])
+        if not self._wakeup.triggered:
+            self._wakeup.succeed()
+
+    def _finish_classes(self, owners: np.ndarray, classes: np.ndarray, arrival: np.ndarray) -> None:
+        if len(owners) and owners.min() == owners.max():     # the common case: one transfer
+            tr = self.transfers[int(owners[0])]
+            tr._class_finish[classes] = arrival
+            tr._pending -= len(owners)
+            if tr._pending == 0:
+                self.env.process(self._complete(tr))
+            return
+        for index in np.unique(owners):
+            tr = self.transfers[index]
+            mine = owners == index
+            tr._class_finish[classes[mine]] = arrival[mine]
+            tr._pending -= int(mine.sum())
+            if tr._pending == 0:
+                self.env.process(self._complete(tr))
+
     def _pad(self, edges: np.ndarray, width: int) -> np.ndarray:
         if edges.shape[1] == width:
             return edges
@@ -311,6 +423,17 @@ class FlowNetwork:
     def _run(self):
         env = self.env
         while True:
+            if self._inc is not None:
+                dt = self._inc.next_time() - env.now
+                if dt == np.inf:
+                    yield self._wakeup
+                    self._wakeup = env.event()
+                    continue
+                yield env.timeout(max(dt, 0.0)) | self._wakeup
+                if self._wakeup.triggered:
+                    self._wakeup = env.event()
+                self._advance_to(env.now)
+                continue
             if len(self._rem) == 0:
                 yield self._wakeup
                 self._wakeup = env.event()
@@ -326,6 +449,11 @@ class FlowNetwork:
 
     def _advance_to(self, now: float) -> None:
         """Drain every class at its current rate up to `now`; finish the drained ones."""
+        if self._inc is not None:
+            drained = self._inc.advance(now)
+            if len(drained):
+                self._finish_classes(self._inc_owner[drained], self._inc_cls[drained], now + self._inc_lat[drained])
+            return
         elapsed = now - self._last_t
         self._last_t = now
         if elapsed <= 0 or len(self._rem) == 0:
@@ -340,17 +468,9 @@ class FlowNetwork:
         if not drained.any():
             return
         now = self.env.now
-        self.stats["drain_events"] += 1
+        self._stats["drain_events"] += 1
         arrival = now + self._lat[drained]                                                # (d,)
-        owners = self._owner[drained]
-        classes = self._cls[drained]
-        for index in np.unique(owners):
-            tr = self.transfers[index]
-            mine = owners == index
-            tr._class_finish[classes[mine]] = arrival[mine]
-            tr._pending -= int(mine.sum())
-            if tr._pending == 0:
-                self.env.process(self._complete(tr))
+        self._finish_classes(self._owner[drained], self._cls[drained], arrival)
         if self._dirty:
             self._refill_from = min(self._refill_from, float(self._rate[drained].min()))
         else:
@@ -388,7 +508,7 @@ class FlowNetwork:
         the others are refilled, on the capacity the kept ones leave.
         """
         self._dirty = False
-        self.stats["rate_updates"] += 1
+        self._stats["rate_updates"] += 1
         E, mult = self._E, self._mult                                                     # (n, H), (n,)
         n, width = E.shape
         sentinel = self._sentinel
@@ -406,7 +526,7 @@ class FlowNetwork:
             rate = np.zeros(n)
             free = np.arange(n)
         while len(free):
-            self.stats["fill_levels"] += 1
+            self._stats["fill_levels"] += 1
             Ef = E[free]                                                                  # (f, H)
             flat = Ef.ravel()                                                             # (f*H,)
             count = np.bincount(flat, weights=np.repeat(mult[free], width), minlength=sentinel + 1)
@@ -455,11 +575,11 @@ class FlowResult:
 
 
 def simulate_flows(G: nx.DiGraph, flows, *, alpha_s: float | None = None, routes: Routes | None = None,
-                   gpu_engine_Bps=None) -> FlowResult:
+                   gpu_engine_Bps=None, solver: str = "auto") -> FlowResult:
     """Simulate independent flows, each (src rank, dst rank, bytes, start_delay_s).
 
     `flows` is a sequence of 4-tuples or an (F, 4) array. Flows with the same start delay start as
-    one Transfer. alpha_s defaults to G.graph["alpha_s"]; gpu_engine_Bps: see FlowNetwork.
+    one Transfer. alpha_s defaults to G.graph["alpha_s"]; gpu_engine_Bps, solver: see FlowNetwork.
 
     >>> from lshsim.topology import build_topology
     >>> G = build_topology({"name": "pair", "gpu": "h100", "gpus_per_node": 2, "alpha_s": 0.0,
@@ -477,7 +597,7 @@ def simulate_flows(G: nx.DiGraph, flows, *, alpha_s: float | None = None, routes
     dst = table[:, 1].astype(np.int64)
     if not np.array_equal(src, table[:, 0]) or not np.array_equal(dst, table[:, 1]):
         raise ValueError("src and dst must be integer ranks")
-    net = FlowNetwork(G, alpha_s=alpha_s, routes=routes, gpu_engine_Bps=gpu_engine_Bps)
+    net = FlowNetwork(G, alpha_s=alpha_s, routes=routes, gpu_engine_Bps=gpu_engine_Bps, solver=solver)
     env = net.env
     finish = np.full(len(table), np.nan)
     starts = np.unique(table[:, 3])

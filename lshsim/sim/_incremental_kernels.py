@@ -1,0 +1,411 @@
+"""numba kernels of `lshsim.sim.incremental` (imported only there, lazily: importing this module
+imports numba). Arrays are the solver's state; see `IncrementalSolver` for what each one holds."""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_jit = numba.njit(cache=True, nogil=True)
+
+DRAIN_RELATIVE = 1e-9     # lshsim.sim.network.RELATIVE_TOLERANCE
+KEEP_RELATIVE = 1e-9      # classes below (1 - this) x the smallest drained rate keep their rates
+TIGHT_RELATIVE = 1e-9     # a resource with less than this fraction of its capacity left is saturated
+SAME_RATE_RELATIVE = 1e-13  # a refilled rate this close to the old one is the old one (rounding)
+
+
+# ---- a tournament tree of the classes' finish times -------------------------------------------
+# tree has 2P entries (P a power of two >= the class ids handed out): leaf P + i holds class i's
+# finish time (inf when it is not in flight), node j the smaller of nodes 2j and 2j + 1, so tree[1]
+# is the next drain. Classes of one source have neighbouring ids, so the paths that one refill
+# updates share their upper nodes.
+@_jit
+def _set_key(tree, i, value):
+    P = tree.shape[0] >> 1
+    j = P + i
+    tree[j] = value
+    j >>= 1
+    while j >= 1:
+        a = tree[2 * j]
+        b = tree[2 * j + 1]
+        v = a if a < b else b
+        if tree[j] == v:
+            break
+        tree[j] = v
+        j >>= 1
+
+
+@_jit
+def build_tree(tree):
+    P = tree.shape[0] >> 1
+    for j in range(P - 1, 0, -1):
+        a = tree[2 * j]
+        b = tree[2 * j + 1]
+        tree[j] = a if a < b else b
+
+
+@_jit
+def _collect(tree, threshold, buf, count):
+    """Append to buf every class whose finish time is <= threshold; returns (buf, count)."""
+    P = tree.shape[0] >> 1
+    stack = np.empty(64, dtype=np.int64)
+    top = 0
+    if tree[1] <= threshold:
+        stack[0] = 1
+        top = 1
+    while top > 0:
+        top -= 1
+        j = stack[top]
+        if j >= P:
+            buf, count = _push(buf, count, j - P)
+            continue
+        for c in (2 * j, 2 * j + 1):
+            if tree[c] <= threshold:
+                stack[top] = c
+                top += 1
+    return buf, count
+
+
+# ---- progressive filling on a subset of classes -------------------------------------------------
+@_jit
+def _fill(ids, E, mult, cap_left, rate, bott, stats):
+    """Max-min fair rates of classes `ids` on the capacity `cap_left` (R,) that the other classes
+    leave (sentinel last, +inf), by progressive filling in rounds: each round freezes every local
+    bottleneck at once (a resource whose fair share is <= that of every resource sharing an unfrozen
+    class with it; `lshsim.sim.network.FlowNetwork._compute_rates` says why this equals progressive
+    filling). Writes rate[ids] and bott[p], the resource where ids[p] froze (its bottleneck; the
+    sentinel when nothing binds it); returns the smallest rate (inf if ids is empty). cap_left is
+    consumed."""
+    f = ids.shape[0]
+    width = E.shape[1]
+    R = cap_left.shape[0]
+    sentinel = R - 1
+    Es = np.empty((f, width), dtype=np.int32)       # the subset's rows, contiguous
+    ms = np.empty(f)
+    for p in range(f):
+        i = ids[p]
+        ms[p] = mult[i]
+        for h in range(width):
+            Es[p, h] = E[i, h]
+    free = np.arange(f)
+    n_free = f
+    count = np.zeros(R)
+    level = np.empty(R)
+    link_min = np.empty(R)
+    class_min = np.empty(f)
+    smallest = np.inf
+    while n_free > 0:
+        stats[2] += 1
+        count[:] = 0.0
+        for q in range(n_free):
+            p = free[q]
+            for h in range(width):
+                count[Es[p, h]] += ms[p]
+        for e in range(R):
+            level[e] = cap_left[e] / count[e] if count[e] > 0.0 else np.inf
+            link_min[e] = np.inf
+        level[sentinel] = np.inf
+        for q in range(n_free):
+            p = free[q]
+            low = np.inf
+            for h in range(width):
+                v = level[Es[p, h]]
+                if v < low:
+                    low = v
+            class_min[p] = low
+            for h in range(width):
+                e = Es[p, h]
+                if low < link_min[e]:
+                    link_min[e] = low
+        kept = 0
+        frozen_any = False
+        for q in range(n_free):
+            p = free[q]
+            hit = False
+            for h in range(width):
+                e = Es[p, h]
+                if e != sentinel and level[e] <= link_min[e] * (1.0 + 1e-12):
+                    hit = True
+                    bott[p] = e
+                    break
+            if hit:
+                frozen_any = True
+                r = class_min[p]
+                rate[ids[p]] = r
+                if r < smallest:
+                    smallest = r
+                share = ms[p] * r
+                for h in range(width):
+                    e = Es[p, h]
+                    if e != sentinel:
+                        left = cap_left[e] - share
+                        cap_left[e] = left if left > 0.0 else 0.0
+            else:
+                free[kept] = p
+                kept += 1
+        n_free = kept
+        if not frozen_any:        # classes on no resource that can bind: nothing limits them
+            for q in range(n_free):
+                rate[ids[free[q]]] = np.inf
+                bott[free[q]] = sentinel
+            break
+    return smallest
+
+
+@_jit
+def _add_use(ids, E, mult, rate, used, sign):
+    width = E.shape[1]
+    sentinel = used.shape[0] - 1
+    for p in range(ids.shape[0]):
+        i = ids[p]
+        share = sign * mult[i] * rate[i]
+        for h in range(width):
+            e = E[i, h]
+            if e != sentinel:
+                used[e] += share
+    used[sentinel] = 0.0
+
+
+@_jit
+def _push(buf, count, value):
+    """Append value to the growable buffer buf (count used); returns (buf, count + 1)."""
+    if count == buf.shape[0]:
+        grown = np.empty(2 * count + 16, dtype=buf.dtype)
+        grown[:count] = buf[:count]
+        buf = grown
+    buf[count] = value
+    return buf, count + 1
+
+
+@_jit
+def incidence(ids, E, R):
+    """CSR of resource -> the classes of `ids` that cross it: start (R + 1,), members."""
+    width = E.shape[1]
+    sentinel = R - 1
+    start = np.zeros(R + 1, dtype=np.int64)
+    for p in range(ids.shape[0]):
+        i = ids[p]
+        for h in range(width):
+            e = E[i, h]
+            if e != sentinel:
+                start[e + 1] += 1
+    for e in range(R):
+        start[e + 1] += start[e]
+    fillpos = start[:R].copy()
+    members = np.empty(start[R], dtype=np.int64)
+    for p in range(ids.shape[0]):
+        i = ids[p]
+        for h in range(width):
+            e = E[i, h]
+            if e != sentinel:
+                members[fillpos[e]] = i
+                fillpos[e] += 1
+    return start, members
+
+
+# ---- the two operations ----------------------------------------------------------------------
+@_jit
+def refill_all(now, ids, E, mult, size, rem, t_at, rate, bneck, tree, used, capacity, counters, scalars, stats):
+    """Bring every alive class (`ids`) to `now`, recompute all rates, rebuild the finish-time tree.
+    Returns False if a class got no bandwidth."""
+    n = ids.shape[0]
+    for p in range(n):
+        i = ids[p]
+        left = rem[i] - rate[i] * (now - t_at[i])
+        rem[i] = left if left > 0.0 else 0.0
+        t_at[i] = now
+    cap_left = capacity.copy()
+    bott = np.empty(n, dtype=np.int64)
+    smallest = _fill(ids, E, mult, cap_left, rate, bott, stats)
+    for p in range(n):
+        bneck[ids[p]] = bott[p]
+    stats[0] += 1
+    stats[1] += n
+    stats[4] += 1
+    if n > 0 and not smallest > 0.0:
+        return False
+    used[:] = 0.0
+    _add_use(ids, E, mult, rate, used, 1.0)
+    counters[2] = 0
+    counters[1] = n
+    P = tree.shape[0] >> 1
+    tree[:] = np.inf
+    bound = 0.0
+    for p in range(n):
+        i = ids[p]
+        tree[P + i] = now + rem[i] / rate[i]
+        if size[i] / rate[i] > bound:
+            bound = size[i] / rate[i]
+    scalars[0] = bound
+    build_tree(tree)
+    return True
+
+
+@_jit
+def _tight(capacity, used, e):
+    return capacity[e] - used[e] <= TIGHT_RELATIVE * capacity[e]
+
+
+@_jit
+def drain(now, tolerance, E, mult, size, rem, t_at, rate, bneck, alive, mark, tree, inc_start, inc_members,
+          used, capacity, counters, scalars, stats, out):
+    """Drain the classes done at `now` and refill the ones a drain can change (module docstring of
+    lshsim.sim.incremental). Returns the drained ids (maybe none) and a flag: True when rounding left
+    a class no room (the caller then refills everything)."""
+    window = DRAIN_RELATIVE * scalars[0]
+    if tolerance > 0.0 and tolerance * now > window:
+        window = tolerance * now
+    P = tree.shape[0] >> 1
+    candidates, n_candidates = _collect(tree, now + window, out, 0)
+    d = 0
+    for p in range(n_candidates):
+        i = candidates[p]
+        key = tree[P + i]
+        left = rem[i] - rate[i] * (now - t_at[i])
+        if key <= now or left <= DRAIN_RELATIVE * size[i] or (tolerance > 0.0 and
+                                                              left <= rate[i] * (tolerance * now)):
+            candidates[d] = i
+            d += 1
+    out = candidates
+    for p in range(d):
+        _set_key(tree, out[p], np.inf)
+    if d == 0:
+        return out[:0], False
+    stats[3] += 1
+    smallest = np.inf
+    for p in range(d):
+        if rate[out[p]] < smallest:
+            smallest = rate[out[p]]
+    threshold = smallest * (1.0 - KEEP_RELATIVE)
+    R = capacity.shape[0]
+    sentinel = R - 1
+    width = E.shape[1]
+    used0 = used.copy()                       # the allocation before the drain: which resources are tight
+    in_a = np.zeros(R, dtype=np.bool_)        # resources whose capacity left may change
+    # how far each resource was searched: 0 not, 1 its classes limited there (bneck), 2 all its classes;
+    # queue entries are 2 e + (wanted state - 1)
+    expanded = np.zeros(R, dtype=np.int8)
+    excluded = np.zeros(R)           # a searched-1 resource: the fastest class of rate >= threshold left out
+    a_list = np.empty(16, dtype=np.int64)
+    n_a = 0
+    queue = np.empty(16, dtype=np.int64)
+    n_queue = 0
+    drained = out[:d]
+    _add_use(drained, E, mult, rate, used, -1.0)
+    for p in range(d):
+        i = out[p]
+        alive[i] = False
+        for h in range(width):
+            e = E[i, h]
+            if e != sentinel and not in_a[e]:
+                in_a[e] = True
+                a_list, n_a = _push(a_list, n_a, e)
+                if _tight(capacity, used0, e):
+                    queue, n_queue = _push(queue, n_queue, 2 * e)
+    counters[1] -= d
+    counters[3] += 1
+    stamp = counters[3]
+    seg = np.empty(16, dtype=np.int64)
+    f = 0
+    before = np.empty(16)             # the rates of seg before this drain
+    f_before = 0
+    low = np.inf
+    while True:
+        # the classes of rate >= threshold on every tight resource reached, and their resources
+        while n_queue > 0:
+            n_queue -= 1
+            e = queue[n_queue] >> 1
+            want = (queue[n_queue] & 1) + 1
+            if expanded[e] >= want:
+                continue
+            expanded[e] = want
+            stats[5] += inc_start[e + 1] - inc_start[e]
+            for q in range(inc_start[e], inc_start[e + 1]):
+                j = inc_members[q]
+                if not alive[j] or mark[j] == stamp or rate[j] < threshold:
+                    continue
+                if want == 1 and bneck[j] != e:
+                    if rate[j] > excluded[e]:
+                        excluded[e] = rate[j]
+                    continue
+                mark[j] = stamp
+                seg, f = _push(seg, f, j)
+                before, f_before = _push(before, f_before, rate[j])
+                share = mult[j] * rate[j]
+                left = rem[j] - rate[j] * (now - t_at[j])
+                rem[j] = left if left > 0.0 else 0.0
+                t_at[j] = now
+                for h in range(width):
+                    e2 = E[j, h]
+                    if e2 == sentinel:
+                        continue
+                    used[e2] -= share
+                    if not in_a[e2]:
+                        in_a[e2] = True
+                        a_list, n_a = _push(a_list, n_a, e2)
+        if f == 0:
+            break
+        cap_left = capacity - used
+        for e in range(R - 1):
+            if cap_left[e] < 0.0:
+                cap_left[e] = 0.0
+        cap_left[sentinel] = np.inf
+        bott = np.empty(f, dtype=np.int64)
+        low = _fill(seg[:f], E, mult, cap_left, rate, bott, stats)
+        stats[7] += 1
+        stats[1] += f
+        # searched further (and the filling runs again) where the result could be wrong: (ii) the
+        # resource where a refilled class froze, (i) a resource saturated before on which a refilled
+        # class changed its rate (a class limited there may now be limited differently)
+        for p in range(f):
+            i = seg[p]
+            e = bott[p]
+            if abs(rate[i] - before[p]) > SAME_RATE_RELATIVE * before[p]:
+                if e != sentinel and expanded[e] == 0:
+                    queue, n_queue = _push(queue, n_queue, 2 * e)
+                for h in range(width):
+                    e2 = E[i, h]
+                    if e2 != sentinel and expanded[e2] == 0 and _tight(capacity, used0, e2):
+                        queue, n_queue = _push(queue, n_queue, 2 * e2)
+            else:
+                # unchanged: its old bottleneck stands unless it was searched (then its classes of
+                # rate >= threshold were refilled): then the one it froze at must be searched too
+                rate[i] = before[p]
+                b = bneck[i]
+                if b != sentinel and expanded[b] > 0 and e != sentinel and expanded[e] == 0:
+                    queue, n_queue = _push(queue, n_queue, 2 * e)
+            # a class that froze where a faster class was left out is not the fastest there: search
+            # that resource fully
+            if e != sentinel and expanded[e] == 1 and rate[i] < excluded[e] * (1.0 - KEEP_RELATIVE):
+                queue, n_queue = _push(queue, n_queue, 2 * e + 1)
+        if n_queue == 0:
+            stats[0] += 1
+            for p in range(f):
+                i = seg[p]
+                if rate[i] != before[p] or (bneck[i] != sentinel and expanded[bneck[i]] > 0):
+                    bneck[i] = bott[p]
+            break
+    if f > 0 and not low > 0.0:
+        _add_use(seg[:f], E, mult, rate, used, 1.0)
+        return out[:d], True
+    for p in range(f):
+        j = seg[p]
+        if abs(rate[j] - before[p]) <= SAME_RATE_RELATIVE * before[p]:
+            rate[j] = before[p]
+        share = mult[j] * rate[j]
+        for h in range(width):
+            e2 = E[j, h]
+            if e2 != sentinel:
+                used[e2] += share
+    counters[2] += d + f
+    bound = scalars[0]
+    for p in range(f):
+        i = seg[p]
+        if abs(rate[i] - before[p]) <= SAME_RATE_RELATIVE * before[p]:
+            rate[i] = before[p]     # unchanged (to rounding): its finish time stands, no heap work
+            continue
+        stats[6] += 1
+        _set_key(tree, i, now + rem[i] / rate[i])
+        if size[i] / rate[i] > bound:
+            bound = size[i] / rate[i]
+    scalars[0] = bound
+    return out[:d], False
