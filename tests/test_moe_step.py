@@ -1,4 +1,6 @@
 """The simulated MoE step: roofline numbers, LSH scaling, LocMoE locality, overlap, determinism, refusals."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -183,3 +185,40 @@ def test_pipelined_section_matches_hand_schedule():
     _, end_one = _moe_section(0.0, 2, ("dispatch_a2a", 2.0, sent), np.array([1.0, 3.0]),
                               ("combine_a2a", 2.0, sent), 1, layer=0, direction="forward")
     assert end_one == pytest.approx(7.0)
+
+
+def test_todays_model_fields_are_costed(v100, baseline):
+    """Dense first layers, SwiGLU's third matrix and shared experts (DeepSeek-style fields of the
+    catalog) change the step exactly where they should, against hand-computed rooflines."""
+    gpu, launch = v100.graph["gpu"], StepConfig().kernel_launch_s
+    received = baseline.traffic.send_counts.sum(axis=0)  # (W,) copies per rank
+    tokens = TINY.tokens_per_gpu
+
+    def phase_forward(model):
+        return simulate_step(model, v100, traffic=baseline.traffic).trace.phase_durations_s("forward")
+
+    # SwiGLU: 3 matrices per expert; shared experts: every token of the rank through one more FFN
+    swiglu_shared = replace(TINY, ffn_matrices=3, num_shared_experts=1)
+    shared_s = compute_time_s(*expert_cost(tokens, 256, 4096, 1, 2, matrices=3), gpu, KERNELS["expert"], launch)
+    expected = max(compute_time_s(*expert_cost(n, 256, 4096, 1, 2, matrices=3), gpu, KERNELS["expert"], launch)
+                   + shared_s for n in received)
+    assert phase_forward(swiglu_shared)["expert"] == pytest.approx(expected, rel=1e-9)
+    # one dense first layer of its own width: TINY's MoE layer (layer 1) stays, layer 0 was dense already
+    wide_dense = replace(TINY, num_layers=4, first_dense_layers=2, dense_d_ffn=8192)
+    assert wide_dense.num_moe_layers == 1  # layer 3; layers 0-2 dense
+    durations = phase_forward(wide_dense)
+    dense_one = compute_time_s(*expert_cost(tokens, 256, 8192, 1, 2), gpu, KERNELS["dense_ffn"], launch)
+    assert durations["dense_ffn"] == pytest.approx(3 * dense_one, rel=1e-9)
+    assert durations["expert"] == pytest.approx(phase_forward(TINY)["expert"], rel=1e-9)
+
+
+def test_the_catalog_deepseek_v3_has_58_moe_layers_in_the_step():
+    from lshsim.sim.moe_step import model_dict
+    from lshsim.sim.phases import step_schedule
+
+    model = load_model("deepseek-v3")
+    spec = model_dict(model)
+    schedule = step_schedule(spec["num_layers"], spec["moe_every"], first_dense_layers=spec["first_dense_layers"])
+    moe = sorted({layer for direction, phases, layer in schedule if direction == "forward"
+                  and any(p.name == "expert" for p in phases)})
+    assert moe == list(model.moe_layers) and len(moe) == 58 and moe[0] == 3

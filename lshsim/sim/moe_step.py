@@ -5,8 +5,11 @@ The step's phases, their order and their cost functions come from the phase tabl
 l on every rank (GPU):
 
 1. attention (non-MoE compute);
-2. a dense layer: dense_ffn; an MoE layer (l + 1) % moe_every == 0:
-   gate -> [lsh_compress] -> dispatch_a2a -> expert -> combine_a2a -> [lsh_restore];
+2. a dense layer: dense_ffn; an MoE layer (l >= first_dense_layers and (l + 1) % moe_every == 0):
+   gate -> [lsh_compress] -> dispatch_a2a -> expert -> combine_a2a -> [lsh_restore]. A model's
+   optional fields (`OPTIONAL_MODEL_FIELDS`) set the dense layers' width (`dense_d_ffn`), SwiGLU's
+   third matrix in every FFN (`ffn_matrices: 3`) and the shared experts (`num_shared_experts`, costed
+   in the expert phase: every token of a rank through them, on that rank);
 3. after the last layer, the output head ("other").
 The backward pass is the forward sequence reversed, with twice the compute, and the same two
 all-to-alls carrying gradients: the combine's gradient goes token ranks -> expert ranks (the
@@ -82,7 +85,7 @@ from lshsim.sim.trace import DIRECTIONS, PhaseRecord, Trace
 from lshsim.topology.routing import validate_topology
 
 __all__ = ["StepConfig", "RoutedTraffic", "StepResult", "simulate_step", "simulate_config", "route_traffic",
-           "placement_for", "compute_time_s", "expert_cost", "KERNELS", "MODEL_FIELDS", "model_dict",
+           "placement_for", "compute_time_s", "expert_cost", "KERNELS", "MODEL_FIELDS", "OPTIONAL_MODEL_FIELDS", "model_dict",
            "describe", "plan_options", "compare_options", "A2ACache", "auto_drain_tolerance",
            "AUTO_EXACT_MAX_GPUS", "AUTO_TOLERANCE_MAX_GPUS", "TRAFFIC_MODELS", "POPULARITY_MIN_GPUS",
            "RANK_CLASS_MIN_GPUS", "rank_classes", "popularity_traffic", "traffic_model_for", "FIDELITIES", "auto_fidelity", "DEFAULT_DRAIN_TOLERANCE", "DEFAULT_PLAN_LSH_RATE", "router_config", "routing_key"]
@@ -99,7 +102,15 @@ def model_dict(model: object) -> dict:
         raise ValueError(f"model {model!r} lacks the field {missing[0]!r} (the simulator needs {list(MODEL_FIELDS)})")
     out = {name: getattr(model, name) for name in MODEL_FIELDS}
     out["attention_window"] = getattr(model, "attention_window", None)
+    # optional (today's models, `models.ModelConfig`): dense first layers and their width, shared
+    # experts, SwiGLU's third matrix; a model without them is costed as before
+    for name, default in OPTIONAL_MODEL_FIELDS.items():
+        out[name] = getattr(model, name, default)
     return out
+
+
+#: attributes the simulator reads when a model has them, with the value that means "absent"
+OPTIONAL_MODEL_FIELDS = {"first_dense_layers": 0, "dense_d_ffn": None, "num_shared_experts": 0, "ffn_matrices": 2}
 
 
 #: how the dispatch traffic is drawn (StepConfig.traffic_model)
@@ -636,7 +647,8 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
                       experts_on_rank=spec["num_experts"] // ep, dispatch_bytes=dispatch_bytes,
                       combine_bytes=dispatch_bytes.T, rows_received=wire.sum(axis=0), network_s=network_s,
                       config=config, traffic=traffic, wire_counts=wire, phase_model=graph.graph.get("phase_model"))
-    schedule = step_schedule(spec["num_layers"], spec["moe_every"], config)
+    schedule = step_schedule(spec["num_layers"], spec["moe_every"], config,
+                             first_dense_layers=spec.get("first_dense_layers", 0))
     pipelined = tuple(spec for spec in PHASES.specs() if spec.pipelined)
     candidates = (1,) + (config.overlap_chunks if config.overlap else ())
 

@@ -62,20 +62,23 @@ def compute_time_s(flops: float, hbm_bytes: float, gpu: dict, kernels: int = 0, 
     return max(flops / gpu["achieved_flops"], hbm_bytes / gpu["achieved_hbm_Bps"]) + kernels * kernel_launch_s
 
 
-def expert_cost(copies: float, d_model: int, d_ffn: int, experts_on_rank: int, bytes_per_element: int
-                ) -> tuple[float, float]:
+def expert_cost(copies: float, d_model: int, d_ffn: int, experts_on_rank: int, bytes_per_element: int,
+                matrices: int = 2) -> tuple[float, float]:
     """Forward (FLOPs, HBM bytes) of the expert FFNs on one rank that receives `copies` token copies.
 
-    FLOPs = 2 * copies * d_model * d_ffn * 2 (two matmuls, 2 FLOPs per multiply-add);
-    bytes  = experts_on_rank * 2 * d_model * d_ffn * b (weights) + copies * (2 d_model + 2 d_ffn) * b
-             (read input, write hidden, read hidden, write output), b = bytes per element.
+    FLOPs = 2 * copies * d_model * d_ffn * m (m matmuls: 2 = up and down, 3 = SwiGLU's gate, up and
+    down; 2 FLOPs per multiply-add);
+    bytes  = experts_on_rank * m * d_model * d_ffn * b (weights) + copies * (2 d_model + m d_ffn) * b
+             (read input, write and read the hidden activations, write output), b = bytes per element.
 
     >>> expert_cost(1000, 768, 3072, 16, 2)
     (9437184000.0, 166354944.0)
+    >>> expert_cost(1000, 768, 3072, 16, 2, matrices=3)[0] / expert_cost(1000, 768, 3072, 16, 2)[0]
+    1.5
     """
-    flops = 2.0 * copies * d_model * d_ffn * 2
-    weights = experts_on_rank * 2.0 * d_model * d_ffn * bytes_per_element
-    hbm = weights + copies * (2 * d_model + 2 * d_ffn) * bytes_per_element
+    flops = 2.0 * copies * d_model * d_ffn * matrices
+    weights = experts_on_rank * float(matrices) * d_model * d_ffn * bytes_per_element
+    hbm = weights + copies * (2 * d_model + matrices * d_ffn) * bytes_per_element
     return flops, hbm
 
 
@@ -379,9 +382,12 @@ def _attention_work(ctx: CostContext) -> tuple[float, float]:
 
 
 def _dense_ffn_work(ctx: CostContext) -> tuple[float, float]:
+    # the dense FFN of a layer without MoE: its own width (`dense_d_ffn`, DeepSeek's first layers)
+    # or the experts' d_ffn, 2 or 3 (SwiGLU) matrices
     m, tokens = ctx.model, _tokens(ctx)
-    d, f, b = m["d_model"], m["d_ffn"], m["bytes_per_element"]
-    return tokens * 2 * 2 * d * f, 2 * d * f * b + tokens * (2 * d + 2 * f) * b
+    d, b = m["d_model"], m["bytes_per_element"]
+    f = m.get("dense_d_ffn") or m["d_ffn"]
+    return expert_cost(tokens, d, f, 1, b, m.get("ffn_matrices", 2))
 
 
 def _head_work(ctx: CostContext) -> tuple[float, float]:
@@ -438,18 +444,27 @@ def _expert_cost(ctx: CostContext, direction: str, chunks: int = 1) -> PhaseCost
     """
     m = ctx.model
     d, f, b = m["d_model"], m["d_ffn"], m["bytes_per_element"]
+    matrices = m.get("ffn_matrices", 2)
+    factor = 1 if direction == "forward" else 2
+    # shared experts (DeepSeek): every token of the rank through `num_shared_experts` FFNs of width
+    # d_ffn, on its own rank, costed with the routed experts (DeepSeek overlaps them with the dispatch)
+    shared = m.get("num_shared_experts", 0)
+    shared_s = 0.0
+    if shared and ctx.traffic is not None:
+        flops, hbm = expert_cost(_tokens(ctx) * shared, d, f, shared, b, matrices)
+        shared_s = ctx.roofline_s(factor * flops / chunks, factor * hbm / chunks, factor * KERNELS["expert"] / chunks)
     pm = ctx.phase_model
     if pm is not None and pm.expert is not None and ctx.traffic is not None:
         experts = max(ctx.experts_on_rank, 1)
+        # the grid was measured on two-matrix experts: a SwiGLU expert does matrices / 2 of that work
         return PhaseCost(np.array([pm.expert.predict_s(experts, float(rows) / chunks / experts, d, f, direction)
-                                   for rows in ctx.rows_received]))
-    factor = 1 if direction == "forward" else 2
-    weights = ctx.experts_on_rank * 2.0 * d * f * b
+                                   * matrices / 2 + shared_s for rows in ctx.rows_received]))
+    weights = ctx.experts_on_rank * float(matrices) * d * f * b
     out = []
     for rows in ctx.rows_received:
-        flops, hbm = expert_cost(float(rows), d, f, ctx.experts_on_rank, b)
+        flops, hbm = expert_cost(float(rows), d, f, ctx.experts_on_rank, b, matrices)
         chunk_hbm = weights + (hbm - weights) / chunks
-        out.append(ctx.roofline_s(factor * flops / chunks, factor * chunk_hbm, factor * KERNELS["expert"]))
+        out.append(ctx.roofline_s(factor * flops / chunks, factor * chunk_hbm, factor * KERNELS["expert"]) + shared_s)
     return PhaseCost(np.array(out))  # (W,) seconds per chunk
 
 
@@ -532,13 +547,14 @@ def unregister_phase(name: str) -> PhaseSpec:
 
 # ---- what the table derives -------------------------------------------------------------------------
 def step_schedule(num_layers: int, moe_every: int, config: object = None,
-                  table: PhaseTable | None = None) -> list[tuple[str, tuple[PhaseSpec, ...], int]]:
+                  table: PhaseTable | None = None, first_dense_layers: int = 0
+                  ) -> list[tuple[str, tuple[PhaseSpec, ...], int]]:
     """The step's sequence: (direction, phases, layer) items, forward then backward.
 
     `phases` is one PhaseSpec, or the three pipelined ones (the MoE section) as one item. Forward:
     every layer's "attention" phases, then its "moe" (MoE layer) or "dense" phases, then the
     "head" phases at the last layer; only phases that run with `config` and have "forward" in their
-    directions. Backward: the forward sequence reversed (a section's phases reversed too), only
+    directions. Layer l is an MoE layer when l >= first_dense_layers and (l + 1) % moe_every == 0. Backward: the forward sequence reversed (a section's phases reversed too), only
     phases that have "backward" in their directions.
 
     >>> [(d, [p.name for p in ps], layer) for d, ps, layer in step_schedule(2, 2)][2:5]
@@ -557,7 +573,7 @@ def step_schedule(num_layers: int, moe_every: int, config: object = None,
     sequence: list[tuple[tuple[PhaseSpec, ...], int]] = []
     for layer in range(num_layers):
         sequence.extend((item, layer) for item in blocks["attention"])
-        ffn = "moe" if (layer + 1) % moe_every == 0 else "dense"
+        ffn = "moe" if layer >= first_dense_layers and (layer + 1) % moe_every == 0 else "dense"
         sequence.extend((item, layer) for item in blocks[ffn])
     sequence.extend((item, num_layers - 1) for item in blocks["head"])
     out = []
