@@ -222,3 +222,27 @@ def test_the_catalog_deepseek_v3_has_58_moe_layers_in_the_step():
     moe = sorted({layer for direction, phases, layer in schedule if direction == "forward"
                   and any(p.name == "expert" for p in phases)})
     assert moe == list(model.moe_layers) and len(moe) == 58 and moe[0] == 3
+
+
+def test_router_model_takes_the_published_routing():
+    """`lshsim plan --router model`: DeepSeek-V3's node-limited router with its options and no capacity;
+    the comparison's baseline stays plain top-k without those options."""
+    import argparse
+
+    from lshsim.cli.plan import _plan_config
+    from lshsim.sim.moe_step import plan_options, router_config
+
+    args = argparse.Namespace(router="model", capacity_factor=1.25, lsh_rate=None, algorithm="direct", overlap=False,
+                              tokens_per_gpu=None, locality_bonus=1.0, seed=0, max_routed_tokens=1 << 17, ep=None,
+                              traffic_model="auto")
+    model = load_model("deepseek-v3")
+    config = _plan_config(args, model)
+    assert config.router == "node_limited" and dict(config.router_options)["max_nodes"] == 4
+    assert config.capacity_factor is None  # dropless
+    routing = router_config(model, config)
+    assert routing.name == "node_limited" and routing.k == 8 and dict(routing.options)["max_nodes"] == 4
+    labels = dict(plan_options(config))
+    assert labels["baseline"].router == "topk" and labels["baseline"].router_options == ()
+    assert labels["locmoe"].router_options == ()
+    with pytest.raises(ValueError, match="--router model needs one --model"):
+        _plan_config(args)

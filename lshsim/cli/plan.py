@@ -49,8 +49,10 @@ def add_parser(subparsers):
     p.add_argument("--cluster", default=_PLAN_DEFAULT_CLUSTER,
                    help=f"a topology of data/topologies or a topology YAML (default {_PLAN_DEFAULT_CLUSTER})")
     p.add_argument("--router", default="topk",
-                   help="topk | hash | expert_choice | locmoe, or a registered router (lshsim.dispatch.ROUTERS; "
-                        "default topk)")
+                   help="topk | hash | expert_choice | locmoe | node_limited, or a registered router "
+                        "(lshsim.dispatch.ROUTERS; default topk), or 'model': the model's published routing "
+                        "(its router and options, e.g. DeepSeek-V3's node-limited M = 4; a dropless model "
+                        "routes without capacity)")
     p.add_argument("--lsh-rate", type=arg_finite_number(0.0, exclusive=True, maximum=1.0), default=None,
                    help="LSH-MoE compression rate in (0, 1] (centroids / tokens; the paper reports 0.117-0.2); "
                         "default: no LSH for your option, 0.2 for the comparison's lsh row")
@@ -108,11 +110,19 @@ def add_parser(subparsers):
     return p
 
 
-def _plan_config(args):
+def _plan_config(args, model=None):
+    """The user's StepConfig; `--router model` takes the model's published router, its options and
+    (for a dropless model) no capacity limit."""
     from lshsim.sim.moe_step import StepConfig
 
-    return StepConfig(router=args.router, lsh_rate=args.lsh_rate, algorithm=args.algorithm, overlap=args.overlap,
-                      tokens_per_gpu=args.tokens_per_gpu, capacity_factor=args.capacity_factor,
+    router, options, capacity = args.router, (), args.capacity_factor
+    if router == "model":
+        if model is None:
+            raise ValueError("--router model needs one --model (not with --sweep)")
+        router, options = model.router, tuple(getattr(model, "router_options", ()))
+        capacity = None if getattr(model, "dropless", False) else capacity
+    return StepConfig(router=router, router_options=options, lsh_rate=args.lsh_rate, algorithm=args.algorithm, overlap=args.overlap,
+                      tokens_per_gpu=args.tokens_per_gpu, capacity_factor=capacity,
                       locality_bonus=args.locality_bonus, seed=args.seed, max_routed_tokens=args.max_routed_tokens,
                       ep=args.ep, traffic_model=None if args.traffic_model == "auto" else args.traffic_model)
 
@@ -160,8 +170,8 @@ def run(args) -> int:
         return _plan_sweep(args)
     if args.models or args.clusters:
         raise ValueError("--models and --clusters go with --sweep; for one plan use --model and --cluster")
-    selected = _plan_config(args)
     model = load_model(args.model)
+    selected = _plan_config(args, model)
     graph = _load_cluster(args.cluster, [model], selected, len(plan_options(selected)))
     fidelity = _fidelity(args, _world_size(graph))
     started = time.perf_counter()

@@ -123,7 +123,11 @@ POPULARITY_MIN_GPUS = 1024
 class StepConfig:
     """What to simulate besides the model and the cluster.
 
-    router:            a name in `lshsim.dispatch.ROUTERS` (topk, hash, expert_choice, locmoe).
+    router:            a name in `lshsim.dispatch.ROUTERS` (topk, hash, expert_choice, locmoe,
+                       node_limited, ...).
+    router_options:    that router's own parameters as sorted (name, value) pairs (node_limited:
+                       max_nodes); the comparison options of `plan_options` that change the router
+                       drop them.
     lsh_rate:          LSH-MoE compression rate r in (0, 1] (centroids / token copies); None = no LSH.
                        LSH-MoE (Nie et al. 2024) reports 11.7%..20%.
     algorithm:         all-to-all algorithm of `lshsim.sim.collectives` (direct, 2d, groupwise, ...).
@@ -149,6 +153,7 @@ class StepConfig:
     """
 
     router: str = "topk"
+    router_options: tuple = ()
     lsh_rate: float | None = None
     algorithm: str = "direct"
     overlap: bool = False
@@ -288,7 +293,8 @@ def router_config(model: object, config: StepConfig) -> RouterConfig:
     """The `RouterConfig` a step routes with: the step's router, the model's top-k (or the
     router's fixed k, `effective_k`), capacity factor and locality bonus."""
     return RouterConfig(name=config.router, k=effective_k(config.router, model_dict(model)["top_k"]),
-                        capacity_factor=config.capacity_factor, locality_bonus=config.locality_bonus)
+                        capacity_factor=config.capacity_factor, locality_bonus=config.locality_bonus,
+                        options=config.router_options)
 
 
 def routing_key(model: object, config: StepConfig) -> tuple:
@@ -808,7 +814,9 @@ def describe(config: StepConfig) -> str:
     >>> describe(StepConfig(router="locmoe", lsh_rate=0.2, algorithm="groupwise", overlap=True))
     'locmoe + lsh 0.2, groupwise, overlap'
     """
-    parts = [config.router + (f" + lsh {config.lsh_rate:g}" if config.lsh_rate is not None else ""), config.algorithm]
+    router = config.router + ("(" + ", ".join(f"{k}={v}" for k, v in config.router_options) + ")"
+                              if config.router_options else "")
+    parts = [router + (f" + lsh {config.lsh_rate:g}" if config.lsh_rate is not None else ""), config.algorithm]
     if config.overlap:
         parts.append("overlap")
     return ", ".join(parts)
@@ -824,7 +832,7 @@ def plan_options(selected: StepConfig) -> list[tuple[str, StepConfig]]:
     """
     from dataclasses import replace
 
-    base = replace(selected, router="topk", lsh_rate=None, algorithm="direct", overlap=False)
+    base = replace(selected, router="topk", router_options=(), lsh_rate=None, algorithm="direct", overlap=False)
     rate = selected.lsh_rate if selected.lsh_rate is not None else DEFAULT_PLAN_LSH_RATE
     candidates = [
         ("baseline", base),
