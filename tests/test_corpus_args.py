@@ -288,7 +288,7 @@ def test_limits_are_in_the_help(capsys):
     """Every bounded number says its bounds in --help (a sample of each kind)."""
     for argv, words in ((["collision", "--help"], ["[-1, 1]"]), (["capacity", "--help"], ["(0, 1)"]),
                         (["route", "--help"], ["4294967295", "refused before it starts"]),
-                        (["simulate", "--help"], ["[0, 1]", "W^2 flows"]),
+                        (["simulate", "--help"], ["[0, 0.99]", "W^2 flows"]),
                         (["plan", "--help"], ["(0, 1]", "created if missing"]),
                         (["run", "--help"], ["86400", "1048576", "created if missing"]),
                         (["calibrate", "--help"], ["h200, h100, a100, v100", "checked before any"])):
