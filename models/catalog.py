@@ -45,11 +45,12 @@ Their parameter counts (`num_parameters`, `active_parameters`) use the attention
 shared experts and the dense layers before the first MoE layer; tests/test_models_catalog.py checks
 them against the published totals and active counts (3%).
 
-What the step simulator (`lshsim.sim.moe_step`) reads of a model is `MODEL_FIELDS` only: it costs
-an MoE layer wherever (l + 1) % moe_every == 0 (so `first_dense_layers` are costed as MoE layers),
-expert FLOPs as 2 matrices (not `ffn_matrices`), no shared-expert compute, and uses the router and
-capacity factor of `lshsim plan`'s options, not the model's `router` / `dropless` fields (which
-record the published routing for the user and for notebooks).
+What the step simulator (`lshsim.sim.moe_step`) reads of a model is `MODEL_FIELDS` and, where a
+model has them, `OPTIONAL_MODEL_FIELDS`: the dense first layers (`first_dense_layers`, at
+`dense_d_ffn`), `ffn_matrices` (SwiGLU's third matrix in every FFN) and the shared experts (costed in
+the expert phase). MLA and GQA attention are costed as standard attention. It routes with `lshsim
+plan`'s router and capacity factor; `--router model` takes the model's `router`, `router_options`
+and `dropless` instead.
 """
 from __future__ import annotations
 
