@@ -56,7 +56,8 @@ def default_cases(world_size: int) -> list[WorkloadConfig]:
         # the fp8 dispatch (DeepEP's format): the reference rounds every dispatched row the same way
         # the node-deduplicated dispatch and reducing combine, on two emulated nodes
         WorkloadConfig(name="topk-k4-node-dedup", router=RouterConfig("topk", k=4, capacity_factor=1.0),
-                       gpus_per_node=two_nodes, alltoall="node_dedup", skew=2.0, **base),
+                       gpus_per_node=two_nodes, alltoall="node_dedup", skew=2.0,
+                       **{**base, "num_experts": 4 * world_size}),
         WorkloadConfig(name="topk-k2-node-dedup-fp8", router=RouterConfig("topk", k=2, capacity_factor=None),
                        gpus_per_node=two_nodes, alltoall="node_dedup", dispatch_format="fp8", skew=1.0,
                        placement="round_robin", **base),

@@ -127,7 +127,7 @@ def quantize_fp8_rows(x: torch.Tensor) -> torch.Tensor:
     """(N, d) float rows -> (N, fp8_row_bytes(d)) uint8: the rows in float8_e4m3fn, then their scales.
 
     Per row and block of 128 values (the last block may be shorter): scale = max(|block|, 1e-4)
-    / 448 (float32), value = round_e4m3(x / scale). The scales' 4 bytes follow the d value bytes,
+    x (1 / 448) (float32), value = round_e4m3(x / scale). The scales' 4 bytes follow the d value bytes,
     so a row travels as one contiguous record and an all-to-all of these rows needs no second
     collective. Non-finite values give non-finite scales or values (not checked).
     """
@@ -137,7 +137,9 @@ def quantize_fp8_rows(x: torch.Tensor) -> torch.Tensor:
     blocks = -(-d_model // FP8_BLOCK)
     padded = torch.nn.functional.pad(x.float(), (0, blocks * FP8_BLOCK - d_model))  # (N, nb * 128)
     padded = padded.view(num_rows, blocks, FP8_BLOCK)
-    scale = padded.abs().amax(dim=2).clamp(min=_FP8_MIN_AMAX) / _FP8_MAX  # (N, nb) float32
+    # x (1 / 448), not / 448: torch divides a CUDA tensor by a scalar as a product with its reciprocal,
+    # so only the product gives the same scales (and the same fp8 bytes) on the CPU and on a GPU
+    scale = padded.abs().amax(dim=2).clamp(min=_FP8_MIN_AMAX) * (1.0 / _FP8_MAX)  # (N, nb) float32
     values = (padded / scale.unsqueeze(2)).to(torch.float8_e4m3fn).view(num_rows, blocks * FP8_BLOCK)[:, :d_model]
     return torch.cat([values.contiguous().view(torch.uint8), scale.contiguous().view(torch.uint8)], dim=1)
 
