@@ -8,6 +8,11 @@ an error or an interruption while writing (a full disk, Ctrl-C) leaves the old f
 removes the temporary file. A writer killed outright (SIGKILL) cannot remove its temporary file: the
 next write of the same file removes it (`remove_stale_temporaries`, by the dead writer's PID).
 
+**Appended, durably** (`append_durably`): the one exception to "written whole", for a table that
+grows by records and must survive an interruption (`lshsim sweep`'s resumable CSV). Each `write` is
+flushed and fsynced before it returns, so an interrupted run leaves whole records plus at most one
+cut last line, which the reader drops.
+
 **The output rule** (`prepare_output`, `prepare_output_dir`), the same for every command, checked
 before any work starts (before a simulation, a measurement or a run):
 
@@ -37,7 +42,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["write_text_atomically", "write_bytes_atomically", "atomic_output", "remove_stale_temporaries",
+__all__ = ["write_text_atomically", "write_bytes_atomically", "atomic_output", "append_durably",
+           "remove_stale_temporaries",
            "prepare_output", "prepare_output_dir", "path_in_folder", "OUTPUT_RULE"]
 
 #: one sentence for --help texts
@@ -109,6 +115,34 @@ def atomic_output(path: str | Path, mode: str = "w", *, encoding: str | None = "
             temporary.unlink()
         raise
     _fsync_folder(path.parent)
+
+
+class _DurableAppender:
+    def __init__(self, handle) -> None:
+        self._handle = handle
+
+    def write(self, text: str) -> None:
+        """Append `text` and return once it is on disk (flush + fsync)."""
+        self._handle.write(text)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+
+@contextlib.contextmanager
+def append_durably(path: str | Path, *, encoding: str = "utf-8") -> Iterator[_DurableAppender]:
+    r"""A file opened for appending whose every `write(text)` is on disk when it returns (module docstring).
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.csv")
+    >>> with append_durably(path) as table:
+    ...     table.write("a,b\n")
+    >>> with append_durably(path) as table:
+    ...     table.write("1,2\n")
+    >>> open(path).read()
+    'a,b\n1,2\n'
+    """
+    with open(path, "a", encoding=encoding, newline="") as handle:
+        yield _DurableAppender(handle)
 
 
 def write_text_atomically(path: str | Path, text: str, *, encoding: str = "utf-8") -> Path:

@@ -631,7 +631,7 @@ def run_sweep(grid: Grid, out: str | Path, *, engine: str = "local", jobs: int =
     """
     from lshsim.cli._progress import ProgressLines, estimate_left_s
     from lshsim.cli.simulate import world_of_spec
-    from lshsim.io import atomic_output, write_text_atomically
+    from lshsim.io import append_durably, atomic_output, write_text_atomically
 
     if engine not in ENGINES:
         raise ValueError(f"--engine {engine!r}: one of {', '.join(ENGINES)}")
@@ -679,14 +679,12 @@ def run_sweep(grid: Grid, out: str | Path, *, engine: str = "local", jobs: int =
     by_key = {point.key(): point for point in points}
     started = progress.elapsed_s()
     try:
-        with open(out, "a", encoding="utf-8", newline="") as table, _closing(results):
+        with append_durably(out) as table, _closing(results):
             for task, rows in results:
                 point = by_key[task["key"]]
                 for row in rows:
                     row.update({name: value for name, value in zip(axes, task["key"])})
-                table.write(_csv_text(columns, rows, header=False))   # one write per point
-                table.flush()
-                os.fsync(table.fileno())
+                table.write(_csv_text(columns, rows, header=False))   # one write per point, fsynced
                 done[task["key"]] = [{name: _text(row[name]) for name in columns} for row in rows]
                 finished += 1
                 failed += any(row["error"] for row in rows)
