@@ -200,6 +200,8 @@ class Grid:
     source: str
     folder: Path
     name: str = ""
+    #: name or path -> model (the caller's: `lshsim.models.load_model`; the core imports no models)
+    resolve_model: object = field(default=None, repr=False)
     _models: dict = field(default_factory=dict, repr=False)
     _specs: dict = field(default_factory=dict, repr=False)
 
@@ -222,10 +224,11 @@ class Grid:
         return value
 
     def model(self, value: str):
-        from lshsim.models import load_model
-
+        if self.resolve_model is None:
+            raise ValueError(f"{self.source}: reading model {value!r} needs load_grid(..., resolve_model=...) "
+                             "(lshsim.models.load_model)")
         if value not in self._models:
-            self._models[value] = load_model(self.resolve(value))
+            self._models[value] = self.resolve_model(self.resolve(value))
         return self._models[value]
 
     def spec(self, value: str) -> tuple[dict, str]:
@@ -251,8 +254,11 @@ def table_columns(axes) -> list[str]:
     return [*axes, *RESULT_COLUMNS]
 
 
-def load_grid(path: str | Path) -> Grid:
+def load_grid(path: str | Path, resolve_model=None) -> Grid:
     """Read and check a grid file; a ValueError names the file, the field and the value.
+
+    resolve_model: name or path -> model config (`lshsim.models.load_model`, which `lshsim sweep`
+    passes: this module sits below the model catalog and does not import it).
 
     Schema (data/sweeps/README.md): `grid:` a mapping axis -> value or list of values (`model` and
     `cluster` required); `options:` short names of `OPTION_NAMES` (default all; baseline is always
@@ -306,7 +312,7 @@ def load_grid(path: str | Path) -> Grid:
     for text in ("name", "description"):
         if text in data and not isinstance(data[text], str):
             raise ValueError(f"{source}: {text}={data[text]!r} must be text")
-    grid = Grid(axes, options, source, path.resolve().parent, data.get("name", path.stem))
+    grid = Grid(axes, options, source, path.resolve().parent, data.get("name", path.stem), resolve_model)
     for field_name, getter in (("model", grid.model), ("cluster", grid.spec)):
         for i, value in enumerate(axes[field_name]):     # unknown names and bad files: before any work
             try:

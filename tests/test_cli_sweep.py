@@ -225,7 +225,9 @@ def test_plot_written_without_switching_the_backend(tmp_path, capsys):
 
 
 def test_the_shipped_grid_loads():
-    grid = lshsim.sweep.load_grid("data/sweeps/nic-vs-size.yaml")
+    from lshsim.models import load_model
+
+    grid = lshsim.sweep.load_grid("data/sweeps/nic-vs-size.yaml", resolve_model=load_model)
     assert len(grid.points()) == 21 and grid.swept == ["nodes", "nic_gbps"]
     assert grid.options == ("baseline", "lsh", "locmoe", "2d", "groupwise", "overlap")
 

@@ -60,7 +60,9 @@ def run(args) -> int:
     prepare_output(out, "--out")
     prepare_output(args.plot, "--plot")
     progress = ProgressLines("sweep", quiet=args.quiet)
-    grid = load_grid(grid_path)
+    from lshsim.models import load_model
+
+    grid = load_grid(grid_path, resolve_model=load_model)
     try:
         summary = run_sweep(grid, out, engine=args.engine, jobs=args.jobs, scheduler=args.scheduler,
                             retry_errors=args.retry_errors, progress=progress)
