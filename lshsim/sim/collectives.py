@@ -352,6 +352,20 @@ def fed_port_time(resources: np.ndarray, size: np.ndarray, capacity: np.ndarray,
     return float((taus + (total - arrived) / capacity[port]).max())
 
 
+def _estimate_inputs(G, traffic_bytes, routes, links):
+    """(routes, links, (W, W) float traffic) of an estimate, the traffic checked against the topology."""
+    routes = validate_topology(G) if routes is None else routes
+    links = LinkModels.from_topology(G) if links is None else links
+    traffic = np.asarray(traffic_bytes, dtype=float)                                  # (W, W)
+    world = routes.world
+    if traffic.shape != (world, world):
+        raise ValueError(f"traffic_bytes has shape {traffic.shape}, expected ({world}, {world}) for topology "
+                         f"{G.graph.get('name')} with {world} GPUs")
+    if not np.all(np.isfinite(traffic)) or traffic.min(initial=0.0) < 0:
+        raise ValueError("traffic_bytes must be finite and >= 0")
+    return routes, links, traffic
+
+
 def estimate_all_to_all(G: nx.DiGraph, traffic_bytes, *, routes: Routes | None = None,
                         links: LinkModels | None = None, local_copy: bool = True, correction: bool = True,
                         rates_of=None) -> float:
@@ -392,15 +406,8 @@ def estimate_all_to_all(G: nx.DiGraph, traffic_bytes, *, routes: Routes | None =
     rates_of: the traffic the link model's rates are taken from (default traffic_bytes; a phase of a
     multi-phase collective passes the whole collective's, as the simulator does).
     """
-    routes = validate_topology(G) if routes is None else routes
-    links = LinkModels.from_topology(G) if links is None else links
-    traffic = np.asarray(traffic_bytes, dtype=float)                                  # (W, W)
+    routes, links, traffic = _estimate_inputs(G, traffic_bytes, routes, links)
     world = routes.world
-    if traffic.shape != (world, world):
-        raise ValueError(f"traffic_bytes has shape {traffic.shape}, expected ({world}, {world}) for topology "
-                         f"{G.graph.get('name')} with {world} GPUs")
-    if not np.all(np.isfinite(traffic)) or traffic.min(initial=0.0) < 0:
-        raise ValueError("traffic_bytes must be finite and >= 0")
     rates = links.rates(traffic if rates_of is None else rates_of)
     capacity = routes.capacity_Bps.copy()                                             # (L,)
     for kind, factor in (rates.bandwidth_scale_by_kind or {}).items():
@@ -509,15 +516,8 @@ def estimate_collective(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
     if algorithm not in ESTIMATED_ALGORITHMS:
         raise ValueError(f"algorithm {algorithm!r} has no estimate (estimated: {', '.join(ESTIMATED_ALGORITHMS)}); "
                          f"simulate it (fidelity exact or tolerance)")
-    routes = validate_topology(G) if routes is None else routes
-    links = LinkModels.from_topology(G) if links is None else links
-    traffic = np.asarray(traffic_bytes, dtype=float)                                  # (W, W)
+    routes, links, traffic = _estimate_inputs(G, traffic_bytes, routes, links)
     world = routes.world
-    if traffic.shape != (world, world):
-        raise ValueError(f"traffic_bytes has shape {traffic.shape}, expected ({world}, {world}) for topology "
-                         f"{G.graph.get('name')} with {world} GPUs")
-    if not np.all(np.isfinite(traffic)) or traffic.min(initial=0.0) < 0:
-        raise ValueError("traffic_bytes must be finite and >= 0")
     local = np.diag(traffic).copy()                                                    # (W,)
     off = _without_diagonal(traffic)
     stages, clock = [], 0.0
