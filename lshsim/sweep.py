@@ -553,15 +553,21 @@ def _local_results(tasks: list[dict], jobs: int, progress=None):
                                initializer=_worker_init, initargs=(jobs,))
     try:
         futures = {pool.submit(evaluate_point, task): task for task in tasks}
-        for future in as_completed(futures):
-            task = futures[future]
-            try:
-                rows = future.result()
-            except Exception as error:             # noqa: BLE001 (a worker that died: the point's error)
-                rows = _failed(task, error)
-            yield task, rows
+        yield from _as_finished(futures, as_completed)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _as_finished(futures: dict, as_completed):
+    """(task, rows) for {future: task} as they finish (`as_completed` of concurrent.futures or of
+    Dask); a future that raised (a worker that died) gives the point's error rows."""
+    for future in as_completed(futures):
+        task = futures[future]
+        try:
+            rows = future.result()
+        except Exception as error:                 # noqa: BLE001 (a worker that died: the point's error)
+            rows = _failed(task, error)
+        yield task, rows
 
 
 def _worker_init(jobs: int) -> None:
@@ -598,13 +604,7 @@ def _dask_results(tasks: list[dict], jobs: int, scheduler: str | None, progress)
         with client:
             futures = {client.submit(evaluate_point, task, pure=False): task for task in tasks}
             try:
-                for future in as_completed(futures):
-                    task = futures[future]
-                    try:
-                        rows = future.result()
-                    except Exception as error:     # noqa: BLE001 (a worker that died: the point's error)
-                        rows = _failed(task, error)
-                    yield task, rows
+                yield from _as_finished(futures, as_completed)
             finally:
                 client.cancel(list(futures))
     finally:
