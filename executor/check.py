@@ -32,7 +32,7 @@ from lshsim.executor.workload import WorkloadConfig
 from lshsim.dispatch import RouterConfig
 from lshsim.dispatch.lsh import compress, compressed_send_counts, residuals, restore
 
-__all__ = ["default_cases", "run_checks", "reference_moe_lsh"]
+__all__ = ["default_cases", "select_cases", "CASE_NAMES", "run_checks", "reference_moe_lsh"]
 
 
 def default_cases(world_size: int) -> list[WorkloadConfig]:
@@ -68,6 +68,24 @@ def default_cases(world_size: int) -> list[WorkloadConfig]:
                        lsh={"family": "cross_polytope", "num_hashes": 1, "proj_dim": 2, "seed": 1}, **base),
     ]
     return cases
+
+
+#: the names of `default_cases` (the same at every world size)
+CASE_NAMES = tuple(case.name for case in default_cases(2))
+
+
+def select_cases(world_size: int, names: list[str] | None = None, seeds: list[int] | None = None) -> list[WorkloadConfig]:
+    """The default cases named (all when None), each once per seed (named case+seedS), or with its
+    own seed when `seeds` is None."""
+    cases = default_cases(world_size)
+    if names is not None:
+        unknown = sorted(set(names) - {case.name for case in cases})
+        if unknown:
+            raise ValueError(f"unknown check case {unknown[0]!r}; known: {', '.join(CASE_NAMES)}")
+        cases = [case for case in cases if case.name in names]
+    if seeds is None:
+        return cases
+    return [dataclasses.replace(case, name=f"{case.name}+seed{seed}", seed=seed) for seed in seeds for case in cases]
 
 
 def reference_moe_lsh(workload: WorkloadConfig, world_size: int, x_all: torch.Tensor, token_ids_all: torch.Tensor,
@@ -214,6 +232,15 @@ def _check_case(workload: WorkloadConfig, runtime: Runtime) -> dict:
     return {"name": workload.name, "errors": dict(zip(names, worst)), "dropped": out.plan.num_dropped}
 
 
-def run_checks(runtime: Runtime, cases: list[WorkloadConfig] | None = None) -> list[dict]:
-    """Every case on every rank (collective); each returns its worst errors over ranks."""
-    return [_check_case(case, runtime) for case in (cases or default_cases(runtime.world_size))]
+def run_checks(runtime: Runtime, cases: list[WorkloadConfig] | None = None, progress=None) -> list[dict]:
+    """Every case on every rank (collective); each returns its worst errors over ranks.
+
+    progress: an object with step(text) (`lshsim.executor.runtime.Progress`), told each case's name
+    before it runs, so that a launcher watching the ranks can say which case a hung rank is in."""
+    cases = cases or default_cases(runtime.world_size)
+    results = []
+    for index, case in enumerate(cases):
+        if progress is not None:
+            progress.step(f"check {index + 1}/{len(cases)}: {case.name}")
+        results.append(_check_case(case, runtime))
+    return results

@@ -134,6 +134,8 @@ def quantize_fp8_rows(x: torch.Tensor) -> torch.Tensor:
     if x.ndim != 2:
         raise ValueError(f"quantize_fp8_rows takes (N, d) rows, got shape {tuple(x.shape)}")
     num_rows, d_model = x.shape
+    if num_rows == 0:  # no rows to this peer: the (0, nb) scales of an empty reduction cannot be viewed as bytes
+        return torch.empty((0, fp8_row_bytes(d_model)), dtype=torch.uint8, device=x.device)
     blocks = -(-d_model // FP8_BLOCK)
     padded = torch.nn.functional.pad(x.float(), (0, blocks * FP8_BLOCK - d_model))  # (N, nb * 128)
     padded = padded.view(num_rows, blocks, FP8_BLOCK)
@@ -150,6 +152,8 @@ def dequantize_fp8_rows(packed: torch.Tensor, d_model: int, dtype: torch.dtype) 
         raise ValueError(f"packed fp8 rows must be (N, {fp8_row_bytes(d_model)}) uint8, got "
                          f"{tuple(packed.shape)} {packed.dtype}")
     num_rows = packed.shape[0]
+    if num_rows == 0:
+        return torch.empty((0, d_model), dtype=dtype, device=packed.device)
     blocks = -(-d_model // FP8_BLOCK)
     values = packed[:, :d_model].contiguous().view(torch.float8_e4m3fn).float()  # (N, d)
     scale = packed[:, d_model:].contiguous().view(torch.float32)  # (N, nb)

@@ -224,8 +224,41 @@ def add_check(subparsers) -> argparse.ArgumentParser:
                           "checked before the run)")
     chk.add_argument("--tolerance", type=arg_finite_number(minimum=0.0), default=1e-4,
                      help="largest accepted relative error (finite, >= 0; default 1e-4)")
+    chk.add_argument("--cases", type=_arg_check_cases, default=None,
+                     help="comma-separated case names (default: every case; `lshsim.executor.check.CASE_NAMES`)")
+    chk.add_argument("--seeds", type=_arg_seed_list, default=None,
+                     help="comma-separated seeds of the tokens, gate and experts: every case runs once per seed, "
+                          "named case+seedS (default: each case's own seed, 3). Other seeds draw other routings: "
+                          "ranks that receive no rows, experts with no tokens")
     _add_common(chk)
     return chk
+
+
+def _arg_check_cases(text: str) -> list[str]:
+    """argparse type of check --cases: known case names, comma-separated."""
+    from lshsim.executor.check import CASE_NAMES
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CASE_NAMES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: unknown case {unknown[0] if unknown else '(none given)'!r}; "
+                                         f"known: {', '.join(CASE_NAMES)}")
+    return names
+
+
+def _arg_seed_list(text: str) -> list[int]:
+    """argparse type of check --seeds: integers 0 .. 2**31 - 1, comma-separated."""
+    seeds = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            value = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: {part!r} is not an integer seed") from None
+        if not 0 <= value < 2 ** 31:
+            raise argparse.ArgumentTypeError(f"{text!r}: seed {value} is outside 0 .. 2**31 - 1")
+        seeds.append(value)
+    return seeds
 
 
 def add_launch(subparsers) -> argparse.ArgumentParser:
@@ -469,7 +502,7 @@ def cmd_calibrate(args) -> int:
 def cmd_check(args) -> int:
     import torch
 
-    from lshsim.executor.check import run_checks
+    from lshsim.executor.check import run_checks, select_cases
     from lshsim.executor.runtime import Progress, init_runtime, shutdown
 
     from lshsim.io import prepare_output
@@ -479,9 +512,10 @@ def cmd_check(args) -> int:
     if runtime.device.type == "cpu":
         _set_threads(args, runtime.world_size)
     torch.backends.cuda.matmul.allow_tf32 = False
-    Progress(args.status_dir, runtime.rank).step("check")
+    progress = Progress(args.status_dir, runtime.rank)
+    progress.step("check")
     try:
-        results = run_checks(runtime)
+        results = run_checks(runtime, select_cases(runtime.world_size, args.cases, args.seeds), progress=progress)
     except BaseException as error:
         report_failure(args, error)
         raise

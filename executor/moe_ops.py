@@ -180,7 +180,9 @@ def expert_ffn_grouped(x: torch.Tensor, rows_per_expert: list[int], offsets: tor
     if method == "auto":
         method = "grouped_mm" if grouped_mm_available(x, d_model, d_ffn) else "padded_bmm"
     if x.shape[0] == 0:
-        return x.new_zeros((0, d_model)) + 0 * (w1.sum() + w2.sum()).to(x.dtype), method
+        # no rows: an empty output that still depends on x and the weights, so that the backward
+        # reaches the dispatch all-to-all that delivered x on this rank too (its peers wait in it)
+        return x[:, :0].sum(1, keepdim=True).expand(0, d_model) + 0 * (w1.sum() + w2.sum()).to(x.dtype), method
     if method == "grouped_mm":
         hidden = torch.nn.functional.gelu(GROUPED_MM(x, w1, offs=offsets))  # (R, f)
         return GROUPED_MM(hidden, w2, offs=offsets), method

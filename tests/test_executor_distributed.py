@@ -135,3 +135,27 @@ def test_launch_passes_plugins_to_every_rank(tmp_path):
     trace = Trace.from_json(out)
     assert trace.meta["workload"]["router"]["name"] == "round_robin"
     assert trace.meta["workload"]["world_size"] == 2
+
+
+def test_check_cases_where_a_rank_receives_no_rows_finish_on_every_rank(tmp_path):
+    # seeds that once hung or failed on 2 CPU ranks: seed 15 sends every row of topk-k4-node-dedup to
+    # rank 1's experts (rank 0's backward skipped the dispatch all-to-all its peer waited in); seed 1
+    # gives locmoe-lsh-groupwise-fp8 a peer with no rows (the fp8 packing of no rows raised)
+    out = tmp_path / "check.json"
+    result = launch(2, ["check", "--cases", "topk-k4-node-dedup,locmoe-lsh-groupwise-fp8", "--seeds", "1,15",
+                        "--out", str(out), "--threads", "1"], timeout_s=180, stall_timeout_s=90)
+    assert result.exit_code == 0, result.message
+    data = json.loads(out.read_text())
+    assert data["failed"] == []
+    assert [case["name"] for case in data["cases"]] == [
+        "topk-k4-node-dedup+seed1", "locmoe-lsh-groupwise-fp8+seed1", "topk-k4-node-dedup+seed15",
+        "locmoe-lsh-groupwise-fp8+seed15"]
+
+
+def test_check_refuses_unknown_cases_and_bad_seeds_before_any_rank_starts():
+    for extra, message in ((["--cases", "topk-k1-drops,nope"], "unknown case 'nope'"),
+                           (["--seeds", "3,x"], "'x' is not an integer seed"),
+                           (["--seeds", "-1"], "outside 0 .. 2**31 - 1")):
+        proc = subprocess.run([sys.executable, "-m", "lshsim.executor", "launch", "--nproc", "2", "--", "check",
+                               *extra], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and message in proc.stderr, (extra, proc.stderr)

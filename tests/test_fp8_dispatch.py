@@ -77,3 +77,26 @@ def test_cuda_rounds_exactly_as_the_cpu_reference():
     y = dequantize_fp8_rows(packed_gpu, 7168, torch.bfloat16)
     assert y.dtype == torch.bfloat16 and y.is_cuda
     assert torch.equal(y.cpu(), dequantize_fp8_rows(packed_cpu, 7168, torch.bfloat16))
+
+
+def test_no_rows_to_a_peer_pack_and_unpack_to_empty_records():
+    # a rank that sends no rows to a peer packs an empty (0, record) block; the (0, nb) scales of the
+    # empty reduction once made the byte view fail on one rank only, and the other ranks then hung
+    for d_model in (130, 136, 256):
+        packed = quantize_fp8_rows(torch.randn(0, d_model))
+        assert packed.shape == (0, fp8_row_bytes(d_model)) and packed.dtype == torch.uint8
+        rows = dequantize_fp8_rows(packed, d_model, torch.bfloat16)
+        assert rows.shape == (0, d_model) and rows.dtype == torch.bfloat16
+    assert fake_fp8(torch.randn(0, 136)).shape == (0, 136)
+
+
+def test_the_expert_phase_of_a_rank_with_no_rows_still_reaches_its_input():
+    # its backward must run the dispatch all-to-all that delivered the (empty) rows, as its peers do
+    from lshsim.executor.moe_ops import expert_block
+
+    x = torch.zeros(0, 8, requires_grad=True)
+    w1, w2 = torch.randn(2, 8, 16, requires_grad=True), torch.randn(2, 16, 8, requires_grad=True)
+    out, _ = expert_block(x, torch.zeros(2, 2, dtype=torch.long), [0, 0], w1, w2)
+    assert out.shape == (0, 8)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.shape == (0, 8)
