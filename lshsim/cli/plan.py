@@ -59,6 +59,11 @@ def add_parser(subparsers):
     p.add_argument("--algorithm", default="direct",
                    help="all-to-all: direct | pairwise | hierarchical (alias 2d) | groupwise, or a registered "
                         "one (lshsim.algorithms; default direct)")
+    p.add_argument("--dispatch-format", choices=("model", "bf16", "fp8"), default="model",
+                   help="bytes per token of the forward dispatch: model (the model's precision, default), bf16, "
+                        "or fp8 (one byte a value plus a float32 scale per 128 values, as DeepEP counts it); the "
+                        "combine and the gradients stay in the model's precision. With --algorithm node_dedup "
+                        "(alias deepep) a token crosses the network once per destination node, then NVLink")
     p.add_argument("--overlap", action="store_true",
                    help="pipeline dispatch / experts / combine in chunks (Tutel-style)")
     p.add_argument("--tokens-per-gpu", type=arg_positive_int, default=None,
@@ -124,7 +129,8 @@ def _plan_config(args, model=None):
     return StepConfig(router=router, router_options=options, lsh_rate=args.lsh_rate, algorithm=args.algorithm, overlap=args.overlap,
                       tokens_per_gpu=args.tokens_per_gpu, capacity_factor=capacity,
                       locality_bonus=args.locality_bonus, seed=args.seed, max_routed_tokens=args.max_routed_tokens,
-                      ep=args.ep, traffic_model=None if args.traffic_model == "auto" else args.traffic_model)
+                      ep=args.ep, traffic_model=None if args.traffic_model == "auto" else args.traffic_model,
+                      dispatch_format=None if args.dispatch_format == "model" else args.dispatch_format)
 
 
 def _fidelity(args, world_size: int) -> dict:

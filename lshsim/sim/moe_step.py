@@ -80,6 +80,7 @@ from lshsim.dispatch import ROUTERS, RouterConfig, contiguous_placement, effecti
 from lshsim.dispatch.placement import GroupedPlacement, Placement, expert_parallel_placement
 from lshsim.dispatch.synthetic import synthetic_router_inputs
 from lshsim.sim.collectives import ALGORITHMS, ESTIMATED_ALGORITHMS, estimate_collective, simulate_all_to_all
+from lshsim.sim.dispatch_formats import DISPATCH_FORMATS, bytes_per_token as format_bytes_per_token
 from lshsim.sim.phases import KERNELS, KINDS, PHASES, CostContext, compute_time_s, expert_cost, step_schedule
 from lshsim.sim.trace import DIRECTIONS, PhaseRecord, Trace
 from lshsim.topology.routing import validate_topology
@@ -150,6 +151,15 @@ class StepConfig:
                        (the expected counts from the expert popularity the router induces on one
                        group: `popularity_traffic`), or None = `traffic_model_for`: "popularity" with
                        several EP groups or above POPULARITY_MIN_GPUS GPUs, else "routed".
+    dispatch_format:   bytes per token of the forward dispatch: None = the model's bytes_per_element
+                       (every all-to-all alike), or a format of `lshsim.sim.dispatch_formats`
+                       ("bf16", "fp8": one byte a value and a float32 scale per 128 values, as DeepEP
+                       counts it). Only the forward dispatch changes; the combine and both gradients
+                       stay in the model's precision (DeepEP's FP8 dispatch, BF16 combine).
+
+    With algorithm "node_dedup" (alias "deepep") the routing also counts the distinct (token,
+    destination node) pairs (`RoutedTraffic.node_copies`): a token crosses the network once per
+    node it has experts on, then is forwarded over NVLink (`lshsim.sim.dispatch_formats`).
     """
 
     router: str = "topk"
@@ -168,8 +178,12 @@ class StepConfig:
     kernel_launch_s: float = 5e-6
     ep: int | None = None
     traffic_model: str | None = None
+    dispatch_format: str | None = None
 
     def __post_init__(self) -> None:
+        if self.dispatch_format is not None and self.dispatch_format not in DISPATCH_FORMATS:
+            raise ValueError(f"dispatch_format={self.dispatch_format!r}: known formats "
+                             f"{', '.join(sorted(DISPATCH_FORMATS))} (or None: the model's precision)")
         if self.ep is not None and (isinstance(self.ep, bool) or not isinstance(self.ep, int) or self.ep < 1):
             raise ValueError(f"ep={self.ep!r} must be a positive integer (the expert-parallel group size) or None")
         if self.traffic_model is not None and self.traffic_model not in TRAFFIC_MODELS:
@@ -182,6 +196,10 @@ class StepConfig:
                 raise ValueError(f"lsh_rate={self.lsh_rate!r} must be in (0, 1] (centroids / tokens), or None")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {self.algorithm!r}; known: {', '.join(sorted(ALGORITHMS))}")
+        if self.lsh_rate is not None and self.deduplicates:
+            raise ValueError(f"algorithm {self.algorithm!r} deduplicates tokens per node, but LSH-MoE sends "
+                             f"centroids (one per destination expert and bucket), which have no token to "
+                             f"deduplicate: use one or the other")
         if not isinstance(self.overlap, bool):
             raise ValueError(f"overlap={self.overlap!r} must be True or False")
         chunks = tuple(self.overlap_chunks)
@@ -202,6 +220,11 @@ class StepConfig:
             raise ValueError(f"locality_bonus={self.locality_bonus!r} must be finite and >= 0")
         if not (math.isfinite(self.kernel_launch_s) and self.kernel_launch_s >= 0):
             raise ValueError(f"kernel_launch_s={self.kernel_launch_s!r} must be finite and >= 0")
+
+    @property
+    def deduplicates(self) -> bool:
+        """True for the node-deduplicated all-to-all ("node_dedup", alias "deepep")."""
+        return canonical_algorithm(self.algorithm, side="simulate") == "node_dedup"
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -272,6 +295,8 @@ class RoutedTraffic:
     ep:              expert-parallel group size (W: one group).
     model:           "routed" (synthetic tokens routed on every group) or "popularity" (expected counts
                      from the popularity the router induced on one group's routed sample).
+    node_copies:     (W, N) float64, distinct (token, destination node) pairs per source rank, own node
+                     included, at full scale (`node_dedup_counts`); None unless the step deduplicates.
     """
 
     send_counts: np.ndarray
@@ -283,6 +308,7 @@ class RoutedTraffic:
     router: str
     ep: int | None = None
     model: str = "routed"
+    node_copies: np.ndarray | None = None
 
     @property
     def scale(self) -> float:
@@ -301,7 +327,7 @@ def routing_key(model: object, config: StepConfig) -> tuple:
     """What a routing depends on: the whole RouterConfig, the tokens per GPU, the seed and the
     subsample bound. Two step configs with equal keys route identically (`compare_options`)."""
     return (router_config(model, config), config.tokens_per_gpu, config.seed, config.max_routed_tokens, config.ep,
-            config.traffic_model)
+            config.traffic_model, config.deduplicates)
 
 
 def _gate_width(spec: dict, config: StepConfig) -> int:
@@ -344,6 +370,49 @@ def traffic_model_for(config: StepConfig, world_size: int) -> str:
     return "popularity" if several_groups or world_size > POPULARITY_MIN_GPUS else "routed"
 
 
+def _plan_node_pairs(plan) -> tuple[np.ndarray, np.ndarray]:
+    """(source local rank, destination local node) of every distinct (token, node) pair of a
+    DispatchPlan's kept choices (a token with several experts on one node counts once there)."""
+    node_of_expert = plan.placement.expert_to_node.cpu().numpy()                        # (E,)
+    kept = plan.kept.cpu().numpy()                                                      # (T, k)
+    token = np.broadcast_to(np.arange(kept.shape[0])[:, None], kept.shape)[kept]        # (N,)
+    node = node_of_expert[plan.expert_index.cpu().numpy()[kept]]                        # (N,)
+    nodes = int(plan.placement.num_nodes)
+    pairs = np.unique(token.astype(np.int64) * nodes + node)                            # (P,)
+    source = plan.token_rank.cpu().numpy()[pairs // nodes]
+    return source, pairs % nodes
+
+
+def _group_node_copies(plan, ranks: np.ndarray, rank_to_node: np.ndarray, num_nodes: int,
+                       scale: float) -> np.ndarray:
+    """(EP, N) distinct (token, node) pairs of one group's plan, on the global nodes, scaled."""
+    global_node = np.unique(rank_to_node[ranks])                                        # local -> global node
+    source, local_node = _plan_node_pairs(plan)
+    out = np.zeros((len(ranks), num_nodes))
+    np.add.at(out, (source, global_node[local_node]), 1.0)
+    return out * scale
+
+
+def _popularity_node_copies(plan, counts: np.ndarray, rank_to_node: np.ndarray) -> np.ndarray:
+    """(W, N) expected distinct (token, node) pairs of popularity traffic: on each other node, the
+    sample's ratio of distinct (token, other node) pairs to the copies sent to other nodes, times
+    the copies; on a rank's own node its copies (nothing of it crosses the network)."""
+    node_of_rank = plan.placement.rank_to_node.cpu().numpy()                            # (EP,) local nodes
+    source, local_node = _plan_node_pairs(plan)
+    remote_pairs = int((node_of_rank[source] != local_node).sum())
+    kept = plan.kept.cpu().numpy()
+    src = np.broadcast_to(plan.token_rank.cpu().numpy()[:, None], kept.shape)[kept]
+    dst_node = plan.placement.expert_to_node.cpu().numpy()[plan.expert_index.cpu().numpy()[kept]]
+    remote_copies = int((node_of_rank[src] != dst_node).sum())
+    ratio = remote_pairs / remote_copies if remote_copies else 1.0
+    num_nodes = int(rank_to_node.max()) + 1
+    per_node = np.zeros((counts.shape[0], num_nodes))
+    for m in range(num_nodes):
+        per_node[:, m] = counts[:, rank_to_node == m].sum(axis=1)
+    own = rank_to_node[:, None] == np.arange(num_nodes)[None, :]
+    return np.where(own, per_node, ratio * per_node)
+
+
 def route_traffic(model: object, placement: Placement | GroupedPlacement, config: StepConfig,
                   tokens_per_gpu: int | None = None) -> RoutedTraffic:
     """Route synthetic tokens with the configured router of `lshsim.dispatch` (see module docstring).
@@ -362,23 +431,30 @@ def route_traffic(model: object, placement: Placement | GroupedPlacement, config
     k = router_config(model, config).k
     gate_width = _gate_width(spec, config)
     inputs = _draw_inputs(model, config, routed, world_size, config.seed)
+    rank_to_node = placement.rank_to_node.cpu().numpy()                            # (W,) global nodes
+    num_nodes = int(rank_to_node.max()) + 1
     if isinstance(placement, Placement):
         plan = _route_group(model, placement, config, inputs)
         counts = plan.send_counts().to(torch.float64).numpy() * (tokens / routed)  # (W, W) copies
         num_routed = int(plan.routed.sum())
+        node_copies = _group_node_copies(plan, np.arange(world_size), rank_to_node, num_nodes, tokens / routed) \
+            if config.deduplicates else None
         return RoutedTraffic(send_counts=counts, tokens_per_rank=tokens, routed_per_rank=routed,
                              dropped_fraction=plan.num_dropped / max(num_routed, 1), gate_width=gate_width, k=k,
-                             router=config.router, ep=world_size)
+                             router=config.router, ep=world_size, node_copies=node_copies)
     counts = np.zeros((world_size, world_size))                                    # (W, W) copies
+    node_copies = np.zeros((world_size, num_nodes)) if config.deduplicates else None
     dropped = num_routed = 0
     for ranks, group in zip(placement.groups.numpy(), placement.placements):
         plan = _route_group(model, group, config, inputs, int(ranks[0]))
         counts[np.ix_(ranks, ranks)] = plan.send_counts().to(torch.float64).numpy() * (tokens / routed)
+        if node_copies is not None:
+            node_copies[ranks] = _group_node_copies(plan, ranks, rank_to_node, num_nodes, tokens / routed)
         dropped += plan.num_dropped
         num_routed += int(plan.routed.sum())
     return RoutedTraffic(send_counts=counts, tokens_per_rank=tokens, routed_per_rank=routed,
                          dropped_fraction=dropped / max(num_routed, 1), gate_width=gate_width, k=k,
-                         router=config.router, ep=placement.ep)
+                         router=config.router, ep=placement.ep, node_copies=node_copies)
 
 
 def popularity_traffic(model: object, placement: Placement | GroupedPlacement, config: StepConfig,
@@ -437,9 +513,12 @@ def popularity_traffic(model: object, placement: Placement | GroupedPlacement, c
         block = np.where(nodes[:, None] == nodes[None, :], rate_in[None, :], rate_out[None, :]) * tokens
         counts[np.ix_(ranks, ranks)] = block
     num_routed = int(plan.routed.sum())
+    node_copies = _popularity_node_copies(plan, counts, placement.rank_to_node.cpu().numpy()) \
+        if config.deduplicates else None
     return RoutedTraffic(send_counts=counts, tokens_per_rank=tokens, routed_per_rank=routed,
                          dropped_fraction=plan.num_dropped / max(num_routed, 1), gate_width=_gate_width(spec, config),
-                         k=router_config(model, config).k, router=config.router, ep=ep, model="popularity")
+                         k=router_config(model, config).k, router=config.router, ep=ep, model="popularity",
+                         node_copies=node_copies)
 
 
 # ---- network ---------------------------------------------------------------------------------
@@ -468,7 +547,14 @@ class A2ACache:
         self.hits = self.misses = 0
         self.simulated_s = 0.0
 
-    def key(self, traffic_bytes: np.ndarray, algorithm: str) -> tuple:
+    @staticmethod
+    def _digest(array: np.ndarray) -> bytes:
+        array = np.ascontiguousarray(array)
+        return hashlib.blake2b(memoryview(array).cast("B"), digest_size=32).digest() + str(array.shape).encode()
+
+    def key(self, traffic_bytes: np.ndarray, algorithm: str, options: dict | None = None) -> tuple:
+        extra = tuple(sorted((name, self._digest(np.asarray(value, dtype=float)) if isinstance(value, np.ndarray)
+                              else value) for name, value in (options or {}).items()))
         matrix = np.asarray(traffic_bytes)
         # hash the buffer in place (no copy: a (W, W) matrix is 512 MB at 8,192 GPUs); a transposed
         # (Fortran-ordered) matrix is hashed through its C-ordered transpose, and says so in the key
@@ -478,11 +564,12 @@ class A2ACache:
         matrix = np.ascontiguousarray(matrix)
         digest = hashlib.blake2b(memoryview(matrix).cast("B"), digest_size=32).digest()
         return (digest, layout, matrix.shape, matrix.dtype.str, canonical_algorithm(algorithm, side="simulate"),
-                self.drain_tolerance, self.estimate)
+                self.drain_tolerance, self.estimate) + ((extra,) if extra else ())
 
-    def time_s(self, traffic_bytes: np.ndarray, algorithm: str) -> float:
-        """Seconds of one all-to-all of `traffic_bytes` (W, W) with `algorithm` at the cache's fidelity."""
-        key = self.key(traffic_bytes, algorithm)
+    def time_s(self, traffic_bytes: np.ndarray, algorithm: str, **options) -> float:
+        """Seconds of one all-to-all of `traffic_bytes` (W, W) with `algorithm` at the cache's fidelity;
+        `options` go to the algorithm (node_dedup: node_bytes, combine) and into the cache key."""
+        key = self.key(traffic_bytes, algorithm, options)
         if key in self.times:
             self.hits += 1
             return self.times[key]
@@ -490,11 +577,11 @@ class A2ACache:
         if self.on_simulate is not None:
             self.on_simulate(algorithm, traffic_bytes)
         started = time.perf_counter()
-        if self.estimate and key[4] in ESTIMATED_ALGORITHMS:
+        if self.estimate and key[4] in ESTIMATED_ALGORITHMS and not options:
             self.times[key] = estimate_collective(self.graph, traffic_bytes, key[4], routes=self.routes).time_s
         else:
             result = simulate_all_to_all(self.graph, traffic_bytes, algorithm, routes=self.routes,
-                                         drain_tolerance=self.drain_tolerance)
+                                         drain_tolerance=self.drain_tolerance, **options)
             self.times[key] = float(result.time_s)
         self.simulated_s += time.perf_counter() - started
         return self.times[key]
@@ -638,7 +725,12 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
     counts = traffic.send_counts  # (W, W) token copies
     wire = counts if config.lsh_rate is None else np.ceil(config.lsh_rate * counts)  # (W, W) tokens or centroids
     bytes_per_token = spec["d_model"] * spec["bytes_per_element"]
+    gradient_bytes = None
+    if config.dispatch_format is not None:  # the forward dispatch in its format; gradients in the model's
+        gradient_bytes = np.rint(wire * bytes_per_token).astype(np.int64)          # (W, W)
+        bytes_per_token = format_bytes_per_token(config.dispatch_format, spec["d_model"])
     dispatch_bytes = np.rint(wire * bytes_per_token).astype(np.int64)  # (W, W)
+    combine_bytes = dispatch_bytes.T if gradient_bytes is None else gradient_bytes.T
     local_bytes = int(np.trace(dispatch_bytes))
     network_bytes = int(dispatch_bytes.sum()) - local_bytes                          # off-diagonal
     if a2a_cache is None:
@@ -649,10 +741,12 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
     def network_s(traffic_bytes: np.ndarray) -> float:
         return a2a_cache.time_s(traffic_bytes, config.algorithm)
 
+    network_role_s = _dedup_network(graph, placement, traffic, a2a_cache, config) if config.deduplicates else None
     ctx = CostContext(world_size=world_size, gpu=gpu, kernel_launch_s=config.kernel_launch_s, model=spec,
                       experts_on_rank=spec["num_experts"] // ep, dispatch_bytes=dispatch_bytes,
-                      combine_bytes=dispatch_bytes.T, rows_received=wire.sum(axis=0), network_s=network_s,
-                      config=config, traffic=traffic, wire_counts=wire, phase_model=graph.graph.get("phase_model"))
+                      combine_bytes=combine_bytes, rows_received=wire.sum(axis=0), network_s=network_s,
+                      config=config, traffic=traffic, wire_counts=wire, phase_model=graph.graph.get("phase_model"),
+                      gradient_bytes=gradient_bytes, network_role_s=network_role_s)
     schedule = step_schedule(spec["num_layers"], spec["moe_every"], config,
                              first_dense_layers=spec.get("first_dense_layers", 0))
     pipelined = tuple(spec for spec in PHASES.specs() if spec.pipelined)
@@ -712,6 +806,13 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
 
     node = placement.rank_to_node.numpy()  # (W,)
     inter_node_bytes = int(dispatch_bytes.sum()) - _same_node_sum(dispatch_bytes, node)
+    if config.deduplicates and traffic.node_copies is not None:  # once per (token, node) over the network
+        nodes = int(node.max()) + 1
+        per_node = np.stack([dispatch_bytes[:, node == m].sum(axis=1) for m in range(nodes)], axis=1)  # (W, N)
+        copies = np.stack([traffic.send_counts[:, node == m].sum(axis=1) for m in range(nodes)], axis=1)
+        ratio = np.minimum(np.divide(traffic.node_copies, copies, out=np.ones_like(copies), where=copies > 0), 1.0)
+        remote = node[:, None] != np.arange(nodes)[None, :]
+        inter_node_bytes = int(np.ceil(ratio * per_node)[remote].sum())
     workload = {"model": spec["name"], **{k: v for k, v in spec.items() if k != "name"},
                 **config.to_dict(), "tokens_per_gpu": traffic.tokens_per_rank, "ep": ep,
                 "traffic_model": traffic.model}
@@ -738,6 +839,32 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
     breakdown["traffic_model"] = traffic.model
     breakdown["rank_classes"] = int(len(reps)) if use_classes else world_size
     return StepResult(trace=trace, breakdown=breakdown, config=config, traffic=traffic)
+
+
+def _dedup_network(graph, placement, traffic: RoutedTraffic, a2a_cache: A2ACache, config: StepConfig):
+    """network_role_s of a node-deduplicated step: each (W, W) matrix's bytes to another node cross the
+    network once per (token, node), in the routing's ratio of distinct (token, node) pairs to copies
+    (`RoutedTraffic.node_copies`); "combine" matrices run the reverse (`dispatch_formats.node_dedup`)."""
+    if traffic.node_copies is None:
+        raise ValueError(f"algorithm {config.algorithm!r} needs the routing's (token, node) pairs: route the "
+                         f"traffic with the same config (route_traffic counts them when the config deduplicates)")
+    for name in ("num_nodes", "gpus_per_node"):
+        if not graph.graph.get(name):
+            raise ValueError(f"algorithm {config.algorithm!r} needs nodes of equal size: topology "
+                             f"{graph.graph.get('name', '?')!r} has no {name!r}")
+    num_nodes, per_node = int(graph.graph["num_nodes"]), int(graph.graph["gpus_per_node"])
+    world = traffic.send_counts.shape[0]
+    copies = traffic.send_counts.reshape(world, num_nodes, per_node).sum(axis=2)       # (W, N) copies per node
+    ratio = np.divide(traffic.node_copies, copies, out=np.ones_like(copies), where=copies > 0)  # (W, N) <= 1
+    ratio = np.minimum(ratio, 1.0)
+
+    def network_role_s(matrix: np.ndarray, role: str) -> float:
+        forward = matrix if role == "dispatch" else matrix.T                              # source row
+        node_bytes = np.ceil(ratio * forward.reshape(world, num_nodes, per_node).sum(axis=2))
+        node_bytes = np.minimum(node_bytes, forward.reshape(world, num_nodes, per_node).sum(axis=2))
+        return a2a_cache.time_s(forward, config.algorithm, node_bytes=node_bytes, combine=role == "combine")
+
+    return network_role_s
 
 
 def _same_node_sum(matrix: np.ndarray, node: np.ndarray) -> int:
@@ -817,6 +944,8 @@ def describe(config: StepConfig) -> str:
     router = config.router + ("(" + ", ".join(f"{k}={v}" for k, v in config.router_options) + ")"
                               if config.router_options else "")
     parts = [router + (f" + lsh {config.lsh_rate:g}" if config.lsh_rate is not None else ""), config.algorithm]
+    if config.dispatch_format is not None:
+        parts.append(f"{config.dispatch_format} dispatch")
     if config.overlap:
         parts.append("overlap")
     return ", ".join(parts)
@@ -825,14 +954,16 @@ def describe(config: StepConfig) -> str:
 def plan_options(selected: StepConfig) -> list[tuple[str, StepConfig]]:
     """The options `lshsim plan` compares, baseline first.
 
-    baseline: topk, no LSH, direct, no overlap (the user's tokens, capacity and seed kept).
+    baseline: topk, no LSH, direct, no overlap, the model's precision on the wire (the user's tokens,
+    capacity, seed and EP kept).
     Then the user's own choice (if it differs), and the standard alternatives: LSH-MoE at the
     user's rate (or DEFAULT_PLAN_LSH_RATE), LocMoE routing, the hierarchical 2d and LocMoE's
     group-wise all-to-all, and Tutel-style overlap. Duplicates are dropped (first label wins).
     """
     from dataclasses import replace
 
-    base = replace(selected, router="topk", router_options=(), lsh_rate=None, algorithm="direct", overlap=False)
+    base = replace(selected, router="topk", router_options=(), lsh_rate=None, algorithm="direct", overlap=False,
+                   dispatch_format=None)
     rate = selected.lsh_rate if selected.lsh_rate is not None else DEFAULT_PLAN_LSH_RATE
     candidates = [
         ("baseline", base),

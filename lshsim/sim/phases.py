@@ -110,6 +110,14 @@ class CostContext:
     phase_model:     the topology's calibrated `lshsim.calibration.phase_model.PhaseModel`, or None.
                      With one, the simulator costs the expert phase with its measured grid and the
                      gate and LSH phases with its fits (`calibrated_cost`) instead of the roofline.
+    gradient_bytes:  (W, W) bytes of the combine's backward (the output gradient travelling to the
+                     experts, source row); None = dispatch_bytes. Differs when the dispatch sends
+                     another format than the gradients (an fp8 dispatch, bf16 gradients).
+    network_role_s:  seconds of one all-to-all of a (W, W) byte matrix that moves tokens towards the
+                     experts ("dispatch": the forward dispatch, the combine's backward) or back
+                     ("combine"); None = `network_s` for both. A collective that treats the two
+                     differently (the node-deduplicated one: one network copy per (token, node) one
+                     way, a reduction on the forwarder the other) needs the role.
     """
 
     world_size: int
@@ -125,6 +133,8 @@ class CostContext:
     traffic: object = None
     wire_counts: np.ndarray | None = None
     phase_model: object = None
+    gradient_bytes: np.ndarray | None = None
+    network_role_s: Callable[[np.ndarray, str], float] | None = None
 
     def roofline_s(self, flops: float, hbm_bytes: float, kernels: int = 0) -> float:
         """`compute_time_s` on this context's GPU, with its kernel launch cost."""
@@ -471,12 +481,20 @@ def _expert_cost(ctx: CostContext, direction: str, chunks: int = 1) -> PhaseCost
 def _a2a_cost(forward_matrix: str, backward_matrix: str) -> CostFunction:
     """An all-to-all whose (W, W) bytes are the context's `forward_matrix` in the forward pass and
     `backward_matrix` in the backward (the gradient of the dispatch travels along the combine's
-    matrix, and the other way round)."""
+    matrix, and the other way round; the combine's gradient along `gradient_bytes` when the context
+    has them, else the dispatch's)."""
 
     def cost(ctx: CostContext, direction: str, chunks: int = 1) -> PhaseCost:
-        matrix = getattr(ctx, forward_matrix if direction == "forward" else backward_matrix)  # (W, W)
+        name = forward_matrix if direction == "forward" else backward_matrix
+        if name == "gradient_bytes" and ctx.gradient_bytes is None:
+            name = "dispatch_bytes"
+        matrix = getattr(ctx, name)  # (W, W)
         sent = matrix.sum(axis=1) - np.diagonal(matrix)          # (W,) off-diagonal row sums, no (W, W) copy
-        seconds = ctx.network_s(np.ceil(matrix / chunks))
+        chunk = np.ceil(matrix / chunks)
+        if ctx.network_role_s is not None:
+            seconds = ctx.network_role_s(chunk, "combine" if name == "combine_bytes" else "dispatch")
+        else:
+            seconds = ctx.network_s(chunk)
         return PhaseCost(seconds, bytes=np.ceil(sent / chunks))
 
     return cost
@@ -500,7 +518,7 @@ _BUILTIN = [
               description="the dispatch all-to-all (tokens or centroids to the experts' ranks)"),
     PhaseSpec("expert", "compute", "moe", _expert_cost, timed=DIRECTIONS, predicted=True, pipelined=True,
               description="the expert FFNs on the receiving rank"),
-    PhaseSpec("combine_a2a", "communication", "moe", _a2a_cost("combine_bytes", "dispatch_bytes"),
+    PhaseSpec("combine_a2a", "communication", "moe", _a2a_cost("combine_bytes", "gradient_bytes"),
               timed=DIRECTIONS, predicted=True, pipelined=True,
               description="the combine all-to-all (expert outputs back to the tokens' ranks)"),
     PhaseSpec("lsh_restore", "compute", "moe",
