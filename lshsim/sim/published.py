@@ -39,6 +39,8 @@ PUBLISHED_DIR = Path(__file__).resolve().parents[2] / "data" / "published"
 NORMAL_CHUNKS = 8
 NIC_NOMINAL_Bps = 50e9          # 400 Gb/s
 KINDS = ("normal", "low_latency")
+#: the topology of a case file without a `topology` field (DeepEP V1's H800 cluster)
+DEFAULT_TOPOLOGY = "published/h800-ib-{nodes}x{gpus_per_node}"
 OPS = ("dispatch", "combine")
 
 
@@ -58,6 +60,8 @@ class Case:
     source: str
     file: str
     published_latency_us: float | None = None
+    topology_template: str = DEFAULT_TOPOLOGY
+    nic_family: str = "ib"
 
     @property
     def gpus_per_node(self) -> int:
@@ -65,7 +69,8 @@ class Case:
 
     @property
     def topology(self) -> str:
-        return f"published/h800-ib-{self.nodes}x{self.gpus_per_node}"
+        """The case's topology name (data/topologies/<name>.yaml): the file's `topology` template."""
+        return self.topology_template.format(nodes=self.nodes, gpus_per_node=self.gpus_per_node)
 
 
 def _field(value, where: str, kind, check=None, why: str = ""):
@@ -92,6 +97,11 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
             _field(workload.get(key), f"{path.name}: workload.{key}", int, lambda v: v >= 1, "must be an integer >= 1")
         source = (doc.get("source") or {}).get("url")
         _field(source, f"{path.name}: source.url", str, lambda v: v.startswith("https://"), "must be an https URL")
+        template = _field(doc.get("topology", DEFAULT_TOPOLOGY), f"{path.name}: topology", str,
+                          lambda v: "{nodes}" in v, "must be a topology name holding {nodes}, e.g. "
+                          "'published/h800-ib-{nodes}x8'")
+        family = _field(doc.get("nic_family", "ib"), f"{path.name}: nic_family", str,
+                        lambda v: v.isidentifier(), "must be a short name (letters, digits, _), e.g. ib or efa")
         for i, raw in enumerate(doc["cases"]):
             where = f"{path.name}: cases[{i}]"
             if not isinstance(raw, dict):
@@ -117,9 +127,25 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
             latency = raw.get("published_latency_us")
             if latency is not None:
                 _field(latency, f"{where}.published_latency_us", (int, float), lambda v: v > 0, "must be a number > 0")
-            cases.append(Case(cid, kind, ep, nodes, op, fmt, float(figure), counts, dict(workload), source, path.name,
-                              None if latency is None else float(latency)))
+            case = Case(cid, kind, ep, nodes, op, fmt, float(figure), counts, dict(workload), source, path.name,
+                        None if latency is None else float(latency), template, family)
+            _check_topology(case, f"{path.name}: topology")
+            cases.append(case)
     return cases
+
+
+def _check_topology(case: Case, where: str) -> None:
+    """The case's topology must load and hold ep GPUs in nodes x gpus_per_node."""
+    from lshsim.topology.spec import read_spec
+
+    try:
+        name = case.topology
+        spec, _ = read_spec(name)
+    except (KeyError, IndexError, ValueError, OSError) as error:
+        raise ValueError(f"{where}={case.topology_template!r} (case {case.id}): {error}") from None
+    if (spec.get("nodes"), spec.get("gpus_per_node")) != (case.nodes, case.gpus_per_node):
+        raise ValueError(f"{where}={case.topology_template!r} (case {case.id}): {name} has nodes={spec.get('nodes')}, "
+                         f"gpus_per_node={spec.get('gpus_per_node')}, the case needs {case.nodes} x {case.gpus_per_node}")
 
 
 def load_split(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = None) -> set[str]:
