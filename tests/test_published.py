@@ -16,20 +16,30 @@ from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID,
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 20 and len({c.id for c in cases}) == 20
+    assert len(cases) == 44 and len({c.id for c in cases}) == 44
     test = load_split()
-    assert len(test) * 3 >= len(cases)                       # at least a third set aside
+    assert len(test) * 3 >= len(cases)                       # at least a third set aside ...
+    new = [c for c in cases if c.file.startswith("uccl-")]
+    assert len(new) == 24 and 3 * len(test & {c.id for c in new}) >= len(new)   # ... of the new cases too
     by_id = {c.id: c for c in cases}
     assert by_id["deepep-normal-inter-ep32-dispatch"].published_GBps == 58
     assert by_id["deepep-ll-ep256-combine"].published_latency_us == 360
+    assert by_id["uccl-p5en-normal-ep24-combine"].published_GBps == 26
+    assert by_id["uccl-p6b200-ll-ep32-dispatch"].published_latency_us == 406
     for c in cases:                                           # every case has a source and a topology that loads
-        assert c.source.startswith("https://github.com/deepseek-ai/DeepEP/blob/")
-        assert c.topology == f"published/h800-ib-{c.nodes}x8"
-    # the low-latency figures are bytes / latency: 1014 selections x 7408 B (fp8) or 14336 B (bf16)
+        if c.file.startswith("deepep-"):
+            assert c.source.startswith("https://github.com/deepseek-ai/DeepEP/blob/")
+            assert c.topology == f"published/h800-ib-{c.nodes}x8" and c.nic_family == "ib"
+        else:
+            assert c.source.startswith("https://github.com/uccl-project/uccl/blob/")
+            cluster = "p5en-h200" if "p5en" in c.id else "p6-b200"
+            assert c.topology == f"published/{cluster}-efa-{c.nodes}x8" and c.nic_family == "efa"
+    # the low-latency figures are bytes / latency: 1014 selections x 7408 B (fp8) or 14336 B (bf16); UCCL's p5en
+    # table pairs two rows' bandwidth and latency from different runs (data/published/uccl-ep-p5en-low-latency.yaml)
     for c in cases:
-        if c.kind == "low_latency":
+        if c.kind == "low_latency" and c.id not in ("uccl-p5en-ll-ep16-dispatch", "uccl-p5en-ll-ep32-combine"):
             per = 7408 if c.op == "dispatch" else 14336
-            assert c.published_GBps * c.published_latency_us * 1e3 == pytest.approx(1014 * per, rel=0.011)
+            assert c.published_GBps * c.published_latency_us * 1e3 == pytest.approx(1014 * per, rel=0.011 if c.file.startswith("deepep-") else 0.04)
 
 
 def _write_case_file(folder: Path, **override):
@@ -95,44 +105,73 @@ def _run(case, eff, alpha):
     sim = {e: simulate_case(case, traffic, e) for e in EFFICIENCY_GRID}
     figure = counted / (sim[eff] + alpha[case.op]) / 1e9
     case = Case(case.id, case.kind, case.ep, case.nodes, case.op, case.format, figure, case.counts, case.workload,
-                case.source, case.file)
+                case.source, case.file, None, case.topology_template, case.nic_family)
     return CaseRun(case, counted, 0.0, sim)
 
 
-def test_fit_recovers_known_parameters_and_refuses_test_cases():
+def test_fit_recovers_known_parameters_per_family_and_refuses_test_cases():
+    """Two NIC families with their own known (efficiency, start-ups): each is recovered from its own cases."""
     workload = {"tokens_per_rank": 128, "hidden": 7168, "top_k": 8, "experts": 256, "masked_choices": 10}
-    alpha = {"dispatch": 25e-6, "combine": 60e-6}
-    runs = [_run(Case(f"{op}{ep}", "low_latency", ep, ep // 8, op, fmt, 1.0, "choices", workload, "", ""), 0.84, alpha)
+    known = {"ib": ("published/h800-ib-{nodes}x8", 0.84, {"dispatch": 25e-6, "combine": 60e-6}),
+             "efa": ("published/p6-b200-efa-{nodes}x8", 0.76, {"dispatch": 90e-6, "combine": 40e-6})}
+    runs = [_run(Case(f"{family}-{op}{ep}", "low_latency", ep, ep // 8, op, fmt, 1.0, "choices", workload, "", "",
+                      None, template, family), eff, alpha)
+            for family, (template, eff, alpha) in known.items()
             for ep in (16, 32) for op, fmt in (("dispatch", "fp8"), ("combine", "bf16"))]
     cal = fit_calibration(runs, set())
-    assert cal.nic_efficiency == 0.84
-    assert cal.alpha_s["dispatch"] == pytest.approx(25e-6, abs=1e-8)
-    assert cal.alpha_s["combine"] == pytest.approx(60e-6, abs=1e-8)
-    with pytest.raises(ValueError, match="test cases must never be fitted on: dispatch16"):
-        fit_calibration(runs, {"dispatch16"})
+    for family, (_, eff, alpha) in known.items():
+        assert cal.nic_efficiency[family] == eff
+        assert cal.alpha_s[family]["dispatch"] == pytest.approx(alpha["dispatch"], abs=1e-8)
+        assert cal.alpha_s[family]["combine"] == pytest.approx(alpha["combine"], abs=1e-8)
+    # the efficiency scales each topology's own NIC rate: p5en's 2 x 200 Gb/s per GPU = H800's 1 x 400 Gb/s
+    # (were it 50 GB/s per NIC, p5en's GPUs would get 100 GB/s and half the time)
+    p5en = Case("p5en", "low_latency", 16, 2, "dispatch", "fp8", 1.0, "choices", workload, "", "", None,
+                "published/p5en-h200-efa-{nodes}x8", "efa")
+    assert simulate_case(p5en, case_traffic(p5en), 0.84) == pytest.approx(runs[0].sim_s[0.84], rel=1e-6)
+    with pytest.raises(ValueError, match="test cases must never be fitted on: ib-dispatch16"):
+        fit_calibration(runs, {"ib-dispatch16"})
+    only_ib = fit_calibration(runs[:4], set())
+    with pytest.raises(ValueError, match="case efa-dispatch16: nic_family='efa' has no fitting case"):
+        only_ib.predict_GBps(runs[4].case, runs[4].counted, runs[4].sim_s)
 
 
 def test_validate_published_command(tmp_path, capsys):
-    """A small folder of three cases (two fitting, one test), through the command line."""
+    """A small folder of two sources (deepep: two fitting cases and one test case; other: one fitting case on
+    the p6-b200 EFA topology, its own family), through the command line."""
     cases = {"source": {"url": "https://example.org/table"},
              "workload": {"tokens_per_rank": 64, "hidden": 512, "top_k": 8, "experts": 64},
              "cases": [{"id": f"n{ep}-{op}", "kind": "normal", "ep": ep, "nodes": ep // 8, "op": op,
                         "format": "fp8" if op == "dispatch" else "bf16", "published_GBps": 40,
                         "counts": "rdma" if ep > 8 else "nvlink"}
                        for ep, op in ((16, "dispatch"), (16, "combine"), (8, "dispatch"))]}
-    (tmp_path / "cases.yaml").write_text(json.dumps(cases))
+    (tmp_path / "deepep-cases.yaml").write_text(json.dumps(cases))
+    other = {**cases, "topology": "published/p6-b200-efa-{nodes}x8", "nic_family": "efa",
+             "cases": [{**cases["cases"][0], "id": "o16-dispatch", "published_GBps": 1}]}
+    (tmp_path / "other-cases.yaml").write_text(json.dumps(other))
     (tmp_path / "split.yaml").write_text("test: [n8-dispatch]\n")
     assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.8:0.9:0.1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["test"]["cases"] == 1 and out["fitting"]["cases"] == 2
+    assert out["test"]["cases"] == 1 and out["fitting"]["cases"] == 3
     assert "n8-dispatch" not in out["calibration"]["fitted_on"]
+    assert set(out["calibration"]["nic_efficiency"]) == {"ib", "efa"}
+    assert out["calibration"]["nic_Bps"]["efa"] == pytest.approx(out["calibration"]["nic_efficiency"]["efa"] * 50e9)
+    assert out["by_source"]["deepep"]["test"]["cases"] == 1 and out["by_source"]["other"]["fitting"]["cases"] == 1
+    by_id = {row["id"]: row for row in out["rows"]}
+    assert by_id["o16-dispatch"]["topology"] == "published/p6-b200-efa-2x8" and by_id["o16-dispatch"]["nic_family"] == "efa"
+    # one fitting case with its start-up and efficiency: reproduced up to the grid (the fit matches it)
+    assert abs(by_id["o16-dispatch"]["rel_error"]) < 0.05
     for row in out["rows"]:
-        assert row["rel_error"] == pytest.approx(row["predicted_GBps"] / 40 - 1)
+        assert row["rel_error"] == pytest.approx(row["predicted_GBps"] / row["published_GBps"] - 1)
         assert row["predicted_GBps"] * row["predicted_us"] * 1e3 == pytest.approx(row["counted_MB"] * 1e6, rel=1e-9)
     assert out["calibration"]["efficiency_grid"] == [0.8, 0.9]
+    # leave-one-out skips the only fitting case of the efa family
+    assert [r["id"] for r in out["leave_one_out"]["rows"]] == ["n16-dispatch", "n16-combine"]
     assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.9:0.9:0.1"]) == 0
     text = capsys.readouterr().out
-    assert "test: 1 cases" in text and "fitting: 2 cases" in text
+    assert "test: 1 cases" in text and "fitting: 3 cases" in text
+    assert "source deepep (deepep-cases.yaml)" in text and "source other (other-cases.yaml)" in text
+    assert text.index("source deepep") < text.index("source other")          # one table per source, in order
+    assert "calibration efa (fitting cases only)" in text and "deepep test: 1 cases" in text
     with pytest.raises(SystemExit) as exit_info:
         main(["validate"])
     assert exit_info.value.code == 2 and "give trace files, or --published" in capsys.readouterr().err

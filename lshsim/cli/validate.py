@@ -114,20 +114,35 @@ def _run_published(args) -> int:
     from rich.table import Table
 
     console = _render.console()
-    table = Table(title=f"Published measurements ({folder}): predicted vs published, each under its own definition")
-    for column in ("case", "set", "topology", "counts", "published GB/s", "predicted GB/s", "error"):
-        table.add_column(column, justify="right")
-    for row in sorted(out["rows"], key=lambda r: (r["role"], r["id"])):
-        table.add_row(row["id"], row["role"], row["topology"], row["counts"], f"{row['published_GBps']:.1f}",
-                      f"{row['predicted_GBps']:.1f}", f"{100 * row['rel_error']:+.1f}%")
-    console.print(table)
+    rows = out["rows"]
+    for group in sorted({r["source_group"] for r in rows}):
+        mine = [r for r in rows if r["source_group"] == group]
+        files = ", ".join(sorted({r["file"] for r in mine}))
+        table = Table(title=f"Published measurements, source {group} ({files}): predicted vs published, "
+                            f"each under its own definition")
+        for column in ("case", "set", "topology", "counts", "published GB/s", "predicted GB/s", "error"):
+            table.add_column(column, justify="right")
+        for row in sorted(mine, key=lambda r: (r["role"], r["file"], r["id"])):
+            table.add_row(row["id"], row["role"], row["topology"], row["counts"], f"{row['published_GBps']:.1f}",
+                          f"{row['predicted_GBps']:.1f}", f"{100 * row['rel_error']:+.1f}%")
+        console.print(table)
     cal = out["calibration"]
-    console.print(f"calibration (fitting cases only): NIC efficiency {cal['nic_efficiency']:.2f} "
-                  f"({cal['nic_Bps'] / 1e9:.1f} GB/s), start-up dispatch {cal['alpha_s']['dispatch'] * 1e6:.1f} us, "
-                  f"combine {cal['alpha_s']['combine'] * 1e6:.1f} us")
-    for name in ("fitting", "test", "leave_one_out"):
-        part = out.get(name)
+    for family in sorted(cal["nic_efficiency"]):
+        alpha = cal["alpha_s"][family]
+        console.print(f"calibration {family} (fitting cases only): NIC efficiency {cal['nic_efficiency'][family]:.2f} "
+                      f"({cal['nic_Bps'][family] / 1e9:.1f} GB/s per NIC), start-up dispatch "
+                      f"{alpha['dispatch'] * 1e6:.1f} us, combine {alpha['combine'] * 1e6:.1f} us")
+
+    def line(name, part):
         if part and part["cases"]:
-            console.print(f"{name.replace('_', '-')}: {part['cases']} cases, median |error| "
-                          f"{100 * part['median_abs_rel_error']:.1f}%, worst {100 * part['max_abs_rel_error']:.1f}%")
+            console.print(f"{name}: {part['cases']} cases, median |error| {100 * part['median_abs_rel_error']:.1f}%, "
+                          f"worst {100 * part['max_abs_rel_error']:.1f}%")
+
+    for name in ("fitting", "test", "leave_one_out"):
+        line(name.replace("_", "-"), out.get(name))
+    for group, parts in out["by_source"].items():
+        for role in ("fitting", "test"):
+            line(f"{group} {role}", parts[role])
+        if "leave_one_out" in out:
+            line(f"{group} leave-one-out", out["leave_one_out"]["by_source"].get(group))
     return 0

@@ -7,17 +7,20 @@ cases, chosen before any fit and never fitted on (`load_split`). For each case t
    scores, a token's experts on at most `topk_groups` nodes for the normal kernels; plain top-k with 10
    masked choices for the low-latency kernels), one seeded generator per rank;
 2. counts the bytes (`lshsim.sim.dispatch_formats.node_dedup_traffic`, the case's format);
-3. simulates the all-to-all on the case's topology (`data/topologies/published/h800-ib-{N}x8`): the
+3. simulates the all-to-all on the case's topology (the case file's `topology`, e.g.
+   `data/topologies/published/h800-ib-{N}x8`): the
    normal kernels as "node_dedup" (one network copy per (token, node), NVLink forwarding, pipelined in
    `NORMAL_CHUNKS` chunks; combine = the reverse), the low-latency kernels as "direct" with one copy per
    (token, expert) (no deduplication, as DeepEP's low-latency kernels send);
 4. turns the predicted time t into the case's own figure: bytes the source counts / t (`counted_bytes`),
    averaged over ranks.
 
-Calibration (`Calibration`, `fit_calibration`): the NIC efficiency (effective NIC bandwidth / 50 GB/s)
-and one start-up latency per operation (dispatch, combine) added to the simulated time, fitted on the
-fitting cases only (least squares of log(predicted / published)); the test cases are refused by the
-fit. NVLink stays at the source's stated ~160 GB/s.
+Calibration (`Calibration`, `fit_calibration`), per NIC family (a case file's `nic_family`: ib for DeepEP's
+CX7 InfiniBand, efa for UCCL-EP's AWS EFA), each family on its own: the NIC efficiency (effective NIC
+bandwidth / the topology's nic_gbps) and one start-up latency per operation (dispatch, combine) added to the
+simulated time, fitted on the fitting cases only (least squares of log(predicted / published)); the test cases
+are refused by the fit. NVLink stays at the topology's rate (H800: the source's stated ~160 GB/s; H200, B200:
+the datasheet rate, an assumption).
 """
 from __future__ import annotations
 
@@ -31,14 +34,15 @@ from lshsim.readers import load_yaml as read_yaml
 from lshsim.sim.dispatch_formats import bytes_per_token, node_dedup_traffic
 
 __all__ = ["Case", "load_cases", "load_split", "deepep_routing", "case_traffic", "counted_bytes", "simulate_case",
-           "Calibration", "fit_calibration", "validate_published", "PUBLISHED_DIR", "NORMAL_CHUNKS"]
+           "Calibration", "fit_calibration", "validate_published", "source_group", "PUBLISHED_DIR", "NORMAL_CHUNKS"]
 
 #: the folder of the published cases in a source checkout
 PUBLISHED_DIR = Path(__file__).resolve().parents[2] / "data" / "published"
 #: chunks of DeepEP's pipelined RDMA -> NVLink forwarding in the model (its tests tune chunks of 4-44 tokens)
 NORMAL_CHUNKS = 8
-NIC_NOMINAL_Bps = 50e9          # 400 Gb/s
 KINDS = ("normal", "low_latency")
+#: the topology of a case file without a `topology` field (DeepEP V1's H800 cluster)
+DEFAULT_TOPOLOGY = "published/h800-ib-{nodes}x{gpus_per_node}"
 OPS = ("dispatch", "combine")
 
 
@@ -58,6 +62,8 @@ class Case:
     source: str
     file: str
     published_latency_us: float | None = None
+    topology_template: str = DEFAULT_TOPOLOGY
+    nic_family: str = "ib"
 
     @property
     def gpus_per_node(self) -> int:
@@ -65,7 +71,8 @@ class Case:
 
     @property
     def topology(self) -> str:
-        return f"published/h800-ib-{self.nodes}x{self.gpus_per_node}"
+        """The case's topology name (data/topologies/<name>.yaml): the file's `topology` template."""
+        return self.topology_template.format(nodes=self.nodes, gpus_per_node=self.gpus_per_node)
 
 
 def _field(value, where: str, kind, check=None, why: str = ""):
@@ -92,6 +99,11 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
             _field(workload.get(key), f"{path.name}: workload.{key}", int, lambda v: v >= 1, "must be an integer >= 1")
         source = (doc.get("source") or {}).get("url")
         _field(source, f"{path.name}: source.url", str, lambda v: v.startswith("https://"), "must be an https URL")
+        template = _field(doc.get("topology", DEFAULT_TOPOLOGY), f"{path.name}: topology", str,
+                          lambda v: "{nodes}" in v, "must be a topology name holding {nodes}, e.g. "
+                          "'published/h800-ib-{nodes}x8'")
+        family = _field(doc.get("nic_family", "ib"), f"{path.name}: nic_family", str,
+                        lambda v: v.isidentifier(), "must be a short name (letters, digits, _), e.g. ib or efa")
         for i, raw in enumerate(doc["cases"]):
             where = f"{path.name}: cases[{i}]"
             if not isinstance(raw, dict):
@@ -117,9 +129,25 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
             latency = raw.get("published_latency_us")
             if latency is not None:
                 _field(latency, f"{where}.published_latency_us", (int, float), lambda v: v > 0, "must be a number > 0")
-            cases.append(Case(cid, kind, ep, nodes, op, fmt, float(figure), counts, dict(workload), source, path.name,
-                              None if latency is None else float(latency)))
+            case = Case(cid, kind, ep, nodes, op, fmt, float(figure), counts, dict(workload), source, path.name,
+                        None if latency is None else float(latency), template, family)
+            _check_topology(case, f"{path.name}: topology")
+            cases.append(case)
     return cases
+
+
+def _check_topology(case: Case, where: str) -> None:
+    """The case's topology must load and hold ep GPUs in nodes x gpus_per_node."""
+    from lshsim.topology.spec import read_spec
+
+    try:
+        name = case.topology
+        spec, _ = read_spec(name)
+    except (KeyError, IndexError, ValueError, OSError) as error:
+        raise ValueError(f"{where}={case.topology_template!r} (case {case.id}): {error}") from None
+    if (spec.get("nodes"), spec.get("gpus_per_node")) != (case.nodes, case.gpus_per_node):
+        raise ValueError(f"{where}={case.topology_template!r} (case {case.id}): {name} has nodes={spec.get('nodes')}, "
+                         f"gpus_per_node={spec.get('gpus_per_node')}, the case needs {case.nodes} x {case.gpus_per_node}")
 
 
 def load_split(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = None) -> set[str]:
@@ -200,8 +228,9 @@ def simulate_case(case: Case, traffic, nic_efficiency: float, *, topology_dir: s
     name = case.topology if topology_dir is None else str(Path(topology_dir) / f"{case.topology.split('/')[-1]}.yaml")
     spec, source = read_spec(name)
     spec = dict(spec)
-    if "inter" in spec:
-        spec["calibration"] = {**(spec.get("calibration") or {}), "nic_Bps": float(nic_efficiency) * NIC_NOMINAL_Bps}
+    if "inter" in spec:           # the efficiency scales the spec's own NIC rate (inter.nic_gbps)
+        nominal = float(spec["inter"]["nic_gbps"]) * 0.125e9
+        spec["calibration"] = {**(spec.get("calibration") or {}), "nic_Bps": float(nic_efficiency) * nominal}
     G = build_topology(spec, source=source)
     if case.kind == "normal":
         options = {"local_copy": False, "alpha_s": 0.0}
@@ -219,15 +248,20 @@ def simulate_case(case: Case, traffic, nic_efficiency: float, *, topology_dir: s
 
 @dataclass(frozen=True)
 class Calibration:
-    """NIC efficiency (of 50 GB/s) and the start-up per operation (s), with what they were fitted on."""
+    """Per NIC family (the case file's `nic_family`): the NIC efficiency (of the topology's nic_gbps) and the
+    start-up per operation (s), with the cases they were fitted on."""
 
-    nic_efficiency: float
-    alpha_s: dict
+    nic_efficiency: dict                  # family -> efficiency
+    alpha_s: dict                         # family -> {op: seconds}
     fitted_on: tuple = ()
     grid: tuple = ()
 
     def predict_GBps(self, case: Case, counted: float, sim_s_by_eff: dict) -> float:
-        t = sim_s_by_eff[self.nic_efficiency] + self.alpha_s[case.op]
+        family = case.nic_family
+        if family not in self.nic_efficiency:
+            raise ValueError(f"case {case.id}: nic_family={family!r} has no fitting case, so no calibration "
+                             f"(fitted families: {', '.join(sorted(self.nic_efficiency))})")
+        t = sim_s_by_eff[self.nic_efficiency[family]] + self.alpha_s[family][case.op]
         return counted / t / 1e9
 
 
@@ -267,21 +301,26 @@ def _loss(runs, eff, alpha) -> float:
 
 
 def fit_calibration(runs: list[CaseRun], test_ids: set[str], grid: tuple | None = None) -> Calibration:
-    """Grid over the NIC efficiency (default EFFICIENCY_GRID; every run must hold a simulated time for each),
-    start-ups by bounded search; refuses any test case."""
+    """Per NIC family, independently: a grid over the NIC efficiency (default: the runs' simulated efficiencies;
+    every run must hold a simulated time for each), start-ups per operation by bounded search; refuses any
+    test case."""
     bad = [r.case.id for r in runs if r.case.id in test_ids]
     if bad:
         raise ValueError(f"fit_calibration: test cases must never be fitted on: {', '.join(bad)}")
     if not runs:
         raise ValueError("fit_calibration: no fitting cases")
     grid = tuple(sorted(runs[0].sim_s)) if grid is None else tuple(grid)
-    best = None
-    for eff in grid:
-        alpha = _fit_alpha(runs, eff)
-        value = _loss(runs, eff, alpha)
-        if best is None or value < best[0]:
-            best = (value, eff, alpha)
-    return Calibration(best[1], best[2], tuple(r.case.id for r in runs), grid)
+    efficiency, alphas = {}, {}
+    for family in sorted({r.case.nic_family for r in runs}):
+        mine = [r for r in runs if r.case.nic_family == family]
+        best = None
+        for eff in grid:
+            alpha = _fit_alpha(mine, eff)
+            value = _loss(mine, eff, alpha)
+            if best is None or value < best[0]:
+                best = (value, eff, alpha)
+        efficiency[family], alphas[family] = best[1], best[2]
+    return Calibration(efficiency, alphas, tuple(r.case.id for r in runs), grid)
 
 
 def _row(run: CaseRun, cal: Calibration, role: str) -> dict:
@@ -289,6 +328,7 @@ def _row(run: CaseRun, cal: Calibration, role: str) -> dict:
     t = run.counted / pred / 1e9
     row = {"id": run.case.id, "role": role, "kind": run.case.kind, "op": run.case.op, "ep": run.case.ep,
            "nodes": run.case.nodes, "format": run.case.format, "counts": run.case.counts,
+           "file": run.case.file, "source_group": source_group(run.case), "nic_family": run.case.nic_family,
            "topology": run.case.topology, "published_GBps": run.case.published_GBps,
            "predicted_GBps": pred, "rel_error": pred / run.case.published_GBps - 1.0,
            "predicted_us": t * 1e6, "counted_MB": run.counted / 1e6, "network_MB": run.network_bytes / 1e6,
@@ -296,6 +336,11 @@ def _row(run: CaseRun, cal: Calibration, role: str) -> dict:
     if run.case.published_latency_us is not None:
         row["published_us"] = run.case.published_latency_us
     return row
+
+
+def source_group(case: Case) -> str:
+    """The source a case comes from, for reports: its file name up to the first '-' (deepep, uccl, ...)."""
+    return case.file.split("-", 1)[0]
 
 
 def _summary(rows: list[dict]) -> dict:
@@ -336,18 +381,36 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
     fitting = [r for r in runs if r.case.id not in test_ids]
     cal = fit_calibration(fitting, test_ids)
     rows = [_row(r, cal, "test" if r.case.id in test_ids else "fitting") for r in runs]
-    out = {"calibration": {"nic_efficiency": cal.nic_efficiency, "nic_Bps": cal.nic_efficiency * NIC_NOMINAL_Bps,
+    nominal = {c.nic_family: _nic_nominal_Bps(c) for c in cases}
+    out = {"calibration": {"nic_efficiency": cal.nic_efficiency,
+                           "nic_Bps": {f: e * nominal[f] for f, e in cal.nic_efficiency.items()},
                            "alpha_s": cal.alpha_s, "fitted_on": list(cal.fitted_on),
                            "efficiency_grid": list(grid)},
            "rows": rows,
            "fitting": _summary([r for r in rows if r["role"] == "fitting"]),
            "test": _summary([r for r in rows if r["role"] == "test"]),
+           "by_source": {g: {role: _summary([r for r in rows if r["role"] == role and r["source_group"] == g])
+                             for role in ("fitting", "test")}
+                         for g in sorted({r["source_group"] for r in rows})},
            "model": {"normal": f"node_dedup, {NORMAL_CHUNKS} chunks", "low_latency": "direct, one copy per (token, expert)",
+                     "calibration": "per NIC family: NIC efficiency (grid) and one start-up per operation",
                      "seed": seed}}
     if leave_one_out:
         loo = []
         for r in fitting:
             rest = [x for x in fitting if x is not r]
+            if not any(x.case.nic_family == r.case.nic_family for x in rest):
+                continue                     # the only fitting case of its family: nothing to predict it with
             loo.append(_row(r, fit_calibration(rest, test_ids), "leave-one-out"))
-        out["leave_one_out"] = {**_summary(loo), "rows": loo}
+        out["leave_one_out"] = {**_summary(loo), "rows": loo,
+                                "by_source": {g: _summary([x for x in loo if x["source_group"] == g])
+                                              for g in sorted({x["source_group"] for x in loo})}}
     return out
+
+
+def _nic_nominal_Bps(case: Case) -> float:
+    """The NIC rate of the case's topology (inter.nic_gbps / 8), 0 on one node."""
+    from lshsim.topology.spec import read_spec
+
+    spec, _ = read_spec(case.topology)
+    return float(spec["inter"]["nic_gbps"]) * 0.125e9 if "inter" in spec else 0.0
