@@ -8,7 +8,7 @@ options of `plan_options` (baseline first) on the point's model and cluster, at 
 (`run_sweep`): this process, a pool of local processes (`concurrent.futures`), or a Dask cluster.
 
 >>> sorted(AXES)[:6]
-['algorithm', 'capacity_factor', 'cluster', 'drain_tolerance', 'ep', 'fidelity']
+['algorithm', 'capacity_factor', 'cluster', 'dispatch_format', 'drain_tolerance', 'ep']
 
 **An axis is one line of `AXES`**: its help text, how a value is checked (a function that returns the
 value or raises ValueError saying why) and where it goes (`_topology(path)`: a field of the cluster's
