@@ -55,7 +55,7 @@ QUANTITIES = ("a2a_share", "speedup", "step_reduction", "a2a_reduction")
 RELATIVE_QUANTITIES = ("speedup", "step_reduction", "a2a_reduction")
 #: the keys of a figure's `setting` and `baseline`: StepConfig fields, and top_k (the model's)
 SETTING_FIELDS = ("router", "lsh_rate", "algorithm", "overlap", "capacity_factor", "locality_bonus",
-                  "tokens_per_gpu", "top_k")
+                  "locality_share", "tokens_per_gpu", "ep", "top_k")
 #: the tolerance the summary counts against (|relative error| <= WITHIN)
 WITHIN = 0.15
 
@@ -450,6 +450,8 @@ class Planner:
             network = copy.deepcopy(spec)
             if isinstance(network.get("gpu"), dict):
                 network["gpu"].pop("gemm_efficiency", None)
+            if isinstance(network.get("software"), dict):
+                network["software"].pop("gemm_efficiency", None)
             network_key = (json.dumps(network, sort_keys=True, default=str), drain)
             cache.times = self._times.setdefault(network_key, cache.times)  # shared when only the GEMM rate differs
             self._graphs[key], self._caches[key] = graph, cache
@@ -461,8 +463,8 @@ class Planner:
     def step(self, model_name: str, cluster: str, edits: dict, setting: dict) -> dict:
         """The breakdown (`lshsim.sim.moe_step` `_breakdown`) of one step; ValueError if the model's
         experts do not place on the cluster."""
-        from lshsim.sim.moe_step import (StepConfig, describe, placement_for, route_traffic, routing_key,
-                                         simulate_config)
+        from lshsim.sim.moe_step import (StepConfig, combine_breakdowns, describe, placement_for, route_traffic,
+                                         routing_key, simulate_config, stage_models)
 
         top_k = setting.get("top_k")
         model = self.model(model_name, top_k)
@@ -471,22 +473,29 @@ class Planner:
         step_key = (model_name, top_k, spec_key, config)
         if step_key in self._steps:
             return self._steps[step_key]
-        try:
-            placement = placement_for(model, graph)
-        except ValueError as error:
-            raise NotPlannable(str(error)) from None
-        place_key = (placement.num_experts, tuple(placement.expert_to_rank.tolist()),
-                     tuple(placement.rank_to_node.tolist()))
-        route_key = (model_name, top_k, place_key, routing_key(model, config))
-        label = f"{model_name} on {_cluster_label(cluster, edits)}"
-        if route_key not in self._routings:
-            self.progress(f"routing {label} ({config.router}, top-{getattr(model, 'top_k', '?')})")
-            self._routings[route_key] = route_traffic(model, placement, config)
-        self.progress(f"step {label}: {describe(config)}")
-        result = simulate_config(model, graph, config, traffic=self._routings[route_key],
-                                 a2a_cache=self._caches[spec_key])
-        self._steps[step_key] = result.breakdown
-        return result.breakdown
+        parts = []
+        tokens = config.tokens_per_gpu or getattr(model, "tokens_per_gpu", None)
+        for part, factor in stage_models(model):     # a staged model (Swin): each stage, one after another
+            part_config = config if factor == 1.0 or config.tokens_per_gpu is None else \
+                dataclasses.replace(config, tokens_per_gpu=max(1, int(round(tokens * factor))))
+            try:
+                placement = placement_for(part, graph, part_config.ep)
+            except ValueError as error:
+                raise NotPlannable(str(error)) from None
+            place_key = (part_config.ep, placement.num_experts, tuple(placement.rank_to_node.tolist()))
+            name = getattr(part, "name", model_name)
+            route_key = (name, top_k, place_key, routing_key(part, part_config))
+            label = f"{name} on {_cluster_label(cluster, edits)}"
+            if route_key not in self._routings:
+                self.progress(f"routing {label} ({config.router}, top-{getattr(model, 'top_k', '?')})")
+                self._routings[route_key] = route_traffic(part, placement, part_config)
+            self.progress(f"step {label}: {describe(part_config)}")
+            result = simulate_config(part, graph, part_config, traffic=self._routings[route_key],
+                                     a2a_cache=self._caches[spec_key])
+            parts.append(result.breakdown)
+        breakdown = parts[0] if len(parts) == 1 else combine_breakdowns(parts)
+        self._steps[step_key] = breakdown
+        return breakdown
 
     def cache_stats(self) -> dict:
         caches = list(self._caches.values())
@@ -630,6 +639,10 @@ def _variant_edits(planner: Planner, figure: Figure, what: str, factor: float) -
             return None, "no inter.nic_gbps"
         value = float(inter["nic_gbps"]) * factor
         return {"inter.nic_gbps": value}, f"{value:g} Gb/s"
+    software = spec.get("software")
+    if isinstance(software, dict) and "gemm_efficiency" in software:   # the named software calibration
+        value = min(1.0, float(software["gemm_efficiency"]) * factor)  # an efficiency is at most 1
+        return {"software.gemm_efficiency": value}, f"{value:g}"
     gpu = spec.get("gpu")
     if not isinstance(gpu, dict) or "gemm_efficiency" not in gpu:
         return None, "no gpu.gemm_efficiency"

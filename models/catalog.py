@@ -200,7 +200,10 @@ class ModelConfig:
                        None = seq_len.
     source:            where the numbers come from.
     notes:             choices made where the source gives no number.
-    assumed:           the fields whose values are our choice, not the source's.
+    assumed:           the fields whose values are our choice, not the source's. In YAML either a list
+                       of names or a mapping {field: reason} (the reasons are kept in `assumptions`).
+    assumptions:       ((field, reason), ...): why each assumed value was chosen (from an `assumed:`
+                       mapping; empty for a list).
     stages:            optional, a hierarchical model's stages (Swin): a list of {blocks, d_model,
                        d_ffn, moe_blocks} whose blocks add up to num_layers. Only the parameter
                        counts read it; the simulator costs num_layers blocks of d_model / d_ffn with
@@ -237,6 +240,7 @@ class ModelConfig:
     source: str = ""
     notes: str = ""
     assumed: tuple[str, ...] = field(default_factory=tuple)
+    assumptions: tuple = ()
     stages: tuple[Stage, ...] = field(default_factory=tuple)
     first_dense_layers: int = 0
     dense_d_ffn: int | None = None
@@ -281,6 +285,15 @@ class ModelConfig:
         unknown = sorted(set(self.assumed) - set(self.__dataclass_fields__))
         if unknown:
             raise ValueError(f"assumed names unknown fields {unknown}")
+        pairs = tuple(tuple(pair) for pair in (self.assumptions.items() if isinstance(self.assumptions, dict)
+                                                else self.assumptions))
+        for pair in pairs:
+            if len(pair) != 2 or not isinstance(pair[1], str) or not pair[1].strip():
+                raise ValueError(f"assumed.{pair[0] if pair else '?'}={pair[1] if len(pair) > 1 else None!r} "
+                                 "must be the reason for the value (non-empty text)")
+            if pair[0] not in self.assumed:
+                raise ValueError(f"assumptions name {pair[0]!r}, which is not in assumed={list(self.assumed)!r}")
+        object.__setattr__(self, "assumptions", pairs)
         if isinstance(self.stages, (str, bytes, dict)) or not isinstance(self.stages, (tuple, list)):
             raise ValueError(f"stages={self.stages!r} must be a list of stages")
         stages = tuple(_stage(stage) for stage in self.stages)
@@ -432,7 +445,8 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        out["assumed"] = list(self.assumed)
+        out["assumed"] = dict(self.assumptions) if self.assumptions else list(self.assumed)
+        out.pop("assumptions")
         out["stages"] = [{**stage, "moe_blocks": list(stage["moe_blocks"])} for stage in out["stages"]]
         out["attention"] = dict(self.attention)
         out["router_options"] = dict(self.router_options)
@@ -459,6 +473,14 @@ def model_from_dict(data: dict, name: str | None = None) -> ModelConfig:
         raise ValueError(f"model config lacks the field {missing[0]!r} (required: {', '.join(required)})")
     if "assumed" in data and data["assumed"] is None:
         data["assumed"] = ()
+    if isinstance(data.get("assumed"), dict):          # {field: reason}: the names and their reasons
+        reasons = data["assumed"]
+        for key, reason in reasons.items():
+            if not isinstance(reason, str) or not reason.strip():
+                raise ValueError(f"assumed.{key}={reason!r} must be the reason for the value (non-empty text)")
+        data["assumed"], data["assumptions"] = tuple(reasons), tuple(reasons.items())
+    elif "assumptions" in data:
+        raise ValueError("assumptions is derived from an assumed: mapping; give assumed: {field: reason}")
     for key in ("stages", "attention", "router_options"):
         if key in data and data[key] is None:
             data[key] = ()

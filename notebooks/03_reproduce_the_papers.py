@@ -37,8 +37,14 @@
 # network and no GPU. Every number below is computed by the code or read from that file; none is
 # typed in by hand.
 #
-# A warning before we start: the planner does **not** reproduce the papers yet. This notebook shows
-# how far off it is, in which direction, and why.
+# Since issue 13 the models and clusters are as the papers publish them (each YAML says what it
+# assumes, with a reason, under `assumed:`), each cluster carries its **named software calibration**
+# (`software:`: the compute efficiency of the era's PyTorch layers and the all-to-all efficiency of
+# NCCL over its NICs, each from a cited, independent measurement), LSH-MoE's compress and restore
+# are costed from measured kernel throughput, LocMoE's locality loss keeps a share of the tokens on
+# their node and its capacity comes from its own bound, and Swin-MoE-L runs its four stages. Nothing
+# was fitted on the figures. The planner reproduces some figures and misses others; this notebook
+# shows which, in which direction, and why.
 
 # %%
 import json
@@ -175,9 +181,12 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Every bar sits to the right of the band: the planner overestimates **every** figure. Shares
-# are too high, and so is every gain that comes from shrinking the all-to-all. Section 5 explains
-# why. First, the LSH-MoE paper itself gives us a way to check which of its numbers agree.
+# Read the bars against the band. RoBERTa-MoE's and Swin-MoE-L's Fig. 3 shares, T5-MoE's Fig. 6
+# speedup and LocMoE's "no gain over hash at 256 NPUs" land inside it; GPT-MoE's shares and every
+# LSH-MoE speedup on the V100 cluster are far to the right (the planner's all-to-all share is too
+# high there), and LocMoE's step reductions far to the left (the planner finds almost no gain).
+# Section 5 explains why. First, the LSH-MoE paper itself gives us a way to check which of its
+# numbers agree.
 #
 # ## 3. The LSH-MoE consistency check
 #
@@ -239,16 +248,20 @@ for row in checks.itertuples():
 # all-to-all is a modest part of the step, and the planner's share is far above both. Where they
 # disagree (Swin-MoE-L: a large share in Fig. 3, a small speedup in Table 3), no single share can
 # satisfy both, so no planner can reproduce both figures with the same model. The `follows` column
-# says which number the planner's share is nearer to; it is within 15% of neither. Its own speedup
-# implies a share a few points above its share, because lshsim's LSH-MoE also shrinks the experts'
-# work (they compute on the centroids), not only the all-to-all.
+# says which number the planner's share is nearer to: for Swin-MoE-L it follows **Fig. 3** (the
+# share was measured directly; Table 3's 1.28x mixes in whatever else LSH-MoE costs, and its batch
+# and per-GPU vs total throughput are not stated), so it misses Table 3. Its own speedup implies a
+# share above its share, because lshsim's LSH-MoE also shrinks the experts' work (they compute on
+# the centroids), not only the all-to-all: for T5-MoE, whose experts (d_ffn 16,384) dominate the
+# step, that is most of its 2.2x.
 #
 # ## 4. One unknown at a time
 #
 # The papers do not state everything the planner needs: the tokens per GPU, the network's real
 # throughput, how fast the era's kernels ran. `R.sweep` moves one unknown at a time by a factor of
 # two and shows how far each prediction moves: tokens per GPU (both steps), the NIC line rate
-# `inter.nic_gbps`, and the GEMM efficiency `gpu.gemm_efficiency` (doubling it stops at 1). It is a
+# `inter.nic_gbps`, and the cluster's software GEMM efficiency `software.gemm_efficiency`
+# (doubling it stops at 1). It is a
 # sensitivity table, not a fit: no value is chosen from it. `lshsim reproduce --sweep` runs it on
 # every figure (minutes); here, on two LSH-MoE figures, reusing the planner above:
 
@@ -281,19 +294,19 @@ for figure_id in swept_ids:
           f"({best.variant}) leaves {100 * best.error:+.0f}%")
 
 # %% [markdown]
-# The blue dashed line marks how far the prediction would have to move to hit the paper. No
-# single factor-of-two move gets there; the NIC rate moves both predictions most. Gaps this large
-# are not one mistyped input.
+# The blue dashed line marks how far the prediction would have to move to hit the paper. The NIC
+# rate and the compute efficiency move the predictions most; for GPT-MoE on the V100 cluster no
+# single factor-of-two move closes the gap.
 #
 # ## 5. Why the planner is off
 #
 # ### 5a. Too much of the step sits in the all-to-all
 #
-# Every error in section 2 is positive, and they share one cause. The planner puts a larger share
-# of the step into the all-to-all than either paper measured. A share that is too high is wrong by
-# itself (Fig. 3, LocMoE's 128 and 256 NPU shares). It also inflates every gain that comes from
-# shrinking the all-to-all: LSH-MoE's speedups, LocMoE's step reductions. Here are the planner's
-# baseline shares next to the papers', for every figure that has one:
+# Where the planner is too high, it shares one cause: more of the step in the all-to-all than the
+# paper measured (GPT-MoE on both clusters; the V100 cluster, whose one 100 Gb/s NIC per 8 GPUs runs
+# all-to-alls at 0.29 of its line rate in the published nccl-tests measurement the calibration
+# cites). That inflates every gain that comes from shrinking the all-to-all. Here are the
+# planner's baseline shares next to the papers', for every figure that has one:
 
 # %%
 share_rows = []
@@ -314,18 +327,20 @@ shares.round(3)
 # ### 5b. What the papers leave open
 #
 # Every figure rests on assumptions the papers do not settle. The figures file lists them per
-# figure, and each cluster's topology lists its own (`calibration.provenance.assumed`). The
-# sweep showed that these unknowns matter (the NIC rate and the GEMM efficiency most). But it
-# also showed that none of them alone closes the gap.
+# figure, each model its own (`assumed:` with reasons) and each cluster its own (`assumed:`), and
+# each cluster names its software calibration (`software:`, every number with its source). The
+# sweep showed that these unknowns matter (the NIC rate and the GEMM efficiency most).
 
 # %%
 for cluster in sorted({f.cluster for f in figure_set.figures}):
     spec, _ = read_spec(cluster)
-    assumed = spec.get("calibration", {}).get("provenance", {}).get("assumed", {})
+    assumed, software = spec.get("assumed", {}), spec.get("software", {})
     print(f"{cluster}: {len(assumed)} assumed inputs: {', '.join(assumed)}")
-    for key in ("gemm_efficiency",):
-        if key in assumed:
-            print(f"    {key}: {assumed[key][:150]}")
+    print(f"    software {software.get('name')}: GEMM efficiency {software.get('gemm_efficiency')}, "
+          f"all-to-all efficiency {software.get('a2a_efficiency')}")
+    for key in ("gemm_efficiency", "a2a_efficiency"):
+        if key in software.get("sources", {}):
+            print(f"      {key}: {software['sources'][key][:150]}")
 print()
 assumptions = pd.DataFrame([{"figure": f.id, "assumed": key, "reason": reason}
                             for f in figure_set.figures for key, reason in f.assumed.items()])
@@ -336,13 +351,13 @@ assumptions.groupby("assumed").figure.count().rename("figures that assume it")
 #
 # * **tokens per GPU and sequence length**: neither paper gives the batch of the profiled runs.
 #   The catalog's values are used.
-# * **the era's software efficiency**: PyTorch 1.11-era GEMMs and NCCL 2.12 all-to-alls on V100,
-#   A100 and Ascend ran below the datasheet rates. lshsim uses a default GEMM efficiency of 0.8,
-#   with no measurement behind it for these clusters, and a network that reaches its line rate.
-#   Slower compute would shrink the all-to-all share; a slower network would grow it.
+# * **the era's software efficiency**: now a named calibration per cluster from published
+#   measurements (whole-layer PyTorch TFLOP/s of mli/transformers-benchmarks; nccl-tests all-to-all
+#   reports), but measured on other machines and versions than the papers'. Slower compute would
+#   shrink the all-to-all share; a slower network would grow it.
 # * **the compression rate** of most LSH-MoE speedups (0.2 is assumed where the paper gives none).
-# * **LocMoE's model**: it is not in the catalog, and its 16 experts would need replicas on 64-256
-#   NPUs, which lshsim does not model. A stand-in model runs at top-1 instead.
+# * **LocMoE's model**: it is not in the catalog (PanGu-Sigma's widths and sequence length are not
+#   published). A stand-in model runs at top-1 instead; its width sets LocMoE's capacity bound.
 #
 # ### 5c. LocMoE's gains and dropped work
 #
@@ -406,30 +421,29 @@ for label, step in steps.items():
           f"(Switch {switch['inter_node_MB_per_layer']:.0f})")
 
 # %% [markdown]
-# Compare the lines above. With the figure's capacity factor the planner's LocMoE step drops most
-# of its expert choices, and dropped tokens are neither sent nor computed: part of its step
-# reduction is work it simply does not do. Without the capacity limit nothing is dropped and the
-# step reduction shrinks. The all-to-all cut stays far larger than the paper's in both cases,
-# because the locality bonus keeps most traffic on the node (the inter-node bytes). The paper
-# attributes most of LocMoE's gain to computation, not to the all-to-all; the planner attributes
-# it to the all-to-all. lshsim reports the drops next to every relative figure, never hidden in the
-# speedup: a speedup bought with dropped tokens is not the same speedup, and whether the model
-# still trains as well is a question the step simulator cannot answer.
+# Compare the lines above. LocMoE's capacity from its own bound (Theorem 1: a capacity factor of
+# 1 / p_delta = 2.97 at delta = 0.03) is **larger** than Switch's 1.25, so the LocMoE step drops
+# almost nothing while Switch drops about a tenth of its choices: LocMoE computes more, not less.
+# Its all-to-all falls by a few percent, as in the paper (the locality share is bounded by what
+# the node's experts accept), but the step barely moves: the planner cannot find the paper's gain
+# "mostly from computation" under this reading of the capacity bound. lshsim reports the drops
+# next to every relative figure, never hidden in the speedup: a speedup bought with dropped tokens
+# is not the same speedup.
 #
 # ## Summary
 #
-# * `lshsim reproduce` predicts every published figure of both papers from the papers' models and
-#   clusters, with nothing fitted on the figures. No figure is within 15%, and every error is
-#   positive.
-# * The common cause is an all-to-all share that is too high. It comes from the unknowns the papers
-#   leave (batch, software efficiency, compression rate, LocMoE's model) and from mechanisms that
-#   are not yet modelled as published (LocMoE's locality strength and capacity, what LSH-MoE
-#   compresses and what it costs). No single factor-of-two change of one unknown closes the gap.
+# * `lshsim reproduce` predicts every published figure of both papers (17, none unplannable: EP 16
+#   x DP 2 places 16 experts on 32 GPUs) from the papers' models and clusters, with one named,
+#   cited software calibration per cluster and nothing fitted on the figures. The summary line
+#   above says how many are within 15%.
+# * Where it is too high (GPT-MoE, the V100 cluster's speedups) the cause is an all-to-all share
+#   above the paper's; where LocMoE's gains are missing, it is the capacity: LocMoE's own bound is
+#   larger than Switch's, so it computes more, not less.
 # * The LSH-MoE paper contradicts itself for Swin-MoE-L: its speedup implies a much smaller share
 #   than its Fig. 3. No model can match both.
-# * Part of LocMoE's predicted gain is dropped work (section 5c measures how much), which is why
-#   the drops are always printed next to it; the rest comes from an all-to-all cut far larger than
-#   the paper's.
+# * LocMoE's mechanism in direction and size: the all-to-all cut is a few percent (paper 5.13%),
+#   no gain over hash at 256 NPUs (as the paper), but the 12.68-22.24% step reductions are not
+#   reproduced. Drops are printed next to every relative figure.
 #
 # ## Exercises
 #
@@ -438,11 +452,12 @@ for label, step in steps.items():
 #    own rate with `read_spec(figure.cluster)`). Which figures move most, and which barely move?
 #    Why do the shares and the speedups move in the same direction?
 # 2. **An implied share.** Use `R.implied_a2a_share` to compute the share that T5-MoE's Fig. 6
-#    speedup implies (its figure is `lsh-moe/fig6/t5-moe/speedup`; the planner cannot place it).
+#    speedup implies (its figure is `lsh-moe/fig6/t5-moe/speedup`), and compare it with the
+#    planner's own baseline share of that step: why can the planner reach 2.2x from a smaller share?
 #    Then turn the formula around: what speedup would Swin-MoE-L's Fig. 3 share give at Table 3's
 #    compression rate? How far is that from Table 3?
 # 3. **One set of assumptions per cluster.** Find the GEMM efficiency
-#    (`edits={"gpu.gemm_efficiency": ...}`) at which GPT-MoE 15B's Fig. 3a share comes within 15%
+#    (`edits={"software.gemm_efficiency": ...}`) at which GPT-MoE 15B's Fig. 3a share comes within 15%
 #    of the paper. Apply the same value to the other Fig. 3 figures of the same cluster: do they
 #    agree? (This is an exercise in sensitivity. Tuning on the held-out figures is exactly what
 #    `figures.yaml` forbids for the shipped model.)

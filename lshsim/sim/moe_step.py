@@ -88,7 +88,7 @@ from lshsim.topology.routing import validate_topology
 __all__ = ["StepConfig", "RoutedTraffic", "StepResult", "simulate_step", "simulate_config", "route_traffic",
            "placement_for", "compute_time_s", "expert_cost", "KERNELS", "MODEL_FIELDS", "OPTIONAL_MODEL_FIELDS", "model_dict",
            "describe", "plan_options", "compare_options", "A2ACache", "auto_drain_tolerance",
-           "AUTO_EXACT_MAX_GPUS", "AUTO_TOLERANCE_MAX_GPUS", "TRAFFIC_MODELS", "POPULARITY_MIN_GPUS",
+           "AUTO_EXACT_MAX_GPUS", "apply_locality_share", "stage_models", "combine_breakdowns", "AUTO_TOLERANCE_MAX_GPUS", "TRAFFIC_MODELS", "POPULARITY_MIN_GPUS",
            "RANK_CLASS_MIN_GPUS", "rank_classes", "popularity_traffic", "traffic_model_for", "FIDELITIES", "auto_fidelity", "DEFAULT_DRAIN_TOLERANCE", "DEFAULT_PLAN_LSH_RATE", "router_config", "routing_key"]
 
 #: attributes the simulator reads from a model config (duck typing: `models.ModelConfig` has them).
@@ -111,7 +111,83 @@ def model_dict(model: object) -> dict:
 
 
 #: attributes the simulator reads when a model has them, with the value that means "absent"
-OPTIONAL_MODEL_FIELDS = {"first_dense_layers": 0, "dense_d_ffn": None, "num_shared_experts": 0, "ffn_matrices": 2}
+OPTIONAL_MODEL_FIELDS = {"first_dense_layers": 0, "dense_d_ffn": None, "num_shared_experts": 0, "ffn_matrices": 2,
+                         "output_head": True}
+
+
+def stage_models(model: object) -> list[tuple[object, float]]:
+    """A hierarchical model's stages (`stages`: Swin) as models the step simulator costs one by one,
+    each with the factor its tokens per GPU are of the model's; [(model, 1.0)] without stages.
+
+    The model's own d_model / seq_len / tokens_per_gpu describe its reference stage (the one of width
+    d_model). A stage of width d_i has seq_len * (d_model / d_i)^2 tokens per image (Swin's patch
+    merging: 2 x 2 patches into one of twice the width, so tokens fall 4x as the width doubles), the
+    attention window min(window, tokens per image), an MoE block every other block exactly where
+    its `moe_blocks` say (any other layout is refused: the simulator places MoE blocks by moe_every),
+    and the output head in the last stage only.
+
+    >>> from types import SimpleNamespace as NS
+    >>> swin = NS(name="s", num_layers=4, d_model=8, d_ffn=32, num_experts=4, top_k=2, moe_every=2, seq_len=16,
+    ...           tokens_per_gpu=64, vocab_size=10, bytes_per_element=2, attention_window=16,
+    ...           stages=(NS(blocks=2, d_model=4, d_ffn=16, moe_blocks=()), NS(blocks=2, d_model=8, d_ffn=32, moe_blocks=(1,))))
+    >>> [(m.d_model, m.seq_len, m.tokens_per_gpu, m.moe_every, m.output_head, f) for m, f in stage_models(swin)]
+    [(4, 64, 256, 3, False, 4.0), (8, 16, 64, 2, True, 1.0)]
+    """
+    from types import SimpleNamespace
+
+    stages = tuple(getattr(model, "stages", ()) or ())
+    if not stages:
+        return [(model, 1.0)]
+    spec = model_dict(model)
+    out = []
+    for index, stage in enumerate(stages):
+        blocks, moe = int(stage.blocks), tuple(stage.moe_blocks)
+        if moe and tuple(range(1, blocks, 2)) != moe:
+            raise ValueError(f"model {spec['name']!r}: stage {index} has MoE blocks {list(moe)}; the simulator "
+                             f"places them every other block (1, 3, ...) only")
+        factor = (spec["d_model"] / stage.d_model) ** 2
+        seq = max(1, int(round(spec["seq_len"] * factor)))
+        window = min(spec["attention_window"] or spec["seq_len"], seq)
+        fields = {**spec, "name": f"{spec['name']}[stage {index + 1}]", "num_layers": blocks, "d_model": stage.d_model,
+                  "d_ffn": stage.d_ffn, "seq_len": seq, "attention_window": window,
+                  "tokens_per_gpu": max(1, int(round(spec["tokens_per_gpu"] * factor))),
+                  "moe_every": 2 if moe else blocks + 1, "output_head": index == len(stages) - 1}
+        out.append((SimpleNamespace(**fields), factor))
+    return out
+
+
+def combine_breakdowns(parts: list[dict]) -> dict:
+    """One step's breakdown from its stages' (run one after another): times and bytes add up,
+    shares are recomputed, drops and the compression rate are weighted by the stages' MoE copies;
+    `stages` keeps each stage's step, all-to-all and share."""
+    if not parts:
+        raise ValueError("combine_breakdowns needs at least one stage")
+    step = sum(p["step_s"] for p in parts)
+    exposed = sum(p["exposed_a2a_s"] for p in parts)
+    weights = [p["dispatch_bytes_per_layer"] + p["local_bytes_per_layer"] if p["a2a_s"] > 0 else 0 for p in parts]
+    total_w = sum(weights) or 1
+
+    def weighted(key: str) -> float:
+        return sum(w * p[key] for w, p in zip(weights, parts)) / total_w if sum(weights) else parts[-1][key]
+
+    out = dict(parts[-1])
+    phases: dict = {}
+    for p in parts:
+        for name, seconds in p["phases_s"].items():
+            phases[name] = phases.get(name, 0.0) + seconds
+    moe = [p for p, w in zip(parts, weights) if w]
+    out.update(step_s=step, forward_s=sum(p["forward_s"] for p in parts), backward_s=sum(p["backward_s"] for p in parts),
+               phases_s=phases, a2a_s=sum(p["a2a_s"] for p in parts), exposed_a2a_s=exposed,
+               a2a_share=exposed / step if step > 0 else 0.0,
+               dispatch_bytes_per_layer=sum(p["dispatch_bytes_per_layer"] for p in parts),
+               inter_node_bytes_per_layer=sum(p["inter_node_bytes_per_layer"] for p in parts),
+               local_bytes_per_layer=sum(p["local_bytes_per_layer"] for p in parts),
+               dropped_fraction=weighted("dropped_fraction"), compression_rate=weighted("compression_rate"),
+               tokens_per_gpu=(moe[0] if moe else parts[0])["tokens_per_gpu"],
+               routed_tokens_per_rank=(moe[0] if moe else parts[0])["routed_tokens_per_rank"],
+               stages=[{"step_s": p["step_s"], "a2a_s": p["a2a_s"], "a2a_share": p["a2a_share"],
+                        "tokens_per_gpu": p["tokens_per_gpu"]} for p in parts])
+    return out
 
 
 #: how the dispatch traffic is drawn (StepConfig.traffic_model)
@@ -137,6 +213,12 @@ class StepConfig:
     tokens_per_gpu:    tokens per GPU per step; None = the model's.
     capacity_factor:   expert capacity factor of the router (None = no limit); GShard / Tutel 1.25.
     locality_bonus:    LocMoE's own-node preference added to the GrAP score (locmoe only).
+    locality_share:    LocMoE's locality loss as the share of token copies kept on their own node
+                       (locmoe only; None = the locality_bonus routing as before). The router routes
+                       with plain GrAP (bonus 0) and then, per source rank, the fewest off-node copies
+                       are moved onto its node's experts (in proportion to their load) that bring the
+                       own-node share up to this value (`apply_locality_share`); a share below what
+                       GrAP routes on its own moves nothing. Drops are those of the GrAP routing.
     seed:              seed of the synthetic tokens.
     max_routed_tokens: route at most this many tokens (W * S); beyond, subsample and scale.
     lsh_hashes:        L, cross-polytope hash functions per token (the paper's default 6).
@@ -171,6 +253,7 @@ class StepConfig:
     tokens_per_gpu: int | None = None
     capacity_factor: float | None = 1.25
     locality_bonus: float = 1.0
+    locality_share: float | None = None
     seed: int = 0
     max_routed_tokens: int = 1 << 17
     lsh_hashes: int = 6
@@ -218,6 +301,13 @@ class StepConfig:
             raise ValueError(f"capacity_factor={self.capacity_factor!r} must be > 0 or None")
         if not (math.isfinite(self.locality_bonus) and self.locality_bonus >= 0):
             raise ValueError(f"locality_bonus={self.locality_bonus!r} must be finite and >= 0")
+        if self.locality_share is not None:
+            if isinstance(self.locality_share, bool) or not isinstance(self.locality_share, (int, float)) \
+                    or not 0 <= self.locality_share <= 1:
+                raise ValueError(f"locality_share={self.locality_share!r} must be in [0, 1] (a share of token copies) or None")
+            if self.router != "locmoe":
+                raise ValueError(f"locality_share={self.locality_share!r} is LocMoE's locality loss: it needs "
+                                 f"router='locmoe', not {self.router!r}")
         if not (math.isfinite(self.kernel_launch_s) and self.kernel_launch_s >= 0):
             raise ValueError(f"kernel_launch_s={self.kernel_launch_s!r} must be finite and >= 0")
 
@@ -296,7 +386,7 @@ class RoutedTraffic:
     model:           "routed" (synthetic tokens routed on every group) or "popularity" (expected counts
                      from the popularity the router induced on one group's routed sample).
     node_copies:     (W, N) float64, distinct (token, destination node) pairs per source rank, own node
-                     included, at full scale (`node_dedup_counts`); None unless the step deduplicates.
+                     included, at full scale (`route_traffic`); None unless the step deduplicates.
     """
 
     send_counts: np.ndarray
@@ -318,8 +408,9 @@ class RoutedTraffic:
 def router_config(model: object, config: StepConfig) -> RouterConfig:
     """The `RouterConfig` a step routes with: the step's router, the model's top-k (or the
     router's fixed k, `effective_k`), capacity factor and locality bonus."""
+    bonus = 0.0 if config.locality_share is not None else config.locality_bonus   # the share replaces the bonus
     return RouterConfig(name=config.router, k=effective_k(config.router, model_dict(model)["top_k"]),
-                        capacity_factor=config.capacity_factor, locality_bonus=config.locality_bonus,
+                        capacity_factor=config.capacity_factor, locality_bonus=bonus,
                         options=config.router_options)
 
 
@@ -327,7 +418,33 @@ def routing_key(model: object, config: StepConfig) -> tuple:
     """What a routing depends on: the whole RouterConfig, the tokens per GPU, the seed and the
     subsample bound. Two step configs with equal keys route identically (`compare_options`)."""
     return (router_config(model, config), config.tokens_per_gpu, config.seed, config.max_routed_tokens, config.ep,
-            config.traffic_model, config.deduplicates)
+            config.traffic_model, config.deduplicates, config.locality_share)
+
+
+def apply_locality_share(counts: np.ndarray, rank_to_node: np.ndarray, share: float) -> np.ndarray:
+    """The (W, W) copies with, per source rank (row), the fewest off-node copies moved onto its own
+    node's ranks (in proportion to the copies they already get; evenly if none) that make the
+    own-node share of the row `share`; rows already at or above it are unchanged. Row sums are kept.
+
+    >>> apply_locality_share(np.array([[2.0, 2.0, 4.0, 0.0]]), np.array([0, 0, 1, 1]), 0.75).tolist()
+    [[3.0, 3.0, 2.0, 0.0]]
+    """
+    counts = np.array(counts, dtype=float)
+    node = np.asarray(rank_to_node)
+    same = node[:, None] == node[None, :]                        # (W, W) own-node pairs
+    if counts.shape[0] != len(node):                             # a sample of source ranks: rows 0..S-1
+        same = same[:counts.shape[0]]
+    total = counts.sum(axis=1)                                   # (S,)
+    on = np.where(same, counts, 0.0).sum(axis=1)
+    off = total - on
+    want = share * total
+    move = np.clip(want - on, 0.0, off)                          # copies to move per row
+    keep_off = np.divide(off - move, off, out=np.ones_like(off), where=off > 0)
+    weights = np.where(same, counts, 0.0)
+    weights_sum = weights.sum(axis=1)
+    even = same / same.sum(axis=1, keepdims=True)
+    weights = np.where((weights_sum > 0)[:, None], weights / np.where(weights_sum > 0, weights_sum, 1)[:, None], even)
+    return np.where(same, counts + move[:, None] * weights, counts * keep_off[:, None])
 
 
 def _gate_width(spec: dict, config: StepConfig) -> int:
@@ -415,6 +532,24 @@ def _popularity_node_copies(plan, counts: np.ndarray, rank_to_node: np.ndarray) 
 
 def route_traffic(model: object, placement: Placement | GroupedPlacement, config: StepConfig,
                   tokens_per_gpu: int | None = None) -> RoutedTraffic:
+    """`_route_traffic`, then LocMoE's locality share (`apply_locality_share`) when the config sets one."""
+    traffic = _route_traffic(model, placement, config, tokens_per_gpu)
+    if config.locality_share is None:
+        return traffic
+    from dataclasses import replace as _replace
+
+    if config.deduplicates:
+        raise ValueError(f"locality_share={config.locality_share} with algorithm {config.algorithm!r} is not "
+                         f"modelled (the share moves copies, not (token, node) pairs): use one or the other")
+    if isinstance(placement, GroupedPlacement) and placement.ep < placement.world_size:
+        raise ValueError(f"locality_share={config.locality_share} with expert-parallel groups (EP {placement.ep} < "
+                         f"{placement.world_size} GPUs) is not modelled: give one group (ep None)")
+    counts = apply_locality_share(traffic.send_counts, placement.rank_to_node.numpy(), config.locality_share)
+    return _replace(traffic, send_counts=counts)
+
+
+def _route_traffic(model: object, placement: Placement | GroupedPlacement, config: StepConfig,
+                   tokens_per_gpu: int | None = None) -> RoutedTraffic:
     """Route synthetic tokens with the configured router of `lshsim.dispatch` (see module docstring).
 
     The router routes S = min(T, max_routed_tokens // W) synthetic tokens per rank, drawn once for
@@ -784,7 +919,8 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
 
     # the chunk count of the pipelined section, per direction: the fastest of {1} + overlap_chunks
     chosen_chunks = {}
-    for direction in DIRECTIONS:
+    has_moe = any(len(phases) > 1 for _, phases, _ in schedule)   # a stage without MoE layers (Swin) has none
+    for direction in (DIRECTIONS if has_moe else ()):
         section = pipelined if direction == "forward" else pipelined[::-1]
         chosen_chunks[direction] = min(candidates, key=lambda n: (moe_section(0.0, section, 0, direction, n)[1], n))
 

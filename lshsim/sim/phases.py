@@ -38,7 +38,7 @@ import numpy as np
 
 __all__ = ["PhaseSpec", "PhaseCost", "CostContext", "PhaseTable", "PHASES", "KINDS", "BLOCKS", "DIRECTIONS",
            "register_phase", "unregister_phase", "step_schedule", "backward_chain", "roofline_cost",
-           "compute_time_s", "expert_cost", "KERNELS", "calibrated_cost"]
+           "compute_time_s", "expert_cost", "KERNELS", "calibrated_cost", "measured_lsh_cost"]
 
 KINDS = ("communication", "compute", "overhead")
 BLOCKS = ("attention", "moe", "dense", "head")
@@ -402,6 +402,8 @@ def _dense_ffn_work(ctx: CostContext) -> tuple[float, float]:
 
 def _head_work(ctx: CostContext) -> tuple[float, float]:
     m, tokens = ctx.model, _tokens(ctx)
+    if not m.get("output_head", True):     # a stage of a staged model (Swin) that is not the last
+        return 0.0, 0.0
     d, b, vocab = m["d_model"], m["bytes_per_element"], m["vocab_size"]
     return tokens * 2 * d * vocab, vocab * d * b + tokens * (d * b + 2 * vocab * 4)
 
@@ -444,6 +446,37 @@ def _lsh_restore_work(ctx: CostContext) -> tuple[float, float]:
     # E(x) ~= E(c) + (x - c), memory bound; the backward moves as much as the forward
     d, b, copies = ctx.model["d_model"], ctx.model["bytes_per_element"], _copies(ctx)
     return copies * 2 * d, copies * 3 * d * b + _tokens(ctx) * d * b
+
+
+def measured_lsh_cost(name: str, fallback: CostFunction) -> CostFunction:
+    """LSH-MoE's compress / restore from the GPU's measured throughput where the topology's
+    `software:` block gives it (`gpu["lsh_compress_Bps"]`, `gpu["lsh_restore_Bps"]`: bytes of token
+    copies per second); else `fallback`. Each phase moves copies x d_model x bytes_per_element
+    bytes of rows: compress forward at the compress rate (hash, sort, centroids); compress
+    backward (the centroid gradient copied back to its tokens) and restore both ways at the restore
+    rate (element-wise over the copies). Plus the phase's kernel launches (twice backward).
+
+    >>> from types import SimpleNamespace as NS
+    >>> ctx = NS(gpu={"lsh_compress_Bps": 1e9, "lsh_restore_Bps": 4e9}, model={"d_model": 500, "bytes_per_element": 2},
+    ...          traffic=NS(tokens_per_rank=1000, k=2), kernel_launch_s=0.0)
+    >>> measured_lsh_cost("lsh_compress", None)(ctx, "forward").seconds   # 2000 copies x 1000 B / 1e9 B/s
+    0.002
+    >>> measured_lsh_cost("lsh_restore", None)(ctx, "backward").seconds
+    0.0005
+    """
+    if name not in ("lsh_compress", "lsh_restore"):
+        raise ValueError(f"measured_lsh_cost: phase {name!r} is not an LSH phase")
+
+    def cost(ctx: CostContext, direction: str, chunks: int = 1) -> PhaseCost:
+        key = "lsh_compress_Bps" if name == "lsh_compress" and direction == "forward" else "lsh_restore_Bps"
+        rate = ctx.gpu.get(key) if isinstance(ctx.gpu, dict) else None
+        if not rate or ctx.traffic is None:
+            return fallback(ctx, direction, chunks)
+        moved = _copies(ctx) * ctx.model["d_model"] * ctx.model["bytes_per_element"]
+        launches = KERNELS[name] * (1 if direction == "forward" else 2) * ctx.kernel_launch_s
+        return PhaseCost(moved / rate / chunks + launches)
+
+    return cost
 
 
 def _expert_cost(ctx: CostContext, direction: str, chunks: int = 1) -> PhaseCost:
@@ -509,8 +542,8 @@ _BUILTIN = [
               timed=("forward",),
               description="router: gate logits, top-k, slot assignment (and the LocMoE GrAP gate)"),
     PhaseSpec("lsh_compress", "compute", "moe",
-              calibrated_cost("lsh_compress", roofline_cost(_lsh_compress_work, KERNELS["lsh_compress"],
-                                                            _lsh_compress_backward_work)),
+              measured_lsh_cost("lsh_compress", calibrated_cost("lsh_compress", roofline_cost(
+                  _lsh_compress_work, KERNELS["lsh_compress"], _lsh_compress_backward_work))),
               timed=DIRECTIONS, applies=_uses_lsh,
               description="LSH-MoE: hash tokens, bucket per destination expert, centroids (sending rank)"),
     PhaseSpec("dispatch_a2a", "communication", "moe", _a2a_cost("dispatch_bytes", "combine_bytes"),
@@ -522,8 +555,8 @@ _BUILTIN = [
               timed=DIRECTIONS, predicted=True, pipelined=True,
               description="the combine all-to-all (expert outputs back to the tokens' ranks)"),
     PhaseSpec("lsh_restore", "compute", "moe",
-              calibrated_cost("lsh_restore", roofline_cost(_lsh_restore_work, KERNELS["lsh_restore"],
-                                                           _lsh_restore_work)),
+              measured_lsh_cost("lsh_restore", calibrated_cost("lsh_restore", roofline_cost(
+                  _lsh_restore_work, KERNELS["lsh_restore"], _lsh_restore_work))),
               timed=DIRECTIONS, applies=_uses_lsh,
               description="LSH-MoE: E(x) ~= E(c) + (x - c) residual restore on the token's rank"),
     PhaseSpec("attention", "compute", "attention", roofline_cost(_attention_work, KERNELS["attention"]),

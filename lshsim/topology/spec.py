@@ -49,6 +49,17 @@ times in seconds, NIC line rate in Gb/s:
                                    #   the NCCL transport (`executor calibrate --phases`; fields and
                                    #   model: lshsim.calibration.phase_model), G.graph["phase_model"]
       provenance: {...}            # free-form (who/when/how), kept in G.graph["calibration"]
+    software:                      # optional: the software's efficiency, a NAMED calibration from
+      name: pytorch-1.11-nccl-2.12-v100   #   published measurements (G.graph["software"]; `SOFTWARE_FIELDS`)
+      stack: "PyTorch 1.11, CUDA 11.3, NCCL 2.12.7"   # what it stands for (text)
+      gemm_efficiency: 0.38        # fraction of the datasheet peak the step's compute reaches (replaces
+                                   #   gpu.gemm_efficiency; calibration.expert_flops, measured, still wins)
+      a2a_efficiency: 0.29         # fraction of a NIC's line rate an all-to-all reaches (scales inter.nic_gbps)
+      lsh_compress_Bps: 1.3e10     # LSH-MoE compress / restore throughput in bytes of token copies per
+      lsh_restore_Bps: 7.7e10      #   second (the phases' cost when given; else the roofline)
+      sources: {gemm_efficiency: "...", ...}   # required: where every number above comes from
+    assumed: {field: reason}       # optional: every value the source does not state, with its reason
+                                   #   (G.graph["assumed"])
 
 The three a2a_* keys are the NVLink class's link model and mean `links.nvlink` (giving both is
 refused); what a curve, a headroom and a cap mean: `lshsim.calibration`. A class of `links` must be
@@ -87,7 +98,7 @@ from lshsim.topology.gpus import GpuSpec, get_gpu, gpu_from_dict
 from lshsim.topology.routing import validate_topology
 
 __all__ = ["build_topology", "load_topology", "list_topologies", "topology_dir", "write_topology_yaml",
-           "read_spec", "DEFAULT_ALPHA_S", "DEFAULT_PCIE_BPS", "MAX_GPUS_PER_NODE", "MAX_NODES", "MAX_GPUS"]
+           "read_spec", "read_software", "read_assumed", "SOFTWARE_FIELDS", "DEFAULT_ALPHA_S", "DEFAULT_PCIE_BPS", "MAX_GPUS_PER_NODE", "MAX_NODES", "MAX_GPUS"]
 
 DEFAULT_ALPHA_S = 1e-5       # s, per-message start-up latency (NCCL-like small-message latency)
 DEFAULT_LATENCY_S = 1e-6     # s, per hop
@@ -103,7 +114,13 @@ MAX_GPUS_PER_NODE = 1024
 MAX_NODES = 65536
 MAX_GPUS = 1 << 20
 
-_TOP_KEYS = {"name", "description", "gpu", "nodes", "gpus_per_node", "alpha_s", "intra", "inter", "calibration"}
+_TOP_KEYS = {"name", "description", "gpu", "nodes", "gpus_per_node", "alpha_s", "intra", "inter", "calibration",
+             "software", "assumed"}
+#: the fields of a `software:` block: name, stack and sources (text), the rest numbers (efficiencies
+#: in (0, 1], throughputs in bytes/s > 0); `sources` must name the source of every number given
+SOFTWARE_FIELDS = {"name": "text", "stack": "text", "gemm_efficiency": "efficiency", "hbm_efficiency": "efficiency",
+                   "a2a_efficiency": "efficiency", "lsh_compress_Bps": "rate", "lsh_restore_Bps": "rate",
+                   "sources": "mapping"}
 #: the fields every family's block may hold; a family adds its own (lshsim.topology.families)
 _INTRA_KEYS = {"kind", "link_Bps", "links", "per_link_Bps", "latency_s", "pcie_Bps", "pcie_latency_s"}
 _INTER_KEYS = {"kind", "nics_per_node", "nic_gbps", "servers_per_leaf", "oversubscription", "latency_s"}
@@ -246,6 +263,62 @@ def _nominal_Bps(G: nx.DiGraph, intra_family, intra_args: dict, inter_args: dict
     return {kind: known.get(kind) or largest[kind] for kind in ordered}
 
 
+def read_assumed(check: "_Checker | str", value, prefix: str = "assumed") -> dict:
+    """An `assumed:` block: {field: reason}, every key and reason non-empty text ({} when absent).
+
+    >>> read_assumed("t.yaml", {"nic_gbps": "not in the paper"})
+    {'nic_gbps': 'not in the paper'}
+    """
+    check = _Checker(check) if isinstance(check, str) else check
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise check.fail(prefix, value, "must be a mapping of field -> the reason for its value")
+    for key, reason in value.items():
+        if not isinstance(key, str) or not key:
+            raise check.fail(f"{prefix} key", key, "must be a field name")
+        if not isinstance(reason, str) or not reason.strip():
+            raise check.fail(f"{prefix}.{key}", reason, "must be the reason for the value (non-empty text)")
+    return dict(value)
+
+
+def read_software(check: "_Checker | str", value) -> dict | None:
+    """A `software:` block (`SOFTWARE_FIELDS`), validated; None when absent. Every number must have
+    its source under `sources`.
+
+    >>> read_software("t.yaml", {"name": "x", "gemm_efficiency": 0.4, "sources": {"gemm_efficiency": "a paper"}})["gemm_efficiency"]
+    0.4
+    """
+    check = _Checker(check) if isinstance(check, str) else check
+    if value is None:
+        return None
+    check.keys(value, set(SOFTWARE_FIELDS), "software.")
+    out: dict = {}
+    for key, kind in SOFTWARE_FIELDS.items():
+        if key not in value:
+            continue
+        item = value[key]
+        if kind == "text":
+            if not isinstance(item, str) or not item.strip():
+                raise check.fail(f"software.{key}", item, "must be non-empty text")
+            out[key] = item
+        elif kind == "mapping":
+            out[key] = read_assumed(check, item, "software.sources")
+        else:
+            number = check.number(value, key, "software.")
+            if kind == "efficiency" and number > 1:
+                raise check.fail(f"software.{key}", item, "must be in (0, 1] (a fraction of the datasheet rate)")
+            out[key] = number
+    if "name" not in out:
+        raise check.fail("software.name", None, "is required (a calibration is named, never a silent default)")
+    numbers = [key for key, kind in SOFTWARE_FIELDS.items() if kind in ("efficiency", "rate") and key in out]
+    missing = [key for key in numbers if key not in out.get("sources", {})]
+    if missing:
+        raise check.fail(f"software.sources.{missing[0]}", None,
+                         f"is required: software.{missing[0]}={out[missing[0]]!r} needs its source")
+    return out
+
+
 def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
     """Build and validate the cluster graph a spec dict describes (schema: module docstring).
 
@@ -259,6 +332,12 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
     if "gpu" not in spec:
         raise check.fail("gpu", None, "is required")
     gpu_key, gpu = _gpu(check, spec["gpu"])
+    software = read_software(check, spec.get("software"))
+    assumed = read_assumed(check, spec.get("assumed"))
+    if software is not None:      # the named software calibration replaces the GPU's efficiencies
+        from dataclasses import replace as _replace
+
+        gpu = _replace(gpu, **{key: software[key] for key in ("gemm_efficiency", "hbm_efficiency") if key in software})
     description = spec.get("description", "")
     if description is not None and not isinstance(description, str):
         raise check.fail("description", description, "must be text")
@@ -291,8 +370,9 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
         inter_family = _family(check, inter, "inter", INTER_FAMILIES, _INTER_KEYS)
         nics = check.integer(inter, "nics_per_node", "inter.", required=True, maximum=gpus_per_node)
         nic_gbps = check.number(inter, "nic_gbps", "inter.", required=True)
+        a2a_efficiency = software.get("a2a_efficiency", 1.0) if software is not None else 1.0
         shared = dict(
-            nics_per_node=nics, nic_Bps=nic_gbps * 0.125e9,
+            nics_per_node=nics, nic_Bps=nic_gbps * 0.125e9 * a2a_efficiency,
             servers_per_leaf=check.integer(inter, "servers_per_leaf", "inter.", num_nodes),
             oversubscription=check.number(inter, "oversubscription", "inter.", 1.0),
             latency_s=check.number(inter, "latency_s", "inter.", DEFAULT_LATENCY_S, strict=False))
@@ -300,6 +380,9 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
     inter_kind = inter_family.name if inter_family is not None else None
 
     gpu_dict = gpu.to_dict()
+    for key in ("lsh_compress_Bps", "lsh_restore_Bps"):   # the software's measured LSH throughput (phases)
+        if software is not None and key in software:
+            gpu_dict[key] = software[key]
     calibration = spec.get("calibration")
     if calibration is not None:
         check.keys(calibration, _CAL_KEYS, "calibration.")
@@ -334,7 +417,8 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
                    gpus_per_node=gpus_per_node, gpu=gpu_dict, alpha_s=alpha_s,
                    nics_per_node=inter_args["nics_per_node"] if inter_args else 0,
                    intra_kind=intra_kind, inter_kind=inter_kind,
-                   calibration=copy.deepcopy(calibration), spec=copy.deepcopy(spec), source=source)
+                   calibration=copy.deepcopy(calibration), spec=copy.deepcopy(spec), source=source,
+                   software=copy.deepcopy(software), assumed=assumed)
     routing = _routing(check, intra_family, inter_family)
     if routing is not None:
         G.graph["routing"] = routing
