@@ -18,3 +18,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+#: a small MoE model on the 32-GPU LSH-MoE A100 cluster (4 nodes x 8), for step-simulator tests
+A100_4X8 = "lshmoe-a100-4x8"
+SMALL_MOE = {"name": "m", "num_layers": 2, "d_model": 256, "d_ffn": 1024, "num_experts": 64, "top_k": 2,
+             "moe_every": 1, "seq_len": 256, "tokens_per_gpu": 1024, "vocab_size": 1000, "bytes_per_element": 2}
+
+
+@pytest.fixture(scope="session")
+def a100_4x8_graph():
+    """The topology graph of `A100_4X8`, loaded once per session (read-only in the tests)."""
+    from lshsim.topology import load_topology
+
+    return load_topology(A100_4X8)

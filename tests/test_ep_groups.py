@@ -16,16 +16,13 @@ from lshsim.models import model_from_dict
 from lshsim.sim.collectives import simulate_all_to_all
 from lshsim.sim.moe_step import (A2ACache, StepConfig, _draw_inputs, placement_for, popularity_traffic, rank_classes,
                                  route_traffic, simulate_config)
-from lshsim.topology import load_topology
 
-A100 = "lshmoe-a100-4x8"          # 32 GPUs, 4 nodes x 8
-MODEL = {"name": "m", "num_layers": 2, "d_model": 256, "d_ffn": 1024, "num_experts": 64, "top_k": 2, "moe_every": 1,
-         "seq_len": 256, "tokens_per_gpu": 1024, "vocab_size": 1000, "bytes_per_element": 2}
+from conftest import A100_4X8 as A100, SMALL_MOE as MODEL  # noqa: E402  32 GPUs, 4 nodes x 8
 
 
 @pytest.fixture(scope="module")
-def graph():
-    return load_topology(A100)
+def graph(a100_4x8_graph):
+    return a100_4x8_graph
 
 
 @pytest.fixture(scope="module")

@@ -13,21 +13,18 @@ from lshsim.models import model_from_dict
 from lshsim.sim.dispatch_formats import bytes_per_token, node_dedup_traffic
 from lshsim.sim.moe_step import (StepConfig, _draw_inputs, _route_group, placement_for, plan_options,
                                  route_traffic, simulate_config)
-from lshsim.topology import load_topology
 
-A100 = "lshmoe-a100-4x8"          # 32 GPUs, 4 nodes x 8
-MODEL = {"name": "m", "num_layers": 2, "d_model": 256, "d_ffn": 1024, "num_experts": 64, "top_k": 4, "moe_every": 1,
-         "seq_len": 256, "tokens_per_gpu": 512, "vocab_size": 1000, "bytes_per_element": 2}
+from conftest import SMALL_MOE  # noqa: E402  the 32-GPU A100 cluster's small model (4 nodes x 8)
 
 
 @pytest.fixture(scope="module")
-def graph():
-    return load_topology(A100)
+def graph(a100_4x8_graph):
+    return a100_4x8_graph
 
 
 @pytest.fixture(scope="module")
 def model():
-    return model_from_dict(MODEL)
+    return model_from_dict({**SMALL_MOE, "top_k": 4, "tokens_per_gpu": 512})
 
 
 def test_config_refusals():
