@@ -11,14 +11,16 @@ import pytest
 from lshsim.cli import main
 from lshsim.sim.dispatch_formats import DedupTraffic
 from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID, case_traffic, counted_bytes,
-                                  deepep_routing, fit_calibration, load_cases, load_split, simulate_case)
+                                  deepep_routing, fit_calibration, load_cases, load_split, simulate_case,
+                                  source_group)
 
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 44 and len({c.id for c in cases}) == 44
+    assert len(cases) == 63 and len({c.id for c in cases}) == 63
     test = load_split()
-    assert len(test) * 3 >= len(cases)                       # at least a third set aside ...
+    first = [c for c in cases if c.file.startswith(("deepep-v1-", "uccl-"))]     # the test split's 44 cases
+    assert len(first) == 44 and len(test) * 3 >= len(first)  # at least a third set aside ...
     new = [c for c in cases if c.file.startswith("uccl-")]
     assert len(new) == 24 and 3 * len(test & {c.id for c in new}) >= len(new)   # ... of the new cases too
     by_id = {c.id: c for c in cases}
@@ -27,7 +29,10 @@ def test_shipped_cases_and_split():
     assert by_id["uccl-p5en-normal-ep24-combine"].published_GBps == 26
     assert by_id["uccl-p6b200-ll-ep32-dispatch"].published_latency_us == 406
     for c in cases:                                           # every case has a source and a topology that loads
-        if c.file.startswith("deepep-"):
+        if c.file.startswith(("deepep-v2-", "deepep-pcie-", "hybridep-")):
+            assert c.source.startswith("https://github.com/deepseek-ai/DeepEP/blob/") and c.nic_family == "ib"
+            assert c.kind == "normal" and c.counts == "rdma" and c.group is not None
+        elif c.file.startswith("deepep-"):
             assert c.source.startswith("https://github.com/deepseek-ai/DeepEP/blob/")
             assert c.topology == f"published/h800-ib-{c.nodes}x8" and c.nic_family == "ib"
         else:
@@ -40,6 +45,43 @@ def test_shipped_cases_and_split():
         if c.kind == "low_latency" and c.id not in ("uccl-p5en-ll-ep16-dispatch", "uccl-p5en-ll-ep32-combine"):
             per = 7408 if c.op == "dispatch" else 14336
             assert c.published_GBps * c.published_latency_us * 1e3 == pytest.approx(1014 * per, rel=0.011 if c.file.startswith("deepep-") else 0.04)
+
+
+def test_fresh_case_files_read_as_their_sources_count():
+    """The later sources' workload fields: no node limit, experts per rank, bytes beside the values, group."""
+    by_id = {c.id: c for c in load_cases()}
+    v2 = by_id["deepep-v2-sm90-ep32-dispatch"]
+    t = case_traffic(v2)
+    assert t.bytes_per_token == 7168 + 224 + 64 + 32                  # fp8 values, scales, top-k ids and weights
+    assert case_traffic(by_id["deepep-v2-sm90-ep32-combine"]).bytes_per_token == 7168 * 2 + 32
+    assert source_group(v2) == "deepep-v2" and source_group(by_id["deepep-normal-inter-ep16-dispatch"]) == "deepep"
+    # no node limit: tokens reach all 4 nodes (the V1 workload's min(nodes, 4) would allow it too; at 8 nodes not)
+    h = by_id["hybridep-h100-ep64-combine"]
+    th = case_traffic(h)
+    assert th.choice_traffic.shape == (64, 64) and th.node_tokens.shape == (64, 8)
+    assert (th.node_tokens > 0).sum(axis=1).max() == 8
+    # 8 experts per rank: 512 experts; a token's 8 distinct experts give 8 (token, expert) pairs
+    assert th.choice_tokens.sum() == 64 * 4096 * 8
+    # one-GPU nodes (no NVLink): (token, node) pairs are (token, rank) pairs
+    p = case_traffic(by_id["deepep-pcie-h20-ep8-dispatch"])
+    assert np.array_equal(p.node_tokens, p.rank_tokens)
+
+
+@pytest.mark.parametrize("workload, message", [
+    ({"topk_groups": "all"}, "a.yaml: workload.topk_groups='all' must be 'min(nodes, 4)', 'none'"),
+    ({"experts_per_rank": 0}, "a.yaml: workload.experts_per_rank=0 must be an integer >= 1"),
+    ({"experts_per_rank": 2, "experts": 32}, "a.yaml: workload.experts and workload.experts_per_rank: give one"),
+    ({"dispatch_metadata_bytes": -1}, "a.yaml: workload.dispatch_metadata_bytes=-1 must be an integer >= 0"),
+])
+def test_bad_workload_names_file_field_and_value(tmp_path, workload, message):
+    _write_case_file(tmp_path)
+    doc = json.loads((tmp_path / "a.yaml").read_text())
+    doc["workload"] = {k: v for k, v in {**doc["workload"], **workload}.items()
+                       if not ("experts_per_rank" in workload and k == "experts" and "experts" not in workload)}
+    (tmp_path / "a.yaml").write_text(json.dumps(doc))
+    with pytest.raises(ValueError) as error:
+        load_cases(tmp_path)
+    assert message in str(error.value)
 
 
 def _write_case_file(folder: Path, **override):

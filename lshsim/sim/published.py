@@ -64,6 +64,7 @@ class Case:
     published_latency_us: float | None = None
     topology_template: str = DEFAULT_TOPOLOGY
     nic_family: str = "ib"
+    group: str | None = None              # the file's `group` (reports), None: the file name's prefix
 
     @property
     def gpus_per_node(self) -> int:
@@ -97,6 +98,7 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
             raise ValueError(f"{path.name}: workload must be a mapping")
         for key in ("tokens_per_rank", "hidden", "top_k"):
             _field(workload.get(key), f"{path.name}: workload.{key}", int, lambda v: v >= 1, "must be an integer >= 1")
+        _check_workload(workload, path.name)
         source = (doc.get("source") or {}).get("url")
         _field(source, f"{path.name}: source.url", str, lambda v: v.startswith("https://"), "must be an https URL")
         template = _field(doc.get("topology", DEFAULT_TOPOLOGY), f"{path.name}: topology", str,
@@ -104,6 +106,10 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
                           "'published/h800-ib-{nodes}x8'")
         family = _field(doc.get("nic_family", "ib"), f"{path.name}: nic_family", str,
                         lambda v: v.isidentifier(), "must be a short name (letters, digits, _), e.g. ib or efa")
+        group = doc.get("group")
+        if group is not None:
+            _field(group, f"{path.name}: group", str, lambda v: bool(v) and all(c.isalnum() or c in "-_." for c in v),
+                   "must be a short name (letters, digits, -, _, .), e.g. deepep-v2")
         for i, raw in enumerate(doc["cases"]):
             where = f"{path.name}: cases[{i}]"
             if not isinstance(raw, dict):
@@ -130,10 +136,26 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
             if latency is not None:
                 _field(latency, f"{where}.published_latency_us", (int, float), lambda v: v > 0, "must be a number > 0")
             case = Case(cid, kind, ep, nodes, op, fmt, float(figure), counts, dict(workload), source, path.name,
-                        None if latency is None else float(latency), template, family)
+                        None if latency is None else float(latency), template, family, group)
             _check_topology(case, f"{path.name}: topology")
             cases.append(case)
     return cases
+
+
+def _check_workload(workload: dict, name: str) -> None:
+    """The optional workload keys: experts or experts_per_rank, topk_groups, *_metadata_bytes, masked_choices."""
+    if "experts" in workload and "experts_per_rank" in workload:
+        raise ValueError(f"{name}: workload.experts and workload.experts_per_rank: give one of them")
+    for key in ("experts", "experts_per_rank"):
+        if key in workload:
+            _field(workload[key], f"{name}: workload.{key}", int, lambda v: v >= 1, "must be an integer >= 1")
+    groups = workload.get("topk_groups")
+    if groups is not None and groups not in ("min(nodes, 4)", "none"):
+        _field(groups, f"{name}: workload.topk_groups", int, lambda v: v >= 1,
+               "must be 'min(nodes, 4)', 'none' (no node limit) or an integer >= 1")
+    for key in ("dispatch_metadata_bytes", "combine_metadata_bytes", "masked_choices"):
+        if key in workload:
+            _field(workload[key], f"{name}: workload.{key}", int, lambda v: v >= 0, "must be an integer >= 0")
 
 
 def _check_topology(case: Case, where: str) -> None:
@@ -189,6 +211,8 @@ def deepep_routing(rank: int, tokens: int, experts: int, nodes: int, top_k: int,
 
 
 def _experts(case: Case) -> int:
+    if "experts_per_rank" in case.workload:          # e.g. NVIDIA's Hybrid-EP test: 8 local experts per rank
+        return int(case.workload["experts_per_rank"]) * case.ep
     experts = int(case.workload.get("experts", 256))
     return experts if experts % case.ep == 0 else (experts // case.ep) * case.ep or case.ep
 
@@ -198,13 +222,14 @@ def case_traffic(case: Case, seed: int = 0):
     w = case.workload
     tokens, top_k, experts = w["tokens_per_rank"], w["top_k"], _experts(case)
     groups = None
-    if case.kind == "normal":
+    if case.kind == "normal" and w.get("topk_groups") != "none":
         groups = min(case.nodes, 4) if w.get("topk_groups") in (None, "min(nodes, 4)") else int(w["topk_groups"])
     masked = int(w.get("masked_choices", 0))
     idx = np.concatenate([deepep_routing(r, tokens, experts, case.nodes, top_k, groups, seed, masked)
                           for r in range(case.ep)])
     src = np.repeat(np.arange(case.ep), tokens)
     metadata = 16 if (case.kind == "low_latency" and case.format == "fp8") else 0
+    metadata = int(w.get(f"{case.op}_metadata_bytes", metadata))     # bytes per token beside the values
     bpt = bytes_per_token(case.format, w["hidden"], metadata_bytes=metadata)
     return node_dedup_traffic(idx, src, expert_rank=np.arange(experts) // (experts // case.ep),
                               gpus_per_node=case.gpus_per_node, world=case.ep, bytes_per_token=bpt)
@@ -339,8 +364,9 @@ def _row(run: CaseRun, cal: Calibration, role: str) -> dict:
 
 
 def source_group(case: Case) -> str:
-    """The source a case comes from, for reports: its file name up to the first '-' (deepep, uccl, ...)."""
-    return case.file.split("-", 1)[0]
+    """The source a case comes from, for reports: the file's `group`, else its file name up to the first '-'
+    (deepep, uccl, ...)."""
+    return case.group or case.file.split("-", 1)[0]
 
 
 def _summary(rows: list[dict]) -> dict:
