@@ -11,7 +11,7 @@ import pytest
 from lshsim.cli import main
 from lshsim.sim.dispatch_formats import DedupTraffic
 from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID, case_traffic, counted_bytes,
-                                  deepep_routing, fit_calibration, load_cases, load_split, simulate_case,
+                                  deepep_routing, fit_calibration, load_cases, load_fresh, load_split, simulate_case,
                                   source_group)
 
 
@@ -21,6 +21,9 @@ def test_shipped_cases_and_split():
     test = load_split()
     first = [c for c in cases if c.file.startswith(("deepep-v1-", "uccl-"))]     # the test split's 44 cases
     assert len(first) == 44 and len(test) * 3 >= len(first)  # at least a third set aside ...
+    fresh = load_fresh()
+    later = {c.id for c in cases if c.file.startswith(("deepep-v2-", "deepep-pcie-", "hybridep-"))}
+    assert fresh == later and len(fresh) == 19 and not fresh & test      # every later case is fresh, none a test case
     new = [c for c in cases if c.file.startswith("uccl-")]
     assert len(new) == 24 and 3 * len(test & {c.id for c in new}) >= len(new)   # ... of the new cases too
     by_id = {c.id: c for c in cases}
@@ -111,6 +114,12 @@ def test_split_names_only_known_cases(tmp_path):
     (tmp_path / "split.yaml").write_text("test: [x, nope]\n")
     with pytest.raises(ValueError, match=r"split.yaml: test\[1\]='nope' is not a case id"):
         load_split(tmp_path)
+    (tmp_path / "split.yaml").write_text("test: [x]\nfresh: [nope]\n")
+    with pytest.raises(ValueError, match=r"split.yaml: fresh\[0\]='nope' is not a case id"):
+        load_fresh(tmp_path)
+    (tmp_path / "split.yaml").write_text("test: [x]\nfresh: [x]\n")
+    with pytest.raises(ValueError, match=r"split.yaml: fresh\[0\]='x' is also a test case"):
+        load_fresh(tmp_path)
 
 
 def test_routing_as_deepep_draws_it():
@@ -170,7 +179,7 @@ def test_fit_recovers_known_parameters_per_family_and_refuses_test_cases():
     p5en = Case("p5en", "low_latency", 16, 2, "dispatch", "fp8", 1.0, "choices", workload, "", "", None,
                 "published/p5en-h200-efa-{nodes}x8", "efa")
     assert simulate_case(p5en, case_traffic(p5en), 0.84) == pytest.approx(runs[0].sim_s[0.84], rel=1e-6)
-    with pytest.raises(ValueError, match="test cases must never be fitted on: ib-dispatch16"):
+    with pytest.raises(ValueError, match="held-out\) cases must never be fitted on: ib-dispatch16"):
         fit_calibration(runs, {"ib-dispatch16"})
     only_ib = fit_calibration(runs[:4], set())
     with pytest.raises(ValueError, match="case efa-dispatch16: nic_family='efa' has no fitting case"):

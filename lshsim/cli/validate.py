@@ -138,10 +138,10 @@ def _run_published(args) -> int:
             console.print(f"{name}: {part['cases']} cases, median |error| {100 * part['median_abs_rel_error']:.1f}%, "
                           f"worst {100 * part['max_abs_rel_error']:.1f}%")
 
-    for name in ("fitting", "test", "leave_one_out"):
+    for name in ("fitting", "test", "fresh", "leave_one_out"):
         line(name.replace("_", "-"), out.get(name))
     for group, parts in out["by_source"].items():
-        for role in ("fitting", "test"):
+        for role in ("fitting", "test", "fresh"):
             line(f"{group} {role}", parts[role])
         if "leave_one_out" in out:
             line(f"{group} leave-one-out", out["leave_one_out"]["by_source"].get(group))

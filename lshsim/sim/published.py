@@ -33,7 +33,7 @@ import numpy as np
 from lshsim.readers import load_yaml as read_yaml
 from lshsim.sim.dispatch_formats import bytes_per_token, node_dedup_traffic
 
-__all__ = ["Case", "load_cases", "load_split", "deepep_routing", "case_traffic", "counted_bytes", "simulate_case",
+__all__ = ["Case", "load_cases", "load_split", "load_fresh", "deepep_routing", "case_traffic", "counted_bytes", "simulate_case",
            "Calibration", "fit_calibration", "validate_published", "source_group", "PUBLISHED_DIR", "NORMAL_CHUNKS"]
 
 #: the folder of the published cases in a source checkout
@@ -187,6 +187,25 @@ def load_split(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = No
     return set(test)
 
 
+def load_fresh(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = None) -> set[str]:
+    """The fresh held-out case ids of `folder/split.yaml` (`fresh:`, optional): committed before a model change and
+    never fitted on; each checked against the cases and against the test list (a case is in one set only)."""
+    folder = Path(folder)
+    path = folder / "split.yaml"
+    doc = read_yaml(path)
+    fresh = doc.get("fresh", []) if isinstance(doc, dict) else []
+    if fresh is None or not isinstance(fresh, list):
+        raise ValueError(f"{path.name}: fresh must be a list of case ids")
+    known = {c.id for c in (load_cases(folder) if cases is None else cases)}
+    test = set(doc.get("test") or [])
+    for i, cid in enumerate(fresh):
+        if cid not in known:
+            raise ValueError(f"{path.name}: fresh[{i}]={cid!r} is not a case id")
+        if cid in test:
+            raise ValueError(f"{path.name}: fresh[{i}]={cid!r} is also a test case")
+    return set(fresh)
+
+
 def deepep_routing(rank: int, tokens: int, experts: int, nodes: int, top_k: int, topk_groups: int | None,
                    seed: int = 0, masked_choices: int = 0) -> np.ndarray:
     """(tokens, top_k) expert ids drawn as DeepEP's tests draw them, seeded by (seed, rank).
@@ -331,7 +350,7 @@ def fit_calibration(runs: list[CaseRun], test_ids: set[str], grid: tuple | None 
     test case."""
     bad = [r.case.id for r in runs if r.case.id in test_ids]
     if bad:
-        raise ValueError(f"fit_calibration: test cases must never be fitted on: {', '.join(bad)}")
+        raise ValueError(f"fit_calibration: test or fresh (held-out) cases must never be fitted on: {', '.join(bad)}")
     if not runs:
         raise ValueError("fit_calibration: no fitting cases")
     grid = tuple(sorted(runs[0].sim_s)) if grid is None else tuple(grid)
@@ -394,6 +413,8 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
         raise ValueError(f"efficiency_grid={grid!r} must hold NIC efficiencies in (0, 1]")
     cases = load_cases(folder)
     test_ids = load_split(folder, cases)
+    fresh_ids = load_fresh(folder, cases)
+    held_out = test_ids | fresh_ids
     runs = []
     for case in cases:
         traffic = case_traffic(case, seed)
@@ -404,9 +425,10 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
         runs.append(run)
         if progress is not None:
             progress(case.id)
-    fitting = [r for r in runs if r.case.id not in test_ids]
-    cal = fit_calibration(fitting, test_ids)
-    rows = [_row(r, cal, "test" if r.case.id in test_ids else "fitting") for r in runs]
+    fitting = [r for r in runs if r.case.id not in held_out]
+    cal = fit_calibration(fitting, held_out)
+    role = lambda cid: "test" if cid in test_ids else "fresh" if cid in fresh_ids else "fitting"
+    rows = [_row(r, cal, role(r.case.id)) for r in runs]
     nominal = {c.nic_family: _nic_nominal_Bps(c) for c in cases}
     out = {"calibration": {"nic_efficiency": cal.nic_efficiency,
                            "nic_Bps": {f: e * nominal[f] for f, e in cal.nic_efficiency.items()},
@@ -415,8 +437,9 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
            "rows": rows,
            "fitting": _summary([r for r in rows if r["role"] == "fitting"]),
            "test": _summary([r for r in rows if r["role"] == "test"]),
+           "fresh": _summary([r for r in rows if r["role"] == "fresh"]),
            "by_source": {g: {role: _summary([r for r in rows if r["role"] == role and r["source_group"] == g])
-                             for role in ("fitting", "test")}
+                             for role in ("fitting", "test", "fresh")}
                          for g in sorted({r["source_group"] for r in rows})},
            "model": {"normal": f"node_dedup, {NORMAL_CHUNKS} chunks", "low_latency": "direct, one copy per (token, expert)",
                      "calibration": "per NIC family: NIC efficiency (grid) and one start-up per operation",
@@ -427,7 +450,7 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
             rest = [x for x in fitting if x is not r]
             if not any(x.case.nic_family == r.case.nic_family for x in rest):
                 continue                     # the only fitting case of its family: nothing to predict it with
-            loo.append(_row(r, fit_calibration(rest, test_ids), "leave-one-out"))
+            loo.append(_row(r, fit_calibration(rest, held_out), "leave-one-out"))
         out["leave_one_out"] = {**_summary(loo), "rows": loo,
                                 "by_source": {g: _summary([x for x in loo if x["source_group"] == g])
                                               for g in sorted({x["source_group"] for x in loo})}}
