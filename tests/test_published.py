@@ -1,5 +1,6 @@
 """The published cases (data/published/), their split, the byte counts under each source's definition,
 the calibration fit (recovers known parameters, refuses test cases) and `lshsim validate --published`."""
+import dataclasses
 import json
 import math
 import shutil
@@ -11,14 +12,20 @@ import pytest
 from lshsim.cli import main
 from lshsim.sim.dispatch_formats import DedupTraffic
 from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID, case_traffic, counted_bytes,
-                                  deepep_routing, fit_calibration, load_cases, load_split, simulate_case)
+                                  deepep_routing, demonstrated_efficiency, fit_calibration, load_cases, load_fresh,
+                                  load_split, simulate_case,
+                                  source_group)
 
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 44 and len({c.id for c in cases}) == 44
+    assert len(cases) == 63 and len({c.id for c in cases}) == 63
     test = load_split()
-    assert len(test) * 3 >= len(cases)                       # at least a third set aside ...
+    first = [c for c in cases if c.file.startswith(("deepep-v1-", "uccl-"))]     # the test split's 44 cases
+    assert len(first) == 44 and len(test) * 3 >= len(first)  # at least a third set aside ...
+    fresh = load_fresh()
+    later = {c.id for c in cases if c.file.startswith(("deepep-v2-", "deepep-pcie-", "hybridep-"))}
+    assert fresh == later and len(fresh) == 19 and not fresh & test      # every later case is fresh, none a test case
     new = [c for c in cases if c.file.startswith("uccl-")]
     assert len(new) == 24 and 3 * len(test & {c.id for c in new}) >= len(new)   # ... of the new cases too
     by_id = {c.id: c for c in cases}
@@ -27,7 +34,10 @@ def test_shipped_cases_and_split():
     assert by_id["uccl-p5en-normal-ep24-combine"].published_GBps == 26
     assert by_id["uccl-p6b200-ll-ep32-dispatch"].published_latency_us == 406
     for c in cases:                                           # every case has a source and a topology that loads
-        if c.file.startswith("deepep-"):
+        if c.file.startswith(("deepep-v2-", "deepep-pcie-", "hybridep-")):
+            assert c.source.startswith("https://github.com/deepseek-ai/DeepEP/blob/") and c.nic_family == "ib"
+            assert c.kind == "normal" and c.counts == "rdma" and c.group is not None
+        elif c.file.startswith("deepep-"):
             assert c.source.startswith("https://github.com/deepseek-ai/DeepEP/blob/")
             assert c.topology == f"published/h800-ib-{c.nodes}x8" and c.nic_family == "ib"
         else:
@@ -40,6 +50,47 @@ def test_shipped_cases_and_split():
         if c.kind == "low_latency" and c.id not in ("uccl-p5en-ll-ep16-dispatch", "uccl-p5en-ll-ep32-combine"):
             per = 7408 if c.op == "dispatch" else 14336
             assert c.published_GBps * c.published_latency_us * 1e3 == pytest.approx(1014 * per, rel=0.011 if c.file.startswith("deepep-") else 0.04)
+
+
+def test_fresh_case_files_read_as_their_sources_count():
+    """The later sources' workload fields: no node limit, experts per rank, bytes beside the values, group."""
+    by_id = {c.id: c for c in load_cases()}
+    v2 = by_id["deepep-v2-sm90-ep32-dispatch"]
+    t = case_traffic(dataclasses.replace(v2, workload={**v2.workload, "tokens_per_rank": 64}))
+    assert t.bytes_per_token == 7168 + 224 + 64 + 32                  # fp8 values, scales, top-k ids and weights
+    combine = by_id["deepep-v2-sm90-ep32-combine"]
+    assert case_traffic(dataclasses.replace(combine, workload={**combine.workload, "tokens_per_rank": 64})
+                        ).bytes_per_token == 7168 * 2 + 32
+    assert source_group(v2) == "deepep-v2" and source_group(by_id["deepep-normal-inter-ep16-dispatch"]) == "deepep"
+    # no node limit: tokens reach all 4 nodes (the V1 workload's min(nodes, 4) would allow it too; at 8 nodes not)
+    h = by_id["hybridep-h100-ep64-combine"]
+    h = dataclasses.replace(h, workload={**h.workload, "tokens_per_rank": 256})      # the file's fields, fewer tokens
+    th = case_traffic(h)
+    assert th.choice_traffic.shape == (64, 64) and th.node_tokens.shape == (64, 8)
+    assert (th.node_tokens > 0).sum(axis=1).max() == 8
+    # 8 experts per rank: 512 experts; a token's 8 distinct experts give 8 (token, expert) pairs
+    assert th.choice_tokens.sum() == 64 * 256 * 8
+    # one-GPU nodes (no NVLink): (token, node) pairs are (token, rank) pairs
+    p = case_traffic(dataclasses.replace(by_id["deepep-pcie-h20-ep8-dispatch"],
+                                         workload={**by_id["deepep-pcie-h20-ep8-dispatch"].workload, "tokens_per_rank": 256}))
+    assert np.array_equal(p.node_tokens, p.rank_tokens)
+
+
+@pytest.mark.parametrize("workload, message", [
+    ({"topk_groups": "all"}, "a.yaml: workload.topk_groups='all' must be 'min(nodes, 4)', 'none'"),
+    ({"experts_per_rank": 0}, "a.yaml: workload.experts_per_rank=0 must be an integer >= 1"),
+    ({"experts_per_rank": 2, "experts": 32}, "a.yaml: workload.experts and workload.experts_per_rank: give one"),
+    ({"dispatch_metadata_bytes": -1}, "a.yaml: workload.dispatch_metadata_bytes=-1 must be an integer >= 0"),
+])
+def test_bad_workload_names_file_field_and_value(tmp_path, workload, message):
+    _write_case_file(tmp_path)
+    doc = json.loads((tmp_path / "a.yaml").read_text())
+    doc["workload"] = {k: v for k, v in {**doc["workload"], **workload}.items()
+                       if not ("experts_per_rank" in workload and k == "experts" and "experts" not in workload)}
+    (tmp_path / "a.yaml").write_text(json.dumps(doc))
+    with pytest.raises(ValueError) as error:
+        load_cases(tmp_path)
+    assert message in str(error.value)
 
 
 def _write_case_file(folder: Path, **override):
@@ -69,6 +120,12 @@ def test_split_names_only_known_cases(tmp_path):
     (tmp_path / "split.yaml").write_text("test: [x, nope]\n")
     with pytest.raises(ValueError, match=r"split.yaml: test\[1\]='nope' is not a case id"):
         load_split(tmp_path)
+    (tmp_path / "split.yaml").write_text("test: [x]\nfresh: [nope]\n")
+    with pytest.raises(ValueError, match=r"split.yaml: fresh\[0\]='nope' is not a case id"):
+        load_fresh(tmp_path)
+    (tmp_path / "split.yaml").write_text("test: [x]\nfresh: [x]\n")
+    with pytest.raises(ValueError, match=r"split.yaml: fresh\[0\]='x' is also a test case"):
+        load_fresh(tmp_path)
 
 
 def test_routing_as_deepep_draws_it():
@@ -98,41 +155,69 @@ def test_counted_bytes_under_each_definition():
     assert counted_bytes(mk("choices", "low_latency"), t).tolist() == [400.0, 0, 0, 0]
 
 
-def _run(case, eff, alpha):
-    """A CaseRun whose published figure the model itself produced at (eff, alpha): the fit's reference."""
+GRID = (0.76, 0.8, 0.84, 0.9)          # a few efficiencies of EFFICIENCY_GRID (fast)
+
+
+def _run(case, eff, alpha, beta=0.0):
+    """A CaseRun whose published figure the model itself produced at (eff, alpha, beta): the fit's reference."""
     traffic = case_traffic(case)
     counted = float(counted_bytes(case, traffic).mean())
-    sim = {e: simulate_case(case, traffic, e) for e in EFFICIENCY_GRID}
-    figure = counted / (sim[eff] + alpha[case.op]) / 1e9
+    sim = {e: simulate_case(case, traffic, e) for e in GRID}
+    node = np.arange(case.ep) // case.gpus_per_node
+    messages = float((traffic.choice_tokens * (node[:, None] != node[None, :])).sum(axis=1).mean())
+    figure = counted / (sim[eff] + alpha[case.op] + beta * messages) / 1e9
     case = Case(case.id, case.kind, case.ep, case.nodes, case.op, case.format, figure, case.counts, case.workload,
                 case.source, case.file, None, case.topology_template, case.nic_family)
-    return CaseRun(case, counted, 0.0, sim)
+    return CaseRun(case, counted, 0.0, sim, messages=messages)
 
 
-def test_fit_recovers_known_parameters_per_family_and_refuses_test_cases():
-    """Two NIC families with their own known (efficiency, start-ups): each is recovered from its own cases."""
+def test_fit_recovers_known_parameters_per_family_and_refuses_held_out_cases():
+    """Two NIC families with their own known (efficiency, start-ups, cost per message): each is recovered from its
+    own low-latency cases (EP 16, 32, 64: the remote share of the messages grows, which separates beta from alpha)."""
+    assert set(GRID) <= set(EFFICIENCY_GRID)
     workload = {"tokens_per_rank": 128, "hidden": 7168, "top_k": 8, "experts": 256, "masked_choices": 10}
-    known = {"ib": ("published/h800-ib-{nodes}x8", 0.84, {"dispatch": 25e-6, "combine": 60e-6}),
-             "efa": ("published/p6-b200-efa-{nodes}x8", 0.76, {"dispatch": 90e-6, "combine": 40e-6})}
+    known = {"ib": ("published/h800-ib-{nodes}x8", 0.84, {"dispatch": 25e-6, "combine": 60e-6}, 0.05e-6),
+             "efa": ("published/p6-b200-efa-{nodes}x8", 0.76, {"dispatch": 90e-6, "combine": 40e-6}, 0.3e-6)}
     runs = [_run(Case(f"{family}-{op}{ep}", "low_latency", ep, ep // 8, op, fmt, 1.0, "choices", workload, "", "",
-                      None, template, family), eff, alpha)
-            for family, (template, eff, alpha) in known.items()
-            for ep in (16, 32) for op, fmt in (("dispatch", "fp8"), ("combine", "bf16"))]
+                      None, template.replace("{nodes}x8", "{nodes}x8"), family), eff, alpha, beta)
+            for family, (template, eff, alpha, beta) in known.items()
+            for ep in ((16, 32, 64) if family == "ib" else (16, 24, 32))
+            for op, fmt in (("dispatch", "fp8"), ("combine", "bf16"))]
     cal = fit_calibration(runs, set())
-    for family, (_, eff, alpha) in known.items():
+    for family, (_, eff, alpha, beta) in known.items():
         assert cal.nic_efficiency[family] == eff
-        assert cal.alpha_s[family]["dispatch"] == pytest.approx(alpha["dispatch"], abs=1e-8)
-        assert cal.alpha_s[family]["combine"] == pytest.approx(alpha["combine"], abs=1e-8)
+        for op in ("dispatch", "combine"):
+            assert cal.alpha_s[family]["low_latency"][op] == pytest.approx(alpha[op], abs=2e-7)
+        assert cal.message_s[family] == pytest.approx(beta, abs=2e-9)
+        assert cal.alpha_s[family]["normal"] == {}                       # no normal case: no normal start-up
+    for r in runs:
+        assert cal.predict_GBps(r) == pytest.approx(r.case.published_GBps, rel=1e-4)
     # the efficiency scales each topology's own NIC rate: p5en's 2 x 200 Gb/s per GPU = H800's 1 x 400 Gb/s
     # (were it 50 GB/s per NIC, p5en's GPUs would get 100 GB/s and half the time)
     p5en = Case("p5en", "low_latency", 16, 2, "dispatch", "fp8", 1.0, "choices", workload, "", "", None,
                 "published/p5en-h200-efa-{nodes}x8", "efa")
     assert simulate_case(p5en, case_traffic(p5en), 0.84) == pytest.approx(runs[0].sim_s[0.84], rel=1e-6)
-    with pytest.raises(ValueError, match="test cases must never be fitted on: ib-dispatch16"):
+    with pytest.raises(ValueError, match=r"held-out\) cases must never be fitted on: ib-dispatch16"):
         fit_calibration(runs, {"ib-dispatch16"})
-    only_ib = fit_calibration(runs[:4], set())
+    only_ib = fit_calibration(runs[:6], set())
     with pytest.raises(ValueError, match="case efa-dispatch16: nic_family='efa' has no fitting case"):
-        only_ib.predict_GBps(runs[4].case, runs[4].counted, runs[4].sim_s)
+        only_ib.predict_GBps(runs[6])
+
+
+def test_demonstrated_efficiency_bounds_the_fit():
+    """The floor: a rank's NIC carried its mean network bytes in the published time. A case showing 45 of 50 GB/s
+    forbids efficiencies below 0.9, even where a lower one would fit the others better."""
+    case = lambda cid, figure: Case(cid, "normal", 16, 2, "dispatch", "fp8", figure, "rdma", {}, "", "")
+    fast = CaseRun(case("fast", 90.0), counted=100e6, network_bytes=50e6, sim_s={0.8: 1.25e-3, 0.9: 1.111e-3,
+                   1.0: 1.0e-3}, nic_gpu_Bps=50e9)                        # 50 MB in 100/90 ms ... 45 GB/s: eff >= 0.9
+    slow = CaseRun(case("slow", 40.0), counted=100e6, network_bytes=50e6, sim_s={0.8: 2.5e-3, 0.9: 2.22e-3,
+                   1.0: 2.0e-3}, nic_gpu_Bps=50e9)
+    assert demonstrated_efficiency([fast, slow]) == {"ib": pytest.approx(0.9)}
+    assert demonstrated_efficiency([slow]) == {"ib": pytest.approx(0.4)}
+    assert demonstrated_efficiency([CaseRun(case("one", 90.0), 1e6, 0.0, {})]) == {}     # one node: no bound
+    cal = fit_calibration([fast, slow], set())
+    assert cal.nic_efficiency["ib"] >= 0.9 and cal.efficiency_floor["ib"] == pytest.approx(0.9)
+    assert fit_calibration([slow], set()).nic_efficiency["ib"] == 0.8          # the best fit where nothing forbids it
 
 
 def test_validate_published_command(tmp_path, capsys):
@@ -166,6 +251,11 @@ def test_validate_published_command(tmp_path, capsys):
     assert out["calibration"]["efficiency_grid"] == [0.8, 0.9]
     # leave-one-out skips the only fitting case of the efa family
     assert [r["id"] for r in out["leave_one_out"]["rows"]] == ["n16-dispatch", "n16-combine"]
+    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.8:0.9:0.1", "--fitting-only",
+                 "--json"]) == 0
+    only = json.loads(capsys.readouterr().out)                  # the held-out case is neither predicted nor shown
+    assert [r["id"] for r in only["rows"]] == ["n16-dispatch", "n16-combine", "o16-dispatch"]
+    assert only["test"]["cases"] == 0 and only["calibration"] == out["calibration"]
     assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.9:0.9:0.1"]) == 0
     text = capsys.readouterr().out
     assert "test: 1 cases" in text and "fitting: 3 cases" in text
@@ -175,6 +265,9 @@ def test_validate_published_command(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["validate"])
     assert exit_info.value.code == 2 and "give trace files, or --published" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--fitting-only", "t.json"])
+    assert exit_info.value.code == 2 and "--fitting-only goes with --published" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.9:0.8:0.1"])
     assert exit_info.value.code == 2 and "needs 0 < LO <= HI <= 1" in capsys.readouterr().err

@@ -15,12 +15,28 @@ cases, chosen before any fit and never fitted on (`load_split`). For each case t
 4. turns the predicted time t into the case's own figure: bytes the source counts / t (`counted_bytes`),
    averaged over ranks.
 
-Calibration (`Calibration`, `fit_calibration`), per NIC family (a case file's `nic_family`: ib for DeepEP's
-CX7 InfiniBand, efa for UCCL-EP's AWS EFA), each family on its own: the NIC efficiency (effective NIC
-bandwidth / the topology's nic_gbps) and one start-up latency per operation (dispatch, combine) added to the
-simulated time, fitted on the fitting cases only (least squares of log(predicted / published)); the test cases
-are refused by the fit. NVLink stays at the topology's rate (H800: the source's stated ~160 GB/s; H200, B200:
-the datasheet rate, an assumption).
+Calibration (`Calibration`, `fit_calibration`), per NIC family (a case file's `nic_family`: ib for CX7 InfiniBand,
+efa for AWS EFA), each family on its own, on the FITTING cases only (`split.yaml` names the test cases and the
+fresh cases; the fit refuses both). The predicted time of a case is
+
+    t = t_sim(eff) + alpha[kind][op] + beta x m
+
+- t_sim(eff): the simulated time with the NIC at eff x the topology's nic_gbps (NVLink at the topology's rate:
+  H800 the source's stated ~160 GB/s; H100, H200, B200 the datasheet rate, an assumption).
+- alpha[kind][op] (s, in [0, ALPHA_MAX_S]): one start-up per (kernel kind, operation). Cause: the normal kernels
+  (layout notification, CPU-synchronised buffer sizes, chunked forwarding) and the low-latency kernels (one
+  launch, no CPU sync) are different kernels with different fixed costs.
+- beta x m (low-latency kernels only; beta in [0, MESSAGE_MAX_S] s per message): m = the mean over ranks of the
+  messages a rank sends to other nodes, one per (token, expert) pair on a remote node (DeepEP's and UCCL-EP's
+  low-latency kernels write each (token, expert) copy as its own RDMA write, no deduplication). Cause: a per-write
+  issue cost (a work request posted by the GPU (IBGDA) or by UCCL-EP's CPU proxy over EFA), serialised per rank;
+  m grows with the share of remote experts (1 - 1/nodes), so this cost grows with EP where one start-up cannot.
+- eff (NIC efficiency): a grid (EFFICIENCY_GRID, 0.40-1.00), bounded BEFORE fitting by two physical limits: at most
+  1 (line rate), and at least what the family's fitting cases demonstrate (`demonstrated_efficiency`: a rank's NIC
+  carried at least its mean network bytes in the published time, so eff x line rate >= network bytes / time).
+The fit: for each allowed eff, the start-ups (and beta) minimise a robust loss of log(predicted / published)
+(soft L1 with scale ROBUST_SCALE = 0.1: errors beyond ~10% count linearly, so a figure held down by a software limit
+no network model has, like UCCL-EP's p5en combine, does not drag the others); the eff with the least loss wins.
 """
 from __future__ import annotations
 
@@ -33,7 +49,7 @@ import numpy as np
 from lshsim.readers import load_yaml as read_yaml
 from lshsim.sim.dispatch_formats import bytes_per_token, node_dedup_traffic
 
-__all__ = ["Case", "load_cases", "load_split", "deepep_routing", "case_traffic", "counted_bytes", "simulate_case",
+__all__ = ["Case", "load_cases", "load_split", "load_fresh", "deepep_routing", "case_traffic", "counted_bytes", "simulate_case",
            "Calibration", "fit_calibration", "validate_published", "source_group", "PUBLISHED_DIR", "NORMAL_CHUNKS"]
 
 #: the folder of the published cases in a source checkout
@@ -64,6 +80,7 @@ class Case:
     published_latency_us: float | None = None
     topology_template: str = DEFAULT_TOPOLOGY
     nic_family: str = "ib"
+    group: str | None = None              # the file's `group` (reports), None: the file name's prefix
 
     @property
     def gpus_per_node(self) -> int:
@@ -97,6 +114,7 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
             raise ValueError(f"{path.name}: workload must be a mapping")
         for key in ("tokens_per_rank", "hidden", "top_k"):
             _field(workload.get(key), f"{path.name}: workload.{key}", int, lambda v: v >= 1, "must be an integer >= 1")
+        _check_workload(workload, path.name)
         source = (doc.get("source") or {}).get("url")
         _field(source, f"{path.name}: source.url", str, lambda v: v.startswith("https://"), "must be an https URL")
         template = _field(doc.get("topology", DEFAULT_TOPOLOGY), f"{path.name}: topology", str,
@@ -104,6 +122,10 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
                           "'published/h800-ib-{nodes}x8'")
         family = _field(doc.get("nic_family", "ib"), f"{path.name}: nic_family", str,
                         lambda v: v.isidentifier(), "must be a short name (letters, digits, _), e.g. ib or efa")
+        group = doc.get("group")
+        if group is not None:
+            _field(group, f"{path.name}: group", str, lambda v: bool(v) and all(c.isalnum() or c in "-_." for c in v),
+                   "must be a short name (letters, digits, -, _, .), e.g. deepep-v2")
         for i, raw in enumerate(doc["cases"]):
             where = f"{path.name}: cases[{i}]"
             if not isinstance(raw, dict):
@@ -130,10 +152,26 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
             if latency is not None:
                 _field(latency, f"{where}.published_latency_us", (int, float), lambda v: v > 0, "must be a number > 0")
             case = Case(cid, kind, ep, nodes, op, fmt, float(figure), counts, dict(workload), source, path.name,
-                        None if latency is None else float(latency), template, family)
+                        None if latency is None else float(latency), template, family, group)
             _check_topology(case, f"{path.name}: topology")
             cases.append(case)
     return cases
+
+
+def _check_workload(workload: dict, name: str) -> None:
+    """The optional workload keys: experts or experts_per_rank, topk_groups, *_metadata_bytes, masked_choices."""
+    if "experts" in workload and "experts_per_rank" in workload:
+        raise ValueError(f"{name}: workload.experts and workload.experts_per_rank: give one of them")
+    for key in ("experts", "experts_per_rank"):
+        if key in workload:
+            _field(workload[key], f"{name}: workload.{key}", int, lambda v: v >= 1, "must be an integer >= 1")
+    groups = workload.get("topk_groups")
+    if groups is not None and groups not in ("min(nodes, 4)", "none"):
+        _field(groups, f"{name}: workload.topk_groups", int, lambda v: v >= 1,
+               "must be 'min(nodes, 4)', 'none' (no node limit) or an integer >= 1")
+    for key in ("dispatch_metadata_bytes", "combine_metadata_bytes", "masked_choices"):
+        if key in workload:
+            _field(workload[key], f"{name}: workload.{key}", int, lambda v: v >= 0, "must be an integer >= 0")
 
 
 def _check_topology(case: Case, where: str) -> None:
@@ -165,6 +203,25 @@ def load_split(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = No
     return set(test)
 
 
+def load_fresh(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = None) -> set[str]:
+    """The fresh held-out case ids of `folder/split.yaml` (`fresh:`, optional): committed before a model change and
+    never fitted on; each checked against the cases and against the test list (a case is in one set only)."""
+    folder = Path(folder)
+    path = folder / "split.yaml"
+    doc = read_yaml(path)
+    fresh = doc.get("fresh", []) if isinstance(doc, dict) else []
+    if fresh is None or not isinstance(fresh, list):
+        raise ValueError(f"{path.name}: fresh must be a list of case ids")
+    known = {c.id for c in (load_cases(folder) if cases is None else cases)}
+    test = set(doc.get("test") or [])
+    for i, cid in enumerate(fresh):
+        if cid not in known:
+            raise ValueError(f"{path.name}: fresh[{i}]={cid!r} is not a case id")
+        if cid in test:
+            raise ValueError(f"{path.name}: fresh[{i}]={cid!r} is also a test case")
+    return set(fresh)
+
+
 def deepep_routing(rank: int, tokens: int, experts: int, nodes: int, top_k: int, topk_groups: int | None,
                    seed: int = 0, masked_choices: int = 0) -> np.ndarray:
     """(tokens, top_k) expert ids drawn as DeepEP's tests draw them, seeded by (seed, rank).
@@ -189,6 +246,8 @@ def deepep_routing(rank: int, tokens: int, experts: int, nodes: int, top_k: int,
 
 
 def _experts(case: Case) -> int:
+    if "experts_per_rank" in case.workload:          # e.g. NVIDIA's Hybrid-EP test: 8 local experts per rank
+        return int(case.workload["experts_per_rank"]) * case.ep
     experts = int(case.workload.get("experts", 256))
     return experts if experts % case.ep == 0 else (experts // case.ep) * case.ep or case.ep
 
@@ -198,13 +257,14 @@ def case_traffic(case: Case, seed: int = 0):
     w = case.workload
     tokens, top_k, experts = w["tokens_per_rank"], w["top_k"], _experts(case)
     groups = None
-    if case.kind == "normal":
+    if case.kind == "normal" and w.get("topk_groups") != "none":
         groups = min(case.nodes, 4) if w.get("topk_groups") in (None, "min(nodes, 4)") else int(w["topk_groups"])
     masked = int(w.get("masked_choices", 0))
     idx = np.concatenate([deepep_routing(r, tokens, experts, case.nodes, top_k, groups, seed, masked)
                           for r in range(case.ep)])
     src = np.repeat(np.arange(case.ep), tokens)
     metadata = 16 if (case.kind == "low_latency" and case.format == "fp8") else 0
+    metadata = int(w.get(f"{case.op}_metadata_bytes", metadata))     # bytes per token beside the values
     bpt = bytes_per_token(case.format, w["hidden"], metadata_bytes=metadata)
     return node_dedup_traffic(idx, src, expert_rank=np.arange(experts) // (experts // case.ep),
                               gpus_per_node=case.gpus_per_node, world=case.ep, bytes_per_token=bpt)
@@ -248,21 +308,33 @@ def simulate_case(case: Case, traffic, nic_efficiency: float, *, topology_dir: s
 
 @dataclass(frozen=True)
 class Calibration:
-    """Per NIC family (the case file's `nic_family`): the NIC efficiency (of the topology's nic_gbps) and the
-    start-up per operation (s), with the cases they were fitted on."""
+    """Per NIC family (the case file's `nic_family`): the NIC efficiency (of the topology's nic_gbps), the start-up
+    per (kernel kind, operation) (s), the cost per network message of the low-latency kernels (s), the efficiency
+    floor the fitting cases demonstrate, and the cases they were fitted on."""
 
     nic_efficiency: dict                  # family -> efficiency
-    alpha_s: dict                         # family -> {op: seconds}
+    alpha_s: dict                         # family -> {kind: {op: seconds}}
+    message_s: dict = field(default_factory=dict)            # family -> seconds per message (low-latency kernels)
+    efficiency_floor: dict = field(default_factory=dict)     # family -> lower bound of the efficiency
     fitted_on: tuple = ()
     grid: tuple = ()
 
-    def predict_GBps(self, case: Case, counted: float, sim_s_by_eff: dict) -> float:
+    def time_s(self, run: "CaseRun") -> float:
+        """The predicted seconds of a run: simulated time at the family's efficiency + start-up + messages."""
+        case = run.case
         family = case.nic_family
         if family not in self.nic_efficiency:
             raise ValueError(f"case {case.id}: nic_family={family!r} has no fitting case, so no calibration "
                              f"(fitted families: {', '.join(sorted(self.nic_efficiency))})")
-        t = sim_s_by_eff[self.nic_efficiency[family]] + self.alpha_s[family][case.op]
-        return counted / t / 1e9
+        eff = self.nic_efficiency[family]
+        if eff not in run.sim_s:
+            raise ValueError(f"case {case.id}: no simulated time at NIC efficiency {eff} (simulated: "
+                             f"{', '.join(str(e) for e in sorted(run.sim_s))})")
+        alpha = self.alpha_s[family].get(case.kind, {}).get(case.op, 0.0)
+        return run.sim_s[eff] + alpha + self.message_s.get(family, 0.0) * run.messages
+
+    def predict_GBps(self, run: "CaseRun") -> float:
+        return run.counted / self.time_s(run) / 1e9
 
 
 @dataclass
@@ -271,60 +343,123 @@ class CaseRun:
     counted: float                                    # mean over ranks of the counted bytes
     network_bytes: float                              # mean over ranks of the bytes sent to other nodes
     sim_s: dict = field(default_factory=dict)         # nic efficiency -> simulated seconds (no start-up)
+    messages: float = 0.0                             # low latency: mean over ranks of the messages to other nodes
+    nic_gpu_Bps: float = 0.0                          # the line rate of one GPU's NICs (0: one node)
 
 
-EFFICIENCY_GRID = tuple(round(0.70 + 0.02 * i, 2) for i in range(16))     # 0.70 .. 1.00
+#: NIC efficiencies the fit may try, 0.40 .. 1.00; a family's fit only uses those >= its demonstrated floor
+EFFICIENCY_GRID = tuple(round(0.40 + 0.02 * i, 2) for i in range(31))
+#: bounds of the fitted start-ups and of the per-message cost (s)
+ALPHA_MAX_S = 500e-6
+MESSAGE_MAX_S = 5e-6
 
 
-def _fit_alpha(runs: list[CaseRun], eff: float) -> dict:
-    """Per operation, the start-up a >= 0 minimising sum log(pred / published)^2 (bounded scalar search)."""
+def demonstrated_efficiency(runs: list["CaseRun"]) -> dict:
+    """Per NIC family, the lowest NIC efficiency the runs' own published figures allow: a rank's NIC(s) carried at
+    least its mean network bytes in the published time, so eff x line rate >= network bytes / published time
+    (the busiest NIC carries at least the mean). Runs on one node (no NIC) give no bound."""
+    floor = {}
+    for r in runs:
+        if r.nic_gpu_Bps <= 0 or r.network_bytes <= 0:
+            continue
+        t_published = r.counted / (r.case.published_GBps * 1e9)
+        shown = r.network_bytes / t_published / r.nic_gpu_Bps
+        floor[r.case.nic_family] = max(floor.get(r.case.nic_family, 0.0), shown)
+    return floor
+
+
+#: the scale of the robust fit's loss: log errors below ~10% count quadratically, larger ones about linearly
+ROBUST_SCALE = 0.1
+
+
+def _log_error(run: CaseRun, t: float) -> float:
+    return math.log(run.counted / t / 1e9 / run.case.published_GBps)
+
+
+def _robust(errors) -> float:
+    """sum of ROBUST_SCALE^2 x rho((e / ROBUST_SCALE)^2), rho(z) = 2 (sqrt(1 + z) - 1) (soft L1, scipy's least_squares
+    loss='soft_l1' with f_scale=ROBUST_SCALE): a published figure the network model cannot follow (a software limit)
+    pulls the fit linearly, not quadratically."""
+    z = np.square(np.asarray(errors, dtype=float) / ROBUST_SCALE)
+    return float(ROBUST_SCALE ** 2 * np.sum(2.0 * (np.sqrt(1.0 + z) - 1.0)))
+
+
+def _fit_normal(runs: list[CaseRun], eff: float) -> tuple[dict, float]:
+    """Normal kernels, per operation: the start-up a in [0, ALPHA_MAX_S] minimising the robust loss (`_robust`) of
+    log(pred / published)."""
     from scipy.optimize import minimize_scalar
 
-    alpha = {}
+    alpha, total = {}, 0.0
     for op in OPS:
         mine = [r for r in runs if r.case.op == op]
         if not mine:
-            alpha[op] = 0.0
             continue
 
         def loss(a, mine=mine):
-            return sum(math.log(r.counted / (r.sim_s[eff] + a) / 1e9 / r.case.published_GBps) ** 2 for r in mine)
+            return _robust([_log_error(r, r.sim_s[eff] + a) for r in mine])
 
-        best = minimize_scalar(loss, bounds=(0.0, 500e-6), method="bounded", options={"xatol": 1e-9})
+        best = minimize_scalar(loss, bounds=(0.0, ALPHA_MAX_S), method="bounded", options={"xatol": 1e-9})
         alpha[op] = float(best.x) if loss(best.x) <= loss(0.0) else 0.0
-    return alpha
+        total += loss(alpha[op])
+    return alpha, total
 
 
-def _loss(runs, eff, alpha) -> float:
-    return sum(math.log(r.counted / (r.sim_s[eff] + alpha[r.case.op]) / 1e9 / r.case.published_GBps) ** 2
-               for r in runs)
+def _fit_low_latency(runs: list[CaseRun], eff: float) -> tuple[dict, float, float]:
+    """Low-latency kernels: start-ups per operation and one cost per message, all >= 0, by bounded robust least
+    squares of log(pred / published) (soft L1, `_robust`; a few starts, the best kept)."""
+    from scipy.optimize import least_squares
+
+    ops = [op for op in OPS if any(r.case.op == op for r in runs)]
+    index = {op: i for i, op in enumerate(ops)}
+
+    def residuals(x):
+        return [_log_error(r, r.sim_s[eff] + x[index[r.case.op]] + x[-1] * r.messages) for r in runs]
+
+    lower, upper = [0.0] * (len(ops) + 1), [ALPHA_MAX_S] * len(ops) + [MESSAGE_MAX_S]
+    best = None
+    for beta0 in (0.0, 0.1e-6, 0.5e-6):
+        x0 = [50e-6] * len(ops) + [beta0]
+        fit = least_squares(residuals, x0, bounds=(lower, upper), x_scale=[1e-5] * len(ops) + [1e-7],
+                            loss="soft_l1", f_scale=ROBUST_SCALE, xtol=1e-12, ftol=1e-12)
+        cost = _robust(residuals(fit.x))
+        if best is None or cost < best[0]:
+            best = (cost, fit.x)
+    cost, x = best
+    return {op: float(x[index[op]]) for op in ops}, float(x[-1]), cost
 
 
 def fit_calibration(runs: list[CaseRun], test_ids: set[str], grid: tuple | None = None) -> Calibration:
     """Per NIC family, independently: a grid over the NIC efficiency (default: the runs' simulated efficiencies;
-    every run must hold a simulated time for each), start-ups per operation by bounded search; refuses any
-    test case."""
+    every run must hold a simulated time for each), restricted to efficiencies >= the family's demonstrated floor
+    (`demonstrated_efficiency`; if none is left, the highest of the grid); for each, the normal kernels' start-ups
+    per operation and the low-latency kernels' start-ups per operation and cost per message; the efficiency with
+    the least robust loss of the log errors (`_robust`) wins. Refuses any held-out (test or fresh) case."""
     bad = [r.case.id for r in runs if r.case.id in test_ids]
     if bad:
-        raise ValueError(f"fit_calibration: test cases must never be fitted on: {', '.join(bad)}")
+        raise ValueError(f"fit_calibration: test or fresh (held-out) cases must never be fitted on: {', '.join(bad)}")
     if not runs:
         raise ValueError("fit_calibration: no fitting cases")
-    grid = tuple(sorted(runs[0].sim_s)) if grid is None else tuple(grid)
-    efficiency, alphas = {}, {}
+    grid = tuple(sorted(runs[0].sim_s)) if grid is None else tuple(sorted(grid))
+    floors = demonstrated_efficiency(runs)
+    efficiency, alphas, messages = {}, {}, {}
     for family in sorted({r.case.nic_family for r in runs}):
         mine = [r for r in runs if r.case.nic_family == family]
+        allowed = [e for e in grid if e >= floors.get(family, 0.0) - 1e-12] or [grid[-1]]
+        normal = [r for r in mine if r.case.kind == "normal"]
+        low = [r for r in mine if r.case.kind == "low_latency"]
         best = None
-        for eff in grid:
-            alpha = _fit_alpha(mine, eff)
-            value = _loss(mine, eff, alpha)
-            if best is None or value < best[0]:
-                best = (value, eff, alpha)
-        efficiency[family], alphas[family] = best[1], best[2]
-    return Calibration(efficiency, alphas, tuple(r.case.id for r in runs), grid)
+        for eff in allowed:
+            a_normal, loss = _fit_normal(normal, eff) if normal else ({}, 0.0)
+            a_low, beta, loss_low = _fit_low_latency(low, eff) if low else ({}, 0.0, 0.0)
+            value = loss + loss_low
+            if best is None or value < best[0] - 1e-15:
+                best = (value, eff, {"normal": a_normal, "low_latency": a_low}, beta)
+        _, efficiency[family], alphas[family], messages[family] = best
+    return Calibration(efficiency, alphas, messages, floors, tuple(r.case.id for r in runs), grid)
 
 
 def _row(run: CaseRun, cal: Calibration, role: str) -> dict:
-    pred = cal.predict_GBps(run.case, run.counted, run.sim_s)
+    pred = cal.predict_GBps(run)
     t = run.counted / pred / 1e9
     row = {"id": run.case.id, "role": role, "kind": run.case.kind, "op": run.case.op, "ep": run.case.ep,
            "nodes": run.case.nodes, "format": run.case.format, "counts": run.case.counts,
@@ -339,8 +474,9 @@ def _row(run: CaseRun, cal: Calibration, role: str) -> dict:
 
 
 def source_group(case: Case) -> str:
-    """The source a case comes from, for reports: its file name up to the first '-' (deepep, uccl, ...)."""
-    return case.file.split("-", 1)[0]
+    """The source a case comes from, for reports: the file's `group`, else its file name up to the first '-'
+    (deepep, uccl, ...)."""
+    return case.group or case.file.split("-", 1)[0]
 
 
 def _summary(rows: list[dict]) -> dict:
@@ -355,57 +491,96 @@ def _choice_network_bytes(case: Case, traffic) -> np.ndarray:
     return (traffic.choice_traffic * (node[:, None] != node[None, :])).sum(axis=1)
 
 
+def _prepare(case: Case, seed: int) -> tuple[CaseRun, object]:
+    """A case's run without simulated times (counted and network bytes, messages, the NIC line rate) and traffic."""
+    traffic = case_traffic(case, seed)
+    if case.kind == "normal":
+        network, messages = traffic.network_bytes(dedup=True), 0.0
+    else:
+        network = _choice_network_bytes(case, traffic)
+        messages = float(network.mean()) / float(traffic.bytes_per_token)   # one message per remote (token, expert)
+    run = CaseRun(case, float(counted_bytes(case, traffic).mean()), float(network.mean()), messages=messages,
+                  nic_gpu_Bps=_nic_gpu_Bps(case))
+    return run, traffic
+
+
 def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, leave_one_out: bool = True,
-                       efficiency_grid: tuple | None = None, progress=None) -> dict:
+                       efficiency_grid: tuple | None = None, fitting_only: bool = False, progress=None) -> dict:
     """Every case predicted against its published figure; the fit on the fitting cases only.
 
-    Returns {"calibration", "rows" (fitting and test, each with rel_error = predicted / published - 1),
-    "fitting", "test" (median and worst |error|), "leave_one_out" (each fitting case predicted by a fit
-    without it)}.
+    Returns {"calibration", "rows" (each with its role: fitting, test or fresh, and rel_error = predicted /
+    published - 1), "fitting", "test", "fresh" (median and worst |error|), "by_source", "leave_one_out" (each
+    fitting case predicted by a fit without it)}. `fitting_only`: the held-out (test and fresh) cases are neither
+    simulated nor reported (to work on the model without seeing them).
     """
-    grid = EFFICIENCY_GRID if efficiency_grid is None else tuple(float(e) for e in efficiency_grid)
+    grid = EFFICIENCY_GRID if efficiency_grid is None else tuple(sorted(float(e) for e in efficiency_grid))
     if not grid or any(not (0 < e <= 1) for e in grid):
         raise ValueError(f"efficiency_grid={grid!r} must hold NIC efficiencies in (0, 1]")
     cases = load_cases(folder)
     test_ids = load_split(folder, cases)
+    fresh_ids = load_fresh(folder, cases)
+    held_out = test_ids | fresh_ids
+    prepared = [_prepare(c, seed) for c in cases if not (fitting_only and c.id in held_out)]
+    fitting = [r for r, _ in prepared if r.case.id not in held_out]
+    # the efficiencies any fit below can choose: >= the lowest demonstrated floor of the full fit and of every
+    # leave-one-out fit (only those are simulated)
+    floors = [demonstrated_efficiency(fitting)]
+    if leave_one_out:
+        floors += [demonstrated_efficiency([x for x in fitting if x is not r]) for r in fitting]
     runs = []
-    for case in cases:
-        traffic = case_traffic(case, seed)
-        network = traffic.network_bytes(dedup=True) if case.kind == "normal" else _choice_network_bytes(case, traffic)
-        run = CaseRun(case, float(counted_bytes(case, traffic).mean()), float(network.mean()))
-        for eff in grid:
-            run.sim_s[eff] = simulate_case(case, traffic, eff)
+    for run, traffic in prepared:
+        low = min(f.get(run.case.nic_family, 0.0) for f in floors)
+        effs = [e for e in grid if e >= low - 1e-12] or [grid[-1]]
+        for eff in effs:
+            run.sim_s[eff] = simulate_case(run.case, traffic, eff)
         runs.append(run)
         if progress is not None:
-            progress(case.id)
-    fitting = [r for r in runs if r.case.id not in test_ids]
-    cal = fit_calibration(fitting, test_ids)
-    rows = [_row(r, cal, "test" if r.case.id in test_ids else "fitting") for r in runs]
+            progress(run.case.id)
+    fitting = [r for r in runs if r.case.id not in held_out]
+    cal = fit_calibration(fitting, held_out, grid)
+    role = lambda cid: "test" if cid in test_ids else "fresh" if cid in fresh_ids else "fitting"
+    rows = [_row(r, cal, role(r.case.id)) for r in runs]
     nominal = {c.nic_family: _nic_nominal_Bps(c) for c in cases}
     out = {"calibration": {"nic_efficiency": cal.nic_efficiency,
                            "nic_Bps": {f: e * nominal[f] for f, e in cal.nic_efficiency.items()},
-                           "alpha_s": cal.alpha_s, "fitted_on": list(cal.fitted_on),
+                           "efficiency_floor": cal.efficiency_floor,
+                           "alpha_s": cal.alpha_s, "message_s": cal.message_s, "fitted_on": list(cal.fitted_on),
                            "efficiency_grid": list(grid)},
            "rows": rows,
            "fitting": _summary([r for r in rows if r["role"] == "fitting"]),
            "test": _summary([r for r in rows if r["role"] == "test"]),
+           "fresh": _summary([r for r in rows if r["role"] == "fresh"]),
            "by_source": {g: {role: _summary([r for r in rows if r["role"] == role and r["source_group"] == g])
-                             for role in ("fitting", "test")}
+                             for role in ("fitting", "test", "fresh")}
                          for g in sorted({r["source_group"] for r in rows})},
            "model": {"normal": f"node_dedup, {NORMAL_CHUNKS} chunks", "low_latency": "direct, one copy per (token, expert)",
-                     "calibration": "per NIC family: NIC efficiency (grid) and one start-up per operation",
-                     "seed": seed}}
+                     "calibration": "per NIC family: NIC efficiency (grid, >= the floor the fitting cases demonstrate), "
+                                    "a start-up per (kernel kind, operation), a cost per network message of the "
+                                    "low-latency kernels",
+                     "fitting_only": fitting_only, "seed": seed}}
     if leave_one_out:
         loo = []
         for r in fitting:
             rest = [x for x in fitting if x is not r]
             if not any(x.case.nic_family == r.case.nic_family for x in rest):
                 continue                     # the only fitting case of its family: nothing to predict it with
-            loo.append(_row(r, fit_calibration(rest, test_ids), "leave-one-out"))
+            loo.append(_row(r, fit_calibration(rest, held_out, grid), "leave-one-out"))
         out["leave_one_out"] = {**_summary(loo), "rows": loo,
                                 "by_source": {g: _summary([x for x in loo if x["source_group"] == g])
                                               for g in sorted({x["source_group"] for x in loo})}}
     return out
+
+
+def _nic_gpu_Bps(case: Case) -> float:
+    """The line rate of one GPU's NICs on the case's topology (B/s): nic_gbps x NICs per GPU; 0 on one node."""
+    from lshsim.topology.spec import read_spec
+
+    spec, _ = read_spec(case.topology)
+    if "inter" not in spec:
+        return 0.0
+    inter = spec["inter"]
+    per_gpu = float(inter.get("nics_per_gpu", 1)) * min(1.0, float(inter["nics_per_node"]) / float(spec["gpus_per_node"]))
+    return float(inter["nic_gbps"]) * 0.125e9 * per_gpu
 
 
 def _nic_nominal_Bps(case: Case) -> float:
