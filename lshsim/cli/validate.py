@@ -119,7 +119,7 @@ def _run_published(args) -> int:
         return 0
     from rich.table import Table
 
-    console = _render.console()
+    console = _render.wide_console()  # case ids and topology names are long: no squeezing in a pipe
     rows = out["rows"]
     for group in sorted({r["source_group"] for r in rows}):
         mine = [r for r in rows if r["source_group"] == group]
@@ -127,7 +127,8 @@ def _run_published(args) -> int:
         table = Table(title=f"Published measurements, source {group} ({files}): predicted vs published, "
                             f"each under its own definition")
         for column in ("case", "set", "topology", "counts", "published GB/s", "predicted GB/s", "error"):
-            table.add_column(column, justify="right")
+            table.add_column(column, justify="left" if column in ("case", "topology") else "right",
+                             no_wrap=column in ("case", "topology"))
         for row in sorted(mine, key=lambda r: (r["role"], r["file"], r["id"])):
             table.add_row(row["id"], row["role"], row["topology"], row["counts"], f"{row['published_GBps']:.1f}",
                           f"{row['predicted_GBps']:.1f}", f"{100 * row['rel_error']:+.1f}%")
