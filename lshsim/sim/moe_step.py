@@ -870,11 +870,11 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
                          f"the config asks {config.tokens_per_gpu}")
     counts = traffic.send_counts  # (W, W) token copies
     wire = counts if config.lsh_rate is None else np.ceil(config.lsh_rate * counts)  # (W, W) tokens or centroids
-    layer = resolve_moe_layer(config, gpu)
+    moe_layer = resolve_moe_layer(config, gpu)
     capacity = None
-    if layer in PADDED_LAYERS:   # capacity-padded buffers: E_local x C rows to every rank of the EP group
+    if moe_layer in PADDED_LAYERS:   # capacity-padded buffers: E_local x C rows to every rank of the EP group
         if config.deduplicates:
-            raise ValueError(f"moe_layer={layer!r} sends capacity-padded buffers; algorithm {config.algorithm!r} "
+            raise ValueError(f"moe_layer={moe_layer!r} sends capacity-padded buffers; algorithm {config.algorithm!r} "
                              f"deduplicates routed tokens: use one or the other")
         capacity = padded_capacity(traffic.tokens_per_rank, traffic.k, spec["num_experts"], config.capacity_factor)
         rows = (spec["num_experts"] // ep) * capacity
@@ -995,7 +995,7 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
     breakdown = _breakdown(trace, traffic, config, dispatch_bytes, network_bytes, inter_node_bytes, local_bytes,
                            chosen_chunks, world_size)
     breakdown["ep"] = ep
-    breakdown["moe_layer"] = layer
+    breakdown["moe_layer"] = moe_layer
     breakdown["capacity_per_expert"] = capacity
     breakdown["traffic_model"] = traffic.model
     breakdown["rank_classes"] = int(len(reps)) if use_classes else world_size
