@@ -181,10 +181,13 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Read the bars against the band. RoBERTa-MoE's and Swin-MoE-L's Fig. 3 shares, T5-MoE's Fig. 6
-# speedup and LocMoE's "no gain over hash at 256 NPUs" land inside it; GPT-MoE's shares and every
-# LSH-MoE speedup on the V100 cluster are far to the right (the planner's all-to-all share is too
-# high there), and LocMoE's step reductions far to the left (the planner finds almost no gain).
+# Read the bars against the band. GPT-MoE's 16-GPU and Swin-MoE-L's 32-GPU Fig. 3 shares, T5-MoE's
+# Fig. 6 speedup and LocMoE's "no gain over hash at 256 NPUs" land inside it (the LSH-MoE clusters
+# run the era's MoE layer, `software.moe_layer`: fairseq's dense one-hot dispatch and its loop over
+# the local experts, whose compute lowers the all-to-all share); RoBERTa-MoE's shares fall a little
+# below it, every LSH-MoE speedup on the V100 cluster and Table 3 are far to the right (the
+# planner's all-to-all share is too high there), and LocMoE's step reductions far to the left (the
+# planner finds almost no gain).
 # Section 5 explains why. First, the LSH-MoE paper itself gives us a way to check which of its
 # numbers agree.
 #

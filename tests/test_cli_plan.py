@@ -44,7 +44,10 @@ def test_plan_json(capsys, tiny):
         assert row["speedup"] == pytest.approx(b["step_s"] / row["breakdown"]["step_s"])
     by_label = {row["label"]: row["breakdown"] for row in out["options"]}
     assert by_label["lsh 0.2"]["dispatch_bytes_per_layer"] < 0.25 * b["dispatch_bytes_per_layer"]
-    assert by_label["locmoe"]["inter_node_bytes_per_layer"] < b["inter_node_bytes_per_layer"]
+    # the V100 paper cluster runs the era's fairseq layer (software.moe_layer): capacity-padded buffers,
+    # the same bytes whatever the routing, so LocMoE's locality cannot shrink them
+    assert b["moe_layer"] == "gshard-einsum-loop"
+    assert by_label["locmoe"]["inter_node_bytes_per_layer"] == b["inter_node_bytes_per_layer"]
     assert by_label["overlap"]["step_s"] <= b["step_s"]
     assert out["cluster"]["gpus"] == 16 and out["model"]["name"] == "tiny"
 

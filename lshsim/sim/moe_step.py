@@ -81,6 +81,7 @@ from lshsim.dispatch.placement import GroupedPlacement, Placement, expert_parall
 from lshsim.dispatch.synthetic import synthetic_router_inputs
 from lshsim.sim.collectives import ALGORITHMS, ESTIMATED_ALGORITHMS, estimate_collective, simulate_all_to_all
 from lshsim.sim.dispatch_formats import DISPATCH_FORMATS, bytes_per_token as format_bytes_per_token
+from lshsim.sim.moe_layers import MOE_LAYERS, PADDED_LAYERS, padded_capacity, resolve_moe_layer
 from lshsim.sim.phases import KERNELS, KINDS, PHASES, CostContext, compute_time_s, expert_cost, step_schedule
 from lshsim.sim.trace import DIRECTIONS, PhaseRecord, Trace
 from lshsim.topology.routing import validate_topology
@@ -239,6 +240,12 @@ class StepConfig:
                        counts it). Only the forward dispatch changes; the combine and both gradients
                        stay in the model's precision (DeepEP's FP8 dispatch, BF16 combine).
 
+    moe_layer:         how the MoE layer runs (`lshsim.sim.moe_layers`): "grouped" (routed copies,
+                       one grouped expert GEMM set), "tutel" (capacity-padded buffers) or
+                       "gshard-einsum-loop" (padded buffers, dense one-hot dispatch / combine GEMMs,
+                       the local experts one after another: fairseq / DeepSpeed-MoE of 2021-22);
+                       None = the cluster's `software.moe_layer`, else "grouped".
+
     With algorithm "node_dedup" (alias "deepep") the routing also counts the distinct (token,
     destination node) pairs (`RoutedTraffic.node_copies`): a token crosses the network once per
     node it has experts on, then is forwarded over NVLink (`lshsim.sim.dispatch_formats`).
@@ -262,8 +269,12 @@ class StepConfig:
     ep: int | None = None
     traffic_model: str | None = None
     dispatch_format: str | None = None
+    moe_layer: str | None = None
 
     def __post_init__(self) -> None:
+        if self.moe_layer is not None and self.moe_layer not in MOE_LAYERS:
+            raise ValueError(f"moe_layer={self.moe_layer!r} must be one of {', '.join(MOE_LAYERS)} or None "
+                             f"(the cluster's software.moe_layer, else grouped)")
         if self.dispatch_format is not None and self.dispatch_format not in DISPATCH_FORMATS:
             raise ValueError(f"dispatch_format={self.dispatch_format!r}: known formats "
                              f"{', '.join(sorted(DISPATCH_FORMATS))} (or None: the model's precision)")
@@ -859,6 +870,18 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
                          f"the config asks {config.tokens_per_gpu}")
     counts = traffic.send_counts  # (W, W) token copies
     wire = counts if config.lsh_rate is None else np.ceil(config.lsh_rate * counts)  # (W, W) tokens or centroids
+    moe_layer = resolve_moe_layer(config, gpu)
+    capacity = None
+    if moe_layer in PADDED_LAYERS:   # capacity-padded buffers: E_local x C rows to every rank of the EP group
+        if config.deduplicates:
+            raise ValueError(f"moe_layer={moe_layer!r} sends capacity-padded buffers; algorithm {config.algorithm!r} "
+                             f"deduplicates routed tokens: use one or the other")
+        capacity = padded_capacity(traffic.tokens_per_rank, traffic.k, spec["num_experts"], config.capacity_factor)
+        rows = (spec["num_experts"] // ep) * capacity
+        if config.lsh_rate is not None:
+            rows = math.ceil(config.lsh_rate * rows)
+        group = np.arange(world_size) // ep
+        wire = np.where(group[:, None] == group[None, :], float(rows), 0.0)   # (W, W)
     bytes_per_token = spec["d_model"] * spec["bytes_per_element"]
     gradient_bytes = None
     if config.dispatch_format is not None:  # the forward dispatch in its format; gradients in the model's
@@ -972,6 +995,8 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
     breakdown = _breakdown(trace, traffic, config, dispatch_bytes, network_bytes, inter_node_bytes, local_bytes,
                            chosen_chunks, world_size)
     breakdown["ep"] = ep
+    breakdown["moe_layer"] = moe_layer
+    breakdown["capacity_per_expert"] = capacity
     breakdown["traffic_model"] = traffic.model
     breakdown["rank_classes"] = int(len(reps)) if use_classes else world_size
     return StepResult(trace=trace, breakdown=breakdown, config=config, traffic=traffic)

@@ -38,7 +38,7 @@ import numpy as np
 
 __all__ = ["PhaseSpec", "PhaseCost", "CostContext", "PhaseTable", "PHASES", "KINDS", "BLOCKS", "DIRECTIONS",
            "register_phase", "unregister_phase", "step_schedule", "backward_chain", "roofline_cost",
-           "compute_time_s", "expert_cost", "KERNELS", "calibrated_cost", "measured_lsh_cost"]
+           "compute_time_s", "expert_cost", "KERNELS", "calibrated_cost", "measured_lsh_cost", "einsum_gate_cost"]
 
 KINDS = ("communication", "compute", "overhead")
 BLOCKS = ("attention", "moe", "dense", "head")
@@ -418,6 +418,37 @@ def _gate_work(ctx: CostContext) -> tuple[float, float]:
     return tokens * per_token.flops_per_token, tokens * per_token.bytes_per_token + _copies(ctx) * 4 * 8
 
 
+def _moe_layer(ctx: CostContext) -> str:
+    from lshsim.sim.moe_layers import resolve_moe_layer
+
+    return resolve_moe_layer(ctx.config, ctx.gpu)
+
+
+def einsum_gate_cost(base: CostFunction) -> CostFunction:
+    """The gate's cost `base`, plus, in the gshard-einsum-loop layer (`lshsim.sim.moe_layers`), the
+    dense one-hot dispatch and combine: their GEMMs at the GPU's achieved FLOP/s, then the (S, E, C)
+    masks' memory traffic (separate kernels, one after another), and GATE_OPS launches forward
+    (half backward). Booked under "gate" (the compute stream; the MoE section is not pipelined).
+    """
+
+    def cost(ctx: CostContext, direction: str, chunks: int = 1) -> PhaseCost:
+        out = base(ctx, direction, chunks)
+        if ctx.traffic is None or ctx.config is None or _moe_layer(ctx) != "gshard-einsum-loop":
+            return out
+        from lshsim.sim.moe_layers import GATE_OPS, einsum_work, padded_capacity
+
+        m = ctx.model
+        capacity = padded_capacity(ctx.traffic.tokens_per_rank, ctx.traffic.k, m["num_experts"],
+                                   ctx.config.capacity_factor)
+        flops, hbm = einsum_work(_tokens(ctx), m["num_experts"], capacity, m["d_model"], m["bytes_per_element"],
+                                 direction)
+        launches = (GATE_OPS + 2) if direction == "forward" else (GATE_OPS // 2 + 3)
+        extra = flops / ctx.gpu["achieved_flops"] + hbm / ctx.gpu["achieved_hbm_Bps"] + launches * ctx.kernel_launch_s
+        return PhaseCost(out.seconds + extra, out.bytes)
+
+    return cost
+
+
 def _centroids(ctx: CostContext) -> float:
     return float(ctx.wire_counts.sum(axis=1).mean())  # centroids one rank sends (incl. local)
 
@@ -496,6 +527,14 @@ def _expert_cost(ctx: CostContext, direction: str, chunks: int = 1) -> PhaseCost
     if shared and ctx.traffic is not None:
         flops, hbm = expert_cost(_tokens(ctx) * shared, d, f, shared, b, matrices)
         shared_s = ctx.roofline_s(factor * flops / chunks, factor * hbm / chunks, factor * KERNELS["expert"] / chunks)
+    if ctx.traffic is not None and _moe_layer(ctx) == "gshard-einsum-loop":
+        # fairseq / DeepSpeed-MoE of 2021-22: the local experts one after another (lshsim.sim.moe_layers)
+        from lshsim.sim.moe_layers import expert_loop_s
+
+        experts = max(ctx.experts_on_rank, 1)
+        return PhaseCost(np.array([expert_loop_s(experts, float(rows) / chunks / experts, d, f, b, ctx.gpu,
+                                                 ctx.kernel_launch_s, direction, matrices) + shared_s
+                                   for rows in ctx.rows_received]))
     pm = ctx.phase_model
     if pm is not None and pm.expert is not None and ctx.traffic is not None:
         experts = max(ctx.experts_on_rank, 1)
@@ -538,7 +577,8 @@ def _uses_lsh(config: object) -> bool:
 
 
 _BUILTIN = [
-    PhaseSpec("gate", "compute", "moe", calibrated_cost("gate", roofline_cost(_gate_work, KERNELS["gate"])),
+    PhaseSpec("gate", "compute", "moe",
+              einsum_gate_cost(calibrated_cost("gate", roofline_cost(_gate_work, KERNELS["gate"]))),
               timed=("forward",),
               description="router: gate logits, top-k, slot assignment (and the LocMoE GrAP gate)"),
     PhaseSpec("lsh_compress", "compute", "moe",

@@ -15,6 +15,9 @@ run on the user's machine overrides them through the `calibration:` block of a t
                       reaches 0.75-0.85 of the datasheet peak)
     hbm_efficiency    float in (0, 1], fraction of HBM bandwidth a copy reaches (a device-to-device copy
                       typically reaches 0.85-0.90)
+    compute_units     int, streaming multiprocessors (NVIDIA: V100 80, A100 108, H100/H200 132, B200 148)
+                      or AI cores (Ascend 910A: 32), 0 if not given; the wave quantization of small
+                      GEMMs in the era MoE layer (`lshsim.sim.moe_layers`) reads it
     achieved_flops    float, FLOP/s the simulator uses for compute (= peak * gemm_efficiency unless
                       calibrated)
     achieved_hbm_Bps  float, B/s the simulator uses for memory traffic (= hbm * hbm_efficiency unless
@@ -44,8 +47,11 @@ class GpuSpec:
     nvlink_Bps: float = 0.0
     gemm_efficiency: float = 0.8
     hbm_efficiency: float = 0.87
+    compute_units: int = 0      # SMs (NVIDIA) or AI cores (Ascend) from the datasheet; 0 = not given
 
     def __post_init__(self) -> None:
+        if isinstance(self.compute_units, bool) or not isinstance(self.compute_units, int) or self.compute_units < 0:
+            raise ValueError(f"gpu.compute_units={self.compute_units!r} must be a non-negative integer (SMs)")
         for field in ("peak_flops", "hbm_Bps", "memory_bytes", "nvlink_Bps", "gemm_efficiency", "hbm_efficiency"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -75,25 +81,25 @@ TB = 1e12
 GPUS: dict[str, GpuSpec] = {
     # V100 SXM2 32GB: 125 TFLOP/s fp16 tensor, 900 GB/s, NVLink 2: 6 x 25 GB/s.
     "v100": GpuSpec("V100-SXM2-32GB", peak_flops=125 * TB, hbm_Bps=900 * GB, memory_bytes=32 * GB,
-                    nvlink_Bps=150 * GB),
+                    nvlink_Bps=150 * GB, compute_units=80),
     # A100 SXM 40GB: 312 TFLOP/s bf16, 1,555 GB/s, NVLink 3: 12 x 25 GB/s.
     "a100": GpuSpec("A100-SXM-40GB", peak_flops=312 * TB, hbm_Bps=1555 * GB, memory_bytes=40 * GB,
-                    nvlink_Bps=300 * GB),
+                    nvlink_Bps=300 * GB, compute_units=108),
     # H100 SXM 80GB: ~989 TFLOP/s dense bf16, 3.35 TB/s, NVLink 4: 18 x 25 GB/s.
     "h100": GpuSpec("H100-SXM-80GB", peak_flops=989 * TB, hbm_Bps=3350 * GB, memory_bytes=80 * GB,
-                    nvlink_Bps=450 * GB),
+                    nvlink_Bps=450 * GB, compute_units=132),
     # H200 SXM 141GB: ~989 TFLOP/s dense bf16, 4.8 TB/s, NVLink 4: 18 x 25 GB/s.
     "h200": GpuSpec("H200-SXM-141GB", peak_flops=989 * TB, hbm_Bps=4800 * GB, memory_bytes=141 * GB,
-                    nvlink_Bps=450 * GB),
+                    nvlink_Bps=450 * GB, compute_units=132),
     # B200 (HGX B200 datasheet, 8-GPU totals / 8): 2.25 PFLOP/s dense bf16 (36 PFLOP/s sparse per
     # board), 7.7 TB/s (62 TB/s per board), 180 GB (1,440 GB per board), NVLink 5: 18 x 50 GB/s.
     "b200": GpuSpec("B200-SXM-180GB", peak_flops=2250 * TB, hbm_Bps=7700 * GB, memory_bytes=180 * GB,
-                    nvlink_Bps=900 * GB),
+                    nvlink_Bps=900 * GB, compute_units=148),
     # Ascend 910A (LocMoE's cluster): 320 TFLOP/s fp16, ~1.07 TB/s (the paper's figure), 32 GB.
     # HCCS: 3 links x 30 GB/s to the other NPUs of its group of 4 (Huawei Atlas 800 public
     # figures, not an NVIDIA-style datasheet: check against a real machine before relying on it).
     "ascend910a": GpuSpec("Ascend-910A", peak_flops=320 * TB, hbm_Bps=1070 * GB, memory_bytes=32 * GB,
-                          nvlink_Bps=90 * GB),
+                          nvlink_Bps=90 * GB, compute_units=32),
 }
 
 
@@ -127,7 +133,7 @@ def gpu_from_dict(spec: dict) -> GpuSpec:
     if unknown:
         raise ValueError(f"gpu.{unknown[0]} is not a GPU field; known: {', '.join(sorted(known))}")
     fields.update(spec)
-    missing = sorted(known - set(fields) - {"nvlink_Bps", "gemm_efficiency", "hbm_efficiency"})
+    missing = sorted(known - set(fields) - {"nvlink_Bps", "gemm_efficiency", "hbm_efficiency", "compute_units"})
     if missing:
         raise ValueError(f"gpu.{missing[0]} is missing (inline gpu needs name, peak_flops, hbm_Bps, "
                          f"memory_bytes, or base: <known gpu>)")
@@ -137,6 +143,10 @@ def gpu_from_dict(spec: dict) -> GpuSpec:
                 raise ValueError(f"gpu.name={value!r} must be a non-empty string")
         elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"gpu.{key}={value!r} must be a finite number")
+        elif key == "compute_units":
+            if value != int(value) or value < 0:
+                raise ValueError(f"gpu.compute_units={value!r} must be a non-negative integer (SMs)")
+            fields[key] = int(value)
         else:
             fields[key] = float(value)
     return GpuSpec(**fields)

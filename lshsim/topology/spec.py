@@ -57,6 +57,8 @@ times in seconds, NIC line rate in Gb/s:
       a2a_efficiency: 0.29         # fraction of a NIC's line rate an all-to-all reaches (scales inter.nic_gbps)
       lsh_compress_Bps: 1.3e10     # LSH-MoE compress / restore throughput in bytes of token copies per
       lsh_restore_Bps: 7.7e10      #   second (the phases' cost when given; else the roofline)
+      moe_layer: gshard-einsum-loop   # how the era's MoE layer ran (`MOE_LAYERS`; costs: lshsim.sim.moe_layers);
+                                   #   absent = grouped (today's); StepConfig.moe_layer overrides it
       sources: {gemm_efficiency: "...", ...}   # required: where every number above comes from
     assumed: {field: reason}       # optional: every value the source does not state, with its reason
                                    #   (G.graph["assumed"])
@@ -98,7 +100,7 @@ from lshsim.topology.gpus import GpuSpec, get_gpu, gpu_from_dict
 from lshsim.topology.routing import validate_topology
 
 __all__ = ["build_topology", "load_topology", "list_topologies", "topology_dir", "write_topology_yaml",
-           "read_spec", "read_software", "read_assumed", "SOFTWARE_FIELDS", "DEFAULT_ALPHA_S", "DEFAULT_PCIE_BPS", "MAX_GPUS_PER_NODE", "MAX_NODES", "MAX_GPUS"]
+           "read_spec", "read_software", "read_assumed", "SOFTWARE_FIELDS", "MOE_LAYERS", "DEFAULT_ALPHA_S", "DEFAULT_PCIE_BPS", "MAX_GPUS_PER_NODE", "MAX_NODES", "MAX_GPUS"]
 
 DEFAULT_ALPHA_S = 1e-5       # s, per-message start-up latency (NCCL-like small-message latency)
 DEFAULT_LATENCY_S = 1e-6     # s, per hop
@@ -120,7 +122,10 @@ _TOP_KEYS = {"name", "description", "gpu", "nodes", "gpus_per_node", "alpha_s", 
 #: in (0, 1], throughputs in bytes/s > 0); `sources` must name the source of every number given
 SOFTWARE_FIELDS = {"name": "text", "stack": "text", "gemm_efficiency": "efficiency", "hbm_efficiency": "efficiency",
                    "a2a_efficiency": "efficiency", "lsh_compress_Bps": "rate", "lsh_restore_Bps": "rate",
-                   "sources": "mapping"}
+                   "moe_layer": "layer", "sources": "mapping"}
+#: the MoE layers a `software:` block (and `StepConfig.moe_layer`) may name; what each costs:
+#: `lshsim.sim.moe_layers`
+MOE_LAYERS = ("grouped", "tutel", "gshard-einsum-loop")
 #: the fields every family's block may hold; a family adds its own (lshsim.topology.families)
 _INTRA_KEYS = {"kind", "link_Bps", "links", "per_link_Bps", "latency_s", "pcie_Bps", "pcie_latency_s"}
 _INTER_KEYS = {"kind", "nics_per_node", "nic_gbps", "servers_per_leaf", "oversubscription", "latency_s"}
@@ -304,6 +309,10 @@ def read_software(check: "_Checker | str", value) -> dict | None:
             out[key] = item
         elif kind == "mapping":
             out[key] = read_assumed(check, item, "software.sources")
+        elif kind == "layer":
+            if item not in MOE_LAYERS:
+                raise check.fail(f"software.{key}", item, f"must be one of {', '.join(MOE_LAYERS)}")
+            out[key] = item
         else:
             number = check.number(value, key, "software.")
             if kind == "efficiency" and number > 1:
@@ -311,7 +320,7 @@ def read_software(check: "_Checker | str", value) -> dict | None:
             out[key] = number
     if "name" not in out:
         raise check.fail("software.name", None, "is required (a calibration is named, never a silent default)")
-    numbers = [key for key, kind in SOFTWARE_FIELDS.items() if kind in ("efficiency", "rate") and key in out]
+    numbers = [key for key, kind in SOFTWARE_FIELDS.items() if kind in ("efficiency", "rate", "layer") and key in out]
     missing = [key for key in numbers if key not in out.get("sources", {})]
     if missing:
         raise check.fail(f"software.sources.{missing[0]}", None,
@@ -380,7 +389,7 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
     inter_kind = inter_family.name if inter_family is not None else None
 
     gpu_dict = gpu.to_dict()
-    for key in ("lsh_compress_Bps", "lsh_restore_Bps"):   # the software's measured LSH throughput (phases)
+    for key in ("lsh_compress_Bps", "lsh_restore_Bps", "moe_layer"):   # the software's LSH throughput, MoE layer (phases)
         if software is not None and key in software:
             gpu_dict[key] = software[key]
     calibration = spec.get("calibration")
