@@ -119,3 +119,19 @@ def test_sweep_flags_need_sweep(capsys):
         main(["plan", "--models", "gpt-moe-15b"])
     assert info.value.code == 2
     assert "--sweep" in capsys.readouterr().err
+
+
+def test_moe_layer_flag_overrides_the_clusters_software(capsys):
+    # the LSH-MoE A100 cluster's software runs fairseq's padded layer; --moe-layer grouped plans today's
+    common = ["plan", "--max-routed-tokens", "4096", "--json"]
+    assert main(common) == 0
+    software = json.loads(capsys.readouterr().out)
+    assert main(common + ["--moe-layer", "grouped"]) == 0
+    grouped = json.loads(capsys.readouterr().out)
+    layer = lambda out, label: next(o for o in out["options"] if o["label"] == label)["breakdown"]["moe_layer"]
+    assert layer(software, "baseline") == "gshard-einsum-loop" and layer(grouped, "baseline") == "grouped"
+    locmoe = lambda out: next(o for o in out["options"] if o["label"] == "locmoe")["breakdown"]
+    baseline = lambda out: out["options"][0]["breakdown"]
+    # padded buffers: LocMoE's locality moves no bytes off the network; routed rows: it does
+    assert locmoe(software)["inter_node_bytes_per_layer"] == baseline(software)["inter_node_bytes_per_layer"]
+    assert locmoe(grouped)["inter_node_bytes_per_layer"] < 0.5 * baseline(grouped)["inter_node_bytes_per_layer"]

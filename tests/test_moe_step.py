@@ -238,7 +238,7 @@ def test_router_model_takes_the_published_routing():
 
     args = argparse.Namespace(router="model", capacity_factor=1.25, lsh_rate=None, algorithm="direct", overlap=False,
                               tokens_per_gpu=None, locality_bonus=1.0, seed=0, max_routed_tokens=1 << 17, ep=None,
-                              traffic_model="auto", dispatch_format="model")
+                              traffic_model="auto", dispatch_format="model", moe_layer="software")
     model = load_model("deepseek-v3")
     config = _plan_config(args, model)
     assert config.router == "node_limited" and dict(config.router_options)["max_nodes"] == 4

@@ -59,6 +59,11 @@ def add_parser(subparsers):
     p.add_argument("--algorithm", default="direct",
                    help="all-to-all: direct | pairwise | hierarchical (alias 2d) | groupwise, or a registered "
                         "one (lshsim.algorithms; default direct)")
+    p.add_argument("--moe-layer", default="software", choices=("software", "grouped", "tutel", "gshard-einsum-loop"),
+                   help="how the MoE layer runs (lshsim.sim.moe_layers): software (default: the cluster's "
+                        "software.moe_layer, e.g. the 2022 fairseq layer on the LSH-MoE paper clusters, else grouped), "
+                        "grouped (today's: routed rows, grouped GEMM), tutel or gshard-einsum-loop (capacity-padded "
+                        "buffers; the latter with dense one-hot dispatch and a loop over local experts)")
     p.add_argument("--dispatch-format", choices=("model", "bf16", "fp8"), default="model",
                    help="bytes per token of the forward dispatch: model (the model's precision, default), bf16, "
                         "or fp8 (one byte a value plus a float32 scale per 128 values, as DeepEP counts it); the "
@@ -130,7 +135,8 @@ def _plan_config(args, model=None):
                       tokens_per_gpu=args.tokens_per_gpu, capacity_factor=capacity,
                       locality_bonus=args.locality_bonus, seed=args.seed, max_routed_tokens=args.max_routed_tokens,
                       ep=args.ep, traffic_model=None if args.traffic_model == "auto" else args.traffic_model,
-                      dispatch_format=None if args.dispatch_format == "model" else args.dispatch_format)
+                      dispatch_format=None if args.dispatch_format == "model" else args.dispatch_format,
+                      moe_layer=None if args.moe_layer == "software" else args.moe_layer)
 
 
 def _fidelity(args, world_size: int) -> dict:
@@ -310,6 +316,14 @@ def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float,
         if rb["count_scale"] != 1.0:
             notes.append(f"{row['label']}: routed {rb['routed_tokens_per_rank']} of {rb['tokens_per_gpu']} tokens per "
                          f"GPU and scaled the counts by {rb['count_scale']:g} (--max-routed-tokens)")
+    from lshsim.sim.moe_layers import PADDED_LAYERS
+
+    layer = rows[0]["breakdown"].get("moe_layer")
+    if layer in PADDED_LAYERS:
+        notes.append(f"the cluster's software runs the MoE layer as {layer!r} (capacity-padded buffers: every rank "
+                     f"sends and its experts compute capacity x experts rows whatever the routing), so a router "
+                     f"option (locmoe) changes neither the bytes nor the expert work; --moe-layer grouped plans "
+                     f"today's grouped layer")
     for note in dict.fromkeys(notes):
         console.print(f"[dim]note: {note}[/dim]")
     console.print(f"[dim]* your option; share = all-to-all time not hidden behind compute / step; "
