@@ -28,7 +28,11 @@ SMALL_MOE = {"name": "m", "num_layers": 2, "d_model": 256, "d_ffn": 1024, "num_e
 
 @pytest.fixture(scope="session")
 def a100_4x8_graph():
-    """The topology graph of `A100_4X8`, loaded once per session (read-only in the tests)."""
+    """The topology graph of `A100_4X8` with today's grouped MoE layer (its software calibration names
+    fairseq's padded 2021 layer, which the paper reproduction uses; these tests plan routed traffic),
+    loaded once per session (read-only in the tests)."""
     from lshsim.topology import load_topology
 
-    return load_topology(A100_4X8)
+    graph = load_topology(A100_4X8).copy()
+    graph.graph["gpu"] = {**graph.graph["gpu"], "moe_layer": "grouped"}
+    return graph

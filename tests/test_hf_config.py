@@ -113,7 +113,7 @@ def test_plan_reads_a_config_json(tmp_path, capsys):
             "topk_group": 1, "vocab_size": 1000, "max_position_embeddings": 256}
     path = _write(tmp_path, tiny, "tiny-ds.json")
     assert main(["plan", "--model", str(path), "--cluster", "lshmoe-v100-2x8", "--router", "node_limited",
-                 "--capacity-factor", "none", "--tokens-per-gpu", "256", "--json"]) == 0
+                 "--capacity-factor", "none", "--tokens-per-gpu", "256", "--moe-layer", "grouped", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["model"]["name"] == "tiny-ds" and out["model"]["router"] == "node_limited"
     assert out["model"]["num_shared_experts"] == 1 and out["selected"].startswith("yours: node_limited")

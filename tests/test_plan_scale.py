@@ -90,7 +90,7 @@ def test_fidelity_in_text_output(capsys, tiny):
     (V100, []),
     (A100, []),
     (A100, ["--router", "hash", "--algorithm", "groupwise", "--overlap"]),
-    (A100, ["--tokens-per-gpu", "256", "--capacity-factor", "none"]),
+    (A100, ["--tokens-per-gpu", "256", "--capacity-factor", "none", "--moe-layer", "grouped"]),
 ])
 def test_tolerance_close_to_exact(capsys, tiny, cluster, extra):
     exact, _ = _plan_json(capsys, ["--model", tiny, "--cluster", cluster, "--fidelity", "exact", *extra])

@@ -62,7 +62,7 @@ def test_toy_router_in_a_simulated_step(round_robin):
     tiny = ModelConfig("tiny", num_layers=2, d_model=64, d_ffn=256, num_experts=16, seq_len=64, tokens_per_gpu=128,
                        vocab_size=100)
     G = load_topology("lshmoe-v100-2x8")
-    step = simulate_step(tiny, G, router=toy_router.NAME)
+    step = simulate_step(tiny, G, router=toy_router.NAME, moe_layer="grouped")  # routed rows, not the era's padding
     assert step.traffic.k == 1 and step.traffic.router == toy_router.NAME
     # 128 tokens per GPU over 16 experts on 16 GPUs: 8 to every GPU, 128 B each (d = 64, 2 B); none dropped
     assert step.breakdown["expert_load_imbalance"] == 1.0 and step.breakdown["dropped_fraction"] == 0.0

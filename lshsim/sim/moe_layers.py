@@ -101,7 +101,9 @@ def padded_capacity(tokens: int, k: int, num_experts: int, capacity_factor: floa
     (16, 20, 1)
     """
     if capacity_factor is None:
-        raise ValueError("a capacity-padded MoE layer (tutel, gshard-einsum-loop) needs a capacity_factor, not None")
+        raise ValueError("a capacity-padded MoE layer (tutel, gshard-einsum-loop: the cluster's software.moe_layer "
+                         "or moe_layer) needs a capacity_factor, not None (no limit); a dropless layer is today's "
+                         "grouped one (lshsim plan --moe-layer grouped)")
     return max(1, math.ceil(capacity_factor * k * tokens / num_experts - 1e-9))
 
 

@@ -875,7 +875,8 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
     if moe_layer in PADDED_LAYERS:   # capacity-padded buffers: E_local x C rows to every rank of the EP group
         if config.deduplicates:
             raise ValueError(f"moe_layer={moe_layer!r} sends capacity-padded buffers; algorithm {config.algorithm!r} "
-                             f"deduplicates routed tokens: use one or the other")
+                             f"deduplicates routed tokens: use one or the other (lshsim plan --moe-layer grouped: today's "
+                             f"routed layer)")
         capacity = padded_capacity(traffic.tokens_per_rank, traffic.k, spec["num_experts"], config.capacity_factor)
         rows = (spec["num_experts"] // ep) * capacity
         if config.lsh_rate is not None:
