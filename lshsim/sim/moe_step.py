@@ -900,7 +900,7 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
     def network_s(traffic_bytes: np.ndarray) -> float:
         return a2a_cache.time_s(traffic_bytes, config.algorithm)
 
-    network_role_s = _dedup_network(graph, placement, traffic, a2a_cache, config) if config.deduplicates else None
+    network_role_s = _dedup_network(graph, traffic, a2a_cache, config) if config.deduplicates else None
     ctx = CostContext(world_size=world_size, gpu=gpu, kernel_launch_s=config.kernel_launch_s, model=spec,
                       experts_on_rank=spec["num_experts"] // ep, dispatch_bytes=dispatch_bytes,
                       combine_bytes=combine_bytes, rows_received=wire.sum(axis=0), network_s=network_s,
@@ -968,11 +968,8 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
     inter_node_bytes = int(dispatch_bytes.sum()) - _same_node_sum(dispatch_bytes, node)
     if config.deduplicates and traffic.node_copies is not None:  # once per (token, node) over the network
         nodes = int(node.max()) + 1
-        per_node = np.stack([dispatch_bytes[:, node == m].sum(axis=1) for m in range(nodes)], axis=1)  # (W, N)
-        copies = np.stack([traffic.send_counts[:, node == m].sum(axis=1) for m in range(nodes)], axis=1)
-        ratio = np.minimum(np.divide(traffic.node_copies, copies, out=np.ones_like(copies), where=copies > 0), 1.0)
         remote = node[:, None] != np.arange(nodes)[None, :]
-        inter_node_bytes = int(np.ceil(ratio * per_node)[remote].sum())
+        inter_node_bytes = int(np.ceil(_dedup_ratio(traffic, node) * _per_node(dispatch_bytes, node))[remote].sum())
     workload = {"model": spec["name"], **{k: v for k, v in spec.items() if k != "name"},
                 **config.to_dict(), "tokens_per_gpu": traffic.tokens_per_rank, "ep": ep,
                 "traffic_model": traffic.model}
@@ -1003,7 +1000,7 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
     return StepResult(trace=trace, breakdown=breakdown, config=config, traffic=traffic)
 
 
-def _dedup_network(graph, placement, traffic: RoutedTraffic, a2a_cache: A2ACache, config: StepConfig):
+def _dedup_network(graph, traffic: RoutedTraffic, a2a_cache: A2ACache, config: StepConfig):
     """network_role_s of a node-deduplicated step: each (W, W) matrix's bytes to another node cross the
     network once per (token, node), in the routing's ratio of distinct (token, node) pairs to copies
     (`RoutedTraffic.node_copies`); "combine" matrices run the reverse (`dispatch_formats.node_dedup`)."""
@@ -1014,19 +1011,27 @@ def _dedup_network(graph, placement, traffic: RoutedTraffic, a2a_cache: A2ACache
         if not graph.graph.get(name):
             raise ValueError(f"algorithm {config.algorithm!r} needs nodes of equal size: topology "
                              f"{graph.graph.get('name', '?')!r} has no {name!r}")
-    num_nodes, per_node = int(graph.graph["num_nodes"]), int(graph.graph["gpus_per_node"])
-    world = traffic.send_counts.shape[0]
-    copies = traffic.send_counts.reshape(world, num_nodes, per_node).sum(axis=2)       # (W, N) copies per node
-    ratio = np.divide(traffic.node_copies, copies, out=np.ones_like(copies), where=copies > 0)  # (W, N) <= 1
-    ratio = np.minimum(ratio, 1.0)
+    node = np.arange(traffic.send_counts.shape[0]) // int(graph.graph["gpus_per_node"])  # (W,) node-major ranks
+    ratio = _dedup_ratio(traffic, node)                                                # (W, N) <= 1
 
     def network_role_s(matrix: np.ndarray, role: str) -> float:
         forward = matrix if role == "dispatch" else matrix.T                              # source row
-        node_bytes = np.ceil(ratio * forward.reshape(world, num_nodes, per_node).sum(axis=2))
-        node_bytes = np.minimum(node_bytes, forward.reshape(world, num_nodes, per_node).sum(axis=2))
+        per_node = _per_node(forward, node)                                               # (W, N) bytes
+        node_bytes = np.minimum(np.ceil(ratio * per_node), per_node)
         return a2a_cache.time_s(forward, config.algorithm, node_bytes=node_bytes, combine=role == "combine")
 
     return network_role_s
+
+
+def _per_node(matrix: np.ndarray, node: np.ndarray) -> np.ndarray:
+    """(W, N) sums of a (W, W) matrix's columns over each node's ranks."""
+    return np.stack([matrix[:, node == m].sum(axis=1) for m in range(int(node.max()) + 1)], axis=1)
+
+
+def _dedup_ratio(traffic: RoutedTraffic, node: np.ndarray) -> np.ndarray:
+    """(W, N) distinct (token, node) pairs per copy sent to the node (1 where nothing is sent), at most 1."""
+    copies = _per_node(traffic.send_counts, node)
+    return np.minimum(np.divide(traffic.node_copies, copies, out=np.ones_like(copies), where=copies > 0), 1.0)
 
 
 def _same_node_sum(matrix: np.ndarray, node: np.ndarray) -> int:
