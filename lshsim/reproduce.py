@@ -47,7 +47,8 @@ from lshsim.readers import load_yaml
 __all__ = ["QUANTITIES", "RELATIVE_QUANTITIES", "SETTING_FIELDS", "WITHIN", "Paper", "Figure", "FigureSet",
            "FigureResult", "figures_path", "load_figures", "figures_from_dict", "check_references", "select",
            "relative_error", "implied_a2a_share", "Planner", "predict", "summarize", "consistency", "sweep",
-           "apply_edits", "SWEEP_VARIANTS", "NotPlannable"]
+           "apply_edits", "SWEEP_VARIANTS", "NotPlannable", "FIT_FIELDS", "FIT_GRID",
+           "cluster_group", "best_point", "fit", "fit_summary"]
 
 #: the quantities a figure may publish
 QUANTITIES = ("a2a_share", "speedup", "step_reduction", "a2a_reduction")
@@ -679,3 +680,166 @@ def sweep(figures: list[Figure], planner: Planner, base: dict[str, FigureResult]
             move = result.predicted / reference.predicted - 1 if reference.predicted else None
             rows.append({**row, "predicted": result.predicted, "move": move, "error": result.error})
     return rows
+
+
+# ---- one set of assumptions per cluster, fitted on that cluster's figures ----------------------------
+#: the unknowns `fit` moves: the two efficiencies of a cluster's named software calibration
+FIT_FIELDS = ("software.gemm_efficiency", "software.a2a_efficiency")
+#: the efficiencies `fit` tries for each field (every pair of the grid; an efficiency is in (0, 1])
+FIT_GRID = (0.05, 0.07, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def cluster_group(figure: Figure) -> str:
+    """The cluster a figure's assumptions belong to: the name of its topology's software calibration
+    (`software.name`: the 64-, 128- and 256-NPU LocMoE clusters share one), else the topology's name."""
+    from lshsim.topology.spec import read_spec
+
+    spec, _ = read_spec(figure.cluster)
+    software = spec.get("software")
+    if isinstance(software, dict) and software.get("name"):
+        return str(software["name"])
+    return figure.cluster
+
+
+def _documented(figure: Figure) -> dict:
+    """The documented values of FIT_FIELDS in the figure's cluster spec (with its edits); a field the
+    spec lacks is missing from the result."""
+    from lshsim.topology.spec import read_spec
+
+    spec, source = read_spec(figure.cluster)
+    spec = apply_edits(spec, figure.cluster_edits, source)
+    out = {}
+    for path in FIT_FIELDS:
+        block = spec
+        for key in path.split("."):
+            block = block.get(key) if isinstance(block, dict) else None
+        if isinstance(block, (int, float)):
+            out[path] = float(block)
+    return out
+
+
+def _score(errors: list[float], objective: str = "within") -> tuple:
+    """The key the fit minimises. objective "within": (figures outside WITHIN, median |error|, worst
+    |error|), i.e. as many figures within the tolerance as one set allows, then the smallest median;
+    "minimax": (worst |error|, median |error|). Errors are compared to 0.01 (one percentage point), so
+    that near-equal points tie and the tie-break (`best_point`) decides."""
+    magnitudes = [abs(e) for e in errors]
+    worst, median = max(magnitudes), statistics.median(magnitudes)
+    if objective == "minimax":
+        return round(worst, 2), round(median, 2)
+    return sum(m > WITHIN for m in magnitudes), round(median, 2), round(worst, 2)
+
+
+def best_point(table: dict, figure_ids: list[str], objective: str = "within",
+               documented: tuple | None = None) -> tuple | None:
+    """The grid point of `table` {point: {figure id: relative error or None}} with the smallest
+    `_score` over `figure_ids` (points where one of them is not plannable are skipped); None when
+    no point qualifies. Ties go to the point nearest `documented` (sum of |log ratio|; the shares
+    and speedups depend mostly on the ratio of the two efficiencies, so many points tie and the one
+    that moves the documented calibration least is taken), else to the first in the table's order.
+
+    >>> t = {(0.5,): {"a": 0.3, "b": -0.1, "c": 0.05}, (1.0,): {"a": 0.2, "b": -0.2, "c": 0.18}}
+    >>> best_point(t, ["a", "b", "c"]), best_point(t, ["a", "b", "c"], "minimax"), best_point(t, ["c"])
+    ((0.5,), (1.0,), (0.5,))
+    """
+    best, best_score = None, None
+    for point, errors in table.items():
+        values = [errors.get(i) for i in figure_ids]
+        if not values or any(v is None for v in values):
+            continue
+        score = _score(values, objective)
+        if documented is not None:
+            score = score + (round(sum(abs(math.log(p / d)) for p, d in zip(point, documented)), 9),)
+        if best_score is None or score < best_score:
+            best, best_score = point, score
+    return best
+
+
+def fit(figures: list[Figure], planner: Planner, base: dict[str, FigureResult], grid=None,
+        progress: Callable[[str], None] | None = None) -> list[dict]:
+    """One set of FIT_FIELDS per cluster group (`cluster_group`), fitted on that group's figures.
+
+    For every pair of `grid` values (GEMM efficiency, all-to-all efficiency) every figure of the
+    group is predicted with the pair written into its cluster's software calibration; the pair that
+    brings the most of the group's plannable figures within WITHIN (then the smallest median |error|)
+    is the fit, and the pair with the smallest worst |error| is reported beside it (minimax). Each
+    figure is also predicted leave-one-out: with the pair that fits the group's other figures best
+    (a figure alone in its group gets none). This is a consistency check of the model and the
+    papers, not a prediction: the fitted errors are in-sample; the leave-one-out errors are the
+    honest ones. Returns one row per group:
+
+        group, clusters, figures (ids), documented {field: value}, fitted {field: value} or None,
+        within / worst / median |error| at the fit, minimax {field: value} and its worst |error|,
+        rows: per figure id, paper, documented prediction and
+        error, fitted prediction and error, leave-one-out point, prediction and error.
+    """
+    progress = progress or (lambda text: None)
+    values = sorted({float(v) for v in (FIT_GRID if grid is None else grid)})
+    if not values or any(not (0.0 < v <= 1.0) or not math.isfinite(v) for v in values):
+        raise ValueError(f"fit grid {list(grid)!r}: every efficiency must be in (0, 1]")
+    groups: dict[str, list[Figure]] = {}
+    for figure in figures:
+        if base[figure.id].status == "ok":
+            groups.setdefault(cluster_group(figure), []).append(figure)
+    out = []
+    for group, members in groups.items():
+        documented = _documented(members[0])
+        if set(documented) != set(FIT_FIELDS):
+            out.append({"group": group, "clusters": sorted({f.cluster for f in members}),
+                        "figures": [f.id for f in members], "documented": documented, "fitted": None,
+                        "reason": f"the cluster spec has no {', '.join(sorted(set(FIT_FIELDS) - set(documented)))}",
+                        "rows": []})
+            continue
+        table: dict = {}
+        predictions: dict = {}
+        # the all-to-all efficiency changes the network (new simulations); the GEMM efficiency does not
+        for index, a2a in enumerate(values, start=1):
+            progress(f"fit {group}: all-to-all efficiency {a2a:g} ({index}/{len(values)}), "
+                     f"{len(values)} GEMM efficiencies x {len(members)} figures")
+            for gemm in values:
+                point = (gemm, a2a)
+                errors, preds = {}, {}
+                for figure in members:
+                    result = predict(figure, planner, edits={FIT_FIELDS[0]: gemm, FIT_FIELDS[1]: a2a})
+                    errors[figure.id] = result.error if result.status == "ok" else None
+                    preds[figure.id] = result.predicted if result.status == "ok" else None
+                table[point], predictions[point] = errors, preds
+        ids = [f.id for f in members]
+        anchor = tuple(documented[name] for name in FIT_FIELDS)
+        fitted = best_point(table, ids, documented=anchor)
+        rows = []
+        for figure in members:
+            others = [i for i in ids if i != figure.id]
+            loo = best_point(table, others, documented=anchor) if others else None
+            reference = base[figure.id]
+            rows.append({"id": figure.id, "quantity": figure.quantity, "paper": figure.value,
+                         "documented_predicted": reference.predicted, "documented_error": reference.error,
+                         "fitted_predicted": None if fitted is None else predictions[fitted][figure.id],
+                         "fitted_error": None if fitted is None else table[fitted][figure.id],
+                         "loo_point": None if loo is None else dict(zip(FIT_FIELDS, loo)),
+                         "loo_predicted": None if loo is None else predictions[loo][figure.id],
+                         "loo_error": None if loo is None else table[loo][figure.id]})
+        row = {"group": group, "clusters": sorted({f.cluster for f in members}), "figures": ids,
+               "documented": documented, "fitted": None if fitted is None else dict(zip(FIT_FIELDS, fitted)),
+               "grid": values, "rows": rows}
+        if fitted is not None:
+            row["within"] = sum(abs(table[fitted][i]) <= WITHIN for i in ids)
+            row["worst_abs_error"] = max(abs(table[fitted][i]) for i in ids)
+            row["median_abs_error"] = statistics.median(abs(table[fitted][i]) for i in ids)
+            minimax = best_point(table, ids, "minimax", documented=anchor)
+            row["minimax"] = dict(zip(FIT_FIELDS, minimax))
+            row["minimax_worst_abs_error"] = max(abs(table[minimax][i]) for i in ids)
+        out.append(row)
+    return out
+
+
+def fit_summary(groups: list[dict]) -> dict:
+    """Counts within WITHIN and median / worst |error| of the documented, fitted and leave-one-out
+    predictions over every figure of `groups`."""
+    out = {"tolerance": WITHIN}
+    for kind in ("documented", "fitted", "loo"):
+        errors = [abs(r[f"{kind}_error"]) for g in groups for r in g["rows"] if r[f"{kind}_error"] is not None]
+        out[kind] = {"figures": len(errors), "within": sum(e <= WITHIN for e in errors),
+                     "median_abs_error": statistics.median(errors) if errors else None,
+                     "worst_abs_error": max(errors) if errors else None}
+    return out

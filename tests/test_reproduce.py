@@ -282,3 +282,73 @@ def test_reproduce_refuses_a_bad_figures_file(capsys, tmp_path):
         main(["reproduce", "--figures", str(path)])
     assert exit_info.value.code == 2
     assert "lshsim reproduce: error: bad.yaml: figures=[] must be a non-empty list" in capsys.readouterr().err
+
+
+# ---- --fit: one set of assumptions per cluster, fitted on its figures --------------------------------
+def test_best_point_counts_then_median_then_nearest_the_documented_pair():
+    table = {(0.1, 1.0): {"a": 0.10, "b": -0.12, "c": 0.5},    # two within 15%
+             (0.5, 0.5): {"a": 0.30, "b": 0.01, "c": 0.02},    # two within, smaller median
+             (0.4, 0.4): {"a": 0.30, "b": 0.01, "c": 0.02},    # the same errors, farther from (0.5, 0.3)
+             (1.0, 0.2): {"a": 0.01, "b": None, "c": 0.0}}     # not plannable for b: skipped
+    assert R.best_point(table, ["a", "b", "c"], documented=(0.5, 0.3)) == (0.5, 0.5)
+    assert R.best_point(table, ["a", "b", "c"], documented=(0.4, 0.4)) == (0.4, 0.4)
+    assert R.best_point(table, ["a", "b", "c"], "minimax") == (0.5, 0.5)
+    assert R.best_point(table, ["a", "c"]) == (1.0, 0.2)
+    assert R.best_point(table, ["b"], documented=(1.0, 1.0)) == (0.5, 0.5)
+    assert R.best_point({(0.5,): {"a": None}}, ["a"]) is None
+
+
+def test_fit_on_a_cluster_group_is_the_brute_force_optimum_and_leave_one_out_refits(tiny_figures):
+    from lshsim.models import load_model
+
+    figure_set = R.load_figures(tiny_figures)
+    figures = [f for f in figure_set.figures if f.cluster == "lshmoe-v100-2x8" and f.paper == "lsh-moe"]
+    planner = R.Planner(load_model)
+    base = {f.id: R.predict(f, planner) for f in figures}
+    grid = (0.2, 1.0, 0.5)
+    groups = R.fit(figures, planner, base, grid=grid)
+    assert len(groups) == 1
+    group = groups[0]
+    assert group["group"] == "pytorch-1.11-nccl-2.12-v100" and group["clusters"] == ["lshmoe-v100-2x8"]
+    assert group["grid"] == [0.2, 0.5, 1.0]
+    assert group["documented"] == {"software.gemm_efficiency": 0.384, "software.a2a_efficiency": 0.29}
+    # brute force, independently of best_point: every pair, its errors from a fresh planner
+    fresh = R.Planner(load_model)
+    errors = {}
+    for gemm in (0.2, 0.5, 1.0):
+        for a2a in (0.2, 0.5, 1.0):
+            edits = {"software.gemm_efficiency": gemm, "software.a2a_efficiency": a2a}
+            errors[(gemm, a2a)] = [R.predict(f, fresh, edits=edits).error for f in figures]
+    fitted = (group["fitted"]["software.gemm_efficiency"], group["fitted"]["software.a2a_efficiency"])
+    rows = {r["id"]: r for r in group["rows"]}
+    for f, e in zip(figures, errors[fitted]):
+        assert rows[f.id]["fitted_error"] == pytest.approx(e)
+        assert rows[f.id]["documented_error"] == pytest.approx(base[f.id].error)
+    within = lambda point: sum(abs(e) <= R.WITHIN for e in errors[point])        # noqa: E731
+    assert within(fitted) == max(within(p) for p in errors) == group["within"]
+    for point in errors:                                 # no pair as good in count has a smaller median (to 0.01)
+        if within(point) == within(fitted):
+            median = sorted(abs(e) for e in errors[point])[len(figures) // 2]
+            assert round(median, 2) >= round(group["median_abs_error"], 2)
+    for i, f in enumerate(figures):                      # leave-one-out: the best pair for the other figure
+        loo = rows[f.id]["loo_point"]
+        point = (loo["software.gemm_efficiency"], loo["software.a2a_efficiency"])
+        other = errors[point][1 - i]
+        assert abs(other) == pytest.approx(min(abs(errors[p][1 - i]) for p in errors), abs=0.005)
+        assert rows[f.id]["loo_error"] == pytest.approx(errors[point][i])
+    summary = R.fit_summary(groups)
+    assert summary["fitted"]["figures"] == 2 and summary["fitted"]["within"] == group["within"]
+    assert summary["documented"]["worst_abs_error"] == pytest.approx(max(abs(base[f.id].error) for f in figures))
+
+
+def test_fit_refuses_a_bad_grid(tiny_figures):
+    with pytest.raises(ValueError, match=r"every efficiency must be in \(0, 1\]"):
+        R.fit([], None, {}, grid=(0.5, 1.5))
+
+
+def test_reproduce_fit_table(capsys, tiny_figures, monkeypatch):
+    monkeypatch.setattr(R, "FIT_GRID", (0.3, 1.0))
+    assert main(["reproduce", "--figures", tiny_figures, "--paper", "lsh-moe", "--fit", "--quiet"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "One set of assumptions for pytorch-1.11-nccl-2.12-v100" in text and "leave-one-out" in text
+    assert "documented GEMM 0.384, all-to-all 0.29" in text and "fitted (in-sample):" in text

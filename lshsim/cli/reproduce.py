@@ -20,7 +20,7 @@ def add_parser(subparsers):
                                           "paper, a summary, and the LSH-MoE consistency check (the all-to-all "
                                           "share a speedup implies against the paper's Fig. 3). The figures "
                                           "(data/papers/figures.yaml) are a held-out test set: nothing is "
-                                          "fitted on them.")
+                                          "fitted on them, except by --fit, which says so.")
     p.add_argument("--paper", choices=_PAPERS, default="all", help="the figures of one paper, or all (default all)")
     p.add_argument("--figures", metavar="FILE.yaml", default=None,
                    help="a figures file (default: the shipped data/papers/figures.yaml)")
@@ -34,6 +34,12 @@ def add_parser(subparsers):
                    help="also move one unknown at a time (tokens per GPU x0.5 / x2, the NIC line rate x0.5 / x2, "
                         "the GEMM efficiency x0.5 / x2 capped at 1) and show how far each moves each prediction "
                         "(several times the run time)")
+    p.add_argument("--fit", action="store_true",
+                   help="also fit one set of assumptions per cluster on that cluster's figures: the GEMM and "
+                        "all-to-all efficiencies of its software calibration, every pair of a grid from 0.05 to 1; "
+                        "prints the pair that brings the most figures within 15%%, its in-sample errors and the "
+                        "leave-one-figure-out errors (a consistency check, not a prediction; slow: the all-to-alls "
+                        "are simulated at every all-to-all efficiency, about 2 minutes for --paper lsh-moe)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables (progress goes to stderr)")
     p.add_argument("--plot", metavar="FILE.png", default=None,
                    help="draw paper against predicted, one bar pair per figure (written whole; its folder is "
@@ -76,6 +82,9 @@ def run(args) -> int:
     if args.sweep:
         progress.line(f"sweep: {len(R.SWEEP_VARIANTS)} variants x {sum(r.status == 'ok' for r in results)} figures")
         sweep_rows = R.sweep(figures, planner, {r.figure.id: r for r in results})
+    fit_groups = None
+    if args.fit:
+        fit_groups = R.fit(figures, planner, {r.figure.id: r for r in results}, progress=progress.line)
     elapsed_s = time.perf_counter() - started
     summary = R.summarize(results)
     checks = R.consistency(results)
@@ -84,6 +93,8 @@ def run(args) -> int:
            "predict_s": predict_s, "elapsed_s": elapsed_s}
     if sweep_rows is not None:
         out["sweep"] = sweep_rows
+    if fit_groups is not None:
+        out["fit"] = {"groups": fit_groups, "summary": R.fit_summary(fit_groups)}
     if args.plot:
         _plot(results, args.plot)
         progress.wrote(args.plot)
@@ -160,6 +171,8 @@ def _render_tables(results, summary, checks, sweep_rows, planner, out) -> None:
         _render_consistency(console, checks)
     if sweep_rows is not None:
         _render_sweep(console, results, sweep_rows)
+    if "fit" in out:
+        _render_fit(console, out["fit"])
     modes: dict = {}
     for v in out["fidelity"].values():
         mode = "exact" if v["mode"] == "exact" else f"drain tolerance {v['drain_tolerance']:g}"
@@ -234,6 +247,56 @@ def _render_sweep(console, results, rows) -> None:
     console.print("[dim]tokens: tokens per GPU of both steps; NIC: inter.nic_gbps of the cluster spec; GEMM eff: "
                   "gpu.gemm_efficiency (x2 stops at 1.0). Each is edited in memory, one at a time; the predictions "
                   "themselves are in --json (\"sweep\").[/dim]")
+
+
+def _render_fit(console, fit) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from lshsim.reproduce import FIT_FIELDS
+
+    short = {"software.gemm_efficiency": "GEMM", "software.a2a_efficiency": "all-to-all"}
+
+    def pair(values) -> str:
+        return ", ".join(f"{short[name]} {values[name]:g}" for name in FIT_FIELDS) if values else "-"
+
+    def err(value) -> str:
+        if value is None:
+            return "-"
+        mark = "green" if abs(value) <= 0.15 else "red"
+        return f"[{mark}]{100 * value:+.0f}%[/{mark}]"
+
+    for group in fit["groups"]:
+        if group["fitted"] is None:
+            console.print(escape(f"fit {group['group']}: not fitted ({group.get('reason', 'no plannable figure')})"))
+            continue
+        table = Table(title=escape(f"One set of assumptions for {group['group']} ({', '.join(group['clusters'])}): "
+                                   f"documented {pair(group['documented'])}; fitted {pair(group['fitted'])}"))
+        for column in ("figure", "paper", "documented", "fitted", "leave-one-out", "its pair"):
+            table.add_column(column, justify="left" if column in ("figure", "its pair") else "right",
+                             no_wrap=column == "figure")
+        for row in group["rows"]:
+            table.add_row(row["id"], _fmt(row["quantity"], row["paper"]), err(row["documented_error"]),
+                          err(row["fitted_error"]), err(row["loo_error"]), pair(row["loo_point"]))
+        console.print(table)
+        console.print(f"[dim]fitted: {group['within']} of {len(group['rows'])} within 15%, median "
+                      f"{100 * group['median_abs_error']:.0f}%, worst {100 * group['worst_abs_error']:.0f}%; the pair "
+                      f"with the smallest worst error ({escape(pair(group['minimax']))}) reaches "
+                      f"{100 * group['minimax_worst_abs_error']:.0f}%[/dim]")
+    s = fit["summary"]
+    parts = []
+    for kind, label in (("documented", "documented"), ("fitted", "fitted (in-sample)"), ("loo", "leave-one-out")):
+        k = s[kind]
+        if k["figures"]:
+            parts.append(f"{label}: {k['within']} of {k['figures']} within 15%, median {100 * k['median_abs_error']:.0f}%, "
+                         f"worst {100 * k['worst_abs_error']:.0f}%")
+    console.print("[bold]" + "; ".join(parts) + "[/bold]")
+    console.print("[dim]The fit moves the two efficiencies of each cluster's software calibration over a grid and keeps "
+                  "the pair that brings the most of that cluster's figures within 15% (then the smallest median; ties: "
+                  "the pair nearest the documented one). It is a consistency check, not a prediction: the figures are "
+                  "what it fits; leave-one-out refits without each figure. A fitted pair at the grid's edge, or far from "
+                  "the documented measurements, says the model or the papers' numbers need more than a calibration."
+                  "[/dim]")
 
 
 # ---- plot ---------------------------------------------------------------------------------------
