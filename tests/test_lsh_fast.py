@@ -522,10 +522,16 @@ def test_cuda_kernels_match_torch_path(monkeypatch, rows, d_model):
     for x in (random_tokens, tokens):
         ids = fast.token_buckets(x, config, projection)
         _ids_agree(ids, lsh.bucket_ids(x, config, projection), x, projection)
+    for split in (1, 2, 4):  # split-K: the same keys on every launch, near-ties aside the split-1 keys
+        keys = [fast._hash_launch(random_tokens, config, projection, split=split) for _ in range(3)]
+        assert torch.equal(keys[0], keys[1]) and torch.equal(keys[0], keys[2])
+        _ids_agree(keys[0], lsh.bucket_ids(random_tokens, config, projection), random_tokens, projection)
+    assert all(int(locks.abs().sum()) == 0 for locks in fast._LOCKS.values())  # counters reset
     launches = dict(fast.LAUNCHES)
     got = fast.compress_fast(tokens, group, config, projection)
     assert fast.LAUNCHES["hash"] == launches.get("hash", 0) + 1
-    assert fast.LAUNCHES["mean"] == launches.get("mean", 0) + 1
+    assert fast.LAUNCHES["runs"] == launches.get("runs", 0) + 1
+    assert isinstance(got, fast.SortedCompressed)
     ids = fast.token_buckets(tokens, config, projection)
     if torch.equal(ids, lsh.bucket_ids(tokens, config, projection)):
         _same_compressed(got, lsh.compress(tokens, group, config, projection), torch.bfloat16)
@@ -547,6 +553,22 @@ def test_cuda_kernels_match_torch_path(monkeypatch, rows, d_model):
     monkeypatch.delenv("LSHSIM_NO_TRITON")
     assert _close(out, want, torch.bfloat16) and _close(grad, want_grad, torch.bfloat16)
     centroid_out = torch.tanh(got.centroids.float()).to(torch.bfloat16)
+    # restore's backward through the runs kernel (compressed=got) equals the scatter-add one
+    for compressed in (got, None):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (centroid_out, got.centroids, tokens)]
+        restored = fast.restore_rows(*leaves, got.token_to_centroid, compressed=compressed)
+        grads = torch.autograd.grad((restored.float() * upstream).sum(), leaves)
+        if compressed is not None:
+            grads_runs = grads
+    for a, b in zip(grads_runs, grads):
+        assert float((a.double() - b.double()).abs().max()) <= 2 ** -7 * float(b.double().abs().max())
+    # d centroids / d tokens: one expand pass == grad / count of the token's centroid
+    leaf = tokens.clone().requires_grad_(True)
+    again = fast.compress_fast(leaf, group, config, projection)
+    grad_c = torch.randn(again.centroids.shape, device=device)
+    (grad_tokens,) = torch.autograd.grad((again.centroids.float() * grad_c).sum(), leaf)
+    want_tokens = (grad_c / again.centroid_count.unsqueeze(1).float())[again.token_to_centroid]
+    assert _close(grad_tokens, want_tokens, torch.bfloat16, atol=1e-6)
     leaves = [t.detach().requires_grad_(True) for t in (centroid_out, got.centroids, tokens)]
     restored = fast.restore_rows(*leaves, got.token_to_centroid)
     reference = lsh.restore(centroid_out, got, lsh.residuals(tokens, got))

@@ -499,6 +499,9 @@ def _hash_launch(tokens: torch.Tensor, config: LSHConfig, projection: LSHProject
     split = max(1, min(int(params.get("split", 1)), _cdiv(d_model, block_k)))
     k_per_split = _cdiv(_cdiv(d_model, split), block_k) * block_k
     split = _cdiv(d_model, k_per_split)
+    if split > 1 and tokens.is_cuda and torch.cuda.is_current_stream_capturing() \
+            and _LOCKS.get((tokens.device.type, tokens.device.index), torch.empty(0)).numel() < row_blocks:
+        split, k_per_split = 1, d_model  # counters made inside a CUDA graph capture would not be zeroed
     if split > 1:
         part = torch.empty(split, num_rows, ld_pad, dtype=torch.float32, device=tokens.device)
         locks = _locks(tokens.device, row_blocks)
