@@ -139,13 +139,12 @@ def _compile_worker(job):
 def precompile(d_model: int, hashes: list[int], workers: int) -> float:
     import multiprocessing as mp
     start = time.perf_counter()
-    jobs = []
+    jobs = []  # three variants a job (the runs kernel does not depend on L: compiled once)
     for num_hashes in hashes:
-        for i in range(workers):
-            jobs.append((d_model, num_hashes, "hash", HASH_GRID[i::workers]))
-        jobs.append((d_model, num_hashes, "runs", RUNS_GRID))
+        jobs += [(d_model, num_hashes, "hash", HASH_GRID[i:i + 3]) for i in range(0, len(HASH_GRID), 3)]
+    jobs += [(d_model, hashes[0], "runs", RUNS_GRID[i:i + 3]) for i in range(0, len(RUNS_GRID), 3)]
     with mp.get_context("spawn").Pool(workers) as pool:
-        pool.map(_compile_worker, jobs)
+        pool.map(_compile_worker, jobs, chunksize=1)
     return time.perf_counter() - start
 
 
@@ -330,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--tune", action="store_true", help="tune the launches on these shapes first, then use them")
     parser.add_argument("--tune-repeats", type=int, default=10)
-    parser.add_argument("--workers", type=int, default=12, help="processes compiling the tuned variants")
+    parser.add_argument("--workers", type=int, default=14, help="processes compiling the tuned variants")
     parser.add_argument("--json", help="write every number here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() or not lsh_fast.triton_available("cuda"):
