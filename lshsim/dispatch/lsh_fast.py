@@ -968,7 +968,9 @@ def compress_fast(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
         return lsh.compress(tokens, group, config, projection)
     token_to_centroid = ints[:num_tokens]
     counts = ints[2 * num_tokens:2 * num_tokens + num_centroids]
-    centroids = _Centroids.apply(tokens, means[:num_centroids], token_to_centroid, counts, True)  # (B, d)
+    centroids = means[:num_centroids]  # (B, d)
+    if tokens.requires_grad and torch.is_grad_enabled():
+        centroids = _Centroids.apply(tokens, centroids, token_to_centroid, counts, True)
     return SortedCompressed(centroids=centroids, token_to_centroid=token_to_centroid,
                             centroid_group=ints[num_tokens:num_tokens + num_centroids], centroid_count=counts,
                             num_tokens=num_tokens, sorted_key=sorted_key, order=order, span=span)
