@@ -111,67 +111,81 @@ def make_inputs(num_tokens: int, d_model: int, num_hashes: int, device):
 HASH_GRID = [dict(block_m=m, block_k=k, num_warps=w, num_stages=st, split=sp)
              for m, k, w, st, sp in itertools.product((32, 64, 128), (64, 128), (4,), (3, 4), (1, 2, 4, 8))]
 HASH_GRID += [dict(block_m=128, block_k=64, num_warps=8, num_stages=st, split=sp) for st in (3, 4) for sp in (1, 2, 4)]
-RUNS_GRID = [dict(rows=r, block_d=b, prefix=2048, num_warps=w, num_stages=st)
-             for r, b, w, st in itertools.product((16, 32, 64), (64, 128, 256), (4,), (2, 3))]
-RUNS_GRID += [dict(rows=r, block_d=b, prefix=2048, num_warps=8, num_stages=2) for r in (32, 64) for b in (128, 256)]
+RUNS_GRID = [dict(rows=r, block_d=b, col_groups=g, prefix=2048, num_warps=4, num_stages=st)
+             for r, b, g, st in itertools.product((16, 32, 64), (128, 256), (1, 2, 4, 8), (2, 3))]
+RUNS_GRID += [dict(rows=r, block_d=64, col_groups=g, prefix=2048, num_warps=4, num_stages=3)
+              for r in (16, 32) for g in (4, 8)]
+SORT_GRID = [dict(sort_chunk=c, block=b, num_warps=4) for c in (1024, 2048, 4096) for b in (128, 256, 512)]
+SORT_GRID += [dict(sort_chunk=None, block=256, num_warps=4)]
 
 
 def _compile_worker(job):
     """Compile (by launching on a small input of the same specialisation) one list of variants."""
-    d_model, num_hashes, kind, params_list = job
+    d_model, num_hashes, kind, params_list, num_tokens = job
     device = torch.device("cuda")
-    config, tokens, group, projection = make_inputs(512, d_model, num_hashes, device)
+    config, tokens, group, projection = make_inputs(num_tokens, d_model, num_hashes, device)
     span = config.max_buckets(d_model)
     for params in params_list:
         try:
             if kind == "hash":
                 lsh_fast._hash_launch(tokens, config, projection, group, span, **params)
+            elif kind == "sort":
+                lsh_fast._compress_kernels(tokens, group, config, projection, span, sort_launch=params)
             else:
                 key = lsh_fast._hash_launch(tokens, config, projection, group, span)
                 sorted_key, order = torch.sort(key, stable=True)
-                lsh_fast._runs_launch(tokens, sorted_key, order, span, 512, index=True, **params)
+                lsh_fast._runs_launch(tokens, sorted_key, order, span, num_tokens, index=True, **params)
         except Exception:  # reported by the timing pass
             pass
     torch.cuda.synchronize()
     return len(params_list)
 
 
-def precompile(d_model: int, hashes: list[int], workers: int) -> float:
+def precompile(d_model: int, hashes: list[int], tokens: list[int], workers: int, tune_hash: bool) -> float:
     import multiprocessing as mp
     start = time.perf_counter()
     jobs = []  # three variants a job (the runs kernel does not depend on L: compiled once)
-    for num_hashes in hashes:
-        jobs += [(d_model, num_hashes, "hash", HASH_GRID[i:i + 3]) for i in range(0, len(HASH_GRID), 3)]
-    jobs += [(d_model, hashes[0], "runs", RUNS_GRID[i:i + 3]) for i in range(0, len(RUNS_GRID), 3)]
+    if tune_hash:
+        for num_hashes in hashes:
+            jobs += [(d_model, num_hashes, "hash", HASH_GRID[i:i + 3], 512) for i in range(0, len(HASH_GRID), 3)]
+    jobs += [(d_model, hashes[0], "runs", RUNS_GRID[i:i + 3], 512) for i in range(0, len(RUNS_GRID), 3)]
+    for num_hashes in hashes:  # the packed keys' IDX_BITS depends on N: at the real sizes
+        for num_tokens in tokens:
+            jobs += [(d_model, num_hashes, "sort", SORT_GRID[i:i + 5], num_tokens) for i in range(0, len(SORT_GRID), 5)]
     with mp.get_context("spawn").Pool(workers) as pool:
         pool.map(_compile_worker, jobs, chunksize=1)
     return time.perf_counter() - start
 
 
-def tune(shapes, d_model: int, repeats: int, copy_bps: float) -> dict:
+def tune(shapes, d_model: int, repeats: int, copy_bps: float, tune_hash: bool) -> dict:
     results = {}
     for num_tokens, num_hashes in shapes:
         config, tokens, group, projection = make_inputs(num_tokens, d_model, num_hashes, "cuda")
         span = config.max_buckets(d_model)
-        roof = tokens.numel() * 2 / (copy_bps / 2)  # one read of the tokens
-        reference = lsh_fast._hash_launch(tokens, config, projection, group, span, **lsh_fast.HASH_LAUNCH_V1)
+        roof = tokens.numel() * 2 / copy_bps  # one read of the tokens
         rows = []
-        for params in HASH_GRID:
-            try:
-                keys = lsh_fast._hash_launch(tokens, config, projection, group, span, **params)
-                again = lsh_fast._hash_launch(tokens, config, projection, group, span, **params)
-                t = statistics.median(gpu_times(
-                    lambda: lsh_fast._hash_launch(tokens, config, projection, group, span, **params), repeats))
-            except Exception as error:
-                rows.append({**params, "error": str(error).splitlines()[0][:100]})
-                continue
-            rows.append({**params, "us": t * 1e6, "roofline_share": roof / t,
-                         "ids_differ": int((keys != reference).sum()), "deterministic": bool(torch.equal(keys, again))})
-        rows.sort(key=lambda r: r.get("us", float("inf")))
+        if tune_hash:
+            reference = lsh_fast._hash_launch(tokens, config, projection, group, span, **lsh_fast.HASH_LAUNCH_V1)
+            for params in HASH_GRID:
+                try:
+                    keys = lsh_fast._hash_launch(tokens, config, projection, group, span, **params)
+                    again = lsh_fast._hash_launch(tokens, config, projection, group, span, **params)
+                    t = statistics.median(gpu_times(
+                        lambda: lsh_fast._hash_launch(tokens, config, projection, group, span, **params), repeats))
+                except Exception as error:
+                    rows.append({**params, "error": str(error).splitlines()[0][:100]})
+                    continue
+                rows.append({**params, "us": t * 1e6, "roofline_share": roof / t,
+                             "ids_differ": int((keys != reference).sum()),
+                             "deterministic": bool(torch.equal(keys, again))})
+            rows.sort(key=lambda r: r.get("us", float("inf")))
         key = lsh_fast._hash_launch(tokens, config, projection, group, span)
         sorted_key, order = torch.sort(key, stable=True)
         ref_out, _, ref_ints = lsh_fast._runs_launch(tokens, sorted_key, order, span, num_tokens, index=True,
-                                                     rows=32, block_d=128)
+                                                     rows=32, block_d=128, col_groups=1)
+        b = int(ref_ints[3 * num_tokens])
+        valid = torch.cat([ref_ints[:num_tokens], ref_ints[num_tokens:num_tokens + b],
+                           ref_ints[2 * num_tokens:2 * num_tokens + b], ref_ints[3 * num_tokens:]])
         runs = []
         for params in RUNS_GRID:
             try:
@@ -181,16 +195,33 @@ def tune(shapes, d_model: int, repeats: int, copy_bps: float) -> dict:
             except Exception as error:
                 runs.append({**params, "error": str(error).splitlines()[0][:100]})
                 continue
-            b = int(ints[3 * num_tokens])
-            runs.append({**params, "us": t * 1e6, "same_ints": bool(torch.equal(ints, ref_ints)),
+            got = torch.cat([ints[:num_tokens], ints[num_tokens:num_tokens + b],
+                             ints[2 * num_tokens:2 * num_tokens + b], ints[3 * num_tokens:]])
+            runs.append({**params, "us": t * 1e6, "same_ints": bool(torch.equal(got, valid)),
                          "same_means": bool(torch.equal(out[:b], ref_out[:b]))})
         runs.sort(key=lambda r: r.get("us", float("inf")))
-        results[f"{num_tokens}x{d_model}-L{num_hashes}"] = {"hash": rows, "runs": runs, "roofline_read_us": roof * 1e6}
+        sorts = []
+        for params in SORT_GRID:  # the whole sync-free part, with the committed hash and runs launches
+            try:
+                _, ints, skey, sorder = lsh_fast._compress_kernels(tokens, group, config, projection, span,
+                                                                   sort_launch=params)
+                t = statistics.median(gpu_times(lambda: lsh_fast._compress_kernels(
+                    tokens, group, config, projection, span, sort_launch=params), repeats))
+            except Exception as error:
+                sorts.append({**params, "error": str(error).splitlines()[0][:100]})
+                continue
+            sorts.append({**params, "compress_kernels_us": t * 1e6, "same_sort": bool(
+                torch.equal(skey, sorted_key) and torch.equal(sorder, order))})
+        sorts.sort(key=lambda r: r.get("compress_kernels_us", float("inf")))
+        results[f"{num_tokens}x{d_model}-L{num_hashes}"] = {"hash": rows, "runs": runs, "sort": sorts,
+                                                           "roofline_read_us": roof * 1e6}
         print(f"tune {num_tokens} x {d_model} L {num_hashes}: read roofline {roof * 1e6:.1f} us", flush=True)
-        for r in rows[:5]:
+        for r in rows[:3]:
             print("  hash " + json.dumps(r), flush=True)
         for r in runs[:4]:
             print("  runs " + json.dumps(r), flush=True)
+        for r in sorts[:4] + [r for r in sorts if r.get("sort_chunk") is None]:
+            print("  sort " + json.dumps(r), flush=True)
     return results
 
 
@@ -256,13 +287,26 @@ def bench_shape(num_tokens: int, d_model: int, num_hashes: int, repeats: int, co
     add("old", "compress", lambda: lsh_fast._compress_via_segments(tokens, group, config, projection,
                                                                   hash_launch=lsh_fast.HASH_LAUNCH_V1),
         lambda: old_compress_kernels(tokens, group, config, projection, span))
-    # pieces of the new compress
-    key = lsh_fast._hash_launch(tokens, config, projection, group, span)
-    sorted_key, order = torch.sort(key, stable=True)
-    add("new", "compress:hash", lambda: lsh_fast._hash_launch(tokens, config, projection, group, span))
-    add("new", "compress:sort", lambda: torch.sort(key, stable=True))
+    # pieces of the new compress (the committed or tuned launches)
+    sort = lsh_fast.SORT_LAUNCH
+    if sort["sort_chunk"]:
+        idx_bits = max(1, (num_tokens - 1).bit_length())
+        chunk = min(sort["sort_chunk"], lsh_fast._next_pow2(num_tokens))
+        num_out = lsh_fast._cdiv(num_tokens, chunk) * chunk
+        packed = lsh_fast._hash_launch(tokens, config, projection, group, span, idx_bits=idx_bits, num_out=num_out)
+        add("new", "compress:hash", lambda: lsh_fast._hash_launch(tokens, config, projection, group, span,
+                                                                  idx_bits=idx_bits, num_out=num_out))
+        add("new", "compress:sort", lambda: torch.sort(packed.view(-1, chunk), dim=1))
+        rows_sorted = torch.sort(packed.view(-1, chunk), dim=1)[0]
+        add("new", "compress:merge", lambda: lsh_fast._merge_launch(rows_sorted, num_tokens, idx_bits, sort))
+    else:
+        key = lsh_fast._hash_launch(tokens, config, projection, group, span)
+        add("new", "compress:hash", lambda: lsh_fast._hash_launch(tokens, config, projection, group, span))
+        add("new", "compress:sort", lambda: torch.sort(key, stable=True))
+    sorted_key, order = new.sorted_key, new.order
     add("new", "compress:runs", lambda: lsh_fast._runs_launch(tokens, sorted_key, order, span, num_tokens,
                                                               index=True))
+    add("new", "torch.sort(N)", lambda: torch.sort(sorted_key, stable=True))
     # restore forward
     add("new", "restore", lambda: lsh_fast.restore_rows(centroid_out, new.centroids, tokens, new.token_to_centroid,
                                                         compressed=new))
@@ -329,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--tune", action="store_true", help="tune the launches on these shapes first, then use them")
     parser.add_argument("--tune-repeats", type=int, default=10)
+    parser.add_argument("--tune-hash", action="store_true", help="also tune the hash launch (else HASH_LAUNCHES)")
     parser.add_argument("--workers", type=int, default=14, help="processes compiling the tuned variants")
     parser.add_argument("--json", help="write every number here")
     args = parser.parse_args(argv)
@@ -345,21 +390,24 @@ def main(argv: list[str] | None = None) -> int:
           f"(read + write of 1 GiB), median and worst of {args.repeats}", flush=True)
     if args.tune:
         shapes = [(n, h) for h in args.num_hashes for n in args.tokens]
-        report["precompile_s"] = precompile(args.d_model, args.num_hashes, args.workers)
+        report["precompile_s"] = precompile(args.d_model, args.num_hashes, args.tokens, args.workers, args.tune_hash)
         print(f"# compiled the variants in {report['precompile_s']:.0f} s", flush=True)
-        report["tune"] = tune(shapes, args.d_model, args.tune_repeats, copy_bps)
-    report["launch"] = {"hash": lsh_fast.HASH_LAUNCHES, "runs": lsh_fast.RUNS_LAUNCH}
+        report["tune"] = tune(shapes, args.d_model, args.tune_repeats, copy_bps, args.tune_hash)
+    report["launch"] = {"hash": [list(r) for r in lsh_fast.HASH_LAUNCHES], "runs": dict(lsh_fast.RUNS_LAUNCH),
+                        "sort": dict(lsh_fast.SORT_LAUNCH)}
     rows = []
     for num_hashes in args.num_hashes:
         for num_tokens in args.tokens:
             if args.tune:  # the best tuned launches for this shape
                 tuned = report["tune"][f"{num_tokens}x{args.d_model}-L{num_hashes}"]
-                best_hash = {k: v for k, v in tuned["hash"][0].items() if k in lsh_fast.HASH_LAUNCH_V1}
-                best_runs = {k: v for k, v in tuned["runs"][0].items() if k in lsh_fast.RUNS_LAUNCH}
-                lsh_fast.HASH_LAUNCHES[:] = [(None, 256, best_hash)]
-                lsh_fast.RUNS_LAUNCH.update(best_runs)
+                if tuned["hash"]:
+                    best_hash = {k: v for k, v in tuned["hash"][0].items() if k in lsh_fast.HASH_LAUNCH_V1}
+                    lsh_fast.HASH_LAUNCHES[:] = [(None, 256, best_hash)]
+                lsh_fast.RUNS_LAUNCH.update({k: v for k, v in tuned["runs"][0].items() if k in lsh_fast.RUNS_LAUNCH})
+                lsh_fast.SORT_LAUNCH.update({k: v for k, v in tuned["sort"][0].items() if k in lsh_fast.SORT_LAUNCH})
             row = bench_shape(num_tokens, args.d_model, num_hashes, args.repeats, copy_bps)
-            row["launch"] = {"hash": lsh_fast.hash_launch_params(num_tokens, 128), "runs": dict(lsh_fast.RUNS_LAUNCH)}
+            row["launch"] = {"hash": lsh_fast.hash_launch_params(num_tokens, 128), "runs": dict(lsh_fast.RUNS_LAUNCH),
+                             "sort": dict(lsh_fast.SORT_LAUNCH)}
             print_row(row)
             rows.append(row)
     report["rows"] = rows

@@ -421,8 +421,8 @@ def _runs_reference(key: torch.Tensor, order: torch.Tensor, x: torch.Tensor, spa
 
 
 @pytest.mark.parametrize("case", ["runs", "one_run", "distinct", "long_runs"])
-@pytest.mark.parametrize("rows_per_program", [16, 32])
-def test_interpreter_runs_kernel(interpreter, case, rows_per_program):
+@pytest.mark.parametrize("rows_per_program,col_groups", [(16, 1), (32, 3)])
+def test_interpreter_runs_kernel(interpreter, case, rows_per_program, col_groups):
     generator = torch.Generator().manual_seed(11)
     n = 203  # not a multiple of the rows per program
     if case == "runs":
@@ -440,15 +440,38 @@ def test_interpreter_runs_kernel(interpreter, case, rows_per_program):
     span = 9
     sums, means, t2c, groups, counts = _runs_reference(key, order, x, span)
     runs = counts.shape[0]
-    out, neg, ints = fast._runs_launch(x, key, order, span, n, index=True, rows=rows_per_program, block_d=16)
+    out, neg, ints = fast._runs_launch(x, key, order, span, n, index=True, rows=rows_per_program, block_d=16,
+                                       col_groups=col_groups)
     assert ints[3 * n:].tolist() == [runs, int(key[0]), int(key[-1])]
     assert torch.equal(ints[:n], t2c)
     assert torch.equal(ints[n:n + runs], groups) and torch.equal(ints[2 * n:2 * n + runs], counts)
     assert neg is None and _close(out[:runs], means, torch.bfloat16, atol=1e-6)
     out, neg, ints = fast._runs_launch(x, key, order, span, runs, total=True, negate=True, rows=rows_per_program,
-                                       block_d=32)
+                                       block_d=16, col_groups=col_groups)
     assert ints is None and out.shape == (runs, 40)
     assert _close(out, sums, torch.bfloat16, atol=1e-5) and torch.equal(neg, -out)
+
+
+@pytest.mark.parametrize("sort_chunk", [16, 64, None])
+def test_interpreter_compress_sort_paths(interpreter, monkeypatch, sort_chunk):
+    """packed keys sorted in rows of sort_chunk + the merge kernel (several rows, padding), and the
+    plain torch.sort path: the same sorted keys, order and result as the reference."""
+    monkeypatch.setitem(fast.SORT_LAUNCH, "sort_chunk", sort_chunk)
+    monkeypatch.setitem(fast.SORT_LAUNCH, "block", 32)
+    config = LSHConfig(num_hashes=3, proj_dim=4, seed=6)
+    tokens = _tokens("clustered", 203, 32, torch.bfloat16, seed=5)  # 203: the last row is padded
+    group = _group(203, 3)
+    projection = lsh.make_projection(32, config, dtype=torch.bfloat16)
+    before = _launched("merge")
+    got = fast.compress_fast(tokens, group, config, projection, force_triton=True)
+    assert _launched("merge") == before + (sort_chunk is not None)
+    span = config.max_buckets(32)
+    key = group * span + fast.token_buckets(tokens, config, projection, force_triton=True)
+    want_key, want_order = torch.sort(key, stable=True)
+    assert torch.equal(got.sorted_key, want_key) and torch.equal(got.order, want_order)
+    ids = fast.token_buckets(tokens, config, projection, force_triton=True)
+    if torch.equal(ids, lsh.bucket_ids(tokens, config, projection)):
+        _same_compressed(got, lsh.compress(tokens, group, config, projection), torch.bfloat16)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

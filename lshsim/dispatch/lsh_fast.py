@@ -160,10 +160,11 @@ def _kernels():
 
     @triton.jit
     def hash_kernel(x_ptr, p_ptr, group_ptr, out_ptr, part_ptr, lock_ptr, num_rows, d_model, stride_x, stride_p,
-                    span, max_group, k_per_split, part_stride, HAS_GROUP: tl.constexpr, UPCAST: tl.constexpr,
+                    span, max_group, k_per_split, part_stride, num_out, HAS_GROUP: tl.constexpr,
+                    UPCAST: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, LD_PAD: tl.constexpr, DP: tl.constexpr,
                     L_PAD: tl.constexpr, NUM_HASHES: tl.constexpr, LOG2_RADIX: tl.constexpr,
-                    SPLIT: tl.constexpr = 1):
+                    SPLIT: tl.constexpr = 1, IDX_BITS: tl.constexpr = 0):
         # p: (d, LD_PAD) in the tokens' 16-bit dtype, zero-padded columns (`_kernel_matrix`).
         # SPLIT > 1 (split-K): program (m, s) sums columns [s k_per_split, (s + 1) k_per_split) into
         # part[s] (float32, (SPLIT, num_rows, LD_PAD), part_stride = num_rows LD_PAD); the last of the SPLIT programs of row block m to
@@ -194,17 +195,20 @@ def _kernels():
                 acc += tl.dot(x.to(tl.float32), p.to(tl.float32))
             else:
                 acc += tl.dot(x, p)  # exact products (p representable), float32 sums
-        finish = row_mask
+        # IDX_BITS > 0 (packed keys for the sort): out[row] = key << IDX_BITS | row, unique, and
+        # INT64_MAX for the padding rows num_rows <= row < num_out (the grid covers num_out rows)
+        out_mask = rows < num_out
+        finish = out_mask
         if SPLIT > 1:
             tile = (rows64[:, None] * LD_PAD + cols[None, :])  # (BM, LD_PAD) offsets in one part
             tl.store(part_ptr + tl.program_id(1) * part_stride + tile, acc, mask=row_mask[:, None])
             tl.debug_barrier()  # every thread's part is written before the counter moves
             arrived = tl.atomic_add(lock_ptr + pid, 1, sem="acq_rel", scope="gpu")
             last = arrived == SPLIT - 1
-            finish = row_mask & ((tl.zeros_like(rows) + arrived) == SPLIT - 1)  # (BM,) all False unless last
+            finish = out_mask & ((tl.zeros_like(rows) + arrived) == SPLIT - 1)  # (BM,) all False unless last
             acc = tl.zeros((BLOCK_M, LD_PAD), dtype=tl.float32)
             for s in tl.static_range(SPLIT):
-                acc += tl.load(part_ptr + s * part_stride + tile, mask=finish[:, None], other=0.0,
+                acc += tl.load(part_ptr + s * part_stride + tile, mask=(finish & row_mask)[:, None], other=0.0,
                                cache_modifier=".cg")
             tl.store(lock_ptr + pid, 0, mask=last)  # ready for the next launch
         finite = tl.abs(acc) <= 3.4028234663852886e38  # False for inf and NaN
@@ -232,6 +236,8 @@ def _kernels():
             bad = bad | (group < 0) | (group > max_group)
             ids = group * span + ids
         ids = tl.where(bad, -1, ids)
+        if IDX_BITS > 0:
+            ids = tl.where(row_mask, (ids << IDX_BITS) | rows64, 9223372036854775807)
         tl.store(out_ptr + rows, ids, mask=finish)
 
     @triton.jit
@@ -312,23 +318,54 @@ def _kernels():
         tl.store(out_ptr + rows64[:, None] * stride_out + cols[None, :], g.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def runs_kernel(key_ptr, order_ptr, x_ptr, out_ptr, neg_ptr, ints_ptr, num_rows, d_model, stride_x, stride_out, span, R: tl.constexpr, BLOCK_D: tl.constexpr,
-                    PREFIX: tl.constexpr, SUM: tl.constexpr, NEG: tl.constexpr, INDEX: tl.constexpr,
-                    UPCAST: tl.constexpr):
+    def merge_kernel(p_ptr, key_ptr, order_ptr, num_chunks, IDX_BITS: tl.constexpr, CHUNK: tl.constexpr,
+                     LOG_CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+        # p: (num_chunks, CHUNK) packed keys (unique, INT64_MAX padding), each row sorted. The rank of
+        # x = p[c, l] in the whole array is l plus, for every other row, the number of its entries
+        # below x (a binary search). Writes key[rank] = x >> IDX_BITS, order[rank] = x & (2^IDX_BITS - 1).
+        idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,)
+        in_range = idx < num_chunks * CHUNK
+        x = tl.load(p_ptr + idx, mask=in_range, other=9223372036854775807)
+        valid = in_range & (x != 9223372036854775807)
+        own = idx // CHUNK
+        rank = (idx % CHUNK).to(tl.int64)
+        for c in range(0, num_chunks):
+            lo = tl.zeros((BLOCK,), dtype=tl.int32)
+            hi = tl.full((BLOCK,), CHUNK, dtype=tl.int32)
+            for _ in tl.static_range(LOG_CHUNK + 1):  # lower bound: entries of row c below x
+                active = lo < hi
+                mid = tl.minimum((lo + hi) // 2, CHUNK - 1)
+                v = tl.load(p_ptr + c * CHUNK + mid, mask=valid & active & (own != c), other=0)
+                below = v < x
+                lo = tl.where(active & below, mid + 1, lo)
+                hi = tl.where(active & (~below), mid, hi)
+            rank += tl.where(own != c, lo, 0).to(tl.int64)
+        tl.store(key_ptr + rank, x >> IDX_BITS, mask=valid)
+        tl.store(order_ptr + rank, x & ((1 << IDX_BITS) - 1), mask=valid)
+
+    @triton.jit
+    def runs_kernel(key_ptr, order_ptr, x_ptr, out_ptr, neg_ptr, ints_ptr, num_rows, d_model, stride_x, stride_out,
+                    span, cols_per_group, R: tl.constexpr, BLOCK_D: tl.constexpr, PREFIX: tl.constexpr,
+                    SUM: tl.constexpr, NEG: tl.constexpr, INDEX: tl.constexpr, UPCAST: tl.constexpr):
         # key: (N,) sorted keys; sorted row p is x[order[p]]; a run (segment) is a maximal range of
-        # equal keys, numbered in order. Program b owns the runs whose first row is in [b R, b R + R):
-        # it counts the runs that start before b R itself (a pass over the keys before it: no second
-        # launch, no scan across programs), then sums its runs' rows with a one-hot (run x row) matrix
-        # product (exact 0/1 products, float32 sums) and reads on past the block for its last run.
-        # Every row of x is read once. Writes out[run] = mean (or sum with SUM; neg = -out with NEG);
-        # with INDEX also t2c[order[p]] = run of p, group_out[run] = key // span, count_out[run], and
-        # stats = (number of runs, first key, last key) from the program of the last row; the four
-        # are consecutive parts of ints: t2c (N) | group_out (N) | count_out (N) | stats (3).
+        # equal keys, numbered in order. Program (b, g) owns the runs whose first row is in
+        # [b R, b R + R), columns [g cols_per_group, (g + 1) cols_per_group): it counts the runs that
+        # start before b R itself (a pass over the keys before it: no second launch, no scan across
+        # programs), sums its runs' rows with a one-hot (run x row) matrix product (exact 0/1
+        # products, float32 sums; a loop with no inner loop, so it is software-pipelined), and then,
+        # when its last run goes on past the block, redoes that one row with the rows after the block.
+        # Every row of x is read once (the last run's block rows twice). Writes out[run] = mean (or
+        # sum with SUM; neg = -out with NEG); with INDEX (group 0) also t2c[order[p]] = run of p,
+        # group_out[run] = key // span, count_out[run], and stats = (number of runs, first key, last
+        # key) from the program of the last row; the four are consecutive parts of ints:
+        # t2c (N) | group_out (N) | count_out (N) | stats (3).
         t2c_ptr = ints_ptr
         group_out_ptr = ints_ptr + num_rows
         count_out_ptr = ints_ptr + 2 * num_rows
         stats_ptr = ints_ptr + 3 * num_rows
         pid = tl.program_id(0)
+        first_col = tl.program_id(1) * cols_per_group
+        end_col = tl.minimum(first_col + cols_per_group, d_model)
         p0 = pid * R
         base = tl.sum(tl.zeros((PREFIX,), dtype=tl.int32), axis=0)  # runs starting before p0
         for j0 in range(0, p0, PREFIX):
@@ -346,8 +383,6 @@ def _kernels():
         local = tl.cumsum(new.to(tl.int32), axis=0) - 1  # (R,) run among those starting here; -1: an earlier run
         n_new = tl.sum(new.to(tl.int32), axis=0)
         src = tl.load(order_ptr + p, mask=in_range, other=0)  # (R,) rows of x
-        if INDEX:
-            tl.store(t2c_ptr + src, (base + local).to(tl.int64), mask=in_range)
         owned = in_range & (local >= 0)
         onehot = (local[None, :] == r[:, None]) & in_range[None, :]  # (R runs, R rows)
         counts = tl.sum(onehot.to(tl.int32), axis=1)  # (R,)
@@ -365,46 +400,64 @@ def _kernels():
         is_last = r == n_new - 1  # (R,)
         counts += tl.where(is_last, tail, 0)
         live = r < n_new  # (R,) runs owned here
+        direct = live & ~(is_last & ((tl.zeros_like(r) + tail) > 0))  # runs complete inside the block
+        scale = 1.0 / tl.maximum(counts, 1).to(tl.float32)  # (R,)
         out_rows = (base + r).to(tl.int64)
         src64 = src.to(tl.int64)
-        for c0 in range(0, d_model, BLOCK_D):
+        for c0 in range(first_col, end_col, BLOCK_D):
             cols = c0 + tl.arange(0, BLOCK_D)  # (BD,)
-            col_mask = cols < d_model
+            col_mask = cols < end_col
             v = tl.load(x_ptr + src64[:, None] * stride_x + cols[None, :], mask=owned[:, None] & col_mask[None, :],
                         other=0.0)  # (R, BD)
             if UPCAST:  # the CPU interpreter: float32 operands, the same exact products
                 sums = tl.dot(onehot.to(tl.float32), v.to(tl.float32))
             else:
                 sums = tl.dot(onehot.to(v.dtype), v)  # (R, BD) float32
-            tail_sum = tl.zeros((BLOCK_D,), dtype=tl.float32)
-            for t0 in range(0, tail, R):
-                t_mask = t0 + r < tail
-                src_t = tl.load(order_ptr + q_first + t0 + r, mask=t_mask, other=0).to(tl.int64)
-                v_t = tl.load(x_ptr + src_t[:, None] * stride_x + cols[None, :],
-                              mask=t_mask[:, None] & col_mask[None, :], other=0.0)
-                tail_sum += tl.sum(v_t.to(tl.float32), axis=0)
-            sums += tl.where(is_last[:, None], tail_sum[None, :], 0.0)
             if SUM:
                 result = sums
             else:
-                result = sums / tl.maximum(counts, 1).to(tl.float32)[:, None]
-            out_mask = live[:, None] & col_mask[None, :]
+                result = sums * scale[:, None]
+            out_mask = direct[:, None] & col_mask[None, :]
             tl.store(out_ptr + out_rows[:, None] * stride_out + cols[None, :], result.to(out_ptr.dtype.element_ty),
                      mask=out_mask)
             if NEG:
                 tl.store(neg_ptr + out_rows[:, None] * stride_out + cols[None, :],
                          (-result).to(neg_ptr.dtype.element_ty), mask=out_mask)
+        if tail > 0:  # the last run: its rows in the block, then the rows after it
+            last_rows = owned & (local == n_new - 1)  # (R,)
+            out_row = (base + n_new - 1).to(tl.int64)
+            last_scale = 1.0 / tl.maximum(tail + tl.sum(last_rows.to(tl.int32), axis=0), 1).to(tl.float32)
+            for c0 in range(first_col, end_col, BLOCK_D):
+                cols = c0 + tl.arange(0, BLOCK_D)
+                col_mask = cols < end_col
+                v = tl.load(x_ptr + src64[:, None] * stride_x + cols[None, :],
+                            mask=last_rows[:, None] & col_mask[None, :], other=0.0)
+                total = tl.sum(v.to(tl.float32), axis=0)  # (BD,)
+                for t0 in range(0, tail, R):
+                    t_mask = t0 + r < tail
+                    src_t = tl.load(order_ptr + q_first + t0 + r, mask=t_mask, other=0).to(tl.int64)
+                    v_t = tl.load(x_ptr + src_t[:, None] * stride_x + cols[None, :],
+                                  mask=t_mask[:, None] & col_mask[None, :], other=0.0)
+                    total += tl.sum(v_t.to(tl.float32), axis=0)
+                if not SUM:
+                    total = total * last_scale
+                tl.store(out_ptr + out_row * stride_out + cols, total.to(out_ptr.dtype.element_ty), mask=col_mask)
+                if NEG:
+                    tl.store(neg_ptr + out_row * stride_out + cols, (-total).to(neg_ptr.dtype.element_ty),
+                             mask=col_mask)
         if INDEX:
-            run_key = tl.max(tl.where(onehot, k[None, :], -1), axis=1)  # (R,) key of each owned run
-            tl.store(group_out_ptr + out_rows, run_key // span, mask=live)
-            tl.store(count_out_ptr + out_rows, counts.to(tl.int64), mask=live)
-            holds_last = q_first >= num_rows
-            tl.store(stats_ptr, (base + n_new).to(tl.int64), mask=holds_last)
-            tl.store(stats_ptr + 1, tl.load(key_ptr), mask=holds_last)
-            tl.store(stats_ptr + 2, tl.load(key_ptr + num_rows - 1), mask=holds_last)
+            if tl.program_id(1) == 0:
+                tl.store(t2c_ptr + src, (base + local).to(tl.int64), mask=in_range)
+                run_key = tl.max(tl.where(onehot, k[None, :], -1), axis=1)  # (R,) key of each owned run
+                tl.store(group_out_ptr + out_rows, run_key // span, mask=live)
+                tl.store(count_out_ptr + out_rows, counts.to(tl.int64), mask=live)
+                holds_last = q_first >= num_rows
+                tl.store(stats_ptr, (base + n_new).to(tl.int64), mask=holds_last)
+                tl.store(stats_ptr + 1, tl.load(key_ptr), mask=holds_last)
+                tl.store(stats_ptr + 2, tl.load(key_ptr + num_rows - 1), mask=holds_last)
 
     _KERNELS[mode] = {"hash": hash_kernel, "mean": mean_kernel, "restore": restore_kernel, "expand": expand_kernel,
-                     "runs": runs_kernel}
+                     "runs": runs_kernel, "merge": merge_kernel}
     return _KERNELS[mode]
 
 
@@ -424,9 +477,11 @@ _KERNEL_MATRICES: dict = {}  # (id(matrix), dtype) -> (weak reference to the mat
 #: Measured on an H200 by `benchmarks/bench_lsh_fast.py --tune` (CUDA events, d 4,096, L 6 and 2,
 #: d' 16: benchmarks/RESULTS.md); other sizes get the nearest row.
 HASH_LAUNCHES = [
-    # (max rows, max LD_PAD, launch)
-    (16384, 256, {"block_m": 64, "block_k": 64, "num_warps": 4, "num_stages": 4, "split": 4}),
-    (None, 256, {"block_m": 64, "block_k": 64, "num_warps": 4, "num_stages": 4, "split": 1}),
+    # (max rows, max LD_PAD, launch); measured (run lsh11-a): 8,192 x 4,096 at L 6 and L 2 best at
+    # (64, 128, 4 warps, 4 stages), 32,768 at (128, 64, 8, 3) (L 6) and within 2% of it (L 2);
+    # split-K (2, 4, 8) was slower at both sizes, so no row uses it
+    (16384, 256, {"block_m": 64, "block_k": 128, "num_warps": 4, "num_stages": 4, "split": 1}),
+    (None, 256, {"block_m": 128, "block_k": 64, "num_warps": 8, "num_stages": 3, "split": 1}),
 ]
 #: the launch of the previous release (one program per 64 rows), kept for the benchmark's baseline
 HASH_LAUNCH_V1 = {"block_m": 64, "block_k": 64, "num_warps": 4, "num_stages": 4, "split": 1}
@@ -475,11 +530,16 @@ def _kernel_matrix(projection: LSHProjection, dtype: torch.dtype, ld_pad: int) -
 
 
 def _hash_launch(tokens: torch.Tensor, config: LSHConfig, projection: LSHProjection,
-                 group: torch.Tensor | None = None, span: int = 0, **launch) -> torch.Tensor | None:
+                 group: torch.Tensor | None = None, span: int = 0, *, idx_bits: int = 0, num_out: int = 0,
+                 **launch) -> torch.Tensor | None:
     """The fused hash kernel: (T,) int64 bucket ids (or group * span + bucket with group); -1 for
     tokens with a non-finite projection (and, with group, for groups < 0 or so large that the key
     would overflow int64). None when the projection's entries are not exact in the tokens' dtype
-    (the caller hashes with torch). `launch` overrides `hash_launch_params`."""
+    (the caller hashes with torch). `launch` overrides `hash_launch_params`.
+
+    idx_bits > 0 (with group): (num_out,) packed keys key << idx_bits | token (unique, so any sort
+    is stable; key -1 packs negative), INT64_MAX for rows num_rows..num_out-1; groups whose packed
+    key would reach INT64_MAX get key -1."""
     num_rows, d_model = tokens.shape
     proj_dim, num_hashes = projection.proj_dim, config.num_hashes
     num_cols = num_hashes * proj_dim
@@ -488,13 +548,14 @@ def _hash_launch(tokens: torch.Tensor, config: LSHConfig, projection: LSHProject
     matrix = _kernel_matrix(projection, tokens.dtype, ld_pad)
     if matrix is None:
         return None
-    out = torch.empty(num_rows, dtype=torch.int64, device=tokens.device)
+    num_out = max(num_out, num_rows) if idx_bits else num_rows
+    out = torch.empty(num_out, dtype=torch.int64, device=tokens.device)
     if num_rows == 0:
-        return out
+        return out.fill_(_INT64_MAX)
     tokens = tokens if tokens.stride(1) == 1 else tokens.contiguous()
     params = {**hash_launch_params(num_rows, ld_pad), **launch}
     block_m, block_k = params["block_m"], params["block_k"]
-    row_blocks = _cdiv(num_rows, block_m)
+    row_blocks = _cdiv(num_out, block_m)
     # split-K: at least one BLOCK_K per split (fewer splits for small d)
     split = max(1, min(int(params.get("split", 1)), _cdiv(d_model, block_k)))
     k_per_split = _cdiv(_cdiv(d_model, split), block_k) * block_k
@@ -508,12 +569,14 @@ def _hash_launch(tokens: torch.Tensor, config: LSHConfig, projection: LSHProject
     else:
         part, locks = out, out  # not read
     max_group = (_INT64_MAX - 1) // span - 1 if group is not None else 0
+    if idx_bits:  # (group + 1) * span << idx_bits must stay below INT64_MAX
+        max_group = min(max_group, ((_INT64_MAX >> idx_bits) - 1) // span - 1)
     kernel = _kernels()["hash"]
     extra = {} if _interpreting() else {"num_warps": params["num_warps"], "num_stages": params["num_stages"]}
     grid = (row_blocks, split)
     kernel[grid](tokens, matrix, group if group is not None else out, out, part, locks, num_rows, d_model,
-                 tokens.stride(0), matrix.stride(0), max(span, 1), max_group, k_per_split, num_rows * ld_pad,
-                 HAS_GROUP=group is not None, UPCAST=_interpreting(),
+                 tokens.stride(0), matrix.stride(0), max(span, 1), max_group, k_per_split, num_rows * ld_pad, num_out,
+                 HAS_GROUP=group is not None, UPCAST=_interpreting(), IDX_BITS=idx_bits,
                  BLOCK_M=block_m, BLOCK_K=block_k, LD_PAD=ld_pad, DP=proj_dim, L_PAD=l_pad,
                  NUM_HASHES=num_hashes, LOG2_RADIX=(2 * proj_dim).bit_length() - 1, SPLIT=split, **extra)
     _count("hash")
@@ -856,7 +919,12 @@ class SortedCompressed(Compressed):
 #: backward sums): `rows` sorted rows per program (None: about two programs per SM, 16..128),
 #: `block_d` columns per step, `prefix` keys per step of each program's count of earlier runs.
 #: Measured on an H200 by `benchmarks/bench_lsh_fast.py --tune` (benchmarks/RESULTS.md).
-RUNS_LAUNCH = {"rows": None, "block_d": 128, "prefix": 2048, "num_warps": 4, "num_stages": 2}
+RUNS_LAUNCH = {"rows": None, "block_d": 128, "col_groups": 4, "prefix": 2048, "num_warps": 4, "num_stages": 3}
+
+#: the sort of compress: packed keys (key << idx_bits | token) sorted as rows of `sort_chunk` by
+#: torch.sort (its one-kernel path for rows of at most 4,096), then merged by the merge kernel
+#: (`block` elements a program); `sort_chunk` None: torch.sort of the whole key array instead.
+SORT_LAUNCH = {"sort_chunk": 4096, "block": 256, "num_warps": 4}
 
 
 def _runs_rows(num_rows: int, device: torch.device, rows: int | None) -> int:
@@ -884,11 +952,14 @@ def _runs_launch(x: torch.Tensor, sorted_key: torch.Tensor, order: torch.Tensor,
         return out, neg, ints
     rows = _runs_rows(num_rows, x.device, params["rows"])
     block_d = max(16, min(params["block_d"], _next_pow2(d_model)))
+    col_groups = max(1, min(int(params.get("col_groups", 1)), _cdiv(d_model, block_d)))
+    cols_per_group = _cdiv(_cdiv(d_model, col_groups), block_d) * block_d
+    col_groups = _cdiv(d_model, cols_per_group)
     extra = {} if _interpreting() else {"num_warps": params["num_warps"], "num_stages": params["num_stages"]}
-    _kernels()["runs"][(_cdiv(num_rows, rows),)](
+    _kernels()["runs"][(_cdiv(num_rows, rows), col_groups)](
         sorted_key, order, x, out, neg if negate else out, ints if index else sorted_key,  # (not written)
         num_rows, d_model, x.stride(0), out.stride(0),
-        max(span, 1), R=rows, BLOCK_D=block_d, PREFIX=params["prefix"], SUM=total, NEG=negate, INDEX=index,
+        max(span, 1), cols_per_group, R=rows, BLOCK_D=block_d, PREFIX=params["prefix"], SUM=total, NEG=negate, INDEX=index,
         UPCAST=_interpreting(), **extra)
     _count("runs")
     return out, neg, ints
@@ -914,15 +985,44 @@ class _Centroids(torch.autograd.Function):
         return (grad.index_select(0, token_to_centroid).to(accumulate) / scale).to(grad.dtype), None, None, None, None
 
 
+def _merge_launch(rows_sorted: torch.Tensor, num_tokens: int, idx_bits: int, sort: dict):
+    """(C, S) rows of sorted packed keys -> (sorted_key, order), each (num_tokens,): one launch."""
+    num_chunks, chunk = rows_sorted.shape
+    sorted_key = torch.empty(num_tokens, dtype=torch.int64, device=rows_sorted.device)
+    order = torch.empty_like(sorted_key)
+    extra = {} if _interpreting() else {"num_warps": sort["num_warps"]}
+    _kernels()["merge"][(_cdiv(num_chunks * chunk, sort["block"]),)](
+        rows_sorted, sorted_key, order, num_chunks, IDX_BITS=idx_bits, CHUNK=chunk,
+        LOG_CHUNK=chunk.bit_length() - 1, BLOCK=sort["block"], **extra)
+    _count("merge")
+    return sorted_key, order
+
+
 def _compress_kernels(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig, projection: LSHProjection,
-                      span: int, hash_launch: dict | None = None, runs_launch: dict | None = None):
-    """The sync-free part of the kernel path: hash (keys) -> torch.sort -> runs kernel.
+                      span: int, hash_launch: dict | None = None, runs_launch: dict | None = None,
+                      sort_launch: dict | None = None):
+    """The sync-free part of the kernel path: hash (packed keys) -> torch.sort of rows of at most
+    4,096 -> merge kernel -> runs kernel (or hash -> torch.sort -> runs, see SORT_LAUNCH).
     Returns (means (N, d), ints, sorted_key, order) (see `_runs_launch`), or None when the
     projection is not exact in the tokens' dtype."""
-    key = _hash_launch(tokens, config, projection, group, span, **(hash_launch or {}))  # (N,)
-    if key is None:
-        return None
-    sorted_key, order = torch.sort(key, stable=True)  # (N,)
+    num_tokens = tokens.shape[0]
+    sort = {**SORT_LAUNCH, **(sort_launch or {})}
+    idx_bits = max(1, (num_tokens - 1).bit_length())
+    # packed keys when they leave room for 2^16 groups: (2^16 span) << idx_bits < 2^63
+    if sort["sort_chunk"] and (span << (16 + idx_bits)) < _INT64_MAX:
+        chunk = min(sort["sort_chunk"], max(16, _next_pow2(num_tokens)))
+        num_chunks = _cdiv(num_tokens, chunk)
+        packed = _hash_launch(tokens, config, projection, group, span, idx_bits=idx_bits,
+                              num_out=num_chunks * chunk, **(hash_launch or {}))  # (C * S,)
+        if packed is None:
+            return None
+        rows_sorted = torch.sort(packed.view(num_chunks, chunk), dim=1)[0]  # (C, S) each row sorted
+        sorted_key, order = _merge_launch(rows_sorted, num_tokens, idx_bits, sort)
+    else:
+        key = _hash_launch(tokens, config, projection, group, span, **(hash_launch or {}))  # (N,)
+        if key is None:
+            return None
+        sorted_key, order = torch.sort(key, stable=True)  # (N,)
     means, _, ints = _runs_launch(tokens, sorted_key, order, span, tokens.shape[0], index=True,
                                   **(runs_launch or {}))
     return means, ints, sorted_key, order
