@@ -288,7 +288,7 @@ def bench_shape(num_tokens: int, d_model: int, num_hashes: int, repeats: int, co
                                                                   hash_launch=lsh_fast.HASH_LAUNCH_V1),
         lambda: old_compress_kernels(tokens, group, config, projection, span))
     # pieces of the new compress (the committed or tuned launches)
-    sort = lsh_fast.SORT_LAUNCH
+    sort = lsh_fast.sort_launch_params(num_tokens)
     if sort["sort_chunk"]:
         idx_bits = max(1, (num_tokens - 1).bit_length())
         chunk = min(sort["sort_chunk"], lsh_fast._next_pow2(num_tokens))
@@ -393,8 +393,9 @@ def main(argv: list[str] | None = None) -> int:
         report["precompile_s"] = precompile(args.d_model, args.num_hashes, args.tokens, args.workers, args.tune_hash)
         print(f"# compiled the variants in {report['precompile_s']:.0f} s", flush=True)
         report["tune"] = tune(shapes, args.d_model, args.tune_repeats, copy_bps, args.tune_hash)
-    report["launch"] = {"hash": [list(r) for r in lsh_fast.HASH_LAUNCHES], "runs": dict(lsh_fast.RUNS_LAUNCH),
-                        "sort": dict(lsh_fast.SORT_LAUNCH)}
+    report["launch"] = {"hash": [list(r) for r in lsh_fast.HASH_LAUNCHES],
+                        "runs": [list(r) for r in lsh_fast.RUNS_LAUNCHES],
+                        "sort": [list(r) for r in lsh_fast.SORT_LAUNCHES]}
     rows = []
     for num_hashes in args.num_hashes:
         for num_tokens in args.tokens:
@@ -403,11 +404,13 @@ def main(argv: list[str] | None = None) -> int:
                 if tuned["hash"]:
                     best_hash = {k: v for k, v in tuned["hash"][0].items() if k in lsh_fast.HASH_LAUNCH_V1}
                     lsh_fast.HASH_LAUNCHES[:] = [(None, 256, best_hash)]
-                lsh_fast.RUNS_LAUNCH.update({k: v for k, v in tuned["runs"][0].items() if k in lsh_fast.RUNS_LAUNCH})
-                lsh_fast.SORT_LAUNCH.update({k: v for k, v in tuned["sort"][0].items() if k in lsh_fast.SORT_LAUNCH})
+                runs_keys, sort_keys = lsh_fast.RUNS_LAUNCHES[0][1], lsh_fast.SORT_LAUNCHES[0][1]
+                lsh_fast.RUNS_LAUNCH.update({k: v for k, v in tuned["runs"][0].items() if k in runs_keys})
+                lsh_fast.SORT_LAUNCH.update({k: v for k, v in tuned["sort"][0].items() if k in sort_keys})
             row = bench_shape(num_tokens, args.d_model, num_hashes, args.repeats, copy_bps)
-            row["launch"] = {"hash": lsh_fast.hash_launch_params(num_tokens, 128), "runs": dict(lsh_fast.RUNS_LAUNCH),
-                             "sort": dict(lsh_fast.SORT_LAUNCH)}
+            row["launch"] = {"hash": lsh_fast.hash_launch_params(num_tokens, 128),
+                             "runs": lsh_fast.runs_launch_params(num_tokens),
+                             "sort": lsh_fast.sort_launch_params(num_tokens)}
             print_row(row)
             rows.append(row)
     report["rows"] = rows

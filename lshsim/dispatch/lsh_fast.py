@@ -916,15 +916,46 @@ class SortedCompressed(Compressed):
 
 
 #: launch parameters of the runs kernel (compress's bookkeeping + centroids in one pass; restore's
-#: backward sums): `rows` sorted rows per program (None: about two programs per SM, 16..128),
-#: `block_d` columns per step, `prefix` keys per step of each program's count of earlier runs.
-#: Measured on an H200 by `benchmarks/bench_lsh_fast.py --tune` (benchmarks/RESULTS.md).
-RUNS_LAUNCH = {"rows": None, "block_d": 128, "col_groups": 4, "prefix": 2048, "num_warps": 4, "num_stages": 3}
+#: backward sums) per problem size (the first row whose max rows fits): `rows` sorted rows per
+#: program (None: about two programs per SM, 16..128), `block_d` columns per step, `col_groups`
+#: programs per row block along d, `prefix` keys per step of each program's count of earlier runs.
+#: Measured on an H200 (run lsh11-b, `benchmarks/bench_lsh_fast.py --tune`, d 4,096): the launch
+#: with the least summed time over L 6 and L 2 at 8,192 and at 32,768 tokens.
+RUNS_LAUNCHES = [
+    (16384, {"rows": 64, "block_d": 128, "col_groups": 4, "prefix": 2048, "num_warps": 4, "num_stages": 3}),
+    (None, {"rows": 64, "block_d": 128, "col_groups": 2, "prefix": 2048, "num_warps": 4, "num_stages": 3}),
+]
+#: overrides of the RUNS_LAUNCHES rows (the benchmark's tuning, tests)
+RUNS_LAUNCH: dict = {}
 
 #: the sort of compress: packed keys (key << idx_bits | token) sorted as rows of `sort_chunk` by
 #: torch.sort (its one-kernel path for rows of at most 4,096), then merged by the merge kernel
 #: (`block` elements a program); `sort_chunk` None: torch.sort of the whole key array instead.
-SORT_LAUNCH = {"sort_chunk": 4096, "block": 256, "num_warps": 4}
+#: Per size as RUNS_LAUNCHES (run lsh11-b: within 1-4% of each other; torch.sort of the whole
+#: array is 25-40 us slower at 8,192 tokens).
+SORT_LAUNCHES = [
+    (16384, {"sort_chunk": 2048, "block": 128, "num_warps": 4}),
+    (None, {"sort_chunk": 4096, "block": 128, "num_warps": 4}),
+]
+#: overrides of the SORT_LAUNCHES rows
+SORT_LAUNCH: dict = {}
+
+
+def _by_rows(table: list, num_rows: int, overrides: dict) -> dict:
+    for max_rows, params in table:
+        if max_rows is None or num_rows <= max_rows:
+            return {**params, **overrides}
+    return {**table[-1][1], **overrides}
+
+
+def runs_launch_params(num_rows: int) -> dict:
+    """The runs-kernel launch for num_rows sorted rows (RUNS_LAUNCHES, then RUNS_LAUNCH)."""
+    return _by_rows(RUNS_LAUNCHES, num_rows, RUNS_LAUNCH)
+
+
+def sort_launch_params(num_rows: int) -> dict:
+    """The sort of compress for num_rows tokens (SORT_LAUNCHES, then SORT_LAUNCH)."""
+    return _by_rows(SORT_LAUNCHES, num_rows, SORT_LAUNCH)
 
 
 def _runs_rows(num_rows: int, device: torch.device, rows: int | None) -> int:
@@ -943,7 +974,7 @@ def _runs_launch(x: torch.Tensor, sorted_key: torch.Tensor, order: torch.Tensor,
     (number of runs, first sorted key, last sorted key).
     """
     num_rows, d_model = x.shape
-    params = {**RUNS_LAUNCH, **launch}
+    params = {**runs_launch_params(num_rows), **launch}
     x = x if x.stride(1) == 1 else x.contiguous()
     out = torch.empty(out_rows, d_model, dtype=x.dtype, device=x.device)
     neg = torch.empty_like(out) if negate else None
@@ -1006,7 +1037,7 @@ def _compress_kernels(tokens: torch.Tensor, group: torch.Tensor, config: LSHConf
     Returns (means (N, d), ints, sorted_key, order) (see `_runs_launch`), or None when the
     projection is not exact in the tokens' dtype."""
     num_tokens = tokens.shape[0]
-    sort = {**SORT_LAUNCH, **(sort_launch or {})}
+    sort = {**sort_launch_params(num_tokens), **(sort_launch or {})}
     idx_bits = max(1, (num_tokens - 1).bit_length())
     # packed keys when they leave room for 2^16 groups: (2^16 span) << idx_bits < 2^63
     if sort["sort_chunk"] and (span << (16 + idx_bits)) < _INT64_MAX:
