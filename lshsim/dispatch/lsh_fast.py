@@ -11,9 +11,22 @@ handful of kernel launches:
                   with torch.sort, cumsum and scatters into fixed-size buffers: no host sync
   segment_mean    mean of every run of (sorted) rows; Triton: a persistent grid that reads the
                   number of segments from device memory
-  restore_rows    out[i] = E(c)[s_i] - c[s_i] + x[i], one pass, float32, one rounding
-  compress_fast   the same `lsh.Compressed` as `lsh.compress`, built from these pieces; it
-                  synchronises once, at the end, to size its outputs
+  restore_rows    out[i] = E(c)[s_i] - c[s_i] + x[i], one pass, float32, one rounding; with
+                  compressed= (a SortedCompressed) its backward is one pass of the runs kernel
+  compress_fast   the same `lsh.Compressed` as `lsh.compress`; on the kernel path three kernels
+                  and one torch.sort: the hash kernel writes packed unique keys
+                  (group * span + bucket) << idx_bits | token, torch.sort sorts them as rows of
+                  at most 4,096 (its one-kernel path), the merge kernel ranks every key by binary
+                  search in the other rows and writes sorted keys and order, and the runs kernel
+                  writes centroids, token_to_centroid, groups, counts and the sizes; then one host
+                  sync. Its backward w.r.t. the tokens is one pass (the expand kernel).
+                  `_compress_via_segments` is the same from the pieces above (the torch path,
+                  and the previous release's kernel path)
+
+Launch parameters per problem size: HASH_LAUNCHES, RUNS_LAUNCHES, SORT_LAUNCHES, measured on an
+H200 by benchmarks/bench_lsh_fast.py --tune (benchmarks/RESULTS.md). The hash kernel also has a
+split-K mode (deterministic: the last program of a row block to arrive adds the parts in a fixed
+order); it was slower on the measured shapes, so no table row uses it.
 
 Kernel path: used when `triton_available(device)` and `kernel_eligible(config, projection,
 tokens)` (16-bit tokens on CUDA, a dense projection, d' a power of two, L d' padded to a power of
