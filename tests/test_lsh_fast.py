@@ -301,9 +301,9 @@ def test_interpreter_hash_and_compress(interpreter, dtype, num_hashes, proj_dim,
         ref_ids = lsh.bucket_ids(tokens, config, projection)
         _ids_agree(ids, ref_ids, tokens, projection)
         group = _group(rows, 5)
-        before = _launched("mean")
+        before = _launched("runs")
         got = fast.compress_fast(tokens, group, config, projection, force_triton=True)
-        assert _launched("mean") == before + 1
+        assert _launched("runs") == before + 1  # one runs kernel: bookkeeping and centroids
         if torch.equal(ids, ref_ids):  # no near-tie flipped: the whole result is the reference's
             _same_compressed(got, lsh.compress(tokens, group, config, projection), dtype)
         _same_compressed(got, fast.compress_fast(tokens, group, config, projection), dtype)
@@ -383,6 +383,151 @@ def test_interpreter_restore_rows(interpreter, dtype):
     assert _launched("restore") == before + 2
 
 
+# ---- split-K hash, the runs kernel, compress/restore on it (interpreter) ------------------------
+@pytest.mark.parametrize("split", [2, 3, 5])
+def test_interpreter_split_hash_is_deterministic(interpreter, split):
+    """split-K: ids agree with the reference (near-ties aside) and with split 1 on the far tokens,
+    are the same on every launch (the last program adds the parts in a fixed order), and the
+    arrival counters are back to zero after each launch."""
+    config = LSHConfig(num_hashes=6, proj_dim=16, seed=5)
+    tokens = _tokens("random", 200, 96, torch.bfloat16, seed=2)
+    projection = lsh.make_projection(96, config, dtype=torch.bfloat16)
+    launch = {"block_m": 16, "block_k": 16}
+    one = fast._hash_launch(tokens, config, projection, split=1, **launch)
+    first = fast._hash_launch(tokens, config, projection, split=split, **launch)
+    assert torch.all(fast._LOCKS[("cpu", None)] == 0)
+    again = fast._hash_launch(tokens, config, projection, split=split, **launch)
+    assert torch.equal(first, again)
+    ref = lsh.bucket_ids(tokens, config, projection)
+    _ids_agree(first, ref, tokens, projection)
+    _ids_agree(first, one, tokens, projection)
+    # with groups: keys, and -1 for a negative group or one whose key would overflow int64
+    group = _group(200, 7)
+    span = config.max_buckets(96)
+    group[3], group[4] = -1, (2 ** 63 - 2) // span
+    keys = fast._hash_launch(tokens, config, projection, group, span, split=split, **launch)
+    assert int(keys[3]) == -1 and int(keys[4]) == -1
+    ok = torch.ones(200, dtype=torch.bool)
+    ok[3:5] = False
+    assert torch.equal(keys[ok], (group * span + first)[ok])
+
+
+def _runs_reference(key: torch.Tensor, order: torch.Tensor, x: torch.Tensor, span: int):
+    """float64 run means/sums, token_to_run, run groups and counts of sorted keys (plain torch)."""
+    unique, inverse, counts = torch.unique_consecutive(key, return_inverse=True, return_counts=True)
+    sums = torch.zeros(unique.shape[0], x.shape[1], dtype=torch.float64).index_add_(0, inverse, x[order].double())
+    t2c = torch.empty_like(inverse).index_copy_(0, order, inverse)
+    return sums, sums / counts.unsqueeze(1).double(), t2c, unique // span, counts
+
+
+@pytest.mark.parametrize("case", ["runs", "one_run", "distinct", "long_runs"])
+@pytest.mark.parametrize("rows_per_program,col_groups", [(16, 1), (32, 3)])
+def test_interpreter_runs_kernel(interpreter, case, rows_per_program, col_groups):
+    generator = torch.Generator().manual_seed(11)
+    n = 203  # not a multiple of the rows per program
+    if case == "runs":
+        key = torch.randint(0, 60, (n,), generator=generator)
+    elif case == "one_run":
+        key = torch.full((n,), 7)
+    elif case == "distinct":
+        key = torch.randperm(4 * n, generator=generator)[:n]
+    else:  # runs of 1 to 70 rows: several cross one or more program blocks
+        key = torch.repeat_interleave(torch.arange(12), torch.tensor([1, 70, 2, 33, 16, 17, 1, 40, 5, 3, 14, 1]))
+    key = key.sort().values
+    n = key.shape[0]
+    order = torch.randperm(n, generator=generator)
+    x = torch.randn(n, 40, generator=generator).to(torch.bfloat16)  # d not a power of two
+    span = 9
+    sums, means, t2c, groups, counts = _runs_reference(key, order, x, span)
+    runs = counts.shape[0]
+    out, neg, ints = fast._runs_launch(x, key, order, span, n, index=True, rows=rows_per_program, block_d=16,
+                                       col_groups=col_groups)
+    assert ints[3 * n:].tolist() == [runs, int(key[0]), int(key[-1])]
+    assert torch.equal(ints[:n], t2c)
+    assert torch.equal(ints[n:n + runs], groups) and torch.equal(ints[2 * n:2 * n + runs], counts)
+    assert neg is None and _close(out[:runs], means, torch.bfloat16, atol=1e-6)
+    out, neg, ints = fast._runs_launch(x, key, order, span, runs, total=True, negate=True, rows=rows_per_program,
+                                       block_d=16, col_groups=col_groups)
+    assert ints is None and out.shape == (runs, 40)
+    assert _close(out, sums, torch.bfloat16, atol=1e-5) and torch.equal(neg, -out)
+
+
+@pytest.mark.parametrize("sort_chunk", [16, 64, None])
+def test_interpreter_compress_sort_paths(interpreter, monkeypatch, sort_chunk):
+    """packed keys sorted in rows of sort_chunk + the merge kernel (several rows, padding), and the
+    plain torch.sort path: the same sorted keys, order and result as the reference."""
+    monkeypatch.setitem(fast.SORT_LAUNCH, "sort_chunk", sort_chunk)
+    monkeypatch.setitem(fast.SORT_LAUNCH, "block", 32)
+    config = LSHConfig(num_hashes=3, proj_dim=4, seed=6)
+    tokens = _tokens("clustered", 203, 32, torch.bfloat16, seed=5)  # 203: the last row is padded
+    group = _group(203, 3)
+    projection = lsh.make_projection(32, config, dtype=torch.bfloat16)
+    before = _launched("merge")
+    got = fast.compress_fast(tokens, group, config, projection, force_triton=True)
+    assert _launched("merge") == before + (sort_chunk is not None)
+    span = config.max_buckets(32)
+    key = group * span + fast.token_buckets(tokens, config, projection, force_triton=True)
+    want_key, want_order = torch.sort(key, stable=True)
+    assert torch.equal(got.sorted_key, want_key) and torch.equal(got.order, want_order)
+    ids = fast.token_buckets(tokens, config, projection, force_triton=True)
+    if torch.equal(ids, lsh.bucket_ids(tokens, config, projection)):
+        _same_compressed(got, lsh.compress(tokens, group, config, projection), torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_interpreter_compress_gradients_and_restore(interpreter, dtype):
+    """compress_fast's kernel path: the reference's result; centroid gradient (one expand pass) and
+    restore_rows(compressed=...) (runs-kernel backward) equal the float64 reference."""
+    config = LSHConfig(num_hashes=2, proj_dim=4, seed=1)
+    tokens = _tokens("clustered", 150, 32, dtype, seed=4)
+    group = _group(150, 4)
+    projection = lsh.make_projection(32, config, dtype=dtype)
+    leaf = tokens.clone().requires_grad_(True)
+    got = fast.compress_fast(leaf, group, config, projection, force_triton=True)
+    assert isinstance(got, fast.SortedCompressed)
+    ids = fast.token_buckets(tokens, config, projection, force_triton=True)
+    if torch.equal(ids, lsh.bucket_ids(tokens, config, projection)):
+        _same_compressed(got, lsh.compress(tokens, group, config, projection), dtype)
+    assert got.centroid_count.sum() == 150 and torch.all(got.centroid_count >= 1)
+    upstream = torch.randn(got.centroids.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    before = _launched("expand")
+    (grad,) = torch.autograd.grad((got.centroids.double() * upstream).sum(), leaf)
+    assert _launched("expand") == before + 1
+    want = (upstream / got.centroid_count.unsqueeze(1).double())[got.token_to_centroid]  # d mean / d token
+    assert torch.allclose(grad.double(), want, rtol=2 * RTOL[dtype], atol=1e-6)
+    # restore with the compressed (runs-kernel backward) == without (torch scatter-add backward)
+    centroid_out = torch.tanh(got.centroids.detach().float()).to(dtype)
+    upstream = torch.randn(150, 32, generator=torch.Generator().manual_seed(4))
+    results = []
+    for compressed in (None, got):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (centroid_out, got.centroids, tokens)]
+        before = _launched("runs")
+        out = fast.restore_rows(*leaves, got.token_to_centroid, compressed=compressed, force_triton=True)
+        grads = torch.autograd.grad((out.float() * upstream).sum(), leaves)
+        assert _launched("runs") == before + (compressed is not None)
+        results.append((out, grads))
+    (out_a, grads_a), (out_b, grads_b) = results
+    assert torch.equal(out_a, out_b)
+    for a, b in zip(grads_a, grads_b):
+        assert float((a.double() - b.double()).abs().max()) <= RTOL[dtype] * float(b.double().abs().max())
+    with pytest.raises(ValueError):  # a compressed that does not match seg_of_row
+        fast.restore_rows(centroid_out, got.centroids, tokens, got.token_to_centroid.clone(), compressed=got)
+
+
+def test_interpreter_compress_fallbacks(interpreter):
+    """negative groups and keys that would overflow: the kernel marks them, compress falls back."""
+    config = LSHConfig(num_hashes=2, proj_dim=8)
+    tokens = _tokens("random", 64, 32, torch.bfloat16)
+    projection = lsh.make_projection(32, config, dtype=torch.bfloat16)
+    group = _group(64, 3)
+    with pytest.raises(ValueError):
+        fast.compress_fast(tokens, group - 1, config, projection, force_triton=True)
+    big = group + (2 ** 63 - 2) // config.max_buckets(32)  # keys overflow int64: lsh.compress's unique rows
+    got = fast.compress_fast(tokens, big, config, projection, force_triton=True)
+    assert not isinstance(got, fast.SortedCompressed)
+    _same_compressed(got, lsh.compress(tokens, big, config, projection), torch.bfloat16)
+
+
 # ---- CUDA (run on the GPU machine) ------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.parametrize("rows,d_model", [(8192, 4096), (1000, 512)])
@@ -400,10 +545,16 @@ def test_cuda_kernels_match_torch_path(monkeypatch, rows, d_model):
     for x in (random_tokens, tokens):
         ids = fast.token_buckets(x, config, projection)
         _ids_agree(ids, lsh.bucket_ids(x, config, projection), x, projection)
+    for split in (1, 2, 4):  # split-K: the same keys on every launch, near-ties aside the split-1 keys
+        keys = [fast._hash_launch(random_tokens, config, projection, split=split) for _ in range(3)]
+        assert torch.equal(keys[0], keys[1]) and torch.equal(keys[0], keys[2])
+        _ids_agree(keys[0], lsh.bucket_ids(random_tokens, config, projection), random_tokens, projection)
+    assert all(int(locks.abs().sum()) == 0 for locks in fast._LOCKS.values())  # counters reset
     launches = dict(fast.LAUNCHES)
     got = fast.compress_fast(tokens, group, config, projection)
     assert fast.LAUNCHES["hash"] == launches.get("hash", 0) + 1
-    assert fast.LAUNCHES["mean"] == launches.get("mean", 0) + 1
+    assert fast.LAUNCHES["runs"] == launches.get("runs", 0) + 1
+    assert isinstance(got, fast.SortedCompressed)
     ids = fast.token_buckets(tokens, config, projection)
     if torch.equal(ids, lsh.bucket_ids(tokens, config, projection)):
         _same_compressed(got, lsh.compress(tokens, group, config, projection), torch.bfloat16)
@@ -425,6 +576,22 @@ def test_cuda_kernels_match_torch_path(monkeypatch, rows, d_model):
     monkeypatch.delenv("LSHSIM_NO_TRITON")
     assert _close(out, want, torch.bfloat16) and _close(grad, want_grad, torch.bfloat16)
     centroid_out = torch.tanh(got.centroids.float()).to(torch.bfloat16)
+    # restore's backward through the runs kernel (compressed=got) equals the scatter-add one
+    for compressed in (got, None):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (centroid_out, got.centroids, tokens)]
+        restored = fast.restore_rows(*leaves, got.token_to_centroid, compressed=compressed)
+        grads = torch.autograd.grad((restored.float() * upstream).sum(), leaves)
+        if compressed is not None:
+            grads_runs = grads
+    for a, b in zip(grads_runs, grads):
+        assert float((a.double() - b.double()).abs().max()) <= 2 ** -7 * float(b.double().abs().max())
+    # d centroids / d tokens: one expand pass == grad / count of the token's centroid
+    leaf = tokens.clone().requires_grad_(True)
+    again = fast.compress_fast(leaf, group, config, projection)
+    grad_c = torch.randn(again.centroids.shape, device=device)
+    (grad_tokens,) = torch.autograd.grad((again.centroids.float() * grad_c).sum(), leaf)
+    want_tokens = (grad_c / again.centroid_count.unsqueeze(1).float())[again.token_to_centroid]
+    assert _close(grad_tokens, want_tokens, torch.bfloat16, atol=1e-6)
     leaves = [t.detach().requires_grad_(True) for t in (centroid_out, got.centroids, tokens)]
     restored = fast.restore_rows(*leaves, got.token_to_centroid)
     reference = lsh.restore(centroid_out, got, lsh.residuals(tokens, got))

@@ -11,9 +11,22 @@ handful of kernel launches:
                   with torch.sort, cumsum and scatters into fixed-size buffers: no host sync
   segment_mean    mean of every run of (sorted) rows; Triton: a persistent grid that reads the
                   number of segments from device memory
-  restore_rows    out[i] = E(c)[s_i] - c[s_i] + x[i], one pass, float32, one rounding
-  compress_fast   the same `lsh.Compressed` as `lsh.compress`, built from these pieces; it
-                  synchronises once, at the end, to size its outputs
+  restore_rows    out[i] = E(c)[s_i] - c[s_i] + x[i], one pass, float32, one rounding; with
+                  compressed= (a SortedCompressed) its backward is one pass of the runs kernel
+  compress_fast   the same `lsh.Compressed` as `lsh.compress`; on the kernel path three kernels
+                  and one torch.sort: the hash kernel writes packed unique keys
+                  (group * span + bucket) << idx_bits | token, torch.sort sorts them as rows of
+                  at most 4,096 (its one-kernel path), the merge kernel ranks every key by binary
+                  search in the other rows and writes sorted keys and order, and the runs kernel
+                  writes centroids, token_to_centroid, groups, counts and the sizes; then one host
+                  sync. Its backward w.r.t. the tokens is one pass (the expand kernel).
+                  `_compress_via_segments` is the same from the pieces above (the torch path,
+                  and the previous release's kernel path)
+
+Launch parameters per problem size: HASH_LAUNCHES, RUNS_LAUNCHES, SORT_LAUNCHES, measured on an
+H200 by benchmarks/bench_lsh_fast.py --tune (benchmarks/RESULTS.md). The hash kernel also has a
+split-K mode (deterministic: the last program of a row block to arrive adds the parts in a fixed
+order); it was slower on the measured shapes, so no table row uses it.
 
 Kernel path: used when `triton_available(device)` and `kernel_eligible(config, projection,
 tokens)` (16-bit tokens on CUDA, a dense projection, d' a power of two, L d' padded to a power of
@@ -159,20 +172,32 @@ def _kernels():
     import triton.language as tl
 
     @triton.jit
-    def hash_kernel(x_ptr, p_ptr, group_ptr, out_ptr, num_rows, d_model, stride_x, stride_p,
-                    span, HAS_GROUP: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_K: tl.constexpr, LD_PAD: tl.constexpr, DP: tl.constexpr, L_PAD: tl.constexpr,
-                    NUM_HASHES: tl.constexpr, LOG2_RADIX: tl.constexpr):
-        # p: (d, LD_PAD) in the tokens' 16-bit dtype, zero-padded columns (`_kernel_matrix`)
+    def hash_kernel(x_ptr, p_ptr, group_ptr, out_ptr, part_ptr, lock_ptr, num_rows, d_model, stride_x, stride_p,
+                    span, max_group, k_per_split, part_stride, num_out, HAS_GROUP: tl.constexpr,
+                    UPCAST: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, LD_PAD: tl.constexpr, DP: tl.constexpr,
+                    L_PAD: tl.constexpr, NUM_HASHES: tl.constexpr, LOG2_RADIX: tl.constexpr,
+                    SPLIT: tl.constexpr = 1, IDX_BITS: tl.constexpr = 0):
+        # p: (d, LD_PAD) in the tokens' 16-bit dtype, zero-padded columns (`_kernel_matrix`).
+        # SPLIT > 1 (split-K): program (m, s) sums columns [s k_per_split, (s + 1) k_per_split) into
+        # part[s] (float32, (SPLIT, num_rows, LD_PAD), part_stride = num_rows LD_PAD); the last of the SPLIT programs of row block m to
+        # arrive (a counter per row block, reset by that program) adds part[0] + part[1] + ... in that
+        # fixed order and finishes: the result does not depend on the arrival order.
         pid = tl.program_id(0)
         rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,)
         row_mask = rows < num_rows
         rows64 = rows.to(tl.int64)
         cols = tl.arange(0, LD_PAD)  # (LD_PAD,)
         acc = tl.zeros((BLOCK_M, LD_PAD), dtype=tl.float32)
-        for k0 in range(0, d_model, BLOCK_K):
+        if SPLIT > 1:
+            k_begin = tl.program_id(1) * k_per_split
+            k_end = tl.minimum(k_begin + k_per_split, d_model)
+        else:
+            k_begin = 0
+            k_end = d_model
+        for k0 in range(k_begin, k_end, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)  # (BK,)
-            k_mask = ks < d_model
+            k_mask = ks < k_end
             x = tl.load(x_ptr + rows64[:, None] * stride_x + ks[None, :],
                         mask=row_mask[:, None] & k_mask[None, :], other=0.0)  # (BM, BK) 16-bit
             p = tl.load(p_ptr + ks[:, None].to(tl.int64) * stride_p + cols[None, :],
@@ -183,6 +208,22 @@ def _kernels():
                 acc += tl.dot(x.to(tl.float32), p.to(tl.float32))
             else:
                 acc += tl.dot(x, p)  # exact products (p representable), float32 sums
+        # IDX_BITS > 0 (packed keys for the sort): out[row] = key << IDX_BITS | row, unique, and
+        # INT64_MAX for the padding rows num_rows <= row < num_out (the grid covers num_out rows)
+        out_mask = rows < num_out
+        finish = out_mask
+        if SPLIT > 1:
+            tile = (rows64[:, None] * LD_PAD + cols[None, :])  # (BM, LD_PAD) offsets in one part
+            tl.store(part_ptr + tl.program_id(1) * part_stride + tile, acc, mask=row_mask[:, None])
+            tl.debug_barrier()  # every thread's part is written before the counter moves
+            arrived = tl.atomic_add(lock_ptr + pid, 1, sem="acq_rel", scope="gpu")
+            last = arrived == SPLIT - 1
+            finish = out_mask & ((tl.zeros_like(rows) + arrived) == SPLIT - 1)  # (BM,) all False unless last
+            acc = tl.zeros((BLOCK_M, LD_PAD), dtype=tl.float32)
+            for s in tl.static_range(SPLIT):
+                acc += tl.load(part_ptr + s * part_stride + tile, mask=(finish & row_mask)[:, None], other=0.0,
+                               cache_modifier=".cg")
+            tl.store(lock_ptr + pid, 0, mask=last)  # ready for the next launch
         finite = tl.abs(acc) <= 3.4028234663852886e38  # False for inf and NaN
         bad = tl.sum(tl.where(finite, 0, 1), axis=1) > 0  # (BM,)
         # (L_PAD,) int64 radix powers R^(L-1-l) = 2^((L-1-l) log2 R), 0 for the padding hashes
@@ -202,10 +243,15 @@ def _kernels():
             codes = (index + DP * (y_best < 0).to(tl.int32)).to(tl.int64)  # (BM, L_PAD)
         ids = tl.sum(codes * weights[None, :], axis=1)  # (BM,) mixed radix, code 0 most significant
         if HAS_GROUP:
+            # key = group * span + id; groups outside [0, max_group] (negative, or a key that would
+            # overflow int64) give -1, like non-finite tokens: the caller sees a negative key
             group = tl.load(group_ptr + rows, mask=row_mask, other=0)
+            bad = bad | (group < 0) | (group > max_group)
             ids = group * span + ids
         ids = tl.where(bad, -1, ids)
-        tl.store(out_ptr + rows, ids, mask=row_mask)
+        if IDX_BITS > 0:
+            ids = tl.where(row_mask, (ids << IDX_BITS) | rows64, 9223372036854775807)
+        tl.store(out_ptr + rows, ids, mask=finish)
 
     @triton.jit
     def mean_kernel(src_ptr, order_ptr, out_ptr, start_ptr, count_ptr, nseg_ptr, out_rows, d_model,
@@ -284,7 +330,147 @@ def _kernels():
         rows64 = rows.to(tl.int64)
         tl.store(out_ptr + rows64[:, None] * stride_out + cols[None, :], g.to(out_ptr.dtype.element_ty), mask=mask)
 
-    _KERNELS[mode] = {"hash": hash_kernel, "mean": mean_kernel, "restore": restore_kernel, "expand": expand_kernel}
+    @triton.jit
+    def merge_kernel(p_ptr, key_ptr, order_ptr, num_chunks, IDX_BITS: tl.constexpr, CHUNK: tl.constexpr,
+                     LOG_CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+        # p: (num_chunks, CHUNK) packed keys (unique, INT64_MAX padding), each row sorted. The rank of
+        # x = p[c, l] in the whole array is l plus, for every other row, the number of its entries
+        # below x (a binary search). Writes key[rank] = x >> IDX_BITS, order[rank] = x & (2^IDX_BITS - 1).
+        idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,)
+        in_range = idx < num_chunks * CHUNK
+        x = tl.load(p_ptr + idx, mask=in_range, other=9223372036854775807)
+        valid = in_range & (x != 9223372036854775807)
+        own = idx // CHUNK
+        rank = (idx % CHUNK).to(tl.int64)
+        for c in range(0, num_chunks):
+            lo = tl.zeros((BLOCK,), dtype=tl.int32)
+            hi = tl.full((BLOCK,), CHUNK, dtype=tl.int32)
+            for _ in tl.static_range(LOG_CHUNK + 1):  # lower bound: entries of row c below x
+                active = lo < hi
+                mid = tl.minimum((lo + hi) // 2, CHUNK - 1)
+                v = tl.load(p_ptr + c * CHUNK + mid, mask=valid & active & (own != c), other=0)
+                below = v < x
+                lo = tl.where(active & below, mid + 1, lo)
+                hi = tl.where(active & (~below), mid, hi)
+            rank += tl.where(own != c, lo, 0).to(tl.int64)
+        tl.store(key_ptr + rank, x >> IDX_BITS, mask=valid)
+        tl.store(order_ptr + rank, x & ((1 << IDX_BITS) - 1), mask=valid)
+
+    @triton.jit
+    def runs_kernel(key_ptr, order_ptr, x_ptr, out_ptr, neg_ptr, ints_ptr, num_rows, d_model, stride_x, stride_out,
+                    span, cols_per_group, R: tl.constexpr, BLOCK_D: tl.constexpr, PREFIX: tl.constexpr,
+                    SUM: tl.constexpr, NEG: tl.constexpr, INDEX: tl.constexpr, UPCAST: tl.constexpr):
+        # key: (N,) sorted keys; sorted row p is x[order[p]]; a run (segment) is a maximal range of
+        # equal keys, numbered in order. Program (b, g) owns the runs whose first row is in
+        # [b R, b R + R), columns [g cols_per_group, (g + 1) cols_per_group): it counts the runs that
+        # start before b R itself (a pass over the keys before it: no second launch, no scan across
+        # programs), sums its runs' rows with a one-hot (run x row) matrix product (exact 0/1
+        # products, float32 sums; a loop with no inner loop, so it is software-pipelined), and then,
+        # when its last run goes on past the block, redoes that one row with the rows after the block.
+        # Every row of x is read once (the last run's block rows twice). Writes out[run] = mean (or
+        # sum with SUM; neg = -out with NEG); with INDEX (group 0) also t2c[order[p]] = run of p,
+        # group_out[run] = key // span, count_out[run], and stats = (number of runs, first key, last
+        # key) from the program of the last row; the four are consecutive parts of ints:
+        # t2c (N) | group_out (N) | count_out (N) | stats (3).
+        t2c_ptr = ints_ptr
+        group_out_ptr = ints_ptr + num_rows
+        count_out_ptr = ints_ptr + 2 * num_rows
+        stats_ptr = ints_ptr + 3 * num_rows
+        pid = tl.program_id(0)
+        first_col = tl.program_id(1) * cols_per_group
+        end_col = tl.minimum(first_col + cols_per_group, d_model)
+        p0 = pid * R
+        base = tl.sum(tl.zeros((PREFIX,), dtype=tl.int32), axis=0)  # runs starting before p0
+        for j0 in range(0, p0, PREFIX):
+            j = j0 + tl.arange(0, PREFIX)
+            m = j < p0
+            kj = tl.load(key_ptr + j, mask=m, other=0)
+            kprev = tl.load(key_ptr + j - 1, mask=m & (j > 0), other=0)
+            base += tl.sum((m & ((j == 0) | (kj != kprev))).to(tl.int32), axis=0)
+        r = tl.arange(0, R)  # (R,)
+        p = p0 + r
+        in_range = p < num_rows
+        k = tl.load(key_ptr + p, mask=in_range, other=0)
+        kprev = tl.load(key_ptr + p - 1, mask=in_range & (p > 0), other=0)
+        new = in_range & ((p == 0) | (k != kprev))
+        local = tl.cumsum(new.to(tl.int32), axis=0) - 1  # (R,) run among those starting here; -1: an earlier run
+        n_new = tl.sum(new.to(tl.int32), axis=0)
+        src = tl.load(order_ptr + p, mask=in_range, other=0)  # (R,) rows of x
+        owned = in_range & (local >= 0)
+        onehot = (local[None, :] == r[:, None]) & in_range[None, :]  # (R runs, R rows)
+        counts = tl.sum(onehot.to(tl.int32), axis=1)  # (R,)
+        # rows after the block that continue its last run (keys sorted: a prefix of the rest)
+        last_key = tl.max(tl.where(in_range, k, -1), axis=0)
+        q_first = p0 + R
+        tail = n_new * 0
+        go = (n_new > 0) & (q_first < num_rows)
+        while go:
+            q = q_first + tail + r
+            kq = tl.load(key_ptr + q, mask=q < num_rows, other=0)
+            matched = tl.sum(((q < num_rows) & (kq == last_key)).to(tl.int32), axis=0)
+            tail += matched
+            go = matched == R
+        is_last = r == n_new - 1  # (R,)
+        counts += tl.where(is_last, tail, 0)
+        live = r < n_new  # (R,) runs owned here
+        direct = live & ~(is_last & ((tl.zeros_like(r) + tail) > 0))  # runs complete inside the block
+        scale = 1.0 / tl.maximum(counts, 1).to(tl.float32)  # (R,)
+        out_rows = (base + r).to(tl.int64)
+        src64 = src.to(tl.int64)
+        for c0 in range(first_col, end_col, BLOCK_D):
+            cols = c0 + tl.arange(0, BLOCK_D)  # (BD,)
+            col_mask = cols < end_col
+            v = tl.load(x_ptr + src64[:, None] * stride_x + cols[None, :], mask=owned[:, None] & col_mask[None, :],
+                        other=0.0)  # (R, BD)
+            if UPCAST:  # the CPU interpreter: float32 operands, the same exact products
+                sums = tl.dot(onehot.to(tl.float32), v.to(tl.float32))
+            else:
+                sums = tl.dot(onehot.to(v.dtype), v)  # (R, BD) float32
+            if SUM:
+                result = sums
+            else:
+                result = sums * scale[:, None]
+            out_mask = direct[:, None] & col_mask[None, :]
+            tl.store(out_ptr + out_rows[:, None] * stride_out + cols[None, :], result.to(out_ptr.dtype.element_ty),
+                     mask=out_mask)
+            if NEG:
+                tl.store(neg_ptr + out_rows[:, None] * stride_out + cols[None, :],
+                         (-result).to(neg_ptr.dtype.element_ty), mask=out_mask)
+        if tail > 0:  # the last run: its rows in the block, then the rows after it
+            last_rows = owned & (local == n_new - 1)  # (R,)
+            out_row = (base + n_new - 1).to(tl.int64)
+            last_scale = 1.0 / tl.maximum(tail + tl.sum(last_rows.to(tl.int32), axis=0), 1).to(tl.float32)
+            for c0 in range(first_col, end_col, BLOCK_D):
+                cols = c0 + tl.arange(0, BLOCK_D)
+                col_mask = cols < end_col
+                v = tl.load(x_ptr + src64[:, None] * stride_x + cols[None, :],
+                            mask=last_rows[:, None] & col_mask[None, :], other=0.0)
+                total = tl.sum(v.to(tl.float32), axis=0)  # (BD,)
+                for t0 in range(0, tail, R):
+                    t_mask = t0 + r < tail
+                    src_t = tl.load(order_ptr + q_first + t0 + r, mask=t_mask, other=0).to(tl.int64)
+                    v_t = tl.load(x_ptr + src_t[:, None] * stride_x + cols[None, :],
+                                  mask=t_mask[:, None] & col_mask[None, :], other=0.0)
+                    total += tl.sum(v_t.to(tl.float32), axis=0)
+                if not SUM:
+                    total = total * last_scale
+                tl.store(out_ptr + out_row * stride_out + cols, total.to(out_ptr.dtype.element_ty), mask=col_mask)
+                if NEG:
+                    tl.store(neg_ptr + out_row * stride_out + cols, (-total).to(neg_ptr.dtype.element_ty),
+                             mask=col_mask)
+        if INDEX:
+            if tl.program_id(1) == 0:
+                tl.store(t2c_ptr + src, (base + local).to(tl.int64), mask=in_range)
+                run_key = tl.max(tl.where(onehot, k[None, :], -1), axis=1)  # (R,) key of each owned run
+                tl.store(group_out_ptr + out_rows, run_key // span, mask=live)
+                tl.store(count_out_ptr + out_rows, counts.to(tl.int64), mask=live)
+                holds_last = q_first >= num_rows
+                tl.store(stats_ptr, (base + n_new).to(tl.int64), mask=holds_last)
+                tl.store(stats_ptr + 1, tl.load(key_ptr), mask=holds_last)
+                tl.store(stats_ptr + 2, tl.load(key_ptr + num_rows - 1), mask=holds_last)
+
+    _KERNELS[mode] = {"hash": hash_kernel, "mean": mean_kernel, "restore": restore_kernel, "expand": expand_kernel,
+                     "runs": runs_kernel, "merge": merge_kernel}
     return _KERNELS[mode]
 
 
@@ -298,10 +484,45 @@ def _count(name: str) -> None:
 #: hashes). Made once per projection (one read-back, at the first call).
 _KERNEL_MATRICES: dict = {}  # (id(matrix), dtype) -> (weak reference to the matrix, padded or None)
 
-#: launch parameters of the hash kernel; `tune` in benchmarks/bench_lsh.py measures alternatives
-#: (measured on an H200 by benchmarks/tune_lsh_kernels.py: 8,192 and 32,768 tokens of d 4,096, L 6,
-#: d' 16; within 3% of the best of 20 launches at both sizes, see benchmarks/RESULTS.md)
-HASH_LAUNCH = {"block_m": 64, "block_k": 64, "num_warps": 4, "num_stages": 4}
+#: launch parameters of the hash kernel per problem size: `hash_launch_params` picks the row of
+#: the first bound (rows, L d' padded) that the problem fits; `block_m` rows per program, `split`
+#: programs per row block along d (split-K, reduced deterministically by the last to arrive).
+#: Measured on an H200 by `benchmarks/bench_lsh_fast.py --tune` (CUDA events, d 4,096, L 6 and 2,
+#: d' 16: benchmarks/RESULTS.md); other sizes get the nearest row.
+HASH_LAUNCHES = [
+    # (max rows, max LD_PAD, launch); measured (run lsh11-a): 8,192 x 4,096 at L 6 and L 2 best at
+    # (64, 128, 4 warps, 4 stages), 32,768 at (128, 64, 8, 3) (L 6) and within 2% of it (L 2);
+    # split-K (2, 4, 8) was slower at both sizes, so no row uses it
+    (16384, 256, {"block_m": 64, "block_k": 128, "num_warps": 4, "num_stages": 4, "split": 1}),
+    (None, 256, {"block_m": 128, "block_k": 64, "num_warps": 8, "num_stages": 3, "split": 1}),
+]
+#: the launch of the previous release (one program per 64 rows), kept for the benchmark's baseline
+HASH_LAUNCH_V1 = {"block_m": 64, "block_k": 64, "num_warps": 4, "num_stages": 4, "split": 1}
+#: kept for callers of the previous release: the launch of the largest problems
+HASH_LAUNCH = HASH_LAUNCHES[-1][2]
+
+
+def hash_launch_params(num_rows: int, ld_pad: int) -> dict:
+    """The HASH_LAUNCHES row for a (num_rows, d) x (d, ld_pad) hash."""
+    for max_rows, max_ld, params in HASH_LAUNCHES:
+        if (max_rows is None or num_rows <= max_rows) and ld_pad <= max_ld:
+            return params
+    return HASH_LAUNCHES[-1][2]
+
+
+#: the split-K arrival counters, one int32 per row block, per device (zero between launches: the
+#: last program of each row block resets its counter). Launches of one device share them, so
+#: split-K launches must not run concurrently on two streams of one device.
+_LOCKS: dict = {}
+
+
+def _locks(device: torch.device, count: int) -> torch.Tensor:
+    key = (device.type, device.index)
+    locks = _LOCKS.get(key)
+    if locks is None or locks.numel() < count:
+        locks = torch.zeros(max(count, 1024), dtype=torch.int32, device=device)
+        _LOCKS[key] = locks
+    return locks
 
 
 def _kernel_matrix(projection: LSHProjection, dtype: torch.dtype, ld_pad: int) -> torch.Tensor | None:
@@ -322,10 +543,16 @@ def _kernel_matrix(projection: LSHProjection, dtype: torch.dtype, ld_pad: int) -
 
 
 def _hash_launch(tokens: torch.Tensor, config: LSHConfig, projection: LSHProjection,
-                 group: torch.Tensor | None = None, span: int = 0, **launch) -> torch.Tensor | None:
+                 group: torch.Tensor | None = None, span: int = 0, *, idx_bits: int = 0, num_out: int = 0,
+                 **launch) -> torch.Tensor | None:
     """The fused hash kernel: (T,) int64 bucket ids (or group * span + bucket with group); -1 for
-    tokens with a non-finite projection. None when the projection's entries are not exact in the
-    tokens' dtype (the caller hashes with torch). `launch` overrides HASH_LAUNCH."""
+    tokens with a non-finite projection (and, with group, for groups < 0 or so large that the key
+    would overflow int64). None when the projection's entries are not exact in the tokens' dtype
+    (the caller hashes with torch). `launch` overrides `hash_launch_params`.
+
+    idx_bits > 0 (with group): (num_out,) packed keys key << idx_bits | token (unique, so any sort
+    is stable; key -1 packs negative), INT64_MAX for rows num_rows..num_out-1; groups whose packed
+    key would reach INT64_MAX get key -1."""
     num_rows, d_model = tokens.shape
     proj_dim, num_hashes = projection.proj_dim, config.num_hashes
     num_cols = num_hashes * proj_dim
@@ -334,22 +561,37 @@ def _hash_launch(tokens: torch.Tensor, config: LSHConfig, projection: LSHProject
     matrix = _kernel_matrix(projection, tokens.dtype, ld_pad)
     if matrix is None:
         return None
-    out = torch.empty(num_rows, dtype=torch.int64, device=tokens.device)
+    num_out = max(num_out, num_rows) if idx_bits else num_rows
+    out = torch.empty(num_out, dtype=torch.int64, device=tokens.device)
     if num_rows == 0:
-        return out
+        return out.fill_(_INT64_MAX)
     tokens = tokens if tokens.stride(1) == 1 else tokens.contiguous()
-    params = {**HASH_LAUNCH, **launch}
-    sms = _num_sms(tokens.device)
-    block_m = params["block_m"] or (64 if num_rows >= 128 * sms else (32 if num_rows >= 64 * sms else 16))
-    block_k = params["block_k"] or (64 if ld_pad <= 128 else 32)
+    params = {**hash_launch_params(num_rows, ld_pad), **launch}
+    block_m, block_k = params["block_m"], params["block_k"]
+    row_blocks = _cdiv(num_out, block_m)
+    # split-K: at least one BLOCK_K per split (fewer splits for small d)
+    split = max(1, min(int(params.get("split", 1)), _cdiv(d_model, block_k)))
+    k_per_split = _cdiv(_cdiv(d_model, split), block_k) * block_k
+    split = _cdiv(d_model, k_per_split)
+    if split > 1 and tokens.is_cuda and torch.cuda.is_current_stream_capturing() \
+            and _LOCKS.get((tokens.device.type, tokens.device.index), torch.empty(0)).numel() < row_blocks:
+        split, k_per_split = 1, d_model  # counters made inside a CUDA graph capture would not be zeroed
+    if split > 1:
+        part = torch.empty(split, num_rows, ld_pad, dtype=torch.float32, device=tokens.device)
+        locks = _locks(tokens.device, row_blocks)
+    else:
+        part, locks = out, out  # not read
+    max_group = (_INT64_MAX - 1) // span - 1 if group is not None else 0
+    if idx_bits:  # (group + 1) * span << idx_bits must stay below INT64_MAX
+        max_group = min(max_group, ((_INT64_MAX >> idx_bits) - 1) // span - 1)
     kernel = _kernels()["hash"]
     extra = {} if _interpreting() else {"num_warps": params["num_warps"], "num_stages": params["num_stages"]}
-    grid = (_cdiv(num_rows, block_m),)
-    kernel[grid](tokens, matrix, group if group is not None else out, out, num_rows, d_model,
-                 tokens.stride(0), matrix.stride(0), span, HAS_GROUP=group is not None,
-                 UPCAST=_interpreting(),
+    grid = (row_blocks, split)
+    kernel[grid](tokens, matrix, group if group is not None else out, out, part, locks, num_rows, d_model,
+                 tokens.stride(0), matrix.stride(0), max(span, 1), max_group, k_per_split, num_rows * ld_pad, num_out,
+                 HAS_GROUP=group is not None, UPCAST=_interpreting(), IDX_BITS=idx_bits,
                  BLOCK_M=block_m, BLOCK_K=block_k, LD_PAD=ld_pad, DP=proj_dim, L_PAD=l_pad,
-                 NUM_HASHES=num_hashes, LOG2_RADIX=(2 * proj_dim).bit_length() - 1, **extra)
+                 NUM_HASHES=num_hashes, LOG2_RADIX=(2 * proj_dim).bit_length() - 1, SPLIT=split, **extra)
     _count("hash")
     return out
 
@@ -594,9 +836,10 @@ def _restore_launch(centroid_out, centroids, rows, seg_of_row):
 
 class _RestoreRows(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, centroid_out, centroids, rows, seg_of_row, use_triton, seg=None):
+    def forward(ctx, centroid_out, centroids, rows, seg_of_row, use_triton, seg=None, runs=None):
         ctx.save_for_backward(seg_of_row)
         ctx.seg = seg if use_triton else None
+        ctx.runs = runs if use_triton else None  # (sorted_key, order, span) of a SortedCompressed
         ctx.shapes = (centroid_out.shape, centroids.shape)
         ctx.dtypes = (centroid_out.dtype, centroids.dtype)
         if use_triton:
@@ -606,12 +849,21 @@ class _RestoreRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         (seg_of_row,) = ctx.saved_tensors
+        if ctx.runs is not None:
+            # rows in token order, their sort known: one pass of the runs kernel, sums and -sums
+            sorted_key, order, span = ctx.runs
+            need_cout, need_cent = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            sums, neg, _ = _runs_launch(grad_out, sorted_key, order, span, ctx.shapes[0][0], total=True,
+                                        negate=need_cent)
+            grad_cout = sums.to(ctx.dtypes[0]) if need_cout else None
+            grad_cent = neg.to(ctx.dtypes[1]) if need_cent else None
+            return grad_cout, grad_cent, grad_out, None, None, None, None
         if ctx.seg is not None:
             # rows of a segment are contiguous (the rows are in sorted order): one segment-sum pass
             sums = _mean_launch(grad_out, ctx.seg, None, ctx.shapes[0][0], zero_fill=True, total=True)  # (B, d)
             grad_cout = sums.to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
             grad_cent = (-sums).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
-            return grad_cout, grad_cent, grad_out, None, None, None
+            return grad_cout, grad_cent, grad_out, None, None, None, None
         valid = (seg_of_row >= 0).unsqueeze(1)  # (N, 1)
         grad = torch.where(valid, grad_out, 0)  # (N, d)
         accumulate = lsh.hash_dtype(grad_out.dtype)
@@ -621,12 +873,12 @@ class _RestoreRows(torch.autograd.Function):
         sums = sums[:-1]
         grad_cout = sums.to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
         grad_cent = (-sums).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
-        return grad_cout, grad_cent, grad, None, None, None
+        return grad_cout, grad_cent, grad, None, None, None, None
 
 
 def restore_rows(centroid_out: torch.Tensor, centroids: torch.Tensor, rows: torch.Tensor,
                  seg_of_row: torch.Tensor, *, segments: Segments | None = None,
-                 force_triton: bool = False) -> torch.Tensor:
+                 compressed: Compressed | None = None, force_triton: bool = False) -> torch.Tensor:
     """out[i] = centroid_out[s] - centroids[s] + rows[i], s = seg_of_row[i] (0 where s < 0).
 
     centroid_out, centroids: (B, d); rows: (N, d); seg_of_row: (N,) int64 in [0, B) (or -1).
@@ -636,7 +888,9 @@ def restore_rows(centroid_out: torch.Tensor, centroids: torch.Tensor, rows: torc
     = sum of grad_out over the rows of s, grad_centroids = -grad_centroid_out, grad_rows = grad_out.
     Kernel path (all three 16-bit, same dtype, on CUDA): one pass. With `segments` (the Segments
     whose sorted rows `rows` are, seg_of_row = segments.seg_of_row[:N]) the backward's segment sums
-    are one pass of the segment kernel over contiguous rows instead of a scatter-add.
+    are one pass of the segment kernel over contiguous rows instead of a scatter-add. With
+    `compressed` (the `SortedCompressed` of `compress_fast` whose token_to_centroid is seg_of_row,
+    rows = its tokens) they are one pass of the runs kernel, which also writes -sums.
     """
     if centroid_out.ndim != 2 or centroids.shape != centroid_out.shape:
         raise ValueError(f"centroid_out {tuple(centroid_out.shape)} and centroids {tuple(centroids.shape)} "
@@ -648,13 +902,230 @@ def restore_rows(centroid_out: torch.Tensor, centroids: torch.Tensor, rows: torc
     same = centroid_out.dtype == centroids.dtype == rows.dtype
     eligible = same and rows.dtype in (torch.bfloat16, torch.float16) and rows.shape[1] > 0
     use = _use_triton(rows.device, eligible and (rows.is_cuda or force_triton), force_triton)
-    return _RestoreRows.apply(centroid_out, centroids, rows, seg_of_row, use, segments)
+    runs = None
+    if isinstance(compressed, SortedCompressed) and compressed.order is not None:
+        if compressed.token_to_centroid is not seg_of_row or compressed.num_centroids != centroids.shape[0]:
+            raise ValueError("compressed must be the SortedCompressed whose token_to_centroid is seg_of_row "
+                             f"and whose {compressed.num_centroids} centroids are the {centroids.shape[0]} rows")
+        runs = (compressed.sorted_key, compressed.order, compressed.span)
+    return _RestoreRows.apply(centroid_out, centroids, rows, seg_of_row, use, segments, runs)
 
 
 # ---- compress ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SortedCompressed(Compressed):
+    """A `Compressed` that also keeps the sort behind it (kernel path of `compress_fast`).
+
+        sorted_key: (N,) int64, group * span + bucket of the tokens in sorted order.
+        order:      (N,) int64, the tokens in sorted order (sorted row p is token order[p]).
+        span:       buckets per group in the key.
+
+    `restore_rows(..., compressed=it)` uses them for a one-pass backward (the segment sums).
+    """
+
+    sorted_key: torch.Tensor | None = None
+    order: torch.Tensor | None = None
+    span: int = 0
+
+
+#: launch parameters of the runs kernel (compress's bookkeeping + centroids in one pass; restore's
+#: backward sums) per problem size (the first row whose max rows fits): `rows` sorted rows per
+#: program (None: about two programs per SM, 16..128), `block_d` columns per step, `col_groups`
+#: programs per row block along d, `prefix` keys per step of each program's count of earlier runs.
+#: Measured on an H200 (run lsh11-b, `benchmarks/bench_lsh_fast.py --tune`, d 4,096): the launch
+#: with the least summed time over L 6 and L 2 at 8,192 and at 32,768 tokens.
+RUNS_LAUNCHES = [
+    (16384, {"rows": 64, "block_d": 128, "col_groups": 4, "prefix": 2048, "num_warps": 4, "num_stages": 3}),
+    (None, {"rows": 64, "block_d": 128, "col_groups": 2, "prefix": 2048, "num_warps": 4, "num_stages": 3}),
+]
+#: overrides of the RUNS_LAUNCHES rows (the benchmark's tuning, tests)
+RUNS_LAUNCH: dict = {}
+
+#: the sort of compress: packed keys (key << idx_bits | token) sorted as rows of `sort_chunk` by
+#: torch.sort (its one-kernel path for rows of at most 4,096), then merged by the merge kernel
+#: (`block` elements a program); `sort_chunk` None: torch.sort of the whole key array instead.
+#: Per size as RUNS_LAUNCHES (run lsh11-b: within 1-4% of each other; torch.sort of the whole
+#: array is 25-40 us slower at 8,192 tokens).
+SORT_LAUNCHES = [
+    (16384, {"sort_chunk": 2048, "block": 128, "num_warps": 4}),
+    (None, {"sort_chunk": 4096, "block": 128, "num_warps": 4}),
+]
+#: overrides of the SORT_LAUNCHES rows
+SORT_LAUNCH: dict = {}
+
+
+def _by_rows(table: list, num_rows: int, overrides: dict) -> dict:
+    for max_rows, params in table:
+        if max_rows is None or num_rows <= max_rows:
+            return {**params, **overrides}
+    return {**table[-1][1], **overrides}
+
+
+def runs_launch_params(num_rows: int) -> dict:
+    """The runs-kernel launch for num_rows sorted rows (RUNS_LAUNCHES, then RUNS_LAUNCH)."""
+    return _by_rows(RUNS_LAUNCHES, num_rows, RUNS_LAUNCH)
+
+
+def sort_launch_params(num_rows: int) -> dict:
+    """The sort of compress for num_rows tokens (SORT_LAUNCHES, then SORT_LAUNCH)."""
+    return _by_rows(SORT_LAUNCHES, num_rows, SORT_LAUNCH)
+
+
+def _runs_rows(num_rows: int, device: torch.device, rows: int | None) -> int:
+    if rows:
+        return rows
+    return max(16, min(128, _next_pow2(_cdiv(num_rows, 2 * _num_sms(device)))))
+
+
+def _runs_launch(x: torch.Tensor, sorted_key: torch.Tensor, order: torch.Tensor, span: int, out_rows: int, *,
+                 total: bool = False, negate: bool = False, index: bool = False, **launch):
+    """One launch of the runs kernel over the (N, d) rows x (token order) sorted by `order`.
+
+    Returns (out, neg, ints): out (out_rows, d) in x's dtype, row s = mean (sum with total) of run s
+    (rows >= the number of runs are not written); neg = -out (with negate, else None); ints (with
+    index, else None): (3 N + 3,) int64 = token_to_run (N) | run_group (N) | run_count (N) |
+    (number of runs, first sorted key, last sorted key).
+    """
+    num_rows, d_model = x.shape
+    params = {**runs_launch_params(num_rows), **launch}
+    x = x if x.stride(1) == 1 else x.contiguous()
+    out = torch.empty(out_rows, d_model, dtype=x.dtype, device=x.device)
+    neg = torch.empty_like(out) if negate else None
+    ints = torch.empty(3 * num_rows + 3, dtype=torch.int64, device=x.device) if index else None
+    if num_rows == 0:
+        return out, neg, ints
+    rows = _runs_rows(num_rows, x.device, params["rows"])
+    block_d = max(16, min(params["block_d"], _next_pow2(d_model)))
+    col_groups = max(1, min(int(params.get("col_groups", 1)), _cdiv(d_model, block_d)))
+    cols_per_group = _cdiv(_cdiv(d_model, col_groups), block_d) * block_d
+    col_groups = _cdiv(d_model, cols_per_group)
+    extra = {} if _interpreting() else {"num_warps": params["num_warps"], "num_stages": params["num_stages"]}
+    _kernels()["runs"][(_cdiv(num_rows, rows), col_groups)](
+        sorted_key, order, x, out, neg if negate else out, ints if index else sorted_key,  # (not written)
+        num_rows, d_model, x.stride(0), out.stride(0),
+        max(span, 1), cols_per_group, R=rows, BLOCK_D=block_d, PREFIX=params["prefix"], SUM=total, NEG=negate, INDEX=index,
+        UPCAST=_interpreting(), **extra)
+    _count("runs")
+    return out, neg, ints
+
+
+class _Centroids(torch.autograd.Function):
+    """centroids (computed by the runs kernel) as a function of the tokens: backward
+    grad_tokens[i] = grad[t2c[i]] / count[t2c[i]], one pass (the expand kernel)."""
+
+    @staticmethod
+    def forward(ctx, tokens, centroids, token_to_centroid, counts, use_triton):
+        ctx.save_for_backward(token_to_centroid, counts)
+        ctx.use_triton = use_triton
+        return centroids.view_as(centroids)
+
+    @staticmethod
+    def backward(ctx, grad):
+        token_to_centroid, counts = ctx.saved_tensors
+        if ctx.use_triton:
+            return _expand_launch(grad, token_to_centroid, counts, grad.dtype), None, None, None, None
+        accumulate = lsh.hash_dtype(grad.dtype)
+        scale = counts.index_select(0, token_to_centroid).to(accumulate).unsqueeze(1)  # (N, 1)
+        return (grad.index_select(0, token_to_centroid).to(accumulate) / scale).to(grad.dtype), None, None, None, None
+
+
+def _merge_launch(rows_sorted: torch.Tensor, num_tokens: int, idx_bits: int, sort: dict):
+    """(C, S) rows of sorted packed keys -> (sorted_key, order), each (num_tokens,): one launch."""
+    num_chunks, chunk = rows_sorted.shape
+    sorted_key = torch.empty(num_tokens, dtype=torch.int64, device=rows_sorted.device)
+    order = torch.empty_like(sorted_key)
+    extra = {} if _interpreting() else {"num_warps": sort["num_warps"]}
+    _kernels()["merge"][(_cdiv(num_chunks * chunk, sort["block"]),)](
+        rows_sorted, sorted_key, order, num_chunks, IDX_BITS=idx_bits, CHUNK=chunk,
+        LOG_CHUNK=chunk.bit_length() - 1, BLOCK=sort["block"], **extra)
+    _count("merge")
+    return sorted_key, order
+
+
+def _compress_kernels(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig, projection: LSHProjection,
+                      span: int, hash_launch: dict | None = None, runs_launch: dict | None = None,
+                      sort_launch: dict | None = None):
+    """The sync-free part of the kernel path: hash (packed keys) -> torch.sort of rows of at most
+    4,096 -> merge kernel -> runs kernel (or hash -> torch.sort -> runs, see SORT_LAUNCH).
+    Returns (means (N, d), ints, sorted_key, order) (see `_runs_launch`), or None when the
+    projection is not exact in the tokens' dtype."""
+    num_tokens = tokens.shape[0]
+    sort = {**sort_launch_params(num_tokens), **(sort_launch or {})}
+    idx_bits = max(1, (num_tokens - 1).bit_length())
+    # packed keys when they leave room for 2^16 groups: (2^16 span) << idx_bits < 2^63
+    if sort["sort_chunk"] and (span << (16 + idx_bits)) < _INT64_MAX:
+        chunk = min(sort["sort_chunk"], max(16, _next_pow2(num_tokens)))
+        num_chunks = _cdiv(num_tokens, chunk)
+        packed = _hash_launch(tokens, config, projection, group, span, idx_bits=idx_bits,
+                              num_out=num_chunks * chunk, **(hash_launch or {}))  # (C * S,)
+        if packed is None:
+            return None
+        rows_sorted = torch.sort(packed.view(num_chunks, chunk), dim=1)[0]  # (C, S) each row sorted
+        sorted_key, order = _merge_launch(rows_sorted, num_tokens, idx_bits, sort)
+    else:
+        key = _hash_launch(tokens, config, projection, group, span, **(hash_launch or {}))  # (N,)
+        if key is None:
+            return None
+        sorted_key, order = torch.sort(key, stable=True)  # (N,)
+    means, _, ints = _runs_launch(tokens, sorted_key, order, span, tokens.shape[0], index=True,
+                                  **(runs_launch or {}))
+    return means, ints, sorted_key, order
+
+
 def compress_fast(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
                   projection: LSHProjection | None = None, *, force_triton: bool = False) -> Compressed:
     """The same `lsh.Compressed` as `lsh.compress(tokens, group, config, projection)`.
+
+    Same centroids (within one rounding of the 16-bit dtype: float32 sums in another order), same
+    order by (group, bucket), token_to_centroid, counts and groups (kernel path: up to near-ties of
+    the hash, see the module docstring). Synchronises once, at the end, to size the outputs.
+
+    Kernel path (`kernel_eligible`): three launches and one host sync: the hash kernel writes the
+    keys group * span + bucket, torch.sort sorts them, the runs kernel writes the centroids,
+    token_to_centroid, groups and counts and the sizes the host reads. The result is a
+    `SortedCompressed` (restore_rows(..., compressed=it) has a one-pass backward); centroids are
+    rows of an (N, d) buffer. The backward w.r.t. the tokens is one pass (grad / count).
+    Everything else runs the torch path (`_compress_via_segments`): CPU, 32/64-bit tokens,
+    the fast Hadamard transform. exact=True, spans with (2 d')^L * num_groups >= 2^63,
+    non-finite tokens and negative groups fall back to `lsh.compress` (which raises for the last two).
+    """
+    lsh._check_tokens(tokens) if not tokens.is_cuda else None
+    if tokens.ndim != 2 or not isinstance(group, torch.Tensor) or tuple(group.shape) != (tokens.shape[0],) \
+            or group.dtype != torch.int64:
+        return lsh.compress(tokens, group, config, projection)  # raises the reference's errors
+    num_tokens, d_model = tokens.shape
+    span = config.max_buckets(d_model) if not config.exact else 0
+    if config.exact or num_tokens == 0 or span >= _INT64_MAX:
+        return lsh.compress(tokens, group, config, projection)
+    projection = _default_projection(tokens, config, projection)
+    eligible = _config_eligible(config, projection, tokens) and (tokens.is_cuda or force_triton)
+    if not _use_triton(tokens.device, eligible, force_triton):
+        return _compress_via_segments(tokens, group, config, projection)
+    with torch.no_grad():
+        launched = _compress_kernels(tokens.detach(), group, config, projection, span)
+    if launched is None:  # a projection whose entries the 16-bit dtype cannot hold: torch hashes
+        return _compress_via_segments(tokens, group, config, projection)
+    means, ints, sorted_key, order = launched
+    # the one host sync: the number of centroids, and the checks the kernels could not do without one
+    num_centroids, key_min, _ = ints[3 * num_tokens:].tolist()
+    if key_min < 0:  # non-finite tokens, negative groups, or keys that would overflow int64
+        return lsh.compress(tokens, group, config, projection)
+    token_to_centroid = ints[:num_tokens]
+    counts = ints[2 * num_tokens:2 * num_tokens + num_centroids]
+    centroids = means[:num_centroids]  # (B, d)
+    if tokens.requires_grad and torch.is_grad_enabled():
+        centroids = _Centroids.apply(tokens, centroids, token_to_centroid, counts, True)
+    return SortedCompressed(centroids=centroids, token_to_centroid=token_to_centroid,
+                            centroid_group=ints[num_tokens:num_tokens + num_centroids], centroid_count=counts,
+                            num_tokens=num_tokens, sorted_key=sorted_key, order=order, span=span)
+
+
+def _compress_via_segments(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
+                           projection: LSHProjection | None = None, *, force_triton: bool = False,
+                           hash_launch: dict | None = None) -> Compressed:
+    """`compress_fast` built from the public pieces (token hash, `segments`, `segment_mean`): the
+    torch path of `compress_fast`, and on CUDA the kernel path of the previous release (about 20
+    small kernels around torch.sort; `benchmarks/bench_lsh_fast.py` times it as the baseline).
 
     Same centroids (within one rounding of the 16-bit dtype: float32 sums in another order), same
     order by (group, bucket), token_to_centroid, counts and groups (kernel path: up to near-ties of
@@ -675,7 +1146,7 @@ def compress_fast(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
     eligible = _config_eligible(config, projection, tokens) and (tokens.is_cuda or force_triton)
     use = _use_triton(tokens.device, eligible, force_triton)
     with torch.no_grad():
-        key = _hash_launch(tokens.detach(), config, projection, group, span) if use else None  # (N,)
+        key = _hash_launch(tokens.detach(), config, projection, group, span, **(hash_launch or {})) if use else None
         if key is None:  # torch path (or a projection whose entries the 16-bit dtype cannot hold)
             use = False
             key = group * span + lsh.bucket_ids(tokens, config, projection)  # (N,)
