@@ -17,6 +17,7 @@ the collective and not the wait for a straggler or the host's launch latency).
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +26,7 @@ import torch.distributed as dist
 from lshsim.executor.timing import PhaseTimer
 
 __all__ = ["CommStats", "CommContext", "all_to_all", "mark", "align_ranks", "exchange_counts",
-           "world_size_of", "rank_of", "node_process_group", "HOLD_CYCLES", "WIRE_FORMATS", "FP8_BLOCK",
+           "CountExchange", "world_size_of", "rank_of", "node_process_group", "HOLD_CYCLES", "WIRE_FORMATS", "FP8_BLOCK",
            "fp8_row_bytes", "quantize_fp8_rows", "dequantize_fp8_rows", "fake_fp8"]
 
 
@@ -336,3 +337,74 @@ def exchange_counts(counts: torch.Tensor, group=None) -> torch.Tensor:
     out = torch.empty_like(counts)
     dist.all_to_all_single(out, counts.contiguous(), group=group)
     return out
+
+
+class CountExchange:
+    """The split-size exchange of one layer: E kept-row counts per rank all-to-all'd, and the copy of
+    [counts, kept rows, received counts] to the host (the forward's one synchronisation).
+
+    `source` (E + 1,) int64 on the device is the input: the rows this rank sends per expert position,
+    then their sum (the kept rows); a producer writes it (the gate's graph writes it in its replay,
+    `gate_graph.GraphedGate(sink=...)`) or `load` copies into it. `__call__()` returns
+    (host ints: counts (E), kept rows (1), received (E): block s = rows from rank s per local expert;
+    received (E,) on the device, valid until the next call).
+
+    On a GPU the exchange is one CUDA graph, captured at the first call (every rank makes its first
+    call in the same forward, so captures and the warm-up exchange line up across ranks): the NCCL
+    all-to-all of the counts (at world size 1 a copy) and the copy of the result into pinned host
+    memory; a call is one replay and one stream synchronisation, then the host reads the pinned
+    buffer (no further CUDA call). torch's eager all_to_all_single costs 100-200 us of host time
+    here; the replay is one launch. Off a GPU, with `enabled=False`, or after a capture that fails
+    (said once on stderr), the same function runs eagerly: `exchange_counts`, then `.tolist()`.
+    """
+
+    def __init__(self, num_experts: int, device: torch.device, group=None, enabled: bool = True) -> None:
+        if num_experts < 1:
+            raise ValueError(f"num_experts={num_experts} must be >= 1")
+        self.num_experts, self.group = num_experts, group
+        self.source = torch.zeros(num_experts + 1, dtype=torch.int64, device=device)
+        self.enabled = enabled and device.type == "cuda"
+        self._graph = None
+        self.replays = 0
+
+    def load(self, counts: torch.Tensor, num_kept: torch.Tensor) -> None:
+        """source = [counts (E,), num_kept (1,)]: one copy kernel."""
+        self.source.copy_(torch.cat([counts.reshape(-1), num_kept.reshape(1)]))
+
+    def _exchange(self) -> torch.Tensor:
+        """(2E + 1,) int64 on the device: counts, kept rows, received counts."""
+        received = exchange_counts(self.source[:self.num_experts], self.group)
+        return torch.cat([self.source, received])
+
+    def _capture(self):
+        num = 2 * self.num_experts + 1
+        host = torch.empty(num, dtype=torch.int64, pin_memory=True)
+        torch.cuda.synchronize()
+        self._exchange()  # warm-up outside the capture (communicator, lazy kernel loading); every rank
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: NCCL's watchdog thread queries events while this thread captures
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            out = self._exchange()
+            host.copy_(out, non_blocking=True)
+        return graph, out, host
+
+    def __call__(self) -> tuple[list[int], torch.Tensor]:
+        num = self.num_experts
+        if self.enabled:
+            if self._graph is None:
+                try:
+                    self._graph = self._capture()
+                except RuntimeError as error:  # not capturable here: eager from now on, said once
+                    print(f"lshsim: the split-size exchange runs without a CUDA graph "
+                          f"({str(error).splitlines()[0]})", file=sys.stderr)
+                    torch.cuda.synchronize()
+                    self.enabled = False
+            if self.enabled:
+                graph, out, host = self._graph
+                graph.replay()
+                torch.cuda.current_stream(out.device).synchronize()
+                self.replays += 1
+                return host.tolist(), out[num + 1:]
+        out = self._exchange()
+        return out.tolist(), out[num + 1:]
