@@ -368,8 +368,8 @@ class CountExchange:
         self.replays = 0
 
     def load(self, counts: torch.Tensor, num_kept: torch.Tensor) -> None:
-        """source = [counts (E,), num_kept (1,)]: one copy kernel."""
-        self.source.copy_(torch.cat([counts.reshape(-1), num_kept.reshape(1)]))
+        """source = [counts (E,), num_kept (1,)]: one kernel (a cat into the source)."""
+        torch.cat([counts.reshape(-1), num_kept.reshape(1)], out=self.source)
 
     def _exchange(self) -> torch.Tensor:
         """(2E + 1,) int64 on the device: counts, kept rows, received counts."""
