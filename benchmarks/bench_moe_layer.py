@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import glob
 import json
 import math
@@ -175,6 +176,7 @@ def phase_rooflines(workload: WorkloadConfig, meta: dict, world: int, roof: dict
 
 def run_shape(workload: WorkloadConfig, runtime, roof: dict, trace_dir: str | None = None) -> dict:
     if runtime.device.type == "cuda":
+        gc.collect()  # the previous shape's layer and its graphs (reference cycles), e.g. --compare-legacy's
         torch.cuda.empty_cache()  # every shape starts from an empty allocator cache
     trace = run_workload(workload, runtime, progress=Progress(None, runtime.rank))
     if trace_dir and runtime.rank == 0:

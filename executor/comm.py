@@ -17,6 +17,7 @@ the collective and not the wait for a straggler or the host's launch latency).
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -339,46 +340,65 @@ def exchange_counts(counts: torch.Tensor, group=None) -> torch.Tensor:
     return out
 
 
-class CountExchange:
-    """The split-size exchange of one layer: E kept-row counts per rank all-to-all'd, and the copy of
-    [counts, kept rows, received counts] to the host (the forward's one synchronisation).
+#: one CountExchange per (experts, group, device) and process: the graphs that hold NCCL work are
+#: captured once, on every rank at the same call, and never destroyed while NCCL runs
+_EXCHANGES: dict = {}
 
-    `source` (E + 1,) int64 on the device is the input: the rows this rank sends per expert position,
-    then their sum (the kept rows); a producer writes it (the gate's graph writes it in its replay,
-    `gate_graph.GraphedGate(sink=...)`) or `load` copies into it. `__call__()` returns
-    (host ints: counts (E), kept rows (1), received (E): block s = rows from rank s per local expert;
-    received (E,) on the device, valid until the next call).
+
+class CountExchange:
+    """The split-size exchange of a layer: E kept-row counts per rank all-to-all'd, the split sizes
+    summed, and one copy of it all to the host (the forward's one synchronisation).
+
+    `source` (E + 1,) int64 on the device is the input: the rows this rank sends per expert position
+    (rank-major: the experts of rank 0, then of rank 1, ...), then their sum (the kept rows); a
+    producer writes it (the gate's graph writes it in its replay, `gate_graph.GraphedGate(sink=...)`)
+    or `load` copies into it. `__call__()` returns (host ints, received): the host ints are
+    counts (E), kept rows (1), received (E: block s = rows from rank s per local expert), send
+    splits (W: rows to each rank), receive splits (W), rows per local expert (E/W); received (E,)
+    stays on the device, valid until the next call.
 
     On a GPU the exchange is one CUDA graph, captured at the first call (every rank makes its first
-    call in the same forward, so captures and the warm-up exchange line up across ranks): the NCCL
-    all-to-all of the counts (at world size 1 a copy) and the copy of the result into pinned host
-    memory; a call is one replay and one stream synchronisation, then the host reads the pinned
-    buffer (no further CUDA call). torch's eager all_to_all_single costs 100-200 us of host time
-    here; the replay is one launch. Off a GPU, with `enabled=False`, or after a capture that fails
-    (said once on stderr), the same function runs eagerly: `exchange_counts`, then `.tolist()`.
+    call in the same forward): the NCCL all-to-all of the counts (at world size 1 a copy), the sums,
+    and the copy into pinned host memory; a call is one replay and one stream synchronisation, then
+    the host reads the pinned buffer (no further CUDA call). Off a GPU, with `enabled=False` or
+    LSHSIM_EXCHANGE_GRAPH=0, or after a capture that fails (said once on stderr), the same function
+    runs eagerly, then `.tolist()`. `shared` gives one instance per (E, group, device) and process:
+    layers run one after another share its source and graph.
     """
 
     def __init__(self, num_experts: int, device: torch.device, group=None, enabled: bool = True) -> None:
-        if num_experts < 1:
-            raise ValueError(f"num_experts={num_experts} must be >= 1")
-        self.num_experts, self.group = num_experts, group
+        world = world_size_of(group)
+        if num_experts < 1 or num_experts % world:
+            raise ValueError(f"num_experts={num_experts} must be a positive multiple of the world size {world}")
+        self.num_experts, self.group, self.world = num_experts, group, world
         self.source = torch.zeros(num_experts + 1, dtype=torch.int64, device=device)
-        self.enabled = enabled and device.type == "cuda"
+        self.enabled = enabled and device.type == "cuda" and os.environ.get("LSHSIM_EXCHANGE_GRAPH", "1") != "0"
         self._graph = None
         self.replays = 0
+
+    @classmethod
+    def shared(cls, num_experts: int, device: torch.device, group=None, enabled: bool = True) -> "CountExchange":
+        key = (num_experts, id(group), str(device), enabled)
+        if key not in _EXCHANGES:
+            _EXCHANGES[key] = cls(num_experts, device, group, enabled)
+        return _EXCHANGES[key]
 
     def load(self, counts: torch.Tensor, num_kept: torch.Tensor) -> None:
         """source = [counts (E,), num_kept (1,)]: one kernel (a cat into the source)."""
         torch.cat([counts.reshape(-1), num_kept.reshape(1)], out=self.source)
 
     def _exchange(self) -> torch.Tensor:
-        """(2E + 1,) int64 on the device: counts, kept rows, received counts."""
-        received = exchange_counts(self.source[:self.num_experts], self.group)
-        return torch.cat([self.source, received])
+        """(2E + 1 + 2W + E/W,) int64 on the device: what `__call__` returns to the host."""
+        num, world = self.num_experts, self.world
+        counts = self.source[:num]
+        received = exchange_counts(counts, self.group)
+        by_rank = received.view(world, num // world)  # (W, E_r)
+        return torch.cat([self.source, received, counts.view(world, num // world).sum(1), by_rank.sum(1),
+                          by_rank.sum(0)])
 
     def _capture(self):
-        num = 2 * self.num_experts + 1
-        host = torch.empty(num, dtype=torch.int64, pin_memory=True)
+        host = torch.empty(self.num_experts * 2 + 1 + 2 * self.world + self.num_experts // self.world,
+                           dtype=torch.int64, pin_memory=True)
         torch.cuda.synchronize()
         self._exchange()  # warm-up outside the capture (communicator, lazy kernel loading); every rank
         torch.cuda.synchronize()
@@ -405,6 +425,6 @@ class CountExchange:
                 graph.replay()
                 torch.cuda.current_stream(out.device).synchronize()
                 self.replays += 1
-                return host.tolist(), out[num + 1:]
+                return host.tolist(), out[num + 1:2 * num + 1]
         out = self._exchange()
-        return out.tolist(), out[num + 1:]
+        return out.tolist(), out[num + 1:2 * num + 1]

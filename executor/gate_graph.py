@@ -10,8 +10,10 @@ What carries a gradient runs eagerly around the replay, with the functions the r
 (`topk_gate_weight`, `grap_scores`), so the gate weights and their gradients are exactly those of
 `route_on_rank`: the replay returns the same plan, field for field (tests/test_moe_ops.py).
 
-The graph's outputs live in one static int64 buffer that every replay overwrites; a call returns
-a copy (one kernel), so plans of earlier calls stay valid.
+The graph's outputs live in static buffers that every replay overwrites; a call returns copies
+(one kernel each), so plans of earlier calls stay valid, or, with copy_outputs=False (the layer's
+"fast" path: a kernel launch costs ~20 us of host time on the benchmark's VMs), the buffers
+themselves, valid until the next call.
 
 Off a GPU (or with `enabled=False`) the same function runs eagerly: the CPU tests exercise the code
 that is captured.
@@ -26,47 +28,8 @@ from lshsim.dispatch import DispatchPlan, Placement, RouterConfig
 from lshsim.dispatch.routers import SYNC_FREE_ROUTERS, get_router, route_on_rank
 from lshsim.executor.moe_ops import choice_order, gather_choices, inverse_permutation
 
-__all__ = ["GraphedRouting", "GraphedGate", "CapturedFunction", "pack_tensors", "unpack_tensors"]
+__all__ = ["GraphedRouting", "GraphedGate", "CapturedFunction"]
 
-
-def pack_tensors(tensors) -> tuple[torch.Tensor, tuple]:
-    """Tensors of any dtypes -> (one flat uint8 buffer, layout): every tensor's bytes, each part
-    padded to a multiple of 8 bytes so that `unpack_tensors` can view it in its own dtype. A graph
-    that packs its outputs so is read back with one copy (one kernel launch) instead of one a tensor.
-
-    >>> buf, layout = pack_tensors([torch.tensor([1, 2]), torch.tensor([0.5]), torch.tensor([True, False])])
-    >>> [t.tolist() for t in unpack_tensors(buf, layout)]
-    [[1, 2], [0.5], [True, False]]
-    """
-    parts, layout, offset = [], [], 0
-    for tensor in tensors:
-        raw = tensor.contiguous().reshape(-1).view(torch.uint8)
-        pad = -raw.numel() % 8
-        parts.append(raw)
-        if pad:
-            parts.append(torch.zeros(pad, dtype=torch.uint8, device=raw.device))
-        layout.append((offset, raw.numel(), tensor.dtype, tuple(tensor.shape)))
-        offset += raw.numel() + pad
-    return torch.cat(parts), tuple(layout)
-
-
-def unpack_tensors(buffer: torch.Tensor, layout: tuple) -> list[torch.Tensor]:
-    """The tensors of `pack_tensors` as views of `buffer` (or of a copy of it): no kernel."""
-    return [buffer[offset:offset + size].view(dtype).view(shape) for offset, size, dtype, shape in layout]
-
-
-class _Attach(torch.autograd.Function):
-    """values (no gradient) with the gradient of `carrier`: forward returns values as they are
-    (a view: no kernel), backward hands the gradient to `carrier`. Lets a plan hold a copy of a
-    graph's static output while its gradient still flows into the graph's backward."""
-
-    @staticmethod
-    def forward(ctx, carrier, values):
-        return values.view_as(values)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
 
 
 class CapturedFunction:
@@ -77,8 +40,10 @@ class CapturedFunction:
     fn runs eagerly. A capture that fails (an operation that cannot be captured) is reported once
     on stderr and the function runs eagerly from then on."""
 
-    def __init__(self, fn, enabled: bool = True, name: str = "function") -> None:
+    def __init__(self, fn, enabled: bool = True, name: str = "function", copy_outputs: bool = True) -> None:
         self.fn, self.enabled, self.name = fn, enabled, name
+        #: False: a call returns the graph's static outputs themselves (no kernel), valid until the next call
+        self.copy_outputs = copy_outputs
         self._graphs: dict = {}
         self.replays = 0
 
@@ -119,6 +84,8 @@ class CapturedFunction:
             static[name].copy_(value.detach())
         graph.replay()
         self.replays += 1
+        if not self.copy_outputs:
+            return out, meta
         if isinstance(out, tuple):
             return tuple(o.clone() for o in out), meta
         return out.clone(), meta
@@ -209,14 +176,13 @@ class GraphedRouting:
     """
 
     def __init__(self, config: RouterConfig, placement: Placement, rank: int, position: torch.Tensor,
-                 enabled: bool = True, bias: torch.Tensor | None = None, packed: bool = True) -> None:
+                 enabled: bool = True, bias: torch.Tensor | None = None, copy_outputs: bool = True) -> None:
         self.config, self.placement, self.rank, self.position = config, placement, rank, position
         self.bias = bias  # added to the logits inside the graph (linear-gate routers)
-        #: outputs packed into one buffer (one copy out of the graph a call); False: three copies
-        #: (the layout before; `LSHSIM_GATE_PATH=legacy`)
-        self.packed = packed
         self._token_rank: dict = {}
-        self.captured = CapturedFunction(self._indices, enabled and config.name in SYNC_FREE_ROUTERS, "routing")
+        #: copy_outputs=False: plans and orders are the graph's static outputs, valid until the next call
+        self.captured = CapturedFunction(self._indices, enabled and config.name in SYNC_FREE_ROUTERS, "routing",
+                                         copy_outputs=copy_outputs)
         self.segments = CapturedFunction(self._segments, enabled, "LSH bucketing")
 
     @property
@@ -238,9 +204,6 @@ class GraphedRouting:
             r = route_indices(self.config, self.placement, self.rank, self.position, self._router_inputs(inputs))
             flat = torch.cat([r["expert_index"].reshape(-1), r["slot"].reshape(-1), r["order"], r["inv"],
                               r["token_of_row"], r["tokens_per_expert"], r["counts"]])
-            if self.packed:
-                buffer, layout = pack_tensors([flat, r["gate_weight"].float(), r["kept"]])
-                return buffer, (r["expert_index"].shape[1], r["capacity"], layout)
         return (flat, r["kept"], r["gate_weight"]), (r["expert_index"].shape[1], r["capacity"])
 
     def __call__(self, inputs: dict) -> tuple[DispatchPlan, torch.Tensor, torch.Tensor, torch.Tensor,
@@ -255,12 +218,7 @@ class GraphedRouting:
             plan = route_on_rank(self.config, self.placement, self.rank, **self._router_inputs(inputs))
             order, counts = choice_order(plan.expert_index, plan.slot, plan.kept, self.position, plan.capacity)
             return plan, order, inverse_permutation(order), counts, None
-        out, meta = self.captured(**inputs)
-        if self.packed:
-            k, capacity, layout = meta
-            flat, weight_values, kept = unpack_tensors(out, layout)
-        else:
-            (flat, kept, weight_values), (k, capacity) = out, meta
+        (flat, kept, weight_values), (k, capacity) = self.captured(**inputs)
         source = next(iter(inputs.values()))
         num_tokens = source.shape[0]
         num_experts = self.placement.num_experts
@@ -326,29 +284,29 @@ class GraphedGate:
     (`torch.cuda.make_graphed_callables`): logits, routing, send order, gate weights and the
     gathered send rows, for the routers in SYNC_FREE_ROUTERS.
 
-    call(x, token_ids) -> (plan, order, inv, counts, send_x). The send rows (T*k, d) are the graph's
-    static output: the next call overwrites them (the layer consumes them within one forward);
-    everything else is a copy. One graph per (tokens, dtype, whether x and the gate weight require
-    a gradient). Off a GPU the same function runs eagerly under autograd. A capture that fails is
-    reported once on stderr; the caller then uses its eager path (`available` turns False).
+    call(x, token_ids) -> (plan, order, inv, counts, send_x). One graph per (tokens, dtype, whether
+    x and the gate weight require a gradient). Off a GPU the same function runs eagerly under
+    autograd. A capture that fails is reported once on stderr; the caller then uses its eager path
+    (`available` turns False).
 
-    Kernel launches of a call on a GPU (each costs ~20 us of host time on the benchmark's VMs):
-    the copy of x into the graph's input, the replay, and one copy of the packed index outputs
-    (expert ids, slots, order, inverse, counts, gate weights, kept: `pack_tensors`). The gate
-    weight (a parameter: updated in place, never reallocated) is read by the graph where it lives,
-    not copied. `sink`: an (E + 1,) int64 buffer the graph also writes the kept rows per expert
-    position and their sum into (the split-size exchange's input, `comm.CountExchange`), so the
-    exchange needs no copy of its own. packed=False: the layout before (the weight copied in,
-    four outputs, three copies out: `LSHSIM_GATE_PATH=legacy`).
+    copy_outputs=False (the layer's "fast" path): a call is the copy of x into the graph's input and
+    the replay, nothing else on the GPU: the gate weight (a parameter: updated in place, never
+    reallocated) is read by the graph where it lives, and the plan, order, inverse and counts are the
+    graph's static outputs, valid until the next call (make_graphed_callables' backward already
+    needs a forward's backward before the graph's next forward). `sink`: an (E + 1,) int64 buffer
+    the graph also writes the kept rows per expert position and their sum into (the split-size
+    exchange's input, `comm.CountExchange`), so the exchange copies nothing. copy_outputs=True (the
+    "legacy" path, `LSHSIM_GATE_PATH=legacy`): the weight copied in, three copies out.
+    The send rows (T*k, d) are a static output in both.
     """
 
     def __init__(self, routing: GraphedRouting, gate_inputs, gate_weight: torch.Tensor | None,
-                 enabled: bool = True, packed: bool = True, sink: torch.Tensor | None = None) -> None:
+                 enabled: bool = True, copy_outputs: bool = True, sink: torch.Tensor | None = None) -> None:
         self.routing = routing
         self.gate_inputs = gate_inputs  # (x, weight) -> the router's inputs, bias included
         self.weight = gate_weight
         self.available = enabled and routing.config.name in SYNC_FREE_ROUTERS
-        self.packed = packed
+        self.copy_outputs = copy_outputs
         self.sink = sink
         self._graphed: dict = {}
         self.replays = 0
@@ -373,11 +331,6 @@ class GraphedGate:
             source = router_inputs["logits"] if config.name == "topk" else router_inputs["hidden"]
             gate_weight = GateWeights.apply(source, r["gate_weight"], r["expert_index"], config.name, None)
         send_x = gather_choices(x, order, inv, k, r["token_of_row"])  # (T*k, d), fp32 sums backward
-        if self.packed:
-            with torch.no_grad():
-                packed, layout = pack_tensors([flat, gate_weight.detach().float(), r["kept"]])
-            self._meta = (k, r["capacity"], layout)
-            return send_x, gate_weight, packed
         self._meta = (k, r["capacity"])
         return send_x, gate_weight, flat, r["kept"]
 
@@ -387,8 +340,8 @@ class GraphedGate:
         return (x,) if self.weight is None else (x, self.weight)  # locmoe's GrAP gate has no weight
 
     def _samples(self, args: tuple) -> tuple:
-        """The graph's static inputs: copies of x (and token ids); the gate weight itself when packed."""
-        if self.packed and self.weight is not None and len(args) == 2 and args[1] is self.weight:
+        """The graph's static inputs: copies of x (and token ids); the gate weight itself without copies."""
+        if not self.copy_outputs and self.weight is not None and len(args) == 2 and args[1] is self.weight:
             return (args[0].detach().clone().requires_grad_(args[0].requires_grad), self.weight)
         return tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
 
@@ -411,26 +364,14 @@ class GraphedGate:
                     self.available = False
                     return None
                 self._graphed[key] = (graphed, self._meta)
-            graphed, meta = self._graphed[key]
-            outputs = graphed(*args)
-            if self.packed:  # one copy of the index outputs; the plan's weights carry the graph's gradient
-                send_x, weight_out, packed = outputs
-                packed = packed.clone()
-            else:
-                send_x, gate_weight, flat, kept = outputs
+            graphed, (k, capacity) = self._graphed[key]
+            send_x, gate_weight, flat, kept = graphed(*args)
+            if self.copy_outputs:
                 flat, kept, gate_weight = flat.clone(), kept.clone(), gate_weight.clone()
             self.replays += 1
         else:
-            outputs = self._fn(*args)
-            meta = self._meta
-            if self.packed:
-                send_x, weight_out, packed = outputs
-            else:
-                send_x, gate_weight, flat, kept = outputs
-        k, capacity = meta[0], meta[1]
-        if self.packed:
-            flat, weight_values, kept = unpack_tensors(packed, meta[2])
-            gate_weight = _Attach.apply(weight_out, weight_values) if weight_out.requires_grad else weight_values
+            send_x, gate_weight, flat, kept = self._fn(*args)
+            k, capacity = self._meta
         num_tokens = x.shape[0]
         num_experts = self.routing.placement.num_experts
         rows = num_tokens * k

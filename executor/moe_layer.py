@@ -277,16 +277,17 @@ class DistributedMoE:
         self.gate_path = gate_path()
         fast = self.gate_path == "fast"
         #: the split-size exchange: one CUDA graph (NCCL all-to-all + copy to pinned host memory) on a GPU
-        self.count_exchange = CountExchange(workload.num_experts, ctx.device, enabled=fast)
+        self.count_exchange = CountExchange.shared(workload.num_experts, ctx.device, enabled=fast)
         #: the gate's index work, one CUDA graph replay per forward on a GPU (`gate_graph`)
         self.routing = GraphedRouting(workload.router, self.placement, ctx.rank, self.position,
                                       enabled=ctx.device.type == "cuda",
-                                      bias=self.gate.bias if self.gate.weight is not None else None, packed=fast)
+                                      bias=self.gate.bias if self.gate.weight is not None else None,
+                                      copy_outputs=not fast)
         #: the whole gate of a forward without LSH as one graph forward and backward on a GPU; it also
         #: writes the exchange's input
         self.gate_graph = GraphedGate(
             self.routing, lambda x, weight: _gate_inputs(workload, GateParams(weight, self.gate.bias), x),
-            self.gate.weight, packed=fast,
+            self.gate.weight, copy_outputs=not fast,
             sink=self.count_exchange.source if fast else None)  # on a CPU the same function runs eagerly
         #: expert arithmetic: "auto" (grouped_mm where it runs, else padded bmm), "grouped_mm" or
         #: "padded_bmm"; `expert_method` is the one the last forward used
@@ -404,20 +405,23 @@ class DistributedMoE:
         self._begin("other")
         if fast and gated is None:  # the gate's graph (or its eager run on a CPU) did not write them
             self.count_exchange.load(counts, kept_dev if kept_dev is not None else counts.sum())
-        if fast:  # one graph replay on a GPU: the all-to-all, the copy to pinned host memory
+        world = ctx.world_size
+        if fast:  # one graph replay on a GPU: the all-to-all, the sums, the copy to pinned host memory
             host, received = self.count_exchange()
-            counts_host, num_kept = host[:num_experts], host[num_experts]
-            received_host = host[num_experts + 1:]
+            num_kept = host[num_experts]
+            at = 2 * num_experts + 1
+            send_splits, recv_splits, rows_per_expert = host[at:at + world], host[at + world:at + 2 * world], \
+                host[at + 2 * world:]
         else:
             received = exchange_counts(counts)  # (E,): block s = rows from rank s per local expert
             kept_dev = kept_dev if kept_dev is not None else counts.sum().reshape(1)
             host = torch.cat([counts, received, kept_dev]).tolist()
             counts_host, received_host, num_kept = host[:num_experts], host[num_experts:2 * num_experts], host[-1]
-        send_splits = [sum(counts_host[r * per_rank:(r + 1) * per_rank]) for r in range(ctx.world_size)]
-        recv_splits = [sum(received_host[r * per_rank:(r + 1) * per_rank]) for r in range(ctx.world_size)]
-        rows_per_expert = [sum(received_host[r * per_rank + e] for r in range(ctx.world_size)) for e in range(per_rank)]
+            send_splits = [sum(counts_host[r * per_rank:(r + 1) * per_rank]) for r in range(world)]
+            recv_splits = [sum(received_host[r * per_rank:(r + 1) * per_rank]) for r in range(world)]
+            rows_per_expert = [sum(received_host[r * per_rank + e] for r in range(world)) for e in range(per_rank)]
         self._end("other")
-        rows_sent = sum(counts_host)  # kept rows, or centroids under LSH
+        rows_sent = sum(send_splits)  # kept rows, or centroids under LSH
         payload = send_x[:rows_sent] if lsh is None else centroids[:rows_sent]
         # 4. dispatch all-to-all; its backward ends and begins its neighbours in the phase table's
         # backward timing chain (the expert's backward, then LSH compress's)

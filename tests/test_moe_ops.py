@@ -280,26 +280,15 @@ def test_graphed_gate_equals_the_eager_gate_on_a_gpu(router):
     assert graphed.gate_graph.replays == 3
 
 
-# ---- the fast gate path: packed graph outputs, the exchange's input written by the gate, the
-# split-size exchange as one graph (the eager code here is the code the graphs capture) -------------
-def test_pack_tensors_round_trips_every_dtype_and_pads_to_eight_bytes():
-    from lshsim.executor.gate_graph import pack_tensors, unpack_tensors
-
-    parts = [torch.arange(5), torch.tensor([[0.25, -1.5, 3.0]]), torch.tensor([True, False, True]),
-             torch.arange(3, dtype=torch.int32), torch.arange(2)]
-    buffer, layout = pack_tensors(parts)
-    assert buffer.dtype == torch.uint8 and all(offset % 8 == 0 for offset, *_ in layout)
-    for got, want in zip(unpack_tensors(buffer.clone(), layout), parts):
-        assert got.dtype == want.dtype and torch.equal(got, want)
-
-
+# ---- the fast gate path: the graph's outputs uncopied, the exchange's input written by the gate,
+# the split-size exchange and its sums as one graph (the eager code here is the code the graphs capture)
 def test_count_exchange_on_one_rank_returns_counts_kept_rows_and_received():
     from lshsim.executor.comm import CountExchange
 
     exchange = CountExchange(4, torch.device("cpu"))
     exchange.load(torch.tensor([3, 0, 2, 5]), torch.tensor(10))
-    host, received = exchange()
-    assert host == [3, 0, 2, 5, 10, 3, 0, 2, 5] and received.tolist() == [3, 0, 2, 5]
+    host, received = exchange()  # counts, kept, received, send splits, receive splits, rows per expert
+    assert host == [3, 0, 2, 5, 10, 3, 0, 2, 5, 10, 10, 3, 0, 2, 5] and received.tolist() == [3, 0, 2, 5]
     assert exchange.replays == 0  # eager off a GPU
     with pytest.raises(ValueError, match="num_experts=0"):
         CountExchange(0, torch.device("cpu"))
@@ -344,8 +333,8 @@ def _forward_backward(model, x0, ids):
 @pytest.mark.parametrize("lsh", [None, {"family": "cross_polytope", "num_hashes": 2, "proj_dim": 4, "seed": 0}],
                          ids=["plain", "lsh"])
 def test_fast_gate_path_equals_the_legacy_path_on_a_cpu(monkeypatch, router, lsh):
-    """The packed gate (its weights' gradient through _Attach), the exchange's input written by
-    the gate and the exchange's function: outputs, plan, splits and gradients equal the legacy path."""
+    """The exchange's input written by the gate, the splits summed by the exchange's function:
+    outputs, plans, splits and gradients equal the legacy path."""
     from lshsim.executor.moe_layer import rank_inputs
     from lshsim.executor.workload import WorkloadConfig
 
@@ -405,3 +394,21 @@ def test_fast_gate_path_equals_the_legacy_path_on_a_gpu(monkeypatch, router):
             scale = float(b.float().abs().max()) or 1.0
             assert float((a.float() - b.float()).abs().max()) <= 1e-3 * scale
     assert fast.gate_graph.replays == 3 and fast.count_exchange.replays == 3
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_count_exchange_sums_the_splits_as_the_layer_did(world):
+    """The split sums of the exchange's function (by rank and by local expert) == the host loops
+    of the legacy path, on the received counts of a 1-rank exchange reshaped for W ranks."""
+    from lshsim.executor.comm import CountExchange
+
+    exchange = CountExchange(3 * world, torch.device("cpu"))
+    exchange.world = world  # the sums only (the all-to-all of one rank is a copy)
+    counts = torch.randint(0, 9, (3 * world,), generator=torch.Generator().manual_seed(world))
+    exchange.load(counts, counts.sum())
+    host, _ = exchange()
+    c, per_rank = counts.tolist(), 3
+    at = 2 * 3 * world + 1
+    assert host[at:at + world] == [sum(c[r * per_rank:(r + 1) * per_rank]) for r in range(world)]
+    assert host[at + world:at + 2 * world] == host[at:at + world]  # received == sent on one rank
+    assert host[at + 2 * world:] == [sum(c[r * per_rank + e] for r in range(world)) for e in range(per_rank)]
