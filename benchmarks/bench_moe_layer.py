@@ -87,8 +87,9 @@ def measure_count_exchange(runtime, num_experts: int = 256, repeats: int = 50) -
     """The split-size exchange alone, as the layer runs it: ranks aligned (untimed), then the
     exchange; median over `repeats` of the host wall time (the layer's "other" ends when the host
     has the counts). Two ways: "eager" (the legacy path: an all-to-all of E int64 counts, a cat and
-    `.tolist()`) and "graph" (`CountExchange`: one CUDA graph replay, a stream synchronisation and
-    a read of pinned host memory). None on one rank."""
+    `.tolist()`) and "graph" (`CountExchange` forced to its graph, which the layer uses on several
+    ranks only with LSHSIM_EXCHANGE_GRAPH=1: one CUDA graph replay, a stream synchronisation and a
+    read of pinned host memory). None on one rank."""
     import statistics
 
     from lshsim.executor.comm import CountExchange, align_ranks, exchange_counts
@@ -96,14 +97,14 @@ def measure_count_exchange(runtime, num_experts: int = 256, repeats: int = 50) -
     if runtime.world_size == 1:
         return None
     counts = torch.arange(num_experts, device=runtime.device)
-    graphed = CountExchange(num_experts, runtime.device)
+    graphed = CountExchange(num_experts, runtime.device, enabled=True)  # the graph, also on several ranks
     graphed.load(counts, counts.sum())
 
     def eager():
         return torch.cat([counts, exchange_counts(counts), counts.sum().reshape(1)]).tolist()
 
     result = {"num_experts": num_experts, "repeats": repeats}
-    for name, fn in (("eager", eager), ("graph", lambda: graphed()[0])):
+    for name, fn in (("eager", eager), ("graph", lambda: graphed()[0][:2 * num_experts + 1])):
         walls = []
         for it in range(repeats + 5):
             align_ranks(runtime.device)

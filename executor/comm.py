@@ -27,7 +27,7 @@ import torch.distributed as dist
 from lshsim.executor.timing import PhaseTimer
 
 __all__ = ["CommStats", "CommContext", "all_to_all", "mark", "align_ranks", "exchange_counts",
-           "CountExchange", "world_size_of", "rank_of", "node_process_group", "HOLD_CYCLES", "WIRE_FORMATS", "FP8_BLOCK",
+           "CountExchange", "exchange_graph_enabled", "world_size_of", "rank_of", "node_process_group", "HOLD_CYCLES", "WIRE_FORMATS", "FP8_BLOCK",
            "fp8_row_bytes", "quantize_fp8_rows", "dequantize_fp8_rows", "fake_fp8"]
 
 
@@ -340,6 +340,20 @@ def exchange_counts(counts: torch.Tensor, group=None) -> torch.Tensor:
     return out
 
 
+def exchange_graph_enabled(world_size: int, enabled: bool | None = None) -> bool:
+    """Whether the split-size exchange runs as a CUDA graph: `enabled` when given, else
+    LSHSIM_EXCHANGE_GRAPH: "1" always, "0" never, "auto" (the default) at world size 1 only. Graphs
+    holding an NCCL all-to-all hung `executor check` on 2 H200 (its last case,
+    locmoe-lsh-groupwise-fp8, after the cases that create and drop other communicators; cause not
+    isolated), so with several ranks the exchange stays eager unless asked for."""
+    if enabled is not None:
+        return enabled
+    value = os.environ.get("LSHSIM_EXCHANGE_GRAPH", "auto")
+    if value not in ("0", "1", "auto"):
+        raise ValueError(f"environment variable LSHSIM_EXCHANGE_GRAPH={value!r}: expected 0, 1 or auto")
+    return value == "1" or (value == "auto" and world_size == 1)
+
+
 #: one CountExchange per (experts, group, device) and process: the graphs that hold NCCL work are
 #: captured once, on every rank at the same call, and never destroyed while NCCL runs
 _EXCHANGES: dict = {}
@@ -357,27 +371,28 @@ class CountExchange:
     splits (W: rows to each rank), receive splits (W), rows per local expert (E/W); received (E,)
     stays on the device, valid until the next call.
 
-    On a GPU the exchange is one CUDA graph, captured at the first call (every rank makes its first
-    call in the same forward): the NCCL all-to-all of the counts (at world size 1 a copy), the sums,
-    and the copy into pinned host memory; a call is one replay and one stream synchronisation, then
-    the host reads the pinned buffer (no further CUDA call). Off a GPU, with `enabled=False` or
-    LSHSIM_EXCHANGE_GRAPH=0, or after a capture that fails (said once on stderr), the same function
-    runs eagerly, then `.tolist()`. `shared` gives one instance per (E, group, device) and process:
+    As a CUDA graph (on a GPU where `exchange_graph_enabled`: by default at world size 1 only), captured
+    at the first call (every rank makes its first call in the same forward): the NCCL all-to-all of
+    the counts (at world size 1 a copy), the sums, and the copy into pinned host memory; a call is one
+    replay and one stream synchronisation, then the host reads the pinned buffer (no further CUDA
+    call). Otherwise, or after a capture that fails (said once on stderr), the exchange runs eagerly
+    (the all-to-all, one cat, `.tolist()`) and the host sums the splits. `shared` gives one instance per (E, group, device) and process:
     layers run one after another share its source and graph.
     """
 
-    def __init__(self, num_experts: int, device: torch.device, group=None, enabled: bool = True) -> None:
+    def __init__(self, num_experts: int, device: torch.device, group=None, enabled: bool | None = None) -> None:
         world = world_size_of(group)
         if num_experts < 1 or num_experts % world:
             raise ValueError(f"num_experts={num_experts} must be a positive multiple of the world size {world}")
         self.num_experts, self.group, self.world = num_experts, group, world
         self.source = torch.zeros(num_experts + 1, dtype=torch.int64, device=device)
-        self.enabled = enabled and device.type == "cuda" and os.environ.get("LSHSIM_EXCHANGE_GRAPH", "1") != "0"
+        self.enabled = device.type == "cuda" and exchange_graph_enabled(world, enabled)
         self._graph = None
         self.replays = 0
 
     @classmethod
-    def shared(cls, num_experts: int, device: torch.device, group=None, enabled: bool = True) -> "CountExchange":
+    def shared(cls, num_experts: int, device: torch.device, group=None,
+               enabled: bool | None = None) -> "CountExchange":
         key = (num_experts, id(group), str(device), enabled)
         if key not in _EXCHANGES:
             _EXCHANGES[key] = cls(num_experts, device, group, enabled)
@@ -387,14 +402,26 @@ class CountExchange:
         """source = [counts (E,), num_kept (1,)]: one kernel (a cat into the source)."""
         torch.cat([counts.reshape(-1), num_kept.reshape(1)], out=self.source)
 
-    def _exchange(self) -> torch.Tensor:
-        """(2E + 1 + 2W + E/W,) int64 on the device: what `__call__` returns to the host."""
+    def _exchange(self, sums: bool = True) -> torch.Tensor:
+        """(2E + 1 + 2W + E/W,) int64 on the device: what `__call__` returns to the host; without
+        `sums` only the first 2E + 1 (the eager path sums on the host: three kernels cost more)."""
         num, world = self.num_experts, self.world
         counts = self.source[:num]
         received = exchange_counts(counts, self.group)
+        if not sums:
+            return torch.cat([self.source, received])
         by_rank = received.view(world, num // world)  # (W, E_r)
         return torch.cat([self.source, received, counts.view(world, num // world).sum(1), by_rank.sum(1),
                           by_rank.sum(0)])
+
+    def _host_sums(self, host: list[int]) -> list[int]:
+        """The split sums of the eager path, on the host (slices: no Python loop over experts per rank)."""
+        num, world = self.num_experts, self.world
+        per_rank = num // world
+        counts, received = host[:num], host[num + 1:2 * num + 1]
+        send = [sum(counts[r * per_rank:(r + 1) * per_rank]) for r in range(world)]
+        recv = [sum(received[r * per_rank:(r + 1) * per_rank]) for r in range(world)]
+        return host + send + recv + [sum(received[e::per_rank]) for e in range(per_rank)]
 
     def _capture(self):
         host = torch.empty(self.num_experts * 2 + 1 + 2 * self.world + self.num_experts // self.world,
@@ -426,5 +453,5 @@ class CountExchange:
                 torch.cuda.current_stream(out.device).synchronize()
                 self.replays += 1
                 return host.tolist(), out[num + 1:2 * num + 1]
-        out = self._exchange()
-        return out.tolist(), out[num + 1:2 * num + 1]
+        out = self._exchange(sums=False)
+        return self._host_sums(out.tolist()), out[num + 1:2 * num + 1]

@@ -276,8 +276,9 @@ class DistributedMoE:
             self.projection = make_projection(workload.d_model, self.lsh, device=ctx.device, dtype=dtype)
         self.gate_path = gate_path()
         fast = self.gate_path == "fast"
-        #: the split-size exchange: one CUDA graph (NCCL all-to-all + copy to pinned host memory) on a GPU
-        self.count_exchange = CountExchange.shared(workload.num_experts, ctx.device, enabled=fast)
+        #: the split-size exchange (fast path): one CUDA graph (all-to-all + copy to pinned host memory) on a
+        #: GPU where `comm.exchange_graph_enabled` (by default on one rank only), else eager
+        self.count_exchange = CountExchange.shared(workload.num_experts, ctx.device)
         #: the gate's index work, one CUDA graph replay per forward on a GPU (`gate_graph`)
         self.routing = GraphedRouting(workload.router, self.placement, ctx.rank, self.position,
                                       enabled=ctx.device.type == "cuda",

@@ -361,7 +361,7 @@ def test_count_exchange_graph_equals_the_eager_exchange_on_a_gpu():
     from lshsim.executor.comm import CountExchange
 
     device = torch.device("cuda")
-    graphed, eager = CountExchange(16, device), CountExchange(16, device, enabled=False)
+    graphed, eager = CountExchange(16, device, enabled=True), CountExchange(16, device, enabled=False)
     for seed in range(3):  # new counts each call: the replay reads the source as it is now
         counts = torch.randint(0, 100, (16,), generator=torch.Generator().manual_seed(seed)).to(device)
         for exchange in (graphed, eager):
@@ -384,6 +384,7 @@ def test_fast_gate_path_equals_the_legacy_path_on_a_gpu(monkeypatch, router):
     device = torch.device("cuda")
     workload = WorkloadConfig(name="g", tokens_per_rank=512, d_model=256, d_ffn=512, num_experts=8, router=router)
     fast, legacy = _layers_fast_and_legacy(monkeypatch, workload, device, torch.bfloat16)
+    replays = fast.count_exchange.replays  # shared by the layers of this process
     for seed in range(3):
         x0, ids = rank_inputs(dataclasses.replace(workload, seed=seed), 0, device, torch.bfloat16)
         out_f, grads_f = _forward_backward(fast, x0, ids)
@@ -393,7 +394,7 @@ def test_fast_gate_path_equals_the_legacy_path_on_a_gpu(monkeypatch, router):
         for a, b in zip(grads_f, grads_l):  # the same kernels: equal up to the order of float sums
             scale = float(b.float().abs().max()) or 1.0
             assert float((a.float() - b.float()).abs().max()) <= 1e-3 * scale
-    assert fast.gate_graph.replays == 3 and fast.count_exchange.replays == 3
+    assert fast.gate_graph.replays == 3 and fast.count_exchange.replays - replays == 3
 
 
 @pytest.mark.parametrize("world", [2, 4])
@@ -412,3 +413,19 @@ def test_count_exchange_sums_the_splits_as_the_layer_did(world):
     assert host[at:at + world] == [sum(c[r * per_rank:(r + 1) * per_rank]) for r in range(world)]
     assert host[at + world:at + 2 * world] == host[at:at + world]  # received == sent on one rank
     assert host[at + 2 * world:] == [sum(c[r * per_rank + e] for r in range(world)) for e in range(per_rank)]
+    assert exchange._exchange(sums=True).tolist() == host  # the graph's sums (on the device) == the host's
+
+
+def test_exchange_graph_by_default_on_one_rank_only(monkeypatch):
+    from lshsim.executor.comm import exchange_graph_enabled
+
+    monkeypatch.delenv("LSHSIM_EXCHANGE_GRAPH", raising=False)
+    assert exchange_graph_enabled(1) and not exchange_graph_enabled(2)
+    assert exchange_graph_enabled(2, enabled=True) and not exchange_graph_enabled(1, enabled=False)
+    monkeypatch.setenv("LSHSIM_EXCHANGE_GRAPH", "1")
+    assert exchange_graph_enabled(4)
+    monkeypatch.setenv("LSHSIM_EXCHANGE_GRAPH", "0")
+    assert not exchange_graph_enabled(1)
+    monkeypatch.setenv("LSHSIM_EXCHANGE_GRAPH", "yes")
+    with pytest.raises(ValueError, match="LSHSIM_EXCHANGE_GRAPH='yes'"):
+        exchange_graph_enabled(1)
