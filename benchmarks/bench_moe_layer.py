@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import glob
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -82,29 +84,42 @@ def measure_roofline(device: torch.device) -> dict:
 
 
 def measure_count_exchange(runtime, num_experts: int = 256, repeats: int = 50) -> dict | None:
-    """The split-size exchange alone, as the layer runs it: ranks aligned (untimed), then an
-    all-to-all of E int64 counts and one copy of them to the host. Median over `repeats` of the
-    host wall time (the layer's "other" ends when the host has the counts); None on one rank."""
+    """The split-size exchange alone, as the layer runs it: ranks aligned (untimed), then the
+    exchange; median over `repeats` of the host wall time (the layer's "other" ends when the host
+    has the counts). Two ways: "eager" (the legacy path: an all-to-all of E int64 counts, a cat and
+    `.tolist()`) and "graph" (`CountExchange` forced to its graph, which the layer uses on several
+    ranks only with LSHSIM_EXCHANGE_GRAPH=1: one CUDA graph replay, a stream synchronisation and a
+    read of pinned host memory). None on one rank."""
     import statistics
 
-    from lshsim.executor.comm import align_ranks, exchange_counts
+    from lshsim.executor.comm import CountExchange, align_ranks, exchange_counts
 
     if runtime.world_size == 1:
         return None
     counts = torch.arange(num_experts, device=runtime.device)
-    walls = []
-    for it in range(repeats + 5):
-        align_ranks(runtime.device)
-        if runtime.device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        host = torch.cat([counts, exchange_counts(counts)]).tolist()
-        wall = time.perf_counter() - start
-        if it >= 5:
-            walls.append(wall)
-    assert len(host) == 2 * num_experts
-    return {"num_experts": num_experts, "median_s": statistics.median(walls), "max_s": max(walls),
-            "repeats": repeats}
+    graphed = CountExchange(num_experts, runtime.device, enabled=True)  # the graph, also on several ranks
+    graphed.load(counts, counts.sum())
+
+    def eager():
+        return torch.cat([counts, exchange_counts(counts), counts.sum().reshape(1)]).tolist()
+
+    result = {"num_experts": num_experts, "repeats": repeats}
+    for name, fn in (("eager", eager), ("graph", lambda: graphed()[0][:2 * num_experts + 1])):
+        walls = []
+        for it in range(repeats + 5):
+            align_ranks(runtime.device)
+            if runtime.device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            host = fn()
+            wall = time.perf_counter() - start
+            if it >= 5:
+                walls.append(wall)
+        assert len(host) == 2 * num_experts + 1
+        result[name] = {"median_s": statistics.median(walls), "max_s": max(walls)}
+    result["graph_replays"] = graphed.replays
+    result["median_s"], result["max_s"] = result["graph"]["median_s"], result["graph"]["max_s"]
+    return result
 
 
 def shapes(args) -> list[WorkloadConfig]:
@@ -162,6 +177,7 @@ def phase_rooflines(workload: WorkloadConfig, meta: dict, world: int, roof: dict
 
 def run_shape(workload: WorkloadConfig, runtime, roof: dict, trace_dir: str | None = None) -> dict:
     if runtime.device.type == "cuda":
+        gc.collect()  # the previous shape's layer and its graphs (reference cycles), e.g. --compare-legacy's
         torch.cuda.empty_cache()  # every shape starts from an empty allocator cache
     trace = run_workload(workload, runtime, progress=Progress(None, runtime.rank))
     if trace_dir and runtime.rank == 0:
@@ -253,6 +269,14 @@ def targets(result: dict, roof: dict) -> list[dict]:
     return out
 
 
+def before_after(result: dict) -> dict:
+    """forward, gate (and its share) and split-size exchange ("other") seconds of one shape's result."""
+    by = {(row["phase"], row["direction"]): row["measured_s"] for row in result["phases"]}
+    gate = by.get(("gate", "forward"), 0.0)
+    return {"forward_s": result["forward_s"], "gate_s": gate, "gate_share": gate / result["forward_s"],
+            "other_s": by.get(("other", "forward"))}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="write the results as JSON here (rank 0)")
@@ -263,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="auto", help="auto | cuda | cpu")
     parser.add_argument("--trace-dir", help="also write every shape's measured trace (lshsim validate reads it) here")
+    parser.add_argument("--compare-legacy", action="store_true",
+                        help="also run every shape on the legacy gate path (LSHSIM_GATE_PATH=legacy: the gate graph "
+                        "copying its weight in and three outputs out, the eager split-size exchange) first, in the "
+                        "same process, and print both")
     parser.add_argument("--profile", metavar="NAME", help="also profile shape NAME (torch.profiler, 3 iterations) "
                         "and print its costliest operators (rank 0)")
     args = parser.parse_args(argv)
@@ -272,8 +300,15 @@ def main(argv: list[str] | None = None) -> int:
     roof = measure_roofline(runtime.device)
     exchange = measure_count_exchange(runtime)
     results, checks = [], []
+    legacy = []
     for workload in shapes(args):
         start = time.perf_counter()
+        if args.compare_legacy:  # the same shape on the legacy gate path first, in the same process
+            os.environ["LSHSIM_GATE_PATH"] = "legacy"
+            try:
+                legacy.append(run_shape(workload, runtime, roof, None))
+            finally:
+                os.environ.pop("LSHSIM_GATE_PATH")
         result = run_shape(workload, runtime, roof, args.trace_dir)
         results.append(result)
         checks.extend(targets(result, roof))
@@ -296,8 +331,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(table.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=60))
     if runtime.rank == 0:
         if exchange:
-            print(f"split-size exchange alone (E = {exchange['num_experts']}, ranks aligned): median "
-                  f"{exchange['median_s'] * 1e6:.1f} us, max {exchange['max_s'] * 1e6:.1f} us over {exchange['repeats']}")
+            for name in ("eager", "graph"):
+                print(f"split-size exchange alone, {name} (E = {exchange['num_experts']}, ranks aligned): median "
+                      f"{exchange[name]['median_s'] * 1e6:.1f} us, max {exchange[name]['max_s'] * 1e6:.1f} us over "
+                      f"{exchange['repeats']}")
+        if legacy:
+            print(f"{'shape':28s} {'fwd_ms old':>10s} {'new':>7s} {'gate_us old':>11s} {'new':>7s} {'share old':>9s} "
+                  f"{'new':>6s} {'other_us old':>12s} {'new':>7s}")
+            for old_r, new_r in zip(legacy, results):
+                o, n = before_after(old_r), before_after(new_r)
+                print(f"{new_r['workload']['name'][:28]:28s} {o['forward_s'] * 1e3:10.2f} {n['forward_s'] * 1e3:7.2f} "
+                      f"{o['gate_s'] * 1e6:11.1f} {n['gate_s'] * 1e6:7.1f} {o['gate_share']:9.1%} {n['gate_share']:6.1%} "
+                      f"{o['other_s'] * 1e6:12.1f} {n['other_s'] * 1e6:7.1f}")
         if roof["peak_flops"]:
             print(f"roofline: peak {roof['peak_flops'] / 1e12:.4g} TFLOP/s bf16, HBM {roof['hbm_Bps'] / 1e12:.4g} "
                   f"TB/s, world {runtime.world_size}")
@@ -330,6 +375,11 @@ def main(argv: list[str] | None = None) -> int:
             write_text_atomically(args.out, json.dumps({"roofline": roof, "world_size": runtime.world_size,
                                                         "count_exchange": exchange,
                                                         "results": results, "targets": checks,
+                                                        "legacy_results": legacy,
+                                                        "before_after": [{"shape": n["workload"]["name"],
+                                                                          "legacy": before_after(o),
+                                                                          "fast": before_after(n)}
+                                                                         for o, n in zip(legacy, results)],
                                                         "break_even": break_even(results),
                                                         "command": sys.argv}, indent=1) + "\n")
     shutdown()

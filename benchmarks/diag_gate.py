@@ -1,10 +1,19 @@
 """Host and GPU time of the pieces of the layer's gate on one GPU (a diagnosis, not a benchmark).
 
     python benchmarks/diag_gate.py [--tokens 4096] [--d-model 1024] [--experts 8] [--k 2]
+
+Last, the whole gate of a forward without LSH (`GraphedGate`, what the layer's "gate" phase holds)
+on the legacy and the fast path (`LSHSIM_GATE_PATH`), three ways, medians of 30 calls:
+host = host time of the call; idle = CUDA events around the call with the GPU idle before it (the
+layer's benchmark convention: the phase then lasts as long as the host takes to launch it); held =
+the same events with the GPU held busy by a 0.5 ms spin first, so that the host has queued the
+whole gate before the GPU reaches the first event: the gate's GPU time, as inside a training step
+where earlier kernels keep the GPU busy.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +38,31 @@ def per_call_s(fn, calls: int) -> tuple[float, float]:
     host = time.perf_counter()
     torch.cuda.synchronize()
     return (host - start) / calls, (time.perf_counter() - start) / calls
+
+
+def gate_times(layer, x0: torch.Tensor, ids: torch.Tensor, calls: int = 30) -> tuple[float, float, float]:
+    """Medians of (host s, CUDA-event s with the GPU idle before, CUDA-event s with the GPU held)."""
+    import statistics
+
+    x = x0.detach().requires_grad_(True)
+    for _ in range(3):
+        layer.gate_graph(x, ids)
+    host, idle, held = [], [], []
+    for hold in (False, True) * calls:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        if hold:
+            torch.cuda._sleep(1_000_000)  # ~0.5 ms at 1.98 GHz
+        start.record()
+        t0 = time.perf_counter()
+        layer.gate_graph(x, ids)
+        end.record()
+        t1 = time.perf_counter()
+        torch.cuda.synchronize()
+        (held if hold else idle).append(start.elapsed_time(end) / 1e3)
+        if not hold:
+            host.append(t1 - t0)
+    return statistics.median(host), statistics.median(idle), statistics.median(held)
 
 
 def main() -> int:
@@ -80,6 +114,15 @@ def main() -> int:
         times.append(timer.finish_iteration()[("gate", "forward")])
     gate = sorted(t[1] - t[0] for t in times)[5]
     print(f"gate phase (CUDA events) {gate * 1e6:.1f} us")
+    for path in ("legacy", "fast"):
+        os.environ["LSHSIM_GATE_PATH"] = path
+        try:
+            layer = DistributedMoE(workload, MoEContext(rank=0, world_size=1, device=device), torch.bfloat16)
+        finally:
+            os.environ.pop("LSHSIM_GATE_PATH")
+        host_s, idle_s, held_s = gate_times(layer, x0, ids)
+        print(f"gate ({path}): host {host_s * 1e6:.1f} us, events idle {idle_s * 1e6:.1f} us, "
+              f"events held (GPU time) {held_s * 1e6:.1f} us; replays {layer.gate_graph.replays}")
     # eager routing for comparison
     model.routing.captured.enabled = False
     host_s, _ = per_call_s(lambda: model.routing({"token_ids": ids, **inputs}), 20)

@@ -3,7 +3,8 @@
 #   1. the GPU tests (pytest -m gpu): LSH kernels == torch reference, no host synchronisation;
 #   2. executor check on 2 GPUs (NCCL): the distributed layer == the dense reference;
 #   3. bench_lsh.py --fast: the LSH kernels against the torch code at 8,192 x 4,096 bf16, L = 6, d' = 16;
-#   4. bench_moe_layer.py on 1 and 2 GPUs: every phase against the roofline measured in the same run;
+#   4. bench_moe_layer.py on 1 and 2 GPUs: every phase against the roofline measured in the same run
+#      (--compare-legacy: every shape also on the legacy gate path, LSHSIM_GATE_PATH=legacy, before/after);
 #   5. bench_moe_layer.py --shapes breakeven on 2 GPUs over NVLink, host shared memory
 #      (NCCL_P2P_DISABLE=1) and sockets (+ NCCL_SHM_DISABLE=1): where LSH-MoE pays.
 # Results under OUT (JSON + log); a short table of the targets printed last. Steps that no longer fit
@@ -42,8 +43,8 @@ want tune && step tune-lsh 60 120 $PY benchmarks/tune_lsh_kernels.py --out "$OUT
 want check && step check-x2 60 120 $PY -m lshsim.executor launch --nproc 2 --timeout-s 110 -- check --out "$OUT/check-x2.json"
 want lsh && step bench-lsh 40 90 sh -c "$PY benchmarks/bench_lsh.py --device cuda --fast --dtype bfloat16 --rotations gaussian --dims 4096 --tokens 8192 32768 --proj-dims 16 --repeats 50 --json > $OUT/bench-lsh.jsonl; cat $OUT/bench-lsh.jsonl"
 want diag && step diag-gate 30 60 sh -c "$PY benchmarks/diag_gate.py; $PY benchmarks/diag_gate.py --d-model 7168 --d-ffn 2048 --experts 256 --k 8"
-want x1 && step layer-x1 60 150 $PY benchmarks/bench_moe_layer.py --out "$OUT/layer-x1.json" --profile deepseek-v3-like
-want x2 && step layer-x2 60 150 $PY -m torch.distributed.run --nproc_per_node 2 benchmarks/bench_moe_layer.py --out "$OUT/layer-x2.json"
+want x1 && step layer-x1 60 200 $PY benchmarks/bench_moe_layer.py --compare-legacy --out "$OUT/layer-x1.json" --profile deepseek-v3-like
+want x2 && step layer-x2 60 200 $PY -m torch.distributed.run --nproc_per_node 2 benchmarks/bench_moe_layer.py --compare-legacy --out "$OUT/layer-x2.json"
 if want even; then
   step even-nvlink 40 80 $PY -m torch.distributed.run --nproc_per_node 2 benchmarks/bench_moe_layer.py --shapes breakeven --out "$OUT/even-nvlink.json" --profile breakeven-d4096-t8k-lsh-L6
   NCCL_P2P_DISABLE=1 step even-shm 40 80 $PY -m torch.distributed.run --nproc_per_node 2 benchmarks/bench_moe_layer.py --shapes breakeven --out "$OUT/even-shm.json"

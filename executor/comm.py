@@ -17,6 +17,8 @@ the collective and not the wait for a straggler or the host's launch latency).
 from __future__ import annotations
 
 import math
+import os
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +27,7 @@ import torch.distributed as dist
 from lshsim.executor.timing import PhaseTimer
 
 __all__ = ["CommStats", "CommContext", "all_to_all", "mark", "align_ranks", "exchange_counts",
-           "world_size_of", "rank_of", "node_process_group", "HOLD_CYCLES", "WIRE_FORMATS", "FP8_BLOCK",
+           "CountExchange", "exchange_graph_enabled", "world_size_of", "rank_of", "node_process_group", "HOLD_CYCLES", "WIRE_FORMATS", "FP8_BLOCK",
            "fp8_row_bytes", "quantize_fp8_rows", "dequantize_fp8_rows", "fake_fp8"]
 
 
@@ -336,3 +338,120 @@ def exchange_counts(counts: torch.Tensor, group=None) -> torch.Tensor:
     out = torch.empty_like(counts)
     dist.all_to_all_single(out, counts.contiguous(), group=group)
     return out
+
+
+def exchange_graph_enabled(world_size: int, enabled: bool | None = None) -> bool:
+    """Whether the split-size exchange runs as a CUDA graph: `enabled` when given, else
+    LSHSIM_EXCHANGE_GRAPH: "1" always, "0" never, "auto" (the default) at world size 1 only. Graphs
+    holding an NCCL all-to-all hung `executor check` on 2 H200 (its last case,
+    locmoe-lsh-groupwise-fp8, after the cases that create and drop other communicators; cause not
+    isolated), so with several ranks the exchange stays eager unless asked for."""
+    if enabled is not None:
+        return enabled
+    value = os.environ.get("LSHSIM_EXCHANGE_GRAPH", "auto")
+    if value not in ("0", "1", "auto"):
+        raise ValueError(f"environment variable LSHSIM_EXCHANGE_GRAPH={value!r}: expected 0, 1 or auto")
+    return value == "1" or (value == "auto" and world_size == 1)
+
+
+#: one CountExchange per (experts, group, device) and process: the graphs that hold NCCL work are
+#: captured once, on every rank at the same call, and never destroyed while NCCL runs
+_EXCHANGES: dict = {}
+
+
+class CountExchange:
+    """The split-size exchange of a layer: E kept-row counts per rank all-to-all'd, the split sizes
+    summed, and one copy of it all to the host (the forward's one synchronisation).
+
+    `source` (E + 1,) int64 on the device is the input: the rows this rank sends per expert position
+    (rank-major: the experts of rank 0, then of rank 1, ...), then their sum (the kept rows); a
+    producer writes it (the gate's graph writes it in its replay, `gate_graph.GraphedGate(sink=...)`)
+    or `load` copies into it. `__call__()` returns (host ints, received): the host ints are
+    counts (E), kept rows (1), received (E: block s = rows from rank s per local expert), send
+    splits (W: rows to each rank), receive splits (W), rows per local expert (E/W); received (E,)
+    stays on the device, valid until the next call.
+
+    As a CUDA graph (on a GPU where `exchange_graph_enabled`: by default at world size 1 only), captured
+    at the first call (every rank makes its first call in the same forward): the NCCL all-to-all of
+    the counts (at world size 1 a copy), the sums, and the copy into pinned host memory; a call is one
+    replay and one stream synchronisation, then the host reads the pinned buffer (no further CUDA
+    call). Otherwise, or after a capture that fails (said once on stderr), the exchange runs eagerly
+    (the all-to-all, one cat, `.tolist()`) and the host sums the splits. `shared` gives one instance per (E, group, device) and process:
+    layers run one after another share its source and graph.
+    """
+
+    def __init__(self, num_experts: int, device: torch.device, group=None, enabled: bool | None = None) -> None:
+        world = world_size_of(group)
+        if num_experts < 1 or num_experts % world:
+            raise ValueError(f"num_experts={num_experts} must be a positive multiple of the world size {world}")
+        self.num_experts, self.group, self.world = num_experts, group, world
+        self.source = torch.zeros(num_experts + 1, dtype=torch.int64, device=device)
+        self.enabled = device.type == "cuda" and exchange_graph_enabled(world, enabled)
+        self._graph = None
+        self.replays = 0
+
+    @classmethod
+    def shared(cls, num_experts: int, device: torch.device, group=None,
+               enabled: bool | None = None) -> "CountExchange":
+        key = (num_experts, id(group), str(device), enabled)
+        if key not in _EXCHANGES:
+            _EXCHANGES[key] = cls(num_experts, device, group, enabled)
+        return _EXCHANGES[key]
+
+    def load(self, counts: torch.Tensor, num_kept: torch.Tensor) -> None:
+        """source = [counts (E,), num_kept (1,)]: one kernel (a cat into the source)."""
+        torch.cat([counts.reshape(-1), num_kept.reshape(1)], out=self.source)
+
+    def _exchange(self, sums: bool = True) -> torch.Tensor:
+        """(2E + 1 + 2W + E/W,) int64 on the device: what `__call__` returns to the host; without
+        `sums` only the first 2E + 1 (the eager path sums on the host: three kernels cost more)."""
+        num, world = self.num_experts, self.world
+        counts = self.source[:num]
+        received = exchange_counts(counts, self.group)
+        if not sums:
+            return torch.cat([self.source, received])
+        by_rank = received.view(world, num // world)  # (W, E_r)
+        return torch.cat([self.source, received, counts.view(world, num // world).sum(1), by_rank.sum(1),
+                          by_rank.sum(0)])
+
+    def _host_sums(self, host: list[int]) -> list[int]:
+        """The split sums of the eager path, on the host (slices: no Python loop over experts per rank)."""
+        num, world = self.num_experts, self.world
+        per_rank = num // world
+        counts, received = host[:num], host[num + 1:2 * num + 1]
+        send = [sum(counts[r * per_rank:(r + 1) * per_rank]) for r in range(world)]
+        recv = [sum(received[r * per_rank:(r + 1) * per_rank]) for r in range(world)]
+        return host + send + recv + [sum(received[e::per_rank]) for e in range(per_rank)]
+
+    def _capture(self):
+        host = torch.empty(self.num_experts * 2 + 1 + 2 * self.world + self.num_experts // self.world,
+                           dtype=torch.int64, pin_memory=True)
+        torch.cuda.synchronize()
+        self._exchange()  # warm-up outside the capture (communicator, lazy kernel loading); every rank
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: NCCL's watchdog thread queries events while this thread captures
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            out = self._exchange()
+            host.copy_(out, non_blocking=True)
+        return graph, out, host
+
+    def __call__(self) -> tuple[list[int], torch.Tensor]:
+        num = self.num_experts
+        if self.enabled:
+            if self._graph is None:
+                try:
+                    self._graph = self._capture()
+                except RuntimeError as error:  # not capturable here: eager from now on, said once
+                    print(f"lshsim: the split-size exchange runs without a CUDA graph "
+                          f"({str(error).splitlines()[0]})", file=sys.stderr)
+                    torch.cuda.synchronize()
+                    self.enabled = False
+            if self.enabled:
+                graph, out, host = self._graph
+                graph.replay()
+                torch.cuda.current_stream(out.device).synchronize()
+                self.replays += 1
+                return host.tolist(), out[num + 1:2 * num + 1]
+        out = self._exchange(sums=False)
+        return self._host_sums(out.tolist()), out[num + 1:2 * num + 1]

@@ -10,8 +10,10 @@ What carries a gradient runs eagerly around the replay, with the functions the r
 (`topk_gate_weight`, `grap_scores`), so the gate weights and their gradients are exactly those of
 `route_on_rank`: the replay returns the same plan, field for field (tests/test_moe_ops.py).
 
-The graph's outputs live in one static int64 buffer that every replay overwrites; a call returns
-a copy (one kernel), so plans of earlier calls stay valid.
+The graph's outputs live in static buffers that every replay overwrites; a call returns copies
+(one kernel each), so plans of earlier calls stay valid, or, with copy_outputs=False (the layer's
+"fast" path: a kernel launch costs ~20 us of host time on the benchmark's VMs), the buffers
+themselves, valid until the next call.
 
 Off a GPU (or with `enabled=False`) the same function runs eagerly: the CPU tests exercise the code
 that is captured.
@@ -26,7 +28,8 @@ from lshsim.dispatch import DispatchPlan, Placement, RouterConfig
 from lshsim.dispatch.routers import SYNC_FREE_ROUTERS, get_router, route_on_rank
 from lshsim.executor.moe_ops import choice_order, gather_choices, inverse_permutation
 
-__all__ = ["GraphedRouting"]
+__all__ = ["GraphedRouting", "GraphedGate", "CapturedFunction"]
+
 
 
 class CapturedFunction:
@@ -37,8 +40,10 @@ class CapturedFunction:
     fn runs eagerly. A capture that fails (an operation that cannot be captured) is reported once
     on stderr and the function runs eagerly from then on."""
 
-    def __init__(self, fn, enabled: bool = True, name: str = "function") -> None:
+    def __init__(self, fn, enabled: bool = True, name: str = "function", copy_outputs: bool = True) -> None:
         self.fn, self.enabled, self.name = fn, enabled, name
+        #: False: a call returns the graph's static outputs themselves (no kernel), valid until the next call
+        self.copy_outputs = copy_outputs
         self._graphs: dict = {}
         self.replays = 0
 
@@ -53,7 +58,7 @@ class CapturedFunction:
                 self.fn(**static, **params)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # NCCL watchdog threads query events
             flat, meta = self.fn(**static, **params)
         return graph, static, flat, meta
 
@@ -79,6 +84,8 @@ class CapturedFunction:
             static[name].copy_(value.detach())
         graph.replay()
         self.replays += 1
+        if not self.copy_outputs:
+            return out, meta
         if isinstance(out, tuple):
             return tuple(o.clone() for o in out), meta
         return out.clone(), meta
@@ -169,11 +176,13 @@ class GraphedRouting:
     """
 
     def __init__(self, config: RouterConfig, placement: Placement, rank: int, position: torch.Tensor,
-                 enabled: bool = True, bias: torch.Tensor | None = None) -> None:
+                 enabled: bool = True, bias: torch.Tensor | None = None, copy_outputs: bool = True) -> None:
         self.config, self.placement, self.rank, self.position = config, placement, rank, position
         self.bias = bias  # added to the logits inside the graph (linear-gate routers)
         self._token_rank: dict = {}
-        self.captured = CapturedFunction(self._indices, enabled and config.name in SYNC_FREE_ROUTERS, "routing")
+        #: copy_outputs=False: plans and orders are the graph's static outputs, valid until the next call
+        self.captured = CapturedFunction(self._indices, enabled and config.name in SYNC_FREE_ROUTERS, "routing",
+                                         copy_outputs=copy_outputs)
         self.segments = CapturedFunction(self._segments, enabled, "LSH bucketing")
 
     @property
@@ -275,19 +284,30 @@ class GraphedGate:
     (`torch.cuda.make_graphed_callables`): logits, routing, send order, gate weights and the
     gathered send rows, for the routers in SYNC_FREE_ROUTERS.
 
-    call(x, token_ids) -> (plan, order, inv, counts, send_x). The send rows (T*k, d) are the graph's
-    static output: the next call overwrites them (the layer consumes them within one forward);
-    everything else is a copy. One graph per (tokens, dtype, whether x and the gate weight require
-    a gradient). Off a GPU the same function runs eagerly under autograd. A capture that fails is
-    reported once on stderr; the caller then uses its eager path (`available` turns False).
+    call(x, token_ids) -> (plan, order, inv, counts, send_x). One graph per (tokens, dtype, whether
+    x and the gate weight require a gradient). Off a GPU the same function runs eagerly under
+    autograd. A capture that fails is reported once on stderr; the caller then uses its eager path
+    (`available` turns False).
+
+    copy_outputs=False (the layer's "fast" path): a call is the copy of x into the graph's input and
+    the replay, nothing else on the GPU: the gate weight (a parameter: updated in place, never
+    reallocated) is read by the graph where it lives, and the plan, order, inverse and counts are the
+    graph's static outputs, valid until the next call (make_graphed_callables' backward already
+    needs a forward's backward before the graph's next forward). `sink`: an (E + 1,) int64 buffer
+    the graph also writes the kept rows per expert position and their sum into (the split-size
+    exchange's input, `comm.CountExchange`), so the exchange copies nothing. copy_outputs=True (the
+    "legacy" path, `LSHSIM_GATE_PATH=legacy`): the weight copied in, three copies out.
+    The send rows (T*k, d) are a static output in both.
     """
 
     def __init__(self, routing: GraphedRouting, gate_inputs, gate_weight: torch.Tensor | None,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, copy_outputs: bool = True, sink: torch.Tensor | None = None) -> None:
         self.routing = routing
         self.gate_inputs = gate_inputs  # (x, weight) -> the router's inputs, bias included
         self.weight = gate_weight
         self.available = enabled and routing.config.name in SYNC_FREE_ROUTERS
+        self.copy_outputs = copy_outputs
+        self.sink = sink
         self._graphed: dict = {}
         self.replays = 0
 
@@ -303,6 +323,8 @@ class GraphedGate:
             order, inv, k = r["order"], r["inv"], r["expert_index"].shape[1]
             flat = torch.cat([r["expert_index"].reshape(-1), r["slot"].reshape(-1), order, inv,
                               r["tokens_per_expert"], r["counts"]])
+            if self.sink is not None:  # the exchange's input: kept rows per position, then their sum
+                self.sink.copy_(torch.cat([r["counts"], r["counts"].sum().reshape(1)]))
         if config.name == "hash":
             gate_weight = r["gate_weight"]
         else:  # the values of the index work, the gradient by hand: as GraphedRouting does
@@ -317,12 +339,18 @@ class GraphedGate:
             return x, token_ids
         return (x,) if self.weight is None else (x, self.weight)  # locmoe's GrAP gate has no weight
 
+    def _samples(self, args: tuple) -> tuple:
+        """The graph's static inputs: copies of x (and token ids); the gate weight itself without copies."""
+        if not self.copy_outputs and self.weight is not None and len(args) == 2 and args[1] is self.weight:
+            return (args[0].detach().clone().requires_grad_(args[0].requires_grad), self.weight)
+        return tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
+
     def __call__(self, x: torch.Tensor, token_ids: torch.Tensor):
         args = self._args(x, token_ids)
         if x.is_cuda:
             key = (tuple(x.shape), x.dtype, tuple(a.requires_grad for a in args), torch.is_grad_enabled())
             if key not in self._graphed:
-                samples = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
+                samples = self._samples(args)
                 # no cached blocks for the allocator to free during the capture (a cudaFree there
                 # is an error that invalidates it)
                 torch.cuda.synchronize()
@@ -338,7 +366,8 @@ class GraphedGate:
                 self._graphed[key] = (graphed, self._meta)
             graphed, (k, capacity) = self._graphed[key]
             send_x, gate_weight, flat, kept = graphed(*args)
-            flat, kept, gate_weight = flat.clone(), kept.clone(), gate_weight.clone()
+            if self.copy_outputs:
+                flat, kept, gate_weight = flat.clone(), kept.clone(), gate_weight.clone()
             self.replays += 1
         else:
             send_x, gate_weight, flat, kept = self._fn(*args)

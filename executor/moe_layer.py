@@ -28,12 +28,13 @@ expert weight gradients end up on the rank that holds the expert.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 
-from lshsim.executor.comm import (CommContext, CommStats, align_ranks, all_to_all, exchange_counts, fake_fp8,
-                                  mark)
+from lshsim.executor.comm import (CommContext, CommStats, CountExchange, align_ranks, all_to_all, exchange_counts,
+                                  fake_fp8, mark)
 from lshsim.executor.gate_graph import GraphedGate, GraphedRouting
 from lshsim.executor.moe_ops import combine_choices, expert_block, gather_choices
 from lshsim.executor.timing import PhaseTimer
@@ -54,6 +55,18 @@ _INT64_LIMIT = 2 ** 63
 #: the phases one forward of the layer times (`lshsim.sim.phases.PHASES` names); LSH adds two
 _ACTIVE = frozenset({"gate", "other", "dispatch_a2a", "expert", "combine_a2a"})
 _LSH_PHASES = frozenset({"lsh_compress", "lsh_restore"})
+#: the gate and split-size exchange implementations: "fast" (the packed gate graph writing the
+#: exchange's input, the exchange as one CUDA graph) or "legacy" (the gate graph copying its weight
+#: in and three outputs out, the exchange eager): `LSHSIM_GATE_PATH` chooses, for before/after runs
+GATE_PATHS = ("fast", "legacy")
+
+
+def gate_path() -> str:
+    """The gate path `LSHSIM_GATE_PATH` selects ("fast" when unset)."""
+    value = os.environ.get("LSHSIM_GATE_PATH", "fast")
+    if value not in GATE_PATHS:
+        raise ValueError(f"environment variable LSHSIM_GATE_PATH={value!r}: expected one of {', '.join(GATE_PATHS)}")
+    return value
 
 
 def resolve_dtype(workload: WorkloadConfig, device: torch.device) -> torch.dtype:
@@ -261,14 +274,22 @@ class DistributedMoE:
         self.projection = None
         if self.lsh is not None and not self.lsh.exact:
             self.projection = make_projection(workload.d_model, self.lsh, device=ctx.device, dtype=dtype)
+        self.gate_path = gate_path()
+        fast = self.gate_path == "fast"
+        #: the split-size exchange (fast path): one CUDA graph (all-to-all + copy to pinned host memory) on a
+        #: GPU where `comm.exchange_graph_enabled` (by default on one rank only), else eager
+        self.count_exchange = CountExchange.shared(workload.num_experts, ctx.device)
         #: the gate's index work, one CUDA graph replay per forward on a GPU (`gate_graph`)
         self.routing = GraphedRouting(workload.router, self.placement, ctx.rank, self.position,
                                       enabled=ctx.device.type == "cuda",
-                                      bias=self.gate.bias if self.gate.weight is not None else None)
-        #: the whole gate of a forward without LSH as one graph forward and backward on a GPU
+                                      bias=self.gate.bias if self.gate.weight is not None else None,
+                                      copy_outputs=not fast)
+        #: the whole gate of a forward without LSH as one graph forward and backward on a GPU; it also
+        #: writes the exchange's input
         self.gate_graph = GraphedGate(
             self.routing, lambda x, weight: _gate_inputs(workload, GateParams(weight, self.gate.bias), x),
-            self.gate.weight)  # on a CPU the same function runs eagerly (what the CPU tests check)
+            self.gate.weight, copy_outputs=not fast,
+            sink=self.count_exchange.source if fast else None)  # on a CPU the same function runs eagerly
         #: expert arithmetic: "auto" (grouped_mm where it runs, else padded bmm), "grouped_mm" or
         #: "padded_bmm"; `expert_method` is the one the last forward used
         self.expert_impl = "auto"
@@ -327,6 +348,8 @@ class DistributedMoE:
 
         One host synchronisation per forward (the split sizes, in "other"); on a GPU everything
         before it is queued without waiting (routing, packing, LSH hashing and centroids).
+        `gate_path` ("fast", or "legacy" from LSHSIM_GATE_PATH at construction) picks the gate's
+        graph layout and the exchange (`gate_graph.GraphedGate`, `comm.CountExchange`).
         """
         ctx, workload = self.ctx, self.workload
         lsh = self.lsh if use_lsh else None
@@ -378,16 +401,28 @@ class DistributedMoE:
             ctx.progress.step("split-size exchange")
         if ctx.sync:
             align_ranks(x.device)
+        kept_dev = segs.num_valid.reshape(1) if segs is not None else None
+        fast = self.gate_path == "fast"
         self._begin("other")
-        received = exchange_counts(counts)  # (E,): block s = rows from rank s per local expert
-        kept_dev = segs.num_valid.reshape(1) if segs is not None else counts.sum().reshape(1)
-        host = torch.cat([counts, received, kept_dev]).tolist()
-        counts_host, received_host, num_kept = host[:num_experts], host[num_experts:2 * num_experts], host[-1]
-        send_splits = [sum(counts_host[r * per_rank:(r + 1) * per_rank]) for r in range(ctx.world_size)]
-        recv_splits = [sum(received_host[r * per_rank:(r + 1) * per_rank]) for r in range(ctx.world_size)]
-        rows_per_expert = [sum(received_host[r * per_rank + e] for r in range(ctx.world_size)) for e in range(per_rank)]
+        if fast and gated is None:  # the gate's graph (or its eager run on a CPU) did not write them
+            self.count_exchange.load(counts, kept_dev if kept_dev is not None else counts.sum())
+        world = ctx.world_size
+        if fast:  # one graph replay on a GPU: the all-to-all, the sums, the copy to pinned host memory
+            host, received = self.count_exchange()
+            num_kept = host[num_experts]
+            at = 2 * num_experts + 1
+            send_splits, recv_splits, rows_per_expert = host[at:at + world], host[at + world:at + 2 * world], \
+                host[at + 2 * world:]
+        else:
+            received = exchange_counts(counts)  # (E,): block s = rows from rank s per local expert
+            kept_dev = kept_dev if kept_dev is not None else counts.sum().reshape(1)
+            host = torch.cat([counts, received, kept_dev]).tolist()
+            counts_host, received_host, num_kept = host[:num_experts], host[num_experts:2 * num_experts], host[-1]
+            send_splits = [sum(counts_host[r * per_rank:(r + 1) * per_rank]) for r in range(world)]
+            recv_splits = [sum(received_host[r * per_rank:(r + 1) * per_rank]) for r in range(world)]
+            rows_per_expert = [sum(received_host[r * per_rank + e] for r in range(world)) for e in range(per_rank)]
         self._end("other")
-        rows_sent = sum(counts_host)  # kept rows, or centroids under LSH
+        rows_sent = sum(send_splits)  # kept rows, or centroids under LSH
         payload = send_x[:rows_sent] if lsh is None else centroids[:rows_sent]
         # 4. dispatch all-to-all; its backward ends and begins its neighbours in the phase table's
         # backward timing chain (the expert's backward, then LSH compress's)

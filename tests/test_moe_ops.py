@@ -278,3 +278,154 @@ def test_graphed_gate_equals_the_eager_gate_on_a_gpu(router):
             scale = float(b.float().abs().max()) or 1.0
             assert float((a.float() - b.float()).abs().max()) <= 2e-2 * scale
     assert graphed.gate_graph.replays == 3
+
+
+# ---- the fast gate path: the graph's outputs uncopied, the exchange's input written by the gate,
+# the split-size exchange and its sums as one graph (the eager code here is the code the graphs capture)
+def test_count_exchange_on_one_rank_returns_counts_kept_rows_and_received():
+    from lshsim.executor.comm import CountExchange
+
+    exchange = CountExchange(4, torch.device("cpu"))
+    exchange.load(torch.tensor([3, 0, 2, 5]), torch.tensor(10))
+    host, received = exchange()  # counts, kept, received, send splits, receive splits, rows per expert
+    assert host == [3, 0, 2, 5, 10, 3, 0, 2, 5, 10, 10, 3, 0, 2, 5] and received.tolist() == [3, 0, 2, 5]
+    assert exchange.replays == 0  # eager off a GPU
+    with pytest.raises(ValueError, match="num_experts=0"):
+        CountExchange(0, torch.device("cpu"))
+
+
+def test_gate_path_comes_from_the_environment_and_a_bad_value_is_named(monkeypatch):
+    from lshsim.executor.moe_layer import gate_path
+
+    monkeypatch.delenv("LSHSIM_GATE_PATH", raising=False)
+    assert gate_path() == "fast"
+    monkeypatch.setenv("LSHSIM_GATE_PATH", "legacy")
+    assert gate_path() == "legacy"
+    monkeypatch.setenv("LSHSIM_GATE_PATH", "quick")
+    with pytest.raises(ValueError, match="LSHSIM_GATE_PATH='quick'"):
+        gate_path()
+
+
+def _layers_fast_and_legacy(monkeypatch, workload, device, dtype):
+    from lshsim.executor.moe_layer import DistributedMoE, MoEContext
+
+    ctx = MoEContext(rank=0, world_size=1, device=device)
+    monkeypatch.setenv("LSHSIM_GATE_PATH", "fast")
+    fast = DistributedMoE(workload, ctx, dtype)
+    monkeypatch.setenv("LSHSIM_GATE_PATH", "legacy")
+    legacy = DistributedMoE(workload, ctx, dtype)
+    monkeypatch.delenv("LSHSIM_GATE_PATH")
+    return fast, legacy
+
+
+def _forward_backward(model, x0, ids):
+    for param in model.parameters():
+        param.grad = None
+    x = x0.detach().clone().requires_grad_(True)
+    out = model.forward(x, ids)
+    (out.y.float() * 0.01).sum().backward()
+    return out, [out.y.detach(), x.grad] + [p.grad for p in model.parameters()]
+
+
+@pytest.mark.parametrize("router", [RouterConfig("topk", k=2, capacity_factor=1.25), RouterConfig("hash", k=1),
+                                    RouterConfig("locmoe", k=2, capacity_factor=None),
+                                    RouterConfig("expert_choice", k=2, capacity_factor=1.0)], ids=lambda c: c.name)
+@pytest.mark.parametrize("lsh", [None, {"family": "cross_polytope", "num_hashes": 2, "proj_dim": 4, "seed": 0}],
+                         ids=["plain", "lsh"])
+def test_fast_gate_path_equals_the_legacy_path_on_a_cpu(monkeypatch, router, lsh):
+    """The exchange's input written by the gate, the splits summed by the exchange's function:
+    outputs, plans, splits and gradients equal the legacy path."""
+    from lshsim.executor.moe_layer import rank_inputs
+    from lshsim.executor.workload import WorkloadConfig
+
+    workload = WorkloadConfig(name="g", tokens_per_rank=96, d_model=32, d_ffn=48, num_experts=8, router=router,
+                              lsh=lsh, dtype="float32")
+    fast, legacy = _layers_fast_and_legacy(monkeypatch, workload, torch.device("cpu"), torch.float32)
+    for seed in range(2):
+        x0, ids = rank_inputs(dataclasses.replace(workload, seed=seed), 0, torch.device("cpu"), torch.float32)
+        out_f, grads_f = _forward_backward(fast, x0, ids)
+        out_l, grads_l = _forward_backward(legacy, x0, ids)
+        assert out_f.send_splits == out_l.send_splits and out_f.rows_sent == out_l.rows_sent
+        for name in ("expert_index", "slot", "kept", "tokens_per_expert"):
+            assert torch.equal(getattr(out_f.plan, name), getattr(out_l.plan, name)), name
+        assert torch.equal(out_f.plan.gate_weight, out_l.plan.gate_weight)
+        for a, b in zip(grads_f, grads_l):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        if lsh is None and router.name != "expert_choice":  # the gate wrote the exchange's input
+            counts = fast.count_exchange.source
+            assert int(counts[-1]) == out_f.plan.num_kept and int(counts[:-1].sum()) == out_f.rows_sent
+
+
+@pytest.mark.gpu
+def test_count_exchange_graph_equals_the_eager_exchange_on_a_gpu():
+    from lshsim.executor.comm import CountExchange
+
+    device = torch.device("cuda")
+    graphed, eager = CountExchange(16, device, enabled=True), CountExchange(16, device, enabled=False)
+    for seed in range(3):  # new counts each call: the replay reads the source as it is now
+        counts = torch.randint(0, 100, (16,), generator=torch.Generator().manual_seed(seed)).to(device)
+        for exchange in (graphed, eager):
+            exchange.load(counts, counts.sum())
+        (host_g, received_g), (host_e, received_e) = graphed(), eager()
+        assert host_g == host_e and torch.equal(received_g, received_e)
+        assert host_g[:16] == counts.tolist() and host_g[16] == int(counts.sum())
+    assert graphed.replays == 3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("router", [RouterConfig("topk", k=2, capacity_factor=1.25), RouterConfig("hash", k=1),
+                                    RouterConfig("locmoe", k=2, capacity_factor=None)], ids=lambda c: c.name)
+def test_fast_gate_path_equals_the_legacy_path_on_a_gpu(monkeypatch, router):
+    """Both graph layouts and both exchanges on a GPU, several calls with new inputs: the same
+    plans, splits, outputs and gradients (bf16)."""
+    from lshsim.executor.moe_layer import rank_inputs
+    from lshsim.executor.workload import WorkloadConfig
+
+    device = torch.device("cuda")
+    workload = WorkloadConfig(name="g", tokens_per_rank=512, d_model=256, d_ffn=512, num_experts=8, router=router)
+    fast, legacy = _layers_fast_and_legacy(monkeypatch, workload, device, torch.bfloat16)
+    replays = fast.count_exchange.replays  # shared by the layers of this process
+    for seed in range(3):
+        x0, ids = rank_inputs(dataclasses.replace(workload, seed=seed), 0, device, torch.bfloat16)
+        out_f, grads_f = _forward_backward(fast, x0, ids)
+        out_l, grads_l = _forward_backward(legacy, x0, ids)
+        assert out_f.send_splits == out_l.send_splits
+        assert torch.equal(out_f.plan.expert_index, out_l.plan.expert_index)
+        for a, b in zip(grads_f, grads_l):  # the same kernels: equal up to the order of float sums
+            scale = float(b.float().abs().max()) or 1.0
+            assert float((a.float() - b.float()).abs().max()) <= 1e-3 * scale
+    assert fast.gate_graph.replays == 3 and fast.count_exchange.replays - replays == 3
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_count_exchange_sums_the_splits_as_the_layer_did(world):
+    """The split sums of the exchange's function (by rank and by local expert) == the host loops
+    of the legacy path, on the received counts of a 1-rank exchange reshaped for W ranks."""
+    from lshsim.executor.comm import CountExchange
+
+    exchange = CountExchange(3 * world, torch.device("cpu"))
+    exchange.world = world  # the sums only (the all-to-all of one rank is a copy)
+    counts = torch.randint(0, 9, (3 * world,), generator=torch.Generator().manual_seed(world))
+    exchange.load(counts, counts.sum())
+    host, _ = exchange()
+    c, per_rank = counts.tolist(), 3
+    at = 2 * 3 * world + 1
+    assert host[at:at + world] == [sum(c[r * per_rank:(r + 1) * per_rank]) for r in range(world)]
+    assert host[at + world:at + 2 * world] == host[at:at + world]  # received == sent on one rank
+    assert host[at + 2 * world:] == [sum(c[r * per_rank + e] for r in range(world)) for e in range(per_rank)]
+    assert exchange._exchange(sums=True).tolist() == host  # the graph's sums (on the device) == the host's
+
+
+def test_exchange_graph_by_default_on_one_rank_only(monkeypatch):
+    from lshsim.executor.comm import exchange_graph_enabled
+
+    monkeypatch.delenv("LSHSIM_EXCHANGE_GRAPH", raising=False)
+    assert exchange_graph_enabled(1) and not exchange_graph_enabled(2)
+    assert exchange_graph_enabled(2, enabled=True) and not exchange_graph_enabled(1, enabled=False)
+    monkeypatch.setenv("LSHSIM_EXCHANGE_GRAPH", "1")
+    assert exchange_graph_enabled(4)
+    monkeypatch.setenv("LSHSIM_EXCHANGE_GRAPH", "0")
+    assert not exchange_graph_enabled(1)
+    monkeypatch.setenv("LSHSIM_EXCHANGE_GRAPH", "yes")
+    with pytest.raises(ValueError, match="LSHSIM_EXCHANGE_GRAPH='yes'"):
+        exchange_graph_enabled(1)
