@@ -72,7 +72,8 @@ def add_parser(subparsers):
     p.add_argument("--overlap", action="store_true",
                    help="pipeline dispatch / experts / combine in chunks (Tutel-style)")
     p.add_argument("--tokens-per-gpu", type=arg_positive_int, default=None,
-                   help="tokens per GPU per step (default: the model's)")
+                   help="tokens per GPU per step (default: the model's); with --tp N, the tokens of one TP group's "
+                        "micro-batch (each of its N GPUs holds 1 / N of them)")
     p.add_argument("--capacity-factor", type=_capacity_factor, default=1.25,
                    help="expert capacity factor, a finite number > 0, or 'none' for no limit (default 1.25)")
     p.add_argument("--locality-bonus", type=arg_finite_number(0.0), default=1.0,
@@ -84,6 +85,13 @@ def add_parser(subparsers):
                    help="expert-parallel group size EP, dividing the GPU count W and the experts (default W: every "
                         "expert once over all GPUs). EP < W: W / EP data-parallel groups of EP consecutive GPUs, each "
                         "holding all experts; every group's all-to-all runs at the same time on the shared fabric")
+    p.add_argument("--tp", type=arg_positive_int, default=1,
+                   help="tensor-parallel degree TP inside a node (default 1: none), dividing the GPUs per node. "
+                        "Megatron-Core's layout with sequence parallelism and expert-TP 1 (MoE parallel folding): "
+                        "attention, dense FFN, shared experts and the output layer split over TP consecutive GPUs "
+                        "with an all-gather and a reduce-scatter per block each way (the tp_* phases); the experts "
+                        "stay whole (EP groups over the world, EP x TP may exceed W); --tokens-per-gpu is then the "
+                        "micro-batch of one TP group, each GPU dispatching 1 / TP of it")
     p.add_argument("--traffic-model", choices=("auto", "routed", "popularity"), default="auto",
                    help="routed: route synthetic tokens on every group; popularity: the expected counts from the "
                         "expert popularity the router induces on one group's routed sample (no per-rank noise, no "
@@ -136,7 +144,7 @@ def _plan_config(args, model=None):
                       locality_bonus=args.locality_bonus, seed=args.seed, max_routed_tokens=args.max_routed_tokens,
                       ep=args.ep, traffic_model=None if args.traffic_model == "auto" else args.traffic_model,
                       dispatch_format=None if args.dispatch_format == "model" else args.dispatch_format,
-                      moe_layer=None if args.moe_layer == "software" else args.moe_layer)
+                      moe_layer=None if args.moe_layer == "software" else args.moe_layer, tp=args.tp)
 
 
 def _fidelity(args, world_size: int) -> dict:
@@ -266,6 +274,9 @@ def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float,
     cluster = chosen["result"].trace.meta["cluster"]
     groups = "" if b["ep"] == b["world_size"] else \
         f", EP {b['ep']} x DP {b['world_size'] // b['ep']} ({model.num_experts // b['ep']} experts per GPU)"
+    if b.get("tp", 1) > 1:
+        groups += (f", TP {b['tp']} x DP {b['world_size'] // b['tp']} for attention and dense layers (sequence "
+                   f"parallel: {b['tokens_per_gpu'] * b['tp']} tokens per TP group)")
     console.print(f"[bold]{model.name}[/bold] ({model.num_layers} layers, {model.num_moe_layers} MoE x "
                   f"{model.num_experts} experts, top-{model.top_k}, d={model.d_model}, ffn={model.d_ffn}) on "
                   f"[bold]{cluster['name']}[/bold] ({cluster['nodes']} x {cluster['gpus_per_node']} {cluster['gpu']}), "
@@ -283,6 +294,10 @@ def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float,
     console.print(table)
     hidden = "" if b["exposed_a2a_s"] >= b["a2a_s"] - 1e-12 else \
         f" ({(b['a2a_s'] - b['exposed_a2a_s']) * 1e3:.3f} ms hidden behind compute)"
+    if b.get("tp", 1) > 1:
+        console.print(f"tensor parallel collectives (tp_*): [bold]{b['tp_s'] * 1e3:.3f} ms = {100 * b['tp_share']:.1f}%"
+                      f"[/bold] of the step; {b['tokens_per_s']:,.0f} tokens/s over the cluster "
+                      f"({b['tokens_per_step']:,} tokens per step)")
     console.print(f"all-to-all: [bold]{b['exposed_a2a_s'] * 1e3:.3f} ms of {b['step_s'] * 1e3:.3f} ms = "
                   f"{100 * b['a2a_share']:.1f}%[/bold] of the step{hidden}; "
                   f"{b['dispatch_bytes_per_layer'] / 1e6:.1f} MB per dispatch, "

@@ -82,7 +82,8 @@ from lshsim.dispatch.synthetic import synthetic_router_inputs
 from lshsim.sim.collectives import ALGORITHMS, ESTIMATED_ALGORITHMS, estimate_collective, simulate_all_to_all
 from lshsim.sim.dispatch_formats import DISPATCH_FORMATS, bytes_per_token as format_bytes_per_token
 from lshsim.sim.moe_layers import MOE_LAYERS, PADDED_LAYERS, padded_capacity, resolve_moe_layer
-from lshsim.sim.phases import KERNELS, KINDS, PHASES, CostContext, compute_time_s, expert_cost, step_schedule
+from lshsim.sim.phases import KERNELS, KINDS, PHASES, TP_PHASES, CostContext, compute_time_s, expert_cost, step_schedule
+from lshsim.sim.tensor_parallel import check_tensor_parallel
 from lshsim.sim.trace import DIRECTIONS, PhaseRecord, Trace
 from lshsim.topology.routing import validate_topology
 
@@ -177,7 +178,9 @@ def combine_breakdowns(parts: list[dict]) -> dict:
         for name, seconds in p["phases_s"].items():
             phases[name] = phases.get(name, 0.0) + seconds
     moe = [p for p, w in zip(parts, weights) if w]
+    tp_s = sum(p.get("tp_s", 0.0) for p in parts)
     out.update(step_s=step, forward_s=sum(p["forward_s"] for p in parts), backward_s=sum(p["backward_s"] for p in parts),
+               tp_s=tp_s, tp_share=tp_s / step if step > 0 else 0.0,
                phases_s=phases, a2a_s=sum(p["a2a_s"] for p in parts), exposed_a2a_s=exposed,
                a2a_share=exposed / step if step > 0 else 0.0,
                dispatch_bytes_per_layer=sum(p["dispatch_bytes_per_layer"] for p in parts),
@@ -185,6 +188,8 @@ def combine_breakdowns(parts: list[dict]) -> dict:
                local_bytes_per_layer=sum(p["local_bytes_per_layer"] for p in parts),
                dropped_fraction=weighted("dropped_fraction"), compression_rate=weighted("compression_rate"),
                tokens_per_gpu=(moe[0] if moe else parts[0])["tokens_per_gpu"],
+               tokens_per_step=(moe[0] if moe else parts[0]).get("tokens_per_step"),
+               tokens_per_s=(moe[0] if moe else parts[0]).get("tokens_per_step", 0) / step if step > 0 else 0.0,
                routed_tokens_per_rank=(moe[0] if moe else parts[0])["routed_tokens_per_rank"],
                stages=[{"step_s": p["step_s"], "a2a_s": p["a2a_s"], "a2a_share": p["a2a_share"],
                         "tokens_per_gpu": p["tokens_per_gpu"]} for p in parts])
@@ -240,6 +245,14 @@ class StepConfig:
                        counts it). Only the forward dispatch changes; the combine and both gradients
                        stay in the model's precision (DeepEP's FP8 dispatch, BF16 combine).
 
+    tp:                tensor-parallel degree TP inside a node (`lshsim.sim.tensor_parallel`: Megatron-Core's
+                       layout with sequence parallelism and expert-TP 1); 1 = none (the step as before).
+                       TP must divide the GPUs per node and the tokens of a TP group's micro-batch
+                       (`tokens_per_gpu`, which with TP > 1 counts the tokens of one TP group; each GPU
+                       routes and dispatches T / TP of them). Attention, dense FFN, shared experts and
+                       the output layer split their weights and FLOPs over the TP ranks; their
+                       all-gathers and reduce-scatters are the tp_* phases.
+
     moe_layer:         how the MoE layer runs (`lshsim.sim.moe_layers`): "grouped" (routed copies,
                        one grouped expert GEMM set), "tutel" (capacity-padded buffers) or
                        "gshard-einsum-loop" (padded buffers, dense one-hot dispatch / combine GEMMs,
@@ -270,8 +283,11 @@ class StepConfig:
     traffic_model: str | None = None
     dispatch_format: str | None = None
     moe_layer: str | None = None
+    tp: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.tp, bool) or not isinstance(self.tp, int) or self.tp < 1:
+            raise ValueError(f"tp={self.tp!r} must be a positive integer (the tensor-parallel degree; 1 = none)")
         if self.moe_layer is not None and self.moe_layer not in MOE_LAYERS:
             raise ValueError(f"moe_layer={self.moe_layer!r} must be one of {', '.join(MOE_LAYERS)} or None "
                              f"(the cluster's software.moe_layer, else grouped)")
@@ -429,7 +445,7 @@ def routing_key(model: object, config: StepConfig) -> tuple:
     """What a routing depends on: the whole RouterConfig, the tokens per GPU, the seed and the
     subsample bound. Two step configs with equal keys route identically (`compare_options`)."""
     return (router_config(model, config), config.tokens_per_gpu, config.seed, config.max_routed_tokens, config.ep,
-            config.traffic_model, config.deduplicates, config.locality_share)
+            config.traffic_model, config.deduplicates, config.locality_share, config.tp)
 
 
 def apply_locality_share(counts: np.ndarray, rank_to_node: np.ndarray, share: float) -> np.ndarray:
@@ -486,6 +502,20 @@ def _route_group(model: object, placement: Placement, config: StepConfig, inputs
         token_rank = inputs.token_rank[rows] - first_rank
     return route(router_config(model, config), placement, logits=logits, token_ids=token_ids, hidden=hidden,
                  token_rank=token_rank)
+
+
+def rank_tokens(spec: dict, config: StepConfig) -> int:
+    """Tokens each GPU routes: those of its TP group's micro-batch (the config's tokens_per_gpu, else
+    the model's) over TP (sequence parallelism); ValueError when TP does not divide them.
+
+    >>> rank_tokens({"tokens_per_gpu": 4096}, StepConfig(tp=4)), rank_tokens({"tokens_per_gpu": 4096}, StepConfig())
+    (1024, 4096)
+    """
+    tokens = config.tokens_per_gpu or spec["tokens_per_gpu"]
+    if tokens % config.tp:
+        raise ValueError(f"tp={config.tp} must divide tokens_per_gpu={tokens} (the tokens of one TP group's "
+                         f"micro-batch; sequence parallelism gives each TP rank 1 / TP of them)")
+    return tokens // config.tp
 
 
 def traffic_model_for(config: StepConfig, world_size: int) -> str:
@@ -570,7 +600,7 @@ def _route_traffic(model: object, placement: Placement | GroupedPlacement, confi
     """
     spec = model_dict(model)
     world_size = placement.world_size
-    tokens = tokens_per_gpu or config.tokens_per_gpu or spec["tokens_per_gpu"]
+    tokens = tokens_per_gpu or rank_tokens(spec, config)
     if traffic_model_for(config, world_size) == "popularity":
         return popularity_traffic(model, placement, config, tokens)
     routed = max(1, min(tokens, config.max_routed_tokens // world_size))
@@ -621,7 +651,7 @@ def popularity_traffic(model: object, placement: Placement | GroupedPlacement, c
     against routing every rank (tests/test_ep_groups.py).
     """
     spec = model_dict(model)
-    tokens = tokens_per_gpu or config.tokens_per_gpu or spec["tokens_per_gpu"]
+    tokens = tokens_per_gpu or rank_tokens(spec, config)
     if isinstance(placement, Placement):
         placement = expert_parallel_placement(placement.num_experts, placement.rank_to_node, placement.world_size) \
             if placement.num_experts % placement.world_size == 0 else GroupedPlacement(
@@ -855,6 +885,7 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
     distinct (no saving, same answer).
     """
     spec = model_dict(model)
+    check_tensor_parallel(config.tp, graph, config.tokens_per_gpu or spec["tokens_per_gpu"], model)
     placement = placement_for(model, graph, config.ep)
     world_size = placement.world_size
     ep = placement.ep if isinstance(placement, GroupedPlacement) else world_size
@@ -865,9 +896,9 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
             or (traffic.ep or world_size) != ep:
         raise ValueError(f"traffic was routed for {traffic.send_counts.shape[0]} ranks (EP {traffic.ep}) with router "
                          f"{traffic.router!r}, not {world_size} ranks (EP {ep}) with {config.router!r}")
-    if config.tokens_per_gpu is not None and traffic.tokens_per_rank != config.tokens_per_gpu:
-        raise ValueError(f"traffic has {traffic.tokens_per_rank} tokens per GPU, "
-                         f"the config asks {config.tokens_per_gpu}")
+    if (config.tokens_per_gpu is not None or config.tp > 1) and traffic.tokens_per_rank != rank_tokens(spec, config):
+        raise ValueError(f"traffic has {traffic.tokens_per_rank} tokens per GPU, the config asks "
+                         f"{rank_tokens(spec, config)} (tokens_per_gpu={config.tokens_per_gpu}, tp={config.tp})")
     counts = traffic.send_counts  # (W, W) token copies
     wire = counts if config.lsh_rate is None else np.ceil(config.lsh_rate * counts)  # (W, W) tokens or centroids
     moe_layer = resolve_moe_layer(config, gpu)
@@ -905,7 +936,8 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
                       experts_on_rank=spec["num_experts"] // ep, dispatch_bytes=dispatch_bytes,
                       combine_bytes=combine_bytes, rows_received=wire.sum(axis=0), network_s=network_s,
                       config=config, traffic=traffic, wire_counts=wire, phase_model=graph.graph.get("phase_model"),
-                      gradient_bytes=gradient_bytes, network_role_s=network_role_s)
+                      gradient_bytes=gradient_bytes, network_role_s=network_role_s,
+                      direct_s=(lambda matrix: a2a_cache.time_s(matrix, "direct")) if config.tp > 1 else None)
     schedule = step_schedule(spec["num_layers"], spec["moe_every"], config,
                              first_dense_layers=spec.get("first_dense_layers", 0))
     pipelined = tuple(spec for spec in PHASES.specs() if spec.pipelined)
@@ -1064,8 +1096,11 @@ def _breakdown(trace: Trace, traffic: RoutedTraffic, config: StepConfig, dispatc
     by_kind = {kind: 0.0 for kind in KINDS}
     for name, seconds in phases.items():
         by_kind[PHASES[name].kind] += seconds
-    a2a = by_kind["communication"]
-    compute = by_kind["compute"] + by_kind["overhead"]
+    # the tensor-parallel collectives block the step between the compute phases: booked apart from
+    # the all-to-alls, with the compute stream for the exposure below
+    tp_s = sum(seconds for name, seconds in phases.items() if name in TP_PHASES)
+    a2a = by_kind["communication"] - tp_s
+    compute = by_kind["compute"] + by_kind["overhead"] + tp_s
     # without overlap the phases run one after another and sum to the step; with overlap, the
     # all-to-all time not hidden behind compute is what the step loses to it
     exposed = min(a2a, max(0.0, step_s - compute))
@@ -1093,6 +1128,11 @@ def _breakdown(trace: Trace, traffic: RoutedTraffic, config: StepConfig, dispatc
         "count_scale": traffic.scale,
         "gate_width": traffic.gate_width,
         "world_size": world_size,
+        "tp": config.tp,
+        "tp_s": tp_s,
+        "tp_share": tp_s / step_s if step_s > 0 else 0.0,
+        "tokens_per_step": traffic.tokens_per_rank * world_size,
+        "tokens_per_s": traffic.tokens_per_rank * world_size / step_s if step_s > 0 else 0.0,
     }
 
 
@@ -1115,6 +1155,8 @@ def describe(config: StepConfig) -> str:
         parts.append(f"{config.dispatch_format} dispatch")
     if config.overlap:
         parts.append("overlap")
+    if config.tp > 1:
+        parts.append(f"tp {config.tp}")
     return ", ".join(parts)
 
 

@@ -38,7 +38,8 @@ import numpy as np
 
 __all__ = ["PhaseSpec", "PhaseCost", "CostContext", "PhaseTable", "PHASES", "KINDS", "BLOCKS", "DIRECTIONS",
            "register_phase", "unregister_phase", "step_schedule", "backward_chain", "roofline_cost",
-           "compute_time_s", "expert_cost", "KERNELS", "calibrated_cost", "measured_lsh_cost", "einsum_gate_cost"]
+           "compute_time_s", "expert_cost", "KERNELS", "calibrated_cost", "measured_lsh_cost", "einsum_gate_cost",
+           "TP_PHASES", "tp_collective_cost"]
 
 KINDS = ("communication", "compute", "overhead")
 BLOCKS = ("attention", "moe", "dense", "head")
@@ -118,6 +119,10 @@ class CostContext:
                      ("combine"); None = `network_s` for both. A collective that treats the two
                      differently (the node-deduplicated one: one network copy per (token, node) one
                      way, a reduction on the forwarder the other) needs the role.
+    direct_s:        seconds of one phase of point-to-point messages, a (W, W) byte matrix sent all
+                     at once over the topology (the `direct` algorithm whatever the step's
+                     all-to-all is): the ring steps of the tensor-parallel collectives
+                     (`lshsim.sim.tensor_parallel`). None where there is no network (a measured trace).
     """
 
     world_size: int
@@ -135,6 +140,7 @@ class CostContext:
     phase_model: object = None
     gradient_bytes: np.ndarray | None = None
     network_role_s: Callable[[np.ndarray, str], float] | None = None
+    direct_s: Callable[[np.ndarray], float] | None = None
 
     def roofline_s(self, flops: float, hbm_bytes: float, kernels: int = 0) -> float:
         """`compute_time_s` on this context's GPU, with its kernel launch cost."""
@@ -383,12 +389,20 @@ def _copies(ctx: CostContext) -> float:
     return _tokens(ctx) * ctx.traffic.k
 
 
+def _tp(ctx: CostContext) -> int:
+    """The step's tensor-parallel degree (1 without a config: a measured trace)."""
+    return int(getattr(ctx.config, "tp", 1) or 1)
+
+
+# With tensor parallelism (`lshsim.sim.tensor_parallel`) a GPU holds T / TP tokens (sequence
+# parallel: `_tokens` is that), and computes 1 / TP of its TP group's T tokens through 1 / TP of
+# the weights: the FLOPs and activations below are those of T / TP tokens, the weights / TP.
 def _attention_work(ctx: CostContext) -> tuple[float, float]:
     # QKV and output projections 2 * 4 d^2, scores and weighted sum 2 * 2 s d per token (PaLM App. B)
     m, tokens = ctx.model, _tokens(ctx)
     d, b = m["d_model"], m["bytes_per_element"]
     span = m["attention_window"] or m["seq_len"]
-    return tokens * (2 * 4 * d * d + 2 * 2 * span * d), 4 * d * d * b + 10 * tokens * d * b
+    return tokens * (2 * 4 * d * d + 2 * 2 * span * d), 4 * d * d * b / _tp(ctx) + 10 * tokens * d * b
 
 
 def _dense_ffn_work(ctx: CostContext) -> tuple[float, float]:
@@ -397,7 +411,8 @@ def _dense_ffn_work(ctx: CostContext) -> tuple[float, float]:
     m, tokens = ctx.model, _tokens(ctx)
     d, b = m["d_model"], m["bytes_per_element"]
     f = m.get("dense_d_ffn") or m["d_ffn"]
-    return expert_cost(tokens, d, f, 1, b, m.get("ffn_matrices", 2))
+    tp = _tp(ctx)
+    return expert_cost(tokens, d, f, 1 / tp if tp > 1 else 1, b, m.get("ffn_matrices", 2))
 
 
 def _head_work(ctx: CostContext) -> tuple[float, float]:
@@ -405,7 +420,7 @@ def _head_work(ctx: CostContext) -> tuple[float, float]:
     if not m.get("output_head", True):     # a stage of a staged model (Swin) that is not the last
         return 0.0, 0.0
     d, b, vocab = m["d_model"], m["bytes_per_element"], m["vocab_size"]
-    return tokens * 2 * d * vocab, vocab * d * b + tokens * (d * b + 2 * vocab * 4)
+    return tokens * 2 * d * vocab, vocab * d * b / _tp(ctx) + tokens * (d * b + 2 * vocab * 4)
 
 
 def _gate_work(ctx: CostContext) -> tuple[float, float]:
@@ -525,7 +540,10 @@ def _expert_cost(ctx: CostContext, direction: str, chunks: int = 1) -> PhaseCost
     shared = m.get("num_shared_experts", 0)
     shared_s = 0.0
     if shared and ctx.traffic is not None:
-        flops, hbm = expert_cost(_tokens(ctx) * shared, d, f, shared, b, matrices)
+        # with TP the shared experts are split over the TP ranks (Megatron-Core: they follow the
+        # dense part): the rank's T / TP tokens' FLOPs, 1 / TP of the weights
+        tp = _tp(ctx)
+        flops, hbm = expert_cost(_tokens(ctx) * shared, d, f, shared / tp if tp > 1 else shared, b, matrices)
         shared_s = ctx.roofline_s(factor * flops / chunks, factor * hbm / chunks, factor * KERNELS["expert"] / chunks)
     if ctx.traffic is not None and _moe_layer(ctx) == "gshard-einsum-loop":
         # fairseq / DeepSpeed-MoE of 2021-22: the local experts one after another (lshsim.sim.moe_layers)
@@ -576,6 +594,98 @@ def _uses_lsh(config: object) -> bool:
     return getattr(config, "lsh_rate", None) is not None
 
 
+# ---- tensor parallelism's collectives (`lshsim.sim.tensor_parallel`) ------------------------------
+def _uses_tp(config: object) -> bool:
+    return int(getattr(config, "tp", 1) or 1) > 1
+
+
+def _replica_activation_bytes(ctx: CostContext) -> float:
+    """N: the (T, d) activations of one TP group's micro-batch (T = TP x the rank's T / TP tokens)."""
+    m = ctx.model
+    return _tokens(ctx) * _tp(ctx) * m["d_model"] * m["bytes_per_element"]
+
+
+def _sequence_parallel_block(ctx: CostContext, direction: str) -> list[tuple[str, float]]:
+    # Korthikanti et al. 2022: g (all-gather) in, g-bar (reduce-scatter) out, forward; backward the
+    # conjugates (reduce-scatter and all-gather): the same two collectives of N bytes each way
+    n = _replica_activation_bytes(ctx)
+    return [("all_gather", n), ("reduce_scatter", n)]
+
+
+def _shared_expert_block(ctx: CostContext, direction: str) -> list[tuple[str, float]]:
+    # Megatron-Core's shared experts follow the dense part's TP: the same all-gather / reduce-scatter
+    return _sequence_parallel_block(ctx, direction) if ctx.model.get("num_shared_experts", 0) else []
+
+
+def _head_block(ctx: CostContext, direction: str) -> list[tuple[str, float]]:
+    # the vocabulary-parallel embedding's output reduce-scattered to the sequence-parallel layout
+    # and the output layer's input all-gathered (forward; backward the conjugates), and the
+    # vocabulary-parallel cross-entropy's three all-reduces of one float32 per token (forward)
+    if not ctx.model.get("output_head", True):
+        return []
+    n = _replica_activation_bytes(ctx)
+    out = [("reduce_scatter", n), ("all_gather", n)]
+    if direction == "forward":
+        out += [("all_reduce", _tokens(ctx) * _tp(ctx) * 4.0)] * 3
+    return out
+
+
+def tp_collective_cost(collectives: Callable[[CostContext, str], list[tuple[str, float]]]) -> CostFunction:
+    """A tensor-parallel phase's cost: the ring collectives collectives(context, direction) ->
+    [(kind, N bytes)], one after another, each `tensor_parallel.tp_collective_s` with the context's
+    `direct_s` (the network simulation of one ring step of every TP group at once). Bytes: what a
+    rank sends, steps x N / TP. Zero with TP = 1 or without a network (a measured trace)."""
+
+    def cost(ctx: CostContext, direction: str, chunks: int = 1) -> PhaseCost:
+        from lshsim.sim.tensor_parallel import ring_steps, tp_collective_s
+
+        tp = _tp(ctx)
+        if tp == 1 or ctx.direct_s is None:
+            return PhaseCost(0.0)
+        seconds = sent = 0.0
+        for kind, tensor_bytes in collectives(ctx, direction):
+            seconds += tp_collective_s(ctx.direct_s, ctx.world_size, tp, kind, tensor_bytes)
+            sent += ring_steps(kind, tp) * np.ceil(tensor_bytes / tp)
+        return PhaseCost(seconds, bytes=np.full(ctx.world_size, sent))
+
+    return cost
+
+
+#: the tensor-parallel phases, each placed next to a built-in phase: (anchor, "after" | "before", spec)
+_TENSOR_PARALLEL = [
+    ("attention", "after", PhaseSpec(
+        "tp_attention", "communication", "attention", tp_collective_cost(_sequence_parallel_block),
+        applies=_uses_tp,
+        description="tensor parallel: the attention block's all-gather in and reduce-scatter out (sequence "
+                    "parallel; backward the conjugates) over the TP group's intra-node links")),
+    ("dense_ffn", "after", PhaseSpec(
+        "tp_dense_ffn", "communication", "dense", tp_collective_cost(_sequence_parallel_block),
+        applies=_uses_tp,
+        description="tensor parallel: the dense FFN's all-gather and reduce-scatter (sequence parallel)")),
+    ("gate", "before", PhaseSpec(
+        "tp_shared_expert", "communication", "moe", tp_collective_cost(_shared_expert_block),
+        applies=_uses_tp,
+        description="tensor parallel: the TP-split shared experts' all-gather and reduce-scatter (0 without "
+                    "shared experts); routed experts have expert-TP 1 and no TP collective")),
+    ("other", "after", PhaseSpec(
+        "tp_head", "communication", "head", tp_collective_cost(_head_block), applies=_uses_tp,
+        description="tensor parallel: the vocabulary-parallel embedding's reduce-scatter, the output layer's "
+                    "all-gather and the cross-entropy's all-reduces")),
+]
+
+
+def _with_tensor_parallel(specs: list[PhaseSpec]) -> list[PhaseSpec]:
+    out = list(specs)
+    for anchor, where, spec in _TENSOR_PARALLEL:
+        position = [s.name for s in out].index(anchor)
+        out.insert(position + (1 if where == "after" else 0), spec)
+    return out
+
+
+#: the names of the tensor-parallel phases (booked apart from the all-to-alls in the breakdown)
+TP_PHASES = tuple(spec.name for _, _, spec in _TENSOR_PARALLEL)
+
+
 _BUILTIN = [
     PhaseSpec("gate", "compute", "moe",
               einsum_gate_cost(calibrated_cost("gate", roofline_cost(_gate_work, KERNELS["gate"]))),
@@ -611,7 +721,7 @@ _BUILTIN = [
 ]
 
 #: the phase table (see the module docstring); `register_phase` adds to it.
-PHASES = PhaseTable(_BUILTIN)
+PHASES = PhaseTable(_with_tensor_parallel(_BUILTIN))
 
 
 def register_phase(spec: PhaseSpec, *, before: str | None = None, after: str | None = None) -> PhaseSpec:
