@@ -286,7 +286,11 @@ def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float,
         table.add_column(column, justify="right" if column != "phase" else "left")
     phases, forward, backward = b["phases_s"], b["phases_forward_s"], b["phases_backward_s"]
     busy = sum(phases.values())
+    from lshsim.sim.phases import TP_PHASES
+
     for name, seconds in phases.items():
+        if name in TP_PHASES and seconds == 0:      # tp_shared_expert of a model without shared experts
+            continue
         table.add_row(name, f"{forward.get(name, 0.0) * 1e3:.3f}", f"{backward.get(name, 0.0) * 1e3:.3f}",
                       f"{seconds * 1e3:.3f}", f"{100 * seconds / busy:.1f}%")
     table.add_row("[bold]step[/bold]", f"{b['forward_s'] * 1e3:.3f}", f"{b['backward_s'] * 1e3:.3f}",

@@ -1261,6 +1261,7 @@ def compare_options(model: object, graph, options: list[tuple[str, StepConfig]],
             cache = A2ACache(graph, drain_tolerance, on_simulate=on_simulate, estimate=estimate)
             caches.append(cache)
         key = routing_key(model, config)
+        check_tensor_parallel(config.tp, graph, config.tokens_per_gpu or model_dict(model)["tokens_per_gpu"], model)
         if key not in routings:
             if progress is not None:
                 progress(index, len(options), label, "routing")
