@@ -144,7 +144,7 @@ def _plan_config(args, model=None):
                       locality_bonus=args.locality_bonus, seed=args.seed, max_routed_tokens=args.max_routed_tokens,
                       ep=args.ep, traffic_model=None if args.traffic_model == "auto" else args.traffic_model,
                       dispatch_format=None if args.dispatch_format == "model" else args.dispatch_format,
-                      moe_layer=None if args.moe_layer == "software" else args.moe_layer, tp=args.tp)
+                      moe_layer=None if args.moe_layer == "software" else args.moe_layer, tp=getattr(args, "tp", 1))
 
 
 def _fidelity(args, world_size: int) -> dict:

@@ -95,7 +95,7 @@ def tp_collective_s(step_s, world_size: int, tp: int, kind: str, tensor_bytes: f
     matrix, N / TP bytes per rank). `step_s` is the network model (the simulator's: the flow-level
     simulation of the matrix over the topology). 0 with TP = 1 or an empty tensor.
 
-    >>> tp_collective_s(lambda m: 1e-6 + m.max() / 1e9, 8, 4, "all_gather", 4e6)   # 3 x (1 us + 1 ms)
+    >>> round(tp_collective_s(lambda m: 1e-6 + m.max() / 1e9, 8, 4, "all_gather", 4e6), 9)   # 3 x (1 us + 1 ms)
     0.003003
     """
     steps = ring_steps(kind, tp)
