@@ -61,8 +61,14 @@ Where the numbers come from:
   adaptive pipelining degree, the step tries n in {1} + `overlap_chunks` and keeps the fastest,
   so overlap is never slower than n = 1 (no overlap).
 
+* **Tensor parallelism** (`StepConfig.tp` > 1; `lshsim.sim.tensor_parallel`): Megatron-Core's layout
+  with sequence parallelism and expert-TP 1. Each GPU holds T / TP of its TP group's T tokens
+  (routes and dispatches them); attention, dense FFN, shared experts and the output layer read 1 / TP
+  of their weights; the TP groups' ring all-gathers and reduce-scatters are the tp_* phases, each
+  ring step simulated over the topology like the all-to-alls.
+
 Not modelled: the data-parallel gradient all-reduce of dense weights, the optimizer step, memory
-capacity, and collectives other than the two all-to-alls.
+capacity, and collectives other than the two all-to-alls and the tensor-parallel ones.
 """
 from __future__ import annotations
 

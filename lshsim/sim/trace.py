@@ -21,6 +21,9 @@ attention          non-MoE compute of a transformer layer: attention block (QKV,
 dense_ffn          non-MoE compute: the dense FFN of a layer that has no MoE
 other              anything else a runner wants to time (simulator: the output head; executor:
                    the split-size exchange)
+tp_attention       tensor parallel (simulator, TP > 1): the attention block's all-gather and
+                   reduce-scatter; tp_dense_ffn, tp_shared_expert, tp_head: the same for the
+                   dense FFN, the shared experts and the embedding / output layer
 =================  ==============================================================================
 
 Conventions:
