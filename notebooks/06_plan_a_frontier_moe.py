@@ -26,8 +26,8 @@
 # 3. **Dropless or capacity**: what a capacity factor saves on the network and what it drops,
 #    with balanced and skewed expert popularity.
 #
-# Then one simulated training step per choice, and the expert-parallel group size (EP x DP, section
-# 5). What is **not** here yet, and why:
+# Then one simulated training step per choice, the expert-parallel group size (EP x DP, section
+# 5) and tensor parallelism inside a node (TP x EP, section 6). What is **not** here yet, and why:
 #
 # - *FP8 and per-node deduplication in the whole step*: section 2 simulates the dispatch
 #   all-to-all with them (`lshsim.sim.dispatch_formats`), but `lshsim plan`'s step does not offer
@@ -375,6 +375,53 @@ display(ep_table.round(3))
 #
 # Exercises: swap in `b200-ib-rail-8x8` (NVLink twice as fast, the same NICs) or `h100-efa-p5-8x8`
 # (4 x 100 Gb/s per GPU); try `load_model("qwen3-235b-a22b")` (128 experts: 2 per GPU on 64 GPUs).
+
+# %% [markdown]
+# ## 6. Tensor parallelism inside a node: TP x EP on the same 64 GPUs
+#
+# `StepConfig(tp=...)` / `lshsim plan --tp` splits attention, the dense FFNs, the shared expert and
+# the output layer over TP consecutive GPUs of a node, Megatron-Core's layout with sequence
+# parallelism and expert-TP 1 (`lshsim.sim.tensor_parallel`): each GPU holds 1 / TP of its TP group's
+# 4096 tokens and dispatches those, the experts stay whole (EP 64 folds over the TP ranks), and every
+# attention / dense / shared-expert block costs an all-gather and a reduce-scatter of the group's
+# (4096, 7168) activations each way over NVLink (the `tp_*` phases, each ring step simulated on the
+# cluster). With the model's 4096 tokens per TP group a step covers 64 / TP x 4096 tokens, so the
+# fair comparison is tokens per second; the second half of the table keeps the global batch instead
+# (4096 x TP tokens per TP group, i.e. 4096 per GPU as at TP 1).
+#
+# The traffic is the EP-64 routing of section 5 with its counts scaled to the tokens each GPU holds
+# (the same routed sample).
+
+# %%
+tp_rows = []
+ep64 = grouped_traffic(64)
+for batch in ("4096 per TP group", "4096 per GPU"):
+    for tp in (1, 2, 4, 8):
+        per_group = TOKENS if batch == "4096 per TP group" else TOKENS * tp
+        per_gpu_tokens = per_group // tp
+        traffic = replace(ep64, send_counts=ep64.send_counts * per_gpu_tokens / TOKENS, tokens_per_rank=per_gpu_tokens)
+        config = StepConfig(router="node_limited", capacity_factor=None, ep=64, tokens_per_gpu=per_group, tp=tp)
+        b = simulate_config(model, cluster, config, traffic=traffic, a2a_cache=cache).breakdown
+        tp_rows.append({"batch": batch, "TP": tp, "tokens / GPU": per_gpu_tokens, "step s": b["step_s"],
+                        "TP collectives share": b["tp_share"], "all-to-all share": b["a2a_share"],
+                        "attention s": b["phases_s"]["attention"],
+                        "tokens / s / GPU": b["tokens_per_s"] / W})
+tp_table = pd.DataFrame(tp_rows).set_index(["batch", "TP"])
+display(tp_table.round(3))
+
+# %%
+for batch in dict.fromkeys(tp_table.index.get_level_values(0)):
+    one, eight = tp_table.loc[(batch, 1)], tp_table.loc[(batch, 8)]
+    print(f"{batch}: TP 8 runs {eight['tokens / s / GPU'] / one['tokens / s / GPU']:.2f}x the tokens per second of "
+          f"TP 1; its TP collectives take {eight['TP collectives share']:.1%} of the step")
+
+# %% [markdown]
+# Tensor parallelism divides the attention and dense compute per GPU by TP for a given micro-batch,
+# but not the work per token: the tokens per second per GPU stay about where they are, minus the TP
+# collectives (and plus or minus the fixed costs: kernel launches, weight reads, start-up latencies,
+# which TP splits differently). What TP buys is memory (weights, activations and optimizer state / TP
+# for the dense part), which the simulator does not check; Megatron-Core's MoE tuning guide gives the
+# same advice: keep model parallelism as small as memory allows, and prefer EP to TP for experts.
 
 # %%
 print(f"notebook ran in {time.perf_counter() - notebook_start:.1f} s")
