@@ -9,7 +9,8 @@
 #      (NCCL_P2P_DISABLE=1) and sockets (+ NCCL_SHM_DISABLE=1): where LSH-MoE pays.
 # Results under OUT (JSON + log); a short table of the targets printed last. Steps that no longer fit
 # in BUDGET_S are skipped.
-# Usage: benchmarks/gpu_layer_bench.sh OUT [BUDGET_S] [STEPS]   (STEPS: a subset of "tests tune check lsh diag x1 x2 even")
+# Usage: benchmarks/gpu_layer_bench.sh OUT [BUDGET_S] [STEPS]   (STEPS: a subset of "tests tune check lsh diag x1 x2 even",
+#   or "profile": the gate's kernels per shape, benchmarks/profile_gate.py; not in the default list)
 set -u
 OUT=${1:?usage: gpu_layer_bench.sh OUT [BUDGET_S] [STEPS]}
 BUDGET_S=${2:-560}
@@ -43,6 +44,7 @@ want tune && step tune-lsh 60 120 $PY benchmarks/tune_lsh_kernels.py --out "$OUT
 want check && step check-x2 60 120 $PY -m lshsim.executor launch --nproc 2 --timeout-s 110 -- check --out "$OUT/check-x2.json"
 want lsh && step bench-lsh 40 90 sh -c "$PY benchmarks/bench_lsh.py --device cuda --fast --dtype bfloat16 --rotations gaussian --dims 4096 --tokens 8192 32768 --proj-dims 16 --repeats 50 --json > $OUT/bench-lsh.jsonl; cat $OUT/bench-lsh.jsonl"
 want diag && step diag-gate 30 60 sh -c "$PY benchmarks/diag_gate.py; $PY benchmarks/diag_gate.py --d-model 7168 --d-ffn 2048 --experts 256 --k 8"
+want profile && step profile-gate 40 100 $PY benchmarks/profile_gate.py --json "$OUT/profile-gate.json"
 want x1 && step layer-x1 60 200 $PY benchmarks/bench_moe_layer.py --compare-legacy --out "$OUT/layer-x1.json" --profile deepseek-v3-like
 want x2 && step layer-x2 60 200 $PY -m torch.distributed.run --nproc_per_node 2 benchmarks/bench_moe_layer.py --compare-legacy --out "$OUT/layer-x2.json"
 if want even; then

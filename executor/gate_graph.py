@@ -92,13 +92,22 @@ class CapturedFunction:
 
 
 def route_indices(config: RouterConfig, placement: Placement, rank: int, position: torch.Tensor,
-                  inputs: dict) -> dict:
+                  inputs: dict, bias: torch.Tensor | None = None, with_order: bool = True,
+                  sink: torch.Tensor | None = None) -> dict:
     """The index work of one rank's routing (no gradient): expert_index, gate_weight, slot, kept,
-    tokens_per_expert, capacity, and the send order (order, inv, token_of_row, counts).
+    tokens_per_expert, capacity, the send order (order, inv, token_of_row, counts), and `flat`,
+    one int64 tensor holding expert_index, slot, order, inv (T*k each), tokens_per_expert,
+    counts (E each), token_of_row (T*k), in that order.
 
-    The fused Triton kernels (`lshsim.dispatch.fused_routing`, about ten kernels) for topk and
-    locmoe with drop_policy "position" where Triton runs; `route_on_rank` + `choice_order` (about
-    60 kernels) otherwise. Both give the same result (tests/test_fused_routing.py).
+    bias: (E,) float32 added to `inputs["logits"]` in float32 (router logits = logits.float() +
+    bias; the logits may be the gate GEMM's 16-bit output). with_order=False: the caller needs no
+    send order (LSH-MoE orders by bucket); the fused path then skips it and order, inv and
+    token_of_row are None. sink: an (E + 1,) int64 buffer that also receives the kept rows per
+    position and their sum (the split-size exchange's input).
+
+    The fused Triton kernels (`lshsim.dispatch.fused_routing`, four kernels) for topk and locmoe
+    with drop_policy "position" where Triton runs; `route_on_rank` + `choice_order` (about 60
+    kernels) otherwise. Both give the same result (tests/test_fused_routing.py).
     """
     from lshsim.dispatch import fused_routing
     from lshsim.dispatch.routers import compute_capacity, locmoe_selection
@@ -106,25 +115,32 @@ def route_indices(config: RouterConfig, placement: Placement, rank: int, positio
     source = next(iter(inputs.values()))
     num_tokens = source.shape[0]
     with torch.no_grad():
-        if (config.name in ("topk", "locmoe") and config.drop_policy == "position"
-                and placement.num_experts <= fused_routing.MAX_EXPERTS and config.k <= fused_routing.MAX_K
-                and fused_routing.available(source.device)):
+        if fused_routing.eligible(config.name, config.drop_policy, placement.num_experts, config.k, source.device):
+            capacity = compute_capacity(num_tokens, config.k, placement.num_experts, config.capacity_factor)
             if config.name == "topk":
-                selection = router_logits = inputs["logits"]
+                out = fused_routing.fused_topk_route(inputs["logits"], None, config.k, capacity, position, bias=bias,
+                                                     with_order=with_order, sink=sink)
             else:
                 token_rank = torch.full((num_tokens,), rank, dtype=torch.int64, device=source.device)
                 router_logits, selection = locmoe_selection(inputs["hidden"], placement, config.locality_bonus,
                                                             token_rank, None)
-            capacity = compute_capacity(num_tokens, config.k, placement.num_experts, config.capacity_factor)
-            out = fused_routing.fused_topk_route(selection, router_logits, config.k, capacity, position)
+                out = fused_routing.fused_topk_route(selection, router_logits, config.k, capacity, position,
+                                                     with_order=with_order, sink=sink)
             out["capacity"] = capacity
             return out
+        if bias is not None and "logits" in inputs:
+            inputs = {**inputs, "logits": inputs["logits"].float() + bias}
         plan = route_on_rank(config, placement, rank, **inputs)
         order, counts = choice_order(plan.expert_index, plan.slot, plan.kept, position, plan.capacity)
+        inv = inverse_permutation(order)
+        token_of_row = torch.div(order, plan.num_choices, rounding_mode="floor")
+        flat = torch.cat([plan.expert_index.reshape(-1), plan.slot.reshape(-1), order, inv, plan.tokens_per_expert,
+                          counts, token_of_row])
+        if sink is not None:
+            sink.copy_(torch.cat([counts, counts.sum().reshape(1)]))
         return {"expert_index": plan.expert_index, "gate_weight": plan.gate_weight.float(), "slot": plan.slot,
                 "kept": plan.kept, "tokens_per_expert": plan.tokens_per_expert, "capacity": plan.capacity,
-                "order": order, "inv": inverse_permutation(order),
-                "token_of_row": torch.div(order, plan.num_choices, rounding_mode="floor"), "counts": counts}
+                "order": order, "inv": inv, "token_of_row": token_of_row, "counts": counts, "flat": flat}
 
 
 class GateWeights(torch.autograd.Function):
@@ -196,19 +212,21 @@ class GraphedRouting:
             return {"logits": inputs["logits"].float() + self.bias}
         return inputs
 
-    def _indices(self, **inputs) -> tuple[tuple[torch.Tensor, ...], tuple[int, int]]:
-        """(flat int64: expert_index, slot, order, inv, token of each send row (T*k each),
-        tokens_per_expert, counts (E each);
-        kept (T, k) bool; gate weights (T, k) float32); and (k, capacity)."""
+    def _indices(self, with_order: bool = True, **inputs) -> tuple[tuple[torch.Tensor, ...], tuple[int, int]]:
+        """(flat int64: expert_index, slot, order, inv (T*k each), tokens_per_expert, counts (E each),
+        token of each send row (T*k); kept (T, k) bool; gate weights (T, k) float32); and (k, capacity).
+        The bias is added inside (`route_indices`); with_order=False leaves order, inv and the
+        token of each send row unset on the fused path."""
         with torch.no_grad():
-            r = route_indices(self.config, self.placement, self.rank, self.position, self._router_inputs(inputs))
-            flat = torch.cat([r["expert_index"].reshape(-1), r["slot"].reshape(-1), r["order"], r["inv"],
-                              r["token_of_row"], r["tokens_per_expert"], r["counts"]])
-        return (flat, r["kept"], r["gate_weight"]), (r["expert_index"].shape[1], r["capacity"])
+            r = route_indices(self.config, self.placement, self.rank, self.position, inputs, bias=self.bias,
+                              with_order=with_order)
+        return (r["flat"], r["kept"], r["gate_weight"]), (r["expert_index"].shape[1], r["capacity"])
 
-    def __call__(self, inputs: dict) -> tuple[DispatchPlan, torch.Tensor, torch.Tensor, torch.Tensor,
-                                              torch.Tensor | None]:
-        """(plan, order, inv, counts, token of each send row (order // k) or None)."""
+    def __call__(self, inputs: dict, order: bool = True) -> tuple[DispatchPlan, torch.Tensor, torch.Tensor,
+                                                                  torch.Tensor, torch.Tensor | None]:
+        """(plan, order, inv, counts, token of each send row (order // k) or None). order=False: the
+        caller needs no send order (LSH-MoE: `lsh_segments` orders by bucket); order, inv and the
+        token of each send row are then None for the routers in SYNC_FREE_ROUTERS."""
         kind = get_router(self.config.name).input_kind
         if inputs.get(kind) is None:
             raise ValueError(f"router {self.config.name!r} reads {kind}, which was not given")
@@ -218,12 +236,14 @@ class GraphedRouting:
             plan = route_on_rank(self.config, self.placement, self.rank, **self._router_inputs(inputs))
             order, counts = choice_order(plan.expert_index, plan.slot, plan.kept, self.position, plan.capacity)
             return plan, order, inverse_permutation(order), counts, None
-        (flat, kept, weight_values), (k, capacity) = self.captured(**inputs)
+        (flat, kept, weight_values), (k, capacity) = self.captured({"with_order": bool(order)}, **inputs)
         source = next(iter(inputs.values()))
         num_tokens = source.shape[0]
         num_experts = self.placement.num_experts
         rows = num_tokens * k
-        expert_index, slot, order, inv, token_of_row, rest = torch.split(flat, [rows] * 5 + [2 * num_experts])
+        expert_index, slot, order_, inv, rest, token_of_row = torch.split(flat, [rows] * 4 + [2 * num_experts, rows])
+        if not order:
+            order_ = inv = token_of_row = None
         expert_index, slot = expert_index.view(num_tokens, k), slot.view(num_tokens, k)
         tokens_per_expert, counts = rest[:num_experts], rest[num_experts:]
         # the gate weights' gradient, by hand (GateWeights): the values come from the graph
@@ -236,7 +256,7 @@ class GraphedRouting:
         plan = DispatchPlan(expert_index=expert_index, gate_weight=gate_weight, slot=slot, kept=kept,
                             tokens_per_expert=tokens_per_expert, capacity=capacity, placement=self.placement,
                             token_rank=self._token_rank[num_tokens], router_logits=None)
-        return plan, order, inv, counts, token_of_row
+        return plan, order_, inv, counts, token_of_row
 
     # -- LSH-MoE: the (destination expert position, bucket) segments of the kept choices ------
     def _segments(self, expert_index: torch.Tensor, kept: torch.Tensor, bucket: torch.Tensor | None = None, *,
@@ -303,7 +323,7 @@ class GraphedGate:
     def __init__(self, routing: GraphedRouting, gate_inputs, gate_weight: torch.Tensor | None,
                  enabled: bool = True, copy_outputs: bool = True, sink: torch.Tensor | None = None) -> None:
         self.routing = routing
-        self.gate_inputs = gate_inputs  # (x, weight) -> the router's inputs, bias included
+        self.gate_inputs = gate_inputs  # (x, weight) -> the router's inputs, the logits without the bias (routing adds it)
         self.weight = gate_weight
         self.available = enabled and routing.config.name in SYNC_FREE_ROUTERS
         self.copy_outputs = copy_outputs
@@ -317,19 +337,21 @@ class GraphedGate:
             router_inputs = {"token_ids": rest[0]}
         else:
             router_inputs = self.gate_inputs(x, rest[0] if rest else None)
+        bias = self.routing.bias if config.name == "topk" else None  # added in float32 inside the routing
         with torch.no_grad():
             detached = {name: value.detach() for name, value in router_inputs.items()}
-            r = route_indices(config, self.routing.placement, self.routing.rank, self.routing.position, detached)
+            # the sink (the exchange's input: kept rows per position, then their sum) is written
+            # by the routing itself
+            r = route_indices(config, self.routing.placement, self.routing.rank, self.routing.position, detached,
+                              bias=bias, sink=self.sink)
             order, inv, k = r["order"], r["inv"], r["expert_index"].shape[1]
-            flat = torch.cat([r["expert_index"].reshape(-1), r["slot"].reshape(-1), order, inv,
-                              r["tokens_per_expert"], r["counts"]])
-            if self.sink is not None:  # the exchange's input: kept rows per position, then their sum
-                self.sink.copy_(torch.cat([r["counts"], r["counts"].sum().reshape(1)]))
+            rows = order.numel()
+            flat = r["flat"][:4 * rows + 2 * self.routing.placement.num_experts]  # a view: no copy
         if config.name == "hash":
             gate_weight = r["gate_weight"]
         else:  # the values of the index work, the gradient by hand: as GraphedRouting does
             source = router_inputs["logits"] if config.name == "topk" else router_inputs["hidden"]
-            gate_weight = GateWeights.apply(source, r["gate_weight"], r["expert_index"], config.name, None)
+            gate_weight = GateWeights.apply(source, r["gate_weight"], r["expert_index"], config.name, bias)
         send_x = gather_choices(x, order, inv, k, r["token_of_row"])  # (T*k, d), fp32 sums backward
         self._meta = (k, r["capacity"])
         return send_x, gate_weight, flat, r["kept"]

@@ -287,7 +287,7 @@ class DistributedMoE:
         #: the whole gate of a forward without LSH as one graph forward and backward on a GPU; it also
         #: writes the exchange's input
         self.gate_graph = GraphedGate(
-            self.routing, lambda x, weight: _gate_inputs(workload, GateParams(weight, self.gate.bias), x),
+            self.routing, lambda x, weight: _gate_inputs(workload, GateParams(weight, self.gate.bias), x, with_bias=False),
             self.gate.weight, copy_outputs=not fast,
             sink=self.count_exchange.source if fast else None)  # on a CPU the same function runs eagerly
         #: expert arithmetic: "auto" (grouped_mm where it runs, else padded bmm), "grouped_mm" or
@@ -365,7 +365,8 @@ class DistributedMoE:
             plan, order, inv, counts, send_x = gated
         else:
             plan, order, inv, counts, token_of_row = self.routing(
-                {"token_ids": token_ids, **_gate_inputs(workload, self.gate, x, with_bias=False)})
+                {"token_ids": token_ids, **_gate_inputs(workload, self.gate, x, with_bias=False)},
+                order=lsh is None or workload.alltoall == "node_dedup")  # LSH-MoE orders by bucket (lsh_segments)
         k = plan.num_choices
         segs = None
         if workload.alltoall == "node_dedup":

@@ -4,7 +4,9 @@ A figures file (`data/papers/figures.yaml`) lists the numbers two papers publish
 al., NeurIPS 2024; LocMoE, Li et al., IJCAI 2024): for each, the quantity, the published value
 (and range), the model and cluster, the step measured (`setting`) and the step it is compared
 with (`baseline`), what the paper leaves unsaid (`assumed`) and the source. The figures are a
-held-out test set: nothing is fitted on them; this module only compares.
+held-out test set for `compare`: nothing is fitted on them there. `fit` (`lshsim reproduce
+--fit`) is the one exception and says so: it fits one (GEMM, all-to-all) efficiency pair per cluster
+on that cluster's figures, with leave-one-out, as a consistency check, never as a shipped calibration.
 
 How a figure is predicted:
 

@@ -82,3 +82,64 @@ def test_cuda_fused_topk_equals_the_routers(case):
     pytest.importorskip("triton")
     _check(torch.device("cuda"), *case)
     _check(torch.device("cuda"), 2048, 16, 2, 1.0, router="locmoe")
+
+
+def _check_variants(device, num_tokens, num_experts, k, capacity_factor, ties=False, seed=1):
+    """The layer's calls: 16-bit logits + a float32 bias added inside, the sink, no send order."""
+    from lshsim.dispatch import fused_routing
+
+    generator = torch.Generator().manual_seed(seed)
+    placement = make_placement("round_robin", num_experts, 1, 1)
+    placement = type(placement)(placement.expert_to_rank.to(device), placement.rank_to_node.to(device))
+    position = torch.randperm(num_experts, generator=generator).to(device)
+    config = RouterConfig("topk", k=k, capacity_factor=capacity_factor)
+    if ties:  # few distinct values, +0.0 and -0.0 among them: the first index wins, as argmax (k <= 2:
+        # the reference takes argmax there; torch.topk orders ties its own way)
+        raw = torch.randint(-2, 3, (num_tokens, num_experts), generator=generator).float()
+        raw = torch.where(torch.rand(num_tokens, num_experts, generator=generator) < 0.5, raw, raw * -1.0)
+        bias = torch.zeros(num_experts)
+        logits = raw.to(torch.bfloat16)
+    else:
+        logits = (torch.randn(num_tokens, num_experts, generator=generator) * 2).to(torch.bfloat16)
+        bias = torch.randn(num_experts, generator=generator)
+    logits, bias = logits.to(device), bias.to(device)
+    ref = route_on_rank(config, placement, 0, logits=logits.float() + bias)
+    ref_order, ref_counts = choice_order(ref.expert_index, ref.slot, ref.kept, position, ref.capacity)
+    capacity = compute_capacity(num_tokens, k, num_experts, capacity_factor)
+    sink = torch.full((num_experts + 1,), -7, dtype=torch.int64, device=device)
+    out = fused_routing.fused_topk_route(logits, None, k, capacity, position, bias=bias, sink=sink)
+    for name in ("expert_index", "slot", "kept", "tokens_per_expert"):
+        assert torch.equal(out[name].cpu(), getattr(ref, name).cpu()), name
+    torch.testing.assert_close(out["gate_weight"].cpu(), ref.gate_weight.detach().float().cpu(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(out["order"].cpu(), ref_order.cpu())
+    assert torch.equal(out["counts"].cpu(), ref_counts.cpu())
+    assert torch.equal(sink.cpu(), torch.cat([ref_counts, ref_counts.sum().reshape(1)]).cpu())
+    rows = num_tokens * k
+    flat = out["flat"].cpu()
+    expected = torch.cat([ref.expert_index.reshape(-1), ref.slot.reshape(-1), ref_order, inverse_permutation(ref_order),
+                          ref.tokens_per_expert, ref_counts, ref_order // k]).cpu()
+    assert flat.shape == (5 * rows + 2 * num_experts,) and torch.equal(flat, expected)
+    bare = fused_routing.fused_topk_route(logits, None, k, capacity, position, bias=bias, with_order=False)
+    assert bare["order"] is None and bare["inv"] is None and bare["token_of_row"] is None
+    for name in ("expert_index", "slot", "kept", "tokens_per_expert", "counts"):
+        assert torch.equal(bare[name].cpu(), out[name].cpu()), name
+    return ref
+
+
+VARIANTS = [(2000, 4, 2, 0.5, False), (700, 8, 1, 1.0, True), (513, 64, 2, 1.25, True), (300, 256, 8, None, False),
+            (1100, 16, 3, 0.8, False)]
+
+
+@pytest.mark.parametrize("case", VARIANTS, ids=lambda c: f"T{c[0]}-E{c[1]}-k{c[2]}-cf{c[3]}-ties{c[4]}")
+def test_interpreter_fused_bias_sink_and_no_order(interpreter, case):
+    ref = _check_variants(torch.device("cpu"), *case)
+    if case[3] is not None and case[3] < 1.0:
+        assert ref.num_dropped > 0  # the drops span several token blocks
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", VARIANTS + [(4096, 256, 8, None, False), (16384, 8, 2, 0.9, True)],
+                         ids=lambda c: f"T{c[0]}-E{c[1]}-k{c[2]}-cf{c[3]}-ties{c[4]}")
+def test_cuda_fused_bias_sink_and_no_order(case):
+    pytest.importorskip("triton")
+    _check_variants(torch.device("cuda"), *case)

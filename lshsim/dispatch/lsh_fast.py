@@ -1072,6 +1072,24 @@ def _compress_kernels(tokens: torch.Tensor, group: torch.Tensor, config: LSHConf
     return means, ints, sorted_key, order
 
 
+def _prepare_compress(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
+                      projection: LSHProjection | None, force_triton: bool):
+    """The checks both compress paths start with: `lsh.compress`'s result (its errors, or the cases
+    only it handles: exact hashing, no tokens, spans that overflow int64), or
+    (num_tokens, span, projection, kernel-eligible)."""
+    lsh._check_tokens(tokens) if not tokens.is_cuda else None
+    if tokens.ndim != 2 or not isinstance(group, torch.Tensor) or tuple(group.shape) != (tokens.shape[0],) \
+            or group.dtype != torch.int64:
+        return lsh.compress(tokens, group, config, projection)  # raises the reference's errors
+    num_tokens, d_model = tokens.shape
+    span = config.max_buckets(d_model) if not config.exact else 0
+    if config.exact or num_tokens == 0 or span >= _INT64_MAX:
+        return lsh.compress(tokens, group, config, projection)
+    projection = _default_projection(tokens, config, projection)
+    eligible = _config_eligible(config, projection, tokens) and (tokens.is_cuda or force_triton)
+    return num_tokens, span, projection, eligible
+
+
 def compress_fast(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
                   projection: LSHProjection | None = None, *, force_triton: bool = False) -> Compressed:
     """The same `lsh.Compressed` as `lsh.compress(tokens, group, config, projection)`.
@@ -1089,16 +1107,10 @@ def compress_fast(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
     the fast Hadamard transform. exact=True, spans with (2 d')^L * num_groups >= 2^63,
     non-finite tokens and negative groups fall back to `lsh.compress` (which raises for the last two).
     """
-    lsh._check_tokens(tokens) if not tokens.is_cuda else None
-    if tokens.ndim != 2 or not isinstance(group, torch.Tensor) or tuple(group.shape) != (tokens.shape[0],) \
-            or group.dtype != torch.int64:
-        return lsh.compress(tokens, group, config, projection)  # raises the reference's errors
-    num_tokens, d_model = tokens.shape
-    span = config.max_buckets(d_model) if not config.exact else 0
-    if config.exact or num_tokens == 0 or span >= _INT64_MAX:
-        return lsh.compress(tokens, group, config, projection)
-    projection = _default_projection(tokens, config, projection)
-    eligible = _config_eligible(config, projection, tokens) and (tokens.is_cuda or force_triton)
+    prepared = _prepare_compress(tokens, group, config, projection, force_triton)
+    if isinstance(prepared, Compressed):
+        return prepared
+    num_tokens, span, projection, eligible = prepared
     if not _use_triton(tokens.device, eligible, force_triton):
         return _compress_via_segments(tokens, group, config, projection)
     with torch.no_grad():
@@ -1134,16 +1146,10 @@ def _compress_via_segments(tokens: torch.Tensor, group: torch.Tensor, config: LS
     exact=True, spans with (2 d')^L * num_groups >= 2^63, non-finite tokens and negative groups
     fall back to `lsh.compress` (which raises for the last two).
     """
-    lsh._check_tokens(tokens) if not tokens.is_cuda else None
-    if tokens.ndim != 2 or not isinstance(group, torch.Tensor) or tuple(group.shape) != (tokens.shape[0],) \
-            or group.dtype != torch.int64:
-        return lsh.compress(tokens, group, config, projection)  # raises the reference's errors
-    num_tokens, d_model = tokens.shape
-    span = config.max_buckets(d_model) if not config.exact else 0
-    if config.exact or num_tokens == 0 or span >= _INT64_MAX:
-        return lsh.compress(tokens, group, config, projection)
-    projection = _default_projection(tokens, config, projection)
-    eligible = _config_eligible(config, projection, tokens) and (tokens.is_cuda or force_triton)
+    prepared = _prepare_compress(tokens, group, config, projection, force_triton)
+    if isinstance(prepared, Compressed):
+        return prepared
+    num_tokens, span, projection, eligible = prepared
     use = _use_triton(tokens.device, eligible, force_triton)
     with torch.no_grad():
         key = _hash_launch(tokens.detach(), config, projection, group, span, **(hash_launch or {})) if use else None
