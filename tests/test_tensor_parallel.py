@@ -192,3 +192,27 @@ def test_sweep_has_a_tp_axis():
     assert AXES["tp"].check(4) == 4
     with pytest.raises(ValueError, match="tp=0"):
         AXES["tp"].check(0)
+
+
+def test_sweep_tp_axis_rows_equal_plan_tp(tmp_path, capsys):
+    """A grid with `tp: [1, 2]` gives, per point, the step of `lshsim plan --tp` on the same inputs."""
+    import csv
+
+    model = tmp_path / "tiny.yaml"
+    model.write_text("num_layers: 2\nd_model: 256\nd_ffn: 1024\nnum_experts: 8\nseq_len: 256\n"
+                     "tokens_per_gpu: 512\nvocab_size: 1000\n")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: tp-grid\ngrid:\n  model: tiny.yaml\n  cluster: h100-nvswitch\n  tp: [1, 2]\n"
+                    "options: [baseline]\n")
+    table = tmp_path / "r.csv"
+    assert main(["sweep", str(grid), "--out", str(table), "--jobs", "0"]) == 0
+    capsys.readouterr()
+    with open(table, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["tp"] for row in rows] == ["1", "2"] and all(row["error"] == "" for row in rows)
+    for row in rows:
+        assert main(["plan", "--model", str(model), "--cluster", "h100-nvswitch", "--tp", row["tp"], "--json"]) == 0
+        plan = json.loads(capsys.readouterr().out)["options"][0]["breakdown"]
+        assert float(row["step_s"]) == pytest.approx(plan["step_s"], rel=1e-12)
+    # a toy this small is latency-bound: TP 2 halves the tokens per GPU but adds rings of 10-us steps
+    assert float(rows[1]["step_s"]) != float(rows[0]["step_s"])
