@@ -74,9 +74,9 @@ def test_ring_layout():
 
 
 def _ring_closed_form(kind_steps: int, tp: int, tensor_bytes: float) -> float:
-    # Hockney ring: each of the steps sends N / TP bytes GPU -> NVSwitch -> GPU: alpha, two hops'
-    # latency, and the bytes at the GPU's NVSwitch port (links x per link), the only flow on it
-    return kind_steps * (ALPHA + 2 * LATENCY + np.ceil(tensor_bytes / tp) / (LINKS * PER_LINK))
+    # NCCL-style ring: one start-up alpha, then each step sends N / TP bytes GPU -> NVSwitch -> GPU:
+    # two hops' latency and the bytes at the GPU's NVSwitch port (links x per link), its only flow
+    return ALPHA + kind_steps * (2 * LATENCY + np.ceil(tensor_bytes / tp) / (LINKS * PER_LINK))
 
 
 @pytest.mark.parametrize("tp", [2, 4, 8])
@@ -214,5 +214,5 @@ def test_sweep_tp_axis_rows_equal_plan_tp(tmp_path, capsys):
         assert main(["plan", "--model", str(model), "--cluster", "h100-nvswitch", "--tp", row["tp"], "--json"]) == 0
         plan = json.loads(capsys.readouterr().out)["options"][0]["breakdown"]
         assert float(row["step_s"]) == pytest.approx(plan["step_s"], rel=1e-12)
-    # a toy this small is latency-bound: TP 2 halves the tokens per GPU but adds rings of 10-us steps
+    # a toy this small is latency-bound: TP 2 halves the tokens per GPU but adds the rings
     assert float(rows[1]["step_s"]) != float(rows[0]["step_s"])

@@ -943,7 +943,8 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
                       combine_bytes=combine_bytes, rows_received=wire.sum(axis=0), network_s=network_s,
                       config=config, traffic=traffic, wire_counts=wire, phase_model=graph.graph.get("phase_model"),
                       gradient_bytes=gradient_bytes, network_role_s=network_role_s,
-                      direct_s=(lambda matrix: a2a_cache.time_s(matrix, "direct")) if config.tp > 1 else None)
+                      direct_s=(lambda matrix, start_up=True: a2a_cache.time_s(matrix, "direct") if start_up else
+                                a2a_cache.time_s(matrix, "direct", alpha_s=0.0)) if config.tp > 1 else None)
     schedule = step_schedule(spec["num_layers"], spec["moe_every"], config,
                              first_dense_layers=spec.get("first_dense_layers", 0))
     pipelined = tuple(spec for spec in PHASES.specs() if spec.pipelined)

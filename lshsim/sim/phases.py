@@ -119,10 +119,12 @@ class CostContext:
                      ("combine"); None = `network_s` for both. A collective that treats the two
                      differently (the node-deduplicated one: one network copy per (token, node) one
                      way, a reduction on the forwarder the other) needs the role.
-    direct_s:        seconds of one phase of point-to-point messages, a (W, W) byte matrix sent all
-                     at once over the topology (the `direct` algorithm whatever the step's
-                     all-to-all is): the ring steps of the tensor-parallel collectives
-                     (`lshsim.sim.tensor_parallel`). None where there is no network (a measured trace).
+    direct_s:        direct_s(matrix, start_up=True): seconds of one phase of point-to-point messages,
+                     a (W, W) byte matrix sent all at once over the topology (the `direct` algorithm
+                     whatever the step's all-to-all is), with the per-message start-up latency
+                     (alpha) or without it (start_up=False): the ring steps of the tensor-parallel
+                     collectives (`lshsim.sim.tensor_parallel`). None where there is no network (a
+                     measured trace).
     """
 
     world_size: int
@@ -140,7 +142,7 @@ class CostContext:
     phase_model: object = None
     gradient_bytes: np.ndarray | None = None
     network_role_s: Callable[[np.ndarray, str], float] | None = None
-    direct_s: Callable[[np.ndarray], float] | None = None
+    direct_s: Callable[..., float] | None = None
 
     def roofline_s(self, flops: float, hbm_bytes: float, kernels: int = 0) -> float:
         """`compute_time_s` on this context's GPU, with its kernel launch cost."""

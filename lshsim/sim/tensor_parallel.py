@@ -36,8 +36,11 @@ The collectives: NCCL's ring algorithm (all-gather and reduce-scatter: TP - 1 st
 step every rank sends one chunk of N / TP bytes to its ring successor, N = the full (T, d)
 tensor). One step of every TP group at once is one (W, W) traffic matrix (`ring_step_matrix`);
 the simulator costs it with the flow-level network over the topology (the `direct` all-to-all of
-that matrix, so the node's links, their latencies and the start-up latency alpha are those of the
-all-to-alls), and a collective takes TP - 1 such steps. The reduction of reduce-scatter is fused
+that matrix, so the node's links, their hop latencies and the start-up latency alpha are those of
+the all-to-alls). NCCL runs a ring collective as one kernel that pipelines slices along the ring,
+so a collective pays the start-up alpha once: its time is one step with alpha plus the other
+steps without it (each step still pays its hops' latency and its bytes at the links' rates):
+alpha + steps x (hops' latency + (N / TP) / bandwidth) on an otherwise idle node. The reduction of reduce-scatter is fused
 into NCCL's copy kernel and not costed; NVLink SHARP (NVLS) all-reduce is not modelled.
 """
 from __future__ import annotations
@@ -91,17 +94,22 @@ def ring_steps(kind: str, tp: int) -> int:
 
 def tp_collective_s(step_s, world_size: int, tp: int, kind: str, tensor_bytes: float) -> float:
     """Seconds of one ring collective `kind` of a tensor of `tensor_bytes` (the full, gathered
-    tensor N), run by every TP group at once: ring_steps(kind, tp) x step_s(one ring step's (W, W)
-    matrix, N / TP bytes per rank). `step_s` is the network model (the simulator's: the flow-level
-    simulation of the matrix over the topology). 0 with TP = 1 or an empty tensor.
+    tensor N), run by every TP group at once: the ring steps (`ring_steps`) of one (W, W) matrix,
+    N / TP bytes per rank (`ring_step_matrix`), the first with the start-up latency and the others
+    without it (module docstring). step_s(matrix, start_up=True) is the network model (the
+    simulator's: the flow-level simulation of the matrix over the topology). 0 with TP = 1 or an
+    empty tensor.
 
-    >>> round(tp_collective_s(lambda m: 1e-6 + m.max() / 1e9, 8, 4, "all_gather", 4e6), 9)   # 3 x (1 us + 1 ms)
-    0.003003
+    >>> step = lambda m, start_up=True: (10e-6 if start_up else 0.0) + 1e-6 + m.max() / 1e9
+    >>> round(tp_collective_s(step, 8, 4, "all_gather", 4e6), 9)   # 10 us + 3 x (1 us + 1 ms)
+    0.003013
     """
     steps = ring_steps(kind, tp)
     if steps == 0 or tensor_bytes <= 0:
         return 0.0
-    return steps * float(step_s(ring_step_matrix(world_size, tp, np.ceil(tensor_bytes / tp))))
+    matrix = ring_step_matrix(world_size, tp, np.ceil(tensor_bytes / tp))
+    first = float(step_s(matrix))
+    return first if steps == 1 else first + (steps - 1) * float(step_s(matrix, False))
 
 
 def check_tensor_parallel(tp: int, graph, tokens_per_replica: int, model: object | None = None) -> None:
