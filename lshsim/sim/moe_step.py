@@ -14,6 +14,8 @@ l on every rank (GPU):
 The backward pass is the forward sequence reversed, with twice the compute, and the same two
 all-to-alls carrying gradients: the combine's gradient goes token ranks -> expert ranks (the
 dispatch traffic matrix M), the dispatch's gradient goes back (M^T).
+4. the data-parallel gradient all-reduce ("grad_allreduce", kind "gradient_sync", the table's
+   "gradient" block), once per step in the backward.
 
 Where the numbers come from:
 
@@ -61,8 +63,27 @@ Where the numbers come from:
   adaptive pipelining degree, the step tries n in {1} + `overlap_chunks` and keeps the fastest,
   so overlap is never slower than n = 1 (no overlap).
 
-Not modelled: the data-parallel gradient all-reduce of dense weights, the optimizer step, memory
-capacity, and collectives other than the two all-to-alls.
+* **Gradient all-reduce** (data parallelism; `StepConfig.grad_sync`, else the cluster's
+  `software.grad_sync`, else "overlapped"): every rank holds the replicated weights (attention,
+  dense FFN, gate, shared experts, embedding and head: `lshsim.sim.phases.gradient_parameters`), so
+  their gradients (x `grad_bytes_per_element`, default the model's) are all-reduced over all W
+  ranks; with EP < W each expert has W / EP replicas and its gradients are all-reduced over them
+  (EP rings at once, after the replicated ones). Each all-reduce is a ring (reduce-scatter +
+  all-gather, 2 (g - 1) steps) whose step is simulated on the topology's flow network
+  (`lshsim.sim.collectives.ring_all_reduce`: every rank to its ring successor at once, one ring per
+  NIC of a node, the NICs at the software's `allreduce_efficiency` of line rate), so it costs
+  2 (g - 1) / g x bytes / bandwidth plus 2 (g - 1) start-ups on a plain ring. Modes: "after" (one
+  all-reduce once the backward has ended: fairseq's legacy_ddp), "overlapped" (PyTorch DDP: buckets
+  of `grad_bucket_bytes`, 25 MiB, each all-reduced once its layers' backward has ended, one after
+  another on one stream; only what runs past the backward's end adds to the step), "off" (not
+  simulated, as before). A staged model (Swin) all-reduces each stage's gradients with that stage.
+  Not modelled: the buckets' bandwidth contention with the backward's all-to-alls, DDP's 1 MiB first
+  bucket, tree all-reduce, gradient accumulation (one all-reduce per optimizer step).
+* **Shares** are of the whole step: a2a_share = all-to-all time not hidden behind compute / step
+  time; the step includes the gradient all-reduce's exposed part (grad_sync_share).
+
+Not modelled: the optimizer step, memory capacity, tensor (model) parallelism, and collectives
+other than the two all-to-alls and the gradient all-reduce.
 """
 from __future__ import annotations
 
