@@ -76,7 +76,8 @@ Where the numbers come from:
   all-reduce once the backward has ended: fairseq's legacy_ddp), "overlapped" (PyTorch DDP: buckets
   of `grad_bucket_bytes`, 25 MiB, each all-reduced once its layers' backward has ended, one after
   another on one stream; only what runs past the backward's end adds to the step), "off" (not
-  simulated, as before). A staged model (Swin) all-reduces each stage's gradients with that stage.
+  simulated, as before). A staged model (Swin): "overlapped" puts every stage's buckets on one stream over the whole
+  backward (`combine_breakdowns`); "after" adds the stages' all-reduces.
   Not modelled: the buckets' bandwidth contention with the backward's all-to-alls, DDP's 1 MiB first
   bucket, tree all-reduce, gradient accumulation (one all-reduce per optimizer step).
 * **Shares** are of the whole step: a2a_share = all-to-all time not hidden behind compute / step
@@ -181,10 +182,39 @@ def stage_models(model: object) -> list[tuple[object, float]]:
     return out
 
 
+def _staged_grad_exposed(parts: list[dict]) -> float:
+    """The exposed time of a staged model's overlapped gradient all-reduce, its stages' buckets on one
+    stream over the whole backward.
+
+    Stage p's own timeline: forward [0, F_p] (forward_s), backward [F_p, E_p] (E_p = step_s -
+    exposed_grad_sync_s), its buckets ready at r within it (`grad_bucket_schedule`). In the model's
+    step the forwards run first (F = sum F_p), then the backwards from the last stage to the first,
+    so stage p's bucket is ready at F + (backward time of the stages after p) + (r - F_p). Buckets
+    run one after another in ready order; exposed = max(0, last end - the backward's end).
+
+    >>> a = {"forward_s": 1.0, "step_s": 3.0, "exposed_grad_sync_s": 0.0, "grad_bucket_schedule": [[3.0, 0.5]]}
+    >>> b = {"forward_s": 1.0, "step_s": 3.5, "exposed_grad_sync_s": 0.5, "grad_bucket_schedule": [[3.0, 0.5]]}
+    >>> _staged_grad_exposed([a, b])   # b's bucket hides behind a's backward; a's bucket is the tail
+    0.5
+    """
+    forward = sum(p["forward_s"] for p in parts)
+    backward = [p["step_s"] - p.get("exposed_grad_sync_s", 0.0) - p["forward_s"] for p in parts]
+    ready = []
+    for index, part in enumerate(parts):
+        offset = forward + sum(backward[index + 1:])
+        for when, seconds in part.get("grad_bucket_schedule", []):
+            ready.append((offset + (when - part["forward_s"]), seconds))
+    free = 0.0
+    for when, seconds in sorted(ready):
+        free = max(free, when) + seconds
+    return max(0.0, free - (forward + sum(backward)))
+
+
 def combine_breakdowns(parts: list[dict]) -> dict:
     """One step's breakdown from its stages' (run one after another): times and bytes add up,
     shares are recomputed, drops and the compression rate are weighted by the stages' MoE copies;
-    each stage all-reduces its own gradients (its grad_sync times add up);
+    the gradient all-reduce: "after", the stages' all-reduces add up; "overlapped", all stages'
+    buckets on one stream over the model's whole backward (`_staged_grad_exposed`);
     `stages` keeps each stage's step, all-to-all and share."""
     if not parts:
         raise ValueError("combine_breakdowns needs at least one stage")
@@ -197,6 +227,12 @@ def combine_breakdowns(parts: list[dict]) -> dict:
         return sum(w * p[key] for w, p in zip(weights, parts)) / total_w if sum(weights) else parts[-1][key]
 
     out = dict(parts[-1])
+    # the overlapped gradient all-reduce of a staged model: one bucket stream over the whole backward
+    # (stage N's backward first, stage 1's last), not one per stage (`_staged_grad_exposed`)
+    exposed_grad = sum(p.get("exposed_grad_sync_s", 0.0) for p in parts)
+    if all(p.get("grad_sync") == "overlapped" for p in parts) and any(p.get("grad_bucket_schedule") for p in parts):
+        staged = _staged_grad_exposed(parts)
+        step, exposed_grad = step - exposed_grad + staged, staged
     phases: dict = {}
     for p in parts:
         for name, seconds in p["phases_s"].items():
@@ -206,8 +242,8 @@ def combine_breakdowns(parts: list[dict]) -> dict:
                phases_s=phases, a2a_s=sum(p["a2a_s"] for p in parts), exposed_a2a_s=exposed,
                a2a_share=exposed / step if step > 0 else 0.0,
                grad_sync_s=sum(p.get("grad_sync_s", 0.0) for p in parts),
-               exposed_grad_sync_s=sum(p.get("exposed_grad_sync_s", 0.0) for p in parts),
-               grad_sync_share=sum(p.get("exposed_grad_sync_s", 0.0) for p in parts) / step if step > 0 else 0.0,
+               exposed_grad_sync_s=exposed_grad,
+               grad_sync_share=exposed_grad / step if step > 0 else 0.0,
                grad_bytes_replicated=sum(p.get("grad_bytes_replicated", 0) for p in parts),
                grad_bytes_expert=sum(p.get("grad_bytes_expert", 0) for p in parts),
                grad_buckets=sum(p.get("grad_buckets", 0) for p in parts),
@@ -1093,6 +1129,9 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
     breakdown["grad_bytes_replicated"] = replicated
     breakdown["grad_bytes_expert"] = expert
     breakdown["grad_buckets"] = len(buckets) if grad_sync == "overlapped" else (1 if breakdown["grad_sync_s"] else 0)
+    # the overlapped buckets (ready time from the step's start, seconds), for `combine_breakdowns`
+    breakdown["grad_bucket_schedule"] = [[b["ready_s"], b["end_s"] - b["start_s"]] for b in buckets] \
+        if grad_sync == "overlapped" else []
     return StepResult(trace=trace, breakdown=breakdown, config=config, traffic=traffic)
 
 
