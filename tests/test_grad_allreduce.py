@@ -161,3 +161,29 @@ def test_paper_cluster_nic_runs_at_the_allreduce_efficiency():
     bound = 2 * 15 / 16 * size / min(100 * 0.125e9 * software["allreduce_efficiency"], 12e9)
     assert seconds == pytest.approx(bound, rel=0.02)
     assert cache.all_reduce_s(np.arange(16)[None, :], size) == seconds and cache.hits >= 1
+
+
+def test_staged_model_buckets_share_one_stream_over_the_whole_backward():
+    from lshsim.sim.moe_step import _staged_grad_exposed, combine_breakdowns
+    G = build_topology(MESH)
+    parts = [simulate_step(TINY, G, grad_sync="overlapped").breakdown for _ in range(2)]
+    one = parts[0]
+    assert one["grad_bucket_schedule"] and one["exposed_grad_sync_s"] > 0
+    exposed = _staged_grad_exposed(parts)
+    # the stage whose backward runs first hides its buckets behind the other stage's backward: at
+    # least one stage's tail stays exposed, less than both stages' tails (stage by stage)
+    assert one["exposed_grad_sync_s"] - 1e-12 <= exposed < 2 * one["exposed_grad_sync_s"]
+    # by hand: stage 2's buckets at its own times, stage 1's shifted by stage 2's backward
+    forward, backward = 2 * one["forward_s"], one["step_s"] - one["exposed_grad_sync_s"] - one["forward_s"]
+    ready = sorted([(forward + r - one["forward_s"], t) for r, t in one["grad_bucket_schedule"]]
+                   + [(forward + backward + r - one["forward_s"], t) for r, t in one["grad_bucket_schedule"]])
+    free = 0.0
+    for when, seconds in ready:
+        free = max(free, when) + seconds
+    assert exposed == pytest.approx(max(0.0, free - forward - 2 * backward), rel=1e-9)
+    combined = combine_breakdowns(parts)
+    assert combined["exposed_grad_sync_s"] == pytest.approx(exposed, rel=1e-12)
+    assert combined["step_s"] == pytest.approx(2 * (one["step_s"] - one["exposed_grad_sync_s"]) + exposed, rel=1e-9)
+    # "after": the stages' all-reduces add up
+    after = [simulate_step(TINY, G, grad_sync="after").breakdown for _ in range(2)]
+    assert combine_breakdowns(after)["exposed_grad_sync_s"] == pytest.approx(2 * after[0]["grad_sync_s"], rel=1e-9)
