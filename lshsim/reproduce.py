@@ -58,7 +58,8 @@ QUANTITIES = ("a2a_share", "speedup", "step_reduction", "a2a_reduction")
 RELATIVE_QUANTITIES = ("speedup", "step_reduction", "a2a_reduction")
 #: the keys of a figure's `setting` and `baseline`: StepConfig fields, and top_k (the model's)
 SETTING_FIELDS = ("router", "lsh_rate", "algorithm", "overlap", "capacity_factor", "locality_bonus",
-                  "locality_share", "tokens_per_gpu", "ep", "moe_layer", "top_k")
+                  "locality_share", "tokens_per_gpu", "ep", "moe_layer", "grad_sync", "grad_bytes_per_element",
+                  "top_k")
 #: the tolerance the summary counts against (|relative error| <= WITHIN)
 WITHIN = 0.15
 
@@ -511,7 +512,10 @@ def _step_summary(b: dict) -> dict:
     return {"step_ms": b["step_s"] * 1e3, "a2a_ms": b["a2a_s"] * 1e3, "a2a_share": b["a2a_share"],
             "dropped_fraction": b["dropped_fraction"], "compression_rate": b["compression_rate"],
             "tokens_per_gpu": b["tokens_per_gpu"], "routed_tokens_per_rank": b["routed_tokens_per_rank"],
-            "gpus": b["world_size"], "inter_node_MB_per_layer": b["inter_node_bytes_per_layer"] / 1e6}
+            "gpus": b["world_size"], "inter_node_MB_per_layer": b["inter_node_bytes_per_layer"] / 1e6,
+            "grad_sync": b.get("grad_sync", "off"), "grad_sync_ms": b.get("grad_sync_s", 0.0) * 1e3,
+            "exposed_grad_sync_ms": b.get("exposed_grad_sync_s", 0.0) * 1e3,
+            "grad_sync_share": b.get("grad_sync_share", 0.0)}
 
 
 def _quantity(quantity: str, measured: dict, baseline: dict | None) -> float:

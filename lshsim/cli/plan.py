@@ -64,6 +64,12 @@ def add_parser(subparsers):
                         "software.moe_layer, e.g. the 2022 fairseq layer on the LSH-MoE paper clusters, else grouped), "
                         "grouped (today's: routed rows, grouped GEMM), tutel or gshard-einsum-loop (capacity-padded "
                         "buffers; the latter with dense one-hot dispatch and a loop over local experts)")
+    p.add_argument("--grad-sync", default="software", choices=("software", "after", "overlapped", "off"),
+                   help="the data-parallel gradient all-reduce (phase grad_allreduce: ring all-reduce of the "
+                        "replicated weights' gradients over all GPUs, the experts' over their replicas when EP < GPUs): "
+                        "software (default: the cluster's software.grad_sync, e.g. after on the LSH-MoE paper "
+                        "clusters, else overlapped), after (once the backward has ended), overlapped (25 MiB DDP "
+                        "buckets behind the backward), off (not simulated)")
     p.add_argument("--dispatch-format", choices=("model", "bf16", "fp8"), default="model",
                    help="bytes per token of the forward dispatch: model (the model's precision, default), bf16, "
                         "or fp8 (one byte a value plus a float32 scale per 128 values, as DeepEP counts it); the "
@@ -144,7 +150,8 @@ def _plan_config(args, model=None):
                       locality_bonus=args.locality_bonus, seed=args.seed, max_routed_tokens=args.max_routed_tokens,
                       ep=args.ep, traffic_model=None if args.traffic_model == "auto" else args.traffic_model,
                       dispatch_format=None if args.dispatch_format == "model" else args.dispatch_format,
-                      moe_layer=None if args.moe_layer == "software" else args.moe_layer, tp=getattr(args, "tp", 1))
+                      moe_layer=None if args.moe_layer == "software" else args.moe_layer, tp=getattr(args, "tp", 1),
+                      grad_sync=None if getattr(args, "grad_sync", "software") == "software" else args.grad_sync)
 
 
 def _fidelity(args, world_size: int) -> dict:
@@ -307,14 +314,24 @@ def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float,
                   f"{b['dispatch_bytes_per_layer'] / 1e6:.1f} MB per dispatch, "
                   f"{b['inter_node_bytes_per_layer'] / 1e6:.1f} MB of it between nodes; "
                   f"{100 * b['dropped_fraction']:.1f}% of choices dropped at capacity")
+    if b.get("grad_sync", "off") != "off":
+        console.print(f"gradient all-reduce ({b['grad_sync']}): [bold]{b['exposed_grad_sync_s'] * 1e3:.3f} ms "
+                      f"exposed = {100 * b['grad_sync_share']:.1f}%[/bold] of the step (all of it "
+                      f"{b['grad_sync_s'] * 1e3:.3f} ms, {b['grad_buckets']} all-reduce(s)); "
+                      f"{b['grad_bytes_replicated'] / 1e6:.1f} MB of replicated gradients per GPU over all GPUs"
+                      + (f", {b['grad_bytes_expert'] / 1e6:.1f} MB of expert gradients over each expert's replicas"
+                         if b["grad_bytes_expert"] and b["ep"] < b["world_size"] else ""))
+    else:
+        console.print("gradient all-reduce: off (not simulated)")
     compare = Table(title="Options vs the baseline (topk, no LSH, direct all-to-all)")
-    for column in ("option", "step ms", "a2a ms", "a2a %", "inter-node MB", "dropped", "speedup"):
+    for column in ("option", "step ms", "a2a ms", "a2a %", "grad sync %", "inter-node MB", "dropped", "speedup"):
         compare.add_column(column, justify="left" if column == "option" else "right")
     for row in rows:
         rb = row["breakdown"]
         mark = " *" if row is chosen else ""
         compare.add_row(row["label"] + mark, f"{rb['step_s'] * 1e3:.3f}",
                         f"{rb['exposed_a2a_s'] * 1e3:.3f}", f"{100 * rb['a2a_share']:.1f}%",
+                        f"{100 * rb.get('grad_sync_share', 0.0):.1f}%",
                         f"{rb['inter_node_bytes_per_layer'] / 1e6:.1f}", f"{100 * rb['dropped_fraction']:.1f}%",
                         f"{row['speedup']:.2f}x")
     console.print(compare)
@@ -345,7 +362,9 @@ def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float,
                      f"today's grouped layer")
     for note in dict.fromkeys(notes):
         console.print(f"[dim]note: {note}[/dim]")
-    console.print(f"[dim]* your option; share = all-to-all time not hidden behind compute / step; "
+    console.print(f"[dim]* your option; a2a % = all-to-all time not hidden behind compute / step time (the step "
+                  f"includes the exposed gradient all-reduce); grad sync % = gradient all-reduce past the backward / "
+                  f"step; "
                   f"simulated in {elapsed_s:.1f} s[/dim]")
     cache = fidelity.get("a2a_cache", {})
     exactness = "exact" if fidelity["mode"] == "exact" else \

@@ -130,6 +130,14 @@ def _drops(result) -> str:
     return ", ".join(parts)
 
 
+def _grad(result) -> str:
+    """The exposed gradient all-reduce's share of the measured step, and its mode."""
+    step = result.details.get("setting")
+    if step is None or step.get("grad_sync", "off") == "off":
+        return ""
+    return f"grad all-reduce {100 * step['grad_sync_share']:.0f}% ({step['grad_sync']})"
+
+
 def _render_tables(results, summary, checks, sweep_rows, planner, out) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -147,7 +155,7 @@ def _render_tables(results, summary, checks, sweep_rows, planner, out) -> None:
             table.add_row(name, _published(f), "[yellow]not plannable[/yellow]", "-", escape(_short_reason(r.reason)))
             continue
         mark = "green" if r.within else "red"
-        note = _drops(r)
+        note = ", ".join(part for part in (_grad(r), _drops(r)) if part)
         if r.in_range is not None:
             within_range = "in the paper's range" if r.in_range else "outside the paper's range"
             note = within_range + (f"; {note}" if note else "")
@@ -160,6 +168,9 @@ def _render_tables(results, summary, checks, sweep_rows, planner, out) -> None:
                       f"of the paper[/bold]; median |error| {100 * s['median_abs_error']:.0f}%, worst "
                       f"{100 * s['worst_abs_error']:.0f}% ({s['worst']})"
                       + (f"; {s['in_range']} of {s['with_range']} inside the paper's range" if s["with_range"] else ""))
+    console.print("[dim]shares are of the whole step time: the all-to-all share is the all-to-all time not hidden "
+                  "behind compute / step; the step includes the data-parallel gradient all-reduce's exposed part "
+                  "(grad all-reduce %: its part past the backward / step, in the cluster's software.grad_sync mode)[/dim]")
     for figure_id in s["not_plannable"]:
         reason = next(r.reason for r in results if r.figure.id == figure_id)
         console.print(escape(f"not plannable: {figure_id}: {reason}"))

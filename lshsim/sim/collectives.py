@@ -51,7 +51,7 @@ from lshsim.calibration.model import LinkModels
 from lshsim.sim.network import FlowNetwork, busiest_links
 from lshsim.topology.routing import ALL_PAIRS_MAX_WORLD, Routes, gpu_vertices, validate_topology
 
-__all__ = ["simulate_all_to_all", "estimate_all_to_all", "estimate_collective", "ESTIMATED_ALGORITHMS", "fed_port_time", "processor_sharing_levels", "FEW_FLOWS_PER_PORT", "CollectiveResult", "CollectiveRun", "Stage", "ALGORITHMS", "uniform_traffic",
+__all__ = ["simulate_all_to_all", "ring_all_reduce", "ring_orders", "AllReduceResult", "estimate_all_to_all", "estimate_collective", "ESTIMATED_ALGORITHMS", "fed_port_time", "processor_sharing_levels", "FEW_FLOWS_PER_PORT", "CollectiveResult", "CollectiveRun", "Stage", "ALGORITHMS", "uniform_traffic",
            "proxy_of_local", "hierarchical_phases", "direct", "pairwise", "hierarchical", "groupwise"]
 
 
@@ -609,3 +609,101 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
         busiest=busiest_links(net.edges, net.link_bytes, net.capacity_Bps, time_s, 10),
         options={"alpha_s": net.alpha_s, "message_gap_s": float(message_gap_s), "local_copy": local_copy,
                  "drain_tolerance": net.drain_tolerance, **rates.info, **options}, stats=dict(net.stats))
+
+
+# ---- the ring all-reduce (data-parallel gradient synchronisation) ----------------------------------
+@dataclass(frozen=True)
+class AllReduceResult:
+    """A ring all-reduce of `size_bytes` per rank over each group of `groups`, all groups at once.
+
+    time_s:      2 (g - 1) x step_s (g ranks per group; 0 for g = 1 or size 0)
+    step_s:      one ring step: every rank sends size / (g x channels) bytes to its ring successor
+                 on each channel, all groups and channels at once on the shared topology
+    group_size:  g
+    channels:    rings per group (NCCL's channels; each carries size / channels)
+    bus_Bps:     size x 2 (g - 1) / g / time_s, nccl-tests' "busbw" of the call (0 when time_s is 0)
+    """
+
+    time_s: float
+    step_s: float
+    group_size: int
+    channels: int
+    bus_Bps: float
+
+
+def ring_orders(groups, gpus_per_node: int | None, channels: int = 1) -> list[list[int]]:
+    """The rings of every group and channel: each group's ranks node by node (ascending), and in
+    channel c each node's ranks of the group rotated by c x (their count // channels), so the
+    channels leave and enter the nodes through different GPUs (and so different NICs), as NCCL's
+    rings do. One ring per (group, channel).
+
+    >>> ring_orders([[0, 1, 2, 3]], 2, channels=2)
+    [[0, 1, 2, 3], [1, 0, 3, 2]]
+    """
+    out = []
+    for group in np.asarray(groups, dtype=np.int64).reshape(len(groups), -1):
+        ranks = sorted(int(r) for r in group)
+        per_node: dict[int, list[int]] = {}
+        for rank in ranks:
+            per_node.setdefault(rank // gpus_per_node if gpus_per_node else 0, []).append(rank)
+        for c in range(channels):
+            ring = []
+            for node in sorted(per_node):
+                members = per_node[node]
+                shift = (c * (len(members) // channels)) % len(members) if len(members) > 1 else 0
+                ring.extend(members[shift:] + members[:shift])
+            out.append(ring)
+    return out
+
+
+def ring_all_reduce(G: nx.DiGraph, groups, size_bytes: float, *, routes: Routes | None = None,
+                    alpha_s: float | None = None, channels: int | None = None,
+                    bandwidth_scale_by_kind: dict[str, float] | None = None) -> AllReduceResult:
+    """Simulate a ring all-reduce (reduce-scatter then all-gather: 2 (g - 1) steps) of `size_bytes`
+    per rank on topology G, over every group of `groups` (an (R, g) array of ranks) at once.
+
+    Each step is simulated, not assumed: the flows of one step (every rank to its ring successor,
+    size / (g x channels) bytes on each channel, all groups and channels at once) run on the flow
+    network (`FlowNetwork`: max-min fair sharing of every link on their paths, the per-message
+    start-up alpha_s and the path latency); the 2 (g - 1) steps are bulk-synchronous and equal, so
+    time_s = 2 (g - 1) x step_s. For one group on links of bandwidth B the bottleneck of, this is the
+    textbook 2 (g - 1) / g x size / B + 2 (g - 1) (alpha + latency) (Patarasuk & Yuan 2009; NCCL's
+    ring). channels (default: the topology's NICs per node, at least 1) split the message over rings
+    that cross the nodes through different GPUs (`ring_orders`). bandwidth_scale_by_kind scales the
+    edges of a kind for this call (the software's all-reduce efficiency on the NICs,
+    `lshsim.sim.phases`); the topology's all-to-all link models (`calibration:` curves) are not
+    applied: they were measured on all-to-alls.
+
+    >>> from lshsim.topology import build_topology
+    >>> G = build_topology({"name": "m", "gpu": "h100", "gpus_per_node": 4, "alpha_s": 0.0,
+    ...                     "intra": {"kind": "full_mesh", "per_link_Bps": 1e9, "latency_s": 1e-6}})
+    >>> r = ring_all_reduce(G, [[0, 1, 2, 3]], 4e6)
+    >>> round(r.time_s, 9), round(2 * 3 / 4 * 4e6 / 1e9 + 2 * 3 * 1e-6, 9)   # closed form
+    (0.006006, 0.006006)
+    """
+    routes = validate_topology(G) if routes is None else routes
+    table = np.asarray(groups, dtype=np.int64)
+    if table.ndim != 2 or table.size == 0:
+        raise ValueError(f"groups must be an (R, g) array of ranks, got shape {table.shape}")
+    if table.min() < 0 or table.max() >= routes.world or len(np.unique(table)) != table.size:
+        raise ValueError(f"groups must hold distinct ranks in 0..{routes.world - 1}")
+    if not (np.isfinite(size_bytes) and size_bytes >= 0):
+        raise ValueError(f"size_bytes={size_bytes} must be finite and >= 0")
+    g = table.shape[1]
+    if channels is None:
+        channels = max(1, int(G.graph.get("nics_per_node") or 1))
+    channels = max(1, min(int(channels), g))
+    if g == 1 or size_bytes == 0:
+        return AllReduceResult(0.0, 0.0, g, channels, 0.0)
+    flows = []
+    piece = float(size_bytes) / (g * channels)
+    for ring in ring_orders(table, G.graph.get("gpus_per_node"), channels):
+        for i, rank in enumerate(ring):
+            flows.append((rank, ring[(i + 1) % len(ring)], piece))
+    flows = np.asarray(flows, dtype=float)                                              # (F, 3)
+    net = FlowNetwork(G, alpha_s=alpha_s, routes=routes, bandwidth_scale_by_kind=bandwidth_scale_by_kind)
+    transfer = net.transfer(flows[:, 0].astype(np.int64), flows[:, 1].astype(np.int64), flows[:, 2])
+    net.env.run(until=transfer.done)
+    step_s = float(transfer.finish_s.max())
+    time_s = 2 * (g - 1) * step_s
+    return AllReduceResult(time_s, step_s, g, channels, size_bytes * 2 * (g - 1) / g / time_s if time_s else 0.0)

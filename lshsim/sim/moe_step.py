@@ -14,6 +14,8 @@ l on every rank (GPU):
 The backward pass is the forward sequence reversed, with twice the compute, and the same two
 all-to-alls carrying gradients: the combine's gradient goes token ranks -> expert ranks (the
 dispatch traffic matrix M), the dispatch's gradient goes back (M^T).
+4. the data-parallel gradient all-reduce ("grad_allreduce", kind "gradient_sync", the table's
+   "gradient" block), once per step in the backward.
 
 Where the numbers come from:
 
@@ -67,8 +69,29 @@ Where the numbers come from:
   of their weights; the TP groups' ring all-gathers and reduce-scatters are the tp_* phases, each
   ring step simulated over the topology like the all-to-alls.
 
-Not modelled: the data-parallel gradient all-reduce of dense weights, the optimizer step, memory
-capacity, and collectives other than the two all-to-alls and the tensor-parallel ones.
+* **Gradient all-reduce** (data parallelism; `StepConfig.grad_sync`, else the cluster's
+  `software.grad_sync`, else "overlapped"): every rank holds the replicated weights (attention,
+  dense FFN, gate, shared experts, embedding and head: `lshsim.sim.phases.gradient_parameters`), so
+  their gradients (x `grad_bytes_per_element`, default the model's) are all-reduced over all W
+  ranks; with EP < W each expert has W / EP replicas and its gradients are all-reduced over them
+  (EP rings at once, after the replicated ones). With tensor parallelism a rank holds 1 / TP of the
+  replicated weights but the gate, all-reduced over its data-parallel group of W / TP ranks. Each all-reduce is a ring (reduce-scatter +
+  all-gather, 2 (g - 1) steps) whose step is simulated on the topology's flow network
+  (`lshsim.sim.collectives.ring_all_reduce`: every rank to its ring successor at once, one ring per
+  NIC of a node, the NICs at the software's `allreduce_efficiency` of line rate), so it costs
+  2 (g - 1) / g x bytes / bandwidth plus 2 (g - 1) start-ups on a plain ring. Modes: "after" (one
+  all-reduce once the backward has ended: fairseq's legacy_ddp), "overlapped" (PyTorch DDP: buckets
+  of `grad_bucket_bytes`, 25 MiB, each all-reduced once its layers' backward has ended, one after
+  another on one stream; only what runs past the backward's end adds to the step), "off" (not
+  simulated, as before). A staged model (Swin): "overlapped" puts every stage's buckets on one stream over the whole
+  backward (`combine_breakdowns`); "after" adds the stages' all-reduces.
+  Not modelled: the buckets' bandwidth contention with the backward's all-to-alls, DDP's 1 MiB first
+  bucket, tree all-reduce, gradient accumulation (one all-reduce per optimizer step).
+* **Shares** are of the whole step: a2a_share = all-to-all time not hidden behind compute / step
+  time; the step includes the gradient all-reduce's exposed part (grad_sync_share).
+
+Not modelled: the optimizer step, memory capacity, and collectives other than the two all-to-alls,
+the tensor-parallel ones and the gradient all-reduce.
 """
 from __future__ import annotations
 
@@ -85,10 +108,13 @@ from lshsim.algorithms import canonical_algorithm
 from lshsim.dispatch import ROUTERS, RouterConfig, contiguous_placement, effective_k, route
 from lshsim.dispatch.placement import GroupedPlacement, Placement, expert_parallel_placement
 from lshsim.dispatch.synthetic import synthetic_router_inputs
-from lshsim.sim.collectives import ALGORITHMS, ESTIMATED_ALGORITHMS, estimate_collective, simulate_all_to_all
+from lshsim.sim.collectives import (ALGORITHMS, ESTIMATED_ALGORITHMS, estimate_collective, ring_all_reduce,
+                                    simulate_all_to_all)
 from lshsim.sim.dispatch_formats import DISPATCH_FORMATS, bytes_per_token as format_bytes_per_token
 from lshsim.sim.moe_layers import MOE_LAYERS, PADDED_LAYERS, padded_capacity, resolve_moe_layer
-from lshsim.sim.phases import KERNELS, KINDS, PHASES, TP_PHASES, CostContext, compute_time_s, expert_cost, step_schedule
+from lshsim.sim.phases import (DDP_BUCKET_BYTES, GRAD_SYNC_MODES, KERNELS, KINDS, PHASES, TP_PHASES, CostContext,
+                               compute_time_s, expert_cost, grad_bytes_per_element, grad_sync_seconds,
+                               gradient_parameters, resolve_grad_sync, step_schedule)
 from lshsim.sim.tensor_parallel import check_tensor_parallel
 from lshsim.sim.trace import DIRECTIONS, PhaseRecord, Trace
 from lshsim.topology.routing import validate_topology
@@ -120,7 +146,7 @@ def model_dict(model: object) -> dict:
 
 #: attributes the simulator reads when a model has them, with the value that means "absent"
 OPTIONAL_MODEL_FIELDS = {"first_dense_layers": 0, "dense_d_ffn": None, "num_shared_experts": 0, "ffn_matrices": 2,
-                         "output_head": True}
+                         "output_head": True, "tie_embeddings": True, "cross_attention_layers": 0}
 
 
 def stage_models(model: object) -> list[tuple[object, float]]:
@@ -164,9 +190,39 @@ def stage_models(model: object) -> list[tuple[object, float]]:
     return out
 
 
+def _staged_grad_exposed(parts: list[dict]) -> float:
+    """The exposed time of a staged model's overlapped gradient all-reduce, its stages' buckets on one
+    stream over the whole backward.
+
+    Stage p's own timeline: forward [0, F_p] (forward_s), backward [F_p, E_p] (E_p = step_s -
+    exposed_grad_sync_s), its buckets ready at r within it (`grad_bucket_schedule`). In the model's
+    step the forwards run first (F = sum F_p), then the backwards from the last stage to the first,
+    so stage p's bucket is ready at F + (backward time of the stages after p) + (r - F_p). Buckets
+    run one after another in ready order; exposed = max(0, last end - the backward's end).
+
+    >>> a = {"forward_s": 1.0, "step_s": 3.0, "exposed_grad_sync_s": 0.0, "grad_bucket_schedule": [[3.0, 0.5]]}
+    >>> b = {"forward_s": 1.0, "step_s": 3.5, "exposed_grad_sync_s": 0.5, "grad_bucket_schedule": [[3.0, 0.5]]}
+    >>> _staged_grad_exposed([a, b])   # b's bucket hides behind a's backward; a's bucket is the tail
+    0.5
+    """
+    forward = sum(p["forward_s"] for p in parts)
+    backward = [p["step_s"] - p.get("exposed_grad_sync_s", 0.0) - p["forward_s"] for p in parts]
+    ready = []
+    for index, part in enumerate(parts):
+        offset = forward + sum(backward[index + 1:])
+        for when, seconds in part.get("grad_bucket_schedule", []):
+            ready.append((offset + (when - part["forward_s"]), seconds))
+    free = 0.0
+    for when, seconds in sorted(ready):
+        free = max(free, when) + seconds
+    return max(0.0, free - (forward + sum(backward)))
+
+
 def combine_breakdowns(parts: list[dict]) -> dict:
     """One step's breakdown from its stages' (run one after another): times and bytes add up,
     shares are recomputed, drops and the compression rate are weighted by the stages' MoE copies;
+    the gradient all-reduce: "after", the stages' all-reduces add up; "overlapped", all stages'
+    buckets on one stream over the model's whole backward (`_staged_grad_exposed`);
     `stages` keeps each stage's step, all-to-all and share."""
     if not parts:
         raise ValueError("combine_breakdowns needs at least one stage")
@@ -179,6 +235,12 @@ def combine_breakdowns(parts: list[dict]) -> dict:
         return sum(w * p[key] for w, p in zip(weights, parts)) / total_w if sum(weights) else parts[-1][key]
 
     out = dict(parts[-1])
+    # the overlapped gradient all-reduce of a staged model: one bucket stream over the whole backward
+    # (stage N's backward first, stage 1's last), not one per stage (`_staged_grad_exposed`)
+    exposed_grad = sum(p.get("exposed_grad_sync_s", 0.0) for p in parts)
+    if all(p.get("grad_sync") == "overlapped" for p in parts) and any(p.get("grad_bucket_schedule") for p in parts):
+        staged = _staged_grad_exposed(parts)
+        step, exposed_grad = step - exposed_grad + staged, staged
     phases: dict = {}
     for p in parts:
         for name, seconds in p["phases_s"].items():
@@ -189,6 +251,12 @@ def combine_breakdowns(parts: list[dict]) -> dict:
                tp_s=tp_s, tp_share=tp_s / step if step > 0 else 0.0,
                phases_s=phases, a2a_s=sum(p["a2a_s"] for p in parts), exposed_a2a_s=exposed,
                a2a_share=exposed / step if step > 0 else 0.0,
+               grad_sync_s=sum(p.get("grad_sync_s", 0.0) for p in parts),
+               exposed_grad_sync_s=exposed_grad,
+               grad_sync_share=exposed_grad / step if step > 0 else 0.0,
+               grad_bytes_replicated=sum(p.get("grad_bytes_replicated", 0) for p in parts),
+               grad_bytes_expert=sum(p.get("grad_bytes_expert", 0) for p in parts),
+               grad_buckets=sum(p.get("grad_buckets", 0) for p in parts),
                dispatch_bytes_per_layer=sum(p["dispatch_bytes_per_layer"] for p in parts),
                inter_node_bytes_per_layer=sum(p["inter_node_bytes_per_layer"] for p in parts),
                local_bytes_per_layer=sum(p["local_bytes_per_layer"] for p in parts),
@@ -264,6 +332,15 @@ class StepConfig:
                        "gshard-einsum-loop" (padded buffers, dense one-hot dispatch / combine GEMMs,
                        the local experts one after another: fairseq / DeepSpeed-MoE of 2021-22);
                        None = the cluster's `software.moe_layer`, else "grouped".
+    grad_sync:         the data-parallel gradient all-reduce (the phase `grad_allreduce`, module
+                       docstring): "after" (one all-reduce once the backward has ended: fairseq's
+                       legacy_ddp, DDP without bucketing), "overlapped" (DDP buckets of
+                       `grad_bucket_bytes`, each all-reduced once its gradients are ready, behind the
+                       rest of the backward; only what runs past the backward's end is exposed), "off"
+                       (not simulated: the step of lshsim before it); None = the cluster's
+                       `software.grad_sync`, else "overlapped" (`lshsim.sim.phases.resolve_grad_sync`).
+    grad_bucket_bytes: the "overlapped" mode's bucket size (PyTorch DDP's default 25 MiB).
+    grad_bytes_per_element: bytes per gradient element; None = the model's bytes_per_element.
 
     With algorithm "node_dedup" (alias "deepep") the routing also counts the distinct (token,
     destination node) pairs (`RoutedTraffic.node_copies`): a token crosses the network once per
@@ -290,10 +367,24 @@ class StepConfig:
     dispatch_format: str | None = None
     moe_layer: str | None = None
     tp: int = 1
+    grad_sync: str | None = None
+    grad_bucket_bytes: int = DDP_BUCKET_BYTES
+    grad_bytes_per_element: int | None = None
+
 
     def __post_init__(self) -> None:
         if isinstance(self.tp, bool) or not isinstance(self.tp, int) or self.tp < 1:
             raise ValueError(f"tp={self.tp!r} must be a positive integer (the tensor-parallel degree; 1 = none)")
+        if self.grad_sync is not None and self.grad_sync not in GRAD_SYNC_MODES:
+            raise ValueError(f"grad_sync={self.grad_sync!r} must be one of {', '.join(GRAD_SYNC_MODES)} or None "
+                             f"(the cluster's software.grad_sync, else overlapped)")
+        if isinstance(self.grad_bucket_bytes, bool) or not isinstance(self.grad_bucket_bytes, int) \
+                or self.grad_bucket_bytes < 1:
+            raise ValueError(f"grad_bucket_bytes={self.grad_bucket_bytes!r} must be a positive integer")
+        if self.grad_bytes_per_element is not None and (isinstance(self.grad_bytes_per_element, bool) or not
+                                                        isinstance(self.grad_bytes_per_element, int)
+                                                        or self.grad_bytes_per_element < 1):
+            raise ValueError(f"grad_bytes_per_element={self.grad_bytes_per_element!r} must be a positive integer or None")
         if self.moe_layer is not None and self.moe_layer not in MOE_LAYERS:
             raise ValueError(f"moe_layer={self.moe_layer!r} must be one of {', '.join(MOE_LAYERS)} or None "
                              f"(the cluster's software.moe_layer, else grouped)")
@@ -768,6 +859,25 @@ class A2ACache:
         self.simulated_s += time.perf_counter() - started
         return self.times[key]
 
+    def all_reduce_s(self, groups: np.ndarray, size_bytes: float) -> float:
+        """Seconds of a ring all-reduce of `size_bytes` per rank over every group of `groups` ((R, g)
+        ranks) at once (`lshsim.sim.collectives.ring_all_reduce`, exact flow simulation of one ring
+        step; the NICs at the software's all-reduce efficiency, G.graph["allreduce_nic_scale"]);
+        cached like the all-to-alls."""
+        table = np.ascontiguousarray(np.asarray(groups, dtype=np.int64))
+        key = ("all_reduce", self._digest(table), float(size_bytes))
+        if key in self.times:
+            self.hits += 1
+            return self.times[key]
+        self.misses += 1
+        started = time.perf_counter()
+        scale = float(self.graph.graph.get("allreduce_nic_scale", 1.0) or 1.0)
+        by_kind = {"nic": scale} if scale != 1.0 and self.graph.graph.get("nics_per_node") else None
+        self.times[key] = ring_all_reduce(self.graph, table, float(size_bytes), routes=self.routes,
+                                          bandwidth_scale_by_kind=by_kind).time_s
+        self.simulated_s += time.perf_counter() - started
+        return self.times[key]
+
     def stats(self) -> dict:
         return {"hits": self.hits, "misses": self.misses, "simulated_s": self.simulated_s}
 
@@ -944,9 +1054,13 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
                       config=config, traffic=traffic, wire_counts=wire, phase_model=graph.graph.get("phase_model"),
                       gradient_bytes=gradient_bytes, network_role_s=network_role_s,
                       direct_s=(lambda matrix, start_up=True: a2a_cache.time_s(matrix, "direct") if start_up else
-                                a2a_cache.time_s(matrix, "direct", alpha_s=0.0)) if config.tp > 1 else None)
+                                a2a_cache.time_s(matrix, "direct", alpha_s=0.0)) if config.tp > 1 else None,
+                      all_reduce_s=a2a_cache.all_reduce_s, ep=ep)
+    grad_sync = resolve_grad_sync(config, gpu)
     schedule = step_schedule(spec["num_layers"], spec["moe_every"], config,
                              first_dense_layers=spec.get("first_dense_layers", 0))
+    if grad_sync == "off" or world_size == 1:   # no data-parallel gradient all-reduce in the step
+        schedule = [item for item in schedule if item[1][0].block != "gradient"]
     pipelined = tuple(spec for spec in PHASES.specs() if spec.pipelined)
     candidates = (1,) + (config.overlap_chunks if config.overlap else ())
 
@@ -989,12 +1103,25 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
 
     records: list[PhaseRecord] = []
     clock = 0.0  # every rank's compute outside the MoE section is identical, so one clock serves all
+    layer_end: dict[int, float] = {}   # when each layer's backward has ended (the "overlapped" buckets)
+    buckets: list[dict] = []
     for direction, phases, layer in schedule:
         if len(phases) > 1:  # the pipelined dispatch -> expert -> combine section
             section, clock = moe_section(clock, phases, layer, direction, chosen_chunks[direction])
             records.extend(section)
+            if direction == "backward":
+                layer_end[layer] = clock
             continue
         phase = phases[0]
+        if phase.block == "gradient" and grad_sync == "overlapped":
+            buckets = _grad_buckets(ctx, layer_end, clock, config.grad_bucket_bytes)
+            for bucket in buckets:
+                for rank in reps:
+                    records.append(PhaseRecord(phase.name, int(rank), bucket["start_s"], bucket["end_s"],
+                                               bytes=int(bucket["sent_bytes"]), layer=bucket["layer"],
+                                               direction=direction))
+            clock = max([clock] + [b["end_s"] for b in buckets])
+            continue
         seconds_all, moved_all = costs[(phase.name, direction, 1)]
         seconds = per_rank(seconds_all)
         moved = np.zeros(len(reps)) if moved_all is None else per_rank(moved_all)
@@ -1002,6 +1129,8 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
             records.append(PhaseRecord(phase.name, int(rank), clock, clock + float(seconds[i]),
                                        bytes=int(moved[i]), layer=layer, direction=direction))
         clock += float(np.broadcast_to(np.asarray(seconds_all, dtype=float), (world_size,)).max())
+        if direction == "backward":
+            layer_end[layer] = clock
 
     node = placement.rank_to_node.numpy()  # (W,)
     inter_node_bytes = int(dispatch_bytes.sum()) - _same_node_sum(dispatch_bytes, node)
@@ -1036,7 +1165,69 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
     breakdown["capacity_per_expert"] = capacity
     breakdown["traffic_model"] = traffic.model
     breakdown["rank_classes"] = int(len(reps)) if use_classes else world_size
+    replicated, expert = _step_grad_bytes(ctx)
+    breakdown["grad_sync"] = grad_sync if world_size > 1 else "off"
+    breakdown["grad_bytes_replicated"] = replicated
+    breakdown["grad_bytes_expert"] = expert
+    breakdown["grad_buckets"] = len(buckets) if grad_sync == "overlapped" else (1 if breakdown["grad_sync_s"] else 0)
+    # the overlapped buckets (ready time from the step's start, seconds), for `combine_breakdowns`
+    breakdown["grad_bucket_schedule"] = [[b["ready_s"], b["end_s"] - b["start_s"]] for b in buckets] \
+        if grad_sync == "overlapped" else []
     return StepResult(trace=trace, breakdown=breakdown, config=config, traffic=traffic)
+
+
+def _tp_of(ctx: CostContext) -> int:
+    """The step's tensor-parallel degree (1 for a context without a config)."""
+    return int(getattr(ctx.config, "tp", 1) or 1)
+
+
+def _step_grad_bytes(ctx: CostContext) -> tuple[int, int]:
+    """(replicated, expert) gradient bytes per rank of one step (`lshsim.sim.phases.gradient_parameters`)."""
+    params = gradient_parameters(ctx.model, ctx.experts_on_rank, _tp_of(ctx))
+    b = grad_bytes_per_element(ctx)
+    return (int((sum(p for p, _ in params["layers"]) + params["last"]) * b),
+            int(sum(e for _, e in params["layers"]) * b))
+
+
+def _grad_buckets(ctx: CostContext, layer_end: dict[int, float], backward_end: float, bucket_bytes: int) -> list[dict]:
+    """The "overlapped" gradient all-reduce: DDP-style buckets, one network stream.
+
+    The backward produces layer L-1's gradients first; a layer's gradients are ready when its
+    backward has ended (`layer_end`). Walking the layers from the last, each layer's (replicated,
+    expert) gradient bytes join the open bucket; a bucket closes (ready at that layer's end) once it
+    holds `bucket_bytes` or more (a layer's gradients are never split: a layer larger than a bucket
+    is its own bucket, as DDP gives a tensor above the cap its own bucket). The embedding / head
+    gradients (`gradient_parameters`' "last") join the final bucket, ready at the backward's end
+    (`backward_end`: the embedding's gradient is complete only then). Bucket i starts at
+    max(ready_i, end of bucket i-1) and takes `grad_sync_seconds` of its bytes. Not modelled: the
+    buckets' bandwidth contention with the backward's all-to-alls (they run concurrently here), and
+    DDP's small first bucket (1 MiB).
+    """
+    params = gradient_parameters(ctx.model, ctx.experts_on_rank, _tp_of(ctx))
+    b = grad_bytes_per_element(ctx)
+    pending: list[tuple[float, float, float, int]] = []        # (ready_s, replicated B, expert B, layer)
+    acc_r = acc_e = 0.0
+    for layer in reversed(range(len(params["layers"]))):
+        replicated, expert = params["layers"][layer]
+        acc_r, acc_e = acc_r + replicated * b, acc_e + expert * b
+        if acc_r + acc_e >= bucket_bytes:
+            pending.append((layer_end.get(layer, backward_end), acc_r, acc_e, layer))
+            acc_r = acc_e = 0.0
+    acc_r += params["last"] * b
+    if acc_r + acc_e > 0:
+        pending.append((backward_end, acc_r, acc_e, 0))
+    out, free = [], 0.0
+    for ready, replicated, expert, layer in pending:
+        start = max(ready, free)
+        seconds = grad_sync_seconds(ctx, replicated, expert)
+        free = start + seconds
+        world, ep = ctx.world_size, ctx.ep or ctx.world_size
+        sent = 2 * (world - 1) / world * replicated
+        if ep < world:
+            sent += 2 * (world // ep - 1) / (world // ep) * expert
+        out.append({"ready_s": ready, "start_s": start, "end_s": free, "replicated_bytes": replicated,
+                    "expert_bytes": expert, "sent_bytes": float(np.ceil(sent)), "layer": layer})
+    return out
 
 
 def _dedup_network(graph, traffic: RoutedTraffic, a2a_cache: A2ACache, config: StepConfig):
@@ -1095,6 +1286,12 @@ def _breakdown(trace: Trace, traffic: RoutedTraffic, config: StepConfig, dispatc
     exposed_a2a_s / step_s. Bytes are per MoE layer and per dispatch (the combine moves the
     transpose): dispatch_bytes_per_layer (off-diagonal, over the network),
     inter_node_bytes_per_layer, local_bytes_per_layer (diagonal).
+    grad_sync_s: the data-parallel gradient all-reduce (the "gradient_sync" phases), all of it;
+    exposed_grad_sync_s: the part of it past the end of every other phase (the whole of it in the
+    "after" mode; with "overlapped", the buckets that run past the backward); grad_sync_share =
+    exposed_grad_sync_s / step_s. The all-to-all share is of the step time including the exposed
+    gradient all-reduce: exposed_a2a_s = min(a2a_s, step_s - exposed_grad_sync_s - compute and
+    overhead), a2a_share = exposed_a2a_s / step_s.
     compression_rate: centroids / copies actually sent (1 without LSH). expert_load_imbalance:
     max / mean copies received per rank. overlap_chunks: chunks chosen per direction.
     """
@@ -1108,9 +1305,15 @@ def _breakdown(trace: Trace, traffic: RoutedTraffic, config: StepConfig, dispatc
     tp_s = sum(seconds for name, seconds in phases.items() if name in TP_PHASES)
     a2a = by_kind["communication"] - tp_s
     compute = by_kind["compute"] + by_kind["overhead"] + tp_s
+    grad = by_kind["gradient_sync"]
+    # the gradient all-reduce's exposed time: how far it runs past the last phase of any other kind
+    # (all of it in the "after" mode; the tail of the last buckets when overlapped)
+    start = min((r.start_s for r in trace.phases), default=0.0)
+    others_end = max((r.end_s for r in trace.phases if PHASES[r.name].kind != "gradient_sync"), default=start)
+    exposed_grad = min(grad, max(0.0, step_s - (others_end - start)))
     # without overlap the phases run one after another and sum to the step; with overlap, the
     # all-to-all time not hidden behind compute is what the step loses to it
-    exposed = min(a2a, max(0.0, step_s - compute))
+    exposed = min(a2a, max(0.0, step_s - exposed_grad - compute))
     received = traffic.send_counts.sum(axis=0)  # (W,) copies per rank before LSH
     return {
         "step_s": step_s,
@@ -1122,6 +1325,9 @@ def _breakdown(trace: Trace, traffic: RoutedTraffic, config: StepConfig, dispatc
         "a2a_s": a2a,
         "exposed_a2a_s": exposed,
         "a2a_share": exposed / step_s if step_s > 0 else 0.0,
+        "grad_sync_s": grad,
+        "exposed_grad_sync_s": exposed_grad,
+        "grad_sync_share": exposed_grad / step_s if step_s > 0 else 0.0,
         "overlap_chunks": chunks,
         "dispatch_bytes_per_layer": network_bytes,
         "inter_node_bytes_per_layer": inter_node_bytes,

@@ -17,7 +17,10 @@ Where a phase runs (`block`), in the transformer step of Fedus et al. (Switch Tr
 Lepikhin et al. (GShard): every layer runs its "attention" block, then its FFN block, which is the
 "moe" block on an MoE layer ((l + 1) % moe_every == 0) and the "dense" block otherwise; the "head"
 block runs once after the last layer. Inside a block, phases run in table order. The backward pass
-is the forward sequence reversed. Phases marked `pipelined` form the chunked dispatch -> expert ->
+is the forward sequence reversed; the "gradient" block (the data-parallel gradient all-reduce,
+`grad_allreduce`, of kind "gradient_sync") runs once, in the backward only, after the backward's
+last phase, or, with `StepConfig.grad_sync` "overlapped", bucket by bucket behind the backward
+(`lshsim.sim.moe_step`). Phases marked `pipelined` form the chunked dispatch -> expert ->
 combine section of the MoE block (Tutel-style overlap): communication, compute, communication in
 forward order, contiguous in the table.
 
@@ -39,10 +42,11 @@ import numpy as np
 __all__ = ["PhaseSpec", "PhaseCost", "CostContext", "PhaseTable", "PHASES", "KINDS", "BLOCKS", "DIRECTIONS",
            "register_phase", "unregister_phase", "step_schedule", "backward_chain", "roofline_cost",
            "compute_time_s", "expert_cost", "KERNELS", "calibrated_cost", "measured_lsh_cost", "einsum_gate_cost",
-           "TP_PHASES", "tp_collective_cost"]
+           "TP_PHASES", "tp_collective_cost",
+           "resolve_grad_sync", "gradient_parameters", "GRAD_SYNC_MODES", "DEFAULT_GRAD_SYNC", "DDP_BUCKET_BYTES"]
 
-KINDS = ("communication", "compute", "overhead")
-BLOCKS = ("attention", "moe", "dense", "head")
+KINDS = ("communication", "compute", "overhead", "gradient_sync")
+BLOCKS = ("attention", "moe", "dense", "head", "gradient")
 DIRECTIONS = ("forward", "backward")
 
 #: kernels launched per phase (forward; backward launches twice as many); each adds kernel_launch_s.
@@ -125,6 +129,10 @@ class CostContext:
                      (alpha) or without it (start_up=False): the ring steps of the tensor-parallel
                      collectives (`lshsim.sim.tensor_parallel`). None where there is no network (a
                      measured trace).
+    all_reduce_s:    all_reduce_s(groups, bytes) -> seconds of a ring all-reduce of `bytes` per rank
+                     over every group of `groups` ((R, g) ranks) at once on the topology
+                     (`lshsim.sim.collectives.ring_all_reduce`, cached); None for a measured trace.
+    ep:              the expert-parallel group size EP (W: one group); None = W.
     """
 
     world_size: int
@@ -143,6 +151,8 @@ class CostContext:
     gradient_bytes: np.ndarray | None = None
     network_role_s: Callable[[np.ndarray, str], float] | None = None
     direct_s: Callable[..., float] | None = None
+    all_reduce_s: Callable[[np.ndarray, float], float] | None = None
+    ep: int | None = None
 
     def roofline_s(self, flops: float, hbm_bytes: float, kernels: int = 0) -> float:
         """`compute_time_s` on this context's GPU, with its kernel launch cost."""
@@ -592,6 +602,133 @@ def _a2a_cost(forward_matrix: str, backward_matrix: str) -> CostFunction:
     return cost
 
 
+# ---- the data-parallel gradient all-reduce ---------------------------------------------------------
+from lshsim.topology.spec import GRAD_SYNC_MODES  # noqa: E402  (the modes a software block may name)
+
+#: the gradient all-reduce's mode where neither the step (`StepConfig.grad_sync`) nor the cluster's
+#: software calibration (`software.grad_sync`) names one: PyTorch DDP's default, gradients
+#: all-reduced in buckets as they become ready, behind the rest of the backward
+DEFAULT_GRAD_SYNC = "overlapped"
+#: PyTorch DDP's default bucket size (`bucket_cap_mb=25`), the "overlapped" mode's buckets
+DDP_BUCKET_BYTES = 25 * 2 ** 20
+
+
+def resolve_grad_sync(config: object, gpu: dict | None) -> str:
+    """The step's gradient all-reduce mode: the config's `grad_sync`, else the cluster's software
+    (gpu["grad_sync"], from `software.grad_sync`), else DEFAULT_GRAD_SYNC.
+
+    >>> from types import SimpleNamespace as NS
+    >>> resolve_grad_sync(NS(grad_sync=None), {"grad_sync": "after"}), resolve_grad_sync(NS(grad_sync="off"), {})
+    ('after', 'off')
+    >>> resolve_grad_sync(None, None)
+    'overlapped'
+    """
+    mode = getattr(config, "grad_sync", None)
+    if mode is None and isinstance(gpu, dict):
+        mode = gpu.get("grad_sync")
+    mode = mode or DEFAULT_GRAD_SYNC
+    if mode not in GRAD_SYNC_MODES:
+        raise ValueError(f"grad_sync={mode!r} must be one of {', '.join(GRAD_SYNC_MODES)}")
+    return mode
+
+
+def gradient_parameters(model: dict, experts_on_rank: int, tp: int = 1) -> dict:
+    """The weights whose gradients a rank all-reduces, by when they are ready in the backward.
+
+    model: the simulator's model dict (`lshsim.sim.moe_step.model_dict`). Returns
+    {"layers": [(replicated, expert)] for layers 0..L-1, "last": replicated}:
+    replicated, the weights every rank holds (all-reduced over all W ranks): per layer attention
+    4 d^2, a dense layer's FFN ffn_matrices x d x (dense_d_ffn or d_ffn), an MoE layer's gate d E and
+    shared experts; "last": the embedding and output head, vocab x d (twice when not tied; only where
+    the model has its head: the last stage of a staged model) and the cross-attention layers
+    (4 d^2 each), whose gradients are complete only at the end of the backward;
+    expert, the weights of the experts the rank holds in that layer (experts_on_rank x
+    ffn_matrices x d x d_ffn), all-reduced over the W / EP replicas of each expert when EP < W.
+    Biases and norms are left out (under 0.1% of these models), as in `models.catalog`.
+    With tensor parallelism (tp > 1, `lshsim.sim.tensor_parallel`) a rank holds 1 / tp of the
+    attention, dense FFN, shared-expert, cross-attention, embedding and head weights (the gate and
+    the routed experts stay whole), and those are all-reduced over its data-parallel group of W / tp.
+
+    >>> m = {"num_layers": 2, "d_model": 4, "d_ffn": 8, "num_experts": 2, "moe_every": 2, "vocab_size": 10}
+    >>> gradient_parameters(m, 1)
+    {'layers': [(128, 0), (72, 64)], 'last': 40}
+    """
+    d, f = int(model["d_model"]), int(model["d_ffn"])
+    matrices = int(model.get("ffn_matrices", 2) or 2)
+    first_dense = int(model.get("first_dense_layers", 0) or 0)
+    dense_f = int(model.get("dense_d_ffn") or f)
+    shared = int(model.get("num_shared_experts", 0) or 0)
+    tp = int(tp)
+    layers = []
+    for layer in range(int(model["num_layers"])):
+        attention = 4 * d * d // tp
+        if layer >= first_dense and (layer + 1) % int(model["moe_every"]) == 0:
+            layers.append((attention + d * int(model["num_experts"]) + shared * matrices * d * f // tp,
+                           int(experts_on_rank) * matrices * d * f))
+        else:
+            layers.append((attention + matrices * d * dense_f // tp, 0))
+    last = int(model.get("cross_attention_layers", 0) or 0) * 4 * d * d
+    if model.get("output_head", True):
+        last += int(model["vocab_size"]) * d * (1 if model.get("tie_embeddings", True) else 2)
+    return {"layers": layers, "last": last // tp}
+
+
+def _grad_bytes(ctx: CostContext) -> tuple[float, float]:
+    """(replicated, expert) gradient bytes a rank all-reduces in one step."""
+    params = gradient_parameters(ctx.model, ctx.experts_on_rank, _tp(ctx))
+    b = grad_bytes_per_element(ctx)
+    replicated = sum(p for p, _ in params["layers"]) + params["last"]
+    expert = sum(e for _, e in params["layers"])
+    return replicated * b, expert * b
+
+
+def grad_bytes_per_element(ctx: CostContext) -> int:
+    """Bytes per gradient element: the step's `grad_bytes_per_element`, else the model's
+    bytes_per_element (fairseq's --fp16 and MindSpore's fp16 training all-reduce fp16 gradients)."""
+    b = getattr(ctx.config, "grad_bytes_per_element", None)
+    return int(b or ctx.model["bytes_per_element"])
+
+
+def grad_sync_seconds(ctx: CostContext, replicated_bytes: float, expert_bytes: float) -> float:
+    """Seconds to all-reduce `replicated_bytes` over all W ranks (one ring; with tensor parallelism
+    over each data-parallel group of W / TP ranks, the ranks of one TP index, TP rings at once), then
+    `expert_bytes` over each expert's W / EP replicas (EP rings at once; nothing when EP = W): one
+    after another, as DDP and fairseq issue them on one stream."""
+    world = ctx.world_size
+    ep = ctx.ep or world
+    tp = _tp(ctx)
+    seconds = 0.0
+    if replicated_bytes > 0 and world > tp:
+        groups = np.arange(world).reshape(world // tp, tp).T              # (TP, W / TP): rank r, r + TP, ...
+        seconds += ctx.all_reduce_s(groups, float(replicated_bytes))
+    if expert_bytes > 0 and ep < world:
+        groups = np.arange(world).reshape(world // ep, ep).T            # (EP, W / EP): rank r, r + EP, ...
+        seconds += ctx.all_reduce_s(groups, float(expert_bytes))
+    return seconds
+
+
+def _grad_sent(ctx: CostContext, replicated_bytes: float, expert_bytes: float) -> np.ndarray:
+    """(W,) bytes each rank sends in the ring all-reduces: 2 (g - 1) / g of each size."""
+    world = ctx.world_size
+    ep = ctx.ep or world
+    dp = world // _tp(ctx)
+    sent = 2 * (dp - 1) / dp * replicated_bytes if dp > 1 else 0.0
+    replicas = world // ep
+    if ep < world and replicas > 1:
+        sent += 2 * (replicas - 1) / replicas * expert_bytes
+    return np.full(world, float(np.ceil(sent)))
+
+
+def _grad_allreduce_cost(ctx: CostContext, direction: str, chunks: int = 1) -> PhaseCost:
+    """The whole data-parallel gradient all-reduce of one step (`grad_sync_seconds` of all the
+    gradients): what the "after" mode costs once the backward has ended. The "overlapped" mode's
+    buckets are costed with the same function by the step simulator (`lshsim.sim.moe_step`)."""
+    if ctx.all_reduce_s is None:
+        raise ValueError("grad_allreduce needs the topology's all-reduce (CostContext.all_reduce_s): a simulated step")
+    replicated, expert = _grad_bytes(ctx)
+    return PhaseCost(grad_sync_seconds(ctx, replicated, expert), bytes=_grad_sent(ctx, replicated, expert))
+
+
 def _uses_lsh(config: object) -> bool:
     return getattr(config, "lsh_rate", None) is not None
 
@@ -720,6 +857,11 @@ _BUILTIN = [
     PhaseSpec("other", "compute", "head", roofline_cost(_head_work, KERNELS["other"]), timed=("forward",),
               description="simulator: the output head; executor: the split-size exchange; anything else "
                           "a runner times"),
+    PhaseSpec("grad_allreduce", "gradient_sync", "gradient", _grad_allreduce_cost, directions=("backward",),
+              description="the data-parallel gradient all-reduce: the replicated (attention, dense FFN, gate, "
+                          "embedding, head) weights over all ranks, the experts' over their replicas when EP < W "
+                          "(ring all-reduce on the topology); after the backward or bucket by bucket behind it "
+                          "(StepConfig.grad_sync)"),
 ]
 
 #: the phase table (see the module docstring); `register_phase` adds to it.
@@ -757,7 +899,7 @@ def step_schedule(num_layers: int, moe_every: int, config: object = None,
     `phases` is one PhaseSpec, or the three pipelined ones (the MoE section) as one item. Forward:
     every layer's "attention" phases, then its "moe" (MoE layer) or "dense" phases, then the
     "head" phases at the last layer; only phases that run with `config` and have "forward" in their
-    directions. Layer l is an MoE layer when l >= first_dense_layers and (l + 1) % moe_every == 0. Backward: the forward sequence reversed (a section's phases reversed too), only
+    directions. After the backward, the "gradient" block's backward phases, once (layer 0). Layer l is an MoE layer when l >= first_dense_layers and (l + 1) % moe_every == 0. Backward: the forward sequence reversed (a section's phases reversed too), only
     phases that have "backward" in their directions.
 
     >>> [(d, [p.name for p in ps], layer) for d, ps, layer in step_schedule(2, 2)][2:5]
@@ -788,6 +930,10 @@ def step_schedule(num_layers: int, moe_every: int, config: object = None,
         kept = tuple(spec for spec in reversed(item) if "backward" in spec.directions)
         if kept:
             out.append(("backward", kept, layer))
+    for item in blocks["gradient"]:      # once per step, after the backward's last phase
+        kept = tuple(spec for spec in item if "backward" in spec.directions)
+        if kept:
+            out.append(("backward", kept, 0))
     return out
 
 

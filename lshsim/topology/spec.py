@@ -59,6 +59,11 @@ times in seconds, NIC line rate in Gb/s:
       lsh_restore_Bps: 7.7e10      #   second (the phases' cost when given; else the roofline)
       moe_layer: gshard-einsum-loop   # how the era's MoE layer ran (`MOE_LAYERS`; costs: lshsim.sim.moe_layers);
                                    #   absent = grouped (today's); StepConfig.moe_layer overrides it
+      allreduce_efficiency: 0.976  # fraction of a NIC's line rate the gradient ring all-reduce reaches
+                                   #   (the phase grad_allreduce; absent = the all-to-all's a2a_efficiency)
+      grad_sync: after             # the gradient all-reduce against the backward (`GRAD_SYNC_MODES`):
+                                   #   after, overlapped or off; absent = overlapped (PyTorch DDP today);
+                                   #   StepConfig.grad_sync overrides it
       sources: {gemm_efficiency: "...", ...}   # required: where every number above comes from
     assumed: {field: reason}       # optional: every value the source does not state, with its reason
                                    #   (G.graph["assumed"])
@@ -100,7 +105,7 @@ from lshsim.topology.gpus import GpuSpec, get_gpu, gpu_from_dict
 from lshsim.topology.routing import validate_topology
 
 __all__ = ["build_topology", "load_topology", "list_topologies", "topology_dir", "write_topology_yaml",
-           "read_spec", "read_software", "read_assumed", "SOFTWARE_FIELDS", "MOE_LAYERS", "DEFAULT_ALPHA_S", "DEFAULT_PCIE_BPS", "MAX_GPUS_PER_NODE", "MAX_NODES", "MAX_GPUS"]
+           "read_spec", "read_software", "read_assumed", "SOFTWARE_FIELDS", "MOE_LAYERS", "GRAD_SYNC_MODES", "DEFAULT_ALPHA_S", "DEFAULT_PCIE_BPS", "MAX_GPUS_PER_NODE", "MAX_NODES", "MAX_GPUS"]
 
 DEFAULT_ALPHA_S = 1e-5       # s, per-message start-up latency (NCCL-like small-message latency)
 DEFAULT_LATENCY_S = 1e-6     # s, per hop
@@ -122,7 +127,14 @@ _TOP_KEYS = {"name", "description", "gpu", "nodes", "gpus_per_node", "alpha_s", 
 #: in (0, 1], throughputs in bytes/s > 0); `sources` must name the source of every number given
 SOFTWARE_FIELDS = {"name": "text", "stack": "text", "gemm_efficiency": "efficiency", "hbm_efficiency": "efficiency",
                    "a2a_efficiency": "efficiency", "lsh_compress_Bps": "rate", "lsh_restore_Bps": "rate",
-                   "moe_layer": "layer", "sources": "mapping"}
+                   "moe_layer": "layer", "allreduce_efficiency": "efficiency", "grad_sync": "grad_sync",
+                   "sources": "mapping"}
+#: how the data-parallel gradient all-reduce runs against the backward (`software.grad_sync`,
+#: `StepConfig.grad_sync`; the phase `grad_allreduce` of `lshsim.sim.phases`): "after" (once the
+#: backward has ended, as fairseq's legacy_ddp and DDP without bucketing), "overlapped" (PyTorch
+#: DDP's buckets, each all-reduced as soon as its gradients are ready, behind the rest of the
+#: backward), "off" (not simulated: the step of earlier lshsim versions)
+GRAD_SYNC_MODES = ("after", "overlapped", "off")
 #: the MoE layers a `software:` block (and `StepConfig.moe_layer`) may name; what each costs:
 #: `lshsim.sim.moe_layers`
 MOE_LAYERS = ("grouped", "tutel", "gshard-einsum-loop")
@@ -309,6 +321,10 @@ def read_software(check: "_Checker | str", value) -> dict | None:
             out[key] = item
         elif kind == "mapping":
             out[key] = read_assumed(check, item, "software.sources")
+        elif kind == "grad_sync":
+            if item not in GRAD_SYNC_MODES:
+                raise check.fail(f"software.{key}", item, f"must be one of {', '.join(GRAD_SYNC_MODES)}")
+            out[key] = item
         elif kind == "layer":
             if item not in MOE_LAYERS:
                 raise check.fail(f"software.{key}", item, f"must be one of {', '.join(MOE_LAYERS)}")
@@ -320,7 +336,8 @@ def read_software(check: "_Checker | str", value) -> dict | None:
             out[key] = number
     if "name" not in out:
         raise check.fail("software.name", None, "is required (a calibration is named, never a silent default)")
-    numbers = [key for key, kind in SOFTWARE_FIELDS.items() if kind in ("efficiency", "rate", "layer") and key in out]
+    numbers = [key for key, kind in SOFTWARE_FIELDS.items() if kind in ("efficiency", "rate", "layer", "grad_sync")
+               and key in out]
     missing = [key for key in numbers if key not in out.get("sources", {})]
     if missing:
         raise check.fail(f"software.sources.{missing[0]}", None,
@@ -389,7 +406,7 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
     inter_kind = inter_family.name if inter_family is not None else None
 
     gpu_dict = gpu.to_dict()
-    for key in ("lsh_compress_Bps", "lsh_restore_Bps", "moe_layer"):   # the software's LSH throughput, MoE layer (phases)
+    for key in ("lsh_compress_Bps", "lsh_restore_Bps", "moe_layer", "grad_sync"):   # the software's LSH throughput, MoE layer, gradient sync (phases)
         if software is not None and key in software:
             gpu_dict[key] = software[key]
     calibration = spec.get("calibration")
@@ -428,6 +445,13 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
                    intra_kind=intra_kind, inter_kind=inter_kind,
                    calibration=copy.deepcopy(calibration), spec=copy.deepcopy(spec), source=source,
                    software=copy.deepcopy(software), assumed=assumed)
+    # the gradient all-reduce's NICs (lshsim.sim.collectives.ring_all_reduce, the phase grad_allreduce):
+    # at line rate x software.allreduce_efficiency where the software gives one and the NIC rate is
+    # the line rate x a2a_efficiency (no calibration.nic_Bps): the factor between the two
+    G.graph["allreduce_nic_scale"] = 1.0
+    if inter_args is not None and software is not None and "allreduce_efficiency" in software \
+            and (calibration is None or calibration.get("nic_Bps") is None):
+        G.graph["allreduce_nic_scale"] = software["allreduce_efficiency"] / software.get("a2a_efficiency", 1.0)
     routing = _routing(check, intra_family, inter_family)
     if routing is not None:
         G.graph["routing"] = routing
