@@ -38,7 +38,9 @@ the links' cap. The model, its fits and its sources: see `lshsim.calibration`. W
 calibration the edges keep their nominal bandwidths. With a calibrated NCCL channel term
 (`calibration.a2a_nccl_channels`; cause and model: `lshsim.sim.nccl`) a direct all-to-all takes at
 least alpha_s + t_channel, the time of the busiest per-peer p2p channel (options report
-a2a_channel_ratio, a2a_channel_floor_s and a2a_channel_bound).
+a2a_channel_ratio, a2a_channel_floor_s and a2a_channel_bound). The term exists on one-node
+topologies only, where hierarchical and groupwise run one direct phase too
+(`CHANNEL_TERM_ALGORITHMS`); pairwise (one call per step) does not get it.
 """
 from __future__ import annotations
 
@@ -56,6 +58,10 @@ from lshsim.topology.routing import ALL_PAIRS_MAX_WORLD, Routes, gpu_vertices, v
 
 __all__ = ["simulate_all_to_all", "estimate_all_to_all", "estimate_collective", "ESTIMATED_ALGORITHMS", "fed_port_time", "processor_sharing_levels", "FEW_FLOWS_PER_PORT", "CollectiveResult", "CollectiveRun", "Stage", "ALGORITHMS", "uniform_traffic",
            "proxy_of_local", "hierarchical_phases", "direct", "pairwise", "hierarchical", "groupwise"]
+
+
+#: the algorithms a calibrated NCCL channel term applies to (on one node each is one grouped send/recv)
+CHANNEL_TERM_ALGORITHMS = ("direct", "hierarchical", "groupwise")
 
 
 @dataclass(frozen=True)
@@ -535,7 +541,7 @@ def estimate_collective(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
         if len(src) == 0:
             continue
         seconds = estimate_all_to_all(G, matrix, routes=routes, links=links, local_copy=False, correction=correction,
-                                      rates_of=traffic, channel_floor=algorithm == "direct")
+                                      rates_of=traffic, channel_floor=algorithm in CHANNEL_TERM_ALGORITHMS)
         ids = routes.edge_ids(src, dst)
         used = ids >= 0
         np.add.at(link_bytes, ids[used], np.broadcast_to(matrix[src, dst][:, None], ids.shape)[used])
@@ -607,7 +613,7 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
     off = traffic - np.diag(local)
     copy_s = _local_copy_s(G, local) if local_copy else np.zeros(world)  # (W,)
     network_s = max((s.end_s for s in stages), default=0.0)
-    channel_bound = algorithm == "direct" and rates.channel_floor_s > 0 and stages \
+    channel_bound = algorithm in CHANNEL_TERM_ALGORITHMS and rates.channel_floor_s > 0 and stages \
         and net.alpha_s + rates.channel_floor_s > network_s
     if channel_bound:   # NCCL's busiest per-peer channel binds, not the links (lshsim.sim.nccl)
         network_s = net.alpha_s + rates.channel_floor_s
