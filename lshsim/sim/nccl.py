@@ -43,8 +43,8 @@ all-to-all of the same size), times a headroom h >= 1 (how much faster a channel
 that all-to-all), fitted on the skewed calibration all-to-alls (`lshsim.calibration.fits.
 fit_channel_headroom`). The predicted time is max(simulated time, t_channel): the link share or the
 busiest channel, whichever binds. Equal chunks give L_send(T) = L_send(equal), t_channel =
-t_curve / h: never binding. On 2 ranks a rank has one peer, so the equal all-to-all of the same
-size puts the same bytes on the same channels: the ratio is 1 and the term never binds.
+t_curve / h: never binding. On 2 ranks a rank has one peer: the ratio is 1 unless the two ranks'
+sends lie on both sides of 2^28 bytes (the smaller then runs on half the channels).
 
 The bus bandwidth curve is fitted on sizes away from the thresholds (`near_threshold`: mean chunk
 within a stated window of one of `channel_thresholds`), because near-equal chunks there straddle
