@@ -52,8 +52,11 @@ it and measure this effect, not the links.
 
 What the term does not capture: the exact mix. On the chunk sweeps of 4 H200 the ratio orders
 the slowdowns but errs by up to 10% (benchmarks/RESULTS.md, "NCCL's channel thresholds as a model
-term"); the receive side, NCCL's static split of a block's warps over the works of a batch
-(src/device/sendrecv.h) and the round order are not modelled.
+term"). Not modelled: the receive side (a LocMoE workload with 256 KiB chunks whose receive side
+alone is uneven ran 24% slower than predicted, against 3-5% for the skewed workload above), NCCL's
+static split of a block's warps over the works of a batch (src/device/sendrecv.h) and the round
+order. The reference L_send(equal) jumps at a threshold (on 4 ranks the busiest channel of equal
+16-channel chunks carries 4/3 of the 32-channel one), so c(M) jumps there too.
 """
 from __future__ import annotations
 
