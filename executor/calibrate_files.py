@@ -147,12 +147,16 @@ def finish(args, inp) -> int:
     """Fit `inp`, write `--raw` and `--out` (the topology, named `--name` or after the GPU) and
     print the summary; the end of every `calibrate`, measured or read."""
     from lshsim.calibration import fit_calibration, gpu_key
+    from lshsim.calibration.fits import THRESHOLD_WINDOW
     from lshsim.topology import write_topology_yaml
 
     results, source, world = inp.record, inp.provenance, inp.world_size
     if args.raw:  # the measurements first: a failed fit must not lose them
         write_atomically(args.raw, json.dumps({"results": results, "provenance": source}, indent=1) + "\n")
-    fit = fit_calibration(inp, fit_min_bytes=args.fit_min_bytes, curve=fits_curve(args))
+    window = getattr(args, "threshold_window", None)
+    fit = fit_calibration(inp, fit_min_bytes=args.fit_min_bytes, curve=fits_curve(args),
+                          channels=not getattr(args, "no_channel_term", False),
+                          threshold_window=THRESHOLD_WINDOW if window is None else window)
     fit_info = fit.info()
     prov = {**source, "fit": fit_info}
     name = args.name or f"{gpu_key(inp.gpu) or 'cpu'}-x{world}-calibrated"
@@ -186,6 +190,9 @@ def finish(args, inp) -> int:
         lines.append(f"  bus bandwidth curve ({curve.points} sizes, alpha 0): "
                      + ", ".join(f"{m / 1e6:.1f} MB {b / 1e9:.0f} GB/s" for m, b in curve.curve))
         lines.append(f"  curve: max |residual| {curve.max_rel_residual:.3f}, median {curve.median_rel_residual:.3f}")
+        if curve.threshold_window is not None:
+            lines.append(f"  curve leaves out the sizes within {curve.threshold_window:.0%} of NCCL's channel thresholds: "
+                         + (", ".join(f"{m / 1e6:.1f} MB" for m in curve.excluded_sizes) or "none"))
     if headroom is not None:
         info = fit_info["link_headroom"]
         lines.append(f"  link headroom {headroom.headroom:.3f} on {headroom.phases} all-to-alls of "
@@ -195,6 +202,13 @@ def finish(args, inp) -> int:
                      + (f"; links capped at {headroom.link_max_Bps / 1e9:.0f} GB/s (fitted between the curve's top "
                         f"{max(b for _, b in curve.curve) / 1e9:.0f} and the fastest p2p send "
                         f"{info['p2p_max_Bps'] / 1e9:.0f})" if headroom.link_max_Bps else ""))
+    if fit.channel is not None:
+        c = fit.channel
+        lines.append(f"  NCCL channel term: headroom {c.headroom:.3f} on {c.phases} skewed all-to-alls ({c.bound_phases} "
+                     f"bound): |error| mean {c.mean_rel_error:.3f}, median {c.median_rel_error:.3f}, max "
+                     f"{c.max_rel_error:.3f} (without: mean {c.without_mean_rel_error:.3f}, median "
+                     f"{c.without_median_rel_error:.3f}, max {c.without_max_rel_error:.3f}); chunk "
+                     f"{c.term.config.chunk_bytes} B")
     if phase_model is not None:
         lines.extend(phase_model_lines(phase_model))
     if args.out:

@@ -78,7 +78,7 @@ def test_pcie_and_trunk_classes_scale_against_their_nominal_bandwidth():
      r"^x.yaml: calibration.links.nic=\{.*\} names a link class the topology has no edges of; its classes: nvlink$"),
     ({"links": {"nvlink": {"curve": NVLINK_CURVE}}},
      r"^x.yaml: calibration.links.nvlink.curve=\[.*\] is not a known field; known: busbw_curve, headroom, "
-     r"link_max_Bps$"),
+     r"link_max_Bps, nccl_channels$"),
     ({"a2a_busbw_curve": NVLINK_CURVE, "links": {"nvlink": {"busbw_curve": NVLINK_CURVE}}},
      r"^x.yaml: calibration.links.nvlink=\{.*\} gives the NVLink class, which calibration.a2a_busbw_curve already "
      r"give"),

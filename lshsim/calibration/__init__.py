@@ -42,6 +42,14 @@ keys `calibration.a2a_busbw_curve`, `a2a_link_headroom`, `a2a_link_max_Bps`):
    direction carries; absent, the curve's largest bus bandwidth. Fitted between that and the
    fastest point-to-point send measured.
 
+4. NCCL's per-peer channel term (`nccl_channels`; top level `a2a_nccl_channels`; only with a
+   curve, one node; `ChannelTerm`): NCCL cuts a send over p2p channels whose number doubles at
+   size thresholds (NVIDIA/nccl src/enqueue.cc), so chunks on both sides of one load some channels
+   more. A direct all-to-all takes at least t_channel = L_send(T) / c(M), the busiest send channel
+   over a channel's throughput c(M) = h L_send(equal chunks of M / W) / (S / B(M)), h >= 1 fitted
+   on the skewed all-to-alls. Cause, rule and model: `lshsim.sim.nccl`. Absent (every calibration
+   written before it): off, and the predictions are as before.
+
 `LinkModels` holds one topology's classes, parsed once from its `calibration:` block when the
 topology is built (`LinkModels.from_calibration`; G.graph["link_models"]); the simulator asks it
 one question per collective, `rates(traffic)` -> `CollectiveRates` (per-class bandwidth scale,
@@ -55,11 +63,14 @@ Fits (`lshsim.calibration.fits`, pure functions, typed results)
 - alpha-beta (`fit_alpha_beta`): t = alpha + S / B by least squares on the relative error, the
   start-up latency and the flat bandwidth (calibration.alpha_s, nvlink_Bps);
 - the curve (`fit_busbw_curve`): one point per distinct size M, bus bandwidth S / t, the median
-  over the all-to-alls of that size, from uniform all-to-alls only;
+  over the all-to-alls of that size, from uniform all-to-alls only, leaving out the sizes whose
+  mean chunk lies within `THRESHOLD_WINDOW` (4%) of a channel threshold;
 - headroom and cap (`fit_link_headroom_and_cap`): on skewed all-to-alls, simulating their
   measured traffic on the curve topology for h in [1, 3] (grid 0.02, then 0.001 around the best)
   and B_max from the curve's top to the fastest p2p send; the smallest median |relative error|
   wins. Without skewed measurements no headroom is fitted.
+- the channel term's headroom (`fit_channel_headroom`): on the same skewed all-to-alls, each
+  simulated with the term for h in [1, 2]; the smallest mean |relative error| wins.
 - `fit_calibration` runs them as `executor calibrate` does; `CalibrationFit.topology_spec` is the
   topology spec that carries the result (`lshsim.topology.write_topology_yaml` writes it).
 

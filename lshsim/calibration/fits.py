@@ -5,6 +5,8 @@
 - `fit_link_headroom`, `fit_link_headroom_and_cap`: h (and B_max) on skewed all-to-alls, each
   candidate evaluated by simulating the measured traffic (the simulator is imported when a fit
   runs, or passed as `simulate`);
+- `fit_channel_headroom`: the headroom h of NCCL's per-peer channel term (`lshsim.sim.nccl`) on
+  skewed all-to-alls, by simulating them with the term;
 - `fit_calibration`: all of them on one `CalibrationInput`, as `executor calibrate` runs them, and
   `CalibrationFit.topology_spec`: the topology spec that carries the result.
 """
@@ -17,11 +19,17 @@ from typing import Callable
 import numpy as np
 
 from lshsim.calibration.inputs import A2ACase, A2APoint, CalibrationInput
-from lshsim.calibration.model import LinkModels, curve_busbw_Bps
+from lshsim.calibration.model import ChannelTerm, LinkModels, curve_busbw_Bps
 
 __all__ = ["AlphaBetaFit", "fit_alpha_beta", "BusbwCurveFit", "fit_busbw_curve", "curve_residuals", "HeadroomFit",
            "a2a_errors", "fit_link_headroom", "fit_link_headroom_and_cap", "CalibrationFit", "fit_calibration",
-           "calibrated_topology_spec", "gpu_key", "check_gpu_name", "CALIBRATED_GPUS", "Simulate"]
+           "calibrated_topology_spec", "gpu_key", "check_gpu_name", "CALIBRATED_GPUS", "Simulate", "ChannelFit",
+           "fit_channel_headroom", "nccl_config_of", "THRESHOLD_WINDOW"]
+
+#: The curve's fit leaves out the sizes whose mean per-peer chunk lies within this relative window
+#: of one of NCCL's channel thresholds (`lshsim.sim.nccl.near_threshold`): uniform routing's
+#: near-equal chunks (within about 1% of their mean on the committed workloads) straddle it there.
+THRESHOLD_WINDOW = 0.04
 
 #: simulate(traffic (W, W), algorithm, links) -> predicted seconds of one all-to-all.
 Simulate = Callable[[np.ndarray, str, LinkModels], float]
@@ -79,6 +87,8 @@ class BusbwCurveFit:
     curve: tuple
     max_rel_residual: float
     median_rel_residual: float
+    excluded_sizes: tuple = ()
+    threshold_window: float | None = None
 
     @property
     def points(self) -> int:
@@ -91,9 +101,14 @@ def curve_residuals(curve, points) -> np.ndarray:
                      for p in points], dtype=float)
 
 
-def fit_busbw_curve(points) -> BusbwCurveFit:
+def fit_busbw_curve(points, *, threshold_window: float | None = None, nccl=None) -> BusbwCurveFit:
     """One curve point per distinct size M: bus bandwidth S / t (S = M (W - 1) / W), the median over
-    the points of that size, sorted by size; residuals over all the points.
+    the points of that size, sorted by size; residuals over all the points kept.
+
+    threshold_window: None keeps every size; a number w >= 0 leaves out the sizes whose mean
+    per-peer chunk M / W lies within w of one of NCCL's channel thresholds (`lshsim.sim.nccl.
+    near_threshold`, with `nccl`, an NcclP2pConfig, default NCCL's defaults): their near-equal
+    chunks straddle it, and the channel term, not the curve, predicts them (`excluded_sizes`).
 
     >>> pts = [A2APoint(4000, 1e-5, 4), A2APoint(4000, 3e-5, 4), A2APoint(4000, 2e-5, 4), A2APoint(400, 1e-5, 4)]
     >>> [(m, round(b / 1e6, 6)) for m, b in fit_busbw_curve(pts).curve]   # MB/s: 300 B / 10 us; median 3000 B / 20 us
@@ -101,6 +116,16 @@ def fit_busbw_curve(points) -> BusbwCurveFit:
     """
     points = list(points)
     used = [p for p in points if p.world_size > 1 and p.bytes_per_rank > 0 and p.time_s > 0]
+    excluded: list = []
+    if threshold_window is not None:
+        from lshsim.sim.nccl import NcclP2pConfig, near_threshold
+
+        config = NcclP2pConfig() if nccl is None else nccl
+        near = [p for p in used if near_threshold(p.bytes_per_rank / p.world_size, p.world_size, threshold_window,
+                                                   config)]
+        excluded = sorted({float(p.bytes_per_rank) for p in near})
+        used = [p for p in used if p not in near]
+        points = [p for p in points if p not in near]
     sizes = sorted({p.bytes_per_rank for p in used})
     if len(sizes) < 2:
         raise ValueError(f"a bus bandwidth curve needs all-to-alls of at least 2 sizes, got {len(sizes)}")
@@ -111,7 +136,8 @@ def fit_busbw_curve(points) -> BusbwCurveFit:
                   for size in sizes)
     residual = np.abs(curve_residuals(curve, points))
     return BusbwCurveFit(curve=curve, max_rel_residual=float(residual.max()),
-                         median_rel_residual=float(np.median(residual)))
+                         median_rel_residual=float(np.median(residual)), excluded_sizes=tuple(excluded),
+                         threshold_window=threshold_window)
 
 
 # ---- duplex engine headroom and link cap -------------------------------------------------------------
@@ -242,6 +268,85 @@ def fit_link_headroom_and_cap(G, cases, p2p_max_Bps: float | None, steps: int = 
     return best[1]
 
 
+# ---- NCCL's per-peer channel term ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChannelFit:
+    """The channel term's fitted headroom h (model: `lshsim.sim.nccl`), NCCL's p2p layout it was
+    fitted with, the window the curve left out, and the |relative errors| of the skewed all-to-alls
+    with the term and without it (the links' headroom and cap as fitted)."""
+
+    term: ChannelTerm
+    phases: int
+    bound_phases: int
+    mean_rel_error: float
+    median_rel_error: float
+    max_rel_error: float
+    without_mean_rel_error: float
+    without_median_rel_error: float
+    without_max_rel_error: float
+
+    @property
+    def headroom(self) -> float:
+        return self.term.headroom
+
+
+def nccl_config_of(inp: CalibrationInput):
+    """NCCL's p2p layout of a calibration input: NCCL 2.28.9's defaults on 2-8 NVSwitch GPUs (32 p2p
+    channels, 32 per peer), with the chunk of NCCL_P2P_NVL_CHUNKSIZE when the traces' provenance
+    recorded it (else 512 KiB). Other NCCL settings are not read."""
+    from lshsim.sim.nccl import NcclP2pConfig
+
+    env = (inp.provenance.get("trace_provenance") or {}).get("nccl_env") or inp.provenance.get("nccl_env") or {}
+    chunk = env.get("NCCL_P2P_NVL_CHUNKSIZE")
+    return NcclP2pConfig(chunk_bytes=int(chunk)) if chunk else NcclP2pConfig()
+
+
+def fit_channel_headroom(G, cases, config=None, *, low: float = 1.0, high: float = 2.0,
+                         threshold_window: float | None = None, link_class: str = "nvlink",
+                         simulate: Simulate | None = None) -> ChannelFit:
+    """Fit the channel term's headroom h on skewed all-to-alls (A2ACase): each case simulated on G
+    (its curve, headroom and cap) with the term `ChannelTerm(config, h)`, t = max(simulated,
+    t_channel); h in [low, high] (grid of 0.01, then 0.001 within 0.01 of the best) minimises the
+    mean |relative error| over all the cases (ties: the smaller h). The mean, not the median: the
+    term binds on few cases, and a small h makes it bind, wrongly, on the others."""
+    from lshsim.sim.nccl import NcclP2pConfig
+
+    config = NcclP2pConfig() if config is None else config
+    errors = _Objective(G, cases, simulate, link_class)
+    if not (math.isfinite(low) and math.isfinite(high) and 1.0 <= low < high):
+        raise ValueError(f"low={low}, high={high} must satisfy 1 <= low < high")
+    base = errors.base
+
+    def run(h: float | None) -> np.ndarray:
+        links = base.replace(link_class, channels=None if h is None else ChannelTerm(config, h, threshold_window))
+        cache: dict = {}
+        predicted = []
+        for case in errors.cases:
+            key = (case.traffic.tobytes(), case.algorithm)
+            if key not in cache:
+                cache[key] = errors.simulate(case.traffic, case.algorithm, links)
+            predicted.append(cache[key])
+        return (np.array(predicted) - errors.measured) / errors.measured
+
+    without = np.abs(run(None))
+    seen: dict = {}
+
+    def score(h: float) -> tuple:
+        h = round(float(h), 3)
+        if h not in seen:
+            seen[h] = (float(np.mean(np.abs(run(h)))), h)
+        return seen[h]
+
+    best = min(score(h) for h in np.linspace(low, high, int(round((high - low) / 0.01)) + 1))[1]
+    headroom = min(score(h) for h in np.arange(max(low, best - 0.01), min(high, best + 0.01) + 5e-4, 0.001))[1]
+    with_term = np.abs(run(headroom))
+    bound = int(np.sum(np.abs(with_term - without) > 1e-12))
+    return ChannelFit(term=ChannelTerm(config, headroom, threshold_window), phases=len(with_term), bound_phases=bound,
+                      mean_rel_error=float(with_term.mean()), median_rel_error=float(np.median(with_term)),
+                      max_rel_error=float(with_term.max()), without_mean_rel_error=float(without.mean()),
+                      without_median_rel_error=float(np.median(without)), without_max_rel_error=float(without.max()))
+
+
 # ---- the whole calibration -------------------------------------------------------------------------------
 #: the GPUs a calibration names by key (`gpu_key`), newest first
 CALIBRATED_GPUS = ("h200", "h100", "a100", "v100")
@@ -282,7 +387,7 @@ def gpu_key(device_name: str | None) -> str | None:
 def calibrated_topology_spec(name: str, world_size: int, *, gpu: str | None, alpha_beta: AlphaBetaFit | None = None,
                              curve=None, headroom: float | None = None, link_max_Bps: float | None = None,
                              expert_flops: float | None = None, hbm_Bps: float | None = None,
-                             provenance: dict | None = None) -> dict:
+                             provenance: dict | None = None, channels: ChannelTerm | None = None) -> dict:
     """A single-node NVSwitch topology spec with a `calibration:` block (schema: lshsim.topology.spec).
 
     gpu: the device name; a known GPU (`gpu_key`) is referenced by key with 18 NVLinks of 25 GB/s
@@ -290,12 +395,15 @@ def calibrated_topology_spec(name: str, world_size: int, *, gpu: str | None, alp
     inline GPU with the measured rates as its datasheet and intra.link_Bps the fitted bandwidth.
     With a `curve`, calibration.a2a_busbw_curve is the curve and alpha_s is 0 (the curve's bus
     bandwidths hold the fixed costs); `headroom` (only with a curve) and `link_max_Bps` (only with
-    a headroom) become calibration.a2a_link_headroom and a2a_link_max_Bps.
+    a headroom) become calibration.a2a_link_headroom and a2a_link_max_Bps; `channels` (only with a
+    curve) calibration.a2a_nccl_channels (NCCL's per-peer channel term, `lshsim.sim.nccl`).
     """
     if headroom is not None and curve is None:
         raise ValueError(f"link_headroom={headroom} needs a curve")
     if link_max_Bps is not None and headroom is None:
         raise ValueError(f"link_max_Bps={link_max_Bps} needs a link_headroom")
+    if channels is not None and curve is None:
+        raise ValueError("a channel term needs a curve")
     key = gpu_key(gpu)
     if key is not None:
         gpu_field: object = key
@@ -320,6 +428,8 @@ def calibrated_topology_spec(name: str, world_size: int, *, gpu: str | None, alp
             calibration["a2a_link_headroom"] = float(headroom)
         if link_max_Bps is not None:
             calibration["a2a_link_max_Bps"] = float(link_max_Bps)
+        if channels is not None:
+            calibration["a2a_nccl_channels"] = channels.to_dict()
     if expert_flops:
         calibration["expert_flops"] = expert_flops
     if hbm_Bps:
@@ -333,6 +443,8 @@ def calibrated_topology_spec(name: str, world_size: int, *, gpu: str | None, alp
 
 
 _CURVE_MODEL = "t = S / B(M), B log-linear in M"
+_CHANNEL_MODEL = ("t = max(simulated, L_send(T) / c(M)), c(M) = h L_send(equal chunks of M / W) / t_curve(M); "
+                  "h minimises the mean |error| of the skewed all-to-alls, in [1, 2]")
 _HEADROOM_MODEL = ("engines 2 B(M_dup) per GPU, NVLink min(h B(M), link max); (h, link max) minimise the "
                    "median |error|, h in [1, 3], link max from the curve's largest bus bandwidth to the "
                    "fastest p2p send")
@@ -349,6 +461,7 @@ class CalibrationFit:
     fit_min_bytes: int
     curve: BusbwCurveFit | None = None
     headroom: HeadroomFit | None = None
+    channel: ChannelFit | None = None
 
     def info(self) -> dict | None:
         """The fit's record, as calibration.provenance.fit keeps it."""
@@ -356,11 +469,22 @@ class CalibrationFit:
         if self.curve is not None:
             info = {**(info or {}), "curve": {"points": self.curve.points, "model": _CURVE_MODEL,
                                               "max_rel_residual": self.curve.max_rel_residual,
-                                              "median_rel_residual": self.curve.median_rel_residual}}
+                                              "median_rel_residual": self.curve.median_rel_residual,
+                                              **({"threshold_window": self.curve.threshold_window,
+                                                  "excluded_sizes": list(self.curve.excluded_sizes)}
+                                                 if self.curve.threshold_window is not None else {})}}
         if self.headroom is not None:
             info = {**info, "link_headroom": {
                 **asdict(self.headroom), "traces": len({case.source for case in self.input.cases}),
                 "p2p_max_Bps": self.input.p2p_max_Bps, "model": _HEADROOM_MODEL}}
+        if self.channel is not None:
+            c = self.channel
+            info = {**info, "nccl_channels": {
+                "headroom": c.headroom, "phases": c.phases, "bound_phases": c.bound_phases,
+                "mean_rel_error": c.mean_rel_error, "median_rel_error": c.median_rel_error,
+                "max_rel_error": c.max_rel_error, "without_mean_rel_error": c.without_mean_rel_error,
+                "without_median_rel_error": c.without_median_rel_error, "without_max_rel_error": c.without_max_rel_error,
+                "model": _CHANNEL_MODEL}}
         return info
 
     def topology_spec(self, name: str, provenance: dict | None = None) -> dict:
@@ -371,27 +495,43 @@ class CalibrationFit:
             curve=None if self.curve is None else self.curve.curve,
             headroom=None if self.headroom is None else self.headroom.headroom,
             link_max_Bps=None if self.headroom is None else self.headroom.link_max_Bps,
-            expert_flops=inp.expert_flops, hbm_Bps=inp.hbm_Bps, provenance=provenance)
+            expert_flops=inp.expert_flops, hbm_Bps=inp.hbm_Bps, provenance=provenance,
+            channels=None if self.channel is None else self.channel.term)
 
 
 def fit_calibration(inp: CalibrationInput, *, fit_min_bytes: int = 0, curve: bool = True,
-                    simulate: Simulate | None = None) -> CalibrationFit:
+                    simulate: Simulate | None = None, channels: bool = True,
+                    threshold_window: float = THRESHOLD_WINDOW) -> CalibrationFit:
     """Fit one calibration input: alpha-beta on its points (sizes >= fit_min_bytes); with `curve`,
     the bus bandwidth curve on them; with a curve and skewed cases, the headroom and the links' cap
     (between the curve's top and the fastest p2p send of the input) on the topology that carries
-    the curve (`calibrated_topology_spec`)."""
+    the curve (`calibrated_topology_spec`).
+
+    With `channels` (default) NCCL's per-peer channel term (`lshsim.sim.nccl`): the curve leaves out
+    the sizes within `threshold_window` of a channel threshold (`fit_busbw_curve`), and with skewed
+    cases the term's headroom is fitted on them after the links' headroom and cap
+    (`fit_channel_headroom`; NCCL's layout from `nccl_config_of`). Without skewed cases there is no
+    term (the curve still leaves the threshold sizes out). channels=False: the fit as before the term."""
     world = inp.world_size
     alpha_beta = fit_alpha_beta(inp.points, fit_min_bytes) if world and world > 1 and inp.points else None
     fit = CalibrationFit(input=inp, alpha_beta=alpha_beta, fit_min_bytes=fit_min_bytes)
     if not curve:
         return fit
+    config = nccl_config_of(inp) if channels else None
     fit = CalibrationFit(input=inp, alpha_beta=alpha_beta, fit_min_bytes=fit_min_bytes,
-                         curve=fit_busbw_curve(inp.points))
+                         curve=fit_busbw_curve(inp.points, threshold_window=threshold_window if channels else None,
+                                               nccl=config))
     if not inp.cases:
         return fit
     from lshsim.topology import build_topology      # lazily: lshsim.topology imports this package
 
     G = build_topology(fit.topology_spec("calibration", {}), source="<calibration>")
     headroom = fit_link_headroom_and_cap(G, inp.cases, inp.p2p_max_Bps, simulate=simulate)
+    fit = CalibrationFit(input=inp, alpha_beta=alpha_beta, fit_min_bytes=fit_min_bytes, curve=fit.curve,
+                         headroom=headroom)
+    if not channels:
+        return fit
+    G = build_topology(fit.topology_spec("calibration", {}), source="<calibration>")
+    channel = fit_channel_headroom(G, inp.cases, config, threshold_window=threshold_window, simulate=simulate)
     return CalibrationFit(input=inp, alpha_beta=alpha_beta, fit_min_bytes=fit_min_bytes, curve=fit.curve,
-                          headroom=headroom)
+                          headroom=headroom, channel=channel)

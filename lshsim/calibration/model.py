@@ -16,14 +16,18 @@ import numpy as np
 
 from lshsim.checks import finite_number
 
-__all__ = ["LinkModel", "LinkModels", "LinkRates", "CollectiveRates", "curve_busbw_Bps", "a2a_bytes_per_rank",
-           "a2a_duplex_bytes_per_rank", "parse_busbw_curve", "CURVE_KEYS", "LINK_KEYS"]
+__all__ = ["LinkModel", "LinkModels", "LinkRates", "CollectiveRates", "ChannelTerm", "curve_busbw_Bps",
+           "a2a_bytes_per_rank", "a2a_duplex_bytes_per_rank", "parse_busbw_curve", "parse_channel_term",
+           "CURVE_KEYS", "LINK_KEYS", "CHANNEL_KEYS"]
 
-#: The keys of one class's block `calibration.links.CLASS` (its curve, headroom and cap).
-LINK_KEYS = ("busbw_curve", "headroom", "link_max_Bps")
+#: The keys of one class's block `calibration.links.CLASS` (its curve, headroom, cap and NCCL channel term).
+LINK_KEYS = ("busbw_curve", "headroom", "link_max_Bps", "nccl_channels")
 #: The top-level keys of a topology's `calibration:` block that mean `links.nvlink`'s LINK_KEYS, in
 #: that order; `LinkModels.from_calibration` reads them and `links`, the other keys are the builder's.
-CURVE_KEYS = ("a2a_busbw_curve", "a2a_link_headroom", "a2a_link_max_Bps")
+CURVE_KEYS = ("a2a_busbw_curve", "a2a_link_headroom", "a2a_link_max_Bps", "a2a_nccl_channels")
+#: The fields of a channel term block (`calibration.a2a_nccl_channels`; `ChannelTerm`): NCCL's p2p
+#: layout (`lshsim.sim.nccl.NcclP2pConfig`), the fitted headroom, and the curve fit's window.
+CHANNEL_KEYS = ("p2p_channels", "channels_per_peer", "chunk_bytes", "headroom", "threshold_window")
 
 
 def curve_busbw_Bps(curve, bytes_per_rank: float) -> float:
@@ -135,10 +139,97 @@ def parse_busbw_curve(value, *, field_name: str = "calibration.a2a_busbw_curve",
     return tuple(curve)
 
 
+@dataclass(frozen=True)
+class ChannelTerm:
+    """NCCL's per-peer channel term of one link class (model and cause: `lshsim.sim.nccl`).
+
+    config:           NCCL's p2p layout the rule runs with (`NcclP2pConfig`)
+    headroom:         h >= 1: a channel's throughput over its share in the equal all-to-all of the
+                      same size (fitted on skewed calibration all-to-alls)
+    threshold_window: the relative window around each threshold that the curve's fit left out
+                      (recorded, not used to predict); None where not recorded
+    """
+
+    config: object
+    headroom: float
+    threshold_window: float | None = None
+
+    def __post_init__(self) -> None:
+        from lshsim.sim.nccl import NcclP2pConfig
+
+        if not isinstance(self.config, NcclP2pConfig):
+            raise ValueError(f"config must be an NcclP2pConfig, got {type(self.config).__name__}")
+        object.__setattr__(self, "headroom", finite_number("headroom", self.headroom, minimum=1.0))
+        if self.threshold_window is not None:
+            object.__setattr__(self, "threshold_window",
+                               finite_number("threshold_window", self.threshold_window, minimum=0.0))
+
+    def to_dict(self) -> dict:
+        """The calibration block (`CHANNEL_KEYS`) of this term."""
+        out = {"p2p_channels": self.config.p2p_channels, "channels_per_peer": self.config.channels_per_peer,
+               "chunk_bytes": self.config.chunk_bytes, "headroom": float(self.headroom)}
+        if self.threshold_window is not None:
+            out["threshold_window"] = float(self.threshold_window)
+        return out
+
+    def floor_s(self, traffic_bytes, curve) -> tuple[float, dict]:
+        """(t_channel, info) of one all-to-all: L_send(T) / c(M), c(M) = h L_send(equal) / t_curve(M)
+        (`lshsim.sim.nccl`, module docstring); 0 when no bytes leave any rank."""
+        from lshsim.sim.nccl import channel_send_ratio
+
+        traffic = np.asarray(traffic_bytes, dtype=float)
+        world = traffic.shape[0]
+        size = a2a_bytes_per_rank(traffic)
+        if world < 2 or size <= 0:
+            return 0.0, {}
+        ratio = channel_send_ratio(traffic, self.config)
+        curve_s = size * (world - 1) / world / curve_busbw_Bps(curve, size)
+        floor = curve_s * ratio / self.headroom
+        return floor, {"a2a_channel_ratio": ratio, "a2a_channel_headroom": self.headroom, "a2a_channel_floor_s": floor}
+
+
+def parse_channel_term(value, *, field_name: str = "calibration.a2a_nccl_channels",
+                       source: str = "<dict>") -> ChannelTerm:
+    """A channel term block {p2p_channels, channels_per_peer, chunk_bytes, headroom[, threshold_window]}.
+
+    >>> parse_channel_term({"p2p_channels": 32, "channels_per_peer": 32, "chunk_bytes": 524288, "headroom": 1.1}).headroom
+    1.1
+    >>> parse_channel_term({"headroom": 1.1}, source="x.yaml")
+    Traceback (most recent call last):
+    ...
+    ValueError: x.yaml: calibration.a2a_nccl_channels={'headroom': 1.1} lacks p2p_channels, channels_per_peer, chunk_bytes
+    """
+    from lshsim.sim.nccl import NcclP2pConfig
+
+    if not isinstance(value, dict):
+        raise _fail(source, field_name, value, "must be a mapping with " + ", ".join(CHANNEL_KEYS))
+    for key in value:
+        if key not in CHANNEL_KEYS:
+            raise _fail(source, f"{field_name}.{key}", value[key], "is not a known field; known: " + ", ".join(CHANNEL_KEYS))
+    missing = [k for k in CHANNEL_KEYS[:4] if value.get(k) is None]
+    if missing:
+        raise _fail(source, field_name, value, "lacks " + ", ".join(missing))
+    ints = {}
+    for key in CHANNEL_KEYS[:3]:
+        item = value[key]
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise _fail(source, f"{field_name}.{key}", item, "must be a positive integer")
+        ints[key] = item
+    try:
+        config = NcclP2pConfig(**ints)
+    except ValueError as error:
+        raise ValueError(f"{source}: {field_name}: {error}") from None
+    headroom = _yaml_number(source, f"{field_name}.headroom", value["headroom"], minimum=1.0, exclusive=False)
+    window = value.get("threshold_window")
+    if window is not None:
+        window = _yaml_number(source, f"{field_name}.threshold_window", window, minimum=0.0, exclusive=False)
+    return ChannelTerm(config, headroom, window)
+
+
 def _parse_link_block(values: dict, names: dict, source: str, nominal_Bps: float) -> tuple:
-    """(curve, headroom, link_max_Bps) of one class's calibration fields ({key of LINK_KEYS: value};
-    `names`: {key: the field's name in messages}), each None where absent."""
-    curve = headroom = link_max = None
+    """(curve, headroom, link_max_Bps, channels) of one class's calibration fields ({key of LINK_KEYS:
+    value}; `names`: {key: the field's name in messages}), each None where absent."""
+    curve = headroom = link_max = channels = None
     if values.get("busbw_curve") is not None:
         curve = parse_busbw_curve(values["busbw_curve"], field_name=names["busbw_curve"], source=source)
         if not nominal_Bps > 0:
@@ -154,7 +245,12 @@ def _parse_link_block(values: dict, names: dict, source: str, nominal_Bps: float
         if headroom is None:
             raise _fail(source, names["link_max_Bps"], values["link_max_Bps"],
                         f"is only allowed together with {names['headroom']}")
-    return curve, headroom, link_max
+    if values.get("nccl_channels") is not None:
+        channels = parse_channel_term(values["nccl_channels"], field_name=names["nccl_channels"], source=source)
+        if curve is None:
+            raise _fail(source, names["nccl_channels"], values["nccl_channels"],
+                        f"is only allowed together with {names['busbw_curve']}")
+    return curve, headroom, link_max, channels
 
 
 # ---- the model ----------------------------------------------------------------------------------
@@ -172,6 +268,7 @@ class LinkRates:
     link_Bps: float
     engine_Bps: float | None
     info: dict = field(default_factory=dict)
+    channel_floor_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -182,12 +279,15 @@ class CollectiveRates:
     bandwidth_scale_by_kind: {edge kind: factor} for `FlowNetwork` (None: nominal bandwidths)
     gpu_engine_Bps:          capacity of each GPU's duplex engine for `FlowNetwork` (None: no engines)
     info:                    sizes and rates used, merged into `CollectiveResult.options`
+    channel_floor_s:         NCCL's per-peer channel term: a direct all-to-all on one node takes
+                             at least alpha_s + this (0: no term; `ChannelTerm`, `lshsim.sim.nccl`)
     """
 
     alpha_s: float
     bandwidth_scale_by_kind: dict | None
     gpu_engine_Bps: float | None
     info: dict = field(default_factory=dict)
+    channel_floor_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -204,6 +304,8 @@ class LinkModel:
     headroom:     None, or h >= 1 (needs a curve): duplex engines of 2 B(M_dup) per GPU and
                   links at min(h B(M), link_max_Bps)
     link_max_Bps: None (the curve's largest bus bandwidth), or B_max > 0 (needs a headroom)
+    channels:     None (no channel term: the older calibrations), or a `ChannelTerm` (needs a curve):
+                  a direct all-to-all takes at least its t_channel (`lshsim.sim.nccl`)
 
     >>> nvlink = LinkModel("nvlink", 300e9, 0.0, ((1e6, 50e9), (1e9, 300e9)))
     >>> r = nvlink.rates(np.full((4, 4), 25e6))          # 100 MB per rank, 25 MB to each
@@ -221,6 +323,7 @@ class LinkModel:
     busbw_curve: tuple | None = None
     headroom: float | None = None
     link_max_Bps: float | None = None
+    channels: ChannelTerm | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.link_class, str) or not self.link_class:
@@ -242,6 +345,11 @@ class LinkModel:
                                finite_number("link_max_Bps", self.link_max_Bps, minimum=0.0, exclusive=True))
             if self.headroom is None:
                 raise ValueError(f"link_max_Bps={self.link_max_Bps} needs a headroom")
+        if self.channels is not None:
+            if not isinstance(self.channels, ChannelTerm):
+                raise ValueError(f"channels must be a ChannelTerm, got {type(self.channels).__name__}")
+            if self.busbw_curve is None:
+                raise ValueError("a channel term needs a busbw_curve")
 
     def rates(self, traffic_bytes) -> LinkRates | None:
         """The rates of this class for one collective of `traffic_bytes` (W, W); None when the
@@ -254,8 +362,13 @@ class LinkModel:
             return None
         busbw = curve_busbw_Bps(curve, size)
         info = {"a2a_bytes_per_rank": size, "a2a_busbw_Bps": busbw}
+        floor = 0.0
+        if self.channels is not None:
+            floor, channel_info = self.channels.floor_s(traffic_bytes, curve)
+            info.update(channel_info)
         if self.headroom is None:
-            return LinkRates(scale=busbw / self.nominal_Bps, link_Bps=busbw, engine_Bps=None, info=info)
+            return LinkRates(scale=busbw / self.nominal_Bps, link_Bps=busbw, engine_Bps=None, info=info,
+                             channel_floor_s=floor)
         dup_size = a2a_duplex_bytes_per_rank(traffic_bytes)
         dup_busbw = curve_busbw_Bps(curve, dup_size)
         link_max_Bps = self.link_max_Bps or max(point_Bps for _, point_Bps in curve)
@@ -263,7 +376,8 @@ class LinkModel:
         engine_Bps = 2.0 * dup_busbw
         info.update(a2a_dup_bytes_per_rank=dup_size, a2a_dup_busbw_Bps=dup_busbw, a2a_link_headroom=self.headroom,
                     gpu_engine_Bps=engine_Bps, a2a_link_Bps=link_Bps)
-        return LinkRates(scale=link_Bps / self.nominal_Bps, link_Bps=link_Bps, engine_Bps=engine_Bps, info=info)
+        return LinkRates(scale=link_Bps / self.nominal_Bps, link_Bps=link_Bps, engine_Bps=engine_Bps, info=info,
+                         channel_floor_s=floor)
 
 
 @dataclass(frozen=True)
@@ -337,22 +451,24 @@ class LinkModels:
         scale: dict = {}
         engine_Bps = None
         info: dict = {}
+        floor = 0.0
         for model in self.models:
             rates = model.rates(traffic_bytes)
             if rates is None:
                 continue
+            floor = max(floor, rates.channel_floor_s)
             scale[model.link_class] = rates.scale
             if rates.engine_Bps is not None:
                 engine_Bps = rates.engine_Bps
             prefix = "" if model.link_class == "nvlink" else f"{model.link_class}_"
             info.update({prefix + key: value for key, value in rates.info.items()})
         return CollectiveRates(alpha_s=self.alpha_s, bandwidth_scale_by_kind=scale or None,
-                               gpu_engine_Bps=engine_Bps, info=info)
+                               gpu_engine_Bps=engine_Bps, info=info, channel_floor_s=floor)
 
     # ---- construction ------------------------------------------------------------------------------
     @classmethod
     def from_calibration(cls, calibration: dict | None, *, nominal_Bps: dict, alpha_s: float,
-                         source: str = "<dict>") -> "LinkModels":
+                         source: str = "<dict>", nodes: int = 1) -> "LinkModels":
         """Parse the link part of a topology's `calibration:` block into models: one per class of
         `nominal_Bps` ({class: nominal per-direction bandwidth}, every link class (edge kind) the
         topology has; a class with 0 has no edges to scale), all with start-up latency `alpha_s`.
@@ -360,7 +476,10 @@ class LinkModels:
         A class's curve, headroom and cap come from `calibration.links.CLASS` (keys `LINK_KEYS`:
         busbw_curve, headroom, link_max_Bps) or, for the NVLink class, from the top-level keys
         `CURVE_KEYS` (a2a_busbw_curve, a2a_link_headroom, a2a_link_max_Bps), which mean
-        links.nvlink; giving both is refused. Errors name the source, the field and the value:
+        links.nvlink; giving both is refused. A channel term (`nccl_channels`, top level
+        `a2a_nccl_channels`) is NCCL's rule on one node: refused when `nodes` > 1. Without one (every
+        calibration written before it) the term is off and the predictions are as before. Errors
+        name the source, the field and the value:
         "h200.yaml: calibration.a2a_link_headroom=0.9 must be >= 1",
         "f.yaml: calibration.links.nic.headroom=0.9 must be >= 1".
 
@@ -385,7 +504,7 @@ class LinkModels:
         if links is not None:
             if not isinstance(links, dict):
                 raise _fail(source, "calibration.links", links,
-                            "must be a mapping {link class: {busbw_curve, headroom, link_max_Bps}}")
+                            "must be a mapping {link class: {busbw_curve, headroom, link_max_Bps, nccl_channels}}")
             for link_class, block in links.items():
                 pre = f"calibration.links.{link_class}"
                 if link_class not in present:
@@ -407,9 +526,12 @@ class LinkModels:
                   for link_class, (values, names) in blocks.items()}
         models = []
         for link_class, nominal in nominal_Bps.items():
-            curve, headroom, link_max = parsed.get(link_class, (None, None, None))
+            curve, headroom, link_max, channels = parsed.get(link_class, (None, None, None, None))
+            if channels is not None and nodes > 1:
+                raise _fail(source, blocks[link_class][1]["nccl_channels"], channels.to_dict(),
+                            f"is NCCL's per-peer channel rule on one node; this topology has {nodes} nodes")
             if nominal > 0:
-                models.append(LinkModel(link_class, nominal, alpha_s, curve, headroom, link_max))
+                models.append(LinkModel(link_class, nominal, alpha_s, curve, headroom, link_max, channels))
         try:
             return cls(tuple(models))
         except ValueError as error:

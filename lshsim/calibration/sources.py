@@ -180,7 +180,8 @@ def read_traces(paths, *, split_skewed: bool = True, gpu: str | None = None) -> 
     first = metas[uniform[0]]["provenance"]
     provenance = {"a2a_fit": "in situ, from executor traces", "traces": [Path(t).name for t in uniform],
                   **({"skewed_traces": [Path(t).name for t in skewed]} if skewed else {}),
-                  "trace_provenance": {k: first.get(k) for k in ("gpu", "count", "torch", "nccl", "date")}}
+                  "trace_provenance": {**{k: first.get(k) for k in ("gpu", "count", "torch", "nccl", "date")},
+                                       **({"nccl_env": dict(first["nccl_env"])} if first.get("nccl_env") else {})}}
     record = {"world_size": world, "a2a": [{"bytes_per_rank": p.bytes_per_rank, "time_s": p.time_s} for p in points],
               "p2p": [], "ffn": None, "hbm": None}
     return CalibrationInput(source="traces", world_size=world, gpu=gpu or first.get("gpu"), points=tuple(points),

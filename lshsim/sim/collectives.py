@@ -35,7 +35,12 @@ Link model: every all-to-all runs at the rates its traffic gets from the topolog
 (`links`, default `LinkModels.from_topology(G)`, parsed from the topology's `calibration:` block
 when it was built): a size-dependent bus bandwidth per link class, the GPUs' duplex engines and
 the links' cap. The model, its fits and its sources: see `lshsim.calibration`. Without a
-calibration the edges keep their nominal bandwidths.
+calibration the edges keep their nominal bandwidths. With a calibrated NCCL channel term
+(`calibration.a2a_nccl_channels`; cause and model: `lshsim.sim.nccl`) a direct all-to-all takes at
+least alpha_s + t_channel, the time of the busiest per-peer p2p channel (options report
+a2a_channel_ratio, a2a_channel_floor_s and a2a_channel_bound). The term exists on one-node
+topologies only, where hierarchical and groupwise run one direct phase too
+(`CHANNEL_TERM_ALGORITHMS`); pairwise (one call per step) does not get it.
 """
 from __future__ import annotations
 
@@ -53,6 +58,10 @@ from lshsim.topology.routing import ALL_PAIRS_MAX_WORLD, Routes, gpu_vertices, v
 
 __all__ = ["simulate_all_to_all", "ring_all_reduce", "ring_orders", "AllReduceResult", "estimate_all_to_all", "estimate_collective", "ESTIMATED_ALGORITHMS", "fed_port_time", "processor_sharing_levels", "FEW_FLOWS_PER_PORT", "CollectiveResult", "CollectiveRun", "Stage", "ALGORITHMS", "uniform_traffic",
            "proxy_of_local", "hierarchical_phases", "direct", "pairwise", "hierarchical", "groupwise"]
+
+
+#: the algorithms a calibrated NCCL channel term applies to (on one node each is one grouped send/recv)
+CHANNEL_TERM_ALGORITHMS = ("direct", "hierarchical", "groupwise")
 
 
 @dataclass(frozen=True)
@@ -368,7 +377,7 @@ def _estimate_inputs(G, traffic_bytes, routes, links):
 
 def estimate_all_to_all(G: nx.DiGraph, traffic_bytes, *, routes: Routes | None = None,
                         links: LinkModels | None = None, local_copy: bool = True, correction: bool = True,
-                        rates_of=None) -> float:
+                        rates_of=None, channel_floor: bool = True) -> float:
     """A direct all-to-all's time from link loads, without simulating: the "estimate" fidelity.
 
     Load bound (correction=False): t = alpha + max(max_e L_e / C_e, max_r (S_r + R_r) / E_r) + max
@@ -405,6 +414,8 @@ def estimate_all_to_all(G: nx.DiGraph, traffic_bytes, *, routes: Routes | None =
     Cost: one pass over the W (W - 1) routes, plus the correction's O(n^2) per corrected port.
     rates_of: the traffic the link model's rates are taken from (default traffic_bytes; a phase of a
     multi-phase collective passes the whole collective's, as the simulator does).
+    channel_floor: with a calibrated NCCL channel term (`lshsim.sim.nccl`), the time is at least
+    alpha + its t_channel (a direct all-to-all; a phase of another algorithm passes False).
     """
     routes, links, traffic = _estimate_inputs(G, traffic_bytes, routes, links)
     world = routes.world
@@ -437,6 +448,8 @@ def estimate_all_to_all(G: nx.DiGraph, traffic_bytes, *, routes: Routes | None =
         # the longest route's latency, from these flows' own routes (Routes.path_latency_s would walk all W^2 pairs)
         latency = np.where(used, routes.latency_s[np.maximum(ids, 0)], 0.0).sum(axis=1).max()
         network_s = alpha_s + busiest + float(latency)
+        if channel_floor and rates.channel_floor_s > 0:
+            network_s = max(network_s, alpha_s + rates.channel_floor_s)
     copy_s = _local_copy_s(G, np.diag(traffic).copy()) if local_copy else np.zeros(world)
     return float(max(network_s, copy_s.max(initial=0.0)))
 
@@ -528,7 +541,7 @@ def estimate_collective(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
         if len(src) == 0:
             continue
         seconds = estimate_all_to_all(G, matrix, routes=routes, links=links, local_copy=False, correction=correction,
-                                      rates_of=traffic)
+                                      rates_of=traffic, channel_floor=algorithm in CHANNEL_TERM_ALGORITHMS)
         ids = routes.edge_ids(src, dst)
         used = ids >= 0
         np.add.at(link_bytes, ids[used], np.broadcast_to(matrix[src, dst][:, None], ids.shape)[used])
@@ -600,6 +613,10 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
     off = traffic - np.diag(local)
     copy_s = _local_copy_s(G, local) if local_copy else np.zeros(world)  # (W,)
     network_s = max((s.end_s for s in stages), default=0.0)
+    channel_bound = algorithm in CHANNEL_TERM_ALGORITHMS and rates.channel_floor_s > 0 and stages \
+        and net.alpha_s + rates.channel_floor_s > network_s
+    if channel_bound:   # NCCL's busiest per-peer channel binds, not the links (lshsim.sim.nccl)
+        network_s = net.alpha_s + rates.channel_floor_s
     time_s = float(max(network_s, copy_s.max(initial=0.0)))
     stages.sort(key=lambda s: (s.start_s, s.name))
     return CollectiveResult(
@@ -608,7 +625,9 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
         stages=stages, edges=net.edges, link_bytes=net.link_bytes.copy(), capacity_Bps=net.capacity_Bps,
         busiest=busiest_links(net.edges, net.link_bytes, net.capacity_Bps, time_s, 10),
         options={"alpha_s": net.alpha_s, "message_gap_s": float(message_gap_s), "local_copy": local_copy,
-                 "drain_tolerance": net.drain_tolerance, **rates.info, **options}, stats=dict(net.stats))
+                 "drain_tolerance": net.drain_tolerance, **rates.info,
+                 **({"a2a_channel_bound": bool(channel_bound)} if rates.channel_floor_s > 0 else {}), **options},
+        stats=dict(net.stats))
 
 
 # ---- the ring all-reduce (data-parallel gradient synchronisation) ----------------------------------

@@ -22,12 +22,41 @@ slower than with the same bytes on one side (benchmarks/a2a_chunk_sweep.py measu
 in benchmarks/RESULTS.md); a smaller `NCCL_P2P_NVL_CHUNKSIZE` halves the thresholds and moves
 the slowdown with them.
 
-What this module does not do: predict the slowdown. The imbalance separates the slowed cases
-from the others, but its value does not order them, and skewed MoE traffic is routinely uneven
-over the channels while the simulator predicts it well without any channel term. So the
-simulator does not charge it; use `p2p_channels` / `channel_load_imbalance` to check whether
-near-equal split sizes straddle a threshold (then expect NCCL to be slower than predicted, or set
-NCCL_P2P_NVL_CHUNKSIZE so that they do not).
+The channel term (what the simulator charges; `channel_send_ratio`, applied by
+`lshsim.calibration.model.LinkModel` when a topology's calibration has `a2a_nccl_channels`).
+Cause: each channel is one CUDA block, and a send's bytes go over its channels in equal parts
+(above), so when a rank's chunks fall on both sides of a threshold, the channels that carry the
+parts of the chunks below it carry more bytes than the others. The measured data locate the
+binding side: it is the sender's busiest channel. The Dirichlet-skewed calibration workload
+cal-skewed-d6144-t16384 on 4 H200 (data/measured/h200/run-g) moves a matrix T whose busiest send
+channel is 1.29x that of equal chunks of the same size and its transpose, whose busiest receive
+channel is 1.28x; T ran 24-26% slower than predicted without the term, T^T 3-5%. The rank's own
+chunk is a local copy and crosses no link: it is left out. So the term is
+
+    t_channel = L_send(T) / c(M),   c(M) = h * L_send(equal chunks of M / W) / t_curve(M)
+
+L_send: the bytes of the busiest send channel of any rank (`send_channel_loads`, own chunk left
+out); M: the all-to-all's size (`lshsim.calibration.model.a2a_bytes_per_rank`); t_curve(M) = S / B(M)
+the time the bus bandwidth curve gives an all-to-all of equal chunks of that size. So a channel's
+throughput is derived from the curve at a size where the rule gives the channel count (the equal
+all-to-all of the same size), times a headroom h >= 1 (how much faster a channel can go than in
+that all-to-all), fitted on the skewed calibration all-to-alls (`lshsim.calibration.fits.
+fit_channel_headroom`). The predicted time is max(simulated time, t_channel): the link share or the
+busiest channel, whichever binds. Equal chunks give L_send(T) = L_send(equal), t_channel =
+t_curve / h: never binding. On 2 ranks a rank has one peer: the ratio is 1 unless the two ranks'
+sends lie on both sides of 2^28 bytes (the smaller then runs on half the channels).
+
+The bus bandwidth curve is fitted on sizes away from the thresholds (`near_threshold`: mean chunk
+within a stated window of one of `channel_thresholds`), because near-equal chunks there straddle
+it and measure this effect, not the links.
+
+What the term does not capture: the exact mix. On the chunk sweeps of 4 H200 the ratio orders
+the slowdowns but errs by up to 10% (benchmarks/RESULTS.md, "NCCL's channel thresholds as a model
+term"). Not modelled: the receive side (a LocMoE workload with 256 KiB chunks whose receive side
+alone is uneven ran 24% slower than predicted, against 3-5% for the skewed workload above), NCCL's
+static split of a block's warps over the works of a batch (src/device/sendrecv.h) and the round
+order. The reference L_send(equal) jumps at a threshold (on 4 ranks the busiest channel of equal
+16-channel chunks carries 4/3 of the 32-channel one), so c(M) jumps there too.
 """
 from __future__ import annotations
 
@@ -35,7 +64,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["NcclP2pConfig", "p2p_channels", "channel_loads", "channel_load_imbalance"]
+__all__ = ["NcclP2pConfig", "p2p_channels", "channel_loads", "channel_load_imbalance", "channel_thresholds",
+           "near_threshold", "send_channel_loads", "channel_send_ratio"]
 
 
 @dataclass(frozen=True)
@@ -135,3 +165,95 @@ def channel_load_imbalance(traffic_bytes, config: NcclP2pConfig = NcclP2pConfig(
     if not active.any():
         return 1.0
     return float((loads[active].max(axis=1) / mean[active]).max())
+
+
+def channel_thresholds(world_size: int, config: NcclP2pConfig = NcclP2pConfig()) -> tuple[int, ...]:
+    """The chunk sizes (bytes) above which NCCL doubles a send's channels: n_min * max_part * 2^i
+    while the count can still double (`p2p_channels`; n_min = channels per peer halved while
+    n_min * W > p2p_channels). Below n_min * min_part the count grows by one per min_part bytes
+    (small steps, not listed here).
+
+    >>> [t // 2 ** 20 for t in channel_thresholds(4)], [t // 2 ** 20 for t in channel_thresholds(2)]
+    ([128, 256], [256])
+    >>> [t // 2 ** 20 for t in channel_thresholds(4, NcclP2pConfig(chunk_bytes=262144))]
+    [64, 128]
+    """
+    if isinstance(world_size, bool) or not isinstance(world_size, (int, np.integer)) or world_size < 1:
+        raise ValueError(f"world_size={world_size!r} must be a positive integer")
+    n = config.channels_per_peer
+    while n * world_size > config.p2p_channels and n > 1:
+        n //= 2
+    max_part = config.chunk_bytes * 32
+    out = []
+    while n <= config.channels_per_peer // 2:
+        out.append(n * max_part)
+        n *= 2
+    return tuple(out)
+
+
+def near_threshold(chunk_bytes: float, world_size: int, window: float,
+                   config: NcclP2pConfig = NcclP2pConfig()) -> bool:
+    """True when `chunk_bytes` lies within a relative `window` of a threshold of
+    `channel_thresholds`: |chunk / threshold - 1| <= window.
+
+    >>> near_threshold(2 ** 27 * 1.01, 4, 0.04), near_threshold(2 ** 27 * 0.95, 4, 0.04)
+    (True, False)
+    """
+    if not np.isfinite(window) or window < 0:
+        raise ValueError(f"window={window} must be a finite number >= 0")
+    return any(abs(chunk_bytes / t - 1.0) <= window for t in channel_thresholds(world_size, config))
+
+
+def send_channel_loads(traffic_bytes, config: NcclP2pConfig = NcclP2pConfig(), *,
+                       include_self: bool = False) -> np.ndarray:
+    """(W, C) bytes that each rank's sends put on each of its p2p channels: round k sends
+    traffic[r, r + k] over p2p_channels(bytes) channels from bit-reverse(k) on, in equal parts;
+    the rank's own chunk (k = 0, a local copy) only with `include_self`.
+
+    >>> loads = send_channel_loads(np.full((4, 4), 2.0 ** 20))    # 8 channels a peer, from 16, 8, 24
+    >>> [int(x) for x in loads[0, ::8] // 2 ** 17]                # channels 0, 8, 16, 24: 1 MiB / 8 each
+    [0, 1, 1, 1]
+    """
+    traffic = np.asarray(traffic_bytes, dtype=float)                                   # (W, W)
+    if traffic.ndim != 2 or traffic.shape[0] != traffic.shape[1] or traffic.shape[0] < 1:
+        raise ValueError(f"traffic_bytes must be a square (W, W) matrix, got shape {traffic.shape}")
+    if not np.all(np.isfinite(traffic)) or traffic.min() < 0:
+        raise ValueError("traffic_bytes must be finite and >= 0")
+    world, channels = traffic.shape[0], config.p2p_channels
+    bits = channels.bit_length() - 1
+    loads = np.zeros((world, channels))                                                # (W, C)
+    for rank in range(world):
+        for k in range(0 if include_self else 1, world):
+            size = traffic[rank, (rank + k) % world]
+            if size <= 0:
+                continue
+            count = p2p_channels(size, world, config)
+            loads[rank, (_bit_reverse(k % channels, bits) + np.arange(count)) % channels] += size / count
+    return loads
+
+
+def channel_send_ratio(traffic_bytes, config: NcclP2pConfig = NcclP2pConfig()) -> float:
+    """L_send(T) / L_send(equal): the busiest send channel of any rank (own chunk left out,
+    `send_channel_loads`) over that of equal chunks of the same size M / W, M =
+    max_r max(S_r, R_r) W / (W - 1) (S_r, R_r: what rank r sends to / receives from the others).
+    1.0 for equal chunks; 0.0 when no bytes leave any rank. The channel term's ratio (module
+    docstring).
+
+    >>> round(channel_send_ratio(np.full((4, 4), 3e8)), 6)
+    1.0
+    >>> rows = [16300, 16450, 16300, 16450]              # 16 KiB rows: below, above, below, above 2^28
+    >>> straddle = [[rows[(d - r) % 4] * 16384 for d in range(4)] for r in range(4)]
+    >>> round(channel_send_ratio(straddle), 3)           # by hand in tests/test_nccl_channel_term.py
+    1.331
+    """
+    traffic = np.asarray(traffic_bytes, dtype=float)                                   # (W, W)
+    loads = send_channel_loads(traffic, config)
+    world = traffic.shape[0]
+    if world < 2:
+        return 0.0
+    off = traffic - np.diag(np.diag(traffic))
+    size = max(off.sum(axis=1).max(), off.sum(axis=0).max()) * world / (world - 1)    # M
+    if size <= 0:
+        return 0.0
+    equal = send_channel_loads(np.full((world, world), size / world), config)
+    return float(loads.max() / equal.max())

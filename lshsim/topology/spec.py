@@ -40,11 +40,17 @@ times in seconds, NIC line rate in Gb/s:
         - [1.2e9, 3.3e11]
       a2a_link_headroom: 1.2       # optional, only with a2a_busbw_curve: finite, >= 1
       a2a_link_max_Bps: 3.5e11     # optional, only with a2a_link_headroom: finite, > 0
-      links:                       # optional: the same three per link class (an edge kind of the
+      a2a_nccl_channels:           # optional, only with a2a_busbw_curve, one node: NCCL's per-peer
+        p2p_channels: 32           #   channel term (lshsim.sim.nccl; absent: off); NCCL's p2p layout,
+        channels_per_peer: 32      #   the fitted channel headroom (>= 1) and the curve fit's window
+        chunk_bytes: 524288        #   around the thresholds (recorded)
+        headroom: 1.1
+        threshold_window: 0.04
+      links:                       # optional: the same four per link class (an edge kind of the
         nic:                       #   graph: nvlink, nic, pcie, trunk, or a family's own kind)
           busbw_curve: [[1.0e6, 5.0e9], [1.0e9, 4.5e10]]
           headroom: 1.1            # optional, only with busbw_curve (one class at most has one)
-          link_max_Bps: 5.0e10     # optional, only with headroom
+          link_max_Bps: 5.0e10     # optional, only with headroom (nccl_channels: as a2a_nccl_channels)
       phase_model: {...}           # optional: timing conventions, buffer alignment, compute phases,
                                    #   the NCCL transport (`executor calibrate --phases`; fields and
                                    #   model: lshsim.calibration.phase_model), G.graph["phase_model"]
@@ -142,7 +148,7 @@ MOE_LAYERS = ("grouped", "tutel", "gshard-einsum-loop")
 _INTRA_KEYS = {"kind", "link_Bps", "links", "per_link_Bps", "latency_s", "pcie_Bps", "pcie_latency_s"}
 _INTER_KEYS = {"kind", "nics_per_node", "nic_gbps", "servers_per_leaf", "oversubscription", "latency_s"}
 _CAL_KEYS = {"alpha_s", "nvlink_Bps", "nic_Bps", "pcie_Bps", "expert_flops", "hbm_Bps", "a2a_busbw_curve",
-             "a2a_link_headroom", "a2a_link_max_Bps", "links", "provenance", "phase_model"}
+             "a2a_link_headroom", "a2a_link_max_Bps", "a2a_nccl_channels", "links", "provenance", "phase_model"}
 
 
 def topology_dir() -> Path:
@@ -464,7 +470,8 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
     # the link models (lshsim.calibration), parsed once: one per link class (edge kind) at the
     # nominal bandwidth its curve scales against (`_nominal_Bps`)
     G.graph["link_models"] = LinkModels.from_calibration(
-        calibration, nominal_Bps=_nominal_Bps(G, intra_family, intra_args, inter_args), alpha_s=alpha_s, source=source)
+        calibration, nominal_Bps=_nominal_Bps(G, intra_family, intra_args, inter_args), alpha_s=alpha_s, source=source,
+        nodes=num_nodes)
     # the phase model (timing conventions, alignment, compute; lshsim.calibration.phase_model), parsed once
     G.graph["phase_model"] = None
     if calibration is not None and calibration.get("phase_model") is not None:
