@@ -10,7 +10,8 @@ and every kernel's device time is summed per call:
 * shapes without LSH: `layer.gate_graph(x, token_ids)`, exactly what the layer's "gate" phase runs
   (the copy of x into the graph and one replay of logits, routing, order, gate weights, gather);
 * LSH shapes: the gate GEMM, `layer.routing` (its graph replay) and the gather of the T k send
-  rows (the layer's gate phase runs the gather later, in bucket order: the same kernel and size).
+  rows; where the layer has `lsh_gate` (one graph: GEMM, routing, gate weights) that replay instead
+  of the first two (the layer's gate phase runs the gather later, in bucket order: the same kernel and size).
 
 Then, without the profiler, the gate's host time per call and its GPU time (CUDA events with the
 GPU held busy first, as in `diag_gate.py`), medians of 30 calls, and the gate's roofline (bytes:
@@ -44,7 +45,14 @@ def gate_call(layer, x, ids):
     if layer.lsh is None and layer.gate_graph.available:
         return lambda: layer.gate_graph(x, ids)
 
+    lsh_graph = getattr(layer, "lsh_gate", None)  # the LSH gate as one graph (fast path), where the layer has it
+
     def lsh_gate():
+        if lsh_graph is not None and lsh_graph.available:
+            plan = lsh_graph(x, ids)[0]
+            rows = plan.num_tokens * plan.num_choices
+            token_of_row = torch.div(torch.arange(rows, device=x.device), plan.num_choices, rounding_mode="floor")
+            return gather_choices(x, token_of_row, token_of_row, plan.num_choices, token_of_row)
         inputs = _gate_inputs(workload, layer.gate, x, with_bias=False)
         try:
             plan, order, inv, counts, token_of_row = layer.routing({"token_ids": ids, **inputs}, order=False)

@@ -299,37 +299,92 @@ class GraphedRouting:
         return segs, order, inv, counts, token_of_row
 
 
+class _GateEntry:
+    """One captured gate (one input signature): the forward and backward replays, the static
+    inputs, outputs and gradient buffers, and the plan's views of the static outputs, built once."""
+
+    __slots__ = ("static_in", "aliased", "forward", "backward", "outputs", "diff", "grad_out", "grad_in",
+                 "wants_grad", "k", "capacity", "fields", "order", "inv", "counts", "graphs")
+
+
+class _Replay(torch.autograd.Function):
+    """One forward replay of a captured gate, one backward replay for its gradient.
+
+    forward(entry, *inputs): inputs copied into the static inputs where their storage differs,
+    the forward replayed; returns the differentiable static outputs (send rows, gate weights) as
+    detached views: valid until the next forward. backward: the incoming gradients copied into
+    the static gradient buffers where their storage differs, the backward replayed, the static
+    input gradients returned (as torch.cuda.make_graphed_callables does: a forward's backward must
+    run before the next forward's replay overwrites what it saved)."""
+
+    @staticmethod
+    def forward(ctx, entry, *inputs):
+        for static, value in zip(entry.static_in, inputs):
+            if static.data_ptr() != value.data_ptr():
+                static.copy_(value)
+        entry.forward()
+        ctx.entry = entry
+        return tuple(entry.outputs[i].detach() for i in entry.diff)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        entry = ctx.entry
+        for static, grad in zip(entry.grad_out, grads):
+            if static.data_ptr() != grad.data_ptr():
+                static.copy_(grad)
+        entry.backward()
+        return (None,) + tuple(None if g is None else g.detach() for g in entry.grad_in)
+
+
 class GraphedGate:
-    """The whole gate of a forward without LSH as one CUDA graph forward and one backward
-    (`torch.cuda.make_graphed_callables`): logits, routing, send order, gate weights and the
-    gathered send rows, for the routers in SYNC_FREE_ROUTERS.
+    """The whole gate of a forward as one CUDA graph forward and one backward: logits, routing,
+    send order, gate weights and (gather=True) the gathered send rows, for the routers in
+    SYNC_FREE_ROUTERS. gather=False (LSH-MoE, which gathers its rows later in bucket order): the
+    logits, routing and gate weights only, no send order.
 
-    call(x, token_ids) -> (plan, order, inv, counts, send_x). One graph per (tokens, dtype, whether
-    x and the gate weight require a gradient). Off a GPU the same function runs eagerly under
-    autograd. A capture that fails is reported once on stderr; the caller then uses its eager path
-    (`available` turns False).
+    call(x, token_ids) -> (plan, order, inv, counts, send_x); order, inv and send_x are None with
+    gather=False. One graph per (tokens, dtype, which inputs require a gradient, grad mode). Off a
+    GPU the same function runs eagerly under autograd. A capture that fails is reported once on
+    stderr; the caller then uses its eager path (`available` turns False).
 
-    copy_outputs=False (the layer's "fast" path): a call is the copy of x into the graph's input and
-    the replay, nothing else on the GPU: the gate weight (a parameter: updated in place, never
-    reallocated) is read by the graph where it lives, and the plan, order, inverse and counts are the
-    graph's static outputs, valid until the next call (make_graphed_callables' backward already
-    needs a forward's backward before the graph's next forward). `sink`: an (E + 1,) int64 buffer
-    the graph also writes the kept rows per expert position and their sum into (the split-size
-    exchange's input, `comm.CountExchange`), so the exchange copies nothing. copy_outputs=True (the
-    "legacy" path, `LSHSIM_GATE_PATH=legacy`): the weight copied in, three copies out.
-    The send rows (T*k, d) are a static output in both.
+    copy_outputs=False (the layer's "fast" path): a hand-written autograd function around one
+    forward replay and one backward replay (`_Replay`). The first capture reads the caller's x
+    (and token ids) where they live: a later call with the same storage copies nothing (the
+    benchmark's and a training step's tokens keep their storage); a call with other storage makes
+    the gate capture again once, on buffers of its own, and copy into them from then on (it never
+    writes into a caller's tensor). The gate weight (a parameter: updated in place, never
+    reallocated) is read where it lives. Outputs are the graph's static buffers (the plan, order,
+    inverse, counts and the send rows), valid until the next call; the plan's views of them are
+    made once per capture. Without a gradient (grad mode off, or no input requiring one) the
+    forward graph is replayed directly. `sink`: an (E + 1,) int64 buffer the graph also writes the
+    kept rows per expert position and their sum into (the split-size exchange's input,
+    `comm.CountExchange`). Like make_graphed_callables' graphs, the backward reads x as it is at
+    backward time: x must not change in place between a forward and its backward.
+
+    copy_outputs=True (the "legacy" path, `LSHSIM_GATE_PATH=legacy`): `torch.cuda.make_graphed_callables`,
+    x and the weight copied in, three copies out.
+
+    emulate=True (tests only): the fast path's bookkeeping (static buffers, aliasing, recapture,
+    `_Replay`) with each "replay" running the captured function eagerly on the static buffers and
+    copying its results into the static outputs, so that a CPU test exercises it.
     """
 
     def __init__(self, routing: GraphedRouting, gate_inputs, gate_weight: torch.Tensor | None,
-                 enabled: bool = True, copy_outputs: bool = True, sink: torch.Tensor | None = None) -> None:
+                 enabled: bool = True, copy_outputs: bool = True, sink: torch.Tensor | None = None,
+                 gather: bool = True, emulate: bool = False) -> None:
         self.routing = routing
         self.gate_inputs = gate_inputs  # (x, weight) -> the router's inputs, the logits without the bias (routing adds it)
         self.weight = gate_weight
         self.available = enabled and routing.config.name in SYNC_FREE_ROUTERS
         self.copy_outputs = copy_outputs
         self.sink = sink
+        self.gather = gather
+        self.emulate = emulate
         self._graphed: dict = {}
+        self._entries: dict = {}
         self.replays = 0
+        self.captures = 0
 
     def _fn(self, x: torch.Tensor, *rest: torch.Tensor):
         config = self.routing.config
@@ -343,17 +398,19 @@ class GraphedGate:
             # the sink (the exchange's input: kept rows per position, then their sum) is written
             # by the routing itself
             r = route_indices(config, self.routing.placement, self.routing.rank, self.routing.position, detached,
-                              bias=bias, sink=self.sink)
-            order, inv, k = r["order"], r["inv"], r["expert_index"].shape[1]
-            rows = order.numel()
+                              bias=bias, sink=self.sink, with_order=self.gather)
+            k = r["expert_index"].shape[1]
+            rows = r["expert_index"].numel()
             flat = r["flat"][:4 * rows + 2 * self.routing.placement.num_experts]  # a view: no copy
         if config.name == "hash":
             gate_weight = r["gate_weight"]
         else:  # the values of the index work, the gradient by hand: as GraphedRouting does
             source = router_inputs["logits"] if config.name == "topk" else router_inputs["hidden"]
             gate_weight = GateWeights.apply(source, r["gate_weight"], r["expert_index"], config.name, bias)
-        send_x = gather_choices(x, order, inv, k, r["token_of_row"])  # (T*k, d), fp32 sums backward
         self._meta = (k, r["capacity"])
+        if not self.gather:
+            return gate_weight, flat, r["kept"]
+        send_x = gather_choices(x, r["order"], r["inv"], k, r["token_of_row"])  # (T*k, d), fp32 sums backward
         return send_x, gate_weight, flat, r["kept"]
 
     def _args(self, x: torch.Tensor, token_ids: torch.Tensor) -> tuple:
@@ -362,48 +419,200 @@ class GraphedGate:
         return (x,) if self.weight is None else (x, self.weight)  # locmoe's GrAP gate has no weight
 
     def _samples(self, args: tuple) -> tuple:
-        """The graph's static inputs: copies of x (and token ids); the gate weight itself without copies."""
-        if not self.copy_outputs and self.weight is not None and len(args) == 2 and args[1] is self.weight:
-            return (args[0].detach().clone().requires_grad_(args[0].requires_grad), self.weight)
+        """The legacy graph's static inputs: copies of x (and token ids) and of the weight."""
         return tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in args)
 
-    def __call__(self, x: torch.Tensor, token_ids: torch.Tensor):
-        args = self._args(x, token_ids)
-        if x.is_cuda:
-            key = (tuple(x.shape), x.dtype, tuple(a.requires_grad for a in args), torch.is_grad_enabled())
-            if key not in self._graphed:
-                samples = self._samples(args)
-                # no cached blocks for the allocator to free during the capture (a cudaFree there
-                # is an error that invalidates it)
-                torch.cuda.synchronize()
-                torch.cuda.empty_cache()
-                try:
-                    graphed = torch.cuda.make_graphed_callables(self._fn, samples, allow_unused_input=True)
-                except Exception as error:  # not capturable here: the caller's eager path, said once
-                    print(f"lshsim: the gate runs without a CUDA graph ({str(error).splitlines()[0]})",
-                          file=sys.stderr)
-                    torch.cuda.synchronize()
-                    self.available = False
-                    return None
-                self._graphed[key] = (graphed, self._meta)
-            graphed, (k, capacity) = self._graphed[key]
-            send_x, gate_weight, flat, kept = graphed(*args)
-            if self.copy_outputs:
-                flat, kept, gate_weight = flat.clone(), kept.clone(), gate_weight.clone()
-            self.replays += 1
-        else:
-            send_x, gate_weight, flat, kept = self._fn(*args)
-            k, capacity = self._meta
-        num_tokens = x.shape[0]
+    # -- the plan from the outputs ---------------------------------------------------------------
+    def _plan(self, num_tokens: int, k: int, capacity: int, gate_weight, flat, kept, device):
         num_experts = self.routing.placement.num_experts
         rows = num_tokens * k
         expert_index, slot, order, inv, rest = torch.split(flat, [rows] * 4 + [2 * num_experts])
         tokens_per_expert, counts = rest[:num_experts], rest[num_experts:]
         if num_tokens not in self.routing._token_rank:
             self.routing._token_rank[num_tokens] = torch.full((num_tokens,), self.routing.rank, dtype=torch.int64,
-                                                              device=x.device)
+                                                              device=device)
         plan = DispatchPlan(expert_index=expert_index.view(num_tokens, k), gate_weight=gate_weight,
                             slot=slot.view(num_tokens, k), kept=kept, tokens_per_expert=tokens_per_expert,
                             capacity=capacity, placement=self.routing.placement,
                             token_rank=self.routing._token_rank[num_tokens], router_logits=None)
+        if not self.gather:
+            order = inv = None
+        return plan, order, inv, counts
+
+    def __call__(self, x: torch.Tensor, token_ids: torch.Tensor):
+        args = self._args(x, token_ids)
+        if (x.is_cuda or self.emulate) and not self.copy_outputs:
+            return self._call_fast(x, args)
+        if x.is_cuda:
+            return self._call_legacy(x, args)
+        outputs = self._fn(*args)
+        k, capacity = self._meta
+        send_x = outputs[0] if self.gather else None
+        gate_weight, flat, kept = outputs[-3:]
+        plan, order, inv, counts = self._plan(x.shape[0], k, capacity, gate_weight, flat, kept, x.device)
         return plan, order, inv, counts, send_x
+
+    def _call_legacy(self, x: torch.Tensor, args: tuple):
+        key = (tuple(x.shape), x.dtype, tuple(a.requires_grad for a in args), torch.is_grad_enabled())
+        if key not in self._graphed:
+            samples = self._samples(args)
+            # no cached blocks for the allocator to free during the capture (a cudaFree there
+            # is an error that invalidates it)
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            try:
+                graphed = torch.cuda.make_graphed_callables(self._fn, samples, allow_unused_input=True)
+            except Exception as error:  # not capturable here: the caller's eager path, said once
+                print(f"lshsim: the gate runs without a CUDA graph ({str(error).splitlines()[0]})",
+                      file=sys.stderr)
+                torch.cuda.synchronize()
+                self.available = False
+                return None
+            self._graphed[key] = (graphed, self._meta)
+        graphed, (k, capacity) = self._graphed[key]
+        outputs = graphed(*args)
+        send_x = outputs[0] if self.gather else None
+        gate_weight, flat, kept = outputs[-3:]
+        flat, kept, gate_weight = flat.clone(), kept.clone(), gate_weight.clone()
+        self.replays += 1
+        plan, order, inv, counts = self._plan(x.shape[0], k, capacity, gate_weight, flat, kept, x.device)
+        return plan, order, inv, counts, send_x
+
+    # -- the fast path: one forward replay, one backward replay ------------------------------------
+    def _capture(self, args: tuple, alias: bool, wants_grad: bool) -> _GateEntry:
+        """Capture the gate on static inputs: the caller's tensors themselves (alias=True) or
+        copies of them; the gate weight always where it lives."""
+        entry = _GateEntry()
+        static = []
+        for i, a in enumerate(args):
+            keep = alias or (self.weight is not None and a is self.weight)
+            s = a.detach() if keep else a.detach().clone()
+            static.append(s.requires_grad_(wants_grad and a.requires_grad))
+        entry.static_in, entry.aliased, entry.wants_grad = tuple(static), alias, wants_grad
+        needs = [s for s in entry.static_in if s.requires_grad]
+        if self.emulate:
+            outputs = tuple(o.detach().clone() for o in self._fn(*entry.static_in))
+        else:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()  # no cudaFree inside a capture
+            pool = torch.cuda.graph_pool_handle()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up outside the capture (allocator, lazy kernel loading)
+                    with torch.set_grad_enabled(wants_grad):
+                        warm = self._fn(*entry.static_in)
+                    diff = [o for o in warm if o.requires_grad]
+                    if diff and needs:
+                        torch.autograd.grad(diff, needs, [torch.empty_like(o) for o in diff], allow_unused=True)
+                    del warm, diff
+            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.synchronize()
+            fwd = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(fwd, pool=pool, capture_error_mode="thread_local"):
+                with torch.set_grad_enabled(wants_grad):
+                    outputs = self._fn(*entry.static_in)
+            entry.graphs = [fwd]
+        entry.outputs = tuple(outputs)
+        k, capacity = self._meta
+        entry.k, entry.capacity = k, capacity
+        if self.emulate:
+            differentiable = [i for i, o in enumerate(self._emulated_outputs(entry)) if o.requires_grad]
+        else:
+            differentiable = [i for i, o in enumerate(outputs) if o.requires_grad]
+        entry.diff = tuple(differentiable) if wants_grad and needs else ()
+        entry.grad_out = tuple(torch.empty_like(entry.outputs[i]) for i in entry.diff)
+        entry.grad_in = tuple(None for _ in entry.static_in)
+        entry.backward = None
+        if entry.diff:
+            if self.emulate:
+                grads = [torch.zeros_like(s) if s.requires_grad else None for s in entry.static_in]
+                entry.grad_in = tuple(grads)
+            else:
+                bwd = torch.cuda.CUDAGraph()
+                diff = [outputs[i] for i in entry.diff]
+                with torch.cuda.graph(bwd, pool=pool, capture_error_mode="thread_local"):
+                    grads = torch.autograd.grad(diff, needs, list(entry.grad_out), allow_unused=True)
+                entry.graphs.append(bwd)
+                it = iter(grads)
+                entry.grad_in = tuple(next(it) if s.requires_grad else None for s in entry.static_in)
+                entry.backward = bwd.replay
+        if self.emulate:
+            entry.forward = lambda: self._emulated_forward(entry)
+            if entry.diff:
+                entry.backward = lambda: self._emulated_backward(entry)
+        else:
+            entry.forward = entry.graphs[0].replay
+            if not self.emulate:
+                torch.cuda.synchronize()
+        # the plan's views of the static outputs, once
+        gate_weight, flat, kept = entry.outputs[-3:]
+        num_tokens = args[0].shape[0]
+        plan, order, inv, counts = self._plan(num_tokens, k, capacity, gate_weight.detach(), flat, kept,
+                                              args[0].device)
+        entry.fields = dict(plan.__dict__)
+        entry.order, entry.inv, entry.counts = order, inv, counts
+        self.captures += 1
+        return entry
+
+    # the test double of a replay (emulate=True): the captured function, run eagerly on the static buffers
+    def _emulated_outputs(self, entry: _GateEntry):
+        with torch.set_grad_enabled(entry.wants_grad):
+            return self._fn(*entry.static_in)
+
+    def _emulated_forward(self, entry: _GateEntry) -> None:
+        with torch.no_grad():
+            for static, value in zip(entry.outputs, self._fn(*entry.static_in)):
+                static.copy_(value)
+
+    def _emulated_backward(self, entry: _GateEntry) -> None:
+        outputs = self._emulated_outputs(entry)
+        needs = [s for s in entry.static_in if s.requires_grad]
+        grads = iter(torch.autograd.grad([outputs[i] for i in entry.diff], needs, list(entry.grad_out),
+                                         allow_unused=True))
+        for static, target in zip(entry.static_in, entry.grad_in):
+            if static.requires_grad:
+                grad = next(grads)
+                target.copy_(grad if grad is not None else torch.zeros_like(target))
+
+    def _call_fast(self, x: torch.Tensor, args: tuple):
+        wants_grad = torch.is_grad_enabled() and any(a.requires_grad for a in args)
+        key = (tuple(x.shape), x.dtype, tuple(a.requires_grad for a in args), wants_grad)
+        entry = self._entries.get(key)
+        if entry is not None and entry.aliased:
+            # captured on the caller's tensors: a call with other storage must not write into them
+            for static, value in zip(entry.static_in, args):
+                if static.data_ptr() != value.data_ptr():
+                    entry = None
+                    break
+        if entry is None:
+            alias = key not in self._entries  # the first capture reads the caller's tensors; a second owns its inputs
+            self._entries.pop(key, None)
+            try:
+                entry = self._capture(args, alias, wants_grad)
+            except Exception as error:  # not capturable here: the caller's eager path, said once
+                print(f"lshsim: the gate runs without a CUDA graph ({str(error).splitlines()[0]})",
+                      file=sys.stderr)
+                if not self.emulate:
+                    torch.cuda.synchronize()
+                self.available = False
+                return None
+            self._entries[key] = entry
+        if entry.diff:
+            outputs = _Replay.apply(entry, *args)
+            gate_weight = outputs[entry.diff.index(len(entry.outputs) - 3)] \
+                if len(entry.outputs) - 3 in entry.diff else entry.outputs[-3]
+            send_x = (outputs[0] if 0 in entry.diff else entry.outputs[0]) if self.gather else None
+        else:
+            with torch.no_grad():  # the static inputs may be leaves that require a gradient
+                for static, value in zip(entry.static_in, args):
+                    if static.data_ptr() != value.data_ptr():
+                        static.copy_(value)
+            entry.forward()
+            gate_weight = entry.outputs[-3]
+            send_x = entry.outputs[0] if self.gather else None
+        self.replays += 1
+        plan = object.__new__(DispatchPlan)  # the fields validated once, at the capture
+        plan.__dict__.update(entry.fields)
+        object.__setattr__(plan, "gate_weight", gate_weight)
+        return plan, entry.order, entry.inv, entry.counts, send_x

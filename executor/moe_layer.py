@@ -290,6 +290,11 @@ class DistributedMoE:
             self.routing, lambda x, weight: _gate_inputs(workload, GateParams(weight, self.gate.bias), x, with_bias=False),
             self.gate.weight, copy_outputs=not fast,
             sink=self.count_exchange.source if fast else None)  # on a CPU the same function runs eagerly
+        #: LSH-MoE's gate on a GPU (fast path): logits, routing and gate weights as one graph forward
+        #: and backward (no send order: the rows are gathered later, in bucket order)
+        self.lsh_gate = GraphedGate(
+            self.routing, lambda x, weight: _gate_inputs(workload, GateParams(weight, self.gate.bias), x, with_bias=False),
+            self.gate.weight, enabled=fast and ctx.device.type == "cuda", copy_outputs=False, gather=False)
         #: expert arithmetic: "auto" (grouped_mm where it runs, else padded bmm), "grouped_mm" or
         #: "padded_bmm"; `expert_method` is the one the last forward used
         self.expert_impl = "auto"
@@ -361,8 +366,13 @@ class DistributedMoE:
         # choices by (destination expert position, slot) and gather them into the send buffer
         self._begin("gate")
         gated = self.gate_graph(x, token_ids) if lsh is None and self.gate_graph.available else None
+        lsh_gated = None
+        if lsh is not None and workload.alltoall != "node_dedup" and self.lsh_gate.available and x.is_cuda:
+            lsh_gated = self.lsh_gate(x, token_ids)  # one graph: logits, routing and weights (no order)
         if gated is not None:  # one graph: logits, routing, order, weights and the send rows
             plan, order, inv, counts, send_x = gated
+        elif lsh_gated is not None:
+            plan, order, inv, counts, _ = lsh_gated
         else:
             plan, order, inv, counts, token_of_row = self.routing(
                 {"token_ids": token_ids, **_gate_inputs(workload, self.gate, x, with_bias=False)},

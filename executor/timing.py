@@ -37,10 +37,17 @@ class PhaseTimer:
         self._origin = None
         self._open: dict[tuple[str, str], object] = {}
         self._closed: list[tuple[str, str, object, object]] = []
+        #: CUDA events made once and recorded again every iteration (an event's creation is host
+        #: time inside the phase it ends); `finish_iteration` reads them all before the next starts
+        self._events: list = []
+        self._used = 0
 
     def _stamp(self):
         if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
+            if self._used == len(self._events):
+                self._events.append(torch.cuda.Event(enable_timing=True))
+            event = self._events[self._used]
+            self._used += 1
             event.record()
             return event
         return time.perf_counter()
@@ -48,6 +55,7 @@ class PhaseTimer:
     def start_iteration(self) -> None:
         self._open.clear()
         self._closed.clear()
+        self._used = 0
         self._origin = self._stamp()
 
     @staticmethod

@@ -1,0 +1,147 @@
+"""The gate's fast path (`gate_graph.GraphedGate`, copy_outputs=False): one forward replay and one
+backward replay behind a hand-written autograd function (`_Replay`), the caller's tensors read where
+they live on the first capture, a second capture on buffers of its own when a call brings other
+storage.
+
+On a CPU the replays are emulated (`emulate=True`: the captured function runs eagerly on the static
+buffers and its results are copied into the static outputs), so the bookkeeping runs here: plans,
+send rows and gradients equal the eager gate's over several calls, the caller's tensors are never
+written, the captures happen when they should. On a GPU (marked gpu) the real graphs, in the layer,
+with and without LSH, against the eager gate.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from lshsim.dispatch import RouterConfig
+from lshsim.executor.gate_graph import GateWeights, GraphedGate
+from lshsim.executor.moe_layer import DistributedMoE, GateParams, MoEContext, _gate_inputs, rank_inputs
+from lshsim.executor.workload import WorkloadConfig
+
+ROUTERS = [RouterConfig("topk", k=2, capacity_factor=1.25), RouterConfig("topk", k=1, capacity_factor=None),
+           RouterConfig("hash", k=1, capacity_factor=None), RouterConfig("locmoe", k=2, capacity_factor=1.0)]
+
+
+def _gate(layer: DistributedMoE, gather: bool, emulate: bool) -> GraphedGate:
+    workload = layer.workload
+    return GraphedGate(layer.routing,
+                       lambda x, weight: _gate_inputs(workload, GateParams(weight, layer.gate.bias), x, with_bias=False),
+                       layer.gate.weight, copy_outputs=not emulate, gather=gather, emulate=emulate)
+
+
+def _run(gate: GraphedGate, layer: DistributedMoE, x: torch.Tensor, ids: torch.Tensor, grad_seed: int):
+    """The gate's outputs and the gradients of sum(g * send rows) + sum(h * gate weights)."""
+    for param in layer.parameters():
+        param.grad = None
+    if x.grad is not None:
+        x.grad = None
+    plan, order, inv, counts, send_x = gate(x, ids)
+    fields = [plan.expert_index, plan.slot, plan.kept, plan.tokens_per_expert, counts]
+    fields = [f.clone() for f in fields] + ([order.clone(), inv.clone()] if order is not None else [])
+    loss = 0.0
+    generator = torch.Generator().manual_seed(grad_seed)
+    if send_x is not None:
+        loss = loss + (send_x * torch.randn(send_x.shape, generator=generator)).sum()
+    if plan.gate_weight.requires_grad:
+        loss = loss + (plan.gate_weight * torch.randn(plan.gate_weight.shape, generator=generator)).sum()
+    values = [plan.gate_weight.detach().clone()] + ([send_x.detach().clone()] if send_x is not None else [])
+    grads = []
+    if torch.is_tensor(loss) and loss.requires_grad:
+        loss.backward()
+        grads = [x.grad.clone() if x.grad is not None else None] + \
+            [p.grad.clone() if p.grad is not None else None for p in layer.parameters()[2:]]
+    return fields, values, grads
+
+
+@pytest.mark.parametrize("gather", [True, False], ids=["gather", "no-gather"])
+@pytest.mark.parametrize("router", ROUTERS, ids=lambda c: f"{c.name}-k{c.k}")
+def test_emulated_replays_equal_the_eager_gate(router, gather):
+    workload = WorkloadConfig(name="g", tokens_per_rank=96, d_model=32, d_ffn=64, num_experts=8, router=router,
+                              skew=0.5)
+    layer = DistributedMoE(workload, MoEContext(rank=0, world_size=1, device=torch.device("cpu")), torch.float64)
+    fast, eager = _gate(layer, gather, emulate=True), _gate(layer, gather, emulate=False)
+    x_a, ids_a = rank_inputs(workload, 0, torch.device("cpu"), torch.float64)
+    x_b, ids_b = rank_inputs(dataclasses.replace(workload, seed=1), 0, torch.device("cpu"), torch.float64)
+    kept_a, kept_b = x_a.clone(), x_b.clone()
+    # same storage twice (the first capture reads it where it lives), then other storage (a second
+    # capture, on buffers of its own), then the first storage again (copied into those buffers)
+    calls = [(x_a, ids_a), (x_a, ids_a), (x_b, ids_b), (x_a, ids_a), (x_b.clone(), ids_b.clone())]
+    captures = []
+    for i, (x0, ids) in enumerate(calls):
+        got = _run(fast, layer, x0.detach().requires_grad_(True), ids, i)
+        want = _run(eager, layer, x0.detach().requires_grad_(True), ids, i)
+        for a, b in zip(got[0], want[0]):
+            assert torch.equal(a, b)
+        for a, b in zip(got[1] + got[2], want[1] + want[2]):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        if router.name != "hash":
+            assert len(got[2]) >= 1 and got[2][0] is not None  # a gradient reached x
+        captures.append(fast.captures)
+    assert captures == [1, 1, 2, 2, 2]
+    assert fast.replays == len(calls)
+    assert torch.equal(x_a, kept_a) and torch.equal(x_b, kept_b)  # no caller's tensor written
+
+
+def test_emulated_replay_without_a_gradient_skips_the_autograd_function():
+    router = RouterConfig("topk", k=2, capacity_factor=1.25)
+    workload = WorkloadConfig(name="g", tokens_per_rank=64, d_model=32, d_ffn=64, num_experts=8, router=router)
+    layer = DistributedMoE(workload, MoEContext(rank=0, world_size=1, device=torch.device("cpu")), torch.float64)
+    fast, eager = _gate(layer, True, emulate=True), _gate(layer, True, emulate=False)
+    x, ids = rank_inputs(workload, 0, torch.device("cpu"), torch.float64)
+    with torch.no_grad():
+        got, want = fast(x, ids), eager(x, ids)
+    assert not got[0].gate_weight.requires_grad and got[4].grad_fn is None
+    assert torch.equal(got[0].expert_index, want[0].expert_index) and torch.equal(got[4], want[4])
+    torch.testing.assert_close(got[0].gate_weight, want[0].gate_weight)
+
+
+def test_emulated_replay_backward_uses_the_hand_written_gate_weight_gradient():
+    """The gradient through the replay's gate weights is GateWeights' (the eager gate's)."""
+    router = RouterConfig("topk", k=2, capacity_factor=None)
+    workload = WorkloadConfig(name="g", tokens_per_rank=48, d_model=16, d_ffn=32, num_experts=4, router=router)
+    layer = DistributedMoE(workload, MoEContext(rank=0, world_size=1, device=torch.device("cpu")), torch.float64)
+    fast = _gate(layer, False, emulate=True)
+    x, ids = rank_inputs(workload, 0, torch.device("cpu"), torch.float64)
+    x = x.requires_grad_(True)
+    plan = fast(x, ids)[0]
+    plan.gate_weight.sum().backward()
+    logits = (x.detach().float() @ layer.gate.weight.detach()).requires_grad_(True)
+    weight = GateWeights.apply(logits, plan.gate_weight.detach(), plan.expert_index, "topk", layer.gate.bias)
+    (dlogits,) = torch.autograd.grad(weight.sum(), logits)
+    torch.testing.assert_close(x.grad, (dlogits @ layer.gate.weight.detach().T).to(x.dtype))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("router", [RouterConfig("topk", k=2, capacity_factor=1.25), RouterConfig("hash", k=1),
+                                    RouterConfig("locmoe", k=2, capacity_factor=None)], ids=lambda c: c.name)
+@pytest.mark.parametrize("lsh", [False, True], ids=["plain", "lsh"])
+def test_layer_with_the_replayed_gate_equals_the_eager_gate_on_a_gpu(router, lsh):
+    """The layer with its gate replayed (fast path) == the layer with the eager gate, outputs and
+    gradients (bf16), over calls that reuse the tokens' storage and calls that bring new storage."""
+    device = torch.device("cuda")
+    workload = WorkloadConfig(name="g", tokens_per_rank=512, d_model=256, d_ffn=512, num_experts=8, router=router,
+                              lsh={"family": "cross_polytope", "num_hashes": 2, "proj_dim": 8, "seed": 0} if lsh
+                              else None)
+    ctx = MoEContext(rank=0, world_size=1, device=device)
+    fast, eager = DistributedMoE(workload, ctx, torch.bfloat16), DistributedMoE(workload, ctx, torch.bfloat16)
+    eager.gate_graph.available = eager.lsh_gate.available = False
+    inputs = [rank_inputs(dataclasses.replace(workload, seed=seed), 0, device, torch.bfloat16) for seed in range(2)]
+    for x0, ids in [inputs[0], inputs[0], inputs[1], inputs[0]]:
+        results = []
+        for model in (fast, eager):
+            for param in model.parameters():
+                param.grad = None
+            x = x0.detach().requires_grad_(True)
+            y = model.forward(x, ids).y
+            (y.float() * 0.01).sum().backward()
+            results.append([y.detach(), x.grad] + [p.grad for p in model.parameters()])
+        for a, b in zip(*results):
+            scale = float(b.float().abs().max()) or 1.0
+            assert float((a.float() - b.float()).abs().max()) <= 2e-2 * scale
+    graph = fast.lsh_gate if lsh else fast.gate_graph
+    assert graph.replays == 4 and graph.captures == 2
