@@ -120,6 +120,17 @@ def _bit_reverse(value: int, bits: int) -> int:
     return int(format(value, f"0{bits}b")[::-1], 2) if bits else 0
 
 
+def _channel_setup(traffic_bytes, config: NcclP2pConfig):
+    """The checked (W, W) traffic, W, the p2p channel count C, its bit width and zero (W, C) loads."""
+    traffic = np.asarray(traffic_bytes, dtype=float)                                   # (W, W)
+    if traffic.ndim != 2 or traffic.shape[0] != traffic.shape[1] or traffic.shape[0] < 1:
+        raise ValueError(f"traffic_bytes must be a square (W, W) matrix, got shape {traffic.shape}")
+    if not np.all(np.isfinite(traffic)) or traffic.min() < 0:
+        raise ValueError("traffic_bytes must be finite and >= 0")
+    world, channels = traffic.shape[0], config.p2p_channels
+    return traffic, world, channels, channels.bit_length() - 1, np.zeros((world, channels))
+
+
 def channel_loads(traffic_bytes, config: NcclP2pConfig = NcclP2pConfig()) -> np.ndarray:
     """(W, C) bytes that each rank's sends and receives put on each of its C p2p channels.
 
@@ -130,14 +141,7 @@ def channel_loads(traffic_bytes, config: NcclP2pConfig = NcclP2pConfig()) -> np.
     >>> float(loads.max() / loads.mean())
     1.0
     """
-    traffic = np.asarray(traffic_bytes, dtype=float)                                   # (W, W)
-    if traffic.ndim != 2 or traffic.shape[0] != traffic.shape[1] or traffic.shape[0] < 1:
-        raise ValueError(f"traffic_bytes must be a square (W, W) matrix, got shape {traffic.shape}")
-    if not np.all(np.isfinite(traffic)) or traffic.min() < 0:
-        raise ValueError("traffic_bytes must be finite and >= 0")
-    world, channels = traffic.shape[0], config.p2p_channels
-    bits = channels.bit_length() - 1
-    loads = np.zeros((world, channels))                                                # (W, C)
+    traffic, world, channels, bits, loads = _channel_setup(traffic_bytes, config)
     for rank in range(world):
         for k in range(world):
             base = _bit_reverse(k % channels, bits)
@@ -214,14 +218,7 @@ def send_channel_loads(traffic_bytes, config: NcclP2pConfig = NcclP2pConfig(), *
     >>> [int(x) for x in loads[0, ::8] // 2 ** 17]                # channels 0, 8, 16, 24: 1 MiB / 8 each
     [0, 1, 1, 1]
     """
-    traffic = np.asarray(traffic_bytes, dtype=float)                                   # (W, W)
-    if traffic.ndim != 2 or traffic.shape[0] != traffic.shape[1] or traffic.shape[0] < 1:
-        raise ValueError(f"traffic_bytes must be a square (W, W) matrix, got shape {traffic.shape}")
-    if not np.all(np.isfinite(traffic)) or traffic.min() < 0:
-        raise ValueError("traffic_bytes must be finite and >= 0")
-    world, channels = traffic.shape[0], config.p2p_channels
-    bits = channels.bit_length() - 1
-    loads = np.zeros((world, channels))                                                # (W, C)
+    traffic, world, channels, bits, loads = _channel_setup(traffic_bytes, config)
     for rank in range(world):
         for k in range(0 if include_self else 1, world):
             size = traffic[rank, (rank + k) % world]
