@@ -447,7 +447,9 @@ for label, step in steps.items():
 # without each figure in turn (leave-one-out): the honest error of a fitted set is the leave-one-out
 # one. The run takes about 20 minutes (the all-to-alls are simulated again at every all-to-all
 # efficiency), so the notebook reads its committed output, `data/papers/reproduce-fit.json`
-# (`lshsim reproduce --fit --json`).
+# (`lshsim reproduce --fit --json`). That output was made before the gradient all-reduce entered
+# the step (it is not re-run yet: with LocMoE's overlap the fit now takes well over half an hour),
+# so its documented-calibration errors differ from section 1's.
 
 # %%
 fit_run = json.loads((ROOT / "data/papers/reproduce-fit.json").read_text())["fit"]
