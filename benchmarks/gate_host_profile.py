@@ -23,14 +23,12 @@ import argparse
 import json
 import statistics
 import time
-from types import SimpleNamespace
 
 import torch
 
-from benchmarks import bench_moe_layer
-from benchmarks.profile_gate import gate_call
+from benchmarks.profile_gate import benchmark_shapes, gate_call, warm_layer
 from lshsim.dispatch import DispatchPlan
-from lshsim.executor.moe_layer import DistributedMoE, MoEContext, _gate_inputs, rank_inputs
+from lshsim.executor.moe_layer import _gate_inputs
 from lshsim.executor.moe_ops import gather_choices
 
 
@@ -67,15 +65,11 @@ def main() -> int:
     parser.add_argument("--json")
     args = parser.parse_args()
     device = torch.device("cuda")
-    options = SimpleNamespace(shapes="all", workloads="data/workloads/gpu-*.yaml", iterations=3, warmup=1)
-    by_name = {w.name: w for w in bench_moe_layer.shapes(options)}
+    by_name = benchmark_shapes()
     out = {}
     for name in args.shapes:
         workload = by_name[name]
-        layer = DistributedMoE(workload, MoEContext(rank=0, world_size=1, device=device), torch.bfloat16)
-        x0, ids = rank_inputs(workload, 0, device, torch.bfloat16)
-        for _ in range(3):
-            layer.forward(x0.detach().requires_grad_(True), ids).y.float().sum().backward()
+        layer, x0, ids = warm_layer(workload, device)
         x = x0.detach().requires_grad_(True)
         gate = gate_call(layer, x, ids)
         steps = {"gate": gate}

@@ -101,6 +101,22 @@ def gate_times(fn, calls: int = 30) -> tuple[float, float]:
     return statistics.median(host), statistics.median(held)
 
 
+def benchmark_shapes() -> dict:
+    """bench_moe_layer's shapes (the committed GPU workloads and the built-in ones) by name."""
+    options = SimpleNamespace(shapes="all", workloads="data/workloads/gpu-*.yaml", iterations=3, warmup=1)
+    return {w.name: w for w in bench_moe_layer.shapes(options)}
+
+
+def warm_layer(workload, device: torch.device):
+    """(layer, x, token ids) of one rank on one GPU, bf16, after three forward + backward passes
+    (graph captures, kernel loading and autotuning happen there, not in what is timed)."""
+    layer = DistributedMoE(workload, MoEContext(rank=0, world_size=1, device=device), torch.bfloat16)
+    x0, ids = rank_inputs(workload, 0, device, torch.bfloat16)
+    for _ in range(3):
+        layer.forward(x0.detach().requires_grad_(True), ids).y.float().sum().backward()
+    return layer, x0, ids
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=["deepseek-v3-like", "gpu-uniform-d1024-t4k",
@@ -111,16 +127,12 @@ def main() -> int:
     args = parser.parse_args()
     device = torch.device("cuda")
     roof = bench_moe_layer.measure_roofline(device)
-    options = SimpleNamespace(shapes="all", workloads="data/workloads/gpu-*.yaml", iterations=3, warmup=1)
-    by_name = {w.name: w for w in bench_moe_layer.shapes(options)}
+    by_name = benchmark_shapes()
     out = {"roofline": roof, "shapes": {}}
     summary = []
     for name in args.shapes:
         workload = by_name[name]
-        layer = DistributedMoE(workload, MoEContext(rank=0, world_size=1, device=device), torch.bfloat16)
-        x0, ids = rank_inputs(workload, 0, device, torch.bfloat16)
-        for _ in range(3):
-            layer.forward(x0.detach().requires_grad_(True), ids).y.float().sum().backward()
+        layer, x0, ids = warm_layer(workload, device)
         x = x0.detach().requires_grad_(True)
         fn = gate_call(layer, x, ids)
         for _ in range(3):
