@@ -228,7 +228,8 @@ def _time_layer_as_run(model: DistributedMoE, ctx: MoEContext, x0: torch.Tensor,
 
 def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progress | None = None,
                  fault: str | None = None, fault_rank: int = 1, command: list[str] | None = None,
-                 min_a2a_s: float = 0.0, max_iterations: int = 200, max_wall_s: float = 5.0, report=None) -> Trace:
+                 min_a2a_s: float = 0.0, max_iterations: int = 200, max_wall_s: float = 5.0, report=None,
+                 hold_gpu_cycles: int = 0) -> Trace:
     """Run `workload` on this rank (collective: every rank calls it); every rank returns the trace.
 
     report: where a person sees progress (`lshsim.cli._progress.ProgressLines`, quiet on ranks > 0):
@@ -238,7 +239,20 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
     min_a2a_s > 0: measure more iterations than the workload asks, enough that the bare
     all-to-alls take min_a2a_s in all (`iteration_count`; at most max_iterations, and at most
     max_wall_s of wall time per workload); decided once, after the warm-up, identically on every rank.
+
+    hold_gpu_cycles > 0 (CUDA only; the phases "behind a busy GPU"): before every layer iteration
+    (warm-up and timed; not the bare all-to-all, not the as-run layer time), queue a spin kernel
+    `torch.cuda._sleep(hold_gpu_cycles)` on the current stream, then start the iteration's timer.
+    The host queues the iteration's first phases while the GPU spins, as the previous layer's
+    kernels would hide them in a training step, so the first phase's events (the gate) hold its GPU
+    time rather than the host's launch on an idle GPU. 0 (the default) queues nothing: the phases
+    start from an idle GPU, the convention the targets are judged on.
     """
+    if hold_gpu_cycles < 0:
+        raise ValueError(f"hold_gpu_cycles={hold_gpu_cycles} must be >= 0")
+    if hold_gpu_cycles and runtime.device.type != "cuda":
+        raise ValueError(f"hold_gpu_cycles={hold_gpu_cycles}: a spin kernel needs a CUDA device, not "
+                         f"{runtime.device.type}")
     if min_a2a_s < 0 or max_iterations < 1 or max_wall_s <= 0:
         raise ValueError(f"min_a2a_s={min_a2a_s} must be >= 0, max_iterations={max_iterations} >= 1, "
                          f"max_wall_s={max_wall_s} > 0")
@@ -281,6 +295,8 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
         for param in model.parameters():
             param.grad = None
         x = x0.detach().requires_grad_(workload.backward)
+        if hold_gpu_cycles:
+            torch.cuda._sleep(int(hold_gpu_cycles))  # the GPU busy while the host queues the first phases
         timer.start_iteration()
         result = model.forward(x, token_ids)
         progress.step(f"iteration {it} forward done")
@@ -414,6 +430,7 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
         "sync_phases": workload.sync_phases,
         "rows_per_expert": rows_per_expert,
         "layer_s": layer_s,
+        "hold_gpu_cycles": int(hold_gpu_cycles),
     }
     prov = provenance(runtime, command)
     meta = {
