@@ -36,3 +36,21 @@ def a100_4x8_graph():
     graph = load_topology(A100_4X8).copy()
     graph.graph["gpu"] = {**graph.graph["gpu"], "moe_layer": "grouped"}
     return graph
+
+
+def layer_step_matches(models, x0: torch.Tensor, ids: torch.Tensor, rel: float = 2e-2, clone: bool = True) -> None:
+    """One forward + backward of each executor layer in `models` (same weights) on the same tokens:
+    the output, the input's gradient and every parameter's gradient of the first equal the second's
+    within `rel` of the second's largest magnitude (bf16 tolerance). clone=False hands every model
+    x0's own storage (a leaf view of it), as a caller that keeps its token buffer does."""
+    results = []
+    for model in models:
+        for param in model.parameters():
+            param.grad = None
+        x = (x0.detach().clone() if clone else x0.detach()).requires_grad_(True)
+        y = model.forward(x, ids).y
+        (y.float() * 0.01).sum().backward()
+        results.append([y.detach(), x.grad] + [p.grad for p in model.parameters()])
+    for a, b in zip(*results):
+        scale = float(b.float().abs().max()) or 1.0
+        assert float((a.float() - b.float()).abs().max()) <= rel * scale

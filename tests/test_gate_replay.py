@@ -16,6 +16,7 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import layer_step_matches  # noqa: E402
 from lshsim.dispatch import RouterConfig
 from lshsim.executor.gate_graph import GateWeights, GraphedGate
 from lshsim.executor.moe_layer import DistributedMoE, GateParams, MoEContext, _gate_inputs, rank_inputs
@@ -132,16 +133,6 @@ def test_layer_with_the_replayed_gate_equals_the_eager_gate_on_a_gpu(router, lsh
     eager.gate_graph.available = eager.lsh_gate.available = False
     inputs = [rank_inputs(dataclasses.replace(workload, seed=seed), 0, device, torch.bfloat16) for seed in range(2)]
     for x0, ids in [inputs[0], inputs[0], inputs[1], inputs[0]]:
-        results = []
-        for model in (fast, eager):
-            for param in model.parameters():
-                param.grad = None
-            x = x0.detach().requires_grad_(True)
-            y = model.forward(x, ids).y
-            (y.float() * 0.01).sum().backward()
-            results.append([y.detach(), x.grad] + [p.grad for p in model.parameters()])
-        for a, b in zip(*results):
-            scale = float(b.float().abs().max()) or 1.0
-            assert float((a.float() - b.float()).abs().max()) <= 2e-2 * scale
+        layer_step_matches((fast, eager), x0, ids, clone=False)
     graph = fast.lsh_gate if lsh else fast.gate_graph
     assert graph.replays == 4 and graph.captures == 2

@@ -14,6 +14,7 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import layer_step_matches  # noqa: E402
 from lshsim.dispatch import RouterConfig, make_placement, route
 from lshsim.dispatch.routers import SYNC_FREE_ROUTERS, count_values, route_on_rank
 from lshsim.executor.moe_ops import (choice_order, combine_choices, expert_ffn_grouped, gather_choices,
@@ -266,17 +267,7 @@ def test_graphed_gate_equals_the_eager_gate_on_a_gpu(router):
     eager.gate_graph.available = False
     for seed in range(3):
         x0, ids = rank_inputs(dataclasses.replace(workload, seed=seed), 0, device, torch.bfloat16)
-        results = []
-        for model in (graphed, eager):
-            for param in model.parameters():
-                param.grad = None
-            x = x0.detach().clone().requires_grad_(True)
-            y = model.forward(x, ids).y
-            (y.float() * 0.01).sum().backward()
-            results.append([y.detach(), x.grad] + [p.grad for p in model.parameters()])
-        for a, b in zip(*results):
-            scale = float(b.float().abs().max()) or 1.0
-            assert float((a.float() - b.float()).abs().max()) <= 2e-2 * scale
+        layer_step_matches((graphed, eager), x0, ids)
     assert graphed.gate_graph.replays == 3
 
 
