@@ -74,7 +74,8 @@ Where the numbers come from:
   dense FFN, gate, shared experts, embedding and head: `lshsim.sim.phases.gradient_parameters`), so
   their gradients (x `grad_bytes_per_element`, default the model's) are all-reduced over all W
   ranks; with EP < W each expert has W / EP replicas and its gradients are all-reduced over them
-  (EP rings at once, after the replicated ones). With tensor parallelism a rank holds 1 / TP of the
+  (EP rings at once, after the replicated ones), unless the cluster's software skips them
+  (`software.expert_grad_sync: false`, fairseq's legacy_ddp: `phases.expert_grads_synced`). With tensor parallelism a rank holds 1 / TP of the
   replicated weights but the gate, all-reduced over its data-parallel group of W / TP ranks. Each all-reduce is a ring (reduce-scatter +
   all-gather, 2 (g - 1) steps) whose step is simulated on the topology's flow network
   (`lshsim.sim.collectives.ring_all_reduce`: every rank to its ring successor at once, one ring per
@@ -113,8 +114,8 @@ from lshsim.sim.collectives import (ALGORITHMS, ESTIMATED_ALGORITHMS, estimate_c
 from lshsim.sim.dispatch_formats import DISPATCH_FORMATS, bytes_per_token as format_bytes_per_token
 from lshsim.sim.moe_layers import MOE_LAYERS, PADDED_LAYERS, padded_capacity, resolve_moe_layer
 from lshsim.sim.phases import (DDP_BUCKET_BYTES, GRAD_SYNC_MODES, KERNELS, KINDS, PHASES, TP_PHASES, CostContext,
-                               compute_time_s, expert_cost, grad_bytes_per_element, grad_sync_seconds,
-                               gradient_parameters, resolve_grad_sync, step_schedule)
+                               compute_time_s, expert_cost, expert_grads_synced, grad_bytes_per_element,
+                               grad_sync_seconds, gradient_parameters, resolve_grad_sync, step_schedule)
 from lshsim.sim.tensor_parallel import check_tensor_parallel
 from lshsim.sim.trace import DIRECTIONS, PhaseRecord, Trace
 from lshsim.topology.routing import validate_topology
@@ -1182,11 +1183,13 @@ def _tp_of(ctx: CostContext) -> int:
 
 
 def _step_grad_bytes(ctx: CostContext) -> tuple[int, int]:
-    """(replicated, expert) gradient bytes per rank of one step (`lshsim.sim.phases.gradient_parameters`)."""
+    """(replicated, expert) gradient bytes per rank of one step (`lshsim.sim.phases.gradient_parameters`;
+    expert 0 where the software does not all-reduce the experts' replicas, `expert_grads_synced`)."""
     params = gradient_parameters(ctx.model, ctx.experts_on_rank, _tp_of(ctx))
     b = grad_bytes_per_element(ctx)
+    synced = expert_grads_synced(ctx)
     return (int((sum(p for p, _ in params["layers"]) + params["last"]) * b),
-            int(sum(e for _, e in params["layers"]) * b))
+            int(sum(e for _, e in params["layers"]) * b) if synced else 0)
 
 
 def _grad_buckets(ctx: CostContext, layer_end: dict[int, float], backward_end: float, bucket_bytes: int) -> list[dict]:
@@ -1205,10 +1208,12 @@ def _grad_buckets(ctx: CostContext, layer_end: dict[int, float], backward_end: f
     """
     params = gradient_parameters(ctx.model, ctx.experts_on_rank, _tp_of(ctx))
     b = grad_bytes_per_element(ctx)
+    synced = expert_grads_synced(ctx)
     pending: list[tuple[float, float, float, int]] = []        # (ready_s, replicated B, expert B, layer)
     acc_r = acc_e = 0.0
     for layer in reversed(range(len(params["layers"]))):
         replicated, expert = params["layers"][layer]
+        expert = expert if synced else 0
         acc_r, acc_e = acc_r + replicated * b, acc_e + expert * b
         if acc_r + acc_e >= bucket_bytes:
             pending.append((layer_end.get(layer, backward_end), acc_r, acc_e, layer))

@@ -43,7 +43,7 @@ __all__ = ["PhaseSpec", "PhaseCost", "CostContext", "PhaseTable", "PHASES", "KIN
            "register_phase", "unregister_phase", "step_schedule", "backward_chain", "roofline_cost",
            "compute_time_s", "expert_cost", "KERNELS", "calibrated_cost", "measured_lsh_cost", "einsum_gate_cost",
            "TP_PHASES", "tp_collective_cost",
-           "resolve_grad_sync", "gradient_parameters", "GRAD_SYNC_MODES", "DEFAULT_GRAD_SYNC", "DDP_BUCKET_BYTES"]
+           "resolve_grad_sync", "gradient_parameters", "expert_grads_synced", "GRAD_SYNC_MODES", "DEFAULT_GRAD_SYNC", "DDP_BUCKET_BYTES"]
 
 KINDS = ("communication", "compute", "overhead", "gradient_sync")
 BLOCKS = ("attention", "moe", "dense", "head", "gradient")
@@ -673,12 +673,29 @@ def gradient_parameters(model: dict, experts_on_rank: int, tp: int = 1) -> dict:
     return {"layers": layers, "last": last // tp}
 
 
+def expert_grads_synced(ctx: CostContext) -> bool:
+    """Whether each expert's W / EP replicas all-reduce its gradients: the software's
+    `expert_grad_sync` (absent = True, as PyTorch DDP does). fairseq's legacy_ddp (the LSH-MoE
+    clusters' mode) skips every parameter its MoE layer marks `expert`: it only divides the
+    gradient by the world size (fairseq/distributed/legacy_distributed_data_parallel.py at
+    9e80e19e, `if hasattr(param, 'expert'): ... continue`); only its FSDP path reduces them over
+    the expert's replicas.
+
+    >>> from types import SimpleNamespace as NS
+    >>> expert_grads_synced(NS(gpu={})), expert_grads_synced(NS(gpu={"expert_grad_sync": False}))
+    (True, False)
+    """
+    gpu = ctx.gpu if isinstance(getattr(ctx, "gpu", None), dict) else {}
+    return bool(gpu.get("expert_grad_sync", True))
+
+
 def _grad_bytes(ctx: CostContext) -> tuple[float, float]:
-    """(replicated, expert) gradient bytes a rank all-reduces in one step."""
+    """(replicated, expert) gradient bytes a rank all-reduces in one step (expert 0 where the
+    software does not all-reduce the experts' replicas, `expert_grads_synced`)."""
     params = gradient_parameters(ctx.model, ctx.experts_on_rank, _tp(ctx))
     b = grad_bytes_per_element(ctx)
     replicated = sum(p for p, _ in params["layers"]) + params["last"]
-    expert = sum(e for _, e in params["layers"])
+    expert = sum(e for _, e in params["layers"]) if expert_grads_synced(ctx) else 0
     return replicated * b, expert * b
 
 

@@ -60,7 +60,7 @@ times in seconds, NIC line rate in Gb/s:
       stack: "PyTorch 1.11, CUDA 11.3, NCCL 2.12.7"   # what it stands for (text)
       gemm_efficiency: 0.38        # fraction of the datasheet peak the step's compute reaches (replaces
                                    #   gpu.gemm_efficiency; calibration.expert_flops, measured, still wins)
-      a2a_efficiency: 0.29         # fraction of a NIC's line rate an all-to-all reaches (scales inter.nic_gbps)
+      a2a_efficiency: 0.807        # fraction of a NIC's line rate an all-to-all reaches (scales inter.nic_gbps)
       lsh_compress_Bps: 1.3e10     # LSH-MoE compress / restore throughput in bytes of token copies per
       lsh_restore_Bps: 7.7e10      #   second (the phases' cost when given; else the roofline)
       moe_layer: gshard-einsum-loop   # how the era's MoE layer ran (`MOE_LAYERS`; costs: lshsim.sim.moe_layers);
@@ -70,6 +70,9 @@ times in seconds, NIC line rate in Gb/s:
       grad_sync: after             # the gradient all-reduce against the backward (`GRAD_SYNC_MODES`):
                                    #   after, overlapped or off; absent = overlapped (PyTorch DDP today);
                                    #   StepConfig.grad_sync overrides it
+      expert_grad_sync: false      # whether an expert's replicas (EP < W) all-reduce its gradients;
+                                   #   absent = true (DDP today); false = fairseq's legacy_ddp, which skips
+                                   #   every parameter marked `expert`
       sources: {gemm_efficiency: "...", ...}   # required: where every number above comes from
     assumed: {field: reason}       # optional: every value the source does not state, with its reason
                                    #   (G.graph["assumed"])
@@ -134,7 +137,7 @@ _TOP_KEYS = {"name", "description", "gpu", "nodes", "gpus_per_node", "alpha_s", 
 SOFTWARE_FIELDS = {"name": "text", "stack": "text", "gemm_efficiency": "efficiency", "hbm_efficiency": "efficiency",
                    "a2a_efficiency": "efficiency", "lsh_compress_Bps": "rate", "lsh_restore_Bps": "rate",
                    "moe_layer": "layer", "allreduce_efficiency": "efficiency", "grad_sync": "grad_sync",
-                   "sources": "mapping"}
+                   "expert_grad_sync": "flag", "sources": "mapping"}
 #: how the data-parallel gradient all-reduce runs against the backward (`software.grad_sync`,
 #: `StepConfig.grad_sync`; the phase `grad_allreduce` of `lshsim.sim.phases`): "after" (once the
 #: backward has ended, as fairseq's legacy_ddp and DDP without bucketing), "overlapped" (PyTorch
@@ -331,6 +334,10 @@ def read_software(check: "_Checker | str", value) -> dict | None:
             if item not in GRAD_SYNC_MODES:
                 raise check.fail(f"software.{key}", item, f"must be one of {', '.join(GRAD_SYNC_MODES)}")
             out[key] = item
+        elif kind == "flag":
+            if not isinstance(item, bool):
+                raise check.fail(f"software.{key}", item, "must be true or false")
+            out[key] = item
         elif kind == "layer":
             if item not in MOE_LAYERS:
                 raise check.fail(f"software.{key}", item, f"must be one of {', '.join(MOE_LAYERS)}")
@@ -342,7 +349,7 @@ def read_software(check: "_Checker | str", value) -> dict | None:
             out[key] = number
     if "name" not in out:
         raise check.fail("software.name", None, "is required (a calibration is named, never a silent default)")
-    numbers = [key for key, kind in SOFTWARE_FIELDS.items() if kind in ("efficiency", "rate", "layer", "grad_sync")
+    numbers = [key for key, kind in SOFTWARE_FIELDS.items() if kind in ("efficiency", "rate", "layer", "grad_sync", "flag")
                and key in out]
     missing = [key for key in numbers if key not in out.get("sources", {})]
     if missing:
@@ -412,7 +419,8 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
     inter_kind = inter_family.name if inter_family is not None else None
 
     gpu_dict = gpu.to_dict()
-    for key in ("lsh_compress_Bps", "lsh_restore_Bps", "moe_layer", "grad_sync"):   # the software's LSH throughput, MoE layer, gradient sync (phases)
+    for key in ("lsh_compress_Bps", "lsh_restore_Bps", "moe_layer", "grad_sync",
+                "expert_grad_sync"):   # the software's LSH throughput, MoE layer, gradient sync (phases)
         if software is not None and key in software:
             gpu_dict[key] = software[key]
     calibration = spec.get("calibration")
