@@ -205,3 +205,47 @@ def test_tensor_parallel_splits_the_replicated_gradients_and_the_data_parallel_g
     assert b2["grad_bytes_replicated"] < 0.51 * b1["grad_bytes_replicated"]
     # the ring over 4 ranks instead of 8 moves 2 (g - 1) / g of half the bytes: less time, same link
     assert 0 < b2["grad_sync_s"] < b1["grad_sync_s"]
+
+
+def _mesh_without_expert_sync() -> dict:
+    return {**MESH, "name": "mesh4-legacy-ddp",
+            "software": {"name": "fairseq-legacy-ddp", "expert_grad_sync": False,
+                         "sources": {"expert_grad_sync": "fairseq legacy_ddp skips `expert` parameters"}}}
+
+
+@pytest.mark.parametrize("mode", ["after", "overlapped"])
+def test_software_that_skips_expert_gradients_all_reduces_only_the_replicated_ones(mode):
+    # fairseq's legacy_ddp: the experts' replicas (EP < W) are not all-reduced (software.expert_grad_sync: false)
+    synced = simulate_step(TINY, build_topology(MESH), grad_sync=mode, ep=2).breakdown
+    skipped = simulate_step(TINY, build_topology(_mesh_without_expert_sync()), grad_sync=mode, ep=2).breakdown
+    whole = simulate_step(TINY, build_topology(MESH), grad_sync=mode).breakdown      # EP = W: no replicas
+    assert synced["grad_bytes_expert"] > 0 and skipped["grad_bytes_expert"] == 0
+    assert skipped["grad_bytes_replicated"] == synced["grad_bytes_replicated"]
+    assert skipped["grad_sync_s"] == pytest.approx(whole["grad_sync_s"], rel=1e-9)
+    assert skipped["grad_sync_s"] < synced["grad_sync_s"]
+
+
+def test_expert_grad_sync_is_a_flag_with_a_source():
+    from lshsim.topology.spec import read_software
+    assert read_software("t.yaml", _mesh_without_expert_sync()["software"])["expert_grad_sync"] is False
+    with pytest.raises(ValueError, match="must be true or false"):
+        read_software("t.yaml", {"name": "x", "expert_grad_sync": "no", "sources": {"expert_grad_sync": "s"}})
+    with pytest.raises(ValueError, match="needs its source"):
+        read_software("t.yaml", {"name": "x", "expert_grad_sync": False})
+    for name in ("lshmoe-v100-2x8", "lshmoe-a100-4x8"):      # fairseq's legacy_ddp on the LSH-MoE clusters
+        G = load_topology(name)
+        assert G.graph["gpu"]["expert_grad_sync"] is False and "legacy_ddp" in G.graph["software"]["sources"]["expert_grad_sync"]
+
+
+def test_unique_experts_never_fill_a_bucket():
+    # EP = W: no expert has a replica, so no expert gradient is all-reduced or counted into a
+    # bucket, whatever the software's expert_grad_sync says (DDP ignores Tutel's skip_allreduce experts)
+    small = 64 * 1024
+    synced = simulate_step(TINY, build_topology(MESH), grad_sync="overlapped", grad_bucket_bytes=small).breakdown
+    skipped = simulate_step(TINY, build_topology(_mesh_without_expert_sync()), grad_sync="overlapped",
+                            grad_bucket_bytes=small).breakdown
+    assert synced["grad_bucket_schedule"] == skipped["grad_bucket_schedule"]
+    params = gradient_parameters({"num_layers": 4, "d_model": 256, "d_ffn": 512, "num_experts": 8, "moe_every": 2,
+                                  "vocab_size": 4000}, 8 // 4)
+    replicated = sum(p for p, _ in params["layers"]) + params["last"]
+    assert synced["grad_bytes_replicated"] == replicated * 2 and synced["grad_buckets"] >= 2

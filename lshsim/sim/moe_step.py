@@ -1197,7 +1197,8 @@ def _grad_buckets(ctx: CostContext, layer_end: dict[int, float], backward_end: f
 
     The backward produces layer L-1's gradients first; a layer's gradients are ready when its
     backward has ended (`layer_end`). Walking the layers from the last, each layer's (replicated,
-    expert) gradient bytes join the open bucket; a bucket closes (ready at that layer's end) once it
+    expert) gradient bytes join the open bucket (the experts' only where they are all-reduced:
+    EP < W and `expert_grads_synced`); a bucket closes (ready at that layer's end) once it
     holds `bucket_bytes` or more (a layer's gradients are never split: a layer larger than a bucket
     is its own bucket, as DDP gives a tensor above the cap its own bucket). The embedding / head
     gradients (`gradient_parameters`' "last") join the final bucket, ready at the backward's end
@@ -1208,7 +1209,10 @@ def _grad_buckets(ctx: CostContext, layer_end: dict[int, float], backward_end: f
     """
     params = gradient_parameters(ctx.model, ctx.experts_on_rank, _tp_of(ctx))
     b = grad_bytes_per_element(ctx)
-    synced = expert_grads_synced(ctx)
+    # a bucket holds only what is all-reduced: the experts' gradients only where they have replicas
+    # (EP < W) and the software all-reduces them (`expert_grads_synced`); unique experts are left
+    # out of DDP's buckets (Swin-MoE / Tutel: skip_allreduce) as fairseq's legacy_ddp skips them
+    synced = expert_grads_synced(ctx) and (ctx.ep or ctx.world_size) < ctx.world_size
     pending: list[tuple[float, float, float, int]] = []        # (ready_s, replicated B, expert B, layer)
     acc_r = acc_e = 0.0
     for layer in reversed(range(len(params["layers"]))):
