@@ -181,13 +181,13 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Read the bars against the band. GPT-MoE's 16-GPU and Swin-MoE-L's 32-GPU Fig. 3 shares, T5-MoE's
-# Fig. 6 speedup and LocMoE's "no gain over hash at 256 NPUs" land inside it (the LSH-MoE clusters
-# run the era's MoE layer, `software.moe_layer`: fairseq's dense one-hot dispatch and its loop over
-# the local experts, whose compute lowers the all-to-all share); RoBERTa-MoE's shares fall a little
-# below it, every LSH-MoE speedup on the V100 cluster and Table 3 are far to the right (the
-# planner's all-to-all share is too high there), and LocMoE's step reductions far to the left (the
-# planner finds almost no gain).
+# Read the bars against the band. Swin-MoE-L's 32-GPU Fig. 3 share, RoBERTa-MoE's Fig. 6 speedup
+# and LocMoE's "no gain over hash at 256 NPUs" land inside it (the LSH-MoE clusters run the era's
+# MoE layer, `software.moe_layer`: fairseq's dense one-hot dispatch and its loop over the local
+# experts, whose compute lowers the all-to-all share); GPT-MoE's 16-GPU share lies just outside,
+# RoBERTa-MoE's shares and T5-MoE's Fig. 6 speedup fall below it; the two Table 2 speedups (V100
+# cluster) lie about a quarter to the right and Table 3 far to the right; LocMoE's step reductions
+# lie to the left (the planner finds half of the paper's gain).
 # Section 5 explains why. First, the LSH-MoE paper itself gives us a way to check which of its
 # numbers agree.
 #
@@ -247,8 +247,10 @@ for row in checks.itertuples():
               f"{100 * row.paper_implied_share:.0f}%; Fig. 3 says {100 * row.fig3_share:.0f}%: the paper's numbers {verdict}")
 
 # %% [markdown]
-# Read the printout above. Where the paper's speedup and its Fig. 3 share agree, both say the
-# all-to-all is a modest part of the step, and the planner's share is far above both. Where they
+# Read the printout above. Where the paper's speedup and its Fig. 3 share agree (GPT-MoE), both say
+# the all-to-all is about a third of the step, and so does the planner's share of the Table 2 steps;
+# its speedup is still larger than the paper's, because lshsim's experts also compute on the
+# centroids (section 5a). Where they
 # disagree (Swin-MoE-L: a large share in Fig. 3, a small speedup in Table 3), no single share can
 # satisfy both, so no planner can reproduce both figures with the same model. The `follows` column
 # says which number the planner's share is nearer to: for Swin-MoE-L it follows **Fig. 3** (the
@@ -303,13 +305,17 @@ for figure_id in swept_ids:
 #
 # ## 5. Why the planner is off
 #
-# ### 5a. Too much of the step sits in the all-to-all
+# ### 5a. What shrinks besides the all-to-all
 #
-# Where the planner is too high, it shares one cause: more of the step in the all-to-all than the
-# paper measured (GPT-MoE on both clusters; the V100 cluster, whose one 100 Gb/s NIC per 8 GPUs runs
-# all-to-alls at 0.29 of its line rate in the published nccl-tests measurement the calibration
-# cites). That inflates every gain that comes from shrinking the all-to-all. Here are the
-# planner's baseline shares next to the papers', for every figure that has one:
+# LSH-MoE's experts compute on the centroids (the paper's Fig. 5: E(centroids), then the residual
+# compensation), so in lshsim both the all-to-all and the expert work shrink, forward and backward,
+# and compress / restore are added. On the V100 cluster (one 100 Gb/s NIC per 8 GPUs: its all-to-all
+# runs at 0.807 of line rate, the published nccl-tests all-to-all relative to the same cluster's
+# all-reduce) GPT-MoE's baseline all-to-all share is about a third of the step, as the paper's
+# speedups imply; the expert work that also shrinks is what lifts Table 2's speedups above the
+# paper's. T5-MoE, whose experts (d_ffn 16,384) dominate its step, gets most of its speedup from
+# the experts. Here are the planner's baseline shares next to the papers', for every figure that
+# has one:
 
 # %%
 share_rows = []
@@ -356,7 +362,8 @@ assumptions.groupby("assumed").figure.count().rename("figures that assume it")
 #   The catalog's values are used.
 # * **the era's software efficiency**: now a named calibration per cluster from published
 #   measurements (whole-layer PyTorch TFLOP/s of mli/transformers-benchmarks; nccl-tests all-to-all
-#   reports), but measured on other machines and versions than the papers'. Slower compute would
+#   reports; the V100 all-to-all as the report's ratio to the same cluster's all-reduce), but
+#   measured on other machines and versions than the papers'. Slower compute would
 #   shrink the all-to-all share; a slower network would grow it.
 # * **the compression rate** of most LSH-MoE speedups (0.2 is assumed where the paper gives none).
 # * **LocMoE's model**: it is not in the catalog (PanGu-Sigma's widths and sequence length are not
@@ -448,8 +455,10 @@ for label, step in steps.items():
 # one. The run takes about 20 minutes (the all-to-alls are simulated again at every all-to-all
 # efficiency), so the notebook reads its committed output, `data/papers/reproduce-fit.json`
 # (`lshsim reproduce --fit --json`). That output was made before the gradient all-reduce entered
-# the step (it is not re-run yet: with LocMoE's overlap the fit now takes well over half an hour),
-# so its documented-calibration errors differ from section 1's.
+# the step and before the V100 all-to-all rate (0.29 then, 0.807 now) and fairseq's skipped expert
+# gradients (`software.expert_grad_sync`) changed (it is not re-run yet: with LocMoE's overlap the
+# fit now takes well over half an hour), so its documented-calibration errors differ from
+# section 1's.
 
 # %%
 fit_run = json.loads((ROOT / "data/papers/reproduce-fit.json").read_text())["fit"]
@@ -501,9 +510,9 @@ plt.show()
 #   x DP 2 places 16 experts on 32 GPUs) from the papers' models and clusters, with one named,
 #   cited software calibration per cluster and nothing fitted on the figures. The summary line
 #   above says how many are within 15%.
-# * Where it is too high (GPT-MoE, the V100 cluster's speedups) the cause is an all-to-all share
-#   above the paper's; where LocMoE's gains are missing, it is the capacity: LocMoE's own bound is
-#   larger than Switch's, so it computes more, not less.
+# * Where it is too high (the Table 2 speedups) the all-to-all share agrees with the paper's and
+#   the rest of the gain is the experts' work on the centroids; where LocMoE's gains are missing,
+#   it is the capacity: LocMoE's own bound is larger than Switch's, so it computes more, not less.
 # * The LSH-MoE paper contradicts itself for Swin-MoE-L: its speedup implies a much smaller share
 #   than its Fig. 3. No model can match both.
 # * LocMoE's mechanism in direction and size: the all-to-all cut is a few percent (paper 5.13%),
