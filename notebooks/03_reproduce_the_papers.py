@@ -184,10 +184,10 @@ plt.show()
 # Read the bars against the band. Swin-MoE-L's 32-GPU Fig. 3 share, RoBERTa-MoE's Fig. 6 speedup
 # and LocMoE's "no gain over hash at 256 NPUs" land inside it (the LSH-MoE clusters run the era's
 # MoE layer, `software.moe_layer`: fairseq's dense one-hot dispatch and its loop over the local
-# experts, whose compute lowers the all-to-all share); GPT-MoE's 16-GPU share lies just outside,
-# RoBERTa-MoE's shares and T5-MoE's Fig. 6 speedup fall below it; the two Table 2 speedups (V100
-# cluster) lie about a quarter to the right and Table 3 far to the right; LocMoE's step reductions
-# lie to the left (the planner finds half of the paper's gain).
+# experts, whose compute lowers the all-to-all share); GPT-MoE's 16-GPU share lies just below it and
+# its 32-GPU share above it, RoBERTa-MoE's shares and T5-MoE's Fig. 6 speedup fall below it; the two
+# Table 2 speedups (V100 cluster) lie about a quarter to the right and Table 3 far to the right;
+# LocMoE's step reductions lie to the left (the planner finds half of the paper's gain).
 # Section 5 explains why. First, the LSH-MoE paper itself gives us a way to check which of its
 # numbers agree.
 #
