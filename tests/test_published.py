@@ -285,3 +285,20 @@ def test_validate_published_command(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.9:0.8:0.1"])
     assert exit_info.value.code == 2 and "needs 0 < LO <= HI <= 1" in capsys.readouterr().err
+
+
+def test_normal_kernels_share_one_start_up():
+    """The normal kernels' start-up is one value for dispatch and combine (fitted on both), recovered when the
+    figures follow it, and never below 0."""
+    case = lambda cid, op, figure: Case(cid, "normal", 16, 2, op, "fp8" if op == "dispatch" else "bf16", figure,
+                                        "rdma", {}, "", "")
+    sims = {"d1": 1.0e-3, "d2": 2.0e-3, "c1": 1.5e-3, "c2": 3.0e-3}
+    runs = [CaseRun(case(cid, "dispatch" if cid[0] == "d" else "combine", 100e6 / (t + 150e-6) / 1e9), 100e6, 0.0,
+                    {1.0: t}) for cid, t in sims.items()]
+    cal = fit_calibration(runs, set())
+    alpha = cal.alpha_s["ib"]["normal"]
+    assert alpha["dispatch"] == alpha["combine"] == pytest.approx(150e-6, rel=1e-4)
+    for r in runs:
+        assert cal.predict_GBps(r) == pytest.approx(r.case.published_GBps, rel=1e-6)
+    fast = [CaseRun(case(r.case.id, r.case.op, 100e6 / r.sim_s[1.0] / 1e9 * 1.1), 100e6, 0.0, r.sim_s) for r in runs]
+    assert fit_calibration(fast, set()).alpha_s["ib"]["normal"] == {"dispatch": 0.0, "combine": 0.0}   # bounded at 0

@@ -23,9 +23,14 @@ fresh held-out sets `fresh:` and `fresh2:`; the fit refuses all of them). The pr
 
 - t_sim(eff): the simulated time with the NIC at eff x the topology's nic_gbps (NVLink at the topology's rate:
   H800 the source's stated ~160 GB/s; H100, H200, B200 the datasheet rate, an assumption).
-- alpha[kind][op] (s, in [0, ALPHA_MAX_S]): one start-up per (kernel kind, operation). Cause: the normal kernels
-  (layout notification, CPU-synchronised buffer sizes, chunked forwarding) and the low-latency kernels (one
-  launch, no CPU sync) are different kernels with different fixed costs.
+- alpha[kind][op] (s, in [0, ALPHA_MAX_S]): a start-up per kernel kind; the low-latency kernels one per operation,
+  the normal kernels ONE shared by dispatch and combine (alpha[normal][dispatch] = alpha[normal][combine]). Cause:
+  the normal kernels (chunked RDMA -> NVLink forwarding, its pipeline fill and drain, the barrier at the kernel's
+  start) and the low-latency kernels (one launch, no CPU sync) are different kernels with different fixed costs;
+  a normal dispatch and a normal combine are the same pipeline run forwards and backwards. (Until the third round a
+  normal start-up per operation was fitted; the ib family's combine one rested on ONE fitting case and came out
+  0 us, while every seen ib normal combine but one was predicted too fast: the change was chosen on those seen
+  errors, benchmarks/RESULTS.md says which.)
 - beta x m (low-latency kernels only; beta in [0, MESSAGE_MAX_S] s per message): m = the mean over ranks of the
   messages a rank sends to other nodes, one per (token, expert) pair on a remote node (DeepEP's and UCCL-EP's
   low-latency kernels write each (token, expert) copy as its own RDMA write, no deduplication). Cause: a per-write
@@ -321,7 +326,7 @@ def simulate_case(case: Case, traffic, nic_efficiency: float, *, topology_dir: s
 @dataclass(frozen=True)
 class Calibration:
     """Per NIC family (the case file's `nic_family`): the NIC efficiency (of the topology's nic_gbps), the start-up
-    per (kernel kind, operation) (s), the cost per network message of the low-latency kernels (s), the efficiency
+    per (kernel kind, operation) (s; the normal kernels' two are one fitted value), the cost per network message of the low-latency kernels (s), the efficiency
     floor the fitting cases demonstrate, and the cases they were fitted on."""
 
     nic_efficiency: dict                  # family -> efficiency
@@ -397,23 +402,19 @@ def _robust(errors) -> float:
 
 
 def _fit_normal(runs: list[CaseRun], eff: float) -> tuple[dict, float]:
-    """Normal kernels, per operation: the start-up a in [0, ALPHA_MAX_S] minimising the robust loss (`_robust`) of
-    log(pred / published)."""
+    """Normal kernels: ONE start-up a in [0, ALPHA_MAX_S], shared by dispatch and combine, minimising the robust loss
+    (`_robust`) of log(pred / published); returned per operation (the same value) for `Calibration.alpha_s`."""
     from scipy.optimize import minimize_scalar
 
-    alpha, total = {}, 0.0
-    for op in OPS:
-        mine = [r for r in runs if r.case.op == op]
-        if not mine:
-            continue
+    if not runs:
+        return {}, 0.0
 
-        def loss(a, mine=mine):
-            return _robust([_log_error(r, r.sim_s[eff] + a) for r in mine])
+    def loss(a):
+        return _robust([_log_error(r, r.sim_s[eff] + a) for r in runs])
 
-        best = minimize_scalar(loss, bounds=(0.0, ALPHA_MAX_S), method="bounded", options={"xatol": 1e-9})
-        alpha[op] = float(best.x) if loss(best.x) <= loss(0.0) else 0.0
-        total += loss(alpha[op])
-    return alpha, total
+    best = minimize_scalar(loss, bounds=(0.0, ALPHA_MAX_S), method="bounded", options={"xatol": 1e-9})
+    alpha = float(best.x) if loss(best.x) <= loss(0.0) else 0.0
+    return {op: alpha for op in OPS}, loss(alpha)
 
 
 def _fit_low_latency(runs: list[CaseRun], eff: float) -> tuple[dict, float, float]:
@@ -443,8 +444,8 @@ def _fit_low_latency(runs: list[CaseRun], eff: float) -> tuple[dict, float, floa
 def fit_calibration(runs: list[CaseRun], test_ids: set[str], grid: tuple | None = None) -> Calibration:
     """Per NIC family, independently: a grid over the NIC efficiency (default: the runs' simulated efficiencies;
     every run must hold a simulated time for each), restricted to efficiencies >= the family's demonstrated floor
-    (`demonstrated_efficiency`; if none is left, the highest of the grid); for each, the normal kernels' start-ups
-    per operation and the low-latency kernels' start-ups per operation and cost per message; the efficiency with
+    (`demonstrated_efficiency`; if none is left, the highest of the grid); for each, the normal kernels' start-up
+    (one, shared by dispatch and combine) and the low-latency kernels' start-ups per operation and cost per message; the efficiency with
     the least robust loss of the log errors (`_robust`) wins. Refuses any held-out (test or fresh) case."""
     bad = [r.case.id for r in runs if r.case.id in test_ids]
     if bad:
@@ -567,8 +568,8 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
                          for g in sorted({r["source_group"] for r in rows})},
            "model": {"normal": f"node_dedup, {NORMAL_CHUNKS} chunks", "low_latency": "direct, one copy per (token, expert)",
                      "calibration": "per NIC family: NIC efficiency (grid, >= the floor the fitting cases demonstrate), "
-                                    "a start-up per (kernel kind, operation), a cost per network message of the "
-                                    "low-latency kernels",
+                                    "a start-up per kernel kind (normal: one for dispatch and combine; low-latency: "
+                                    "one per operation), a cost per network message of the low-latency kernels",
                      "fitting_only": fitting_only, "seed": seed}}
     if leave_one_out:
         loo = []
