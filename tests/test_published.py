@@ -276,6 +276,10 @@ def test_validate_published_command(tmp_path, capsys):
     assert "source deepep (deepep-cases.yaml)" in text and "source other (other-cases.yaml)" in text
     assert text.index("source deepep") < text.index("source other")          # one table per source, in order
     assert "calibration efa (fitting cases only)" in text and "deepep test: 1 cases" in text
+    (tmp_path / "split.yaml").write_text("test: [n8-dispatch]\nfresh2: [n16-combine]\n")   # a later held-out set
+    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.9:0.9:0.1"]) == 0
+    text = capsys.readouterr().out
+    assert "fresh2: 1 cases" in text and "deepep fresh2: 1 cases" in text and "fitting: 2 cases" in text
     with pytest.raises(SystemExit) as exit_info:
         main(["validate"])
     assert exit_info.value.code == 2 and "give trace files, or --published" in capsys.readouterr().err
