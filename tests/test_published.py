@@ -19,14 +19,17 @@ from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID,
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 63 and len({c.id for c in cases}) == 63
+    assert len(cases) == 92 and len({c.id for c in cases}) == 92
     test = load_split()
-    first = [c for c in cases if c.file.startswith(("deepep-v1-", "uccl-"))]     # the test split's 44 cases
+    third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
+    first = [c for c in cases if c.file.startswith(("deepep-v1-", "uccl-")) and c.id not in third]  # the test split's 44
     assert len(first) == 44 and len(test) * 3 >= len(first)  # at least a third set aside ...
     fresh = load_fresh()
     later = {c.id for c in cases if c.file.startswith(("deepep-v2-", "deepep-pcie-", "hybridep-"))}
     assert fresh == later and len(fresh) == 19 and not fresh & test      # every later case is fresh, none a test case
-    new = [c for c in cases if c.file.startswith("uccl-")]
+    fresh2 = load_fresh(key="fresh2")
+    assert fresh2 == third and len(fresh2) == 29 and not fresh2 & (test | fresh)     # every third-round case, alone
+    new = [c for c in cases if c.file.startswith("uccl-") and c.id not in third]
     assert len(new) == 24 and 3 * len(test & {c.id for c in new}) >= len(new)   # ... of the new cases too
     by_id = {c.id: c for c in cases}
     assert by_id["deepep-normal-inter-ep32-dispatch"].published_GBps == 58
@@ -34,7 +37,12 @@ def test_shipped_cases_and_split():
     assert by_id["uccl-p5en-normal-ep24-combine"].published_GBps == 26
     assert by_id["uccl-p6b200-ll-ep32-dispatch"].published_latency_us == 406
     for c in cases:                                           # every case has a source and a topology that loads
-        if c.file.startswith(("deepep-v2-", "deepep-pcie-", "hybridep-")):
+        if c.id in third:
+            assert c.source.startswith(("https://github.com/uccl-project/uccl/blob/da914a2",
+                                        "https://github.com/deepseek-ai/DeepEP/issues/493")) and c.nic_family == "ib"
+            assert c.group in ("uccl-amd", "deepep-user") and c.topology.startswith(("published/mi3", "published/mi355x-",
+                                                                                   "published/h200-ib-"))
+        elif c.file.startswith(("deepep-v2-", "deepep-pcie-", "hybridep-")):
             assert c.source.startswith("https://github.com/deepseek-ai/DeepEP/blob/") and c.nic_family == "ib"
             assert c.kind == "normal" and c.counts == "rdma" and c.group is not None
         elif c.file.startswith("deepep-"):
@@ -47,7 +55,8 @@ def test_shipped_cases_and_split():
     # the low-latency figures are bytes / latency: 1014 selections x 7408 B (fp8) or 14336 B (bf16); UCCL's p5en
     # table pairs two rows' bandwidth and latency from different runs (data/published/uccl-ep-p5en-low-latency.yaml)
     for c in cases:
-        if c.kind == "low_latency" and c.id not in ("uccl-p5en-ll-ep16-dispatch", "uccl-p5en-ll-ep32-combine"):
+        if c.kind == "low_latency" and c.id not in ("uccl-p5en-ll-ep16-dispatch", "uccl-p5en-ll-ep32-combine",
+                                                     "uccl-mi300x-cx7-ll-ep32-dispatch"):   # -10%, noted in its file
             per = 7408 if c.op == "dispatch" else 14336
             assert c.published_GBps * c.published_latency_us * 1e3 == pytest.approx(1014 * per, rel=0.011 if c.file.startswith("deepep-") else 0.04)
 
@@ -126,6 +135,11 @@ def test_split_names_only_known_cases(tmp_path):
     (tmp_path / "split.yaml").write_text("test: [x]\nfresh: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh\[0\]='x' is also a test case"):
         load_fresh(tmp_path)
+    (tmp_path / "split.yaml").write_text("fresh: [x]\nfresh2: [x]\n")
+    with pytest.raises(ValueError, match=r"split.yaml: fresh2\[0\]='x' is also in fresh"):
+        load_fresh(tmp_path, key="fresh2")
+    with pytest.raises(ValueError, match=r"key='fresh3' must be one of"):
+        load_fresh(tmp_path, key="fresh3")
 
 
 def test_routing_as_deepep_draws_it():
@@ -262,6 +276,10 @@ def test_validate_published_command(tmp_path, capsys):
     assert "source deepep (deepep-cases.yaml)" in text and "source other (other-cases.yaml)" in text
     assert text.index("source deepep") < text.index("source other")          # one table per source, in order
     assert "calibration efa (fitting cases only)" in text and "deepep test: 1 cases" in text
+    (tmp_path / "split.yaml").write_text("test: [n8-dispatch]\nfresh2: [n16-combine]\n")   # a later held-out set
+    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.9:0.9:0.1"]) == 0
+    text = capsys.readouterr().out
+    assert "fresh2: 1 cases" in text and "deepep fresh2: 1 cases" in text and "fitting: 2 cases" in text
     with pytest.raises(SystemExit) as exit_info:
         main(["validate"])
     assert exit_info.value.code == 2 and "give trace files, or --published" in capsys.readouterr().err
@@ -271,3 +289,20 @@ def test_validate_published_command(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.9:0.8:0.1"])
     assert exit_info.value.code == 2 and "needs 0 < LO <= HI <= 1" in capsys.readouterr().err
+
+
+def test_normal_kernels_share_one_start_up():
+    """The normal kernels' start-up is one value for dispatch and combine (fitted on both), recovered when the
+    figures follow it, and never below 0."""
+    case = lambda cid, op, figure: Case(cid, "normal", 16, 2, op, "fp8" if op == "dispatch" else "bf16", figure,
+                                        "rdma", {}, "", "")
+    sims = {"d1": 1.0e-3, "d2": 2.0e-3, "c1": 1.5e-3, "c2": 3.0e-3}
+    runs = [CaseRun(case(cid, "dispatch" if cid[0] == "d" else "combine", 100e6 / (t + 150e-6) / 1e9), 100e6, 0.0,
+                    {1.0: t}) for cid, t in sims.items()]
+    cal = fit_calibration(runs, set())
+    alpha = cal.alpha_s["ib"]["normal"]
+    assert alpha["dispatch"] == alpha["combine"] == pytest.approx(150e-6, rel=1e-4)
+    for r in runs:
+        assert cal.predict_GBps(r) == pytest.approx(r.case.published_GBps, rel=1e-6)
+    fast = [CaseRun(case(r.case.id, r.case.op, 100e6 / r.sim_s[1.0] / 1e9 * 1.1), 100e6, 0.0, r.sim_s) for r in runs]
+    assert fit_calibration(fast, set()).alpha_s["ib"]["normal"] == {"dispatch": 0.0, "combine": 0.0}   # bounded at 0

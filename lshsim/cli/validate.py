@@ -148,11 +148,11 @@ def _run_published(args) -> int:
             console.print(f"{name}: {part['cases']} cases, median |error| {100 * part['median_abs_rel_error']:.1f}%, "
                           f"worst {100 * part['max_abs_rel_error']:.1f}%")
 
-    for name in ("fitting", "test", "fresh", "leave_one_out"):
+    for name in ("fitting", "test", "fresh", "fresh2", "leave_one_out"):
         line(name.replace("_", "-"), out.get(name))
     for group, parts in out["by_source"].items():
-        for role in ("fitting", "test", "fresh"):
-            line(f"{group} {role}", parts[role])
+        for role in ("fitting", "test", "fresh", "fresh2"):
+            line(f"{group} {role}", parts.get(role))
         if "leave_one_out" in out:
             line(f"{group} leave-one-out", out["leave_one_out"]["by_source"].get(group))
     return 0

@@ -17,15 +17,20 @@ cases, chosen before any fit and never fitted on (`load_split`). For each case t
 
 Calibration (`Calibration`, `fit_calibration`), per NIC family (a case file's `nic_family`: ib for CX7 InfiniBand,
 efa for AWS EFA), each family on its own, on the FITTING cases only (`split.yaml` names the test cases and the
-fresh cases; the fit refuses both). The predicted time of a case is
+fresh held-out sets `fresh:` and `fresh2:`; the fit refuses all of them). The predicted time of a case is
 
     t = t_sim(eff) + alpha[kind][op] + beta x m
 
 - t_sim(eff): the simulated time with the NIC at eff x the topology's nic_gbps (NVLink at the topology's rate:
   H800 the source's stated ~160 GB/s; H100, H200, B200 the datasheet rate, an assumption).
-- alpha[kind][op] (s, in [0, ALPHA_MAX_S]): one start-up per (kernel kind, operation). Cause: the normal kernels
-  (layout notification, CPU-synchronised buffer sizes, chunked forwarding) and the low-latency kernels (one
-  launch, no CPU sync) are different kernels with different fixed costs.
+- alpha[kind][op] (s, in [0, ALPHA_MAX_S]): a start-up per kernel kind; the low-latency kernels one per operation,
+  the normal kernels ONE shared by dispatch and combine (alpha[normal][dispatch] = alpha[normal][combine]). Cause:
+  the normal kernels (chunked RDMA -> NVLink forwarding, its pipeline fill and drain, the barrier at the kernel's
+  start) and the low-latency kernels (one launch, no CPU sync) are different kernels with different fixed costs;
+  a normal dispatch and a normal combine are the same pipeline run forwards and backwards. (Until the third round a
+  normal start-up per operation was fitted; the ib family's combine one rested on ONE fitting case and came out
+  0 us, while every seen ib normal combine but one was predicted too fast: the change was chosen on those seen
+  errors, benchmarks/RESULTS.md says which.)
 - beta x m (low-latency kernels only; beta in [0, MESSAGE_MAX_S] s per message): m = the mean over ranks of the
   messages a rank sends to other nodes, one per (token, expert) pair on a remote node (DeepEP's and UCCL-EP's
   low-latency kernels write each (token, expert) copy as its own RDMA write, no deduplication). Cause: a per-write
@@ -49,7 +54,7 @@ import numpy as np
 from lshsim.readers import load_yaml as read_yaml
 from lshsim.sim.dispatch_formats import bytes_per_token, node_dedup_traffic
 
-__all__ = ["Case", "load_cases", "load_split", "load_fresh", "deepep_routing", "case_traffic", "counted_bytes", "simulate_case",
+__all__ = ["Case", "load_cases", "load_split", "load_fresh", "FRESH_SETS", "deepep_routing", "case_traffic", "counted_bytes", "simulate_case",
            "Calibration", "fit_calibration", "validate_published", "source_group", "PUBLISHED_DIR", "NORMAL_CHUNKS"]
 
 #: the folder of the published cases in a source checkout
@@ -203,22 +208,34 @@ def load_split(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = No
     return set(test)
 
 
-def load_fresh(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = None) -> set[str]:
-    """The fresh held-out case ids of `folder/split.yaml` (`fresh:`, optional): committed before a model change and
-    never fitted on; each checked against the cases and against the test list (a case is in one set only)."""
+#: the fresh held-out sets of split.yaml, in the order they were added: each committed before any prediction of its
+#: cases (and before the model change that followed it); never fitted on
+FRESH_SETS = ("fresh", "fresh2")
+
+
+def load_fresh(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = None, key: str = "fresh") -> set[str]:
+    """The ids of one fresh held-out set of `folder/split.yaml` (`key`: `fresh:` or `fresh2:`, optional): committed
+    before a model change and never fitted on; each checked against the cases, the test list and the other fresh sets
+    (a case is in one set only)."""
+    if key not in FRESH_SETS:
+        raise ValueError(f"load_fresh: key={key!r} must be one of {FRESH_SETS}")
     folder = Path(folder)
     path = folder / "split.yaml"
     doc = read_yaml(path)
-    fresh = doc.get("fresh", []) if isinstance(doc, dict) else []
+    fresh = doc.get(key, []) if isinstance(doc, dict) else []
     if fresh is None or not isinstance(fresh, list):
-        raise ValueError(f"{path.name}: fresh must be a list of case ids")
+        raise ValueError(f"{path.name}: {key} must be a list of case ids")
     known = {c.id for c in (load_cases(folder) if cases is None else cases)}
     test = set(doc.get("test") or [])
+    others = {other: set(doc.get(other) or []) for other in FRESH_SETS if other != key}
     for i, cid in enumerate(fresh):
         if cid not in known:
-            raise ValueError(f"{path.name}: fresh[{i}]={cid!r} is not a case id")
+            raise ValueError(f"{path.name}: {key}[{i}]={cid!r} is not a case id")
         if cid in test:
-            raise ValueError(f"{path.name}: fresh[{i}]={cid!r} is also a test case")
+            raise ValueError(f"{path.name}: {key}[{i}]={cid!r} is also a test case")
+        for other, ids in others.items():
+            if cid in ids:
+                raise ValueError(f"{path.name}: {key}[{i}]={cid!r} is also in {other}")
     return set(fresh)
 
 
@@ -309,7 +326,7 @@ def simulate_case(case: Case, traffic, nic_efficiency: float, *, topology_dir: s
 @dataclass(frozen=True)
 class Calibration:
     """Per NIC family (the case file's `nic_family`): the NIC efficiency (of the topology's nic_gbps), the start-up
-    per (kernel kind, operation) (s), the cost per network message of the low-latency kernels (s), the efficiency
+    per (kernel kind, operation) (s; the normal kernels' two are one fitted value), the cost per network message of the low-latency kernels (s), the efficiency
     floor the fitting cases demonstrate, and the cases they were fitted on."""
 
     nic_efficiency: dict                  # family -> efficiency
@@ -385,23 +402,19 @@ def _robust(errors) -> float:
 
 
 def _fit_normal(runs: list[CaseRun], eff: float) -> tuple[dict, float]:
-    """Normal kernels, per operation: the start-up a in [0, ALPHA_MAX_S] minimising the robust loss (`_robust`) of
-    log(pred / published)."""
+    """Normal kernels: ONE start-up a in [0, ALPHA_MAX_S], shared by dispatch and combine, minimising the robust loss
+    (`_robust`) of log(pred / published); returned per operation (the same value) for `Calibration.alpha_s`."""
     from scipy.optimize import minimize_scalar
 
-    alpha, total = {}, 0.0
-    for op in OPS:
-        mine = [r for r in runs if r.case.op == op]
-        if not mine:
-            continue
+    if not runs:
+        return {}, 0.0
 
-        def loss(a, mine=mine):
-            return _robust([_log_error(r, r.sim_s[eff] + a) for r in mine])
+    def loss(a):
+        return _robust([_log_error(r, r.sim_s[eff] + a) for r in runs])
 
-        best = minimize_scalar(loss, bounds=(0.0, ALPHA_MAX_S), method="bounded", options={"xatol": 1e-9})
-        alpha[op] = float(best.x) if loss(best.x) <= loss(0.0) else 0.0
-        total += loss(alpha[op])
-    return alpha, total
+    best = minimize_scalar(loss, bounds=(0.0, ALPHA_MAX_S), method="bounded", options={"xatol": 1e-9})
+    alpha = float(best.x) if loss(best.x) <= loss(0.0) else 0.0
+    return {op: alpha for op in OPS}, loss(alpha)
 
 
 def _fit_low_latency(runs: list[CaseRun], eff: float) -> tuple[dict, float, float]:
@@ -431,8 +444,8 @@ def _fit_low_latency(runs: list[CaseRun], eff: float) -> tuple[dict, float, floa
 def fit_calibration(runs: list[CaseRun], test_ids: set[str], grid: tuple | None = None) -> Calibration:
     """Per NIC family, independently: a grid over the NIC efficiency (default: the runs' simulated efficiencies;
     every run must hold a simulated time for each), restricted to efficiencies >= the family's demonstrated floor
-    (`demonstrated_efficiency`; if none is left, the highest of the grid); for each, the normal kernels' start-ups
-    per operation and the low-latency kernels' start-ups per operation and cost per message; the efficiency with
+    (`demonstrated_efficiency`; if none is left, the highest of the grid); for each, the normal kernels' start-up
+    (one, shared by dispatch and combine) and the low-latency kernels' start-ups per operation and cost per message; the efficiency with
     the least robust loss of the log errors (`_robust`) wins. Refuses any held-out (test or fresh) case."""
     bad = [r.case.id for r in runs if r.case.id in test_ids]
     if bad:
@@ -508,8 +521,8 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
                        efficiency_grid: tuple | None = None, fitting_only: bool = False, progress=None) -> dict:
     """Every case predicted against its published figure; the fit on the fitting cases only.
 
-    Returns {"calibration", "rows" (each with its role: fitting, test or fresh, and rel_error = predicted /
-    published - 1), "fitting", "test", "fresh" (median and worst |error|), "by_source", "leave_one_out" (each
+    Returns {"calibration", "rows" (each with its role: fitting, test, fresh or fresh2, and rel_error = predicted /
+    published - 1), "fitting", "test", "fresh", "fresh2" (median and worst |error|), "by_source", "leave_one_out" (each
     fitting case predicted by a fit without it)}. `fitting_only`: the held-out (test and fresh) cases are neither
     simulated nor reported (to work on the model without seeing them).
     """
@@ -518,8 +531,8 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
         raise ValueError(f"efficiency_grid={grid!r} must hold NIC efficiencies in (0, 1]")
     cases = load_cases(folder)
     test_ids = load_split(folder, cases)
-    fresh_ids = load_fresh(folder, cases)
-    held_out = test_ids | fresh_ids
+    fresh_ids = {key: load_fresh(folder, cases, key) for key in FRESH_SETS}
+    held_out = test_ids.union(*fresh_ids.values())
     prepared = [_prepare(c, seed) for c in cases if not (fitting_only and c.id in held_out)]
     fitting = [r for r, _ in prepared if r.case.id not in held_out]
     # the efficiencies any fit below can choose: >= the lowest demonstrated floor of the full fit and of every
@@ -538,7 +551,7 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
             progress(run.case.id)
     fitting = [r for r in runs if r.case.id not in held_out]
     cal = fit_calibration(fitting, held_out, grid)
-    role = lambda cid: "test" if cid in test_ids else "fresh" if cid in fresh_ids else "fitting"
+    role = lambda cid: "test" if cid in test_ids else next((k for k in FRESH_SETS if cid in fresh_ids[k]), "fitting")
     rows = [_row(r, cal, role(r.case.id)) for r in runs]
     nominal = {c.nic_family: _nic_nominal_Bps(c) for c in cases}
     out = {"calibration": {"nic_efficiency": cal.nic_efficiency,
@@ -549,14 +562,14 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
            "rows": rows,
            "fitting": _summary([r for r in rows if r["role"] == "fitting"]),
            "test": _summary([r for r in rows if r["role"] == "test"]),
-           "fresh": _summary([r for r in rows if r["role"] == "fresh"]),
+           **{key: _summary([r for r in rows if r["role"] == key]) for key in FRESH_SETS},
            "by_source": {g: {role: _summary([r for r in rows if r["role"] == role and r["source_group"] == g])
-                             for role in ("fitting", "test", "fresh")}
+                             for role in ("fitting", "test") + FRESH_SETS}
                          for g in sorted({r["source_group"] for r in rows})},
            "model": {"normal": f"node_dedup, {NORMAL_CHUNKS} chunks", "low_latency": "direct, one copy per (token, expert)",
                      "calibration": "per NIC family: NIC efficiency (grid, >= the floor the fitting cases demonstrate), "
-                                    "a start-up per (kernel kind, operation), a cost per network message of the "
-                                    "low-latency kernels",
+                                    "a start-up per kernel kind (normal: one for dispatch and combine; low-latency: "
+                                    "one per operation), a cost per network message of the low-latency kernels",
                      "fitting_only": fitting_only, "seed": seed}}
     if leave_one_out:
         loo = []
