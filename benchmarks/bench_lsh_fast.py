@@ -203,8 +203,8 @@ def tune(shapes, d_model: int, repeats: int, copy_bps: float, tune_hash: bool) -
         sorts = []
         for params in SORT_GRID:  # the whole sync-free part, with the committed hash and runs launches
             try:
-                _, ints, skey, sorder = lsh_fast._compress_kernels(tokens, group, config, projection, span,
-                                                                   sort_launch=params)
+                _, ints, skey, sorder, _ = lsh_fast._compress_kernels(tokens, group, config, projection, span,
+                                                                      sort_launch=params)
                 t = statistics.median(gpu_times(lambda: lsh_fast._compress_kernels(
                     tokens, group, config, projection, span, sort_launch=params), repeats))
             except Exception as error:
@@ -222,6 +222,63 @@ def tune(shapes, d_model: int, repeats: int, copy_bps: float, tune_hash: bool) -
             print("  runs " + json.dumps(r), flush=True)
         for r in sorts[:4] + [r for r in sorts if r.get("sort_chunk") is None]:
             print("  sort " + json.dumps(r), flush=True)
+    return results
+
+
+RANK_SWEEP = [dict(block_t=t, block_c=c, num_warps=w) for t, c, w in
+              ((32, 128, 4), (16, 128, 4), (64, 64, 4), (16, 256, 4), (32, 64, 2), (64, 128, 8), (32, 256, 8))]
+RUNS_SWEEP = [dict(rows=r, block_d=b, col_groups=g, prefix=2048, num_warps=4, num_stages=3)
+              for r, b, g in itertools.product((32, 64), (128, 256), (2, 4, 8))]
+RUNS_SWEEP += [dict(rows=128, block_d=128, col_groups=g, prefix=2048, num_warps=8, num_stages=3) for g in (4, 8)]
+
+
+def sweep(shapes, d_model: int, repeats: int) -> dict:
+    """GPU time of the rank kernel's and the runs kernel's (with run-start flags) launches in
+    RANK_SWEEP / RUNS_SWEEP on these shapes, each checked against the committed launch's output
+    (in-sample: the same tokens as the benchmark)."""
+    results = {}
+    for num_tokens, num_hashes in shapes:
+        config, tokens, group, projection = make_inputs(num_tokens, d_model, num_hashes, "cuda")
+        span = config.max_buckets(d_model)
+        idx_bits = max(1, (num_tokens - 1).bit_length())
+        packed = lsh_fast._hash_launch(tokens, config, projection, group, span, idx_bits=idx_bits, num_out=num_tokens)
+        ref_key, ref_order, ref_flags = lsh_fast._rank_launch(packed, idx_bits, {})
+        want_key, want_order = torch.sort(packed >> idx_bits, stable=True)
+        rank_rows = []
+        for params in RANK_SWEEP:
+            try:
+                key, order, flags = lsh_fast._rank_launch(packed, idx_bits, params)
+                t = statistics.median(gpu_times(lambda: lsh_fast._rank_launch(packed, idx_bits, params), repeats))
+            except Exception as error:
+                rank_rows.append({**params, "error": str(error).splitlines()[0][:100]})
+                continue
+            rank_rows.append({**params, "us": t * 1e6, "same": bool(torch.equal(key, want_key) and torch.equal(
+                order, want_order) and torch.equal(flags, ref_flags))})
+        rank_rows.sort(key=lambda r: r.get("us", float("inf")))
+        ref_out, _, ref_ints = lsh_fast._runs_launch(tokens, ref_key, ref_order, span, num_tokens, index=True,
+                                                     flags=ref_flags)
+        b = int(ref_ints[3 * num_tokens])
+        runs_rows = []
+        for params in RUNS_SWEEP:
+            try:
+                out, _, ints = lsh_fast._runs_launch(tokens, ref_key, ref_order, span, num_tokens, index=True,
+                                                     flags=ref_flags, **params)
+                t = statistics.median(gpu_times(lambda: lsh_fast._runs_launch(
+                    tokens, ref_key, ref_order, span, num_tokens, index=True, flags=ref_flags, **params), repeats))
+            except Exception as error:
+                runs_rows.append({**params, "error": str(error).splitlines()[0][:100]})
+                continue
+            same = torch.equal(ints[:num_tokens], ref_ints[:num_tokens]) and torch.equal(
+                ints[2 * num_tokens:2 * num_tokens + b], ref_ints[2 * num_tokens:2 * num_tokens + b])
+            runs_rows.append({**params, "us": t * 1e6, "same_ints": bool(same),
+                              "max_abs_diff": float((out[:b].float() - ref_out[:b].float()).abs().max())})
+        runs_rows.sort(key=lambda r: r.get("us", float("inf")))
+        results[f"{num_tokens}x{d_model}-L{num_hashes}"] = {"rank": rank_rows, "runs": runs_rows}
+        print(f"sweep {num_tokens} x {d_model} L {num_hashes}:", flush=True)
+        for r in rank_rows:
+            print("  rank " + json.dumps(r), flush=True)
+        for r in runs_rows[:6]:
+            print("  runs " + json.dumps(r), flush=True)
     return results
 
 
@@ -289,7 +346,31 @@ def bench_shape(num_tokens: int, d_model: int, num_hashes: int, repeats: int, co
         lambda: old_compress_kernels(tokens, group, config, projection, span))
     # pieces of the new compress (the committed or tuned launches)
     sort = lsh_fast.sort_launch_params(num_tokens)
-    if sort["sort_chunk"]:
+    # attribution: the same compress with the second pass's merge sort, and with Triton's own launch
+    merge_sort = {"sort_chunk": 2048 if num_tokens <= 16384 else 4096, "block": 128, "num_warps": 4}
+    add("new", "compress(merge sort)", lambda: lsh_fast.compress_fast(tokens, group, config, projection),
+        lambda: lsh_fast._compress_kernels(tokens, group, config, projection, span, sort_launch=merge_sort))
+    saved = dict(lsh_fast.SORT_LAUNCH)
+    lsh_fast.SORT_LAUNCH.update(merge_sort)
+    try:
+        phases["new"]["compress(merge sort)"]["wall"] = stats(wall_times(
+            lambda: lsh_fast.compress_fast(tokens, group, config, projection), repeats))
+    finally:
+        lsh_fast.SORT_LAUNCH.clear()
+        lsh_fast.SORT_LAUNCH.update(saved)
+    os.environ["LSHSIM_FAST_LAUNCH"] = "0"
+    try:
+        add("new", "compress(triton launch)", lambda: lsh_fast.compress_fast(tokens, group, config, projection),
+            lambda: lsh_fast._compress_kernels(tokens, group, config, projection, span))
+    finally:
+        del os.environ["LSHSIM_FAST_LAUNCH"]
+    if sort["sort_chunk"] == 0:
+        idx_bits = max(1, (num_tokens - 1).bit_length())
+        packed = lsh_fast._hash_launch(tokens, config, projection, group, span, idx_bits=idx_bits, num_out=num_tokens)
+        add("new", "compress:hash", lambda: lsh_fast._hash_launch(tokens, config, projection, group, span,
+                                                                  idx_bits=idx_bits, num_out=num_tokens))
+        add("new", "compress:rank", lambda: lsh_fast._rank_launch(packed, idx_bits, sort))
+    elif sort["sort_chunk"]:
         idx_bits = max(1, (num_tokens - 1).bit_length())
         chunk = min(sort["sort_chunk"], lsh_fast._next_pow2(num_tokens))
         num_out = lsh_fast._cdiv(num_tokens, chunk) * chunk
@@ -305,7 +386,7 @@ def bench_shape(num_tokens: int, d_model: int, num_hashes: int, repeats: int, co
         add("new", "compress:sort", lambda: torch.sort(key, stable=True))
     sorted_key, order = new.sorted_key, new.order
     add("new", "compress:runs", lambda: lsh_fast._runs_launch(tokens, sorted_key, order, span, num_tokens,
-                                                              index=True))
+                                                              index=True, flags=new.run_start))
     add("new", "torch.sort(N)", lambda: torch.sort(sorted_key, stable=True))
     # restore forward
     add("new", "restore", lambda: lsh_fast.restore_rows(centroid_out, new.centroids, tokens, new.token_to_centroid,
@@ -375,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune-repeats", type=int, default=10)
     parser.add_argument("--tune-hash", action="store_true", help="also tune the hash launch (else HASH_LAUNCHES)")
     parser.add_argument("--workers", type=int, default=14, help="processes compiling the tuned variants")
+    parser.add_argument("--sweep", action="store_true",
+                        help="time the rank and runs launches of RANK_SWEEP / RUNS_SWEEP first (8,192 tokens "
+                             "and fewer: the rank path), reported only")
     parser.add_argument("--json", help="write every number here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() or not lsh_fast.triton_available("cuda"):
@@ -393,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
         report["precompile_s"] = precompile(args.d_model, args.num_hashes, args.tokens, args.workers, args.tune_hash)
         print(f"# compiled the variants in {report['precompile_s']:.0f} s", flush=True)
         report["tune"] = tune(shapes, args.d_model, args.tune_repeats, copy_bps, args.tune_hash)
+    if args.sweep:
+        report["sweep"] = sweep([(n, h) for h in args.num_hashes for n in args.tokens if n <= 8192], args.d_model,
+                                args.tune_repeats)
     report["launch"] = {"hash": [list(r) for r in lsh_fast.HASH_LAUNCHES],
                         "runs": [list(r) for r in lsh_fast.RUNS_LAUNCHES],
                         "sort": [list(r) for r in lsh_fast.SORT_LAUNCHES]}
