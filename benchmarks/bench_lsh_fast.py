@@ -225,24 +225,25 @@ def tune(shapes, d_model: int, repeats: int, copy_bps: float, tune_hash: bool) -
     return results
 
 
-RANK_SWEEP = [dict(block_t=t, block_c=c, num_warps=w) for t, c, w in
-              ((32, 128, 4), (16, 128, 4), (64, 64, 4), (16, 256, 4), (32, 64, 2), (64, 128, 8), (32, 256, 8))]
+RANK_SWEEP = [dict(block_t=t, block_c=c, num_warps=w, flags=f) for f in (False, True) for t, c, w in
+              ((16, 128, 4), (32, 128, 4), (64, 128, 8), (16, 64, 4), (8, 128, 4), (16, 256, 8))]
 RUNS_SWEEP = [dict(rows=r, block_d=b, col_groups=g, prefix=2048, num_warps=4, num_stages=3)
-              for r, b, g in itertools.product((32, 64), (128, 256), (2, 4, 8))]
-RUNS_SWEEP += [dict(rows=128, block_d=128, col_groups=g, prefix=2048, num_warps=8, num_stages=3) for g in (4, 8)]
+              for r, b, g in ((32, 128, 8), (64, 128, 8), (64, 128, 4), (32, 128, 16), (64, 128, 16), (32, 64, 16),
+                              (16, 128, 8), (32, 256, 8))]
 
 
 def sweep(shapes, d_model: int, repeats: int) -> dict:
-    """GPU time of the rank kernel's and the runs kernel's (with run-start flags) launches in
-    RANK_SWEEP / RUNS_SWEEP on these shapes, each checked against the committed launch's output
-    (in-sample: the same tokens as the benchmark)."""
+    """GPU time of the rank kernel's launches (RANK_SWEEP, with and without run-start flags) and the
+    runs kernel's (RUNS_SWEEP, with and without the flags) on these shapes, each checked against
+    torch.sort and the committed launch. In-sample: the benchmark's own tokens. "best" is the
+    (rank, runs) pair, both with flags or both without, with the least summed time over the shapes."""
     results = {}
     for num_tokens, num_hashes in shapes:
         config, tokens, group, projection = make_inputs(num_tokens, d_model, num_hashes, "cuda")
         span = config.max_buckets(d_model)
         idx_bits = max(1, (num_tokens - 1).bit_length())
         packed = lsh_fast._hash_launch(tokens, config, projection, group, span, idx_bits=idx_bits, num_out=num_tokens)
-        ref_key, ref_order, ref_flags = lsh_fast._rank_launch(packed, idx_bits, {})
+        _, _, ref_flags = lsh_fast._rank_launch(packed, idx_bits, {"flags": True})
         want_key, want_order = torch.sort(packed >> idx_bits, stable=True)
         rank_rows = []
         for params in RANK_SWEEP:
@@ -252,34 +253,86 @@ def sweep(shapes, d_model: int, repeats: int) -> dict:
             except Exception as error:
                 rank_rows.append({**params, "error": str(error).splitlines()[0][:100]})
                 continue
-            rank_rows.append({**params, "us": t * 1e6, "same": bool(torch.equal(key, want_key) and torch.equal(
-                order, want_order) and torch.equal(flags, ref_flags))})
-        rank_rows.sort(key=lambda r: r.get("us", float("inf")))
-        ref_out, _, ref_ints = lsh_fast._runs_launch(tokens, ref_key, ref_order, span, num_tokens, index=True,
-                                                     flags=ref_flags)
+            same = torch.equal(key, want_key) and torch.equal(order, want_order) and (
+                flags is None or torch.equal(flags, ref_flags))
+            rank_rows.append({**params, "us": t * 1e6, "same": bool(same)})
+        ref_out, _, ref_ints = lsh_fast._runs_launch(tokens, want_key, want_order, span, num_tokens, index=True)
         b = int(ref_ints[3 * num_tokens])
         runs_rows = []
-        for params in RUNS_SWEEP:
-            try:
-                out, _, ints = lsh_fast._runs_launch(tokens, ref_key, ref_order, span, num_tokens, index=True,
-                                                     flags=ref_flags, **params)
-                t = statistics.median(gpu_times(lambda: lsh_fast._runs_launch(
-                    tokens, ref_key, ref_order, span, num_tokens, index=True, flags=ref_flags, **params), repeats))
-            except Exception as error:
-                runs_rows.append({**params, "error": str(error).splitlines()[0][:100]})
-                continue
-            same = torch.equal(ints[:num_tokens], ref_ints[:num_tokens]) and torch.equal(
-                ints[2 * num_tokens:2 * num_tokens + b], ref_ints[2 * num_tokens:2 * num_tokens + b])
-            runs_rows.append({**params, "us": t * 1e6, "same_ints": bool(same),
-                              "max_abs_diff": float((out[:b].float() - ref_out[:b].float()).abs().max())})
-        runs_rows.sort(key=lambda r: r.get("us", float("inf")))
+        for use_flags in (False, True):
+            for params in RUNS_SWEEP:
+                fl = ref_flags if use_flags else None
+                try:
+                    out, _, ints = lsh_fast._runs_launch(tokens, want_key, want_order, span, num_tokens, index=True,
+                                                         flags=fl, **params)
+                    t = statistics.median(gpu_times(lambda: lsh_fast._runs_launch(
+                        tokens, want_key, want_order, span, num_tokens, index=True, flags=fl, **params), repeats))
+                except Exception as error:
+                    runs_rows.append({**params, "flags": use_flags, "error": str(error).splitlines()[0][:100]})
+                    continue
+                same = torch.equal(ints[:num_tokens], ref_ints[:num_tokens]) and torch.equal(
+                    ints[2 * num_tokens:2 * num_tokens + b], ref_ints[2 * num_tokens:2 * num_tokens + b])
+                runs_rows.append({**params, "flags": use_flags, "us": t * 1e6, "same_ints": bool(same),
+                                  "max_abs_diff": float((out[:b].float() - ref_out[:b].float()).abs().max())})
         results[f"{num_tokens}x{d_model}-L{num_hashes}"] = {"rank": rank_rows, "runs": runs_rows}
         print(f"sweep {num_tokens} x {d_model} L {num_hashes}:", flush=True)
-        for r in rank_rows:
+        for r in sorted(rank_rows, key=lambda r: r.get("us", float("inf"))):
             print("  rank " + json.dumps(r), flush=True)
-        for r in runs_rows[:6]:
+        for r in sorted(runs_rows, key=lambda r: r.get("us", float("inf")))[:8]:
             print("  runs " + json.dumps(r), flush=True)
+    # the best pair by summed time over the shapes (only variants that ran and agreed everywhere)
+    def summed(kind, key_fn):
+        total = {}
+        for shape in results.values():
+            for r in shape[kind]:
+                k = key_fn(r)
+                ok = "us" in r and r.get("same", r.get("same_ints", False))
+                total[k] = total.get(k, 0.0) + r["us"] if ok and total.get(k, 0.0) is not None else None
+        return {k: v for k, v in total.items() if v is not None}
+    rank_tot = summed("rank", lambda r: json.dumps({k: r[k] for k in ("block_t", "block_c", "num_warps", "flags")}))
+    runs_tot = summed("runs", lambda r: json.dumps({k: r[k] for k in ("rows", "block_d", "col_groups", "prefix",
+                                                                     "num_warps", "num_stages", "flags")}))
+    best = None
+    for rk, rt in rank_tot.items():
+        for uk, ut in runs_tot.items():
+            if json.loads(rk)["flags"] == json.loads(uk)["flags"] and (best is None or rt + ut < best[0]):
+                best = (rt + ut, json.loads(rk), json.loads(uk))
+    if best is not None:
+        runs_best = {k: v for k, v in best[2].items() if k != "flags"}
+        results["best"] = {"summed_us": best[0], "rank": best[1], "runs": runs_best}
+        print(f"sweep best (summed over {len(shapes)} shapes, {best[0]:.1f} us): rank {best[1]}, runs {runs_best}",
+              flush=True)
     return results
+
+
+def launch_overhead(repeats: int = 300) -> dict:
+    """Host microseconds per launch of the rank kernel on 8,192 keys (outputs preallocated), through
+    the cached compiled kernel (LSHSIM_FAST_LAUNCH on) and through Triton's own launch, alternated."""
+    n, idx_bits = 8192, 13
+    packed = torch.randperm(n, device="cuda") * 7 << idx_bits | torch.arange(n, device="cuda")
+    key, order = torch.empty_like(packed), torch.empty_like(packed)
+    kwargs = dict(IDX_BITS=idx_bits, BLOCK_T=16, BLOCK_C=128, FLAGS=False, num_warps=4)
+    out = {}
+    samples = {"cached": [], "triton": []}
+    for mode in ("cached", "triton") * 2:  # warm both
+        os.environ["LSHSIM_FAST_LAUNCH"] = "1" if mode == "cached" else "0"
+        lsh_fast._launch("rank", (n // 16,), packed, key, order, order, n, **kwargs)
+    torch.cuda.synchronize()
+    for block in range(6):
+        for mode in ("cached", "triton"):
+            os.environ["LSHSIM_FAST_LAUNCH"] = "1" if mode == "cached" else "0"
+            for _ in range(repeats // 6):
+                start = time.perf_counter()
+                lsh_fast._launch("rank", (n // 16,), packed, key, order, order, n, **kwargs)
+                samples[mode].append(time.perf_counter() - start)
+            torch.cuda.synchronize()
+    del os.environ["LSHSIM_FAST_LAUNCH"]
+    for mode, values in samples.items():
+        out[mode] = stats(values)
+    print(f"# launch overhead (host us per rank-kernel launch, median/worst of {len(samples['cached'])}): cached "
+          f"{out['cached']['median_us']:.1f}/{out['cached']['worst_us']:.1f}, triton "
+          f"{out['triton']['median_us']:.1f}/{out['triton']['worst_us']:.1f}", flush=True)
+    return out
 
 
 # ---- the benchmark ------------------------------------------------------------------------------
@@ -477,9 +530,17 @@ def main(argv: list[str] | None = None) -> int:
         report["precompile_s"] = precompile(args.d_model, args.num_hashes, args.tokens, args.workers, args.tune_hash)
         print(f"# compiled the variants in {report['precompile_s']:.0f} s", flush=True)
         report["tune"] = tune(shapes, args.d_model, args.tune_repeats, copy_bps, args.tune_hash)
+    try:
+        report["launch_overhead"] = launch_overhead()
+    except Exception as error:  # reported, the benchmark goes on
+        print(f"# launch overhead not measured: {error!r}", flush=True)
     if args.sweep:
-        report["sweep"] = sweep([(n, h) for h in args.num_hashes for n in args.tokens if n <= 8192], args.d_model,
-                                args.tune_repeats)
+        try:
+            report["sweep"] = sweep([(n, h) for h in args.num_hashes for n in args.tokens if n <= 8192],
+                                    args.d_model, args.tune_repeats)
+        except Exception as error:
+            print(f"# sweep failed: {error!r}", flush=True)
+            report["sweep"] = {}
     report["launch"] = {"hash": [list(r) for r in lsh_fast.HASH_LAUNCHES],
                         "runs": [list(r) for r in lsh_fast.RUNS_LAUNCHES],
                         "sort": [list(r) for r in lsh_fast.SORT_LAUNCHES]}
@@ -494,6 +555,12 @@ def main(argv: list[str] | None = None) -> int:
                 runs_keys, sort_keys = lsh_fast.RUNS_LAUNCHES[0][1], lsh_fast.SORT_LAUNCHES[0][1]
                 lsh_fast.RUNS_LAUNCH.update({k: v for k, v in tuned["runs"][0].items() if k in runs_keys})
                 lsh_fast.SORT_LAUNCH.update({k: v for k, v in tuned["sort"][0].items() if k in sort_keys})
+            if args.sweep and "best" in report["sweep"]:  # the sweep's best pair for the rank path's shapes
+                lsh_fast.SORT_LAUNCH.clear()
+                lsh_fast.RUNS_LAUNCH.clear()
+                if lsh_fast.sort_launch_params(num_tokens)["sort_chunk"] == 0:
+                    lsh_fast.SORT_LAUNCH.update(report["sweep"]["best"]["rank"])
+                    lsh_fast.RUNS_LAUNCH.update(report["sweep"]["best"]["runs"])
             row = bench_shape(num_tokens, args.d_model, num_hashes, args.repeats, copy_bps)
             row["launch"] = {"hash": lsh_fast.hash_launch_params(num_tokens, 128),
                              "runs": lsh_fast.runs_launch_params(num_tokens),

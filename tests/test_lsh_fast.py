@@ -462,8 +462,8 @@ def test_interpreter_runs_kernel(interpreter, case, rows_per_program, col_groups
     assert torch.equal(valid(flagged_ints), valid(plain_ints)) and torch.equal(flagged[:runs], plain[:runs])
 
 
-@pytest.mark.parametrize("sort_chunk", [0, 16, 64, None])
-def test_interpreter_compress_sort_paths(interpreter, monkeypatch, sort_chunk):
+@pytest.mark.parametrize("sort_chunk,flags", [(0, False), (0, True), (16, False), (64, False), (None, False)])
+def test_interpreter_compress_sort_paths(interpreter, monkeypatch, sort_chunk, flags):
     """the rank kernel (sort_chunk 0: all-pairs positions and run starts, tiles that do not divide
     N), packed keys sorted in rows of sort_chunk + the merge kernel (several rows, padding), and the
     plain torch.sort path: the same sorted keys, order and result as the reference."""
@@ -471,6 +471,7 @@ def test_interpreter_compress_sort_paths(interpreter, monkeypatch, sort_chunk):
     monkeypatch.setitem(fast.SORT_LAUNCH, "block", 32)
     monkeypatch.setitem(fast.SORT_LAUNCH, "block_t", 16)
     monkeypatch.setitem(fast.SORT_LAUNCH, "block_c", 64)
+    monkeypatch.setitem(fast.SORT_LAUNCH, "flags", flags)
     config = LSHConfig(num_hashes=3, proj_dim=4, seed=6)
     tokens = _tokens("clustered", 203, 32, torch.bfloat16, seed=5)  # 203: the last row is padded
     group = _group(203, 3)
@@ -483,7 +484,7 @@ def test_interpreter_compress_sort_paths(interpreter, monkeypatch, sort_chunk):
     key = group * span + fast.token_buckets(tokens, config, projection, force_triton=True)
     want_key, want_order = torch.sort(key, stable=True)
     assert torch.equal(got.sorted_key, want_key) and torch.equal(got.order, want_order)
-    if sort_chunk == 0:
+    if flags:
         starts = torch.ones(203, dtype=torch.int8)
         starts[1:] = (want_key[1:] != want_key[:-1]).to(torch.int8)
         assert torch.equal(got.run_start, starts)

@@ -358,12 +358,13 @@ def _kernels():
 
     @triton.jit
     def rank_kernel(p_ptr, key_ptr, order_ptr, flag_ptr, num_rows, IDX_BITS: tl.constexpr, BLOCK_T: tl.constexpr,
-                    BLOCK_C: tl.constexpr):
+                    BLOCK_C: tl.constexpr, FLAGS: tl.constexpr):
         # p: (num_rows,) unique packed keys key << IDX_BITS | token. The sorted position of p[t] is
         # the number of packed keys below it (all pairs: no sort, no merge, no atomics; unique keys
         # make it the stable order), and p[t] starts a run of equal keys when as many packed keys
         # lie below key << IDX_BITS (no token of the same key comes before it). Writes
-        # key[pos] = p[t] >> IDX_BITS, order[pos] = t, flag[pos] = 1 for run starts (int8).
+        # key[pos] = p[t] >> IDX_BITS, order[pos] = t, and with FLAGS flag[pos] = 1 for run starts
+        # (int8; a second compare per pair, so it roughly doubles the kernel's time).
         t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)  # (BT,)
         t_mask = t < num_rows
         mine = tl.load(p_ptr + t, mask=t_mask, other=9223372036854775807)  # (BT,) int64
@@ -374,12 +375,14 @@ def _kernels():
             c = c0 + tl.arange(0, BLOCK_C)
             other = tl.load(p_ptr + c, mask=c < num_rows, other=9223372036854775807)  # (BC,)
             below += (other[None, :] < mine[:, None]).to(tl.int32)
-            below_key += (other[None, :] < floor[:, None]).to(tl.int32)
+            if FLAGS:
+                below_key += (other[None, :] < floor[:, None]).to(tl.int32)
         pos = tl.sum(below, axis=1)  # (BT,)
-        first = tl.sum(below_key, axis=1)
         tl.store(key_ptr + pos, mine >> IDX_BITS, mask=t_mask)
         tl.store(order_ptr + pos, mine & ((1 << IDX_BITS) - 1), mask=t_mask)
-        tl.store(flag_ptr + pos, (pos == first).to(tl.int8), mask=t_mask)
+        if FLAGS:
+            first = tl.sum(below_key, axis=1)
+            tl.store(flag_ptr + pos, (pos == first).to(tl.int8), mask=t_mask)
 
     @triton.jit
     def runs_kernel(key_ptr, order_ptr, x_ptr, out_ptr, neg_ptr, ints_ptr, flag_ptr, num_rows, d_model, stride_x,
@@ -1043,7 +1046,7 @@ RUNS_LAUNCH: dict = {}
 #: is where it was measured faster (benchmarks/RESULTS.md, issue 11 third pass); the rows above are
 #: run lsh11-b's (within 1-4% of each other; torch.sort of the whole array 25-40 us slower at 8,192).
 SORT_LAUNCHES = [
-    (8192, {"sort_chunk": 0, "block_t": 32, "block_c": 128, "num_warps": 4, "block": 128}),
+    (8192, {"sort_chunk": 0, "block_t": 16, "block_c": 128, "num_warps": 4, "flags": False, "block": 128}),
     (16384, {"sort_chunk": 2048, "block": 128, "num_warps": 4}),
     (None, {"sort_chunk": 4096, "block": 128, "num_warps": 4}),
 ]
@@ -1140,15 +1143,17 @@ def _merge_launch(rows_sorted: torch.Tensor, num_tokens: int, idx_bits: int, sor
 
 
 def _rank_launch(packed: torch.Tensor, idx_bits: int, sort: dict):
-    """(N,) unique packed keys -> (sorted_key, order, run_start (int8)), each (N,): one launch."""
+    """(N,) unique packed keys -> (sorted_key, order, run_start (int8, or None without
+    sort["flags"])), each (N,): one launch."""
     num_tokens = packed.shape[0]
     sorted_key = torch.empty(num_tokens, dtype=torch.int64, device=packed.device)
     order = torch.empty_like(sorted_key)
-    run_start = torch.empty(num_tokens, dtype=torch.int8, device=packed.device)
-    block_t, block_c = sort.get("block_t", 32), sort.get("block_c", 128)
+    flags = bool(sort.get("flags", False))
+    run_start = torch.empty(num_tokens, dtype=torch.int8, device=packed.device) if flags else None
+    block_t, block_c = sort.get("block_t", 16), sort.get("block_c", 128)
     extra = {} if _interpreting() else {"num_warps": sort.get("num_warps", 4)}
-    _launch("rank", (_cdiv(num_tokens, block_t),), packed, sorted_key, order, run_start, num_tokens,
-            IDX_BITS=idx_bits, BLOCK_T=block_t, BLOCK_C=block_c, **extra)
+    _launch("rank", (_cdiv(num_tokens, block_t),), packed, sorted_key, order, run_start if flags else order,
+            num_tokens, IDX_BITS=idx_bits, BLOCK_T=block_t, BLOCK_C=block_c, FLAGS=flags, **extra)
     return sorted_key, order, run_start
 
 
