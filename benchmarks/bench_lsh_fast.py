@@ -228,13 +228,14 @@ def tune(shapes, d_model: int, repeats: int, copy_bps: float, tune_hash: bool) -
 RANK_SWEEP = [dict(block_t=t, block_c=c, num_warps=w, flags=f) for f in (False, True) for t, c, w in
               ((16, 128, 4), (32, 128, 4), (64, 128, 8), (16, 64, 4), (8, 128, 4), (16, 256, 8))]
 RUNS_SWEEP = [dict(rows=r, block_d=b, col_groups=g, prefix=2048, num_warps=4, num_stages=3)
-              for r, b, g in ((32, 128, 8), (64, 128, 8), (64, 128, 4), (32, 128, 16), (64, 128, 16), (32, 64, 16),
-                              (16, 128, 8), (32, 256, 8))]
+              for r, b, g in ((32, 128, 8), (64, 128, 8), (64, 128, 4), (32, 128, 16), (32, 64, 16))]
+RUNS_SWEEP += [dict(rows=r, block_d=b, col_groups=g, prefix=256, num_warps=4, num_stages=3, lookback=True)
+               for r, b, g in ((32, 128, 8), (64, 128, 8), (64, 128, 4), (32, 128, 16), (32, 64, 16), (16, 128, 8))]
 
 
 def sweep(shapes, d_model: int, repeats: int) -> dict:
     """GPU time of the rank kernel's launches (RANK_SWEEP, with and without run-start flags) and the
-    runs kernel's (RUNS_SWEEP, with and without the flags) on these shapes, each checked against
+    runs kernel's (RUNS_SWEEP, with and without the flags, or with the look-back) on these shapes, each checked against
     torch.sort and the committed launch. In-sample: the benchmark's own tokens. "best" is the
     (rank, runs) pair, both with flags or both without, with the least summed time over the shapes."""
     results = {}
@@ -260,7 +261,7 @@ def sweep(shapes, d_model: int, repeats: int) -> dict:
         b = int(ref_ints[3 * num_tokens])
         runs_rows = []
         for use_flags in (False, True):
-            for params in RUNS_SWEEP:
+            for params in [p for p in RUNS_SWEEP if not (use_flags and p.get("lookback"))]:
                 fl = ref_flags if use_flags else None
                 try:
                     out, _, ints = lsh_fast._runs_launch(tokens, want_key, want_order, span, num_tokens, index=True,
@@ -290,8 +291,9 @@ def sweep(shapes, d_model: int, repeats: int) -> dict:
                 total[k] = total.get(k, 0.0) + r["us"] if ok and total.get(k, 0.0) is not None else None
         return {k: v for k, v in total.items() if v is not None}
     rank_tot = summed("rank", lambda r: json.dumps({k: r[k] for k in ("block_t", "block_c", "num_warps", "flags")}))
-    runs_tot = summed("runs", lambda r: json.dumps({k: r[k] for k in ("rows", "block_d", "col_groups", "prefix",
-                                                                     "num_warps", "num_stages", "flags")}))
+    runs_tot = summed("runs", lambda r: json.dumps({**{k: r[k] for k in ("rows", "block_d", "col_groups", "prefix",
+                                                                        "num_warps", "num_stages", "flags")},
+                                                    "lookback": r.get("lookback", False)}))
     best = None
     for rk, rt in rank_tot.items():
         for uk, ut in runs_tot.items():
@@ -303,36 +305,6 @@ def sweep(shapes, d_model: int, repeats: int) -> dict:
         print(f"sweep best (summed over {len(shapes)} shapes, {best[0]:.1f} us): rank {best[1]}, runs {runs_best}",
               flush=True)
     return results
-
-
-def launch_overhead(repeats: int = 300) -> dict:
-    """Host microseconds per launch of the rank kernel on 8,192 keys (outputs preallocated), through
-    the cached compiled kernel (LSHSIM_FAST_LAUNCH on) and through Triton's own launch, alternated."""
-    n, idx_bits = 8192, 13
-    packed = torch.randperm(n, device="cuda") * 7 << idx_bits | torch.arange(n, device="cuda")
-    key, order = torch.empty_like(packed), torch.empty_like(packed)
-    kwargs = dict(IDX_BITS=idx_bits, BLOCK_T=16, BLOCK_C=128, FLAGS=False, num_warps=4)
-    out = {}
-    samples = {"cached": [], "triton": []}
-    for mode in ("cached", "triton") * 2:  # warm both
-        os.environ["LSHSIM_FAST_LAUNCH"] = "1" if mode == "cached" else "0"
-        lsh_fast._launch("rank", (n // 16,), packed, key, order, order, n, **kwargs)
-    torch.cuda.synchronize()
-    for block in range(6):
-        for mode in ("cached", "triton"):
-            os.environ["LSHSIM_FAST_LAUNCH"] = "1" if mode == "cached" else "0"
-            for _ in range(repeats // 6):
-                start = time.perf_counter()
-                lsh_fast._launch("rank", (n // 16,), packed, key, order, order, n, **kwargs)
-                samples[mode].append(time.perf_counter() - start)
-            torch.cuda.synchronize()
-    del os.environ["LSHSIM_FAST_LAUNCH"]
-    for mode, values in samples.items():
-        out[mode] = stats(values)
-    print(f"# launch overhead (host us per rank-kernel launch, median/worst of {len(samples['cached'])}): cached "
-          f"{out['cached']['median_us']:.1f}/{out['cached']['worst_us']:.1f}, triton "
-          f"{out['triton']['median_us']:.1f}/{out['triton']['worst_us']:.1f}", flush=True)
-    return out
 
 
 # ---- the benchmark ------------------------------------------------------------------------------
@@ -411,12 +383,6 @@ def bench_shape(num_tokens: int, d_model: int, num_hashes: int, repeats: int, co
     finally:
         lsh_fast.SORT_LAUNCH.clear()
         lsh_fast.SORT_LAUNCH.update(saved)
-    os.environ["LSHSIM_FAST_LAUNCH"] = "0"
-    try:
-        add("new", "compress(triton launch)", lambda: lsh_fast.compress_fast(tokens, group, config, projection),
-            lambda: lsh_fast._compress_kernels(tokens, group, config, projection, span))
-    finally:
-        del os.environ["LSHSIM_FAST_LAUNCH"]
     if sort["sort_chunk"] == 0:
         idx_bits = max(1, (num_tokens - 1).bit_length())
         packed = lsh_fast._hash_launch(tokens, config, projection, group, span, idx_bits=idx_bits, num_out=num_tokens)
@@ -511,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=14, help="processes compiling the tuned variants")
     parser.add_argument("--sweep", action="store_true",
                         help="time the rank and runs launches of RANK_SWEEP / RUNS_SWEEP first (8,192 tokens "
-                             "and fewer: the rank path), reported only")
+                             "and fewer: the rank path) and use the best pair for those shapes (in-sample)")
     parser.add_argument("--json", help="write every number here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() or not lsh_fast.triton_available("cuda"):
@@ -530,10 +496,6 @@ def main(argv: list[str] | None = None) -> int:
         report["precompile_s"] = precompile(args.d_model, args.num_hashes, args.tokens, args.workers, args.tune_hash)
         print(f"# compiled the variants in {report['precompile_s']:.0f} s", flush=True)
         report["tune"] = tune(shapes, args.d_model, args.tune_repeats, copy_bps, args.tune_hash)
-    try:
-        report["launch_overhead"] = launch_overhead()
-    except Exception as error:  # reported, the benchmark goes on
-        print(f"# launch overhead not measured: {error!r}", flush=True)
     if args.sweep:
         try:
             report["sweep"] = sweep([(n, h) for h in args.num_hashes for n in args.tokens if n <= 8192],

@@ -460,6 +460,10 @@ def test_interpreter_runs_kernel(interpreter, case, rows_per_program, col_groups
     def valid(i):  # rows past the number of runs are not written
         return torch.cat([i[:n], i[n:n + runs], i[2 * n:2 * n + runs], i[3 * n:]])
     assert torch.equal(valid(flagged_ints), valid(plain_ints)) and torch.equal(flagged[:runs], plain[:runs])
+    for _ in range(2):  # the look-back counts (two launches: the second sees the first's entries, older epoch)
+        looked, _, looked_ints = fast._runs_launch(x, key, order, span, n, index=True, rows=rows_per_program,
+                                                   block_d=16, col_groups=col_groups, prefix=32, lookback=True)
+        assert torch.equal(valid(looked_ints), valid(plain_ints)) and torch.equal(looked[:runs], plain[:runs])
 
 
 @pytest.mark.parametrize("sort_chunk,flags", [(0, False), (0, True), (16, False), (64, False), (None, False)])
@@ -576,15 +580,13 @@ def test_cuda_kernels_match_torch_path(monkeypatch, rows, d_model):
     assert fast.LAUNCHES["hash"] == launches.get("hash", 0) + 1
     assert fast.LAUNCHES["runs"] == launches.get("runs", 0) + 1
     assert isinstance(got, fast.SortedCompressed)
-    # the cached launcher (second call) and Triton's own launch give the same result, bit for bit
-    assert any(key[0] == "runs" for key in fast._FAST_LAUNCH)
-    again = fast.compress_fast(tokens, group, config, projection)
-    monkeypatch.setenv("LSHSIM_FAST_LAUNCH", "0")
-    plain = fast.compress_fast(tokens, group, config, projection)
-    monkeypatch.delenv("LSHSIM_FAST_LAUNCH")
-    for other in (again, plain):
+    # the runs kernel's look-back (several launches: epochs) gives the same result, bit for bit
+    for _ in range(3):
+        monkeypatch.setitem(fast.RUNS_LAUNCH, "lookback", True)
+        again = fast.compress_fast(tokens, group, config, projection)
+        monkeypatch.delitem(fast.RUNS_LAUNCH, "lookback")
         for name in ("centroids", "token_to_centroid", "centroid_group", "centroid_count", "sorted_key", "order"):
-            assert torch.equal(getattr(other, name), getattr(got, name)), name
+            assert torch.equal(getattr(again, name), getattr(got, name)), name
     want_key, want_order = torch.sort(group * config.max_buckets(d_model) + fast.token_buckets(tokens, config,
                                                                                                 projection), stable=True)
     assert torch.equal(got.sorted_key, want_key) and torch.equal(got.order, want_order)

@@ -385,10 +385,10 @@ def _kernels():
             tl.store(flag_ptr + pos, (pos == first).to(tl.int8), mask=t_mask)
 
     @triton.jit
-    def runs_kernel(key_ptr, order_ptr, x_ptr, out_ptr, neg_ptr, ints_ptr, flag_ptr, num_rows, d_model, stride_x,
-                    stride_out, span, cols_per_group, R: tl.constexpr, BLOCK_D: tl.constexpr, PREFIX: tl.constexpr,
-                    SUM: tl.constexpr, NEG: tl.constexpr, INDEX: tl.constexpr, UPCAST: tl.constexpr,
-                    FLAGS: tl.constexpr = False):
+    def runs_kernel(key_ptr, order_ptr, x_ptr, out_ptr, neg_ptr, ints_ptr, flag_ptr, cnt_ptr, num_rows, d_model,
+                    stride_x, stride_out, span, cols_per_group, tag, R: tl.constexpr, BLOCK_D: tl.constexpr,
+                    PREFIX: tl.constexpr, SUM: tl.constexpr, NEG: tl.constexpr, INDEX: tl.constexpr,
+                    UPCAST: tl.constexpr, FLAGS: tl.constexpr = False, LOOKBACK: tl.constexpr = False):
         # key: (N,) sorted keys; sorted row p is x[order[p]]; a run (segment) is a maximal range of
         # equal keys, numbered in order. Program (b, g) owns the runs whose first row is in
         # [b R, b R + R), columns [g cols_per_group, (g + 1) cols_per_group): it counts the runs that
@@ -402,7 +402,12 @@ def _kernels():
         # key) from the program of the last row; the four are consecutive parts of ints:
         # t2c (N) | group_out (N) | count_out (N) | stats (3).
         # FLAGS: flag[p] (int8) = 1 where sorted row p starts a run (the rank kernel's), so the count
-        # of earlier runs reads one byte a row instead of two keys.
+        # of earlier runs reads one byte a row instead of two keys. LOOKBACK: no count over the
+        # earlier keys at all: program (b, 0) publishes its block's number of run starts as
+        # cnt[b] = tag | n (tag = launch epoch << 32, so the buffer needs no reset), and every program
+        # sums cnt[0..b-1], waiting on entries that do not carry this launch's tag yet. They are
+        # written by programs of lower linear id that wait on nothing later, so the wait ends where
+        # programs start in order of id (as CUDA dispatches them; the interpreter runs them in order).
         t2c_ptr = ints_ptr
         group_out_ptr = ints_ptr + num_rows
         count_out_ptr = ints_ptr + 2 * num_rows
@@ -411,16 +416,6 @@ def _kernels():
         first_col = tl.program_id(1) * cols_per_group
         end_col = tl.minimum(first_col + cols_per_group, d_model)
         p0 = pid * R
-        base = tl.sum(tl.zeros((PREFIX,), dtype=tl.int32), axis=0)  # runs starting before p0
-        for j0 in range(0, p0, PREFIX):
-            j = j0 + tl.arange(0, PREFIX)
-            m = j < p0
-            if FLAGS:
-                base += tl.sum(tl.load(flag_ptr + j, mask=m, other=0).to(tl.int32), axis=0)
-            else:
-                kj = tl.load(key_ptr + j, mask=m, other=0)
-                kprev = tl.load(key_ptr + j - 1, mask=m & (j > 0), other=0)
-                base += tl.sum((m & ((j == 0) | (kj != kprev))).to(tl.int32), axis=0)
         r = tl.arange(0, R)  # (R,)
         p = p0 + r
         in_range = p < num_rows
@@ -429,6 +424,29 @@ def _kernels():
         new = in_range & ((p == 0) | (k != kprev))
         local = tl.cumsum(new.to(tl.int32), axis=0) - 1  # (R,) run among those starting here; -1: an earlier run
         n_new = tl.sum(new.to(tl.int32), axis=0)
+        base = tl.sum(tl.zeros((PREFIX,), dtype=tl.int32), axis=0)  # runs starting before p0
+        if LOOKBACK:
+            if tl.program_id(1) == 0:
+                tl.atomic_xchg(cnt_ptr + pid, tag | n_new.to(tl.int64), sem="release")
+            for j0 in range(0, pid, PREFIX):
+                j = j0 + tl.arange(0, PREFIX)
+                m = j < pid
+                v = tl.load(cnt_ptr + j, mask=m, other=0, volatile=True)
+                pending = tl.sum((m & ((v >> 32) != (tag >> 32))).to(tl.int32), axis=0)
+                while pending > 0:
+                    v = tl.load(cnt_ptr + j, mask=m, other=0, volatile=True)
+                    pending = tl.sum((m & ((v >> 32) != (tag >> 32))).to(tl.int32), axis=0)
+                base += tl.sum(tl.where(m, v & 4294967295, 0), axis=0).to(tl.int32)
+        else:
+            for j0 in range(0, p0, PREFIX):
+                j = j0 + tl.arange(0, PREFIX)
+                m = j < p0
+                if FLAGS:
+                    base += tl.sum(tl.load(flag_ptr + j, mask=m, other=0).to(tl.int32), axis=0)
+                else:
+                    kj = tl.load(key_ptr + j, mask=m, other=0)
+                    kprev = tl.load(key_ptr + j - 1, mask=m & (j > 0), other=0)
+                    base += tl.sum((m & ((j == 0) | (kj != kprev))).to(tl.int32), axis=0)
         src = tl.load(order_ptr + p, mask=in_range, other=0)  # (R,) rows of x
         owned = in_range & (local >= 0)
         onehot = (local[None, :] == r[:, None]) & in_range[None, :]  # (R runs, R rows)
@@ -513,70 +531,12 @@ def _count(name: str) -> None:
 
 
 # ---- launching -----------------------------------------------------------------------------------
-#: compiled kernels per (kernel, device, argument specialisation, constexprs and options): a launch
-#: whose key is here calls the compiled kernel's launcher directly (`CompiledKernel.run`, what
-#: `JITFunction.run` ends with), skipping Triton's per-launch binding, cache-key and metadata work
-#: (most of a launch's host time). LSHSIM_FAST_LAUNCH=0 turns it off; launch hooks (profilers) or
-#: a Triton without these attributes use the ordinary launch.
-_FAST_LAUNCH: dict = {}
-
-
-def _spec(value):
-    """What Triton specialises a non-constexpr argument on (dtype and 16-byte alignment of a
-    tensor; an int's integer type, == 1, and divisibility by 16)."""
-    if isinstance(value, torch.Tensor):
-        return (value.dtype, value.data_ptr() % 16 == 0)
-    if isinstance(value, bool):
-        return ("b", value)
-    if isinstance(value, int):
-        return ("i", value == 1, value % 16 == 0, -2 ** 31 <= value < 2 ** 31, value >= 2 ** 63)
-    if isinstance(value, float):
-        return ("f",)
-    return ("o", value)
-
-
-def _fast_launch_on() -> bool:
-    return os.environ.get("LSHSIM_FAST_LAUNCH", "1") != "0" and not _interpreting()
-
-
 def _launch(name: str, grid: tuple, *args, **kwargs) -> None:
-    """kernel[grid](*args, **kwargs) (constexprs and num_warps/num_stages as keywords), through the
-    cached compiled kernel when this specialisation was launched before (see _FAST_LAUNCH)."""
-    kernel = _kernels()[name]
+    """kernel[grid](*args, **kwargs), counted in LAUNCHES. (A launcher that called the cached
+    compiled kernel directly, skipping Triton's binding, was tried in the third pass of issue 11 and
+    measured slower on the H200 machines' host: 22.3 against 17.1 us a launch; removed.)"""
     _count(name)
-    if not _fast_launch_on() or not args[0].is_cuda:
-        kernel[grid](*args, **kwargs)
-        return
-    device = torch.cuda.current_device()
-    key = (name, device, tuple(_spec(a) for a in args), tuple(sorted(kwargs.items())))
-    entry = _FAST_LAUNCH.get(key)
-    if entry is not None:
-        compiled, tail, hooks = entry
-        if hooks():
-            kernel[grid](*args, **kwargs)
-            return
-        g1 = grid[1] if len(grid) > 1 else 1
-        g2 = grid[2] if len(grid) > 2 else 1
-        compiled.run(grid[0], g1, g2, torch._C._cuda_getCurrentRawStream(device), compiled.function,
-                     compiled.packed_metadata, None, None, None, *args, *tail)
-        return
-    compiled = kernel[grid](*args, **kwargs)
-    try:
-        from triton import knobs
-        if hasattr(compiled, "result"):
-            compiled = compiled.result()
-        compiled.function, compiled.packed_metadata, compiled.run  # noqa: B018 (present in this Triton)
-        import inspect
-        names = list(inspect.signature(kernel.fn).parameters.items())[len(args):]
-        tail = tuple(kwargs[n] if n in kwargs else p.default for n, p in names)
-        if any(v is inspect.Parameter.empty for v in tail):
-            return
-
-        def hooks():
-            return knobs.runtime.launch_enter_hook is not None or knobs.runtime.launch_exit_hook is not None
-    except Exception:  # another Triton: keep the ordinary launch
-        return
-    _FAST_LAUNCH[key] = (compiled, tail, hooks)
+    _kernels()[name][grid](*args, **kwargs)
 
 
 # ---- hashing -----------------------------------------------------------------------------------
@@ -1071,6 +1031,26 @@ def sort_launch_params(num_rows: int) -> dict:
     return _by_rows(SORT_LAUNCHES, num_rows, SORT_LAUNCH)
 
 
+#: the runs kernel's look-back counts per device: (int64 buffer, last epoch). Each launch with
+#: lookback takes the next epoch, so entries of earlier launches never match; launches of one
+#: device share the buffer, so look-back launches must not run concurrently on two streams, and it
+#: is off inside a CUDA graph capture (a replay would reuse the captured epoch).
+_LOOKBACK: dict = {}
+
+
+def _lookback_counts(device: torch.device, count: int) -> tuple[torch.Tensor, int]:
+    key = (device.type, device.index)
+    buffer, epoch = _LOOKBACK.get(key, (None, 0))
+    if buffer is None or buffer.numel() < count:
+        buffer = torch.zeros(max(count, 4096), dtype=torch.int64, device=device)
+        epoch = 0
+    epoch = epoch + 1 if epoch < 2 ** 30 else 1
+    if epoch == 1:
+        buffer.zero_()
+    _LOOKBACK[key] = (buffer, epoch)
+    return buffer, epoch << 32
+
+
 def _runs_rows(num_rows: int, device: torch.device, rows: int | None) -> int:
     if rows:
         return rows
@@ -1102,11 +1082,14 @@ def _runs_launch(x: torch.Tensor, sorted_key: torch.Tensor, order: torch.Tensor,
     cols_per_group = _cdiv(_cdiv(d_model, col_groups), block_d) * block_d
     col_groups = _cdiv(d_model, cols_per_group)
     extra = {} if _interpreting() else {"num_warps": params["num_warps"], "num_stages": params["num_stages"]}
-    _launch("runs", (_cdiv(num_rows, rows), col_groups),
+    row_blocks = _cdiv(num_rows, rows)
+    lookback = bool(params.get("lookback", False)) and not (x.is_cuda and torch.cuda.is_current_stream_capturing())
+    cnt, tag = (_lookback_counts(x.device, row_blocks)) if lookback else (sorted_key, 1 << 32)
+    _launch("runs", (row_blocks, col_groups),
             sorted_key, order, x, out, neg if negate else out, ints if index else sorted_key,  # (not written)
-            flags if flags is not None else sorted_key, num_rows, d_model, x.stride(0), out.stride(0),
-            max(span, 1), cols_per_group, R=rows, BLOCK_D=block_d, PREFIX=params["prefix"], SUM=total, NEG=negate,
-            INDEX=index, UPCAST=_interpreting(), FLAGS=flags is not None, **extra)
+            flags if flags is not None else sorted_key, cnt, num_rows, d_model, x.stride(0), out.stride(0),
+            max(span, 1), cols_per_group, tag, R=rows, BLOCK_D=block_d, PREFIX=params["prefix"], SUM=total,
+            NEG=negate, INDEX=index, UPCAST=_interpreting(), FLAGS=flags is not None, LOOKBACK=lookback, **extra)
     return out, neg, ints
 
 
