@@ -444,9 +444,9 @@ def _kernels():
                 if FLAGS:
                     base += tl.sum(tl.load(flag_ptr + j, mask=m, other=0).to(tl.int32), axis=0)
                 else:
-                    kj = tl.load(key_ptr + j, mask=m, other=0)
-                    kprev = tl.load(key_ptr + j - 1, mask=m & (j > 0), other=0)
-                    base += tl.sum((m & ((j == 0) | (kj != kprev))).to(tl.int32), axis=0)
+                    key_j = tl.load(key_ptr + j, mask=m, other=0)
+                    key_before = tl.load(key_ptr + j - 1, mask=m & (j > 0), other=0)
+                    base += tl.sum((m & ((j == 0) | (key_j != key_before))).to(tl.int32), axis=0)
         src = tl.load(order_ptr + p, mask=in_range, other=0)  # (R,) rows of x
         owned = in_range & (local >= 0)
         onehot = (local[None, :] == r[:, None]) & in_range[None, :]  # (R runs, R rows)
