@@ -13,18 +13,24 @@ handful of kernel launches:
                   number of segments from device memory
   restore_rows    out[i] = E(c)[s_i] - c[s_i] + x[i], one pass, float32, one rounding; with
                   compressed= (a SortedCompressed) its backward is one pass of the runs kernel
-  compress_fast   the same `lsh.Compressed` as `lsh.compress`; on the kernel path three kernels
-                  and one torch.sort: the hash kernel writes packed unique keys
-                  (group * span + bucket) << idx_bits | token, torch.sort sorts them as rows of
-                  at most 4,096 (its one-kernel path), the merge kernel ranks every key by binary
-                  search in the other rows and writes sorted keys and order, and the runs kernel
-                  writes centroids, token_to_centroid, groups, counts and the sizes; then one host
-                  sync. Its backward w.r.t. the tokens is one pass (the expand kernel).
+  compress_fast   the same `lsh.Compressed` as `lsh.compress`; on the kernel path the hash kernel
+                  writes packed unique keys (group * span + bucket) << idx_bits | token; up to
+                  8,192 tokens the rank kernel places each at the number of packed keys below it
+                  (all pairs: no sort), above that torch.sort sorts them as rows of at most 4,096
+                  (its one-kernel path) and the merge kernel ranks every key by binary search in
+                  the other rows; either writes sorted keys and order; the runs kernel writes
+                  centroids, token_to_centroid, groups, counts and the sizes (up to 8,192 rows
+                  with a decoupled look-back for the run numbering); then one host sync. So three
+                  kernel launches and one sync up to 8,192 tokens, three launches + torch.sort
+                  above. Its backward w.r.t. the tokens is one pass (the expand kernel).
                   `_compress_via_segments` is the same from the pieces above (the torch path,
                   and the previous release's kernel path)
 
 Launch parameters per problem size: HASH_LAUNCHES, RUNS_LAUNCHES, SORT_LAUNCHES, measured on an
-H200 by benchmarks/bench_lsh_fast.py --tune (benchmarks/RESULTS.md). The hash kernel also has a
+H200 by benchmarks/bench_lsh_fast.py --tune, and their <= 8,192-token rows (rank kernel, runs
+kernel with the look-back) by --sweep (benchmarks/RESULTS.md). The runs kernel's look-back
+shares one count buffer per device (`_LOOKBACK`): its launches must not run concurrently on two
+streams of one device, and it is off inside a CUDA graph capture. The hash kernel also has a
 split-K mode (deterministic: the last program of a row block to arrive adds the parts in a fixed
 order); it was slower on the measured shapes, so no table row uses it.
 
@@ -987,10 +993,15 @@ class SortedCompressed(Compressed):
 #: launch parameters of the runs kernel (compress's bookkeeping + centroids in one pass; restore's
 #: backward sums) per problem size (the first row whose max rows fits): `rows` sorted rows per
 #: program (None: about two programs per SM, 16..128), `block_d` columns per step, `col_groups`
-#: programs per row block along d, `prefix` keys per step of each program's count of earlier runs.
+#: programs per row block along d, `prefix` keys per step of each program's count of earlier runs
+#: (or block counts per step of the look-back), `lookback` the decoupled look-back (`_LOOKBACK`).
 #: Measured on an H200 (run lsh11-b, `benchmarks/bench_lsh_fast.py --tune`, d 4,096): the launch
 #: with the least summed time over L 6 and L 2 at 8,192 and at 32,768 tokens.
 RUNS_LAUNCHES = [
+    # <= 8,192 rows: the decoupled look-back (no count over the earlier keys), the best of the
+    # third pass's sweep summed over L 6 and L 2 at 8,192 tokens (run lsh11f, in-sample)
+    (8192, {"rows": 64, "block_d": 128, "col_groups": 8, "prefix": 256, "num_warps": 4, "num_stages": 3,
+            "lookback": True}),
     (16384, {"rows": 64, "block_d": 128, "col_groups": 4, "prefix": 2048, "num_warps": 4, "num_stages": 3}),
     (None, {"rows": 64, "block_d": 128, "col_groups": 2, "prefix": 2048, "num_warps": 4, "num_stages": 3}),
 ]
@@ -999,14 +1010,15 @@ RUNS_LAUNCH: dict = {}
 
 #: the sort of compress. `sort_chunk` 0 (the rank path): the rank kernel places every packed key
 #: (key << idx_bits | token) at the number of packed keys below it (all pairs, `block_t` tokens x
-#: `block_c` keys a step; O(N^2) compares, so for small N only) and marks run starts for the runs
-#: kernel. `sort_chunk` > 0: packed keys sorted as rows of `sort_chunk` by torch.sort (its
-#: one-kernel path for rows of at most 4,096), then merged by the merge kernel (`block` elements a
-#: program); None: torch.sort of the whole key array instead. The rank row's bound (8,192 tokens)
-#: is where it was measured faster (benchmarks/RESULTS.md, issue 11 third pass); the rows above are
-#: run lsh11-b's (within 1-4% of each other; torch.sort of the whole array 25-40 us slower at 8,192).
+#: `block_c` keys a step; O(N^2) compares, so for small N only; `flags` also marks run starts for
+#: the runs kernel, a second compare per pair: 32 against 16 us at 8,192 tokens, not worth it).
+#: `sort_chunk` > 0: packed keys sorted as rows of `sort_chunk` by torch.sort (its one-kernel path
+#: for rows of at most 4,096), then merged by the merge kernel (`block` elements a program); None:
+#: torch.sort of the whole key array instead. The rank row (<= 8,192 tokens: 16 us against 48 us
+#: for torch.sort + merge at 8,192, run lsh11f; not measured between 8,192 and 16,384, where its
+#: N^2 work grows 4x) and the rows above (run lsh11-b) were measured on an H200.
 SORT_LAUNCHES = [
-    (8192, {"sort_chunk": 0, "block_t": 16, "block_c": 128, "num_warps": 4, "flags": False, "block": 128}),
+    (8192, {"sort_chunk": 0, "block_t": 8, "block_c": 128, "num_warps": 4, "flags": False, "block": 128}),
     (16384, {"sort_chunk": 2048, "block": 128, "num_warps": 4}),
     (None, {"sort_chunk": 4096, "block": 128, "num_warps": 4}),
 ]
@@ -1205,9 +1217,9 @@ def compress_fast(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
     order by (group, bucket), token_to_centroid, counts and groups (kernel path: up to near-ties of
     the hash, see the module docstring). Synchronises once, at the end, to size the outputs.
 
-    Kernel path (`kernel_eligible`): three launches and one host sync: the hash kernel writes the
-    keys group * span + bucket, torch.sort sorts them, the runs kernel writes the centroids,
-    token_to_centroid, groups and counts and the sizes the host reads. The result is a
+    Kernel path (`kernel_eligible`): the hash kernel writes the packed keys, the rank kernel
+    (<= 8,192 tokens) or torch.sort + the merge kernel sorts them, the runs kernel writes the
+    centroids, token_to_centroid, groups and counts and the sizes the host reads; one host sync. The result is a
     `SortedCompressed` (restore_rows(..., compressed=it) has a one-pass backward); centroids are
     rows of an (N, d) buffer. The backward w.r.t. the tokens is one pass (grad / count).
     Everything else runs the torch path (`_compress_via_segments`): CPU, 32/64-bit tokens,
