@@ -464,6 +464,9 @@ def test_interpreter_runs_kernel(interpreter, case, rows_per_program, col_groups
         looked, _, looked_ints = fast._runs_launch(x, key, order, span, n, index=True, rows=rows_per_program,
                                                    block_d=16, col_groups=col_groups, prefix=32, lookback=True)
         assert torch.equal(valid(looked_ints), valid(plain_ints)) and torch.equal(looked[:runs], plain[:runs])
+        # every program took one ticket (the virtual id that makes the wait independent of start order)
+        buffer, _, tickets = fast._LOOKBACK[(x.device.type, x.device.index)]
+        assert int(buffer[0]) == tickets
 
 
 @pytest.mark.parametrize("sort_chunk,flags", [(0, False), (0, True), (16, False), (64, False), (None, False)])

@@ -29,7 +29,8 @@ handful of kernel launches:
 Launch parameters per problem size: HASH_LAUNCHES, RUNS_LAUNCHES, SORT_LAUNCHES, measured on an
 H200 by benchmarks/bench_lsh_fast.py --tune, and their <= 8,192-token rows (rank kernel, runs
 kernel with the look-back) by --sweep (benchmarks/RESULTS.md). The runs kernel's look-back
-shares one count buffer per device (`_LOOKBACK`): its launches must not run concurrently on two
+numbers its programs by a ticket taken at start (no assumption on the order programs start in) and
+shares one ticket + count buffer per device (`_LOOKBACK`): its launches must not run concurrently on two
 streams of one device, and it is off inside a CUDA graph capture. The hash kernel also has a
 split-K mode (deterministic: the last program of a row block to arrive adds the parts in a fixed
 order); it was slower on the measured shapes, so no table row uses it.
@@ -392,7 +393,7 @@ def _kernels():
 
     @triton.jit
     def runs_kernel(key_ptr, order_ptr, x_ptr, out_ptr, neg_ptr, ints_ptr, flag_ptr, cnt_ptr, num_rows, d_model,
-                    stride_x, stride_out, span, cols_per_group, tag, R: tl.constexpr, BLOCK_D: tl.constexpr,
+                    stride_x, stride_out, span, cols_per_group, tag, ticket_base, R: tl.constexpr, BLOCK_D: tl.constexpr,
                     PREFIX: tl.constexpr, SUM: tl.constexpr, NEG: tl.constexpr, INDEX: tl.constexpr,
                     UPCAST: tl.constexpr, FLAGS: tl.constexpr = False, LOOKBACK: tl.constexpr = False):
         # key: (N,) sorted keys; sorted row p is x[order[p]]; a run (segment) is a maximal range of
@@ -412,14 +413,26 @@ def _kernels():
         # earlier keys at all: program (b, 0) publishes its block's number of run starts as
         # cnt[b] = tag | n (tag = launch epoch << 32, so the buffer needs no reset), and every program
         # sums cnt[0..b-1], waiting on entries that do not carry this launch's tag yet. They are
-        # written by programs of lower linear id that wait on nothing later, so the wait ends where
-        # programs start in order of id (as CUDA dispatches them; the interpreter runs them in order).
+        # written by programs of lower virtual id that wait on nothing later. The virtual id is a
+        # ticket (cnt[0], an atomic counter the host keeps the launch's base of), taken when the
+        # program starts, so every entry waited on belongs to a program that is already running:
+        # the wait ends whatever order the hardware starts programs in (as CUB's single-pass scan).
+        # Ticket v is program (v mod B, v div B): the B publishers (g = 0) hold tickets 0..B-1.
         t2c_ptr = ints_ptr
         group_out_ptr = ints_ptr + num_rows
         count_out_ptr = ints_ptr + 2 * num_rows
         stats_ptr = ints_ptr + 3 * num_rows
-        pid = tl.program_id(0)
-        first_col = tl.program_id(1) * cols_per_group
+        if LOOKBACK:
+            vid = tl.atomic_add(cnt_ptr, 1) - ticket_base
+            num_blocks = tl.num_programs(0)
+            pid = (vid % num_blocks).to(tl.int32)
+            gid = (vid // num_blocks).to(tl.int32)
+            cnt_base = cnt_ptr + 1
+        else:
+            pid = tl.program_id(0)
+            gid = tl.program_id(1)
+            cnt_base = cnt_ptr
+        first_col = gid * cols_per_group
         end_col = tl.minimum(first_col + cols_per_group, d_model)
         p0 = pid * R
         r = tl.arange(0, R)  # (R,)
@@ -432,15 +445,15 @@ def _kernels():
         n_new = tl.sum(new.to(tl.int32), axis=0)
         base = tl.sum(tl.zeros((PREFIX,), dtype=tl.int32), axis=0)  # runs starting before p0
         if LOOKBACK:
-            if tl.program_id(1) == 0:
-                tl.atomic_xchg(cnt_ptr + pid, tag | n_new.to(tl.int64), sem="release")
+            if gid == 0:
+                tl.atomic_xchg(cnt_base + pid, tag | n_new.to(tl.int64), sem="release")
             for j0 in range(0, pid, PREFIX):
                 j = j0 + tl.arange(0, PREFIX)
                 m = j < pid
-                v = tl.load(cnt_ptr + j, mask=m, other=0, volatile=True)
+                v = tl.load(cnt_base + j, mask=m, other=0, volatile=True)
                 pending = tl.sum((m & ((v >> 32) != (tag >> 32))).to(tl.int32), axis=0)
                 while pending > 0:
-                    v = tl.load(cnt_ptr + j, mask=m, other=0, volatile=True)
+                    v = tl.load(cnt_base + j, mask=m, other=0, volatile=True)
                     pending = tl.sum((m & ((v >> 32) != (tag >> 32))).to(tl.int32), axis=0)
                 base += tl.sum(tl.where(m, v & 4294967295, 0), axis=0).to(tl.int32)
         else:
@@ -517,7 +530,7 @@ def _kernels():
                     tl.store(neg_ptr + out_row * stride_out + cols, (-total).to(neg_ptr.dtype.element_ty),
                              mask=col_mask)
         if INDEX:
-            if tl.program_id(1) == 0:
+            if gid == 0:
                 tl.store(t2c_ptr + src, (base + local).to(tl.int64), mask=in_range)
                 run_key = tl.max(tl.where(onehot, k[None, :], -1), axis=1)  # (R,) key of each owned run
                 tl.store(group_out_ptr + out_rows, run_key // span, mask=live)
@@ -1043,24 +1056,30 @@ def sort_launch_params(num_rows: int) -> dict:
     return _by_rows(SORT_LAUNCHES, num_rows, SORT_LAUNCH)
 
 
-#: the runs kernel's look-back counts per device: (int64 buffer, last epoch). Each launch with
-#: lookback takes the next epoch, so entries of earlier launches never match; launches of one
-#: device share the buffer, so look-back launches must not run concurrently on two streams, and it
-#: is off inside a CUDA graph capture (a replay would reuse the captured epoch).
+#: the runs kernel's look-back state per device: [int64 buffer, last epoch, ticket count]. The
+#: buffer holds the programs' ticket counter (entry 0) and the per-block run counts (entries 1..B).
+#: Each launch with lookback takes the next epoch, so count entries of earlier launches never match,
+#: and its tickets start where the previous launch's ended (every launch takes exactly one ticket
+#: per program). Launches of one device share the buffer, so look-back launches must not run
+#: concurrently on two streams, and it is off inside a CUDA graph capture (a replay would reuse the
+#: captured epoch and ticket base).
 _LOOKBACK: dict = {}
 
 
-def _lookback_counts(device: torch.device, count: int) -> tuple[torch.Tensor, int]:
+def _lookback_counts(device: torch.device, count: int, programs: int) -> tuple[torch.Tensor, int, int]:
+    """(buffer, tag, ticket base) for one look-back launch of `programs` programs over `count`
+    row blocks; the host's ticket count moves on by `programs`."""
     key = (device.type, device.index)
-    buffer, epoch = _LOOKBACK.get(key, (None, 0))
-    if buffer is None or buffer.numel() < count:
-        buffer = torch.zeros(max(count, 4096), dtype=torch.int64, device=device)
+    buffer, epoch, tickets = _LOOKBACK.get(key, (None, 0, 0))
+    if buffer is None or buffer.numel() < count + 1:
+        buffer = torch.zeros(max(count + 1, 4096), dtype=torch.int64, device=device)
         epoch = 0
     epoch = epoch + 1 if epoch < 2 ** 30 else 1
-    if epoch == 1:
+    if epoch == 1 or tickets > 2 ** 62:
         buffer.zero_()
-    _LOOKBACK[key] = (buffer, epoch)
-    return buffer, epoch << 32
+        tickets = 0
+    _LOOKBACK[key] = (buffer, epoch, tickets + programs)
+    return buffer, epoch << 32, tickets
 
 
 def _runs_rows(num_rows: int, device: torch.device, rows: int | None) -> int:
@@ -1096,11 +1115,12 @@ def _runs_launch(x: torch.Tensor, sorted_key: torch.Tensor, order: torch.Tensor,
     extra = {} if _interpreting() else {"num_warps": params["num_warps"], "num_stages": params["num_stages"]}
     row_blocks = _cdiv(num_rows, rows)
     lookback = bool(params.get("lookback", False)) and not (x.is_cuda and torch.cuda.is_current_stream_capturing())
-    cnt, tag = (_lookback_counts(x.device, row_blocks)) if lookback else (sorted_key, 1 << 32)
+    cnt, tag, ticket_base = (_lookback_counts(x.device, row_blocks, row_blocks * col_groups) if lookback
+                             else (sorted_key, 1 << 32, 0))
     _launch("runs", (row_blocks, col_groups),
             sorted_key, order, x, out, neg if negate else out, ints if index else sorted_key,  # (not written)
             flags if flags is not None else sorted_key, cnt, num_rows, d_model, x.stride(0), out.stride(0),
-            max(span, 1), cols_per_group, tag, R=rows, BLOCK_D=block_d, PREFIX=params["prefix"], SUM=total,
+            max(span, 1), cols_per_group, tag, ticket_base, R=rows, BLOCK_D=block_d, PREFIX=params["prefix"], SUM=total,
             NEG=negate, INDEX=index, UPCAST=_interpreting(), FLAGS=flags is not None, LOOKBACK=lookback, **extra)
     return out, neg, ints
 
