@@ -203,8 +203,8 @@ def tune(shapes, d_model: int, repeats: int, copy_bps: float, tune_hash: bool) -
         sorts = []
         for params in SORT_GRID:  # the whole sync-free part, with the committed hash and runs launches
             try:
-                _, ints, skey, sorder = lsh_fast._compress_kernels(tokens, group, config, projection, span,
-                                                                   sort_launch=params)
+                _, ints, skey, sorder, _ = lsh_fast._compress_kernels(tokens, group, config, projection, span,
+                                                                      sort_launch=params)
                 t = statistics.median(gpu_times(lambda: lsh_fast._compress_kernels(
                     tokens, group, config, projection, span, sort_launch=params), repeats))
             except Exception as error:
@@ -222,6 +222,88 @@ def tune(shapes, d_model: int, repeats: int, copy_bps: float, tune_hash: bool) -
             print("  runs " + json.dumps(r), flush=True)
         for r in sorts[:4] + [r for r in sorts if r.get("sort_chunk") is None]:
             print("  sort " + json.dumps(r), flush=True)
+    return results
+
+
+RANK_SWEEP = [dict(block_t=t, block_c=c, num_warps=w, flags=f) for f in (False, True) for t, c, w in
+              ((16, 128, 4), (32, 128, 4), (64, 128, 8), (16, 64, 4), (8, 128, 4), (16, 256, 8))]
+RUNS_SWEEP = [dict(rows=r, block_d=b, col_groups=g, prefix=2048, num_warps=4, num_stages=3)
+              for r, b, g in ((32, 128, 8), (64, 128, 8), (64, 128, 4), (32, 128, 16), (32, 64, 16))]
+RUNS_SWEEP += [dict(rows=r, block_d=b, col_groups=g, prefix=256, num_warps=4, num_stages=3, lookback=True)
+               for r, b, g in ((32, 128, 8), (64, 128, 8), (64, 128, 4), (32, 128, 16), (32, 64, 16), (16, 128, 8))]
+
+
+def sweep(shapes, d_model: int, repeats: int) -> dict:
+    """GPU time of the rank kernel's launches (RANK_SWEEP, with and without run-start flags) and the
+    runs kernel's (RUNS_SWEEP, with and without the flags, or with the look-back) on these shapes, each checked against
+    torch.sort and the committed launch. In-sample: the benchmark's own tokens. "best" is the
+    (rank, runs) pair, both with flags or both without, with the least summed time over the shapes."""
+    results = {}
+    for num_tokens, num_hashes in shapes:
+        config, tokens, group, projection = make_inputs(num_tokens, d_model, num_hashes, "cuda")
+        span = config.max_buckets(d_model)
+        idx_bits = max(1, (num_tokens - 1).bit_length())
+        packed = lsh_fast._hash_launch(tokens, config, projection, group, span, idx_bits=idx_bits, num_out=num_tokens)
+        _, _, ref_flags = lsh_fast._rank_launch(packed, idx_bits, {"flags": True})
+        want_key, want_order = torch.sort(packed >> idx_bits, stable=True)
+        rank_rows = []
+        for params in RANK_SWEEP:
+            try:
+                key, order, flags = lsh_fast._rank_launch(packed, idx_bits, params)
+                t = statistics.median(gpu_times(lambda: lsh_fast._rank_launch(packed, idx_bits, params), repeats))
+            except Exception as error:
+                rank_rows.append({**params, "error": str(error).splitlines()[0][:100]})
+                continue
+            same = torch.equal(key, want_key) and torch.equal(order, want_order) and (
+                flags is None or torch.equal(flags, ref_flags))
+            rank_rows.append({**params, "us": t * 1e6, "same": bool(same)})
+        ref_out, _, ref_ints = lsh_fast._runs_launch(tokens, want_key, want_order, span, num_tokens, index=True)
+        b = int(ref_ints[3 * num_tokens])
+        runs_rows = []
+        for use_flags in (False, True):
+            for params in [p for p in RUNS_SWEEP if not (use_flags and p.get("lookback"))]:
+                fl = ref_flags if use_flags else None
+                try:
+                    out, _, ints = lsh_fast._runs_launch(tokens, want_key, want_order, span, num_tokens, index=True,
+                                                         flags=fl, **params)
+                    t = statistics.median(gpu_times(lambda: lsh_fast._runs_launch(
+                        tokens, want_key, want_order, span, num_tokens, index=True, flags=fl, **params), repeats))
+                except Exception as error:
+                    runs_rows.append({**params, "flags": use_flags, "error": str(error).splitlines()[0][:100]})
+                    continue
+                same = torch.equal(ints[:num_tokens], ref_ints[:num_tokens]) and torch.equal(
+                    ints[2 * num_tokens:2 * num_tokens + b], ref_ints[2 * num_tokens:2 * num_tokens + b])
+                runs_rows.append({**params, "flags": use_flags, "us": t * 1e6, "same_ints": bool(same),
+                                  "max_abs_diff": float((out[:b].float() - ref_out[:b].float()).abs().max())})
+        results[f"{num_tokens}x{d_model}-L{num_hashes}"] = {"rank": rank_rows, "runs": runs_rows}
+        print(f"sweep {num_tokens} x {d_model} L {num_hashes}:", flush=True)
+        for r in sorted(rank_rows, key=lambda r: r.get("us", float("inf"))):
+            print("  rank " + json.dumps(r), flush=True)
+        for r in sorted(runs_rows, key=lambda r: r.get("us", float("inf")))[:8]:
+            print("  runs " + json.dumps(r), flush=True)
+    # the best pair by summed time over the shapes (only variants that ran and agreed everywhere)
+    def summed(kind, key_fn):
+        total = {}
+        for shape in results.values():
+            for r in shape[kind]:
+                k = key_fn(r)
+                ok = "us" in r and r.get("same", r.get("same_ints", False))
+                total[k] = total.get(k, 0.0) + r["us"] if ok and total.get(k, 0.0) is not None else None
+        return {k: v for k, v in total.items() if v is not None}
+    rank_tot = summed("rank", lambda r: json.dumps({k: r[k] for k in ("block_t", "block_c", "num_warps", "flags")}))
+    runs_tot = summed("runs", lambda r: json.dumps({**{k: r[k] for k in ("rows", "block_d", "col_groups", "prefix",
+                                                                        "num_warps", "num_stages", "flags")},
+                                                    "lookback": r.get("lookback", False)}))
+    best = None
+    for rk, rt in rank_tot.items():
+        for uk, ut in runs_tot.items():
+            if json.loads(rk)["flags"] == json.loads(uk)["flags"] and (best is None or rt + ut < best[0]):
+                best = (rt + ut, json.loads(rk), json.loads(uk))
+    if best is not None:
+        runs_best = {k: v for k, v in best[2].items() if k != "flags"}
+        results["best"] = {"summed_us": best[0], "rank": best[1], "runs": runs_best}
+        print(f"sweep best (summed over {len(shapes)} shapes, {best[0]:.1f} us): rank {best[1]}, runs {runs_best}",
+              flush=True)
     return results
 
 
@@ -289,7 +371,25 @@ def bench_shape(num_tokens: int, d_model: int, num_hashes: int, repeats: int, co
         lambda: old_compress_kernels(tokens, group, config, projection, span))
     # pieces of the new compress (the committed or tuned launches)
     sort = lsh_fast.sort_launch_params(num_tokens)
-    if sort["sort_chunk"]:
+    # attribution: the same compress with the second pass's merge sort, and with Triton's own launch
+    merge_sort = {"sort_chunk": 2048 if num_tokens <= 16384 else 4096, "block": 128, "num_warps": 4}
+    add("new", "compress(merge sort)", lambda: lsh_fast.compress_fast(tokens, group, config, projection),
+        lambda: lsh_fast._compress_kernels(tokens, group, config, projection, span, sort_launch=merge_sort))
+    saved = dict(lsh_fast.SORT_LAUNCH)
+    lsh_fast.SORT_LAUNCH.update(merge_sort)
+    try:
+        phases["new"]["compress(merge sort)"]["wall"] = stats(wall_times(
+            lambda: lsh_fast.compress_fast(tokens, group, config, projection), repeats))
+    finally:
+        lsh_fast.SORT_LAUNCH.clear()
+        lsh_fast.SORT_LAUNCH.update(saved)
+    if sort["sort_chunk"] == 0:
+        idx_bits = max(1, (num_tokens - 1).bit_length())
+        packed = lsh_fast._hash_launch(tokens, config, projection, group, span, idx_bits=idx_bits, num_out=num_tokens)
+        add("new", "compress:hash", lambda: lsh_fast._hash_launch(tokens, config, projection, group, span,
+                                                                  idx_bits=idx_bits, num_out=num_tokens))
+        add("new", "compress:rank", lambda: lsh_fast._rank_launch(packed, idx_bits, sort))
+    elif sort["sort_chunk"]:
         idx_bits = max(1, (num_tokens - 1).bit_length())
         chunk = min(sort["sort_chunk"], lsh_fast._next_pow2(num_tokens))
         num_out = lsh_fast._cdiv(num_tokens, chunk) * chunk
@@ -305,7 +405,7 @@ def bench_shape(num_tokens: int, d_model: int, num_hashes: int, repeats: int, co
         add("new", "compress:sort", lambda: torch.sort(key, stable=True))
     sorted_key, order = new.sorted_key, new.order
     add("new", "compress:runs", lambda: lsh_fast._runs_launch(tokens, sorted_key, order, span, num_tokens,
-                                                              index=True))
+                                                              index=True, flags=new.run_start))
     add("new", "torch.sort(N)", lambda: torch.sort(sorted_key, stable=True))
     # restore forward
     add("new", "restore", lambda: lsh_fast.restore_rows(centroid_out, new.centroids, tokens, new.token_to_centroid,
@@ -375,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune-repeats", type=int, default=10)
     parser.add_argument("--tune-hash", action="store_true", help="also tune the hash launch (else HASH_LAUNCHES)")
     parser.add_argument("--workers", type=int, default=14, help="processes compiling the tuned variants")
+    parser.add_argument("--sweep", action="store_true",
+                        help="time the rank and runs launches of RANK_SWEEP / RUNS_SWEEP first (8,192 tokens "
+                             "and fewer: the rank path) and use the best pair for those shapes (in-sample)")
     parser.add_argument("--json", help="write every number here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() or not lsh_fast.triton_available("cuda"):
@@ -393,6 +496,13 @@ def main(argv: list[str] | None = None) -> int:
         report["precompile_s"] = precompile(args.d_model, args.num_hashes, args.tokens, args.workers, args.tune_hash)
         print(f"# compiled the variants in {report['precompile_s']:.0f} s", flush=True)
         report["tune"] = tune(shapes, args.d_model, args.tune_repeats, copy_bps, args.tune_hash)
+    if args.sweep:
+        try:
+            report["sweep"] = sweep([(n, h) for h in args.num_hashes for n in args.tokens if n <= 8192],
+                                    args.d_model, args.tune_repeats)
+        except Exception as error:
+            print(f"# sweep failed: {error!r}", flush=True)
+            report["sweep"] = {}
     report["launch"] = {"hash": [list(r) for r in lsh_fast.HASH_LAUNCHES],
                         "runs": [list(r) for r in lsh_fast.RUNS_LAUNCHES],
                         "sort": [list(r) for r in lsh_fast.SORT_LAUNCHES]}
@@ -407,6 +517,12 @@ def main(argv: list[str] | None = None) -> int:
                 runs_keys, sort_keys = lsh_fast.RUNS_LAUNCHES[0][1], lsh_fast.SORT_LAUNCHES[0][1]
                 lsh_fast.RUNS_LAUNCH.update({k: v for k, v in tuned["runs"][0].items() if k in runs_keys})
                 lsh_fast.SORT_LAUNCH.update({k: v for k, v in tuned["sort"][0].items() if k in sort_keys})
+            if args.sweep and "best" in report["sweep"]:  # the sweep's best pair for the rank path's shapes
+                lsh_fast.SORT_LAUNCH.clear()
+                lsh_fast.RUNS_LAUNCH.clear()
+                if lsh_fast.sort_launch_params(num_tokens)["sort_chunk"] == 0:
+                    lsh_fast.SORT_LAUNCH.update(report["sweep"]["best"]["rank"])
+                    lsh_fast.RUNS_LAUNCH.update(report["sweep"]["best"]["runs"])
             row = bench_shape(num_tokens, args.d_model, num_hashes, args.repeats, copy_bps)
             row["launch"] = {"hash": lsh_fast.hash_launch_params(num_tokens, 128),
                              "runs": lsh_fast.runs_launch_params(num_tokens),

@@ -450,25 +450,53 @@ def test_interpreter_runs_kernel(interpreter, case, rows_per_program, col_groups
                                        block_d=16, col_groups=col_groups)
     assert ints is None and out.shape == (runs, 40)
     assert _close(out, sums, torch.bfloat16, atol=1e-5) and torch.equal(neg, -out)
+    # the run starts as int8 flags (the rank kernel's) count the earlier runs instead of the keys
+    flags = torch.ones(n, dtype=torch.int8)
+    flags[1:] = (key[1:] != key[:-1]).to(torch.int8)
+    flagged, _, flagged_ints = fast._runs_launch(x, key, order, span, n, index=True, flags=flags,
+                                                 rows=rows_per_program, block_d=16, col_groups=col_groups, prefix=32)
+    plain, _, plain_ints = fast._runs_launch(x, key, order, span, n, index=True, rows=rows_per_program, block_d=16,
+                                             col_groups=col_groups, prefix=32)
+    def valid(i):  # rows past the number of runs are not written
+        return torch.cat([i[:n], i[n:n + runs], i[2 * n:2 * n + runs], i[3 * n:]])
+    assert torch.equal(valid(flagged_ints), valid(plain_ints)) and torch.equal(flagged[:runs], plain[:runs])
+    for _ in range(2):  # the look-back counts (two launches: the second sees the first's entries, older epoch)
+        looked, _, looked_ints = fast._runs_launch(x, key, order, span, n, index=True, rows=rows_per_program,
+                                                   block_d=16, col_groups=col_groups, prefix=32, lookback=True)
+        assert torch.equal(valid(looked_ints), valid(plain_ints)) and torch.equal(looked[:runs], plain[:runs])
+        # every program took one ticket (the virtual id that makes the wait independent of start order)
+        buffer, _, tickets = fast._LOOKBACK[(x.device.type, x.device.index)]
+        assert int(buffer[0]) == tickets
 
 
-@pytest.mark.parametrize("sort_chunk", [16, 64, None])
-def test_interpreter_compress_sort_paths(interpreter, monkeypatch, sort_chunk):
-    """packed keys sorted in rows of sort_chunk + the merge kernel (several rows, padding), and the
+@pytest.mark.parametrize("sort_chunk,flags", [(0, False), (0, True), (16, False), (64, False), (None, False)])
+def test_interpreter_compress_sort_paths(interpreter, monkeypatch, sort_chunk, flags):
+    """the rank kernel (sort_chunk 0: all-pairs positions and run starts, tiles that do not divide
+    N), packed keys sorted in rows of sort_chunk + the merge kernel (several rows, padding), and the
     plain torch.sort path: the same sorted keys, order and result as the reference."""
     monkeypatch.setitem(fast.SORT_LAUNCH, "sort_chunk", sort_chunk)
     monkeypatch.setitem(fast.SORT_LAUNCH, "block", 32)
+    monkeypatch.setitem(fast.SORT_LAUNCH, "block_t", 16)
+    monkeypatch.setitem(fast.SORT_LAUNCH, "block_c", 64)
+    monkeypatch.setitem(fast.SORT_LAUNCH, "flags", flags)
     config = LSHConfig(num_hashes=3, proj_dim=4, seed=6)
     tokens = _tokens("clustered", 203, 32, torch.bfloat16, seed=5)  # 203: the last row is padded
     group = _group(203, 3)
     projection = lsh.make_projection(32, config, dtype=torch.bfloat16)
-    before = _launched("merge")
+    before, before_rank = _launched("merge"), _launched("rank")
     got = fast.compress_fast(tokens, group, config, projection, force_triton=True)
-    assert _launched("merge") == before + (sort_chunk is not None)
+    assert _launched("merge") == before + bool(sort_chunk)
+    assert _launched("rank") == before_rank + (sort_chunk == 0)
     span = config.max_buckets(32)
     key = group * span + fast.token_buckets(tokens, config, projection, force_triton=True)
     want_key, want_order = torch.sort(key, stable=True)
     assert torch.equal(got.sorted_key, want_key) and torch.equal(got.order, want_order)
+    if flags:
+        starts = torch.ones(203, dtype=torch.int8)
+        starts[1:] = (want_key[1:] != want_key[:-1]).to(torch.int8)
+        assert torch.equal(got.run_start, starts)
+    else:
+        assert got.run_start is None
     ids = fast.token_buckets(tokens, config, projection, force_triton=True)
     if torch.equal(ids, lsh.bucket_ids(tokens, config, projection)):
         _same_compressed(got, lsh.compress(tokens, group, config, projection), torch.bfloat16)
@@ -555,6 +583,18 @@ def test_cuda_kernels_match_torch_path(monkeypatch, rows, d_model):
     assert fast.LAUNCHES["hash"] == launches.get("hash", 0) + 1
     assert fast.LAUNCHES["runs"] == launches.get("runs", 0) + 1
     assert isinstance(got, fast.SortedCompressed)
+    # the runs kernel's look-back (several launches: epochs) gives the result without it, bit for bit
+    monkeypatch.setitem(fast.RUNS_LAUNCH, "lookback", False)
+    plain = fast.compress_fast(tokens, group, config, projection)
+    monkeypatch.setitem(fast.RUNS_LAUNCH, "lookback", True)
+    for _ in range(3):
+        again = fast.compress_fast(tokens, group, config, projection)
+        for name in ("centroids", "token_to_centroid", "centroid_group", "centroid_count", "sorted_key", "order"):
+            assert torch.equal(getattr(again, name), getattr(plain, name)), name
+    monkeypatch.delitem(fast.RUNS_LAUNCH, "lookback")
+    want_key, want_order = torch.sort(group * config.max_buckets(d_model) + fast.token_buckets(tokens, config,
+                                                                                                projection), stable=True)
+    assert torch.equal(got.sorted_key, want_key) and torch.equal(got.order, want_order)
     ids = fast.token_buckets(tokens, config, projection)
     if torch.equal(ids, lsh.bucket_ids(tokens, config, projection)):
         _same_compressed(got, lsh.compress(tokens, group, config, projection), torch.bfloat16)

@@ -13,18 +13,25 @@ handful of kernel launches:
                   number of segments from device memory
   restore_rows    out[i] = E(c)[s_i] - c[s_i] + x[i], one pass, float32, one rounding; with
                   compressed= (a SortedCompressed) its backward is one pass of the runs kernel
-  compress_fast   the same `lsh.Compressed` as `lsh.compress`; on the kernel path three kernels
-                  and one torch.sort: the hash kernel writes packed unique keys
-                  (group * span + bucket) << idx_bits | token, torch.sort sorts them as rows of
-                  at most 4,096 (its one-kernel path), the merge kernel ranks every key by binary
-                  search in the other rows and writes sorted keys and order, and the runs kernel
-                  writes centroids, token_to_centroid, groups, counts and the sizes; then one host
-                  sync. Its backward w.r.t. the tokens is one pass (the expand kernel).
+  compress_fast   the same `lsh.Compressed` as `lsh.compress`; on the kernel path the hash kernel
+                  writes packed unique keys (group * span + bucket) << idx_bits | token; up to
+                  8,192 tokens the rank kernel places each at the number of packed keys below it
+                  (all pairs: no sort), above that torch.sort sorts them as rows of at most 4,096
+                  (its one-kernel path) and the merge kernel ranks every key by binary search in
+                  the other rows; either writes sorted keys and order; the runs kernel writes
+                  centroids, token_to_centroid, groups, counts and the sizes (up to 8,192 rows
+                  with a decoupled look-back for the run numbering); then one host sync. So three
+                  kernel launches and one sync up to 8,192 tokens, three launches + torch.sort
+                  above. Its backward w.r.t. the tokens is one pass (the expand kernel).
                   `_compress_via_segments` is the same from the pieces above (the torch path,
                   and the previous release's kernel path)
 
 Launch parameters per problem size: HASH_LAUNCHES, RUNS_LAUNCHES, SORT_LAUNCHES, measured on an
-H200 by benchmarks/bench_lsh_fast.py --tune (benchmarks/RESULTS.md). The hash kernel also has a
+H200 by benchmarks/bench_lsh_fast.py --tune, and their <= 8,192-token rows (rank kernel, runs
+kernel with the look-back) by --sweep (benchmarks/RESULTS.md). The runs kernel's look-back
+numbers its programs by a ticket taken at start (no assumption on the order programs start in) and
+shares one ticket + count buffer per device (`_LOOKBACK`): its launches must not run concurrently on two
+streams of one device, and it is off inside a CUDA graph capture. The hash kernel also has a
 split-K mode (deterministic: the last program of a row block to arrive adds the parts in a fixed
 order); it was slower on the measured shapes, so no table row uses it.
 
@@ -357,9 +364,38 @@ def _kernels():
         tl.store(order_ptr + rank, x & ((1 << IDX_BITS) - 1), mask=valid)
 
     @triton.jit
-    def runs_kernel(key_ptr, order_ptr, x_ptr, out_ptr, neg_ptr, ints_ptr, num_rows, d_model, stride_x, stride_out,
-                    span, cols_per_group, R: tl.constexpr, BLOCK_D: tl.constexpr, PREFIX: tl.constexpr,
-                    SUM: tl.constexpr, NEG: tl.constexpr, INDEX: tl.constexpr, UPCAST: tl.constexpr):
+    def rank_kernel(p_ptr, key_ptr, order_ptr, flag_ptr, num_rows, IDX_BITS: tl.constexpr, BLOCK_T: tl.constexpr,
+                    BLOCK_C: tl.constexpr, FLAGS: tl.constexpr):
+        # p: (num_rows,) unique packed keys key << IDX_BITS | token. The sorted position of p[t] is
+        # the number of packed keys below it (all pairs: no sort, no merge, no atomics; unique keys
+        # make it the stable order), and p[t] starts a run of equal keys when as many packed keys
+        # lie below key << IDX_BITS (no token of the same key comes before it). Writes
+        # key[pos] = p[t] >> IDX_BITS, order[pos] = t, and with FLAGS flag[pos] = 1 for run starts
+        # (int8; a second compare per pair, so it roughly doubles the kernel's time).
+        t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)  # (BT,)
+        t_mask = t < num_rows
+        mine = tl.load(p_ptr + t, mask=t_mask, other=9223372036854775807)  # (BT,) int64
+        floor = (mine >> IDX_BITS) << IDX_BITS  # (BT,) the smallest packed key of mine's key
+        below = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.int32)
+        below_key = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.int32)
+        for c0 in range(0, num_rows, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C)
+            other = tl.load(p_ptr + c, mask=c < num_rows, other=9223372036854775807)  # (BC,)
+            below += (other[None, :] < mine[:, None]).to(tl.int32)
+            if FLAGS:
+                below_key += (other[None, :] < floor[:, None]).to(tl.int32)
+        pos = tl.sum(below, axis=1)  # (BT,)
+        tl.store(key_ptr + pos, mine >> IDX_BITS, mask=t_mask)
+        tl.store(order_ptr + pos, mine & ((1 << IDX_BITS) - 1), mask=t_mask)
+        if FLAGS:
+            first = tl.sum(below_key, axis=1)
+            tl.store(flag_ptr + pos, (pos == first).to(tl.int8), mask=t_mask)
+
+    @triton.jit
+    def runs_kernel(key_ptr, order_ptr, x_ptr, out_ptr, neg_ptr, ints_ptr, flag_ptr, cnt_ptr, num_rows, d_model,
+                    stride_x, stride_out, span, cols_per_group, tag, ticket_base, R: tl.constexpr, BLOCK_D: tl.constexpr,
+                    PREFIX: tl.constexpr, SUM: tl.constexpr, NEG: tl.constexpr, INDEX: tl.constexpr,
+                    UPCAST: tl.constexpr, FLAGS: tl.constexpr = False, LOOKBACK: tl.constexpr = False):
         # key: (N,) sorted keys; sorted row p is x[order[p]]; a run (segment) is a maximal range of
         # equal keys, numbered in order. Program (b, g) owns the runs whose first row is in
         # [b R, b R + R), columns [g cols_per_group, (g + 1) cols_per_group): it counts the runs that
@@ -372,21 +408,33 @@ def _kernels():
         # group_out[run] = key // span, count_out[run], and stats = (number of runs, first key, last
         # key) from the program of the last row; the four are consecutive parts of ints:
         # t2c (N) | group_out (N) | count_out (N) | stats (3).
+        # FLAGS: flag[p] (int8) = 1 where sorted row p starts a run (the rank kernel's), so the count
+        # of earlier runs reads one byte a row instead of two keys. LOOKBACK: no count over the
+        # earlier keys at all: program (b, 0) publishes its block's number of run starts as
+        # cnt[b] = tag | n (tag = launch epoch << 32, so the buffer needs no reset), and every program
+        # sums cnt[0..b-1], waiting on entries that do not carry this launch's tag yet. They are
+        # written by programs of lower virtual id that wait on nothing later. The virtual id is a
+        # ticket (cnt[0], an atomic counter the host keeps the launch's base of), taken when the
+        # program starts, so every entry waited on belongs to a program that is already running:
+        # the wait ends whatever order the hardware starts programs in (as CUB's single-pass scan).
+        # Ticket v is program (v mod B, v div B): the B publishers (g = 0) hold tickets 0..B-1.
         t2c_ptr = ints_ptr
         group_out_ptr = ints_ptr + num_rows
         count_out_ptr = ints_ptr + 2 * num_rows
         stats_ptr = ints_ptr + 3 * num_rows
-        pid = tl.program_id(0)
-        first_col = tl.program_id(1) * cols_per_group
+        if LOOKBACK:
+            vid = tl.atomic_add(cnt_ptr, 1) - ticket_base
+            num_blocks = tl.num_programs(0)
+            pid = (vid % num_blocks).to(tl.int32)
+            gid = (vid // num_blocks).to(tl.int32)
+            cnt_base = cnt_ptr + 1
+        else:
+            pid = tl.program_id(0)
+            gid = tl.program_id(1)
+            cnt_base = cnt_ptr
+        first_col = gid * cols_per_group
         end_col = tl.minimum(first_col + cols_per_group, d_model)
         p0 = pid * R
-        base = tl.sum(tl.zeros((PREFIX,), dtype=tl.int32), axis=0)  # runs starting before p0
-        for j0 in range(0, p0, PREFIX):
-            j = j0 + tl.arange(0, PREFIX)
-            m = j < p0
-            kj = tl.load(key_ptr + j, mask=m, other=0)
-            kprev = tl.load(key_ptr + j - 1, mask=m & (j > 0), other=0)
-            base += tl.sum((m & ((j == 0) | (kj != kprev))).to(tl.int32), axis=0)
         r = tl.arange(0, R)  # (R,)
         p = p0 + r
         in_range = p < num_rows
@@ -395,6 +443,29 @@ def _kernels():
         new = in_range & ((p == 0) | (k != kprev))
         local = tl.cumsum(new.to(tl.int32), axis=0) - 1  # (R,) run among those starting here; -1: an earlier run
         n_new = tl.sum(new.to(tl.int32), axis=0)
+        base = tl.sum(tl.zeros((PREFIX,), dtype=tl.int32), axis=0)  # runs starting before p0
+        if LOOKBACK:
+            if gid == 0:
+                tl.atomic_xchg(cnt_base + pid, tag | n_new.to(tl.int64), sem="release")
+            for j0 in range(0, pid, PREFIX):
+                j = j0 + tl.arange(0, PREFIX)
+                m = j < pid
+                v = tl.load(cnt_base + j, mask=m, other=0, volatile=True)
+                pending = tl.sum((m & ((v >> 32) != (tag >> 32))).to(tl.int32), axis=0)
+                while pending > 0:
+                    v = tl.load(cnt_base + j, mask=m, other=0, volatile=True)
+                    pending = tl.sum((m & ((v >> 32) != (tag >> 32))).to(tl.int32), axis=0)
+                base += tl.sum(tl.where(m, v & 4294967295, 0), axis=0).to(tl.int32)
+        else:
+            for j0 in range(0, p0, PREFIX):
+                j = j0 + tl.arange(0, PREFIX)
+                m = j < p0
+                if FLAGS:
+                    base += tl.sum(tl.load(flag_ptr + j, mask=m, other=0).to(tl.int32), axis=0)
+                else:
+                    key_j = tl.load(key_ptr + j, mask=m, other=0)
+                    key_before = tl.load(key_ptr + j - 1, mask=m & (j > 0), other=0)
+                    base += tl.sum((m & ((j == 0) | (key_j != key_before))).to(tl.int32), axis=0)
         src = tl.load(order_ptr + p, mask=in_range, other=0)  # (R,) rows of x
         owned = in_range & (local >= 0)
         onehot = (local[None, :] == r[:, None]) & in_range[None, :]  # (R runs, R rows)
@@ -459,7 +530,7 @@ def _kernels():
                     tl.store(neg_ptr + out_row * stride_out + cols, (-total).to(neg_ptr.dtype.element_ty),
                              mask=col_mask)
         if INDEX:
-            if tl.program_id(1) == 0:
+            if gid == 0:
                 tl.store(t2c_ptr + src, (base + local).to(tl.int64), mask=in_range)
                 run_key = tl.max(tl.where(onehot, k[None, :], -1), axis=1)  # (R,) key of each owned run
                 tl.store(group_out_ptr + out_rows, run_key // span, mask=live)
@@ -470,12 +541,21 @@ def _kernels():
                 tl.store(stats_ptr + 2, tl.load(key_ptr + num_rows - 1), mask=holds_last)
 
     _KERNELS[mode] = {"hash": hash_kernel, "mean": mean_kernel, "restore": restore_kernel, "expand": expand_kernel,
-                     "runs": runs_kernel, "merge": merge_kernel}
+                     "runs": runs_kernel, "merge": merge_kernel, "rank": rank_kernel}
     return _KERNELS[mode]
 
 
 def _count(name: str) -> None:
     LAUNCHES[name] = LAUNCHES.get(name, 0) + 1
+
+
+# ---- launching -----------------------------------------------------------------------------------
+def _launch(name: str, grid: tuple, *args, **kwargs) -> None:
+    """kernel[grid](*args, **kwargs), counted in LAUNCHES. (A launcher that called the cached
+    compiled kernel directly, skipping Triton's binding, was tried in the third pass of issue 11 and
+    measured slower on the H200 machines' host: 22.3 against 17.1 us a launch; removed.)"""
+    _count(name)
+    _kernels()[name][grid](*args, **kwargs)
 
 
 # ---- hashing -----------------------------------------------------------------------------------
@@ -584,15 +664,13 @@ def _hash_launch(tokens: torch.Tensor, config: LSHConfig, projection: LSHProject
     max_group = (_INT64_MAX - 1) // span - 1 if group is not None else 0
     if idx_bits:  # (group + 1) * span << idx_bits must stay below INT64_MAX
         max_group = min(max_group, ((_INT64_MAX >> idx_bits) - 1) // span - 1)
-    kernel = _kernels()["hash"]
     extra = {} if _interpreting() else {"num_warps": params["num_warps"], "num_stages": params["num_stages"]}
     grid = (row_blocks, split)
-    kernel[grid](tokens, matrix, group if group is not None else out, out, part, locks, num_rows, d_model,
-                 tokens.stride(0), matrix.stride(0), max(span, 1), max_group, k_per_split, num_rows * ld_pad, num_out,
-                 HAS_GROUP=group is not None, UPCAST=_interpreting(), IDX_BITS=idx_bits,
-                 BLOCK_M=block_m, BLOCK_K=block_k, LD_PAD=ld_pad, DP=proj_dim, L_PAD=l_pad,
-                 NUM_HASHES=num_hashes, LOG2_RADIX=(2 * proj_dim).bit_length() - 1, SPLIT=split, **extra)
-    _count("hash")
+    _launch("hash", grid, tokens, matrix, group if group is not None else out, out, part, locks, num_rows, d_model,
+            tokens.stride(0), matrix.stride(0), max(span, 1), max_group, k_per_split, num_rows * ld_pad, num_out,
+            HAS_GROUP=group is not None, UPCAST=_interpreting(), IDX_BITS=idx_bits,
+            BLOCK_M=block_m, BLOCK_K=block_k, LD_PAD=ld_pad, DP=proj_dim, L_PAD=l_pad,
+            NUM_HASHES=num_hashes, LOG2_RADIX=(2 * proj_dim).bit_length() - 1, SPLIT=split, **extra)
     return out
 
 
@@ -734,12 +812,10 @@ def _mean_launch(src: torch.Tensor, seg: Segments, order: torch.Tensor | None, o
     col_blocks = _cdiv(d_model, block_d)
     programs = max(1, min(out_rows, 16 * _num_sms(src.device) // col_blocks))
     extra = {} if _interpreting() else {"num_warps": 4}
-    kernel = _kernels()["mean"]
-    kernel[(programs, col_blocks)](src, order if order is not None else seg.seg_start, out, seg.seg_start,
-                                   seg.seg_count, seg.num_segments, out_rows, d_model, src.stride(0),
-                                   out.stride(0), HAS_ORDER=order is not None, ZERO_FILL=zero_fill,
-                                   ROWS=rows_per_block, BLOCK_D=block_d, SUM=total, **extra)
-    _count("mean")
+    _launch("mean", (programs, col_blocks), src, order if order is not None else seg.seg_start, out, seg.seg_start,
+            seg.seg_count, seg.num_segments, out_rows, d_model, src.stride(0),
+            out.stride(0), HAS_ORDER=order is not None, ZERO_FILL=zero_fill,
+            ROWS=rows_per_block, BLOCK_D=block_d, SUM=total, **extra)
     return out
 
 
@@ -754,10 +830,9 @@ def _expand_launch(grad: torch.Tensor, seg_of_row: torch.Tensor, count: torch.Te
     block_d = min(_next_pow2(d_model), 512)
     block_m = max(1, 4096 // block_d)
     extra = {} if _interpreting() else {"num_warps": 4}
-    _kernels()["expand"][(_cdiv(num_rows, block_m), _cdiv(d_model, block_d))](
-        grad, seg_of_row, count if count is not None else seg_of_row, out, num_rows, d_model, grad.stride(0),
-        out.stride(0), SCALE=count is not None, BLOCK_M=block_m, BLOCK_D=block_d, **extra)
-    _count("expand")
+    _launch("expand", (_cdiv(num_rows, block_m), _cdiv(d_model, block_d)),
+            grad, seg_of_row, count if count is not None else seg_of_row, out, num_rows, d_model, grad.stride(0),
+            out.stride(0), SCALE=count is not None, BLOCK_M=block_m, BLOCK_D=block_d, **extra)
     return out
 
 
@@ -827,10 +902,9 @@ def _restore_launch(centroid_out, centroids, rows, seg_of_row):
     block_m = max(1, 4096 // block_d)
     grid = (_cdiv(num_rows, block_m), _cdiv(d_model, block_d))
     extra = {} if _interpreting() else {"num_warps": 4}
-    _kernels()["restore"][grid](centroid_out, centroids, rows, seg_of_row, out, num_rows, d_model,
-                                centroid_out.stride(0), centroids.stride(0), rows.stride(0), out.stride(0),
-                                BLOCK_M=block_m, BLOCK_D=block_d, **extra)
-    _count("restore")
+    _launch("restore", grid, centroid_out, centroids, rows, seg_of_row, out, num_rows, d_model,
+            centroid_out.stride(0), centroids.stride(0), rows.stride(0), out.stride(0),
+            BLOCK_M=block_m, BLOCK_D=block_d, **extra)
     return out
 
 
@@ -851,10 +925,10 @@ class _RestoreRows(torch.autograd.Function):
         (seg_of_row,) = ctx.saved_tensors
         if ctx.runs is not None:
             # rows in token order, their sort known: one pass of the runs kernel, sums and -sums
-            sorted_key, order, span = ctx.runs
+            sorted_key, order, span, run_start = ctx.runs
             need_cout, need_cent = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
             sums, neg, _ = _runs_launch(grad_out, sorted_key, order, span, ctx.shapes[0][0], total=True,
-                                        negate=need_cent)
+                                        negate=need_cent, flags=run_start)
             grad_cout = sums.to(ctx.dtypes[0]) if need_cout else None
             grad_cent = neg.to(ctx.dtypes[1]) if need_cent else None
             return grad_cout, grad_cent, grad_out, None, None, None, None
@@ -907,7 +981,7 @@ def restore_rows(centroid_out: torch.Tensor, centroids: torch.Tensor, rows: torc
         if compressed.token_to_centroid is not seg_of_row or compressed.num_centroids != centroids.shape[0]:
             raise ValueError("compressed must be the SortedCompressed whose token_to_centroid is seg_of_row "
                              f"and whose {compressed.num_centroids} centroids are the {centroids.shape[0]} rows")
-        runs = (compressed.sorted_key, compressed.order, compressed.span)
+        runs = (compressed.sorted_key, compressed.order, compressed.span, compressed.run_start)
     return _RestoreRows.apply(centroid_out, centroids, rows, seg_of_row, use, segments, runs)
 
 
@@ -926,27 +1000,38 @@ class SortedCompressed(Compressed):
     sorted_key: torch.Tensor | None = None
     order: torch.Tensor | None = None
     span: int = 0
+    run_start: torch.Tensor | None = None  # (N,) int8, 1 where sorted row p starts a run (rank path)
 
 
 #: launch parameters of the runs kernel (compress's bookkeeping + centroids in one pass; restore's
 #: backward sums) per problem size (the first row whose max rows fits): `rows` sorted rows per
 #: program (None: about two programs per SM, 16..128), `block_d` columns per step, `col_groups`
-#: programs per row block along d, `prefix` keys per step of each program's count of earlier runs.
+#: programs per row block along d, `prefix` keys per step of each program's count of earlier runs
+#: (or block counts per step of the look-back), `lookback` the decoupled look-back (`_LOOKBACK`).
 #: Measured on an H200 (run lsh11-b, `benchmarks/bench_lsh_fast.py --tune`, d 4,096): the launch
 #: with the least summed time over L 6 and L 2 at 8,192 and at 32,768 tokens.
 RUNS_LAUNCHES = [
+    # <= 8,192 rows: the decoupled look-back (no count over the earlier keys), the best of the
+    # third pass's sweep summed over L 6 and L 2 at 8,192 tokens (run lsh11f, in-sample)
+    (8192, {"rows": 64, "block_d": 128, "col_groups": 8, "prefix": 256, "num_warps": 4, "num_stages": 3,
+            "lookback": True}),
     (16384, {"rows": 64, "block_d": 128, "col_groups": 4, "prefix": 2048, "num_warps": 4, "num_stages": 3}),
     (None, {"rows": 64, "block_d": 128, "col_groups": 2, "prefix": 2048, "num_warps": 4, "num_stages": 3}),
 ]
 #: overrides of the RUNS_LAUNCHES rows (the benchmark's tuning, tests)
 RUNS_LAUNCH: dict = {}
 
-#: the sort of compress: packed keys (key << idx_bits | token) sorted as rows of `sort_chunk` by
-#: torch.sort (its one-kernel path for rows of at most 4,096), then merged by the merge kernel
-#: (`block` elements a program); `sort_chunk` None: torch.sort of the whole key array instead.
-#: Per size as RUNS_LAUNCHES (run lsh11-b: within 1-4% of each other; torch.sort of the whole
-#: array is 25-40 us slower at 8,192 tokens).
+#: the sort of compress. `sort_chunk` 0 (the rank path): the rank kernel places every packed key
+#: (key << idx_bits | token) at the number of packed keys below it (all pairs, `block_t` tokens x
+#: `block_c` keys a step; O(N^2) compares, so for small N only; `flags` also marks run starts for
+#: the runs kernel, a second compare per pair: 32 against 16 us at 8,192 tokens, not worth it).
+#: `sort_chunk` > 0: packed keys sorted as rows of `sort_chunk` by torch.sort (its one-kernel path
+#: for rows of at most 4,096), then merged by the merge kernel (`block` elements a program); None:
+#: torch.sort of the whole key array instead. The rank row (<= 8,192 tokens: 16 us against 48 us
+#: for torch.sort + merge at 8,192, run lsh11f; not measured between 8,192 and 16,384, where its
+#: N^2 work grows 4x) and the rows above (run lsh11-b) were measured on an H200.
 SORT_LAUNCHES = [
+    (8192, {"sort_chunk": 0, "block_t": 8, "block_c": 128, "num_warps": 4, "flags": False, "block": 128}),
     (16384, {"sort_chunk": 2048, "block": 128, "num_warps": 4}),
     (None, {"sort_chunk": 4096, "block": 128, "num_warps": 4}),
 ]
@@ -971,6 +1056,32 @@ def sort_launch_params(num_rows: int) -> dict:
     return _by_rows(SORT_LAUNCHES, num_rows, SORT_LAUNCH)
 
 
+#: the runs kernel's look-back state per device: [int64 buffer, last epoch, ticket count]. The
+#: buffer holds the programs' ticket counter (entry 0) and the per-block run counts (entries 1..B).
+#: Each launch with lookback takes the next epoch, so count entries of earlier launches never match,
+#: and its tickets start where the previous launch's ended (every launch takes exactly one ticket
+#: per program). Launches of one device share the buffer, so look-back launches must not run
+#: concurrently on two streams, and it is off inside a CUDA graph capture (a replay would reuse the
+#: captured epoch and ticket base).
+_LOOKBACK: dict = {}
+
+
+def _lookback_counts(device: torch.device, count: int, programs: int) -> tuple[torch.Tensor, int, int]:
+    """(buffer, tag, ticket base) for one look-back launch of `programs` programs over `count`
+    row blocks; the host's ticket count moves on by `programs`."""
+    key = (device.type, device.index)
+    buffer, epoch, tickets = _LOOKBACK.get(key, (None, 0, 0))
+    if buffer is None or buffer.numel() < count + 1:
+        buffer = torch.zeros(max(count + 1, 4096), dtype=torch.int64, device=device)
+        epoch = 0
+    epoch = epoch + 1 if epoch < 2 ** 30 else 1
+    if epoch == 1 or tickets > 2 ** 62:
+        buffer.zero_()
+        tickets = 0
+    _LOOKBACK[key] = (buffer, epoch, tickets + programs)
+    return buffer, epoch << 32, tickets
+
+
 def _runs_rows(num_rows: int, device: torch.device, rows: int | None) -> int:
     if rows:
         return rows
@@ -978,13 +1089,15 @@ def _runs_rows(num_rows: int, device: torch.device, rows: int | None) -> int:
 
 
 def _runs_launch(x: torch.Tensor, sorted_key: torch.Tensor, order: torch.Tensor, span: int, out_rows: int, *,
-                 total: bool = False, negate: bool = False, index: bool = False, **launch):
+                 total: bool = False, negate: bool = False, index: bool = False, flags: torch.Tensor | None = None,
+                 **launch):
     """One launch of the runs kernel over the (N, d) rows x (token order) sorted by `order`.
 
     Returns (out, neg, ints): out (out_rows, d) in x's dtype, row s = mean (sum with total) of run s
     (rows >= the number of runs are not written); neg = -out (with negate, else None); ints (with
     index, else None): (3 N + 3,) int64 = token_to_run (N) | run_group (N) | run_count (N) |
-    (number of runs, first sorted key, last sorted key).
+    (number of runs, first sorted key, last sorted key). flags: (N,) int8 run starts of the sorted
+    rows (the rank kernel's), for a cheaper count of the runs before each program's block.
     """
     num_rows, d_model = x.shape
     params = {**runs_launch_params(num_rows), **launch}
@@ -1000,12 +1113,15 @@ def _runs_launch(x: torch.Tensor, sorted_key: torch.Tensor, order: torch.Tensor,
     cols_per_group = _cdiv(_cdiv(d_model, col_groups), block_d) * block_d
     col_groups = _cdiv(d_model, cols_per_group)
     extra = {} if _interpreting() else {"num_warps": params["num_warps"], "num_stages": params["num_stages"]}
-    _kernels()["runs"][(_cdiv(num_rows, rows), col_groups)](
-        sorted_key, order, x, out, neg if negate else out, ints if index else sorted_key,  # (not written)
-        num_rows, d_model, x.stride(0), out.stride(0),
-        max(span, 1), cols_per_group, R=rows, BLOCK_D=block_d, PREFIX=params["prefix"], SUM=total, NEG=negate, INDEX=index,
-        UPCAST=_interpreting(), **extra)
-    _count("runs")
+    row_blocks = _cdiv(num_rows, rows)
+    lookback = bool(params.get("lookback", False)) and not (x.is_cuda and torch.cuda.is_current_stream_capturing())
+    cnt, tag, ticket_base = (_lookback_counts(x.device, row_blocks, row_blocks * col_groups) if lookback
+                             else (sorted_key, 1 << 32, 0))
+    _launch("runs", (row_blocks, col_groups),
+            sorted_key, order, x, out, neg if negate else out, ints if index else sorted_key,  # (not written)
+            flags if flags is not None else sorted_key, cnt, num_rows, d_model, x.stride(0), out.stride(0),
+            max(span, 1), cols_per_group, tag, ticket_base, R=rows, BLOCK_D=block_d, PREFIX=params["prefix"], SUM=total,
+            NEG=negate, INDEX=index, UPCAST=_interpreting(), FLAGS=flags is not None, LOOKBACK=lookback, **extra)
     return out, neg, ints
 
 
@@ -1035,25 +1151,48 @@ def _merge_launch(rows_sorted: torch.Tensor, num_tokens: int, idx_bits: int, sor
     sorted_key = torch.empty(num_tokens, dtype=torch.int64, device=rows_sorted.device)
     order = torch.empty_like(sorted_key)
     extra = {} if _interpreting() else {"num_warps": sort["num_warps"]}
-    _kernels()["merge"][(_cdiv(num_chunks * chunk, sort["block"]),)](
-        rows_sorted, sorted_key, order, num_chunks, IDX_BITS=idx_bits, CHUNK=chunk,
-        LOG_CHUNK=chunk.bit_length() - 1, BLOCK=sort["block"], **extra)
-    _count("merge")
+    _launch("merge", (_cdiv(num_chunks * chunk, sort["block"]),),
+            rows_sorted, sorted_key, order, num_chunks, IDX_BITS=idx_bits, CHUNK=chunk,
+            LOG_CHUNK=chunk.bit_length() - 1, BLOCK=sort["block"], **extra)
     return sorted_key, order
+
+
+def _rank_launch(packed: torch.Tensor, idx_bits: int, sort: dict):
+    """(N,) unique packed keys -> (sorted_key, order, run_start (int8, or None without
+    sort["flags"])), each (N,): one launch."""
+    num_tokens = packed.shape[0]
+    sorted_key = torch.empty(num_tokens, dtype=torch.int64, device=packed.device)
+    order = torch.empty_like(sorted_key)
+    flags = bool(sort.get("flags", False))
+    run_start = torch.empty(num_tokens, dtype=torch.int8, device=packed.device) if flags else None
+    block_t, block_c = sort.get("block_t", 16), sort.get("block_c", 128)
+    extra = {} if _interpreting() else {"num_warps": sort.get("num_warps", 4)}
+    _launch("rank", (_cdiv(num_tokens, block_t),), packed, sorted_key, order, run_start if flags else order,
+            num_tokens, IDX_BITS=idx_bits, BLOCK_T=block_t, BLOCK_C=block_c, FLAGS=flags, **extra)
+    return sorted_key, order, run_start
 
 
 def _compress_kernels(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig, projection: LSHProjection,
                       span: int, hash_launch: dict | None = None, runs_launch: dict | None = None,
                       sort_launch: dict | None = None):
-    """The sync-free part of the kernel path: hash (packed keys) -> torch.sort of rows of at most
-    4,096 -> merge kernel -> runs kernel (or hash -> torch.sort -> runs, see SORT_LAUNCH).
-    Returns (means (N, d), ints, sorted_key, order) (see `_runs_launch`), or None when the
-    projection is not exact in the tokens' dtype."""
+    """The sync-free part of the kernel path: hash (packed keys) -> rank kernel -> runs kernel
+    (small N), or hash (packed keys) -> torch.sort of rows of at most 4,096 -> merge kernel -> runs
+    kernel, or hash -> torch.sort -> runs (see SORT_LAUNCHES). Returns (means (N, d), ints,
+    sorted_key, order, run_start or None) (see `_runs_launch`), or None when the projection is not
+    exact in the tokens' dtype."""
     num_tokens = tokens.shape[0]
     sort = {**sort_launch_params(num_tokens), **(sort_launch or {})}
     idx_bits = max(1, (num_tokens - 1).bit_length())
+    packable = (span << (16 + idx_bits)) < _INT64_MAX
+    run_start = None
     # packed keys when they leave room for 2^16 groups: (2^16 span) << idx_bits < 2^63
-    if sort["sort_chunk"] and (span << (16 + idx_bits)) < _INT64_MAX:
+    if sort["sort_chunk"] == 0 and packable:
+        packed = _hash_launch(tokens, config, projection, group, span, idx_bits=idx_bits, num_out=num_tokens,
+                              **(hash_launch or {}))  # (N,)
+        if packed is None:
+            return None
+        sorted_key, order, run_start = _rank_launch(packed, idx_bits, sort)
+    elif sort["sort_chunk"] and packable:
         chunk = min(sort["sort_chunk"], max(16, _next_pow2(num_tokens)))
         num_chunks = _cdiv(num_tokens, chunk)
         packed = _hash_launch(tokens, config, projection, group, span, idx_bits=idx_bits,
@@ -1067,9 +1206,9 @@ def _compress_kernels(tokens: torch.Tensor, group: torch.Tensor, config: LSHConf
         if key is None:
             return None
         sorted_key, order = torch.sort(key, stable=True)  # (N,)
-    means, _, ints = _runs_launch(tokens, sorted_key, order, span, tokens.shape[0], index=True,
+    means, _, ints = _runs_launch(tokens, sorted_key, order, span, tokens.shape[0], index=True, flags=run_start,
                                   **(runs_launch or {}))
-    return means, ints, sorted_key, order
+    return means, ints, sorted_key, order, run_start
 
 
 def _prepare_compress(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
@@ -1098,9 +1237,9 @@ def compress_fast(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
     order by (group, bucket), token_to_centroid, counts and groups (kernel path: up to near-ties of
     the hash, see the module docstring). Synchronises once, at the end, to size the outputs.
 
-    Kernel path (`kernel_eligible`): three launches and one host sync: the hash kernel writes the
-    keys group * span + bucket, torch.sort sorts them, the runs kernel writes the centroids,
-    token_to_centroid, groups and counts and the sizes the host reads. The result is a
+    Kernel path (`kernel_eligible`): the hash kernel writes the packed keys, the rank kernel
+    (<= 8,192 tokens) or torch.sort + the merge kernel sorts them, the runs kernel writes the
+    centroids, token_to_centroid, groups and counts and the sizes the host reads; one host sync. The result is a
     `SortedCompressed` (restore_rows(..., compressed=it) has a one-pass backward); centroids are
     rows of an (N, d) buffer. The backward w.r.t. the tokens is one pass (grad / count).
     Everything else runs the torch path (`_compress_via_segments`): CPU, 32/64-bit tokens,
@@ -1117,7 +1256,7 @@ def compress_fast(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
         launched = _compress_kernels(tokens.detach(), group, config, projection, span)
     if launched is None:  # a projection whose entries the 16-bit dtype cannot hold: torch hashes
         return _compress_via_segments(tokens, group, config, projection)
-    means, ints, sorted_key, order = launched
+    means, ints, sorted_key, order, run_start = launched
     # the one host sync: the number of centroids, and the checks the kernels could not do without one
     num_centroids, key_min, _ = ints[3 * num_tokens:].tolist()
     if key_min < 0:  # non-finite tokens, negative groups, or keys that would overflow int64
@@ -1129,7 +1268,8 @@ def compress_fast(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
         centroids = _Centroids.apply(tokens, centroids, token_to_centroid, counts, True)
     return SortedCompressed(centroids=centroids, token_to_centroid=token_to_centroid,
                             centroid_group=ints[num_tokens:num_tokens + num_centroids], centroid_count=counts,
-                            num_tokens=num_tokens, sorted_key=sorted_key, order=order, span=span)
+                            num_tokens=num_tokens, sorted_key=sorted_key, order=order, span=span,
+                            run_start=run_start)
 
 
 def _compress_via_segments(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
