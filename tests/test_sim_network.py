@@ -58,7 +58,8 @@ def test_bottleneck_is_the_shared_nic():
     the all-to-all efficiency of the cluster's named software calibration (`software.a2a_efficiency`)."""
     G = load_topology("lshmoe-v100-2x8")
     nic_Bps = 12.5e9 * G.graph["software"]["a2a_efficiency"]
-    assert G.graph["software"]["a2a_efficiency"] == 0.29
+    # the documented rule: nccl-tests#78's all-to-all / all-reduce ratio times the all-reduce's 0.96
+    assert abs(G.graph["software"]["a2a_efficiency"] - 0.96 * 0.2912 / 0.3464) < 5e-4
     flows = [(r, 8 + r, 1e8, 0.0) for r in range(8)]
     result = simulate_flows(G, flows, alpha_s=0.0)
     path_latency = 4 * 1e-6
