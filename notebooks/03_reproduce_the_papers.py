@@ -181,13 +181,14 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Read the bars against the band. Swin-MoE-L's 32-GPU Fig. 3 share, RoBERTa-MoE's Fig. 6 speedup
-# and LocMoE's "no gain over hash at 256 NPUs" land inside it (the LSH-MoE clusters run the era's
+# Read the bars against the band. Swin-MoE-L's 32-GPU Fig. 3 share, RoBERTa-MoE's Fig. 6 speedup,
+# LocMoE's 256-NPU share and its "no gain over hash at 256 NPUs" land inside it (the LSH-MoE clusters run the era's
 # MoE layer, `software.moe_layer`: fairseq's dense one-hot dispatch and its loop over the local
 # experts, whose compute lowers the all-to-all share); GPT-MoE's 16-GPU share lies just below it and
 # its 32-GPU share above it, RoBERTa-MoE's shares and T5-MoE's Fig. 6 speedup fall below it; the two
 # Table 2 speedups (V100 cluster) lie about a quarter to the right and Table 3 far to the right;
-# LocMoE's step reductions lie to the left (the planner finds half of the paper's gain).
+# LocMoE's step reductions lie to the left (the planner finds half to two thirds of the paper's
+# gain) and its 128-NPU share far to the right.
 # Section 5 explains why. First, the LSH-MoE paper itself gives us a way to check which of its
 # numbers agree.
 #
@@ -368,6 +369,10 @@ assumptions.groupby("assumed").figure.count().rename("figures that assume it")
 # * **the compression rate** of most LSH-MoE speedups (0.2 is assumed where the paper gives none).
 # * **LocMoE's model**: it is not in the catalog (PanGu-Sigma's widths and sequence length are not
 #   published). A stand-in model runs at top-1 instead; its width sets LocMoE's capacity bound.
+#   The paper's model parallel 8 is not applied: with lshsim's tensor-parallel layout (Megatron's,
+#   experts whole on one rank) its collectives inside a server would dominate the step (the
+#   128-NPU share falls to about 7%), while MindSpore shards each expert over the model-parallel
+#   ranks, a layout lshsim does not model (benchmarks/RESULTS.md, branch locmoe13d, shows the sweep).
 #
 # ### 5c. LocMoE's gains and dropped work
 #
@@ -437,8 +442,11 @@ for label, step in steps.items():
 # Its all-to-all falls by a few percent, as in the paper (the locality share is bounded by what
 # the node's experts accept). The step does fall, by about a tenth: LocMoE's setting runs with
 # the paper's communication overlap (lshsim's chunked dispatch / expert / combine pipeline stands
-# for it), which hides part of its all-to-all behind the experts; the steps also include the
-# data-parallel gradient all-reduce (`grad_sync`). What the planner still cannot find is the
+# for it, in two chunks: MindSpore's `comp_comm_parallel_degree` default), which hides part of its
+# all-to-all behind the experts; the steps also include the data-parallel gradient all-reduce
+# (`grad_sync`), on the Ascend clusters in HCCL's two levels (inside each server, then across the
+# servers: `software.allreduce_algorithm`), which is why the 256-NPU share is now above the
+# 128-NPU one, as in the paper. What the planner still cannot find is the
 # paper's gain "mostly from computation" under this reading of the capacity bound. lshsim reports the drops
 # next to every relative figure, never hidden in the speedup: a speedup bought with dropped tokens
 # is not the same speedup.
@@ -516,8 +524,8 @@ plt.show()
 # * The LSH-MoE paper contradicts itself for Swin-MoE-L: its speedup implies a much smaller share
 #   than its Fig. 3. No model can match both.
 # * LocMoE's mechanism in direction and size: the all-to-all cut is a few percent (paper 5.13%),
-#   no gain over hash at 256 NPUs (as the paper), but the 12.68-22.24% step reductions are not
-#   reproduced. Drops are printed next to every relative figure.
+#   about a tenth faster than hash at 256 NPUs (the paper: no gain; within 15%), but the
+#   12.68-22.24% step reductions are not reproduced. Drops are printed next to every relative figure.
 #
 # ## Exercises
 #

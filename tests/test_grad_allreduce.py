@@ -249,3 +249,53 @@ def test_unique_experts_never_fill_a_bucket():
                                   "vocab_size": 4000}, 8 // 4)
     replicated = sum(p for p, _ in params["layers"]) + params["last"]
     assert synced["grad_bytes_replicated"] == replicated * 2 and synced["grad_buckets"] >= 2
+
+
+# ---- HCCL's two-level all-reduce (software.allreduce_algorithm: hierarchical; branch locmoe13d) ----
+FOUR_BY_TWO = {"name": "four", "gpu": "h100", "nodes": 4, "gpus_per_node": 2, "alpha_s": 1e-5,
+               "intra": {"kind": "full_mesh", "per_link_Bps": 1e10, "latency_s": 0.0, "pcie_Bps": 1e10},
+               "inter": {"kind": "fat_tree", "nics_per_node": 2, "nic_gbps": 80, "servers_per_leaf": 4,
+                         "latency_s": 0.0}}
+
+
+def test_hierarchical_all_reduce_is_the_intra_then_the_inter_server_ring():
+    from lshsim.sim.collectives import hierarchical_all_reduce
+    G = build_topology(FOUR_BY_TWO)
+    world = [list(range(8))]
+    size = 4e6
+    result = hierarchical_all_reduce(G, world, size)
+    intra = ring_all_reduce(G, [[0, 1], [2, 3], [4, 5], [6, 7]], size).time_s
+    inter = ring_all_reduce(G, [[0, 2, 4, 6], [1, 3, 5, 7]], size / 2, channels=1).time_s
+    assert result.time_s == pytest.approx(intra + inter, rel=1e-12)
+    # 2 (L - 1) + 2 (N - 1) = 8 start-ups instead of the flat ring's 2 (8 - 1) = 14
+    small = 1.0
+    assert hierarchical_all_reduce(G, world, small).time_s < ring_all_reduce(G, world, small).time_s
+    # groups that are not L > 1 ranks on each of N > 1 servers run the flat ring
+    assert hierarchical_all_reduce(G, [[0, 2, 4, 6]], size).time_s == ring_all_reduce(G, [[0, 2, 4, 6]], size).time_s
+    assert hierarchical_all_reduce(G, [[0, 1, 2, 4]], size).time_s == ring_all_reduce(G, [[0, 1, 2, 4]], size).time_s
+    assert hierarchical_all_reduce(G, world, 0.0).time_s == 0.0
+
+
+def test_allreduce_algorithm_is_read_with_a_source_and_reaches_the_step():
+    from lshsim.topology.spec import read_software
+    assert read_software("t.yaml", {"name": "x", "allreduce_algorithm": "hierarchical",
+                                    "sources": {"allreduce_algorithm": "s"}})["allreduce_algorithm"] == "hierarchical"
+    with pytest.raises(ValueError, match="must be one of ring, hierarchical"):
+        read_software("t.yaml", {"name": "x", "allreduce_algorithm": "tree", "sources": {"allreduce_algorithm": "s"}})
+    with pytest.raises(ValueError, match="needs its source"):
+        read_software("t.yaml", {"name": "x", "allreduce_algorithm": "ring"})
+    assert build_topology(FOUR_BY_TWO).graph["allreduce_algorithm"] == "ring"          # absent: NCCL's flat ring
+    for name in ("locmoe-8x8", "locmoe-16x8", "locmoe-32x8"):                           # HCCL on the Ascend clusters
+        G = load_topology(name)
+        assert G.graph["allreduce_algorithm"] == "hierarchical" and "HCCL" in G.graph["software"]["sources"]["allreduce_algorithm"]
+    for name in ("lshmoe-v100-2x8", "lshmoe-a100-4x8"):
+        assert load_topology(name).graph["allreduce_algorithm"] == "ring"
+    # the step's gradient phase follows the software's algorithm (fast links inside the servers: the
+    # two levels take fewer start-ups and cross the NICs with less, so the all-reduce is shorter)
+    fast = {**FOUR_BY_TWO, "intra": {**FOUR_BY_TWO["intra"], "per_link_Bps": 1e12, "pcie_Bps": 1e12}}
+    spec = {**fast, "software": {"name": "s", "grad_sync": "after", "sources": {"grad_sync": "t"}}}
+    hier = {**spec, "software": {**spec["software"], "allreduce_algorithm": "hierarchical",
+                                 "sources": {"grad_sync": "t", "allreduce_algorithm": "t"}}}
+    flat = simulate_step(TINY, build_topology(spec)).breakdown["grad_sync_s"]
+    two = simulate_step(TINY, build_topology(hier)).breakdown["grad_sync_s"]
+    assert 0 < two < flat

@@ -56,7 +56,7 @@ from lshsim.calibration.model import LinkModels
 from lshsim.sim.network import FlowNetwork, busiest_links
 from lshsim.topology.routing import ALL_PAIRS_MAX_WORLD, Routes, gpu_vertices, validate_topology
 
-__all__ = ["simulate_all_to_all", "ring_all_reduce", "ring_orders", "AllReduceResult", "estimate_all_to_all", "estimate_collective", "ESTIMATED_ALGORITHMS", "fed_port_time", "processor_sharing_levels", "FEW_FLOWS_PER_PORT", "CollectiveResult", "CollectiveRun", "Stage", "ALGORITHMS", "uniform_traffic",
+__all__ = ["simulate_all_to_all", "ring_all_reduce", "hierarchical_all_reduce", "ring_orders", "AllReduceResult", "estimate_all_to_all", "estimate_collective", "ESTIMATED_ALGORITHMS", "fed_port_time", "processor_sharing_levels", "FEW_FLOWS_PER_PORT", "CollectiveResult", "CollectiveRun", "Stage", "ALGORITHMS", "uniform_traffic",
            "proxy_of_local", "hierarchical_phases", "direct", "pairwise", "hierarchical", "groupwise"]
 
 
@@ -726,3 +726,69 @@ def ring_all_reduce(G: nx.DiGraph, groups, size_bytes: float, *, routes: Routes 
     step_s = float(transfer.finish_s.max())
     time_s = 2 * (g - 1) * step_s
     return AllReduceResult(time_s, step_s, g, channels, size_bytes * 2 * (g - 1) / g / time_s if time_s else 0.0)
+
+
+def hierarchical_all_reduce(G: nx.DiGraph, groups, size_bytes: float, *, routes: Routes | None = None,
+                            alpha_s: float | None = None,
+                            bandwidth_scale_by_kind: dict[str, float] | None = None) -> AllReduceResult:
+    """A two-level all-reduce of `size_bytes` per rank over every group of `groups` at once: HCCL's
+    hierarchical algorithm (the CANN HCCL user guide, "Collective Communication Algorithms": an
+    intra-server algorithm, "level0", and an inter-server one, "level1", chosen by HCCL).
+
+    Level 0: each group's ranks on one server all-reduce among themselves, modelled as a ring
+    all-reduce (`ring_all_reduce`: a reduce-scatter and an all-gather, 2 (L - 1) steps) of the full
+    size, so every rank then holds its share of the server's sum; level 1: for each local index
+    (the j-th rank of the group on every server) a ring all-reduce over the servers of size / L
+    (HCCL's inter-server ring; its halving-doubling would take fewer steps), the L rings at once,
+    each through its rank's own NIC (one channel). Level 0's second half (the all-gather after the
+    inter-server level) is costed within its ring: the same bytes and steps. time_s = level 0 +
+    level 1: 2 (L - 1) + 2 (N - 1) ring steps instead of the flat ring's 2 (N L - 1). A group whose
+    ranks are not L > 1 on each of N > 1 servers runs the flat ring (`ring_all_reduce`).
+
+    >>> from lshsim.topology import build_topology
+    >>> G = build_topology({"name": "m", "gpu": "h100", "nodes": 2, "gpus_per_node": 2, "alpha_s": 0.0,
+    ...                     "intra": {"kind": "full_mesh", "per_link_Bps": 1e9, "latency_s": 0.0},
+    ...                     "inter": {"kind": "fat_tree", "nics_per_node": 2, "nic_gbps": 8, "latency_s": 0.0}})
+    >>> r = hierarchical_all_reduce(G, [[0, 1, 2, 3]], 4e6)
+    >>> intra = ring_all_reduce(G, [[0, 1], [2, 3]], 4e6).time_s
+    >>> inter = ring_all_reduce(G, [[0, 2], [1, 3]], 2e6, channels=1).time_s
+    >>> round(r.time_s, 9) == round(intra + inter, 9), r.group_size
+    (True, 4)
+    """
+    routes = validate_topology(G) if routes is None else routes
+    table = np.asarray(groups, dtype=np.int64)
+    if table.ndim != 2 or table.size == 0:
+        raise ValueError(f"groups must be an (R, g) array of ranks, got shape {table.shape}")
+    per_node = int(G.graph.get("gpus_per_node") or 0)
+    g = table.shape[1]
+    flat = lambda: ring_all_reduce(G, table, size_bytes, routes=routes, alpha_s=alpha_s,  # noqa: E731
+                                   bandwidth_scale_by_kind=bandwidth_scale_by_kind)
+    if per_node < 2 or g < 4:
+        return flat()
+    intra_rows, inter_rows, shape = [], [], None
+    for group in table:
+        by_node: dict[int, list[int]] = {}
+        for rank in sorted(int(r) for r in group):
+            by_node.setdefault(rank // per_node, []).append(rank)
+        sizes = {len(m) for m in by_node.values()}
+        if len(sizes) != 1 or len(by_node) < 2 or next(iter(sizes)) < 2:
+            return flat()
+        local = next(iter(sizes))
+        if shape not in (None, (local, len(by_node))):
+            return flat()
+        shape = (local, len(by_node))
+        members = [by_node[node] for node in sorted(by_node)]
+        intra_rows.extend(members)
+        inter_rows.extend([m[j] for m in members] for j in range(local))
+    local, servers = shape
+    if not (np.isfinite(size_bytes) and size_bytes >= 0):
+        raise ValueError(f"size_bytes={size_bytes} must be finite and >= 0")
+    if size_bytes == 0:
+        return AllReduceResult(0.0, 0.0, g, 1, 0.0)
+    intra = ring_all_reduce(G, intra_rows, size_bytes, routes=routes, alpha_s=alpha_s,
+                            bandwidth_scale_by_kind=bandwidth_scale_by_kind)
+    inter = ring_all_reduce(G, inter_rows, size_bytes / local, routes=routes, alpha_s=alpha_s, channels=1,
+                            bandwidth_scale_by_kind=bandwidth_scale_by_kind)
+    time_s = intra.time_s + inter.time_s
+    return AllReduceResult(time_s, max(intra.step_s, inter.step_s), g, 1,
+                           size_bytes * 2 * (g - 1) / g / time_s if time_s else 0.0)

@@ -80,7 +80,10 @@ Where the numbers come from:
   all-gather, 2 (g - 1) steps) whose step is simulated on the topology's flow network
   (`lshsim.sim.collectives.ring_all_reduce`: every rank to its ring successor at once, one ring per
   NIC of a node, the NICs at the software's `allreduce_efficiency` of line rate), so it costs
-  2 (g - 1) / g x bytes / bandwidth plus 2 (g - 1) start-ups on a plain ring. Modes: "after" (one
+  2 (g - 1) / g x bytes / bandwidth plus 2 (g - 1) start-ups on a plain ring; where the cluster's
+  software runs HCCL's two-level algorithm (`software.allreduce_algorithm: hierarchical`, the Ascend
+  clusters) a ring inside each server, then one ring per local index over the servers with 1 / L of
+  the bytes (`lshsim.sim.collectives.hierarchical_all_reduce`). Modes: "after" (one
   all-reduce once the backward has ended: fairseq's legacy_ddp), "overlapped" (PyTorch DDP: buckets
   of `grad_bucket_bytes`, 25 MiB, each all-reduced once its layers' backward has ended, one after
   another on one stream; only what runs past the backward's end adds to the step), "off" (not
@@ -109,7 +112,8 @@ from lshsim.algorithms import canonical_algorithm
 from lshsim.dispatch import ROUTERS, RouterConfig, contiguous_placement, effective_k, route
 from lshsim.dispatch.placement import GroupedPlacement, Placement, expert_parallel_placement
 from lshsim.dispatch.synthetic import synthetic_router_inputs
-from lshsim.sim.collectives import (ALGORITHMS, ESTIMATED_ALGORITHMS, estimate_collective, ring_all_reduce,
+from lshsim.sim.collectives import (ALGORITHMS, ESTIMATED_ALGORITHMS, estimate_collective, hierarchical_all_reduce,
+                                    ring_all_reduce,
                                     simulate_all_to_all)
 from lshsim.sim.dispatch_formats import DISPATCH_FORMATS, bytes_per_token as format_bytes_per_token
 from lshsim.sim.moe_layers import MOE_LAYERS, PADDED_LAYERS, padded_capacity, resolve_moe_layer
@@ -863,8 +867,9 @@ class A2ACache:
     def all_reduce_s(self, groups: np.ndarray, size_bytes: float) -> float:
         """Seconds of a ring all-reduce of `size_bytes` per rank over every group of `groups` ((R, g)
         ranks) at once (`lshsim.sim.collectives.ring_all_reduce`, exact flow simulation of one ring
-        step; the NICs at the software's all-reduce efficiency, G.graph["allreduce_nic_scale"]);
-        cached like the all-to-alls."""
+        step; the NICs at the software's all-reduce efficiency, G.graph["allreduce_nic_scale"]), or
+        the two-level `hierarchical_all_reduce` where the software says so
+        (G.graph["allreduce_algorithm"], `software.allreduce_algorithm`); cached like the all-to-alls."""
         table = np.ascontiguousarray(np.asarray(groups, dtype=np.int64))
         key = ("all_reduce", self._digest(table), float(size_bytes))
         if key in self.times:
@@ -874,8 +879,10 @@ class A2ACache:
         started = time.perf_counter()
         scale = float(self.graph.graph.get("allreduce_nic_scale", 1.0) or 1.0)
         by_kind = {"nic": scale} if scale != 1.0 and self.graph.graph.get("nics_per_node") else None
-        self.times[key] = ring_all_reduce(self.graph, table, float(size_bytes), routes=self.routes,
-                                          bandwidth_scale_by_kind=by_kind).time_s
+        algorithm = hierarchical_all_reduce if self.graph.graph.get("allreduce_algorithm") == "hierarchical" \
+            else ring_all_reduce      # the software's algorithm over the servers (software.allreduce_algorithm)
+        self.times[key] = algorithm(self.graph, table, float(size_bytes), routes=self.routes,
+                                    bandwidth_scale_by_kind=by_kind).time_s
         self.simulated_s += time.perf_counter() - started
         return self.times[key]
 

@@ -73,6 +73,8 @@ times in seconds, NIC line rate in Gb/s:
       expert_grad_sync: false      # whether an expert's replicas (EP < W) all-reduce its gradients;
                                    #   absent = true (DDP today); false = fairseq's legacy_ddp, which skips
                                    #   every parameter marked `expert`
+      allreduce_algorithm: ring    # the gradient all-reduce over the servers (`ALLREDUCE_ALGORITHMS`):
+                                   #   ring (absent: one flat ring, NCCL) or hierarchical (HCCL's two levels)
       sources: {gemm_efficiency: "...", ...}   # required: where every number above comes from
     assumed: {field: reason}       # optional: every value the source does not state, with its reason
                                    #   (G.graph["assumed"])
@@ -137,7 +139,13 @@ _TOP_KEYS = {"name", "description", "gpu", "nodes", "gpus_per_node", "alpha_s", 
 SOFTWARE_FIELDS = {"name": "text", "stack": "text", "gemm_efficiency": "efficiency", "hbm_efficiency": "efficiency",
                    "a2a_efficiency": "efficiency", "lsh_compress_Bps": "rate", "lsh_restore_Bps": "rate",
                    "moe_layer": "layer", "allreduce_efficiency": "efficiency", "grad_sync": "grad_sync",
-                   "expert_grad_sync": "flag", "sources": "mapping"}
+                   "expert_grad_sync": "flag", "allreduce_algorithm": "allreduce_algorithm", "sources": "mapping"}
+#: how the gradient all-reduce runs over the servers (`software.allreduce_algorithm`; the phase
+#: `grad_allreduce`): "ring" (one flat ring over every rank of a group, 2 (g - 1) steps: NCCL's ring),
+#: "hierarchical" (a ring inside each server, then one ring per local index over the servers with
+#: 1 / L of the bytes: HCCL's two-level "level0" intra-server / "level1" inter-server algorithm;
+#: `lshsim.sim.collectives.hierarchical_all_reduce`); absent = ring
+ALLREDUCE_ALGORITHMS = ("ring", "hierarchical")
 #: how the data-parallel gradient all-reduce runs against the backward (`software.grad_sync`,
 #: `StepConfig.grad_sync`; the phase `grad_allreduce` of `lshsim.sim.phases`): "after" (once the
 #: backward has ended, as fairseq's legacy_ddp and DDP without bucketing), "overlapped" (PyTorch
@@ -334,6 +342,10 @@ def read_software(check: "_Checker | str", value) -> dict | None:
             if item not in GRAD_SYNC_MODES:
                 raise check.fail(f"software.{key}", item, f"must be one of {', '.join(GRAD_SYNC_MODES)}")
             out[key] = item
+        elif kind == "allreduce_algorithm":
+            if item not in ALLREDUCE_ALGORITHMS:
+                raise check.fail(f"software.{key}", item, f"must be one of {', '.join(ALLREDUCE_ALGORITHMS)}")
+            out[key] = item
         elif kind == "flag":
             if not isinstance(item, bool):
                 raise check.fail(f"software.{key}", item, "must be true or false")
@@ -349,7 +361,8 @@ def read_software(check: "_Checker | str", value) -> dict | None:
             out[key] = number
     if "name" not in out:
         raise check.fail("software.name", None, "is required (a calibration is named, never a silent default)")
-    numbers = [key for key, kind in SOFTWARE_FIELDS.items() if kind in ("efficiency", "rate", "layer", "grad_sync", "flag")
+    numbers = [key for key, kind in SOFTWARE_FIELDS.items() if kind in ("efficiency", "rate", "layer", "grad_sync", "flag",
+                                                                  "allreduce_algorithm")
                and key in out]
     missing = [key for key in numbers if key not in out.get("sources", {})]
     if missing:
@@ -466,6 +479,8 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
     if inter_args is not None and software is not None and "allreduce_efficiency" in software \
             and (calibration is None or calibration.get("nic_Bps") is None):
         G.graph["allreduce_nic_scale"] = software["allreduce_efficiency"] / software.get("a2a_efficiency", 1.0)
+    # and its algorithm over the servers (ALLREDUCE_ALGORITHMS; lshsim.sim.moe_step.A2ACache.all_reduce_s)
+    G.graph["allreduce_algorithm"] = (software or {}).get("allreduce_algorithm", "ring")
     routing = _routing(check, intra_family, inter_family)
     if routing is not None:
         G.graph["routing"] = routing
