@@ -714,3 +714,27 @@ def test_cuda_choice_segments(num_tokens, k, experts, span):
     got = fast.choice_segments(expert_index, kept, bucket, position, span, experts)
     want = _choice_reference(expert_index, kept, bucket, position, span, experts)
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_interpreter_segment_mean_of_tokens(interpreter, dtype):
+    """segment_mean_of (the mean kernel reading the tokens through the token of each sorted row) ==
+    segment_mean of the gathered rows, bit for bit on the segments; centroids_of has its gradient"""
+    expert_index, kept, bucket, position = _choice_case(90, 2, 4, 6, 0.2, seed=4)
+    flat = fast.choice_segments(expert_index, kept, bucket, position, 6, 4, force_triton=True)
+    rows = 180
+    order, token_of_row = flat[:rows], flat[2 * rows:3 * rows]
+    seg = fast.Segments(order=order, seg_of_row=flat[3 * rows:4 * rows], seg_start=flat[4 * rows:5 * rows],
+                        seg_count=flat[5 * rows:6 * rows], seg_group=flat[6 * rows:7 * rows],
+                        num_segments=flat[-2:-1], num_valid=flat[-1:])
+    tokens = torch.randn(90, 40, generator=torch.Generator().manual_seed(2)).to(dtype)
+    send = tokens.index_select(0, token_of_row).requires_grad_(True)
+    want = fast.segment_mean(send, seg, force_triton=True)
+    means = fast.segment_mean_of(tokens, seg, token_of_row)
+    num = int(seg.num_segments[0])
+    assert torch.equal(means[:num], want[:num].detach())
+    got = fast.centroids_of(send, means, seg)
+    grad = torch.randn(rows, 40, generator=torch.Generator().manual_seed(3)).to(dtype)
+    (g_want,) = torch.autograd.grad(want, send, grad)
+    (g_got,) = torch.autograd.grad(got, send, grad)
+    assert torch.equal(g_got, g_want)

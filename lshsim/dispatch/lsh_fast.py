@@ -66,7 +66,7 @@ from lshsim.dispatch import lsh
 from lshsim.dispatch.lsh import Compressed, LSHConfig, LSHProjection
 
 __all__ = ["triton_available", "kernel_eligible", "token_buckets", "Segments", "segments", "choice_segments",
-           "choice_segments_eligible",
+           "choice_segments_eligible", "segment_mean_of", "centroids_of",
            "segment_mean", "restore_rows", "compress_fast"]
 
 _INT64_MAX = 2 ** 63 - 1
@@ -1033,6 +1033,24 @@ def segment_mean(rows: torch.Tensor, seg: Segments, *, force_triton: bool = Fals
     eligible = rows.dtype in (torch.bfloat16, torch.float16, torch.float32) and rows.shape[1] > 0
     use = _use_triton(rows.device, eligible and (rows.is_cuda or force_triton), force_triton)
     return _SegmentMean.apply(rows, seg, None, rows.shape[0], use, zero_fill or not use)
+
+
+def segment_mean_of(tokens: torch.Tensor, seg: Segments, token_of_row: torch.Tensor) -> torch.Tensor:
+    """(M, d) segment means of the rows tokens[token_of_row] (sorted row i is token token_of_row[i]),
+    without gathering them: the mean kernel reads the tokens through token_of_row, summing the
+    same values in the same order as `segment_mean(tokens[token_of_row], seg)`, so the means are
+    bit-equal to it; rows >= num_segments are not written. No autograd (wrap the result with
+    `centroids_of`). Kernel path only (16-bit or float32 tokens where the kernels run); no host sync."""
+    return _mean_launch(tokens, seg, token_of_row, seg.seg_of_row.shape[0], zero_fill=False)
+
+
+def centroids_of(rows: torch.Tensor, means: torch.Tensor, seg: Segments) -> torch.Tensor:
+    """means (the segment means of `rows` in sorted order, e.g. from `segment_mean_of`) as a function
+    of rows: the same backward as `segment_mean(rows, seg)` on the kernel path (one pass,
+    grad_rows[i] = grad[seg_of_row[i]] / seg_count[seg_of_row[i]], 0 for invalid rows)."""
+    if rows.requires_grad and torch.is_grad_enabled():
+        return _Centroids.apply(rows, means, seg.seg_of_row, seg.seg_count, True)
+    return means
 
 
 # ---- restore -----------------------------------------------------------------------------------
