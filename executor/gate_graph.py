@@ -221,9 +221,11 @@ class GraphedRouting:
         self.captured = CapturedFunction(self._indices, enabled and config.name in SYNC_FREE_ROUTERS, "routing",
                                          copy_outputs=copy_outputs)
         self.segments = CapturedFunction(self._segments, enabled, "LSH bucketing", copy_outputs=copy_outputs)
-        #: the token hash and the bucketing as one graph (`lsh_segments(tokens=...)`), the tokens read in place
+        #: the token hash, the bucketing and the centroids as one graph (`lsh_segments(tokens=...)`); the
+        #: tokens and the plan's expert_index and kept (the LSH gate graph's static outputs) read in place
         self.segments_hashed = CapturedFunction(self._segments_hashed, enabled, "LSH hash and bucketing",
-                                                copy_outputs=copy_outputs, alias=("tokens",))
+                                                copy_outputs=copy_outputs,
+                                                alias=("tokens", "expert_index", "kept"))
         #: (LSHConfig, LSHProjection) of `segments_hashed` (set by the layer)
         self.lsh_hash = None
         #: the centroids the last `lsh_segments(tokens=...)` computed in its graph (static), or None
