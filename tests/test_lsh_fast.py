@@ -653,10 +653,11 @@ def _choice_reference(expert_index, kept, bucket, position, span, num_groups):
     """gate_graph's torch bookkeeping: segments + inverse + token of row + segments per group."""
     num_tokens, k = expert_index.shape
     flat_position = position[expert_index.clamp(min=0)].reshape(-1)
-    bucket_of_choice = torch.arange(num_tokens * k) if bucket is None else bucket.repeat_interleave(k)
+    device = expert_index.device
+    bucket_of_choice = torch.arange(num_tokens * k, device=device) if bucket is None else bucket.repeat_interleave(k)
     segs = fast.segments(flat_position, bucket_of_choice, kept.reshape(-1), span, num_groups)
     inv = torch.empty_like(segs.order)
-    inv[segs.order] = torch.arange(segs.order.numel())
+    inv[segs.order] = torch.arange(segs.order.numel(), device=device)
     counts = segs.segments_per_group(num_groups)
     return torch.cat([segs.order, inv, torch.div(segs.order, k, rounding_mode="floor"), segs.seg_of_row,
                       segs.seg_start, segs.seg_count, segs.seg_group, counts, segs.num_segments.reshape(1),
