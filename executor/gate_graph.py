@@ -40,15 +40,27 @@ class CapturedFunction:
     fn runs eagerly. A capture that fails (an operation that cannot be captured) is reported once
     on stderr and the function runs eagerly from then on."""
 
-    def __init__(self, fn, enabled: bool = True, name: str = "function", copy_outputs: bool = True) -> None:
+    #: captures that read an aliased input in place, per function; past it, aliased inputs are copied
+    MAX_ALIASED_CAPTURES = 2
+
+    def __init__(self, fn, enabled: bool = True, name: str = "function", copy_outputs: bool = True,
+                 alias: tuple = ()) -> None:
         self.fn, self.enabled, self.name = fn, enabled, name
         #: False: a call returns the graph's static outputs themselves (no kernel), valid until the next call
         self.copy_outputs = copy_outputs
+        #: inputs the graph reads where the caller's tensor lives (no copy per call): the first
+        #: capture keeps the caller's tensor (so its memory is never handed to another tensor while
+        #: the graph exists) and a later call whose tensor starts at that address, with the same
+        #: shape and strides, replays without copying; other storage gets a capture of its own
+        #: (at most MAX_ALIASED_CAPTURES), then captures on private buffers that calls copy into
+        self.alias = tuple(alias)
+        self._aliased_captures = 0
         self._graphs: dict = {}
         self.replays = 0
 
-    def _capture(self, tensors: dict, params: dict):
-        static = {name: value.detach().clone() for name, value in tensors.items()}
+    def _capture(self, tensors: dict, params: dict, aliased: tuple = ()):
+        static = {name: value.detach() if name in aliased else value.detach().clone()
+                  for name, value in tensors.items()}
         torch.cuda.synchronize()
         torch.cuda.empty_cache()  # see GraphedGate: no cudaFree inside a capture
         stream = torch.cuda.Stream()
@@ -68,11 +80,19 @@ class CapturedFunction:
         device = next(iter(tensors.values())).device
         if not (self.enabled and device.type == "cuda"):
             return self.fn(**tensors, **params)
-        key = (tuple((name, tuple(value.shape), value.dtype) for name, value in sorted(tensors.items())),
-               tuple(sorted(params.items())))
+        signature = (tuple((name, tuple(value.shape), value.dtype) for name, value in sorted(tensors.items())),
+                     tuple(sorted(params.items())))
+        aliased = tuple(name for name in self.alias if name in tensors)
+        key = signature
+        if aliased:  # the aliased inputs' addresses and strides are part of the key
+            key = signature + (tuple((name, tensors[name].data_ptr(), tuple(tensors[name].stride()))
+                                     for name in aliased),)
+            if key not in self._graphs and self._aliased_captures >= self.MAX_ALIASED_CAPTURES:
+                key, aliased = signature, ()  # private buffers, copied into
         if key not in self._graphs:
             try:
-                self._graphs[key] = self._capture(tensors, params)
+                self._graphs[key] = self._capture(tensors, params, aliased)
+                self._aliased_captures += bool(aliased)
             except RuntimeError as error:  # not capturable here: eager from now on, said once
                 print(f"lshsim: {self.name} runs without a CUDA graph ({str(error).splitlines()[0]})",
                       file=sys.stderr)
@@ -81,7 +101,8 @@ class CapturedFunction:
                 return self.fn(**tensors, **params)
         graph, static, out, meta = self._graphs[key]
         for name, value in tensors.items():
-            static[name].copy_(value.detach())
+            if name not in aliased:
+                static[name].copy_(value.detach())
         graph.replay()
         self.replays += 1
         if not self.copy_outputs:
@@ -199,7 +220,16 @@ class GraphedRouting:
         #: copy_outputs=False: plans and orders are the graph's static outputs, valid until the next call
         self.captured = CapturedFunction(self._indices, enabled and config.name in SYNC_FREE_ROUTERS, "routing",
                                          copy_outputs=copy_outputs)
-        self.segments = CapturedFunction(self._segments, enabled, "LSH bucketing")
+        self.segments = CapturedFunction(self._segments, enabled, "LSH bucketing", copy_outputs=copy_outputs)
+        #: the token hash, the bucketing and the centroids as one graph (`lsh_segments(tokens=...)`); the
+        #: tokens and the plan's expert_index and kept (the LSH gate graph's static outputs) read in place
+        self.segments_hashed = CapturedFunction(self._segments_hashed, enabled, "LSH hash and bucketing",
+                                                copy_outputs=copy_outputs,
+                                                alias=("tokens", "expert_index", "kept"))
+        #: (LSHConfig, LSHProjection) of `segments_hashed` (set by the layer)
+        self.lsh_hash = None
+        #: the centroids the last `lsh_segments(tokens=...)` computed in its graph (static), or None
+        self.last_means = None
 
     @property
     def replays(self) -> int:
@@ -265,6 +295,11 @@ class GraphedRouting:
 
         with torch.no_grad():
             num_tokens, k = expert_index.shape
+            num_experts = self.placement.num_experts
+            if lsh_fast.choice_segments_eligible(num_tokens * k, num_experts, span, expert_index.device):
+                # four kernels (keys, sort, merge, run numbering) instead of ~60 torch kernels: the
+                # graph's launch was ~200 us of host time on the H200 machines (run-lshlayer11g)
+                return lsh_fast.choice_segments(expert_index, kept, bucket, self.position, span, num_experts), None
             flat_position = self.position[expert_index.clamp(min=0)].reshape(-1)  # (T*k,)
             if bucket is None:  # finest resolution: every choice its own bucket
                 bucket_of_choice = torch.arange(num_tokens * k, device=expert_index.device)
@@ -279,17 +314,25 @@ class GraphedRouting:
                               segs.seg_group, counts, segs.num_segments.reshape(1), segs.num_valid.reshape(1)])
         return flat, None
 
-    def lsh_segments(self, plan: DispatchPlan, bucket: torch.Tensor | None, span: int):
-        """(Segments, order, inv, counts, token of each send row) of the plan's kept choices keyed by (position, bucket):
-        one graph replay on a GPU. bucket: (T,) int64 bucket id of every token, or None for the
-        finest resolution (span T*k)."""
+    def _segments_hashed(self, expert_index: torch.Tensor, kept: torch.Tensor, tokens: torch.Tensor, *,
+                         span: int) -> tuple[tuple[torch.Tensor, torch.Tensor], None]:
+        """(flat of `_segments`, means): the hash kernel, the bucketing, and the segment means of
+        the send rows read from the tokens through the token of each sorted row (the rows past the
+        last segment not written): the mean kernel's sums of `segment_mean` over the gathered rows,
+        in the same order."""
+        from lshsim.dispatch import lsh_fast
+
+        config, projection = self.lsh_hash
+        with torch.no_grad():
+            bucket = lsh_fast.token_buckets(tokens, config, projection)  # (T,) the hash kernel on a GPU
+            flat, _ = self._segments(expert_index, kept, bucket, span=span)
+            segs, _, _, _, token_of_row = self._split_segments(flat, expert_index.numel())
+            means = lsh_fast.segment_mean_of(tokens, segs, token_of_row)
+        return (flat, means), None
+
+    def _split_segments(self, flat: torch.Tensor, rows: int):
         from lshsim.dispatch.lsh_fast import Segments
 
-        tensors = {"expert_index": plan.expert_index, "kept": plan.kept}
-        if bucket is not None:
-            tensors["bucket"] = bucket
-        flat, _ = self.segments({"span": span}, **tensors)
-        rows = plan.num_tokens * plan.num_choices
         num_experts = self.placement.num_experts
         order, inv, token_of_row, seg_of_row, seg_start, seg_count, seg_group, rest = torch.split(
             flat, [rows] * 7 + [num_experts + 2])
@@ -297,6 +340,28 @@ class GraphedRouting:
         segs = Segments(order=order, seg_of_row=seg_of_row, seg_start=seg_start, seg_count=seg_count,
                         seg_group=seg_group, num_segments=num_segments, num_valid=num_valid)
         return segs, order, inv, counts, token_of_row
+
+    def lsh_segments(self, plan: DispatchPlan, bucket: torch.Tensor | None, span: int,
+                     tokens: torch.Tensor | None = None):
+        """(Segments, order, inv, counts, token of each send row) of the plan's kept choices keyed by (position, bucket):
+        one graph replay on a GPU. bucket: (T,) int64 bucket id of every token, or None for the
+        finest resolution (span T*k). tokens (T, d) instead of bucket: the tokens are hashed
+        (`lsh_fast.token_buckets` with `lsh_hash`) inside the same graph, read where they live, and
+        the same graph computes the centroids (the segment means of the send rows, read from the
+        tokens): `last_means` (M, d), valid until the next call (None after a call without tokens)."""
+        tensors = {"expert_index": plan.expert_index, "kept": plan.kept}
+        means = None
+        if tokens is not None:
+            if self.lsh_hash is None:
+                raise ValueError("lsh_segments(tokens=...) needs lsh_hash = (LSHConfig, LSHProjection)")
+            tensors["tokens"] = tokens.detach()
+            (flat, means), _ = self.segments_hashed({"span": span}, **tensors)
+        else:
+            if bucket is not None:
+                tensors["bucket"] = bucket
+            flat, _ = self.segments({"span": span}, **tensors)
+        self.last_means = means
+        return self._split_segments(flat, plan.num_tokens * plan.num_choices)
 
 
 class _GateEntry:

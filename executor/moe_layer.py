@@ -292,6 +292,8 @@ class DistributedMoE:
             sink=self.count_exchange.source if fast else None)  # on a CPU the same function runs eagerly
         #: LSH-MoE's gate on a GPU (fast path): logits, routing and gate weights as one graph forward
         #: and backward (no send order: the rows are gathered later, in bucket order)
+        if self.projection is not None:  # the token hash inside the LSH bucketing graph (`_lsh_in_graph`)
+            self.routing.lsh_hash = (self.lsh, self.projection)
         self.lsh_gate = GraphedGate(
             self.routing, lambda x, weight: _gate_inputs(workload, GateParams(weight, self.gate.bias), x, with_bias=False),
             self.gate.weight, enabled=fast and ctx.device.type == "cuda", copy_outputs=False, gather=False)
@@ -392,9 +394,14 @@ class DistributedMoE:
             # hash the T tokens once (a token's bucket is the same for all its choices), then the
             # (destination expert position, bucket) segments of the kept choices: one graph replay
             self._begin("lsh_compress")
+            kernels = self._lsh_in_graph(x, lsh)
             with torch.no_grad():
-                bucket, span = self._token_buckets(x, lsh, num_tokens, k)
-                segs, order, inv, counts, token_of_row = self.routing.lsh_segments(plan, bucket, span)
+                if kernels:  # one graph replay: the hash, bucketing and centroid kernels, x read in place
+                    span = lsh.max_buckets(d_model)
+                    segs, order, inv, counts, token_of_row = self.routing.lsh_segments(plan, None, span, tokens=x)
+                else:
+                    bucket, span = self._token_buckets(x, lsh, num_tokens, k)
+                    segs, order, inv, counts, token_of_row = self.routing.lsh_segments(plan, bucket, span)
             self._end("lsh_compress")
             # the send rows, gathered in bucket order: the gate's packing, as without LSH
             self._begin("gate")
@@ -402,7 +409,13 @@ class DistributedMoE:
             self._end("gate")
             send_x = mark(send_x, timer, closes="lsh_compress")
             self._begin("lsh_compress")
-            centroids = _lsh_fast().segment_mean(send_x, segs)  # (T*k, d), the first B rows are centroids
+            # (T*k, d), the first B rows are centroids; on the kernel path the graph above computed them
+            # (from x through the token of each row, bit-equal to the mean of send_x; rows past them
+            # unwritten) and this is their autograd node only
+            if kernels:
+                centroids = _lsh_fast().centroids_of(send_x, self.routing.last_means, segs)
+            else:
+                centroids = _lsh_fast().segment_mean(send_x, segs)
             self._end("lsh_compress")
         # 3. split sizes: rows per (destination rank, expert), exchanged so receivers know theirs;
         # the one device-to-host copy of the forward. With sync_phases the ranks are aligned first
@@ -522,6 +535,19 @@ class DistributedMoE:
                                 ctx.sync, bwd_opens=opens, bwd_closes=closes)
         send_splits = plan_d.rows_to_rank[ctx.rank]
         return MoEOutput(y=y.to(x.dtype), plan=plan, send_splits=send_splits, rows_sent=num_kept)
+
+    def _lsh_in_graph(self, x: torch.Tensor, lsh: LSHConfig) -> bool:
+        """Whether this forward hashes the tokens inside the bucketing graph (`lsh_segments(tokens=)`):
+        a GPU with the Triton kernels, the fast gate path, kernel-eligible tokens and projection,
+        mixed-radix bucket ids ((2 d')^L E < 2^63). The bucketing in that graph is
+        `lsh_fast.choice_segments` where its keys pack, else the torch segments."""
+        if lsh.exact or not x.is_cuda or self.gate_path != "fast" or not self.routing.segments_hashed.enabled:
+            return False
+        lsh_fast = _lsh_fast()
+        span = lsh.max_buckets(x.shape[1])
+        num_experts = self.workload.num_experts
+        return (span * num_experts < _INT64_LIMIT and lsh_fast.kernel_eligible(lsh, self.projection, x)
+                and lsh_fast.triton_available(x.device))
 
     def _token_buckets(self, x: torch.Tensor, lsh: LSHConfig, num_tokens: int, k: int) -> tuple[torch.Tensor, int]:
         """Bucket id of every token (T,) and the span of the ids: mixed-radix ids when

@@ -136,3 +136,50 @@ def test_layer_with_the_replayed_gate_equals_the_eager_gate_on_a_gpu(router, lsh
         layer_step_matches((fast, eager), x0, ids, clone=False)
     graph = fast.lsh_gate if lsh else fast.gate_graph
     assert graph.replays == 4 and graph.captures == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(512, 256, 8, 2, 2, 8), (3000, 512, 16, 4, 3, 8), (700, 256, 8, 2, 6, 16)],
+                         ids=["t512", "t3000", "L6"])
+def test_lsh_phases_on_kernels_equal_the_torch_bucketing_on_a_gpu(monkeypatch, shape):
+    """The LSH layer with the hash inside the bucketing graph and `choice_segments` (the kernel path)
+    == the layer with the eager hash and the torch segments: outputs, the tokens' gradient and every
+    parameter gradient bit-equal, the send order and the segments equal, over calls that reuse the
+    tokens' storage, that bring new storage (two aliased captures) and past the aliased captures
+    (private buffers, copied into)."""
+    from lshsim.dispatch import lsh_fast
+
+    if not lsh_fast.triton_available("cuda"):
+        pytest.skip("triton not available")
+    tokens, d_model, experts, k, num_hashes, proj_dim = shape
+    device = torch.device("cuda")
+    workload = WorkloadConfig(name="g", tokens_per_rank=tokens, d_model=d_model, d_ffn=2 * d_model,
+                              num_experts=experts, router=RouterConfig("topk", k=k, capacity_factor=None),
+                              input_clusters=32, input_noise=0.1,
+                              lsh={"family": "cross_polytope", "num_hashes": num_hashes, "proj_dim": proj_dim,
+                                   "seed": 0})
+    ctx = MoEContext(rank=0, world_size=1, device=device)
+    fast, ref = DistributedMoE(workload, ctx, torch.bfloat16), DistributedMoE(workload, ctx, torch.bfloat16)
+    ref.routing.segments_hashed.enabled = False  # eager hash, then the bucketing graph
+    inputs = [rank_inputs(dataclasses.replace(workload, seed=seed), 0, device, torch.bfloat16) for seed in range(3)]
+    for x0, ids in [inputs[0], inputs[0], inputs[1], inputs[0], inputs[2], inputs[2]]:
+        results = []
+        for model in (fast, ref):
+            with monkeypatch.context() as patch:
+                if model is ref:  # the torch segments in the reference's graph (captured on its first call)
+                    patch.setattr(lsh_fast, "choice_segments_eligible", lambda *a, **kw: False)
+                for param in model.parameters():
+                    param.grad = None
+                x = x0.detach().requires_grad_(True)
+                out = model.forward(x, ids)
+                (out.y.float() * 0.01).sum().backward()
+                send_x, centroids, segs = out.lsh_rows
+                num = int(segs.num_segments[0])
+                results.append([out.y, x.grad, send_x, centroids[:num], segs.order, segs.seg_of_row,
+                                segs.seg_start, segs.seg_count, segs.seg_group, segs.num_valid,
+                                torch.tensor(out.send_splits)] + [p.grad for p in model.parameters()])
+        for a, b in zip(*results):
+            assert torch.equal(a, b)
+    assert fast._lsh_in_graph(inputs[0][0], fast.lsh) and fast.routing.segments_hashed.replays == 6
+    assert fast.routing.segments_hashed._aliased_captures == 2  # x0, x1 (with the gate's two plan buffers)
+    assert not ref.routing.segments_hashed.replays and ref.routing.segments.replays == 6

@@ -646,3 +646,96 @@ def test_cuda_kernels_match_torch_path(monkeypatch, rows, d_model):
         scale = float(w.abs().max())
         error = float((g.double() - w.double()).abs().max())
         assert error <= 2 ** -7 * scale, (name, error, scale)
+
+
+# ---- the layer's choice segments: four kernels against the torch segments ---------------------
+def _choice_reference(expert_index, kept, bucket, position, span, num_groups):
+    """gate_graph's torch bookkeeping: segments + inverse + token of row + segments per group."""
+    num_tokens, k = expert_index.shape
+    flat_position = position[expert_index.clamp(min=0)].reshape(-1)
+    device = expert_index.device
+    bucket_of_choice = torch.arange(num_tokens * k, device=device) if bucket is None else bucket.repeat_interleave(k)
+    segs = fast.segments(flat_position, bucket_of_choice, kept.reshape(-1), span, num_groups)
+    inv = torch.empty_like(segs.order)
+    inv[segs.order] = torch.arange(segs.order.numel(), device=device)
+    counts = segs.segments_per_group(num_groups)
+    return torch.cat([segs.order, inv, torch.div(segs.order, k, rounding_mode="floor"), segs.seg_of_row,
+                      segs.seg_start, segs.seg_count, segs.seg_group, counts, segs.num_segments.reshape(1),
+                      segs.num_valid.reshape(1)])
+
+
+def _choice_case(num_tokens, k, experts, span, drop, seed, device="cpu"):
+    generator = torch.Generator().manual_seed(seed)
+    expert_index = torch.randint(0, experts, (num_tokens, k), generator=generator)
+    kept = torch.rand(num_tokens, k, generator=generator) >= drop
+    expert_index[~kept & (torch.rand(num_tokens, k, generator=generator) < 0.5)] = -1  # dropped: -1 or an expert
+    bucket = torch.randint(0, span, (num_tokens,), generator=generator)
+    position = torch.randperm(experts, generator=generator)
+    return [t.to(device) for t in (expert_index, kept, bucket, position)]
+
+
+@pytest.mark.parametrize("num_tokens,k,experts,span,drop,sort_chunk", [
+    (101, 2, 8, 16, 0.2, 0), (101, 2, 8, 16, 0.2, 32), (64, 1, 4, 5, 0.0, 16), (150, 3, 6, 7, 1.0, 64),
+    (97, 2, 3, 1 << 20, 0.1, None)])
+def test_interpreter_choice_segments(interpreter, monkeypatch, num_tokens, k, experts, span, drop, sort_chunk):
+    """choice_segments (keys, rank or sort rows + merge, one-program run numbering with blocks that
+    do not divide M) == the torch segments the layer used, every integer equal; with and without
+    buckets (the finest resolution), all choices dropped, a span near the packing limit."""
+    if sort_chunk is not None:
+        monkeypatch.setitem(fast.SORT_LAUNCH, "sort_chunk", sort_chunk)
+        monkeypatch.setitem(fast.SORT_LAUNCH, "block", 32)
+        monkeypatch.setitem(fast.SORT_LAUNCH, "block_t", 16)
+        monkeypatch.setitem(fast.SORT_LAUNCH, "block_c", 64)
+    monkeypatch.setattr(fast, "CHOICE_SEGMENTS_BLOCK", 64)
+    expert_index, kept, bucket, position = _choice_case(num_tokens, k, experts, span, drop, seed=num_tokens + k)
+    for b, s in ((bucket, span), (None, num_tokens * k)):
+        assert fast.choice_segments_eligible(num_tokens * k, experts, s, torch.device("cpu"), force_triton=True)
+        got = fast.choice_segments(expert_index, kept, b, position, s, experts, force_triton=True)
+        want = _choice_reference(expert_index, kept, b, position, s, experts)
+        assert torch.equal(got, want)
+
+
+def test_choice_segments_eligibility():
+    """not eligible without Triton on the device, with no rows, or when packed keys would overflow"""
+    cpu = torch.device("cpu")
+    assert not fast.choice_segments_eligible(16, 8, 16, cpu)  # CPU, not forced
+    assert not fast.choice_segments_eligible(0, 8, 16, cpu, force_triton=True)
+    assert not fast.choice_segments_eligible(1 << 15, 256, 1 << 40, cpu, force_triton=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("num_tokens,k,experts,span", [(8192, 2, 8, 4096), (4096, 8, 256, 1 << 30),
+                                                       (16384, 2, 8, 4096), (3000, 2, 8, 4096)])
+def test_cuda_choice_segments(num_tokens, k, experts, span):
+    """the kernels on the GPU (rank path at <= 8,192 rows, sort rows + merge above) == torch"""
+    if not fast.triton_available("cuda"):
+        pytest.skip("triton not available")
+    expert_index, kept, bucket, position = _choice_case(num_tokens, k, experts, span, 0.1, seed=3, device="cuda")
+    got = fast.choice_segments(expert_index, kept, bucket, position, span, experts)
+    want = _choice_reference(expert_index, kept, bucket, position, span, experts)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_interpreter_segment_mean_of_tokens(interpreter, dtype):
+    """segment_mean_of (the mean kernel reading the tokens through the token of each sorted row) ==
+    segment_mean of the gathered rows, bit for bit on the segments; centroids_of has its gradient"""
+    expert_index, kept, bucket, position = _choice_case(90, 2, 4, 6, 0.2, seed=4)
+    flat = fast.choice_segments(expert_index, kept, bucket, position, 6, 4, force_triton=True)
+    rows = 180
+    order, token_of_row = flat[:rows], flat[2 * rows:3 * rows]
+    seg = fast.Segments(order=order, seg_of_row=flat[3 * rows:4 * rows], seg_start=flat[4 * rows:5 * rows],
+                        seg_count=flat[5 * rows:6 * rows], seg_group=flat[6 * rows:7 * rows],
+                        num_segments=flat[-2:-1], num_valid=flat[-1:])
+    tokens = torch.randn(90, 40, generator=torch.Generator().manual_seed(2)).to(dtype)
+    send = tokens.index_select(0, token_of_row).requires_grad_(True)
+    want = fast.segment_mean(send, seg, force_triton=True)
+    means = fast.segment_mean_of(tokens, seg, token_of_row)
+    num = int(seg.num_segments[0])
+    assert torch.equal(means[:num], want[:num].detach())
+    got = fast.centroids_of(send, means, seg)
+    grad = torch.randn(rows, 40, generator=torch.Generator().manual_seed(3)).to(dtype)
+    (g_want,) = torch.autograd.grad(want, send, grad)
+    (g_got,) = torch.autograd.grad(got, send, grad)
+    assert torch.equal(g_got, g_want)

@@ -65,7 +65,8 @@ import torch
 from lshsim.dispatch import lsh
 from lshsim.dispatch.lsh import Compressed, LSHConfig, LSHProjection
 
-__all__ = ["triton_available", "kernel_eligible", "token_buckets", "Segments", "segments",
+__all__ = ["triton_available", "kernel_eligible", "token_buckets", "Segments", "segments", "choice_segments",
+           "choice_segments_eligible", "segment_mean_of", "centroids_of",
            "segment_mean", "restore_rows", "compress_fast"]
 
 _INT64_MAX = 2 ** 63 - 1
@@ -540,8 +541,88 @@ def _kernels():
                 tl.store(stats_ptr + 1, tl.load(key_ptr), mask=holds_last)
                 tl.store(stats_ptr + 2, tl.load(key_ptr + num_rows - 1), mask=holds_last)
 
+    @triton.jit
+    def choice_keys_kernel(ei_ptr, kept_ptr, bucket_ptr, pos_ptr, out_ptr, num_rows, num_out, k, span, invalid_key,
+                           HAS_BUCKET: tl.constexpr, IDX_BITS: tl.constexpr, BLOCK: tl.constexpr):
+        # the packed sort keys of the T k choices of a plan (LSH-MoE in the layer): choice i (flat
+        # t k + j) kept: key = position[expert_index[i]] * span + bucket[i // k] (bucket i itself
+        # without HAS_BUCKET), not kept: invalid_key (above every valid key, so such rows sort last
+        # in index order, as a stable sort puts them); out[i] = key << IDX_BITS | i (unique), and
+        # INT64_MAX for the padding rows num_rows <= i < num_out
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = i < num_rows
+        i64 = i.to(tl.int64)
+        e = tl.load(ei_ptr + i64, mask=m, other=0)
+        kept = tl.load(kept_ptr + i64, mask=m, other=0)
+        pos = tl.load(pos_ptr + tl.maximum(e, 0), mask=m, other=0).to(tl.int64)
+        if HAS_BUCKET:
+            b = tl.load(bucket_ptr + i64 // k, mask=m, other=0).to(tl.int64)
+        else:
+            b = i64
+        key = tl.where(kept != 0, pos * span + b, invalid_key)
+        packed = (key << IDX_BITS) | i64
+        tl.store(out_ptr + i64, tl.where(m, packed, 9223372036854775807), mask=i < num_out)
+
+    @triton.jit
+    def choice_segments_kernel(key_ptr, flat_ptr, num_rows, k, span, invalid_key, num_groups, BLOCK: tl.constexpr):
+        # ONE program: the runs of the sorted keys (M = num_rows; flat[0:M] holds the sort's order)
+        # into flat = order | inv | token of row | seg_of_row | seg_start | seg_count | seg_group
+        # (M each) | segments per group (num_groups) | number of segments | valid rows, the layout
+        # of `choice_segments`. Pass 1 walks the sorted rows in blocks, numbering runs with a carry;
+        # pass 2 (after a block barrier) turns run starts into counts and zeroes the unused entries.
+        inv_ptr = flat_ptr + num_rows
+        tok_ptr = flat_ptr + 2 * num_rows
+        sor_ptr = flat_ptr + 3 * num_rows
+        start_ptr = flat_ptr + 4 * num_rows
+        count_ptr = flat_ptr + 5 * num_rows
+        group_ptr = flat_ptr + 6 * num_rows
+        counts_ptr = flat_ptr + 7 * num_rows
+        r = tl.arange(0, BLOCK)
+        for g0 in range(0, num_groups, BLOCK):
+            g = g0 + r
+            tl.store(counts_ptr + g, tl.zeros((BLOCK,), dtype=tl.int64), mask=g < num_groups)
+        tl.debug_barrier()
+        nseg = tl.sum(tl.zeros((BLOCK,), dtype=tl.int32), axis=0)
+        nvalid = nseg
+        for p0 in range(0, num_rows, BLOCK):
+            p = p0 + r
+            m = p < num_rows
+            p64 = p.to(tl.int64)
+            key = tl.load(key_ptr + p64, mask=m, other=0)
+            prev = tl.load(key_ptr + p64 - 1, mask=m & (p > 0), other=0)
+            valid = m & (key != invalid_key)
+            new = valid & ((p == 0) | (key != prev))
+            seg = nseg + tl.cumsum(new.to(tl.int32), axis=0) - 1  # (BLOCK,) run of each valid row
+            o = tl.load(flat_ptr + p64, mask=m, other=0)
+            tl.store(inv_ptr + o, p64, mask=m)
+            tl.store(tok_ptr + p64, o // k, mask=m)
+            tl.store(sor_ptr + p64, tl.where(valid, seg, -1).to(tl.int64), mask=m)
+            seg64 = seg.to(tl.int64)
+            group = key // span
+            tl.store(start_ptr + seg64, p64, mask=new)
+            tl.store(group_ptr + seg64, group, mask=new)
+            tl.atomic_add(counts_ptr + group, tl.full((BLOCK,), 1, tl.int64), mask=new)
+            nseg += tl.sum(new.to(tl.int32), axis=0)
+            nvalid += tl.sum(valid.to(tl.int32), axis=0)
+        tl.debug_barrier()  # the run starts of pass 1 are visible to every thread of the program
+        for s0 in range(0, num_rows, BLOCK):
+            s = s0 + r
+            m = s < num_rows
+            live = s < nseg
+            start = tl.load(start_ptr + s, mask=live, other=0, cache_modifier=".cg")
+            follows = (s + 1) < nseg
+            nxt = tl.load(start_ptr + s + 1, mask=follows, other=0, cache_modifier=".cg")
+            nxt = tl.where(follows, nxt, nvalid.to(tl.int64))
+            tl.store(count_ptr + s, tl.where(live, nxt - start, 0), mask=m)
+            zero = tl.zeros((BLOCK,), dtype=tl.int64)
+            tl.store(start_ptr + s, zero, mask=m & (s >= nseg))
+            tl.store(group_ptr + s, zero, mask=m & (s >= nseg))
+        tl.store(counts_ptr + num_groups, nseg.to(tl.int64))
+        tl.store(counts_ptr + num_groups + 1, nvalid.to(tl.int64))
+
     _KERNELS[mode] = {"hash": hash_kernel, "mean": mean_kernel, "restore": restore_kernel, "expand": expand_kernel,
-                     "runs": runs_kernel, "merge": merge_kernel, "rank": rank_kernel}
+                     "runs": runs_kernel, "merge": merge_kernel, "rank": rank_kernel,
+                     "choice_keys": choice_keys_kernel, "choice_segments": choice_segments_kernel}
     return _KERNELS[mode]
 
 
@@ -788,6 +869,75 @@ def segments(group: torch.Tensor, bucket: torch.Tensor, valid: torch.Tensor | No
     return _segments_from_key(key, group, valid is not None)[0]
 
 
+#: rows of the choice_segments kernel's blocks (one program walks all rows)
+CHOICE_SEGMENTS_BLOCK = 2048
+
+
+def choice_segments_eligible(num_rows: int, num_groups: int, span: int, device: torch.device,
+                             force_triton: bool = False) -> bool:
+    """Whether `choice_segments` runs its kernels: Triton on `device` (or force_triton under the
+    interpreter), at least one row, and packed keys (num_groups * span + 1) << idx_bits below
+    INT64_MAX (the invalid key, num_groups * span, included)."""
+    if num_rows < 1 or num_groups < 1 or span < 1:
+        return False
+    if not (force_triton or triton_available(device)):
+        return False
+    if force_triton and _triton() is None:
+        return False
+    idx_bits = max(1, (num_rows - 1).bit_length())
+    return ((num_groups * span + 1) << idx_bits) < _INT64_MAX
+
+
+def choice_segments(expert_index: torch.Tensor, kept: torch.Tensor, bucket: torch.Tensor | None,
+                    position: torch.Tensor, span: int, num_groups: int, *, force_triton: bool = False
+                    ) -> torch.Tensor:
+    """The Segments of a plan's T k choices keyed by (position of the destination expert, bucket),
+    as one flat int64 tensor, from four kernel launches (no host sync, CUDA-graph capturable):
+
+        order | inv | token of row | seg_of_row | seg_start | seg_count | seg_group   (M = T k each)
+        | segments per group (num_groups) | number of segments | valid rows
+
+    the same values as `segments(position[expert_index.clamp(min=0)].reshape(-1), bucket of every
+    choice, kept.reshape(-1), span, num_groups)` with inv = the inverse of its order, token of row =
+    order // k and segments_per_group(num_groups). expert_index, kept: (T, k); bucket: (T,) int64
+    (a token's bucket, for all its choices) or None (the finest resolution: bucket of choice i is
+    i, span T k); position: (E,) int64. The kernels: packed keys (key << idx_bits | choice; not
+    kept: key num_groups * span, sorting last in index order, as the stable sort does), the sort of
+    `compress_fast` (the rank kernel up to 8,192 rows, else torch.sort of rows + the merge kernel),
+    then one program that numbers the runs. Callers check `choice_segments_eligible` first.
+    """
+    num_tokens, k = expert_index.shape
+    num_rows = num_tokens * k
+    device = expert_index.device
+    if not choice_segments_eligible(num_rows, num_groups, span, device, force_triton):
+        raise ValueError("choice_segments: not eligible here (see choice_segments_eligible)")
+    idx_bits = max(1, (num_rows - 1).bit_length())
+    invalid_key = num_groups * span
+    sort = sort_launch_params(num_rows)
+    chunk = min(sort["sort_chunk"], max(16, _next_pow2(num_rows))) if sort["sort_chunk"] else 0
+    num_out = _cdiv(num_rows, chunk) * chunk if chunk else num_rows
+    packed = torch.empty(num_out, dtype=torch.int64, device=device)
+    flat = torch.empty(7 * num_rows + num_groups + 2, dtype=torch.int64, device=device)
+    sorted_key = torch.empty(num_rows, dtype=torch.int64, device=device)
+    expert_index = expert_index.reshape(-1).contiguous()
+    kept = kept.reshape(-1).contiguous().view(torch.uint8)
+    block = 1024
+    extra = {} if _interpreting() else {"num_warps": 4}
+    _launch("choice_keys", (_cdiv(num_out, block),), expert_index, kept,
+            bucket if bucket is not None else expert_index, position, packed, num_rows, num_out, k, span,
+            invalid_key, HAS_BUCKET=bucket is not None, IDX_BITS=idx_bits, BLOCK=block, **extra)
+    out = (sorted_key, flat[:num_rows])
+    if chunk:
+        rows_sorted = torch.sort(packed.view(-1, chunk), dim=1)[0]  # (C, S) each row sorted
+        _merge_launch(rows_sorted, num_rows, idx_bits, sort, out=out)
+    else:
+        _rank_launch(packed, idx_bits, {**sort, "flags": False}, out=out)
+    extra = {} if _interpreting() else {"num_warps": 16}
+    _launch("choice_segments", (1,), sorted_key, flat, num_rows, k, span, invalid_key, num_groups,
+            BLOCK=CHOICE_SEGMENTS_BLOCK, **extra)
+    return flat
+
+
 # ---- segment means -----------------------------------------------------------------------------
 def _mean_torch(src: torch.Tensor, seg: Segments, order: torch.Tensor | None, out_rows: int) -> torch.Tensor:
     rows = seg.seg_of_row.shape[0]
@@ -866,20 +1016,41 @@ class _SegmentMean(torch.autograd.Function):
         return grad_src, None, None, None, None, None
 
 
-def segment_mean(rows: torch.Tensor, seg: Segments, *, force_triton: bool = False) -> torch.Tensor:
+def segment_mean(rows: torch.Tensor, seg: Segments, *, force_triton: bool = False,
+                 zero_fill: bool = True) -> torch.Tensor:
     """(M, d) rows ALREADY in sorted order (rows = x[seg.order]) -> (M, d) segment means.
 
     Row s < num_segments is the mean of sorted rows seg_start[s] .. seg_start[s] + seg_count[s] - 1;
     rows >= num_segments are zero. Float32 accumulation for 16-bit rows, one rounding to
     rows.dtype. Differentiable: grad_rows[i] = grad_out[seg_of_row[i]] / seg_count[seg_of_row[i]]
     (0 for invalid rows). Kernel path (16-bit rows on CUDA): a persistent grid that loads
-    num_segments from device memory; no host sync.
+    num_segments from device memory; no host sync. zero_fill=False (kernel path): rows >=
+    num_segments are left unwritten (the layer reads the first num_segments rows only; at few
+    segments the zeros were most of the kernel's writes).
     """
     if rows.ndim != 2 or rows.shape[0] != seg.seg_of_row.shape[0]:
         raise ValueError(f"rows have shape {tuple(rows.shape)}, expected ({seg.seg_of_row.shape[0]}, d)")
     eligible = rows.dtype in (torch.bfloat16, torch.float16, torch.float32) and rows.shape[1] > 0
     use = _use_triton(rows.device, eligible and (rows.is_cuda or force_triton), force_triton)
-    return _SegmentMean.apply(rows, seg, None, rows.shape[0], use, True)
+    return _SegmentMean.apply(rows, seg, None, rows.shape[0], use, zero_fill or not use)
+
+
+def segment_mean_of(tokens: torch.Tensor, seg: Segments, token_of_row: torch.Tensor) -> torch.Tensor:
+    """(M, d) segment means of the rows tokens[token_of_row] (sorted row i is token token_of_row[i]),
+    without gathering them: the mean kernel reads the tokens through token_of_row, summing the
+    same values in the same order as `segment_mean(tokens[token_of_row], seg)`, so the means are
+    bit-equal to it; rows >= num_segments are not written. No autograd (wrap the result with
+    `centroids_of`). Kernel path only (16-bit or float32 tokens where the kernels run); no host sync."""
+    return _mean_launch(tokens, seg, token_of_row, seg.seg_of_row.shape[0], zero_fill=False)
+
+
+def centroids_of(rows: torch.Tensor, means: torch.Tensor, seg: Segments) -> torch.Tensor:
+    """means (the segment means of `rows` in sorted order, e.g. from `segment_mean_of`) as a function
+    of rows: the same backward as `segment_mean(rows, seg)` on the kernel path (one pass,
+    grad_rows[i] = grad[seg_of_row[i]] / seg_count[seg_of_row[i]], 0 for invalid rows)."""
+    if rows.requires_grad and torch.is_grad_enabled():
+        return _Centroids.apply(rows, means, seg.seg_of_row, seg.seg_count, True)
+    return means
 
 
 # ---- restore -----------------------------------------------------------------------------------
@@ -1145,11 +1316,16 @@ class _Centroids(torch.autograd.Function):
         return (grad.index_select(0, token_to_centroid).to(accumulate) / scale).to(grad.dtype), None, None, None, None
 
 
-def _merge_launch(rows_sorted: torch.Tensor, num_tokens: int, idx_bits: int, sort: dict):
-    """(C, S) rows of sorted packed keys -> (sorted_key, order), each (num_tokens,): one launch."""
+def _merge_launch(rows_sorted: torch.Tensor, num_tokens: int, idx_bits: int, sort: dict,
+                  out: tuple | None = None):
+    """(C, S) rows of sorted packed keys -> (sorted_key, order), each (num_tokens,): one launch
+    (into `out` = (sorted_key, order) when given)."""
     num_chunks, chunk = rows_sorted.shape
-    sorted_key = torch.empty(num_tokens, dtype=torch.int64, device=rows_sorted.device)
-    order = torch.empty_like(sorted_key)
+    if out is None:
+        sorted_key = torch.empty(num_tokens, dtype=torch.int64, device=rows_sorted.device)
+        order = torch.empty_like(sorted_key)
+    else:
+        sorted_key, order = out
     extra = {} if _interpreting() else {"num_warps": sort["num_warps"]}
     _launch("merge", (_cdiv(num_chunks * chunk, sort["block"]),),
             rows_sorted, sorted_key, order, num_chunks, IDX_BITS=idx_bits, CHUNK=chunk,
@@ -1157,12 +1333,15 @@ def _merge_launch(rows_sorted: torch.Tensor, num_tokens: int, idx_bits: int, sor
     return sorted_key, order
 
 
-def _rank_launch(packed: torch.Tensor, idx_bits: int, sort: dict):
+def _rank_launch(packed: torch.Tensor, idx_bits: int, sort: dict, out: tuple | None = None):
     """(N,) unique packed keys -> (sorted_key, order, run_start (int8, or None without
-    sort["flags"])), each (N,): one launch."""
+    sort["flags"])), each (N,): one launch (sorted_key and order into `out` when given)."""
     num_tokens = packed.shape[0]
-    sorted_key = torch.empty(num_tokens, dtype=torch.int64, device=packed.device)
-    order = torch.empty_like(sorted_key)
+    if out is None:
+        sorted_key = torch.empty(num_tokens, dtype=torch.int64, device=packed.device)
+        order = torch.empty_like(sorted_key)
+    else:
+        sorted_key, order = out
     flags = bool(sort.get("flags", False))
     run_start = torch.empty(num_tokens, dtype=torch.int8, device=packed.device) if flags else None
     block_t, block_c = sort.get("block_t", 16), sort.get("block_c", 128)
