@@ -369,7 +369,13 @@ class _GateEntry:
     inputs, outputs and gradient buffers, and the plan's views of the static outputs, built once."""
 
     __slots__ = ("static_in", "aliased", "forward", "backward", "outputs", "diff", "grad_out", "grad_in",
-                 "wants_grad", "k", "capacity", "fields", "order", "inv", "counts", "graphs")
+                 "wants_grad", "k", "capacity", "fields", "order", "inv", "counts", "graphs", "generation")
+
+    def replay(self) -> None:
+        """The forward replay; `generation` counts them, so a backward can tell that a later forward
+        has overwritten what its own forward left in the static buffers."""
+        self.generation = getattr(self, "generation", 0) + 1
+        self.forward()
 
 
 class _Replay(torch.autograd.Function):
@@ -387,14 +393,20 @@ class _Replay(torch.autograd.Function):
         for static, value in zip(entry.static_in, inputs):
             if static.data_ptr() != value.data_ptr():
                 static.copy_(value)
-        entry.forward()
-        ctx.entry = entry
+        entry.replay()
+        ctx.entry, ctx.generation = entry, entry.generation
         return tuple(entry.outputs[i].detach() for i in entry.diff)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
         entry = ctx.entry
+        if entry.generation != ctx.generation:
+            raise RuntimeError(
+                "lshsim executor: the graphed gate's backward ran after a later forward of the same shape had "
+                "replayed the graph and overwritten the activations it needs (two forwards before one backward, "
+                "as in pipeline schedules). Run each backward before the next "
+                "forward, or use the eager gate: LSHSIM_GATE_PATH=legacy")
         for static, grad in zip(entry.grad_out, grads):
             if static.data_ptr() != grad.data_ptr():
                 static.copy_(grad)
@@ -673,7 +685,7 @@ class GraphedGate:
                 for static, value in zip(entry.static_in, args):
                     if static.data_ptr() != value.data_ptr():
                         static.copy_(value)
-            entry.forward()
+            entry.replay()
             gate_weight = entry.outputs[-3]
             send_x = entry.outputs[0] if self.gather else None
         self.replays += 1

@@ -117,6 +117,28 @@ def test_emulated_replay_backward_uses_the_hand_written_gate_weight_gradient():
     torch.testing.assert_close(x.grad, (dlogits @ layer.gate.weight.detach().T).to(x.dtype))
 
 
+def test_a_backward_after_a_later_forward_of_the_same_shape_is_refused():
+    """The replay's activations live in static buffers: a second forward on the same capture before the
+    first one's backward overwrites them, so that backward raises instead of returning wrong gradients;
+    a forward of another shape (another capture) does not, and backward-then-forward is fine."""
+    router = RouterConfig("topk", k=2, capacity_factor=None)
+    workload = WorkloadConfig(name="g", tokens_per_rank=48, d_model=16, d_ffn=32, num_experts=4, router=router)
+    layer = DistributedMoE(workload, MoEContext(rank=0, world_size=1, device=torch.device("cpu")), torch.float64)
+    fast = _gate(layer, False, emulate=True)
+    x, ids = rank_inputs(workload, 0, torch.device("cpu"), torch.float64)
+    x1 = x.clone().requires_grad_(True)
+    first = fast(x1, ids)[0].gate_weight
+    fast(x1, ids)  # a later forward on the same capture (a no-grad forward has a capture of its own)
+    with pytest.raises(RuntimeError, match="two forwards before one backward"):
+        first.sum().backward()
+    a = fast(x1, ids)[0].gate_weight
+    other = fast(x[:32].clone().requires_grad_(True), ids[:32])[0].gate_weight  # another shape: its own capture
+    a.sum().backward()
+    other.sum().backward()
+    b = fast(x1, ids)[0].gate_weight
+    b.sum().backward()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("router", [RouterConfig("topk", k=2, capacity_factor=1.25), RouterConfig("hash", k=1),
                                     RouterConfig("locmoe", k=2, capacity_factor=None)], ids=lambda c: c.name)
