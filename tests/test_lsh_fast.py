@@ -333,10 +333,42 @@ def test_interpreter_hadamard_and_nonfinite(interpreter):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_interpreter_segment_mean(interpreter, dtype):
-    before, expand = _launched("mean"), _launched("expand")
+    """16-bit rows: the runs kernel (keys = seg_of_row, one-hot matrix product); float32: the mean kernel"""
+    kernel = "runs" if dtype == torch.bfloat16 else "mean"
+    before, expand = _launched(kernel), _launched("expand")
     _check_mean_and_grads(True, dtype)
-    assert _launched("mean") == before + 1
+    assert _launched(kernel) == before + 1
     assert _launched("expand") == expand + 1  # the backward ran as one kernel
+
+
+@pytest.mark.parametrize("rows", [16, 32])
+def test_interpreter_segment_means_on_the_runs_kernel(interpreter, monkeypatch, rows):
+    """16-bit segment means on the runs kernel (keys = seg_of_row) with small row blocks, so runs
+    cross blocks (the tail pass) and dropped rows share a block with valid ones: segment_mean_of
+    (tokens read through the order) == segment_mean of the gathered rows bit for bit; both within
+    bf16 rounding of the float32 mean kernel and of the float64 means; rows past the segments
+    zero (zero_fill) or not written."""
+    monkeypatch.setitem(fast.RUNS_LAUNCH, "rows", rows)
+    generator = torch.Generator().manual_seed(11)
+    group = torch.randint(0, 3, (150,), generator=generator)
+    bucket = torch.randint(0, 4, (150,), generator=generator)
+    group[:60], bucket[:60] = 1, 2  # one segment over several row blocks
+    valid = torch.rand(150, generator=generator) < 0.8
+    seg = fast.segments(group, bucket, valid, 4, 3)
+    tokens = torch.randn(150, 40, generator=generator).to(torch.bfloat16)
+    gathered = tokens[seg.order]
+    num = int(seg.num_segments)
+    got = fast.segment_mean(gathered, seg, force_triton=True)
+    assert torch.all(got[num:] == 0)
+    means = fast.segment_mean_of(tokens, seg, seg.order)
+    assert torch.equal(means[:num], got[:num])
+    want = _mean_reference(gathered.double(), seg)
+    assert _close(got[:num], want[:num], torch.bfloat16)
+    mean_kernel = fast._mean_launch(gathered, seg, None, 150, zero_fill=True)
+    assert _close(got, mean_kernel, torch.bfloat16)
+    sevens = torch.full((150, 40), 7.0, dtype=torch.bfloat16)
+    out = fast._runs_launch(gathered, seg.seg_of_row, torch.arange(150), 1, 150, numbered=True, out=sevens)[0]
+    assert out is sevens and torch.equal(out[:num], got[:num]) and torch.all(out[num:] == 7)
 
 
 def _check_restore_with_segments(force_triton: bool, dtype: torch.dtype) -> None:

@@ -394,9 +394,10 @@ def _kernels():
 
     @triton.jit
     def runs_kernel(key_ptr, order_ptr, x_ptr, out_ptr, neg_ptr, ints_ptr, flag_ptr, cnt_ptr, num_rows, d_model,
-                    stride_x, stride_out, span, cols_per_group, tag, ticket_base, R: tl.constexpr, BLOCK_D: tl.constexpr,
-                    PREFIX: tl.constexpr, SUM: tl.constexpr, NEG: tl.constexpr, INDEX: tl.constexpr,
-                    UPCAST: tl.constexpr, FLAGS: tl.constexpr = False, LOOKBACK: tl.constexpr = False):
+                    stride_x, stride_out, span, cols_per_group, tag, ticket_base, limit, R: tl.constexpr,
+                    BLOCK_D: tl.constexpr, PREFIX: tl.constexpr, SUM: tl.constexpr, NEG: tl.constexpr,
+                    INDEX: tl.constexpr, UPCAST: tl.constexpr, FLAGS: tl.constexpr = False,
+                    LOOKBACK: tl.constexpr = False, NUMBERED: tl.constexpr = False):
         # key: (N,) sorted keys; sorted row p is x[order[p]]; a run (segment) is a maximal range of
         # equal keys, numbered in order. Program (b, g) owns the runs whose first row is in
         # [b R, b R + R), columns [g cols_per_group, (g + 1) cols_per_group): it counts the runs that
@@ -419,6 +420,10 @@ def _kernels():
         # program starts, so every entry waited on belongs to a program that is already running:
         # the wait ends whatever order the hardware starts programs in (as CUB's single-pass scan).
         # Ticket v is program (v mod B, v div B): the B publishers (g = 0) hold tickets 0..B-1.
+        # Rows with key < 0 or key >= limit are not read and their runs not written (the dropped
+        # rows of a segmentation, seg_of_row -1, after the others; compress: limit INT64_MAX and
+        # keys >= 0). NUMBERED: the keys ARE the run numbers 0, 1, ... (a segmentation's seg_of_row),
+        # so the runs before the block are key[p0 - 1] + 1: one load, no count over the earlier keys.
         t2c_ptr = ints_ptr
         group_out_ptr = ints_ptr + num_rows
         count_out_ptr = ints_ptr + 2 * num_rows
@@ -445,7 +450,9 @@ def _kernels():
         local = tl.cumsum(new.to(tl.int32), axis=0) - 1  # (R,) run among those starting here; -1: an earlier run
         n_new = tl.sum(new.to(tl.int32), axis=0)
         base = tl.sum(tl.zeros((PREFIX,), dtype=tl.int32), axis=0)  # runs starting before p0
-        if LOOKBACK:
+        if NUMBERED:
+            base += (tl.load(key_ptr + p0 - 1, mask=p0 > 0, other=-1) + 1).to(tl.int32)
+        elif LOOKBACK:
             if gid == 0:
                 tl.atomic_xchg(cnt_base + pid, tag | n_new.to(tl.int64), sem="release")
             for j0 in range(0, pid, PREFIX):
@@ -468,14 +475,15 @@ def _kernels():
                     key_before = tl.load(key_ptr + j - 1, mask=m & (j > 0), other=0)
                     base += tl.sum((m & ((j == 0) | (key_j != key_before))).to(tl.int32), axis=0)
         src = tl.load(order_ptr + p, mask=in_range, other=0)  # (R,) rows of x
-        owned = in_range & (local >= 0)
+        owned = in_range & (local >= 0) & (k >= 0) & (k < limit)
         onehot = (local[None, :] == r[:, None]) & in_range[None, :]  # (R runs, R rows)
         counts = tl.sum(onehot.to(tl.int32), axis=1)  # (R,)
+        run_key = tl.max(tl.where(onehot, k[None, :], -1), axis=1)  # (R,) key of each owned run
         # rows after the block that continue its last run (keys sorted: a prefix of the rest)
         last_key = tl.max(tl.where(in_range, k, -1), axis=0)
         q_first = p0 + R
         tail = n_new * 0
-        go = (n_new > 0) & (q_first < num_rows)
+        go = (n_new > 0) & (q_first < num_rows) & (last_key >= 0) & (last_key < limit)
         while go:
             q = q_first + tail + r
             kq = tl.load(key_ptr + q, mask=q < num_rows, other=0)
@@ -485,7 +493,8 @@ def _kernels():
         is_last = r == n_new - 1  # (R,)
         counts += tl.where(is_last, tail, 0)
         live = r < n_new  # (R,) runs owned here
-        direct = live & ~(is_last & ((tl.zeros_like(r) + tail) > 0))  # runs complete inside the block
+        # runs complete inside the block (and below the limit)
+        direct = live & (run_key >= 0) & (run_key < limit) & ~(is_last & ((tl.zeros_like(r) + tail) > 0))
         scale = 1.0 / tl.maximum(counts, 1).to(tl.float32)  # (R,)
         out_rows = (base + r).to(tl.int64)
         src64 = src.to(tl.int64)
@@ -533,7 +542,6 @@ def _kernels():
         if INDEX:
             if gid == 0:
                 tl.store(t2c_ptr + src, (base + local).to(tl.int64), mask=in_range)
-                run_key = tl.max(tl.where(onehot, k[None, :], -1), axis=1)  # (R,) key of each owned run
                 tl.store(group_out_ptr + out_rows, run_key // span, mask=live)
                 tl.store(count_out_ptr + out_rows, counts.to(tl.int64), mask=live)
                 holds_last = q_first >= num_rows
@@ -969,6 +977,30 @@ def _mean_launch(src: torch.Tensor, seg: Segments, order: torch.Tensor | None, o
     return out
 
 
+def _segment_runs_eligible(src: torch.Tensor) -> bool:
+    """Whether the segment means of `src` run on the runs kernel (16-bit rows: its one-hot matrix
+    product sums exact 0/1 products in float32; float32 rows would go through tf32) instead of the
+    mean kernel (float32 rows)."""
+    return src.dtype in (torch.bfloat16, torch.float16)
+
+
+def _segment_runs_launch(src: torch.Tensor, seg: Segments, order: torch.Tensor | None, zero_fill: bool) -> torch.Tensor:
+    """(M, d) segment means of the sorted rows src[order] (src itself without order) on the runs
+    kernel: the keys are seg_of_row (the run numbers, -1 for dropped rows), so every program reads
+    one key for the runs before its block, sums its block's rows with the one-hot matrix product
+    and reads each row once; no per-segment chain of loads. The sums depend on the sorted rows'
+    values and positions only, so reading the tokens through the order (`segment_mean_of`) gives
+    the same bits as the gathered rows (`segment_mean`). Rows >= num_segments: zero with
+    zero_fill, else unwritten."""
+    rows, d_model = seg.seg_of_row.shape[0], src.shape[1]
+    out = (torch.zeros if zero_fill else torch.empty)(rows, d_model, dtype=src.dtype, device=src.device)
+    if rows == 0 or d_model == 0:
+        return out
+    if order is None:
+        order = torch.arange(rows, device=src.device)
+    return _runs_launch(src, seg.seg_of_row, order, 1, rows, numbered=True, out=out)[0]
+
+
 def _expand_launch(grad: torch.Tensor, seg_of_row: torch.Tensor, count: torch.Tensor | None,
                    out_dtype: torch.dtype) -> torch.Tensor:
     """(M, d): row i = grad[seg_of_row[i]] (/ count[seg_of_row[i]]), 0 where seg_of_row[i] < 0."""
@@ -989,7 +1021,9 @@ def _expand_launch(grad: torch.Tensor, seg_of_row: torch.Tensor, count: torch.Te
 class _SegmentMean(torch.autograd.Function):
     @staticmethod
     def forward(ctx, src, seg, order, out_rows, use_triton, zero_fill):
-        if use_triton:
+        if use_triton and _segment_runs_eligible(src):
+            out = _segment_runs_launch(src, seg, order, zero_fill)
+        elif use_triton:
             out = _mean_launch(src, seg, order, out_rows, zero_fill)
         else:
             out = _mean_torch(src, seg, order, out_rows)
@@ -1041,6 +1075,8 @@ def segment_mean_of(tokens: torch.Tensor, seg: Segments, token_of_row: torch.Ten
     same values in the same order as `segment_mean(tokens[token_of_row], seg)`, so the means are
     bit-equal to it; rows >= num_segments are not written. No autograd (wrap the result with
     `centroids_of`). Kernel path only (16-bit or float32 tokens where the kernels run); no host sync."""
+    if _segment_runs_eligible(tokens):
+        return _segment_runs_launch(tokens, seg, token_of_row, zero_fill=False)
     return _mean_launch(tokens, seg, token_of_row, seg.seg_of_row.shape[0], zero_fill=False)
 
 
@@ -1261,7 +1297,7 @@ def _runs_rows(num_rows: int, device: torch.device, rows: int | None) -> int:
 
 def _runs_launch(x: torch.Tensor, sorted_key: torch.Tensor, order: torch.Tensor, span: int, out_rows: int, *,
                  total: bool = False, negate: bool = False, index: bool = False, flags: torch.Tensor | None = None,
-                 **launch):
+                 limit: int | None = None, numbered: bool = False, out: torch.Tensor | None = None, **launch):
     """One launch of the runs kernel over the (N, d) rows x (token order) sorted by `order`.
 
     Returns (out, neg, ints): out (out_rows, d) in x's dtype, row s = mean (sum with total) of run s
@@ -1269,11 +1305,17 @@ def _runs_launch(x: torch.Tensor, sorted_key: torch.Tensor, order: torch.Tensor,
     index, else None): (3 N + 3,) int64 = token_to_run (N) | run_group (N) | run_count (N) |
     (number of runs, first sorted key, last sorted key). flags: (N,) int8 run starts of the sorted
     rows (the rank kernel's), for a cheaper count of the runs before each program's block.
+    limit: rows with sorted key < 0 or >= limit are not read and their runs not written (None:
+    INT64_MAX). numbered: the sorted keys are the run numbers themselves (a segmentation's
+    seg_of_row: 0, 1, ..., then -1 for dropped rows), so no count over the earlier keys (nor look-back). out: the (out_rows, d) output to
+    write into (e.g. zeros), else a new one, uninitialised. x may have another number of rows than
+    the sorted keys (order maps the N sorted rows into x).
     """
-    num_rows, d_model = x.shape
+    num_rows, d_model = sorted_key.shape[0], x.shape[1]
     params = {**runs_launch_params(num_rows), **launch}
     x = x if x.stride(1) == 1 else x.contiguous()
-    out = torch.empty(out_rows, d_model, dtype=x.dtype, device=x.device)
+    if out is None:
+        out = torch.empty(out_rows, d_model, dtype=x.dtype, device=x.device)
     neg = torch.empty_like(out) if negate else None
     ints = torch.empty(3 * num_rows + 3, dtype=torch.int64, device=x.device) if index else None
     if num_rows == 0:
@@ -1285,14 +1327,16 @@ def _runs_launch(x: torch.Tensor, sorted_key: torch.Tensor, order: torch.Tensor,
     col_groups = _cdiv(d_model, cols_per_group)
     extra = {} if _interpreting() else {"num_warps": params["num_warps"], "num_stages": params["num_stages"]}
     row_blocks = _cdiv(num_rows, rows)
-    lookback = bool(params.get("lookback", False)) and not (x.is_cuda and torch.cuda.is_current_stream_capturing())
+    lookback = (bool(params.get("lookback", False)) and not numbered
+                and not (x.is_cuda and torch.cuda.is_current_stream_capturing()))
     cnt, tag, ticket_base = (_lookback_counts(x.device, row_blocks, row_blocks * col_groups) if lookback
                              else (sorted_key, 1 << 32, 0))
     _launch("runs", (row_blocks, col_groups),
             sorted_key, order, x, out, neg if negate else out, ints if index else sorted_key,  # (not written)
             flags if flags is not None else sorted_key, cnt, num_rows, d_model, x.stride(0), out.stride(0),
-            max(span, 1), cols_per_group, tag, ticket_base, R=rows, BLOCK_D=block_d, PREFIX=params["prefix"], SUM=total,
-            NEG=negate, INDEX=index, UPCAST=_interpreting(), FLAGS=flags is not None, LOOKBACK=lookback, **extra)
+            max(span, 1), cols_per_group, tag, ticket_base, _INT64_MAX if limit is None else limit, R=rows,
+            BLOCK_D=block_d, PREFIX=params["prefix"], SUM=total, NEG=negate, INDEX=index, UPCAST=_interpreting(),
+            FLAGS=flags is not None, LOOKBACK=lookback, NUMBERED=numbered, **extra)
     return out, neg, ints
 
 
