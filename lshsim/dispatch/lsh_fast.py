@@ -628,9 +628,75 @@ def _kernels():
         tl.store(counts_ptr + num_groups, nseg.to(tl.int64))
         tl.store(counts_ptr + num_groups + 1, nvalid.to(tl.int64))
 
+    @triton.jit
+    def choice_runs_kernel(key_ptr, flat_ptr, num_rows, k, span, invalid_key, num_groups, BLOCK: tl.constexpr,
+                           PREFIX: tl.constexpr):
+        # program b: the sorted rows [b BLOCK, b BLOCK + BLOCK) of `choice_segments`' layout (see
+        # choice_segments_kernel). It counts the run starts before its block itself (a pass over
+        # the earlier keys: no look-back, so it may run inside a CUDA graph), then writes inv, token
+        # of row, seg_of_row, and seg_start / seg_group of the runs starting in the block; segments
+        # per group, the number of segments and the valid rows are atomic integer sums (zeroed
+        # by the caller). seg_count and the zeros past the last segment: choice_counts_kernel.
+        inv_ptr = flat_ptr + num_rows
+        tok_ptr = flat_ptr + 2 * num_rows
+        sor_ptr = flat_ptr + 3 * num_rows
+        start_ptr = flat_ptr + 4 * num_rows
+        group_ptr = flat_ptr + 6 * num_rows
+        counts_ptr = flat_ptr + 7 * num_rows
+        p0 = tl.program_id(0) * BLOCK
+        base = tl.sum(tl.zeros((PREFIX,), dtype=tl.int32), axis=0)
+        for j0 in range(0, p0, PREFIX):
+            j = (j0 + tl.arange(0, PREFIX)).to(tl.int64)
+            m = j < p0
+            key_j = tl.load(key_ptr + j, mask=m, other=0)
+            key_before = tl.load(key_ptr + j - 1, mask=m & (j > 0), other=0)
+            base += tl.sum((m & (key_j != invalid_key) & ((j == 0) | (key_j != key_before))).to(tl.int32), axis=0)
+        p = p0 + tl.arange(0, BLOCK)
+        m = p < num_rows
+        p64 = p.to(tl.int64)
+        key = tl.load(key_ptr + p64, mask=m, other=0)
+        prev = tl.load(key_ptr + p64 - 1, mask=m & (p > 0), other=0)
+        valid = m & (key != invalid_key)
+        new = valid & ((p == 0) | (key != prev))
+        seg = base + tl.cumsum(new.to(tl.int32), axis=0) - 1  # (BLOCK,) run of each valid row
+        o = tl.load(flat_ptr + p64, mask=m, other=0)
+        tl.store(inv_ptr + o, p64, mask=m)
+        tl.store(tok_ptr + p64, o // k, mask=m)
+        tl.store(sor_ptr + p64, tl.where(valid, seg, -1).to(tl.int64), mask=m)
+        seg64 = seg.to(tl.int64)
+        group = key // span
+        tl.store(start_ptr + seg64, p64, mask=new)
+        tl.store(group_ptr + seg64, group, mask=new)
+        tl.atomic_add(counts_ptr + group, tl.full((BLOCK,), 1, tl.int64), mask=new)
+        tl.atomic_add(counts_ptr + num_groups, tl.sum(new.to(tl.int64), axis=0))
+        tl.atomic_add(counts_ptr + num_groups + 1, tl.sum(valid.to(tl.int64), axis=0))
+
+    @triton.jit
+    def choice_counts_kernel(flat_ptr, num_rows, num_groups, BLOCK: tl.constexpr):
+        # after choice_runs_kernel: seg_count[s] = seg_start[s + 1] (or the valid rows, for the
+        # last segment) - seg_start[s]; seg_start, seg_count, seg_group zero past the last segment
+        start_ptr = flat_ptr + 4 * num_rows
+        count_ptr = flat_ptr + 5 * num_rows
+        group_ptr = flat_ptr + 6 * num_rows
+        counts_ptr = flat_ptr + 7 * num_rows
+        nseg = tl.load(counts_ptr + num_groups)
+        nvalid = tl.load(counts_ptr + num_groups + 1)
+        s = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
+        m = s < num_rows
+        live = s < nseg
+        start = tl.load(start_ptr + s, mask=live, other=0)
+        follows = (s + 1) < nseg
+        nxt = tl.load(start_ptr + s + 1, mask=follows, other=0)
+        nxt = tl.where(follows, nxt, nvalid)
+        tl.store(count_ptr + s, tl.where(live, nxt - start, 0), mask=m)
+        zero = tl.zeros((BLOCK,), dtype=tl.int64)
+        tl.store(start_ptr + s, zero, mask=m & ~live)
+        tl.store(group_ptr + s, zero, mask=m & ~live)
+
     _KERNELS[mode] = {"hash": hash_kernel, "mean": mean_kernel, "restore": restore_kernel, "expand": expand_kernel,
                      "runs": runs_kernel, "merge": merge_kernel, "rank": rank_kernel,
-                     "choice_keys": choice_keys_kernel, "choice_segments": choice_segments_kernel}
+                     "choice_keys": choice_keys_kernel, "choice_segments": choice_segments_kernel,
+                     "choice_runs": choice_runs_kernel, "choice_counts": choice_counts_kernel}
     return _KERNELS[mode]
 
 
@@ -877,8 +943,13 @@ def segments(group: torch.Tensor, bucket: torch.Tensor, valid: torch.Tensor | No
     return _segments_from_key(key, group, valid is not None)[0]
 
 
-#: rows of the choice_segments kernel's blocks (one program walks all rows)
+#: rows of the choice_segments kernel's blocks (one program walks all rows; used when
+#: CHOICE_RUNS_BLOCK is 0)
 CHOICE_SEGMENTS_BLOCK = 2048
+#: rows of a choice_runs / choice_counts program (a grid over the rows; each program counts the
+#: run starts before its block in chunks of CHOICE_RUNS_PREFIX keys); 0: the one-program kernel
+CHOICE_RUNS_BLOCK = 1024
+CHOICE_RUNS_PREFIX = 2048
 
 
 def choice_segments_eligible(num_rows: int, num_groups: int, span: int, device: torch.device,
@@ -940,6 +1011,14 @@ def choice_segments(expert_index: torch.Tensor, kept: torch.Tensor, bucket: torc
         _merge_launch(rows_sorted, num_rows, idx_bits, sort, out=out)
     else:
         _rank_launch(packed, idx_bits, {**sort, "flags": False}, out=out)
+    if CHOICE_RUNS_BLOCK:  # one program a block of rows, then the counts
+        block = CHOICE_RUNS_BLOCK
+        flat[7 * num_rows:].zero_()  # segments per group, number of segments, valid rows: atomic sums
+        extra = {} if _interpreting() else {"num_warps": 4}
+        _launch("choice_runs", (_cdiv(num_rows, block),), sorted_key, flat, num_rows, k, span, invalid_key,
+                num_groups, BLOCK=block, PREFIX=CHOICE_RUNS_PREFIX, **extra)
+        _launch("choice_counts", (_cdiv(num_rows, block),), flat, num_rows, num_groups, BLOCK=block, **extra)
+        return flat
     extra = {} if _interpreting() else {"num_warps": 16}
     _launch("choice_segments", (1,), sorted_key, flat, num_rows, k, span, invalid_key, num_groups,
             BLOCK=CHOICE_SEGMENTS_BLOCK, **extra)
