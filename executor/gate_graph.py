@@ -297,7 +297,7 @@ class GraphedRouting:
             num_tokens, k = expert_index.shape
             num_experts = self.placement.num_experts
             if lsh_fast.choice_segments_eligible(num_tokens * k, num_experts, span, expert_index.device):
-                # four kernels (keys, sort, merge, run numbering) instead of ~60 torch kernels: the
+                # a few kernels (keys, sort, merge, run numbering) instead of ~60 torch kernels: the
                 # graph's launch was ~200 us of host time on the H200 machines (run-lshlayer11g)
                 return lsh_fast.choice_segments(expert_index, kept, bucket, self.position, span, num_experts), None
             flat_position = self.position[expert_index.clamp(min=0)].reshape(-1)  # (T*k,)

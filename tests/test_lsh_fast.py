@@ -331,10 +331,13 @@ def test_interpreter_hadamard_and_nonfinite(interpreter):
                      lsh.compress(tokens, group, config, unrounded), torch.bfloat16)
 
 
+@pytest.mark.parametrize("on_runs", [False, True], ids=["mean-kernel", "runs-kernel"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_interpreter_segment_mean(interpreter, dtype):
-    """16-bit rows: the runs kernel (keys = seg_of_row, one-hot matrix product); float32: the mean kernel"""
-    kernel = "runs" if dtype == torch.bfloat16 else "mean"
+def test_interpreter_segment_mean(interpreter, monkeypatch, dtype, on_runs):
+    """the mean kernel, or with SEGMENT_MEANS_ON_RUNS for 16-bit rows the runs kernel (keys =
+    seg_of_row, one-hot matrix product); float32 rows: always the mean kernel"""
+    monkeypatch.setattr(fast, "SEGMENT_MEANS_ON_RUNS", on_runs)
+    kernel = "runs" if on_runs and dtype == torch.bfloat16 else "mean"
     before, expand = _launched(kernel), _launched("expand")
     _check_mean_and_grads(True, dtype)
     assert _launched(kernel) == before + 1
@@ -348,6 +351,7 @@ def test_interpreter_segment_means_on_the_runs_kernel(interpreter, monkeypatch, 
     (tokens read through the order) == segment_mean of the gathered rows bit for bit; both within
     bf16 rounding of the float32 mean kernel and of the float64 means; rows past the segments
     zero (zero_fill) or not written."""
+    monkeypatch.setattr(fast, "SEGMENT_MEANS_ON_RUNS", True)
     monkeypatch.setitem(fast.RUNS_LAUNCH, "rows", rows)
     generator = torch.Generator().manual_seed(11)
     group = torch.randint(0, 3, (150,), generator=generator)
@@ -755,10 +759,13 @@ def test_cuda_choice_segments(num_tokens, k, experts, span):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("on_runs", [False, True], ids=["mean-kernel", "runs-kernel"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_interpreter_segment_mean_of_tokens(interpreter, dtype):
-    """segment_mean_of (the mean kernel reading the tokens through the token of each sorted row) ==
-    segment_mean of the gathered rows, bit for bit on the segments; centroids_of has its gradient"""
+def test_interpreter_segment_mean_of_tokens(interpreter, monkeypatch, dtype, on_runs):
+    """segment_mean_of (the mean or runs kernel reading the tokens through the token of each sorted
+    row) == segment_mean of the gathered rows, bit for bit on the segments; centroids_of has its
+    gradient"""
+    monkeypatch.setattr(fast, "SEGMENT_MEANS_ON_RUNS", on_runs)
     expert_index, kept, bucket, position = _choice_case(90, 2, 4, 6, 0.2, seed=4)
     flat = fast.choice_segments(expert_index, kept, bucket, position, 6, 4, force_triton=True)
     rows = 180

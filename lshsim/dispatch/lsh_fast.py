@@ -10,7 +10,9 @@ handful of kernel launches:
   segments        sort rows by (group, bucket) and describe the runs of equal keys (`Segments`),
                   with torch.sort, cumsum and scatters into fixed-size buffers: no host sync
   segment_mean    mean of every run of (sorted) rows; Triton: a persistent grid that reads the
-                  number of segments from device memory
+                  number of segments from device memory (the mean kernel), or with
+                  SEGMENT_MEANS_ON_RUNS (off: slower on the measured shapes) the runs kernel over
+                  seg_of_row as keys
   restore_rows    out[i] = E(c)[s_i] - c[s_i] + x[i], one pass, float32, one rounding; with
                   compressed= (a SortedCompressed) its backward is one pass of the runs kernel
   compress_fast   the same `lsh.Compressed` as `lsh.compress`; on the kernel path the hash kernel
@@ -971,7 +973,8 @@ def choice_segments(expert_index: torch.Tensor, kept: torch.Tensor, bucket: torc
                     position: torch.Tensor, span: int, num_groups: int, *, force_triton: bool = False
                     ) -> torch.Tensor:
     """The Segments of a plan's T k choices keyed by (position of the destination expert, bucket),
-    as one flat int64 tensor, from four kernel launches (no host sync, CUDA-graph capturable):
+    as one flat int64 tensor, from five kernel launches and a memset (no host sync, CUDA-graph
+    capturable):
 
         order | inv | token of row | seg_of_row | seg_start | seg_count | seg_group   (M = T k each)
         | segments per group (num_groups) | number of segments | valid rows
@@ -983,7 +986,12 @@ def choice_segments(expert_index: torch.Tensor, kept: torch.Tensor, bucket: torc
     i, span T k); position: (E,) int64. The kernels: packed keys (key << idx_bits | choice; not
     kept: key num_groups * span, sorting last in index order, as the stable sort does), the sort of
     `compress_fast` (the rank kernel up to 8,192 rows, else torch.sort of rows + the merge kernel),
-    then one program that numbers the runs. Callers check `choice_segments_eligible` first.
+    then the run numbering: a grid of CHOICE_RUNS_BLOCK-row programs (choice_runs: each counts the
+    run starts before its block over the earlier keys, so no look-back and no ordering between
+    programs; per-group and total counts as atomic integer sums into zeroed entries), then
+    choice_counts (segment sizes from the starts, zeros past the last segment); with
+    CHOICE_RUNS_BLOCK = 0 the previous single program walking all rows. Callers check
+    `choice_segments_eligible` first.
     """
     num_tokens, k = expert_index.shape
     num_rows = num_tokens * k
@@ -1056,11 +1064,20 @@ def _mean_launch(src: torch.Tensor, seg: Segments, order: torch.Tensor | None, o
     return out
 
 
+#: whether 16-bit segment means (`segment_mean`, `segment_mean_of`) run on the runs kernel
+#: (`_segment_runs_launch`) instead of the mean kernel. Off: in the layer on an H200 (run-lshlayer11h)
+#: the runs kernel took 89 / 154 / 290 us for the centroids at gpu-lsh-d1024-t16k / gpu-lsh-d4096-t8k
+#: / deepseek-v3-like-lsh, the mean kernel about 30 / 50 / 314 us (run-lshlayer11g's profile, a
+#: different device call; its forward share inferred from the total less the backward's sums).
+#: Both paths give the same bits for `segment_mean` and `segment_mean_of` of one input.
+SEGMENT_MEANS_ON_RUNS = False
+
+
 def _segment_runs_eligible(src: torch.Tensor) -> bool:
-    """Whether the segment means of `src` run on the runs kernel (16-bit rows: its one-hot matrix
-    product sums exact 0/1 products in float32; float32 rows would go through tf32) instead of the
-    mean kernel (float32 rows)."""
-    return src.dtype in (torch.bfloat16, torch.float16)
+    """Whether the segment means of `src` run on the runs kernel: SEGMENT_MEANS_ON_RUNS and 16-bit
+    rows (its one-hot matrix product sums exact 0/1 products in float32; float32 rows would go
+    through tf32), else the mean kernel."""
+    return SEGMENT_MEANS_ON_RUNS and src.dtype in (torch.bfloat16, torch.float16)
 
 
 def _segment_runs_launch(src: torch.Tensor, seg: Segments, order: torch.Tensor | None, zero_fill: bool) -> torch.Tensor:
@@ -1150,9 +1167,9 @@ def segment_mean(rows: torch.Tensor, seg: Segments, *, force_triton: bool = Fals
 
 def segment_mean_of(tokens: torch.Tensor, seg: Segments, token_of_row: torch.Tensor) -> torch.Tensor:
     """(M, d) segment means of the rows tokens[token_of_row] (sorted row i is token token_of_row[i]),
-    without gathering them: the mean kernel reads the tokens through token_of_row, summing the
-    same values in the same order as `segment_mean(tokens[token_of_row], seg)`, so the means are
-    bit-equal to it; rows >= num_segments are not written. No autograd (wrap the result with
+    without gathering them: the mean kernel (or the runs kernel, SEGMENT_MEANS_ON_RUNS) reads the
+    tokens through token_of_row, summing the same values in the same order as
+    `segment_mean(tokens[token_of_row], seg)`, so the means are bit-equal to it; rows >= num_segments are not written. No autograd (wrap the result with
     `centroids_of`). Kernel path only (16-bit or float32 tokens where the kernels run); no host sync."""
     if _segment_runs_eligible(tokens):
         return _segment_runs_launch(tokens, seg, token_of_row, zero_fill=False)
