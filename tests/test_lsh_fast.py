@@ -713,12 +713,12 @@ def _choice_case(num_tokens, k, experts, span, drop, seed, device="cpu"):
 @pytest.mark.parametrize("num_tokens,k,experts,span,drop,sort_chunk", [
     (101, 2, 8, 16, 0.2, 0), (101, 2, 8, 16, 0.2, 32), (64, 1, 4, 5, 0.0, 16), (150, 3, 6, 7, 1.0, 64),
     (97, 2, 3, 1 << 20, 0.1, None)])
-@pytest.mark.parametrize("runs_block", [0, 64], ids=["one-program", "grid"])
+@pytest.mark.parametrize("runs_block", [64, 1024], ids=["grid-of-blocks", "one-block"])
 def test_interpreter_choice_segments(interpreter, monkeypatch, num_tokens, k, experts, span, drop, sort_chunk,
                                      runs_block):
-    """choice_segments (keys, rank or sort rows + merge, then the run numbering: one program, or a
-    grid of programs (choice_runs: each counts the run starts before its block in chunks of 16
-    keys, then choice_counts) with blocks that do not divide M) == the torch segments the
+    """choice_segments (keys, rank or sort rows + merge, then the run numbering: a grid of programs
+    (choice_runs: each counts the run starts before its block in chunks of 16 keys, then
+    choice_counts) with blocks that do not divide M, or one block holding every row) == the torch segments the
     layer used, every integer equal; with and without buckets (the finest resolution), all choices
     dropped, a span near the packing limit."""
     monkeypatch.setattr(fast, "CHOICE_RUNS_BLOCK", runs_block)
@@ -728,7 +728,6 @@ def test_interpreter_choice_segments(interpreter, monkeypatch, num_tokens, k, ex
         monkeypatch.setitem(fast.SORT_LAUNCH, "block", 32)
         monkeypatch.setitem(fast.SORT_LAUNCH, "block_t", 16)
         monkeypatch.setitem(fast.SORT_LAUNCH, "block_c", 64)
-    monkeypatch.setattr(fast, "CHOICE_SEGMENTS_BLOCK", 64)
     expert_index, kept, bucket, position = _choice_case(num_tokens, k, experts, span, drop, seed=num_tokens + k)
     for b, s in ((bucket, span), (None, num_tokens * k)):
         assert fast.choice_segments_eligible(num_tokens * k, experts, s, torch.device("cpu"), force_triton=True)

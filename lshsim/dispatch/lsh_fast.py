@@ -574,67 +574,12 @@ def _kernels():
         tl.store(out_ptr + i64, tl.where(m, packed, 9223372036854775807), mask=i < num_out)
 
     @triton.jit
-    def choice_segments_kernel(key_ptr, flat_ptr, num_rows, k, span, invalid_key, num_groups, BLOCK: tl.constexpr):
-        # ONE program: the runs of the sorted keys (M = num_rows; flat[0:M] holds the sort's order)
-        # into flat = order | inv | token of row | seg_of_row | seg_start | seg_count | seg_group
-        # (M each) | segments per group (num_groups) | number of segments | valid rows, the layout
-        # of `choice_segments`. Pass 1 walks the sorted rows in blocks, numbering runs with a carry;
-        # pass 2 (after a block barrier) turns run starts into counts and zeroes the unused entries.
-        inv_ptr = flat_ptr + num_rows
-        tok_ptr = flat_ptr + 2 * num_rows
-        sor_ptr = flat_ptr + 3 * num_rows
-        start_ptr = flat_ptr + 4 * num_rows
-        count_ptr = flat_ptr + 5 * num_rows
-        group_ptr = flat_ptr + 6 * num_rows
-        counts_ptr = flat_ptr + 7 * num_rows
-        r = tl.arange(0, BLOCK)
-        for g0 in range(0, num_groups, BLOCK):
-            g = g0 + r
-            tl.store(counts_ptr + g, tl.zeros((BLOCK,), dtype=tl.int64), mask=g < num_groups)
-        tl.debug_barrier()
-        nseg = tl.sum(tl.zeros((BLOCK,), dtype=tl.int32), axis=0)
-        nvalid = nseg
-        for p0 in range(0, num_rows, BLOCK):
-            p = p0 + r
-            m = p < num_rows
-            p64 = p.to(tl.int64)
-            key = tl.load(key_ptr + p64, mask=m, other=0)
-            prev = tl.load(key_ptr + p64 - 1, mask=m & (p > 0), other=0)
-            valid = m & (key != invalid_key)
-            new = valid & ((p == 0) | (key != prev))
-            seg = nseg + tl.cumsum(new.to(tl.int32), axis=0) - 1  # (BLOCK,) run of each valid row
-            o = tl.load(flat_ptr + p64, mask=m, other=0)
-            tl.store(inv_ptr + o, p64, mask=m)
-            tl.store(tok_ptr + p64, o // k, mask=m)
-            tl.store(sor_ptr + p64, tl.where(valid, seg, -1).to(tl.int64), mask=m)
-            seg64 = seg.to(tl.int64)
-            group = key // span
-            tl.store(start_ptr + seg64, p64, mask=new)
-            tl.store(group_ptr + seg64, group, mask=new)
-            tl.atomic_add(counts_ptr + group, tl.full((BLOCK,), 1, tl.int64), mask=new)
-            nseg += tl.sum(new.to(tl.int32), axis=0)
-            nvalid += tl.sum(valid.to(tl.int32), axis=0)
-        tl.debug_barrier()  # the run starts of pass 1 are visible to every thread of the program
-        for s0 in range(0, num_rows, BLOCK):
-            s = s0 + r
-            m = s < num_rows
-            live = s < nseg
-            start = tl.load(start_ptr + s, mask=live, other=0, cache_modifier=".cg")
-            follows = (s + 1) < nseg
-            nxt = tl.load(start_ptr + s + 1, mask=follows, other=0, cache_modifier=".cg")
-            nxt = tl.where(follows, nxt, nvalid.to(tl.int64))
-            tl.store(count_ptr + s, tl.where(live, nxt - start, 0), mask=m)
-            zero = tl.zeros((BLOCK,), dtype=tl.int64)
-            tl.store(start_ptr + s, zero, mask=m & (s >= nseg))
-            tl.store(group_ptr + s, zero, mask=m & (s >= nseg))
-        tl.store(counts_ptr + num_groups, nseg.to(tl.int64))
-        tl.store(counts_ptr + num_groups + 1, nvalid.to(tl.int64))
-
-    @triton.jit
     def choice_runs_kernel(key_ptr, flat_ptr, num_rows, k, span, invalid_key, num_groups, BLOCK: tl.constexpr,
                            PREFIX: tl.constexpr):
-        # program b: the sorted rows [b BLOCK, b BLOCK + BLOCK) of `choice_segments`' layout (see
-        # choice_segments_kernel). It counts the run starts before its block itself (a pass over
+        # program b: the sorted rows [b BLOCK, b BLOCK + BLOCK) of `choice_segments`' layout
+        # (M = num_rows; flat[0:M] holds the sort's order): flat = order | inv | token of row |
+        # seg_of_row | seg_start | seg_count | seg_group (M each) | segments per group (num_groups) |
+        # number of segments | valid rows. It counts the run starts before its block itself (a pass over
         # the earlier keys: no look-back, so it may run inside a CUDA graph), then writes inv, token
         # of row, seg_of_row, and seg_start / seg_group of the runs starting in the block; segments
         # per group, the number of segments and the valid rows are atomic integer sums (zeroed
@@ -697,8 +642,7 @@ def _kernels():
 
     _KERNELS[mode] = {"hash": hash_kernel, "mean": mean_kernel, "restore": restore_kernel, "expand": expand_kernel,
                      "runs": runs_kernel, "merge": merge_kernel, "rank": rank_kernel,
-                     "choice_keys": choice_keys_kernel, "choice_segments": choice_segments_kernel,
-                     "choice_runs": choice_runs_kernel, "choice_counts": choice_counts_kernel}
+                     "choice_keys": choice_keys_kernel, "choice_runs": choice_runs_kernel, "choice_counts": choice_counts_kernel}
     return _KERNELS[mode]
 
 
@@ -945,11 +889,8 @@ def segments(group: torch.Tensor, bucket: torch.Tensor, valid: torch.Tensor | No
     return _segments_from_key(key, group, valid is not None)[0]
 
 
-#: rows of the choice_segments kernel's blocks (one program walks all rows; used when
-#: CHOICE_RUNS_BLOCK is 0)
-CHOICE_SEGMENTS_BLOCK = 2048
 #: rows of a choice_runs / choice_counts program (a grid over the rows; each program counts the
-#: run starts before its block in chunks of CHOICE_RUNS_PREFIX keys); 0: the one-program kernel
+#: run starts before its block in chunks of CHOICE_RUNS_PREFIX keys)
 CHOICE_RUNS_BLOCK = 1024
 CHOICE_RUNS_PREFIX = 2048
 
@@ -989,8 +930,7 @@ def choice_segments(expert_index: torch.Tensor, kept: torch.Tensor, bucket: torc
     then the run numbering: a grid of CHOICE_RUNS_BLOCK-row programs (choice_runs: each counts the
     run starts before its block over the earlier keys, so no look-back and no ordering between
     programs; per-group and total counts as atomic integer sums into zeroed entries), then
-    choice_counts (segment sizes from the starts, zeros past the last segment); with
-    CHOICE_RUNS_BLOCK = 0 the previous single program walking all rows. Callers check
+    choice_counts (segment sizes from the starts, zeros past the last segment). Callers check
     `choice_segments_eligible` first.
     """
     num_tokens, k = expert_index.shape
@@ -1019,17 +959,12 @@ def choice_segments(expert_index: torch.Tensor, kept: torch.Tensor, bucket: torc
         _merge_launch(rows_sorted, num_rows, idx_bits, sort, out=out)
     else:
         _rank_launch(packed, idx_bits, {**sort, "flags": False}, out=out)
-    if CHOICE_RUNS_BLOCK:  # one program a block of rows, then the counts
-        block = CHOICE_RUNS_BLOCK
-        flat[7 * num_rows:].zero_()  # segments per group, number of segments, valid rows: atomic sums
-        extra = {} if _interpreting() else {"num_warps": 4}
-        _launch("choice_runs", (_cdiv(num_rows, block),), sorted_key, flat, num_rows, k, span, invalid_key,
-                num_groups, BLOCK=block, PREFIX=CHOICE_RUNS_PREFIX, **extra)
-        _launch("choice_counts", (_cdiv(num_rows, block),), flat, num_rows, num_groups, BLOCK=block, **extra)
-        return flat
-    extra = {} if _interpreting() else {"num_warps": 16}
-    _launch("choice_segments", (1,), sorted_key, flat, num_rows, k, span, invalid_key, num_groups,
-            BLOCK=CHOICE_SEGMENTS_BLOCK, **extra)
+    block = CHOICE_RUNS_BLOCK  # one program a block of rows, then the counts
+    flat[7 * num_rows:].zero_()  # segments per group, number of segments, valid rows: atomic sums
+    extra = {} if _interpreting() else {"num_warps": 4}
+    _launch("choice_runs", (_cdiv(num_rows, block),), sorted_key, flat, num_rows, k, span, invalid_key,
+            num_groups, BLOCK=block, PREFIX=CHOICE_RUNS_PREFIX, **extra)
+    _launch("choice_counts", (_cdiv(num_rows, block),), flat, num_rows, num_groups, BLOCK=block, **extra)
     return flat
 
 
