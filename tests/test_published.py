@@ -19,9 +19,10 @@ from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID,
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 92 and len({c.id for c in cases}) == 92
+    assert len(cases) == 129 and len({c.id for c in cases}) == 129
     test = load_split()
     third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
+    fourth = {c.id for c in cases if c.file.startswith("aws-")}                          # the fourth round: fresh3
     first = [c for c in cases if c.file.startswith(("deepep-v1-", "uccl-")) and c.id not in third]  # the test split's 44
     assert len(first) == 44 and len(test) * 3 >= len(first)  # at least a third set aside ...
     fresh = load_fresh()
@@ -29,6 +30,8 @@ def test_shipped_cases_and_split():
     assert fresh == later and len(fresh) == 19 and not fresh & test      # every later case is fresh, none a test case
     fresh2 = load_fresh(key="fresh2")
     assert fresh2 == third and len(fresh2) == 29 and not fresh2 & (test | fresh)     # every third-round case, alone
+    fresh3 = load_fresh(key="fresh3")
+    assert fresh3 == fourth and len(fresh3) == 37 and not fresh3 & (test | fresh | fresh2)   # every fourth-round case
     new = [c for c in cases if c.file.startswith("uccl-") and c.id not in third]
     assert len(new) == 24 and 3 * len(test & {c.id for c in new}) >= len(new)   # ... of the new cases too
     by_id = {c.id: c for c in cases}
@@ -42,6 +45,10 @@ def test_shipped_cases_and_split():
                                         "https://github.com/deepseek-ai/DeepEP/issues/493")) and c.nic_family == "ib"
             assert c.group in ("uccl-amd", "deepep-user") and c.topology.startswith(("published/mi3", "published/mi355x-",
                                                                                    "published/h200-ib-"))
+        elif c.id in fourth:
+            assert c.source.startswith("https://github.com/awslabs/awsome-distributed-ai/blob/") and c.nic_family == "efa"
+            assert c.group in ("aws-deepep", "aws-uccl") and c.topology in (f"published/p6-b300-efa-{c.nodes}x8",
+                                                                            f"published/p5-h100-efa-{c.nodes}x8")
         elif c.file.startswith(("deepep-v2-", "deepep-pcie-", "hybridep-")):
             assert c.source.startswith("https://github.com/deepseek-ai/DeepEP/blob/") and c.nic_family == "ib"
             assert c.kind == "normal" and c.counts == "rdma" and c.group is not None
@@ -55,7 +62,9 @@ def test_shipped_cases_and_split():
     # the low-latency figures are bytes / latency: 1014 selections x 7408 B (fp8) or 14336 B (bf16); UCCL's p5en
     # table pairs two rows' bandwidth and latency from different runs (data/published/uccl-ep-p5en-low-latency.yaml)
     for c in cases:
-        if c.kind == "low_latency" and c.id not in ("uccl-p5en-ll-ep16-dispatch", "uccl-p5en-ll-ep32-combine",
+        if c.id in fourth:                                    # the aws tables give bandwidth only, no latency
+            assert c.published_latency_us is None
+        elif c.kind == "low_latency" and c.id not in ("uccl-p5en-ll-ep16-dispatch", "uccl-p5en-ll-ep32-combine",
                                                      "uccl-mi300x-cx7-ll-ep32-dispatch"):   # -10%, noted in its file
             per = 7408 if c.op == "dispatch" else 14336
             assert c.published_GBps * c.published_latency_us * 1e3 == pytest.approx(1014 * per, rel=0.011 if c.file.startswith("deepep-") else 0.04)

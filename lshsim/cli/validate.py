@@ -101,7 +101,7 @@ def run(args) -> int:
 
 
 def _run_published(args) -> int:
-    from lshsim.sim.published import PUBLISHED_DIR, validate_published
+    from lshsim.sim.published import FRESH_SETS, PUBLISHED_DIR, validate_published
 
     folder = args.published or PUBLISHED_DIR
     grid = None
@@ -148,10 +148,10 @@ def _run_published(args) -> int:
             console.print(f"{name}: {part['cases']} cases, median |error| {100 * part['median_abs_rel_error']:.1f}%, "
                           f"worst {100 * part['max_abs_rel_error']:.1f}%")
 
-    for name in ("fitting", "test", "fresh", "fresh2", "leave_one_out"):
+    for name in ("fitting", "test", *FRESH_SETS, "leave_one_out"):
         line(name.replace("_", "-"), out.get(name))
     for group, parts in out["by_source"].items():
-        for role in ("fitting", "test", "fresh", "fresh2"):
+        for role in ("fitting", "test", *FRESH_SETS):
             line(f"{group} {role}", parts.get(role))
         if "leave_one_out" in out:
             line(f"{group} leave-one-out", out["leave_one_out"]["by_source"].get(group))

@@ -17,7 +17,7 @@ cases, chosen before any fit and never fitted on (`load_split`). For each case t
 
 Calibration (`Calibration`, `fit_calibration`), per NIC family (a case file's `nic_family`: ib for CX7 InfiniBand,
 efa for AWS EFA), each family on its own, on the FITTING cases only (`split.yaml` names the test cases and the
-fresh held-out sets `fresh:` and `fresh2:`; the fit refuses all of them). The predicted time of a case is
+fresh held-out sets `fresh:`, `fresh2:` and `fresh3:`; the fit refuses all of them). The predicted time of a case is
 
     t = t_sim(eff) + alpha[kind][op] + beta x m
 
@@ -210,11 +210,11 @@ def load_split(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = No
 
 #: the fresh held-out sets of split.yaml, in the order they were added: each committed before any prediction of its
 #: cases (and before the model change that followed it); never fitted on
-FRESH_SETS = ("fresh", "fresh2")
+FRESH_SETS = ("fresh", "fresh2", "fresh3")
 
 
 def load_fresh(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = None, key: str = "fresh") -> set[str]:
-    """The ids of one fresh held-out set of `folder/split.yaml` (`key`: `fresh:` or `fresh2:`, optional): committed
+    """The ids of one fresh held-out set of `folder/split.yaml` (`key`: `fresh:`, `fresh2:` or `fresh3:`, optional): committed
     before a model change and never fitted on; each checked against the cases, the test list and the other fresh sets
     (a case is in one set only)."""
     if key not in FRESH_SETS:
@@ -521,8 +521,8 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
                        efficiency_grid: tuple | None = None, fitting_only: bool = False, progress=None) -> dict:
     """Every case predicted against its published figure; the fit on the fitting cases only.
 
-    Returns {"calibration", "rows" (each with its role: fitting, test, fresh or fresh2, and rel_error = predicted /
-    published - 1), "fitting", "test", "fresh", "fresh2" (median and worst |error|), "by_source", "leave_one_out" (each
+    Returns {"calibration", "rows" (each with its role: fitting, test or one of FRESH_SETS, and rel_error = predicted
+    / published - 1), "fitting", "test", and one entry per FRESH_SETS key (median and worst |error|), "by_source", "leave_one_out" (each
     fitting case predicted by a fit without it)}. `fitting_only`: the held-out (test and fresh) cases are neither
     simulated nor reported (to work on the model without seeing them).
     """
