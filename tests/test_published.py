@@ -147,8 +147,11 @@ def test_split_names_only_known_cases(tmp_path):
     (tmp_path / "split.yaml").write_text("fresh: [x]\nfresh2: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh2\[0\]='x' is also in fresh"):
         load_fresh(tmp_path, key="fresh2")
-    with pytest.raises(ValueError, match=r"key='fresh3' must be one of"):
+    (tmp_path / "split.yaml").write_text("fresh2: [x]\nfresh3: [x]\n")
+    with pytest.raises(ValueError, match=r"split.yaml: fresh3\[0\]='x' is also in fresh2"):
         load_fresh(tmp_path, key="fresh3")
+    with pytest.raises(ValueError, match=r"key='fresh4' must be one of"):
+        load_fresh(tmp_path, key="fresh4")
 
 
 def test_routing_as_deepep_draws_it():
@@ -289,6 +292,10 @@ def test_validate_published_command(tmp_path, capsys):
     assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.9:0.9:0.1"]) == 0
     text = capsys.readouterr().out
     assert "fresh2: 1 cases" in text and "deepep fresh2: 1 cases" in text and "fitting: 2 cases" in text
+    (tmp_path / "split.yaml").write_text("test: [n8-dispatch]\nfresh3: [n16-combine]\n")   # the fourth round's set
+    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.9:0.9:0.1"]) == 0
+    text = capsys.readouterr().out
+    assert "fresh3: 1 cases" in text and "deepep fresh3: 1 cases" in text and "fitting: 2 cases" in text
     with pytest.raises(SystemExit) as exit_info:
         main(["validate"])
     assert exit_info.value.code == 2 and "give trace files, or --published" in capsys.readouterr().err
