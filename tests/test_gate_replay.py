@@ -208,3 +208,40 @@ def test_lsh_phases_on_kernels_equal_the_torch_bucketing_on_a_gpu(monkeypatch, s
     assert fast._lsh_in_graph(inputs[0][0], fast.lsh) and fast.routing.segments_hashed.replays == 6
     assert fast.routing.segments_hashed._aliased_captures == 2  # x0, x1 (with the gate's two plan buffers)
     assert not ref.routing.segments_hashed.replays and ref.routing.segments.replays == 6
+
+
+def test_emulated_replay_shortcut_only_for_the_same_call():
+    """A call that `same_call`s the last entry (same storage, shape, dtype, gradient flags and grad
+    mode) replays it without building its key; a call that differs in any of these (no grad mode, a
+    shorter view at the same address, the input without requires_grad) takes its own capture and
+    still equals the eager gate."""
+    router = RouterConfig("topk", k=2, capacity_factor=1.25)
+    workload = WorkloadConfig(name="g", tokens_per_rank=64, d_model=32, d_ffn=64, num_experts=8, router=router)
+    layer = DistributedMoE(workload, MoEContext(rank=0, world_size=1, device=torch.device("cpu")), torch.float64)
+    fast, eager = _gate(layer, True, emulate=True), _gate(layer, True, emulate=False)
+    x, ids = rank_inputs(workload, 0, torch.device("cpu"), torch.float64)
+    looked_up = []
+    lookup = fast._entry
+    fast._entry = lambda *a: looked_up.append(1) or lookup(*a)
+
+    def check(x_in, ids_in, grad=True):
+        with torch.set_grad_enabled(grad):
+            got, want = fast(x_in, ids_in), eager(x_in, ids_in)
+        assert torch.equal(got[0].expert_index, want[0].expert_index) and torch.equal(got[4], want[4])
+        torch.testing.assert_close(got[0].gate_weight, want[0].gate_weight)
+        assert got[0].gate_weight.requires_grad == grad  # the gate weight (a parameter) requires one
+        return got
+
+    check(x.detach().requires_grad_(True), ids)
+    check(x.detach().requires_grad_(True), ids)  # the same call: the shortcut
+    assert (fast.captures, len(looked_up)) == (1, 1)
+    check(x[:32].detach().requires_grad_(True), ids[:32])  # same address, fewer rows
+    assert (fast.captures, len(looked_up)) == (2, 2)
+    check(x.detach().requires_grad_(True), ids)
+    check(x.detach().requires_grad_(True), ids, grad=False)  # no grad mode: another key
+    assert (fast.captures, len(looked_up)) == (3, 4)
+    check(x.detach(), ids)  # no requires_grad
+    assert (fast.captures, len(looked_up)) == (4, 5)
+    got = check(x.detach().requires_grad_(True), ids)  # back to the first: found by its key, not captured again
+    assert (fast.captures, len(looked_up)) == (4, 6)
+    got[0].gate_weight.sum().backward()  # its backward still runs (the generation guard is per entry)
