@@ -28,7 +28,7 @@ from lshsim.dispatch import DispatchPlan, Placement, RouterConfig
 from lshsim.dispatch.routers import SYNC_FREE_ROUTERS, get_router, route_on_rank
 from lshsim.executor.moe_ops import choice_order, gather_choices, inverse_permutation
 
-__all__ = ["GraphedRouting", "GraphedGate", "CapturedFunction"]
+__all__ = ["GraphedRouting", "GraphedGate", "GraphedGather", "CapturedFunction"]
 
 
 
@@ -738,3 +738,104 @@ class GraphedGate:
         plan.__dict__.update(entry.fields)
         object.__setattr__(plan, "gate_weight", gate_weight)
         return plan, entry.order, entry.inv, entry.counts, send_x
+
+
+class _GatherNode(torch.autograd.Function):
+    """The autograd node of a replayed gather (`GraphedGather`): forward returns the graph's static
+    send rows (replayed by the caller) as a detached view; backward is `moe_ops.gather_choices`'
+    (the k rows of a token summed in fp32, read back through inv)."""
+
+    @staticmethod
+    def forward(ctx, x, inv, k, rows):
+        ctx.save_for_backward(inv)
+        ctx.shape, ctx.k = x.shape, k
+        return rows.detach()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (inv,) = ctx.saved_tensors
+        num_tokens, d_model = ctx.shape
+        grad_x = grad.index_select(0, inv).view(num_tokens, ctx.k, d_model)
+        if ctx.k > 1:
+            grad_x = grad_x.sum(dim=1, dtype=torch.float32).to(grad.dtype)  # (T, d)
+        else:
+            grad_x = grad_x.reshape(num_tokens, d_model)
+        return grad_x, None, None, None
+
+
+class GraphedGather:
+    """LSH-MoE's gather of the send rows in bucket order (`moe_ops.gather_choices`) as one CUDA graph
+    replay: row i = x[token_of_row[i]], x and token_of_row read where they live (the layer's tokens
+    and a static output of the LSH bucketing graph, whose storage stays put between forwards), the
+    rows written into the graph's static output: valid until the next call on the same capture.
+    The gradient is `gather_choices`' (`_GatherNode`, eager). One capture per (storage of x and of
+    token_of_row, shapes, dtype), at most MAX_CAPTURES; past them, and off a GPU, on legacy paths
+    (`enabled=False`) or with a non-contiguous x, `gather_choices` runs as before.
+
+    Why: on the H200 VMs the eager gather's host time (index_select's allocation, its gather
+    set-up and a kernel launch) held LSH-MoE's second gate piece open ~100 us on an idle GPU
+    (run-gate11f, gate_phase_anatomy.py); a graph replay is one launch.
+
+    emulate=True (tests only): the "replay" computes the same rows eagerly into the static buffer,
+    so that a CPU test exercises the bookkeeping.
+    """
+
+    MAX_CAPTURES = 4
+
+    def __init__(self, enabled: bool = True, emulate: bool = False) -> None:
+        self.enabled = enabled
+        self.emulate = emulate
+        self._graphs: dict = {}
+        self.replays = 0
+        self.captures = 0
+
+    def _capture(self, x: torch.Tensor, token_of_row: torch.Tensor):
+        if self.emulate:
+            rows = x.detach().index_select(0, token_of_row)
+
+            def replay():
+                torch.index_select(x.detach(), 0, token_of_row, out=rows)
+            return (x, token_of_row, rows, replay)
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()  # no cudaFree inside a capture
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.no_grad(), torch.cuda.stream(side):
+            for _ in range(2):  # warm-up outside the capture
+                x.detach().index_select(0, token_of_row)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            rows = x.detach().index_select(0, token_of_row)
+        torch.cuda.synchronize()
+        # the caller's tensors are kept: their memory is never handed to another tensor while the graph exists
+        return (x.detach(), token_of_row, rows, graph.replay, graph)
+
+    def __call__(self, x: torch.Tensor, order: torch.Tensor, inv: torch.Tensor, k: int,
+                 token_of_row: torch.Tensor) -> torch.Tensor:
+        if not (self.enabled and (x.is_cuda or self.emulate) and token_of_row is not None and x.is_contiguous()):
+            return gather_choices(x, order, inv, k, token_of_row)
+        key = (x.data_ptr(), token_of_row.data_ptr(), x.shape, token_of_row.shape, x.dtype)
+        entry = self._graphs.get(key)
+        if entry is None:
+            if len(self._graphs) >= self.MAX_CAPTURES:
+                return gather_choices(x, order, inv, k, token_of_row)
+            try:
+                entry = self._capture(x, token_of_row)
+            except Exception as error:  # not capturable here: eager from now on, said once
+                print(f"lshsim: the LSH gather runs without a CUDA graph ({str(error).splitlines()[0]})",
+                      file=sys.stderr)
+                if not self.emulate:
+                    torch.cuda.synchronize()
+                self.enabled = False
+                return gather_choices(x, order, inv, k, token_of_row)
+            self._graphs[key] = entry
+            self.captures += 1
+        entry[3]()  # the replay: the GPU starts on the rows before the host builds the autograd node
+        self.replays += 1
+        rows = entry[2]
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _GatherNode.apply(x, inv, k, rows)
+        return rows.detach()
