@@ -32,6 +32,7 @@ import gzip
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -183,9 +184,11 @@ def profiled(h: Harness, mode: str, iterations: int, trace_path: Path | None) ->
                 rows.append(h.iteration(mode))
     finally:
         h.annotate = False
-    tmp = Path(f"/tmp/gate_anatomy_{mode}.json")
-    prof.export_chrome_trace(str(tmp))
-    trace = json.loads(tmp.read_text())
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder) / f"gate_anatomy_{mode}.json"
+        prof.export_chrome_trace(str(tmp))
+        trace = json.loads(tmp.read_text())
+    trace["traceName"] = trace_path.name[:-3] if trace_path is not None else tmp.name
     if trace_path is not None:
         with gzip.open(trace_path, "wt") as f:
             json.dump(trace, f)
