@@ -28,7 +28,7 @@ from lshsim.dispatch import DispatchPlan, Placement, RouterConfig
 from lshsim.dispatch.routers import SYNC_FREE_ROUTERS, get_router, route_on_rank
 from lshsim.executor.moe_ops import choice_order, gather_choices, inverse_permutation
 
-__all__ = ["GraphedRouting", "GraphedGate", "CapturedFunction"]
+__all__ = ["GraphedRouting", "GraphedGate", "GraphedGather", "CapturedFunction"]
 
 
 
@@ -369,7 +369,20 @@ class _GateEntry:
     inputs, outputs and gradient buffers, and the plan's views of the static outputs, built once."""
 
     __slots__ = ("static_in", "aliased", "forward", "backward", "outputs", "diff", "grad_out", "grad_in",
-                 "wants_grad", "k", "capacity", "fields", "order", "inv", "counts", "graphs", "generation")
+                 "wants_grad", "k", "capacity", "fields", "order", "inv", "counts", "graphs", "generation",
+                 "ptrs", "flags", "any_flag", "weight_at", "send_at")
+
+    def same_call(self, args: tuple, grad_mode: bool) -> bool:
+        """Whether a call with `args` in `grad_mode` replays this entry as it is: an entry captured on
+        the caller's tensors (`aliased`), the same storage, shape, dtype and gradient flags, the same
+        grad mode. Then nothing is copied and the key of the call need not be built."""
+        if not self.aliased or (grad_mode and self.any_flag) != self.wants_grad:
+            return False
+        for a, ptr, flag in zip(args, self.ptrs, self.flags):
+            if a.data_ptr() != ptr or a.requires_grad is not flag:
+                return False
+        x, static = args[0], self.static_in[0]
+        return x.shape == static.shape and x.dtype == static.dtype
 
     def replay(self) -> None:
         """The forward replay; `generation` counts them, so a backward can tell that a later forward
@@ -379,21 +392,17 @@ class _GateEntry:
 
 
 class _Replay(torch.autograd.Function):
-    """One forward replay of a captured gate, one backward replay for its gradient.
+    """The autograd node of one forward replay of a captured gate, one backward replay for its gradient.
 
-    forward(entry, *inputs): inputs copied into the static inputs where their storage differs,
-    the forward replayed; returns the differentiable static outputs (send rows, gate weights) as
-    detached views: valid until the next forward. backward: the incoming gradients copied into
-    the static gradient buffers where their storage differs, the backward replayed, the static
-    input gradients returned (as torch.cuda.make_graphed_callables does: a forward's backward must
-    run before the next forward's replay overwrites what it saved)."""
+    The caller has replayed the forward already (`GraphedGate._call_fast`: the GPU starts on the gate
+    before the host builds this node). forward(entry, *inputs): returns the differentiable static
+    outputs (send rows, gate weights) as detached views: valid until the next forward. backward:
+    the incoming gradients copied into the static gradient buffers where their storage differs, the
+    backward replayed, the static input gradients returned (as torch.cuda.make_graphed_callables
+    does: a forward's backward must run before the next forward's replay overwrites what it saved)."""
 
     @staticmethod
     def forward(ctx, entry, *inputs):
-        for static, value in zip(entry.static_in, inputs):
-            if static.data_ptr() != value.data_ptr():
-                static.copy_(value)
-        entry.replay()
         ctx.entry, ctx.generation = entry, entry.generation
         return tuple(entry.outputs[i].detach() for i in entry.diff)
 
@@ -412,6 +421,18 @@ class _Replay(torch.autograd.Function):
                 static.copy_(grad)
         entry.backward()
         return (None,) + tuple(None if g is None else g.detach() for g in entry.grad_in)
+
+
+def _replay_node(entry, *inputs):
+    """`_Replay.apply(entry, *inputs)` through autograd's C entry point: `Function.apply`'s Python
+    wrapper (its functorch check and a generator over the arguments) is host time on the gate's
+    path; with functorch transforms active the wrapper runs as usual."""
+    if torch._C._are_functorch_transforms_active():
+        return _Replay.apply(entry, *inputs)
+    return _REPLAY_APPLY(entry, *inputs)
+
+
+_REPLAY_APPLY = super(torch.autograd.Function, _Replay).apply  # the C apply, bound to _Replay
 
 
 class GraphedGate:
@@ -460,6 +481,9 @@ class GraphedGate:
         self.emulate = emulate
         self._graphed: dict = {}
         self._entries: dict = {}
+        #: the entry of the last call when it reads the caller's tensors in place: a call that
+        #: `same_call`s it replays at once, without building its key
+        self._hot: _GateEntry | None = None
         self.replays = 0
         self.captures = 0
 
@@ -629,6 +653,13 @@ class GraphedGate:
                                               args[0].device)
         entry.fields = dict(plan.__dict__)
         entry.order, entry.inv, entry.counts = order, inv, counts
+        # where the gate weights and the send rows are among _Replay's outputs (None: a static output)
+        last = len(entry.outputs) - 3
+        entry.weight_at = entry.diff.index(last) if last in entry.diff else None
+        entry.send_at = entry.diff.index(0) if self.gather and 0 in entry.diff else None
+        entry.ptrs = tuple(s.data_ptr() for s in entry.static_in)
+        entry.flags = tuple(bool(a.requires_grad) for a in args)
+        entry.any_flag = any(entry.flags)
         self.captures += 1
         return entry
 
@@ -652,8 +683,11 @@ class GraphedGate:
                 grad = next(grads)
                 target.copy_(grad if grad is not None else torch.zeros_like(target))
 
-    def _call_fast(self, x: torch.Tensor, args: tuple):
-        wants_grad = torch.is_grad_enabled() and any(a.requires_grad for a in args)
+    def _entry(self, x: torch.Tensor, args: tuple, grad_mode: bool) -> _GateEntry | None:
+        """The captured entry for this call's key (shapes, dtype, gradient flags, grad mode),
+        captured here when there is none or when an entry on the caller's tensors meets other
+        storage; None (and `available` False) when the capture fails."""
+        wants_grad = grad_mode and any(a.requires_grad for a in args)
         key = (tuple(x.shape), x.dtype, tuple(a.requires_grad for a in args), wants_grad)
         entry = self._entries.get(key)
         if entry is not None and entry.aliased:
@@ -675,17 +709,28 @@ class GraphedGate:
                 self.available = False
                 return None
             self._entries[key] = entry
-        if entry.diff:
-            outputs = _Replay.apply(entry, *args)
-            gate_weight = outputs[entry.diff.index(len(entry.outputs) - 3)] \
-                if len(entry.outputs) - 3 in entry.diff else entry.outputs[-3]
-            send_x = (outputs[0] if 0 in entry.diff else entry.outputs[0]) if self.gather else None
-        else:
+        return entry
+
+    def _call_fast(self, x: torch.Tensor, args: tuple):
+        grad_mode = torch.is_grad_enabled()
+        entry = self._hot
+        if entry is None or not entry.same_call(args, grad_mode):
+            entry = self._entry(x, args, grad_mode)
+            if entry is None:
+                return None
+            self._hot = entry if entry.aliased else None
             with torch.no_grad():  # the static inputs may be leaves that require a gradient
                 for static, value in zip(entry.static_in, args):
                     if static.data_ptr() != value.data_ptr():
                         static.copy_(value)
-            entry.replay()
+        # the replay first, the autograd node after it: the GPU starts on the gate while the host
+        # builds the node and the plan
+        entry.replay()
+        if entry.diff:
+            outputs = _replay_node(entry, *args)
+            gate_weight = entry.outputs[-3] if entry.weight_at is None else outputs[entry.weight_at]
+            send_x = None if not self.gather else entry.outputs[0] if entry.send_at is None else outputs[entry.send_at]
+        else:
             gate_weight = entry.outputs[-3]
             send_x = entry.outputs[0] if self.gather else None
         self.replays += 1
@@ -693,3 +738,104 @@ class GraphedGate:
         plan.__dict__.update(entry.fields)
         object.__setattr__(plan, "gate_weight", gate_weight)
         return plan, entry.order, entry.inv, entry.counts, send_x
+
+
+class _GatherNode(torch.autograd.Function):
+    """The autograd node of a replayed gather (`GraphedGather`): forward returns the graph's static
+    send rows (replayed by the caller) as a detached view; backward is `moe_ops.gather_choices`'
+    (the k rows of a token summed in fp32, read back through inv)."""
+
+    @staticmethod
+    def forward(ctx, x, inv, k, rows):
+        ctx.save_for_backward(inv)
+        ctx.shape, ctx.k = x.shape, k
+        return rows.detach()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (inv,) = ctx.saved_tensors
+        num_tokens, d_model = ctx.shape
+        grad_x = grad.index_select(0, inv).view(num_tokens, ctx.k, d_model)
+        if ctx.k > 1:
+            grad_x = grad_x.sum(dim=1, dtype=torch.float32).to(grad.dtype)  # (T, d)
+        else:
+            grad_x = grad_x.reshape(num_tokens, d_model)
+        return grad_x, None, None, None
+
+
+class GraphedGather:
+    """LSH-MoE's gather of the send rows in bucket order (`moe_ops.gather_choices`) as one CUDA graph
+    replay: row i = x[token_of_row[i]], x and token_of_row read where they live (the layer's tokens
+    and a static output of the LSH bucketing graph, whose storage stays put between forwards), the
+    rows written into the graph's static output: valid until the next call on the same capture.
+    The gradient is `gather_choices`' (`_GatherNode`, eager). One capture per (storage of x and of
+    token_of_row, shapes, dtype), at most MAX_CAPTURES; past them, and off a GPU, on legacy paths
+    (`enabled=False`) or with a non-contiguous x, `gather_choices` runs as before.
+
+    Why: on the H200 VMs the eager gather's host time (index_select's allocation, its gather
+    set-up and a kernel launch) held LSH-MoE's second gate piece open ~100 us on an idle GPU
+    (run-gate11f, gate_phase_anatomy.py); a graph replay is one launch.
+
+    emulate=True (tests only): the "replay" computes the same rows eagerly into the static buffer,
+    so that a CPU test exercises the bookkeeping.
+    """
+
+    MAX_CAPTURES = 4
+
+    def __init__(self, enabled: bool = True, emulate: bool = False) -> None:
+        self.enabled = enabled
+        self.emulate = emulate
+        self._graphs: dict = {}
+        self.replays = 0
+        self.captures = 0
+
+    def _capture(self, x: torch.Tensor, token_of_row: torch.Tensor):
+        if self.emulate:
+            rows = x.detach().index_select(0, token_of_row)
+
+            def replay():
+                torch.index_select(x.detach(), 0, token_of_row, out=rows)
+            return (x, token_of_row, rows, replay)
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()  # no cudaFree inside a capture
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.no_grad(), torch.cuda.stream(side):
+            for _ in range(2):  # warm-up outside the capture
+                x.detach().index_select(0, token_of_row)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            rows = x.detach().index_select(0, token_of_row)
+        torch.cuda.synchronize()
+        # the caller's tensors are kept: their memory is never handed to another tensor while the graph exists
+        return (x.detach(), token_of_row, rows, graph.replay, graph)
+
+    def __call__(self, x: torch.Tensor, order: torch.Tensor, inv: torch.Tensor, k: int,
+                 token_of_row: torch.Tensor) -> torch.Tensor:
+        if not (self.enabled and (x.is_cuda or self.emulate) and token_of_row is not None and x.is_contiguous()):
+            return gather_choices(x, order, inv, k, token_of_row)
+        key = (x.data_ptr(), token_of_row.data_ptr(), x.shape, token_of_row.shape, x.dtype)
+        entry = self._graphs.get(key)
+        if entry is None:
+            if len(self._graphs) >= self.MAX_CAPTURES:
+                return gather_choices(x, order, inv, k, token_of_row)
+            try:
+                entry = self._capture(x, token_of_row)
+            except Exception as error:  # not capturable here: eager from now on, said once
+                print(f"lshsim: the LSH gather runs without a CUDA graph ({str(error).splitlines()[0]})",
+                      file=sys.stderr)
+                if not self.emulate:
+                    torch.cuda.synchronize()
+                self.enabled = False
+                return gather_choices(x, order, inv, k, token_of_row)
+            self._graphs[key] = entry
+            self.captures += 1
+        entry[3]()  # the replay: the GPU starts on the rows before the host builds the autograd node
+        self.replays += 1
+        rows = entry[2]
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _GatherNode.apply(x, inv, k, rows)
+        return rows.detach()

@@ -35,7 +35,7 @@ import torch
 
 from lshsim.executor.comm import (CommContext, CommStats, CountExchange, align_ranks, all_to_all, exchange_counts,
                                   fake_fp8, mark)
-from lshsim.executor.gate_graph import GraphedGate, GraphedRouting
+from lshsim.executor.gate_graph import GraphedGate, GraphedGather, GraphedRouting
 from lshsim.executor.moe_ops import combine_choices, expert_block, gather_choices
 from lshsim.executor.timing import PhaseTimer
 from lshsim.executor.workload import WorkloadConfig
@@ -297,6 +297,8 @@ class DistributedMoE:
         self.lsh_gate = GraphedGate(
             self.routing, lambda x, weight: _gate_inputs(workload, GateParams(weight, self.gate.bias), x, with_bias=False),
             self.gate.weight, enabled=fast and ctx.device.type == "cuda", copy_outputs=False, gather=False)
+        #: LSH-MoE's gather of the send rows in bucket order (fast path on a GPU): one graph replay
+        self.lsh_gather = GraphedGather(enabled=fast and ctx.device.type == "cuda")
         #: expert arithmetic: "auto" (grouped_mm where it runs, else padded bmm), "grouped_mm" or
         #: "padded_bmm"; `expert_method` is the one the last forward used
         self.expert_impl = "auto"
@@ -405,7 +407,7 @@ class DistributedMoE:
             self._end("lsh_compress")
             # the send rows, gathered in bucket order: the gate's packing, as without LSH
             self._begin("gate")
-            send_x = gather_choices(x, order, inv, k, token_of_row)  # (T*k, d)
+            send_x = self.lsh_gather(x, order, inv, k, token_of_row)  # (T*k, d); one replay on a GPU
             self._end("gate")
             send_x = mark(send_x, timer, closes="lsh_compress")
             self._begin("lsh_compress")

@@ -18,8 +18,9 @@ import torch
 
 from conftest import layer_step_matches  # noqa: E402
 from lshsim.dispatch import RouterConfig
-from lshsim.executor.gate_graph import GateWeights, GraphedGate
+from lshsim.executor.gate_graph import GateWeights, GraphedGate, GraphedGather
 from lshsim.executor.moe_layer import DistributedMoE, GateParams, MoEContext, _gate_inputs, rank_inputs
+from lshsim.executor.moe_ops import gather_choices
 from lshsim.executor.workload import WorkloadConfig
 
 ROUTERS = [RouterConfig("topk", k=2, capacity_factor=1.25), RouterConfig("topk", k=1, capacity_factor=None),
@@ -153,11 +154,13 @@ def test_layer_with_the_replayed_gate_equals_the_eager_gate_on_a_gpu(router, lsh
     ctx = MoEContext(rank=0, world_size=1, device=device)
     fast, eager = DistributedMoE(workload, ctx, torch.bfloat16), DistributedMoE(workload, ctx, torch.bfloat16)
     eager.gate_graph.available = eager.lsh_gate.available = False
+    eager.lsh_gather.enabled = False  # the LSH send rows gathered eagerly (gather_choices)
     inputs = [rank_inputs(dataclasses.replace(workload, seed=seed), 0, device, torch.bfloat16) for seed in range(2)]
     for x0, ids in [inputs[0], inputs[0], inputs[1], inputs[0]]:
         layer_step_matches((fast, eager), x0, ids, clone=False)
     graph = fast.lsh_gate if lsh else fast.gate_graph
     assert graph.replays == 4 and graph.captures == 2
+    assert fast.lsh_gather.replays == (4 if lsh else 0) and eager.lsh_gather.replays == 0
 
 
 @pytest.mark.gpu
@@ -208,3 +211,89 @@ def test_lsh_phases_on_kernels_equal_the_torch_bucketing_on_a_gpu(monkeypatch, s
     assert fast._lsh_in_graph(inputs[0][0], fast.lsh) and fast.routing.segments_hashed.replays == 6
     assert fast.routing.segments_hashed._aliased_captures == 2  # x0, x1 (with the gate's two plan buffers)
     assert not ref.routing.segments_hashed.replays and ref.routing.segments.replays == 6
+
+
+def test_emulated_replay_shortcut_only_for_the_same_call():
+    """A call that `same_call`s the last entry (same storage, shape, dtype, gradient flags and grad
+    mode) replays it without building its key; a call that differs in any of these (no grad mode, a
+    shorter view at the same address, the input without requires_grad) takes its own capture and
+    still equals the eager gate."""
+    router = RouterConfig("topk", k=2, capacity_factor=1.25)
+    workload = WorkloadConfig(name="g", tokens_per_rank=64, d_model=32, d_ffn=64, num_experts=8, router=router)
+    layer = DistributedMoE(workload, MoEContext(rank=0, world_size=1, device=torch.device("cpu")), torch.float64)
+    fast, eager = _gate(layer, True, emulate=True), _gate(layer, True, emulate=False)
+    x, ids = rank_inputs(workload, 0, torch.device("cpu"), torch.float64)
+    looked_up = []
+    lookup = fast._entry
+    fast._entry = lambda *a: looked_up.append(1) or lookup(*a)
+
+    def check(x_in, ids_in, grad=True):
+        with torch.set_grad_enabled(grad):
+            got, want = fast(x_in, ids_in), eager(x_in, ids_in)
+        assert torch.equal(got[0].expert_index, want[0].expert_index) and torch.equal(got[4], want[4])
+        torch.testing.assert_close(got[0].gate_weight, want[0].gate_weight)
+        assert got[0].gate_weight.requires_grad == grad  # the gate weight (a parameter) requires one
+        return got
+
+    check(x.detach().requires_grad_(True), ids)
+    check(x.detach().requires_grad_(True), ids)  # the same call: the shortcut
+    assert (fast.captures, len(looked_up)) == (1, 1)
+    check(x[:32].detach().requires_grad_(True), ids[:32])  # same address, fewer rows
+    assert (fast.captures, len(looked_up)) == (2, 2)
+    check(x.detach().requires_grad_(True), ids)
+    check(x.detach().requires_grad_(True), ids, grad=False)  # no grad mode: another key
+    assert (fast.captures, len(looked_up)) == (3, 4)
+    check(x.detach(), ids)  # no requires_grad
+    assert (fast.captures, len(looked_up)) == (4, 5)
+    got = check(x.detach().requires_grad_(True), ids)  # back to the first: found by its key, not captured again
+    assert (fast.captures, len(looked_up)) == (4, 6)
+    got[0].gate_weight.sum().backward()  # its backward still runs (the generation guard is per entry)
+
+
+def test_emulated_gather_replay_equals_gather_choices():
+    """`GraphedGather` (LSH-MoE's send rows as one replay; emulated here): rows and the tokens' gradient
+    equal `gather_choices`' over calls on the same storage (one capture), on other storage of x or of
+    the row map (a capture each), past MAX_CAPTURES and for a non-contiguous x (gather_choices itself),
+    without a gradient (no autograd node); the caller's tensors are never written."""
+    torch.manual_seed(0)
+    num_tokens, d_model, k = 40, 16, 3
+    gather = GraphedGather(emulate=True)
+    x_a, x_b = torch.randn(num_tokens, d_model, dtype=torch.float64), torch.randn(num_tokens, d_model,
+                                                                                 dtype=torch.float64)
+    orders = [torch.randperm(num_tokens * k) for _ in range(2)]
+    maps = []
+    for order in orders:
+        inv = torch.empty_like(order)
+        inv[order] = torch.arange(order.numel())
+        maps.append((order, inv, torch.div(order, k, rounding_mode="floor")))
+    kept = [x_a.clone(), x_b.clone()]
+
+    def check(x0, which, expect_captures, grad=True):
+        order, inv, token_of_row = maps[which]
+        g = torch.randn(num_tokens * k, d_model, dtype=torch.float64)
+        got_x, want_x = x0.detach().requires_grad_(grad), x0.detach().clone().requires_grad_(grad)
+        got, want = gather(got_x, order, inv, k, token_of_row), gather_choices(want_x, order, inv, k, token_of_row)
+        assert torch.equal(got, want)
+        assert got.requires_grad == grad
+        if grad:
+            (got * g).sum().backward()
+            (want * g).sum().backward()
+            torch.testing.assert_close(got_x.grad, want_x.grad, rtol=1e-12, atol=1e-12)
+        assert gather.captures == expect_captures
+
+    check(x_a, 0, 1)
+    x_a.add_(1.0)  # new values in the same storage (as the caller's next tokens): read by the replay
+    kept[0] = x_a.clone()
+    check(x_a, 0, 1)  # same storage: replayed
+    check(x_b, 0, 2)  # other x storage
+    check(x_a, 1, 3)  # other row-map storage
+    check(x_a, 0, 3, grad=False)
+    check(x_a.clone(), 0, 4)
+    replays = gather.replays
+    check(x_b.clone(), 1, 4)  # past MAX_CAPTURES: gather_choices
+    check(x_a, 0, 4)  # a captured one still replays
+    assert gather.replays == replays + 1
+    wide = torch.randn(d_model, num_tokens, dtype=torch.float64).T  # not contiguous: gather_choices
+    check(wide, 0, 4)
+    assert gather.replays == replays + 1
+    assert torch.equal(x_a, kept[0]) and torch.equal(x_b, kept[1])
