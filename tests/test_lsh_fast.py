@@ -747,6 +747,40 @@ def test_cuda_kernels_match_torch_path(monkeypatch, rows, d_model):
         assert error <= 2 ** -7 * scale, (name, error, scale)
 
 
+@pytest.mark.gpu
+def test_cuda_compress_graph_equals_compress_fast(monkeypatch):
+    """CompressGraph (compress's three launches as one CUDA graph, the centroid kernel without the
+    look-back) gives compress_fast's result for the values its tensors hold at each call: the rank
+    path (8,192 tokens) and the torch.sort + merge path (20,000)."""
+    pytest.importorskip("triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("LSHSIM_NO_TRITON", raising=False)
+    device = torch.device("cuda")
+    config = LSHConfig(num_hashes=6, proj_dim=16, seed=0)
+    projection = lsh.make_projection(1024, config, device=device, dtype=torch.bfloat16)
+    for rows in (8192, 20000):
+        tokens = clustered_tokens(rows, 1024, num_clusters=64, noise=0.3, seed=0).to(device, torch.bfloat16)
+        group = _group(rows, 16).to(device)
+        graph = fast.CompressGraph(tokens, group, config, projection)
+        for step in range(2):  # new values written into the same tensors: the graph reads them
+            want = fast.compress_fast(tokens, group, config, projection)
+            got = graph()
+            assert isinstance(got, fast.SortedCompressed)
+            for name in ("sorted_key", "order"):
+                assert torch.equal(getattr(got, name), getattr(want, name)), name
+            _same_compressed(got, want, torch.bfloat16)
+            tokens.copy_(clustered_tokens(rows, 1024, num_clusters=64, noise=0.3, seed=step + 1).to(device,
+                                                                                                    torch.bfloat16))
+            group.copy_(_group(rows, 16, seed=step + 2).to(device))
+
+
+def test_compress_graph_needs_the_cuda_kernels():
+    config = LSHConfig(num_hashes=2, proj_dim=4, seed=0)
+    tokens = _tokens("random", 40, 16, torch.bfloat16)
+    with pytest.raises(ValueError):
+        fast.CompressGraph(tokens, _group(40, 3), config)
+
+
 # ---- the layer's choice segments: four kernels against the torch segments ---------------------
 def _choice_reference(expert_index, kept, bucket, position, span, num_groups):
     """gate_graph's torch bookkeeping: segments + inverse + token of row + segments per group."""

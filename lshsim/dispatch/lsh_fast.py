@@ -20,17 +20,20 @@ handful of kernel launches:
                   8,192 tokens the rank kernel places each at the number of packed keys below it
                   (all pairs: no sort), above that torch.sort sorts them as rows of at most 4,096
                   (its one-kernel path) and the merge kernel ranks every key by binary search in
-                  the other rows; either writes sorted keys and order; the runs kernel writes
-                  centroids, token_to_centroid, groups, counts and the sizes (up to 8,192 rows
-                  with a decoupled look-back for the run numbering); then one host sync. So three
-                  kernel launches and one sync up to 8,192 tokens, three launches + torch.sort
-                  above. Its backward w.r.t. the tokens is one pass (the expand kernel).
+                  the other rows; either writes sorted keys and order; the scan-runs kernel
+                  (COMPRESS_CENTROIDS "scan"; "runs": the runs kernel, the previous release's)
+                  writes centroids, token_to_centroid, groups, counts and the sizes (a decoupled
+                  look-back for the run numbering); then one host sync. So three kernel launches
+                  and one sync up to 8,192 tokens, three launches + torch.sort above
+                  (`CompressGraph`: the three as one CUDA graph launch). Its backward w.r.t. the
+                  tokens is one pass (the expand kernel).
                   `_compress_via_segments` is the same from the pieces above (the torch path,
                   and the previous release's kernel path)
 
 Launch parameters per problem size: HASH_LAUNCHES, RUNS_LAUNCHES, SORT_LAUNCHES, measured on an
 H200 by benchmarks/bench_lsh_fast.py --tune, and their <= 8,192-token rows (rank kernel, runs
-kernel with the look-back) by --sweep (benchmarks/RESULTS.md). The runs kernel's look-back
+kernel with the look-back) by --sweep; SCAN_LAUNCHES by benchmarks/profile_lsh_compress.py --grid
+(benchmarks/RESULTS.md). The runs and scan-runs kernels' look-back
 numbers its programs by a ticket taken at start (no assumption on the order programs start in) and
 shares one ticket + count buffer per device (`_LOOKBACK`): its launches must not run concurrently on two
 streams of one device, and it is off inside a CUDA graph capture. The hash kernel also has a
@@ -69,7 +72,7 @@ from lshsim.dispatch.lsh import Compressed, LSHConfig, LSHProjection
 
 __all__ = ["triton_available", "kernel_eligible", "token_buckets", "Segments", "segments", "choice_segments",
            "choice_segments_eligible", "segment_mean_of", "centroids_of",
-           "segment_mean", "restore_rows", "compress_fast"]
+           "segment_mean", "restore_rows", "compress_fast", "CompressGraph"]
 
 _INT64_MAX = 2 ** 63 - 1
 _SENTINEL = _INT64_MAX  # key of invalid rows: sorts last, never a valid key (keys < 2^63 - 1)
@@ -845,7 +848,7 @@ def _kernel_matrix(projection: LSHProjection, dtype: torch.dtype, ld_pad: int) -
 
 def _hash_launch(tokens: torch.Tensor, config: LSHConfig, projection: LSHProjection,
                  group: torch.Tensor | None = None, span: int = 0, *, idx_bits: int = 0, num_out: int = 0,
-                 **launch) -> torch.Tensor | None:
+                 out: torch.Tensor | None = None, **launch) -> torch.Tensor | None:
     """The fused hash kernel: (T,) int64 bucket ids (or group * span + bucket with group); -1 for
     tokens with a non-finite projection (and, with group, for groups < 0 or so large that the key
     would overflow int64). None when the projection's entries are not exact in the tokens' dtype
@@ -853,7 +856,7 @@ def _hash_launch(tokens: torch.Tensor, config: LSHConfig, projection: LSHProject
 
     idx_bits > 0 (with group): (num_out,) packed keys key << idx_bits | token (unique, so any sort
     is stable; key -1 packs negative), INT64_MAX for rows num_rows..num_out-1; groups whose packed
-    key would reach INT64_MAX get key -1."""
+    key would reach INT64_MAX get key -1. out: the (num_out,) int64 tensor to write (else a new one)."""
     num_rows, d_model = tokens.shape
     proj_dim, num_hashes = projection.proj_dim, config.num_hashes
     num_cols = num_hashes * proj_dim
@@ -863,7 +866,8 @@ def _hash_launch(tokens: torch.Tensor, config: LSHConfig, projection: LSHProject
     if matrix is None:
         return None
     num_out = max(num_out, num_rows) if idx_bits else num_rows
-    out = torch.empty(num_out, dtype=torch.int64, device=tokens.device)
+    if out is None or out.shape[0] != num_out:
+        out = torch.empty(num_out, dtype=torch.int64, device=tokens.device)
     if num_rows == 0:
         return out.fill_(_INT64_MAX)
     tokens = tokens if tokens.stride(1) == 1 else tokens.contiguous()
@@ -1499,10 +1503,16 @@ COMPRESS_CENTROIDS = "scan"
 #: launch parameters of the scan-runs kernel per problem size (as RUNS_LAUNCHES): `rows` sorted rows
 #: whose runs a program owns, `chunk` rows a step of its walk (each thread holds all of them for its
 #: 8 columns), `block_d` columns a program (num_warps * 32 * 8: one 16-byte vector a thread a row),
-#: `prefix` block counts a step of the look-back (or keys a step of the recount without it).
+#: `num_stages` the software pipeline of the walk (cp.async of the keys, order and gathered rows,
+#: stages ahead), `prefix` block counts a step of the look-back, `recount_prefix` keys a step of the
+#: recount of earlier runs without it (inside a CUDA graph capture, or lookback False). Measured on
+#: an H200 (run-lsh11i, `benchmarks/profile_lsh_compress.py --grid`, 13 launches at 8,192 and
+#: 32,768 tokens, L 6 and 2, in-sample): chunk 4 (114 registers: 4 programs an SM, the 512
+#: programs of 8,192 tokens in one wave) and rows 64 / chunk 8 / 128 rows within 1 us of each other
+#: summed over the four shapes, 3 stages ahead of 1, 2 and 4.
 SCAN_LAUNCHES = [
-    (None, {"rows": 64, "chunk": 8, "block_d": 1024, "num_warps": 4, "num_stages": 3, "prefix": 256,
-            "lookback": True}),
+    (None, {"rows": 64, "chunk": 4, "block_d": 1024, "num_warps": 4, "num_stages": 3, "prefix": 256,
+            "recount_prefix": 2048, "lookback": True}),
 ]
 #: overrides of the SCAN_LAUNCHES rows
 SCAN_LAUNCH: dict = {}
@@ -1514,15 +1524,17 @@ def scan_launch_params(num_rows: int) -> dict:
 
 
 def _scan_runs_launch(x: torch.Tensor, sorted_key: torch.Tensor, order: torch.Tensor, span: int, out_rows: int,
-                      **launch):
+                      *, ints: torch.Tensor | None = None, **launch):
     """One launch of the scan-runs kernel: (out, ints) as `_runs_launch(..., index=True)` returns them
     (out (out_rows, d): row s the mean of run s, rows >= the number of runs unwritten; ints (3 N + 3,)
-    = token_to_run | run_group | run_count | (number of runs, first key, last key))."""
+    = token_to_run | run_group | run_count | (number of runs, first key, last key), written into
+    `ints` when given)."""
     num_rows, d_model = sorted_key.shape[0], x.shape[1]
     params = {**scan_launch_params(num_rows), **launch}
     x = x if x.stride(1) == 1 else x.contiguous()
     out = torch.empty(out_rows, d_model, dtype=x.dtype, device=x.device)
-    ints = torch.empty(3 * num_rows + 3, dtype=torch.int64, device=x.device)
+    if ints is None:
+        ints = torch.empty(3 * num_rows + 3, dtype=torch.int64, device=x.device)
     if num_rows == 0:
         return out, ints
     rows, chunk = int(params["rows"]), int(params["chunk"])
@@ -1533,9 +1545,10 @@ def _scan_runs_launch(x: torch.Tensor, sorted_key: torch.Tensor, order: torch.Te
     cnt, tag, ticket_base = (_lookback_counts(x.device, row_blocks, row_blocks * col_groups) if lookback
                              else (sorted_key, 1 << 32, 0))
     extra = {} if _interpreting() else {"num_warps": params["num_warps"], "num_stages": params["num_stages"]}
+    prefix = params["prefix"] if lookback else params.get("recount_prefix", params["prefix"])
     _launch("scan_runs", (row_blocks, col_groups), sorted_key, order, x, out, ints, cnt, num_rows, d_model,
             x.stride(0), out.stride(0), max(span, 1), tag, ticket_base, R=rows, U=chunk, BLOCK_D=block_d,
-            PREFIX=params["prefix"], LOOKBACK=lookback, STAGES=int(params["num_stages"]), **extra)
+            PREFIX=prefix, LOOKBACK=lookback, STAGES=int(params["num_stages"]), **extra)
     return out, ints
 
 
@@ -1607,13 +1620,18 @@ def _compress_kernels(tokens: torch.Tensor, group: torch.Tensor, config: LSHConf
     idx_bits = max(1, (num_tokens - 1).bit_length())
     packable = (span << (16 + idx_bits)) < _INT64_MAX
     run_start = None
+    ints = None
     # packed keys when they leave room for 2^16 groups: (2^16 span) << idx_bits < 2^63
     if sort["sort_chunk"] == 0 and packable:
+        # one int64 buffer (fewer allocations on the host): packed | sorted key | order | ints
+        buffer = torch.empty(6 * num_tokens + 3, dtype=torch.int64, device=tokens.device)
         packed = _hash_launch(tokens, config, projection, group, span, idx_bits=idx_bits, num_out=num_tokens,
-                              **(hash_launch or {}))  # (N,)
+                              out=buffer[:num_tokens], **(hash_launch or {}))  # (N,)
         if packed is None:
             return None
-        sorted_key, order, run_start = _rank_launch(packed, idx_bits, sort)
+        out = (buffer[num_tokens:2 * num_tokens], buffer[2 * num_tokens:3 * num_tokens])
+        sorted_key, order, run_start = _rank_launch(packed, idx_bits, sort, out=out)
+        ints = buffer[3 * num_tokens:]
     elif sort["sort_chunk"] and packable:
         chunk = min(sort["sort_chunk"], max(16, _next_pow2(num_tokens)))
         num_chunks = _cdiv(num_tokens, chunk)
@@ -1629,7 +1647,8 @@ def _compress_kernels(tokens: torch.Tensor, group: torch.Tensor, config: LSHConf
             return None
         sorted_key, order = torch.sort(key, stable=True)  # (N,)
     if COMPRESS_CENTROIDS == "scan":
-        means, ints = _scan_runs_launch(tokens, sorted_key, order, span, tokens.shape[0], **(scan_launch or {}))
+        means, ints = _scan_runs_launch(tokens, sorted_key, order, span, tokens.shape[0], ints=ints,
+                                        **(scan_launch or {}))
     else:
         means, _, ints = _runs_launch(tokens, sorted_key, order, span, tokens.shape[0], index=True, flags=run_start,
                                       **(runs_launch or {}))
@@ -1663,8 +1682,9 @@ def compress_fast(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
     the hash, see the module docstring). Synchronises once, at the end, to size the outputs.
 
     Kernel path (`kernel_eligible`): the hash kernel writes the packed keys, the rank kernel
-    (<= 8,192 tokens) or torch.sort + the merge kernel sorts them, the runs kernel writes the
-    centroids, token_to_centroid, groups and counts and the sizes the host reads; one host sync. The result is a
+    (<= 8,192 tokens) or torch.sort + the merge kernel sorts them, the scan-runs kernel (or the runs
+    kernel, COMPRESS_CENTROIDS) writes the centroids, token_to_centroid, groups and counts and the
+    sizes the host reads; one host sync (`CompressGraph`: the launches as one graph). The result is a
     `SortedCompressed` (restore_rows(..., compressed=it) has a one-pass backward); centroids are
     rows of an (N, d) buffer. The backward w.r.t. the tokens is one pass (grad / count).
     Everything else runs the torch path (`_compress_via_segments`): CPU, 32/64-bit tokens,
@@ -1681,6 +1701,13 @@ def compress_fast(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
         launched = _compress_kernels(tokens.detach(), group, config, projection, span)
     if launched is None:  # a projection whose entries the 16-bit dtype cannot hold: torch hashes
         return _compress_via_segments(tokens, group, config, projection)
+    return _compressed_of(launched, tokens, group, config, projection, span)
+
+
+def _compressed_of(launched: tuple, tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
+                   projection: LSHProjection, span: int) -> Compressed:
+    """compress_fast's result from `_compress_kernels`' buffers, after its one host sync."""
+    num_tokens = tokens.shape[0]
     means, ints, sorted_key, order, run_start = launched
     # the one host sync: the number of centroids, and the checks the kernels could not do without one
     num_centroids, key_min, _ = ints[3 * num_tokens:].tolist()
@@ -1695,6 +1722,50 @@ def compress_fast(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
                             centroid_group=ints[num_tokens:num_tokens + num_centroids], centroid_count=counts,
                             num_tokens=num_tokens, sorted_key=sorted_key, order=order, span=span,
                             run_start=run_start)
+
+
+class CompressGraph:
+    """compress_fast for one pair of (tokens, group) tensors, its sync-free part (hash, sort,
+    centroids: three kernel launches up to 8,192 tokens) captured once as a CUDA graph, so that a
+    call is one graph launch and the host sync instead of three launches.
+
+        graph = CompressGraph(tokens, group, config, projection)   # captures (compiles first)
+        compressed = graph()        # the same result as compress_fast(tokens, group, ...) for the
+                                    # values tokens and group hold at the time of the call
+
+    The graph reads the tensors' memory at every call (write new values into them in place; other
+    tensors need another CompressGraph). The result's tensors are the graph's own buffers: they hold
+    until the next call of the same graph, which overwrites them (clone what must outlive it). The
+    centroid kernel counts the runs before each program's block itself (no look-back: a replay
+    would reuse its launch state), so its centroids equal compress_fast's bit for bit. Kernel path
+    only: raises ValueError where compress_fast would take its torch path (CPU, not kernel-eligible)
+    or fall back to lsh.compress before hashing. A call whose keys show non-finite tokens or bad
+    groups falls back to lsh.compress, as compress_fast does. Gradients as compress_fast's.
+    """
+
+    def __init__(self, tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
+                 projection: LSHProjection | None = None):
+        prepared = _prepare_compress(tokens, group, config, projection, False)
+        if isinstance(prepared, Compressed) or not tokens.is_cuda or not _use_triton(tokens.device, prepared[3],
+                                                                                      False):
+            raise ValueError("CompressGraph needs tokens and groups on which compress_fast runs its CUDA kernels")
+        _, span, projection, _ = prepared
+        self.tokens, self.group, self.config, self.projection, self.span = tokens, group, config, projection, span
+        detached = tokens.detach()
+        no_lookback = {"lookback": False}
+        with torch.no_grad():
+            if _compress_kernels(detached, group, config, projection, span, runs_launch=no_lookback,
+                                 scan_launch=no_lookback) is None:  # compiles the launches
+                raise ValueError("CompressGraph: the projection's entries are not exact in the tokens' dtype")
+            torch.cuda.synchronize(tokens.device)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self._launched = _compress_kernels(detached, group, config, projection, span,
+                                                   runs_launch=no_lookback, scan_launch=no_lookback)
+
+    def __call__(self) -> Compressed:
+        self.graph.replay()
+        return _compressed_of(self._launched, self.tokens, self.group, self.config, self.projection, self.span)
 
 
 def _compress_via_segments(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
