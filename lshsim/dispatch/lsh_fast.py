@@ -1508,8 +1508,9 @@ COMPRESS_CENTROIDS = "scan"
 #: recount of earlier runs without it (inside a CUDA graph capture, or lookback False). Measured on
 #: an H200 (run-lsh11i, `benchmarks/profile_lsh_compress.py --grid`, 13 launches at 8,192 and
 #: 32,768 tokens, L 6 and 2, in-sample): chunk 4 (114 registers: 4 programs an SM, the 512
-#: programs of 8,192 tokens in one wave) and rows 64 / chunk 8 / 128 rows within 1 us of each other
-#: summed over the four shapes, 3 stages ahead of 1, 2 and 4.
+#: programs of 8,192 tokens in one wave; 375.5 us summed over the four shapes) and 128 rows with
+#: chunk 8 (372.2 us) tie; 64 rows with chunk 8 (168 registers, 3 programs an SM) 399.1 us; 3
+#: stages ahead of 1, 2 and 4.
 SCAN_LAUNCHES = [
     (None, {"rows": 64, "chunk": 4, "block_d": 1024, "num_warps": 4, "num_stages": 3, "prefix": 256,
             "recount_prefix": 2048, "lookback": True}),
