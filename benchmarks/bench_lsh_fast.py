@@ -9,7 +9,10 @@ replaces ("old": the hash launch of the previous release, then `segments` + `seg
 20 small kernels around torch.sort; restore's backward by scatter-add):
 
   hash        token_buckets / the hash kernel alone
-  compress    compress_fast (hash, sort, centroids; one host sync to size the outputs)
+  compress    compress_fast (hash, sort, centroids; one host sync to size the outputs); its pieces
+              (compress:hash, :rank or :sort + :merge, :scan the centroid kernel, :runs the previous
+              one), compress(runs kernel) the whole with the previous centroid kernel, and
+              compress(graph) the same as one CUDA graph launch + the sync (`lsh_fast.CompressGraph`)
   restore     restore_rows(E(c), c, tokens, token_to_centroid) with E = tanh
   c-bwd       d centroids / d tokens (autograd.grad of the centroids)
   r-bwd       restore's backward (centroid_out, centroids, tokens)
@@ -404,8 +407,24 @@ def bench_shape(num_tokens: int, d_model: int, num_hashes: int, repeats: int, co
         add("new", "compress:hash", lambda: lsh_fast._hash_launch(tokens, config, projection, group, span))
         add("new", "compress:sort", lambda: torch.sort(key, stable=True))
     sorted_key, order = new.sorted_key, new.order
+    add("new", "compress:scan", lambda: lsh_fast._scan_runs_launch(tokens, sorted_key, order, span, num_tokens))
     add("new", "compress:runs", lambda: lsh_fast._runs_launch(tokens, sorted_key, order, span, num_tokens,
                                                               index=True, flags=new.run_start))
+    # the whole compress with the previous centroid kernel (the runs kernel), in the same process
+    saved_kind = lsh_fast.COMPRESS_CENTROIDS
+    lsh_fast.COMPRESS_CENTROIDS = "runs"
+    try:
+        add("new", "compress(runs kernel)", lambda: lsh_fast.compress_fast(tokens, group, config, projection),
+            lambda: lsh_fast._compress_kernels(tokens, group, config, projection, span))
+    finally:
+        lsh_fast.COMPRESS_CENTROIDS = saved_kind
+    # compress as one CUDA graph launch + the host sync (CompressGraph; gpu: the replay alone)
+    graph = lsh_fast.CompressGraph(tokens, group, config, projection)
+    replayed = graph()
+    row["graph_same_as_compress_fast"] = {name: bool(torch.equal(getattr(replayed, name), getattr(new, name)))
+                                          for name in ("centroids", "token_to_centroid", "centroid_group",
+                                                       "centroid_count", "sorted_key", "order")}
+    add("new", "compress(graph)", graph, graph.graph.replay)
     add("new", "torch.sort(N)", lambda: torch.sort(sorted_key, stable=True))
     # restore forward
     add("new", "restore", lambda: lsh_fast.restore_rows(centroid_out, new.centroids, tokens, new.token_to_centroid,
@@ -463,6 +482,8 @@ def print_row(row: dict) -> None:
         print(text, flush=True)
     print(f"  compress per 64 MiB: gpu {row['compress_gpu_us_per_64MiB']:.1f} us, wall "
           f"{row['compress_wall_us_per_64MiB']:.1f} us (target 100 us)", flush=True)
+    if "graph_same_as_compress_fast" in row:
+        print(f"  CompressGraph bit-equal to compress_fast: {row['graph_same_as_compress_fast']}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

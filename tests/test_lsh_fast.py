@@ -301,9 +301,10 @@ def test_interpreter_hash_and_compress(interpreter, dtype, num_hashes, proj_dim,
         ref_ids = lsh.bucket_ids(tokens, config, projection)
         _ids_agree(ids, ref_ids, tokens, projection)
         group = _group(rows, 5)
-        before = _launched("runs")
+        centroid_kernel = "scan_runs" if fast.COMPRESS_CENTROIDS == "scan" else "runs"
+        before = _launched(centroid_kernel)
         got = fast.compress_fast(tokens, group, config, projection, force_triton=True)
-        assert _launched("runs") == before + 1  # one runs kernel: bookkeeping and centroids
+        assert _launched(centroid_kernel) == before + 1  # one kernel: bookkeeping and centroids
         if torch.equal(ids, ref_ids):  # no near-tie flipped: the whole result is the reference's
             _same_compressed(got, lsh.compress(tokens, group, config, projection), dtype)
         _same_compressed(got, fast.compress_fast(tokens, group, config, projection), dtype)
@@ -505,6 +506,59 @@ def test_interpreter_runs_kernel(interpreter, case, rows_per_program, col_groups
         assert int(buffer[0]) == tickets
 
 
+@pytest.mark.parametrize("case", ["runs", "one_run", "distinct", "long_runs"])
+@pytest.mark.parametrize("rows,chunk,block_d,lookback", [(16, 4, 16, False), (32, 8, 32, True), (64, 2, 64, True)])
+def test_interpreter_scan_runs_kernel(interpreter, case, rows, chunk, block_d, lookback):
+    """the scan-runs kernel (compress's centroids): the runs kernel's integers (token_to_run, groups,
+    counts, stats) and float64 means within bf16 rounding, with runs that cross one or more blocks
+    and chunks, column groups that do not divide d, with and without the look-back."""
+    generator = torch.Generator().manual_seed(12)
+    n = 203
+    if case == "runs":
+        key = torch.randint(0, 60, (n,), generator=generator)
+    elif case == "one_run":
+        key = torch.full((n,), 7)
+    elif case == "distinct":
+        key = torch.randperm(4 * n, generator=generator)[:n]
+    else:
+        key = torch.repeat_interleave(torch.arange(12), torch.tensor([1, 70, 2, 33, 16, 17, 1, 40, 5, 3, 14, 1]))
+    key = key.sort().values
+    n = key.shape[0]
+    order = torch.randperm(n, generator=generator)
+    x = torch.randn(n, 40, generator=generator).to(torch.bfloat16)
+    span = 9
+    _, means, t2c, groups, counts = _runs_reference(key, order, x, span)
+    runs = counts.shape[0]
+    before = _launched("scan_runs")
+    for _ in range(2):  # with the look-back: two launches (the second sees the first's entries)
+        out, ints = fast._scan_runs_launch(x, key, order, span, n, rows=rows, chunk=chunk, block_d=block_d,
+                                           lookback=lookback, prefix=4, num_warps=4, num_stages=3)
+        assert ints[3 * n:].tolist() == [runs, int(key[0]), int(key[-1])]
+        assert torch.equal(ints[:n], t2c)
+        assert torch.equal(ints[n:n + runs], groups) and torch.equal(ints[2 * n:2 * n + runs], counts)
+        assert _close(out[:runs], means, torch.bfloat16, atol=1e-6)
+    assert _launched("scan_runs") == before + 2
+
+
+@pytest.mark.parametrize("kind", ["scan", "runs"])
+def test_interpreter_compress_centroid_kernels(interpreter, monkeypatch, kind):
+    """compress_fast with either centroid kernel (the scan-runs kernel, the default, or the runs
+    kernel): the reference's result, and the same integers from both."""
+    monkeypatch.setattr(fast, "COMPRESS_CENTROIDS", kind)
+    config = LSHConfig(num_hashes=2, proj_dim=4, seed=6)
+    tokens = _tokens("clustered", 300, 48, torch.bfloat16, seed=7)
+    group = _group(300, 3)
+    projection = lsh.make_projection(48, config, dtype=torch.bfloat16)
+    name = "scan_runs" if kind == "scan" else "runs"
+    before = _launched(name)
+    got = fast.compress_fast(tokens, group, config, projection, force_triton=True)
+    assert _launched(name) == before + 1
+    assert got.num_centroids < 300  # runs of several tokens
+    ids = fast.token_buckets(tokens, config, projection, force_triton=True)
+    if torch.equal(ids, lsh.bucket_ids(tokens, config, projection)):
+        _same_compressed(got, lsh.compress(tokens, group, config, projection), torch.bfloat16)
+
+
 @pytest.mark.parametrize("sort_chunk,flags", [(0, False), (0, True), (16, False), (64, False), (None, False)])
 def test_interpreter_compress_sort_paths(interpreter, monkeypatch, sort_chunk, flags):
     """the rank kernel (sort_chunk 0: all-pairs positions and run starts, tiles that do not divide
@@ -617,17 +671,26 @@ def test_cuda_kernels_match_torch_path(monkeypatch, rows, d_model):
     launches = dict(fast.LAUNCHES)
     got = fast.compress_fast(tokens, group, config, projection)
     assert fast.LAUNCHES["hash"] == launches.get("hash", 0) + 1
-    assert fast.LAUNCHES["runs"] == launches.get("runs", 0) + 1
+    centroid_kernel = "scan_runs" if fast.COMPRESS_CENTROIDS == "scan" else "runs"
+    assert fast.LAUNCHES[centroid_kernel] == launches.get(centroid_kernel, 0) + 1
     assert isinstance(got, fast.SortedCompressed)
-    # the runs kernel's look-back (several launches: epochs) gives the result without it, bit for bit
-    monkeypatch.setitem(fast.RUNS_LAUNCH, "lookback", False)
-    plain = fast.compress_fast(tokens, group, config, projection)
-    monkeypatch.setitem(fast.RUNS_LAUNCH, "lookback", True)
-    for _ in range(3):
-        again = fast.compress_fast(tokens, group, config, projection)
-        for name in ("centroids", "token_to_centroid", "centroid_group", "centroid_count", "sorted_key", "order"):
-            assert torch.equal(getattr(again, name), getattr(plain, name)), name
-    monkeypatch.delitem(fast.RUNS_LAUNCH, "lookback")
+    # either centroid kernel: its look-back (several launches: epochs) gives the result without it,
+    # bit for bit; the two kernels give the same integers and centroids within bf16 rounding
+    results, default = {}, fast.COMPRESS_CENTROIDS
+    for kind, table in (("scan", fast.SCAN_LAUNCH), ("runs", fast.RUNS_LAUNCH)):
+        monkeypatch.setattr(fast, "COMPRESS_CENTROIDS", kind)
+        monkeypatch.setitem(table, "lookback", False)
+        plain = fast.compress_fast(tokens, group, config, projection)
+        monkeypatch.setitem(table, "lookback", True)
+        for _ in range(3):
+            again = fast.compress_fast(tokens, group, config, projection)
+            for name in ("centroids", "token_to_centroid", "centroid_group", "centroid_count", "sorted_key",
+                         "order"):
+                assert torch.equal(getattr(again, name), getattr(plain, name)), (kind, name)
+        monkeypatch.delitem(table, "lookback")
+        results[kind] = plain
+    monkeypatch.setattr(fast, "COMPRESS_CENTROIDS", default)
+    _same_compressed(results["scan"], results["runs"], torch.bfloat16)
     want_key, want_order = torch.sort(group * config.max_buckets(d_model) + fast.token_buckets(tokens, config,
                                                                                                 projection), stable=True)
     assert torch.equal(got.sorted_key, want_key) and torch.equal(got.order, want_order)
@@ -682,6 +745,40 @@ def test_cuda_kernels_match_torch_path(monkeypatch, rows, d_model):
         scale = float(w.abs().max())
         error = float((g.double() - w.double()).abs().max())
         assert error <= 2 ** -7 * scale, (name, error, scale)
+
+
+@pytest.mark.gpu
+def test_cuda_compress_graph_equals_compress_fast(monkeypatch):
+    """CompressGraph (compress's three launches as one CUDA graph, the centroid kernel without the
+    look-back) gives compress_fast's result for the values its tensors hold at each call: the rank
+    path (8,192 tokens) and the torch.sort + merge path (20,000)."""
+    pytest.importorskip("triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("LSHSIM_NO_TRITON", raising=False)
+    device = torch.device("cuda")
+    config = LSHConfig(num_hashes=6, proj_dim=16, seed=0)
+    projection = lsh.make_projection(1024, config, device=device, dtype=torch.bfloat16)
+    for rows in (8192, 20000):
+        tokens = clustered_tokens(rows, 1024, num_clusters=64, noise=0.3, seed=0).to(device, torch.bfloat16)
+        group = _group(rows, 16).to(device)
+        graph = fast.CompressGraph(tokens, group, config, projection)
+        for step in range(2):  # new values written into the same tensors: the graph reads them
+            want = fast.compress_fast(tokens, group, config, projection)
+            got = graph()
+            assert isinstance(got, fast.SortedCompressed)
+            for name in ("sorted_key", "order"):
+                assert torch.equal(getattr(got, name), getattr(want, name)), name
+            _same_compressed(got, want, torch.bfloat16)
+            tokens.copy_(clustered_tokens(rows, 1024, num_clusters=64, noise=0.3, seed=step + 1).to(device,
+                                                                                                    torch.bfloat16))
+            group.copy_(_group(rows, 16, seed=step + 2).to(device))
+
+
+def test_compress_graph_needs_the_cuda_kernels():
+    config = LSHConfig(num_hashes=2, proj_dim=4, seed=0)
+    tokens = _tokens("random", 40, 16, torch.bfloat16)
+    with pytest.raises(ValueError):
+        fast.CompressGraph(tokens, _group(40, 3), config)
 
 
 # ---- the layer's choice segments: four kernels against the torch segments ---------------------

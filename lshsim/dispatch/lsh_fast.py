@@ -20,17 +20,20 @@ handful of kernel launches:
                   8,192 tokens the rank kernel places each at the number of packed keys below it
                   (all pairs: no sort), above that torch.sort sorts them as rows of at most 4,096
                   (its one-kernel path) and the merge kernel ranks every key by binary search in
-                  the other rows; either writes sorted keys and order; the runs kernel writes
-                  centroids, token_to_centroid, groups, counts and the sizes (up to 8,192 rows
-                  with a decoupled look-back for the run numbering); then one host sync. So three
-                  kernel launches and one sync up to 8,192 tokens, three launches + torch.sort
-                  above. Its backward w.r.t. the tokens is one pass (the expand kernel).
+                  the other rows; either writes sorted keys and order; the scan-runs kernel
+                  (COMPRESS_CENTROIDS "scan"; "runs": the runs kernel, the previous release's)
+                  writes centroids, token_to_centroid, groups, counts and the sizes (a decoupled
+                  look-back for the run numbering); then one host sync. So three kernel launches
+                  and one sync up to 8,192 tokens, three launches + torch.sort above
+                  (`CompressGraph`: the three as one CUDA graph launch). Its backward w.r.t. the
+                  tokens is one pass (the expand kernel).
                   `_compress_via_segments` is the same from the pieces above (the torch path,
                   and the previous release's kernel path)
 
 Launch parameters per problem size: HASH_LAUNCHES, RUNS_LAUNCHES, SORT_LAUNCHES, measured on an
 H200 by benchmarks/bench_lsh_fast.py --tune, and their <= 8,192-token rows (rank kernel, runs
-kernel with the look-back) by --sweep (benchmarks/RESULTS.md). The runs kernel's look-back
+kernel with the look-back) by --sweep; SCAN_LAUNCHES by benchmarks/profile_lsh_compress.py --grid
+(benchmarks/RESULTS.md). The runs and scan-runs kernels' look-back
 numbers its programs by a ticket taken at start (no assumption on the order programs start in) and
 shares one ticket + count buffer per device (`_LOOKBACK`): its launches must not run concurrently on two
 streams of one device, and it is off inside a CUDA graph capture. The hash kernel also has a
@@ -69,7 +72,7 @@ from lshsim.dispatch.lsh import Compressed, LSHConfig, LSHProjection
 
 __all__ = ["triton_available", "kernel_eligible", "token_buckets", "Segments", "segments", "choice_segments",
            "choice_segments_eligible", "segment_mean_of", "centroids_of",
-           "segment_mean", "restore_rows", "compress_fast"]
+           "segment_mean", "restore_rows", "compress_fast", "CompressGraph"]
 
 _INT64_MAX = 2 ** 63 - 1
 _SENTINEL = _INT64_MAX  # key of invalid rows: sorts last, never a valid key (keys < 2^63 - 1)
@@ -552,6 +555,126 @@ def _kernels():
                 tl.store(stats_ptr + 2, tl.load(key_ptr + num_rows - 1), mask=holds_last)
 
     @triton.jit
+    def segmented_add(start_a, sum_a, start_b, sum_b):
+        # the combine of a segmented inclusive scan: where b starts a segment, b alone, else a + b
+        return start_a | start_b, tl.where(start_b != 0, sum_b, sum_a + sum_b)
+
+    # a module global: kernels find the jitted functions they call by global name (also the interpreter)
+    globals()["_segmented_add"] = segmented_add
+
+    @triton.jit
+    def scan_runs_kernel(key_ptr, order_ptr, x_ptr, out_ptr, ints_ptr, cnt_ptr, num_rows, d_model, stride_x,
+                         stride_out, span, tag, ticket_base, R: tl.constexpr, U: tl.constexpr, BLOCK_D: tl.constexpr,
+                         PREFIX: tl.constexpr, LOOKBACK: tl.constexpr, STAGES: tl.constexpr = 1):
+        # compress's centroids and bookkeeping (the runs kernel's INDEX mean, another schedule): key (N,)
+        # sorted keys, sorted row p is x[order[p]]. Program (b, g) owns the runs that start in sorted rows
+        # [b R, b R + R) (runs numbered as the runs kernel does: the count of earlier runs by look-back
+        # or a recount), columns [g BLOCK_D, g BLOCK_D + BLOCK_D), and walks their rows [s0, e0) (from
+        # its first run start to the end of its last run, past the block when that run goes on) in
+        # chunks of U rows: U gathered rows (each thread holds all U rows of its 8 columns), a
+        # segmented scan down the rows (float32, in registers, carried across chunks), and at every
+        # run's last row its mean stored. No matrix product and no shared memory, so little register
+        # and no shared-memory pressure: many programs per SM keep the gathered loads in flight.
+        # Writes out[run] = mean; with g = 0 also t2c[order[p]] = run of p, group_out[run] = key // span,
+        # count_out[run], and stats = (number of runs, first key, last key) from the program of the
+        # last row: ints = t2c (N) | group_out (N) | count_out (N) | stats (3), as the runs kernel.
+        t2c_ptr = ints_ptr
+        group_out_ptr = ints_ptr + num_rows
+        count_out_ptr = ints_ptr + 2 * num_rows
+        stats_ptr = ints_ptr + 3 * num_rows
+        if LOOKBACK:  # as in runs_kernel: a ticket, publishers (g = 0) first
+            vid = tl.atomic_add(cnt_ptr, 1) - ticket_base
+            num_blocks = tl.num_programs(0)
+            pid = (vid % num_blocks).to(tl.int32)
+            gid = (vid // num_blocks).to(tl.int32)
+            cnt_base = cnt_ptr + 1
+        else:
+            pid = tl.program_id(0)
+            gid = tl.program_id(1)
+            cnt_base = cnt_ptr
+        p0 = pid * R
+        r = tl.arange(0, R)
+        p = p0 + r
+        in_range = p < num_rows
+        k = tl.load(key_ptr + p, mask=in_range, other=0)
+        kprev = tl.load(key_ptr + p - 1, mask=in_range & (p > 0), other=0)
+        new = in_range & ((p == 0) | (k != kprev))
+        n_new = tl.sum(new.to(tl.int32), axis=0)
+        s0 = tl.min(tl.where(new, p, num_rows), axis=0)  # the block's first run start (num_rows: none)
+        base = tl.sum(tl.zeros((PREFIX,), dtype=tl.int32), axis=0)  # runs starting before p0
+        if LOOKBACK:
+            if gid == 0:
+                tl.atomic_xchg(cnt_base + pid, tag | n_new.to(tl.int64), sem="release")
+            for j0 in range(0, pid, PREFIX):
+                j = j0 + tl.arange(0, PREFIX)
+                m = j < pid
+                w = tl.load(cnt_base + j, mask=m, other=0, volatile=True)
+                pending = tl.sum((m & ((w >> 32) != (tag >> 32))).to(tl.int32), axis=0)
+                while pending > 0:
+                    w = tl.load(cnt_base + j, mask=m, other=0, volatile=True)
+                    pending = tl.sum((m & ((w >> 32) != (tag >> 32))).to(tl.int32), axis=0)
+                base += tl.sum(tl.where(m, w & 4294967295, 0), axis=0).to(tl.int32)
+        else:
+            for j0 in range(0, p0, PREFIX):
+                j = j0 + tl.arange(0, PREFIX)
+                m = j < p0
+                key_j = tl.load(key_ptr + j, mask=m, other=0)
+                key_before = tl.load(key_ptr + j - 1, mask=m & (j > 0), other=0)
+                base += tl.sum((m & ((j == 0) | (key_j != key_before))).to(tl.int32), axis=0)
+        # the rows after the block that continue its last run (keys sorted: a prefix of the rest)
+        q_first = p0 + R
+        last_key = tl.load(key_ptr + tl.minimum(q_first, num_rows) - 1)
+        tail = n_new * 0
+        go = (n_new > 0) & (q_first < num_rows)
+        while go:
+            q = q_first + tail + r
+            kq = tl.load(key_ptr + q, mask=q < num_rows, other=0)
+            matched = tl.sum(((q < num_rows) & (kq == last_key)).to(tl.int32), axis=0)
+            tail += matched
+            go = matched == R
+        e0 = tl.where(n_new > 0, tl.minimum(q_first, num_rows) + tail, s0)  # one past the last owned row
+        cols = gid * BLOCK_D + tl.arange(0, BLOCK_D)  # (BD,)
+        col_mask = cols < d_model
+        u = tl.arange(0, U)  # (U,)
+        carry = tl.zeros((BLOCK_D,), dtype=tl.float32)  # the open run's sum so far
+        carry_n = tl.sum(tl.zeros((U,), dtype=tl.int32), axis=0)  # and its rows
+        run = base - 1  # the run of the row before the chunk
+        for q0 in tl.range(s0, e0, U, num_stages=STAGES):
+            q = q0 + u
+            valid = q < e0
+            kq = tl.load(key_ptr + q, mask=valid, other=0)
+            kp = tl.load(key_ptr + q - 1, mask=valid & (q > 0), other=0)
+            kn = tl.load(key_ptr + q + 1, mask=valid & (q + 1 < num_rows), other=0)
+            start = valid & ((q == 0) | (kq != kp))
+            end = valid & ((q + 1 == num_rows) | (kq != kn))
+            src = tl.load(order_ptr + q, mask=valid, other=0).to(tl.int64)
+            v = tl.load(x_ptr + src[:, None] * stride_x + cols[None, :], mask=valid[:, None] & col_mask[None, :],
+                        other=0.0).to(tl.float32)  # (U, BD)
+            cont = (u == 0) & ~start  # the chunk's first row goes on with the previous chunk's run
+            v += tl.where(cont[:, None], carry[None, :], 0.0)
+            n = valid.to(tl.int32) + tl.where(cont, carry_n, 0)
+            s = start.to(tl.int32)
+            _, total = tl.associative_scan((tl.broadcast_to(s[:, None], (U, BLOCK_D)), v), 0, _segmented_add)
+            _, count = tl.associative_scan((s, n), 0, _segmented_add)
+            out_rows = (run + tl.cumsum(s, axis=0)).to(tl.int64)  # (U,) run of each row
+            mean = total * (1.0 / tl.maximum(count, 1).to(tl.float32))[:, None]
+            tl.store(out_ptr + out_rows[:, None] * stride_out + cols[None, :], mean.to(out_ptr.dtype.element_ty),
+                     mask=end[:, None] & col_mask[None, :])
+            if gid == 0:
+                tl.store(t2c_ptr + src, out_rows, mask=valid)
+                tl.store(group_out_ptr + out_rows, kq // span, mask=end)
+                tl.store(count_out_ptr + out_rows, count.to(tl.int64), mask=end)
+            last = u == U - 1
+            carry = tl.sum(tl.where(last[:, None], total, 0.0), axis=0)
+            carry_n = tl.sum(tl.where(last, count, 0), axis=0)
+            run += tl.sum(s, axis=0)
+        if gid == 0:
+            holds_last = (n_new > 0) & (e0 == num_rows)
+            tl.store(stats_ptr, (base + n_new).to(tl.int64), mask=holds_last)
+            tl.store(stats_ptr + 1, tl.load(key_ptr), mask=holds_last)
+            tl.store(stats_ptr + 2, tl.load(key_ptr + num_rows - 1), mask=holds_last)
+
+    @triton.jit
     def choice_keys_kernel(ei_ptr, kept_ptr, bucket_ptr, pos_ptr, out_ptr, num_rows, num_out, k, span, invalid_key,
                            HAS_BUCKET: tl.constexpr, IDX_BITS: tl.constexpr, BLOCK: tl.constexpr):
         # the packed sort keys of the T k choices of a plan (LSH-MoE in the layer): choice i (flat
@@ -641,7 +764,7 @@ def _kernels():
         tl.store(group_ptr + s, zero, mask=m & ~live)
 
     _KERNELS[mode] = {"hash": hash_kernel, "mean": mean_kernel, "restore": restore_kernel, "expand": expand_kernel,
-                     "runs": runs_kernel, "merge": merge_kernel, "rank": rank_kernel,
+                     "runs": runs_kernel, "merge": merge_kernel, "rank": rank_kernel, "scan_runs": scan_runs_kernel,
                      "choice_keys": choice_keys_kernel, "choice_runs": choice_runs_kernel, "choice_counts": choice_counts_kernel}
     return _KERNELS[mode]
 
@@ -725,7 +848,7 @@ def _kernel_matrix(projection: LSHProjection, dtype: torch.dtype, ld_pad: int) -
 
 def _hash_launch(tokens: torch.Tensor, config: LSHConfig, projection: LSHProjection,
                  group: torch.Tensor | None = None, span: int = 0, *, idx_bits: int = 0, num_out: int = 0,
-                 **launch) -> torch.Tensor | None:
+                 out: torch.Tensor | None = None, **launch) -> torch.Tensor | None:
     """The fused hash kernel: (T,) int64 bucket ids (or group * span + bucket with group); -1 for
     tokens with a non-finite projection (and, with group, for groups < 0 or so large that the key
     would overflow int64). None when the projection's entries are not exact in the tokens' dtype
@@ -733,7 +856,7 @@ def _hash_launch(tokens: torch.Tensor, config: LSHConfig, projection: LSHProject
 
     idx_bits > 0 (with group): (num_out,) packed keys key << idx_bits | token (unique, so any sort
     is stable; key -1 packs negative), INT64_MAX for rows num_rows..num_out-1; groups whose packed
-    key would reach INT64_MAX get key -1."""
+    key would reach INT64_MAX get key -1. out: the (num_out,) int64 tensor to write (else a new one)."""
     num_rows, d_model = tokens.shape
     proj_dim, num_hashes = projection.proj_dim, config.num_hashes
     num_cols = num_hashes * proj_dim
@@ -743,7 +866,8 @@ def _hash_launch(tokens: torch.Tensor, config: LSHConfig, projection: LSHProject
     if matrix is None:
         return None
     num_out = max(num_out, num_rows) if idx_bits else num_rows
-    out = torch.empty(num_out, dtype=torch.int64, device=tokens.device)
+    if out is None or out.shape[0] != num_out:
+        out = torch.empty(num_out, dtype=torch.int64, device=tokens.device)
     if num_rows == 0:
         return out.fill_(_INT64_MAX)
     tokens = tokens if tokens.stride(1) == 1 else tokens.contiguous()
@@ -1371,6 +1495,64 @@ def _runs_launch(x: torch.Tensor, sorted_key: torch.Tensor, order: torch.Tensor,
     return out, neg, ints
 
 
+#: compress's centroids and bookkeeping: "scan" (the scan-runs kernel, `_scan_runs_launch`) or "runs"
+#: (the runs kernel's one-hot matrix product, the previous release's). Both give the same integers;
+#: the centroids agree within float32 summation order (bit-equal where a run's float32 sum is exact).
+COMPRESS_CENTROIDS = "scan"
+
+#: launch parameters of the scan-runs kernel per problem size (as RUNS_LAUNCHES): `rows` sorted rows
+#: whose runs a program owns, `chunk` rows a step of its walk (each thread holds all of them for its
+#: 8 columns), `block_d` columns a program (num_warps * 32 * 8: one 16-byte vector a thread a row),
+#: `num_stages` the software pipeline of the walk (cp.async of the keys, order and gathered rows,
+#: stages ahead), `prefix` block counts a step of the look-back, `recount_prefix` keys a step of the
+#: recount of earlier runs without it (inside a CUDA graph capture, or lookback False). Measured on
+#: an H200 (run-lsh11i, `benchmarks/profile_lsh_compress.py --grid`, 13 launches at 8,192 and
+#: 32,768 tokens, L 6 and 2, in-sample): chunk 4 (114 registers: 4 programs an SM, the 512
+#: programs of 8,192 tokens in one wave; 375.5 us summed over the four shapes) and 128 rows with
+#: chunk 8 (372.2 us) tie; 64 rows with chunk 8 (168 registers, 3 programs an SM) 399.1 us; 3
+#: stages ahead of 1, 2 and 4.
+SCAN_LAUNCHES = [
+    (None, {"rows": 64, "chunk": 4, "block_d": 1024, "num_warps": 4, "num_stages": 3, "prefix": 256,
+            "recount_prefix": 2048, "lookback": True}),
+]
+#: overrides of the SCAN_LAUNCHES rows
+SCAN_LAUNCH: dict = {}
+
+
+def scan_launch_params(num_rows: int) -> dict:
+    """The scan-runs launch for num_rows sorted rows (SCAN_LAUNCHES, then SCAN_LAUNCH)."""
+    return _by_rows(SCAN_LAUNCHES, num_rows, SCAN_LAUNCH)
+
+
+def _scan_runs_launch(x: torch.Tensor, sorted_key: torch.Tensor, order: torch.Tensor, span: int, out_rows: int,
+                      *, ints: torch.Tensor | None = None, **launch):
+    """One launch of the scan-runs kernel: (out, ints) as `_runs_launch(..., index=True)` returns them
+    (out (out_rows, d): row s the mean of run s, rows >= the number of runs unwritten; ints (3 N + 3,)
+    = token_to_run | run_group | run_count | (number of runs, first key, last key), written into
+    `ints` when given)."""
+    num_rows, d_model = sorted_key.shape[0], x.shape[1]
+    params = {**scan_launch_params(num_rows), **launch}
+    x = x if x.stride(1) == 1 else x.contiguous()
+    out = torch.empty(out_rows, d_model, dtype=x.dtype, device=x.device)
+    if ints is None:
+        ints = torch.empty(3 * num_rows + 3, dtype=torch.int64, device=x.device)
+    if num_rows == 0:
+        return out, ints
+    rows, chunk = int(params["rows"]), int(params["chunk"])
+    block_d = max(16, min(int(params["block_d"]), _next_pow2(d_model)))
+    col_groups = _cdiv(d_model, block_d)
+    row_blocks = _cdiv(num_rows, rows)
+    lookback = bool(params.get("lookback", False)) and not (x.is_cuda and torch.cuda.is_current_stream_capturing())
+    cnt, tag, ticket_base = (_lookback_counts(x.device, row_blocks, row_blocks * col_groups) if lookback
+                             else (sorted_key, 1 << 32, 0))
+    extra = {} if _interpreting() else {"num_warps": params["num_warps"], "num_stages": params["num_stages"]}
+    prefix = params["prefix"] if lookback else params.get("recount_prefix", params["prefix"])
+    _launch("scan_runs", (row_blocks, col_groups), sorted_key, order, x, out, ints, cnt, num_rows, d_model,
+            x.stride(0), out.stride(0), max(span, 1), tag, ticket_base, R=rows, U=chunk, BLOCK_D=block_d,
+            PREFIX=prefix, LOOKBACK=lookback, STAGES=int(params["num_stages"]), **extra)
+    return out, ints
+
+
 class _Centroids(torch.autograd.Function):
     """centroids (computed by the runs kernel) as a function of the tokens: backward
     grad_tokens[i] = grad[t2c[i]] / count[t2c[i]], one pass (the expand kernel)."""
@@ -1428,7 +1610,7 @@ def _rank_launch(packed: torch.Tensor, idx_bits: int, sort: dict, out: tuple | N
 
 def _compress_kernels(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig, projection: LSHProjection,
                       span: int, hash_launch: dict | None = None, runs_launch: dict | None = None,
-                      sort_launch: dict | None = None):
+                      sort_launch: dict | None = None, scan_launch: dict | None = None):
     """The sync-free part of the kernel path: hash (packed keys) -> rank kernel -> runs kernel
     (small N), or hash (packed keys) -> torch.sort of rows of at most 4,096 -> merge kernel -> runs
     kernel, or hash -> torch.sort -> runs (see SORT_LAUNCHES). Returns (means (N, d), ints,
@@ -1439,13 +1621,18 @@ def _compress_kernels(tokens: torch.Tensor, group: torch.Tensor, config: LSHConf
     idx_bits = max(1, (num_tokens - 1).bit_length())
     packable = (span << (16 + idx_bits)) < _INT64_MAX
     run_start = None
+    ints = None
     # packed keys when they leave room for 2^16 groups: (2^16 span) << idx_bits < 2^63
     if sort["sort_chunk"] == 0 and packable:
+        # one int64 buffer (fewer allocations on the host): packed | sorted key | order | ints
+        buffer = torch.empty(6 * num_tokens + 3, dtype=torch.int64, device=tokens.device)
         packed = _hash_launch(tokens, config, projection, group, span, idx_bits=idx_bits, num_out=num_tokens,
-                              **(hash_launch or {}))  # (N,)
+                              out=buffer[:num_tokens], **(hash_launch or {}))  # (N,)
         if packed is None:
             return None
-        sorted_key, order, run_start = _rank_launch(packed, idx_bits, sort)
+        out = (buffer[num_tokens:2 * num_tokens], buffer[2 * num_tokens:3 * num_tokens])
+        sorted_key, order, run_start = _rank_launch(packed, idx_bits, sort, out=out)
+        ints = buffer[3 * num_tokens:]
     elif sort["sort_chunk"] and packable:
         chunk = min(sort["sort_chunk"], max(16, _next_pow2(num_tokens)))
         num_chunks = _cdiv(num_tokens, chunk)
@@ -1460,8 +1647,12 @@ def _compress_kernels(tokens: torch.Tensor, group: torch.Tensor, config: LSHConf
         if key is None:
             return None
         sorted_key, order = torch.sort(key, stable=True)  # (N,)
-    means, _, ints = _runs_launch(tokens, sorted_key, order, span, tokens.shape[0], index=True, flags=run_start,
-                                  **(runs_launch or {}))
+    if COMPRESS_CENTROIDS == "scan":
+        means, ints = _scan_runs_launch(tokens, sorted_key, order, span, tokens.shape[0], ints=ints,
+                                        **(scan_launch or {}))
+    else:
+        means, _, ints = _runs_launch(tokens, sorted_key, order, span, tokens.shape[0], index=True, flags=run_start,
+                                      **(runs_launch or {}))
     return means, ints, sorted_key, order, run_start
 
 
@@ -1492,8 +1683,9 @@ def compress_fast(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
     the hash, see the module docstring). Synchronises once, at the end, to size the outputs.
 
     Kernel path (`kernel_eligible`): the hash kernel writes the packed keys, the rank kernel
-    (<= 8,192 tokens) or torch.sort + the merge kernel sorts them, the runs kernel writes the
-    centroids, token_to_centroid, groups and counts and the sizes the host reads; one host sync. The result is a
+    (<= 8,192 tokens) or torch.sort + the merge kernel sorts them, the scan-runs kernel (or the runs
+    kernel, COMPRESS_CENTROIDS) writes the centroids, token_to_centroid, groups and counts and the
+    sizes the host reads; one host sync (`CompressGraph`: the launches as one graph). The result is a
     `SortedCompressed` (restore_rows(..., compressed=it) has a one-pass backward); centroids are
     rows of an (N, d) buffer. The backward w.r.t. the tokens is one pass (grad / count).
     Everything else runs the torch path (`_compress_via_segments`): CPU, 32/64-bit tokens,
@@ -1510,6 +1702,13 @@ def compress_fast(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
         launched = _compress_kernels(tokens.detach(), group, config, projection, span)
     if launched is None:  # a projection whose entries the 16-bit dtype cannot hold: torch hashes
         return _compress_via_segments(tokens, group, config, projection)
+    return _compressed_of(launched, tokens, group, config, projection, span)
+
+
+def _compressed_of(launched: tuple, tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
+                   projection: LSHProjection, span: int) -> Compressed:
+    """compress_fast's result from `_compress_kernels`' buffers, after its one host sync."""
+    num_tokens = tokens.shape[0]
     means, ints, sorted_key, order, run_start = launched
     # the one host sync: the number of centroids, and the checks the kernels could not do without one
     num_centroids, key_min, _ = ints[3 * num_tokens:].tolist()
@@ -1524,6 +1723,50 @@ def compress_fast(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
                             centroid_group=ints[num_tokens:num_tokens + num_centroids], centroid_count=counts,
                             num_tokens=num_tokens, sorted_key=sorted_key, order=order, span=span,
                             run_start=run_start)
+
+
+class CompressGraph:
+    """compress_fast for one pair of (tokens, group) tensors, its sync-free part (hash, sort,
+    centroids: three kernel launches up to 8,192 tokens) captured once as a CUDA graph, so that a
+    call is one graph launch and the host sync instead of three launches.
+
+        graph = CompressGraph(tokens, group, config, projection)   # captures (compiles first)
+        compressed = graph()        # the same result as compress_fast(tokens, group, ...) for the
+                                    # values tokens and group hold at the time of the call
+
+    The graph reads the tensors' memory at every call (write new values into them in place; other
+    tensors need another CompressGraph). The result's tensors are the graph's own buffers: they hold
+    until the next call of the same graph, which overwrites them (clone what must outlive it). The
+    centroid kernel counts the runs before each program's block itself (no look-back: a replay
+    would reuse its launch state), so its centroids equal compress_fast's bit for bit. Kernel path
+    only: raises ValueError where compress_fast would take its torch path (CPU, not kernel-eligible)
+    or fall back to lsh.compress before hashing. A call whose keys show non-finite tokens or bad
+    groups falls back to lsh.compress, as compress_fast does. Gradients as compress_fast's.
+    """
+
+    def __init__(self, tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
+                 projection: LSHProjection | None = None):
+        prepared = _prepare_compress(tokens, group, config, projection, False)
+        if isinstance(prepared, Compressed) or not tokens.is_cuda or not _use_triton(tokens.device, prepared[3],
+                                                                                      False):
+            raise ValueError("CompressGraph needs tokens and groups on which compress_fast runs its CUDA kernels")
+        _, span, projection, _ = prepared
+        self.tokens, self.group, self.config, self.projection, self.span = tokens, group, config, projection, span
+        detached = tokens.detach()
+        no_lookback = {"lookback": False}
+        with torch.no_grad():
+            if _compress_kernels(detached, group, config, projection, span, runs_launch=no_lookback,
+                                 scan_launch=no_lookback) is None:  # compiles the launches
+                raise ValueError("CompressGraph: the projection's entries are not exact in the tokens' dtype")
+            torch.cuda.synchronize(tokens.device)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self._launched = _compress_kernels(detached, group, config, projection, span,
+                                                   runs_launch=no_lookback, scan_launch=no_lookback)
+
+    def __call__(self) -> Compressed:
+        self.graph.replay()
+        return _compressed_of(self._launched, self.tokens, self.group, self.config, self.projection, self.span)
 
 
 def _compress_via_segments(tokens: torch.Tensor, group: torch.Tensor, config: LSHConfig,
