@@ -166,19 +166,21 @@ def test_layer_with_the_replayed_gate_equals_the_eager_gate_on_a_gpu(router, lsh
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(512, 256, 8, 2, 2, 8), (3000, 512, 16, 4, 3, 8), (700, 256, 8, 2, 6, 16)],
                          ids=["t512", "t3000", "L6"])
-@pytest.mark.parametrize("on_runs", [False, True], ids=["mean-kernel", "runs-kernel"])
-def test_lsh_phases_on_kernels_equal_the_torch_bucketing_on_a_gpu(monkeypatch, shape, on_runs):
+@pytest.mark.parametrize("which", ["mean", "runs", "scan"])
+def test_lsh_phases_on_kernels_equal_the_torch_bucketing_on_a_gpu(monkeypatch, shape, which):
     """The LSH layer with the hash inside the bucketing graph and `choice_segments` (the kernel path)
     == the layer with the eager hash and the torch segments: outputs, the tokens' gradient and every
     parameter gradient bit-equal, the send order and the segments equal, over calls that reuse the
     tokens' storage, that bring new storage (two aliased captures) and past the aliased captures
     (private buffers, copied into). The centroids on the mean kernel, or on the runs kernel
-    (SEGMENT_MEANS_ON_RUNS) in both layers."""
+    (SEGMENT_MEANS_ON_RUNS) or on the scan-runs kernel (SEGMENT_MEANS_ON_SCAN, also restore's
+    backward sums) in both layers."""
     from lshsim.dispatch import lsh_fast
 
     if not lsh_fast.triton_available("cuda"):
         pytest.skip("triton not available")
-    monkeypatch.setattr(lsh_fast, "SEGMENT_MEANS_ON_RUNS", on_runs)
+    monkeypatch.setattr(lsh_fast, "SEGMENT_MEANS_ON_RUNS", which == "runs")
+    monkeypatch.setattr(lsh_fast, "SEGMENT_MEANS_ON_SCAN", which == "scan")
     tokens, d_model, experts, k, num_hashes, proj_dim = shape
     device = torch.device("cuda")
     workload = WorkloadConfig(name="g", tokens_per_rank=tokens, d_model=d_model, d_ffn=2 * d_model,

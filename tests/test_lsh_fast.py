@@ -332,13 +332,24 @@ def test_interpreter_hadamard_and_nonfinite(interpreter):
                      lsh.compress(tokens, group, config, unrounded), torch.bfloat16)
 
 
-@pytest.mark.parametrize("on_runs", [False, True], ids=["mean-kernel", "runs-kernel"])
+def _segment_kernel(monkeypatch, which: str) -> None:
+    """segment means on the mean kernel, the runs kernel (SEGMENT_MEANS_ON_RUNS) or the scan-runs
+    kernel (SEGMENT_MEANS_ON_SCAN)"""
+    monkeypatch.setattr(fast, "SEGMENT_MEANS_ON_RUNS", which == "runs")
+    monkeypatch.setattr(fast, "SEGMENT_MEANS_ON_SCAN", which == "scan")
+
+
+_SEGMENT_KERNELS = pytest.mark.parametrize("which", ["mean", "runs", "scan"])
+
+
+@_SEGMENT_KERNELS
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_interpreter_segment_mean(interpreter, monkeypatch, dtype, on_runs):
+def test_interpreter_segment_mean(interpreter, monkeypatch, dtype, which):
     """the mean kernel, or with SEGMENT_MEANS_ON_RUNS for 16-bit rows the runs kernel (keys =
-    seg_of_row, one-hot matrix product); float32 rows: always the mean kernel"""
-    monkeypatch.setattr(fast, "SEGMENT_MEANS_ON_RUNS", on_runs)
-    kernel = "runs" if on_runs and dtype == torch.bfloat16 else "mean"
+    seg_of_row, one-hot matrix product; float32 rows: the mean kernel), or with
+    SEGMENT_MEANS_ON_SCAN the scan-runs kernel (NUMBERED)"""
+    _segment_kernel(monkeypatch, which)
+    kernel = {"mean": "mean", "runs": "runs" if dtype == torch.bfloat16 else "mean", "scan": "scan_runs"}[which]
     before, expand = _launched(kernel), _launched("expand")
     _check_mean_and_grads(True, dtype)
     assert _launched(kernel) == before + 1
@@ -376,6 +387,42 @@ def test_interpreter_segment_means_on_the_runs_kernel(interpreter, monkeypatch, 
     assert out is sevens and torch.equal(out[:num], got[:num]) and torch.all(out[num:] == 7)
 
 
+@pytest.mark.parametrize("rows,chunk", [(16, 4), (32, 8), (64, 4)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_interpreter_segment_means_on_the_scan_kernel(interpreter, monkeypatch, rows, chunk, dtype):
+    """segment means on the scan-runs kernel (NUMBERED: keys = seg_of_row) with small row blocks and
+    chunks, so segments cross blocks (the tail pass) and chunks (the carry), and dropped rows share a
+    block and a chunk with valid ones: segment_mean_of (tokens read through the order) ==
+    segment_mean of the gathered rows bit for bit; both within rounding of the float64 means and of
+    the mean kernel; rows past the segments zero (zero_fill) or not written; the dropped rows' values
+    never read (NaN there changes nothing)."""
+    _segment_kernel(monkeypatch, "scan")
+    monkeypatch.setitem(fast.SCAN_LAUNCH, "rows", rows)
+    monkeypatch.setitem(fast.SCAN_LAUNCH, "chunk", chunk)
+    generator = torch.Generator().manual_seed(12)
+    group = torch.randint(0, 3, (150,), generator=generator)
+    bucket = torch.randint(0, 4, (150,), generator=generator)
+    group[:60], bucket[:60] = 1, 2  # one segment over several row blocks
+    valid = torch.rand(150, generator=generator) < 0.8
+    seg = fast.segments(group, bucket, valid, 4, 3)
+    tokens = torch.randn(150, 40, generator=generator).to(dtype)
+    tokens[~valid] = float("nan")  # dropped rows: never read
+    gathered = tokens[seg.order]
+    num = int(seg.num_segments)
+    before = _launched("scan_runs")
+    got = fast.segment_mean(gathered, seg, force_triton=True)
+    assert _launched("scan_runs") == before + 1
+    assert torch.all(got[num:] == 0) and not torch.isnan(got).any()
+    means = fast.segment_mean_of(tokens, seg, seg.order)
+    assert torch.equal(means[:num], got[:num])
+    want = _mean_reference(gathered.double().nan_to_num(0.0), seg)
+    assert _close(got[:num], want[:num], dtype)
+    mean_kernel = fast._mean_launch(gathered, seg, None, 150, zero_fill=True)
+    assert _close(got, mean_kernel, dtype)
+    out = fast._segment_scan_launch(gathered, seg, None, zero_fill=False)
+    assert torch.equal(out[:num], got[:num]) and out.shape == (150, 40)
+
+
 def _check_restore_with_segments(force_triton: bool, dtype: torch.dtype) -> None:
     """restore_rows on rows in segment order: with `segments` (segment-sum backward) == without."""
     generator = torch.Generator().manual_seed(9)
@@ -397,6 +444,7 @@ def _check_restore_with_segments(force_triton: bool, dtype: torch.dtype) -> None
         results.append((out, grads))
     (out_a, grads_a), (out_b, grads_b) = results
     assert torch.equal(out_a, out_b)
+    assert torch.equal(grads_b[1], -grads_b[0])  # -sums (the scan kernel writes them itself)
     for a, b in zip(grads_a, grads_b):
         scale = float(b.double().abs().max())
         assert float((a.double() - b.double()).abs().max()) <= 2 ** -7 * scale
@@ -407,10 +455,15 @@ def test_restore_rows_with_segments_torch_path(dtype):
     _check_restore_with_segments(False, dtype)
 
 
-def test_interpreter_restore_rows_with_segments(interpreter):
-    before = _launched("mean")
+@pytest.mark.parametrize("which", ["mean", "scan"])
+def test_interpreter_restore_rows_with_segments(interpreter, monkeypatch, which):
+    """the backward's segment sums: the mean kernel (SUM), or the scan-runs kernel (NUMBERED, SUM, NEG)
+    over the first N keys of the segmentation"""
+    _segment_kernel(monkeypatch, which)
+    kernel = "mean" if which == "mean" else "scan_runs"
+    before = _launched(kernel)
     _check_restore_with_segments(True, torch.bfloat16)
-    assert _launched("mean") == before + 1  # the backward's segment sums ran as the segment kernel
+    assert _launched(kernel) == before + 1  # the backward's segment sums, one launch
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -592,10 +645,14 @@ def test_interpreter_compress_sort_paths(interpreter, monkeypatch, sort_chunk, f
         _same_compressed(got, lsh.compress(tokens, group, config, projection), torch.bfloat16)
 
 
+@pytest.mark.parametrize("on_scan", [False, True], ids=["runs-bwd", "scan-bwd"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_interpreter_compress_gradients_and_restore(interpreter, dtype):
+def test_interpreter_compress_gradients_and_restore(interpreter, monkeypatch, dtype, on_scan):
     """compress_fast's kernel path: the reference's result; centroid gradient (one expand pass) and
-    restore_rows(compressed=...) (runs-kernel backward) equal the float64 reference."""
+    restore_rows(compressed=...) (runs-kernel or, RESTORE_BACKWARD_ON_SCAN, scan-runs-kernel
+    backward) equal the float64 reference."""
+    monkeypatch.setattr(fast, "RESTORE_BACKWARD_ON_SCAN", on_scan)
+    bwd_kernel = "scan_runs" if on_scan else "runs"
     config = LSHConfig(num_hashes=2, proj_dim=4, seed=1)
     tokens = _tokens("clustered", 150, 32, dtype, seed=4)
     group = _group(150, 4)
@@ -619,13 +676,14 @@ def test_interpreter_compress_gradients_and_restore(interpreter, dtype):
     results = []
     for compressed in (None, got):
         leaves = [t.detach().clone().requires_grad_(True) for t in (centroid_out, got.centroids, tokens)]
-        before = _launched("runs")
+        before = _launched(bwd_kernel)
         out = fast.restore_rows(*leaves, got.token_to_centroid, compressed=compressed, force_triton=True)
         grads = torch.autograd.grad((out.float() * upstream).sum(), leaves)
-        assert _launched("runs") == before + (compressed is not None)
+        assert _launched(bwd_kernel) == before + (compressed is not None)
         results.append((out, grads))
     (out_a, grads_a), (out_b, grads_b) = results
     assert torch.equal(out_a, out_b)
+    assert torch.equal(grads_b[1], -grads_b[0])
     for a, b in zip(grads_a, grads_b):
         assert float((a.double() - b.double()).abs().max()) <= RTOL[dtype] * float(b.double().abs().max())
     with pytest.raises(ValueError):  # a compressed that does not match seg_of_row
@@ -855,13 +913,13 @@ def test_cuda_choice_segments(num_tokens, k, experts, span):
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("on_runs", [False, True], ids=["mean-kernel", "runs-kernel"])
+@_SEGMENT_KERNELS
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_interpreter_segment_mean_of_tokens(interpreter, monkeypatch, dtype, on_runs):
+def test_interpreter_segment_mean_of_tokens(interpreter, monkeypatch, dtype, which):
     """segment_mean_of (the mean or runs kernel reading the tokens through the token of each sorted
     row) == segment_mean of the gathered rows, bit for bit on the segments; centroids_of has its
     gradient"""
-    monkeypatch.setattr(fast, "SEGMENT_MEANS_ON_RUNS", on_runs)
+    _segment_kernel(monkeypatch, which)
     expert_index, kept, bucket, position = _choice_case(90, 2, 4, 6, 0.2, seed=4)
     flat = fast.choice_segments(expert_index, kept, bucket, position, 6, 4, force_triton=True)
     rows = 180

@@ -563,9 +563,11 @@ def _kernels():
     globals()["_segmented_add"] = segmented_add
 
     @triton.jit
-    def scan_runs_kernel(key_ptr, order_ptr, x_ptr, out_ptr, ints_ptr, cnt_ptr, num_rows, d_model, stride_x,
+    def scan_runs_kernel(key_ptr, order_ptr, x_ptr, out_ptr, neg_ptr, ints_ptr, cnt_ptr, num_rows, d_model, stride_x,
                          stride_out, span, tag, ticket_base, R: tl.constexpr, U: tl.constexpr, BLOCK_D: tl.constexpr,
-                         PREFIX: tl.constexpr, LOOKBACK: tl.constexpr, STAGES: tl.constexpr = 1):
+                         PREFIX: tl.constexpr, LOOKBACK: tl.constexpr, STAGES: tl.constexpr = 1,
+                         NUMBERED: tl.constexpr = False, INTS: tl.constexpr = True, SUM: tl.constexpr = False,
+                         NEG: tl.constexpr = False):
         # compress's centroids and bookkeeping (the runs kernel's INDEX mean, another schedule): key (N,)
         # sorted keys, sorted row p is x[order[p]]. Program (b, g) owns the runs that start in sorted rows
         # [b R, b R + R) (runs numbered as the runs kernel does: the count of earlier runs by look-back
@@ -578,6 +580,10 @@ def _kernels():
         # Writes out[run] = mean; with g = 0 also t2c[order[p]] = run of p, group_out[run] = key // span,
         # count_out[run], and stats = (number of runs, first key, last key) from the program of the
         # last row: ints = t2c (N) | group_out (N) | count_out (N) | stats (3), as the runs kernel.
+        # NUMBERED (segment means of a segmentation, `_segment_scan_launch`): the keys ARE the run
+        # numbers (seg_of_row: 0, 1, ..., then -1 for the dropped rows, which belong to no run and are
+        # not read), so a row's run is its key: no look-back nor recount. INTS False: ints not written.
+        # SUM: out[run] = the run's sum (restore's backward), not the mean; NEG: also neg[run] = -out[run].
         t2c_ptr = ints_ptr
         group_out_ptr = ints_ptr + num_rows
         count_out_ptr = ints_ptr + 2 * num_rows
@@ -599,10 +605,14 @@ def _kernels():
         k = tl.load(key_ptr + p, mask=in_range, other=0)
         kprev = tl.load(key_ptr + p - 1, mask=in_range & (p > 0), other=0)
         new = in_range & ((p == 0) | (k != kprev))
+        if NUMBERED:
+            new = new & (k >= 0)
         n_new = tl.sum(new.to(tl.int32), axis=0)
         s0 = tl.min(tl.where(new, p, num_rows), axis=0)  # the block's first run start (num_rows: none)
         base = tl.sum(tl.zeros((PREFIX,), dtype=tl.int32), axis=0)  # runs starting before p0
-        if LOOKBACK:
+        if NUMBERED:
+            pass
+        elif LOOKBACK:
             if gid == 0:
                 tl.atomic_xchg(cnt_base + pid, tag | n_new.to(tl.int64), sem="release")
             for j0 in range(0, pid, PREFIX):
@@ -626,6 +636,8 @@ def _kernels():
         last_key = tl.load(key_ptr + tl.minimum(q_first, num_rows) - 1)
         tail = n_new * 0
         go = (n_new > 0) & (q_first < num_rows)
+        if NUMBERED:
+            go = go & (last_key >= 0)  # a block ending in dropped rows: its last run ended inside it
         while go:
             q = q_first + tail + r
             kq = tl.load(key_ptr + q, mask=q < num_rows, other=0)
@@ -643,6 +655,8 @@ def _kernels():
             q = q0 + u
             valid = q < e0
             kq = tl.load(key_ptr + q, mask=valid, other=0)
+            if NUMBERED:
+                valid = valid & (kq >= 0)
             kp = tl.load(key_ptr + q - 1, mask=valid & (q > 0), other=0)
             kn = tl.load(key_ptr + q + 1, mask=valid & (q + 1 < num_rows), other=0)
             start = valid & ((q == 0) | (kq != kp))
@@ -656,11 +670,20 @@ def _kernels():
             s = start.to(tl.int32)
             _, total = tl.associative_scan((tl.broadcast_to(s[:, None], (U, BLOCK_D)), v), 0, _segmented_add)
             _, count = tl.associative_scan((s, n), 0, _segmented_add)
-            out_rows = (run + tl.cumsum(s, axis=0)).to(tl.int64)  # (U,) run of each row
-            mean = total * (1.0 / tl.maximum(count, 1).to(tl.float32))[:, None]
+            if NUMBERED:
+                out_rows = kq  # (U,) run of each row
+            else:
+                out_rows = (run + tl.cumsum(s, axis=0)).to(tl.int64)  # (U,) run of each row
+            if SUM:
+                mean = total
+            else:
+                mean = total * (1.0 / tl.maximum(count, 1).to(tl.float32))[:, None]
             tl.store(out_ptr + out_rows[:, None] * stride_out + cols[None, :], mean.to(out_ptr.dtype.element_ty),
                      mask=end[:, None] & col_mask[None, :])
-            if gid == 0:
+            if NEG:
+                tl.store(neg_ptr + out_rows[:, None] * stride_out + cols[None, :],
+                         (-mean).to(neg_ptr.dtype.element_ty), mask=end[:, None] & col_mask[None, :])
+            if INTS and gid == 0:
                 tl.store(t2c_ptr + src, out_rows, mask=valid)
                 tl.store(group_out_ptr + out_rows, kq // span, mask=end)
                 tl.store(count_out_ptr + out_rows, count.to(tl.int64), mask=end)
@@ -668,7 +691,7 @@ def _kernels():
             carry = tl.sum(tl.where(last[:, None], total, 0.0), axis=0)
             carry_n = tl.sum(tl.where(last, count, 0), axis=0)
             run += tl.sum(s, axis=0)
-        if gid == 0:
+        if INTS and gid == 0:
             holds_last = (n_new > 0) & (e0 == num_rows)
             tl.store(stats_ptr, (base + n_new).to(tl.int64), mask=holds_last)
             tl.store(stats_ptr + 1, tl.load(key_ptr), mask=holds_last)
@@ -1131,12 +1154,63 @@ def _mean_launch(src: torch.Tensor, seg: Segments, order: torch.Tensor | None, o
 #: Both paths give the same bits for `segment_mean` and `segment_mean_of` of one input.
 SEGMENT_MEANS_ON_RUNS = False
 
+#: whether segment means (`segment_mean`, `segment_mean_of`) run on the scan-runs kernel
+#: (`_segment_scan_launch`: keys = seg_of_row, NUMBERED, no look-back, no bookkeeping) instead of the
+#: mean kernel (SEGMENT_MEANS_ON_RUNS takes precedence for 16-bit rows). The environment variable
+#: LSHSIM_SEGMENT_SCAN=0 turns it off at import (the before of benchmarks, in one process tree).
+SEGMENT_MEANS_ON_SCAN = os.environ.get("LSHSIM_SEGMENT_SCAN", "1") != "0"
+#: whether restore's backward with compressed= (a SortedCompressed) runs on the scan-runs kernel
+#: (sums and -sums, look-back numbering, no bookkeeping) instead of the runs kernel; the same
+#: environment variable turns it off at import.
+RESTORE_BACKWARD_ON_SCAN = SEGMENT_MEANS_ON_SCAN
+
 
 def _segment_runs_eligible(src: torch.Tensor) -> bool:
     """Whether the segment means of `src` run on the runs kernel: SEGMENT_MEANS_ON_RUNS and 16-bit
     rows (its one-hot matrix product sums exact 0/1 products in float32; float32 rows would go
     through tf32), else the mean kernel."""
     return SEGMENT_MEANS_ON_RUNS and src.dtype in (torch.bfloat16, torch.float16)
+
+
+def _segment_scan_eligible(src: torch.Tensor) -> bool:
+    """Whether the segment means of `src` run on the scan-runs kernel (SEGMENT_MEANS_ON_SCAN, not
+    SEGMENT_MEANS_ON_RUNS' 16-bit rows)."""
+    return SEGMENT_MEANS_ON_SCAN and not _segment_runs_eligible(src)
+
+
+def _segment_scan_launch(src: torch.Tensor, seg: Segments | torch.Tensor, order: torch.Tensor | None,
+                         zero_fill: bool, *, out_rows: int | None = None, total: bool = False,
+                         negate: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """(M, d) segment means of the sorted rows src[order] (src itself without order) on the scan-runs
+    kernel (NUMBERED: the keys are seg_of_row, so a row's segment is its key; dropped rows, -1, are
+    not read): program b walks the segments starting in sorted rows [b R, b R + R), reading each row
+    once through `order`, a segmented float32 running sum in registers, the mean stored at each
+    segment's last row. The sums depend on the sorted rows' values and positions only, so
+    `segment_mean_of` (through the token of each row) and `segment_mean` (gathered rows) give the
+    same bits. Rows >= num_segments: zero with zero_fill, else unwritten. seg: the Segments, or its
+    seg_of_row itself (the first rows of one: every segment within them); out_rows: rows of the result
+    (default: as many as the keys); total: the sums, not the means (restore's backward); negate: returns
+    (out, -out), both written by the kernel."""
+    keys = seg if isinstance(seg, torch.Tensor) else seg.seg_of_row
+    rows, d_model = keys.shape[0], src.shape[1]
+    out_rows = rows if out_rows is None else out_rows
+    make = torch.zeros if zero_fill else torch.empty
+    out = make(out_rows, d_model, dtype=src.dtype, device=src.device)
+    neg = make(out_rows, d_model, dtype=src.dtype, device=src.device) if negate else out
+    if rows == 0 or d_model == 0 or out_rows == 0:
+        return (out, neg) if negate else out
+    src = src if src.stride(1) == 1 else src.contiguous()
+    if order is None:
+        order = torch.arange(rows, device=src.device)
+    params = scan_launch_params(rows)
+    rows_per_program, chunk = int(params["rows"]), int(params["chunk"])
+    block_d = max(16, min(int(params["block_d"]), _next_pow2(d_model)))
+    extra = {} if _interpreting() else {"num_warps": params["num_warps"], "num_stages": params["num_stages"]}
+    _launch("scan_runs", (_cdiv(rows, rows_per_program), _cdiv(d_model, block_d)), keys, order, src, out,
+            neg, keys, keys, rows, d_model, src.stride(0), out.stride(0), 1, 1 << 32, 0, R=rows_per_program, U=chunk,
+            BLOCK_D=block_d, PREFIX=int(params["prefix"]), LOOKBACK=False, STAGES=int(params["num_stages"]),
+            NUMBERED=True, INTS=False, SUM=total, NEG=negate, **extra)
+    return (out, neg) if negate else out
 
 
 def _segment_runs_launch(src: torch.Tensor, seg: Segments, order: torch.Tensor | None, zero_fill: bool) -> torch.Tensor:
@@ -1178,6 +1252,8 @@ class _SegmentMean(torch.autograd.Function):
     def forward(ctx, src, seg, order, out_rows, use_triton, zero_fill):
         if use_triton and _segment_runs_eligible(src):
             out = _segment_runs_launch(src, seg, order, zero_fill)
+        elif use_triton and _segment_scan_eligible(src):
+            out = _segment_scan_launch(src, seg, order, zero_fill)
         elif use_triton:
             out = _mean_launch(src, seg, order, out_rows, zero_fill)
         else:
@@ -1232,6 +1308,8 @@ def segment_mean_of(tokens: torch.Tensor, seg: Segments, token_of_row: torch.Ten
     `centroids_of`). Kernel path only (16-bit or float32 tokens where the kernels run); no host sync."""
     if _segment_runs_eligible(tokens):
         return _segment_runs_launch(tokens, seg, token_of_row, zero_fill=False)
+    if _segment_scan_eligible(tokens):
+        return _segment_scan_launch(tokens, seg, token_of_row, zero_fill=False)
     return _mean_launch(tokens, seg, token_of_row, seg.seg_of_row.shape[0], zero_fill=False)
 
 
@@ -1289,16 +1367,28 @@ class _RestoreRows(torch.autograd.Function):
             # rows in token order, their sort known: one pass of the runs kernel, sums and -sums
             sorted_key, order, span, run_start = ctx.runs
             need_cout, need_cent = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-            sums, neg, _ = _runs_launch(grad_out, sorted_key, order, span, ctx.shapes[0][0], total=True,
-                                        negate=need_cent, flags=run_start)
+            if RESTORE_BACKWARD_ON_SCAN:  # the scan-runs kernel: sums (and -sums), no bookkeeping
+                launched = _scan_runs_launch(grad_out, sorted_key, order, span, ctx.shapes[0][0], total=True,
+                                             negate=need_cent, index=False)
+                sums, neg = launched[0], (launched[1] if need_cent else None)
+            else:
+                sums, neg, _ = _runs_launch(grad_out, sorted_key, order, span, ctx.shapes[0][0], total=True,
+                                            negate=need_cent, flags=run_start)
             grad_cout = sums.to(ctx.dtypes[0]) if need_cout else None
             grad_cent = neg.to(ctx.dtypes[1]) if need_cent else None
             return grad_cout, grad_cent, grad_out, None, None, None, None
         if ctx.seg is not None:
             # rows of a segment are contiguous (the rows are in sorted order): one segment-sum pass
-            sums = _mean_launch(grad_out, ctx.seg, None, ctx.shapes[0][0], zero_fill=True, total=True)  # (B, d)
+            need_cent = ctx.needs_input_grad[1]
+            if SEGMENT_MEANS_ON_SCAN:  # the scan-runs kernel over the first N keys, sums and -sums
+                launched = _segment_scan_launch(grad_out, ctx.seg.seg_of_row[:grad_out.shape[0]], None, True,
+                                                out_rows=ctx.shapes[0][0], total=True, negate=need_cent)
+                sums, neg = launched if need_cent else (launched, None)
+            else:
+                sums = _mean_launch(grad_out, ctx.seg, None, ctx.shapes[0][0], zero_fill=True, total=True)  # (B, d)
+                neg = -sums if need_cent else None
             grad_cout = sums.to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
-            grad_cent = (-sums).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+            grad_cent = neg.to(ctx.dtypes[1]) if need_cent else None
             return grad_cout, grad_cent, grad_out, None, None, None, None
         valid = (seg_of_row >= 0).unsqueeze(1)  # (N, 1)
         grad = torch.where(valid, grad_out, 0)  # (N, d)
@@ -1525,19 +1615,22 @@ def scan_launch_params(num_rows: int) -> dict:
 
 
 def _scan_runs_launch(x: torch.Tensor, sorted_key: torch.Tensor, order: torch.Tensor, span: int, out_rows: int,
-                      *, ints: torch.Tensor | None = None, **launch):
+                      *, ints: torch.Tensor | None = None, total: bool = False, negate: bool = False,
+                      index: bool = True, **launch):
     """One launch of the scan-runs kernel: (out, ints) as `_runs_launch(..., index=True)` returns them
     (out (out_rows, d): row s the mean of run s, rows >= the number of runs unwritten; ints (3 N + 3,)
     = token_to_run | run_group | run_count | (number of runs, first key, last key), written into
-    `ints` when given)."""
+    `ints` when given). total: the runs' sums, not their means; negate: (out, neg, ints) with neg = -out
+    (restore's backward: `_scan_restore_backward`); index False: ints not written (None)."""
     num_rows, d_model = sorted_key.shape[0], x.shape[1]
     params = {**scan_launch_params(num_rows), **launch}
     x = x if x.stride(1) == 1 else x.contiguous()
     out = torch.empty(out_rows, d_model, dtype=x.dtype, device=x.device)
-    if ints is None:
+    neg = torch.empty_like(out) if negate else out
+    if ints is None and index:
         ints = torch.empty(3 * num_rows + 3, dtype=torch.int64, device=x.device)
     if num_rows == 0:
-        return out, ints
+        return (out, neg, ints) if negate else (out, ints)
     rows, chunk = int(params["rows"]), int(params["chunk"])
     block_d = max(16, min(int(params["block_d"]), _next_pow2(d_model)))
     col_groups = _cdiv(d_model, block_d)
@@ -1547,10 +1640,12 @@ def _scan_runs_launch(x: torch.Tensor, sorted_key: torch.Tensor, order: torch.Te
                              else (sorted_key, 1 << 32, 0))
     extra = {} if _interpreting() else {"num_warps": params["num_warps"], "num_stages": params["num_stages"]}
     prefix = params["prefix"] if lookback else params.get("recount_prefix", params["prefix"])
-    _launch("scan_runs", (row_blocks, col_groups), sorted_key, order, x, out, ints, cnt, num_rows, d_model,
+    _launch("scan_runs", (row_blocks, col_groups), sorted_key, order, x, out, neg,
+            ints if index else sorted_key, cnt, num_rows, d_model,
             x.stride(0), out.stride(0), max(span, 1), tag, ticket_base, R=rows, U=chunk, BLOCK_D=block_d,
-            PREFIX=prefix, LOOKBACK=lookback, STAGES=int(params["num_stages"]), **extra)
-    return out, ints
+            PREFIX=prefix, LOOKBACK=lookback, STAGES=int(params["num_stages"]), INTS=index, SUM=total, NEG=negate,
+            **extra)
+    return (out, neg, ints) if negate else (out, ints)
 
 
 class _Centroids(torch.autograd.Function):
