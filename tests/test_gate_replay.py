@@ -181,6 +181,8 @@ def test_lsh_phases_on_kernels_equal_the_torch_bucketing_on_a_gpu(monkeypatch, s
         pytest.skip("triton not available")
     monkeypatch.setattr(lsh_fast, "SEGMENT_MEANS_ON_RUNS", which == "runs")
     monkeypatch.setattr(lsh_fast, "SEGMENT_MEANS_ON_SCAN", which == "scan")
+    monkeypatch.setattr(lsh_fast, "SEGMENT_SUMS_ON_SCAN", which == "scan")
+    monkeypatch.setattr(lsh_fast, "SEGMENT_SCAN_MIN_D_MODEL", 0)
     tokens, d_model, experts, k, num_hashes, proj_dim = shape
     device = torch.device("cuda")
     workload = WorkloadConfig(name="g", tokens_per_rank=tokens, d_model=d_model, d_ffn=2 * d_model,

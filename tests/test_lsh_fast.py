@@ -337,6 +337,8 @@ def _segment_kernel(monkeypatch, which: str) -> None:
     kernel (SEGMENT_MEANS_ON_SCAN)"""
     monkeypatch.setattr(fast, "SEGMENT_MEANS_ON_RUNS", which == "runs")
     monkeypatch.setattr(fast, "SEGMENT_MEANS_ON_SCAN", which == "scan")
+    monkeypatch.setattr(fast, "SEGMENT_SUMS_ON_SCAN", which == "scan")
+    monkeypatch.setattr(fast, "SEGMENT_SCAN_MIN_D_MODEL", 0)
 
 
 _SEGMENT_KERNELS = pytest.mark.parametrize("which", ["mean", "runs", "scan"])

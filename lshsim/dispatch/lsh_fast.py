@@ -10,11 +10,13 @@ handful of kernel launches:
   segments        sort rows by (group, bucket) and describe the runs of equal keys (`Segments`),
                   with torch.sort, cumsum and scatters into fixed-size buffers: no host sync
   segment_mean    mean of every run of (sorted) rows; Triton: a persistent grid that reads the
-                  number of segments from device memory (the mean kernel), or with
-                  SEGMENT_MEANS_ON_RUNS (off: slower on the measured shapes) the runs kernel over
-                  seg_of_row as keys
+                  number of segments from device memory (the mean kernel); rows of at least
+                  SEGMENT_SCAN_MIN_D_MODEL columns (SEGMENT_MEANS_ON_SCAN) the scan-runs kernel over
+                  seg_of_row as keys (NUMBERED); or with SEGMENT_MEANS_ON_RUNS (off: slower on the
+                  measured shapes) the runs kernel over seg_of_row as keys
   restore_rows    out[i] = E(c)[s_i] - c[s_i] + x[i], one pass, float32, one rounding; with
-                  compressed= (a SortedCompressed) its backward is one pass of the runs kernel
+                  compressed= (a SortedCompressed) its backward is one pass of the scan-runs kernel
+                  (sums and -sums; RESTORE_BACKWARD_ON_SCAN, else the runs kernel)
   compress_fast   the same `lsh.Compressed` as `lsh.compress`; on the kernel path the hash kernel
                   writes packed unique keys (group * span + bucket) << idx_bits | token; up to
                   8,192 tokens the rank kernel places each at the number of packed keys below it
@@ -1154,14 +1156,26 @@ def _mean_launch(src: torch.Tensor, seg: Segments, order: torch.Tensor | None, o
 #: Both paths give the same bits for `segment_mean` and `segment_mean_of` of one input.
 SEGMENT_MEANS_ON_RUNS = False
 
-#: whether segment means (`segment_mean`, `segment_mean_of`) run on the scan-runs kernel
-#: (`_segment_scan_launch`: keys = seg_of_row, NUMBERED, no look-back, no bookkeeping) instead of the
-#: mean kernel (SEGMENT_MEANS_ON_RUNS takes precedence for 16-bit rows). The environment variable
-#: LSHSIM_SEGMENT_SCAN=0 turns it off at import (the before of benchmarks, in one process tree).
+#: whether segment means (`segment_mean`, `segment_mean_of`) of rows at least SEGMENT_SCAN_MIN_D_MODEL
+#: wide run on the scan-runs kernel (`_segment_scan_launch`: keys = seg_of_row, NUMBERED, no look-back,
+#: no bookkeeping) instead of the mean kernel (SEGMENT_MEANS_ON_RUNS takes precedence for 16-bit
+#: rows). The environment variable LSHSIM_SEGMENT_SCAN=0 turns this and the two switches below off at
+#: import (the before of benchmarks, in one process tree). In the layer on an H200 (run-lshlayer11j,
+#: one call, the scan kernel for every width) the forward lsh_compress phase went 0.534 -> 0.455 ms
+#: at deepseek-v3-like-lsh (d 7168, ~28k segments of ~1.2 rows), but 0.212 -> 0.255 ms at
+#: gpu-lsh-d1024-t16k and 0.239 -> 0.248 ms at gpu-lsh-d4096-t8k: hence the width threshold, chosen
+#: in-sample on those three shapes.
 SEGMENT_MEANS_ON_SCAN = os.environ.get("LSHSIM_SEGMENT_SCAN", "1") != "0"
+SEGMENT_SCAN_MIN_D_MODEL = 6144
+#: whether restore_rows(..., segments=)'s backward (the layer's) sums the segments on the scan-runs
+#: kernel (SUM, NEG) instead of the mean kernel. Off: run-lshlayer11j measured the layer's
+#: lsh_restore backward 1.198 -> 1.292 ms at deepseek-v3-like-lsh (0.158 -> 0.148 and 0.255 -> 0.251
+#: ms at the other two); its sums and -sums outputs are zero-filled first (two memsets of B x d,
+#: where the mean kernel zeroes only the rows past the segments), the likely cost.
+SEGMENT_SUMS_ON_SCAN = False
 #: whether restore's backward with compressed= (a SortedCompressed) runs on the scan-runs kernel
-#: (sums and -sums, look-back numbering, no bookkeeping) instead of the runs kernel; the same
-#: environment variable turns it off at import.
+#: (sums and -sums, look-back numbering, no bookkeeping) instead of the runs kernel (run-lshlayer11j,
+#: bench_lsh_fast r-bwd GPU time: 84.9 -> 62.5 us at 8,192 x 4,096, 318.4 -> 189.6 us at 32,768).
 RESTORE_BACKWARD_ON_SCAN = SEGMENT_MEANS_ON_SCAN
 
 
@@ -1173,9 +1187,10 @@ def _segment_runs_eligible(src: torch.Tensor) -> bool:
 
 
 def _segment_scan_eligible(src: torch.Tensor) -> bool:
-    """Whether the segment means of `src` run on the scan-runs kernel (SEGMENT_MEANS_ON_SCAN, not
-    SEGMENT_MEANS_ON_RUNS' 16-bit rows)."""
-    return SEGMENT_MEANS_ON_SCAN and not _segment_runs_eligible(src)
+    """Whether the segment means of `src` run on the scan-runs kernel (SEGMENT_MEANS_ON_SCAN, rows at
+    least SEGMENT_SCAN_MIN_D_MODEL wide, not SEGMENT_MEANS_ON_RUNS' 16-bit rows)."""
+    return (SEGMENT_MEANS_ON_SCAN and src.shape[-1] >= SEGMENT_SCAN_MIN_D_MODEL
+            and not _segment_runs_eligible(src))
 
 
 def _segment_scan_launch(src: torch.Tensor, seg: Segments | torch.Tensor, order: torch.Tensor | None,
@@ -1380,7 +1395,7 @@ class _RestoreRows(torch.autograd.Function):
         if ctx.seg is not None:
             # rows of a segment are contiguous (the rows are in sorted order): one segment-sum pass
             need_cent = ctx.needs_input_grad[1]
-            if SEGMENT_MEANS_ON_SCAN:  # the scan-runs kernel over the first N keys, sums and -sums
+            if SEGMENT_SUMS_ON_SCAN:  # the scan-runs kernel over the first N keys, sums and -sums
                 launched = _segment_scan_launch(grad_out, ctx.seg.seg_of_row[:grad_out.shape[0]], None, True,
                                                 out_rows=ctx.shapes[0][0], total=True, negate=need_cent)
                 sums, neg = launched if need_cent else (launched, None)
