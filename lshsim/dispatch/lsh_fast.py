@@ -569,7 +569,7 @@ def _kernels():
                          stride_out, span, tag, ticket_base, R: tl.constexpr, U: tl.constexpr, BLOCK_D: tl.constexpr,
                          PREFIX: tl.constexpr, LOOKBACK: tl.constexpr, STAGES: tl.constexpr = 1,
                          NUMBERED: tl.constexpr = False, INTS: tl.constexpr = True, SUM: tl.constexpr = False,
-                         NEG: tl.constexpr = False):
+                         NEG: tl.constexpr = False, ZERO_FILL: tl.constexpr = False):
         # compress's centroids and bookkeeping (the runs kernel's INDEX mean, another schedule): key (N,)
         # sorted keys, sorted row p is x[order[p]]. Program (b, g) owns the runs that start in sorted rows
         # [b R, b R + R) (runs numbered as the runs kernel does: the count of earlier runs by look-back
@@ -586,6 +586,8 @@ def _kernels():
         # numbers (seg_of_row: 0, 1, ..., then -1 for the dropped rows, which belong to no run and are
         # not read), so a row's run is its key: no look-back nor recount. INTS False: ints not written.
         # SUM: out[run] = the run's sum (restore's backward), not the mean; NEG: also neg[run] = -out[run].
+        # ZERO_FILL (with NUMBERED, no look-back): cnt_ptr holds the number of runs and ticket_base the
+        # rows of out; the programs zero out's (and neg's) rows from the number of runs on, strided.
         t2c_ptr = ints_ptr
         group_out_ptr = ints_ptr + num_rows
         count_out_ptr = ints_ptr + 2 * num_rows
@@ -693,6 +695,13 @@ def _kernels():
             carry = tl.sum(tl.where(last[:, None], total, 0.0), axis=0)
             carry_n = tl.sum(tl.where(last, count, 0), axis=0)
             run += tl.sum(s, axis=0)
+        if ZERO_FILL:
+            num_runs = tl.load(cnt_ptr).to(tl.int32)
+            zeros = tl.zeros((BLOCK_D,), dtype=tl.float32).to(out_ptr.dtype.element_ty)
+            for z in range(num_runs + pid, ticket_base, tl.num_programs(0)):
+                tl.store(out_ptr + tl.cast(z, tl.int64) * stride_out + cols, zeros, mask=col_mask)
+                if NEG:
+                    tl.store(neg_ptr + tl.cast(z, tl.int64) * stride_out + cols, zeros, mask=col_mask)
         if INTS and gid == 0:
             holds_last = (n_new > 0) & (e0 == num_rows)
             tl.store(stats_ptr, (base + n_new).to(tl.int64), mask=holds_last)
@@ -1172,7 +1181,7 @@ SEGMENT_SCAN_MIN_D_MODEL = 6144
 #: lsh_restore backward 1.198 -> 1.292 ms at deepseek-v3-like-lsh (0.158 -> 0.148 and 0.255 -> 0.251
 #: ms at the other two); its sums and -sums outputs are zero-filled first (two memsets of B x d,
 #: where the mean kernel zeroes only the rows past the segments), the likely cost.
-SEGMENT_SUMS_ON_SCAN = False
+SEGMENT_SUMS_ON_SCAN = SEGMENT_MEANS_ON_SCAN and os.environ.get("LSHSIM_SEGMENT_SUMS_SCAN", "0") == "1"
 #: whether restore's backward with compressed= (a SortedCompressed) runs on the scan-runs kernel
 #: (sums and -sums, look-back numbering, no bookkeeping) instead of the runs kernel (run-lshlayer11j,
 #: bench_lsh_fast r-bwd GPU time: 84.9 -> 62.5 us at 8,192 x 4,096, 318.4 -> 189.6 us at 32,768).
@@ -1195,7 +1204,8 @@ def _segment_scan_eligible(src: torch.Tensor) -> bool:
 
 def _segment_scan_launch(src: torch.Tensor, seg: Segments | torch.Tensor, order: torch.Tensor | None,
                          zero_fill: bool, *, out_rows: int | None = None, total: bool = False,
-                         negate: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                         negate: bool = False, num_segments: torch.Tensor | None = None
+                         ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """(M, d) segment means of the sorted rows src[order] (src itself without order) on the scan-runs
     kernel (NUMBERED: the keys are seg_of_row, so a row's segment is its key; dropped rows, -1, are
     not read): program b walks the segments starting in sorted rows [b R, b R + R), reading each row
@@ -1205,11 +1215,15 @@ def _segment_scan_launch(src: torch.Tensor, seg: Segments | torch.Tensor, order:
     same bits. Rows >= num_segments: zero with zero_fill, else unwritten. seg: the Segments, or its
     seg_of_row itself (the first rows of one: every segment within them); out_rows: rows of the result
     (default: as many as the keys); total: the sums, not the means (restore's backward); negate: returns
-    (out, -out), both written by the kernel."""
+    (out, -out), both written by the kernel. zero_fill with num_segments (the (1,) device count of
+    segments): the kernel zeroes the rows from it on (no memset of the whole output)."""
     keys = seg if isinstance(seg, torch.Tensor) else seg.seg_of_row
     rows, d_model = keys.shape[0], src.shape[1]
     out_rows = rows if out_rows is None else out_rows
-    make = torch.zeros if zero_fill else torch.empty
+    if num_segments is None and not isinstance(seg, torch.Tensor):
+        num_segments = seg.num_segments
+    in_kernel = zero_fill and num_segments is not None
+    make = torch.zeros if zero_fill and not in_kernel else torch.empty
     out = make(out_rows, d_model, dtype=src.dtype, device=src.device)
     neg = make(out_rows, d_model, dtype=src.dtype, device=src.device) if negate else out
     if rows == 0 or d_model == 0 or out_rows == 0:
@@ -1222,9 +1236,10 @@ def _segment_scan_launch(src: torch.Tensor, seg: Segments | torch.Tensor, order:
     block_d = max(16, min(int(params["block_d"]), _next_pow2(d_model)))
     extra = {} if _interpreting() else {"num_warps": params["num_warps"], "num_stages": params["num_stages"]}
     _launch("scan_runs", (_cdiv(rows, rows_per_program), _cdiv(d_model, block_d)), keys, order, src, out,
-            neg, keys, keys, rows, d_model, src.stride(0), out.stride(0), 1, 1 << 32, 0, R=rows_per_program, U=chunk,
+            neg, keys, num_segments if in_kernel else keys, rows, d_model, src.stride(0), out.stride(0), 1, 1 << 32,
+            out_rows if in_kernel else 0, R=rows_per_program, U=chunk,
             BLOCK_D=block_d, PREFIX=int(params["prefix"]), LOOKBACK=False, STAGES=int(params["num_stages"]),
-            NUMBERED=True, INTS=False, SUM=total, NEG=negate, **extra)
+            NUMBERED=True, INTS=False, SUM=total, NEG=negate, ZERO_FILL=in_kernel, **extra)
     return (out, neg) if negate else out
 
 
@@ -1397,7 +1412,8 @@ class _RestoreRows(torch.autograd.Function):
             need_cent = ctx.needs_input_grad[1]
             if SEGMENT_SUMS_ON_SCAN:  # the scan-runs kernel over the first N keys, sums and -sums
                 launched = _segment_scan_launch(grad_out, ctx.seg.seg_of_row[:grad_out.shape[0]], None, True,
-                                                out_rows=ctx.shapes[0][0], total=True, negate=need_cent)
+                                                out_rows=ctx.shapes[0][0], total=True, negate=need_cent,
+                                                num_segments=ctx.seg.num_segments)
                 sums, neg = launched if need_cent else (launched, None)
             else:
                 sums = _mean_launch(grad_out, ctx.seg, None, ctx.shapes[0][0], zero_fill=True, total=True)  # (B, d)
