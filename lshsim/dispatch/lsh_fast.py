@@ -1173,15 +1173,18 @@ SEGMENT_MEANS_ON_RUNS = False
 #: one call, the scan kernel for every width) the forward lsh_compress phase went 0.534 -> 0.455 ms
 #: at deepseek-v3-like-lsh (d 7168, ~28k segments of ~1.2 rows), but 0.212 -> 0.255 ms at
 #: gpu-lsh-d1024-t16k and 0.239 -> 0.248 ms at gpu-lsh-d4096-t8k: hence the width threshold, chosen
-#: in-sample on those three shapes.
+#: in-sample on those three shapes (call 2 ran the mean kernel at d 1024 and 4096 in both columns and
+#: still measured 1.13-1.14x there: run-to-run variation of the small shapes' forward phases, so the
+#: narrow shapes' comparison is unresolved; the threshold keeps main's path where no gain was shown).
 SEGMENT_MEANS_ON_SCAN = os.environ.get("LSHSIM_SEGMENT_SCAN", "1") != "0"
 SEGMENT_SCAN_MIN_D_MODEL = 6144
 #: whether restore_rows(..., segments=)'s backward (the layer's) sums the segments on the scan-runs
-#: kernel (SUM, NEG) instead of the mean kernel. Off: run-lshlayer11j measured the layer's
-#: lsh_restore backward 1.198 -> 1.292 ms at deepseek-v3-like-lsh (0.158 -> 0.148 and 0.255 -> 0.251
-#: ms at the other two); its sums and -sums outputs are zero-filled first (two memsets of B x d,
-#: where the mean kernel zeroes only the rows past the segments), the likely cost.
-SEGMENT_SUMS_ON_SCAN = SEGMENT_MEANS_ON_SCAN and os.environ.get("LSHSIM_SEGMENT_SUMS_SCAN", "0") == "1"
+#: kernel (SUM, NEG, the rows past the segments zeroed in the kernel) instead of the mean kernel.
+#: run-lshlayer11j: with both outputs memset first (call 1) the layer's lsh_restore backward went
+#: 1.198 -> 1.292 ms at deepseek-v3-like-lsh; with the in-kernel zero fill (call 2) 1.194 -> 1.040 ms,
+#: and 0.155 -> 0.141 / 0.254 -> 0.237 ms at gpu-lsh-d1024-t16k / gpu-lsh-d4096-t8k (medians of 20).
+#: LSHSIM_SEGMENT_SCAN=0 or LSHSIM_SEGMENT_SUMS_SCAN=0 turn it off at import.
+SEGMENT_SUMS_ON_SCAN = SEGMENT_MEANS_ON_SCAN and os.environ.get("LSHSIM_SEGMENT_SUMS_SCAN", "1") != "0"
 #: whether restore's backward with compressed= (a SortedCompressed) runs on the scan-runs kernel
 #: (sums and -sums, look-back numbering, no bookkeeping) instead of the runs kernel (run-lshlayer11j,
 #: bench_lsh_fast r-bwd GPU time: 84.9 -> 62.5 us at 8,192 x 4,096, 318.4 -> 189.6 us at 32,768).
