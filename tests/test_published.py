@@ -19,7 +19,7 @@ from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID,
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 129 and len({c.id for c in cases}) == 129
+    assert len(cases) == 139 and len({c.id for c in cases}) == 139
     test = load_split()
     third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
     fourth = {c.id for c in cases if c.file.startswith("aws-")}                          # the fourth round: fresh3
@@ -39,6 +39,8 @@ def test_shipped_cases_and_split():
     assert by_id["deepep-ll-ep256-combine"].published_latency_us == 360
     assert by_id["uccl-p5en-normal-ep24-combine"].published_GBps == 26
     assert by_id["uccl-p6b200-ll-ep32-dispatch"].published_latency_us == 406
+    assert by_id["nvshmem-efa-p5-ll-ep16-dispatch"].published_GBps == 9.9          # the sweep's 'default' row, rank 0
+    assert by_id["nvshmem-efa-p5en-ep16-combine"].published_GBps == 58.48
     for c in cases:                                           # every case has a source and a topology that loads
         if c.id in third:
             assert c.source.startswith(("https://github.com/uccl-project/uccl/blob/da914a2",
@@ -46,9 +48,16 @@ def test_shipped_cases_and_split():
             assert c.group in ("uccl-amd", "deepep-user") and c.topology.startswith(("published/mi3", "published/mi355x-",
                                                                                    "published/h200-ib-"))
         elif c.id in fourth:
-            assert c.source.startswith("https://github.com/awslabs/awsome-distributed-ai/blob/") and c.nic_family == "efa"
+            assert c.source.startswith("https://github.com/awslabs/awsome-distributed-ai/blob/")
+            # DeepEP over NVSHMEM's libfabric host proxy: its own family since pub14e; UCCL-EP stays efa
+            assert c.nic_family == ("efa_nvshmem" if c.group == "aws-deepep" else "efa")
             assert c.group in ("aws-deepep", "aws-uccl") and c.topology in (f"published/p6-b300-efa-{c.nodes}x8",
                                                                             f"published/p5-h100-efa-{c.nodes}x8")
+        elif c.file.startswith("nvshmem-efa-"):                 # the efa_nvshmem family's fitting cases (pub14e)
+            assert c.source == ("https://github.com/whn09/ep-benchmarks-efa/blob/3ebc18860776c39fdbcc7ad841c9a310ea123429/"
+                                "deepep-v1-efa/README.md") and c.nic_family == "efa_nvshmem" and c.group == "nvshmem-efa"
+            assert c.ep == 16 and c.nodes == 2 and c.topology in ("published/p5-h100-efa-2x8", "published/p5en-h200-efa-2x8")
+            assert c.id not in test | fresh | fresh2 | fresh3                   # fitting cases, never held out
         elif c.file.startswith(("deepep-v2-", "deepep-pcie-", "hybridep-")):
             assert c.source.startswith("https://github.com/deepseek-ai/DeepEP/blob/") and c.nic_family == "ib"
             assert c.kind == "normal" and c.counts == "rdma" and c.group is not None
