@@ -168,8 +168,11 @@ def test_split_names_only_known_cases(tmp_path):
     (tmp_path / "split.yaml").write_text("fresh2: [x]\nfresh3: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh3\[0\]='x' is also in fresh2"):
         load_fresh(tmp_path, key="fresh3")
-    with pytest.raises(ValueError, match=r"key='fresh4' must be one of"):
+    (tmp_path / "split.yaml").write_text("fresh3: [x]\nfresh4: [x]\n")
+    with pytest.raises(ValueError, match=r"split.yaml: fresh4\[0\]='x' is also in fresh3"):
         load_fresh(tmp_path, key="fresh4")
+    with pytest.raises(ValueError, match=r"key='fresh5' must be one of"):
+        load_fresh(tmp_path, key="fresh5")
 
 
 def test_routing_as_deepep_draws_it():
