@@ -16,7 +16,7 @@ cases, chosen before any fit and never fitted on (`load_split`). For each case t
    averaged over ranks.
 
 Calibration (`Calibration`, `fit_calibration`), per NIC family (a case file's `nic_family`: ib for CX7 InfiniBand,
-efa for AWS EFA), each family on its own, on the FITTING cases only (`split.yaml` names the test cases and the
+efa for UCCL-EP's CPU proxy over AWS EFA, efa_nvshmem for DeepEP over NVSHMEM's libfabric/EFA host proxy), each family on its own, on the FITTING cases only (`split.yaml` names the test cases and the
 fresh held-out sets `fresh:`, `fresh2:`, `fresh3:` and `fresh4:`; the fit refuses all of them). The predicted time of a case is
 
     t = t_sim(eff) + alpha[kind][op] + beta x m
