@@ -19,7 +19,7 @@ from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID,
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 129 and len({c.id for c in cases}) == 129
+    assert len(cases) == 149 and len({c.id for c in cases}) == 149
     test = load_split()
     third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
     fourth = {c.id for c in cases if c.file.startswith("aws-")}                          # the fourth round: fresh3
@@ -32,6 +32,9 @@ def test_shipped_cases_and_split():
     assert fresh2 == third and len(fresh2) == 29 and not fresh2 & (test | fresh)     # every third-round case, alone
     fresh3 = load_fresh(key="fresh3")
     assert fresh3 == fourth and len(fresh3) == 37 and not fresh3 & (test | fresh | fresh2)   # every fourth-round case
+    fresh4 = load_fresh(key="fresh4")
+    fifth = {c.id for c in cases if c.file.startswith("efa-bench-uccl-")}               # the fifth round: fresh4
+    assert fresh4 == fifth and len(fresh4) == 10 and not fresh4 & (test | fresh | fresh2 | fresh3)
     new = [c for c in cases if c.file.startswith("uccl-") and c.id not in third]
     assert len(new) == 24 and 3 * len(test & {c.id for c in new}) >= len(new)   # ... of the new cases too
     by_id = {c.id: c for c in cases}
@@ -39,6 +42,8 @@ def test_shipped_cases_and_split():
     assert by_id["deepep-ll-ep256-combine"].published_latency_us == 360
     assert by_id["uccl-p5en-normal-ep24-combine"].published_GBps == 26
     assert by_id["uccl-p6b200-ll-ep32-dispatch"].published_latency_us == 406
+    assert by_id["nvshmem-efa-p5-ll-ep16-dispatch"].published_GBps == 9.9          # the sweep's 'default' row, rank 0
+    assert by_id["nvshmem-efa-p5en-ep16-combine"].published_GBps == 58.48
     for c in cases:                                           # every case has a source and a topology that loads
         if c.id in third:
             assert c.source.startswith(("https://github.com/uccl-project/uccl/blob/da914a2",
@@ -46,9 +51,20 @@ def test_shipped_cases_and_split():
             assert c.group in ("uccl-amd", "deepep-user") and c.topology.startswith(("published/mi3", "published/mi355x-",
                                                                                    "published/h200-ib-"))
         elif c.id in fourth:
-            assert c.source.startswith("https://github.com/awslabs/awsome-distributed-ai/blob/") and c.nic_family == "efa"
+            assert c.source.startswith("https://github.com/awslabs/awsome-distributed-ai/blob/")
+            # DeepEP over NVSHMEM's libfabric host proxy: its own family since pub14e; UCCL-EP stays efa
+            assert c.nic_family == ("efa_nvshmem" if c.group == "aws-deepep" else "efa")
             assert c.group in ("aws-deepep", "aws-uccl") and c.topology in (f"published/p6-b300-efa-{c.nodes}x8",
                                                                             f"published/p5-h100-efa-{c.nodes}x8")
+        elif c.id in fifth:
+            assert c.source == ("https://github.com/whn09/ep-benchmarks-efa/blob/3ebc18860776c39fdbcc7ad841c9a310ea123429/"
+                                "uccl-ep-efa/README.md") and c.nic_family == "efa" and c.group == "efa-bench-uccl"
+            assert c.ep == 16 and c.topology in ("published/p5-h100-efa-2x8", "published/p5en-h200-efa-2x8")
+        elif c.file.startswith("nvshmem-efa-"):                 # the efa_nvshmem family's fitting cases (pub14e)
+            assert c.source == ("https://github.com/whn09/ep-benchmarks-efa/blob/3ebc18860776c39fdbcc7ad841c9a310ea123429/"
+                                "deepep-v1-efa/README.md") and c.nic_family == "efa_nvshmem" and c.group == "nvshmem-efa"
+            assert c.ep == 16 and c.nodes == 2 and c.topology in ("published/p5-h100-efa-2x8", "published/p5en-h200-efa-2x8")
+            assert c.id not in test | fresh | fresh2 | fresh3 | fresh4          # fitting cases, never held out
         elif c.file.startswith(("deepep-v2-", "deepep-pcie-", "hybridep-")):
             assert c.source.startswith("https://github.com/deepseek-ai/DeepEP/blob/") and c.nic_family == "ib"
             assert c.kind == "normal" and c.counts == "rdma" and c.group is not None
@@ -63,6 +79,8 @@ def test_shipped_cases_and_split():
     # table pairs two rows' bandwidth and latency from different runs (data/published/uccl-ep-p5en-low-latency.yaml)
     for c in cases:
         if c.id in fourth:                                    # the aws tables give bandwidth only, no latency
+            assert c.published_latency_us is None
+        elif c.id == "efa-bench-uccl-p5-ll-ep16-combine":          # the source gives '~21 GB/s' only, no latency
             assert c.published_latency_us is None
         elif c.kind == "low_latency" and c.id not in ("uccl-p5en-ll-ep16-dispatch", "uccl-p5en-ll-ep32-combine",
                                                      "uccl-mi300x-cx7-ll-ep32-dispatch"):   # -10%, noted in its file
@@ -150,8 +168,11 @@ def test_split_names_only_known_cases(tmp_path):
     (tmp_path / "split.yaml").write_text("fresh2: [x]\nfresh3: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh3\[0\]='x' is also in fresh2"):
         load_fresh(tmp_path, key="fresh3")
-    with pytest.raises(ValueError, match=r"key='fresh4' must be one of"):
+    (tmp_path / "split.yaml").write_text("fresh3: [x]\nfresh4: [x]\n")
+    with pytest.raises(ValueError, match=r"split.yaml: fresh4\[0\]='x' is also in fresh3"):
         load_fresh(tmp_path, key="fresh4")
+    with pytest.raises(ValueError, match=r"key='fresh5' must be one of"):
+        load_fresh(tmp_path, key="fresh5")
 
 
 def test_routing_as_deepep_draws_it():
