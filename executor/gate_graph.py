@@ -26,7 +26,7 @@ import torch
 
 from lshsim.dispatch import DispatchPlan, Placement, RouterConfig
 from lshsim.dispatch.routers import SYNC_FREE_ROUTERS, get_router, route_on_rank
-from lshsim.executor.moe_ops import choice_order, gather_choices, inverse_permutation
+from lshsim.executor.moe_ops import choice_order, gather_choices, gather_choices_grad, inverse_permutation
 
 __all__ = ["GraphedRouting", "GraphedGate", "GraphedGather", "CapturedFunction"]
 
@@ -755,13 +755,7 @@ class _GatherNode(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         (inv,) = ctx.saved_tensors
-        num_tokens, d_model = ctx.shape
-        grad_x = grad.index_select(0, inv).view(num_tokens, ctx.k, d_model)
-        if ctx.k > 1:
-            grad_x = grad_x.sum(dim=1, dtype=torch.float32).to(grad.dtype)  # (T, d)
-        else:
-            grad_x = grad_x.reshape(num_tokens, d_model)
-        return grad_x, None, None, None
+        return gather_choices_grad(grad, inv, ctx.shape, ctx.k), None, None, None
 
 
 class GraphedGather:

@@ -23,7 +23,7 @@ import torch
 
 from lshsim.dispatch.routers import count_values
 
-__all__ = ["choice_order", "expert_block", "inverse_permutation", "gather_choices", "permute_rows", "combine_choices",
+__all__ = ["choice_order", "expert_block", "inverse_permutation", "gather_choices", "gather_choices_grad", "permute_rows", "combine_choices",
            "expert_ffn_grouped", "grouped_mm_available", "GROUPED_MM"]
 
 #: torch's grouped matrix multiply (public from torch 2.9, private before), or None
@@ -64,6 +64,16 @@ def choice_order(expert_index: torch.Tensor, slot: torch.Tensor, kept: torch.Ten
     return order, counts
 
 
+def gather_choices_grad(grad: torch.Tensor, inv: torch.Tensor, shape: torch.Size, k: int) -> torch.Tensor:
+    """The tokens' gradient of a choice gather: the rows' gradient back in (token, choice) order through
+    the inverse permutation `inv`, summed over a token's k choices in fp32 (the input's dtype back)."""
+    num_tokens, d_model = shape
+    grad_x = grad.index_select(0, inv).view(num_tokens, k, d_model)
+    if k > 1:
+        return grad_x.sum(dim=1, dtype=torch.float32).to(grad.dtype)  # (T, d)
+    return grad_x.reshape(num_tokens, d_model)
+
+
 class _GatherChoices(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, order, inv, k, token_of_row):
@@ -76,13 +86,7 @@ class _GatherChoices(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (inv,) = ctx.saved_tensors
-        num_tokens, d_model = ctx.shape
-        grad_x = grad.index_select(0, inv).view(num_tokens, ctx.k, d_model)
-        if ctx.k > 1:
-            grad_x = grad_x.sum(dim=1, dtype=torch.float32).to(grad.dtype)  # (T, d)
-        else:
-            grad_x = grad_x.reshape(num_tokens, d_model)
-        return grad_x, None, None, None, None
+        return gather_choices_grad(grad, inv, ctx.shape, ctx.k), None, None, None, None
 
 
 def gather_choices(x: torch.Tensor, order: torch.Tensor, inv: torch.Tensor, k: int,
