@@ -358,6 +358,16 @@ def test_interpreter_segment_mean(interpreter, monkeypatch, dtype, which):
     assert _launched("expand") == expand + 1  # the backward ran as one kernel
 
 
+def _segments_with_a_long_one(generator, buckets: int, long: int, keep: float):
+    """150 rows over 3 groups x `buckets` buckets, the first `long` rows one segment (it crosses row
+    blocks), a `keep` share of rows valid: (Segments, valid)."""
+    group = torch.randint(0, 3, (150,), generator=generator)
+    bucket = torch.randint(0, buckets, (150,), generator=generator)
+    group[:long], bucket[:long] = 1, 2
+    valid = torch.rand(150, generator=generator) < keep
+    return fast.segments(group, bucket, valid, buckets, 3), valid
+
+
 @pytest.mark.parametrize("rows", [16, 32])
 def test_interpreter_segment_means_on_the_runs_kernel(interpreter, monkeypatch, rows):
     """16-bit segment means on the runs kernel (keys = seg_of_row) with small row blocks, so runs
@@ -368,11 +378,7 @@ def test_interpreter_segment_means_on_the_runs_kernel(interpreter, monkeypatch, 
     monkeypatch.setattr(fast, "SEGMENT_MEANS_ON_RUNS", True)
     monkeypatch.setitem(fast.RUNS_LAUNCH, "rows", rows)
     generator = torch.Generator().manual_seed(11)
-    group = torch.randint(0, 3, (150,), generator=generator)
-    bucket = torch.randint(0, 4, (150,), generator=generator)
-    group[:60], bucket[:60] = 1, 2  # one segment over several row blocks
-    valid = torch.rand(150, generator=generator) < 0.8
-    seg = fast.segments(group, bucket, valid, 4, 3)
+    seg, valid = _segments_with_a_long_one(generator, buckets=4, long=60, keep=0.8)
     tokens = torch.randn(150, 40, generator=generator).to(torch.bfloat16)
     gathered = tokens[seg.order]
     num = int(seg.num_segments)
@@ -402,11 +408,7 @@ def test_interpreter_segment_means_on_the_scan_kernel(interpreter, monkeypatch, 
     monkeypatch.setitem(fast.SCAN_LAUNCH, "rows", rows)
     monkeypatch.setitem(fast.SCAN_LAUNCH, "chunk", chunk)
     generator = torch.Generator().manual_seed(12)
-    group = torch.randint(0, 3, (150,), generator=generator)
-    bucket = torch.randint(0, 4, (150,), generator=generator)
-    group[:60], bucket[:60] = 1, 2  # one segment over several row blocks
-    valid = torch.rand(150, generator=generator) < 0.8
-    seg = fast.segments(group, bucket, valid, 4, 3)
+    seg, valid = _segments_with_a_long_one(generator, buckets=4, long=60, keep=0.8)
     tokens = torch.randn(150, 40, generator=generator).to(dtype)
     tokens[~valid] = float("nan")  # dropped rows: never read
     gathered = tokens[seg.order]
@@ -428,11 +430,7 @@ def test_interpreter_segment_means_on_the_scan_kernel(interpreter, monkeypatch, 
 def _check_restore_with_segments(force_triton: bool, dtype: torch.dtype) -> None:
     """restore_rows on rows in segment order: with `segments` (segment-sum backward) == without."""
     generator = torch.Generator().manual_seed(9)
-    group = torch.randint(0, 3, (150,), generator=generator)
-    bucket = torch.randint(0, 6, (150,), generator=generator)
-    group[:50], bucket[:50] = 1, 2  # one long segment
-    valid = torch.rand(150, generator=generator) < 0.85
-    seg = fast.segments(group, bucket, valid, 6, 3)
+    seg, _ = _segments_with_a_long_one(generator, buckets=6, long=50, keep=0.85)
     num_valid, num_segments = int(seg.num_valid), int(seg.num_segments)
     rows = torch.randn(150, 40, generator=generator).to(dtype)[seg.order][:num_valid]
     centroids = fast.segment_mean(torch.randn(150, 40, generator=generator).to(dtype), seg)[:num_segments]
