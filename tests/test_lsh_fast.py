@@ -510,20 +510,26 @@ def _runs_reference(key: torch.Tensor, order: torch.Tensor, x: torch.Tensor, spa
     return sums, sums / counts.unsqueeze(1).double(), t2c, unique // span, counts
 
 
-@pytest.mark.parametrize("case", ["runs", "one_run", "distinct", "long_runs"])
-@pytest.mark.parametrize("rows_per_program,col_groups", [(16, 1), (32, 3)])
-def test_interpreter_runs_kernel(interpreter, case, rows_per_program, col_groups):
-    generator = torch.Generator().manual_seed(11)
-    n = 203  # not a multiple of the rows per program
+def _sorted_run_keys(case: str, generator) -> torch.Tensor:
+    """203 sorted keys (not a multiple of any rows per program) whose runs are: "runs" random, "one_run"
+    one run, "distinct" all of length 1, "long_runs" 1 to 70 rows (several cross one or more blocks)."""
+    n = 203
     if case == "runs":
         key = torch.randint(0, 60, (n,), generator=generator)
     elif case == "one_run":
         key = torch.full((n,), 7)
     elif case == "distinct":
         key = torch.randperm(4 * n, generator=generator)[:n]
-    else:  # runs of 1 to 70 rows: several cross one or more program blocks
+    else:
         key = torch.repeat_interleave(torch.arange(12), torch.tensor([1, 70, 2, 33, 16, 17, 1, 40, 5, 3, 14, 1]))
-    key = key.sort().values
+    return key.sort().values
+
+
+@pytest.mark.parametrize("case", ["runs", "one_run", "distinct", "long_runs"])
+@pytest.mark.parametrize("rows_per_program,col_groups", [(16, 1), (32, 3)])
+def test_interpreter_runs_kernel(interpreter, case, rows_per_program, col_groups):
+    generator = torch.Generator().manual_seed(11)
+    key = _sorted_run_keys(case, generator)
     n = key.shape[0]
     order = torch.randperm(n, generator=generator)
     x = torch.randn(n, 40, generator=generator).to(torch.bfloat16)  # d not a power of two
@@ -566,16 +572,7 @@ def test_interpreter_scan_runs_kernel(interpreter, case, rows, chunk, block_d, l
     counts, stats) and float64 means within bf16 rounding, with runs that cross one or more blocks
     and chunks, column groups that do not divide d, with and without the look-back."""
     generator = torch.Generator().manual_seed(12)
-    n = 203
-    if case == "runs":
-        key = torch.randint(0, 60, (n,), generator=generator)
-    elif case == "one_run":
-        key = torch.full((n,), 7)
-    elif case == "distinct":
-        key = torch.randperm(4 * n, generator=generator)[:n]
-    else:
-        key = torch.repeat_interleave(torch.arange(12), torch.tensor([1, 70, 2, 33, 16, 17, 1, 40, 5, 3, 14, 1]))
-    key = key.sort().values
+    key = _sorted_run_keys(case, generator)
     n = key.shape[0]
     order = torch.randperm(n, generator=generator)
     x = torch.randn(n, 40, generator=generator).to(torch.bfloat16)
