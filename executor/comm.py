@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from lshsim.cuda_graph import capture
 from lshsim.executor.timing import PhaseTimer
 
 __all__ = ["CommStats", "CommContext", "all_to_all", "mark", "align_ranks", "exchange_counts",
@@ -431,7 +432,7 @@ class CountExchange:
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         # thread_local: NCCL's watchdog thread queries events while this thread captures
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with capture(graph, capture_error_mode="thread_local"):
             out = self._exchange()
             host.copy_(out, non_blocking=True)
         return graph, out, host

@@ -24,6 +24,7 @@ import sys
 
 import torch
 
+from lshsim.cuda_graph import capture
 from lshsim.dispatch import DispatchPlan, Placement, RouterConfig
 from lshsim.dispatch.routers import SYNC_FREE_ROUTERS, get_router, route_on_rank
 from lshsim.executor.moe_ops import choice_order, gather_choices, gather_choices_grad, inverse_permutation
@@ -70,7 +71,7 @@ class CapturedFunction:
                 self.fn(**static, **params)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # NCCL watchdog threads query events
+        with capture(graph, capture_error_mode="thread_local"):  # NCCL watchdog threads query events
             flat, meta = self.fn(**static, **params)
         return graph, static, flat, meta
 
@@ -610,7 +611,7 @@ class GraphedGate:
             torch.cuda.current_stream().wait_stream(side)
             torch.cuda.synchronize()
             fwd = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(fwd, pool=pool, capture_error_mode="thread_local"):
+            with capture(fwd, pool=pool, capture_error_mode="thread_local"):
                 with torch.set_grad_enabled(wants_grad):
                     outputs = self._fn(*entry.static_in)
             entry.graphs = [fwd]
@@ -632,7 +633,7 @@ class GraphedGate:
             else:
                 bwd = torch.cuda.CUDAGraph()
                 diff = [outputs[i] for i in entry.diff]
-                with torch.cuda.graph(bwd, pool=pool, capture_error_mode="thread_local"):
+                with capture(bwd, pool=pool, capture_error_mode="thread_local"):
                     grads = torch.autograd.grad(diff, needs, list(entry.grad_out), allow_unused=True)
                 entry.graphs.append(bwd)
                 it = iter(grads)
@@ -801,7 +802,7 @@ class GraphedGather:
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with torch.no_grad(), capture(graph, capture_error_mode="thread_local"):
             rows = x.detach().index_select(0, token_of_row)
         torch.cuda.synchronize()
         # the caller's tensors are kept: their memory is never handed to another tensor while the graph exists

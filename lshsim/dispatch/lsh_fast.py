@@ -69,6 +69,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lshsim.cuda_graph import capture
 from lshsim.dispatch import lsh
 from lshsim.dispatch.lsh import Compressed, LSHConfig, LSHProjection
 
@@ -1889,7 +1890,7 @@ class CompressGraph:
                 raise ValueError("CompressGraph: the projection's entries are not exact in the tokens' dtype")
             torch.cuda.synchronize(tokens.device)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            with capture(self.graph):
                 self._launched = _compress_kernels(detached, group, config, projection, span,
                                                    runs_launch=no_lookback, scan_launch=no_lookback)
 
