@@ -423,7 +423,11 @@ class DistributedMoE:
                 # past them unwritten) as a function of x, and restore reads x the same way
                 with torch.no_grad():
                     means = self.routing.last_means if kernels else _lsh_fast().segment_mean_of(x, segs, token_of_row)
-                centroids = _lsh_fast().centroids_of_tokens(mark(x, timer, closes="lsh_compress"), means, segs, inv, k)
+                # restore's backward leaves its rows' gradient to the centroids' backward: x's gradient
+                # of both in one pass, each row's two terms summed as autograd summed the gathered rows'
+                pending = _lsh_fast().PendingRows()
+                centroids = _lsh_fast().centroids_of_tokens(mark(x, timer, closes="lsh_compress"), means, segs, inv, k,
+                                                            pending=pending)
                 send_x = None
                 self._end("lsh_compress")
             else:
@@ -495,7 +499,8 @@ class DistributedMoE:
             self._begin("lsh_restore")
             if send_x is None:  # the restore kernel reads x through the token of each row
                 choice_out = _lsh_fast().restore_tokens(back, centroids[:rows_sent], x, token_of_row[:num_kept],
-                                                        segs.seg_of_row[:num_kept], inv, k, segments=segs)  # (N, d)
+                                                        segs.seg_of_row[:num_kept], inv, k, segments=segs,
+                                                        pending=pending)  # (N, d)
             else:
                 choice_out = _lsh_fast().restore_rows(back, centroids[:rows_sent], send_x[:num_kept],
                                                       segs.seg_of_row[:num_kept], segments=segs)  # (N, d)

@@ -961,8 +961,9 @@ def _tokens_case(num_tokens, k, experts, span, drop, seed, d_model, dtype, force
 
 
 def _gathered_and_tokens(case, k, force_triton):
-    """(gathered, from tokens): each (restored rows, centroids, grads of (tokens, centroid_out)); the
-    gathered one is the layer's previous composition: gather_choices, centroids_of, restore_rows."""
+    """(gathered, from tokens, from tokens with PendingRows): each (restored rows, centroids, grads of
+    (tokens, centroid_out)); the gathered one is the layer's previous composition: gather_choices,
+    centroids_of, restore_rows."""
     from lshsim.executor.moe_ops import gather_choices
 
     seg, inv, token_of_row, tokens, centroid_out, upstream, upstream_c = case
@@ -972,19 +973,22 @@ def _gathered_and_tokens(case, k, force_triton):
     else:
         means = fast.segment_mean(tokens.index_select(0, token_of_row), seg, zero_fill=False)
     results = []
-    for gathered in (True, False):
+    for variant in ("gathered", "tokens", "pending"):
         x = tokens.detach().clone().requires_grad_(True)
         cout = centroid_out.detach().clone().requires_grad_(True)
-        if gathered:
+        if variant == "gathered":
             send = gather_choices(x, seg.order, inv, k, token_of_row)
             centroids = (fast.centroids_of(send, means, seg) if force_triton
                          else fast.segment_mean(send, seg, zero_fill=False))
             out = fast.restore_rows(cout, centroids[:num_segments], send[:num_kept], seg.seg_of_row[:num_kept],
                                     segments=seg, force_triton=force_triton)
         else:
-            centroids = fast.centroids_of_tokens(x, means, seg, inv, k, force_triton=force_triton)
+            pending = fast.PendingRows() if variant == "pending" else None
+            centroids = fast.centroids_of_tokens(x, means, seg, inv, k, pending=pending, force_triton=force_triton)
             out = fast.restore_tokens(cout, centroids[:num_segments], x, token_of_row[:num_kept],
-                                      seg.seg_of_row[:num_kept], inv, k, segments=seg, force_triton=force_triton)
+                                      seg.seg_of_row[:num_kept], inv, k, segments=seg, pending=pending,
+                                      force_triton=force_triton)
+            assert pending is None or pending.rows is None
         live = (torch.arange(centroids.shape[0]) < num_segments).unsqueeze(1)
         loss = (out.float() * upstream).sum() + (torch.where(live, centroids.float(), 0) * upstream_c).sum()
         grads = torch.autograd.grad(loss, (x, cout))
@@ -1002,9 +1006,14 @@ def _check_tokens_nodes(force_triton, dtype, num_tokens=90, k=2, experts=4, span
     bfloat16 truncate instead of rounding to nearest), and a token without a kept choice gets 0."""
     case = _tokens_case(num_tokens, k, experts, span, drop, seed, d_model, dtype, force_triton)
     seg, inv, token_of_row, tokens, centroid_out, upstream, upstream_c = case
-    (out_a, cent_a, grads_a), (out_b, cent_b, grads_b) = _gathered_and_tokens(case, k, force_triton)
-    assert torch.equal(out_a, out_b) and torch.equal(cent_a, cent_b)
-    assert torch.equal(grads_a[1], grads_b[1])
+    (out_a, cent_a, grads_a), (out_b, cent_b, grads_b), (out_p, cent_p, grads_p) = \
+        _gathered_and_tokens(case, k, force_triton)
+    assert torch.equal(out_a, out_b) and torch.equal(cent_a, cent_b) and torch.equal(out_a, out_p)
+    assert torch.equal(grads_a[1], grads_b[1]) and torch.equal(grads_a[1], grads_p[1])
+    # with PendingRows the tokens' gradient is the gathered path's, bit for bit (the interpreter's
+    # bfloat16 casts truncate where torch's add rounds: there within the tolerance below)
+    if not (force_triton and dtype == torch.bfloat16):
+        assert torch.equal(grads_p[0], grads_a[0])
     # the tokens' gradient, float64, from its terms: restored row r's gradient and the centroid
     # gradient of r's segment / its count rounded to dtype (as the expand kernel rounds it)
     num_kept, rows = upstream.shape[0], num_tokens * k
@@ -1023,7 +1032,7 @@ def _check_tokens_nodes(force_triton, dtype, num_tokens=90, k=2, experts=4, span
     magnitude = (term_c.abs() + term_r.abs()).index_select(0, inv).reshape(num_tokens, k, d_model).sum(1)
     tol = {torch.bfloat16: 3 * 2 ** -8, torch.float16: 3 * 2 ** -11, torch.float32: 1e-6}[dtype]
     tol *= 2 if force_triton else 1
-    for got in (grads_a[0], grads_b[0]):
+    for got in (grads_a[0], grads_b[0], grads_p[0]):
         assert bool(((got.double() - want).abs() <= tol * magnitude + 1e-12).all())
     dropped = (inv.reshape(num_tokens, k) >= num_kept).all(dim=1)  # tokens with no kept choice: gradient 0
     assert bool(dropped.any()) or drop < 0.5  # at drop 0.5 and k 3 about one token in 8 keeps no choice
@@ -1063,8 +1072,8 @@ def test_interpreter_restore_and_centroids_of_tokens(interpreter, monkeypatch, d
     _segment_kernel(monkeypatch, which)
     before = {name: _launched(name) for name in ("restore", "choice_sum")}
     grads_kernel = _check_tokens_nodes(True, dtype, k=k, drop=drop)
-    assert _launched("restore") == before["restore"] + 2  # gathered and by index
-    assert _launched("choice_sum") == before["choice_sum"] + 2  # the centroids' and restore's backward
+    assert _launched("restore") == before["restore"] + 3  # gathered, by index, by index with PendingRows
+    assert _launched("choice_sum") == before["choice_sum"] + 3  # the centroids' and restore's backward; the fused one
     case = _tokens_case(90, k, 4, 6, drop, 4, 40, dtype, True)
     seg, inv, token_of_row, tokens, centroid_out, upstream, upstream_c = case
     # the torch path on the same segmentation: the same bits
@@ -1080,3 +1089,20 @@ def test_interpreter_restore_and_centroids_of_tokens(interpreter, monkeypatch, d
     grads_torch = torch.autograd.grad(loss, (x, cout))
     if dtype == torch.float16:
         assert torch.equal(grads_torch[0], grads_kernel[0])
+
+
+def test_pending_rows_unused_when_the_centroids_have_no_gradient():
+    """restore_tokens with a PendingRows but centroids that carry no gradient (no centroids' backward to
+    pick the rows up) computes the tokens' gradient itself: the same as without PendingRows."""
+    case = _tokens_case(60, 2, 4, 6, 0.2, 2, 16, torch.bfloat16, False)
+    seg, inv, token_of_row, tokens, centroid_out, upstream, _ = case
+    num_segments, num_kept = centroid_out.shape[0], upstream.shape[0]
+    centroids = fast.segment_mean(tokens.index_select(0, token_of_row), seg)[:num_segments]
+    grads = []
+    for pending in (fast.PendingRows(), None):
+        x = tokens.detach().clone().requires_grad_(True)
+        out = fast.restore_tokens(centroid_out, centroids, x, token_of_row[:num_kept], seg.seg_of_row[:num_kept],
+                                  inv, 2, pending=pending)
+        grads.append(torch.autograd.grad((out.float() * upstream).sum(), x)[0])
+        assert pending is None or pending.rows is None
+    assert torch.equal(grads[0], grads[1]) and grads[0].abs().sum() > 0

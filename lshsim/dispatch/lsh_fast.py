@@ -74,7 +74,7 @@ from lshsim.dispatch.lsh import Compressed, LSHConfig, LSHProjection
 
 __all__ = ["triton_available", "kernel_eligible", "token_buckets", "Segments", "segments", "choice_segments",
            "choice_segments_eligible", "segment_mean_of", "centroids_of", "centroids_of_tokens",
-           "segment_mean", "restore_rows", "restore_tokens", "compress_fast", "CompressGraph"]
+           "segment_mean", "restore_rows", "restore_tokens", "PendingRows", "compress_fast", "CompressGraph"]
 
 _INT64_MAX = 2 ** 63 - 1
 _SENTINEL = _INT64_MAX  # key of invalid rows: sorts last, never a valid key (keys < 2^63 - 1)
@@ -351,13 +351,15 @@ def _kernels():
         tl.store(out_ptr + rows64[:, None] * stride_out + cols[None, :], g.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def choice_sum_kernel(src_ptr, inv_ptr, seg_ptr, count_ptr, out_ptr, num_tokens, d_model, k, num_src,
-                          stride_src, stride_out, BY_SEGMENT: tl.constexpr, BLOCK_T: tl.constexpr,
-                          BLOCK_D: tl.constexpr):
+    def choice_sum_kernel(src_ptr, inv_ptr, seg_ptr, count_ptr, out_ptr, rows_ptr, num_tokens, d_model, k, num_src,
+                          num_rows, stride_src, stride_out, stride_rows, BY_SEGMENT: tl.constexpr,
+                          ADD_ROWS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
         # out[t] = sum over j < k of v(r), r = inv[t k + j] (the sorted row of choice j of token t),
         # float32 sums, one rounding: the tokens' gradient of a node that read x through the token of
         # each row. BY_SEGMENT: v(r) = src[seg[r]] / count[seg[r]] rounded to src's dtype (the
-        # expand kernel's value), 0 where seg[r] < 0; else v(r) = src[r], 0 where r >= num_src.
+        # expand kernel's value), 0 where seg[r] < 0, and with ADD_ROWS + rows[r] for r < num_rows,
+        # the sum rounded to the dtype (autograd's sum of two row gradients); else v(r) = src[r], 0
+        # where r >= num_src.
         tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)  # (BT,)
         cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BD,)
         token_mask = tokens < num_tokens
@@ -374,6 +376,12 @@ def _kernels():
                             mask=valid[:, None] & col_mask[None, :], other=0.0).to(tl.float32)
                 count = tl.load(count_ptr + s, mask=valid, other=1).to(tl.float32)  # (BT,)
                 v = (v / count[:, None]).to(src_ptr.dtype.element_ty).to(tl.float32)
+                if ADD_ROWS:
+                    in_rows = token_mask & (r < num_rows)
+                    rr = tl.where(in_rows, r, 0)
+                    w = tl.load(rows_ptr + rr[:, None] * stride_rows + cols[None, :],
+                                mask=in_rows[:, None] & col_mask[None, :], other=0.0).to(tl.float32)
+                    v = (v + w).to(src_ptr.dtype.element_ty).to(tl.float32)
             else:
                 valid = token_mask & (r < num_src)
                 r = tl.where(valid, r, 0)
@@ -1527,7 +1535,8 @@ def restore_rows(centroid_out: torch.Tensor, centroids: torch.Tensor, rows: torc
 
 # ---- the layer's centroids and restore, reading the tokens through the token of each row ---------
 def _choice_sum_torch(src: torch.Tensor, inv: torch.Tensor, k: int, num_tokens: int,
-                      seg_of_row: torch.Tensor | None, count: torch.Tensor | None) -> torch.Tensor:
+                      seg_of_row: torch.Tensor | None, count: torch.Tensor | None,
+                      add_rows: torch.Tensor | None = None) -> torch.Tensor:
     """The torch path of `_choice_sum_launch` (the same values: each term rounded as the kernel rounds
     it, float32 / float64 sums over the k choices, one rounding)."""
     rows = inv.reshape(num_tokens, k)  # (T, k) sorted row of each choice
@@ -1539,6 +1548,12 @@ def _choice_sum_torch(src: torch.Tensor, inv: torch.Tensor, k: int, num_tokens: 
         scale = count.index_select(0, index.reshape(-1)).clamp(min=1).to(accumulate).reshape(num_tokens, k, 1)
         terms = (src.index_select(0, index.reshape(-1)).reshape(num_tokens, k, -1).to(accumulate) / scale
                  ).to(src.dtype)  # (T, k, d), the expand kernel's rounding
+        terms = torch.where(valid.unsqueeze(2), terms, 0)
+        if add_rows is not None:  # + the row's own gradient, the sum rounded (autograd's accumulation)
+            in_rows = rows < add_rows.shape[0]
+            extra = add_rows.index_select(0, torch.where(in_rows, rows, 0).reshape(-1)).reshape(num_tokens, k, -1)
+            terms = terms + torch.where(in_rows.unsqueeze(2), extra, 0)
+            valid = valid | in_rows
     else:
         valid = rows < src.shape[0]
         index = torch.where(valid, rows, 0)
@@ -1548,11 +1563,13 @@ def _choice_sum_torch(src: torch.Tensor, inv: torch.Tensor, k: int, num_tokens: 
 
 
 def _choice_sum_launch(src: torch.Tensor, inv: torch.Tensor, k: int, num_tokens: int,
-                       seg_of_row: torch.Tensor | None, count: torch.Tensor | None) -> torch.Tensor:
+                       seg_of_row: torch.Tensor | None, count: torch.Tensor | None,
+                       add_rows: torch.Tensor | None = None) -> torch.Tensor:
     """(T, d): out[t] = sum over j < k of v(inv[t k + j]), one pass (the choice-sum kernel): with
     seg_of_row and count, v(r) = src[seg_of_row[r]] / count[...] (0 for a dropped row: the centroids'
     backward); without, v(r) = src[r] for r < src.shape[0], else 0 (restore's backward, src its N
-    kept rows). No scatter, no atomics, no (T k, d) intermediate."""
+    kept rows). add_rows (N, d) (with seg_of_row): + add_rows[r] for r < N, the two terms' sum rounded
+    to the dtype before the token's sum. No scatter, no atomics, no (T k, d) intermediate."""
     d_model = src.shape[1]
     out = torch.empty(num_tokens, d_model, dtype=src.dtype, device=src.device)
     if num_tokens == 0 or d_model == 0:
@@ -1562,11 +1579,27 @@ def _choice_sum_launch(src: torch.Tensor, inv: torch.Tensor, k: int, num_tokens:
     block_t = max(1, 2048 // block_d)
     extra = {} if _interpreting() else {"num_warps": 4}
     by_segment = seg_of_row is not None
+    add = add_rows is not None and by_segment
+    if add and add_rows.stride(1) != 1:
+        add_rows = add_rows.contiguous()
     _launch("choice_sum", (_cdiv(num_tokens, block_t), _cdiv(d_model, block_d)), src, inv,
-            seg_of_row if by_segment else inv, count if by_segment else inv, out, num_tokens, d_model, k,
-            src.shape[0], src.stride(0), out.stride(0), BY_SEGMENT=by_segment, BLOCK_T=block_t, BLOCK_D=block_d,
-            **extra)
+            seg_of_row if by_segment else inv, count if by_segment else inv, out, add_rows if add else src,
+            num_tokens, d_model, k, src.shape[0], add_rows.shape[0] if add else 0, src.stride(0), out.stride(0),
+            add_rows.stride(0) if add else 0, BY_SEGMENT=by_segment, ADD_ROWS=add, BLOCK_T=block_t,
+            BLOCK_D=block_d, **extra)
     return out
+
+
+class PendingRows:
+    """The restored rows' gradient handed from `restore_tokens`' backward to `centroids_of_tokens`'
+    (the same forward's): the tokens' gradient of both is then one pass, each row's two terms summed
+    and rounded as autograd summed the gathered rows' gradients (bit-equal to the gathered path).
+    Autograd runs restore's backward first (it gives the centroids their gradient)."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self) -> None:
+        self.rows = None
 
 
 class _CentroidsOfTokens(torch.autograd.Function):
@@ -1575,39 +1608,46 @@ class _CentroidsOfTokens(torch.autograd.Function):
     gather's (`gather_choices`), in one pass (the choice-sum kernel)."""
 
     @staticmethod
-    def forward(ctx, tokens, means, seg_of_row, counts, inv, k, use_triton):
+    def forward(ctx, tokens, means, seg_of_row, counts, inv, k, use_triton, pending):
         ctx.save_for_backward(seg_of_row, counts, inv)
-        ctx.k, ctx.num_tokens, ctx.use_triton = k, tokens.shape[0], use_triton
+        ctx.k, ctx.num_tokens, ctx.use_triton, ctx.pending = k, tokens.shape[0], use_triton, pending
         return means.view_as(means)
 
     @staticmethod
     def backward(ctx, grad):
         seg_of_row, counts, inv = ctx.saved_tensors
+        rows = None
+        if ctx.pending is not None:  # restore's rows' gradient, left by its backward
+            rows, ctx.pending.rows = ctx.pending.rows, None
         run = _choice_sum_launch if ctx.use_triton else _choice_sum_torch
-        return run(grad, inv, ctx.k, ctx.num_tokens, seg_of_row, counts), None, None, None, None, None, None
+        return (run(grad, inv, ctx.k, ctx.num_tokens, seg_of_row, counts, rows),
+                None, None, None, None, None, None, None)
 
 
 def centroids_of_tokens(tokens: torch.Tensor, means: torch.Tensor, seg: Segments, inv: torch.Tensor, k: int, *,
-                        force_triton: bool = False) -> torch.Tensor:
+                        pending: PendingRows | None = None, force_triton: bool = False) -> torch.Tensor:
     """means (M, d), the segment means of the sorted rows tokens[token_of_row] (e.g. `segment_mean_of`),
     as a function of the tokens (T, d), without the rows: the layer's T k sorted rows are the T tokens'
     k choices, inv (T k,) the sorted row of choice t k + j. Backward: grad_tokens[t] = sum over j of
     grad[s] / seg_count[s], s = seg_of_row[inv[t k + j]] (dropped rows, s < 0, add nothing), each term
     rounded to the gradient's dtype and summed in float32: the values of `centroids_of` on the
-    gathered rows followed by `gather_choices`' backward, without the (T k, d) rows in either pass."""
+    gathered rows followed by `gather_choices`' backward, without the (T k, d) rows in either pass.
+    pending: shared with the `restore_tokens` of the same forward, whose rows' gradient is then added
+    here (see `PendingRows`)."""
     if inv.shape != seg.seg_of_row.shape or inv.shape[0] != tokens.shape[0] * k:
         raise ValueError(f"inv must be ({tokens.shape[0] * k},) like seg_of_row for {tokens.shape[0]} tokens, k = {k}")
     if not (tokens.requires_grad and torch.is_grad_enabled()):
         return means
     eligible = means.dtype in (torch.bfloat16, torch.float16, torch.float32) and means.shape[1] > 0
     use = _use_triton(means.device, eligible and (means.is_cuda or force_triton), force_triton)
-    return _CentroidsOfTokens.apply(tokens, means, seg.seg_of_row, seg.seg_count, inv, k, use)
+    return _CentroidsOfTokens.apply(tokens, means, seg.seg_of_row, seg.seg_count, inv, k, use, pending)
 
 
 class _RestoreTokens(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, centroid_out, centroids, tokens, token_of_row, seg_of_row, inv, k, use_triton, seg):
+    def forward(ctx, centroid_out, centroids, tokens, token_of_row, seg_of_row, inv, k, use_triton, seg, pending):
         ctx.save_for_backward(seg_of_row, inv)
+        ctx.pending = pending
         ctx.seg = seg if use_triton else None
         ctx.k, ctx.num_tokens, ctx.use_triton = k, tokens.shape[0], use_triton
         ctx.shapes = (centroid_out.shape, centroids.shape)
@@ -1629,15 +1669,18 @@ class _RestoreTokens(torch.autograd.Function):
         grad_cout = sums.to(ctx.dtypes[0]) if need_cout else None
         grad_cent = neg.to(ctx.dtypes[1]) if need_cent else None
         grad_tokens = None
-        if need_tokens:  # the N kept rows' gradient summed per token through inv (rows >= N: dropped choices)
+        if need_tokens and ctx.pending is not None:  # summed with the centroids' term in their backward
+            ctx.pending.rows = grad_rows
+        elif need_tokens:  # the N kept rows' gradient summed per token through inv (rows >= N: dropped choices)
             run = _choice_sum_launch if ctx.use_triton else _choice_sum_torch
             grad_tokens = run(grad_rows, inv, ctx.k, ctx.num_tokens, None, None)
-        return grad_cout, grad_cent, grad_tokens, None, None, None, None, None, None
+        return grad_cout, grad_cent, grad_tokens, None, None, None, None, None, None, None
 
 
 def restore_tokens(centroid_out: torch.Tensor, centroids: torch.Tensor, tokens: torch.Tensor,
                    token_of_row: torch.Tensor, seg_of_row: torch.Tensor, inv: torch.Tensor, k: int, *,
-                   segments: Segments | None = None, force_triton: bool = False) -> torch.Tensor:
+                   segments: Segments | None = None, pending: PendingRows | None = None,
+                   force_triton: bool = False) -> torch.Tensor:
     """`restore_rows(centroid_out, centroids, tokens[token_of_row], seg_of_row, segments=)` without the
     gathered rows: out[i] = centroid_out[s] - centroids[s] + tokens[token_of_row[i]], s = seg_of_row[i]
     (0 where s < 0), the restore kernel reading the tokens through token_of_row (bit-equal to
@@ -1645,7 +1688,10 @@ def restore_tokens(centroid_out: torch.Tensor, centroids: torch.Tensor, tokens: 
     N of the T k sorted rows (the kept choices); inv (T k,): the sorted row of choice t k + j.
     Backward: centroid_out and centroids as `restore_rows`'; the tokens' gradient sums, per token, the
     gradient of its kept rows (inv[t k + j] < N) in float32, one rounding (the choice-sum kernel):
-    `gather_choices`' backward without the (T k, d) rows padded from the N."""
+    `gather_choices`' backward without the (T k, d) rows padded from the N. pending (the
+    `PendingRows` of the `centroids_of_tokens` that made `centroids`, which must require a gradient):
+    the rows' gradient is left there and added in the centroids' backward instead (one pass, the
+    gathered path's bits)."""
     if centroid_out.ndim != 2 or centroids.shape != centroid_out.shape:
         raise ValueError(f"centroid_out {tuple(centroid_out.shape)} and centroids {tuple(centroids.shape)} "
                          f"must both be (B, d)")
@@ -1660,7 +1706,10 @@ def restore_tokens(centroid_out: torch.Tensor, centroids: torch.Tensor, tokens: 
     same = centroid_out.dtype == centroids.dtype == tokens.dtype
     eligible = same and tokens.dtype in (torch.bfloat16, torch.float16) and tokens.shape[1] > 0
     use = _use_triton(tokens.device, eligible and (tokens.is_cuda or force_triton), force_triton)
-    return _RestoreTokens.apply(centroid_out, centroids, tokens, token_of_row, seg_of_row, inv, k, use, segments)
+    if pending is not None and not (centroids.requires_grad and torch.is_grad_enabled()):
+        pending = None  # no centroids' backward would pick the rows up
+    return _RestoreTokens.apply(centroid_out, centroids, tokens, token_of_row, seg_of_row, inv, k, use, segments,
+                                pending)
 
 
 # ---- compress ----------------------------------------------------------------------------------
