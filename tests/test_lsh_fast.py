@@ -1106,3 +1106,32 @@ def test_pending_rows_unused_when_the_centroids_have_no_gradient():
         grads.append(torch.autograd.grad((out.float() * upstream).sum(), x)[0])
         assert pending is None or pending.rows is None
     assert torch.equal(grads[0], grads[1]) and grads[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("case_name", ["topk-lsh", "locmoe-lsh-groupwise"])
+def test_interpreter_the_layer_without_send_rows_passes_executor_check(interpreter, monkeypatch, case_name):
+    """`executor check`'s LSH cases (one rank, float32, the dense single-process reference with LSH)
+    on the layer without the send rows (`DistributedMoE._gather_free` forced on a CPU: the means on
+    the mean kernel from the tokens through the token of each row, the interpreter; centroids' and
+    restore's nodes on their torch path with `PendingRows`): outputs and gradients within check's
+    tolerance (1e-4 relative), bytes as planned. On a GPU `executor check` runs float32, where the layer
+    keeps the gathered rows, so this is where check's semantics cover the new path."""
+    from lshsim.executor import check
+    from lshsim.executor.moe_layer import DistributedMoE
+    from lshsim.executor.runtime import Runtime
+
+    taken = []
+    monkeypatch.setattr(DistributedMoE, "_gather_free", lambda self, x: taken.append(1) or True)
+    made = []
+    pending_cls = fast.PendingRows
+    monkeypatch.setattr(fast, "PendingRows", lambda: made.append(1) or pending_cls())
+    before = _launched("mean")
+    runtime = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
+    case = [c for c in check.default_cases(1) if c.name == case_name]
+    result = check._check_case(case[0], runtime)
+    assert taken and made and _launched("mean") > before  # the new path ran, its means on the kernel
+    errors = result["errors"]
+    for key, value in errors.items():
+        limit = 0.0 if key in ("bytes_mismatch", "lsh_exact_vs_plain") else 1e-4
+        assert value <= limit, (key, value)
+    assert {"output", "grad_input", "grad_w1", "grad_w2"} <= set(errors)
