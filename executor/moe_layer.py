@@ -9,7 +9,9 @@ the code):
    buffer, ordered by destination expert in rank-major order (the experts of rank 0, then of rank
    1, ...) and by slot within an expert, so rows bound for one rank are contiguous.
 2. lsh_compress (LSH-MoE only): per destination expert, `lshsim.dispatch.lsh.compress` replaces
-   the rows by bucket centroids; the residuals x - c stay on the rank.
+   the rows by bucket centroids; the residuals x - c stay on the rank. On a GPU (16-bit, Triton) the
+   kept rows are never gathered: the centroids come from x through the token of each row, and
+   restore (7.) reads x the same way (`lsh_fast.centroids_of_tokens`, `lsh_fast.restore_tokens`).
 3. other: the split sizes are exchanged (an all-to-all of E int64 counts per rank).
 4. dispatch_a2a: `all_to_all_single` with the plan's variable splits (direct), or LocMoE's
    group-wise exchange: the intra-node part first, then the inter-node remainder.

@@ -17,6 +17,11 @@ handful of kernel launches:
   restore_rows    out[i] = E(c)[s_i] - c[s_i] + x[i], one pass, float32, one rounding; with
                   compressed= (a SortedCompressed) its backward is one pass of the scan-runs kernel
                   (sums and -sums; RESTORE_BACKWARD_ON_SCAN, else the runs kernel)
+  restore_tokens / centroids_of_tokens
+                  the MoE layer's restore and centroids reading the tokens through the token of each
+                  sorted row (no (T k, d) send rows): the restore kernel with HAS_INDEX, and the
+                  tokens' gradient in one pass of the choice-sum kernel (restore's term handed over
+                  by `PendingRows`), bit-equal to the same on gathered rows
   compress_fast   the same `lsh.Compressed` as `lsh.compress`; on the kernel path the hash kernel
                   writes packed unique keys (group * span + bucket) << idx_bits | token; up to
                   8,192 tokens the rank kernel places each at the number of packed keys below it
