@@ -9,7 +9,9 @@ the code):
    buffer, ordered by destination expert in rank-major order (the experts of rank 0, then of rank
    1, ...) and by slot within an expert, so rows bound for one rank are contiguous.
 2. lsh_compress (LSH-MoE only): per destination expert, `lshsim.dispatch.lsh.compress` replaces
-   the rows by bucket centroids; the residuals x - c stay on the rank.
+   the rows by bucket centroids; the residuals x - c stay on the rank. On a GPU (16-bit, Triton) the
+   kept rows are never gathered: the centroids come from x through the token of each row, and
+   restore (7.) reads x the same way (`lsh_fast.centroids_of_tokens`, `lsh_fast.restore_tokens`).
 3. other: the split sizes are exchanged (an all-to-all of E int64 counts per rank).
 4. dispatch_a2a: `all_to_all_single` with the plan's variable splits (direct), or LocMoE's
    group-wise exchange: the intra-node part first, then the inter-node remainder.
@@ -224,8 +226,8 @@ class MoEContext:
 @dataclass(frozen=True)
 class MoEOutput:
     """y (T, d); the plan; rows sent per destination rank (send_splits, W); rows sent (tokens, or
-    centroids under LSH); lsh_rows: (send rows, centroids, Segments) of an LSH forward, for
-    `lsh_sums`."""
+    centroids under LSH); lsh_rows: (tokens (T, d), token of each sorted row (T*k,), centroids,
+    Segments) of an LSH forward, for `send_rows` and `lsh_sums`."""
 
     y: torch.Tensor
     plan: DispatchPlan
@@ -238,14 +240,22 @@ class MoEOutput:
         """Kept (token, choice) pairs: the rows the uncompressed layer would send (a synchronisation)."""
         return self.plan.num_kept
 
+    def send_rows(self) -> torch.Tensor | None:
+        """(T*k, d) the LSH forward's rows in bucket order, x[token of each row] (the first num_kept are
+        the kept choices; the layer itself may not have gathered them); None without LSH."""
+        if self.lsh_rows is None:
+            return None
+        tokens, token_of_row = self.lsh_rows[:2]
+        return tokens.index_select(0, token_of_row)
+
     def lsh_sums(self) -> tuple[float, float]:
         """(sum ||x - c||^2, sum ||x||^2) over the kept choices of an LSH forward; (0, 0) without LSH."""
         if self.lsh_rows is None:
             return 0.0, 0.0
-        send_x, centroids, segs = self.lsh_rows
+        _, _, centroids, segs = self.lsh_rows
         with torch.no_grad():
             num_kept = int(segs.num_valid.reshape(-1)[0])
-            rows = send_x[:num_kept].double()
+            rows = self.send_rows()[:num_kept].double()
             nearest = centroids.index_select(0, segs.seg_of_row[:num_kept]).double()
             return float((rows - nearest).square().sum()), float(rows.square().sum())
 
@@ -297,7 +307,11 @@ class DistributedMoE:
         self.lsh_gate = GraphedGate(
             self.routing, lambda x, weight: _gate_inputs(workload, GateParams(weight, self.gate.bias), x, with_bias=False),
             self.gate.weight, enabled=fast and ctx.device.type == "cuda", copy_outputs=False, gather=False)
-        #: LSH-MoE's gather of the send rows in bucket order (fast path on a GPU): one graph replay
+        #: LSH-MoE without the send rows (fast path on a GPU, 16-bit tokens, Triton: `_gather_free`):
+        #: the centroids' backward and restore read the tokens through the token of each row
+        self.gather_free = fast and ctx.device.type == "cuda"
+        #: LSH-MoE's gather of the send rows in bucket order where they are gathered (not `gather_free`;
+        #: the fast path on a GPU): one graph replay
         self.lsh_gather = GraphedGather(enabled=fast and ctx.device.type == "cuda")
         #: expert arithmetic: "auto" (grouped_mm where it runs, else padded bmm), "grouped_mm" or
         #: "padded_bmm"; `expert_method` is the one the last forward used
@@ -404,21 +418,36 @@ class DistributedMoE:
                 else:
                     bucket, span = self._token_buckets(x, lsh, num_tokens, k)
                     segs, order, inv, counts, token_of_row = self.routing.lsh_segments(plan, bucket, span)
-            self._end("lsh_compress")
-            # the send rows, gathered in bucket order: the gate's packing, as without LSH
-            self._begin("gate")
-            send_x = self.lsh_gather(x, order, inv, k, token_of_row)  # (T*k, d); one replay on a GPU
-            self._end("gate")
-            send_x = mark(send_x, timer, closes="lsh_compress")
-            self._begin("lsh_compress")
-            # (T*k, d), the first B rows are centroids; on the kernel path the graph above computed them
-            # (from x through the token of each row, bit-equal to the mean of send_x; rows past them
-            # unwritten) and this is their autograd node only
-            if kernels:
-                centroids = _lsh_fast().centroids_of(send_x, self.routing.last_means, segs)
+            gather_free = self._gather_free(x)
+            if gather_free:
+                # no send rows: the centroids (from x through the token of each row, bit-equal to the
+                # means of the gathered rows; on the kernel path the graph above computed them, rows
+                # past them unwritten) as a function of x, and restore reads x the same way
+                with torch.no_grad():
+                    means = self.routing.last_means if kernels else _lsh_fast().segment_mean_of(x, segs, token_of_row)
+                # restore's backward leaves its rows' gradient to the centroids' backward: x's gradient
+                # of both in one pass, each row's two terms summed as autograd summed the gathered rows'
+                pending = _lsh_fast().PendingRows()
+                centroids = _lsh_fast().centroids_of_tokens(mark(x, timer, closes="lsh_compress"), means, segs, inv, k,
+                                                            pending=pending)
+                send_x = None
+                self._end("lsh_compress")
             else:
-                centroids = _lsh_fast().segment_mean(send_x, segs)
-            self._end("lsh_compress")
+                self._end("lsh_compress")
+                # the send rows, gathered in bucket order: the gate's packing, as without LSH
+                self._begin("gate")
+                send_x = self.lsh_gather(x, order, inv, k, token_of_row)  # (T*k, d); one replay on a GPU
+                self._end("gate")
+                send_x = mark(send_x, timer, closes="lsh_compress")
+                self._begin("lsh_compress")
+                # (T*k, d), the first B rows are centroids; on the kernel path the graph above computed them
+                # (from x through the token of each row, bit-equal to the mean of send_x; rows past them
+                # unwritten) and this is their autograd node only
+                if kernels:
+                    centroids = _lsh_fast().centroids_of(send_x, self.routing.last_means, segs)
+                else:
+                    centroids = _lsh_fast().segment_mean(send_x, segs)
+                self._end("lsh_compress")
         # 3. split sizes: rows per (destination rank, expert), exchanged so receivers know theirs;
         # the one device-to-host copy of the forward. With sync_phases the ranks are aligned first
         # (untimed), as before every all-to-all: "other" is then the exchange, not a wait for a
@@ -470,8 +499,13 @@ class DistributedMoE:
         # 7. LSH restore: E(x) ~= E(c) + (x - c), per kept choice in send order
         if lsh is not None:
             self._begin("lsh_restore")
-            choice_out = _lsh_fast().restore_rows(back, centroids[:rows_sent], send_x[:num_kept],
-                                                  segs.seg_of_row[:num_kept], segments=segs)  # (N, d)
+            if send_x is None:  # the restore kernel reads x through the token of each row
+                choice_out = _lsh_fast().restore_tokens(back, centroids[:rows_sent], x, token_of_row[:num_kept],
+                                                        segs.seg_of_row[:num_kept], inv, k, segments=segs,
+                                                        pending=pending)  # (N, d)
+            else:
+                choice_out = _lsh_fast().restore_rows(back, centroids[:rows_sent], send_x[:num_kept],
+                                                      segs.seg_of_row[:num_kept], segments=segs)  # (N, d)
             self._end("lsh_restore")
             choice_out = mark(choice_out, timer, opens="lsh_restore")
         else:
@@ -480,7 +514,7 @@ class DistributedMoE:
         weight = plan.gate_weight * plan.kept  # (T, k) float32, 0 where not kept
         y = combine_choices(choice_out, order, inv, weight)  # (T, d)
         return MoEOutput(y=y, plan=plan, send_splits=send_splits, rows_sent=rows_sent,
-                         lsh_rows=(send_x, centroids, segs) if lsh is not None else None)
+                         lsh_rows=(x.detach(), token_of_row, centroids, segs) if lsh is not None else None)
 
     def _forward_dedup(self, x: torch.Tensor, plan, order: torch.Tensor, counts: torch.Tensor) -> MoEOutput:
         """The rest of a forward with `alltoall: node_dedup` (`lshsim.executor.dedup`): one all-gather
@@ -537,6 +571,15 @@ class DistributedMoE:
                                 ctx.sync, bwd_opens=opens, bwd_closes=closes)
         send_splits = plan_d.rows_to_rank[ctx.rank]
         return MoEOutput(y=y.to(x.dtype), plan=plan, send_splits=send_splits, rows_sent=num_kept)
+
+    def _gather_free(self, x: torch.Tensor) -> bool:
+        """Whether this LSH forward runs without the (T*k, d) send rows: the centroids' autograd node
+        (`lsh_fast.centroids_of_tokens`) and restore (`lsh_fast.restore_tokens`) read x through the
+        token of each row. `gather_free` (the fast path on a GPU), 16-bit x, the Triton kernels.
+        Otherwise the rows are gathered (`lsh_gather`) and the torch path (CPU, float32, legacy) runs:
+        the reference the kernels are tested against."""
+        return (self.gather_free and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
+                and _lsh_fast().triton_available(x.device))
 
     def _lsh_in_graph(self, x: torch.Tensor, lsh: LSHConfig) -> bool:
         """Whether this forward hashes the tokens inside the bucketing graph (`lsh_segments(tokens=)`):

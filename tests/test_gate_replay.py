@@ -160,7 +160,61 @@ def test_layer_with_the_replayed_gate_equals_the_eager_gate_on_a_gpu(router, lsh
         layer_step_matches((fast, eager), x0, ids, clone=False)
     graph = fast.lsh_gate if lsh else fast.gate_graph
     assert graph.replays == 4 and graph.captures == 2
-    assert fast.lsh_gather.replays == (4 if lsh else 0) and eager.lsh_gather.replays == 0
+    # LSH: no send rows gathered in either (the centroids' backward and restore read x by the row map)
+    assert fast.lsh_gather.replays == 0 and eager.lsh_gather.replays == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(512, 256, 8, 2, 2, 8), (3000, 512, 16, 4, 3, 8), (700, 256, 8, 3, 6, 16)],
+                         ids=["t512-k2", "t3000-k4", "t700-k3-L6"])
+@pytest.mark.parametrize("kernels", [True, False], ids=["hash-in-graph", "eager-hash"])
+def test_lsh_layer_without_the_send_rows_equals_the_gathered_rows_on_a_gpu(shape, kernels):
+    """The LSH layer without the (T k, d) send rows (`gather_free`: the centroids' autograd node and
+    restore read x through the token of each row) == the layer that gathers them (the replayed
+    gather, `centroids_of` / `segment_mean` and `restore_rows` on the rows): outputs, centroids, the
+    send order, every parameter gradient and the tokens' gradient bit-equal (the same values rounded
+    once each; restore's rows' gradient is summed into the centroids' backward, `PendingRows`, as
+    autograd summed the gathered rows'). Over calls that reuse the tokens' storage and that bring new
+    storage."""
+    from lshsim.dispatch import lsh_fast
+
+    if not lsh_fast.triton_available("cuda"):
+        pytest.skip("triton not available")
+    tokens, d_model, experts, k, num_hashes, proj_dim = shape
+    device = torch.device("cuda")
+    workload = WorkloadConfig(name="g", tokens_per_rank=tokens, d_model=d_model, d_ffn=2 * d_model,
+                              num_experts=experts, router=RouterConfig("topk", k=k, capacity_factor=1.0),
+                              input_clusters=32, input_noise=0.1,
+                              lsh={"family": "cross_polytope", "num_hashes": num_hashes, "proj_dim": proj_dim,
+                                   "seed": 0})
+    ctx = MoEContext(rank=0, world_size=1, device=device)
+    new, old = DistributedMoE(workload, ctx, torch.bfloat16), DistributedMoE(workload, ctx, torch.bfloat16)
+    old.gather_free = False
+    for model in (new, old):
+        model.routing.segments_hashed.enabled = kernels
+    inputs = [rank_inputs(dataclasses.replace(workload, seed=seed), 0, device, torch.bfloat16) for seed in range(2)]
+    for x0, ids in [inputs[0], inputs[0], inputs[1]]:
+        results = []
+        for model in (new, old):
+            for param in model.parameters():
+                param.grad = None
+            x = x0.detach().requires_grad_(True)
+            out = model.forward(x, ids)
+            (out.y.float() * 0.01).sum().backward()
+            _, token_of_row, centroids, segs = out.lsh_rows
+            num = int(segs.num_segments[0])
+            results.append(([out.y, centroids[:num].detach(), token_of_row, segs.seg_of_row, out.send_rows()]
+                            + [p.grad for p in model.parameters()], x.grad))
+        (exact_new, grad_new), (exact_old, grad_old) = results
+        for a, b in zip(exact_new, exact_old):
+            assert torch.equal(a, b)
+        diff = (grad_new.double() - grad_old.double()).abs()
+        assert torch.equal(grad_new, grad_old), (
+            f"tokens' gradient: {int((diff > 0).sum())} of {diff.numel()} differ, max {float(diff.max()):.3g} "
+            f"(largest magnitude {float(grad_old.double().abs().max()):.3g})")
+        assert not torch.equal(grad_new, torch.zeros_like(grad_new))
+    assert new._lsh_in_graph(inputs[0][0], new.lsh) == kernels
+    assert new.lsh_gather.replays == 0 and old.lsh_gather.replays == 3
 
 
 @pytest.mark.gpu
@@ -205,9 +259,9 @@ def test_lsh_phases_on_kernels_equal_the_torch_bucketing_on_a_gpu(monkeypatch, s
                 x = x0.detach().requires_grad_(True)
                 out = model.forward(x, ids)
                 (out.y.float() * 0.01).sum().backward()
-                send_x, centroids, segs = out.lsh_rows
+                _, token_of_row, centroids, segs = out.lsh_rows
                 num = int(segs.num_segments[0])
-                results.append([out.y, x.grad, send_x, centroids[:num], segs.order, segs.seg_of_row,
+                results.append([out.y, x.grad, token_of_row, out.send_rows(), centroids[:num], segs.order, segs.seg_of_row,
                                 segs.seg_start, segs.seg_count, segs.seg_group, segs.num_valid,
                                 torch.tensor(out.send_splits)] + [p.grad for p in model.parameters()])
         for a, b in zip(*results):

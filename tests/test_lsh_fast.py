@@ -935,3 +935,203 @@ def test_interpreter_segment_mean_of_tokens(interpreter, monkeypatch, dtype, whi
     (g_want,) = torch.autograd.grad(want, send, grad)
     (g_got,) = torch.autograd.grad(got, send, grad)
     assert torch.equal(g_got, g_want)
+
+
+# ---- the layer's centroids and restore reading the tokens through the token of each row ----------
+def _tokens_case(num_tokens, k, experts, span, drop, seed, d_model, dtype, force_triton):
+    """A choice segmentation (the layer's: T k sorted rows, the kept first) and tokens, centroid
+    outputs and gradients on it."""
+    expert_index, kept, bucket, position = _choice_case(num_tokens, k, experts, span, drop, seed=seed)
+    rows = num_tokens * k
+    if force_triton:
+        flat = fast.choice_segments(expert_index, kept, bucket, position, span, experts, force_triton=True)
+    else:
+        flat = _choice_reference(expert_index, kept, bucket, position, span, experts)
+    order, inv, token_of_row = flat[:rows], flat[rows:2 * rows], flat[2 * rows:3 * rows]
+    seg = fast.Segments(order=order, seg_of_row=flat[3 * rows:4 * rows], seg_start=flat[4 * rows:5 * rows],
+                        seg_count=flat[5 * rows:6 * rows], seg_group=flat[6 * rows:7 * rows],
+                        num_segments=flat[-2:-1], num_valid=flat[-1:])
+    generator = torch.Generator().manual_seed(seed + 100)
+    tokens = torch.randn(num_tokens, d_model, generator=generator).to(dtype)
+    num_segments, num_kept = int(seg.num_segments[0]), int(seg.num_valid[0])
+    centroid_out = torch.randn(num_segments, d_model, generator=generator).to(dtype)
+    upstream = torch.randn(num_kept, d_model, generator=generator)  # the restored rows' gradient
+    upstream_c = torch.randn(rows, d_model, generator=generator)  # a direct gradient of the centroids
+    return seg, inv, token_of_row, tokens, centroid_out, upstream, upstream_c
+
+
+def _gathered_and_tokens(case, k, force_triton):
+    """(gathered, from tokens, from tokens with PendingRows): each (restored rows, centroids, grads of
+    (tokens, centroid_out)); the gathered one is the layer's previous composition: gather_choices,
+    centroids_of, restore_rows."""
+    from lshsim.executor.moe_ops import gather_choices
+
+    seg, inv, token_of_row, tokens, centroid_out, upstream, upstream_c = case
+    num_segments, num_kept = centroid_out.shape[0], upstream.shape[0]
+    if force_triton:
+        means = fast.segment_mean_of(tokens, seg, token_of_row)
+    else:
+        means = fast.segment_mean(tokens.index_select(0, token_of_row), seg, zero_fill=False)
+    results = []
+    for variant in ("gathered", "tokens", "pending"):
+        x = tokens.detach().clone().requires_grad_(True)
+        cout = centroid_out.detach().clone().requires_grad_(True)
+        if variant == "gathered":
+            send = gather_choices(x, seg.order, inv, k, token_of_row)
+            centroids = (fast.centroids_of(send, means, seg) if force_triton
+                         else fast.segment_mean(send, seg, zero_fill=False))
+            out = fast.restore_rows(cout, centroids[:num_segments], send[:num_kept], seg.seg_of_row[:num_kept],
+                                    segments=seg, force_triton=force_triton)
+        else:
+            pending = fast.PendingRows() if variant == "pending" else None
+            centroids = fast.centroids_of_tokens(x, means, seg, inv, k, pending=pending, force_triton=force_triton)
+            out = fast.restore_tokens(cout, centroids[:num_segments], x, token_of_row[:num_kept],
+                                      seg.seg_of_row[:num_kept], inv, k, segments=seg, pending=pending,
+                                      force_triton=force_triton)
+            assert pending is None or pending.rows is None
+        live = (torch.arange(centroids.shape[0]) < num_segments).unsqueeze(1)
+        loss = (out.float() * upstream).sum() + (torch.where(live, centroids.float(), 0) * upstream_c).sum()
+        grads = torch.autograd.grad(loss, (x, cout))
+        results.append((out, centroids[:num_segments], grads))
+    return results
+
+
+def _check_tokens_nodes(force_triton, dtype, num_tokens=90, k=2, experts=4, span=6, drop=0.2, seed=4, d_model=40):
+    """restore_tokens and centroids_of_tokens (x read through the token of each row) against the
+    gathered rows: restored rows, centroids and centroid_out's gradient bit-equal; the tokens' gradient
+    within three roundings of the dtype of the float64 sum of the same terms, relative to the sum of
+    their magnitudes (the gathered path rounds each row's two terms' sum and the token's sum; the new
+    one each node's per-token sum and autograd's sum of the two nodes': 3 * 2^-8 for bfloat16,
+    3 * 2^-11 for float16, 1e-6 for float32; twice that under the Triton interpreter, whose casts to
+    bfloat16 truncate instead of rounding to nearest), and a token without a kept choice gets 0."""
+    case = _tokens_case(num_tokens, k, experts, span, drop, seed, d_model, dtype, force_triton)
+    seg, inv, token_of_row, tokens, centroid_out, upstream, upstream_c = case
+    (out_a, cent_a, grads_a), (out_b, cent_b, grads_b), (out_p, cent_p, grads_p) = \
+        _gathered_and_tokens(case, k, force_triton)
+    assert torch.equal(out_a, out_b) and torch.equal(cent_a, cent_b) and torch.equal(out_a, out_p)
+    assert torch.equal(grads_a[1], grads_b[1]) and torch.equal(grads_a[1], grads_p[1])
+    # with PendingRows the tokens' gradient is the gathered path's, bit for bit (the interpreter's
+    # bfloat16 casts truncate where torch's add rounds: there within the tolerance below)
+    if not (force_triton and dtype == torch.bfloat16):
+        assert torch.equal(grads_p[0], grads_a[0])
+    # the tokens' gradient, float64, from its terms: restored row r's gradient and the centroid
+    # gradient of r's segment / its count rounded to dtype (as the expand kernel rounds it)
+    num_kept, rows = upstream.shape[0], num_tokens * k
+    seg_of_row, count = seg.seg_of_row, seg.seg_count
+    grad_c = upstream_c.to(dtype).double()  # the centroids' gradient, as autograd hands it over
+    grad_c[:centroid_out.shape[0]] -= grads_b[1].double()  # restore's -sums into the centroids
+    grad_c = grad_c.to(dtype)
+    term_c = torch.zeros(rows, d_model, dtype=torch.float64)
+    valid = seg_of_row >= 0
+    term_c[valid] = (grad_c.float()[seg_of_row[valid]] / count[seg_of_row[valid]].unsqueeze(1).float()
+                     ).to(dtype).double()
+    term_r = torch.zeros(rows, d_model, dtype=torch.float64)
+    term_r[:num_kept] = upstream.to(dtype).double()
+    per_choice = (term_c + term_r).index_select(0, inv).reshape(num_tokens, k, d_model)
+    want = per_choice.sum(1)
+    magnitude = (term_c.abs() + term_r.abs()).index_select(0, inv).reshape(num_tokens, k, d_model).sum(1)
+    tol = {torch.bfloat16: 3 * 2 ** -8, torch.float16: 3 * 2 ** -11, torch.float32: 1e-6}[dtype]
+    tol *= 2 if force_triton else 1
+    for got in (grads_a[0], grads_b[0], grads_p[0]):
+        assert bool(((got.double() - want).abs() <= tol * magnitude + 1e-12).all())
+    dropped = (inv.reshape(num_tokens, k) >= num_kept).all(dim=1)  # tokens with no kept choice: gradient 0
+    assert bool(dropped.any()) or drop < 0.5  # at drop 0.5 and k 3 about one token in 8 keeps no choice
+    assert not bool(grads_b[0][dropped].any())
+    return grads_b
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("k,drop", [(2, 0.2), (1, 0.0), (3, 0.5)])
+def test_restore_and_centroids_of_tokens_torch_path(dtype, k, drop):
+    _check_tokens_nodes(False, dtype, k=k, drop=drop)
+
+
+def test_restore_and_centroids_of_tokens_check_their_inputs():
+    case = _tokens_case(20, 2, 4, 6, 0.2, 1, 8, torch.float32, False)
+    seg, inv, token_of_row, tokens, centroid_out, upstream, _ = case
+    num_kept = upstream.shape[0]
+    means = fast.segment_mean(tokens.index_select(0, token_of_row), seg)
+    with pytest.raises(ValueError, match="inv must be"):
+        fast.centroids_of_tokens(tokens.requires_grad_(True), means, seg, inv[:-1], 2)
+    with pytest.raises(ValueError, match="inv must be"):
+        fast.restore_tokens(centroid_out, centroid_out, tokens, token_of_row[:num_kept], seg.seg_of_row[:num_kept],
+                            inv, 3)
+    with pytest.raises(ValueError, match="token_of_row and seg_of_row"):
+        fast.restore_tokens(centroid_out, centroid_out, tokens, token_of_row[:num_kept - 1], seg.seg_of_row[:num_kept],
+                            inv, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("which", ["mean", "scan"])
+@pytest.mark.parametrize("k,drop", [(2, 0.2), (3, 0.5)])
+def test_interpreter_restore_and_centroids_of_tokens(interpreter, monkeypatch, dtype, which, k, drop):
+    """the restore kernel reading the tokens by index (HAS_INDEX), the choice-sum kernel in both modes
+    (the centroids' backward BY_SEGMENT, restore's by row), against the gathered rows; and the kernels'
+    tokens gradient bit-equal to the torch path's for float16 (the same terms, the same order, one
+    rounding; the interpreter's bfloat16 casts truncate, so bfloat16 is compared within tolerance only)"""
+    _segment_kernel(monkeypatch, which)
+    before = {name: _launched(name) for name in ("restore", "choice_sum")}
+    grads_kernel = _check_tokens_nodes(True, dtype, k=k, drop=drop)
+    assert _launched("restore") == before["restore"] + 3  # gathered, by index, by index with PendingRows
+    assert _launched("choice_sum") == before["choice_sum"] + 3  # the centroids' and restore's backward; the fused one
+    case = _tokens_case(90, k, 4, 6, drop, 4, 40, dtype, True)
+    seg, inv, token_of_row, tokens, centroid_out, upstream, upstream_c = case
+    # the torch path on the same segmentation: the same bits
+    means = fast.segment_mean_of(tokens, seg, token_of_row)
+    x = tokens.detach().clone().requires_grad_(True)
+    cout = centroid_out.detach().clone().requires_grad_(True)
+    num_segments, num_kept = centroid_out.shape[0], upstream.shape[0]
+    centroids = fast.centroids_of_tokens(x, means, seg, inv, k)
+    out = fast.restore_tokens(cout, centroids[:num_segments], x, token_of_row[:num_kept], seg.seg_of_row[:num_kept],
+                              inv, k, segments=seg)
+    live = (torch.arange(centroids.shape[0]) < num_segments).unsqueeze(1)
+    loss = (out.float() * upstream).sum() + (torch.where(live, centroids.float(), 0) * upstream_c).sum()
+    grads_torch = torch.autograd.grad(loss, (x, cout))
+    if dtype == torch.float16:
+        assert torch.equal(grads_torch[0], grads_kernel[0])
+
+
+def test_pending_rows_unused_when_the_centroids_have_no_gradient():
+    """restore_tokens with a PendingRows but centroids that carry no gradient (no centroids' backward to
+    pick the rows up) computes the tokens' gradient itself: the same as without PendingRows."""
+    case = _tokens_case(60, 2, 4, 6, 0.2, 2, 16, torch.bfloat16, False)
+    seg, inv, token_of_row, tokens, centroid_out, upstream, _ = case
+    num_segments, num_kept = centroid_out.shape[0], upstream.shape[0]
+    centroids = fast.segment_mean(tokens.index_select(0, token_of_row), seg)[:num_segments]
+    grads = []
+    for pending in (fast.PendingRows(), None):
+        x = tokens.detach().clone().requires_grad_(True)
+        out = fast.restore_tokens(centroid_out, centroids, x, token_of_row[:num_kept], seg.seg_of_row[:num_kept],
+                                  inv, 2, pending=pending)
+        grads.append(torch.autograd.grad((out.float() * upstream).sum(), x)[0])
+        assert pending is None or pending.rows is None
+    assert torch.equal(grads[0], grads[1]) and grads[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("case_name", ["topk-lsh", "locmoe-lsh-groupwise"])
+def test_interpreter_the_layer_without_send_rows_passes_executor_check(interpreter, monkeypatch, case_name):
+    """`executor check`'s LSH cases (one rank, float32, the dense single-process reference with LSH)
+    on the layer without the send rows (`DistributedMoE._gather_free` forced on a CPU: the means on
+    the mean kernel from the tokens through the token of each row, the interpreter; centroids' and
+    restore's nodes on their torch path with `PendingRows`): outputs and gradients within check's
+    tolerance (1e-4 relative), bytes as planned. On a GPU `executor check` runs float32, where the layer
+    keeps the gathered rows, so this is where check's semantics cover the new path."""
+    from lshsim.executor import check
+    from lshsim.executor.moe_layer import DistributedMoE
+    from lshsim.executor.runtime import Runtime
+
+    taken = []
+    monkeypatch.setattr(DistributedMoE, "_gather_free", lambda self, x: taken.append(1) or True)
+    made = []
+    pending_cls = fast.PendingRows
+    monkeypatch.setattr(fast, "PendingRows", lambda: made.append(1) or pending_cls())
+    before = _launched("mean")
+    runtime = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
+    case = [c for c in check.default_cases(1) if c.name == case_name]
+    result = check._check_case(case[0], runtime)
+    assert taken and made and _launched("mean") > before  # the new path ran, its means on the kernel
+    errors = result["errors"]
+    for key, value in errors.items():
+        limit = 0.0 if key in ("bytes_mismatch", "lsh_exact_vs_plain") else 1e-4
+        assert value <= limit, (key, value)
+    assert {"output", "grad_input", "grad_w1", "grad_w2"} <= set(errors)

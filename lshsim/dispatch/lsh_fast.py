@@ -17,6 +17,11 @@ handful of kernel launches:
   restore_rows    out[i] = E(c)[s_i] - c[s_i] + x[i], one pass, float32, one rounding; with
                   compressed= (a SortedCompressed) its backward is one pass of the scan-runs kernel
                   (sums and -sums; RESTORE_BACKWARD_ON_SCAN, else the runs kernel)
+  restore_tokens / centroids_of_tokens
+                  the MoE layer's restore and centroids reading the tokens through the token of each
+                  sorted row (no (T k, d) send rows): the restore kernel with HAS_INDEX, and the
+                  tokens' gradient in one pass of the choice-sum kernel (restore's term handed over
+                  by `PendingRows`), bit-equal to the same on gathered rows
   compress_fast   the same `lsh.Compressed` as `lsh.compress`; on the kernel path the hash kernel
                   writes packed unique keys (group * span + bucket) << idx_bits | token; up to
                   8,192 tokens the rank kernel places each at the number of packed keys below it
@@ -74,8 +79,8 @@ from lshsim.dispatch import lsh
 from lshsim.dispatch.lsh import Compressed, LSHConfig, LSHProjection
 
 __all__ = ["triton_available", "kernel_eligible", "token_buckets", "Segments", "segments", "choice_segments",
-           "choice_segments_eligible", "segment_mean_of", "centroids_of",
-           "segment_mean", "restore_rows", "compress_fast", "CompressGraph"]
+           "choice_segments_eligible", "segment_mean_of", "centroids_of", "centroids_of_tokens",
+           "segment_mean", "restore_rows", "restore_tokens", "PendingRows", "compress_fast", "CompressGraph"]
 
 _INT64_MAX = 2 ** 63 - 1
 _SENTINEL = _INT64_MAX  # key of invalid rows: sorts last, never a valid key (keys < 2^63 - 1)
@@ -306,8 +311,9 @@ def _kernels():
 
     @triton.jit
     def restore_kernel(cout_ptr, cent_ptr, rows_ptr, seg_ptr, out_ptr, num_rows, d_model,
-                       stride_cout, stride_cent, stride_rows, stride_out,
-                       BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+                       stride_cout, stride_cent, stride_rows, stride_out, idx_ptr,
+                       BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, HAS_INDEX: tl.constexpr = False):
+        # HAS_INDEX: row i's x is rows[idx[i]] (the tokens read through the token of each row)
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,)
         cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BD,)
         row_mask = rows < num_rows
@@ -320,7 +326,11 @@ def _kernels():
         e = tl.load(cout_ptr + seg[:, None] * stride_cout + cols[None, :], mask=vmask, other=0.0)
         c = tl.load(cent_ptr + seg[:, None] * stride_cent + cols[None, :], mask=vmask, other=0.0)
         rows64 = rows.to(tl.int64)
-        x = tl.load(rows_ptr + rows64[:, None] * stride_rows + cols[None, :], mask=mask, other=0.0)
+        if HAS_INDEX:
+            src = tl.load(idx_ptr + rows, mask=row_mask, other=0).to(tl.int64)  # (BM,)
+        else:
+            src = rows64
+        x = tl.load(rows_ptr + src[:, None] * stride_rows + cols[None, :], mask=mask, other=0.0)
         out = e.to(tl.float32) + (x.to(tl.float32) - c.to(tl.float32))
         out = tl.where(vmask, out, 0.0)
         tl.store(out_ptr + rows64[:, None] * stride_out + cols[None, :], out.to(out_ptr.dtype.element_ty),
@@ -345,6 +355,47 @@ def _kernels():
             g = g / count[:, None]
         rows64 = rows.to(tl.int64)
         tl.store(out_ptr + rows64[:, None] * stride_out + cols[None, :], g.to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def choice_sum_kernel(src_ptr, inv_ptr, seg_ptr, count_ptr, out_ptr, rows_ptr, num_tokens, d_model, k, num_src,
+                          num_rows, stride_src, stride_out, stride_rows, BY_SEGMENT: tl.constexpr,
+                          ADD_ROWS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+        # out[t] = sum over j < k of v(r), r = inv[t k + j] (the sorted row of choice j of token t),
+        # float32 sums, one rounding: the tokens' gradient of a node that read x through the token of
+        # each row. BY_SEGMENT: v(r) = src[seg[r]] / count[seg[r]] rounded to src's dtype (the
+        # expand kernel's value), 0 where seg[r] < 0, and with ADD_ROWS + rows[r] for r < num_rows,
+        # the sum rounded to the dtype (autograd's sum of two row gradients); else v(r) = src[r], 0
+        # where r >= num_src.
+        tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)  # (BT,)
+        cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BD,)
+        token_mask = tokens < num_tokens
+        col_mask = cols < d_model
+        tokens64 = tokens.to(tl.int64)
+        acc = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
+        for j in range(0, k):
+            r = tl.load(inv_ptr + tokens64 * k + j, mask=token_mask, other=0)  # (BT,) int64
+            if BY_SEGMENT:
+                s = tl.load(seg_ptr + r, mask=token_mask, other=-1)  # (BT,)
+                valid = token_mask & (s >= 0)
+                s = tl.where(valid, s, 0)
+                v = tl.load(src_ptr + s[:, None] * stride_src + cols[None, :],
+                            mask=valid[:, None] & col_mask[None, :], other=0.0).to(tl.float32)
+                count = tl.load(count_ptr + s, mask=valid, other=1).to(tl.float32)  # (BT,)
+                v = (v / count[:, None]).to(src_ptr.dtype.element_ty).to(tl.float32)
+                if ADD_ROWS:
+                    in_rows = token_mask & (r < num_rows)
+                    rr = tl.where(in_rows, r, 0)
+                    w = tl.load(rows_ptr + rr[:, None] * stride_rows + cols[None, :],
+                                mask=in_rows[:, None] & col_mask[None, :], other=0.0).to(tl.float32)
+                    v = (v + w).to(src_ptr.dtype.element_ty).to(tl.float32)
+            else:
+                valid = token_mask & (r < num_src)
+                r = tl.where(valid, r, 0)
+                v = tl.load(src_ptr + r[:, None] * stride_src + cols[None, :],
+                            mask=valid[:, None] & col_mask[None, :], other=0.0).to(tl.float32)
+            acc += v
+        tl.store(out_ptr + tokens64[:, None] * stride_out + cols[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=token_mask[:, None] & col_mask[None, :])
 
     @triton.jit
     def merge_kernel(p_ptr, key_ptr, order_ptr, num_chunks, IDX_BITS: tl.constexpr, CHUNK: tl.constexpr,
@@ -799,6 +850,7 @@ def _kernels():
         tl.store(group_ptr + s, zero, mask=m & ~live)
 
     _KERNELS[mode] = {"hash": hash_kernel, "mean": mean_kernel, "restore": restore_kernel, "expand": expand_kernel,
+                     "choice_sum": choice_sum_kernel,
                      "runs": runs_kernel, "merge": merge_kernel, "rank": rank_kernel, "scan_runs": scan_runs_kernel,
                      "choice_keys": choice_keys_kernel, "choice_runs": choice_runs_kernel, "choice_counts": choice_counts_kernel}
     return _KERNELS[mode]
@@ -1366,9 +1418,12 @@ def _restore_torch(centroid_out, centroids, rows, seg_of_row):
     return torch.where(valid, out, 0).to(rows.dtype)
 
 
-def _restore_launch(centroid_out, centroids, rows, seg_of_row):
-    num_rows, d_model = rows.shape
-    out = torch.empty_like(rows, memory_format=torch.contiguous_format)
+def _restore_launch(centroid_out, centroids, rows, seg_of_row, row_index=None):
+    """One pass of the restore kernel; row_index (N,) int64: row i's x is rows[row_index[i]] (the
+    tokens read through the token of each row), else rows[i]."""
+    num_rows = seg_of_row.shape[0]
+    d_model = rows.shape[1]
+    out = torch.empty(num_rows, d_model, dtype=rows.dtype, device=rows.device)
     if num_rows == 0:
         return out
     centroid_out, centroids, rows = (t if t.stride(1) == 1 else t.contiguous() for t in (centroid_out, centroids, rows))
@@ -1378,8 +1433,33 @@ def _restore_launch(centroid_out, centroids, rows, seg_of_row):
     extra = {} if _interpreting() else {"num_warps": 4}
     _launch("restore", grid, centroid_out, centroids, rows, seg_of_row, out, num_rows, d_model,
             centroid_out.stride(0), centroids.stride(0), rows.stride(0), out.stride(0),
-            BLOCK_M=block_m, BLOCK_D=block_d, **extra)
+            row_index if row_index is not None else seg_of_row,
+            BLOCK_M=block_m, BLOCK_D=block_d, HAS_INDEX=row_index is not None, **extra)
     return out
+
+
+def _segment_sums(grad_out: torch.Tensor, seg: Segments, out_rows: int, negate: bool):
+    """(sums, -sums or None): the sums of grad_out's rows per segment, its rows the first N sorted rows
+    of `seg` (contiguous per segment); rows >= num_segments zero. The scan-runs kernel
+    (SEGMENT_SUMS_ON_SCAN) or the mean kernel (SUM)."""
+    if SEGMENT_SUMS_ON_SCAN:  # the scan-runs kernel over the first N keys, sums and -sums
+        launched = _segment_scan_launch(grad_out, seg.seg_of_row[:grad_out.shape[0]], None, True,
+                                        out_rows=out_rows, total=True, negate=negate,
+                                        num_segments=seg.num_segments)
+        return launched if negate else (launched, None)
+    sums = _mean_launch(grad_out, seg, None, out_rows, zero_fill=True, total=True)  # (B, d)
+    return sums, (-sums if negate else None)
+
+
+def _scatter_sums(grad_out: torch.Tensor, seg_of_row: torch.Tensor, out_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_out with invalid rows zeroed, (B, d) sums per segment in float32 / float64): the torch path."""
+    valid = (seg_of_row >= 0).unsqueeze(1)  # (N, 1)
+    grad = torch.where(valid, grad_out, 0)  # (N, d)
+    accumulate = lsh.hash_dtype(grad_out.dtype)
+    sums = torch.zeros(out_rows + 1, grad_out.shape[1], dtype=accumulate, device=grad_out.device)
+    target = torch.where(seg_of_row >= 0, seg_of_row, out_rows)  # invalid -> dummy row
+    sums.index_add_(0, target, grad.to(accumulate))  # (B + 1, d)
+    return grad, sums[:-1]
 
 
 class _RestoreRows(torch.autograd.Function):
@@ -1414,24 +1494,11 @@ class _RestoreRows(torch.autograd.Function):
         if ctx.seg is not None:
             # rows of a segment are contiguous (the rows are in sorted order): one segment-sum pass
             need_cent = ctx.needs_input_grad[1]
-            if SEGMENT_SUMS_ON_SCAN:  # the scan-runs kernel over the first N keys, sums and -sums
-                launched = _segment_scan_launch(grad_out, ctx.seg.seg_of_row[:grad_out.shape[0]], None, True,
-                                                out_rows=ctx.shapes[0][0], total=True, negate=need_cent,
-                                                num_segments=ctx.seg.num_segments)
-                sums, neg = launched if need_cent else (launched, None)
-            else:
-                sums = _mean_launch(grad_out, ctx.seg, None, ctx.shapes[0][0], zero_fill=True, total=True)  # (B, d)
-                neg = -sums if need_cent else None
+            sums, neg = _segment_sums(grad_out, ctx.seg, ctx.shapes[0][0], need_cent)
             grad_cout = sums.to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
             grad_cent = neg.to(ctx.dtypes[1]) if need_cent else None
             return grad_cout, grad_cent, grad_out, None, None, None, None
-        valid = (seg_of_row >= 0).unsqueeze(1)  # (N, 1)
-        grad = torch.where(valid, grad_out, 0)  # (N, d)
-        accumulate = lsh.hash_dtype(grad_out.dtype)
-        sums = torch.zeros(ctx.shapes[0][0] + 1, grad_out.shape[1], dtype=accumulate, device=grad_out.device)
-        target = torch.where(seg_of_row >= 0, seg_of_row, ctx.shapes[0][0])  # invalid -> dummy row
-        sums.index_add_(0, target, grad.to(accumulate))  # (B + 1, d)
-        sums = sums[:-1]
+        grad, sums = _scatter_sums(grad_out, seg_of_row, ctx.shapes[0][0])
         grad_cout = sums.to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
         grad_cent = (-sums).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
         return grad_cout, grad_cent, grad, None, None, None, None
@@ -1470,6 +1537,185 @@ def restore_rows(centroid_out: torch.Tensor, centroids: torch.Tensor, rows: torc
                              f"and whose {compressed.num_centroids} centroids are the {centroids.shape[0]} rows")
         runs = (compressed.sorted_key, compressed.order, compressed.span, compressed.run_start)
     return _RestoreRows.apply(centroid_out, centroids, rows, seg_of_row, use, segments, runs)
+
+
+# ---- the layer's centroids and restore, reading the tokens through the token of each row ---------
+def _choice_sum_torch(src: torch.Tensor, inv: torch.Tensor, k: int, num_tokens: int,
+                      seg_of_row: torch.Tensor | None, count: torch.Tensor | None,
+                      add_rows: torch.Tensor | None = None) -> torch.Tensor:
+    """The torch path of `_choice_sum_launch` (the same values: each term rounded as the kernel rounds
+    it, float32 / float64 sums over the k choices, one rounding)."""
+    rows = inv.reshape(num_tokens, k)  # (T, k) sorted row of each choice
+    accumulate = lsh.hash_dtype(src.dtype)
+    if seg_of_row is not None:
+        seg = seg_of_row.index_select(0, rows.reshape(-1)).reshape(num_tokens, k)  # (T, k)
+        valid = seg >= 0
+        index = seg.clamp(min=0)
+        scale = count.index_select(0, index.reshape(-1)).clamp(min=1).to(accumulate).reshape(num_tokens, k, 1)
+        terms = (src.index_select(0, index.reshape(-1)).reshape(num_tokens, k, -1).to(accumulate) / scale
+                 ).to(src.dtype)  # (T, k, d), the expand kernel's rounding
+        terms = torch.where(valid.unsqueeze(2), terms, 0)
+        if add_rows is not None:  # + the row's own gradient, the sum rounded (autograd's accumulation)
+            in_rows = rows < add_rows.shape[0]
+            extra = add_rows.index_select(0, torch.where(in_rows, rows, 0).reshape(-1)).reshape(num_tokens, k, -1)
+            terms = terms + torch.where(in_rows.unsqueeze(2), extra, 0)
+            valid = valid | in_rows
+    else:
+        valid = rows < src.shape[0]
+        index = torch.where(valid, rows, 0)
+        terms = src.index_select(0, index.reshape(-1)).reshape(num_tokens, k, -1)
+    terms = torch.where(valid.unsqueeze(2), terms.to(accumulate), 0)
+    return terms.sum(dim=1).to(src.dtype)  # (T, d)
+
+
+def _choice_sum_launch(src: torch.Tensor, inv: torch.Tensor, k: int, num_tokens: int,
+                       seg_of_row: torch.Tensor | None, count: torch.Tensor | None,
+                       add_rows: torch.Tensor | None = None) -> torch.Tensor:
+    """(T, d): out[t] = sum over j < k of v(inv[t k + j]), one pass (the choice-sum kernel): with
+    seg_of_row and count, v(r) = src[seg_of_row[r]] / count[...] (0 for a dropped row: the centroids'
+    backward); without, v(r) = src[r] for r < src.shape[0], else 0 (restore's backward, src its N
+    kept rows). add_rows (N, d) (with seg_of_row): + add_rows[r] for r < N, the two terms' sum rounded
+    to the dtype before the token's sum. No scatter, no atomics, no (T k, d) intermediate."""
+    d_model = src.shape[1]
+    out = torch.empty(num_tokens, d_model, dtype=src.dtype, device=src.device)
+    if num_tokens == 0 or d_model == 0:
+        return out
+    src = src if src.stride(1) == 1 else src.contiguous()
+    block_d = min(_next_pow2(d_model), 256)
+    block_t = max(1, 2048 // block_d)
+    extra = {} if _interpreting() else {"num_warps": 4}
+    by_segment = seg_of_row is not None
+    add = add_rows is not None and by_segment
+    if add and add_rows.stride(1) != 1:
+        add_rows = add_rows.contiguous()
+    _launch("choice_sum", (_cdiv(num_tokens, block_t), _cdiv(d_model, block_d)), src, inv,
+            seg_of_row if by_segment else inv, count if by_segment else inv, out, add_rows if add else src,
+            num_tokens, d_model, k, src.shape[0], add_rows.shape[0] if add else 0, src.stride(0), out.stride(0),
+            add_rows.stride(0) if add else 0, BY_SEGMENT=by_segment, ADD_ROWS=add, BLOCK_T=block_t,
+            BLOCK_D=block_d, **extra)
+    return out
+
+
+class PendingRows:
+    """The restored rows' gradient handed from `restore_tokens`' backward to `centroids_of_tokens`'
+    (the same forward's): the tokens' gradient of both is then one pass, each row's two terms summed
+    and rounded as autograd summed the gathered rows' gradients (bit-equal to the gathered path).
+    Autograd runs restore's backward first (it gives the centroids their gradient)."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self) -> None:
+        self.rows = None
+
+
+class _CentroidsOfTokens(torch.autograd.Function):
+    """means (computed from the tokens through the token of each sorted row) as a function of the
+    tokens: the backward of `centroids_of(tokens[token_of_row], means, seg)` followed by the choice
+    gather's (`gather_choices`), in one pass (the choice-sum kernel)."""
+
+    @staticmethod
+    def forward(ctx, tokens, means, seg_of_row, counts, inv, k, use_triton, pending):
+        ctx.save_for_backward(seg_of_row, counts, inv)
+        ctx.k, ctx.num_tokens, ctx.use_triton, ctx.pending = k, tokens.shape[0], use_triton, pending
+        return means.view_as(means)
+
+    @staticmethod
+    def backward(ctx, grad):
+        seg_of_row, counts, inv = ctx.saved_tensors
+        rows = None
+        if ctx.pending is not None:  # restore's rows' gradient, left by its backward
+            rows, ctx.pending.rows = ctx.pending.rows, None
+        run = _choice_sum_launch if ctx.use_triton else _choice_sum_torch
+        return (run(grad, inv, ctx.k, ctx.num_tokens, seg_of_row, counts, rows),
+                None, None, None, None, None, None, None)
+
+
+def centroids_of_tokens(tokens: torch.Tensor, means: torch.Tensor, seg: Segments, inv: torch.Tensor, k: int, *,
+                        pending: PendingRows | None = None, force_triton: bool = False) -> torch.Tensor:
+    """means (M, d), the segment means of the sorted rows tokens[token_of_row] (e.g. `segment_mean_of`),
+    as a function of the tokens (T, d), without the rows: the layer's T k sorted rows are the T tokens'
+    k choices, inv (T k,) the sorted row of choice t k + j. Backward: grad_tokens[t] = sum over j of
+    grad[s] / seg_count[s], s = seg_of_row[inv[t k + j]] (dropped rows, s < 0, add nothing), each term
+    rounded to the gradient's dtype and summed in float32: the values of `centroids_of` on the
+    gathered rows followed by `gather_choices`' backward, without the (T k, d) rows in either pass.
+    pending: shared with the `restore_tokens` of the same forward, whose rows' gradient is then added
+    here (see `PendingRows`)."""
+    if inv.shape != seg.seg_of_row.shape or inv.shape[0] != tokens.shape[0] * k:
+        raise ValueError(f"inv must be ({tokens.shape[0] * k},) like seg_of_row for {tokens.shape[0]} tokens, k = {k}")
+    if not (tokens.requires_grad and torch.is_grad_enabled()):
+        return means
+    eligible = means.dtype in (torch.bfloat16, torch.float16, torch.float32) and means.shape[1] > 0
+    use = _use_triton(means.device, eligible and (means.is_cuda or force_triton), force_triton)
+    return _CentroidsOfTokens.apply(tokens, means, seg.seg_of_row, seg.seg_count, inv, k, use, pending)
+
+
+class _RestoreTokens(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, centroid_out, centroids, tokens, token_of_row, seg_of_row, inv, k, use_triton, seg, pending):
+        ctx.save_for_backward(seg_of_row, inv)
+        ctx.pending = pending
+        ctx.seg = seg if use_triton else None
+        ctx.k, ctx.num_tokens, ctx.use_triton = k, tokens.shape[0], use_triton
+        ctx.shapes = (centroid_out.shape, centroids.shape)
+        ctx.dtypes = (centroid_out.dtype, centroids.dtype)
+        if use_triton:
+            return _restore_launch(centroid_out, centroids, tokens, seg_of_row, row_index=token_of_row)
+        return _restore_torch(centroid_out, centroids, tokens.index_select(0, token_of_row), seg_of_row)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        seg_of_row, inv = ctx.saved_tensors
+        need_cout, need_cent, need_tokens = ctx.needs_input_grad[:3]
+        if ctx.seg is not None:
+            sums, neg = _segment_sums(grad_out, ctx.seg, ctx.shapes[0][0], need_cent)
+            grad_rows = grad_out
+        else:
+            grad_rows, sums = _scatter_sums(grad_out, seg_of_row, ctx.shapes[0][0])
+            neg = -sums
+        grad_cout = sums.to(ctx.dtypes[0]) if need_cout else None
+        grad_cent = neg.to(ctx.dtypes[1]) if need_cent else None
+        grad_tokens = None
+        if need_tokens and ctx.pending is not None:  # summed with the centroids' term in their backward
+            ctx.pending.rows = grad_rows
+        elif need_tokens:  # the N kept rows' gradient summed per token through inv (rows >= N: dropped choices)
+            run = _choice_sum_launch if ctx.use_triton else _choice_sum_torch
+            grad_tokens = run(grad_rows, inv, ctx.k, ctx.num_tokens, None, None)
+        return grad_cout, grad_cent, grad_tokens, None, None, None, None, None, None, None
+
+
+def restore_tokens(centroid_out: torch.Tensor, centroids: torch.Tensor, tokens: torch.Tensor,
+                   token_of_row: torch.Tensor, seg_of_row: torch.Tensor, inv: torch.Tensor, k: int, *,
+                   segments: Segments | None = None, pending: PendingRows | None = None,
+                   force_triton: bool = False) -> torch.Tensor:
+    """`restore_rows(centroid_out, centroids, tokens[token_of_row], seg_of_row, segments=)` without the
+    gathered rows: out[i] = centroid_out[s] - centroids[s] + tokens[token_of_row[i]], s = seg_of_row[i]
+    (0 where s < 0), the restore kernel reading the tokens through token_of_row (bit-equal to
+    `restore_rows` on the gathered rows). tokens (T, d); token_of_row, seg_of_row (N,) int64: the first
+    N of the T k sorted rows (the kept choices); inv (T k,): the sorted row of choice t k + j.
+    Backward: centroid_out and centroids as `restore_rows`'; the tokens' gradient sums, per token, the
+    gradient of its kept rows (inv[t k + j] < N) in float32, one rounding (the choice-sum kernel):
+    `gather_choices`' backward without the (T k, d) rows padded from the N. pending (the
+    `PendingRows` of the `centroids_of_tokens` that made `centroids`, which must require a gradient):
+    the rows' gradient is left there and added in the centroids' backward instead (one pass, the
+    gathered path's bits)."""
+    if centroid_out.ndim != 2 or centroids.shape != centroid_out.shape:
+        raise ValueError(f"centroid_out {tuple(centroid_out.shape)} and centroids {tuple(centroids.shape)} "
+                         f"must both be (B, d)")
+    if tokens.ndim != 2 or tokens.shape[1] != centroids.shape[1]:
+        raise ValueError(f"tokens have shape {tuple(tokens.shape)}, expected (T, {centroids.shape[1]})")
+    rows = seg_of_row.shape[0]
+    if seg_of_row.dtype != torch.int64 or token_of_row.dtype != torch.int64 or token_of_row.shape != (rows,):
+        raise ValueError(f"token_of_row and seg_of_row must be ({rows},) int64")
+    if inv.shape != (tokens.shape[0] * k,) or rows > inv.shape[0]:
+        raise ValueError(f"inv must be ({tokens.shape[0] * k},) for {tokens.shape[0]} tokens, k = {k}, "
+                         f"and at least the {rows} rows")
+    same = centroid_out.dtype == centroids.dtype == tokens.dtype
+    eligible = same and tokens.dtype in (torch.bfloat16, torch.float16) and tokens.shape[1] > 0
+    use = _use_triton(tokens.device, eligible and (tokens.is_cuda or force_triton), force_triton)
+    if pending is not None and not (centroids.requires_grad and torch.is_grad_enabled()):
+        pending = None  # no centroids' backward would pick the rows up
+    return _RestoreTokens.apply(centroid_out, centroids, tokens, token_of_row, seg_of_row, inv, k, use, segments,
+                                pending)
 
 
 # ---- compress ----------------------------------------------------------------------------------
