@@ -205,6 +205,21 @@ class GateWeights(torch.autograd.Function):
         return dlogits.to(source.dtype), None, None, None, None
 
 
+class CachedCast(torch.autograd.Function):
+    """weight.to(cast.dtype) where `cast` already holds those values (filled outside the graph):
+    forward returns `cast` (no kernel); backward is `.to`'s (the gradient converted to the
+    weight's dtype), so the gradient is the one the cast inside the graph gave."""
+
+    @staticmethod
+    def forward(ctx, weight, cast):
+        ctx.dtype = weight.dtype
+        return cast.view_as(cast)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.to(ctx.dtype), None
+
+
 class GraphedRouting:
     """route_on_rank + choice_order + inverse permutation for one router on one rank.
 
@@ -471,7 +486,7 @@ class GraphedGate:
 
     def __init__(self, routing: GraphedRouting, gate_inputs, gate_weight: torch.Tensor | None,
                  enabled: bool = True, copy_outputs: bool = True, sink: torch.Tensor | None = None,
-                 gather: bool = True, emulate: bool = False) -> None:
+                 gather: bool = True, emulate: bool = False, cast_weight: bool = False) -> None:
         self.routing = routing
         self.gate_inputs = gate_inputs  # (x, weight) -> the router's inputs, the logits without the bias (routing adds it)
         self.weight = gate_weight
@@ -487,13 +502,48 @@ class GraphedGate:
         self._hot: _GateEntry | None = None
         self.replays = 0
         self.captures = 0
+        #: cast_weight=True (fast path): where the tokens are 16-bit and the gate weight is not, the
+        #: weight's 16-bit copy lives outside the graph (`_casts`, one buffer per dtype), refilled by
+        #: one eager kernel only when the weight's storage or version changed (an optimizer step),
+        #: and the graph reads it (`CachedCast`): one node fewer per replay, same values and gradients
+        self.cast_weight = cast_weight
+        self._casts: dict = {}
+        #: (dtype) -> (data_ptr, version) of the weight the buffer was last filled from
+        self._cast_of: dict = {}
+        #: the buffer `_fn` reads in place of weight.to(x.dtype) (set per call on the fast path)
+        self._cast_in_use: torch.Tensor | None = None
+        #: eager refills of the cast buffers (tests and the benchmark read it)
+        self.cast_refills = 0
+
+    def _casting(self, x: torch.Tensor) -> bool:
+        w = self.weight
+        return (self.cast_weight and w is not None and self.routing.config.name != "hash"
+                and x.dtype in (torch.bfloat16, torch.float16) and w.dtype != x.dtype)
+
+    def _refresh_cast(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight's x.dtype copy, refilled (one eager kernel) when the weight changed since."""
+        w = self.weight
+        buffer = self._casts.get(x.dtype)
+        if buffer is None:
+            buffer = self._casts[x.dtype] = torch.empty(w.shape, dtype=x.dtype, device=w.device)
+        stamp = (w.data_ptr(), w._version)
+        if self._cast_of.get(x.dtype) != stamp:
+            with torch.no_grad():
+                buffer.copy_(w)
+            self._cast_of[x.dtype] = stamp
+            self.cast_refills += 1
+        return buffer
 
     def _fn(self, x: torch.Tensor, *rest: torch.Tensor):
         config = self.routing.config
         if config.name == "hash":
             router_inputs = {"token_ids": rest[0]}
         else:
-            router_inputs = self.gate_inputs(x, rest[0] if rest else None)
+            weight = rest[0] if rest else None
+            cast = self._cast_in_use
+            if cast is not None and weight is not None and cast.dtype == x.dtype:
+                weight = CachedCast.apply(weight, cast)  # weight.to(x.dtype), filled outside the graph
+            router_inputs = self.gate_inputs(x, weight)
         bias = self.routing.bias if config.name == "topk" else None  # added in float32 inside the routing
         with torch.no_grad():
             detached = {name: value.detach() for name, value in router_inputs.items()}
@@ -545,6 +595,7 @@ class GraphedGate:
         args = self._args(x, token_ids)
         if (x.is_cuda or self.emulate) and not self.copy_outputs:
             return self._call_fast(x, args)
+        self._cast_in_use = None  # the cast inside the function, as captured by the legacy path
         if x.is_cuda:
             return self._call_legacy(x, args)
         outputs = self._fn(*args)
@@ -714,6 +765,8 @@ class GraphedGate:
 
     def _call_fast(self, x: torch.Tensor, args: tuple):
         grad_mode = torch.is_grad_enabled()
+        if self.cast_weight:
+            self._cast_in_use = self._refresh_cast(x) if self._casting(x) else None
         entry = self._hot
         if entry is None or not entry.same_call(args, grad_mode):
             entry = self._entry(x, args, grad_mode)

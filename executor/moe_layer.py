@@ -299,14 +299,15 @@ class DistributedMoE:
         self.gate_graph = GraphedGate(
             self.routing, lambda x, weight: _gate_inputs(workload, GateParams(weight, self.gate.bias), x, with_bias=False),
             self.gate.weight, copy_outputs=not fast,
-            sink=self.count_exchange.source if fast else None)  # on a CPU the same function runs eagerly
+            sink=self.count_exchange.source if fast else None, cast_weight=fast)  # on a CPU the same function runs eagerly
         #: LSH-MoE's gate on a GPU (fast path): logits, routing and gate weights as one graph forward
         #: and backward (no send order: the rows are gathered later, in bucket order)
         if self.projection is not None:  # the token hash inside the LSH bucketing graph (`_lsh_in_graph`)
             self.routing.lsh_hash = (self.lsh, self.projection)
         self.lsh_gate = GraphedGate(
             self.routing, lambda x, weight: _gate_inputs(workload, GateParams(weight, self.gate.bias), x, with_bias=False),
-            self.gate.weight, enabled=fast and ctx.device.type == "cuda", copy_outputs=False, gather=False)
+            self.gate.weight, enabled=fast and ctx.device.type == "cuda", copy_outputs=False, gather=False,
+            cast_weight=True)
         #: LSH-MoE without the send rows (fast path on a GPU, 16-bit tokens, Triton: `_gather_free`):
         #: the centroids' backward and restore read the tokens through the token of each row
         self.gather_free = fast and ctx.device.type == "cuda"

@@ -143,3 +143,39 @@ def test_interpreter_fused_bias_sink_and_no_order(interpreter, case):
 def test_cuda_fused_bias_sink_and_no_order(case):
     pytest.importorskip("triton")
     _check_variants(torch.device("cuda"), *case)
+
+
+def _garbage_empty(monkeypatch):
+    """torch.empty inside fused_routing returns buffers filled with garbage (integers 0x5A or
+    0x5A5A5A5A, floats NaN): a buffer read before a kernel wrote it (the per-block drop counts, which the top-k kernel
+    zeroes instead of a memset) changes the result."""
+    from lshsim.dispatch import fused_routing
+
+    real = torch.empty
+
+    def empty(*size, **kwargs):
+        out = real(*size, **kwargs)
+        if out.is_floating_point():
+            return out.fill_(float("nan"))
+        return out.fill_(0x5A if torch.iinfo(out.dtype).bits == 8 else 0x5A5A5A5A)
+
+    class Shim:
+        def __getattr__(self, name):
+            return empty if name == "empty" else getattr(torch, name)
+
+    monkeypatch.setattr(fused_routing, "torch", Shim())
+
+
+@pytest.mark.parametrize("case", [(4096, 8, 2, 1.25), (300, 16, 4, 0.5), (777, 64, 8, None)],
+                         ids=lambda c: f"T{c[0]}-E{c[1]}-k{c[2]}-cf{c[3]}")
+def test_interpreter_fused_topk_reads_no_unwritten_buffer(interpreter, monkeypatch, case):
+    _garbage_empty(monkeypatch)
+    _check(torch.device("cpu"), *case)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [(4096, 8, 2, 1.25), (16384, 8, 2, 0.9), (300, 16, 4, 0.5)],
+                         ids=lambda c: f"T{c[0]}-E{c[1]}-k{c[2]}-cf{c[3]}")
+def test_cuda_fused_topk_reads_no_unwritten_buffer(monkeypatch, case):
+    _garbage_empty(monkeypatch)
+    _check(torch.device("cuda"), *case)

@@ -355,3 +355,92 @@ def test_emulated_gather_replay_equals_gather_choices():
     check(wide, 0, 4)
     assert gather.replays == replays + 1
     assert torch.equal(x_a, kept[0]) and torch.equal(x_b, kept[1])
+
+
+def test_emulated_replay_with_the_weight_cast_outside_the_graph_equals_the_eager_gate():
+    """cast_weight=True: the gate weight's 16-bit copy is filled outside the graph (one eager copy when
+    the weight's version or storage changed) and read by the graph through `CachedCast`: values and
+    gradients (x and the fp32 weight) equal the gate that casts inside (bit for bit), across an
+    in-place update of the weight (a refill) and calls without one (no refill)."""
+    router = RouterConfig("topk", k=2, capacity_factor=1.25)
+    workload = WorkloadConfig(name="g", tokens_per_rank=96, d_model=32, d_ffn=64, num_experts=8, router=router,
+                              skew=0.5)
+    layer = DistributedMoE(workload, MoEContext(rank=0, world_size=1, device=torch.device("cpu")), torch.float32)
+    weight = layer.gate.weight
+    assert weight.dtype == torch.float32 and weight.requires_grad
+
+    def inputs(x, w):  # the CUDA branch of `_gate_inputs`: the product in the tokens' 16-bit dtype
+        return {"logits": x @ w.to(x.dtype)}
+
+    fast = GraphedGate(layer.routing, inputs, weight, copy_outputs=False, emulate=True, cast_weight=True)
+    eager = GraphedGate(layer.routing, inputs, weight, copy_outputs=True)
+    x0, ids = rank_inputs(workload, 0, torch.device("cpu"), torch.bfloat16)
+    refills = []
+    for step in range(4):
+        if step == 2:
+            with torch.no_grad():
+                weight.mul_(-1.5)  # an optimizer step: in place, a new version
+        got = _run(fast, layer, x0.detach().requires_grad_(True), ids, step)
+        want = _run(eager, layer, x0.detach().requires_grad_(True), ids, step)
+        for a, b in zip(got[0] + got[1], want[0] + want[1]):
+            assert torch.equal(a, b)
+        assert len(got[2]) == 2 and got[2][0] is not None and got[2][1] is not None  # x and the weight
+        for a, b in zip(got[2], want[2]):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+        refills.append(fast.cast_refills)
+    assert refills == [1, 1, 2, 2]
+    assert fast._casts[torch.bfloat16].dtype == torch.bfloat16 and fast.captures == 1
+    # not cast: tokens in the weight's dtype
+    x32 = x0.float().requires_grad_(True)
+    plan = fast(x32, ids)[0]
+    assert fast._cast_in_use is None and fast.cast_refills == 2
+    assert torch.equal(plan.expert_index, eager(x32, ids)[0].expert_index)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gather", [True, False], ids=["gather", "no-gather"])
+def test_replay_with_the_weight_cast_outside_the_graph_equals_the_eager_gate_on_a_gpu(gather):
+    """The layer's gates on a GPU (bf16 tokens, fp32 gate weight): the replay that reads the weight's
+    bf16 copy filled outside the graph equals the eager gate, values and gradients bit for bit, before
+    and after an in-place update of the weight; the copy is refilled once per weight version."""
+    device = torch.device("cuda")
+    router = RouterConfig("topk", k=2, capacity_factor=1.25)
+    workload = WorkloadConfig(name="g", tokens_per_rank=4096, d_model=256, d_ffn=512, num_experts=8, router=router)
+    layer = DistributedMoE(workload, MoEContext(rank=0, world_size=1, device=device), torch.bfloat16)
+    weight = layer.gate.weight
+
+    def inputs(x, w):
+        return _gate_inputs(workload, GateParams(w, layer.gate.bias), x, with_bias=False)
+
+    fast = GraphedGate(layer.routing, inputs, weight, copy_outputs=False, gather=gather, cast_weight=True)
+    eager = GraphedGate(layer.routing, inputs, weight, copy_outputs=False, gather=gather, emulate=True)
+    x0, ids = rank_inputs(workload, 0, device, torch.bfloat16)
+    x_fast, x_eager = x0.detach().requires_grad_(True), x0.detach().requires_grad_(True)
+    refills = []
+    for step in range(4):
+        if step == 2:
+            with torch.no_grad():
+                weight.mul_(-1.5)
+        got = _run_cuda(fast, layer, x_fast, ids, step)
+        want = _run_cuda(eager, layer, x_eager, ids, step)
+        for a, b in zip(got, want):
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert a.dtype == b.dtype and torch.equal(a, b)
+        refills.append(fast.cast_refills)
+    assert refills == [1, 1, 2, 2] and fast.captures == 1 and eager.cast_refills == 0
+
+
+def _run_cuda(gate, layer, x, ids, seed):
+    for param in layer.parameters():
+        param.grad = None
+    x.grad = None
+    plan, order, inv, counts, send_x = gate(x, ids)
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    loss = (plan.gate_weight * torch.randn(plan.gate_weight.shape, generator=generator, device=x.device)).sum()
+    if send_x is not None:
+        loss = loss + (send_x.float() * torch.randn(send_x.shape, generator=generator, device=x.device)).sum()
+    out = [plan.expert_index.clone(), plan.slot.clone(), plan.kept.clone(), counts.clone(),
+           plan.gate_weight.detach().clone(), None if send_x is None else send_x.detach().clone()]
+    loss.backward()
+    return out + [x.grad.clone(), layer.gate.weight.grad.clone()]

@@ -3,14 +3,16 @@
 `route_on_rank` followed by the executor's send order (`choice_order`) is about 60 small torch
 kernels; on a GPU whose launches cost ~20 us of host time, or inside a CUDA graph where each
 still costs a few microseconds of GPU time, that is the gate's whole time. `fused_topk_route`
-computes the same result in four kernels (plus a memset where drops are possible):
+computes the same result in four kernels (no memset: the top-k kernel zeroes the per-block drop
+counts that the scan adds to):
 
 1. `topk_kernel`: per block of BLOCK_T tokens, the k largest entries of the selection scores
    (first index on ties, as `argmax`; one max-reduction per choice over packed
    (order-preserving float bits << 32 | reversed column) int64 keys), the gate weights from the
    router logits (k = 1: the softmax probability over all experts; k > 1: a softmax over the k
    chosen logits), and, per choice j, the block's count of every expert and each choice's rank
-   among the block's choices j of the same expert. The router logits may be the gate GEMM's
+   among the block's choices j of the same expert; where drops are possible it zeroes its block's
+   dropped-choice count (the scan's atomic adds follow). The router logits may be the gate GEMM's
    16-bit output plus a float32 bias, added here exactly as `logits.float() + bias`.
 2. `scan_kernel` (one program per expert): the exclusive prefix of those counts over the blocks
    in choice-major order (all first choices in token order, then all second choices, ...: the
@@ -76,10 +78,13 @@ def _kernels():
     import triton.language as tl
 
     @triton.jit
-    def topk_kernel(sel_ptr, logit_ptr, bias_ptr, index_ptr, weight_ptr, counts_ptr, rank_ptr,
+    def topk_kernel(sel_ptr, logit_ptr, bias_ptr, index_ptr, weight_ptr, counts_ptr, rank_ptr, dropped_ptr,
                     num_tokens, num_experts, num_blocks, K: tl.constexpr, K_PAD: tl.constexpr,
-                    E_PAD: tl.constexpr, BLOCK_T: tl.constexpr, SAME: tl.constexpr, HAS_BIAS: tl.constexpr):
+                    E_PAD: tl.constexpr, BLOCK_T: tl.constexpr, SAME: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    DROPS: tl.constexpr):
         block = tl.program_id(0)
+        if DROPS:  # this block's dropped-choice count, zeroed for the scan's atomic adds (no memset)
+            tl.store(dropped_ptr + block, tl.zeros((), tl.int32))
         rows = block * BLOCK_T + tl.arange(0, BLOCK_T)  # (BT,)
         cols = tl.arange(0, E_PAD)  # (E,)
         kcols = tl.arange(0, K_PAD)  # (K,)
@@ -261,12 +266,14 @@ def fused_topk_route(selection: torch.Tensor, router_logits: torch.Tensor | None
     gate_weight = torch.empty(num_tokens, k, dtype=torch.float32, device=device)
     rank = torch.empty(num_tokens, k, dtype=torch.int32, device=device)
     block_counts = torch.empty(num_experts, k * num_blocks, dtype=torch.int32, device=device)
+    # the dropped choices per token block: zeroed by the top-k kernel (one program per block), summed
+    # by the scan's atomic adds; unread without drops
+    dropped = torch.empty(num_blocks if drops else 1, dtype=torch.int32, device=device)
     kernels["topk"][(num_blocks,)](selection, router_logits, bias if bias is not None else selection,
-                                   expert_index, gate_weight, block_counts, rank, num_tokens, num_experts, num_blocks,
-                                   K=k, K_PAD=k_pad, E_PAD=e_pad, BLOCK_T=block_t, SAME=same,
-                                   HAS_BIAS=bias is not None, **extra)
+                                   expert_index, gate_weight, block_counts, rank, dropped, num_tokens, num_experts,
+                                   num_blocks, K=k, K_PAD=k_pad, E_PAD=e_pad, BLOCK_T=block_t, SAME=same,
+                                   HAS_BIAS=bias is not None, DROPS=drops, **extra)
     totals = torch.empty(num_experts, dtype=torch.int32, device=device)
-    dropped = torch.zeros(num_blocks if drops else 1, dtype=torch.int32, device=device)
     kernels["scan"][(num_experts,)](block_counts, totals, dropped, k * num_blocks, num_blocks, capacity,
                                     DROPS=drops, CHUNK=1024, **extra)
     offset = torch.empty(num_experts, dtype=torch.int64, device=device)
