@@ -1,0 +1,14 @@
+# the merged main on 1 H200 (final verification of the session), run from the repository root
+set -u
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=.:/tmp/site NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+L=$OUT/log.txt
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'nccl', torch.cuda.nccl.version(), 'triton', triton.__version__)"; env | grep -E '^(NCCL_|TORCH_SYMM|NVSHMEM_)' | sort; } > $L 2>&1
+s() { local n=$1 t=$2; shift 2; local t0=$(date +%s); echo "=== $n" >> $L; timeout $t "$@"; echo "=== $n exit $? $(( $(date +%s)-t0 )) s" >> $L; }
+s diag 60 sh -c "python3 benchmarks/diag_gc_capture.py > $OUT/diag-gc.txt 2>&1"
+s tests 220 sh -c "python3 -m pytest -q -m gpu -p no:cacheprovider tests/ > $OUT/tests.txt 2>&1"
+s check 60 sh -c "python3 -m lshsim.executor launch --nproc 1 --timeout-s 55 -- check --device cuda --out $OUT/check-x1.json > $OUT/check.txt 2>&1"
+s layer 150 sh -c "python3 benchmarks/bench_moe_layer.py --behind-busy-gpu --busy-cycles 4000000 --out $OUT/layer-x1.json > $OUT/layer.txt 2>&1"
+s lshfast 60 sh -c "python3 benchmarks/bench_lsh_fast.py --tokens 8192 --num-hashes 6 > $OUT/lshfast.txt 2>&1"
+cat $OUT/diag-gc.txt; tail -3 $OUT/tests.txt; tail -3 $OUT/check.txt; tail -30 $OUT/layer.txt; tail -8 $OUT/lshfast.txt; grep "===" $L
