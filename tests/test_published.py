@@ -19,7 +19,7 @@ from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID,
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 149 and len({c.id for c in cases}) == 149
+    assert len(cases) == 163 and len({c.id for c in cases}) == 163
     test = load_split()
     third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
     fourth = {c.id for c in cases if c.file.startswith("aws-")}                          # the fourth round: fresh3
@@ -35,6 +35,9 @@ def test_shipped_cases_and_split():
     fresh4 = load_fresh(key="fresh4")
     fifth = {c.id for c in cases if c.file.startswith("efa-bench-uccl-")}               # the fifth round: fresh4
     assert fresh4 == fifth and len(fresh4) == 10 and not fresh4 & (test | fresh | fresh2 | fresh3)
+    fresh5 = load_fresh(key="fresh5")
+    sixth = {c.id for c in cases if c.file.startswith("efa-bench5-")}                  # the sixth round: fresh5
+    assert fresh5 == sixth and len(fresh5) == 14 and not fresh5 & (test | fresh | fresh2 | fresh3 | fresh4)
     new = [c for c in cases if c.file.startswith("uccl-") and c.id not in third]
     assert len(new) == 24 and 3 * len(test & {c.id for c in new}) >= len(new)   # ... of the new cases too
     by_id = {c.id: c for c in cases}
@@ -60,11 +63,16 @@ def test_shipped_cases_and_split():
             assert c.source == ("https://github.com/whn09/ep-benchmarks-efa/blob/3ebc18860776c39fdbcc7ad841c9a310ea123429/"
                                 "uccl-ep-efa/README.md") and c.nic_family == "efa" and c.group == "efa-bench-uccl"
             assert c.ep == 16 and c.topology in ("published/p5-h100-efa-2x8", "published/p5en-h200-efa-2x8")
+        elif c.id in sixth:                                     # whn09's top README at 13fde92 (pub14f)
+            assert c.source == "https://github.com/whn09/ep-benchmarks-efa/blob/13fde92084516c3206e82c842ce944a8a6dd6e2d/README.md"
+            assert c.group == "efa-bench5" and c.ep == 16 and c.nodes == 2
+            assert c.nic_family == ("efa_nvshmem" if "-deepep-" in c.id else "efa")
+            assert c.topology in ("published/p6-b300-efa-2x8", "published/p5-h100-efa-2x8", "published/p5en-h200-efa-2x8")
         elif c.file.startswith("nvshmem-efa-"):                 # the efa_nvshmem family's fitting cases (pub14e)
             assert c.source == ("https://github.com/whn09/ep-benchmarks-efa/blob/3ebc18860776c39fdbcc7ad841c9a310ea123429/"
                                 "deepep-v1-efa/README.md") and c.nic_family == "efa_nvshmem" and c.group == "nvshmem-efa"
             assert c.ep == 16 and c.nodes == 2 and c.topology in ("published/p5-h100-efa-2x8", "published/p5en-h200-efa-2x8")
-            assert c.id not in test | fresh | fresh2 | fresh3 | fresh4          # fitting cases, never held out
+            assert c.id not in test | fresh | fresh2 | fresh3 | fresh4 | fresh5  # fitting cases, never held out
         elif c.file.startswith(("deepep-v2-", "deepep-pcie-", "hybridep-")):
             assert c.source.startswith("https://github.com/deepseek-ai/DeepEP/blob/") and c.nic_family == "ib"
             assert c.kind == "normal" and c.counts == "rdma" and c.group is not None
@@ -171,8 +179,14 @@ def test_split_names_only_known_cases(tmp_path):
     (tmp_path / "split.yaml").write_text("fresh3: [x]\nfresh4: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh4\[0\]='x' is also in fresh3"):
         load_fresh(tmp_path, key="fresh4")
-    with pytest.raises(ValueError, match=r"key='fresh5' must be one of"):
+    (tmp_path / "split.yaml").write_text("fresh4: [x]\nfresh5: [x]\n")
+    with pytest.raises(ValueError, match=r"split.yaml: fresh5\[0\]='x' is also in fresh4"):
         load_fresh(tmp_path, key="fresh5")
+    (tmp_path / "split.yaml").write_text("test: [x]\nfresh5: [x]\n")
+    with pytest.raises(ValueError, match=r"split.yaml: fresh5\[0\]='x' is also a test case"):
+        load_fresh(tmp_path, key="fresh5")
+    with pytest.raises(ValueError, match=r"key='fresh6' must be one of"):
+        load_fresh(tmp_path, key="fresh6")
 
 
 def test_routing_as_deepep_draws_it():

@@ -17,7 +17,7 @@ cases, chosen before any fit and never fitted on (`load_split`). For each case t
 
 Calibration (`Calibration`, `fit_calibration`), per NIC family (a case file's `nic_family`: ib for CX7 InfiniBand,
 efa for UCCL-EP's CPU proxy over AWS EFA, efa_nvshmem for DeepEP over NVSHMEM's libfabric/EFA host proxy), each family on its own, on the FITTING cases only (`split.yaml` names the test cases and the
-fresh held-out sets `fresh:`, `fresh2:`, `fresh3:` and `fresh4:`; the fit refuses all of them). The predicted time of a case is
+fresh held-out sets `fresh:` to `fresh5:`; the fit refuses all of them). The predicted time of a case is
 
     t = t_sim(eff) + alpha[kind][op] + beta x m
 
@@ -210,11 +210,11 @@ def load_split(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = No
 
 #: the fresh held-out sets of split.yaml, in the order they were added: each committed before any prediction of its
 #: cases (and before the model change that followed it); never fitted on
-FRESH_SETS = ("fresh", "fresh2", "fresh3", "fresh4")
+FRESH_SETS = ("fresh", "fresh2", "fresh3", "fresh4", "fresh5")
 
 
 def load_fresh(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = None, key: str = "fresh") -> set[str]:
-    """The ids of one fresh held-out set of `folder/split.yaml` (`key`: `fresh:`, `fresh2:`, `fresh3:` or `fresh4:`, optional): committed
+    """The ids of one fresh held-out set of `folder/split.yaml` (`key`: one of FRESH_SETS, optional): committed
     before a model change and never fitted on; each checked against the cases, the test list and the other fresh sets
     (a case is in one set only)."""
     if key not in FRESH_SETS:
