@@ -19,7 +19,7 @@ from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID,
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 149 and len({c.id for c in cases}) == 149
+    assert len(cases) == 163 and len({c.id for c in cases}) == 163
     test = load_split()
     third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
     fourth = {c.id for c in cases if c.file.startswith("aws-")}                          # the fourth round: fresh3
@@ -31,10 +31,14 @@ def test_shipped_cases_and_split():
     fresh2 = load_fresh(key="fresh2")
     assert fresh2 == third and len(fresh2) == 29 and not fresh2 & (test | fresh)     # every third-round case, alone
     fresh3 = load_fresh(key="fresh3")
-    assert fresh3 == fourth and len(fresh3) == 37 and not fresh3 & (test | fresh | fresh2)   # every fourth-round case
+    moved = {c.id for c in cases if c.file.startswith("aws-p5-uccl-")}    # to fitting in pub14f (efa_v1's fitting cases)
+    assert fresh3 == fourth - moved and len(fresh3) == 29 and len(moved) == 8 and not fresh3 & (test | fresh | fresh2)
     fresh4 = load_fresh(key="fresh4")
     fifth = {c.id for c in cases if c.file.startswith("efa-bench-uccl-")}               # the fifth round: fresh4
     assert fresh4 == fifth and len(fresh4) == 10 and not fresh4 & (test | fresh | fresh2 | fresh3)
+    fresh5 = load_fresh(key="fresh5")
+    sixth = {c.id for c in cases if c.file.startswith("efa-bench5-")}                  # the sixth round: fresh5
+    assert fresh5 == sixth and len(fresh5) == 14 and not fresh5 & (test | fresh | fresh2 | fresh3 | fresh4)
     new = [c for c in cases if c.file.startswith("uccl-") and c.id not in third]
     assert len(new) == 24 and 3 * len(test & {c.id for c in new}) >= len(new)   # ... of the new cases too
     by_id = {c.id: c for c in cases}
@@ -53,18 +57,24 @@ def test_shipped_cases_and_split():
         elif c.id in fourth:
             assert c.source.startswith("https://github.com/awslabs/awsome-distributed-ai/blob/")
             # DeepEP over NVSHMEM's libfabric host proxy: its own family since pub14e; UCCL-EP stays efa
-            assert c.nic_family == ("efa_nvshmem" if c.group == "aws-deepep" else "efa")
+            assert c.nic_family == ("efa_nvshmem" if c.group == "aws-deepep" else "efa_v1" if "-p5-" in c.id else "efa")
             assert c.group in ("aws-deepep", "aws-uccl") and c.topology in (f"published/p6-b300-efa-{c.nodes}x8",
                                                                             f"published/p5-h100-efa-{c.nodes}x8")
         elif c.id in fifth:
             assert c.source == ("https://github.com/whn09/ep-benchmarks-efa/blob/3ebc18860776c39fdbcc7ad841c9a310ea123429/"
-                                "uccl-ep-efa/README.md") and c.nic_family == "efa" and c.group == "efa-bench-uccl"
+                                "uccl-ep-efa/README.md") and c.group == "efa-bench-uccl"
+            assert c.nic_family == ("efa_v1" if "-p5-" in c.id else "efa")      # UCCL-EP over EFA v1: efa_v1 (pub14f)
             assert c.ep == 16 and c.topology in ("published/p5-h100-efa-2x8", "published/p5en-h200-efa-2x8")
+        elif c.id in sixth:                                     # whn09's top README at 13fde92 (pub14f)
+            assert c.source == "https://github.com/whn09/ep-benchmarks-efa/blob/13fde92084516c3206e82c842ce944a8a6dd6e2d/README.md"
+            assert c.group == "efa-bench5" and c.ep == 16 and c.nodes == 2
+            assert c.nic_family == ("efa_nvshmem" if "-deepep-" in c.id else "efa")
+            assert c.topology in ("published/p6-b300-efa-2x8", "published/p5-h100-efa-2x8", "published/p5en-h200-efa-2x8")
         elif c.file.startswith("nvshmem-efa-"):                 # the efa_nvshmem family's fitting cases (pub14e)
             assert c.source == ("https://github.com/whn09/ep-benchmarks-efa/blob/3ebc18860776c39fdbcc7ad841c9a310ea123429/"
                                 "deepep-v1-efa/README.md") and c.nic_family == "efa_nvshmem" and c.group == "nvshmem-efa"
             assert c.ep == 16 and c.nodes == 2 and c.topology in ("published/p5-h100-efa-2x8", "published/p5en-h200-efa-2x8")
-            assert c.id not in test | fresh | fresh2 | fresh3 | fresh4          # fitting cases, never held out
+            assert c.id not in test | fresh | fresh2 | fresh3 | fresh4 | fresh5  # fitting cases, never held out
         elif c.file.startswith(("deepep-v2-", "deepep-pcie-", "hybridep-")):
             assert c.source.startswith("https://github.com/deepseek-ai/DeepEP/blob/") and c.nic_family == "ib"
             assert c.kind == "normal" and c.counts == "rdma" and c.group is not None
@@ -171,8 +181,14 @@ def test_split_names_only_known_cases(tmp_path):
     (tmp_path / "split.yaml").write_text("fresh3: [x]\nfresh4: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh4\[0\]='x' is also in fresh3"):
         load_fresh(tmp_path, key="fresh4")
-    with pytest.raises(ValueError, match=r"key='fresh5' must be one of"):
+    (tmp_path / "split.yaml").write_text("fresh4: [x]\nfresh5: [x]\n")
+    with pytest.raises(ValueError, match=r"split.yaml: fresh5\[0\]='x' is also in fresh4"):
         load_fresh(tmp_path, key="fresh5")
+    (tmp_path / "split.yaml").write_text("test: [x]\nfresh5: [x]\n")
+    with pytest.raises(ValueError, match=r"split.yaml: fresh5\[0\]='x' is also a test case"):
+        load_fresh(tmp_path, key="fresh5")
+    with pytest.raises(ValueError, match=r"key='fresh6' must be one of"):
+        load_fresh(tmp_path, key="fresh6")
 
 
 def test_routing_as_deepep_draws_it():
@@ -343,3 +359,35 @@ def test_normal_kernels_share_one_start_up():
         assert cal.predict_GBps(r) == pytest.approx(r.case.published_GBps, rel=1e-6)
     fast = [CaseRun(case(r.case.id, r.case.op, 100e6 / r.sim_s[1.0] / 1e9 * 1.1), 100e6, 0.0, r.sim_s) for r in runs]
     assert fit_calibration(fast, set()).alpha_s["ib"]["normal"] == {"dispatch": 0.0, "combine": 0.0}   # bounded at 0
+
+
+def test_uccl_hopper_combine_ceiling_by_hand():
+    """UCCL-EP's normal combine on Hopper: t = max(network model, kernel_bytes / C), C the geometric mean of what the
+    limited fitting cases show (lshsim.sim.published's docstring); numbers worked by hand."""
+    from lshsim.sim.published import Calibration, combine_ceiling, combine_limited
+
+    base = Case("h1", "normal", 16, 2, "combine", "bf16", 20.0, "rdma", {"tokens_per_rank": 8, "hidden": 8, "top_k": 2},
+                "https://x", "f.yaml", None, "published/p5en-h200-efa-{nodes}x8", "efa")
+    assert combine_limited(base)                                            # efa, normal combine, H200, 2 nodes
+    assert combine_limited(dataclasses.replace(base, nic_family="efa_v1", topology_template="published/p5-h100-efa-{nodes}x8"))
+    assert not combine_limited(dataclasses.replace(base, op="dispatch"))
+    assert not combine_limited(dataclasses.replace(base, nic_family="ib"))           # other kernels: no ceiling
+    assert not combine_limited(dataclasses.replace(base, nic_family="efa_nvshmem"))
+    assert not combine_limited(dataclasses.replace(base, topology_template="published/p6-b200-efa-{nodes}x8"))  # B200
+    assert not combine_limited(dataclasses.replace(base, kind="low_latency", counts="choices"))
+    # two limited fitting runs: 100 MB counted at 20 GB/s = 5 ms over 300 MB of kernel bytes -> 60 GB/s shown;
+    # 100 MB at 25 GB/s = 4 ms over 200 MB -> 50 GB/s; C = sqrt(60 x 50) GB/s = 54.772 GB/s
+    a = CaseRun(base, counted=100e6, network_bytes=50e6, sim_s={1.0: 1e-3}, kernel_bytes=300e6, limited=True)
+    b = CaseRun(dataclasses.replace(base, id="h2", published_GBps=25.0), counted=100e6, network_bytes=50e6,
+                sim_s={1.0: 1e-3}, kernel_bytes=200e6, limited=True)
+    assert combine_ceiling([a, b]) == pytest.approx(54.772256e9, rel=1e-6)
+    assert combine_ceiling([dataclasses.replace(a, limited=False)]) is None
+    cal = Calibration({"efa": 1.0}, {"efa": {"normal": {"dispatch": 0.0, "combine": 0.0}}}, combine_Bps={"efa": 54.772256e9})
+    assert cal.time_s(a) == pytest.approx(300e6 / 54.772256e9, rel=1e-6)            # 5.477 ms, not the network's 1 ms
+    assert cal.predict_GBps(a) == pytest.approx(100e6 / (300e6 / 54.772256e9) / 1e9, rel=1e-6)   # 18.26 GB/s
+    assert cal.time_s(dataclasses.replace(a, limited=False)) == pytest.approx(1e-3)  # not limited: the network model
+    fast = dataclasses.replace(a, sim_s={1.0: 9e-3})                                  # network slower than the ceiling
+    assert cal.time_s(fast) == pytest.approx(9e-3)
+    fit = fit_calibration([a, b], set(), grid=(1.0,))
+    assert fit.combine_Bps == {"efa": pytest.approx(54.772256e9, rel=1e-6)}
+    assert fit.time_s(a) == pytest.approx(300e6 / 54.772256e9, rel=1e-6)     # the fitted start-up stays under it

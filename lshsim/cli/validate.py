@@ -141,7 +141,9 @@ def _run_published(args) -> int:
         console.print(f"calibration {family} (fitting cases only): NIC efficiency {cal['nic_efficiency'][family]:.2f} "
                       f"({cal['nic_Bps'][family] / 1e9:.1f} GB/s per NIC; floor shown by the fitting cases "
                       f"{cal['efficiency_floor'].get(family, 0.0):.3f}), start-ups: {starts}; per low-latency "
-                      f"message {cal['message_s'].get(family, 0.0) * 1e9:.0f} ns")
+                      f"message {cal['message_s'].get(family, 0.0) * 1e9:.0f} ns"
+                      + (f"; UCCL-EP Hopper normal-combine ceiling {cal['combine_Bps'][family] / 1e9:.1f} GB/s of "
+                         f"(token, rank) bytes" if cal.get("combine_Bps", {}).get(family) else ""))
 
     def line(name, part):
         if part and part["cases"]:

@@ -16,8 +16,9 @@ cases, chosen before any fit and never fitted on (`load_split`). For each case t
    averaged over ranks.
 
 Calibration (`Calibration`, `fit_calibration`), per NIC family (a case file's `nic_family`: ib for CX7 InfiniBand,
-efa for UCCL-EP's CPU proxy over AWS EFA, efa_nvshmem for DeepEP over NVSHMEM's libfabric/EFA host proxy), each family on its own, on the FITTING cases only (`split.yaml` names the test cases and the
-fresh held-out sets `fresh:`, `fresh2:`, `fresh3:` and `fresh4:`; the fit refuses all of them). The predicted time of a case is
+efa for UCCL-EP's CPU proxy over AWS EFA v2 and later, efa_v1 for the same over EFA v1 (p5), efa_nvshmem for DeepEP over
+NVSHMEM's libfabric/EFA host proxy), each family on its own, on the FITTING cases only (`split.yaml` names the test cases and the
+fresh held-out sets `fresh:` to `fresh5:`; the fit refuses all of them). The predicted time of a case is
 
     t = t_sim(eff) + alpha[kind][op] + beta x m
 
@@ -39,6 +40,18 @@ fresh held-out sets `fresh:`, `fresh2:`, `fresh3:` and `fresh4:`; the fit refuse
 - eff (NIC efficiency): a grid (EFFICIENCY_GRID, 0.40-1.00), bounded BEFORE fitting by two physical limits: at most
   1 (line rate), and at least what the family's fitting cases demonstrate (`demonstrated_efficiency`: a rank's NIC
   carried at least its mean network bytes in the published time, so eff x line rate >= network bytes / time).
+- UCCL-EP's normal combine on Hopper (`combine_limited`: nic_family efa or efa_v1, a topology whose GPU is an H100 /
+  H200): t = max(t above, kernel_bytes / C[family]), kernel_bytes = the mean over ranks of the (token, source rank)
+  pairs the rank's tokens come back from x hidden x 2 (what the combine's reduction reads). Cause (whn09/ep-benchmarks-efa
+  uccl-ep-efa/README.md and INVESTIGATION_p5.md): "The bottleneck is in the normal combine *kernel* (reduction path), not
+  the transport"; during combine each NIC runs at 14-24 of 100 Gb/s; UCCL-EP hard-codes kNumCombineForwarderWarps = 16
+  (24 in DeepEP) because 24 overflows H100's shared memory, and reduces in software. C (B/s) is fitted BEFORE the rest,
+  in closed form: the geometric mean of kernel_bytes / published time over the family's limited fitting cases
+  (`combine_ceiling`); with none, no ceiling. On B200 / B300 the same kernel reaches 57-95 GB/s (no ceiling applied).
+- `efa_v1` (a NIC family, data only): UCCL-EP's CPU proxy over EFA v1 (AWS p5, 32 x 100 Gb/s) calibrated apart from
+  `efa` (EFA v2 and later): "UCCL's RDMA stack is much more sensitive to per-NIC bandwidth and EFA SRD HW generation",
+  LL dispatch 3377 us on p5 vs 207 us on p5en for the same test, "~3250 us is CPU proxy thread coordination"
+  (INVESTIGATION_p5.md, Hypothesis 5), per-NIC 63 Gb/s of 100 in dispatch (Hypothesis 3).
 The fit: for each allowed eff, the start-ups (and beta) minimise a robust loss of log(predicted / published)
 (soft L1 with scale ROBUST_SCALE = 0.1: errors beyond ~10% count linearly, so a figure held down by a software limit
 no network model has, like UCCL-EP's p5en combine, does not drag the others); the eff with the least loss wins.
@@ -55,7 +68,8 @@ from lshsim.readers import load_yaml as read_yaml
 from lshsim.sim.dispatch_formats import bytes_per_token, node_dedup_traffic
 
 __all__ = ["Case", "load_cases", "load_split", "load_fresh", "FRESH_SETS", "deepep_routing", "case_traffic", "counted_bytes", "simulate_case",
-           "Calibration", "fit_calibration", "validate_published", "source_group", "PUBLISHED_DIR", "NORMAL_CHUNKS"]
+           "Calibration", "fit_calibration", "validate_published", "source_group", "PUBLISHED_DIR", "NORMAL_CHUNKS",
+           "combine_limited", "combine_ceiling"]
 
 #: the folder of the published cases in a source checkout
 PUBLISHED_DIR = Path(__file__).resolve().parents[2] / "data" / "published"
@@ -210,11 +224,11 @@ def load_split(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = No
 
 #: the fresh held-out sets of split.yaml, in the order they were added: each committed before any prediction of its
 #: cases (and before the model change that followed it); never fitted on
-FRESH_SETS = ("fresh", "fresh2", "fresh3", "fresh4")
+FRESH_SETS = ("fresh", "fresh2", "fresh3", "fresh4", "fresh5")
 
 
 def load_fresh(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = None, key: str = "fresh") -> set[str]:
-    """The ids of one fresh held-out set of `folder/split.yaml` (`key`: `fresh:`, `fresh2:`, `fresh3:` or `fresh4:`, optional): committed
+    """The ids of one fresh held-out set of `folder/split.yaml` (`key`: one of FRESH_SETS, optional): committed
     before a model change and never fitted on; each checked against the cases, the test list and the other fresh sets
     (a case is in one set only)."""
     if key not in FRESH_SETS:
@@ -335,6 +349,7 @@ class Calibration:
     efficiency_floor: dict = field(default_factory=dict)     # family -> lower bound of the efficiency
     fitted_on: tuple = ()
     grid: tuple = ()
+    combine_Bps: dict = field(default_factory=dict)          # family -> UCCL-EP's Hopper normal-combine ceiling (B/s)
 
     def time_s(self, run: "CaseRun") -> float:
         """The predicted seconds of a run: simulated time at the family's efficiency + start-up + messages."""
@@ -348,7 +363,8 @@ class Calibration:
             raise ValueError(f"case {case.id}: no simulated time at NIC efficiency {eff} (simulated: "
                              f"{', '.join(str(e) for e in sorted(run.sim_s))})")
         alpha = self.alpha_s[family].get(case.kind, {}).get(case.op, 0.0)
-        return run.sim_s[eff] + alpha + self.message_s.get(family, 0.0) * run.messages
+        t = run.sim_s[eff] + alpha + self.message_s.get(family, 0.0) * run.messages
+        return _ceiling(run, t, self.combine_Bps.get(family))
 
     def predict_GBps(self, run: "CaseRun") -> float:
         return run.counted / self.time_s(run) / 1e9
@@ -362,6 +378,8 @@ class CaseRun:
     sim_s: dict = field(default_factory=dict)         # nic efficiency -> simulated seconds (no start-up)
     messages: float = 0.0                             # low latency: mean over ranks of the messages to other nodes
     nic_gpu_Bps: float = 0.0                          # the line rate of one GPU's NICs (0: one node)
+    kernel_bytes: float = 0.0                         # mean over ranks of the (token, source rank) pair bytes
+    limited: bool = False                             # combine_limited(case)
 
 
 #: NIC efficiencies the fit may try, 0.40 .. 1.00; a family's fit only uses those >= its demonstrated floor
@@ -389,6 +407,43 @@ def demonstrated_efficiency(runs: list["CaseRun"]) -> dict:
 ROBUST_SCALE = 0.1
 
 
+#: GPUs on which UCCL-EP's normal combine is held by its kernel (Hopper; `combine_limited`)
+HOPPER_GPUS = ("h100", "h200", "h800", "h20")
+#: NIC families of UCCL-EP's own CPU proxy (over EFA v2+ and over EFA v1)
+UCCL_FAMILIES = ("efa", "efa_v1")
+
+
+def _gpu_name(case: Case) -> str:
+    from lshsim.topology.spec import read_spec
+
+    spec, _ = read_spec(case.topology)
+    gpu = spec.get("gpu")
+    if isinstance(gpu, dict):
+        gpu = gpu.get("name") or gpu.get("base")
+    return str(gpu or "").lower()
+
+
+def combine_limited(case: Case) -> bool:
+    """UCCL-EP's normal combine on a Hopper GPU (module docstring): nic_family efa or efa_v1, normal kernel, combine, more
+    than one node, the topology's GPU an H100 / H200."""
+    return (case.nic_family in UCCL_FAMILIES and case.kind == "normal" and case.op == "combine" and case.nodes > 1
+            and _gpu_name(case) in HOPPER_GPUS)
+
+
+def _ceiling(run: "CaseRun", t: float, combine_Bps: float | None) -> float:
+    """t, or kernel_bytes / combine_Bps if the run is combine-limited and that is longer."""
+    if run.limited and combine_Bps:
+        return max(t, run.kernel_bytes / combine_Bps)
+    return t
+
+
+def combine_ceiling(runs: list["CaseRun"]) -> float | None:
+    """UCCL-EP's Hopper normal-combine ceiling (B/s) from the limited runs: the geometric mean of kernel_bytes / published
+    time (the throughput each published figure shows on the combine's reduction input); None without limited runs."""
+    shown = [r.kernel_bytes / (r.counted / (r.case.published_GBps * 1e9)) for r in runs if r.limited]
+    return float(math.exp(np.mean(np.log(shown)))) if shown else None
+
+
 def _log_error(run: CaseRun, t: float) -> float:
     return math.log(run.counted / t / 1e9 / run.case.published_GBps)
 
@@ -401,7 +456,7 @@ def _robust(errors) -> float:
     return float(ROBUST_SCALE ** 2 * np.sum(2.0 * (np.sqrt(1.0 + z) - 1.0)))
 
 
-def _fit_normal(runs: list[CaseRun], eff: float) -> tuple[dict, float]:
+def _fit_normal(runs: list[CaseRun], eff: float, combine_Bps: float | None = None) -> tuple[dict, float]:
     """Normal kernels: ONE start-up a in [0, ALPHA_MAX_S], shared by dispatch and combine, minimising the robust loss
     (`_robust`) of log(pred / published); returned per operation (the same value) for `Calibration.alpha_s`."""
     from scipy.optimize import minimize_scalar
@@ -410,7 +465,7 @@ def _fit_normal(runs: list[CaseRun], eff: float) -> tuple[dict, float]:
         return {}, 0.0
 
     def loss(a):
-        return _robust([_log_error(r, r.sim_s[eff] + a) for r in runs])
+        return _robust([_log_error(r, _ceiling(r, r.sim_s[eff] + a, combine_Bps)) for r in runs])
 
     best = minimize_scalar(loss, bounds=(0.0, ALPHA_MAX_S), method="bounded", options={"xatol": 1e-9})
     alpha = float(best.x) if loss(best.x) <= loss(0.0) else 0.0
@@ -454,21 +509,24 @@ def fit_calibration(runs: list[CaseRun], test_ids: set[str], grid: tuple | None 
         raise ValueError("fit_calibration: no fitting cases")
     grid = tuple(sorted(runs[0].sim_s)) if grid is None else tuple(sorted(grid))
     floors = demonstrated_efficiency(runs)
-    efficiency, alphas, messages = {}, {}, {}
+    efficiency, alphas, messages, ceilings = {}, {}, {}, {}
     for family in sorted({r.case.nic_family for r in runs}):
         mine = [r for r in runs if r.case.nic_family == family]
+        ceiling = combine_ceiling(mine)
+        if ceiling is not None:
+            ceilings[family] = ceiling
         allowed = [e for e in grid if e >= floors.get(family, 0.0) - 1e-12] or [grid[-1]]
         normal = [r for r in mine if r.case.kind == "normal"]
         low = [r for r in mine if r.case.kind == "low_latency"]
         best = None
         for eff in allowed:
-            a_normal, loss = _fit_normal(normal, eff) if normal else ({}, 0.0)
+            a_normal, loss = _fit_normal(normal, eff, ceiling) if normal else ({}, 0.0)
             a_low, beta, loss_low = _fit_low_latency(low, eff) if low else ({}, 0.0, 0.0)
             value = loss + loss_low
             if best is None or value < best[0] - 1e-15:
                 best = (value, eff, {"normal": a_normal, "low_latency": a_low}, beta)
         _, efficiency[family], alphas[family], messages[family] = best
-    return Calibration(efficiency, alphas, messages, floors, tuple(r.case.id for r in runs), grid)
+    return Calibration(efficiency, alphas, messages, floors, tuple(r.case.id for r in runs), grid, ceilings)
 
 
 def _row(run: CaseRun, cal: Calibration, role: str) -> dict:
@@ -480,7 +538,7 @@ def _row(run: CaseRun, cal: Calibration, role: str) -> dict:
            "topology": run.case.topology, "published_GBps": run.case.published_GBps,
            "predicted_GBps": pred, "rel_error": pred / run.case.published_GBps - 1.0,
            "predicted_us": t * 1e6, "counted_MB": run.counted / 1e6, "network_MB": run.network_bytes / 1e6,
-           "source": run.case.source}
+           "source": run.case.source, "combine_limited": run.limited}
     if run.case.published_latency_us is not None:
         row["published_us"] = run.case.published_latency_us
     return row
@@ -513,7 +571,8 @@ def _prepare(case: Case, seed: int) -> tuple[CaseRun, object]:
         network = _choice_network_bytes(case, traffic)
         messages = float(network.mean()) / float(traffic.bytes_per_token)   # one message per remote (token, expert)
     run = CaseRun(case, float(counted_bytes(case, traffic).mean()), float(network.mean()), messages=messages,
-                  nic_gpu_Bps=_nic_gpu_Bps(case))
+                  nic_gpu_Bps=_nic_gpu_Bps(case), kernel_bytes=float(traffic.traffic.sum(axis=0).mean()),
+                  limited=combine_limited(case))
     return run, traffic
 
 
@@ -557,7 +616,8 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
     out = {"calibration": {"nic_efficiency": cal.nic_efficiency,
                            "nic_Bps": {f: e * nominal[f] for f, e in cal.nic_efficiency.items()},
                            "efficiency_floor": cal.efficiency_floor,
-                           "alpha_s": cal.alpha_s, "message_s": cal.message_s, "fitted_on": list(cal.fitted_on),
+                           "alpha_s": cal.alpha_s, "message_s": cal.message_s, "combine_Bps": cal.combine_Bps,
+                           "fitted_on": list(cal.fitted_on),
                            "efficiency_grid": list(grid)},
            "rows": rows,
            "fitting": _summary([r for r in rows if r["role"] == "fitting"]),
