@@ -59,6 +59,7 @@ no network model has, like UCCL-EP's p5en combine, does not drag the others); th
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -576,15 +577,62 @@ def _prepare(case: Case, seed: int) -> tuple[CaseRun, object]:
     return run, traffic
 
 
+def _prepare_task(task: tuple) -> tuple[CaseRun, object]:
+    """`_prepare` of one (case, seed) in a worker process."""
+    return _prepare(*task)
+
+
+def _simulate_task(task: tuple) -> float:
+    """`simulate_case` of one (case, traffic, efficiency) in a worker process."""
+    return simulate_case(*task)
+
+
+def default_jobs() -> int:
+    """The worker processes `validate_published` uses by default: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:                       # no sched_getaffinity (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+def _map(fn, tasks: list, pool, on_done=None, first=None) -> list:
+    """[fn(t) for t in tasks], in the order of `tasks` whatever the order they finish in: in this process (pool None)
+    or on `pool` (a concurrent.futures executor; `first(task)`: a sort key, the tasks submitted in its order, e.g.
+    the longest first). `on_done(i)` is called as task i finishes."""
+    if pool is None:
+        out = []
+        for i, task in enumerate(tasks):
+            out.append(fn(task))
+            if on_done is not None:
+                on_done(i)
+        return out
+    from concurrent.futures import as_completed
+
+    order = sorted(range(len(tasks)), key=lambda i: first(tasks[i])) if first is not None else range(len(tasks))
+    futures = {pool.submit(fn, tasks[i]): i for i in order}
+    out = [None] * len(tasks)
+    for future in as_completed(futures):
+        i = futures[future]
+        out[i] = future.result()
+        if on_done is not None:
+            on_done(i)
+    return out
+
+
 def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, leave_one_out: bool = True,
-                       efficiency_grid: tuple | None = None, fitting_only: bool = False, progress=None) -> dict:
+                       efficiency_grid: tuple | None = None, fitting_only: bool = False, progress=None,
+                       jobs: int = 1) -> dict:
     """Every case predicted against its published figure; the fit on the fitting cases only.
 
     Returns {"calibration", "rows" (each with its role: fitting, test or one of FRESH_SETS, and rel_error = predicted
     / published - 1), "fitting", "test", and one entry per FRESH_SETS key (median and worst |error|), "by_source", "leave_one_out" (each
     fitting case predicted by a fit without it)}. `fitting_only`: the held-out (test and fresh) cases are neither
-    simulated nor reported (to work on the model without seeing them).
+    simulated nor reported (to work on the model without seeing them). `jobs`: worker processes for the traffic and
+    the simulations (1: all in this process; the results do not depend on it, each simulation is the same
+    computation wherever it runs). `progress(case_id)` is called as each case's simulations are done.
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r} must be an integer >= 1")
     grid = EFFICIENCY_GRID if efficiency_grid is None else tuple(sorted(float(e) for e in efficiency_grid))
     if not grid or any(not (0 < e <= 1) for e in grid):
         raise ValueError(f"efficiency_grid={grid!r} must hold NIC efficiencies in (0, 1]")
@@ -592,22 +640,45 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
     test_ids = load_split(folder, cases)
     fresh_ids = {key: load_fresh(folder, cases, key) for key in FRESH_SETS}
     held_out = test_ids.union(*fresh_ids.values())
-    prepared = [_prepare(c, seed) for c in cases if not (fitting_only and c.id in held_out)]
-    fitting = [r for r, _ in prepared if r.case.id not in held_out]
-    # the efficiencies any fit below can choose: >= the lowest demonstrated floor of the full fit and of every
-    # leave-one-out fit (only those are simulated)
-    floors = [demonstrated_efficiency(fitting)]
-    if leave_one_out:
-        floors += [demonstrated_efficiency([x for x in fitting if x is not r]) for r in fitting]
-    runs = []
-    for run, traffic in prepared:
-        low = min(f.get(run.case.nic_family, 0.0) for f in floors)
-        effs = [e for e in grid if e >= low - 1e-12] or [grid[-1]]
-        for eff in effs:
-            run.sim_s[eff] = simulate_case(run.case, traffic, eff)
-        runs.append(run)
-        if progress is not None:
-            progress(run.case.id)
+    chosen = [c for c in cases if not (fitting_only and c.id in held_out)]
+    pool = None
+    if jobs > 1 and len(chosen) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a fresh interpreter per worker, as `lshsim sweep`'s local pool (no forked state)
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        prepared = _map(_prepare_task, [(c, seed) for c in chosen], pool)
+        fitting = [r for r, _ in prepared if r.case.id not in held_out]
+        # the efficiencies any fit below can choose: >= the lowest demonstrated floor of the full fit and of every
+        # leave-one-out fit (only those are simulated)
+        floors = [demonstrated_efficiency(fitting)]
+        if leave_one_out:
+            floors += [demonstrated_efficiency([x for x in fitting if x is not r]) for r in fitting]
+        tasks = []                                   # (index of the case, efficiency), one simulation each
+        for i, (run, _) in enumerate(prepared):
+            low = min(f.get(run.case.nic_family, 0.0) for f in floors)
+            tasks += [(i, eff) for eff in ([e for e in grid if e >= low - 1e-12] or [grid[-1]])]
+        left = [0] * len(prepared)
+        for i, _ in tasks:
+            left[i] += 1
+
+        def done(k):
+            i = tasks[k][0]
+            left[i] -= 1
+            if left[i] == 0 and progress is not None:
+                progress(prepared[i][0].case.id)
+
+        # the pool starts the largest simulations first (the normal kernels' flow simulations of the most GPUs)
+        times = _map(_simulate_task, [(prepared[i][0].case, prepared[i][1], eff) for i, eff in tasks], pool, done,
+                     first=lambda task: (task[0].kind != "normal", -task[0].ep))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    for (i, eff), t in zip(tasks, times):
+        prepared[i][0].sim_s[eff] = t
+    runs = [run for run, _ in prepared]
     fitting = [r for r in runs if r.case.id not in held_out]
     cal = fit_calibration(fitting, held_out, grid)
     role = lambda cid: "test" if cid in test_ids else next((k for k in FRESH_SETS if cid in fresh_ids[k]), "fitting")
