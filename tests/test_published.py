@@ -13,8 +13,8 @@ from lshsim.cli import main
 from lshsim.sim.dispatch_formats import DedupTraffic
 from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID, case_traffic, counted_bytes,
                                   deepep_routing, demonstrated_efficiency, fit_calibration, load_cases, load_fresh,
-                                  load_split, simulate_case,
-                                  source_group)
+                                  load_split, simulate_case, simulation_key, source_group, traffic_key,
+                                  validate_published)
 
 
 def test_shipped_cases_and_split():
@@ -338,7 +338,7 @@ def test_validate_published_command(tmp_path, capsys):
     assert exit_info.value.code == 2 and "give trace files, or --published" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["validate", "--fitting-only", "t.json"])
-    assert exit_info.value.code == 2 and "--fitting-only goes with --published" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--fitting-only, --jobs and --quiet go with --published" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.9:0.8:0.1"])
     assert exit_info.value.code == 2 and "needs 0 < LO <= HI <= 1" in capsys.readouterr().err
@@ -391,3 +391,107 @@ def test_uccl_hopper_combine_ceiling_by_hand():
     fit = fit_calibration([a, b], set(), grid=(1.0,))
     assert fit.combine_Bps == {"efa": pytest.approx(54.772256e9, rel=1e-6)}
     assert fit.time_s(a) == pytest.approx(300e6 / 54.772256e9, rel=1e-6)     # the fitted start-up stays under it
+
+
+def _small_folder(path: Path, extra: list | None = None) -> Path:
+    """Two sources, two NIC families (ib: normal EP 16 fitting, EP 8 test; efa: normal and low-latency EP 16
+    fitting), small workloads; `extra`: more case files {name: document}."""
+    path.mkdir(parents=True, exist_ok=True)
+    workload = {"tokens_per_rank": 64, "hidden": 512, "top_k": 8, "experts": 64}
+    ib = {"source": {"url": "https://example.org/table"}, "workload": workload,
+          "cases": [{"id": f"n{ep}-{op}", "kind": "normal", "ep": ep, "nodes": ep // 8, "op": op,
+                     "format": "fp8" if op == "dispatch" else "bf16", "published_GBps": figure,
+                     "counts": "rdma" if ep > 8 else "nvlink"}
+                    for ep, op, figure in ((16, "dispatch", 40), (16, "combine", 35), (8, "dispatch", 150))]}
+    efa = {"source": {"url": "https://example.org/efa"}, "workload": workload, "nic_family": "efa",
+           "topology": "published/p6-b200-efa-{nodes}x8",
+           "cases": [{"id": f"e16-{kind}-{op}", "kind": kind, "ep": 16, "nodes": 2, "op": op,
+                      "format": "bf16", "published_GBps": figure, **({"counts": "rdma"} if kind == "normal" else {})}
+                     for kind, op, figure in (("normal", "dispatch", 30), ("normal", "combine", 25),
+                                              ("low_latency", "dispatch", 20), ("low_latency", "combine", 18))]}
+    (path / "ib-cases.yaml").write_text(json.dumps(ib))
+    (path / "efa-cases.yaml").write_text(json.dumps(efa))
+    for name, doc in (extra or {}).items():
+        (path / name).write_text(json.dumps(doc))
+    (path / "split.yaml").write_text("test: [n8-dispatch]\n")
+    return path
+
+
+def test_validate_published_jobs_give_equal_results(tmp_path, capsys):
+    """1 and 2 worker processes: the same rows, calibration and leave-one-out, to the bit (the same computations,
+    gathered in the cases' order whatever order the workers finish in); the command line's --jobs too."""
+    folder = _small_folder(tmp_path / "cases")
+    grid = (0.8, 0.9)
+    seen = []
+    one = validate_published(folder, efficiency_grid=grid, jobs=1, progress=seen.append)
+    two = validate_published(folder, efficiency_grid=grid, jobs=2)
+    assert json.dumps(one, sort_keys=True) == json.dumps(two, sort_keys=True)
+    assert sorted(seen) == sorted(r["id"] for r in one["rows"]) and len(one["leave_one_out"]["rows"]) == 6
+    assert main(["validate", "--published", str(folder), "--efficiency-grid", "0.8:0.9:0.1", "--json",
+                 "--jobs", "2"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["rows"] == json.loads(json.dumps(one["rows"]))
+    assert "7 cases simulated, calibration and leave-one-out fitted" in captured.err     # progress on stderr only
+    with pytest.raises(ValueError, match="jobs=0 must be an integer >= 1"):
+        validate_published(folder, efficiency_grid=grid, jobs=0)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--published", str(folder), "--jobs", "0"])
+    assert exit_info.value.code == 2
+
+
+def test_shared_traffic_and_simulations_equal_fresh_ones(tmp_path):
+    """Cases of equal inputs share one traffic draw and one simulation per efficiency: a held-out case that
+    repeats a test case's inputs (another file, id and figure) is predicted as the test case is in a folder where
+    nothing is shared, and a case differing in one input (the format) does not share (a different prediction).
+    The keys tell every input apart."""
+    folder = _small_folder(tmp_path / "alone")
+    twin = {"source": {"url": "https://example.org/twin"}, "group": "twin",
+            "workload": {"tokens_per_rank": 64, "hidden": 512, "top_k": 8, "experts": 64},
+            "cases": [{"id": "twin-n8-dispatch", "kind": "normal", "ep": 8, "nodes": 1, "op": "dispatch",
+                       "format": "fp8", "published_GBps": 99, "counts": "nvlink"},
+                      {"id": "twin-n8-dispatch-bf16", "kind": "normal", "ep": 8, "nodes": 1, "op": "dispatch",
+                       "format": "bf16", "published_GBps": 99, "counts": "nvlink"}]}
+    shared = _small_folder(tmp_path / "shared", {"twin-cases.yaml": twin})
+    (shared / "split.yaml").write_text("test: [n8-dispatch]\nfresh: [twin-n8-dispatch, twin-n8-dispatch-bf16]\n")
+    grid = (0.8, 0.9)
+    alone = {r["id"]: r for r in validate_published(folder, efficiency_grid=grid, jobs=1)["rows"]}
+    both = {r["id"]: r for r in validate_published(shared, efficiency_grid=grid, jobs=1)["rows"]}
+    assert both["n8-dispatch"] == alone["n8-dispatch"]                  # held-out cases do not move the fit
+    assert both["twin-n8-dispatch"]["predicted_us"] == alone["n8-dispatch"]["predicted_us"]
+    assert both["twin-n8-dispatch-bf16"]["predicted_us"] > alone["n8-dispatch"]["predicted_us"]
+    # the shared simulation is the fresh one
+    cases = {c.id: c for c in load_cases(shared)}
+    a, b = cases["n8-dispatch"], cases["twin-n8-dispatch"]
+    assert traffic_key(a, 0) == traffic_key(b, 0) and simulation_key(a, 0) == simulation_key(b, 0)
+    assert simulate_case(b, case_traffic(b), 0.9) == simulate_case(a, case_traffic(a), 0.9)
+    # every input the traffic or the simulation reads changes the key
+    for change in ({"ep": 16, "nodes": 2}, {"nodes": 2}, {"kind": "low_latency"}, {"op": "combine"},
+                   {"format": "bf16"}, {"workload": {**a.workload, "hidden": 1024}},
+                   {"workload": {**a.workload, "dispatch_metadata_bytes": 4}}):
+        other = dataclasses.replace(a, **change)
+        assert traffic_key(other, 0) != traffic_key(a, 0)
+    assert traffic_key(a, 1) != traffic_key(a, 0)                         # the seed
+    moved = dataclasses.replace(a, topology_template="published/p6-b200-efa-{nodes}x8")
+    assert traffic_key(moved, 0) == traffic_key(a, 0) and simulation_key(moved, 0) != simulation_key(a, 0)
+
+
+def test_leave_one_out_refits_one_family_as_a_refit_of_all():
+    """`fit_calibration` fits each family on its own runs alone: a family's calibration from its runs only is the
+    same (to the bit) as from every family's runs, which lets the leave-one-out refits fit the left-out case's
+    family only."""
+    workload = {"tokens_per_rank": 128, "hidden": 7168, "top_k": 8, "experts": 256, "masked_choices": 10}
+    known = {"ib": ("published/h800-ib-{nodes}x8", 0.84, {"dispatch": 25e-6, "combine": 60e-6}, 0.05e-6),
+             "efa": ("published/p6-b200-efa-{nodes}x8", 0.76, {"dispatch": 90e-6, "combine": 40e-6}, 0.3e-6)}
+    runs = [_run(Case(f"{family}-{op}{ep}", "low_latency", ep, ep // 8, op, fmt, 1.0, "choices", workload, "", "",
+                      None, template, family), eff, alpha, beta)
+            for family, (template, eff, alpha, beta) in known.items()
+            for ep in ((16, 32) if family == "ib" else (16, 24))
+            for op, fmt in (("dispatch", "fp8"), ("combine", "bf16"))]
+    for left in runs:
+        rest = [r for r in runs if r is not left]
+        family = left.case.nic_family
+        every = fit_calibration(rest, set(), GRID)
+        alone = fit_calibration([r for r in rest if r.case.nic_family == family], set(), GRID)
+        assert every.predict_GBps(left) == alone.predict_GBps(left)
+        for part in ("nic_efficiency", "alpha_s", "message_s", "efficiency_floor", "combine_Bps"):
+            assert getattr(every, part).get(family) == getattr(alone, part).get(family)

@@ -59,6 +59,7 @@ no network model has, like UCCL-EP's p5en combine, does not drag the others); th
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -562,9 +563,10 @@ def _choice_network_bytes(case: Case, traffic) -> np.ndarray:
     return (traffic.choice_traffic * (node[:, None] != node[None, :])).sum(axis=1)
 
 
-def _prepare(case: Case, seed: int) -> tuple[CaseRun, object]:
-    """A case's run without simulated times (counted and network bytes, messages, the NIC line rate) and traffic."""
-    traffic = case_traffic(case, seed)
+def _prepare(case: Case, seed: int, traffic=None) -> tuple[CaseRun, object]:
+    """A case's run without simulated times (counted and network bytes, messages, the NIC line rate) and traffic
+    (`traffic`: the case's `case_traffic(case, seed)` if already drawn)."""
+    traffic = case_traffic(case, seed) if traffic is None else traffic
     if case.kind == "normal":
         network, messages = traffic.network_bytes(dedup=True), 0.0
     else:
@@ -576,15 +578,81 @@ def _prepare(case: Case, seed: int) -> tuple[CaseRun, object]:
     return run, traffic
 
 
+def _fit_task(task: tuple) -> Calibration:
+    """`fit_calibration` of one (runs, held-out ids, grid) in a worker process (a leave-one-out refit)."""
+    return fit_calibration(*task)
+
+
+def _traffic_task(task: tuple):
+    """`case_traffic` of one (case, seed) in a worker process."""
+    return case_traffic(*task)
+
+
+def traffic_key(case: Case, seed: int) -> tuple:
+    """What `case_traffic(case, seed)` depends on: cases with equal keys draw the same traffic (the workload block
+    whole, so a key it does not read still tells two cases apart: never a wrong hit)."""
+    import json
+
+    return (json.dumps(case.workload, sort_keys=True), case.ep, case.nodes, case.kind, case.op, case.format, int(seed))
+
+
+def simulation_key(case: Case, seed: int) -> tuple:
+    """What `simulate_case(case, case_traffic(case, seed), eff)` depends on besides eff: the traffic, the topology,
+    the kernel kind and operation (both in `traffic_key`) and the number of nodes (in it too)."""
+    return traffic_key(case, seed) + (case.topology,)
+
+
+def _simulate_task(task: tuple) -> float:
+    """`simulate_case` of one (case, traffic, efficiency) in a worker process."""
+    return simulate_case(*task)
+
+
+def default_jobs() -> int:
+    """The worker processes `validate_published` uses by default: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:                       # no sched_getaffinity (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+def _map(fn, tasks: list, pool, on_done=None, first=None) -> list:
+    """[fn(t) for t in tasks], in the order of `tasks` whatever the order they finish in: in this process (pool None)
+    or on `pool` (a concurrent.futures executor; `first(task)`: a sort key, the tasks submitted in its order, e.g.
+    the longest first). `on_done(i)` is called as task i finishes."""
+    if pool is None:
+        out = []
+        for i, task in enumerate(tasks):
+            out.append(fn(task))
+            if on_done is not None:
+                on_done(i)
+        return out
+    from concurrent.futures import as_completed
+
+    order = sorted(range(len(tasks)), key=lambda i: first(tasks[i])) if first is not None else range(len(tasks))
+    futures = {pool.submit(fn, tasks[i]): i for i in order}
+    out = [None] * len(tasks)
+    for future in as_completed(futures):
+        i = futures[future]
+        out[i] = future.result()
+        if on_done is not None:
+            on_done(i)
+    return out
+
+
 def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, leave_one_out: bool = True,
-                       efficiency_grid: tuple | None = None, fitting_only: bool = False, progress=None) -> dict:
+                       efficiency_grid: tuple | None = None, fitting_only: bool = False, progress=None,
+                       jobs: int = 1) -> dict:
     """Every case predicted against its published figure; the fit on the fitting cases only.
 
     Returns {"calibration", "rows" (each with its role: fitting, test or one of FRESH_SETS, and rel_error = predicted
     / published - 1), "fitting", "test", and one entry per FRESH_SETS key (median and worst |error|), "by_source", "leave_one_out" (each
     fitting case predicted by a fit without it)}. `fitting_only`: the held-out (test and fresh) cases are neither
-    simulated nor reported (to work on the model without seeing them).
+    simulated nor reported (to work on the model without seeing them). `jobs`: worker processes for the traffic and
+    the simulations (1: all in this process; the results do not depend on it, each simulation is the same
+    computation wherever it runs). `progress(case_id)` is called as each case's simulations are done.
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r} must be an integer >= 1")
     grid = EFFICIENCY_GRID if efficiency_grid is None else tuple(sorted(float(e) for e in efficiency_grid))
     if not grid or any(not (0 < e <= 1) for e in grid):
         raise ValueError(f"efficiency_grid={grid!r} must hold NIC efficiencies in (0, 1]")
@@ -592,22 +660,66 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
     test_ids = load_split(folder, cases)
     fresh_ids = {key: load_fresh(folder, cases, key) for key in FRESH_SETS}
     held_out = test_ids.union(*fresh_ids.values())
-    prepared = [_prepare(c, seed) for c in cases if not (fitting_only and c.id in held_out)]
+    chosen = [c for c in cases if not (fitting_only and c.id in held_out)]
+    pool = None
+    if jobs > 1 and len(chosen) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a fresh interpreter per worker, as `lshsim sweep`'s local pool (no forked state)
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        return _validate(cases, chosen, test_ids, fresh_ids, held_out, grid, seed, leave_one_out, fitting_only,
+                         progress, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _validate(cases, chosen, test_ids, fresh_ids, held_out, grid, seed, leave_one_out, fitting_only, progress,
+              pool) -> dict:
+    """`validate_published`'s work on its parsed inputs; `pool`: an executor for the traffic, the simulations and
+    the leave-one-out refits, or None (all in this process)."""
+    # cases of equal inputs (e.g. the same AWS test run with DeepEP and UCCL-EP) share one traffic draw and one
+    # simulation per efficiency: the same computation on the same inputs gives the same numbers
+    unique = {}
+    for c in chosen:
+        unique.setdefault(traffic_key(c, seed), c)
+    drawn = dict(zip(unique, _map(_traffic_task, [(c, seed) for c in unique.values()], pool)))
+    prepared = [_prepare(c, seed, drawn[traffic_key(c, seed)]) for c in chosen]
     fitting = [r for r, _ in prepared if r.case.id not in held_out]
     # the efficiencies any fit below can choose: >= the lowest demonstrated floor of the full fit and of every
     # leave-one-out fit (only those are simulated)
     floors = [demonstrated_efficiency(fitting)]
     if leave_one_out:
         floors += [demonstrated_efficiency([x for x in fitting if x is not r]) for r in fitting]
-    runs = []
-    for run, traffic in prepared:
+    wanted = []                                  # per case, the efficiencies it is simulated at
+    for run, _ in prepared:
         low = min(f.get(run.case.nic_family, 0.0) for f in floors)
-        effs = [e for e in grid if e >= low - 1e-12] or [grid[-1]]
+        wanted.append([e for e in grid if e >= low - 1e-12] or [grid[-1]])
+    tasks, users = {}, {}                        # (simulation key, eff) -> index of its first case; -> cases
+    for i, ((run, _), effs) in enumerate(zip(prepared, wanted)):
         for eff in effs:
-            run.sim_s[eff] = simulate_case(run.case, traffic, eff)
-        runs.append(run)
-        if progress is not None:
-            progress(run.case.id)
+            key = (simulation_key(run.case, seed), eff)
+            tasks.setdefault(key, i)
+            users.setdefault(key, []).append(i)
+    keys = list(tasks)
+    left = [len(effs) for effs in wanted]
+
+    def done(k):
+        for i in users[keys[k]]:
+            left[i] -= 1
+            if left[i] == 0 and progress is not None:
+                progress(prepared[i][0].case.id)
+
+    # the pool starts the largest simulations first (the normal kernels' flow simulations of the most GPUs)
+    times = _map(_simulate_task, [(prepared[tasks[k]][0].case, prepared[tasks[k]][1], k[1]) for k in keys], pool,
+                 done, first=lambda task: (task[0].kind != "normal", -task[0].ep))
+    simulated = dict(zip(keys, times))
+    for (run, _), effs in zip(prepared, wanted):
+        for eff in effs:                         # in the order of the grid, as before
+            run.sim_s[eff] = simulated[(simulation_key(run.case, seed), eff)]
+    runs = [run for run, _ in prepared]
     fitting = [r for r in runs if r.case.id not in held_out]
     cal = fit_calibration(fitting, held_out, grid)
     role = lambda cid: "test" if cid in test_ids else next((k for k in FRESH_SETS if cid in fresh_ids[k]), "fitting")
@@ -632,12 +744,17 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
                                     "one per operation), a cost per network message of the low-latency kernels",
                      "fitting_only": fitting_only, "seed": seed}}
     if leave_one_out:
-        loo = []
+        # each left-out case is predicted by its own family's calibration only, and `fit_calibration` fits every
+        # family on its own runs alone (floor, ceiling, efficiency, start-ups): so the refit without r is made on
+        # r's family alone, the same numbers for r as a refit of every family, without the other families' work
+        pending = []
         for r in fitting:
-            rest = [x for x in fitting if x is not r]
-            if not any(x.case.nic_family == r.case.nic_family for x in rest):
+            rest = [x for x in fitting if x is not r and x.case.nic_family == r.case.nic_family]
+            if not rest:
                 continue                     # the only fitting case of its family: nothing to predict it with
-            loo.append(_row(r, fit_calibration(rest, held_out, grid), "leave-one-out"))
+            pending.append((r, rest))
+        refits = _map(_fit_task, [(rest, held_out, grid) for _, rest in pending], pool)
+        loo = [_row(r, refit, "leave-one-out") for (r, _), refit in zip(pending, refits)]
         out["leave_one_out"] = {**_summary(loo), "rows": loo,
                                 "by_source": {g: _summary([x for x in loo if x["source_group"] == g])
                                               for g in sorted({x["source_group"] for x in loo})}}
