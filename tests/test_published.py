@@ -172,18 +172,10 @@ def test_split_names_only_known_cases(tmp_path):
     (tmp_path / "split.yaml").write_text("test: [x]\nfresh: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh\[0\]='x' is also a test case"):
         load_fresh(tmp_path)
-    (tmp_path / "split.yaml").write_text("fresh: [x]\nfresh2: [x]\n")
-    with pytest.raises(ValueError, match=r"split.yaml: fresh2\[0\]='x' is also in fresh"):
-        load_fresh(tmp_path, key="fresh2")
-    (tmp_path / "split.yaml").write_text("fresh2: [x]\nfresh3: [x]\n")
-    with pytest.raises(ValueError, match=r"split.yaml: fresh3\[0\]='x' is also in fresh2"):
-        load_fresh(tmp_path, key="fresh3")
-    (tmp_path / "split.yaml").write_text("fresh3: [x]\nfresh4: [x]\n")
-    with pytest.raises(ValueError, match=r"split.yaml: fresh4\[0\]='x' is also in fresh3"):
-        load_fresh(tmp_path, key="fresh4")
-    (tmp_path / "split.yaml").write_text("fresh4: [x]\nfresh5: [x]\n")
-    with pytest.raises(ValueError, match=r"split.yaml: fresh5\[0\]='x' is also in fresh4"):
-        load_fresh(tmp_path, key="fresh5")
+    for earlier, later in [("fresh", "fresh2"), ("fresh2", "fresh3"), ("fresh3", "fresh4"), ("fresh4", "fresh5")]:
+        (tmp_path / "split.yaml").write_text(f"{earlier}: [x]\n{later}: [x]\n")
+        with pytest.raises(ValueError, match=rf"split.yaml: {later}\[0\]='x' is also in {earlier}"):
+            load_fresh(tmp_path, key=later)
     (tmp_path / "split.yaml").write_text("test: [x]\nfresh5: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh5\[0\]='x' is also a test case"):
         load_fresh(tmp_path, key="fresh5")
