@@ -164,6 +164,18 @@ def test_layer_with_the_replayed_gate_equals_the_eager_gate_on_a_gpu(router, lsh
     assert fast.lsh_gather.replays == 0 and eager.lsh_gather.replays == 0
 
 
+def _lsh_layer_step(model, x0, ids):
+    """One forward and backward of an LSH layer on a fresh leaf copy of x0, parameter gradients
+    cleared first: (output, the tokens' gradient, token of each row, the centroids in use, segments)."""
+    for param in model.parameters():
+        param.grad = None
+    x = x0.detach().requires_grad_(True)
+    out = model.forward(x, ids)
+    (out.y.float() * 0.01).sum().backward()
+    _, token_of_row, centroids, segs = out.lsh_rows
+    return out, x.grad, token_of_row, centroids[:int(segs.num_segments[0])], segs
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(512, 256, 8, 2, 2, 8), (3000, 512, 16, 4, 3, 8), (700, 256, 8, 3, 6, 16)],
                          ids=["t512-k2", "t3000-k4", "t700-k3-L6"])
@@ -196,15 +208,9 @@ def test_lsh_layer_without_the_send_rows_equals_the_gathered_rows_on_a_gpu(shape
     for x0, ids in [inputs[0], inputs[0], inputs[1]]:
         results = []
         for model in (new, old):
-            for param in model.parameters():
-                param.grad = None
-            x = x0.detach().requires_grad_(True)
-            out = model.forward(x, ids)
-            (out.y.float() * 0.01).sum().backward()
-            _, token_of_row, centroids, segs = out.lsh_rows
-            num = int(segs.num_segments[0])
-            results.append(([out.y, centroids[:num].detach(), token_of_row, segs.seg_of_row, out.send_rows()]
-                            + [p.grad for p in model.parameters()], x.grad))
+            out, x_grad, token_of_row, centroids, segs = _lsh_layer_step(model, x0, ids)
+            results.append(([out.y, centroids.detach(), token_of_row, segs.seg_of_row, out.send_rows()]
+                            + [p.grad for p in model.parameters()], x_grad))
         (exact_new, grad_new), (exact_old, grad_old) = results
         for a, b in zip(exact_new, exact_old):
             assert torch.equal(a, b)
@@ -254,14 +260,8 @@ def test_lsh_phases_on_kernels_equal_the_torch_bucketing_on_a_gpu(monkeypatch, s
             with monkeypatch.context() as patch:
                 if model is ref:  # the torch segments in the reference's graph (captured on its first call)
                     patch.setattr(lsh_fast, "choice_segments_eligible", lambda *a, **kw: False)
-                for param in model.parameters():
-                    param.grad = None
-                x = x0.detach().requires_grad_(True)
-                out = model.forward(x, ids)
-                (out.y.float() * 0.01).sum().backward()
-                _, token_of_row, centroids, segs = out.lsh_rows
-                num = int(segs.num_segments[0])
-                results.append([out.y, x.grad, token_of_row, out.send_rows(), centroids[:num], segs.order, segs.seg_of_row,
+                out, x_grad, token_of_row, centroids, segs = _lsh_layer_step(model, x0, ids)
+                results.append([out.y, x_grad, token_of_row, out.send_rows(), centroids, segs.order, segs.seg_of_row,
                                 segs.seg_start, segs.seg_count, segs.seg_group, segs.num_valid,
                                 torch.tensor(out.send_splits)] + [p.grad for p in model.parameters()])
         for a, b in zip(*results):
