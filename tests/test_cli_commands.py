@@ -117,6 +117,22 @@ def test_byte_options_say_what_they_accept():
         assert " ".join(BYTES_HELP.split()) in " ".join(parsers[name].format_help().split()), name
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["collision", "--dim", "64", "--hashs", "6"],
+     "lshsim collision: error: unrecognized arguments: --hashs 6 (did you mean --hashes?) (see lshsim collision --help)"),
+    (["plan", "--lsh_rate", "0.1"], "lshsim plan: error: unrecognized arguments: --lsh_rate 0.1 (did you mean --lsh-rate?)"),
+    (["plan", "stray"], "lshsim plan: error: unrecognized arguments: stray (see lshsim plan --help)"),
+])
+def test_a_misspelt_option_is_refused_by_its_sub_command_with_the_nearest_option(capsys, argv, expected):
+    """argparse reports a sub-command's unknown option from the top parser (`lshsim: error: ... (see lshsim
+    --help)`, the wrong help); it is refused in the sub-command's name, naming the option it is close to."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+
+
 def test_launch_needs_a_sub_command(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["launch", "--nproc", "2", "--", "plan"])
