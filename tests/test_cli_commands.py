@@ -135,9 +135,13 @@ def test_a_misspelt_option_is_refused_by_its_sub_command_with_the_nearest_option
 
 def test_launch_needs_a_sub_command(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["launch", "--nproc", "2", "--", "plan"])
+        main(["launch", "--nproc", "2", "--"])
     assert exit_info.value.code == 2
     assert "launch needs a sub-command after '--'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["launch", "--nproc", "2", "--", "plan"])            # was "needs a sub-command", one was given
+    assert exit_info.value.code == 2
+    assert "launch: unknown sub-command 'plan' after '--'; known: run, calibrate, check" in capsys.readouterr().err
 
 
 def test_python_dash_m_entry_points_run():
