@@ -133,6 +133,15 @@ def test_a_misspelt_option_is_refused_by_its_sub_command_with_the_nearest_option
     assert err.count("\n") == 1 and expected in err, err
 
 
+def test_version(capsys):
+    """`lshsim --version` said "the following arguments are required: COMMAND" (exit 2)."""
+    from lshsim import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"lshsim {__version__}"
+
+
 def test_launch_needs_a_sub_command(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["launch", "--nproc", "2", "--"])
