@@ -198,7 +198,7 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         guesses = []
         for extra in extras:
             if extra.startswith("--"):
-                close = difflib.get_close_matches(extra.split("=", 1)[0], known, n=1, cutoff=0.6)
+                close = difflib.get_close_matches(extra.split("=", 1)[0], known, n=1, cutoff=0.75)
                 guesses += close
         return f" (did you mean {', '.join(guesses)}?)" if guesses else ""
 
