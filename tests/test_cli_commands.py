@@ -122,7 +122,7 @@ def test_byte_options_say_what_they_accept():
      "lshsim collision: error: unrecognized arguments: --hashs 6 (did you mean --hashes?) (see lshsim collision --help)"),
     (["plan", "--lsh_rate", "0.1"], "lshsim plan: error: unrecognized arguments: --lsh_rate 0.1 (did you mean --lsh-rate?)"),
     (["plan", "stray"], "lshsim plan: error: unrecognized arguments: stray (see lshsim plan --help)"),
-    (["simulate", "--plot", "x.png"],                     # nothing close: no guess (--topology is not one)
+    (["simulate", "--topology", "a100-nvswitch", "--traffic", "uniform:1MB", "--plot", "x.png"],  # no near option
      "lshsim simulate: error: unrecognized arguments: --plot x.png (see lshsim simulate --help)"),
 ])
 def test_a_misspelt_option_is_refused_by_its_sub_command_with_the_nearest_option(capsys, argv, expected):
