@@ -549,8 +549,10 @@ def cmd_launch(args) -> int:
     rest = list(args.rest)
     if rest and rest[0] == "--":
         rest = rest[1:]
-    if not rest or rest[0] not in ("run", "calibrate", "check"):
+    if not rest:
         raise ValueError("launch needs a sub-command after '--': run, calibrate or check")
+    if rest[0] not in ("run", "calibrate", "check"):
+        raise ValueError(f"launch: unknown sub-command {rest[0]!r} after '--'; known: run, calibrate, check")
     rank_args = _parse_rank_command(rest)  # a bad argument is refused here, before any rank starts
     if getattr(rank_args, "fault", None) is not None:
         _check_fault_rank(rank_args.fault_rank, args.nproc, "--nproc")

@@ -172,6 +172,36 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         message = " ".join(str(message).split())
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        # argparse hands a sub-command's unknown options up to the top parser, whose message names
+        # `lshsim`, not the sub-command: refuse them in the sub-command's name, with the nearest option
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = self._chosen_subparser(parsed)
+            parser.error(f"unrecognized arguments: {' '.join(extras)}{parser._nearest_options(extras)}")
+        return parsed
+
+    def _chosen_subparser(self, parsed) -> "argparse.ArgumentParser":
+        """The innermost sub-command parser that `parsed` went through (self when there is none)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(parsed, action.dest, None) or "")
+                if chosen is not None:
+                    return chosen._chosen_subparser(parsed) if isinstance(chosen, OneLineArgumentParser) else chosen
+        return self
+
+    def _nearest_options(self, extras: list[str]) -> str:
+        """' (did you mean --x?)' for the unknown options that are close to a known one, else ''."""
+        import difflib
+
+        known = [option for action in self._actions for option in action.option_strings if option.startswith("--")]
+        guesses = []
+        for extra in extras:
+            if extra.startswith("--"):
+                close = difflib.get_close_matches(extra.split("=", 1)[0], known, n=1, cutoff=0.75)
+                guesses += close
+        return f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+
 
 def env_int(name: str, default: int) -> int:
     """The integer in environment variable `name` (`default` when unset); ValueError naming the

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -176,6 +177,15 @@ def _writable_folder(folder: Path, option: str, target: str | None = None) -> No
         raise ValueError(f"{named} cannot be created ({error.strerror or error})") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"{named} is not writable")
+    # os.access says yes to root everywhere, also where no file can be made (/proc, a read-only mount):
+    # make (and remove) a file there, so that the refusal comes now, not after the work
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".lshsim-probe-", suffix=".tmp", dir=folder)
+    except OSError as error:
+        raise ValueError(f"{named} is not writable ({error.strerror or error})") from None
+    os.close(handle)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
 
 
 def prepare_output(path: str | Path | None, option: str) -> Path | None:

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["MissingExtraError", "EXTRA_HINT", "MODEL_PACKAGE", "TEXT_SOURCES", "NUM_LAYERS", "HIDDEN_SIZE",
-           "MiniLM", "model_dir", "load_model", "bert_forward", "text_source", "load_text",
+           "MiniLM", "model_dir", "check_extra", "load_model", "bert_forward", "text_source", "load_text",
            "token_windows", "TokenExtraction", "extract_tokens", "extract_hidden_states", "package_version",
            "SAMPLE_LAYERS", "sample_dir", "load_sample"]
 
@@ -124,6 +124,16 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_extra(text: str = "lee-background") -> None:
+    """Raise MissingExtraError naming the first missing piece of the `real` extra that reading `text` and
+    the model needs (the packages, the model's files, the text's file), without loading anything; an
+    unknown text source is a ValueError. `lshsim tokens` asks before it creates its output folder."""
+    _require("safetensors.torch", "safetensors")
+    _require("tokenizers", "tokenizers")
+    model_dir()
+    text_source(text)
 
 
 def load_model(folder: str | Path | None = None) -> MiniLM:

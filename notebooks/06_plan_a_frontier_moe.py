@@ -27,11 +27,10 @@
 #    with balanced and skewed expert popularity.
 #
 # Then one simulated training step per choice, the expert-parallel group size (EP x DP, section
-# 5) and tensor parallelism inside a node (TP x EP, section 6). What is **not** here yet, and why:
-#
-# - *FP8 and per-node deduplication in the whole step*: section 2 simulates the dispatch
-#   all-to-all with them (`lshsim.sim.dispatch_formats`), but `lshsim plan`'s step does not offer
-#   them as options yet.
+# 5) and tensor parallelism inside a node (TP x EP, section 6). FP8 and per-node deduplication
+# appear here on the dispatch all-to-all only (section 2, `lshsim.sim.dispatch_formats`); the whole
+# step with them is `lshsim plan --router model --algorithm deepep --dispatch-format fp8` (README,
+# "Dispatch formats and node deduplication").
 #
 # Every number is computed by the code below from committed files (no GPU, no network).
 
@@ -279,10 +278,11 @@ print(f"skew {SKEWED}: dropless, the busiest GPU receives {skewed.loc['dropless'
 #
 # `simulate_config` runs the step simulator of `lshsim plan` (forward and backward of every layer:
 # attention, gate, dispatch, experts, combine; roofline compute on the H100's datasheet rates,
-# flow-level all-to-alls) on the routings above. Caveat, stated by the catalog: the simulator reads
-# only the fields of `MODEL_FIELDS`, so it costs all 61 layers as MoE layers (not 58 after 3 dense
-# ones), experts as 2 matrices (DeepSeek's are SwiGLU, 3) and no shared-expert compute. The
-# all-to-all bytes per MoE layer follow the routing; the compute is an underestimate.
+# flow-level all-to-alls, the data-parallel gradient all-reduce) on the routings above. Besides
+# `MODEL_FIELDS` the simulator reads `OPTIONAL_MODEL_FIELDS`, so it costs the 3 dense first layers at
+# their own width (d_ffn 18,432), SwiGLU's third matrix and the shared expert (in the expert phase);
+# MLA attention is costed as standard attention. The all-to-all bytes per MoE layer follow the routing;
+# the compute is a roofline, a lower bound.
 
 # %%
 cache = A2ACache(cluster, drain_tolerance=TOLERANCE)
@@ -308,8 +308,8 @@ for label in dict.fromkeys(steps.index.get_level_values(0)):
           f"{steps.loc[(label, 'direct'), 'all-to-all share']:.0%} (direct)")
 
 # %% [markdown]
-# At 4096 tokens per GPU the all-to-alls take most of the simulated step, although the compute is
-# underestimated (above): every GPU's 400 Gb/s NIC carries about 7/8 of its tokens' copies, four
+# At 4096 tokens per GPU the all-to-alls take a large share of the simulated step, although the
+# compute is a roofline lower bound (above): every GPU's 400 Gb/s NIC carries about 7/8 of its tokens' copies, four
 # times per MoE layer. The hierarchical ("2d") all-to-all first gathers each node's copies by
 # destination rail over NVLink: on balanced traffic it adds an NVLink phase to the same NIC bytes,
 # on skewed traffic it can spread the hot GPUs' load; the lines above say which wins here.
@@ -361,9 +361,10 @@ display(ep_table.round(3))
 # %% [markdown]
 # The fewer nodes a group spans, the fewer of a token's copies cross the network: EP = 8 moves
 # everything over NVLink, and from EP = 16 on the NICs carry 1/2, 3/4, 7/8 of the copies. The step
-# time follows. What the table does not show is the cost of a small EP: 256 / EP experts' weights
-# and optimizer state on every GPU, and the data-parallel gradient all-reduce of the experts over
-# 64 / EP groups, neither of which the simulator models yet.
+# time follows. What the table does not show is the memory cost of a small EP: 256 / EP experts'
+# weights and optimizer state on every GPU, which the simulator does not check. (The data-parallel
+# all-reduce of each expert's gradients over its 64 / EP replicas is in the step: phase
+# `grad_allreduce`, overlapped with the backward by default.)
 #
 # The same plan from the command line (timed in benchmarks/RESULTS.md, "issue 14" section):
 #
@@ -425,3 +426,17 @@ for batch in dict.fromkeys(tp_table.index.get_level_values(0)):
 
 # %%
 print(f"notebook ran in {time.perf_counter() - notebook_start:.1f} s")
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. In section 2's FP8 / deduplication table, how much shorter than `direct` is the deduplicated
+#    dispatch at M = 1, and how much of that remains at M = 8 (plain top-8)? Re-run the section on
+#    `b200-ib-rail-8x8` (NVLink twice as fast, the same NICs): which of the two gains changes?
+# 2. In section 3, raise `SKEWED` to 1.0. How much larger does the busiest GPU's receive load get
+#    (dropless), and which capacity factor keeps the dispatch time of the balanced case? What does
+#    it drop?
+# 3. In section 4, give `StepConfig` `grad_sync="after"` and then `"off"`: how much of the step
+#    does the gradient all-reduce take when it cannot hide behind the backward?
+# 4. In section 5, run EP 8 with `tokens_per_gpu=1024`: does the in-node layout still win when the
+#    all-to-alls are four times smaller? Check the same with `lshsim plan --ep 8 --tokens-per-gpu 1024`.

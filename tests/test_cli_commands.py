@@ -117,11 +117,42 @@ def test_byte_options_say_what_they_accept():
         assert " ".join(BYTES_HELP.split()) in " ".join(parsers[name].format_help().split()), name
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["collision", "--dim", "64", "--hashs", "6"],
+     "lshsim collision: error: unrecognized arguments: --hashs 6 (did you mean --hashes?) (see lshsim collision --help)"),
+    (["plan", "--lsh_rate", "0.1"], "lshsim plan: error: unrecognized arguments: --lsh_rate 0.1 (did you mean --lsh-rate?)"),
+    (["plan", "stray"], "lshsim plan: error: unrecognized arguments: stray (see lshsim plan --help)"),
+    (["simulate", "--topology", "a100-nvswitch", "--traffic", "uniform:1MB", "--plot", "x.png"],  # no near option
+     "lshsim simulate: error: unrecognized arguments: --plot x.png (see lshsim simulate --help)"),
+])
+def test_a_misspelt_option_is_refused_by_its_sub_command_with_the_nearest_option(capsys, argv, expected):
+    """argparse reports a sub-command's unknown option from the top parser (`lshsim: error: ... (see lshsim
+    --help)`, the wrong help); it is refused in the sub-command's name, naming the option it is close to."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+
+
+def test_version(capsys):
+    """`lshsim --version` said "the following arguments are required: COMMAND" (exit 2)."""
+    from lshsim import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"lshsim {__version__}"
+
+
 def test_launch_needs_a_sub_command(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["launch", "--nproc", "2", "--", "plan"])
+        main(["launch", "--nproc", "2", "--"])
     assert exit_info.value.code == 2
     assert "launch needs a sub-command after '--'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["launch", "--nproc", "2", "--", "plan"])            # was "needs a sub-command", one was given
+    assert exit_info.value.code == 2
+    assert "launch: unknown sub-command 'plan' after '--'; known: run, calibrate, check" in capsys.readouterr().err
 
 
 def test_python_dash_m_entry_points_run():

@@ -258,3 +258,61 @@ def test_a_killed_sweep_resumes_to_the_uninterrupted_table(tmp_path, capsys):
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {table}" in resumed.stderr
     assert _stable(_rows(table)) == _stable(whole)
+
+
+@pytest.mark.slow  # a `python -m lshsim.cli sweep --jobs 2` process and its two spawned workers (torch imports)
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc; the parent-death signal is Linux's")
+def test_a_terminated_sweep_leaves_no_worker_behind(tmp_path):
+    """SIGTERM to `lshsim sweep --jobs 2` ends it without clean-up; its spawned pool workers used to stay
+    behind for good (idle, waiting on the dead sweep's queue). They end with it now."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    def children(pid: int) -> set[int]:
+        found = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.add(int(stat.parent.name))
+        return found
+
+    def alive(pids: set[int]) -> set[int]:
+        living = set()
+        for pid in pids:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                living.add(pid)
+        return living
+
+    grid = _grid(tmp_path, text=GRID.format(nodes="[1, 2]", cluster=V100).replace("[100, 400]", "[25, 50, 100, 200, 400]"))
+    command = [sys.executable, "-m", "lshsim.cli", "sweep", grid, "--out", str(tmp_path / "t.csv"), "--jobs", "2"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    workers: set[int] = set()
+    try:
+        for line in process.stderr:            # the pool is up once the first point is done
+            if "] 1/10 " in line:
+                workers = children(process.pid)
+                break
+        assert len(workers) >= 2, workers      # the two workers (and multiprocessing's resource tracker)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while alive(workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive(workers), f"workers {sorted(alive(workers))} outlived the terminated sweep"
+    finally:
+        for pid in alive(workers):
+            os.kill(pid, signal.SIGKILL)
+        if process.poll() is None:
+            process.kill()

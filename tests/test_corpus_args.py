@@ -151,7 +151,7 @@ OPTION_TABLE = [
     (["calibrate"], "--ffn-d-model", ["0", "nan", "4096.5"]),
     (["calibrate"], "--ffn-tokens", ["-8192", "0", "inf"]),
     (["calibrate", "--nccl-tests", NCCL_LOG], "--world-size", ["0", "-8", "nan"]),
-    (["calibrate", "--nccl-tests", NCCL_LOG], "--gpu", ["h300", "cpu", "tpu-v5"]),
+    (["calibrate", "--nccl-tests", NCCL_LOG], "--gpu", ["h300", "cpu", "tpu-v5", "h1000", "a1000"]),  # h1000 read as h100
     (["calibrate"], "--fit-min-bytes", ["-1", "nan", "1.5"]),
     (["calibrate"], "--name", ["../x", "", "a/b", ".hidden"]),
     (["calibrate"], "--source-option", ["novalue", "=4", "1x=2"]),

@@ -61,3 +61,13 @@ def test_cli_json_and_plot(tmp_path, capsys):
     assert png.stat().st_size > 10_000
     with pytest.raises(ValueError, match="no predicted phase"):
         plot_validations([], tmp_path / "empty.png")
+
+
+def test_plot_format_follows_the_suffix(tmp_path):
+    """`validate --plot v.pdf` wrote PNG bytes into v.pdf; the format follows the suffix as for every other
+    command's --plot (png when matplotlib knows no such format)."""
+    trace = sorted((DATA / "x4").glob("gpu-uniform-*.json"))[0]
+    validations = [validate_trace(Trace.from_json(trace), TOPO4)]
+    assert plot_validations(validations, tmp_path / "v.pdf").read_bytes().startswith(b"%PDF")
+    assert plot_validations(validations, tmp_path / "v.svg").read_text().lstrip().startswith("<?xml")
+    assert plot_validations(validations, tmp_path / "v.data").read_bytes().startswith(b"\x89PNG")

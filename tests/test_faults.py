@@ -281,7 +281,7 @@ RUN = ["run", "--workload", "data/workloads/cal-uniform-d2048-t128.yaml"]
     (LAUNCH + ["--"] + RUN + ["--fault", "explode"], ["--fault", "explode"]),
     (LAUNCH + ["--", "check", "--tolerance", "nan"], ["--tolerance", "nan"]),
     (LAUNCH + ["--", "check", "--tolerance=-1e-4"], ["--tolerance", ">= 0"]),
-    (LAUNCH + ["--", "frobnicate"], ["run, calibrate or check"]),
+    (LAUNCH + ["--", "frobnicate"], ["unknown sub-command 'frobnicate'", "run, calibrate, check"]),
     (LAUNCH, ["run, calibrate or check"]),
     (["check", "--tolerance", "nan"], ["--tolerance", "nan"]),
     (["check", "--tolerance", "inf"], ["--tolerance", "inf"]),

@@ -160,6 +160,28 @@ def test_prepare_output_refuses(tmp_path, make, message):
         lio.prepare_output(make(tmp_path), "--out")
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, a folder where no file can be made")
+def test_a_folder_where_no_file_can_be_made_is_refused_before_the_work(capsys):
+    """os.access says yes to root on every folder, also on /proc or a read-only mount; the output rule
+    makes a file there, so `--plot /proc/x.png` is refused up front, naming the option and the path
+    (it used to fail after the work, naming the temporary file)."""
+    from lshsim.cli import main
+
+    with pytest.raises(ValueError, match="--plot /proc/x.png: the folder /proc is not writable"):
+        lio.prepare_output("/proc/x.png", "--plot")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["capacity", "--plot", "/proc/x.png"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "--plot /proc/x.png" in captured.err
+
+
+def test_the_writability_probe_leaves_nothing_behind(tmp_path):
+    lio.prepare_output(tmp_path / "x.json", "--out")
+    lio.prepare_output_dir(tmp_path / "d", "--out-dir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"] and not list((tmp_path / "d").iterdir())
+
+
 def test_prepare_output_dir(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     assert lio.prepare_output_dir(tmp_path / "new" / "dir", "--out-dir").is_dir()

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -372,14 +373,16 @@ def check_gpu_name(name: object, what: str = "gpu") -> str:
 def gpu_key(device_name: str | None) -> str | None:
     """'NVIDIA H200' -> 'h200', 'NVIDIA H100 80GB HBM3' -> 'h100'; None if not a known GPU.
 
-    >>> gpu_key("NVIDIA H100 80GB HBM3"), gpu_key("cpu")
-    ('h100', None)
+    A key followed by another digit is a different device ('NVIDIA A1000', a typo 'h1000'):
+
+    >>> gpu_key("NVIDIA H100 80GB HBM3"), gpu_key("cpu"), gpu_key("NVIDIA RTX A1000"), gpu_key("h1000")
+    ('h100', None, None, None)
     """
     if not device_name:
         return None
     lowered = device_name.lower()
     for key in CALIBRATED_GPUS:
-        if key in lowered:
+        if re.search(re.escape(key) + r"(?!\d)", lowered):
             return key
     return None
 

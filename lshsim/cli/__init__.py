@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "analytic models, a simulator and an executor (LSH-MoE, LocMoE). Errors: one "
                                    "line on standard error, exit code 2. Output files (--plot, --trace, --out, "
                                    "...) are written whole (a temporary file renamed into place); " + OUTPUT_RULE_HELP)
+    from lshsim import __version__
+
+    parser.add_argument("--version", action="version", version=f"lshsim {__version__}")
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="import MODULE (a dotted name, or a .py file) before the command and call its "
                              "register() if it has one: how a plugin adds routers, topology families, "

@@ -57,7 +57,8 @@ def add_parser(subparsers):
                    help="LSH-MoE compression rate in (0, 1] (centroids / tokens; the paper reports 0.117-0.2); "
                         "default: no LSH for your option, 0.2 for the comparison's lsh row")
     p.add_argument("--algorithm", default="direct",
-                   help="all-to-all: direct | pairwise | hierarchical (alias 2d) | groupwise, or a registered "
+                   help="all-to-all: direct | pairwise | hierarchical (alias 2d) | groupwise | node_dedup (alias "
+                        "deepep: DeepEP's normal kernels, a token once per destination node), or a registered "
                         "one (lshsim.algorithms; default direct)")
     p.add_argument("--moe-layer", default="software", choices=("software", "grouped", "tutel", "gshard-einsum-loop"),
                    help="how the MoE layer runs (lshsim.sim.moe_layers): software (default: the cluster's "
@@ -74,7 +75,8 @@ def add_parser(subparsers):
                    help="bytes per token of the forward dispatch: model (the model's precision, default), bf16, "
                         "or fp8 (one byte a value plus a float32 scale per 128 values, as DeepEP counts it); the "
                         "combine and the gradients stay in the model's precision. With --algorithm node_dedup "
-                        "(alias deepep) a token crosses the network once per destination node, then NVLink")
+                        "(alias deepep) a token crosses the network once per destination node, then NVLink "
+                        "forwards it to each of its experts' GPUs there")
     p.add_argument("--overlap", action="store_true",
                    help="pipeline dispatch / experts / combine in chunks (Tutel-style)")
     p.add_argument("--tokens-per-gpu", type=arg_positive_int, default=None,

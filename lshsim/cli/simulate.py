@@ -22,8 +22,9 @@ def add_parser(subparsers):
                         f"{BYTES_HELP}) or FILE.json: a [world][world] matrix of bytes, row = source rank (or "
                         "lshsim route --json output)")
     p.add_argument("--algorithm", default="direct",
-                   help="direct | pairwise | hierarchical (alias 2d) | groupwise, or a registered one "
-                        "(lshsim.algorithms; default direct)")
+                   help="direct | pairwise | hierarchical (alias 2d) | groupwise | node_dedup (alias deepep; "
+                        "from a matrix alone nothing is deduplicated: every byte for another node crosses the "
+                        "network, then NVLink forwards it), or a registered one (lshsim.algorithms; default direct)")
     p.add_argument("--chunks", type=arg_positive_int, default=1,
                    help="hierarchical only: pipeline chunks (default 1)")
     p.add_argument("--alpha-s", type=arg_finite_number(0.0), default=None,

@@ -9,6 +9,8 @@ PREFIX.json (model, text source, layers, tokens, package versions, the command).
 from __future__ import annotations
 
 import argparse
+import contextlib
+from pathlib import Path
 
 from lshsim.checks import arg_int, arg_positive_int
 from lshsim.cli import OUTPUT_RULE_HELP
@@ -54,9 +56,18 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
+    from lshsim import realdata
     from lshsim.io import path_in_folder, prepare_output_dir
 
+    made = [p for p in (Path(args.out_dir), *Path(args.out_dir).parents) if not p.exists()]
     folder = prepare_output_dir(args.out_dir, "--out-dir")
+    try:
+        realdata.check_extra(args.text)
+    except (realdata.MissingExtraError, ValueError) as error:
+        for created in made:                # the folders made just now, innermost first: nothing is left behind
+            with contextlib.suppress(OSError):
+                created.rmdir()
+        raise ValueError(str(error)) from None
     names = {layer: f"{args.prefix}_layer{layer}.npy" for layer in sorted(set(args.layers))}
     paths = {layer: path_in_folder(folder, name, "--prefix") for layer, name in names.items()}
     ids_path = path_in_folder(folder, f"{args.prefix}_token_ids.npy", "--prefix")
@@ -66,7 +77,6 @@ def run(args) -> int:
 
     import numpy as np
 
-    from lshsim import realdata
     from lshsim.io import atomic_output, write_text_atomically
 
     try:

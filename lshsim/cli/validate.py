@@ -40,8 +40,8 @@ def add_parser(subparsers):
     p.add_argument("--topology", default=None,
                    help="topology name or YAML (e.g. a calibrated one); default: the GPU's datasheet topology")
     p.add_argument("--plot", default=None,
-                   help="draw predicted vs measured into this PNG file (written whole; its folder is created if "
-                        "missing, checked before any work)")
+                   help="draw predicted vs measured into this file (PNG, or the format its suffix names: .pdf, "
+                        ".svg; written whole; its folder is created if missing, checked before any work)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return p
 

@@ -338,7 +338,9 @@ def plot_validations(validations: list[Validation], path: str | Path) -> Path:
     path = Path(path)
     from lshsim.io import atomic_output
 
+    suffix = path.suffix.lstrip(".").lower()       # the format follows the suffix, as every other --plot
+    image_format = suffix if suffix in fig.canvas.get_supported_filetypes() else "png"
     with atomic_output(path, "wb") as handle:      # written whole: the old file or the new one
-        fig.savefig(handle, format="png", dpi=120)
+        fig.savefig(handle, format=image_format, dpi=120)
     return path
 
