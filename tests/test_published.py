@@ -40,6 +40,20 @@ def test_shipped_cases_and_split():
     fresh5 = load_fresh(key="fresh5")
     sixth = {c.id for c in cases if c.file.startswith("efa-bench5-")}                  # the sixth round: fresh5
     assert fresh5 == sixth and len(fresh5) == 14 and not fresh5 & (test | fresh | fresh2 | fresh3 | fresh4)
+    # the plain all-to-all cases (a2a14g): fresh6 is their test draw, the rule of split.yaml redone here
+    fresh6 = load_fresh(key="fresh6")
+    a2a = [c for c in cases if c.kind == "alltoall"]
+    groups = {}
+    for c in a2a:
+        groups.setdefault((c.file, c.nodes), []).append(c.id)
+    rng = np.random.default_rng(16)
+    drawn = {g[i] for key in sorted(groups) for g in [groups[key]]
+             for i in rng.choice(len(g), math.ceil(len(g) / 3), replace=False)}
+    assert fresh6 == drawn and len(a2a) == 49 and len(fresh6) == 22 and 3 * len(fresh6) >= len(a2a)
+    assert not fresh6 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5)
+    for family, held in (("efa_nccl", 5), ("efa_v1_nccl", 17)):    # each family has test and fitting cases
+        mine = {c.id for c in a2a if c.nic_family == family}
+        assert len(mine & fresh6) == held and mine - fresh6
     new = [c for c in cases if c.file.startswith("uccl-") and c.id not in third]
     assert len(new) == 24 and 3 * len(test & {c.id for c in new}) >= len(new)   # ... of the new cases too
     by_id = {c.id: c for c in cases}
