@@ -613,3 +613,22 @@ def test_alltoall_fit_recovers_start_up_and_cost_per_peer():
     both = fit_calibration(runs + ll, set(), GRID)
     assert "alltoall" not in both.alpha_s["efa"] and "efa" not in both.alltoall_peer_s
     assert both.alltoall_peer_s == cal.alltoall_peer_s
+
+
+def test_validate_published_command_with_alltoall_cases(tmp_path, capsys):
+    """Made-up all-to-all cases (2 and 4 p5 nodes, two sizes, one held out) with a split: the command predicts them,
+    reports the held-out one apart, and prints the family's start-up and cost per remote peer."""
+    cases = [{"id": f"m{nodes}-{mib}", "kind": "alltoall", "ep": 8 * nodes, "nodes": nodes, "size_bytes": mib << 20,
+              "published_GBps": figure}
+             for nodes, mib, figure in ((2, 32, 45.0), (2, 256, 75.0), (4, 32, 35.0), (4, 256, 54.0))]
+    _write_alltoall_file(tmp_path, doc={"cases": cases})
+    (tmp_path / "split.yaml").write_text("test: [m4-256]\n")
+    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.8:0.9:0.02", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    roles = {r["id"]: r["role"] for r in out["rows"]}
+    assert roles == {"m2-32": "fitting", "m2-256": "fitting", "m4-32": "fitting", "m4-256": "test"}
+    assert out["calibration"]["fitted_on"] == ["m2-32", "m2-256", "m4-32"] and out["test"]["cases"] == 1
+    assert {r["size_bytes"] for r in out["rows"]} == {32 << 20, 256 << 20} and "efa_v1_nccl" in out["calibration"]["alltoall_peer_s"]
+    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.8:0.9:0.02"]) == 0
+    text = capsys.readouterr().out
+    assert "calibration efa_v1_nccl" in text and "us per remote peer" in text and "m4-256" in text
