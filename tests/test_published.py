@@ -11,7 +11,8 @@ import pytest
 
 from lshsim.cli import main
 from lshsim.sim.dispatch_formats import DedupTraffic
-from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID, case_traffic, counted_bytes,
+from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID, alltoall_per_peer_bytes,
+                                  case_traffic, counted_bytes,
                                   deepep_routing, demonstrated_efficiency, fit_calibration, load_cases, load_fresh,
                                   load_split, simulate_case, simulation_key, source_group, traffic_key,
                                   validate_published)
@@ -19,7 +20,7 @@ from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID,
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 163 and len({c.id for c in cases}) == 163
+    assert len(cases) == 212 and len({c.id for c in cases}) == 212
     test = load_split()
     third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
     fourth = {c.id for c in cases if c.file.startswith("aws-")}                          # the fourth round: fresh3
@@ -39,6 +40,20 @@ def test_shipped_cases_and_split():
     fresh5 = load_fresh(key="fresh5")
     sixth = {c.id for c in cases if c.file.startswith("efa-bench5-")}                  # the sixth round: fresh5
     assert fresh5 == sixth and len(fresh5) == 14 and not fresh5 & (test | fresh | fresh2 | fresh3 | fresh4)
+    # the plain all-to-all cases (a2a14g): fresh6 is their test draw, the rule of split.yaml redone here
+    fresh6 = load_fresh(key="fresh6")
+    a2a = [c for c in cases if c.kind == "alltoall"]
+    groups = {}
+    for c in a2a:
+        groups.setdefault((c.file, c.nodes), []).append(c.id)
+    rng = np.random.default_rng(16)
+    drawn = {g[i] for key in sorted(groups) for g in [groups[key]]
+             for i in rng.choice(len(g), math.ceil(len(g) / 3), replace=False)}
+    assert fresh6 == drawn and len(a2a) == 49 and len(fresh6) == 22 and 3 * len(fresh6) >= len(a2a)
+    assert not fresh6 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5)
+    for family, held in (("efa_nccl", 5), ("efa_v1_nccl", 17)):    # each family has test and fitting cases
+        mine = {c.id for c in a2a if c.nic_family == family}
+        assert len(mine & fresh6) == held and mine - fresh6
     new = [c for c in cases if c.file.startswith("uccl-") and c.id not in third]
     assert len(new) == 24 and 3 * len(test & {c.id for c in new}) >= len(new)   # ... of the new cases too
     by_id = {c.id: c for c in cases}
@@ -49,7 +64,13 @@ def test_shipped_cases_and_split():
     assert by_id["nvshmem-efa-p5-ll-ep16-dispatch"].published_GBps == 9.9          # the sweep's 'default' row, rank 0
     assert by_id["nvshmem-efa-p5en-ep16-combine"].published_GBps == 58.48
     for c in cases:                                           # every case has a source and a topology that loads
-        if c.id in third:
+        if c.kind == "alltoall":                              # nccl-tests alltoall_perf rows (a2a14g)
+            assert c.file.startswith("nccl-") and c.counts == "busbw" and c.size_bytes % (c.ep * 4) == 0
+            assert c.source.startswith(("https://github.com/awslabs/awsome-distributed-ai/blob/",
+                                        "https://github.com/crazyguitar/aws-gpu-communication-benchmark/blob/a77f70d"))
+            assert (c.nic_family, c.topology) in (("efa_nccl", f"published/p6-b300-efa-{c.nodes}x8"),
+                                                  ("efa_v1_nccl", f"published/p5-h100-efa-{c.nodes}x8"))
+        elif c.id in third:
             assert c.source.startswith(("https://github.com/uccl-project/uccl/blob/da914a2",
                                         "https://github.com/deepseek-ai/DeepEP/issues/493")) and c.nic_family == "ib"
             assert c.group in ("uccl-amd", "deepep-user") and c.topology.startswith(("published/mi3", "published/mi355x-",
@@ -172,15 +193,16 @@ def test_split_names_only_known_cases(tmp_path):
     (tmp_path / "split.yaml").write_text("test: [x]\nfresh: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh\[0\]='x' is also a test case"):
         load_fresh(tmp_path)
-    for earlier, later in [("fresh", "fresh2"), ("fresh2", "fresh3"), ("fresh3", "fresh4"), ("fresh4", "fresh5")]:
+    for earlier, later in [("fresh", "fresh2"), ("fresh2", "fresh3"), ("fresh3", "fresh4"), ("fresh4", "fresh5"),
+                           ("fresh5", "fresh6")]:
         (tmp_path / "split.yaml").write_text(f"{earlier}: [x]\n{later}: [x]\n")
         with pytest.raises(ValueError, match=rf"split.yaml: {later}\[0\]='x' is also in {earlier}"):
             load_fresh(tmp_path, key=later)
     (tmp_path / "split.yaml").write_text("test: [x]\nfresh5: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh5\[0\]='x' is also a test case"):
         load_fresh(tmp_path, key="fresh5")
-    with pytest.raises(ValueError, match=r"key='fresh6' must be one of"):
-        load_fresh(tmp_path, key="fresh6")
+    with pytest.raises(ValueError, match=r"key='fresh7' must be one of"):
+        load_fresh(tmp_path, key="fresh7")
 
 
 def test_routing_as_deepep_draws_it():
@@ -487,3 +509,126 @@ def test_leave_one_out_refits_one_family_as_a_refit_of_all():
         assert every.predict_GBps(left) == alone.predict_GBps(left)
         for part in ("nic_efficiency", "alpha_s", "message_s", "efficiency_floor", "combine_Bps"):
             assert getattr(every, part).get(family) == getattr(alone, part).get(family)
+
+
+def _write_alltoall_file(folder: Path, name: str = "n.yaml", doc: dict | None = None, **override):
+    case = {"id": "a2a", "kind": "alltoall", "ep": 16, "nodes": 2, "size_bytes": 1 << 20, "published_GBps": 40,
+            **override}
+    text = {"source": {"url": "https://example.org/nccl"}, "topology": "published/p5-h100-efa-{nodes}x8",
+            "nic_family": "efa_v1_nccl", "cases": [case], **(doc or {})}
+    (folder / name).write_text(json.dumps(text))
+
+
+def test_alltoall_cases_load_with_their_fields_checked(tmp_path):
+    """A plain all-to-all case (kind alltoall): size_bytes, published_GBps (busbw), no token workload; a bad field
+    names the file, the field and the value."""
+    _write_alltoall_file(tmp_path)
+    (case,) = load_cases(tmp_path)
+    assert (case.kind, case.op, case.counts, case.size_bytes, case.element_bytes) == ("alltoall", "alltoall", "busbw",
+                                                                                      1 << 20, 4)
+    assert case.topology == "published/p5-h100-efa-2x8" and case.workload == {} and case.nic_family == "efa_v1_nccl"
+    for override, message in [
+            ({"size_bytes": 32}, "n.yaml: cases[0].size_bytes=32 must be an integer >= ep x element_bytes = 64"),
+            ({"size_bytes": 1.5e6}, "n.yaml: cases[0].size_bytes=1500000.0 must be an integer"),
+            ({"published_GBps": 0}, "n.yaml: cases[0].published_GBps=0 must be a number > 0"),
+            ({"counts": "algbw"}, "n.yaml: cases[0].counts='algbw' must be busbw"),
+            ({"op": "dispatch"}, "n.yaml: cases[0].op='dispatch' must be alltoall"),
+            ({"element_bytes": 3}, "n.yaml: cases[0].element_bytes=3 must be 1, 2, 4 or 8"),
+            ({"format": "bf16"}, "n.yaml: cases[0].format='bf16': not a field of an alltoall case"),
+            ({"ep": 24, "nodes": 5}, "n.yaml: cases[0].nodes=5 must be an integer >= 1 dividing ep=24")]:
+        _write_alltoall_file(tmp_path, **override)
+        with pytest.raises(ValueError) as error:
+            load_cases(tmp_path)
+        assert message in str(error.value), (override, str(error.value))
+    _write_alltoall_file(tmp_path, doc={"workload": {"tokens_per_rank": 8}})
+    with pytest.raises(ValueError, match=r"n.yaml: workload=\{'tokens_per_rank': 8\}: a file of plain all-to-all cases"):
+        load_cases(tmp_path)
+    _write_alltoall_file(tmp_path, ep=24, nodes=3)         # no 3 x 8 p5 topology
+    with pytest.raises(ValueError, match=r"n.yaml: topology='published/p5-h100-efa-\{nodes\}x8' \(case a2a\)"):
+        load_cases(tmp_path)
+
+
+def test_alltoall_busbw_counts_the_bytes_sent_to_other_ranks():
+    """nccl-tests: algbw = size / time, busbw = algbw x (n - 1) / n. By hand, 4 ranks, size 1,024 B of floats: 256 B per
+    peer; a rank sends 3 x 256 = 768 B to the others; in 1 us that is algbw 1.024 GB/s, busbw 0.768 GB/s = 768 B / 1 us.
+    A size not divisible: 1,000 B = 250 floats, 62 per peer (nccl-tests' count / nranks), 248 B."""
+    case = Case("a", "alltoall", 4, 2, "alltoall", "none", 1.0, "busbw", {}, "", "", size_bytes=1024)
+    t = case_traffic(case)
+    assert t.per_peer_bytes == 256 and t.traffic.shape == (4, 4) and (t.traffic == 256).all()
+    assert counted_bytes(case, t).tolist() == [768.0] * 4
+    algbw = case.size_bytes / 1e-6 / 1e9
+    assert algbw * (4 - 1) / 4 == pytest.approx(counted_bytes(case, t)[0] / 1e-6 / 1e9) == pytest.approx(0.768)
+    odd = dataclasses.replace(case, size_bytes=1000)
+    assert alltoall_per_peer_bytes(odd) == 248 and counted_bytes(odd, case_traffic(odd)).tolist() == [744.0] * 4
+    assert alltoall_per_peer_bytes(dataclasses.replace(case, size_bytes=1000, element_bytes=2)) == 250
+
+
+def test_alltoall_simulated_time_by_hand():
+    """2 x 8 H100 (published/p5-h100-efa-2x8: 4 x 100 Gb/s EFA per GPU = 50 GB/s, NVLink 450 GB/s, PCIe 64 GB/s),
+    64 MiB per rank: a GPU sends 8 of its 16 peers' 4 MiB over its NICs, 32 MiB at eff x 50 GB/s (NVLink's 7 x 4 MiB
+    at 450 GB/s and PCIe's 32 MiB at 64 GB/s take less), plus the longest path's latency: 2 PCIe hops of 1 us and 2
+    network hops of 2 us = 6 us. The flow simulation of the same matrix gives the same time."""
+    from lshsim.sim.collectives import simulate_all_to_all
+    from lshsim.topology import build_topology
+    from lshsim.topology.spec import read_spec
+
+    case = Case("a", "alltoall", 16, 2, "alltoall", "none", 1.0, "busbw", {}, "", "", None,
+                "published/p5-h100-efa-{nodes}x8", "efa_v1_nccl", size_bytes=64 << 20)
+    traffic = case_traffic(case)
+    for eff in (1.0, 0.8):
+        hand = (64 << 20) / 2 / (eff * 50e9) + 6e-6
+        assert simulate_case(case, traffic, eff) == pytest.approx(hand, rel=1e-9)
+    spec, source = read_spec(case.topology)
+    spec = {**spec, "calibration": {**(spec.get("calibration") or {}), "nic_Bps": 0.8 * 12.5e9}}
+    flow = simulate_all_to_all(build_topology(spec, source=source), traffic.traffic, "direct", local_copy=False)
+    assert flow.time_s == pytest.approx(simulate_case(case, traffic, 0.8), rel=1e-9)
+
+
+def test_alltoall_fit_recovers_start_up_and_cost_per_peer():
+    """Plain all-to-all runs made by the model at known (efficiency, start-up, cost per remote peer) on 2-8 p5 nodes
+    and two sizes: the fit recovers all three (the remote peers grow with the nodes, which separates the per-peer
+    cost from the start-up); the family gets an alltoall start-up and a per-peer cost, the other families none."""
+    eff, alpha, gamma = 0.84, 120e-6, 3e-6
+    runs = []
+    for nodes in (2, 4, 8):
+        for size in (32 << 20, 256 << 20):
+            case = Case(f"a{nodes}-{size}", "alltoall", 8 * nodes, nodes, "alltoall", "none", 1.0, "busbw", {}, "",
+                        "", None, "published/p5-h100-efa-{nodes}x8", "efa_v1_nccl", size_bytes=size)
+            traffic = case_traffic(case)
+            counted = float(counted_bytes(case, traffic).mean())
+            sim = {e: simulate_case(case, traffic, e) for e in GRID}
+            remote = float(case.ep - 8)
+            figure = counted / (sim[eff] + alpha + gamma * remote) / 1e9
+            runs.append(CaseRun(dataclasses.replace(case, published_GBps=figure), counted, 0.0, sim, messages=remote))
+    cal = fit_calibration(runs, set(), GRID)
+    assert cal.nic_efficiency["efa_v1_nccl"] == eff
+    assert cal.alpha_s["efa_v1_nccl"]["alltoall"]["alltoall"] == pytest.approx(alpha, abs=1e-7)
+    assert cal.alltoall_peer_s["efa_v1_nccl"] == pytest.approx(gamma, abs=1e-9)
+    for r in runs:
+        assert cal.predict_GBps(r) == pytest.approx(r.case.published_GBps, rel=1e-4)
+    workload = {"tokens_per_rank": 128, "hidden": 7168, "top_k": 8, "experts": 256, "masked_choices": 10}
+    ll = [_run(Case(f"ll-{op}{ep}", "low_latency", ep, ep // 8, op, "bf16", 1.0, "choices", workload, "", "", None,
+                    "published/p6-b200-efa-{nodes}x8", "efa"), 0.8, {"dispatch": 50e-6, "combine": 40e-6}, 0.1e-6)
+          for ep in (16, 32) for op in ("dispatch", "combine")]
+    both = fit_calibration(runs + ll, set(), GRID)
+    assert "alltoall" not in both.alpha_s["efa"] and "efa" not in both.alltoall_peer_s
+    assert both.alltoall_peer_s == cal.alltoall_peer_s
+
+
+def test_validate_published_command_with_alltoall_cases(tmp_path, capsys):
+    """Made-up all-to-all cases (2 and 4 p5 nodes, two sizes, one held out) with a split: the command predicts them,
+    reports the held-out one apart, and prints the family's start-up and cost per remote peer."""
+    cases = [{"id": f"m{nodes}-{mib}", "kind": "alltoall", "ep": 8 * nodes, "nodes": nodes, "size_bytes": mib << 20,
+              "published_GBps": figure}
+             for nodes, mib, figure in ((2, 32, 45.0), (2, 256, 75.0), (4, 32, 35.0), (4, 256, 54.0))]
+    _write_alltoall_file(tmp_path, doc={"cases": cases})
+    (tmp_path / "split.yaml").write_text("test: [m4-256]\n")
+    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.8:0.9:0.02", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    roles = {r["id"]: r["role"] for r in out["rows"]}
+    assert roles == {"m2-32": "fitting", "m2-256": "fitting", "m4-32": "fitting", "m4-256": "test"}
+    assert out["calibration"]["fitted_on"] == ["m2-32", "m2-256", "m4-32"] and out["test"]["cases"] == 1
+    assert {r["size_bytes"] for r in out["rows"]} == {32 << 20, 256 << 20} and "efa_v1_nccl" in out["calibration"]["alltoall_peer_s"]
+    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.8:0.9:0.02"]) == 0
+    text = capsys.readouterr().out
+    assert "calibration efa_v1_nccl" in text and "us per remote peer" in text and "m4-256" in text

@@ -159,6 +159,9 @@ def _run_published(args) -> int:
         alpha = cal["alpha_s"][family]
         starts = ", ".join(f"{kind.replace('_', '-')} {op} {a * 1e6:.1f} us"
                            for kind in ("normal", "low_latency") for op, a in alpha.get(kind, {}).items())
+        if family in cal.get("alltoall_peer_s", {}):          # a family of plain all-to-all cases (nccl-tests)
+            starts += (f"{', ' if starts else ''}all-to-all {alpha['alltoall']['alltoall'] * 1e6:.1f} us + "
+                       f"{cal['alltoall_peer_s'][family] * 1e6:.2f} us per remote peer")
         console.print(f"calibration {family} (fitting cases only): NIC efficiency {cal['nic_efficiency'][family]:.2f} "
                       f"({cal['nic_Bps'][family] / 1e9:.1f} GB/s per NIC; floor shown by the fitting cases "
                       f"{cal['efficiency_floor'].get(family, 0.0):.3f}), start-ups: {starts}; per low-latency "

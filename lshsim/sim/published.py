@@ -52,6 +52,17 @@ fresh held-out sets `fresh:` to `fresh5:`; the fit refuses all of them). The pre
   `efa` (EFA v2 and later): "UCCL's RDMA stack is much more sensitive to per-NIC bandwidth and EFA SRD HW generation",
   LL dispatch 3377 us on p5 vs 207 us on p5en for the same test, "~3250 us is CPU proxy thread coordination"
   (INVESTIGATION_p5.md, Hypothesis 5), per-NIC 63 Gb/s of 100 in dispatch (Hypothesis 3).
+
+Plain all-to-all (kind `alltoall`, since a2a14g): nccl-tests' alltoall_perf rows. A case gives `size_bytes` (the 'size'
+column: the bytes each rank sends in all, size / ranks to every rank, itself included) and the published busbw
+(algbw = size / time, busbw = algbw x (n - 1) / n: the bytes a rank sends to the n - 1 others / time). The traffic is
+the even matrix (`UniformTraffic`), simulated as a direct all-to-all on the case's topology (`estimate_all_to_all`);
+t = t_sim(eff) + alpha[alltoall] + g x p, p = a rank's remote peers (ranks on other nodes), g in [0, PEER_MAX_S]
+(`_fit_alltoall`). Cause of g: NCCL's alltoall is one ncclSend / ncclRecv per peer, each remote peer its own network
+connection served by NCCL's CPU proxy thread through aws-ofi-nccl (libfabric/EFA), so a per-peer cost grows with the
+fan-out where one start-up cannot. Its NIC families: `efa_nccl` (NCCL over aws-ofi-nccl on EFA v2 and later, AWS
+p6-b300) and `efa_v1_nccl` (the same over EFA v1, AWS p5, 32 x 100 Gb/s), apart from UCCL-EP's proxy (efa, efa_v1) and
+NVSHMEM's (efa_nvshmem): another software stack on the same NICs, and calibrated per NIC generation as UCCL-EP's is.
 The fit: for each allowed eff, the start-ups (and beta) minimise a robust loss of log(predicted / published)
 (soft L1 with scale ROBUST_SCALE = 0.1: errors beyond ~10% count linearly, so a figure held down by a software limit
 no network model has, like UCCL-EP's p5en combine, does not drag the others); the eff with the least loss wins.
@@ -70,13 +81,17 @@ from lshsim.sim.dispatch_formats import bytes_per_token, node_dedup_traffic
 
 __all__ = ["Case", "load_cases", "load_split", "load_fresh", "FRESH_SETS", "deepep_routing", "case_traffic", "counted_bytes", "simulate_case",
            "Calibration", "fit_calibration", "validate_published", "source_group", "PUBLISHED_DIR", "NORMAL_CHUNKS",
-           "combine_limited", "combine_ceiling"]
+           "combine_limited", "combine_ceiling", "UniformTraffic", "alltoall_per_peer_bytes"]
 
 #: the folder of the published cases in a source checkout
 PUBLISHED_DIR = Path(__file__).resolve().parents[2] / "data" / "published"
 #: chunks of DeepEP's pipelined RDMA -> NVLink forwarding in the model (its tests tune chunks of 4-44 tokens)
 NORMAL_CHUNKS = 8
-KINDS = ("normal", "low_latency")
+KINDS = ("normal", "low_latency", "alltoall")
+#: the kernel kinds of a token workload (DeepEP-style dispatch / combine); `alltoall` is a plain all-to-all
+TOKEN_KINDS = ("normal", "low_latency")
+#: nccl-tests' element size when no -d is given (float)
+ALLTOALL_ELEMENT_BYTES = 4
 #: the topology of a case file without a `topology` field (DeepEP V1's H800 cluster)
 DEFAULT_TOPOLOGY = "published/h800-ib-{nodes}x{gpus_per_node}"
 OPS = ("dispatch", "combine")
@@ -101,6 +116,8 @@ class Case:
     topology_template: str = DEFAULT_TOPOLOGY
     nic_family: str = "ib"
     group: str | None = None              # the file's `group` (reports), None: the file name's prefix
+    size_bytes: int | None = None         # kind alltoall: nccl-tests' size (bytes each rank sends in all)
+    element_bytes: int = ALLTOALL_ELEMENT_BYTES   # kind alltoall: the element size (nccl-tests' -d)
 
     @property
     def gpus_per_node(self) -> int:
@@ -130,11 +147,18 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
         if not isinstance(doc, dict) or not isinstance(doc.get("cases"), list) or not doc["cases"]:
             raise ValueError(f"{path.name}: cases must be a non-empty list")
         workload = doc.get("workload")
-        if not isinstance(workload, dict):
-            raise ValueError(f"{path.name}: workload must be a mapping")
-        for key in ("tokens_per_rank", "hidden", "top_k"):
-            _field(workload.get(key), f"{path.name}: workload.{key}", int, lambda v: v >= 1, "must be an integer >= 1")
-        _check_workload(workload, path.name)
+        if all(isinstance(raw, dict) and raw.get("kind") == "alltoall" for raw in doc["cases"]):
+            if workload is not None:     # a plain all-to-all moves size_bytes per rank: no tokens, experts or routing
+                raise ValueError(f"{path.name}: workload={workload!r}: a file of plain all-to-all cases (kind alltoall) "
+                                 f"has no token workload; give each case its size_bytes")
+            workload = {}
+        else:
+            if not isinstance(workload, dict):
+                raise ValueError(f"{path.name}: workload must be a mapping")
+            for key in ("tokens_per_rank", "hidden", "top_k"):
+                _field(workload.get(key), f"{path.name}: workload.{key}", int, lambda v: v >= 1,
+                       "must be an integer >= 1")
+            _check_workload(workload, path.name)
         source = (doc.get("source") or {}).get("url")
         _field(source, f"{path.name}: source.url", str, lambda v: v.startswith("https://"), "must be an https URL")
         template = _field(doc.get("topology", DEFAULT_TOPOLOGY), f"{path.name}: topology", str,
@@ -158,6 +182,11 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
             ep = _field(raw.get("ep"), f"{where}.ep", int, lambda v: v >= 2, "must be an integer >= 2")
             nodes = _field(raw.get("nodes"), f"{where}.nodes", int, lambda v: v >= 1 and ep % v == 0,
                            f"must be an integer >= 1 dividing ep={ep}")
+            if kind == "alltoall":
+                case = _alltoall_case(raw, where, cid, ep, nodes, source, path.name, template, family, group)
+                _check_topology(case, f"{path.name}: topology")
+                cases.append(case)
+                continue
             op = _field(raw.get("op"), f"{where}.op", str, lambda v: v in OPS, f"must be one of {OPS}")
             fmt = _field(raw.get("format"), f"{where}.format", str, lambda v: v in ("bf16", "fp8"), "must be bf16 or fp8")
             figure = _field(raw.get("published_GBps"), f"{where}.published_GBps", (int, float),
@@ -176,6 +205,29 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
             _check_topology(case, f"{path.name}: topology")
             cases.append(case)
     return cases
+
+
+def _alltoall_case(raw: dict, where: str, cid: str, ep: int, nodes: int, source: str, file: str, template: str,
+                   family: str, group: str | None) -> Case:
+    """A plain all-to-all case (kind alltoall, nccl-tests' alltoall_perf): size_bytes (the 'size' column: the bytes
+    each rank sends in all, split evenly over all ranks, itself included), published_GBps (nccl-tests' busbw),
+    optional element_bytes (nccl-tests' -d: 4 for its default float), op alltoall and counts busbw if given."""
+    allowed = {"id", "kind", "ep", "nodes", "size_bytes", "published_GBps", "element_bytes", "op", "counts"}
+    extra = sorted(set(raw) - allowed)
+    if extra:
+        raise ValueError(f"{where}.{extra[0]}={raw[extra[0]]!r}: not a field of an alltoall case (fields: "
+                         f"{', '.join(sorted(allowed))})")
+    _field(raw.get("op", "alltoall"), f"{where}.op", str, lambda v: v == "alltoall", "must be alltoall (or left out)")
+    _field(raw.get("counts", "busbw"), f"{where}.counts", str, lambda v: v == "busbw",
+           "must be busbw (or left out): nccl-tests' bus bandwidth")
+    element = _field(raw.get("element_bytes", ALLTOALL_ELEMENT_BYTES), f"{where}.element_bytes", int,
+                     lambda v: v in (1, 2, 4, 8), "must be 1, 2, 4 or 8 (nccl-tests' -d data type)")
+    size = _field(raw.get("size_bytes"), f"{where}.size_bytes", int, lambda v: v >= ep * element,
+                  f"must be an integer >= ep x element_bytes = {ep * element} (at least one element per rank pair)")
+    figure = _field(raw.get("published_GBps"), f"{where}.published_GBps", (int, float),
+                    lambda v: math.isfinite(v) and v > 0, "must be a number > 0")
+    return Case(cid, "alltoall", ep, nodes, "alltoall", "none", float(figure), "busbw", {}, source, file, None,
+                template, family, group, size, element)
 
 
 def _check_workload(workload: dict, name: str) -> None:
@@ -225,7 +277,7 @@ def load_split(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = No
 
 #: the fresh held-out sets of split.yaml, in the order they were added: each committed before any prediction of its
 #: cases (and before the model change that followed it); never fitted on
-FRESH_SETS = ("fresh", "fresh2", "fresh3", "fresh4", "fresh5")
+FRESH_SETS = ("fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6")
 
 
 def load_fresh(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = None, key: str = "fresh") -> set[str]:
@@ -284,8 +336,28 @@ def _experts(case: Case) -> int:
     return experts if experts % case.ep == 0 else (experts // case.ep) * case.ep or case.ep
 
 
+@dataclass(frozen=True)
+class UniformTraffic:
+    """A plain all-to-all's traffic (kind alltoall): every rank sends `per_peer_bytes` to every rank, itself included
+    (nccl-tests' alltoall_perf: one ncclSend / ncclRecv per rank of size / ranks; the copy to itself is not
+    simulated)."""
+
+    traffic: np.ndarray               # (W, W) bytes, per_peer_bytes everywhere
+    per_peer_bytes: int
+
+
+def alltoall_per_peer_bytes(case: Case) -> int:
+    """nccl-tests' bytes per (rank, peer) of an alltoall case: count = size / element, count / ranks elements each
+    (src/alltoall.cu, AlltoAllGetCollByteCount: paramcount = count / nranks)."""
+    return (case.size_bytes // case.element_bytes // case.ep) * case.element_bytes
+
+
 def case_traffic(case: Case, seed: int = 0):
-    """The `DedupTraffic` of a case's routing (one copy per token in `bytes_per_token` of its format)."""
+    """The `DedupTraffic` of a case's routing (one copy per token in `bytes_per_token` of its format); for a plain
+    all-to-all (kind alltoall) its `UniformTraffic` (no draw: `seed` is not used)."""
+    if case.kind == "alltoall":
+        per_peer = alltoall_per_peer_bytes(case)
+        return UniformTraffic(np.full((case.ep, case.ep), float(per_peer)), per_peer)
     w = case.workload
     tokens, top_k, experts = w["tokens_per_rank"], w["top_k"], _experts(case)
     groups = None
@@ -303,7 +375,11 @@ def case_traffic(case: Case, seed: int = 0):
 
 
 def counted_bytes(case: Case, traffic) -> np.ndarray:
-    """(W,) the bytes each rank's figure counts, under the source's definition (data/published/*.yaml)."""
+    """(W,) the bytes each rank's figure counts, under the source's definition (data/published/*.yaml). A plain
+    all-to-all's busbw (nccl-tests: algbw = size / time, busbw = algbw x (n - 1) / n) counts the bytes a rank sends to
+    the n - 1 other ranks: per_peer x (n - 1)."""
+    if case.kind == "alltoall":
+        return np.full(case.ep, float(traffic.per_peer_bytes * (case.ep - 1)))
     if case.counts == "rdma":          # (token, node) pairs, own node included
         return traffic.node_bytes.sum(axis=1)
     if case.counts == "nvlink":        # tokens received, one per (token, rank), own included
@@ -330,6 +406,11 @@ def simulate_case(case: Case, traffic, nic_efficiency: float, *, topology_dir: s
                                      chunks=NORMAL_CHUNKS if case.nodes > 1 else 1, combine=case.op == "combine",
                                      **options)
         return float(result.time_s)
+    elif case.kind == "alltoall":
+        # nccl-tests' alltoall: one direct send per (rank, peer), all at once; the even matrix on the case's topology
+        # from link loads (`estimate_all_to_all`: exact when the busiest resource stays saturated, as an even matrix
+        # on NVSwitch nodes and a non-blocking fat-tree keeps it; tests/test_published.py checks it by hand)
+        return estimate_all_to_all(G, traffic.traffic, local_copy=False)
     else:
         matrix = traffic.choice_traffic
         # the direct all-to-all from link loads: a lower bound of the flow simulation, exact when the
@@ -351,6 +432,7 @@ class Calibration:
     fitted_on: tuple = ()
     grid: tuple = ()
     combine_Bps: dict = field(default_factory=dict)          # family -> UCCL-EP's Hopper normal-combine ceiling (B/s)
+    alltoall_peer_s: dict = field(default_factory=dict)      # family -> seconds per remote peer (plain all-to-all)
 
     def time_s(self, run: "CaseRun") -> float:
         """The predicted seconds of a run: simulated time at the family's efficiency + start-up + messages."""
@@ -364,6 +446,8 @@ class Calibration:
             raise ValueError(f"case {case.id}: no simulated time at NIC efficiency {eff} (simulated: "
                              f"{', '.join(str(e) for e in sorted(run.sim_s))})")
         alpha = self.alpha_s[family].get(case.kind, {}).get(case.op, 0.0)
+        if case.kind == "alltoall":               # start-up + a cost per remote peer (`_fit_alltoall`)
+            return run.sim_s[eff] + alpha + self.alltoall_peer_s.get(family, 0.0) * run.messages
         t = run.sim_s[eff] + alpha + self.message_s.get(family, 0.0) * run.messages
         return _ceiling(run, t, self.combine_Bps.get(family))
 
@@ -377,7 +461,8 @@ class CaseRun:
     counted: float                                    # mean over ranks of the counted bytes
     network_bytes: float                              # mean over ranks of the bytes sent to other nodes
     sim_s: dict = field(default_factory=dict)         # nic efficiency -> simulated seconds (no start-up)
-    messages: float = 0.0                             # low latency: mean over ranks of the messages to other nodes
+    messages: float = 0.0                             # low latency: mean over ranks of the messages to other nodes;
+                                                      # alltoall: the remote peers of a rank
     nic_gpu_Bps: float = 0.0                          # the line rate of one GPU's NICs (0: one node)
     kernel_bytes: float = 0.0                         # mean over ranks of the (token, source rank) pair bytes
     limited: bool = False                             # combine_limited(case)
@@ -388,6 +473,8 @@ EFFICIENCY_GRID = tuple(round(0.40 + 0.02 * i, 2) for i in range(31))
 #: bounds of the fitted start-ups and of the per-message cost (s)
 ALPHA_MAX_S = 500e-6
 MESSAGE_MAX_S = 5e-6
+#: bound of the plain all-to-all's cost per remote peer (s)
+PEER_MAX_S = 50e-6
 
 
 def demonstrated_efficiency(runs: list["CaseRun"]) -> dict:
@@ -497,6 +584,26 @@ def _fit_low_latency(runs: list[CaseRun], eff: float) -> tuple[dict, float, floa
     return {op: float(x[index[op]]) for op in ops}, float(x[-1]), cost
 
 
+def _fit_alltoall(runs: list[CaseRun], eff: float) -> tuple[dict, float, float]:
+    """Plain all-to-all (kind alltoall): a start-up a in [0, ALPHA_MAX_S] and a cost g per remote peer in
+    [0, PEER_MAX_S], t = t_sim(eff) + a + g x (remote peers of a rank), by bounded robust least squares of
+    log(pred / published) (soft L1, `_robust`; a few starts, the best kept). Returns ({"alltoall": a}, g, loss)."""
+    from scipy.optimize import least_squares
+
+    def residuals(x):
+        return [_log_error(r, r.sim_s[eff] + x[0] + x[1] * r.messages) for r in runs]
+
+    best = None
+    for g0 in (0.0, 1e-6, 10e-6):
+        fit = least_squares(residuals, [50e-6, g0], bounds=([0.0, 0.0], [ALPHA_MAX_S, PEER_MAX_S]),
+                            x_scale=[1e-5, 1e-6], loss="soft_l1", f_scale=ROBUST_SCALE, xtol=1e-12, ftol=1e-12)
+        cost = _robust(residuals(fit.x))
+        if best is None or cost < best[0]:
+            best = (cost, fit.x)
+    cost, x = best
+    return {"alltoall": float(x[0])}, float(x[1]), cost
+
+
 def fit_calibration(runs: list[CaseRun], test_ids: set[str], grid: tuple | None = None) -> Calibration:
     """Per NIC family, independently: a grid over the NIC efficiency (default: the runs' simulated efficiencies;
     every run must hold a simulated time for each), restricted to efficiencies >= the family's demonstrated floor
@@ -510,7 +617,7 @@ def fit_calibration(runs: list[CaseRun], test_ids: set[str], grid: tuple | None 
         raise ValueError("fit_calibration: no fitting cases")
     grid = tuple(sorted(runs[0].sim_s)) if grid is None else tuple(sorted(grid))
     floors = demonstrated_efficiency(runs)
-    efficiency, alphas, messages, ceilings = {}, {}, {}, {}
+    efficiency, alphas, messages, ceilings, peers = {}, {}, {}, {}, {}
     for family in sorted({r.case.nic_family for r in runs}):
         mine = [r for r in runs if r.case.nic_family == family]
         ceiling = combine_ceiling(mine)
@@ -519,15 +626,24 @@ def fit_calibration(runs: list[CaseRun], test_ids: set[str], grid: tuple | None 
         allowed = [e for e in grid if e >= floors.get(family, 0.0) - 1e-12] or [grid[-1]]
         normal = [r for r in mine if r.case.kind == "normal"]
         low = [r for r in mine if r.case.kind == "low_latency"]
+        a2a = [r for r in mine if r.case.kind == "alltoall"]
         best = None
         for eff in allowed:
             a_normal, loss = _fit_normal(normal, eff, ceiling) if normal else ({}, 0.0)
             a_low, beta, loss_low = _fit_low_latency(low, eff) if low else ({}, 0.0, 0.0)
             value = loss + loss_low
+            kinds = {"normal": a_normal, "low_latency": a_low}
+            gamma = None
+            if a2a:                               # only a family with all-to-all cases gets the key and the term
+                a_a2a, gamma, loss_a2a = _fit_alltoall(a2a, eff)
+                value += loss_a2a
+                kinds["alltoall"] = a_a2a
             if best is None or value < best[0] - 1e-15:
-                best = (value, eff, {"normal": a_normal, "low_latency": a_low}, beta)
-        _, efficiency[family], alphas[family], messages[family] = best
-    return Calibration(efficiency, alphas, messages, floors, tuple(r.case.id for r in runs), grid, ceilings)
+                best = (value, eff, kinds, beta, gamma)
+        _, efficiency[family], alphas[family], messages[family], gamma = best
+        if gamma is not None:
+            peers[family] = gamma
+    return Calibration(efficiency, alphas, messages, floors, tuple(r.case.id for r in runs), grid, ceilings, peers)
 
 
 def _row(run: CaseRun, cal: Calibration, role: str) -> dict:
@@ -542,6 +658,8 @@ def _row(run: CaseRun, cal: Calibration, role: str) -> dict:
            "source": run.case.source, "combine_limited": run.limited}
     if run.case.published_latency_us is not None:
         row["published_us"] = run.case.published_latency_us
+    if run.case.kind == "alltoall":
+        row["size_bytes"] = run.case.size_bytes
     return row
 
 
@@ -567,6 +685,11 @@ def _prepare(case: Case, seed: int, traffic=None) -> tuple[CaseRun, object]:
     """A case's run without simulated times (counted and network bytes, messages, the NIC line rate) and traffic
     (`traffic`: the case's `case_traffic(case, seed)` if already drawn)."""
     traffic = case_traffic(case, seed) if traffic is None else traffic
+    if case.kind == "alltoall":       # every rank sends per_peer to each of its ep - gpus_per_node remote peers
+        remote = case.ep - case.gpus_per_node
+        run = CaseRun(case, float(counted_bytes(case, traffic).mean()), float(traffic.per_peer_bytes * remote),
+                      messages=float(remote), nic_gpu_Bps=_nic_gpu_Bps(case))
+        return run, traffic
     if case.kind == "normal":
         network, messages = traffic.network_bytes(dedup=True), 0.0
     else:
@@ -593,7 +716,8 @@ def traffic_key(case: Case, seed: int) -> tuple:
     whole, so a key it does not read still tells two cases apart: never a wrong hit)."""
     import json
 
-    return (json.dumps(case.workload, sort_keys=True), case.ep, case.nodes, case.kind, case.op, case.format, int(seed))
+    return (json.dumps(case.workload, sort_keys=True), case.ep, case.nodes, case.kind, case.op, case.format, int(seed),
+            case.size_bytes, case.element_bytes)
 
 
 def simulation_key(case: Case, seed: int) -> tuple:
@@ -729,6 +853,7 @@ def _validate(cases, chosen, test_ids, fresh_ids, held_out, grid, seed, leave_on
                            "nic_Bps": {f: e * nominal[f] for f, e in cal.nic_efficiency.items()},
                            "efficiency_floor": cal.efficiency_floor,
                            "alpha_s": cal.alpha_s, "message_s": cal.message_s, "combine_Bps": cal.combine_Bps,
+                           "alltoall_peer_s": cal.alltoall_peer_s,
                            "fitted_on": list(cal.fitted_on),
                            "efficiency_grid": list(grid)},
            "rows": rows,
@@ -739,6 +864,8 @@ def _validate(cases, chosen, test_ids, fresh_ids, held_out, grid, seed, leave_on
                              for role in ("fitting", "test") + FRESH_SETS}
                          for g in sorted({r["source_group"] for r in rows})},
            "model": {"normal": f"node_dedup, {NORMAL_CHUNKS} chunks", "low_latency": "direct, one copy per (token, expert)",
+                     "alltoall": "direct, an even matrix of size / ranks per (rank, peer); a start-up and a cost per "
+                                 "remote peer",
                      "calibration": "per NIC family: NIC efficiency (grid, >= the floor the fitting cases demonstrate), "
                                     "a start-up per kernel kind (normal: one for dispatch and combine; low-latency: "
                                     "one per operation), a cost per network message of the low-latency kernels",
