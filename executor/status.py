@@ -27,6 +27,8 @@ import signal
 import threading
 from pathlib import Path
 
+from lshsim.workers import die_with_parent  # a rank binds itself to the launcher with it (re-exported)
+
 __all__ = ["progress_path", "heartbeat_path", "failure_path", "stderr_path", "write_atomically", "read_progress",
            "read_heartbeat", "Heartbeat", "start_heartbeat", "die_with_parent", "heartbeat_interval_s", "mark_owned",
            "sweep_stale_folders", "FOLDER_PREFIX", "HEARTBEAT_ENV", "LAUNCHER_PID_ENV", "DEFAULT_HEARTBEAT_S"]
@@ -127,23 +129,6 @@ class Heartbeat:
             write_atomically(self.path, f"{os.getpid()}\t{self.beats}\n")
         except OSError:
             pass  # the folder is gone: the launcher has ended the run, it will end this rank too
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Linux: have the kernel SIGKILL this process when its parent dies (`prctl(PR_SET_PDEATHSIG)`),
-    then end at once if the parent `parent_pid` has already died (the race the check closes).
-    Elsewhere only the check (the heartbeat's parent watch does the rest)."""
-    import sys
-
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def start_heartbeat(folder: str | Path | None, rank: int | None = None) -> Heartbeat | None:

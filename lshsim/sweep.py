@@ -572,31 +572,15 @@ def _as_finished(futures: dict, as_completed):
 
 def _worker_init(jobs: int, parent_pid: int | None = None) -> None:
     """A pool worker: share the cores between the workers (torch's threads), and end with the sweep
-    (`_die_with_parent`): a sweep killed by SIGTERM or SIGKILL runs no clean-up, and its idle workers
+    (`lshsim.workers.die_with_parent`): a sweep killed by SIGTERM or SIGKILL runs no clean-up, and its idle workers
     used to stay behind, waiting on the dead sweep's queue, for good."""
     if parent_pid is not None:
-        _die_with_parent(parent_pid)
+        from lshsim.workers import die_with_parent
+
+        die_with_parent(parent_pid)
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Linux: have the kernel SIGKILL this process when its parent dies (`prctl(PR_SET_PDEATHSIG)`, as
-    `lshsim launch` binds its ranks), then end at once if `parent_pid` has died already (the race the
-    check closes). Elsewhere only the check."""
-    import signal
-    import sys
-
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _failed(task: dict, error: BaseException) -> list[dict]:

@@ -54,3 +54,33 @@ def layer_step_matches(models, x0: torch.Tensor, ids: torch.Tensor, rel: float =
     for a, b in zip(*results):
         scale = float(b.float().abs().max()) or 1.0
         assert float((a.float() - b.float()).abs().max()) <= rel * scale
+
+
+def children(pid: int) -> set[int]:
+    """The processes whose parent is `pid` (Linux: read from /proc)."""
+    from pathlib import Path
+
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    """Those of `pids` still running (not gone, not zombies; Linux: read from /proc)."""
+    from pathlib import Path
+
+    living = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            living.add(pid)
+    return living

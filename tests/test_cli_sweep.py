@@ -270,29 +270,8 @@ def test_a_terminated_sweep_leaves_no_worker_behind(tmp_path):
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
-    def children(pid: int) -> set[int]:
-        found = set()
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.add(int(stat.parent.name))
-        return found
-
-    def alive(pids: set[int]) -> set[int]:
-        living = set()
-        for pid in pids:
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if state != "Z":
-                living.add(pid)
-        return living
+    from conftest import alive, children
 
     grid = _grid(tmp_path, text=GRID.format(nodes="[1, 2]", cluster=V100).replace("[100, 400]", "[25, 50, 100, 200, 400]"))
     command = [sys.executable, "-m", "lshsim.cli", "sweep", grid, "--out", str(tmp_path / "t.csv"), "--jobs", "2"]

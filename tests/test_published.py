@@ -632,3 +632,40 @@ def test_validate_published_command_with_alltoall_cases(tmp_path, capsys):
     assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.8:0.9:0.02"]) == 0
     text = capsys.readouterr().out
     assert "calibration efa_v1_nccl" in text and "us per remote peer" in text and "m4-256" in text
+
+
+@pytest.mark.slow  # a `python -m lshsim.cli validate --published --jobs 2` process and its two spawned workers
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc; the parent-death signal is Linux's")
+def test_a_terminated_validation_leaves_no_worker_behind():
+    """SIGTERM to `lshsim validate --published --jobs 2` ends it without clean-up; its spawned pool workers used to
+    stay behind for good (idle, waiting on the dead command's queue). They end with it now."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import alive, children
+
+    command = [sys.executable, "-m", "lshsim.cli", "validate", "--published", "--jobs", "2", "--quiet", "--json"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers) < 3 and time.monotonic() < deadline:  # two workers and multiprocessing's resource tracker
+            time.sleep(0.5)
+            workers = alive(children(process.pid))
+        assert len(workers) >= 2, workers
+        time.sleep(3)                          # the workers past their start-up, at work
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while alive(workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive(workers), f"workers {sorted(alive(workers))} outlived the terminated validation"
+    finally:
+        for pid in alive(workers):
+            os.kill(pid, signal.SIGKILL)
+        if process.poll() is None:
+            process.kill()

@@ -790,8 +790,12 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        # spawn: a fresh interpreter per worker, as `lshsim sweep`'s local pool (no forked state)
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+        from lshsim.workers import die_with_parent
+
+        # spawn: a fresh interpreter per worker, as `lshsim sweep`'s local pool (no forked state); the workers
+        # end with this process (a validation ended by SIGTERM or SIGKILL left them behind for good)
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=die_with_parent, initargs=(os.getpid(),))
     try:
         return _validate(cases, chosen, test_ids, fresh_ids, held_out, grid, seed, leave_one_out, fitting_only,
                          progress, pool)
