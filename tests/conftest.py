@@ -84,3 +84,27 @@ def alive(pids: set[int]) -> set[int]:
         if state != "Z":
             living.add(pid)
     return living
+
+
+def assert_workers_end_with(process, workers: set[int], what: str) -> None:
+    """SIGTERM to `process` (a command with a pool of `workers`), then every worker must end within 30 s."""
+    import signal
+    import time
+
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while alive(workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(workers), f"workers {sorted(alive(workers))} outlived the terminated {what}"
+
+
+def kill_leftovers(process, workers: set[int]) -> None:
+    """Whatever of `process` and its `workers` is still running, killed (a test's clean-up)."""
+    import os
+    import signal
+
+    for pid in alive(workers):
+        os.kill(pid, signal.SIGKILL)
+    if process.poll() is None:
+        process.kill()

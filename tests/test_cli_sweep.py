@@ -266,12 +266,10 @@ def test_a_terminated_sweep_leaves_no_worker_behind(tmp_path):
     """SIGTERM to `lshsim sweep --jobs 2` ends it without clean-up; its spawned pool workers used to stay
     behind for good (idle, waiting on the dead sweep's queue). They end with it now."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
-    from conftest import alive, children
+    from conftest import assert_workers_end_with, children, kill_leftovers
 
     grid = _grid(tmp_path, text=GRID.format(nodes="[1, 2]", cluster=V100).replace("[100, 400]", "[25, 50, 100, 200, 400]"))
     command = [sys.executable, "-m", "lshsim.cli", "sweep", grid, "--out", str(tmp_path / "t.csv"), "--jobs", "2"]
@@ -284,14 +282,6 @@ def test_a_terminated_sweep_leaves_no_worker_behind(tmp_path):
                 workers = children(process.pid)
                 break
         assert len(workers) >= 2, workers      # the two workers (and multiprocessing's resource tracker)
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
-        deadline = time.monotonic() + 30
-        while alive(workers) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not alive(workers), f"workers {sorted(alive(workers))} outlived the terminated sweep"
+        assert_workers_end_with(process, workers, "sweep")
     finally:
-        for pid in alive(workers):
-            os.kill(pid, signal.SIGKILL)
-        if process.poll() is None:
-            process.kill()
+        kill_leftovers(process, workers)

@@ -640,12 +640,11 @@ def test_a_terminated_validation_leaves_no_worker_behind():
     """SIGTERM to `lshsim validate --published --jobs 2` ends it without clean-up; its spawned pool workers used to
     stay behind for good (idle, waiting on the dead command's queue). They end with it now."""
     import os
-    import signal
     import subprocess
     import sys
     import time
 
-    from conftest import alive, children
+    from conftest import alive, assert_workers_end_with, children, kill_leftovers
 
     command = [sys.executable, "-m", "lshsim.cli", "validate", "--published", "--jobs", "2", "--quiet", "--json"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -658,14 +657,6 @@ def test_a_terminated_validation_leaves_no_worker_behind():
             workers = alive(children(process.pid))
         assert len(workers) >= 2, workers
         time.sleep(3)                          # the workers past their start-up, at work
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
-        deadline = time.monotonic() + 30
-        while alive(workers) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not alive(workers), f"workers {sorted(alive(workers))} outlived the terminated validation"
+        assert_workers_end_with(process, workers, "validation")
     finally:
-        for pid in alive(workers):
-            os.kill(pid, signal.SIGKILL)
-        if process.poll() is None:
-            process.kill()
+        kill_leftovers(process, workers)
