@@ -263,6 +263,7 @@ def run_shape(workload: WorkloadConfig, runtime, roof: dict, trace_dir: str | No
             "hold_gpu_cycles": hold_gpu_cycles, "gate_start_s": max(gate_starts) if gate_starts else None,
             "forward_s": forward_s, "backward_s": sum(phases.get("backward", {}).values()),
             "kept": measured["kept"], "dropped": measured["dropped"], "lsh": measured.get("lsh"),
+            "expert_method": measured.get("expert_method"),
             "bare_a2a_s": measured["bare_a2a_s"], "mean_bytes_per_rank": measured["mean_bytes_per_rank"],
             "dispatch_busbw_Bps": measured["dispatch_busbw_Bps"], "provenance": meta["provenance"]}
 
@@ -463,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = f"{row['ratio']:6.2f}" if row["ratio"] else f"{'-':>6s}"
                 print(f"{result['workload']['name'][:28]:28s} {row['phase']:14s} {row['direction'][:3]:4s} "
                       f"{row['measured_s'] * 1e6:11.1f} {roof_us} {ratio}")
+            print(f"{result['workload']['name'][:28]:28s} expert method: {result.get('expert_method')}")
         evens = break_even(results)
         if evens:
             print(f"{'lsh shape':30s} {'rate':>6s} {'overhead_us':>11s} {'break-even GB/s':>15s} "

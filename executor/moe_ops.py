@@ -9,8 +9,10 @@ accumulation (atomics are slow and order-dependent on a GPU):
 * `permute_rows`: rows in another order (received rows grouped by local expert and back).
 * `combine_choices`: y_t = sum_j w_tj * out_(t, j): the kept rows back on their (token, choice)
   grid, one batched (1 x k) @ (k x d) product per token.
-* `expert_ffn_grouped`: gelu(x W1) W2 for rows grouped by expert: `torch.nn.functional.grouped_mm`
-  where the installed torch has it for these tensors, one padded batched matmul otherwise.
+* `expert_ffn_grouped`: gelu(x W1) W2 for rows grouped by expert: on a GPU with many local experts
+  of few rows each, the Triton grouped GEMM of `grouped_gemm` ("triton_gmm", faster there:
+  benchmarks/RESULTS.md); else `torch.nn.functional.grouped_mm` where the installed torch has it
+  for these tensors; one padded batched matmul otherwise.
 
 Shapes: T tokens, k choices, d model width, N kept rows (known on the host only after the
 split-size exchange), E_r local experts, R received rows.
@@ -18,13 +20,21 @@ split-size exchange), E_r local experts, R received rows.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
 from lshsim.dispatch.routers import count_values
 
 __all__ = ["choice_order", "expert_block", "inverse_permutation", "gather_choices", "gather_choices_grad", "permute_rows", "combine_choices",
-           "expert_ffn_grouped", "grouped_mm_available", "GROUPED_MM"]
+           "expert_ffn_grouped", "grouped_mm_available", "GROUPED_MM", "EXPERT_METHODS", "auto_expert_method"]
+
+#: the expert arithmetic's implementations (`expert_ffn_grouped`'s method, besides "auto")
+EXPERT_METHODS = ("grouped_mm", "padded_bmm", "triton_gmm")
+#: "auto" takes the Triton grouped GEMM from this many local experts ...
+TRITON_GMM_MIN_EXPERTS = 32
+#: ... when they hold at most this many rows each on average (their weights, not their rows, set the time)
+TRITON_GMM_MAX_ROWS_PER_EXPERT = 256
 
 #: torch's grouped matrix multiply (public from torch 2.9, private before), or None
 GROUPED_MM = getattr(torch.nn.functional, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
@@ -172,17 +182,57 @@ def grouped_mm_available(x: torch.Tensor, d_model: int, d_ffn: int) -> bool:
     return _grouped_mm_works(x.device.type, x.device.index, x.dtype)
 
 
+def auto_expert_method(x: torch.Tensor, num_experts: int, d_model: int, d_ffn: int) -> str:
+    """The method "auto" takes for rows x over `num_experts` local experts (host values only): the
+    Triton grouped GEMM on a GPU with at least TRITON_GMM_MIN_EXPERTS experts of at most
+    TRITON_GMM_MAX_ROWS_PER_EXPERT rows each on average (where it measured faster than torch's:
+    uneven counts around a tile's 128 rows, weights read once per expert); else grouped_mm where it
+    runs; else the padded batched matmul."""
+    from . import grouped_gemm
+    if (num_experts >= TRITON_GMM_MIN_EXPERTS and x.shape[0] <= TRITON_GMM_MAX_ROWS_PER_EXPERT * num_experts
+            and grouped_gemm.available(x) and os.environ.get("LSHSIM_NO_TRITON_GMM") != "1"):
+        return "triton_gmm"
+    return "grouped_mm" if grouped_mm_available(x, d_model, d_ffn) else "padded_bmm"
+
+
+class _TritonLinear(torch.autograd.Function):
+    """x @ w[e] per expert by the Triton grouped GEMM; backward: dx by the same kernel on w
+    transposed, dw[e] = x_e^T dy_e by torch's grouped matrix multiply (its K-grouped form, faster
+    than a Triton one here), or a loop over experts where torch has none."""
+
+    @staticmethod
+    def forward(ctx, x, w, offsets):
+        from .grouped_gemm import grouped_matmul
+        ctx.save_for_backward(x, w, offsets)
+        return grouped_matmul(x, w, offsets)
+
+    @staticmethod
+    def backward(ctx, dy):
+        from .grouped_gemm import grouped_matmul, grouped_weight_grad
+        x, w, offsets = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            dx = grouped_matmul(dy, w.transpose(1, 2), offsets)
+        if ctx.needs_input_grad[1]:
+            if GROUPED_MM is not None:
+                dw = GROUPED_MM(x.transpose(0, 1), dy, offs=offsets).to(w.dtype)
+            else:
+                dw = grouped_weight_grad(x, dy, offsets, w.shape[0], w.dtype)
+        return dx, dw, None
+
+
 def expert_ffn_grouped(x: torch.Tensor, rows_per_expert: list[int], offsets: torch.Tensor, w1: torch.Tensor,
                        w2: torch.Tensor, method: str = "auto") -> tuple[torch.Tensor, str]:
     """gelu(x W1[e]) W2[e] for the rows of every expert e; rows grouped by expert, in order.
 
     x (R, d); rows_per_expert: E_r host ints (sum R); offsets: (E_r,) int32 device cumulative row
-    counts; w1 (E_r, d, f), w2 (E_r, f, d). method "grouped_mm", "padded_bmm" or "auto" (grouped_mm
-    when `grouped_mm_available`). Returns (out (R, d), the method used).
+    counts; w1 (E_r, d, f), w2 (E_r, f, d). method "grouped_mm", "padded_bmm", "triton_gmm" (CUDA
+    and Triton only) or "auto" (`auto_expert_method`). Returns (out (R, d), the method used).
     """
     num_experts, d_model, d_ffn = w1.shape
     if method == "auto":
-        method = "grouped_mm" if grouped_mm_available(x, d_model, d_ffn) else "padded_bmm"
+        method = auto_expert_method(x, num_experts, d_model, d_ffn)
     if x.shape[0] == 0:
         # no rows: an empty output that still depends on x and the weights, so that the backward
         # reaches the dispatch all-to-all that delivered x on this rank too (its peers wait in it)
@@ -190,8 +240,15 @@ def expert_ffn_grouped(x: torch.Tensor, rows_per_expert: list[int], offsets: tor
     if method == "grouped_mm":
         hidden = torch.nn.functional.gelu(GROUPED_MM(x, w1, offs=offsets))  # (R, f)
         return GROUPED_MM(hidden, w2, offs=offsets), method
+    if method == "triton_gmm":
+        from .grouped_gemm import _triton, available
+        if not available(x):
+            raise ValueError(f"method='triton_gmm' needs bf16 or fp16 rows on CUDA and Triton; here {x.dtype} rows on "
+                             f"{x.device.type}, Triton {'imports' if _triton() is not None else 'does not import'}")
+        hidden = torch.nn.functional.gelu(_TritonLinear.apply(x, w1, offsets))  # (R, f)
+        return _TritonLinear.apply(hidden, w2, offsets), method
     if method != "padded_bmm":
-        raise ValueError(f"method={method!r} must be 'auto', 'grouped_mm' or 'padded_bmm'")
+        raise ValueError(f"method={method!r} must be 'auto', 'grouped_mm', 'padded_bmm' or 'triton_gmm'")
     # pad every expert's rows to the largest count: (E_r, m, d), one bmm per matrix
     most = max(rows_per_expert)
     counts = torch.diff(offsets.long(), prepend=offsets.new_zeros(1).long())  # (E_r,)

@@ -429,6 +429,7 @@ def run_workload(workload: WorkloadConfig, runtime: Runtime, *, progress: Progre
         "lsh": lsh_info,
         "sync_phases": workload.sync_phases,
         "rows_per_expert": rows_per_expert,
+        "expert_method": model.expert_method,
         "layer_s": layer_s,
         "hold_gpu_cycles": int(hold_gpu_cycles),
     }

@@ -17,8 +17,8 @@ import torch
 from conftest import layer_step_matches  # noqa: E402
 from lshsim.dispatch import RouterConfig, make_placement, route
 from lshsim.dispatch.routers import SYNC_FREE_ROUTERS, count_values, route_on_rank
-from lshsim.executor.moe_ops import (choice_order, combine_choices, expert_ffn_grouped, gather_choices,
-                                     inverse_permutation, permute_rows)
+from lshsim.executor.moe_ops import (auto_expert_method, choice_order, combine_choices, expert_ffn_grouped,
+                                     gather_choices, inverse_permutation, permute_rows)
 
 CONFIGS = [
     RouterConfig("topk", k=1, capacity_factor=1.0),
@@ -420,3 +420,98 @@ def test_exchange_graph_by_default_on_one_rank_only(monkeypatch):
     monkeypatch.setenv("LSHSIM_EXCHANGE_GRAPH", "yes")
     with pytest.raises(ValueError, match="LSHSIM_EXCHANGE_GRAPH='yes'"):
         exchange_graph_enabled(1)
+
+
+def test_triton_gmm_is_refused_on_a_cpu_with_the_reason_and_auto_never_takes_it():
+    w1, w2 = torch.zeros(40, 8, 8), torch.zeros(40, 8, 8)
+    x = torch.zeros(80, 8)
+    offsets = torch.arange(2, 81, 2, dtype=torch.int32)
+    with pytest.raises(ValueError, match="triton_gmm.*cpu"):
+        expert_ffn_grouped(x, [2] * 40, offsets, w1, w2, "triton_gmm")
+    assert auto_expert_method(x, 40, 8, 8) in ("grouped_mm", "padded_bmm")
+
+
+def _uneven_rows(num_experts: int, generator: torch.Generator) -> list[int]:
+    """Rows per expert around a 128-row tile: 0, 1, 127, 128, 129, ... (every edge of a block)."""
+    edges = [0, 1, 63, 64, 65, 127, 128, 129, 200, 255]
+    return [edges[e % len(edges)] if e < len(edges) else int(torch.randint(0, 260, (1,), generator=generator))
+            for e in range(num_experts)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d_model,d_ffn", [(256, 384), (200, 136)], ids=["even-k", "ragged-k"])
+def test_triton_gmm_equals_a_float32_loop_on_a_gpu(d_model, d_ffn):
+    """The Triton grouped GEMM path (forward, the input and both weight gradients) == gelu(x W1[e]) W2[e]
+    expert by expert in float32, within bf16 rounding, with experts of 0, 1, 63-65, 127-129 ... rows
+    (every edge of a row block); "auto" takes it for 40 experts of about 100 rows, not for 8 of 1,000."""
+    from lshsim.executor import grouped_gemm
+
+    if not grouped_gemm.available(torch.empty(0, device="cuda", dtype=torch.bfloat16)):
+        pytest.skip("triton not available")
+    generator = torch.Generator().manual_seed(5)
+    rows = _uneven_rows(40, generator)
+    device = torch.device("cuda")
+    x = torch.randn(sum(rows), d_model, generator=generator).to(device, torch.bfloat16).requires_grad_(True)
+    w1 = (torch.randn(40, d_model, d_ffn, generator=generator) * d_model ** -0.5).to(device, torch.bfloat16)
+    w2 = (torch.randn(40, d_ffn, d_model, generator=generator) * d_ffn ** -0.5).to(device, torch.bfloat16)
+    w1.requires_grad_(True)
+    w2.requires_grad_(True)
+    offsets = torch.cumsum(torch.tensor(rows), 0).to(device, torch.int32)
+    assert auto_expert_method(x, 40, d_model, d_ffn) == "triton_gmm"
+    assert auto_expert_method(torch.empty(8000, d_model, device=device, dtype=torch.bfloat16), 8, d_model,
+                              d_ffn) != "triton_gmm"
+    out, used = expert_ffn_grouped(x, rows, offsets, w1, w2, "auto")
+    assert used == "triton_gmm"
+    g = torch.randn(out.shape, generator=generator).to(device, torch.bfloat16)
+    grads = torch.autograd.grad((out.float() * g.float()).sum(), (x, w1, w2))
+    x32, w132, w232 = (t.detach().float().requires_grad_(True) for t in (x, w1, w2))
+    ref = torch.cat([torch.nn.functional.gelu(p @ w132[e]) @ w232[e] for e, p in enumerate(torch.split(x32, rows))])
+    ref_grads = torch.autograd.grad((ref * g.float()).sum(), (x32, w132, w232))
+    for a, b in zip([out] + list(grads), [ref] + list(ref_grads)):
+        scale = float(b.abs().max()) or 1.0
+        assert float((a.float() - b).abs().max()) <= 2e-2 * scale
+    # an expert without rows gets a zero weight gradient
+    for e in [e for e, n in enumerate(rows) if n == 0]:
+        assert float(grads[1][e].abs().max()) == 0.0 and float(grads[2][e].abs().max()) == 0.0
+
+
+@pytest.mark.gpu
+def test_triton_weight_gradient_equals_a_loop_on_a_gpu():
+    """grouped_weight_grad (the Triton dw kernel, used where torch has no grouped matrix multiply):
+    x_e^T dy_e per expert, zero for an expert without rows, within bf16 rounding."""
+    from lshsim.executor import grouped_gemm
+
+    if not grouped_gemm.available(torch.empty(0, device="cuda", dtype=torch.bfloat16)):
+        pytest.skip("triton not available")
+    generator = torch.Generator().manual_seed(6)
+    rows = _uneven_rows(12, generator)
+    device = torch.device("cuda")
+    x = torch.randn(sum(rows), 200, generator=generator).to(device, torch.bfloat16)
+    dy = torch.randn(sum(rows), 136, generator=generator).to(device, torch.bfloat16)
+    offsets = torch.cumsum(torch.tensor(rows), 0).to(device, torch.int32)
+    dw = grouped_gemm.grouped_weight_grad(x, dy, offsets, len(rows))
+    for e, (xe, ye) in enumerate(zip(torch.split(x.float(), rows), torch.split(dy.float(), rows))):
+        ref = xe.t() @ ye
+        assert float((dw[e].float() - ref).abs().max()) <= 2e-2 * (float(ref.abs().max()) or 1.0)
+
+
+@pytest.mark.gpu
+def test_layer_with_many_small_experts_on_triton_gmm_equals_grouped_mm_on_a_gpu():
+    """A one-rank layer of 64 experts (auto: the Triton grouped GEMM) == the same layer on torch's
+    grouped_mm: output, the tokens' gradient and every parameter gradient within bf16 rounding."""
+    from lshsim.executor import grouped_gemm
+    from lshsim.executor.moe_layer import DistributedMoE, MoEContext, rank_inputs
+    from lshsim.executor.workload import WorkloadConfig
+
+    if not grouped_gemm.available(torch.empty(0, device="cuda", dtype=torch.bfloat16)):
+        pytest.skip("triton not available")
+    device = torch.device("cuda")
+    workload = WorkloadConfig(name="g", tokens_per_rank=1024, d_model=256, d_ffn=512, num_experts=64,
+                              router=RouterConfig("topk", k=4, capacity_factor=None))
+    ctx = MoEContext(rank=0, world_size=1, device=device)
+    fast, ref = DistributedMoE(workload, ctx, torch.bfloat16), DistributedMoE(workload, ctx, torch.bfloat16)
+    ref.load_state_dict(fast.state_dict())
+    ref.expert_impl = "grouped_mm"
+    x0, ids = rank_inputs(workload, 0, device, torch.bfloat16)
+    layer_step_matches((fast, ref), x0, ids)
+    assert fast.expert_method == "triton_gmm" and ref.expert_method == "grouped_mm"
