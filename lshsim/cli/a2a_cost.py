@@ -11,9 +11,10 @@ from lshsim.units import BYTES_HELP, arg_bytes
 
 
 def add_parser(subparsers):
-    p = subparsers.add_parser("a2a-cost", help="closed-form all-to-all time (alpha-beta) of four algorithms",
+    p = subparsers.add_parser("a2a-cost", help="closed-form all-to-all time (alpha-beta) of six algorithms",
                               description="Alpha-beta time of one all-to-all with the direct, pairwise, hierarchical "
-                                          "(Tutel 2DH) and group-wise (LocMoE) algorithms on W ranks, G per node.")
+                                          "(Tutel 2DH), group-wise (LocMoE; also overlapped with its intra-node "
+                                          "step) and node-deduplicated (DeepEP) algorithms on W ranks, G per node.")
     p.add_argument("--world", type=arg_positive_int, default=16, help="ranks W (default 16)")
     p.add_argument("--gpus-per-node", type=arg_positive_int, default=8, help="ranks per node G (default 8)")
     p.add_argument("--bytes-per-rank", type=arg_bytes, default=64e6,

@@ -17,8 +17,9 @@ cases, chosen before any fit and never fitted on (`load_split`). For each case t
 
 Calibration (`Calibration`, `fit_calibration`), per NIC family (a case file's `nic_family`: ib for CX7 InfiniBand,
 efa for UCCL-EP's CPU proxy over AWS EFA v2 and later, efa_v1 for the same over EFA v1 (p5), efa_nvshmem for DeepEP over
-NVSHMEM's libfabric/EFA host proxy), each family on its own, on the FITTING cases only (`split.yaml` names the test cases and the
-fresh held-out sets `fresh:` to `fresh5:`; the fit refuses all of them). The predicted time of a case is
+NVSHMEM's libfabric/EFA host proxy, efa_nccl and efa_v1_nccl for NCCL over aws-ofi-nccl on EFA v2+ / EFA v1), each family on
+its own, on the FITTING cases only (`split.yaml` names the test cases and the fresh held-out sets `fresh:` to `fresh6:`; the
+fit refuses all of them). The predicted time of a case is
 
     t = t_sim(eff) + alpha[kind][op] + beta x m
 
