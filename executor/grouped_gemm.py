@@ -11,10 +11,10 @@ Why a second grouped GEMM next to torch's: with a few hundred rows per expert (t
 LSH-MoE, fine-grained experts) the experts' row counts are uneven and not multiples of the tile,
 so a 128-row tile wastes up to half its work on an expert of 129 rows, and where the GEMM is
 bound by reading the weights (DeepSeek-V3-like: 128 rows per expert on average) an expert's
-weights are read once per row block unless the blocks of one expert run together. Here the row
-block is a tuning parameter (64 or 128) and the programs are ordered GROUP_M row blocks at a
-time over all column blocks, so the row blocks of one expert run side by side and share its
-weight tiles in L2.
+weights are read once per row block unless the blocks of one expert run together. Here the
+programs are ordered GROUP_M row blocks at a time over all column blocks, so the row blocks of
+one expert run side by side and share its weight tiles in L2, and an expert's last block of at
+most half a tile's rows runs as a half-height tile (HALF_TAIL: half the multiply work).
 
 `grouped_weight_grad(x, dy, offsets, E)` is the weight gradient dw[e] = x_e^T dy_e (one program per
 (expert, tile of dw), looping over the expert's rows). The autograd function that uses both is
@@ -31,16 +31,14 @@ import torch
 
 __all__ = ["available", "grouped_matmul", "grouped_weight_grad", "CONFIGS", "WGRAD_CONFIGS", "pick_config"]
 
-#: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, GROUP_M) candidates
+#: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, GROUP_M, HALF_TAIL) candidates
 CONFIGS = [
-    (128, 256, 64, 8, 3, 8),
-    (128, 256, 64, 8, 4, 8),
-    (128, 256, 64, 8, 3, 4),
-    (128, 256, 64, 8, 3, 16),
-    (128, 128, 64, 4, 4, 8),
-    (128, 128, 64, 8, 4, 8),
-    (128, 128, 128, 8, 3, 8),
-    (64, 256, 64, 4, 4, 8),
+    (128, 256, 64, 8, 3, 8, False),
+    (128, 256, 64, 8, 4, 8, False),
+    (128, 256, 64, 8, 3, 8, True),
+    (128, 256, 64, 8, 4, 8, True),
+    (128, 128, 64, 8, 4, 8, True),
+    (128, 256, 64, 8, 3, 4, True),
 ]
 
 _KERNEL: dict = {}
@@ -66,13 +64,40 @@ def _kernel():
     if "gmm" in _KERNEL:
         return _KERNEL["gmm"]
     triton = _triton()
+    global tl, _gmm_tile  # module globals: the kernel resolves the names it calls there
     import triton.language as tl
+
+    @triton.jit
+    def _gmm_tile(x_ptr, w_ptr, y_ptr, row0, row_end, e, pid_n, N, K,
+                  stride_xm, stride_xk, stride_we, stride_wk, stride_wn, stride_ym, stride_yn,
+                  ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+        # y[row0:row0 + ROWS (< row_end), column block pid_n] = x[rows] @ w[e][:, columns]
+        rm = (row0 + tl.arange(0, ROWS)).to(tl.int64)
+        rn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+        rk = tl.arange(0, BLOCK_K).to(tl.int64)
+        row_ok = rm < row_end
+        x_ptrs = x_ptr + rm[:, None] * stride_xm + rk[None, :] * stride_xk
+        w_ptrs = w_ptr + e.to(tl.int64) * stride_we + rk[:, None] * stride_wk + rn[None, :] * stride_wn
+        acc = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
+        for kb in range(0, tl.cdiv(K, BLOCK_K)):
+            if EVEN_K:
+                a = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
+                b = tl.load(w_ptrs, mask=rn[None, :] < N, other=0.0)
+            else:
+                k_left = K - kb * BLOCK_K
+                a = tl.load(x_ptrs, mask=row_ok[:, None] & (rk[None, :] < k_left), other=0.0)
+                b = tl.load(w_ptrs, mask=(rk[:, None] < k_left) & (rn[None, :] < N), other=0.0)
+            acc = tl.dot(a, b, acc)
+            x_ptrs += BLOCK_K * stride_xk
+            w_ptrs += BLOCK_K * stride_wk
+        y_ptrs = y_ptr + rm[:, None] * stride_ym + rn[None, :] * stride_yn
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & (rn[None, :] < N))
 
     @triton.jit
     def gmm_kernel(x_ptr, w_ptr, y_ptr, offs_ptr, E, N, K, num_pid_m_bound,
                    stride_xm, stride_xk, stride_we, stride_wk, stride_wn, stride_ym, stride_yn,
                    E_POW2: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   GROUP: tl.constexpr, EVEN_K: tl.constexpr):
+                   GROUP: tl.constexpr, EVEN_K: tl.constexpr, HALF_TAIL: tl.constexpr):
         pid = tl.program_id(0)
         # every expert's rows and row blocks, from the cumulative offsets
         e_idx = tl.arange(0, E_POW2)
@@ -97,26 +122,18 @@ def _kernel():
         before = tl.sum(tl.where(e_idx == e, cum - blocks, 0), 0)
         row0 = tl.sum(tl.where(e_idx == e, starts, 0), 0) + (pid_m - before) * BLOCK_M
         row_end = tl.sum(tl.where(e_idx == e, ends, 0), 0)
-        rm = (row0 + tl.arange(0, BLOCK_M)).to(tl.int64)
-        rn = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-        rk = tl.arange(0, BLOCK_K).to(tl.int64)
-        row_ok = rm < row_end
-        x_ptrs = x_ptr + rm[:, None] * stride_xm + rk[None, :] * stride_xk
-        w_ptrs = w_ptr + e.to(tl.int64) * stride_we + rk[:, None] * stride_wk + rn[None, :] * stride_wn
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for kb in range(0, tl.cdiv(K, BLOCK_K)):
-            if EVEN_K:
-                a = tl.load(x_ptrs, mask=row_ok[:, None], other=0.0)
-                b = tl.load(w_ptrs, mask=rn[None, :] < N, other=0.0)
+        if HALF_TAIL:
+            # an expert's last block of at most BLOCK_M / 2 rows: a tile of half the rows (half the
+            # multiply work; its weight tiles still shared in L2 with the expert's other blocks)
+            if row_end - row0 <= BLOCK_M // 2:
+                _gmm_tile(x_ptr, w_ptr, y_ptr, row0, row_end, e, pid_n, N, K, stride_xm, stride_xk, stride_we,
+                          stride_wk, stride_wn, stride_ym, stride_yn, BLOCK_M // 2, BLOCK_N, BLOCK_K, EVEN_K)
             else:
-                k_left = K - kb * BLOCK_K
-                a = tl.load(x_ptrs, mask=row_ok[:, None] & (rk[None, :] < k_left), other=0.0)
-                b = tl.load(w_ptrs, mask=(rk[:, None] < k_left) & (rn[None, :] < N), other=0.0)
-            acc = tl.dot(a, b, acc)
-            x_ptrs += BLOCK_K * stride_xk
-            w_ptrs += BLOCK_K * stride_wk
-        y_ptrs = y_ptr + rm[:, None] * stride_ym + rn[None, :] * stride_yn
-        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & (rn[None, :] < N))
+                _gmm_tile(x_ptr, w_ptr, y_ptr, row0, row_end, e, pid_n, N, K, stride_xm, stride_xk, stride_we,
+                          stride_wk, stride_wn, stride_ym, stride_yn, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
+        else:
+            _gmm_tile(x_ptr, w_ptr, y_ptr, row0, row_end, e, pid_n, N, K, stride_xm, stride_xk, stride_we,
+                      stride_wk, stride_wn, stride_ym, stride_yn, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K)
 
     _KERNEL["gmm"] = gmm_kernel
     return gmm_kernel
@@ -197,8 +214,13 @@ def _next_pow2(n: int) -> int:
 
 
 def pick_config(rows: int, experts: int, n: int, k: int) -> tuple:
-    """The tile for R rows over E experts (host ints only)."""
-    return (128, 256, 64, 8, 3, 8) if n >= 256 else (128, 128, 64, 4, 4, 8)
+    """The tile for R rows over E experts of an (K, N) weight each (host ints only): 128 x 256
+    (128 x 128 where N < 256), a half-height tile for an expert's last block of at most 64 rows;
+    4 pipeline stages where K <= 4096 (3 above: shared memory), 4 row blocks per group where
+    N <= 2048 (8 above). Chosen on one H200 at DeepSeek-V3-like shapes (benchmarks/RESULTS.md)."""
+    if n < 256:
+        return (128, 128, 64, 4, 4, 8, True)
+    return (128, 256, 64, 8, 4 if k <= 4096 else 3, 4 if n <= 2048 else 8, True)
 
 
 def grouped_matmul(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, config: tuple | None = None,
@@ -215,11 +237,11 @@ def grouped_matmul(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, conf
     y = out if out is not None else torch.empty(rows, n, dtype=x.dtype, device=x.device)
     if rows == 0 or n == 0:
         return y
-    bm, bn, bk, warps, stages, group = config or pick_config(rows, experts, n, k)
+    bm, bn, bk, warps, stages, group, half_tail = config or pick_config(rows, experts, n, k)
     bound_m = triton.cdiv(rows, bm) + experts
     grid = (bound_m * triton.cdiv(n, bn),)
     _kernel()[grid](x, w, y, offsets, experts, n, k, bound_m,
                     x.stride(0), x.stride(1), w.stride(0), w.stride(1), w.stride(2), y.stride(0), y.stride(1),
                     E_POW2=max(_next_pow2(experts), 2), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP=group,
-                    EVEN_K=(k % bk == 0), num_warps=warps, num_stages=stages)
+                    EVEN_K=(k % bk == 0), HALF_TAIL=half_tail, num_warps=warps, num_stages=stages)
     return y
