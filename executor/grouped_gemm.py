@@ -181,11 +181,10 @@ def _wgrad_kernel():
 
 #: (BLOCK_K, BLOCK_N, BLOCK_R, num_warps, num_stages, GROUP) candidates of the weight gradient
 WGRAD_CONFIGS = [
-    (128, 256, 64, 8, 3, 8),
-    (128, 128, 64, 4, 4, 8),
+    (128, 128, 32, 4, 3, 8),
+    (128, 128, 32, 4, 4, 8),
     (128, 128, 64, 8, 3, 8),
-    (128, 256, 32, 8, 4, 8),
-    (64, 256, 64, 4, 3, 8),
+    (128, 256, 64, 8, 3, 8),
 ]
 
 
