@@ -1,4 +1,4 @@
-"""The fastest of several CUDA-event timings of a callable (the benchmarks' one timing helper)."""
+"""CUDA-event timings of a callable (the benchmarks' timing helpers): the fastest, the median."""
 from __future__ import annotations
 
 import torch
@@ -17,3 +17,19 @@ def best_s(fn, repeats: int = 20) -> float:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
     return min(times)
+
+
+def median_s(fn, repeats: int = 20, warmup: int = 3) -> float:
+    """Seconds of the median of `repeats` calls of fn (CUDA events, after `warmup` calls)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return sorted(times)[(len(times) - 1) // 2]
