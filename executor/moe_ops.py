@@ -35,6 +35,9 @@ EXPERT_METHODS = ("grouped_mm", "padded_bmm", "triton_gmm")
 TRITON_GMM_MIN_EXPERTS = 32
 #: ... when they hold at most this many rows each on average (their weights, not their rows, set the time)
 TRITON_GMM_MAX_ROWS_PER_EXPERT = 256
+#: ... and each expert's matrix is at least this large (d_model x d_ffn; below it the launch and the tails
+#: dominate and torch's kernel was as fast or faster: 64 experts of 4,096 x 1,408, run-ag)
+TRITON_GMM_MIN_EXPERT_ELEMENTS = 2 ** 23
 
 #: torch's grouped matrix multiply (public from torch 2.9, private before), or None
 GROUPED_MM = getattr(torch.nn.functional, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
@@ -185,11 +188,13 @@ def grouped_mm_available(x: torch.Tensor, d_model: int, d_ffn: int) -> bool:
 def auto_expert_method(x: torch.Tensor, num_experts: int, d_model: int, d_ffn: int) -> str:
     """The method "auto" takes for rows x over `num_experts` local experts (host values only): the
     Triton grouped GEMM on a GPU with at least TRITON_GMM_MIN_EXPERTS experts of at most
-    TRITON_GMM_MAX_ROWS_PER_EXPERT rows each on average (where it measured faster than torch's:
-    uneven counts around a tile's 128 rows, weights read once per expert); else grouped_mm where it
-    runs; else the padded batched matmul."""
+    TRITON_GMM_MAX_ROWS_PER_EXPERT rows each on average and d_model x d_ffn of at least
+    TRITON_GMM_MIN_EXPERT_ELEMENTS (where it measured faster than torch's, DeepSeek-V3-like: uneven
+    counts around a tile's 128 rows, weights read once per expert); else grouped_mm where it runs;
+    else the padded batched matmul."""
     from . import grouped_gemm
     if (num_experts >= TRITON_GMM_MIN_EXPERTS and x.shape[0] <= TRITON_GMM_MAX_ROWS_PER_EXPERT * num_experts
+            and d_model * d_ffn >= TRITON_GMM_MIN_EXPERT_ELEMENTS
             and grouped_gemm.available(x) and os.environ.get("LSHSIM_NO_TRITON_GMM") != "1"):
         return "triton_gmm"
     return "grouped_mm" if grouped_mm_available(x, d_model, d_ffn) else "padded_bmm"

@@ -443,7 +443,8 @@ def _uneven_rows(num_experts: int, generator: torch.Generator) -> list[int]:
 def test_triton_gmm_equals_a_float32_loop_on_a_gpu(d_model, d_ffn):
     """The Triton grouped GEMM path (forward, the input and both weight gradients) == gelu(x W1[e]) W2[e]
     expert by expert in float32, within bf16 rounding, with experts of 0, 1, 63-65, 127-129 ... rows
-    (every edge of a row block); "auto" takes it for 40 experts of about 100 rows, not for 8 of 1,000."""
+    (every edge of a row block); "auto" takes it for 40 experts of about 100 rows of DeepSeek-V3's expert
+    matrix, not for a small matrix nor for 8 experts of 1,000 rows."""
     from lshsim.executor import grouped_gemm
 
     if not grouped_gemm.available(torch.empty(0, device="cuda", dtype=torch.bfloat16)):
@@ -457,10 +458,12 @@ def test_triton_gmm_equals_a_float32_loop_on_a_gpu(d_model, d_ffn):
     w1.requires_grad_(True)
     w2.requires_grad_(True)
     offsets = torch.cumsum(torch.tensor(rows), 0).to(device, torch.int32)
-    assert auto_expert_method(x, 40, d_model, d_ffn) == "triton_gmm"
-    assert auto_expert_method(torch.empty(8000, d_model, device=device, dtype=torch.bfloat16), 8, d_model,
-                              d_ffn) != "triton_gmm"
-    out, used = expert_ffn_grouped(x, rows, offsets, w1, w2, "auto")
+    # auto: 40 experts of about 100 rows with DeepSeek-V3's expert matrix, not with a small one, not 8 experts
+    assert auto_expert_method(x, 40, 7168, 2048) == "triton_gmm"
+    assert auto_expert_method(x, 40, 4096, 1408) != "triton_gmm"
+    assert auto_expert_method(torch.empty(8000, d_model, device=device, dtype=torch.bfloat16), 8, 7168,
+                              2048) != "triton_gmm"
+    out, used = expert_ffn_grouped(x, rows, offsets, w1, w2, "triton_gmm")
     assert used == "triton_gmm"
     g = torch.randn(out.shape, generator=generator).to(device, torch.bfloat16)
     grads = torch.autograd.grad((out.float() * g.float()).sum(), (x, w1, w2))
@@ -497,7 +500,7 @@ def test_triton_weight_gradient_equals_a_loop_on_a_gpu():
 
 @pytest.mark.gpu
 def test_layer_with_many_small_experts_on_triton_gmm_equals_grouped_mm_on_a_gpu():
-    """A one-rank layer of 64 experts (auto: the Triton grouped GEMM) == the same layer on torch's
+    """A one-rank layer of 64 experts on the Triton grouped GEMM == the same layer on torch's
     grouped_mm: output, the tokens' gradient and every parameter gradient within bf16 rounding."""
     from lshsim.executor import grouped_gemm
     from lshsim.executor.moe_layer import DistributedMoE, MoEContext, rank_inputs
@@ -512,7 +515,7 @@ def test_layer_with_many_small_experts_on_triton_gmm_equals_grouped_mm_on_a_gpu(
     fast, ref = DistributedMoE(workload, ctx, torch.bfloat16), DistributedMoE(workload, ctx, torch.bfloat16)
     for a, b in zip(fast.parameters(), ref.parameters()):
         assert torch.equal(a, b)  # the same seed: the same weights
-    ref.expert_impl = "grouped_mm"
+    fast.expert_impl, ref.expert_impl = "triton_gmm", "grouped_mm"
     x0, ids = rank_inputs(workload, 0, device, torch.bfloat16)
     layer_step_matches((fast, ref), x0, ids)
     assert fast.expert_method == "triton_gmm" and ref.expert_method == "grouped_mm"
