@@ -100,9 +100,23 @@ def test_lsh_rate_scales_a2a_bytes(v100, baseline, rate):
 
 
 def test_locmoe_reduces_inter_node_bytes(v100, baseline):
-    locmoe = simulate_step(TINY, v100, router="locmoe")
-    assert locmoe.breakdown["inter_node_bytes_per_layer"] < 0.1 * baseline.breakdown["inter_node_bytes_per_layer"]
-    assert baseline.breakdown["inter_node_bytes_per_layer"] > 0
+    """The all-or-nothing bonus (locality_share None) removes nearly every inter-node copy; the default
+    share ("auto": the most the node's experts take at capacity 1.25, 1.25 / 2 nodes = 0.625 of the copies
+    kept on their node against about half under plain routing) removes about a quarter of them."""
+    base = baseline.breakdown["inter_node_bytes_per_layer"]
+    assert base > 0
+    bonus = simulate_step(TINY, v100, router="locmoe", locality_share=None)
+    assert bonus.breakdown["inter_node_bytes_per_layer"] < 0.1 * base
+    assert bonus.breakdown["locality_share"] is None
+    share = simulate_step(TINY, v100, router="locmoe")
+    assert share.breakdown["locality_share"] == 0.625
+    # off-node copies: about 1 - 0.5 under plain routing, 1 - 0.625 with the share: 0.375 / 0.5 = 0.75
+    assert 0.70 < share.breakdown["inter_node_bytes_per_layer"] / base < 0.80
+    placement = placement_for(TINY, v100)
+    counts = route_traffic(TINY, placement, StepConfig(router="locmoe")).send_counts
+    same = placement.rank_to_node.numpy()[:, None] == placement.rank_to_node.numpy()[None, :]
+    own = (counts * same).sum(1) / counts.sum(1)
+    assert own.min() >= 0.625 - 1e-9  # every source rank keeps at least the share on its node
 
 
 def test_locmoe_gate_fallback_when_d_not_divisible(v100):

@@ -30,6 +30,19 @@ def _capacity_factor(text: str) -> float | None:
     return value
 
 
+def _locality_share(text: str) -> float | str | None:
+    """--locality-share: 'auto', 'none' or a share of token copies in [0, 1]."""
+    if text.lower() in ("auto", "none"):
+        return None if text.lower() == "none" else "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto', 'none' or a number in [0, 1]") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 1] (a share of token copies), 'auto' or 'none'")
+    return value
+
+
 def _name_list(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
@@ -84,8 +97,14 @@ def add_parser(subparsers):
                         "micro-batch (each of its N GPUs holds 1 / N of them)")
     p.add_argument("--capacity-factor", type=_capacity_factor, default=1.25,
                    help="expert capacity factor, a finite number > 0, or 'none' for no limit (default 1.25)")
+    p.add_argument("--locality-share", type=_locality_share, default="auto",
+                   help="locmoe: LocMoE's locality loss as the share of token copies kept on their own node, in "
+                        "[0, 1]; auto (default): the most the node's experts accept at the capacity, min(1, capacity "
+                        "factor / nodes) (plain GrAP routing with EP groups or node_dedup, where a share is not "
+                        "modelled); none: route with --locality-bonus instead")
     p.add_argument("--locality-bonus", type=arg_finite_number(0.0), default=1.0,
-                   help="locmoe: own-node preference, >= 0 (default 1.0)")
+                   help="locmoe with --locality-share none: own-node preference added to the GrAP score, >= 0 "
+                        "(default 1.0; a large bonus keeps every token on its node)")
     p.add_argument("--seed", type=arg_seed, default=0, help=f"seed of the synthetic tokens (default 0; {SEED_HELP})")
     p.add_argument("--max-routed-tokens", type=arg_positive_int, default=1 << 17,
                    help="route at most this many tokens in all, else subsample per rank and scale (default 131072)")
@@ -150,10 +169,19 @@ def _plan_config(args, model=None):
     return StepConfig(router=router, router_options=options, lsh_rate=args.lsh_rate, algorithm=args.algorithm, overlap=args.overlap,
                       tokens_per_gpu=args.tokens_per_gpu, capacity_factor=capacity,
                       locality_bonus=args.locality_bonus, seed=args.seed, max_routed_tokens=args.max_routed_tokens,
+                      locality_share=_share_for(router, getattr(args, "locality_share", "auto")),
                       ep=args.ep, traffic_model=None if args.traffic_model == "auto" else args.traffic_model,
                       dispatch_format=None if args.dispatch_format == "model" else args.dispatch_format,
                       moe_layer=None if args.moe_layer == "software" else args.moe_layer, tp=getattr(args, "tp", 1),
                       grad_sync=None if getattr(args, "grad_sync", "software") == "software" else args.grad_sync)
+
+
+def _share_for(router: str, share):
+    """The StepConfig's locality_share: a number only for locmoe (the other routers refuse one); 'auto'
+    and None pass through (the plan's locmoe option inherits them from the baseline)."""
+    if router != "locmoe" and share not in ("auto", None):
+        return "auto"
+    return share
 
 
 def _fidelity(args, world_size: int) -> dict:
@@ -201,11 +229,12 @@ def run(args) -> int:
         raise ValueError("--models and --clusters go with --sweep; for one plan use --model and --cluster")
     model = load_model(args.model)
     selected = _plan_config(args, model)
-    graph = _load_cluster(args.cluster, [model], selected, len(plan_options(selected)))
+    options = plan_options(selected, locmoe_share=args.locality_share)
+    graph = _load_cluster(args.cluster, [model], selected, len(options))
     fidelity = _fidelity(args, _world_size(graph))
     started = time.perf_counter()
     cache_stats: dict = {}
-    rows = compare_options(model, graph, plan_options(selected), drain_tolerance=fidelity["drain_tolerance"],
+    rows = compare_options(model, graph, options, drain_tolerance=fidelity["drain_tolerance"],
                            share_cache=not args.no_a2a_cache, progress=OptionProgress(started), cache_stats=cache_stats,
                            estimate=fidelity["mode"] == "estimate")
     elapsed_s = time.perf_counter() - started
@@ -346,7 +375,9 @@ def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float,
         if rb["dropped_fraction"] > max(2 * base_drop, base_drop + 0.05):
             notes.append(f"{row['label']}: drops {100 * rb['dropped_fraction']:.0f}% of the expert choices at capacity "
                          f"factor {row['config']['capacity_factor']} (baseline {100 * base_drop:.0f}%), so its experts "
-                         "compute less; compare with --capacity-factor none or a smaller --locality-bonus")
+                         "compute less; compare with --capacity-factor none"
+                         + (" or a smaller --locality-bonus" if row["config"].get("locality_share") is None
+                            and row["config"].get("router") == "locmoe" else ""))
         if rb["gate_width"] != model.d_model:
             notes.append(f"{row['label']}: d_model={model.d_model} is not a multiple of {model.num_experts} "
                          "experts, so "
@@ -439,7 +470,7 @@ def _plan_sweep(args) -> int:
     cluster_names = args.clusters or [args.cluster]
     models = {name: load_model(name) for name in model_names}  # unknown names fail before any work
     selected = _plan_config(args)
-    options = plan_options(selected)
+    options = plan_options(selected, locmoe_share=args.locality_share)
     graphs = {name: _load_cluster(name, list(models.values()), selected, len(options)) for name in cluster_names}
     results = []
     with Progress(console=_render.wide_console(), transient=True, disable=args.json) as progress:

@@ -127,7 +127,7 @@ from lshsim.topology.routing import validate_topology
 __all__ = ["StepConfig", "RoutedTraffic", "StepResult", "simulate_step", "simulate_config", "route_traffic",
            "placement_for", "compute_time_s", "expert_cost", "KERNELS", "MODEL_FIELDS", "OPTIONAL_MODEL_FIELDS", "model_dict",
            "describe", "plan_options", "compare_options", "A2ACache", "auto_drain_tolerance",
-           "AUTO_EXACT_MAX_GPUS", "apply_locality_share", "stage_models", "combine_breakdowns", "AUTO_TOLERANCE_MAX_GPUS", "TRAFFIC_MODELS", "POPULARITY_MIN_GPUS",
+           "AUTO_EXACT_MAX_GPUS", "apply_locality_share", "auto_locality_share", "AUTO_SHARE_CAPACITY_FACTOR", "stage_models", "combine_breakdowns", "AUTO_TOLERANCE_MAX_GPUS", "TRAFFIC_MODELS", "POPULARITY_MIN_GPUS",
            "RANK_CLASS_MIN_GPUS", "rank_classes", "popularity_traffic", "traffic_model_for", "FIDELITIES", "auto_fidelity", "DEFAULT_DRAIN_TOLERANCE", "DEFAULT_PLAN_LSH_RATE", "router_config", "routing_key"]
 
 #: attributes the simulator reads from a model config (duck typing: `models.ModelConfig` has them).
@@ -266,6 +266,7 @@ def combine_breakdowns(parts: list[dict]) -> dict:
                inter_node_bytes_per_layer=sum(p["inter_node_bytes_per_layer"] for p in parts),
                local_bytes_per_layer=sum(p["local_bytes_per_layer"] for p in parts),
                dropped_fraction=weighted("dropped_fraction"), compression_rate=weighted("compression_rate"),
+               locality_share=(moe[0] if moe else parts[0]).get("locality_share"),
                tokens_per_gpu=(moe[0] if moe else parts[0])["tokens_per_gpu"],
                tokens_per_step=(moe[0] if moe else parts[0]).get("tokens_per_step"),
                tokens_per_s=(moe[0] if moe else parts[0]).get("tokens_per_step", 0) / step if step > 0 else 0.0,
@@ -297,13 +298,19 @@ class StepConfig:
     overlap_chunks:    chunk counts tried when overlap is on (n = 1 is always tried).
     tokens_per_gpu:    tokens per GPU per step; None = the model's.
     capacity_factor:   expert capacity factor of the router (None = no limit); GShard / Tutel 1.25.
-    locality_bonus:    LocMoE's own-node preference added to the GrAP score (locmoe only).
+    locality_bonus:    LocMoE's own-node preference added to the GrAP score (locmoe only, and only
+                       with locality_share None).
     locality_share:    LocMoE's locality loss as the share of token copies kept on their own node
-                       (locmoe only; None = the locality_bonus routing as before). The router routes
-                       with plain GrAP (bonus 0) and then, per source rank, the fewest off-node copies
-                       are moved onto its node's experts (in proportion to their load) that bring the
-                       own-node share up to this value (`apply_locality_share`); a share below what
-                       GrAP routes on its own moves nothing. Drops are those of the GrAP routing.
+                       (locmoe only). The router routes with plain GrAP (bonus 0) and then, per source
+                       rank, the fewest off-node copies are moved onto its node's experts (in
+                       proportion to their load) that bring the own-node share up to this value
+                       (`apply_locality_share`); a share below what GrAP routes on its own moves
+                       nothing. Drops are those of the GrAP routing. "auto" (the default; ignored by
+                       the other routers): the most the node's experts accept at the capacity,
+                       min(1, capacity factor / nodes) (`auto_locality_share`; capacity factor
+                       AUTO_SHARE_CAPACITY_FACTOR where there is no limit); with expert-parallel
+                       groups (EP < W) or node deduplication, where a share is not modelled, plain
+                       GrAP. None: the locality_bonus routing instead (all-or-nothing at a large bonus).
     seed:              seed of the synthetic tokens.
     max_routed_tokens: route at most this many tokens (W * S); beyond, subsample and scale.
     lsh_hashes:        L, cross-polytope hash functions per token (the paper's default 6).
@@ -361,7 +368,7 @@ class StepConfig:
     tokens_per_gpu: int | None = None
     capacity_factor: float | None = 1.25
     locality_bonus: float = 1.0
-    locality_share: float | None = None
+    locality_share: float | str | None = "auto"
     seed: int = 0
     max_routed_tokens: int = 1 << 17
     lsh_hashes: int = 6
@@ -430,10 +437,11 @@ class StepConfig:
             raise ValueError(f"capacity_factor={self.capacity_factor!r} must be > 0 or None")
         if not (math.isfinite(self.locality_bonus) and self.locality_bonus >= 0):
             raise ValueError(f"locality_bonus={self.locality_bonus!r} must be finite and >= 0")
-        if self.locality_share is not None:
+        if self.locality_share is not None and self.locality_share != "auto":
             if isinstance(self.locality_share, bool) or not isinstance(self.locality_share, (int, float)) \
                     or not 0 <= self.locality_share <= 1:
-                raise ValueError(f"locality_share={self.locality_share!r} must be in [0, 1] (a share of token copies) or None")
+                raise ValueError(f"locality_share={self.locality_share!r} must be in [0, 1] (a share of token copies), "
+                                 "'auto' or None")
             if self.router != "locmoe":
                 raise ValueError(f"locality_share={self.locality_share!r} is LocMoE's locality loss: it needs "
                                  f"router='locmoe', not {self.router!r}")
@@ -516,6 +524,7 @@ class RoutedTraffic:
                      from the popularity the router induced on one group's routed sample).
     node_copies:     (W, N) float64, distinct (token, destination node) pairs per source rank, own node
                      included, at full scale (`route_traffic`); None unless the step deduplicates.
+    locality_share:  the own-node share LocMoE's locality loss was applied at (`route_traffic`), or None.
     """
 
     send_counts: np.ndarray
@@ -528,6 +537,7 @@ class RoutedTraffic:
     ep: int | None = None
     model: str = "routed"
     node_copies: np.ndarray | None = None
+    locality_share: float | None = None
 
     @property
     def scale(self) -> float:
@@ -537,7 +547,7 @@ class RoutedTraffic:
 def router_config(model: object, config: StepConfig) -> RouterConfig:
     """The `RouterConfig` a step routes with: the step's router, the model's top-k (or the
     router's fixed k, `effective_k`), capacity factor and locality bonus."""
-    bonus = 0.0 if config.locality_share is not None else config.locality_bonus   # the share replaces the bonus
+    bonus = 0.0 if config.locality_share is not None else config.locality_bonus   # a share (or auto) replaces the bonus
     return RouterConfig(name=config.router, k=effective_k(config.router, model_dict(model)["top_k"]),
                         capacity_factor=config.capacity_factor, locality_bonus=bonus,
                         options=config.router_options)
@@ -548,6 +558,31 @@ def routing_key(model: object, config: StepConfig) -> tuple:
     subsample bound. Two step configs with equal keys route identically (`compare_options`)."""
     return (router_config(model, config), config.tokens_per_gpu, config.seed, config.max_routed_tokens, config.ep,
             config.traffic_model, config.deduplicates, config.locality_share, config.tp)
+
+
+#: the capacity factor `auto_locality_share` assumes where the router has no capacity limit (GShard's, Tutel's)
+AUTO_SHARE_CAPACITY_FACTOR = 1.25
+
+
+def auto_locality_share(config: StepConfig, placement: Placement | GroupedPlacement) -> float | None:
+    """The own-node share of LocMoE's locality loss that `locality_share="auto"` stands for: the most a
+    node's experts accept at the capacity, min(1, capacity factor x experts on the node / all experts)
+    = min(1, capacity factor / nodes) with the experts spread evenly over equal nodes (the rule of
+    `lshsim reproduce`'s LocMoE figures; LocMoE gives no strength mu). None where a share is not
+    modelled: expert-parallel groups (EP < W), node deduplication, or a router other than locmoe.
+
+    >>> auto_locality_share(StepConfig(router="locmoe"), contiguous_placement(16, 8, gpus_per_node=4))
+    0.625
+    >>> auto_locality_share(StepConfig(router="locmoe", capacity_factor=3.0), contiguous_placement(16, 8, 4))
+    1.0
+    """
+    if config.router != "locmoe" or config.deduplicates:
+        return None
+    if isinstance(placement, GroupedPlacement) and placement.ep < placement.world_size:
+        return None
+    nodes = len(np.unique(placement.rank_to_node.numpy()))
+    factor = config.capacity_factor if config.capacity_factor is not None else AUTO_SHARE_CAPACITY_FACTOR
+    return float(min(1.0, factor / nodes))
 
 
 def apply_locality_share(counts: np.ndarray, rank_to_node: np.ndarray, share: float) -> np.ndarray:
@@ -677,9 +712,16 @@ def route_traffic(model: object, placement: Placement | GroupedPlacement, config
                   tokens_per_gpu: int | None = None) -> RoutedTraffic:
     """`_route_traffic`, then LocMoE's locality share (`apply_locality_share`) when the config sets one."""
     traffic = _route_traffic(model, placement, config, tokens_per_gpu)
-    if config.locality_share is None:
+    if config.locality_share is None or config.router != "locmoe":
         return traffic
     from dataclasses import replace as _replace
+
+    if config.locality_share == "auto":
+        share = auto_locality_share(config, placement)
+        if share is None:  # not modelled here: plain GrAP routing (bonus 0), no share
+            return traffic
+        counts = apply_locality_share(traffic.send_counts, placement.rank_to_node.numpy(), share)
+        return _replace(traffic, send_counts=counts, locality_share=share)
 
     if config.deduplicates:
         raise ValueError(f"locality_share={config.locality_share} with algorithm {config.algorithm!r} is not "
@@ -688,7 +730,7 @@ def route_traffic(model: object, placement: Placement | GroupedPlacement, config
         raise ValueError(f"locality_share={config.locality_share} with expert-parallel groups (EP {placement.ep} < "
                          f"{placement.world_size} GPUs) is not modelled: give one group (ep None)")
     counts = apply_locality_share(traffic.send_counts, placement.rank_to_node.numpy(), config.locality_share)
-    return _replace(traffic, send_counts=counts)
+    return _replace(traffic, send_counts=counts, locality_share=float(config.locality_share))
 
 
 def _route_traffic(model: object, placement: Placement | GroupedPlacement, config: StepConfig,
@@ -1351,6 +1393,7 @@ def _breakdown(trace: Trace, traffic: RoutedTraffic, config: StepConfig, dispatc
         "compression_rate": 1.0 if config.lsh_rate is None else float(
             np.ceil(config.lsh_rate * traffic.send_counts).sum() / max(traffic.send_counts.sum(), 1)),
         "dropped_fraction": traffic.dropped_fraction,
+        "locality_share": traffic.locality_share,
         "expert_load_imbalance": float(received.max() / received.mean()) if received.mean() > 0 else 1.0,
         "tokens_per_gpu": traffic.tokens_per_rank,
         "routed_tokens_per_rank": traffic.routed_per_rank,
@@ -1389,25 +1432,27 @@ def describe(config: StepConfig) -> str:
     return ", ".join(parts)
 
 
-def plan_options(selected: StepConfig) -> list[tuple[str, StepConfig]]:
+def plan_options(selected: StepConfig, locmoe_share: float | str | None = "selected") -> list[tuple[str, StepConfig]]:
     """The options `lshsim plan` compares, baseline first.
 
     baseline: topk, no LSH, direct, no overlap, the model's precision on the wire (the user's tokens,
     capacity, seed and EP kept).
     Then the user's own choice (if it differs), and the standard alternatives: LSH-MoE at the
-    user's rate (or DEFAULT_PLAN_LSH_RATE), LocMoE routing, the hierarchical 2d and LocMoE's
-    group-wise all-to-all, and Tutel-style overlap. Duplicates are dropped (first label wins).
+    user's rate (or DEFAULT_PLAN_LSH_RATE), LocMoE routing (its locality share `locmoe_share`:
+    "selected" = the selected config's), the hierarchical 2d and LocMoE's group-wise all-to-all, and
+    Tutel-style overlap. Duplicates are dropped (first label wins).
     """
     from dataclasses import replace
 
+    share = selected.locality_share if locmoe_share == "selected" else locmoe_share
     base = replace(selected, router="topk", router_options=(), lsh_rate=None, algorithm="direct", overlap=False,
-                   dispatch_format=None)
+                   dispatch_format=None, locality_share="auto" if share not in ("auto", None) else share)
     rate = selected.lsh_rate if selected.lsh_rate is not None else DEFAULT_PLAN_LSH_RATE
     candidates = [
         ("baseline", base),
         ("yours: " + describe(selected), selected),
         (f"lsh {rate:g}", replace(base, lsh_rate=rate)),
-        ("locmoe", replace(base, router="locmoe")),
+        ("locmoe", replace(base, router="locmoe", locality_share=share)),
         ("2d", replace(base, algorithm="2d")),
         ("groupwise", replace(base, algorithm="groupwise")),
         ("overlap", replace(base, overlap=True)),
