@@ -188,9 +188,9 @@ def add_calibrate(subparsers) -> argparse.ArgumentParser:
     cal.add_argument("--no-channel-term", action="store_true",
                      help="fit as before NCCL's channel term: the curve keeps the sizes at NCCL's per-peer channel "
                           "thresholds and no calibration.a2a_nccl_channels is written (lshsim.sim.nccl)")
-    cal.add_argument("--threshold-window", type=float, default=None,
-                     help="relative window around each channel threshold whose sizes the curve leaves out "
-                          "(default lshsim.calibration.fits.THRESHOLD_WINDOW, 0.04)")
+    cal.add_argument("--threshold-window", type=arg_finite_number(0.0, maximum=1.0), default=None,
+                     help="relative window around each channel threshold whose sizes the curve leaves out, in "
+                          "[0, 1] (default lshsim.calibration.fits.THRESHOLD_WINDOW, 0.04)")
     cal.add_argument("--quiet", action="store_true",
                      help="no progress lines on stderr (default, on rank 0: each benchmark, the all-to-all sweep's "
                           "size steps every few seconds with an estimate of what is left, the files written)")

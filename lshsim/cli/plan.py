@@ -9,7 +9,7 @@ import argparse
 
 import math
 
-from lshsim.checks import arg_finite_number, arg_positive_int
+from lshsim.checks import CAPACITY_FACTOR_MAX, arg_finite_number, arg_positive_int
 from lshsim.cli import _render
 from lshsim.cli._progress import OptionProgress
 from lshsim.cli._render import SEED_HELP, arg_seed
@@ -27,6 +27,8 @@ def _capacity_factor(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'none'") from None
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0 (or 'none' for no limit)")
+    if value > CAPACITY_FACTOR_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r} must be <= {CAPACITY_FACTOR_MAX:g} (or 'none' for no limit)")
     return value
 
 
@@ -83,7 +85,7 @@ def add_parser(subparsers):
                    help="tokens per GPU per step (default: the model's); with --tp N, the tokens of one TP group's "
                         "micro-batch (each of its N GPUs holds 1 / N of them)")
     p.add_argument("--capacity-factor", type=_capacity_factor, default=1.25,
-                   help="expert capacity factor, a finite number > 0, or 'none' for no limit (default 1.25)")
+                   help="expert capacity factor in (0, 1e6], or 'none' for no limit (default 1.25)")
     p.add_argument("--locality-bonus", type=arg_finite_number(0.0), default=1.0,
                    help="locmoe: own-node preference, >= 0 (default 1.0)")
     p.add_argument("--seed", type=arg_seed, default=0, help=f"seed of the synthetic tokens (default 0; {SEED_HELP})")

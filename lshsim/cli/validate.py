@@ -7,8 +7,34 @@ The model: `lshsim.sim.validate` (`validate_trace`, `a2a_errors`, `plot_validati
 """
 from __future__ import annotations
 
+import argparse
+import math
+
 from lshsim.checks import arg_positive_int
 from lshsim.cli import _render
+
+#: the most NIC efficiencies --efficiency-grid may name (the default grid has 31; each is a fit of every case)
+EFFICIENCY_GRID_MAX_POINTS = 1000
+
+
+def _arg_efficiency_grid(text: str) -> tuple[float, ...]:
+    """argparse type of --efficiency-grid: LO:HI:STEP with 0 < LO <= HI <= 1 and STEP > 0, at most
+    EFFICIENCY_GRID_MAX_POINTS efficiencies; the grid (checked whether or not --published is given).
+
+    >>> _arg_efficiency_grid("0.9:1:0.05")
+    (0.9, 0.95, 1.0)
+    """
+    try:
+        lo, hi, step = (float(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be LO:HI:STEP, e.g. 0.7:1.0:0.02") from None
+    if not (0 < lo <= hi <= 1 and 0 < step < math.inf):
+        raise argparse.ArgumentTypeError(f"{text!r} needs 0 < LO <= HI <= 1 and STEP > 0")
+    points = int(round((hi - lo) / step)) + 1
+    if points > EFFICIENCY_GRID_MAX_POINTS:
+        raise argparse.ArgumentTypeError(f"{text!r} names {points} efficiencies, more than "
+                                         f"{EFFICIENCY_GRID_MAX_POINTS}: use a larger STEP")
+    return tuple(round(lo + step * i, 6) for i in range(points))
 
 
 def add_parser(subparsers):
@@ -26,7 +52,7 @@ def add_parser(subparsers):
                         "NIC efficiency and a start-up per operation are fitted on the fitting cases only, the "
                         "test cases of DIR/split.yaml are reported apart (the full set: about 15 min of CPU time, 7.6 min "
                         "on 2 cores with --jobs 2; progress lines on stderr)")
-    p.add_argument("--efficiency-grid", default=None, metavar="LO:HI:STEP",
+    p.add_argument("--efficiency-grid", type=_arg_efficiency_grid, default=None, metavar="LO:HI:STEP",
                    help="with --published: the NIC efficiencies tried by the fit (default 0.40:1.00:0.02; a NIC "
                         "family's fit only uses those >= the efficiency its fitting cases demonstrate)")
     p.add_argument("--fitting-only", action="store_true",
@@ -111,15 +137,7 @@ def _run_published(args) -> int:
     from lshsim.sim.published import FRESH_SETS, PUBLISHED_DIR, validate_published
 
     folder = args.published or PUBLISHED_DIR
-    grid = None
-    if args.efficiency_grid is not None:
-        try:
-            lo, hi, step = (float(x) for x in args.efficiency_grid.split(":"))
-        except ValueError:
-            raise ValueError(f"--efficiency-grid={args.efficiency_grid!r} must be LO:HI:STEP, e.g. 0.7:1.0:0.02") from None
-        if not (0 < lo <= hi <= 1 and step > 0):
-            raise ValueError(f"--efficiency-grid={args.efficiency_grid!r} needs 0 < LO <= HI <= 1 and STEP > 0")
-        grid = tuple(round(lo + step * i, 6) for i in range(int(round((hi - lo) / step)) + 1))
+    grid = args.efficiency_grid    # None, or the efficiencies of _arg_efficiency_grid
     from lshsim.cli._progress import ProgressLines
     from lshsim.sim.published import default_jobs
 
