@@ -43,6 +43,11 @@ BROKEN = [
     (["validate", "--published", "--efficiency-grid", "nan:1:0.1"], ["--efficiency-grid", "'nan:1:0.1'"]),
     # before: --from-raw was ignored beside --nccl-tests (exit 0 with a missing file)
     ([*CALIBRATE, "--from-raw", "{TMP}/missing.json"], ["--from-raw", "--nccl-tests"]),
+    # before: "Empty module name", a TypeError traceback, a SyntaxError traceback, "no such file" for a folder
+    (["--plugin", "", "capacity", "--plot", "{OUT}.png"], ["--plugin", "''", "not a module name"]),
+    (["--plugin", "..x", "capacity"], ["--plugin", "'..x'", "not a module name"]),
+    (["--plugin", "{TMP}/bin.py", "capacity", "--plot", "{OUT}.png"], ["--plugin", "bin.py", "not a Python module"]),
+    (["--plugin", "{TMP}/folder.py", "capacity"], ["--plugin", "folder.py", "is a folder"]),
     # before: type=float took nan, inf and negatives
     ([*CALIBRATE, "--threshold-window", "nan"], ["--threshold-window", "'nan'"]),
     ([*CALIBRATE, "--threshold-window", "inf"], ["--threshold-window", "'inf'"]),
@@ -88,7 +93,9 @@ SAMPLE = [
                          + [pytest.param(*case, id="sample " + " ".join(case[0])[:63]) for case in SAMPLE])
 def test_a_bad_value_is_one_line_and_exit_2(argv, words, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00\x81 not UTF-8\n")
+    for name in ("bin.json", "bin.py"):
+        (tmp_path / name).write_bytes(b"\xff\xfe\x00\x81 not UTF-8\n")
+    (tmp_path / "folder.py").mkdir()
     fill = {"{OUT}": str(tmp_path / "out" / "result"), "{TMP}": str(tmp_path)}
     argv = [next((arg.replace(key, value) for key, value in fill.items() if key in arg), arg) for arg in argv]
     with pytest.raises(SystemExit) as exit_info:
@@ -96,11 +103,12 @@ def test_a_bad_value_is_one_line_and_exit_2(argv, words, tmp_path, capsys, monke
     err = capsys.readouterr().err
     assert exit_info.value.code == 2, err
     assert err.count("\n") == 1 and err.endswith("\n") and "Traceback" not in err, err
-    assert err.startswith(f"lshsim {argv[0]}: error: "), err
+    command = argv[2] if argv[0] == "--plugin" else argv[0]
+    assert err.startswith(f"lshsim {command}: error: "), err
     for word in words:
         assert word in err, (word, err)
     # no output file (a refusal after the output check may leave the output's folder, empty)
-    assert [p.name for p in tmp_path.rglob("*") if not p.is_dir()] == ["bin.json"], "an output was written"
+    assert sorted(p.name for p in tmp_path.rglob("*") if not p.is_dir()) == ["bin.json", "bin.py"], "an output"
 
 
 def test_a_late_start_finishes_instead_of_spinning():
