@@ -41,6 +41,8 @@ BROKEN = [
     (["validate", "--published", "--efficiency-grid", "0.4:1:1e-9"], ["--efficiency-grid", "'0.4:1:1e-9'",
                                                                         "600000001"]),
     (["validate", "--published", "--efficiency-grid", "nan:1:0.1"], ["--efficiency-grid", "'nan:1:0.1'"]),
+    # before: an empty DIR was read as the default, data/published/ (about 15 min of CPU)
+    (["validate", "--published=", "--json"], ["--published", "''", "empty folder name"]),
     # before: --from-raw was ignored beside --nccl-tests (exit 0 with a missing file)
     ([*CALIBRATE, "--from-raw", "{TMP}/missing.json"], ["--from-raw", "--nccl-tests"]),
     # before: "Empty module name", a TypeError traceback, a SyntaxError traceback, "no such file" for a folder

@@ -37,6 +37,19 @@ def _arg_efficiency_grid(text: str) -> tuple[float, ...]:
     return tuple(round(lo + step * i, 6) for i in range(points))
 
 
+#: the value of a bare --published: the shipped folder (not a string, so that argparse does not type it)
+SHIPPED = object()
+
+
+def _arg_published_dir(text: str) -> str:
+    """argparse type of --published DIR: a folder name; an empty DIR (`--published ''`) is refused, not read
+    as a bare --published (SHIPPED, the shipped folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: an empty folder name (a bare --published takes the shipped "
+                                         f"data/published/)")
+    return text
+
+
 def add_parser(subparsers):
     p = subparsers.add_parser("validate", help="compare measured executor traces with the simulator's prediction",
                               description="Simulate the all-to-alls and expert FFNs of measured traces (from "
@@ -46,7 +59,7 @@ def add_parser(subparsers):
                                           "every phase (gate, LSH, split exchange, experts) and the whole layer "
                                           "as it runs (forward, backward, total).")
     p.add_argument("traces", nargs="*", help="measured trace JSON file(s)")
-    p.add_argument("--published", nargs="?", const="", default=None, metavar="DIR",
+    p.add_argument("--published", nargs="?", const=SHIPPED, default=None, metavar="DIR", type=_arg_published_dir,
                    help="instead of traces: predict every published case of DIR (default: data/published/ of "
                         "the source tree) against its figure under the case's own definition of bandwidth; the "
                         "NIC efficiency and a start-up per operation are fitted on the fitting cases only, the "
@@ -136,7 +149,7 @@ def run(args) -> int:
 def _run_published(args) -> int:
     from lshsim.sim.published import FRESH_SETS, PUBLISHED_DIR, validate_published
 
-    folder = args.published or PUBLISHED_DIR
+    folder = PUBLISHED_DIR if args.published is SHIPPED else args.published
     grid = args.efficiency_grid    # None, or the efficiencies of _arg_efficiency_grid
     from lshsim.cli._progress import ProgressLines
     from lshsim.sim.published import default_jobs
