@@ -50,6 +50,13 @@ BROKEN = [
     (["--plugin", "..x", "capacity"], ["--plugin", "'..x'", "not a module name"]),
     (["--plugin", "{TMP}/bin.py", "capacity", "--plot", "{OUT}.png"], ["--plugin", "bin.py", "not a Python module"]),
     (["--plugin", "{TMP}/folder.py", "capacity"], ["--plugin", "folder.py", "is a folder"]),
+    # before: "topology file '.' is a folder, not a file", neither the option nor the value named
+    (["simulate", "--topology", "", "--traffic", "uniform:1MB"], ["--topology", "''", "empty name"]),
+    (["plan", "--model", " ", "--plot", "{OUT}.png"], ["--model", "' '", "empty name"]),
+    (["plan", "--cluster", ""], ["--cluster", "''", "empty name"]),
+    (["validate", TRACE, "--topology", ""], ["--topology", "''", "empty name"]),
+    # before: "--out : the table is CSV; give a .csv file"
+    (["sweep", "bin.json", "--out", ""], ["--out", "''", "empty file name"]),
     # before: type=float took nan, inf and negatives
     ([*CALIBRATE, "--threshold-window", "nan"], ["--threshold-window", "'nan'"]),
     ([*CALIBRATE, "--threshold-window", "inf"], ["--threshold-window", "'inf'"]),

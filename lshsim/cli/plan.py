@@ -9,7 +9,7 @@ import argparse
 
 import math
 
-from lshsim.checks import CAPACITY_FACTOR_MAX, arg_finite_number, arg_positive_int
+from lshsim.checks import CAPACITY_FACTOR_MAX, arg_finite_number, arg_name, arg_positive_int
 from lshsim.cli import _render
 from lshsim.cli._progress import OptionProgress
 from lshsim.cli._render import SEED_HELP, arg_seed
@@ -46,9 +46,9 @@ def add_parser(subparsers):
                                           "flow-level all-to-alls, roofline compute. Prints the step per phase, the "
                                           "all-to-all share, and the speedup of each option over the baseline (top-k, "
                                           "no LSH, direct all-to-all).")
-    p.add_argument("--model", default=_PLAN_DEFAULT_MODEL,
+    p.add_argument("--model", default=_PLAN_DEFAULT_MODEL, type=arg_name,
                    help=f"a model of the catalog (models/configs) or a model YAML (default {_PLAN_DEFAULT_MODEL})")
-    p.add_argument("--cluster", default=_PLAN_DEFAULT_CLUSTER,
+    p.add_argument("--cluster", default=_PLAN_DEFAULT_CLUSTER, type=arg_name,
                    help=f"a topology of data/topologies or a topology YAML (default {_PLAN_DEFAULT_CLUSTER})")
     p.add_argument("--router", default="topk",
                    help="topk | hash | expert_choice | locmoe | node_limited, or a registered router "

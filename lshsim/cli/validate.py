@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from lshsim.checks import arg_positive_int
+from lshsim.checks import arg_name, arg_positive_int
 from lshsim.cli import _render
 
 #: the most NIC efficiencies --efficiency-grid may name (the default grid has 31; each is a fit of every case)
@@ -76,7 +76,7 @@ def add_parser(subparsers):
                         "refits (default: the CPUs this process may use; 1: all in this process); the results do not "
                         "depend on it")
     p.add_argument("--quiet", action="store_true", help="with --published: no progress lines on stderr")
-    p.add_argument("--topology", default=None,
+    p.add_argument("--topology", default=None, type=arg_name,
                    help="topology name or YAML (e.g. a calibrated one); default: the GPU's datasheet topology")
     p.add_argument("--plot", default=None,
                    help="draw predicted vs measured into this file (PNG, or the format its suffix names: .pdf, "
