@@ -57,6 +57,8 @@ BROKEN = [
     (["validate", TRACE, "--topology", ""], ["--topology", "''", "empty name"]),
     # before: "--out : the table is CSV; give a .csv file"
     (["sweep", "bin.json", "--out", ""], ["--out", "''", "empty file name"]),
+    # before: accepted, every case passed (exit 0)
+    (["check", "--tolerance", "1e30", "--out", "{OUT}.json"], ["--tolerance", "'1e30'"]),
     # before: type=float took nan, inf and negatives
     ([*CALIBRATE, "--threshold-window", "nan"], ["--threshold-window", "'nan'"]),
     ([*CALIBRATE, "--threshold-window", "inf"], ["--threshold-window", "'inf'"]),
