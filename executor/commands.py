@@ -52,6 +52,14 @@ _TIMEOUT_LIMITS = f"seconds, > 0, at most {MAX_TIMEOUT_S:g}"
 MAX_THREADS = 1024
 
 
+def _arg_status_dir(text: str) -> str:
+    """argparse type of --status-dir: a folder name, not an empty one (an empty name was the current
+    folder, where the launcher deletes the rank* files of an earlier run)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: an empty folder name")
+    return text
+
+
 def _arg_timeout(minimum: float = 0.0, exclusive: bool = True):
     """argparse type of a timeout: a finite number of seconds > `minimum` (NaN, inf, 0 and negatives
     refused), at most MAX_TIMEOUT_S."""
@@ -65,7 +73,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help=f"a collective waiting longer than this raises ({_TIMEOUT_LIMITS}; default 600)")
     p.add_argument("--threads", type=arg_int(0, MAX_THREADS), default=0,
                    help=f"CPU threads per rank, 0 to {MAX_THREADS} (0: cores / local ranks, at least 1)")
-    p.add_argument("--status-dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--status-dir", type=_arg_status_dir, default=None, help=argparse.SUPPRESS)
 
 
 def add_run(subparsers) -> argparse.ArgumentParser:
@@ -295,7 +303,7 @@ def add_launch(subparsers) -> argparse.ArgumentParser:
                          f"whatever it computes) stops for this long, naming the rank: it is frozen (seconds, "
                          f">= {MIN_HEARTBEAT_TIMEOUT_S:g}, at most {MAX_TIMEOUT_S:g}; default "
                          f"{DEFAULT_HEARTBEAT_TIMEOUT_S:g})")
-    la.add_argument("--status-dir", dest="launch_status_dir", default=None, metavar="DIR",
+    la.add_argument("--status-dir", dest="launch_status_dir", type=_arg_status_dir, default=None, metavar="DIR",
                     help="folder for the ranks' progress, heartbeat and stderr files, kept at the end "
                          "(default: a temporary folder, removed at the end)")
     la.add_argument("rest", nargs=argparse.REMAINDER, help="-- then the sub-command and its arguments")

@@ -59,6 +59,8 @@ BROKEN = [
     (["sweep", "bin.json", "--out", ""], ["--out", "''", "empty file name"]),
     # before: accepted, every case passed (exit 0)
     (["check", "--tolerance", "1e30", "--out", "{OUT}.json"], ["--tolerance", "'1e30'"]),
+    # before: '' was the current folder, whose rank* files the launcher deletes as stale
+    (["launch", "--nproc", "1", "--status-dir", "", "--", "check"], ["--status-dir", "''", "empty folder name"]),
     # before: type=float took nan, inf and negatives
     ([*CALIBRATE, "--threshold-window", "nan"], ["--threshold-window", "'nan'"]),
     ([*CALIBRATE, "--threshold-window", "inf"], ["--threshold-window", "'inf'"]),
