@@ -335,9 +335,9 @@ def _trace_paths(args, workloads) -> list[str | None]:
     output rule of `lshsim.io` checked before any work."""
     from lshsim.io import path_in_folder, prepare_output, prepare_output_dir
 
-    if args.out:
+    if args.out is not None:         # '' too: prepare_output refuses an empty name (was: no trace, exit 0)
         return [str(prepare_output(args.out, "--out"))] * len(workloads)
-    if args.out_dir:
+    if args.out_dir is not None:
         folder = prepare_output_dir(args.out_dir, "--out-dir")
         return [str(path_in_folder(folder, f"{w.name}.json", "--out-dir")) for w in workloads]
     return [None] * len(workloads)

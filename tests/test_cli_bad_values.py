@@ -21,6 +21,7 @@ from lshsim.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 NCCL_LOG = str(ROOT / "tests" / "data" / "nccl_tests_alltoall_perf.txt")
 TRACE = str(ROOT / "tests" / "data" / "validate" / "x2" / "gpu-uniform-d4096-t8k.json")
+WORKLOAD = str(ROOT / "data" / "workloads" / "cal-uniform-d2048-t128.yaml")
 CALIBRATE = ["calibrate", "--nccl-tests", NCCL_LOG, "--world-size", "8", "--out", "{OUT}.yaml"]
 
 #: (argv, words the one line must hold); {OUT} is a path under tmp_path that must not be written
@@ -61,6 +62,9 @@ BROKEN = [
     (["check", "--tolerance", "1e30", "--out", "{OUT}.json"], ["--tolerance", "'1e30'"]),
     # before: '' was the current folder, whose rank* files the launcher deletes as stale
     (["launch", "--nproc", "1", "--status-dir", "", "--", "check"], ["--status-dir", "''", "empty folder name"]),
+    # before: an empty --out / --out-dir was read as none: the run went on and wrote no trace (exit 0)
+    (["run", "--workload", WORKLOAD, "--out", ""], ["--out", "''", "empty file name"]),
+    (["run", "--workload", WORKLOAD, "--out-dir", ""], ["--out-dir", "''", "empty folder name"]),
     # before: type=float took nan, inf and negatives
     ([*CALIBRATE, "--threshold-window", "nan"], ["--threshold-window", "'nan'"]),
     ([*CALIBRATE, "--threshold-window", "inf"], ["--threshold-window", "'inf'"]),
