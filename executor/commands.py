@@ -237,8 +237,8 @@ def add_check(subparsers) -> argparse.ArgumentParser:
                      help="JSON of the errors per case (rank 0; written whole, its folder created if missing, "
                           "checked before the run)")
     chk.add_argument("--tolerance", type=arg_finite_number(minimum=0.0, maximum=1.0), default=1e-4,
-                     help="largest accepted relative error, in [0, 1] (above 1, a 100%% error, it checks "
-                          "nothing; default 1e-4)")
+                     help="largest accepted relative error (finite, >= 0, at most 1: above a 100%% error it "
+                          "checks nothing; default 1e-4)")
     chk.add_argument("--cases", type=_arg_check_cases, default=None,
                      help="comma-separated case names (default: every case; `lshsim.executor.check.CASE_NAMES`)")
     chk.add_argument("--seeds", type=_arg_seed_list, default=None,
