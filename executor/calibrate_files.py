@@ -96,6 +96,9 @@ def source_reads(args) -> tuple[SourceRead | None, SourceRead | None]:
                     raise ValueError(f"{flag} and --source-option {key}=... both give the source's {key}")
                 options[key] = getattr(args, key)
         return SourceRead(source, files, options), None
+    if args.nccl_tests and args.from_raw:
+        raise ValueError("--nccl-tests and --from-raw are two base sources (the all-to-all from an nccl-tests log, "
+                         "or every rate from an earlier --raw JSON): give one of the two")
     base = None
     if args.nccl_tests:
         base = SourceRead("nccl-tests", [args.nccl_tests], {"world_size": args.world_size, "gpu": args.gpu})

@@ -52,6 +52,14 @@ _TIMEOUT_LIMITS = f"seconds, > 0, at most {MAX_TIMEOUT_S:g}"
 MAX_THREADS = 1024
 
 
+def _arg_status_dir(text: str) -> str:
+    """argparse type of --status-dir: a folder name, not an empty one (an empty name was the current
+    folder, where the launcher deletes the rank* files of an earlier run)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: an empty folder name")
+    return text
+
+
 def _arg_timeout(minimum: float = 0.0, exclusive: bool = True):
     """argparse type of a timeout: a finite number of seconds > `minimum` (NaN, inf, 0 and negatives
     refused), at most MAX_TIMEOUT_S."""
@@ -65,7 +73,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help=f"a collective waiting longer than this raises ({_TIMEOUT_LIMITS}; default 600)")
     p.add_argument("--threads", type=arg_int(0, MAX_THREADS), default=0,
                    help=f"CPU threads per rank, 0 to {MAX_THREADS} (0: cores / local ranks, at least 1)")
-    p.add_argument("--status-dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--status-dir", type=_arg_status_dir, default=None, help=argparse.SUPPRESS)
 
 
 def add_run(subparsers) -> argparse.ArgumentParser:
@@ -188,9 +196,9 @@ def add_calibrate(subparsers) -> argparse.ArgumentParser:
     cal.add_argument("--no-channel-term", action="store_true",
                      help="fit as before NCCL's channel term: the curve keeps the sizes at NCCL's per-peer channel "
                           "thresholds and no calibration.a2a_nccl_channels is written (lshsim.sim.nccl)")
-    cal.add_argument("--threshold-window", type=float, default=None,
-                     help="relative window around each channel threshold whose sizes the curve leaves out "
-                          "(default lshsim.calibration.fits.THRESHOLD_WINDOW, 0.04)")
+    cal.add_argument("--threshold-window", type=arg_finite_number(0.0, maximum=1.0), default=None,
+                     help="relative window around each channel threshold whose sizes the curve leaves out, in "
+                          "[0, 1] (default lshsim.calibration.fits.THRESHOLD_WINDOW, 0.04)")
     cal.add_argument("--quiet", action="store_true",
                      help="no progress lines on stderr (default, on rank 0: each benchmark, the all-to-all sweep's "
                           "size steps every few seconds with an estimate of what is left, the files written)")
@@ -228,8 +236,9 @@ def add_check(subparsers) -> argparse.ArgumentParser:
     chk.add_argument("--out", default=None,
                      help="JSON of the errors per case (rank 0; written whole, its folder created if missing, "
                           "checked before the run)")
-    chk.add_argument("--tolerance", type=arg_finite_number(minimum=0.0), default=1e-4,
-                     help="largest accepted relative error (finite, >= 0; default 1e-4)")
+    chk.add_argument("--tolerance", type=arg_finite_number(minimum=0.0, maximum=1.0), default=1e-4,
+                     help="largest accepted relative error (finite, >= 0, at most 1: above a 100%% error it "
+                          "checks nothing; default 1e-4)")
     chk.add_argument("--cases", type=_arg_check_cases, default=None,
                      help="comma-separated case names (default: every case; `lshsim.executor.check.CASE_NAMES`)")
     chk.add_argument("--seeds", type=_arg_seed_list, default=None,
@@ -294,7 +303,7 @@ def add_launch(subparsers) -> argparse.ArgumentParser:
                          f"whatever it computes) stops for this long, naming the rank: it is frozen (seconds, "
                          f">= {MIN_HEARTBEAT_TIMEOUT_S:g}, at most {MAX_TIMEOUT_S:g}; default "
                          f"{DEFAULT_HEARTBEAT_TIMEOUT_S:g})")
-    la.add_argument("--status-dir", dest="launch_status_dir", default=None, metavar="DIR",
+    la.add_argument("--status-dir", dest="launch_status_dir", type=_arg_status_dir, default=None, metavar="DIR",
                     help="folder for the ranks' progress, heartbeat and stderr files, kept at the end "
                          "(default: a temporary folder, removed at the end)")
     la.add_argument("rest", nargs=argparse.REMAINDER, help="-- then the sub-command and its arguments")
@@ -326,9 +335,9 @@ def _trace_paths(args, workloads) -> list[str | None]:
     output rule of `lshsim.io` checked before any work."""
     from lshsim.io import path_in_folder, prepare_output, prepare_output_dir
 
-    if args.out:
+    if args.out is not None:         # '' too: prepare_output refuses an empty name (was: no trace, exit 0)
         return [str(prepare_output(args.out, "--out"))] * len(workloads)
-    if args.out_dir:
+    if args.out_dir is not None:
         folder = prepare_output_dir(args.out_dir, "--out-dir")
         return [str(path_in_folder(folder, f"{w.name}.json", "--out-dir")) for w in workloads]
     return [None] * len(workloads)

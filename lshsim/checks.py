@@ -22,7 +22,12 @@ import math
 import re
 
 __all__ = ["positive_int", "non_negative_int", "finite_number", "arg_positive_int", "arg_non_negative_int",
-           "arg_finite_number", "bounded_int", "arg_int", "OneLineArgumentParser", "env_int", "file_name", "FILE_NAME_RULE"]
+           "arg_finite_number", "bounded_int", "arg_int", "CAPACITY_FACTOR_MAX", "arg_name", "OneLineArgumentParser", "env_int", "file_name", "FILE_NAME_RULE"]
+
+
+#: the largest capacity factor the command line takes: a factor above E / k already drops nothing, and
+#: C = ceil(factor * T * k / E) must stay a 64-bit integer (1e30 overflowed the routers' int64 slots)
+CAPACITY_FACTOR_MAX = 1e6
 
 
 def _is_int(value: object) -> bool:
@@ -156,6 +161,18 @@ def arg_int(minimum: int | None = None, maximum: int | None = None):
         return _argparse(lambda v: bounded_int("value", v, minimum=minimum, maximum=maximum),
                          "whole number", _parse_int, text)
     return parse
+
+
+def arg_name(text: str) -> str:
+    """argparse type: a registry name or a file path, any text but an empty or blank one (an empty path
+    reads as the current folder, '.', and the error named neither the option nor the value).
+
+    >>> arg_name("h100-nvswitch")
+    'h100-nvswitch'
+    """
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: an empty name (a shipped name or a file)")
+    return text
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):

@@ -82,12 +82,20 @@ def load_plugin(name: str) -> ModuleType:
     if name.endswith(".py"):
         path = Path(name)
         if not path.is_file():
-            raise ValueError(f"--plugin {name}: no such file")
+            raise ValueError(f"--plugin {name}: {'is a folder, not a .py file' if path.is_dir() else 'no such file'}")
         spec = importlib.util.spec_from_file_location(f"lshsim_plugin_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except SyntaxError as error:   # not Python source (or not UTF-8): one line, not the compiler's traceback
+            sys.modules.pop(spec.name, None)
+            where = f"line {error.lineno}: " if error.lineno else ""
+            raise ValueError(f"--plugin {name}: not a Python module: {where}{error.msg}") from None
     else:
+        if not name or name.startswith(".") or not all(part.isidentifier() for part in name.split(".")):
+            raise ValueError(f"--plugin {name!r}: not a module name (a dotted module name on the Python path, "
+                             f"e.g. my_package.plugin, or a .py file)")
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as error:

@@ -5,7 +5,7 @@ The model: `lshsim.analytic.capacity` (`ec_min_forms`, `p_delta_monte_carlo`, `s
 """
 from __future__ import annotations
 
-from lshsim.checks import arg_finite_number, arg_non_negative_int, arg_positive_int
+from lshsim.checks import CAPACITY_FACTOR_MAX, arg_finite_number, arg_non_negative_int, arg_positive_int
 from lshsim.cli import _render
 from lshsim.cli._render import SEED_HELP, arg_seed
 
@@ -25,8 +25,9 @@ def add_parser(subparsers):
     p.add_argument("--tokens", type=arg_non_negative_int, default=0,
                    help="tokens per rank T: also print the expected dropped fraction (default 0: off)")
     p.add_argument("--k", type=arg_positive_int, default=2, help="choices per token for the drop estimate (default 2)")
-    p.add_argument("--capacity-factor", type=arg_finite_number(0.0, exclusive=True), default=1.25,
-                   help="capacity factor for drops, > 0 (default 1.25)")
+    p.add_argument("--capacity-factor", type=arg_finite_number(0.0, exclusive=True, maximum=CAPACITY_FACTOR_MAX),
+                   default=1.25,
+                   help="capacity factor for drops, in (0, 1e6] (default 1.25)")
     p.add_argument("--skew", type=arg_finite_number(0.0), default=0.0,
                    help="expert popularity p ~ Dirichlet, p^skew normalised (0 = uniform; default 0)")
     p.add_argument("--sample", type=arg_non_negative_int, default=0, metavar="S",
@@ -49,6 +50,9 @@ def check_sizes(args) -> None:
     if args.monte_carlo:
         refuse_if_too_slow(f"--monte-carlo {args.monte_carlo} at --dim {args.dim}",
                            estimate_monte_carlo(args.monte_carlo, args.dim), hint="lower --monte-carlo")
+    if args.tokens and args.tokens * args.k * max(args.capacity_factor, 1.0) >= 2 ** 62:
+        raise ValueError(f"--tokens {args.tokens} x --k {args.k} x --capacity-factor {args.capacity_factor:g} "
+                         f"token slots do not fit a 64-bit count (at most 2^62): lower --tokens")
     if args.tokens:
         refuse_if_too_large(f"the popularity of --experts {args.experts}", estimate_matrix(args.experts, 1),
                             hint="lower --experts")
@@ -73,7 +77,13 @@ def run(args) -> int:
         result["monte_carlo"] = capacity.p_delta_monte_carlo(args.dim, args.delta, args.monte_carlo,
                                                              seed=args.seed).as_dict()
     if args.tokens:
-        popularity = capacity.skewed_popularity(n, args.skew, seed=args.seed)
+        import numpy as np
+
+        with np.errstate(all="ignore"):
+            popularity = capacity.skewed_popularity(n, args.skew, seed=args.seed)
+        if not (np.isfinite(popularity).all() and (popularity > 0).all()):
+            raise ValueError(f"--skew {args.skew:g}: q^skew underflows to 0 for some experts (q ~ Dirichlet(1) over "
+                             f"{n} experts, seed {args.seed}): lower --skew")
         cap, drops = capacity.drop_estimates(args.tokens, args.k, args.capacity_factor, popularity)
         result["drops"] = {"tokens": args.tokens, "k": args.k, "capacity_factor": args.capacity_factor,
                            "capacity": cap, "skew": args.skew, "expected_dropped_fraction": drops}

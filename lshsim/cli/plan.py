@@ -9,7 +9,7 @@ import argparse
 
 import math
 
-from lshsim.checks import arg_finite_number, arg_positive_int
+from lshsim.checks import CAPACITY_FACTOR_MAX, arg_finite_number, arg_name, arg_positive_int
 from lshsim.cli import _render
 from lshsim.cli._progress import OptionProgress
 from lshsim.cli._render import SEED_HELP, arg_seed
@@ -27,6 +27,8 @@ def _capacity_factor(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'none'") from None
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0 (or 'none' for no limit)")
+    if value > CAPACITY_FACTOR_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r} must be <= {CAPACITY_FACTOR_MAX:g} (or 'none' for no limit)")
     return value
 
 
@@ -57,9 +59,9 @@ def add_parser(subparsers):
                                           "flow-level all-to-alls, roofline compute. Prints the step per phase, the "
                                           "all-to-all share, and the speedup of each option over the baseline (top-k, "
                                           "no LSH, direct all-to-all).")
-    p.add_argument("--model", default=_PLAN_DEFAULT_MODEL,
+    p.add_argument("--model", default=_PLAN_DEFAULT_MODEL, type=arg_name,
                    help=f"a model of the catalog (models/configs) or a model YAML (default {_PLAN_DEFAULT_MODEL})")
-    p.add_argument("--cluster", default=_PLAN_DEFAULT_CLUSTER,
+    p.add_argument("--cluster", default=_PLAN_DEFAULT_CLUSTER, type=arg_name,
                    help=f"a topology of data/topologies or a topology YAML (default {_PLAN_DEFAULT_CLUSTER})")
     p.add_argument("--router", default="topk",
                    help="topk | hash | expert_choice | locmoe | node_limited, or a registered router "
@@ -96,7 +98,7 @@ def add_parser(subparsers):
                    help="tokens per GPU per step (default: the model's); with --tp N, the tokens of one TP group's "
                         "micro-batch (each of its N GPUs holds 1 / N of them)")
     p.add_argument("--capacity-factor", type=_capacity_factor, default=1.25,
-                   help="expert capacity factor, a finite number > 0, or 'none' for no limit (default 1.25)")
+                   help="expert capacity factor in (0, 1e6], or 'none' for no limit (default 1.25)")
     p.add_argument("--locality-share", type=_locality_share, default="auto",
                    help="locmoe: LocMoE's locality loss as the share of token copies kept on their own node, in "
                         "[0, 1]; auto (default): the most the node's experts accept at the capacity, min(1, capacity "

@@ -1,7 +1,7 @@
 """`lshsim route`: route seeded synthetic tokens and show the load per expert, drops and traffic."""
 from __future__ import annotations
 
-from lshsim.checks import arg_finite_number, arg_positive_int
+from lshsim.checks import CAPACITY_FACTOR_MAX, arg_finite_number, arg_positive_int
 from lshsim.cli import _render
 from lshsim.cli._render import SEED_HELP, arg_seed
 
@@ -22,8 +22,10 @@ def add_parser(subparsers):
     p.add_argument("--d-model", type=arg_positive_int, default=1024, help="hidden size (default 1024)")
     p.add_argument("--bytes-per-element", type=_render.arg_element_size, default=2,
                    help="2 for bf16/fp16 (default), 4 for fp32 (1, 2, 4 or 8)")
-    p.add_argument("--capacity-factor", type=arg_finite_number(0.0, exclusive=True), default=1.25,
-                   help="capacity factor; 0 or less is refused; use --no-capacity for no limit (default 1.25)")
+    p.add_argument("--capacity-factor", type=arg_finite_number(0.0, exclusive=True, maximum=CAPACITY_FACTOR_MAX),
+                   default=1.25,
+                   help="capacity factor in (0, 1e6]; 0 or less is refused; use --no-capacity for no limit "
+                        "(default 1.25)")
     p.add_argument("--no-capacity", action="store_true", help="no capacity limit (nothing dropped)")
     p.add_argument("--drop-policy", default="position", help="position | score (default position)")
     p.add_argument("--placement", default="contiguous", help="contiguous | round_robin (default contiguous)")

@@ -5,7 +5,7 @@ kinds (`uniform:BYTES`, a JSON matrix, `lshsim route --json` output): `lshsim.si
 """
 from __future__ import annotations
 
-from lshsim.checks import arg_finite_number, arg_positive_int
+from lshsim.checks import arg_finite_number, arg_name, arg_positive_int
 from lshsim.cli import _render
 from lshsim.units import BYTES_HELP
 
@@ -15,7 +15,7 @@ def add_parser(subparsers):
                               description="Simulate one all-to-all on a modelled cluster with the flow-level "
                                           "simulator (max-min fair link sharing) and print its predicted time, "
                                           "the bytes each rank sends and receives, and the busiest links.")
-    p.add_argument("--topology", required=True,
+    p.add_argument("--topology", required=True, type=arg_name,
                    help="a shipped topology name (see data/topologies/) or a topology YAML file")
     p.add_argument("--traffic", required=True,
                    help="uniform:BYTES_PER_RANK (e.g. uniform:64MB; split evenly over all ranks, own included; "

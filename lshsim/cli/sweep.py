@@ -53,6 +53,8 @@ def run(args) -> int:
         raise ValueError(f"{args.grid}: no such grid file")
     if args.scheduler is not None and args.engine != "dask":
         raise ValueError("--scheduler goes with --engine dask")
+    if args.out is not None and not args.out.strip():
+        raise ValueError(f"--out {args.out!r}: an empty file name")
     out = args.out if args.out is not None else f"{grid_path.stem}.csv"
     if Path(out).suffix.lower() != ".csv":
         raise ValueError(f"--out {out}: the table is CSV; give a .csv file (Parquet is not written: pyarrow "

@@ -7,8 +7,47 @@ The model: `lshsim.sim.validate` (`validate_trace`, `a2a_errors`, `plot_validati
 """
 from __future__ import annotations
 
-from lshsim.checks import arg_positive_int
+import argparse
+import math
+
+from lshsim.checks import arg_name, arg_positive_int
 from lshsim.cli import _render
+
+#: the most NIC efficiencies --efficiency-grid may name (the default grid has 31; each is a fit of every case)
+EFFICIENCY_GRID_MAX_POINTS = 1000
+
+
+def _arg_efficiency_grid(text: str) -> tuple[float, ...]:
+    """argparse type of --efficiency-grid: LO:HI:STEP with 0 < LO <= HI <= 1 and STEP > 0, at most
+    EFFICIENCY_GRID_MAX_POINTS efficiencies; the grid (checked whether or not --published is given).
+
+    >>> _arg_efficiency_grid("0.9:1:0.05")
+    (0.9, 0.95, 1.0)
+    """
+    try:
+        lo, hi, step = (float(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be LO:HI:STEP, e.g. 0.7:1.0:0.02") from None
+    if not (0 < lo <= hi <= 1 and 0 < step < math.inf):
+        raise argparse.ArgumentTypeError(f"{text!r} needs 0 < LO <= HI <= 1 and STEP > 0")
+    points = int(round((hi - lo) / step)) + 1
+    if points > EFFICIENCY_GRID_MAX_POINTS:
+        raise argparse.ArgumentTypeError(f"{text!r} names {points} efficiencies, more than "
+                                         f"{EFFICIENCY_GRID_MAX_POINTS}: use a larger STEP")
+    return tuple(round(lo + step * i, 6) for i in range(points))
+
+
+#: the value of a bare --published: the shipped folder (not a string, so that argparse does not type it)
+SHIPPED = object()
+
+
+def _arg_published_dir(text: str) -> str:
+    """argparse type of --published DIR: a folder name; an empty DIR (`--published ''`) is refused, not read
+    as a bare --published (SHIPPED, the shipped folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: an empty folder name (a bare --published takes the shipped "
+                                         f"data/published/)")
+    return text
 
 
 def add_parser(subparsers):
@@ -20,13 +59,13 @@ def add_parser(subparsers):
                                           "every phase (gate, LSH, split exchange, experts) and the whole layer "
                                           "as it runs (forward, backward, total).")
     p.add_argument("traces", nargs="*", help="measured trace JSON file(s)")
-    p.add_argument("--published", nargs="?", const="", default=None, metavar="DIR",
+    p.add_argument("--published", nargs="?", const=SHIPPED, default=None, metavar="DIR", type=_arg_published_dir,
                    help="instead of traces: predict every published case of DIR (default: data/published/ of "
                         "the source tree) against its figure under the case's own definition of bandwidth; the "
                         "NIC efficiency and a start-up per operation are fitted on the fitting cases only, the "
                         "test cases of DIR/split.yaml are reported apart (the full set: about 15 min of CPU time, 7.6 min "
                         "on 2 cores with --jobs 2; progress lines on stderr)")
-    p.add_argument("--efficiency-grid", default=None, metavar="LO:HI:STEP",
+    p.add_argument("--efficiency-grid", type=_arg_efficiency_grid, default=None, metavar="LO:HI:STEP",
                    help="with --published: the NIC efficiencies tried by the fit (default 0.40:1.00:0.02; a NIC "
                         "family's fit only uses those >= the efficiency its fitting cases demonstrate)")
     p.add_argument("--fitting-only", action="store_true",
@@ -37,7 +76,7 @@ def add_parser(subparsers):
                         "refits (default: the CPUs this process may use; 1: all in this process); the results do not "
                         "depend on it")
     p.add_argument("--quiet", action="store_true", help="with --published: no progress lines on stderr")
-    p.add_argument("--topology", default=None,
+    p.add_argument("--topology", default=None, type=arg_name,
                    help="topology name or YAML (e.g. a calibrated one); default: the GPU's datasheet topology")
     p.add_argument("--plot", default=None,
                    help="draw predicted vs measured into this file (PNG, or the format its suffix names: .pdf, "
@@ -110,16 +149,8 @@ def run(args) -> int:
 def _run_published(args) -> int:
     from lshsim.sim.published import FRESH_SETS, PUBLISHED_DIR, validate_published
 
-    folder = args.published or PUBLISHED_DIR
-    grid = None
-    if args.efficiency_grid is not None:
-        try:
-            lo, hi, step = (float(x) for x in args.efficiency_grid.split(":"))
-        except ValueError:
-            raise ValueError(f"--efficiency-grid={args.efficiency_grid!r} must be LO:HI:STEP, e.g. 0.7:1.0:0.02") from None
-        if not (0 < lo <= hi <= 1 and step > 0):
-            raise ValueError(f"--efficiency-grid={args.efficiency_grid!r} needs 0 < LO <= HI <= 1 and STEP > 0")
-        grid = tuple(round(lo + step * i, 6) for i in range(int(round((hi - lo) / step)) + 1))
+    folder = PUBLISHED_DIR if args.published is SHIPPED else args.published
+    grid = args.efficiency_grid    # None, or the efficiencies of _arg_efficiency_grid
     from lshsim.cli._progress import ProgressLines
     from lshsim.sim.published import default_jobs
 

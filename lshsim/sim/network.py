@@ -442,6 +442,12 @@ class FlowNetwork:
                 self._compute_rates()
             time_left = self._rem / self._rate                                            # (n,)
             dt = float(time_left.min())
+            if env.now + dt == env.now:
+                # dt is below the clock's resolution at this time (a late start, e.g. a large alpha_s or
+                # message gap, and a tiny flow): the clock cannot advance by it, so the next classes
+                # finish now (waiting would spin forever on a zero step)
+                self._finish(time_left <= dt)
+                continue
             yield env.timeout(dt) | self._wakeup
             if self._wakeup.triggered:
                 self._wakeup = env.event()
