@@ -250,3 +250,33 @@ def test_router_model_takes_the_published_routing():
     assert labels["locmoe"].router_options == ()
     with pytest.raises(ValueError, match="--router model needs one --model"):
         _plan_config(args)
+
+
+def test_reused_router_inputs_route_exactly_as_fresh_draws(v100):
+    """`reuse_router_inputs` (what `lshsim reproduce` routes with): several routers on one model and
+    cluster draw their synthetic inputs once, and every routing equals the one of a fresh draw, to
+    the last bit, including the popularity traffic model and a router that writes into its inputs."""
+    import torch
+
+    from lshsim.sim.moe_step import RouterInputCache, reuse_router_inputs
+
+    placement = placement_for(TINY, v100)
+    configs = [StepConfig(router="topk"), StepConfig(router="locmoe"), StepConfig(router="hash"),
+               StepConfig(router="topk", traffic_model="popularity"), StepConfig(router="topk", seed=1),
+               StepConfig(router="topk")]
+    fresh = [route_traffic(TINY, placement, c) for c in configs]
+    cache = RouterInputCache(size=1)
+    with reuse_router_inputs(cache):
+        kept = [route_traffic(TINY, placement, c) for c in configs]
+        x = cache.kept[next(iter(cache.kept))]
+        before = x.logits.clone()
+        served = cache.draw(next(iter(cache.kept)), None)
+        served.logits.add_(1.0)                  # a router writing into its inputs ...
+        again = route_traffic(TINY, placement, configs[0])
+    # one draw for the first four (popularity routes the same tokens here), seed 1 evicts it (size 1), seed 0
+    # again is drawn again; then two hits
+    assert cache.misses == 3 and cache.hits == 5
+    assert torch.equal(x.logits, before) and not torch.equal(served.logits, before)  # ... changes its copy only
+    for a, b in zip(fresh + fresh[:1], kept + [again]):
+        assert np.array_equal(a.send_counts, b.send_counts) and a.dropped_fraction == b.dropped_fraction
+    assert route_traffic(TINY, placement, configs[0]).send_counts.tobytes() == fresh[0].send_counts.tobytes()
