@@ -593,8 +593,9 @@ class RouterInputCache:
     seed, vocabulary): the same arguments give the same tensors. Routing several routers on one
     model and cluster (`lshsim reproduce`: LocMoE's router, hash and top-k on one 64-GPU cluster)
     draws the same inputs each time, and a draw of 131,072 tokens x 1,024 features is seconds of
-    random numbers and a matmul; a hit hands out copies of the kept tensors (the same values, and a
-    router that writes into its inputs cannot change a later routing). hits / misses count its use."""
+    random numbers and a matmul. A hit hands out the kept tensors themselves (a copy would cost about
+    as much as the draw): only to the routers lshsim ships (`lshsim.dispatch.routers.BUILTIN_ROUTERS`,
+    none writes into its inputs); a registered router gets a fresh draw. hits / misses count its use."""
 
     def __init__(self, size: int = 2):
         self.size = int(size)
@@ -605,14 +606,12 @@ class RouterInputCache:
         if key in self.kept:
             self.hits += 1
             self.kept[key] = self.kept.pop(key)          # most recently used last
-        else:
-            self.misses += 1
-            self.kept[key] = make()
-            while len(self.kept) > self.size:
-                self.kept.pop(next(iter(self.kept)))
-        x = self.kept[key]
-        return type(x)(hidden=x.hidden.clone(), logits=x.logits.clone(), token_ids=x.token_ids.clone(),
-                       token_rank=x.token_rank.clone())
+            return self.kept[key]
+        self.misses += 1
+        self.kept[key] = make()
+        while len(self.kept) > self.size:
+            self.kept.pop(next(iter(self.kept)))
+        return self.kept[key]
 
 
 _INPUT_CACHE: RouterInputCache | None = None
@@ -620,8 +619,8 @@ _INPUT_CACHE: RouterInputCache | None = None
 
 @contextlib.contextmanager
 def reuse_router_inputs(cache: RouterInputCache):
-    """Within the block, `route_traffic` takes its synthetic router inputs from `cache` (drawn once
-    per distinct set of arguments while kept there; `RouterInputCache`)."""
+    """Within the block, `route_traffic` with a router lshsim ships takes its synthetic router inputs
+    from `cache` (drawn once per distinct set of arguments while kept there; `RouterInputCache`)."""
     global _INPUT_CACHE
     previous, _INPUT_CACHE = _INPUT_CACHE, cache
     try:
@@ -631,10 +630,12 @@ def reuse_router_inputs(cache: RouterInputCache):
 
 
 def _draw_inputs(model: object, config: StepConfig, routed: int, world_size: int, seed: int):
+    from lshsim.dispatch.routers import BUILTIN_ROUTERS
+
     spec = model_dict(model)
     args = dict(num_tokens_per_rank=routed, world_size=world_size, d_model=_gate_width(spec, config),
                 num_experts=spec["num_experts"], seed=seed, vocab_size=spec["vocab_size"])
-    if _INPUT_CACHE is None:
+    if _INPUT_CACHE is None or ROUTERS.get(config.router) is not BUILTIN_ROUTERS.get(config.router, False):
         return synthetic_router_inputs(**args)
     return _INPUT_CACHE.draw(tuple(sorted(args.items())), lambda: synthetic_router_inputs(**args))
 
