@@ -43,6 +43,9 @@ Exploiting structure (speed tricks, labelled):
   to rounding (tests/test_sim_incremental.py: 1e-9 per flow); a skewed 1,024-GPU MoE all-to-all
   refills 5.6 million classes instead of hundreds of millions (benchmarks/RESULTS.md). Without
   numba, "auto" stays vectorised.
+- [compiled] with numba, the vectorised solver's rate update runs compiled
+  (`_incremental_kernels.vectorised_rates`: the numpy version's arithmetic in its order, the same
+  bits; `_compute_rates_numpy` otherwise): numpy's cost per call dominated small networks.
 The slow, obvious reference is `lshsim.sim.reference.reference_simulate_flows` (per flow, pure
 Python, networkx paths); the tests compare the three.
 
@@ -71,7 +74,7 @@ RELATIVE_TOLERANCE = 1e-9
 #: The max-min solvers of FlowNetwork (its `solver` argument).
 SOLVERS = ("auto", "incremental", "vectorised")
 #: solver="auto" switches to the incremental solver (when numba is installed) once this many flow
-#: classes are in flight: below it the vectorised solver is as fast and needs no compilation.
+#: classes are in flight: below it the vectorised solver is as fast.
 AUTO_INCREMENTAL_CLASSES = 2048
 #: the vectorised solver's rate updates run compiled (`_incremental_kernels.vectorised_rates`, the
 #: same numbers as numpy's, bit for bit) when numba is installed; False: always numpy
