@@ -407,7 +407,9 @@ class Planner:
     Caches: one graph and one `A2ACache` per distinct topology spec; clusters whose specs differ
     only in `gpu.gemm_efficiency` share their all-to-all times (the GEMM rate is not part of the
     network simulation: it sees links and the HBM copy rate only). One routing per (model, top_k,
-    placement, routing key); one step result per (model, cluster spec, step config).
+    placement, routing key), the routings' synthetic inputs drawn once per distinct draw while kept
+    (the last two: `moe_step.RouterInputCache`; a draw is a pure function of its arguments, so the
+    routings are the same); one step result per (model, cluster spec, step config).
     """
 
     def __init__(self, resolve_model: Callable[[str], object], *, drain_tolerance: float | None = None,
@@ -421,6 +423,7 @@ class Planner:
         self._times: dict = {}
         self._routings: dict = {}
         self._steps: dict = {}
+        self._inputs = None           # the router inputs kept between routings (`moe_step.RouterInputCache`)
         self.fidelity: dict = {}
 
     # -- inputs
@@ -467,9 +470,12 @@ class Planner:
     def step(self, model_name: str, cluster: str, edits: dict, setting: dict) -> dict:
         """The breakdown (`lshsim.sim.moe_step` `_breakdown`) of one step; ValueError if the model's
         experts do not place on the cluster."""
-        from lshsim.sim.moe_step import (StepConfig, combine_breakdowns, describe, placement_for, route_traffic,
-                                         routing_key, simulate_config, stage_models)
+        from lshsim.sim.moe_step import (RouterInputCache, StepConfig, combine_breakdowns, describe, placement_for,
+                                         reuse_router_inputs, route_traffic, routing_key, simulate_config,
+                                         stage_models)
 
+        if self._inputs is None:
+            self._inputs = RouterInputCache()
         top_k = setting.get("top_k")
         model = self.model(model_name, top_k)
         graph, spec_key = self.cluster(cluster, edits)
@@ -492,7 +498,8 @@ class Planner:
             label = f"{name} on {_cluster_label(cluster, edits)}"
             if route_key not in self._routings:
                 self.progress(f"routing {label} ({config.router}, top-{getattr(model, 'top_k', '?')})")
-                self._routings[route_key] = route_traffic(part, placement, part_config)
+                with reuse_router_inputs(self._inputs):   # routers of one model and cluster: one draw
+                    self._routings[route_key] = route_traffic(part, placement, part_config)
             self.progress(f"step {label}: {describe(part_config)}")
             result = simulate_config(part, graph, part_config, traffic=self._routings[route_key],
                                      a2a_cache=self._caches[spec_key])

@@ -82,6 +82,26 @@ def test_counts_against_a_brute_force_reference():
         node_dedup_traffic(np.array([[16]]), np.array([0]), expert_rank=e2r, gpus_per_node=g, world=world)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_counts_against_the_reference_on_random_routings(seed):
+    """The counts (per-row sorting, no sort of all pairs) against the brute-force reference on random routings:
+    repeated experts and ranks within a token, -1 anywhere, experts on any ranks, one node or several, no token."""
+    rng = np.random.default_rng(seed)
+    g = int(rng.choice([1, 2, 4]))
+    world = g * int(rng.integers(1, 5))
+    experts = world * int(rng.integers(1, 4))
+    tokens, k = int(rng.choice([0, 1, 37, 300])), int(rng.integers(1, 9))
+    idx = rng.integers(-1, experts, (tokens, k))
+    if seed % 2:
+        idx[:, 1::2] = idx[:, :1]                     # the same expert twice in a row
+    src = rng.integers(0, world, tokens)
+    e2r = rng.integers(0, world, experts)
+    t = node_dedup_traffic(idx, src, expert_rank=e2r, gpus_per_node=g, world=world)
+    choice, rank, node = _reference_counts(idx, src, e2r, world, g)
+    for got, want in ((t.choice_tokens, choice), (t.rank_tokens, rank), (t.node_tokens, node)):
+        assert got.dtype == np.int64 and got.shape == want.shape and np.array_equal(got, want)
+
+
 def test_phases_by_hand():
     # 2 nodes x 2 GPUs. Rank 0 has one token for ranks 2 and 3 (node 1) and one for rank 1 (its node).
     B = 100.0

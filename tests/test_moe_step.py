@@ -264,3 +264,61 @@ def test_router_model_takes_the_published_routing():
     assert labels["locmoe"].router_options == ()
     with pytest.raises(ValueError, match="--router model needs one --model"):
         _plan_config(args)
+
+
+def test_reused_router_inputs_route_exactly_as_fresh_draws(v100):
+    """`reuse_router_inputs` (what `lshsim reproduce` routes with): several routers on one model and
+    cluster draw their synthetic inputs once, and every routing equals the one of a fresh draw, to
+    the last bit, the popularity traffic model included; the oldest draw goes when more are kept."""
+    from lshsim.sim.moe_step import RouterInputCache, reuse_router_inputs
+
+    placement = placement_for(TINY, v100)
+    configs = [StepConfig(router="topk"), StepConfig(router="locmoe"), StepConfig(router="hash"),
+               StepConfig(router="topk", traffic_model="popularity"), StepConfig(router="topk", seed=1),
+               StepConfig(router="expert_choice")]
+    fresh = [route_traffic(TINY, placement, c) for c in configs]
+    cache = RouterInputCache(size=1)
+    with reuse_router_inputs(cache):
+        kept = [route_traffic(TINY, placement, c) for c in configs]
+    # one draw for the first four (popularity routes the same tokens here), seed 1 evicts it (size 1), seed 0
+    # is drawn again
+    assert cache.misses == 3 and cache.hits == 3
+    for a, b in zip(fresh, kept):
+        assert a.send_counts.tobytes() == b.send_counts.tobytes() and a.dropped_fraction == b.dropped_fraction
+
+
+def test_shipped_routers_never_write_into_their_inputs(v100):
+    """Each router lshsim ships leaves the tensors it routes untouched (what lets `RouterInputCache`
+    hand one draw to several routings); a router registered besides them gets a fresh draw even
+    inside `reuse_router_inputs`, so one that writes into its inputs changes nothing else."""
+    import torch
+
+    from lshsim.dispatch import ROUTERS
+    from lshsim.dispatch.routers import BUILTIN_ROUTERS, RouterSpec, route_topk
+    from lshsim.sim.moe_step import RouterInputCache, _draw_inputs, _route_group, reuse_router_inputs
+
+    placement = placement_for(TINY, v100)
+    for name in BUILTIN_ROUTERS:
+        config = StepConfig(router=name)
+        inputs = _draw_inputs(TINY, config, 256, 16, 0)
+        before = [t.clone() for t in (inputs.hidden, inputs.logits, inputs.token_ids, inputs.token_rank)]
+        _route_group(TINY, placement, config, inputs)
+        after = (inputs.hidden, inputs.logits, inputs.token_ids, inputs.token_rank)
+        assert all(torch.equal(a, b) for a, b in zip(before, after)), name
+
+    def writer(logits, placement, **kwargs):
+        logits.mul_(-1.0)                         # writes into its inputs
+        return route_topk(logits, placement, **kwargs)
+
+    cache = RouterInputCache()
+    try:
+        ROUTERS["writer"] = RouterSpec(writer, "logits", "writes into its logits",
+                                       params=("k", "capacity_factor", "drop_policy"))
+        with reuse_router_inputs(cache):
+            first = route_traffic(TINY, placement, StepConfig(router="topk"))
+            route_traffic(TINY, placement, StepConfig(router="writer"))
+            again = route_traffic(TINY, placement, StepConfig(router="topk"))
+    finally:
+        ROUTERS.pop("writer", None)
+    assert cache.misses == 1 and cache.hits == 1      # the writer drew its own
+    assert first.send_counts.tobytes() == again.send_counts.tobytes()

@@ -12,7 +12,7 @@ import pytest
 from lshsim.cli import main
 from lshsim.sim.dispatch_formats import DedupTraffic
 from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID, alltoall_per_peer_bytes,
-                                  case_traffic, counted_bytes,
+                                  case_traffic, counted_bytes, routing_counts, routing_key,
                                   deepep_routing, demonstrated_efficiency, fit_calibration, load_cases, load_fresh,
                                   load_split, simulate_case, simulation_key, source_group, traffic_key,
                                   validate_published)
@@ -487,6 +487,35 @@ def test_shared_traffic_and_simulations_equal_fresh_ones(tmp_path):
     assert traffic_key(a, 1) != traffic_key(a, 0)                         # the seed
     moved = dataclasses.replace(a, topology_template="published/p6-b200-efa-{nodes}x8")
     assert traffic_key(moved, 0) == traffic_key(a, 0) and simulation_key(moved, 0) != simulation_key(a, 0)
+
+
+def test_shared_routing_draws_equal_fresh_traffic():
+    """`validate_published` draws one routing per `routing_key` (a kernel's dispatch and combine, its bf16 and fp8
+    dispatch share one) and gives each case its bytes per token: the traffic of every shipped case sharing a draw is
+    its fresh `case_traffic`, to the last bit (small token counts; the draw's inputs are the key's), and every input
+    of the draw changes the key."""
+    by_key = {}
+    for case in load_cases():
+        small = dataclasses.replace(case, workload={**case.workload, "tokens_per_rank": 24})
+        if routing_key(small) is not None:
+            by_key.setdefault(routing_key(small), []).append(small)
+    shared = [cases for cases in by_key.values() if len({(c.op, c.format) for c in cases}) > 1]
+    assert len(shared) >= 20
+    for cases in shared:
+        counts = routing_counts(cases[0])
+        for case in cases:
+            fresh, reused = case_traffic(case), case_traffic(case, counts=counts)
+            assert reused.bytes_per_token == fresh.bytes_per_token
+            for name in ("choice_tokens", "rank_tokens", "node_tokens"):
+                assert getattr(reused, name).tobytes() == getattr(fresh, name).tobytes()
+    a = next(c for cases in shared for c in cases if c.kind == "normal" and c.nodes > 1)
+    for change in ({"ep": 2 * a.ep, "nodes": 2 * a.nodes}, {"nodes": 2 * a.nodes}, {"kind": "low_latency"},
+                   {"workload": {**a.workload, "top_k": a.workload["top_k"] + 1}},
+                   {"workload": {**a.workload, "tokens_per_rank": 25}},
+                   {"workload": {**a.workload, "masked_choices": 3}},
+                   {"workload": {**a.workload, "topk_groups": 1}}):
+        assert routing_key(dataclasses.replace(a, **change)) != routing_key(a), change
+    assert routing_key(a, 1) != routing_key(a, 0)
 
 
 def test_leave_one_out_refits_one_family_as_a_refit_of_all():

@@ -231,3 +231,77 @@ def test_cli_simulate_solver_flag(tmp_path, capsys):
         assert out["stats"]["solver"] == solver
         times[solver] = out["time_s"]
     assert times["incremental"] == pytest.approx(times["vectorised"], rel=RTOL)
+
+
+# ---- the vectorised solver's compiled rate update: the numpy numbers, bit for bit ---------------
+def _vectorised_both_ways(monkeypatch, run):
+    """run() with the vectorised solver's rate updates in numpy, then compiled; the number of
+    compiled updates."""
+    monkeypatch.setattr(network, "COMPILED_VECTORISED", False)
+    numpy_result = run()
+    calls = []
+    kernel = incremental._kernels().vectorised_rates
+
+    def counted(*args):
+        calls.append(1)
+        return kernel(*args)
+
+    monkeypatch.setattr(network, "COMPILED_VECTORISED", True)
+    monkeypatch.setattr(network, "_vectorised_kernel", lambda: counted)
+    return numpy_result, run(), len(calls)
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 0.01])
+@pytest.mark.parametrize("name, kind, engines", CASES[::2])
+def test_compiled_vectorised_rates_equal_numpy_bit_for_bit(monkeypatch, name, kind, engines, tolerance):
+    """The vectorised solver gives the same finish times, link bytes and counters, to the last bit,
+    whether its rate updates run in numpy or compiled (`_incremental_kernels.vectorised_rates`):
+    one direct all-to-all plus a second transfer entering mid-way (drains refill part of the
+    classes, entries all of them), exact and with a drain tolerance."""
+    G = case_graph(name)
+    world = len(gpu_vertices(G))
+    traffic = moe_traffic(world, kind, seed=3 + world)
+    src, dst = np.nonzero(traffic > 0)
+    keep = src != dst
+    flows = np.c_[src[keep], dst[keep], traffic[src[keep], dst[keep]], np.zeros(keep.sum())]
+    flows = np.vstack([flows, np.c_[flows[:, :3][::5], np.full(len(flows[::5]), 2e-4)]])
+
+    def run():
+        net = FlowNetwork(G, drain_tolerance=tolerance, gpu_engine_Bps=engines, solver="vectorised")
+        procs = []
+        for start in np.unique(flows[:, 3]):
+            rows = flows[flows[:, 3] == start]
+
+            def launch(start=start, rows=rows):
+                yield net.env.timeout(start)
+                tr = net.transfer(rows[:, 0], rows[:, 1], rows[:, 2])
+                yield tr.done
+                return tr.finish_s
+            procs.append(net.env.process(launch()))
+        net.env.run(until=simpy.AllOf(net.env, procs))
+        return np.concatenate([p.value for p in procs]), net.link_bytes.copy(), net.stats
+
+    (old_t, old_b, old_s), (new_t, new_b, new_s), compiled = _vectorised_both_ways(monkeypatch, run)
+    assert compiled == new_s["rate_updates"] > 2            # every update ran compiled
+    assert np.array_equal(new_t, old_t) and np.array_equal(new_b, old_b)
+    assert new_s == old_s
+
+
+@pytest.mark.parametrize("algorithm, options", [("hierarchical", {"chunks": 3}), ("groupwise", {}),
+                                                ("node_dedup", {"chunks": 4})])
+def test_compiled_vectorised_collectives_equal_numpy_bit_for_bit(monkeypatch, algorithm, options):
+    """Whole collectives (several transfers, compute gaps) on the vectorised solver: the same time and
+    stage ends, to the last bit, with numpy or compiled rate updates."""
+    G = load_topology("h100-rail-4x8")
+    traffic = moe_traffic(32, "skewed", seed=7)
+    if algorithm == "node_dedup":
+        options = {**options, "node_bytes": traffic.reshape(32, 4, 8).sum(axis=2) * 0.6}
+    routes = Routes(G)
+
+    def run():
+        result = simulate_all_to_all(G, traffic, algorithm, routes=routes, solver="vectorised", **options)
+        return result.time_s, [s.end_s for s in result.stages]
+
+    old, new, compiled = _vectorised_both_ways(monkeypatch, run)
+    assert compiled > 0
+    assert new == old

@@ -732,6 +732,12 @@ ROUTERS: dict[str, RouterSpec] = {
 }
 
 
+#: the routers lshsim ships, as shipped (`register_router` adds others to ROUTERS, never here): none of
+#: them writes into its inputs (tests/test_moe_step.py checks), which `lshsim.sim.moe_step.RouterInputCache`
+#: relies on to hand the same inputs to several routings
+BUILTIN_ROUTERS: dict[str, RouterSpec] = dict(ROUTERS)
+
+
 def get_router(name: str) -> RouterSpec:
     """The RouterSpec registered as `name`; ValueError listing the known names otherwise."""
     if name not in ROUTERS:

@@ -409,3 +409,109 @@ def drain(now, tolerance, E, mult, size, rem, t_at, rate, bneck, alive, mark, tr
             bound = size[i] / rate[i]
     scalars[0] = bound
     return out[:d], False
+
+
+# ---- the vectorised solver's rate update, compiled -------------------------------------------
+@_jit
+def vectorised_rates(E, mult, capacity, old_rate, keep_below, refill):
+    """`lshsim.sim.network.FlowNetwork._compute_rates_numpy`, the same arithmetic in the same order
+    (so the same numbers, bit for bit: tests/test_sim_network.py compares the two), without numpy's
+    cost per call on small arrays.
+
+    E (n, H) resource ids padded with the sentinel (the last id of `capacity`), mult (n,), capacity
+    (R,), old_rate (n,); refill: keep the classes whose old rate is < keep_below and refill the others
+    on the capacity they leave (else refill every class). Each `np.bincount(..., weights)` of the
+    numpy version is a sum per resource in the order of its input (class by class, hop by hop),
+    starting from 0.0, subtracted from the capacity left afterwards; `np.maximum(x, 0.0)` keeps x
+    when x >= 0 or NaN. Returns (rate (n,), filling rounds, ok): ok is False when a round froze no
+    class (the numpy version would never end; the caller then runs it)."""
+    n, width = E.shape
+    R = capacity.shape[0]
+    sentinel = R - 1
+    cap_left = capacity.copy()
+    rate = np.zeros(n)
+    free = np.empty(n, dtype=np.int64)
+    n_free = 0
+    sums = np.zeros(R)
+    if refill:
+        for c in range(n):
+            if old_rate[c] < keep_below:
+                rate[c] = old_rate[c]
+                share = mult[c] * old_rate[c]
+                for h in range(width):
+                    sums[E[c, h]] += share
+            else:
+                free[n_free] = c
+                n_free += 1
+        for e in range(R):
+            cap_left[e] = cap_left[e] - sums[e]
+        cap_left[sentinel] = np.inf
+        for e in range(R):
+            x = cap_left[e]
+            if not (x >= 0.0 or np.isnan(x)):
+                cap_left[e] = 0.0
+    else:
+        for c in range(n):
+            free[c] = c
+        n_free = n
+    count = np.zeros(R)
+    level = np.empty(R)
+    link_min = np.empty(R)
+    class_min = np.empty(n)
+    bottleneck = np.zeros(R, dtype=np.bool_)
+    rounds = 0
+    while n_free > 0:
+        rounds += 1
+        count[:] = 0.0
+        for q in range(n_free):
+            c = free[q]
+            m = mult[c]
+            for h in range(width):
+                count[E[c, h]] += m
+        for e in range(R):
+            level[e] = cap_left[e] / count[e] if count[e] > 0.0 else np.inf
+            link_min[e] = np.inf
+        level[sentinel] = np.inf
+        for q in range(n_free):
+            c = free[q]
+            low = level[E[c, 0]]
+            for h in range(1, width):
+                v = level[E[c, h]]
+                if v < low:
+                    low = v
+            class_min[q] = low
+            for h in range(width):
+                e = E[c, h]
+                if low < link_min[e]:
+                    link_min[e] = low
+        for e in range(R):
+            bottleneck[e] = level[e] <= link_min[e] * (1 + 1e-12)
+        bottleneck[sentinel] = False
+        sums[:] = 0.0
+        kept = 0
+        for q in range(n_free):
+            c = free[q]
+            hit = False
+            for h in range(width):
+                if bottleneck[E[c, h]]:
+                    hit = True
+                    break
+            if hit:
+                rate[c] = class_min[q]
+                share = mult[c] * rate[c]
+                for h in range(width):
+                    sums[E[c, h]] += share
+            else:
+                free[kept] = c
+                kept += 1
+        if kept == n_free:
+            return rate, rounds, False
+        n_free = kept
+        for e in range(R):
+            cap_left[e] = cap_left[e] - sums[e]
+        cap_left[sentinel] = np.inf
+        for e in range(R):
+            x = cap_left[e]
+            if not (x >= 0.0 or np.isnan(x)):
+                cap_left[e] = 0.0
+    return rate, rounds, True

@@ -179,18 +179,29 @@ def node_dedup_traffic(expert_index, token_rank, *, expert_rank, gpus_per_node: 
         raise ValueError(f"expert_rank and token_rank must lie in 0..{world - 1}")
     nodes = world // gpus_per_node
     valid = idx >= 0                                                                   # (T, k)
-    dst = np.where(valid, e2r[np.clip(idx, 0, None)], -1)                              # (T, k) rank
-    tok = np.broadcast_to(np.arange(idx.shape[0])[:, None], idx.shape)
-    choice = np.zeros((world, world), dtype=np.int64)
-    np.add.at(choice, (src[tok[valid]], dst[valid]), 1)
-    # one per (token, rank): unique (token, rank) pairs
-    pairs = np.unique(np.stack([tok[valid], dst[valid]], axis=1), axis=0)              # (P, 2)
-    rank = np.zeros((world, world), dtype=np.int64)
-    np.add.at(rank, (src[pairs[:, 0]], pairs[:, 1]), 1)
-    node_pairs = np.unique(np.stack([pairs[:, 0], pairs[:, 1] // gpus_per_node], axis=1), axis=0)
-    node = np.zeros((world, nodes), dtype=np.int64)
-    np.add.at(node, (src[node_pairs[:, 0]], node_pairs[:, 1]), 1)
+    dst = np.where(valid, e2r[np.clip(idx, 0, None)], -1)                              # (T, k) rank, -1 none
+    row = src.astype(np.int64)[:, None]                                                # (T, 1) source rank
+    choice = _pair_counts(row, dst, valid, world, world)
+    # one per (token, rank) and one per (token, node): the distinct values of each token's row (sorted
+    # within the row, k entries: no sort of all T x k pairs)
+    dst = np.sort(dst, axis=1)                                                         # (T, k), -1 first
+    rank = _pair_counts(row, dst, _first_of_run(dst), world, world)
+    dst_node = np.where(dst >= 0, dst // gpus_per_node, -1)                            # sorted too
+    node = _pair_counts(row, dst_node, _first_of_run(dst_node), world, nodes)
     return DedupTraffic(choice, rank, node, int(gpus_per_node), float(bytes_per_token))
+
+
+def _first_of_run(values: np.ndarray) -> np.ndarray:
+    """(T, k) True where a row-sorted entry is >= 0 and differs from the one before it in its row."""
+    first = values >= 0
+    first[:, 1:] &= values[:, 1:] != values[:, :-1]
+    return first
+
+
+def _pair_counts(row: np.ndarray, col: np.ndarray, where: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """(rows, cols) int64: how many entries of `where` fall on (row, col) (row broadcast over col)."""
+    flat = (np.broadcast_to(row, col.shape)[where] * cols + col[where]).astype(np.int64)
+    return np.bincount(flat, minlength=rows * cols).reshape(rows, cols).astype(np.int64)
 
 
 def plan_dedup_traffic(plan, bytes_per_token: float, gpus_per_node: int | None = None) -> DedupTraffic:

@@ -99,6 +99,7 @@ the tensor-parallel ones and the gradient all-reduce.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
@@ -620,11 +621,58 @@ def _gate_width(spec: dict, config: StepConfig) -> int:
     return d_model
 
 
+class RouterInputCache:
+    """The last `size` router-input draws by their arguments, for `reuse_router_inputs`.
+
+    `synthetic_router_inputs` is a pure function of (tokens per rank, ranks, gate width, experts,
+    seed, vocabulary): the same arguments give the same tensors. Routing several routers on one
+    model and cluster (`lshsim reproduce`: LocMoE's router, hash and top-k on one 64-GPU cluster)
+    draws the same inputs each time, and a draw of 131,072 tokens x 1,024 features is seconds of
+    random numbers and a matmul. A hit hands out the kept tensors themselves (a copy would cost about
+    as much as the draw): only to the routers lshsim ships (`lshsim.dispatch.routers.BUILTIN_ROUTERS`,
+    none writes into its inputs); a registered router gets a fresh draw. hits / misses count its use."""
+
+    def __init__(self, size: int = 2):
+        self.size = int(size)
+        self.kept: dict = {}
+        self.hits = self.misses = 0
+
+    def draw(self, key: tuple, make):
+        if key in self.kept:
+            self.hits += 1
+            self.kept[key] = self.kept.pop(key)          # most recently used last
+            return self.kept[key]
+        self.misses += 1
+        self.kept[key] = make()
+        while len(self.kept) > self.size:
+            self.kept.pop(next(iter(self.kept)))
+        return self.kept[key]
+
+
+_INPUT_CACHE: RouterInputCache | None = None
+
+
+@contextlib.contextmanager
+def reuse_router_inputs(cache: RouterInputCache):
+    """Within the block, `route_traffic` with a router lshsim ships takes its synthetic router inputs
+    from `cache` (drawn once per distinct set of arguments while kept there; `RouterInputCache`)."""
+    global _INPUT_CACHE
+    previous, _INPUT_CACHE = _INPUT_CACHE, cache
+    try:
+        yield cache
+    finally:
+        _INPUT_CACHE = previous
+
+
 def _draw_inputs(model: object, config: StepConfig, routed: int, world_size: int, seed: int):
+    from lshsim.dispatch.routers import BUILTIN_ROUTERS
+
     spec = model_dict(model)
-    return synthetic_router_inputs(num_tokens_per_rank=routed, world_size=world_size,
-                                   d_model=_gate_width(spec, config), num_experts=spec["num_experts"], seed=seed,
-                                   vocab_size=spec["vocab_size"])
+    args = dict(num_tokens_per_rank=routed, world_size=world_size, d_model=_gate_width(spec, config),
+                num_experts=spec["num_experts"], seed=seed, vocab_size=spec["vocab_size"])
+    if _INPUT_CACHE is None or ROUTERS.get(config.router) is not BUILTIN_ROUTERS.get(config.router, False):
+        return synthetic_router_inputs(**args)
+    return _INPUT_CACHE.draw(tuple(sorted(args.items())), lambda: synthetic_router_inputs(**args))
 
 
 def _route_group(model: object, placement: Placement, config: StepConfig, inputs, first_rank: int = 0):

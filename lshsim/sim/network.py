@@ -43,6 +43,9 @@ Exploiting structure (speed tricks, labelled):
   to rounding (tests/test_sim_incremental.py: 1e-9 per flow); a skewed 1,024-GPU MoE all-to-all
   refills 5.6 million classes instead of hundreds of millions (benchmarks/RESULTS.md). Without
   numba, "auto" stays vectorised.
+- [compiled] with numba, the vectorised solver's rate update runs compiled
+  (`_incremental_kernels.vectorised_rates`: the numpy version's arithmetic in its order, the same
+  bits; `_compute_rates_numpy` otherwise): numpy's cost per call dominated small networks.
 The slow, obvious reference is `lshsim.sim.reference.reference_simulate_flows` (per flow, pure
 Python, networkx paths); the tests compare the three.
 
@@ -71,8 +74,19 @@ RELATIVE_TOLERANCE = 1e-9
 #: The max-min solvers of FlowNetwork (its `solver` argument).
 SOLVERS = ("auto", "incremental", "vectorised")
 #: solver="auto" switches to the incremental solver (when numba is installed) once this many flow
-#: classes are in flight: below it the vectorised solver is as fast and needs no compilation.
+#: classes are in flight: below it the vectorised solver is as fast.
 AUTO_INCREMENTAL_CLASSES = 2048
+#: the vectorised solver's rate updates run compiled (`_incremental_kernels.vectorised_rates`, the
+#: same numbers as numpy's, bit for bit) when numba is installed; False: always numpy
+COMPILED_VECTORISED = True
+
+
+def _vectorised_kernel():
+    """The compiled rate update of the vectorised solver, or None (numpy) without numba or when
+    COMPILED_VECTORISED is off."""
+    if not COMPILED_VECTORISED or not incremental.numba_available():
+        return None
+    return incremental._kernels().vectorised_rates
 
 
 @dataclass(eq=False)
@@ -207,6 +221,7 @@ class FlowNetwork:
         self._last_t = 0.0
         self._dirty = False
         self._refill_from = 0.0     # classes with a rate below this keep it at the next update
+        self._rate_kernel = False   # not resolved yet (`_vectorised_kernel`)
         self._wakeup = self.env.event()
         self._stats = {"rate_updates": 0, "fill_levels": 0, "drain_events": 0, "classes": 0, "flows": 0}
         self._inc_owner = np.empty(0, dtype=np.int64)    # incremental solver: class id -> transfer index,
@@ -513,6 +528,36 @@ class FlowNetwork:
         at every level below r (a drained class only crossed links whose level was >= r), so only
         the others are refilled, on the capacity the kept ones leave.
         """
+        if self._rate_kernel is False:             # resolved at the first update (numba imports lazily)
+            self._rate_kernel = _vectorised_kernel()
+        if self._rate_kernel is None:
+            self._compute_rates_numpy()
+            return
+        E, mult = self._E, self._mult                                                     # (n, H), (n,)
+        refill = bool(self._refill_from > 0 and len(self._rate) == len(mult))
+        if E.shape[1] == 0:        # (numpy's reductions refuse an empty row; so does this)
+            self._compute_rates_numpy()
+            return
+        rate, rounds, ok = self._rate_kernel(np.ascontiguousarray(E), mult, self._capacity,
+                                             self._rate if refill else mult,
+                                             self._refill_from * (1 - 1e-9) if refill else 0.0, refill)
+        if not ok:                 # a round froze nothing: the numpy version's behaviour, whatever it is
+            self._compute_rates_numpy()
+            return
+        self._dirty = False
+        self._stats["rate_updates"] += 1
+        self._stats["fill_levels"] += int(rounds)
+        if len(rate) and rate.min() <= 0.0:
+            if self._refill_from > 0:       # rounding left a kept class no room: refill everything
+                self._refill_from = 0.0
+                self._compute_rates()
+                return
+            raise RuntimeError("a flow class got no bandwidth")  # capacities are > 0: cannot happen
+        self._rate = rate
+
+    def _compute_rates_numpy(self) -> None:
+        """`_compute_rates` in numpy (the kernel `_incremental_kernels.vectorised_rates` computes
+        the same numbers when numba is installed)."""
         self._dirty = False
         self._stats["rate_updates"] += 1
         E, mult = self._E, self._mult                                                     # (n, H), (n,)
@@ -555,7 +600,7 @@ class FlowNetwork:
         if n and rate.min() <= 0.0:
             if self._refill_from > 0:       # rounding left a kept class no room: refill everything
                 self._refill_from = 0.0
-                self._compute_rates()
+                self._compute_rates_numpy()
                 return
             raise RuntimeError("a flow class got no bandwidth")  # capacities are > 0: cannot happen
         self._rate = rate

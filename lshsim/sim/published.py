@@ -70,6 +70,7 @@ no network model has, like UCCL-EP's p5en combine, does not drag the others); th
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -80,7 +81,8 @@ import numpy as np
 from lshsim.readers import load_yaml as read_yaml
 from lshsim.sim.dispatch_formats import bytes_per_token, node_dedup_traffic
 
-__all__ = ["Case", "load_cases", "load_split", "load_fresh", "FRESH_SETS", "deepep_routing", "case_traffic", "counted_bytes", "simulate_case",
+__all__ = ["Case", "load_cases", "load_split", "load_fresh", "FRESH_SETS", "deepep_routing", "case_traffic", "routing_key",
+           "routing_counts", "counted_bytes", "simulate_case",
            "Calibration", "fit_calibration", "validate_published", "source_group", "PUBLISHED_DIR", "NORMAL_CHUNKS",
            "combine_limited", "combine_ceiling", "UniformTraffic", "alltoall_per_peer_bytes"]
 
@@ -353,26 +355,44 @@ def alltoall_per_peer_bytes(case: Case) -> int:
     return (case.size_bytes // case.element_bytes // case.ep) * case.element_bytes
 
 
-def case_traffic(case: Case, seed: int = 0):
+def routing_key(case: Case, seed: int = 0) -> tuple | None:
+    """What the routing draw of `case_traffic` depends on (None for a plain all-to-all, which draws nothing): tokens
+    per rank, top-k, experts, nodes, node-limited groups, masked choices, ranks, GPUs per node, seed. Cases of one
+    key (a kernel's dispatch and combine, its bf16 and fp8 dispatch) route the same tokens; only their bytes per
+    token differ."""
+    if case.kind == "alltoall":
+        return None
+    w = case.workload
+    groups = None
+    if case.kind == "normal" and w.get("topk_groups") != "none":
+        groups = min(case.nodes, 4) if w.get("topk_groups") in (None, "min(nodes, 4)") else int(w["topk_groups"])
+    return (int(w["tokens_per_rank"]), int(w["top_k"]), _experts(case), case.nodes, groups,
+            int(w.get("masked_choices", 0)), case.ep, case.gpus_per_node, int(seed))
+
+
+def routing_counts(case: Case, seed: int = 0):
+    """The token counts of a case's routing (`routing_key`) as a `DedupTraffic` of 1 byte per token."""
+    tokens, top_k, experts, nodes, groups, masked, ep, gpus_per_node, seed = routing_key(case, seed)
+    idx = np.concatenate([deepep_routing(r, tokens, experts, nodes, top_k, groups, seed, masked)
+                          for r in range(ep)])
+    src = np.repeat(np.arange(ep), tokens)
+    return node_dedup_traffic(idx, src, expert_rank=np.arange(experts) // (experts // ep),
+                              gpus_per_node=gpus_per_node, world=ep, bytes_per_token=1.0)
+
+
+def case_traffic(case: Case, seed: int = 0, counts=None):
     """The `DedupTraffic` of a case's routing (one copy per token in `bytes_per_token` of its format); for a plain
-    all-to-all (kind alltoall) its `UniformTraffic` (no draw: `seed` is not used)."""
+    all-to-all (kind alltoall) its `UniformTraffic` (no draw: `seed` is not used). `counts`: the case's
+    `routing_counts(case, seed)` if already drawn (for a case of the same `routing_key`)."""
     if case.kind == "alltoall":
         per_peer = alltoall_per_peer_bytes(case)
         return UniformTraffic(np.full((case.ep, case.ep), float(per_peer)), per_peer)
     w = case.workload
-    tokens, top_k, experts = w["tokens_per_rank"], w["top_k"], _experts(case)
-    groups = None
-    if case.kind == "normal" and w.get("topk_groups") != "none":
-        groups = min(case.nodes, 4) if w.get("topk_groups") in (None, "min(nodes, 4)") else int(w["topk_groups"])
-    masked = int(w.get("masked_choices", 0))
-    idx = np.concatenate([deepep_routing(r, tokens, experts, case.nodes, top_k, groups, seed, masked)
-                          for r in range(case.ep)])
-    src = np.repeat(np.arange(case.ep), tokens)
+    counts = routing_counts(case, seed) if counts is None else counts
     metadata = 16 if (case.kind == "low_latency" and case.format == "fp8") else 0
     metadata = int(w.get(f"{case.op}_metadata_bytes", metadata))     # bytes per token beside the values
     bpt = bytes_per_token(case.format, w["hidden"], metadata_bytes=metadata)
-    return node_dedup_traffic(idx, src, expert_rank=np.arange(experts) // (experts // case.ep),
-                              gpus_per_node=case.gpus_per_node, world=case.ep, bytes_per_token=bpt)
+    return dataclasses.replace(counts, bytes_per_token=float(bpt))
 
 
 def counted_bytes(case: Case, traffic) -> np.ndarray:
@@ -708,8 +728,8 @@ def _fit_task(task: tuple) -> Calibration:
 
 
 def _traffic_task(task: tuple):
-    """`case_traffic` of one (case, seed) in a worker process."""
-    return case_traffic(*task)
+    """`routing_counts` of one (case, seed) in a worker process."""
+    return routing_counts(*task)
 
 
 def traffic_key(case: Case, seed: int) -> tuple:
@@ -811,10 +831,14 @@ def _validate(cases, chosen, test_ids, fresh_ids, held_out, grid, seed, leave_on
     the leave-one-out refits, or None (all in this process)."""
     # cases of equal inputs (e.g. the same AWS test run with DeepEP and UCCL-EP) share one traffic draw and one
     # simulation per efficiency: the same computation on the same inputs gives the same numbers
-    unique = {}
+    unique, routings = {}, {}
     for c in chosen:
         unique.setdefault(traffic_key(c, seed), c)
-    drawn = dict(zip(unique, _map(_traffic_task, [(c, seed) for c in unique.values()], pool)))
+    for c in unique.values():           # one routing draw per routing key (dispatch and combine, bf16 and fp8 ...)
+        if routing_key(c, seed) is not None:
+            routings.setdefault(routing_key(c, seed), c)
+    counts = dict(zip(routings, _map(_traffic_task, [(c, seed) for c in routings.values()], pool)))
+    drawn = {key: case_traffic(c, seed, counts.get(routing_key(c, seed))) for key, c in unique.items()}
     prepared = [_prepare(c, seed, drawn[traffic_key(c, seed)]) for c in chosen]
     fitting = [r for r, _ in prepared if r.case.id not in held_out]
     # the efficiencies any fit below can choose: >= the lowest demonstrated floor of the full fit and of every
