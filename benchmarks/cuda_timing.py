@@ -4,23 +4,8 @@ from __future__ import annotations
 import torch
 
 
-def best_s(fn, repeats: int = 20) -> float:
-    """Seconds of the fastest of `repeats` calls of fn (CUDA events, after one warm-up call)."""
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return min(times)
-
-
-def median_s(fn, repeats: int = 20, warmup: int = 3) -> float:
-    """Seconds of the median of `repeats` calls of fn (CUDA events, after `warmup` calls)."""
+def times_s(fn, repeats: int, warmup: int) -> list[float]:
+    """Seconds of each of `repeats` calls of fn (CUDA events around each), after `warmup` calls."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -32,4 +17,14 @@ def median_s(fn, repeats: int = 20, warmup: int = 3) -> float:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
-    return sorted(times)[(len(times) - 1) // 2]
+    return times
+
+
+def best_s(fn, repeats: int = 20) -> float:
+    """Seconds of the fastest of `repeats` calls of fn (CUDA events, after one warm-up call)."""
+    return min(times_s(fn, repeats, 1))
+
+
+def median_s(fn, repeats: int = 20, warmup: int = 3) -> float:
+    """Seconds of the median of `repeats` calls of fn (CUDA events, after `warmup` calls)."""
+    return sorted(times_s(fn, repeats, warmup))[(repeats - 1) // 2]

@@ -25,9 +25,9 @@ this one on an H200). Triton is imported lazily; `available()` says whether this
 """
 from __future__ import annotations
 
-import os
-
 import torch
+
+from lshsim.dispatch.lsh_fast import _triton
 
 __all__ = ["available", "grouped_matmul", "grouped_weight_grad", "CONFIGS", "WGRAD_CONFIGS", "pick_config"]
 
@@ -42,17 +42,6 @@ CONFIGS = [
 ]
 
 _KERNEL: dict = {}
-
-
-def _triton():
-    if os.environ.get("LSHSIM_NO_TRITON") == "1":
-        return None
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception:  # ImportError, or a broken install
-        return None
-    return triton
 
 
 def available(x: torch.Tensor) -> bool:

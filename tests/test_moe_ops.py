@@ -431,6 +431,15 @@ def test_triton_gmm_is_refused_on_a_cpu_with_the_reason_and_auto_never_takes_it(
     assert auto_expert_method(x, 40, 8, 8) in ("grouped_mm", "padded_bmm")
 
 
+def _grouped_gemm_or_skip():
+    """The Triton grouped GEMM module, or skip the test where Triton does not run."""
+    from lshsim.executor import grouped_gemm
+
+    if not grouped_gemm.available(torch.empty(0, device="cuda", dtype=torch.bfloat16)):
+        pytest.skip("triton not available")
+    return grouped_gemm
+
+
 def _uneven_rows(num_experts: int, generator: torch.Generator) -> list[int]:
     """Rows per expert around a 128-row tile: 0, 1, 127, 128, 129, ... (every edge of a block)."""
     edges = [0, 1, 63, 64, 65, 127, 128, 129, 200, 255]
@@ -445,10 +454,7 @@ def test_triton_gmm_equals_a_float32_loop_on_a_gpu(d_model, d_ffn):
     expert by expert in float32, within bf16 rounding, with experts of 0, 1, 63-65, 127-129 ... rows
     (every edge of a row block); "auto" takes it for 40 experts of about 100 rows of DeepSeek-V3's expert
     matrix, not for a small matrix nor for 8 experts of 1,000 rows."""
-    from lshsim.executor import grouped_gemm
-
-    if not grouped_gemm.available(torch.empty(0, device="cuda", dtype=torch.bfloat16)):
-        pytest.skip("triton not available")
+    grouped_gemm = _grouped_gemm_or_skip()
     generator = torch.Generator().manual_seed(5)
     rows = _uneven_rows(40, generator)
     device = torch.device("cuda")
@@ -482,10 +488,7 @@ def test_triton_gmm_equals_a_float32_loop_on_a_gpu(d_model, d_ffn):
 def test_triton_weight_gradient_equals_a_loop_on_a_gpu():
     """grouped_weight_grad (the Triton dw kernel, used where torch has no grouped matrix multiply):
     x_e^T dy_e per expert, zero for an expert without rows, within bf16 rounding."""
-    from lshsim.executor import grouped_gemm
-
-    if not grouped_gemm.available(torch.empty(0, device="cuda", dtype=torch.bfloat16)):
-        pytest.skip("triton not available")
+    grouped_gemm = _grouped_gemm_or_skip()
     generator = torch.Generator().manual_seed(6)
     rows = _uneven_rows(12, generator)
     device = torch.device("cuda")
@@ -525,10 +528,7 @@ def test_layer_with_many_small_experts_on_triton_gmm_equals_grouped_mm_on_a_gpu(
 def test_every_triton_gmm_tile_config_gives_the_products_on_a_gpu():
     """grouped_matmul under every candidate tile (full or half-height last blocks, 128 or 256
     columns): x_e @ w[e] for experts of 0 to 255 rows, within bf16 rounding of a float32 loop."""
-    from lshsim.executor import grouped_gemm
-
-    if not grouped_gemm.available(torch.empty(0, device="cuda", dtype=torch.bfloat16)):
-        pytest.skip("triton not available")
+    grouped_gemm = _grouped_gemm_or_skip()
     generator = torch.Generator().manual_seed(7)
     rows = _uneven_rows(24, generator)
     device = torch.device("cuda")
