@@ -320,7 +320,7 @@ def _status_folder(status_dir: str | None):
         for stale in folder.glob("rank*"):  # progress, heartbeats and failures of an earlier run
             stale.unlink()
     except OSError as error:
-        raise ValueError(f"status folder {str(folder)!r}: {error.strerror or error}") from None
+        raise ValueError(f"status folder (--status-dir) {str(folder)!r}: {error.strerror or error}") from None
     return folder, None
 
 

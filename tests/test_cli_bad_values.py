@@ -61,6 +61,9 @@ BROKEN = [
     (["check", "--tolerance", "1e30", "--out", "{OUT}.json"], ["--tolerance", "'1e30'"]),
     # before: '' was the current folder, whose rank* files the launcher deletes as stale
     (["launch", "--nproc", "1", "--status-dir", "", "--", "check"], ["--status-dir", "''", "empty folder name"]),
+    # before: "status folder '.../bin.py/status': Not a directory", the option not named
+    (["launch", "--nproc", "1", "--status-dir", "{TMP}/bin.py/status", "--", "check"],
+     ["--status-dir", "bin.py/status", "Not a directory"]),
     # before: an empty --out / --out-dir was read as none: the run went on and wrote no trace (exit 0)
     (["run", "--workload", WORKLOAD, "--out", ""], ["--out", "''", "empty file name"]),
     (["run", "--workload", WORKLOAD, "--out-dir", ""], ["--out-dir", "''", "empty folder name"]),
