@@ -203,7 +203,7 @@ def auto_expert_method(x: torch.Tensor, num_experts: int, d_model: int, d_ffn: i
 class _TritonLinear(torch.autograd.Function):
     """x @ w[e] per expert by the Triton grouped GEMM; backward: dx by the same kernel on w
     transposed, dw[e] = x_e^T dy_e by torch's grouped matrix multiply (its K-grouped form, faster
-    than a Triton one here), or a loop over experts where torch has none."""
+    than a Triton one here), or by `grouped_gemm.grouped_weight_grad` where torch has none."""
 
     @staticmethod
     def forward(ctx, x, w, offsets):
@@ -253,7 +253,7 @@ def expert_ffn_grouped(x: torch.Tensor, rows_per_expert: list[int], offsets: tor
         hidden = torch.nn.functional.gelu(_TritonLinear.apply(x, w1, offsets))  # (R, f)
         return _TritonLinear.apply(hidden, w2, offsets), method
     if method != "padded_bmm":
-        raise ValueError(f"method={method!r} must be 'auto', 'grouped_mm', 'padded_bmm' or 'triton_gmm'")
+        raise ValueError(f"method={method!r} must be 'auto' or one of {', '.join(EXPERT_METHODS)}")
     # pad every expert's rows to the largest count: (E_r, m, d), one bmm per matrix
     most = max(rows_per_expert)
     counts = torch.diff(offsets.long(), prepend=offsets.new_zeros(1).long())  # (E_r,)

@@ -160,7 +160,7 @@ def add_parser(subparsers):
 def _plan_config(args, model=None):
     """The user's StepConfig; `--router model` takes the model's published router, its options and
     (for a dropless model) no capacity limit."""
-    from lshsim.sim.moe_step import StepConfig
+    from lshsim.sim.moe_step import StepConfig, share_for_router
 
     router, options, capacity = args.router, (), args.capacity_factor
     if router == "model":
@@ -171,19 +171,11 @@ def _plan_config(args, model=None):
     return StepConfig(router=router, router_options=options, lsh_rate=args.lsh_rate, algorithm=args.algorithm, overlap=args.overlap,
                       tokens_per_gpu=args.tokens_per_gpu, capacity_factor=capacity,
                       locality_bonus=args.locality_bonus, seed=args.seed, max_routed_tokens=args.max_routed_tokens,
-                      locality_share=_share_for(router, getattr(args, "locality_share", "auto")),
+                      locality_share=share_for_router(router, getattr(args, "locality_share", "auto")),
                       ep=args.ep, traffic_model=None if args.traffic_model == "auto" else args.traffic_model,
                       dispatch_format=None if args.dispatch_format == "model" else args.dispatch_format,
                       moe_layer=None if args.moe_layer == "software" else args.moe_layer, tp=getattr(args, "tp", 1),
                       grad_sync=None if getattr(args, "grad_sync", "software") == "software" else args.grad_sync)
-
-
-def _share_for(router: str, share):
-    """The StepConfig's locality_share: a number only for locmoe (the other routers refuse one); 'auto'
-    and None pass through (the plan's locmoe option inherits them from the baseline)."""
-    if router != "locmoe" and share not in ("auto", None):
-        return "auto"
-    return share
 
 
 def _fidelity(args, world_size: int) -> dict:

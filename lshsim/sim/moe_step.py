@@ -128,7 +128,7 @@ from lshsim.topology.routing import validate_topology
 __all__ = ["StepConfig", "RoutedTraffic", "StepResult", "simulate_step", "simulate_config", "route_traffic",
            "placement_for", "compute_time_s", "expert_cost", "KERNELS", "MODEL_FIELDS", "OPTIONAL_MODEL_FIELDS", "model_dict",
            "describe", "plan_options", "compare_options", "A2ACache", "auto_drain_tolerance",
-           "AUTO_EXACT_MAX_GPUS", "apply_locality_share", "auto_locality_share", "AUTO_SHARE_CAPACITY_FACTOR", "stage_models", "combine_breakdowns", "AUTO_TOLERANCE_MAX_GPUS", "TRAFFIC_MODELS", "POPULARITY_MIN_GPUS",
+           "AUTO_EXACT_MAX_GPUS", "apply_locality_share", "auto_locality_share", "share_for_router", "AUTO_SHARE_CAPACITY_FACTOR", "stage_models", "combine_breakdowns", "AUTO_TOLERANCE_MAX_GPUS", "TRAFFIC_MODELS", "POPULARITY_MIN_GPUS",
            "RANK_CLASS_MIN_GPUS", "rank_classes", "popularity_traffic", "traffic_model_for", "FIDELITIES", "auto_fidelity", "DEFAULT_DRAIN_TOLERANCE", "DEFAULT_PLAN_LSH_RATE", "router_config", "routing_key"]
 
 #: attributes the simulator reads from a model config (duck typing: `models.ModelConfig` has them).
@@ -1480,6 +1480,12 @@ def describe(config: StepConfig) -> str:
     return ", ".join(parts)
 
 
+def share_for_router(router: str, share: float | str | None) -> float | str | None:
+    """The `StepConfig.locality_share` a config of `router` can hold: a number only for locmoe (the other
+    routers refuse one, so it becomes "auto", which they ignore); "auto" and None as they are."""
+    return "auto" if router != "locmoe" and share not in ("auto", None) else share
+
+
 def plan_options(selected: StepConfig, locmoe_share: float | str | None = "selected") -> list[tuple[str, StepConfig]]:
     """The options `lshsim plan` compares, baseline first.
 
@@ -1494,7 +1500,7 @@ def plan_options(selected: StepConfig, locmoe_share: float | str | None = "selec
 
     share = selected.locality_share if locmoe_share == "selected" else locmoe_share
     base = replace(selected, router="topk", router_options=(), lsh_rate=None, algorithm="direct", overlap=False,
-                   dispatch_format=None, locality_share="auto" if share not in ("auto", None) else share)
+                   dispatch_format=None, locality_share=share_for_router("topk", share))
     rate = selected.lsh_rate if selected.lsh_rate is not None else DEFAULT_PLAN_LSH_RATE
     candidates = [
         ("baseline", base),
