@@ -160,6 +160,20 @@ def write_bytes_atomically(path: str | Path, data: bytes) -> Path:
     return Path(path)
 
 
+#: folders the output checks created in this process, deepest first per check: a command refused after
+#: its output check removes those still empty (`remove_created_empty_folders`), so that a refusal leaves
+#: nothing behind
+CREATED_FOLDERS: list[Path] = []
+
+
+def remove_created_empty_folders() -> None:
+    """Remove the folders the output checks created (CREATED_FOLDERS) that are still empty; keep the rest."""
+    while CREATED_FOLDERS:
+        folder = CREATED_FOLDERS.pop(0)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only an empty folder; a parent after its child
+
+
 def _writable_folder(folder: Path, option: str, target: str | None = None) -> None:
     """Create `folder` (with its parents) if missing and check that it is writable; `target` is the output
     file in it, for the message."""
@@ -171,10 +185,12 @@ def _writable_folder(folder: Path, option: str, target: str | None = None) -> No
             if not parent.is_dir():
                 raise ValueError(f"{named} cannot be created: {parent} is a file, not a folder")
             break
+    missing = [f for f in (folder, *folder.parents) if not f.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ValueError(f"{named} cannot be created ({error.strerror or error})") from None
+    CREATED_FOLDERS.extend(missing)  # deepest first
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"{named} is not writable")
     # os.access says yes to root everywhere, also where no file can be made (/proc, a read-only mount):

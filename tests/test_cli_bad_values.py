@@ -36,6 +36,8 @@ BROKEN = [
     # before: a RuntimeWarning and "popularity=nan must be a finite number", no option named
     (["capacity", "--tokens", "100", "--skew", "1e30", "--plot", "{OUT}.png"], ["--skew", "1e+30"]),
     (["capacity", "--tokens", "100", "--skew", "1000", "--json"], ["--skew", "1000"]),
+    # the output's new folders (out/result.png: out) were left behind, empty, by this refusal
+    (["capacity", "--tokens", "100", "--skew", "1e30", "--plot", "{TMP}/a/b/c.png"], ["--skew", "1e+30"]),
     # before: not checked without --published (exit 0), and a tiny STEP built a grid of 6e8 points
     (["validate", TRACE, "--efficiency-grid", "abc", "--plot", "{OUT}.png"], ["--efficiency-grid", "'abc'"]),
     (["validate", TRACE, "--efficiency-grid", "", "--json"], ["--efficiency-grid", "''"]),
@@ -127,8 +129,8 @@ def test_a_bad_value_is_one_line_and_exit_2(argv, words, tmp_path, capsys, monke
     assert err.startswith(f"lshsim {command}: error: "), err
     for word in words:
         assert word in err, (word, err)
-    # no output file (a refusal after the output check may leave the output's folder, empty)
-    assert sorted(p.name for p in tmp_path.rglob("*") if not p.is_dir()) == ["bin.json", "bin.py"], "an output"
+    # no output file, and no folder the output check made (a refusal removes it)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["bin.json", "bin.py", "folder.py"], "an output"
 
 
 def test_a_late_start_finishes_instead_of_spinning():

@@ -139,11 +139,15 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None, run, la
     ends the process with exit code 2 and one line, `LABEL COMMAND: error: MESSAGE`. Shared by
     `lshsim` and `python -m lshsim.executor`."""
     args = parser.parse_args(argv)
+    from lshsim.io import CREATED_FOLDERS, remove_created_empty_folders
+
+    CREATED_FOLDERS.clear()  # only this command's new folders are removed on its refusal
     try:
         for name in args.plugin:
             load_plugin(name)
         return run(args)
     except INPUT_ERRORS as error:
+        remove_created_empty_folders()  # an output check's new folder, still empty: not left behind
         parser.exit(2, f"{label} {args.command}: error: {one_line(error)}\n")
     return 0
 
