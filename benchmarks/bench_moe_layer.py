@@ -38,6 +38,10 @@ spin's end, slowest rank, median iteration) near 0 says the host had queued the 
 the spin ended. The busy-GPU pass is reported beside the other and changes neither its numbers nor
 the targets. CUDA only: on the CPU the option is refused.
 
+With `--gate-parts` (CUDA) every shape without LSH also times its gate graph with and without the
+gather of the T k send rows (GPU time behind a spin, `gate_parts`): the routing alone (logits,
+top-k, capacity, order, weights) against the packing of the send rows, as shares of the forward.
+
 Targets (issue "An executor MoE layer as fast as the hardware allows") are checked last and
 printed as a table: gate <= 5% of the forward, other < 50 us, expert forward >= 60% of peak at
 large shapes (R d f >= 2^34), expert backward <= 2.5x forward, LSH compress <= 0.1 ms per 64 MiB.
