@@ -127,3 +127,45 @@ def test_in_situ_fit_from_the_committed_calibration_traces(tmp_path):
                                                                           "cluster": {}, "provenance": {}},
                                    "phases": []}))
         read_traces([str(bad)], split_skewed=False)
+
+
+def test_calibrate_plot_draws_the_measured_bus_bandwidth_and_the_fit(tmp_path, monkeypatch, capsys):
+    """`calibrate --plot`: the measured points are nccl-tests' own busbw column (out-of-place, 4 ranks),
+    the (alpha, B) fit's points S / (20 us + S / 300 GB/s); the PNG is written whole."""
+    from lshsim.cli import _render
+    from lshsim.cli import main
+
+    nccl = str(DATA / "nccl_tests_alltoall_perf.txt")
+    seen = {}
+    monkeypatch.setattr(_render, "line_plot", lambda path, data, *args, **kw: seen.update(path=path, data=data))
+    assert main(["calibrate", "--nccl-tests", nccl, "--gpu", "h100", "--plot", str(tmp_path / "a.png")]) == 0
+    data = seen["data"]
+    rows = [line.split() for line in open(nccl) if line.strip() and not line.lstrip().startswith("#")]
+    busbw = {int(r[0]): float(r[7]) for r in rows}  # size (B) -> out-of-place busbw (GB/s), 2 decimals
+    measured = [(b, y) for b, y, w in zip(data["bytes per rank"], data["GB/s"], data["what"]) if w == "measured"]
+    assert len(measured) == len(busbw) == 11
+    for size, gbps in measured:
+        assert gbps == pytest.approx(busbw[size], abs=0.011, rel=2e-3)
+    fitted = [(b, y) for b, y, w in zip(data["bytes per rank"], data["GB/s"], data["what"]) if w == "(alpha, B) fit"]
+    for size, gbps in fitted:
+        s = size * 3 / 4
+        assert gbps == pytest.approx(s / (20e-6 + s / 300e9) / 1e9, rel=2e-3)
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["calibrate", "--nccl-tests", nccl, "--gpu", "h100", "--plot", str(tmp_path / "p" / "b.png")]) == 0
+    assert (tmp_path / "p" / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"plot written to {tmp_path / 'p' / 'b.png'}" in capsys.readouterr().out
+
+
+def test_calibrate_plot_refused_before_any_work(tmp_path, capsys):
+    from lshsim.cli import main
+
+    nccl = str(DATA / "nccl_tests_alltoall_perf.txt")
+    (tmp_path / "file").write_text("x")
+    for argv, words in ((["--plot", str(tmp_path / "t.yaml"), "--out", str(tmp_path / "t.yaml")],
+                         "--out and --plot are the same file"),
+                        (["--plot", str(tmp_path / "file" / "p.png")], "--plot")):
+        with pytest.raises(SystemExit) as info:
+            main(["calibrate", "--nccl-tests", nccl, "--gpu", "h100", *argv])
+        assert info.value.code == 2 and words in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
