@@ -7,7 +7,8 @@ not notebooks and not gpu"`, -x), records whether they failed, and restores the 
 Ctrl-C). A mutation the tests do not catch ("survived") marks a function whose tests cannot tell
 it from a wrong one. Used for benchmarks/RESULTS.md, "The test suite audited".
 
-Usage: python benchmarks/mutate_tests.py [ID ...] [--list] [--json OUT]
+Usage: python benchmarks/mutate_tests.py [ID ...] [--list] [--no-doctests] [--json OUT]
+(--no-doctests: the test files alone, without any docstring example, `-k "not doctest"`)
 (run from the repository root; PYTHONPATH=. is set for the pytest runs).
 """
 from __future__ import annotations
@@ -187,18 +188,34 @@ MUTATIONS = [
      "def cross_polytope_collision_probability(d, cos, nodes: int = 128, return_error: bool = False):",
      "def cross_polytope_collision_probability(d, cos, nodes: int = 6, return_error: bool = False):",
      ["tests/test_analytic_collision.py"], "lshsim.analytic.collision"),
+    ("formats.dedup_counts_own_node", "lshsim/sim/dispatch_formats.py",
+     "            other[np.arange(world), node] = 0\n", "",
+     ["tests/test_dispatch_formats.py", "tests/test_plan_dedup_fp8.py"], "lshsim.sim.dispatch_formats"),
+    ("formats.first_of_run", "lshsim/sim/dispatch_formats.py",
+     "    first[:, 1:] &= values[:, 1:] != values[:, :-1]\n", "",
+     ["tests/test_dispatch_formats.py", "tests/test_plan_dedup_fp8.py"], "lshsim.sim.dispatch_formats"),
+    ("phase_model.nnls_absolute", "lshsim/calibration/phase_model.py",
+     "weights = 1.0 / np.maximum(y if scale_of_error is None else scale_of_error, 1e-12)   # relative error",
+     "weights = np.ones_like(y)",
+     ["tests/test_phase_model.py"], "lshsim.calibration.phase_model"),
+    ("phase_model.smooth_mean", "lshsim/calibration/phase_model.py",
+     "out.append([float(m), float(np.median(window))])", "out.append([float(m), float(np.mean(window))])",
+     ["tests/test_phase_model.py"], "lshsim.calibration.phase_model"),
 ]
 
 
-def run_one(mid: str, rel: str, old: str, new: str, tests: list[str], doc_module: str | None) -> dict:
+def run_one(mid: str, rel: str, old: str, new: str, tests: list[str], doc_module: str | None,
+            doctests: bool = True) -> dict:
     path = ROOT / rel
     text = path.read_text()
     found = text.count(old)
     if found != 1:
         raise SystemExit(f"mutate_tests: mutation {mid}: {rel} holds the snippet {found} times, expected 1: {old!r}")
     args = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", MARKERS, *tests]
-    if doc_module:
+    if doc_module and doctests:
         args += [f"tests/test_doctests.py::test_docstring_examples[{doc_module}]"]
+    if not doctests:   # the tests alone: docstring examples (regression values of the code itself) left out
+        args += ["-k", "not doctest"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     start = time.perf_counter()
     try:
@@ -207,6 +224,9 @@ def run_one(mid: str, rel: str, old: str, new: str, tests: list[str], doc_module
     finally:
         path.write_text(text)
     failed = [line.split(" ")[1] for line in proc.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+    if proc.returncode not in (0, 1):   # 2-5: interrupted, internal error, usage error, nothing collected
+        raise SystemExit(f"mutate_tests: mutation {mid}: pytest exited {proc.returncode}, not a test result:\n"
+                         + (proc.stdout + proc.stderr)[-2000:])
     return {"id": mid, "file": rel, "caught": proc.returncode != 0, "returncode": proc.returncode,
             "first_failure": failed[0] if failed else None, "seconds": round(time.perf_counter() - start, 1)}
 
@@ -233,7 +253,7 @@ def main(argv: list[str]) -> int:
     for m in MUTATIONS:
         if wanted and m[0] not in wanted:
             continue
-        row = run_one(*m)
+        row = run_one(*m, doctests="--no-doctests" not in argv)
         rows.append(row)
         print(f"{row['id']:40s} {'caught' if row['caught'] else 'SURVIVED'} "
               f"({row['seconds']} s) {row['first_failure'] or ''}", flush=True)

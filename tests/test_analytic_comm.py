@@ -164,6 +164,26 @@ def test_lsh_moe_ratio_model():
         comm.lsh_moe_comm_compute_ratio(flops, bandwidth, k, w, 0)
 
 
+@pytest.mark.parametrize("backward", [True, False])
+def test_lsh_step_time_written_out(backward):
+    """lsh_step_time_s and breakeven_compression_rate against their docstring's formula with the numbers
+    put in by hand; the wire term V / B against a2a_time_direct on uniform_traffic (another route)."""
+    tokens, d, k, w, bw, hash_rate, restore_rate, b, alpha, expert = 4096, 1024, 2, 16, 12.5e9, 18e6, 68e6, 2, 3e-5, 1e-3
+    kw = dict(k=k, world_size=w, bandwidth_Bps=bw, hash_tokens_per_s=hash_rate, restore_tokens_per_s=restore_rate,
+              bytes_per_element=b, expert_time_s=expert, include_backward=backward)
+    n_a2a = 4 if backward else 2
+    wire = tokens * k * d * b * (w - 1) / w / bw                          # one all-to-all, r = 1
+    assert wire == pytest.approx(comm.a2a_time_direct(comm.uniform_traffic(w, tokens * k * d * b), bw), rel=1e-12)
+    overhead = (tokens * k / hash_rate + tokens * k / restore_rate) * (2 if backward else 1)
+    for r in (0.1, 0.4, 1.0):
+        expected = n_a2a * (alpha + r * wire) + overhead + r * expert
+        assert comm.lsh_step_time_s(r, tokens, d, alpha_s=alpha, **kw) == pytest.approx(expected, rel=1e-12)
+    baseline = n_a2a * (alpha + wire) + expert
+    assert comm.lsh_step_time_s(1.0, tokens, d, alpha_s=alpha, lsh=False, **kw) == pytest.approx(baseline, rel=1e-12)
+    assert comm.breakeven_compression_rate(tokens, d, **kw) == pytest.approx(1 - overhead / (n_a2a * wire + expert),
+                                                                            rel=1e-12)
+
+
 def test_breakeven_is_where_the_step_times_meet():
     kw = dict(k=2, world_size=16, bandwidth_Bps=12.5e9, hash_tokens_per_s=50e6, expert_time_s=1e-3)
     r_star = comm.breakeven_compression_rate(4096, 1024, **kw)
