@@ -14,6 +14,11 @@ Each test function (a `test_*` function or method in tests/test_*.py) is flagged
 - ``unseeded``: np.random.* / random.* / torch.rand* calls or default_rng() / Generator() without a seed, in a
   test that does not seed (np.random.seed / torch.manual_seed / random.seed / a seeded default_rng).
 - ``empty_param``: a parametrize whose values are an empty literal list or tuple.
+- ``sign_only`` (a looser net than weak_only, for reading): every assert only checks existence, type,
+  membership or a comparison with the constants 0 or 1 (``x > 0``, ``0 <= p <= 1``), and no other check
+  (approx, assert_*, raises, a checking helper) is called.
+- ``redundant_or``: ``assert A or B`` where A or B was already asserted alone earlier in the test (the
+  assert cannot fail once the earlier one passed).
 
 The scan is a candidate list: every flag was then read by hand (benchmarks/RESULTS.md, "The test suite
 audited"). Usage: python benchmarks/audit_tests.py [tests_dir] [--json]
@@ -72,6 +77,33 @@ def _is_weak_assert(test: ast.AST) -> bool:
                 and ((isinstance(op, ast.Gt) and right.value == 0) or (isinstance(op, ast.GtE) and right.value == 1)
                      or (isinstance(op, ast.NotEq) and right.value == 0))):
             return True
+    return False
+
+
+def _sign_only(test: ast.AST) -> bool:
+    """Existence, type, membership or a comparison with 0 / 1 only (chains and and/or of those too)."""
+    if isinstance(test, ast.BoolOp):
+        return all(_sign_only(v) for v in test.values)
+    if isinstance(test, ast.UnaryOp):
+        return _sign_only(test.operand)
+    if isinstance(test, (ast.Name, ast.Attribute)):
+        return True
+    if isinstance(test, ast.Call):
+        if _name(test.func) in {"all", "any"} and test.args:     # what is checked for all / any elements
+            arg = test.args[0]
+            return _sign_only(arg.elt if isinstance(arg, (ast.GeneratorExp, ast.ListComp)) else arg)
+        return _name(test.func) in {"isinstance", "hasattr", "callable", "isfinite", "exists",
+                                    "is_file", "is_dir", "bool"}
+    if isinstance(test, ast.Compare):
+        for op, right in zip(test.ops, test.comparators):
+            if isinstance(op, (ast.Is, ast.IsNot, ast.In, ast.NotIn)):
+                continue
+            sides = [test.left, right]
+            if isinstance(op, (ast.Gt, ast.GtE, ast.Lt, ast.LtE)) and any(
+                    isinstance(x, ast.Constant) and x.value in (0, 1) for x in sides):
+                continue
+            return False
+        return True
     return False
 
 
@@ -136,6 +168,15 @@ class Scan:
             kinds.append("tautology")
         if asserts and all(_is_weak_assert(a.test) for a in asserts) and not other_checks:
             kinds.append("weak_only")
+        elif asserts and all(_sign_only(a.test) for a in asserts) and not other_checks:
+            kinds.append("sign_only")
+        seen_alone = set()
+        for a in sorted(asserts, key=lambda n: (n.lineno, n.col_offset)):
+            if isinstance(a.test, ast.BoolOp) and isinstance(a.test.op, ast.Or) and \
+                    any(ast.dump(v) in seen_alone for v in a.test.values):
+                kinds.append("redundant_or")
+                break
+            seen_alone.add(ast.dump(a.test))
         for node in ast.walk(fn):
             if isinstance(node, ast.Call):
                 for kw in node.keywords:
