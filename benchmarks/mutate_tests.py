@@ -7,7 +7,8 @@ not notebooks and not gpu"`, -x), records whether they failed, and restores the 
 Ctrl-C). A mutation the tests do not catch ("survived") marks a function whose tests cannot tell
 it from a wrong one. Used for benchmarks/RESULTS.md, "The test suite audited".
 
-Usage: python benchmarks/mutate_tests.py [ID ...] [--list] [--no-doctests] [--json OUT]
+Usage: python benchmarks/mutate_tests.py [ID ...] [--list] [--held-out] [--no-doctests] [--json OUT]
+(--held-out: the HELD_OUT list instead of MUTATIONS)
 (--no-doctests: the test files alone, without any docstring example, `-k "not doctest"`)
 (run from the repository root; PYTHONPATH=. is set for the pytest runs).
 """
@@ -201,6 +202,54 @@ MUTATIONS = [
     ("phase_model.smooth_mean", "lshsim/calibration/phase_model.py",
      "out.append([float(m), float(np.median(window))])", "out.append([float(m), float(np.mean(window))])",
      ["tests/test_phase_model.py"], "lshsim.calibration.phase_model"),
+
+]
+
+# Written after the fixes above, from the library code alone (before looking at which tests exist), and run
+# once on the fixed suite: an estimate of how the suite does on mutations that did not guide the fixes.
+HELD_OUT = [
+    ("held.egress_ingress_axis", "lshsim/analytic/comm.py",
+     "return traffic.sum(axis=-1), traffic.sum(axis=-2)", "return traffic.sum(axis=-1), traffic.sum(axis=-1)",
+     ["tests/test_analytic_comm.py"], "lshsim.analytic.comm"),
+    ("held.capacity_from_factor_no_round", "lshsim/analytic/capacity.py",
+     "return maybe_scalar(np.ceil(np.round(cf * t * k / e, 9)).astype(np.int64))",
+     "return maybe_scalar(np.ceil(cf * t * k / e).astype(np.int64))",
+     ["tests/test_analytic_capacity.py", "tests/test_cli_analytic.py"], "lshsim.analytic.capacity"),
+    ("held.compute_capacity_no_round", "lshsim/dispatch/routers.py",
+     "return int(math.ceil(round(capacity_factor * tokens_per_rank * k / num_experts, 9)))",
+     "return int(math.ceil(capacity_factor * tokens_per_rank * k / num_experts))",
+     ["tests/test_routers.py", "tests/test_dispatch_properties.py", "tests/test_analytic_capacity.py",
+      "tests/test_fused_routing.py"], "lshsim.dispatch.routers"),
+    ("held.hyperplane_two_pi", "lshsim/analytic/collision.py",
+     "return maybe_scalar(1.0 - np.arccos(alpha) / np.pi)", "return maybe_scalar(1.0 - np.arccos(alpha) / (2 * np.pi))",
+     ["tests/test_analytic_collision.py", "tests/test_lsh.py"], "lshsim.analytic.collision"),
+    ("held.proxy_nic_modulo", "lshsim/sim/collectives.py",
+     "nic = np.arange(gpus_per_node) * nics_per_node // gpus_per_node                  # (g,)",
+     "nic = np.arange(gpus_per_node) % nics_per_node                  # (g,)",
+     ["tests/test_sim_collectives.py"], "lshsim.sim.collectives"),
+    ("held.roofline_sum", "lshsim/sim/phases.py",
+     "return max(flops / gpu[\"achieved_flops\"], hbm_bytes / gpu[\"achieved_hbm_Bps\"]) + kernels * kernel_launch_s",
+     "return flops / gpu[\"achieved_flops\"] + hbm_bytes / gpu[\"achieved_hbm_Bps\"] + kernels * kernel_launch_s",
+     ["tests/test_moe_step.py"], "lshsim.sim.phases"),
+    ("held.curve_linear_in_bytes", "lshsim/calibration/model.py",
+     "return float(np.interp(np.log(bytes_per_rank), np.log(points[:, 0]), points[:, 1]))",
+     "return float(np.interp(bytes_per_rank, points[:, 0], points[:, 1]))",
+     ["tests/test_calibration_links.py", "tests/test_executor_busbw_curve.py", "tests/test_sim_gpu_engine.py"],
+     "lshsim.calibration.model"),
+    ("held.network_bytes_same_node", "lshsim/sim/dispatch_formats.py",
+     "off_node = node[:, None] != node[None, :]", "off_node = node[:, None] == node[None, :]",
+     ["tests/test_dispatch_formats.py", "tests/test_published.py"], "lshsim.sim.dispatch_formats"),
+    ("held.auto_share_nodes", "lshsim/sim/moe_step.py",
+     "return float(min(1.0, factor / nodes))", "return float(min(1.0, factor / max(nodes - 1, 1)))",
+     ["tests/test_moe_step.py", "tests/test_reproduce_mechanisms.py", "tests/test_cli_plan.py"], "lshsim.sim.moe_step"),
+    ("held.centroid_error_squared", "lshsim/dispatch/lsh.py",
+     "return float(torch.linalg.vector_norm(residuals(tokens, compressed).double())) / norm",
+     "return float(torch.linalg.vector_norm(residuals(tokens, compressed).double())) / norm ** 2",
+     ["tests/test_lsh.py"], "lshsim.dispatch.lsh"),
+    ("held.skew_half", "lshsim/analytic/capacity.py",
+     "popularity = np.random.default_rng(seed).dirichlet(np.ones(size)) ** skew",
+     "popularity = np.random.default_rng(seed).dirichlet(np.ones(size)) ** (skew / 2)",
+     ["tests/test_analytic_capacity.py"], "lshsim.analytic.capacity"),
 ]
 
 
@@ -234,7 +283,7 @@ def run_one(mid: str, rel: str, old: str, new: str, tests: list[str], doc_module
 def main(argv: list[str]) -> int:
     wanted = [a for a in argv if not a.startswith("--") and not a.endswith(".json")]
     if "--list" in argv:
-        for m in MUTATIONS:
+        for m in MUTATIONS + HELD_OUT:
             print(m[0], m[1])
         return 0
     out = None
@@ -244,13 +293,13 @@ def main(argv: list[str]) -> int:
             print("mutate_tests: --json needs a file name", file=sys.stderr)
             return 2
         out = Path(argv[i + 1])
-    known = {m[0] for m in MUTATIONS}
+    known = {m[0] for m in MUTATIONS + HELD_OUT}
     unknown = [w for w in wanted if w not in known]
     if unknown:
         print(f"mutate_tests: unknown mutation id(s) {unknown}; --list shows them", file=sys.stderr)
         return 2
     rows = []
-    for m in MUTATIONS:
+    for m in (HELD_OUT if "--held-out" in argv else MUTATIONS):
         if wanted and m[0] not in wanted:
             continue
         row = run_one(*m, doctests="--no-doctests" not in argv)

@@ -167,6 +167,24 @@ def test_capacity_from_factor_is_the_routers_rule():
         assert capacity.capacity_from_factor(tokens, k, experts, factor) == compute_capacity(tokens, k, experts, factor)
 
 
+def test_capacity_is_the_ceiling_of_the_decimal_factor_in_exact_arithmetic():
+    """C = ceil(factor * T * k / E) with the factor read as the decimal the user typed (fractions.Fraction,
+    exact): 1.1 x 100 tokens is 110 slots, although 1.1 * 100 is 110.00000000000001 in floating point
+    (7 of these 1,512 cases differ from a plain float ceil). Both the analytic rule and the routers'."""
+    import itertools
+    from fractions import Fraction
+
+    from lshsim.dispatch.routers import compute_capacity
+
+    assert math.ceil(1.1 * 100) == 111 and compute_capacity(100, 1, 1, 1.1) == 110
+    factors = ("0.7", "1.1", "1.15", "1.2", "1.25", "1.3", "2.0", "0.35", "1.001")
+    for text, tokens, k, experts in itertools.product(factors, (100, 333, 1000, 4096, 10000, 65536), (1, 2, 3, 8),
+                                                      (1, 4, 7, 16, 64, 160, 256)):
+        exact = math.ceil(Fraction(text) * tokens * k / experts)
+        assert compute_capacity(tokens, k, experts, float(text)) == exact, (text, tokens, k, experts)
+        assert capacity.capacity_from_factor(tokens, k, experts, float(text)) == exact, (text, tokens, k, experts)
+
+
 @pytest.mark.parametrize("k,skew,factor", [(1, 0.0, 1.0), (2, 1.0, 1.25), (2, 0.0, 1.0)])
 def test_expected_drops_match_the_real_router(k, skew, factor):
     """expected_dropped_fraction vs lshsim.dispatch.route_topk (tolerance: 3 standard errors over batches)."""

@@ -178,7 +178,7 @@ def assign_slots(expert_index: torch.Tensor, token_rank: torch.Tensor, capacity:
                 # order like the float, so (buffer, -score) packs into one int64 key and one stable
                 # sort replaces a float sort followed by an integer sort. Exact, ties keep position.
                 score_bits = flat_score.view(torch.int32).to(torch.int64)  # (k*T,) in [0, 2^31)
-                composite = key.to(torch.int64) * (1 << 31) + score_bits
+                composite = key.to(torch.int64) * (1 << 31) + ((1 << 31) - 1 - score_bits)
                 order = torch.sort(composite, stable=True).indices  # (k*T,)
             else:
                 by_score = torch.sort(-flat_score, stable=True).indices
