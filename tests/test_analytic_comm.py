@@ -272,3 +272,15 @@ def test_random_traffic_rows_and_dirichlet_spread(concentration):
     # the seed fixes the draw; another seed gives another matrix of the same row sums
     np.testing.assert_array_equal(traffic, comm.random_traffic(world, size, concentration=concentration, seed=11))
     assert not np.array_equal(traffic, comm.random_traffic(world, size, concentration=concentration, seed=12))
+
+
+def test_egress_ingress_against_loops_with_a_batch_axis():
+    """S_r = sum_{d != r} T[r, d], R_r = sum_{s != r} T[s, r] by loops, for each matrix of a batch."""
+    rng = np.random.default_rng(21)
+    batch = rng.uniform(0, 1e6, size=(3, 5, 5))
+    sent, received = comm.egress_ingress(batch)
+    assert sent.shape == received.shape == (3, 5)
+    for b in range(3):
+        for r in range(5):
+            assert sent[b, r] == pytest.approx(sum(batch[b, r, d] for d in range(5) if d != r), rel=1e-12)
+            assert received[b, r] == pytest.approx(sum(batch[b, s, r] for s in range(5) if s != r), rel=1e-12)
