@@ -7,8 +7,8 @@ Each test function (a `test_*` function or method in tests/test_*.py) is flagged
 - ``tautology``: an assert comparing an expression with itself (``a == a``, ``np.allclose(x, x)``).
 - ``weak_only``: every assert is only an existence check (``is not None``, ``len(y) > 0``, ``isinstance``,
   a bare name or attribute) and nothing else checks a value.
-- ``loose_tolerance``: an rtol / atol / rel / abs / tol keyword (or a ``<= k * x`` style relative bound is not
-  parsed) with a constant >= 0.5.
+- ``loose_tolerance``: an rtol / atol / rel / abs / tol keyword with a constant >= 0.5 (a bound written as
+  ``abs(a - b) <= k * b`` is not parsed; those were read by hand).
 - ``swallow``: a try/except in the test whose handler is bare, or catches Exception / BaseException, and does
   not re-raise or assert (a failure inside would pass silently).
 - ``unseeded``: np.random.* / random.* / torch.rand* calls or default_rng() / Generator() without a seed, in a
