@@ -67,6 +67,44 @@ def test_fit_is_relative_least_squares_and_refuses_nonsense():
         fit_alpha_beta([A2APoint(1024, 2e-3, 2), A2APoint(2 ** 20, 1e-3, 2), A2APoint(2 ** 22, 1e-4, 2)])
 
 
+def _relative_least_squares(points, alpha_free: bool):
+    """The fit's stated objective, sum_i ((alpha + S_i / B - t_i) / t_i)^2, minimised by scipy's
+    least_squares (an iterative solver, independent of the fit's normal equations)."""
+    from scipy.optimize import least_squares
+
+    s = np.array([p.offdiag_bytes for p in points])
+    t = np.array([p.time_s for p in points])
+    scale = float(np.median(s / t))                                    # x = [alpha / t_med, scale / B]
+    t_med = float(np.median(t))
+    if alpha_free:
+        res = least_squares(lambda x: (x[0] * t_med + s * x[1] / scale - t) / t, [0.0, 1.0], xtol=1e-15, ftol=1e-15)
+        return res.x[0] * t_med, scale / res.x[1]
+    res = least_squares(lambda x: (s * x[0] / scale - t) / t, [1.0], xtol=1e-15, ftol=1e-15)
+    return 0.0, scale / res.x[0]
+
+
+def test_fit_alpha_beta_minimises_the_relative_residuals():
+    """fit_alpha_beta against scipy's least_squares on its stated objective: noisy points (alpha free),
+    and times that grow faster than linearly, where the free fit's alpha is negative and the fit
+    refits the bandwidth alone with alpha 0 (tolerance 1e-6: the solver's convergence)."""
+    rng = np.random.default_rng(5)
+    sizes = [2 ** k for k in range(12, 31, 2)]
+    noisy = [A2APoint(m, (40e-6 + m * 0.75 / 250e9) * (1 + 0.05 * rng.standard_normal()), 4) for m in sizes]
+    fit = fit_alpha_beta(noisy)
+    alpha, bandwidth = _relative_least_squares(noisy, alpha_free=True)
+    assert alpha > 0 and fit.alpha_s == pytest.approx(alpha, rel=1e-6)
+    assert fit.bandwidth_Bps == pytest.approx(bandwidth, rel=1e-6)
+    convex = [A2APoint(m, 1e-3 * (m * 0.75 / 1e9) ** 1.3, 4) for m in sizes]
+    free_alpha, _ = _relative_least_squares(convex, alpha_free=True)
+    assert free_alpha < 0                                              # the branch under test is taken
+    fit = fit_alpha_beta(convex)
+    _, bandwidth = _relative_least_squares(convex, alpha_free=False)
+    assert fit.alpha_s == 0.0 and fit.bandwidth_Bps == pytest.approx(bandwidth, rel=1e-6)
+    s = np.array([p.offdiag_bytes for p in convex])
+    t = np.array([p.time_s for p in convex])
+    assert fit.max_rel_residual == pytest.approx(float(np.abs((s / fit.bandwidth_Bps - t) / t).max()), rel=1e-9)
+
+
 def test_sweep_sizes_and_gpu_key():
     assert sweep_sizes(4096, 2 ** 30, 4)[-1] == 2 ** 30 and len(sweep_sizes(4096, 2 ** 30, 4)) == 19
     assert all(s % 3 == 0 for s in sweep_sizes(4096, 2 ** 20, 3))
