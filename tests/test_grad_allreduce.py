@@ -67,6 +67,19 @@ def test_gradient_parameters_add_up_to_the_catalog_count():
     assert sum(e for _, e in params["layers"]) == model.num_moe_layers * model.num_experts * model.expert_parameters
 
 
+@pytest.mark.parametrize("name", ["mixtral-8x7b", "dbrx", "qwen3-30b-a3b", "deepseek-v2-lite", "deepseek-v3",
+                                  "t5-moe", "switch-base-128"])
+def test_gradient_parameters_of_gqa_and_mla_models_add_up_to_the_catalog_count(name):
+    """GQA and MLA attention (`attention:` of the catalog) are all-reduced at their own size, not 4 d^2:
+    all weights on one rank add up to the catalog's count (which the catalog's tests check against the
+    published totals). Before, Mixtral's replicated gradients were 0.7 B too many (32 x (4 d^2 - GQA))."""
+    from lshsim.sim.moe_step import model_dict
+
+    model = load_model(name)
+    params = gradient_parameters(model_dict(model), model.num_experts)
+    assert sum(r + e for r, e in params["layers"]) + params["last"] == model.num_parameters
+
+
 def test_gradient_parameters_by_listing_every_weight_matrix():
     """A model with every option gradient_parameters reads (a dense first layer of its own width, SwiGLU's
     three matrices, two shared experts, untied embeddings, a cross-attention layer, tensor parallelism 2)

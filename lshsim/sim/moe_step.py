@@ -152,7 +152,7 @@ def model_dict(model: object) -> dict:
 
 #: attributes the simulator reads when a model has them, with the value that means "absent"
 OPTIONAL_MODEL_FIELDS = {"first_dense_layers": 0, "dense_d_ffn": None, "num_shared_experts": 0, "ffn_matrices": 2,
-                         "output_head": True, "tie_embeddings": True, "cross_attention_layers": 0}
+                         "output_head": True, "tie_embeddings": True, "cross_attention_layers": 0, "attention": ()}
 
 
 def stage_models(model: object) -> list[tuple[object, float]]:
