@@ -361,7 +361,10 @@ def amplify(p, num_concatenated=1, num_tables=1):
         raise ValueError(f"p={prob[bad].ravel()[0].item()!r} must be a probability in [0, 1]")
     k = as_count("num_concatenated", num_concatenated, minimum=1)
     tables = as_count("num_tables", num_tables, minimum=1)
-    return maybe_scalar(1.0 - (1.0 - prob ** k) ** tables)
+    # -expm1(L log1p(-p^K)) = 1 - (1 - p^K)^L without the cancellation of 1 - (...) for tiny p^K (where
+    # 1 - (1 - x)^L lost digits: 8e-7 relative at x = 4e-11); p^K = 1 gives -expm1(-inf) = 1
+    with np.errstate(divide="ignore"):
+        return maybe_scalar(-np.expm1(tables * np.log1p(-(prob ** k))))
 
 
 # ---- expected buckets: the exchangeable-cluster model ---------------------------------------------
