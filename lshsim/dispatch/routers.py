@@ -41,7 +41,7 @@ from typing import Callable
 
 import torch
 
-from lshsim.checks import positive_int
+from lshsim.checks import CAPACITY_FACTOR_MAX, positive_int
 from lshsim.dispatch.placement import Placement
 from lshsim.dispatch.plan import DispatchPlan
 
@@ -64,6 +64,9 @@ def _check_capacity_factor(capacity_factor: float | None) -> None:
     if isinstance(capacity_factor, bool) or not isinstance(capacity_factor, (int, float)) \
             or not math.isfinite(capacity_factor) or capacity_factor <= 0:
         raise ValueError(f"capacity_factor={capacity_factor!r} must be a finite number > 0 (or None for no limit)")
+    if capacity_factor > CAPACITY_FACTOR_MAX:   # 1e30 overflowed the routers' int64 slots (a traceback)
+        raise ValueError(f"capacity_factor={capacity_factor!r} must be <= {CAPACITY_FACTOR_MAX:g} (a factor above "
+                         f"E / k already drops nothing; or None for no limit)")
 
 
 def _check_drop_policy(drop_policy: str) -> None:
