@@ -815,6 +815,21 @@ def validate_router_params(name: str, k: int = 2, capacity_factor: float | None 
     if unknown:
         known = ", ".join(spec.option_defaults) or "none"
         raise ValueError(f"option {unknown[0]!r} is not an option of the {name} router; known: {known}")
+    for key, value in given.items():     # of the default's kind: an integer option takes no 'abc', nan or 1e30
+        default = spec.option_defaults[key]
+        if isinstance(default, bool):
+            wrong = not isinstance(value, bool)
+        elif isinstance(default, int):
+            wrong = isinstance(value, bool) or not isinstance(value, int)
+        elif isinstance(default, float):
+            wrong = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        elif isinstance(default, str):
+            wrong = not isinstance(value, str)
+        else:
+            wrong = False
+        if wrong:
+            kind = {bool: "true or false", int: "an integer", float: "a finite number", str: "text"}[type(default)]
+            raise ValueError(f"option {key}={value!r} of the {name} router must be {kind} (default {default!r})")
     return {**spec.option_defaults, **given}
 
 
