@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lshsim.cli import main
 
@@ -107,6 +108,56 @@ BROKEN = [
 ]
 
 
+WORKLOAD = (ROOT / "data" / "workloads" / "cal-uniform-d2048-t128.yaml").read_text()
+DEEPSEEK = (ROOT / "models" / "configs" / "deepseek-v3.yaml").read_text()
+HF = (ROOT / "tests" / "data" / "hf" / "mixtral-8x7b.json").read_text()
+FIGURES = (ROOT / "data" / "papers" / "figures.yaml").read_text()
+PUBLISHED = (ROOT / "data" / "published" / "nccl-aws-p5-alltoall.yaml").read_text()
+RUN = ["run", "--workload", "{FILE}", "--device", "cpu", "--out", "{OUT}.json"]
+PLAN_MODEL = ["plan", "--model", "{FILE}", "--router", "model", "--cluster", "h100-ib-rail-8x8", "--tokens-per-gpu",
+              "64", "--fidelity", "estimate", "--json", "--plot", "{OUT}.png"]
+
+
+def _sub(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+#: the readers of workloads, models, figures and published cases (checked before any work starts)
+BROKEN += [
+    # tracebacks before: TypeError (unhashable), OverflowError (int64 slots), RuntimeError (torch.topk),
+    # RuntimeError (an allocation of 1.6e16 bytes) and, for proj_dim 1e6, an hour of hashing
+    ("list alltoall", "w.yaml", _sub(WORKLOAD, "alltoall: direct", "alltoall: [1]"), RUN, ["'alltoall'", "[1]"]),
+    ("capacity_factor 1e30", "w.yaml", _sub(WORKLOAD, "capacity_factor: 1.25", "capacity_factor: 1.0e+30"), RUN,
+     ["router.capacity_factor", "1e+30", "<= 1e+06"]),
+    ("k above experts", "w.yaml", _sub(WORKLOAD, "k: 2,", "k: 100,"), RUN, ["router.k", "100", "num_experts=8"]),
+    ("num_hashes 1e12", "w.yaml", _sub(WORKLOAD, "lsh: null", "lsh: {num_hashes: 1000000000000}"), RUN,
+     ["lsh.num_hashes", "1000000000000", "64"]),
+    ("proj_dim 1e6", "w.yaml", _sub(WORKLOAD, "lsh: null", "lsh: {proj_dim: 1000000}"), RUN,
+     ["lsh.proj_dim", "1000000", "d_model=2048"]),
+    # exit 0 before (plan --router model ignored the option until routing, then no file named)
+    ("max_nodes text", "m.yaml", _sub(DEEPSEEK, "router_options: {max_nodes: 4}", "router_options: {max_nodes: abc}"),
+     PLAN_MODEL, ["max_nodes='abc'", "must be an integer"]),
+    ("max_nodes 1e30", "m.yaml", _sub(DEEPSEEK, "router_options: {max_nodes: 4}", "router_options: {max_nodes: 1.0e+30}"),
+     PLAN_MODEL, ["max_nodes=1e+30", "must be an integer"]),
+    # TypeError traceback before
+    ("hf model_type list", "config.json", _sub(HF, '"model_type": "mixtral"', '"model_type": ["mixtral"]'), PLAN_MODEL,
+     ["model_type=['mixtral']", "supported"]),
+    ("figure paper list", "f.yaml", _sub(FIGURES, "    paper: lsh-moe\n", "    paper: [lsh-moe]\n"),
+     ["reproduce", "--figures", "{FILE}", "--json", "--plot", "{OUT}.png"], ["figures[0]", "paper=['lsh-moe']"]),
+]
+
+#: published-case files are read from a folder (with its split.yaml): (id, text, words)
+PUBLISHED_BROKEN = [
+    # AttributeError traceback before
+    ("source text", yaml.safe_dump({**yaml.safe_load(PUBLISHED), "source": "a text"}), ["source='a text'", "mapping"]),
+    # exit 0 before: a typo of topology fell back to the default topology; 1e30 GB/s was fitted on
+    ("topology typo", _sub(PUBLISHED, "\ntopology:", "\ntopolgy:"), ["topolgy=", "not a known field"]),
+    ("published 1e30", _sub(PUBLISHED, "published_GBps: 45.1", "published_GBps: 1.0e+30"),
+     ["published_GBps", "1e+30", "<= 10000"]),
+]
+
+
 def _argv(argv, fill):
     return [next((arg.replace(key, value) for key, value in fill.items() if key in arg), arg) for arg in argv]
 
@@ -138,3 +189,49 @@ def test_a_valid_log_still_writes_both_outputs(tmp_path, capsys):
     fit = json.loads((tmp_path / "out" / "t.json").read_text())["fit"]
     assert fit["alpha_s"] == pytest.approx(2e-5, rel=0.01) and fit["bandwidth_Bps"] == pytest.approx(3e11, rel=0.02)
     assert (tmp_path / "out" / "t.yaml").is_file()
+
+
+@pytest.mark.parametrize("text, words", [pytest.param(*case[1:], id=case[0]) for case in PUBLISHED_BROKEN])
+def test_a_bad_published_case_file_is_one_line_and_exit_2(text, words, tmp_path, capsys):
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    (folder / "p5.yaml").write_text(text)
+    (folder / "split.yaml").write_text("test: [nccl-p5-ep32-peak]\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--published", str(folder), "--json", "--quiet"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err and "p5.yaml" in err, err
+    for word in words:
+        assert word in err, (word, err)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["cases", "p5.yaml", "split.yaml"]
+
+
+def test_a_trace_without_a_valid_tokens_per_rank_is_refused(tmp_path, capsys):
+    """Exit 0 before: meta.workload.tokens_per_rank -1 (the phase model's feature) was accepted."""
+    trace = json.loads((ROOT / "tests" / "data" / "validate" / "x2" / "gpu-uniform-d4096-t8k.json").read_text())
+    trace["meta"]["workload"]["tokens_per_rank"] = -1
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(trace))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", str(path), "--json"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err
+    assert "t.json" in err and "meta.workload.tokens_per_rank=-1" in err, err
+
+
+def test_a_results_table_that_is_not_utf8_names_the_file(tmp_path, capsys):
+    """Before: "'utf-8' codec can't decode byte 0xff in position 0", no file named. The table is
+    left as it was (sweep resumes from --out, so the table is an input too)."""
+    (tmp_path / "tiny.yaml").write_text("num_layers: 2\nd_model: 256\nd_ffn: 4096\nnum_experts: 16\nseq_len: 256\n"
+                                        "tokens_per_gpu: 512\nvocab_size: 1000\n")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("grid:\n  model: tiny.yaml\n  cluster: lshmoe-v100-2x8\n  tokens_per_gpu: 256\noptions: [baseline]\n")
+    table = tmp_path / "table.csv"
+    table.write_bytes(b"\xff\xfe\x00 not UTF-8\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", str(grid), "--out", str(table), "--jobs", "0", "--quiet"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err
+    assert "table.csv: not UTF-8 text (byte 0)" in err, err
+    assert table.read_bytes() == b"\xff\xfe\x00 not UTF-8\n"
