@@ -235,3 +235,18 @@ def test_a_results_table_that_is_not_utf8_names_the_file(tmp_path, capsys):
     assert exit_info.value.code == 2 and err.count("\n") == 1, err
     assert "table.csv: not UTF-8 text (byte 0)" in err, err
     assert table.read_bytes() == b"\xff\xfe\x00 not UTF-8\n"
+
+
+@pytest.mark.parametrize("key", ["test", "fresh"])
+def test_a_split_entry_that_is_a_list_is_refused(key, tmp_path, capsys):
+    """TypeError (unhashable) traceback before: split.yaml's test: [[id]]."""
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    (folder / "p5.yaml").write_text(PUBLISHED)
+    lists = {"test": "[nccl-p5-ep32-peak]", "fresh": "[]", key: "[[nccl-p5-ep64-peak]]"}
+    (folder / "split.yaml").write_text("".join(f"{name}: {value}\n" for name, value in lists.items()))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--published", str(folder), "--json", "--quiet"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"split.yaml: {key}[0]=['nccl-p5-ep64-peak'] is not a case id" in err, err

@@ -287,7 +287,7 @@ def load_split(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = No
         raise ValueError(f"{path.name}: test must be a non-empty list of case ids")
     known = {c.id for c in (load_cases(folder) if cases is None else cases)}
     for i, cid in enumerate(test):
-        if cid not in known:
+        if not isinstance(cid, str) or cid not in known:    # a list: unhashable (a traceback)
             raise ValueError(f"{path.name}: test[{i}]={cid!r} is not a case id")
     return set(test)
 
@@ -310,10 +310,10 @@ def load_fresh(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = No
     if fresh is None or not isinstance(fresh, list):
         raise ValueError(f"{path.name}: {key} must be a list of case ids")
     known = {c.id for c in (load_cases(folder) if cases is None else cases)}
-    test = set(doc.get("test") or [])
-    others = {other: set(doc.get(other) or []) for other in FRESH_SETS if other != key}
+    test = {cid for cid in doc.get("test") or [] if isinstance(cid, str)}
+    others = {other: {cid for cid in doc.get(other) or [] if isinstance(cid, str)} for other in FRESH_SETS if other != key}
     for i, cid in enumerate(fresh):
-        if cid not in known:
+        if not isinstance(cid, str) or cid not in known:
             raise ValueError(f"{path.name}: {key}[{i}]={cid!r} is not a case id")
         if cid in test:
             raise ValueError(f"{path.name}: {key}[{i}]={cid!r} is also a test case")
