@@ -38,6 +38,10 @@ spin's end, slowest rank, median iteration) near 0 says the host had queued the 
 the spin ended. The busy-GPU pass is reported beside the other and changes neither its numbers nor
 the targets. CUDA only: on the CPU the option is refused.
 
+With `--gate-parts` (CUDA) every shape without LSH also times its gate graph with and without the
+gather of the T k send rows (GPU time behind a spin, `gate_parts`): the routing alone (logits,
+top-k, capacity, order, weights) against the packing of the send rows, as shares of the forward.
+
 Targets (issue "An executor MoE layer as fast as the hardware allows") are checked last and
 printed as a table: gate <= 5% of the forward, other < 50 us, expert forward >= 60% of peak at
 large shapes (R d f >= 2^34), expert backward <= 2.5x forward, LSH compress <= 0.1 ms per 64 MiB.
@@ -268,6 +272,57 @@ def run_shape(workload: WorkloadConfig, runtime, roof: dict, trace_dir: str | No
             "dispatch_busbw_Bps": measured["dispatch_busbw_Bps"], "provenance": meta["provenance"]}
 
 
+def gate_parts(workload: WorkloadConfig, runtime, forward_s: float, repeats: int = 30,
+               spin_cycles: int = 1_000_000) -> dict | None:
+    """`--gate-parts`: the gate phase's two parts apart, GPU time behind a spin (the host's launch
+    hidden), for a shape without LSH whose gate runs as one CUDA graph: the whole phase (the layer's
+    `gate_graph`: logits, top-k, capacity, order, gate weights and the gather of the T k send rows)
+    and the routing alone (the same graph without the gather, `lsh_gate`, which LSH-MoE uses: the
+    issue's "linear + top-k + capacity"); packing = whole - routing. Shares are of `forward_s`, the
+    shape's measured forward (the idle-GPU convention). Rank-local, no collectives; None where it
+    does not apply (CPU, LSH, fp8 or node_dedup dispatch, no gate graph)."""
+    from lshsim.executor.comm import CommStats
+    from lshsim.executor.moe_layer import DistributedMoE, MoEContext, rank_inputs, resolve_dtype
+    from lshsim.executor.timing import PhaseTimer
+
+    if (runtime.device.type != "cuda" or workload.lsh is not None or workload.dispatch_format == "fp8"
+            or workload.alltoall != "direct"):
+        return None
+    dtype = resolve_dtype(workload, runtime.device)
+    ctx = MoEContext(rank=runtime.rank, world_size=runtime.world_size, device=runtime.device,
+                     timer=PhaseTimer(runtime.device), stats=CommStats(runtime.world_size), sync=False,
+                     progress=Progress(None, runtime.rank))
+    model = DistributedMoE(workload, ctx, dtype, requires_grad=workload.backward)
+    if not (model.gate_graph.available and model.lsh_gate.available):
+        return None
+    from lshsim.executor.run import _load_file_tokens
+
+    x0, token_ids = rank_inputs(workload, runtime.rank, runtime.device, dtype, _load_file_tokens(workload))
+    x = x0.detach().requires_grad_(workload.backward)
+
+    def gpu_median(fn) -> float:
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(repeats):
+            torch.cuda._sleep(spin_cycles)  # the host queues the gate while the GPU spins
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        return sorted(times)[(repeats - 1) // 2]
+
+    whole = gpu_median(lambda: model.gate_graph(x, token_ids))
+    routing = gpu_median(lambda: model.lsh_gate(x, token_ids))
+    del model
+    return {"shape": workload.name, "forward_s": forward_s, "gate_graph_s": whole, "routing_s": routing,
+            "packing_s": whole - routing, "gate_graph_share": whole / forward_s, "routing_share": routing / forward_s,
+            "repeats": repeats, "spin_cycles": spin_cycles}
+
+
 def break_even(results: list[dict]) -> list[dict]:
     """For every LSH shape whose name extends a shape without LSH ("X-lsh..." and "X"): the
     all-to-all bus bandwidth below which LSH-MoE pays on this hardware.
@@ -379,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run every shape on the legacy gate path (LSHSIM_GATE_PATH=legacy: the gate graph "
                         "copying its weight in and three outputs out, the eager split-size exchange) first, in the "
                         "same process, and print both")
+    parser.add_argument("--gate-parts", action="store_true",
+                        help="CUDA only: also time the gate phase's routing (logits, top-k, capacity) apart from its "
+                        "gather of the send rows, GPU time behind a spin, for every shape without LSH")
     parser.add_argument("--behind-busy-gpu", action="store_true",
                         help="CUDA only: also run every shape behind a busy GPU (a spin kernel queued before each "
                         "layer iteration, so the gate's events hold its GPU time, not the host's launch on an "
@@ -405,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     roof = measure_roofline(runtime.device)
     exchange = measure_count_exchange(runtime)
     results, checks = [], []
-    legacy, conventions, busy_results = [], [], []
+    legacy, conventions, busy_results, parts = [], [], [], []
     for workload in shapes(args):
         start = time.perf_counter()
         if args.compare_legacy:  # the same shape on the legacy gate path first, in the same process
@@ -417,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
         result = run_shape(workload, runtime, roof, args.trace_dir)
         results.append(result)
         checks.extend(targets(result, roof))
+        if args.gate_parts:
+            part = gate_parts(workload, runtime, result["forward_s"])
+            if part is not None:
+                parts.append(part)
         if args.behind_busy_gpu:  # the same shape behind a busy GPU, after the idle-GPU run it is reported beside
             busy = [run_shape(workload, runtime, roof, None, hold_gpu_cycles=c) for c in args.busy_cycles]
             conventions.append(gate_conventions(result, busy))
@@ -477,6 +539,16 @@ def main(argv: list[str] | None = None) -> int:
                       f"{row['layer_s'] * 1e3:8.3f} {row['layer_lsh_s'] * 1e3:8.3f}")
         if conventions:
             print_conventions(conventions, spins)
+        if parts:
+            print("the gate's parts, GPU time behind a spin (medians): gate graph = the phase's work (logits, top-k, "
+                  "capacity, order, weights, the gather of the T k send rows); routing = the same without the gather; "
+                  "shares of the idle-GPU forward")
+            print(f"{'shape':28s} {'fwd_ms':>7s} {'graph_us':>9s} {'routing_us':>10s} {'packing_us':>10s} "
+                  f"{'graph':>6s} {'routing':>7s}")
+            for row in parts:
+                print(f"{row['shape'][:28]:28s} {row['forward_s'] * 1e3:7.3f} {row['gate_graph_s'] * 1e6:9.1f} "
+                      f"{row['routing_s'] * 1e6:10.1f} {row['packing_s'] * 1e6:10.1f} {row['gate_graph_share']:6.1%} "
+                      f"{row['routing_share']:7.1%}")
         print(f"{'shape':28s} {'target':40s} {'value':>10s} {'limit':>8s} ok")
         for check in checks:
             print(f"{check['shape'][:28]:28s} {check['target'][:40]:40s} {check['value']:10.4g} "
@@ -493,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                           "fast": before_after(n)}
                                                                          for o, n in zip(legacy, results)],
                                                         "break_even": break_even(results),
+                                                        "gate_parts": parts,
                                                         "behind_busy_gpu": {"spin_cycles": args.busy_cycles,
                                                                             "spin_s": {str(c): v for c, v in spins.items()},
                                                                             "gate_conventions": conventions,

@@ -225,7 +225,7 @@ def calibrate_command(args) -> int:
         return 0
     code = finish(args, inp)
     if code == 0:
-        for path in (getattr(args, "raw", None), getattr(args, "out", None)):
+        for path in (getattr(args, "raw", None), getattr(args, "out", None), getattr(args, "plot", None)):
             if path:
                 report.wrote(path)
     return code

@@ -152,6 +152,30 @@ def write_atomically(path, text: str) -> Path:
     return write_text_atomically(path, text)
 
 
+def plot_calibration(path: str, points, alpha_beta, curve, title: str) -> None:
+    """The all-to-all's bus bandwidth (off-diagonal bytes per rank over time) against the size per
+    rank: the measured points, the (alpha, B) fit's and the bus bandwidth curve's at the same sizes
+    (`calibrate --plot`)."""
+    from lshsim.calibration import curve_busbw_Bps
+    from lshsim.cli._render import line_plot
+
+    data = {"bytes per rank": [], "GB/s": [], "what": []}
+
+    def add(point, Bps, what):
+        data["bytes per rank"].append(point.bytes_per_rank)
+        data["GB/s"].append(Bps / 1e9)
+        data["what"].append(what)
+
+    for point in points:
+        add(point, point.busbw_Bps, "measured")
+        if alpha_beta:
+            add(point, point.offdiag_bytes / alpha_beta.predict_s(point.offdiag_bytes), "(alpha, B) fit")
+        if curve is not None:
+            add(point, curve_busbw_Bps(curve.curve, point.bytes_per_rank), "bus bandwidth curve")
+    line_plot(path, data, "bytes per rank", "GB/s", "what", title, "bytes per rank (log)", "bus bandwidth, GB/s",
+              logx=True, points=True)
+
+
 def finish(args, inp) -> int:
     """Fit `inp`, write `--raw` and `--out` (the topology, named `--name` or after the GPU) and
     print the summary; the end of every `calibrate`, measured or read."""
@@ -228,6 +252,12 @@ def finish(args, inp) -> int:
         lines.extend(phase_model_lines(phase_model))
     if args.out:
         lines.append(f"  topology written to {args.out}")
+    if getattr(args, "plot", None):
+        if inp.points:
+            plot_calibration(args.plot, inp.points, alpha_beta, curve, f"all-to-all on {world} x {inp.gpu or 'CPU'}")
+            lines.append(f"  plot written to {args.plot}")
+        else:
+            lines.append(f"  no plot: this calibration has no all-to-all sizes ({args.plot} not written)")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 

@@ -374,9 +374,13 @@ class CountExchange:
 
     As a CUDA graph (on a GPU where `exchange_graph_enabled`: by default at world size 1 only), captured
     at the first call (every rank makes its first call in the same forward): the NCCL all-to-all of
-    the counts (at world size 1 a copy), the sums, and the copy into pinned host memory; a call is one
-    replay and one stream synchronisation, then the host reads the pinned buffer (no further CUDA
-    call). Otherwise, or after a capture that fails (said once on stderr), the exchange runs eagerly
+    the counts (at world size 1 a copy), the sums, the local experts' row offsets (int32, cumulative:
+    the grouped GEMM's `offsets`) and the copy into pinned host memory; a call is one replay, one copy
+    of the offsets into a tensor of their own (`offsets`, the caller's to keep: the graph's buffer is
+    overwritten by the next replay, which a later layer's forward makes before this layer's backward)
+    and one stream synchronisation, then the host reads the pinned buffer (no further CUDA call). The
+    expert phase then launches no kernels of its own before its GEMMs (four small ones before: on the
+    H200 virtual machines each waited for the host's launch). Otherwise, or after a capture that fails (said once on stderr), the exchange runs eagerly
     (the all-to-all, one cat, `.tolist()`) and the host sums the splits. `shared` gives one instance per (E, group, device) and process:
     layers run one after another share its source and graph.
     """
@@ -390,6 +394,8 @@ class CountExchange:
         self.enabled = device.type == "cuda" and exchange_graph_enabled(world, enabled)
         self._graph = None
         self.replays = 0
+        #: (E/W,) int32 cumulative rows per local expert of the last call, on the graph path; None on the eager one
+        self.offsets: torch.Tensor | None = None
 
     @classmethod
     def shared(cls, num_experts: int, device: torch.device, group=None,
@@ -434,8 +440,9 @@ class CountExchange:
         # thread_local: NCCL's watchdog thread queries events while this thread captures
         with capture(graph, capture_error_mode="thread_local"):
             out = self._exchange()
+            offsets = torch.cumsum(out[-(self.num_experts // self.world):], 0).to(torch.int32)
             host.copy_(out, non_blocking=True)
-        return graph, out, host
+        return graph, out, host, offsets
 
     def __call__(self) -> tuple[list[int], torch.Tensor]:
         num = self.num_experts
@@ -449,10 +456,12 @@ class CountExchange:
                     torch.cuda.synchronize()
                     self.enabled = False
             if self.enabled:
-                graph, out, host = self._graph
+                graph, out, host, offsets = self._graph
                 graph.replay()
+                self.offsets = offsets.clone()  # queued before the wait: on the GPU while the host waits
                 torch.cuda.current_stream(out.device).synchronize()
                 self.replays += 1
                 return host.tolist(), out[num + 1:2 * num + 1]
+        self.offsets = None
         out = self._exchange(sums=False)
         return self._host_sums(out.tolist()), out[num + 1:2 * num + 1]

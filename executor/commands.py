@@ -155,6 +155,10 @@ def add_calibrate(subparsers) -> argparse.ArgumentParser:
     cal.add_argument("--raw", default=None,
                      help="JSON of every measurement (rank 0; written whole, its folder created if missing, checked "
                           "before any measurement)")
+    cal.add_argument("--plot", default=None, metavar="FILE.png",
+                     help="also draw the all-to-all's bus bandwidth against the size per rank: measured, the "
+                          "(alpha, B) fit and the bus bandwidth curve (rank 0; written whole, its folder created if "
+                          "missing, checked before any measurement)")
     cal.add_argument("--name", type=_arg_topology_name, default=None,
                      help="topology name: letters, digits, '.', '_' and '-' (default: derived from the GPU)")
     cal.add_argument("--min-bytes", type=arg_int_bytes, default=4096,
@@ -458,8 +462,13 @@ def check_calibrate_args(args) -> None:
 
     prepare_output(args.out, "--out")
     prepare_output(args.raw, "--raw")
-    if args.out and args.raw and Path(args.out).resolve() == Path(args.raw).resolve():
-        raise ValueError(f"--out and --raw are the same file {args.out}")
+    prepare_output(getattr(args, "plot", None), "--plot")
+    named = [(option, path) for option, path in (("--out", args.out), ("--raw", args.raw),
+                                                 ("--plot", getattr(args, "plot", None))) if path]
+    for i, (first, a) in enumerate(named):
+        for second, b in named[i + 1:]:
+            if Path(a).resolve() == Path(b).resolve():
+                raise ValueError(f"{first} and {second} are the same file {a}")
     if args.min_bytes > args.max_bytes:
         raise ValueError(f"--min-bytes {args.min_bytes} must be <= --max-bytes {args.max_bytes}")
 
@@ -504,7 +513,7 @@ def cmd_calibrate(args) -> int:
         code = calibrate_from_files(args)
         if code == 0:
             report = progress_lines(args, "calibrate")
-            for path in (args.raw, args.out):
+            for path in (args.raw, args.out, args.plot):
                 if path:
                     report.wrote(path)
         return code

@@ -490,8 +490,10 @@ class DistributedMoE:
         self._begin("expert")
         received_dev = received.reshape(ctx.world_size, per_rank)  # (W, E_r) on the device
         self.rows_per_expert = rows_per_expert
+        # the exchange graph's offsets, else expert_block computes them (LSHSIM_EXPERT_OFFSETS=phase: always, as before)
+        offsets = self.count_exchange.offsets if fast and os.environ.get("LSHSIM_EXPERT_OFFSETS") != "phase" else None
         expert_out, self.expert_method = expert_block(recv_x, received_dev, rows_per_expert, self.experts.w1,
-                                                      self.experts.w2, self.expert_impl)
+                                                      self.experts.w2, self.expert_impl, offsets=offsets)
         self._end("expert")
         # 6. combine all-to-all (transposed splits)
         closes, opens = backward_chain("combine_a2a", active)

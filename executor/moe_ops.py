@@ -268,7 +268,7 @@ def expert_ffn_grouped(x: torch.Tensor, rows_per_expert: list[int], offsets: tor
 
 
 def expert_block(recv_x: torch.Tensor, received: torch.Tensor, rows_per_expert: list[int], w1: torch.Tensor,
-                 w2: torch.Tensor, method: str = "auto") -> tuple[torch.Tensor, str]:
+                 w2: torch.Tensor, method: str = "auto", offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
     """The executor's whole expert phase on one rank: received rows -> expert outputs, same order.
 
     recv_x (R, d): rows as the dispatch all-to-all delivers them, grouped by source rank, and
@@ -276,10 +276,13 @@ def expert_block(recv_x: torch.Tensor, received: torch.Tensor, rows_per_expert: 
     rows_per_expert: E_r host ints (column sums of `received`). With W > 1 and E_r > 1 the rows
     are regrouped by expert (a stable sort of their expert ids, `permute_rows`), run through
     `expert_ffn_grouped` and put back in arrival order. `executor calibrate --phases` times this
-    function, so the calibrated expert model is the cost of exactly this code.
+    function, so the calibrated expert model is the cost of exactly this code. offsets: the (E_r,)
+    int32 cumulative rows per expert where the caller has them on the device (the split-size
+    exchange's graph computes them: `comm.CountExchange.offsets`), else computed here.
     """
     world, per_rank = received.shape
-    offsets = torch.cumsum(received.sum(0), 0).to(torch.int32)  # (E_r,)
+    if offsets is None:
+        offsets = torch.cumsum(received.sum(0), 0).to(torch.int32)  # (E_r,)
     if world > 1 and per_rank > 1:
         local_expert = torch.repeat_interleave(
             torch.arange(per_rank, device=recv_x.device).repeat(world), received.reshape(-1),

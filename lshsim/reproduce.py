@@ -402,7 +402,7 @@ class Planner:
     resolve_model(name) -> a model object (duck typed like `lshsim.sim.moe_step` needs).
     drain_tolerance: None = `lshsim plan`'s automatic fidelity per cluster (exact up to
     AUTO_EXACT_MAX_GPUS GPUs, `auto_tolerance` above), else this tolerance everywhere (0 = exact).
-    progress(text): called before each routing and step simulation.
+    progress(text): called before each routing, step simulation and all-to-all simulation.
 
     Caches: one graph and one `A2ACache` per distinct topology spec; clusters whose specs differ
     only in `gpu.gemm_efficiency` share their all-to-all times (the GEMM rate is not part of the
@@ -425,6 +425,14 @@ class Planner:
         self._steps: dict = {}
         self._inputs = None           # the router inputs kept between routings (`moe_step.RouterInputCache`)
         self.fidelity: dict = {}
+        self._step_label, self._simulations = "", 0   # the step being simulated, its all-to-alls so far
+
+    def _on_simulate(self, algorithm: str, traffic_bytes) -> None:
+        """A progress line per all-to-all a step simulates (a step of the overlapped or group-wise
+        layer can simulate dozens: tens of seconds without a line before)."""
+        self._simulations += 1
+        self.progress(f"step {self._step_label}: all-to-all {algorithm} ({traffic_bytes.shape[0]} x "
+                      f"{traffic_bytes.shape[1]}) #{self._simulations}")
 
     # -- inputs
     def model(self, name: str, top_k: int | None = None):
@@ -453,7 +461,7 @@ class Planner:
             world = sum(1 for _, data in graph.nodes(data=True) if data.get("kind") == "gpu")
             drain = auto_drain_tolerance(world, self.auto_tolerance) if self.drain_tolerance is None \
                 else float(self.drain_tolerance)
-            cache = A2ACache(graph, drain)
+            cache = A2ACache(graph, drain, on_simulate=self._on_simulate)
             network = copy.deepcopy(spec)
             if isinstance(network.get("gpu"), dict):
                 network["gpu"].pop("gemm_efficiency", None)
@@ -501,6 +509,7 @@ class Planner:
                 with reuse_router_inputs(self._inputs):   # routers of one model and cluster: one draw
                     self._routings[route_key] = route_traffic(part, placement, part_config)
             self.progress(f"step {label}: {describe(part_config)}")
+            self._step_label, self._simulations = label, 0
             result = simulate_config(part, graph, part_config, traffic=self._routings[route_key],
                                      a2a_cache=self._caches[spec_key])
             parts.append(result.breakdown)

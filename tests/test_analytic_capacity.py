@@ -17,7 +17,9 @@ def test_p_delta_exact_matches_monte_carlo_on_the_sphere(d, delta):
     estimate = capacity.p_delta_monte_carlo(d, delta, num_samples=40_000, seed=d)
     exact = capacity.p_delta(d, delta)
     assert abs(estimate.z_score(exact)) < 3, (exact, estimate)
-    assert estimate.ci_low < exact < estimate.ci_high or abs(estimate.z_score(exact)) < 3
+    # the estimate is a proportion of the 40,000 draws: its standard error is sqrt(p (1 - p) / n)
+    assert estimate.num_samples == 40_000 and round(estimate.estimate * 40_000) == pytest.approx(estimate.estimate * 40_000)
+    assert estimate.stderr == pytest.approx(math.sqrt(estimate.estimate * (1 - estimate.estimate) / 40_000), rel=1e-12)
 
 
 def test_p_delta_closed_cases():
@@ -93,8 +95,36 @@ def test_expected_overflow_closed_form_matches_direct_summation():
                                       * stats.poisson.pmf(np.arange(5 * tokens + 50), mean)))
         poisson = capacity.expected_overflow(tokens, q, cap, "poisson")
         assert poisson == pytest.approx(direct_poisson, rel=1e-9, abs=1e-12)
-    # arrays broadcast
-    assert capacity.expected_overflow(np.array([100, 200]), 0.1, np.array([[5], [10]])).shape == (2, 2)
+    # arrays broadcast: every element equals the scalar call
+    grid = capacity.expected_overflow(np.array([100, 200]), 0.1, np.array([[5], [10]]))
+    assert grid.shape == (2, 2)
+    for i, cap in enumerate((5, 10)):
+        for j, tokens in enumerate((100, 200)):
+            assert grid[i, j] == capacity.expected_overflow(tokens, 0.1, cap)
+
+
+@pytest.mark.parametrize("tokens,q,cap", [(100, 0.1, 10), (100, 0.1, 0), (4096, 1 / 16, 300), (50, 0.9, 49),
+                                          (200, 0.02, 1)])
+def test_expected_overflow_normal_matches_numerical_integration(tokens, q, cap):
+    """method="normal": E[(N - C)^+] for N ~ Normal(T q, T q (1 - q)), against scipy.integrate.quad of
+    (x - C) phi(x) over x > C (an independent numerical integral; tolerance: quad's own error, 1e-9)."""
+    from scipy import integrate
+
+    mean, sd = tokens * q, math.sqrt(tokens * q * (1 - q))
+    direct, _ = integrate.quad(lambda x: (x - cap) * stats.norm.pdf(x, mean, sd), cap, mean + 40 * sd,
+                               epsabs=1e-13, epsrel=1e-12, points=[mean] if mean > cap else None)
+    assert capacity.expected_overflow(tokens, q, cap, "normal") == pytest.approx(direct, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("tokens,k,cap", [(64, 2, 10), (300, 3, 40), (1000, 1, 70)])
+def test_independent_choices_is_binomial_over_all_copies(tokens, k, cap):
+    """method="independent_choices": N_e ~ Binomial(T k, q_e / k); the dropped fraction against a direct
+    sum over the binomial pmf of each expert (float64, tolerance 1e-9)."""
+    q = capacity.topk_inclusion_probabilities(np.array([0.3, 0.25, 0.2, 0.15, 0.1]), k)
+    j = np.arange(tokens * k + 1)
+    over = sum(float(np.sum(np.maximum(j - cap, 0) * stats.binom.pmf(j, tokens * k, qe / k))) for qe in q)
+    got = capacity.expected_dropped_fraction(tokens, k, cap, inclusion=q, method="independent_choices")
+    assert got == pytest.approx(over / (tokens * k), rel=1e-9, abs=1e-14)
 
 
 def test_inclusion_probabilities_gumbel_top_k():
@@ -135,6 +165,24 @@ def test_capacity_from_factor_is_the_routers_rule():
 
     for tokens, k, experts, factor in [(4096, 2, 16, 1.25), (10, 1, 4, 1.25), (1000, 2, 7, 1.0), (333, 3, 8, 0.7)]:
         assert capacity.capacity_from_factor(tokens, k, experts, factor) == compute_capacity(tokens, k, experts, factor)
+
+
+def test_capacity_is_the_ceiling_of_the_decimal_factor_in_exact_arithmetic():
+    """C = ceil(factor * T * k / E) with the factor read as the decimal the user typed (fractions.Fraction,
+    exact): 1.1 x 100 tokens is 110 slots, although 1.1 * 100 is 110.00000000000001 in floating point
+    (7 of these 1,512 cases differ from a plain float ceil). Both the analytic rule and the routers'."""
+    import itertools
+    from fractions import Fraction
+
+    from lshsim.dispatch.routers import compute_capacity
+
+    assert math.ceil(1.1 * 100) == 111 and compute_capacity(100, 1, 1, 1.1) == 110
+    factors = ("0.7", "1.1", "1.15", "1.2", "1.25", "1.3", "2.0", "0.35", "1.001")
+    for text, tokens, k, experts in itertools.product(factors, (100, 333, 1000, 4096, 10000, 65536), (1, 2, 3, 8),
+                                                      (1, 4, 7, 16, 64, 160, 256)):
+        exact = math.ceil(Fraction(text) * tokens * k / experts)
+        assert compute_capacity(tokens, k, experts, float(text)) == exact, (text, tokens, k, experts)
+        assert capacity.capacity_from_factor(tokens, k, experts, float(text)) == exact, (text, tokens, k, experts)
 
 
 @pytest.mark.parametrize("k,skew,factor", [(1, 0.0, 1.0), (2, 1.0, 1.25), (2, 0.0, 1.0)])

@@ -101,6 +101,16 @@ def test_amplification():
     assert collision.amplify(0.5, 3) == pytest.approx(0.125)
     assert collision.amplify(0.5, 2, 3) == pytest.approx(1 - 0.75 ** 3)
     np.testing.assert_allclose(collision.amplify(np.array([0.0, 1.0]), 6, 4), [0.0, 1.0])
+    # a grid of K concatenated and L tables: Pr[some table collides] = Pr[Binomial(L, p^K) >= 1]
+    # (scipy's binomial survival function, an independent route), broadcasting p against K and L;
+    # atol 1e-15: amplify's 1 - (1 - x)^L rounds at the last bit of 1 when x = p^K is tiny (0.05^8 = 4e-11)
+    p = np.array([0.05, 0.3, 0.5, 0.8, 0.97])[:, None, None]
+    k = np.arange(1, 9)[None, :, None]
+    tables = np.array([1, 2, 5, 8, 16])[None, None, :]
+    from scipy import stats
+
+    np.testing.assert_allclose(collision.amplify(p, k, tables), stats.binom.sf(0, tables, p ** k), rtol=1e-12,
+                               atol=1e-15)
     with pytest.raises(ValueError, match="p=1.2"):
         collision.amplify(1.2, 2)
     with pytest.raises(ValueError, match="num_tables=0"):

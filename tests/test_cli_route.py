@@ -58,3 +58,28 @@ def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "lshsim.cli", "--help"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and "route" in result.stdout
+
+
+def test_route_plot_draws_the_load_and_the_traffic(tmp_path, capsys, monkeypatch):
+    """`route --plot`: the bars are the JSON's kept and dropped choices per expert, the heat map its
+    traffic in MB; the PNG is written whole, and a bad --plot is refused before the routing."""
+    from lshsim.cli import _render
+
+    argv = ["route", "--experts", "16", "--world", "8", "--gpus-per-node", "4", "--tokens", "512", "--skew", "1"]
+    figures = []
+    monkeypatch.setattr(_render, "save_figure", lambda fig, path, **kw: figures.append(fig))
+    assert main([*argv, "--json", "--plot", str(tmp_path / "r.png")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    left, right = figures[0].axes[:2]
+    heights = [patch.get_height() for patch in left.patches]  # kept bars, then dropped bars
+    assert heights == [row["kept"] for row in out["experts_table"]] + [row["dropped"] for row in out["experts_table"]]
+    image = right.images[0].get_array()
+    assert image.shape == (8, 8) and float(abs(image * 1e6 - out["traffic_bytes"]).max()) < 1e-3
+    assert out["plot"] == str(tmp_path / "r.png")
+    monkeypatch.undo()
+    assert main([*argv, "--plot", str(tmp_path / "p" / "r.png")]) == 0
+    assert (tmp_path / "p" / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--tokens", "10000000000", "--plot", str(tmp_path / "file" / "r.png")])
+    assert info.value.code == 2 and "--plot" in capsys.readouterr().err  # the output check comes first

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -203,3 +204,17 @@ def test_clustered_tokens_and_popularity_have_one_implementation():
     torch.randn(8, 8, generator=generator), torch.randn(8, 4, generator=generator)   # hidden, gate: as drawn there
     popularity = dirichlet_popularity(4, generator)
     assert torch.allclose(skewed.logits - plain.logits, 1.5 * popularity.log().expand(8, 4), atol=1e-6)
+
+
+@pytest.mark.parametrize("experts, world, gpus", [(8, 4, 2), (64, 16, 8), (12, 3, 3), (4, 4, 1), (32, 8, 4)])
+def test_placements_by_their_rule(experts, world, gpus):
+    """round_robin: expert e on rank e mod W; contiguous: on rank floor(e W / E); rank r on node r // G
+    (written out per expert, not through the placement's own helpers)."""
+    robin = round_robin_placement(experts, world, gpus)
+    block = contiguous_placement(experts, world, gpus)
+    assert robin.expert_to_rank.tolist() == [e % world for e in range(experts)]
+    assert block.expert_to_rank.tolist() == [e * world // experts for e in range(experts)]
+    for placement in (robin, block):
+        assert placement.rank_to_node.tolist() == [r // gpus for r in range(world)]
+        assert placement.expert_to_node.tolist() == [(placement.expert_to_rank[e].item()) // gpus
+                                                     for e in range(experts)]

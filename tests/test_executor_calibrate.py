@@ -67,6 +67,44 @@ def test_fit_is_relative_least_squares_and_refuses_nonsense():
         fit_alpha_beta([A2APoint(1024, 2e-3, 2), A2APoint(2 ** 20, 1e-3, 2), A2APoint(2 ** 22, 1e-4, 2)])
 
 
+def _relative_least_squares(points, alpha_free: bool):
+    """The fit's stated objective, sum_i ((alpha + S_i / B - t_i) / t_i)^2, minimised by scipy's
+    least_squares (an iterative solver, independent of the fit's normal equations)."""
+    from scipy.optimize import least_squares
+
+    s = np.array([p.offdiag_bytes for p in points])
+    t = np.array([p.time_s for p in points])
+    scale = float(np.median(s / t))                                    # x = [alpha / t_med, scale / B]
+    t_med = float(np.median(t))
+    if alpha_free:
+        res = least_squares(lambda x: (x[0] * t_med + s * x[1] / scale - t) / t, [0.0, 1.0], xtol=1e-15, ftol=1e-15)
+        return res.x[0] * t_med, scale / res.x[1]
+    res = least_squares(lambda x: (s * x[0] / scale - t) / t, [1.0], xtol=1e-15, ftol=1e-15)
+    return 0.0, scale / res.x[0]
+
+
+def test_fit_alpha_beta_minimises_the_relative_residuals():
+    """fit_alpha_beta against scipy's least_squares on its stated objective: noisy points (alpha free),
+    and times that grow faster than linearly, where the free fit's alpha is negative and the fit
+    refits the bandwidth alone with alpha 0 (tolerance 1e-6: the solver's convergence)."""
+    rng = np.random.default_rng(5)
+    sizes = [2 ** k for k in range(12, 31, 2)]
+    noisy = [A2APoint(m, (40e-6 + m * 0.75 / 250e9) * (1 + 0.05 * rng.standard_normal()), 4) for m in sizes]
+    fit = fit_alpha_beta(noisy)
+    alpha, bandwidth = _relative_least_squares(noisy, alpha_free=True)
+    assert alpha > 0 and fit.alpha_s == pytest.approx(alpha, rel=1e-6)
+    assert fit.bandwidth_Bps == pytest.approx(bandwidth, rel=1e-6)
+    convex = [A2APoint(m, 1e-3 * (m * 0.75 / 1e9) ** 1.3, 4) for m in sizes]
+    free_alpha, _ = _relative_least_squares(convex, alpha_free=True)
+    assert free_alpha < 0                                              # the branch under test is taken
+    fit = fit_alpha_beta(convex)
+    _, bandwidth = _relative_least_squares(convex, alpha_free=False)
+    assert fit.alpha_s == 0.0 and fit.bandwidth_Bps == pytest.approx(bandwidth, rel=1e-6)
+    s = np.array([p.offdiag_bytes for p in convex])
+    t = np.array([p.time_s for p in convex])
+    assert fit.max_rel_residual == pytest.approx(float(np.abs((s / fit.bandwidth_Bps - t) / t).max()), rel=1e-9)
+
+
 def test_sweep_sizes_and_gpu_key():
     assert sweep_sizes(4096, 2 ** 30, 4)[-1] == 2 ** 30 and len(sweep_sizes(4096, 2 ** 30, 4)) == 19
     assert all(s % 3 == 0 for s in sweep_sizes(4096, 2 ** 20, 3))
@@ -127,3 +165,45 @@ def test_in_situ_fit_from_the_committed_calibration_traces(tmp_path):
                                                                           "cluster": {}, "provenance": {}},
                                    "phases": []}))
         read_traces([str(bad)], split_skewed=False)
+
+
+def test_calibrate_plot_draws_the_measured_bus_bandwidth_and_the_fit(tmp_path, monkeypatch, capsys):
+    """`calibrate --plot`: the measured points are nccl-tests' own busbw column (out-of-place, 4 ranks),
+    the (alpha, B) fit's points S / (20 us + S / 300 GB/s); the PNG is written whole."""
+    from lshsim.cli import _render
+    from lshsim.cli import main
+
+    nccl = str(DATA / "nccl_tests_alltoall_perf.txt")
+    seen = {}
+    monkeypatch.setattr(_render, "line_plot", lambda path, data, *args, **kw: seen.update(path=path, data=data))
+    assert main(["calibrate", "--nccl-tests", nccl, "--gpu", "h100", "--plot", str(tmp_path / "a.png")]) == 0
+    data = seen["data"]
+    rows = [line.split() for line in open(nccl) if line.strip() and not line.lstrip().startswith("#")]
+    busbw = {int(r[0]): float(r[7]) for r in rows}  # size (B) -> out-of-place busbw (GB/s), 2 decimals
+    measured = [(b, y) for b, y, w in zip(data["bytes per rank"], data["GB/s"], data["what"]) if w == "measured"]
+    assert len(measured) == len(busbw) == 11
+    for size, gbps in measured:
+        assert gbps == pytest.approx(busbw[size], abs=0.011, rel=2e-3)
+    fitted = [(b, y) for b, y, w in zip(data["bytes per rank"], data["GB/s"], data["what"]) if w == "(alpha, B) fit"]
+    for size, gbps in fitted:
+        s = size * 3 / 4
+        assert gbps == pytest.approx(s / (20e-6 + s / 300e9) / 1e9, rel=2e-3)
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["calibrate", "--nccl-tests", nccl, "--gpu", "h100", "--plot", str(tmp_path / "p" / "b.png")]) == 0
+    assert (tmp_path / "p" / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"plot written to {tmp_path / 'p' / 'b.png'}" in capsys.readouterr().out
+
+
+def test_calibrate_plot_refused_before_any_work(tmp_path, capsys):
+    from lshsim.cli import main
+
+    nccl = str(DATA / "nccl_tests_alltoall_perf.txt")
+    (tmp_path / "file").write_text("x")
+    for argv, words in ((["--plot", str(tmp_path / "t.yaml"), "--out", str(tmp_path / "t.yaml")],
+                         "--out and --plot are the same file"),
+                        (["--plot", str(tmp_path / "file" / "p.png")], "--plot")):
+        with pytest.raises(SystemExit) as info:
+            main(["calibrate", "--nccl-tests", nccl, "--gpu", "h100", *argv])
+        assert info.value.code == 2 and words in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -30,7 +30,7 @@ def test_doctests():
 
 def test_all_to_all_world1_is_identity_counts_bytes_and_times():
     stats, timer = CommStats(1), PhaseTimer(CPU)
-    x = torch.randn(5, 3, requires_grad=True)
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
     timer.start_iteration()
     y = all_to_all(x, [5], [5], CommContext("dispatch_a2a", timer, stats))
     y.sum().backward()
@@ -45,7 +45,7 @@ def test_all_to_all_world1_is_identity_counts_bytes_and_times():
 
 def test_mark_times_a_backward_interval():
     timer = PhaseTimer(CPU)
-    x = torch.randn(4, requires_grad=True)
+    x = torch.randn(4, generator=torch.Generator().manual_seed(1), requires_grad=True)
     timer.start_iteration()
     y = mark(x * 2, timer, closes="expert", opens="lsh_compress")
     timer.begin("expert", "backward")  # the gradient reaching the mark ends it
@@ -120,7 +120,7 @@ def test_run_workload_world1_writes_a_valid_measured_trace(tmp_path):
 def test_hidden_states_from_a_file(tmp_path):
     import numpy as np
 
-    hidden = torch.randn(2 * 24, 16)  # two ranks' worth of tokens
+    hidden = torch.randn(2 * 24, 16, generator=torch.Generator().manual_seed(2))  # two ranks' worth of tokens
     torch.save(hidden, tmp_path / "h.pt")
     np.save(tmp_path / "h.npy", hidden.numpy())
     for name in ("h.pt", "h.npy"):

@@ -38,7 +38,7 @@ def test_round_trip_within_the_e4m3_rounding_bound(d_model):
 def test_zero_rows_and_fake_fp8_gradient():
     x = torch.zeros(3, 130)
     assert torch.equal(dequantize_fp8_rows(quantize_fp8_rows(x), 130, torch.float32), x)
-    w = torch.randn(4, 256, requires_grad=True)
+    w = torch.randn(4, 256, generator=torch.Generator().manual_seed(0), requires_grad=True)
     out = fake_fp8(w)
     assert not torch.equal(out.detach(), w.detach())
     out.sum().backward()
@@ -46,12 +46,13 @@ def test_zero_rows_and_fake_fp8_gradient():
 
 
 def test_fp8_all_to_all_on_one_rank_counts_wire_bytes_and_passes_the_gradient_back():
-    x = torch.randn(10, 200, requires_grad=True)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(10, 200, generator=generator, requires_grad=True)
     stats = CommStats(1)
     y = all_to_all(x, [10], [10], CommContext("dispatch_a2a", stats=stats, wire="fp8"))
     torch.testing.assert_close(y, dequantize_fp8_rows(quantize_fp8_rows(x.detach()), 200, torch.float32))
     assert stats.sent_bytes[("dispatch_a2a", "forward")] == [10 * fp8_row_bytes(200)]
-    g = torch.randn(10, 200)
+    g = torch.randn(10, 200, generator=generator)
     y.backward(g)
     assert torch.equal(x.grad, g)
     assert stats.sent_bytes[("dispatch_a2a", "backward")] == [10 * 200 * 4]  # the gradient in float32
@@ -83,11 +84,11 @@ def test_no_rows_to_a_peer_pack_and_unpack_to_empty_records():
     # a rank that sends no rows to a peer packs an empty (0, record) block; the (0, nb) scales of the
     # empty reduction once made the byte view fail on one rank only, and the other ranks then hung
     for d_model in (130, 136, 256):
-        packed = quantize_fp8_rows(torch.randn(0, d_model))
+        packed = quantize_fp8_rows(torch.zeros(0, d_model))
         assert packed.shape == (0, fp8_row_bytes(d_model)) and packed.dtype == torch.uint8
         rows = dequantize_fp8_rows(packed, d_model, torch.bfloat16)
         assert rows.shape == (0, d_model) and rows.dtype == torch.bfloat16
-    assert fake_fp8(torch.randn(0, 136)).shape == (0, 136)
+    assert fake_fp8(torch.zeros(0, 136)).shape == (0, 136)
 
 
 def test_the_expert_phase_of_a_rank_with_no_rows_still_reaches_its_input():
@@ -95,7 +96,9 @@ def test_the_expert_phase_of_a_rank_with_no_rows_still_reaches_its_input():
     from lshsim.executor.moe_ops import expert_block
 
     x = torch.zeros(0, 8, requires_grad=True)
-    w1, w2 = torch.randn(2, 8, 16, requires_grad=True), torch.randn(2, 16, 8, requires_grad=True)
+    generator = torch.Generator().manual_seed(2)
+    w1 = torch.randn(2, 8, 16, generator=generator, requires_grad=True)
+    w2 = torch.randn(2, 16, 8, generator=generator, requires_grad=True)
     out, _ = expert_block(x, torch.zeros(2, 2, dtype=torch.long), [0, 0], w1, w2)
     assert out.shape == (0, 8)
     out.sum().backward()

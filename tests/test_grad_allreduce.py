@@ -67,6 +67,49 @@ def test_gradient_parameters_add_up_to_the_catalog_count():
     assert sum(e for _, e in params["layers"]) == model.num_moe_layers * model.num_experts * model.expert_parameters
 
 
+@pytest.mark.parametrize("name", ["mixtral-8x7b", "dbrx", "qwen3-30b-a3b", "deepseek-v2-lite", "deepseek-v3",
+                                  "t5-moe", "switch-base-128"])
+def test_gradient_parameters_of_gqa_and_mla_models_add_up_to_the_catalog_count(name):
+    """GQA and MLA attention (`attention:` of the catalog) are all-reduced at their own size, not 4 d^2:
+    all weights on one rank add up to the catalog's count (which the catalog's tests check against the
+    published totals). Before, Mixtral's replicated gradients were 0.7 B too many (32 x (4 d^2 - GQA))."""
+    from lshsim.sim.moe_step import model_dict
+
+    model = load_model(name)
+    params = gradient_parameters(model_dict(model), model.num_experts)
+    assert sum(r + e for r, e in params["layers"]) + params["last"] == model.num_parameters
+
+
+def test_gradient_parameters_by_listing_every_weight_matrix():
+    """A model with every option gradient_parameters reads (a dense first layer of its own width, SwiGLU's
+    three matrices, two shared experts, untied embeddings, a cross-attention layer, tensor parallelism 2)
+    against a list of its weight matrices written out by hand; the routed experts and the gate stay whole
+    under TP, every other replicated matrix is split in two."""
+    d, f, dense_f, experts, vocab, tp = 8, 16, 32, 4, 50, 2
+    model = {"num_layers": 4, "d_model": d, "d_ffn": f, "dense_d_ffn": dense_f, "num_experts": experts,
+             "moe_every": 1, "first_dense_layers": 1, "num_shared_experts": 2, "ffn_matrices": 3,
+             "vocab_size": vocab, "tie_embeddings": False, "cross_attention_layers": 1}
+    attention = [(d, d)] * 4                                        # q, k, v, o
+    swiglu = [(d, f)] * 3                                           # gate, up, down of one expert
+    dense = attention + [(d, dense_f)] * 3
+    moe_replicated_split = attention + swiglu * 2                   # split by TP
+    gate = [(d, experts)]                                           # whole
+    routed = swiglu * 2                                             # the rank's 2 experts, whole
+
+    def size(mats):
+        return sum(a * b for a, b in mats)
+
+    expected = [(size(dense) // tp, 0)] + [(size(moe_replicated_split) // tp + size(gate), size(routed))] * 3
+    last = (size(attention) + size([(vocab, d), (vocab, d)])) // tp   # cross attention, embedding, head
+    assert gradient_parameters(model, 2, tp=tp) == {"layers": expected, "last": last}
+    # tied, no head (a first pipeline stage), plain two-matrix FFN, no TP
+    plain = {"num_layers": 2, "d_model": d, "d_ffn": f, "num_experts": experts, "moe_every": 2,
+             "vocab_size": vocab, "output_head": False}
+    assert gradient_parameters(plain, 3) == {"layers": [(size(attention + [(d, f)] * 2), 0),
+                                                        (size(attention + gate), 3 * size([(d, f)] * 2))],
+                                             "last": 0}
+
+
 def test_the_phase_runs_once_after_the_backward():
     schedule = step_schedule(4, 2)
     names = [[p.name for p in phases] for _, phases, _ in schedule]

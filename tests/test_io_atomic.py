@@ -145,7 +145,9 @@ def test_no_writer_bypasses_lshsim_io():
 # ---- the output rule -------------------------------------------------------------------------------
 def test_prepare_output_creates_the_folder(tmp_path):
     path = lio.prepare_output(tmp_path / "a" / "b" / "c.json", "--out")
+    assert path == tmp_path / "a" / "b" / "c.json"                   # the file named, as a Path, not written
     assert path.parent.is_dir() and not path.exists()
+    assert lio.prepare_output(str(path), "--out") == path and lio.prepare_output(None, "--out") is None
 
 
 @pytest.mark.parametrize("make, message", [

@@ -360,7 +360,38 @@ def test_count_exchange_graph_equals_the_eager_exchange_on_a_gpu():
         (host_g, received_g), (host_e, received_e) = graphed(), eager()
         assert host_g == host_e and torch.equal(received_g, received_e)
         assert host_g[:16] == counts.tolist() and host_g[16] == int(counts.sum())
+        # the local experts' offsets, computed in the graph: the cumulative rows per expert (host ints)
+        assert graphed.offsets.dtype == torch.int32 and eager.offsets is None
+        assert graphed.offsets.tolist() == torch.tensor(host_e[-16:]).cumsum(0).tolist()
     assert graphed.replays == 3
+
+
+@pytest.mark.gpu
+def test_two_layers_sharing_the_exchange_keep_their_own_offsets_on_a_gpu(monkeypatch):
+    """Two layers, one shared split-size exchange (graph): the second forward replays the exchange
+    before the first layer's backward, which must still see its own expert offsets. Outputs and
+    gradients equal the legacy path's (which computes the offsets in the expert phase)."""
+    from lshsim.executor.moe_layer import rank_inputs
+    from lshsim.executor.workload import WorkloadConfig
+
+    device = torch.device("cuda")
+    router = RouterConfig("topk", k=2, capacity_factor=None)
+    first = WorkloadConfig(name="a", tokens_per_rank=512, d_model=256, d_ffn=512, num_experts=8, router=router)
+    second = dataclasses.replace(first, name="b", seed=5)
+    fast1, legacy1 = _layers_fast_and_legacy(monkeypatch, first, device, torch.float32)
+    fast2, legacy2 = _layers_fast_and_legacy(monkeypatch, second, device, torch.float32)
+    x0, ids = rank_inputs(first, 0, device, torch.float32)
+    results = []
+    for one, two in ((fast1, fast2), (legacy1, legacy2)):
+        x = x0.detach().clone().requires_grad_(True)
+        for param in [*one.parameters(), *two.parameters()]:
+            param.grad = None
+        y = two.forward(one.forward(x, ids).y, ids).y
+        (y * 0.01).sum().backward()
+        results.append([y.detach(), x.grad] + [p.grad for p in [*one.parameters(), *two.parameters()]])
+    assert fast1.count_exchange is fast2.count_exchange and fast1.count_exchange.offsets is not None
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.gpu

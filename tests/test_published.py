@@ -436,16 +436,21 @@ def test_validate_published_jobs_give_equal_results(tmp_path, capsys):
     gathered in the cases' order whatever order the workers finish in); the command line's --jobs too."""
     folder = _small_folder(tmp_path / "cases")
     grid = (0.8, 0.9)
-    seen = []
-    one = validate_published(folder, efficiency_grid=grid, jobs=1, progress=seen.append)
+    seen, steps = [], []
+    one = validate_published(folder, efficiency_grid=grid, jobs=1, progress=seen.append,
+                             simulation_progress=lambda done, total: steps.append((done, total)))
     two = validate_published(folder, efficiency_grid=grid, jobs=2)
     assert json.dumps(one, sort_keys=True) == json.dumps(two, sort_keys=True)
     assert sorted(seen) == sorted(r["id"] for r in one["rows"]) and len(one["leave_one_out"]["rows"]) == 6
+    # one call per simulation, counting up to the total (every case needs at least one)
+    total = steps[-1][1]
+    assert steps == [(i, total) for i in range(1, total + 1)] and total >= len(seen)
     assert main(["validate", "--published", str(folder), "--efficiency-grid", "0.8:0.9:0.1", "--json",
                  "--jobs", "2"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["rows"] == json.loads(json.dumps(one["rows"]))
     assert "7 cases simulated, calibration and leave-one-out fitted" in captured.err     # progress on stderr only
+    assert "drawing the cases' traffic, then simulating (2 worker processes)" in captured.err
     with pytest.raises(ValueError, match="jobs=0 must be an integer >= 1"):
         validate_published(folder, efficiency_grid=grid, jobs=0)
     with pytest.raises(SystemExit) as exit_info:

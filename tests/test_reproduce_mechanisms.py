@@ -98,6 +98,44 @@ def test_locality_share_moves_the_fewest_copies():
         StepConfig(router="locmoe", locality_share=1.5)
 
 
+def _locality_share_by_loops(counts, node, share):
+    """apply_locality_share's rule row by row in plain floats: move the fewest off-node copies home so
+    that the own-node share is `share`, onto the own node's ranks in proportion to what they get (evenly
+    when they get nothing), taking the same fraction from every off-node rank."""
+    out = []
+    for r, row in enumerate(counts):
+        own = [c for c in range(len(row)) if node[c] == node[r]]
+        total, on = sum(row), sum(row[c] for c in own)
+        off = total - on
+        move = min(max(share * total - on, 0.0), off)
+        new = list(map(float, row))
+        for c in range(len(row)):
+            if c in own:
+                new[c] += move * (row[c] / on if on > 0 else 1.0 / len(own))
+            elif off > 0:
+                new[c] -= move * row[c] / off
+        out.append(new)
+    return out
+
+
+def test_locality_share_moves_copies_in_proportion_and_evenly_when_none_are_local():
+    node = np.array([0, 0, 1, 1])
+    counts = np.array([[1.0, 3.0, 4.0, 0.0],       # 4 of 8 local; 0.75 moves 2 home, split 1:3
+                       [0.0, 0.0, 4.0, 4.0],       # none local: 4 moved home, split evenly
+                       [6.0, 2.0, 0.0, 0.0],       # none local, share 0.75 of 8 = 6 on ranks 2, 3
+                       [1.0, 0.0, 2.0, 5.0]])      # 7 of 8 local already
+    out = apply_locality_share(counts, node, 0.75)
+    assert out[0].tolist() == [1.5, 4.5, 2.0, 0.0]
+    assert out[1].tolist() == [3.0, 3.0, 1.0, 1.0]
+    np.testing.assert_allclose(out, _locality_share_by_loops(counts.tolist(), node.tolist(), 0.75), rtol=1e-12)
+    rng = np.random.default_rng(4)
+    sample = rng.integers(0, 5, size=(8, 8)).astype(float) * (rng.random((8, 8)) < 0.6)
+    for share in (0.0, 0.3, 0.5, 1.0):
+        np.testing.assert_allclose(apply_locality_share(sample, np.arange(8) // 4, share),
+                                   _locality_share_by_loops(sample.tolist(), (np.arange(8) // 4).tolist(), share),
+                                   rtol=1e-12, atol=1e-12)
+
+
 def test_locality_share_in_a_simulated_step_cuts_inter_node_bytes():
     from models import load_model
     from lshsim.sim.moe_step import simulate_config

@@ -53,6 +53,28 @@ def test_hash_router_deterministic():
     assert repeated.expert_index[3, 0] == repeated.expert_index[4, 0]
 
 
+def _splitmix64(x: int) -> int:
+    """SplitMix64's output for state x (Steele, Lea and Flood 2014; Vigna's reference C code), in Python
+    integers modulo 2^64: an implementation independent of the library's int64 wrapping arithmetic."""
+    mask = (1 << 64) - 1
+    z = (x + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+def test_hash_experts_is_splitmix64_mod_e():
+    """hash_experts(id) = (splitmix64(id) with the sign bit cleared) mod E, against the published test
+    vector (seed 0: first outputs 0xe220a8397b1dcdaf, 0x6e789e6aa1b965f4) and a Python-integer reference
+    over ids up to 2^63 - 1 (where int64 wraps) and several E."""
+    assert _splitmix64(0) == 0xE220A8397B1DCDAF
+    assert _splitmix64(0x9E3779B97F4A7C15) == 0x6E789E6AA1B965F4
+    ids = [0, 1, 2, 3, 7, 123, 50_257, 2**31 - 1, 2**32, 2**40 + 5, 2**62 + 17, 2**63 - 1]
+    for num_experts in (1, 3, 8, 64, 257):
+        got = hash_experts(torch.tensor(ids, dtype=torch.int64), num_experts).tolist()
+        assert got == [(_splitmix64(i) & (2**63 - 1)) % num_experts for i in ids], num_experts
+
+
 @pytest.mark.parametrize("num_experts", [8, 16, 64])
 def test_hash_router_near_uniform_chi_square(num_experts):
     """Chi-square goodness of fit on 200,000 random ids: reject uniformity only if p < 0.001.
@@ -135,15 +157,30 @@ def test_locality_loss_small_when_local_and_has_gradient():
 
 
 def test_gate_weights_carry_gradient():
+    """The gradient of the gate weights in the logits against the softmax's closed form (float64):
+    k = 1, w = p_e = softmax(l)_e, dw/dl_j = p_e (delta_ej - p_j); k = 2, w_i = softmax over the two chosen
+    logits, so d(w_0^2)/dl = 2 w_0 * w_0 (onehot_0 - w) on the chosen columns and 0 elsewhere."""
     placement = contiguous_placement(8, 2, 2)
-    logits = torch.randn(32, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    logits = torch.randn(32, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
     plan = route_topk(logits, placement, k=2)
-    plan.gate_weight.sum(dim=1).pow(2).sum().backward()  # weights renormalised: gradient ~ 0 but defined
-    assert logits.grad is not None
+    plan.gate_weight.sum(dim=1).pow(2).sum().backward()  # weights renormalised: sum is 1, gradient 0
+    assert float(logits.grad.abs().max()) < 1e-6
+    logits.grad = None
+    plan = route_topk(logits, placement, k=2)
+    plan.gate_weight[:, 0].pow(2).sum().backward()
+    chosen = plan.expert_index                                                    # (T, 2)
+    weight = torch.softmax(logits.detach().gather(1, chosen), dim=1)              # (T, 2)
+    expected = torch.zeros(32, 8, dtype=torch.float64)
+    expected.scatter_(1, chosen, 2 * weight[:, :1] * weight[:, :1] * (torch.tensor([[1.0, 0.0]]) - weight))
+    torch.testing.assert_close(logits.grad, expected, rtol=1e-5, atol=1e-6)     # gate weights are float32
     logits.grad = None
     plan = route_topk(logits, placement, k=1)
     plan.gate_weight.sum().backward()
-    assert float(logits.grad.abs().sum()) > 0
+    p = torch.softmax(logits.detach(), dim=1)                                     # (T, 8)
+    e = plan.expert_index[:, 0]
+    p_e = p.gather(1, e[:, None])                                                 # (T, 1)
+    expected = p_e * (torch.nn.functional.one_hot(e, 8).double() - p)
+    torch.testing.assert_close(logits.grad, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_switch_k1_weight_is_raw_probability():

@@ -245,3 +245,12 @@ def test_drain_tolerance_trades_updates_for_a_small_bounded_error():
     assert np.array_equal(approx.link_bytes, exact.link_bytes)
     with pytest.raises(ValueError, match="drain_tolerance=1.5 must be in"):
         simulate_all_to_all(G, traffic, drain_tolerance=1.5)
+
+
+def test_proxy_of_local_is_the_first_gpu_of_each_nic_block():
+    """GPUs share the NICs in contiguous blocks; a GPU's proxy is the first GPU of its block: with G / N
+    GPUs per NIC, l -> (l // (G / N)) * (G / N); 8 GPUs on 3 NICs by hand (blocks 3, 3, 2)."""
+    for gpus, nics in ((8, 1), (8, 2), (8, 4), (8, 8), (4, 2), (16, 4), (6, 3)):
+        per = gpus // nics
+        assert proxy_of_local(gpus, nics).tolist() == [(l // per) * per for l in range(gpus)], (gpus, nics)
+    assert proxy_of_local(8, 3).tolist() == [0, 0, 0, 3, 3, 3, 6, 6]

@@ -36,6 +36,36 @@ def test_loads_sum_to_the_bytes_and_equal_splits_are_even():
         assert channel_load_imbalance(np.full((4, 4), chunk)) == pytest.approx(1.0)
 
 
+def _loads_by_loops(traffic, channels=32):
+    """channel_loads' rule written out: round k of rank r sends traffic[r][r+k] and receives
+    traffic[r-k][r], each over p2p_channels(bytes) channels starting at bit-reverse(k) (5 bits for
+    32 channels), in equal parts; plain Python floats."""
+    world = len(traffic)
+    bits = channels.bit_length() - 1
+    loads = [[0.0] * channels for _ in range(world)]
+    for r in range(world):
+        for k in range(world):
+            reverse = sum(((k % channels) >> b & 1) << (bits - 1 - b) for b in range(bits))
+            for size in (float(traffic[r][(r + k) % world]), float(traffic[(r - k) % world][r])):
+                if size > 0:
+                    n = p2p_channels(size, world)
+                    for c in range(n):
+                        loads[r][(reverse + c) % channels] += size / n
+    return loads
+
+
+def test_loads_and_imbalance_against_loops_when_one_rank_differs():
+    """One rank's chunks straddle the 2^27-byte threshold, the others' do not: the imbalance is that
+    rank's busiest channel over its mean (a max over ranks, not a mean), against the loop reference."""
+    traffic = np.full((4, 4), 1.0e8)
+    traffic[0, 1], traffic[0, 3] = 1.40e8, 1.30e8                                    # rank 0's chunks cross 2^27
+    by_loops = np.array(_loads_by_loops(traffic.tolist()))                          # (4, 32)
+    np.testing.assert_allclose(channel_loads(traffic), by_loops, rtol=1e-12)
+    per_rank = by_loops.max(axis=1) / by_loops.mean(axis=1)                         # (4,)
+    assert per_rank.max() > per_rank.min() + 0.05                                  # the ranks do differ
+    assert channel_load_imbalance(traffic) == pytest.approx(float(per_rank.max()), rel=1e-12)
+
+
 def test_imbalance_separates_the_slowed_cases_of_the_measured_sweep():
     """Every case NCCL ran >= 3% slower than the equal-split reference has imbalance > 1.05;
     every other has <= 1.02 (default NCCL settings, 4 H200, tests/data/nccl)."""

@@ -179,3 +179,27 @@ def test_bandwidth_scale_by_kind_scales_only_that_network():
         FlowNetwork(G, bandwidth_scale_by_kind={"warp": 2.0})
     with pytest.raises(ValueError, match="must be a finite number > 0"):
         FlowNetwork(G, bandwidth_scale_by_kind={kind: 0.0})
+
+
+def test_busiest_links_rank_by_utilisation_not_bytes():
+    """busiest_links by hand: utilisation = bytes / (capacity x time); the link with the most bytes
+    is not the busiest when its capacity is larger; equal utilisation: more bytes first, then edge
+    order; links that carried nothing are left out; k cuts the list; time 0 gives utilisation 0."""
+    from lshsim.sim.network import busiest_links
+
+    edges = [("a", "b"), ("b", "c"), ("c", "d"), ("d", "e"), ("e", "f")]
+    link_bytes = np.array([8e9, 3e9, 6e9, 3e9, 0.0])
+    capacity = np.array([10e9, 4e9, 12e9, 6e9, 1e9])
+    # utilisation over 1 s: 0.8, 0.75, 0.5, 0.5, 0 -> c-d before d-e (equal 0.5: 6e9 bytes > 3e9 bytes)
+    top = busiest_links(edges, link_bytes, capacity, 1.0)
+    assert top == [("a", "b", 8e9, 0.8), ("b", "c", 3e9, 0.75), ("c", "d", 6e9, 0.5), ("d", "e", 3e9, 0.5)]
+    # half the time: every utilisation doubles, the order stays
+    assert [u for *_, u in busiest_links(edges, link_bytes, capacity, 0.5)] == [1.6, 1.5, 1.0, 1.0]
+    # the most bytes on a fast link ranks below fewer bytes on a slow one
+    top = busiest_links(edges[:2], np.array([9e9, 1e9]), np.array([100e9, 1e9]), 1.0)
+    assert [(u, v) for u, v, *_ in top] == [("b", "c"), ("a", "b")] and top[0][3] == 1.0
+    # equal utilisation and equal bytes: edge order
+    assert [(u, v) for u, v, *_ in busiest_links(edges[:2], np.array([2e9, 2e9]), np.array([4e9, 4e9]), 1.0)] \
+        == [("a", "b"), ("b", "c")]
+    assert len(busiest_links(edges, link_bytes, capacity, 1.0, k=2)) == 2
+    assert [u for *_, u in busiest_links(edges, link_bytes, capacity, 0.0)] == [0.0] * 4

@@ -102,11 +102,13 @@ def g(value: float, digits: int = 4) -> str:
 
 
 def line_plot(path: str, data: dict, x: str, y: str, hue: str | None, title: str, xlabel: str, ylabel: str,
-              logx: bool = False, logy: bool = False, marker: tuple[float, str] | None = None) -> None:
+              logx: bool = False, logy: bool = False, marker: tuple[float, str] | None = None,
+              points: bool = False) -> None:
     """Write a seaborn line plot of `data` (dict of equal-length lists) to `path` (PNG, Agg backend).
 
     hue: the column that splits the lines (None: one line); marker: (x, label) of a dashed
-    vertical line, e.g. the value the command was run at.
+    vertical line, e.g. the value the command was run at; points: a marker of its own per hue value
+    at every point (lines that lie on each other stay apart to the eye).
     """
     import matplotlib
 
@@ -117,7 +119,11 @@ def line_plot(path: str, data: dict, x: str, y: str, hue: str | None, title: str
 
     sns.set_theme(style="whitegrid", context="notebook")
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    sns.lineplot(data=data, x=x, y=y, hue=hue, ax=ax, linewidth=2)
+    if points and hue is not None:
+        sns.lineplot(data=data, x=x, y=y, hue=hue, style=hue, markers=True, dashes=False, ax=ax, linewidth=1.5,
+                     markersize=7)
+    else:
+        sns.lineplot(data=data, x=x, y=y, hue=hue, ax=ax, linewidth=2)
     if logx:
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels collide on short decades

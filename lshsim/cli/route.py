@@ -35,6 +35,9 @@ def add_parser(subparsers):
                    help="popularity skew: 0 = uniform experts; s > 0 adds s * log(Dirichlet(1)) to the logits")
     p.add_argument("--seed", type=arg_seed, default=0, help=f"random seed (default 0; {SEED_HELP})")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="also draw the load per expert (kept and dropped, the capacity) and the traffic matrix to "
+                        "FILE.png (written whole; its folder is created if missing, checked before any work)")
     p.epilog = ("Sizes: the W * tokens synthetic tokens of width d-model are routed in memory; a run whose "
                 "estimate (lshsim.limits.estimate_route: about 4 B x d_model + 16 B x experts + 64 B x k per "
                 "token) exceeds the memory available is refused before it starts.")
@@ -48,6 +51,9 @@ def run(args) -> int:
     from lshsim.dispatch.synthetic import synthetic_router_inputs
     from lshsim.limits import estimate_route, refuse_if_too_large
 
+    from lshsim.io import prepare_output
+
+    prepare_output(args.plot, "--plot")
     refuse_if_too_large(f"routing {args.world} ranks x {args.tokens} tokens per rank",
                         estimate_route(args.world * args.tokens, args.d_model, args.experts, args.k),
                         hint="lower --tokens, --world or --d-model")
@@ -62,7 +68,43 @@ def run(args) -> int:
     plan = route(config, placement, logits=inputs.logits, token_ids=inputs.token_ids, hidden=inputs.hidden,
                  token_rank=inputs.token_rank)
     summary = route_summary(plan, placement, config, bytes_per_token=args.d_model * args.bytes_per_element)
-    return _render.emit(args, summary, render)
+    return _render.emit(args, summary, render, plot=lambda: plot(args.plot, summary, args.gpus_per_node))
+
+
+def plot(path: str, summary: dict, gpus_per_node: int) -> None:
+    """Two panels: the choices per expert over all ranks, kept and dropped (the capacity, in the title,
+    limits each (source rank, expert)); the dispatch all-to-all's traffic matrix in MB, node
+    boundaries drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = summary["experts_table"]
+    experts = np.array([r["expert"] for r in rows])
+    kept = np.array([r["kept"] for r in rows])
+    dropped = np.array([r["dropped"] for r in rows])
+    traffic = np.array(summary["traffic_bytes"], dtype=float) / 1e6
+    world = traffic.shape[0]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1.4, 1]})
+    left.bar(experts, kept, color="#4c72b0", label="kept")
+    left.bar(experts, dropped, bottom=kept, color="#c44e52", label="dropped")
+    limit = "no capacity limit" if summary["capacity"] is None else f"capacity {summary['capacity']} per (rank, expert)"
+    left.set(title=f"choices per expert: {summary['router']}, k={summary['k']}, {limit}, "
+                   f"{100 * summary['drop_fraction']:.1f}% dropped", xlabel="expert", ylabel="choices (all ranks)")
+    left.title.set_fontsize(10)
+    left.legend(frameon=True)
+    image = right.imshow(traffic, cmap="viridis")
+    for boundary in range(gpus_per_node, world, gpus_per_node):
+        right.axhline(boundary - 0.5, color="white", linewidth=1)
+        right.axvline(boundary - 0.5, color="white", linewidth=1)
+    right.set(title=f"dispatch traffic, MB ({summary['inter_node_bytes'] / 1e6:.1f} MB between nodes)",
+              xlabel="destination rank", ylabel="source rank")
+    fig.colorbar(image, ax=right, label="MB")
+    fig.tight_layout()
+    _render.save_figure(fig, path, dpi=120)
+    plt.close(fig)
 
 
 def render(summary: dict) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 
 from lshsim.checks import arg_name, arg_positive_int
 from lshsim.cli import _render
@@ -160,11 +161,21 @@ def _run_published(args) -> int:
 
     def progress(case_id):
         simulated.append(case_id)
-        lines.tick(f"{len(simulated)} cases simulated (last: {case_id}; {jobs} worker process"
-                   f"{'es' if jobs > 1 else ''})")
 
+    first_done = []  # when the first simulation finished: the rate is counted from there (the traffic draws before)
+
+    def simulation_progress(done, total):
+        now = time.perf_counter()
+        if not first_done:
+            first_done.append(now)
+        left_s = (now - first_done[0]) / (done - 1) * (total - done) if done > 1 else None
+        lines.tick(f"{done}/{total} simulations done, {len(simulated)} case{'' if len(simulated) == 1 else 's'} "
+                   f"complete ({jobs} worker process"
+                   f"{'es' if jobs > 1 else ''})", left_s=left_s)
+
+    lines.line(f"drawing the cases' traffic, then simulating ({jobs} worker process{'es' if jobs > 1 else ''})")
     out = validate_published(folder, efficiency_grid=grid, fitting_only=args.fitting_only, jobs=jobs,
-                             progress=progress)
+                             progress=progress, simulation_progress=simulation_progress)
     lines.line(f"{len(simulated)} cases simulated, calibration and leave-one-out fitted")
     if args.json:
         _render.print_json(out)

@@ -152,7 +152,7 @@ def model_dict(model: object) -> dict:
 
 #: attributes the simulator reads when a model has them, with the value that means "absent"
 OPTIONAL_MODEL_FIELDS = {"first_dense_layers": 0, "dense_d_ffn": None, "num_shared_experts": 0, "ffn_matrices": 2,
-                         "output_head": True, "tie_embeddings": True, "cross_attention_layers": 0}
+                         "output_head": True, "tie_embeddings": True, "cross_attention_layers": 0, "attention": ()}
 
 
 def stage_models(model: object) -> list[tuple[object, float]]:
@@ -1567,22 +1567,24 @@ def compare_options(model: object, graph, options: list[tuple[str, StepConfig]],
     Returns one dict per option: label, description, config, breakdown, result (the StepResult),
     speedup over the first option (the baseline). `on_done(label)` is called after each option
     (the CLI's progress bar); `progress(index, count, label, phase)` before each piece of work
-    (phase "routing", "all-to-all <algorithm> (W x W)", "done"); `cache_stats`, when given, is
+    (phase "routing", "all-to-all <algorithm> (W x W) #n", the option's n-th simulation, "done"); `cache_stats`, when given, is
     filled with the caches' hits, misses and simulated seconds.
     """
     placements: dict = {}
     routings: dict[tuple, RoutedTraffic] = {}
     rows = []
-    current = {"index": 0, "label": ""}
+    current = {"index": 0, "label": "", "simulations": 0}
 
     def on_simulate(algorithm: str, traffic_bytes: np.ndarray) -> None:
+        current["simulations"] += 1  # an option simulates several matrices (dispatch, combine, ...): number them
         if progress is not None:
             progress(current["index"], len(options), current["label"],
-                     f"all-to-all {algorithm} ({traffic_bytes.shape[0]} x {traffic_bytes.shape[1]})")
+                     f"all-to-all {algorithm} ({traffic_bytes.shape[0]} x {traffic_bytes.shape[1]}) "
+                     f"#{current['simulations']}")
 
     caches: list[A2ACache] = []
     for index, (label, config) in enumerate(options, start=1):
-        current.update(index=index, label=label)
+        current.update(index=index, label=label, simulations=0)
         if share_cache and caches:
             cache = caches[0]
         else:

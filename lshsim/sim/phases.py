@@ -638,7 +638,8 @@ def gradient_parameters(model: dict, experts_on_rank: int, tp: int = 1) -> dict:
     model: the simulator's model dict (`lshsim.sim.moe_step.model_dict`). Returns
     {"layers": [(replicated, expert)] for layers 0..L-1, "last": replicated}:
     replicated, the weights every rank holds (all-reduced over all W ranks): per layer attention
-    4 d^2, a dense layer's FFN ffn_matrices x d x (dense_d_ffn or d_ffn), an MoE layer's gate d E and
+    (4 d^2, or the model's `attention` layout, GQA or MLA: `lshsim.models.catalog.attention_parameters`,
+    the rule of the catalog's parameter counts), a dense layer's FFN ffn_matrices x d x (dense_d_ffn or d_ffn), an MoE layer's gate d E and
     shared experts; "last": the embedding and output head, vocab x d (twice when not tied; only where
     the model has its head: the last stage of a staged model) and the cross-attention layers
     (4 d^2 each), whose gradients are complete only at the end of the backward;
@@ -659,9 +660,16 @@ def gradient_parameters(model: dict, experts_on_rank: int, tp: int = 1) -> dict:
     dense_f = int(model.get("dense_d_ffn") or f)
     shared = int(model.get("num_shared_experts", 0) or 0)
     tp = int(tp)
+    layout = model.get("attention") or ()
+    if layout:
+        from lshsim.models.catalog import attention_parameters
+
+        per_layer_attention = attention_parameters(d, layout)
+    else:
+        per_layer_attention = 4 * d * d
     layers = []
     for layer in range(int(model["num_layers"])):
-        attention = 4 * d * d // tp
+        attention = per_layer_attention // tp
         if layer >= first_dense and (layer + 1) % int(model["moe_every"]) == 0:
             layers.append((attention + d * int(model["num_experts"]) + shared * matrices * d * f // tp,
                            int(experts_on_rank) * matrices * d * f))

@@ -800,7 +800,7 @@ def _map(fn, tasks: list, pool, on_done=None, first=None) -> list:
 
 def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, leave_one_out: bool = True,
                        efficiency_grid: tuple | None = None, fitting_only: bool = False, progress=None,
-                       jobs: int = 1) -> dict:
+                       jobs: int = 1, simulation_progress=None) -> dict:
     """Every case predicted against its published figure; the fit on the fitting cases only.
 
     Returns {"calibration", "rows" (each with its role: fitting, test or one of FRESH_SETS, and rel_error = predicted
@@ -808,7 +808,8 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
     fitting case predicted by a fit without it)}. `fitting_only`: the held-out (test and fresh) cases are neither
     simulated nor reported (to work on the model without seeing them). `jobs`: worker processes for the traffic and
     the simulations (1: all in this process; the results do not depend on it, each simulation is the same
-    computation wherever it runs). `progress(case_id)` is called as each case's simulations are done.
+    computation wherever it runs). `progress(case_id)` is called as each case's simulations are done;
+    `simulation_progress(done, total)` as each simulation is done (the largest run first, so cases complete late).
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs={jobs!r} must be an integer >= 1")
@@ -833,14 +834,14 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
                                    initializer=die_with_parent, initargs=(os.getpid(),))
     try:
         return _validate(cases, chosen, test_ids, fresh_ids, held_out, grid, seed, leave_one_out, fitting_only,
-                         progress, pool)
+                         progress, pool, simulation_progress)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _validate(cases, chosen, test_ids, fresh_ids, held_out, grid, seed, leave_one_out, fitting_only, progress,
-              pool) -> dict:
+              pool, simulation_progress=None) -> dict:
     """`validate_published`'s work on its parsed inputs; `pool`: an executor for the traffic, the simulations and
     the leave-one-out refits, or None (all in this process)."""
     # cases of equal inputs (e.g. the same AWS test run with DeepEP and UCCL-EP) share one traffic draw and one
@@ -872,8 +873,12 @@ def _validate(cases, chosen, test_ids, fresh_ids, held_out, grid, seed, leave_on
             users.setdefault(key, []).append(i)
     keys = list(tasks)
     left = [len(effs) for effs in wanted]
+    finished = [0]
 
     def done(k):
+        finished[0] += 1
+        if simulation_progress is not None:
+            simulation_progress(finished[0], len(keys))
         for i in users[keys[k]]:
             left[i] -= 1
             if left[i] == 0 and progress is not None:

@@ -1,0 +1,317 @@
+"""Mutation check of the test suite: break one library function at a time and see whether its tests fail.
+
+Each mutation replaces one exact snippet of a library file (it must occur exactly once) by a wrong
+variant (a constant, an off-by-one, two arguments swapped, a factor dropped), runs the test files
+that name the function plus the module's docstring examples (`-m "not slow and not distributed and
+not notebooks and not gpu"`, -x), records whether they failed, and restores the file (also on
+Ctrl-C). A mutation the tests do not catch ("survived") marks a function whose tests cannot tell
+it from a wrong one. Used for benchmarks/RESULTS.md, "The test suite audited".
+
+Usage: python benchmarks/mutate_tests.py [ID ...] [--list] [--held-out] [--no-doctests] [--json OUT]
+(--held-out: the HELD_OUT list instead of MUTATIONS)
+(--no-doctests: the test files alone, without any docstring example, `-k "not doctest"`)
+(run from the repository root; PYTHONPATH=. is set for the pytest runs).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKERS = "not slow and not distributed and not notebooks and not gpu"
+
+# (id, file, original snippet, mutated snippet, test files, doctest module or None)
+MUTATIONS = [
+    ("comm.pairwise_offbyone", "lshsim/analytic/comm.py",
+     "mask[ranks, (ranks + step) % world] = True", "mask[ranks, (ranks + step + 1) % world] = True",
+     ["tests/test_analytic_comm.py"], "lshsim.analytic.comm"),
+    ("comm.pairwise_alpha_swap", "lshsim/analytic/comm.py",
+     "inter_alpha if crosses else alpha)", "alpha)",
+     ["tests/test_analytic_comm.py"], "lshsim.analytic.comm"),
+    ("comm.hierarchical_rail_axis", "lshsim/analytic/comm.py",
+     "phase2_rail = blocks.sum(axis=-3)", "phase2_rail = blocks.sum(axis=-4)",
+     ["tests/test_analytic_comm.py"], "lshsim.analytic.comm"),
+    ("comm.phase_node_nics", "lshsim/analytic/comm.py",
+     "node_bytes / (nics * inter_Bps)", "node_bytes / inter_Bps",
+     ["tests/test_analytic_comm.py"], "lshsim.analytic.comm"),
+    ("comm.groupwise_intra_alpha", "lshsim/analytic/comm.py",
+     "t_intra = _phase_time(traffic * same, gpus, intra, inter, nics, alpha)",
+     "t_intra = _phase_time(traffic * same, gpus, intra, inter, nics, inter_alpha)",
+     ["tests/test_analytic_comm.py"], "lshsim.analytic.comm"),
+    ("comm.lsh_backward_overhead", "lshsim/analytic/comm.py",
+     "overhead_s = 2 * overhead_s", "overhead_s = overhead_s",
+     ["tests/test_analytic_comm.py", "tests/test_cli_analytic.py"], "lshsim.analytic.comm"),
+    ("comm.lsh_expert_rate", "lshsim/analytic/comm.py",
+     "overhead_s + rate * expert)", "overhead_s + expert)",
+     ["tests/test_analytic_comm.py", "tests/test_cli_analytic.py"], "lshsim.analytic.comm"),
+    ("comm.random_traffic_size", "lshsim/analytic/comm.py",
+     "size=world) * size  # (W, W)", "size=world) * size / world  # (W, W)",
+     ["tests/test_analytic_comm.py"], "lshsim.analytic.comm"),
+    ("capacity.poisson_offbyone", "lshsim/analytic/capacity.py",
+     "value = mean * stats.poisson.sf(c - 1, mean)", "value = mean * stats.poisson.sf(c, mean)",
+     ["tests/test_analytic_capacity.py"], "lshsim.analytic.capacity"),
+    ("capacity.independent_choices_tokens", "lshsim/analytic/capacity.py",
+     "over = expected_overflow(t_e * k_e, q / k_e, c_e, \"exact\")",
+     "over = expected_overflow(t_e * k_e, q / k_e, c_e + 1, \"exact\")",
+     ["tests/test_analytic_capacity.py"], "lshsim.analytic.capacity"),
+    ("capacity.inclusion_self_compete", "lshsim/analytic/capacity.py",
+     "beat[j, :] = 0.0  # e does not compete with itself", "pass",
+     ["tests/test_analytic_capacity.py"], "lshsim.analytic.capacity"),
+    ("capacity.erfc_sign", "lshsim/analytic/capacity.py",
+     "return delta ** 2 * d / (2.0 - delta ** 2)", "return delta ** 2 * d / (2.0 + delta ** 2)",
+     ["tests/test_analytic_capacity.py"], "lshsim.analytic.capacity"),
+    ("capacity.normal_sd", "lshsim/analytic/capacity.py",
+     "sd = np.sqrt(t * q * (1 - q))", "sd = np.sqrt(t * q)",
+     ["tests/test_analytic_capacity.py"], "lshsim.analytic.capacity"),
+    ("routers.slots_le_capacity", "lshsim/dispatch/routers.py",
+     "kept_flat = routed & (position < capacity)", "kept_flat = routed & (position <= capacity)",
+     ["tests/test_routers.py", "tests/test_dispatch_properties.py", "tests/test_fused_routing.py"],
+     "lshsim.dispatch.routers"),
+    ("routers.score_priority_ascending", "lshsim/dispatch/routers.py",
+     "composite = key.to(torch.int64) * (1 << 31) + ((1 << 31) - 1 - score_bits)",
+     "composite = key.to(torch.int64) * (1 << 31) + score_bits",
+     ["tests/test_routers.py", "tests/test_dispatch_properties.py", "tests/test_fused_routing.py"],
+     "lshsim.dispatch.routers"),
+    ("routers.gate_k1_softmax", "lshsim/dispatch/routers.py",
+     "return torch.exp(chosen_logits - torch.logsumexp(router_logits.float(), dim=1, keepdim=True))",
+     "return torch.softmax(chosen_logits, dim=1)",
+     ["tests/test_routers.py", "tests/test_moe_ops.py"], "lshsim.dispatch.routers"),
+    ("routers.top2_second", "lshsim/dispatch/routers.py",
+     "second = selection.scatter(1, first, float(\"-inf\")).argmax(dim=1, keepdim=True)",
+     "second = selection.scatter(1, first, float(\"inf\")).argmin(dim=1, keepdim=True)",
+     ["tests/test_routers.py", "tests/test_dispatch_properties.py"], "lshsim.dispatch.routers"),
+    ("routers.aux_loss_scale", "lshsim/dispatch/routers.py",
+     "return alpha * plan.num_experts * torch.sum(fraction * mean_prob)",
+     "return alpha * torch.sum(fraction * mean_prob)",
+     ["tests/test_routers.py"], "lshsim.dispatch.routers"),
+    ("routers.locality_kl_swap", "lshsim/dispatch/routers.py",
+     "losses.append(torch.sum(current * (current.log() - local.log())))",
+     "losses.append(torch.sum(local * (local.log() - current.log())))",
+     ["tests/test_routers.py"], "lshsim.dispatch.routers"),
+    ("routers.hash_shift", "lshsim/dispatch/routers.py",
+     "z = (z ^ _logical_shift_right(z, 27)) * _int64(0x94D049BB133111EB)",
+     "z = (z ^ _logical_shift_right(z, 26)) * _int64(0x94D049BB133111EB)",
+     ["tests/test_routers.py"], "lshsim.dispatch.routers"),
+    ("placement.round_robin", "lshsim/dispatch/placement.py",
+     "expert_to_rank = torch.arange(num_experts, dtype=torch.int64) % world_size  # (E,)",
+     "expert_to_rank = torch.arange(num_experts, dtype=torch.int64).flip(0) % world_size  # (E,)",
+     ["tests/test_dispatch_properties.py", "tests/test_routers.py"], "lshsim.dispatch.placement"),
+    ("nccl.recv_index_swap", "lshsim/sim/nccl.py",
+     "for size in (traffic[rank, (rank + k) % world], traffic[(rank - k) % world, rank]):",
+     "for size in (traffic[rank, (rank + k) % world], traffic[rank, (rank - k) % world]):",
+     ["tests/test_sim_nccl.py", "tests/test_nccl_channel_term.py"], "lshsim.sim.nccl"),
+    ("nccl.send_no_bitreverse", "lshsim/sim/nccl.py",
+     "loads[rank, (_bit_reverse(k % channels, bits) + np.arange(count)) % channels] += size / count",
+     "loads[rank, (k % channels + np.arange(count)) % channels] += size / count",
+     ["tests/test_sim_nccl.py", "tests/test_nccl_channel_term.py"], "lshsim.sim.nccl"),
+    ("nccl.imbalance_mean", "lshsim/sim/nccl.py",
+     "return float((loads[active].max(axis=1) / mean[active]).max())",
+     "return float((loads[active].max(axis=1) / mean[active]).mean())",
+     ["tests/test_sim_nccl.py", "tests/test_nccl_channel_term.py"], "lshsim.sim.nccl"),
+    ("collectives.exchange_transpose", "lshsim/sim/collectives.py",
+     "exchange[:, p, :, p] += inter[:, :, :, dst_local].sum(axis=1)",
+     "exchange[:, p, :, p] += inter[:, :, :, dst_local].sum(axis=1).T",
+     ["tests/test_sim_collectives.py"], "lshsim.sim.collectives"),
+    ("collectives.ps_levels_offbyone", "lshsim/sim/collectives.py",
+     "done = (np.cumsum(x) + (n - 1 - np.arange(n)) * x) / float(capacity_Bps)",
+     "done = (np.cumsum(x) + (n - np.arange(n)) * x) / float(capacity_Bps)",
+     ["tests/test_estimate.py", "tests/test_sim_collectives.py"], "lshsim.sim.collectives"),
+    ("collectives.fed_port_no_tau", "lshsim/sim/collectives.py",
+     "return float((taus + (total - arrived) / capacity[port]).max())",
+     "return float(((total - arrived) / capacity[port]).max())",
+     ["tests/test_estimate.py"], "lshsim.sim.collectives"),
+    ("collectives.local_copy_once", "lshsim/sim/collectives.py",
+     "return 2.0 * local / copy_Bps", "return local / copy_Bps",
+     ["tests/test_estimate.py", "tests/test_sim_collectives.py"], "lshsim.sim.collectives"),
+    ("collectives.ring_steps", "lshsim/sim/collectives.py",
+     "time_s = 2 * (g - 1) * step_s\n", "time_s = 2 * g * step_s\n",
+     ["tests/test_grad_allreduce.py"], "lshsim.sim.collectives"),
+    ("network.busiest_order", "lshsim/sim/network.py",
+     "order = np.lexsort((np.arange(len(edges)), -link_bytes, -util))[:k]",
+     "order = np.lexsort((np.arange(len(edges)), -util, -link_bytes))[:k]",
+     ["tests/test_cli_simulate.py", "tests/test_sim_network.py"], "lshsim.sim.network"),
+    ("fits.negative_alpha_refit", "lshsim/calibration/fits.py",
+     "alpha, inv_bw = 0.0, float(np.sum(s / t) / np.sum((s / t) ** 2))", "alpha = 0.0",
+     ["tests/test_executor_calibrate.py"], "lshsim.calibration.fits"),
+    ("lsh.restore_no_residual", "lshsim/dispatch/lsh.py",
+     "    return out + residual\n", "    return out\n",
+     ["tests/test_lsh.py"], "lshsim.dispatch.lsh"),
+    ("lsh.centroid_sum", "lshsim/dispatch/lsh.py",
+     "centroids = (sums / counts.unsqueeze(1).to(accumulate)).to(tokens.dtype)  # (B, d)",
+     "centroids = (sums / counts.max().to(accumulate)).to(tokens.dtype)  # (B, d)",
+     ["tests/test_lsh.py"], "lshsim.dispatch.lsh"),
+    ("collision.amplify_tables", "lshsim/analytic/collision.py",
+     "return maybe_scalar(1.0 - (1.0 - prob ** k) ** tables)",
+     "return maybe_scalar(1.0 - (1.0 - prob ** k) ** np.minimum(tables, 4))",
+     ["tests/test_analytic_collision.py"], "lshsim.analytic.collision"),
+    ("routers.node_limited_floor", "lshsim/dispatch/routers.py",
+     "per_node = math.ceil(k / max_nodes) if scores_per_node is None else scores_per_node",
+     "per_node = k // max_nodes if scores_per_node is None else scores_per_node",
+     ["tests/test_router_node_limited.py"], "lshsim.dispatch.routers"),
+    ("routers.expert_choice_smallest", "lshsim/dispatch/routers.py",
+     "top = torch.topk(scores[rank_tokens].t(), take, dim=1, sorted=True).indices  # (E, take)",
+     "top = torch.topk(scores[rank_tokens].t(), take, dim=1, sorted=True, largest=False).indices  # (E, take)",
+     ["tests/test_routers.py", "tests/test_dispatch_properties.py"], "lshsim.dispatch.routers"),
+    ("phases.grad_shared_matrices", "lshsim/sim/phases.py",
+     "layers.append((attention + d * int(model[\"num_experts\"]) + shared * matrices * d * f // tp,",
+     "layers.append((attention + d * int(model[\"num_experts\"]) + shared * d * f // tp,",
+     ["tests/test_grad_allreduce.py", "tests/test_tensor_parallel.py"], "lshsim.sim.phases"),
+    ("phases.grad_untied_head", "lshsim/sim/phases.py",
+     "last += int(model[\"vocab_size\"]) * d * (1 if model.get(\"tie_embeddings\", True) else 2)",
+     "last += int(model[\"vocab_size\"]) * d",
+     ["tests/test_grad_allreduce.py", "tests/test_tensor_parallel.py"], "lshsim.sim.phases"),
+    ("phases.grad_last_tp", "lshsim/sim/phases.py",
+     "return {\"layers\": layers, \"last\": last // tp}", "return {\"layers\": layers, \"last\": last}",
+     ["tests/test_grad_allreduce.py", "tests/test_tensor_parallel.py"], "lshsim.sim.phases"),
+    ("moe_step.locality_share_even", "lshsim/sim/moe_step.py",
+     "    weights = np.where((weights_sum > 0)[:, None], weights / np.where(weights_sum > 0, weights_sum, 1)[:, None], even)\n",
+     "    weights = even\n",
+     ["tests/test_reproduce_mechanisms.py", "tests/test_moe_step.py"], "lshsim.sim.moe_step"),
+    ("moe_step.same_node_rows", "lshsim/sim/moe_step.py",
+     "return int(sum(int(matrix[a:b, a:b].sum()) for a, b in zip(starts, ends)))",
+     "return int(sum(int(matrix[a:b, :].sum()) for a, b in zip(starts, ends)))",
+     ["tests/test_moe_step.py", "tests/test_cli_plan.py", "tests/test_plan_dedup_fp8.py"], "lshsim.sim.moe_step"),
+    ("calibration.a2a_bytes_send_only", "lshsim/calibration/model.py",
+     "return float(max(off.sum(axis=1).max(), off.sum(axis=0).max()) * world / (world - 1))",
+     "return float(off.sum(axis=1).max() * world / (world - 1))",
+     ["tests/test_calibration_links.py", "tests/test_executor_busbw_curve.py", "tests/test_executor_headroom_fit.py",
+      "tests/test_sim_gpu_engine.py"], "lshsim.calibration.model"),
+    ("checks.finite_maximum", "lshsim/checks.py",
+     "if maximum is not None and value > maximum:\n        raise ValueError(f\"{name}={value!r} must be <= {maximum:g}\")",
+     "if maximum is not None and value > 2 * maximum:\n        raise ValueError(f\"{name}={value!r} must be <= {maximum:g}\")",
+     ["tests/test_checks.py", "tests/test_cli_bad_values.py", "tests/test_io_atomic.py", "tests/test_cli_commands.py"],
+     "lshsim.checks"),
+    ("collision.cp_nodes", "lshsim/analytic/collision.py",
+     "def cross_polytope_collision_probability(d, cos, nodes: int = 128, return_error: bool = False):",
+     "def cross_polytope_collision_probability(d, cos, nodes: int = 6, return_error: bool = False):",
+     ["tests/test_analytic_collision.py"], "lshsim.analytic.collision"),
+    ("formats.dedup_counts_own_node", "lshsim/sim/dispatch_formats.py",
+     "            other[np.arange(world), node] = 0\n", "",
+     ["tests/test_dispatch_formats.py", "tests/test_plan_dedup_fp8.py"], "lshsim.sim.dispatch_formats"),
+    ("formats.first_of_run", "lshsim/sim/dispatch_formats.py",
+     "    first[:, 1:] &= values[:, 1:] != values[:, :-1]\n", "",
+     ["tests/test_dispatch_formats.py", "tests/test_plan_dedup_fp8.py"], "lshsim.sim.dispatch_formats"),
+    ("phase_model.nnls_absolute", "lshsim/calibration/phase_model.py",
+     "weights = 1.0 / np.maximum(y if scale_of_error is None else scale_of_error, 1e-12)   # relative error",
+     "weights = np.ones_like(y)",
+     ["tests/test_phase_model.py"], "lshsim.calibration.phase_model"),
+    ("phase_model.smooth_mean", "lshsim/calibration/phase_model.py",
+     "out.append([float(m), float(np.median(window))])", "out.append([float(m), float(np.mean(window))])",
+     ["tests/test_phase_model.py"], "lshsim.calibration.phase_model"),
+
+]
+
+# Written after the fixes above, from the library code alone (before looking at which tests exist), and run
+# once on the fixed suite: an estimate of how the suite does on mutations that did not guide the fixes.
+HELD_OUT = [
+    ("held.egress_ingress_axis", "lshsim/analytic/comm.py",
+     "return traffic.sum(axis=-1), traffic.sum(axis=-2)", "return traffic.sum(axis=-1), traffic.sum(axis=-1)",
+     ["tests/test_analytic_comm.py"], "lshsim.analytic.comm"),
+    ("held.capacity_from_factor_no_round", "lshsim/analytic/capacity.py",
+     "return maybe_scalar(np.ceil(np.round(cf * t * k / e, 9)).astype(np.int64))",
+     "return maybe_scalar(np.ceil(cf * t * k / e).astype(np.int64))",
+     ["tests/test_analytic_capacity.py", "tests/test_cli_analytic.py"], "lshsim.analytic.capacity"),
+    ("held.compute_capacity_no_round", "lshsim/dispatch/routers.py",
+     "return int(math.ceil(round(capacity_factor * tokens_per_rank * k / num_experts, 9)))",
+     "return int(math.ceil(capacity_factor * tokens_per_rank * k / num_experts))",
+     ["tests/test_routers.py", "tests/test_dispatch_properties.py", "tests/test_analytic_capacity.py",
+      "tests/test_fused_routing.py"], "lshsim.dispatch.routers"),
+    ("held.hyperplane_two_pi", "lshsim/analytic/collision.py",
+     "return maybe_scalar(1.0 - np.arccos(alpha) / np.pi)", "return maybe_scalar(1.0 - np.arccos(alpha) / (2 * np.pi))",
+     ["tests/test_analytic_collision.py", "tests/test_lsh.py"], "lshsim.analytic.collision"),
+    ("held.proxy_nic_modulo", "lshsim/sim/collectives.py",
+     "nic = np.arange(gpus_per_node) * nics_per_node // gpus_per_node                  # (g,)",
+     "nic = np.arange(gpus_per_node) % nics_per_node                  # (g,)",
+     ["tests/test_sim_collectives.py"], "lshsim.sim.collectives"),
+    ("held.roofline_sum", "lshsim/sim/phases.py",
+     "return max(flops / gpu[\"achieved_flops\"], hbm_bytes / gpu[\"achieved_hbm_Bps\"]) + kernels * kernel_launch_s",
+     "return flops / gpu[\"achieved_flops\"] + hbm_bytes / gpu[\"achieved_hbm_Bps\"] + kernels * kernel_launch_s",
+     ["tests/test_moe_step.py"], "lshsim.sim.phases"),
+    ("held.curve_linear_in_bytes", "lshsim/calibration/model.py",
+     "return float(np.interp(np.log(bytes_per_rank), np.log(points[:, 0]), points[:, 1]))",
+     "return float(np.interp(bytes_per_rank, points[:, 0], points[:, 1]))",
+     ["tests/test_calibration_links.py", "tests/test_executor_busbw_curve.py", "tests/test_sim_gpu_engine.py"],
+     "lshsim.calibration.model"),
+    ("held.network_bytes_same_node", "lshsim/sim/dispatch_formats.py",
+     "off_node = node[:, None] != node[None, :]", "off_node = node[:, None] == node[None, :]",
+     ["tests/test_dispatch_formats.py", "tests/test_published.py"], "lshsim.sim.dispatch_formats"),
+    ("held.auto_share_nodes", "lshsim/sim/moe_step.py",
+     "return float(min(1.0, factor / nodes))", "return float(min(1.0, factor / max(nodes - 1, 1)))",
+     ["tests/test_moe_step.py", "tests/test_reproduce_mechanisms.py", "tests/test_cli_plan.py"], "lshsim.sim.moe_step"),
+    ("held.centroid_error_squared", "lshsim/dispatch/lsh.py",
+     "return float(torch.linalg.vector_norm(residuals(tokens, compressed).double())) / norm",
+     "return float(torch.linalg.vector_norm(residuals(tokens, compressed).double())) / norm ** 2",
+     ["tests/test_lsh.py"], "lshsim.dispatch.lsh"),
+    ("held.skew_half", "lshsim/analytic/capacity.py",
+     "popularity = np.random.default_rng(seed).dirichlet(np.ones(size)) ** skew",
+     "popularity = np.random.default_rng(seed).dirichlet(np.ones(size)) ** (skew / 2)",
+     ["tests/test_analytic_capacity.py"], "lshsim.analytic.capacity"),
+]
+
+
+def run_one(mid: str, rel: str, old: str, new: str, tests: list[str], doc_module: str | None,
+            doctests: bool = True) -> dict:
+    path = ROOT / rel
+    text = path.read_text()
+    found = text.count(old)
+    if found != 1:
+        raise SystemExit(f"mutate_tests: mutation {mid}: {rel} holds the snippet {found} times, expected 1: {old!r}")
+    args = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", MARKERS, *tests]
+    if doc_module and doctests:
+        args += [f"tests/test_doctests.py::test_docstring_examples[{doc_module}]"]
+    if not doctests:   # the tests alone: docstring examples (regression values of the code itself) left out
+        args += ["-k", "not doctest"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    start = time.perf_counter()
+    try:
+        path.write_text(text.replace(old, new))
+        proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        path.write_text(text)
+    failed = [line.split(" ")[1] for line in proc.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+    if proc.returncode not in (0, 1):   # 2-5: interrupted, internal error, usage error, nothing collected
+        raise SystemExit(f"mutate_tests: mutation {mid}: pytest exited {proc.returncode}, not a test result:\n"
+                         + (proc.stdout + proc.stderr)[-2000:])
+    return {"id": mid, "file": rel, "caught": proc.returncode != 0, "returncode": proc.returncode,
+            "first_failure": failed[0] if failed else None, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def main(argv: list[str]) -> int:
+    wanted = [a for a in argv if not a.startswith("--") and not a.endswith(".json")]
+    if "--list" in argv:
+        for m in MUTATIONS + HELD_OUT:
+            print(m[0], m[1])
+        return 0
+    out = None
+    if "--json" in argv:
+        i = argv.index("--json")
+        if i + 1 >= len(argv):
+            print("mutate_tests: --json needs a file name", file=sys.stderr)
+            return 2
+        out = Path(argv[i + 1])
+    known = {m[0] for m in MUTATIONS + HELD_OUT}
+    unknown = [w for w in wanted if w not in known]
+    if unknown:
+        print(f"mutate_tests: unknown mutation id(s) {unknown}; --list shows them", file=sys.stderr)
+        return 2
+    rows = []
+    for m in (HELD_OUT if "--held-out" in argv else MUTATIONS):
+        if wanted and m[0] not in wanted:
+            continue
+        row = run_one(*m, doctests="--no-doctests" not in argv)
+        rows.append(row)
+        print(f"{row['id']:40s} {'caught' if row['caught'] else 'SURVIVED'} "
+              f"({row['seconds']} s) {row['first_failure'] or ''}", flush=True)
+    caught = sum(r["caught"] for r in rows)
+    print(f"{caught} of {len(rows)} mutations caught")
+    if out:
+        out.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
