@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 __all__ = ["SourceRead", "source_reads", "reads_files", "calibration_input", "finish", "calibrate_from_files",
-           "arg_source_option", "write_atomically"]
+           "arg_source_option", "write_atomically", "input_files"]
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -132,6 +132,12 @@ def calibration_input(args):
     return merge_inputs(base_input, read_source(*a2a))
 
 
+def input_files(args) -> str:
+    """The files the arguments read, for an error message: 'a.log', or 'a.json (and 13 more files)'."""
+    paths = [str(path) for read in source_reads(args) if read is not None for path in read.paths]
+    return paths[0] + (f" (and {len(paths) - 1} more file{'s' if len(paths) > 2 else ''})" if len(paths) > 1 else "")
+
+
 def fits_curve(args) -> bool:
     """The bus bandwidth curve is fitted for --source and --from-traces, unless --no-curve."""
     return bool(getattr(args, "source", None) or args.from_traces) and not getattr(args, "no_curve", False)
@@ -178,22 +184,28 @@ def finish(args, inp) -> int:
     from lshsim.topology import write_topology_yaml
 
     results, source, world = inp.record, inp.provenance, inp.world_size
-    if args.raw:  # the measurements first: a failed fit must not lose them
+    measured = not reads_files(args)
+    if args.raw and measured:  # the measurements first: a failed fit must not lose them
         write_atomically(args.raw, json.dumps({"results": results, "provenance": source}, indent=1) + "\n")
     window = getattr(args, "threshold_window", None)
-    fit = fit_calibration(inp, fit_min_bytes=args.fit_min_bytes, curve=fits_curve(args),
-                          channels=not getattr(args, "no_channel_term", False),
-                          threshold_window=THRESHOLD_WINDOW if window is None else window)
+    try:
+        fit = fit_calibration(inp, fit_min_bytes=args.fit_min_bytes, curve=fits_curve(args),
+                              channels=not getattr(args, "no_channel_term", False),
+                              threshold_window=THRESHOLD_WINDOW if window is None else window)
+    except ValueError as error:
+        if measured:
+            raise
+        raise ValueError(f"{input_files(args)}: {error}") from None
     fit_info = fit.info()
     prov = {**source, "fit": fit_info}
     name = args.name or f"{gpu_key(inp.gpu) or 'cpu'}-x{world}-calibrated"
-    if args.raw:
-        write_atomically(args.raw, json.dumps({"results": results, "provenance": source, "fit": fit_info},
-                                              indent=1) + "\n")
     spec = fit.topology_spec(name, prov)
     phase_model = fit_phases(args, inp, spec)
     if phase_model is not None:
         spec["calibration"]["phase_model"] = phase_model.to_block()
+    if args.raw:   # read files: written only once the fit succeeded (a refusal leaves no file)
+        write_atomically(args.raw, json.dumps({"results": results, "provenance": source, "fit": fit_info},
+                                              indent=1) + "\n")
     if args.out:
         write_topology_yaml(spec, args.out)      # validated, then written atomically
     alpha_beta, curve, headroom = fit.alpha_beta, fit.curve, fit.headroom

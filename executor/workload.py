@@ -65,6 +65,11 @@ LIMITS = {"tokens_per_rank": 1 << 24, "d_model": 1 << 20, "d_ffn": 1 << 20, "num
           "input_clusters": 1 << 24}
 
 
+#: the most hash functions an LSH workload may concatenate (the paper uses 6; the bucket count grows
+#: as (2 d')^L)
+LSH_MAX_HASHES = 64
+
+
 def _field_error(name: str, message: str) -> ValueError:
     return ValueError(f"workload field {name!r}: {message}")
 
@@ -146,6 +151,9 @@ class WorkloadConfig:
                                                       "alltoall", self.alltoall))
         if not isinstance(self.router, RouterConfig):
             raise _field_error("router", f"{self.router!r} must be a RouterConfig")
+        if self.router.k > self.num_experts:    # a RuntimeError of torch.topk in the run before
+            raise _field_error("router.k", f"{self.router.k} must be <= num_experts={self.num_experts} (choices "
+                                           f"per token among the experts)")
         _checked(finite_number, "skew", self.skew, minimum=0.0)
         if not isinstance(self.inputs, str) or not self.inputs:
             raise _field_error("inputs", f"{self.inputs!r} must be 'synthetic' or a file path")
@@ -158,7 +166,15 @@ class WorkloadConfig:
         _checked(finite_number, "input_noise", self.input_noise, minimum=0.0)
         if self.lsh is not None and not isinstance(self.lsh, dict):
             raise _field_error("lsh", f"{self.lsh!r} must be a mapping of LSHConfig fields or null")
-        self.lsh_config()       # the LSH fields are checked now, not when the run reaches them
+        lsh = self.lsh_config()       # the LSH fields are checked now, not when the run reaches them
+        if lsh is not None:
+            # the projection is a (d_model, num_hashes * proj_dim) matrix: 1e12 hashes or dimensions
+            # were an allocation error (a traceback), 1e6 an hour of hashing
+            if lsh.num_hashes > LSH_MAX_HASHES:
+                raise _field_error("lsh.num_hashes", f"{lsh.num_hashes} exceeds the limit of {LSH_MAX_HASHES}")
+            if lsh.proj_dim is not None and lsh.proj_dim > lsh.padded_dim(self.d_model):
+                raise _field_error("lsh.proj_dim", f"{lsh.proj_dim} exceeds d_model={self.d_model} (the "
+                                                   f"dimension each hash projects from)")
         if self.alltoall == "node_dedup" and self.lsh is not None:
             raise _field_error("alltoall", "node_dedup sends tokens once per node; with lsh the rows are "
                                            "centroids of one expert each, so there is nothing to deduplicate "

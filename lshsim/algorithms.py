@@ -145,6 +145,8 @@ def canonical_algorithm(name: str, side: str | None = None) -> str:
     ...
     ValueError: algorithm='pairwise' is not implemented by the executor; known: direct, groupwise, node_dedup (alias: deepep = node_dedup)
     """
+    if not isinstance(name, str):    # a list or a mapping from a file: unhashable, a TypeError before
+        raise ValueError(f"algorithm={name!r} must be the name of an algorithm; known: {_known(side)}")
     canonical = name if name in COLLECTIVES else _aliases().get(name)
     if canonical is None:
         raise ValueError(f"algorithm={name!r} is unknown; known: {_known(side)}")

@@ -185,10 +185,10 @@ def _figure(index: int, raw, papers: dict, source: str) -> Figure:
             raise ValueError(f"{where}: the field {name!r} is missing")
     out = {"id": _text(where, "id", raw["id"]), "model": _text(where, "model", raw["model"]),
            "cluster": _text(where, "cluster", raw["cluster"])}
-    if raw["paper"] not in papers:
+    if not isinstance(raw["paper"], str) or raw["paper"] not in papers:    # a list: unhashable (a traceback)
         raise ValueError(f"{where}: paper={raw['paper']!r} is not a key of papers ({', '.join(papers)})")
     out["paper"] = raw["paper"]
-    if raw["quantity"] not in QUANTITIES:
+    if not isinstance(raw["quantity"], str) or raw["quantity"] not in QUANTITIES:
         raise ValueError(f"{where}: quantity={raw['quantity']!r} must be one of {', '.join(QUANTITIES)}")
     quantity = out["quantity"] = raw["quantity"]
     value = out["value"] = _number(where, "value", raw["value"])

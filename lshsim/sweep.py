@@ -487,8 +487,10 @@ def read_table(path: str | Path, columns: list[str]) -> tuple[list[dict], int]:
     """The rows of an existing results table (all values as text) and how many trailing bytes were
     cut: a last line without its newline (a write that an interruption cut short) is dropped. A table
     whose header differs from `columns` is refused (ValueError naming the file and the columns)."""
+    from lshsim.readers import read_text
+
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "results table")    # not UTF-8, a folder: one line naming the file
     if not text:
         return [], 0
     cut = 0

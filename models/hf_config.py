@@ -266,7 +266,7 @@ def model_from_hf_config(data: dict, name: str, source: str = "<config.json>") -
     if not isinstance(data, dict):
         raise ValueError(f"{source}: a Hugging Face config.json must be a JSON object, got {type(data).__name__}")
     model_type = data.get("model_type")
-    if model_type not in MODEL_TYPES:
+    if not isinstance(model_type, str) or model_type not in MODEL_TYPES:   # a list: unhashable (a traceback)
         raise ValueError(f"{source}: model_type={model_type!r} is not a supported MoE config; supported: "
                          f"{', '.join(sorted(MODEL_TYPES))}")
     reader = _Reader(data, source)

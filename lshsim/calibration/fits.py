@@ -36,6 +36,11 @@ THRESHOLD_WINDOW = 0.04
 Simulate = Callable[[np.ndarray, str, LinkModels], float]
 
 
+#: `fit_alpha_beta` refuses a bandwidth whose term S / B is below this share of every point's time
+#: (times that do not grow with the size: 1/B fits to 0 up to rounding)
+SIZE_TERM_MIN = 1e-6
+
+
 # ---- alpha-beta ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AlphaBetaFit:
@@ -64,12 +69,20 @@ def fit_alpha_beta(points, min_bytes: int = 0) -> AlphaBetaFit:
     used = [p for p in points if p.bytes_per_rank >= min_bytes and p.world_size > 1]
     if len(used) < 2:
         raise ValueError(f"fit needs at least 2 all-to-all sizes >= {min_bytes} bytes on >= 2 ranks, got {len(used)}")
+    sizes = sorted({p.bytes_per_rank for p in used})
+    if len(sizes) < 2:   # two points of one size leave alpha and B undetermined (a 0 s alpha was fitted)
+        raise ValueError(f"fit needs at least 2 different all-to-all sizes >= {min_bytes} bytes, got {len(used)} "
+                         f"points all of {sizes[0]} bytes per rank")
     t = np.array([p.time_s for p in used])  # (n,)
     s = np.array([p.offdiag_bytes for p in used])  # (n,)
     design = np.stack([1.0 / t, s / t], axis=1)  # (n, 2): [alpha, 1/B] . row = 1
     (alpha, inv_bw), *_ = np.linalg.lstsq(design, np.ones_like(t), rcond=None)
-    if inv_bw <= 0:
-        raise ValueError("the fitted bandwidth is not positive: the times do not grow with the size")
+    if inv_bw <= 0 or float(np.max(s * inv_bw / t)) < SIZE_TERM_MIN:
+        # times that do not grow with the size fit 1/B = 0 up to rounding: a bandwidth of 1e29 B/s
+        raise ValueError("the fitted bandwidth is not positive: the times do not grow with the size"
+                         if inv_bw <= 0 else
+                         f"the fitted bandwidth {1.0 / inv_bw:.3g} B/s explains less than {SIZE_TERM_MIN:g} of any "
+                         f"point's time: the times do not grow with the size")
     if alpha < 0:  # a negative start-up latency is unphysical: refit the bandwidth alone
         alpha, inv_bw = 0.0, float(np.sum(s / t) / np.sum((s / t) ** 2))
     model = alpha + s * inv_bw

@@ -214,11 +214,33 @@ def _fail(field: str, value, why: str) -> ValueError:
     return ValueError(f"{field}={text if len(text) <= 80 else text[:77] + '...'} {why}")
 
 
-def _real(field: str, value, *, positive: bool = True) -> float:
+def _real(field: str, value, *, positive: bool = True, maximum: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or (value <= 0 if positive else value < 0):
-        raise _fail(field, value, f"must be a finite number {'> 0' if positive else '>= 0'}")
+            or (value <= 0 if positive else value < 0) or (maximum is not None and value > maximum):
+        raise _fail(field, value, f"must be a finite number {'> 0' if positive else '>= 0'}"
+                                  + (f" and <= {maximum:g}" if maximum is not None else ""))
     return value
+
+
+#: the longest measured time (seconds) of one all-to-all or send a raw record may hold: one hour
+MAX_MEASURED_S = 3600.0
+#: the fields of a raw microbenchmark record (`executor calibrate --raw`); a key one typo away from
+#: one of these (e.g. "a2ax") is refused rather than ignored (other keys are kept as records)
+RAW_TOP_FIELDS = ("results", "provenance", "fit")
+RAW_RESULTS_FIELDS = ("world_size", "a2a", "a2a_pow2", "a2a_equal_split", "p2p", "ffn", "hbm", "phases")
+
+
+def _no_typos(mapping: dict, known, where: str) -> None:
+    """Refuse a key of `mapping` that is not in `known` but close to one of them (a typo)."""
+    import difflib
+
+    for key in mapping:
+        if isinstance(key, str) and key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+            if close:
+                text = repr(mapping[key])
+                raise ValueError(f"{where}{key}={text if len(text) <= 40 else text[:37] + '...'} is not a known "
+                                 f"field (did you mean {close[0]}?); known: {', '.join(known)}")
 
 
 def _integer(field: str, value, minimum: int = 1) -> int:
@@ -247,22 +269,25 @@ def check_microbenchmarks(raw: object) -> None:
     naming the field and the value: {"results": {"world_size": int >= 1, "a2a": [{"bytes_per_rank":
     int >= 0, "time_s": > 0}], "p2p": [{"bytes": int >= 1, "time_s": > 0, "Bps": >= 0}], "ffn":
     {"flops_per_s": > 0, "dtype": text, "d_model": int >= 1} | null, "hbm": {"Bps": > 0} | null},
-    "provenance": {...}}; every number finite (not a bool, not text)."""
+    "provenance": {...}}; every number finite (not a bool, not text), every time_s at most
+    MAX_MEASURED_S; a key one typo away from a field (RAW_TOP_FIELDS, RAW_RESULTS_FIELDS) is refused."""
     if not isinstance(raw, dict):
         raise _fail("the file", type(raw).__name__, "must be a JSON object with results and provenance")
     for key in ("results", "provenance"):
         if not isinstance(raw.get(key), dict):
             raise _fail(key, raw.get(key), "must be a mapping (the layout executor calibrate --raw writes)")
     results = raw["results"]
+    _no_typos(raw, RAW_TOP_FIELDS, "")
+    _no_typos(results, RAW_RESULTS_FIELDS, "results.")
     _integer("results.world_size", _need(results, "results", "world_size"))
     for i, entry in enumerate(_entries(results, "a2a")):
         field = f"results.a2a[{i}]"
         _integer(f"{field}.bytes_per_rank", _need(entry, field, "bytes_per_rank"), 0)
-        _real(f"{field}.time_s", _need(entry, field, "time_s"))
+        _real(f"{field}.time_s", _need(entry, field, "time_s"), maximum=MAX_MEASURED_S)
     for i, entry in enumerate(_entries(results, "p2p")):
         field = f"results.p2p[{i}]"
         _integer(f"{field}.bytes", _need(entry, field, "bytes"))
-        _real(f"{field}.time_s", _need(entry, field, "time_s"))
+        _real(f"{field}.time_s", _need(entry, field, "time_s"), maximum=MAX_MEASURED_S)
         _real(f"{field}.Bps", _need(entry, field, "Bps"), positive=False)
     ffn, hbm = results.get("ffn"), results.get("hbm")
     if ffn is not None:
@@ -312,6 +337,10 @@ _ROW_START = re.compile(r"^[-+]?(\d+(\.\d*)?([eE][-+]?\d+)?|\.\d+([eE][-+]?\d+)?
 _DEVICE = re.compile(r"\[[^\]]*\]\s+(.+?)\s*$")
 
 
+#: the longest time of one nccl-tests row that `parse_nccl_tests` accepts (one hour, in us)
+NCCL_TESTS_MAX_TIME_US = 3.6e9
+
+
 def parse_nccl_tests(text: str, world_size: int | None = None, *, source: str = "nccl-tests output") -> NcclTestsRun:
     """Parse nccl-tests `alltoall_perf` output.
 
@@ -320,8 +349,10 @@ def parse_nccl_tests(text: str, world_size: int | None = None, *, source: str = 
     chunks). The number of ranks is the count of `#  Rank  N ...` device lines, or `nGpus` from
     the first line, unless `world_size` is given. The GPU is the device name of the `# Rank` lines.
 
-    Every data row must hold a whole size >= 0 and a finite time > 0 (a row of size 0, which
-    nccl-tests prints for -b 0, is skipped); any other row (NaN, negative, zero time, text) is
+    Every data row must hold a whole size >= 0 (below 2**64) and a finite time > 0 of at most an
+    hour (NCCL_TESTS_MAX_TIME_US), and no wrong elements (#wrong 0, where nccl-tests checked them;
+    a row of size 0, which nccl-tests prints for -b 0, is skipped); any other row (NaN, negative,
+    zero time, text, #wrong > 0) is
     refused with the file's name, the line, the field and the value, so that a log of unusable
     rows never becomes a calibration. Lines that are not rows (NCCL INFO messages) are skipped.
     """
@@ -364,10 +395,17 @@ def parse_nccl_tests(text: str, world_size: int | None = None, *, source: str = 
         except ValueError:
             raise ValueError(f"{where}: time={time_text!r} must be a number of microseconds") from None
         size = int(size_text)
+        if size >= 2 ** 64:   # nccl-tests prints a size_t
+            raise ValueError(f"{where}: size={size_text} must be a whole number of bytes below 2**64")
         if size == 0:
             continue
-        if not math.isfinite(time_us) or time_us <= 0:
-            raise ValueError(f"{where}: time={time_text!r} (size {size}) must be a finite number of microseconds > 0")
+        if not math.isfinite(time_us) or time_us <= 0 or time_us > NCCL_TESTS_MAX_TIME_US:
+            raise ValueError(f"{where}: time={time_text!r} (size {size}) must be a finite number of microseconds > 0 "
+                             f"and <= {NCCL_TESTS_MAX_TIME_US:g} (one hour)")
+        wrong = columns.index("#wrong") if "#wrong" in columns else None
+        if wrong is not None and wrong < len(tokens) and re.fullmatch(r"\d+", tokens[wrong]) and int(tokens[wrong]):
+            raise ValueError(f"{where}: #wrong={tokens[wrong]} (size {size}): nccl-tests found wrong elements in "
+                             f"this all-to-all's output; a row with #wrong > 0 is not a measurement to fit")
         points_raw.append((size, time_us))
     if columns is None:
         raise ValueError(f"{source}: no nccl-tests header row ('# size count type ... time algbw busbw') found")

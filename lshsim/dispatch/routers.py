@@ -41,7 +41,7 @@ from typing import Callable
 
 import torch
 
-from lshsim.checks import positive_int
+from lshsim.checks import CAPACITY_FACTOR_MAX, positive_int
 from lshsim.dispatch.placement import Placement
 from lshsim.dispatch.plan import DispatchPlan
 
@@ -64,6 +64,9 @@ def _check_capacity_factor(capacity_factor: float | None) -> None:
     if isinstance(capacity_factor, bool) or not isinstance(capacity_factor, (int, float)) \
             or not math.isfinite(capacity_factor) or capacity_factor <= 0:
         raise ValueError(f"capacity_factor={capacity_factor!r} must be a finite number > 0 (or None for no limit)")
+    if capacity_factor > CAPACITY_FACTOR_MAX:   # 1e30 overflowed the routers' int64 slots (a traceback)
+        raise ValueError(f"capacity_factor={capacity_factor!r} must be <= {CAPACITY_FACTOR_MAX:g} (a factor above "
+                         f"E / k already drops nothing; or None for no limit)")
 
 
 def _check_drop_policy(drop_policy: str) -> None:
@@ -812,6 +815,21 @@ def validate_router_params(name: str, k: int = 2, capacity_factor: float | None 
     if unknown:
         known = ", ".join(spec.option_defaults) or "none"
         raise ValueError(f"option {unknown[0]!r} is not an option of the {name} router; known: {known}")
+    for key, value in given.items():     # of the default's kind: an integer option takes no 'abc', nan or 1e30
+        default = spec.option_defaults[key]
+        if isinstance(default, bool):
+            wrong = not isinstance(value, bool)
+        elif isinstance(default, int):
+            wrong = isinstance(value, bool) or not isinstance(value, int)
+        elif isinstance(default, float):
+            wrong = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        elif isinstance(default, str):
+            wrong = not isinstance(value, str)
+        else:
+            wrong = False
+        if wrong:
+            kind = {bool: "true or false", int: "an integer", float: "a finite number", str: "text"}[type(default)]
+            raise ValueError(f"option {key}={value!r} of the {name} router must be {kind} (default {default!r})")
     return {**spec.option_defaults, **given}
 
 

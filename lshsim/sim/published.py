@@ -138,6 +138,12 @@ def _field(value, where: str, kind, check=None, why: str = ""):
     return value
 
 
+#: the top-level fields of a published-case file (anything else, e.g. a typo of topology, is refused)
+PUBLISHED_FIELDS = ("source", "group", "topology", "nic_family", "hardware", "bandwidth_definition", "workload", "cases")
+#: the largest published bandwidth a case may state, GB/s per GPU (above any link: a typo or a unit error)
+PUBLISHED_MAX_GBPS = 1e4
+
+
 def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
     """Every case of every `*.yaml` in `folder` but split.yaml; errors name the file, field and value."""
     folder = Path(folder)
@@ -149,6 +155,10 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
         doc = read_yaml(path)
         if not isinstance(doc, dict) or not isinstance(doc.get("cases"), list) or not doc["cases"]:
             raise ValueError(f"{path.name}: cases must be a non-empty list")
+        unknown = sorted((key for key in doc if key not in PUBLISHED_FIELDS), key=str)
+        if unknown:     # a typo of topology or nic_family fell back to the default silently
+            raise ValueError(f"{path.name}: {unknown[0]}={doc[unknown[0]]!r:.60} is not a known field; known: "
+                             f"{', '.join(PUBLISHED_FIELDS)}")
         workload = doc.get("workload")
         if all(isinstance(raw, dict) and raw.get("kind") == "alltoall" for raw in doc["cases"]):
             if workload is not None:     # a plain all-to-all moves size_bytes per rank: no tokens, experts or routing
@@ -162,6 +172,8 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
                 _field(workload.get(key), f"{path.name}: workload.{key}", int, lambda v: v >= 1,
                        "must be an integer >= 1")
             _check_workload(workload, path.name)
+        if doc.get("source") is not None and not isinstance(doc["source"], dict):   # .get on text: a traceback
+            raise ValueError(f"{path.name}: source={doc['source']!r} must be a mapping with url (an https URL)")
         source = (doc.get("source") or {}).get("url")
         _field(source, f"{path.name}: source.url", str, lambda v: v.startswith("https://"), "must be an https URL")
         template = _field(doc.get("topology", DEFAULT_TOPOLOGY), f"{path.name}: topology", str,
@@ -193,7 +205,8 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
             op = _field(raw.get("op"), f"{where}.op", str, lambda v: v in OPS, f"must be one of {OPS}")
             fmt = _field(raw.get("format"), f"{where}.format", str, lambda v: v in ("bf16", "fp8"), "must be bf16 or fp8")
             figure = _field(raw.get("published_GBps"), f"{where}.published_GBps", (int, float),
-                            lambda v: math.isfinite(v) and v > 0, "must be a number > 0")
+                            lambda v: math.isfinite(v) and 0 < v <= PUBLISHED_MAX_GBPS,
+                            f"must be a number > 0 and <= {PUBLISHED_MAX_GBPS:g} GB/s")
             counts = raw.get("counts", "choices" if kind == "low_latency" else None)
             _field(counts, f"{where}.counts", str, lambda v: v in ("rdma", "nvlink", "choices"),
                    "must be rdma, nvlink or choices")
@@ -228,7 +241,8 @@ def _alltoall_case(raw: dict, where: str, cid: str, ep: int, nodes: int, source:
     size = _field(raw.get("size_bytes"), f"{where}.size_bytes", int, lambda v: v >= ep * element,
                   f"must be an integer >= ep x element_bytes = {ep * element} (at least one element per rank pair)")
     figure = _field(raw.get("published_GBps"), f"{where}.published_GBps", (int, float),
-                    lambda v: math.isfinite(v) and v > 0, "must be a number > 0")
+                    lambda v: math.isfinite(v) and 0 < v <= PUBLISHED_MAX_GBPS,
+                    f"must be a number > 0 and <= {PUBLISHED_MAX_GBPS:g} GB/s")
     return Case(cid, "alltoall", ep, nodes, "alltoall", "none", float(figure), "busbw", {}, source, file, None,
                 template, family, group, size, element)
 
@@ -273,7 +287,7 @@ def load_split(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = No
         raise ValueError(f"{path.name}: test must be a non-empty list of case ids")
     known = {c.id for c in (load_cases(folder) if cases is None else cases)}
     for i, cid in enumerate(test):
-        if cid not in known:
+        if not isinstance(cid, str) or cid not in known:    # a list: unhashable (a traceback)
             raise ValueError(f"{path.name}: test[{i}]={cid!r} is not a case id")
     return set(test)
 
@@ -296,10 +310,10 @@ def load_fresh(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = No
     if fresh is None or not isinstance(fresh, list):
         raise ValueError(f"{path.name}: {key} must be a list of case ids")
     known = {c.id for c in (load_cases(folder) if cases is None else cases)}
-    test = set(doc.get("test") or [])
-    others = {other: set(doc.get(other) or []) for other in FRESH_SETS if other != key}
+    test = {cid for cid in doc.get("test") or [] if isinstance(cid, str)}
+    others = {other: {cid for cid in doc.get(other) or [] if isinstance(cid, str)} for other in FRESH_SETS if other != key}
     for i, cid in enumerate(fresh):
-        if cid not in known:
+        if not isinstance(cid, str) or cid not in known:
             raise ValueError(f"{path.name}: {key}[{i}]={cid!r} is not a case id")
         if cid in test:
             raise ValueError(f"{path.name}: {key}[{i}]={cid!r} is also a test case")

@@ -175,7 +175,8 @@ def _meta_int(block: dict, prefix: str, key: str, maximum: int | None = None) ->
 def check_measured_meta(meta: dict) -> None:
     """Refuse a measured trace's meta that `lshsim validate` and the calibration from traces cannot
     use, naming the field and the value (a ValueError; `Trace.from_json` adds the file's name):
-    meta.workload.world_size, d_model, d_ffn and num_experts positive integers; meta.measured:
+    meta.workload.world_size, d_model, d_ffn and num_experts positive integers (tokens_per_rank too, where
+    given); meta.measured:
     bytes_per_token a positive integer, d_model times 1, 2, 4 or 8 bytes; phases_s a mapping of
     direction -> {phase: seconds}, every time a finite number > 0 (a negative, zero or NaN time is
     refused, never dropped from the statistics); traffic_bytes and combine_traffic_bytes (W, W)
@@ -193,6 +194,8 @@ def check_measured_meta(meta: dict) -> None:
     d_model = _meta_int(workload, "meta.workload", "d_model")
     for key in ("d_ffn", "num_experts"):
         _meta_int(workload, "meta.workload", key)
+    if "tokens_per_rank" in workload:   # the phase model's features (executor run writes it; -1 was accepted)
+        _meta_int(workload, "meta.workload", "tokens_per_rank")
     skew = workload.get("skew")
     if skew is not None and (not _is_real(skew) or skew < 0):
         raise _meta_fail("meta.workload.skew", skew, "must be a finite number >= 0 or null")
