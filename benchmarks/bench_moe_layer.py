@@ -64,7 +64,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cuda_timing import best_s  # noqa: E402
+from benchmarks.cuda_timing import best_s, times_s  # noqa: E402
 from lshsim.dispatch import RouterConfig  # noqa: E402
 from lshsim.executor.run import run_workload  # noqa: E402
 from lshsim.executor.runtime import Progress, init_runtime, shutdown  # noqa: E402
@@ -300,19 +300,8 @@ def gate_parts(workload: WorkloadConfig, runtime, forward_s: float, repeats: int
     x0, token_ids = rank_inputs(workload, runtime.rank, runtime.device, dtype, _load_file_tokens(workload))
     x = x0.detach().requires_grad_(workload.backward)
 
-    def gpu_median(fn) -> float:
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(repeats):
-            torch.cuda._sleep(spin_cycles)  # the host queues the gate while the GPU spins
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
+    def gpu_median(fn) -> float:  # the host queues the gate while the GPU spins
+        times = times_s(fn, repeats, 3, before=lambda: torch.cuda._sleep(spin_cycles))
         return sorted(times)[(repeats - 1) // 2]
 
     whole = gpu_median(lambda: model.gate_graph(x, token_ids))

@@ -4,13 +4,17 @@ from __future__ import annotations
 import torch
 
 
-def times_s(fn, repeats: int, warmup: int) -> list[float]:
-    """Seconds of each of `repeats` calls of fn (CUDA events around each), after `warmup` calls."""
+def times_s(fn, repeats: int, warmup: int, before=None) -> list[float]:
+    """Seconds of each of `repeats` calls of fn (CUDA events around each), after `warmup` calls;
+    `before()`, when given, runs before each timed call's start event (e.g. a spin kernel that keeps
+    the GPU busy while the host queues fn)."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
+        if before is not None:
+            before()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
