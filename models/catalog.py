@@ -60,6 +60,7 @@ from pathlib import Path
 
 from lshsim.checks import positive_int
 from lshsim.readers import load_yaml, read_text
+from lshsim.sim.phases import attention_parameters  # re-exported: the rule lives with the costs that use it
 
 __all__ = ["ModelConfig", "Stage", "load_model", "list_models", "model_from_dict", "CONFIG_PACKAGE", "LIMITS",
            "ATTENTION_FIELDS", "attention_parameters"]
@@ -138,30 +139,6 @@ def _attention(value) -> tuple:
         raise ValueError(f"attention.num_kv_heads={items['num_kv_heads']} must divide "
                          f"attention.num_heads={items['num_heads']}")
     return tuple(sorted(items.items()))
-
-
-def attention_parameters(d_model: int, attention: dict | tuple = ()) -> int:
-    """Weights of one attention block (biases and norms ignored).
-
-    mha: 4 d^2 (Q, K, V, O). gqa: d h hd (Q) + 2 d kv hd (K, V) + h hd d (O). mla (DeepSeek-V2/V3,
-    arXiv 2405.04434 Sec. 2.1): W_DQ d q_r + W_UQ q_r h (nope + rope) (or d h (nope + rope) without a
-    query LoRA), W_DKV + W_KR d (kv_r + rope), W_UK + W_UV kv_r h (nope + v), W_O h v d.
-
-    >>> attention_parameters(8), attention_parameters(8, {"kind": "gqa", "num_heads": 2, "num_kv_heads": 1, "head_dim": 4})
-    (256, 192)
-    """
-    a = dict(attention)
-    d = d_model
-    kind = a.get("kind", "mha")
-    if kind == "mha":
-        return 4 * d * d
-    if kind == "gqa":
-        h, kv, hd = a["num_heads"], a["num_kv_heads"], a["head_dim"]
-        return d * h * hd + 2 * d * kv * hd + h * hd * d
-    h, qk = a["num_heads"], a["qk_nope_head_dim"] + a["qk_rope_head_dim"]
-    query = d * a["q_lora_rank"] + a["q_lora_rank"] * h * qk if a.get("q_lora_rank") else d * h * qk
-    key_value = d * (a["kv_lora_rank"] + a["qk_rope_head_dim"]) + a["kv_lora_rank"] * h * (a["qk_nope_head_dim"] + a["v_head_dim"])
-    return query + key_value + h * a["v_head_dim"] * d
 
 
 def _stage(value) -> Stage:

@@ -632,14 +632,39 @@ def resolve_grad_sync(config: object, gpu: dict | None) -> str:
     return mode
 
 
+def attention_parameters(d_model: int, attention: dict | tuple = ()) -> int:
+    """Weights of one attention block (biases and norms ignored); `attention`: the layout of
+    `lshsim.models.catalog` (`attention:`, validated there), empty for standard attention.
+
+    mha: 4 d^2 (Q, K, V, O). gqa: d h hd (Q) + 2 d kv hd (K, V) + h hd d (O). mla (DeepSeek-V2/V3,
+    arXiv 2405.04434 Sec. 2.1): W_DQ d q_r + W_UQ q_r h (nope + rope) (or d h (nope + rope) without a
+    query LoRA), W_DKV + W_KR d (kv_r + rope), W_UK + W_UV kv_r h (nope + v), W_O h v d.
+
+    >>> attention_parameters(8), attention_parameters(8, {"kind": "gqa", "num_heads": 2, "num_kv_heads": 1, "head_dim": 4})
+    (256, 192)
+    """
+    a = dict(attention)
+    d = d_model
+    kind = a.get("kind", "mha")
+    if kind == "mha":
+        return 4 * d * d
+    if kind == "gqa":
+        h, kv, hd = a["num_heads"], a["num_kv_heads"], a["head_dim"]
+        return d * h * hd + 2 * d * kv * hd + h * hd * d
+    h, qk = a["num_heads"], a["qk_nope_head_dim"] + a["qk_rope_head_dim"]
+    query = d * a["q_lora_rank"] + a["q_lora_rank"] * h * qk if a.get("q_lora_rank") else d * h * qk
+    key_value = d * (a["kv_lora_rank"] + a["qk_rope_head_dim"]) + a["kv_lora_rank"] * h * (a["qk_nope_head_dim"] + a["v_head_dim"])
+    return query + key_value + h * a["v_head_dim"] * d
+
+
 def gradient_parameters(model: dict, experts_on_rank: int, tp: int = 1) -> dict:
     """The weights whose gradients a rank all-reduces, by when they are ready in the backward.
 
     model: the simulator's model dict (`lshsim.sim.moe_step.model_dict`). Returns
     {"layers": [(replicated, expert)] for layers 0..L-1, "last": replicated}:
     replicated, the weights every rank holds (all-reduced over all W ranks): per layer attention
-    (4 d^2, or the model's `attention` layout, GQA or MLA: `lshsim.models.catalog.attention_parameters`,
-    the rule of the catalog's parameter counts), a dense layer's FFN ffn_matrices x d x (dense_d_ffn or d_ffn), an MoE layer's gate d E and
+    (4 d^2, or the model's `attention` layout, GQA or MLA: `attention_parameters`, the rule of the
+    catalog's parameter counts), a dense layer's FFN ffn_matrices x d x (dense_d_ffn or d_ffn), an MoE layer's gate d E and
     shared experts; "last": the embedding and output head, vocab x d (twice when not tied; only where
     the model has its head: the last stage of a staged model) and the cross-attention layers
     (4 d^2 each), whose gradients are complete only at the end of the backward;
@@ -661,12 +686,7 @@ def gradient_parameters(model: dict, experts_on_rank: int, tp: int = 1) -> dict:
     shared = int(model.get("num_shared_experts", 0) or 0)
     tp = int(tp)
     layout = model.get("attention") or ()
-    if layout:
-        from lshsim.models.catalog import attention_parameters
-
-        per_layer_attention = attention_parameters(d, layout)
-    else:
-        per_layer_attention = 4 * d * d
+    per_layer_attention = attention_parameters(d, layout)
     layers = []
     for layer in range(int(model["num_layers"])):
         attention = per_layer_attention // tp
