@@ -140,6 +140,12 @@ BROKEN += [
      PLAN_MODEL, ["max_nodes='abc'", "must be an integer"]),
     ("max_nodes 1e30", "m.yaml", _sub(DEEPSEEK, "router_options: {max_nodes: 4}", "router_options: {max_nodes: 1.0e+30}"),
      PLAN_MODEL, ["max_nodes=1e+30", "must be an integer"]),
+    # refused only at the first routing, without the file's name, before RouterSpec.check_options
+    ("max_nodes 0", "m.yaml", _sub(DEEPSEEK, "router_options: {max_nodes: 4}", "router_options: {max_nodes: 0}"),
+     PLAN_MODEL, ["m.yaml", "max_nodes=0", "must be >= 1"]),
+    ("scores_per_node -1", "m.yaml", _sub(DEEPSEEK, "router_options: {max_nodes: 4}",
+                                          "router_options: {max_nodes: 4, scores_per_node: -1}"),
+     PLAN_MODEL, ["m.yaml", "scores_per_node=-1", "must be >= 0"]),
     # TypeError traceback before
     ("hf model_type list", "config.json", _sub(HF, '"model_type": "mixtral"', '"model_type": ["mixtral"]'), PLAN_MODEL,
      ["model_type=['mixtral']", "supported"]),

@@ -682,6 +682,9 @@ class RouterSpec:
                  refuses an option that is not declared here.
     gate_cost:   gate_cost(d_model, num_experts, bytes_per_element) -> GateCost, the per-token
                  forward cost of the gate (`linear_gate_cost`, `grap_gate_cost`, `hash_gate_cost`).
+    check_options: optional check_options(options) of the filled options' values beyond their kind (a
+                 ValueError naming the option), run by `validate_router_params`, so that a bad value is
+                 refused where the configuration is read, not at the first routing.
     """
 
     fn: Callable[..., DispatchPlan]
@@ -691,6 +694,7 @@ class RouterSpec:
     fixed_k: int | None = None
     options: tuple[tuple[str, object], ...] = ()
     gate_cost: Callable[[int, int, int], GateCost] = linear_gate_cost
+    check_options: Callable[[dict], None] | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
@@ -713,10 +717,22 @@ class RouterSpec:
         object.__setattr__(self, "options", tuple(sorted(options.items())))
         if not callable(self.gate_cost):
             raise ValueError(f"gate_cost={self.gate_cost!r} must be callable")
+        if self.check_options is not None and not callable(self.check_options):
+            raise ValueError(f"check_options={self.check_options!r} must be callable or None")
 
     @property
     def option_defaults(self) -> dict:
         return dict(self.options)
+
+
+def _check_node_limited_options(options: dict) -> None:
+    """node_limited: max_nodes >= 1 (a token's experts on at most M nodes), scores_per_node >= 0 (0 =
+    ceil(k / max_nodes))."""
+    if options["max_nodes"] < 1:
+        raise ValueError(f"option max_nodes={options['max_nodes']!r} of the node_limited router must be >= 1")
+    if options["scores_per_node"] < 0:
+        raise ValueError(f"option scores_per_node={options['scores_per_node']!r} of the node_limited router must be "
+                         f">= 0 (0 = ceil(k / max_nodes))")
 
 
 ROUTERS: dict[str, RouterSpec] = {
@@ -731,7 +747,8 @@ ROUTERS: dict[str, RouterSpec] = {
     "node_limited": RouterSpec(route_node_limited, "logits",
                                "top-k within each token's best max_nodes nodes (DeepSeek-V3 node-limited routing)",
                                params=("k", "capacity_factor", "drop_policy"),
-                               options=(("max_nodes", 4), ("scores_per_node", 0))),
+                               options=(("max_nodes", 4), ("scores_per_node", 0)),
+                               check_options=_check_node_limited_options),
 }
 
 
@@ -751,7 +768,8 @@ def get_router(name: str) -> RouterSpec:
 def register_router(name: str, fn: Callable[..., DispatchPlan], input_kind: str, *, description: str = "",
                     params: tuple[str, ...] = ("k", "capacity_factor"), fixed_k: int | None = None,
                     options: dict | None = None,
-                    gate_cost: Callable[[int, int, int], GateCost] = linear_gate_cost) -> RouterSpec:
+                    gate_cost: Callable[[int, int, int], GateCost] = linear_gate_cost,
+                    check_options: Callable[[dict], None] | None = None) -> RouterSpec:
     """Add a router to ROUTERS (contract: `RouterSpec`); refuses a name already registered.
 
     Every parameter `fn` must accept is checked against its signature, so that a misspelt
@@ -762,7 +780,7 @@ def register_router(name: str, fn: Callable[..., DispatchPlan], input_kind: str,
     if name in ROUTERS:
         raise ValueError(f"router {name!r} is already registered")
     spec = RouterSpec(fn, input_kind, description, params=params, fixed_k=fixed_k,
-                      options=tuple((options or {}).items()), gate_cost=gate_cost)
+                      options=tuple((options or {}).items()), gate_cost=gate_cost, check_options=check_options)
     accepted = inspect.signature(fn).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     missing = [p for p in (*spec.params, *spec.option_defaults, "token_rank") if p not in accepted]
@@ -830,7 +848,10 @@ def validate_router_params(name: str, k: int = 2, capacity_factor: float | None 
         if wrong:
             kind = {bool: "true or false", int: "an integer", float: "a finite number", str: "text"}[type(default)]
             raise ValueError(f"option {key}={value!r} of the {name} router must be {kind} (default {default!r})")
-    return {**spec.option_defaults, **given}
+    filled = {**spec.option_defaults, **given}
+    if spec.check_options is not None:
+        spec.check_options(filled)
+    return filled
 
 
 def gate_cost(name: str, d_model: int, num_experts: int, bytes_per_element: int) -> GateCost:
