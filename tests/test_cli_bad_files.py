@@ -226,6 +226,19 @@ def test_a_trace_without_a_valid_tokens_per_rank_is_refused(tmp_path, capsys):
     assert "t.json" in err and "meta.workload.tokens_per_rank=-1" in err, err
 
 
+def test_a_trace_record_of_a_rank_the_run_did_not_have_is_refused(tmp_path, capsys):
+    """Exit 0 before: a phase record of rank 99 in a 2-rank trace was accepted."""
+    trace = json.loads((ROOT / "tests" / "data" / "validate" / "x2" / "gpu-uniform-d4096-t8k.json").read_text())
+    trace["phases"][0]["rank"] = 99
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(trace))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", str(path), "--json"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err
+    assert "t.json" in err and "rank=99 must be < meta.workload.world_size=2" in err, err
+
+
 def test_a_results_table_that_is_not_utf8_names_the_file(tmp_path, capsys):
     """Before: "'utf-8' codec can't decode byte 0xff in position 0", no file named. The table is
     left as it was (sweep resumes from --out, so the table is an input too)."""

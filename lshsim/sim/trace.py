@@ -238,6 +238,12 @@ class Trace:
             if not isinstance(record, PhaseRecord):
                 raise ValueError(f"phases[{index}] is a {type(record).__name__}, expected PhaseRecord")
         _check_meta(self.meta)
+        workload = self.meta.get("workload") if isinstance(self.meta, dict) else None
+        world = workload.get("world_size") if isinstance(workload, dict) else None
+        if isinstance(world, int) and not isinstance(world, bool) and world > 0:
+            for index, record in enumerate(self.phases):   # a record of a rank the run did not have
+                if record.rank >= world:
+                    raise ValueError(f"phases[{index}]: rank={record.rank} must be < meta.workload.world_size={world}")
 
     # ---- queries -----------------------------------------------------------------------------
     @property
