@@ -380,8 +380,9 @@ class CountExchange:
     overwritten by the next replay, which a later layer's forward makes before this layer's backward)
     and one stream synchronisation, then the host reads the pinned buffer (no further CUDA call). The
     expert phase then launches no kernels of its own before its GEMMs (four small ones before: on the
-    H200 virtual machines each waited for the host's launch). Otherwise, or after a capture that fails (said once on stderr), the exchange runs eagerly
-    (the all-to-all, one cat, `.tolist()`) and the host sums the splits. `shared` gives one instance per (E, group, device) and process:
+    H200 virtual machines each waited for the host's launch). Otherwise, or after a capture that fails
+    (said once on stderr), the exchange runs eagerly (the all-to-all, one cat, `.tolist()`), the host
+    sums the splits and `offsets` is None. `shared` gives one instance per (E, group, device) and process:
     layers run one after another share its source and graph.
     """
 

@@ -430,9 +430,10 @@ class Planner:
     def _on_simulate(self, algorithm: str, traffic_bytes) -> None:
         """A progress line per all-to-all a step simulates (a step of the overlapped or group-wise
         layer can simulate dozens: tens of seconds without a line before)."""
+        from lshsim.sim.moe_step import simulation_text
+
         self._simulations += 1
-        self.progress(f"step {self._step_label}: all-to-all {algorithm} ({traffic_bytes.shape[0]} x "
-                      f"{traffic_bytes.shape[1]}) #{self._simulations}")
+        self.progress(f"step {self._step_label}: {simulation_text(algorithm, traffic_bytes, self._simulations)}")
 
     # -- inputs
     def model(self, name: str, top_k: int | None = None):

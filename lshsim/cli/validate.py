@@ -170,10 +170,10 @@ def _run_published(args) -> int:
             first_done.append(now)
         left_s = (now - first_done[0]) / (done - 1) * (total - done) if done > 1 else None
         lines.tick(f"{done}/{total} simulations done, {len(simulated)} case{'' if len(simulated) == 1 else 's'} "
-                   f"complete ({jobs} worker process"
-                   f"{'es' if jobs > 1 else ''})", left_s=left_s)
+                   f"complete ({workers})", left_s=left_s)
 
-    lines.line(f"drawing the cases' traffic, then simulating ({jobs} worker process{'es' if jobs > 1 else ''})")
+    workers = f"{jobs} worker process{'es' if jobs > 1 else ''}"
+    lines.line(f"drawing the cases' traffic, then simulating ({workers})")
     out = validate_published(folder, efficiency_grid=grid, fitting_only=args.fitting_only, jobs=jobs,
                              progress=progress, simulation_progress=simulation_progress)
     lines.line(f"{len(simulated)} cases simulated, calibration and leave-one-out fitted")

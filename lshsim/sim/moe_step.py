@@ -1554,6 +1554,12 @@ def auto_fidelity(world_size: int) -> str:
     return "tolerance" if world_size <= AUTO_TOLERANCE_MAX_GPUS else "estimate"
 
 
+def simulation_text(algorithm: str, traffic_bytes, number: int) -> str:
+    """The progress text of a step's `number`-th all-to-all simulation (`A2ACache`'s on_simulate):
+    "all-to-all ALGORITHM (W x W) #n"; `compare_options` and `lshsim.reproduce.Planner` print it."""
+    return f"all-to-all {algorithm} ({traffic_bytes.shape[0]} x {traffic_bytes.shape[1]}) #{number}"
+
+
 def compare_options(model: object, graph, options: list[tuple[str, StepConfig]], on_done=None, *,
                     drain_tolerance: float = 0.0, share_cache: bool = True, progress=None,
                     cache_stats: dict | None = None, estimate: bool = False) -> list[dict]:
@@ -1579,8 +1585,7 @@ def compare_options(model: object, graph, options: list[tuple[str, StepConfig]],
         current["simulations"] += 1  # an option simulates several matrices (dispatch, combine, ...): number them
         if progress is not None:
             progress(current["index"], len(options), current["label"],
-                     f"all-to-all {algorithm} ({traffic_bytes.shape[0]} x {traffic_bytes.shape[1]}) "
-                     f"#{current['simulations']}")
+                     simulation_text(algorithm, traffic_bytes, current["simulations"]))
 
     caches: list[A2ACache] = []
     for index, (label, config) in enumerate(options, start=1):
