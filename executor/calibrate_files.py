@@ -286,7 +286,8 @@ def fit_phases(args, inp, spec: dict):
     base: dict = {"expert": None, "layers": []}
     for path in base_path or []:
         raw = load_json(path, what="phase base file")
-        phases_of = (raw.get("results") or {}).get("phases") if isinstance(raw, dict) else None
+        results = raw.get("results") if isinstance(raw, dict) else None
+        phases_of = results.get("phases") if isinstance(results, dict) else None
         if not phases_of:
             raise ValueError(f"{path}: results.phases is missing: not the --raw JSON of a calibration with --phases")
         check_phase_results(phases_of, f"{path}: results.phases")
@@ -298,7 +299,10 @@ def fit_phases(args, inp, spec: dict):
     try:
         return fit_phase_model(phases or {}, transport=transport, small_a2a_s=small_a2a_s, base=base)
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{source + ': ' if source else ''}results.phases: {error}") from None
+        # the fit joins this calibration's phases with the bases': name every file it read
+        bases = f"--phase-base {' '.join(map(str, base_path))}" if base_path else ""
+        named = f"{source} (with {bases})" if source and bases else (source or bases)
+        raise ValueError(f"{named + ': ' if named else ''}results.phases: {error}") from None
 
 
 def phase_model_lines(model) -> list[str]:

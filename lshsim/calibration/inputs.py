@@ -20,9 +20,13 @@ def _check_int(name: str, value: object, minimum: int) -> None:
 
 
 def _check_seconds(name: str, value: object) -> None:
-    """A measured time: a finite number > 0 (NaN, inf, 0 and negative times are refused, not dropped)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}={value!r} must be a finite number of seconds > 0")
+    """A measured time: a finite number > 0 (NaN, inf, 0 and negative times are refused, not dropped)
+    and at most an hour (`lshsim.calibration.sources.MAX_MEASURED_S`, for every source, a plugin's too)."""
+    from lshsim.calibration.sources import MAX_MEASURED_S   # lazily: sources imports this module
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0 \
+            or value > MAX_MEASURED_S:
+        raise ValueError(f"{name}={value!r} must be a finite number of seconds > 0 and <= {MAX_MEASURED_S:g}")
 
 
 @dataclass(frozen=True)

@@ -592,52 +592,127 @@ def fit_conventions(a2a: list[dict]) -> dict:
 
 
 def check_phase_results(results, name: str = "results.phases") -> None:
-    """Refuse phase measurements the fits cannot use, naming the record and the field: a2a records
-    need bytes_per_rank and world_size (integers >= 1) and device, as_run, back_to_back (finite
-    numbers > 0); expert records the four grid axes and forward_s / backward_s; layer records a
-    workload, phases_s, traffic_bytes, combine_traffic_bytes and bytes_per_token."""
+    """Refuse phase measurements the fits cannot use, naming the record, the field and the value:
+    a2a records need bytes_per_rank and world_size (integers >= 1) and device, as_run, back_to_back
+    (measured times: finite, > 0, at most an hour), aligned and self true or false where given,
+    local_bytes a number >= 0 where self; expert records the four grid axes and forward_s /
+    backward_s; layer records a workload (tokens_per_rank, d_model, d_ffn, num_experts, world_size
+    integers >= 1; router and lsh mappings or null, with k, num_hashes and proj_dim integers >= 1
+    where given), phases_s (direction -> {phase: seconds}), traffic_bytes, combine_traffic_bytes
+    and bytes_per_token (an integer >= 1); layer_s, where given, a mapping with forward and backward
+    times (total too, where given); rows_per_expert, where given, lists of integers >= 0."""
     if not isinstance(results, dict):
-        raise ValueError(f"{name} must be a mapping of a2a, expert and layers lists")
+        raise ValueError(f"{name}={_short(results)} must be a mapping of a2a, expert and layers lists")
     for part, numbers, integers in (("a2a", ("device", "as_run", "back_to_back"), ("bytes_per_rank", "world_size")),
                                     ("expert", ("forward_s", "backward_s"), _AXES)):
         records = results.get(part) or []
         if not isinstance(records, list):
-            raise ValueError(f"{name}.{part} must be a list")
+            raise ValueError(f"{name}.{part}={_short(records)} must be a list")
         for i, record in enumerate(records):
             where = f"{name}.{part}[{i}]"
             if not isinstance(record, dict):
-                raise ValueError(f"{where} must be a mapping")
+                raise ValueError(f"{where}={_short(record)} must be a mapping")
             for key in integers:
                 value = record.get(key)
                 if key not in record:
                     raise ValueError(f"{where}.{key} is missing")
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise ValueError(f"{where}.{key}={value!r} must be an integer >= 1")
+                _integer(value, f"{where}.{key}")
             for key in numbers:
                 if key not in record:
                     raise ValueError(f"{where}.{key} is missing")
                 _positive(record[key], f"{where}.{key}")
+            if part == "a2a":
+                for key in ("aligned", "self"):
+                    if key in record and not isinstance(record[key], bool):
+                        raise ValueError(f"{where}.{key}={_short(record[key])} must be true or false")
+                if record.get("self"):
+                    local = record.get("local_bytes")
+                    if isinstance(local, bool) or not isinstance(local, (int, float)) or not math.isfinite(local) \
+                            or local < 0:
+                        raise ValueError(f"{where}.local_bytes={_short(local)} must be a finite number of bytes >= 0")
     layers = results.get("layers") or []
     if not isinstance(layers, list):
-        raise ValueError(f"{name}.layers must be a list")
+        raise ValueError(f"{name}.layers={_short(layers)} must be a list")
     for i, record in enumerate(layers):
         where = f"{name}.layers[{i}]"
         if not isinstance(record, dict):
-            raise ValueError(f"{where} must be a mapping")
+            raise ValueError(f"{where}={_short(record)} must be a mapping")
         for key in ("workload", "phases_s", "traffic_bytes", "combine_traffic_bytes", "bytes_per_token"):
             if key not in record:
                 raise ValueError(f"{where}.{key} is missing")
-        for direction, phases in (record["phases_s"] or {}).items():
-            for phase, seconds in (phases or {}).items():
+        _check_layer_workload(record["workload"], f"{where}.workload")
+        _integer(record["bytes_per_token"], f"{where}.bytes_per_token")
+        phases_s = record["phases_s"]
+        if not isinstance(phases_s, dict):
+            raise ValueError(f"{where}.phases_s={_short(phases_s)} must be a mapping of direction -> {{phase: seconds}}")
+        for direction, phases in phases_s.items():
+            if not isinstance(phases, dict):
+                raise ValueError(f"{where}.phases_s.{direction}={_short(phases)} must be a mapping of phase -> seconds")
+            for phase, seconds in phases.items():
                 _positive(seconds, f"{where}.phases_s.{direction}.{phase}")
-        for key, seconds in (record.get("layer_s") or {}).items():
-            if key in ("forward", "backward", "total"):
-                _positive(seconds, f"{where}.layer_s.{key}")
+        layer = record.get("layer_s")
+        if layer:
+            if not isinstance(layer, dict):
+                raise ValueError(f"{where}.layer_s={_short(layer)} must be a mapping of forward, backward and total "
+                                 f"seconds, or null")
+            for key in ("forward", "backward", "total"):
+                if key in layer or key != "total":
+                    if key not in layer:
+                        raise ValueError(f"{where}.layer_s.{key} is missing")
+                    _positive(layer[key], f"{where}.layer_s.{key}")
+        rows = record.get("rows_per_expert")
+        if rows:
+            if not isinstance(rows, list) or not all(isinstance(r, list) and r for r in rows):
+                raise ValueError(f"{where}.rows_per_expert={_short(rows)} must be a list of each rank's rows per "
+                                 f"local expert")
+            for rank, counts in enumerate(rows):
+                for j, value in enumerate(counts):
+                    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                        raise ValueError(f"{where}.rows_per_expert[{rank}][{j}]={_short(value)} must be an integer "
+                                         f">= 0 (rows)")
+
+
+def _check_layer_workload(workload, where: str) -> None:
+    """The workload of a calibration layer record: what `workload_features` and the fits read."""
+    if not isinstance(workload, dict):
+        raise ValueError(f"{where}={_short(workload)} must be a mapping (the layer's workload)")
+    for key in ("tokens_per_rank", "d_model", "d_ffn", "num_experts", "world_size"):
+        if key not in workload:
+            raise ValueError(f"{where}.{key} is missing")
+        _integer(workload[key], f"{where}.{key}")
+    if workload.get("bytes_per_token") is not None:
+        _integer(workload["bytes_per_token"], f"{where}.bytes_per_token")
+    for block, keys in (("router", ("k",)), ("lsh", ("num_hashes", "proj_dim"))):
+        value = workload.get(block)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}.{block}={_short(value)} must be a mapping or null")
+        for key in keys:
+            if value.get(key) is not None:
+                _integer(value[key], f"{where}.{block}.{key}")
+        if "name" in value and not isinstance(value["name"], str):
+            raise ValueError(f"{where}.{block}.name={_short(value['name'])} must be text")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _integer(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={_short(value)} must be an integer >= 1")
+    return value
 
 
 def _positive(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}={value!r} must be a finite number > 0")
+    """A measured time of a phase record: finite, > 0 and at most an hour (`MAX_MEASURED_S`)."""
+    from lshsim.calibration.sources import MAX_MEASURED_S   # lazily: the package imports this module first
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0 \
+            or value > MAX_MEASURED_S:
+        raise ValueError(f"{name}={_short(value)} must be a finite number > 0 and <= {MAX_MEASURED_S:g} (seconds)")
     return float(value)
 
 

@@ -93,7 +93,7 @@ class PhaseRecord:
     direction: str = "forward"
 
     def __post_init__(self) -> None:
-        if self.name not in PHASES:
+        if not isinstance(self.name, str) or self.name not in PHASES:   # a list or a mapping: no TypeError
             raise ValueError(f"name={self.name!r} is not a known phase; known: {list(PHASES)}")
         if not _is_int(self.rank) or self.rank < 0:
             raise ValueError(f"rank={self.rank!r} must be a non-negative integer")
@@ -105,7 +105,7 @@ class PhaseRecord:
             raise ValueError(f"bytes={self.bytes!r} must be a non-negative integer")
         if not _is_int(self.layer) or self.layer < 0:
             raise ValueError(f"layer={self.layer!r} must be a non-negative integer")
-        if self.direction not in DIRECTIONS:
+        if not isinstance(self.direction, str) or self.direction not in DIRECTIONS:
             raise ValueError(f"direction={self.direction!r} must be one of {list(DIRECTIONS)}")
         if self.direction not in PHASES[self.name].directions:
             raise ValueError(f"phase {self.name!r} has no {self.direction} pass (its directions: "
@@ -178,9 +178,14 @@ def check_measured_meta(meta: dict) -> None:
     meta.workload.world_size, d_model, d_ffn and num_experts positive integers (tokens_per_rank too, where
     given); meta.measured:
     bytes_per_token a positive integer, d_model times 1, 2, 4 or 8 bytes; phases_s a mapping of
-    direction -> {phase: seconds}, every time a finite number > 0 (a negative, zero or NaN time is
-    refused, never dropped from the statistics); traffic_bytes and combine_traffic_bytes (W, W)
-    matrices of finite bytes >= 0; workload.skew, if given, finite and >= 0.
+    direction -> {phase: seconds}, every time a finite number > 0 and at most an hour
+    (`lshsim.calibration.sources.MAX_MEASURED_S`; a negative, zero or NaN time is refused, never
+    dropped from the statistics); traffic_bytes and combine_traffic_bytes (W, W) matrices of finite
+    bytes >= 0; workload.skew, if given, finite and >= 0. Where given (`validate` reads them):
+    dispatch_bytes_per_row a positive integer; layer_s a mapping (or null) whose forward, backward
+    and total are measured times as above; rows_per_expert (or null) W lists of num_experts / W
+    integers >= 0, each rank's sum at most the rows its dispatch received (its column of
+    traffic_bytes over the bytes per row).
 
     A meta without a "measured" block (a simulated trace) is not checked here.
     """
@@ -203,6 +208,12 @@ def check_measured_meta(meta: dict) -> None:
     if per_token % d_model or per_token // d_model not in (1, 2, 4, 8):
         raise _meta_fail("meta.measured.bytes_per_token", per_token,
                          f"must be d_model={d_model} times 1, 2, 4 or 8 bytes per element")
+    from lshsim.calibration.sources import MAX_MEASURED_S   # lazily: lshsim.calibration imports lshsim.sim
+
+    def seconds_ok(value) -> bool:
+        return _is_real(value) and 0 < value <= MAX_MEASURED_S
+
+    measured_time = f"must be a finite number of seconds > 0 and <= {MAX_MEASURED_S:g} (a measured time)"
     phases_s = measured.get("phases_s")
     if not isinstance(phases_s, dict):
         raise _meta_fail("meta.measured.phases_s", phases_s, "must be a mapping of direction -> {phase: seconds}")
@@ -215,15 +226,49 @@ def check_measured_meta(meta: dict) -> None:
             if phase not in PHASES:
                 raise _meta_fail(f"meta.measured.phases_s.{direction}", phase,
                                  f"is not a known phase; known: {list(PHASES)}")
-            if not _is_real(seconds) or seconds <= 0:
-                raise _meta_fail(f"meta.measured.phases_s.{direction}.{phase}", seconds,
-                                 "must be a finite number of seconds > 0 (a measured time)")
+            if not seconds_ok(seconds):
+                raise _meta_fail(f"meta.measured.phases_s.{direction}.{phase}", seconds, measured_time)
     from lshsim.sim.traffic import check_matrix
 
+    matrices = {}
     for key in ("traffic_bytes", "combine_traffic_bytes"):
         if key not in measured:
             raise ValueError(f"meta.measured.{key} is missing (a measured trace of executor run has it)")
-        check_matrix(measured[key], world, source="meta.measured", field=key)
+        matrices[key] = check_matrix(measured[key], world, source="meta.measured", field=key)
+    # what validate reads besides (a traceback or a silent garbage prediction before)
+    per_row = per_token
+    if "dispatch_bytes_per_row" in measured:
+        per_row = _meta_int(measured, "meta.measured", "dispatch_bytes_per_row")
+    layer = measured.get("layer_s")
+    if layer is not None:
+        if not isinstance(layer, dict):
+            raise _meta_fail("meta.measured.layer_s", layer, "must be a mapping of forward, backward and total "
+                                                             "seconds, or null")
+        for key in ("forward", "backward", "total"):
+            if key in layer and not seconds_ok(layer[key]):
+                raise _meta_fail(f"meta.measured.layer_s.{key}", layer[key], measured_time)
+    rows = measured.get("rows_per_expert")
+    if rows is not None:
+        _check_rows_per_expert(rows, world, workload["num_experts"], matrices["traffic_bytes"].sum(axis=0) / per_row)
+
+
+def _check_rows_per_expert(rows, world: int, experts: int, received) -> None:
+    """meta.measured.rows_per_expert: per rank, the rows each of its experts computed."""
+    field = "meta.measured.rows_per_expert"
+    local = experts // world if experts % world == 0 else None
+    if not isinstance(rows, list) or len(rows) != world:
+        raise _meta_fail(field, rows, f"must be a list of the {world} ranks' rows per local expert, or null")
+    for rank, counts in enumerate(rows):
+        where = f"{field}[{rank}]"
+        if not isinstance(counts, list) or not counts or (local is not None and len(counts) != local):
+            raise _meta_fail(where, counts, f"must be a list of {local or 'the'} local experts' row counts"
+                                            + (f" (num_experts {experts} / {world} ranks)" if local else ""))
+        for index, value in enumerate(counts):
+            if not _is_int(value) or value < 0:
+                raise _meta_fail(f"{where}[{index}]", value, "must be an integer >= 0 (rows)")
+        if sum(counts) > received[rank] * (1 + 1e-9) + 1e-6:
+            raise _meta_fail(where, counts, f"adds up to {sum(counts)} rows, more than the {received[rank]:.0f} "
+                                            f"rows rank {rank} received (traffic_bytes' column / bytes per row)")
 
 
 @dataclass
