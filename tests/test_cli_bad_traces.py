@@ -159,3 +159,13 @@ def test_a_bad_phase_base_file_is_named_with_its_field(path, value, words, tmp_p
     _refused(["calibrate", "--source", "microbenchmarks", str(MEASURED / "run-m" / "cal-shm-raw.json"),
               "--phase-base", str(base), str(RAW_X1), "--out", str(out / "t.yaml"), "--raw", str(out / "t.json"),
               "--quiet"], tmp_path, capsys, "base.json", words)
+
+
+def test_calibrate_from_traces_refuses_one_trace_given_twice(tmp_path, capsys, monkeypatch):
+    """Exit 0 before: a trace named twice (or under two names) counted its all-to-alls twice in the fit."""
+    path = tmp_path / "t.json"
+    path.write_text((CAL / "cal-uniform-d2048-t4096.json").read_text())
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    _refused(["calibrate", "--from-traces", str(path), "./t.json", str(CAL / "cal-uniform-d2048-t1024.json"),
+              "--out", str(out / "t.yaml"), "--quiet"], tmp_path, capsys, "t.json", ["the trace is given twice"])

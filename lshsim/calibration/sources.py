@@ -129,7 +129,8 @@ def read_traces(paths, *, split_skewed: bool = True, gpu: str | None = None) -> 
     give points and the skewed ones give `A2ACase`s (their matrices, seconds > 0); without it
     every trace gives points. `gpu` overrides the GPU name of the traces' provenance. A trace of a
     held-out workload (meta.workload.role "held-out") is refused: a calibration is fitted on
-    calibration workloads only, so that the held-out ones measure the predictions.
+    calibration workloads only, so that the held-out ones measure the predictions. A file given
+    twice (under any name) is refused: its all-to-alls would weigh twice in the fits.
     """
     paths = [str(p) for p in paths]
     if not paths:
@@ -138,6 +139,12 @@ def read_traces(paths, *, split_skewed: bool = True, gpu: str | None = None) -> 
         check_gpu_name(gpu, "gpu")
     if not isinstance(split_skewed, bool):
         raise ValueError(f"split_skewed={split_skewed!r} must be true or false")
+    seen: dict = {}
+    for path in paths:     # one file twice would count its all-to-alls twice in the fits
+        key = Path(path).resolve()
+        if key in seen:
+            raise ValueError(f"{path}: the trace is given twice ({seen[key]}, {path}); give each trace once")
+        seen[key] = path
     metas = {path: _trace_meta(path) for path in paths}
     for path, meta in metas.items():
         role = meta.get("workload", {}).get("role")
