@@ -72,7 +72,6 @@ TRACE_CASES = [
     ("phases_s time 10^12 (0)", TRACE, M + ("phases_s", "backward", "expert"), 10 ** 12,
      ["meta.measured.phases_s.backward.expert=1000000000000"]),
     ("phase record name a list (TB)", TRACE, ("phases", 0, "name"), [1], ["phases[0]: name=[1]"]),
-    ("phase record direction a mapping", TRACE, ("phases", 0, "direction"), {"a": 1}, ["phases[0]: direction={'a': 1}"]),
     ("dispatch_bytes_per_row null (TB)", FP8_TRACE, M + ("dispatch_bytes_per_row",), None,
      ["meta.measured.dispatch_bytes_per_row=None"]),
     ("dispatch_bytes_per_row 0 (0)", FP8_TRACE, M + ("dispatch_bytes_per_row",), 0,

@@ -105,7 +105,7 @@ class PhaseRecord:
             raise ValueError(f"bytes={self.bytes!r} must be a non-negative integer")
         if not _is_int(self.layer) or self.layer < 0:
             raise ValueError(f"layer={self.layer!r} must be a non-negative integer")
-        if not isinstance(self.direction, str) or self.direction not in DIRECTIONS:
+        if self.direction not in DIRECTIONS:
             raise ValueError(f"direction={self.direction!r} must be one of {list(DIRECTIONS)}")
         if self.direction not in PHASES[self.name].directions:
             raise ValueError(f"phase {self.name!r} has no {self.direction} pass (its directions: "
