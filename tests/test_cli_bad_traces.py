@@ -168,3 +168,19 @@ def test_calibrate_from_traces_refuses_one_trace_given_twice(tmp_path, capsys, m
     out = tmp_path / "out"
     _refused(["calibrate", "--from-traces", str(path), "./t.json", str(CAL / "cal-uniform-d2048-t1024.json"),
               "--out", str(out / "t.yaml"), "--quiet"], tmp_path, capsys, "t.json", ["the trace is given twice"])
+
+
+def test_a_plugin_sources_file_that_is_not_utf8_is_named(tmp_path, capsys, monkeypatch):
+    """Before: "'utf-8' codec can't decode byte 0xff in position 0", no file named (the plugin opens it)."""
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    from plugins import toy_calibration_source
+
+    csv = tmp_path / "a2a.csv"
+    csv.write_bytes(b"\xff\xfe,\n")
+    out = tmp_path / "out"
+    try:
+        _refused(["--plugin", "plugins.toy_calibration_source", "calibrate", "--source", "csv-a2a", str(csv),
+                  "--source-option", "world_size=2", "--gpu", "h200", "--out", str(out / "t.yaml"), "--quiet"],
+                 tmp_path, capsys, "a2a.csv", ["calibration source 'csv-a2a'", "a2a.csv: not UTF-8 text (byte 0)"])
+    finally:
+        toy_calibration_source.unregister()

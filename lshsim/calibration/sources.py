@@ -467,7 +467,8 @@ def read_source(name: str, paths, options: dict | None = None) -> CalibrationInp
     """Read `paths` (one path or several) through the registered source `SOURCES[name]` with its
     keyword `options`. ValueError for an unknown name (listing the known ones), for options the
     source does not take or lacks (checked against its signature, listing its options) and for a
-    file that cannot be opened; the source's own ValueError (naming the file) passes through.
+    file that cannot be opened or is not UTF-8 (naming it); the source's own ValueError (naming
+    the file) passes through.
 
     >>> read_source("csv", ["a.csv"])
     Traceback (most recent call last):
@@ -497,6 +498,9 @@ def read_source(name: str, paths, options: dict | None = None) -> CalibrationInp
         inp = read(paths, **options)
     except OSError as error:
         raise ValueError(f"calibration source {name!r}: {error}") from None
+    except UnicodeDecodeError as error:   # a source that opens its files itself (a plugin's): name the file
+        where = paths[0] if len(paths) == 1 else f"one of {', '.join(paths)}"
+        raise ValueError(f"calibration source {name!r}: {where}: not UTF-8 text (byte {error.start})") from None
     if not isinstance(inp, CalibrationInput):
         raise TypeError(f"calibration source {name!r} returned a {type(inp).__name__}, not a CalibrationInput")
     return inp
