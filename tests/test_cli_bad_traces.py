@@ -67,6 +67,7 @@ TRACE_CASES = [
     ("layer_s.forward text (NF)", TRACE, M + ("layer_s", "forward"), "abc", ["meta.measured.layer_s.forward='abc'"]),
     ("layer_s.backward null (TB)", TRACE, M + ("layer_s", "backward"), None, ["meta.measured.layer_s.backward=None"]),
     ("layer_s.total 0 (0)", TRACE, M + ("layer_s", "total"), 0, ["meta.measured.layer_s.total=0"]),
+    ("layer_s without times (0)", TRACE, M + ("layer_s",), {"a": 1}, ["meta.measured.layer_s.forward is missing"]),
     ("phases_s time 1e30 (0)", TRACE, M + ("phases_s", "forward", "dispatch_a2a"), 1e30,
      ["meta.measured.phases_s.forward.dispatch_a2a=1e+30", "<= 3600"]),
     ("phases_s time 10^12 (0)", TRACE, M + ("phases_s", "backward", "expert"), 10 ** 12,

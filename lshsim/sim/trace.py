@@ -182,8 +182,8 @@ def check_measured_meta(meta: dict) -> None:
     (`lshsim.calibration.sources.MAX_MEASURED_S`; a negative, zero or NaN time is refused, never
     dropped from the statistics); traffic_bytes and combine_traffic_bytes (W, W) matrices of finite
     bytes >= 0; workload.skew, if given, finite and >= 0. Where given (`validate` reads them):
-    dispatch_bytes_per_row a positive integer; layer_s a mapping (or null) whose forward, backward
-    and total are measured times as above; rows_per_expert (or null) W lists of num_experts / W
+    dispatch_bytes_per_row a positive integer; layer_s a mapping (or null) with forward and backward
+    (and total, where given) measured times as above; rows_per_expert (or null) W lists of num_experts / W
     integers >= 0, each rank's sum at most the rows its dispatch received (its column of
     traffic_bytes over the bytes per row).
 
@@ -245,11 +245,18 @@ def check_measured_meta(meta: dict) -> None:
             raise _meta_fail("meta.measured.layer_s", layer, "must be a mapping of forward, backward and total "
                                                              "seconds, or null")
         for key in ("forward", "backward", "total"):
+            if key not in layer and key != "total":   # executor run writes both (and the total)
+                raise ValueError(f"meta.measured.layer_s.{key} is missing (layer_s={_short(layer)})")
             if key in layer and not seconds_ok(layer[key]):
                 raise _meta_fail(f"meta.measured.layer_s.{key}", layer[key], measured_time)
     rows = measured.get("rows_per_expert")
     if rows is not None:
         _check_rows_per_expert(rows, world, workload["num_experts"], matrices["traffic_bytes"].sum(axis=0) / per_row)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_rows_per_expert(rows, world: int, experts: int, received) -> None:
