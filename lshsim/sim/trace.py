@@ -251,7 +251,8 @@ def check_measured_meta(meta: dict) -> None:
                 raise _meta_fail(f"meta.measured.layer_s.{key}", layer[key], measured_time)
     rows = measured.get("rows_per_expert")
     if rows is not None:
-        _check_rows_per_expert(rows, world, workload["num_experts"], matrices["traffic_bytes"].sum(axis=0) / per_row)
+        _check_rows_per_expert(rows, world, workload["num_experts"], matrices["traffic_bytes"].sum(axis=0) / per_row,
+                               per_row)
 
 
 def _short(value) -> str:
@@ -259,7 +260,7 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _check_rows_per_expert(rows, world: int, experts: int, received) -> None:
+def _check_rows_per_expert(rows, world: int, experts: int, received, per_row: int) -> None:
     """meta.measured.rows_per_expert: per rank, the rows each of its experts computed."""
     field = "meta.measured.rows_per_expert"
     local = experts // world if experts % world == 0 else None
@@ -275,7 +276,8 @@ def _check_rows_per_expert(rows, world: int, experts: int, received) -> None:
                 raise _meta_fail(f"{where}[{index}]", value, "must be an integer >= 0 (rows)")
         if sum(counts) > received[rank] * (1 + 1e-9) + 1e-6:
             raise _meta_fail(where, counts, f"adds up to {sum(counts)} rows, more than the {received[rank]:.0f} "
-                                            f"rows rank {rank} received (traffic_bytes' column / bytes per row)")
+                                            f"rows rank {rank} received (its traffic_bytes column / {per_row} bytes per "
+                                            f"row: dispatch_bytes_per_row, else bytes_per_token)")
 
 
 @dataclass
