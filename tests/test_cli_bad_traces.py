@@ -133,6 +133,8 @@ PHASE_BASE_CASES = [
     ("layer workload tokens_per_rank -1 (0)", P + ("layers", 0, "workload", "tokens_per_rank"), -1,
      ["results.phases.layers[0].workload.tokens_per_rank=-1"]),
     ("layer phases_s text (TB)", P + ("layers", 0, "phases_s"), "abc", ["results.phases.layers[0].phases_s='abc'"]),
+    ("layer phases_s direction typo (0)", P + ("layers", 0, "phases_s"), {"forwardd": {"gate": 1e-4}},
+     ["results.phases.layers[0].phases_s: 'forwardd' is not a direction"]),
     ("layer phase time 1e30 (0)", P + ("layers", 0, "phases_s", "forward", "expert"), 1e30,
      ["results.phases.layers[0].phases_s.forward.expert=1e+30", "<= 3600"]),
     ("layer layer_s.forward missing (WF)", P + ("layers", 0, "layer_s", "forward"), "<missing>",

@@ -598,8 +598,8 @@ def check_phase_results(results, name: str = "results.phases") -> None:
     local_bytes a number >= 0 where self; expert records the four grid axes and forward_s /
     backward_s; layer records a workload (tokens_per_rank, d_model, d_ffn, num_experts, world_size
     integers >= 1; router and lsh mappings or null, with k, num_hashes and proj_dim integers >= 1
-    where given), phases_s (direction -> {phase: seconds}), traffic_bytes, combine_traffic_bytes
-    and bytes_per_token (an integer >= 1); layer_s, where given, a mapping with forward and backward
+    where given), phases_s (direction -> {phase: seconds}, known directions and phases), traffic_bytes,
+    combine_traffic_bytes and bytes_per_token (an integer >= 1); layer_s, where given, a mapping with forward and backward
     times (total too, where given); rows_per_expert, where given, lists of integers >= 0."""
     if not isinstance(results, dict):
         raise ValueError(f"{name}={_short(results)} must be a mapping of a2a, expert and layers lists")
@@ -645,10 +645,17 @@ def check_phase_results(results, name: str = "results.phases") -> None:
         phases_s = record["phases_s"]
         if not isinstance(phases_s, dict):
             raise ValueError(f"{where}.phases_s={_short(phases_s)} must be a mapping of direction -> {{phase: seconds}}")
+        from lshsim.sim.phases import DIRECTIONS, PHASES   # lazily: lshsim.sim imports this package
+
         for direction, phases in phases_s.items():
+            if direction not in DIRECTIONS:
+                raise ValueError(f"{where}.phases_s: {_short(direction)} is not a direction; known: {list(DIRECTIONS)}")
             if not isinstance(phases, dict):
                 raise ValueError(f"{where}.phases_s.{direction}={_short(phases)} must be a mapping of phase -> seconds")
             for phase, seconds in phases.items():
+                if phase not in PHASES:
+                    raise ValueError(f"{where}.phases_s.{direction}: {_short(phase)} is not a known phase; known: "
+                                     f"{list(PHASES)}")
                 _positive(seconds, f"{where}.phases_s.{direction}.{phase}")
         layer = record.get("layer_s")
         if layer:
