@@ -141,6 +141,9 @@ PHASE_BASE_CASES = [
      ["results.phases.layers[0].layer_s.forward is missing"]),
     ("layer rows_per_expert -1 (0)", P + ("layers", 0, "rows_per_expert", 0, 0), -1,
      ["results.phases.layers[0].rows_per_expert[0][0]=-1"]),
+    ("layer rows_per_expert of one expert (0)", P + ("layers", 0, "rows_per_expert", 0), [1],
+     ["results.phases.layers[0].rows_per_expert=", "(4 each: num_experts 8 / 2)"]),
+    ("layers 0 (0)", P + ("layers",), 0, ["results.phases.layers=0 must be a list"]),
     ("results text (TB)", ("results",), "abc", ["results.phases is missing"]),
 ]
 

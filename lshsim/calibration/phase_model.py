@@ -605,8 +605,9 @@ def check_phase_results(results, name: str = "results.phases") -> None:
         raise ValueError(f"{name}={_short(results)} must be a mapping of a2a, expert and layers lists")
     for part, numbers, integers in (("a2a", ("device", "as_run", "back_to_back"), ("bytes_per_rank", "world_size")),
                                     ("expert", ("forward_s", "backward_s"), _AXES)):
-        records = results.get(part) or []
-        if not isinstance(records, list):
+        records = results.get(part)
+        records = [] if records is None else records
+        if not isinstance(records, list):     # 0 or "" too: not read as "no records"
             raise ValueError(f"{name}.{part}={_short(records)} must be a list")
         for i, record in enumerate(records):
             where = f"{name}.{part}[{i}]"
@@ -630,7 +631,8 @@ def check_phase_results(results, name: str = "results.phases") -> None:
                     if isinstance(local, bool) or not isinstance(local, (int, float)) or not math.isfinite(local) \
                             or local < 0:
                         raise ValueError(f"{where}.local_bytes={_short(local)} must be a finite number of bytes >= 0")
-    layers = results.get("layers") or []
+    layers = results.get("layers")
+    layers = [] if layers is None else layers
     if not isinstance(layers, list):
         raise ValueError(f"{name}.layers={_short(layers)} must be a list")
     for i, record in enumerate(layers):
@@ -658,7 +660,7 @@ def check_phase_results(results, name: str = "results.phases") -> None:
                                      f"{list(PHASES)}")
                 _positive(seconds, f"{where}.phases_s.{direction}.{phase}")
         layer = record.get("layer_s")
-        if layer:
+        if layer is not None:
             if not isinstance(layer, dict):
                 raise ValueError(f"{where}.layer_s={_short(layer)} must be a mapping of forward, backward and total "
                                  f"seconds, or null")
@@ -668,10 +670,14 @@ def check_phase_results(results, name: str = "results.phases") -> None:
                         raise ValueError(f"{where}.layer_s.{key} is missing")
                     _positive(layer[key], f"{where}.layer_s.{key}")
         rows = record.get("rows_per_expert")
-        if rows:
-            if not isinstance(rows, list) or not all(isinstance(r, list) and r for r in rows):
-                raise ValueError(f"{where}.rows_per_expert={_short(rows)} must be a list of each rank's rows per "
-                                 f"local expert")
+        if rows is not None:
+            world, experts = record["workload"]["world_size"], record["workload"]["num_experts"]
+            local = experts // world if experts % world == 0 else None
+            if not isinstance(rows, list) or (rows and len(rows) != world) \
+                    or not all(isinstance(r, list) and r and (local is None or len(r) == local) for r in rows):
+                raise ValueError(f"{where}.rows_per_expert={_short(rows)} must be a list of the {world} ranks' rows "
+                                 f"per local expert" + (f" ({local} each: num_experts {experts} / {world})"
+                                                        if local else ""))
             for rank, counts in enumerate(rows):
                 for j, value in enumerate(counts):
                     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
