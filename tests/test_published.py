@@ -694,3 +694,46 @@ def test_a_terminated_validation_leaves_no_worker_behind():
         assert_workers_end_with(process, workers, "validation")
     finally:
         kill_leftovers(process, workers)
+
+
+def test_validate_published_plot(tmp_path, capsys):
+    """`validate --published DIR --plot F.png`: the file is written, and the figure's points are the cases'
+    (published, predicted) GB/s and |error|, each in its set's series."""
+    from lshsim.sim.published_plot import published_figure, set_order
+
+    cases = {"source": {"url": "https://example.org/table"},
+             "workload": {"tokens_per_rank": 64, "hidden": 512, "top_k": 8, "experts": 64},
+             "cases": [{"id": f"n{ep}-{op}", "kind": "normal", "ep": ep, "nodes": ep // 8, "op": op,
+                        "format": "fp8" if op == "dispatch" else "bf16", "published_GBps": gbps,
+                        "counts": "rdma" if ep > 8 else "nvlink"}
+                       for ep, op, gbps in ((16, "dispatch", 40), (16, "combine", 30), (32, "dispatch", 35),
+                                            (8, "dispatch", 150))]}
+    (tmp_path / "deepep-cases.yaml").write_text(json.dumps(cases))
+    (tmp_path / "split.yaml").write_text("test: [n8-dispatch]\nfresh2: [n32-dispatch]\n")
+    image = tmp_path / "out" / "published.png"
+    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.8:0.9:0.1", "--json",
+                 "--plot", str(image), "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set_order(out["rows"]) == ["fitting", "test", "fresh2"]
+    fig = published_figure(out)
+    scatter, errors = {}, {}
+    for ax in fig.axes:
+        for coll in ax.collections:
+            gid = coll.get_gid()
+            if gid and gid.startswith("errors/"):
+                errors[gid.split("/", 1)[1]] = sorted(coll.get_offsets()[:, 1].tolist())
+            elif gid:
+                scatter[gid] = sorted(map(tuple, coll.get_offsets().tolist()))
+    by_role = {}
+    for row in out["rows"]:
+        by_role.setdefault(f"{row['role']}/{row['op']}/other", []).append((row["published_GBps"], row["predicted_GBps"]))
+    assert scatter == {k: sorted(v) for k, v in by_role.items()}
+    for role in ("fitting", "test", "fresh2"):
+        expected = sorted(max(abs(r["rel_error"]), 1e-3) * 100 for r in out["rows"] if r["role"] == role)
+        assert errors[role] == pytest.approx(expected)
+    assert errors["leave-one-out"] == pytest.approx(sorted(max(abs(r["rel_error"]), 1e-3) * 100
+                                                          for r in out["leave_one_out"]["rows"]))
+    with pytest.raises(SystemExit) as exit_info:                # still refused: traces or a topology with it
+        main(["validate", "--published", str(tmp_path), "--topology", "dgx-h100"])
+    assert exit_info.value.code == 2 and "--published takes no traces or --topology" in capsys.readouterr().err
