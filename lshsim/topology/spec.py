@@ -508,6 +508,28 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
     return G
 
 
+def unknown_topology_message(text: str, known: list[str]) -> str:
+    """One line for a topology name that is not shipped: the names closest to it, the shipped base clusters, and
+    how many calibrated / published ones there are besides (listing all 80-odd in one line buries the answer)."""
+    import difflib
+    import re
+
+    tokens = {t for t in re.split(r"[^a-z0-9]+", text.lower()) if len(t) >= 3}
+    near = difflib.get_close_matches(text, known, n=3, cutoff=0.6)
+    near += [name for name in known if name not in near and "archive/" not in name
+             and tokens & set(re.split(r"[^a-z0-9]+", name.lower()))]
+    base = [name for name in known if "/" not in name]
+    others = {}
+    for name in known:
+        if "/" in name:
+            folder = name.rsplit("/", 1)[0]
+            others[folder] = others.get(folder, 0) + 1
+    besides = ", ".join(f"{count} under {folder}/" for folder, count in sorted(others.items()))
+    hint = f"did you mean {', '.join(near[:6])}? " if near else ""
+    return (f"topology {text!r} is unknown; {hint}known: {', '.join(base)}"
+            + (f" (and {besides} of {topology_dir()})" if besides else "") + "; or pass a .yaml file")
+
+
 def read_spec(name_or_path: str | Path) -> tuple[dict, str]:
     """The spec dict of a shipped name or a YAML file, and the file's name (for messages)."""
     text = str(name_or_path)
@@ -515,7 +537,7 @@ def read_spec(name_or_path: str | Path) -> tuple[dict, str]:
     if not (path.suffix in (".yaml", ".yml") or path.exists()):
         known = list_topologies()
         if text not in known:
-            raise ValueError(f"topology {text!r} is unknown; known: {', '.join(known)} (or pass a .yaml file)")
+            raise ValueError(unknown_topology_message(text, known))
         path = topology_dir() / f"{text}.yaml"
     spec = load_yaml(path, source=path.name, what="topology file")   # duplicate keys and syntax errors refused
     if not isinstance(spec, dict):
