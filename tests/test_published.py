@@ -20,7 +20,7 @@ from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID,
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 212 and len({c.id for c in cases}) == 212
+    assert len(cases) == 222 and len({c.id for c in cases}) == 222
     test = load_split()
     third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
     fourth = {c.id for c in cases if c.file.startswith("aws-")}                          # the fourth round: fresh3
@@ -96,6 +96,12 @@ def test_shipped_cases_and_split():
                                 "deepep-v1-efa/README.md") and c.nic_family == "efa_nvshmem" and c.group == "nvshmem-efa"
             assert c.ep == 16 and c.nodes == 2 and c.topology in ("published/p5-h100-efa-2x8", "published/p5en-h200-efa-2x8")
             assert c.id not in test | fresh | fresh2 | fresh3 | fresh4 | fresh5  # fitting cases, never held out
+        elif c.file.startswith("mori-"):                       # MORI-EP on AMD MI300X / MI355X (pub14g)
+            assert c.source in ("https://github.com/ROCm/mori/blob/99bc0a3a6e7a70aacc6372cd9a4275ccfb4de567/README.md",
+                                "https://github.com/ROCm/mori/blob/ac97b1d6de1b155dfd1982cde6fea7f813f709fb/docs/EP16.en.md")
+            assert c.group in ("mori-readme", "mori-sop") and c.nic_family == "ib" and c.kind == "normal"
+            assert c.ep == 16 and c.counts == "rdma" and c.workload["topk_groups"] == "none"
+            assert c.topology in ("published/mi300x-cx7-ib-2x8", "published/mi355x-pollara-2x8")
         elif c.file.startswith(("deepep-v2-", "deepep-pcie-", "hybridep-")):
             assert c.source.startswith("https://github.com/deepseek-ai/DeepEP/blob/") and c.nic_family == "ib"
             assert c.kind == "normal" and c.counts == "rdma" and c.group is not None
