@@ -51,6 +51,9 @@ def test_shipped_cases_and_split():
              for i in rng.choice(len(g), math.ceil(len(g) / 3), replace=False)}
     assert fresh6 == drawn and len(a2a) == 49 and len(fresh6) == 22 and 3 * len(fresh6) >= len(a2a)
     assert not fresh6 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5)
+    fresh7 = load_fresh(key="fresh7")
+    seventh = {c.id for c in cases if c.file.startswith("mori-")}                     # the seventh round (pub14g)
+    assert fresh7 == seventh and len(fresh7) == 10 and not fresh7 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6)
     for family, held in (("efa_nccl", 5), ("efa_v1_nccl", 17)):    # each family has test and fitting cases
         mine = {c.id for c in a2a if c.nic_family == family}
         assert len(mine & fresh6) == held and mine - fresh6
@@ -200,15 +203,15 @@ def test_split_names_only_known_cases(tmp_path):
     with pytest.raises(ValueError, match=r"split.yaml: fresh\[0\]='x' is also a test case"):
         load_fresh(tmp_path)
     for earlier, later in [("fresh", "fresh2"), ("fresh2", "fresh3"), ("fresh3", "fresh4"), ("fresh4", "fresh5"),
-                           ("fresh5", "fresh6")]:
+                           ("fresh5", "fresh6"), ("fresh6", "fresh7")]:
         (tmp_path / "split.yaml").write_text(f"{earlier}: [x]\n{later}: [x]\n")
         with pytest.raises(ValueError, match=rf"split.yaml: {later}\[0\]='x' is also in {earlier}"):
             load_fresh(tmp_path, key=later)
     (tmp_path / "split.yaml").write_text("test: [x]\nfresh5: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh5\[0\]='x' is also a test case"):
         load_fresh(tmp_path, key="fresh5")
-    with pytest.raises(ValueError, match=r"key='fresh7' must be one of"):
-        load_fresh(tmp_path, key="fresh7")
+    with pytest.raises(ValueError, match=r"key='fresh8' must be one of"):
+        load_fresh(tmp_path, key="fresh8")
 
 
 def test_routing_as_deepep_draws_it():
