@@ -78,6 +78,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lshsim import bounds
 from lshsim.readers import load_yaml as read_yaml
 from lshsim.sim.dispatch_formats import bytes_per_token, node_dedup_traffic
 
@@ -133,15 +134,17 @@ class Case:
 
 
 def _field(value, where: str, kind, check=None, why: str = ""):
+    """`value` if of `kind` and `check` holds, and within the plausibility limit of its field's kind
+    (`lshsim.bounds`: ep, nodes, tokens, hidden, experts, sizes, latencies), else ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, kind) or (check is not None and not check(value)):
         raise ValueError(f"{where}={value!r} {why}".rstrip())
-    return value
+    return bounds.check_field(where, value)
 
 
 #: the top-level fields of a published-case file (anything else, e.g. a typo of topology, is refused)
 PUBLISHED_FIELDS = ("source", "group", "topology", "nic_family", "hardware", "bandwidth_definition", "workload", "cases")
 #: the largest published bandwidth a case may state, GB/s per GPU (above any link: a typo or a unit error)
-PUBLISHED_MAX_GBPS = 1e4
+PUBLISHED_MAX_GBPS = bounds.maximum("published_GBps")     # 1e4, lshsim.bounds
 
 
 def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
