@@ -33,6 +33,7 @@ bytes               2^50 B         a memory, buffer, chunk, message or traffic s
 ratio               1024           an oversubscription or headroom factor (*oversubscription,
                                    *headroom): fabrics are oversubscribed 1-8x, headrooms are 1-2
 channels            1024           NCCL channels (p2p_channels, channels_per_peer): NCCL has 64
+links               1024           NVLink / HCCS links of one GPU (intra.links): GPUs have 18
 dim                 2^20           a model width (d_model, hidden, d_ffn, dense_d_ffn, head_dim,
                                    LoRA ranks, lsh_dim): published models reach 2^15 / 2^17
 heads               2^16           attention heads (num_heads, num_kv_heads): models use 8-128
@@ -118,6 +119,7 @@ LIMITS: dict[str, Limit] = {
     "ratio": Limit(1024.0, "", "an oversubscription or headroom factor",
                    "fabrics are oversubscribed 1-8x, link headrooms are 1-2"),
     "channels": Limit(1024.0, "", "NCCL channels", "NCCL has at most 64"),
+    "links": Limit(1024.0, "", "NVLink or HCCS links of one GPU", "GPUs have at most 18"),
     "dim": Limit(float(2 ** 20), "", "a model width (d_model, d_ffn, a head or LoRA dimension)",
                  "published models reach d_model 2^15 and d_ffn 2^17"),
     "heads": Limit(float(2 ** 16), "", "attention heads", "models use 8-128 heads"),
@@ -152,7 +154,7 @@ FIELD_KINDS: dict[str, str] = {
     "chunk_bytes": "bytes", "grad_bucket_bytes": "bytes", "Bps": "rate_Bps",
     "oversubscription": "ratio", "core_oversubscription": "ratio", "headroom": "ratio",
     "a2a_link_headroom": "ratio",
-    "p2p_channels": "channels", "channels_per_peer": "channels",
+    "p2p_channels": "channels", "channels_per_peer": "channels", "links": "links",
     "d_model": "dim", "hidden": "dim", "d_ffn": "dim", "dense_d_ffn": "dim", "head_dim": "dim",
     "q_lora_rank": "dim", "kv_lora_rank": "dim", "qk_nope_head_dim": "dim", "qk_rope_head_dim": "dim",
     "v_head_dim": "dim", "lsh_dim": "dim", "proj_dim": "dim",
@@ -202,11 +204,13 @@ def _hint(kind: str, value: float) -> str:
     if not value > 0:
         return ""
     if kind == "latency_s":
-        if value >= 1e3:        # 5e6 for 5e-6: the exponent's sign dropped
+        if 1e3 <= value < 1e10:     # 5e6 for 5e-6: the exponent's sign dropped (1e-10 s and up is plausible)
             exponent = math.floor(math.log10(value))
             mantissa = round(value / 10 ** exponent, 6)
             return f"; did you mean {mantissa:g}e-{exponent:02d}?"
-        return f"; the field is in seconds: {_number(value)} us is {value * 1e-6:g} s"
+        if value < 1e3:             # 5 for 5 us
+            return f"; the field is in seconds: {_number(value)} us is {value * 1e-6:g} s"
+        return ""
     if kind == "nic_gbps" and 1e9 <= value <= LIMITS[kind].maximum * 1e9:
         return f"; the field is in Gb/s: did you mean {value / 1e9:g}?"
     if kind == "published_GBps" and 1e9 <= value <= LIMITS[kind].maximum * 1e9:

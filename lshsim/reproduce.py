@@ -204,6 +204,8 @@ def _figure(index: int, raw, papers: dict, source: str) -> Figure:
         if not isinstance(bounds, list) or len(bounds) != 2:
             raise ValueError(f"{where}: range={bounds!r} must be [low, high]")
         low, high = (_number(where, "range", b) for b in bounds)
+        if quantity == "speedup":
+            _bounds.check("speedup", "range", high, where)
         if not low <= value <= high:
             raise ValueError(f"{where}: range={bounds!r} must hold value={value!r} (low <= value <= high)")
         out["range"] = (low, high)
@@ -231,6 +233,7 @@ def _figure(index: int, raw, papers: dict, source: str) -> Figure:
     for key in edits:
         if not isinstance(key, str) or not key:
             raise ValueError(f"{where}: cluster_edits key {key!r} must be a dotted field name (inter.nic_gbps)")
+        _bounds.check_field(f"cluster_edits.{key}", edits[key], where)     # nodes, inter.nic_gbps: lshsim.bounds
     out["cluster_edits"] = dict(edits)
     assumed = _mapping(where, "assumed", raw.get("assumed") or {})
     for key, reason in assumed.items():

@@ -70,6 +70,8 @@ CASES = [
      ["intra.per_link_Bps = 2.5e+19 is above 1e+14 B/s", "bandwidth"]),
     ("nic 400e9 Gb/s", "c.yaml", _sub(RAIL, "nic_gbps: 400", "nic_gbps: 400.0e+9"), SIMULATE,
      ["inter.nic_gbps = 4e+11 is above 800000 Gb/s", "did you mean 400?"]),
+    ("nvlink links 1e12", "c.yaml", _sub(RAIL, "links: 18", "links: 1000000000000"), SIMULATE,
+     ["intra.links = 1000000000000 is above 1024", "links of one GPU"]),
     ("inline gpu flops 1e30", "c.yaml", _sub(DGX1, "gpu: v100", "gpu: {base: v100, peak_flops: 1.0e+30}"), SIMULATE,
      ["gpu.peak_flops = 1e+30 is above 1e+18 FLOP/s"]),
     # calibration block of a topology (executor calibrate writes it; every command reads it)
@@ -101,6 +103,11 @@ CASES = [
     ("figure tokens 1e12", "f.yaml", _sub(FIGURES, "setting: {router: topk, capacity_factor: 1.0}",
                                           "setting: {router: topk, capacity_factor: 1.0, tokens_per_gpu: 1000000000000}"),
      REPRODUCE, ["figures[0]", "tokens_per_gpu = 1000000000000 is above 16777216"]),
+    ("figure cluster nodes 1e12", "f.yaml", _sub(FIGURES, "cluster_edits: {nodes: 2}", "cluster_edits: {nodes: 1000000000000}"),
+     REPRODUCE, ["figures[0]", "cluster_edits.nodes = 1000000000000 is above 65536"]),
+    ("figure capacity 1e30", "f.yaml", _sub(FIGURES, "setting: {router: topk, capacity_factor: 1.0}",
+                                            "setting: {router: topk, capacity_factor: 1.0e+30}"),
+     REPRODUCE, ["figures[0]", "capacity_factor = 1e+30 is above 1000000"]),
     # sweep grid YAML (sweep GRID): each point failed in its own row before, the file not named
     ("grid nodes 1e12", "g.yaml", _sub(GRID, "nodes: [1, 2, 4]", "nodes: [1, 2, 1000000000000]"), SWEEP,
      ["grid.nodes[2] = 1000000000000 is above 65536", "servers"]),

@@ -450,7 +450,8 @@ class StepConfig:
             raise ValueError(f"kernel_launch_s={self.kernel_launch_s!r} must be finite and >= 0")
         from lshsim import bounds     # plausibility limits (a grid's or a figure's setting is a file's field)
 
-        for name in ("tokens_per_gpu", "lsh_dim", "lsh_hashes", "ep", "tp", "kernel_launch_s", "grad_bucket_bytes"):
+        for name in ("tokens_per_gpu", "lsh_dim", "lsh_hashes", "ep", "tp", "kernel_launch_s", "grad_bucket_bytes",
+                     "capacity_factor"):
             if getattr(self, name) is not None:
                 bounds.check_field(name, getattr(self, name))
 
