@@ -6,9 +6,10 @@ absurd numbers, so every reader of an input file refuses a value above its kind'
 line naming the file, the field, the value, the limit and why (`check`), and suggests the slip where
 it is obvious (an exponent whose sign was dropped, b/s for Gb/s, B/s for GB/s).
 
-The limits are generous: no real configuration comes near them (every committed file is at least
-100x below, tests/test_input_limits.py loads them all). They are not measured values; they say
-"no such hardware or model exists", not "this is slow". Whether this machine can simulate a size is
+The limits are generous: no real configuration comes near them (every committed file is well below,
+the nearest being a B200's 8e12 B/s of HBM, 12x under its limit, and DeepSeek-V3's dense d_ffn of
+18,432, 57x under; tests/test_input_limits.py loads them all). They are judgement, not measurements:
+they say "no such hardware or model exists", not "this is slow". Whether this machine can simulate a size is
 a different check, `lshsim.limits` (memory and time estimates).
 
 ==================  =============  ==============================================================
