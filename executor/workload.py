@@ -39,6 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from lshsim import bounds
 from lshsim.algorithms import canonical_algorithm
 from lshsim.checks import FILE_NAME_PATTERN, FILE_NAME_RULE, finite_number, non_negative_int, positive_int
 from lshsim.dispatch import ROUTERS, RouterConfig
@@ -57,29 +58,37 @@ _ROUTER_FIELDS = ("name", "k", "capacity_factor", "drop_policy", "locality_bonus
 #: '+' and '-', starting with a letter or a digit, at most 128 characters, no '..'; so no path
 #: separator, no leading dot and no way out of the output folder.
 NAME_PATTERN = FILE_NAME_PATTERN     # the name becomes the trace's file name
-#: plausible ranges of the sizes (larger values are typos or unit errors; whether the machine holds
-#: the run is the commands' check): tokens per rank <= 2^24, d_model and d_ffn <= 2^20, experts
-#: <= 2^16, ranks <= 2^20, ranks per node <= 1024, warmup and iterations <= 2^20.
-LIMITS = {"tokens_per_rank": 1 << 24, "d_model": 1 << 20, "d_ffn": 1 << 20, "num_experts": 1 << 16,
-          "iterations": 1 << 20, "warmup": 1 << 20, "world_size": 1 << 20, "gpus_per_node": 1024,
-          "input_clusters": 1 << 24}
+#: plausible ranges of the sizes, from the one table `lshsim.bounds` (larger values are typos or unit
+#: errors; whether the machine holds the run is the commands' check): tokens per rank <= 2^24,
+#: d_model and d_ffn <= 2^20, experts <= 2^16, ranks <= 2^20, ranks per node <= 1024, warmup and
+#: iterations <= 2^20; skew and input_noise <= 100 (`_checked` below).
+LIMITS = {name: int(bounds.maximum(bounds.kind_of(name)))
+          for name in ("tokens_per_rank", "d_model", "d_ffn", "num_experts", "iterations", "warmup", "world_size",
+                       "gpus_per_node", "input_clusters")}
 
 
 #: the most hash functions an LSH workload may concatenate (the paper uses 6; the bucket count grows
 #: as (2 d')^L)
-LSH_MAX_HASHES = 64
+LSH_MAX_HASHES = int(bounds.maximum("lsh_hashes"))
 
 
 def _field_error(name: str, message: str) -> ValueError:
     return ValueError(f"workload field {name!r}: {message}")
 
 
-def _checked(check, name: str, value: object, **bounds):
-    """`check(name, value, **bounds)` of `lshsim.checks`, its error naming the workload field."""
+def _checked(check, name: str, value: object, **limits):
+    """`check(name, value, **limits)` of `lshsim.checks`, its error naming the workload field."""
     try:
-        return check(name, value, **bounds)
+        return check(name, value, **limits)
     except ValueError as error:
         raise _field_error(name, str(error)) from None
+
+
+def _plausible(name: str, value: object, kind: str) -> None:
+    """Refuse a value above the plausibility limit of its kind (`lshsim.bounds`), naming the field."""
+    text = bounds.describe(kind, value)
+    if text is not None:
+        raise _field_error(name, text)
 
 
 def _is_int(value: object) -> bool:
@@ -140,7 +149,7 @@ class WorkloadConfig:
         for name, limit in LIMITS.items():
             value = getattr(self, name)
             if value is not None and _is_int(value) and value > limit:
-                raise _field_error(name, f"{value} exceeds the limit of {limit} (lshsim.executor.workload.LIMITS)")
+                raise _field_error(name, bounds.describe(bounds.kind_of(name), value))
         if self.role is not None:
             _choice("role", self.role, ROLES)
         _choice("placement", self.placement, PLACEMENT_NAMES)
@@ -155,6 +164,7 @@ class WorkloadConfig:
             raise _field_error("router.k", f"{self.router.k} must be <= num_experts={self.num_experts} (choices "
                                            f"per token among the experts)")
         _checked(finite_number, "skew", self.skew, minimum=0.0)
+        _plausible("skew", self.skew, "skew")          # the popularity is degenerate above (lshsim.bounds)
         if not isinstance(self.inputs, str) or not self.inputs:
             raise _field_error("inputs", f"{self.inputs!r} must be 'synthetic' or a file path")
         if self.inputs != "synthetic" and Path(self.inputs).suffix not in (".pt", ".npy"):
@@ -164,6 +174,7 @@ class WorkloadConfig:
             if self.inputs != "synthetic":
                 raise _field_error("input_clusters", "applies to synthetic inputs only (inputs: synthetic)")
         _checked(finite_number, "input_noise", self.input_noise, minimum=0.0)
+        _plausible("input_noise", self.input_noise, "noise")      # the centres are lost in the noise above
         if self.lsh is not None and not isinstance(self.lsh, dict):
             raise _field_error("lsh", f"{self.lsh!r} must be a mapping of LSHConfig fields or null")
         lsh = self.lsh_config()       # the LSH fields are checked now, not when the run reaches them
@@ -171,7 +182,7 @@ class WorkloadConfig:
             # the projection is a (d_model, num_hashes * proj_dim) matrix: 1e12 hashes or dimensions
             # were an allocation error (a traceback), 1e6 an hour of hashing
             if lsh.num_hashes > LSH_MAX_HASHES:
-                raise _field_error("lsh.num_hashes", f"{lsh.num_hashes} exceeds the limit of {LSH_MAX_HASHES}")
+                raise _field_error("lsh.num_hashes", bounds.describe("lsh_hashes", lsh.num_hashes))
             if lsh.proj_dim is not None and lsh.proj_dim > lsh.padded_dim(self.d_model):
                 raise _field_error("lsh.proj_dim", f"{lsh.proj_dim} exceeds d_model={self.d_model} (the "
                                                    f"dimension each hash projects from)")

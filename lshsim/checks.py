@@ -21,13 +21,15 @@ import functools
 import math
 import re
 
+from lshsim import bounds as _bounds
+
 __all__ = ["positive_int", "non_negative_int", "finite_number", "arg_positive_int", "arg_non_negative_int",
            "arg_finite_number", "bounded_int", "arg_int", "CAPACITY_FACTOR_MAX", "arg_name", "OneLineArgumentParser", "env_int", "file_name", "FILE_NAME_RULE"]
 
 
 #: the largest capacity factor the command line takes: a factor above E / k already drops nothing, and
 #: C = ceil(factor * T * k / E) must stay a 64-bit integer (1e30 overflowed the routers' int64 slots)
-CAPACITY_FACTOR_MAX = 1e6
+CAPACITY_FACTOR_MAX = _bounds.maximum("capacity_factor")    # 1e6, lshsim.bounds
 
 
 def _is_int(value: object) -> bool:

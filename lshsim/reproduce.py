@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from lshsim import bounds as _bounds   # (a figure's `range` is read into a local `bounds`)
 from lshsim.readers import load_yaml
 
 __all__ = ["QUANTITIES", "RELATIVE_QUANTITIES", "SETTING_FIELDS", "WITHIN", "Paper", "Figure", "FigureSet",
@@ -165,6 +166,8 @@ def _setting(where: str, name: str, value) -> dict:
     if "top_k" in value and (isinstance(value["top_k"], bool) or not isinstance(value["top_k"], int)
                              or value["top_k"] < 1):
         raise ValueError(f"{where}: {name}.top_k={value['top_k']!r} must be a positive integer")
+    if "top_k" in value:
+        _bounds.check("experts", f"{name}.top_k", value["top_k"], where)
     try:
         StepConfig(**{k: v for k, v in value.items() if k != "top_k"})
     except (ValueError, TypeError) as error:
@@ -192,6 +195,8 @@ def _figure(index: int, raw, papers: dict, source: str) -> Figure:
         raise ValueError(f"{where}: quantity={raw['quantity']!r} must be one of {', '.join(QUANTITIES)}")
     quantity = out["quantity"] = raw["quantity"]
     value = out["value"] = _number(where, "value", raw["value"])
+    if quantity == "speedup":
+        _bounds.check("speedup", "value", value, where)        # lshsim.bounds: 1000x
     if quantity != "speedup" and value >= 1:
         raise ValueError(f"{where}: value={raw['value']!r} must be a fraction below 1 for {quantity} (0.3 = 30%)")
     if raw.get("range") is not None:
@@ -199,6 +204,8 @@ def _figure(index: int, raw, papers: dict, source: str) -> Figure:
         if not isinstance(bounds, list) or len(bounds) != 2:
             raise ValueError(f"{where}: range={bounds!r} must be [low, high]")
         low, high = (_number(where, "range", b) for b in bounds)
+        if quantity == "speedup":
+            _bounds.check("speedup", "range", high, where)
         if not low <= value <= high:
             raise ValueError(f"{where}: range={bounds!r} must hold value={value!r} (low <= value <= high)")
         out["range"] = (low, high)
@@ -226,6 +233,7 @@ def _figure(index: int, raw, papers: dict, source: str) -> Figure:
     for key in edits:
         if not isinstance(key, str) or not key:
             raise ValueError(f"{where}: cluster_edits key {key!r} must be a dotted field name (inter.nic_gbps)")
+        _bounds.check_field(f"cluster_edits.{key}", edits[key], where)     # nodes, inter.nic_gbps: lshsim.bounds
     out["cluster_edits"] = dict(edits)
     assumed = _mapping(where, "assumed", raw.get("assumed") or {})
     for key, reason in assumed.items():

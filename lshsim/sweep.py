@@ -40,6 +40,8 @@ from itertools import product
 from pathlib import Path
 from typing import Callable, Iterable
 
+from lshsim import bounds
+
 __all__ = ["AXES", "Axis", "Grid", "Point", "load_grid", "evaluate_point", "read_table", "run_sweep",
            "table_columns", "RESULT_COLUMNS", "OPTION_NAMES", "ENGINES", "plot_sweep", "format_value"]
 
@@ -292,6 +294,9 @@ def load_grid(path: str | Path, resolve_model=None) -> Grid:
                 checked.append(AXES[name].check(value))
             except (ValueError, TypeError) as error:
                 raise ValueError(f"{source}: {where}={value!r} {error}") from None
+            kind = bounds.kind_of(name)     # nodes, gpus_per_node, nic_gbps, oversubscription, ...: lshsim.bounds
+            if kind is not None:
+                bounds.check(kind, where, value, source)
         if len(set(map(format_value, checked))) != len(checked):
             raise ValueError(f"{source}: grid.{name}={values!r} lists a value twice")
         axes[name] = checked

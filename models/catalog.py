@@ -58,6 +58,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from lshsim import bounds
 from lshsim.checks import positive_int
 from lshsim.readers import load_yaml, read_text
 from lshsim.sim.phases import attention_parameters  # re-exported: the rule lives with the costs that use it
@@ -69,12 +70,23 @@ CONFIG_PACKAGE = "lshsim.models"
 CONFIG_DIR = "configs"
 
 
-#: plausible ranges of a model's sizes, checked when a config is read (a larger value is a typo or
-#: a unit error; whether a machine can simulate it is the commands' check): the largest published
-#: models have ~100-200 layers, d_model ~ 2^14-2^15, d_ffn ~ 2^16-2^17, a few thousand experts,
-#: vocabularies of ~2^18 and sequences of ~2^20 tokens.
-LIMITS = {"num_layers": 1 << 14, "d_model": 1 << 20, "d_ffn": 1 << 22, "num_experts": 1 << 16, "seq_len": 1 << 24,
-          "tokens_per_gpu": 1 << 24, "vocab_size": 1 << 24}
+#: plausible ranges of a model's sizes, from the one table `lshsim.bounds`, checked when a config is
+#: read (a larger value is a typo or a unit error; whether a machine can simulate it is the commands'
+#: check): the largest published models have ~100-200 layers, d_model ~ 2^14-2^15, d_ffn ~ 2^16-2^17,
+#: 8-128 heads, a few thousand experts, vocabularies of ~2^18 and sequences of ~2^20 tokens. The
+#: attention fields (heads, head and LoRA dimensions) and a stage's sizes are checked by the same table.
+LIMITS = {name: int(bounds.maximum(bounds.kind_of(name)))
+          for name in ("num_layers", "d_model", "d_ffn", "num_experts", "seq_len", "tokens_per_gpu", "vocab_size",
+                       "top_k", "dense_d_ffn", "num_shared_experts", "attention_window")}
+
+
+def _plausible(name: str, value) -> None:
+    """ValueError 'NAME = VALUE is above LIMIT, the limit for ...' (`lshsim.bounds`) for a value above
+    its kind's limit; None and non-numbers pass (the type checks say why)."""
+    kind = bounds.kind_of(name)
+    text = None if kind is None or value is None else bounds.describe(kind, value)
+    if text is not None:
+        raise ValueError(f"{name} = {text}")
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,7 @@ class Stage:
     def __post_init__(self) -> None:
         for name in ("blocks", "d_model", "d_ffn"):
             positive_int(f"stages.{name}", getattr(self, name))
+            _plausible(f"stages.{name}", getattr(self, name))
         if isinstance(self.moe_blocks, (str, bytes)) or not isinstance(self.moe_blocks, (tuple, list)):
             raise ValueError(f"stages.moe_blocks={self.moe_blocks!r} must be a list of block indices")
         for index in self.moe_blocks:
@@ -135,6 +148,7 @@ def _attention(value) -> tuple:
             items[name] = None
         if items[name] is not None or required:
             positive_int(f"attention.{name}", items[name])
+            _plausible(f"attention.{name}", items[name])      # heads <= 2^16, dimensions <= 2^20
     if kind == "gqa" and items["num_heads"] % items["num_kv_heads"] != 0:
         raise ValueError(f"attention.num_kv_heads={items['num_kv_heads']} must divide "
                          f"attention.num_heads={items['num_heads']}")
@@ -236,9 +250,8 @@ class ModelConfig:
         for name in ("num_layers", "d_model", "d_ffn", "num_experts", "seq_len", "tokens_per_gpu", "top_k",
                      "moe_every", "vocab_size", "bytes_per_element"):
             positive_int(name, getattr(self, name))
-        for name, limit in LIMITS.items():
-            if getattr(self, name) > limit:
-                raise ValueError(f"{name}={getattr(self, name)} exceeds the limit of {limit} (lshsim.models.catalog.LIMITS)")
+        for name in LIMITS:
+            _plausible(name, getattr(self, name))        # lshsim.bounds (the optional ones checked below)
         for name in ("source", "notes"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be text")

@@ -20,7 +20,7 @@ from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID,
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 212 and len({c.id for c in cases}) == 212
+    assert len(cases) == 222 and len({c.id for c in cases}) == 222
     test = load_split()
     third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
     fourth = {c.id for c in cases if c.file.startswith("aws-")}                          # the fourth round: fresh3
@@ -51,6 +51,9 @@ def test_shipped_cases_and_split():
              for i in rng.choice(len(g), math.ceil(len(g) / 3), replace=False)}
     assert fresh6 == drawn and len(a2a) == 49 and len(fresh6) == 22 and 3 * len(fresh6) >= len(a2a)
     assert not fresh6 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5)
+    fresh7 = load_fresh(key="fresh7")
+    seventh = {c.id for c in cases if c.file.startswith("mori-")}                     # the seventh round (pub14g)
+    assert fresh7 == seventh and len(fresh7) == 10 and not fresh7 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6)
     for family, held in (("efa_nccl", 5), ("efa_v1_nccl", 17)):    # each family has test and fitting cases
         mine = {c.id for c in a2a if c.nic_family == family}
         assert len(mine & fresh6) == held and mine - fresh6
@@ -96,6 +99,12 @@ def test_shipped_cases_and_split():
                                 "deepep-v1-efa/README.md") and c.nic_family == "efa_nvshmem" and c.group == "nvshmem-efa"
             assert c.ep == 16 and c.nodes == 2 and c.topology in ("published/p5-h100-efa-2x8", "published/p5en-h200-efa-2x8")
             assert c.id not in test | fresh | fresh2 | fresh3 | fresh4 | fresh5  # fitting cases, never held out
+        elif c.file.startswith("mori-"):                       # MORI-EP on AMD MI300X / MI355X (pub14g)
+            assert c.source in ("https://github.com/ROCm/mori/blob/99bc0a3a6e7a70aacc6372cd9a4275ccfb4de567/README.md",
+                                "https://github.com/ROCm/mori/blob/ac97b1d6de1b155dfd1982cde6fea7f813f709fb/docs/EP16.en.md")
+            assert c.group in ("mori-readme", "mori-sop") and c.nic_family == "ib" and c.kind == "normal"
+            assert c.ep == 16 and c.counts == "rdma" and c.workload["topk_groups"] == "none"
+            assert c.topology in ("published/mi300x-cx7-ib-2x8", "published/mi355x-pollara-2x8")
         elif c.file.startswith(("deepep-v2-", "deepep-pcie-", "hybridep-")):
             assert c.source.startswith("https://github.com/deepseek-ai/DeepEP/blob/") and c.nic_family == "ib"
             assert c.kind == "normal" and c.counts == "rdma" and c.group is not None
@@ -194,15 +203,15 @@ def test_split_names_only_known_cases(tmp_path):
     with pytest.raises(ValueError, match=r"split.yaml: fresh\[0\]='x' is also a test case"):
         load_fresh(tmp_path)
     for earlier, later in [("fresh", "fresh2"), ("fresh2", "fresh3"), ("fresh3", "fresh4"), ("fresh4", "fresh5"),
-                           ("fresh5", "fresh6")]:
+                           ("fresh5", "fresh6"), ("fresh6", "fresh7")]:
         (tmp_path / "split.yaml").write_text(f"{earlier}: [x]\n{later}: [x]\n")
         with pytest.raises(ValueError, match=rf"split.yaml: {later}\[0\]='x' is also in {earlier}"):
             load_fresh(tmp_path, key=later)
     (tmp_path / "split.yaml").write_text("test: [x]\nfresh5: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh5\[0\]='x' is also a test case"):
         load_fresh(tmp_path, key="fresh5")
-    with pytest.raises(ValueError, match=r"key='fresh7' must be one of"):
-        load_fresh(tmp_path, key="fresh7")
+    with pytest.raises(ValueError, match=r"key='fresh8' must be one of"):
+        load_fresh(tmp_path, key="fresh8")
 
 
 def test_routing_as_deepep_draws_it():
@@ -694,3 +703,46 @@ def test_a_terminated_validation_leaves_no_worker_behind():
         assert_workers_end_with(process, workers, "validation")
     finally:
         kill_leftovers(process, workers)
+
+
+def test_validate_published_plot(tmp_path, capsys):
+    """`validate --published DIR --plot F.png`: the file is written, and the figure's points are the cases'
+    (published, predicted) GB/s and |error|, each in its set's series."""
+    from lshsim.sim.published_plot import published_figure, set_order
+
+    cases = {"source": {"url": "https://example.org/table"},
+             "workload": {"tokens_per_rank": 64, "hidden": 512, "top_k": 8, "experts": 64},
+             "cases": [{"id": f"n{ep}-{op}", "kind": "normal", "ep": ep, "nodes": ep // 8, "op": op,
+                        "format": "fp8" if op == "dispatch" else "bf16", "published_GBps": gbps,
+                        "counts": "rdma" if ep > 8 else "nvlink"}
+                       for ep, op, gbps in ((16, "dispatch", 40), (16, "combine", 30), (32, "dispatch", 35),
+                                            (8, "dispatch", 150))]}
+    (tmp_path / "deepep-cases.yaml").write_text(json.dumps(cases))
+    (tmp_path / "split.yaml").write_text("test: [n8-dispatch]\nfresh2: [n32-dispatch]\n")
+    image = tmp_path / "out" / "published.png"
+    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.8:0.9:0.1", "--json",
+                 "--plot", str(image), "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set_order(out["rows"]) == ["fitting", "test", "fresh2"]
+    fig = published_figure(out)
+    scatter, errors = {}, {}
+    for ax in fig.axes:
+        for coll in ax.collections:
+            gid = coll.get_gid()
+            if gid and gid.startswith("errors/"):
+                errors[gid.split("/", 1)[1]] = sorted(coll.get_offsets()[:, 1].tolist())
+            elif gid:
+                scatter[gid] = sorted(map(tuple, coll.get_offsets().tolist()))
+    by_role = {}
+    for row in out["rows"]:
+        by_role.setdefault(f"{row['role']}/{row['op']}/other", []).append((row["published_GBps"], row["predicted_GBps"]))
+    assert scatter == {k: sorted(v) for k, v in by_role.items()}
+    for role in ("fitting", "test", "fresh2"):
+        expected = sorted(max(abs(r["rel_error"]), 1e-3) * 100 for r in out["rows"] if r["role"] == role)
+        assert errors[role] == pytest.approx(expected)
+    assert errors["leave-one-out"] == pytest.approx(sorted(max(abs(r["rel_error"]), 1e-3) * 100
+                                                          for r in out["leave_one_out"]["rows"]))
+    with pytest.raises(SystemExit) as exit_info:                # still refused: traces or a topology with it
+        main(["validate", "--published", str(tmp_path), "--topology", "dgx-h100"])
+    assert exit_info.value.code == 2 and "--published takes no traces or --topology" in capsys.readouterr().err

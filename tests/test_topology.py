@@ -183,6 +183,19 @@ def test_unknown_topology_lists_known_names():
         load_topology("nope")
     with pytest.raises(ValueError, match="does not exist"):
         load_topology("/no/such/file.yaml")
+    # a misspelt name: the close names first; the base clusters listed, the calibrated / published ones counted
+    with pytest.raises(ValueError) as info:
+        load_topology("h200-nvswich")
+    message = str(info.value)
+    assert message.startswith("topology 'h200-nvswich' is unknown; did you mean h200-nvswitch, ")
+    from lshsim.topology.spec import list_topologies
+
+    published = [n for n in list_topologies() if n.startswith("published/")]
+    assert published and f"{len(published)} under published/" in message
+    assert "published/p5-h100-efa-2x8" not in message and "h100-nvswitch" in message
+    with pytest.raises(ValueError) as info:
+        load_topology("dgx-h100")                                         # a shared token: the H100 clusters
+    assert "did you mean" in str(info.value) and "h100-nvswitch" in str(info.value).split("? known:")[0]
 
 
 def test_calibrated_single_node_round_trip(tmp_path):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from lshsim import bounds
 from lshsim.checks import finite_number
 
 __all__ = ["LinkModel", "LinkModels", "LinkRates", "CollectiveRates", "ChannelTerm", "curve_busbw_Bps",
@@ -102,9 +103,11 @@ def _yaml_number(source: str, name: str, value, *, minimum: float, exclusive: bo
     if isinstance(value, str):
         raise _fail(source, name, value, "must be a finite number, not text (write it unquoted)")
     try:
-        return finite_number(name, value, minimum=minimum, exclusive=exclusive)
+        number = finite_number(name, value, minimum=minimum, exclusive=exclusive)
     except ValueError as error:
         raise ValueError(f"{source}: {error}") from None
+    bounds.check_field(name, value, source)          # a headroom, a link cap: lshsim.bounds
+    return number
 
 
 def parse_busbw_curve(value, *, field_name: str = "calibration.a2a_busbw_curve",
@@ -131,6 +134,7 @@ def parse_busbw_curve(value, *, field_name: str = "calibration.a2a_busbw_curve",
             if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
                     or number <= 0:
                 raise _fail(source, f"{field_name}[{i}][{j}]", item, "must be a finite number > 0")
+            bounds.check(("bytes", "rate_Bps")[j], f"{field_name}[{i}][{j}]", number, source)
             pair.append(float(number))
         if curve and pair[0] <= curve[-1][0]:
             raise _fail(source, f"{field_name}[{i}][0]", point[0],
@@ -214,6 +218,7 @@ def parse_channel_term(value, *, field_name: str = "calibration.a2a_nccl_channel
         item = value[key]
         if isinstance(item, bool) or not isinstance(item, int):
             raise _fail(source, f"{field_name}.{key}", item, "must be a positive integer")
+        bounds.check_field(f"{field_name}.{key}", item, source)     # channels, chunk_bytes: lshsim.bounds
         ints[key] = item
     try:
         config = NcclP2pConfig(**ints)

@@ -83,6 +83,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lshsim import bounds
+
 __all__ = ["PhaseModel", "ExpertTable", "LinearFit", "FEATURES", "KERNEL_TERMS", "TRANSPORTS", "CONVENTIONS",
            "transport_of_env", "workload_features", "fit_linear", "fit_phase_model", "unaligned_chunks",
            "parse_phase_model", "check_phase_results", "fit_conventions", "fit_expert_floor"]
@@ -437,13 +439,15 @@ class PhaseModel:
         return block
 
 
-def _number(value, name: str, minimum: float = 0.0) -> float:
+def _number(value, name: str, minimum: float = 0.0, kind: str | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:
         raise ValueError(f"{name}={value!r} must be a finite number >= {minimum:g}")
+    if kind is not None:
+        bounds.check(kind, name, value)          # a size, a time, a rate: lshsim.bounds
     return float(value)
 
 
-def _curve(value, name: str, minimum: float | None) -> tuple | None:
+def _curve(value, name: str, minimum: float | None, kind: str | None = None) -> tuple | None:
     """A [[bytes_per_rank, value], ...] curve: sizes >= 1 strictly increasing, values finite
     (and >= minimum when given); None stays None."""
     if value is None:
@@ -452,13 +456,15 @@ def _curve(value, name: str, minimum: float | None) -> tuple | None:
         raise ValueError(f"{name} must be a list of [bytes_per_rank, value] pairs")
     out = []
     for i, (m, v) in enumerate(value):
-        size = _number(m, f"{name}[{i}][0]", 1.0)
+        size = _number(m, f"{name}[{i}][0]", 1.0, "bytes")
         if minimum is None:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"{name}[{i}][1]={v!r} must be a finite number")
+            if kind is not None:
+                bounds.check(kind, f"{name}[{i}][1]", v)
             out.append((size, float(v)))
         else:
-            out.append((size, _number(v, f"{name}[{i}][1]", minimum)))
+            out.append((size, _number(v, f"{name}[{i}][1]", minimum, kind)))
     if any(b[0] <= a[0] for a, b in zip(out, out[1:])):
         raise ValueError(f"{name}: sizes must be strictly increasing")
     return tuple(out)
@@ -485,8 +491,8 @@ def _parse(block, name: str) -> PhaseModel:
     excess = block.get("a2a_excess_s") or {}
     if not isinstance(excess, dict) or set(excess) - {"as_run", "back_to_back"}:
         raise ValueError(f"{name}.a2a_excess_s={excess!r} must be a mapping with as_run and back_to_back curves")
-    as_run = _curve(excess.get("as_run"), f"{name}.a2a_excess_s.as_run", None)
-    b2b = _curve(excess.get("back_to_back"), f"{name}.a2a_excess_s.back_to_back", None)
+    as_run = _curve(excess.get("as_run"), f"{name}.a2a_excess_s.as_run", None, "duration_s")
+    b2b = _curve(excess.get("back_to_back"), f"{name}.a2a_excess_s.back_to_back", None, "duration_s")
     unaligned = _curve(block.get("a2a_unaligned"), f"{name}.a2a_unaligned", 0.01)
     compute = block.get("compute") or {}
     if not isinstance(compute, dict) or set(compute) - {"expert", "expert_floor_s", "kernels", "exchange_s",
@@ -499,8 +505,10 @@ def _parse(block, name: str) -> PhaseModel:
         if not isinstance(floors, dict) or set(floors) != {"forward", "backward"} or expert is None:
             raise ValueError(f"{name}.compute.expert_floor_s must be a mapping of forward and backward seconds, "
                              f"with compute.expert")
-        expert = expert.with_floor((_number(floors["forward"], f"{name}.compute.expert_floor_s.forward"),
-                                    _number(floors["backward"], f"{name}.compute.expert_floor_s.backward")))
+        expert = expert.with_floor((_number(floors["forward"], f"{name}.compute.expert_floor_s.forward", 0.0,
+                                            "duration_s"),
+                                    _number(floors["backward"], f"{name}.compute.expert_floor_s.backward", 0.0,
+                                            "duration_s")))
     kernels = {}
     for key, fit in (compute.get("kernels") or {}).items():
         where = f"{name}.compute.kernels.{key}"
@@ -520,10 +528,10 @@ def _parse(block, name: str) -> PhaseModel:
         kernels[(phase, direction)] = LinearFit(tuple(fit["terms"]), coef, int(extra["points"] or 0),
                                                 *(extra[k] for k in list(extra)[1:]))
     exchange = compute.get("exchange_s")
-    exchange = None if exchange is None else _number(exchange, f"{name}.compute.exchange_s")
+    exchange = None if exchange is None else _number(exchange, f"{name}.compute.exchange_s", 0.0, "duration_s")
     single = compute.get("exchange_single_s")
-    single = None if single is None else _number(single, f"{name}.compute.exchange_single_s")
-    self_copy = _curve(block.get("self_copy_Bps"), f"{name}.self_copy_Bps", 1.0)
+    single = None if single is None else _number(single, f"{name}.compute.exchange_single_s", 0.0, "duration_s")
+    self_copy = _curve(block.get("self_copy_Bps"), f"{name}.self_copy_Bps", 1.0, "rate_Bps")
     band = block.get("a2a_excess_band_s") or {}
     if not isinstance(band, dict) or set(band) - {"as_run", "back_to_back"}:
         raise ValueError(f"{name}.a2a_excess_band_s={band!r} must be a mapping of as_run and back_to_back")
@@ -535,6 +543,7 @@ def _parse(block, name: str) -> PhaseModel:
         for i, v in enumerate(value):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"{name}.a2a_excess_band_s.{key}[{i}]={v!r} must be a finite number")
+            bounds.check("duration_s", f"{name}.a2a_excess_band_s.{key}[{i}]", v)
         if low > high:
             raise ValueError(f"{name}.a2a_excess_band_s.{key}={value!r}: low must be <= high")
         bands[key] = (float(low), float(high))

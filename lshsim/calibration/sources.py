@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lshsim import bounds
 from lshsim.calibration.fits import CALIBRATED_GPUS, check_gpu_name, gpu_key
 from lshsim.calibration.inputs import A2ACase, A2APoint, CalibrationInput, P2PPoint
 from lshsim.calibration.model import a2a_bytes_per_rank
@@ -226,11 +227,11 @@ def _real(field: str, value, *, positive: bool = True, maximum: float | None = N
             or (value <= 0 if positive else value < 0) or (maximum is not None and value > maximum):
         raise _fail(field, value, f"must be a finite number {'> 0' if positive else '>= 0'}"
                                   + (f" and <= {maximum:g}" if maximum is not None else ""))
-    return value
+    return bounds.check_field(field, value)       # a rate, a FLOP rate: lshsim.bounds
 
 
 #: the longest measured time (seconds) of one all-to-all or send a raw record may hold: one hour
-MAX_MEASURED_S = 3600.0
+MAX_MEASURED_S = bounds.maximum("duration_s")          # 3600, lshsim.bounds
 #: the fields of a raw microbenchmark record (`executor calibrate --raw`); a key one typo away from
 #: one of these (e.g. "a2ax") is refused rather than ignored (other keys are kept as records)
 RAW_TOP_FIELDS = ("results", "provenance", "fit")
@@ -253,7 +254,7 @@ def _no_typos(mapping: dict, known, where: str) -> None:
 def _integer(field: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise _fail(field, value, f"must be an integer >= {minimum}")
-    return value
+    return bounds.check_field(field, value)       # a size, a rank count, a width: lshsim.bounds
 
 
 def _entries(results: dict, key: str) -> list:
@@ -345,7 +346,7 @@ _DEVICE = re.compile(r"\[[^\]]*\]\s+(.+?)\s*$")
 
 
 #: the longest time of one nccl-tests row that `parse_nccl_tests` accepts (one hour, in us)
-NCCL_TESTS_MAX_TIME_US = 3.6e9
+NCCL_TESTS_MAX_TIME_US = bounds.maximum("duration_us")  # 3.6e9, lshsim.bounds
 
 
 def parse_nccl_tests(text: str, world_size: int | None = None, *, source: str = "nccl-tests output") -> NcclTestsRun:

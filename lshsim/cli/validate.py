@@ -81,7 +81,8 @@ def add_parser(subparsers):
                    help="topology name or YAML (e.g. a calibrated one); default: the GPU's datasheet topology")
     p.add_argument("--plot", default=None,
                    help="draw predicted vs measured into this file (PNG, or the format its suffix names: .pdf, "
-                        ".svg; written whole; its folder is created if missing, checked before any work)")
+                        ".svg; written whole; its folder is created if missing, checked before any work); with "
+                        "--published: predicted vs published GB/s by set, and every set's |error|")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return p
 
@@ -92,8 +93,9 @@ def run(args) -> int:
     from lshsim.io import prepare_output
 
     if args.published is not None:
-        if args.traces or args.topology or args.plot:
-            raise ValueError("--published takes no traces, --topology or --plot")
+        if args.traces or args.topology:
+            raise ValueError("--published takes no traces or --topology")
+        prepare_output(args.plot, "--plot")
         return _run_published(args)
     if args.fitting_only or args.jobs is not None or args.quiet:
         raise ValueError("--fitting-only, --jobs and --quiet go with --published")
@@ -177,6 +179,11 @@ def _run_published(args) -> int:
     out = validate_published(folder, efficiency_grid=grid, fitting_only=args.fitting_only, jobs=jobs,
                              progress=progress, simulation_progress=simulation_progress)
     lines.line(f"{len(simulated)} cases simulated, calibration and leave-one-out fitted")
+    if args.plot:
+        from lshsim.sim.published_plot import plot_published
+
+        plot_published(out, args.plot)
+        lines.line(f"plot written to {args.plot}")
     if args.json:
         _render.print_json(out)
         return 0

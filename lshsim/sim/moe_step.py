@@ -448,6 +448,12 @@ class StepConfig:
                                  f"router='locmoe', not {self.router!r}")
         if not (math.isfinite(self.kernel_launch_s) and self.kernel_launch_s >= 0):
             raise ValueError(f"kernel_launch_s={self.kernel_launch_s!r} must be finite and >= 0")
+        from lshsim import bounds     # plausibility limits (a grid's or a figure's setting is a file's field)
+
+        for name in ("tokens_per_gpu", "lsh_dim", "lsh_hashes", "ep", "tp", "kernel_launch_s", "grad_bucket_bytes",
+                     "capacity_factor"):
+            if getattr(self, name) is not None:
+                bounds.check_field(name, getattr(self, name))
 
     @property
     def deduplicates(self) -> bool:

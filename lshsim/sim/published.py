@@ -18,7 +18,7 @@ cases, chosen before any fit and never fitted on (`load_split`). For each case t
 Calibration (`Calibration`, `fit_calibration`), per NIC family (a case file's `nic_family`: ib for CX7 InfiniBand,
 efa for UCCL-EP's CPU proxy over AWS EFA v2 and later, efa_v1 for the same over EFA v1 (p5), efa_nvshmem for DeepEP over
 NVSHMEM's libfabric/EFA host proxy, efa_nccl and efa_v1_nccl for NCCL over aws-ofi-nccl on EFA v2+ / EFA v1), each family on
-its own, on the FITTING cases only (`split.yaml` names the test cases and the fresh held-out sets `fresh:` to `fresh6:`; the
+its own, on the FITTING cases only (`split.yaml` names the test cases and the fresh held-out sets `fresh:` to `fresh7:`; the
 fit refuses all of them). The predicted time of a case is
 
     t = t_sim(eff) + alpha[kind][op] + beta x m
@@ -78,6 +78,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lshsim import bounds
 from lshsim.readers import load_yaml as read_yaml
 from lshsim.sim.dispatch_formats import bytes_per_token, node_dedup_traffic
 
@@ -133,15 +134,17 @@ class Case:
 
 
 def _field(value, where: str, kind, check=None, why: str = ""):
+    """`value` if of `kind` and `check` holds, and within the plausibility limit of its field's kind
+    (`lshsim.bounds`: ep, nodes, tokens, hidden, experts, sizes, latencies), else ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, kind) or (check is not None and not check(value)):
         raise ValueError(f"{where}={value!r} {why}".rstrip())
-    return value
+    return bounds.check_field(where, value)
 
 
 #: the top-level fields of a published-case file (anything else, e.g. a typo of topology, is refused)
 PUBLISHED_FIELDS = ("source", "group", "topology", "nic_family", "hardware", "bandwidth_definition", "workload", "cases")
 #: the largest published bandwidth a case may state, GB/s per GPU (above any link: a typo or a unit error)
-PUBLISHED_MAX_GBPS = 1e4
+PUBLISHED_MAX_GBPS = bounds.maximum("published_GBps")     # 1e4, lshsim.bounds
 
 
 def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
@@ -294,7 +297,7 @@ def load_split(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = No
 
 #: the fresh held-out sets of split.yaml, in the order they were added: each committed before any prediction of its
 #: cases (and before the model change that followed it); never fitted on
-FRESH_SETS = ("fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6")
+FRESH_SETS = ("fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7")
 
 
 def load_fresh(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = None, key: str = "fresh") -> set[str]:

@@ -56,6 +56,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lshsim import bounds
 from lshsim.readers import load_json
 from lshsim.sim.phases import DIRECTIONS, PHASES
 
@@ -153,7 +154,7 @@ def _check_meta(meta: object) -> None:
 
 
 #: plausible range of a trace's ranks (the sizes the executor can run; a larger value is corrupt)
-MAX_WORLD_SIZE = 1 << 20
+MAX_WORLD_SIZE = int(bounds.maximum("gpus"))       # 2^20, lshsim.bounds
 
 
 def _meta_fail(field: str, value, why: str) -> ValueError:

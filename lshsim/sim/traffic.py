@@ -13,7 +13,8 @@ one of these kinds of `spec`:
 
 Every error is a ValueError that names the spec (the file), the field and the value: a missing or
 empty file, invalid JSON, a key given twice, a matrix of the wrong shape, an entry that is not a
-finite number of bytes >= 0 (`true`, "1000000", NaN, -1 are refused).
+finite number of bytes >= 0 (`true`, "1000000", NaN, -1 are refused) and at most
+`lshsim.bounds`' 2^50 (1 PiB).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import os
 
 import numpy as np
 
+from lshsim import bounds
 from lshsim.readers import load_json
 from lshsim.units import parse_bytes
 
@@ -81,6 +83,7 @@ def check_matrix(payload, world: int, *, source: str, field: str = "traffic") ->
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or value < 0:
                 raise ValueError(f"{source}: {field}[{i}][{j}]={value!r} must be a finite number of bytes >= 0 (a matrix of numbers)")
+            bounds.check("bytes", f"{field}[{i}][{j}]", value, source)     # lshsim.bounds: 1 PiB
     return np.asarray(payload, dtype=float)
 
 

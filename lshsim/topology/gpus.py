@@ -33,6 +33,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from lshsim import bounds
+
 __all__ = ["GpuSpec", "GPUS", "get_gpu", "gpu_from_dict"]
 
 
@@ -148,5 +150,6 @@ def gpu_from_dict(spec: dict) -> GpuSpec:
                 raise ValueError(f"gpu.compute_units={value!r} must be a non-negative integer (SMs)")
             fields[key] = int(value)
         else:
+            bounds.check_field(f"gpu.{key}", value)      # peak_flops, *_Bps, memory_bytes: lshsim.bounds
             fields[key] = float(value)
     return GpuSpec(**fields)

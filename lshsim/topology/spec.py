@@ -94,7 +94,10 @@ Errors name the file, the field and the value: "h100.yaml: inter.nic_gbps=-5 mus
 number must be a finite number, not a bool and not quoted text ('25e9'; a plain 25e9 is read as a
 number, `lshsim.readers`); a key given twice is refused. Sizes: gpus_per_node <= 1024, nodes <=
 65536, at most 2^20 GPUs in all (MAX_GPUS_PER_NODE, MAX_NODES, MAX_GPUS: plausible ranges; whether
-the machine can simulate a topology is each command's estimate, `lshsim.limits`).
+the machine can simulate a topology is each command's estimate, `lshsim.limits`). Every number
+read here (a family's own fields and the calibration block's too) is also held to the plausibility
+limit of its kind, by its name (`lshsim.bounds`: a latency <= 1 s, a bandwidth <= 1e14 B/s, a NIC
+<= 8e5 Gb/s, ...): "c.yaml: alpha_s = 5e+06 is above 1 s, ...; did you mean 5e-06?".
 
 >>> G = build_topology({"name": "t", "gpu": "h100", "gpus_per_node": 4, "intra": {"kind": "nvswitch"}})
 >>> G.graph["num_nodes"], G.graph["gpus_per_node"], round(G.edges["n0.gpu0", "n0.nvswitch"]["bandwidth_Bps"] / 1e9)
@@ -109,6 +112,7 @@ from pathlib import Path
 
 import networkx as nx
 
+from lshsim import bounds
 from lshsim.calibration.model import LinkModels
 from lshsim.readers import dump_yaml, load_yaml
 from lshsim.topology.families import INTER_FAMILIES, INTRA_FAMILIES, FieldReader
@@ -128,9 +132,9 @@ DEFAULT_PCIE_BPS = {"v100": 12e9, "a100": 25e9, "h100": 50e9, "h200": 50e9, "asc
 #: MAX_GPUS_PER_NODE GPUs (the largest NVLink domains announced hold 576), a cluster at most
 #: MAX_NODES servers and MAX_GPUS GPUs in all (the project plans up to thousands of GPUs; 4096 x 8
 #: is accepted). Whether the machine can hold the graph and its route table is the commands' check.
-MAX_GPUS_PER_NODE = 1024
-MAX_NODES = 65536
-MAX_GPUS = 1 << 20
+MAX_GPUS_PER_NODE = int(bounds.maximum("gpus_per_node"))     # 1024, lshsim.bounds
+MAX_NODES = int(bounds.maximum("nodes"))                     # 65536
+MAX_GPUS = int(bounds.maximum("gpus"))                       # 2^20
 
 _TOP_KEYS = {"name", "description", "gpu", "nodes", "gpus_per_node", "alpha_s", "intra", "inter", "calibration",
              "software", "assumed"}
@@ -211,6 +215,7 @@ class _Checker:
             raise self.fail(prefix + key, value, f"must be > {minimum:g}")
         if not strict and not value >= minimum:
             raise self.fail(prefix + key, value, f"must be >= {minimum:g}")
+        bounds.check_field(prefix + key, value, self.source)     # the plausibility limit of its kind
         return float(value)
 
     def integer(self, block: dict, key: str, prefix: str, default=None, *, minimum: int = 1,
@@ -226,6 +231,7 @@ class _Checker:
             raise self.fail(prefix + key, value, f"must be >= {minimum}")
         if maximum is not None and value > maximum:
             raise self.fail(prefix + key, value, f"must be in [{minimum}, {maximum}]")
+        bounds.check_field(prefix + key, value, self.source)     # the plausibility limit of its kind
         return value
 
     def choice(self, block: dict, key: str, prefix: str, choices) -> str:
@@ -508,6 +514,28 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
     return G
 
 
+def unknown_topology_message(text: str, known: list[str]) -> str:
+    """One line for a topology name that is not shipped: the names closest to it, the shipped base clusters, and
+    how many calibrated / published ones there are besides (listing all 80-odd in one line buries the answer)."""
+    import difflib
+    import re
+
+    tokens = {t for t in re.split(r"[^a-z0-9]+", text.lower()) if len(t) >= 3}
+    near = difflib.get_close_matches(text, known, n=3, cutoff=0.6)
+    near += [name for name in known if name not in near and "archive/" not in name
+             and tokens & set(re.split(r"[^a-z0-9]+", name.lower()))]
+    base = [name for name in known if "/" not in name]
+    others = {}
+    for name in known:
+        if "/" in name:
+            folder = name.rsplit("/", 1)[0]
+            others[folder] = others.get(folder, 0) + 1
+    besides = ", ".join(f"{count} under {folder}/" for folder, count in sorted(others.items()))
+    hint = f"did you mean {', '.join(near[:6])}? " if near else ""
+    return (f"topology {text!r} is unknown; {hint}known: {', '.join(base)}"
+            + (f" (and {besides} of {topology_dir()})" if besides else "") + "; or pass a .yaml file")
+
+
 def read_spec(name_or_path: str | Path) -> tuple[dict, str]:
     """The spec dict of a shipped name or a YAML file, and the file's name (for messages)."""
     text = str(name_or_path)
@@ -515,7 +543,7 @@ def read_spec(name_or_path: str | Path) -> tuple[dict, str]:
     if not (path.suffix in (".yaml", ".yml") or path.exists()):
         known = list_topologies()
         if text not in known:
-            raise ValueError(f"topology {text!r} is unknown; known: {', '.join(known)} (or pass a .yaml file)")
+            raise ValueError(unknown_topology_message(text, known))
         path = topology_dir() / f"{text}.yaml"
     spec = load_yaml(path, source=path.name, what="topology file")   # duplicate keys and syntax errors refused
     if not isinstance(spec, dict):
