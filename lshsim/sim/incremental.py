@@ -16,7 +16,8 @@ relative 1e-9 of their bytes finish together. What changes is what one drain cos
   argument of `FlowNetwork._compute_rates`). The refill set S grows by searching resources, starting
   from the saturated resources of the drained classes: searching resource e takes in its classes of
   rate >= r whose bneck is e (and notes the fastest class of rate >= r it leaves out); progressive
-  filling then runs on S alone, on the capacity the other classes leave (kept per resource,
+  filling then runs on S alone (one bottleneck at a time, the resources in a heap keyed by their
+  fair share: `_incremental_kernels._fill`), on the capacity the other classes leave (kept per resource,
   recomputed from scratch after as many rate changes as there are classes, so rounding cannot pile
   up). Then S grows and the filling runs again where the result could be wrong:
   (i) a resource saturated before the drain, crossed by a class of S whose rate changed, is searched
@@ -116,7 +117,7 @@ class IncrementalSolver:
         self.counters = np.zeros(4, dtype=np.int64)
         # floats: [longest size/rate since the last full refill (the drain window's bound)]
         self.scalars = np.zeros(1)
-        # [rate updates, refilled classes, filling rounds, drain events, full refills, incidence entries
+        # [rate updates, refilled classes, resources saturated by the fillings, drain events, full refills, incidence entries
         #  scanned, classes whose rate changed, fillings (an update may fill again after a search)]
         self.stats = np.zeros(8, dtype=np.int64)
 
