@@ -407,6 +407,9 @@ def drain(now, tolerance, E, mult, size, rem, t_at, rate, bneck, alive, mark, tr
                     if not in_a[e2]:
                         in_a[e2] = True
                         a_list, n_a = _push(a_list, n_a, e2)
+                    if expanded[e2] == 0 and _tight(capacity, used0, e2):
+                        # searched now rather than after a filling ((i) of the module docstring)
+                        queue, n_queue = _push(queue, n_queue, 2 * e2)
         if f == 0:
             break
         cap_left = capacity - used

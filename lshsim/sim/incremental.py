@@ -15,7 +15,10 @@ relative 1e-9 of their bytes finish together. What changes is what one drain cos
   crosses what. Let r be the smallest drained rate. Classes slower than r keep their rates (the
   argument of `FlowNetwork._compute_rates`). The refill set S grows by searching resources, starting
   from the saturated resources of the drained classes: searching resource e takes in its classes of
-  rate >= r whose bneck is e (and notes the fastest class of rate >= r it leaves out); progressive
+  rate >= r whose bneck is e (and notes the fastest class of rate >= r it leaves out), and every
+  resource saturated before the drain that a class taken in crosses is searched too, at once (nearly
+  every class taken in changes its rate, and then (i) below would search them after a filling that
+  must run again: searching them first saves most of the repeated fillings); progressive
   filling then runs on S alone (one bottleneck at a time, the resources in a heap keyed by their
   fair share: `_incremental_kernels._fill`), on the capacity the other classes leave (kept per resource,
   recomputed from scratch after as many rate changes as there are classes, so rounding cannot pile
