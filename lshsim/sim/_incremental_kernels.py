@@ -83,14 +83,8 @@ def _heap_push(hk, hv, n, key, value):
 
 
 @_jit
-def _heap_pop(hk, hv, n):
-    """Remove the root of the heap of n entries (the caller read it); returns n - 1."""
-    n -= 1
-    if n == 0:
-        return 0
-    key = hk[n]
-    value = hv[n]
-    j = 0
+def _sift_down(hk, hv, n, j, key, value):
+    """Put (key, value) at slot j of the heap of n entries and move it down to its place."""
     while True:
         c = 2 * j + 1
         if c >= n:
@@ -104,6 +98,14 @@ def _heap_pop(hk, hv, n):
         j = c
     hk[j] = key
     hv[j] = value
+
+
+@_jit
+def _heap_pop(hk, hv, n):
+    """Remove the root of the heap of n entries (the caller read it); returns n - 1."""
+    n -= 1
+    if n > 0:
+        _sift_down(hk, hv, n, 0, hk[n], hv[n])
     return n
 
 
@@ -166,18 +168,25 @@ def _fill(ids, E, mult, cap_left, rate, bott, stats):
                 r = loc[e]
                 members[fillpos[r]] = p
                 fillpos[r] += 1
-    # every resource's share, in a heap (sorted: a sorted array is a heap)
+    # every resource's share, in a heap (built bottom up, O(nr))
     hk = np.empty(nr + f * width + 1)
     hv = np.empty(nr + f * width + 1, dtype=np.int64)
     for r in range(nr):
         hk[r] = cap[r] / cnt[r]
-    order = np.argsort(hk[:nr], kind="mergesort")
-    hk[:nr] = hk[:nr][order]
-    hv[:nr] = order
+        hv[r] = r
+    for j in range(nr // 2 - 1, -1, -1):
+        _sift_down(hk, hv, nr, j, hk[j], hv[j])
     n_heap = nr
     frozen = np.zeros(f, dtype=np.bool_)
+    n_left = 0                             # classes on a resource that can bind, not frozen yet
+    for p in range(f):
+        i = ids[p]
+        for h in range(width):
+            if E[i, h] != sentinel:
+                n_left += 1
+                break
     smallest = np.inf
-    while n_heap > 0:
+    while n_heap > 0 and n_left > 0:       # (the resources left in the heap then carry no class)
         key = hk[0]
         r = hv[0]
         n_heap = _heap_pop(hk, hv, n_heap)
@@ -196,6 +205,7 @@ def _fill(ids, E, mult, cap_left, rate, bott, stats):
             if frozen[p]:
                 continue
             frozen[p] = True
+            n_left -= 1
             i = ids[p]
             rate[i] = level
             bott[p] = e_global
