@@ -305,3 +305,64 @@ def test_compiled_vectorised_collectives_equal_numpy_bit_for_bit(monkeypatch, al
     old, new, compiled = _vectorised_both_ways(monkeypatch, run)
     assert compiled > 0
     assert new == old
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_heap_filling_equals_the_reference_on_random_class_sets(seed):
+    """`_incremental_kernels._fill` (one bottleneck at a time, lazy heap) against the per-flow
+    progressive filling of `reference_max_min_rates` on random classes: multiplicities, padding with
+    the sentinel, repeated hop sets, a class on no resource, ties (equal capacities), a subset of the
+    class ids on capacity partly used by others; every rate within 1e-12 and every class's recorded
+    bottleneck saturated with no faster class of the subset on it."""
+    from lshsim.sim import _incremental_kernels as kernels
+    from lshsim.sim.reference import reference_max_min_rates
+
+    rng = np.random.default_rng(seed)
+    links = int(rng.integers(5, 40))
+    sentinel = links
+    n, width = int(rng.integers(20, 200)), 4
+    E = np.full((n, width), sentinel, dtype=np.int32)
+    for i in range(n):
+        hops = int(rng.integers(1, width + 1))
+        E[i, :hops] = rng.choice(links, hops, replace=False)
+    E[5] = E[3]                                   # two classes on the same resources
+    E[7] = sentinel                               # a class that nothing binds
+    mult = rng.integers(1, 5, n).astype(float)
+    capacity = np.r_[rng.choice([1e9, 2e9, 5e9], links) * rng.choice([1.0, 1.0, rng.uniform(0.5, 2.0)], links),
+                     np.inf]
+    cap_left = capacity.copy()
+    cap_left[:links] *= rng.uniform(0.3, 1.0, links)        # what the classes outside the subset leave
+    ids = np.sort(rng.choice(n, int(rng.integers(10, n)), replace=False)).astype(np.int64)
+    ids = np.union1d(ids, [3, 5, 7]).astype(np.int64)
+    rate = np.full(n, -1.0)
+    bott = np.full(len(ids), -2, dtype=np.int64)
+    stats = np.zeros(8, dtype=np.int64)
+    given = cap_left.copy()
+    smallest = kernels._fill(ids, E, mult, cap_left, rate, bott, stats)
+    assert np.array_equal(cap_left, given)                   # not changed
+    paths, owner = [], []
+    for p, i in enumerate(ids):
+        hops = [int(e) for e in E[i] if e != sentinel]
+        if not hops:
+            continue                              # (the reference needs a resource per flow)
+        paths += [[(e,) for e in hops]] * int(mult[i])
+        owner += [p] * int(mult[i])
+    want = reference_max_min_rates(paths, {(e,): float(cap_left[e]) for e in range(links)})
+    for p, i in enumerate(ids):
+        expected = [w for w, o in zip(want, owner) if o == p]
+        if not any(e != sentinel for e in E[i]):
+            assert rate[i] == np.inf and bott[p] == sentinel
+            continue
+        assert max(expected) == min(expected)
+        assert rate[i] == pytest.approx(expected[0], rel=1e-12)
+        # the bottleneck: one of its resources, saturated, and no class of the subset on it is faster
+        b = bott[p]
+        assert b in E[i]
+        on_b = [j for j in ids if b in E[j]]
+        used = sum(mult[j] * rate[j] for j in on_b)
+        assert used == pytest.approx(cap_left[b], rel=1e-12)
+        assert max(rate[j] for j in on_b) <= rate[i] * (1 + 1e-12)
+    assert rate[np.setdiff1d(np.arange(n), ids)].max() == -1.0       # only the subset is written
+    finite = [rate[i] for i in ids if np.isfinite(rate[i])]
+    assert smallest == min(finite)
+    assert stats[2] >= 1

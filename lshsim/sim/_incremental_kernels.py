@@ -65,89 +65,164 @@ def _collect(tree, threshold, buf, count):
     return buf, count
 
 
-# ---- progressive filling on a subset of classes -------------------------------------------------
+# ---- progressive filling, one bottleneck at a time (a heap of the resources' levels) ------------
+@_jit
+def _heap_push(hk, hv, n, key, value):
+    """Push (key, value) on the binary min-heap hk/hv of n entries (room is the caller's); returns n + 1."""
+    j = n
+    while j > 0:
+        parent = (j - 1) >> 1
+        if hk[parent] <= key:
+            break
+        hk[j] = hk[parent]
+        hv[j] = hv[parent]
+        j = parent
+    hk[j] = key
+    hv[j] = value
+    return n + 1
+
+
+@_jit
+def _sift_down(hk, hv, n, j, key, value):
+    """Put (key, value) at slot j of the heap of n entries and move it down to its place."""
+    while True:
+        c = 2 * j + 1
+        if c >= n:
+            break
+        if c + 1 < n and hk[c + 1] < hk[c]:
+            c += 1
+        if hk[c] >= key:
+            break
+        hk[j] = hk[c]
+        hv[j] = hv[c]
+        j = c
+    hk[j] = key
+    hv[j] = value
+
+
+@_jit
+def _heap_pop(hk, hv, n):
+    """Remove the root of the heap of n entries (the caller read it); returns n - 1."""
+    n -= 1
+    if n > 0:
+        _sift_down(hk, hv, n, 0, hk[n], hv[n])
+    return n
+
+
 @_jit
 def _fill(ids, E, mult, cap_left, rate, bott, stats):
     """Max-min fair rates of classes `ids` on the capacity `cap_left` (R,) that the other classes
-    leave (sentinel last, +inf), by progressive filling in rounds: each round freezes every local
-    bottleneck at once (a resource whose fair share is <= that of every resource sharing an unfrozen
-    class with it; `lshsim.sim.network.FlowNetwork._compute_rates` says why this equals progressive
-    filling). Writes rate[ids] and bott[p], the resource where ids[p] froze (its bottleneck; the
+    leave (sentinel last, +inf), by progressive filling one bottleneck at a time: the resource of the
+    lowest fair share (capacity left / flows of unfrozen classes on it) saturates at that share, its
+    unfrozen classes freeze at it, and the capacity they take is subtracted on their other
+    resources. The resources wait in a binary heap keyed by their fair share; a share only rises
+    when classes freeze below it, so a key is a lower bound of its resource's share: a popped
+    resource whose share rose meanwhile goes back in with the new one (lazy update), and one whose
+    share did not is the lowest of all. Same rates as filling in rounds
+    (`lshsim.sim.network.FlowNetwork._compute_rates`) up to rounding (the order of the
+    subtractions), at O(classes x hops x log resources) instead of O(rounds x (classes x hops +
+    resources)). Writes rate[ids] and bott[p], the resource where ids[p] froze (its bottleneck; the
     sentinel when nothing binds it); returns the smallest rate (inf if ids is empty). cap_left is
-    consumed."""
+    not changed."""
     f = ids.shape[0]
     width = E.shape[1]
     R = cap_left.shape[0]
     sentinel = R - 1
-    Es = np.empty((f, width), dtype=np.int32)       # the subset's rows, contiguous
-    ms = np.empty(f)
+    # the resources the classes cross, numbered locally, and local resource -> classes (CSR)
+    loc = np.full(R, -1, dtype=np.int64)
+    glob = np.empty(min(R, f * width + 1), dtype=np.int64)
+    nr = 0
     for p in range(f):
         i = ids[p]
-        ms[p] = mult[i]
         for h in range(width):
-            Es[p, h] = E[i, h]
-    free = np.arange(f)
-    n_free = f
-    count = np.zeros(R)
-    level = np.empty(R)
-    link_min = np.empty(R)
-    class_min = np.empty(f)
+            e = E[i, h]
+            if e != sentinel and loc[e] < 0:
+                loc[e] = nr
+                glob[nr] = e
+                nr += 1
+    cnt = np.zeros(nr)                    # flows of unfrozen classes on each resource
+    n_on = np.zeros(nr, dtype=np.int64)   # unfrozen classes on each resource
+    cap = np.empty(nr)
+    start = np.zeros(nr + 1, dtype=np.int64)
+    for r in range(nr):
+        cap[r] = cap_left[glob[r]]
+    for p in range(f):
+        i = ids[p]
+        m = mult[i]
+        for h in range(width):
+            e = E[i, h]
+            if e != sentinel:
+                r = loc[e]
+                cnt[r] += m
+                n_on[r] += 1
+                start[r + 1] += 1
+    for r in range(nr):
+        start[r + 1] += start[r]
+    fillpos = start[:nr].copy()
+    members = np.empty(start[nr], dtype=np.int64)
+    for p in range(f):
+        i = ids[p]
+        for h in range(width):
+            e = E[i, h]
+            if e != sentinel:
+                r = loc[e]
+                members[fillpos[r]] = p
+                fillpos[r] += 1
+    # every resource's share, in a heap (built bottom up, O(nr))
+    hk = np.empty(nr + f * width + 1)
+    hv = np.empty(nr + f * width + 1, dtype=np.int64)
+    for r in range(nr):
+        hk[r] = cap[r] / cnt[r]
+        hv[r] = r
+    for j in range(nr // 2 - 1, -1, -1):
+        _sift_down(hk, hv, nr, j, hk[j], hv[j])
+    n_heap = nr
+    frozen = np.zeros(f, dtype=np.bool_)
+    n_left = 0                             # classes on a resource that can bind, not frozen yet
+    for p in range(f):
+        i = ids[p]
+        for h in range(width):
+            if E[i, h] != sentinel:
+                n_left += 1
+                break
     smallest = np.inf
-    while n_free > 0:
+    while n_heap > 0 and n_left > 0:       # (the resources left in the heap then carry no class)
+        key = hk[0]
+        r = hv[0]
+        n_heap = _heap_pop(hk, hv, n_heap)
+        if n_on[r] == 0:
+            continue                       # every class on it froze elsewhere
+        level = cap[r] / cnt[r]
+        if level > key:                    # its share rose since it was pushed: back in, with the new one
+            n_heap = _heap_push(hk, hv, n_heap, level, r)
+            continue
         stats[2] += 1
-        count[:] = 0.0
-        for q in range(n_free):
-            p = free[q]
+        e_global = glob[r]
+        if level < smallest:
+            smallest = level
+        for q in range(start[r], start[r + 1]):
+            p = members[q]
+            if frozen[p]:
+                continue
+            frozen[p] = True
+            n_left -= 1
+            i = ids[p]
+            rate[i] = level
+            bott[p] = e_global
+            m = mult[i]
+            share = m * level
             for h in range(width):
-                count[Es[p, h]] += ms[p]
-        for e in range(R):
-            level[e] = cap_left[e] / count[e] if count[e] > 0.0 else np.inf
-            link_min[e] = np.inf
-        level[sentinel] = np.inf
-        for q in range(n_free):
-            p = free[q]
-            low = np.inf
-            for h in range(width):
-                v = level[Es[p, h]]
-                if v < low:
-                    low = v
-            class_min[p] = low
-            for h in range(width):
-                e = Es[p, h]
-                if low < link_min[e]:
-                    link_min[e] = low
-        kept = 0
-        frozen_any = False
-        for q in range(n_free):
-            p = free[q]
-            hit = False
-            for h in range(width):
-                e = Es[p, h]
-                if e != sentinel and level[e] <= link_min[e] * (1.0 + 1e-12):
-                    hit = True
-                    bott[p] = e
-                    break
-            if hit:
-                frozen_any = True
-                r = class_min[p]
-                rate[ids[p]] = r
-                if r < smallest:
-                    smallest = r
-                share = ms[p] * r
-                for h in range(width):
-                    e = Es[p, h]
-                    if e != sentinel:
-                        left = cap_left[e] - share
-                        cap_left[e] = left if left > 0.0 else 0.0
-            else:
-                free[kept] = p
-                kept += 1
-        n_free = kept
-        if not frozen_any:        # classes on no resource that can bind: nothing limits them
-            for q in range(n_free):
-                rate[ids[free[q]]] = np.inf
-                bott[free[q]] = sentinel
-            break
+                e = E[i, h]
+                if e != sentinel:
+                    r2 = loc[e]
+                    left = cap[r2] - share
+                    cap[r2] = left if left > 0.0 else 0.0
+                    cnt[r2] -= m
+                    n_on[r2] -= 1
+    for p in range(f):
+        if not frozen[p]:                  # classes on no resource that can bind: nothing limits them
+            rate[ids[p]] = np.inf
+            bott[p] = sentinel
     return smallest
 
 
@@ -342,6 +417,9 @@ def drain(now, tolerance, E, mult, size, rem, t_at, rate, bneck, alive, mark, tr
                     if not in_a[e2]:
                         in_a[e2] = True
                         a_list, n_a = _push(a_list, n_a, e2)
+                    if expanded[e2] == 0 and _tight(capacity, used0, e2):
+                        # searched now rather than after a filling ((i) of the module docstring)
+                        queue, n_queue = _push(queue, n_queue, 2 * e2)
         if f == 0:
             break
         cap_left = capacity - used

@@ -232,7 +232,8 @@ class FlowNetwork:
     # ---- public -----------------------------------------------------------------------------
     @property
     def stats(self) -> dict:
-        """Counters: rate_updates (max-min recomputations), fill_levels (filling rounds), drain_events,
+        """Counters: rate_updates (max-min recomputations), fill_levels (filling rounds; incremental: the
+        resources its fillings saturated, one at a time), drain_events,
         classes, flows; refilled_classes (classes whose rate was recomputed, summed over updates) and
         rate_changes (refilled classes whose rate changed): incremental only; solver (the one that ran
         last)."""
