@@ -231,8 +231,11 @@ SCENARIOS = [
     (["a2a-cost", "--world", "1000000", "--gpus-per-node", "8"], ["--world 1000000", "available"]),
     (["simulate", "--topology", "{BIGTOPO}", "--traffic", "uniform:1MB"], ["1048576 GPUs", "flows", "available"]),
     (["plan", "--cluster", "{BIGTOPO}"], ["1048576 GPUs", "available"]),
-    (["plan", "--tokens-per-gpu", "2000000000", "--max-routed-tokens", "2000000000"], ["routing 2e+09 tokens",
-                                                                                       "available"]),
+    (["plan", "--tokens-per-gpu", "16000000", "--max-routed-tokens", "16000000"], ["routing 1.6e+07 tokens",
+                                                                                   "available"]),
+    # past the plausibility limit (lshsim.bounds): refused before any estimate, naming the limit
+    (["plan", "--tokens-per-gpu", "2000000000", "--max-routed-tokens", "2000000000"],
+     ["tokens_per_gpu = 2000000000 is above 16777216", "the limit for tokens per GPU"]),
     (["plan", "--sweep", "--clusters", "{BIGTOPO}"], ["1048576 GPUs", "available"]),
     (["run", "--workload", "{BIGWL}", "--device", "cpu"], ["big-wl", "memory", "available"]),
     (["calibrate", "--max-bytes", "1TiB", "--device", "cpu"], ["--max-bytes", "available"]),
