@@ -62,6 +62,11 @@ capacity_factor     1e6            a router's capacity factor: above E / k it dr
 speedup             1000           a published speedup (a figure's value)
 ==================  =============  ==============================================================
 
+Four kinds also have a lower limit for positive values, where a rate typed with its exponent's sign
+flipped (`25e-9` for `25e9`) would otherwise simulate for centuries: rate_Bps 1 kB/s, nic_gbps 1e-3 Gb/s
+(1 Mb/s), published_GBps 1e-6 GB/s (1 kB/s), flops 1e6 FLOP/s. Zero and negative values stay the readers'
+own checks.
+
 `FIELD_KINDS` maps a field's name (its last dotted part) to its kind, by exact name and then by
 suffix, so that a reader that checks numbers generically (a topology's fields, a family's own
 fields) needs no list of its own: `kind_of("intra.pcie_latency_s")` is "latency_s".
@@ -72,6 +77,10 @@ fields) needs no list of its own: `kind_of("intra.pcie_latency_s")` is "latency_
 Traceback (most recent call last):
 ...
 ValueError: c.yaml: alpha_s = 5e+06 is above 1 s, the limit for a per-message or per-hop latency (links, switches and collectives start in microseconds; a round trip around the earth takes 0.2 s); did you mean 5e-06?
+>>> check("rate_Bps", "inter.link_Bps", 25e-9, source="c.yaml")
+Traceback (most recent call last):
+...
+ValueError: c.yaml: inter.link_Bps = 2.5e-08 is below 1000 B/s, the lower limit for a link, NIC, PCIe, memory or copy bandwidth (1 kB/s; 10 Mb/s Ethernet moves 1.25e6 B/s)
 >>> kind_of("inter.nic_gbps"), kind_of("calibration.links.nic.link_max_Bps"), kind_of("name")
 ('nic_gbps', 'rate_Bps', None)
 """
@@ -92,12 +101,17 @@ class Limit:
     unit: str
     what: str
     why: str
+    #: the smallest plausible positive value (0: none); zero and negative values are the readers' checks
+    minimum: float = 0.0
+    minimum_why: str = ""
 
-    def text(self) -> str:
-        """The limit as written in messages: '1 s', '1e+14 B/s', '1048576' (a power of two in full)."""
-        whole = float(self.maximum).is_integer()
-        power_of_two = whole and int(self.maximum) & (int(self.maximum) - 1) == 0
-        value = f"{int(self.maximum)}" if power_of_two or (whole and self.maximum < 1e7) else f"{self.maximum:g}"
+    def text(self, bound: float | None = None) -> str:
+        """A limit as written in messages (the maximum unless `bound`): '1 s', '1e+14 B/s', '1048576' (a power
+        of two in full)."""
+        bound = self.maximum if bound is None else bound
+        whole = float(bound).is_integer()
+        power_of_two = whole and bound >= 1 and int(bound) & (int(bound) - 1) == 0
+        value = f"{int(bound)}" if power_of_two or (whole and bound < 1e7) else f"{bound:g}"
         return f"{value} {self.unit}".strip()
 
 
@@ -111,10 +125,14 @@ LIMITS: dict[str, Limit] = {
     "duration_us": Limit(3.6e9, "us", "one collective, send, kernel or phase",
                          "no single operation of a training step lasts an hour"),
     "rate_Bps": Limit(1e14, "B/s", "a link, NIC, PCIe, memory or copy bandwidth",
-                      "100 TB/s; the fastest today are HBM3e, 8e12, and NVLink 5, 1.8e12 per GPU"),
-    "nic_gbps": Limit(8e5, "Gb/s", "a NIC line rate", "800,000 Gb/s = 1e14 B/s; NICs run 400-800 Gb/s"),
-    "published_GBps": Limit(1e4, "GB/s", "a published per-GPU bandwidth", "1e13 B/s, above any link"),
-    "flops": Limit(1e18, "FLOP/s", "one GPU's compute rate", "the fastest dense peak is about 1e16 FLOP/s (FP4)"),
+                      "100 TB/s; the fastest today are HBM3e, 8e12, and NVLink 5, 1.8e12 per GPU",
+                      minimum=1e3, minimum_why="1 kB/s; 10 Mb/s Ethernet moves 1.25e6 B/s"),
+    "nic_gbps": Limit(8e5, "Gb/s", "a NIC line rate", "800,000 Gb/s = 1e14 B/s; NICs run 400-800 Gb/s",
+                      minimum=1e-3, minimum_why="1 Mb/s; the slowest Ethernet runs 10 Mb/s"),
+    "published_GBps": Limit(1e4, "GB/s", "a published per-GPU bandwidth", "1e13 B/s, above any link",
+                            minimum=1e-6, minimum_why="1 kB/s"),
+    "flops": Limit(1e18, "FLOP/s", "one GPU's compute rate", "the fastest dense peak is about 1e16 FLOP/s (FP4)",
+                   minimum=1e6, minimum_why="1 MFLOP/s, a 1980s processor; GPUs run 1e13-1e16"),
     "bytes": Limit(float(2 ** 50), "B", "a memory, buffer, chunk, message or traffic size",
                    "1 PiB; a GPU holds at most 288 GB"),
     "ratio": Limit(1024.0, "", "an oversubscription or headroom factor",
@@ -225,6 +243,9 @@ def describe(kind: str, value) -> str | None:
     limit = LIMITS[kind]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         return None
+    if 0 < abs(value) < limit.minimum:   # a rate typed with its exponent's sign flipped (25e-9 for 25e9)
+        return (f"{_number(value)} is below {limit.text(limit.minimum)}, the lower limit for {limit.what} "
+                f"({limit.minimum_why})")
     if abs(value) <= limit.maximum:       # (a negative value's sign is the readers' check)
         return None
     return f"{_number(value)} is above {limit.text()}, the limit for {limit.what} ({limit.why}){_hint(kind, value)}"

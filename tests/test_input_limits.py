@@ -68,6 +68,11 @@ CASES = [
      ["intra.latency_s = 5 is above 1 s", "in seconds: 5 us is 5e-06 s"]),
     ("link 25e18", "c.yaml", _sub(DGX1, "per_link_Bps: 25.0e+9", "per_link_Bps: 25.0e+18"), SIMULATE,
      ["intra.per_link_Bps = 2.5e+19 is above 1e+14 B/s", "bandwidth"]),
+    # below the lower limit of a rate: the exponent's sign flipped (25e-9 for 25e9)
+    ("link 25e-9", "c.yaml", _sub(DGX1, "per_link_Bps: 25.0e+9", "per_link_Bps: 25.0e-9"), SIMULATE,
+     ["intra.per_link_Bps = 2.5e-08 is below 1000 B/s", "the lower limit for", "bandwidth"]),
+    ("nic 400e-9 Gb/s", "c.yaml", _sub(RAIL, "nic_gbps: 400", "nic_gbps: 400.0e-9"), SIMULATE,
+     ["inter.nic_gbps = 4e-07 is below 0.001 Gb/s"]),
     ("nic 400e9 Gb/s", "c.yaml", _sub(RAIL, "nic_gbps: 400", "nic_gbps: 400.0e+9"), SIMULATE,
      ["inter.nic_gbps = 4e+11 is above 800000 Gb/s", "did you mean 400?"]),
     ("nvlink links 1e12", "c.yaml", _sub(RAIL, "links: 18", "links: 1000000000000"), SIMULATE,
@@ -131,7 +136,7 @@ def test_an_implausible_value_is_one_line_and_exit_2(name, text, argv, words, tm
     out, err = capsys.readouterr()
     assert exit_info.value.code == 2, err
     assert err.count("\n") == 1 and err.endswith("\n") and "Traceback" not in err, err
-    assert name in err and "the limit for" in err, err
+    assert name in err and "limit for" in err, err
     for word in words:
         assert word in err, (word, err)
     assert out == ""

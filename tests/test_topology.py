@@ -222,9 +222,9 @@ def test_calibration_scales_mesh_links_and_nics():
     assert G.edges["n0.gpu0", "n0.gpu3"]["bandwidth_Bps"] == pytest.approx(2 * 20e9)   # NV2, 150 -> 120
     assert G.edges["n0.nic0", "leaf0"]["bandwidth_Bps"] == 11e9
     assert G.edges["n0.gpu5", "n0.cpu"]["bandwidth_Bps"] == 10e9
-    with pytest.raises(ValueError, match="calibration.nvlink_Bps=1.0 is given but intra.kind=pcie"):
+    with pytest.raises(ValueError, match="calibration.nvlink_Bps=1000000000.0 is given but intra.kind=pcie"):
         build_topology({"name": "p", "gpu": "a100", "gpus_per_node": 2, "intra": {"kind": "pcie"},
-                        "calibration": {"nvlink_Bps": 1.0}})
+                        "calibration": {"nvlink_Bps": 1e9}})
 
 
 def test_write_refuses_invalid_spec(tmp_path):
