@@ -133,6 +133,34 @@ def arg_finite_number(minimum: float | None = None, exclusive: bool = False, max
     return parse
 
 
+def arg_within(kind: str, minimum: float = 0.0, exclusive: bool = False, scale: float = 1.0):
+    """argparse type factory: a finite number >= minimum (> with `exclusive`) that, times `scale` (the option's
+    unit in the kind's: 1e-6 for microseconds, 1e9 for GB/s), is within the plausibility limits of
+    `lshsim.bounds` for `kind`, as the same value in an input file would be.
+
+    >>> arg_within("latency_s", scale=1e-6)("10")
+    10.0
+    >>> arg_within("latency_s")("5e6")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: '5e6' is above 1 s, the limit for a per-message or per-hop latency (links, switches and collectives start in microseconds; a round trip around the earth takes 0.2 s); did you mean 5e-06?
+    """
+    number = arg_finite_number(minimum, exclusive=exclusive)
+
+    def parse(text: str) -> float:
+        value = number(text)
+        problem = _bounds.describe(kind, value * scale)
+        if problem is None:
+            return value
+        detail = problem.split(" ", 1)[1]          # "5e+06 is above ..." -> "is above ..."
+        hint = _bounds._hint(kind, value * scale)
+        if scale != 1.0 and hint and detail.endswith(hint):
+            detail = detail[:-len(hint)]            # the slip it names is in the kind's unit, not the option's
+        shown = f"{text!r}" if scale == 1.0 else f"{text!r} ({value * scale:g} {_bounds.LIMITS[kind].unit})"
+        raise argparse.ArgumentTypeError(f"{shown} {detail}")
+    return parse
+
+
 def bounded_int(name: str, value: object, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """`value` if it is an int (not a bool, not a float) within [minimum, maximum], else ValueError.
 

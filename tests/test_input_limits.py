@@ -225,3 +225,27 @@ def test_every_committed_input_file_is_within_the_limits():
             raws += 1
     assert len(topologies) >= 75 and len(models) >= 19 and len(workloads) >= 97 and len(cases) >= 212
     assert grids and raws >= 35
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["simulate", "--topology", "h200-nvswitch", "--traffic", "uniform:1MB", "--alpha-s", "5e6"],
+     ["--alpha-s: '5e6' is above 1 s", "did you mean 5e-06?"]),
+    (["simulate", "--topology", "h200-nvswitch", "--traffic", "uniform:1MB", "--message-gap-s", "1e30"],
+     ["--message-gap-s: '1e30' is above 1 s"]),
+    (["a2a-cost", "--alpha-us", "1e12"], ["--alpha-us: '1e12' (1e+06 s) is above 1 s"]),
+    (["a2a-cost", "--inter-GBps", "25e-9"], ["--inter-GBps: '25e-9' (25 B/s) is below 1000 B/s"]),
+    (["a2a-cost", "--intra-GBps", "1e30"], ["--intra-GBps: '1e30' (1e+39 B/s) is above 1e+14 B/s"]),
+    (["breakeven", "--bandwidth-GBps", "1e30"], ["--bandwidth-GBps: '1e30' (1e+39 B/s) is above 1e+14 B/s"]),
+    (["breakeven", "--tflops", "1e30"], ["--tflops: '1e30' (1e+42 FLOP/s) is above 1e+18 FLOP/s"]),
+])
+def test_an_implausible_option_value_is_refused_as_in_a_file(argv, words, capsys):
+    """The options that set what a topology file would (a latency, a bandwidth, a compute rate) are held to the
+    same limits (`checks.arg_within`); a unit hint only where the option's unit is the kind's."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "limit for" in err, err
+    for word in words:
+        assert word in err, (word, err)
+    if "--alpha-us" in argv:
+        assert "did you mean" not in err                 # 1e-06 would be seconds, the option is microseconds

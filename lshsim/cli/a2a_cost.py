@@ -4,7 +4,7 @@ The model: `lshsim.analytic.comm` (`ClusterParams`, `a2a_time`, `uniform_traffic
 """
 from __future__ import annotations
 
-from lshsim.checks import arg_finite_number, arg_positive_int
+from lshsim.checks import arg_finite_number, arg_positive_int, arg_within
 from lshsim.cli import _render
 from lshsim.cli._render import SEED_HELP, arg_seed
 from lshsim.units import BYTES_HELP, arg_bytes
@@ -21,15 +21,15 @@ def add_parser(subparsers):
                    help=f"bytes each rank sends in total, itself included (default 64MB; {BYTES_HELP})")
     p.add_argument("--traffic", default="uniform", choices=("uniform", "random"),
                    help="uniform | random (Dirichlet destinations) (default uniform)")
-    p.add_argument("--intra-GBps", type=arg_finite_number(0.0, exclusive=True), default=300.0,
+    p.add_argument("--intra-GBps", type=arg_within("rate_Bps", exclusive=True, scale=1e9), default=300.0,
                    help="NVLink bandwidth per GPU per direction, GB/s, > 0 (default 300)")
-    p.add_argument("--inter-GBps", type=arg_finite_number(0.0, exclusive=True), default=25.0,
+    p.add_argument("--inter-GBps", type=arg_within("rate_Bps", exclusive=True, scale=1e9), default=25.0,
                    help="bandwidth per NIC per direction, GB/s, > 0 (default 25)")
     p.add_argument("--nics-per-node", type=arg_positive_int, default=None,
                    help="NICs per node, >= 1 (default: one per GPU)")
-    p.add_argument("--alpha-us", type=arg_finite_number(0.0), default=10.0,
+    p.add_argument("--alpha-us", type=arg_within("latency_s", scale=1e-6), default=10.0,
                    help="start-up latency of an intra-node phase, us, >= 0 (default 10)")
-    p.add_argument("--inter-alpha-us", type=arg_finite_number(0.0), default=None,
+    p.add_argument("--inter-alpha-us", type=arg_within("latency_s", scale=1e-6), default=None,
                    help="start-up latency of an inter-node phase, us, >= 0 (default = alpha)")
     p.add_argument("--seed", type=arg_seed, default=0, help=f"seed of the random traffic (default 0; {SEED_HELP})")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")

@@ -5,7 +5,7 @@ The model: `lshsim.analytic.comm` (`breakeven_compression_rate`, `lsh_step_time_
 """
 from __future__ import annotations
 
-from lshsim.checks import arg_finite_number, arg_positive_int
+from lshsim.checks import arg_finite_number, arg_positive_int, arg_within
 from lshsim.cli import _render
 
 _POSITIVE = arg_finite_number(0.0, exclusive=True)
@@ -20,7 +20,7 @@ def add_parser(subparsers):
     p.add_argument("--d-model", type=arg_positive_int, default=1024, help="hidden size d >= 1 (default 1024)")
     p.add_argument("--k", type=arg_positive_int, default=2, help="choices per token, >= 1 (default 2)")
     p.add_argument("--world", type=arg_positive_int, default=16, help="ranks W >= 1 (default 16)")
-    p.add_argument("--bandwidth-GBps", type=_POSITIVE, default=12.5,
+    p.add_argument("--bandwidth-GBps", type=arg_within("rate_Bps", exclusive=True, scale=1e9), default=12.5,
                    help="per-rank all-to-all bandwidth, GB/s, > 0 (default 12.5: a 100 Gb/s NIC)")
     p.add_argument("--hash-Mtps", type=_POSITIVE, default=18.0,
                    help="hash + centroid throughput, million token copies/s, > 0 (default 18: lsh.py compress on an "
@@ -35,7 +35,7 @@ def add_parser(subparsers):
     p.add_argument("--forward-only", action="store_true", help="count forward all-to-alls only (default: fwd + bwd)")
     p.add_argument("--compression", type=arg_finite_number(0.0, exclusive=True, maximum=1.0), default=0.2,
                    help="compression rate to evaluate, in (0, 1] (default 0.2)")
-    p.add_argument("--tflops", type=_POSITIVE, default=None, help="GPU TFLOP/s, > 0: also print LSH-MoE's ratio model")
+    p.add_argument("--tflops", type=arg_within("flops", exclusive=True, scale=1e12), default=None, help="GPU TFLOP/s, > 0: also print LSH-MoE's ratio model")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--plot", metavar="FILE.png",
                    help="write r* against bandwidth to FILE.png (written whole; its folder is created if missing, "

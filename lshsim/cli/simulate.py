@@ -5,7 +5,7 @@ kinds (`uniform:BYTES`, a JSON matrix, `lshsim route --json` output): `lshsim.si
 """
 from __future__ import annotations
 
-from lshsim.checks import arg_finite_number, arg_name, arg_positive_int
+from lshsim.checks import arg_finite_number, arg_name, arg_positive_int, arg_within
 from lshsim.cli import _render
 from lshsim.units import BYTES_HELP
 
@@ -27,9 +27,9 @@ def add_parser(subparsers):
                         "network, then NVLink forwards it), or a registered one (lshsim.algorithms; default direct)")
     p.add_argument("--chunks", type=arg_positive_int, default=1,
                    help="hierarchical only: pipeline chunks (default 1)")
-    p.add_argument("--alpha-s", type=arg_finite_number(0.0), default=None,
+    p.add_argument("--alpha-s", type=arg_within("latency_s"), default=None,
                    help="per-message start-up latency in seconds, >= 0 (default: the topology's alpha_s)")
-    p.add_argument("--message-gap-s", type=arg_finite_number(0.0), default=0.0,
+    p.add_argument("--message-gap-s", type=arg_within("latency_s"), default=0.0,
                    help="a rank issues its messages of a phase this far apart, in seconds (LogGP gap; "
                         "default 0: all at once)")
     p.add_argument("--no-local-copy", action="store_true",
