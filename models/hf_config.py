@@ -36,6 +36,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lshsim import bounds as _bounds
+
 __all__ = ["load_hf_config", "model_from_hf_config", "MODEL_TYPES", "IGNORED", "GENERIC"]
 
 #: assumed when the file does not say (it never does): tokens per sequence and per GPU
@@ -76,6 +78,18 @@ IGNORED = IGNORED | GENERIC
 _GATED = ("silu", "swiglu", "swish", "gated-gelu", "gated-silu")
 
 
+#: a config.json field -> its kind in `lshsim.bounds` (where its name does not say it); the limits are checked on
+#: the config's own field, so a refusal names the field as the file has it
+HF_KINDS = {"hidden_size": "dim", "d_model": "dim", "intermediate_size": "dim", "moe_intermediate_size": "dim",
+            "shared_expert_intermediate_size": "dim", "ffn_hidden_size": "dim", "d_ff": "dim",
+            "num_attention_heads": "heads", "num_key_value_heads": "heads", "n_heads": "heads", "num_heads": "heads",
+            "kv_n_heads": "heads", "n_routed_experts": "experts", "n_shared_experts": "experts",
+            "num_local_experts": "experts", "num_experts": "experts", "num_experts_per_tok": "experts",
+            "moe_num_experts": "experts", "moe_top_k": "experts", "n_group": "experts", "topk_group": "experts",
+            "num_hidden_layers": "layers", "n_layers": "layers", "num_layers": "layers",
+            "num_decoder_layers": "layers", "first_k_dense_replace": "layers"}
+
+
 class _Reader:
     """Typed reads of one config.json mapping; errors name the file, the field and the value."""
 
@@ -96,6 +110,9 @@ class _Reader:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise self.fail(key, value, f"must be an integer >= {minimum}")
+        kind = HF_KINDS.get(key) or _bounds.kind_of(key)
+        if kind is not None:      # the plausibility limit, named by the config's own field (lshsim.bounds)
+            _bounds.check(kind, f"{self.prefix}{key}", value, source=self.source)
         return value
 
     def mapping(self, key: str) -> "_Reader":

@@ -93,7 +93,9 @@ CASES = [
     ("model dense_d_ffn 1e12", "m.yaml", _sub(DEEPSEEK, "dense_d_ffn: 18432", "dense_d_ffn: 1000000000000"), PLAN_MODEL,
      ["dense_d_ffn = 1000000000000 is above 1048576"]),
     ("hf heads 1e12", "config.json", _sub(HF, '"num_attention_heads": 32', '"num_attention_heads": 1000000000000'),
-     PLAN_MODEL, ["num_heads = 1000000000000 is above 65536"]),
+     PLAN_MODEL, ["num_attention_heads = 1000000000000 is above 65536"]),      # the config's own field name
+    ("hf experts 1e12", "config.json", _sub(HF, '"num_local_experts": 8', '"num_local_experts": 1000000000000'),
+     PLAN_MODEL, ["num_local_experts = 1000000000000 is above 65536", "experts of one MoE layer"]),
     # workload YAML (run --workload)
     ("workload skew 1e30", "w.yaml", _sub(WORKLOAD, "skew: 0.0", "skew: 1.0e+30"), RUN,
      ["'skew'", "1e+30 is above 100", "popularity skew"]),
