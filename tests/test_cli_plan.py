@@ -154,3 +154,40 @@ def test_locality_share_refuses_a_bad_value(capsys, value):
         main(["plan", "--locality-share", value])
     assert info.value.code == 2
     assert "--locality-share" in capsys.readouterr().err
+
+
+def test_plan_figure_stacks_the_step(capsys, tiny):
+    """`plan --plot`'s bars: the solid segments of an option without overlap add up to its step (the gradient
+    all-reduce drawn with only its exposed part solid), the hatched one is the all-reduce hidden behind the
+    backward, and the step tick sits at the step."""
+    from lshsim.cli.plan import plan_figure
+
+    out = _run_json(capsys, ["plan", "--model", tiny, "--cluster", V100, "--tokens-per-gpu", "256", "--json"])
+    rows = out["options"]
+    fig = plan_figure(rows, "t")
+    ax = fig.axes[0]
+    solid, hidden = [0.0] * len(rows), [0.0] * len(rows)
+    for patch in ax.patches:
+        gid = patch.get_gid() or ""
+        target = hidden if gid.startswith("hidden/") else solid
+        target[round(patch.get_x() + patch.get_width() / 2)] += patch.get_height()
+    steps = next(c for c in ax.collections if c.get_gid() == "step").get_offsets()[:, 1]
+    checked = 0
+    for i, row in enumerate(rows):
+        b = row["breakdown"]
+        assert steps[i] == pytest.approx(b["step_s"] * 1e3)
+        grad = b["phases_s"].get("grad_allreduce", 0.0)
+        assert hidden[i] == pytest.approx(max(grad - b["exposed_grad_sync_s"], 0.0) * 1e3, abs=1e-9)
+        if b["exposed_a2a_s"] >= b["a2a_s"] - 1e-12:          # no all-to-all hidden behind compute
+            assert solid[i] == pytest.approx(b["step_s"] * 1e3, rel=1e-9)
+            checked += 1
+        else:
+            assert solid[i] > b["step_s"] * 1e3
+    assert checked >= 1
+    # an all-reduce half hidden behind the backward (the overlapped mode's case): half solid, half hatched
+    rows[0]["breakdown"]["exposed_grad_sync_s"] = rows[0]["breakdown"]["phases_s"]["grad_allreduce"] / 2
+    ax = plan_figure(rows[:1], "t").axes[0]
+    parts = {patch.get_gid(): patch.get_height() for patch in ax.patches}
+    half = rows[0]["breakdown"]["phases_s"]["grad_allreduce"] * 1e3 / 2
+    assert half > 0 and parts["phase/grad_allreduce"] == pytest.approx(half)
+    assert parts["hidden/grad_allreduce"] == pytest.approx(half)

@@ -410,48 +410,71 @@ def _plan_tick(row: dict) -> str:
     return name + "\n" + textwrap.fill(row["description"], 18)
 
 
-def _plot_plan(rows: list[dict], path: str, title: str) -> None:
-    """Stacked bars: per option, the time of each phase (ms, forward + backward); a tick marks the step."""
-    import matplotlib
+def plan_figure(rows: list[dict], title: str):
+    """Stacked bars: per option, the time of each phase (ms, forward + backward) and a tick at the step.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
+    The data-parallel gradient all-reduce is drawn as two segments: the part past the backward (exposed,
+    solid, part of the step) and the part hidden behind it (hatched, light), so that the solid stack adds
+    up to the step unless an all-to-all hides behind compute (the overlap options), which the step tick shows.
+    Returns the matplotlib Figure (no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     from lshsim.sim.trace import PHASES
 
-    tidy: dict[str, list] = {"option": [], "phase": [], "ms": []}  # tidy columns, one row per (option, phase)
-    for row in rows:
-        for name, seconds in row["breakdown"]["phases_s"].items():
-            tidy["option"].append(_plan_tick(row))
-            tidy["phase"].append(name)
-            tidy["ms"].append(seconds * 1e3)
-    order = [name for name in PHASES if name in tidy["phase"]]
-    sns.set_theme(style="whitegrid")
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.7 * len(rows)), 5.0))
-    sns.histplot(tidy, x="option", weights="ms", hue="phase", hue_order=order, multiple="stack", discrete=True,
-                 shrink=0.75, palette="tab10", ax=ax, edgecolor="white", linewidth=0.5)
-    labels = [_plan_tick(row) for row in rows]
+    order = [name for name in PHASES if any(name in row["breakdown"]["phases_s"] for row in rows)]
+    order += sorted({name for row in rows for name in row["breakdown"]["phases_s"]} - set(order))
+    palette = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974",
+               "#64b5cd"]
+    color = {name: palette[i % len(palette)] for i, name in enumerate(order)}
+    fig = Figure(figsize=(max(7.0, 1.7 * len(rows)), 5.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.grid(axis="y", color="#dddddd", zorder=0)
+    x = list(range(len(rows)))
+    bottom = [0.0] * len(rows)
+    for name in order:
+        heights, hidden = [], []
+        for row in rows:
+            b = row["breakdown"]
+            ms = b["phases_s"].get(name, 0.0) * 1e3
+            if name == "grad_allreduce" and "exposed_grad_sync_s" in b:
+                exposed = min(ms, b["exposed_grad_sync_s"] * 1e3)
+                heights.append(exposed)
+                hidden.append(ms - exposed)
+            else:
+                heights.append(ms)
+                hidden.append(0.0)
+        if any(heights):
+            ax.bar(x, heights, bottom=bottom, width=0.75, color=color[name], edgecolor="white", linewidth=0.5,
+                   label=name if name != "grad_allreduce" else "grad_allreduce, exposed", zorder=3,
+                   gid=f"phase/{name}")
+            bottom = [b + h for b, h in zip(bottom, heights)]
+        if any(hidden):
+            ax.bar(x, hidden, bottom=bottom, width=0.75, color=color[name], alpha=0.3, hatch="//",
+                   edgecolor=color[name], linewidth=0.5, label="grad_allreduce, hidden behind the backward",
+                   zorder=3, gid=f"hidden/{name}")
+            bottom = [b + h for b, h in zip(bottom, hidden)]
     step_ms = [row["breakdown"]["step_s"] * 1e3 for row in rows]
-    stack_ms = [sum(row["breakdown"]["phases_s"].values()) * 1e3 for row in rows]
-    ax.scatter(labels, step_ms, marker="_", s=900, color="black", zorder=5)
-    for x, (row, ms, top) in enumerate(zip(rows, step_ms, stack_ms)):
-        ax.annotate(f"{ms:.1f} ms\n{row['speedup']:.2f}x", (x, max(ms, top)), xytext=(0, 6),
+    ax.scatter(x, step_ms, marker="_", s=900, color="black", zorder=5, gid="step")
+    for i, (row, ms, top) in enumerate(zip(rows, step_ms, bottom)):
+        ax.annotate(f"{ms:.1f} ms\n{row['speedup']:.2f}x", (i, max(ms, top)), xytext=(0, 6),
                     textcoords="offset points", ha="center", va="bottom", fontsize=8)
-    ax.set_xlabel("")
+    ax.set_xticks(x)
+    ax.set_xticklabels([_plan_tick(row) for row in rows], fontsize=8)
     ax.set_ylabel("time per training step, ms (forward + backward)")
     ax.set_title(f"Predicted step breakdown: {title}")
-    ax.tick_params(axis="x", labelsize=8)
-    ax.set_ylim(0, max(step_ms + stack_ms) * 1.18)
-    fig.text(0.01, 0.01, "black line: step time (below the stack top where overlap hides all-to-all behind "
+    ax.set_ylim(0, max(step_ms + bottom) * 1.18)
+    ax.legend(title="phase", loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
+    fig.text(0.01, 0.01, "black line: step time (below the solid stack's top where an all-to-all hides behind "
              "compute); label: step and speedup over the baseline", fontsize=7, color="dimgray")
-    legend = ax.get_legend()
-    if legend is not None:
-        legend.set_title("phase")
-        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
-    _render.save_figure(fig, path, dpi=130)       # written whole (lshsim.io)
-    plt.close(fig)
+    return fig
+
+
+def _plot_plan(rows: list[dict], path: str, title: str) -> None:
+    """`plan_figure` written whole into `path` (lshsim.io)."""
+    _render.save_figure(plan_figure(rows, title), path, dpi=130)
 
 
 def _plan_sweep(args) -> int:
