@@ -108,3 +108,28 @@ def kill_leftovers(process, workers: set[int]) -> None:
         os.kill(pid, signal.SIGKILL)
     if process.poll() is None:
         process.kill()
+
+
+@pytest.fixture
+def refused(tmp_path, capsys):
+    """`refused(argv, name, words=(), keep=())`: run `lshsim ARGV` ({FILE} -> tmp_path / name, {OUT} ->
+    tmp_path / out / result) and check the refusal every bad input must get: exit 2, one line on standard
+    error ending in a newline, no traceback, the file `name` and each of `words` in it, and nothing left
+    under tmp_path but `name` and `keep` (a refusal writes nothing and removes the folders its output checks
+    made). Returns (stdout, stderr)."""
+    from lshsim.cli import main
+
+    def run(argv, name, words=(), keep=()):
+        fill = {"{FILE}": str(tmp_path / name), "{OUT}": str(tmp_path / "out" / "result")}
+        argv = [next((arg.replace(key, value) for key, value in fill.items() if key in arg), arg) for arg in argv]
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        out, err = capsys.readouterr()
+        assert exit_info.value.code == 2, err
+        assert err.count("\n") == 1 and err.endswith("\n") and "Traceback" not in err, err
+        assert name in err, err
+        for word in words:
+            assert word in err, (word, err)
+        assert sorted(p.name for p in tmp_path.rglob("*")) == sorted([name, *keep]), "an output was left behind"
+        return out, err
+    return run

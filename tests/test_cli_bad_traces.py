@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from lshsim.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ROOT / "data" / "measured" / "h200"
@@ -36,18 +35,6 @@ def _edit(doc: dict, path: tuple, value) -> dict:
         node = node[key]
     node[path[-1]] = value
     return doc
-
-
-def _refused(argv, tmp_path, capsys, name, words, keep=()):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
-    assert err.count("\n") == 1 and err.endswith("\n") and "Traceback" not in err, err
-    assert name in err, err
-    for word in words:
-        assert word in err, (word, err)
-    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted([name, *keep]), "an output was left behind"
 
 
 M = ("meta", "measured")
@@ -83,27 +70,27 @@ TRACE_CASES = [
 
 
 @pytest.mark.parametrize("base, path, value, words", [pytest.param(*case[1:], id=case[0]) for case in TRACE_CASES])
-def test_a_bad_trace_field_is_one_line_and_exit_2(base, path, value, words, tmp_path, capsys):
+def test_a_bad_trace_field_is_one_line_and_exit_2(base, path, value, words, tmp_path, refused):
     trace = tmp_path / "t.json"
     trace.write_text(json.dumps(_edit(base, path, value)))
     argv = ["validate", str(trace), "--json", "--plot", str(tmp_path / "out" / "p.png")]
     if base is TRACE:
         argv += ["--topology", str(PHASE_TOPOLOGY)]
-    _refused(argv, tmp_path, capsys, "t.json", words)
+    refused(argv, "t.json", words)
 
 
-def test_calibrate_from_traces_refuses_an_hour_plus_all_to_all(tmp_path, capsys):
+def test_calibrate_from_traces_refuses_an_hour_plus_all_to_all(tmp_path, refused):
     """Exit 0 before: a dispatch all-to-all of 1e30 s was fitted (alpha 1e30 s); nothing is written now."""
     trace = json.loads((CAL / "cal-uniform-d2048-t4096.json").read_text())
     path = tmp_path / "t.json"
     path.write_text(json.dumps(_edit(trace, M + ("phases_s", "forward", "dispatch_a2a"), 1e30)))
     out = tmp_path / "out"
-    _refused(["calibrate", "--from-traces", str(path), str(CAL / "cal-uniform-d2048-t1024.json"),
-              "--out", str(out / "t.yaml"), "--raw", str(out / "t.json"), "--quiet"], tmp_path, capsys, "t.json",
-             ["meta.measured.phases_s.forward.dispatch_a2a=1e+30"])
+    refused(["calibrate", "--from-traces", str(path), str(CAL / "cal-uniform-d2048-t1024.json"),
+             "--out", str(out / "t.yaml"), "--raw", str(out / "t.json"), "--quiet"], "t.json",
+            ["meta.measured.phases_s.forward.dispatch_a2a=1e+30"])
 
 
-def test_a_plugin_sources_hour_plus_time_is_refused(tmp_path, capsys, monkeypatch):
+def test_a_plugin_sources_hour_plus_time_is_refused(tmp_path, refused, monkeypatch):
     """Exit 0 before: a plugin source's all-to-all of 1e30 s became a point of the fit (every source's
     A2APoint is now at most an hour, as the shipped sources' times are)."""
     monkeypatch.syspath_prepend(str(ROOT / "tests"))
@@ -114,9 +101,9 @@ def test_a_plugin_sources_hour_plus_time_is_refused(tmp_path, capsys, monkeypatc
                                                                    for k in range(18, 31, 2)))
     out = tmp_path / "out"
     try:
-        _refused(["--plugin", "plugins.toy_calibration_source", "calibrate", "--source", "csv-a2a", str(csv),
-                  "--source-option", "world_size=2", "--gpu", "h200", "--out", str(out / "t.yaml"),
-                  "--raw", str(out / "t.json"), "--quiet"], tmp_path, capsys, "a2a.csv", ["a2a.csv:2", "1e30"])
+        refused(["--plugin", "plugins.toy_calibration_source", "calibrate", "--source", "csv-a2a", str(csv),
+                 "--source-option", "world_size=2", "--gpu", "h200", "--out", str(out / "t.yaml"),
+                 "--raw", str(out / "t.json"), "--quiet"], "a2a.csv", ["a2a.csv:2", "1e30"])
     finally:
         toy_calibration_source.unregister()
 
@@ -149,7 +136,7 @@ PHASE_BASE_CASES = [
 
 
 @pytest.mark.parametrize("path, value, words", [pytest.param(*case[1:], id=case[0]) for case in PHASE_BASE_CASES])
-def test_a_bad_phase_base_file_is_named_with_its_field(path, value, words, tmp_path, capsys):
+def test_a_bad_phase_base_file_is_named_with_its_field(path, value, words, tmp_path, refused):
     raw = json.loads(RAW_NVLINK.read_text())
     if value == "<missing>":
         node = raw
@@ -161,22 +148,22 @@ def test_a_bad_phase_base_file_is_named_with_its_field(path, value, words, tmp_p
     base = tmp_path / "base.json"
     base.write_text(json.dumps(raw))
     out = tmp_path / "out"
-    _refused(["calibrate", "--source", "microbenchmarks", str(MEASURED / "run-m" / "cal-shm-raw.json"),
-              "--phase-base", str(base), str(RAW_X1), "--out", str(out / "t.yaml"), "--raw", str(out / "t.json"),
-              "--quiet"], tmp_path, capsys, "base.json", words)
+    refused(["calibrate", "--source", "microbenchmarks", str(MEASURED / "run-m" / "cal-shm-raw.json"),
+             "--phase-base", str(base), str(RAW_X1), "--out", str(out / "t.yaml"), "--raw", str(out / "t.json"),
+             "--quiet"], "base.json", words)
 
 
-def test_calibrate_from_traces_refuses_one_trace_given_twice(tmp_path, capsys, monkeypatch):
+def test_calibrate_from_traces_refuses_one_trace_given_twice(tmp_path, refused, monkeypatch):
     """Exit 0 before: a trace named twice (or under two names) counted its all-to-alls twice in the fit."""
     path = tmp_path / "t.json"
     path.write_text((CAL / "cal-uniform-d2048-t4096.json").read_text())
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
-    _refused(["calibrate", "--from-traces", str(path), "./t.json", str(CAL / "cal-uniform-d2048-t1024.json"),
-              "--out", str(out / "t.yaml"), "--quiet"], tmp_path, capsys, "t.json", ["the trace is given twice"])
+    refused(["calibrate", "--from-traces", str(path), "./t.json", str(CAL / "cal-uniform-d2048-t1024.json"),
+             "--out", str(out / "t.yaml"), "--quiet"], "t.json", ["the trace is given twice"])
 
 
-def test_a_plugin_sources_file_that_is_not_utf8_is_named(tmp_path, capsys, monkeypatch):
+def test_a_plugin_sources_file_that_is_not_utf8_is_named(tmp_path, refused, monkeypatch):
     """Before: "'utf-8' codec can't decode byte 0xff in position 0", no file named (the plugin opens it)."""
     monkeypatch.syspath_prepend(str(ROOT / "tests"))
     from plugins import toy_calibration_source
@@ -185,8 +172,7 @@ def test_a_plugin_sources_file_that_is_not_utf8_is_named(tmp_path, capsys, monke
     csv.write_bytes(b"\xff\xfe,\n")
     out = tmp_path / "out"
     try:
-        _refused(["--plugin", "plugins.toy_calibration_source", "calibrate", "--source", "csv-a2a", str(csv),
-                  "--source-option", "world_size=2", "--gpu", "h200", "--out", str(out / "t.yaml"), "--quiet"],
-                 tmp_path, capsys, "a2a.csv", ["calibration source 'csv-a2a'", "a2a.csv: not UTF-8 text (byte 0)"])
+        refused(["--plugin", "plugins.toy_calibration_source", "calibrate", "--source", "csv-a2a", str(csv),
+                 "--source-option", "world_size=2", "--gpu", "h200", "--out", str(out / "t.yaml"), "--quiet"], "a2a.csv", ["calibration source 'csv-a2a'", "a2a.csv: not UTF-8 text (byte 0)"])
     finally:
         toy_calibration_source.unregister()
