@@ -237,9 +237,10 @@ def _hint(kind: str, value: float) -> str:
     return ""
 
 
-def describe(kind: str, value) -> str | None:
+def describe(kind: str, value, hint: bool = True) -> str | None:
     """None when `value` is within the kind's limit in magnitude (or not a number: the readers'
-    type checks say so), else 'VALUE is above LIMIT, the limit for WHAT (WHY)[; did you mean ...?]'."""
+    type checks say so), else 'VALUE is above LIMIT, the limit for WHAT (WHY)[; did you mean ...?]'
+    (the slip's hint only with `hint`: it is in the kind's unit)."""
     limit = LIMITS[kind]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         return None
@@ -248,7 +249,8 @@ def describe(kind: str, value) -> str | None:
                 f"({limit.minimum_why})")
     if abs(value) <= limit.maximum:       # (a negative value's sign is the readers' check)
         return None
-    return f"{_number(value)} is above {limit.text()}, the limit for {limit.what} ({limit.why}){_hint(kind, value)}"
+    return (f"{_number(value)} is above {limit.text()}, the limit for {limit.what} ({limit.why})"
+            f"{_hint(kind, value) if hint else ''}")
 
 
 def check(kind: str, field: str, value, source: str | None = None):

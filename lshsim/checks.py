@@ -149,13 +149,10 @@ def arg_within(kind: str, minimum: float = 0.0, exclusive: bool = False, scale: 
 
     def parse(text: str) -> float:
         value = number(text)
-        problem = _bounds.describe(kind, value * scale)
+        problem = _bounds.describe(kind, value * scale, hint=scale == 1.0)   # a hint would be in the kind's unit
         if problem is None:
             return value
         detail = problem.split(" ", 1)[1]          # "5e+06 is above ..." -> "is above ..."
-        hint = _bounds._hint(kind, value * scale)
-        if scale != 1.0 and hint and detail.endswith(hint):
-            detail = detail[:-len(hint)]            # the slip it names is in the kind's unit, not the option's
         shown = f"{text!r}" if scale == 1.0 else f"{text!r} ({value * scale:g} {_bounds.LIMITS[kind].unit})"
         raise argparse.ArgumentTypeError(f"{shown} {detail}")
     return parse
