@@ -434,11 +434,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--busy-cycles", type=parse_cycles, default=[1_000_000],
                         help="with --behind-busy-gpu: the spin kernel's GPU clock cycles (torch.cuda._sleep), "
                         "comma-separated for one busy-GPU pass each (default 1000000, about 0.5 ms on an H200)")
+    parser.add_argument("--profile-trace", metavar="FILE", help="with --profile: also write the profile's timeline "
+                        "here (Chrome trace JSON, chrome://tracing or Perfetto)")
     parser.add_argument("--profile", metavar="NAME", help="also profile shape NAME (torch.profiler, 3 iterations) "
                         "and print its costliest operators (rank 0)")
     args = parser.parse_args(argv)
     if args.trace_dir:
         Path(args.trace_dir).mkdir(parents=True, exist_ok=True)
+    if args.profile_trace and not args.profile:
+        parser.error("--profile-trace needs --profile NAME")
     if args.busy_cycles != [1_000_000] and not args.behind_busy_gpu:
         parser.error("--busy-cycles needs --behind-busy-gpu")
     if args.behind_busy_gpu and args.device == "cpu":
@@ -487,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         if runtime.rank == 0:
             table = prof.key_averages()
             print(table.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
+            if args.profile_trace:
+                prof.export_chrome_trace(args.profile_trace)
             if runtime.device.type == "cuda":
                 print(table.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=60))
     if runtime.rank == 0:
