@@ -398,12 +398,6 @@ class CountExchange:
         #: (E/W,) int32 cumulative rows per local expert of the last call, on the graph path; None on the eager one
         self.offsets: torch.Tensor | None = None
 
-    @property
-    def static_offsets(self) -> torch.Tensor | None:
-        """The graph's own buffer of `offsets` (same values until the next call, same address for the
-        graph's life: a CUDA graph may read it in place), or None on the eager path."""
-        return self._graph[3] if self.enabled and self._graph is not None else None
-
     @classmethod
     def shared(cls, num_experts: int, device: torch.device, group=None,
                enabled: bool | None = None) -> "CountExchange":

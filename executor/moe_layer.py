@@ -37,7 +37,6 @@ import torch
 
 from lshsim.executor.comm import (CommContext, CommStats, CountExchange, align_ranks, all_to_all, exchange_counts,
                                   fake_fp8, mark)
-from lshsim.executor.expert_graph import GraphedExpertFFN, expert_graph_enabled
 from lshsim.executor.gate_graph import GraphedGate, GraphedGather, GraphedRouting
 from lshsim.executor.moe_ops import combine_choices, expert_block, gather_choices
 from lshsim.executor.timing import PhaseTimer
@@ -319,9 +318,6 @@ class DistributedMoE:
         #: "padded_bmm"; `expert_method` is the one the last forward used
         self.expert_impl = "auto"
         self.expert_method = None
-        #: the grouped_mm experts' forward as one CUDA graph replay where it pays (`expert_graph`; a GPU,
-        #: the fast path, LSHSIM_EXPERT_GRAPH not 0)
-        self.expert_graph = GraphedExpertFFN(enabled=fast and ctx.device.type == "cuda" and expert_graph_enabled())
         #: rows each local expert received in the last forward (host ints; the expert phase's work)
         self.rows_per_expert: list[int] = []
         nodes = self.placement.rank_to_node
@@ -496,9 +492,8 @@ class DistributedMoE:
         self.rows_per_expert = rows_per_expert
         # the exchange graph's offsets, else expert_block computes them (LSHSIM_EXPERT_OFFSETS=phase: always, as before)
         offsets = self.count_exchange.offsets if fast and os.environ.get("LSHSIM_EXPERT_OFFSETS") != "phase" else None
-        expert_out, self.expert_method = expert_block(
-            recv_x, received_dev, rows_per_expert, self.experts.w1, self.experts.w2, self.expert_impl, offsets=offsets,
-            graphed=self.expert_graph, static_offsets=self.count_exchange.static_offsets if offsets is not None else None)
+        expert_out, self.expert_method = expert_block(recv_x, received_dev, rows_per_expert, self.experts.w1,
+                                                      self.experts.w2, self.expert_impl, offsets=offsets)
         self._end("expert")
         # 6. combine all-to-all (transposed splits)
         closes, opens = backward_chain("combine_a2a", active)

@@ -268,8 +268,7 @@ def expert_ffn_grouped(x: torch.Tensor, rows_per_expert: list[int], offsets: tor
 
 
 def expert_block(recv_x: torch.Tensor, received: torch.Tensor, rows_per_expert: list[int], w1: torch.Tensor,
-                 w2: torch.Tensor, method: str = "auto", offsets: torch.Tensor | None = None, graphed=None,
-                 static_offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
+                 w2: torch.Tensor, method: str = "auto", offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
     """The executor's whole expert phase on one rank: received rows -> expert outputs, same order.
 
     recv_x (R, d): rows as the dispatch all-to-all delivers them, grouped by source rank, and
@@ -279,31 +278,18 @@ def expert_block(recv_x: torch.Tensor, received: torch.Tensor, rows_per_expert: 
     `expert_ffn_grouped` and put back in arrival order. `executor calibrate --phases` times this
     function, so the calibrated expert model is the cost of exactly this code. offsets: the (E_r,)
     int32 cumulative rows per expert where the caller has them on the device (the split-size
-    exchange's graph computes them: `comm.CountExchange.offsets`), else computed here. graphed: a
-    `expert_graph.GraphedExpertFFN` that runs the grouped_mm method's arithmetic as one CUDA graph
-    replay where it applies (the layer passes its own; `static_offsets`: the exchange graph's buffer
-    of the same offsets, read by that graph in place); None: eager, as `executor calibrate --phases` times it.
+    exchange's graph computes them: `comm.CountExchange.offsets`), else computed here.
     """
     world, per_rank = received.shape
     if offsets is None:
         offsets = torch.cumsum(received.sum(0), 0).to(torch.int32)  # (E_r,)
-        static_offsets = None
-    regroup = world > 1 and per_rank > 1
-    if regroup:
+    if world > 1 and per_rank > 1:
         local_expert = torch.repeat_interleave(
             torch.arange(per_rank, device=recv_x.device).repeat(world), received.reshape(-1),
             output_size=recv_x.shape[0])  # (R,)
         by_expert = torch.sort(local_expert.to(torch.int32), stable=True).indices  # (R,)
         by_expert_inv = inverse_permutation(by_expert)
-        rows = permute_rows(recv_x, by_expert, by_expert_inv)  # (R, d)
-    else:
-        rows = recv_x
-    out = None
-    if graphed is not None:
-        if method == "auto":
-            method = auto_expert_method(rows, w1.shape[0], w1.shape[1], w1.shape[2])
-        if method == "grouped_mm":
-            out = graphed(rows, offsets, w1, w2, static_offsets)
-    if out is None:
-        out, method = expert_ffn_grouped(rows, rows_per_expert, offsets, w1, w2, method)
-    return (permute_rows(out, by_expert_inv, by_expert), method) if regroup else (out, method)
+        grouped = permute_rows(recv_x, by_expert, by_expert_inv)  # (R, d)
+        out, method = expert_ffn_grouped(grouped, rows_per_expert, offsets, w1, w2, method)
+        return permute_rows(out, by_expert_inv, by_expert), method
+    return expert_ffn_grouped(recv_x, rows_per_expert, offsets, w1, w2, method)
