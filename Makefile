@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/lshsim plan
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 tests
+	$(BIN)/python -m pytest -n 2 --durations=20 tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -m "not slow and not distributed and not notebooks" tests
