@@ -731,7 +731,7 @@ def test_validate_published_plot(tmp_path, capsys):
         for coll in ax.collections:
             gid = coll.get_gid()
             if gid and gid.startswith("errors/"):
-                errors[gid.split("/", 1)[1]] = sorted(coll.get_offsets()[:, 1].tolist())
+                errors[gid.split("/", 1)[1]] = sorted(coll.get_offsets()[:, 0].tolist())
             elif gid:
                 scatter[gid] = sorted(map(tuple, coll.get_offsets().tolist()))
     by_role = {}

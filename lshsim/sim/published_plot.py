@@ -83,25 +83,27 @@ def published_figure(out: dict):
         groups.append(("leave-one-out", [abs(r["rel_error"]) for r in loo["rows"]]))
     rng = np.random.default_rng(0)                       # a fixed jitter: the same file for the same result
     floor = 1e-3                                         # 0.1%: an exact prediction still shows on the log axis
-    for i, (role, errors) in enumerate(groups):
+    labels = []                                          # beside each set: its name, median / worst, count
+    for i, (role, errors) in enumerate(groups):          # one row a set, the first on top
         errors = np.maximum(np.asarray(errors, dtype=float), floor) * 100.0
-        x = i + rng.uniform(-0.18, 0.18, errors.size)
-        right.scatter(x, errors, s=16, alpha=0.75, color=color.get(role, "black"), gid=f"errors/{role}")
+        y = i + rng.uniform(-0.2, 0.2, errors.size)
+        right.scatter(errors, y, s=14, alpha=0.75, color=color.get(role, "black"), gid=f"errors/{role}")
         median = float(np.median(errors))
-        right.plot([i - 0.3, i + 0.3], [median, median], color="black", lw=2)
-        right.annotate(f"{median:.1f}% / {errors.max():.0f}%\n{errors.size} cases", (i, errors.max()),
-                       textcoords="offset points", xytext=(0, 6 + 20 * (i % 2)), ha="center", fontsize=7)
-    right.axhline(10, color="tab:green", lw=1, ls="--", label="median target 10%")
-    right.axhline(25, color="tab:red", lw=1, ls="--", label="worst target 25%")
-    right.set_yscale("log")
-    right.set_xticks(range(len(groups)))
-    right.set_xticklabels([g[0] for g in groups], rotation=30, ha="right", fontsize=8)
-    right.set_ylabel("|error| %  (bar: the set's median; label: median / worst)")
-    right.set_ylim(floor * 100 / 1.5, None)
-    top = right.get_ylim()[1]
-    right.set_ylim(None, top * 4)                        # room for the labels above the worst case
-    right.legend(fontsize=7, loc="lower right")
-    right.set_title("|error| by set (held-out sets never fitted on)", fontsize=10)
+        right.plot([median, median], [i - 0.32, i + 0.32], color="black", lw=2)
+        labels.append(f"{role}: {median:.1f}% / {errors.max():.0f}%, {errors.size} cases")
+    right.axvline(10, color="tab:green", lw=1, ls="--")
+    right.axvline(25, color="tab:red", lw=1, ls="--")
+    right.set_xscale("log")
+    right.set_yticks(range(len(groups)))
+    right.set_yticklabels(labels, fontsize=8)
+    right.set_ylim(len(groups) - 0.5, -0.5)
+    right.set_xlabel("|error| %  (bar: the set's median; beside each set: median / worst)")
+    right.set_xlim(floor * 100 / 1.5, None)
+    for value, text, colour, align in ((10, "median target 10% ", "tab:green", "right"),
+                                       (25, " worst target 25%", "tab:red", "left")):
+        right.text(value, 1.0, text, color=colour, fontsize=7, ha=align, va="bottom",
+                   transform=right.get_xaxis_transform())
+    right.set_title("|error| by set (held-out sets never fitted on)", fontsize=10, pad=14)
     fig.tight_layout()
     return fig
 
