@@ -129,8 +129,8 @@ def test_launch_passes_plugins_to_every_rank(tmp_path):
         "router: {name: topk, k: 2, capacity_factor: 1.25}", "router: {name: round_robin, k: 1, options: {offset: 1}}"))
     out = tmp_path / "trace.json"
     proc = subprocess.run([sys.executable, "-m", "lshsim.cli", "--plugin", str(plugin), "launch", "--nproc", "2",
-                           "--timeout-s", "60", "--", "run", "--workload", str(workload), "--out", str(out),
-                           "--threads", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=90)
+                           "--timeout-s", "150", "--", "run", "--workload", str(workload), "--out", str(out),
+                           "--threads", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=200)
     assert proc.returncode == 0, proc.stderr[-2000:]
     trace = Trace.from_json(out)
     assert trace.meta["workload"]["router"]["name"] == "round_robin"
@@ -157,7 +157,7 @@ def test_check_refuses_unknown_cases_and_bad_seeds_before_any_rank_starts():
                            (["--seeds", "3,x"], "'x' is not an integer seed"),
                            (["--seeds", "-1"], "outside 0 .. 2**31 - 1")):
         proc = subprocess.run([sys.executable, "-m", "lshsim.executor", "launch", "--nproc", "2", "--", "check",
-                               *extra], cwd=REPO, capture_output=True, text=True, timeout=60)
+                               *extra], cwd=REPO, capture_output=True, text=True, timeout=180)
         assert proc.returncode == 2 and message in proc.stderr, (extra, proc.stderr)
 
 
