@@ -20,6 +20,7 @@ WORKLOAD_PATH = ROOT / "data" / "workloads" / "cal-uniform-d2048-t128.yaml"
 WORKLOAD = WORKLOAD_PATH.read_text()
 FIGURES = (ROOT / "data" / "papers" / "figures.yaml").read_text()
 SETTING = "setting: {router: topk, capacity_factor: 1.0}"
+DEEPSEEK = (ROOT / "models" / "configs" / "deepseek-v3.yaml").read_text()
 
 GRID = """name: g
 grid:
@@ -32,6 +33,8 @@ grid:
 SWEEP = ["sweep", "{FILE}", "--out", "{OUT}.csv", "--jobs", "0", "--quiet"]
 REPRODUCE = ["reproduce", "--figures", "{FILE}", "--json", "--plot", "{OUT}.png"]
 RUN = ["run", "--workload", "{FILE}", "--device", "cpu", "--out", "{OUT}.json"]
+PLAN_MODEL = ["plan", "--model", "{FILE}", "--router", "model", "--cluster", "h100-ib-rail-8x8", "--tokens-per-gpu", "64",
+              "--fidelity", "estimate", "--json", "--plot", "{OUT}.png"]
 
 
 def _sub(text: str, old: str, new: str) -> str:
@@ -65,6 +68,9 @@ FILE_CASES = [
      SWEEP, ["router_options.max_nodes = 1000000000000 is above 65536"]),
     ("grid option of another router", "g.yaml", _grid("router: topk\nrouter_options: {max_nodes: 2}"), SWEEP,
      ["'max_nodes' is not an option of the topk router"]),
+    # a model's published routing (plan --router model): M = 10^12 nodes routed as plain top-k on main
+    ("model max_nodes 1e12", "m.yaml", _sub(DEEPSEEK, "max_nodes: 4", "max_nodes: 1000000000000"), PLAN_MODEL,
+     ["router_options.max_nodes = 1000000000000 is above 65536", "servers of a cluster"]),
     # figures file: a figure's setting is a StepConfig
     ("figure overlap_chunks 1e12", "f.yaml", _sub(FIGURES, SETTING, SETTING[:-1] + ", overlap_chunks: [1000000000000]}"),
      REPRODUCE, ["figures[0]", "overlap_chunks[0] = 1000000000000 is above 1024"]),
