@@ -105,6 +105,8 @@ BREAKEVEN = ["breakeven", "--json", "--plot", "{OUT}.png"]
 OPTION_CASES = [
     (PLAN, "--locality-bonus", "1e12", ["is above 1000", "own-node bonus"]),
     (PLAN, "--locality-bonus", "1e30", ["is above 1000"]),
+    (["route", "--router", "locmoe", "--tokens", "64", "--d-model", "16", "--json", "--plot", "{OUT}.png"],
+     "--locality-bonus", "1e12", ["is above 1000"]),
     (PLAN, "--max-routed-tokens", "1e12", ["is above 4294967296"]),
     (PLAN, "--tokens-per-gpu", "1e12", ["is above 16777216"]),       # main: refused as 'tokens_per_gpu = ...'
     (PLAN, "--ep", "1e12", ["is above 1048576"]),                    # main: 'ep = ...', the option not named
