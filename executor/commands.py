@@ -172,9 +172,11 @@ def add_calibrate(subparsers) -> argparse.ArgumentParser:
     cal.add_argument("--warmup", type=arg_int_within("count", minimum=0), default=3,
                      help="untimed repetitions per size, 0 to 2^20 (3)")
     cal.add_argument("--ffn-d-model", type=arg_int_within("dim"), default=4096,
-                     help="d_model of the FFN rate test, 1 to 2^20 (default 4096; the test's memory must fit the device)")
+                     help="d_model of the FFN rate test, 1 to 2^20 (default 4096; the test's memory must fit the "
+                          "device)")
     cal.add_argument("--ffn-tokens", type=arg_int_within("tokens"), default=8192,
-                     help="tokens of the FFN rate test, 1 to 2^24 (default 8192; the test's memory must fit the device)")
+                     help="tokens of the FFN rate test, 1 to 2^24 (default 8192; the test's memory must fit the "
+                          "device)")
     cal.add_argument("--source", default=None, metavar="NAME",
                      help="fit from the FILEs, read by the calibration source NAME (lshsim.calibration.SOURCES: "
                           "microbenchmarks, traces, nccl-tests, or one a --plugin module registers), instead of "

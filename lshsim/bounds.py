@@ -66,10 +66,11 @@ routed_tokens       2^32           tokens routed in all by the step simulator (m
 chunks              1024           pipeline chunks of one all-to-all (overlap_chunks, simulate
                                    --chunks): Tutel's adaptive pipelining tries 1-8; each chunk
                                    is a simulated phase and a kernel launch
-locality_bonus      1000           LocMoE's own-node bonus added to the GrAP scores (ReLU logits
-                                   of order 1): 1 already keeps a token on its node; at 1e12
-                                   float32 no longer tells the scores beside it apart (ties)
-element_bytes       64             bytes per element (bytes_per_element, grad_bytes_per_element):
+locality_bonus      1000           LocMoE's own-node bonus added to the GrAP scores, ReLU logits
+                                   of order 1 (at most 1.15 on the simulator's synthetic tokens
+                                   of width 1024; the default bonus is 1); at 1e12 float32 no
+                                   longer tells the scores beside it apart (ties)
+element_bytes       64 B           bytes per element (bytes_per_element, grad_bytes_per_element):
                                    fp8 to fp64 are 1-8
 rotation_rounds     64             H D rounds of an LSH Hadamard rotation (lsh.rounds): FALCONN
                                    uses 3; each round is one pass over the tokens
@@ -187,8 +188,9 @@ LIMITS: dict[str, Limit] = {
     "chunks": Limit(1024.0, "", "pipeline chunks of one all-to-all",
                     "Tutel's adaptive pipelining tries 1-8; each chunk is a simulated phase and a kernel launch"),
     "locality_bonus": Limit(1000.0, "", "LocMoE's own-node bonus added to the GrAP scores",
-                            "the scores are ReLU logits of order 1, so a bonus of 1 already keeps a token on its node; "
-                            "at 1e12 float32 no longer tells the scores beside it apart"),
+                            "the scores are ReLU logits of order 1, at most 1.15 on the simulator's synthetic tokens of "
+                            "width 1024 (the default bonus is 1); at 1e12 float32 no longer tells the scores beside it "
+                            "apart"),
     "element_bytes": Limit(64.0, "B", "bytes per element", "fp8 to fp64 take 1-8 bytes"),
     "rotation_rounds": Limit(64.0, "", "H D rounds of an LSH Hadamard rotation",
                              "FALCONN uses 3; each round is one pass over the tokens"),
