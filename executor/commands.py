@@ -20,7 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-from lshsim.checks import arg_finite_number, arg_int, arg_non_negative_int, arg_positive_int, env_int
+from lshsim.checks import arg_finite_number, arg_int, arg_int_within, env_int
 from lshsim.executor.calibrate_files import arg_source_option
 from lshsim.executor.launch import (DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_STALL_TIMEOUT_S, DEFAULT_STARTUP_TIMEOUT_S,
                                     DEFAULT_TIMEOUT_S, MAX_NPROC, MAX_TIMEOUT_S, MIN_HEARTBEAT_TIMEOUT_S)
@@ -91,7 +91,7 @@ def add_run(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--fault", choices=("raise", "hang", "kill", "stop"), default=None,
                      help="testing: at the first iteration, make --fault-rank raise an error, hang (alive, no "
                           "progress), SIGKILL itself or SIGSTOP itself (frozen)")
-    run.add_argument("--fault-rank", type=arg_non_negative_int, default=1,
+    run.add_argument("--fault-rank", type=arg_int_within("gpus", minimum=0), default=1,
                      help="rank that --fault hits, 0 to world size - 1 (default 1)")
     run.add_argument("--min-a2a-s", type=arg_finite_number(0.0, maximum=MAX_MEASURE_S), default=0.0,
                      help="measure enough iterations that the interleaved bare all-to-alls take this long "
@@ -165,14 +165,18 @@ def add_calibrate(subparsers) -> argparse.ArgumentParser:
                      help=f"smallest all-to-all size per rank (default 4KiB; {BYTES_HELP})")
     cal.add_argument("--max-bytes", type=arg_int_bytes, default=2 ** 30,
                      help=f"largest all-to-all size per rank (default 1GiB; {BYTES_HELP})")
-    cal.add_argument("--steps-per-octave", type=arg_positive_int, default=1,
-                     help="sizes per doubling of the all-to-all sweep (default 1: powers of two)")
-    cal.add_argument("--iterations", type=arg_positive_int, default=10, help="timed repetitions per size (10)")
-    cal.add_argument("--warmup", type=arg_non_negative_int, default=3, help="untimed repetitions per size (3)")
-    cal.add_argument("--ffn-d-model", type=arg_positive_int, default=4096,
-                     help="d_model of the FFN rate test (default 4096; the test's memory must fit the device)")
-    cal.add_argument("--ffn-tokens", type=arg_positive_int, default=8192,
-                     help="tokens of the FFN rate test (default 8192; the test's memory must fit the device)")
+    cal.add_argument("--steps-per-octave", type=arg_int_within("steps_per_octave"), default=1,
+                     help="sizes per doubling of the all-to-all sweep, 1 to 64 (default 1: powers of two)")
+    cal.add_argument("--iterations", type=arg_int_within("count"), default=10,
+                     help="timed repetitions per size, 1 to 2^20 (10)")
+    cal.add_argument("--warmup", type=arg_int_within("count", minimum=0), default=3,
+                     help="untimed repetitions per size, 0 to 2^20 (3)")
+    cal.add_argument("--ffn-d-model", type=arg_int_within("dim"), default=4096,
+                     help="d_model of the FFN rate test, 1 to 2^20 (default 4096; the test's memory must fit the "
+                          "device)")
+    cal.add_argument("--ffn-tokens", type=arg_int_within("tokens"), default=8192,
+                     help="tokens of the FFN rate test, 1 to 2^24 (default 8192; the test's memory must fit the "
+                          "device)")
     cal.add_argument("--source", default=None, metavar="NAME",
                      help="fit from the FILEs, read by the calibration source NAME (lshsim.calibration.SOURCES: "
                           "microbenchmarks, traces, nccl-tests, or one a --plugin module registers), instead of "
@@ -185,8 +189,8 @@ def add_calibrate(subparsers) -> argparse.ArgumentParser:
     cal.add_argument("--nccl-tests", default=None,
                      help="fit from an existing nccl-tests alltoall_perf output instead of measuring "
                           "(= --source nccl-tests)")
-    cal.add_argument("--world-size", type=arg_positive_int, default=None,
-                     help="with --nccl-tests: ranks of that run (with --source: its option world_size)")
+    cal.add_argument("--world-size", type=arg_int_within("gpus"), default=None,
+                     help="with --nccl-tests: ranks of that run, 1 to 2^20 (with --source: its option world_size)")
     cal.add_argument("--gpu", type=_arg_gpu, default=None,
                      help="with --nccl-tests: the GPU model, one of h200, h100, a100, v100 (or a device name holding "
                           "one, e.g. 'NVIDIA H100 80GB HBM3') (with --source: its option gpu)")

@@ -60,6 +60,27 @@ lsh_hashes          64             LSH hash functions per token (the paper uses 
 capacity_factor     1e6            a router's capacity factor: above E / k it drops nothing, and
                                    C = ceil(factor T k / E) must stay a 64-bit integer
 speedup             1000           a published speedup (a figure's value)
+routed_tokens       2^32           tokens routed in all by the step simulator (max_routed_tokens):
+                                   the routing holds (tokens, experts) float32 scores, 128 GiB at
+                                   2^32 tokens of 8 experts; a step routes at most W x T
+chunks              1024           pipeline chunks of one all-to-all (overlap_chunks, simulate
+                                   --chunks): Tutel's adaptive pipelining tries 1-8; each chunk
+                                   is a simulated phase and a kernel launch
+locality_bonus      1000           LocMoE's own-node bonus added to the GrAP scores, ReLU logits
+                                   of order 1 (at most 1.15 on the simulator's synthetic tokens
+                                   of width 1024; the default bonus is 1); at 1e12 float32 no
+                                   longer tells the scores beside it apart (ties)
+element_bytes       64 B           bytes per element (bytes_per_element, grad_bytes_per_element):
+                                   fp8 to fp64 are 1-8
+rotation_rounds     64             H D rounds of an LSH Hadamard rotation (lsh.rounds): FALCONN
+                                   uses 3; each round is one pass over the tokens
+jobs                4096           worker processes of one command (sweep --jobs): the largest
+                                   servers have a few hundred cores (1e12 overflowed a C int)
+steps_per_octave    64             sizes per doubling of a calibration sweep: nccl-tests steps by
+                                   2x; 64 is a 1% step, below the run-to-run noise
+copy_rate           1e12 /s        token copies hashed or restored per second (breakeven
+                                   --hash-Mtps, --restore-Mtps): one GPU moves at most its HBM
+                                   rate, 8e12 B/s over 2 kB tokens = 4e9/s; an H100 does 2e7-7e7
 ==================  =============  ==============================================================
 
 Four kinds also have a lower limit for positive values, where a rate typed with its exponent's sign
@@ -161,6 +182,24 @@ LIMITS: dict[str, Limit] = {
     "capacity_factor": Limit(1e6, "", "a router's capacity factor",
                              "above E / k it drops nothing, and C = ceil(factor T k / E) must stay a 64-bit integer"),
     "speedup": Limit(1000.0, "", "a published speedup", "papers report 1-10x"),
+    "routed_tokens": Limit(float(2 ** 32), "", "tokens routed in all by the step simulator",
+                           "the routing holds (tokens, experts) float32 scores, 128 GiB at 2^32 tokens of 8 experts; "
+                           "a step routes at most W x T tokens"),
+    "chunks": Limit(1024.0, "", "pipeline chunks of one all-to-all",
+                    "Tutel's adaptive pipelining tries 1-8; each chunk is a simulated phase and a kernel launch"),
+    "locality_bonus": Limit(1000.0, "", "LocMoE's own-node bonus added to the GrAP scores",
+                            "the scores are ReLU logits of order 1, at most 1.15 on the simulator's synthetic tokens of "
+                            "width 1024 (the default bonus is 1); at 1e12 float32 no longer tells the scores beside it "
+                            "apart"),
+    "element_bytes": Limit(64.0, "B", "bytes per element", "fp8 to fp64 take 1-8 bytes"),
+    "rotation_rounds": Limit(64.0, "", "H D rounds of an LSH Hadamard rotation",
+                             "FALCONN uses 3; each round is one pass over the tokens"),
+    "jobs": Limit(4096.0, "", "worker processes of one command",
+                  "the largest servers have a few hundred cores; 1e12 overflowed a C int"),
+    "steps_per_octave": Limit(64.0, "", "sizes per doubling of a calibration sweep",
+                              "nccl-tests steps by 2x; 64 is a 1% step, below the run-to-run noise"),
+    "copy_rate": Limit(1e12, "/s", "token copies hashed or restored per second",
+                       "one GPU moves at most its HBM rate, 8e12 B/s over 2 kB tokens = 4e9/s; an H100 does 2e7-7e7"),
 }
 
 #: field name (the last dotted part) -> kind, for names the suffixes below do not give
@@ -193,6 +232,9 @@ FIELD_KINDS: dict[str, str] = {
     "combine_metadata_bytes": "bytes",
     "capacity_factor": "capacity_factor",
     "published_GBps": "published_GBps",
+    "max_routed_tokens": "routed_tokens", "overlap_chunks": "chunks", "chunks": "chunks",
+    "locality_bonus": "locality_bonus", "bytes_per_element": "element_bytes", "grad_bytes_per_element": "element_bytes",
+    "rounds": "rotation_rounds", "max_nodes": "nodes", "scores_per_node": "experts",
 }
 #: (suffix, kind): a field whose name ends so is of that kind (after FIELD_KINDS)
 FIELD_SUFFIXES: tuple[tuple[str, str], ...] = (("latency_s", "latency_s"), ("_Bps", "rate_Bps"), ("_gbps", "nic_gbps"),

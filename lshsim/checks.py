@@ -24,12 +24,16 @@ import re
 from lshsim import bounds as _bounds
 
 __all__ = ["positive_int", "non_negative_int", "finite_number", "arg_positive_int", "arg_non_negative_int",
-           "arg_finite_number", "bounded_int", "arg_int", "CAPACITY_FACTOR_MAX", "arg_name", "OneLineArgumentParser", "env_int", "file_name", "FILE_NAME_RULE"]
+           "arg_finite_number", "bounded_int", "arg_int", "arg_int_within", "arg_within", "CAPACITY_FACTOR_MAX", "SEED_MAX", "arg_name", "OneLineArgumentParser", "env_int", "file_name", "FILE_NAME_RULE"]
 
 
 #: the largest capacity factor the command line takes: a factor above E / k already drops nothing, and
 #: C = ceil(factor * T * k / E) must stay a 64-bit integer (1e30 overflowed the routers' int64 slots)
 CAPACITY_FACTOR_MAX = _bounds.maximum("capacity_factor")    # 1e6, lshsim.bounds
+
+
+#: the largest seed of every --seed and StepConfig.seed: numpy's and torch's seeds alike take [0, 2^32 - 1]
+SEED_MAX = 2 ** 32 - 1
 
 
 def _is_int(value: object) -> bool:
@@ -155,6 +159,30 @@ def arg_within(kind: str, minimum: float = 0.0, exclusive: bool = False, scale: 
         detail = problem.split(" ", 1)[1]          # "5e+06 is above ..." -> "is above ..."
         shown = f"{text!r}" if scale == 1.0 else f"{text!r} ({value * scale:g} {_bounds.LIMITS[kind].unit})"
         raise argparse.ArgumentTypeError(f"{shown} {detail}")
+    return parse
+
+
+@functools.lru_cache(maxsize=None)
+def arg_int_within(kind: str, minimum: int = 1):
+    """argparse type factory: a whole number >= minimum within the plausibility limit of `lshsim.bounds` for
+    `kind`, as the same value in an input file would be (refused while the options are read, naming the
+    option, not later by the reader with the file's field name).
+
+    >>> arg_int_within("tokens")("4096")
+    4096
+    >>> arg_int_within("chunks")("1e12")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: '1e12' is above 1024, the limit for pipeline chunks of one all-to-all (Tutel's adaptive pipelining tries 1-8; each chunk is a simulated phase and a kernel launch)
+    """
+    number = arg_positive_int if minimum == 1 else arg_int(minimum, None)
+
+    def parse(text: str) -> int:
+        value = number(text)
+        problem = _bounds.describe(kind, value, hint=False)
+        if problem is None:
+            return value
+        raise argparse.ArgumentTypeError(f"{text!r} {problem.split(' ', 1)[1]}")
     return parse
 
 

@@ -125,9 +125,24 @@ def _step_field(name: str):
 
         if isinstance(value, str) and value.lower() in ("none", "null"):
             value = None
+        if name == "router_options":       # a router's own: checked with the grid's routers (_check_router_options)
+            return value
         StepConfig(**{name: value})        # its own checks say why a value is refused
         return value
     return check
+
+
+def _check_router_options(routers: list, options) -> None:
+    """`options` (a grid's router_options) checked with every router of the grid that is a known name (an
+    unknown one is its own axis's error): declared by that router, of their kind, within `lshsim.bounds`."""
+    from lshsim.dispatch import ROUTERS
+    from lshsim.sim.moe_step import StepConfig
+
+    if isinstance(options, str) and options.lower() in ("none", "null"):
+        return
+    for router in routers:
+        if isinstance(router, str) and router in ROUTERS:
+            StepConfig(router=router, router_options=options)
 
 
 def _step_config_axes() -> dict[str, Axis]:
@@ -281,6 +296,8 @@ def load_grid(path: str | Path, resolve_model=None) -> Grid:
         raise ValueError(f"{source}: grid={block!r} must be a mapping of axes to values, e.g. "
                          "{model: gpt-moe-15b, cluster: lshmoe-a100-4x8, nic_gbps: [100, 200]}")
     axes: dict[str, list] = {}
+    routers = block.get("router", "topk")
+    routers = routers if isinstance(routers, list) else [routers]
     for name, values in block.items():
         if name not in AXES:
             raise ValueError(f"{source}: grid.{name}: unknown axis; known: {', '.join(AXES)}")
@@ -292,6 +309,8 @@ def load_grid(path: str | Path, resolve_model=None) -> Grid:
             where = f"grid.{name}[{i}]" if isinstance(values, list) else f"grid.{name}"
             try:
                 checked.append(AXES[name].check(value))
+                if name == "router_options":    # the options are the grid's routers' (node_limited: max_nodes)
+                    _check_router_options(routers, value)
             except (ValueError, TypeError) as error:
                 raise ValueError(f"{source}: {where}={value!r} {error}") from None
             kind = bounds.kind_of(name)     # nodes, gpus_per_node, nic_gbps, oversubscription, ...: lshsim.bounds

@@ -57,10 +57,20 @@ def parse_bytes(text: str | float | int, *, minimum: float = 0.0) -> float:
     return value
 
 
+def _plausible_bytes(text: str, value: float) -> float:
+    """`value` within the plausibility limit of a size (`lshsim.bounds`, 2^50 B), else ArgumentTypeError."""
+    from lshsim import bounds
+
+    problem = bounds.describe("bytes", value, hint=False)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} ({value:g} B) {problem.split(' ', 1)[1]}")
+    return value
+
+
 def arg_bytes(text: str) -> float:
-    """argparse type: bytes as a float (`parse_bytes`)."""
+    """argparse type: bytes as a float (`parse_bytes`), at most 2^50 (`lshsim.bounds`)."""
     try:
-        return parse_bytes(text)
+        return _plausible_bytes(text, parse_bytes(text))
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
@@ -77,7 +87,7 @@ def arg_int_bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err)) from None
     if value != int(value):
         raise argparse.ArgumentTypeError(f"{text!r} is {value:g} bytes, not a whole number of bytes")
-    return int(value)
+    return int(_plausible_bytes(text, value))
 
 
 def format_bytes(value: float) -> str:

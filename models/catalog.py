@@ -324,6 +324,10 @@ class ModelConfig:
                                             options=dict(tuple(pair) for pair in options))
         except ValueError as error:
             raise ValueError(f"router={self.router!r}, router_options={dict(options)!r}: {error}") from None
+        from lshsim import bounds
+
+        for name, value in dict(tuple(pair) for pair in options).items():   # max_nodes: nodes (lshsim.bounds)
+            bounds.check_field(f"router_options.{name}", value)
         object.__setattr__(self, "router_options", tuple(sorted(filled.items())))
 
     # ---- derived sizes -----------------------------------------------------------------------

@@ -235,12 +235,13 @@ SCENARIOS = [
                                                                                    "available"]),
     # past the plausibility limit (lshsim.bounds): refused before any estimate, naming the limit
     (["plan", "--tokens-per-gpu", "2000000000", "--max-routed-tokens", "2000000000"],
-     ["tokens_per_gpu = 2000000000 is above 16777216", "the limit for tokens per GPU"]),
+     ["--tokens-per-gpu", "'2000000000' is above 16777216", "the limit for tokens per GPU"]),
     (["plan", "--sweep", "--clusters", "{BIGTOPO}"], ["1048576 GPUs", "available"]),
     (["run", "--workload", "{BIGWL}", "--device", "cpu"], ["big-wl", "memory", "available"]),
     (["calibrate", "--max-bytes", "1TiB", "--device", "cpu"], ["--max-bytes", "available"]),
-    (["calibrate", "--ffn-tokens", "100000000", "--ffn-d-model", "100000", "--device", "cpu"],
+    (["calibrate", "--ffn-tokens", "16000000", "--ffn-d-model", "100000", "--device", "cpu"],
      ["--ffn-tokens", "available"]),
+    (["calibrate", "--ffn-tokens", "100000000", "--device", "cpu"], ["--ffn-tokens", "is above 16777216"]),
 ]
 
 SCENARIO_CASES = [pytest.param(argv, subs, id=" ".join(argv)[:80]) for argv, subs in SCENARIOS]

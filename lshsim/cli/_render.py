@@ -11,7 +11,7 @@ import sys
 __all__ = ["console", "wide_console", "print_json", "table", "line_plot", "g", "arg_seed", "SEED_HELP",
            "arg_element_size", "save_figure"]
 
-SEED_MAX = 2 ** 32 - 1
+from lshsim.checks import SEED_MAX  # noqa: E402  (one rule: lshsim.checks)
 SEED_HELP = f"a whole number in [0, {SEED_MAX}]"
 
 

@@ -5,10 +5,8 @@ The model: `lshsim.analytic.comm` (`breakeven_compression_rate`, `lsh_step_time_
 """
 from __future__ import annotations
 
-from lshsim.checks import arg_finite_number, arg_positive_int, arg_within
+from lshsim.checks import arg_finite_number, arg_int_within, arg_within
 from lshsim.cli import _render
-
-_POSITIVE = arg_finite_number(0.0, exclusive=True)
 
 
 def add_parser(subparsers):
@@ -16,21 +14,22 @@ def add_parser(subparsers):
                               description="r* = 1 - (t_compress + t_restore) / (n_a2a V / B + expert time): below "
                                           "r*, the smaller all-to-alls repay hashing and restoring. Also LSH-MoE's "
                                           "ratio model T_a2a / T_compute (paper Eq. 6/9) with --tflops.")
-    p.add_argument("--tokens", type=arg_positive_int, default=4096, help="tokens per rank T >= 1 (default 4096)")
-    p.add_argument("--d-model", type=arg_positive_int, default=1024, help="hidden size d >= 1 (default 1024)")
-    p.add_argument("--k", type=arg_positive_int, default=2, help="choices per token, >= 1 (default 2)")
-    p.add_argument("--world", type=arg_positive_int, default=16, help="ranks W >= 1 (default 16)")
+    p.add_argument("--tokens", type=arg_int_within("tokens"), default=4096,
+                   help="tokens per rank T, 1 to 2^24 (default 4096)")
+    p.add_argument("--d-model", type=arg_int_within("dim"), default=1024, help="hidden size d, 1 to 2^20 (default 1024)")
+    p.add_argument("--k", type=arg_int_within("experts"), default=2, help="choices per token, 1 to 2^16 (default 2)")
+    p.add_argument("--world", type=arg_int_within("gpus"), default=16, help="ranks W, 1 to 2^20 (default 16)")
     p.add_argument("--bandwidth-GBps", type=arg_within("rate_Bps", exclusive=True, scale=1e9), default=12.5,
                    help="per-rank all-to-all bandwidth, GB/s, > 0 (default 12.5: a 100 Gb/s NIC)")
-    p.add_argument("--hash-Mtps", type=_POSITIVE, default=18.0,
-                   help="hash + centroid throughput, million token copies/s, > 0 (default 18: lsh.py compress on an "
+    p.add_argument("--hash-Mtps", type=arg_within("copy_rate", exclusive=True, scale=1e6), default=18.0,
+                   help="hash + centroid throughput, million token copies/s, > 0, at most 1e6 (default 18: lsh.py compress on an "
                         "H100, d=1024, d'=16; benchmarks/RESULTS.md)")
-    p.add_argument("--restore-Mtps", type=_POSITIVE, default=68.0,
-                   help="restore throughput, million token copies/s, > 0 (default 68: lsh.py restore on an H100)")
+    p.add_argument("--restore-Mtps", type=arg_within("copy_rate", exclusive=True, scale=1e6), default=68.0,
+                   help="restore throughput, million token copies/s, > 0, at most 1e6 (default 68: lsh.py restore on an H100)")
     p.add_argument("--bytes-per-element", type=_render.arg_element_size, default=2,
                    help="2 for bf16/fp16 (default), 4 for fp32 (1, 2, 4 or 8)")
-    p.add_argument("--expert-ms", type=arg_finite_number(0.0), default=0.0,
-                   help="expert FFN time per step without compression, ms, >= 0; it shrinks with r (default 0: not "
+    p.add_argument("--expert-ms", type=arg_within("duration_s", scale=1e-3), default=0.0,
+                   help="expert FFN time per step without compression, ms, 0 to 3.6e6 (an hour); it shrinks with r (default 0: not "
                         "counted)")
     p.add_argument("--forward-only", action="store_true", help="count forward all-to-alls only (default: fwd + bwd)")
     p.add_argument("--compression", type=arg_finite_number(0.0, exclusive=True, maximum=1.0), default=0.2,

@@ -9,7 +9,7 @@ import argparse
 
 import math
 
-from lshsim.checks import CAPACITY_FACTOR_MAX, arg_finite_number, arg_name, arg_positive_int
+from lshsim.checks import CAPACITY_FACTOR_MAX, arg_finite_number, arg_int_within, arg_name, arg_within
 from lshsim.cli import _render
 from lshsim.cli._progress import OptionProgress
 from lshsim.cli._render import SEED_HELP, arg_seed
@@ -94,8 +94,8 @@ def add_parser(subparsers):
                         "forwards it to each of its experts' GPUs there")
     p.add_argument("--overlap", action="store_true",
                    help="pipeline dispatch / experts / combine in chunks (Tutel-style)")
-    p.add_argument("--tokens-per-gpu", type=arg_positive_int, default=None,
-                   help="tokens per GPU per step (default: the model's); with --tp N, the tokens of one TP group's "
+    p.add_argument("--tokens-per-gpu", type=arg_int_within("tokens"), default=None,
+                   help="tokens per GPU per step, 1 to 16777216 (default: the model's); with --tp N, the tokens of one TP group's "
                         "micro-batch (each of its N GPUs holds 1 / N of them)")
     p.add_argument("--capacity-factor", type=_capacity_factor, default=1.25,
                    help="expert capacity factor in (0, 1e6], or 'none' for no limit (default 1.25)")
@@ -104,17 +104,18 @@ def add_parser(subparsers):
                         "[0, 1]; auto (default): the most the node's experts accept at the capacity, min(1, capacity "
                         "factor / nodes) (plain GrAP routing with EP groups or node_dedup, where a share is not "
                         "modelled); none: route with --locality-bonus instead")
-    p.add_argument("--locality-bonus", type=arg_finite_number(0.0), default=1.0,
-                   help="locmoe with --locality-share none: own-node preference added to the GrAP score, >= 0 "
+    p.add_argument("--locality-bonus", type=arg_within("locality_bonus"), default=1.0,
+                   help="locmoe with --locality-share none: own-node preference added to the GrAP score, 0 to 1000 "
                         "(default 1.0; a large bonus keeps every token on its node)")
     p.add_argument("--seed", type=arg_seed, default=0, help=f"seed of the synthetic tokens (default 0; {SEED_HELP})")
-    p.add_argument("--max-routed-tokens", type=arg_positive_int, default=1 << 17,
-                   help="route at most this many tokens in all, else subsample per rank and scale (default 131072)")
-    p.add_argument("--ep", type=arg_positive_int, default=None,
+    p.add_argument("--max-routed-tokens", type=arg_int_within("routed_tokens"), default=1 << 17,
+                   help="route at most this many tokens in all (1 to 2^32), else subsample per rank and scale "
+                        "(default 131072)")
+    p.add_argument("--ep", type=arg_int_within("gpus"), default=None,
                    help="expert-parallel group size EP, dividing the GPU count W and the experts (default W: every "
                         "expert once over all GPUs). EP < W: W / EP data-parallel groups of EP consecutive GPUs, each "
                         "holding all experts; every group's all-to-all runs at the same time on the shared fabric")
-    p.add_argument("--tp", type=arg_positive_int, default=1,
+    p.add_argument("--tp", type=arg_int_within("gpus"), default=1,
                    help="tensor-parallel degree TP inside a node (default 1: none), dividing the GPUs per node. "
                         "Megatron-Core's layout with sequence parallelism and expert-TP 1 (MoE parallel folding): "
                         "attention, dense FFN, shared experts and the output layer split over TP consecutive GPUs "

@@ -1,7 +1,7 @@
 """`lshsim route`: route seeded synthetic tokens and show the load per expert, drops and traffic."""
 from __future__ import annotations
 
-from lshsim.checks import CAPACITY_FACTOR_MAX, arg_finite_number, arg_positive_int
+from lshsim.checks import CAPACITY_FACTOR_MAX, arg_finite_number, arg_positive_int, arg_within
 from lshsim.cli import _render
 from lshsim.cli._render import SEED_HELP, arg_seed
 
@@ -29,8 +29,8 @@ def add_parser(subparsers):
     p.add_argument("--no-capacity", action="store_true", help="no capacity limit (nothing dropped)")
     p.add_argument("--drop-policy", default="position", help="position | score (default position)")
     p.add_argument("--placement", default="contiguous", help="contiguous | round_robin (default contiguous)")
-    p.add_argument("--locality-bonus", type=arg_finite_number(0.0), default=1.0,
-                   help="locmoe: own-node preference, a finite number >= 0 (default 1.0)")
+    p.add_argument("--locality-bonus", type=arg_within("locality_bonus"), default=1.0,
+                   help="locmoe: own-node preference, 0 to 1000 (default 1.0)")
     p.add_argument("--skew", type=arg_finite_number(0.0), default=0.0,
                    help="popularity skew: 0 = uniform experts; s > 0 adds s * log(Dirichlet(1)) to the logits")
     p.add_argument("--seed", type=arg_seed, default=0, help=f"random seed (default 0; {SEED_HELP})")

@@ -5,7 +5,7 @@ kinds (`uniform:BYTES`, a JSON matrix, `lshsim route --json` output): `lshsim.si
 """
 from __future__ import annotations
 
-from lshsim.checks import arg_finite_number, arg_name, arg_positive_int, arg_within
+from lshsim.checks import arg_finite_number, arg_int_within, arg_name, arg_positive_int, arg_within
 from lshsim.cli import _render
 from lshsim.units import BYTES_HELP
 
@@ -25,8 +25,8 @@ def add_parser(subparsers):
                    help="direct | pairwise | hierarchical (alias 2d) | groupwise | node_dedup (alias deepep; "
                         "from a matrix alone nothing is deduplicated: every byte for another node crosses the "
                         "network, then NVLink forwards it), or a registered one (lshsim.algorithms; default direct)")
-    p.add_argument("--chunks", type=arg_positive_int, default=1,
-                   help="hierarchical only: pipeline chunks (default 1)")
+    p.add_argument("--chunks", type=arg_int_within("chunks"), default=1,
+                   help="hierarchical only: pipeline chunks, 1 to 1024 (default 1)")
     p.add_argument("--alpha-s", type=arg_within("latency_s"), default=None,
                    help="per-message start-up latency in seconds, >= 0 (default: the topology's alpha_s)")
     p.add_argument("--message-gap-s", type=arg_within("latency_s"), default=0.0,

@@ -5,7 +5,7 @@ output gets a summary (or `--json`).
 """
 from __future__ import annotations
 
-from lshsim.checks import arg_non_negative_int
+from lshsim.checks import arg_int_within
 from lshsim.cli import OUTPUT_RULE_HELP
 
 
@@ -21,8 +21,8 @@ def add_parser(subparsers):
     p.add_argument("--out", metavar="FILE.csv", default=None,
                    help="the results table (default: GRID's name + .csv in the current folder); an existing "
                         "table of the same grid is resumed")
-    p.add_argument("--jobs", type=arg_non_negative_int, default=1,
-                   help="local engine: worker processes (default 1; 0 runs the points in this process); "
+    p.add_argument("--jobs", type=arg_int_within("jobs", minimum=0), default=1,
+                   help="local engine: worker processes, 0 to 4096 (default 1; 0 runs the points in this process); "
                         "dask engine without --scheduler: the workers of the local Dask cluster it starts")
     p.add_argument("--engine", choices=("local", "dask"), default="local",
                    help="local: concurrent.futures processes (default); dask: Dask's distributed scheduler "

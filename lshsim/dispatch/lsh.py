@@ -119,6 +119,9 @@ class LSHConfig:
             raise ValueError(f"rotation={self.rotation!r} must be one of {ROTATIONS}")
         positive_int("num_hashes", self.num_hashes)
         positive_int("rounds", self.rounds)
+        from lshsim import bounds
+
+        bounds.check("rotation_rounds", "rounds", self.rounds)      # 1e12 rounds hashed for hours (lshsim.bounds)
         if self.proj_dim is not None:
             positive_int("proj_dim", self.proj_dim)
         if self.family == "hyperplane" and self.proj_dim not in (None, 1):

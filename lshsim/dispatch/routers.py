@@ -828,6 +828,11 @@ def validate_router_params(name: str, k: int = 2, capacity_factor: float | None 
     if isinstance(locality_bonus, bool) or not isinstance(locality_bonus, (int, float)) \
             or not math.isfinite(locality_bonus) or locality_bonus < 0:
         raise ValueError(f"locality_bonus={locality_bonus!r} must be finite and >= 0")
+    from lshsim import bounds
+
+    problem = bounds.describe("locality_bonus", locality_bonus)    # 1e12 ties every score (lshsim.bounds)
+    if problem is not None:
+        raise ValueError(f"locality_bonus={problem}")
     given = dict(options or {})
     unknown = [key for key in given if key not in spec.option_defaults]
     if unknown:

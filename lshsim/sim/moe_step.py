@@ -110,6 +110,7 @@ import simpy
 import torch
 
 from lshsim.algorithms import canonical_algorithm
+from lshsim.checks import SEED_MAX
 from lshsim.dispatch import ROUTERS, RouterConfig, contiguous_placement, effective_k, route
 from lshsim.dispatch.placement import GroupedPlacement, Placement, expert_parallel_placement
 from lshsim.dispatch.synthetic import synthetic_router_inputs
@@ -422,7 +423,10 @@ class StepConfig:
                              f"deduplicate: use one or the other")
         if not isinstance(self.overlap, bool):
             raise ValueError(f"overlap={self.overlap!r} must be True or False")
-        chunks = tuple(self.overlap_chunks)
+        try:
+            chunks = tuple(self.overlap_chunks)
+        except TypeError:     # a single number (a grid's overlap_chunks: 4): "'int' object is not iterable" before
+            raise ValueError(f"overlap_chunks={self.overlap_chunks!r} must be a list of integers >= 2") from None
         if not chunks or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in chunks):
             raise ValueError(f"overlap_chunks={self.overlap_chunks!r} must be integers >= 2")
         object.__setattr__(self, "overlap_chunks", chunks)
@@ -451,9 +455,43 @@ class StepConfig:
         from lshsim import bounds     # plausibility limits (a grid's or a figure's setting is a file's field)
 
         for name in ("tokens_per_gpu", "lsh_dim", "lsh_hashes", "ep", "tp", "kernel_launch_s", "grad_bucket_bytes",
-                     "capacity_factor"):
+                     "capacity_factor", "max_routed_tokens", "locality_bonus", "grad_bytes_per_element"):
             if getattr(self, name) is not None:
                 bounds.check_field(name, getattr(self, name))
+        for index, n in enumerate(chunks):
+            bounds.check("chunks", f"overlap_chunks[{index}]", n)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
+            raise ValueError(f"seed={self.seed!r} must be a whole number in [0, {SEED_MAX}] (as lshsim plan --seed)")
+        self._check_router_options()
+
+    def _check_router_options(self) -> None:
+        """The router's own options (node_limited: max_nodes, scores_per_node): declared by the router, of their
+        defaults' kind, the router's own checks, and within `lshsim.bounds` (a grid's or a model's
+        router_options were not checked before a point ran)."""
+        from lshsim import bounds
+        from lshsim.dispatch.routers import get_router, validate_router_params
+
+        options = self.router_options
+        if isinstance(options, dict):
+            pairs = list(options.items())
+        else:
+            try:
+                pairs = [tuple(pair) for pair in options]
+            except TypeError:
+                pairs = None
+            if pairs is None or any(len(pair) != 2 or not isinstance(pair[0], str) for pair in pairs):
+                raise ValueError(f"router_options={options!r} must be a mapping of option names to values "
+                                 f"(or (name, value) pairs)")
+        if not pairs:
+            return
+        spec = get_router(self.router)
+        try:
+            validate_router_params(self.router, k=spec.fixed_k or 1, capacity_factor=None,
+                                   options=dict(pairs))
+        except ValueError as error:
+            raise ValueError(f"router_options: {error}") from None
+        for name, value in pairs:
+            bounds.check_field(f"router_options.{name}", value)
 
     @property
     def deduplicates(self) -> bool:

@@ -47,6 +47,11 @@ def load_traffic(spec: str, world: int) -> np.ndarray:
             size = parse_bytes(spec[len("uniform:"):])
         except ValueError as error:
             raise ValueError(f"traffic {spec!r}: {error}") from None
+        from lshsim import bounds
+
+        problem = bounds.describe("bytes", size)          # 1e30 bytes per rank: as a matrix entry would be
+        if problem is not None:
+            raise ValueError(f"traffic {spec!r}: {problem}")
         return uniform_traffic(world, size)
     if not os.path.exists(spec):
         raise ValueError(f"traffic {spec!r}: no such file (expected uniform:BYTES_PER_RANK or FILE.json)")
