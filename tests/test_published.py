@@ -20,7 +20,7 @@ from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID,
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 222 and len({c.id for c in cases}) == 222
+    assert len(cases) == 240 and len({c.id for c in cases}) == 240
     test = load_split()
     third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
     fourth = {c.id for c in cases if c.file.startswith("aws-")}                          # the fourth round: fresh3
@@ -54,6 +54,10 @@ def test_shipped_cases_and_split():
     fresh7 = load_fresh(key="fresh7")
     seventh = {c.id for c in cases if c.file.startswith("mori-")}                     # the seventh round (pub14g)
     assert fresh7 == seventh and len(fresh7) == 10 and not fresh7 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6)
+    fresh8 = load_fresh(key="fresh8")
+    eighth = {c.id for c in cases if c.file.startswith("p5en-a2a-")}                  # the eighth round (pub14h)
+    assert fresh8 == eighth and len(fresh8) == 18
+    assert not fresh8 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7)
     for family, held in (("efa_nccl", 5), ("efa_v1_nccl", 17)):    # each family has test and fitting cases
         mine = {c.id for c in a2a if c.nic_family == family}
         assert len(mine & fresh6) == held and mine - fresh6
@@ -105,6 +109,13 @@ def test_shipped_cases_and_split():
             assert c.group in ("mori-readme", "mori-sop") and c.nic_family == "ib" and c.kind == "normal"
             assert c.ep == 16 and c.counts == "rdma" and c.workload["topk_groups"] == "none"
             assert c.topology in ("published/mi300x-cx7-ib-2x8", "published/mi355x-pollara-2x8")
+        elif c.file.startswith("p5en-a2a-"):                   # UCCL-EP LL at 4-128 tokens, whn09/deepseek-v4-sglang (pub14h)
+            assert c.source.startswith("https://github.com/whn09/deepseek-v4-sglang/blob/41495f8f89807d0bdfd39538567eb96fc3effa36/"
+                                       "results/p5en-a2a/a2a-uccl-")
+            assert c.group == "p5en-a2a" and c.nic_family == "efa" and c.kind == "low_latency"
+            assert c.ep == 16 and c.nodes == 2 and c.topology == "published/p5en-h200-efa-2x8"
+            assert c.workload["masked_choices"] == 0 and c.workload["experts"] == 256
+            assert (c.workload["hidden"], c.workload["top_k"]) in ((7168, 8), (4096, 6))
         elif c.file.startswith(("deepep-v2-", "deepep-pcie-", "hybridep-")):
             assert c.source.startswith("https://github.com/deepseek-ai/DeepEP/blob/") and c.nic_family == "ib"
             assert c.kind == "normal" and c.counts == "rdma" and c.group is not None
@@ -122,6 +133,11 @@ def test_shipped_cases_and_split():
             assert c.published_latency_us is None
         elif c.id == "efa-bench-uccl-p5-ll-ep16-combine":          # the source gives '~21 GB/s' only, no latency
             assert c.published_latency_us is None
+        elif c.file.startswith("p5en-a2a-"):                   # no masking: tokens x top-k selections, the script's bytes
+            w = c.workload
+            per = w["hidden"] + w["hidden"] // 128 * 4 + 16 if c.op == "dispatch" else w["hidden"] * 2
+            assert c.published_GBps * c.published_latency_us * 1e3 == pytest.approx(w["tokens_per_rank"] * w["top_k"] * per,
+                                                                                   rel=1e-3)
         elif c.kind == "low_latency" and c.id not in ("uccl-p5en-ll-ep16-dispatch", "uccl-p5en-ll-ep32-combine",
                                                      "uccl-mi300x-cx7-ll-ep32-dispatch"):   # -10%, noted in its file
             per = 7408 if c.op == "dispatch" else 14336
@@ -203,15 +219,15 @@ def test_split_names_only_known_cases(tmp_path):
     with pytest.raises(ValueError, match=r"split.yaml: fresh\[0\]='x' is also a test case"):
         load_fresh(tmp_path)
     for earlier, later in [("fresh", "fresh2"), ("fresh2", "fresh3"), ("fresh3", "fresh4"), ("fresh4", "fresh5"),
-                           ("fresh5", "fresh6"), ("fresh6", "fresh7")]:
+                           ("fresh5", "fresh6"), ("fresh6", "fresh7"), ("fresh7", "fresh8")]:
         (tmp_path / "split.yaml").write_text(f"{earlier}: [x]\n{later}: [x]\n")
         with pytest.raises(ValueError, match=rf"split.yaml: {later}\[0\]='x' is also in {earlier}"):
             load_fresh(tmp_path, key=later)
     (tmp_path / "split.yaml").write_text("test: [x]\nfresh5: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh5\[0\]='x' is also a test case"):
         load_fresh(tmp_path, key="fresh5")
-    with pytest.raises(ValueError, match=r"key='fresh8' must be one of"):
-        load_fresh(tmp_path, key="fresh8")
+    with pytest.raises(ValueError, match=r"key='fresh9' must be one of"):
+        load_fresh(tmp_path, key="fresh9")
 
 
 def test_routing_as_deepep_draws_it():
