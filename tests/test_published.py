@@ -762,3 +762,30 @@ def test_validate_published_plot(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:                # still refused: traces or a topology with it
         main(["validate", "--published", str(tmp_path), "--topology", "dgx-h100"])
     assert exit_info.value.code == 2 and "--published takes no traces or --topology" in capsys.readouterr().err
+
+
+def test_fitting_ranges_mark_the_held_out_cases_a_fit_extrapolates_to():
+    """A case is within its fit's range when its size (tokens per rank; bytes for a plain all-to-all) lies between
+    the smallest and largest of its NIC family's fitting cases of the same kernel kind; the summary counts the
+    others and gives the median / worst of those within."""
+    from lshsim.sim.published import Case, CaseRun, _summary, case_size, fitting_ranges
+
+    def run(cid, kind, tokens, family="efa", size=None):
+        workload = {"tokens_per_rank": tokens, "hidden": 1024, "top_k": 8, "experts": 64}
+        case = Case(id=cid, kind=kind, ep=16, nodes=2, op="dispatch", format="bf16", published_GBps=10.0,
+                    counts="rdma", workload=workload, source="s", file="f.yaml", nic_family=family, size_bytes=size)
+        return CaseRun(case=case, counted=1.0, network_bytes=1.0)
+
+    fitting = [run("a", "low_latency", 128), run("b", "low_latency", 256), run("c", "normal", 4096),
+               run("d", "alltoall", 0, "nccl", 2 ** 25), run("e", "alltoall", 0, "nccl", 2 ** 30)]
+    ranges = fitting_ranges(fitting)
+    assert ranges == {("efa", "low_latency"): (128.0, 256.0), ("efa", "normal"): (4096.0, 4096.0),
+                      ("nccl", "alltoall"): (2.0 ** 25, 2.0 ** 30)}
+    assert case_size(fitting[3].case) == 2 ** 25
+    rows = [{"rel_error": 0.5, "within_fitting_range": False}, {"rel_error": -0.1, "within_fitting_range": True},
+            {"rel_error": 0.3, "within_fitting_range": True}, {"rel_error": 2.0, "within_fitting_range": False}]
+    summary = _summary(rows)
+    assert summary["cases"] == 4 and summary["outside_fitting_range"] == 2
+    assert summary["within_range_median_abs_rel_error"] == pytest.approx(0.2)
+    assert summary["within_range_max_abs_rel_error"] == pytest.approx(0.3)
+    assert "outside_fitting_range" not in _summary([{"rel_error": 0.1}])   # rows without the mark: as before

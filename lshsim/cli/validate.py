@@ -200,9 +200,13 @@ def _run_published(args) -> int:
             table.add_column(column, justify="left" if column in ("case", "topology") else "right",
                              no_wrap=column in ("case", "topology"))
         for row in sorted(mine, key=lambda r: (r["role"], r["file"], r["id"])):
+            outside = row["role"] != "fitting" and not row.get("within_fitting_range", True)
             table.add_row(row["id"], row["role"], row["topology"], row["counts"], f"{row['published_GBps']:.1f}",
-                          f"{row['predicted_GBps']:.1f}", f"{100 * row['rel_error']:+.1f}%")
+                          f"{row['predicted_GBps']:.1f}", f"{100 * row['rel_error']:+.1f}%" + (" *" if outside else ""))
         console.print(table)
+    if any(r["role"] != "fitting" and not r.get("within_fitting_range", True) for r in rows):
+        console.print("* outside the sizes (tokens per rank; bytes per rank for a plain all-to-all) of its NIC family's "
+                      "fitting cases of its kernel kind: the start-up and per-message terms extrapolate")
     cal = out["calibration"]
     for family in sorted(cal["nic_efficiency"]):
         alpha = cal["alpha_s"][family]
@@ -220,8 +224,15 @@ def _run_published(args) -> int:
 
     def line(name, part):
         if part and part["cases"]:
-            console.print(f"{name}: {part['cases']} cases, median |error| {100 * part['median_abs_rel_error']:.1f}%, "
-                          f"worst {100 * part['max_abs_rel_error']:.1f}%")
+            text = (f"{name}: {part['cases']} cases, median |error| {100 * part['median_abs_rel_error']:.1f}%, "
+                    f"worst {100 * part['max_abs_rel_error']:.1f}%")
+            if part.get("outside_fitting_range"):
+                text += f"; {part['outside_fitting_range']} outside the fitting sizes"
+                if part.get("within_range_median_abs_rel_error") is not None:
+                    text += (f" (the {part['cases'] - part['outside_fitting_range']} within: median "
+                             f"{100 * part['within_range_median_abs_rel_error']:.1f}%, worst "
+                             f"{100 * part['within_range_max_abs_rel_error']:.1f}%)")
+            console.print(text)
 
     for name in ("fitting", "test", *FRESH_SETS, "leave_one_out"):
         line(name.replace("_", "-"), out.get(name))

@@ -684,7 +684,25 @@ def fit_calibration(runs: list[CaseRun], test_ids: set[str], grid: tuple | None 
     return Calibration(efficiency, alphas, messages, floors, tuple(r.case.id for r in runs), grid, ceilings, peers)
 
 
-def _row(run: CaseRun, cal: Calibration, role: str) -> dict:
+def case_size(case: Case) -> float:
+    """The size along which a case's prediction can extrapolate: tokens per rank for the dispatch / combine
+    kernels, bytes per rank for a plain all-to-all."""
+    return float(case.size_bytes) if case.kind == "alltoall" else float(case.workload["tokens_per_rank"])
+
+
+def fitting_ranges(runs: list[CaseRun]) -> dict:
+    """(NIC family, kernel kind) -> (smallest, largest) `case_size` of the fitting runs: the sizes their start-up
+    and per-message terms were fitted across (outside, a prediction extrapolates: with every fitting case at one
+    size, a start-up and a per-message cost are nearly interchangeable, and apart at another size)."""
+    out: dict = {}
+    for run in runs:
+        key, size = (run.case.nic_family, run.case.kind), case_size(run.case)
+        low, high = out.get(key, (size, size))
+        out[key] = (min(low, size), max(high, size))
+    return out
+
+
+def _row(run: CaseRun, cal: Calibration, role: str, ranges: dict | None = None) -> dict:
     pred = cal.predict_GBps(run)
     t = run.counted / pred / 1e9
     row = {"id": run.case.id, "role": role, "kind": run.case.kind, "op": run.case.op, "ep": run.case.ep,
@@ -698,6 +716,10 @@ def _row(run: CaseRun, cal: Calibration, role: str) -> dict:
         row["published_us"] = run.case.published_latency_us
     if run.case.kind == "alltoall":
         row["size_bytes"] = run.case.size_bytes
+    if ranges is not None:                 # within the sizes its family's fitting cases of its kind span
+        span = ranges.get((run.case.nic_family, run.case.kind))
+        size = case_size(run.case)
+        row["within_fitting_range"] = span is not None and span[0] <= size <= span[1]
     return row
 
 
@@ -708,9 +730,17 @@ def source_group(case: Case) -> str:
 
 
 def _summary(rows: list[dict]) -> dict:
+    """Cases, median and worst |error|; with rows marked `within_fitting_range`, how many are outside and the
+    median and worst of those within (None where none is)."""
     errors = np.abs([r["rel_error"] for r in rows])
-    return {"cases": len(rows), "median_abs_rel_error": float(np.median(errors)) if len(rows) else None,
-            "max_abs_rel_error": float(errors.max()) if len(rows) else None}
+    out = {"cases": len(rows), "median_abs_rel_error": float(np.median(errors)) if len(rows) else None,
+           "max_abs_rel_error": float(errors.max()) if len(rows) else None}
+    if rows and all("within_fitting_range" in r for r in rows):
+        inside = np.abs([r["rel_error"] for r in rows if r["within_fitting_range"]])
+        out["outside_fitting_range"] = len(rows) - int(inside.size)
+        out["within_range_median_abs_rel_error"] = float(np.median(inside)) if inside.size else None
+        out["within_range_max_abs_rel_error"] = float(inside.max()) if inside.size else None
+    return out
 
 
 def _choice_network_bytes(case: Case, traffic) -> np.ndarray:
@@ -898,7 +928,8 @@ def _validate(cases, chosen, test_ids, fresh_ids, held_out, grid, seed, leave_on
     fitting = [r for r in runs if r.case.id not in held_out]
     cal = fit_calibration(fitting, held_out, grid)
     role = lambda cid: "test" if cid in test_ids else next((k for k in FRESH_SETS if cid in fresh_ids[k]), "fitting")
-    rows = [_row(r, cal, role(r.case.id)) for r in runs]
+    ranges = fitting_ranges(fitting)
+    rows = [_row(r, cal, role(r.case.id), ranges) for r in runs]
     nominal = {c.nic_family: _nic_nominal_Bps(c) for c in cases}
     out = {"calibration": {"nic_efficiency": cal.nic_efficiency,
                            "nic_Bps": {f: e * nominal[f] for f, e in cal.nic_efficiency.items()},
@@ -907,6 +938,7 @@ def _validate(cases, chosen, test_ids, fresh_ids, held_out, grid, seed, leave_on
                            "alltoall_peer_s": cal.alltoall_peer_s,
                            "fitted_on": list(cal.fitted_on),
                            "efficiency_grid": list(grid)},
+           "fitting_ranges": {f"{family}/{kind}": list(span) for (family, kind), span in sorted(ranges.items())},
            "rows": rows,
            "fitting": _summary([r for r in rows if r["role"] == "fitting"]),
            "test": _summary([r for r in rows if r["role"] == "test"]),
@@ -932,7 +964,7 @@ def _validate(cases, chosen, test_ids, fresh_ids, held_out, grid, seed, leave_on
                 continue                     # the only fitting case of its family: nothing to predict it with
             pending.append((r, rest))
         refits = _map(_fit_task, [(rest, held_out, grid) for _, rest in pending], pool)
-        loo = [_row(r, refit, "leave-one-out") for (r, _), refit in zip(pending, refits)]
+        loo = [_row(r, refit, "leave-one-out", fitting_ranges(rest)) for (r, rest), refit in zip(pending, refits)]
         out["leave_one_out"] = {**_summary(loo), "rows": loo,
                                 "by_source": {g: _summary([x for x in loo if x["source_group"] == g])
                                               for g in sorted({x["source_group"] for x in loo})}}
