@@ -11,7 +11,7 @@ DRAIN_RELATIVE = 1e-9     # lshsim.sim.network.RELATIVE_TOLERANCE
 KEEP_RELATIVE = 1e-9      # classes below (1 - this) x the smallest drained rate keep their rates
 TIGHT_RELATIVE = 1e-9     # a resource with less than this fraction of its capacity left is saturated
 SAME_RATE_RELATIVE = 1e-13  # a refilled rate this close to the old one is the old one (rounding)
-FILL_ROUNDS = 2             # a filling runs this many rounds at most, then goes on with the heap (_fill)
+FILL_ROUNDS = 1             # a filling runs this many rounds at most, then goes on with the heap (_fill)
 
 
 # ---- a tournament tree of the classes' finish times -------------------------------------------
@@ -119,9 +119,10 @@ def _fill(ids, E, mult, cap_left, rate, bott, stats, max_rounds):
     A round freezes every local bottleneck at once: a resource whose fair share (capacity left /
     flows of unfrozen classes on it) is <= that of every resource sharing an unfrozen class with it
     (`lshsim.sim.network.FlowNetwork._compute_rates` says why this equals progressive filling); it
-    costs O(unfrozen classes x hops + resources crossed), and most fillings of a drain need one or
-    two. One that needs more goes on in `_fill_heap` (O(classes x hops x log resources) in all,
-    whatever the number of levels). Both work on the resources the classes cross, numbered locally
+    costs O(unfrozen classes x hops + resources crossed), and on skewed MoE traffic most fillings
+    need one or two (one round ends many of them: benchmarks/RESULTS.md, branch engine256). The rest
+    goes on in `_fill_heap` (O(classes x hops x log resources), whatever the number of levels: the
+    LocMoE fillings of `lshsim reproduce` need about ten rounds). Both work on the resources the classes cross, numbered locally
     (the sentinel is 0). Same rates either way up to rounding (the order of the subtractions).
     Writes rate[ids] and bott[p], the resource where ids[p] froze (its bottleneck; the sentinel when
     nothing binds it); counts the rounds and the heap's saturated resources in stats[2]; returns
