@@ -307,9 +307,11 @@ def test_compiled_vectorised_collectives_equal_numpy_bit_for_bit(monkeypatch, al
     assert new == old
 
 
+@pytest.mark.parametrize("max_rounds", [0, 1, 2, 1000])
 @pytest.mark.parametrize("seed", range(6))
-def test_heap_filling_equals_the_reference_on_random_class_sets(seed):
-    """`_incremental_kernels._fill` (one bottleneck at a time, lazy heap) against the per-flow
+def test_heap_filling_equals_the_reference_on_random_class_sets(seed, max_rounds):
+    """`_incremental_kernels._fill` (rounds, at most max_rounds, then one bottleneck at a time with a
+    lazy heap: 0 = the heap alone, 1000 = rounds alone) against the per-flow
     progressive filling of `reference_max_min_rates` on random classes: multiplicities, padding with
     the sentinel, repeated hop sets, a class on no resource, ties (equal capacities), a subset of the
     class ids on capacity partly used by others; every rate within 1e-12 and every class's recorded
@@ -338,7 +340,7 @@ def test_heap_filling_equals_the_reference_on_random_class_sets(seed):
     bott = np.full(len(ids), -2, dtype=np.int64)
     stats = np.zeros(8, dtype=np.int64)
     given = cap_left.copy()
-    smallest = kernels._fill(ids, E, mult, cap_left, rate, bott, stats)
+    smallest = kernels._fill(ids, E, mult, cap_left, rate, bott, stats, max_rounds)
     assert np.array_equal(cap_left, given)                   # not changed
     paths, owner = [], []
     for p, i in enumerate(ids):
@@ -366,3 +368,46 @@ def test_heap_filling_equals_the_reference_on_random_class_sets(seed):
     finite = [rate[i] for i in ids if np.isfinite(rate[i])]
     assert smallest == min(finite)
     assert stats[2] >= 1
+
+
+def test_filling_switches_from_rounds_to_the_heap_with_the_same_rates():
+    """A chain of resources whose fair shares rise along it needs one round per class (each round's
+    only local bottleneck is the chain's first unsaturated resource): `_fill` with the engine's
+    FILL_ROUNDS runs that many rounds, then the heap for the rest; rounds alone, the heap alone and
+    the switch at every point in between give the reference's rates (within 1e-12) and the same
+    bottlenecks."""
+    from lshsim.sim import _incremental_kernels as kernels
+    from lshsim.sim.reference import reference_max_min_rates
+
+    links = 12
+    sentinel = links
+    E = np.full((links, 2), sentinel, dtype=np.int32)
+    for i in range(links):                        # class i crosses resources i and i + 1
+        E[i, 0] = i
+        if i + 1 < links:
+            E[i, 1] = i + 1
+    mult = np.array([1.0, 2.0, 1.0, 3.0] * 3)
+    capacity = np.r_[1e9 * 4.0 ** np.arange(links), np.inf]
+    ids = np.arange(links, dtype=np.int64)
+    paths, owner = [], []
+    for i in ids:
+        hops = [int(e) for e in E[i] if e != sentinel]
+        paths += [[(e,) for e in hops]] * int(mult[i])
+        owner += [i] * int(mult[i])
+    want = reference_max_min_rates(paths, {(e,): float(capacity[e]) for e in range(links)})
+    expected = np.array([[w for w, o in zip(want, owner) if o == i][0] for i in ids])
+    runs = {}
+    for max_rounds in (0, 1, kernels.FILL_ROUNDS, 5, 1000):
+        rate = np.full(links, -1.0)
+        bott = np.full(links, -2, dtype=np.int64)
+        stats = np.zeros(8, dtype=np.int64)
+        kernels._fill(ids, E, mult, capacity.copy(), rate, bott, stats, max_rounds)
+        np.testing.assert_allclose(rate, expected, rtol=1e-12, atol=0)
+        runs[max_rounds] = (rate, bott, int(stats[2]))
+    rounds_alone = runs[1000][2]
+    assert rounds_alone > max(kernels.FILL_ROUNDS, 5)      # so the switch happens in the runs before
+    assert runs[0][2] == links                              # the heap alone: one saturated resource per class
+    for max_rounds, (rate, bott, steps) in runs.items():
+        assert np.array_equal(bott, runs[1000][1])
+        # rounds taken, then one heap step per class left
+        assert steps == (rounds_alone if max_rounds >= rounds_alone else max_rounds + links - max_rounds)

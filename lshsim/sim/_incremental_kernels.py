@@ -11,6 +11,7 @@ DRAIN_RELATIVE = 1e-9     # lshsim.sim.network.RELATIVE_TOLERANCE
 KEEP_RELATIVE = 1e-9      # classes below (1 - this) x the smallest drained rate keep their rates
 TIGHT_RELATIVE = 1e-9     # a resource with less than this fraction of its capacity left is saturated
 SAME_RATE_RELATIVE = 1e-13  # a refilled rate this close to the old one is the old one (rounding)
+FILL_ROUNDS = 1             # a filling runs this many rounds at most, then goes on with the heap (_fill)
 
 
 # ---- a tournament tree of the classes' finish times -------------------------------------------
@@ -65,7 +66,7 @@ def _collect(tree, threshold, buf, count):
     return buf, count
 
 
-# ---- progressive filling, one bottleneck at a time (a heap of the resources' levels) ------------
+# ---- progressive filling: rounds, then one bottleneck at a time (a heap of the resources' levels) --
 @_jit
 def _heap_push(hk, hv, n, key, value):
     """Push (key, value) on the binary min-heap hk/hv of n entries (room is the caller's); returns n + 1."""
@@ -110,49 +111,142 @@ def _heap_pop(hk, hv, n):
 
 
 @_jit
-def _fill(ids, E, mult, cap_left, rate, bott, stats):
+def _fill(ids, E, mult, cap_left, rate, bott, stats, max_rounds):
     """Max-min fair rates of classes `ids` on the capacity `cap_left` (R,) that the other classes
-    leave (sentinel last, +inf), by progressive filling one bottleneck at a time: the resource of the
-    lowest fair share (capacity left / flows of unfrozen classes on it) saturates at that share, its
-    unfrozen classes freeze at it, and the capacity they take is subtracted on their other
-    resources. The resources wait in a binary heap keyed by their fair share; a share only rises
-    when classes freeze below it, so a key is a lower bound of its resource's share: a popped
-    resource whose share rose meanwhile goes back in with the new one (lazy update), and one whose
-    share did not is the lowest of all. Same rates as filling in rounds
-    (`lshsim.sim.network.FlowNetwork._compute_rates`) up to rounding (the order of the
-    subtractions), at O(classes x hops x log resources) instead of O(rounds x (classes x hops +
-    resources)). Writes rate[ids] and bott[p], the resource where ids[p] froze (its bottleneck; the
-    sentinel when nothing binds it); returns the smallest rate (inf if ids is empty). cap_left is
-    not changed."""
+    leave (sentinel last, +inf), by progressive filling: in rounds first (at most `max_rounds`), then
+    one bottleneck at a time, with a heap, for the classes the rounds left.
+
+    A round freezes every local bottleneck at once: a resource whose fair share (capacity left /
+    flows of unfrozen classes on it) is <= that of every resource sharing an unfrozen class with it
+    (`lshsim.sim.network.FlowNetwork._compute_rates` says why this equals progressive filling); it
+    costs O(unfrozen classes x hops + resources crossed), and on skewed MoE traffic most fillings
+    need one or two (one round ends many of them: benchmarks/RESULTS.md, branch engine256). The rest
+    goes on in `_fill_heap` (O(classes x hops x log resources), whatever the number of levels: the
+    LocMoE fillings of `lshsim reproduce` need about ten rounds). Both work on the resources the classes cross, numbered locally
+    (the sentinel is 0). Same rates either way up to rounding (the order of the subtractions).
+    Writes rate[ids] and bott[p], the resource where ids[p] froze (its bottleneck; the sentinel when
+    nothing binds it); counts the rounds and the heap's saturated resources in stats[2]; returns
+    the smallest rate (inf if ids is empty). cap_left is not changed."""
     f = ids.shape[0]
     width = E.shape[1]
     R = cap_left.shape[0]
     sentinel = R - 1
-    # the resources the classes cross, numbered locally, and local resource -> classes (CSR)
+    # the resources the classes cross, numbered locally, and the classes' rows in local numbers
     loc = np.full(R, -1, dtype=np.int64)
     glob = np.empty(min(R, f * width + 1), dtype=np.int64)
-    nr = 0
+    loc[sentinel] = 0
+    glob[0] = sentinel
+    nr = 1
+    Es = np.empty((f, width), dtype=np.int64)
+    ms = np.empty(f)
     for p in range(f):
         i = ids[p]
+        ms[p] = mult[i]
         for h in range(width):
             e = E[i, h]
-            if e != sentinel and loc[e] < 0:
-                loc[e] = nr
-                glob[nr] = e
+            r = loc[e]
+            if r < 0:
+                r = nr
+                loc[e] = r
+                glob[r] = e
                 nr += 1
-    cnt = np.zeros(nr)                    # flows of unfrozen classes on each resource
-    n_on = np.zeros(nr, dtype=np.int64)   # unfrozen classes on each resource
+            Es[p, h] = r
     cap = np.empty(nr)
-    start = np.zeros(nr + 1, dtype=np.int64)
     for r in range(nr):
         cap[r] = cap_left[glob[r]]
-    for p in range(f):
-        i = ids[p]
-        m = mult[i]
+    cap[0] = np.inf
+    free = np.arange(f)
+    n_free = f
+    smallest = np.inf
+    rounds = 0
+    if max_rounds > 0 and f > 0:
+        count = np.empty(nr)
+        level = np.empty(nr)
+        link_min = np.empty(nr)
+        class_min = np.empty(f)
+        while n_free > 0 and rounds < max_rounds:
+            rounds += 1
+            stats[2] += 1
+            count[:] = 0.0
+            for q in range(n_free):
+                p = free[q]
+                for h in range(width):
+                    count[Es[p, h]] += ms[p]
+            for r in range(nr):
+                level[r] = cap[r] / count[r] if count[r] > 0.0 else np.inf
+                link_min[r] = np.inf
+            level[0] = np.inf
+            for q in range(n_free):
+                p = free[q]
+                low = np.inf
+                for h in range(width):
+                    v = level[Es[p, h]]
+                    if v < low:
+                        low = v
+                class_min[p] = low
+                for h in range(width):
+                    r = Es[p, h]
+                    if low < link_min[r]:
+                        link_min[r] = low
+            kept = 0
+            for q in range(n_free):
+                p = free[q]
+                hit = False
+                for h in range(width):
+                    r = Es[p, h]
+                    if r != 0 and level[r] <= link_min[r] * (1.0 + 1e-12):
+                        hit = True
+                        bott[p] = glob[r]
+                        break
+                if hit:
+                    low = class_min[p]
+                    rate[ids[p]] = low
+                    if low < smallest:
+                        smallest = low
+                    share = ms[p] * low
+                    for h in range(width):
+                        r = Es[p, h]
+                        if r != 0:
+                            left = cap[r] - share
+                            cap[r] = left if left > 0.0 else 0.0
+                else:
+                    free[kept] = p
+                    kept += 1
+            if kept == n_free:              # classes on no resource that can bind: nothing limits them
+                for q in range(n_free):
+                    rate[ids[free[q]]] = np.inf
+                    bott[free[q]] = sentinel
+                return smallest
+            n_free = kept
+    if n_free > 0:
+        low = _fill_heap(ids, Es, ms, cap, glob, nr, free[:n_free], rate, bott, stats)
+        if low < smallest:
+            smallest = low
+    return smallest
+
+
+@_jit
+def _fill_heap(ids, Es, ms, cap, glob, nr, free, rate, bott, stats):
+    """The rest of `_fill`: the classes ids[free] (rows Es, multiplicities ms, in `_fill`'s local
+    numbers, 0 the sentinel) on the capacity cap (nr,) the others left, one bottleneck at a time.
+    The resources wait in a binary heap keyed by their fair share; the lowest saturates at that
+    share, its unfrozen classes freeze at it, and the capacity they take is subtracted on their other
+    resources (cap is consumed). A share only rises when classes freeze below it, so a key is a lower
+    bound of its resource's share: a popped resource whose share rose meanwhile goes back in with the
+    new one (lazy update), and one whose share did not is the lowest of all. Returns the smallest
+    rate (inf if none)."""
+    width = Es.shape[1]
+    sentinel = glob[0]
+    n_free = free.shape[0]
+    cnt = np.zeros(nr)                    # flows of unfrozen classes on each resource
+    n_on = np.zeros(nr, dtype=np.int64)   # unfrozen classes on each resource
+    start = np.zeros(nr + 1, dtype=np.int64)
+    for q in range(n_free):
+        p = free[q]
+        m = ms[p]
         for h in range(width):
-            e = E[i, h]
-            if e != sentinel:
-                r = loc[e]
+            r = Es[p, h]
+            if r != 0:
                 cnt[r] += m
                 n_on[r] += 1
                 start[r + 1] += 1
@@ -160,29 +254,30 @@ def _fill(ids, E, mult, cap_left, rate, bott, stats):
         start[r + 1] += start[r]
     fillpos = start[:nr].copy()
     members = np.empty(start[nr], dtype=np.int64)
-    for p in range(f):
-        i = ids[p]
+    for q in range(n_free):
+        p = free[q]
         for h in range(width):
-            e = E[i, h]
-            if e != sentinel:
-                r = loc[e]
+            r = Es[p, h]
+            if r != 0:
                 members[fillpos[r]] = p
                 fillpos[r] += 1
-    # every resource's share, in a heap (built bottom up, O(nr))
-    hk = np.empty(nr + f * width + 1)
-    hv = np.empty(nr + f * width + 1, dtype=np.int64)
-    for r in range(nr):
-        hk[r] = cap[r] / cnt[r]
-        hv[r] = r
-    for j in range(nr // 2 - 1, -1, -1):
-        _sift_down(hk, hv, nr, j, hk[j], hv[j])
-    n_heap = nr
-    frozen = np.zeros(f, dtype=np.bool_)
+    # the shares of the resources these classes cross, in a heap (built bottom up, O(nr))
+    hk = np.empty(nr + n_free * width + 1)
+    hv = np.empty(nr + n_free * width + 1, dtype=np.int64)
+    n_heap = 0
+    for r in range(1, nr):
+        if n_on[r] > 0:
+            hk[n_heap] = cap[r] / cnt[r]
+            hv[n_heap] = r
+            n_heap += 1
+    for j in range(n_heap // 2 - 1, -1, -1):
+        _sift_down(hk, hv, n_heap, j, hk[j], hv[j])
+    frozen = np.zeros(Es.shape[0], dtype=np.bool_)
     n_left = 0                             # classes on a resource that can bind, not frozen yet
-    for p in range(f):
-        i = ids[p]
+    for q in range(n_free):
+        p = free[q]
         for h in range(width):
-            if E[i, h] != sentinel:
+            if Es[p, h] != 0:
                 n_left += 1
                 break
     smallest = np.inf
@@ -206,20 +301,19 @@ def _fill(ids, E, mult, cap_left, rate, bott, stats):
                 continue
             frozen[p] = True
             n_left -= 1
-            i = ids[p]
-            rate[i] = level
+            rate[ids[p]] = level
             bott[p] = e_global
-            m = mult[i]
+            m = ms[p]
             share = m * level
             for h in range(width):
-                e = E[i, h]
-                if e != sentinel:
-                    r2 = loc[e]
+                r2 = Es[p, h]
+                if r2 != 0:
                     left = cap[r2] - share
                     cap[r2] = left if left > 0.0 else 0.0
                     cnt[r2] -= m
                     n_on[r2] -= 1
-    for p in range(f):
+    for q in range(n_free):
+        p = free[q]
         if not frozen[p]:                  # classes on no resource that can bind: nothing limits them
             rate[ids[p]] = np.inf
             bott[p] = sentinel
@@ -290,7 +384,7 @@ def refill_all(now, ids, E, mult, size, rem, t_at, rate, bneck, tree, used, capa
         t_at[i] = now
     cap_left = capacity.copy()
     bott = np.empty(n, dtype=np.int64)
-    smallest = _fill(ids, E, mult, cap_left, rate, bott, stats)
+    smallest = _fill(ids, E, mult, cap_left, rate, bott, stats, FILL_ROUNDS)
     for p in range(n):
         bneck[ids[p]] = bott[p]
     stats[0] += 1
@@ -428,7 +522,7 @@ def drain(now, tolerance, E, mult, size, rem, t_at, rate, bneck, alive, mark, tr
                 cap_left[e] = 0.0
         cap_left[sentinel] = np.inf
         bott = np.empty(f, dtype=np.int64)
-        low = _fill(seg[:f], E, mult, cap_left, rate, bott, stats)
+        low = _fill(seg[:f], E, mult, cap_left, rate, bott, stats, FILL_ROUNDS)
         stats[7] += 1
         stats[1] += f
         # searched further (and the filling runs again) where the result could be wrong: (ii) the

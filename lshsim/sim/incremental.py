@@ -19,8 +19,8 @@ relative 1e-9 of their bytes finish together. What changes is what one drain cos
   resource saturated before the drain that a class taken in crosses is searched too, at once (nearly
   every class taken in changes its rate, and then (i) below would search them after a filling that
   must run again: searching them first saves most of the repeated fillings); progressive
-  filling then runs on S alone (one bottleneck at a time, the resources in a heap keyed by their
-  fair share: `_incremental_kernels._fill`), on the capacity the other classes leave (kept per resource,
+  filling then runs on S alone (one round of local bottlenecks, then one bottleneck at a time, the
+  resources in a heap keyed by their fair share: `_incremental_kernels._fill`), on the capacity the other classes leave (kept per resource,
   recomputed from scratch after as many rate changes as there are classes, so rounding cannot pile
   up). Then S grows and the filling runs again where the result could be wrong:
   (i) a resource saturated before the drain, crossed by a class of S whose rate changed, is searched
