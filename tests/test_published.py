@@ -789,3 +789,28 @@ def test_fitting_ranges_mark_the_held_out_cases_a_fit_extrapolates_to():
     assert summary["within_range_median_abs_rel_error"] == pytest.approx(0.2)
     assert summary["within_range_max_abs_rel_error"] == pytest.approx(0.3)
     assert "outside_fitting_range" not in _summary([{"rel_error": 0.1}])   # rows without the mark: as before
+
+
+def test_validate_published_stars_a_held_out_case_outside_its_fit_sizes(tmp_path, capsys):
+    """The table stars a held-out case whose tokens per rank lie outside its family's fitting cases' (64 here),
+    explains the star once, and the set's line counts it; `--json` marks every row."""
+    def cases(tokens, rows):
+        return json.dumps({"source": {"url": "https://example.org/table"},
+                           "workload": {"tokens_per_rank": tokens, "hidden": 512, "top_k": 8, "experts": 64},
+                           "cases": [{"id": cid, "kind": "normal", "ep": ep, "nodes": ep // 8, "op": op,
+                                      "format": "fp8" if op == "dispatch" else "bf16", "published_GBps": gbps,
+                                      "counts": "rdma"} for cid, ep, op, gbps in rows]})
+    (tmp_path / "deepep-a.yaml").write_text(cases(64, [("a16d", 16, "dispatch", 40), ("a16c", 16, "combine", 30),
+                                                       ("a32d", 32, "dispatch", 35), ("a32c", 32, "combine", 28)]))
+    (tmp_path / "deepep-b.yaml").write_text(cases(512, [("b16d", 16, "dispatch", 45)]))
+    (tmp_path / "split.yaml").write_text("test: [b16d, a32c]\n")
+    argv = ["validate", "--published", str(tmp_path), "--efficiency-grid", "0.8:0.9:0.1", "--quiet"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    starred = [line for line in text.splitlines() if line.rstrip(" │").endswith("% *")]
+    assert len(starred) == 1 and "b16d" in starred[0]
+    assert "* outside the sizes (tokens per rank" in text
+    assert "test: 2 cases" in text and "1 outside the fitting sizes (the 1 within" in text
+    assert main(argv + ["--json"]) == 0
+    rows = {r["id"]: r["within_fitting_range"] for r in json.loads(capsys.readouterr().out)["rows"]}
+    assert rows == {"a16d": True, "a16c": True, "a32d": True, "a32c": True, "b16d": False}

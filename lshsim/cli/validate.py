@@ -191,6 +191,10 @@ def _run_published(args) -> int:
 
     console = _render.wide_console()  # case ids and topology names are long: no squeezing in a pipe
     rows = out["rows"]
+
+    def extrapolated(row) -> bool:   # a held-out case outside its fit's sizes (`published.fitting_ranges`)
+        return row["role"] != "fitting" and not row.get("within_fitting_range", True)
+
     for group in sorted({r["source_group"] for r in rows}):
         mine = [r for r in rows if r["source_group"] == group]
         files = ", ".join(sorted({r["file"] for r in mine}))
@@ -200,11 +204,10 @@ def _run_published(args) -> int:
             table.add_column(column, justify="left" if column in ("case", "topology") else "right",
                              no_wrap=column in ("case", "topology"))
         for row in sorted(mine, key=lambda r: (r["role"], r["file"], r["id"])):
-            outside = row["role"] != "fitting" and not row.get("within_fitting_range", True)
             table.add_row(row["id"], row["role"], row["topology"], row["counts"], f"{row['published_GBps']:.1f}",
-                          f"{row['predicted_GBps']:.1f}", f"{100 * row['rel_error']:+.1f}%" + (" *" if outside else ""))
+                          f"{row['predicted_GBps']:.1f}", f"{100 * row['rel_error']:+.1f}%" + (" *" if extrapolated(row) else ""))
         console.print(table)
-    if any(r["role"] != "fitting" and not r.get("within_fitting_range", True) for r in rows):
+    if any(extrapolated(r) for r in rows):
         console.print("* outside the sizes (tokens per rank; bytes per rank for a plain all-to-all) of its NIC family's "
                       "fitting cases of its kernel kind: the start-up and per-message terms extrapolate")
     cal = out["calibration"]
