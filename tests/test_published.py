@@ -18,12 +18,16 @@ from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID,
                                   validate_published)
 
 
+NINTH = ("aws-b200-", "mori-sop-mi355x-ainic-normal-16k", "mori-sop-mi355x-ainic-normal-32k",
+         "mori-sop-mi355x-ainic-normal-64k")                                       # the ninth round's files (pub14i)
+
+
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 240 and len({c.id for c in cases}) == 240
+    assert len(cases) == 261 and len({c.id for c in cases}) == 261
     test = load_split()
     third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
-    fourth = {c.id for c in cases if c.file.startswith("aws-")}                          # the fourth round: fresh3
+    fourth = {c.id for c in cases if c.file.startswith("aws-") and not c.file.startswith(NINTH)}   # the fourth round: fresh3
     first = [c for c in cases if c.file.startswith(("deepep-v1-", "uccl-")) and c.id not in third]  # the test split's 44
     assert len(first) == 44 and len(test) * 3 >= len(first)  # at least a third set aside ...
     fresh = load_fresh()
@@ -52,12 +56,16 @@ def test_shipped_cases_and_split():
     assert fresh6 == drawn and len(a2a) == 49 and len(fresh6) == 22 and 3 * len(fresh6) >= len(a2a)
     assert not fresh6 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5)
     fresh7 = load_fresh(key="fresh7")
-    seventh = {c.id for c in cases if c.file.startswith("mori-")}                     # the seventh round (pub14g)
+    seventh = {c.id for c in cases if c.file.startswith("mori-") and not c.file.startswith(NINTH)}  # the seventh round (pub14g)
     assert fresh7 == seventh and len(fresh7) == 10 and not fresh7 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6)
     fresh8 = load_fresh(key="fresh8")
     eighth = {c.id for c in cases if c.file.startswith("p5en-a2a-")}                  # the eighth round (pub14h)
     assert fresh8 == eighth and len(fresh8) == 18
     assert not fresh8 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7)
+    fresh9 = load_fresh(key="fresh9")
+    ninth = {c.id for c in cases if c.file.startswith(NINTH)}
+    assert fresh9 == ninth and len(fresh9) == 21                                      # the ninth round (pub14i)
+    assert not fresh9 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7 | fresh8)
     for family, held in (("efa_nccl", 5), ("efa_v1_nccl", 17)):    # each family has test and fitting cases
         mine = {c.id for c in a2a if c.nic_family == family}
         assert len(mine & fresh6) == held and mine - fresh6
@@ -77,6 +85,19 @@ def test_shipped_cases_and_split():
                                         "https://github.com/crazyguitar/aws-gpu-communication-benchmark/blob/a77f70d"))
             assert (c.nic_family, c.topology) in (("efa_nccl", f"published/p6-b300-efa-{c.nodes}x8"),
                                                   ("efa_v1_nccl", f"published/p5-h100-efa-{c.nodes}x8"))
+        elif c.file.startswith(NINTH):                         # the ninth round (pub14i): fresh9
+            assert c.kind == "normal" and c.counts == "rdma" and c.published_latency_us is None
+            if c.file.startswith("aws-b200-"):                 # AWS's matched B200 campaign, 'Prefill comparison'
+                assert c.source == ("https://github.com/awslabs/awsome-distributed-ai/blob/46793a8d47446418333a501540c7cbb1f437566d/"
+                                    "micro-benchmarks/expert-parallelism/ep-backend-comparison/RESULTS-b200.md")
+                assert c.group in ("aws-b200-deepep", "aws-b200-uccl")
+                assert c.nic_family == ("efa_nvshmem" if c.group == "aws-b200-deepep" else "efa")
+                assert (c.ep, c.nodes) in ((16, 2), (32, 4)) and c.topology == f"published/p6-b200-efa-{c.nodes}x8"
+                assert (c.workload["tokens_per_rank"], c.workload["experts"]) == (4096, 256)
+            else:                                              # MORI's EP16 SOP, the rows fresh7 kept for later
+                assert c.source == "https://github.com/ROCm/mori/blob/ac97b1d6de1b155dfd1982cde6fea7f813f709fb/docs/EP16.en.md"
+                assert c.group == "mori-sop" and c.nic_family == "ib" and c.workload["topk_groups"] == "none"
+                assert c.workload["tokens_per_rank"] in (16384, 32768, 65536) and c.topology == "published/mi355x-pollara-2x8"
         elif c.id in third:
             assert c.source.startswith(("https://github.com/uccl-project/uccl/blob/da914a2",
                                         "https://github.com/deepseek-ai/DeepEP/issues/493")) and c.nic_family == "ib"
@@ -219,15 +240,16 @@ def test_split_names_only_known_cases(tmp_path):
     with pytest.raises(ValueError, match=r"split.yaml: fresh\[0\]='x' is also a test case"):
         load_fresh(tmp_path)
     for earlier, later in [("fresh", "fresh2"), ("fresh2", "fresh3"), ("fresh3", "fresh4"), ("fresh4", "fresh5"),
-                           ("fresh5", "fresh6"), ("fresh6", "fresh7"), ("fresh7", "fresh8")]:
+                           ("fresh5", "fresh6"), ("fresh6", "fresh7"), ("fresh7", "fresh8"),
+                           ("fresh8", "fresh9")]:
         (tmp_path / "split.yaml").write_text(f"{earlier}: [x]\n{later}: [x]\n")
         with pytest.raises(ValueError, match=rf"split.yaml: {later}\[0\]='x' is also in {earlier}"):
             load_fresh(tmp_path, key=later)
     (tmp_path / "split.yaml").write_text("test: [x]\nfresh5: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh5\[0\]='x' is also a test case"):
         load_fresh(tmp_path, key="fresh5")
-    with pytest.raises(ValueError, match=r"key='fresh9' must be one of"):
-        load_fresh(tmp_path, key="fresh9")
+    with pytest.raises(ValueError, match=r"key='fresh10' must be one of"):
+        load_fresh(tmp_path, key="fresh10")
 
 
 def test_routing_as_deepep_draws_it():
