@@ -743,6 +743,30 @@ def test_a_terminated_validation_leaves_no_worker_behind():
         kill_leftovers(process, workers)
 
 
+def test_every_shipped_set_gets_its_own_colour_in_the_plot():
+    """`--plot` colours each set apart: every set of SET_ORDER (fitting, test, each fresh set) has a colour of
+    its own in both panels, none of them leave-one-out's black."""
+    from matplotlib.colors import to_rgba
+
+    from lshsim.sim.published_plot import PALETTE, SET_ORDER, published_figure
+
+    assert len(PALETTE) >= len(SET_ORDER)
+    rows = [{"role": role, "op": "dispatch", "kind": "normal", "published_GBps": 10.0 + i,
+             "predicted_GBps": 11.0 + i, "rel_error": 0.1} for i, role in enumerate(SET_ORDER)]
+    fig = published_figure({"rows": rows})
+    colours = {}
+    for ax in fig.axes:
+        for coll in ax.collections:
+            gid = coll.get_gid() or ""
+            if gid.startswith("errors/"):
+                colours[gid.split("/", 1)[1]] = tuple(coll.get_facecolor()[0][:3])
+            elif gid.endswith("/dispatch/other"):
+                assert tuple(coll.get_facecolor()[0][:3]) == tuple(to_rgba(PALETTE[SET_ORDER.index(gid.split("/")[0])])[:3])
+    assert sorted(colours) == sorted(SET_ORDER)
+    assert len(set(colours.values())) == len(SET_ORDER)
+    assert (0.0, 0.0, 0.0) not in colours.values()
+
+
 def test_validate_published_plot(tmp_path, capsys):
     """`validate --published DIR --plot F.png`: the file is written, and the figure's points are the cases'
     (published, predicted) GB/s and |error|, each in its set's series."""

@@ -20,6 +20,10 @@ from lshsim.sim.published import FRESH_SETS
 #: the sets in the order a reader meets them: fitted on, then the held-out sets as they were drawn
 SET_ORDER = ("fitting", "test", *FRESH_SETS)
 MARKERS = {"dispatch": "o", "combine": "s", "alltoall": "^"}
+#: one colour a set, in SET_ORDER's order (black is leave-one-out's); more colours than known sets, so that
+#: every shipped set gets its own (tab10 alone gave the eleventh set, fresh9, the fitting set's gray)
+PALETTE = ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+           "tab:pink", "tab:olive", "tab:cyan", "navy", "goldenrod", "teal", "crimson", "indigo", "yellowgreen")
 
 
 def set_order(rows: list[dict]) -> list[str]:
@@ -37,9 +41,7 @@ def published_figure(out: dict):
     if not rows:
         raise ValueError("no predicted case to plot")
     roles = set_order(rows)
-    palette = ["tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
-               "tab:pink", "tab:olive", "tab:cyan"]
-    color = {role: palette[i % len(palette)] for i, role in enumerate(roles)}
+    color = {role: PALETTE[i % len(PALETTE)] for i, role in enumerate(roles)}
     fig = Figure(figsize=(12.5, 5.8))
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1]})
