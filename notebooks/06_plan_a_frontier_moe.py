@@ -228,7 +228,8 @@ display(dedup_table.round(2))
 # With deduplication the node limit pays: the fewer nodes a token may reach, the fewer network
 # copies and the shorter the dispatch, and FP8 halves what is left. (The simulated times use the
 # cluster's assumed NIC efficiency; `lshsim validate --published` measures how far the same
-# simulator is from DeepEP's own figures: 8.2% median on its test cases.)
+# simulator is from published DeepEP and UCCL-EP figures: median 9.5%, worst 33.9% on the 15 test
+# cases, median 15.9%, worst 24.3% on the newest fresh held-out set; benchmarks/RESULTS.md.)
 
 # %% [markdown]
 # ## 3. Dropless or a capacity factor
