@@ -33,6 +33,25 @@ def test_shipped_models_match_table_1():
         assert model.source and "tokens_per_gpu" in model.assumed
 
 
+#: LocMoE (arXiv 2401.13920) App. D: experts, top-k, MoE layers, attention heads; PanGu-alpha 13B's
+#: config.json (huggingface.co/sunzeyeah/pangu-13B): hidden_size, num_layers, num_heads,
+#: max_position_embeddings, vocab_size (intermediate_size null: 4 x hidden_size). Copied by hand.
+LOCMOE_APP_D = {"num_experts": 16, "top_k": 1, "num_moe_layers": 8, "num_heads": 40}
+PANGU_ALPHA_13B = {"d_model": 5120, "num_layers": 40, "num_heads": 40, "seq_len": 1024, "vocab_size": 40064}
+
+
+def test_locmoe_pangu_holds_the_cited_numbers():
+    model = load_model("locmoe-pangu")
+    heads = dict(model.attention)["num_heads"]
+    assert (model.num_experts, model.top_k, model.num_moe_layers, heads) == tuple(LOCMOE_APP_D.values())
+    assert (model.d_model, model.num_layers, heads, model.seq_len, model.vocab_size) == tuple(PANGU_ALPHA_13B.values())
+    assert model.d_ffn == 4 * PANGU_ALPHA_13B["d_model"]
+    assert dict(model.attention)["num_kv_heads"] == heads and dict(model.attention)["head_dim"] * heads == model.d_model
+    assert model.d_model % model.num_experts == 0          # LocMoE's GrAP gate routes at the real width
+    # the widths are PanGu-alpha's, not PanGu-Sigma's own table: the config must say so
+    assert {"num_layers", "d_model", "d_ffn", "seq_len", "vocab_size", "moe_every", "tokens_per_gpu"} <= set(model.assumed)
+
+
 def test_parameter_counts_match_the_names():
     # GPT-MoE-15B and -52B: the names are the parameter counts (every other layer MoE)
     assert load_model("gpt-moe-15b").num_parameters == pytest.approx(15e9, rel=0.05)

@@ -55,7 +55,12 @@ def test_the_shipped_figures_hold_the_published_numbers():
     assert figures["lsh-moe/table2/gpt-moe-15b/speedup"].range == (1.3, 1.4)
     assert figures["lsh-moe/table2/gpt-moe-52b/speedup"].range == (1.2, 1.5)
     assert figures["lsh-moe/table3/swin-moe-l/speedup"].setting["lsh_rate"] == 0.117
-    assert all(f.stand_in for f in figures.values() if f.paper == "locmoe")
+    locmoe = [f for f in figures.values() if f.paper == "locmoe"]
+    # LocMoE App. D's layout on every step (expert parallel 16, model parallel 8), no stand-in
+    assert all(f.model == "locmoe-pangu" and f.stand_in is None for f in locmoe)
+    for f in locmoe:
+        for step in (f.setting, f.baseline or {}):
+            assert step == {} or (step["ep"], step["tp"], step["top_k"]) == (16, 8, 1), f.id
 
 
 # ---- validation: a bad field is refused, naming it ---------------------------------------------------
