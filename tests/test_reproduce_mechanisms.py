@@ -174,3 +174,38 @@ def test_swin_stages_by_hand():
     assert both["step_s"] == 4.0 and both["a2a_share"] == pytest.approx(1.5 / 4.0)
     assert both["dropped_fraction"] == pytest.approx(0.1) and both["compression_rate"] == pytest.approx(0.2)
     assert both["phases_s"]["attention"] == 2.0 and both["tokens_per_gpu"] == 2
+
+
+def test_locality_share_inside_expert_parallel_groups():
+    """LocMoE's share with EP groups (App. D: EP 16 over 64-256 NPUs): copies move onto the rank's
+    own node within its own group only; each row's own-node share is raised to the share, row sums
+    kept, nothing leaves a group's block. References by hand (per block) and from routed traffic."""
+    from models import load_model
+    from lshsim.sim.moe_step import apply_group_locality_share, placement_for, route_traffic
+
+    # by hand: 2 groups of 2 ranks, each group on nodes 0 and 1
+    counts = np.array([[2.0, 2.0, 0, 0], [1.0, 3.0, 0, 0], [0, 0, 0.0, 4.0], [0, 0, 2.0, 2.0]])
+    node, groups = np.array([0, 1, 0, 1]), np.array([[0, 1], [2, 3]])
+    out = apply_group_locality_share(counts, node, groups, 0.5)
+    assert out.tolist() == [[2.0, 2.0, 0, 0], [1.0, 3.0, 0, 0], [0, 0, 2.0, 2.0], [0, 0, 2.0, 2.0]]
+    with pytest.raises(ValueError, match="outside a rank's expert-parallel group"):
+        apply_group_locality_share(np.ones((4, 4)), node, groups, 0.5)
+    with pytest.raises(ValueError, match="must partition the 4 ranks"):
+        apply_group_locality_share(counts, node, np.array([[0, 1], [1, 2]]), 0.5)
+
+    # routed: roberta-moe's 16 experts, EP 8 on 4 nodes x 4 GPUs (2 groups of 2 nodes each)
+    model = load_model("roberta-moe")
+    graph = build_topology({**BASE, "gpu": "a100", "nodes": 4, "gpus_per_node": 4})
+    placement = placement_for(model, graph, 8)
+    plain = route_traffic(model, placement, StepConfig(router="locmoe", locality_share=0.0, tokens_per_gpu=256, ep=8))
+    kept = route_traffic(model, placement, StepConfig(router="locmoe", locality_share=0.9, tokens_per_gpu=256, ep=8))
+    rank_node = np.arange(16) // 4
+    same = np.equal.outer(rank_node, rank_node)
+    in_group = np.equal.outer(np.arange(16) // 8, np.arange(16) // 8)
+    np.testing.assert_allclose(kept.send_counts.sum(axis=1), plain.send_counts.sum(axis=1), rtol=1e-12)
+    assert np.all(kept.send_counts[~in_group] == 0)
+    share0 = (plain.send_counts * same).sum(axis=1) / plain.send_counts.sum(axis=1)
+    share = (kept.send_counts * same).sum(axis=1) / kept.send_counts.sum(axis=1)
+    assert share0.max() < 0.9                                      # GrAP alone keeps about half on 2 nodes
+    np.testing.assert_allclose(share, 0.9, rtol=1e-9)
+    assert kept.locality_share == 0.9

@@ -129,7 +129,7 @@ from lshsim.topology.routing import validate_topology
 __all__ = ["StepConfig", "RoutedTraffic", "StepResult", "simulate_step", "simulate_config", "route_traffic",
            "placement_for", "compute_time_s", "expert_cost", "KERNELS", "MODEL_FIELDS", "OPTIONAL_MODEL_FIELDS", "model_dict",
            "describe", "plan_options", "compare_options", "A2ACache", "auto_drain_tolerance",
-           "AUTO_EXACT_MAX_GPUS", "apply_locality_share", "auto_locality_share", "share_for_router", "AUTO_SHARE_CAPACITY_FACTOR", "stage_models", "combine_breakdowns", "AUTO_TOLERANCE_MAX_GPUS", "TRAFFIC_MODELS", "POPULARITY_MIN_GPUS",
+           "AUTO_EXACT_MAX_GPUS", "apply_locality_share", "apply_group_locality_share", "auto_locality_share", "share_for_router", "AUTO_SHARE_CAPACITY_FACTOR", "stage_models", "combine_breakdowns", "AUTO_TOLERANCE_MAX_GPUS", "TRAFFIC_MODELS", "POPULARITY_MIN_GPUS",
            "RANK_CLASS_MIN_GPUS", "rank_classes", "popularity_traffic", "traffic_model_for", "FIDELITIES", "auto_fidelity", "DEFAULT_DRAIN_TOLERANCE", "DEFAULT_PLAN_LSH_RATE", "router_config", "routing_key"]
 
 #: attributes the simulator reads from a model config (duck typing: `models.ModelConfig` has them).
@@ -656,6 +656,37 @@ def apply_locality_share(counts: np.ndarray, rank_to_node: np.ndarray, share: fl
     return np.where(same, counts + move[:, None] * weights, counts * keep_off[:, None])
 
 
+def apply_group_locality_share(counts: np.ndarray, rank_to_node: np.ndarray, groups: np.ndarray,
+                               share: float) -> np.ndarray:
+    """`apply_locality_share` inside each expert-parallel group: a group holds all experts, so a
+    rank's copies go to its own group's ranks only (the (W, W) counts are block diagonal), and the
+    locality loss moves them onto the group's ranks on the rank's own node, never onto another
+    group's. groups: (DP, EP) global ranks (`GroupedPlacement.groups`); counts may hold the first S
+    source rows only, as `apply_locality_share`'s. Copies outside a group's block are refused.
+
+    >>> counts = np.array([[2.0, 2.0, 0, 0], [0, 4.0, 0, 0], [0, 0, 1.0, 3.0], [0, 0, 0, 4.0]])
+    >>> apply_group_locality_share(counts, np.array([0, 1, 0, 1]), np.array([[0, 1], [2, 3]]), 0.75).tolist()
+    [[3.0, 1.0, 0.0, 0.0], [0.0, 4.0, 0.0, 0.0], [0.0, 0.0, 3.0, 1.0], [0.0, 0.0, 0.0, 4.0]]
+    """
+    counts = np.array(counts, dtype=float)
+    node = np.asarray(rank_to_node)
+    groups = np.asarray(groups)
+    rows = counts.shape[0]
+    if groups.ndim != 2 or sorted(groups.ravel().tolist()) != list(range(len(node))):
+        raise ValueError(f"groups of shape {groups.shape} must partition the {len(node)} ranks (DP x EP)")
+    member = np.zeros((len(node), len(node)), dtype=bool)
+    for ranks in groups:
+        member[np.ix_(ranks, ranks)] = True
+    if np.any(counts[~member[:rows]] != 0):
+        raise ValueError("counts send copies outside a rank's expert-parallel group: not a grouped routing")
+    out = counts.copy()
+    for ranks in groups:
+        source = ranks[ranks < rows]                     # the sampled rows of this group (first ones)
+        if source.size:
+            out[np.ix_(source, ranks)] = apply_locality_share(counts[np.ix_(source, ranks)], node[ranks], share)
+    return out
+
+
 def _gate_width(spec: dict, config: StepConfig) -> int:
     d_model, num_experts = spec["d_model"], spec["num_experts"]
     if config.router == "locmoe" and d_model % num_experts != 0:
@@ -819,9 +850,10 @@ def route_traffic(model: object, placement: Placement | GroupedPlacement, config
         raise ValueError(f"locality_share={config.locality_share} with algorithm {config.algorithm!r} is not "
                          f"modelled (the share moves copies, not (token, node) pairs): use one or the other")
     if isinstance(placement, GroupedPlacement) and placement.ep < placement.world_size:
-        raise ValueError(f"locality_share={config.locality_share} with expert-parallel groups (EP {placement.ep} < "
-                         f"{placement.world_size} GPUs) is not modelled: give one group (ep None)")
-    counts = apply_locality_share(traffic.send_counts, placement.rank_to_node.numpy(), config.locality_share)
+        counts = apply_group_locality_share(traffic.send_counts, placement.rank_to_node.numpy(),
+                                            placement.groups.numpy(), config.locality_share)
+    else:
+        counts = apply_locality_share(traffic.send_counts, placement.rank_to_node.numpy(), config.locality_share)
     return _replace(traffic, send_counts=counts, locality_share=float(config.locality_share))
 
 
