@@ -40,6 +40,10 @@ dbrx              40      6144     10752  16                4      40, dropless
 switch-base-128   12+12   768      3072   128               1      12 (every other), capacity
 ================  ======  =======  =====  ================  =====  ==========================
 
+LocMoE's model (`locmoe-pangu`; LocMoE App. D, arXiv 2401.13920, with PanGu-alpha 13B's widths, which
+PanGu-Sigma inherits: its YAML cites each number and lists the PanGu-alpha ones under `assumed:`):
+40 layers, d_model 5120, d_ffn 20480, 16 experts, top-1, 8 MoE layers (every 5th), 40 heads.
+
 Their parameter counts (`num_parameters`, `active_parameters`) use the attention layout
 (`attention`: GQA or DeepSeek's MLA), gated FFNs (`ffn_matrices: 3`, SwiGLU), untied embeddings,
 shared experts and the dense layers before the first MoE layer; tests/test_models_catalog.py checks
