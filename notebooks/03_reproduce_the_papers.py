@@ -81,8 +81,9 @@ print(f"a figure counts as reproduced within {100 * R.WITHIN:.0f}% relative of t
 # * **a2a_reduction**: 1 - the method's all-to-all time / the baseline's.
 #
 # The `assumed` column names what the paper does not state, such as the tokens per GPU or the
-# compression rate. A stand-in model replaces a model the catalog does not have: LocMoE's own
-# model is not in it.
+# compression rate. A stand-in model replaces a model the catalog does not have (the `model`
+# column says so); LocMoE's figures run on `locmoe-pangu`, its published layout (App. D) with
+# PanGu-alpha 13B's widths.
 
 # %%
 catalog = pd.DataFrame([{"figure": f.id, "quantity": f.quantity, "paper": f.value,
@@ -367,12 +368,15 @@ assumptions.groupby("assumed").figure.count().rename("figures that assume it")
 #   measured on other machines and versions than the papers'. Slower compute would
 #   shrink the all-to-all share; a slower network would grow it.
 # * **the compression rate** of most LSH-MoE speedups (0.2 is assumed where the paper gives none).
-# * **LocMoE's model**: it is not in the catalog (PanGu-Sigma's widths and sequence length are not
-#   published). A stand-in model runs at top-1 instead; its width sets LocMoE's capacity bound.
-#   The paper's model parallel 8 is not applied: with lshsim's tensor-parallel layout (Megatron's,
-#   experts whole on one rank) its collectives inside a server would dominate the step (the
-#   128-NPU share falls to about 7%), while MindSpore shards each expert over the model-parallel
-#   ranks, a layout lshsim does not model (benchmarks/RESULTS.md, branch locmoe13d, shows the sweep).
+# * **LocMoE's model**: `locmoe-pangu` follows App. D (16 experts, top-1, 8 MoE layers, 40 heads,
+#   expert parallel 16, model parallel 8); PanGu-Sigma's widths and sequence length are not
+#   published, so PanGu-alpha 13B's (d 5,120, 40 layers, 1,024 tokens) are assumed. Model parallel
+#   8 runs as lshsim's tensor parallelism (Megatron's layout, experts whole on one rank), while
+#   MindSpore also shards each expert over the model-parallel ranks, which lshsim does not model.
+#   With this model the all-to-all is about 1% of the step (the paper: 18-29%): the wide model's
+#   compute and its tensor-parallel collectives dwarf the all-to-all of 16 experts, and LocMoE's
+#   capacity bound at d 5,120 (a factor of 31) keeps every copy on its server
+#   (benchmarks/RESULTS.md, branch locmoe13e; the former stand-in's numbers: branch locmoe13d).
 #
 # ### 5c. LocMoE's gains and dropped work
 #
