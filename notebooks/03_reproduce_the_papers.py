@@ -464,12 +464,12 @@ for label, step in steps.items():
 # cluster that brings that cluster's figures within 15%? It tries every pair of a grid from 0.05 to
 # 1, keeps the pair that brings the most figures within 15% (then the smallest median), and refits
 # without each figure in turn (leave-one-out): the honest error of a fitted set is the leave-one-out
-# one. The run takes over half an hour (the all-to-alls are simulated again at every all-to-all
-# efficiency; 37.5 min on 2 shared cores), so the notebook reads its committed output,
+# one. The run takes minutes (the all-to-alls are simulated again at every all-to-all
+# efficiency; 12 min on 2 shared cores), so the notebook reads its committed output,
 # `data/papers/reproduce-fit.json` (`lshsim reproduce --fit --json`), re-run on the current model
 # (the gradient all-reduce, the V100 all-to-all rate 0.807, fairseq's skipped expert gradients,
-# HCCL's two-level all-reduce and LocMoE's overlap of 2 chunks all in), so its documented-calibration
-# errors are section 1's.
+# HCCL's two-level all-reduce, LocMoE's overlap of 2 chunks and its published model and layout all in),
+# so its documented-calibration errors are section 1's.
 
 # %%
 fit_run = json.loads((ROOT / "data/papers/reproduce-fit.json").read_text())["fit"]
