@@ -71,13 +71,10 @@ def fit(runs, form, eff):
 
     ops = sorted({r.case.op for r in runs})
     per_op, msg, peer = FORMS[form]
-    lower, upper, scale = [], [], []
-    for _ in (ops if per_op else [None]):
-        lower.append(0.0), upper.append(P.ALPHA_MAX_S), scale.append(1e-5)
-    if msg:
-        lower.append(0.0), upper.append(P.MESSAGE_MAX_S), scale.append(1e-7)
-    if peer:
-        lower.append(0.0), upper.append(P.PEER_MAX_S), scale.append(1e-6)
+    # (upper bound, scale) of each parameter, in `_unpack`'s order; every lower bound is 0
+    terms = ([(P.ALPHA_MAX_S, 1e-5)] * (len(ops) if per_op else 1) + [(P.MESSAGE_MAX_S, 1e-7)] * msg
+             + [(P.PEER_MAX_S, 1e-6)] * peer)
+    lower, upper, scale = [0.0] * len(terms), [u for u, _ in terms], [s for _, s in terms]
 
     def residuals(x):
         return [math.log(r.counted / predict_s(r, x, ops, form, eff) / 1e9 / r.case.published_GBps) for r in runs]
