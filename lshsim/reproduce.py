@@ -60,7 +60,7 @@ RELATIVE_QUANTITIES = ("speedup", "step_reduction", "a2a_reduction")
 #: the keys of a figure's `setting` and `baseline`: StepConfig fields, and top_k (the model's)
 SETTING_FIELDS = ("router", "lsh_rate", "algorithm", "overlap", "capacity_factor", "locality_bonus",
                   "locality_share", "tokens_per_gpu", "ep", "moe_layer", "grad_sync", "grad_bytes_per_element",
-                  "overlap_chunks", "tp", "top_k")
+                  "overlap_chunks", "tp", "tp_layout", "top_k")
 #: the tolerance the summary counts against (|relative error| <= WITHIN)
 WITHIN = 0.15
 
@@ -506,10 +506,11 @@ class Planner:
             part_config = config if factor == 1.0 or config.tokens_per_gpu is None else \
                 dataclasses.replace(config, tokens_per_gpu=max(1, int(round(tokens * factor))))
             try:
-                placement = placement_for(part, graph, part_config.ep)
+                placement = placement_for(part, graph, part_config.ep, part_config.tp, part_config.tp_layout)
             except ValueError as error:
                 raise NotPlannable(str(error)) from None
-            place_key = (part_config.ep, placement.num_experts, tuple(placement.rank_to_node.tolist()))
+            place_key = (part_config.ep, part_config.tp, part_config.tp_layout, placement.num_experts,
+                         tuple(placement.rank_to_node.tolist()))
             name = getattr(part, "name", model_name)
             route_key = (name, top_k, place_key, routing_key(part, part_config))
             label = f"{name} on {_cluster_label(cluster, edits)}"

@@ -98,7 +98,7 @@ def test_tp_phases_against_closed_form_ring_on_one_node(node, tp):
     assert fwd["tp_head"] == pytest.approx(2 * one_collective + 3 * small, rel=1e-9)
     assert bwd["tp_head"] == pytest.approx(2 * one_collective, rel=1e-9)
     b = result.breakdown
-    assert b["tp_s"] == pytest.approx(sum(b["phases_s"][p] for p in TP_PHASES), rel=1e-12)
+    assert b["tp_s"] == pytest.approx(sum(b["phases_s"].get(p, 0.0) for p in TP_PHASES), rel=1e-12)
     assert b["a2a_s"] == pytest.approx(b["phases_s"]["dispatch_a2a"] + b["phases_s"]["combine_a2a"], rel=1e-12)
     # every rank sends (TP - 1) chunks of N / TP per collective
     record = trace.select("tp_attention", "forward")[0]
@@ -217,3 +217,74 @@ def test_sweep_tp_axis_rows_equal_plan_tp(tmp_path, capsys):
         assert float(row["step_s"]) == pytest.approx(plan["step_s"], rel=1e-12)
     # a toy this small is latency-bound: TP 2 halves the tokens per GPU but adds the rings
     assert float(rows[1]["step_s"]) != float(rows[0]["step_s"])
+
+
+# ---- MindSpore's layout: tokens replicated over the TP ranks, experts split over them ---------------
+def test_replicated_layout_placement_is_strided():
+    from lshsim.dispatch.placement import strided_expert_parallel_placement
+    import torch
+
+    nodes = torch.arange(16) // 8                                   # 2 nodes x 8
+    p = strided_expert_parallel_placement(16, nodes, ep=2, stride=8)
+    assert p.groups.tolist() == [[m, 8 + m] for m in range(8)]     # one rank of each node, same TP index
+    assert all(g.rank_to_node.tolist() == [0, 1] for g in p.placements)
+    p = strided_expert_parallel_placement(4, torch.zeros(8, dtype=torch.int64), ep=2, stride=2)
+    assert p.groups.tolist() == [[0, 2], [1, 3], [4, 6], [5, 7]]  # blocks of EP replicas, then TP index
+    with pytest.raises(ValueError, match=r"ep=4: with model parallel 8 the expert-parallel degree must divide "
+                                         r"the data-parallel degree 16 / 8 = 2"):
+        strided_expert_parallel_placement(16, nodes, ep=4, stride=8)
+
+
+def test_replicated_layout_dispatch_compute_and_collectives():
+    graph = build_topology(TWO_NODES)                               # 16 GPUs, TP 4: 4 replicas
+    tp, t, k = 4, TINY.tokens_per_gpu, TINY.top_k
+    seq = _step(TINY, graph, tp=tp, ep=4, traffic_model="popularity", grad_sync="off")
+    rep = _step(TINY, graph, tp=tp, ep=4, tp_layout="replicated", traffic_model="popularity", grad_sync="off")
+    # every rank dispatches all T tokens of its replica (k copies each, nothing dropped), T / TP with Megatron's
+    assert rep.traffic.send_counts.sum(axis=1) == pytest.approx(np.full(16, t * k), rel=1e-9)
+    assert seq.traffic.send_counts.sum(axis=1) == pytest.approx(np.full(16, t * k / tp), rel=1e-9)
+    src, dst = np.nonzero(rep.traffic.send_counts)
+    assert (src % tp == dst % tp).all()                             # to the rank of its own TP index
+    assert (src // tp != dst // tp).any()                           # across replicas (here: across nodes)
+    # the same FLOPs: attention and dense compute equal; the experts see TP x the rows at 1 / TP of the width
+    a, b = seq.trace.phase_durations_s("forward"), rep.trace.phase_durations_s("forward")
+    for name in ("attention", "dense_ffn", "other"):
+        assert b[name] == pytest.approx(a[name], rel=1e-9), name
+    assert rep.breakdown["tokens_per_gpu"] == t and seq.breakdown["tokens_per_gpu"] == t // tp
+    # the experts' all-reduce over the TP group: a ring all-reduce of the rows x d the rank's experts process
+    assert "tp_expert" not in seq.breakdown["phases_s"] and b["tp_expert"] > 0
+    rows = rep.trace.select("expert", "forward")
+    n = float(np.max(rep.traffic.send_counts.sum(axis=0))) * TINY.d_model * TINY.bytes_per_element
+    record = rep.trace.select("tp_expert", "forward")[0]
+    assert record.bytes == 2 * (tp - 1) * np.ceil(n / tp)
+    assert rows and rep.breakdown["tp_s"] == pytest.approx(sum(rep.breakdown["phases_s"][p] for p in TP_PHASES
+                                                                if p in rep.breakdown["phases_s"]), rel=1e-12)
+    # the attention / dense collectives: one all-reduce of the replica's (T, d) each way = the sequence pair
+    for name in ("tp_attention", "tp_dense_ffn", "tp_head"):
+        assert b[name] == pytest.approx(a[name], rel=1e-9), name
+
+
+def test_replicated_layout_expert_gradients_and_refusals():
+    from lshsim.sim.phases import gradient_parameters
+
+    m = {"num_layers": 2, "d_model": 4, "d_ffn": 8, "num_experts": 2, "moe_every": 2, "vocab_size": 10}
+    assert gradient_parameters(m, 1, 2, expert_tp=2)["layers"][1][1] == gradient_parameters(m, 1, 2)["layers"][1][1] // 2
+    graph = build_topology(TWO_NODES)
+    with pytest.raises(ValueError, match=r"tp_layout='mindspore' must be one of sequence, replicated"):
+        StepConfig(tp_layout="mindspore")
+    with pytest.raises(ValueError, match=r"--ep 8 with --tp 4 --tp-layout replicated on cluster 'tp-2-nodes' "
+                                         r"\(16 GPUs\): ep=8: with model parallel 4 the expert-parallel degree "
+                                         r"must divide the data-parallel degree 16 / 4 = 4"):
+        _step(TINY, graph, tp=4, ep=8, tp_layout="replicated")
+    # tokens need not divide by TP when nothing splits them
+    assert _step(TINY, graph, tp=4, tokens_per_gpu=1001, tp_layout="replicated", grad_sync="off").breakdown[
+        "tokens_per_gpu"] == 1001
+
+
+def test_plan_cli_tp_layout(capsys):
+    assert main(["plan", "--model", "mixtral-8x7b", "--cluster", "h100-rail-4x8", "--tp", "8", "--tp-layout",
+                 "replicated", "--json", "--capacity-factor", "none", "--tokens-per-gpu", "1024", "--ep", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for row in out["options"]:
+        assert row["config"]["tp_layout"] == "replicated" and row["breakdown"]["phases_s"]["tp_expert"] > 0
+        assert "tp 8 replicated" in row["description"]

@@ -122,6 +122,12 @@ def add_parser(subparsers):
                         "with an all-gather and a reduce-scatter per block each way (the tp_* phases); the experts "
                         "stay whole (EP groups over the world, EP x TP may exceed W); --tokens-per-gpu is then the "
                         "micro-batch of one TP group, each GPU dispatching 1 / TP of it")
+    p.add_argument("--tp-layout", choices=("sequence", "replicated"), default="sequence",
+                   help="how the TP ranks share the MoE layer: sequence (default, Megatron-Core's, above) or "
+                        "replicated (MindSpore's model parallelism, LocMoE's and PanGu-Sigma's: every TP rank "
+                        "dispatches all tokens of its TP group to the rank of its own TP index holding the expert, "
+                        "EP groups strided over the TP index with --ep dividing GPUs / TP, each expert split over "
+                        "the TP ranks and its output all-reduced over them: phase tp_expert)")
     p.add_argument("--traffic-model", choices=("auto", "routed", "popularity"), default="auto",
                    help="routed: route synthetic tokens on every group; popularity: the expected counts from the "
                         "expert popularity the router induces on one group's routed sample (no per-rank noise, no "
@@ -176,6 +182,7 @@ def _plan_config(args, model=None):
                       ep=args.ep, traffic_model=None if args.traffic_model == "auto" else args.traffic_model,
                       dispatch_format=None if args.dispatch_format == "model" else args.dispatch_format,
                       moe_layer=None if args.moe_layer == "software" else args.moe_layer, tp=getattr(args, "tp", 1),
+                      tp_layout=getattr(args, "tp_layout", "sequence"),
                       grad_sync=None if getattr(args, "grad_sync", "software") == "software" else args.grad_sync)
 
 

@@ -15,6 +15,8 @@ the ranks form DP groups of EP consecutive ranks (group g = ranks [g EP, (g + 1)
 DeepSpeed's layout, so a group of <= gpus_per_node ranks stays on one node); every group holds all E
 experts (E / EP per rank, contiguous within the group: `Placement` of the group, over its local
 ranks 0..EP-1 and its own nodes renumbered 0..), and a token's experts are those of its rank's group.
+`strided_expert_parallel_placement` builds MindSpore's layout under model parallelism instead: the
+groups take one rank of every `stride` (the ranks of one model-parallel index), so they span nodes.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import torch
 from lshsim.checks import positive_int
 
 __all__ = ["Placement", "contiguous_placement", "round_robin_placement", "PLACEMENTS", "make_placement",
-           "GroupedPlacement", "expert_parallel_placement"]
+           "GroupedPlacement", "expert_parallel_placement", "strided_expert_parallel_placement"]
 
 
 @dataclass(frozen=True)
@@ -191,5 +193,43 @@ def expert_parallel_placement(num_experts: int, rank_to_node: torch.Tensor, ep: 
     for ranks in groups:
         nodes = rank_to_node[ranks]                                                          # (EP,)
         _, local_nodes = torch.unique(nodes, sorted=True, return_inverse=True)
+        placements.append(Placement(expert_to_rank, local_nodes.to(torch.int64)))
+    return GroupedPlacement(ep=ep, groups=groups, placements=tuple(placements), rank_to_node=rank_to_node)
+
+
+def strided_expert_parallel_placement(num_experts: int, rank_to_node: torch.Tensor, ep: int,
+                                      stride: int) -> GroupedPlacement:
+    """Expert-parallel groups of EP ranks taken `stride` apart: MindSpore's layout under model parallelism.
+
+    With model parallel MP (= stride) innermost (rank r = replica x MP + m, MindSpore's device matrix
+    (data parallel, model parallel)), the W / MP data-parallel replicas are cut into blocks of EP, and
+    the ranks of one model-parallel index m in block b form a group: ranks (b EP + i) MP + m, i < EP.
+    Every group holds all experts (E / EP per rank); a token's experts are those of its rank's group.
+    MindSpore requires EP to divide the data-parallel degree W / MP (`_check_moe_config`: data_parallel %
+    expert_parallel == 0); a ValueError names the numbers otherwise.
+
+    >>> p = strided_expert_parallel_placement(2, torch.tensor([0, 0, 1, 1]), ep=2, stride=2)
+    >>> p.groups.tolist(), p.placements[0].rank_to_node.tolist()
+    ([[0, 2], [1, 3]], [0, 1])
+    """
+    world_size = int(rank_to_node.numel())
+    positive_int("ep", ep)
+    positive_int("stride", stride)
+    if world_size % stride != 0:
+        raise ValueError(f"stride={stride}: the model-parallel degree must divide the world size {world_size}")
+    replicas = world_size // stride
+    if ep > replicas or replicas % ep != 0:
+        raise ValueError(f"ep={ep}: with model parallel {stride} the expert-parallel degree must divide the "
+                         f"data-parallel degree {world_size} / {stride} = {replicas} (MindSpore: data_parallel % "
+                         f"expert_parallel == 0)")
+    if num_experts % ep != 0:
+        raise ValueError(f"ep={ep}: num_experts={num_experts} is not a multiple of the group size "
+                         f"({num_experts} % {ep} = {num_experts % ep}); every rank of a group holds E / EP experts")
+    ranks = torch.arange(world_size, dtype=torch.int64).reshape(replicas // ep, ep, stride)   # (blocks, EP, MP)
+    groups = ranks.permute(0, 2, 1).reshape(-1, ep)                                            # (W / EP, EP)
+    expert_to_rank = torch.arange(num_experts, dtype=torch.int64) // (num_experts // ep)      # (E,) local ranks
+    placements = []
+    for members in groups:
+        _, local_nodes = torch.unique(rank_to_node[members], sorted=True, return_inverse=True)
         placements.append(Placement(expert_to_rank, local_nodes.to(torch.int64)))
     return GroupedPlacement(ep=ep, groups=groups, placements=tuple(placements), rank_to_node=rank_to_node)

@@ -112,7 +112,8 @@ import torch
 from lshsim.algorithms import canonical_algorithm
 from lshsim.checks import SEED_MAX
 from lshsim.dispatch import ROUTERS, RouterConfig, contiguous_placement, effective_k, route
-from lshsim.dispatch.placement import GroupedPlacement, Placement, expert_parallel_placement
+from lshsim.dispatch.placement import (GroupedPlacement, Placement, expert_parallel_placement,
+                                       strided_expert_parallel_placement)
 from lshsim.dispatch.synthetic import synthetic_router_inputs
 from lshsim.sim.collectives import (ALGORITHMS, ESTIMATED_ALGORITHMS, estimate_collective, hierarchical_all_reduce,
                                     ring_all_reduce,
@@ -120,9 +121,10 @@ from lshsim.sim.collectives import (ALGORITHMS, ESTIMATED_ALGORITHMS, estimate_c
 from lshsim.sim.dispatch_formats import DISPATCH_FORMATS, bytes_per_token as format_bytes_per_token
 from lshsim.sim.moe_layers import MOE_LAYERS, PADDED_LAYERS, padded_capacity, resolve_moe_layer
 from lshsim.sim.phases import (DDP_BUCKET_BYTES, GRAD_SYNC_MODES, KERNELS, KINDS, PHASES, TP_PHASES, CostContext,
-                               compute_time_s, expert_cost, expert_grads_synced, grad_bytes_per_element,
+                               compute_time_s, expert_cost, expert_grads_synced, expert_span, expert_tp,
+                               grad_bytes_per_element,
                                grad_sync_seconds, gradient_parameters, resolve_grad_sync, step_schedule)
-from lshsim.sim.tensor_parallel import check_tensor_parallel
+from lshsim.sim.tensor_parallel import TP_LAYOUTS, check_tensor_parallel
 from lshsim.sim.trace import DIRECTIONS, PhaseRecord, Trace
 from lshsim.topology.routing import validate_topology
 
@@ -340,6 +342,14 @@ class StepConfig:
                        routes and dispatches T / TP of them). Attention, dense FFN, shared experts and
                        the output layer split their weights and FLOPs over the TP ranks; their
                        all-gathers and reduce-scatters are the tp_* phases.
+    tp_layout:         how the TP ranks share the MoE layer (`lshsim.sim.tensor_parallel`):
+                       "sequence" (the default: Megatron-Core's, above) or "replicated" (MindSpore's
+                       model parallelism, the layout LocMoE and PanGu-Sigma train with): every TP rank
+                       holds all T tokens of its replica and dispatches them all, to the rank of its own
+                       TP index that holds the expert (expert-parallel groups strided over the TP
+                       index: EP must divide W / TP), each expert's FFN is split over the TP ranks
+                       (1 / TP of its width on each) and its output all-reduced over them (the phase
+                       tp_expert, forward and backward).
 
     moe_layer:         how the MoE layer runs (`lshsim.sim.moe_layers`): "grouped" (routed copies,
                        one grouped expert GEMM set), "tutel" (capacity-padded buffers) or
@@ -381,6 +391,7 @@ class StepConfig:
     dispatch_format: str | None = None
     moe_layer: str | None = None
     tp: int = 1
+    tp_layout: str = "sequence"
     grad_sync: str | None = None
     grad_bucket_bytes: int = DDP_BUCKET_BYTES
     grad_bytes_per_element: int | None = None
@@ -389,6 +400,10 @@ class StepConfig:
     def __post_init__(self) -> None:
         if isinstance(self.tp, bool) or not isinstance(self.tp, int) or self.tp < 1:
             raise ValueError(f"tp={self.tp!r} must be a positive integer (the tensor-parallel degree; 1 = none)")
+        if self.tp_layout not in TP_LAYOUTS:
+            raise ValueError(f"tp_layout={self.tp_layout!r} must be one of {', '.join(TP_LAYOUTS)} (sequence: "
+                             f"Megatron-Core's sequence-parallel layout; replicated: MindSpore's, tokens replicated "
+                             f"over the TP ranks, experts split over them)")
         if self.grad_sync is not None and self.grad_sync not in GRAD_SYNC_MODES:
             raise ValueError(f"grad_sync={self.grad_sync!r} must be one of {', '.join(GRAD_SYNC_MODES)} or None "
                              f"(the cluster's software.grad_sync, else overlapped)")
@@ -515,17 +530,31 @@ def _gpu_ranks(graph) -> list[tuple[int, int]]:
     return ranks
 
 
-def placement_for(model: object, graph, ep: int | None = None) -> Placement | GroupedPlacement:
+def placement_for(model: object, graph, ep: int | None = None, tp: int = 1,
+                  tp_layout: str = "sequence") -> Placement | GroupedPlacement:
     """Experts contiguous over the topology's GPUs: rank r holds experts [r E/W, (r+1) E/W).
 
     Refuses (ValueError with the numbers) when E is not a multiple of the GPU count W: fewer experts
     than GPUs need expert-parallel groups (`ep`). With ep < W: W / ep groups of ep consecutive
-    ranks, each holding all experts (`lshsim.dispatch.expert_parallel_placement`).
+    ranks, each holding all experts (`lshsim.dispatch.expert_parallel_placement`). With the
+    "replicated" TP layout (MindSpore's, `StepConfig.tp_layout`) and tp > 1: groups of ep ranks one
+    per TP index apart (`lshsim.dispatch.placement.strided_expert_parallel_placement`); ep None means
+    W / tp, and ep must divide W / tp.
     """
     spec = model_dict(model)
     ranks = _gpu_ranks(graph)
     world_size = len(ranks)
     num_experts = spec["num_experts"]
+    if tp_layout == "replicated" and tp > 1:
+        rank_to_node = torch.tensor([node for _, node in ranks], dtype=torch.int64)  # (W,)
+        if world_size % tp:
+            raise ValueError(f"tp={tp} must divide the {world_size} GPUs of cluster {graph.graph.get('name', '?')!r}")
+        ep = world_size // tp if ep is None else ep
+        try:
+            return strided_expert_parallel_placement(num_experts, rank_to_node, ep, tp)
+        except ValueError as error:
+            raise ValueError(f"--ep {ep} with --tp {tp} --tp-layout replicated on cluster "
+                             f"{graph.graph.get('name', '?')!r} ({world_size} GPUs): {error}") from None
     if ep is not None and ep != world_size:
         if ep > world_size or world_size % ep:
             raise ValueError(f"--ep {ep}: the expert-parallel group size must divide the {world_size} GPUs of "
@@ -602,7 +631,7 @@ def routing_key(model: object, config: StepConfig) -> tuple:
     """What a routing depends on: the whole RouterConfig, the tokens per GPU, the seed and the
     subsample bound. Two step configs with equal keys route identically (`compare_options`)."""
     return (router_config(model, config), config.tokens_per_gpu, config.seed, config.max_routed_tokens, config.ep,
-            config.traffic_model, config.deduplicates, config.locality_share, config.tp)
+            config.traffic_model, config.deduplicates, config.locality_share, config.tp, config.tp_layout)
 
 
 #: the capacity factor `auto_locality_share` assumes where the router has no capacity limit (GShard's, Tutel's)
@@ -768,10 +797,16 @@ def rank_tokens(spec: dict, config: StepConfig) -> int:
     """Tokens each GPU routes: those of its TP group's micro-batch (the config's tokens_per_gpu, else
     the model's) over TP (sequence parallelism); ValueError when TP does not divide them.
 
+    With the "replicated" TP layout (MindSpore's) every TP rank routes all of them.
+
     >>> rank_tokens({"tokens_per_gpu": 4096}, StepConfig(tp=4)), rank_tokens({"tokens_per_gpu": 4096}, StepConfig())
     (1024, 4096)
+    >>> rank_tokens({"tokens_per_gpu": 4096}, StepConfig(tp=4, tp_layout="replicated"))
+    4096
     """
     tokens = config.tokens_per_gpu or spec["tokens_per_gpu"]
+    if config.tp_layout == "replicated":
+        return tokens
     if tokens % config.tp:
         raise ValueError(f"tp={config.tp} must divide tokens_per_gpu={tokens} (the tokens of one TP group's "
                          f"micro-batch; sequence parallelism gives each TP rank 1 / TP of them)")
@@ -889,8 +924,12 @@ def _route_traffic(model: object, placement: Placement | GroupedPlacement, confi
     counts = np.zeros((world_size, world_size))                                    # (W, W) copies
     node_copies = np.zeros((world_size, num_nodes)) if config.deduplicates else None
     dropped = num_routed = 0
+    replicated = config.tp_layout == "replicated" and config.tp > 1
     for ranks, group in zip(placement.groups.numpy(), placement.placements):
-        plan = _route_group(model, group, config, inputs, int(ranks[0]))
+        # replicated TP layout: the group of TP index m in block b routes the tokens of replicas
+        # b EP .. b EP + EP - 1, the same for every m (the TP ranks of a replica hold the same tokens)
+        first = int(ranks[0]) // config.tp if replicated else int(ranks[0])
+        plan = _route_group(model, group, config, inputs, first)
         counts[np.ix_(ranks, ranks)] = plan.send_counts().to(torch.float64).numpy() * (tokens / routed)
         if node_copies is not None:
             node_copies[ranks] = _group_node_copies(plan, ranks, rank_to_node, num_nodes, tokens / routed)
@@ -1175,8 +1214,8 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
     distinct (no saving, same answer).
     """
     spec = model_dict(model)
-    check_tensor_parallel(config.tp, graph, config.tokens_per_gpu or spec["tokens_per_gpu"], model)
-    placement = placement_for(model, graph, config.ep)
+    check_tensor_parallel(config.tp, graph, config.tokens_per_gpu or spec["tokens_per_gpu"], model, config.tp_layout)
+    placement = placement_for(model, graph, config.ep, config.tp, config.tp_layout)
     world_size = placement.world_size
     ep = placement.ep if isinstance(placement, GroupedPlacement) else world_size
     gpu = graph.graph["gpu"]
@@ -1202,7 +1241,10 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
         rows = (spec["num_experts"] // ep) * capacity
         if config.lsh_rate is not None:
             rows = math.ceil(config.lsh_rate * rows)
-        group = np.arange(world_size) // ep
+        group = np.zeros(world_size, dtype=np.int64)                                   # (W,) group of each rank
+        if isinstance(placement, GroupedPlacement):
+            for index, members in enumerate(placement.groups.numpy()):
+                group[members] = index
         wire = np.where(group[:, None] == group[None, :], float(rows), 0.0)   # (W, W)
     bytes_per_token = spec["d_model"] * spec["bytes_per_element"]
     gradient_bytes = None
@@ -1358,7 +1400,7 @@ def _tp_of(ctx: CostContext) -> int:
 def _step_grad_bytes(ctx: CostContext) -> tuple[int, int]:
     """(replicated, expert) gradient bytes per rank of one step (`lshsim.sim.phases.gradient_parameters`;
     expert 0 where the software does not all-reduce the experts' replicas, `expert_grads_synced`)."""
-    params = gradient_parameters(ctx.model, ctx.experts_on_rank, _tp_of(ctx))
+    params = gradient_parameters(ctx.model, ctx.experts_on_rank, _tp_of(ctx), expert_tp(ctx))
     b = grad_bytes_per_element(ctx)
     synced = expert_grads_synced(ctx)
     return (int((sum(p for p, _ in params["layers"]) + params["last"]) * b),
@@ -1380,12 +1422,12 @@ def _grad_buckets(ctx: CostContext, layer_end: dict[int, float], backward_end: f
     buckets' bandwidth contention with the backward's all-to-alls (they run concurrently here), and
     DDP's small first bucket (1 MiB).
     """
-    params = gradient_parameters(ctx.model, ctx.experts_on_rank, _tp_of(ctx))
+    params = gradient_parameters(ctx.model, ctx.experts_on_rank, _tp_of(ctx), expert_tp(ctx))
     b = grad_bytes_per_element(ctx)
     # a bucket holds only what is all-reduced: the experts' gradients only where they have replicas
     # (EP < W) and the software all-reduces them (`expert_grads_synced`); unique experts are left
     # out of DDP's buckets (Swin-MoE / Tutel: skip_allreduce) as fairseq's legacy_ddp skips them
-    synced = expert_grads_synced(ctx) and (ctx.ep or ctx.world_size) < ctx.world_size
+    synced = expert_grads_synced(ctx) and expert_span(ctx) < ctx.world_size
     pending: list[tuple[float, float, float, int]] = []        # (ready_s, replicated B, expert B, layer)
     acc_r = acc_e = 0.0
     for layer in reversed(range(len(params["layers"]))):
@@ -1403,7 +1445,7 @@ def _grad_buckets(ctx: CostContext, layer_end: dict[int, float], backward_end: f
         start = max(ready, free)
         seconds = grad_sync_seconds(ctx, replicated, expert)
         free = start + seconds
-        world, ep = ctx.world_size, ctx.ep or ctx.world_size
+        world, ep = ctx.world_size, expert_span(ctx)
         sent = 2 * (world - 1) / world * replicated
         if ep < world:
             sent += 2 * (world // ep - 1) / (world // ep) * expert
@@ -1552,7 +1594,7 @@ def describe(config: StepConfig) -> str:
     if config.overlap:
         parts.append("overlap")
     if config.tp > 1:
-        parts.append(f"tp {config.tp}")
+        parts.append(f"tp {config.tp}" + (" replicated" if config.tp_layout == "replicated" else ""))
     return ", ".join(parts)
 
 
@@ -1672,13 +1714,15 @@ def compare_options(model: object, graph, options: list[tuple[str, StepConfig]],
             cache = A2ACache(graph, drain_tolerance, on_simulate=on_simulate, estimate=estimate)
             caches.append(cache)
         key = routing_key(model, config)
-        check_tensor_parallel(config.tp, graph, config.tokens_per_gpu or model_dict(model)["tokens_per_gpu"], model)
+        check_tensor_parallel(config.tp, graph, config.tokens_per_gpu or model_dict(model)["tokens_per_gpu"], model,
+                              config.tp_layout)
         if key not in routings:
             if progress is not None:
                 progress(index, len(options), label, "routing")
-            if config.ep not in placements:
-                placements[config.ep] = placement_for(model, graph, config.ep)
-            routings[key] = route_traffic(model, placements[config.ep], config)
+            place_key = (config.ep, config.tp, config.tp_layout)
+            if place_key not in placements:
+                placements[place_key] = placement_for(model, graph, config.ep, config.tp, config.tp_layout)
+            routings[key] = route_traffic(model, placements[place_key], config)
         result = simulate_config(model, graph, config, traffic=routings[key], a2a_cache=cache)
         rows.append({"label": label, "description": describe(config), "config": config.to_dict(),
                      "breakdown": result.breakdown, "result": result})

@@ -42,7 +42,7 @@ import numpy as np
 __all__ = ["PhaseSpec", "PhaseCost", "CostContext", "PhaseTable", "PHASES", "KINDS", "BLOCKS", "DIRECTIONS",
            "register_phase", "unregister_phase", "step_schedule", "backward_chain", "roofline_cost",
            "compute_time_s", "expert_cost", "KERNELS", "calibrated_cost", "measured_lsh_cost", "einsum_gate_cost",
-           "TP_PHASES", "tp_collective_cost",
+           "TP_PHASES", "tp_collective_cost", "expert_tp", "expert_span",
            "resolve_grad_sync", "gradient_parameters", "expert_grads_synced", "GRAD_SYNC_MODES", "DEFAULT_GRAD_SYNC", "DDP_BUCKET_BYTES"]
 
 KINDS = ("communication", "compute", "overhead", "gradient_sync")
@@ -406,12 +406,36 @@ def _tp(ctx: CostContext) -> int:
     return int(getattr(ctx.config, "tp", 1) or 1)
 
 
+def _replicated(config: object) -> bool:
+    """MindSpore's TP layout (`StepConfig.tp_layout` "replicated", TP > 1): tokens replicated over the
+    TP ranks, experts split over them (`lshsim.sim.tensor_parallel`)."""
+    return getattr(config, "tp_layout", "sequence") == "replicated" and int(getattr(config, "tp", 1) or 1) > 1
+
+
+def expert_tp(ctx: CostContext) -> int:
+    """Over how many ranks each routed expert is split: TP in the replicated layout, else 1."""
+    return _tp(ctx) if _replicated(ctx.config) else 1
+
+
+def expert_span(ctx: CostContext) -> int:
+    """Consecutive ranks that hold every expert once (in shards with the replicated layout): EP, or
+    EP x TP in the replicated layout (one EP group per TP index); W / span replicas of each shard."""
+    return (ctx.ep or ctx.world_size) * expert_tp(ctx)
+
+
+def _work_tokens(ctx: CostContext) -> float:
+    """The tokens whose attention / dense / head FLOPs a rank does with 1 / TP of the weights: its
+    T / TP (sequence parallel), or, in the replicated layout, its T tokens over TP (each rank computes
+    1 / TP of every token's heads and FFN width: the same FLOPs)."""
+    return _tokens(ctx) / _tp(ctx) if _replicated(ctx.config) else _tokens(ctx)
+
+
 # With tensor parallelism (`lshsim.sim.tensor_parallel`) a GPU holds T / TP tokens (sequence
 # parallel: `_tokens` is that), and computes 1 / TP of its TP group's T tokens through 1 / TP of
 # the weights: the FLOPs and activations below are those of T / TP tokens, the weights / TP.
 def _attention_work(ctx: CostContext) -> tuple[float, float]:
     # QKV and output projections 2 * 4 d^2, scores and weighted sum 2 * 2 s d per token (PaLM App. B)
-    m, tokens = ctx.model, _tokens(ctx)
+    m, tokens = ctx.model, _work_tokens(ctx)
     d, b = m["d_model"], m["bytes_per_element"]
     span = m["attention_window"] or m["seq_len"]
     return tokens * (2 * 4 * d * d + 2 * 2 * span * d), 4 * d * d * b / _tp(ctx) + 10 * tokens * d * b
@@ -420,7 +444,7 @@ def _attention_work(ctx: CostContext) -> tuple[float, float]:
 def _dense_ffn_work(ctx: CostContext) -> tuple[float, float]:
     # the dense FFN of a layer without MoE: its own width (`dense_d_ffn`, DeepSeek's first layers)
     # or the experts' d_ffn, 2 or 3 (SwiGLU) matrices
-    m, tokens = ctx.model, _tokens(ctx)
+    m, tokens = ctx.model, _work_tokens(ctx)
     d, b = m["d_model"], m["bytes_per_element"]
     f = m.get("dense_d_ffn") or m["d_ffn"]
     tp = _tp(ctx)
@@ -428,7 +452,7 @@ def _dense_ffn_work(ctx: CostContext) -> tuple[float, float]:
 
 
 def _head_work(ctx: CostContext) -> tuple[float, float]:
-    m, tokens = ctx.model, _tokens(ctx)
+    m, tokens = ctx.model, _work_tokens(ctx)
     if not m.get("output_head", True):     # a stage of a staged model (Swin) that is not the last
         return 0.0, 0.0
     d, b, vocab = m["d_model"], m["bytes_per_element"], m["vocab_size"]
@@ -545,6 +569,8 @@ def _expert_cost(ctx: CostContext, direction: str, chunks: int = 1) -> PhaseCost
     """
     m = ctx.model
     d, f, b = m["d_model"], m["d_ffn"], m["bytes_per_element"]
+    if ctx.config is not None and _replicated(ctx.config):   # MindSpore: each expert's width split over TP
+        f = f / _tp(ctx)
     matrices = m.get("ffn_matrices", 2)
     factor = 1 if direction == "forward" else 2
     # shared experts (DeepSeek): every token of the rank through `num_shared_experts` FFNs of width
@@ -555,7 +581,8 @@ def _expert_cost(ctx: CostContext, direction: str, chunks: int = 1) -> PhaseCost
         # with TP the shared experts are split over the TP ranks (Megatron-Core: they follow the
         # dense part): the rank's T / TP tokens' FLOPs, 1 / TP of the weights
         tp = _tp(ctx)
-        flops, hbm = expert_cost(_tokens(ctx) * shared, d, f, shared / tp if tp > 1 else shared, b, matrices)
+        flops, hbm = expert_cost(_work_tokens(ctx) * shared, d, m["d_ffn"], shared / tp if tp > 1 else shared, b,
+                                 matrices)
         shared_s = ctx.roofline_s(factor * flops / chunks, factor * hbm / chunks, factor * KERNELS["expert"] / chunks)
     if ctx.traffic is not None and _moe_layer(ctx) == "gshard-einsum-loop":
         # fairseq / DeepSpeed-MoE of 2021-22: the local experts one after another (lshsim.sim.moe_layers)
@@ -657,7 +684,7 @@ def attention_parameters(d_model: int, attention: dict | tuple = ()) -> int:
     return query + key_value + h * a["v_head_dim"] * d
 
 
-def gradient_parameters(model: dict, experts_on_rank: int, tp: int = 1) -> dict:
+def gradient_parameters(model: dict, experts_on_rank: int, tp: int = 1, expert_tp: int = 1) -> dict:
     """The weights whose gradients a rank all-reduces, by when they are ready in the backward.
 
     model: the simulator's model dict (`lshsim.sim.moe_step.model_dict`). Returns
@@ -674,6 +701,8 @@ def gradient_parameters(model: dict, experts_on_rank: int, tp: int = 1) -> dict:
     With tensor parallelism (tp > 1, `lshsim.sim.tensor_parallel`) a rank holds 1 / tp of the
     attention, dense FFN, shared-expert, cross-attention, embedding and head weights (the gate and
     the routed experts stay whole), and those are all-reduced over its data-parallel group of W / tp.
+    expert_tp: the routed experts split over that many ranks (MindSpore's replicated layout: TP), a
+    rank's expert weights / expert_tp.
 
     >>> m = {"num_layers": 2, "d_model": 4, "d_ffn": 8, "num_experts": 2, "moe_every": 2, "vocab_size": 10}
     >>> gradient_parameters(m, 1)
@@ -692,7 +721,7 @@ def gradient_parameters(model: dict, experts_on_rank: int, tp: int = 1) -> dict:
         attention = per_layer_attention // tp
         if layer >= first_dense and (layer + 1) % int(model["moe_every"]) == 0:
             layers.append((attention + d * int(model["num_experts"]) + shared * matrices * d * f // tp,
-                           int(experts_on_rank) * matrices * d * f))
+                           int(experts_on_rank) * matrices * d * f // int(expert_tp)))
         else:
             layers.append((attention + matrices * d * dense_f // tp, 0))
     last = int(model.get("cross_attention_layers", 0) or 0) * 4 * d * d
@@ -720,7 +749,7 @@ def expert_grads_synced(ctx: CostContext) -> bool:
 def _grad_bytes(ctx: CostContext) -> tuple[float, float]:
     """(replicated, expert) gradient bytes a rank all-reduces in one step (expert 0 where the
     software does not all-reduce the experts' replicas, `expert_grads_synced`)."""
-    params = gradient_parameters(ctx.model, ctx.experts_on_rank, _tp(ctx))
+    params = gradient_parameters(ctx.model, ctx.experts_on_rank, _tp(ctx), expert_tp(ctx))
     b = grad_bytes_per_element(ctx)
     replicated = sum(p for p, _ in params["layers"]) + params["last"]
     expert = sum(e for _, e in params["layers"]) if expert_grads_synced(ctx) else 0
@@ -737,10 +766,11 @@ def grad_bytes_per_element(ctx: CostContext) -> int:
 def grad_sync_seconds(ctx: CostContext, replicated_bytes: float, expert_bytes: float) -> float:
     """Seconds to all-reduce `replicated_bytes` over all W ranks (one ring; with tensor parallelism
     over each data-parallel group of W / TP ranks, the ranks of one TP index, TP rings at once), then
-    `expert_bytes` over each expert's W / EP replicas (EP rings at once; nothing when EP = W): one
-    after another, as DDP and fairseq issue them on one stream."""
+    `expert_bytes` over each expert's W / EP replicas (EP rings at once; nothing when EP = W; W / (EP x
+    TP) replicas of each shard in the replicated TP layout, `expert_span`): one after another, as DDP
+    and fairseq issue them on one stream."""
     world = ctx.world_size
-    ep = ctx.ep or world
+    ep = expert_span(ctx)
     tp = _tp(ctx)
     seconds = 0.0
     if replicated_bytes > 0 and world > tp:
@@ -755,7 +785,7 @@ def grad_sync_seconds(ctx: CostContext, replicated_bytes: float, expert_bytes: f
 def _grad_sent(ctx: CostContext, replicated_bytes: float, expert_bytes: float) -> np.ndarray:
     """(W,) bytes each rank sends in the ring all-reduces: 2 (g - 1) / g of each size."""
     world = ctx.world_size
-    ep = ctx.ep or world
+    ep = expert_span(ctx)
     dp = world // _tp(ctx)
     sent = 2 * (dp - 1) / dp * replicated_bytes if dp > 1 else 0.0
     replicas = world // ep
@@ -783,10 +813,16 @@ def _uses_tp(config: object) -> bool:
     return int(getattr(config, "tp", 1) or 1) > 1
 
 
+def _replica_tokens(ctx: CostContext) -> float:
+    """T: the tokens of one TP group's micro-batch (TP x the rank's T / TP; the rank's own T in the
+    replicated layout)."""
+    return _tokens(ctx) * (1 if _replicated(ctx.config) else _tp(ctx))
+
+
 def _replica_activation_bytes(ctx: CostContext) -> float:
     """N: the (T, d) activations of one TP group's micro-batch (T = TP x the rank's T / TP tokens)."""
     m = ctx.model
-    return _tokens(ctx) * _tp(ctx) * m["d_model"] * m["bytes_per_element"]
+    return _replica_tokens(ctx) * m["d_model"] * m["bytes_per_element"]
 
 
 def _sequence_parallel_block(ctx: CostContext, direction: str) -> list[tuple[str, float]]:
@@ -810,8 +846,18 @@ def _head_block(ctx: CostContext, direction: str) -> list[tuple[str, float]]:
     n = _replica_activation_bytes(ctx)
     out = [("reduce_scatter", n), ("all_gather", n)]
     if direction == "forward":
-        out += [("all_reduce", _tokens(ctx) * _tp(ctx) * 4.0)] * 3
+        out += [("all_reduce", _replica_tokens(ctx) * 4.0)] * 3
     return out
+
+
+def _expert_shard_block(ctx: CostContext, direction: str) -> list[tuple[str, float]]:
+    # MindSpore's replicated layout: the row-parallel projection's partial outputs all-reduced over
+    # the TP group (forward), the column-parallel mapping's input gradient likewise (backward), of
+    # the rows the rank's experts process (the largest over ranks: the TP groups run at once)
+    if ctx.traffic is None or not len(ctx.rows_received):
+        return []
+    m = ctx.model
+    return [("all_reduce", float(np.max(ctx.rows_received)) * m["d_model"] * m["bytes_per_element"])]
 
 
 def tp_collective_cost(collectives: Callable[[CostContext, str], list[tuple[str, float]]]) -> CostFunction:
@@ -851,6 +897,11 @@ _TENSOR_PARALLEL = [
         applies=_uses_tp,
         description="tensor parallel: the TP-split shared experts' all-gather and reduce-scatter (0 without "
                     "shared experts); routed experts have expert-TP 1 and no TP collective")),
+    ("combine_a2a", "after", PhaseSpec(
+        "tp_expert", "communication", "moe", tp_collective_cost(_expert_shard_block), applies=_replicated,
+        description="tensor parallel, replicated layout (MindSpore's): the TP-split experts' output all-reduce "
+                    "(forward) and input-gradient all-reduce (backward) over the TP group; not overlapped with "
+                    "the MoE section's chunks")),
     ("other", "after", PhaseSpec(
         "tp_head", "communication", "head", tp_collective_cost(_head_block), applies=_uses_tp,
         description="tensor parallel: the vocabulary-parallel embedding's reduce-scatter, the output layer's "

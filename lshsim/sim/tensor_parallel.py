@@ -32,6 +32,22 @@ The layout is Megatron-Core's "MoE parallel folding" with expert tensor parallel
   (W / TP) x T tokens: compare layouts by tokens per second (the breakdown's `tokens_per_s`), or
   give TP x T tokens per replica to keep the global batch.
 
+**MindSpore's layout** (`StepConfig.tp_layout = "replicated"`; the framework LocMoE and PanGu-Sigma
+train with: `mindspore/nn/transformer/moe.py` and `transformer.py`, `MoE` and `FeedForward` with
+`expert_num > 1`): the activations are sharded over data parallel only and replicated over the
+model-parallel (TP) ranks (`(dp, 1, 1)` strategies; no sequence parallelism), so every TP rank
+routes and dispatches all T tokens of its replica. The expert dimension is sharded over
+`expert_parallel`, which must divide the data-parallel degree W / TP; with TP innermost in the
+device matrix the expert-parallel groups are the ranks of one TP index in a block of EP replicas
+(`lshsim.dispatch.placement.strided_expert_parallel_placement`), so a rank sends its tokens to the
+rank of its own TP index that holds the expert, across servers. Each expert's FFN is split over the
+TP ranks (`mapping` `((dp, ep, 1, 1), (ep, 1, mp))`, column-parallel; `projection`
+`((dp, ep, 1, mp), (ep, mp, 1))`, row-parallel): a rank computes 1 / TP of the width for every row
+it receives, and the partial outputs are all-reduced over the TP group (phase `tp_expert`; backward
+the input gradient's all-reduce). The attention and dense blocks run one all-reduce each way (ring:
+a reduce-scatter plus an all-gather, the cost of the sequence-parallel pair). Expert gradients: a
+rank holds 1 / TP of its experts, all-reduced over the W / (EP x TP) replicas of that shard.
+
 The collectives: NCCL's ring algorithm (all-gather and reduce-scatter: TP - 1 steps; in each
 step every rank sends one chunk of N / TP bytes to its ring successor, N = the full (T, d)
 tensor). One step of every TP group at once is one (W, W) traffic matrix (`ring_step_matrix`);
@@ -48,7 +64,10 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["ring_successor", "ring_step_matrix", "ring_steps", "check_tensor_parallel", "tp_collective_s",
-           "COLLECTIVES"]
+           "COLLECTIVES", "TP_LAYOUTS"]
+
+#: how the TP ranks share the MoE layer (`StepConfig.tp_layout`; module docstring)
+TP_LAYOUTS = ("sequence", "replicated")
 
 #: ring steps per collective, as a multiple of (TP - 1)
 COLLECTIVES = {"all_gather": 1, "reduce_scatter": 1, "all_reduce": 2}
@@ -112,7 +131,8 @@ def tp_collective_s(step_s, world_size: int, tp: int, kind: str, tensor_bytes: f
     return first if steps == 1 else first + (steps - 1) * float(step_s(matrix, False))
 
 
-def check_tensor_parallel(tp: int, graph, tokens_per_replica: int, model: object | None = None) -> None:
+def check_tensor_parallel(tp: int, graph, tokens_per_replica: int, model: object | None = None,
+                          layout: str = "sequence") -> None:
     """Refuse a TP degree the layout cannot have (ValueError naming the field and the value):
     TP must divide the cluster's GPUs per node (a TP group stays inside a node), the tokens of a
     replica (sequence parallelism splits them over the TP ranks), and, when the model says, its
@@ -128,7 +148,7 @@ def check_tensor_parallel(tp: int, graph, tokens_per_replica: int, model: object
         raise ValueError(f"tp={tp} must divide the {per_node} GPUs per node of cluster {name!r} (a TP group "
                          f"stays inside one node, on its NVLink; divisors: "
                          f"{[d for d in range(1, per_node + 1) if per_node % d == 0]})")
-    if tokens_per_replica % tp:
+    if layout == "sequence" and tokens_per_replica % tp:
         raise ValueError(f"tp={tp} must divide tokens_per_gpu={tokens_per_replica} (the tokens of one TP group's "
                          f"micro-batch; sequence parallelism gives each TP rank 1 / TP of them)")
     attention = dict(getattr(model, "attention", ()) or ())
