@@ -251,6 +251,7 @@ def test_replicated_layout_dispatch_compute_and_collectives():
     for name in ("attention", "dense_ffn", "other"):
         assert b[name] == pytest.approx(a[name], rel=1e-9), name
     assert rep.breakdown["tokens_per_gpu"] == t and seq.breakdown["tokens_per_gpu"] == t // tp
+    assert rep.breakdown["tokens_per_step"] == seq.breakdown["tokens_per_step"] == 16 // tp * t   # W / TP replicas
     # the experts' all-reduce over the TP group: a ring all-reduce of the rows x d the rank's experts process
     assert "tp_expert" not in seq.breakdown["phases_s"] and b["tp_expert"] > 0
     rows = rep.trace.select("expert", "forward")

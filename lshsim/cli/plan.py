@@ -312,9 +312,15 @@ def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float,
     console = _render.wide_console()
     b = chosen["breakdown"]
     cluster = chosen["result"].trace.meta["cluster"]
+    replicated = chosen["config"].get("tp_layout") == "replicated" and b.get("tp", 1) > 1
     groups = "" if b["ep"] == b["world_size"] else \
         f", EP {b['ep']} x DP {b['world_size'] // b['ep']} ({model.num_experts // b['ep']} experts per GPU)"
-    if b.get("tp", 1) > 1:
+    if replicated:   # MindSpore's layout: one EP group per TP index, each expert split over the TP ranks
+        groups = (f", EP {b['ep']} groups strided over the TP index ({b['world_size'] // b['ep']} groups, "
+                  f"{model.num_experts // b['ep']} expert(s) per GPU, each split over TP {b['tp']}), TP {b['tp']} x DP "
+                  f"{b['world_size'] // b['tp']} (replicated: every TP rank holds its group's {b['tokens_per_gpu']} "
+                  f"tokens)")
+    elif b.get("tp", 1) > 1:
         groups += (f", TP {b['tp']} x DP {b['world_size'] // b['tp']} for attention and dense layers (sequence "
                    f"parallel: {b['tokens_per_gpu'] * b['tp']} tokens per TP group)")
     console.print(f"[bold]{model.name}[/bold] ({model.num_layers} layers, {model.num_moe_layers} MoE x "
@@ -353,7 +359,8 @@ def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float,
                       f"{b['grad_sync_s'] * 1e3:.3f} ms, {b['grad_buckets']} all-reduce(s)); "
                       f"{b['grad_bytes_replicated'] / 1e6:.1f} MB of replicated gradients per GPU over all GPUs"
                       + (f", {b['grad_bytes_expert'] / 1e6:.1f} MB of expert gradients over each expert's replicas"
-                         if b["grad_bytes_expert"] and b["ep"] < b["world_size"] else ""))
+                         if b["grad_bytes_expert"] and b["ep"] * (b["tp"] if replicated else 1) < b["world_size"]
+                         else ""))
     else:
         console.print("gradient all-reduce: off (not simulated)")
     compare = Table(title="Options vs the baseline (topk, no LSH, direct all-to-all)")

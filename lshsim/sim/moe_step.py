@@ -1527,6 +1527,10 @@ def _breakdown(trace: Trace, traffic: RoutedTraffic, config: StepConfig, dispatc
     # the tensor-parallel collectives block the step between the compute phases: booked apart from
     # the all-to-alls, with the compute stream for the exposure below
     tp_s = sum(seconds for name, seconds in phases.items() if name in TP_PHASES)
+    # the step's tokens: each rank's own (sequence parallel, or no TP); the TP ranks of a replica
+    # hold the same T in the replicated layout
+    replicas = world_size // config.tp if config.tp_layout == "replicated" else world_size
+    tokens_per_step = traffic.tokens_per_rank * replicas
     a2a = by_kind["communication"] - tp_s
     compute = by_kind["compute"] + by_kind["overhead"] + tp_s
     grad = by_kind["gradient_sync"]
@@ -1569,8 +1573,8 @@ def _breakdown(trace: Trace, traffic: RoutedTraffic, config: StepConfig, dispatc
         "tp": config.tp,
         "tp_s": tp_s,
         "tp_share": tp_s / step_s if step_s > 0 else 0.0,
-        "tokens_per_step": traffic.tokens_per_rank * world_size,
-        "tokens_per_s": traffic.tokens_per_rank * world_size / step_s if step_s > 0 else 0.0,
+        "tokens_per_step": tokens_per_step,
+        "tokens_per_s": tokens_per_step / step_s if step_s > 0 else 0.0,
     }
 
 
