@@ -444,15 +444,23 @@ class Planner:
         self.progress(f"step {self._step_label}: {simulation_text(algorithm, traffic_bytes, self._simulations)}")
 
     # -- inputs
-    def model(self, name: str, top_k: int | None = None):
-        key = (name, top_k)
+    def model(self, name: str, top_k: int | None = None, seq_factor: float = 1.0):
+        """Model `name` (resolved once), with `top_k` if given, and its sequence length scaled by
+        `seq_factor` (the sweep's; the tokens per GPU stay: fewer, longer sequences or the reverse)."""
+        key = (name, top_k, seq_factor)
         if key not in self._models:
-            model = self._models.get((name, None)) or self.resolve_model(name)
-            self._models[(name, None)] = model
+            model = self._models.get((name, None, 1.0)) or self.resolve_model(name)
+            self._models[(name, None, 1.0)] = model
+            changes = {}
             if top_k is not None and top_k != getattr(model, "top_k", None):
+                changes["top_k"] = top_k
+            if seq_factor != 1.0:
+                changes["seq_len"] = max(1, int(round(model.seq_len * seq_factor)))
+            if changes:
                 if not dataclasses.is_dataclass(model):
-                    raise ValueError(f"model {name!r}: top_k cannot be replaced on a {type(model).__name__}")
-                model = dataclasses.replace(model, top_k=top_k)
+                    raise ValueError(f"model {name!r}: {', '.join(changes)} cannot be replaced on a "
+                                     f"{type(model).__name__}")
+                model = dataclasses.replace(model, **changes)
             self._models[key] = model
         return self._models[key]
 
@@ -484,9 +492,9 @@ class Planner:
         return self._graphs[key], key
 
     # -- one step
-    def step(self, model_name: str, cluster: str, edits: dict, setting: dict) -> dict:
+    def step(self, model_name: str, cluster: str, edits: dict, setting: dict, seq_factor: float = 1.0) -> dict:
         """The breakdown (`lshsim.sim.moe_step` `_breakdown`) of one step; ValueError if the model's
-        experts do not place on the cluster."""
+        experts do not place on the cluster. `seq_factor` scales the model's sequence length."""
         from lshsim.sim.moe_step import (RouterInputCache, StepConfig, combine_breakdowns, describe, placement_for,
                                          reuse_router_inputs, route_traffic, routing_key, simulate_config,
                                          stage_models)
@@ -494,10 +502,10 @@ class Planner:
         if self._inputs is None:
             self._inputs = RouterInputCache()
         top_k = setting.get("top_k")
-        model = self.model(model_name, top_k)
+        model = self.model(model_name, top_k, seq_factor)
         graph, spec_key = self.cluster(cluster, edits)
         config = StepConfig(**{k: v for k, v in setting.items() if k != "top_k"})
-        step_key = (model_name, top_k, spec_key, config)
+        step_key = (model_name, top_k, seq_factor, spec_key, config)
         if step_key in self._steps:
             return self._steps[step_key]
         parts = []
@@ -556,9 +564,11 @@ def _quantity(quantity: str, measured: dict, baseline: dict | None) -> float:
     raise ValueError(f"quantity={quantity!r} must be one of {', '.join(QUANTITIES)}")
 
 
-def predict(figure: Figure, planner: Planner, *, edits: dict | None = None, tokens_factor: float = 1.0) -> FigureResult:
+def predict(figure: Figure, planner: Planner, *, edits: dict | None = None, tokens_factor: float = 1.0,
+            seq_factor: float = 1.0) -> FigureResult:
     """Predict one figure. `edits` are added to the figure's cluster_edits (the sweep's NIC rate or
-    GEMM efficiency), `tokens_factor` scales the tokens per GPU of both steps (the sweep)."""
+    GEMM efficiency), `tokens_factor` scales the tokens per GPU of both steps and `seq_factor` the
+    model's sequence length (the sweep)."""
     all_edits = {**figure.cluster_edits, **(edits or {})}
     label = _cluster_label(figure.cluster, all_edits)
 
@@ -570,9 +580,9 @@ def predict(figure: Figure, planner: Planner, *, edits: dict | None = None, toke
         return {**raw, "tokens_per_gpu": max(1, int(round(tokens * tokens_factor)))}
 
     try:
-        measured = planner.step(figure.model, figure.cluster, all_edits, setting_of(figure.setting))
+        measured = planner.step(figure.model, figure.cluster, all_edits, setting_of(figure.setting), seq_factor)
         base = None if figure.baseline is None else \
-            planner.step(figure.model, figure.cluster, all_edits, setting_of(figure.baseline))
+            planner.step(figure.model, figure.cluster, all_edits, setting_of(figure.baseline), seq_factor)
     except NotPlannable as error:
         return FigureResult(figure, "not plannable", reason=str(error), cluster_label=label)
     predicted = _quantity(figure.quantity, measured, base)
@@ -655,6 +665,7 @@ def consistency(results: list[FigureResult], planner: Planner | None = None) -> 
 # ---- the one-at-a-time sweep --------------------------------------------------------------------------
 #: (label, what, factor): the unknowns the sweep moves, one at a time
 SWEEP_VARIANTS = (("tokens x0.5", "tokens", 0.5), ("tokens x2", "tokens", 2.0),
+                  ("seq x0.5", "seq", 0.5), ("seq x2", "seq", 2.0),
                   ("NIC x0.5", "nic", 0.5), ("NIC x2", "nic", 2.0),
                   ("eff x0.5", "gemm", 0.5), ("eff x2 (<= 1)", "gemm", 2.0))
 
@@ -699,6 +710,14 @@ def sweep(figures: list[Figure], planner: Planner, base: dict[str, FigureResult]
                 result = predict(figure, planner, tokens_factor=factor)
                 row["value"] = f"{result.details['setting']['tokens_per_gpu']} tokens/GPU" \
                     if result.status == "ok" else ""
+            elif what == "seq":
+                model = planner.model(figure.model, figure.setting.get("top_k"))
+                if getattr(model, "attention_window", None) is not None:   # Swin: the span is the window
+                    rows.append({**row, "predicted": None, "move": None, "error": None,
+                                 "value": "windowed attention"})
+                    continue
+                result = predict(figure, planner, seq_factor=factor)
+                row["value"] = f"seq_len {max(1, int(round(model.seq_len * factor)))}"
             else:
                 edits, text = _variant_edits(planner, figure, what, factor)
                 if edits is None:

@@ -267,8 +267,9 @@ for row in checks.itertuples():
 #
 # The papers do not state everything the planner needs: the tokens per GPU, the network's real
 # throughput, how fast the era's kernels ran. `R.sweep` moves one unknown at a time by a factor of
-# two and shows how far each prediction moves: tokens per GPU (both steps), the NIC line rate
-# `inter.nic_gbps`, and the cluster's software GEMM efficiency `software.gemm_efficiency`
+# two and shows how far each prediction moves: tokens per GPU (both steps), the sequence length (the
+# attention span, at the same tokens per GPU; Swin's windowed attention has none to move), the NIC
+# line rate `inter.nic_gbps`, and the cluster's software GEMM efficiency `software.gemm_efficiency`
 # (doubling it stops at 1). It is a
 # sensitivity table, not a fit: no value is chosen from it. `lshsim reproduce --sweep` runs it on
 # every figure (minutes); here, on two LSH-MoE figures, reusing the planner above:

@@ -7,6 +7,7 @@ the planner's agreement with them is a measurement (README, benchmarks/RESULTS.m
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -281,6 +282,28 @@ def test_reproduce_sweep_json_moves(capsys, tiny_figures):
     efficiency = read_spec(cluster)[0]["software"]["gemm_efficiency"]      # the cluster's named software calibration
     assert rows["NIC x0.5"]["value"] == "50 Gb/s" and rows["eff x2 (<= 1)"]["value"] == f"{min(1.0, 2 * efficiency):g}"
     assert rows["tokens x2"]["value"] == "1024 tokens/GPU"
+    # the sequence length (the attention span) at the same tokens per GPU: a longer span, more attention work
+    assert rows["seq x2"]["value"] == "seq_len 512" and rows["seq x0.5"]["value"] == "seq_len 128"
+    assert rows["seq x2"]["predicted"] != base and rows["seq x0.5"]["predicted"] != base
+
+
+def test_sweep_seq_scales_the_attention_span_only(tiny_figures):
+    """seq x2 doubles the model's seq_len and nothing else of the step; a windowed model is not swept."""
+    from lshsim.models import load_model
+
+    planner = R.Planner(load_model)
+    figure = R.load_figures(tiny_figures).figures[0]
+    plain, longer = planner.model(figure.model), planner.model(figure.model, None, 2.0)
+    assert longer.seq_len == 2 * plain.seq_len and longer.tokens_per_gpu == plain.tokens_per_gpu
+    one = planner.step(figure.model, figure.cluster, {}, figure.setting)
+    two = planner.step(figure.model, figure.cluster, {}, figure.setting, 2.0)
+    assert two["phases_s"]["attention"] > one["phases_s"]["attention"]
+    assert two["a2a_s"] == pytest.approx(one["a2a_s"], rel=1e-12)      # the same all-to-alls and experts
+    assert two["phases_s"]["expert"] == pytest.approx(one["phases_s"]["expert"], rel=1e-12)
+    windowed = dataclasses.replace(plain, name="tiny-windowed", attention_window=128)
+    swin = R.Planner(lambda name: windowed)
+    rows = R.sweep([figure], swin, {figure.id: R.predict(figure, swin)}, variants=(("seq x2", "seq", 2.0),))
+    assert rows[0]["value"] == "windowed attention" and rows[0]["predicted"] is None
 
 
 def test_reproduce_refuses_a_bad_figures_file(capsys, tmp_path):

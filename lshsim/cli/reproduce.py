@@ -31,7 +31,8 @@ def add_parser(subparsers):
                    help="the tolerance of --fidelity tolerance and of auto above 64 GPUs, in (0, 0.5] "
                         "(default 0.01)")
     p.add_argument("--sweep", action="store_true",
-                   help="also move one unknown at a time (tokens per GPU x0.5 / x2, the NIC line rate x0.5 / x2, "
+                   help="also move one unknown at a time (tokens per GPU x0.5 / x2, the sequence length x0.5 / x2 "
+                        "at the same tokens per GPU, the NIC line rate x0.5 / x2, "
                         "the GEMM efficiency x0.5 / x2 capped at 1) and show how far each moves each prediction "
                         "(several times the run time)")
     p.add_argument("--fit", action="store_true",
@@ -255,7 +256,8 @@ def _render_sweep(console, results, rows) -> None:
                 cells.append(f"{100 * row['move']:+.0f}%")
         table.add_row(r.figure.id, _published(r.figure), _fmt(q, r.predicted), *cells)
     console.print(table)
-    console.print("[dim]tokens: tokens per GPU of both steps; NIC: inter.nic_gbps of the cluster spec; GEMM eff: "
+    console.print("[dim]tokens: tokens per GPU of both steps; seq: the model's sequence length (the attention span; "
+                  "the tokens per GPU stay; none for windowed attention); NIC: inter.nic_gbps of the cluster spec; GEMM eff: "
                   "gpu.gemm_efficiency (x2 stops at 1.0). Each is edited in memory, one at a time; the predictions "
                   "themselves are in --json (\"sweep\").[/dim]")
 
