@@ -554,6 +554,11 @@ plt.show()
 #    (Use `R.Planner(load_model, drain_tolerance=0.01)`, as the command does above 64 GPUs.) Does
 #    LocMoE still beat hash, where the paper finds no gain? Then try a few capacity factors
 #    between 1.25 and no limit, and plot the step reduction against the dropped fraction.
+# 5. **Two ways to split a model over 8 NPUs.** Repeat `locmoe/128npu/switch/a2a-share` with
+#    `{**figure.setting, "tp_layout": "sequence"}` (Megatron's sequence parallelism: each rank
+#    dispatches 1 / 8 of the tokens, experts whole on one rank) instead of MindSpore's `replicated`.
+#    Compare the all-to-all time, the inter-node MB per layer and the share. Why does the replicated
+#    layout move 8 times the bytes, and why do almost all of them cross servers?
 
 # %%
 print(f"notebook ran in {time.perf_counter() - notebook_start:.1f} s")
