@@ -248,6 +248,10 @@ def test_tensor_parallel_splits_the_replicated_gradients_and_the_data_parallel_g
     assert b2["grad_bytes_replicated"] < 0.51 * b1["grad_bytes_replicated"]
     # the ring over 4 ranks instead of 8 moves 2 (g - 1) / g of half the bytes: less time, same link
     assert 0 < b2["grad_sync_s"] < b1["grad_sync_s"]
+    # the overlapped buckets' bytes: 2 (g - 1) / g over the data-parallel group g = W / TP = 4, not over W
+    over = simulate_step(model, graph, capacity_factor=None, grad_sync="overlapped", tp=2)
+    sent = sum(r.bytes for r in over.trace.select(name="grad_allreduce") if r.rank == 0)
+    assert sent == pytest.approx(2 * 3 / 4 * over.breakdown["grad_bytes_replicated"], rel=1e-3)
 
 
 def _mesh_without_expert_sync() -> dict:

@@ -1446,7 +1446,8 @@ def _grad_buckets(ctx: CostContext, layer_end: dict[int, float], backward_end: f
         seconds = grad_sync_seconds(ctx, replicated, expert)
         free = start + seconds
         world, ep = ctx.world_size, expert_span(ctx)
-        sent = 2 * (world - 1) / world * replicated
+        dp = world // _tp_of(ctx)                 # the replicated weights' all-reduce runs over W / TP ranks
+        sent = 2 * (dp - 1) / dp * replicated if dp > 1 else 0.0
         if ep < world:
             sent += 2 * (world // ep - 1) / (world // ep) * expert
         out.append({"ready_s": ready, "start_s": start, "end_s": free, "replicated_bytes": replicated,
