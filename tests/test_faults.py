@@ -49,6 +49,10 @@ STARTUP_S = 60.0    # start-up (importing torch) on a loaded machine: not what i
 STARTUP_LIMIT_S = 90.0  # waiting for the ranks to get to the fault
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Run:
     """One `executor launch --nproc 2 -- run ...` in a subprocess, with its folders."""
 
@@ -70,8 +74,11 @@ class Run:
         if fault is not None:
             command += ["--fault", fault, "--fault-rank", "1"]
         env = {**os.environ, "TMPDIR": str(self.tmp)}
+        # the launcher as a shell's foreground command gets it: SIGINT at its default. A test run started
+        # as a background job of a script (`make test &`, nohup) inherits SIGINT ignored, and the launcher
+        # rightly keeps an ignored SIGINT ignored, which the SIGINT case would then read as a failure
         self.proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+                                     text=True, preexec_fn=_default_sigint)
 
     def folder(self) -> Path | None:
         if self.status is not None:
