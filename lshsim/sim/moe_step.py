@@ -122,7 +122,7 @@ from lshsim.sim.dispatch_formats import DISPATCH_FORMATS, bytes_per_token as for
 from lshsim.sim.moe_layers import MOE_LAYERS, PADDED_LAYERS, padded_capacity, resolve_moe_layer
 from lshsim.sim.phases import (DDP_BUCKET_BYTES, GRAD_SYNC_MODES, KERNELS, KINDS, PHASES, TP_PHASES, CostContext,
                                compute_time_s, expert_cost, expert_grads_synced, expert_span, expert_tp,
-                               grad_bytes_per_element,
+                               grad_bytes_per_element, grad_sent_bytes,
                                grad_sync_seconds, gradient_parameters, resolve_grad_sync, step_schedule)
 from lshsim.sim.tensor_parallel import TP_LAYOUTS, check_tensor_parallel
 from lshsim.sim.trace import DIRECTIONS, PhaseRecord, Trace
@@ -1445,13 +1445,9 @@ def _grad_buckets(ctx: CostContext, layer_end: dict[int, float], backward_end: f
         start = max(ready, free)
         seconds = grad_sync_seconds(ctx, replicated, expert)
         free = start + seconds
-        world, ep = ctx.world_size, expert_span(ctx)
-        dp = world // _tp_of(ctx)                 # the replicated weights' all-reduce runs over W / TP ranks
-        sent = 2 * (dp - 1) / dp * replicated if dp > 1 else 0.0
-        if ep < world:
-            sent += 2 * (world // ep - 1) / (world // ep) * expert
         out.append({"ready_s": ready, "start_s": start, "end_s": free, "replicated_bytes": replicated,
-                    "expert_bytes": expert, "sent_bytes": float(np.ceil(sent)), "layer": layer})
+                    "expert_bytes": expert, "sent_bytes": float(grad_sent_bytes(ctx, replicated, expert)[0]),
+                    "layer": layer})
     return out
 
 

@@ -42,7 +42,7 @@ import numpy as np
 __all__ = ["PhaseSpec", "PhaseCost", "CostContext", "PhaseTable", "PHASES", "KINDS", "BLOCKS", "DIRECTIONS",
            "register_phase", "unregister_phase", "step_schedule", "backward_chain", "roofline_cost",
            "compute_time_s", "expert_cost", "KERNELS", "calibrated_cost", "measured_lsh_cost", "einsum_gate_cost",
-           "TP_PHASES", "tp_collective_cost", "expert_tp", "expert_span",
+           "TP_PHASES", "tp_collective_cost", "expert_tp", "expert_span", "grad_sent_bytes",
            "resolve_grad_sync", "gradient_parameters", "expert_grads_synced", "GRAD_SYNC_MODES", "DEFAULT_GRAD_SYNC", "DDP_BUCKET_BYTES"]
 
 KINDS = ("communication", "compute", "overhead", "gradient_sync")
@@ -569,7 +569,7 @@ def _expert_cost(ctx: CostContext, direction: str, chunks: int = 1) -> PhaseCost
     """
     m = ctx.model
     d, f, b = m["d_model"], m["d_ffn"], m["bytes_per_element"]
-    if ctx.config is not None and _replicated(ctx.config):   # MindSpore: each expert's width split over TP
+    if _replicated(ctx.config):   # MindSpore: each expert's width split over TP
         f = f / _tp(ctx)
     matrices = m.get("ffn_matrices", 2)
     factor = 1 if direction == "forward" else 2
@@ -782,7 +782,7 @@ def grad_sync_seconds(ctx: CostContext, replicated_bytes: float, expert_bytes: f
     return seconds
 
 
-def _grad_sent(ctx: CostContext, replicated_bytes: float, expert_bytes: float) -> np.ndarray:
+def grad_sent_bytes(ctx: CostContext, replicated_bytes: float, expert_bytes: float) -> np.ndarray:
     """(W,) bytes each rank sends in the ring all-reduces: 2 (g - 1) / g of each size."""
     world = ctx.world_size
     ep = expert_span(ctx)
@@ -801,7 +801,7 @@ def _grad_allreduce_cost(ctx: CostContext, direction: str, chunks: int = 1) -> P
     if ctx.all_reduce_s is None:
         raise ValueError("grad_allreduce needs the topology's all-reduce (CostContext.all_reduce_s): a simulated step")
     replicated, expert = _grad_bytes(ctx)
-    return PhaseCost(grad_sync_seconds(ctx, replicated, expert), bytes=_grad_sent(ctx, replicated, expert))
+    return PhaseCost(grad_sync_seconds(ctx, replicated, expert), bytes=grad_sent_bytes(ctx, replicated, expert))
 
 
 def _uses_lsh(config: object) -> bool:
