@@ -184,15 +184,21 @@ def expert_parallel_placement(num_experts: int, rank_to_node: torch.Tensor, ep: 
     if ep > world_size or world_size % ep != 0:
         raise ValueError(f"ep={ep}: the expert-parallel group size must divide the world size {world_size} "
                          f"(EP x DP = W)")
+    groups = torch.arange(world_size, dtype=torch.int64).reshape(world_size // ep, ep)      # (DP, EP)
+    return _grouped_placement(num_experts, rank_to_node, groups)
+
+
+def _grouped_placement(num_experts: int, rank_to_node: torch.Tensor, groups: torch.Tensor) -> GroupedPlacement:
+    """Every group of `groups` ((G, EP) global ranks) holds all experts, E / EP per rank contiguously,
+    over its local ranks and its nodes renumbered 0..; ValueError when EP does not divide E."""
+    ep = int(groups.shape[1])
     if num_experts % ep != 0:
         raise ValueError(f"ep={ep}: num_experts={num_experts} is not a multiple of the group size "
                          f"({num_experts} % {ep} = {num_experts % ep}); every rank of a group holds E / EP experts")
-    groups = torch.arange(world_size, dtype=torch.int64).reshape(world_size // ep, ep)      # (DP, EP)
     expert_to_rank = torch.arange(num_experts, dtype=torch.int64) // (num_experts // ep)    # (E,) local ranks
     placements = []
     for ranks in groups:
-        nodes = rank_to_node[ranks]                                                          # (EP,)
-        _, local_nodes = torch.unique(nodes, sorted=True, return_inverse=True)
+        _, local_nodes = torch.unique(rank_to_node[ranks], sorted=True, return_inverse=True)
         placements.append(Placement(expert_to_rank, local_nodes.to(torch.int64)))
     return GroupedPlacement(ep=ep, groups=groups, placements=tuple(placements), rank_to_node=rank_to_node)
 
@@ -222,14 +228,6 @@ def strided_expert_parallel_placement(num_experts: int, rank_to_node: torch.Tens
         raise ValueError(f"ep={ep}: with model parallel {stride} the expert-parallel degree must divide the "
                          f"data-parallel degree {world_size} / {stride} = {replicas} (MindSpore: data_parallel % "
                          f"expert_parallel == 0)")
-    if num_experts % ep != 0:
-        raise ValueError(f"ep={ep}: num_experts={num_experts} is not a multiple of the group size "
-                         f"({num_experts} % {ep} = {num_experts % ep}); every rank of a group holds E / EP experts")
     ranks = torch.arange(world_size, dtype=torch.int64).reshape(replicas // ep, ep, stride)   # (blocks, EP, MP)
     groups = ranks.permute(0, 2, 1).reshape(-1, ep)                                            # (W / EP, EP)
-    expert_to_rank = torch.arange(num_experts, dtype=torch.int64) // (num_experts // ep)      # (E,) local ranks
-    placements = []
-    for members in groups:
-        _, local_nodes = torch.unique(rank_to_node[members], sorted=True, return_inverse=True)
-        placements.append(Placement(expert_to_rank, local_nodes.to(torch.int64)))
-    return GroupedPlacement(ep=ep, groups=groups, placements=tuple(placements), rank_to_node=rank_to_node)
+    return _grouped_placement(num_experts, rank_to_node, groups)

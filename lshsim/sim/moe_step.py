@@ -509,6 +509,11 @@ class StepConfig:
             bounds.check_field(f"router_options.{name}", value)
 
     @property
+    def replicates_tokens(self) -> bool:
+        """True for MindSpore's TP layout with TP > 1: every TP rank holds its replica's tokens."""
+        return self.tp_layout == "replicated" and self.tp > 1
+
+    @property
     def deduplicates(self) -> bool:
         """True for the node-deduplicated all-to-all ("node_dedup", alias "deepep")."""
         return canonical_algorithm(self.algorithm, side="simulate") == "node_dedup"
@@ -805,7 +810,7 @@ def rank_tokens(spec: dict, config: StepConfig) -> int:
     4096
     """
     tokens = config.tokens_per_gpu or spec["tokens_per_gpu"]
-    if config.tp_layout == "replicated":
+    if config.replicates_tokens:
         return tokens
     if tokens % config.tp:
         raise ValueError(f"tp={config.tp} must divide tokens_per_gpu={tokens} (the tokens of one TP group's "
@@ -924,7 +929,7 @@ def _route_traffic(model: object, placement: Placement | GroupedPlacement, confi
     counts = np.zeros((world_size, world_size))                                    # (W, W) copies
     node_copies = np.zeros((world_size, num_nodes)) if config.deduplicates else None
     dropped = num_routed = 0
-    replicated = config.tp_layout == "replicated" and config.tp > 1
+    replicated = config.replicates_tokens
     for ranks, group in zip(placement.groups.numpy(), placement.placements):
         # replicated TP layout: the group of TP index m in block b routes the tokens of replicas
         # b EP .. b EP + EP - 1, the same for every m (the TP ranks of a replica hold the same tokens)
@@ -1526,7 +1531,7 @@ def _breakdown(trace: Trace, traffic: RoutedTraffic, config: StepConfig, dispatc
     tp_s = sum(seconds for name, seconds in phases.items() if name in TP_PHASES)
     # the step's tokens: each rank's own (sequence parallel, or no TP); the TP ranks of a replica
     # hold the same T in the replicated layout
-    replicas = world_size // config.tp if config.tp_layout == "replicated" else world_size
+    replicas = world_size // config.tp if config.replicates_tokens else world_size
     tokens_per_step = traffic.tokens_per_rank * replicas
     a2a = by_kind["communication"] - tp_s
     compute = by_kind["compute"] + by_kind["overhead"] + tp_s
@@ -1595,7 +1600,7 @@ def describe(config: StepConfig) -> str:
     if config.overlap:
         parts.append("overlap")
     if config.tp > 1:
-        parts.append(f"tp {config.tp}" + (" replicated" if config.tp_layout == "replicated" else ""))
+        parts.append(f"tp {config.tp}" + (" replicated" if config.replicates_tokens else ""))
     return ", ".join(parts)
 
 

@@ -409,7 +409,7 @@ def _tp(ctx: CostContext) -> int:
 def _replicated(config: object) -> bool:
     """MindSpore's TP layout (`StepConfig.tp_layout` "replicated", TP > 1): tokens replicated over the
     TP ranks, experts split over them (`lshsim.sim.tensor_parallel`)."""
-    return getattr(config, "tp_layout", "sequence") == "replicated" and int(getattr(config, "tp", 1) or 1) > 1
+    return bool(getattr(config, "replicates_tokens", False))
 
 
 def expert_tp(ctx: CostContext) -> int:
