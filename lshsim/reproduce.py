@@ -667,7 +667,26 @@ def consistency(results: list[FigureResult], planner: Planner | None = None) -> 
 SWEEP_VARIANTS = (("tokens x0.5", "tokens", 0.5), ("tokens x2", "tokens", 2.0),
                   ("seq x0.5", "seq", 0.5), ("seq x2", "seq", 2.0),
                   ("NIC x0.5", "nic", 0.5), ("NIC x2", "nic", 2.0),
-                  ("eff x0.5", "gemm", 0.5), ("eff x2 (<= 1)", "gemm", 2.0))
+                  ("eff x0.5", "gemm", 0.5), ("eff x2 (<= 1)", "gemm", 2.0),
+                  ("LocMoE cf x0.8", "capacity", 0.8))
+
+
+def _capacity_variant(figure: Figure, factor: float) -> tuple[Figure | None, str]:
+    """The figure with its LocMoE step's capacity factor scaled by `factor` and its locality share
+    scaled with it (the figures' rule: the share is the most the node's experts accept at the
+    capacity, capped at 1), the baseline unchanged; (None, reason) when the setting is not LocMoE's
+    or has no capacity factor. LocMoE lowered its capacity by an amount it does not state."""
+    setting = dict(figure.setting)
+    if setting.get("router") != "locmoe" or setting.get("capacity_factor") is None:
+        return None, "not LocMoE's capacity"
+    setting["capacity_factor"] = float(setting["capacity_factor"]) * factor
+    share = setting.get("locality_share")
+    if isinstance(share, (int, float)) and not isinstance(share, bool):
+        setting["locality_share"] = min(1.0, float(share) * factor)
+    text = f"capacity factor {setting['capacity_factor']:g}"
+    if "locality_share" in setting and setting["locality_share"] != share:
+        text += f", share {setting['locality_share']:g}"
+    return dataclasses.replace(figure, setting=setting), text
 
 
 def _variant_edits(planner: Planner, figure: Figure, what: str, factor: float) -> tuple[dict | None, str]:
@@ -718,6 +737,13 @@ def sweep(figures: list[Figure], planner: Planner, base: dict[str, FigureResult]
                     continue
                 result = predict(figure, planner, seq_factor=factor)
                 row["value"] = f"seq_len {max(1, int(round(model.seq_len * factor)))}"
+            elif what == "capacity":
+                varied, text = _capacity_variant(figure, factor)
+                if varied is None:
+                    rows.append({**row, "predicted": None, "move": None, "error": None, "value": text})
+                    continue
+                result = predict(varied, planner)
+                row["value"] = text
             else:
                 edits, text = _variant_edits(planner, figure, what, factor)
                 if edits is None:

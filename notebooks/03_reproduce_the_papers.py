@@ -432,7 +432,7 @@ plt.show()
 
 switch = steps["Switch (baseline)"]
 print(f"the paper: {100 * case['published']:.1f}% less step time than Switch; its all-to-all cut "
-      f"(locmoe/64npu/vs-switch/a2a-reduction): "
+      f"(locmoe/64npu/vs-hash/a2a-reduction): "
       f"{100 * next(r['published'] for r in locmoe_run['figures'] if r['quantity'] == 'a2a_reduction'):.2f}%")
 for label, step in steps.items():
     if step is switch:
@@ -554,7 +554,7 @@ plt.show()
 #    (Use `R.Planner(load_model, drain_tolerance=0.01)`, as the command does above 64 GPUs.) Does
 #    LocMoE still beat hash, where the paper finds no gain? Then try a few capacity factors
 #    between 1.25 and no limit, and plot the step reduction against the dropped fraction.
-# 5. **Two ways to split a model over 8 NPUs.** Repeat `locmoe/128npu/switch/a2a-share` with
+# 5. **Two ways to split a model over 8 NPUs.** Repeat `locmoe/128npu/hash/a2a-share` with
 #    `{**figure.setting, "tp_layout": "sequence"}` (Megatron's sequence parallelism: each rank
 #    dispatches 1 / 8 of the tokens, experts whole on one rank) instead of MindSpore's `replicated`.
 #    Compare the all-to-all time, the inter-node MB per layer and the share. Why does the replicated
