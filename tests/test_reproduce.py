@@ -224,7 +224,8 @@ def tiny_figures(tmp_path, shipped):
          "model": str(model), "cluster": "lshmoe-a100-4x8", "setting": {"router": "topk", "lsh_rate": 0.2},
          "baseline": {"router": "topk"}, "source": source},
         {"id": "locmoe/t/tiny/step-reduction", "paper": "locmoe", "quantity": "step_reduction", "value": 0.2,
-         "model": str(model), "cluster": "lshmoe-v100-2x8", "setting": {"router": "locmoe", "algorithm": "groupwise"},
+         "model": str(model), "cluster": "lshmoe-v100-2x8", "setting": {"router": "locmoe", "algorithm": "groupwise",
+                                                                  "capacity_factor": 1.0, "locality_share": 0.5},
          "baseline": {"router": "hash"}, "source": {**source, "paper": "locmoe", "arxiv": "2401.13920"}},
     ]
     path = tmp_path / "figures.yaml"
@@ -285,6 +286,22 @@ def test_reproduce_sweep_json_moves(capsys, tiny_figures):
     # the sequence length (the attention span) at the same tokens per GPU: a longer span, more attention work
     assert rows["seq x2"]["value"] == "seq_len 512" and rows["seq x0.5"]["value"] == "seq_len 128"
     assert rows["seq x2"]["predicted"] != base and rows["seq x0.5"]["predicted"] != base
+    # LocMoE's unstated capacity reduction: its capacity factor and, by the figures' rule, its locality share
+    assert rows["LocMoE cf x0.8"]["value"] == "capacity factor 0.8, share 0.4"
+    assert rows["LocMoE cf x0.8"]["predicted"] != base
+
+
+def test_capacity_variant_only_on_locmoe_settings(tiny_figures):
+    """The sweep's capacity variant scales LocMoE's capacity factor and locality share (capped at 1),
+    leaves the baseline alone, and refuses settings of other routers or without a capacity factor."""
+    figure = R.load_figures(tiny_figures).by_id("locmoe/t/tiny/step-reduction")
+    varied, text = R._capacity_variant(figure, 0.5)
+    assert varied.setting["capacity_factor"] == 0.5 and varied.setting["locality_share"] == 0.25
+    assert varied.baseline == figure.baseline and text == "capacity factor 0.5, share 0.25"
+    capped, _ = R._capacity_variant(figure, 3.0)
+    assert capped.setting["locality_share"] == 1.0
+    other = R.load_figures(tiny_figures).figures[0]
+    assert R._capacity_variant(other, 0.8) == (None, "not LocMoE's capacity")
 
 
 def test_sweep_seq_scales_the_attention_span_only(tiny_figures):
