@@ -239,13 +239,63 @@ def test_ec_min_forms_are_the_three_bounds_side_by_side():
     assert list(forms) == ["exact", "erfc", "exp"]
     for form, row in forms.items():
         assert row["ec_min"] == pytest.approx(capacity.ec_min(16, 4096, 0.03, form), rel=1e-15)
-        assert row["capacity_factor"] == pytest.approx(16 * row["ec_min"], rel=1e-15)
+        # n ec_min = 1 / p_delta: the batch that gives every one of the 16 experts ec_min tokens
+        assert row["uniform_batch_tokens"] == pytest.approx(1 / row["p_delta"], rel=1e-12)
+        assert "capacity_factor_at_bound" not in row and "capacity_factor" not in row
     assert forms["exact"]["rel_err_vs_exact"] == 0.0
     assert forms["exp"]["rel_err_vs_exact"] == pytest.approx(forms["exp"]["p_delta"] / forms["exact"]["p_delta"] - 1)
     with pytest.raises(ValueError, match="d=1"):   # d and delta are checked before n
         capacity.ec_min_forms(-4, 1, 0.03)
     with pytest.raises(ValueError, match="n=-4"):
         capacity.ec_min_forms(-4, 64, 0.03)
+
+
+def test_ec_min_is_tokens_per_expert_at_the_papers_point():
+    # LocMoE §3.2 / App. A.3: ec_min is a number of tokens; 1 / (16 x 0.05485) = 1.14 at d 4096, delta 0.03
+    assert capacity.p_delta(4096, 0.03) == pytest.approx(0.05485, abs=5e-6)
+    assert capacity.ec_min(16, 4096, 0.03) == pytest.approx(1 / (16 * 0.054848), rel=1e-4)
+    assert 1.13 < capacity.ec_min(16, 4096, 0.03) < 1.15
+
+
+def test_capacity_factor_at_bound_against_the_rounded_capacity():
+    # by hand: bound 2.5 tokens, T 64, k 1, E 8 -> 2.5 x 8 / 64 = 0.3125; C = ceil(cf T k / E)
+    assert capacity.capacity_factor_at_bound(2.5, 64, 1, 8) == 0.3125
+    assert capacity.capacity_from_factor(64, 1, 8, 0.3125) == 3          # >= 2.5 at the factor
+    assert capacity.capacity_from_factor(64, 1, 8, 0.25) == 2            # (ceil(2.5) - 1) E / (T k): < 2.5
+    assert capacity.capacity_from_factor(64, 1, 8, 0.2501) == 3          # just above it, rounding up reaches 3
+    assert capacity.capacity_factor_at_bound(1.0, 4096, 2, 16) == pytest.approx(1 / 512)
+    assert capacity.capacity_factor_at_bound(np.inf, 64, 1, 8) == np.inf
+    # a scan of factors on the dispatcher's own rule (routers.compute_capacity), several cases
+    from lshsim.dispatch.routers import compute_capacity
+    for bound, t, k, e in [(1.1395, 16, 1, 16), (2.5, 64, 1, 8), (3.0, 100, 2, 8), (0.4, 7, 1, 4), (31.44, 4096, 2, 16)]:
+        factor = capacity.capacity_factor_at_bound(bound, t, k, e)
+        assert factor * t * k / e == pytest.approx(bound, rel=1e-12)   # the share before rounding is the bound
+        low = (math.ceil(bound) - 1) * e / (t * k)                     # at or below: C < bound
+        for cf in np.linspace(factor / 50, factor * 3, 601):
+            c = compute_capacity(t, k, e, float(cf))
+            if cf >= factor:
+                assert c >= bound, (bound, t, k, e, cf, c)
+            elif cf <= low * (1 - 1e-6):
+                assert c < bound, (bound, t, k, e, cf, c)
+            else:
+                assert c == math.ceil(bound), (bound, t, k, e, cf, c)
+
+
+def test_ec_min_forms_with_tokens_give_the_factor_at_the_bound():
+    forms = capacity.ec_min_forms(16, 4096, 0.03, num_tokens=4096, k=2)
+    for form, row in forms.items():
+        assert row["capacity_factor_at_bound"] == pytest.approx(row["ec_min"] * 16 / (4096 * 2), rel=1e-12)
+        c = capacity.capacity_from_factor(4096, 2, 16, row["capacity_factor_at_bound"])
+        assert c >= row["ec_min"] and c == math.ceil(row["ec_min"])
+    # T k = n: the factor at the bound equals ec_min (16 tokens, top-1, 16 experts: one token per expert at cf 1)
+    forms = capacity.ec_min_forms(16, 4096, 0.03, num_tokens=16, k=1)
+    assert forms["exact"]["capacity_factor_at_bound"] == pytest.approx(forms["exact"]["ec_min"], rel=1e-12)
+    with pytest.raises(ValueError, match="num_tokens=0"):
+        capacity.ec_min_forms(16, 4096, 0.03, num_tokens=0)
+    with pytest.raises(ValueError, match="k=0"):
+        capacity.ec_min_forms(16, 4096, 0.03, num_tokens=64, k=0)
+    with pytest.raises(ValueError, match="bound=-1"):
+        capacity.capacity_factor_at_bound(-1.0, 64, 1, 8)
 
 
 def test_ec_min_grid_spans_the_threshold_to_the_plot_limit():

@@ -22,9 +22,30 @@ def test_capacity_json_and_table(capsys):
     assert out["forms"]["exact"]["p_delta"] == pytest.approx(capacity.p_delta(4096, 0.03), rel=1e-12)
     assert out["forms"]["erfc"]["ec_min"] == pytest.approx(capacity.ec_min(16, 4096, 0.03, "erfc"), rel=1e-12)
     assert out["forms"]["exp"]["ec_min"] == pytest.approx(capacity.ec_min(16, 4096, 0.03, "exp"), rel=1e-12)
+    assert "capacity_factor_at_bound" not in out["forms"]["exact"] and "capacity_factor" not in out["forms"]["exact"]
+    assert out["forms"]["exact"]["uniform_batch_tokens"] == pytest.approx(1 / capacity.p_delta(4096, 0.03), rel=1e-12)
     assert main(["capacity", "--experts", "16", "--dim", "4096", "--delta", "0.03"]) == 0
     table = capsys.readouterr().out
     assert "LocMoE Theorem 1" in table and "erfc" in table
+    assert "tokens per" in table and "n * ec_min" not in table and "capacity factor at" not in table
+
+
+def test_capacity_factor_at_ec_min_with_tokens(capsys, monkeypatch):
+    out = _json(capsys, ["capacity", "--experts", "16", "--dim", "4096", "--delta", "0.03", "--tokens", "4096",
+                         "--k", "2"])
+    bound = capacity.ec_min(16, 4096, 0.03)
+    factor = out["forms"]["exact"]["capacity_factor_at_bound"]
+    assert factor == pytest.approx(bound * 16 / (4096 * 2), rel=1e-12)
+    assert capacity.capacity_from_factor(4096, 2, 16, factor) == 2   # ceil(1.14)
+    assert out["drops"]["capacity"] == 640 and out["drops"]["capacity_meets_ec_min"] is True
+    # 8 tokens, top-1, 16 experts at factor 1.25: C = ceil(0.625) = 1 < ec_min 1.14
+    out = _json(capsys, ["capacity", "--experts", "16", "--tokens", "8", "--k", "1"])
+    assert out["drops"]["capacity"] == 1 and out["drops"]["capacity_meets_ec_min"] is False
+    assert out["forms"]["exact"]["capacity_factor_at_bound"] == pytest.approx(bound * 2, rel=1e-12)
+    monkeypatch.setenv("COLUMNS", "200")   # rich's width: no header wrapped
+    assert main(["capacity", "--experts", "16", "--tokens", "8", "--k", "1"]) == 0
+    table = " ".join(capsys.readouterr().out.split())   # titles may wrap at a word
+    assert "capacity factor at ec_min" in table and "C < ec_min" in table and "T=8 tokens, k=1" in table
 
 
 def test_capacity_drops_and_monte_carlo(capsys):

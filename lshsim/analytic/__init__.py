@@ -1,6 +1,7 @@
 """Analytic models (numpy/scipy, vectorised): capacity bounds, LSH collisions, all-to-all costs.
 
-* `capacity`: LocMoE Theorem 1 (p_delta exact / erfc / exponential, ec_min, Monte Carlo), expected
+* `capacity`: LocMoE Theorem 1 (p_delta exact / erfc / exponential, ec_min in tokens per expert, the
+  capacity factor at which a batch reaches it, Monte Carlo), expected
   drops at capacity (exact binomial and named approximations, a sampler on the real router),
   `estimate_delta` from real hidden states.
 * `collision`: hyperplane and cross-polytope collision probabilities (integral, Monte Carlo,
@@ -11,7 +12,8 @@
 Torch is imported lazily, only by the functions that call `lshsim.dispatch` (samplers, measured rates).
 """
 from lshsim.analytic._common import MonteCarloEstimate
-from lshsim.analytic.capacity import (OVERFLOW_METHODS, DeltaEstimate, capacity_from_factor, ec_min,
+from lshsim.analytic.capacity import (OVERFLOW_METHODS, DeltaEstimate, capacity_factor_at_bound,
+                                      capacity_from_factor, ec_min,
                                       estimate_delta, expected_dropped_fraction, expected_overflow, p_delta,
                                       p_delta_erfc, p_delta_exp_bound, p_delta_forms, p_delta_monte_carlo,
                                       sample_dropped_fraction, topk_inclusion_probabilities)
@@ -31,7 +33,8 @@ __all__ = [
     "MonteCarloEstimate",
     # capacity
     "p_delta", "p_delta_erfc", "p_delta_exp_bound", "p_delta_forms", "ec_min", "p_delta_monte_carlo",
-    "DeltaEstimate", "estimate_delta", "capacity_from_factor", "topk_inclusion_probabilities",
+    "DeltaEstimate", "estimate_delta", "capacity_from_factor", "capacity_factor_at_bound",
+    "topk_inclusion_probabilities",
     "expected_overflow", "expected_dropped_fraction", "sample_dropped_fraction", "OVERFLOW_METHODS",
     # collision
     "hyperplane_collision_probability", "hyperplane_collision_monte_carlo", "cross_polytope_collision_probability",

@@ -8,7 +8,12 @@ a uniform point on the sphere,
     p_delta = Pr[|cos(x, w)| >= delta] = 1 - I_{delta^2}(1/2, (d-1)/2)          (exact)
             ~ erfc( sqrt(delta^2 d / (2 - delta^2)) )                           (large d, the paper's form)
             <= exp( -delta^2 d / (2 - delta^2) )                                (erfc(z) <= exp(-z^2))
-    ec_min >= 1 / (n p_delta)  >= (1/n) exp(delta^2 d / (2 - delta^2)) for the erfc form.
+    ec_min >= 1 / (n p_delta)  >= (1/n) exp(delta^2 d / (2 - delta^2)) for the erfc form,
+
+ec_min a number of tokens per expert (the paper's capacity is ec = ceil(b_s c_f / (ep n)) tokens,
+c_f an empirical capacity factor; Theorem 1's proof, Appendix A.3, seeks "the minimum amount of
+tokens" that routes at least one discriminative token to an expert). `capacity_factor_at_bound`
+gives the capacity factor at which a batch's capacity reaches it.
 
 Where the erfc form departs from the exact one (relative error erfc/exact - 1, `p_delta_forms`):
 
@@ -38,7 +43,8 @@ Named approximations: "independent_choices" (N_e ~ Binomial(T k, q_e / k): the k
 with replacement), "poisson" (N_e ~ Poisson(T q_e)), "normal" (N_e ~ N(T q_e, T q_e (1 - q_e))).
 `sample_dropped_fraction` checks all of them against the real router `lshsim.dispatch.route_topk`.
 
-Part 3, the workload of `lshsim capacity`: `ec_min_forms` (the three forms side by side),
+Part 3, the workload of `lshsim capacity`: `ec_min_forms` (the three forms side by side, with
+the capacity factor at which a batch's capacity reaches ec_min, `capacity_factor_at_bound`),
 `ec_min_grid` (the deltas over which a plot of ec_min is informative), `skewed_popularity`
 (expert popularity p proportional to q^skew, q ~ Dirichlet(1, ..., 1)) and `drop_estimates`
 (the capacity and the expected dropped fraction by every overflow method).
@@ -56,8 +62,8 @@ from lshsim.analytic._common import (MonteCarloEstimate, as_count, as_dim, as_op
 
 __all__ = [
     "p_delta", "p_delta_erfc", "p_delta_exp_bound", "p_delta_forms", "ec_min", "p_delta_monte_carlo",
-    "DeltaEstimate", "estimate_delta", "capacity_from_factor", "topk_inclusion_probabilities",
-    "expected_overflow", "expected_dropped_fraction", "sample_dropped_fraction", "OVERFLOW_METHODS",
+    "DeltaEstimate", "estimate_delta", "capacity_from_factor", "capacity_factor_at_bound",
+    "topk_inclusion_probabilities", "expected_overflow", "expected_dropped_fraction", "sample_dropped_fraction", "OVERFLOW_METHODS",
     "ec_min_forms", "ec_min_grid", "skewed_popularity", "drop_estimates",
 ]
 
@@ -131,15 +137,21 @@ def p_delta_forms(d, delta) -> dict:
 
 
 def ec_min(n, d, delta, form: str = "exact"):
-    """LocMoE's minimum expert capacity: ec_min >= 1 / (n p_delta).
+    """LocMoE's minimum expert capacity, in tokens per expert: ec_min >= 1 / (n p_delta).
 
     form "exact" uses the incomplete beta p_delta, "erfc" the paper's large-d form and "exp" the
     exponential bound (1/n) exp(delta^2 d / (2 - delta^2)) (a lower bound on the erfc form).
-    Source: LocMoE Theorem 1 and §3.2. n experts, dimension d, threshold delta; inf where
-    p_delta underflows to 0 (the paper measured delta ~= 0.03). The value is returned as the paper
-    writes it. Our reading, not the paper's statement: if ec is the fraction of a batch's tokens
-    one expert may take (a uniform share is 1/n), then n * ec_min = 1 / p_delta is the implied
-    capacity factor of `lshsim.dispatch` (the CLI prints it as "n * ec_min").
+    Source: LocMoE (Li et al., arXiv 2401.13920), Theorem 1 and §3.2. n experts, dimension d,
+    threshold delta; inf where p_delta underflows to 0 (the paper measured delta ~= 0.03).
+
+    The paper's definition: an expert's capacity ec is a number of tokens, ec = ceil(b_s c_f /
+    (ep n)) with an empirical capacity factor c_f (§3.2, "Critical Value of Expert Capacity");
+    Theorem 1 bounds it from below, ec_min = 1 / p_i >= 1 / (n p_delta), and its proof
+    (Appendix A.3) calls ec_min "the minimum amount of tokens that make at least one
+    class-discriminative token [|cos| >= delta] routed to expert i". So ec_min is a count of
+    tokens an expert must be able to take (1.14 at n 16, d 4096, delta 0.03), not a capacity
+    factor, and it is a lower bound, not the capacity a run uses. `capacity_factor_at_bound`
+    turns it into the capacity factor of `lshsim.dispatch` at which a batch's capacity reaches it.
 
     >>> round(ec_min(16, 4096, 0.03), 4), round(ec_min(16, 4096, 0.03, "erfc"), 4)
     (1.1395, 1.1404)
@@ -273,6 +285,28 @@ def capacity_from_factor(num_tokens, k, num_experts, capacity_factor):
     e = as_count("num_experts", num_experts, minimum=1)
     cf = as_positive("capacity_factor", capacity_factor)
     return maybe_scalar(np.ceil(np.round(cf * t * k / e, 9)).astype(np.int64))
+
+
+def capacity_factor_at_bound(bound, num_tokens, k, num_experts):
+    """The capacity factor at which lshsim's capacity reaches `bound` tokens per expert:
+    cf = bound E / (T k), the factor whose share cf T k / E (the capacity before rounding up, see
+    `capacity_from_factor`) equals the bound.
+
+    From this factor up, C = ceil(cf T k / E) >= bound. Below it the rounding up still gives
+    C = ceil(bound) down to just above (ceil(bound) - 1) E / (T k); at or below that factor C < bound.
+    Meant for `ec_min` (tokens per expert, LocMoE Theorem 1): T tokens per capacity domain (a
+    source rank), k choices per token, E experts. bound may be inf (the factor is then inf).
+
+    >>> round(capacity_factor_at_bound(ec_min(16, 4096, 0.03), 4096, 2, 16), 6)
+    0.002226
+    >>> capacity_factor_at_bound(2.5, 64, 1, 8), int(capacity_from_factor(64, 1, 8, 0.3125))
+    (0.3125, 3)
+    """
+    b = as_positive("bound", bound, allow_inf=True)
+    t = as_count("num_tokens", num_tokens, minimum=1)
+    k = as_count("k", k, minimum=1)
+    e = as_count("num_experts", num_experts, minimum=1)
+    return maybe_scalar(b * e / (t * k))
 
 
 def _popularity(popularity) -> np.ndarray:
@@ -464,23 +498,35 @@ def sample_dropped_fraction(num_tokens: int, k: int, capacity_factor: float, pop
 
 
 # ---- the workload of `lshsim capacity` ------------------------------------------------------------
-def ec_min_forms(n: int, d: int, delta: float) -> dict[str, dict[str, float]]:
+def ec_min_forms(n: int, d: int, delta: float, num_tokens: int | None = None,
+                 k: int = 1) -> dict[str, dict[str, float]]:
     """The three forms of Theorem 1 side by side, as plain floats.
 
-    Returns {form: {p_delta, ec_min, capacity_factor, rel_err_vs_exact}} for form in exact, erfc,
-    exp; capacity_factor = n * ec_min (the reading of `ec_min`'s docstring), rel_err_vs_exact =
-    form / exact - 1 (0 for the exact form). d and delta are checked before n.
+    Returns {form: {p_delta, ec_min, uniform_batch_tokens, rel_err_vs_exact}} for form in exact,
+    erfc, exp. ec_min is in tokens per expert (see `ec_min`); uniform_batch_tokens = n ec_min =
+    1 / p_delta, the fewest tokens of a batch split evenly over the n experts (top-1) that give
+    every expert ec_min tokens, which is also the mean number of tokens, uniform on the sphere,
+    drawn until one is class-discriminative (|cos| >= delta) for a given expert; rel_err_vs_exact
+    = form / exact - 1 (0 for the exact form). Given num_tokens T (tokens per capacity domain) and
+    k choices per token, each form also has capacity_factor_at_bound =
+    `capacity_factor_at_bound(ec_min, T, k, n)`. d and delta are checked before n.
 
-    >>> forms = ec_min_forms(16, 4096, 0.03)
+    >>> forms = ec_min_forms(16, 4096, 0.03, num_tokens=4096, k=2)
     >>> round(forms["exact"]["ec_min"], 4), round(forms["erfc"]["rel_err_vs_exact"], 5)
     (1.1395, -0.00081)
+    >>> round(forms["exact"]["uniform_batch_tokens"], 3), round(forms["exact"]["capacity_factor_at_bound"], 6)
+    (18.232, 0.002226)
     """
     probabilities = p_delta_forms(d, delta)
+    if num_tokens is not None:
+        capacity_factor_at_bound(1.0, num_tokens, k, n)  # checks T, k and n before any row
     out = {}
     for form in ("exact", "erfc", "exp"):
         bound = float(ec_min(n, d, delta, form))
-        out[form] = {"p_delta": float(probabilities[form]), "ec_min": bound, "capacity_factor": bound * n,
+        out[form] = {"p_delta": float(probabilities[form]), "ec_min": bound, "uniform_batch_tokens": bound * n,
                      "rel_err_vs_exact": 0.0 if form == "exact" else float(probabilities[f"{form}_rel_err"])}
+        if num_tokens is not None:
+            out[form]["capacity_factor_at_bound"] = float(capacity_factor_at_bound(bound, num_tokens, k, n))
     return out
 
 

@@ -13,8 +13,10 @@ from lshsim.cli._render import SEED_HELP, arg_seed
 def add_parser(subparsers):
     p = subparsers.add_parser("capacity", help="LocMoE minimum expert capacity (Theorem 1) and expected drops",
                               description="p_delta (exact incomplete beta, the paper's erfc form, the exponential "
-                                          "bound), ec_min >= 1/(n p_delta), optionally a Monte Carlo check on the "
-                                          "sphere and the expected dropped fraction at a capacity factor.")
+                                          "bound), ec_min >= 1/(n p_delta) tokens per expert (LocMoE's lower bound on "
+                                          "an expert's capacity), optionally a Monte Carlo check on the sphere, "
+                                          "and, with --tokens, the capacity factor at which a batch's capacity "
+                                          "reaches ec_min and the expected dropped fraction at a capacity factor.")
     p.add_argument("--experts", type=arg_positive_int, default=16, help="number of experts n >= 1 (default 16)")
     p.add_argument("--dim", type=arg_positive_int, default=4096, help="token dimension d >= 2 (default 4096)")
     p.add_argument("--delta", type=arg_finite_number(0.0, exclusive=True, maximum=1.0), default=0.03,
@@ -23,8 +25,9 @@ def add_parser(subparsers):
                    help="also estimate p_delta from N uniform points on the sphere (default 0: off; N * dim "
                         "draws must take under an hour)")
     p.add_argument("--tokens", type=arg_non_negative_int, default=0,
-                   help="tokens per rank T: also print the expected dropped fraction (default 0: off)")
-    p.add_argument("--k", type=arg_positive_int, default=2, help="choices per token for the drop estimate (default 2)")
+                   help="tokens per rank T: also print the capacity factor at which the capacity reaches ec_min and "
+                        "the expected dropped fraction (default 0: off)")
+    p.add_argument("--k", type=arg_positive_int, default=2, help="choices per token for the drop estimate and the factor at ec_min (default 2)")
     p.add_argument("--capacity-factor", type=arg_finite_number(0.0, exclusive=True, maximum=CAPACITY_FACTOR_MAX),
                    default=1.25,
                    help="capacity factor for drops, in (0, 1e6] (default 1.25)")
@@ -72,7 +75,7 @@ def run(args) -> int:
 
     n = args.experts
     result = {"experts": n, "dim": args.dim, "delta": args.delta,
-              "forms": capacity.ec_min_forms(n, args.dim, args.delta)}
+              "forms": capacity.ec_min_forms(n, args.dim, args.delta, num_tokens=args.tokens or None, k=args.k)}
     if args.monte_carlo:
         result["monte_carlo"] = capacity.p_delta_monte_carlo(args.dim, args.delta, args.monte_carlo,
                                                              seed=args.seed).as_dict()
@@ -86,7 +89,8 @@ def run(args) -> int:
                              f"{n} experts, seed {args.seed}): lower --skew")
         cap, drops = capacity.drop_estimates(args.tokens, args.k, args.capacity_factor, popularity)
         result["drops"] = {"tokens": args.tokens, "k": args.k, "capacity_factor": args.capacity_factor,
-                           "capacity": cap, "skew": args.skew, "expected_dropped_fraction": drops}
+                           "capacity": cap, "capacity_meets_ec_min": bool(cap >= result["forms"]["exact"]["ec_min"]),
+                           "skew": args.skew, "expected_dropped_fraction": drops}
         if args.sample:
             result["drops"]["sampled"] = capacity.sample_dropped_fraction(
                 args.tokens, args.k, args.capacity_factor, popularity, num_samples=args.sample,
@@ -116,15 +120,25 @@ def render(result: dict) -> None:
     """Tables of the command's result: the three forms (and Monte Carlo), then the drops."""
     g = _render.g
     n = result["experts"]
-    rows = [[form, g(v["p_delta"]), g(v["ec_min"]), g(v["capacity_factor"]),
-             "-" if form == "exact" else f"{100 * v['rel_err_vs_exact']:+.2f}%"] for form, v in result["forms"].items()]
+    at_bound = "capacity_factor_at_bound" in result["forms"]["exact"]
+    rows = [[form, g(v["p_delta"]), g(v["ec_min"])] + ([g(v["capacity_factor_at_bound"])] if at_bound else [])
+            + ["-" if form == "exact" else f"{100 * v['rel_err_vs_exact']:+.2f}%"] for form, v in result["forms"].items()]
     if "monte_carlo" in result:
         mc = result["monte_carlo"]
-        rows.append([f"monte carlo (N={mc['num_samples']})", f"{g(mc['estimate'])} ± {g(mc['stderr'], 2)}",
-                     g(1 / (n * mc["estimate"])) if mc["estimate"] > 0 else "inf", "", "95% CI "
-                     f"[{g(mc['ci_low'])}, {g(mc['ci_high'])}]"])
-    _render.table(f"LocMoE Theorem 1: n={n} experts, d={result['dim']}, delta={result['delta']}",
-                  ["form", "p_delta", "ec_min", "n * ec_min", "vs exact"], rows)
+        bound = 1 / (n * mc["estimate"]) if mc["estimate"] > 0 else float("inf")
+        factor = bound * n / (result["drops"]["tokens"] * result["drops"]["k"]) if at_bound else None
+        rows.append([f"monte carlo (N={mc['num_samples']})", f"{g(mc['estimate'])} ± {g(mc['stderr'], 2)}", g(bound)]
+                    + ([g(factor)] if at_bound else [])
+                    + [f"95% CI [{g(mc['ci_low'])}, {g(mc['ci_high'])}]"])
+    columns = ["form", "p_delta", "ec_min (tokens per expert)"] + (["capacity factor at ec_min"] if at_bound else [])
+    title = f"LocMoE Theorem 1: n={n} experts, d={result['dim']}, delta={result['delta']}"
+    if at_bound:
+        title += f", T={result['drops']['tokens']} tokens, k={result['drops']['k']}"
+    _render.table(title, columns + ["vs exact"], rows)
+    _render.console().print("ec_min is a number of tokens per expert (LocMoE's definition, Theorem 1 and App. A.3): "
+                            "a lower bound on an expert's capacity, not the capacity a run uses."
+                            + (" The factor at ec_min is ec_min n / (T k): from it up, ceil(factor T k / n) "
+                               ">= ec_min." if at_bound else ""))
     if "drops" in result:
         drops = result["drops"]
         rows = [[method, f"{100 * value:.4f}%"] for method, value in drops["expected_dropped_fraction"].items()]
@@ -132,6 +146,8 @@ def render(result: dict) -> None:
             s = drops["sampled"]
             rows.append([f"route_topk, {s['num_samples']} batches",
                          f"{100 * s['estimate']:.4f}% ± {100 * s['stderr']:.4f}%"])
+        meets = ">=" if drops["capacity_meets_ec_min"] else "<"
         _render.table(f"Expected dropped fraction: T={drops['tokens']}, k={drops['k']}, E={n}, "
-                      f"C={drops['capacity']} (factor {drops['capacity_factor']}), skew={drops['skew']}",
+                      f"C={drops['capacity']} (factor {drops['capacity_factor']}; C {meets} ec_min), "
+                      f"skew={drops['skew']}",
                       ["model", "dropped"], rows)
