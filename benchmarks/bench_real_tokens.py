@@ -22,8 +22,10 @@ tokens routed by the real `route_locmoe` (GrAP gate, top-1, E experts, no capaci
 compressed with group = expert, predicted per expert and summed.
 
 Part 2, LocMoE. Per layer and number of experts E: `estimate_delta(tokens, grap_weights(d, E))`
-at quantiles 0 (the paper's maximal deviation) and 0.01, `ec_min(E, d, delta)` and the implied
-capacity factor E * ec_min = 1 / p_delta; then `route_locmoe(k=1)` on the same tokens at a sweep
+at quantiles 0 (the paper's maximal deviation) and 0.01, `ec_min(E, d, delta)` (tokens per expert,
+the paper's definition) and the capacity factor at which this one rank's capacity ceil(cf T / E)
+reaches it, `capacity_factor_at_bound(ec_min, T, 1, E)` = ec_min E / T (T the layer's tokens, top-1);
+then `route_locmoe(k=1)` on the same tokens at a sweep
 of capacity factors: the dropped fraction, and the capacity factor where drops actually stop
 (E * max_e load_e / T, the most loaded expert's share).
 """
@@ -38,7 +40,7 @@ import time
 import numpy as np
 import torch
 
-from lshsim.analytic.capacity import capacity_from_factor, ec_min, estimate_delta
+from lshsim.analytic.capacity import capacity_factor_at_bound, capacity_from_factor, ec_min, estimate_delta
 from lshsim.analytic.collision import measured_compression_rate, predicted_compression_rate
 from lshsim.dispatch.lsh import LSHConfig, centroid_error, compress
 from lshsim.dispatch.placement import contiguous_placement
@@ -129,7 +131,12 @@ def router_row(tokens: np.ndarray, num_experts: int, family: str, num_hashes: in
 
 
 def locmoe_rows(tokens: np.ndarray, num_experts: int, capacity_factors=CAPACITY_FACTORS) -> dict:
-    """LocMoE's bound from the measured delta, against the real router's drops over a capacity-factor sweep."""
+    """LocMoE's bound from the measured delta, against the real router's drops over a capacity-factor sweep.
+
+    bound[quantile]: delta, ec_min (tokens per expert), capacity_factor_at_bound (the factor at which
+    the capacity of these T tokens on one rank, top-1, reaches ec_min; NaN where delta is not in (0, 1)),
+    p_delta_measured, p_delta_uniform.
+    """
     d = tokens.shape[1]
     weights = grap_weights(d, num_experts, dtype=torch.float64).numpy()
     bound = {}
@@ -137,7 +144,8 @@ def locmoe_rows(tokens: np.ndarray, num_experts: int, capacity_factors=CAPACITY_
         est = estimate_delta(tokens, weights, quantile=quantile)
         valid = 0 < est.delta < 1
         value = float(ec_min(num_experts, d, est.delta)) if valid else float("nan")
-        bound[str(quantile)] = {"delta": est.delta, "ec_min": value, "implied_capacity_factor": num_experts * value,
+        factor = float(capacity_factor_at_bound(value, len(tokens), 1, num_experts)) if valid else float("nan")
+        bound[str(quantile)] = {"delta": est.delta, "ec_min": value, "capacity_factor_at_bound": factor,
                                 "p_delta_measured": est.p_delta_measured, "p_delta_uniform": est.p_delta_uniform}
     x = torch.as_tensor(tokens, dtype=torch.float32)
     placement = contiguous_placement(num_experts, 1, 1)
@@ -282,17 +290,19 @@ def main(argv=None) -> int:
                     sys.stdout.flush()
     if "locmoe" in args.parts:
         print("\n## LocMoE: the bound from the measured delta vs the real router's drops\n")
-        print("| layer | E | delta (q=0) | E*ec_min (q=0) | delta (q=0.01) | E*ec_min (q=0.01) | p_delta meas / "
-              "uniform (q=0.01) | drops stop at factor | drops at factor 1.0 / 1.25 / 2.0 |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| layer | E | T | delta (q=0) | ec_min tokens (q=0) | factor at ec_min (q=0) | delta (q=0.01) | "
+              "ec_min tokens (q=0.01) | factor at ec_min (q=0.01) | p_delta meas / uniform (q=0.01) | "
+              "drops stop at factor | drops at factor 1.0 / 1.25 / 2.0 |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for layer, tokens in sorted(hidden.items()):
             for experts in args.experts:
                 row = locmoe_rows(tokens.astype(np.float64), experts) | {"layer": layer}
                 out["locmoe"].append(row)
                 b0, b1 = row["bound"]["0.0"], row["bound"]["0.01"]
                 drops = {r["capacity_factor"]: r["dropped_fraction"] for r in row["sweep"]}
-                print(f"| {layer} | {experts} | {_fmt(b0['delta'], 3)} | {_fmt(b0['implied_capacity_factor'], 3)} | "
-                      f"{_fmt(b1['delta'], 3)} | {_fmt(b1['implied_capacity_factor'], 3)} | "
+                print(f"| {layer} | {experts} | {len(tokens)} | {_fmt(b0['delta'], 3)} | {_fmt(b0['ec_min'], 3)} | "
+                      f"{_fmt(b0['capacity_factor_at_bound'], 3)} | {_fmt(b1['delta'], 3)} | "
+                      f"{_fmt(b1['ec_min'], 3)} | {_fmt(b1['capacity_factor_at_bound'], 3)} | "
                       f"{_fmt(b1['p_delta_measured'], 3)} / {_fmt(b1['p_delta_uniform'], 3)} | "
                       f"{_fmt(row['drops_stop_at_factor'], 3)} | "
                       f"{100 * drops[1.0]:.1f}% / {100 * drops[1.25]:.1f}% / {100 * drops[2.0]:.1f}% |")
