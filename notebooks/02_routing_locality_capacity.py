@@ -31,8 +31,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
-from lshsim.analytic import (capacity_from_factor, ec_min, expected_dropped_fraction, p_delta, p_delta_erfc,
-                             sample_dropped_fraction)
+from lshsim.analytic import (capacity_factor_at_bound, capacity_from_factor, ec_min, expected_dropped_fraction,
+                             p_delta, p_delta_erfc, sample_dropped_fraction)
 from lshsim.dispatch import RouterConfig, contiguous_placement, route
 from lshsim.dispatch.synthetic import synthetic_router_inputs
 
@@ -126,7 +126,12 @@ fig.tight_layout()
 # For tokens uniform on the sphere in R^d and n orthogonal, equal-norm gate weights, the share of
 # tokens whose cosine with a given gate weight exceeds delta is
 # p_delta = 1 - I_{delta^2}(1/2, (d-1)/2), and the expert capacity must be at least
-# 1 / (n p_delta). The paper uses the large-d form with erfc; here both, for n = 16.
+# ec_min = 1 / (n p_delta) **tokens**: the paper's capacity is a number of tokens,
+# ec = ceil(b_s c_f / (ep n)) with an empirical capacity factor c_f, and the proof of Theorem 1 seeks
+# the fewest tokens that route at least one discriminative token (|cos| >= delta) to an expert.
+# ec_min is a lower bound, not the capacity a run uses. The paper uses the large-d form with erfc;
+# here both, for n = 16. The capacity of `lshsim.dispatch`, C = ceil(cf T k / n) for T tokens per
+# rank and k choices, reaches ec_min from the factor ec_min n / (T k) up (`capacity_factor_at_bound`).
 
 # %%
 deltas = np.linspace(0.005, 0.2, 60)
@@ -140,6 +145,11 @@ ax.set_ylabel("ec_min")
 ax.legend(fontsize=7, ncol=2)
 fig.tight_layout()
 print("p_delta at d=4096, delta=0.03: exact", float(p_delta(4096, 0.03)), "erfc", float(p_delta_erfc(4096, 0.03)))
+bound = float(ec_min(16, 4096, 0.03))
+factor = float(capacity_factor_at_bound(bound, 4096, 2, 16))
+print(f"ec_min = {bound:.3f} tokens per expert; with T = 4096 tokens per rank and top-2 the capacity reaches it "
+      f"from factor {factor:.5f} up (C = {capacity_from_factor(4096, 2, 16, factor)}); at factor 1.25, "
+      f"C = {capacity_from_factor(4096, 2, 16, 1.25)} tokens")
 
 # %%
 elapsed_s = time.perf_counter() - notebook_start
@@ -152,5 +162,7 @@ print(f"notebook ran in {elapsed_s:.1f} s")
 #    share of the dispatch bytes fall below 10%, and what happens to the busiest expert's load?
 # 2. For the Dirichlet(1) popularity of section 2, which capacity factor brings the expected
 #    dropped fraction below 1%? Compare it with the factor the uniform experts need.
-# 3. For n = 16 experts and d = 4096, find the delta at which n * ec_min equals the common
-#    capacity factor 1.25, with both forms of `ec_min`. How close are they there?
+# 3. For n = 16 experts, d = 4096, delta = 0.03 and top-2, find the tokens per rank T below which
+#    ec_min binds at the common capacity factor 1.25 (the capacity ceil(1.25 T k / n) is smaller than
+#    ec_min). Then, for T = 4096, find the delta at which ec_min reaches that capacity, with both
+#    forms of `ec_min`. How close are they there?
