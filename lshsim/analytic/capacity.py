@@ -63,7 +63,8 @@ from lshsim.analytic._common import (MonteCarloEstimate, as_count, as_dim, as_op
 __all__ = [
     "p_delta", "p_delta_erfc", "p_delta_exp_bound", "p_delta_forms", "ec_min", "p_delta_monte_carlo",
     "DeltaEstimate", "estimate_delta", "capacity_from_factor", "capacity_factor_at_bound",
-    "topk_inclusion_probabilities", "expected_overflow", "expected_dropped_fraction", "sample_dropped_fraction", "OVERFLOW_METHODS",
+    "topk_inclusion_probabilities", "expected_overflow", "expected_dropped_fraction", "sample_dropped_fraction",
+    "OVERFLOW_METHODS",
     "ec_min_forms", "ec_min_grid", "skewed_popularity", "drop_estimates",
 ]
 

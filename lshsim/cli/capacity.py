@@ -112,7 +112,7 @@ def _plot(args, capacity) -> None:
         data["form"] += [label] * int(keep.sum())
     _render.line_plot(args.plot, data, "delta", "ec_min", "form",
                       f"LocMoE minimum expert capacity, n={n}, d={args.dim}", "delta (cosine threshold)",
-                      "ec_min >= 1 / (n p_delta)", logx=True, logy=True,
+                      "ec_min >= 1 / (n p_delta), tokens per expert", logx=True, logy=True,
                       marker=(args.delta, f"delta={args.delta}"))
 
 
@@ -122,7 +122,8 @@ def render(result: dict) -> None:
     n = result["experts"]
     at_bound = "capacity_factor_at_bound" in result["forms"]["exact"]
     rows = [[form, g(v["p_delta"]), g(v["ec_min"])] + ([g(v["capacity_factor_at_bound"])] if at_bound else [])
-            + ["-" if form == "exact" else f"{100 * v['rel_err_vs_exact']:+.2f}%"] for form, v in result["forms"].items()]
+            + ["-" if form == "exact" else f"{100 * v['rel_err_vs_exact']:+.2f}%"]
+            for form, v in result["forms"].items()]
     if "monte_carlo" in result:
         mc = result["monte_carlo"]
         bound = 1 / (n * mc["estimate"]) if mc["estimate"] > 0 else float("inf")
