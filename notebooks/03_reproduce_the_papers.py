@@ -471,7 +471,8 @@ for label, step in steps.items():
 # efficiency; 12 min on 2 shared cores), so the notebook reads its committed output,
 # `data/papers/reproduce-fit.json` (`lshsim reproduce --fit --json`), re-run on the current model
 # (the gradient all-reduce, the V100 all-to-all rate 0.807, fairseq's skipped expert gradients,
-# HCCL's two-level all-reduce, LocMoE's overlap of 2 chunks and its published model in MindSpore's layout all in),
+# HCCL's two-level all-reduce, LocMoE's overlap of 2 chunks, its published model in MindSpore's layout and its
+# settings as its full text gives them all in),
 # so its documented-calibration errors are section 1's.
 
 # %%
