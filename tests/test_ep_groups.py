@@ -14,7 +14,8 @@ from lshsim.dispatch import route, RouterConfig
 from lshsim.dispatch.placement import contiguous_placement, expert_parallel_placement
 from lshsim.models import model_from_dict
 from lshsim.sim.collectives import simulate_all_to_all
-from lshsim.sim.moe_step import (A2ACache, StepConfig, _draw_inputs, placement_for, popularity_traffic, rank_classes,
+from lshsim.sim.moe_step import (A2ACache, StepConfig, apply_group_locality_share, _draw_inputs, placement_for,
+                                 popularity_traffic, rank_classes,
                                  route_traffic, simulate_config)
 
 from conftest import A100_4X8 as A100, SMALL_MOE as MODEL  # noqa: E402  32 GPUs, 4 nodes x 8
@@ -91,10 +92,15 @@ def test_popularity_traffic_against_the_real_router(graph, model, router, ep):
     all-to-all 7%."""
     config = StepConfig(router=router, ep=ep, traffic_model="routed")
     placement = placement_for(model, graph, ep)
-    routed = route_traffic(model, placement, config).send_counts
+    traffic = route_traffic(model, placement, config)
+    routed = traffic.send_counts
     inputs = _draw_inputs(model, config, 1024, 32, 0)
     expected = popularity_traffic(model, placement, config, inputs=inputs)
     assert expected.model == "popularity"
+    if router == "locmoe":   # route_traffic adds LocMoE's locality share ("auto") inside the groups: add it here too
+        assert traffic.locality_share == pytest.approx(min(1.0, 1.25 * min(ep, 8) / ep))
+        expected = replace(expected, send_counts=apply_group_locality_share(
+            expected.send_counts, placement.rank_to_node.numpy(), placement.groups.numpy(), traffic.locality_share))
     other = slice(ep, 32)
     a, b = routed[other, other], expected.send_counts[other, other]
     assert np.abs(b.sum(axis=1) / a.sum(axis=1) - 1).max() < 0.04

@@ -119,6 +119,29 @@ def test_locmoe_reduces_inter_node_bytes(v100, baseline):
     assert own.min() >= 0.625 - 1e-9  # every source rank keeps at least the share on its node
 
 
+def test_locmoe_auto_share_inside_expert_parallel_groups(v100):
+    """With EP < W the "auto" share is the group's experts on the rank's node at the capacity, over all
+    the group's experts: EP 8 of consecutive ranks on 2 nodes x 8 is one whole node per group (1.25 x
+    8 / 8, capped: every copy at home); in MindSpore's layout (TP 2 replicated, EP 8: ranks 0, 2, .., 14,
+    four on each node) 1.25 x 4 / 8 = 0.625. The routing equals the one with that share given
+    explicitly, and every rank keeps at least the share of its copies on its node."""
+    consecutive = StepConfig(router="locmoe", ep=8)
+    traffic = route_traffic(TINY, placement_for(TINY, v100, ep=8), consecutive)
+    assert traffic.locality_share == 1.0
+    strided = StepConfig(router="locmoe", ep=8, tp=2, tp_layout="replicated")
+    placement = placement_for(TINY, v100, ep=8, tp=2, tp_layout="replicated")
+    auto = route_traffic(TINY, placement, strided)
+    assert auto.locality_share == 0.625
+    explicit = route_traffic(TINY, placement, replace(strided, locality_share=0.625))
+    np.testing.assert_array_equal(auto.send_counts, explicit.send_counts)
+    plain = route_traffic(TINY, placement, replace(strided, locality_share=None, locality_bonus=0.0))
+    node = placement.rank_to_node.numpy()
+    same = (node[:, None] == node[None, :])[:auto.send_counts.shape[0]]
+    own = (auto.send_counts * same).sum(1) / auto.send_counts.sum(1)
+    assert own.min() >= 0.625 - 1e-9
+    assert (plain.send_counts * same).sum() < (auto.send_counts * same).sum()
+
+
 def test_locmoe_gate_fallback_when_d_not_divisible(v100):
     odd = ModelConfig("odd", num_layers=2, d_model=24, d_ffn=64, num_experts=16, seq_len=32, tokens_per_gpu=64)
     traffic = route_traffic(odd, placement_for(odd, v100), StepConfig(router="locmoe"))

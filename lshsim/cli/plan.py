@@ -102,8 +102,9 @@ def add_parser(subparsers):
     p.add_argument("--locality-share", type=_locality_share, default="auto",
                    help="locmoe: LocMoE's locality loss as the share of token copies kept on their own node, in "
                         "[0, 1]; auto (default): the most the node's experts accept at the capacity, min(1, capacity "
-                        "factor / nodes) (plain GrAP routing with EP groups or node_dedup, where a share is not "
-                        "modelled); none: route with --locality-bonus instead")
+                        "factor / nodes), with --ep groups the group's experts on the rank's node over the group's "
+                        "(plain GrAP routing with node_dedup, where a share is not modelled); none: route with "
+                        "--locality-bonus instead")
     p.add_argument("--locality-bonus", type=arg_within("locality_bonus"), default=1.0,
                    help="locmoe with --locality-share none: own-node preference added to the GrAP score, 0 to 1000 "
                         "(default 1.0; a large bonus keeps every token on its node)")

@@ -313,8 +313,9 @@ class StepConfig:
                        the other routers): the most the node's experts accept at the capacity,
                        min(1, capacity factor / nodes) (`auto_locality_share`; capacity factor
                        AUTO_SHARE_CAPACITY_FACTOR where there is no limit); with expert-parallel
-                       groups (EP < W) or node deduplication, where a share is not modelled, plain
-                       GrAP. None: the locality_bonus routing instead (all-or-nothing at a large bonus).
+                       groups (EP < W) the group's experts on the rank's node stand for the node's;
+                       with node deduplication, where a share is not modelled, plain GrAP. None: the
+                       locality_bonus routing instead (all-or-nothing at a large bonus).
     seed:              seed of the synthetic tokens.
     max_routed_tokens: route at most this many tokens (W * S); beyond, subsample and scale.
     lsh_hashes:        L, cross-polytope hash functions per token (the paper's default 6).
@@ -647,20 +648,29 @@ def auto_locality_share(config: StepConfig, placement: Placement | GroupedPlacem
     """The own-node share of LocMoE's locality loss that `locality_share="auto"` stands for: the most a
     node's experts accept at the capacity, min(1, capacity factor x experts on the node / all experts)
     = min(1, capacity factor / nodes) with the experts spread evenly over equal nodes (the rule of
-    `lshsim reproduce`'s LocMoE figures; LocMoE gives no strength mu). None where a share is not
-    modelled: expert-parallel groups (EP < W), node deduplication, or a router other than locmoe.
+    `lshsim reproduce`'s LocMoE figures; LocMoE gives no strength mu). With expert-parallel groups
+    (EP < W) a rank's copies stay in its group, so "the node's experts" are its group's experts on the
+    rank's node: min(1, capacity factor x group ranks on the node x E / EP / E), the fewest over all
+    ranks where placements are uneven. None where a share is not modelled: node deduplication, or a
+    router other than locmoe.
 
     >>> auto_locality_share(StepConfig(router="locmoe"), contiguous_placement(16, 8, gpus_per_node=4))
     0.625
     >>> auto_locality_share(StepConfig(router="locmoe", capacity_factor=3.0), contiguous_placement(16, 8, 4))
     1.0
+    >>> from lshsim.dispatch.placement import strided_expert_parallel_placement
+    >>> nodes = torch.arange(64) // 8                    # 8 servers of 8; EP 8, one rank per server per group
+    >>> auto_locality_share(StepConfig(router="locmoe"), strided_expert_parallel_placement(16, nodes, 8, 8))
+    0.15625
     """
     if config.router != "locmoe" or config.deduplicates:
         return None
-    if isinstance(placement, GroupedPlacement) and placement.ep < placement.world_size:
-        return None
-    nodes = len(np.unique(placement.rank_to_node.numpy()))
     factor = config.capacity_factor if config.capacity_factor is not None else AUTO_SHARE_CAPACITY_FACTOR
+    if isinstance(placement, GroupedPlacement) and placement.ep < placement.world_size:
+        node = placement.rank_to_node.numpy()[placement.groups.numpy()]          # (DP, EP) node of each group rank
+        on_node = (node[:, :, None] == node[:, None, :]).sum(axis=2)             # group ranks on each rank's node
+        return float(min(1.0, factor * int(on_node.min()) / placement.ep))
+    nodes = len(np.unique(placement.rank_to_node.numpy()))
     return float(min(1.0, factor / nodes))
 
 
@@ -883,7 +893,11 @@ def route_traffic(model: object, placement: Placement | GroupedPlacement, config
         share = auto_locality_share(config, placement)
         if share is None:  # not modelled here: plain GrAP routing (bonus 0), no share
             return traffic
-        counts = apply_locality_share(traffic.send_counts, placement.rank_to_node.numpy(), share)
+        if isinstance(placement, GroupedPlacement) and placement.ep < placement.world_size:
+            counts = apply_group_locality_share(traffic.send_counts, placement.rank_to_node.numpy(),
+                                                placement.groups.numpy(), share)
+        else:
+            counts = apply_locality_share(traffic.send_counts, placement.rank_to_node.numpy(), share)
         return _replace(traffic, send_counts=counts, locality_share=share)
 
     if config.deduplicates:
