@@ -11,7 +11,7 @@ from lshsim.cli import main
 from lshsim.models import ModelConfig, load_model
 from lshsim.sim.moe_step import KERNELS, StepConfig, compare_options, plan_options, simulate_step
 from lshsim.sim.phases import TP_PHASES
-from lshsim.sim.tensor_parallel import ring_step_matrix, ring_successor
+from lshsim.sim.tensor_parallel import ring_step_matrix, ring_successor, tp_groupwise_bytes
 from lshsim.topology import build_topology, load_topology
 
 ALPHA, LATENCY, LINKS, PER_LINK = 5e-6, 1e-6, 18, 25e9          # one HGX node's NVSwitch, a round alpha
@@ -263,6 +263,51 @@ def test_replicated_layout_dispatch_compute_and_collectives():
     # the attention / dense collectives: one all-reduce of the replica's (T, d) each way = the sequence pair
     for name in ("tp_attention", "tp_dense_ffn", "tp_head"):
         assert b[name] == pytest.approx(a[name], rel=1e-9), name
+
+
+def test_tp_groupwise_bytes_splits_across_and_all_gathers_within():
+    """LocMoE's group-wise all-to-all (Sec. 3.2) from a replicated-layout matrix: each rank sends
+    1 / TP across TP groups, then sends what it received to the TP - 1 others of its group; a rank's
+    own bytes stay. Checked against the definition, by hand, on a random peer-to-peer matrix."""
+    rng = np.random.default_rng(0)
+    tp, world = 4, 16
+    matrix = np.zeros((world, world), dtype=np.int64)
+    src, dst = np.meshgrid(np.arange(world), np.arange(world), indexing="ij")
+    peer = (src % tp == dst % tp)                                     # MindSpore: to the rank of its own TP index
+    matrix[peer] = rng.integers(0, 10_000, size=int(peer.sum()))
+    out = tp_groupwise_bytes(matrix, tp)
+    same = (src // tp) == (dst // tp)
+    assert (out[~same] == np.ceil(matrix[~same] / tp)).all()         # 1 / TP across, whole bytes
+    assert (np.diagonal(out) == np.diagonal(matrix)).all()           # the rank's own shard: a local copy
+    received = np.where(~same, out, 0).sum(axis=0)
+    for r in range(world):
+        others = [q for q in range(world) if q // tp == r // tp and q != r]
+        assert (out[r, others] == received[r]).all()                 # the all-gather of its received part
+    assert (tp_groupwise_bytes(matrix, 1) == matrix).all()
+    with pytest.raises(ValueError, match="tp=3"):
+        tp_groupwise_bytes(matrix, 3)
+
+
+def test_groupwise_in_the_replicated_layout_is_locmoes():
+    """`groupwise` with MindSpore's layout costs the split + all-gather matrix (the inter-node bytes
+    1 / TP of the direct all-to-all's) with the groupwise phases; in the sequence layout it keeps the
+    plain matrix."""
+    graph = build_topology(TWO_NODES)                               # 16 GPUs, TP 4
+    common = dict(tp=4, ep=4, traffic_model="popularity", grad_sync="off")
+    direct = _step(TINY, graph, tp_layout="replicated", **common)
+    group = _step(TINY, graph, tp_layout="replicated", algorithm="groupwise", **common)
+    np.testing.assert_array_equal(direct.traffic.send_counts, group.traffic.send_counts)
+    inter_direct = direct.breakdown["inter_node_bytes_per_layer"]
+    assert group.breakdown["inter_node_bytes_per_layer"] == pytest.approx(inter_direct / 4, rel=1e-3)
+    from lshsim.sim.collectives import simulate_all_to_all
+
+    bytes_ = np.rint(direct.traffic.send_counts * TINY.d_model * TINY.bytes_per_element).astype(np.int64)
+    expected = simulate_all_to_all(graph, tp_groupwise_bytes(bytes_, 4), algorithm="groupwise").time_s
+    record = group.trace.select("dispatch_a2a", "forward")[0]
+    assert record.duration_s == pytest.approx(expected, rel=1e-9)
+    seq_direct = _step(TINY, graph, **common)
+    seq_group = _step(TINY, graph, algorithm="groupwise", **common)
+    assert seq_group.breakdown["inter_node_bytes_per_layer"] == seq_direct.breakdown["inter_node_bytes_per_layer"]
 
 
 def test_replicated_layout_expert_gradients_and_refusals():

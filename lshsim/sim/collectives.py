@@ -27,8 +27,11 @@ that runs its phases with `yield from run.phase(name, matrix, mask)` (or starts 
              proxy of GPU l is l itself and step 3 is empty (Tutel's 2DH). Option chunks=c pipelines:
              each phase is cut in c equal chunks; chunk i of phase p starts when chunk i of phase p-1
              and chunk i-1 of phase p are done.
-- groupwise: LocMoE's group-wise all-to-all: the intra-node exchange first, then only the
-             inter-node remainder (direct, every peer at once).
+- groupwise: the intra-node exchange first, then only the inter-node remainder (direct, every
+             peer at once). In a step with MindSpore's replicated tensor-parallel layout the step
+             first rewrites the matrix as LocMoE's group-wise all-to-all (each TP rank sends 1 / TP
+             across, then the TP group all-gathers: `lshsim.sim.tensor_parallel.tp_groupwise_bytes`),
+             whose two parts are these two phases.
 On one node, hierarchical and groupwise reduce to direct.
 
 Link model: every all-to-all runs at the rates its traffic gets from the topology's link models

@@ -124,7 +124,7 @@ from lshsim.sim.phases import (DDP_BUCKET_BYTES, GRAD_SYNC_MODES, KERNELS, KINDS
                                compute_time_s, expert_cost, expert_grads_synced, expert_span, expert_tp,
                                grad_bytes_per_element, grad_sent_bytes,
                                grad_sync_seconds, gradient_parameters, resolve_grad_sync, step_schedule)
-from lshsim.sim.tensor_parallel import TP_LAYOUTS, check_tensor_parallel
+from lshsim.sim.tensor_parallel import TP_LAYOUTS, check_tensor_parallel, tp_groupwise_bytes
 from lshsim.sim.trace import DIRECTIONS, PhaseRecord, Trace
 from lshsim.topology.routing import validate_topology
 
@@ -297,7 +297,9 @@ class StepConfig:
                        drop them.
     lsh_rate:          LSH-MoE compression rate r in (0, 1] (centroids / token copies); None = no LSH.
                        LSH-MoE (Nie et al. 2024) reports 11.7%..20%.
-    algorithm:         all-to-all algorithm of `lshsim.sim.collectives` (direct, 2d, groupwise, ...).
+    algorithm:         all-to-all algorithm of `lshsim.sim.collectives` (direct, 2d, groupwise, ...);
+                       groupwise with tp_layout "replicated" is LocMoE's group-wise all-to-all, 1 / TP of
+                       the bytes across and a TP all-gather (`tensor_parallel.tp_groupwise_bytes`).
     overlap:           pipeline dispatch / expert / combine in chunks (see module docstring).
     overlap_chunks:    chunk counts tried when overlap is on (n = 1 is always tried).
     tokens_per_gpu:    tokens per GPU per step; None = the model's.
@@ -1272,6 +1274,13 @@ def simulate_config(model: object, graph, config: StepConfig, traffic: RoutedTra
         bytes_per_token = format_bytes_per_token(config.dispatch_format, spec["d_model"])
     dispatch_bytes = np.rint(wire * bytes_per_token).astype(np.int64)  # (W, W)
     combine_bytes = dispatch_bytes.T if gradient_bytes is None else gradient_bytes.T
+    if config.replicates_tokens and config.algorithm == "groupwise":
+        # LocMoE's group-wise all-to-all in MindSpore's layout: 1 / TP across, then a TP all-gather
+        # (`lshsim.sim.tensor_parallel.tp_groupwise_bytes`), each way
+        dispatch_bytes = tp_groupwise_bytes(dispatch_bytes, config.tp)
+        combine_bytes = tp_groupwise_bytes(combine_bytes, config.tp)
+        if gradient_bytes is not None:
+            gradient_bytes = tp_groupwise_bytes(gradient_bytes, config.tp)
     local_bytes = int(np.trace(dispatch_bytes))
     network_bytes = int(dispatch_bytes.sum()) - local_bytes                          # off-diagonal
     if a2a_cache is None:

@@ -47,6 +47,10 @@ it receives, and the partial outputs are all-reduced over the TP group (phase `t
 the input gradient's all-reduce). The attention and dense blocks run one all-reduce each way (ring:
 a reduce-scatter plus an all-gather, the cost of the sequence-parallel pair). Expert gradients: a
 rank holds 1 / TP of its experts, all-reduced over the W / (EP x TP) replicas of that shard.
+With the `groupwise` all-to-all this layout runs LocMoE's group-wise all-to-all as its text describes it
+(LocMoE, arXiv 2401.13920v3, Sec. 3.2: "each device is responsible for a portion of the All-to-All data
+transmission in its respective expert parallel (EP) domain. Then, the All-Gather operation is conducted to
+synchronize tokens on all devices in the TP domain"; MindSpore's `group_wise_a2a`): `tp_groupwise_bytes`.
 
 The collectives: NCCL's ring algorithm (all-gather and reduce-scatter: TP - 1 steps; in each
 step every rank sends one chunk of N / TP bytes to its ring successor, N = the full (T, d)
@@ -64,13 +68,43 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["ring_successor", "ring_step_matrix", "ring_steps", "check_tensor_parallel", "tp_collective_s",
-           "COLLECTIVES", "TP_LAYOUTS"]
+           "tp_groupwise_bytes", "COLLECTIVES", "TP_LAYOUTS"]
 
 #: how the TP ranks share the MoE layer (`StepConfig.tp_layout`; module docstring)
 TP_LAYOUTS = ("sequence", "replicated")
 
 #: ring steps per collective, as a multiple of (TP - 1)
 COLLECTIVES = {"all_gather": 1, "reduce_scatter": 1, "all_reduce": 2}
+
+
+def tp_groupwise_bytes(matrix: np.ndarray, tp: int) -> np.ndarray:
+    """The (W, W) bytes of LocMoE's group-wise all-to-all in MindSpore's layout (module docstring), from
+    the plain all-to-all's `matrix` (source row). The TP ranks of a replica hold the same tokens, so each
+    sends only 1 / TP of its bytes to another TP group (ceil: whole bytes), and every rank then sends what
+    it received that way to the TP - 1 other ranks of its group (the all-gather); bytes inside a TP group
+    (the diagonal: a rank's own expert shard) are unchanged. TP groups are TP consecutive ranks. Run with
+    the `groupwise` algorithm, the all-gather (inside the node) and the split exchange (across) are two
+    phases one after the other. Applied to the combine's matrix it is the way back (each rank returns 1 / TP
+    of the outputs, the source's TP group all-gathers them).
+
+    >>> m = np.array([[0, 0, 8, 0], [0, 0, 0, 8], [4, 0, 0, 0], [0, 4, 0, 0]])
+    >>> tp_groupwise_bytes(m, 2).tolist()
+    [[0, 2, 4, 0], [2, 0, 0, 4], [2, 0, 0, 4], [0, 2, 4, 0]]
+    """
+    matrix = np.asarray(matrix)
+    world = matrix.shape[0]
+    if matrix.shape != (world, world):
+        raise ValueError(f"matrix of shape {matrix.shape}: a (W, W) byte matrix is needed")
+    if not isinstance(tp, (int, np.integer)) or isinstance(tp, bool) or tp < 1 or world % tp != 0:
+        raise ValueError(f"tp={tp!r}: the TP group size must be a whole number >= 1 that divides W = {world}")
+    if tp == 1:
+        return matrix.copy()
+    group = np.arange(world) // tp                                     # (W,) TP group of each rank
+    same = group[:, None] == group[None, :]                            # (W, W)
+    split = np.where(same, 0, np.ceil(matrix / tp)).astype(matrix.dtype)   # 1 / TP across TP groups
+    received = split.sum(axis=0)                                       # (W,) each rank's share, to all-gather
+    gather = np.where(same & ~np.eye(world, dtype=bool), received[:, None], 0).astype(matrix.dtype)
+    return split + np.where(same, matrix, 0).astype(matrix.dtype) + gather
 
 
 def ring_successor(world_size: int, tp: int) -> np.ndarray:
