@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -289,6 +290,27 @@ def test_reproduce_sweep_json_moves(capsys, tiny_figures):
     # LocMoE's unstated capacity reduction: its capacity factor and, by the figures' rule, its locality share
     assert rows["LocMoE cf x0.8"]["value"] == "capacity factor 0.8, share 0.4"
     assert rows["LocMoE cf x0.8"]["predicted"] != base
+
+
+def test_algorithm_check_reruns_the_baseline_on_the_steps_all_to_all(capsys, tiny_figures):
+    """Only figures whose step and baseline run different all-to-alls get a row; its second reading is
+    the figure with the baseline on the step's algorithm, predicted by `predict` itself."""
+    from lshsim.models import load_model
+
+    assert main(["reproduce", "--figures", tiny_figures, "--json", "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = out["algorithm_check"]
+    assert [row["id"] for row in rows] == ["locmoe/t/tiny/step-reduction"]      # the LSH-MoE ones run direct on both
+    row = rows[0]
+    assert (row["algorithm"], row["baseline_algorithm"]) == ("groupwise", "direct")
+    figure = R.load_figures(tiny_figures).by_id(row["id"])
+    planner = R.Planner(load_model)
+    shipped = R.predict(figure, planner)
+    same = R.predict(replace(figure, baseline={**figure.baseline, "algorithm": "groupwise"}), planner)
+    assert row["predicted"] == shipped.predicted and row["predicted_same"] == same.predicted
+    assert row["error_same"] == pytest.approx(same.predicted / figure.value - 1)
+    assert main(["reproduce", "--figures", tiny_figures, "--paper", "locmoe", "--quiet"]) == 0
+    assert "baseline on it too" in capsys.readouterr().out
 
 
 def test_capacity_variant_only_on_locmoe_settings(tiny_figures):
