@@ -895,22 +895,17 @@ def route_traffic(model: object, placement: Placement | GroupedPlacement, config
         share = auto_locality_share(config, placement)
         if share is None:  # not modelled here: plain GrAP routing (bonus 0), no share
             return traffic
-        if isinstance(placement, GroupedPlacement) and placement.ep < placement.world_size:
-            counts = apply_group_locality_share(traffic.send_counts, placement.rank_to_node.numpy(),
-                                                placement.groups.numpy(), share)
-        else:
-            counts = apply_locality_share(traffic.send_counts, placement.rank_to_node.numpy(), share)
-        return _replace(traffic, send_counts=counts, locality_share=share)
-
-    if config.deduplicates:
-        raise ValueError(f"locality_share={config.locality_share} with algorithm {config.algorithm!r} is not "
-                         f"modelled (the share moves copies, not (token, node) pairs): use one or the other")
-    if isinstance(placement, GroupedPlacement) and placement.ep < placement.world_size:
-        counts = apply_group_locality_share(traffic.send_counts, placement.rank_to_node.numpy(),
-                                            placement.groups.numpy(), config.locality_share)
     else:
-        counts = apply_locality_share(traffic.send_counts, placement.rank_to_node.numpy(), config.locality_share)
-    return _replace(traffic, send_counts=counts, locality_share=float(config.locality_share))
+        if config.deduplicates:
+            raise ValueError(f"locality_share={config.locality_share} with algorithm {config.algorithm!r} is not "
+                             f"modelled (the share moves copies, not (token, node) pairs): use one or the other")
+        share = float(config.locality_share)
+    if isinstance(placement, GroupedPlacement) and placement.ep < placement.world_size:   # inside each group
+        counts = apply_group_locality_share(traffic.send_counts, placement.rank_to_node.numpy(),
+                                            placement.groups.numpy(), share)
+    else:
+        counts = apply_locality_share(traffic.send_counts, placement.rank_to_node.numpy(), share)
+    return _replace(traffic, send_counts=counts, locality_share=share)
 
 
 def _route_traffic(model: object, placement: Placement | GroupedPlacement, config: StepConfig,
