@@ -27,7 +27,8 @@ def add_parser(subparsers):
     p.add_argument("--tokens", type=arg_non_negative_int, default=0,
                    help="tokens per rank T: also print the capacity factor at which the capacity reaches ec_min and "
                         "the expected dropped fraction (default 0: off)")
-    p.add_argument("--k", type=arg_positive_int, default=2, help="choices per token for the drop estimate and the factor at ec_min (default 2)")
+    p.add_argument("--k", type=arg_positive_int, default=2,
+                   help="choices per token for the drop estimate and the factor at ec_min (default 2)")
     p.add_argument("--capacity-factor", type=arg_finite_number(0.0, exclusive=True, maximum=CAPACITY_FACTOR_MAX),
                    default=1.25,
                    help="capacity factor for drops, in (0, 1e6] (default 1.25)")
