@@ -676,17 +676,15 @@ def algorithm_check(results: list[FigureResult], planner: Planner) -> list[dict]
         f = r.figure
         if r.status != "ok" or f.baseline is None:
             continue
-        algorithm = f.setting.get("algorithm", "direct")
-        if f.baseline.get("algorithm", "direct") == algorithm:
+        algorithm, theirs = f.setting.get("algorithm", "direct"), f.baseline.get("algorithm", "direct")
+        if theirs == algorithm:
             continue
         same = predict(dataclasses.replace(f, baseline={**f.baseline, "algorithm": algorithm}), planner)
-        row = {"id": f.id, "quantity": f.quantity, "paper": f.value, "algorithm": algorithm,
-               "baseline_algorithm": f.baseline.get("algorithm", "direct"),
-               "predicted": r.predicted, "error": r.error, "status_same": same.status,
-               "predicted_same": same.predicted, "error_same": same.error,
-               "follows": f"baselines on {f.baseline.get('algorithm', 'direct')}: the paper names the {algorithm} "
-                          f"all-to-all among its method's changes"}
-        rows.append(row)
+        rows.append({"id": f.id, "quantity": f.quantity, "paper": f.value, "algorithm": algorithm,
+                     "baseline_algorithm": theirs, "predicted": r.predicted, "error": r.error,
+                     "status_same": same.status, "predicted_same": same.predicted, "error_same": same.error,
+                     "follows": f"baselines on {theirs}: the paper names the {algorithm} all-to-all among its "
+                                f"method's changes"})
     return rows
 
 
