@@ -38,6 +38,11 @@ qwen3-30b-a3b     48      2048     768    128               8      48, dropless
 qwen3-235b-a22b   94      4096     1536   128               8      94, dropless
 dbrx              40      6144     10752  16                4      40, dropless
 switch-base-128   12+12   768      3072   128               1      12 (every other), capacity
+kimi-k2           61      7168     2048   384 (+1)          8      60 (1 dense first), dropless
+glm-4.5           92      5120     1536   160 (+1)          8      89 (3 dense first), dropless
+glm-4.5-air       46      4096     1408   128 (+1)          8      45 (1 dense first), dropless
+gpt-oss-120b      36      2880     2880   128               4      36, dropless
+gpt-oss-20b       24      2880     2880   32                4      24, dropless
 ================  ======  =======  =====  ================  =====  ==========================
 
 LocMoE's model (`locmoe-pangu`; LocMoE App. D, arXiv 2401.13920, with PanGu-alpha 13B's widths, which
@@ -364,10 +369,12 @@ class ModelConfig:
         """The input embedding and the output head: vocab_size x d, twice when not tied."""
         return self.vocab_size * self.d_model * (1 if self.tie_embeddings else 2)
 
-    def active_parameters(self, input_embedding: bool = True) -> int:
+    def active_parameters(self, input_embedding: bool = True, output_head: bool = True) -> int:
         """Weights one token uses: every attention and dense FFN weight, per MoE layer its top_k routed
         experts, the shared experts and the gate, and the embeddings (`input_embedding=False` leaves
-        out the input embedding table, a lookup rather than a matmul: DeepSeek's convention).
+        out the input embedding table, a lookup rather than a matmul: DeepSeek's and gpt-oss's
+        convention; `output_head=False` leaves out the output layer, and both GLM-4.5's convention; a
+        tied table is counted only when neither flag leaves it out).
 
         >>> ModelConfig("x", 2, 4, 8, 4, seq_len=4, tokens_per_gpu=4, vocab_size=10, top_k=1).active_parameters()
         312
@@ -377,7 +384,11 @@ class ModelConfig:
         dense_layers = self.num_layers - self.num_moe_layers
         attention = (self.num_layers + self.cross_attention_layers) * attention_parameters(self.d_model, self.attention)
         per_moe = (self.top_k + self.num_shared_experts) * self.expert_parameters + self.d_model * self.num_experts
-        embedding = self.embedding_parameters - (0 if input_embedding else self.vocab_size * self.d_model)
+        table = self.vocab_size * self.d_model
+        if self.tie_embeddings:   # one table serves as both: counted only when neither is left out
+            embedding = self.embedding_parameters if input_embedding and output_head else 0
+        else:
+            embedding = self.embedding_parameters - (0 if input_embedding else table) - (0 if output_head else table)
         return attention + dense_layers * self.dense_ffn_parameters + self.num_moe_layers * per_moe + embedding
 
     @property

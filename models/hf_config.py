@@ -11,8 +11,16 @@ deepseek_v2, deepseek_v3    hidden_size, intermediate_size (dense layers), moe_i
                             num_attention_heads, q_lora_rank, kv_lora_rank, qk_nope_head_dim,
                             qk_rope_head_dim, v_head_dim, n_group, topk_group (-> node_limited
                             with max_nodes = topk_group when topk_group < n_group)
+kimi_k2                     as deepseek_v3 (Kimi K2 ships DeepSeek-V3's architecture under its own name)
+glm4_moe                    hidden_size, intermediate_size (dense layers), moe_intermediate_size,
+                            n_routed_experts, n_shared_experts, num_experts_per_tok,
+                            first_k_dense_replace, num_hidden_layers, num_attention_heads,
+                            num_key_value_heads, head_dim, n_group, topk_group (as deepseek)
 mixtral                     hidden_size, intermediate_size, num_local_experts, num_experts_per_tok,
                             num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim
+gpt_oss                     as mixtral, and experts_per_token (must equal num_experts_per_tok);
+                            layer_types / sliding_window (banded layers) are not read: every layer
+                            is planned with full attention
 qwen3_moe (and qwen2_moe    hidden_size, moe_intermediate_size, num_experts, num_experts_per_tok,
 without shared experts)     decoder_sparse_step, mlp_only_layers ([] only), num_hidden_layers,
                             num_attention_heads, num_key_value_heads, head_dim
@@ -58,6 +66,10 @@ IGNORED = frozenset({
     "relative_attention_max_distance", "is_encoder_decoder", "is_gated_act", "expert_capacity",
     "max_position_embeddings", "max_seq_len", "n_positions", "hidden_act", "dense_act_fn", "feed_forward_proj",
     "tie_word_embeddings", "vocab_size", "head_dim", "num_key_value_heads", "model_max_length",
+    # glm4_moe: attention and RoPE details that change neither the counts lshsim makes nor the all-to-all
+    "partial_rotary_factor",
+    # gpt_oss: the SwiGLU clamp, RoPE's pre-YaRN length and the banded-attention layout (see the table above)
+    "swiglu_limit", "initial_context_length", "layer_types",
 })
 
 #: the generic fields of transformers' PretrainedConfig (generation defaults, labels, output flags), which a
@@ -85,6 +97,7 @@ HF_KINDS = {"hidden_size": "dim", "d_model": "dim", "intermediate_size": "dim", 
             "num_attention_heads": "heads", "num_key_value_heads": "heads", "n_heads": "heads", "num_heads": "heads",
             "kv_n_heads": "heads", "n_routed_experts": "experts", "n_shared_experts": "experts",
             "num_local_experts": "experts", "num_experts": "experts", "num_experts_per_tok": "experts",
+            "experts_per_token": "experts",
             "moe_num_experts": "experts", "moe_top_k": "experts", "n_group": "experts", "topk_group": "experts",
             "num_hidden_layers": "layers", "n_layers": "layers", "num_layers": "layers",
             "num_decoder_layers": "layers", "first_k_dense_replace": "layers"}
@@ -185,6 +198,36 @@ def _deepseek(r: _Reader) -> tuple[dict, set]:
     return out, read
 
 
+def _glm4_moe(r: _Reader) -> tuple[dict, set]:
+    """GLM-4.5: DeepSeek's MoE fields with grouped-query attention instead of MLA."""
+    read = {"hidden_size", "intermediate_size", "moe_intermediate_size", "n_routed_experts", "n_shared_experts",
+            "num_experts_per_tok", "first_k_dense_replace", "num_hidden_layers", "num_attention_heads",
+            "n_group", "topk_group"}
+    groups, kept = r.integer("n_group", 1), r.integer("topk_group", 1)
+    if kept > groups:
+        raise r.fail("topk_group", kept, f"exceeds n_group={groups}")
+    d = r.integer("hidden_size")
+    out = {"num_layers": r.integer("num_hidden_layers"), "d_model": d, "d_ffn": r.integer("moe_intermediate_size"),
+           "dense_d_ffn": r.integer("intermediate_size"), "num_experts": r.integer("n_routed_experts"),
+           "num_shared_experts": r.integer("n_shared_experts", 0, minimum=0),
+           "top_k": r.integer("num_experts_per_tok"), "moe_every": 1,
+           "first_dense_layers": r.integer("first_k_dense_replace", 0, minimum=0),
+           "attention": _gqa(r, d), "ffn_matrices": _ffn_matrices(r, "hidden_act")}
+    if kept < groups:
+        out["router"], out["router_options"] = "node_limited", {"max_nodes": kept}
+    return out, read
+
+
+def _gpt_oss(r: _Reader) -> tuple[dict, set]:
+    """gpt-oss: Mixtral's fields; its config.json also says the top-k as experts_per_token."""
+    fields, read = _mixtral(r)
+    if "experts_per_token" in r.data:
+        k = r.integer("experts_per_token")
+        if k != fields["top_k"]:
+            raise r.fail("experts_per_token", k, f"disagrees with num_experts_per_tok={fields['top_k']}")
+    return fields, read | {"experts_per_token"}
+
+
 def _gqa(r: _Reader, d_model: int, heads_key: str = "num_attention_heads", kv_key: str = "num_key_value_heads") -> dict:
     heads = r.integer(heads_key)
     kv = r.integer(kv_key, heads)
@@ -272,8 +315,9 @@ def _switch(r: _Reader) -> tuple[dict, set]:
 
 
 #: model_type -> reader of the MoE fields (returns the ModelConfig fields and the config fields it read)
-MODEL_TYPES = {"deepseek_v2": _deepseek, "deepseek_v3": _deepseek, "mixtral": _mixtral, "qwen3_moe": _qwen_moe,
-               "qwen2_moe": _qwen_moe, "dbrx": _dbrx, "switch_transformers": _switch}
+MODEL_TYPES = {"deepseek_v2": _deepseek, "deepseek_v3": _deepseek, "kimi_k2": _deepseek, "glm4_moe": _glm4_moe,
+               "mixtral": _mixtral, "gpt_oss": _gpt_oss, "qwen3_moe": _qwen_moe, "qwen2_moe": _qwen_moe,
+               "dbrx": _dbrx, "switch_transformers": _switch}
 
 
 def model_from_hf_config(data: dict, name: str, source: str = "<config.json>") -> "ModelConfig":

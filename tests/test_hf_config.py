@@ -10,7 +10,8 @@ from lshsim.models import load_model
 from lshsim.models.hf_config import load_hf_config, model_from_hf_config
 
 HF = Path(__file__).parent / "data" / "hf"
-NAMES = ["deepseek-v3", "deepseek-v2-lite", "mixtral-8x7b", "qwen3-30b-a3b", "dbrx", "switch-base-128"]
+NAMES = ["deepseek-v3", "deepseek-v2-lite", "mixtral-8x7b", "qwen3-30b-a3b", "dbrx", "switch-base-128", "kimi-k2",
+         "glm-4.5", "glm-4.5-air", "gpt-oss-120b", "gpt-oss-20b"]
 #: what the files say, independently of the reader: (layers, MoE layers, experts, shared, k, router)
 EXPECTED = {
     "deepseek-v3": (61, 58, 256, 1, 8, "node_limited"),
@@ -19,6 +20,11 @@ EXPECTED = {
     "qwen3-30b-a3b": (48, 48, 128, 0, 8, "topk"),
     "dbrx": (40, 40, 16, 0, 4, "topk"),
     "switch-base-128": (24, 12, 128, 0, 1, "topk"),
+    "kimi-k2": (61, 60, 384, 1, 8, "topk"),
+    "glm-4.5": (92, 89, 160, 1, 8, "topk"),
+    "glm-4.5-air": (46, 45, 128, 1, 8, "topk"),
+    "gpt-oss-120b": (36, 36, 128, 0, 4, "topk"),
+    "gpt-oss-20b": (24, 24, 32, 0, 4, "topk"),
 }
 
 
@@ -75,6 +81,9 @@ def test_missing_field_is_named(tmp_path):
 @pytest.mark.parametrize("name, change, fragment", [
     ("deepseek-v3", {"moe_layer_freq": 2}, "moe_layer_freq=2 is not supported"),
     ("deepseek-v3", {"topk_group": 9}, "topk_group=9 exceeds n_group=8"),
+    ("glm-4.5", {"topk_group": 2}, "topk_group=2 exceeds n_group=1"),
+    ("gpt-oss-120b", {"experts_per_token": 2}, "experts_per_token=2 disagrees with num_experts_per_tok=4"),
+    ("kimi-k2", {"moe_layer_freq": 2}, "moe_layer_freq=2 is not supported"),
     ("qwen3-30b-a3b", {"mlp_only_layers": [0, 5]}, "mlp_only_layers=[0, 5] is not supported"),
     ("switch-base-128", {"encoder_sparse_step": 3}, "encoder_sparse_step=3 disagrees"),
     ("dbrx", {"ffn_config": {"ffn_hidden_size": 8, "moe_num_experts": 4, "moe_top_k": 1, "experts_per_gpu": 2}},

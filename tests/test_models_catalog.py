@@ -152,7 +152,14 @@ PUBLISHED = {
     "qwen3-235b-a22b": (235e9, 22e9, True, "Qwen3 report, arXiv 2505.09388, Table 2"),
     "dbrx": (132e9, 36e9, True, "Databricks, Introducing DBRX"),
     "switch-base-128": (7.4e9, 223e6, True, "Switch Transformers Table 9; T5-Base 223M (FLOP-matched)"),
+    "kimi-k2": (1.04e12, 32e9, False, "Kimi K2 report, arXiv 2507.20534"),
+    "glm-4.5": (355e9, 32e9, False, "GLM-4.5 report, arXiv 2508.06471, Table 1"),
+    "glm-4.5-air": (106e9, 12e9, False, "GLM-4.5 report, arXiv 2508.06471, Table 1"),
+    "gpt-oss-120b": (116.83e9, 5.13e9, False, "gpt-oss model card, arXiv 2508.10925, Table 1"),
+    "gpt-oss-20b": (20.91e9, 3.61e9, False, "gpt-oss model card, arXiv 2508.10925, Table 1"),
 }
+#: whose published active count also leaves out the output layer (GLM-4.5's; the others count it)
+WITHOUT_OUTPUT_HEAD = {"glm-4.5", "glm-4.5-air"}
 #: the published figures are rounded (to 0.1B, or to 1B for 671B/141B/132B/39B/37B/36B/22B): 3%
 PARAMETER_TOLERANCE = 0.03
 
@@ -166,6 +173,11 @@ CONFIGS = {
     "qwen3-235b-a22b": (94, 4096, 1536, 128, 0, 8, 94),
     "dbrx": (40, 6144, 10752, 16, 0, 4, 40),
     "switch-base-128": (24, 768, 3072, 128, 0, 1, 12),
+    "kimi-k2": (61, 7168, 2048, 384, 1, 8, 60),
+    "glm-4.5": (92, 5120, 1536, 160, 1, 8, 89),
+    "glm-4.5-air": (46, 4096, 1408, 128, 1, 8, 45),
+    "gpt-oss-120b": (36, 2880, 2880, 128, 0, 4, 36),
+    "gpt-oss-20b": (24, 2880, 2880, 32, 0, 4, 24),
 }
 
 
@@ -174,7 +186,8 @@ def test_parameter_counts_match_the_published_totals_and_active(name):
     total, active, with_input_embedding, _ = PUBLISHED[name]
     model = load_model(name)
     assert model.num_parameters == pytest.approx(total, rel=PARAMETER_TOLERANCE)
-    assert model.active_parameters(input_embedding=with_input_embedding) == pytest.approx(active, rel=PARAMETER_TOLERANCE)
+    counted = model.active_parameters(input_embedding=with_input_embedding, output_head=name not in WITHOUT_OUTPUT_HEAD)
+    assert counted == pytest.approx(active, rel=PARAMETER_TOLERANCE)
     assert model.source and "config.json" in model.source
 
 
@@ -197,6 +210,33 @@ def test_deepseek_v3_layout_and_routing():
     by_hand = (61 * mla + 3 * 3 * 7168 * 18432 + 58 * (257 * expert + 256 * 7168) + 2 * 129280 * 7168)
     assert model.num_parameters == by_hand
     assert model.active_parameters() == 61 * mla + 3 * 3 * 7168 * 18432 + 58 * (9 * expert + 256 * 7168) + 2 * 129280 * 7168
+
+
+def test_gpt_oss_120b_components_match_the_model_card():
+    """gpt-oss model card (arXiv 2508.10925) Table 1 splits gpt-oss-120b's 116.83B: MLP 114.71B (experts,
+    router and the expert biases lshsim does not count: 36 x 128 x 3 x 2880 = 31.9M), attention 0.96B,
+    embedding + unembedding 1.16B; counted here by hand from the config.json numbers."""
+    model = load_model("gpt-oss-120b")
+    mlp = 36 * (128 * 3 * 2880 * 2880 + 2880 * 128)
+    attention = 36 * (2880 * 64 * 64 + 2 * 2880 * 8 * 64 + 64 * 64 * 2880)
+    embeddings = 2 * 201088 * 2880
+    assert model.num_parameters == mlp + attention + embeddings
+    assert model.moe_parameters == mlp
+    assert mlp + 36 * 128 * 3 * 2880 == pytest.approx(114.71e9, rel=1e-3)
+    assert attention == pytest.approx(0.96e9, rel=0.01) and embeddings == pytest.approx(1.16e9, rel=0.01)
+
+
+def test_active_parameters_leave_out_the_input_and_output_tables():
+    base = dict(name="x", num_layers=2, d_model=4, d_ffn=8, num_experts=4, seq_len=4, tokens_per_gpu=4,
+                vocab_size=10, top_k=1)
+    untied = ModelConfig(**base, tie_embeddings=False)
+    full = untied.active_parameters()
+    assert untied.active_parameters(input_embedding=False) == full - 40
+    assert untied.active_parameters(output_head=False) == full - 40
+    assert untied.active_parameters(input_embedding=False, output_head=False) == full - 80
+    tied = ModelConfig(**base)       # one table for both: counted only when neither flag leaves it out
+    assert tied.active_parameters() - tied.active_parameters(input_embedding=False) == 40
+    assert tied.active_parameters(output_head=False) == tied.active_parameters(input_embedding=False)
 
 
 def test_shared_experts_and_dense_first_layers_in_the_counts():
