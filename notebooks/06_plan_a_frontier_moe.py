@@ -376,7 +376,10 @@ display(ep_table.round(3))
 # ```
 #
 # Exercises: swap in `b200-ib-rail-8x8` (NVLink twice as fast, the same NICs) or `h100-efa-p5-8x8`
-# (4 x 100 Gb/s per GPU); try `load_model("qwen3-235b-a22b")` (128 experts: 2 per GPU on 64 GPUs).
+# (4 x 100 Gb/s per GPU); try `load_model("qwen3-235b-a22b")` (128 experts: 2 per GPU on 64 GPUs),
+# `load_model("kimi-k2")` (DeepSeek-V3's layout with 384 experts: 6 per GPU, and no node limit: how
+# much more crosses the network?) or `load_model("gpt-oss-120b")` (top-4 of 128 experts at d 2,880: is
+# its step as all-to-all-bound as DeepSeek-V3's?).
 
 # %% [markdown]
 # ## 6. Tensor parallelism inside a node: TP x EP on the same 64 GPUs
