@@ -229,3 +229,41 @@ def test_bad_input_raises_value_error_naming_value(call, fragment):
 def test_route_needs_the_input_its_router_reads():
     with pytest.raises(ValueError, match="reads hidden"):
         route(RouterConfig("locmoe", k=1), _placement(), logits=torch.zeros(4, 4))
+
+
+def test_topk_collapsed_routes_only_onto_the_active_experts():
+    """topk_collapsed with N active experts equals topk on the first N experts' logits (the same
+    choices, independently recomputed), and puts every choice there; at capacity the active experts
+    are full and the rest is dropped."""
+    from lshsim.dispatch.routers import route_topk_collapsed
+
+    torch.manual_seed(3)
+    placement = contiguous_placement(16, 8, gpus_per_node=8)
+    logits = torch.randn(4096, 16)
+    token_rank = torch.arange(8).repeat_interleave(512)
+    plan = route_topk_collapsed(logits, placement, k=1, capacity_factor=None, token_rank=token_rank, active_experts=9)
+    assert torch.equal(plan.expert_index[:, 0], logits[:, :9].argmax(dim=1))
+    assert int(plan.tokens_per_expert[9:].sum()) == 0 and int(plan.tokens_per_expert.sum()) == 4096
+    # at capacity 1.25: each rank may send ceil(1.25 x 512 / 16) = 40 tokens to an expert; 9 experts take
+    # at most 9 x 40 = 360 of a rank's 512 (the demand, 512 / 9 = 57 a expert, exceeds it)
+    capped = route_topk_collapsed(logits, placement, k=1, capacity_factor=1.25, token_rank=token_rank,
+                                  active_experts=9)
+    assert capped.capacity == 40
+    assert int(capped.kept.sum()) == 8 * 9 * 40
+    full = route_topk_collapsed(logits, placement, k=2, capacity_factor=None, token_rank=token_rank)
+    assert torch.equal(full.expert_index, route_topk(logits, placement, k=2, capacity_factor=None,
+                                                     token_rank=token_rank).expert_index)
+
+
+@pytest.mark.parametrize("options, k, fragment", [
+    ({"active_experts": -1}, 1, "must be >= 0"),
+    ({"active_experts": 17}, 1, "exceeds the 16 experts"),
+    ({"active_experts": 1}, 2, "k=2 exceeds active_experts=1"),
+])
+def test_topk_collapsed_refuses_bad_options(options, k, fragment):
+    from lshsim.dispatch import RouterConfig, route
+
+    placement = contiguous_placement(16, 8, gpus_per_node=8)
+    with pytest.raises(ValueError, match=fragment):
+        route(RouterConfig("topk_collapsed", k=k, capacity_factor=None, options=options), placement,
+              logits=torch.randn(32, 16))

@@ -50,7 +50,7 @@ __all__ = [
     "effective_k", "validate_router_params", "gate_cost", "GateCost", "linear_gate_cost", "grap_gate_cost",
     "hash_gate_cost", "CONFIG_PARAMETERS", "INPUT_KINDS",
     "route_topk", "route_hash", "route_expert_choice", "route_locmoe", "route_node_limited", "node_limited_mask",
-    "compute_capacity", "assign_slots", "count_values", "topk_gate_weight", "locmoe_selection", "route_on_rank", "SYNC_FREE_ROUTERS", "grap_weights", "grap_scores", "hash_experts",
+    "route_topk_collapsed", "compute_capacity", "assign_slots", "count_values", "topk_gate_weight", "locmoe_selection", "route_on_rank", "SYNC_FREE_ROUTERS", "grap_weights", "grap_scores", "hash_experts",
     "aux_loss", "locality_loss", "DROP_POLICIES",
 ]
 
@@ -267,6 +267,38 @@ def route_topk(logits: torch.Tensor, placement: Placement, *, k: int = 2, capaci
     _check_drop_policy(drop_policy)
     token_rank = _token_rank_or_zero(token_rank, logits.shape[0], placement, logits.device)
     return _topk_plan(logits, logits.detach(), placement, k, capacity_factor, drop_policy, token_rank)
+
+
+def route_topk_collapsed(logits: torch.Tensor, placement: Placement, *, k: int = 1,
+                         capacity_factor: float | None = 1.25, drop_policy: str = "position",
+                         token_rank: torch.Tensor | None = None, active_experts: int = 0) -> DispatchPlan:
+    """Top-k routing whose learned gate has collapsed onto the experts 0 .. active_experts - 1: the
+    others get no token (0 = every expert: `route_topk`). The imbalance a Switch gate can fall into,
+    as LocMoE reports of its Switch baseline on 64 NPUs (Li et al. 2024, Sec. 4.2 and Fig. 12: almost
+    no token routed to experts 9 to 15 of 16). Gate weights are those of the full logits.
+
+    >>> from lshsim.dispatch.placement import contiguous_placement
+    >>> plan = route_topk_collapsed(torch.randn(64, 4), contiguous_placement(4, 2, 2), k=1,
+    ...                             capacity_factor=None, active_experts=2)
+    >>> sorted(set(plan.expert_index.flatten().tolist()))
+    [0, 1]
+    """
+    _check_logits(logits, placement)
+    _check_k(k, placement.num_experts)
+    _check_capacity_factor(capacity_factor)
+    _check_drop_policy(drop_policy)
+    num_experts = placement.num_experts
+    if active_experts > num_experts:
+        raise ValueError(f"option active_experts={active_experts} of the topk_collapsed router exceeds the "
+                         f"{num_experts} experts")
+    if active_experts and k > active_experts:
+        raise ValueError(f"k={k} exceeds active_experts={active_experts}: a token needs k distinct experts")
+    token_rank = _token_rank_or_zero(token_rank, logits.shape[0], placement, logits.device)
+    selection = logits.detach()
+    if 0 < active_experts < num_experts:
+        selection = selection.clone()
+        selection[:, active_experts:] = float("-inf")       # the collapsed experts are never chosen
+    return _topk_plan(logits, selection, placement, k, capacity_factor, drop_policy, token_rank)
 
 
 def node_limited_mask(scores: torch.Tensor, placement: Placement, max_nodes: int, k: int,
@@ -735,6 +767,14 @@ def _check_node_limited_options(options: dict) -> None:
                          f">= 0 (0 = ceil(k / max_nodes))")
 
 
+def _check_collapsed_options(options: dict) -> None:
+    """topk_collapsed: active_experts >= 0 (0 = every expert; its upper bound, the experts, is checked
+    when it routes)."""
+    if options["active_experts"] < 0:
+        raise ValueError(f"option active_experts={options['active_experts']!r} of the topk_collapsed router must "
+                         f"be >= 0 (0 = every expert)")
+
+
 ROUTERS: dict[str, RouterSpec] = {
     "topk": RouterSpec(route_topk, "logits", "top-k with capacity (k=1 Switch, k=2 GShard)",
                        params=("k", "capacity_factor", "drop_policy")),
@@ -749,6 +789,10 @@ ROUTERS: dict[str, RouterSpec] = {
                                params=("k", "capacity_factor", "drop_policy"),
                                options=(("max_nodes", 4), ("scores_per_node", 0)),
                                check_options=_check_node_limited_options),
+    "topk_collapsed": RouterSpec(route_topk_collapsed, "logits",
+                                 "top-k over the first active_experts experts only (a collapsed Switch gate)",
+                                 params=("k", "capacity_factor", "drop_policy"),
+                                 options=(("active_experts", 0),), check_options=_check_collapsed_options),
 }
 
 
