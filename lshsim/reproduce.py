@@ -58,7 +58,7 @@ QUANTITIES = ("a2a_share", "speedup", "step_reduction", "a2a_reduction")
 #: the quantities that compare `setting` with `baseline`
 RELATIVE_QUANTITIES = ("speedup", "step_reduction", "a2a_reduction")
 #: the keys of a figure's `setting` and `baseline`: StepConfig fields, and top_k (the model's)
-SETTING_FIELDS = ("router", "lsh_rate", "algorithm", "overlap", "capacity_factor", "locality_bonus",
+SETTING_FIELDS = ("router", "router_options", "lsh_rate", "algorithm", "overlap", "capacity_factor", "locality_bonus",
                   "locality_share", "tokens_per_gpu", "ep", "moe_layer", "grad_sync", "grad_bytes_per_element",
                   "overlap_chunks", "tp", "tp_layout", "top_k")
 #: the tolerance the summary counts against (|relative error| <= WITHIN)

@@ -500,6 +500,7 @@ class StepConfig:
             if pairs is None or any(len(pair) != 2 or not isinstance(pair[0], str) for pair in pairs):
                 raise ValueError(f"router_options={options!r} must be a mapping of option names to values "
                                  f"(or (name, value) pairs)")
+        object.__setattr__(self, "router_options", tuple(sorted(pairs)))   # hashable, one order (a YAML mapping)
         if not pairs:
             return
         spec = get_router(self.router)
