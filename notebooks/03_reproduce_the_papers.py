@@ -455,12 +455,14 @@ for label, step in steps.items():
 # and the 8 then all-gather over the server's links. An eighth of the inter-node bytes: LocMoE's
 # all-to-all is about two thirds shorter than hash's, where the paper measured 5.13%. The paper
 # contradicts itself here (if its baselines ran the same group-wise all-to-all, the cut would be
-# about 5% but the step gain under 3%); the planner follows the mechanism the text describes. Its
-# step gains, about 10%, are still short of the paper's 12.7% and 22.2%, which the paper credits
-# "mostly" to computation: a smaller capacity in MindSpore's capacity-padded layer (the planner runs
-# its routed layer, whose capacity acts only through drops) and, against Switch, the load imbalance
-# the paper shows for it. lshsim reports the drops next to every relative figure, never hidden in
-# the speedup: a speedup bought with dropped tokens is not the same speedup.
+# about 5% but the step gain under 3%); the planner follows the mechanism the text describes. The
+# Switch baseline routes as the paper saw it in these runs (its Fig. 12: almost no token reached
+# experts 9 to 15): the router `topk_collapsed` over experts 0-8, whose ranks then run at capacity
+# and drop 30% of the choices (the bars above). Its step gains, 10% against hash and 14% against
+# Switch, are still short of the paper's 12.7% and 22.2%, which the paper credits "mostly" to
+# computation: a smaller capacity in MindSpore's capacity-padded layer (the planner runs its routed
+# layer, whose capacity acts only through drops). lshsim reports the drops next to every relative
+# figure, never hidden in the speedup: a speedup bought with dropped tokens is not the same speedup.
 #
 # The paper leaves one reading open: did its hash and Switch baselines run the same group-wise
 # all-to-all? `lshsim reproduce` answers both ways (JSON `algorithm_check`, the table "The baselines'
