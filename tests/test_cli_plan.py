@@ -191,3 +191,21 @@ def test_plan_figure_stacks_the_step(capsys, tiny):
     half = rows[0]["breakdown"]["phases_s"]["grad_allreduce"] * 1e3 / 2
     assert half > 0 and parts["phase/grad_allreduce"] == pytest.approx(half)
     assert parts["hidden/grad_allreduce"] == pytest.approx(half)
+
+
+def test_router_option_collapses_the_gate_and_bad_options_are_refused(capsys, tiny):
+    """--router-option NAME=VALUE reaches the router: topk_collapsed over 4 of the 16 experts sends every kept
+    choice to the ranks of experts 0-3 (fewer bytes kept, more dropped than top-k at the same capacity)."""
+    out = _run_json(capsys, ["plan", "--model", tiny, "--cluster", V100, "--moe-layer", "grouped", "--router",
+                             "topk_collapsed", "--router-option", "active_experts=4", "--json"])
+    rows = {row["label"]: row for row in out["options"]}
+    mine = rows[out["selected"]]
+    assert mine["config"]["router_options"] == [["active_experts", 4]]
+    assert mine["breakdown"]["dropped_fraction"] > 0.5 > rows["baseline"]["breakdown"]["dropped_fraction"]
+    for argv, fragment in ((["--router-option", "active_experts"], "must be NAME=VALUE"),
+                           (["--router-option", "active_experts=9"], "not an option of the topk router"),
+                           (["--router", "topk_collapsed", "--router-option", "active_experts=-1"], "must be >= 0")):
+        with pytest.raises(SystemExit) as info:
+            main(["plan", "--model", tiny, "--cluster", V100] + argv)
+        assert info.value.code == 2
+        assert fragment in capsys.readouterr().err

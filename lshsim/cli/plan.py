@@ -68,6 +68,10 @@ def add_parser(subparsers):
                         "(lshsim.dispatch.ROUTERS; default topk), or 'model': the model's published routing "
                         "(its router and options, e.g. DeepSeek-V3's node-limited M = 4; a dropless model "
                         "routes without capacity)")
+    p.add_argument("--router-option", action="append", default=[], metavar="NAME=VALUE", type=_router_option,
+                   help="an option of the router, repeatable: node_limited max_nodes=4 / scores_per_node=0, "
+                        "topk_collapsed active_experts=9 (top-k over experts 0..8 only); with --router model it "
+                        "overrides the model's option of that name")
     p.add_argument("--lsh-rate", type=arg_finite_number(0.0, exclusive=True, maximum=1.0), default=None,
                    help="LSH-MoE compression rate in (0, 1] (centroids / tokens; the paper reports 0.117-0.2); "
                         "default: no LSH for your option, 0.2 for the comparison's lsh row")
@@ -165,6 +169,26 @@ def add_parser(subparsers):
     return p
 
 
+def _router_option(text: str) -> tuple[str, object]:
+    """NAME=VALUE of --router-option: VALUE as an integer, a number, true / false, or else the string."""
+    import argparse
+
+    name, sep, raw = text.partition("=")
+    if not sep or not name.strip() or not raw.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} must be NAME=VALUE (e.g. active_experts=9)")
+    raw = raw.strip()
+    for convert in (int, float):
+        try:
+            value = convert(raw)
+        except ValueError:
+            continue
+        if convert is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r}: the value must be finite")
+        return name.strip(), value
+    lowered = raw.lower()
+    return name.strip(), True if lowered == "true" else False if lowered == "false" else raw
+
+
 def _plan_config(args, model=None):
     """The user's StepConfig; `--router model` takes the model's published router, its options and
     (for a dropless model) no capacity limit."""
@@ -176,6 +200,9 @@ def _plan_config(args, model=None):
             raise ValueError("--router model needs one --model (not with --sweep)")
         router, options = model.router, tuple(getattr(model, "router_options", ()))
         capacity = None if getattr(model, "dropless", False) else capacity
+    given = getattr(args, "router_option", None) or []
+    if given:
+        options = tuple(sorted({**dict(options), **dict(given)}.items()))
     return StepConfig(router=router, router_options=options, lsh_rate=args.lsh_rate, algorithm=args.algorithm, overlap=args.overlap,
                       tokens_per_gpu=args.tokens_per_gpu, capacity_factor=capacity,
                       locality_bonus=args.locality_bonus, seed=args.seed, max_routed_tokens=args.max_routed_tokens,
