@@ -209,3 +209,35 @@ def test_router_option_collapses_the_gate_and_bad_options_are_refused(capsys, ti
             main(["plan", "--model", tiny, "--cluster", V100] + argv)
         assert info.value.code == 2
         assert fragment in capsys.readouterr().err
+
+
+def test_grouped_notes_name_the_options_once_per_text():
+    from lshsim.cli.plan import _grouped_notes
+
+    labels = ["baseline", "lsh 0.2", "overlap"]
+    notes = [(label, "routed 256 of 512 tokens per GPU") for label in labels]
+    notes += [("lsh 0.2", "drops 30% of the expert choices"), ("overlap", "drops 30% of the expert choices"),
+              (None, "the cluster's software runs the MoE layer as 'x'")]
+    assert _grouped_notes(notes, labels) == [
+        "every option: routed 256 of 512 tokens per GPU",
+        "lsh 0.2; overlap: drops 30% of the expert choices",
+        "the cluster's software runs the MoE layer as 'x'"]
+
+
+def test_plan_text_prints_a_shared_note_once_and_names_its_files(tmp_path, capsys, tiny):
+    # 16 GPUs x 512 tokens routed from a sample of 4,096: every option scales its counts by 2
+    trace_path = tmp_path / "out" / "trace.json"
+    assert main(["plan", "--model", tiny, "--cluster", V100, "--max-routed-tokens", "4096",
+                 "--trace", str(trace_path)]) == 0
+    text = capsys.readouterr().out
+    assert text.count("scaled the counts by 2") == 1
+    assert "note: every option: routed 256 of 512 tokens per GPU" in " ".join(text.split())
+    assert f"wrote {trace_path}" in text and trace_path.exists()
+
+
+def test_plan_says_expert_per_gpu_in_the_singular(capsys, tiny):
+    # 16 experts over EP groups of 16 on 32 GPUs: one expert per GPU
+    assert main(["plan", "--model", tiny, "--cluster", "lshmoe-a100-4x8", "--ep", "16",
+                 "--tokens-per-gpu", "256"]) == 0
+    text = " ".join(capsys.readouterr().out.split())          # the header line wraps at the console's width
+    assert "EP 16 x DP 2 (1 expert per GPU)" in text

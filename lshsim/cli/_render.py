@@ -71,7 +71,7 @@ def emit(args, result: dict, render, plot=None) -> int:
         return 0
     render(result)
     if path:
-        console().print(f"wrote {path}")
+        console().print(f"wrote {path}", soft_wrap=True, markup=False)   # one line, whatever its length
     return 0
 
 

@@ -283,6 +283,9 @@ def run(args) -> int:
         _render.print_json(summary)
         return 0
     _render_plan(model, graph, chosen, rows, elapsed_s, args, fidelity)
+    for path in (args.trace, args.chrome_trace, args.plot):   # as the other commands say where their files went
+        if path:
+            _render.console().print(f"wrote {path}", soft_wrap=True, markup=False)
     return 0
 
 
@@ -334,6 +337,31 @@ def _grouped_plan_estimate(world: int, config, m: dict, options: int):
                        f"{options} options) x {TRACE_BYTES_PER_RECORD} B"))
 
 
+
+def _grouped_notes(notes: list[tuple[str | None, str]], labels: list[str]) -> list[str]:
+    """One line per distinct note text: the options it concerns in front ('every option' when it
+    concerns all of them), in the order the texts first appear, so a note shared by every option
+    is printed once, not once per option."""
+    options: dict[str, list[str]] = {}
+    for label, text in notes:
+        concerned = options.setdefault(text, [])
+        if label is not None and label not in concerned:
+            concerned.append(label)
+    lines = []
+    for text, concerned in options.items():
+        if not concerned:
+            lines.append(text)
+        elif len(labels) > 1 and set(concerned) == set(labels):
+            lines.append(f"every option: {text}")
+        else:
+            lines.append("; ".join(concerned) + f": {text}")
+    return lines
+
+
+def _experts_per_gpu(count: int) -> str:
+    return f"{count} expert per GPU" if count == 1 else f"{count} experts per GPU"
+
+
 def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float, args, fidelity: dict) -> None:
     from rich.table import Table
 
@@ -342,10 +370,10 @@ def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float,
     cluster = chosen["result"].trace.meta["cluster"]
     replicated = chosen["config"].get("tp_layout") == "replicated" and b.get("tp", 1) > 1
     groups = "" if b["ep"] == b["world_size"] else \
-        f", EP {b['ep']} x DP {b['world_size'] // b['ep']} ({model.num_experts // b['ep']} experts per GPU)"
+        f", EP {b['ep']} x DP {b['world_size'] // b['ep']} ({_experts_per_gpu(model.num_experts // b['ep'])})"
     if replicated:   # MindSpore's layout: one EP group per TP index, each expert split over the TP ranks
         groups = (f", EP {b['ep']} groups strided over the TP index ({b['world_size'] // b['ep']} groups, "
-                  f"{model.num_experts // b['ep']} expert(s) per GPU, each split over TP {b['tp']}), TP {b['tp']} x DP "
+                  f"{_experts_per_gpu(model.num_experts // b['ep'])}, each split over TP {b['tp']}), TP {b['tp']} x DP "
                   f"{b['world_size'] // b['tp']} (replicated: every TP rank holds its group's {b['tokens_per_gpu']} "
                   f"tokens)")
     elif b.get("tp", 1) > 1:
@@ -405,32 +433,32 @@ def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float,
     console.print(compare)
     console.print("[dim]options: " + "; ".join(f"{row['label']} = {row['description']}" for row in rows
                                               if not row["label"].startswith("yours")) + "[/dim]")
-    notes = []
+    notes = []                                  # (option label or None, text)
     base_drop = rows[0]["breakdown"]["dropped_fraction"]
     for row in rows:
         rb = row["breakdown"]
         if rb["dropped_fraction"] > max(2 * base_drop, base_drop + 0.05):
-            notes.append(f"{row['label']}: drops {100 * rb['dropped_fraction']:.0f}% of the expert choices at capacity "
-                         f"factor {row['config']['capacity_factor']} (baseline {100 * base_drop:.0f}%), so its experts "
-                         "compute less; compare with --capacity-factor none"
-                         + (" or a smaller --locality-bonus" if row["config"].get("locality_share") is None
-                            and row["config"].get("router") == "locmoe" else ""))
+            notes.append((row["label"], f"drops {100 * rb['dropped_fraction']:.0f}% of the expert choices at capacity "
+                          f"factor {row['config']['capacity_factor']} (baseline {100 * base_drop:.0f}%), so its "
+                          "experts compute less; compare with --capacity-factor none"
+                          + (" or a smaller --locality-bonus" if row["config"].get("locality_share") is None
+                             and row["config"].get("router") == "locmoe" else "")))
         if rb["gate_width"] != model.d_model:
-            notes.append(f"{row['label']}: d_model={model.d_model} is not a multiple of {model.num_experts} "
-                         "experts, so "
-                         f"the GrAP gate read synthetic hidden states of width {rb['gate_width']}")
+            notes.append((row["label"], f"d_model={model.d_model} is not a multiple of {model.num_experts} "
+                          "experts, so "
+                          f"the GrAP gate read synthetic hidden states of width {rb['gate_width']}"))
         if rb["count_scale"] != 1.0:
-            notes.append(f"{row['label']}: routed {rb['routed_tokens_per_rank']} of {rb['tokens_per_gpu']} tokens per "
-                         f"GPU and scaled the counts by {rb['count_scale']:g} (--max-routed-tokens)")
+            notes.append((row["label"], f"routed {rb['routed_tokens_per_rank']} of {rb['tokens_per_gpu']} tokens "
+                          f"per GPU and scaled the counts by {rb['count_scale']:g} (--max-routed-tokens)"))
     from lshsim.sim.moe_layers import PADDED_LAYERS
 
     layer = rows[0]["breakdown"].get("moe_layer")
     if layer in PADDED_LAYERS:
-        notes.append(f"the cluster's software runs the MoE layer as {layer!r} (capacity-padded buffers: every rank "
-                     f"sends and its experts compute capacity x experts rows whatever the routing), so a router "
-                     f"option (locmoe) changes neither the bytes nor the expert work; --moe-layer grouped plans "
-                     f"today's grouped layer")
-    for note in dict.fromkeys(notes):
+        notes.append((None, f"the cluster's software runs the MoE layer as {layer!r} (capacity-padded buffers: every "
+                      f"rank sends and its experts compute capacity x experts rows whatever the routing), so a router "
+                      f"option (locmoe) changes neither the bytes nor the expert work; --moe-layer grouped plans "
+                      f"today's grouped layer"))
+    for note in _grouped_notes(notes, [row["label"] for row in rows]):
         console.print(f"[dim]note: {note}[/dim]")
     console.print(f"[dim]* your option; a2a % = all-to-all time not hidden behind compute / step time (the step "
                   f"includes the exposed gradient all-reduce); grad sync % = gradient all-reduce past the backward / "

@@ -145,7 +145,7 @@ def run(args) -> int:
             console.print(f"{key}: {values.size} predicted, median |error| {100 * np.median(values):.1f}%, "
                           f"worst {100 * values.max():.1f}%")
     if args.plot:
-        console.print(f"plot written to {args.plot}")
+        console.print(f"plot written to {args.plot}", soft_wrap=True, markup=False)
     return 0
 
 
