@@ -71,3 +71,18 @@ def test_plot_format_follows_the_suffix(tmp_path):
     assert plot_validations(validations, tmp_path / "v.pdf").read_bytes().startswith(b"%PDF")
     assert plot_validations(validations, tmp_path / "v.svg").read_text().lstrip().startswith("<?xml")
     assert plot_validations(validations, tmp_path / "v.data").read_bytes().startswith(b"\x89PNG")
+
+
+def test_plot_legend_names_what_is_drawn():
+    """The legend listed all eight phase markers whatever was drawn, and never said that a hollow
+    marker is a backward phase; it names only the phases drawn, and the two directions."""
+    from lshsim.sim.validate import validation_figure
+
+    trace = sorted((DATA / "x4").glob("gpu-uniform-*.json"))[0]
+    validations = [validate_trace(Trace.from_json(trace), TOPO4)]
+    drawn = {row.phase for row in validations[0].rows if row.predicted_s is not None}
+    assert drawn and "lsh_compress" not in drawn
+    labels = [text.get_text() for text in validation_figure(validations).axes[0].get_legend().get_texts()]
+    assert "lsh_compress" not in labels and "layer" not in labels
+    assert drawn <= set(labels)
+    assert "forward (filled)" in labels and "backward (hollow)" in labels and "4 GPUs" in labels

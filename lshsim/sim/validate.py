@@ -292,8 +292,9 @@ def a2a_errors(validations: list[Validation]) -> np.ndarray:
     return np.asarray(errors, dtype=float)
 
 
-def plot_validations(validations: list[Validation], path: str | Path) -> Path:
-    """Predicted against measured time of every predicted phase (log-log, y = x and +-15% bands)."""
+def validation_figure(validations: list[Validation]):
+    """The figure of `plot_validations` (a matplotlib Figure, not saved): predicted against measured
+    time of every predicted phase; the legend names only the phases and directions drawn."""
     # a figure of its own (no pyplot, no backend switch): a notebook's inline plots keep working
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -304,12 +305,15 @@ def plot_validations(validations: list[Validation], path: str | Path) -> Path:
     markers = {"dispatch_a2a": "o", "combine_a2a": "s", "expert": "^", "gate": "v", "lsh_compress": "<",
                "lsh_restore": ">", "other": "d", "layer": "*"}
     colors = {2: "tab:blue", 4: "tab:orange", 8: "tab:green", 1: "tab:gray"}
-    points = []
+    points, drawn, directions = [], [], set()
     for v in validations:
         for row in v.rows:
             if row.predicted_s is None:
                 continue
             points.append((row.measured_s, row.predicted_s))
+            if row.phase not in drawn:
+                drawn.append(row.phase)
+            directions.add(row.direction)
             ax.scatter(row.measured_s * 1e3, row.predicted_s * 1e3, marker=markers.get(row.phase, "x"),
                        color=colors.get(v.world_size, "tab:red"), alpha=0.75,
                        facecolors="none" if row.direction == "backward" else None)
@@ -325,16 +329,28 @@ def plot_validations(validations: list[Validation], path: str | Path) -> Path:
     ax.set_xlabel("measured (ms)")
     ax.set_ylabel("predicted (ms)")
     for phase, marker in markers.items():
-        ax.scatter([], [], marker=marker, color="black", label=phase)
+        if phase in drawn:
+            ax.scatter([], [], marker=marker, color="black", label=phase)
+    filled = sorted(directions - {"backward"}, key=lambda d: (d != "forward", d))   # forward, then a layer's total
+    if filled:
+        ax.scatter([], [], marker="o", color="black", label=" / ".join(filled) + " (filled)")
+    if "backward" in directions:
+        ax.scatter([], [], marker="o", facecolors="none", edgecolors="black", label="backward (hollow)")
     for world, color in colors.items():
         if any(v.world_size == world for v in validations):
             ax.scatter([], [], marker="o", color=color, label=f"{world} GPUs")
     errors = a2a_errors(validations)
     if errors.size:
-        ax.set_title(f"all-to-all: median |error| {100 * np.median(np.abs(errors)):.1f}%, "
+        ax.set_title(f"all-to-all phases: median |error| {100 * np.median(np.abs(errors)):.1f}%, "
                      f"worst {100 * np.abs(errors).max():.1f}% ({errors.size} phases)", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
+    return fig
+
+
+def plot_validations(validations: list[Validation], path: str | Path) -> Path:
+    """Predicted against measured time of every predicted phase (log-log, y = x and +-15% bands)."""
+    fig = validation_figure(validations)
     path = Path(path)
     from lshsim.io import atomic_output
 
