@@ -175,3 +175,24 @@ def test_benchmark_merge_joins_parallel_runs_and_pairs_seeds(tmp_path, capsys):
     with pytest.raises(SystemExit, match="run top2 seed 0 is also in"):
         script.main(["--merge", str(tmp_path / "a" / "results.json"), str(tmp_path / "a" / "results.json"),
                      "--out", str(tmp_path / "y")])
+
+
+def test_benchmark_bad_files_are_one_line_naming_the_option(tmp_path):
+    """A missing or malformed input file ended in a traceback (FileNotFoundError, JSONDecodeError);
+    now SystemExit names the option and the file, and nothing is written."""
+    script = _script()
+    missing = str(tmp_path / "nope.json")
+    with pytest.raises(SystemExit, match=r"^--plot-only .*nope.json: no such file$"):
+        script.main(["--plot-only", missing])
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(SystemExit, match=r"^--step-time-json .*bad.json: not readable JSON"):
+        script.main(["--plot-only", missing, "--step-time-json", str(bad)])
+    other = tmp_path / "other.json"
+    other.write_text("{}")
+    with pytest.raises(SystemExit, match=r"^--from-results .*other.json: not a results.json of this script"):
+        script.main(["--predict-step-times", str(tmp_path / "t.json"), "--from-results", str(other)])
+    out = tmp_path / "lm"
+    with pytest.raises(SystemExit, match=r"^--corpus-file: corpus file .*missing.txt does not exist$"):
+        script.main(["--tiny", "--corpus-file", str(tmp_path / "missing.txt"), "--out", str(out)])
+    assert not out.exists() and not (tmp_path / "t.json").exists()
