@@ -234,6 +234,16 @@ def tiny_figures(tmp_path, shipped):
     return str(path)
 
 
+def test_reproduce_text_names_its_plot_even_when_quiet(capsys, tiny_figures, tmp_path):
+    """`reproduce --quiet --plot P` wrote P and said nothing of it (the `wrote` line was a progress line
+    only); the text output names it on stdout, as every other command's --plot does."""
+    plot = tmp_path / "reproduce.png"
+    assert main(["reproduce", "--figures", tiny_figures, "--paper", "lsh-moe", "--quiet", "--plot", str(plot)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and f"wrote {plot}" in captured.out.splitlines()
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_reproduce_json_on_one_paper(capsys, tiny_figures, tmp_path):
     plot = tmp_path / "out" / "reproduce.png"
     assert main(["reproduce", "--figures", tiny_figures, "--paper", "lsh-moe", "--json", "--plot", str(plot)]) == 0

@@ -107,6 +107,8 @@ def run(args) -> int:
         _render.print_json(out)
         return 0
     _render_tables(results, summary, checks, sweep_rows, planner, out)
+    if args.plot:        # on stdout too, as every other command's --plot: --quiet silences only the progress lines
+        _render.console().print(f"wrote {args.plot}", soft_wrap=True, markup=False)
     return 0
 
 
