@@ -45,6 +45,9 @@ def test_route_table_output(capsys):
     (["route", "--k", "20", "--experts", "16"], "k=20"),
     (["route", "--capacity-factor", "0"], "argument --capacity-factor: '0' must be > 0"),
     (["route", "--experts", "6", "--world", "4"], "num_experts=6"),
+    # the same limit as a workload's skew (it was accepted: every token already went to the same experts)
+    (["route", "--skew", "1e9"], "argument --skew: '1e9' is above 100"),
+    (["route", "--skew", "-1"], "argument --skew: '-1' must be >= 0"),
 ])
 def test_route_bad_input_exits_2_naming_value(argv, fragment, capsys):
     with pytest.raises(SystemExit) as exit_info:

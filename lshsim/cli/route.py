@@ -31,8 +31,9 @@ def add_parser(subparsers):
     p.add_argument("--placement", default="contiguous", help="contiguous | round_robin (default contiguous)")
     p.add_argument("--locality-bonus", type=arg_within("locality_bonus"), default=1.0,
                    help="locmoe: own-node preference, 0 to 1000 (default 1.0)")
-    p.add_argument("--skew", type=arg_finite_number(0.0), default=0.0,
-                   help="popularity skew: 0 = uniform experts; s > 0 adds s * log(Dirichlet(1)) to the logits")
+    p.add_argument("--skew", type=arg_within("skew"), default=0.0,
+                   help="popularity skew, 0 to 100: 0 = uniform experts; s > 0 adds s * log(Dirichlet(1)) to the "
+                        "logits (the limit of a workload's skew, lshsim.bounds)")
     p.add_argument("--seed", type=arg_seed, default=0, help=f"random seed (default 0; {SEED_HELP})")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--plot", metavar="FILE.png",
