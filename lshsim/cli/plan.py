@@ -337,7 +337,6 @@ def _grouped_plan_estimate(world: int, config, m: dict, options: int):
                        f"{options} options) x {TRACE_BYTES_PER_RECORD} B"))
 
 
-
 def _grouped_notes(notes: list[tuple[str | None, str]], labels: list[str]) -> list[str]:
     """One line per distinct note text: the options it concerns in front ('every option' when it
     concerns all of them), in the order the texts first appear, so a note shared by every option
