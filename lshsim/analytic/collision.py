@@ -70,6 +70,7 @@ tokens. Approximation, stated: the tree's (ultrametric) cosines replace the toke
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -159,12 +160,23 @@ def _log_rectangle(x: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
         return np.log1p(-np.clip(outside, 0.0, 1.0))  # roundoff guard only: outside is a probability
 
 
+@functools.lru_cache(maxsize=8)
+def _leggauss(nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """numpy's Gauss-Legendre nodes and weights on [-1, 1] for `nodes` points, computed once per count (an
+    eigenvalue problem each time otherwise; `_conditional_code_probs` asks for them once per latent pool).
+    Read-only: every caller shares the arrays."""
+    t, w = np.polynomial.legendre.leggauss(nodes)
+    t.setflags(write=False)
+    w.setflags(write=False)
+    return t, w
+
+
 _CP_RADIUS = 8.5  # phi(8.5) ~ 1e-16: the integration box in units of the marginal standard deviations
 
 
 def _cp_integral(dims: np.ndarray, alpha: float, nodes: int) -> np.ndarray:
     """2d * E[q^(d-1) 1[x, y >= 0]] for all d in `dims` at one alpha in (-1, 1); (len(dims),)."""
-    t, w = np.polynomial.legendre.leggauss(nodes)
+    t, w = _leggauss(nodes)
     u_max = _CP_RADIUS * np.sqrt(1.0 + alpha)
     u = (t + 1.0) / 2.0 * u_max  # (n,) u in (0, u_max)
     wu = w * u_max / 2.0
@@ -387,7 +399,7 @@ def _conditional_code_probs(latent: np.ndarray, rho: float, nodes: int = 64) -> 
         out[np.arange(num), index + dim * negative] = 1.0
         return out
     a, b = np.sqrt(rho), np.sqrt(1.0 - rho)
-    t, w = np.polynomial.legendre.leggauss(nodes)
+    t, w = _leggauss(nodes)
     norm = b * np.sqrt(2 * np.pi)
     for row in range(num):
         mean = a * latent[row]  # (d',)
