@@ -43,14 +43,16 @@ def test_node_dedup_sends_each_token_once_per_node_over_the_network(tmp_path):
     Between nodes, node_dedup sends each token once per destination node (at most the direct rows,
     and fewer when a token has two choices on one node); inside the nodes it adds the forwarded copies;
     the direct layer's rows per (source, destination) are the same in both runs."""
-    traces = {}
+    paths = []
     for alltoall in ("direct", "node_dedup"):
-        path = tmp_path / f"{alltoall}.yaml"
-        path.write_text(WORKLOAD.format(name=alltoall.replace("_", "-"), alltoall=alltoall))
-        result = launch(4, ["run", "--workload", str(path), "--out-dir", str(tmp_path / alltoall), "--threads", "1"],
-                        timeout_s=240, stall_timeout_s=120)
-        assert result.exit_code == 0, result.message
-        traces[alltoall] = json.loads((tmp_path / alltoall / f"{alltoall.replace('_', '-')}.json").read_text())
+        paths.append(tmp_path / f"{alltoall}.yaml")
+        paths[-1].write_text(WORKLOAD.format(name=alltoall.replace("_", "-"), alltoall=alltoall))
+    # both workloads in one launch (run one after another on the same 4 ranks, one trace each): one start-up
+    result = launch(4, ["run", "--workload", *map(str, paths), "--out-dir", str(tmp_path / "out"), "--threads", "1"],
+                    timeout_s=240, stall_timeout_s=120)
+    assert result.exit_code == 0, result.message
+    traces = {alltoall: json.loads((tmp_path / "out" / f"{alltoall.replace('_', '-')}.json").read_text())
+              for alltoall in ("direct", "node_dedup")}
     row = 32 * 4
     direct = np.array(traces["direct"]["meta"]["measured"]["traffic_bytes"]) // row       # (src, dst) rows
     dedup = np.array(traces["node_dedup"]["meta"]["measured"]["traffic_bytes"]) // row

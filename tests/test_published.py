@@ -25,27 +25,27 @@ NINTH = ("aws-b200-", "mori-sop-mi355x-ainic-normal-16k", "mori-sop-mi355x-ainic
 def test_shipped_cases_and_split():
     cases = load_cases()
     assert len(cases) == 261 and len({c.id for c in cases}) == 261
-    test = load_split()
+    test = load_split(PUBLISHED_DIR, cases)      # the cases read once, handed to each reader
     third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
     fourth = {c.id for c in cases if c.file.startswith("aws-") and not c.file.startswith(NINTH)}   # the fourth round: fresh3
     first = [c for c in cases if c.file.startswith(("deepep-v1-", "uccl-")) and c.id not in third]  # the test split's 44
     assert len(first) == 44 and len(test) * 3 >= len(first)  # at least a third set aside ...
-    fresh = load_fresh()
+    fresh = load_fresh(PUBLISHED_DIR, cases)
     later = {c.id for c in cases if c.file.startswith(("deepep-v2-", "deepep-pcie-", "hybridep-"))}
     assert fresh == later and len(fresh) == 19 and not fresh & test      # every later case is fresh, none a test case
-    fresh2 = load_fresh(key="fresh2")
+    fresh2 = load_fresh(PUBLISHED_DIR, cases, key="fresh2")
     assert fresh2 == third and len(fresh2) == 29 and not fresh2 & (test | fresh)     # every third-round case, alone
-    fresh3 = load_fresh(key="fresh3")
+    fresh3 = load_fresh(PUBLISHED_DIR, cases, key="fresh3")
     moved = {c.id for c in cases if c.file.startswith("aws-p5-uccl-")}    # to fitting in pub14f (efa_v1's fitting cases)
     assert fresh3 == fourth - moved and len(fresh3) == 29 and len(moved) == 8 and not fresh3 & (test | fresh | fresh2)
-    fresh4 = load_fresh(key="fresh4")
+    fresh4 = load_fresh(PUBLISHED_DIR, cases, key="fresh4")
     fifth = {c.id for c in cases if c.file.startswith("efa-bench-uccl-")}               # the fifth round: fresh4
     assert fresh4 == fifth and len(fresh4) == 10 and not fresh4 & (test | fresh | fresh2 | fresh3)
-    fresh5 = load_fresh(key="fresh5")
+    fresh5 = load_fresh(PUBLISHED_DIR, cases, key="fresh5")
     sixth = {c.id for c in cases if c.file.startswith("efa-bench5-")}                  # the sixth round: fresh5
     assert fresh5 == sixth and len(fresh5) == 14 and not fresh5 & (test | fresh | fresh2 | fresh3 | fresh4)
     # the plain all-to-all cases (a2a14g): fresh6 is their test draw, the rule of split.yaml redone here
-    fresh6 = load_fresh(key="fresh6")
+    fresh6 = load_fresh(PUBLISHED_DIR, cases, key="fresh6")
     a2a = [c for c in cases if c.kind == "alltoall"]
     groups = {}
     for c in a2a:
@@ -55,14 +55,14 @@ def test_shipped_cases_and_split():
              for i in rng.choice(len(g), math.ceil(len(g) / 3), replace=False)}
     assert fresh6 == drawn and len(a2a) == 49 and len(fresh6) == 22 and 3 * len(fresh6) >= len(a2a)
     assert not fresh6 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5)
-    fresh7 = load_fresh(key="fresh7")
+    fresh7 = load_fresh(PUBLISHED_DIR, cases, key="fresh7")
     seventh = {c.id for c in cases if c.file.startswith("mori-") and not c.file.startswith(NINTH)}  # the seventh round (pub14g)
     assert fresh7 == seventh and len(fresh7) == 10 and not fresh7 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6)
-    fresh8 = load_fresh(key="fresh8")
+    fresh8 = load_fresh(PUBLISHED_DIR, cases, key="fresh8")
     eighth = {c.id for c in cases if c.file.startswith("p5en-a2a-")}                  # the eighth round (pub14h)
     assert fresh8 == eighth and len(fresh8) == 18
     assert not fresh8 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7)
-    fresh9 = load_fresh(key="fresh9")
+    fresh9 = load_fresh(PUBLISHED_DIR, cases, key="fresh9")
     ninth = {c.id for c in cases if c.file.startswith(NINTH)}
     assert fresh9 == ninth and len(fresh9) == 21                                      # the ninth round (pub14i)
     assert not fresh9 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7 | fresh8)
@@ -358,7 +358,7 @@ def test_validate_published_command(tmp_path, capsys):
              "cases": [{**cases["cases"][0], "id": "o16-dispatch", "published_GBps": 1}]}
     (tmp_path / "other-cases.yaml").write_text(json.dumps(other))
     (tmp_path / "split.yaml").write_text("test: [n8-dispatch]\n")
-    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.8:0.9:0.1", "--json"]) == 0
+    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.8:0.9:0.1", "--json"]) == 0     # the default --jobs (a pool)
     out = json.loads(capsys.readouterr().out)
     assert out["test"]["cases"] == 1 and out["fitting"]["cases"] == 3
     assert "n8-dispatch" not in out["calibration"]["fitted_on"]
@@ -376,22 +376,22 @@ def test_validate_published_command(tmp_path, capsys):
     # leave-one-out skips the only fitting case of the efa family
     assert [r["id"] for r in out["leave_one_out"]["rows"]] == ["n16-dispatch", "n16-combine"]
     assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.8:0.9:0.1", "--fitting-only",
-                 "--json"]) == 0
+                 "--json", "--jobs", "1"]) == 0
     only = json.loads(capsys.readouterr().out)                  # the held-out case is neither predicted nor shown
     assert [r["id"] for r in only["rows"]] == ["n16-dispatch", "n16-combine", "o16-dispatch"]
     assert only["test"]["cases"] == 0 and only["calibration"] == out["calibration"]
-    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.9:0.9:0.1"]) == 0
+    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.9:0.9:0.1", "--jobs", "1"]) == 0
     text = capsys.readouterr().out
     assert "test: 1 cases" in text and "fitting: 3 cases" in text
     assert "source deepep (deepep-cases.yaml)" in text and "source other (other-cases.yaml)" in text
     assert text.index("source deepep") < text.index("source other")          # one table per source, in order
     assert "calibration efa (fitting cases only)" in text and "deepep test: 1 cases" in text
     (tmp_path / "split.yaml").write_text("test: [n8-dispatch]\nfresh2: [n16-combine]\n")   # a later held-out set
-    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.9:0.9:0.1"]) == 0
+    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.9:0.9:0.1", "--jobs", "1"]) == 0
     text = capsys.readouterr().out
     assert "fresh2: 1 cases" in text and "deepep fresh2: 1 cases" in text and "fitting: 2 cases" in text
     (tmp_path / "split.yaml").write_text("test: [n8-dispatch]\nfresh3: [n16-combine]\n")   # the fourth round's set
-    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.9:0.9:0.1"]) == 0
+    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.9:0.9:0.1", "--jobs", "1"]) == 0
     text = capsys.readouterr().out
     assert "fresh3: 1 cases" in text and "deepep fresh3: 1 cases" in text and "fitting: 2 cases" in text
     with pytest.raises(SystemExit) as exit_info:
@@ -704,13 +704,13 @@ def test_validate_published_command_with_alltoall_cases(tmp_path, capsys):
              for nodes, mib, figure in ((2, 32, 45.0), (2, 256, 75.0), (4, 32, 35.0), (4, 256, 54.0))]
     _write_alltoall_file(tmp_path, doc={"cases": cases})
     (tmp_path / "split.yaml").write_text("test: [m4-256]\n")
-    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.8:0.9:0.02", "--json"]) == 0
+    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.8:0.9:0.02", "--json", "--jobs", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     roles = {r["id"]: r["role"] for r in out["rows"]}
     assert roles == {"m2-32": "fitting", "m2-256": "fitting", "m4-32": "fitting", "m4-256": "test"}
     assert out["calibration"]["fitted_on"] == ["m2-32", "m2-256", "m4-32"] and out["test"]["cases"] == 1
     assert {r["size_bytes"] for r in out["rows"]} == {32 << 20, 256 << 20} and "efa_v1_nccl" in out["calibration"]["alltoall_peer_s"]
-    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.8:0.9:0.02"]) == 0
+    assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.8:0.9:0.02", "--jobs", "1"]) == 0
     text = capsys.readouterr().out
     assert "calibration efa_v1_nccl" in text and "us per remote peer" in text and "m4-256" in text
 
@@ -783,7 +783,7 @@ def test_validate_published_plot(tmp_path, capsys):
     (tmp_path / "split.yaml").write_text("test: [n8-dispatch]\nfresh2: [n32-dispatch]\n")
     image = tmp_path / "out" / "published.png"
     assert main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.8:0.9:0.1", "--json",
-                 "--plot", str(image), "--quiet"]) == 0
+                 "--plot", str(image), "--quiet", "--jobs", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set_order(out["rows"]) == ["fitting", "test", "fresh2"]
@@ -850,7 +850,7 @@ def test_validate_published_stars_a_held_out_case_outside_its_fit_sizes(tmp_path
                                                        ("a32d", 32, "dispatch", 35), ("a32c", 32, "combine", 28)]))
     (tmp_path / "deepep-b.yaml").write_text(cases(512, [("b16d", 16, "dispatch", 45)]))
     (tmp_path / "split.yaml").write_text("test: [b16d, a32c]\n")
-    argv = ["validate", "--published", str(tmp_path), "--efficiency-grid", "0.8:0.9:0.1", "--quiet"]
+    argv = ["validate", "--published", str(tmp_path), "--efficiency-grid", "0.8:0.9:0.1", "--quiet", "--jobs", "1"]
     assert main(argv) == 0
     text = capsys.readouterr().out
     starred = [line for line in text.splitlines() if line.rstrip(" │").endswith("% *")]

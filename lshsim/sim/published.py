@@ -154,6 +154,7 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
     if not files:
         raise ValueError(f"{folder}: no case files (*.yaml)")
     cases, seen = [], {}
+    shapes = {}         # topology name -> (nodes, gpus_per_node): each topology file read once per call
     for path in files:
         doc = read_yaml(path)
         if not isinstance(doc, dict) or not isinstance(doc.get("cases"), list) or not doc["cases"]:
@@ -202,7 +203,7 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
                            f"must be an integer >= 1 dividing ep={ep}")
             if kind == "alltoall":
                 case = _alltoall_case(raw, where, cid, ep, nodes, source, path.name, template, family, group)
-                _check_topology(case, f"{path.name}: topology")
+                _check_topology(case, f"{path.name}: topology", shapes)
                 cases.append(case)
                 continue
             op = _field(raw.get("op"), f"{where}.op", str, lambda v: v in OPS, f"must be one of {OPS}")
@@ -221,7 +222,7 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
                 _field(latency, f"{where}.published_latency_us", (int, float), lambda v: v > 0, "must be a number > 0")
             case = Case(cid, kind, ep, nodes, op, fmt, float(figure), counts, dict(workload), source, path.name,
                         None if latency is None else float(latency), template, family, group)
-            _check_topology(case, f"{path.name}: topology")
+            _check_topology(case, f"{path.name}: topology", shapes)
             cases.append(case)
     return cases
 
@@ -266,18 +267,26 @@ def _check_workload(workload: dict, name: str) -> None:
             _field(workload[key], f"{name}: workload.{key}", int, lambda v: v >= 0, "must be an integer >= 0")
 
 
-def _check_topology(case: Case, where: str) -> None:
-    """The case's topology must load and hold ep GPUs in nodes x gpus_per_node."""
+def _check_topology(case: Case, where: str, shapes: dict | None = None) -> None:
+    """The case's topology must load and hold ep GPUs in nodes x gpus_per_node. `shapes`: topology name ->
+    (nodes, gpus_per_node) of the topologies already read (filled here; a topology that does not load is never in
+    it, so every case naming it is refused as the first one was)."""
     from lshsim.topology.spec import read_spec
 
-    try:
-        name = case.topology
-        spec, _ = read_spec(name)
-    except (KeyError, IndexError, ValueError, OSError) as error:
-        raise ValueError(f"{where}={case.topology_template!r} (case {case.id}): {error}") from None
-    if (spec.get("nodes"), spec.get("gpus_per_node")) != (case.nodes, case.gpus_per_node):
-        raise ValueError(f"{where}={case.topology_template!r} (case {case.id}): {name} has nodes={spec.get('nodes')}, "
-                         f"gpus_per_node={spec.get('gpus_per_node')}, the case needs {case.nodes} x {case.gpus_per_node}")
+    name = case.topology
+    if shapes is None or name not in shapes:
+        try:
+            spec, _ = read_spec(name)
+        except (KeyError, IndexError, ValueError, OSError) as error:
+            raise ValueError(f"{where}={case.topology_template!r} (case {case.id}): {error}") from None
+        shape = (spec.get("nodes"), spec.get("gpus_per_node"))
+        if shapes is not None:
+            shapes[name] = shape
+    else:
+        shape = shapes[name]
+    if shape != (case.nodes, case.gpus_per_node):
+        raise ValueError(f"{where}={case.topology_template!r} (case {case.id}): {name} has nodes={shape[0]}, "
+                         f"gpus_per_node={shape[1]}, the case needs {case.nodes} x {case.gpus_per_node}")
 
 
 def load_split(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = None) -> set[str]:
