@@ -43,6 +43,8 @@ glm-4.5           92      5120     1536   160 (+1)          8      89 (3 dense f
 glm-4.5-air       46      4096     1408   128 (+1)          8      45 (1 dense first), dropless
 gpt-oss-120b      36      2880     2880   128               4      36, dropless
 gpt-oss-20b       24      2880     2880   32                4      24, dropless
+llama-4-scout     48      5120     8192   16 (+1)           1      48, dropless
+llama-4-maverick  48      5120     8192   128 (+1)          1      24 (every other), dropless
 ================  ======  =======  =====  ================  =====  ==========================
 
 LocMoE's model (`locmoe-pangu`; LocMoE App. D, arXiv 2401.13920, with PanGu-alpha 13B's widths, which

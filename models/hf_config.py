@@ -18,6 +18,11 @@ glm4_moe                    hidden_size, intermediate_size (dense layers), moe_i
                             num_key_value_heads, head_dim, n_group, topk_group (as deepseek)
 mixtral                     hidden_size, intermediate_size, num_local_experts, num_experts_per_tok,
                             num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim
+llama4_text (llama4: its    hidden_size, intermediate_size (experts and the shared expert),
+text_config)                intermediate_size_mlp (dense layers), num_local_experts, num_experts_per_tok,
+                            interleave_moe_layer_step, moe_layers (checked against the step),
+                            num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim;
+                            one shared expert; llama4's vision_config is not counted
 gpt_oss                     as mixtral, and experts_per_token (must equal num_experts_per_tok);
                             layer_types / sliding_window (banded layers) are not read: every layer
                             is planned with full attention
@@ -70,7 +75,13 @@ IGNORED = frozenset({
     "partial_rotary_factor",
     # gpt_oss: the SwiGLU clamp, RoPE's pre-YaRN length and the banded-attention layout (see the table above)
     "swiglu_limit", "initial_context_length", "layer_types",
+    # llama4_text: attention chunking, NoPE layers, temperature tuning (neither counts nor the all-to-all)
+    "attention_chunk_size", "attn_scale", "attn_temperature_tuning", "floor_scale", "no_rope_layers",
+    "no_rope_layer_interval", "for_llm_compressor", "cache_implementation",
 })
+#: the multimodal llama4 wrapper's own fields besides text_config (the image tokens and the vision tower)
+LLAMA4_WRAPPER = frozenset({"boi_token_index", "eoi_token_index", "image_token_index", "vision_config",
+                            "text_config"})
 
 #: the generic fields of transformers' PretrainedConfig (generation defaults, labels, output flags), which a
 #: re-saved config.json repeats at the top level and inside nested configs (DBRX's ffn_config / attn_config)
@@ -218,6 +229,24 @@ def _glm4_moe(r: _Reader) -> tuple[dict, set]:
     return out, read
 
 
+def _llama4_text(r: _Reader) -> tuple[dict, set]:
+    """Llama 4's text model: top-k over num_local_experts plus one shared expert of the routed width, MoE
+    every interleave_moe_layer_step-th layer (layers step - 1, 2 step - 1, ...: the catalog's moe_every)."""
+    read = {"hidden_size", "intermediate_size", "intermediate_size_mlp", "num_local_experts", "num_experts_per_tok",
+            "interleave_moe_layer_step", "moe_layers", "num_hidden_layers", "num_attention_heads"}
+    layers, step = r.integer("num_hidden_layers"), r.integer("interleave_moe_layer_step", 1)
+    expected = list(range(step - 1, layers, step))
+    if "moe_layers" in r.data and r.data["moe_layers"] != expected:
+        raise r.fail("moe_layers", r.data["moe_layers"], f"is not every {step}-th layer ({expected[:4]}...): "
+                     "the catalog has moe_every only")
+    d = r.integer("hidden_size")
+    return {"num_layers": layers, "d_model": d, "d_ffn": r.integer("intermediate_size"),
+            "dense_d_ffn": r.integer("intermediate_size_mlp", required=False),
+            "num_experts": r.integer("num_local_experts"), "num_shared_experts": 1,
+            "top_k": r.integer("num_experts_per_tok"), "moe_every": step, "attention": _gqa(r, d),
+            "ffn_matrices": _ffn_matrices(r, "hidden_act")}, read
+
+
 def _gpt_oss(r: _Reader) -> tuple[dict, set]:
     """gpt-oss: Mixtral's fields; its config.json also says the top-k as experts_per_token."""
     fields, read = _mixtral(r)
@@ -316,7 +345,7 @@ def _switch(r: _Reader) -> tuple[dict, set]:
 
 #: model_type -> reader of the MoE fields (returns the ModelConfig fields and the config fields it read)
 MODEL_TYPES = {"deepseek_v2": _deepseek, "deepseek_v3": _deepseek, "kimi_k2": _deepseek, "glm4_moe": _glm4_moe,
-               "mixtral": _mixtral, "gpt_oss": _gpt_oss, "qwen3_moe": _qwen_moe, "qwen2_moe": _qwen_moe,
+               "mixtral": _mixtral, "gpt_oss": _gpt_oss, "llama4_text": _llama4_text, "llama4": _llama4_text, "qwen3_moe": _qwen_moe, "qwen2_moe": _qwen_moe,
                "dbrx": _dbrx, "switch_transformers": _switch}
 
 
@@ -330,7 +359,16 @@ def model_from_hf_config(data: dict, name: str, source: str = "<config.json>") -
     if not isinstance(model_type, str) or model_type not in MODEL_TYPES:   # a list: unhashable (a traceback)
         raise ValueError(f"{source}: model_type={model_type!r} is not a supported MoE config; supported: "
                          f"{', '.join(sorted(MODEL_TYPES))}")
-    reader = _Reader(data, source)
+    if model_type == "llama4":       # the multimodal wrapper: its text model, in text_config
+        unknown = sorted(key for key in data if key not in LLAMA4_WRAPPER and key not in IGNORED)
+        if unknown:
+            raise ValueError(f"{source}: unknown field {unknown[0]}={data[unknown[0]]!r} for model_type 'llama4' "
+                             f"(lshsim.models.hf_config reads text_config; ignores {', '.join(sorted(LLAMA4_WRAPPER))})")
+        text = data.get("text_config")
+        if not isinstance(text, dict):
+            raise ValueError(f"{source}: text_config={text!r} must be an object (model_type 'llama4')")
+        data = {"tie_word_embeddings": data.get("tie_word_embeddings", False), **text}
+    reader = _Reader(data, source, "text_config." if model_type == "llama4" else "")
     fields, read = MODEL_TYPES[model_type](reader)
     if model_type == "switch_transformers":
         fields.update(_common(reader), tie_embeddings=reader.boolean("tie_word_embeddings", True))

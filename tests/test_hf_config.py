@@ -11,7 +11,7 @@ from lshsim.models.hf_config import load_hf_config, model_from_hf_config
 
 HF = Path(__file__).parent / "data" / "hf"
 NAMES = ["deepseek-v3", "deepseek-v2-lite", "mixtral-8x7b", "qwen3-30b-a3b", "dbrx", "switch-base-128", "kimi-k2",
-         "glm-4.5", "glm-4.5-air", "gpt-oss-120b", "gpt-oss-20b"]
+         "glm-4.5", "glm-4.5-air", "gpt-oss-120b", "gpt-oss-20b", "llama-4-scout", "llama-4-maverick"]
 #: what the files say, independently of the reader: (layers, MoE layers, experts, shared, k, router)
 EXPECTED = {
     "deepseek-v3": (61, 58, 256, 1, 8, "node_limited"),
@@ -25,6 +25,8 @@ EXPECTED = {
     "glm-4.5-air": (46, 45, 128, 1, 8, "topk"),
     "gpt-oss-120b": (36, 36, 128, 0, 4, "topk"),
     "gpt-oss-20b": (24, 24, 32, 0, 4, "topk"),
+    "llama-4-scout": (48, 48, 16, 1, 1, "topk"),
+    "llama-4-maverick": (48, 24, 128, 1, 1, "topk"),
 }
 
 
@@ -84,6 +86,8 @@ def test_missing_field_is_named(tmp_path):
     ("glm-4.5", {"topk_group": 2}, "topk_group=2 exceeds n_group=1"),
     ("gpt-oss-120b", {"experts_per_token": 2}, "experts_per_token=2 disagrees with num_experts_per_tok=4"),
     ("kimi-k2", {"moe_layer_freq": 2}, "moe_layer_freq=2 is not supported"),
+    ("llama-4-maverick", {"moe_layers": [0, 2]}, "moe_layers=[0, 2] is not every 2-th layer"),
+    ("llama-4-scout", {"image_size": 336}, "unknown field image_size=336 for model_type 'llama4'"),
     ("qwen3-30b-a3b", {"mlp_only_layers": [0, 5]}, "mlp_only_layers=[0, 5] is not supported"),
     ("switch-base-128", {"encoder_sparse_step": 3}, "encoder_sparse_step=3 disagrees"),
     ("dbrx", {"ffn_config": {"ffn_hidden_size": 8, "moe_num_experts": 4, "moe_top_k": 1, "experts_per_gpu": 2}},

@@ -157,6 +157,8 @@ PUBLISHED = {
     "glm-4.5-air": (106e9, 12e9, False, "GLM-4.5 report, arXiv 2508.06471, Table 1"),
     "gpt-oss-120b": (116.83e9, 5.13e9, False, "gpt-oss model card, arXiv 2508.10925, Table 1"),
     "gpt-oss-20b": (20.91e9, 3.61e9, False, "gpt-oss model card, arXiv 2508.10925, Table 1"),
+    "llama-4-scout": (109e9, 17e9, True, "Meta, Llama 4 announcement and model card"),
+    "llama-4-maverick": (400e9, 17e9, True, "Meta, Llama 4 announcement and model card"),
 }
 #: whose published active count also leaves out the output layer (GLM-4.5's; the others count it)
 WITHOUT_OUTPUT_HEAD = {"glm-4.5", "glm-4.5-air"}
@@ -178,6 +180,8 @@ CONFIGS = {
     "glm-4.5-air": (46, 4096, 1408, 128, 1, 8, 45),
     "gpt-oss-120b": (36, 2880, 2880, 128, 0, 4, 36),
     "gpt-oss-20b": (24, 2880, 2880, 32, 0, 4, 24),
+    "llama-4-scout": (48, 5120, 8192, 16, 1, 1, 48),
+    "llama-4-maverick": (48, 5120, 8192, 128, 1, 1, 24),
 }
 
 
@@ -277,3 +281,16 @@ def test_new_models_round_trip_through_to_dict():
     for name in PUBLISHED:
         model = load_model(name)
         assert model_from_dict(model.to_dict()) == model
+
+
+def test_llama_4_maverick_interleaves_moe_and_dense_layers():
+    """interleave_moe_layer_step 2: layers 1, 3, ..., 47 are MoE (transformers' Llama4 moe_layers), the others
+    dense FFNs of intermediate_size_mlp 16384; one shared expert beside the top-1 routed one. By hand:
+    attention 48 x (2 x 5120 x 40 x 128 + 2 x 5120 x 8 x 128), MoE 24 x (129 experts + router), dense 24 x
+    3 x 5120 x 16384, embeddings 2 x 202048 x 5120."""
+    model = load_model("llama-4-maverick")
+    assert model.moe_layers[:3] == (1, 3, 5) and model.moe_layers[-1] == 47
+    expert = 3 * 5120 * 8192
+    by_hand = (48 * (2 * 5120 * 40 * 128 + 2 * 5120 * 8 * 128) + 24 * (129 * expert + 5120 * 128)
+               + 24 * 3 * 5120 * 16384 + 2 * 202048 * 5120)
+    assert model.num_parameters == by_hand
