@@ -182,51 +182,47 @@ def _common(reader: _Reader, d_model_key: str = "hidden_size") -> dict:
             "tokens_per_gpu": DEFAULT_TOKENS_PER_GPU}
 
 
-def _deepseek(r: _Reader) -> tuple[dict, set]:
-    read = {"hidden_size", "intermediate_size", "moe_intermediate_size", "n_routed_experts", "n_shared_experts",
-            "num_experts_per_tok", "first_k_dense_replace", "moe_layer_freq", "num_hidden_layers", "num_attention_heads",
-            "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "n_group", "topk_group"}
-    frequency = r.integer("moe_layer_freq", 1)
-    first_dense = r.integer("first_k_dense_replace", 0, minimum=0)
-    if frequency != 1:
-        raise r.fail("moe_layer_freq", frequency, "is not supported (the catalog places MoE layers at (l + 1) % "
-                     "moe_every == 0, DeepSeek at l % moe_layer_freq == 0: they agree only for 1)")
+#: the MoE fields DeepSeek's config.json names, which GLM-4.5's shares
+_DEEPSEEK_MOE = {"hidden_size", "intermediate_size", "moe_intermediate_size", "n_routed_experts", "n_shared_experts",
+                 "num_experts_per_tok", "first_k_dense_replace", "num_hidden_layers", "num_attention_heads", "n_group",
+                 "topk_group"}
+
+
+def _deepseek_moe(r: _Reader, attention: dict) -> dict:
+    """The layers and MoE of a DeepSeek-style config (routed and shared experts, dense layers first at
+    intermediate_size) with the given attention; group-limited routing (n_group groups, a token's experts in its
+    best topk_group) as the node_limited router with max_nodes = topk_group where fewer groups are kept than exist."""
     groups, kept = r.integer("n_group", 1), r.integer("topk_group", 1)
     if kept > groups:
         raise r.fail("topk_group", kept, f"exceeds n_group={groups}")
-    k = r.integer("num_experts_per_tok")
     out = {"num_layers": r.integer("num_hidden_layers"), "d_model": r.integer("hidden_size"),
            "d_ffn": r.integer("moe_intermediate_size"), "dense_d_ffn": r.integer("intermediate_size"),
            "num_experts": r.integer("n_routed_experts"), "num_shared_experts": r.integer("n_shared_experts", 0, minimum=0),
-           "top_k": k, "moe_every": 1, "first_dense_layers": first_dense,
-           "attention": {"kind": "mla", "num_heads": r.integer("num_attention_heads"),
-                         "q_lora_rank": r.integer("q_lora_rank", required=False, allow_none=True),
-                         "kv_lora_rank": r.integer("kv_lora_rank"), "qk_nope_head_dim": r.integer("qk_nope_head_dim"),
-                         "qk_rope_head_dim": r.integer("qk_rope_head_dim"), "v_head_dim": r.integer("v_head_dim")},
+           "top_k": r.integer("num_experts_per_tok"), "moe_every": 1,
+           "first_dense_layers": r.integer("first_k_dense_replace", 0, minimum=0), "attention": attention,
            "ffn_matrices": _ffn_matrices(r, "hidden_act")}
     if kept < groups:
         out["router"], out["router_options"] = "node_limited", {"max_nodes": kept}
-    return out, read
+    return out
+
+
+def _deepseek(r: _Reader) -> tuple[dict, set]:
+    read = _DEEPSEEK_MOE | {"moe_layer_freq", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
+                            "v_head_dim"}
+    frequency = r.integer("moe_layer_freq", 1)
+    if frequency != 1:
+        raise r.fail("moe_layer_freq", frequency, "is not supported (the catalog places MoE layers at (l + 1) % "
+                     "moe_every == 0, DeepSeek at l % moe_layer_freq == 0: they agree only for 1)")
+    attention = {"kind": "mla", "num_heads": r.integer("num_attention_heads"),
+                 "q_lora_rank": r.integer("q_lora_rank", required=False, allow_none=True),
+                 "kv_lora_rank": r.integer("kv_lora_rank"), "qk_nope_head_dim": r.integer("qk_nope_head_dim"),
+                 "qk_rope_head_dim": r.integer("qk_rope_head_dim"), "v_head_dim": r.integer("v_head_dim")}
+    return _deepseek_moe(r, attention), read
 
 
 def _glm4_moe(r: _Reader) -> tuple[dict, set]:
     """GLM-4.5: DeepSeek's MoE fields with grouped-query attention instead of MLA."""
-    read = {"hidden_size", "intermediate_size", "moe_intermediate_size", "n_routed_experts", "n_shared_experts",
-            "num_experts_per_tok", "first_k_dense_replace", "num_hidden_layers", "num_attention_heads",
-            "n_group", "topk_group"}
-    groups, kept = r.integer("n_group", 1), r.integer("topk_group", 1)
-    if kept > groups:
-        raise r.fail("topk_group", kept, f"exceeds n_group={groups}")
-    d = r.integer("hidden_size")
-    out = {"num_layers": r.integer("num_hidden_layers"), "d_model": d, "d_ffn": r.integer("moe_intermediate_size"),
-           "dense_d_ffn": r.integer("intermediate_size"), "num_experts": r.integer("n_routed_experts"),
-           "num_shared_experts": r.integer("n_shared_experts", 0, minimum=0),
-           "top_k": r.integer("num_experts_per_tok"), "moe_every": 1,
-           "first_dense_layers": r.integer("first_k_dense_replace", 0, minimum=0),
-           "attention": _gqa(r, d), "ffn_matrices": _ffn_matrices(r, "hidden_act")}
-    if kept < groups:
-        out["router"], out["router_options"] = "node_limited", {"max_nodes": kept}
-    return out, read
+    return _deepseek_moe(r, _gqa(r, r.integer("hidden_size"))), set(_DEEPSEEK_MOE)
 
 
 def _llama4_text(r: _Reader) -> tuple[dict, set]:
@@ -345,7 +341,8 @@ def _switch(r: _Reader) -> tuple[dict, set]:
 
 #: model_type -> reader of the MoE fields (returns the ModelConfig fields and the config fields it read)
 MODEL_TYPES = {"deepseek_v2": _deepseek, "deepseek_v3": _deepseek, "kimi_k2": _deepseek, "glm4_moe": _glm4_moe,
-               "mixtral": _mixtral, "gpt_oss": _gpt_oss, "llama4_text": _llama4_text, "llama4": _llama4_text, "qwen3_moe": _qwen_moe, "qwen2_moe": _qwen_moe,
+               "mixtral": _mixtral, "gpt_oss": _gpt_oss, "llama4_text": _llama4_text, "llama4": _llama4_text,
+               "qwen3_moe": _qwen_moe, "qwen2_moe": _qwen_moe,
                "dbrx": _dbrx, "switch_transformers": _switch}
 
 
