@@ -20,11 +20,12 @@ from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID,
 
 NINTH = ("aws-b200-", "mori-sop-mi355x-ainic-normal-16k", "mori-sop-mi355x-ainic-normal-32k",
          "mori-sop-mi355x-ainic-normal-64k")                                       # the ninth round's files (pub14i)
+TENTH = ("nebius-h200-deepep-normal", "gcp-b200-deepep-normal")                   # the tenth round's files (pub14j)
 
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 261 and len({c.id for c in cases}) == 261
+    assert len(cases) == 270 and len({c.id for c in cases}) == 270
     test = load_split(PUBLISHED_DIR, cases)      # the cases read once, handed to each reader
     third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
     fourth = {c.id for c in cases if c.file.startswith("aws-") and not c.file.startswith(NINTH)}   # the fourth round: fresh3
@@ -66,6 +67,10 @@ def test_shipped_cases_and_split():
     ninth = {c.id for c in cases if c.file.startswith(NINTH)}
     assert fresh9 == ninth and len(fresh9) == 21                                      # the ninth round (pub14i)
     assert not fresh9 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7 | fresh8)
+    fresh10 = load_fresh(PUBLISHED_DIR, cases, key="fresh10")
+    tenth = {c.id for c in cases if c.file.startswith(TENTH)}
+    assert fresh10 == tenth and len(fresh10) == 9                                     # the tenth round (pub14j)
+    assert not fresh10 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7 | fresh8 | fresh9)
     for family, held in (("efa_nccl", 5), ("efa_v1_nccl", 17)):    # each family has test and fitting cases
         mine = {c.id for c in a2a if c.nic_family == family}
         assert len(mine & fresh6) == held and mine - fresh6
@@ -85,6 +90,18 @@ def test_shipped_cases_and_split():
                                         "https://github.com/crazyguitar/aws-gpu-communication-benchmark/blob/a77f70d"))
             assert (c.nic_family, c.topology) in (("efa_nccl", f"published/p6-b300-efa-{c.nodes}x8"),
                                                   ("efa_v1_nccl", f"published/p5-h100-efa-{c.nodes}x8"))
+        elif c.file.startswith(TENTH):                         # the tenth round (pub14j): fresh10, DeepEP V1 on ConnectX
+            assert c.kind == "normal" and c.counts == "rdma" and c.nic_family == "ib" and c.published_latency_us is None
+            assert c.workload["experts"] == 256 and c.workload["topk_groups"] == "min(nodes, 4)"
+            if c.file.startswith("nebius-"):                   # uccl#444's 'Best' lines, Nebius H200 + CX7 (uccl#531)
+                assert c.source == "https://github.com/uccl-project/uccl/pull/444#issuecomment-3408540251"
+                assert c.group == "nebius-deepep" and (c.ep, c.nodes) == (16, 2) and c.topology == "published/h200-ib-2x8"
+                assert c.workload["tokens_per_rank"] == 4096
+            else:                                              # a Google engineer's DeepEP guide, GCP B200 + RoCE
+                assert c.source == ("https://github.com/yangwhale/gpu-tpu-pedia/blob/9b90c7615a58f26542e84a890b1d4df308bc89f4/"
+                                    "gpu/deepep/DEEPEP_GUIDE.md")
+                assert c.group == "gcp-deepep" and (c.ep, c.nodes) in ((16, 2), (32, 4))
+                assert c.topology == f"published/gcp-b200-roce-{c.nodes}x8" and c.workload["tokens_per_rank"] == 2048
         elif c.file.startswith(NINTH):                         # the ninth round (pub14i): fresh9
             assert c.kind == "normal" and c.counts == "rdma" and c.published_latency_us is None
             if c.file.startswith("aws-b200-"):                 # AWS's matched B200 campaign, 'Prefill comparison'
@@ -241,15 +258,15 @@ def test_split_names_only_known_cases(tmp_path):
         load_fresh(tmp_path)
     for earlier, later in [("fresh", "fresh2"), ("fresh2", "fresh3"), ("fresh3", "fresh4"), ("fresh4", "fresh5"),
                            ("fresh5", "fresh6"), ("fresh6", "fresh7"), ("fresh7", "fresh8"),
-                           ("fresh8", "fresh9")]:
+                           ("fresh8", "fresh9"), ("fresh9", "fresh10")]:
         (tmp_path / "split.yaml").write_text(f"{earlier}: [x]\n{later}: [x]\n")
         with pytest.raises(ValueError, match=rf"split.yaml: {later}\[0\]='x' is also in {earlier}"):
             load_fresh(tmp_path, key=later)
     (tmp_path / "split.yaml").write_text("test: [x]\nfresh5: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh5\[0\]='x' is also a test case"):
         load_fresh(tmp_path, key="fresh5")
-    with pytest.raises(ValueError, match=r"key='fresh10' must be one of"):
-        load_fresh(tmp_path, key="fresh10")
+    with pytest.raises(ValueError, match=r"key='fresh11' must be one of"):
+        load_fresh(tmp_path, key="fresh11")
 
 
 def test_routing_as_deepep_draws_it():
