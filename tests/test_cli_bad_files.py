@@ -76,9 +76,10 @@ BROKEN = [
     # exit 0 before: two rows of one size fitted alpha 5e-16 s and a bandwidth from one point
     ("nccl one size twice", "a2a.log", "\n".join(_LINES[:_ROWS[0]] + [_LINES[_ROWS[4]]] * 2) + "\n", NCCL,
      ["2 different all-to-all sizes", "262144"]),
-    # exit 0 before: constant times fitted a bandwidth of 1.7e29 B/s
+    # exit 0 before: constant times fitted a bandwidth of 1.7e29 B/s (the fitted 1/B is 0 up to rounding:
+    # a tiny positive or a non-positive value by the installed numpy's LAPACK; both refused, the number not asked)
     ("nccl constant times", "a2a.log", _rows(lambda k, line: _time(line, "20.00")), NCCL,
-     ["the times do not grow with the size", "1.73e+29"]),
+     ["the times do not grow with the size"]),
     # exit 0 before: a time of 1e30 us (or 1e300 on every row: alpha 1e294 s)
     ("nccl time 1e30", "a2a.log", _rows(lambda k, line: _time(line, "1e30") if k == 2 else line), NCCL,
      ["a2a.log:16", "time='1e30'", "one hour"]),
