@@ -21,11 +21,12 @@ from lshsim.sim.published import (PUBLISHED_DIR, Case, CaseRun, EFFICIENCY_GRID,
 NINTH = ("aws-b200-", "mori-sop-mi355x-ainic-normal-16k", "mori-sop-mi355x-ainic-normal-32k",
          "mori-sop-mi355x-ainic-normal-64k")                                       # the ninth round's files (pub14i)
 TENTH = ("nebius-h200-deepep-normal", "gcp-b200-deepep-normal")                   # the tenth round's files (pub14j)
+ELEVENTH = ("azure-h100-deepep-normal",)                                          # the eleventh round's file (pub14k)
 
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 270 and len({c.id for c in cases}) == 270
+    assert len(cases) == 273 and len({c.id for c in cases}) == 273
     test = load_split(PUBLISHED_DIR, cases)      # the cases read once, handed to each reader
     third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
     fourth = {c.id for c in cases if c.file.startswith("aws-") and not c.file.startswith(NINTH)}   # the fourth round: fresh3
@@ -71,6 +72,10 @@ def test_shipped_cases_and_split():
     tenth = {c.id for c in cases if c.file.startswith(TENTH)}
     assert fresh10 == tenth and len(fresh10) == 9                                     # the tenth round (pub14j)
     assert not fresh10 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7 | fresh8 | fresh9)
+    fresh11 = load_fresh(PUBLISHED_DIR, cases, key="fresh11")
+    eleventh = {c.id for c in cases if c.file.startswith(ELEVENTH)}
+    assert fresh11 == eleventh and len(fresh11) == 3                                  # the eleventh round (pub14k)
+    assert not fresh11 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7 | fresh8 | fresh9 | fresh10)
     for family, held in (("efa_nccl", 5), ("efa_v1_nccl", 17)):    # each family has test and fitting cases
         mine = {c.id for c in a2a if c.nic_family == family}
         assert len(mine & fresh6) == held and mine - fresh6
@@ -90,6 +95,13 @@ def test_shipped_cases_and_split():
                                         "https://github.com/crazyguitar/aws-gpu-communication-benchmark/blob/a77f70d"))
             assert (c.nic_family, c.topology) in (("efa_nccl", f"published/p6-b300-efa-{c.nodes}x8"),
                                                   ("efa_v1_nccl", f"published/p5-h100-efa-{c.nodes}x8"))
+        elif c.file.startswith(ELEVENTH):                      # the eleventh round (pub14k): fresh11, DeepEP V1 on Azure
+            assert c.kind == "normal" and c.counts == "rdma" and c.nic_family == "ib" and c.published_latency_us is None
+            assert c.source == ("https://github.com/vinil-v/DeepEP-Azure-buildsuite/blob/"
+                                "96a77f025840a0570a7f37b79337954ec1f70571/README.md")
+            assert c.group == "azure-deepep" and (c.ep, c.nodes) == (16, 2)
+            assert c.topology == "published/azure-ndv5-h100-ib-2x8" and c.workload["tokens_per_rank"] == 4096
+            assert c.workload["experts"] == 256 and c.workload["topk_groups"] == "min(nodes, 4)"
         elif c.file.startswith(TENTH):                         # the tenth round (pub14j): fresh10, DeepEP V1 on ConnectX
             assert c.kind == "normal" and c.counts == "rdma" and c.nic_family == "ib" and c.published_latency_us is None
             assert c.workload["experts"] == 256 and c.workload["topk_groups"] == "min(nodes, 4)"
@@ -258,15 +270,15 @@ def test_split_names_only_known_cases(tmp_path):
         load_fresh(tmp_path)
     for earlier, later in [("fresh", "fresh2"), ("fresh2", "fresh3"), ("fresh3", "fresh4"), ("fresh4", "fresh5"),
                            ("fresh5", "fresh6"), ("fresh6", "fresh7"), ("fresh7", "fresh8"),
-                           ("fresh8", "fresh9"), ("fresh9", "fresh10")]:
+                           ("fresh8", "fresh9"), ("fresh9", "fresh10"), ("fresh10", "fresh11")]:
         (tmp_path / "split.yaml").write_text(f"{earlier}: [x]\n{later}: [x]\n")
         with pytest.raises(ValueError, match=rf"split.yaml: {later}\[0\]='x' is also in {earlier}"):
             load_fresh(tmp_path, key=later)
     (tmp_path / "split.yaml").write_text("test: [x]\nfresh5: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh5\[0\]='x' is also a test case"):
         load_fresh(tmp_path, key="fresh5")
-    with pytest.raises(ValueError, match=r"key='fresh11' must be one of"):
-        load_fresh(tmp_path, key="fresh11")
+    with pytest.raises(ValueError, match=r"key='fresh12' must be one of"):
+        load_fresh(tmp_path, key="fresh12")
 
 
 def test_routing_as_deepep_draws_it():
