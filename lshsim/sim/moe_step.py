@@ -1130,13 +1130,24 @@ class A2ACache:
 def _moe_section(t0: float, world_size: int, first: tuple[str, float, np.ndarray],
                  compute_s: np.ndarray, second: tuple[str, float, np.ndarray], chunks: int,
                  layer: int, direction: str, ranks: np.ndarray | None = None) -> tuple[list[PhaseRecord], float]:
-    """Simulate network -> per-rank expert compute -> network in `chunks` pipelined pieces (simpy).
+    """Simulate network -> per-rank expert compute -> network in `chunks` pipelined pieces (simpy;
+    one chunk, with finite times >= 0: `_moe_section_unpipelined`, the same records without simpy).
 
     first/second: (phase name, time of ONE chunk's all-to-all, (W,) bytes each rank sends per chunk).
     compute_s: (W,) expert time of one chunk per rank. Returns the records and the end time.
     ranks: the rank each of the W entries stands for in the records (default 0..W-1; rank classes).
     """
     ids = [int(r) for r in (range(world_size) if ranks is None else ranks)]
+    if chunks == 1 and world_size > 0 and all(math.isfinite(x) and x >= 0 for x in
+                                              (t0, first[1], second[1], *np.asarray(compute_s, dtype=float)[:world_size])):
+        return _moe_section_unpipelined(t0, world_size, first, compute_s, second, layer, direction, ids)
+    return _moe_section_simpy(t0, world_size, first, compute_s, second, chunks, layer, direction, ids)
+
+
+def _moe_section_simpy(t0: float, world_size: int, first: tuple[str, float, np.ndarray], compute_s: np.ndarray,
+                       second: tuple[str, float, np.ndarray], chunks: int, layer: int, direction: str,
+                       ids: list[int]) -> tuple[list[PhaseRecord], float]:
+    """`_moe_section` simulated with simpy (any chunk count)."""
     env = simpy.Environment(initial_time=t0)
     network = simpy.Resource(env, capacity=1)
     streams = [simpy.Resource(env, capacity=1) for _ in range(world_size)]
@@ -1172,6 +1183,28 @@ def _moe_section(t0: float, world_size: int, first: tuple[str, float, np.ndarray
     finals = [env.process(chunk_process(chunk)) for chunk in range(chunks)]
     env.run(until=env.all_of(finals))
     return records, env.now
+
+
+def _moe_section_unpipelined(t0: float, world_size: int, first: tuple[str, float, np.ndarray], compute_s: np.ndarray,
+                             second: tuple[str, float, np.ndarray], layer: int, direction: str,
+                             ids: list[int]) -> tuple[list[PhaseRecord], float]:
+    """`_moe_section` with one chunk, without simpy: the same records in the same order, the same
+    times to the bit (each is the same sum the simulation's clock makes: the first collective ends
+    at t0 + its time, expert r at that + its time, the second collective starts when the last expert
+    ends; expert records in order of their end, ties by rank, as simpy's events come out)."""
+    name, seconds, sent = first
+    end = t0 + seconds
+    records = [PhaseRecord(name, ids[rank], t0, end, bytes=int(sent[rank]), layer=layer, direction=direction)
+               for rank in range(world_size)]
+    ends = [end + float(compute_s[rank]) for rank in range(world_size)]
+    for rank in sorted(range(world_size), key=ends.__getitem__):      # stable: ties by rank
+        records.append(PhaseRecord("expert", ids[rank], end, ends[rank], layer=layer, direction=direction))
+    start = max(ends) if ends else end
+    name, seconds, sent = second
+    finish = start + seconds
+    records.extend(PhaseRecord(name, ids[rank], start, finish, bytes=int(sent[rank]), layer=layer,
+                               direction=direction) for rank in range(world_size))
+    return records, finish
 
 
 # ---- the step ---------------------------------------------------------------------------------
