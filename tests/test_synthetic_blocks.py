@@ -91,3 +91,25 @@ def test_block_draws_without_the_skip_are_the_same(monkeypatch):
     pooled = synthetic_router_inputs(100, 4, 64, 16, seed=1, skew=0.5, hidden="pooled")
     assert torch.equal(pooled.logits, whole.logits) and torch.equal(pooled.token_ids, whole.token_ids)
     assert torch.equal(pooled.hidden, pooled_hidden(whole.hidden, 16))
+
+
+def test_blocks_drawn_ahead_are_the_blocks_drawn_in_turn_and_stop_when_left():
+    from lshsim.dispatch.synthetic import _BlocksAhead, _draw_blocks
+
+    expected = [(a, b, blk.clone()) for a, b, blk in _draw_blocks(torch.Generator().manual_seed(9), 200, 24, 32)]
+    with _BlocksAhead(torch.Generator().manual_seed(9), 200, 24, 32) as blocks:
+        got = [(a, b, blk.clone()) for a, b, blk in blocks]
+    assert [(a, b) for a, b, _ in got] == [(a, b) for a, b, _ in expected]
+    assert all(torch.equal(x[2], y[2]) for x, y in zip(got, expected))
+    with _BlocksAhead(torch.Generator().manual_seed(9), 2000, 24, 32) as blocks:
+        next(iter(blocks))                       # leave after one block: the helper stops
+    assert not blocks.helper.is_alive()
+
+
+def test_an_error_of_the_helper_reaches_the_caller():
+    from lshsim.dispatch.synthetic import _BlocksAhead
+
+    with pytest.raises(TypeError):
+        with _BlocksAhead("not a generator", 64, 8, 16) as blocks:
+            list(blocks)
+    assert not blocks.helper.is_alive()

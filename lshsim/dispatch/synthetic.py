@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import math
+import queue
+import threading
 
 import torch
 
@@ -68,11 +70,59 @@ def _row_blocks(num_rows: int, block_rows: int):
 def _draw_blocks(generator: torch.Generator, num_rows: int, width: int, block_rows: int):
     """Yield (start, stop, block): the rows start..stop-1 of torch.randn(num_rows, width,
     generator=generator), drawn block by block into one reused buffer (valid until the next yield)."""
-    buffer = torch.empty(min(num_rows, 2 * block_rows - 1), width)
-    for start, stop in _row_blocks(num_rows, block_rows):
+    blocks = list(_row_blocks(num_rows, block_rows))
+    buffer = torch.empty(max(stop - start for start, stop in blocks), width)
+    for start, stop in blocks:
         block = buffer[:stop - start]
         block.normal_(generator=generator)
         yield start, stop, block
+
+
+class _BlocksAhead:
+    """`_draw_blocks` with the blocks drawn by a helper thread from the moment this is made, one block
+    ahead of the caller (the draws are serial, one core; torch and the generator skip release the GIL):
+    the same numbers in the same order, in two buffers. Iterate it once, inside `with`: leaving
+    (an error, an early exit) stops the helper; an error of the helper is raised in the loop."""
+
+    def __init__(self, generator: torch.Generator, num_rows: int, width: int, block_rows: int):
+        self.blocks = list(_row_blocks(num_rows, block_rows))
+        rows = max(stop - start for start, stop in self.blocks)
+        self.free: queue.Queue = queue.Queue()
+        self.ready: queue.Queue = queue.Queue()
+        for _ in range(2):
+            self.free.put(torch.empty(rows, width))
+        self.stopping = threading.Event()
+        self.helper = threading.Thread(target=self._draw, args=(generator,), name="lshsim-hidden-draws", daemon=True)
+        self.helper.start()
+
+    def _draw(self, generator: torch.Generator) -> None:
+        try:
+            for start, stop in self.blocks:
+                buffer = self.free.get()
+                if self.stopping.is_set():
+                    return
+                block = buffer[:stop - start]
+                block.normal_(generator=generator)
+                self.ready.put((start, stop, buffer, block))
+        except BaseException as error:     # handed to the caller
+            self.ready.put(error)
+
+    def __iter__(self):
+        for _ in self.blocks:
+            item = self.ready.get()
+            if isinstance(item, BaseException):
+                raise item
+            start, stop, buffer, block = item
+            yield start, stop, block
+            self.free.put(buffer)
+
+    def __enter__(self) -> "_BlocksAhead":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.free.put(torch.empty(0))      # wakes a helper waiting for a buffer
+        self.helper.join()
 
 
 _BLOCKS_MATCH: bool | None = None
@@ -113,7 +163,8 @@ def synthetic_router_inputs(num_tokens_per_rank: int, world_size: int, d_model: 
     "none" nothing (None). With "pooled" and "none" the (T, d) states are never held whole (131,072
     tokens x 7,168 features are 3.8 GB): above BLOCK_VALUES values the generator first skips past
     them to the gate's numbers, which come after them (`lshsim.dispatch._generator_skip`; where it
-    cannot, they are drawn and dropped), then they are drawn in row blocks for the logits; logits,
+    cannot, they are drawn and dropped), while a helper thread draws them again in row blocks for the
+    logits (`_BlocksAhead`, one block ahead of the matrix products); logits,
     token ids and pooled states are those of the "full" draw bit for bit (tests/test_synthetic_blocks.py).
     """
     for name, value in (("num_tokens_per_rank", num_tokens_per_rank), ("world_size", world_size),
@@ -134,18 +185,19 @@ def synthetic_router_inputs(num_tokens_per_rank: int, world_size: int, d_model: 
         logits = states @ gate  # (T, E)
         kept = states if hidden == "full" else pooled_hidden(states, num_experts) if hidden == "pooled" else None
     else:
-        # past the hidden states: skipped (`_generator_skip`, about 4x faster than drawing), else drawn
-        if not _generator_skip.skip(generator, _generator_skip.normal_draws(num_tokens * d_model)):
-            for _ in _draw_blocks(generator, num_tokens, d_model, block_rows):
-                pass
-        gate = torch.randn(d_model, num_experts, generator=generator) / d_model ** 0.5  # (d, E)
-        logits = torch.empty(num_tokens, num_experts)                                   # (T, E)
-        kept = torch.empty(num_tokens, num_experts) if hidden == "pooled" else None
-        again = torch.Generator().manual_seed(seed)                                     # the hidden states again
-        for start, stop, block in _draw_blocks(again, num_tokens, d_model, block_rows):
-            torch.matmul(block, gate, out=logits[start:stop])
-            if kept is not None:
-                kept[start:stop] = pooled_hidden(block, num_experts)
+        # the hidden states again, from a second generator, drawn ahead by a helper thread meanwhile
+        with _BlocksAhead(torch.Generator().manual_seed(seed), num_tokens, d_model, block_rows) as blocks:
+            # past the hidden states: skipped (`_generator_skip`, about 4x faster than drawing), else drawn
+            if not _generator_skip.skip(generator, _generator_skip.normal_draws(num_tokens * d_model)):
+                for _ in _draw_blocks(generator, num_tokens, d_model, block_rows):
+                    pass
+            gate = torch.randn(d_model, num_experts, generator=generator) / d_model ** 0.5  # (d, E)
+            logits = torch.empty(num_tokens, num_experts)                                   # (T, E)
+            kept = torch.empty(num_tokens, num_experts) if hidden == "pooled" else None
+            for start, stop, block in blocks:
+                torch.matmul(block, gate, out=logits[start:stop])
+                if kept is not None:
+                    kept[start:stop] = pooled_hidden(block, num_experts)
     if skew > 0:
         popularity = dirichlet_popularity(num_experts, generator)  # (E,)
         logits = logits + skew * popularity.clamp_min(1e-12).log()
