@@ -787,12 +787,20 @@ def reuse_router_inputs(cache: RouterInputCache):
 
 
 def _draw_inputs(model: object, config: StepConfig, routed: int, world_size: int, seed: int):
+    """The synthetic router inputs of a routing (`synthetic_router_inputs`). A router lshsim ships
+    (`BUILTIN_ROUTERS`) reads the logits or the token ids, or, LocMoE's, the hidden states' GrAP group
+    means alone: it gets those (hidden="pooled", RouterInputs.hidden (T, E); "none" when the width
+    has no equal groups, which no shipped router then reads), the same plan bit for bit without ever
+    holding the (T, d) states (3.8 GB for DeepSeek-V3 on 64 GPUs). A registered router gets them whole."""
     from lshsim.dispatch.routers import BUILTIN_ROUTERS
 
     spec = model_dict(model)
     args = dict(num_tokens_per_rank=routed, world_size=world_size, d_model=_gate_width(spec, config),
                 num_experts=spec["num_experts"], seed=seed, vocab_size=spec["vocab_size"])
-    if _INPUT_CACHE is None or ROUTERS.get(config.router) is not BUILTIN_ROUTERS.get(config.router, False):
+    if ROUTERS.get(config.router) is not BUILTIN_ROUTERS.get(config.router, False):
+        return synthetic_router_inputs(**args)
+    args["hidden"] = "pooled" if args["d_model"] % args["num_experts"] == 0 else "none"
+    if _INPUT_CACHE is None:
         return synthetic_router_inputs(**args)
     return _INPUT_CACHE.draw(tuple(sorted(args.items())), lambda: synthetic_router_inputs(**args))
 
@@ -805,7 +813,8 @@ def _route_group(model: object, placement: Placement, config: StepConfig, inputs
     if first_rank == 0 and bool(rows.all()):
         logits, token_ids, hidden, token_rank = inputs.logits, inputs.token_ids, inputs.hidden, inputs.token_rank
     else:
-        logits, token_ids, hidden = inputs.logits[rows], inputs.token_ids[rows], inputs.hidden[rows]
+        logits, token_ids = inputs.logits[rows], inputs.token_ids[rows]
+        hidden = None if inputs.hidden is None else inputs.hidden[rows]
         token_rank = inputs.token_rank[rows] - first_rank
     return route(router_config(model, config), placement, logits=logits, token_ids=token_ids, hidden=hidden,
                  token_rank=token_rank)
@@ -1121,13 +1130,24 @@ class A2ACache:
 def _moe_section(t0: float, world_size: int, first: tuple[str, float, np.ndarray],
                  compute_s: np.ndarray, second: tuple[str, float, np.ndarray], chunks: int,
                  layer: int, direction: str, ranks: np.ndarray | None = None) -> tuple[list[PhaseRecord], float]:
-    """Simulate network -> per-rank expert compute -> network in `chunks` pipelined pieces (simpy).
+    """Simulate network -> per-rank expert compute -> network in `chunks` pipelined pieces (simpy;
+    one chunk, with finite times >= 0: `_moe_section_unpipelined`, the same records without simpy).
 
     first/second: (phase name, time of ONE chunk's all-to-all, (W,) bytes each rank sends per chunk).
     compute_s: (W,) expert time of one chunk per rank. Returns the records and the end time.
     ranks: the rank each of the W entries stands for in the records (default 0..W-1; rank classes).
     """
     ids = [int(r) for r in (range(world_size) if ranks is None else ranks)]
+    if chunks == 1 and world_size > 0 and all(math.isfinite(x) and x >= 0 for x in
+                                              (t0, first[1], second[1], *np.asarray(compute_s, dtype=float)[:world_size])):
+        return _moe_section_unpipelined(t0, world_size, first, compute_s, second, layer, direction, ids)
+    return _moe_section_simpy(t0, world_size, first, compute_s, second, chunks, layer, direction, ids)
+
+
+def _moe_section_simpy(t0: float, world_size: int, first: tuple[str, float, np.ndarray], compute_s: np.ndarray,
+                       second: tuple[str, float, np.ndarray], chunks: int, layer: int, direction: str,
+                       ids: list[int]) -> tuple[list[PhaseRecord], float]:
+    """`_moe_section` simulated with simpy (any chunk count)."""
     env = simpy.Environment(initial_time=t0)
     network = simpy.Resource(env, capacity=1)
     streams = [simpy.Resource(env, capacity=1) for _ in range(world_size)]
@@ -1163,6 +1183,28 @@ def _moe_section(t0: float, world_size: int, first: tuple[str, float, np.ndarray
     finals = [env.process(chunk_process(chunk)) for chunk in range(chunks)]
     env.run(until=env.all_of(finals))
     return records, env.now
+
+
+def _moe_section_unpipelined(t0: float, world_size: int, first: tuple[str, float, np.ndarray], compute_s: np.ndarray,
+                             second: tuple[str, float, np.ndarray], layer: int, direction: str,
+                             ids: list[int]) -> tuple[list[PhaseRecord], float]:
+    """`_moe_section` with one chunk, without simpy: the same records in the same order, the same
+    times to the bit (each is the same sum the simulation's clock makes: the first collective ends
+    at t0 + its time, expert r at that + its time, the second collective starts when the last expert
+    ends; expert records in order of their end, ties by rank, as simpy's events come out)."""
+    name, seconds, sent = first
+    end = t0 + seconds
+    records = [PhaseRecord(name, ids[rank], t0, end, bytes=int(sent[rank]), layer=layer, direction=direction)
+               for rank in range(world_size)]
+    ends = [end + float(compute_s[rank]) for rank in range(world_size)]
+    for rank in sorted(range(world_size), key=ends.__getitem__):      # stable: ties by rank
+        records.append(PhaseRecord("expert", ids[rank], end, ends[rank], layer=layer, direction=direction))
+    start = max(ends) if ends else end
+    name, seconds, sent = second
+    finish = start + seconds
+    records.extend(PhaseRecord(name, ids[rank], start, finish, bytes=int(sent[rank]), layer=layer,
+                               direction=direction) for rank in range(world_size))
+    return records, finish
 
 
 # ---- the step ---------------------------------------------------------------------------------
@@ -1707,7 +1749,8 @@ def compare_options(model: object, graph, options: list[tuple[str, StepConfig]],
                     drain_tolerance: float = 0.0, share_cache: bool = True, progress=None,
                     cache_stats: dict | None = None, estimate: bool = False) -> list[dict]:
     """Simulate every option; routing is shared between options with the same `routing_key` (the
-    whole router config, tokens, seed and subsample bound), and all-to-all times between all options
+    whole router config, tokens, seed and subsample bound), the synthetic router inputs between the
+    routings (one `RouterInputCache`, unless the caller has set one), and all-to-all times between all options
     (one `A2ACache`; share_cache=False gives each option its own, as before the shared cache).
 
     drain_tolerance: the fidelity of every all-to-all (0 = exact; see `FlowNetwork`); estimate:
@@ -1731,6 +1774,7 @@ def compare_options(model: object, graph, options: list[tuple[str, StepConfig]],
                      simulation_text(algorithm, traffic_bytes, current["simulations"]))
 
     caches: list[A2ACache] = []
+    inputs = RouterInputCache()
     for index, (label, config) in enumerate(options, start=1):
         current.update(index=index, label=label, simulations=0)
         if share_cache and caches:
@@ -1747,7 +1791,10 @@ def compare_options(model: object, graph, options: list[tuple[str, StepConfig]],
             place_key = (config.ep, config.tp, config.tp_layout)
             if place_key not in placements:
                 placements[place_key] = placement_for(model, graph, config.ep, config.tp, config.tp_layout)
-            routings[key] = route_traffic(model, placements[place_key], config)
+            with contextlib.ExitStack() as stack:
+                if _INPUT_CACHE is None:   # the options' routers draw their inputs once (`RouterInputCache`)
+                    stack.enter_context(reuse_router_inputs(inputs))
+                routings[key] = route_traffic(model, placements[place_key], config)
         result = simulate_config(model, graph, config, traffic=routings[key], a2a_cache=cache)
         rows.append({"label": label, "description": describe(config), "config": config.to_dict(),
                      "breakdown": result.breakdown, "result": result})
