@@ -167,6 +167,17 @@ BROKEN += [
      ["r.json", "calibration.nvlink_Bps", "is above 1e+14 B/s"]),
 ]
 
+#: the common loaders (lshsim.readers), every YAML and JSON reader: a RecursionError traceback (YAML nested
+#: 100,000 deep) and Python's 4,300-digit integer limit without the file (branch robust)
+BROKEN += [
+    ("yaml nested too deeply", "t.yaml", "a: " + "[" * 100000 + "\n",
+     ["simulate", "--topology", "{FILE}", "--traffic", "uniform:1MB"], ["t.yaml", "nested too deeply"]),
+    ("yaml integer of 5000 digits", "t.yaml", "name: x\nnodes: " + "9" * 5000 + "\n",
+     ["simulate", "--topology", "{FILE}", "--traffic", "uniform:1MB"], ["t.yaml", "4300 digits"]),
+    ("json integer of 5000 digits", "t.json", '{"schema": ' + "9" * 5000 + "}",
+     ["validate", "{FILE}", "--plot", "{OUT}.png"], ["t.json", "4300 digits"]),
+]
+
 #: published-case files are read from a folder (with its split.yaml): (id, text, words)
 PUBLISHED_BROKEN = [
     # AttributeError traceback before
