@@ -269,3 +269,25 @@ def test_a_split_entry_that_is_a_list_is_refused(key, tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert f"split.yaml: {key}[0]=['nccl-p5-ep64-peak'] is not a case id" in err, err
+
+
+def test_validate_plot_of_phases_it_cannot_draw(tmp_path, refused, capsys):
+    """validate --plot draws on log axes: a trace with no timed phase ended in "no predicted phase to plot"
+    (no file, no option named), and one whose all-to-alls moved no bytes (predicted 0 s) in numpy's
+    "Geometric sequence cannot include zero" (branch robust). Now the first is refused naming --plot and
+    the trace, and the second draws the phases it can (the all-to-alls' -100% are in the table)."""
+    trace = json.loads((ROOT / "tests" / "data" / "calibration" / "h200-x4-alpha-beta"
+                        / "cal-uniform-d2048-t1024.json").read_text())
+    topology = str(ROOT / "data" / "topologies" / "calibrated" / "h200-x4.yaml")
+    untimed = json.loads(json.dumps(trace))
+    untimed["meta"]["measured"]["phases_s"] = {}
+    (tmp_path / "t.json").write_text(json.dumps(untimed))
+    refused(["validate", "{FILE}", "--topology", topology, "--plot", "{OUT}.png"], "t.json",
+            ["--plot", "no phase of", "to plot (log axes)"])
+    (tmp_path / "t.json").unlink()
+    zero = json.loads(json.dumps(trace))
+    for key in ("traffic_bytes", "combine_traffic_bytes"):
+        zero["meta"]["measured"][key] = [[0] * 4 for _ in range(4)]
+    (tmp_path / "z.json").write_text(json.dumps(zero))
+    assert main(["validate", str(tmp_path / "z.json"), "--topology", topology, "--plot", str(tmp_path / "z.png")]) == 0
+    assert (tmp_path / "z.png").stat().st_size > 0 and "-100" in capsys.readouterr().out
