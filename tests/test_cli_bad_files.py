@@ -283,7 +283,7 @@ def test_validate_plot_of_phases_it_cannot_draw(tmp_path, refused, capsys):
     untimed["meta"]["measured"]["phases_s"] = {}
     (tmp_path / "t.json").write_text(json.dumps(untimed))
     refused(["validate", "{FILE}", "--topology", topology, "--plot", "{OUT}.png"], "t.json",
-            ["--plot", "no phase of", "to plot (log axes)"])
+            ["--plot", "no predicted phase to plot", "(log axes)"])
     (tmp_path / "t.json").unlink()
     zero = json.loads(json.dumps(trace))
     for key in ("traffic_bytes", "combine_traffic_bytes"):

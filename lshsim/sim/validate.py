@@ -318,8 +318,9 @@ def validation_figure(validations: list[Validation]):
                        color=colors.get(v.world_size, "tab:red"), alpha=0.75,
                        facecolors="none" if row.direction == "backward" else None)
     if not points:
-        names = ", ".join(v.name for v in validations)
-        raise ValueError(f"no phase of {names} has a predicted and a measured time > 0 to plot (log axes)")
+        names = ", ".join(v.name for v in validations) or "no trace"
+        raise ValueError(f"no predicted phase to plot: no phase of {names} has a predicted and a measured time > 0 "
+                         f"(log axes)")
     low = min(min(p) for p in points) * 1e3 / 1.5
     high = max(max(p) for p in points) * 1e3 * 1.5
     line = np.geomspace(low, high, 50)
