@@ -186,6 +186,9 @@ PUBLISHED_BROKEN = [
     ("topology typo", _sub(PUBLISHED, "\ntopology:", "\ntopolgy:"), ["topolgy=", "not a known field"]),
     ("published 1e30", _sub(PUBLISHED, "published_GBps: 45.1", "published_GBps: 1.0e+30"),
      ["published_GBps", "1e+30", "<= 10000"]),
+    # branch robust: an unknown kind in a file of all-to-all cases was refused as "workload must be a mapping"
+    ("unknown kind", _sub(PUBLISHED, "kind: alltoall, ep: 32, nodes: 4, size_bytes: 67108864",
+                          "kind: bogus, ep: 32, nodes: 4, size_bytes: 67108864"), ["cases[0].kind='bogus'", "one of"]),
 ]
 
 
@@ -291,3 +294,19 @@ def test_validate_plot_of_phases_it_cannot_draw(tmp_path, refused, capsys):
     (tmp_path / "z.json").write_text(json.dumps(zero))
     assert main(["validate", str(tmp_path / "z.json"), "--topology", topology, "--plot", str(tmp_path / "z.png")]) == 0
     assert (tmp_path / "z.png").stat().st_size > 0 and "-100" in capsys.readouterr().out
+
+
+def test_a_split_that_holds_out_every_case_is_refused_before_any_simulation(tmp_path, capsys):
+    """Every case held out: the fit refused it as "fit_calibration: no fitting cases" (no file named), after
+    simulating every case (branch robust)."""
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    doc = yaml.safe_load(PUBLISHED)
+    doc["cases"] = doc["cases"][:1]
+    (folder / "p5.yaml").write_text(yaml.safe_dump(doc))
+    (folder / "split.yaml").write_text(f"test: [{doc['cases'][0]['id']}]\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--published", str(folder), "--json", "--quiet"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "split.yaml: every one of the 1 cases is held out" in err, err
