@@ -269,6 +269,8 @@ def test_expert_table_floor_and_empty_load():
     (lambda p: p[2].update(d_model=256.0), r"compute\.expert\[2\]\.d_model=256\.0"),
     (lambda p: p[7].update(experts=0), r"compute\.expert\[7\]\.experts=0"),
     (lambda p: p.pop(4), r"compute\.expert: the grid of 3 x 3 x 2 x 2 .* misses 1 points"),
+    # branch robust: one point was a table that predicted every expert shape at that point's time
+    (lambda p: p.__delitem__(slice(1, None)), r"compute\.expert holds one grid point"),
 ])
 def test_expert_table_refuses_bad_points_naming_the_field(change, message):
     points = _grid_points()

@@ -250,6 +250,9 @@ class ExpertTable:
                 values.add(value)
             axes.append(tuple(sorted(values)))
         shape = tuple(len(a) for a in axes)
+        if len(points) < 2:   # one point: every expert shape would be predicted at that point's time
+            raise ValueError(f"{field_name} holds one grid point: the expert table interpolates between points, so it "
+                             f"needs at least two shapes")
         tables = {}
         for key in ("forward_s", "backward_s"):
             table = np.full(shape, np.nan)
