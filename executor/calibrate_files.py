@@ -181,7 +181,7 @@ def finish(args, inp) -> int:
     print the summary; the end of every `calibrate`, measured or read."""
     from lshsim.calibration import fit_calibration, gpu_key
     from lshsim.calibration.fits import THRESHOLD_WINDOW
-    from lshsim.topology import write_topology_yaml
+    from lshsim.topology import build_topology, write_topology_yaml
 
     results, source, world = inp.record, inp.provenance, inp.world_size
     measured = not reads_files(args)
@@ -200,6 +200,12 @@ def finish(args, inp) -> int:
     prov = {**source, "fit": fit_info}
     name = args.name or f"{gpu_key(inp.gpu) or 'cpu'}-x{world}-calibrated"
     spec = fit.topology_spec(name, prov)
+    try:      # before any file is written: a fit whose topology is refused (a rate past lshsim.bounds) leaves none
+        build_topology(spec, source="the fitted topology")
+    except ValueError as error:
+        if measured:
+            raise
+        raise ValueError(f"{input_files(args)}: {error}") from None
     phase_model = fit_phases(args, inp, spec)
     if phase_model is not None:
         spec["calibration"]["phase_model"] = phase_model.to_block()

@@ -161,20 +161,20 @@ def add_calibrate(subparsers) -> argparse.ArgumentParser:
                           "missing, checked before any measurement)")
     cal.add_argument("--name", type=_arg_topology_name, default=None,
                      help="topology name: letters, digits, '.', '_' and '-' (default: derived from the GPU)")
-    cal.add_argument("--min-bytes", type=arg_int_bytes, default=4096,
+    cal.add_argument("--min-bytes", type=arg_int_bytes, default=MEASURING_OPTIONS["--min-bytes"],
                      help=f"smallest all-to-all size per rank (default 4KiB; {BYTES_HELP})")
-    cal.add_argument("--max-bytes", type=arg_int_bytes, default=2 ** 30,
+    cal.add_argument("--max-bytes", type=arg_int_bytes, default=MEASURING_OPTIONS["--max-bytes"],
                      help=f"largest all-to-all size per rank (default 1GiB; {BYTES_HELP})")
-    cal.add_argument("--steps-per-octave", type=arg_int_within("steps_per_octave"), default=1,
+    cal.add_argument("--steps-per-octave", type=arg_int_within("steps_per_octave"), default=MEASURING_OPTIONS["--steps-per-octave"],
                      help="sizes per doubling of the all-to-all sweep, 1 to 64 (default 1: powers of two)")
-    cal.add_argument("--iterations", type=arg_int_within("count"), default=10,
+    cal.add_argument("--iterations", type=arg_int_within("count"), default=MEASURING_OPTIONS["--iterations"],
                      help="timed repetitions per size, 1 to 2^20 (10)")
-    cal.add_argument("--warmup", type=arg_int_within("count", minimum=0), default=3,
+    cal.add_argument("--warmup", type=arg_int_within("count", minimum=0), default=MEASURING_OPTIONS["--warmup"],
                      help="untimed repetitions per size, 0 to 2^20 (3)")
-    cal.add_argument("--ffn-d-model", type=arg_int_within("dim"), default=4096,
+    cal.add_argument("--ffn-d-model", type=arg_int_within("dim"), default=MEASURING_OPTIONS["--ffn-d-model"],
                      help="d_model of the FFN rate test, 1 to 2^20 (default 4096; the test's memory must fit the "
                           "device)")
-    cal.add_argument("--ffn-tokens", type=arg_int_within("tokens"), default=8192,
+    cal.add_argument("--ffn-tokens", type=arg_int_within("tokens"), default=MEASURING_OPTIONS["--ffn-tokens"],
                      help="tokens of the FFN rate test, 1 to 2^24 (default 8192; the test's memory must fit the "
                           "device)")
     cal.add_argument("--source", default=None, metavar="NAME",
@@ -326,6 +326,40 @@ def _rank_from_env() -> int:
     return env_int("RANK", 0)
 
 
+def _local_world_size(default: int | None = None) -> int:
+    """LOCAL_WORLD_SIZE (the ranks on this machine, set by torchrun or launch), default WORLD_SIZE;
+    a value that is not an integer >= 1 is refused naming the variable."""
+    import os
+
+    if os.environ.get("LOCAL_WORLD_SIZE") is None:     # WORLD_SIZE's own check is init_runtime's
+        return max(1, _world_size_from_env() if default is None else default)
+    value = env_int("LOCAL_WORLD_SIZE", 1)
+    if value < 1:
+        raise ValueError(f"environment variable LOCAL_WORLD_SIZE={value} must be an integer >= 1 (the ranks on "
+                         f"this machine)")
+    return value
+
+
+def _on_gpu(device: str) -> bool:
+    """Whether --device DEVICE runs on CUDA (auto: if torch sees a CUDA device); `--device cuda` where
+    torch sees none is refused here, before the memory estimates ask the device for its size."""
+    if device == "cpu":
+        return False
+    import torch
+
+    available = torch.cuda.is_available()
+    if device == "cuda" and not available:
+        raise ValueError("--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False); "
+                         "use --device cpu or auto")
+    return available
+
+
+def _local_gpu_index() -> int:
+    import torch
+
+    return env_int("LOCAL_RANK", 0) % max(torch.cuda.device_count(), 1)
+
+
 def _set_threads(args, world_size: int) -> None:
     import os
 
@@ -333,8 +367,8 @@ def _set_threads(args, world_size: int) -> None:
 
     threads = args.threads
     if threads <= 0:
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-        threads = max(1, (os.cpu_count() or 1) // max(local, 1))
+        local = _local_world_size(world_size)
+        threads = max(1, (os.cpu_count() or 1) // local)
     torch.set_num_threads(threads)
 
 
@@ -343,6 +377,9 @@ def _trace_paths(args, workloads) -> list[str | None]:
     output rule of `lshsim.io` checked before any work."""
     from lshsim.io import path_in_folder, prepare_output, prepare_output_dir
 
+    if args.out is not None and args.out_dir is not None:
+        raise ValueError(f"--out {args.out} and --out-dir {args.out_dir}: give one (--out for one workload's trace, "
+                         f"--out-dir for one trace per workload)")
     if args.out is not None:         # '' too: prepare_output refuses an empty name (was: no trace, exit 0)
         return [str(prepare_output(args.out, "--out"))] * len(workloads)
     if args.out_dir is not None:
@@ -354,21 +391,15 @@ def _trace_paths(args, workloads) -> list[str | None]:
 def refuse_workloads_too_large(workloads, device: str) -> None:
     """Refuse, before the rendezvous, a workload whose memory per rank (`lshsim.limits.estimate_executor_rank`)
     exceeds the device's: a GPU's memory, or on CPU the available memory shared by the local ranks."""
-    import os
-
     from lshsim.limits import available_memory_bytes, estimate_executor_rank, refuse_if_too_large
 
     world = _world_size_from_env()
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world) or 1))
-    on_gpu = False
-    if device != "cpu":
-        import torch
-
-        on_gpu = device == "cuda" or torch.cuda.is_available()
+    local = _local_world_size(world)
+    on_gpu = _on_gpu(device)
     if on_gpu:
         import torch
 
-        index = int(os.environ.get("LOCAL_RANK", "0") or 0) % max(torch.cuda.device_count(), 1)
+        index = _local_gpu_index()
         limit, where = torch.cuda.get_device_properties(index).total_memory, f"GPU {index} has"
     else:
         limit, where = available_memory_bytes() / local, f"this machine, shared by {local} local rank(s), has"
@@ -475,22 +506,43 @@ def check_calibrate_args(args) -> None:
                 raise ValueError(f"{first} and {second} are the same file {a}")
     if args.min_bytes > args.max_bytes:
         raise ValueError(f"--min-bytes {args.min_bytes} must be <= --max-bytes {args.max_bytes}")
+    from lshsim.executor.calibrate_files import reads_files
+
+    def given(options):
+        return [flag if value is True else f"{flag} {','.join(value) if isinstance(value, tuple) else value}"
+                for flag, value, default in
+                ((flag, getattr(args, flag[2:].replace("-", "_"), default), default) for flag, default in options)
+                if value != default]
+
+    if reads_files(args):       # nothing is measured: an option of the measurement would be ignored
+        named = given(MEASURING_OPTIONS.items())
+        if named:
+            raise ValueError(f"{', '.join(named)}: {'an option' if len(named) == 1 else 'options'} of a measuring "
+                             f"calibration; with files to fit (--source, --nccl-tests, --from-raw, --from-traces) "
+                             f"nothing is measured: leave {'it' if len(named) == 1 else 'them'} out")
+    else:
+        named = given((("--world-size", None), ("--gpu", None), ("--no-curve", False)))
+        if named:
+            raise ValueError(f"{', '.join(named)} {'goes' if len(named) == 1 else 'go'} with files to fit "
+                             f"(--nccl-tests, --source, --from-traces); a measuring calibration takes the world size "
+                             f"and the GPU from its run and fits no bus bandwidth curve")
+
+
+#: the options of a measuring calibration and their defaults (add_calibrate): given with files to fit,
+#: where nothing is measured, they are refused rather than ignored
+MEASURING_OPTIONS = {"--min-bytes": 4096, "--max-bytes": 2 ** 30, "--steps-per-octave": 1, "--iterations": 10,
+                     "--warmup": 3, "--ffn-d-model": 4096, "--ffn-tokens": 8192, "--phases": None, "--device": "auto",
+                     "--threads": 0, "--collective-timeout-s": 600.0}
 
 
 def refuse_measurement_too_large(args) -> None:
     """A measured calibration whose largest buffers (the all-to-all's send and receive buffers of
     --max-bytes, the FFN test's tokens and weights) exceed the memory of the device is refused
     before the rendezvous (`lshsim.limits`)."""
-    import os
-
     from lshsim.limits import Estimate, available_memory_bytes, refuse_if_too_large
 
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")) or 1))
-    on_gpu = False
-    if args.device != "cpu":
-        import torch
-
-        on_gpu = args.device == "cuda" or torch.cuda.is_available()
+    local = _local_world_size()
+    on_gpu = _on_gpu(args.device)
     element = 2 if on_gpu else 4
     d, t = args.ffn_d_model, args.ffn_tokens
     a2a = Estimate(2.0 * args.max_bytes, 0.0, f"2 x --max-bytes {args.max_bytes} (send and receive buffers)")
@@ -500,7 +552,7 @@ def refuse_measurement_too_large(args) -> None:
     if on_gpu:
         import torch
 
-        index = int(os.environ.get("LOCAL_RANK", "0") or 0) % max(torch.cuda.device_count(), 1)
+        index = _local_gpu_index()
         limit, where = torch.cuda.get_device_properties(index).total_memory, f"GPU {index} has"
     else:
         limit, where = available_memory_bytes() / local, f"this machine, shared by {local} local rank(s), has"

@@ -5,7 +5,8 @@ manager for writers that need a file object or a path: `json.dump`, matplotlib's
 a temporary file in the destination's own folder (``.NAME.PID.tmp``), flush it, `os.fsync` it and
 `os.replace` it onto the destination. A reader sees the old file or the whole new one, never a part;
 an error or an interruption while writing (a full disk, Ctrl-C) leaves the old file as it was and
-removes the temporary file. A writer killed outright (SIGKILL) cannot remove its temporary file: the
+removes the temporary file. A destination that is a symbolic link keeps its link: the file it points
+to is replaced. A writer killed outright (SIGKILL) cannot remove its temporary file: the
 next write of the same file removes it (`remove_stale_temporaries`, by the dead writer's PID).
 
 **Appended, durably** (`append_durably`): the one exception to "written whole", for a table that
@@ -18,8 +19,9 @@ before any work starts (before a simulation, a measurement or a run):
 
 - the folder of an output file (and an output folder such as `--out-dir`) is created, with its
   parents, if it does not exist;
-- a path that cannot be created or written to, an output file that is an existing folder, or an
-  output folder that is an existing file, is refused with a ValueError naming the option and the path
+- a path that cannot be created or written to, an output file that is an existing folder or an existing
+  device, named pipe or socket (`/dev/null`, `/dev/stdout`: the rename would replace it), or an output
+  folder that is an existing file, is refused with a ValueError naming the option and the path
   (the command line turns it into exit code 2).
 
 **Names from inputs** (a workload's name becomes ``NAME.json`` under `--out-dir`) never leave the
@@ -49,6 +51,30 @@ __all__ = ["write_text_atomically", "write_bytes_atomically", "atomic_output", "
 
 #: one sentence for --help texts
 OUTPUT_RULE = "its folder is created if missing; checked before any work"
+
+
+def _not_a_regular_file(path: Path) -> str | None:
+    """What `path` is when it exists and is neither a regular file nor a folder (after symbolic links):
+    'a character device' (/dev/null), 'a named pipe', 'a socket' or 'a block device'; else None. An
+    output is renamed onto its path, which would replace such a node (as root, /dev/null itself) with a
+    regular file: it is refused instead."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return ("a character device" if stat.S_ISCHR(mode) else "a named pipe" if stat.S_ISFIFO(mode) else
+            "a socket" if stat.S_ISSOCK(mode) else "a block device" if stat.S_ISBLK(mode) else "not a regular file")
+
+
+def _refuse_special(path: Path, option: str) -> None:
+    kind = _not_a_regular_file(path)
+    if kind is not None:
+        raise ValueError(f"{option} {path}: is {kind}, not a regular file (an output is a temporary file renamed "
+                         f"onto its path, which would replace it); give a file name")
 
 
 def _temporary(path: Path) -> Path:
@@ -103,6 +129,9 @@ def atomic_output(path: str | Path, mode: str = "w", *, encoding: str | None = "
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_output: mode={mode!r} must be 'w' or 'wb'")
     path = Path(path)
+    _refuse_special(path, "output")
+    if path.is_symlink():           # replace the link's target, not the link
+        path = Path(os.path.realpath(path))
     temporary = _temporary(path)
     remove_stale_temporaries(path)
     try:
@@ -218,6 +247,7 @@ def prepare_output(path: str | Path | None, option: str) -> Path | None:
     path = Path(text)
     if path.is_dir() or text.endswith(os.sep):
         raise ValueError(f"{option} {text}: is a folder; give a file name")
+    _refuse_special(path, option)
     _writable_folder(path.parent if str(path.parent) else Path("."), option, text)
     if path.exists() and not os.access(path, os.W_OK):
         raise ValueError(f"{option} {text}: the file exists and is not writable")

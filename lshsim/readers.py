@@ -115,6 +115,10 @@ def load_yaml(path: str | Path | None = None, *, text: str | None = None, source
         raise ValueError(f"{where}: not valid YAML: {_one_line(problem)}") from None
     except yaml.YAMLError as error:
         raise ValueError(f"{source}: not valid YAML: {_one_line(error)}") from None
+    except ValueError as error:   # a value the loader cannot build: an integer of more than 4,300 digits
+        raise ValueError(f"{source}: not a usable YAML value: {_one_line(error)}") from None
+    except RecursionError:
+        raise ValueError(f"{source}: not valid YAML: nested too deeply") from None
     if data is None:
         raise ValueError(f"{source}: the file is empty (expected a YAML mapping)")
     return data
@@ -149,6 +153,10 @@ def load_json(path: str | Path | None = None, *, text: str | None = None, source
         raise ValueError(f"{source}:{error.lineno}: not valid JSON: {error.msg} (column {error.colno})") from None
     except RecursionError:
         raise ValueError(f"{source}: not valid JSON: nested too deeply") from None
+    except ValueError as error:   # an integer of more than 4,300 digits (Python's limit); a duplicate key names the file
+        if str(error).startswith(f"{source}: "):
+            raise
+        raise ValueError(f"{source}: not a usable JSON value: {_one_line(error)}") from None
 
 
 def dump_yaml(data, **options) -> str:

@@ -286,7 +286,8 @@ def load_figures(path: str | Path | None = None) -> FigureSet:
 
 def check_references(figure_set: FigureSet, models: list[str], topologies: list[str]) -> None:
     """Every figure's model is one of `models` (or a YAML file that exists) and its cluster one of
-    `topologies` (or a YAML file); ValueError naming the figure and the field otherwise."""
+    `topologies` (or a YAML file), and its cluster with its `cluster_edits` builds; ValueError naming
+    the figure and the field otherwise."""
     for figure in figure_set.figures:
         where = f"{figure_set.source}: {figure.id}"
         for name, value, known in (("model", figure.model, models), ("cluster", figure.cluster, topologies)):
@@ -295,6 +296,20 @@ def check_references(figure_set: FigureSet, models: list[str], topologies: list[
             if value.endswith((".yaml", ".yml")) and Path(value).is_file():
                 continue
             raise ValueError(f"{where}: {name}={value!r} is not in the catalog; known: {', '.join(sorted(known))}")
+    from lshsim.topology import build_topology
+    from lshsim.topology.spec import read_spec
+
+    checked = set()
+    for figure in figure_set.figures:    # the edited clusters, built before any prediction: an error names the figure
+        key = (figure.cluster, json.dumps(figure.cluster_edits, sort_keys=True, default=str))
+        if not figure.cluster_edits or key in checked:
+            continue
+        checked.add(key)
+        try:
+            spec, source = read_spec(figure.cluster)
+            build_topology(apply_edits(spec, figure.cluster_edits, source), source=source)
+        except ValueError as error:
+            raise ValueError(f"{figure_set.source}: {figure.id}: cluster_edits {figure.cluster_edits}: {error}") from None
 
 
 def select(figure_set: FigureSet, paper: str = "all") -> list[Figure]:

@@ -154,6 +154,30 @@ BROKEN += [
      ["reproduce", "--figures", "{FILE}", "--json", "--plot", "{OUT}.png"], ["figures[0]", "paper=['lsh-moe']"]),
 ]
 
+#: second bad-input round (branch robust): a fit that passed its own checks gave a topology past lshsim.bounds,
+#: refused only when the topology was written, after --raw: the raw JSON was left behind, the line named the
+#: output (c.yaml), not the file read
+BROKEN += [
+    ("zig-zag times", "a.log", _rows(lambda k, line: _time(line, "20.00" if k % 2 else "2000.00")), NCCL,
+     ["a.log", "calibration.nvlink_Bps", "is above 1e+14 B/s"]),
+    ("times 1e9 too short", "a.log", _rows(lambda k, line: _time(line, f"{float(line.split()[5]) * 1e-9:.3e}")), NCCL,
+     ["a.log", "calibration.nvlink_Bps", "is above 1e+14 B/s"]),
+    ("raw zig-zag", "r.json", _raw(lambda raw: (raw["results"].pop("a2a_pow2", None), raw["results"].update(
+        a2a=[dict(e, time_s=1e-5 if i % 2 else 1e-1) for i, e in enumerate(raw["results"]["a2a"])]))), FROM_RAW,
+     ["r.json", "calibration.nvlink_Bps", "is above 1e+14 B/s"]),
+]
+
+#: the common loaders (lshsim.readers), every YAML and JSON reader: a RecursionError traceback (YAML nested
+#: 100,000 deep) and Python's 4,300-digit integer limit without the file (branch robust)
+BROKEN += [
+    ("yaml nested too deeply", "t.yaml", "a: " + "[" * 100000 + "\n",
+     ["simulate", "--topology", "{FILE}", "--traffic", "uniform:1MB"], ["t.yaml", "nested too deeply"]),
+    ("yaml integer of 5000 digits", "t.yaml", "name: x\nnodes: " + "9" * 5000 + "\n",
+     ["simulate", "--topology", "{FILE}", "--traffic", "uniform:1MB"], ["t.yaml", "4300 digits"]),
+    ("json integer of 5000 digits", "t.json", '{"schema": ' + "9" * 5000 + "}",
+     ["validate", "{FILE}", "--plot", "{OUT}.png"], ["t.json", "4300 digits"]),
+]
+
 #: published-case files are read from a folder (with its split.yaml): (id, text, words)
 PUBLISHED_BROKEN = [
     # AttributeError traceback before
@@ -162,6 +186,9 @@ PUBLISHED_BROKEN = [
     ("topology typo", _sub(PUBLISHED, "\ntopology:", "\ntopolgy:"), ["topolgy=", "not a known field"]),
     ("published 1e30", _sub(PUBLISHED, "published_GBps: 45.1", "published_GBps: 1.0e+30"),
      ["published_GBps", "1e+30", "<= 10000"]),
+    # branch robust: an unknown kind in a file of all-to-all cases was refused as "workload must be a mapping"
+    ("unknown kind", _sub(PUBLISHED, "kind: alltoall, ep: 32, nodes: 4, size_bytes: 67108864",
+                          "kind: bogus, ep: 32, nodes: 4, size_bytes: 67108864"), ["cases[0].kind='bogus'", "one of"]),
 ]
 
 
@@ -245,3 +272,41 @@ def test_a_split_entry_that_is_a_list_is_refused(key, tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert f"split.yaml: {key}[0]=['nccl-p5-ep64-peak'] is not a case id" in err, err
+
+
+def test_validate_plot_of_phases_it_cannot_draw(tmp_path, refused, capsys):
+    """validate --plot draws on log axes: a trace with no timed phase ended in "no predicted phase to plot"
+    (no file, no option named), and one whose all-to-alls moved no bytes (predicted 0 s) in numpy's
+    "Geometric sequence cannot include zero" (branch robust). Now the first is refused naming --plot and
+    the trace, and the second draws the phases it can (the all-to-alls' -100% are in the table)."""
+    trace = json.loads((ROOT / "tests" / "data" / "calibration" / "h200-x4-alpha-beta"
+                        / "cal-uniform-d2048-t1024.json").read_text())
+    topology = str(ROOT / "data" / "topologies" / "calibrated" / "h200-x4.yaml")
+    untimed = json.loads(json.dumps(trace))
+    untimed["meta"]["measured"]["phases_s"] = {}
+    (tmp_path / "t.json").write_text(json.dumps(untimed))
+    refused(["validate", "{FILE}", "--topology", topology, "--plot", "{OUT}.png"], "t.json",
+            ["--plot", "no predicted phase to plot", "(log axes)"])
+    (tmp_path / "t.json").unlink()
+    zero = json.loads(json.dumps(trace))
+    for key in ("traffic_bytes", "combine_traffic_bytes"):
+        zero["meta"]["measured"][key] = [[0] * 4 for _ in range(4)]
+    (tmp_path / "z.json").write_text(json.dumps(zero))
+    assert main(["validate", str(tmp_path / "z.json"), "--topology", topology, "--plot", str(tmp_path / "z.png")]) == 0
+    assert (tmp_path / "z.png").stat().st_size > 0 and "-100" in capsys.readouterr().out
+
+
+def test_a_split_that_holds_out_every_case_is_refused_before_any_simulation(tmp_path, capsys):
+    """Every case held out: the fit refused it as "fit_calibration: no fitting cases" (no file named), after
+    simulating every case (branch robust)."""
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    doc = yaml.safe_load(PUBLISHED)
+    doc["cases"] = doc["cases"][:1]
+    (folder / "p5.yaml").write_text(yaml.safe_dump(doc))
+    (folder / "split.yaml").write_text(f"test: [{doc['cases'][0]['id']}]\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--published", str(folder), "--json", "--quiet"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "split.yaml: every one of the 1 cases is held out" in err, err

@@ -74,6 +74,14 @@ BROKEN = [
     ([*CALIBRATE, "--threshold-window", "inf"], ["--threshold-window", "'inf'"]),
     ([*CALIBRATE, "--threshold-window", "-1"], ["--threshold-window", "'-1'"]),
     ([*CALIBRATE, "--threshold-window", "1e30"], ["--threshold-window", "'1e30'"]),
+    # second bad-input round (branch robust): options that were silently ignored (exit 0)
+    (["run", "--workload", WORKLOAD, "--out", "{OUT}.json", "--out-dir", "{TMP}/traces"],
+     ["--out", "--out-dir", "give one"]),
+    ([*CALIBRATE, "--iterations", "5"], ["--iterations 5", "measuring calibration"]),
+    ([*CALIBRATE, "--phases", "all"], ["--phases a2a,expert,layers", "measuring calibration"]),
+    ([*CALIBRATE, "--max-bytes", "1MB", "--device", "cpu"], ["--max-bytes 1000000, --device cpu", "leave them out"]),
+    (["calibrate", "--device", "cpu", "--world-size", "4", "--out", "{OUT}.yaml"], ["--world-size 4", "files to fit"]),
+    (["calibrate", "--device", "cpu", "--no-curve", "--out", "{OUT}.yaml"], ["--no-curve", "files to fit"]),
 ]
 
 SAMPLE = [
@@ -131,6 +139,42 @@ def test_a_bad_value_is_one_line_and_exit_2(argv, words, tmp_path, capsys, monke
         assert word in err, (word, err)
     # no output file, and no folder the output check made (a refusal removes it)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["bin.json", "bin.py", "folder.py"], "an output"
+
+
+@pytest.mark.parametrize("argv, name, value, words", [
+    (["run", "--workload", WORKLOAD, "--out", "{OUT}.json"], "LOCAL_WORLD_SIZE", "abc", ["LOCAL_WORLD_SIZE='abc'"]),
+    (["run", "--workload", WORKLOAD, "--out", "{OUT}.json"], "LOCAL_WORLD_SIZE", "0", ["LOCAL_WORLD_SIZE=0", ">= 1"]),
+    (["calibrate", "--device", "cpu", "--out", "{OUT}.yaml"], "LOCAL_WORLD_SIZE", "1e3", ["LOCAL_WORLD_SIZE='1e3'"]),
+])
+def test_a_bad_environment_variable_is_named(argv, name, value, words, tmp_path, capsys, monkeypatch):
+    """LOCAL_WORLD_SIZE (torchrun's, read for the memory estimate and the CPU threads) was read with int():
+    'abc' gave "invalid literal for int() with base 10: 'abc'" without the variable, 0 and -4 were taken as 1."""
+    monkeypatch.setenv(name, value)
+    fill = {"{OUT}": str(tmp_path / "out" / "result")}
+    argv = [next((arg.replace(key, v) for key, v in fill.items() if key in arg), arg) for arg in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert all(word in err for word in ["environment variable", *words]), err
+    assert not list(tmp_path.iterdir()), "an output was left behind"
+
+
+def test_device_cuda_without_cuda_is_one_line(tmp_path, capsys):
+    """--device cuda where torch sees no CUDA device: the memory estimate asked the device for its size
+    first (AssertionError "Torch not compiled with CUDA enabled", a traceback), before init_runtime's check."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    for argv in (["run", "--workload", WORKLOAD, "--device", "cuda", "--out", str(tmp_path / "o" / "t.json")],
+                 ["calibrate", "--device", "cuda", "--out", str(tmp_path / "o" / "c.yaml")]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert "--device cuda: torch sees no CUDA device" in err, err
+        assert not list(tmp_path.iterdir()), "an output was left behind"
 
 
 def test_a_late_start_finishes_instead_of_spinning():

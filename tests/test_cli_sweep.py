@@ -100,6 +100,18 @@ def test_a_bad_point_is_a_row_and_the_sweep_goes_on(tmp_path, capsys, monkeypatc
     assert sorted(key[2] for key in calls) == ["4", "4"]
 
 
+def test_a_sweep_whose_every_point_failed_exits_1(tmp_path, capsys):
+    """Every point refused (16 experts on 32 GPUs): exit 0 and an empty plot before (branch robust), so a
+    script took a table of errors for results. Now exit 1, one line naming the grid, no plot; the table of
+    errors stays (it is whole: --retry-errors runs them again)."""
+    grid = _grid(tmp_path, nodes="[4]")
+    table, plot = tmp_path / "r.csv", tmp_path / "p.png"
+    assert main(["sweep", grid, "--out", str(table), "--jobs", "0", "--quiet", "--plot", str(plot)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"every point of {grid} failed" in err and "num_experts=16" in err, err
+    assert not plot.exists() and all(row["error"] for row in _rows(table)) and len(_rows(table)) == 2 * 3
+
+
 def test_resume_after_an_interruption_equals_an_uninterrupted_sweep(tmp_path, capsys, monkeypatch):
     grid = _grid(tmp_path)
     whole = _sweep(tmp_path, capsys, grid=grid, out="whole.csv")

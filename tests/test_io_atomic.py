@@ -271,3 +271,36 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
     lio.write_text_atomically(target, "{}")
     assert target.read_text() == "{}"
     assert not stale.exists() and live.exists() and other.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
+def test_a_device_or_pipe_is_never_replaced_by_an_output(tmp_path, capsys):
+    """An output is a temporary file renamed onto its path: onto `--plot /dev/null` (as root) that rename
+    replaced the device with a PNG. A named pipe stands in for the device here (no root needed); it is
+    refused before the work, by the output check and by the writer itself, and stays a pipe."""
+    import stat
+
+    from lshsim.cli import main
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(ValueError, match=f"--plot {pipe}: is a named pipe, not a regular file"):
+        lio.prepare_output(pipe, "--plot")
+    with pytest.raises(ValueError, match="is a named pipe"):
+        lio.write_text_atomically(pipe, "x")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["collision", "--plot", str(pipe)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--plot {pipe}: is a named pipe" in err
+    assert stat.S_ISFIFO(os.lstat(pipe).st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+def test_an_output_through_a_symbolic_link_replaces_its_target_and_keeps_the_link(tmp_path):
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    assert lio.prepare_output(link, "--out") == link
+    lio.write_text_atomically(link, "new")
+    assert link.is_symlink() and target.read_text() == "new" and link.read_text() == "new"

@@ -152,6 +152,32 @@ def test_fit_linear_refuses_no_points_and_skips_loo_without_spare_points():
     assert fit.coef == pytest.approx((1.0, 2.0)) and fit.loo_median_rel_error is None and fit.loo_max_rel_error is None
 
 
+def test_fit_linear_refuses_points_of_one_shape_for_a_size_term(tmp_path, capsys):
+    """Calibration layers of one shape (one layer, or one layer twice) fitted the gate's four terms exactly:
+    0% error, and a growth with the size that nothing determined (branch robust). A term that is 0 on every
+    point (no LSH layer) plays no part; a constant alone may be fitted on repeats of one shape."""
+    one_shape = [{"const": 1.0, "x": 2.0}, {"const": 1.0, "x": 2.0}]
+    with pytest.raises(ValueError, match=r"2 point\(s\) of 1 distinct shape\(s\) cannot fit the terms const, x"):
+        fit_linear(("const", "x"), one_shape, [3.0, 3.1])
+    assert fit_linear(("const",), [{"const": 1.0}] * 3, [2.0, 2.0, 2.0]).coef == pytest.approx((2.0,))
+    assert fit_linear(("const", "lsh", "x"), [{"const": 1.0, "lsh": 0.0, "x": 1.0},
+                                              {"const": 1.0, "lsh": 0.0, "x": 2.0}], [3.0, 5.0]).points == 2
+    # through `calibrate --from-raw`: the refusal names the file and the phase, nothing is written
+    from lshsim.cli import main
+
+    raw = json.loads((Path(__file__).resolve().parents[1] / "data" / "measured" / "h200" / "run-l"
+                      / "cal-nvlink-raw.json").read_text())
+    raw["results"]["phases"]["layers"] = raw["results"]["phases"]["layers"][:1]
+    (tmp_path / "r.json").write_text(json.dumps(raw))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["calibrate", "--from-raw", str(tmp_path / "r.json"), "--out", str(tmp_path / "o" / "c.yaml"),
+              "--raw", str(tmp_path / "o" / "raw.json"), "--quiet"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err
+    assert "r.json: results.phases: the layers' gate forward: 1 point(s) of 1 distinct shape(s)" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
 # ---- ExpertTable --------------------------------------------------------------------------------------
 AXES = {"experts": (1, 4, 16), "rows_per_expert": (64, 256, 1024), "d_model": (256, 1024), "d_ffn": (512, 2048)}
 C = 1e-13
@@ -243,6 +269,8 @@ def test_expert_table_floor_and_empty_load():
     (lambda p: p[2].update(d_model=256.0), r"compute\.expert\[2\]\.d_model=256\.0"),
     (lambda p: p[7].update(experts=0), r"compute\.expert\[7\]\.experts=0"),
     (lambda p: p.pop(4), r"compute\.expert: the grid of 3 x 3 x 2 x 2 .* misses 1 points"),
+    # branch robust: one point was a table that predicted every expert shape at that point's time
+    (lambda p: p.__delitem__(slice(1, None)), r"compute\.expert holds one grid point"),
 ])
 def test_expert_table_refuses_bad_points_naming_the_field(change, message):
     points = _grid_points()

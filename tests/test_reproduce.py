@@ -9,9 +9,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 from dataclasses import replace
 
 import pytest
+import yaml
 
 from lshsim import reproduce as R
 from lshsim.cli import main
@@ -126,6 +128,23 @@ def test_a_repeated_id_and_an_unknown_model_are_refused(shipped):
     figure_set = R.figures_from_dict(_mutate(shipped, 1, cluster="v100-2x8"), source="f.yaml")
     with pytest.raises(ValueError, match="cluster='v100-2x8' is not in the catalog"):
         R.check_references(figure_set, list_models(), list_topologies())
+
+
+@pytest.mark.parametrize("edits, message", [
+    ({"nodes": 0}, "nodes=0 must be >= 1"),
+    ({"bogus.field": 1}, "cluster_edits 'bogus.field': the spec has no field 'bogus'"),
+])
+def test_a_cluster_edit_the_cluster_refuses_names_the_figures_file(shipped, edits, message, tmp_path, refused):
+    """A figure's cluster_edits that its cluster refuses ended `reproduce` with the cluster's file alone
+    ("lshmoe-a100-4x8.yaml: nodes=0 must be >= 1"): not the figures file, not the figure (branch robust)."""
+    figure_set = R.figures_from_dict(_mutate(shipped, 1, cluster_edits=edits), source="f.yaml")
+    figure_id = figure_set.figures[1].id
+    with pytest.raises(ValueError, match=f"f.yaml: {re.escape(figure_id)}: cluster_edits .*: lshmoe-a100-4x8.yaml: "
+                                         f"{re.escape(message)}"):
+        R.check_references(figure_set, list_models(), list_topologies())
+    raw = _mutate(shipped, 1, cluster_edits=edits)
+    (tmp_path / "f.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    refused(["reproduce", "--figures", "{FILE}", "--quiet", "--plot", "{OUT}.png"], "f.yaml", [figure_id, message])
 
 
 def test_an_unknown_paper_selection_is_refused():

@@ -199,6 +199,13 @@ def fit_linear(terms, rows: list[dict], targets, scale=None) -> LinearFit:
     y = np.asarray(targets, dtype=float)                                    # (n,)
     if len(y) == 0:
         raise ValueError(f"no points to fit {terms}")
+    active = np.abs(X).max(axis=0) > 0                # a term that is 0 on every point (no LSH layer) plays no part
+    rank = int(np.linalg.matrix_rank(X[:, active] / np.abs(X[:, active]).max(axis=0))) if active.any() else 0
+    if rank < min(int(active.sum()), 2):
+        # points of one shape fit any growth with the size exactly (0% error): a size term is not determined
+        raise ValueError(f"{len(y)} point(s) of {len({tuple(row) for row in X.tolist()})} distinct shape(s) cannot fit "
+                         f"the terms {', '.join(terms)}: how the time grows with the size needs points of at least "
+                         f"two shapes; calibrate on more layers")
     s = y if scale is None else np.asarray(scale, dtype=float)
     coef = _nnls_relative(X, y, s)
     errors = np.abs(X @ coef - y) / s
@@ -243,6 +250,9 @@ class ExpertTable:
                 values.add(value)
             axes.append(tuple(sorted(values)))
         shape = tuple(len(a) for a in axes)
+        if len(points) < 2:   # one point: every expert shape would be predicted at that point's time
+            raise ValueError(f"{field_name} holds one grid point: the expert table interpolates between points, so it "
+                             f"needs at least two shapes")
         tables = {}
         for key in ("forward_s", "backward_s"):
             table = np.full(shape, np.nan)
@@ -851,7 +861,10 @@ def fit_phase_model(results: dict, *, transport: str = "nvlink", small_a2a_s=Non
                 targets.append(measured)
                 scales.append(scale)
             if rows:
-                kernels[(phase, direction)] = fit_linear(terms, rows, targets, scales)
+                try:
+                    kernels[(phase, direction)] = fit_linear(terms, rows, targets, scales)
+                except ValueError as error:
+                    raise ValueError(f"the layers' {phase} {direction}: {error}") from None
         multi_values, single_values = [], []
         for features, record in points:
             other = record["phases_s"].get("forward", {}).get("other")

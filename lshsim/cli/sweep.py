@@ -15,7 +15,7 @@ def add_parser(subparsers):
         description="Plan every point of a grid (a YAML file: data/sweeps/README.md) and write one CSV row per "
                     "(point, option): the predicted step, the all-to-all share, the speedup over the baseline "
                     "option, the fidelity used, the wall time, and the error of a point that failed (the others "
-                    "go on). Rerunning with the same --out skips the points already in it (resume after an "
+                    "go on; exit code 1 when every point failed, no plot). Rerunning with the same --out skips the points already in it (resume after an "
                     "interruption). Runs in local processes (--jobs) or on Dask (--engine dask).")
     p.add_argument("grid", metavar="GRID.yaml", help="the grid file (e.g. data/sweeps/nic-vs-size.yaml)")
     p.add_argument("--out", metavar="FILE.csv", default=None,
@@ -73,13 +73,21 @@ def run(args) -> int:
     progress.wrote(f"{out} ({summary['rows']} rows: {summary['points']} points, {summary['run']} run now, "
                    f"{summary['skipped']} already there, {summary['failed']} failed now)")
     rows = summary.pop("rows_data")
-    if args.plot:
+    every_failed = bool(rows) and all(row["error"] for row in rows)
+    if args.plot and not every_failed:     # nothing to draw when no point ran
         plot_sweep(rows, args.plot, f"{grid.name}: {', '.join(grid.swept) or 'one point'}")
         progress.wrote(args.plot)
     if args.json:
-        _render.print_json({**summary, "grid": str(grid_path), "engine": args.engine, "plot": args.plot})
-        return 0
-    _render_summary(rows, summary, grid)
+        _render.print_json({**summary, "grid": str(grid_path), "engine": args.engine,
+                            "plot": None if every_failed else args.plot})
+    else:
+        _render_summary(rows, summary, grid)
+    if every_failed:    # exit 1, as a failed rank: a script must not take a table of errors for results
+        import sys
+
+        sys.stderr.write(f"lshsim sweep: error: every point of {grid_path} failed (the table {out} holds each "
+                         f"error; the first: {' '.join(str(rows[0]['error']).split())})\n")
+        return 1
     return 0
 
 

@@ -117,7 +117,10 @@ def run(args) -> int:
                "a2a_median_abs_rel_error": float(np.median(errors)) if errors.size else None,
                "a2a_max_abs_rel_error": float(errors.max()) if errors.size else None}
     if args.plot:
-        plot_validations(validations, args.plot)
+        try:
+            plot_validations(validations, args.plot)
+        except ValueError as error:
+            raise ValueError(f"--plot {args.plot}: {' '.join(map(str, args.traces))}: {error}") from None
     if args.json:
         _render.print_json({"validations": [v.to_dict() for v in validations], "summary": summary})
         return 0

@@ -163,6 +163,10 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
         if unknown:     # a typo of topology or nic_family fell back to the default silently
             raise ValueError(f"{path.name}: {unknown[0]}={doc[unknown[0]]!r:.60} is not a known field; known: "
                              f"{', '.join(PUBLISHED_FIELDS)}")
+        for i, raw in enumerate(doc["cases"]):  # the kinds first: they decide whether the file needs a workload
+            if isinstance(raw, dict):
+                _field(raw.get("kind"), f"{path.name}: cases[{i}].kind", str, lambda v: v in KINDS,
+                       f"must be one of {KINDS}")
         workload = doc.get("workload")
         if all(isinstance(raw, dict) and raw.get("kind") == "alltoall" for raw in doc["cases"]):
             if workload is not None:     # a plain all-to-all moves size_bytes per rank: no tokens, experts or routing
@@ -171,7 +175,8 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
             workload = {}
         else:
             if not isinstance(workload, dict):
-                raise ValueError(f"{path.name}: workload must be a mapping")
+                raise ValueError(f"{path.name}: workload={workload!r:.60} must be a mapping (tokens_per_rank, hidden, "
+                                 f"top_k) for the cases of kind normal or low_latency")
             for key in ("tokens_per_rank", "hidden", "top_k"):
                 _field(workload.get(key), f"{path.name}: workload.{key}", int, lambda v: v >= 1,
                        "must be an integer >= 1")
@@ -863,6 +868,9 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
     test_ids = load_split(folder, cases)
     fresh_ids = {key: load_fresh(folder, cases, key) for key in FRESH_SETS}
     held_out = test_ids.union(*fresh_ids.values())
+    if all(c.id in held_out for c in cases):   # before any simulation (the fit refused it after all of them)
+        raise ValueError(f"{Path(folder) / 'split.yaml'}: every one of the {len(cases)} cases is held out (test or a "
+                         f"fresh set): no case is left to fit the calibration on")
     chosen = [c for c in cases if not (fitting_only and c.id in held_out)]
     pool = None
     if jobs > 1 and len(chosen) > 1:

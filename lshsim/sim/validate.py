@@ -308,8 +308,8 @@ def validation_figure(validations: list[Validation]):
     points, drawn, directions = [], [], set()
     for v in validations:
         for row in v.rows:
-            if row.predicted_s is None:
-                continue
+            if row.predicted_s is None or not (row.measured_s > 0 and row.predicted_s > 0):
+                continue        # log axes: a phase predicted at 0 s (no bytes to move) has no place on them
             points.append((row.measured_s, row.predicted_s))
             if row.phase not in drawn:
                 drawn.append(row.phase)
@@ -318,7 +318,9 @@ def validation_figure(validations: list[Validation]):
                        color=colors.get(v.world_size, "tab:red"), alpha=0.75,
                        facecolors="none" if row.direction == "backward" else None)
     if not points:
-        raise ValueError("no predicted phase to plot")
+        names = ", ".join(v.name for v in validations) or "no trace"
+        raise ValueError(f"no predicted phase to plot: no phase of {names} has a predicted and a measured time > 0 "
+                         f"(log axes)")
     low = min(min(p) for p in points) * 1e3 / 1.5
     high = max(max(p) for p in points) * 1e3 * 1.5
     line = np.geomspace(low, high, 50)
