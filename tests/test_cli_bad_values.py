@@ -82,6 +82,14 @@ BROKEN = [
     ([*CALIBRATE, "--max-bytes", "1MB", "--device", "cpu"], ["--max-bytes 1000000, --device cpu", "leave them out"]),
     (["calibrate", "--device", "cpu", "--world-size", "4", "--out", "{OUT}.yaml"], ["--world-size 4", "files to fit"]),
     (["calibrate", "--device", "cpu", "--no-curve", "--out", "{OUT}.yaml"], ["--no-curve", "files to fit"]),
+    # the same round's open items, closed after it: hash routed one choice whatever --k said, --no-capacity
+    # dropped --capacity-factor, and capacity's drop options did nothing without --tokens (all exit 0)
+    (["route", "--router", "hash", "--k", "4", "--tokens", "64", "--plot", "{OUT}.png"],
+     ["--k 4", "'hash' always makes 1 choice"]),
+    (["route", "--no-capacity", "--capacity-factor", "2", "--tokens", "64", "--plot", "{OUT}.png"],
+     ["--capacity-factor 2 with --no-capacity"]),
+    (["capacity", "--capacity-factor", "2", "--plot", "{OUT}.png"], ["--capacity-factor 2", "needs --tokens"]),
+    (["capacity", "--skew", "1", "--sample", "3", "--json"], ["--skew 1, --sample 3", "needs --tokens"]),
 ]
 
 SAMPLE = [

@@ -30,10 +30,10 @@ def add_parser(subparsers):
     p.add_argument("--k", type=arg_positive_int, default=2,
                    help="choices per token for the drop estimate and the factor at ec_min (default 2)")
     p.add_argument("--capacity-factor", type=arg_finite_number(0.0, exclusive=True, maximum=CAPACITY_FACTOR_MAX),
-                   default=1.25,
-                   help="capacity factor for drops, in (0, 1e6] (default 1.25)")
-    p.add_argument("--skew", type=arg_finite_number(0.0), default=0.0,
-                   help="expert popularity p ~ Dirichlet, p^skew normalised (0 = uniform; default 0)")
+                   default=None,
+                   help="capacity factor for drops, in (0, 1e6] (default 1.25; needs --tokens)")
+    p.add_argument("--skew", type=arg_finite_number(0.0), default=None,
+                   help="expert popularity p ~ Dirichlet, p^skew normalised (0 = uniform; default 0; needs --tokens)")
     p.add_argument("--sample", type=arg_non_negative_int, default=0, metavar="S",
                    help="also measure drops with lshsim.dispatch.route_topk over S >= 2 batches (default 0: off; "
                         "S * T tokens are routed in memory)")
@@ -70,6 +70,12 @@ def check_sizes(args) -> None:
 def run(args) -> int:
     from lshsim.io import prepare_output
 
+    given = [f"{flag} {value:g}" for flag, value in (("--capacity-factor", args.capacity_factor), ("--skew", args.skew))
+             if value is not None] + ([f"--sample {args.sample}"] if args.sample else [])
+    if given and not args.tokens:
+        raise ValueError(f"{', '.join(given)}: the drop estimate {'they set' if len(given) > 1 else 'it sets'} needs --tokens T (tokens per rank)")
+    args.capacity_factor = 1.25 if args.capacity_factor is None else args.capacity_factor
+    args.skew = 0.0 if args.skew is None else args.skew
     prepare_output(args.plot, "--plot")
     check_sizes(args)
     from lshsim.analytic import capacity

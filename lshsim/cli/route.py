@@ -14,7 +14,9 @@ def add_parser(subparsers):
     p.add_argument("--router", default="topk",
                    help="topk | hash | expert_choice | locmoe, or a registered router (lshsim.dispatch.ROUTERS; "
                         "default topk)")
-    p.add_argument("--k", type=arg_positive_int, default=2, help="choices per token (default 2; hash uses 1)")
+    p.add_argument("--k", type=arg_positive_int, default=None,
+                   help="choices per token (default 2; a router with a fixed number of choices, hash: 1, refuses "
+                        "another)")
     p.add_argument("--experts", type=arg_positive_int, default=16, help="number of experts E (default 16)")
     p.add_argument("--world", type=arg_positive_int, default=8, help="number of ranks (GPUs) W (default 8)")
     p.add_argument("--gpus-per-node", type=arg_positive_int, default=4, help="ranks per node (default 4)")
@@ -23,9 +25,9 @@ def add_parser(subparsers):
     p.add_argument("--bytes-per-element", type=_render.arg_element_size, default=2,
                    help="2 for bf16/fp16 (default), 4 for fp32 (1, 2, 4 or 8)")
     p.add_argument("--capacity-factor", type=arg_finite_number(0.0, exclusive=True, maximum=CAPACITY_FACTOR_MAX),
-                   default=1.25,
+                   default=None,
                    help="capacity factor in (0, 1e6]; 0 or less is refused; use --no-capacity for no limit "
-                        "(default 1.25)")
+                        "(default 1.25; not with --no-capacity)")
     p.add_argument("--no-capacity", action="store_true", help="no capacity limit (nothing dropped)")
     p.add_argument("--drop-policy", default="position", help="position | score (default position)")
     p.add_argument("--placement", default="contiguous", help="contiguous | round_robin (default contiguous)")
@@ -47,20 +49,27 @@ def add_parser(subparsers):
 
 def run(args) -> int:
     from lshsim.dispatch import RouterConfig, make_placement, route
-    from lshsim.dispatch.routers import effective_k
+    from lshsim.dispatch.routers import effective_k, get_router
     from lshsim.dispatch.summary import route_summary
     from lshsim.dispatch.synthetic import synthetic_router_inputs
     from lshsim.limits import estimate_route, refuse_if_too_large
 
     from lshsim.io import prepare_output
 
+    if args.no_capacity and args.capacity_factor is not None:
+        raise ValueError(f"--capacity-factor {args.capacity_factor:g} with --no-capacity: give one of them")
+    fixed = get_router(args.router).fixed_k
+    if args.k is not None and fixed is not None and args.k != fixed:
+        raise ValueError(f"--k {args.k}: router {args.router!r} always makes {fixed} choice"
+                         f"{'s' if fixed != 1 else ''} per token; leave --k out")
+    args.k = effective_k(args.router, args.k)
+    capacity_factor = None if args.no_capacity else (1.25 if args.capacity_factor is None else args.capacity_factor)
     prepare_output(args.plot, "--plot")
     refuse_if_too_large(f"routing {args.world} ranks x {args.tokens} tokens per rank",
                         estimate_route(args.world * args.tokens, args.d_model, args.experts, args.k),
                         hint="lower --tokens, --world or --d-model")
 
-    config = RouterConfig(name=args.router, k=effective_k(args.router, args.k),
-                          capacity_factor=None if args.no_capacity else args.capacity_factor,
+    config = RouterConfig(name=args.router, k=args.k, capacity_factor=capacity_factor,
                           drop_policy=args.drop_policy, locality_bonus=args.locality_bonus)
     placement = make_placement(args.placement, args.experts, args.world, args.gpus_per_node)
     inputs = synthetic_router_inputs(num_tokens_per_rank=args.tokens, world_size=args.world,
