@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 __all__ = ["Estimate", "available_memory_bytes", "refuse_if_too_large", "format_size", "format_duration",
            "estimate_route", "estimate_flows", "estimate_plan", "estimate_executor_rank",
-           "ROUTE_BYTES_PER_HIDDEN", "ROUTE_BYTES_PER_LOGIT", "ROUTE_BYTES_PER_TOKEN", "ROUTE_S_PER_ELEMENT",
+           "ROUTE_BYTES_PER_HIDDEN", "HIDDEN_VALUES_IN_BLOCKS", "estimate_plan_routing", "ROUTE_BYTES_PER_LOGIT", "ROUTE_BYTES_PER_TOKEN", "ROUTE_S_PER_ELEMENT",
            "FLOW_BYTES", "FLOW_S", "TIME_LIMIT_S", "refuse_if_too_slow", "estimate_monte_carlo",
            "estimate_matrix", "NORMAL_S_PER_ELEMENT", "TRACE_BYTES_PER_RECORD", "TRACE_S_PER_RECORD", "MEMORY_FRACTION"]
 
@@ -176,18 +176,42 @@ def estimate_flows(world_size: int, collectives: int = 1) -> Estimate:
                     f"{flows:.3g} flows (W={world_size} ranks squared) x {FLOW_BYTES} B")
 
 
+#: the most hidden-state values `lshsim.dispatch.synthetic_router_inputs` holds at once when a shipped
+#: router reads only the logits or the group means: two row blocks of under 2 x its BLOCK_VALUES (2^25) each
+HIDDEN_VALUES_IN_BLOCKS = 4 * 2 ** 25
+
+
+def estimate_plan_routing(routed: int, gate_width: int, num_experts: int, k: int,
+                          whole_hidden: bool = True) -> Estimate:
+    """The routing of a plan's `routed` synthetic tokens (`estimate_route`). whole_hidden=False: every
+    option's router is a shipped one, which gets the hidden states' (T, E) group means, not the (T, d)
+    states (`lshsim.sim.moe_step._draw_inputs`): the states are drawn in row blocks, at most
+    HIDDEN_VALUES_IN_BLOCKS values held, plus the (T, E) means; the work is the same."""
+    route = estimate_route(routed, gate_width, num_experts, k)
+    whole = float(routed) * gate_width
+    held = min(whole, float(HIDDEN_VALUES_IN_BLOCKS)) + float(routed) * num_experts
+    if whole_hidden or held >= whole:
+        return route
+    return Estimate(route.bytes - ROUTE_BYTES_PER_HIDDEN * (whole - held), route.seconds,
+                    f"{route.formula}, the hidden states held as their (T, E) group means and row blocks of "
+                    f"at most {HIDDEN_VALUES_IN_BLOCKS:.3g} values")
+
+
 def estimate_plan(*, world_size: int, num_layers: int, d_model: int, num_experts: int, k: int,
-                  tokens_per_gpu: int, max_routed_tokens: int, options: int = 7) -> Estimate:
+                  tokens_per_gpu: int, max_routed_tokens: int, options: int = 7,
+                  whole_hidden: bool = True) -> Estimate:
     """`lshsim plan` of one model on one cluster: the routing of the subsampled tokens (as
-    `lshsim.sim.moe_step.route_traffic` subsamples), the flow-level all-to-alls and the step traces
-    of `options` options."""
+    `lshsim.sim.moe_step.route_traffic` subsamples; `estimate_plan_routing`, whole_hidden=False when
+    every option routes with a shipped router), the flow-level all-to-alls and the step traces of
+    `options` options."""
     routed = max(1, min(tokens_per_gpu, max_routed_tokens // max(world_size, 1))) * world_size
     gate_width = num_experts * -(-d_model // num_experts)    # the widest (locmoe) synthetic hidden state
     records = float(num_layers) * world_size * options
     trace = Estimate(records * TRACE_BYTES_PER_RECORD, records * TRACE_S_PER_RECORD,
                      f"{records:.3g} trace records ({num_layers} layers x {world_size} GPUs x {options} options) "
                      f"x {TRACE_BYTES_PER_RECORD} B")
-    return estimate_route(routed, gate_width, num_experts, k) + estimate_flows(world_size, options) + trace
+    return (estimate_plan_routing(routed, gate_width, num_experts, k, whole_hidden)
+            + estimate_flows(world_size, options) + trace)
 
 
 def estimate_executor_rank(*, tokens_per_rank: int, d_model: int, d_ffn: int, num_experts: int, world_size: int,

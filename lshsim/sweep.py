@@ -481,7 +481,7 @@ def _refuse_if_too_large(model, spec: dict, source: str, options: list) -> None:
     """`lshsim plan`'s memory refusal (`lshsim.limits.estimate_plan`) for a spec dict."""
     from lshsim.cli.simulate import world_of_spec
     from lshsim.limits import estimate_plan, refuse_if_too_large
-    from lshsim.sim.moe_step import model_dict
+    from lshsim.sim.moe_step import draws_whole_hidden, model_dict
 
     world = world_of_spec(spec)
     if world is None or not options:
@@ -490,7 +490,8 @@ def _refuse_if_too_large(model, spec: dict, source: str, options: list) -> None:
     estimate = estimate_plan(world_size=world, num_layers=m["num_layers"], d_model=m["d_model"],
                              num_experts=m["num_experts"], k=m["top_k"],
                              tokens_per_gpu=config.tokens_per_gpu or m["tokens_per_gpu"],
-                             max_routed_tokens=config.max_routed_tokens, options=len(options))
+                             max_routed_tokens=config.max_routed_tokens, options=len(options),
+                             whole_hidden=any(draws_whole_hidden(option) for _, option in options))
     refuse_if_too_large(f"{m['name']} on {source} ({world} GPUs)", estimate,
                         hint="use a smaller model or cluster, or a lower max_routed_tokens")
 

@@ -304,3 +304,33 @@ def test_an_output_through_a_symbolic_link_replaces_its_target_and_keeps_the_lin
     assert lio.prepare_output(link, "--out") == link
     lio.write_text_atomically(link, "new")
     assert link.is_symlink() and target.read_text() == "new" and link.read_text() == "new"
+
+
+def test_plan_estimate_counts_the_hidden_states_as_plan_holds_them():
+    """A plan whose options all route with shipped routers never holds the (T, d) hidden states whole
+    (they are drawn in row blocks; LocMoE gets their (T, E) group means): DeepSeek-V3 on 64 GPUs peaked at
+    1.12 GB (benchmarks/RESULTS.md, "plan speed"), where counting the whole states gave 4.1 GiB. A
+    registered router gets them whole, and the estimate keeps counting them for it."""
+    from lshsim.dispatch import synthetic
+    import copy
+
+    from lshsim.dispatch.routers import BUILTIN_ROUTERS, ROUTERS
+    from lshsim.sim.moe_step import StepConfig, draws_whole_hidden
+
+    assert limits.HIDDEN_VALUES_IN_BLOCKS == 4 * synthetic.BLOCK_VALUES      # two buffers of < 2 blocks each
+    kw = dict(world_size=64, num_layers=61, d_model=7168, num_experts=256, k=8, tokens_per_gpu=4096,
+              max_routed_tokens=1 << 17, options=6)
+    whole, blocks = limits.estimate_plan(**kw), limits.estimate_plan(**kw, whole_hidden=False)
+    routed_values = 131072 * 7168
+    held = limits.HIDDEN_VALUES_IN_BLOCKS + 131072 * 256
+    assert whole.bytes - blocks.bytes == limits.ROUTE_BYTES_PER_HIDDEN * (routed_values - held)
+    assert blocks.seconds == whole.seconds and blocks.bytes < 1.5 * 2 ** 30 < 4 * 2 ** 30 < whole.bytes
+    # a small draw is held whole either way (synthetic draws fewer than two blocks at once)
+    small = dict(kw, world_size=8, d_model=1024, num_experts=16)
+    assert limits.estimate_plan(**small).bytes == limits.estimate_plan(**small, whole_hidden=False).bytes
+    assert not any(draws_whole_hidden(StepConfig(router=name)) for name in ("topk", "locmoe", "hash"))
+    ROUTERS["test_whole_hidden"] = copy.copy(BUILTIN_ROUTERS["topk"])     # a plugin: not a shipped spec
+    try:
+        assert draws_whole_hidden(StepConfig(router="test_whole_hidden"))
+    finally:
+        ROUTERS.pop("test_whole_hidden")

@@ -260,7 +260,7 @@ def run(args) -> int:
     model = load_model(args.model)
     selected = _plan_config(args, model)
     options = plan_options(selected, locmoe_share=args.locality_share)
-    graph = _load_cluster(args.cluster, [model], selected, len(options))
+    graph = _load_cluster(args.cluster, [model], selected, options)
     fidelity = _fidelity(args, _world_size(graph))
     started = time.perf_counter()
     cache_stats: dict = {}
@@ -289,12 +289,15 @@ def run(args) -> int:
     return 0
 
 
-def _load_cluster(name: str, models: list, config, options: int):
+def _load_cluster(name: str, models: list, config, plan_options: list):
     """The cluster's graph, refused before it is built when the plan of one of `models` on it would not fit
-    in memory (`lshsim.limits.estimate_plan`)."""
+    in memory (`lshsim.limits.estimate_plan`; `plan_options` the (label, StepConfig) pairs it runs)."""
     from lshsim.cli.simulate import world_of_spec
     from lshsim.limits import estimate_plan, refuse_if_too_large
-    from lshsim.sim.moe_step import model_dict
+    from lshsim.sim.moe_step import draws_whole_hidden, model_dict
+
+    options = len(plan_options)
+    whole_hidden = any(draws_whole_hidden(option) for _, option in plan_options)
     from lshsim.topology import build_topology
     from lshsim.topology.spec import read_spec
 
@@ -303,24 +306,26 @@ def _load_cluster(name: str, models: list, config, options: int):
     for model in models if world is not None else []:
         m = model_dict(model)
         if config.ep is not None and config.ep < world:
-            estimate = _grouped_plan_estimate(world, config, m, options)
+            estimate = _grouped_plan_estimate(world, config, m, options, whole_hidden)
         else:
             estimate = estimate_plan(world_size=world, num_layers=m["num_layers"], d_model=m["d_model"],
                                      num_experts=m["num_experts"], k=m["top_k"],
                                      tokens_per_gpu=config.tokens_per_gpu or m["tokens_per_gpu"],
-                                     max_routed_tokens=config.max_routed_tokens, options=options)
+                                     max_routed_tokens=config.max_routed_tokens, options=options,
+                                     whole_hidden=whole_hidden)
         refuse_if_too_large(f"{m['name']} ({m['num_layers']} layers, d_model {m['d_model']}, "
                             f"{m['num_experts']} experts) on {name} ({world} GPUs)", estimate,
                             hint="use a smaller model or cluster, or a lower --max-routed-tokens")
     return build_topology(spec, source=source)
 
 
-def _grouped_plan_estimate(world: int, config, m: dict, options: int):
+def _grouped_plan_estimate(world: int, config, m: dict, options: int, whole_hidden: bool = True):
     """`lshsim.limits.estimate_plan` for EP groups (ep < W): one group's routing (the popularity sample,
     or W / EP groups of the same routed tokens), W x EP flows per all-to-all instead of W^2, eight dense
     (W, W) float64 matrices of the step (counts, bytes, their temporaries), and trace records of one rank
     per position in a group (rank classes)."""
-    from lshsim.limits import FLOW_BYTES, FLOW_S, TRACE_BYTES_PER_RECORD, TRACE_S_PER_RECORD, Estimate, estimate_route
+    from lshsim.limits import FLOW_BYTES, FLOW_S, TRACE_BYTES_PER_RECORD, TRACE_S_PER_RECORD, Estimate, \
+        estimate_plan_routing
 
     ep = config.ep
     tokens = config.tokens_per_gpu or m["tokens_per_gpu"]
@@ -329,7 +334,7 @@ def _grouped_plan_estimate(world: int, config, m: dict, options: int):
     flows = float(world) * ep
     dense = 8.0 * 8.0 * float(world) ** 2
     records = float(m["num_layers"]) * min(world, ep) * options
-    return (estimate_route(routed, gate_width, m["num_experts"], m["top_k"])
+    return (estimate_plan_routing(routed, gate_width, m["num_experts"], m["top_k"], whole_hidden)
             + Estimate(flows * FLOW_BYTES + dense, flows * FLOW_S * options,
                        f"{flows:.3g} flows (W={world} x EP={ep}) x {FLOW_BYTES} B + 8 (W, W) float64 matrices")
             + Estimate(records * TRACE_BYTES_PER_RECORD, records * TRACE_S_PER_RECORD,
@@ -558,7 +563,7 @@ def _plan_sweep(args) -> int:
     models = {name: load_model(name) for name in model_names}  # unknown names fail before any work
     selected = _plan_config(args)
     options = plan_options(selected, locmoe_share=args.locality_share)
-    graphs = {name: _load_cluster(name, list(models.values()), selected, len(options)) for name in cluster_names}
+    graphs = {name: _load_cluster(name, list(models.values()), selected, options) for name in cluster_names}
     results = []
     with Progress(console=_render.wide_console(), transient=True, disable=args.json) as progress:
         task = progress.add_task("simulating", total=len(models) * len(graphs) * len(options))

@@ -786,18 +786,24 @@ def reuse_router_inputs(cache: RouterInputCache):
         _INPUT_CACHE = previous
 
 
+def draws_whole_hidden(config: StepConfig) -> bool:
+    """Whether a routing of `config` draws the (T, d) hidden states whole (`_draw_inputs`): only for a
+    router that is not the shipped one of its name (a registered plugin reads what it likes)."""
+    from lshsim.dispatch.routers import BUILTIN_ROUTERS
+
+    return ROUTERS.get(config.router) is not BUILTIN_ROUTERS.get(config.router, False)
+
+
 def _draw_inputs(model: object, config: StepConfig, routed: int, world_size: int, seed: int):
     """The synthetic router inputs of a routing (`synthetic_router_inputs`). A router lshsim ships
     (`BUILTIN_ROUTERS`) reads the logits or the token ids, or, LocMoE's, the hidden states' GrAP group
     means alone: it gets those (hidden="pooled", RouterInputs.hidden (T, E); "none" when the width
     has no equal groups, which no shipped router then reads), the same plan bit for bit without ever
     holding the (T, d) states (3.8 GB for DeepSeek-V3 on 64 GPUs). A registered router gets them whole."""
-    from lshsim.dispatch.routers import BUILTIN_ROUTERS
-
     spec = model_dict(model)
     args = dict(num_tokens_per_rank=routed, world_size=world_size, d_model=_gate_width(spec, config),
                 num_experts=spec["num_experts"], seed=seed, vocab_size=spec["vocab_size"])
-    if ROUTERS.get(config.router) is not BUILTIN_ROUTERS.get(config.router, False):
+    if draws_whole_hidden(config):
         return synthetic_router_inputs(**args)
     args["hidden"] = "pooled" if args["d_model"] % args["num_experts"] == 0 else "none"
     if _INPUT_CACHE is None:
