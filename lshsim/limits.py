@@ -40,7 +40,8 @@ from dataclasses import dataclass
 
 __all__ = ["Estimate", "available_memory_bytes", "refuse_if_too_large", "format_size", "format_duration",
            "estimate_route", "estimate_flows", "estimate_plan", "estimate_executor_rank",
-           "ROUTE_BYTES_PER_HIDDEN", "HIDDEN_VALUES_IN_BLOCKS", "estimate_plan_routing", "ROUTE_BYTES_PER_LOGIT", "ROUTE_BYTES_PER_TOKEN", "ROUTE_S_PER_ELEMENT",
+           "estimate_plan_routing", "HIDDEN_VALUES_IN_BLOCKS",
+           "ROUTE_BYTES_PER_HIDDEN", "ROUTE_BYTES_PER_LOGIT", "ROUTE_BYTES_PER_TOKEN", "ROUTE_S_PER_ELEMENT",
            "FLOW_BYTES", "FLOW_S", "TIME_LIMIT_S", "refuse_if_too_slow", "estimate_monte_carlo",
            "estimate_matrix", "NORMAL_S_PER_ELEMENT", "TRACE_BYTES_PER_RECORD", "TRACE_S_PER_RECORD", "MEMORY_FRACTION"]
 

@@ -73,7 +73,8 @@ def run(args) -> int:
     given = [f"{flag} {value:g}" for flag, value in (("--capacity-factor", args.capacity_factor), ("--skew", args.skew))
              if value is not None] + ([f"--sample {args.sample}"] if args.sample else [])
     if given and not args.tokens:
-        raise ValueError(f"{', '.join(given)}: the drop estimate {'they set' if len(given) > 1 else 'it sets'} needs --tokens T (tokens per rank)")
+        raise ValueError(f"{', '.join(given)}: the drop estimate {'they set' if len(given) > 1 else 'it sets'} "
+                         f"needs --tokens T (tokens per rank)")
     args.capacity_factor = 1.25 if args.capacity_factor is None else args.capacity_factor
     args.skew = 0.0 if args.skew is None else args.skew
     prepare_output(args.plot, "--plot")

@@ -295,11 +295,11 @@ def _load_cluster(name: str, models: list, config, plan_options: list):
     from lshsim.cli.simulate import world_of_spec
     from lshsim.limits import estimate_plan, refuse_if_too_large
     from lshsim.sim.moe_step import draws_whole_hidden, model_dict
+    from lshsim.topology import build_topology
+    from lshsim.topology.spec import read_spec
 
     options = len(plan_options)
     whole_hidden = any(draws_whole_hidden(option) for _, option in plan_options)
-    from lshsim.topology import build_topology
-    from lshsim.topology.spec import read_spec
 
     spec, source = read_spec(name)
     world = world_of_spec(spec) if isinstance(spec, dict) else None
