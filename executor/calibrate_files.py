@@ -10,7 +10,11 @@ source read, `lshsim.calibration.read_source(name, paths, options)`:
     --from-traces TRACE.json...                            the "traces" source (in situ: its
                                                            all-to-alls, the rest of --from-raw)
 
-`--world-size` and `--gpu` are passed to a `--source` as its options world_size and gpu. A source
+`--world-size` and `--gpu` are passed to every source read as its options world_size and gpu.
+The shipped sources take them only where the files do not say (a log without `# Rank` lines, a
+device no calibration knows) and refuse one that contradicts the files (naming the option, the
+file and both values); what an option set is noted in the provenance ("overrides") and the
+summary. A source
 registered by a plugin module is named like a shipped one once the module is imported
 (`lshsim --plugin MODULE calibrate --source NAME ...`). The fit (`fit_calibration`) includes the
 bus bandwidth curve (and, with skewed all-to-alls, the headroom and cap) for `--source` and
@@ -103,13 +107,14 @@ def source_reads(args) -> tuple[SourceRead | None, SourceRead | None]:
     if args.nccl_tests:
         base = SourceRead("nccl-tests", [args.nccl_tests], {"world_size": args.world_size, "gpu": args.gpu})
     elif args.from_raw:
-        base = SourceRead("microbenchmarks", [args.from_raw], {})
+        # --world-size / --gpu are checked against the file (a contradiction refused, not ignored)
+        base = SourceRead("microbenchmarks", [args.from_raw], {"world_size": args.world_size, "gpu": args.gpu})
     a2a = None
     if args.from_traces:
         # in situ: the all-to-alls of the executor's own (calibration) workloads; with a curve, the
         # uniform ones give the points and the skewed ones the headroom's cases
         a2a = SourceRead("traces", list(args.from_traces), {"split_skewed": not getattr(args, "no_curve", False),
-                                                       "gpu": args.gpu if base is None else None})
+                                                       "gpu": args.gpu, "world_size": args.world_size})
     return base, a2a
 
 
@@ -216,6 +221,7 @@ def finish(args, inp) -> int:
         write_topology_yaml(spec, args.out)      # validated, then written atomically
     alpha_beta, curve, headroom = fit.alpha_beta, fit.curve, fit.headroom
     lines = [f"calibration on {world} x {inp.gpu or 'CPU'}"]
+    lines += [f"  note: {note}" for note in (inp.provenance or {}).get("overrides", [])]
     for point in inp.points:
         model = f"  model {alpha_beta.predict_s(point.offdiag_bytes) * 1e6:10.1f} us" if alpha_beta else ""
         lines.append(f"  all-to-all {point.bytes_per_rank:>12d} B/rank  {point.time_s * 1e6:10.1f} us  "

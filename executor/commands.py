@@ -190,10 +190,13 @@ def add_calibrate(subparsers) -> argparse.ArgumentParser:
                      help="fit from an existing nccl-tests alltoall_perf output instead of measuring "
                           "(= --source nccl-tests)")
     cal.add_argument("--world-size", type=arg_int_within("gpus"), default=None,
-                     help="with --nccl-tests: ranks of that run, 1 to 2^20 (with --source: its option world_size)")
+                     help="with files to fit: ranks of the run, 1 to 2^20, for an nccl-tests log without '# Rank' "
+                          "lines; refused where it contradicts the files (the log's '# Rank' lines, a raw JSON's "
+                          "results.world_size, the traces') (with --source: its option world_size)")
     cal.add_argument("--gpu", type=_arg_gpu, default=None,
-                     help="with --nccl-tests: the GPU model, one of h200, h100, a100, v100 (or a device name holding "
-                          "one, e.g. 'NVIDIA H100 80GB HBM3') (with --source: its option gpu)")
+                     help="with files to fit: the GPU model, one of h200, h100, a100, v100 (or a device name holding "
+                          "one, e.g. 'NVIDIA H100 80GB HBM3'), for files that name no device or one no calibration "
+                          "knows; refused where it contradicts the device they name (with --source: its option gpu)")
     cal.add_argument("--from-raw", default=None,
                      help="refit from a --raw JSON of an earlier calibration (= --source microbenchmarks)")
     cal.add_argument("--from-traces", nargs="+", default=None,

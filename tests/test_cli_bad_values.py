@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NCCL_LOG = str(ROOT / "tests" / "data" / "nccl_tests_alltoall_perf.txt")
 TRACE = str(ROOT / "tests" / "data" / "validate" / "x2" / "gpu-uniform-d4096-t8k.json")
 WORKLOAD = str(ROOT / "data" / "workloads" / "cal-uniform-d2048-t128.yaml")
-CALIBRATE = ["calibrate", "--nccl-tests", NCCL_LOG, "--world-size", "8", "--out", "{OUT}.yaml"]
+CALIBRATE = ["calibrate", "--nccl-tests", NCCL_LOG, "--world-size", "4", "--out", "{OUT}.yaml"]
 
 #: (argv, words the one line must hold); {OUT} is a path under tmp_path that must not be written
 BROKEN = [

@@ -41,7 +41,9 @@ def test_parse_older_format_without_redop_and_root():
     assert run.world_size == 8  # from nGpus, no "# Rank" lines
     assert [p.bytes_per_rank for p in run.points] == [1024, 2048]
     assert [p.time_s for p in run.points] == pytest.approx([30e-6, 31e-6])
-    assert parse_nccl_tests(text, world_size=2).world_size == 2
+    assert parse_nccl_tests(text, world_size=16).world_size == 16   # two processes of 8 GPUs
+    with pytest.raises(ValueError, match=r"world_size=2 \(--world-size\) contradicts the log's first line"):
+        parse_nccl_tests(text, world_size=2)                          # one process drove 8 GPUs: 8 ranks or more
 
 
 def test_parser_errors():

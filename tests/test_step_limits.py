@@ -122,12 +122,12 @@ OPTION_CASES = [
     (BREAKEVEN, "--restore-Mtps", "1e12", ["(1e+18 /s) is above 1e+12 /s"]),
     (BREAKEVEN, "--expert-ms", "1e30", ["(1e+27 s) is above 3600 s"]),
     (EXECUTOR_RUN, "--fault-rank", "1e12", ["is above 1048576"]),
-    (CALIBRATE + ["--world-size", "8"], "--max-bytes", "1e30", ["(1e+30 B) is above 1125899906842624 B"]),
-    (CALIBRATE + ["--world-size", "8"], "--steps-per-octave", "1e12", ["is above 64"]),
-    (CALIBRATE + ["--world-size", "8"], "--iterations", "1e12", ["is above 1048576"]),
-    (CALIBRATE + ["--world-size", "8"], "--warmup", "1e12", ["is above 1048576"]),
-    (CALIBRATE + ["--world-size", "8"], "--ffn-d-model", "1e12", ["is above 1048576"]),
-    (CALIBRATE + ["--world-size", "8"], "--ffn-tokens", "1e12", ["is above 16777216"]),
+    (CALIBRATE + ["--world-size", "4"], "--max-bytes", "1e30", ["(1e+30 B) is above 1125899906842624 B"]),
+    (CALIBRATE + ["--world-size", "4"], "--steps-per-octave", "1e12", ["is above 64"]),
+    (CALIBRATE + ["--world-size", "4"], "--iterations", "1e12", ["is above 1048576"]),
+    (CALIBRATE + ["--world-size", "4"], "--warmup", "1e12", ["is above 1048576"]),
+    (CALIBRATE + ["--world-size", "4"], "--ffn-d-model", "1e12", ["is above 1048576"]),
+    (CALIBRATE + ["--world-size", "4"], "--ffn-tokens", "1e12", ["is above 16777216"]),
     (CALIBRATE, "--world-size", "1e12", ["is above 1048576"]),       # main: 'o.yaml: gpus_per_node=...'
 ]
 

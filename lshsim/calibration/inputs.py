@@ -145,4 +145,11 @@ def merge_inputs(base: CalibrationInput | None, a2a: CalibrationInput) -> Calibr
     return CalibrationInput(source=a2a.source if base.source == a2a.source else f"{base.source}+{a2a.source}",
                             world_size=world, gpu=base.gpu or a2a.gpu, points=a2a.points, cases=a2a.cases,
                             p2p=base.p2p, expert_flops=base.expert_flops, hbm_Bps=base.hbm_Bps,
-                            provenance={**base.provenance, **a2a.provenance}, record=record)
+                            provenance=_merged_provenance(base.provenance, a2a.provenance), record=record)
+
+
+def _merged_provenance(base: dict, a2a: dict) -> dict:
+    """base's provenance, then a2a's; the notes of both sources ("overrides": what an option set
+    that the files did not say) kept."""
+    notes = [*base.get("overrides", []), *(n for n in a2a.get("overrides", []) if n not in base.get("overrides", []))]
+    return {**base, **a2a, **({"overrides": notes} if notes else {})}

@@ -121,14 +121,17 @@ def _timed_phases(path, meta) -> list[TraceA2APhase]:
     return [p for p in phases if p.measured_s is not None]
 
 
-def read_traces(paths, *, split_skewed: bool = True, gpu: str | None = None) -> CalibrationInput:
+def read_traces(paths, *, split_skewed: bool = True, gpu: str | None = None,
+                world_size: int | None = None) -> CalibrationInput:
     """Source "traces": every timed all-to-all of measured executor traces.
 
     Each all-to-all becomes an `A2APoint` with S = max over ranks of max(bytes sent to others,
     bytes received from others) and M = S W / (W - 1) (`a2a_bytes_per_rank`), t = the measured
     median. With `split_skewed` (default) only the uniform workloads' traces (skew 0 or absent)
     give points and the skewed ones give `A2ACase`s (their matrices, seconds > 0); without it
-    every trace gives points. `gpu` overrides the GPU name of the traces' provenance. A trace of a
+    every trace gives points. `gpu` (--gpu) names the GPU where the traces' provenance names none
+    or one no calibration knows (noted in the provenance), and must agree with a known one
+    (`given_gpu`); `world_size` (--world-size), where given, must be the traces'. A trace of a
     held-out workload (meta.workload.role "held-out") is refused: a calibration is fitted on
     calibration workloads only, so that the held-out ones measure the predictions. A file given
     twice (under any name) is refused: its all-to-alls would weigh twice in the fits.
@@ -186,13 +189,17 @@ def read_traces(paths, *, split_skewed: bool = True, gpu: str | None = None) -> 
     if skewed and not cases:
         raise ValueError("the skewed traces hold no all-to-all phase")
     first = metas[uniform[0]]["provenance"]
+    given_world_size(world_size, world, uniform[0], f"the traces' meta.workload.world_size={world}")
+    name, note = given_gpu(gpu, first.get("gpu"), uniform[0], "the trace's meta.provenance.gpu",
+                           device_type=first.get("device_type"))
     provenance = {"a2a_fit": "in situ, from executor traces", "traces": [Path(t).name for t in uniform],
                   **({"skewed_traces": [Path(t).name for t in skewed]} if skewed else {}),
                   "trace_provenance": {**{k: first.get(k) for k in ("gpu", "count", "torch", "nccl", "date")},
-                                       **({"nccl_env": dict(first["nccl_env"])} if first.get("nccl_env") else {})}}
+                                       **({"nccl_env": dict(first["nccl_env"])} if first.get("nccl_env") else {})},
+                  **({"overrides": [note]} if note else {})}
     record = {"world_size": world, "a2a": [{"bytes_per_rank": p.bytes_per_rank, "time_s": p.time_s} for p in points],
               "p2p": [], "ffn": None, "hbm": None}
-    return CalibrationInput(source="traces", world_size=world, gpu=gpu or first.get("gpu"), points=tuple(points),
+    return CalibrationInput(source="traces", world_size=world, gpu=name, points=tuple(points),
                             cases=tuple(cases), provenance=provenance, record=record)
 
 
@@ -215,6 +222,41 @@ def _one_path(paths, source: str) -> Path:
     if len(paths) != 1:
         raise ValueError(f"{source}: reads one file, got {len(paths)}")
     return Path(paths[0])
+
+
+def given_world_size(world_size, file_world: int, where: str, what: str) -> None:
+    """Refuse a `world_size` option (--world-size) that contradicts the ranks a file states
+    (`what`, e.g. "results.world_size=2"): the file's count is what was measured, an override
+    would fit its times as another world's. None (not given) passes."""
+    if world_size is None:
+        return
+    if isinstance(world_size, bool) or not isinstance(world_size, int):
+        raise ValueError(f"world_size={world_size!r} must be an integer >= 2")
+    if world_size != file_world:
+        raise ValueError(f"{where}: world_size={world_size} (--world-size) contradicts {what}: leave --world-size "
+                         f"out or give {file_world}")
+
+
+def given_gpu(gpu, file_gpu, where: str, what: str, *, device_type=None) -> tuple[str | None, str | None]:
+    """(the GPU name to calibrate, a note or None) for a `gpu` option (--gpu) beside the device a
+    file names (`file_gpu`, `what` says where it is read). Both known GPUs (`gpu_key`): they must
+    be the same GPU (the file's fuller name is kept); a file of a CPU run (`device_type` "cpu")
+    refuses any; a file naming no device, or one no calibration knows, takes the option, and the
+    note says so (it goes into the provenance and the summary)."""
+    if gpu is None:
+        return file_gpu, None
+    check_gpu_name(gpu, "gpu")
+    key, file_key = gpu_key(gpu), gpu_key(file_gpu)
+    if file_key is not None:
+        if key != file_key:
+            raise ValueError(f"{where}: gpu={gpu!r} (--gpu) contradicts {what} {file_gpu!r} ({file_key}): leave "
+                             f"--gpu out or give {file_key}")
+        return file_gpu, None
+    if device_type == "cpu":
+        raise ValueError(f"{where}: gpu={gpu!r} (--gpu): the file was measured on the CPU (provenance.device_type "
+                         f"'cpu'): its rates are not a {key}'s; leave --gpu out")
+    return gpu, (f"GPU {gpu} from --gpu ({what} {file_gpu!r} is not a GPU a calibration knows)" if file_gpu
+                 else f"GPU {gpu} from --gpu ({what} is not given)")
 
 
 def _fail(field: str, value, why: str) -> ValueError:
@@ -314,16 +356,26 @@ def check_microbenchmarks(raw: object) -> None:
         raise _fail("provenance.gpu", gpu, "must be text or null")
 
 
-def read_microbenchmarks(paths) -> CalibrationInput:
+def read_microbenchmarks(paths, *, world_size: int | None = None, gpu: str | None = None) -> CalibrationInput:
     """Source "microbenchmarks": the raw JSON `executor calibrate --raw` writes ({"results": ...,
-    "provenance": ...}, checked by `check_microbenchmarks`); the provenance gains refit_from (the file)."""
+    "provenance": ...}, checked by `check_microbenchmarks`); the provenance gains refit_from (the file).
+    `world_size` and `gpu` (--world-size, --gpu) are checked against the file's results.world_size
+    and provenance.gpu (`given_world_size`, `given_gpu`): a contradiction is refused, a GPU the
+    file does not name is taken and noted."""
     path = _one_path(paths, "microbenchmarks")
     raw = load_json(path, what="microbenchmark file")
     try:
         check_microbenchmarks(raw)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
-    return microbenchmark_input(raw["results"], {**raw["provenance"], "refit_from": str(path)})
+    results, provenance = raw["results"], raw["provenance"]
+    given_world_size(world_size, results["world_size"], str(path), f"results.world_size={results['world_size']}")
+    name, note = given_gpu(gpu, provenance.get("gpu"), str(path), "the file's provenance.gpu",
+                           device_type=provenance.get("device_type"))
+    provenance = {**provenance, "refit_from": str(path)}
+    if note:
+        provenance.update(gpu=name, overrides=[*provenance.get("overrides", []), note])
+    return microbenchmark_input(results, provenance)
 
 
 # ---- nccl-tests output ------------------------------------------------------------------------------
@@ -336,6 +388,9 @@ class NcclTestsRun:
     points: list
     columns: list
     gpu: str | None = None
+    devices: tuple = ()              # the distinct device names of the `# Rank` lines
+    ranks_from: str = "rank lines"   # where world_size came from: "rank lines", "world_size" or "nGpus"
+    per_process: int | None = None   # nThread x nGpus of the first line (ranks per process), if given
 
 
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?([eE][-+]?\d+)?$")
@@ -355,7 +410,10 @@ def parse_nccl_tests(text: str, world_size: int | None = None, *, source: str = 
     The header row (`#  size  count  type  [redop  root]  time  algbw  busbw  #wrong|error  time ...`)
     names the columns; the first `time` is out-of-place (us). `size` is the bytes per rank (all W
     chunks). The number of ranks is the count of `#  Rank  N ...` device lines, or `nGpus` from
-    the first line, unless `world_size` is given. The GPU is the device name of the `# Rank` lines.
+    the first line (times `nThread`: the ranks of one process). A `world_size` given must agree
+    with the `# Rank` lines, and without them be a multiple of nThread x nGpus (a run of several
+    processes); a contradiction is refused (`ranks_from` says which was used). The GPU is the
+    device name of the `# Rank` lines.
 
     Every data row must hold a whole size >= 0 (below 2**64) and a finite time > 0 of at most an
     hour (NCCL_TESTS_MAX_TIME_US), and no wrong elements (#wrong 0, where nccl-tests checked them;
@@ -367,7 +425,7 @@ def parse_nccl_tests(text: str, world_size: int | None = None, *, source: str = 
     columns: list[str] | None = None
     rank_lines = 0
     devices: set[str] = set()
-    n_gpus = None
+    n_gpus = n_thread = None
     points_raw = []
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
@@ -388,6 +446,8 @@ def parse_nccl_tests(text: str, world_size: int | None = None, *, source: str = 
                 match = re.search(r"nGpus\s+(\d+)", stripped)
                 if match and n_gpus is None:
                     n_gpus = int(match.group(1))
+                    threads = re.search(r"nThread\s+(\d+)", stripped)
+                    n_thread = int(threads.group(1)) if threads else 1
             continue
         tokens = stripped.split()
         if columns is None or not _ROW_START.match(tokens[0]):
@@ -421,14 +481,26 @@ def parse_nccl_tests(text: str, world_size: int | None = None, *, source: str = 
         raise ValueError(f"{source}: the nccl-tests output holds no data rows")
     if world_size is not None and (isinstance(world_size, bool) or not isinstance(world_size, int)):
         raise ValueError(f"world_size={world_size!r} must be an integer >= 2")
-    ranks = world_size or rank_lines or n_gpus
+    if world_size is not None and world_size < 2:
+        raise ValueError(f"{source}: world_size={world_size} must be >= 2 (an all-to-all needs two ranks)")
+    per_process = n_gpus * n_thread if n_gpus else None
+    if world_size is not None and rank_lines and world_size != rank_lines:
+        raise ValueError(f"{source}: world_size={world_size} (--world-size) contradicts the log's {rank_lines} "
+                         f"'# Rank' lines (a run of {rank_lines} ranks): leave --world-size out or give {rank_lines}")
+    if world_size is not None and not rank_lines and per_process and world_size % per_process:
+        raise ValueError(f"{source}: world_size={world_size} (--world-size) contradicts the log's first line "
+                         f"(nThread {n_thread} nGpus {n_gpus}: {per_process} ranks per process): give a multiple "
+                         f"of {per_process}")
+    ranks = rank_lines or world_size or per_process
+    ranks_from = "rank lines" if rank_lines else "world_size" if world_size else "nGpus"
     if not ranks or ranks < 2:
         raise ValueError(f"{source}: cannot tell the number of ranks of the nccl-tests run (no '# Rank' lines); "
                          f"pass world_size (--world-size)" if not ranks else
                          f"{source}: world_size={ranks} must be >= 2 (an all-to-all needs two ranks)")
     points = [A2APoint(size, time_us * 1e-6, ranks) for size, time_us in points_raw]
     return NcclTestsRun(world_size=ranks, points=points, columns=columns,
-                        gpu=next(iter(devices)) if len(devices) == 1 else None)
+                        gpu=next(iter(devices)) if len(devices) == 1 else None, devices=tuple(sorted(devices)),
+                        ranks_from=ranks_from, per_process=per_process)
 
 
 def read_nccl_tests(paths, *, world_size: int | None = None, gpu: str | None = None) -> CalibrationInput:
@@ -440,16 +512,31 @@ def read_nccl_tests(paths, *, world_size: int | None = None, gpu: str | None = N
     if gpu is not None:
         check_gpu_name(gpu, "gpu")
     run = parse_nccl_tests(read_text(path, "nccl-tests log"), world_size, source=str(path))
+    notes = []
+    if run.ranks_from == "world_size":
+        notes.append(f"{run.world_size} ranks from --world-size (the log has no '# Rank' lines; its first line: "
+                     f"nThread x nGpus = {run.per_process} per process)" if run.per_process else
+                     f"{run.world_size} ranks from --world-size (the log has no '# Rank' lines)")
+    elif run.ranks_from == "nGpus":
+        notes.append(f"{run.world_size} ranks from the log's first line (nThread x nGpus; it has no '# Rank' lines): "
+                     f"give --world-size if the run had more than one process")
     if gpu is None:
         if run.gpu is None or gpu_key(run.gpu) is None:
             named = f"names the device {run.gpu!r}" if run.gpu else "names no single device in its '# Rank' lines"
             raise ValueError(f"{path}: the log {named}: give the GPU with --gpu (known: "
                              f"{', '.join(CALIBRATED_GPUS)})")
         gpu = run.gpu
+    elif len(run.devices) > 1:    # a mixed run: --gpu names the one to calibrate
+        notes.append(f"GPU {gpu} from --gpu (the log's '# Rank' lines name {len(run.devices)} devices: "
+                     f"{', '.join(run.devices)})")
+    else:
+        gpu, note = given_gpu(gpu, run.gpu, str(path), "the log's '# Rank' device")
+        notes += [note] if note else []
     record = {"world_size": run.world_size, "a2a": [{"bytes_per_rank": p.bytes_per_rank, "time_s": p.time_s}
                                                     for p in run.points], "p2p": [], "ffn": None, "hbm": None}
     return CalibrationInput(source="nccl-tests", world_size=run.world_size, gpu=gpu, points=tuple(run.points),
-                            provenance={"tool": "nccl-tests alltoall_perf", "file": str(path)}, record=record)
+                            provenance={"tool": "nccl-tests alltoall_perf", "file": str(path),
+                                        **({"overrides": notes} if notes else {})}, record=record)
 
 
 #: name -> read(paths, **options) -> CalibrationInput (contract: module docstring).
