@@ -214,6 +214,12 @@ def finish(args, inp) -> int:
     phase_model = fit_phases(args, inp, spec)
     if phase_model is not None:
         spec["calibration"]["phase_model"] = phase_model.to_block()
+        try:    # the block as the topology will read it, before any file is written
+            build_topology(spec, source="the fitted topology")
+        except ValueError as error:
+            if measured:
+                raise
+            raise ValueError(f"{input_files(args)}: results.phases: {error}") from None
     if args.raw:   # read files: written only once the fit succeeded (a refusal leaves no file)
         write_atomically(args.raw, json.dumps({"results": results, "provenance": source, "fit": fit_info},
                                               indent=1) + "\n")
@@ -321,8 +327,9 @@ def phase_model_lines(model) -> list[str]:
     lines = [f"  phase model ({model.transport}), excess over the device time by size:"]
     for direction, floor in (model.info.get("expert_floor") or {}).items():
         lines.append(f"  expert {direction}: floor {floor['floor_s'] * 1e3:.3f} ms on {floor['layers']} layers, |error| "
-                     f"median {100 * floor['median']:.1f}% worst {100 * floor['worst']:.1f}%, leave-one-out median "
-                     f"{100 * (floor['loo_median'] or 0):.1f}% worst {100 * (floor['loo_worst'] or 0):.1f}%")
+                     f"median {100 * floor['median']:.1f}% worst {100 * floor['worst']:.1f}%"
+                     + ("" if floor["loo_median"] is None else      # none to report: not 0%
+                        f", leave-one-out median {100 * floor['loo_median']:.1f}% worst {100 * floor['loo_worst']:.1f}%"))
     for label, curve in (("as-run", model.excess_as_run), ("back-to-back", model.excess_back_to_back)):
         if curve:
             lines.append(f"  {label}: " + ", ".join(f"{m / 2**20:.2g} MiB {t * 1e6:+.0f} us" for m, t in curve[::3]))

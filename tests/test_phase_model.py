@@ -16,8 +16,8 @@ import yaml
 from scipy.interpolate import RegularGridInterpolator
 from scipy.optimize import nnls
 
-from lshsim.calibration.phase_model import (KERNEL_TERMS, ExpertTable, PhaseModel, fit_conventions, fit_linear,
-                                            parse_phase_model, transport_of_env, workload_features)
+from lshsim.calibration.phase_model import (KERNEL_TERMS, ExpertTable, PhaseModel, fit_conventions, fit_expert_floor,
+                                            fit_linear, parse_phase_model, transport_of_env, workload_features)
 from lshsim.cli import main
 from lshsim.sim.trace import Trace
 from lshsim.sim.validate import check_transport, layer_errors, phase_errors, topology_for_trace, validate_trace_file
@@ -148,8 +148,23 @@ def test_fit_linear_scale_changes_the_weighting():
 def test_fit_linear_refuses_no_points_and_skips_loo_without_spare_points():
     with pytest.raises(ValueError, match="no points"):
         fit_linear(("const",), [], [])
-    fit = fit_linear(("const", "x"), [{"const": 1.0, "x": 1.0}, {"const": 1.0, "x": 2.0}], [3.0, 5.0])
-    assert fit.coef == pytest.approx((1.0, 2.0)) and fit.loo_median_rel_error is None and fit.loo_max_rel_error is None
+    rows = [{"const": 1.0, "lsh": 0.0, "x": 1.0}, {"const": 1.0, "lsh": 0.0, "x": 2.0}, {"const": 1.0, "lsh": 0.0, "x": 4.0}]
+    fit = fit_linear(("const", "lsh", "x"), rows, [3.0, 5.0, 9.0])
+    assert fit.coef == pytest.approx((1.0, 0.0, 2.0)) and fit.loo_median_rel_error is None
+    assert fit.loo_max_rel_error is None
+
+
+def test_fit_linear_refuses_a_fit_without_degrees_of_freedom():
+    """As many points as independent terms: the fit passes through them whatever they are, and reported
+    0% error (branch robust3; before: two points, two terms, coefficients (1, 2) and |error| 0)."""
+    with pytest.raises(ValueError, match=r"2 point\(s\) for 2 independent term\(s\) of const, x: the fit passes "
+                                         r"through every point whatever they are .* at least 3 points"):
+        fit_linear(("const", "x"), [{"const": 1.0, "x": 1.0}, {"const": 1.0, "x": 2.0}], [3.0, 5.0])
+    with pytest.raises(ValueError, match=r"1 point\(s\) for 1 independent term\(s\) of const"):
+        fit_linear(("const",), [{"const": 1.0}], [2.0])
+    # one spare point: a real fit (its error can be other than 0)
+    fit = fit_linear(("const", "x"), [{"const": 1.0, "x": x} for x in (1.0, 2.0, 3.0)], [3.0, 5.0, 8.0])
+    assert fit.max_rel_error > 0.01
 
 
 def test_fit_linear_refuses_points_of_one_shape_for_a_size_term(tmp_path, capsys):
@@ -160,8 +175,8 @@ def test_fit_linear_refuses_points_of_one_shape_for_a_size_term(tmp_path, capsys
     with pytest.raises(ValueError, match=r"2 point\(s\) of 1 distinct shape\(s\) cannot fit the terms const, x"):
         fit_linear(("const", "x"), one_shape, [3.0, 3.1])
     assert fit_linear(("const",), [{"const": 1.0}] * 3, [2.0, 2.0, 2.0]).coef == pytest.approx((2.0,))
-    assert fit_linear(("const", "lsh", "x"), [{"const": 1.0, "lsh": 0.0, "x": 1.0},
-                                              {"const": 1.0, "lsh": 0.0, "x": 2.0}], [3.0, 5.0]).points == 2
+    assert fit_linear(("const", "lsh", "x"), [{"const": 1.0, "lsh": 0.0, "x": 1.0}, {"const": 1.0, "lsh": 0.0, "x": 2.0},
+                                              {"const": 1.0, "lsh": 0.0, "x": 3.0}], [3.0, 5.0, 7.5]).points == 3
     # through `calibrate --from-raw`: the refusal names the file and the phase, nothing is written
     from lshsim.cli import main
 
@@ -619,3 +634,53 @@ def test_calibrate_refuses_a_bad_phase_record_naming_the_file_and_field(tmp_path
         assert raised.value.code == 2
         assert f"{bad}: results.phases.a2a[3].device is missing" in capsys.readouterr().err
         assert not out.exists()                                  # nothing half-written
+
+
+# ---- fits without a degree of freedom (branch robust3) ----------------------------------------------
+def _aligned(sizes, excess=40e-6):
+    return [{"bytes_per_rank": m, "world_size": W, "aligned": True, "device": 1e-4, "as_run": 1e-4 + excess,
+             "back_to_back": 1e-4 + excess / 2} for m in sizes]
+
+
+def test_excess_curves_need_two_sizes_and_one_record_per_size():
+    """Before: one aligned record gave a one-point excess curve with the band [0, 0] (a spread of 0 that
+    could not be other), and one size twice a curve the topology then refused, naming the output and
+    leaving the --raw JSON behind."""
+    with pytest.raises(ValueError, match=r"the aligned all-to-alls cover one size \(65536 B per rank, a2a\[0\]\)"):
+        fit_conventions(_aligned([65536]))
+    with pytest.raises(ValueError, match=r"a2a\[1\] and a2a\[2\] are both aligned all-to-alls of 65536 B per rank"):
+        fit_conventions(_aligned([4096, 65536, 65536]))
+    out = fit_conventions(_aligned([4096, 65536]))                         # two sizes: a curve and its band
+    assert [m for m, _ in out["as_run"]] == [4096.0, 65536.0]
+
+
+@pytest.mark.parametrize("keep, message", [
+    (lambda aligned: aligned[3:4], "the aligned all-to-alls cover one size"),
+    (lambda aligned: [aligned[3], aligned[3], aligned[5]], "are both aligned all-to-alls of"),
+])
+def test_calibrate_refuses_degenerate_excess_records_and_writes_nothing(keep, message, tmp_path, capsys):
+    raw = json.loads((RUN_M / "cal-shm-raw.json").read_text())
+    records = raw["results"]["phases"]["a2a"]
+    aligned = [r for r in records if r.get("aligned", True) and "name" not in r and not r.get("self")]
+    raw["results"]["phases"]["a2a"] = keep(aligned)
+    (tmp_path / "r.json").write_text(json.dumps(raw))
+    with pytest.raises(SystemExit) as raised:
+        main(["calibrate", "--from-raw", str(tmp_path / "r.json"), "--out", str(tmp_path / "o" / "t.yaml"),
+              "--raw", str(tmp_path / "o" / "raw.json"), "--quiet"])
+    err = capsys.readouterr().err
+    assert raised.value.code == 2 and err.count("\n") == 1, err
+    assert f"{tmp_path / 'r.json'}: results.phases: " in err and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_expert_floor_needs_two_layers():
+    """The floor is one of the layers' measured expert times: on one layer it matched it (0% error)."""
+    table = ExpertTable.from_points(_grid_points())
+    layer = {"workload": {"d_model": 256, "d_ffn": 512}, "rows_per_expert": [[64, 64], [64, 64]],
+             "phases_s": {"forward": {"expert": 1e-3}}}
+    with pytest.raises(ValueError, match=r"the expert floor \(forward\) .* from one layer it matches that layer"):
+        fit_expert_floor(table, [layer])
+    other = copy.deepcopy(layer)
+    other["phases_s"]["forward"]["expert"] = 2e-3
+    floors, info = fit_expert_floor(table, [layer, other])
+    assert info["forward"]["layers"] == 2 and info["forward"]["loo_median"] is not None

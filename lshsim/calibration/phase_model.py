@@ -206,6 +206,12 @@ def fit_linear(terms, rows: list[dict], targets, scale=None) -> LinearFit:
         raise ValueError(f"{len(y)} point(s) of {len({tuple(row) for row in X.tolist()})} distinct shape(s) cannot fit "
                          f"the terms {', '.join(terms)}: how the time grows with the size needs points of at least "
                          f"two shapes; calibrate on more layers")
+    if len(y) <= rank:
+        # as many points as independent terms: the fit passes through every point whatever they are, so
+        # its 0% error could not have been anything else (no degree of freedom is left to test it)
+        raise ValueError(f"{len(y)} point(s) for {rank} independent term(s) of {', '.join(terms)}: the fit passes "
+                         f"through every point whatever they are (an error of 0 that could not be other); it needs "
+                         f"at least {rank + 1} points; calibrate on more layers")
     s = y if scale is None else np.asarray(scale, dtype=float)
     coef = _nnls_relative(X, y, s)
     errors = np.abs(X @ coef - y) / s
@@ -582,10 +588,22 @@ def fit_conventions(a2a: list[dict]) -> dict:
     """The excess curves of the two timing conventions over the device time (running medians of
     five sizes), the unaligned factor curve (of three) and the self-chunk copy curve, from the a2a
     part's records (module docstring)."""
-    aligned = sorted((r for r in a2a if r.get("aligned", True) and "name" not in r and not r.get("self")),
-                     key=lambda r: r["bytes_per_rank"])
+    fitted = [(i, r) for i, r in enumerate(a2a) if r.get("aligned", True) and "name" not in r and not r.get("self")]
+    aligned = [r for _, r in sorted(fitted, key=lambda item: item[1]["bytes_per_rank"])]
     if not aligned:
         raise ValueError("the phase calibration has no aligned all-to-all records")
+    first: dict = {}
+    for i, record in fitted:          # one record per size: a repeat gave the curve two values at one size
+        size = record["bytes_per_rank"]
+        if size in first:
+            raise ValueError(f"a2a[{first[size]}] and a2a[{i}] are both aligned all-to-alls of {size} B per rank: "
+                             f"the excess curves take one record per size")
+        first[size] = i
+    if len(aligned) < 2:
+        # one size: a constant excess whose band (the spread around the curve) is 0 by construction
+        raise ValueError(f"the aligned all-to-alls cover one size ({aligned[0]['bytes_per_rank']} B per rank, "
+                         f"a2a[{fitted[0][0]}]): the excess curves by size and their band (the spread around the "
+                         f"curve, 0 from one point whatever it measured) need at least two sizes")
     out = {}
     out["band"] = {}
     for convention in ("as_run", "back_to_back"):
@@ -798,6 +816,11 @@ def fit_expert_floor(table: ExpertTable, layers: list[dict]) -> tuple[tuple, dic
         if len(measured) == 0:
             floors.append(0.0)
             continue
+        if len(measured) == 1:
+            # the floor is one of the measured times: on one layer it can always match it (0% error, no test left)
+            raise ValueError(f"the expert floor ({direction}) is chosen among the layers' measured expert times: "
+                             f"from one layer it matches that layer whatever it measured; it needs at least two "
+                             f"layers with rows_per_expert")
         everything = np.ones(len(measured), dtype=bool)
         floor = best(everything)
         errors = np.abs(np.maximum(device_arr, floor) - measured_arr) / measured_arr
