@@ -113,3 +113,42 @@ def test_an_error_of_the_helper_reaches_the_caller():
         with _BlocksAhead("not a generator", 64, 8, 16) as blocks:
             list(blocks)
     assert not blocks.helper.is_alive()
+
+
+def test_no_skip_when_numba_is_missing_or_its_compiler_is_off(monkeypatch):
+    """NUMBA_DISABLE_JIT=1 (numba's debugging switch) made the MT19937 loop run in Python: it still
+    passed the self-check, then took about 1.5 ms a regeneration, 40 minutes for DeepSeek-V3's
+    hidden states on 64 GPUs (branch robust3). Now the generator draws instead; without numba too."""
+    import sys
+
+    import numba
+
+    from lshsim.dispatch import _generator_skip
+
+    whole = synthetic_router_inputs(100, 4, 64, 16, seed=1)
+    for setting in ("jit off", "no numba"):
+        monkeypatch.setattr(_generator_skip, "_WORKS", None)
+        monkeypatch.setattr(_generator_skip, "_KERNEL", None)
+        with monkeypatch.context() as patch:
+            if setting == "jit off":
+                patch.setattr(numba.config, "DISABLE_JIT", True)
+            else:
+                patch.setitem(sys.modules, "numba", None)          # `import numba` raises ImportError
+            assert _generator_skip.skip_works() is False, setting
+            generator = torch.Generator().manual_seed(0)
+            assert _generator_skip.skip(generator, 10**9) is False
+            assert torch.equal(generator.get_state(), torch.Generator().manual_seed(0).get_state())
+            patch.setattr(synthetic, "BLOCK_VALUES", 16 * 64)
+            pooled = synthetic_router_inputs(100, 4, 64, 16, seed=1, hidden="pooled")
+            assert torch.equal(pooled.logits, whole.logits)
+    monkeypatch.setattr(_generator_skip, "_WORKS", None)
+    assert _generator_skip.skip_works()
+
+
+@pytest.mark.parametrize("seed", [-1, 2 ** 32, 2 ** 64, 1.5, True, "3"])
+def test_a_seed_outside_torch_32_bits_is_refused(seed):
+    """torch seeds its CPU generator with the low 32 bits: -1 drew seed 2^32 - 1's tokens, 2^32 seed 0's,
+    2^64 stopped with torch's "Overflow when unpacking long long" naming no seed."""
+    with pytest.raises(ValueError, match=r"seed=.* must be a whole number in \[0, 4294967295\]"):
+        synthetic_router_inputs(4, 2, 8, 4, seed=seed)
+    assert synthetic_router_inputs(4, 2, 8, 4, seed=2 ** 32 - 1).logits.shape == (8, 4)

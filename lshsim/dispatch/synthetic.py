@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import math
+import numbers
 import queue
 import threading
 
 import torch
 
-from lshsim.checks import finite_number, non_negative_int, positive_int
+from lshsim.checks import SEED_MAX, finite_number, non_negative_int, positive_int
 from lshsim.dispatch import _generator_skip
 
 __all__ = ["RouterInputs", "HIDDEN_MODES", "synthetic_router_inputs", "pooled_hidden", "dirichlet_popularity",
@@ -170,6 +171,10 @@ def synthetic_router_inputs(num_tokens_per_rank: int, world_size: int, d_model: 
     for name, value in (("num_tokens_per_rank", num_tokens_per_rank), ("world_size", world_size),
                         ("d_model", d_model), ("num_experts", num_experts), ("vocab_size", vocab_size)):
         positive_int(name, value)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= SEED_MAX:
+        # torch's CPU generator seeds its Mersenne Twister with the low 32 bits: -1 drew seed 2^32 - 1's
+        # tokens and 2^32 seed 0's; above 2^64 - 1 torch's own error named no seed
+        raise ValueError(f"seed={seed!r} must be a whole number in [0, {SEED_MAX}] (as lshsim plan --seed)")
     if not (skew >= 0 and skew < float("inf")):
         raise ValueError(f"skew={skew!r} must be finite and >= 0")
     if hidden not in HIDDEN_MODES:
