@@ -182,12 +182,27 @@ def estimate_flows(world_size: int, collectives: int = 1) -> Estimate:
 HIDDEN_VALUES_IN_BLOCKS = 4 * 2 ** 25
 
 
+def _check_sizes(function: str, whole_hidden: object, **sizes) -> None:
+    """A plan estimate's arguments: whole numbers >= 1 and whole_hidden True or False; anything else
+    (0, -1, NaN, 1.5, "no") gave a negative or meaningless estimate that no limit could refuse."""
+    import numbers
+
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{function}: {name}={value!r} must be a whole number >= 1")
+    if not isinstance(whole_hidden, bool):
+        raise ValueError(f"{function}: whole_hidden={whole_hidden!r} must be True or False")
+
+
 def estimate_plan_routing(routed: int, gate_width: int, num_experts: int, k: int,
                           whole_hidden: bool = True) -> Estimate:
     """The routing of a plan's `routed` synthetic tokens (`estimate_route`). whole_hidden=False: every
     option's router is a shipped one, which gets the hidden states' (T, E) group means, not the (T, d)
     states (`lshsim.sim.moe_step._draw_inputs`): the states are drawn in row blocks, at most
-    HIDDEN_VALUES_IN_BLOCKS values held, plus the (T, E) means; the work is the same."""
+    HIDDEN_VALUES_IN_BLOCKS values held, plus the (T, E) means; the work is the same. Every size a
+    whole number >= 1 (ValueError naming it)."""
+    _check_sizes("estimate_plan_routing", whole_hidden, routed=routed, gate_width=gate_width,
+                 num_experts=num_experts, k=k)
     route = estimate_route(routed, gate_width, num_experts, k)
     whole = float(routed) * gate_width
     held = min(whole, float(HIDDEN_VALUES_IN_BLOCKS)) + float(routed) * num_experts
@@ -204,7 +219,10 @@ def estimate_plan(*, world_size: int, num_layers: int, d_model: int, num_experts
     """`lshsim plan` of one model on one cluster: the routing of the subsampled tokens (as
     `lshsim.sim.moe_step.route_traffic` subsamples; `estimate_plan_routing`, whole_hidden=False when
     every option routes with a shipped router), the flow-level all-to-alls and the step traces of
-    `options` options."""
+    `options` options. Every size a whole number >= 1 (ValueError naming it)."""
+    _check_sizes("estimate_plan", whole_hidden, world_size=world_size, num_layers=num_layers, d_model=d_model,
+                 num_experts=num_experts, k=k, tokens_per_gpu=tokens_per_gpu, max_routed_tokens=max_routed_tokens,
+                 options=options)
     routed = max(1, min(tokens_per_gpu, max_routed_tokens // max(world_size, 1))) * world_size
     gate_width = num_experts * -(-d_model // num_experts)    # the widest (locmoe) synthetic hidden state
     records = float(num_layers) * world_size * options

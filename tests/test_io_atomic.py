@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -334,3 +335,21 @@ def test_plan_estimate_counts_the_hidden_states_as_plan_holds_them():
         assert draws_whole_hidden(StepConfig(router="test_whole_hidden"))
     finally:
         ROUTERS.pop("test_whole_hidden")
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"world_size": -1}, "world_size=-1"), ({"world_size": 0}, "world_size=0"), ({"tokens_per_gpu": -5}, "tokens_per_gpu=-5"),
+    ({"tokens_per_gpu": float("nan")}, "tokens_per_gpu=nan"), ({"tokens_per_gpu": 1.5}, "tokens_per_gpu=1.5"),
+    ({"num_experts": 0}, "num_experts=0"), ({"k": -3}, "k=-3"), ({"max_routed_tokens": 0}, "max_routed_tokens=0"),
+    ({"options": 0}, "options=0"), ({"d_model": True}, "d_model=True"), ({"whole_hidden": "no"}, "whole_hidden='no'"),
+])
+def test_plan_estimate_refuses_sizes_it_cannot_estimate(change, words):
+    """Before (branch robust3): world_size=-1 estimated -0.12 GiB, tokens NaN or -5 the same as 0 tokens,
+    num_experts=0 a ZeroDivisionError, whole_hidden="no" counted the whole states (a true string)."""
+    kw = dict(world_size=64, num_layers=61, d_model=7168, num_experts=256, k=8, tokens_per_gpu=4096,
+              max_routed_tokens=1 << 17, options=6)
+    with pytest.raises(ValueError, match=r"estimate_plan: " + re.escape(words) + " must be"):
+        limits.estimate_plan(**{**kw, **change})
+    with pytest.raises(ValueError, match=r"estimate_plan_routing: routed=0 must be a whole number >= 1"):
+        limits.estimate_plan_routing(0, 7168, 256, 8, False)
+    assert limits.estimate_plan_routing(1, 1, 1, 1, False).bytes > 0
