@@ -129,7 +129,8 @@ def refuse_if_too_large(what: str, estimate: Estimate, limit_bytes: float | None
         limit_bytes = available_memory_bytes()
     if estimate.bytes <= MEMORY_FRACTION * limit_bytes:
         return
-    duration = f" and about {format_duration(estimate.seconds)}" if estimate.seconds > 0 else ""
+    duration = "" if estimate.seconds <= 0 else " and under 1 s" if estimate.seconds < 1 else \
+        f" and about {format_duration(estimate.seconds)}"         # not "about under 1 s"
     raise ValueError(f"{what} needs about {format_size(estimate.bytes)} of memory{duration} "
                      f"(estimate: {estimate.formula}); {limit_name} "
                      f"{format_size(limit_bytes)} available (at most {MEMORY_FRACTION:.0%} of it is planned for)"

@@ -90,6 +90,8 @@ BROKEN = [
      ["--capacity-factor 2 with --no-capacity"]),
     (["capacity", "--capacity-factor", "2", "--plot", "{OUT}.png"], ["--capacity-factor 2", "needs --tokens"]),
     (["capacity", "--skew", "1", "--sample", "3", "--json"], ["--skew 1, --sample 3", "needs --tokens"]),
+    # branch robust3: "num_samples=1.0 must be an integer >= 2" after the exact estimates, no option named
+    (["capacity", "--tokens", "100", "--sample", "1", "--plot", "{OUT}.png"], ["--sample 1", "S >= 2"]),
 ]
 
 SAMPLE = [

@@ -353,3 +353,12 @@ def test_plan_estimate_refuses_sizes_it_cannot_estimate(change, words):
     with pytest.raises(ValueError, match=r"estimate_plan_routing: routed=0 must be a whole number >= 1"):
         limits.estimate_plan_routing(0, 7168, 256, 8, False)
     assert limits.estimate_plan_routing(1, 1, 1, 1, False).bytes > 0
+
+
+def test_a_refusal_under_one_second_reads_under_1_s():
+    """Before (branch robust3): "needs about 1.0 TiB of memory and about under 1 s"."""
+    with pytest.raises(ValueError) as info:
+        limits.refuse_if_too_large("x", limits.Estimate(2.0 ** 40, 0.2, "f"), 2.0 ** 30)
+    assert "of memory and under 1 s (estimate: f)" in str(info.value) and "about under" not in str(info.value)
+    with pytest.raises(ValueError, match=r"of memory and about 2\.0 h \(estimate"):
+        limits.refuse_if_too_large("x", limits.Estimate(2.0 ** 40, 7200.0, "f"), 2.0 ** 30)

@@ -60,6 +60,8 @@ def check_sizes(args) -> None:
     if args.tokens:
         refuse_if_too_large(f"the popularity of --experts {args.experts}", estimate_matrix(args.experts, 1),
                             hint="lower --experts")
+    if args.sample == 1:   # one batch has no spread to measure (the sampler takes 2 or more): before any work
+        raise ValueError("--sample 1: the sampled drop rate needs S >= 2 batches (0 leaves it off)")
     if args.tokens and args.sample:
         estimate = estimate_route(args.sample * args.tokens, 0, args.experts, args.k) \
             + estimate_matrix(args.sample * args.tokens, args.experts, copies=3)
