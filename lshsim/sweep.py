@@ -383,10 +383,11 @@ def _selected(task: dict):
 
 def expected_options(task: dict) -> list[tuple[str, object]]:
     """(label, StepConfig) of the point's options: `plan_options` of its config, kept where the short
-    name is in the grid's options, baseline first."""
+    name is in the grid's options (before its duplicates are dropped: a grid's lsh_rate makes "yours"
+    the same as "lsh", and options [baseline, lsh] then lost the lsh rows), baseline first."""
     from lshsim.sim.moe_step import plan_options
 
-    return [(label, config) for label, config in plan_options(_selected(task)) if _short(label) in task["options"]]
+    return plan_options(_selected(task), keep=lambda label: _short(label) in task["options"])
 
 
 def evaluate_point(task: dict, on_phase=None) -> list[dict]:

@@ -112,6 +112,24 @@ def test_a_sweep_whose_every_point_failed_exits_1(tmp_path, capsys):
     assert not plot.exists() and all(row["error"] for row in _rows(table)) and len(_rows(table)) == 2 * 3
 
 
+def test_an_lsh_rate_axis_keeps_the_lsh_option(tmp_path, capsys):
+    """A grid's lsh_rate makes the point's own option ("yours") the same config as "lsh": the duplicate
+    was dropped under "yours" first, then "yours" was not among options [baseline, lsh], so the lsh rows
+    were lost, exit 0 (branch robust3). Now the options asked for are chosen before duplicates go."""
+    text = GRID.format(nodes="[1]", cluster=V100).replace("nic_gbps: [100, 400]", "lsh_rate: [0.1, 0.3]") \
+        .replace("options: [baseline, lsh, 2d]", "options: [baseline, lsh]")
+    rows = _sweep(tmp_path, capsys, grid=_grid(tmp_path, text=text))
+    assert [(row["lsh_rate"], row["option"]) for row in rows] == [("0.1", "baseline"), ("0.1", "lsh"),
+                                                                   ("0.3", "baseline"), ("0.3", "lsh")]
+    assert [row["description"] for row in rows if row["option"] == "lsh"] == ["topk + lsh 0.1, direct",
+                                                                              "topk + lsh 0.3, direct"]
+    from lshsim.sim.moe_step import StepConfig, plan_options
+
+    both = plan_options(StepConfig(lsh_rate=0.1),
+                        keep=lambda label: lshsim.sweep._short(label) in ("baseline", "yours", "lsh"))
+    assert [label for label, _ in both] == ["baseline", "yours: topk + lsh 0.1, direct"]    # one row for one config
+
+
 def test_resume_after_an_interruption_equals_an_uninterrupted_sweep(tmp_path, capsys, monkeypatch):
     grid = _grid(tmp_path)
     whole = _sweep(tmp_path, capsys, grid=grid, out="whole.csv")

@@ -1677,7 +1677,8 @@ def share_for_router(router: str, share: float | str | None) -> float | str | No
     return "auto" if router != "locmoe" and share not in ("auto", None) else share
 
 
-def plan_options(selected: StepConfig, locmoe_share: float | str | None = "selected") -> list[tuple[str, StepConfig]]:
+def plan_options(selected: StepConfig, locmoe_share: float | str | None = "selected", *,
+                 keep=None) -> list[tuple[str, StepConfig]]:
     """The options `lshsim plan` compares, baseline first.
 
     baseline: topk, no LSH, direct, no overlap, the model's precision on the wire (the user's tokens,
@@ -1685,7 +1686,9 @@ def plan_options(selected: StepConfig, locmoe_share: float | str | None = "selec
     Then the user's own choice (if it differs), and the standard alternatives: LSH-MoE at the
     user's rate (or DEFAULT_PLAN_LSH_RATE), LocMoE routing (its locality share `locmoe_share`:
     "selected" = the selected config's), the hierarchical 2d and LocMoE's group-wise all-to-all, and
-    Tutel-style overlap. Duplicates are dropped (first label wins).
+    Tutel-style overlap. Duplicates are dropped (first label wins). keep(label) -> bool, when given,
+    selects the options before the duplicates are dropped (`lshsim sweep`'s options: an "lsh" option
+    asked for is kept when it equals a "yours" option that was not asked for).
     """
     from dataclasses import replace
 
@@ -1705,6 +1708,8 @@ def plan_options(selected: StepConfig, locmoe_share: float | str | None = "selec
     seen: set = set()
     out = []
     for label, config in candidates:
+        if keep is not None and not keep(label):
+            continue
         if config not in seen:
             seen.add(config)
             out.append((label, config))
