@@ -329,7 +329,8 @@ def phase_model_lines(model) -> list[str]:
         lines.append(f"  expert {direction}: floor {floor['floor_s'] * 1e3:.3f} ms on {floor['layers']} layers, |error| "
                      f"median {100 * floor['median']:.1f}% worst {100 * floor['worst']:.1f}%"
                      + ("" if floor["loo_median"] is None else      # none to report: not 0%
-                        f", leave-one-out median {100 * floor['loo_median']:.1f}% worst {100 * floor['loo_worst']:.1f}%"))
+                        f", leave-one-out median {100 * floor['loo_median']:.1f}% "
+                        f"worst {100 * floor['loo_worst']:.1f}%"))
     for label, curve in (("as-run", model.excess_as_run), ("back-to-back", model.excess_back_to_back)):
         if curve:
             lines.append(f"  {label}: " + ", ".join(f"{m / 2**20:.2g} MiB {t * 1e6:+.0f} us" for m, t in curve[::3]))

@@ -338,7 +338,8 @@ def test_plan_estimate_counts_the_hidden_states_as_plan_holds_them():
 
 
 @pytest.mark.parametrize("change, words", [
-    ({"world_size": -1}, "world_size=-1"), ({"world_size": 0}, "world_size=0"), ({"tokens_per_gpu": -5}, "tokens_per_gpu=-5"),
+    ({"world_size": -1}, "world_size=-1"), ({"world_size": 0}, "world_size=0"),
+    ({"tokens_per_gpu": -5}, "tokens_per_gpu=-5"),
     ({"tokens_per_gpu": float("nan")}, "tokens_per_gpu=nan"), ({"tokens_per_gpu": 1.5}, "tokens_per_gpu=1.5"),
     ({"num_experts": 0}, "num_experts=0"), ({"k": -3}, "k=-3"), ({"max_routed_tokens": 0}, "max_routed_tokens=0"),
     ({"options": 0}, "options=0"), ({"d_model": True}, "d_model=True"), ({"whole_hidden": "no"}, "whole_hidden='no'"),

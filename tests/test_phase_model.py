@@ -148,7 +148,7 @@ def test_fit_linear_scale_changes_the_weighting():
 def test_fit_linear_refuses_no_points_and_skips_loo_without_spare_points():
     with pytest.raises(ValueError, match="no points"):
         fit_linear(("const",), [], [])
-    rows = [{"const": 1.0, "lsh": 0.0, "x": 1.0}, {"const": 1.0, "lsh": 0.0, "x": 2.0}, {"const": 1.0, "lsh": 0.0, "x": 4.0}]
+    rows = [{"const": 1.0, "lsh": 0.0, "x": x} for x in (1.0, 2.0, 4.0)]
     fit = fit_linear(("const", "lsh", "x"), rows, [3.0, 5.0, 9.0])
     assert fit.coef == pytest.approx((1.0, 0.0, 2.0)) and fit.loo_median_rel_error is None
     assert fit.loo_max_rel_error is None
@@ -175,8 +175,8 @@ def test_fit_linear_refuses_points_of_one_shape_for_a_size_term(tmp_path, capsys
     with pytest.raises(ValueError, match=r"2 point\(s\) of 1 distinct shape\(s\) cannot fit the terms const, x"):
         fit_linear(("const", "x"), one_shape, [3.0, 3.1])
     assert fit_linear(("const",), [{"const": 1.0}] * 3, [2.0, 2.0, 2.0]).coef == pytest.approx((2.0,))
-    assert fit_linear(("const", "lsh", "x"), [{"const": 1.0, "lsh": 0.0, "x": 1.0}, {"const": 1.0, "lsh": 0.0, "x": 2.0},
-                                              {"const": 1.0, "lsh": 0.0, "x": 3.0}], [3.0, 5.0, 7.5]).points == 3
+    assert fit_linear(("const", "lsh", "x"), [{"const": 1.0, "lsh": 0.0, "x": x} for x in (1.0, 2.0, 3.0)],
+                      [3.0, 5.0, 7.5]).points == 3
     # through `calibrate --from-raw`: the refusal names the file and the phase, nothing is written
     from lshsim.cli import main
 
