@@ -87,7 +87,7 @@ def test_an_option_contradicting_the_files_is_refused(argv, words, tmp_path, cap
 def test_a_cpu_raw_refuses_a_gpu(tmp_path, capsys):
     raw = _raw(tmp_path, gpu=None, device_type="cpu")
     _refused(["--from-raw", raw, "--gpu", "h100"], tmp_path, capsys,
-             ["raw.json", "gpu='h100' (--gpu)", "measured on the CPU", "leave --gpu out"])
+             ["raw.json", "gpu='h100' (--gpu)", "measured on the CPU", "not an H100's", "leave --gpu out"])
 
 
 def test_an_option_that_agrees_is_accepted_and_changes_nothing(tmp_path, capsys):

@@ -673,6 +673,22 @@ def test_calibrate_refuses_degenerate_excess_records_and_writes_nothing(keep, me
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
 
 
+def test_calibrate_refuses_lsh_kernels_fitted_exactly_on_two_layers(tmp_path, capsys):
+    """Two LSH layers among the calibration's: lsh_compress forward (4 terms, 2 independent on them) printed
+    "2 layers, |error| median 0.0% worst 0.0%" (branch robust3). Now refused, nothing written."""
+    raw = json.loads((RUN_M / "cal-nvlink-raw.json").read_text())
+    layers = raw["results"]["phases"]["layers"]
+    raw["results"]["phases"]["layers"] = [r for r in layers if not r["workload"].get("lsh")] + \
+        [r for r in layers if r["workload"].get("lsh")][:2]
+    (tmp_path / "r.json").write_text(json.dumps(raw))
+    with pytest.raises(SystemExit) as raised:
+        main(["calibrate", "--from-raw", str(tmp_path / "r.json"), "--out", str(tmp_path / "o" / "t.yaml"), "--quiet"])
+    err = capsys.readouterr().err
+    assert raised.value.code == 2 and err.count("\n") == 1, err
+    assert "r.json: results.phases: the layers' lsh_compress forward: 2 point(s) for 2 independent term(s)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
 def test_expert_floor_needs_two_layers():
     """The floor is one of the layers' measured expert times: on one layer it matched it (0% error)."""
     table = ExpertTable.from_points(_grid_points())

@@ -254,7 +254,7 @@ def given_gpu(gpu, file_gpu, where: str, what: str, *, device_type=None) -> tupl
         return file_gpu, None
     if device_type == "cpu":
         raise ValueError(f"{where}: gpu={gpu!r} (--gpu): the file was measured on the CPU (provenance.device_type "
-                         f"'cpu'): its rates are not a {key}'s; leave --gpu out")
+                         f"'cpu'): its rates are a CPU's, not an {key.upper()}'s; leave --gpu out")
     return gpu, (f"GPU {gpu} from --gpu ({what} {file_gpu!r} is not a GPU a calibration knows)" if file_gpu
                  else f"GPU {gpu} from --gpu ({what} is not given)")
 
