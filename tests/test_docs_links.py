@@ -1,6 +1,5 @@
-"""Links into benchmarks/RESULTS.md and benchmarks/HISTORY.md resolve: every `RESULTS.md#anchor` and
-`HISTORY.md#anchor` anywhere in the repository's text files names a heading of that file (GitHub's anchor
-rule), every in-file `(#anchor)` link of the two files (their Contents) does too, every `## ` section of
+"""Links into benchmarks/RESULTS.md and benchmarks/HISTORY.md resolve: every link to an anchor of either file
+anywhere in the repository's text files names a heading of that file (GitHub's anchor rule), every in-file `(#anchor)` link of the two files (their Contents) does too, every `## ` section of
 HISTORY.md is listed in its Contents, and a reference by quoted section name ("benchmarks/RESULTS.md,
 "Real tokens"") names a heading that exists in the file it names."""
 from __future__ import annotations
