@@ -32,7 +32,7 @@ fit refuses all of them). The predicted time of a case is
   a normal dispatch and a normal combine are the same pipeline run forwards and backwards. (Until the third round a
   normal start-up per operation was fitted; the ib family's combine one rested on ONE fitting case and came out
   0 us, while every seen ib normal combine but one was predicted too fast: the change was chosen on those seen
-  errors, benchmarks/RESULTS.md says which.)
+  errors, benchmarks/HISTORY.md says which.)
 - beta x m (low-latency kernels only; beta in [0, MESSAGE_MAX_S] s per message): m = the mean over ranks of the
   messages a rank sends to other nodes, one per (token, expert) pair on a remote node (DeepEP's and UCCL-EP's
   low-latency kernels write each (token, expert) copy as its own RDMA write, no deduplication). Cause: a per-write
