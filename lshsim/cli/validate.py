@@ -306,5 +306,5 @@ def _print_within_cluster(console, within: dict) -> None:
     console.print(table)
     console.print(f"{len(within['single_case_clusters'])} cluster(s) of one case (no within-cluster number); "
                   f"{within['extra_simulations']} simulations at lower NIC efficiencies; "
-                  f"{within['monotone_violations']} simulated times growing with the efficiency", soft_wrap=True,
+                  f"{len(within['monotone_violations'])} simulated time(s) growing with the NIC efficiency", soft_wrap=True,
                   markup=False)

@@ -28,11 +28,12 @@ Two variants per case r of a cluster:
 
 The simulated times (`CaseRun.sim_s`) are those `validate --published` computed for its own fits (the efficiencies >=
 the family's floor); a cluster slower than its family's fitting cases needs lower ones, simulated here
-(`extend_efficiencies`): downwards in steps of `STEP` grid points, while some multi-node case of the cluster is still
-predicted faster than published at the lowest simulated efficiency and lower grid points are above the cluster's
-lowest demonstrated floor. A lower efficiency only lengthens a simulated time (the NIC is slower), so once every
-case is predicted too slow, no lower efficiency can lower any fit's loss: the fits below choose what they would
-choose on the whole grid (`monotone_violations` counts simulated times that grow with the efficiency: 0 keeps this).
+(`extend_efficiencies`): for each fit, its calibrating cases downwards in steps of `STEP` grid points (never below
+the floor they demonstrate) while a lower efficiency could still lower the fit's loss, then each predicted case at its
+fit's efficiency. A lower efficiency only lengthens a simulated time (a slower NIC), so a case predicted too slow at
+the lowest simulated efficiency only gets worse below it: the loss there is at least those cases' loss, and once that
+exceeds the best loss found, the fit chooses what it would choose on the whole grid (`_lower_needed`;
+`monotone_violations` lists any simulated time that grows with the efficiency, against which this rests).
 """
 from __future__ import annotations
 
@@ -79,20 +80,10 @@ def _with_efficiency(cal: Calibration, family: str, eff: float) -> Calibration:
     return dataclasses.replace(cal, nic_efficiency={**cal.nic_efficiency, family: eff})
 
 
-def fit_cluster_efficiency(calibrating: list[CaseRun], cal: Calibration, effs) -> float:
-    """The NIC efficiency of one cluster from its `calibrating` runs (one NIC family): among `effs` (simulated for
-    every run concerned), >= the floor those runs demonstrate (none left: the highest), the least robust loss of
-    their log errors with every other term of `cal` fixed; ties to the efficiency nearest the family's. Without a
-    multi-node run: the family's efficiency."""
-    families = {r.case.nic_family for r in calibrating}
-    if len(families) != 1:
-        raise ValueError(f"fit_cluster_efficiency: the calibrating runs must be of one NIC family, not "
-                         f"{sorted(families)}")
-    family = families.pop()
+def _fit(used: list[CaseRun], cal: Calibration, effs) -> tuple[float, float]:
+    """(efficiency, loss) of `fit_cluster_efficiency` on its multi-node runs `used` (non-empty)."""
+    family = used[0].case.nic_family
     base = cal.nic_efficiency[family]
-    used = _informative(calibrating)
-    if not used:
-        return base
     floor = demonstrated_efficiency(used).get(family, 0.0)
     effs = sorted(effs)
     allowed = [e for e in effs if e >= floor - 1e-12] or [effs[-1]]
@@ -100,9 +91,25 @@ def fit_cluster_efficiency(calibrating: list[CaseRun], cal: Calibration, effs) -
     for eff in sorted(allowed, key=lambda e: (abs(e - base), e)):
         trial = _with_efficiency(cal, family, eff)
         loss = _robust([_log_error(r, trial.time_s(r)) for r in used])
-        if best is None or loss < best[0] - 1e-15:
-            best = (loss, eff)
-    return best[1]
+        if best is None or loss < best[1] - 1e-15:
+            best = (eff, loss)
+    return best
+
+
+def fit_cluster_efficiency(calibrating: list[CaseRun], cal: Calibration, effs=None) -> float:
+    """The NIC efficiency of one cluster from its `calibrating` runs (one NIC family): among `effs` (default: those
+    simulated for every multi-node calibrating run), >= the floor those runs demonstrate (none left: the highest), the
+    least robust loss of their log errors with every other term of `cal` fixed; ties to the efficiency nearest the
+    family's. Without a multi-node run: the family's efficiency."""
+    families = {r.case.nic_family for r in calibrating}
+    if len(families) != 1:
+        raise ValueError(f"fit_cluster_efficiency: the calibrating runs must be of one NIC family, not "
+                         f"{sorted(families)}")
+    family = families.pop()
+    used = _informative(calibrating)
+    if not used:
+        return cal.nic_efficiency[family]
+    return _fit(used, cal, _common(used) if effs is None else effs)[0]
 
 
 def _common(runs: list[CaseRun]) -> list[float]:
@@ -110,37 +117,81 @@ def _common(runs: list[CaseRun]) -> list[float]:
     return sorted(set.intersection(*(set(r.sim_s) for r in runs)))
 
 
+def _fits(runs: list[CaseRun]) -> list[tuple[list, list]]:
+    """The fits of one cluster as (calibrating runs, the runs predicted with it): leave-one-out (every other case,
+    for each case that has another multi-node case), one measured point (each multi-node case alone, for every
+    other case), and all of the cluster's cases (the per-cluster table's efficiency, predicting nothing)."""
+    out = []
+    for r in runs:
+        others = [x for x in runs if x is not r]
+        if _informative(others):
+            out.append((others, [r]))
+    for c in _informative(runs):
+        out.append(([c], [x for x in runs if x is not c]))
+    out.append((runs, []))
+    return out
+
+
+def _lower_needed(used: list[CaseRun], cal: Calibration, grid: tuple, step: int) -> list[float]:
+    """The next `step` grid efficiencies below those simulated for all of `used` (multi-node runs of one fit) if
+    one of them could lower the fit's loss, else []. For an efficiency e below the lowest simulated one (low), every
+    run predicted too slow at low is slower still at e (its error only grows) and every other run's loss is >= 0: the
+    loss at e is >= `bound`, the too-slow runs' loss at low. No lower efficiency can win once bound exceeds the best
+    loss, or equals it with every lower efficiency after the best in the fit's tie order (farther from the family's)."""
+    family = used[0].case.nic_family
+    base = cal.nic_efficiency[family]
+    effs = _common(used)
+    low = effs[0]
+    floor = demonstrated_efficiency(used).get(family, 0.0)
+    below = [e for e in grid if floor - 1e-12 <= e < low - 1e-12]
+    if not below:
+        return []
+    eff, best = _fit(used, cal, effs)
+    trial = _with_efficiency(cal, family, low)
+    errors = [_log_error(r, trial.time_s(r)) for r in used]
+    bound = _robust([e for e in errors if e <= 0])
+    if bound > best + 1e-12 or (bound >= best and abs(eff - base) <= base - low):
+        return []
+    return below[-step:]
+
+
 def extend_efficiencies(groups: list[list[CaseRun]], cal: Calibration, grid: tuple, simulate, step: int = STEP) -> int:
-    """Simulate lower efficiencies for the clusters (`groups`) that need them (module docstring): `simulate(requests)`
-    fills `run.sim_s[eff]` for each (run, eff) of `requests` and returns the simulations it ran. Returns their sum."""
-    requested = 0
+    """Simulate the efficiencies the within-cluster fits of the clusters (`groups`) need (module docstring): each
+    fit's calibrating runs downwards (`_lower_needed`) until no lower efficiency can win, then every predicted run at
+    its fit's efficiency. `simulate(requests)` fills `run.sim_s[eff]` for each (run, eff) of `requests` and returns
+    the simulations it ran; returns their sum."""
+    done = 0
+    fits = [(used, targets, runs) for runs in groups if runs[0].case.nic_family in cal.nic_efficiency
+            for calibrating, targets in _fits(runs) for used in [_informative(calibrating)] if used]
     while True:
-        requests = []
-        for runs in groups:
-            family = runs[0].case.nic_family
-            used = _informative(runs)
-            if family not in cal.nic_efficiency or not used:
-                continue
-            floor = min(demonstrated_efficiency([r]).get(family, 0.0) for r in used)
-            low = _common(runs)[0]
-            below = [e for e in grid if floor - 1e-12 <= e < low - 1e-12]
-            if not below:
-                continue
-            trial = _with_efficiency(cal, family, low)
-            if all(_log_error(r, trial.time_s(r)) <= 0 for r in used):
-                continue                  # every case too slow at `low`: lower efficiencies only make it worse
-            requests += [(r, e) for r in runs for e in below[-step:]]
+        requests = {}
+        for used, _, _ in fits:
+            for e in _lower_needed(used, cal, grid, step):
+                for r in used:
+                    if e not in r.sim_s:
+                        requests[(id(r), e)] = (r, e)
         if not requests:
-            return requested
-        requested += simulate(requests)
+            break
+        done += simulate(list(requests.values()))
+    requests = {}
+    for used, targets, _ in fits:
+        eff = _fit(used, cal, _common(used))[0]
+        for r in targets:
+            if eff not in r.sim_s:
+                requests[(id(r), eff)] = (r, eff)
+    if requests:
+        done += simulate(list(requests.values()))
+    return done
 
 
-def monotone_violations(runs: list[CaseRun], rel: float = 1e-9) -> int:
-    """Simulated times that grow with the NIC efficiency (a pair of neighbouring simulated efficiencies of a run)."""
-    bad = 0
+def monotone_violations(runs: list[CaseRun], rel: float = 1e-9) -> list:
+    """[case id, e1, e2, t1, t2] for each pair of neighbouring simulated efficiencies e1 < e2 of a run whose
+    simulated time grows with the efficiency (t2 > t1 x (1 + rel))."""
+    bad = []
     for r in runs:
         effs = sorted(r.sim_s)
-        bad += sum(r.sim_s[b] > r.sim_s[a] * (1 + rel) for a, b in zip(effs, effs[1:]))
+        bad += [[r.case.id, a, b, r.sim_s[a], r.sim_s[b]] for a, b in zip(effs, effs[1:])
+                if r.sim_s[b] > r.sim_s[a] * (1 + rel)]
     return bad
 
 
@@ -171,24 +222,23 @@ def within_cluster(runs: list[CaseRun], cal: Calibration, role, grid: tuple, sim
     `cal`: the standard calibration; `simulate`: as in `extend_efficiencies`, None to use only what is simulated).
     Returns {"note", "cluster", "rows" (one per case of a cluster of >= 2 cases with a calibrated family and another
     multi-node case), "clusters" (one per such cluster), one summary per set (ROLES), "all", "single_case_clusters",
-    "extra_simulations", "monotone_violations"}."""
+    "extra_simulations", "monotone_violations" (`monotone_violations` of the runs)}."""
     groups = clusters(runs)
     multi = {key: rs for key, rs in groups.items() if len(rs) >= 2 and rs[0].case.nic_family in cal.nic_efficiency}
     extra = extend_efficiencies(list(multi.values()), cal, grid, simulate) if simulate is not None else 0
     rows, table = [], []
     for key, rs in multi.items():
         family = key[1]
-        effs = _common(rs)
         mine = []
         for r in rs:
             others = [x for x in rs if x is not r]
             choices = _informative(others)
             if not choices:
                 continue                   # nothing of this cluster measures its NIC: no calibration to make
-            eff = fit_cluster_efficiency(others, cal, effs)
+            eff = fit_cluster_efficiency(others, cal)
             one = []
             for c in choices:
-                e1 = fit_cluster_efficiency([c], cal, effs)
+                e1 = fit_cluster_efficiency([c], cal)
                 one.append({"calibrated_on": c.case.id, "efficiency": e1,
                             "rel_error": _error(r, _with_efficiency(cal, family, e1))})
             abs_one = [abs(x["rel_error"]) for x in one]
@@ -210,7 +260,7 @@ def within_cluster(runs: list[CaseRun], cal: Calibration, role, grid: tuple, sim
         loo_effs = [x["efficiency"] for x in mine]
         table.append({"cluster": "/".join(key), "source_group": key[0], "nic_family": family,
                       "topology_template": key[2], "roles": roles, "family_efficiency": cal.nic_efficiency[family],
-                      "efficiency_all_cases": fit_cluster_efficiency(rs, cal, effs),
+                      "efficiency_all_cases": fit_cluster_efficiency(rs, cal),
                       "efficiency_range": [min(loo_effs), max(loo_effs)], **_summary(mine)})
     out = {"note": NOTE, "cluster": "(source group, NIC family, topology template)",
            "fitted": "the NIC efficiency only, on the efficiency grid, >= the floor the calibrating cases demonstrate; "
