@@ -196,7 +196,7 @@ def test_validate_published_within_cluster_command(tmp_path, capsys):
                  "--within-cluster", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "NOT a held-out (test or fresh) result" in text and "how accurate is lshsim after you measure" in text
-    assert "Within-cluster calibration (NOT held-out)" in text and "a/ib/published/h800-ib-{nodes}x8" in text
+    assert "Within-cluster calibration (NOT held-out)" in text and "a/ib/h800-ib-{nodes}x8" in text
     with pytest.raises(SystemExit) as exit_info:
         main(["validate", "--within-cluster", "t.json"])
     assert exit_info.value.code == 2 and "--within-cluster" in capsys.readouterr().err

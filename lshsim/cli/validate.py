@@ -290,19 +290,25 @@ def _print_within_cluster(console, within: dict) -> None:
         if within[name]["cases"]:
             table.add_row(name, *cells(within[name]))
     console.print(table)
-    table = Table(title="Within-cluster calibration (NOT held-out) per cluster: NIC efficiency of the family, fitted "
-                        "on all the cluster's cases, and the leave-one-out fits' range")
-    table.add_column("cluster", justify="left", no_wrap=True)
-    table.add_column("sets", justify="left")
-    for column in ("family eff", "cluster eff", "LOO eff"):
-        table.add_column(column, justify="right")
-    for column in columns:
-        table.add_column(column, justify="right")
+    table = Table(title="Within-cluster calibration (NOT held-out) per cluster (its sets below its name): NIC "
+                        "efficiency of the family, fitted on all the cluster's cases, and the leave-one-out fits' "
+                        "range; |error| median / worst, %")
+    table.add_column("cluster: source group/NIC family/topology", justify="left", no_wrap=True)
+    for column in ("family eff", "cluster eff", "LOO eff", "cases", "standard", "cluster LOO", "one point",
+                   "one point worst choice"):
+        table.add_column(column, justify="right", no_wrap=column not in ("family eff", "cluster eff",
+                                                                         "one point worst choice"))
+    pair = lambda m, w: "-" if m is None else f"{100 * m:.1f} / {100 * w:.1f}"
     for c in within["clusters"]:
         low, high = c["efficiency_range"]
-        table.add_row(c["cluster"], ", ".join(f"{k} {v}" for k, v in c["roles"].items()), f"{c['family_efficiency']:.2f}",
-                      f"{c['efficiency_all_cases']:.2f}", f"{low:.2f}" if low == high else f"{low:.2f}-{high:.2f}",
-                      *cells(c))
+        name = f"{c['source_group']}/{c['nic_family']}/{c['topology_template'].removeprefix('published/')}"
+        sets = ", ".join(f"{k} {v}" for k, v in c["roles"].items())
+        table.add_row(f"{name}\n  {sets}", f"{c['family_efficiency']:.2f}", f"{c['efficiency_all_cases']:.2f}",
+                      f"{low:.2f}" if low == high else f"{low:.2f}-{high:.2f}", str(c["cases"]),
+                      pair(c["standard_median_abs_rel_error"], c["standard_max_abs_rel_error"]),
+                      pair(c["median_abs_rel_error"], c["max_abs_rel_error"]),
+                      pair(c["one_point_median_abs_rel_error"], c["one_point_max_abs_rel_error"]),
+                      pct(c["one_point_worst_choice_abs_rel_error"]))
     console.print(table)
     console.print(f"{len(within['single_case_clusters'])} cluster(s) of one case (no within-cluster number); "
                   f"{within['extra_simulations']} simulations at lower NIC efficiencies; "
