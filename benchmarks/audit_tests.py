@@ -20,7 +20,7 @@ Each test function (a `test_*` function or method in tests/test_*.py) is flagged
 - ``redundant_or``: ``assert A or B`` where A or B was already asserted alone earlier in the test (the
   assert cannot fail once the earlier one passed).
 
-The scan is a candidate list: every flag was then read by hand (benchmarks/RESULTS.md, "The test suite
+The scan is a candidate list: every flag was then read by hand (benchmarks/HISTORY.md, "The test suite
 audited"). Usage: python benchmarks/audit_tests.py [tests_dir] [--json]
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Does a garbage collection inside a CUDA graph capture fail the capture? (GPU diagnostic)
 
 The executor's gate capture failed once in a long GPU test run with "operation not permitted when
-stream is capturing" and never again (benchmarks/RESULTS.md, run-aa). The hypothesis: Python's
+stream is capturing" and never again (benchmarks/HISTORY.md, run-aa). The hypothesis: Python's
 cyclic collector ran inside the capture and destroyed an earlier, dead graph (its memory pool
 released while this thread captured). This script builds a dead reference cycle holding what a
 dropped layer holds (a captured graph with its private pool, or plain CUDA tensors), then captures

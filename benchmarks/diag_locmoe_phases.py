@@ -1,5 +1,5 @@
 """Diagnostic (not a fit): LocMoE's steps decomposed by phase, per figure, the figure's setting and
-its baseline (benchmarks/RESULTS.md, issue 13, branch locmoe13d).
+its baseline (benchmarks/HISTORY.md, issue 13, branch locmoe13d).
 
     PYTHONPATH=. python benchmarks/diag_locmoe_phases.py                 # every LocMoE figure
     PYTHONPATH=. python benchmarks/diag_locmoe_phases.py tp=8            # with StepConfig fields added

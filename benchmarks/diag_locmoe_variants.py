@@ -1,5 +1,5 @@
 """Diagnostic (not a fit, not shipped as a setting): LocMoE's relative figures under variants of the
-steps they compare, to see which mechanism moves them (benchmarks/RESULTS.md, issue 13, branch dp13).
+steps they compare, to see which mechanism moves them (benchmarks/HISTORY.md, issue 13, branch dp13).
 
     PYTHONPATH=. python benchmarks/diag_locmoe_variants.py            # the 64-NPU figures
     PYTHONPATH=. python benchmarks/diag_locmoe_variants.py 256npu     # the figures whose id contains 256npu

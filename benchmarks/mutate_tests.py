@@ -5,7 +5,7 @@ variant (a constant, an off-by-one, two arguments swapped, a factor dropped), ru
 that name the function plus the module's docstring examples (`-m "not slow and not distributed and
 not notebooks and not gpu"`, -x), records whether they failed, and restores the file (also on
 Ctrl-C). A mutation the tests do not catch ("survived") marks a function whose tests cannot tell
-it from a wrong one. Used for benchmarks/RESULTS.md, "The test suite audited".
+it from a wrong one. Used for benchmarks/HISTORY.md, "The test suite audited".
 
 Usage: python benchmarks/mutate_tests.py [ID ...] [--list] [--held-out] [--no-doctests] [--json OUT]
 (--held-out: the HELD_OUT list instead of MUTATIONS)

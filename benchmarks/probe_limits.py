@@ -16,7 +16,7 @@ what the commands call first). Outcomes:
     accepted   exit 0 (a loader: no error): the absurd value went through
     slow       still running after --timeout-s (killed)
 
-The counts per outcome are printed at the end (benchmarks/RESULTS.md, "bounds3").
+The counts per outcome are printed at the end (benchmarks/HISTORY.md, "bounds3").
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
 For each token count: every (BLOCK_M, BLOCK_K, num_warps, num_stages) of a small grid, its time and
 its ratio to the HBM roofline (the tokens read once at the copy bandwidth measured in the same run),
 and that the ids equal those of the default launch. The best parameters go into
-`lshsim.dispatch.lsh_fast.HASH_LAUNCH` by hand, with the table in benchmarks/RESULTS.md.
+`lshsim.dispatch.lsh_fast.HASH_LAUNCH` by hand, with the table in benchmarks/HISTORY.md.
 """
 from __future__ import annotations
 

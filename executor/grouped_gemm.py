@@ -205,7 +205,7 @@ def pick_config(rows: int, experts: int, n: int, k: int) -> tuple:
     """The tile for R rows over E experts of an (K, N) weight each (host ints only): 128 x 256
     (128 x 128 where N < 256), a half-height tile for an expert's last block of at most 64 rows;
     4 pipeline stages where K <= 4096 (3 above: shared memory), 4 row blocks per group where
-    N <= 2048 (8 above). Chosen on one H200 at DeepSeek-V3-like shapes (benchmarks/RESULTS.md)."""
+    N <= 2048 (8 above). Chosen on one H200 at DeepSeek-V3-like shapes (benchmarks/HISTORY.md)."""
     if n < 256:
         return (128, 128, 64, 4, 4, 8, True)
     return (128, 256, 64, 8, 4 if k <= 4096 else 3, 4 if n <= 2048 else 8, True)

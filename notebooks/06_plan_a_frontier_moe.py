@@ -367,7 +367,7 @@ display(ep_table.round(3))
 # all-reduce of each expert's gradients over its 64 / EP replicas is in the step: phase
 # `grad_allreduce`, overlapped with the backward by default.)
 #
-# The same plan from the command line (timed in benchmarks/RESULTS.md, "issue 14" section):
+# The same plan from the command line (timed in benchmarks/RESULTS.md, "plan speed"):
 #
 # ```bash
 # lshsim plan --model deepseek-v3 --cluster h100-ib-rail-8x8 --capacity-factor none --router node_limited

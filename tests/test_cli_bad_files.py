@@ -1,7 +1,7 @@
 """Bad input files (branch fuzzfiles): every file a command reads was fed an empty file, a non-UTF-8
 file, a folder, bad syntax, a top level of the wrong type, each field missing or of the wrong type
 or 0, -1, nan, inf, 1e30, typos of field names, duplicate keys, and (logs) truncated or garbage
-lines (benchmarks/RESULTS.md, "Bad input files").
+lines (benchmarks/HISTORY.md, "Bad input files").
 
 Each case here failed before this branch: exit 0 with a garbage input accepted (a calibration
 fitted on one size, on times that do not grow with the size or on rows nccl-tests marked wrong, a

@@ -1,7 +1,7 @@
 """Bad measured traces and calibration-from-traces inputs (branch tracefuzz): every field of a trace's
 meta.measured and of its phase records, `calibrate --from-traces` / `--source` (a plugin's source too)
 and `--phase-base` files were fed wrong types, 0, -1, nan, inf, 1e30, null, true, 10^12, typos and
-broken whole files (benchmarks/RESULTS.md, "Bad measured traces").
+broken whole files (benchmarks/HISTORY.md, "Bad measured traces").
 
 Each case here failed before this branch: a traceback, a line without the field, or exit 0 with
 garbage read (an hour-plus phase time fitted, a negative row count predicted). Each must now end with

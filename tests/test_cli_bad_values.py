@@ -1,7 +1,7 @@
 """Bad command-line values (branch fuzz16): every sub-command's options were tried with 0, -1, 1e30,
 nan, inf, a non-number and an empty string, the path options with a missing file, a folder, a
 non-UTF-8 file, an empty file and an output under a file or in /proc, the choices and registry
-names with unknown names (benchmarks/RESULTS.md, "Bad command-line values").
+names with unknown names (benchmarks/HISTORY.md, "Bad command-line values").
 
 BROKEN: the cases that failed before this branch (a traceback, a message without the option, or
 a value not checked at all); each must now end with exit code 2 and one line naming the option and

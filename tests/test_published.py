@@ -22,11 +22,12 @@ NINTH = ("aws-b200-", "mori-sop-mi355x-ainic-normal-16k", "mori-sop-mi355x-ainic
          "mori-sop-mi355x-ainic-normal-64k")                                       # the ninth round's files (pub14i)
 TENTH = ("nebius-h200-deepep-normal", "gcp-b200-deepep-normal")                   # the tenth round's files (pub14j)
 ELEVENTH = ("azure-h100-deepep-normal",)                                          # the eleventh round's file (pub14k)
+TWELFTH = ("nccl-b300kit-alltoall", "b300kit-deepep-v1-normal")                    # the twelfth round's files (pub14l)
 
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 273 and len({c.id for c in cases}) == 273
+    assert len(cases) == 279 and len({c.id for c in cases}) == 279
     test = load_split(PUBLISHED_DIR, cases)      # the cases read once, handed to each reader
     third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
     fourth = {c.id for c in cases if c.file.startswith("aws-") and not c.file.startswith(NINTH)}   # the fourth round: fresh3
@@ -48,7 +49,7 @@ def test_shipped_cases_and_split():
     assert fresh5 == sixth and len(fresh5) == 14 and not fresh5 & (test | fresh | fresh2 | fresh3 | fresh4)
     # the plain all-to-all cases (a2a14g): fresh6 is their test draw, the rule of split.yaml redone here
     fresh6 = load_fresh(PUBLISHED_DIR, cases, key="fresh6")
-    a2a = [c for c in cases if c.kind == "alltoall"]
+    a2a = [c for c in cases if c.kind == "alltoall" and not c.file.startswith(TWELFTH)]   # a2a14g's cases
     groups = {}
     for c in a2a:
         groups.setdefault((c.file, c.nodes), []).append(c.id)
@@ -76,6 +77,11 @@ def test_shipped_cases_and_split():
     eleventh = {c.id for c in cases if c.file.startswith(ELEVENTH)}
     assert fresh11 == eleventh and len(fresh11) == 3                                  # the eleventh round (pub14k)
     assert not fresh11 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7 | fresh8 | fresh9 | fresh10)
+    fresh12 = load_fresh(PUBLISHED_DIR, cases, key="fresh12")
+    twelfth = {c.id for c in cases if c.file.startswith(TWELFTH)}
+    assert fresh12 == twelfth and len(fresh12) == 6                                   # the twelfth round (pub14l)
+    assert not fresh12 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7 | fresh8 | fresh9 | fresh10
+                          | fresh11)
     for family, held in (("efa_nccl", 5), ("efa_v1_nccl", 17)):    # each family has test and fitting cases
         mine = {c.id for c in a2a if c.nic_family == family}
         assert len(mine & fresh6) == held and mine - fresh6
@@ -88,8 +94,19 @@ def test_shipped_cases_and_split():
     assert by_id["uccl-p6b200-ll-ep32-dispatch"].published_latency_us == 406
     assert by_id["nvshmem-efa-p5-ll-ep16-dispatch"].published_GBps == 9.9          # the sweep's 'default' row, rank 0
     assert by_id["nvshmem-efa-p5en-ep16-combine"].published_GBps == 58.48
+    kit = ("https://github.com/terrificdm/p6b300-efa-deepep-nccl-testkit/blob/0ec5d151a88c4d795f98fe6ad5d9c3856f3587ae/"
+           "examples/report-sample.md")
     for c in cases:                                           # every case has a source and a topology that loads
-        if c.kind == "alltoall":                              # nccl-tests alltoall_perf rows (a2a14g)
+        if c.file.startswith(TWELFTH):                        # the twelfth round (pub14l): fresh12, a p6-b300 EFA kit
+            assert c.source == kit and (c.ep, c.nodes) == (16, 2) and c.topology == "published/p6-b300-efa-2x8"
+            if c.kind == "alltoall":                          # its NCCL curve, 64 KiB - 1 GiB (8 GiB is a seen case)
+                assert c.group == "b300kit-nccl" and c.nic_family == "efa_nccl" and c.counts == "busbw"
+                assert c.size_bytes in (2 ** 16, 2 ** 20, 2 ** 24, 2 ** 28, 2 ** 30)
+            else:                                             # DeepEP V1 over amazon NVSHMEM, the FP8 dispatch line
+                assert c.group == "b300kit-deepep" and c.nic_family == "efa_nvshmem" and c.kind == "normal"
+                assert (c.op, c.format, c.counts, c.published_GBps) == ("dispatch", "fp8", "rdma", 87.25)
+                assert c.workload["tokens_per_rank"] == 4096 and c.workload["experts"] == 256
+        elif c.kind == "alltoall":                            # nccl-tests alltoall_perf rows (a2a14g)
             assert c.file.startswith("nccl-") and c.counts == "busbw" and c.size_bytes % (c.ep * 4) == 0
             assert c.source.startswith(("https://github.com/awslabs/awsome-distributed-ai/blob/",
                                         "https://github.com/crazyguitar/aws-gpu-communication-benchmark/blob/a77f70d"))
@@ -270,15 +287,16 @@ def test_split_names_only_known_cases(tmp_path):
         load_fresh(tmp_path)
     for earlier, later in [("fresh", "fresh2"), ("fresh2", "fresh3"), ("fresh3", "fresh4"), ("fresh4", "fresh5"),
                            ("fresh5", "fresh6"), ("fresh6", "fresh7"), ("fresh7", "fresh8"),
-                           ("fresh8", "fresh9"), ("fresh9", "fresh10"), ("fresh10", "fresh11")]:
+                           ("fresh8", "fresh9"), ("fresh9", "fresh10"), ("fresh10", "fresh11"),
+                           ("fresh11", "fresh12")]:
         (tmp_path / "split.yaml").write_text(f"{earlier}: [x]\n{later}: [x]\n")
         with pytest.raises(ValueError, match=rf"split.yaml: {later}\[0\]='x' is also in {earlier}"):
             load_fresh(tmp_path, key=later)
     (tmp_path / "split.yaml").write_text("test: [x]\nfresh5: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh5\[0\]='x' is also a test case"):
         load_fresh(tmp_path, key="fresh5")
-    with pytest.raises(ValueError, match=r"key='fresh12' must be one of"):
-        load_fresh(tmp_path, key="fresh12")
+    with pytest.raises(ValueError, match=r"key='fresh13' must be one of"):
+        load_fresh(tmp_path, key="fresh13")
 
 
 def test_routing_as_deepep_draws_it():

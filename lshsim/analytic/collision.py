@@ -730,7 +730,7 @@ def predicted_compression_rate(tokens, proj_dim=None, num_hashes: int = 6, *, fa
     `clusters_from_tokens`) each with its mean pairwise cosine, clusters orthogonal
     (`expected_buckets_clusters`; kwargs: num_tuples, num_latent, seed, epsilon). On real hidden
     states the components model over-predicts by up to 27% (a shared direction and near-duplicates
-    inside loose components, benchmarks/RESULTS.md); both match clustered synthetic tokens.
+    inside loose components, benchmarks/HISTORY.md); both match clustered synthetic tokens.
     proj_dim None means d_model (lsh.py's default for "gaussian").
     """
     d_model = np.shape(tokens)[1] if np.ndim(tokens) == 2 else None

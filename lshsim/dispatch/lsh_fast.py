@@ -40,7 +40,7 @@ handful of kernel launches:
 Launch parameters per problem size: HASH_LAUNCHES, RUNS_LAUNCHES, SORT_LAUNCHES, measured on an
 H200 by benchmarks/bench_lsh_fast.py --tune, and their <= 8,192-token rows (rank kernel, runs
 kernel with the look-back) by --sweep; SCAN_LAUNCHES by benchmarks/profile_lsh_compress.py --grid
-(benchmarks/RESULTS.md). The runs and scan-runs kernels' look-back
+(benchmarks/HISTORY.md). The runs and scan-runs kernels' look-back
 numbers its programs by a ticket taken at start (no assumption on the order programs start in) and
 shares one ticket + count buffer per device (`_LOOKBACK`): its launches must not run concurrently on two
 streams of one device, and it is off inside a CUDA graph capture. The hash kernel also has a
@@ -879,7 +879,7 @@ _KERNEL_MATRICES: dict = {}  # (id(matrix), dtype) -> (weak reference to the mat
 #: the first bound (rows, L d' padded) that the problem fits; `block_m` rows per program, `split`
 #: programs per row block along d (split-K, reduced deterministically by the last to arrive).
 #: Measured on an H200 by `benchmarks/bench_lsh_fast.py --tune` (CUDA events, d 4,096, L 6 and 2,
-#: d' 16: benchmarks/RESULTS.md); other sizes get the nearest row.
+#: d' 16: benchmarks/HISTORY.md); other sizes get the nearest row.
 HASH_LAUNCHES = [
     # (max rows, max LD_PAD, launch); measured (run lsh11-a): 8,192 x 4,096 at L 6 and L 2 best at
     # (64, 128, 4 warps, 4 stages), 32,768 at (128, 64, 8, 3) (L 6) and within 2% of it (L 2);

@@ -120,7 +120,7 @@ def _fill(ids, E, mult, cap_left, rate, bott, stats, max_rounds):
     flows of unfrozen classes on it) is <= that of every resource sharing an unfrozen class with it
     (`lshsim.sim.network.FlowNetwork._compute_rates` says why this equals progressive filling); it
     costs O(unfrozen classes x hops + resources crossed), and on skewed MoE traffic most fillings
-    need one or two (one round ends many of them: benchmarks/RESULTS.md, branch engine256). The rest
+    need one or two (one round ends many of them: benchmarks/HISTORY.md, branch engine256). The rest
     goes on in `_fill_heap` (O(classes x hops x log resources), whatever the number of levels: the
     LocMoE fillings of `lshsim reproduce` need about ten rounds). Both work on the resources the classes cross, numbered locally
     (the sentinel is 0). Same rates either way up to rounding (the order of the subtractions).

@@ -37,7 +37,7 @@ relative 1e-9 of their bytes finish together. What changes is what one drain cos
   filling's levels are all >= r: the old rates of S are feasible for it) and, by (iii), than those
   left out. A refilled class whose rate came out the same to a relative 1e-13 keeps its old rate and
   its finish time. On a skewed 1,024-GPU fat-tree MoE all-to-all this refills 1.3 classes per rate
-  change (1.6 before the eager search above; benchmarks/RESULTS.md).
+  change (1.6 before the eager search above; benchmarks/HISTORY.md).
 
 A new transfer entering the network refills every class (a new class starts at rate 0: every rate
 may change), as in the vectorised solver. numba is imported lazily, on the first incremental

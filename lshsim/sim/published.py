@@ -18,7 +18,7 @@ cases, chosen before any fit and never fitted on (`load_split`). For each case t
 Calibration (`Calibration`, `fit_calibration`), per NIC family (a case file's `nic_family`: ib for CX7 InfiniBand,
 efa for UCCL-EP's CPU proxy over AWS EFA v2 and later, efa_v1 for the same over EFA v1 (p5), efa_nvshmem for DeepEP over
 NVSHMEM's libfabric/EFA host proxy, efa_nccl and efa_v1_nccl for NCCL over aws-ofi-nccl on EFA v2+ / EFA v1), each family on
-its own, on the FITTING cases only (`split.yaml` names the test cases and the fresh held-out sets `fresh:` to `fresh11:`; the
+its own, on the FITTING cases only (`split.yaml` names the test cases and the fresh held-out sets `fresh:` to `fresh12:`; the
 fit refuses all of them). The predicted time of a case is
 
     t = t_sim(eff) + alpha[kind][op] + beta x m
@@ -32,7 +32,7 @@ fit refuses all of them). The predicted time of a case is
   a normal dispatch and a normal combine are the same pipeline run forwards and backwards. (Until the third round a
   normal start-up per operation was fitted; the ib family's combine one rested on ONE fitting case and came out
   0 us, while every seen ib normal combine but one was predicted too fast: the change was chosen on those seen
-  errors, benchmarks/RESULTS.md says which.)
+  errors, benchmarks/HISTORY.md says which.)
 - beta x m (low-latency kernels only; beta in [0, MESSAGE_MAX_S] s per message): m = the mean over ranks of the
   messages a rank sends to other nodes, one per (token, expert) pair on a remote node (DeepEP's and UCCL-EP's
   low-latency kernels write each (token, expert) copy as its own RDMA write, no deduplication). Cause: a per-write
@@ -312,7 +312,7 @@ def load_split(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = No
 #: the fresh held-out sets of split.yaml, in the order they were added: each committed before any prediction of its
 #: cases (and before the model change that followed it); never fitted on
 FRESH_SETS = ("fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "fresh9",
-              "fresh10", "fresh11")
+              "fresh10", "fresh11", "fresh12")
 
 
 def load_fresh(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = None, key: str = "fresh") -> set[str]:
