@@ -297,7 +297,8 @@ def _print_within_cluster(console, within: dict) -> None:
     for column in ("family eff", "cluster eff", "LOO eff", "cases", "standard", "cluster LOO", "one point",
                    "one point worst choice"):
         table.add_column(column, justify="right", no_wrap=column not in ("family eff", "cluster eff",
-                                                                         "one point worst choice"))
+                                                                         "one point worst choice"),
+                         min_width=6 if column == "one point worst choice" else None)
     pair = lambda m, w: "-" if m is None else f"{100 * m:.1f} / {100 * w:.1f}"
     for c in within["clusters"]:
         low, high = c["efficiency_range"]
