@@ -446,7 +446,7 @@ def test_validate_published_command(tmp_path, capsys):
     assert exit_info.value.code == 2 and "give trace files, or --published" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["validate", "--fitting-only", "t.json"])
-    assert exit_info.value.code == 2 and "--fitting-only, --jobs and --quiet go with --published" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--fitting-only, --within-cluster, --jobs and --quiet go with --published" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["validate", "--published", str(tmp_path), "--efficiency-grid", "0.9:0.8:0.1"])
     assert exit_info.value.code == 2 and "needs 0 < LO <= HI <= 1" in capsys.readouterr().err

@@ -72,6 +72,12 @@ def add_parser(subparsers):
     p.add_argument("--fitting-only", action="store_true",
                    help="with --published: simulate and report the fitting cases only (and leave-one-out); the "
                         "held-out test and fresh cases are not predicted (to work on the model without seeing them)")
+    p.add_argument("--within-cluster", action="store_true",
+                   help="with --published: also predict each case with its cluster's NIC efficiency calibrated on "
+                        "the OTHER cases of its cluster (source group, NIC family, topology template; their published "
+                        "figures, held-out ones included), leave-one-out and from one measured case: how accurate "
+                        "lshsim is after you measure your own cluster once. NOT a held-out result; a separate table "
+                        "(and --json key within_cluster); the standard report is unchanged")
     p.add_argument("--jobs", type=arg_positive_int, default=None, metavar="N",
                    help="with --published: worker processes for the cases' traffic, simulations and leave-one-out "
                         "refits (default: the CPUs this process may use; 1: all in this process); the results do not "
@@ -97,8 +103,8 @@ def run(args) -> int:
             raise ValueError("--published takes no traces or --topology")
         prepare_output(args.plot, "--plot")
         return _run_published(args)
-    if args.fitting_only or args.jobs is not None or args.quiet:
-        raise ValueError("--fitting-only, --jobs and --quiet go with --published")
+    if args.fitting_only or args.jobs is not None or args.quiet or args.within_cluster:
+        raise ValueError("--fitting-only, --within-cluster, --jobs and --quiet go with --published")
     if not args.traces:
         raise ValueError("give trace files, or --published")
 
@@ -180,8 +186,12 @@ def _run_published(args) -> int:
     workers = f"{jobs} worker process{'es' if jobs > 1 else ''}"
     lines.line(f"drawing the cases' traffic, then simulating ({workers})")
     out = validate_published(folder, efficiency_grid=grid, fitting_only=args.fitting_only, jobs=jobs,
-                             progress=progress, simulation_progress=simulation_progress)
+                             progress=progress, simulation_progress=simulation_progress,
+                             within_cluster=args.within_cluster)
     lines.line(f"{len(simulated)} cases simulated, calibration and leave-one-out fitted")
+    if "within_cluster" in out:
+        lines.line(f"within-cluster calibration: {out['within_cluster']['extra_simulations']} more simulations "
+                   f"(lower NIC efficiencies)")
     if args.plot:
         from lshsim.sim.published_plot import plot_published
 
@@ -247,4 +257,61 @@ def _run_published(args) -> int:
             line(f"{group} {role}", parts.get(role))
         if "leave_one_out" in out:
             line(f"{group} leave-one-out", out["leave_one_out"]["by_source"].get(group))
+    if "within_cluster" in out:
+        _print_within_cluster(console, out["within_cluster"])
     return 0
+
+
+def _print_within_cluster(console, within: dict) -> None:
+    """The --within-cluster tables: per set and per cluster, the standard |error| of the same cases beside the
+    within-cluster ones (leave-one-out; one measured point: the median over the choices of the calibrating case)."""
+    from rich.table import Table
+
+    from lshsim.sim.published_within import ROLES
+
+    pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"
+    console.print(f"\n{within['note']}.", soft_wrap=True, markup=False)
+    console.print(f"A cluster: {within['cluster']}; refitted: {within['fitted']}.", soft_wrap=True, markup=False)
+    columns = ("cases", "standard median", "standard worst", "cluster LOO median", "cluster LOO worst",
+               "one point median", "one point worst", "one point worst choice")
+
+    def cells(part):
+        return (str(part["cases"]), pct(part["standard_median_abs_rel_error"]), pct(part["standard_max_abs_rel_error"]),
+                pct(part["median_abs_rel_error"]), pct(part["max_abs_rel_error"]),
+                pct(part["one_point_median_abs_rel_error"]), pct(part["one_point_max_abs_rel_error"]),
+                pct(part["one_point_worst_choice_abs_rel_error"]))
+
+    table = Table(title="Within-cluster calibration (NOT held-out): |error| per set, the same cases' standard "
+                        "|error| beside it")
+    table.add_column("set", justify="left")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name in (*ROLES, "all"):
+        if within[name]["cases"]:
+            table.add_row(name, *cells(within[name]))
+    console.print(table)
+    table = Table(title="Within-cluster calibration (NOT held-out) per cluster (its sets below its name): NIC "
+                        "efficiency of the family, fitted on all the cluster's cases, and the leave-one-out fits' "
+                        "range; |error| median / worst, %")
+    table.add_column("cluster: source group/NIC family/topology", justify="left", no_wrap=True)
+    for column in ("family eff", "cluster eff", "LOO eff", "cases", "standard", "cluster LOO", "one point",
+                   "one point worst choice"):
+        table.add_column(column, justify="right", no_wrap=column not in ("family eff", "cluster eff",
+                                                                         "one point worst choice"),
+                         min_width=6 if column == "one point worst choice" else None)
+    pair = lambda m, w: "-" if m is None else f"{100 * m:.1f} / {100 * w:.1f}"
+    for c in within["clusters"]:
+        low, high = c["efficiency_range"]
+        name = f"{c['source_group']}/{c['nic_family']}/{c['topology_template'].removeprefix('published/')}"
+        sets = ", ".join(f"{k} {v}" for k, v in c["roles"].items())
+        table.add_row(f"{name}\n  {sets}", f"{c['family_efficiency']:.2f}", f"{c['efficiency_all_cases']:.2f}",
+                      f"{low:.2f}" if low == high else f"{low:.2f}-{high:.2f}", str(c["cases"]),
+                      pair(c["standard_median_abs_rel_error"], c["standard_max_abs_rel_error"]),
+                      pair(c["median_abs_rel_error"], c["max_abs_rel_error"]),
+                      pair(c["one_point_median_abs_rel_error"], c["one_point_max_abs_rel_error"]),
+                      pct(c["one_point_worst_choice_abs_rel_error"]))
+    console.print(table)
+    console.print(f"{len(within['single_case_clusters'])} cluster(s) of one case (no within-cluster number); "
+                  f"{within['extra_simulations']} simulations at lower NIC efficiencies; "
+                  f"{len(within['monotone_violations'])} simulated time(s) growing with the NIC efficiency", soft_wrap=True,
+                  markup=False)

@@ -848,7 +848,7 @@ def _map(fn, tasks: list, pool, on_done=None, first=None) -> list:
 
 def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, leave_one_out: bool = True,
                        efficiency_grid: tuple | None = None, fitting_only: bool = False, progress=None,
-                       jobs: int = 1, simulation_progress=None) -> dict:
+                       jobs: int = 1, simulation_progress=None, within_cluster: bool = False) -> dict:
     """Every case predicted against its published figure; the fit on the fitting cases only.
 
     Returns {"calibration", "rows" (each with its role: fitting, test or one of FRESH_SETS, and rel_error = predicted
@@ -858,6 +858,9 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
     the simulations (1: all in this process; the results do not depend on it, each simulation is the same
     computation wherever it runs). `progress(case_id)` is called as each case's simulations are done;
     `simulation_progress(done, total)` as each simulation is done (the largest run first, so cases complete late).
+    `within_cluster`: add "within_cluster" (`lshsim.sim.published_within.within_cluster`: each case predicted with
+    its cluster's NIC efficiency calibrated on the other cases of its cluster, held-out ones included; NOT a held-out
+    result), computed after everything else, which it leaves as it is.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs={jobs!r} must be an integer >= 1")
@@ -885,14 +888,14 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
                                    initializer=die_with_parent, initargs=(os.getpid(),))
     try:
         return _validate(cases, chosen, test_ids, fresh_ids, held_out, grid, seed, leave_one_out, fitting_only,
-                         progress, pool, simulation_progress)
+                         progress, pool, simulation_progress, within_cluster)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _validate(cases, chosen, test_ids, fresh_ids, held_out, grid, seed, leave_one_out, fitting_only, progress,
-              pool, simulation_progress=None) -> dict:
+              pool, simulation_progress=None, within_cluster=False) -> dict:
     """`validate_published`'s work on its parsed inputs; `pool`: an executor for the traffic, the simulations and
     the leave-one-out refits, or None (all in this process)."""
     # cases of equal inputs (e.g. the same AWS test run with DeepEP and UCCL-EP) share one traffic draw and one
@@ -986,6 +989,29 @@ def _validate(cases, chosen, test_ids, fresh_ids, held_out, grid, seed, leave_on
         out["leave_one_out"] = {**_summary(loo), "rows": loo,
                                 "by_source": {g: _summary([x for x in loo if x["source_group"] == g])
                                               for g in sorted({x["source_group"] for x in loo})}}
+    if within_cluster:          # last: it only adds simulated efficiencies, after every standard number is made
+        from lshsim.sim.published_within import within_cluster as within
+
+        traffic_of = {id(run): traffic for run, traffic in prepared}
+        sharing = {}                    # simulation key -> its runs
+        for run in runs:
+            sharing.setdefault(simulation_key(run.case, seed), []).append(run)
+
+        def simulate_more(requests) -> int:
+            """Fill run.sim_s[eff] for each (run, eff), one simulation per (simulation key, eff) on the pool."""
+            todo = {}
+            for run, eff in requests:
+                if eff not in run.sim_s:
+                    todo.setdefault((simulation_key(run.case, seed), eff), run)
+            keys = list(todo)
+            times = _map(_simulate_task, [(todo[k].case, traffic_of[id(todo[k])], k[1]) for k in keys], pool,
+                         first=lambda task: (task[0].kind != "normal", -task[0].ep))
+            for (key, eff), t in zip(keys, times):   # every run of the key (cases of equal inputs share it)
+                for run in sharing[key]:
+                    run.sim_s.setdefault(eff, t)
+            return len(keys)
+
+        out["within_cluster"] = within(runs, cal, role, grid, simulate_more)
     return out
 
 
