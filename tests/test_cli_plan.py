@@ -204,7 +204,11 @@ def test_router_option_collapses_the_gate_and_bad_options_are_refused(capsys, ti
     assert mine["breakdown"]["dropped_fraction"] > 0.5 > rows["baseline"]["breakdown"]["dropped_fraction"]
     for argv, fragment in ((["--router-option", "active_experts"], "must be NAME=VALUE"),
                            (["--router-option", "active_experts=9"], "not an option of the topk router"),
-                           (["--router", "topk_collapsed", "--router-option", "active_experts=-1"], "must be >= 0")):
+                           (["--router", "topk_collapsed", "--router-option", "active_experts=-1"],
+                            "--router-option active_experts=-1: option active_experts=-1"),
+                           (["--router", "node_limited", "--router-option", "max_nodes=0"],
+                            "--router-option max_nodes=0: option max_nodes=0 of the node_limited router must be >= 1"),
+                           (["--router", "nosuch", "--router-option", "max_nodes=2"], "error: unknown router 'nosuch'")):
         with pytest.raises(SystemExit) as info:
             main(["plan", "--model", tiny, "--cluster", V100] + argv)
         assert info.value.code == 2
@@ -241,3 +245,12 @@ def test_plan_says_expert_per_gpu_in_the_singular(capsys, tiny):
                  "--tokens-per-gpu", "256"]) == 0
     text = " ".join(capsys.readouterr().out.split())          # the header line wraps at the console's width
     assert "EP 16 x DP 2 (1 expert per GPU)" in text
+
+
+def test_plan_sizes_change_unit_past_five_digits():
+    """The step summary's byte counts stay in MB up to 99,999.9 MB, then GB, then TB (a 2^24-token plan printed
+    '479539675.3 MB per dispatch')."""
+    from lshsim.cli.plan import _megabytes
+
+    assert [_megabytes(v) for v in (487.6e6, 99_999.9e6, 1e11, 479_539_675.3e6)] == \
+        ["487.6 MB", "99999.9 MB", "100.0 GB", "479.5 TB"]

@@ -44,7 +44,8 @@ def test_route_table_output(capsys):
     (["route", "--router", "dense"], "dense"),
     (["route", "--k", "20", "--experts", "16"], "k=20"),
     (["route", "--capacity-factor", "0"], "argument --capacity-factor: '0' must be > 0"),
-    (["route", "--experts", "6", "--world", "4"], "num_experts=6"),
+    (["route", "--experts", "6", "--world", "4"], "--experts 6 cannot be spread evenly over --world 4 ranks"),
+    (["route", "--world", "8", "--gpus-per-node", "3"], "--world 8 is not a whole number of nodes of --gpus-per-node 3"),
     # the same limit as a workload's skew (it was accepted: every token already went to the same experts)
     (["route", "--skew", "1e9"], "argument --skew: '1e9' is above 100"),
     (["route", "--skew", "-1"], "argument --skew: '-1' must be >= 0"),

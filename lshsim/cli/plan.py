@@ -189,6 +189,14 @@ def _router_option(text: str) -> tuple[str, object]:
     return name.strip(), True if lowered == "true" else False if lowered == "false" else raw
 
 
+def _megabytes(value: float) -> str:
+    """Bytes as MB (decimal, one decimal place) up to 99,999.9 MB, then GB, then TB: '487.6 MB', '479.5 TB'."""
+    for unit, size in (("MB", 1e6), ("GB", 1e9)):
+        if value / size < 99_999.95:
+            return f"{value / size:.1f} {unit}"
+    return f"{value / 1e12:.1f} TB"
+
+
 def _plan_config(args, model=None):
     """The user's StepConfig; `--router model` takes the model's published router, its options and
     (for a dropless model) no capacity limit."""
@@ -203,6 +211,12 @@ def _plan_config(args, model=None):
     given = getattr(args, "router_option", None) or []
     if given:
         options = tuple(sorted({**dict(options), **dict(given)}.items()))
+        StepConfig(router=router)           # the router itself first (its own message), then its options alone,
+        try:                                # so that a bad option is named by the flag that gave it
+            StepConfig(router=router, router_options=options)
+        except ValueError as error:
+            text = str(error).removeprefix("router_options: ")
+            raise ValueError(f"--router-option {' '.join(f'{n}={v}' for n, v in given)}: {text}") from None
     return StepConfig(router=router, router_options=options, lsh_rate=args.lsh_rate, algorithm=args.algorithm, overlap=args.overlap,
                       tokens_per_gpu=args.tokens_per_gpu, capacity_factor=capacity,
                       locality_bonus=args.locality_bonus, seed=args.seed, max_routed_tokens=args.max_routed_tokens,
@@ -410,15 +424,15 @@ def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float,
                       f"({b['tokens_per_step']:,} tokens per step)")
     console.print(f"all-to-all: [bold]{b['exposed_a2a_s'] * 1e3:.3f} ms of {b['step_s'] * 1e3:.3f} ms = "
                   f"{100 * b['a2a_share']:.1f}%[/bold] of the step{hidden}; "
-                  f"{b['dispatch_bytes_per_layer'] / 1e6:.1f} MB per dispatch, "
-                  f"{b['inter_node_bytes_per_layer'] / 1e6:.1f} MB of it between nodes; "
+                  f"{_megabytes(b['dispatch_bytes_per_layer'])} per dispatch, "
+                  f"{_megabytes(b['inter_node_bytes_per_layer'])} of it between nodes; "
                   f"{100 * b['dropped_fraction']:.1f}% of choices dropped at capacity")
     if b.get("grad_sync", "off") != "off":
         console.print(f"gradient all-reduce ({b['grad_sync']}): [bold]{b['exposed_grad_sync_s'] * 1e3:.3f} ms "
                       f"exposed = {100 * b['grad_sync_share']:.1f}%[/bold] of the step (all of it "
                       f"{b['grad_sync_s'] * 1e3:.3f} ms, {b['grad_buckets']} all-reduce(s)); "
-                      f"{b['grad_bytes_replicated'] / 1e6:.1f} MB of replicated gradients per GPU over all GPUs"
-                      + (f", {b['grad_bytes_expert'] / 1e6:.1f} MB of expert gradients over each expert's replicas"
+                      f"{_megabytes(b['grad_bytes_replicated'])} of replicated gradients per GPU over all GPUs"
+                      + (f", {_megabytes(b['grad_bytes_expert'])} of expert gradients over each expert's replicas"
                          if b["grad_bytes_expert"] and b["ep"] * (b["tp"] if replicated else 1) < b["world_size"]
                          else ""))
     else:

@@ -64,6 +64,12 @@ def run(args) -> int:
                          f"{'s' if fixed != 1 else ''} per token; leave --k out")
     args.k = effective_k(args.router, args.k)
     capacity_factor = None if args.no_capacity else (1.25 if args.capacity_factor is None else args.capacity_factor)
+    if args.world % args.gpus_per_node:
+        raise ValueError(f"--world {args.world} is not a whole number of nodes of --gpus-per-node {args.gpus_per_node}")
+    if args.experts % args.world:
+        raise ValueError(f"--experts {args.experts} cannot be spread evenly over --world {args.world} ranks: give a "
+                         f"multiple of {args.world} experts (or fewer ranks); an uneven placement is a Python call, "
+                         f"lshsim.dispatch.Placement.from_lists")
     prepare_output(args.plot, "--plot")
     refuse_if_too_large(f"routing {args.world} ranks x {args.tokens} tokens per rank",
                         estimate_route(args.world * args.tokens, args.d_model, args.experts, args.k),
