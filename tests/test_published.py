@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from lshsim.cli import main
 from lshsim.sim.dispatch_formats import DedupTraffic
@@ -23,11 +24,13 @@ NINTH = ("aws-b200-", "mori-sop-mi355x-ainic-normal-16k", "mori-sop-mi355x-ainic
 TENTH = ("nebius-h200-deepep-normal", "gcp-b200-deepep-normal")                   # the tenth round's files (pub14j)
 ELEVENTH = ("azure-h100-deepep-normal",)                                          # the eleventh round's file (pub14k)
 TWELFTH = ("nccl-b300kit-alltoall", "b300kit-deepep-v1-normal")                    # the twelfth round's files (pub14l)
+THIRTEENTH = ("nccl-ntc-h100-",)                            # NCCL all-to-all over ConnectX, H100 (a2a14m): ib_nccl
+NTC = "https://github.com/xxrjun/nccl-tests-cluster/blob/455de4f8dee2fa94cd4044a7109fd8c576f9e6c1/"
 
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 279 and len({c.id for c in cases}) == 279
+    assert len(cases) == 331 and len({c.id for c in cases}) == 331
     test = load_split(PUBLISHED_DIR, cases)      # the cases read once, handed to each reader
     third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
     fourth = {c.id for c in cases if c.file.startswith("aws-") and not c.file.startswith(NINTH)}   # the fourth round: fresh3
@@ -49,7 +52,7 @@ def test_shipped_cases_and_split():
     assert fresh5 == sixth and len(fresh5) == 14 and not fresh5 & (test | fresh | fresh2 | fresh3 | fresh4)
     # the plain all-to-all cases (a2a14g): fresh6 is their test draw, the rule of split.yaml redone here
     fresh6 = load_fresh(PUBLISHED_DIR, cases, key="fresh6")
-    a2a = [c for c in cases if c.kind == "alltoall" and not c.file.startswith(TWELFTH)]   # a2a14g's cases
+    a2a = [c for c in cases if c.kind == "alltoall" and not c.file.startswith(TWELFTH + THIRTEENTH)]   # a2a14g's
     groups = {}
     for c in a2a:
         groups.setdefault((c.file, c.nodes), []).append(c.id)
@@ -106,6 +109,14 @@ def test_shipped_cases_and_split():
                 assert c.group == "b300kit-deepep" and c.nic_family == "efa_nvshmem" and c.kind == "normal"
                 assert (c.op, c.format, c.counts, c.published_GBps) == ("dispatch", "fp8", "rdma", 87.25)
                 assert c.workload["tokens_per_rank"] == 4096 and c.workload["experts"] == 256
+        elif c.file.startswith(THIRTEENTH):                   # a2a14m: NCCL over ConnectX, an H100 cluster (fresh13)
+            gpus = c.ep // c.nodes
+            assert c.kind == "alltoall" and c.counts == "busbw" and c.nic_family == "ib_nccl" and c.group == "ntc-nccl"
+            assert c.file == f"nccl-ntc-h100-g{gpus}-alltoall.yaml" and gpus in (1, 2, 4, 8) and c.nodes in (2, 10)
+            assert c.topology == f"published/h100-ib-{c.nodes}x{gpus}" and c.element_bytes == 8
+            assert c.source == NTC + ("benchmarks/example-cluster01/nccl-benchmark-results/multi-node/runs/"
+                                      f"20260129-180219/without-debug/logs/nccl_N10_G{gpus}.log")
+            assert c.size_bytes % (c.ep * 8) == 0 and c.size_bytes > 31 << 20      # 32 MiB rounded down, doubles
         elif c.kind == "alltoall":                            # nccl-tests alltoall_perf rows (a2a14g)
             assert c.file.startswith("nccl-") and c.counts == "busbw" and c.size_bytes % (c.ep * 4) == 0
             assert c.source.startswith(("https://github.com/awslabs/awsome-distributed-ai/blob/",
@@ -288,15 +299,57 @@ def test_split_names_only_known_cases(tmp_path):
     for earlier, later in [("fresh", "fresh2"), ("fresh2", "fresh3"), ("fresh3", "fresh4"), ("fresh4", "fresh5"),
                            ("fresh5", "fresh6"), ("fresh6", "fresh7"), ("fresh7", "fresh8"),
                            ("fresh8", "fresh9"), ("fresh9", "fresh10"), ("fresh10", "fresh11"),
-                           ("fresh11", "fresh12")]:
+                           ("fresh11", "fresh12"), ("fresh12", "fresh13")]:
         (tmp_path / "split.yaml").write_text(f"{earlier}: [x]\n{later}: [x]\n")
         with pytest.raises(ValueError, match=rf"split.yaml: {later}\[0\]='x' is also in {earlier}"):
             load_fresh(tmp_path, key=later)
     (tmp_path / "split.yaml").write_text("test: [x]\nfresh5: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh5\[0\]='x' is also a test case"):
         load_fresh(tmp_path, key="fresh5")
-    with pytest.raises(ValueError, match=r"key='fresh13' must be one of"):
-        load_fresh(tmp_path, key="fresh13")
+    with pytest.raises(ValueError, match=r"key='fresh14' must be one of"):
+        load_fresh(tmp_path, key="fresh14")
+
+
+def test_ib_nccl_cases_load_and_fresh13_is_their_seeded_draw(tmp_path):
+    """a2a14m: the 52 nccl-tests alltoall_perf rows of an H100 cluster with a 400 Gb/s ConnectX-class NIC per GPU
+    (nic_family ib_nccl, 10 nodes x 1/2/4/8 GPUs and the first pair of nodes): the files load with their figures,
+    fresh13 is split.yaml's rule redone (numpy default_rng(17), ceil(n / 3) per (file, nodes)), apart from every
+    other held-out set, and the fit refuses its cases."""
+    from lshsim.sim.published import FRESH_SETS
+    cases = load_cases()
+    ntc = [c for c in cases if c.file.startswith(THIRTEENTH)]
+    assert len(ntc) == 52 and {c.nic_family for c in ntc} == {"ib_nccl"}
+    assert not [c for c in cases if c.nic_family == "ib_nccl" and not c.file.startswith(THIRTEENTH)]
+    by_id = {c.id: c for c in ntc}
+    assert (by_id["ntc-h100-g8-ep80-32MiB"].size_bytes, by_id["ntc-h100-g8-ep80-32MiB"].published_GBps) == (33553920, 34.15)
+    assert by_id["ntc-h100-g8-ep16-16GiB"].published_GBps == 92.04 and by_id["ntc-h100-g1-ep10-16GiB"].published_GBps == 44.66
+    assert by_id["ntc-h100-g4-ep40-2GiB"].size_bytes == 2147483520 and by_id["ntc-h100-g2-ep4-8GiB"].nodes == 2
+    assert "fresh13" in FRESH_SETS
+    fresh13 = load_fresh(PUBLISHED_DIR, cases, key="fresh13")
+    groups = {}
+    for c in ntc:
+        groups.setdefault((c.file, c.nodes), []).append(c.id)
+    rng = np.random.default_rng(17)
+    drawn = {g[i] for key in sorted(groups) for g in [groups[key]]
+             for i in rng.choice(len(g), math.ceil(len(g) / 3), replace=False)}
+    assert fresh13 == drawn and len(fresh13) == 20 and 3 * len(fresh13) >= len(ntc) and len(groups) == 8
+    others = load_split(PUBLISHED_DIR, cases).union(*(load_fresh(PUBLISHED_DIR, cases, key=k)
+                                                      for k in FRESH_SETS if k != "fresh13"))
+    assert not fresh13 & others and fresh13 <= set(by_id)
+    for key, ids in groups.items():                       # every group keeps fitting cases
+        assert set(ids) - fresh13, key
+    # the fit refuses a fresh13 case, and a folder whose only case is in fresh13 has nothing to fit on
+    held = sorted(fresh13)[0]
+    run = CaseRun(by_id[held], 1e9, 0.0, {e: 1e-2 for e in GRID}, messages=8.0)
+    with pytest.raises(ValueError, match=rf"held-out\) cases must never be fitted on: {held}"):
+        fit_calibration([run], fresh13, GRID)
+    other = next(cid for cid in groups[(by_id[held].file, by_id[held].nodes)] if cid not in fresh13)
+    doc = yaml.safe_load((PUBLISHED_DIR / by_id[held].file).read_text())
+    doc["cases"] = [raw for raw in doc["cases"] if raw["id"] in (held, other)]
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(doc))
+    (tmp_path / "split.yaml").write_text(f"test: [{other}]\nfresh13: [{held}]\n")   # fresh13 counts as held out
+    with pytest.raises(ValueError, match="every one of the 2 cases is held out"):
+        validate_published(tmp_path)
 
 
 def test_routing_as_deepep_draws_it():

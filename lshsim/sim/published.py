@@ -17,10 +17,10 @@ cases, chosen before any fit and never fitted on (`load_split`). For each case t
 
 Calibration (`Calibration`, `fit_calibration`), per NIC family (a case file's `nic_family`: ib for CX7 InfiniBand,
 efa for UCCL-EP's CPU proxy over AWS EFA v2 and later, efa_v1 for the same over EFA v1 (p5), efa_nvshmem for DeepEP over
-NVSHMEM's libfabric/EFA host proxy, efa_nccl and efa_v1_nccl for NCCL over aws-ofi-nccl on EFA v2+ / EFA v1, ib_nccl for NCCL over its own InfiniBand-verbs
-transport on ConnectX NICs), each family on
-its own, on the FITTING cases only (`split.yaml` names the test cases and the fresh held-out sets `fresh:` to `fresh13:`; the
-fit refuses all of them). The predicted time of a case is
+NVSHMEM's libfabric/EFA host proxy, efa_nccl and efa_v1_nccl for NCCL over aws-ofi-nccl on EFA v2+ / EFA v1, ib_nccl
+for NCCL over its own InfiniBand-verbs transport on ConnectX NICs), each family on its own, on the FITTING cases only
+(`split.yaml` names the test cases and the fresh held-out sets `fresh:` to `fresh13:`; the fit refuses all of them).
+The predicted time of a case is
 
     t = t_sim(eff) + alpha[kind][op] + beta x m
 
@@ -65,6 +65,8 @@ connection served by NCCL's CPU proxy thread through aws-ofi-nccl (libfabric/EFA
 fan-out where one start-up cannot. Its NIC families: `efa_nccl` (NCCL over aws-ofi-nccl on EFA v2 and later, AWS
 p6-b300) and `efa_v1_nccl` (the same over EFA v1, AWS p5, 32 x 100 Gb/s), apart from UCCL-EP's proxy (efa, efa_v1) and
 NVSHMEM's (efa_nvshmem): another software stack on the same NICs, and calibrated per NIC generation as UCCL-EP's is.
+Since a2a14m also `ib_nccl`: NCCL over its own InfiniBand-verbs transport on ConnectX-class NICs (IB or RoCE), one
+400 Gb/s NIC per GPU (an H100 cluster, 1-8 GPUs per node); the same model, its own calibration.
 The fit: for each allowed eff, the start-ups (and beta) minimise a robust loss of log(predicted / published)
 (soft L1 with scale ROBUST_SCALE = 0.1: errors beyond ~10% count linearly, so a figure held down by a software limit
 no network model has, like UCCL-EP's p5en combine, does not drag the others); the eff with the least loss wins.
