@@ -173,7 +173,7 @@ SCENARIOS = [
     (["route", "--drop-policy", "random"], ["drop_policy", "random"]),
     (["route", "--placement", "diagonal"], ["diagonal"]),
     (["route", "--k", "20", "--experts", "16"], ["k=20"]),
-    (["route", "--experts", "6", "--world", "4"], ["num_experts=6"]),
+    (["route", "--experts", "6", "--world", "4"], ["--experts 6", "--world 4"]),
     (["collision", "--family", "spherical"], ["spherical"]),
     (["capacity", "--dim", "1"], ["d=1"]),
     (["capacity", "--tokens", "100", "--k", "1000"], ["k=1000"]),
