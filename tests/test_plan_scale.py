@@ -115,6 +115,29 @@ def test_json_stdout_clean_progress_on_stderr(capsys, tiny):
     assert any("baseline: routing" in line for line in lines)
     assert any("all-to-all direct (16 x 16)" in line for line in lines)
     assert lines[-1].endswith("overlap: done")
+    done = [line for line in lines if ": done" in line]
+    assert len(done) >= 2 and all(", about " in line and line.endswith(" left") for line in done[:-1])
+
+
+def test_explicit_exact_above_auto_says_it_is_slow():
+    """`--fidelity exact` above 64 GPUs warns on stderr before the work; auto and small worlds do not."""
+    import io
+
+    from lshsim.cli._progress import OptionProgress
+    from lshsim.cli.plan import _warn_slow_exact
+
+    def said(fidelity, world):
+        out = io.StringIO()
+        _warn_slow_exact(OptionProgress(0.0, stream=out), fidelity, world)
+        return out.getvalue()
+
+    exact = {"mode": "exact", "drain_tolerance": 0.0, "chosen": "flag"}
+    text = said(exact, 256)
+    assert "--fidelity exact on 256 GPUs" in text and "auto would use tolerance 0.01" in text
+    assert "auto would use estimate" in said(exact, 1024)
+    assert said(exact, 64) == ""
+    assert said({"mode": "exact", "drain_tolerance": 0.0, "chosen": "auto (64 GPUs)"}, 256) == ""
+    assert said({"mode": "tolerance", "drain_tolerance": 0.01, "chosen": "flag"}, 256) == ""
 
 
 def test_sweep_reports_fidelity(capsys, tiny):

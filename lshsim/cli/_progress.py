@@ -81,9 +81,10 @@ class ProgressLines:
     def elapsed_s(self) -> float:
         return self.clock() - self.started
 
-    def line(self, text: str, *, left_s: float | None = None) -> None:
-        """Print `text` now (with `about X left` when `left_s` is given)."""
-        now = self.clock()
+    def line(self, text: str, *, left_s: float | None = None, now: float | None = None) -> None:
+        """Print `text` now (with `about X left` when `left_s` is given; `now`: the clock's time, when
+        the caller has read it already)."""
+        now = self.clock() if now is None else now
         self.last_line = now
         if self.quiet:
             return
@@ -105,10 +106,34 @@ class ProgressLines:
 
 class OptionProgress(ProgressLines):
     """`plan`'s progress callback (`lshsim.sim.moe_step.compare_options(progress=...)`): option i/n,
-    its label and the phase being simulated, one line each."""
+    its label and the phase being simulated, one line each. Each option's "done" line but the
+    last adds the time left: the mean time of the options done so far (counted from the first
+    option's first line) times the options left. Later options reuse the first ones' routings and
+    all-to-alls where they can, so it errs long.
+
+    >>> import io
+    >>> out, clock = io.StringIO(), iter([1.0, 11.0, 12.0, 31.0, 40.0]).__next__
+    >>> p = OptionProgress(0.0, stream=out, clock=clock)
+    >>> for event in [(1, 3, "baseline", "routing"), (1, 3, "baseline", "done"), (2, 3, "lsh", "routing"),
+    ...               (2, 3, "lsh", "done"), (3, 3, "2d", "done")]:
+    ...     p(*event)
+    >>> print(out.getvalue(), end="")
+    [    1.0 s] plan: option 1/3 baseline: routing
+    [   11.0 s] plan: option 1/3 baseline: done, about 20.0 s left
+    [   12.0 s] plan: option 2/3 lsh: routing
+    [   31.0 s] plan: option 2/3 lsh: done, about 15.0 s left
+    [   40.0 s] plan: option 3/3 2d: done
+    """
 
     def __init__(self, started: float, prefix: str = "plan", **options) -> None:
         super().__init__(prefix, started=started, **options)
+        self.first_option_s: float | None = None
 
     def __call__(self, index: int, count: int, label: str, phase: str) -> None:
-        self.line(f"option {index}/{count} {label}: {phase}")
+        now = self.clock()
+        if self.first_option_s is None:
+            self.first_option_s = now
+        left_s = None
+        if phase == "done" and 0 < index < count:
+            left_s = (now - self.first_option_s) / index * (count - index)
+        self.line(f"option {index}/{count} {label}: {phase}", left_s=left_s, now=now)

@@ -248,6 +248,19 @@ def _fidelity(args, world_size: int) -> dict:
     return {"mode": mode, "drain_tolerance": 0.0 if mode == "exact" else float(tolerance), "chosen": "flag"}
 
 
+def _warn_slow_exact(progress, fidelity: dict, world_size: int) -> None:
+    """A line on stderr before an explicit `--fidelity exact` above the GPUs where auto picks exact:
+    each all-to-all is then simulated flow by flow, a minute or more each at 256 GPUs."""
+    from lshsim.sim.moe_step import AUTO_EXACT_MAX_GPUS, DEFAULT_DRAIN_TOLERANCE, auto_fidelity
+
+    if fidelity["mode"] != "exact" or fidelity["chosen"] != "flag" or world_size <= AUTO_EXACT_MAX_GPUS:
+        return
+    progress.line(f"--fidelity exact on {world_size} GPUs simulates every flow of every all-to-all: this can take "
+                  f"many minutes (auto would use {auto_fidelity(world_size)}"
+                  + (f" {DEFAULT_DRAIN_TOLERANCE:g}" if auto_fidelity(world_size) == "tolerance" else "")
+                  + "); each option's last line says about how long is left")
+
+
 def _world_size(graph) -> int:
     return sum(1 for _, data in graph.nodes(data=True) if data.get("kind") == "gpu")
 
@@ -277,9 +290,11 @@ def run(args) -> int:
     graph = _load_cluster(args.cluster, [model], selected, options)
     fidelity = _fidelity(args, _world_size(graph))
     started = time.perf_counter()
+    progress = OptionProgress(started)
+    _warn_slow_exact(progress, fidelity, _world_size(graph))
     cache_stats: dict = {}
     rows = compare_options(model, graph, options, drain_tolerance=fidelity["drain_tolerance"],
-                           share_cache=not args.no_a2a_cache, progress=OptionProgress(started), cache_stats=cache_stats,
+                           share_cache=not args.no_a2a_cache, progress=progress, cache_stats=cache_stats,
                            estimate=fidelity["mode"] == "estimate")
     elapsed_s = time.perf_counter() - started
     fidelity["a2a_cache"] = cache_stats
