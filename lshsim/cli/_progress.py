@@ -107,33 +107,72 @@ class ProgressLines:
 class OptionProgress(ProgressLines):
     """`plan`'s progress callback (`lshsim.sim.moe_step.compare_options(progress=...)`): option i/n,
     its label and the phase being simulated, one line each. Each option's "done" line but the
-    last adds the time left: the mean time of the options done so far (counted from the first
-    option's first line) times the options left. Later options reuse the first ones' routings and
-    all-to-alls where they can, so it errs long.
+    last adds the time left (from 1 s up): the options left that route (`expect_routings`, told by
+    `compare_options`: an option whose routing an earlier one shares does not route again) times
+    the mean routing time so far, plus the options left times the mean time of the options' other
+    work (their all-to-all simulations and steps) so far. Later options reuse simulated all-to-alls
+    where they can, so it errs long. Without `expect_routings`: the mean option time times the
+    options left.
 
     >>> import io
-    >>> out, clock = io.StringIO(), iter([1.0, 11.0, 12.0, 31.0, 40.0]).__next__
+    >>> out, clock = io.StringIO(), iter([1.0, 11.0, 12.0, 13.0, 14.0, 24.0, 25.0, 26.0]).__next__
     >>> p = OptionProgress(0.0, stream=out, clock=clock)
-    >>> for event in [(1, 3, "baseline", "routing"), (1, 3, "baseline", "done"), (2, 3, "lsh", "routing"),
-    ...               (2, 3, "lsh", "done"), (3, 3, "2d", "done")]:
+    >>> p.expect_routings([True, False, True, False])
+    >>> for event in [(1, 4, "baseline", "routing"), (1, 4, "baseline", "all-to-all #1"), (1, 4, "baseline", "done"),
+    ...               (2, 4, "lsh", "done"), (3, 4, "locmoe", "routing"), (3, 4, "locmoe", "done"),
+    ...               (4, 4, "2d", "all-to-all #1"), (4, 4, "2d", "done")]:
     ...     p(*event)
     >>> print(out.getvalue(), end="")
-    [    1.0 s] plan: option 1/3 baseline: routing
-    [   11.0 s] plan: option 1/3 baseline: done, about 20.0 s left
-    [   12.0 s] plan: option 2/3 lsh: routing
-    [   31.0 s] plan: option 2/3 lsh: done, about 15.0 s left
-    [   40.0 s] plan: option 3/3 2d: done
+    [    1.0 s] plan: option 1/4 baseline: routing
+    [   11.0 s] plan: option 1/4 baseline: all-to-all #1
+    [   12.0 s] plan: option 1/4 baseline: done, about 13.0 s left
+    [   13.0 s] plan: option 2/4 lsh: done, about 12.0 s left
+    [   14.0 s] plan: option 3/4 locmoe: routing
+    [   24.0 s] plan: option 3/4 locmoe: done, about 1.0 s left
+    [   25.0 s] plan: option 4/4 2d: all-to-all #1
+    [   26.0 s] plan: option 4/4 2d: done
     """
 
     def __init__(self, started: float, prefix: str = "plan", **options) -> None:
         super().__init__(prefix, started=started, **options)
-        self.first_option_s: float | None = None
+        self.needs_routing: list[bool] | None = None
+        self.option_start: float | None = None     # when the current option's first line came
+        self.routing_start: float | None = None
+        self.this_routing = 0.0                    # the current option's routing seconds
+        self.routing_s: list[float] = []           # each routing's seconds
+        self.other_s: list[float] = []             # each option's seconds apart from its routing
+        self.previous_done: float | None = None
+        self.current = 0
+
+    def expect_routings(self, needs: list[bool]) -> None:
+        """Which options will route (one bool per option, in order)."""
+        self.needs_routing = list(needs)
 
     def __call__(self, index: int, count: int, label: str, phase: str) -> None:
         now = self.clock()
-        if self.first_option_s is None:
-            self.first_option_s = now
+        if index != self.current:                  # an option's first line: its work began at the last "done"
+            self.current = index
+            self.option_start = now if self.previous_done is None else self.previous_done
+            self.routing_start, self.this_routing = None, 0.0
+        if self.routing_start is not None:         # the line after "routing" ends the routing
+            self.this_routing = now - self.routing_start
+            self.routing_s.append(self.this_routing)
+            self.routing_start = None
+        if phase == "routing":
+            self.routing_start = now
         left_s = None
-        if phase == "done" and 0 < index < count:
-            left_s = (now - self.first_option_s) / index * (count - index)
+        if phase == "done":
+            self.other_s.append(max(0.0, now - self.option_start - self.this_routing))
+            self.previous_done = now
+            if 0 < index < count:
+                left_s = self._left_s(index, count, now)
+                left_s = left_s if left_s >= 1.0 else None     # not "about 0.0 s left"
         self.line(f"option {index}/{count} {label}: {phase}", left_s=left_s, now=now)
+
+    def _left_s(self, index: int, count: int, now: float) -> float:
+        if self.needs_routing is None or len(self.needs_routing) != count:
+            return (now - self.started) / index * (count - index)
+        routings_left = sum(self.needs_routing[index:])
+        mean_routing = sum(self.routing_s) / len(self.routing_s) if self.routing_s else 0.0
+        mean_other = sum(self.other_s) / len(self.other_s)
+        return routings_left * mean_routing + (count - index) * mean_other

@@ -1786,6 +1786,14 @@ def compare_options(model: object, graph, options: list[tuple[str, StepConfig]],
 
     caches: list[A2ACache] = []
     inputs = RouterInputCache()
+    if progress is not None and hasattr(progress, "expect_routings"):
+        seen: set = set()           # which options will route (the first of each routing key): the time-left estimate
+        needs = []
+        for _, config in options:
+            key = routing_key(model, config)
+            needs.append(key not in seen)
+            seen.add(key)
+        progress.expect_routings(needs)
     for index, (label, config) in enumerate(options, start=1):
         current.update(index=index, label=label, simulations=0)
         if share_cache and caches:
