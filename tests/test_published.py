@@ -25,12 +25,15 @@ TENTH = ("nebius-h200-deepep-normal", "gcp-b200-deepep-normal")                 
 ELEVENTH = ("azure-h100-deepep-normal",)                                          # the eleventh round's file (pub14k)
 TWELFTH = ("nccl-b300kit-alltoall", "b300kit-deepep-v1-normal")                    # the twelfth round's files (pub14l)
 THIRTEENTH = ("nccl-ntc-h100-",)                            # NCCL all-to-all over ConnectX, H100 (a2a14m): ib_nccl
+FOURTEENTH = ("rccl-oci-mi355x-",)            # RCCL all-to-all on OCI MI355X + Pollara (pub14m): ib_nccl stands in
+OCI = ("https://github.com/oracle-quickstart/oci-gpu-quickstarts/blob/6a0abdc78b574b28eb10926387615c8414ed8c1d/"
+       "amd/MI355X/README-MI355X-Pollara.md")
 NTC = "https://github.com/xxrjun/nccl-tests-cluster/blob/455de4f8dee2fa94cd4044a7109fd8c576f9e6c1/"
 
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 331 and len({c.id for c in cases}) == 331
+    assert len(cases) == 335 and len({c.id for c in cases}) == 335
     test = load_split(PUBLISHED_DIR, cases)      # the cases read once, handed to each reader
     third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
     fourth = {c.id for c in cases if c.file.startswith("aws-") and not c.file.startswith(NINTH)}   # the fourth round: fresh3
@@ -52,7 +55,7 @@ def test_shipped_cases_and_split():
     assert fresh5 == sixth and len(fresh5) == 14 and not fresh5 & (test | fresh | fresh2 | fresh3 | fresh4)
     # the plain all-to-all cases (a2a14g): fresh6 is their test draw, the rule of split.yaml redone here
     fresh6 = load_fresh(PUBLISHED_DIR, cases, key="fresh6")
-    a2a = [c for c in cases if c.kind == "alltoall" and not c.file.startswith(TWELFTH + THIRTEENTH)]   # a2a14g's
+    a2a = [c for c in cases if c.kind == "alltoall" and not c.file.startswith(TWELFTH + THIRTEENTH + FOURTEENTH)]  # a2a14g's
     groups = {}
     for c in a2a:
         groups.setdefault((c.file, c.nodes), []).append(c.id)
@@ -85,6 +88,12 @@ def test_shipped_cases_and_split():
     assert fresh12 == twelfth and len(fresh12) == 6                                   # the twelfth round (pub14l)
     assert not fresh12 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7 | fresh8 | fresh9 | fresh10
                           | fresh11)
+    fresh13 = load_fresh(PUBLISHED_DIR, cases, key="fresh13")
+    fresh14 = load_fresh(PUBLISHED_DIR, cases, key="fresh14")
+    fourteenth = {c.id for c in cases if c.file.startswith(FOURTEENTH)}
+    assert fresh14 == fourteenth and len(fresh14) == 4                                # the fourteenth round (pub14m)
+    assert not fresh14 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7 | fresh8 | fresh9 | fresh10
+                          | fresh11 | fresh12 | fresh13)
     for family, held in (("efa_nccl", 5), ("efa_v1_nccl", 17)):    # each family has test and fitting cases
         mine = {c.id for c in a2a if c.nic_family == family}
         assert len(mine & fresh6) == held and mine - fresh6
@@ -117,6 +126,10 @@ def test_shipped_cases_and_split():
             assert c.source == NTC + ("benchmarks/example-cluster01/nccl-benchmark-results/multi-node/runs/"
                                       f"20260129-180219/without-debug/logs/nccl_N10_G{gpus}.log")
             assert c.size_bytes % (c.ep * 8) == 0 and c.size_bytes > 31 << 20      # 32 MiB rounded down, doubles
+        elif c.file.startswith(FOURTEENTH):                   # pub14m: RCCL on OCI MI355X + Pollara (fresh14)
+            assert c.kind == "alltoall" and c.counts == "busbw" and c.nic_family == "ib_nccl" and c.group == "oci-rccl"
+            assert c.source == OCI and (c.ep, c.nodes) in ((16, 2), (32, 4)) and c.element_bytes == 4
+            assert c.topology == f"published/oci-mi355x-pollara-{c.nodes}x8" and c.size_bytes in (2 ** 33, 2 ** 34)
         elif c.kind == "alltoall":                            # nccl-tests alltoall_perf rows (a2a14g)
             assert c.file.startswith("nccl-") and c.counts == "busbw" and c.size_bytes % (c.ep * 4) == 0
             assert c.source.startswith(("https://github.com/awslabs/awsome-distributed-ai/blob/",
@@ -299,15 +312,15 @@ def test_split_names_only_known_cases(tmp_path):
     for earlier, later in [("fresh", "fresh2"), ("fresh2", "fresh3"), ("fresh3", "fresh4"), ("fresh4", "fresh5"),
                            ("fresh5", "fresh6"), ("fresh6", "fresh7"), ("fresh7", "fresh8"),
                            ("fresh8", "fresh9"), ("fresh9", "fresh10"), ("fresh10", "fresh11"),
-                           ("fresh11", "fresh12"), ("fresh12", "fresh13")]:
+                           ("fresh11", "fresh12"), ("fresh12", "fresh13"), ("fresh13", "fresh14")]:
         (tmp_path / "split.yaml").write_text(f"{earlier}: [x]\n{later}: [x]\n")
         with pytest.raises(ValueError, match=rf"split.yaml: {later}\[0\]='x' is also in {earlier}"):
             load_fresh(tmp_path, key=later)
     (tmp_path / "split.yaml").write_text("test: [x]\nfresh5: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh5\[0\]='x' is also a test case"):
         load_fresh(tmp_path, key="fresh5")
-    with pytest.raises(ValueError, match=r"key='fresh14' must be one of"):
-        load_fresh(tmp_path, key="fresh14")
+    with pytest.raises(ValueError, match=r"key='fresh15' must be one of"):
+        load_fresh(tmp_path, key="fresh15")
 
 
 def test_ib_nccl_cases_load_and_fresh13_is_their_seeded_draw(tmp_path):
@@ -319,7 +332,9 @@ def test_ib_nccl_cases_load_and_fresh13_is_their_seeded_draw(tmp_path):
     cases = load_cases()
     ntc = [c for c in cases if c.file.startswith(THIRTEENTH)]
     assert len(ntc) == 52 and {c.nic_family for c in ntc} == {"ib_nccl"}
-    assert not [c for c in cases if c.nic_family == "ib_nccl" and not c.file.startswith(THIRTEENTH)]
+    # the only other ib_nccl cases: pub14m's RCCL rows, where the family stands in, all of them held out (fresh14)
+    assert {c.id for c in cases if c.nic_family == "ib_nccl" and not c.file.startswith(THIRTEENTH)} == \
+        load_fresh(PUBLISHED_DIR, cases, key="fresh14")
     by_id = {c.id: c for c in ntc}
     assert (by_id["ntc-h100-g8-ep80-32MiB"].size_bytes, by_id["ntc-h100-g8-ep80-32MiB"].published_GBps) == (33553920, 34.15)
     assert by_id["ntc-h100-g8-ep16-16GiB"].published_GBps == 92.04 and by_id["ntc-h100-g1-ep10-16GiB"].published_GBps == 44.66
@@ -350,6 +365,48 @@ def test_ib_nccl_cases_load_and_fresh13_is_their_seeded_draw(tmp_path):
     (tmp_path / "split.yaml").write_text(f"test: [{other}]\nfresh13: [{held}]\n")   # fresh13 counts as held out
     with pytest.raises(ValueError, match="every one of the 2 cases is held out"):
         validate_published(tmp_path)
+
+
+def test_oci_rccl_cases_read_as_the_page_prints_them(tmp_path):
+    """pub14m: the four out-of-place rows of OCI's MI355X + Pollara 'All 2 All - 2 / 4 Nodes' tables (rccl-tests
+    alltoall_perf, floats): each row's count column gives its ranks (size / 4 B / count = 8 per node x nodes), its busbw
+    is its algbw x (n - 1) / n, the topology holds the stated 8 x 400 Gb/s per node, every case is in fresh14 only, and
+    the fit refuses them."""
+    from lshsim.sim.published import FRESH_SETS
+    from lshsim.topology.spec import read_spec
+
+    cases = load_cases()
+    oci = {c.id: c for c in cases if c.file.startswith(FOURTEENTH)}
+    # (id, size, count column, out-of-place algbw, busbw) as the page prints them
+    rows = [("oci-mi355x-ep16-8GiB", 8589934592, 134217728, 92.38, 86.60),
+            ("oci-mi355x-ep16-16GiB", 17179869184, 268435456, 92.51, 86.73),
+            ("oci-mi355x-ep32-8GiB", 8589934592, 67108864, 51.82, 50.20),
+            ("oci-mi355x-ep32-16GiB", 17179869184, 134217728, 52.26, 50.63)]
+    assert sorted(oci) == sorted(r[0] for r in rows)
+    for cid, size, count, algbw, busbw in rows:
+        c = oci[cid]
+        assert (c.size_bytes, c.published_GBps) == (size, busbw)
+        assert size // 4 // count == c.ep == 8 * c.nodes                  # the count column: size / float / ranks
+        assert busbw == pytest.approx(algbw * (c.ep - 1) / c.ep, abs=0.01)    # both printed to 0.01
+        assert alltoall_per_peer_bytes(c) * c.ep == size                 # even split, nothing rounded away
+        spec, _ = read_spec(c.topology)
+        assert (spec["nodes"], spec["gpus_per_node"]) == (c.nodes, 8)
+        assert (spec["inter"]["nics_per_node"], spec["inter"]["nic_gbps"]) == (8, 400)
+    fresh14 = load_fresh(PUBLISHED_DIR, cases, key="fresh14")
+    assert fresh14 == set(oci)
+    others = load_split(PUBLISHED_DIR, cases).union(*(load_fresh(PUBLISHED_DIR, cases, key=k)
+                                                      for k in FRESH_SETS if k != "fresh14"))
+    assert not fresh14 & others
+    held = sorted(fresh14)[0]
+    run = CaseRun(oci[held], 1e9, 0.0, {e: 1e-2 for e in GRID}, messages=8.0)
+    with pytest.raises(ValueError, match=rf"held-out\) cases must never be fitted on: {held}"):
+        fit_calibration([run], fresh14, GRID)
+    # a malformed copy of the file is refused, naming the file, the field and the value
+    doc = yaml.safe_load((PUBLISHED_DIR / oci[held].file).read_text())
+    doc["cases"][0]["element_bytes"] = 3
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(ValueError, match=r"bad.yaml: cases\[0\].element_bytes=3"):
+        load_cases(tmp_path)
 
 
 def test_routing_as_deepep_draws_it():
