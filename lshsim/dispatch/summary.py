@@ -4,7 +4,8 @@
 dict; `lshsim route --json` prints it and `lshsim simulate --traffic FILE.json` reads its
 `traffic_bytes` back (`lshsim.sim.traffic.load_traffic`). Fields:
 
-- router, k: the router's name and choices per token (`RouterConfig`);
+- router, k: the router's name and choices per token (`RouterConfig`); router_options: its own
+  options, defaults filled in (`{}` for a router without any);
 - experts, world, gpus_per_node: E, W and the ranks per node of the placement;
 - tokens_per_rank: routed tokens / W; capacity: the per-(rank, expert) capacity (None: no limit);
 - bytes_per_token: d_model * bytes per element, the size of one routed copy;
@@ -47,7 +48,8 @@ def route_summary(plan: DispatchPlan, placement: Placement, config, bytes_per_to
     routed_per_expert = torch.bincount(plan.expert_index[routed], minlength=placement.num_experts)  # (E,)
     dropped_per_expert = plan.dropped_per_expert()  # (E,)
     return {
-        "router": config.name, "k": config.k, "experts": placement.num_experts, "world": world,
+        "router": config.name, "k": config.k, "router_options": dict(getattr(config, "options", ()) or ()),
+        "experts": placement.num_experts, "world": world,
         "gpus_per_node": world // placement.num_nodes, "tokens_per_rank": plan.num_tokens // world,
         "capacity": plan.capacity, "bytes_per_token": bytes_per_token, "routed": routed_count,
         "kept": plan.num_kept, "dropped": plan.num_dropped,
