@@ -91,6 +91,16 @@ def test_breakeven_json(capsys):
     assert out["speedup"] == pytest.approx(out["baseline_s"] / out["lsh_s"])
 
 
+def test_breakeven_table_names_what_its_times_hold(capsys):
+    """The two times are one MoE layer's all-to-alls (+ experts with --expert-ms), not a training step."""
+    assert main(["breakeven", "--expert-ms", "2"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "one MoE layer, fwd + bwd, no LSH: all-to-alls + experts (ms)" in text
+    assert "+ compress and restore (ms)" in text and "step time" not in text
+    assert main(["breakeven", "--forward-only"]) == 0
+    assert "fwd, no LSH: all-to-alls only (no --expert-ms)" in " ".join(capsys.readouterr().out.split())
+
+
 @pytest.mark.parametrize("argv", [
     ["capacity", "--dim", "1024", "--delta", "0.05"],
     ["collision", "--dim", "256", "--cos", "0.8"],
