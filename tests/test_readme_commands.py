@@ -113,3 +113,14 @@ def test_the_checks_catch_a_wrong_option_and_a_wrong_path():
         ["data/topologies/calibrated/h200-x2.yaml", "data/topologies/calibrated/h200-x4.yaml"]
     assert PATH.findall("see `lshsim/sim/nowhere.py` and data/sweeps/README.md.") == \
         ["lshsim/sim/nowhere.py", "data/sweeps/README.md"]
+
+
+def test_every_subcommand_and_option_has_help_text():
+    """`lshsim SUB --help` explains the command (a description) and every option (`check` had no description)."""
+    missing = []
+    for name, sub in _subparsers().items():
+        if not (sub.description or "").strip():
+            missing.append(f"lshsim {name}: no description")
+        missing += [f"lshsim {name} {'/'.join(a.option_strings) or a.dest}: no help"
+                    for a in sub._actions if not (a.help or "").strip()]
+    assert not missing, "\n".join(missing)
