@@ -50,7 +50,15 @@ def test_route_router_option_reaches_the_router(capsys):
     routed = [row["routed"] for row in out["experts_table"]]
     assert sum(routed[:4]) == out["routed"] > 0 and not any(routed[4:])
     assert main(["route", "--router", "node_limited", "--router-option", "max_nodes=1", *common]) == 0
-    assert json.loads(capsys.readouterr().out)["router_options"] == {"max_nodes": 1, "scores_per_node": 0}
+    limited = json.loads(capsys.readouterr().out)
+    assert limited["router_options"] == {"max_nodes": 1, "scores_per_node": 0}
+    # a node limit does not shrink the per-copy inter-node bytes, but it does the once-per-(token, node) ones
+    assert main(["route", "--router", "topk", *common]) == 0
+    topk = json.loads(capsys.readouterr().out)
+    tokens = 8 * 256
+    assert limited["inter_node_bytes_dedup"] == pytest.approx(limited["inter_node_bytes"] / 2, rel=0.05)
+    assert limited["inter_node_bytes_dedup"] <= tokens * limited["bytes_per_token"]
+    assert limited["inter_node_bytes_dedup"] < topk["inter_node_bytes_dedup"] <= topk["inter_node_bytes"]
     assert main(["route", "--router", "node_limited", "--router-option", "max_nodes=1", "--experts", "8",
                  "--world", "4", "--gpus-per-node", "2", "--tokens", "64"]) == 0
     assert "router=node_limited max_nodes=1" in capsys.readouterr().out

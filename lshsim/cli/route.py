@@ -167,4 +167,7 @@ def render(summary: dict) -> None:
         f"choices routed {summary['routed']}, kept {summary['kept']}, dropped {summary['dropped']} "
         f"({100 * summary['drop_fraction']:.2f}%)\n"
         f"bytes: local {summary['local_bytes'] / 1e6:.2f} MB, remote {summary['remote_bytes'] / 1e6:.2f} MB "
-        f"(inter-node {summary['inter_node_bytes'] / 1e6:.2f} MB) of {total / 1e6:.2f} MB")
+        f"(inter-node {summary['inter_node_bytes'] / 1e6:.2f} MB) of {total / 1e6:.2f} MB"
+        + (f"\ninter-node once per (token, destination node), as a node-deduplicated dispatch sends "
+           f"(DeepEP; plan --algorithm node_dedup): {summary['inter_node_bytes_dedup'] / 1e6:.2f} MB"
+           if "inter_node_bytes_dedup" in summary and summary["inter_node_bytes"] else ""))
