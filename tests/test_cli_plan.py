@@ -65,6 +65,7 @@ def test_plan_tables(capsys, tiny):
     text = capsys.readouterr().out
     for expected in ("Predicted step", "dispatch_a2a", "all-to-all:", "speedup", "locmoe", "groupwise"):
         assert expected in text
+    assert "traffic: routed synthetic tokens (--traffic-model)" in " ".join(text.split())
 
 
 def test_plan_phase_share_says_what_it_is_a_share_of(capsys, tiny):

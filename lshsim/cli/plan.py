@@ -402,7 +402,10 @@ def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float,
     console.print(f"[bold]{model.name}[/bold] ({model.num_layers} layers, {model.num_moe_layers} MoE x "
                   f"{model.num_experts} experts, top-{model.top_k}, d={model.d_model}, ffn={model.d_ffn}) on "
                   f"[bold]{cluster['name']}[/bold] ({cluster['nodes']} x {cluster['gpus_per_node']} {cluster['gpu']}), "
-                  f"{b['tokens_per_gpu']} tokens per GPU{groups}; traffic {b['traffic_model']}")
+                  f"{b['tokens_per_gpu']} tokens per GPU{groups}; traffic: "
+                  + ("routed synthetic tokens" if b["traffic_model"] == "routed" else
+                     "expected counts from the router's expert popularity" if b["traffic_model"] == "popularity"
+                     else str(b["traffic_model"])) + " (--traffic-model)")
     table = Table(title=f"Predicted step: {chosen['description']}")
     for column in ("phase", "forward ms", "backward ms", "total ms", "share"):
         table.add_column(column, justify="right" if column != "phase" else "left")
