@@ -101,6 +101,11 @@ def test_breakeven_table_names_what_its_times_hold(capsys):
     assert "fwd, no LSH: all-to-alls only (no --expert-ms)" in " ".join(capsys.readouterr().out.split())
 
 
+def test_a2a_cost_table_says_what_algbw_is(capsys):
+    assert main(["a2a-cost", "--world", "8", "--gpus-per-node", "4"]) == 0
+    assert "algbw: bytes per rank (its own share included) / time" in " ".join(capsys.readouterr().out.split())
+
+
 @pytest.mark.parametrize("argv", [
     ["capacity", "--dim", "1024", "--delta", "0.05"],
     ["collision", "--dim", "256", "--cos", "0.8"],
