@@ -406,8 +406,11 @@ def main(argv: list[str] | None = None) -> int:
         times = predict_step_times(names, rates, args.sim_model, args.cluster)
         Path(args.predict_step_times).parent.mkdir(parents=True, exist_ok=True)
         Path(args.predict_step_times).write_text(json.dumps(times, indent=1))
+        print(f"predicted training step of {args.sim_model} on {args.cluster} per configuration (lshsim's step "
+              f"simulator; LSH rates {'measured: ' + args.from_results if rates else 'the defaults'}):")
         for name in names:
             print(f"{name:14s} {1e3 * times[name]:9.2f} ms per step")
+        print(f"wrote {args.predict_step_times}")
         return 0
     step_times = _read_json(args.step_time_json, "--step-time-json") if args.step_time_json else None
     if args.merge:

@@ -243,7 +243,15 @@ def _arg_phase_parts(text: str) -> tuple[str, ...]:
 
 
 def add_check(subparsers) -> argparse.ArgumentParser:
-    chk = subparsers.add_parser("check", help="compare the distributed layer with the dense single-process reference")
+    chk = subparsers.add_parser("check", help="compare the distributed layer with the dense single-process reference",
+                                description="Run every check case (each router, LSH-MoE, LocMoE's group-wise "
+                                            "all-to-all, the fp8 dispatch, node_dedup) on the ranks of this process "
+                                            "group (torchrun, or `lshsim launch --nproc N -- check`) and compare the "
+                                            "layer's output, gradients and bytes sent with the dense single-process "
+                                            "reference. Prints one line per case: the largest relative error of each "
+                                            "quantity (bytes_mismatch and lsh_exact_vs_plain must be 0) and the "
+                                            "choices dropped at capacity; exit code 1 when a case exceeds "
+                                            "--tolerance.")
     chk.add_argument("--out", default=None,
                      help="JSON of the errors per case (rank 0; written whole, its folder created if missing, "
                           "checked before the run)")

@@ -495,7 +495,11 @@ check.round(3)
 # (the gradient all-reduce, the V100 all-to-all rate 0.807, fairseq's skipped expert gradients,
 # HCCL's two-level all-reduce, LocMoE's overlap of 2 chunks, its published model in MindSpore's layout and its
 # settings as its full text gives them all in),
-# so its documented-calibration errors are section 1's.
+# so its documented-calibration errors are section 1's but one: the file predates the Switch baseline
+# collapsed onto experts 0-8 (router `topk_collapsed`), so its `locmoe/64npu/vs-switch/step-reduction` row
+# (documented, fitted and leave-one-out) was computed on the earlier Switch baseline: documented 9.8% (-56%)
+# where section 1 has 14.0% (-37%). The documented summary is the same either way; the fitted and
+# leave-one-out rows of that figure await a re-run of `--fit`.
 
 # %%
 fit_run = json.loads((ROOT / "data/papers/reproduce-fit.json").read_text())["fit"]
@@ -554,8 +558,9 @@ plt.show()
 # * The LSH-MoE paper contradicts itself for Swin-MoE-L: its speedup implies a much smaller share
 #   than its Fig. 3. No model can match both.
 # * LocMoE's group-wise all-to-all, as its text describes it, sends an eighth of the bytes across
-#   servers: its all-to-all cut (66%) contradicts the paper's 5.13%, its step gains (about 10%) fall
-#   short of the paper's 12.7-22.2% (mostly computation, which the planner does not model), and at
+#   servers: its all-to-all cut (66%) contradicts the paper's 5.13%, its step gains (10% against hash,
+#   14% against Switch) fall short of the paper's 12.7% / 22.2% (mostly computation, which the planner
+#   does not model), and at
 #   256 NPUs it is 1.12x hash (the paper: no faster). Drops are printed next to every relative figure.
 #
 # ## Exercises

@@ -51,9 +51,15 @@ from lshsim.sim.collectives import simulate_all_to_all
 from lshsim.sim.moe_step import A2ACache, RoutedTraffic, StepConfig, placement_for, simulate_config
 from lshsim.topology import load_topology
 
+try:                                    # Jupyter's display(); run as a script, print the table
+    from IPython.display import display
+except ImportError:
+    display = print
+
 notebook_start = time.perf_counter()
 ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "tests/data/hf").is_dir())
 pd.set_option("display.width", 140)
+pd.set_option("display.max_columns", None)    # every column, also when run as a script
 
 # %% [markdown]
 # ## 1. The model, from the catalog and from its config.json
@@ -229,7 +235,8 @@ display(dedup_table.round(2))
 # copies and the shorter the dispatch, and FP8 halves what is left. (The simulated times use the
 # cluster's assumed NIC efficiency; `lshsim validate --published` measures how far the same
 # simulator is from published DeepEP and UCCL-EP figures: median 9.5%, worst 33.9% on the 15 test
-# cases, median 15.9%, worst 24.3% on the newest fresh held-out set; benchmarks/RESULTS.md.)
+# cases; on the later fresh held-out sets of normal kernels 15.9% / 24.3% (fresh9), 4.5% / 19.4%
+# (fresh10) and 36.1% / 57.2% (fresh11, 2 x Azure H100); every set: benchmarks/RESULTS.md.)
 
 # %% [markdown]
 # ## 3. Dropless or a capacity factor

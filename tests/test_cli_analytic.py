@@ -91,6 +91,21 @@ def test_breakeven_json(capsys):
     assert out["speedup"] == pytest.approx(out["baseline_s"] / out["lsh_s"])
 
 
+def test_breakeven_table_names_what_its_times_hold(capsys):
+    """The two times are one MoE layer's all-to-alls (+ experts with --expert-ms), not a training step."""
+    assert main(["breakeven", "--expert-ms", "2"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "one MoE layer, fwd + bwd, no LSH: all-to-alls + experts (ms)" in text
+    assert "+ compress and restore (ms)" in text and "step time" not in text
+    assert main(["breakeven", "--forward-only"]) == 0
+    assert "fwd, no LSH: all-to-alls only (no --expert-ms)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a2a_cost_table_says_what_algbw_is(capsys):
+    assert main(["a2a-cost", "--world", "8", "--gpus-per-node", "4"]) == 0
+    assert "algbw: bytes per rank (its own share included) / time" in " ".join(capsys.readouterr().out.split())
+
+
 @pytest.mark.parametrize("argv", [
     ["capacity", "--dim", "1024", "--delta", "0.05"],
     ["collision", "--dim", "256", "--cos", "0.8"],

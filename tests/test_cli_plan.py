@@ -65,6 +65,17 @@ def test_plan_tables(capsys, tiny):
     text = capsys.readouterr().out
     for expected in ("Predicted step", "dispatch_a2a", "all-to-all:", "speedup", "locmoe", "groupwise"):
         assert expected in text
+    assert "traffic: routed synthetic tokens (--traffic-model)" in " ".join(text.split())
+
+
+def test_plan_phase_share_says_what_it_is_a_share_of(capsys, tiny):
+    """With overlap the phases' summed time exceeds the step: the phase table's 'share' column is of that sum,
+    and the text says so (without overlap the sum is the step and nothing is added)."""
+    assert main(["plan", "--model", tiny, "--cluster", V100, "--tokens-per-gpu", "2048", "--overlap"]) == 0  # 2-4 chunks
+    text = " ".join(capsys.readouterr().out.split())
+    assert "share: of the phases' summed time (" in text and "the lines below give shares of the step" in text
+    assert main(["plan", "--model", tiny, "--cluster", V100, "--tokens-per-gpu", "256"]) == 0
+    assert "summed time" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("flag, value, known", [

@@ -40,6 +40,30 @@ def test_route_table_output(capsys):
     assert "Load per expert" in text and "traffic" in text and "dropped" in text
 
 
+def test_route_router_option_reaches_the_router(capsys):
+    """`--router-option` (as in `plan`): topk_collapsed routes to its first N experts only, node_limited
+    takes max_nodes, and the JSON and the table title report the options."""
+    common = ["--experts", "16", "--world", "8", "--gpus-per-node", "4", "--tokens", "256", "--json"]
+    assert main(["route", "--router", "topk_collapsed", "--router-option", "active_experts=4", *common]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["router_options"] == {"active_experts": 4}
+    routed = [row["routed"] for row in out["experts_table"]]
+    assert sum(routed[:4]) == out["routed"] > 0 and not any(routed[4:])
+    assert main(["route", "--router", "node_limited", "--router-option", "max_nodes=1", *common]) == 0
+    limited = json.loads(capsys.readouterr().out)
+    assert limited["router_options"] == {"max_nodes": 1, "scores_per_node": 0}
+    # a node limit does not shrink the per-copy inter-node bytes, but it does the once-per-(token, node) ones
+    assert main(["route", "--router", "topk", *common]) == 0
+    topk = json.loads(capsys.readouterr().out)
+    tokens = 8 * 256
+    assert limited["inter_node_bytes_dedup"] == pytest.approx(limited["inter_node_bytes"] / 2, rel=0.05)
+    assert limited["inter_node_bytes_dedup"] <= tokens * limited["bytes_per_token"]
+    assert limited["inter_node_bytes_dedup"] < topk["inter_node_bytes_dedup"] <= topk["inter_node_bytes"]
+    assert main(["route", "--router", "node_limited", "--router-option", "max_nodes=1", "--experts", "8",
+                 "--world", "4", "--gpus-per-node", "2", "--tokens", "64"]) == 0
+    assert "router=node_limited max_nodes=1" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv,fragment", [
     (["route", "--router", "dense"], "dense"),
     (["route", "--k", "20", "--experts", "16"], "k=20"),
@@ -49,6 +73,9 @@ def test_route_table_output(capsys):
     # the same limit as a workload's skew (it was accepted: every token already went to the same experts)
     (["route", "--skew", "1e9"], "argument --skew: '1e9' is above 100"),
     (["route", "--skew", "-1"], "argument --skew: '-1' must be >= 0"),
+    (["route", "--router", "node_limited", "--router-option", "max_nodez=2"],
+     "--router-option max_nodez=2: option 'max_nodez' is not an option of the node_limited router; known: max_nodes"),
+    (["route", "--router-option", "active_experts"], "'active_experts' must be NAME=VALUE"),
 ])
 def test_route_bad_input_exits_2_naming_value(argv, fragment, capsys):
     with pytest.raises(SystemExit) as exit_info:

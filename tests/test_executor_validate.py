@@ -37,6 +37,10 @@ def test_predictions_are_the_simulated_collectives_of_the_recorded_traffic():
 def test_topology_is_cut_to_the_trace_and_defaults_to_the_datasheet():
     trace = Trace.from_json(DATA / "x2" / "gpu-uniform-d4096-t8k.json")
     assert default_topology(trace) == "h200-nvswitch"
+    cpu = Trace.from_json(DATA / "x2" / "gpu-uniform-d4096-t8k.json")
+    cpu.meta["cluster"]["gpu"] = None                      # a CPU run: the error names the option to give
+    with pytest.raises(ValueError, match=r"GPU None \(a CPU run\); pass a topology \(lshsim validate --topology"):
+        default_topology(cpu)
     assert topology_for_trace(TOPO4, 2).graph["gpus_per_node"] == 2
     with pytest.raises(ValueError, match="has 4 GPUs; the trace has 8 ranks"):
         topology_for_trace(TOPO4, 8)

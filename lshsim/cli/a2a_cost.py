@@ -74,6 +74,9 @@ def run(args) -> int:
         _render.table(f"All-to-all of {args.bytes_per_rank / 1e6:g} MB per rank ({args.traffic}), W={args.world}, "
                       f"G={args.gpus_per_node}, {cluster.nics} NIC(s)/node",
                       ["algorithm", "time (ms)", "algbw (GB/s)"], rows)
+        _render.console().print("[dim]algbw: bytes per rank (its own share included) / time, as nccl-tests' "
+                                "algorithm bandwidth; groupwise_overlap: LocMoE's group-wise all-to-all with its "
+                                "intra-node step overlapped[/dim]")
 
     return _render.emit(args, result, render, plot=lambda: _plot(args, comm, cluster))
 

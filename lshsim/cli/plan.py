@@ -60,11 +60,13 @@ def add_parser(subparsers):
                                           "all-to-all share, and the speedup of each option over the baseline (top-k, "
                                           "no LSH, direct all-to-all).")
     p.add_argument("--model", default=_PLAN_DEFAULT_MODEL, type=arg_name,
-                   help=f"a model of the catalog (models/configs) or a model YAML (default {_PLAN_DEFAULT_MODEL})")
+                   help=f"a model of the catalog (models/configs; an unknown name is refused with the list), a model "
+                        f"YAML or a Hugging Face config.json (default {_PLAN_DEFAULT_MODEL})")
     p.add_argument("--cluster", default=_PLAN_DEFAULT_CLUSTER, type=arg_name,
-                   help=f"a topology of data/topologies or a topology YAML (default {_PLAN_DEFAULT_CLUSTER})")
+                   help=f"a topology of data/topologies (an unknown name is refused with the list) or a topology "
+                        f"YAML (default {_PLAN_DEFAULT_CLUSTER})")
     p.add_argument("--router", default="topk",
-                   help="topk | hash | expert_choice | locmoe | node_limited, or a registered router "
+                   help="topk | hash | expert_choice | locmoe | node_limited | topk_collapsed, or a registered router "
                         "(lshsim.dispatch.ROUTERS; default topk), or 'model': the model's published routing "
                         "(its router and options, e.g. DeepSeek-V3's node-limited M = 4; a dropless model "
                         "routes without capacity)")
@@ -415,7 +417,10 @@ def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float,
     console.print(f"[bold]{model.name}[/bold] ({model.num_layers} layers, {model.num_moe_layers} MoE x "
                   f"{model.num_experts} experts, top-{model.top_k}, d={model.d_model}, ffn={model.d_ffn}) on "
                   f"[bold]{cluster['name']}[/bold] ({cluster['nodes']} x {cluster['gpus_per_node']} {cluster['gpu']}), "
-                  f"{b['tokens_per_gpu']} tokens per GPU{groups}; traffic {b['traffic_model']}")
+                  f"{b['tokens_per_gpu']} tokens per GPU{groups}; traffic: "
+                  + ("routed synthetic tokens" if b["traffic_model"] == "routed" else
+                     "expected counts from the router's expert popularity" if b["traffic_model"] == "popularity"
+                     else str(b["traffic_model"])) + " (--traffic-model)")
     table = Table(title=f"Predicted step: {chosen['description']}")
     for column in ("phase", "forward ms", "backward ms", "total ms", "share"):
         table.add_column(column, justify="right" if column != "phase" else "left")
@@ -431,6 +436,9 @@ def _render_plan(model, graph, chosen: dict, rows: list[dict], elapsed_s: float,
     table.add_row("[bold]step[/bold]", f"{b['forward_s'] * 1e3:.3f}", f"{b['backward_s'] * 1e3:.3f}",
                   f"[bold]{b['step_s'] * 1e3:.3f}[/bold]", "")
     console.print(table)
+    if busy > b["step_s"] * (1 + 1e-9):
+        console.print(f"[dim]share: of the phases' summed time ({busy * 1e3:.3f} ms), which with overlap is "
+                      f"more than the {b['step_s'] * 1e3:.3f} ms step; the lines below give shares of the step[/dim]")
     hidden = "" if b["exposed_a2a_s"] >= b["a2a_s"] - 1e-12 else \
         f" ({(b['a2a_s'] - b['exposed_a2a_s']) * 1e3:.3f} ms hidden behind compute)"
     if b.get("tp", 1) > 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from lshsim.checks import CAPACITY_FACTOR_MAX, arg_finite_number, arg_positive_int, arg_within
 from lshsim.cli import _render
 from lshsim.cli._render import SEED_HELP, arg_seed
+from lshsim.cli.plan import _router_option
 
 
 def add_parser(subparsers):
@@ -12,8 +13,12 @@ def add_parser(subparsers):
                                           "and print the load per expert, the drops and the rank-to-rank "
                                           "traffic matrix of the dispatch all-to-all.")
     p.add_argument("--router", default="topk",
-                   help="topk | hash | expert_choice | locmoe, or a registered router (lshsim.dispatch.ROUTERS; "
-                        "default topk)")
+                   help="topk | hash | expert_choice | locmoe | node_limited | topk_collapsed, or a registered "
+                        "router (lshsim.dispatch.ROUTERS; default topk)")
+    p.add_argument("--router-option", action="append", default=[], metavar="NAME=VALUE", type=_router_option,
+                   help="an option of the router, repeatable: node_limited max_nodes=2 / scores_per_node=0, "
+                        "topk_collapsed active_experts=9 (top-k over experts 0..8 only); a name the router does "
+                        "not have is refused with its options")
     p.add_argument("--k", type=arg_positive_int, default=None,
                    help="choices per token (default 2; a router with a fixed number of choices, hash: 1, refuses "
                         "another)")
@@ -75,8 +80,15 @@ def run(args) -> int:
                         estimate_route(args.world * args.tokens, args.d_model, args.experts, args.k),
                         hint="lower --tokens, --world or --d-model")
 
-    config = RouterConfig(name=args.router, k=args.k, capacity_factor=capacity_factor,
-                          drop_policy=args.drop_policy, locality_bonus=args.locality_bonus)
+    try:
+        config = RouterConfig(name=args.router, k=args.k, capacity_factor=capacity_factor,
+                              drop_policy=args.drop_policy, locality_bonus=args.locality_bonus,
+                              options=dict(args.router_option))
+    except ValueError as error:
+        if not args.router_option:
+            raise
+        given = " ".join(f"{name}={value}" for name, value in args.router_option)
+        raise ValueError(f"--router-option {given}: {error}") from None
     placement = make_placement(args.placement, args.experts, args.world, args.gpus_per_node)
     inputs = synthetic_router_inputs(num_tokens_per_rank=args.tokens, world_size=args.world,
                                      d_model=args.d_model, num_experts=args.experts, seed=args.seed,
@@ -128,7 +140,8 @@ def render(summary: dict) -> None:
     from rich.table import Table
 
     console = _render.console()
-    load = Table(title=f"Load per expert: router={summary['router']} k={summary['k']} "
+    options = "".join(f" {name}={value}" for name, value in summary.get("router_options", {}).items())
+    load = Table(title=f"Load per expert: router={summary['router']}{options} k={summary['k']} "
                        f"capacity={summary['capacity']} per (rank, expert)")
     for column in ("expert", "rank", "node", "routed", "kept", "dropped"):
         load.add_column(column, justify="right")
@@ -154,4 +167,7 @@ def render(summary: dict) -> None:
         f"choices routed {summary['routed']}, kept {summary['kept']}, dropped {summary['dropped']} "
         f"({100 * summary['drop_fraction']:.2f}%)\n"
         f"bytes: local {summary['local_bytes'] / 1e6:.2f} MB, remote {summary['remote_bytes'] / 1e6:.2f} MB "
-        f"(inter-node {summary['inter_node_bytes'] / 1e6:.2f} MB) of {total / 1e6:.2f} MB")
+        f"(inter-node {summary['inter_node_bytes'] / 1e6:.2f} MB) of {total / 1e6:.2f} MB"
+        + (f"\ninter-node once per (token, destination node), as a node-deduplicated dispatch sends "
+           f"(DeepEP; plan --algorithm node_dedup): {summary['inter_node_bytes_dedup'] / 1e6:.2f} MB"
+           if "inter_node_bytes_dedup" in summary and summary["inter_node_bytes"] else ""))

@@ -87,7 +87,8 @@ def default_topology(trace: Trace) -> str:
     for key in ("h200", "h100", "a100"):
         if key in gpu:
             return f"{key}-nvswitch"
-    raise ValueError(f"no default topology for the trace's GPU {gpu or 'None (a CPU run)'}; pass a topology")
+    raise ValueError(f"no default topology for the trace's GPU {gpu or 'None (a CPU run)'}; pass a topology "
+                     f"(lshsim validate --topology NAME or FILE.yaml, e.g. a calibrated one)")
 
 
 def topology_for_trace(topology: str | Path, world_size: int):
