@@ -58,6 +58,7 @@ SUBCOMMANDS: dict[str, str] = {
     "a2a-cost": "lshsim.cli.a2a_cost",
     "breakeven": "lshsim.cli.breakeven",
     "simulate": "lshsim.cli.simulate",
+    "catalog": "lshsim.cli.catalog",
     "plan": "lshsim.cli.plan",
     "sweep": "lshsim.cli.sweep",
     "reproduce": "lshsim.cli.reproduce",
