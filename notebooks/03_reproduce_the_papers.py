@@ -490,16 +490,12 @@ check.round(3)
 # 1, keeps the pair that brings the most figures within 15% (then the smallest median), and refits
 # without each figure in turn (leave-one-out): the honest error of a fitted set is the leave-one-out
 # one. The run takes minutes (the all-to-alls are simulated again at every all-to-all
-# efficiency; 12 min on 2 shared cores), so the notebook reads its committed output,
+# efficiency; 9-12 min on 2 shared cores), so the notebook reads its committed output,
 # `data/papers/reproduce-fit.json` (`lshsim reproduce --fit --json`), re-run on the current model
 # (the gradient all-reduce, the V100 all-to-all rate 0.807, fairseq's skipped expert gradients,
-# HCCL's two-level all-reduce, LocMoE's overlap of 2 chunks, its published model in MindSpore's layout and its
-# settings as its full text gives them all in),
-# so its documented-calibration errors are section 1's but one: the file predates the Switch baseline
-# collapsed onto experts 0-8 (router `topk_collapsed`), so its `locmoe/64npu/vs-switch/step-reduction` row
-# (documented, fitted and leave-one-out) was computed on the earlier Switch baseline: documented 9.8% (-56%)
-# where section 1 has 14.0% (-37%). The documented summary is the same either way; the fitted and
-# leave-one-out rows of that figure await a re-run of `--fit`.
+# HCCL's two-level all-reduce, LocMoE's overlap of 2 chunks, its published model in MindSpore's layout, its
+# settings as its full text gives them and the Switch baseline collapsed onto experts 0-8 all in; 2026-12-02),
+# so its documented-calibration errors are section 1's.
 
 # %%
 fit_run = json.loads((ROOT / "data/papers/reproduce-fit.json").read_text())["fit"]
