@@ -228,7 +228,7 @@ def test_calibrate_plot_refused_before_any_work(tmp_path, capsys):
     nccl = str(DATA / "nccl_tests_alltoall_perf.txt")
     (tmp_path / "file").write_text("x")
     for argv, words in ((["--plot", str(tmp_path / "t.yaml"), "--out", str(tmp_path / "t.yaml")],
-                         "--out and --plot are the same file"),
+                         "--out and --plot name the same file"),
                         (["--plot", str(tmp_path / "file" / "p.png")], "--plot")):
         with pytest.raises(SystemExit) as info:
             main(["calibrate", "--nccl-tests", nccl, "--gpu", "h100", *argv])
