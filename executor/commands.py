@@ -436,6 +436,11 @@ def cmd_run(args) -> int:
     if len(set(names)) != len(names):
         raise ValueError(f"workload names must be unique (they name the trace files): {names}")
     outputs = _trace_paths(args, workloads)           # before any work: folders created, names kept inside
+    for path, workload in zip(args.workload, workloads):  # the ranks, before the rendezvous, naming the file
+        try:
+            workload.check_world(_world_size_from_env())
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
     refuse_workloads_too_large(workloads, args.device)
     if args.fault is not None:  # before the rendezvous: WORLD_SIZE is known from the environment
         _check_fault_rank(args.fault_rank, _world_size_from_env(), "the world size WORLD_SIZE")

@@ -69,6 +69,11 @@ def test_logs_of_other_collectives_and_of_two_runs_are_refused(tmp_path, capsys)
         parse_nccl_tests("# Collective test starting: all_gather_perf\n" + sample, source="log")
     with pytest.raises(ValueError, match=r"log:\d+: a second nccl-tests header row \(the first at line 12\)"):
         parse_nccl_tests(sample + sample, source="log")
+    rows = sample.splitlines()
+    last = max(i for i, row in enumerate(rows) if row.strip().startswith("1073741824"))
+    repeated = "\n".join(rows[:last + 1] + [rows[last].replace("2704.35", "27043.50")] + rows[last + 1:])
+    with pytest.raises(ValueError, match=rf"log:{last + 2}: size=1073741824 is given twice \(first at line {last + 1}\)"):
+        parse_nccl_tests(repeated, source="log")
     for name, text in (("reduce.log", reduction), ("twice.log", sample + sample)):
         log = tmp_path / name
         log.write_text(text)

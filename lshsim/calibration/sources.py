@@ -430,6 +430,7 @@ def parse_nccl_tests(text: str, world_size: int | None = None, *, source: str = 
     n_gpus = n_thread = None
     points_raw = []
     header_line = None
+    sizes: dict[int, int] = {}      # size -> the line of its row
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if not stripped:
@@ -489,6 +490,10 @@ def parse_nccl_tests(text: str, world_size: int | None = None, *, source: str = 
         if wrong is not None and wrong < len(tokens) and re.fullmatch(r"\d+", tokens[wrong]) and int(tokens[wrong]):
             raise ValueError(f"{where}: #wrong={tokens[wrong]} (size {size}): nccl-tests found wrong elements in "
                              f"this all-to-all's output; a row with #wrong > 0 is not a measurement to fit")
+        if size in sizes:     # nccl-tests prints each size once a run: an edited or pasted log
+            raise ValueError(f"{where}: size={size} is given twice (first at line {sizes[size]}): one run of "
+                             f"nccl-tests times each size once")
+        sizes[size] = number
         points_raw.append((size, time_us))
     if columns is None:
         raise ValueError(f"{source}: no nccl-tests header row ('# size count type ... time algbw busbw') found")
