@@ -69,10 +69,12 @@ def test_two_outputs_onto_one_file_are_refused(tmp_path, capsys, outputs):
 
 def test_validate_and_sweep_outputs_onto_their_inputs(tmp_path, capsys):
     trace = tmp_path / "t.json"
-    trace.write_text("{}")
+    shutil.copy(ROOT / "tests" / "data" / "validate" / "x2" / "gpu-uniform-d4096-t8k.json", trace)
+    before = trace.read_bytes()
     line = _refused(["validate", str(trace), "--plot", str(trace)], capsys)
-    assert "is the file a trace reads" in line and trace.read_text() == "{}"
+    assert "is the file a trace reads" in line and trace.read_bytes() == before
     grid = tmp_path / "g.yaml"
-    grid.write_text("models: [mixtral-8x7b]\nclusters: [h100-nvswitch]\n")
+    grid.write_text("name: g\ngrid:\n  model: mixtral-8x7b\n  cluster: h100-nvswitch\n  tokens_per_gpu: [64]\n"
+                    "options: [baseline]\n")
     line = _refused(["sweep", str(grid), "--out", str(tmp_path / "s.csv"), "--plot", str(grid)], capsys)
-    assert "is the file the grid reads" in line and grid.read_text().startswith("models")
+    assert "is the file the grid reads" in line and grid.read_text().startswith("name: g")
