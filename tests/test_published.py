@@ -310,6 +310,15 @@ def test_split_names_only_known_cases(tmp_path):
         load_fresh(tmp_path, key="fresh14")
 
 
+def test_published_takes_a_folder(tmp_path):
+    """robust4: a case file or a missing folder given to --published read "no case files (*.yaml)"."""
+    _write_case_file(tmp_path)
+    with pytest.raises(ValueError, match=r"a.yaml: is a file; --published takes the folder"):
+        load_cases(tmp_path / "a.yaml")
+    with pytest.raises(ValueError, match=r"nope: no such folder of published cases"):
+        load_cases(tmp_path / "nope")
+
+
 def test_split_refuses_an_unknown_set_and_an_id_listed_twice(tmp_path, capsys):
     """robust4: a held-out set under a name no reader knows (a typo, a future fresh14) was ignored, so its cases were
     fitted on (exit 0); an id listed twice was taken once. Both refused, by the command too, before any simulation."""

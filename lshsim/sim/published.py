@@ -153,6 +153,10 @@ PUBLISHED_MAX_GBPS = bounds.maximum("published_GBps")     # 1e4, lshsim.bounds
 def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
     """Every case of every `*.yaml` in `folder` but split.yaml; errors name the file, field and value."""
     folder = Path(folder)
+    if folder.is_file():
+        raise ValueError(f"{folder}: is a file; --published takes the folder of the case files and its split.yaml")
+    if not folder.exists():
+        raise ValueError(f"{folder}: no such folder of published cases")
     files = sorted(p for p in folder.glob("*.yaml") if p.name != "split.yaml")
     if not files:
         raise ValueError(f"{folder}: no case files (*.yaml)")
