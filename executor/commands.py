@@ -386,13 +386,15 @@ def _set_threads(args, world_size: int) -> None:
 def _trace_paths(args, workloads) -> list[str | None]:
     """Where each workload's trace goes (--out, or NAME.json under --out-dir, never outside it), the
     output rule of `lshsim.io` checked before any work."""
-    from lshsim.io import path_in_folder, prepare_output, prepare_output_dir
+    from lshsim.io import check_distinct_outputs, path_in_folder, prepare_output, prepare_output_dir
 
     if args.out is not None and args.out_dir is not None:
         raise ValueError(f"--out {args.out} and --out-dir {args.out_dir}: give one (--out for one workload's trace, "
                          f"--out-dir for one trace per workload)")
     if args.out is not None:         # '' too: prepare_output refuses an empty name (was: no trace, exit 0)
-        return [str(prepare_output(args.out, "--out"))] * len(workloads)
+        path = prepare_output(args.out, "--out")
+        check_distinct_outputs([("--out", path)], [("--workload", w) for w in args.workload])
+        return [str(path)] * len(workloads)
     if args.out_dir is not None:
         folder = prepare_output_dir(args.out_dir, "--out-dir")
         return [str(path_in_folder(folder, f"{w.name}.json", "--out-dir")) for w in workloads]
@@ -442,6 +444,11 @@ def cmd_run(args) -> int:
     if len(set(names)) != len(names):
         raise ValueError(f"workload names must be unique (they name the trace files): {names}")
     outputs = _trace_paths(args, workloads)           # before any work: folders created, names kept inside
+    for path, workload in zip(args.workload, workloads):  # the ranks, before the rendezvous, naming the file
+        try:
+            workload.check_world(_world_size_from_env())
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
     refuse_workloads_too_large(workloads, args.device)
     if args.fault is not None:  # before the rendezvous: WORLD_SIZE is known from the environment
         _check_fault_rank(args.fault_rank, _world_size_from_env(), "the world size WORLD_SIZE")
@@ -504,17 +511,16 @@ def _print_run_summary(trace, out_path) -> None:
 
 def check_calibrate_args(args) -> None:
     """Before any reading or measuring: the outputs (the rule of `lshsim.io`), the sweep's sizes."""
-    from lshsim.io import prepare_output
+    from lshsim.io import check_distinct_outputs, prepare_output
 
     prepare_output(args.out, "--out")
     prepare_output(args.raw, "--raw")
     prepare_output(getattr(args, "plot", None), "--plot")
-    named = [(option, path) for option, path in (("--out", args.out), ("--raw", args.raw),
-                                                 ("--plot", getattr(args, "plot", None))) if path]
-    for i, (first, a) in enumerate(named):
-        for second, b in named[i + 1:]:
-            if Path(a).resolve() == Path(b).resolve():
-                raise ValueError(f"{first} and {second} are the same file {a}")
+    read = [("--nccl-tests", args.nccl_tests), ("--from-raw", args.from_raw)]
+    read += [("--from-traces", path) for path in (getattr(args, "from_traces", None) or ())]
+    read += [("--source", path) for path in (getattr(args, "files", None) or ())]
+    read += [("--phase-base", path) for path in (getattr(args, "phase_base", None) or ())]
+    check_distinct_outputs([("--out", args.out), ("--raw", args.raw), ("--plot", getattr(args, "plot", None))], read)
     if args.min_bytes > args.max_bytes:
         raise ValueError(f"--min-bytes {args.min_bytes} must be <= --max-bytes {args.max_bytes}")
     from lshsim.executor.calibrate_files import reads_files

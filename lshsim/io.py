@@ -45,7 +45,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["write_text_atomically", "write_bytes_atomically", "atomic_output", "append_durably",
+__all__ = ["check_distinct_outputs", "write_text_atomically", "write_bytes_atomically", "atomic_output", "append_durably",
            "remove_stale_temporaries",
            "prepare_output", "prepare_output_dir", "path_in_folder", "OUTPUT_RULE"]
 
@@ -252,6 +252,45 @@ def prepare_output(path: str | Path | None, option: str) -> Path | None:
     if path.exists() and not os.access(path, os.W_OK):
         raise ValueError(f"{option} {text}: the file exists and is not writable")
     return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_distinct_outputs(outputs, inputs=()) -> None:
+    """Refuse, before any work, two outputs onto one file and an output onto a file the command reads.
+
+    `outputs`, `inputs`: (option, path) pairs; a None path is skipped, and so is an input that is no existing
+    file (a catalog name such as a model or topology name). Written whole, the later output replaced the earlier
+    one (`plan --plot p.json --trace p.json`: exit 0, one of them lost), and an output onto an input replaced the
+    input (`plan --model m.json --plot m.json` wrote a PNG over the model).
+
+    >>> check_distinct_outputs([("--plot", "a.png"), ("--trace", "./a.png")])
+    Traceback (most recent call last):
+    ...
+    ValueError: --plot and --trace name the same file a.png: give each output its own file
+    """
+    named = [(option, Path(str(path))) for option, path in outputs if path is not None and str(path).strip()]
+    for i, (first, a) in enumerate(named):
+        for second, b in named[i + 1:]:
+            if _same_file(a, b):
+                raise ValueError(f"{first} and {second} name the same file {a}: give each output its own file")
+    for in_option, given in inputs:
+        if given is None:
+            continue
+        source = Path(str(given))
+        if not source.is_file():
+            continue
+        for option, path in named:
+            if _same_file(path, source):
+                raise ValueError(f"{option} {path}: is the file {in_option} reads ({given}); writing it would "
+                                 f"replace that input: give the output another name")
 
 
 def prepare_output_dir(folder: str | Path | None, option: str) -> Path | None:

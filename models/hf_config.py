@@ -36,7 +36,8 @@ switch_transformers         d_model, d_ff, d_kv, num_heads, num_layers, num_deco
                             {encoder,decoder}_sparse_step, feed_forward_proj / dense_act_fn
 ==========================  =====================================================================
 
-All of them: vocab_size, tie_word_embeddings, hidden_act (silu / swiglu -> 3 FFN matrices). Fields
+All of them: vocab_size, tie_word_embeddings, hidden_act (silu / swiglu / gated-<act> -> 3 FFN matrices,
+relu / gelu / ... -> 2; an activation not listed in `_GATED` / `_PLAIN` is refused). Fields
 that do not change the parameter counts or the all-to-all (norm epsilons, RoPE, dropout, token ids,
 loss coefficients, ...) are ignored by name (`IGNORED`); any other field is refused with an error
 naming the file, the field and its value, and so is a missing required field or a value the
@@ -47,6 +48,7 @@ False, the catalog's default; `lshsim plan --capacity-factor none` plans droples
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from lshsim import bounds as _bounds
@@ -99,6 +101,10 @@ GENERIC = frozenset({
 IGNORED = IGNORED | GENERIC
 
 _GATED = ("silu", "swiglu", "swish", "gated-gelu", "gated-silu")
+#: activations of one input matrix (transformers' ACT2FN names and T5's feed_forward_proj): any other name is refused,
+#: rather than planned with 2 matrices whatever it is; a T5-style "gated-<act>" is gated whatever <act> is
+_PLAIN = ("relu", "gelu", "gelu_new", "gelu_fast", "gelu_python", "gelu_pytorch_tanh", "gelu_accurate", "gelu_10",
+          "quick_gelu", "relu2", "relu6", "leaky_relu", "tanh", "sigmoid", "mish", "linear", "laplace", "prelu")
 
 
 #: a config.json field -> its kind in `lshsim.bounds` (where its name does not say it); the limits are checked on
@@ -167,7 +173,13 @@ def _ffn_matrices(reader: _Reader, *keys: str) -> int:
             value = reader.data[key]
             if not isinstance(value, str):
                 raise reader.fail(key, value, "must be an activation name")
-            return 3 if value.lower() in _GATED else 2
+            name = value.lower()
+            if name in _GATED or (name.startswith("gated-") and name[6:] in _PLAIN):
+                return 3
+            if name in _PLAIN:
+                return 2
+            raise reader.fail(key, value, f"is not an activation lshsim knows (gated, 3 FFN matrices: "
+                              f"{', '.join(_GATED)}, gated-<act>; plain, 2: {', '.join(_PLAIN)})")
     return 3
 
 
@@ -195,6 +207,10 @@ def _deepseek_moe(r: _Reader, attention: dict) -> dict:
     groups, kept = r.integer("n_group", 1), r.integer("topk_group", 1)
     if kept > groups:
         raise r.fail("topk_group", kept, f"exceeds n_group={groups}")
+    experts = r.integer("n_routed_experts")
+    if experts % groups:      # the router splits the experts' scores into n_group equal groups
+        raise r.fail("n_group", groups, f"must divide n_routed_experts={experts} (the router scores n_group equal "
+                     "groups of experts)")
     out = {"num_layers": r.integer("num_hidden_layers"), "d_model": r.integer("hidden_size"),
            "d_ffn": r.integer("moe_intermediate_size"), "dense_d_ffn": r.integer("intermediate_size"),
            "num_experts": r.integer("n_routed_experts"), "num_shared_experts": r.integer("n_shared_experts", 0, minimum=0),
@@ -256,7 +272,12 @@ def _gpt_oss(r: _Reader) -> tuple[dict, set]:
 def _gqa(r: _Reader, d_model: int, heads_key: str = "num_attention_heads", kv_key: str = "num_key_value_heads") -> dict:
     heads = r.integer(heads_key)
     kv = r.integer(kv_key, heads)
-    head_dim = r.integer("head_dim", required=False, allow_none=True) or d_model // heads
+    head_dim = r.integer("head_dim", required=False, allow_none=True)
+    if head_dim is None:
+        if d_model % heads:
+            raise r.fail(heads_key, heads, f"does not divide hidden_size={d_model} and the file gives no head_dim "
+                         f"(the head width would be {d_model} / {heads})")
+        head_dim = d_model // heads
     return {"kind": "gqa", "num_heads": heads, "num_kv_heads": kv, "head_dim": head_dim}
 
 
@@ -302,12 +323,15 @@ def _dbrx(r: _Reader) -> tuple[dict, set]:
     act = ffn.data.get("ffn_act_fn", {"name": "silu"})
     if not isinstance(act, dict) or not isinstance(act.get("name"), str):
         raise ffn.fail("ffn_act_fn", act, "must be an object with a name")
+    matrices = _ffn_matrices(_Reader({"ffn_act_fn.name": act["name"]}, ffn.source, ffn.prefix), "ffn_act_fn.name")
     d, heads = r.integer("d_model"), r.integer("n_heads")
+    if d % heads:
+        raise r.fail("n_heads", heads, f"does not divide d_model={d} (DBRX's head width is d_model / n_heads)")
     return {"num_layers": r.integer("n_layers"), "d_model": d, "d_ffn": ffn.integer("ffn_hidden_size"),
             "num_experts": ffn.integer("moe_num_experts"), "top_k": ffn.integer("moe_top_k"), "moe_every": 1,
             "attention": {"kind": "gqa", "num_heads": heads, "num_kv_heads": attn.integer("kv_n_heads", heads),
                           "head_dim": d // heads},
-            "ffn_matrices": 3 if act["name"].lower() in _GATED else 2}, read
+            "ffn_matrices": matrices}, read
 
 
 def _switch(r: _Reader) -> tuple[dict, set]:
@@ -337,6 +361,41 @@ def _switch(r: _Reader) -> tuple[dict, set]:
            "attention": {"kind": "gqa", "num_heads": heads, "num_kv_heads": heads, "head_dim": r.integer("d_kv")},
            "cross_attention_layers": decoder, "ffn_matrices": _ffn_matrices(r, "feed_forward_proj", "dense_act_fn")}
     return out, read
+
+
+_GQA_NAMES = {"attention.num_heads": "num_attention_heads", "attention.num_kv_heads": "num_key_value_heads",
+              "attention.head_dim": "head_dim"}
+_MIXTRAL_NAMES = {"num_layers": "num_hidden_layers", "d_model": "hidden_size", "d_ffn": "intermediate_size",
+                  "num_experts": "num_local_experts", "top_k": "num_experts_per_tok", **_GQA_NAMES}
+_DEEPSEEK_NAMES = {"num_layers": "num_hidden_layers", "d_model": "hidden_size", "d_ffn": "moe_intermediate_size",
+                   "dense_d_ffn": "intermediate_size", "num_experts": "n_routed_experts",
+                   "num_shared_experts": "n_shared_experts", "top_k": "num_experts_per_tok",
+                   "first_dense_layers": "first_k_dense_replace", "attention.num_heads": "num_attention_heads"}
+#: model_type -> {the catalog's field: the config.json field it came from}: a refusal of the catalog's checks (top_k
+#: above num_experts, kv heads not dividing the heads, no MoE layer left) names the field as the file has it
+CONFIG_NAMES = {"deepseek_v2": _DEEPSEEK_NAMES, "deepseek_v3": _DEEPSEEK_NAMES, "kimi_k2": _DEEPSEEK_NAMES,
+                "glm4_moe": {**_DEEPSEEK_NAMES, **_GQA_NAMES}, "mixtral": _MIXTRAL_NAMES, "gpt_oss": _MIXTRAL_NAMES,
+                "llama4_text": {**_MIXTRAL_NAMES, "dense_d_ffn": "intermediate_size_mlp",
+                                "moe_every": "interleave_moe_layer_step"},
+                "qwen3_moe": {**_MIXTRAL_NAMES, "d_ffn": "moe_intermediate_size", "num_experts": "num_experts",
+                              "moe_every": "decoder_sparse_step"},
+                "dbrx": {"num_layers": "n_layers", "d_ffn": "ffn_config.ffn_hidden_size",
+                         "num_experts": "ffn_config.moe_num_experts", "top_k": "ffn_config.moe_top_k",
+                         "attention.num_heads": "n_heads", "attention.num_kv_heads": "attn_config.kv_n_heads"},
+                "switch_transformers": {"d_ffn": "d_ff", "attention.num_heads": "num_heads",
+                                        "attention.head_dim": "d_kv"}}
+CONFIG_NAMES["llama4"] = {key: f"text_config.{name}" for key, name in CONFIG_NAMES["llama4_text"].items()}
+CONFIG_NAMES["qwen2_moe"] = CONFIG_NAMES["qwen3_moe"]
+
+
+def _config_names(message: str, model_type: str) -> str:
+    """`message` (a catalog refusal) with each `field=` of the catalog renamed to the config.json field it came from."""
+    names = CONFIG_NAMES.get(model_type, {})
+    if not names:
+        return message
+    pattern = re.compile(r"(?<![\w.])(" + "|".join(re.escape(key) for key in sorted(names, key=len, reverse=True))
+                         + r")=")
+    return pattern.sub(lambda match: f"{names[match.group(1)]}=", message)
 
 
 #: model_type -> reader of the MoE fields (returns the ModelConfig fields and the config fields it read)
@@ -380,7 +439,7 @@ def model_from_hf_config(data: dict, name: str, source: str = "<config.json>") -
     try:
         return ModelConfig(**fields)
     except (ValueError, TypeError) as error:
-        raise ValueError(f"{source}: {error}") from None
+        raise ValueError(f"{source}: {_config_names(str(error), model_type)}") from None
 
 
 def _name_of(path: Path, data) -> str:

@@ -210,3 +210,19 @@ def test_a_late_start_finishes_instead_of_spinning():
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_workload_the_world_cannot_run_is_refused_naming_its_file(tmp_path, capsys, monkeypatch):
+    """robust4: `launch --nproc 2 -- run` of a workload with 3 experts ended "workload field 'num_experts': 3 is not
+    divisible by the 2 ranks" from a rank, without the file; now every rank refuses it before the rendezvous,
+    naming the file (WORLD_SIZE is what the launcher gives each rank)."""
+    workload = tmp_path / "w.yaml"
+    workload.write_text(Path(WORKLOAD).read_text().replace("num_experts: 8", "num_experts: 3"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--workload", str(workload), "--out", str(tmp_path / "o" / "t.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1
+    assert f"{workload}: workload field 'num_experts': 3 is not divisible by the 2 ranks" in err[0]
+    assert not (tmp_path / "o").exists()

@@ -55,6 +55,36 @@ def test_parser_errors():
         parse_nccl_tests("#  size  count  type  time  algbw  busbw\n 1024 256 float 3.0 0.1 0.1\n")
 
 
+def test_logs_of_other_collectives_and_of_two_runs_are_refused(tmp_path, capsys):
+    """robust4: an all_reduce_perf / all_gather_perf log (the same columns) and two runs pasted into one file were
+    fitted as an all-to-all (exit 0); each is refused naming the file and the line, before any file is written."""
+    from lshsim.cli import main
+
+    sample = (DATA / "nccl_tests_alltoall_perf.txt").read_text()
+    assert parse_nccl_tests("# Collective test starting: alltoall_perf\n" + sample).world_size == 4
+    reduction = sample.replace("none      -1", "sum      -1")
+    with pytest.raises(ValueError, match=r"log:14: redop='sum': an all-to-all reduces nothing"):
+        parse_nccl_tests(reduction, source="log")
+    with pytest.raises(ValueError, match=r"log:1: the log is a run of all_gather_perf, not alltoall_perf"):
+        parse_nccl_tests("# Collective test starting: all_gather_perf\n" + sample, source="log")
+    with pytest.raises(ValueError, match=r"log:\d+: a second nccl-tests header row \(the first at line 12\)"):
+        parse_nccl_tests(sample + sample, source="log")
+    rows = sample.splitlines()
+    last = max(i for i, row in enumerate(rows) if row.strip().startswith("1073741824"))
+    repeated = "\n".join(rows[:last + 1] + [rows[last].replace("2704.35", "27043.50")] + rows[last + 1:])
+    with pytest.raises(ValueError, match=rf"log:{last + 2}: size=1073741824 is given twice \(first at line {last + 1}\)"):
+        parse_nccl_tests(repeated, source="log")
+    for name, text in (("reduce.log", reduction), ("twice.log", sample + sample)):
+        log = tmp_path / name
+        log.write_text(text)
+        out = tmp_path / "o"
+        with pytest.raises(SystemExit) as info:
+            main(["calibrate", "--nccl-tests", str(log), "--out", str(out / "t.yaml"), "--raw", str(out / "r.json")])
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(log) in err[0] and not out.exists()
+
+
 def test_fit_is_relative_least_squares_and_refuses_nonsense():
     rng = np.random.default_rng(0)
     points = [A2APoint(m, (50e-6 + m * 0.5 / 200e9) * (1 + 0.01 * rng.standard_normal()), 2)
@@ -203,7 +233,7 @@ def test_calibrate_plot_refused_before_any_work(tmp_path, capsys):
     nccl = str(DATA / "nccl_tests_alltoall_perf.txt")
     (tmp_path / "file").write_text("x")
     for argv, words in ((["--plot", str(tmp_path / "t.yaml"), "--out", str(tmp_path / "t.yaml")],
-                         "--out and --plot are the same file"),
+                         "--out and --plot name the same file"),
                         (["--plot", str(tmp_path / "file" / "p.png")], "--plot")):
         with pytest.raises(SystemExit) as info:
             main(["calibrate", "--nccl-tests", nccl, "--gpu", "h100", *argv])

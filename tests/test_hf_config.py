@@ -61,7 +61,12 @@ def _mixtral():
     ({"hidden_size": -4}, ["hidden_size=-4"]),
     ({"expert_parallel_magic": 3}, ["unknown field expert_parallel_magic=3", "mixtral"]),
     ({"tie_word_embeddings": "no"}, ["tie_word_embeddings='no'"]),
-    ({"num_experts_per_tok": 9}, ["top_k=9 exceeds num_experts=8"]),
+    # the catalog's own checks, named by the config.json's fields (robust4: "top_k=9 exceeds num_experts=8" before)
+    ({"num_experts_per_tok": 9}, ["num_experts_per_tok=9 exceeds num_local_experts=8"]),
+    ({"num_key_value_heads": 5}, ["num_key_value_heads=5 must divide num_attention_heads=32"]),
+    # robust4: accepted before (an unknown activation planned with 2 FFN matrices; head width 4096 // 3 = 1365)
+    ({"hidden_act": "relu7"}, ["hidden_act='relu7' is not an activation"]),
+    ({"num_attention_heads": 3, "num_key_value_heads": 3}, ["num_attention_heads=3 does not divide hidden_size=4096"]),
 ])
 def test_bad_fields_are_named_with_the_file(tmp_path, change, fragments):
     path = _write(tmp_path, {**_mixtral(), **change})
@@ -83,6 +88,13 @@ def test_missing_field_is_named(tmp_path):
 @pytest.mark.parametrize("name, change, fragment", [
     ("deepseek-v3", {"moe_layer_freq": 2}, "moe_layer_freq=2 is not supported"),
     ("deepseek-v3", {"topk_group": 9}, "topk_group=9 exceeds n_group=8"),
+    # robust4: the first two were accepted before (groups of 256 / 3 experts), the last two named catalog fields
+    ("deepseek-v3", {"n_group": 3, "topk_group": 2}, "n_group=3 must divide n_routed_experts=256"),
+    ("dbrx", {"n_heads": 7}, "n_heads=7 does not divide d_model=6144"),
+    ("deepseek-v2-lite", {"first_k_dense_replace": 27}, "first_k_dense_replace=27 leaves no MoE layer among "
+                                                        "num_hidden_layers=27"),
+    ("dbrx", {"ffn_config": {"ffn_hidden_size": 8, "moe_num_experts": 4, "moe_top_k": 5}},
+     "ffn_config.moe_top_k=5 exceeds ffn_config.moe_num_experts=4"),
     ("glm-4.5", {"topk_group": 2}, "topk_group=2 exceeds n_group=1"),
     ("gpt-oss-120b", {"experts_per_token": 2}, "experts_per_token=2 disagrees with num_experts_per_tok=4"),
     ("kimi-k2", {"moe_layer_freq": 2}, "moe_layer_freq=2 is not supported"),
@@ -98,6 +110,24 @@ def test_unsupported_layouts_are_refused(tmp_path, name, change, fragment):
     with pytest.raises(ValueError) as info:
         load_hf_config(_write(tmp_path, data))
     assert fragment in str(info.value) and "config.json" in str(info.value)
+
+
+@pytest.mark.parametrize("name, key, value, matrices", [
+    ("switch-base-128", "feed_forward_proj", "gated-relu", 3),     # robust4: T5's gated-relu counted 2 matrices
+    ("switch-base-128", "feed_forward_proj", "gated-gelu", 3),
+    ("switch-base-128", "feed_forward_proj", "relu", 2),
+    ("mixtral-8x7b", "hidden_act", "gelu_pytorch_tanh", 2),
+])
+def test_activation_names_count_the_ffn_matrices(tmp_path, name, key, value, matrices):
+    data = {**json.loads((HF / f"{name}.json").read_text()), key: value}
+    assert load_hf_config(_write(tmp_path, data)).ffn_matrices == matrices
+
+
+def test_an_unknown_dbrx_activation_is_refused(tmp_path):
+    data = json.loads((HF / "dbrx.json").read_text())
+    data["ffn_config"]["ffn_act_fn"] = {"name": "swishy"}
+    with pytest.raises(ValueError, match=r"config.json: ffn_config.ffn_act_fn.name='swishy' is not an activation"):
+        load_hf_config(_write(tmp_path, data))
 
 
 def test_not_json_and_not_an_object(tmp_path):

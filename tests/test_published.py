@@ -323,6 +323,34 @@ def test_split_names_only_known_cases(tmp_path):
         load_fresh(tmp_path, key="fresh15")
 
 
+def test_published_takes_a_folder(tmp_path):
+    """robust4: a case file or a missing folder given to --published read "no case files (*.yaml)"."""
+    _write_case_file(tmp_path)
+    with pytest.raises(ValueError, match=r"a.yaml: is a file; --published takes the folder"):
+        load_cases(tmp_path / "a.yaml")
+    with pytest.raises(ValueError, match=r"nope: no such folder of published cases"):
+        load_cases(tmp_path / "nope")
+
+
+def test_split_refuses_an_unknown_set_and_an_id_listed_twice(tmp_path, capsys):
+    """robust4: a held-out set under a name no reader knows (a typo, a future fresh14) was ignored, so its cases were
+    fitted on (exit 0); an id listed twice was taken once. Both refused, by the command too, before any simulation."""
+    _write_case_file(tmp_path)
+    (tmp_path / "split.yaml").write_text("test: [x]\nfresh99: [x]\n")
+    with pytest.raises(ValueError, match=r"split.yaml: fresh99=\['x'\] is not a held-out set of split.yaml; known: "
+                                         r"test, fresh, fresh2"):
+        load_split(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["validate", "--published", str(tmp_path), "--jobs", "1", "--quiet"])
+    assert info.value.code == 2 and "fresh99" in capsys.readouterr().err
+    (tmp_path / "split.yaml").write_text("test: [x, x]\n")
+    with pytest.raises(ValueError, match=r"split.yaml: test\[1\]='x' is listed twice \(first at test\[0\]\)"):
+        load_split(tmp_path)
+    (tmp_path / "split.yaml").write_text("fresh3: [x, x]\n")
+    with pytest.raises(ValueError, match=r"split.yaml: fresh3\[1\]='x' is listed twice"):
+        load_fresh(tmp_path, key="fresh3")
+
+
 def test_ib_nccl_cases_load_and_fresh13_is_their_seeded_draw(tmp_path):
     """a2a14m: the 52 nccl-tests alltoall_perf rows of an H100 cluster with a 400 Gb/s ConnectX-class NIC per GPU
     (nic_family ib_nccl, 10 nodes x 1/2/4/8 GPUs and the first pair of nodes): the files load with their figures,

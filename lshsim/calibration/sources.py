@@ -415,6 +415,8 @@ def parse_nccl_tests(text: str, world_size: int | None = None, *, source: str = 
     processes); a contradiction is refused (`ranks_from` says which was used). The GPU is the
     device name of the `# Rank` lines.
 
+    The log must be one run of alltoall_perf: a `# Collective test starting:` line naming another test, a row
+    whose redop is not `none` (a reduction's log) and a second header row (two runs pasted together) are refused.
     Every data row must hold a whole size >= 0 (below 2**64) and a finite time > 0 of at most an
     hour (NCCL_TESTS_MAX_TIME_US), and no wrong elements (#wrong 0, where nccl-tests checked them;
     a row of size 0, which nccl-tests prints for -b 0, is skipped); any other row (NaN, negative,
@@ -427,13 +429,23 @@ def parse_nccl_tests(text: str, world_size: int | None = None, *, source: str = 
     devices: set[str] = set()
     n_gpus = n_thread = None
     points_raw = []
+    header_line = None
+    sizes: dict[int, int] = {}      # size -> the line of its row
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if not stripped:
             continue
         if stripped.startswith("#"):
             body = stripped.lstrip("#").split()
+            test = re.match(r"#\s*Collective test starting:\s*(\S+)", stripped)
+            if test and not test.group(1).startswith("alltoall"):
+                raise ValueError(f"{source}:{number}: the log is a run of {test.group(1)}, not alltoall_perf: only "
+                                 f"nccl-tests' all-to-all calibrates the all-to-all")
             if body[:2] == ["size", "count"] or (len(body) > 2 and body[0] == "size" and "count" in body):
+                if header_line is not None:     # two runs pasted into one file: their rows and ranks would mix
+                    raise ValueError(f"{source}:{number}: a second nccl-tests header row (the first at line "
+                                     f"{header_line}): the file holds more than one run; give one run per file")
+                header_line = number
                 columns = body
                 if "time" not in columns:
                     raise ValueError(f"{source}:{number}: the header row has no 'time' column: {stripped!r}")
@@ -455,6 +467,10 @@ def parse_nccl_tests(text: str, world_size: int | None = None, *, source: str = 
         where = f"{source}:{number}"
         if len(tokens) < columns.index("time") + 1:
             raise ValueError(f"{where}: the row has {len(tokens)} fields, the header {len(columns)}: {stripped!r}")
+        if "redop" in columns and tokens[columns.index("redop")] != "none":
+            raise ValueError(f"{where}: redop={tokens[columns.index('redop')]!r}: an all-to-all reduces nothing "
+                             f"(alltoall_perf prints none); this is the log of a reduction (all_reduce_perf, "
+                             f"reduce_scatter_perf, ...), not of alltoall_perf")
         size_text, time_text = tokens[columns.index("size")], tokens[columns.index("time")]
         if not re.fullmatch(r"\d+", size_text):
             raise ValueError(f"{where}: size={size_text!r} must be a whole number of bytes >= 0")
@@ -474,6 +490,10 @@ def parse_nccl_tests(text: str, world_size: int | None = None, *, source: str = 
         if wrong is not None and wrong < len(tokens) and re.fullmatch(r"\d+", tokens[wrong]) and int(tokens[wrong]):
             raise ValueError(f"{where}: #wrong={tokens[wrong]} (size {size}): nccl-tests found wrong elements in "
                              f"this all-to-all's output; a row with #wrong > 0 is not a measurement to fit")
+        if size in sizes:     # nccl-tests prints each size once a run: an edited or pasted log
+            raise ValueError(f"{where}: size={size} is given twice (first at line {sizes[size]}): one run of "
+                             f"nccl-tests times each size once")
+        sizes[size] = number
         points_raw.append((size, time_us))
     if columns is None:
         raise ValueError(f"{source}: no nccl-tests header row ('# size count type ... time algbw busbw') found")

@@ -275,11 +275,13 @@ def run(args) -> int:
     import time
 
     from lshsim.sim.moe_step import compare_options, plan_options
-    from lshsim.io import prepare_output
+    from lshsim.io import check_distinct_outputs, prepare_output
     from lshsim.models import load_model
 
     for option in ("plot", "trace", "chrome_trace"):
         prepare_output(getattr(args, option), "--" + option.replace("_", "-"))
+    check_distinct_outputs([("--plot", args.plot), ("--trace", args.trace), ("--chrome-trace", args.chrome_trace)],
+                           [("--model", args.model), ("--cluster", args.cluster)])
     if args.sweep:
         if args.trace or args.chrome_trace or args.plot:
             raise ValueError("--plot, --trace and --chrome-trace draw or write one plan; they do not go with --sweep")

@@ -60,11 +60,12 @@ def run(args) -> int:
 
     from lshsim import reproduce as R
     from lshsim.cli._progress import ProgressLines
-    from lshsim.io import prepare_output
+    from lshsim.io import check_distinct_outputs, prepare_output
     from lshsim.models import list_models, load_model
     from lshsim.topology.spec import list_topologies
 
     prepare_output(args.plot, "--plot")
+    check_distinct_outputs([("--plot", args.plot)], [("--figures", args.figures)])
     figure_set = R.load_figures(args.figures)
     R.check_references(figure_set, list_models(), list_topologies())
     figures = R.select(figure_set, args.paper)

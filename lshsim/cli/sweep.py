@@ -45,7 +45,7 @@ def run(args) -> int:
 
     from lshsim.cli import _render
     from lshsim.cli._progress import ProgressLines
-    from lshsim.io import prepare_output
+    from lshsim.io import check_distinct_outputs, prepare_output
     from lshsim.sweep import load_grid, plot_sweep, run_sweep
 
     grid_path = Path(args.grid)
@@ -61,6 +61,7 @@ def run(args) -> int:
                          "is not a dependency)")
     prepare_output(out, "--out")
     prepare_output(args.plot, "--plot")
+    check_distinct_outputs([("--out", out), ("--plot", args.plot)], [("the grid", args.grid)])
     progress = ProgressLines("sweep", quiet=args.quiet)
     from lshsim.models import load_model
 

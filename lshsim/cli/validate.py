@@ -96,7 +96,7 @@ def add_parser(subparsers):
 def run(args) -> int:
     import numpy as np
 
-    from lshsim.io import prepare_output
+    from lshsim.io import check_distinct_outputs, prepare_output
 
     if args.published is not None:
         if args.traces or args.topology:
@@ -109,6 +109,7 @@ def run(args) -> int:
         raise ValueError("give trace files, or --published")
 
     prepare_output(args.plot, "--plot")
+    check_distinct_outputs([("--plot", args.plot)], [("a trace", t) for t in args.traces] + [("--topology", args.topology)])
     from lshsim.sim.validate import a2a_errors, plot_validations, validate_trace_file
 
     validations = [validate_trace_file(path, args.topology) for path in args.traces]   # errors name the file

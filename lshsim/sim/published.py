@@ -153,6 +153,10 @@ PUBLISHED_MAX_GBPS = bounds.maximum("published_GBps")     # 1e4, lshsim.bounds
 def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
     """Every case of every `*.yaml` in `folder` but split.yaml; errors name the file, field and value."""
     folder = Path(folder)
+    if folder.is_file():
+        raise ValueError(f"{folder}: is a file; --published takes the folder of the case files and its split.yaml")
+    if not folder.exists():
+        raise ValueError(f"{folder}: no such folder of published cases")
     files = sorted(p for p in folder.glob("*.yaml") if p.name != "split.yaml")
     if not files:
         raise ValueError(f"{folder}: no case files (*.yaml)")
@@ -305,10 +309,16 @@ def load_split(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = No
     test = doc.get("test") if isinstance(doc, dict) else None
     if not isinstance(test, list) or not test:
         raise ValueError(f"{path.name}: test must be a non-empty list of case ids")
+    unknown = sorted((key for key in doc if key != "test" and key not in FRESH_SETS), key=str)
+    if unknown:     # a held-out set under a name no reader knows: its cases would be fitted on
+        raise ValueError(f"{path.name}: {unknown[0]}={doc[unknown[0]]!r:.60} is not a held-out set of split.yaml; "
+                         f"known: test, {', '.join(FRESH_SETS)} (the cases of any other key would be fitted on)")
     known = {c.id for c in (load_cases(folder) if cases is None else cases)}
     for i, cid in enumerate(test):
         if not isinstance(cid, str) or cid not in known:    # a list: unhashable (a traceback)
             raise ValueError(f"{path.name}: test[{i}]={cid!r} is not a case id")
+        if cid in test[:i]:
+            raise ValueError(f"{path.name}: test[{i}]={cid!r} is listed twice (first at test[{test.index(cid)}])")
     return set(test)
 
 
@@ -336,6 +346,8 @@ def load_fresh(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = No
     for i, cid in enumerate(fresh):
         if not isinstance(cid, str) or cid not in known:
             raise ValueError(f"{path.name}: {key}[{i}]={cid!r} is not a case id")
+        if cid in fresh[:i]:
+            raise ValueError(f"{path.name}: {key}[{i}]={cid!r} is listed twice (first at {key}[{fresh.index(cid)}])")
         if cid in test:
             raise ValueError(f"{path.name}: {key}[{i}]={cid!r} is also a test case")
         for other, ids in others.items():
