@@ -1045,3 +1045,28 @@ def test_validate_published_stars_a_held_out_case_outside_its_fit_sizes(tmp_path
     assert main(argv + ["--json"]) == 0
     rows = {r["id"]: r["within_fitting_range"] for r in json.loads(capsys.readouterr().out)["rows"]}
     assert rows == {"a16d": True, "a16c": True, "a32d": True, "a32c": True, "b16d": False}
+
+
+def test_a_family_with_no_more_cases_than_fitted_values_is_reported(tmp_path, capsys):
+    """A user's folder whose family has 3 fitting all-to-all cases for its 3 fitted values (efficiency, start-up,
+    cost per remote peer): validate says its fitting error is no measure of accuracy; no shipped family is so."""
+    from types import SimpleNamespace
+
+    import yaml
+
+    from lshsim.cli import main as cli_main
+    from lshsim.sim.published import FRESH_SETS, combine_limited, exact_fits
+
+    doc = yaml.safe_load((PUBLISHED_DIR / "nccl-b300kit-alltoall.yaml").read_text())
+    doc["cases"] = doc["cases"][:4]
+    (tmp_path / "kit.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    (tmp_path / "split.yaml").write_text(f"test: [{doc['cases'][3]['id']}]\n")
+    out = validate_published(tmp_path, efficiency_grid=(0.8, 0.9, 1.0), leave_one_out=False)
+    assert out["exact_fits"] == {doc["nic_family"]: {"cases": 3, "fitted_values": 3}}
+    assert cli_main(["validate", "--published", str(tmp_path), "--quiet"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert f"note: NIC family {doc['nic_family']} has 3 fitting case(s) for 3 fitted values" in printed
+    cases = load_cases(PUBLISHED_DIR)
+    held = load_split(PUBLISHED_DIR, cases).union(*(load_fresh(PUBLISHED_DIR, cases, k) for k in FRESH_SETS))
+    runs = [SimpleNamespace(case=c, limited=combine_limited(c)) for c in cases if c.id not in held]
+    assert exact_fits(runs) == {}

@@ -253,6 +253,10 @@ def _run_published(args) -> int:
 
     for name in ("fitting", "test", *FRESH_SETS, "leave_one_out"):
         line(name.replace("_", "-"), out.get(name))
+    for family, fit in out.get("exact_fits", {}).items():
+        console.print(f"note: NIC family {family} has {fit['cases']} fitting case(s) for {fit['fitted_values']} fitted "
+                      f"values: as many values as cases (or more), so its fitting error is no measure of accuracy; judge "
+                      f"it by leave-one-out and held-out cases", soft_wrap=True)
     for group, parts in out["by_source"].items():
         for role in ("fitting", "test", *FRESH_SETS):
             line(f"{group} {role}", parts.get(role))

@@ -672,6 +672,41 @@ def _fit_alltoall(runs: list[CaseRun], eff: float) -> tuple[dict, float, float]:
     return {"alltoall": float(x[0])}, float(x[1]), cost
 
 
+def fitted_values(runs: list[CaseRun]) -> int:
+    """How many values `fit_calibration` fits on one NIC family's fitting runs: the NIC efficiency; with normal-kernel
+    runs one start-up (and, with combine-limited runs, the combine ceiling); with low-latency runs a start-up per
+    operation and one cost per message; with all-to-all runs a start-up and one cost per remote peer.
+
+    >>> from types import SimpleNamespace as NS
+    >>> run = lambda kind, op, limited=False: NS(case=NS(kind=kind, op=op), limited=limited)
+    >>> fitted_values([run("alltoall", "alltoall")] * 3), fitted_values([run("low_latency", "dispatch"),
+    ...     run("low_latency", "combine"), run("normal", "combine", True)])
+    (3, 6)
+    """
+    values = 1
+    if any(r.case.kind == "normal" for r in runs):
+        values += 1 + any(r.limited for r in runs)
+    low_ops = {r.case.op for r in runs if r.case.kind == "low_latency"}
+    if low_ops:
+        values += len(low_ops) + 1
+    if any(r.case.kind == "alltoall" for r in runs):
+        values += 2
+    return values
+
+
+def exact_fits(runs: list[CaseRun]) -> dict:
+    """The NIC families whose fitting runs number no more than the values fitted on them (`fitted_values`):
+    {family: {"cases": n, "fitted_values": p}}. Such a fit has a value per case (or more), so its fitting error is no
+    measure of accuracy (a user's own folder of a few cases; every family of the shipped data has more cases)."""
+    out = {}
+    for family in sorted({r.case.nic_family for r in runs}):
+        mine = [r for r in runs if r.case.nic_family == family]
+        values = fitted_values(mine)
+        if len(mine) <= values:
+            out[family] = {"cases": len(mine), "fitted_values": values}
+    return out
+
+
 def fit_calibration(runs: list[CaseRun], test_ids: set[str], grid: tuple | None = None) -> Calibration:
     """Per NIC family, independently: a grid over the NIC efficiency (default: the runs' simulated efficiencies;
     every run must hold a simulated time for each), restricted to efficiencies >= the family's demonstrated floor
@@ -977,6 +1012,7 @@ def _validate(cases, chosen, test_ids, fresh_ids, held_out, grid, seed, leave_on
            "fitting_ranges": {f"{family}/{kind}": list(span) for (family, kind), span in sorted(ranges.items())},
            "rows": rows,
            "fitting": _summary([r for r in rows if r["role"] == "fitting"]),
+           "exact_fits": exact_fits(fitting),
            "test": _summary([r for r in rows if r["role"] == "test"]),
            **{key: _summary([r for r in rows if r["role"] == key]) for key in FRESH_SETS},
            "by_source": {g: {role: _summary([r for r in rows if r["role"] == role and r["source_group"] == g])
