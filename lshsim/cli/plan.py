@@ -257,10 +257,10 @@ def _warn_slow_exact(progress, fidelity: dict, world_size: int) -> None:
 
     if fidelity["mode"] != "exact" or fidelity["chosen"] != "flag" or world_size <= AUTO_EXACT_MAX_GPUS:
         return
+    auto = auto_fidelity(world_size)
     progress.line(f"--fidelity exact on {world_size} GPUs simulates every flow of every all-to-all: this can take "
-                  f"many minutes (auto would use {auto_fidelity(world_size)}"
-                  + (f" {DEFAULT_DRAIN_TOLERANCE:g}" if auto_fidelity(world_size) == "tolerance" else "")
-                  + "); each option's last line says about how long is left")
+                  f"many minutes (auto would use {auto}{f' {DEFAULT_DRAIN_TOLERANCE:g}' if auto == 'tolerance' else ''}"
+                  "); each option's done line says about how long is left")
 
 
 def _world_size(graph) -> int:
@@ -292,10 +292,11 @@ def run(args) -> int:
     selected = _plan_config(args, model)
     options = plan_options(selected, locmoe_share=args.locality_share)
     graph = _load_cluster(args.cluster, [model], selected, options)
-    fidelity = _fidelity(args, _world_size(graph))
+    world_size = _world_size(graph)
+    fidelity = _fidelity(args, world_size)
     started = time.perf_counter()
     progress = OptionProgress(started)
-    _warn_slow_exact(progress, fidelity, _world_size(graph))
+    _warn_slow_exact(progress, fidelity, world_size)
     cache_stats: dict = {}
     rows = compare_options(model, graph, options, drain_tolerance=fidelity["drain_tolerance"],
                            share_cache=not args.no_a2a_cache, progress=progress, cache_stats=cache_stats,
