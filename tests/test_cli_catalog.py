@@ -49,3 +49,36 @@ def test_tables_and_refusals(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["catalog", "--models", "--clusters"])
     assert stop.value.code == 2
+
+
+def test_one_entry_shows_its_sizes_and_file(capsys):
+    assert main(["catalog", "deepseek-v3"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("model deepseek-v3: 61 layers (58 MoE), 256 + 1 shared experts, top-8")
+    assert "config.json n_routed_experts 256" in text             # the file's own source comments
+    assert main(["catalog", "published/p5en-h200-efa-2x8"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("cluster published/p5en-h200-efa-2x8: 16 GPUs (2 x 8), h200") and "UCCL-EP" in text
+    (item,) = _json(capsys, "h100-ib-rail-8x8")
+    assert item["kind"] == "cluster" and item["sizes"]["gpus"] == 64 and item["text"].startswith("name: h100-ib-rail")
+
+
+def test_an_unknown_entry_and_a_name_with_list_options_are_refused(capsys):
+    for argv, words in ((["catalog", "nope"], "catalog 'nope': no model or cluster of that name; models: dbrx"),
+                        (["catalog", "deepseek-v3", "--models"], "with a NAME, catalog shows that entry")):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(monkeypatch):
+    """`lshsim catalog NAME | head -1`: standard output's reader closes it; exit 1, no BrokenPipeError traceback."""
+    import io
+    import sys
+
+    class Closed(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", Closed())
+    assert main(["catalog", "deepseek-v3"]) == 1

@@ -150,7 +150,22 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None, run, la
     except INPUT_ERRORS as error:
         remove_created_empty_folders()  # an output check's new folder, still empty: not left behind
         parser.exit(2, f"{label} {args.command}: error: {one_line(error)}\n")
+    except BrokenPipeError:
+        # the reader of standard output went away (`lshsim catalog | head`): stop quietly, as a Unix tool does, with
+        # no traceback; standard output goes to /dev/null so that the interpreter's own flush at exit cannot fail
+        _silence_stdout()
+        return 1
     return 0
+
+
+def _silence_stdout() -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):      # not a real file (a test's stand-in): nothing to redirect
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,10 +7,11 @@ active count), the published routing and whether it is dropless. Clusters: GPUs 
 node), the GPU, the link inside a node, the network between nodes (its kind, NICs per node x Gb/s,
 oversubscription) and the description. Clusters in sub-folders (`published/...`, the topologies of
 `validate --published`, and `calibrated/...`, the executor's calibrated ones) are listed with `--all`.
+`lshsim catalog NAME` shows one model or cluster: its sizes and its whole file (sources, assumptions).
 """
 from __future__ import annotations
 
-__all__ = ["add_parser", "run", "model_rows", "cluster_rows"]
+__all__ = ["add_parser", "run", "model_rows", "cluster_rows", "entry"]
 
 
 def add_parser(subparsers):
@@ -18,6 +19,8 @@ def add_parser(subparsers):
         "catalog", help="list the shipped models and clusters with their sizes",
         description="List the shipped models (models/configs) and clusters (data/topologies) that `plan`, "
                     "`sweep` and `simulate` take by name, with their sizes. Both by default.")
+    p.add_argument("name", nargs="?", default=None,
+                   help="one model or cluster to show: its sizes and its whole file (sources and assumptions)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--models", action="store_true", help="the models only")
     which.add_argument("--clusters", action="store_true", help="the clusters only")
@@ -68,6 +71,30 @@ def cluster_rows(include_subfolders: bool = False) -> list[dict]:
     return rows
 
 
+def entry(name: str) -> list[dict]:
+    """The catalog entries named `name` (a model, a cluster, or both where the names agree): each {"kind": "model" or
+    "cluster", "name", "file" (its path), "sizes" (the row of `model_rows` / `cluster_rows`),
+    "text" (the file as shipped)}. An unknown name is a ValueError listing the known ones."""
+    from lshsim.models import list_models
+    from lshsim.models.catalog import _config_files
+    from lshsim.topology.spec import list_topologies, topology_dir
+
+    found = []
+    if name in list_models():
+        sizes = next(r for r in model_rows() if r["name"] == name)
+        found.append({"kind": "model", "name": name, "file": str(_config_files()[name]), "sizes": sizes,
+                      "text": _config_files()[name].read_text()})
+    if name in list_topologies():
+        sizes = next(r for r in cluster_rows(include_subfolders=True) if r["name"] == name)
+        path = topology_dir() / f"{name}.yaml"
+        found.append({"kind": "cluster", "name": name, "file": str(path), "sizes": sizes, "text": path.read_text()})
+    if not found:
+        raise ValueError(f"catalog {name!r}: no model or cluster of that name; models: {', '.join(list_models())}; "
+                         f"clusters: {', '.join(t for t in list_topologies() if '/' not in t)} (and the sub-folders' "
+                         f"of `lshsim catalog --clusters --all`)")
+    return found
+
+
 def _billions(count: int | None) -> str:
     """A parameter count: 0.154B, 671B, 1.03T (M below 1e8)."""
     if count is None:
@@ -111,6 +138,26 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 def run(args) -> int:
     from lshsim.cli import _render
 
+    if args.name is not None:
+        if args.models or args.clusters or args.all:
+            raise ValueError("--models, --clusters and --all list the catalog; with a NAME, catalog shows that entry")
+        found = entry(args.name)
+        if args.json:
+            _render.print_json(found)
+            return 0
+        for item in found:
+            r = item["sizes"]
+            if item["kind"] == "model":
+                shared = f" + {r['shared_experts']} shared" if r["shared_experts"] else ""
+                what = (f"{r['num_layers']} layers ({r['moe_layers']} MoE), {r['experts']}{shared} experts, top-{r['top_k']}, "
+                        f"d {r['d_model']}, expert FFN {r['d_ffn']}, {_billions(r['parameters'])} parameters "
+                        f"({_billions(r['active_parameters'])} active), {r['router']}"
+                        + (", dropless" if r["dropless"] else ""))
+            else:
+                what = (f"{r['gpus']} GPUs ({r['nodes']} x {r['gpus_per_node']}), {r['gpu']}, {r['intra']} inside a node, "
+                        f"between nodes: {_network(r['inter'])}")
+            print(f"{item['kind']} {item['name']}: {what}\n{item['file']}:\n{item['text'].rstrip()}\n")
+        return 0
     out = {}
     if not args.clusters:
         out["models"] = model_rows()
