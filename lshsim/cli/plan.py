@@ -60,10 +60,10 @@ def add_parser(subparsers):
                                           "all-to-all share, and the speedup of each option over the baseline (top-k, "
                                           "no LSH, direct all-to-all).")
     p.add_argument("--model", default=_PLAN_DEFAULT_MODEL, type=arg_name,
-                   help=f"a model of the catalog (models/configs; an unknown name is refused with the list), a model "
+                   help=f"a model of the catalog (models/configs; `lshsim catalog --models` lists them), a model "
                         f"YAML or a Hugging Face config.json (default {_PLAN_DEFAULT_MODEL})")
     p.add_argument("--cluster", default=_PLAN_DEFAULT_CLUSTER, type=arg_name,
-                   help=f"a topology of data/topologies (an unknown name is refused with the list) or a topology "
+                   help=f"a topology of data/topologies (`lshsim catalog --clusters` lists them) or a topology "
                         f"YAML (default {_PLAN_DEFAULT_CLUSTER})")
     p.add_argument("--router", default="topk",
                    help="topk | hash | expert_choice | locmoe | node_limited | topk_collapsed, or a registered router "
