@@ -530,7 +530,7 @@ def load_model(name_or_path: str | Path) -> ModelConfig:
     files = _config_files()
     if text not in files:
         raise ValueError(f"unknown model {text!r}; known: {', '.join(sorted(files))} (or a path to a .yaml file "
-                         "or to a Hugging Face config.json)")
+                         "or to a Hugging Face config.json; `lshsim catalog --models` lists them with their sizes)")
     return _parse(files[text].read_text(), text, text)
 
 

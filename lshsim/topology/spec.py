@@ -533,7 +533,8 @@ def unknown_topology_message(text: str, known: list[str]) -> str:
     besides = ", ".join(f"{count} under {folder}/" for folder, count in sorted(others.items()))
     hint = f"did you mean {', '.join(near[:6])}? " if near else ""
     return (f"topology {text!r} is unknown; {hint}known: {', '.join(base)}"
-            + (f" (and {besides} of {topology_dir()})" if besides else "") + "; or pass a .yaml file")
+            + (f" (and {besides} of {topology_dir()})" if besides else "")
+            + "; or pass a .yaml file (`lshsim catalog --clusters` lists the shipped ones with their sizes)")
 
 
 def read_spec(name_or_path: str | Path) -> tuple[dict, str]:
