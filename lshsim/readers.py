@@ -77,14 +77,16 @@ _Dumper.add_implicit_resolver("tag:yaml.org,2002:float", YAML_FLOAT, list("-+012
 
 
 def read_text(path: str | Path, what: str = "file") -> str:
-    """The text of `path`; ValueError naming the file if it is missing, a folder, unreadable or not UTF-8."""
+    """The text of `path`; ValueError naming the file if it is missing, a folder, unreadable or not UTF-8. A UTF-8
+    byte-order mark (what some Windows editors write first) is dropped, so that such a JSON or YAML file reads as
+    the same file without it."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{what} {str(path)!r} does not exist")
     if path.is_dir():
         raise ValueError(f"{what} {str(path)!r} is a folder, not a file")
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text (byte {error.start})") from None
     except OSError as error:

@@ -170,3 +170,18 @@ def test_generic_pretrained_config_fields_are_ignored_also_in_nested_configs(tmp
     data["attn_config"].update(top_k=50, attn_pdrop=0)
     data.update(output_router_logits=False, initializer_range=0.02)
     assert load_hf_config(_write(tmp_path, data, "dbrx.json")).num_parameters == load_model("dbrx").num_parameters
+
+
+def test_a_byte_order_mark_is_read_as_the_same_file(tmp_path):
+    """A config.json or model YAML saved with a UTF-8 byte-order mark (some Windows editors write one) reads as the
+    file without it (robust4: it was refused, 'Unexpected UTF-8 BOM')."""
+    import dataclasses
+
+    from lshsim.models.catalog import _config_files
+
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "mixtral-8x7b.json").write_bytes(bom + (HF / "mixtral-8x7b.json").read_bytes())
+    with_bom, plain = load_model(tmp_path / "mixtral-8x7b.json"), load_model(HF / "mixtral-8x7b.json")
+    assert dataclasses.replace(with_bom, source=plain.source) == plain     # the source names the file read
+    (tmp_path / "dbrx.yaml").write_bytes(bom + _config_files()["dbrx"].read_bytes())
+    assert load_model(tmp_path / "dbrx.yaml") == load_model("dbrx")
