@@ -10,7 +10,8 @@ keeps pip offline. What it checks:
   venv's site-packages, not from the checkout, no top-level `executor` or `models` package was
   installed, and the model catalog's YAML files came with `lshsim.models`;
 - the `lshsim` console script of the fresh venv runs (`--help`, `plan --help`, a simulation on a
-  shipped topology, which the install placed under <prefix>/share/lshsim);
+  shipped topology, which the install placed under <prefix>/share/lshsim, and `catalog`, which lists
+  and shows the installed files);
 - `python -m lshsim.executor --help` runs (the entry point torchrun uses);
 - building the parser of `lshsim` imports no torch.
 """
@@ -93,6 +94,11 @@ def test_console_script_and_executor_entry_point(installed):
     simulated = json.loads(_run([lshsim, "simulate", "--topology", "h100-nvswitch", "--traffic", "uniform:64MB",
                                  "--json"], cwd, env).stdout)
     assert simulated["topology"] == "h100-nvswitch" and simulated["time_s"] > 0
+    listed = json.loads(_run([lshsim, "catalog", "--json"], cwd, env).stdout)       # the installed files, listed
+    assert "deepseek-v3" in [m["name"] for m in listed["models"]]
+    assert "h100-nvswitch" in [c["name"] for c in listed["clusters"]]
+    (shown,) = json.loads(_run([lshsim, "catalog", "h100-nvswitch", "--json"], cwd, env).stdout)
+    assert Path(shown["file"]).is_relative_to(venv) and shown["text"].startswith("name: h100-nvswitch")
     assert "calibrate" in _run([python, "-m", "lshsim.executor", "--help"], cwd, env).stdout
     code = "import sys, lshsim.cli; lshsim.cli.build_parser(); print('torch' in sys.modules)"
     assert _run([python, "-c", code], cwd, env).stdout.strip() == "False"
