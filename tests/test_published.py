@@ -26,6 +26,8 @@ ELEVENTH = ("azure-h100-deepep-normal",)                                        
 TWELFTH = ("nccl-b300kit-alltoall", "b300kit-deepep-v1-normal")                    # the twelfth round's files (pub14l)
 THIRTEENTH = ("nccl-ntc-h100-",)                            # NCCL all-to-all over ConnectX, H100 (a2a14m): ib_nccl
 FOURTEENTH = ("rccl-oci-mi355x-",)            # RCCL all-to-all on OCI MI355X + Pollara (pub14m): ib_nccl stands in
+FIFTEENTH = ("rccl-amdkit-mi355x-",)          # RCCL all-to-all on 2 x 8 MI355X + AINIC, 256 B - 4 GiB (pub15): the same
+AMDKIT = "https://github.com/prasad-nair-amd/alibaba/blob/5410faae975d9948ccc5482b91c42188179a1f97/README.md"
 OCI = ("https://github.com/oracle-quickstart/oci-gpu-quickstarts/blob/6a0abdc78b574b28eb10926387615c8414ed8c1d/"
        "amd/MI355X/README-MI355X-Pollara.md")
 NTC = "https://github.com/xxrjun/nccl-tests-cluster/blob/455de4f8dee2fa94cd4044a7109fd8c576f9e6c1/"
@@ -33,7 +35,7 @@ NTC = "https://github.com/xxrjun/nccl-tests-cluster/blob/455de4f8dee2fa94cd4044a
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 335 and len({c.id for c in cases}) == 335
+    assert len(cases) == 360 and len({c.id for c in cases}) == 360
     test = load_split(PUBLISHED_DIR, cases)      # the cases read once, handed to each reader
     third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
     fourth = {c.id for c in cases if c.file.startswith("aws-") and not c.file.startswith(NINTH)}   # the fourth round: fresh3
@@ -55,7 +57,7 @@ def test_shipped_cases_and_split():
     assert fresh5 == sixth and len(fresh5) == 14 and not fresh5 & (test | fresh | fresh2 | fresh3 | fresh4)
     # the plain all-to-all cases (a2a14g): fresh6 is their test draw, the rule of split.yaml redone here
     fresh6 = load_fresh(PUBLISHED_DIR, cases, key="fresh6")
-    a2a = [c for c in cases if c.kind == "alltoall" and not c.file.startswith(TWELFTH + THIRTEENTH + FOURTEENTH)]  # a2a14g's
+    a2a = [c for c in cases if c.kind == "alltoall" and not c.file.startswith(TWELFTH + THIRTEENTH + FOURTEENTH + FIFTEENTH)]  # a2a14g's
     groups = {}
     for c in a2a:
         groups.setdefault((c.file, c.nodes), []).append(c.id)
@@ -94,6 +96,11 @@ def test_shipped_cases_and_split():
     assert fresh14 == fourteenth and len(fresh14) == 4                                # the fourteenth round (pub14m)
     assert not fresh14 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7 | fresh8 | fresh9 | fresh10
                           | fresh11 | fresh12 | fresh13)
+    fresh15 = load_fresh(PUBLISHED_DIR, cases, key="fresh15")
+    fifteenth = {c.id for c in cases if c.file.startswith(FIFTEENTH)}
+    assert fresh15 == fifteenth and len(fresh15) == 25                               # the fifteenth round (pub15)
+    assert not fresh15 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7 | fresh8 | fresh9 | fresh10
+                          | fresh11 | fresh12 | fresh13 | fresh14)
     for family, held in (("efa_nccl", 5), ("efa_v1_nccl", 17)):    # each family has test and fitting cases
         mine = {c.id for c in a2a if c.nic_family == family}
         assert len(mine & fresh6) == held and mine - fresh6
@@ -130,6 +137,10 @@ def test_shipped_cases_and_split():
             assert c.kind == "alltoall" and c.counts == "busbw" and c.nic_family == "ib_nccl" and c.group == "oci-rccl"
             assert c.source == OCI and (c.ep, c.nodes) in ((16, 2), (32, 4)) and c.element_bytes == 4
             assert c.topology == f"published/oci-mi355x-pollara-{c.nodes}x8" and c.size_bytes in (2 ** 33, 2 ** 34)
+        elif c.file.startswith(FIFTEENTH):                    # pub15: RCCL on 2 x 8 MI355X + AINIC (fresh15)
+            assert c.kind == "alltoall" and c.counts == "busbw" and c.nic_family == "ib_nccl" and c.group == "amdkit-rccl"
+            assert c.source == AMDKIT and (c.ep, c.nodes) == (16, 2) and c.element_bytes == 4
+            assert c.topology == "published/amdkit-mi355x-ainic-2x8" and c.size_bytes in [2 ** k for k in range(8, 33)]
         elif c.kind == "alltoall":                            # nccl-tests alltoall_perf rows (a2a14g)
             assert c.file.startswith("nccl-") and c.counts == "busbw" and c.size_bytes % (c.ep * 4) == 0
             assert c.source.startswith(("https://github.com/awslabs/awsome-distributed-ai/blob/",
@@ -312,15 +323,16 @@ def test_split_names_only_known_cases(tmp_path):
     for earlier, later in [("fresh", "fresh2"), ("fresh2", "fresh3"), ("fresh3", "fresh4"), ("fresh4", "fresh5"),
                            ("fresh5", "fresh6"), ("fresh6", "fresh7"), ("fresh7", "fresh8"),
                            ("fresh8", "fresh9"), ("fresh9", "fresh10"), ("fresh10", "fresh11"),
-                           ("fresh11", "fresh12"), ("fresh12", "fresh13"), ("fresh13", "fresh14")]:
+                           ("fresh11", "fresh12"), ("fresh12", "fresh13"), ("fresh13", "fresh14"),
+                           ("fresh14", "fresh15")]:
         (tmp_path / "split.yaml").write_text(f"{earlier}: [x]\n{later}: [x]\n")
         with pytest.raises(ValueError, match=rf"split.yaml: {later}\[0\]='x' is also in {earlier}"):
             load_fresh(tmp_path, key=later)
     (tmp_path / "split.yaml").write_text("test: [x]\nfresh5: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh5\[0\]='x' is also a test case"):
         load_fresh(tmp_path, key="fresh5")
-    with pytest.raises(ValueError, match=r"key='fresh15' must be one of"):
-        load_fresh(tmp_path, key="fresh15")
+    with pytest.raises(ValueError, match=r"key='fresh16' must be one of"):
+        load_fresh(tmp_path, key="fresh16")
 
 
 def test_published_takes_a_folder(tmp_path):
@@ -360,9 +372,9 @@ def test_ib_nccl_cases_load_and_fresh13_is_their_seeded_draw(tmp_path):
     cases = load_cases()
     ntc = [c for c in cases if c.file.startswith(THIRTEENTH)]
     assert len(ntc) == 52 and {c.nic_family for c in ntc} == {"ib_nccl"}
-    # the only other ib_nccl cases: pub14m's RCCL rows, where the family stands in, all of them held out (fresh14)
+    # the only other ib_nccl cases: pub14m's and pub15's RCCL rows, where the family stands in, all of them held out
     assert {c.id for c in cases if c.nic_family == "ib_nccl" and not c.file.startswith(THIRTEENTH)} == \
-        load_fresh(PUBLISHED_DIR, cases, key="fresh14")
+        load_fresh(PUBLISHED_DIR, cases, key="fresh14") | load_fresh(PUBLISHED_DIR, cases, key="fresh15")
     by_id = {c.id: c for c in ntc}
     assert (by_id["ntc-h100-g8-ep80-32MiB"].size_bytes, by_id["ntc-h100-g8-ep80-32MiB"].published_GBps) == (33553920, 34.15)
     assert by_id["ntc-h100-g8-ep16-16GiB"].published_GBps == 92.04 and by_id["ntc-h100-g1-ep10-16GiB"].published_GBps == 44.66
@@ -435,6 +447,40 @@ def test_oci_rccl_cases_read_as_the_page_prints_them(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
     with pytest.raises(ValueError, match=r"bad.yaml: cases\[0\].element_bytes=3"):
         load_cases(tmp_path)
+
+
+def test_amdkit_rccl_cases_read_as_the_log_prints_them():
+    """pub15: the 25 out-of-place rows (256 B - 4 GiB) of the multi-node rccl-tests alltoall_perf log of an MI355X + AINIC
+    validation guide (16 ranks, floats): each figure is size x 15 / 16 / the printed time (4 significant figures) and
+    agrees with the printed busbw within its 0.01 rounding, the count column gives 16 ranks, the topology holds 8 x 400
+    Gb/s per node, every case is in fresh15 only, and the fit refuses them."""
+    from lshsim.sim.published import FRESH_SETS
+    from lshsim.topology.spec import read_spec
+
+    cases = load_cases()
+    kit = {c.size_bytes: c for c in cases if c.file.startswith(FIFTEENTH)}
+    # (size, count column, out-of-place time us, printed out-of-place busbw) as the log prints them (a few rows)
+    rows = [(256, 4, 38.61, 0.01), (65536, 1024, 36.97, 1.66), (1048576, 16384, 54.99, 17.88),
+            (4194304, 65536, 87.84, 44.76), (8388608, 131072, 160.22, 49.09), (33554432, 524288, 401.10, 78.43),
+            (4294967296, 67108864, 44361.2, 90.77)]
+    assert sorted(kit) == [2 ** k for k in range(8, 33)]          # 256 B - 4 GiB, 8 / 16 GiB left out (fresh14's)
+    for size, count, time_us, busbw in rows:
+        c = kit[size]
+        assert size // 4 // count == c.ep == 16 and c.nodes == 2
+        assert c.published_GBps == float(f"{size * 15 / 16 / time_us / 1e3:.4g}")
+        assert c.published_GBps == pytest.approx(busbw, abs=0.01 + 1e-9)    # both rounded: <= 0.005 each
+        assert alltoall_per_peer_bytes(c) * c.ep == size
+    spec, _ = read_spec("published/amdkit-mi355x-ainic-2x8")
+    assert (spec["nodes"], spec["gpus_per_node"], spec["inter"]["nics_per_node"], spec["inter"]["nic_gbps"]) == (2, 8, 8, 400)
+    fresh15 = load_fresh(PUBLISHED_DIR, cases, key="fresh15")
+    assert fresh15 == {c.id for c in kit.values()}
+    others = load_split(PUBLISHED_DIR, cases).union(*(load_fresh(PUBLISHED_DIR, cases, key=k)
+                                                      for k in FRESH_SETS if k != "fresh15"))
+    assert not fresh15 & others
+    held = kit[256]
+    run = CaseRun(held, 1e9, 0.0, {e: 1e-2 for e in GRID}, messages=8.0)
+    with pytest.raises(ValueError, match=rf"held-out\) cases must never be fitted on: {held.id}"):
+        fit_calibration([run], fresh15, GRID)
 
 
 def test_routing_as_deepep_draws_it():

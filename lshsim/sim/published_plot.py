@@ -23,7 +23,8 @@ MARKERS = {"dispatch": "o", "combine": "s", "alltoall": "^"}
 #: one colour a set, in SET_ORDER's order (black is leave-one-out's); more colours than known sets, so that
 #: every shipped set gets its own (tab10 alone gave the eleventh set, fresh9, the fitting set's gray)
 PALETTE = ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
-           "tab:pink", "tab:olive", "tab:cyan", "navy", "goldenrod", "teal", "crimson", "indigo", "yellowgreen")
+           "tab:pink", "tab:olive", "tab:cyan", "navy", "goldenrod", "teal", "crimson", "indigo", "yellowgreen",
+           "magenta", "darkkhaki")
 
 
 def set_order(rows: list[dict]) -> list[str]:
