@@ -27,7 +27,10 @@ TWELFTH = ("nccl-b300kit-alltoall", "b300kit-deepep-v1-normal")                 
 THIRTEENTH = ("nccl-ntc-h100-",)                            # NCCL all-to-all over ConnectX, H100 (a2a14m): ib_nccl
 FOURTEENTH = ("rccl-oci-mi355x-",)            # RCCL all-to-all on OCI MI355X + Pollara (pub14m): ib_nccl stands in
 FIFTEENTH = ("rccl-amdkit-mi355x-",)          # RCCL all-to-all on 2 x 8 MI355X + AINIC, 256 B - 4 GiB (pub15): the same
+SIXTEENTH = ("nccl-nig-v100-",)               # NCCL all-to-all on 2 x 2 V100 + one EDR NIC per node, 16 B - 128 MiB (pub16)
 AMDKIT = "https://github.com/prasad-nair-amd/alibaba/blob/5410faae975d9948ccc5482b91c42188179a1f97/README.md"
+NIG = ("https://github.com/nig-sc/nigsc_homepage2/blob/14e0abd2b7bacb77d2b922417e94d28d5d636338/i18n/en/"
+       "docusaurus-plugin-content-docs/current/guides/050_software/050_DevelopmentEnvironment/pgi_compiler/pgi_compiler.md")
 OCI = ("https://github.com/oracle-quickstart/oci-gpu-quickstarts/blob/6a0abdc78b574b28eb10926387615c8414ed8c1d/"
        "amd/MI355X/README-MI355X-Pollara.md")
 NTC = "https://github.com/xxrjun/nccl-tests-cluster/blob/455de4f8dee2fa94cd4044a7109fd8c576f9e6c1/"
@@ -35,7 +38,7 @@ NTC = "https://github.com/xxrjun/nccl-tests-cluster/blob/455de4f8dee2fa94cd4044a
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 360 and len({c.id for c in cases}) == 360
+    assert len(cases) == 384 and len({c.id for c in cases}) == 384
     test = load_split(PUBLISHED_DIR, cases)      # the cases read once, handed to each reader
     third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
     fourth = {c.id for c in cases if c.file.startswith("aws-") and not c.file.startswith(NINTH)}   # the fourth round: fresh3
@@ -57,7 +60,8 @@ def test_shipped_cases_and_split():
     assert fresh5 == sixth and len(fresh5) == 14 and not fresh5 & (test | fresh | fresh2 | fresh3 | fresh4)
     # the plain all-to-all cases (a2a14g): fresh6 is their test draw, the rule of split.yaml redone here
     fresh6 = load_fresh(PUBLISHED_DIR, cases, key="fresh6")
-    a2a = [c for c in cases if c.kind == "alltoall" and not c.file.startswith(TWELFTH + THIRTEENTH + FOURTEENTH + FIFTEENTH)]  # a2a14g's
+    a2a = [c for c in cases if c.kind == "alltoall" and not c.file.startswith(TWELFTH + THIRTEENTH + FOURTEENTH + FIFTEENTH
+                                                                                  + SIXTEENTH)]  # a2a14g's
     groups = {}
     for c in a2a:
         groups.setdefault((c.file, c.nodes), []).append(c.id)
@@ -101,6 +105,11 @@ def test_shipped_cases_and_split():
     assert fresh15 == fifteenth and len(fresh15) == 25                               # the fifteenth round (pub15)
     assert not fresh15 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7 | fresh8 | fresh9 | fresh10
                           | fresh11 | fresh12 | fresh13 | fresh14)
+    fresh16 = load_fresh(PUBLISHED_DIR, cases, key="fresh16")
+    sixteenth = {c.id for c in cases if c.file.startswith(SIXTEENTH)}
+    assert fresh16 == sixteenth and len(fresh16) == 24                               # the sixteenth round (pub16)
+    assert not fresh16 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7 | fresh8 | fresh9 | fresh10
+                          | fresh11 | fresh12 | fresh13 | fresh14 | fresh15)
     for family, held in (("efa_nccl", 5), ("efa_v1_nccl", 17)):    # each family has test and fitting cases
         mine = {c.id for c in a2a if c.nic_family == family}
         assert len(mine & fresh6) == held and mine - fresh6
@@ -141,6 +150,10 @@ def test_shipped_cases_and_split():
             assert c.kind == "alltoall" and c.counts == "busbw" and c.nic_family == "ib_nccl" and c.group == "amdkit-rccl"
             assert c.source == AMDKIT and (c.ep, c.nodes) == (16, 2) and c.element_bytes == 4
             assert c.topology == "published/amdkit-mi355x-ainic-2x8" and c.size_bytes in [2 ** k for k in range(8, 33)]
+        elif c.file.startswith(SIXTEENTH):                    # pub16: NCCL on 2 x 2 V100 + one EDR NIC per node (fresh16)
+            assert c.kind == "alltoall" and c.counts == "busbw" and c.nic_family == "ib_nccl" and c.group == "nig-nccl"
+            assert c.source == NIG and (c.ep, c.nodes) == (4, 2) and c.element_bytes == 4
+            assert c.topology == "published/nig-v100-edr-2x2" and c.size_bytes in [2 ** k for k in range(4, 28)]
         elif c.kind == "alltoall":                            # nccl-tests alltoall_perf rows (a2a14g)
             assert c.file.startswith("nccl-") and c.counts == "busbw" and c.size_bytes % (c.ep * 4) == 0
             assert c.source.startswith(("https://github.com/awslabs/awsome-distributed-ai/blob/",
@@ -324,15 +337,15 @@ def test_split_names_only_known_cases(tmp_path):
                            ("fresh5", "fresh6"), ("fresh6", "fresh7"), ("fresh7", "fresh8"),
                            ("fresh8", "fresh9"), ("fresh9", "fresh10"), ("fresh10", "fresh11"),
                            ("fresh11", "fresh12"), ("fresh12", "fresh13"), ("fresh13", "fresh14"),
-                           ("fresh14", "fresh15")]:
+                           ("fresh14", "fresh15"), ("fresh15", "fresh16")]:
         (tmp_path / "split.yaml").write_text(f"{earlier}: [x]\n{later}: [x]\n")
         with pytest.raises(ValueError, match=rf"split.yaml: {later}\[0\]='x' is also in {earlier}"):
             load_fresh(tmp_path, key=later)
     (tmp_path / "split.yaml").write_text("test: [x]\nfresh5: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh5\[0\]='x' is also a test case"):
         load_fresh(tmp_path, key="fresh5")
-    with pytest.raises(ValueError, match=r"key='fresh16' must be one of"):
-        load_fresh(tmp_path, key="fresh16")
+    with pytest.raises(ValueError, match=r"key='fresh17' must be one of"):
+        load_fresh(tmp_path, key="fresh17")
 
 
 def test_published_takes_a_folder(tmp_path):
@@ -372,9 +385,11 @@ def test_ib_nccl_cases_load_and_fresh13_is_their_seeded_draw(tmp_path):
     cases = load_cases()
     ntc = [c for c in cases if c.file.startswith(THIRTEENTH)]
     assert len(ntc) == 52 and {c.nic_family for c in ntc} == {"ib_nccl"}
-    # the only other ib_nccl cases: pub14m's and pub15's RCCL rows, where the family stands in, all of them held out
+    # the only other ib_nccl cases: pub14m's and pub15's RCCL rows, where the family stands in, and pub16's NCCL rows on
+    # V100 + EDR, all of them held out
     assert {c.id for c in cases if c.nic_family == "ib_nccl" and not c.file.startswith(THIRTEENTH)} == \
-        load_fresh(PUBLISHED_DIR, cases, key="fresh14") | load_fresh(PUBLISHED_DIR, cases, key="fresh15")
+        load_fresh(PUBLISHED_DIR, cases, key="fresh14") | load_fresh(PUBLISHED_DIR, cases, key="fresh15") \
+        | load_fresh(PUBLISHED_DIR, cases, key="fresh16")
     by_id = {c.id: c for c in ntc}
     assert (by_id["ntc-h100-g8-ep80-32MiB"].size_bytes, by_id["ntc-h100-g8-ep80-32MiB"].published_GBps) == (33553920, 34.15)
     assert by_id["ntc-h100-g8-ep16-16GiB"].published_GBps == 92.04 and by_id["ntc-h100-g1-ep10-16GiB"].published_GBps == 44.66
@@ -481,6 +496,40 @@ def test_amdkit_rccl_cases_read_as_the_log_prints_them():
     run = CaseRun(held, 1e9, 0.0, {e: 1e-2 for e in GRID}, messages=8.0)
     with pytest.raises(ValueError, match=rf"held-out\) cases must never be fitted on: {held.id}"):
         fit_calibration([run], fresh15, GRID)
+
+
+def test_nig_nccl_cases_read_as_the_log_prints_them():
+    """pub16: the 24 out-of-place rows (16 B - 128 MiB) of the nccl-tests alltoall_perf log of the NIG supercomputer's
+    user guide (2 nodes x 2 V100 SXM2, one 100 Gb/s InfiniBand EDR NIC per node, 4 ranks, floats): each figure is size
+    x 3 / 4 / the printed time (4 significant figures) and agrees with the printed busbw within its 0.01 rounding, the
+    count column gives 4 ranks, the topology holds one 100 Gb/s NIC for the node's 2 GPUs, every case is in fresh16
+    only, and the fit refuses them."""
+    from lshsim.sim.published import FRESH_SETS
+    from lshsim.topology.spec import read_spec
+
+    cases = load_cases()
+    nig = {c.size_bytes: c for c in cases if c.file.startswith(SIXTEENTH)}
+    # (size, count column, out-of-place time us, printed out-of-place busbw) as the log prints them (a few rows)
+    rows = [(16, 1, 24.52, 0.00), (1024, 64, 24.48, 0.03), (65536, 4096, 41.02, 1.20), (524288, 32768, 107.4, 3.66),
+            (1048576, 65536, 209.0, 3.76), (16777216, 1048576, 1993.1, 6.31), (134217728, 8388608, 17761, 5.67)]
+    assert sorted(nig) == [2 ** k for k in range(4, 28)]           # 16 B - 128 MiB, the three size-0 rows left out
+    for size, count, time_us, busbw in rows:
+        c = nig[size]
+        assert size // 4 // count == c.ep == 4 and c.nodes == 2
+        assert c.published_GBps == float(f"{size * 3 / 4 / time_us / 1e3:.4g}")
+        assert c.published_GBps == pytest.approx(busbw, abs=0.005 + 1e-9)   # rounded to 2 decimals by the log
+        assert alltoall_per_peer_bytes(c) * c.ep == size
+    spec, _ = read_spec("published/nig-v100-edr-2x2")
+    assert (spec["nodes"], spec["gpus_per_node"], spec["inter"]["nics_per_node"], spec["inter"]["nic_gbps"]) == (2, 2, 1, 100)
+    fresh16 = load_fresh(PUBLISHED_DIR, cases, key="fresh16")
+    assert "fresh16" in FRESH_SETS and fresh16 == {c.id for c in nig.values()}
+    others = load_split(PUBLISHED_DIR, cases).union(*(load_fresh(PUBLISHED_DIR, cases, key=k)
+                                                      for k in FRESH_SETS if k != "fresh16"))
+    assert not fresh16 & others
+    held = nig[16]
+    run = CaseRun(held, 1e9, 0.0, {e: 1e-2 for e in GRID}, messages=8.0)
+    with pytest.raises(ValueError, match=rf"held-out\) cases must never be fitted on: {held.id}"):
+        fit_calibration([run], fresh16, GRID)
 
 
 def test_routing_as_deepep_draws_it():
