@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lshsim.sim import published as P  # noqa: E402
 
 #: held-out sets of plain all-to-all rows whose predictions benchmarks/RESULTS.md has already published
-SEEN = ("fresh6", "fresh12", "fresh13", "fresh14", "fresh15")
+SEEN = ("fresh6", "fresh12", "fresh13", "fresh14", "fresh15", "fresh16")
 SMALL = 32 << 20
 LOG_S0 = (math.log(64e3), math.log(16e9))
 
