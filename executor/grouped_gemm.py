@@ -201,14 +201,16 @@ def _next_pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def pick_config(rows: int, experts: int, n: int, k: int) -> tuple:
+def pick_config(rows: int, experts: int, n: int, k: int, transposed: bool = False) -> tuple:
     """The tile for R rows over E experts of an (K, N) weight each (host ints only): 128 x 256
     (128 x 128 where N < 256), a half-height tile for an expert's last block of at most 64 rows;
-    4 pipeline stages where K <= 4096 (3 above: shared memory), 4 row blocks per group where
-    N <= 2048 (8 above). Chosen on one H200 at DeepSeek-V3-like shapes (benchmarks/HISTORY.md)."""
+    4 pipeline stages where K <= 4096 or the weight is a transposed view (`transposed`: w[e] read
+    along K contiguously, the input gradient's dy @ w[e]^T), 3 for a row-major weight above (shared
+    memory), 4 row blocks per group where N <= 2048 (8 above). Chosen on one H200 at DeepSeek-V3-like
+    shapes (benchmarks/HISTORY.md; the transposed case: data/measured/h200/run-ax, run-ba)."""
     if n < 256:
         return (128, 128, 64, 4, 4, 8, True)
-    return (128, 256, 64, 8, 4 if k <= 4096 else 3, 4 if n <= 2048 else 8, True)
+    return (128, 256, 64, 8, 4 if (k <= 4096 or transposed) else 3, 4 if n <= 2048 else 8, True)
 
 
 def grouped_matmul(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, config: tuple | None = None,
@@ -225,7 +227,8 @@ def grouped_matmul(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, conf
     y = out if out is not None else torch.empty(rows, n, dtype=x.dtype, device=x.device)
     if rows == 0 or n == 0:
         return y
-    bm, bn, bk, warps, stages, group, half_tail = config or pick_config(rows, experts, n, k)
+    transposed = w.stride(1) == 1 and w.stride(2) != 1 and k > 1 and n > 1
+    bm, bn, bk, warps, stages, group, half_tail = config or pick_config(rows, experts, n, k, transposed)
     bound_m = triton.cdiv(rows, bm) + experts
     grid = (bound_m * triton.cdiv(n, bn),)
     _kernel()[grid](x, w, y, offsets, experts, n, k, bound_m,

@@ -462,6 +462,39 @@ def test_triton_gmm_is_refused_on_a_cpu_with_the_reason_and_auto_never_takes_it(
     assert auto_expert_method(x, 40, 8, 8) in ("grouped_mm", "padded_bmm")
 
 
+def test_grouped_gemm_tile_takes_four_stages_on_transposed_weights_above_k_4096():
+    """pick_config: a row-major weight of K > 4096 gets 3 pipeline stages, the transposed view the input gradient
+    reads (dy @ w[e]^T) 4 (measured faster on an H200: data/measured/h200/run-ba); at K <= 4096 both get 4."""
+    from lshsim.executor.grouped_gemm import pick_config
+
+    assert pick_config(32768, 256, 2048, 7168) == (128, 256, 64, 8, 3, 4, True)
+    assert pick_config(32768, 256, 2048, 7168, transposed=True) == (128, 256, 64, 8, 4, 4, True)
+    assert pick_config(32768, 256, 7168, 2048) == pick_config(32768, 256, 7168, 2048, transposed=True) \
+        == (128, 256, 64, 8, 4, 8, True)
+    assert pick_config(100, 4, 128, 8192, transposed=True) == (128, 128, 64, 4, 4, 8, True)
+
+
+@pytest.mark.gpu
+def test_triton_gmm_on_a_transposed_weight_of_large_k_equals_a_loop_on_a_gpu():
+    """The input gradient's case: dy (R, K) @ w[e]^T with w (E, N, K) row-major, K > 4096 (pick_config's transposed
+    tile), experts of 0-260 rows, against a float32 loop."""
+    gg = _grouped_gemm_or_skip()
+    generator = torch.Generator().manual_seed(7)
+    counts = _uneven_rows(12, generator)
+    k, n = 4160, 256
+    x = torch.randn(sum(counts), k, generator=generator).to("cuda", torch.bfloat16)
+    w = (torch.randn(12, n, k, generator=generator) * 0.02).to("cuda", torch.bfloat16)
+    offsets = torch.tensor(counts, device="cuda").cumsum(0).to(torch.int32)
+    wt = w.transpose(1, 2)                               # (E, K, N), stride(1) == 1: the transposed view
+    assert wt.stride(1) == 1 and gg.pick_config(sum(counts), 12, n, k, transposed=True)[4] == 4
+    y = gg.grouped_matmul(x, wt, offsets).float()
+    start = 0
+    for e, rows in enumerate(counts):
+        ref = x[start:start + rows].float() @ wt[e].float()
+        torch.testing.assert_close(y[start:start + rows], ref, atol=2e-2, rtol=2e-2)
+        start += rows
+
+
 def _grouped_gemm_or_skip():
     """The Triton grouped GEMM module, or skip the test where Triton does not run."""
     from lshsim.executor import grouped_gemm
