@@ -205,9 +205,10 @@ def pick_config(rows: int, experts: int, n: int, k: int, transposed: bool = Fals
     """The tile for R rows over E experts of an (K, N) weight each (host ints only): 128 x 256
     (128 x 128 where N < 256), a half-height tile for an expert's last block of at most 64 rows;
     4 pipeline stages where K <= 4096 or the weight is a transposed view (`transposed`: w[e] read
-    along K contiguously, the input gradient's dy @ w[e]^T), 3 for a row-major weight above (shared
-    memory), 4 row blocks per group where N <= 2048 (8 above). Chosen on one H200 at DeepSeek-V3-like
-    shapes (benchmarks/HISTORY.md; the transposed case: data/measured/h200/run-ax, run-ba)."""
+    along K contiguously, the input gradient's dy @ w[e]^T), 3 for a row-major weight above (1-2%
+    faster there, run-ay), 4 row blocks per group where N <= 2048 (8 above). Chosen on one H200 at
+    DeepSeek-V3-like shapes (benchmarks/HISTORY.md; the transposed case: data/measured/h200/run-ax
+    to run-bb)."""
     if n < 256:
         return (128, 128, 64, 4, 4, 8, True)
     return (128, 256, 64, 8, 4 if (k <= 4096 or transposed) else 3, 4 if n <= 2048 else 8, True)
