@@ -12,6 +12,13 @@ predictions have already been published (`SEEN`), all rows and those below 32 Mi
 not in `SEEN` is never predicted here (it stays unseen for the term this is meant to choose).
 
     python benchmarks/eval_a2a_size_terms.py [--jobs 2] [--json OUT] [--also fresh16]
+    python benchmarks/eval_a2a_size_terms.py --small-fitting [--also fresh17]
+
+`--small-fitting` (tenth session): the rows below 32 MiB of the SEEN plain all-to-all sets fresh12, fresh15 and
+fresh16 (41 rows of 3 clusters, each set already predicted once, its number on record) are added to the fitting rows
+as calibration points, so that the forms' small-size values are fitted on small rows; each form is then also scored by
+leave-one-source-out (a whole source's small rows left out of the fit, then predicted), the honest check within these
+rows. The rows at or above 32 MiB of those sets stay held out (seen).
 
 `--also KEY` predicts a further held-out set of split.yaml with every form: that run is the set's
 prediction (commit the set before it; afterwards add it to `SEEN`).
@@ -24,6 +31,8 @@ Forms (s: the bytes each rank sends, nccl-tests' size; p: the remote peers of a 
   hyper      a s / (s + S0) + g p         (a saturating ramp)
   sqrt       a sqrt(s / (s + S0)) + g p
   floor      L + a s / (s + S0) + g p     (a latency L under the ramp)
+  floorg     L + (a + g p) s / (s + S0)   (the per-peer cost ramps too)
+  floorpp    L + a m / (m + M0) + g p     (m = s / ranks, the bytes to each peer)
 """
 from __future__ import annotations
 
@@ -44,6 +53,8 @@ from lshsim.sim import published as P  # noqa: E402
 #: held-out sets of plain all-to-all rows whose predictions benchmarks/RESULTS.md has already published
 SEEN = ("fresh6", "fresh12", "fresh13", "fresh14", "fresh15", "fresh16")
 SMALL = 32 << 20
+#: --small-fitting: the seen sets whose rows below SMALL become calibration points
+SMALL_FITTING = ("fresh12", "fresh15", "fresh16")
 LOG_S0 = (math.log(64e3), math.log(16e9))
 
 
@@ -64,6 +75,11 @@ def _forms():
                  [50e-6, 1e-6, math.log(256e6)], [A, G, LOG_S0], [1e-5, 1e-6, 1.0]),
         "floor": (lambda r, e, x: r.sim_s[e] + x[3] + x[0] * s(r) / (s(r) + math.exp(x[2])) + x[1] * r.messages,
                   [50e-6, 1e-6, math.log(256e6), 20e-6], [A, G, LOG_S0, (0.0, 100e-6)], [1e-5, 1e-6, 1.0, 1e-5]),
+        "floorg": (lambda r, e, x: r.sim_s[e] + x[3] + (x[0] + x[1] * r.messages) * s(r) / (s(r) + math.exp(x[2])),
+                   [50e-6, 1e-6, math.log(256e6), 20e-6], [A, G, LOG_S0, (0.0, 100e-6)], [1e-5, 1e-6, 1.0, 1e-5]),
+        "floorpp": (lambda r, e, x: r.sim_s[e] + x[3] + x[0] * pp(r) / (pp(r) + math.exp(x[2])) + x[1] * r.messages,
+                    [50e-6, 1e-6, math.log(16e6), 20e-6], [A, G, (math.log(4e3), math.log(1e9)), (0.0, 100e-6)],
+                    [1e-5, 1e-6, 1.0, 1e-5]),
     }
 
 
@@ -96,7 +112,7 @@ def error_pct(run, t):
     return 100.0 * (run.counted / t / 1e9 / run.case.published_GBps - 1.0)
 
 
-def prepared_runs(jobs: int):
+def prepared_runs(jobs: int, small_fitting: bool = False):
     cases = P.load_cases()
     split = P.load_split(cases=cases)
     role = {}
@@ -105,6 +121,10 @@ def prepared_runs(jobs: int):
             role[cid] = key
     chosen = [c for c in cases if c.kind == "alltoall"]
     roles = {c.id: role.get(c.id) or ("test" if c.id in split else "fitting") for c in chosen}
+    if small_fitting:                 # the seen small rows become calibration points (module docstring)
+        for c in chosen:
+            if roles[c.id] in SMALL_FITTING and c.size_bytes < SMALL:
+                roles[c.id] = "fitting"
     runs, tasks = [], []
     for c in chosen:
         run, traffic = P._prepare(c, 0)
@@ -128,16 +148,26 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--small-fitting", action="store_true",
+                    help="add the seen sets' rows below 32 MiB (fresh12, fresh15, fresh16) to the fitting rows and "
+                         "score each form by leave-one-source-out on them")
+    ap.add_argument("--forms", default=None, help="comma-separated forms to fit (default: all)")
     ap.add_argument("--also", action="append", default=[], choices=[k for k in P.FRESH_SETS if k not in SEEN],
                     help="a held-out set not yet predicted, to predict with every form (its prediction)")
     args = ap.parse_args()
     seen = SEEN + tuple(args.also)
     start = time.time()
-    runs, roles = prepared_runs(args.jobs)
+    runs, roles = prepared_runs(args.jobs, args.small_fitting)
     print(f"{len(runs)} plain all-to-all cases simulated at {len(P.EFFICIENCY_GRID)} efficiencies in "
           f"{time.time() - start:.0f} s", flush=True)
     out = {}
-    for name, form in _forms().items():
+    forms = _forms()
+    if args.forms:
+        unknown = [f for f in args.forms.split(",") if f not in forms]
+        if unknown:
+            ap.error(f"--forms: {unknown[0]!r} is not a form ({', '.join(forms)})")
+        forms = {k: forms[k] for k in args.forms.split(",")}
+    for name, form in forms.items():
         fn = form[0]
         for family in sorted({r.case.nic_family for r in runs}):
             mine = [r for r in runs if r.case.nic_family == family]
@@ -151,6 +181,14 @@ def main() -> int:
                 _, e2, x2 = fit(fitting[:i] + fitting[i + 1:], form)
                 loo.append(error_pct(r, fn(r, e2, x2)))
             sets["leave-one-out"] = loo
+            small = [r for r in fitting if r.case.size_bytes < SMALL]
+            for group in sorted({P.source_group(r.case) for r in small}) if args.small_fitting else ():
+                rest = [r for r in fitting if not (r.case.size_bytes < SMALL and P.source_group(r.case) == group)]
+                _, e3, x3 = fit(rest, form)
+                sets[f"out {group} < 32 MiB"] = [error_pct(r, fn(r, e3, x3)) for r in small
+                                                  if P.source_group(r.case) == group]
+            if small:
+                sets["fitting < 32 MiB"] = [error_pct(r, fn(r, eff, x)) for r in small]
             for key in seen:
                 rows = [r for r in mine if roles[r.case.id] == key]
                 if rows:
