@@ -230,7 +230,10 @@ def _run_published(args) -> int:
         starts = ", ".join(f"{kind.replace('_', '-')} {op} {a * 1e6:.1f} us"
                            for kind in ("normal", "low_latency") for op, a in alpha.get(kind, {}).items())
         if family in cal.get("alltoall_peer_s", {}):          # a family of plain all-to-all cases (nccl-tests)
-            starts += (f"{', ' if starts else ''}all-to-all {alpha['alltoall']['alltoall'] * 1e6:.1f} us + "
+            floor = cal.get("alltoall_floor_s", {}).get(family, 0.0)
+            ramp = cal.get("alltoall_ramp_bytes", {}).get(family, 0.0)
+            starts += (f"{', ' if starts else ''}all-to-all {floor * 1e6:.1f} us + "
+                       f"{alpha['alltoall']['alltoall'] * 1e6:.1f} us x s / (s + {ramp / 2**20:.3g} MiB) + "
                        f"{cal['alltoall_peer_s'][family] * 1e6:.2f} us per remote peer")
         console.print(f"calibration {family} (fitting cases only): NIC efficiency {cal['nic_efficiency'][family]:.2f} "
                       f"({cal['nic_Bps'][family] / 1e9:.1f} GB/s per NIC; floor shown by the fitting cases "
