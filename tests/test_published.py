@@ -28,6 +28,9 @@ THIRTEENTH = ("nccl-ntc-h100-",)                            # NCCL all-to-all ov
 FOURTEENTH = ("rccl-oci-mi355x-",)            # RCCL all-to-all on OCI MI355X + Pollara (pub14m): ib_nccl stands in
 FIFTEENTH = ("rccl-amdkit-mi355x-",)          # RCCL all-to-all on 2 x 8 MI355X + AINIC, 256 B - 4 GiB (pub15): the same
 SIXTEENTH = ("nccl-nig-v100-",)               # NCCL all-to-all on 2 x 2 V100 + one EDR NIC per node, 16 B - 128 MiB (pub16)
+SEVENTEENTH = ("nccl-a100pcie-",)             # NCCL all-to-all on 2 x 1 A100 PCIe + one 200 Gb/s IB port, 1 - 512 KiB (pub17)
+A100PCIE = ("https://github.com/thomaslie210/NCCL_Test_Results/blob/83dd17d1e2bfb3ef047b1845efcf5116e3b42636/"
+            "NCCL_Benchmarks/GDR_On/n013_n014_GDR_ON_Small/result_small_alltoall_perf.txt")
 AMDKIT = "https://github.com/prasad-nair-amd/alibaba/blob/5410faae975d9948ccc5482b91c42188179a1f97/README.md"
 NIG = ("https://github.com/nig-sc/nigsc_homepage2/blob/14e0abd2b7bacb77d2b922417e94d28d5d636338/i18n/en/"
        "docusaurus-plugin-content-docs/current/guides/050_software/050_DevelopmentEnvironment/pgi_compiler/pgi_compiler.md")
@@ -38,7 +41,7 @@ NTC = "https://github.com/xxrjun/nccl-tests-cluster/blob/455de4f8dee2fa94cd4044a
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 384 and len({c.id for c in cases}) == 384
+    assert len(cases) == 394 and len({c.id for c in cases}) == 394
     test = load_split(PUBLISHED_DIR, cases)      # the cases read once, handed to each reader
     third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
     fourth = {c.id for c in cases if c.file.startswith("aws-") and not c.file.startswith(NINTH)}   # the fourth round: fresh3
@@ -61,7 +64,7 @@ def test_shipped_cases_and_split():
     # the plain all-to-all cases (a2a14g): fresh6 is their test draw, the rule of split.yaml redone here
     fresh6 = load_fresh(PUBLISHED_DIR, cases, key="fresh6")
     a2a = [c for c in cases if c.kind == "alltoall" and not c.file.startswith(TWELFTH + THIRTEENTH + FOURTEENTH + FIFTEENTH
-                                                                                  + SIXTEENTH)]  # a2a14g's
+                                                                                  + SIXTEENTH + SEVENTEENTH)]  # a2a14g's
     groups = {}
     for c in a2a:
         groups.setdefault((c.file, c.nodes), []).append(c.id)
@@ -111,6 +114,11 @@ def test_shipped_cases_and_split():
     assert fresh16 == sixteenth - small and len(fresh16) == 3 and len(sixteenth & small) == 21   # sixteenth (pub16)
     assert not fresh16 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7 | fresh8 | fresh9 | fresh10
                           | fresh11 | fresh12 | fresh13 | fresh14 | fresh15)
+    fresh17 = load_fresh(PUBLISHED_DIR, cases, key="fresh17")
+    seventeenth = {c.id for c in cases if c.file.startswith(SEVENTEENTH)}
+    assert fresh17 == seventeenth and len(fresh17) == 10                             # the seventeenth round (pub17)
+    assert not fresh17 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7 | fresh8 | fresh9 | fresh10
+                          | fresh11 | fresh12 | fresh13 | fresh14 | fresh15 | fresh16)
     for family, held in (("efa_nccl", 5), ("efa_v1_nccl", 17)):    # each family has test and fitting cases
         mine = {c.id for c in a2a if c.nic_family == family}
         assert len(mine & fresh6) == held and mine - fresh6
@@ -155,6 +163,10 @@ def test_shipped_cases_and_split():
             assert c.kind == "alltoall" and c.counts == "busbw" and c.nic_family == "ib_nccl" and c.group == "nig-nccl"
             assert c.source == NIG and (c.ep, c.nodes) == (4, 2) and c.element_bytes == 4
             assert c.topology == "published/nig-v100-edr-2x2" and c.size_bytes in [2 ** k for k in range(4, 28)]
+        elif c.file.startswith(SEVENTEENTH):                  # pub17: NCCL on 2 x 1 A100 PCIe + one 200 Gb/s IB port (fresh17)
+            assert c.kind == "alltoall" and c.counts == "busbw" and c.nic_family == "ib_nccl" and c.group == "a100pcie-nccl"
+            assert c.source == A100PCIE and (c.ep, c.nodes) == (2, 2) and c.element_bytes == 4
+            assert c.topology == "published/a100pcie-ib-2x1" and c.size_bytes in [2 ** k for k in range(10, 20)]
         elif c.kind == "alltoall":                            # nccl-tests alltoall_perf rows (a2a14g)
             assert c.file.startswith("nccl-") and c.counts == "busbw" and c.size_bytes % (c.ep * 4) == 0
             assert c.source.startswith(("https://github.com/awslabs/awsome-distributed-ai/blob/",
@@ -338,15 +350,15 @@ def test_split_names_only_known_cases(tmp_path):
                            ("fresh5", "fresh6"), ("fresh6", "fresh7"), ("fresh7", "fresh8"),
                            ("fresh8", "fresh9"), ("fresh9", "fresh10"), ("fresh10", "fresh11"),
                            ("fresh11", "fresh12"), ("fresh12", "fresh13"), ("fresh13", "fresh14"),
-                           ("fresh14", "fresh15"), ("fresh15", "fresh16")]:
+                           ("fresh14", "fresh15"), ("fresh15", "fresh16"), ("fresh16", "fresh17")]:
         (tmp_path / "split.yaml").write_text(f"{earlier}: [x]\n{later}: [x]\n")
         with pytest.raises(ValueError, match=rf"split.yaml: {later}\[0\]='x' is also in {earlier}"):
             load_fresh(tmp_path, key=later)
     (tmp_path / "split.yaml").write_text("test: [x]\nfresh5: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh5\[0\]='x' is also a test case"):
         load_fresh(tmp_path, key="fresh5")
-    with pytest.raises(ValueError, match=r"key='fresh17' must be one of"):
-        load_fresh(tmp_path, key="fresh17")
+    with pytest.raises(ValueError, match=r"key='fresh18' must be one of"):
+        load_fresh(tmp_path, key="fresh18")
 
 
 def test_published_takes_a_folder(tmp_path):
@@ -386,12 +398,13 @@ def test_ib_nccl_cases_load_and_fresh13_is_their_seeded_draw(tmp_path):
     cases = load_cases()
     ntc = [c for c in cases if c.file.startswith(THIRTEENTH)]
     assert len(ntc) == 52 and {c.nic_family for c in ntc} == {"ib_nccl"}
-    # the only other ib_nccl cases: pub14m's and pub15's RCCL rows, where the family stands in, and pub16's NCCL rows on
-    # V100 + EDR: held out but for pub15's and pub16's rows below 32 MiB, calibration points since the tenth session
+    # the only other ib_nccl cases: pub14m's and pub15's RCCL rows, where the family stands in, pub16's NCCL rows on
+    # V100 + EDR and pub17's on A100 PCIe + a 200 Gb/s IB port: held out but for pub15's and pub16's rows below 32 MiB,
+    # calibration points since the tenth session (pub17's rows, all below 32 MiB, were committed held out after that)
     others = [c for c in cases if c.nic_family == "ib_nccl" and not c.file.startswith(THIRTEENTH)]
-    assert {c.id for c in others if c.size_bytes >= 32 << 20 or c.file.startswith(FOURTEENTH)} == \
+    assert {c.id for c in others if c.size_bytes >= 32 << 20 or not c.file.startswith(FIFTEENTH + SIXTEENTH)} == \
         load_fresh(PUBLISHED_DIR, cases, key="fresh14") | load_fresh(PUBLISHED_DIR, cases, key="fresh15") \
-        | load_fresh(PUBLISHED_DIR, cases, key="fresh16")
+        | load_fresh(PUBLISHED_DIR, cases, key="fresh16") | load_fresh(PUBLISHED_DIR, cases, key="fresh17")
     by_id = {c.id: c for c in ntc}
     assert (by_id["ntc-h100-g8-ep80-32MiB"].size_bytes, by_id["ntc-h100-g8-ep80-32MiB"].published_GBps) == (33553920, 34.15)
     assert by_id["ntc-h100-g8-ep16-16GiB"].published_GBps == 92.04 and by_id["ntc-h100-g1-ep10-16GiB"].published_GBps == 44.66
@@ -532,6 +545,42 @@ def test_nig_nccl_cases_read_as_the_log_prints_them():
     run = CaseRun(held, 1e9, 0.0, {e: 1e-2 for e in GRID}, messages=8.0)
     with pytest.raises(ValueError, match=rf"held-out\) cases must never be fitted on: {held.id}"):
         fit_calibration([run], fresh16, GRID)
+
+
+def test_a100pcie_nccl_cases_read_as_the_log_prints_them():
+    """pub17: the 10 power-of-two out-of-place rows (1 KiB - 512 KiB) of one nccl-tests alltoall_perf log of
+    thomaslie210/NCCL_Test_Results (2 nodes x 1 A100-PCIE-40GB, one InfiniBand port per node, 2 ranks, floats): each
+    figure is size x 1 / 2 / the printed time (4 significant figures) and agrees with the printed busbw within its 0.01
+    rounding, the count column gives 2 ranks, the topology holds one 200 Gb/s NIC for the node's one GPU, every case is
+    in fresh17 only, and the fit refuses them."""
+    from lshsim.sim.published import FRESH_SETS
+    from lshsim.topology.spec import read_spec
+
+    cases = load_cases()
+    a100 = {c.size_bytes: c for c in cases if c.file.startswith(SEVENTEENTH)}
+    # (size, count column, out-of-place time us, printed out-of-place busbw) as the log prints them (a few rows)
+    rows = [(1024, 128, 35.08, 0.01), (8192, 1024, 34.07, 0.12), (32768, 4096, 33.63, 0.49),
+            (65536, 8192, 27.78, 1.18), (131072, 16384, 33.70, 1.94), (524288, 65536, 48.29, 5.43)]
+    assert sorted(a100) == [2 ** k for k in range(10, 20)]      # 1 KiB - 512 KiB, the power-of-two rows of the sweep
+    for size, count, time_us, busbw in rows:
+        c = a100[size]
+        assert size // 4 // count == c.ep == 2 and c.nodes == 2
+        assert c.published_GBps == float(f"{size / 2 / time_us / 1e3:.4g}")
+        assert c.published_GBps == pytest.approx(busbw, abs=0.005 + 1e-9)   # rounded to 2 decimals by the log
+        assert alltoall_per_peer_bytes(c) * c.ep == size
+    assert a100[1024].published_GBps == 0.0146 and a100[524288].published_GBps == 5.429
+    spec, _ = read_spec("published/a100pcie-ib-2x1")
+    assert (spec["nodes"], spec["gpus_per_node"], spec["inter"]["nics_per_node"], spec["inter"]["nic_gbps"]) == (2, 1, 1, 200)
+    assert spec["gpu"]["name"] == "A100-PCIE-40GB" and spec["intra"]["kind"] == "pcie"
+    fresh17 = load_fresh(PUBLISHED_DIR, cases, key="fresh17")
+    assert "fresh17" in FRESH_SETS and fresh17 == {c.id for c in a100.values()}
+    others = load_split(PUBLISHED_DIR, cases).union(*(load_fresh(PUBLISHED_DIR, cases, key=k)
+                                                      for k in FRESH_SETS if k != "fresh17"))
+    assert not fresh17 & others
+    held = a100[1024]
+    run = CaseRun(held, 1e9, 0.0, {e: 1e-2 for e in GRID}, messages=8.0)
+    with pytest.raises(ValueError, match=rf"held-out\) cases must never be fitted on: {held.id}"):
+        fit_calibration([run], fresh17, GRID)
 
 
 def test_routing_as_deepep_draws_it():
