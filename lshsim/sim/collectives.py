@@ -59,7 +59,7 @@ from lshsim.calibration.model import LinkModels
 from lshsim.sim.network import FlowNetwork, busiest_links
 from lshsim.topology.routing import ALL_PAIRS_MAX_WORLD, Routes, gpu_vertices, validate_topology
 
-__all__ = ["simulate_all_to_all", "ring_all_reduce", "hierarchical_all_reduce", "ring_orders", "AllReduceResult", "estimate_all_to_all", "estimate_collective", "ESTIMATED_ALGORITHMS", "fed_port_time", "processor_sharing_levels", "FEW_FLOWS_PER_PORT", "CollectiveResult", "CollectiveRun", "Stage", "ALGORITHMS", "uniform_traffic",
+__all__ = ["phase_alpha_s", "simulate_all_to_all", "ring_all_reduce", "hierarchical_all_reduce", "ring_orders", "AllReduceResult", "estimate_all_to_all", "estimate_collective", "ESTIMATED_ALGORITHMS", "fed_port_time", "processor_sharing_levels", "FEW_FLOWS_PER_PORT", "CollectiveResult", "CollectiveRun", "Stage", "ALGORITHMS", "uniform_traffic",
            "proxy_of_local", "hierarchical_phases", "direct", "pairwise", "hierarchical", "groupwise"]
 
 
@@ -138,6 +138,41 @@ def _offdiag(traffic: np.ndarray, mask: np.ndarray | None = None):
     return src, dst, traffic[src, dst]
 
 
+def phase_alpha_s(G: nx.DiGraph, alpha_s: float, traffic) -> float:
+    """The start-up of one all-to-all phase of `traffic` (W, W): the topology's inter-node start-up
+    (`calibration.a2a_internode_alpha_s`, G.graph["a2a_internode_alpha_s"]) when the phase sends any
+    bytes between GPUs of different nodes and it is larger than alpha_s, else alpha_s. Cause:
+    NCCL's all-to-all across nodes goes through the network transport (its proxy thread, a
+    round trip of the NIC's verbs), whose fixed cost published nccl-tests logs show at 25-45 us
+    for a whole small all-to-all on 2 nodes (data/topologies/README.md), where one node's
+    NVLink all-to-all starts in about 10 us.
+
+    >>> from lshsim.topology import build_topology
+    >>> G = build_topology({"name": "m", "gpu": "h100", "nodes": 2, "gpus_per_node": 2, "alpha_s": 1e-5,
+    ...                     "intra": {"kind": "nvswitch"}, "inter": {"kind": "fat_tree", "nics_per_node": 2,
+    ...                     "nic_gbps": 400}, "calibration": {"a2a_internode_alpha_s": 4e-5}})
+    >>> within, across = np.zeros((4, 4)), np.zeros((4, 4))
+    >>> within[0, 1] = across[0, 2] = 1e6
+    >>> phase_alpha_s(G, 1e-5, within), phase_alpha_s(G, 1e-5, across)
+    (1e-05, 4e-05)
+    """
+    internode = G.graph.get("a2a_internode_alpha_s")
+    if not internode or internode <= alpha_s:
+        return alpha_s
+    per_node = int(G.graph.get("gpus_per_node") or 0)
+    traffic = np.asarray(traffic)
+    if per_node <= 0 or traffic.shape[0] <= per_node:
+        return alpha_s
+    node = np.arange(traffic.shape[0]) // per_node
+    return float(internode) if bool(((traffic > 0) & (node[:, None] != node[None, :])).any()) else alpha_s
+
+
+def _internode_option(G: nx.DiGraph) -> dict:
+    """{"a2a_internode_alpha_s": value} for a result's options where the topology has one, else {}."""
+    value = G.graph.get("a2a_internode_alpha_s")
+    return {"a2a_internode_alpha_s": float(value)} if value else {}
+
+
 @dataclass
 class CollectiveRun:
     """What an algorithm works with: the network, the stages it has run, and how a rank issues its
@@ -153,6 +188,9 @@ class CollectiveRun:
     net: FlowNetwork
     message_gap_s: float = 0.0
     stages: list = field(default_factory=list)
+    #: apply the topology's inter-node start-up to phases that cross nodes (`phase_alpha_s`); False
+    #: when the caller set alpha_s itself
+    internode_alpha: bool = True
 
     def phase(self, name: str, traffic: np.ndarray, mask: np.ndarray | None = None):
         net = self.net
@@ -160,8 +198,13 @@ class CollectiveRun:
         start = net.env.now
         if len(src) == 0:
             return
+        alpha = net.alpha_s
+        if self.internode_alpha:
+            sent = np.zeros(traffic.shape)
+            sent[src, dst] = size
+            alpha = phase_alpha_s(net.G, net.alpha_s, sent)
         if self.message_gap_s <= 0:
-            tr = net.transfer(src, dst, size, label=name)
+            tr = net.transfer(src, dst, size, alpha_s=alpha, label=name)
             yield tr.done
             end = tr.end_s
         else:
@@ -175,7 +218,7 @@ class CollectiveRun:
                 if k:
                     yield net.env.timeout(self.message_gap_s)
                 pick = slot == k
-                done.append(net.transfer(src[pick], dst[pick], size[pick], label=f"{name}#{k}"))
+                done.append(net.transfer(src[pick], dst[pick], size[pick], alpha_s=alpha, label=f"{name}#{k}"))
             yield simpy.AllOf(net.env, [tr.done for tr in done])
             end = max(tr.end_s for tr in done)
         self.stages.append(Stage(name, start, end, float(size.sum()), len(src)))
@@ -447,7 +490,7 @@ def estimate_all_to_all(G: nx.DiGraph, traffic_bytes, *, routes: Routes | None =
         if correction:
             busiest = max(busiest, _fed_port_correction(routes, resources, size, resource_Bps, resource_load,
                                                         len(capacity), bool(rates.bandwidth_scale_by_kind)))
-        alpha_s = rates.alpha_s if links.models else float(G.graph.get("alpha_s", 0.0))
+        alpha_s = phase_alpha_s(G, rates.alpha_s if links.models else float(G.graph.get("alpha_s", 0.0)), off)
         # the longest route's latency, from these flows' own routes (Routes.path_latency_s would walk all W^2 pairs)
         latency = np.where(used, routes.latency_s[np.maximum(ids, 0)], 0.0).sum(axis=1).max()
         network_s = alpha_s + busiest + float(latency)
@@ -561,7 +604,7 @@ def estimate_collective(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
         stages=stages, edges=routes.edges, link_bytes=link_bytes, capacity_Bps=capacity,
         busiest=busiest_links(routes.edges, link_bytes, capacity, time_s, 10),
         options={"alpha_s": alpha_s, "local_copy": local_copy, "fidelity": "estimate", "correction": correction,
-                 **rates.info, **options},
+                 **_internode_option(G), **rates.info, **options},
         stats={"estimate": True, "correction": correction, "phases": len(stages)})
 
 
@@ -603,12 +646,13 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
     # this one call, so its capacities are this collective's own and the graph is left as it is
     links = LinkModels.from_topology(G) if links is None else links
     rates = links.rates(traffic)
+    internode_alpha = alpha_s is None           # a start-up the caller set is the start-up of every phase
     if alpha_s is None and links.models:
         alpha_s = rates.alpha_s
     net = FlowNetwork(G, alpha_s=alpha_s, routes=routes, drain_tolerance=drain_tolerance,
                       bandwidth_scale_by_kind=rates.bandwidth_scale_by_kind, gpu_engine_Bps=rates.gpu_engine_Bps,
                       solver=solver)
-    run = CollectiveRun(net, message_gap_s=float(message_gap_s))
+    run = CollectiveRun(net, message_gap_s=float(message_gap_s), internode_alpha=internode_alpha)
     process = net.env.process(simulate_fn(run, traffic, **options))
     net.env.run(until=process)
     stages = run.stages
@@ -628,7 +672,8 @@ def simulate_all_to_all(G: nx.DiGraph, traffic_bytes, algorithm: str = "direct",
         stages=stages, edges=net.edges, link_bytes=net.link_bytes.copy(), capacity_Bps=net.capacity_Bps,
         busiest=busiest_links(net.edges, net.link_bytes, net.capacity_Bps, time_s, 10),
         options={"alpha_s": net.alpha_s, "message_gap_s": float(message_gap_s), "local_copy": local_copy,
-                 "drain_tolerance": net.drain_tolerance, **rates.info,
+                 "drain_tolerance": net.drain_tolerance, **(_internode_option(G) if internode_alpha else {}),
+                 **rates.info,
                  **({"a2a_channel_bound": bool(channel_bound)} if rates.channel_floor_s > 0 else {}), **options},
         stats=dict(net.stats))
 

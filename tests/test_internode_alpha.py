@@ -1,0 +1,90 @@
+"""The start-up of an all-to-all phase across nodes (`calibration.a2a_internode_alpha_s`,
+`lshsim.sim.collectives.phase_alpha_s`): read from a topology, applied to the phases whose traffic
+crosses nodes only, the same at every fidelity, off when the caller sets alpha_s, and the catalog's
+value where it comes from (the published small all-to-alls of the fitting set)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lshsim.sim.collectives import estimate_collective, phase_alpha_s, simulate_all_to_all, uniform_traffic
+from lshsim.topology import build_topology
+from lshsim.topology.spec import read_spec
+
+
+def _spec(internode=None, nodes=2, alpha=1e-5):
+    spec = {"name": "m", "gpu": "h100", "nodes": nodes, "gpus_per_node": 4, "alpha_s": alpha,
+            "intra": {"kind": "nvswitch"}}
+    if nodes > 1:
+        spec["inter"] = {"kind": "fat_tree", "nics_per_node": 4, "nic_gbps": 400}
+    if internode is not None:
+        spec["calibration"] = {"a2a_internode_alpha_s": internode}
+    return spec
+
+
+def test_a_phase_across_nodes_starts_at_the_internode_start_up_and_one_within_a_node_does_not():
+    plain, slow = build_topology(_spec()), build_topology(_spec(40e-6))
+    traffic = uniform_traffic(8, 1024.0)                    # tiny: the start-up is the time
+    base = simulate_all_to_all(plain, traffic, local_copy=False).time_s
+    direct = simulate_all_to_all(slow, traffic, local_copy=False)
+    assert direct.time_s == pytest.approx(base + 30e-6, rel=1e-6)          # 40 us instead of 10 us
+    assert direct.options["a2a_internode_alpha_s"] == 40e-6
+    within = np.zeros((8, 8))
+    within[0, 1] = within[5, 6] = 1e6                                       # no byte leaves a node
+    assert simulate_all_to_all(slow, within, local_copy=False).time_s == \
+        pytest.approx(simulate_all_to_all(plain, within, local_copy=False).time_s, rel=1e-12)
+    assert phase_alpha_s(slow, 1e-5, within) == 1e-5 and phase_alpha_s(slow, 50e-6, traffic) == 50e-6
+    # hierarchical: only its exchange between the nodes' proxies crosses nodes, so it alone pays the 30 us more
+    hier = simulate_all_to_all(slow, traffic, "hierarchical", local_copy=False).time_s
+    assert hier == pytest.approx(simulate_all_to_all(plain, traffic, "hierarchical", local_copy=False).time_s + 30e-6,
+                                 rel=1e-6)
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "hierarchical", "groupwise", "pairwise"])
+def test_the_estimate_pays_the_internode_start_up_as_the_flow_simulation_does(algorithm):
+    G = build_topology(_spec(40e-6))
+    for size in (256.0, 4e6):
+        traffic = uniform_traffic(8, size)
+        exact = simulate_all_to_all(G, traffic, algorithm, local_copy=False).time_s
+        assert estimate_collective(G, traffic, algorithm, local_copy=False).time_s == pytest.approx(exact, rel=1e-6)
+
+
+def test_a_start_up_the_caller_sets_is_every_phase_s():
+    G = build_topology(_spec(40e-6))
+    traffic = uniform_traffic(8, 1024.0)
+    assert simulate_all_to_all(G, traffic, local_copy=False, alpha_s=0.0).time_s == \
+        pytest.approx(simulate_all_to_all(build_topology(_spec(alpha=0.0)), traffic, local_copy=False).time_s,
+                      rel=1e-12)
+    assert "a2a_internode_alpha_s" not in simulate_all_to_all(G, traffic, local_copy=False, alpha_s=0.0).options
+
+
+def test_bad_internode_start_ups_are_refused_naming_the_field():
+    with pytest.raises(ValueError, match=r"calibration.a2a_internode_alpha_s=4e-05 is the start-up of an all-to-all "
+                                         r"across nodes, but the topology has one node"):
+        build_topology(_spec(40e-6, nodes=1))
+    with pytest.raises(ValueError, match=r"calibration.a2a_internode_alpha_s=-1e-05 must be >= 0"):
+        build_topology(_spec(-1e-5))
+    with pytest.raises(ValueError, match=r"calibration.a2a_internode_alpha_s='3e-5' must be a finite number, not text"):
+        build_topology(_spec("3e-5"))
+
+
+def test_the_catalog_start_up_reproduces_the_published_small_all_to_all_it_came_from():
+    """The shipped InfiniBand / RoCE topologies' 31 us: a 2-node cut of h100-ib-rail-8x8, 16 ranks, gives the whole
+    small all-to-all of the published 16-rank RoCE curve it was taken from (median 37.4 us over 256 B - 128 KiB)
+    within 1 us; without it (alpha_s 10 us) it was 16 us. The EFA topology's 37 us likewise gives the published
+    64 KiB row over EFA (43.9 us)."""
+    from lshsim.sim.published import load_cases
+
+    cases = {c.id: c for c in load_cases()}
+    rows = [cases[f"amdkit-mi355x-ep16-{s}"] for s in ("256B", "512B", "1KiB", "2KiB", "4KiB", "8KiB", "16KiB",
+                                                        "32KiB", "64KiB", "128KiB")]
+    published = float(np.median([c.size_bytes * 15 / 16 / (c.published_GBps * 1e9) for c in rows]))
+    assert published == pytest.approx(37.4e-6, abs=0.05e-6)
+    efa_row = cases["nccl-b300kit-ep16-64KiB"]
+    efa_published = efa_row.size_bytes * 15 / 16 / (efa_row.published_GBps * 1e9)
+    for name, size, target in (("h100-ib-rail-8x8", 256, published), ("h100-roce-fattree-8x8", 256, published),
+                               ("b200-ib-rail-8x8", 256, published), ("h100-efa-p5-8x8", 65536, efa_published)):
+        spec, source = read_spec(name)
+        G = build_topology({**spec, "nodes": 2}, source=source)
+        t = estimate_collective(G, uniform_traffic(16, float(size)), "direct", local_copy=False).time_s
+        assert t == pytest.approx(target, abs=1e-6), name
