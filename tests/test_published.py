@@ -29,6 +29,8 @@ FOURTEENTH = ("rccl-oci-mi355x-",)            # RCCL all-to-all on OCI MI355X + 
 FIFTEENTH = ("rccl-amdkit-mi355x-",)          # RCCL all-to-all on 2 x 8 MI355X + AINIC, 256 B - 4 GiB (pub15): the same
 SIXTEENTH = ("nccl-nig-v100-",)               # NCCL all-to-all on 2 x 2 V100 + one EDR NIC per node, 16 B - 128 MiB (pub16)
 SEVENTEENTH = ("nccl-a100pcie-",)             # NCCL all-to-all on 2 x 1 A100 PCIe + one 200 Gb/s IB port, 1 - 512 KiB (pub17)
+EIGHTEENTH = ("nccl-orcd-b200-",)             # NCCL all-to-all on 2 x 8 B200 + 8 NDR 400 Gb/s rails per node, 1 MiB - 16 GiB (pub18)
+ORCD = "https://github.com/mit-orcd/orcd-benchmarks/blob/bca7147f4f8d1335d373a29bd20c439af7316ced/"
 A100PCIE = ("https://github.com/thomaslie210/NCCL_Test_Results/blob/83dd17d1e2bfb3ef047b1845efcf5116e3b42636/"
             "NCCL_Benchmarks/GDR_On/n013_n014_GDR_ON_Small/result_small_alltoall_perf.txt")
 AMDKIT = "https://github.com/prasad-nair-amd/alibaba/blob/5410faae975d9948ccc5482b91c42188179a1f97/README.md"
@@ -41,7 +43,7 @@ NTC = "https://github.com/xxrjun/nccl-tests-cluster/blob/455de4f8dee2fa94cd4044a
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 394 and len({c.id for c in cases}) == 394
+    assert len(cases) == 426 and len({c.id for c in cases}) == 426
     test = load_split(PUBLISHED_DIR, cases)      # the cases read once, handed to each reader
     third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
     fourth = {c.id for c in cases if c.file.startswith("aws-") and not c.file.startswith(NINTH)}   # the fourth round: fresh3
@@ -64,7 +66,8 @@ def test_shipped_cases_and_split():
     # the plain all-to-all cases (a2a14g): fresh6 is their test draw, the rule of split.yaml redone here
     fresh6 = load_fresh(PUBLISHED_DIR, cases, key="fresh6")
     a2a = [c for c in cases if c.kind == "alltoall" and not c.file.startswith(TWELFTH + THIRTEENTH + FOURTEENTH + FIFTEENTH
-                                                                                  + SIXTEENTH + SEVENTEENTH)]  # a2a14g's
+                                                                                  + SIXTEENTH + SEVENTEENTH
+                                                                                  + EIGHTEENTH)]  # a2a14g's
     groups = {}
     for c in a2a:
         groups.setdefault((c.file, c.nodes), []).append(c.id)
@@ -119,6 +122,11 @@ def test_shipped_cases_and_split():
     assert fresh17 == seventeenth and len(fresh17) == 10                             # the seventeenth round (pub17)
     assert not fresh17 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7 | fresh8 | fresh9 | fresh10
                           | fresh11 | fresh12 | fresh13 | fresh14 | fresh15 | fresh16)
+    fresh18 = load_fresh(PUBLISHED_DIR, cases, key="fresh18")
+    eighteenth = {c.id for c in cases if c.file.startswith(EIGHTEENTH)}
+    assert fresh18 == eighteenth and len(fresh18) == 32 and len(eighteenth & small) == 12   # the eighteenth round (pub18)
+    assert not fresh18 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7 | fresh8 | fresh9 | fresh10
+                          | fresh11 | fresh12 | fresh13 | fresh14 | fresh15 | fresh16 | fresh17)
     for family, held in (("efa_nccl", 5), ("efa_v1_nccl", 17)):    # each family has test and fitting cases
         mine = {c.id for c in a2a if c.nic_family == family}
         assert len(mine & fresh6) == held and mine - fresh6
@@ -167,6 +175,11 @@ def test_shipped_cases_and_split():
             assert c.kind == "alltoall" and c.counts == "busbw" and c.nic_family == "ib_nccl" and c.group == "a100pcie-nccl"
             assert c.source == A100PCIE and (c.ep, c.nodes) == (2, 2) and c.element_bytes == 4
             assert c.topology == "published/a100pcie-ib-2x1" and c.size_bytes in [2 ** k for k in range(10, 20)]
+        elif c.file.startswith(EIGHTEENTH):                   # pub18: NCCL on 2 x 8 B200 + 8 NDR rails per node (fresh18)
+            assert c.kind == "alltoall" and c.counts == "busbw" and c.nic_family == "ib_nccl" and c.group == "orcd-b200-nccl"
+            assert c.source == ORCD + "b200-nodes/out-nccl-2node/nccl-2node-5500-5501-19791438.out"
+            assert (c.ep, c.nodes) == (16, 2) and c.element_bytes == 4
+            assert c.topology == "published/orcd-b200-ib-2x8" and c.size_bytes in [2 ** k for k in range(20, 35, 2)]
         elif c.kind == "alltoall":                            # nccl-tests alltoall_perf rows (a2a14g)
             assert c.file.startswith("nccl-") and c.counts == "busbw" and c.size_bytes % (c.ep * 4) == 0
             assert c.source.startswith(("https://github.com/awslabs/awsome-distributed-ai/blob/",
@@ -350,15 +363,16 @@ def test_split_names_only_known_cases(tmp_path):
                            ("fresh5", "fresh6"), ("fresh6", "fresh7"), ("fresh7", "fresh8"),
                            ("fresh8", "fresh9"), ("fresh9", "fresh10"), ("fresh10", "fresh11"),
                            ("fresh11", "fresh12"), ("fresh12", "fresh13"), ("fresh13", "fresh14"),
-                           ("fresh14", "fresh15"), ("fresh15", "fresh16"), ("fresh16", "fresh17")]:
+                           ("fresh14", "fresh15"), ("fresh15", "fresh16"), ("fresh16", "fresh17"),
+                           ("fresh17", "fresh18")]:
         (tmp_path / "split.yaml").write_text(f"{earlier}: [x]\n{later}: [x]\n")
         with pytest.raises(ValueError, match=rf"split.yaml: {later}\[0\]='x' is also in {earlier}"):
             load_fresh(tmp_path, key=later)
     (tmp_path / "split.yaml").write_text("test: [x]\nfresh5: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh5\[0\]='x' is also a test case"):
         load_fresh(tmp_path, key="fresh5")
-    with pytest.raises(ValueError, match=r"key='fresh18' must be one of"):
-        load_fresh(tmp_path, key="fresh18")
+    with pytest.raises(ValueError, match=r"key='fresh19' must be one of"):
+        load_fresh(tmp_path, key="fresh19")
 
 
 def test_published_takes_a_folder(tmp_path):
@@ -399,12 +413,14 @@ def test_ib_nccl_cases_load_and_fresh13_is_their_seeded_draw(tmp_path):
     ntc = [c for c in cases if c.file.startswith(THIRTEENTH)]
     assert len(ntc) == 52 and {c.nic_family for c in ntc} == {"ib_nccl"}
     # the only other ib_nccl cases: pub14m's and pub15's RCCL rows, where the family stands in, pub16's NCCL rows on
-    # V100 + EDR and pub17's on A100 PCIe + a 200 Gb/s IB port: held out but for pub15's and pub16's rows below 32 MiB,
-    # calibration points since the tenth session (pub17's rows, all below 32 MiB, were committed held out after that)
+    # V100 + EDR, pub17's on A100 PCIe + a 200 Gb/s IB port and pub18's on 2 x 8 B200 + 8 NDR rails: held out but for
+    # pub15's and pub16's rows below 32 MiB, calibration points since the tenth session (pub17's and pub18's rows, those
+    # below 32 MiB included, were committed held out after that)
     others = [c for c in cases if c.nic_family == "ib_nccl" and not c.file.startswith(THIRTEENTH)]
     assert {c.id for c in others if c.size_bytes >= 32 << 20 or not c.file.startswith(FIFTEENTH + SIXTEENTH)} == \
         load_fresh(PUBLISHED_DIR, cases, key="fresh14") | load_fresh(PUBLISHED_DIR, cases, key="fresh15") \
-        | load_fresh(PUBLISHED_DIR, cases, key="fresh16") | load_fresh(PUBLISHED_DIR, cases, key="fresh17")
+        | load_fresh(PUBLISHED_DIR, cases, key="fresh16") | load_fresh(PUBLISHED_DIR, cases, key="fresh17") \
+        | load_fresh(PUBLISHED_DIR, cases, key="fresh18")
     by_id = {c.id: c for c in ntc}
     assert (by_id["ntc-h100-g8-ep80-32MiB"].size_bytes, by_id["ntc-h100-g8-ep80-32MiB"].published_GBps) == (33553920, 34.15)
     assert by_id["ntc-h100-g8-ep16-16GiB"].published_GBps == 92.04 and by_id["ntc-h100-g1-ep10-16GiB"].published_GBps == 44.66
@@ -581,6 +597,47 @@ def test_a100pcie_nccl_cases_read_as_the_log_prints_them():
     run = CaseRun(held, 1e9, 0.0, {e: 1e-2 for e in GRID}, messages=8.0)
     with pytest.raises(ValueError, match=rf"held-out\) cases must never be fitted on: {held.id}"):
         fit_calibration([run], fresh17, GRID)
+
+
+def test_orcd_b200_nccl_cases_read_as_the_logs_print_them():
+    """pub18: every out-of-place row (1 MiB - 16 GiB, x4) of the four 2-node 16-rank alltoall_perf tables of
+    mit-orcd/orcd-benchmarks (2 x 8 B200, eight NDR 400 Gb/s InfiniBand rails per node, floats): each figure is
+    size x 15 / 16 / the printed time (4 significant figures) and agrees with the printed busbw within its 0.01 rounding
+    (15.0 against 14.99 on the one row where the time's own rounding shows), the count column gives 16 ranks, the topology holds one
+    400 Gb/s NIC per GPU, every case is in fresh18 only, and the fit refuses them."""
+    from lshsim.sim.published import FRESH_SETS
+    from lshsim.topology.spec import read_spec
+
+    cases = load_cases()
+    orcd = {c.id: c for c in cases if c.file.startswith(EIGHTEENTH)}
+    pairs = ("rocky-5500-5501", "rocky-5500-5502", "rocky-5501-5502", "ubuntu-5700-5701")
+    labels = {2 ** 20: "1MiB", 2 ** 22: "4MiB", 2 ** 24: "16MiB", 2 ** 26: "64MiB", 2 ** 28: "256MiB", 2 ** 30: "1GiB",
+              2 ** 32: "4GiB", 2 ** 34: "16GiB"}
+    assert set(orcd) == {f"orcd-b200-{p}-ep16-{label}" for p in pairs for label in labels.values()}
+    # (pair, size, count column, out-of-place time us, printed out-of-place busbw) as the logs print them (a few rows)
+    rows = [("rocky-5500-5501", 1048576, 16384, 712.8, 1.38), ("rocky-5500-5501", 17179869184, 268435456, 339089, 47.50),
+            ("rocky-5500-5502", 16777216, 262144, 2018.9, 7.79), ("rocky-5501-5502", 4194304, 65536, 538.5, 7.30),
+            ("rocky-5501-5502", 16777216, 262144, 1048.9, 14.99), ("ubuntu-5700-5701", 1048576, 16384, 285.3, 3.45),
+            ("ubuntu-5700-5701", 67108864, 1048576, 1808.9, 34.78), ("ubuntu-5700-5701", 17179869184, 268435456, 290607, 55.42)]
+    for pair, size, count, time_us, busbw in rows:
+        c = orcd[f"orcd-b200-{pair}-ep16-{labels[size]}"]
+        assert c.size_bytes == size and size // 4 // count == c.ep == 16 and c.nodes == 2
+        assert c.published_GBps == float(f"{size * 15 / 16 / time_us / 1e3:.4g}")
+        assert c.published_GBps == pytest.approx(busbw, abs=0.005 + 1e-9 if (pair, size) != ("rocky-5501-5502", 1 << 24)
+                                                 else 0.01 + 1e-9)      # 2 decimals by the log; 14.995 -> 15.0 vs 14.99
+        assert alltoall_per_peer_bytes(c) * c.ep == size
+    spec, _ = read_spec("published/orcd-b200-ib-2x8")
+    assert (spec["nodes"], spec["gpus_per_node"], spec["inter"]["nics_per_node"], spec["inter"]["nic_gbps"]) == (2, 8, 8, 400)
+    assert spec["gpu"] == "b200" and spec["intra"]["kind"] == "nvswitch"
+    fresh18 = load_fresh(PUBLISHED_DIR, cases, key="fresh18")
+    assert "fresh18" in FRESH_SETS and fresh18 == set(orcd)
+    others = load_split(PUBLISHED_DIR, cases).union(*(load_fresh(PUBLISHED_DIR, cases, key=k)
+                                                      for k in FRESH_SETS if k != "fresh18"))
+    assert not fresh18 & others
+    held = orcd["orcd-b200-rocky-5500-5501-ep16-1MiB"]
+    run = CaseRun(held, 1e9, 0.0, {e: 1e-2 for e in GRID}, messages=8.0)
+    with pytest.raises(ValueError, match=rf"held-out\) cases must never be fitted on: {held.id}"):
+        fit_calibration([run], fresh18, GRID)
 
 
 def test_routing_as_deepep_draws_it():
