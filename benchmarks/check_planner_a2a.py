@@ -1,0 +1,61 @@
+"""The planner's all-to-all (a shipped topology cut to a case's node count) against published nccl-tests rows.
+
+`lshsim plan` / `lshsim simulate` time an all-to-all on the topology the user names, with its own link rates and
+start-ups (not the published-case model's fitted terms). This script takes the plain all-to-all rows of the
+published case files whose name starts with PREFIX, builds TOPOLOGY with each row's node count, times nccl-tests'
+even all-to-all of the row's size (`estimate_collective(..., "direct")`, the default local copy included) and prints
+predicted against published bus bandwidth, the signed error, and the median / worst |error|, all rows and those below
+32 MiB per rank. Which rows are held out is split.yaml's business: this script fits nothing.
+
+    python benchmarks/check_planner_a2a.py --prefix nccl-orcd-b200 --topology b200-ib-rail-8x8
+    python benchmarks/check_planner_a2a.py --prefix rccl-amdkit --topology h100-ib-rail-8x8
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lshsim.sim import published as P  # noqa: E402
+from lshsim.sim.collectives import estimate_collective, uniform_traffic  # noqa: E402
+from lshsim.topology import build_topology  # noqa: E402
+from lshsim.topology.spec import read_spec  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--prefix", required=True, help="case files whose name starts with this (data/published/)")
+    ap.add_argument("--topology", required=True, help="a shipped topology name or a YAML file")
+    args = ap.parse_args(argv)
+    rows = [c for c in P.load_cases() if c.file.startswith(args.prefix) and c.kind == "alltoall"]
+    if not rows:
+        ap.error(f"--prefix {args.prefix!r}: no plain all-to-all case file in {P.PUBLISHED_DIR} starts with it")
+    spec, source = read_spec(args.topology)
+    per_node = int(spec.get("gpus_per_node", 1))
+    errors, small = [], []
+    for c in rows:
+        if c.gpus_per_node != per_node:
+            ap.error(f"--topology {args.topology}: {per_node} GPUs per node, case {c.id} has {c.gpus_per_node}")
+        G = build_topology({**spec, "nodes": c.nodes}, source=source)
+        t = estimate_collective(G, uniform_traffic(c.ep, float(c.size_bytes)), "direct").time_s
+        predicted = c.size_bytes * (c.ep - 1) / c.ep / t / 1e9
+        error = 100.0 * (predicted / c.published_GBps - 1.0)
+        errors.append(error)
+        if c.size_bytes < 32 << 20:
+            small.append(error)
+        print(f"{c.id:42s} {c.size_bytes:>12d} B  planner {t * 1e6:11.1f} us {predicted:8.3f} GB/s  "
+              f"published {c.published_GBps:8.3f}  {error:+8.1f}%")
+    for name, values in (("all", errors), ("below 32 MiB", small)):
+        if values:
+            a = np.abs(values)
+            print(f"{args.topology} against {args.prefix}*, {name}: {len(a)} rows, median {np.median(a):.1f}%, "
+                  f"worst {a.max():.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
