@@ -29,6 +29,30 @@ def test_parse_nccl_tests_sample_and_fit_recovers_the_model():
     assert fit.max_rel_residual < 1e-3
 
 
+def test_a_multi_node_log_is_refused_rather_than_calibrated_as_one_node(tmp_path, capsys):
+    """A log whose '# Rank' lines name two hosts used to become a one-node NVSwitch topology whose NVLink ran at the
+    network's rate (a garbage calibration, written without a word). The parser records the hosts; the nccl-tests
+    source refuses such a log naming the file, the ranks and the hosts, and the command writes nothing."""
+    from lshsim.calibration import read_nccl_tests
+    from lshsim.cli import main
+
+    sample = (DATA / "nccl_tests_alltoall_perf.txt").read_text()
+    assert parse_nccl_tests(sample).hosts == ("node01",)
+    two = sample.replace("on     node01 device  2", "on     node02 device  0").replace(
+        "on     node01 device  3", "on     node02 device  1")
+    assert parse_nccl_tests(two).hosts == ("node01", "node02")
+    log = tmp_path / "two-nodes.txt"
+    log.write_text(two)
+    with pytest.raises(ValueError, match=r"two-nodes.txt: the log's 4 ranks run on 2 hosts \(node01, node02\): the "
+                                         r"nccl-tests source calibrates the NVLink of one node"):
+        read_nccl_tests([log])
+    out = tmp_path / "t.yaml"
+    with pytest.raises(SystemExit) as info:
+        main(["calibrate", "--nccl-tests", str(log), "--out", str(out), "--quiet"])
+    assert info.value.code == 2 and "run on 2 hosts (node01, node02)" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_parse_older_format_without_redop_and_root():
     text = "\n".join([
         "# nThread 1 nGpus 8 minBytes 8 maxBytes 1024 step: 2(factor) warmup iters: 5 iters: 20 validation: 1",

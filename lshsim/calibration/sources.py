@@ -391,6 +391,7 @@ class NcclTestsRun:
     devices: tuple = ()              # the distinct device names of the `# Rank` lines
     ranks_from: str = "rank lines"   # where world_size came from: "rank lines", "world_size" or "nGpus"
     per_process: int | None = None   # nThread x nGpus of the first line (ranks per process), if given
+    hosts: tuple = ()                # the distinct hosts of the `# Rank` lines (`on HOST device`), first seen first
 
 
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?([eE][-+]?\d+)?$")
@@ -398,6 +399,8 @@ _NUMBER = re.compile(r"^-?\d+(\.\d+)?([eE][-+]?\d+)?$")
 _ROW_START = re.compile(r"^[-+]?(\d+(\.\d*)?([eE][-+]?\d+)?|\.\d+([eE][-+]?\d+)?|nan|inf(inity)?)$", re.IGNORECASE)
 #: the device name at the end of a `#  Rank  0 Group  0 Pid 123 on host device  0 [0x18] NVIDIA H100 ...` line
 _DEVICE = re.compile(r"\[[^\]]*\]\s+(.+?)\s*$")
+#: the host of such a line
+_HOST = re.compile(r"\bon\s+(\S+)\s+device\b")
 
 
 #: the longest time of one nccl-tests row that `parse_nccl_tests` accepts (one hour, in us)
@@ -427,6 +430,7 @@ def parse_nccl_tests(text: str, world_size: int | None = None, *, source: str = 
     columns: list[str] | None = None
     rank_lines = 0
     devices: set[str] = set()
+    hosts: list[str] = []
     n_gpus = n_thread = None
     points_raw = []
     header_line = None
@@ -454,6 +458,9 @@ def parse_nccl_tests(text: str, world_size: int | None = None, *, source: str = 
                 device = _DEVICE.search(stripped)
                 if device:
                     devices.add(device.group(1))
+                host = _HOST.search(stripped)
+                if host and host.group(1) not in hosts:
+                    hosts.append(host.group(1))
             else:
                 match = re.search(r"nGpus\s+(\d+)", stripped)
                 if match and n_gpus is None:
@@ -520,7 +527,7 @@ def parse_nccl_tests(text: str, world_size: int | None = None, *, source: str = 
     points = [A2APoint(size, time_us * 1e-6, ranks) for size, time_us in points_raw]
     return NcclTestsRun(world_size=ranks, points=points, columns=columns,
                         gpu=next(iter(devices)) if len(devices) == 1 else None, devices=tuple(sorted(devices)),
-                        ranks_from=ranks_from, per_process=per_process)
+                        ranks_from=ranks_from, per_process=per_process, hosts=tuple(hosts))
 
 
 def read_nccl_tests(paths, *, world_size: int | None = None, gpu: str | None = None) -> CalibrationInput:
@@ -532,6 +539,14 @@ def read_nccl_tests(paths, *, world_size: int | None = None, gpu: str | None = N
     if gpu is not None:
         check_gpu_name(gpu, "gpu")
     run = parse_nccl_tests(read_text(path, "nccl-tests log"), world_size, source=str(path))
+    if len(run.hosts) > 1:       # a one-node NVSwitch topology fitted at the network's rate would be garbage
+        shown = ", ".join(run.hosts[:4]) + (", ..." if len(run.hosts) > 4 else "")
+        raise ValueError(f"{path}: the log's {run.world_size} ranks run on {len(run.hosts)} hosts ({shown}): the "
+                         f"nccl-tests source calibrates the NVLink of one node, and a multi-node log would become a "
+                         f"one-node topology at the network's rate. For a cluster of several nodes set its topology's "
+                         f"calibration.nic_Bps and calibration.a2a_internode_alpha_s from the log (data/topologies/"
+                         f"README.md), or add it as a published case and run lshsim validate --published "
+                         f"--within-cluster (data/published/README.md)")
     notes = []
     if run.ranks_from == "world_size":
         notes.append(f"{run.world_size} ranks from --world-size (the log has no '# Rank' lines; its first line: "
