@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 __all__ = ["SourceRead", "source_reads", "reads_files", "calibration_input", "finish", "calibrate_from_files",
+           "calibrate_cluster",
            "arg_source_option", "write_atomically", "input_files"]
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -355,4 +356,50 @@ def phase_model_lines(model) -> list[str]:
 
 def calibrate_from_files(args) -> int:
     """`calibrate` with files to read (`reads_files(args)`): read, fit, write, report."""
+    if getattr(args, "cluster", None):
+        return calibrate_cluster(args)
     return finish(args, calibration_input(args))
+
+
+def calibrate_cluster(args) -> int:
+    """`calibrate --nccl-tests LOG --cluster TOPOLOGY`: a log of several nodes fitted onto the cluster's topology
+    (`lshsim.calibration.internode.fit_internode`); `--out` (if given) gets the topology with calibration.nic_Bps and
+    calibration.a2a_internode_alpha_s, written whole once the fit succeeded; `--plot` the measured and fitted bus
+    bandwidth against the size."""
+    from lshsim.calibration.internode import fit_internode
+    from lshsim.calibration.sources import parse_nccl_tests
+    from lshsim.readers import read_text
+    from lshsim.topology.spec import read_spec, write_topology_yaml
+
+    run = parse_nccl_tests(read_text(args.nccl_tests, "nccl-tests log"), args.world_size, source=str(args.nccl_tests))
+    spec, source = read_spec(args.cluster)
+    spec = dict(spec)
+    if args.name:
+        spec["name"] = args.name
+    fit = fit_internode(run, spec, cluster=str(source), log=str(args.nccl_tests))
+    lines = [f"  {len(fit.hosts)} hosts ({', '.join(fit.hosts[:4])}{', ...' if len(fit.hosts) > 4 else ''}), "
+             f"{run.world_size} ranks, onto {source}"]
+    for size, measured, model in fit.rows:
+        lines.append(f"  all-to-all {size:>12d} B/rank  measured {measured * 1e6:11.1f} us  model {model * 1e6:11.1f} us"
+                     f"  {100 * (measured / model - 1):+7.1f}% busbw")
+    info = fit.info()
+    lines.append(f"  fit: NIC efficiency {fit.efficiency:.2f} (nic_Bps {fit.nic_Bps / 1e9:.2f} GB/s), start-up across "
+                 f"nodes {fit.internode_alpha_s * 1e6:.1f} us; |error| median {100 * info['median_abs_rel_error']:.1f}%, "
+                 f"worst {100 * info['max_abs_rel_error']:.1f}% ({len(fit.rows)} sizes)")
+    if args.plot:
+        from lshsim.cli._render import line_plot
+
+        data = {"bytes per rank": [], "GB/s": [], "what": []}
+        for size, measured, model in fit.rows:
+            for what, t in (("measured", measured), ("fitted model", model)):
+                data["bytes per rank"].append(size)
+                data["GB/s"].append(size * (run.world_size - 1) / run.world_size / t / 1e9)
+                data["what"].append(what)
+        line_plot(args.plot, data, "bytes per rank", "GB/s", "what", f"{Path(args.nccl_tests).name} onto {spec['name']}",
+                  "all-to-all bytes per rank", "bus bandwidth (GB/s)", logx=True, points=True)
+        lines.append(f"  plot written to {args.plot}")
+    if args.out:
+        write_topology_yaml(fit.spec, args.out)          # validated, then written whole (a temporary file renamed)
+        lines.append(f"  topology written to {args.out}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0

@@ -189,6 +189,11 @@ def add_calibrate(subparsers) -> argparse.ArgumentParser:
     cal.add_argument("--nccl-tests", default=None,
                      help="fit from an existing nccl-tests alltoall_perf output instead of measuring "
                           "(= --source nccl-tests)")
+    cal.add_argument("--cluster", default=None, metavar="TOPOLOGY",
+                     help="with --nccl-tests: a log of several nodes is fitted onto this multi-node topology (a "
+                          "shipped name or a YAML file): its NIC rate (calibration.nic_Bps) and the start-up of an "
+                          "all-to-all across nodes (calibration.a2a_internode_alpha_s); --out gets that topology with "
+                          "both set (lshsim.calibration.internode)")
     cal.add_argument("--world-size", type=arg_int_within("gpus"), default=None,
                      help="with files to fit: ranks of the run, 1 to 2^20, for an nccl-tests log without '# Rank' "
                           "lines; refused where it contradicts the files (the log's '# Rank' lines, a raw JSON's "
@@ -531,6 +536,16 @@ def check_calibrate_args(args) -> None:
                 ((flag, getattr(args, flag[2:].replace("-", "_"), default), default) for flag, default in options)
                 if value != default]
 
+    if getattr(args, "cluster", None):   # a multi-node log onto a cluster's topology: its own options only
+        others = given((("--source", None), ("--from-raw", None), ("--from-traces", None), ("--raw", None),
+                        ("--phases", None), ("--no-curve", False), ("--no-channel-term", False),
+                        ("--threshold-window", None), ("--gpu", None)))
+        if not args.nccl_tests:
+            raise ValueError(f"--cluster {args.cluster} goes with --nccl-tests LOG (a log of several nodes)")
+        if others:
+            raise ValueError(f"--cluster fits the NIC rate and the start-up across nodes from an nccl-tests log; "
+                             f"{', '.join(others)} {'does' if len(others) == 1 else 'do'} not go with it: leave "
+                             f"{'it' if len(others) == 1 else 'them'} out")
     if reads_files(args):       # nothing is measured: an option of the measurement would be ignored
         named = given(MEASURING_OPTIONS.items())
         if named:

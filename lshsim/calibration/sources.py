@@ -543,10 +543,9 @@ def read_nccl_tests(paths, *, world_size: int | None = None, gpu: str | None = N
         shown = ", ".join(run.hosts[:4]) + (", ..." if len(run.hosts) > 4 else "")
         raise ValueError(f"{path}: the log's {run.world_size} ranks run on {len(run.hosts)} hosts ({shown}): the "
                          f"nccl-tests source calibrates the NVLink of one node, and a multi-node log would become a "
-                         f"one-node topology at the network's rate. For a cluster of several nodes set its topology's "
-                         f"calibration.nic_Bps and calibration.a2a_internode_alpha_s from the log (data/topologies/"
-                         f"README.md), or add it as a published case and run lshsim validate --published "
-                         f"--within-cluster (data/published/README.md)")
+                         f"one-node topology at the network's rate. Give the cluster's topology with --cluster "
+                         f"TOPOLOGY: its NIC rate and the start-up of an all-to-all across nodes are fitted from the "
+                         f"log (lshsim.calibration.internode)")
     notes = []
     if run.ranks_from == "world_size":
         notes.append(f"{run.world_size} ranks from --world-size (the log has no '# Rank' lines; its first line: "

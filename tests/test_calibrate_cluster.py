@@ -1,0 +1,102 @@
+"""`lshsim calibrate --nccl-tests LOG --cluster TOPOLOGY` (lshsim.calibration.internode): a log of several nodes
+fitted onto a multi-node topology, its NIC rate and the start-up of an all-to-all across nodes; checked against logs
+written by the planner's own model at known values (recovered), and every refusal naming the file, field and value
+with nothing written."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from lshsim.cli import main
+from lshsim.sim.collectives import estimate_collective, uniform_traffic
+from lshsim.topology import build_topology, load_topology
+from lshsim.topology.spec import read_spec
+
+
+def _log(eff: float, start_up: float, *, hosts: int = 2, per_host: int = 8, noise=None) -> str:
+    """An alltoall_perf log of 1 KiB - 1 GiB on `hosts` x `per_host` ranks whose times are the model's:
+    h100-ib-rail-8x8 cut to `hosts` nodes, its NICs at eff x 400 Gb/s, no start-up, plus `start_up`."""
+    spec, source = read_spec("h100-ib-rail-8x8")
+    G = build_topology({**spec, "nodes": hosts, "alpha_s": 0.0, "calibration": {"alpha_s": 0.0, "nic_Bps": eff * 50e9}},
+                       source=source)
+    world = hosts * per_host
+    lines = [f"# nThread 1 nGpus {per_host} minBytes 1024 maxBytes 1073741824 step: 4(factor) warmup iters: 5 "
+             f"iters: 20 agg iters: 1 validation: 1 graph: 0", "#", "# Using devices"]
+    lines += [f"#  Rank {r:2d} Group  0 Pid  {1000 + r // per_host} on  gpu{r // per_host:03d} device {r % per_host:2d} "
+              f"[0x18] NVIDIA H100 80GB HBM3" for r in range(world)]
+    lines += ["#", "#       size         count      type   redop    root     time   algbw   busbw #wrong     time   "
+              "algbw   busbw #wrong"]
+    size, i = 1024, 0
+    while size <= 1 << 30:
+        t = (estimate_collective(G, uniform_traffic(world, float(size)), "direct").time_s + start_up) * 1e6
+        t *= 1.0 + (noise[i] if noise is not None else 0.0)
+        alg = size / t / 1e3
+        lines.append(f"{size:12d} {size // 4 // world:12d}     float    none      -1 {t:9.2f} {alg:7.2f} "
+                     f"{alg * (world - 1) / world:7.2f}      0 {t:9.2f} {alg:7.2f} {alg * (world - 1) / world:7.2f}      0")
+        size, i = size * 4, i + 1
+    return "\n".join(lines) + "\n"
+
+
+def test_the_fit_recovers_the_nic_rate_and_the_start_up_across_nodes(tmp_path, capsys):
+    for hosts, eff, start_up in ((2, 0.80, 35e-6), (4, 0.62, 58e-6)):
+        log = tmp_path / f"log{hosts}.txt"
+        log.write_text(_log(eff, start_up, hosts=hosts))
+        out = tmp_path / f"cluster{hosts}.yaml"
+        assert main(["calibrate", "--nccl-tests", str(log), "--cluster", "h100-ib-rail-8x8", "--out", str(out),
+                     "--quiet"]) == 0
+        printed = capsys.readouterr().out
+        assert f"NIC efficiency {eff:.2f}" in printed and f"start-up across nodes {start_up * 1e6:.1f} us" in printed
+        written = yaml.safe_load(out.read_text())
+        assert written["nodes"] == 8 and written["calibration"]["nic_Bps"] == pytest.approx(eff * 50e9)
+        assert written["calibration"]["a2a_internode_alpha_s"] == pytest.approx(start_up, rel=1e-3)
+        fit = written["calibration"]["provenance"]["nccl_tests_internode"]
+        assert fit["hosts"] == [f"gpu{h:03d}" for h in range(hosts)] and fit["ranks"] == 8 * hosts
+        assert fit["replaced"] == {"a2a_internode_alpha_s": 3.1e-05}
+        # the written topology, cut to the log's nodes, gives the log's times back (the planner's own model)
+        G = load_topology(str(out))
+        assert G.graph["a2a_internode_alpha_s"] == pytest.approx(start_up, rel=1e-3)
+
+
+def test_a_noisy_log_is_fitted_within_its_noise():
+    """+-5% alternating noise on every row: the efficiency within 0.03 and the start-up within 10%."""
+    from lshsim.calibration.internode import fit_internode
+    from lshsim.calibration.sources import parse_nccl_tests
+
+    noise = [0.05 * (-1) ** i for i in range(11)]
+    run = parse_nccl_tests(_log(0.7, 40e-6, noise=noise), source="noisy.txt")
+    spec, source = read_spec("h100-ib-rail-8x8")
+    fit = fit_internode(run, dict(spec), cluster=str(source), log="noisy.txt")
+    assert abs(fit.efficiency - 0.7) <= 0.03 and fit.internode_alpha_s == pytest.approx(40e-6, rel=0.1)
+    assert fit.info()["max_abs_rel_error"] < 0.08
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--cluster", "h100-ib-rail-8x8"], r"--cluster h100-ib-rail-8x8 goes with --nccl-tests LOG"),
+    (["--nccl-tests", "LOG", "--cluster", "h100-ib-rail-8x8", "--raw", "r.json"],
+     r"--raw r.json does not go with it"),
+    (["--nccl-tests", "ONE", "--cluster", "h100-ib-rail-8x8"], r"--cluster fits a log of several nodes; its '# Rank' "
+                                                                 r"lines name 1 host \(node01\)"),
+    (["--nccl-tests", "LOG", "--cluster", "h100-nvswitch"], r"h100-nvswitch.yaml: inter is not given: --cluster needs "
+                                                             r"a topology of several nodes"),
+    (["--nccl-tests", "LOG", "--cluster", "h100-rail-4x8"], r"h100-rail-4x8.yaml: nodes=4, but the log's ranks run on "
+                                                             r"8 hosts"),
+    (["--nccl-tests", "SMALL", "--cluster", "h100-ib-rail-8x8"], r"h100-ib-rail-8x8.yaml: gpus_per_node=8, but the log "
+                                                                  r"runs 2 ranks on each of its 2 hosts"),
+])
+def test_bad_cluster_calibrations_are_refused_and_write_nothing(tmp_path, capsys, argv, message):
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parent / "data" / "nccl_tests_alltoall_perf.txt"
+    files = {"LOG": tmp_path / "eight.txt", "ONE": data, "SMALL": tmp_path / "small.txt"}
+    files["LOG"].write_text(_log(0.8, 30e-6, hosts=8))
+    files["SMALL"].write_text(data.read_text().replace("on     node01 device  2", "on     node02 device  0")
+                              .replace("on     node01 device  3", "on     node02 device  1"))
+    out = tmp_path / "t.yaml"
+    argv = [str(files.get(a, a)) if a in files else a for a in argv]
+    with pytest.raises(SystemExit) as info:
+        main(["calibrate", *argv, "--out", str(out), "--quiet"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert info.value.code == 2
+    import re
+    assert re.search(message, err), err
+    assert not out.exists()
