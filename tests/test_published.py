@@ -495,6 +495,18 @@ def test_oci_rccl_cases_read_as_the_page_prints_them(tmp_path):
         load_cases(tmp_path)
 
 
+
+def _assert_rows_as_printed(by_size: dict, rows, *, ranks: int, busbw_tolerance: float) -> None:
+    """Each (size, count column, out-of-place time us, printed busbw) row of an alltoall_perf log (floats, 2 nodes):
+    the count column gives `ranks`, the case's figure is size x (ranks - 1) / ranks / time to 4 significant figures and
+    agrees with the printed busbw within `busbw_tolerance` (the log's rounding), and the per-peer bytes add up."""
+    for size, count, time_us, busbw in rows:
+        c = by_size[size]
+        assert size // 4 // count == c.ep == ranks and c.nodes == 2
+        assert c.published_GBps == float(f"{size * (ranks - 1) / ranks / time_us / 1e3:.4g}")
+        assert c.published_GBps == pytest.approx(busbw, abs=busbw_tolerance + 1e-9)
+        assert alltoall_per_peer_bytes(c) * c.ep == size
+
 def test_amdkit_rccl_cases_read_as_the_log_prints_them():
     """pub15: the 25 out-of-place rows (256 B - 4 GiB) of the multi-node rccl-tests alltoall_perf log of an MI355X + AINIC
     validation guide (16 ranks, floats): each figure is size x 15 / 16 / the printed time (4 significant figures) and
@@ -510,12 +522,7 @@ def test_amdkit_rccl_cases_read_as_the_log_prints_them():
             (4194304, 65536, 87.84, 44.76), (8388608, 131072, 160.22, 49.09), (33554432, 524288, 401.10, 78.43),
             (4294967296, 67108864, 44361.2, 90.77)]
     assert sorted(kit) == [2 ** k for k in range(8, 33)]          # 256 B - 4 GiB, 8 / 16 GiB left out (fresh14's)
-    for size, count, time_us, busbw in rows:
-        c = kit[size]
-        assert size // 4 // count == c.ep == 16 and c.nodes == 2
-        assert c.published_GBps == float(f"{size * 15 / 16 / time_us / 1e3:.4g}")
-        assert c.published_GBps == pytest.approx(busbw, abs=0.01 + 1e-9)    # both rounded: <= 0.005 each
-        assert alltoall_per_peer_bytes(c) * c.ep == size
+    _assert_rows_as_printed(kit, rows, ranks=16, busbw_tolerance=0.01)
     spec, _ = read_spec("published/amdkit-mi355x-ainic-2x8")
     assert (spec["nodes"], spec["gpus_per_node"], spec["inter"]["nics_per_node"], spec["inter"]["nic_gbps"]) == (2, 8, 8, 400)
     fresh15 = load_fresh(PUBLISHED_DIR, cases, key="fresh15")
@@ -544,12 +551,7 @@ def test_nig_nccl_cases_read_as_the_log_prints_them():
     rows = [(16, 1, 24.52, 0.00), (1024, 64, 24.48, 0.03), (65536, 4096, 41.02, 1.20), (524288, 32768, 107.4, 3.66),
             (1048576, 65536, 209.0, 3.76), (16777216, 1048576, 1993.1, 6.31), (134217728, 8388608, 17761, 5.67)]
     assert sorted(nig) == [2 ** k for k in range(4, 28)]           # 16 B - 128 MiB, the three size-0 rows left out
-    for size, count, time_us, busbw in rows:
-        c = nig[size]
-        assert size // 4 // count == c.ep == 4 and c.nodes == 2
-        assert c.published_GBps == float(f"{size * 3 / 4 / time_us / 1e3:.4g}")
-        assert c.published_GBps == pytest.approx(busbw, abs=0.005 + 1e-9)   # rounded to 2 decimals by the log
-        assert alltoall_per_peer_bytes(c) * c.ep == size
+    _assert_rows_as_printed(nig, rows, ranks=4, busbw_tolerance=0.005)
     spec, _ = read_spec("published/nig-v100-edr-2x2")
     assert (spec["nodes"], spec["gpus_per_node"], spec["inter"]["nics_per_node"], spec["inter"]["nic_gbps"]) == (2, 2, 1, 100)
     fresh16 = load_fresh(PUBLISHED_DIR, cases, key="fresh16")
@@ -578,12 +580,7 @@ def test_a100pcie_nccl_cases_read_as_the_log_prints_them():
     rows = [(1024, 128, 35.08, 0.01), (8192, 1024, 34.07, 0.12), (32768, 4096, 33.63, 0.49),
             (65536, 8192, 27.78, 1.18), (131072, 16384, 33.70, 1.94), (524288, 65536, 48.29, 5.43)]
     assert sorted(a100) == [2 ** k for k in range(10, 20)]      # 1 KiB - 512 KiB, the power-of-two rows of the sweep
-    for size, count, time_us, busbw in rows:
-        c = a100[size]
-        assert size // 4 // count == c.ep == 2 and c.nodes == 2
-        assert c.published_GBps == float(f"{size / 2 / time_us / 1e3:.4g}")
-        assert c.published_GBps == pytest.approx(busbw, abs=0.005 + 1e-9)   # rounded to 2 decimals by the log
-        assert alltoall_per_peer_bytes(c) * c.ep == size
+    _assert_rows_as_printed(a100, rows, ranks=2, busbw_tolerance=0.005)
     assert a100[1024].published_GBps == 0.0146 and a100[524288].published_GBps == 5.429
     spec, _ = read_spec("published/a100pcie-ib-2x1")
     assert (spec["nodes"], spec["gpus_per_node"], spec["inter"]["nics_per_node"], spec["inter"]["nic_gbps"]) == (2, 1, 1, 200)
