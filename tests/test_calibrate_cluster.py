@@ -48,13 +48,22 @@ def test_the_fit_recovers_the_nic_rate_and_the_start_up_across_nodes(tmp_path, c
         assert f"NIC efficiency {eff:.2f}" in printed and f"start-up across nodes {start_up * 1e6:.1f} us" in printed
         written = yaml.safe_load(out.read_text())
         assert written["nodes"] == 8 and written["calibration"]["nic_Bps"] == pytest.approx(eff * 50e9)
-        assert written["calibration"]["a2a_internode_alpha_s"] == pytest.approx(start_up, rel=1e-3)
+        # the topology's cost per remote peer (1.6 us) is kept; L is what is left of the start-up beside it
+        g, remote = written["calibration"]["a2a_remote_peer_s"], 8 * hosts - 8
+        assert g == 1.6e-6
+        assert written["calibration"]["a2a_internode_alpha_s"] + g * remote == pytest.approx(start_up, rel=1e-3)
         fit = written["calibration"]["provenance"]["nccl_tests_internode"]
         assert fit["hosts"] == [f"gpu{h:03d}" for h in range(hosts)] and fit["ranks"] == 8 * hosts
-        assert fit["replaced"] == {"a2a_internode_alpha_s": 3.1e-05}
+        assert fit["replaced"] == {"a2a_internode_alpha_s": 1.82e-05}
         # the written topology, cut to the log's nodes, gives the log's times back (the planner's own model)
-        G = load_topology(str(out))
-        assert G.graph["a2a_internode_alpha_s"] == pytest.approx(start_up, rel=1e-3)
+        spec, source = read_spec(str(out))
+        G = build_topology({**spec, "nodes": hosts}, source=source)
+        for size in (1024.0, 1 << 20, 1 << 30):
+            truth = estimate_collective(build_topology({**spec, "nodes": hosts, "alpha_s": 0.0, "calibration": {
+                "alpha_s": 0.0, "nic_Bps": eff * 50e9}}, source=source), uniform_traffic(8 * hosts, size), "direct")
+            assert estimate_collective(G, uniform_traffic(8 * hosts, size), "direct").time_s == \
+                pytest.approx(truth.time_s + start_up, rel=1e-3)
+        assert load_topology(str(out)).graph["a2a_remote_peer_s"] == g
 
 
 def test_a_noisy_log_is_fitted_within_its_noise():
@@ -66,7 +75,7 @@ def test_a_noisy_log_is_fitted_within_its_noise():
     run = parse_nccl_tests(_log(0.7, 40e-6, noise=noise), source="noisy.txt")
     spec, source = read_spec("h100-ib-rail-8x8")
     fit = fit_internode(run, dict(spec), cluster=str(source), log="noisy.txt")
-    assert abs(fit.efficiency - 0.7) <= 0.03 and fit.internode_alpha_s == pytest.approx(40e-6, rel=0.1)
+    assert abs(fit.efficiency - 0.7) <= 0.03 and fit.internode_alpha_s + 8 * 1.6e-6 == pytest.approx(40e-6, rel=0.1)
     assert fit.info()["max_abs_rel_error"] < 0.08
 
 

@@ -58,6 +58,26 @@ def test_a_start_up_the_caller_sets_is_every_phase_s():
     assert "a2a_internode_alpha_s" not in simulate_all_to_all(G, traffic, local_copy=False, alpha_s=0.0).options
 
 
+def test_the_start_up_across_nodes_grows_with_the_remote_peers():
+    """L + g p: on 2, 4 and 8 nodes of 4 GPUs a tiny all-to-all starts L + g x (4 x (nodes - 1)) late; a phase within
+    a node keeps alpha_s; with g alone (L absent) the start-up is g p where that passes alpha_s."""
+    for nodes in (2, 4, 8):
+        spec = _spec(20e-6, nodes=nodes)
+        spec["calibration"]["a2a_remote_peer_s"] = 2e-6
+        plain, slow = build_topology(_spec(nodes=nodes, alpha=0.0)), build_topology(spec)
+        traffic = uniform_traffic(4 * nodes, 1024.0)
+        extra = simulate_all_to_all(slow, traffic, local_copy=False).time_s - \
+            simulate_all_to_all(plain, traffic, local_copy=False).time_s
+        assert extra == pytest.approx(20e-6 + 2e-6 * 4 * (nodes - 1), rel=1e-6)
+        assert estimate_collective(slow, traffic, "direct", local_copy=False).time_s == \
+            pytest.approx(simulate_all_to_all(slow, traffic, local_copy=False).time_s, rel=1e-9)
+    only_g = _spec()
+    only_g["calibration"] = {"a2a_remote_peer_s": 5e-6}
+    G = build_topology(only_g)
+    assert phase_alpha_s(G, 1e-5, uniform_traffic(8, 1.0)) == pytest.approx(20e-6)      # 4 remote peers x 5 us
+    assert phase_alpha_s(G, 30e-6, uniform_traffic(8, 1.0)) == 30e-6
+
+
 def test_bad_internode_start_ups_are_refused_naming_the_field():
     with pytest.raises(ValueError, match=r"calibration.a2a_internode_alpha_s=4e-05 is the start-up of an all-to-all "
                                          r"across nodes, but the topology has one node"):
@@ -66,13 +86,19 @@ def test_bad_internode_start_ups_are_refused_naming_the_field():
         build_topology(_spec(-1e-5))
     with pytest.raises(ValueError, match=r"calibration.a2a_internode_alpha_s='3e-5' must be a finite number, not text"):
         build_topology(_spec("3e-5"))
+    one = _spec(nodes=1)
+    one["calibration"] = {"a2a_remote_peer_s": 1e-6}
+    with pytest.raises(ValueError, match=r"calibration.a2a_remote_peer_s=1e-06 is the start-up of an all-to-all across "
+                                         r"nodes, but the topology has one node"):
+        build_topology(one)
 
 
 def test_the_catalog_start_up_reproduces_the_published_small_all_to_all_it_came_from():
-    """The shipped InfiniBand / RoCE topologies' 31 us: a 2-node cut of h100-ib-rail-8x8, 16 ranks, gives the whole
+    """The shipped InfiniBand / RoCE topologies' 18.2 us + 1.6 us per remote peer (31 us at 2 x 8): a 2-node cut of
+    h100-ib-rail-8x8, 16 ranks, gives the whole
     small all-to-all of the published 16-rank RoCE curve it was taken from (median 37.4 us over 256 B - 128 KiB)
-    within 1 us; without it (alpha_s 10 us) it was 16 us. The EFA topology's 37 us likewise gives the published
-    64 KiB row over EFA (43.9 us)."""
+    within 1 us; without it (alpha_s 10 us) it was 16 us. The EFA topology's 4.6 us per remote peer (36.8 us at
+    2 x 8) likewise gives the published 64 KiB row over EFA (43.9 us)."""
     from lshsim.sim.published import load_cases
 
     cases = {c.id: c for c in load_cases()}

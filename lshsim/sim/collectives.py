@@ -139,38 +139,48 @@ def _offdiag(traffic: np.ndarray, mask: np.ndarray | None = None):
 
 
 def phase_alpha_s(G: nx.DiGraph, alpha_s: float, traffic) -> float:
-    """The start-up of one all-to-all phase of `traffic` (W, W): the topology's inter-node start-up
-    (`calibration.a2a_internode_alpha_s`, G.graph["a2a_internode_alpha_s"]) when the phase sends any
-    bytes between GPUs of different nodes and it is larger than alpha_s, else alpha_s. Cause:
-    NCCL's all-to-all across nodes goes through the network transport (its proxy thread, a
-    round trip of the NIC's verbs), whose fixed cost published nccl-tests logs show at 25-45 us
-    for a whole small all-to-all on 2 nodes (data/topologies/README.md), where one node's
-    NVLink all-to-all starts in about 10 us.
+    """The start-up of one all-to-all phase of `traffic` (W, W): where the phase sends bytes between GPUs of
+    different nodes, max(alpha_s, L + g x p), L the topology's start-up across nodes
+    (`calibration.a2a_internode_alpha_s`, G.graph["a2a_internode_alpha_s"], default 0), g its cost per remote peer
+    (`calibration.a2a_remote_peer_s`, default 0) and p the most peers on other nodes any rank sends to in the phase;
+    else (or with neither given) alpha_s. Cause: NCCL's all-to-all across nodes goes through the network transport
+    (its proxy thread, one connection per remote peer), whose fixed cost published nccl-tests logs show at 25-45 us
+    for a whole small all-to-all on 2 nodes, growing with the remote peers (data/topologies/README.md), where one
+    node's NVLink all-to-all starts in about 10 us.
 
     >>> from lshsim.topology import build_topology
     >>> G = build_topology({"name": "m", "gpu": "h100", "nodes": 2, "gpus_per_node": 2, "alpha_s": 1e-5,
     ...                     "intra": {"kind": "nvswitch"}, "inter": {"kind": "fat_tree", "nics_per_node": 2,
-    ...                     "nic_gbps": 400}, "calibration": {"a2a_internode_alpha_s": 4e-5}})
+    ...                     "nic_gbps": 400}, "calibration": {"a2a_internode_alpha_s": 4e-5, "a2a_remote_peer_s": 1e-6}})
     >>> within, across = np.zeros((4, 4)), np.zeros((4, 4))
-    >>> within[0, 1] = across[0, 2] = 1e6
-    >>> phase_alpha_s(G, 1e-5, within), phase_alpha_s(G, 1e-5, across)
-    (1e-05, 4e-05)
+    >>> within[0, 1] = across[0, 2] = across[0, 3] = 1e6
+    >>> phase_alpha_s(G, 1e-5, within), round(phase_alpha_s(G, 1e-5, across), 9)     # 40 us + 2 remote peers x 1 us
+    (1e-05, 4.2e-05)
     """
-    internode = G.graph.get("a2a_internode_alpha_s")
-    if not internode or internode <= alpha_s:
+    internode = float(G.graph.get("a2a_internode_alpha_s") or 0.0)
+    per_peer = float(G.graph.get("a2a_remote_peer_s") or 0.0)
+    if internode <= 0 and per_peer <= 0:
         return alpha_s
     per_node = int(G.graph.get("gpus_per_node") or 0)
     traffic = np.asarray(traffic)
     if per_node <= 0 or traffic.shape[0] <= per_node:
         return alpha_s
-    node = np.arange(traffic.shape[0]) // per_node
-    return float(internode) if bool(((traffic > 0) & (node[:, None] != node[None, :])).any()) else alpha_s
+    world = traffic.shape[0]
+    if world % per_node:
+        return alpha_s
+    nodes = world // per_node
+    sent = (traffic > 0).reshape(world, nodes, per_node).sum(axis=2)            # (W, nodes) peers per node
+    own = sent[np.arange(world), np.arange(world) // per_node]                   # (W,) peers on its own node
+    remote = sent.sum(axis=1) - own                                              # (W,) peers on other nodes
+    if not remote.any():
+        return alpha_s
+    return max(alpha_s, internode + per_peer * float(remote.max()))
 
 
 def _internode_option(G: nx.DiGraph) -> dict:
-    """{"a2a_internode_alpha_s": value} for a result's options where the topology has one, else {}."""
-    value = G.graph.get("a2a_internode_alpha_s")
-    return {"a2a_internode_alpha_s": float(value)} if value else {}
+    """The topology's start-up terms across nodes for a result's options (those it has), else {}."""
+    return {key: float(G.graph[key]) for key in ("a2a_internode_alpha_s", "a2a_remote_peer_s")
+            if G.graph.get(key) is not None}
 
 
 @dataclass
