@@ -157,24 +157,29 @@ def phase_alpha_s(G: nx.DiGraph, alpha_s: float, traffic) -> float:
     >>> phase_alpha_s(G, 1e-5, within), round(phase_alpha_s(G, 1e-5, across), 9)     # 40 us + 2 remote peers x 1 us
     (1e-05, 4.2e-05)
     """
+    if not _has_internode_terms(G):
+        return alpha_s
+    src, dst = np.nonzero(np.asarray(traffic) > 0)
+    return _pairs_alpha_s(G, alpha_s, src, dst)
+
+
+def _has_internode_terms(G: nx.DiGraph) -> bool:
+    return bool(G.graph.get("a2a_internode_alpha_s") or G.graph.get("a2a_remote_peer_s"))
+
+
+def _pairs_alpha_s(G: nx.DiGraph, alpha_s: float, src: np.ndarray, dst: np.ndarray) -> float:
+    """`phase_alpha_s` of a phase given as its distinct (source, destination) rank pairs with bytes."""
+    per_node = int(G.graph.get("gpus_per_node") or 0)
+    if per_node <= 0 or len(src) == 0:
+        return alpha_s
+    src, dst = np.asarray(src), np.asarray(dst)
+    across = src // per_node != dst // per_node
+    if not across.any():
+        return alpha_s
+    peers = np.bincount(src[across]).max()                # the most remote peers one rank sends to
     internode = float(G.graph.get("a2a_internode_alpha_s") or 0.0)
     per_peer = float(G.graph.get("a2a_remote_peer_s") or 0.0)
-    if internode <= 0 and per_peer <= 0:
-        return alpha_s
-    per_node = int(G.graph.get("gpus_per_node") or 0)
-    traffic = np.asarray(traffic)
-    if per_node <= 0 or traffic.shape[0] <= per_node:
-        return alpha_s
-    world = traffic.shape[0]
-    if world % per_node:
-        return alpha_s
-    nodes = world // per_node
-    sent = (traffic > 0).reshape(world, nodes, per_node).sum(axis=2)            # (W, nodes) peers per node
-    own = sent[np.arange(world), np.arange(world) // per_node]                   # (W,) peers on its own node
-    remote = sent.sum(axis=1) - own                                              # (W,) peers on other nodes
-    if not remote.any():
-        return alpha_s
-    return max(alpha_s, internode + per_peer * float(remote.max()))
+    return max(alpha_s, internode + per_peer * float(peers))
 
 
 def _internode_option(G: nx.DiGraph) -> dict:
@@ -209,10 +214,8 @@ class CollectiveRun:
         if len(src) == 0:
             return
         alpha = net.alpha_s
-        if self.internode_alpha:
-            sent = np.zeros(traffic.shape)
-            sent[src, dst] = size
-            alpha = phase_alpha_s(net.G, net.alpha_s, sent)
+        if self.internode_alpha and _has_internode_terms(net.G):
+            alpha = _pairs_alpha_s(net.G, net.alpha_s, src, dst)
         if self.message_gap_s <= 0:
             tr = net.transfer(src, dst, size, alpha_s=alpha, label=name)
             yield tr.done
