@@ -480,13 +480,8 @@ def test_oci_rccl_cases_read_as_the_page_prints_them(tmp_path):
         assert (spec["inter"]["nics_per_node"], spec["inter"]["nic_gbps"]) == (8, 400)
     fresh14 = load_fresh(PUBLISHED_DIR, cases, key="fresh14")
     assert fresh14 == set(oci)
-    others = load_split(PUBLISHED_DIR, cases).union(*(load_fresh(PUBLISHED_DIR, cases, key=k)
-                                                      for k in FRESH_SETS if k != "fresh14"))
-    assert not fresh14 & others
     held = sorted(fresh14)[0]
-    run = CaseRun(oci[held], 1e9, 0.0, {e: 1e-2 for e in GRID}, messages=8.0)
-    with pytest.raises(ValueError, match=rf"held-out\) cases must never be fitted on: {held}"):
-        fit_calibration([run], fresh14, GRID)
+    _assert_held_out_alone(cases, fresh14, "fresh14", oci[held])
     # a malformed copy of the file is refused, naming the file, the field and the value
     doc = yaml.safe_load((PUBLISHED_DIR / oci[held].file).read_text())
     doc["cases"][0]["element_bytes"] = 3
@@ -495,6 +490,19 @@ def test_oci_rccl_cases_read_as_the_page_prints_them(tmp_path):
         load_cases(tmp_path)
 
 
+
+
+def _assert_held_out_alone(cases, ids: set, key: str, held) -> None:
+    """The held-out set `key` (its case `ids`) shares no case with the test list or any other fresh set, and the fit
+    refuses `held`, one of its cases."""
+    from lshsim.sim.published import FRESH_SETS
+
+    others = load_split(PUBLISHED_DIR, cases).union(*(load_fresh(PUBLISHED_DIR, cases, key=k)
+                                                      for k in FRESH_SETS if k != key))
+    assert held.id in ids and not ids & others
+    run = CaseRun(held, 1e9, 0.0, {e: 1e-2 for e in GRID}, messages=8.0)
+    with pytest.raises(ValueError, match=rf"held-out\) cases must never be fitted on: {held.id}"):
+        fit_calibration([run], ids, GRID)
 
 def _assert_rows_as_printed(by_size: dict, rows, *, ranks: int, busbw_tolerance: float) -> None:
     """Each (size, count column, out-of-place time us, printed busbw) row of an alltoall_perf log (floats, 2 nodes):
@@ -527,13 +535,7 @@ def test_amdkit_rccl_cases_read_as_the_log_prints_them():
     assert (spec["nodes"], spec["gpus_per_node"], spec["inter"]["nics_per_node"], spec["inter"]["nic_gbps"]) == (2, 8, 8, 400)
     fresh15 = load_fresh(PUBLISHED_DIR, cases, key="fresh15")
     assert fresh15 == {c.id for size, c in kit.items() if size >= 32 << 20}     # below: fitting since the tenth session
-    others = load_split(PUBLISHED_DIR, cases).union(*(load_fresh(PUBLISHED_DIR, cases, key=k)
-                                                      for k in FRESH_SETS if k != "fresh15"))
-    assert not fresh15 & others
-    held = kit[32 << 20]
-    run = CaseRun(held, 1e9, 0.0, {e: 1e-2 for e in GRID}, messages=8.0)
-    with pytest.raises(ValueError, match=rf"held-out\) cases must never be fitted on: {held.id}"):
-        fit_calibration([run], fresh15, GRID)
+    _assert_held_out_alone(cases, fresh15, "fresh15", kit[32 << 20])
 
 
 def test_nig_nccl_cases_read_as_the_log_prints_them():
@@ -556,13 +558,7 @@ def test_nig_nccl_cases_read_as_the_log_prints_them():
     assert (spec["nodes"], spec["gpus_per_node"], spec["inter"]["nics_per_node"], spec["inter"]["nic_gbps"]) == (2, 2, 1, 100)
     fresh16 = load_fresh(PUBLISHED_DIR, cases, key="fresh16")
     assert "fresh16" in FRESH_SETS and fresh16 == {c.id for size, c in nig.items() if size >= 32 << 20}
-    others = load_split(PUBLISHED_DIR, cases).union(*(load_fresh(PUBLISHED_DIR, cases, key=k)
-                                                      for k in FRESH_SETS if k != "fresh16"))
-    assert not fresh16 & others
-    held = nig[32 << 20]
-    run = CaseRun(held, 1e9, 0.0, {e: 1e-2 for e in GRID}, messages=8.0)
-    with pytest.raises(ValueError, match=rf"held-out\) cases must never be fitted on: {held.id}"):
-        fit_calibration([run], fresh16, GRID)
+    _assert_held_out_alone(cases, fresh16, "fresh16", nig[32 << 20])
 
 
 def test_a100pcie_nccl_cases_read_as_the_log_prints_them():
@@ -587,13 +583,7 @@ def test_a100pcie_nccl_cases_read_as_the_log_prints_them():
     assert spec["gpu"]["name"] == "A100-PCIE-40GB" and spec["intra"]["kind"] == "pcie"
     fresh17 = load_fresh(PUBLISHED_DIR, cases, key="fresh17")
     assert "fresh17" in FRESH_SETS and fresh17 == {c.id for c in a100.values()}
-    others = load_split(PUBLISHED_DIR, cases).union(*(load_fresh(PUBLISHED_DIR, cases, key=k)
-                                                      for k in FRESH_SETS if k != "fresh17"))
-    assert not fresh17 & others
-    held = a100[1024]
-    run = CaseRun(held, 1e9, 0.0, {e: 1e-2 for e in GRID}, messages=8.0)
-    with pytest.raises(ValueError, match=rf"held-out\) cases must never be fitted on: {held.id}"):
-        fit_calibration([run], fresh17, GRID)
+    _assert_held_out_alone(cases, fresh17, "fresh17", a100[1024])
 
 
 def test_orcd_b200_nccl_cases_read_as_the_logs_print_them():
@@ -628,13 +618,7 @@ def test_orcd_b200_nccl_cases_read_as_the_logs_print_them():
     assert spec["gpu"] == "b200" and spec["intra"]["kind"] == "nvswitch"
     fresh18 = load_fresh(PUBLISHED_DIR, cases, key="fresh18")
     assert "fresh18" in FRESH_SETS and fresh18 == set(orcd)
-    others = load_split(PUBLISHED_DIR, cases).union(*(load_fresh(PUBLISHED_DIR, cases, key=k)
-                                                      for k in FRESH_SETS if k != "fresh18"))
-    assert not fresh18 & others
-    held = orcd["orcd-b200-rocky-5500-5501-ep16-1MiB"]
-    run = CaseRun(held, 1e9, 0.0, {e: 1e-2 for e in GRID}, messages=8.0)
-    with pytest.raises(ValueError, match=rf"held-out\) cases must never be fitted on: {held.id}"):
-        fit_calibration([run], fresh18, GRID)
+    _assert_held_out_alone(cases, fresh18, "fresh18", orcd["orcd-b200-rocky-5500-5501-ep16-1MiB"])
 
 
 def test_routing_as_deepep_draws_it():
