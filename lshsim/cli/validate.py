@@ -233,8 +233,8 @@ def _run_published(args) -> int:
             floor = cal.get("alltoall_floor_s", {}).get(family, 0.0)
             ramp = cal.get("alltoall_ramp_bytes", {}).get(family, 0.0)
             starts += (f"{', ' if starts else ''}all-to-all {floor * 1e6:.1f} us + "
-                       f"{alpha['alltoall']['alltoall'] * 1e6:.1f} us x s / (s + {ramp / 2**20:.3g} MiB) + "
-                       f"{cal['alltoall_peer_s'][family] * 1e6:.2f} us per remote peer")
+                       f"({alpha['alltoall']['alltoall'] * 1e6:.1f} us + "
+                       f"{cal['alltoall_peer_s'][family] * 1e6:.2f} us per remote peer) x s / (s + {ramp / 2**20:.3g} MiB)")
         console.print(f"calibration {family} (fitting cases only): NIC efficiency {cal['nic_efficiency'][family]:.2f} "
                       f"({cal['nic_Bps'][family] / 1e9:.1f} GB/s per NIC; floor shown by the fitting cases "
                       f"{cal['efficiency_floor'].get(family, 0.0):.3f}), start-ups: {starts}; per low-latency "

@@ -59,9 +59,13 @@ Plain all-to-all (kind `alltoall`, since a2a14g): nccl-tests' alltoall_perf rows
 column: the bytes each rank sends in all, size / ranks to every rank, itself included) and the published busbw
 (algbw = size / time, busbw = algbw x (n - 1) / n: the bytes a rank sends to the n - 1 others / time). The traffic is
 the even matrix (`UniformTraffic`), simulated as a direct all-to-all on the case's topology (`estimate_all_to_all`);
-t = t_sim(eff) + L + a x s / (s + S0) + g x p, p = a rank's remote peers (ranks on other nodes), s = the bytes a rank
+t = t_sim(eff) + L + (a + g x p) x s / (s + S0), p = a rank's remote peers (ranks on other nodes), s = the bytes a rank
 sends (the case's size), a = alpha[alltoall] in [0, ALPHA_MAX_S], g in [0, PEER_MAX_S], L in [0, FLOOR_MAX_S], S0 in
-RAMP_BYTES_BOUNDS (`_fit_alltoall`). Since the tenth session (2026-12-03) the start-up a ramps in with the size and a
+RAMP_BYTES_BOUNDS (`_fit_alltoall`). Since the eleventh session (2026-12-03) the cost per remote peer ramps in with the
+size as the start-up does (the form "floorg"; the tenth session's "floor", L + a s / (s + S0) + g p, kept g at every
+size and made fresh17's 2-rank small all-to-alls 38% too fast: published small all-to-alls take 24-45 us whatever the
+rank count); it was chosen again with fresh17's 10 rows added as calibration points, by the rule written in
+benchmarks/eval_a2a_size_terms.py before that run. Since the tenth session the start-up a ramps in with the size and a
 latency floor L sits under it: until then t = t_sim + a + g x p, with a fitted on rows of 32 MiB or more, made every
 published all-to-all below ~16 MiB 5-12x too slow (fresh12, fresh15, fresh16: the start-up the large rows carry is a
 ramp, not a latency; measured small all-to-alls take 24-45 us flat). The form was chosen among nine
@@ -525,7 +529,7 @@ class Calibration:
             raise ValueError(f"case {case.id}: no simulated time at NIC efficiency {eff} (simulated: "
                              f"{', '.join(str(e) for e in sorted(run.sim_s))})")
         alpha = self.alpha_s[family].get(case.kind, {}).get(case.op, 0.0)
-        if case.kind == "alltoall":               # floor + ramped start-up + a cost per remote peer (`_fit_alltoall`)
+        if case.kind == "alltoall":               # floor + (start-up + cost per remote peer) ramped (`_fit_alltoall`)
             return alltoall_time_s(run.sim_s[eff], float(case.size_bytes), run.messages, alpha,
                                    self.alltoall_peer_s.get(family, 0.0), self.alltoall_floor_s.get(family, 0.0),
                                    self.alltoall_ramp_bytes.get(family, 0.0))
@@ -563,14 +567,14 @@ RAMP_BYTES_BOUNDS = (64e3, 16e9)
 
 def alltoall_time_s(sim_s: float, size_bytes: float, peers: float, alpha: float, peer_s: float, floor_s: float,
                     ramp_bytes: float) -> float:
-    """A plain all-to-all's predicted seconds: t_sim + L + a x s / (s + S0) + g x p (the module docstring). With
-    S0 = 0 the start-up is the constant of the model before the tenth session.
+    """A plain all-to-all's predicted seconds: t_sim + L + (a + g x p) x s / (s + S0) (the module docstring). With
+    S0 = 0 (and L = 0) it is the constant start-up a + g x p of the model before the tenth session.
 
     >>> round(alltoall_time_s(100e-6, 1 << 20, 8, 300e-6, 2e-6, 20e-6, 1 << 20) * 1e6, 6)
-    286.0
+    278.0
     """
     ramp = size_bytes / (size_bytes + ramp_bytes) if ramp_bytes > 0 else 1.0
-    return sim_s + floor_s + alpha * ramp + peer_s * peers
+    return sim_s + floor_s + (alpha + peer_s * peers) * ramp
 
 
 def demonstrated_efficiency(runs: list["CaseRun"]) -> dict:
@@ -683,9 +687,9 @@ def _fit_low_latency(runs: list[CaseRun], eff: float) -> tuple[dict, float, floa
 def _fit_alltoall(runs: list[CaseRun], eff: float) -> tuple[dict, float, float, float, float]:
     """Plain all-to-all (kind alltoall): a start-up a in [0, ALPHA_MAX_S] that ramps in as s / (s + S0), S0 in
     RAMP_BYTES_BOUNDS (fitted as log S0), a cost g per remote peer in [0, PEER_MAX_S] and a latency floor L in
-    [0, FLOOR_MAX_S]: t = t_sim(eff) + L + a s / (s + S0) + g p (`alltoall_time_s`), by bounded robust least squares
+    [0, FLOOR_MAX_S]: t = t_sim(eff) + L + (a + g p) s / (s + S0) (`alltoall_time_s`), by bounded robust least squares
     of log(pred / published) (soft L1, `_robust`; three starts of g, the best kept; the same fit as
-    benchmarks/eval_a2a_size_terms.py's form "floor"). Returns ({"alltoall": a}, g, L, S0, loss)."""
+    benchmarks/eval_a2a_size_terms.py's form "floorg"). Returns ({"alltoall": a}, g, L, S0, loss)."""
     from scipy.optimize import least_squares
 
     def time(r, x):
