@@ -6,10 +6,12 @@ script takes that cluster's 2-node rows as the log (sizes and the published out-
 fits the NIC rate and the start-up across nodes onto the cluster's own 2-node topology
 (`lshsim.calibration.internode.fit_internode`), then predicts every other row of the cluster with the planner's model
 on the topology of the row's node count carrying the fitted values (`estimate_collective(..., "direct")`), next to the
-same topology uncalibrated (its NICs at line rate, no start-up). Each calibration is made twice: without a cost per
-remote peer, and with the cluster's NIC family's g as `lshsim validate --published` fits it (kept, not fitted: one
-node count cannot tell it from the start-up; those g were fitted on rows that include these clusters' own, but for
-the B200 cluster's). The rows are published cases of every role (fitting,
+same topology uncalibrated (its NICs at line rate, no start-up). Each calibration is made three times: without a cost
+per remote peer ("none"), with the cluster's NIC family's g as `lshsim validate --published` fits it at every size
+("g", the planner's form of the tenth session), and with that g ramped in as s / (s + S0) ("g ramped", the form of
+the published-case model and the planner since the eleventh session). g and S0 are kept, not fitted: one node count
+cannot tell g from the start-up; they were fitted on rows that include these clusters' own, but for the B200
+cluster's. The rows are published cases of every role (fitting,
 fresh6, fresh13, fresh18: all seen), so this is NOT a held-out result: it measures how far one 2-node calibration
 carries within a cluster.
 
@@ -33,17 +35,21 @@ from lshsim.topology import build_topology  # noqa: E402
 from lshsim.topology.spec import read_spec  # noqa: E402
 
 #: (name, case-file prefix, how the rows split into logs: a function of the case id, the log to calibrate on, the cost
-#: per remote peer g of the cluster's NIC family as `lshsim validate --published` fits it (10th session: efa_v1_nccl
-#: 4.65 us, efa_nccl 1.37 us, ib_nccl 1.57 us; fitted on fitting rows that include these clusters' own but for B200's))
+#: per remote peer g of the cluster's NIC family and its ramp S0 as `lshsim validate --published` fits them (11th
+#: session, g x s / (s + S0): efa_v1_nccl 16.92 us, 120 MiB; efa_nccl 1.47 us, 4.94 MiB; ib_nccl 6.81 us, 83.8 MiB;
+#: fitted on fitting rows that include these clusters' own but for B200's; the 10th session's, without a ramp:
+#: 4.65, 1.37, 1.57 us))
+MiB = float(1 << 20)
 CLUSTERS = (
-    ("SageMaker HyperPod p5 (EFA v1), NCCL", "nccl-hyperpod-p5", lambda c: f"{c.nodes} nodes", "2 nodes", 4.65e-6),
-    ("AWS p6-b300 (EFA v3), NCCL", "nccl-aws-p6b300", lambda c: f"{c.nodes} nodes", "2 nodes", 1.37e-6),
+    ("SageMaker HyperPod p5 (EFA v1), NCCL", "nccl-hyperpod-p5", lambda c: f"{c.nodes} nodes", "2 nodes",
+     (16.92e-6, 120 * MiB)),
+    ("AWS p6-b300 (EFA v3), NCCL", "nccl-aws-p6b300", lambda c: f"{c.nodes} nodes", "2 nodes", (1.47e-6, 4.94 * MiB)),
     ("H100 + 400 Gb/s ConnectX, 8 GPUs per node, NCCL", "nccl-ntc-h100-g8", lambda c: f"{c.nodes} nodes", "2 nodes",
-     1.57e-6),
+     (6.81e-6, 83.8 * MiB)),
     ("B200 + 8 x NDR, Rocky pair 5500-5501 calibrates", "nccl-orcd-b200",
-     lambda c: c.id.rsplit("-ep", 1)[0].replace("orcd-b200-", ""), "rocky-5500-5501", 1.57e-6),
+     lambda c: c.id.rsplit("-ep", 1)[0].replace("orcd-b200-", ""), "rocky-5500-5501", (6.81e-6, 83.8 * MiB)),
     ("B200 + 8 x NDR, Ubuntu pair calibrates", "nccl-orcd-b200",
-     lambda c: c.id.rsplit("-ep", 1)[0].replace("orcd-b200-", ""), "ubuntu-5700-5701", 1.57e-6),
+     lambda c: c.id.rsplit("-ep", 1)[0].replace("orcd-b200-", ""), "ubuntu-5700-5701", (6.81e-6, 83.8 * MiB)),
 )
 
 
@@ -79,24 +85,31 @@ def main() -> int:
                            points=[A2APoint(c.size_bytes, seconds(c), c.ep) for c in base])
         spec, source = read_spec(base[0].topology)
         fits = {}
-        for g in (0.0, family_g):        # without a cost per remote peer, and with the family's
-            with_g = {**spec, "calibration": {**(spec.get("calibration") or {}), "a2a_remote_peer_s": g}}
+        g_family, ramp_family = family_g
+        # without a cost per remote peer, with the family's g at every size (10th session's planner), and ramped in
+        for key, terms in (("none", {"a2a_remote_peer_s": 0.0}), ("g", {"a2a_remote_peer_s": g_family}),
+                           ("g ramped", {"a2a_remote_peer_s": g_family, "a2a_remote_peer_ramp_bytes": ramp_family})):
+            base_cal = {k: v for k, v in (spec.get("calibration") or {}).items() if k != "a2a_remote_peer_ramp_bytes"}
+            with_g = {**spec, "calibration": {**base_cal, **terms}}
+            if not terms["a2a_remote_peer_s"]:
+                with_g["calibration"].pop("a2a_remote_peer_s")
             fit = fit_internode(run, with_g, cluster=str(source), log=f"{prefix} {calibrate_on}")
-            fits[g] = {"nic_Bps": fit.nic_Bps, "a2a_internode_alpha_s": fit.internode_alpha_s, "a2a_remote_peer_s": g}
+            fits[key] = {"nic_Bps": fit.nic_Bps, "a2a_internode_alpha_s": fit.internode_alpha_s, **terms}
             info = fit.info()
             print(f"{name}: calibrated on {calibrate_on} ({len(base)} rows, {base[0].size_bytes >> 20} MiB - "
-                  f"{base[-1].size_bytes >> 20} MiB per rank, {per_node} GPUs per node), g {g * 1e6:.2f} us per remote "
-                  f"peer: NIC efficiency {fit.efficiency:.2f}, L {fit.internode_alpha_s * 1e6:.1f} us; the log itself "
+                  f"{base[-1].size_bytes >> 20} MiB per rank, {per_node} GPUs per node), {key} "
+                  f"({g_family * 1e6:.2f} us per remote peer, S0 {ramp_family / MiB:.3g} MiB): NIC efficiency "
+                  f"{fit.efficiency:.2f}, L {fit.internode_alpha_s * 1e6:.1f} us; the log itself "
                   f"{100 * info['median_abs_rel_error']:.1f}% / {100 * info['max_abs_rel_error']:.1f}%", flush=True)
         for log in sorted(logs, key=lambda k: (len(k), k)):
             if log == calibrate_on:
                 continue
             before = np.abs([error_pct(c, predict(c, None)) for c in logs[log]])
             parts = []
-            for g, calibration in fits.items():
+            for key, calibration in fits.items():
                 after = [error_pct(c, predict(c, calibration)) for c in logs[log]]
                 a = np.abs(after)
-                parts.append(f"g {g * 1e6:.2f} us: {np.median(a):5.1f}% / {a.max():5.1f}% ({np.median(after):+6.1f}%)")
+                parts.append(f"{key}: {np.median(a):5.1f}% / {a.max():5.1f}% ({np.median(after):+6.1f}%)")
             print(f"    {log:20s} {len(before):2d} rows: calibrated, " + "; ".join(parts)
                   + f"; uncalibrated {np.median(before):6.1f}% / {before.max():6.1f}%", flush=True)
     return 0

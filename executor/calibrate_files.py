@@ -383,13 +383,16 @@ def calibrate_cluster(args) -> int:
         lines.append(f"  all-to-all {size:>12d} B/rank  measured {measured * 1e6:11.1f} us  model {model * 1e6:11.1f} us"
                      f"  {100 * (measured / model - 1):+7.1f}% busbw")
     info = fit.info()
-    per_peer = float((fit.spec.get("calibration") or {}).get("a2a_remote_peer_s") or 0.0)
+    cal = fit.spec.get("calibration") or {}
+    per_peer = float(cal.get("a2a_remote_peer_s") or 0.0)
+    ramp_bytes = float(cal.get("a2a_remote_peer_ramp_bytes") or 0.0)
     remote = run.world_size - run.world_size // len(fit.hosts)
-    total = fit.internode_alpha_s + per_peer * remote
+    ramp = f" x s / (s + {ramp_bytes / 1e6:.3g} MB), s the bytes a rank sends" if ramp_bytes > 0 else ""
+    total = fit.internode_alpha_s + (0.0 if ramp_bytes > 0 else per_peer * remote)
     lines.append(f"  fit: NIC efficiency {fit.efficiency:.2f} (nic_Bps {fit.nic_Bps / 1e9:.2f} GB/s), start-up across "
-                 f"nodes {total * 1e6:.1f} us at {remote} remote peers"
+                 f"nodes {total * 1e6:.1f} us" + ("" if ramp_bytes > 0 else f" at {remote} remote peers")
                  + (f" (a2a_internode_alpha_s {fit.internode_alpha_s * 1e6:.1f} us + the topology's "
-                    f"{per_peer * 1e6:.2f} us per remote peer)" if per_peer else "")
+                    f"{per_peer * 1e6:.2f} us per remote peer{ramp})" if per_peer else "")
                  + f"; |error| median {100 * info['median_abs_rel_error']:.1f}%, "
                  f"worst {100 * info['max_abs_rel_error']:.1f}% ({len(fit.rows)} sizes)")
     if args.plot:

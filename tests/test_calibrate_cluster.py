@@ -13,12 +13,20 @@ from lshsim.topology import build_topology, load_topology
 from lshsim.topology.spec import read_spec
 
 
+def _truth(spec: dict, hosts: int, eff: float, start_up: float, source):
+    """The topology `spec` cut to `hosts` nodes, its NICs at eff x 400 Gb/s, alpha_s 0, the start-up across nodes
+    `start_up` (L) beside its own cost per remote peer and that cost's ramp: the planner's model at known values."""
+    cal = {k: v for k, v in spec["calibration"].items() if k in ("a2a_remote_peer_s", "a2a_remote_peer_ramp_bytes")}
+    return build_topology({**spec, "nodes": hosts, "alpha_s": 0.0, "calibration": {
+        **cal, "alpha_s": 0.0, "nic_Bps": eff * 50e9, "a2a_internode_alpha_s": start_up}}, source=source)
+
+
 def _log(eff: float, start_up: float, *, hosts: int = 2, per_host: int = 8, noise=None) -> str:
     """An alltoall_perf log of 1 KiB - 1 GiB on `hosts` x `per_host` ranks whose times are the model's:
-    h100-ib-rail-8x8 cut to `hosts` nodes, its NICs at eff x 400 Gb/s, no start-up, plus `start_up`."""
+    h100-ib-rail-8x8 cut to `hosts` nodes, its NICs at eff x 400 Gb/s, the start-up across nodes L = `start_up` beside
+    the topology's own ramped cost per remote peer (`_truth`)."""
     spec, source = read_spec("h100-ib-rail-8x8")
-    G = build_topology({**spec, "nodes": hosts, "alpha_s": 0.0, "calibration": {"alpha_s": 0.0, "nic_Bps": eff * 50e9}},
-                       source=source)
+    G = _truth(spec, hosts, eff, start_up, source)
     world = hosts * per_host
     lines = [f"# nThread 1 nGpus {per_host} minBytes 1024 maxBytes 1073741824 step: 4(factor) warmup iters: 5 "
              f"iters: 20 agg iters: 1 validation: 1 graph: 0", "#", "# Using devices"]
@@ -28,7 +36,7 @@ def _log(eff: float, start_up: float, *, hosts: int = 2, per_host: int = 8, nois
               "algbw   busbw #wrong"]
     size, i = 1024, 0
     while size <= 1 << 30:
-        t = (estimate_collective(G, uniform_traffic(world, float(size)), "direct").time_s + start_up) * 1e6
+        t = estimate_collective(G, uniform_traffic(world, float(size)), "direct").time_s * 1e6
         t *= 1.0 + (noise[i] if noise is not None else 0.0)
         alg = size / t / 1e3
         lines.append(f"{size:12d} {size // 4 // world:12d}     float    none      -1 {t:9.2f} {alg:7.2f} "
@@ -48,21 +56,21 @@ def test_the_fit_recovers_the_nic_rate_and_the_start_up_across_nodes(tmp_path, c
         assert f"NIC efficiency {eff:.2f}" in printed and f"start-up across nodes {start_up * 1e6:.1f} us" in printed
         written = yaml.safe_load(out.read_text())
         assert written["nodes"] == 8 and written["calibration"]["nic_Bps"] == pytest.approx(eff * 50e9)
-        # the topology's cost per remote peer (1.6 us) is kept; L is what is left of the start-up beside it
-        g, remote = written["calibration"]["a2a_remote_peer_s"], 8 * hosts - 8
-        assert g == 1.6e-6
-        assert written["calibration"]["a2a_internode_alpha_s"] + g * remote == pytest.approx(start_up, rel=1e-3)
+        # the topology's cost per remote peer (6.8 us) and its ramp (88 MB) are kept; L is fitted beside them
+        g, ramp = written["calibration"]["a2a_remote_peer_s"], written["calibration"]["a2a_remote_peer_ramp_bytes"]
+        assert (g, ramp) == (6.8e-6, 8.8e7)
+        assert written["calibration"]["a2a_internode_alpha_s"] == pytest.approx(start_up, rel=1e-3)
         fit = written["calibration"]["provenance"]["nccl_tests_internode"]
         assert fit["hosts"] == [f"gpu{h:03d}" for h in range(hosts)] and fit["ranks"] == 8 * hosts
-        assert fit["replaced"] == {"a2a_internode_alpha_s": 1.82e-05}
+        assert fit["replaced"] == {"a2a_internode_alpha_s": 3.1e-05}
         # the written topology, cut to the log's nodes, gives the log's times back (the planner's own model)
         spec, source = read_spec(str(out))
         G = build_topology({**spec, "nodes": hosts}, source=source)
         for size in (1024.0, 1 << 20, 1 << 30):
-            truth = estimate_collective(build_topology({**spec, "nodes": hosts, "alpha_s": 0.0, "calibration": {
-                "alpha_s": 0.0, "nic_Bps": eff * 50e9}}, source=source), uniform_traffic(8 * hosts, size), "direct")
+            truth = estimate_collective(_truth(spec, hosts, eff, start_up, source), uniform_traffic(8 * hosts, size),
+                                        "direct")
             assert estimate_collective(G, uniform_traffic(8 * hosts, size), "direct").time_s == \
-                pytest.approx(truth.time_s + start_up, rel=1e-3)
+                pytest.approx(truth.time_s, rel=1e-3)
         assert load_topology(str(out)).graph["a2a_remote_peer_s"] == g
 
 
@@ -75,7 +83,7 @@ def test_a_noisy_log_is_fitted_within_its_noise():
     run = parse_nccl_tests(_log(0.7, 40e-6, noise=noise), source="noisy.txt")
     spec, source = read_spec("h100-ib-rail-8x8")
     fit = fit_internode(run, dict(spec), cluster=str(source), log="noisy.txt")
-    assert abs(fit.efficiency - 0.7) <= 0.03 and fit.internode_alpha_s + 8 * 1.6e-6 == pytest.approx(40e-6, rel=0.1)
+    assert abs(fit.efficiency - 0.7) <= 0.03 and fit.internode_alpha_s == pytest.approx(40e-6, rel=0.1)
     assert fit.info()["max_abs_rel_error"] < 0.08
 
 

@@ -94,11 +94,10 @@ def test_bad_internode_start_ups_are_refused_naming_the_field():
 
 
 def test_the_catalog_start_up_reproduces_the_published_small_all_to_all_it_came_from():
-    """The shipped InfiniBand / RoCE topologies' 18.2 us + 1.6 us per remote peer (31 us at 2 x 8): a 2-node cut of
-    h100-ib-rail-8x8, 16 ranks, gives the whole
-    small all-to-all of the published 16-rank RoCE curve it was taken from (median 37.4 us over 256 B - 128 KiB)
-    within 1 us; without it (alpha_s 10 us) it was 16 us. The EFA topology's 4.6 us per remote peer (36.8 us at
-    2 x 8) likewise gives the published 64 KiB row over EFA (43.9 us)."""
+    """The shipped InfiniBand / RoCE topologies' 31 us (+ 6.8 us per remote peer x s / (s + 88 MB), nothing at these
+    sizes): a 2-node cut of h100-ib-rail-8x8, 16 ranks, gives the whole small all-to-all of the published 16-rank RoCE
+    curve it was taken from (median 37.4 us over 256 B - 128 KiB) within 1 us; without it (alpha_s 10 us) it was
+    16 us. The EFA topology's 36.8 us likewise gives the published 64 KiB row over EFA (43.9 us)."""
     from lshsim.sim.published import load_cases
 
     cases = {c.id: c for c in load_cases()}
@@ -114,3 +113,37 @@ def test_the_catalog_start_up_reproduces_the_published_small_all_to_all_it_came_
         G = build_topology({**spec, "nodes": 2}, source=source)
         t = estimate_collective(G, uniform_traffic(16, float(size)), "direct", local_copy=False).time_s
         assert t == pytest.approx(target, abs=1e-6), name
+
+
+def test_the_cost_per_remote_peer_ramps_in_with_the_bytes_a_rank_sends():
+    """g x p x s / (s + S0) (`calibration.a2a_remote_peer_ramp_bytes` = S0, the published-case model's form): on 2 and
+    4 nodes of 4 GPUs the start-up of an even all-to-all is L + g x p x s / (s + S0), s the bytes a rank sends to the
+    other ranks, written out here; at a tiny size it is L (any node count), at a huge one L + g p; the flow simulation
+    and the estimate agree; the ramp without g, or on one node, is refused naming the field."""
+    for nodes in (2, 4):
+        spec = _spec(20e-6, nodes=nodes)
+        spec["calibration"].update(a2a_remote_peer_s=3e-6, a2a_remote_peer_ramp_bytes=1e6)
+        G = build_topology(spec)
+        world, remote = 4 * nodes, 4 * (nodes - 1)
+        for per_rank in (64.0, 1e6, 1e12):
+            traffic = uniform_traffic(world, per_rank)
+            sent = per_rank * (world - 1) / world                      # the diagonal (its own share) stays
+            expected = 20e-6 + 3e-6 * remote * sent / (sent + 1e6)
+            off = traffic - np.diag(np.diag(traffic))
+            assert phase_alpha_s(G, 0.0, off) == pytest.approx(expected, rel=1e-9)
+        assert phase_alpha_s(G, 0.0, uniform_traffic(world, 64.0) - np.diag(np.diag(uniform_traffic(world, 64.0)))) \
+            == pytest.approx(20e-6, rel=1e-3)
+        traffic = uniform_traffic(world, 4e6)
+        assert estimate_collective(G, traffic, "direct", local_copy=False).time_s == \
+            pytest.approx(simulate_all_to_all(G, traffic, local_copy=False).time_s, rel=1e-6)
+        assert simulate_all_to_all(G, traffic, local_copy=False).options["a2a_remote_peer_ramp_bytes"] == 1e6
+    no_g = _spec(20e-6)
+    no_g["calibration"]["a2a_remote_peer_ramp_bytes"] = 1e6
+    with pytest.raises(ValueError, match=r"calibration.a2a_remote_peer_ramp_bytes=1000000.0 is the ramp of the cost per "
+                                         r"remote peer, but calibration.a2a_remote_peer_s is not given"):
+        build_topology(no_g)
+    one = _spec(nodes=1)
+    one["calibration"] = {"a2a_remote_peer_ramp_bytes": 1e6}
+    with pytest.raises(ValueError, match=r"calibration.a2a_remote_peer_ramp_bytes=1000000.0 is the start-up of an "
+                                         r"all-to-all across nodes, but the topology has one node"):
+        build_topology(one)

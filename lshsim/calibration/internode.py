@@ -5,12 +5,12 @@ several hosts measures the network, not one node's NVLink, so it is fitted onto 
 topology (its NVLink, NICs and switches as the spec builds them), with two values:
 
 - the NIC rate, `calibration.nic_Bps` = e x the spec's `inter.nic_gbps` (e on a grid, `EFFICIENCIES`), and
-- the start-up of an all-to-all phase across nodes, `calibration.a2a_internode_alpha_s` = L (L + g p at least the
+- the start-up of an all-to-all phase across nodes, `calibration.a2a_internode_alpha_s` = L (L + g p s / (s + S0) at least the
   spec's alpha_s, L at most `MAX_INTERNODE_ALPHA_S`; `lshsim.sim.collectives.phase_alpha_s`).
 
-The topology's cost per remote peer g (`calibration.a2a_remote_peer_s`, if it has one) is kept, not fitted: one log
-of one node count cannot tell it from L (every rank has the same p remote peers), and the fitted L is then what is
-left of the start-up beside g p. The model of a row of S bytes per rank is the planner's own: t(S) = t_net(S; e) +
+The topology's cost per remote peer g (`calibration.a2a_remote_peer_s`, if it has one) and its ramp S0
+(`calibration.a2a_remote_peer_ramp_bytes`) are kept, not fitted: one log of one node count cannot tell g from L (every
+rank has the same p remote peers), and the fitted L is then what is left of the start-up beside g p s / (s + S0). The model of a row of S bytes per rank is the planner's own: t(S) = t_net(S; e) +
 L, t_net the direct all-to-all of nccl-tests' even matrix on the topology cut to the log's hosts
 (`estimate_collective(..., "direct")`, the local copy included, a start-up of g p only), L the start-up. For each e the L minimising the robust loss of log(model / measured)
 (soft L1 at 10%, as the published cases' fit) is found by a bounded 1-D search; the e with the least loss wins
@@ -94,10 +94,13 @@ def fit_internode(run, spec: dict, *, cluster: str, log: str) -> InternodeFit:
     nominal = float(spec["inter"]["nic_gbps"]) * 0.125e9
     calibration = dict(spec.get("calibration") or {})
     per_peer = float(calibration.get("a2a_remote_peer_s") or 0.0)
-    # L + g p >= alpha_s: below it the planner's start-up would be alpha_s, not the fitted one
-    alpha_floor = max(0.0, float(calibration.get("alpha_s", spec.get("alpha_s", 1e-5)) or 0.0)
-                      - per_peer * (world - per_host))
+    ramp_bytes = float(calibration.get("a2a_remote_peer_ramp_bytes") or 0.0)
     sizes = [int(p.bytes_per_rank) for p in run.points]
+    # L + g p (x the smallest row's ramp) >= alpha_s: below it the planner's start-up would be alpha_s, not the fitted one
+    sent = min(sizes) * (world - 1) / world                 # the bytes a rank sends to the others
+    ramp = sent / (sent + ramp_bytes) if ramp_bytes > 0 else 1.0
+    alpha_floor = max(0.0, float(calibration.get("alpha_s", spec.get("alpha_s", 1e-5)) or 0.0)
+                      - per_peer * (world - per_host) * ramp)
     measured = np.array([float(p.time_s) for p in run.points])
     net: dict = {}
 
@@ -108,7 +111,7 @@ def fit_internode(run, spec: dict, *, cluster: str, log: str) -> InternodeFit:
             cut["nodes"] = len(hosts)
             cut["alpha_s"] = 0.0
             cal = {k: v for k, v in calibration.items() if k not in ("a2a_internode_alpha_s", "provenance")}
-            # keeps a2a_remote_peer_s: t_net then holds g p, the start-up of a phase across nodes with L = 0
+            # keeps a2a_remote_peer_s (and its ramp): t_net then holds g p (x s / (s + S0)), the start-up with L = 0
             cal.update(alpha_s=0.0, nic_Bps=eff * nominal)
             cut["calibration"] = cal
             G = build_topology(cut, source=cluster)

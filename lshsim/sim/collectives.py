@@ -140,35 +140,45 @@ def _offdiag(traffic: np.ndarray, mask: np.ndarray | None = None):
 
 def phase_alpha_s(G: nx.DiGraph, alpha_s: float, traffic) -> float:
     """The start-up of one all-to-all phase of `traffic` (W, W): where the phase sends bytes between GPUs of
-    different nodes, max(alpha_s, L + g x p), L the topology's start-up across nodes
+    different nodes, max(alpha_s, L + max over ranks of g x p x s / (s + S0)), L the topology's start-up across nodes
     (`calibration.a2a_internode_alpha_s`, G.graph["a2a_internode_alpha_s"], default 0), g its cost per remote peer
-    (`calibration.a2a_remote_peer_s`, default 0) and p the most peers on other nodes any rank sends to in the phase;
-    else (or with neither given) alpha_s. Cause: NCCL's all-to-all across nodes goes through the network transport
-    (its proxy thread, one connection per remote peer), whose fixed cost published nccl-tests logs show at 25-45 us
-    for a whole small all-to-all on 2 nodes, growing with the remote peers (data/topologies/README.md), where one
-    node's NVLink all-to-all starts in about 10 us.
+    (`calibration.a2a_remote_peer_s`, default 0), S0 the bytes per rank at which half of g is paid
+    (`calibration.a2a_remote_peer_ramp_bytes`; absent: g at every size), p a rank's peers on other nodes in the phase
+    and s the bytes it sends to other ranks; else (or with none given) alpha_s. Cause: NCCL's all-to-all across nodes
+    goes through the network transport (its proxy thread, one connection per remote peer), whose fixed cost published
+    nccl-tests logs show at 25-45 us for a whole small all-to-all on 2 to 16 ranks, hardly growing with the remote
+    peers at small sizes but by a few us per remote peer at large ones (the published-case model's form,
+    `lshsim.sim.published.alltoall_time_s`; data/topologies/README.md), where one node's NVLink all-to-all starts in
+    about 10 us.
 
     >>> from lshsim.topology import build_topology
-    >>> G = build_topology({"name": "m", "gpu": "h100", "nodes": 2, "gpus_per_node": 2, "alpha_s": 1e-5,
-    ...                     "intra": {"kind": "nvswitch"}, "inter": {"kind": "fat_tree", "nics_per_node": 2,
-    ...                     "nic_gbps": 400}, "calibration": {"a2a_internode_alpha_s": 4e-5, "a2a_remote_peer_s": 1e-6}})
+    >>> spec = {"name": "m", "gpu": "h100", "nodes": 2, "gpus_per_node": 2, "alpha_s": 1e-5,
+    ...         "intra": {"kind": "nvswitch"}, "inter": {"kind": "fat_tree", "nics_per_node": 2, "nic_gbps": 400},
+    ...         "calibration": {"a2a_internode_alpha_s": 4e-5, "a2a_remote_peer_s": 1e-6}}
+    >>> G = build_topology(spec)
     >>> within, across = np.zeros((4, 4)), np.zeros((4, 4))
     >>> within[0, 1] = across[0, 2] = across[0, 3] = 1e6
     >>> phase_alpha_s(G, 1e-5, within), round(phase_alpha_s(G, 1e-5, across), 9)     # 40 us + 2 remote peers x 1 us
     (1e-05, 4.2e-05)
+    >>> spec["calibration"]["a2a_remote_peer_ramp_bytes"] = 2e6                        # the 2 MB a rank sends: half of g
+    >>> round(phase_alpha_s(build_topology(spec), 1e-5, across), 9)
+    4.1e-05
     """
     if not _has_internode_terms(G):
         return alpha_s
-    src, dst = np.nonzero(np.asarray(traffic) > 0)
-    return _pairs_alpha_s(G, alpha_s, src, dst)
+    traffic = np.asarray(traffic, dtype=float)
+    src, dst = np.nonzero(traffic > 0)
+    return _pairs_alpha_s(G, alpha_s, src, dst, traffic[src, dst])
 
 
 def _has_internode_terms(G: nx.DiGraph) -> bool:
     return bool(G.graph.get("a2a_internode_alpha_s") or G.graph.get("a2a_remote_peer_s"))
 
 
-def _pairs_alpha_s(G: nx.DiGraph, alpha_s: float, src: np.ndarray, dst: np.ndarray) -> float:
-    """`phase_alpha_s` of a phase given as its distinct (source, destination) rank pairs with bytes."""
+def _pairs_alpha_s(G: nx.DiGraph, alpha_s: float, src: np.ndarray, dst: np.ndarray,
+                   size: np.ndarray | None = None) -> float:
+    """`phase_alpha_s` of a phase given as its distinct (source, destination) rank pairs with bytes (`size`, the
+    bytes of each pair; needed only with a ramp)."""
     per_node = int(G.graph.get("gpus_per_node") or 0)
     if per_node <= 0 or len(src) == 0:
         return alpha_s
@@ -176,15 +186,24 @@ def _pairs_alpha_s(G: nx.DiGraph, alpha_s: float, src: np.ndarray, dst: np.ndarr
     across = src // per_node != dst // per_node
     if not across.any():
         return alpha_s
-    peers = np.bincount(src[across]).max()                # the most remote peers one rank sends to
+    peers = np.bincount(src[across]).astype(float)          # each rank's remote peers
     internode = float(G.graph.get("a2a_internode_alpha_s") or 0.0)
     per_peer = float(G.graph.get("a2a_remote_peer_s") or 0.0)
-    return max(alpha_s, internode + per_peer * float(peers))
+    ramp_bytes = float(G.graph.get("a2a_remote_peer_ramp_bytes") or 0.0)
+    if ramp_bytes > 0 and per_peer > 0:
+        if size is None:
+            raise ValueError("a ramped cost per remote peer needs the phase's bytes per pair")
+        sent = np.bincount(src, weights=np.asarray(size, dtype=float), minlength=len(peers))[:len(peers)]
+        term = float((peers * sent / (sent + ramp_bytes)).max())
+    else:
+        term = float(peers.max())                            # the most remote peers one rank sends to
+    return max(alpha_s, internode + per_peer * term)
 
 
 def _internode_option(G: nx.DiGraph) -> dict:
     """The topology's start-up terms across nodes for a result's options (those it has), else {}."""
-    return {key: float(G.graph[key]) for key in ("a2a_internode_alpha_s", "a2a_remote_peer_s")
+    return {key: float(G.graph[key]) for key in ("a2a_internode_alpha_s", "a2a_remote_peer_s",
+                                                 "a2a_remote_peer_ramp_bytes")
             if G.graph.get(key) is not None}
 
 
@@ -215,7 +234,7 @@ class CollectiveRun:
             return
         alpha = net.alpha_s
         if self.internode_alpha and _has_internode_terms(net.G):
-            alpha = _pairs_alpha_s(net.G, net.alpha_s, src, dst)
+            alpha = _pairs_alpha_s(net.G, net.alpha_s, src, dst, size)
         if self.message_gap_s <= 0:
             tr = net.transfer(src, dst, size, alpha_s=alpha, label=name)
             yield tr.done

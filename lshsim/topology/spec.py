@@ -51,8 +51,9 @@ times in seconds, NIC line rate in Gb/s:
           busbw_curve: [[1.0e6, 5.0e9], [1.0e9, 4.5e10]]
           headroom: 1.1            # optional, only with busbw_curve (one class at most has one)
           link_max_Bps: 5.0e10     # optional, only with headroom (nccl_channels: as a2a_nccl_channels)
-      a2a_internode_alpha_s: 1.8e-5  # optional, several nodes: the start-up of an all-to-all phase whose
-      a2a_remote_peer_s: 1.6e-6    #   traffic crosses nodes is L + g x (most remote peers of a rank), when
+      a2a_internode_alpha_s: 3.1e-5  # optional, several nodes: the start-up of an all-to-all phase whose
+      a2a_remote_peer_s: 6.8e-6    #   traffic crosses nodes is L + g x p x s / (s + S0) (p a rank's remote
+      a2a_remote_peer_ramp_bytes: 8.8e7  # peers, s its bytes; S0 absent: g p), the most over the ranks, when
                                    #   larger than alpha_s (absent: alpha_s; phase_alpha_s in
                                    #   lshsim.sim.collectives)
       phase_model: {...}           # optional: timing conventions, buffer alignment, compute phases,
@@ -168,7 +169,7 @@ _INTRA_KEYS = {"kind", "link_Bps", "links", "per_link_Bps", "latency_s", "pcie_B
 _INTER_KEYS = {"kind", "nics_per_node", "nic_gbps", "servers_per_leaf", "oversubscription", "latency_s"}
 _CAL_KEYS = {"alpha_s", "nvlink_Bps", "nic_Bps", "pcie_Bps", "expert_flops", "hbm_Bps", "a2a_busbw_curve",
              "a2a_link_headroom", "a2a_link_max_Bps", "a2a_nccl_channels", "links", "provenance", "phase_model",
-             "a2a_internode_alpha_s", "a2a_remote_peer_s"}
+             "a2a_internode_alpha_s", "a2a_remote_peer_s", "a2a_remote_peer_ramp_bytes"}
 
 
 def topology_dir() -> Path:
@@ -448,17 +449,22 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
         if software is not None and key in software:
             gpu_dict[key] = software[key]
     calibration = spec.get("calibration")
-    internode_alpha_s = remote_peer_s = None
+    internode_alpha_s = remote_peer_s = peer_ramp_bytes = None
     if calibration is not None:
         check.keys(calibration, _CAL_KEYS, "calibration.")
         pre = "calibration."
         # the start-up of an all-to-all phase whose traffic crosses nodes (lshsim.sim.collectives.phase_alpha_s)
         internode_alpha_s = check.number(calibration, "a2a_internode_alpha_s", pre, strict=False)
         remote_peer_s = check.number(calibration, "a2a_remote_peer_s", pre, strict=False)
-        for key, value in (("a2a_internode_alpha_s", internode_alpha_s), ("a2a_remote_peer_s", remote_peer_s)):
+        peer_ramp_bytes = check.number(calibration, "a2a_remote_peer_ramp_bytes", pre)
+        for key, value in (("a2a_internode_alpha_s", internode_alpha_s), ("a2a_remote_peer_s", remote_peer_s),
+                           ("a2a_remote_peer_ramp_bytes", peer_ramp_bytes)):
             if value is not None and num_nodes == 1:
                 raise check.fail(f"calibration.{key}", value,
                                  "is the start-up of an all-to-all across nodes, but the topology has one node")
+        if peer_ramp_bytes is not None and not remote_peer_s:
+            raise check.fail("calibration.a2a_remote_peer_ramp_bytes", peer_ramp_bytes,
+                             "is the ramp of the cost per remote peer, but calibration.a2a_remote_peer_s is not given")
         if calibration.get("provenance") is not None and not isinstance(calibration["provenance"], dict):
             raise check.fail("calibration.provenance", calibration["provenance"], "must be a mapping")
         alpha_s = check.number(calibration, "alpha_s", pre, alpha_s, strict=False)
@@ -491,7 +497,7 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
                    intra_kind=intra_kind, inter_kind=inter_kind,
                    calibration=copy.deepcopy(calibration), spec=copy.deepcopy(spec), source=source,
                    software=copy.deepcopy(software), assumed=assumed, a2a_internode_alpha_s=internode_alpha_s,
-                   a2a_remote_peer_s=remote_peer_s)
+                   a2a_remote_peer_s=remote_peer_s, a2a_remote_peer_ramp_bytes=peer_ramp_bytes)
     # the gradient all-reduce's NICs (lshsim.sim.collectives.ring_all_reduce, the phase grad_allreduce):
     # at line rate x software.allreduce_efficiency where the software gives one and the NIC rate is
     # the line rate x a2a_efficiency (no calibration.nic_Bps): the factor between the two
