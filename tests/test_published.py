@@ -30,6 +30,9 @@ FIFTEENTH = ("rccl-amdkit-mi355x-",)          # RCCL all-to-all on 2 x 8 MI355X 
 SIXTEENTH = ("nccl-nig-v100-",)               # NCCL all-to-all on 2 x 2 V100 + one EDR NIC per node, 16 B - 128 MiB (pub16)
 SEVENTEENTH = ("nccl-a100pcie-",)             # NCCL all-to-all on 2 x 1 A100 PCIe + one 200 Gb/s IB port, 1 - 512 KiB (pub17)
 EIGHTEENTH = ("nccl-orcd-b200-",)             # NCCL all-to-all on 2 x 8 B200 + 8 NDR 400 Gb/s rails per node, 1 MiB - 16 GiB (pub18)
+TWENTIETH = ("deepep-pr521-h100-",)           # DeepEP V1 normal kernels, H100 + 8 x 400 Gb/s IB, NVSHMEM / NCCL GIN (pub22)
+PR521 = ("https://github.com/deepseek-ai/DeepEP/blob/db6a02914922f8e98058c53140bd222782ea0a8d/README.md"
+         "#normal-kernels-with-nvlink-and-rdma-forwarding")
 ORCD = "https://github.com/mit-orcd/orcd-benchmarks/blob/bca7147f4f8d1335d373a29bd20c439af7316ced/"
 A100PCIE = ("https://github.com/thomaslie210/NCCL_Test_Results/blob/83dd17d1e2bfb3ef047b1845efcf5116e3b42636/"
             "NCCL_Benchmarks/GDR_On/n013_n014_GDR_ON_Small/result_small_alltoall_perf.txt")
@@ -43,7 +46,7 @@ NTC = "https://github.com/xxrjun/nccl-tests-cluster/blob/455de4f8dee2fa94cd4044a
 
 def test_shipped_cases_and_split():
     cases = load_cases()
-    assert len(cases) == 426 and len({c.id for c in cases}) == 426
+    assert len(cases) == 438 and len({c.id for c in cases}) == 438
     test = load_split(PUBLISHED_DIR, cases)      # the cases read once, handed to each reader
     third = {c.id for c in cases if c.file.startswith(("uccl-ep-mi", "deepep-h200-"))}   # the third round: fresh2
     fourth = {c.id for c in cases if c.file.startswith("aws-") and not c.file.startswith(NINTH)}   # the fourth round: fresh3
@@ -127,6 +130,11 @@ def test_shipped_cases_and_split():
     assert fresh18 == eighteenth and len(fresh18) == 32 and len(eighteenth & small) == 12   # the eighteenth round (pub18)
     assert not fresh18 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7 | fresh8 | fresh9 | fresh10
                           | fresh11 | fresh12 | fresh13 | fresh14 | fresh15 | fresh16 | fresh17)
+    fresh20 = load_fresh(PUBLISHED_DIR, cases, key="fresh20")
+    twentieth = {c.id for c in cases if c.file.startswith(TWENTIETH)}
+    assert fresh20 == twentieth and len(fresh20) == 12                              # the set fresh20 (pub22)
+    assert not fresh20 & (test | fresh | fresh2 | fresh3 | fresh4 | fresh5 | fresh6 | fresh7 | fresh8 | fresh9 | fresh10
+                          | fresh11 | fresh12 | fresh13 | fresh14 | fresh15 | fresh16 | fresh17 | fresh18)
     for family, held in (("efa_nccl", 5), ("efa_v1_nccl", 17)):    # each family has test and fitting cases
         mine = {c.id for c in a2a if c.nic_family == family}
         assert len(mine & fresh6) == held and mine - fresh6
@@ -180,6 +188,13 @@ def test_shipped_cases_and_split():
             assert c.source == ORCD + "b200-nodes/out-nccl-2node/nccl-2node-5500-5501-19791438.out"
             assert (c.ep, c.nodes) == (16, 2) and c.element_bytes == 4
             assert c.topology == "published/orcd-b200-ib-2x8" and c.size_bytes in [2 ** k for k in range(20, 35, 2)]
+        elif c.file.startswith(TWENTIETH):                    # pub22: DeepEP PR #521's H100 tables (fresh20)
+            assert c.kind == "normal" and c.counts == "rdma" and c.nic_family == "ib" and c.published_latency_us is None
+            assert c.source == PR521 and c.group in ("deepep-pr521-nvshmem", "deepep-pr521-nccl")
+            assert (c.ep, c.nodes) in ((16, 2), (32, 4), (64, 8)) and c.topology == f"published/pr521-h100-ib-{c.nodes}x8"
+            assert (c.op, c.format) in (("dispatch", "fp8"), ("combine", "bf16"))
+            assert (c.workload["tokens_per_rank"], c.workload["experts"], c.workload["topk_groups"]) == \
+                (4096, 256, "min(nodes, 4)")
         elif c.kind == "alltoall":                            # nccl-tests alltoall_perf rows (a2a14g)
             assert c.file.startswith("nccl-") and c.counts == "busbw" and c.size_bytes % (c.ep * 4) == 0
             assert c.source.startswith(("https://github.com/awslabs/awsome-distributed-ai/blob/",
@@ -364,15 +379,15 @@ def test_split_names_only_known_cases(tmp_path):
                            ("fresh8", "fresh9"), ("fresh9", "fresh10"), ("fresh10", "fresh11"),
                            ("fresh11", "fresh12"), ("fresh12", "fresh13"), ("fresh13", "fresh14"),
                            ("fresh14", "fresh15"), ("fresh15", "fresh16"), ("fresh16", "fresh17"),
-                           ("fresh17", "fresh18")]:
+                           ("fresh17", "fresh18"), ("fresh18", "fresh20")]:
         (tmp_path / "split.yaml").write_text(f"{earlier}: [x]\n{later}: [x]\n")
         with pytest.raises(ValueError, match=rf"split.yaml: {later}\[0\]='x' is also in {earlier}"):
             load_fresh(tmp_path, key=later)
     (tmp_path / "split.yaml").write_text("test: [x]\nfresh5: [x]\n")
     with pytest.raises(ValueError, match=r"split.yaml: fresh5\[0\]='x' is also a test case"):
         load_fresh(tmp_path, key="fresh5")
-    with pytest.raises(ValueError, match=r"key='fresh19' must be one of"):
-        load_fresh(tmp_path, key="fresh19")
+    with pytest.raises(ValueError, match=r"key='fresh21' must be one of"):
+        load_fresh(tmp_path, key="fresh21")
 
 
 def test_published_takes_a_folder(tmp_path):
@@ -622,6 +637,35 @@ def test_orcd_b200_nccl_cases_read_as_the_logs_print_them():
     fresh18 = load_fresh(PUBLISHED_DIR, cases, key="fresh18")
     assert "fresh18" in FRESH_SETS and fresh18 == set(orcd)
     _assert_held_out_alone(cases, fresh18, "fresh18", orcd["orcd-b200-rocky-5500-5501-ep16-1MiB"])
+
+
+def test_pr521_deepep_cases_read_as_the_readme_prints_them():
+    """pub22: every internode cell of the two normal-kernel tables of DeepEP pull request #521's README (db6a029; the
+    same rows in README-NCCL.md at 6d29f34): DeepEP V1 on H100 + 8 x 400 Gbit/s InfiniBand per node, EP 16 / 32 / 64,
+    FP8 dispatch and BF16 combine, 'NVSHMEM' and 'NCCL' backends, read as printed; the topologies hold 8 NICs of
+    400 Gb/s and NVLink at 450 GB/s per direction; every case is in fresh20 only, and the fit refuses them."""
+    from lshsim.sim.published import FRESH_SETS
+    from lshsim.topology.spec import read_spec
+
+    cases = load_cases()
+    pr521 = {c.id: c for c in cases if c.file.startswith(TWENTIETH)}
+    # (backend, EP, dispatch GB/s, combine GB/s) as the README's two tables print them
+    rows = [("nvshmem", 16, 79.7, 66.4), ("nvshmem", 32, 62.9, 62.9), ("nvshmem", 64, 53.5, 53.2),
+            ("nccl", 16, 76.9, 66.2), ("nccl", 32, 61.7, 62.3), ("nccl", 64, 52.7, 52.9)]
+    assert set(pr521) == {f"pr521-{b}-h100-ep{ep}-{op}" for b, ep, _, _ in rows for op in ("dispatch-fp8", "combine")}
+    for backend, ep, dispatch, combine in rows:
+        d, c = pr521[f"pr521-{backend}-h100-ep{ep}-dispatch-fp8"], pr521[f"pr521-{backend}-h100-ep{ep}-combine"]
+        assert (d.published_GBps, c.published_GBps) == (dispatch, combine) and d.nodes == c.nodes == ep // 8
+        assert d.file == c.file == f"deepep-pr521-h100-{'nvshmem' if backend == 'nvshmem' else 'nccl-gin'}-normal.yaml"
+        assert d.group == c.group == f"deepep-pr521-{backend}"
+    for nodes in (2, 4, 8):
+        spec, _ = read_spec(f"published/pr521-h100-ib-{nodes}x8")
+        assert (spec["nodes"], spec["gpus_per_node"], spec["inter"]["nics_per_node"], spec["inter"]["nic_gbps"]) == \
+            (nodes, 8, 8, 400)
+        assert spec["gpu"] == "h100" and spec["intra"]["link_Bps"] == 450e9
+    fresh20 = load_fresh(PUBLISHED_DIR, cases, key="fresh20")
+    assert "fresh20" in FRESH_SETS and "fresh19" not in FRESH_SETS and fresh20 == set(pr521)
+    _assert_held_out_alone(cases, fresh20, "fresh20", pr521["pr521-nccl-h100-ep64-combine"])
 
 
 def test_routing_as_deepep_draws_it():

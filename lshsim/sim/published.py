@@ -19,7 +19,8 @@ Calibration (`Calibration`, `fit_calibration`), per NIC family (a case file's `n
 efa for UCCL-EP's CPU proxy over AWS EFA v2 and later, efa_v1 for the same over EFA v1 (p5), efa_nvshmem for DeepEP over
 NVSHMEM's libfabric/EFA host proxy, efa_nccl and efa_v1_nccl for NCCL over aws-ofi-nccl on EFA v2+ / EFA v1, ib_nccl
 for NCCL over its own InfiniBand-verbs transport on ConnectX NICs), each family on its own, on the FITTING cases only
-(`split.yaml` names the test cases and the fresh held-out sets `fresh:` to `fresh18:`; the fit refuses all of them).
+(`split.yaml` names the test cases and the fresh held-out sets `fresh:` to `fresh20:`, no `fresh19:`; the fit refuses
+all of them).
 The predicted time of a case is
 
     t = t_sim(eff) + alpha[kind][op] + beta x m
@@ -338,7 +339,7 @@ def load_split(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = No
 #: cases (and before the model change that followed it); never fitted on
 FRESH_SETS = ("fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "fresh9",
               "fresh10", "fresh11", "fresh12", "fresh13", "fresh14", "fresh15", "fresh16", "fresh17",
-              "fresh18")
+              "fresh18", "fresh20")
 
 
 def load_fresh(folder: str | Path = PUBLISHED_DIR, cases: list[Case] | None = None, key: str = "fresh") -> set[str]:

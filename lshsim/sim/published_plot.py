@@ -24,7 +24,7 @@ MARKERS = {"dispatch": "o", "combine": "s", "alltoall": "^"}
 #: every shipped set gets its own (tab10 alone gave the eleventh set, fresh9, the fitting set's gray)
 PALETTE = ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
            "tab:pink", "tab:olive", "tab:cyan", "navy", "goldenrod", "teal", "crimson", "indigo", "yellowgreen",
-           "magenta", "darkkhaki", "sienna", "slateblue")
+           "magenta", "darkkhaki", "sienna", "slateblue", "darkcyan")
 
 
 def set_order(rows: list[dict]) -> list[str]:
