@@ -63,6 +63,10 @@ def test_the_fit_recovers_the_nic_rate_and_the_start_up_across_nodes(tmp_path, c
         fit = written["calibration"]["provenance"]["nccl_tests_internode"]
         assert fit["hosts"] == [f"gpu{h:03d}" for h in range(hosts)] and fit["ranks"] == 8 * hosts
         assert fit["replaced"] == {"a2a_internode_alpha_s": 3.1e-05}
+        # the catalog's reason for its 31 us moves with the value it explained; its other assumptions stay
+        assumed = written["calibration"]["provenance"]["assumed"]
+        assert "a2a_internode_alpha_s" not in assumed and "alpha_s" in assumed
+        assert fit["replaced_assumed"]["a2a_internode_alpha_s"].startswith("31 us + 6.8 us per remote peer")
         # the written topology, cut to the log's nodes, gives the log's times back (the planner's own model)
         spec, source = read_spec(str(out))
         G = build_topology({**spec, "nodes": hosts}, source=source)

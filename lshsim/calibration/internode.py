@@ -149,6 +149,12 @@ def fit_internode(run, spec: dict, *, cluster: str, log: str) -> InternodeFit:
         "tool": "lshsim calibrate --nccl-tests --cluster", "file": log, "cluster": cluster, "hosts": list(hosts),
         "ranks": world, "sizes": len(sizes),
         "replaced": {k: cal[k] for k in ("nic_Bps", "a2a_internode_alpha_s") if k in cal}}
+    assumed = provenance.get("assumed")
+    if isinstance(assumed, dict):           # the spec's reasons for the values the fit replaces no longer hold
+        gone = {k: assumed[k] for k in ("nic_Bps", "a2a_internode_alpha_s") if k in assumed}
+        if gone:
+            provenance["assumed"] = {k: v for k, v in assumed.items() if k not in gone}
+            provenance["nccl_tests_internode"]["replaced_assumed"] = gone
     cal.update(nic_Bps=eff * nominal, a2a_internode_alpha_s=L, provenance=provenance)
     out["calibration"] = cal
     build_topology(out, source="the fitted topology")     # refused before anything is written
