@@ -5,15 +5,16 @@ several hosts measures the network, not one node's NVLink, so it is fitted onto 
 topology (its NVLink, NICs and switches as the spec builds them), with two values:
 
 - the NIC rate, `calibration.nic_Bps` = e x the spec's `inter.nic_gbps` (e on a grid, `EFFICIENCIES`), and
-- the start-up of an all-to-all phase across nodes, `calibration.a2a_internode_alpha_s` = L (L + g p s / (s + S0) at least the
-  spec's alpha_s, L at most `MAX_INTERNODE_ALPHA_S`; `lshsim.sim.collectives.phase_alpha_s`).
+- the start-up of an all-to-all phase across nodes, `calibration.a2a_internode_alpha_s` = L (L + g p s / (s + S0) at
+  least the spec's alpha_s, L at most `MAX_INTERNODE_ALPHA_S`; `lshsim.sim.collectives.phase_alpha_s`).
 
 The topology's cost per remote peer g (`calibration.a2a_remote_peer_s`, if it has one) and its ramp S0
 (`calibration.a2a_remote_peer_ramp_bytes`) are kept, not fitted: one log of one node count cannot tell g from L (every
-rank has the same p remote peers), and the fitted L is then what is left of the start-up beside g p s / (s + S0). The model of a row of S bytes per rank is the planner's own: t(S) = t_net(S; e) +
-L, t_net the direct all-to-all of nccl-tests' even matrix on the topology cut to the log's hosts
-(`estimate_collective(..., "direct")`, the local copy included, a start-up of g p only), L the start-up. For each e the L minimising the robust loss of log(model / measured)
-(soft L1 at 10%, as the published cases' fit) is found by a bounded 1-D search; the e with the least loss wins
+rank has the same p remote peers), and the fitted L is then what is left of the start-up beside g p s / (s + S0). The
+model of a row of S bytes per rank is the planner's own: t(S) = t_net(S; e) + L, t_net the direct all-to-all of
+nccl-tests' even matrix on the topology cut to the log's hosts (`estimate_collective(..., "direct")`, the local copy
+included, a start-up of g p s / (s + S0) only), L the start-up. For each e the L minimising the robust loss of
+log(model / measured) (soft L1 at 10%, as the published cases' fit) is found by a bounded 1-D search; the e with the least loss wins
 (every fifth efficiency of the grid first, then every one within 0.04 of the best of those).
 What the fit cannot follow (a bandwidth that ramps between the small and the large sizes, a cluster slower at some
 sizes than its NICs explain) stays in the residuals, which the summary prints row by row.
@@ -96,7 +97,7 @@ def fit_internode(run, spec: dict, *, cluster: str, log: str) -> InternodeFit:
     per_peer = float(calibration.get("a2a_remote_peer_s") or 0.0)
     ramp_bytes = float(calibration.get("a2a_remote_peer_ramp_bytes") or 0.0)
     sizes = [int(p.bytes_per_rank) for p in run.points]
-    # L + g p (x the smallest row's ramp) >= alpha_s: below it the planner's start-up would be alpha_s, not the fitted one
+    # L + g p (x the smallest row's ramp) >= alpha_s: below it the planner's start-up would be alpha_s, not the fitted
     sent = min(sizes) * (world - 1) / world                 # the bytes a rank sends to the others
     ramp = sent / (sent + ramp_bytes) if ramp_bytes > 0 else 1.0
     alpha_floor = max(0.0, float(calibration.get("alpha_s", spec.get("alpha_s", 1e-5)) or 0.0)
