@@ -30,17 +30,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lshsim.sim import published as P  # noqa: E402
-from lshsim.sim.collectives import estimate_collective, simulate_all_to_all, uniform_traffic  # noqa: E402
+from lshsim.sim.collectives import (INTERNODE_KEYS, estimate_collective, simulate_all_to_all,  # noqa: E402
+                                    uniform_traffic)
 from lshsim.topology import build_topology  # noqa: E402
 from lshsim.topology.spec import read_spec  # noqa: E402
 
 
-#: the topology keys of an all-to-all across nodes, which a one-node topology refuses
-INTERNODE_KEYS = ("a2a_internode_alpha_s", "a2a_remote_peer_s", "a2a_remote_peer_ramp_bytes")
-
-
 def _cut(spec: dict, nodes: int) -> dict:
-    """`spec` with `nodes` nodes; one node keeps no start-up across nodes (nothing crosses them)."""
+    """`spec` with `nodes` nodes; one node keeps no start-up across nodes (a one-node topology refuses those keys)."""
     out = {**spec, "nodes": nodes}
     if nodes == 1 and spec.get("calibration"):
         out["calibration"] = {k: v for k, v in spec["calibration"].items() if k not in INTERNODE_KEYS}

@@ -32,6 +32,8 @@ __all__ = ["InternodeFit", "fit_internode", "EFFICIENCIES", "MAX_INTERNODE_ALPHA
 EFFICIENCIES = tuple(round(0.2 + 0.01 * i, 2) for i in range(81))
 #: the largest start-up across nodes the fit may give (s)
 MAX_INTERNODE_ALPHA_S = 2e-3
+#: the calibration keys the fit writes (the values they replace are recorded in its provenance)
+FITTED_KEYS = ("nic_Bps", "a2a_internode_alpha_s")
 #: the robust loss's scale (soft L1 of log errors: beyond ~10% an error counts linearly)
 ROBUST_SCALE = 0.1
 
@@ -149,10 +151,10 @@ def fit_internode(run, spec: dict, *, cluster: str, log: str) -> InternodeFit:
     provenance["nccl_tests_internode"] = {
         "tool": "lshsim calibrate --nccl-tests --cluster", "file": log, "cluster": cluster, "hosts": list(hosts),
         "ranks": world, "sizes": len(sizes),
-        "replaced": {k: cal[k] for k in ("nic_Bps", "a2a_internode_alpha_s") if k in cal}}
+        "replaced": {k: cal[k] for k in FITTED_KEYS if k in cal}}
     assumed = provenance.get("assumed")
     if isinstance(assumed, dict):           # the spec's reasons for the values the fit replaces no longer hold
-        gone = {k: assumed[k] for k in ("nic_Bps", "a2a_internode_alpha_s") if k in assumed}
+        gone = {k: assumed[k] for k in FITTED_KEYS if k in assumed}
         if gone:
             provenance["assumed"] = {k: v for k, v in assumed.items() if k not in gone}
             provenance["nccl_tests_internode"]["replaced_assumed"] = gone

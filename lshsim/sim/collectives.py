@@ -59,7 +59,7 @@ from lshsim.calibration.model import LinkModels
 from lshsim.sim.network import FlowNetwork, busiest_links
 from lshsim.topology.routing import ALL_PAIRS_MAX_WORLD, Routes, gpu_vertices, validate_topology
 
-__all__ = ["phase_alpha_s", "simulate_all_to_all", "ring_all_reduce", "hierarchical_all_reduce", "ring_orders", "AllReduceResult", "estimate_all_to_all", "estimate_collective", "ESTIMATED_ALGORITHMS", "fed_port_time", "processor_sharing_levels", "FEW_FLOWS_PER_PORT", "CollectiveResult", "CollectiveRun", "Stage", "ALGORITHMS", "uniform_traffic",
+__all__ = ["phase_alpha_s", "INTERNODE_KEYS", "simulate_all_to_all", "ring_all_reduce", "hierarchical_all_reduce", "ring_orders", "AllReduceResult", "estimate_all_to_all", "estimate_collective", "ESTIMATED_ALGORITHMS", "fed_port_time", "processor_sharing_levels", "FEW_FLOWS_PER_PORT", "CollectiveResult", "CollectiveRun", "Stage", "ALGORITHMS", "uniform_traffic",
            "proxy_of_local", "hierarchical_phases", "direct", "pairwise", "hierarchical", "groupwise"]
 
 
@@ -200,11 +200,13 @@ def _pairs_alpha_s(G: nx.DiGraph, alpha_s: float, src: np.ndarray, dst: np.ndarr
     return max(alpha_s, internode + per_peer * term)
 
 
+#: a topology's terms of the start-up of an all-to-all phase across nodes (`phase_alpha_s`; G.graph and calibration keys)
+INTERNODE_KEYS = ("a2a_internode_alpha_s", "a2a_remote_peer_s", "a2a_remote_peer_ramp_bytes")
+
+
 def _internode_option(G: nx.DiGraph) -> dict:
     """The topology's start-up terms across nodes for a result's options (those it has), else {}."""
-    return {key: float(G.graph[key]) for key in ("a2a_internode_alpha_s", "a2a_remote_peer_s",
-                                                 "a2a_remote_peer_ramp_bytes")
-            if G.graph.get(key) is not None}
+    return {key: float(G.graph[key]) for key in INTERNODE_KEYS if G.graph.get(key) is not None}
 
 
 @dataclass
