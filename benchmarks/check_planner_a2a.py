@@ -14,9 +14,10 @@ dispatch and combine: the case's own routing (`lshsim.sim.published.case_traffic
 all-to-all on the topology with its own rates and start-ups (`simulate_all_to_all(..., "node_dedup", node_bytes=...,
 combine=..., chunks=...)`, the planner's defaults: no fitted kernel start-up, no NIC efficiency of the published-case
 fit; since the twelfth session the network stage and the NVLink forwarding pipelined in
-`lshsim.sim.dispatch_formats.PIPELINE_CHUNKS` chunks with one start-up per stage, as the planner's step runs them;
-`--chunks 1` gives the eleventh session's planner, the two stages one after the other), and the predicted figure is
-the case's counted bytes over that time, under the case's own definition.
+`lshsim.sim.dispatch_formats.PIPELINE_CHUNKS` chunks of one stream each (`stream=True`), as the planner's step runs
+them, with the topology's kernel start-up `calibration.dedup_kernel_alpha_s` where it has one; `--chunks 1` on a
+topology file without that key gives the eleventh session's planner, the two stages one after the other), and the
+predicted figure is the case's counted bytes over that time, under the case's own definition.
 
 `--breakdown` adds, per normal-kernel case, where the planner's time goes: the bytes the figure counts and the bytes
 a rank sends to other nodes (mean over ranks), the busiest NIC's bytes (max over ranks of the rdma stage's bytes out
@@ -49,10 +50,12 @@ from lshsim.topology.spec import read_spec  # noqa: E402
 
 
 def _cut(spec: dict, nodes: int) -> dict:
-    """`spec` with `nodes` nodes; one node keeps no start-up across nodes (a one-node topology refuses those keys)."""
+    """`spec` with `nodes` nodes; one node keeps no start-up across nodes nor the DeepEP-style kernel's (a one-node
+    topology refuses those keys)."""
     out = {**spec, "nodes": nodes}
     if nodes == 1 and spec.get("calibration"):
-        out["calibration"] = {k: v for k, v in spec["calibration"].items() if k not in INTERNODE_KEYS}
+        drop = INTERNODE_KEYS + ("dedup_kernel_alpha_s",)
+        out["calibration"] = {k: v for k, v in spec["calibration"].items() if k not in drop}
     return out
 
 
@@ -81,7 +84,8 @@ def _breakdown(c, G, traffic, result, run) -> str:
     network = rdma.T if c.op == "combine" else rdma
     busiest = max(network.sum(axis=1).max(), network.sum(axis=0).max())
     nic_s = busiest / _nic_Bps(G)
-    startup = phase_alpha_s(G, float(G.graph.get("alpha_s", 0.0)), network)
+    kernel = G.graph.get("dedup_kernel_alpha_s")
+    startup = float(kernel) if kernel is not None else phase_alpha_s(G, float(G.graph.get("alpha_s", 0.0)), network)
     ends = {}
     for stage in result.stages:
         name = stage.name.split("[")[0]
@@ -103,9 +107,8 @@ def main(argv=None) -> int:
                          f"the planner's, {PIPELINE_CHUNKS} on more than one node; 1: the eleventh session's planner)")
     ap.add_argument("--breakdown", action="store_true", help="normal kernels: where the planner's time goes")
     ap.add_argument("--kernel-startup-us", type=float, default=None, metavar="US",
-                    help="normal kernels, a what-if (not the planner): no start-up in the simulation (alpha_s 0, no "
-                         "start-up across nodes) and US microseconds added once per kernel, e.g. the published-case "
-                         "model's fitted normal-kernel start-up of the case's NIC family")
+                    help="normal kernels, a what-if (not the planner): no start-up in the simulation (alpha_s 0: no "
+                         "start-up across nodes, no kernel start-up) and US microseconds added once per kernel")
     ap.add_argument("--published-json", metavar="FILE",
                     help="`lshsim validate --published --json` output: print the published-case model's time too")
     args = ap.parse_args(argv)

@@ -235,6 +235,63 @@ def test_streamed_chunks_pay_the_path_latency_once():
     assert apart == pytest.approx(8 * 4e-6 + nic + 2e-6 + fwd / 8, rel=1e-9)
 
 
+def _kernel_cluster(kernel, nodes=2, **calibration):
+    spec = {"name": "k", "gpu": "h100", "nodes": nodes, "gpus_per_node": 2, "alpha_s": 1e-4,
+            "intra": {"kind": "nvswitch", "link_Bps": 200e9, "latency_s": 0.0, "pcie_Bps": 400e9,
+                      "pcie_latency_s": 0.0},
+            "calibration": {"dedup_kernel_alpha_s": kernel, **calibration}}
+    if nodes > 1:
+        spec["inter"] = {"kind": "rail", "nics_per_node": 2, "nic_gbps": 400, "latency_s": 0.0}
+    return build_topology(spec)
+
+
+def test_the_kernel_start_up_is_paid_once_per_kernel():
+    """calibration.dedup_kernel_alpha_s (1 ms) with stream=True: the kernel starts once, 1 ms late, in place of the
+    topology's alpha_s (0.1 ms) and its start-up across nodes (40 us + 1 ms per remote peer here); the second stage
+    pays none of its own: 1 + 40 + 5 / 8 ms, the combine 1 ms + reduce chunk 0 + 40 ms. Without stream (the
+    published-case model's chunks) the key is not used; a start-up the caller sets replaces it too."""
+    G = _kernel_cluster(1e-3, a2a_internode_alpha_s=4e-5, a2a_remote_peer_s=1e-3)
+    T = np.full((4, 4), 1e9)
+    nic, fwd = 2e9 / 50e9, 1e9 / 200e9
+    dispatch = simulate_all_to_all(G, T, "node_dedup", chunks=8, stream=True, local_copy=False)
+    assert dispatch.time_s == pytest.approx(1e-3 + nic + fwd / 8, rel=1e-9)
+    local = next(s for s in dispatch.stages if s.name == "local")
+    assert local.end_s == pytest.approx(1e-3 + fwd, rel=1e-9)          # the local part starts after it too
+    combine = simulate_all_to_all(G, T, "node_dedup", chunks=8, stream=True, combine=True, local_copy=False)
+    reduce0 = min(s.end_s for s in combine.stages if s.name == "reduce[0]")
+    assert reduce0 > 1e-3 and combine.time_s == pytest.approx(reduce0 + nic, rel=1e-9)
+    # not streamed: each chunk pays the topology's start-ups (0.1 ms within, 40 us + 1 ms x 1 peer x 1 across)
+    apart = simulate_all_to_all(G, T, "node_dedup", chunks=1, local_copy=False).time_s
+    assert apart == pytest.approx(4e-5 + 1e-3 + nic + 1e-4 + fwd, rel=1e-9)
+    caller = simulate_all_to_all(G, T, "node_dedup", chunks=8, stream=True, alpha_s=0.0, local_copy=False).time_s
+    assert caller == pytest.approx(nic + fwd / 8, rel=1e-9)
+
+
+def test_bad_kernel_start_ups_are_refused_naming_the_field():
+    with pytest.raises(ValueError, match=r"calibration.dedup_kernel_alpha_s=0.001 is the start-up of an all-to-all "
+                                         r"across nodes, but the topology has one node"):
+        _kernel_cluster(1e-3, nodes=1)
+    with pytest.raises(ValueError, match=r"calibration.dedup_kernel_alpha_s=-0.001 must be >= 0"):
+        _kernel_cluster(-1e-3)
+    with pytest.raises(ValueError, match=r"calibration.dedup_kernel_alpha_s='1e-3' must be a finite number, not text"):
+        _kernel_cluster("1e-3")
+    with pytest.raises(ValueError, match=r"calibration.dedup_kernel_alpha_s = 200 is above 1 s"):
+        _kernel_cluster(200.0)
+
+
+def test_the_shipped_infiniband_topologies_carry_the_ib_kernel_start_up():
+    """The rule of the twelfth session: the shipped InfiniBand / RoCE topologies take the published-case model's ib
+    normal-kernel start-up (172.3 us, fitted on its fitting cases), stated in their provenance; EFA's does not."""
+    from lshsim.topology import load_topology
+    from lshsim.topology.spec import read_spec
+
+    for name in ("h100-ib-rail-8x8", "b200-ib-rail-8x8", "h100-roce-fattree-8x8", "h200-ib-fattree-16x8-os2",
+                 "h100-ib-fattree3-32x8", "b200-roce-fattree3-32x8"):
+        assert load_topology(name).graph["dedup_kernel_alpha_s"] == pytest.approx(172e-6), name
+        assert "172.3 us" in read_spec(name)[0]["calibration"]["provenance"]["assumed"]["dedup_kernel_alpha_s"]
+    assert load_topology("h100-efa-p5-8x8").graph["dedup_kernel_alpha_s"] is None
+
+
 def test_single_node_is_direct_and_registry_names():
     G = _cluster(nodes=1, gpus=4)
     T = np.random.default_rng(0).random((4, 4)) * 1e8

@@ -32,7 +32,10 @@ combine all-to-all of the same dispatch: reduce over NVLink to the rail peer, th
 node) back over the network) on the transposed matrices, so the same arguments describe both.
 Without `node_bytes` every byte for another node crosses the network (no duplicates removed).
 With stream=True (what `lshsim plan` runs) the start-up (alpha, that of the whole stage) and the path latency
-are paid by the first chunk of each of the two stages only (a later chunk follows the one before it as soon as
+are paid by the first chunk of each of the two stages only; a topology with `calibration.dedup_kernel_alpha_s`
+(the start-up of one such kernel; the shipped InfiniBand / RoCE topologies: the published-case model's `ib`
+normal-kernel start-up, fitted on its fitting cases) starts the kernel once, that late, in place of alpha_s and
+the start-up across nodes, the second stage with no start-up of its own (a later chunk follows the one before it as soon as
 that one has left its sender): DeepEP's dispatch and its combine are each ONE kernel whose warps stream tokens
 through ring buffers (csrc/kernels/legacy/internode.cu: the dispatch's RDMA senders, RDMA-and-NVLink forwarders
 and NVLink receivers, the combine's NVLink senders, NVLink-and-RDMA forwarders and RDMA receivers run at once,
@@ -312,8 +315,14 @@ def node_dedup(run, traffic: np.ndarray, node_bytes=None, chunks: int = 1, combi
     env = run.net.env
     done = {(i, p): env.event() for i in range(chunks) for p in range(2)}
     # stream: one kernel streams every chunk, a stage's start-up (that of the whole stage) and its path latency
-    # are paid by its first chunk only
-    startup = [run.startup_s(matrix) for matrix in (first, second)] if stream else None
+    # are paid by its first chunk only; with the topology's kernel start-up (calibration.dedup_kernel_alpha_s,
+    # unless the caller set alpha_s), that start-up once: the first stage and the local part start after it, the
+    # second stage follows the first with none of its own
+    kernel = G.graph.get("dedup_kernel_alpha_s") if stream and run.internode_alpha else None
+    if kernel is not None:
+        startup = [float(kernel), 0.0]
+    elif stream:
+        startup = [run.startup_s(matrix) for matrix in (first, second)]
 
     def chunk(i: int):
         for p, (name, matrix) in enumerate(zip(names, (first, second))):
@@ -326,7 +335,7 @@ def node_dedup(run, traffic: np.ndarray, node_bytes=None, chunks: int = 1, combi
                 yield from run.phase(name if chunks == 1 else f"{name}[{i}]", matrix / chunks)
             done[(i, p)].succeed()
 
-    processes = [env.process(run.phase("local", local))]
+    processes = [env.process(run.phase("local", local, alpha_s=None if kernel is None else float(kernel)))]
     if num_nodes > 1:
         processes += [env.process(chunk(i)) for i in range(chunks)]
     yield simpy.AllOf(env, processes)
