@@ -204,7 +204,7 @@ LIMITS: dict[str, Limit] = {
 
 #: field name (the last dotted part) -> kind, for names the suffixes below do not give
 FIELD_KINDS: dict[str, str] = {
-    "alpha_s": "latency_s", "kernel_launch_s": "latency_s",
+    "alpha_s": "latency_s", "kernel_launch_s": "latency_s", "dedup_kernel_alpha_s": "latency_s",
     "time_s": "duration_s", "a2a_excess_s": "duration_s", "exchange_s": "duration_s",
     "exchange_single_s": "duration_s", "expert_floor_s": "duration_s", "published_latency_us": "duration_us",
     "peak_flops": "flops", "expert_flops": "flops", "flops_per_s": "flops",

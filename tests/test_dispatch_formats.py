@@ -6,9 +6,11 @@ import pytest
 
 from lshsim.algorithms import canonical_algorithm
 from lshsim.analytic.comm import ClusterParams, a2a_time
-from lshsim.sim.collectives import simulate_all_to_all
-from lshsim.sim.dispatch_formats import (DISPATCH_FORMATS, DispatchFormat, bytes_per_token, node_dedup_phases,
-                                         node_dedup_traffic, register_dispatch_format, unregister_dispatch_format)
+from lshsim.sim.collectives import phase_alpha_s, simulate_all_to_all
+from lshsim.sim.dispatch_formats import (DISPATCH_FORMATS, PIPELINE_CHUNKS, DispatchFormat, bytes_per_token,
+                                         node_dedup_phases, node_dedup_traffic, register_dispatch_format,
+                                         unregister_dispatch_format)
+from lshsim.sim.published import NORMAL_CHUNKS
 from lshsim.topology import build_topology
 
 
@@ -166,6 +168,128 @@ def test_pipelined_chunks_overlap_nic_and_nvlink():
     t8 = simulate_all_to_all(G, T, "node_dedup", chunks=8, local_copy=False).time_s
     assert t1 == pytest.approx(nic + fwd, rel=1e-9)
     assert t8 == pytest.approx(nic + fwd / 8, rel=1e-9)
+
+
+def test_pipelined_chunks_pay_one_start_up_per_stage():
+    """stream=True: DeepEP's dispatch is one kernel streaming its chunks, the start-up (1 ms here) is paid by the
+    first chunk of each stage, not by every chunk. The same 2 x 2 case as above: the rdma chunks run back to back
+    from 1 ms (the last one ends at 1 + 40 ms); forward chunk 0 pays its 1 ms after rdma chunk 0 but ends long
+    before rdma chunk 1, so only the last forward chunk (0.625 ms) is exposed: 41.625 ms. Without stream every
+    chunk pays it: the rdma chunks end at 8 x (1 + 5) = 48 ms, the last forward chunk 1 + 0.625 ms later. In
+    sequence (chunks=1, either way): 1 + 40 + 1 + 5 = 47 ms."""
+    alpha, nic, fwd = 1e-3, 2e9 / 50e9, 1e9 / 200e9
+    G = _cluster(alpha=alpha)
+    T = np.full((4, 4), 1e9)
+    t1 = simulate_all_to_all(G, T, "node_dedup", local_copy=False).time_s
+    assert simulate_all_to_all(G, T, "node_dedup", stream=True, local_copy=False).time_s == t1
+    t8 = simulate_all_to_all(G, T, "node_dedup", chunks=PIPELINE_CHUNKS, stream=True, local_copy=False)
+    apart = simulate_all_to_all(G, T, "node_dedup", chunks=PIPELINE_CHUNKS, local_copy=False).time_s
+    assert PIPELINE_CHUNKS == 8 == NORMAL_CHUNKS
+    assert t1 == pytest.approx(2 * alpha + nic + fwd, rel=1e-9)
+    assert t8.time_s == pytest.approx(alpha + nic + fwd / 8, rel=1e-9)
+    assert apart == pytest.approx(8 * (alpha + nic / 8) + alpha + fwd / 8, rel=1e-9)
+    rdma = sorted((s for s in t8.stages if s.name.startswith("rdma")), key=lambda s: s.start_s)
+    assert rdma[0].end_s == pytest.approx(alpha + nic / 8, rel=1e-9)
+    assert rdma[1].end_s - rdma[1].start_s == pytest.approx(nic / 8, rel=1e-9)           # no start-up of its own
+    # the combine (reduce over NVLink, then the network): its network stage pays its start-up once, after reduce
+    # chunk 0, then its 8 chunks run back to back: it ends 1 ms + 40 ms after reduce chunk 0 ended
+    combine = simulate_all_to_all(G, T, "node_dedup", chunks=8, combine=True, stream=True, local_copy=False)
+    back = sorted((s for s in combine.stages if s.name.startswith("rdma")), key=lambda s: s.start_s)
+    reduce0 = min(s.end_s for s in combine.stages if s.name == "reduce[0]")
+    assert back[0].start_s == pytest.approx(reduce0, rel=1e-12)
+    assert combine.time_s == pytest.approx(reduce0 + alpha + nic, rel=1e-9)
+
+
+def test_pipelined_start_up_is_the_whole_stage_s():
+    """With a topology's start-up across nodes that ramps in with the bytes (`phase_alpha_s`), the first chunk pays
+    the start-up of the WHOLE stage (2 GB a rank: L + g x 1 peer x 2 / (2 + 2) = 40 us + 0.5 ms), not that of its
+    eighth (250 MB: 40 us + 0.11 ms)."""
+    spec = {"name": "ramp", "gpu": "h100", "nodes": 2, "gpus_per_node": 2, "alpha_s": 0.0,
+            "intra": {"kind": "nvswitch", "link_Bps": 200e9, "latency_s": 0.0, "pcie_Bps": 400e9,
+                      "pcie_latency_s": 0.0},
+            "inter": {"kind": "rail", "nics_per_node": 2, "nic_gbps": 400, "latency_s": 0.0},
+            "calibration": {"a2a_internode_alpha_s": 4e-5, "a2a_remote_peer_s": 1e-3,
+                            "a2a_remote_peer_ramp_bytes": 2e9}}
+    G = build_topology(spec)
+    T = np.full((4, 4), 1e9)
+    nic, fwd = 2e9 / 50e9, 1e9 / 200e9
+    _, rdma, _ = node_dedup_phases(T, None, 2, 2)
+    startup = phase_alpha_s(G, 0.0, rdma)
+    assert startup == pytest.approx(4e-5 + 0.5e-3, rel=1e-9)
+    t8 = simulate_all_to_all(G, T, "node_dedup", chunks=8, stream=True, local_copy=False).time_s
+    assert t8 == pytest.approx(startup + nic + fwd / 8, rel=1e-9)
+
+
+def test_streamed_chunks_pay_the_path_latency_once():
+    """stream=True: a later chunk follows the one before it as soon as that one has left, so the path latency (here
+    1 us a hop: GPU -> NIC -> leaf -> NIC -> GPU = 4 us across, GPU -> NVSwitch -> GPU = 2 us inside) is paid by each
+    stage's first chunk only: 4 us + 40 ms + 0.625 ms, no start-up. (The last forward chunk, held by the last rdma
+    chunk, pays no latency either: the stream's end is one NVLink path latency, 2 us, early.) Without stream each
+    of the 8 rdma chunks pays its 4 us and the last forward chunk its 2 us."""
+    G = _cluster(latency=1e-6)
+    T = np.full((4, 4), 1e9)
+    nic, fwd = 2e9 / 50e9, 1e9 / 200e9
+    streamed = simulate_all_to_all(G, T, "node_dedup", chunks=8, stream=True, local_copy=False).time_s
+    apart = simulate_all_to_all(G, T, "node_dedup", chunks=8, local_copy=False).time_s
+    assert streamed == pytest.approx(4e-6 + nic + fwd / 8, rel=1e-9)
+    assert apart == pytest.approx(8 * 4e-6 + nic + 2e-6 + fwd / 8, rel=1e-9)
+
+
+def _kernel_cluster(kernel, nodes=2, **calibration):
+    spec = {"name": "k", "gpu": "h100", "nodes": nodes, "gpus_per_node": 2, "alpha_s": 1e-4,
+            "intra": {"kind": "nvswitch", "link_Bps": 200e9, "latency_s": 0.0, "pcie_Bps": 400e9,
+                      "pcie_latency_s": 0.0},
+            "calibration": {"dedup_kernel_alpha_s": kernel, **calibration}}
+    if nodes > 1:
+        spec["inter"] = {"kind": "rail", "nics_per_node": 2, "nic_gbps": 400, "latency_s": 0.0}
+    return build_topology(spec)
+
+
+def test_the_kernel_start_up_is_paid_once_per_kernel():
+    """calibration.dedup_kernel_alpha_s (1 ms) with stream=True: the kernel starts once, 1 ms late, in place of the
+    topology's alpha_s (0.1 ms) and its start-up across nodes (40 us + 1 ms per remote peer here); the second stage
+    pays none of its own: 1 + 40 + 5 / 8 ms, the combine 1 ms + reduce chunk 0 + 40 ms. Without stream (the
+    published-case model's chunks) the key is not used; a start-up the caller sets replaces it too."""
+    G = _kernel_cluster(1e-3, a2a_internode_alpha_s=4e-5, a2a_remote_peer_s=1e-3)
+    T = np.full((4, 4), 1e9)
+    nic, fwd = 2e9 / 50e9, 1e9 / 200e9
+    dispatch = simulate_all_to_all(G, T, "node_dedup", chunks=8, stream=True, local_copy=False)
+    assert dispatch.time_s == pytest.approx(1e-3 + nic + fwd / 8, rel=1e-9)
+    local = next(s for s in dispatch.stages if s.name == "local")
+    assert local.end_s == pytest.approx(1e-3 + fwd, rel=1e-9)          # the local part starts after it too
+    combine = simulate_all_to_all(G, T, "node_dedup", chunks=8, stream=True, combine=True, local_copy=False)
+    reduce0 = min(s.end_s for s in combine.stages if s.name == "reduce[0]")
+    assert reduce0 > 1e-3 and combine.time_s == pytest.approx(reduce0 + nic, rel=1e-9)
+    # not streamed: each chunk pays the topology's start-ups (0.1 ms within, 40 us + 1 ms x 1 peer x 1 across)
+    apart = simulate_all_to_all(G, T, "node_dedup", chunks=1, local_copy=False).time_s
+    assert apart == pytest.approx(4e-5 + 1e-3 + nic + 1e-4 + fwd, rel=1e-9)
+    caller = simulate_all_to_all(G, T, "node_dedup", chunks=8, stream=True, alpha_s=0.0, local_copy=False).time_s
+    assert caller == pytest.approx(nic + fwd / 8, rel=1e-9)
+
+
+def test_bad_kernel_start_ups_are_refused_naming_the_field():
+    with pytest.raises(ValueError, match=r"calibration.dedup_kernel_alpha_s=0.001 is the start-up of an all-to-all "
+                                         r"across nodes, but the topology has one node"):
+        _kernel_cluster(1e-3, nodes=1)
+    with pytest.raises(ValueError, match=r"calibration.dedup_kernel_alpha_s=-0.001 must be >= 0"):
+        _kernel_cluster(-1e-3)
+    with pytest.raises(ValueError, match=r"calibration.dedup_kernel_alpha_s='1e-3' must be a finite number, not text"):
+        _kernel_cluster("1e-3")
+    with pytest.raises(ValueError, match=r"calibration.dedup_kernel_alpha_s = 200 is above 1 s"):
+        _kernel_cluster(200.0)
+
+
+def test_the_shipped_infiniband_topologies_carry_the_ib_kernel_start_up():
+    """The rule of the twelfth session: the shipped InfiniBand / RoCE topologies take the published-case model's ib
+    normal-kernel start-up (172.3 us, fitted on its fitting cases), stated in their provenance; EFA's does not."""
+    from lshsim.topology import load_topology
+    from lshsim.topology.spec import read_spec
+
+    for name in ("h100-ib-rail-8x8", "b200-ib-rail-8x8", "h100-roce-fattree-8x8", "h200-ib-fattree-16x8-os2",
+                 "h100-ib-fattree3-32x8", "b200-roce-fattree3-32x8"):
+        assert load_topology(name).graph["dedup_kernel_alpha_s"] == pytest.approx(172e-6), name
+        assert "172.3 us" in read_spec(name)[0]["calibration"]["provenance"]["assumed"]["dedup_kernel_alpha_s"]
+    assert load_topology("h100-efa-p5-8x8").graph["dedup_kernel_alpha_s"] is None
 
 
 def test_single_node_is_direct_and_registry_names():

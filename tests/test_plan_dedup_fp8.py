@@ -102,3 +102,34 @@ def test_plan_cli_labels_and_keeps_the_baseline_in_the_model_precision(capsys):
     labels = [label for label, _ in plan_options(StepConfig(algorithm="deepep", dispatch_format="fp8"))]
     assert labels[0] == "baseline" and plan_options(StepConfig(dispatch_format="fp8"))[0][1].dispatch_format is None
     assert "yours: topk, deepep, fp8 dispatch" in labels
+
+
+
+def test_the_planner_pipelines_the_network_stage_and_the_forwarding(graph, model):
+    """The planner's node-deduplicated dispatch and combine run as DeepEP's one kernel streams them: the network
+    stage and the NVLink forwarding in PIPELINE_CHUNKS chunks of one stream each (`simulate_all_to_all(...,
+    chunks=8, stream=True)`), not one
+    after the other (chunks=1, the planner until the twelfth session): the same matrices, a shorter time."""
+    from lshsim.sim.collectives import simulate_all_to_all
+    from lshsim.sim.dispatch_formats import PIPELINE_CHUNKS
+    from lshsim.sim.moe_step import A2ACache, _dedup_network, _dedup_ratio, _per_node
+
+    config = StepConfig(algorithm="node_dedup", capacity_factor=None)
+    traffic = route_traffic(model, placement_for(model, graph), config)
+    cache = A2ACache(graph)
+    network_role_s = _dedup_network(graph, traffic, cache, config)
+    matrix = traffic.send_counts * 512.0                       # 512 bytes a token
+    np.fill_diagonal(matrix, 0.0)
+    node = np.arange(32) // 8
+    for role in ("dispatch", "combine"):
+        forward = matrix if role == "dispatch" else matrix.T
+        per_node = _per_node(forward, node)
+        options = {"node_bytes": np.minimum(np.ceil(_dedup_ratio(traffic, node) * per_node), per_node),
+                   "combine": role == "combine"}
+        pipelined = simulate_all_to_all(graph, forward, "node_dedup", chunks=PIPELINE_CHUNKS, stream=True,
+                                        **options).time_s
+        serial = simulate_all_to_all(graph, forward, "node_dedup", chunks=1, **options).time_s
+        assert network_role_s(matrix, role) == pytest.approx(pipelined, rel=1e-12)
+        assert pipelined < serial, role
+    assert len(cache.times) == 2
+    assert all(dict(key[-1])["chunks"] == PIPELINE_CHUNKS and dict(key[-1])["stream"] for key in cache.times)

@@ -228,17 +228,34 @@ class CollectiveRun:
     #: when the caller set alpha_s itself
     internode_alpha: bool = True
 
-    def phase(self, name: str, traffic: np.ndarray, mask: np.ndarray | None = None):
+    def startup_s(self, traffic: np.ndarray, mask: np.ndarray | None = None) -> float:
+        """The start-up `phase` gives a phase of `traffic` (masked): alpha_s, or `phase_alpha_s` where the
+        topology has start-up terms across nodes and the caller did not set alpha_s."""
+        if self.internode_alpha and _has_internode_terms(self.net.G):
+            src, dst, size = _offdiag(traffic, mask)
+            return _pairs_alpha_s(self.net.G, self.net.alpha_s, src, dst, size)
+        return self.net.alpha_s
+
+    def phase(self, name: str, traffic: np.ndarray, mask: np.ndarray | None = None, alpha_s: float | None = None,
+              streamed: bool = False):
+        """One phase (class docstring); alpha_s: its start-up if given, else `startup_s` of its messages.
+        streamed=True: a later piece of a stage that one kernel streams (`node_dedup`'s chunks after the first):
+        no start-up and no path latency (the stream's first piece paid both; a piece follows the one before it
+        as soon as that one has left)."""
         net = self.net
         src, dst, size = _offdiag(traffic, mask)
         start = net.env.now
         if len(src) == 0:
             return
         alpha = net.alpha_s
-        if self.internode_alpha and _has_internode_terms(net.G):
+        if streamed:
+            alpha = 0.0
+        elif alpha_s is not None:
+            alpha = float(alpha_s)
+        elif self.internode_alpha and _has_internode_terms(net.G):
             alpha = _pairs_alpha_s(net.G, net.alpha_s, src, dst, size)
         if self.message_gap_s <= 0:
-            tr = net.transfer(src, dst, size, alpha_s=alpha, label=name)
+            tr = net.transfer(src, dst, size, alpha_s=alpha, label=name, path_latency=not streamed)
             yield tr.done
             end = tr.end_s
         else:
@@ -252,7 +269,8 @@ class CollectiveRun:
                 if k:
                     yield net.env.timeout(self.message_gap_s)
                 pick = slot == k
-                done.append(net.transfer(src[pick], dst[pick], size[pick], alpha_s=alpha, label=f"{name}#{k}"))
+                done.append(net.transfer(src[pick], dst[pick], size[pick], alpha_s=alpha, label=f"{name}#{k}",
+                                         path_latency=not streamed))
             yield simpy.AllOf(net.env, [tr.done for tr in done])
             end = max(tr.end_s for tr in done)
         self.stages.append(Stage(name, start, end, float(size.sum()), len(src)))

@@ -31,6 +31,18 @@ rank of node m over NVLink; nothing for the rank that received it). combine=True
 combine all-to-all of the same dispatch: reduce over NVLink to the rail peer, then one copy per (token,
 node) back over the network) on the transposed matrices, so the same arguments describe both.
 Without `node_bytes` every byte for another node crosses the network (no duplicates removed).
+With stream=True (what `lshsim plan` runs) the start-up (alpha, that of the whole stage) and the path latency
+are paid by the first chunk of each of the two stages only; a topology with `calibration.dedup_kernel_alpha_s`
+(the start-up of one such kernel; the shipped InfiniBand / RoCE topologies: the published-case model's `ib`
+normal-kernel start-up, fitted on its fitting cases) starts the kernel once, that late, in place of alpha_s and
+the start-up across nodes, the second stage with no start-up of its own (a later chunk follows the one before it as soon as
+that one has left its sender): DeepEP's dispatch and its combine are each ONE kernel whose warps stream tokens
+through ring buffers (csrc/kernels/legacy/internode.cu: the dispatch's RDMA senders, RDMA-and-NVLink forwarders
+and NVLink receivers, the combine's NVLink senders, NVLink-and-RDMA forwarders and RDMA receivers run at once,
+in chunks of 8-20 tokens per channel: deep_ep `Buffer.get_dispatch_config`), not one call per chunk. Without it
+(the default) every chunk pays both, as the published-case model (start-up 0 there) has always run them.
+`PIPELINE_CHUNKS` (8) is the chunk count `lshsim plan` and the published-case model
+(`lshsim.sim.published.NORMAL_CHUNKS`) use.
 
 The executor's implementation is `lshsim.executor.dedup` (it forwards one copy per (token, expert)
 inside the node: pass its per-choice traffic; its fp8 rows are `lshsim.executor.comm.fp8_row_bytes`,
@@ -47,7 +59,12 @@ import simpy
 
 __all__ = ["DispatchFormat", "DISPATCH_FORMATS", "register_dispatch_format", "unregister_dispatch_format",
            "bytes_per_token", "DedupTraffic", "node_dedup_traffic", "plan_dedup_traffic", "node_dedup_phases", "node_dedup",
-           "analytic_node_dedup"]
+           "analytic_node_dedup", "PIPELINE_CHUNKS"]
+
+#: chunks of the pipelined RDMA -> NVLink forwarding of "node_dedup" in `lshsim plan` and in the published-case
+#: model: DeepEP's kernels overlap the two stages, streaming chunks of 8-20 tokens per channel (module docstring);
+#: 8 pipeline chunks stand in for that stream (the value the published-case model has used since it was built)
+PIPELINE_CHUNKS = 8
 
 
 @dataclass(frozen=True)
@@ -280,9 +297,12 @@ def node_dedup_phases(traffic, node_bytes, num_nodes: int, gpus_per_node: int, *
     return local, rdma, forward
 
 
-def node_dedup(run, traffic: np.ndarray, node_bytes=None, chunks: int = 1, combine: bool = False):
+def node_dedup(run, traffic: np.ndarray, node_bytes=None, chunks: int = 1, combine: bool = False,
+               stream: bool = False):
     """The collective "node_dedup" (module docstring): local NVLink part at once; rdma -> forward
-    (combine: forward.T -> rdma.T) pipelined in `chunks`."""
+    (combine: forward.T -> rdma.T) pipelined in `chunks`; stream=True: the chunks of a stage are one stream
+    (its start-up and path latency paid by its first chunk only, module docstring), else each chunk is a
+    message of its own that pays both (the published-case model's chunks)."""
     if isinstance(chunks, bool) or not isinstance(chunks, (int, np.integer)) or chunks < 1:
         raise ValueError(f"chunks={chunks} must be an integer >= 1")
     G = run.net.G
@@ -294,15 +314,28 @@ def node_dedup(run, traffic: np.ndarray, node_bytes=None, chunks: int = 1, combi
         first, second, names = rdma, forward, ("rdma", "forward")
     env = run.net.env
     done = {(i, p): env.event() for i in range(chunks) for p in range(2)}
+    # stream: one kernel streams every chunk, a stage's start-up (that of the whole stage) and its path latency
+    # are paid by its first chunk only; with the topology's kernel start-up (calibration.dedup_kernel_alpha_s,
+    # unless the caller set alpha_s), that start-up once: the first stage and the local part start after it, the
+    # second stage follows the first with none of its own
+    kernel = G.graph.get("dedup_kernel_alpha_s") if stream and run.internode_alpha else None
+    if kernel is not None:
+        startup = [float(kernel), 0.0]
+    elif stream:
+        startup = [run.startup_s(matrix) for matrix in (first, second)]
 
     def chunk(i: int):
         for p, (name, matrix) in enumerate(zip(names, (first, second))):
             if i > 0:
                 yield done[(i - 1, p)]
-            yield from run.phase(name if chunks == 1 else f"{name}[{i}]", matrix / chunks)
+            if stream:
+                yield from run.phase(name if chunks == 1 else f"{name}[{i}]", matrix / chunks, alpha_s=startup[p],
+                                     streamed=i > 0)
+            else:
+                yield from run.phase(name if chunks == 1 else f"{name}[{i}]", matrix / chunks)
             done[(i, p)].succeed()
 
-    processes = [env.process(run.phase("local", local))]
+    processes = [env.process(run.phase("local", local, alpha_s=None if kernel is None else float(kernel)))]
     if num_nodes > 1:
         processes += [env.process(chunk(i)) for i in range(chunks)]
     yield simpy.AllOf(env, processes)

@@ -118,7 +118,7 @@ from lshsim.dispatch.synthetic import synthetic_router_inputs
 from lshsim.sim.collectives import (ALGORITHMS, ESTIMATED_ALGORITHMS, estimate_collective, hierarchical_all_reduce,
                                     ring_all_reduce,
                                     simulate_all_to_all)
-from lshsim.sim.dispatch_formats import DISPATCH_FORMATS, bytes_per_token as format_bytes_per_token
+from lshsim.sim.dispatch_formats import DISPATCH_FORMATS, PIPELINE_CHUNKS, bytes_per_token as format_bytes_per_token
 from lshsim.sim.moe_layers import MOE_LAYERS, PADDED_LAYERS, padded_capacity, resolve_moe_layer
 from lshsim.sim.phases import (DDP_BUCKET_BYTES, GRAD_SYNC_MODES, KERNELS, KINDS, PHASES, TP_PHASES, CostContext,
                                compute_time_s, expert_cost, expert_grads_synced, expert_span, expert_tp,
@@ -1526,7 +1526,9 @@ def _grad_buckets(ctx: CostContext, layer_end: dict[int, float], backward_end: f
 def _dedup_network(graph, traffic: RoutedTraffic, a2a_cache: A2ACache, config: StepConfig):
     """network_role_s of a node-deduplicated step: each (W, W) matrix's bytes to another node cross the
     network once per (token, node), in the routing's ratio of distinct (token, node) pairs to copies
-    (`RoutedTraffic.node_copies`); "combine" matrices run the reverse (`dispatch_formats.node_dedup`)."""
+    (`RoutedTraffic.node_copies`); "combine" matrices run the reverse (`dispatch_formats.node_dedup`). The
+    network stage and the NVLink forwarding are pipelined in `PIPELINE_CHUNKS` chunks with one start-up, as
+    DeepEP's one kernel streams them (until the twelfth session they ran one after the other, whole)."""
     if traffic.node_copies is None:
         raise ValueError(f"algorithm {config.algorithm!r} needs the routing's (token, node) pairs: route the "
                          f"traffic with the same config (route_traffic counts them when the config deduplicates)")
@@ -1536,12 +1538,14 @@ def _dedup_network(graph, traffic: RoutedTraffic, a2a_cache: A2ACache, config: S
                              f"{graph.graph.get('name', '?')!r} has no {name!r}")
     node = np.arange(traffic.send_counts.shape[0]) // int(graph.graph["gpus_per_node"])  # (W,) node-major ranks
     ratio = _dedup_ratio(traffic, node)                                                # (W, N) <= 1
+    chunks = PIPELINE_CHUNKS if int(graph.graph["num_nodes"]) > 1 else 1
 
     def network_role_s(matrix: np.ndarray, role: str) -> float:
         forward = matrix if role == "dispatch" else matrix.T                              # source row
         per_node = _per_node(forward, node)                                               # (W, N) bytes
         node_bytes = np.minimum(np.ceil(ratio * per_node), per_node)
-        return a2a_cache.time_s(forward, config.algorithm, node_bytes=node_bytes, combine=role == "combine")
+        return a2a_cache.time_s(forward, config.algorithm, node_bytes=node_bytes, combine=role == "combine",
+                                chunks=chunks, stream=True)
 
     return network_role_s
 

@@ -275,11 +275,14 @@ class FlowNetwork:
             raise ValueError(f"gpu_engine_Bps={gpu_engine_Bps!r} must be finite and > 0 for every rank")
         return engines
 
-    def transfer(self, src, dst, size_bytes, *, alpha_s: float | None = None, label: str = "") -> Transfer:
+    def transfer(self, src, dst, size_bytes, *, alpha_s: float | None = None, label: str = "",
+                 path_latency: bool = True) -> Transfer:
         """Start flows src[i] -> dst[i] of size_bytes[i] now; returns their Transfer (yield its .done).
 
         src != dst for every flow (a rank's data for itself is not a network flow). Zero-byte flows
-        are allowed: they arrive alpha_s + path latency after the start.
+        are allowed: they arrive alpha_s + path latency after the start. path_latency=False: the flows
+        complete when their last byte has left (no path latency): the later pieces of a stream whose first
+        piece paid it (`lshsim.sim.dispatch_formats.node_dedup`'s chunks).
         """
         src = np.atleast_1d(np.asarray(src, dtype=np.int64))                      # (F,)
         dst = np.atleast_1d(np.asarray(dst, dtype=np.int64))                      # (F,)
@@ -308,6 +311,8 @@ class FlowNetwork:
         edges = self.routes.edge_ids(src[first], dst[first])                      # (C, H), -1 padded
         edges = np.where(edges < 0, self._sentinel, edges).astype(np.int32)
         lat = self._latency[edges].sum(axis=1)                                    # (C,) path latency
+        if not path_latency:
+            lat = np.zeros_like(lat)
         now = self.env.now
         tr = Transfer(src=src, dst=dst, size_bytes=size, start_s=now, enter_s=now + alpha, done=self.env.event(),
                       label=label, finish_s=np.full(len(src), np.nan))

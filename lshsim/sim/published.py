@@ -96,7 +96,7 @@ import numpy as np
 
 from lshsim import bounds
 from lshsim.readers import load_yaml as read_yaml
-from lshsim.sim.dispatch_formats import bytes_per_token, node_dedup_traffic
+from lshsim.sim.dispatch_formats import PIPELINE_CHUNKS, bytes_per_token, node_dedup_traffic
 
 __all__ = ["Case", "load_cases", "load_split", "load_fresh", "FRESH_SETS", "deepep_routing", "case_traffic", "routing_key",
            "routing_counts", "counted_bytes", "simulate_case",
@@ -105,8 +105,9 @@ __all__ = ["Case", "load_cases", "load_split", "load_fresh", "FRESH_SETS", "deep
 
 #: the folder of the published cases in a source checkout
 PUBLISHED_DIR = Path(__file__).resolve().parents[2] / "data" / "published"
-#: chunks of DeepEP's pipelined RDMA -> NVLink forwarding in the model (its tests tune chunks of 4-44 tokens)
-NORMAL_CHUNKS = 8
+#: chunks of DeepEP's pipelined RDMA -> NVLink forwarding in the model (its tests tune chunks of 4-44 tokens); the
+#: planner's too (`lshsim.sim.dispatch_formats.PIPELINE_CHUNKS`, 8)
+NORMAL_CHUNKS = PIPELINE_CHUNKS
 KINDS = ("normal", "low_latency", "alltoall")
 #: the kernel kinds of a token workload (DeepEP-style dispatch / combine); `alltoall` is a plain all-to-all
 TOKEN_KINDS = ("normal", "low_latency")

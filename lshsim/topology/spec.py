@@ -56,6 +56,10 @@ times in seconds, NIC line rate in Gb/s:
       a2a_remote_peer_ramp_bytes: 8.8e7  # peers, s its bytes; S0 absent: g p), the most over the ranks, when
                                    #   larger than alpha_s (absent: alpha_s; phase_alpha_s in
                                    #   lshsim.sim.collectives)
+      dedup_kernel_alpha_s: 1.72e-4  # optional, several nodes: the start-up of one DeepEP-style kernel
+                                   #   (`lshsim plan --algorithm deepep`'s node_dedup, stream=True), paid
+                                   #   once, in place of alpha_s and the three keys above
+                                   #   (lshsim.sim.dispatch_formats.node_dedup)
       phase_model: {...}           # optional: timing conventions, buffer alignment, compute phases,
                                    #   the NCCL transport (`executor calibrate --phases`; fields and
                                    #   model: lshsim.calibration.phase_model), G.graph["phase_model"]
@@ -169,7 +173,7 @@ _INTRA_KEYS = {"kind", "link_Bps", "links", "per_link_Bps", "latency_s", "pcie_B
 _INTER_KEYS = {"kind", "nics_per_node", "nic_gbps", "servers_per_leaf", "oversubscription", "latency_s"}
 _CAL_KEYS = {"alpha_s", "nvlink_Bps", "nic_Bps", "pcie_Bps", "expert_flops", "hbm_Bps", "a2a_busbw_curve",
              "a2a_link_headroom", "a2a_link_max_Bps", "a2a_nccl_channels", "links", "provenance", "phase_model",
-             "a2a_internode_alpha_s", "a2a_remote_peer_s", "a2a_remote_peer_ramp_bytes"}
+             "a2a_internode_alpha_s", "a2a_remote_peer_s", "a2a_remote_peer_ramp_bytes", "dedup_kernel_alpha_s"}
 
 
 def topology_dir() -> Path:
@@ -449,7 +453,7 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
         if software is not None and key in software:
             gpu_dict[key] = software[key]
     calibration = spec.get("calibration")
-    internode_alpha_s = remote_peer_s = peer_ramp_bytes = None
+    internode_alpha_s = remote_peer_s = peer_ramp_bytes = dedup_kernel_alpha_s = None
     if calibration is not None:
         check.keys(calibration, _CAL_KEYS, "calibration.")
         pre = "calibration."
@@ -457,8 +461,11 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
         internode_alpha_s = check.number(calibration, "a2a_internode_alpha_s", pre, strict=False)
         remote_peer_s = check.number(calibration, "a2a_remote_peer_s", pre, strict=False)
         peer_ramp_bytes = check.number(calibration, "a2a_remote_peer_ramp_bytes", pre)
+        # the start-up of one DeepEP-style node-deduplicated kernel (lshsim.sim.dispatch_formats.node_dedup)
+        dedup_kernel_alpha_s = check.number(calibration, "dedup_kernel_alpha_s", pre, strict=False)
         for key, value in (("a2a_internode_alpha_s", internode_alpha_s), ("a2a_remote_peer_s", remote_peer_s),
-                           ("a2a_remote_peer_ramp_bytes", peer_ramp_bytes)):
+                           ("a2a_remote_peer_ramp_bytes", peer_ramp_bytes),
+                           ("dedup_kernel_alpha_s", dedup_kernel_alpha_s)):
             if value is not None and num_nodes == 1:
                 raise check.fail(f"calibration.{key}", value,
                                  "is the start-up of an all-to-all across nodes, but the topology has one node")
@@ -497,7 +504,8 @@ def build_topology(spec: dict, source: str = "<dict>") -> nx.DiGraph:
                    intra_kind=intra_kind, inter_kind=inter_kind,
                    calibration=copy.deepcopy(calibration), spec=copy.deepcopy(spec), source=source,
                    software=copy.deepcopy(software), assumed=assumed, a2a_internode_alpha_s=internode_alpha_s,
-                   a2a_remote_peer_s=remote_peer_s, a2a_remote_peer_ramp_bytes=peer_ramp_bytes)
+                   a2a_remote_peer_s=remote_peer_s, a2a_remote_peer_ramp_bytes=peer_ramp_bytes,
+                   dedup_kernel_alpha_s=dedup_kernel_alpha_s)
     # the gradient all-reduce's NICs (lshsim.sim.collectives.ring_all_reduce, the phase grad_allreduce):
     # at line rate x software.allreduce_efficiency where the software gives one and the NIC rate is
     # the line rate x a2a_efficiency (no calibration.nic_Bps): the factor between the two
