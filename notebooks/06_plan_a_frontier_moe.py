@@ -238,8 +238,8 @@ display(dedup_table.round(2))
 # cases; on the later fresh held-out sets of normal kernels 15.9% / 24.3% (fresh9), 4.5% / 19.4%
 # (fresh10), 36.1% / 57.2% (fresh11, 2 x Azure H100) and 5.9% / 19.9% (fresh20: DeepEP V1 on H100 +
 # 8 x 400 Gb/s InfiniBand, EP 16-64). `lshsim plan --algorithm deepep`'s own dispatch and combine on
-# this cluster, nothing fitted, are 13.0% / 17.8% from fresh20, every case too slow
-# (`benchmarks/check_planner_a2a.py`); every set: benchmarks/RESULTS.md.)
+# this cluster (streamed, as DeepEP's kernel runs them) are 4.7% / 22.3% from fresh20, seen data for
+# the planner since (`benchmarks/check_planner_a2a.py`); every set: benchmarks/RESULTS.md.)
 
 # %% [markdown]
 # ## 3. Dropless or a capacity factor
