@@ -185,8 +185,8 @@ display(nodes_table.round(2))
 # - The dedup columns show where the gain is: with **per-node deduplication** (DeepEP, the
 #   hierarchical all-to-alls) a token is sent once to each remote node and forwarded over NVLink
 #   there. Those columns count the bytes
-#   from the routing (distinct remote nodes per token x one copy); they are a count, not a
-#   simulation: the deduplicating collective is being built on another branch. With M = 4 at most
+#   from the routing (distinct remote nodes per token x one copy); the next table simulates the
+#   deduplicating collective itself (`node_dedup`). With M = 4 at most
 #   4 copies cross the network instead of up to 7 (M = 1 is cheapest, but restricts each token to
 #   the 32 experts of one node).
 
@@ -236,7 +236,10 @@ display(dedup_table.round(2))
 # cluster's assumed NIC efficiency; `lshsim validate --published` measures how far the same
 # simulator is from published DeepEP and UCCL-EP figures: median 9.5%, worst 33.9% on the 15 test
 # cases; on the later fresh held-out sets of normal kernels 15.9% / 24.3% (fresh9), 4.5% / 19.4%
-# (fresh10) and 36.1% / 57.2% (fresh11, 2 x Azure H100); every set: benchmarks/RESULTS.md.)
+# (fresh10), 36.1% / 57.2% (fresh11, 2 x Azure H100) and 5.9% / 19.9% (fresh20: DeepEP V1 on H100 +
+# 8 x 400 Gb/s InfiniBand, EP 16-64). `lshsim plan --algorithm deepep`'s own dispatch and combine on
+# this cluster (streamed, as DeepEP's kernel runs them) are 4.7% / 22.3% from fresh20, seen data for
+# the planner since (`benchmarks/check_planner_a2a.py`); every set: benchmarks/RESULTS.md.)
 
 # %% [markdown]
 # ## 3. Dropless or a capacity factor

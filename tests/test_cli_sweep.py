@@ -254,6 +254,16 @@ def test_plot_written_without_switching_the_backend(tmp_path, capsys):
     assert matplotlib.rcParams._get_backend_or_none() == backend
 
 
+def test_quiet_text_output_names_the_table_and_the_plot(tmp_path, capsys):
+    """`sweep --quiet --plot P` wrote P and said nothing of it (its `wrote` line was a progress line only,
+    README audit of 2026-12-03): the text output names the plot on stdout beside the table."""
+    table, png = tmp_path / "r.csv", tmp_path / "sweep.png"
+    assert main(["sweep", _grid(tmp_path), "--out", str(table), "--jobs", "0", "--quiet", "--plot", str(png)]) == 0
+    captured = capsys.readouterr()
+    assert png.is_file() and captured.err == ""
+    assert f"table: {table}" in captured.out and f"plot: {png}" in captured.out.splitlines()[-1]
+
+
 def test_the_shipped_grid_loads():
     from lshsim.models import load_model
 

@@ -30,7 +30,9 @@ def test_found_every_notebook():
 def test_notebook_executes(path, monkeypatch):
     jupytext = pytest.importorskip("jupytext")
     nbclient = pytest.importorskip("nbclient")
-    monkeypatch.setenv("MPLBACKEND", "Agg")  # no display; the inline backend still renders
+    # The kernel's own inline backend (no display needed) embeds every figure, as Jupyter renders the
+    # notebook; an MPLBACKEND inherited by the kernel (e.g. Agg) would replace it and embed none.
+    monkeypatch.delenv("MPLBACKEND", raising=False)
     notebook = jupytext.read(path, fmt="py:percent")
     assert any(cell.cell_type == "code" for cell in notebook.cells), f"{path.name} has no code cells"
     client = nbclient.NotebookClient(notebook, timeout=TIMEOUT_S, kernel_name="python3",
@@ -39,3 +41,6 @@ def test_notebook_executes(path, monkeypatch):
     errors = [output for cell in notebook.cells if cell.cell_type == "code"
               for output in cell.get("outputs", []) if output.get("output_type") == "error"]
     assert not errors, errors
+    figures = sum("image/png" in output.get("data", {}) for cell in notebook.cells if cell.cell_type == "code"
+                  for output in cell.get("outputs", []))
+    assert figures >= 1, f"{path.name} embedded no figure"

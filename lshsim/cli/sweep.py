@@ -82,7 +82,7 @@ def run(args) -> int:
         _render.print_json({**summary, "grid": str(grid_path), "engine": args.engine,
                             "plot": None if every_failed else args.plot})
     else:
-        _render_summary(rows, summary, grid)
+        _render_summary(rows, summary, grid, plot=None if every_failed else args.plot)
     if every_failed:    # exit 1, as a failed rank: a script must not take a table of errors for results
         import sys
 
@@ -92,8 +92,9 @@ def run(args) -> int:
     return 0
 
 
-def _render_summary(rows: list[dict], summary: dict, grid) -> None:
-    """Per option: how many points, the median and range of the speedup; then the failed points."""
+def _render_summary(rows: list[dict], summary: dict, grid, plot: str | None = None) -> None:
+    """Per option: how many points, the median and range of the speedup; then the failed points, the
+    table's path and the plot's (on stdout: `--quiet` turns off only the progress lines on stderr)."""
     from lshsim.cli import _render
 
     options = list(dict.fromkeys(row["option"] for row in rows))
@@ -114,3 +115,5 @@ def _render_summary(rows: list[dict], summary: dict, grid) -> None:
     for point, error in failed.items():
         print(f"failed: {point}: {error}")
     print(f"table: {summary['out']}")
+    if plot:
+        print(f"plot: {plot}")
