@@ -329,6 +329,9 @@ def test_fresh_case_files_read_as_their_sources_count():
     ({"experts_per_rank": 0}, "a.yaml: workload.experts_per_rank=0 must be an integer >= 1"),
     ({"experts_per_rank": 2, "experts": 32}, "a.yaml: workload.experts and workload.experts_per_rank: give one"),
     ({"dispatch_metadata_bytes": -1}, "a.yaml: workload.dispatch_metadata_bytes=-1 must be an integer >= 0"),
+    # robust5: a typo of a workload field was ignored (experts fell back to 256, topk_groups to min(nodes, 4))
+    ({"expert": 128}, "a.yaml: workload.expert=128 is not a known field; known: tokens_per_rank"),
+    ({"topk_group": 2}, "a.yaml: workload.topk_group=2 is not a known field"),
 ])
 def test_bad_workload_names_file_field_and_value(tmp_path, workload, message):
     _write_case_file(tmp_path)
@@ -355,6 +358,9 @@ def _write_case_file(folder: Path, **override):
     ({"op": "reduce"}, "a.yaml: cases[0].op='reduce' must be one of ('dispatch', 'combine')"),
     ({"published_GBps": -3}, "a.yaml: cases[0].published_GBps=-3 must be a number > 0"),
     ({"counts": "nvlink"}, "a.yaml: cases[0].counts='nvlink': a normal kernel counts nvlink bytes on one node"),
+    # robust5: a typo of a field of a normal or low-latency case was ignored (the case read without it)
+    ({"published_latncy_us": 120}, "a.yaml: cases[0].published_latncy_us=120: not a field of a normal case"),
+    ({"kind": "low_latency", "size_bytes": 4096}, "a.yaml: cases[0].size_bytes=4096: not a field of a low_latency case"),
 ])
 def test_bad_case_files_name_file_field_and_value(tmp_path, override, message):
     _write_case_file(tmp_path, **override)

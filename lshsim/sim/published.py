@@ -159,6 +159,14 @@ def _field(value, where: str, kind, check=None, why: str = ""):
 
 #: the top-level fields of a published-case file (anything else, e.g. a typo of topology, is refused)
 PUBLISHED_FIELDS = ("source", "group", "topology", "nic_family", "hardware", "bandwidth_definition", "workload", "cases")
+#: the fields of a case of kind normal or low_latency (a plain all-to-all's: `_alltoall_case`)
+TOKEN_CASE_FIELDS = ("id", "kind", "ep", "nodes", "op", "format", "published_GBps", "counts", "published_latency_us")
+#: the fields of a file's workload block: those the model reads (tokens_per_rank, hidden, top_k, experts or
+#: experts_per_rank, topk_groups, masked_choices, *_metadata_bytes) and those that only describe the source's run
+#: (routing, dispatch_format, combine_format: each case gives its own format; capacity)
+WORKLOAD_FIELDS = ("tokens_per_rank", "hidden", "top_k", "experts", "experts_per_rank", "topk_groups", "masked_choices",
+                   "dispatch_metadata_bytes", "combine_metadata_bytes", "routing", "dispatch_format", "combine_format",
+                   "capacity")
 #: the largest published bandwidth a case may state, GB/s per GPU (above any link: a typo or a unit error)
 PUBLISHED_MAX_GBPS = bounds.maximum("published_GBps")     # 1e4, lshsim.bounds
 
@@ -200,6 +208,10 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
             for key in ("tokens_per_rank", "hidden", "top_k"):
                 _field(workload.get(key), f"{path.name}: workload.{key}", int, lambda v: v >= 1,
                        "must be an integer >= 1")
+            extra = sorted((key for key in workload if key not in WORKLOAD_FIELDS), key=str)
+            if extra:       # a typo (`expert: 128`, `topk_group: 2`) fell back to the default silently
+                raise ValueError(f"{path.name}: workload.{extra[0]}={workload[extra[0]]!r:.60} is not a known field; "
+                                 f"known: {', '.join(WORKLOAD_FIELDS)}")
             _check_workload(workload, path.name)
         if doc.get("source") is not None and not isinstance(doc["source"], dict):   # .get on text: a traceback
             raise ValueError(f"{path.name}: source={doc['source']!r} must be a mapping with url (an https URL)")
@@ -223,6 +235,10 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
                 raise ValueError(f"{where}.id={cid!r} is already used in {seen[cid]}")
             seen[cid] = path.name
             kind = _field(raw.get("kind"), f"{where}.kind", str, lambda v: v in KINDS, f"must be one of {KINDS}")
+            extra = sorted((key for key in raw if key not in TOKEN_CASE_FIELDS), key=str)
+            if kind != "alltoall" and extra:   # a typo (published_latncy_us) was ignored: the case read without it
+                raise ValueError(f"{where}.{extra[0]}={raw[extra[0]]!r:.60}: not a field of a {kind} case (fields: "
+                                 f"{', '.join(TOKEN_CASE_FIELDS)})")
             ep = _field(raw.get("ep"), f"{where}.ep", int, lambda v: v >= 2, "must be an integer >= 2")
             nodes = _field(raw.get("nodes"), f"{where}.nodes", int, lambda v: v >= 1 and ep % v == 0,
                            f"must be an integer >= 1 dividing ep={ep}")
