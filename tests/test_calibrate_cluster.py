@@ -121,3 +121,45 @@ def test_bad_cluster_calibrations_are_refused_and_write_nothing(tmp_path, capsys
     import re
     assert re.search(message, err), err
     assert not out.exists()
+
+
+def test_a_bad_field_of_the_cluster_is_named_before_the_fit(tmp_path, capsys):
+    """robust5: a topology whose ramp was text ('lots') failed in the fit as "could not convert string to float:
+    'lots'" (no file, no field): the spec is now checked whole first; nothing is written."""
+    log = tmp_path / "log.txt"
+    log.write_text(_log(0.8, 35e-6))
+    text = read_spec("h100-ib-rail-8x8")[0]
+    text = dict(text, calibration={**text["calibration"], "a2a_remote_peer_ramp_bytes": "lots"})
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(yaml.safe_dump(text))
+    out = tmp_path / "o.yaml"
+    with pytest.raises(SystemExit) as info:
+        main(["calibrate", "--nccl-tests", str(log), "--cluster", str(cluster), "--out", str(out), "--quiet"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert info.value.code == 2
+    assert "c.yaml: calibration.a2a_remote_peer_ramp_bytes='lots' must be a finite number" in err, err
+    assert not out.exists()
+
+
+def test_the_output_onto_the_cluster_file_is_refused(tmp_path, capsys, monkeypatch):
+    """robust5: `--out` naming the --cluster file replaced the user's topology with the fitted one (exit 0); a
+    shipped name is its file under data/topologies."""
+    log = tmp_path / "log.txt"
+    log.write_text(_log(0.8, 35e-6))
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(yaml.safe_dump(read_spec("h100-ib-rail-8x8")[0]))
+    before = cluster.read_text()
+    import lshsim.topology.spec as spec_module
+
+    shipped_dir = tmp_path / "shipped"             # the shipped folder, copied: a failure must not write the real one
+    shipped_dir.mkdir()
+    (shipped_dir / "h100-ib-rail-8x8.yaml").write_text((spec_module.topology_dir() / "h100-ib-rail-8x8.yaml").read_text())
+    monkeypatch.setattr(spec_module, "topology_dir", lambda: shipped_dir)
+    for name, out in ((str(cluster), cluster), ("h100-ib-rail-8x8", shipped_dir / "h100-ib-rail-8x8.yaml")):
+        shipped = out.read_text()
+        with pytest.raises(SystemExit) as info:
+            main(["calibrate", "--nccl-tests", str(log), "--cluster", name, "--out", str(out), "--quiet"])
+        err = " ".join(capsys.readouterr().err.split())
+        assert info.value.code == 2 and "is the file --cluster reads" in err, err
+        assert out.read_text() == shipped
+    assert cluster.read_text() == before

@@ -84,6 +84,7 @@ def fit_internode(run, spec: dict, *, cluster: str, log: str) -> InternodeFit:
         raise ValueError(f"{log}: {world} ranks on {len(hosts)} hosts ({', '.join(hosts)}) do not split evenly: "
                          f"--cluster needs the same number of ranks on every host")
     per_host = world // len(hosts)
+    build_topology(spec, source=cluster)       # the spec's every field checked first, naming the file, field and value
     if not spec.get("inter"):
         raise ValueError(f"{cluster}: inter is not given: --cluster needs a topology of several nodes (the log's "
                          f"{len(hosts)} hosts)")
