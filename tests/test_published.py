@@ -332,6 +332,10 @@ def test_fresh_case_files_read_as_their_sources_count():
     # robust5: a typo of a workload field was ignored (experts fell back to 256, topk_groups to min(nodes, 4))
     ({"expert": 128}, "a.yaml: workload.expert=128 is not a known field; known: tokens_per_rank"),
     ({"topk_group": 2}, "a.yaml: workload.topk_group=2 is not a known field"),
+    # robust5: experts 4 at ep 16 became 16 experts silently; top_k above the experts was a numpy error (no file)
+    ({"experts": 4}, "a.yaml: workload.experts=4 is fewer than cases[0].ep=16 (case x): every rank holds at least one"),
+    ({"top_k": 40}, "a.yaml: workload.top_k=40 exceeds the 32 experts of cases[0] (case x, ep=16)"),
+    ({"experts_per_rank": 1, "top_k": 17}, "a.yaml: workload.top_k=17 exceeds the 16 experts of cases[0]"),
 ])
 def test_bad_workload_names_file_field_and_value(tmp_path, workload, message):
     _write_case_file(tmp_path)

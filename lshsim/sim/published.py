@@ -263,6 +263,7 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
                 _field(latency, f"{where}.published_latency_us", (int, float), lambda v: v > 0, "must be a number > 0")
             case = Case(cid, kind, ep, nodes, op, fmt, float(figure), counts, dict(workload), source, path.name,
                         None if latency is None else float(latency), template, family, group)
+            _check_experts(case, where)
             _check_topology(case, f"{path.name}: topology", shapes)
             cases.append(case)
     return cases
@@ -306,6 +307,20 @@ def _check_workload(workload: dict, name: str) -> None:
     for key in ("dispatch_metadata_bytes", "combine_metadata_bytes", "masked_choices"):
         if key in workload:
             _field(workload[key], f"{name}: workload.{key}", int, lambda v: v >= 0, "must be an integer >= 0")
+
+
+def _check_experts(case: Case, where: str) -> None:
+    """A token case's experts (`_experts`: DeepEP's tests round them down to a multiple of the ranks) must give every
+    rank one and hold top_k: `experts: 4` at ep 16 became 16 experts silently, top_k 300 of 256 a numpy error."""
+    at = where.split(": ", 1)[-1]         # cases[i]
+    given = case.workload.get("experts")
+    if given is not None and given < case.ep:
+        raise ValueError(f"{case.file}: workload.experts={given!r} is fewer than {at}.ep={case.ep} (case {case.id}): "
+                         f"every rank holds at least one expert")
+    experts = _experts(case)
+    if case.workload["top_k"] > experts:
+        raise ValueError(f"{case.file}: workload.top_k={case.workload['top_k']!r} exceeds the {experts} experts of "
+                         f"{at} (case {case.id}, ep={case.ep})")
 
 
 def _check_topology(case: Case, where: str, shapes: dict | None = None) -> None:
