@@ -373,6 +373,24 @@ def test_bad_case_files_name_file_field_and_value(tmp_path, override, message):
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize("top, message", [
+    # robust5: a KeyError traceback; "Single '{' encountered in format string" naming no file; a case that is a list
+    # was reported as a missing workload
+    ({"topology": "published/p5-{foo}-{nodes}x8"},
+     "a.yaml: topology='published/p5-{foo}-{nodes}x8' is not a usable name template ('foo')"),
+    ({"topology": "published/h800-ib-{nodes}x8{"},
+     "a.yaml: topology='published/h800-ib-{nodes}x8{' is not a usable name template (Single '{'"),
+    ({"cases": [[1, 2]]}, "a.yaml: cases[0]=[1, 2] must be a mapping (id, kind, ep, nodes, ...)"),
+])
+def test_a_bad_topology_template_or_case_names_the_file(tmp_path, top, message):
+    _write_case_file(tmp_path)
+    doc = json.loads((tmp_path / "a.yaml").read_text())
+    (tmp_path / "a.yaml").write_text(json.dumps({**doc, **top}))
+    with pytest.raises(ValueError) as error:
+        load_cases(tmp_path)
+    assert message in str(error.value)
+
+
 def test_split_names_only_known_cases(tmp_path):
     _write_case_file(tmp_path)
     (tmp_path / "split.yaml").write_text("test: [x, nope]\n")

@@ -192,9 +192,10 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
             raise ValueError(f"{path.name}: {unknown[0]}={doc[unknown[0]]!r:.60} is not a known field; known: "
                              f"{', '.join(PUBLISHED_FIELDS)}")
         for i, raw in enumerate(doc["cases"]):  # the kinds first: they decide whether the file needs a workload
-            if isinstance(raw, dict):
-                _field(raw.get("kind"), f"{path.name}: cases[{i}].kind", str, lambda v: v in KINDS,
-                       f"must be one of {KINDS}")
+            if not isinstance(raw, dict):       # (a list read as a file without a workload before)
+                raise ValueError(f"{path.name}: cases[{i}]={raw!r:.60} must be a mapping (id, kind, ep, nodes, ...)")
+            _field(raw.get("kind"), f"{path.name}: cases[{i}].kind", str, lambda v: v in KINDS,
+                   f"must be one of {KINDS}")
         workload = doc.get("workload")
         if all(isinstance(raw, dict) and raw.get("kind") == "alltoall" for raw in doc["cases"]):
             if workload is not None:     # a plain all-to-all moves size_bytes per rank: no tokens, experts or routing
@@ -220,6 +221,11 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
         template = _field(doc.get("topology", DEFAULT_TOPOLOGY), f"{path.name}: topology", str,
                           lambda v: "{nodes}" in v, "must be a topology name holding {nodes}, e.g. "
                           "'published/h800-ib-{nodes}x8'")
+        try:        # any other {field} or a lone brace: a KeyError traceback, or a line naming no file
+            template.format(nodes=1, gpus_per_node=1)
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"{path.name}: topology={template!r} is not a usable name template ({error!s}): write "
+                             f"{{nodes}} and {{gpus_per_node}} only, e.g. 'published/h800-ib-{{nodes}}x8'") from None
         family = _field(doc.get("nic_family", "ib"), f"{path.name}: nic_family", str,
                         lambda v: v.isidentifier(), "must be a short name (letters, digits, _), e.g. ib or efa")
         group = doc.get("group")
@@ -228,8 +234,6 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
                    "must be a short name (letters, digits, -, _, .), e.g. deepep-v2")
         for i, raw in enumerate(doc["cases"]):
             where = f"{path.name}: cases[{i}]"
-            if not isinstance(raw, dict):
-                raise ValueError(f"{where} must be a mapping")
             cid = _field(raw.get("id"), f"{where}.id", str, bool, "must be a non-empty string")
             if cid in seen:
                 raise ValueError(f"{where}.id={cid!r} is already used in {seen[cid]}")
