@@ -525,6 +525,12 @@ def check_calibrate_args(args) -> None:
     read += [("--from-traces", path) for path in (getattr(args, "from_traces", None) or ())]
     read += [("--source", path) for path in (getattr(args, "files", None) or ())]
     read += [("--phase-base", path) for path in (getattr(args, "phase_base", None) or ())]
+    cluster = getattr(args, "cluster", None)
+    if cluster and not Path(str(cluster)).is_file():     # a shipped topology's name: its file
+        from lshsim.topology.spec import topology_dir
+
+        cluster = topology_dir() / f"{cluster}.yaml" if str(cluster).strip() else None
+    read += [("--cluster", cluster)]
     check_distinct_outputs([("--out", args.out), ("--raw", args.raw), ("--plot", getattr(args, "plot", None))], read)
     if args.min_bytes > args.max_bytes:
         raise ValueError(f"--min-bytes {args.min_bytes} must be <= --max-bytes {args.max_bytes}")

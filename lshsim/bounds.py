@@ -15,9 +15,10 @@ a different check, `lshsim.limits` (memory and time estimates).
 ==================  =============  ==============================================================
 kind                limit          why
 ==================  =============  ==============================================================
-latency_s           1 s            a per-message or per-hop latency (alpha_s, *latency_s): links,
-                                   switches and collectives start in microseconds; a round trip
-                                   around the earth takes 0.2 s
+latency_s           1 s            a per-message or per-hop latency (alpha_s, *latency_s, the
+                                   start-up across nodes a2a_internode_alpha_s and its cost per
+                                   remote peer a2a_remote_peer_s): links, switches and collectives
+                                   start in microseconds; a round trip around the earth takes 0.2 s
 duration_s          3600 s         one collective, send, kernel or phase (a measured or fitted time,
                                    a2a_excess_s, exchange_s): no single operation of a training
                                    step lasts an hour
@@ -205,6 +206,7 @@ LIMITS: dict[str, Limit] = {
 #: field name (the last dotted part) -> kind, for names the suffixes below do not give
 FIELD_KINDS: dict[str, str] = {
     "alpha_s": "latency_s", "kernel_launch_s": "latency_s", "dedup_kernel_alpha_s": "latency_s",
+    "a2a_internode_alpha_s": "latency_s", "a2a_remote_peer_s": "latency_s",
     "time_s": "duration_s", "a2a_excess_s": "duration_s", "exchange_s": "duration_s",
     "exchange_single_s": "duration_s", "expert_floor_s": "duration_s", "published_latency_us": "duration_us",
     "peak_flops": "flops", "expert_flops": "flops", "flops_per_s": "flops",

@@ -103,13 +103,27 @@ def test_a_noisy_log_is_fitted_within_its_noise():
                                                              r"8 hosts"),
     (["--nccl-tests", "SMALL", "--cluster", "h100-ib-rail-8x8"], r"h100-ib-rail-8x8.yaml: gpus_per_node=8, but the log "
                                                                   r"runs 2 ranks on each of its 2 hosts"),
+    # robust5: each of these was fitted and written, exit 0
+    (["--nccl-tests", "ONESIZE", "--cluster", "h100-ib-rail-8x8"], r"one.txt: --cluster fits two values .* the log has "
+                                                                    r"one size \(65536 B per rank\)"),
+    (["--nccl-tests", "B200", "--cluster", "h100-ib-rail-8x8"], r"h100-ib-rail-8x8.yaml: gpu='h100', but the log's "
+                                                                 r"'# Rank' lines name the device 'NVIDIA B200' \(b200"),
+    (["--nccl-tests", "SLOW", "--cluster", "h100-ib-rail-8x8"], r"slow.txt: the fit's NIC efficiency sits at the edge "
+                                                                 r"of its grid \(0.20 of h100-ib-rail-8x8.yaml's "
+                                                                 r"inter.nic_gbps=400\) .* the log is slower than"),
 ])
 def test_bad_cluster_calibrations_are_refused_and_write_nothing(tmp_path, capsys, argv, message):
     from pathlib import Path
 
     data = Path(__file__).resolve().parent / "data" / "nccl_tests_alltoall_perf.txt"
-    files = {"LOG": tmp_path / "eight.txt", "ONE": data, "SMALL": tmp_path / "small.txt"}
+    files = {"LOG": tmp_path / "eight.txt", "ONE": data, "SMALL": tmp_path / "small.txt",
+             "ONESIZE": tmp_path / "one.txt", "B200": tmp_path / "b200.txt", "SLOW": tmp_path / "slow.txt"}
     files["LOG"].write_text(_log(0.8, 30e-6, hosts=8))
+    two = _log(0.8, 30e-6)
+    files["ONESIZE"].write_text("\n".join(row for row in two.splitlines()
+                                          if row.startswith("#") or row.split()[0] == "65536") + "\n")
+    files["B200"].write_text(two.replace("NVIDIA H100 80GB HBM3", "NVIDIA B200"))
+    files["SLOW"].write_text(_log(0.02, 30e-6))      # NICs at 2% of 400 Gb/s: below the grid's 0.20
     files["SMALL"].write_text(data.read_text().replace("on     node01 device  2", "on     node02 device  0")
                               .replace("on     node01 device  3", "on     node02 device  1"))
     out = tmp_path / "t.yaml"
@@ -121,3 +135,45 @@ def test_bad_cluster_calibrations_are_refused_and_write_nothing(tmp_path, capsys
     import re
     assert re.search(message, err), err
     assert not out.exists()
+
+
+def test_a_bad_field_of_the_cluster_is_named_before_the_fit(tmp_path, capsys):
+    """robust5: a topology whose ramp was text ('lots') failed in the fit as "could not convert string to float:
+    'lots'" (no file, no field): the spec is now checked whole first; nothing is written."""
+    log = tmp_path / "log.txt"
+    log.write_text(_log(0.8, 35e-6))
+    text = read_spec("h100-ib-rail-8x8")[0]
+    text = dict(text, calibration={**text["calibration"], "a2a_remote_peer_ramp_bytes": "lots"})
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(yaml.safe_dump(text))
+    out = tmp_path / "o.yaml"
+    with pytest.raises(SystemExit) as info:
+        main(["calibrate", "--nccl-tests", str(log), "--cluster", str(cluster), "--out", str(out), "--quiet"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert info.value.code == 2
+    assert "c.yaml: calibration.a2a_remote_peer_ramp_bytes='lots' must be a finite number" in err, err
+    assert not out.exists()
+
+
+def test_the_output_onto_the_cluster_file_is_refused(tmp_path, capsys, monkeypatch):
+    """robust5: `--out` naming the --cluster file replaced the user's topology with the fitted one (exit 0); a
+    shipped name is its file under data/topologies."""
+    log = tmp_path / "log.txt"
+    log.write_text(_log(0.8, 35e-6))
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(yaml.safe_dump(read_spec("h100-ib-rail-8x8")[0]))
+    before = cluster.read_text()
+    import lshsim.topology.spec as spec_module
+
+    shipped_dir = tmp_path / "shipped"             # the shipped folder, copied: a failure must not write the real one
+    shipped_dir.mkdir()
+    (shipped_dir / "h100-ib-rail-8x8.yaml").write_text((spec_module.topology_dir() / "h100-ib-rail-8x8.yaml").read_text())
+    monkeypatch.setattr(spec_module, "topology_dir", lambda: shipped_dir)
+    for name, out in ((str(cluster), cluster), ("h100-ib-rail-8x8", shipped_dir / "h100-ib-rail-8x8.yaml")):
+        shipped = out.read_text()
+        with pytest.raises(SystemExit) as info:
+            main(["calibrate", "--nccl-tests", str(log), "--cluster", name, "--out", str(out), "--quiet"])
+        err = " ".join(capsys.readouterr().err.split())
+        assert info.value.code == 2 and "is the file --cluster reads" in err, err
+        assert out.read_text() == shipped
+    assert cluster.read_text() == before

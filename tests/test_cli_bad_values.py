@@ -92,6 +92,10 @@ BROKEN = [
     (["capacity", "--skew", "1", "--sample", "3", "--json"], ["--skew 1, --sample 3", "needs --tokens"]),
     # branch robust3: "num_samples=1.0 must be an integer >= 2" after the exact estimates, no option named
     (["capacity", "--tokens", "100", "--sample", "1", "--plot", "{OUT}.png"], ["--sample 1", "S >= 2"]),
+    # branch robust5: the known algorithms were listed without their aliases (deepep, 2d), which the help names
+    (["plan", "--algorithm", "DeepEP", "--plot", "{OUT}.png"], ["algorithm='DeepEP'", "deepep = node_dedup"]),
+    # branch robust5: unbounded (sweep --jobs stops at 4096); 99999 ran, exit 0
+    (["validate", "--published", "--jobs", "99999", "--plot", "{OUT}.png"], ["--jobs", "'99999'", "4096"]),
 ]
 
 SAMPLE = [

@@ -33,7 +33,12 @@ def _inputs(tmp_path):
     shutil.copy(ROOT / "data" / "papers" / "figures.yaml", figures)
     workload = tmp_path / "w.yaml"
     shutil.copy(ROOT / "data" / "workloads" / "cal-uniform-d2048-t128.yaml", workload)
-    return {"model": model, "log": log, "figures": figures, "workload": workload}
+    published = tmp_path / "pub"          # a user's folder of published cases: one case file and its split
+    published.mkdir()
+    shutil.copy(ROOT / "data" / "published" / "nccl-aws-p5-alltoall.yaml", published / "p5.yaml")
+    (published / "split.yaml").write_text("test:\n  - nccl-p5-ep32-peak\n")
+    return {"model": model, "log": log, "figures": figures, "workload": workload, "case": published / "p5.yaml",
+            "split": published / "split.yaml"}
 
 
 @pytest.mark.parametrize("build, reads", [
@@ -45,6 +50,11 @@ def _inputs(tmp_path):
     (lambda f: ["calibrate", "--nccl-tests", str(f["log"]), "--out", str(f["log"].parent / "t.yaml"),
                 "--raw", str(f["log"])], "--nccl-tests"),
     (lambda f: ["run", "--workload", str(f["workload"]), "--out", str(f["workload"])], "--workload"),
+    # robust5: validate --published DIR --plot onto a case file or split.yaml wrote a PNG over it (exit 0)
+    (lambda f: ["validate", "--published", str(f["case"].parent), "--jobs", "1", "--plot", str(f["case"])],
+     "--published"),
+    (lambda f: ["validate", "--published", str(f["split"].parent), "--jobs", "1", "--plot", str(f["split"])],
+     "--published"),
 ])
 def test_an_output_onto_an_input_is_refused_and_the_input_kept(tmp_path, capsys, build, reads):
     files = _inputs(tmp_path)

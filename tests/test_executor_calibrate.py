@@ -109,6 +109,19 @@ def test_logs_of_other_collectives_and_of_two_runs_are_refused(tmp_path, capsys)
         assert len(err) == 1 and str(log) in err[0] and not out.exists()
 
 
+def test_a_rank_line_given_twice_or_missing_is_refused():
+    """robust5: a log whose '# Rank 3' line was pasted over rank 4's (or lost) was read as a run of that many ranks
+    (exit 0); the rank numbers must be 0 .. n - 1, each once."""
+    sample = (DATA / "nccl_tests_alltoall_perf.txt").read_text()
+    twice = sample.replace("#  Rank  3 Group  0 Pid  12003", "#  Rank  2 Group  0 Pid  12003")
+    with pytest.raises(ValueError, match=r"log:9: '# Rank 2' is given twice \(first at line 8\): one run"):
+        parse_nccl_tests(twice, source="log")
+    lost = "\n".join(row for row in sample.splitlines() if "Rank  1 Group" not in row)
+    with pytest.raises(ValueError, match=r"log: the log's 3 '# Rank' lines skip rank 1 \(they number up to 3\)"):
+        parse_nccl_tests(lost, source="log")
+    assert parse_nccl_tests(sample).world_size == 4
+
+
 def test_fit_is_relative_least_squares_and_refuses_nonsense():
     rng = np.random.default_rng(0)
     points = [A2APoint(m, (50e-6 + m * 0.5 / 200e9) * (1 + 0.01 * rng.standard_normal()), 2)

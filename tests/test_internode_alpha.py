@@ -4,6 +4,8 @@ crosses nodes only, the same at every fidelity, off when the caller sets alpha_s
 value where it comes from (the published small all-to-alls of the fitting set)."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -91,6 +93,19 @@ def test_bad_internode_start_ups_are_refused_naming_the_field():
     with pytest.raises(ValueError, match=r"calibration.a2a_remote_peer_s=1e-06 is the start-up of an all-to-all across "
                                          r"nodes, but the topology has one node"):
         build_topology(one)
+
+
+@pytest.mark.parametrize("key, value, slip", [("a2a_internode_alpha_s", 3.1e5, "3.1e-05"),
+                                              ("a2a_remote_peer_s", 6.8e6, "6.8e-06"),
+                                              ("a2a_internode_alpha_s", 1e6, "1e-06")])
+def test_an_implausible_start_up_across_nodes_is_refused(key, value, slip):
+    """robust5: `a2a_internode_alpha_s: 1.0e+6` (a start-up of 11.6 days) or a cost per remote peer of 6.8e6 s (an
+    exponent's sign dropped) were planned, exit 0; they are latencies (lshsim.bounds, 1 s)."""
+    spec = _spec(nodes=2)
+    spec["calibration"] = {key: value}
+    with pytest.raises(ValueError, match=re.escape(f"c.yaml: calibration.{key} = {value:g} is above 1 s, the limit for "
+                                                   f"a per-message or per-hop latency") + rf".*did you mean {slip}\?"):
+        build_topology(spec, source="c.yaml")
 
 
 def test_the_catalog_start_up_reproduces_the_published_small_all_to_all_it_came_from():

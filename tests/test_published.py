@@ -329,6 +329,13 @@ def test_fresh_case_files_read_as_their_sources_count():
     ({"experts_per_rank": 0}, "a.yaml: workload.experts_per_rank=0 must be an integer >= 1"),
     ({"experts_per_rank": 2, "experts": 32}, "a.yaml: workload.experts and workload.experts_per_rank: give one"),
     ({"dispatch_metadata_bytes": -1}, "a.yaml: workload.dispatch_metadata_bytes=-1 must be an integer >= 0"),
+    # robust5: a typo of a workload field was ignored (experts fell back to 256, topk_groups to min(nodes, 4))
+    ({"expert": 128}, "a.yaml: workload.expert=128 is not a known field; known: tokens_per_rank"),
+    ({"topk_group": 2}, "a.yaml: workload.topk_group=2 is not a known field"),
+    # robust5: experts 4 at ep 16 became 16 experts silently; top_k above the experts was a numpy error (no file)
+    ({"experts": 4}, "a.yaml: workload.experts=4 is fewer than cases[0].ep=16 (case x): every rank holds at least one"),
+    ({"top_k": 40}, "a.yaml: workload.top_k=40 exceeds the 32 experts of cases[0] (case x, ep=16)"),
+    ({"experts_per_rank": 1, "top_k": 17}, "a.yaml: workload.top_k=17 exceeds the 16 experts of cases[0]"),
 ])
 def test_bad_workload_names_file_field_and_value(tmp_path, workload, message):
     _write_case_file(tmp_path)
@@ -355,9 +362,30 @@ def _write_case_file(folder: Path, **override):
     ({"op": "reduce"}, "a.yaml: cases[0].op='reduce' must be one of ('dispatch', 'combine')"),
     ({"published_GBps": -3}, "a.yaml: cases[0].published_GBps=-3 must be a number > 0"),
     ({"counts": "nvlink"}, "a.yaml: cases[0].counts='nvlink': a normal kernel counts nvlink bytes on one node"),
+    # robust5: a typo of a field of a normal or low-latency case was ignored (the case read without it)
+    ({"published_latncy_us": 120}, "a.yaml: cases[0].published_latncy_us=120: not a field of a normal case"),
+    ({"kind": "low_latency", "size_bytes": 4096}, "a.yaml: cases[0].size_bytes=4096: not a field of a low_latency case"),
 ])
 def test_bad_case_files_name_file_field_and_value(tmp_path, override, message):
     _write_case_file(tmp_path, **override)
+    with pytest.raises(ValueError) as error:
+        load_cases(tmp_path)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("top, message", [
+    # robust5: a KeyError traceback; "Single '{' encountered in format string" naming no file; a case that is a list
+    # was reported as a missing workload
+    ({"topology": "published/p5-{foo}-{nodes}x8"},
+     "a.yaml: topology='published/p5-{foo}-{nodes}x8' is not a usable name template ('foo')"),
+    ({"topology": "published/h800-ib-{nodes}x8{"},
+     "a.yaml: topology='published/h800-ib-{nodes}x8{' is not a usable name template (Single '{'"),
+    ({"cases": [[1, 2]]}, "a.yaml: cases[0]=[1, 2] must be a mapping (id, kind, ep, nodes, ...)"),
+])
+def test_a_bad_topology_template_or_case_names_the_file(tmp_path, top, message):
+    _write_case_file(tmp_path)
+    doc = json.loads((tmp_path / "a.yaml").read_text())
+    (tmp_path / "a.yaml").write_text(json.dumps({**doc, **top}))
     with pytest.raises(ValueError) as error:
         load_cases(tmp_path)
     assert message in str(error.value)

@@ -34,6 +34,9 @@ EFFICIENCIES = tuple(round(0.2 + 0.01 * i, 2) for i in range(81))
 MAX_INTERNODE_ALPHA_S = 2e-3
 #: the calibration keys the fit writes (the values they replace are recorded in its provenance)
 FITTED_KEYS = ("nic_Bps", "a2a_internode_alpha_s")
+#: the median |error| above which a fit whose efficiency is at either end of EFFICIENCIES is refused (the log is
+#: slower or faster than the topology's NICs can explain: a wrong inter.nic_gbps or the wrong cluster)
+EDGE_MAX_ERROR = 0.25
 #: the robust loss's scale (soft L1 of log errors: beyond ~10% an error counts linearly)
 ROBUST_SCALE = 0.1
 
@@ -56,6 +59,17 @@ class InternodeFit:
                 "a2a_internode_alpha_s": self.internode_alpha_s, "hosts": list(self.hosts), "rows": len(self.rows),
                 "median_abs_rel_error": float(np.median(np.abs(errors))),
                 "max_abs_rel_error": float(np.max(np.abs(errors)))}
+
+
+def _gpu_of(device: str | None) -> str | None:
+    """The lshsim.topology.gpus key a device name holds ('NVIDIA B200' -> 'b200'), None if none or unknown."""
+    import re
+
+    from lshsim.topology.gpus import GPUS
+
+    lowered = (device or "").lower()
+    found = [key for key in GPUS if re.search(re.escape(key) + r"(?!\d)", lowered)]
+    return found[0] if len(found) == 1 else None
 
 
 def _robust(log_errors) -> float:
@@ -84,6 +98,15 @@ def fit_internode(run, spec: dict, *, cluster: str, log: str) -> InternodeFit:
         raise ValueError(f"{log}: {world} ranks on {len(hosts)} hosts ({', '.join(hosts)}) do not split evenly: "
                          f"--cluster needs the same number of ranks on every host")
     per_host = world // len(hosts)
+    if len(run.points) < 2:     # two values fitted: one row is met by any efficiency, with its own start-up
+        raise ValueError(f"{log}: --cluster fits two values (the NIC efficiency and the start-up across nodes) and the "
+                         f"log has one size ({int(run.points[0].bytes_per_rank)} B per rank): every efficiency fits "
+                         f"it with a start-up of its own; give a log of several sizes (nccl-tests -b 1K -e 1G -f 4)")
+    build_topology(spec, source=cluster)       # the spec's every field checked first, naming the file, field and value
+    log_gpu, spec_gpu = _gpu_of(run.gpu), str(spec.get("gpu")).lower() if isinstance(spec.get("gpu"), str) else None
+    if log_gpu is not None and spec_gpu is not None and log_gpu != spec_gpu:
+        raise ValueError(f"{cluster}: gpu={spec['gpu']!r}, but the log's '# Rank' lines name the device {run.gpu!r} "
+                         f"({log_gpu}; {log}): give a topology of the log's GPU (its NVLink and copies are in the fit)")
     if not spec.get("inter"):
         raise ValueError(f"{cluster}: inter is not given: --cluster needs a topology of several nodes (the log's "
                          f"{len(hosts)} hosts)")
@@ -145,6 +168,13 @@ def fit_internode(run, spec: dict, *, cluster: str, log: str) -> InternodeFit:
     eff = min(scored, key=lambda e: (scored[e][0], e))
     L = scored[eff][1]
     model = net[eff] + L
+    median = float(np.median(np.abs(model / measured - 1.0)))
+    if eff in (EFFICIENCIES[0], EFFICIENCIES[-1]) and median > EDGE_MAX_ERROR:
+        side = "slower" if eff == EFFICIENCIES[0] else "faster"
+        raise ValueError(f"{log}: the fit's NIC efficiency sits at the edge of its grid ({eff:.2f} of {cluster}'s "
+                         f"inter.nic_gbps={spec['inter']['nic_gbps']}) and the model still misses the log's rows by "
+                         f"{100 * median:.0f}% (median): the log is {side} than this topology's NICs can explain; "
+                         f"check --cluster (inter.nic_gbps, nics_per_node) against the cluster that ran the log")
     out = copy.deepcopy(spec)
     cal = dict(out.get("calibration") or {})
     provenance = dict(cal.get("provenance") or {})

@@ -431,6 +431,7 @@ def parse_nccl_tests(text: str, world_size: int | None = None, *, source: str = 
     rank_lines = 0
     devices: set[str] = set()
     hosts: list[str] = []
+    rank_at: dict[int, int] = {}    # rank -> the line of its '# Rank' line
     n_gpus = n_thread = None
     points_raw = []
     header_line = None
@@ -455,6 +456,13 @@ def parse_nccl_tests(text: str, world_size: int | None = None, *, source: str = 
                     raise ValueError(f"{source}:{number}: the header row has no 'time' column: {stripped!r}")
             elif body and body[0] == "Rank":
                 rank_lines += 1
+                index = re.match(r"Rank\s+(\d+)", " ".join(body))
+                if index and header_line is None:   # an edited log (a second run's: its header row is refused)
+                    rank = int(index.group(1))
+                    if rank in rank_at:
+                        raise ValueError(f"{source}:{number}: '# Rank {rank}' is given twice (first at line "
+                                         f"{rank_at[rank]}): one run of nccl-tests lists each rank once")
+                    rank_at[rank] = number
                 device = _DEVICE.search(stripped)
                 if device:
                     devices.add(device.group(1))
@@ -518,6 +526,10 @@ def parse_nccl_tests(text: str, world_size: int | None = None, *, source: str = 
         raise ValueError(f"{source}: world_size={world_size} (--world-size) contradicts the log's first line "
                          f"(nThread {n_thread} nGpus {n_gpus}: {per_process} ranks per process): give a multiple "
                          f"of {per_process}")
+    missing = sorted(set(range(rank_lines)) - set(rank_at)) if len(rank_at) == rank_lines else []
+    if missing:         # ranks numbered beyond their count: a '# Rank' line was lost (a cut or merged log)
+        raise ValueError(f"{source}: the log's {rank_lines} '# Rank' lines skip rank {missing[0]} (they number up to "
+                         f"{max(rank_at)}): a rank line is missing; give the whole log of one run")
     ranks = rank_lines or world_size or per_process
     ranks_from = "rank lines" if rank_lines else "world_size" if world_size else "nGpus"
     if not ranks or ranks < 2:

@@ -11,7 +11,7 @@ import argparse
 import math
 import time
 
-from lshsim.checks import arg_name, arg_positive_int
+from lshsim.checks import arg_int_within, arg_name
 from lshsim.cli import _render
 
 #: the most NIC efficiencies --efficiency-grid may name (the default grid has 31; each is a fit of every case)
@@ -78,10 +78,10 @@ def add_parser(subparsers):
                         "figures, held-out ones included), leave-one-out and from one measured case: how accurate "
                         "lshsim is after you measure your own cluster once. NOT a held-out result; a separate table "
                         "(and --json key within_cluster); the standard report is unchanged")
-    p.add_argument("--jobs", type=arg_positive_int, default=None, metavar="N",
+    p.add_argument("--jobs", type=arg_int_within("jobs"), default=None, metavar="N",
                    help="with --published: worker processes for the cases' traffic, simulations and leave-one-out "
-                        "refits (default: the CPUs this process may use; 1: all in this process); the results do not "
-                        "depend on it")
+                        "refits, 1 to 4096 (default: the CPUs this process may use; 1: all in this process); the "
+                        "results do not depend on it")
     p.add_argument("--quiet", action="store_true", help="with --published: no progress lines on stderr")
     p.add_argument("--topology", default=None, type=arg_name,
                    help="topology name or YAML (e.g. a calibrated one); default: the GPU's datasheet topology")
@@ -163,6 +163,12 @@ def _run_published(args) -> int:
     from lshsim.sim.published import FRESH_SETS, PUBLISHED_DIR, validate_published
 
     folder = PUBLISHED_DIR if args.published is SHIPPED else args.published
+    from pathlib import Path
+
+    from lshsim.io import check_distinct_outputs
+
+    # --plot onto a case file or split.yaml wrote a PNG over it (exit 0)
+    check_distinct_outputs([("--plot", args.plot)], [("--published", path) for path in sorted(Path(folder).glob("*.yaml"))])
     grid = args.efficiency_grid    # None, or the efficiencies of _arg_efficiency_grid
     from lshsim.cli._progress import ProgressLines
     from lshsim.sim.published import default_jobs

@@ -433,7 +433,8 @@ class StepConfig:
             if isinstance(self.lsh_rate, bool) or not isinstance(self.lsh_rate, (int, float)) \
                     or not 0 < self.lsh_rate <= 1:
                 raise ValueError(f"lsh_rate={self.lsh_rate!r} must be in (0, 1] (centroids / tokens), or None")
-        if self.algorithm not in ALGORITHMS:
+        if self.algorithm not in ALGORITHMS:    # the message lists the aliases too (deepep, 2d)
+            canonical_algorithm(self.algorithm, side="simulate")
             raise ValueError(f"unknown algorithm {self.algorithm!r}; known: {', '.join(sorted(ALGORITHMS))}")
         if self.lsh_rate is not None and self.deduplicates:
             raise ValueError(f"algorithm {self.algorithm!r} deduplicates tokens per node, but LSH-MoE sends "

@@ -160,6 +160,14 @@ def _field(value, where: str, kind, check=None, why: str = ""):
 
 #: the top-level fields of a published-case file (anything else, e.g. a typo of topology, is refused)
 PUBLISHED_FIELDS = ("source", "group", "topology", "nic_family", "hardware", "bandwidth_definition", "workload", "cases")
+#: the fields of a case of kind normal or low_latency (a plain all-to-all's: `_alltoall_case`)
+TOKEN_CASE_FIELDS = ("id", "kind", "ep", "nodes", "op", "format", "published_GBps", "counts", "published_latency_us")
+#: the fields of a file's workload block: those the model reads (tokens_per_rank, hidden, top_k, experts or
+#: experts_per_rank, topk_groups, masked_choices, *_metadata_bytes) and those that only describe the source's run
+#: (routing, dispatch_format, combine_format: each case gives its own format; capacity)
+WORKLOAD_FIELDS = ("tokens_per_rank", "hidden", "top_k", "experts", "experts_per_rank", "topk_groups", "masked_choices",
+                   "dispatch_metadata_bytes", "combine_metadata_bytes", "routing", "dispatch_format", "combine_format",
+                   "capacity")
 #: the largest published bandwidth a case may state, GB/s per GPU (above any link: a typo or a unit error)
 PUBLISHED_MAX_GBPS = bounds.maximum("published_GBps")     # 1e4, lshsim.bounds
 
@@ -185,9 +193,10 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
             raise ValueError(f"{path.name}: {unknown[0]}={doc[unknown[0]]!r:.60} is not a known field; known: "
                              f"{', '.join(PUBLISHED_FIELDS)}")
         for i, raw in enumerate(doc["cases"]):  # the kinds first: they decide whether the file needs a workload
-            if isinstance(raw, dict):
-                _field(raw.get("kind"), f"{path.name}: cases[{i}].kind", str, lambda v: v in KINDS,
-                       f"must be one of {KINDS}")
+            if not isinstance(raw, dict):       # (a list read as a file without a workload before)
+                raise ValueError(f"{path.name}: cases[{i}]={raw!r:.60} must be a mapping (id, kind, ep, nodes, ...)")
+            _field(raw.get("kind"), f"{path.name}: cases[{i}].kind", str, lambda v: v in KINDS,
+                   f"must be one of {KINDS}")
         workload = doc.get("workload")
         if all(isinstance(raw, dict) and raw.get("kind") == "alltoall" for raw in doc["cases"]):
             if workload is not None:     # a plain all-to-all moves size_bytes per rank: no tokens, experts or routing
@@ -201,6 +210,10 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
             for key in ("tokens_per_rank", "hidden", "top_k"):
                 _field(workload.get(key), f"{path.name}: workload.{key}", int, lambda v: v >= 1,
                        "must be an integer >= 1")
+            extra = sorted((key for key in workload if key not in WORKLOAD_FIELDS), key=str)
+            if extra:       # a typo (`expert: 128`, `topk_group: 2`) fell back to the default silently
+                raise ValueError(f"{path.name}: workload.{extra[0]}={workload[extra[0]]!r:.60} is not a known field; "
+                                 f"known: {', '.join(WORKLOAD_FIELDS)}")
             _check_workload(workload, path.name)
         if doc.get("source") is not None and not isinstance(doc["source"], dict):   # .get on text: a traceback
             raise ValueError(f"{path.name}: source={doc['source']!r} must be a mapping with url (an https URL)")
@@ -209,6 +222,11 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
         template = _field(doc.get("topology", DEFAULT_TOPOLOGY), f"{path.name}: topology", str,
                           lambda v: "{nodes}" in v, "must be a topology name holding {nodes}, e.g. "
                           "'published/h800-ib-{nodes}x8'")
+        try:        # any other {field} or a lone brace: a KeyError traceback, or a line naming no file
+            template.format(nodes=1, gpus_per_node=1)
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"{path.name}: topology={template!r} is not a usable name template ({error!s}): write "
+                             f"{{nodes}} and {{gpus_per_node}} only, e.g. 'published/h800-ib-{{nodes}}x8'") from None
         family = _field(doc.get("nic_family", "ib"), f"{path.name}: nic_family", str,
                         lambda v: v.isidentifier(), "must be a short name (letters, digits, _), e.g. ib or efa")
         group = doc.get("group")
@@ -217,13 +235,15 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
                    "must be a short name (letters, digits, -, _, .), e.g. deepep-v2")
         for i, raw in enumerate(doc["cases"]):
             where = f"{path.name}: cases[{i}]"
-            if not isinstance(raw, dict):
-                raise ValueError(f"{where} must be a mapping")
             cid = _field(raw.get("id"), f"{where}.id", str, bool, "must be a non-empty string")
             if cid in seen:
                 raise ValueError(f"{where}.id={cid!r} is already used in {seen[cid]}")
             seen[cid] = path.name
             kind = _field(raw.get("kind"), f"{where}.kind", str, lambda v: v in KINDS, f"must be one of {KINDS}")
+            extra = sorted((key for key in raw if key not in TOKEN_CASE_FIELDS), key=str)
+            if kind != "alltoall" and extra:   # a typo (published_latncy_us) was ignored: the case read without it
+                raise ValueError(f"{where}.{extra[0]}={raw[extra[0]]!r:.60}: not a field of a {kind} case (fields: "
+                                 f"{', '.join(TOKEN_CASE_FIELDS)})")
             ep = _field(raw.get("ep"), f"{where}.ep", int, lambda v: v >= 2, "must be an integer >= 2")
             nodes = _field(raw.get("nodes"), f"{where}.nodes", int, lambda v: v >= 1 and ep % v == 0,
                            f"must be an integer >= 1 dividing ep={ep}")
@@ -248,6 +268,7 @@ def load_cases(folder: str | Path = PUBLISHED_DIR) -> list[Case]:
                 _field(latency, f"{where}.published_latency_us", (int, float), lambda v: v > 0, "must be a number > 0")
             case = Case(cid, kind, ep, nodes, op, fmt, float(figure), counts, dict(workload), source, path.name,
                         None if latency is None else float(latency), template, family, group)
+            _check_experts(case, where)
             _check_topology(case, f"{path.name}: topology", shapes)
             cases.append(case)
     return cases
@@ -291,6 +312,20 @@ def _check_workload(workload: dict, name: str) -> None:
     for key in ("dispatch_metadata_bytes", "combine_metadata_bytes", "masked_choices"):
         if key in workload:
             _field(workload[key], f"{name}: workload.{key}", int, lambda v: v >= 0, "must be an integer >= 0")
+
+
+def _check_experts(case: Case, where: str) -> None:
+    """A token case's experts (`_experts`: DeepEP's tests round them down to a multiple of the ranks) must give every
+    rank one and hold top_k: `experts: 4` at ep 16 became 16 experts silently, top_k 300 of 256 a numpy error."""
+    at = where.split(": ", 1)[-1]         # cases[i]
+    given = case.workload.get("experts")
+    if given is not None and given < case.ep:
+        raise ValueError(f"{case.file}: workload.experts={given!r} is fewer than {at}.ep={case.ep} (case {case.id}): "
+                         f"every rank holds at least one expert")
+    experts = _experts(case)
+    if case.workload["top_k"] > experts:
+        raise ValueError(f"{case.file}: workload.top_k={case.workload['top_k']!r} exceeds the {experts} experts of "
+                         f"{at} (case {case.id}, ep={case.ep})")
 
 
 def _check_topology(case: Case, where: str, shapes: dict | None = None) -> None:
