@@ -23,7 +23,10 @@ predicted figure is the case's counted bytes over that time, under the case's ow
 a rank sends to other nodes (mean over ranks), the busiest NIC's bytes (max over ranks of the rdma stage's bytes out
 or in) and their time at the topology's NIC rate, the start-up of the network stage, the ends of the NVLink-only
 part ("local": a rank's own node) and of the two stages, and the time beyond the NIC bound (planner - start-up -
-busiest NIC at line rate). `--published-json FILE` (the output of `lshsim validate --published --json`) adds the
+busiest NIC at line rate), then the busiest GPU's NVLink bytes (max over ranks of the NVLink stages' bytes out or
+in, own node and forwarding, a rank's copy to itself excluded) over the busiest NIC's, and the rates the published time
+leaves on both (busiest bytes / published time: where a kernel is bound by its NVLink stage, not its NIC, the NVLink
+rate is the one that stays put). `--published-json FILE` (the output of `lshsim validate --published --json`) adds the
 published-case model's time of each case (its "predicted_GBps", under the same definition), for comparison.
 
     python benchmarks/check_planner_a2a.py --prefix nccl-orcd-b200 --topology b200-ib-rail-8x8
@@ -78,11 +81,13 @@ def _nic_Bps(G) -> float:
     return float(min(rates)) if rates else float("nan")
 
 
-def _breakdown(c, G, traffic, result, run) -> str:
-    """One case's line of --breakdown (module docstring)."""
-    _, rdma, _ = node_dedup_phases(traffic.traffic, traffic.node_bytes, c.nodes, c.gpus_per_node)
+def _breakdown(c, G, traffic, result, run, published_s: float) -> str:
+    """One case's lines of --breakdown (module docstring)."""
+    local, rdma, forward = node_dedup_phases(traffic.traffic, traffic.node_bytes, c.nodes, c.gpus_per_node)
     network = rdma.T if c.op == "combine" else rdma
     busiest = max(network.sum(axis=1).max(), network.sum(axis=0).max())
+    nvlink = local + forward                               # a combine's is the transpose: the same maxima
+    nvl_busiest = max(nvlink.sum(axis=1).max(), nvlink.sum(axis=0).max())
     nic_s = busiest / _nic_Bps(G)
     kernel = G.graph.get("dedup_kernel_alpha_s")
     startup = float(kernel) if kernel is not None else phase_alpha_s(G, float(G.graph.get("alpha_s", 0.0)), network)
@@ -95,7 +100,19 @@ def _breakdown(c, G, traffic, result, run) -> str:
             f"{busiest / 1e6:7.2f} MB = {nic_s * 1e6:7.1f} us at line rate, start-up {startup * 1e6:5.1f} us; ends: "
             f"local {ends.get('local', 0.0) * 1e6:7.1f}, {order[0]} {ends.get(order[0], 0.0) * 1e6:7.1f}, "
             f"{order[1]} {ends.get(order[1], 0.0) * 1e6:7.1f} us; beyond start-up + NIC "
-            f"{(result.time_s - startup - nic_s) * 1e6:+7.1f} us")
+            f"{(result.time_s - startup - nic_s) * 1e6:+7.1f} us\n"
+            + _nvlink_line(G, busiest, nvl_busiest, published_s))
+
+
+def _nvlink_line(G, busiest: float, nvl_busiest: float, published_s: float) -> str:
+    """--breakdown's second line: the busiest GPU's NVLink bytes against its NIC's, the rates in the published time."""
+    nvl = f"NVLink {nvl_busiest / published_s / 1e9:6.1f} GB/s"
+    head = f"    NVLink busiest GPU {nvl_busiest / 1e6:7.2f} MB"
+    if busiest <= 0:
+        return f"{head} (one node: no NIC stage); in the published time: {nvl}"
+    return (f"{head} = {nvl_busiest / busiest:5.2f} x the busiest NIC's; in the published time: NIC "
+            f"{busiest / published_s / 1e9:6.1f} GB/s "
+            f"({100.0 * busiest / published_s / _nic_Bps(G):5.1f}% of line rate), {nvl}")
 
 
 def main(argv=None) -> int:
@@ -143,7 +160,7 @@ def main(argv=None) -> int:
                 extra += f"  [published {published_s * 1e6:8.1f} us, published-case model " \
                          f"{run.counted / (model[c.id] * 1e9) * 1e6:8.1f} us]"
             if args.breakdown:
-                extra += "\n" + _breakdown(c, G, traffic, result, run)
+                extra += "\n" + _breakdown(c, G, traffic, result, run, published_s)
         else:
             t = estimate_collective(G, uniform_traffic(c.ep, float(c.size_bytes)), "direct").time_s
             predicted = c.size_bytes * (c.ep - 1) / c.ep / t / 1e9
