@@ -64,7 +64,7 @@ def add_parser(subparsers):
                    help="instead of traces: predict every published case of DIR (default: data/published/ of "
                         "the source tree) against its figure under the case's own definition of bandwidth; the "
                         "NIC efficiency and a start-up per operation are fitted on the fitting cases only, the "
-                        "test cases of DIR/split.yaml are reported apart (the full set: about 6.5 min of CPU time, 7 "
+                        "test cases of DIR/split.yaml are reported apart (the full set: about 5 min of CPU time, 7 "
                         "min on 2 busy cores with --jobs 2; progress lines on stderr)")
     p.add_argument("--efficiency-grid", type=_arg_efficiency_grid, default=None, metavar="LO:HI:STEP",
                    help="with --published: the NIC efficiencies tried by the fit (default 0.40:1.00:0.02; a NIC "

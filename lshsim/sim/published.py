@@ -505,22 +505,63 @@ def counted_bytes(case: Case, traffic) -> np.ndarray:
     return traffic.choice_traffic.sum(axis=1)    # low latency: (token, expert) pairs
 
 
-def simulate_case(case: Case, traffic, nic_efficiency: float, *, topology_dir: str | Path | None = None) -> float:
-    """Predicted seconds of the case's kernel without its start-up latency (alpha_s = 0)."""
-    from lshsim.sim.collectives import estimate_all_to_all, simulate_all_to_all
+#: `simulate_case(..., cached=True)` (`validate_published`'s simulations; it clears both at its start and end, its
+#: spawned workers start empty): topology name -> its spec and file name (read once, not once per simulation: parsing
+#: the YAML was ~7% of the run), and the built graph and routes of the last TOPOLOGY_CACHE_SIZE (name, NIC efficiency)
+#: (~4%); the simulations only read them
+_SPECS: dict = {}
+_GRAPHS: dict = {}
+TOPOLOGY_CACHE_SIZE = 64
+
+
+def clear_topology_cache() -> None:
+    """Forget the topologies `simulate_case` read and built (a topology file may change between calls)."""
+    _SPECS.clear()
+    _GRAPHS.clear()
+
+
+def _case_topology(name: str, nic_efficiency: float, cached: bool = False):
+    """(G, routes) of topology `name` with its NIC at `nic_efficiency` x the spec's nic_gbps (`cached`: see _SPECS)."""
+    import copy
+
     from lshsim.topology import build_topology
+    from lshsim.topology.routing import validate_topology
     from lshsim.topology.spec import read_spec
 
-    name = case.topology if topology_dir is None else str(Path(topology_dir) / f"{case.topology.split('/')[-1]}.yaml")
-    spec, source = read_spec(name)
-    spec = dict(spec)
+    key = (name, float(nic_efficiency))
+    if not cached:
+        spec, source = read_spec(name)
+    elif key in _GRAPHS:
+        _GRAPHS[key] = _GRAPHS.pop(key)              # the most recently used last
+        return _GRAPHS[key]
+    else:
+        if name not in _SPECS:
+            _SPECS[name] = read_spec(name)
+        spec, source = _SPECS[name]
+    spec = copy.deepcopy(spec)                       # build_topology gets a spec of its own, as when read afresh
     if "inter" in spec:           # the efficiency scales the spec's own NIC rate (inter.nic_gbps)
         nominal = float(spec["inter"]["nic_gbps"]) * 0.125e9
         spec["calibration"] = {**(spec.get("calibration") or {}), "nic_Bps": float(nic_efficiency) * nominal}
     G = build_topology(spec, source=source)
+    if not cached:
+        return G, validate_topology(G)
+    _GRAPHS[key] = (G, validate_topology(G))
+    while len(_GRAPHS) > TOPOLOGY_CACHE_SIZE:
+        _GRAPHS.pop(next(iter(_GRAPHS)))
+    return _GRAPHS[key]
+
+
+def simulate_case(case: Case, traffic, nic_efficiency: float, *, topology_dir: str | Path | None = None,
+                  cached: bool = False) -> float:
+    """Predicted seconds of the case's kernel without its start-up latency (alpha_s = 0). `cached`: the topology read
+    and built once per (name, efficiency) in this process (see _SPECS; the same numbers)."""
+    from lshsim.sim.collectives import estimate_all_to_all, simulate_all_to_all
+
+    name = case.topology if topology_dir is None else str(Path(topology_dir) / f"{case.topology.split('/')[-1]}.yaml")
+    G, routes = _case_topology(name, nic_efficiency, cached)
     if case.kind == "normal":
         options = {"local_copy": False, "alpha_s": 0.0}
-        result = simulate_all_to_all(G, traffic.traffic, "node_dedup", node_bytes=traffic.node_bytes,
+        result = simulate_all_to_all(G, traffic.traffic, "node_dedup", node_bytes=traffic.node_bytes, routes=routes,
                                      chunks=NORMAL_CHUNKS if case.nodes > 1 else 1, combine=case.op == "combine",
                                      **options)
         return float(result.time_s)
@@ -528,13 +569,14 @@ def simulate_case(case: Case, traffic, nic_efficiency: float, *, topology_dir: s
         # nccl-tests' alltoall: one direct send per (rank, peer), all at once; the even matrix on the case's topology
         # from link loads (`estimate_all_to_all`: exact when the busiest resource stays saturated, as an even matrix
         # on NVSwitch nodes and a non-blocking fat-tree keeps it; tests/test_published.py checks it by hand)
-        return estimate_all_to_all(G, traffic.traffic, local_copy=False)
+        return estimate_all_to_all(G, traffic.traffic, routes=routes, local_copy=False)
     else:
         matrix = traffic.choice_traffic
         # the direct all-to-all from link loads: a lower bound of the flow simulation, exact when the
         # busiest resource stays saturated (tests/test_estimate.py); the flow simulation of 128 GPUs
         # with random per-pair sizes takes minutes (337 s measured), this one pass well under a second
-        return estimate_all_to_all(G, matrix.T if case.op == "combine" else matrix, local_copy=False)
+        return estimate_all_to_all(G, matrix.T if case.op == "combine" else matrix, routes=routes,
+                                   local_copy=False)
 
 
 @dataclass(frozen=True)
@@ -940,8 +982,8 @@ def simulation_key(case: Case, seed: int) -> tuple:
 
 
 def _simulate_task(task: tuple) -> float:
-    """`simulate_case` of one (case, traffic, efficiency) in a worker process."""
-    return simulate_case(*task)
+    """`simulate_case` of one (case, traffic, efficiency) in a worker process (or this one), topologies cached."""
+    return simulate_case(*task, cached=True)
 
 
 def default_jobs() -> int:
@@ -1005,6 +1047,7 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
         raise ValueError(f"{Path(folder) / 'split.yaml'}: every one of the {len(cases)} cases is held out (test or a "
                          f"fresh set): no case is left to fit the calibration on")
     chosen = [c for c in cases if not (fitting_only and c.id in held_out)]
+    clear_topology_cache()              # topology files read afresh by each call
     pool = None
     if jobs > 1 and len(chosen) > 1:
         import multiprocessing
@@ -1022,6 +1065,7 @@ def validate_published(folder: str | Path = PUBLISHED_DIR, *, seed: int = 0, lea
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        clear_topology_cache()
 
 
 def _validate(cases, chosen, test_ids, fresh_ids, held_out, grid, seed, leave_one_out, fitting_only, progress,
