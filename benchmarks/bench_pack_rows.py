@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.cuda_timing import times_s  # noqa: E402
 from executor.moe_ops import inverse_permutation  # noqa: E402
 
 #: (name, tokens, d_model, k, experts): the layer benchmark's shapes without LSH (bench_moe_layer.py)
@@ -79,21 +80,15 @@ def _triton_scatter():
 
 def timed(fn, device, repeats: int) -> float:
     """Median seconds of fn() (CUDA events on a GPU, perf_counter on a CPU) after 3 warm-up calls."""
+    if device.type == "cuda":
+        return statistics.median(times_s(fn, repeats, 3))
     for _ in range(3):
         fn()
     times = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
