@@ -6,7 +6,9 @@
 
 Shapes: the distinct layer shapes of `data/workloads/*.yaml` (`--workloads GLOB`, held-out GPU
 workloads by default) and a DeepSeek-V3-like layer (d 7,168, 256 experts, top-8, d_ffn 2,048,
-4,096 tokens per rank), with and without LSH (L = 6, d' = 16) where `--lsh-variants` is given.
+4,096 tokens per rank), with and without LSH (L = 6, d' = 16), and
+the same layer with 64 experts (`deepseek-v3-like-e64`: the issue's measured expert shape, and one
+rank's expert load of DeepSeek-V3-like at EP 4, 512 rows per expert).
 
 Every shape runs through `lshsim.executor.run.run_workload` (the command `lshsim run` uses): the
 phases' CUDA-event medians over the iterations, forward and backward, slowest rank per iteration.
@@ -73,6 +75,11 @@ from lshsim.sim.phases import expert_cost  # noqa: E402
 
 DEEPSEEK = dict(name="deepseek-v3-like", tokens_per_rank=4096, d_model=7168, d_ffn=2048, num_experts=256,
                 router=RouterConfig("topk", k=8, capacity_factor=None))
+#: the issue's own measured expert shape (top-8 of 64 experts, d 7,168, d_ffn 2,048, 4,096 tokens; expert backward
+#: 66.5 ms against a 4.3 ms forward when the issue was filed), which is also one rank's expert load of DeepSeek-V3-like
+#: at EP 4: 64 local experts receiving 4 ranks x 4,096 tokens x 8 choices / 256 experts = 512 rows each (on one GPU
+#: DeepSeek-V3-like's 256 experts get 128 rows each and read their weights at a lower arithmetic intensity)
+DEEPSEEK_E64 = {**DEEPSEEK, "name": "deepseek-v3-like-e64", "num_experts": 64}
 LSH_VARIANT = {"family": "cross_polytope", "num_hashes": 6, "proj_dim": 16, "seed": 0}
 #: break-even shapes: one layer without LSH and with LSH at two resolutions (two compression rates),
 #: on the same clustered tokens (256 unit-norm centres, noise 0.1)
@@ -159,6 +166,7 @@ def shapes(args) -> list[WorkloadConfig]:
             found.append(dataclasses.replace(workload, **common, world_size=None))
     if args.shapes in ("all", "deepseek"):
         found.append(WorkloadConfig(**DEEPSEEK, **common))
+        found.append(WorkloadConfig(**DEEPSEEK_E64, **common))
         found.append(WorkloadConfig(**{**DEEPSEEK, "name": "deepseek-v3-like-lsh"}, lsh=dict(LSH_VARIANT),
                                     input_clusters=4096, input_noise=0.1, **common))
     return found
