@@ -76,7 +76,7 @@ from lshsim.sim.phases import expert_cost  # noqa: E402
 DEEPSEEK = dict(name="deepseek-v3-like", tokens_per_rank=4096, d_model=7168, d_ffn=2048, num_experts=256,
                 router=RouterConfig("topk", k=8, capacity_factor=None))
 #: the issue's own measured expert shape (top-8 of 64 experts, d 7,168, d_ffn 2,048, 4,096 tokens; expert backward
-#: 66.5 ms against a 4.3 ms forward when the issue was filed), which is also one rank's expert load of DeepSeek-V3-like
+#: 66.5 ms against a 4.3 ms forward on 2 x H200 when the issue was filed), which is also one rank's expert load of DeepSeek-V3-like
 #: at EP 4: 64 local experts receiving 4 ranks x 4,096 tokens x 8 choices / 256 experts = 512 rows each (on one GPU
 #: DeepSeek-V3-like's 256 experts get 128 rows each and read their weights at a lower arithmetic intensity)
 DEEPSEEK_E64 = {**DEEPSEEK, "name": "deepseek-v3-like-e64", "num_experts": 64}
