@@ -36,40 +36,42 @@ def channel_rows() -> list[dict]:
     cases = [c for c in load_cases() if c.kind == "low_latency" and c.nic_family == "efa"]
     test = load_split()
     fresh = {cid: key for key in FRESH_SETS for cid in load_fresh(key=key)}
-    rows = []
-    for c in cases:
-        w = c.workload
-        experts = _experts(c)
-        local = experts // c.ep
-        idx = np.stack([deepep_routing(r, int(w["tokens_per_rank"]), experts, c.nodes, int(w["top_k"]), None, 0,
-                                       int(w.get("masked_choices", 0))) for r in range(c.ep)])
-        copies = np.zeros((c.ep, c.ep, local), int)          # (source rank, destination rank, local expert)
-        for r in range(c.ep):
-            e = idx[r].ravel()
-            e = e[e >= 0]
-            np.add.at(copies, (r, e // local, e % local), 1)
-        node = np.arange(c.ep) // c.gpus_per_node
-        remote = node[:, None] != node[None, :]
-        if c.op == "dispatch":   # the source posts; channel = the destination's local expert index
-            per = (copies * remote[:, :, None]).sum(axis=1)  # (sender, local expert)
-        else:                    # the expert's rank posts back; channel = global expert index mod 32
-            per = (copies * remote[:, :, None]).sum(axis=0)
-        channel = np.zeros((c.ep, CHANNELS), int)
-        for e in range(local):
-            if c.op == "dispatch":
-                channel[:, e % CHANNELS] += per[:, e]
-            else:
-                for d in range(c.ep):
-                    channel[d, (d * local + e) % CHANNELS] += per[d, e]
-        remote_copies = per.sum(axis=1).mean()
-        published_us = counted_bytes(c, case_traffic(c)).mean() / (c.published_GBps * 1e9) * 1e6
-        busiest = channel.max(axis=1)
-        rows.append({"id": c.id, "role": "test" if c.id in test else fresh.get(c.id, "fitting"), "ep": c.ep,
-                     "experts": experts, "channels": min(local, CHANNELS), "published_us": published_us,
-                     "remote_copies": remote_copies, "us_per_remote_copy": published_us / remote_copies,
-                     "copies_per_channel": remote_copies / min(local, CHANNELS), "busiest_channel": busiest.mean(),
-                     "window_rounds": np.ceil(busiest / WINDOW).mean()})
-    return rows
+    return [case_row(c, "test" if c.id in test else fresh.get(c.id, "fitting")) for c in cases]
+
+
+def case_row(c, role: str) -> dict:
+    """The channel loads of one low-latency case `c` (a `lshsim.sim.published` case); `role` is printed as given."""
+    w = c.workload
+    experts = _experts(c)
+    local = experts // c.ep
+    idx = np.stack([deepep_routing(r, int(w["tokens_per_rank"]), experts, c.nodes, int(w["top_k"]), None, 0,
+                                   int(w.get("masked_choices", 0))) for r in range(c.ep)])
+    copies = np.zeros((c.ep, c.ep, local), int)          # (source rank, destination rank, local expert)
+    for r in range(c.ep):
+        e = idx[r].ravel()
+        e = e[e >= 0]
+        np.add.at(copies, (r, e // local, e % local), 1)
+    node = np.arange(c.ep) // c.gpus_per_node
+    remote = node[:, None] != node[None, :]
+    if c.op == "dispatch":   # the source posts; channel = the destination's local expert index
+        per = (copies * remote[:, :, None]).sum(axis=1)  # (sender, local expert)
+    else:                    # the expert's rank posts back; channel = global expert index mod 32
+        per = (copies * remote[:, :, None]).sum(axis=0)
+    channel = np.zeros((c.ep, CHANNELS), int)
+    for e in range(local):
+        if c.op == "dispatch":
+            channel[:, e % CHANNELS] += per[:, e]
+        else:
+            for d in range(c.ep):
+                channel[d, (d * local + e) % CHANNELS] += per[d, e]
+    remote_copies = per.sum(axis=1).mean()
+    published_us = counted_bytes(c, case_traffic(c)).mean() / (c.published_GBps * 1e9) * 1e6
+    busiest = channel.max(axis=1)
+    return {"id": c.id, "role": role, "ep": c.ep, "experts": experts, "channels": min(local, CHANNELS),
+            "published_us": published_us, "remote_copies": remote_copies,
+            "us_per_remote_copy": published_us / remote_copies,
+            "copies_per_channel": remote_copies / min(local, CHANNELS), "busiest_channel": busiest.mean(),
+            "window_rounds": np.ceil(busiest / WINDOW).mean()}
 
 
 def main() -> int:
