@@ -1335,3 +1335,48 @@ def test_a_family_with_no_more_cases_than_fitted_values_is_reported(tmp_path, ca
     held = load_split(PUBLISHED_DIR, cases).union(*(load_fresh(PUBLISHED_DIR, cases, k) for k in FRESH_SETS))
     runs = [SimpleNamespace(case=c, limited=combine_limited(c)) for c in cases if c.id not in held]
     assert exact_fits(runs) == {}
+
+
+def test_prepared_runs_count_remote_peers_and_remote_messages_by_hand():
+    """What the fit reads of a case besides its simulated time (`_prepare`), by hand. A plain all-to-all on 2 x 8 p5
+    GPUs (4 x 100 Gb/s EFA per GPU), 1 MiB per rank: 64 KiB per peer; a rank's remote peers are the 8 ranks of the
+    other node (not its 15 peers), its network bytes 8 x 64 KiB, its busbw bytes 15 x 64 KiB. A low-latency dispatch
+    on 2 x 8 H800 with hand-made counts: rank 0 sends one choice to rank 1 (its own node), two to rank 8 and one to
+    rank 9 (the other node): 3 remote messages of 16 ranks' mean 3 / 16, the own-node one not among them."""
+    from lshsim.sim.published import _prepare
+
+    case = Case("a", "alltoall", 16, 2, "alltoall", "none", 1.0, "busbw", {}, "", "", None,
+                "published/p5-h100-efa-{nodes}x8", "efa_v1_nccl", size_bytes=1 << 20)
+    run, _ = _prepare(case, 0)
+    assert run.messages == 8.0 and run.network_bytes == 8 * 65536.0 and run.counted == 15 * 65536.0
+    assert run.nic_gpu_Bps == 4 * 100e9 / 8
+    choice = np.zeros((16, 16), int)
+    choice[0, [1, 8, 9]] = [1, 2, 1]
+    rank = (choice > 0).astype(int)
+    node = np.zeros((16, 2), int)
+    node[0] = [1, 1]
+    traffic = DedupTraffic(choice, rank, node, 8, 1000.0)
+    ll = Case("l", "low_latency", 16, 2, "dispatch", "bf16", 1.0, "choices", {"hidden": 500}, "", "")
+    run, _ = _prepare(ll, 0, traffic)
+    assert run.messages == pytest.approx(3 / 16) and run.network_bytes == pytest.approx(3000 / 16)
+    assert run.counted == pytest.approx(4000 / 16) and run.nic_gpu_Bps == 400e9 / 8
+
+
+def test_no_held_out_set_is_ever_fitted_on(tmp_path):
+    """One plain all-to-all case in each held-out set of split.yaml (test and every key of FRESH_SETS, the last one
+    too) beside three fitting cases: the fit is made on the three alone, with or without the held-out cases
+    simulated, and each held-out case is reported under its own set."""
+    from lshsim.sim.published import FRESH_SETS
+
+    sets = ("test",) + FRESH_SETS
+    fitting = [f"f{i}" for i in range(3)]
+    cases = [{"id": cid, "kind": "alltoall", "ep": 16, "nodes": 2, "size_bytes": (1 + i) << 20, "published_GBps": 30.0}
+             for i, cid in enumerate(fitting + [f"h-{key}" for key in sets])]
+    _write_alltoall_file(tmp_path, doc={"cases": cases})
+    (tmp_path / "split.yaml").write_text("".join(f"{key}: [h-{key}]\n" for key in sets))
+    for fitting_only in (True, False):
+        out = validate_published(tmp_path, efficiency_grid=(0.8,), leave_one_out=False, fitting_only=fitting_only)
+        assert out["calibration"]["fitted_on"] == fitting
+        roles = {r["id"]: r["role"] for r in out["rows"]}
+        assert roles == {**{cid: "fitting" for cid in fitting},
+                         **({} if fitting_only else {f"h-{key}": key for key in sets})}
