@@ -880,6 +880,9 @@ def test_uccl_hopper_combine_ceiling_by_hand():
     assert not combine_limited(dataclasses.replace(base, nic_family="efa_nvshmem"))
     assert not combine_limited(dataclasses.replace(base, topology_template="published/p6-b200-efa-{nodes}x8"))  # B200
     assert not combine_limited(dataclasses.replace(base, kind="low_latency", counts="choices"))
+    # one node: no network, nothing of the UCCL-EP combine's limit (an H800 node: a Hopper GPU all the same)
+    assert not combine_limited(dataclasses.replace(base, ep=8, nodes=1, counts="nvlink",
+                                                   topology_template="published/h800-ib-{nodes}x8"))
     # two limited fitting runs: 100 MB counted at 20 GB/s = 5 ms over 300 MB of kernel bytes -> 60 GB/s shown;
     # 100 MB at 25 GB/s = 4 ms over 200 MB -> 50 GB/s; C = sqrt(60 x 50) GB/s = 54.772 GB/s
     a = CaseRun(base, counted=100e6, network_bytes=50e6, sim_s={1.0: 1e-3}, kernel_bytes=300e6, limited=True)
