@@ -51,6 +51,10 @@ def test_cluster_efficiency_recovered_with_the_family_terms_fixed():
     one = CaseRun(_case("one", 999.0, nodes=1), 1e6, 0.0, {e: 1e-5 for e in EFFICIENCY_GRID})
     assert fit_cluster_efficiency([one], _cal(0.8), EFFICIENCY_GRID) == 0.8
     assert fit_cluster_efficiency(runs + [one], _cal(0.8), EFFICIENCY_GRID) == 0.6
+    # nor does a run with no NIC line rate (nic_gpu_Bps 0: one node) whatever bytes it states and however its
+    # simulated time moves with the efficiency (the highest would fit its figure best)
+    stated = CaseRun(_case("stated", 999.0, nodes=1), 1e6, 1e6, {e: 1e-3 / e for e in EFFICIENCY_GRID})
+    assert fit_cluster_efficiency([stated], _cal(0.8), EFFICIENCY_GRID) == 0.8
     with pytest.raises(ValueError, match="one NIC family"):
         fit_cluster_efficiency([runs[0], _run("e", 20, 0.6, family="efa")], _cal(0.8), EFFICIENCY_GRID)
 
