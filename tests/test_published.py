@@ -1383,3 +1383,51 @@ def test_no_held_out_set_is_ever_fitted_on(tmp_path):
         roles = {r["id"]: r["role"] for r in out["rows"]}
         assert roles == {**{cid: "fitting" for cid in fitting},
                          **({} if fitting_only else {f"h-{key}": key for key in sets})}
+
+
+def test_case_bytes_per_token_by_format_and_kernel():
+    """`case_traffic`'s bytes per token, by hand (hidden 7168): bf16 2 x 7168 = 14336; fp8 7168 + 56 scales x 4 B =
+    7392; DeepEP's low-latency fp8 dispatch counts 16 B more (7408), its bf16 combine none; a workload's
+    dispatch_metadata_bytes replaces the 16."""
+    workload = {"tokens_per_rank": 4, "hidden": 7168, "top_k": 2, "experts": 16}
+    case = lambda kind, op, fmt, w=workload: Case("c", kind, 16, 2, op, fmt, 1.0, "choices" if kind == "low_latency"
+                                                  else "rdma", w, "", "")
+    assert case_traffic(case("low_latency", "dispatch", "fp8")).bytes_per_token == 7408
+    assert case_traffic(case("low_latency", "combine", "bf16")).bytes_per_token == 14336
+    assert case_traffic(case("low_latency", "dispatch", "bf16")).bytes_per_token == 14336
+    assert case_traffic(case("normal", "dispatch", "fp8")).bytes_per_token == 7392
+    assert case_traffic(case("low_latency", "dispatch", "fp8", {**workload, "dispatch_metadata_bytes": 0})
+                        ).bytes_per_token == 7392
+
+
+def test_a_normal_kernel_across_nodes_is_pipelined_in_its_chunks():
+    """2 x 8 H800 (NIC 50 GB/s, NVLink 160 GB/s per GPU), one 100 MB token from rank 0 to every rank of the other
+    node: one network copy to rank 8 (100 MB at 50 GB/s, 2 ms), which forwards 7 x 100 MB over its NVLink (4.375 ms).
+    In NORMAL_CHUNKS = 8 pipelined chunks the forwarding of one chunk overlaps the network copy of the next:
+    2 / 8 + 4.375 = 4.625 ms (one after the other, whole: 6.375 ms), within the hops' microseconds."""
+    from lshsim.sim.published import NORMAL_CHUNKS
+
+    assert NORMAL_CHUNKS == 8
+    rank = np.zeros((16, 16), int)
+    rank[0, 8:] = 1
+    node = np.zeros((16, 2), int)
+    node[0, 1] = 1
+    traffic = DedupTraffic(rank, rank, node, 8, 1e8)
+    case = Case("n", "normal", 16, 2, "dispatch", "bf16", 1.0, "rdma", {}, "", "")
+    assert simulate_case(case, traffic, 1.0) == pytest.approx(1e8 / 50e9 / 8 + 7e8 / 160e9, rel=5e-3)
+
+
+def test_normal_kernels_route_to_at_most_four_nodes_by_default():
+    """DeepEP's normal-kernel tests limit a token to min(nodes, 4) nodes (topk_groups left out or 'min(nodes, 4)'):
+    on 8 nodes, top-8 of 64 experts, each token reaches at most 4 nodes (unlimited, about 5.3 on average); 'none' and
+    the low-latency kernels have no limit, an integer is its own."""
+    workload = {"tokens_per_rank": 32, "hidden": 128, "top_k": 8, "experts": 64}
+    case = lambda kind="normal", **w: Case("c", kind, 64, 8, "dispatch", "bf16", 1.0,
+                                           "rdma" if kind == "normal" else "choices", {**workload, **w}, "", "")
+    for normal in (case(), case(topk_groups="min(nodes, 4)")):
+        assert routing_key(normal)[4] == 4
+        counts = routing_counts(normal)
+        assert counts.node_tokens.sum() <= 4 * 64 * 32 and counts.node_tokens.max() <= 32
+    assert routing_key(case(topk_groups="none"))[4] is None and routing_key(case("low_latency"))[4] is None
+    assert routing_key(case(topk_groups=2))[4] == 2
+    assert routing_counts(case(topk_groups="none")).node_tokens.sum() / (64 * 32) > 5
