@@ -786,6 +786,11 @@ def test_demonstrated_efficiency_bounds_the_fit():
     cal = fit_calibration([fast, slow], set())
     assert cal.nic_efficiency["ib"] >= 0.9 and cal.efficiency_floor["ib"] == pytest.approx(0.9)
     assert fit_calibration([slow], set()).nic_efficiency["ib"] == 0.8          # the best fit where nothing forbids it
+    # a figure above the line rate (110 GB/s of counted bytes: its NIC would carry 55 of 50 GB/s) allows no
+    # efficiency of the grid: the highest, line rate, is taken (not the lowest)
+    over = dataclasses.replace(fast, case=case("over", 110.0))
+    assert demonstrated_efficiency([over]) == {"ib": pytest.approx(1.1)}
+    assert fit_calibration([over], set()).nic_efficiency["ib"] == 1.0
 
 
 def test_validate_published_command(tmp_path, capsys):
@@ -1431,3 +1436,15 @@ def test_normal_kernels_route_to_at_most_four_nodes_by_default():
     assert routing_key(case(topk_groups="none"))[4] is None and routing_key(case("low_latency"))[4] is None
     assert routing_key(case(topk_groups=2))[4] == 2
     assert routing_counts(case(topk_groups="none")).node_tokens.sum() / (64 * 32) > 5
+
+
+def test_exact_fits_at_the_boundary():
+    """A family with as many fitting cases as fitted values (5 all-to-all cases: efficiency, start-up, its ramp,
+    latency floor, cost per remote peer) is an exact fit; with one case more it is not."""
+    from types import SimpleNamespace
+
+    from lshsim.sim.published import exact_fits
+
+    run = lambda: SimpleNamespace(case=SimpleNamespace(kind="alltoall", op="alltoall", nic_family="x"), limited=False)
+    assert exact_fits([run() for _ in range(5)]) == {"x": {"cases": 5, "fitted_values": 5}}
+    assert exact_fits([run() for _ in range(6)]) == {}
