@@ -260,8 +260,8 @@ MUTATIONS = [
      PUB_TESTS, "lshsim.sim.published"),
     # left out: the low-latency combine simulated on its dispatch's matrix, not the transpose (simulate_case), is an
     # equivalent mutation on the published topologies: each link has its reverse at the same rate and the routes are
-    # symmetric, so estimate_all_to_all(M) == estimate_all_to_all(M.T) (the 55 of 58 published topologies of up to 128 GPUs, a
-    # random uneven M: equal to the last digit, thirteenth session)
+    # symmetric, so estimate_all_to_all(M) == estimate_all_to_all(M.T) (the 55 of 58 published topologies of up to
+    # 128 GPUs, a random uneven M: equal to the last digit, thirteenth session)
     ("within.loo_reads_the_case", "lshsim/sim/published_within.py",
      "eff = fit_cluster_efficiency(others, cal)", "eff = fit_cluster_efficiency(rs, cal)",
      WITHIN_TESTS, None),
