@@ -107,3 +107,14 @@ def test_a_mutation_is_caught_only_when_a_test_fails_and_the_file_comes_back(tmp
     with pytest.raises(SystemExit, match="pytest exited 4"):          # a missing test file is no catch
         mutate_tests.run_one("m4", "lib.py", "return 2 * x", "return x", ["test_missing.py"], None)
     assert (tmp_path / "lib.py").read_text() == "def double(x):\n    return 2 * x\n"
+
+
+def test_every_listed_mutation_still_applies():
+    """Each mutation of benchmarks/mutate_tests.py (MUTATIONS and HELD_OUT) names a snippet that occurs exactly once
+    in its file and differs from its replacement, test files that exist, and a unique id: a library edit that moves a
+    snippet makes the audit stop at that mutation, found here instead."""
+    ids = [m[0] for m in mutate_tests.MUTATIONS + mutate_tests.HELD_OUT]
+    assert len(ids) == len(set(ids))
+    for mid, rel, old, new, tests, _ in mutate_tests.MUTATIONS + mutate_tests.HELD_OUT:
+        assert (mutate_tests.ROOT / rel).read_text().count(old) == 1 and old != new, mid
+        assert tests and all((mutate_tests.ROOT / t).is_file() for t in tests), mid

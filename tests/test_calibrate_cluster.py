@@ -21,11 +21,11 @@ def _truth(spec: dict, hosts: int, eff: float, start_up: float, source):
         **cal, "alpha_s": 0.0, "nic_Bps": eff * 50e9, "a2a_internode_alpha_s": start_up}}, source=source)
 
 
-def _log(eff: float, start_up: float, *, hosts: int = 2, per_host: int = 8, noise=None) -> str:
+def _log(eff: float, start_up: float, *, hosts: int = 2, per_host: int = 8, noise=None, spec=None) -> str:
     """An alltoall_perf log of 1 KiB - 1 GiB on `hosts` x `per_host` ranks whose times are the model's:
-    h100-ib-rail-8x8 cut to `hosts` nodes, its NICs at eff x 400 Gb/s, the start-up across nodes L = `start_up` beside
-    the topology's own ramped cost per remote peer (`_truth`)."""
-    spec, source = read_spec("h100-ib-rail-8x8")
+    h100-ib-rail-8x8 (or `spec`) cut to `hosts` nodes, its NICs at eff x 400 Gb/s, the start-up across nodes
+    L = `start_up` beside the topology's own ramped cost per remote peer (`_truth`)."""
+    spec, source = (spec, "spec") if spec is not None else read_spec("h100-ib-rail-8x8")
     G = _truth(spec, hosts, eff, start_up, source)
     world = hosts * per_host
     lines = [f"# nThread 1 nGpus {per_host} minBytes 1024 maxBytes 1073741824 step: 4(factor) warmup iters: 5 "
@@ -43,6 +43,11 @@ def _log(eff: float, start_up: float, *, hosts: int = 2, per_host: int = 8, nois
                      f"{alg * (world - 1) / world:7.2f}      0 {t:9.2f} {alg:7.2f} {alg * (world - 1) / world:7.2f}      0")
         size, i = size * 4, i + 1
     return "\n".join(lines) + "\n"
+
+
+def _few(log: str, sizes=("1024", "1048576", "1073741824")) -> str:
+    """`log` with its rows of `sizes` alone (1 KiB, 1 MiB, 1 GiB: a fit of three rows is fast)."""
+    return "\n".join(row for row in log.splitlines() if row.startswith("#") or row.split()[0] in sizes) + "\n"
 
 
 def test_the_fit_recovers_the_nic_rate_and_the_start_up_across_nodes(tmp_path, capsys):
@@ -111,19 +116,24 @@ def test_a_noisy_log_is_fitted_within_its_noise():
     (["--nccl-tests", "SLOW", "--cluster", "h100-ib-rail-8x8"], r"slow.txt: the fit's NIC efficiency sits at the edge "
                                                                  r"of its grid \(0.20 of h100-ib-rail-8x8.yaml's "
                                                                  r"inter.nic_gbps=400\) .* the log is slower than"),
+    (["--nccl-tests", "FAST", "--cluster", "h100-ib-rail-8x8"], r"fast.txt: the fit's NIC efficiency sits at the edge "
+                                                                 r"of its grid \(1.00 of h100-ib-rail-8x8.yaml's "
+                                                                 r"inter.nic_gbps=400\) .* the log is faster than"),
 ])
 def test_bad_cluster_calibrations_are_refused_and_write_nothing(tmp_path, capsys, argv, message):
     from pathlib import Path
 
     data = Path(__file__).resolve().parent / "data" / "nccl_tests_alltoall_perf.txt"
     files = {"LOG": tmp_path / "eight.txt", "ONE": data, "SMALL": tmp_path / "small.txt",
-             "ONESIZE": tmp_path / "one.txt", "B200": tmp_path / "b200.txt", "SLOW": tmp_path / "slow.txt"}
+             "ONESIZE": tmp_path / "one.txt", "B200": tmp_path / "b200.txt", "SLOW": tmp_path / "slow.txt",
+             "FAST": tmp_path / "fast.txt"}
     files["LOG"].write_text(_log(0.8, 30e-6, hosts=8))
     two = _log(0.8, 30e-6)
     files["ONESIZE"].write_text("\n".join(row for row in two.splitlines()
                                           if row.startswith("#") or row.split()[0] == "65536") + "\n")
     files["B200"].write_text(two.replace("NVIDIA H100 80GB HBM3", "NVIDIA B200"))
     files["SLOW"].write_text(_log(0.02, 30e-6))      # NICs at 2% of 400 Gb/s: below the grid's 0.20
+    files["FAST"].write_text(_few(_log(1.0, 10e-6, noise=[-0.75] * 11)))   # a quarter of the line rate's times
     files["SMALL"].write_text(data.read_text().replace("on     node01 device  2", "on     node02 device  0")
                               .replace("on     node01 device  3", "on     node02 device  1"))
     out = tmp_path / "t.yaml"
@@ -177,3 +187,38 @@ def test_the_output_onto_the_cluster_file_is_refused(tmp_path, capsys, monkeypat
         assert info.value.code == 2 and "is the file --cluster reads" in err, err
         assert out.read_text() == shipped
     assert cluster.read_text() == before
+
+
+def test_a_start_up_below_alpha_s_is_fitted_at_the_floor_that_keeps_alpha_s():
+    """The planner's start-up across nodes is max(alpha_s, L + g p s / (s + S0)): the fit keeps L at least
+    alpha_s - g p s / (s + S0) at the log's smallest row, so that the written L is the one the planner uses. A log
+    made with no start-up of its own (L 0, alpha_s 0) onto a topology of alpha_s 100 us, g 2 us per remote peer and
+    S0 1 kB: the fit lands on the floor, written out here: 2 x 8 ranks, p = 8 remote peers, the smallest row 1 KiB per
+    rank of which s = 1024 x 15 / 16 = 960 B go to the other ranks, L = 100 - 2 x 8 x 960 / 1960 us (92.16 us)."""
+    from lshsim.calibration.internode import fit_internode
+    from lshsim.calibration.sources import parse_nccl_tests
+
+    spec, source = read_spec("h100-ib-rail-8x8")
+    spec = {**spec, "alpha_s": 100e-6,
+            "calibration": {**spec["calibration"], "a2a_remote_peer_s": 2e-6, "a2a_remote_peer_ramp_bytes": 1e3}}
+    spec["calibration"].pop("alpha_s", None)
+    run = parse_nccl_tests(_few(_log(0.8, 0.0, spec=spec)), source="floor.txt")
+    fit = fit_internode(run, spec, cluster=str(source), log="floor.txt")
+    assert fit.internode_alpha_s == pytest.approx(100e-6 - 2e-6 * 8 * 960 / (960 + 1e3), rel=1e-9)
+
+
+def test_the_printed_start_up_counts_the_remote_peers_of_a_rank(tmp_path, capsys):
+    """A cluster whose cost per remote peer does not ramp (2 us per remote peer, no S0): the summary prints the whole
+    start-up across nodes, L + g p with p the remote peers of a rank: 2 x 8 ranks, p = 8 (not the 15 other ranks),
+    30 + 2 x 8 = 46 us."""
+    spec, _ = read_spec("h100-ib-rail-8x8")
+    spec = {**spec, "calibration": {**spec["calibration"], "a2a_remote_peer_s": 2e-6}}
+    spec["calibration"].pop("a2a_remote_peer_ramp_bytes")
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(yaml.safe_dump(spec))
+    log = tmp_path / "log.txt"
+    log.write_text(_few(_log(0.8, 30e-6, spec=spec)))
+    assert main(["calibrate", "--nccl-tests", str(log), "--cluster", str(cluster), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "start-up across nodes 46.0 us at 8 remote peers (a2a_internode_alpha_s 30.0 us + the topology's 2.00 us " \
+           "per remote peer)" in printed, printed

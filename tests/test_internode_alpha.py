@@ -162,3 +162,22 @@ def test_the_cost_per_remote_peer_ramps_in_with_the_bytes_a_rank_sends():
     with pytest.raises(ValueError, match=r"calibration.a2a_remote_peer_ramp_bytes=1000000.0 is the start-up of an "
                                          r"all-to-all across nodes, but the topology has one node"):
         build_topology(one)
+
+
+def test_the_ramped_cost_per_remote_peer_is_the_busiest_rank_s():
+    """max over ranks of g x p x s / (s + S0), each rank with its own remote peers p and bytes s, written out: rank 0
+    sends 1 kB to each of the 4 ranks of the other node (p 4, s 4 kB: 4 x 4e3 / 1.004e6), rank 1 sends 1 GB to one
+    (p 1, s 1 GB: 1e9 / 1.001e9): rank 1's term is the larger though rank 0 has more remote peers, and neither is
+    their mean; a rank's bytes within its node count in its s (rank 2: 1 GB to rank 3 and 1 kB to rank 4, p 1)."""
+    spec = _spec(20e-6)
+    spec["calibration"].update(a2a_remote_peer_s=3e-6, a2a_remote_peer_ramp_bytes=1e6)
+    G = build_topology(spec)
+    traffic = np.zeros((8, 8))
+    traffic[0, 4:] = 1e3
+    traffic[1, 5] = 1e9
+    terms = [4 * 4e3 / (4e3 + 1e6), 1e9 / (1e9 + 1e6)]
+    assert phase_alpha_s(G, 0.0, traffic) == pytest.approx(20e-6 + 3e-6 * max(terms), rel=1e-12)
+    assert phase_alpha_s(G, 50e-6, traffic) == 50e-6                    # never below the caller's alpha_s
+    mixed = np.zeros((8, 8))
+    mixed[2, 3], mixed[2, 4] = 1e9, 1e3                                  # s = 1 GB + 1 kB, p = 1
+    assert phase_alpha_s(G, 0.0, mixed) == pytest.approx(20e-6 + 3e-6 * (1e9 + 1e3) / (1e9 + 1e3 + 1e6), rel=1e-12)

@@ -786,6 +786,11 @@ def test_demonstrated_efficiency_bounds_the_fit():
     cal = fit_calibration([fast, slow], set())
     assert cal.nic_efficiency["ib"] >= 0.9 and cal.efficiency_floor["ib"] == pytest.approx(0.9)
     assert fit_calibration([slow], set()).nic_efficiency["ib"] == 0.8          # the best fit where nothing forbids it
+    # a figure above the line rate (110 GB/s of counted bytes: its NIC would carry 55 of 50 GB/s) allows no
+    # efficiency of the grid: the highest, line rate, is taken (not the lowest)
+    over = dataclasses.replace(fast, case=case("over", 110.0))
+    assert demonstrated_efficiency([over]) == {"ib": pytest.approx(1.1)}
+    assert fit_calibration([over], set()).nic_efficiency["ib"] == 1.0
 
 
 def test_validate_published_command(tmp_path, capsys):
@@ -880,6 +885,9 @@ def test_uccl_hopper_combine_ceiling_by_hand():
     assert not combine_limited(dataclasses.replace(base, nic_family="efa_nvshmem"))
     assert not combine_limited(dataclasses.replace(base, topology_template="published/p6-b200-efa-{nodes}x8"))  # B200
     assert not combine_limited(dataclasses.replace(base, kind="low_latency", counts="choices"))
+    # one node: no network, nothing of the UCCL-EP combine's limit (an H800 node: a Hopper GPU all the same)
+    assert not combine_limited(dataclasses.replace(base, ep=8, nodes=1, counts="nvlink",
+                                                   topology_template="published/h800-ib-{nodes}x8"))
     # two limited fitting runs: 100 MB counted at 20 GB/s = 5 ms over 300 MB of kernel bytes -> 60 GB/s shown;
     # 100 MB at 25 GB/s = 4 ms over 200 MB -> 50 GB/s; C = sqrt(60 x 50) GB/s = 54.772 GB/s
     a = CaseRun(base, counted=100e6, network_bytes=50e6, sim_s={1.0: 1e-3}, kernel_bytes=300e6, limited=True)
@@ -1335,3 +1343,108 @@ def test_a_family_with_no_more_cases_than_fitted_values_is_reported(tmp_path, ca
     held = load_split(PUBLISHED_DIR, cases).union(*(load_fresh(PUBLISHED_DIR, cases, k) for k in FRESH_SETS))
     runs = [SimpleNamespace(case=c, limited=combine_limited(c)) for c in cases if c.id not in held]
     assert exact_fits(runs) == {}
+
+
+def test_prepared_runs_count_remote_peers_and_remote_messages_by_hand():
+    """What the fit reads of a case besides its simulated time (`_prepare`), by hand. A plain all-to-all on 2 x 8 p5
+    GPUs (4 x 100 Gb/s EFA per GPU), 1 MiB per rank: 64 KiB per peer; a rank's remote peers are the 8 ranks of the
+    other node (not its 15 peers), its network bytes 8 x 64 KiB, its busbw bytes 15 x 64 KiB. A low-latency dispatch
+    on 2 x 8 H800 with hand-made counts: rank 0 sends one choice to rank 1 (its own node), two to rank 8 and one to
+    rank 9 (the other node): 3 remote messages of 16 ranks' mean 3 / 16, the own-node one not among them."""
+    from lshsim.sim.published import _prepare
+
+    case = Case("a", "alltoall", 16, 2, "alltoall", "none", 1.0, "busbw", {}, "", "", None,
+                "published/p5-h100-efa-{nodes}x8", "efa_v1_nccl", size_bytes=1 << 20)
+    run, _ = _prepare(case, 0)
+    assert run.messages == 8.0 and run.network_bytes == 8 * 65536.0 and run.counted == 15 * 65536.0
+    assert run.nic_gpu_Bps == 4 * 100e9 / 8
+    choice = np.zeros((16, 16), int)
+    choice[0, [1, 8, 9]] = [1, 2, 1]
+    rank = (choice > 0).astype(int)
+    node = np.zeros((16, 2), int)
+    node[0] = [1, 1]
+    traffic = DedupTraffic(choice, rank, node, 8, 1000.0)
+    ll = Case("l", "low_latency", 16, 2, "dispatch", "bf16", 1.0, "choices", {"hidden": 500}, "", "")
+    run, _ = _prepare(ll, 0, traffic)
+    assert run.messages == pytest.approx(3 / 16) and run.network_bytes == pytest.approx(3000 / 16)
+    assert run.counted == pytest.approx(4000 / 16) and run.nic_gpu_Bps == 400e9 / 8
+
+
+def test_no_held_out_set_is_ever_fitted_on(tmp_path):
+    """One plain all-to-all case in each held-out set of split.yaml (test and every key of FRESH_SETS, the last one
+    too) beside three fitting cases: the fit is made on the three alone, with or without the held-out cases
+    simulated, and each held-out case is reported under its own set."""
+    from lshsim.sim.published import FRESH_SETS
+
+    sets = ("test",) + FRESH_SETS
+    fitting = [f"f{i}" for i in range(3)]
+    cases = [{"id": cid, "kind": "alltoall", "ep": 16, "nodes": 2, "size_bytes": (1 + i) << 20, "published_GBps": 30.0}
+             for i, cid in enumerate(fitting + [f"h-{key}" for key in sets])]
+    _write_alltoall_file(tmp_path, doc={"cases": cases})
+    (tmp_path / "split.yaml").write_text("".join(f"{key}: [h-{key}]\n" for key in sets))
+    for fitting_only in (True, False):
+        out = validate_published(tmp_path, efficiency_grid=(0.8,), leave_one_out=False, fitting_only=fitting_only)
+        assert out["calibration"]["fitted_on"] == fitting
+        roles = {r["id"]: r["role"] for r in out["rows"]}
+        assert roles == {**{cid: "fitting" for cid in fitting},
+                         **({} if fitting_only else {f"h-{key}": key for key in sets})}
+
+
+def test_case_bytes_per_token_by_format_and_kernel():
+    """`case_traffic`'s bytes per token, by hand (hidden 7168): bf16 2 x 7168 = 14336; fp8 7168 + 56 scales x 4 B =
+    7392; DeepEP's low-latency fp8 dispatch counts 16 B more (7408), its bf16 combine none; a workload's
+    dispatch_metadata_bytes replaces the 16."""
+    workload = {"tokens_per_rank": 4, "hidden": 7168, "top_k": 2, "experts": 16}
+    case = lambda kind, op, fmt, w=workload: Case("c", kind, 16, 2, op, fmt, 1.0, "choices" if kind == "low_latency"
+                                                  else "rdma", w, "", "")
+    assert case_traffic(case("low_latency", "dispatch", "fp8")).bytes_per_token == 7408
+    assert case_traffic(case("low_latency", "combine", "bf16")).bytes_per_token == 14336
+    assert case_traffic(case("low_latency", "dispatch", "bf16")).bytes_per_token == 14336
+    assert case_traffic(case("normal", "dispatch", "fp8")).bytes_per_token == 7392
+    assert case_traffic(case("low_latency", "dispatch", "fp8", {**workload, "dispatch_metadata_bytes": 0})
+                        ).bytes_per_token == 7392
+
+
+def test_a_normal_kernel_across_nodes_is_pipelined_in_its_chunks():
+    """2 x 8 H800 (NIC 50 GB/s, NVLink 160 GB/s per GPU), one 100 MB token from rank 0 to every rank of the other
+    node: one network copy to rank 8 (100 MB at 50 GB/s, 2 ms), which forwards 7 x 100 MB over its NVLink (4.375 ms).
+    In NORMAL_CHUNKS = 8 pipelined chunks the forwarding of one chunk overlaps the network copy of the next:
+    2 / 8 + 4.375 = 4.625 ms (one after the other, whole: 6.375 ms), within the hops' microseconds."""
+    from lshsim.sim.published import NORMAL_CHUNKS
+
+    assert NORMAL_CHUNKS == 8
+    rank = np.zeros((16, 16), int)
+    rank[0, 8:] = 1
+    node = np.zeros((16, 2), int)
+    node[0, 1] = 1
+    traffic = DedupTraffic(rank, rank, node, 8, 1e8)
+    case = Case("n", "normal", 16, 2, "dispatch", "bf16", 1.0, "rdma", {}, "", "")
+    assert simulate_case(case, traffic, 1.0) == pytest.approx(1e8 / 50e9 / 8 + 7e8 / 160e9, rel=5e-3)
+
+
+def test_normal_kernels_route_to_at_most_four_nodes_by_default():
+    """DeepEP's normal-kernel tests limit a token to min(nodes, 4) nodes (topk_groups left out or 'min(nodes, 4)'):
+    on 8 nodes, top-8 of 64 experts, each token reaches at most 4 nodes (unlimited, about 5.3 on average); 'none' and
+    the low-latency kernels have no limit, an integer is its own."""
+    workload = {"tokens_per_rank": 32, "hidden": 128, "top_k": 8, "experts": 64}
+    case = lambda kind="normal", **w: Case("c", kind, 64, 8, "dispatch", "bf16", 1.0,
+                                           "rdma" if kind == "normal" else "choices", {**workload, **w}, "", "")
+    for normal in (case(), case(topk_groups="min(nodes, 4)")):
+        assert routing_key(normal)[4] == 4
+        counts = routing_counts(normal)
+        assert counts.node_tokens.sum() <= 4 * 64 * 32 and counts.node_tokens.max() <= 32
+    assert routing_key(case(topk_groups="none"))[4] is None and routing_key(case("low_latency"))[4] is None
+    assert routing_key(case(topk_groups=2))[4] == 2
+    assert routing_counts(case(topk_groups="none")).node_tokens.sum() / (64 * 32) > 5
+
+
+def test_exact_fits_at_the_boundary():
+    """A family with as many fitting cases as fitted values (5 all-to-all cases: efficiency, start-up, its ramp,
+    latency floor, cost per remote peer) is an exact fit; with one case more it is not."""
+    from types import SimpleNamespace
+
+    from lshsim.sim.published import exact_fits
+
+    run = lambda: SimpleNamespace(case=SimpleNamespace(kind="alltoall", op="alltoall", nic_family="x"), limited=False)
+    assert exact_fits([run() for _ in range(5)]) == {"x": {"cases": 5, "fitted_values": 5}}
+    assert exact_fits([run() for _ in range(6)]) == {}

@@ -51,6 +51,10 @@ def test_cluster_efficiency_recovered_with_the_family_terms_fixed():
     one = CaseRun(_case("one", 999.0, nodes=1), 1e6, 0.0, {e: 1e-5 for e in EFFICIENCY_GRID})
     assert fit_cluster_efficiency([one], _cal(0.8), EFFICIENCY_GRID) == 0.8
     assert fit_cluster_efficiency(runs + [one], _cal(0.8), EFFICIENCY_GRID) == 0.6
+    # nor does a run with no NIC line rate (nic_gpu_Bps 0: one node) whatever bytes it states and however its
+    # simulated time moves with the efficiency (the highest would fit its figure best)
+    stated = CaseRun(_case("stated", 999.0, nodes=1), 1e6, 1e6, {e: 1e-3 / e for e in EFFICIENCY_GRID})
+    assert fit_cluster_efficiency([stated], _cal(0.8), EFFICIENCY_GRID) == 0.8
     with pytest.raises(ValueError, match="one NIC family"):
         fit_cluster_efficiency([runs[0], _run("e", 20, 0.6, family="efa")], _cal(0.8), EFFICIENCY_GRID)
 
@@ -207,3 +211,13 @@ def test_within_cluster_jobs_give_equal_results(tmp_path):
     one = validate_published(folder, efficiency_grid=(0.4, 0.6, 0.8, 1.0), jobs=1, within_cluster=True)
     two = validate_published(folder, efficiency_grid=(0.4, 0.6, 0.8, 1.0), jobs=2, within_cluster=True)
     assert json.dumps(one, sort_keys=True) == json.dumps(two, sort_keys=True)
+
+
+def test_a_loss_flat_in_the_efficiency_keeps_the_family_s():
+    """A multi-node case whose simulated time does not depend on the NIC efficiency (its loss is the same at every
+    one, all allowed: it demonstrates 2% of its NIC) says nothing of the NIC: the tie goes to the family's efficiency,
+    not to the lowest or the highest of the grid; where the family's is not simulated, to the nearest one."""
+    flat = CaseRun(_case("flat", 1.0), 1.5e6, 1e6, {e: 1e-3 for e in EFFICIENCY_GRID}, nic_gpu_Bps=LINE)
+    for family_eff in (0.8, 0.9, 0.5):
+        assert fit_cluster_efficiency([flat], _cal(family_eff), EFFICIENCY_GRID) == family_eff
+    assert fit_cluster_efficiency([flat], _cal(0.8), (0.4, 0.7, 0.86, 1.0)) == 0.86
